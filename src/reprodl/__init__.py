@@ -1,0 +1,61 @@
+"""reprodl: reproducible deep learning by construction.
+
+Training data live in dtool datasets with metadata, persistent URIs and content hashes;
+training captures everything needed to redo it; the trained model is itself a dataset that
+carries that provenance; and one command re-runs the training and says whether the model
+came back.
+
+Importing ``reprodl`` changes no global state and does not import torch: each name below is
+loaded from its module on first use.
+
+Example:
+    >>> from reprodl import TensorDataSet, DerivedDataSet, Parameters   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "DerivedDataSet": "reprodl.train",
+    "GenNet": "reprodl.zoo",
+    "ImageDataSet": "reprodl.data.datasets",
+    "Parameters": "reprodl.params",
+    "ProvenanceRecord": "reprodl.provenance",
+    "ReprodlError": "reprodl.errors",
+    "ReproductionReport": "reprodl.reproduce",
+    "TensorDataSet": "reprodl.data.datasets",
+    "TrainedTorchModel": "reprodl.model",
+    "open_dataset": "reprodl.store",
+    "reproduce": "reprodl.reproduce",
+    "train_model_with_metadata_capture": "reprodl.train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reprodl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from reprodl.data.datasets import ImageDataSet, TensorDataSet
+    from reprodl.errors import ReprodlError
+    from reprodl.model import TrainedTorchModel
+    from reprodl.params import Parameters
+    from reprodl.provenance import ProvenanceRecord
+    from reprodl.reproduce import ReproductionReport, reproduce
+    from reprodl.store import open_dataset
+    from reprodl.train import DerivedDataSet, train_model_with_metadata_capture
+    from reprodl.zoo import GenNet

@@ -1,0 +1,396 @@
+"""torch Datasets over dtool datasets: :class:`ImageDataSet` and :class:`TensorDataSet`.
+
+Both read datasets made by the original dtoolAI 0.2.0 and by reprodl, and implement
+``__getitems__`` so a DataLoader fetches a whole batch in one call.
+
+Example:
+    >>> ds = TensorDataSet("/data/digits", usetype="train")          # doctest: +SKIP
+    >>> loader = torch.utils.data.DataLoader(ds, batch_size=128)      # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torch.utils.data._utils.collate import default_collate
+
+from reprodl import keys
+from reprodl.data.images import channels_for_mode, open_image, resize, to_array
+from reprodl.errors import DatasetFormatError, InputDataError
+from reprodl.store import StoredDataSet, open_dataset
+
+
+class Batch(list):
+    """A list of samples that also carries them stacked, so :func:`collate` is free."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+
+def collate(samples: Any) -> Any:
+    """Collate that passes a pre-stacked :class:`Batch` through and defers otherwise."""
+    if isinstance(samples, Batch):
+        return samples.inputs, samples.labels
+    return default_collate(samples)
+
+
+def _make_batch(inputs: torch.Tensor, labels: torch.Tensor) -> Batch:
+    batch = Batch(zip(inputs, labels.tolist()))
+    batch.inputs = inputs
+    batch.labels = labels
+    return batch
+
+
+def describe_transform(transform: Any) -> dict[str, Any] | None:
+    """A JSON-able description of a transform (its ``config()`` when it has one)."""
+    if transform is None:
+        return None
+    desc: dict[str, Any] = {
+        "class": f"{type(transform).__module__}.{type(transform).__qualname__}",
+        "repr": repr(transform),
+    }
+    config = getattr(transform, "config", None)
+    if callable(config):
+        desc["config"] = config()
+    return desc
+
+
+class WrappedDataSet(Dataset):
+    """What both dataset kinds share: the dtool dataset, labels, split and identity."""
+
+    input_type: str = ""
+
+    def __init__(self, uri: str | os.PathLike[str], usetype: str | None = None) -> None:
+        self.dataset: StoredDataSet = open_dataset(uri)
+        self.uri = self.dataset.uri
+        self.name = self.dataset.name
+        self.uuid = self.dataset.uuid
+        self.usetype = usetype
+        declared = self.dataset.get_annotation(keys.INPUT_TYPE)
+        if declared is not None and self.input_type and declared != self.input_type:
+            raise DatasetFormatError(
+                f"{self.uri} is a {declared}, not a {self.input_type}: open it with {declared}(uri)"
+            )
+
+    # --- labels ---------------------------------------------------------------------
+    def _encoding_from(self, names: Sequence[str]) -> dict[str, int]:
+        encoding = self.dataset.get_annotation(keys.CATEGORY_ENCODING)
+        if encoding is None:
+            encoding = {name: i for i, name in enumerate(sorted(set(names), key=_natural))}
+        return {str(k): int(v) for k, v in encoding.items()}
+
+    @property
+    def categories(self) -> list[str]:
+        """Category names in label order (label i is ``categories[i]``)."""
+        return [name for name, _ in sorted(self.cat_encoding.items(), key=lambda kv: kv[1])]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.cat_encoding)
+
+    def get_readme_content(self) -> str:
+        return self.dataset.get_readme_content()
+
+    # --- provenance -------------------------------------------------------------------
+    def selection_digest(self) -> str:
+        """sha256 of the selected sample keys, in order: pins the split that was used."""
+        h = hashlib.sha256()
+        for key in self._selection_keys():
+            h.update(str(key).encode() + b"\n")
+        return "sha256:" + h.hexdigest()
+
+    def _selection_keys(self) -> Sequence[Any]:
+        raise NotImplementedError
+
+    def provenance_info(self) -> dict[str, Any]:
+        """What a provenance record needs to find and check this data again."""
+        return {
+            "uri": self.uri,
+            "uuid": self.uuid,
+            "name": self.name,
+            "input_type": self.input_type,
+            "manifest_digest": self.dataset.manifest_digest(),
+            "readme": self.dataset.get_readme_content(),
+            "usetype": self.usetype,
+            "selection_digest": self.selection_digest(),
+            "n_items": len(self),
+            "n_dataset_items": len(self.dataset),
+            "category_encoding": self.cat_encoding,
+            "transform": describe_transform(getattr(self, "transform", None)),
+            "input_shape": list(self.input_shape),
+            "value_scale": getattr(self, "value_scale", None),
+            "image_mode": getattr(self, "mode", None),
+        }
+
+    input_shape: tuple[int, ...] = ()
+    cat_encoding: dict[str, int] = {}
+
+    def label_counts(self) -> dict[str, int]:
+        raise NotImplementedError
+
+
+def _natural(name: str) -> tuple[int, Any]:
+    return (0, int(name)) if name.isdigit() else (1, name)
+
+
+class ImageDataSet(WrappedDataSet):
+    """Images as items (``<category>/<file>``), labels in the ``category`` overlay.
+
+    Args:
+        uri: the dataset's URI or path.
+        usetype: keep only items whose ``usetype`` overlay has this value (train/test/...).
+        transform: a callable taking a PIL image (already converted to ``mode``) and
+            returning a (C, H, W) tensor or array; without one images become float tensors
+            in [0, 1] of the dataset's recorded size.
+        mode: Pillow mode to convert to ("L", "RGB", "RGBA"); default from the dataset's
+            metadata, else "RGB" (dtoolAI's behaviour).
+        size: (width, height) to resize to; default the dataset's recorded image size.
+    """
+
+    input_type = keys.INPUT_TYPE_IMAGE
+
+    def __init__(
+        self,
+        uri: str | os.PathLike[str],
+        usetype: str | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        mode: str | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(uri, usetype)
+        ds = self.dataset
+        categories = ds.get_overlay(keys.CATEGORY_OVERLAY)
+        if categories is None:
+            raise DatasetFormatError(
+                f"{self.uri} has no 'category' overlay: it is not an image dataset. "
+                "Create one with `reprodl dataset create-from-dirtree`"
+            )
+        idns = [i for i in ds.identifiers if categories.get(i) is not None]
+        if usetype is not None:
+            split = ds.get_overlay(keys.USETYPE_OVERLAY)
+            if split is not None:
+                idns = [i for i in idns if split.get(i) == usetype]
+                if not idns:
+                    values = sorted({str(v) for v in split.values()})
+                    raise DatasetFormatError(
+                        f"no items of usetype {usetype!r} in {self.uri}; it has {values}"
+                    )
+        self.identifiers: list[str] = idns
+        self._paths: list[str] | None = None
+        self.cat_lookup = {i: str(categories[i]) for i in idns}
+        self.cat_encoding = self._encoding_from(list(self.cat_lookup.values()))
+        unknown = sorted(set(self.cat_lookup.values()) - set(self.cat_encoding))
+        if unknown:
+            raise DatasetFormatError(
+                f"{self.uri}: categories {unknown} are not in its category_encoding annotation"
+            )
+        self.labels = np.array([self.cat_encoding[self.cat_lookup[i]] for i in idns], dtype=np.int64)
+        self.transform = transform
+        self.mode = mode or ds.get_annotation(keys.IMAGE_MODE) or "RGB"
+        channels = channels_for_mode(self.mode)
+        dims = ds.get_annotation(keys.IMAGE_DIMENSIONS)
+        if size is not None:
+            self.size: tuple[int, int] | None = (int(size[0]), int(size[1]))
+        elif dims is not None and len(dims) == 3:
+            self.size = (int(dims[2]), int(dims[1]))  # stored as (C, H, W)
+        else:
+            self.size = None
+        self.input_shape = (channels, self.size[1], self.size[0]) if self.size else ()
+        self.value_scale = 1.0
+
+    def __len__(self) -> int:
+        return len(self.identifiers)
+
+    def _selection_keys(self) -> Sequence[Any]:
+        return [self.dataset.relpath(i) for i in self.identifiers]
+
+    def _path(self, index: int) -> str:
+        if self._paths is None:
+            # Built once; remote items are fetched on first use and remembered.
+            if self.dataset.is_local:
+                self._paths = [self.dataset.item_path(i) for i in self.identifiers]
+            else:
+                return self.dataset.item_path(self.identifiers[index])
+        return self._paths[index]
+
+    def load_image(self, index: int) -> Any:
+        """The PIL image of sample ``index``, converted to the dataset's mode."""
+        image = open_image(self._path(index))
+        return image
+
+    def _tensor(self, index: int) -> torch.Tensor:
+        image = self.load_image(index)
+        if self.transform is not None:
+            out = self.transform(image)
+            return out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
+        image = resize(image, self.size)
+        return torch.from_numpy(to_array(image, self.mode))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index < 0:
+            index += len(self)
+        return self._tensor(index), int(self.labels[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        tensors = [self._tensor(i) for i in indices]
+        try:
+            inputs = torch.stack(tensors)
+        except RuntimeError:
+            shapes = sorted({tuple(t.shape) for t in tensors})
+            raise InputDataError(
+                f"images in {self.uri} have different shapes {shapes[:4]}: pass size=(W, H) "
+                "or a transform that resizes"
+            ) from None
+        return _make_batch(inputs, torch.from_numpy(self.labels[np.asarray(indices)]))
+
+    def label_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=self.n_classes)
+        return {name: int(counts[i]) for name, i in self.cat_encoding.items()}
+
+
+class TensorDataSet(WrappedDataSet):
+    """Arrays as ``.npy`` items, memory-mapped: any dtype and shape, with labels.
+
+    The data item (``tensor_file_idn`` annotation, else ``data.npy``) holds one row per
+    sample; rows are reshaped to the ``image_dimensions`` annotation when it is there and
+    divided by the value scale (255 for uint8, as dtoolAI did; 1 for floats).
+    """
+
+    input_type = keys.INPUT_TYPE_TENSOR
+
+    def __init__(
+        self,
+        uri: str | os.PathLike[str],
+        usetype: str | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(uri, usetype)
+        ds = self.dataset
+        data_idn = ds.get_annotation(keys.TENSOR_FILE_IDN)
+        labels_idn = ds.get_annotation(keys.LABELS_FILE_IDN)
+        try:
+            data_idn = data_idn or ds.identifier_of(keys.TENSOR_DATA_FILE)
+            labels_idn = labels_idn or ds.identifier_of(keys.TENSOR_LABELS_FILE)
+        except KeyError:
+            raise DatasetFormatError(
+                f"{self.uri} is not a tensor dataset: it has no {keys.TENSOR_DATA_FILE} and "
+                f"{keys.TENSOR_LABELS_FILE} items (create one with `reprodl dataset create-from-arrays`)"
+            ) from None
+        self._data_path = ds.item_path(data_idn)
+        self._labels_path = ds.item_path(labels_idn)
+        self.data = _load_npy(self._data_path, self.uri)
+        all_labels = np.asarray(_load_npy(self._labels_path, self.uri)).astype(np.int64).reshape(-1)
+        if len(all_labels) != len(self.data):
+            raise DatasetFormatError(
+                f"{self.uri}: {len(self.data)} data rows but {len(all_labels)} labels"
+            )
+        rows = np.arange(len(self.data))
+        if usetype is not None:
+            split = ds.get_annotation(keys.TENSOR_USETYPE)
+            if split is not None:
+                rows = np.flatnonzero(np.asarray(split) == usetype)
+                if len(rows) == 0:
+                    raise DatasetFormatError(
+                        f"no rows of usetype {usetype!r} in {self.uri}; it has {sorted(set(split))}"
+                    )
+            else:
+                declared = ds.readme().get("usetype")
+                if declared is not None and declared != usetype:
+                    raise DatasetFormatError(
+                        f"{self.uri} is a {declared!r} dataset with no per-row split, "
+                        f"not {usetype!r}"
+                    )
+        self.rows = rows
+        self._contiguous = bool(len(rows)) and rows[-1] - rows[0] == len(rows) - 1
+        self.labels = all_labels[rows]
+        names = [str(v) for v in np.unique(all_labels)]
+        self.cat_encoding = self._encoding_from(names)
+        dims = ds.get_annotation(keys.IMAGE_DIMENSIONS)
+        row_shape = tuple(self.data.shape[1:])
+        if dims is not None:
+            dims = tuple(int(d) for d in dims)
+            if int(np.prod(dims)) != int(np.prod(row_shape)):
+                raise DatasetFormatError(
+                    f"{self.uri}: image_dimensions {list(dims)} do not fit rows of shape {list(row_shape)}"
+                )
+            self.input_shape = dims
+        else:
+            self.input_shape = row_shape
+        scale = ds.get_annotation(keys.VALUE_SCALE)
+        if scale is None:
+            scale = 255.0 if self.data.dtype == np.uint8 else 1.0
+        self.value_scale = float(scale)
+        self.transform = transform
+        self.tensor = self.data  # dtoolAI's attribute names
+        self.image_dim = list(self.input_shape)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _selection_keys(self) -> Sequence[Any]:
+        return self.rows.tolist()
+
+    def _convert(self, raw: np.ndarray) -> torch.Tensor:
+        arr = np.asarray(raw)
+        # astype always copies: the result is writable even when ``raw`` is a memmap view.
+        t = torch.from_numpy(arr.astype(np.float32))
+        if self.value_scale != 1.0:
+            t.mul_(float(np.float32(1.0 / self.value_scale)))
+        return t.reshape(len(arr), *self.input_shape)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index < 0:
+            index += len(self)
+        x = self._convert(self.data[self.rows[index]][None])[0]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        idx = np.asarray(indices, dtype=np.int64)
+        if self._contiguous:
+            rows = idx + self.rows[0]
+        else:
+            rows = self.rows[idx]
+        raw = self.data[rows]
+        inputs = self._convert(raw)
+        if self.transform is not None:
+            inputs = torch.stack([self.transform(x) for x in inputs])
+        return _make_batch(inputs, torch.from_numpy(self.labels[idx]))
+
+    def label_counts(self) -> dict[str, int]:
+        counts = {name: 0 for name in self.cat_encoding}
+        inverse = {v: k for k, v in self.cat_encoding.items()}
+        values, n = np.unique(self.labels, return_counts=True)
+        for v, c in zip(values.tolist(), n.tolist()):
+            counts[inverse.get(v, str(v))] = c
+        return counts
+
+
+def _load_npy(path: str, uri: str) -> np.ndarray:
+    """Memory-map an .npy item; never unpickles (object arrays are refused)."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise DatasetFormatError(
+            f"{uri}: {os.path.basename(path)} cannot be read without unpickling ({exc}); "
+            "reprodl refuses pickled arrays from a URI"
+        ) from None
+    except OSError as exc:
+        raise DatasetFormatError(f"{uri}: {os.path.basename(path)} is not a .npy array ({exc})") from None
+
+
+def open_training_data(uri: str, usetype: str | None = None, **kwargs: Any) -> WrappedDataSet:
+    """Open a dataset as the kind its ``dtoolAI.inputtype`` annotation names."""
+    kind = open_dataset(uri).get_annotation(keys.INPUT_TYPE)
+    if kind == keys.INPUT_TYPE_IMAGE:
+        return ImageDataSet(uri, usetype, **kwargs)
+    if kind == keys.INPUT_TYPE_TENSOR or kind is None:
+        return TensorDataSet(uri, usetype, **kwargs)
+    raise DatasetFormatError(f"{uri} has input type {kind!r}, which reprodl cannot read")

@@ -1,0 +1,94 @@
+"""Reading images of any Pillow mode into float arrays, and checking image files.
+
+No torch here: creators and the CLI use these without paying for a torch import.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from reprodl.errors import InputDataError
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
+SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def channels_for_mode(mode: str) -> int:
+    return {"L": 1, "RGB": 3, "RGBA": 4}.get(mode, 0) or _bad_mode(mode)
+
+
+def _bad_mode(mode: str) -> int:
+    raise InputDataError(f"target image mode {mode!r} is not supported: use 'L', 'RGB' or 'RGBA'")
+
+
+def target_mode_for(source_mode: str) -> str:
+    """The mode reprodl stores a source mode as: gray stays one channel, colour becomes RGB."""
+    return "L" if source_mode in GRAY_MODES else "RGB"
+
+
+def to_array(image: Image.Image, mode: str) -> np.ndarray:
+    """Float32 array (C, H, W) in [0, 1] from an image of any Pillow mode.
+
+    16-bit and 32-bit integer images are scaled by 65535 rather than clipped at 255 (which
+    Pillow's ``convert("L")`` would do); palette, CMYK, LA and RGBA images go through
+    Pillow's own conversion; alpha is dropped unless ``mode == "RGBA"``.
+    """
+    channels_for_mode(mode)
+    src = image.mode
+    if src in SIXTEEN_BIT or src == "F":
+        arr = np.asarray(image, dtype=np.float32)
+        if src != "F":
+            arr = np.clip(arr / 65535.0, 0.0, 1.0)
+        arr = arr[None]
+        if mode != "L":
+            arr = np.repeat(arr, channels_for_mode(mode), axis=0)
+            if mode == "RGBA":
+                arr[3] = 1.0
+        return np.ascontiguousarray(arr)
+    if src != mode:
+        if src == "P" and "transparency" in image.info and mode != "RGBA":
+            image = image.convert("RGBA")
+        image = image.convert(mode)
+    arr = np.asarray(image, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return arr.astype(np.float32) * np.float32(1 / 255)
+
+
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open and fully decode an image, turning Pillow's errors into :class:`InputDataError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()
+        return image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputDataError(
+            f"{path}: image is too large ({exc}); Pillow's limit is "
+            f"{Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb guard)"
+        ) from None
+    except UnidentifiedImageError:
+        raise InputDataError(f"{path}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputDataError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def image_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
+    image = open_image(path)
+    return {"mode": image.mode, "size": image.size}
+
+
+def resize(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    """Resize to (width, height) with a fixed filter, so results are deterministic."""
+    if size is None or image.size == tuple(size):
+        return image
+    if image.mode in SIXTEEN_BIT:
+        image = image.convert("I")  # resize works on 32-bit ints
+    return image.resize(tuple(size), Image.Resampling.BILINEAR)

@@ -1,0 +1,89 @@
+"""Errors raised by reprodl.
+
+Every error derives from :class:`ReprodlError` and from the builtin it resembles, so
+``except ValueError`` keeps working for callers that do not know reprodl. Each message
+names the thing, its value and what to do next.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of the ``reprodl`` command line, in one place."""
+
+    OK = 0
+    FAILED = 1  # a check ran and failed (verify, reproduce "differs")
+    USAGE = 2  # bad input: the command could not start
+    NOT_FOUND = 3
+    INTERRUPTED = 130
+
+
+class ReprodlError(Exception):
+    """Base class of every error reprodl raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.USAGE
+
+
+class InvalidURIError(ReprodlError, ValueError):
+    """A URI whose scheme or form reprodl cannot use."""
+
+
+class DatasetNotFoundError(ReprodlError, FileNotFoundError):
+    """No dataset at the URI."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
+class DatasetNotFrozenError(ReprodlError, ValueError):
+    """The URI holds a proto dataset (an unfinished creation), not a frozen dataset."""
+
+
+class DatasetExistsError(ReprodlError, FileExistsError):
+    """A dataset of that name already exists: reprodl never overwrites one."""
+
+
+class InvalidNameError(ReprodlError, ValueError):
+    """A dataset name dtool does not allow."""
+
+
+class StorageError(ReprodlError, OSError):
+    """Storage could not be reached or written (unreachable server, permissions...)."""
+
+
+class MetadataError(ReprodlError, ValueError):
+    """A README or other metadata that does not validate against its schema."""
+
+
+class InputDataError(ReprodlError, ValueError):
+    """Input data that cannot become a dataset (empty category, corrupt image...)."""
+
+
+class DatasetFormatError(ReprodlError, ValueError):
+    """A dataset whose annotations or items do not describe the expected kind of data."""
+
+
+class IntegrityError(ReprodlError, ValueError):
+    """Content that no longer matches its recorded hashes or digests."""
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+
+class ParametersError(ReprodlError, ValueError):
+    """Training parameters or a configuration that cannot be used."""
+
+
+class ModelLoadError(ReprodlError, ValueError):
+    """A model dataset that cannot be loaded safely."""
+
+
+class UnsafeImportError(ReprodlError, PermissionError):
+    """Metadata names code that has not been allowed to run."""
+
+
+class ReproductionError(ReprodlError, RuntimeError):
+    """A reproduction that cannot proceed (missing data, code, or record)."""

@@ -1,0 +1,57 @@
+"""Metadata keys, item names and schema versions: the one place they are spelled.
+
+The ``dtoolAI.*``, ``category``, ``usetype``, ``category_encoding``, ``tensor_file_idn``
+and ``image_dimensions`` names are the conventions of the original dtoolAI 0.2.0, so
+datasets it made load here and datasets made here load there.
+"""
+from __future__ import annotations
+
+# --- dataset annotations (dtoolAI conventions) ---------------------------------------
+INPUT_TYPE = "dtoolAI.inputtype"
+CATEGORY_ENCODING = "category_encoding"
+TENSOR_FILE_IDN = "tensor_file_idn"
+IMAGE_DIMENSIONS = "image_dimensions"
+
+INPUT_TYPE_IMAGE = "ImageDataSet"
+INPUT_TYPE_TENSOR = "TensorDataSet"
+
+# --- dataset overlays ---------------------------------------------------------------
+CATEGORY_OVERLAY = "category"
+USETYPE_OVERLAY = "usetype"
+
+# --- reprodl's own dataset annotations --------------------------------------------------
+# Per-row split of a TensorDataSet (its rows are not items, so no overlay can hold it).
+TENSOR_USETYPE = "reprodl.usetype"
+LABELS_FILE_IDN = "reprodl.labels_idn"
+TENSOR_DTYPE = "reprodl.dtype"
+TENSOR_SHAPE = "reprodl.shape"
+VALUE_SCALE = "reprodl.value_scale"  # divide raw values by this to get [0, 1] floats
+IMAGE_MODE = "reprodl.image_mode"  # Pillow mode images are converted to on read
+SPLIT_INFO = "reprodl.split"
+
+# --- item names ------------------------------------------------------------------------
+TENSOR_DATA_FILE = "data.npy"
+TENSOR_LABELS_FILE = "labels.npy"
+README_FILE = "README.yml"
+
+# --- model dataset ---------------------------------------------------------------------
+WEIGHTS_FILE = "model.safetensors"
+PROVENANCE_FILE = "provenance.json"
+HISTORY_FILE = "history.json"
+CODE_PATCH_FILE = "code.patch"
+MODEL_KIND = "reprodl.kind"
+KIND_MODEL = "model"
+KIND_SUMMARY = "multirun-summary"
+MODEL_NAME = "model_name"
+MODEL_PARAMETERS = "model_parameters"
+RECORD_DIGEST = "reprodl.record_digest"
+SOURCE_DATASET_URI = "source_dataset_uri"
+SOURCE_DATASET_UUID = "source_dataset_uuid"
+SOURCE_DATASET_NAME = "source_dataset_name"
+SUMMARY_FILE = "summary.json"
+ENVELOPE_PLOT_FILE = "envelope.png"
+
+# --- schema versions -------------------------------------------------------------------
+PROVENANCE_SCHEMA_VERSION = "1.0"
+PROVENANCE_SCHEMA_ID = "https://reprodl.dev/schemas/provenance-1.0.json"
+README_SCHEMA_VERSION = "1.0"

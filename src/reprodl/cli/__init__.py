@@ -1,0 +1,54 @@
+"""The `reprodl` command line: a thin shell over the library (parse, call, print)."""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from reprodl import __version__
+from reprodl.cli import dataset as _dataset
+
+app = typer.Typer(
+    name="reprodl",
+    help="Reproducible deep learning: datasets on dtool, training with provenance, one-command reproduction.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(_dataset.app, name="dataset")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"reprodl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit."),
+) -> None:
+    """reprodl: make deep-learning models reproducible by construction."""
+
+
+def _register() -> None:
+    from reprodl.cli import model as _model  # noqa: F401  (registers commands on app)
+
+
+def main() -> None:
+    _register()
+    app()
+
+
+def create_image_dataset_from_dirtree_main() -> None:
+    """The paper's command name: create-image-dataset-from-dirtree DIR BASE_URI NAME."""
+    typer.main.get_command(_dataset.app)(["create-from-dirtree", *sys.argv[1:]],
+                                         prog_name="create-image-dataset-from-dirtree")
+
+
+def provenance_main() -> None:
+    """The paper's dtoolai-provenance, as reprodl-provenance URI."""
+    _register()
+    typer.main.get_command(app)(["provenance", *sys.argv[1:]], prog_name="reprodl-provenance")

@@ -1,0 +1,64 @@
+"""What every command shares: error handling, JSON output, progress bars."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from reprodl.errors import ExitCode, ReprodlError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def handle_errors(fn: F) -> F:
+    """Turn reprodl's errors into a message on stderr and the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ReprodlError as exc:
+            err.print(f"[bold red]Error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(int(exc.exit_code)) from None
+        except KeyboardInterrupt:
+            err.print("Interrupted.")
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: float | None, *, quiet: bool = False) -> Iterator[Callable[[float], None]]:
+    """A Rich progress bar on stderr; yields ``advance(n)``. Silent when quiet or not a TTY."""
+    if quiet:
+        yield lambda n=1: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
+def fail(message: str, code: ExitCode = ExitCode.USAGE) -> None:
+    err.print(f"[bold red]Error:[/] {message}", markup=True)
+    raise typer.Exit(int(code))

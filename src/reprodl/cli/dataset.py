@@ -1,0 +1,211 @@
+"""`reprodl dataset ...`: create, split, inspect and verify training datasets."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json, progress_bar
+from reprodl.errors import ExitCode
+
+app = typer.Typer(help="Create, split, inspect and verify training datasets.", no_args_is_help=True)
+
+_DESC = typer.Option(None, "--description", help="README: what the data are.")
+_AUTHOR = typer.Option(None, "--author", help="README: an author (repeat for several).")
+_ORIGIN = typer.Option(None, "--origin", help="README: where the data came from.")
+_LICENSE = typer.Option(None, "--license", help="README: terms of use.")
+_README = typer.Option(None, "--readme", exists=False, help="README YAML file to start from.")
+_SCHEMA = typer.Option(None, "--schema", help="Extra JSON Schema (JSON or YAML file) the README must satisfy.")
+
+
+def _readme_fields(description: Optional[str], author: Optional[list[str]], origin: Optional[str],
+                   license: Optional[str], readme: Optional[Path], schema: Optional[Path]) -> dict[str, Any]:
+    return {"description": description, "authors": author or None, "origin": origin,
+            "license": license, "readme_file": readme, "schema": schema}
+
+
+def _created(uri: str, as_json: bool, kind: str) -> None:
+    if as_json:
+        print_json({"uri": uri})
+    else:
+        out.print(f"Created {kind} dataset at {uri}")
+
+
+@app.command("create-from-dirtree")
+@handle_errors
+def create_from_dirtree_cmd(
+    dirtree: Path = typer.Argument(..., help="Directory with one subdirectory of images per category."),
+    base_uri: str = typer.Argument(..., help="Where to create the dataset (path, file://, s3://)."),
+    name: str = typer.Argument(..., help="Dataset name (letters, digits, '-', '_', '.')."),
+    description: Optional[str] = _DESC, author: Optional[list[str]] = _AUTHOR,
+    origin: Optional[str] = _ORIGIN, license: Optional[str] = _LICENSE,
+    readme: Optional[Path] = _README, schema: Optional[Path] = _SCHEMA,
+    quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
+) -> None:
+    """Create an image dataset from DIRTREE/<category>/<image> (the paper's create-image-dataset-from-dirtree)."""
+    from reprodl.data.creators import create_from_dirtree, scan_dirtree
+
+    n = sum(len(v) for v in scan_dirtree(dirtree).values())
+    with progress_bar("Checking and storing images", 2 * n, quiet=quiet or as_json) as advance:
+        uri = create_from_dirtree(dirtree, base_uri, name, progress=advance,
+                                  readme=_readme_fields(description, author, origin, license, readme, schema))
+    _created(uri, as_json, "image")
+
+
+@app.command("create-from-arrays")
+@handle_errors
+def create_from_arrays_cmd(
+    data: str = typer.Argument(..., help="Samples: FILE.npy, or FILE.npz[:KEY]."),
+    labels: str = typer.Argument(..., help="Integer labels: FILE.npy, or FILE.npz[:KEY]."),
+    base_uri: str = typer.Argument(..., help="Where to create the dataset."),
+    name: str = typer.Argument(..., help="Dataset name."),
+    image_dimensions: Optional[str] = typer.Option(None, "--image-dimensions", help="C,H,W each row reshapes to."),
+    categories: Optional[str] = typer.Option(None, "--categories", help="Comma-separated names of labels 0..K-1."),
+    value_scale: Optional[float] = typer.Option(None, "--value-scale", help="Divide raw values by this (default 255 for uint8, else 1)."),
+    description: Optional[str] = _DESC, author: Optional[list[str]] = _AUTHOR,
+    origin: Optional[str] = _ORIGIN, license: Optional[str] = _LICENSE,
+    readme: Optional[Path] = _README, schema: Optional[Path] = _SCHEMA,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Create a tensor dataset from .npy/.npz arrays."""
+    from reprodl.data.creators import create_from_arrays, load_array_file
+    from reprodl.errors import InputDataError
+
+    def load(spec: str):
+        path, _, key = spec.partition(":") if spec.count(":") == 1 and not Path(spec).exists() else (spec, "", "")
+        return load_array_file(path, key or None)
+
+    dims = None
+    if image_dimensions:
+        try:
+            dims = [int(x) for x in image_dimensions.split(",")]
+        except ValueError:
+            raise InputDataError(f"--image-dimensions should be C,H,W integers, got {image_dimensions!r}") from None
+    uri = create_from_arrays(load(data), load(labels), base_uri, name, image_dimensions=dims,
+                             categories=categories.split(",") if categories else None,
+                             value_scale=value_scale,
+                             readme=_readme_fields(description, author, origin or str(Path(data).resolve()),
+                                                   license, readme, schema))
+    _created(uri, as_json, "tensor")
+
+
+@app.command("create-from-idx")
+@handle_errors
+def create_from_idx_cmd(
+    images: Path = typer.Argument(..., help="IDX images file (e.g. train-images-idx3-ubyte[.gz])."),
+    labels: Path = typer.Argument(..., help="IDX labels file."),
+    base_uri: str = typer.Argument(...), name: str = typer.Argument(...),
+    description: Optional[str] = _DESC, author: Optional[list[str]] = _AUTHOR,
+    origin: Optional[str] = _ORIGIN, license: Optional[str] = _LICENSE,
+    readme: Optional[Path] = _README, schema: Optional[Path] = _SCHEMA,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Create a tensor dataset from MNIST-style IDX files."""
+    from reprodl.data.creators import create_from_idx
+
+    uri = create_from_idx(images, labels, base_uri, name,
+                          readme=_readme_fields(description, author, origin, license, readme, schema))
+    _created(uri, as_json, "tensor")
+
+
+@app.command("create-digits")
+@handle_errors
+def create_digits_cmd(
+    base_uri: str = typer.Argument(..., help="Where to create the dataset."),
+    name: str = typer.Argument("digits", help="Dataset name."),
+    as_images: bool = typer.Option(False, "--as-images", help="Store 8x8 PNGs (an image dataset) instead of arrays."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Create a dataset of scikit-learn's 1,797 real handwritten digits (the embedded default)."""
+    from reprodl.data.creators import create_digits
+
+    uri = create_digits(base_uri, name, as_images=as_images)
+    _created(uri, as_json, "image" if as_images else "tensor")
+
+
+@app.command("split")
+@handle_errors
+def split_cmd(
+    uri: str = typer.Argument(..., help="Dataset URI."),
+    test: float = typer.Option(0.2, "--test", help="Fraction of each class for test."),
+    valid: float = typer.Option(0.0, "--valid", help="Fraction of each class for validation."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split (the same seed gives the same split)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing split."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Write a stratified train/test split (the `usetype` overlay) into a dataset."""
+    from reprodl.data.ops import split_dataset
+
+    counts = split_dataset(uri, test=test, valid=valid, seed=seed, force=force)
+    if as_json:
+        print_json(counts)
+    else:
+        out.print("Split " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+@app.command("info")
+@handle_errors
+def info_cmd(uri: str = typer.Argument(..., help="Dataset URI."), as_json: bool = JSON_OPT) -> None:
+    """Name, UUID, URI, README, item count, classes and per-class counts."""
+    import yaml
+
+    from reprodl.data.ops import dataset_info
+
+    info = dataset_info(uri)
+    if as_json:
+        print_json(info)
+        return
+    for key in ("name", "uuid", "uri", "input_type", "n_items", "size_in_bytes", "manifest_digest"):
+        out.print(f"{key + ':':17} {info.get(key)}")
+    if "classes" in info:
+        out.print(f"{'samples:':17} {info['n_samples']}")
+        out.print(f"{'classes:':17} {len(info['classes'])}")
+        out.print("per-class counts: " + ", ".join(f"{k}: {v}" for k, v in info["class_counts"].items()))
+    if "split_counts" in info:
+        out.print("split:            " + ", ".join(f"{k}: {v}" for k, v in info["split_counts"].items()))
+    out.print("README:")
+    out.print("  " + yaml.safe_dump(info["readme"], sort_keys=False).rstrip().replace("\n", "\n  "))
+
+
+@app.command("stats")
+@handle_errors
+def stats_cmd(uri: str = typer.Argument(..., help="Dataset URI."), quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT) -> None:
+    """Per-channel mean and std (streaming, bounded memory) and class balance."""
+    from reprodl.data.ops import dataset_stats
+
+    with progress_bar("Computing statistics", None, quiet=quiet or as_json) as advance:
+        stats = dataset_stats(uri, progress=advance)
+    if as_json:
+        print_json(stats)
+        return
+    out.print(f"samples: {stats['n_samples']}")
+    out.print("mean:    " + ", ".join(f"{m:.4f}" for m in stats["mean"]))
+    out.print("std:     " + ", ".join(f"{s:.4f}" for s in stats["std"]))
+    out.print("classes: " + ", ".join(f"{k}: {v} ({stats['class_fractions'][k]:.1%})" for k, v in stats["class_counts"].items()))
+    out.print(f"majority-class fraction: {stats['majority_class_fraction']:.1%}")
+
+
+@app.command("verify")
+@handle_errors
+def verify_cmd(
+    uri: str = typer.Argument(..., help="Dataset URI."),
+    deep: bool = typer.Option(False, "--deep", help="Re-hash every item (default: item set and sizes)."),
+    quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
+) -> None:
+    """Check a dataset's items against its manifest; exit 1 naming each missing, added or altered item."""
+    from reprodl.store import open_dataset
+
+    ds = open_dataset(uri)
+    with progress_bar("Verifying" + (" (deep)" if deep else ""), ds.total_size(), quiet=quiet or as_json) as advance:
+        report = ds.verify(deep=deep, progress=advance)
+    if as_json:
+        print_json(report.to_dict())
+    elif report.ok:
+        out.print(f"OK: {report.n_items} items match the manifest of {ds.uri}" + (" (every hash checked)" if deep else ""))
+    else:
+        for line in report.problems():
+            err.print(line)
+        err.print(f"FAILED: {len(report.problems())} problem(s) in {ds.uri}")
+    if not report.ok:
+        raise typer.Exit(int(ExitCode.FAILED))

@@ -1,0 +1,281 @@
+"""Capturing what a training needs to be redone: code, environment, seeds, components.
+
+Example:
+    >>> info = capture_environment()            # doctest: +SKIP
+    >>> info.torch                              # doctest: +SKIP
+    '2.13.0+cpu'
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import inspect
+import os
+import platform
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from reprodl import __version__
+from reprodl.provenance import (
+    Architecture,
+    CallableInfo,
+    CodeInfo,
+    Determinism,
+    Environment,
+    GitInfo,
+    OptimizerInfo,
+    Seeds,
+)
+
+
+# --- environment -----------------------------------------------------------------------
+def installed_packages() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata.get("Name")
+        if name:
+            out[name.lower().replace("_", "-")] = dist.version
+    return dict(sorted(out.items()))
+
+
+def capture_environment() -> Environment:
+    import numpy
+    import torch
+
+    cuda = torch.version.cuda
+    gpus: list[str] = []
+    if torch.cuda.is_available():
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return Environment(
+        python=platform.python_version(),
+        implementation=platform.python_implementation(),
+        platform=platform.platform(),
+        machine=platform.machine(),
+        processor=platform.processor(),
+        cpu_count=os.cpu_count(),
+        torch=torch.__version__,
+        cuda=cuda,
+        cudnn=cudnn,
+        gpus=gpus,
+        numpy=numpy.__version__,
+        reprodl=__version__,
+        packages=installed_packages(),
+    )
+
+
+# --- code ------------------------------------------------------------------------------
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        res = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout if res.returncode == 0 else None
+
+
+def entry_script() -> Path | None:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path and os.path.isfile(path):
+        return Path(path).resolve()
+    return None
+
+
+def capture_code(where: str | os.PathLike[str] | None = None) -> tuple[CodeInfo, str | None]:
+    """Code version of the entry script's repository (or ``where``): (info, patch text).
+
+    The patch is ``git diff HEAD`` (staged and unstaged changes to tracked files); it is
+    stored as an item so the exact code can be rebuilt from the commit.
+    """
+    script = entry_script()
+    base = Path(where) if where else (script.parent if script else Path.cwd())
+    info = CodeInfo(
+        entry_script=str(script) if script else None,
+        entry_script_sha256=_sha256_file(script) if script else None,
+        argv=list(sys.argv),
+        working_directory=os.getcwd(),
+    )
+    root = _git(["rev-parse", "--show-toplevel"], base)
+    if root is None:
+        return info, None
+    root_path = Path(root.strip())
+    commit = (_git(["rev-parse", "HEAD"], root_path) or "").strip() or None
+    branch = (_git(["rev-parse", "--abbrev-ref", "HEAD"], root_path) or "").strip() or None
+    remote = (_git(["config", "--get", "remote.origin.url"], root_path) or "").strip() or None
+    patch = _git(["diff", "HEAD", "--binary"], root_path) if commit else None
+    status = _git(["status", "--porcelain", "--untracked-files=normal"], root_path) or ""
+    untracked = [line[3:] for line in status.splitlines() if line.startswith("??")]
+    dirty = bool(patch) or bool(untracked)
+    info.git = GitInfo(commit=commit, branch=branch, dirty=dirty, remote=remote, root=str(root_path),
+                       untracked=untracked[:200],
+                       patch_sha256=hashlib.sha256(patch.encode()).hexdigest() if patch else None)
+    return info, (patch or None)
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- seeds and determinism ---------------------------------------------------------------
+def derive_seeds(seed: int, num_workers: int) -> Seeds:
+    """All seeds of a run, derived from one; the same seed gives the same seeds."""
+    base = seed & 0xFFFFFFFF
+    return Seeds(seed=seed, python=base, numpy=base, torch=seed, dataloader_generator=seed + 1,
+                 worker_seeds=[(seed + 1000 + i) & 0xFFFFFFFF for i in range(num_workers)])
+
+
+def seed_everything(seeds: Seeds) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seeds.python)
+    np.random.seed(seeds.numpy)
+    torch.manual_seed(seeds.torch)
+
+
+class DeterminismSettings:
+    """Apply bitwise-determinism settings for a block and restore the previous ones after."""
+
+    def __init__(self, deterministic: bool, device_type: str) -> None:
+        self.deterministic = deterministic
+        self.device_type = device_type
+        self._saved: dict[str, Any] = {}
+
+    def __enter__(self) -> Determinism:
+        import torch
+
+        self._saved = {
+            "algos": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_det": torch.backends.cudnn.deterministic,
+            "cudnn_bench": torch.backends.cudnn.benchmark,
+            "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        }
+        if self.deterministic:
+            if self.device_type == "cuda" and not os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
+                os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        return self.describe()
+
+    def describe(self) -> Determinism:
+        import torch
+
+        return Determinism(
+            mode="bitwise" if self.deterministic else "statistical",
+            use_deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
+            cudnn_deterministic=torch.backends.cudnn.deterministic,
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            tf32_cudnn=torch.backends.cudnn.allow_tf32,
+            float32_matmul_precision=torch.get_float32_matmul_precision(),
+            num_threads=torch.get_num_threads(),
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        s = self._saved
+        torch.use_deterministic_algorithms(s["algos"], warn_only=s["warn_only"])
+        torch.backends.cudnn.deterministic = s["cudnn_det"]
+        torch.backends.cudnn.benchmark = s["cudnn_bench"]
+        torch.backends.cuda.matmul.allow_tf32 = s["tf32_matmul"]
+        torch.backends.cudnn.allow_tf32 = s["tf32_cudnn"]
+        if s["cublas"] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = s["cublas"]
+
+
+# --- components ----------------------------------------------------------------------------
+def jsonable(value: Any) -> Any:
+    """A JSON-able form of a hyperparameter value (tensors become lists)."""
+    import torch
+
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, torch.dtype):
+        return str(value)
+    return repr(value)
+
+
+def class_path(obj_or_cls: Any) -> tuple[str, str]:
+    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    return cls.__module__, cls.__qualname__
+
+
+def describe_optimizer(optimizer: Any, names: dict[int, str]) -> OptimizerInfo:
+    module, qualname = class_path(optimizer)
+    groups = []
+    for group in optimizer.param_groups:
+        hp = {k: jsonable(v) for k, v in group.items() if k != "params"}
+        hp["param_names"] = [names.get(id(p), f"<unnamed {i}>") for i, p in enumerate(group["params"])]
+        groups.append(hp)
+    return OptimizerInfo(class_name=qualname, module=module,
+                         defaults={k: jsonable(v) for k, v in optimizer.defaults.items()},
+                         param_groups=groups)
+
+
+_SKIP_ARGS = {"self", "size_average", "reduce", "args", "kwargs"}
+
+
+def describe_callable(obj: Any) -> CallableInfo:
+    """Class and constructor arguments of a loss function or scheduler, read back from it."""
+    module, qualname = class_path(obj)
+    args: dict[str, Any] = {}
+    try:
+        sig = inspect.signature(type(obj).__init__)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        for name in sig.parameters:
+            if name in _SKIP_ARGS or name in ("optimizer",):
+                continue
+            if hasattr(obj, name):
+                args[name] = jsonable(getattr(obj, name))
+    return CallableInfo(class_name=qualname, module=module, args=args)
+
+
+def describe_architecture(model: Any, init_params: dict[str, Any]) -> Architecture:
+    module, qualname = class_path(model)
+    try:
+        source = inspect.getsource(type(model))
+        source_sha = hashlib.sha256(source.encode()).hexdigest()
+    except (OSError, TypeError):
+        source_sha = None
+    params = list(model.named_parameters())
+    return Architecture(
+        import_path=f"{module}:{qualname}",
+        module=module,
+        class_name=qualname,
+        init_params=jsonable(dict(init_params)),
+        n_parameters=sum(p.numel() for _, p in params),
+        n_trainable=sum(p.numel() for _, p in params if p.requires_grad),
+        frozen_parameters=[n for n, p in params if not p.requires_grad],
+        source_sha256=source_sha,
+    )
+
+
+def state_dict_sha256(state: dict[str, Any]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()

@@ -1,0 +1,208 @@
+"""Using a trained model from any URI: load safely, predict, evaluate.
+
+Weights are read with safetensors only (a pickle is refused). The architecture is rebuilt
+from the record only when its module is in reprodl's zoo, in an allow-list the user passes,
+or when the user passes the class itself: metadata from a URI never names code that runs
+unasked.
+
+Example:
+    >>> model = TrainedTorchModel("http://example.org/models/digits")   # doctest: +SKIP
+    >>> model.convert_and_predict(Image.open("handwritten_8.png"))     # doctest: +SKIP
+    '8'
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from reprodl import keys
+from reprodl.data.datasets import WrappedDataSet, collate
+from reprodl.data.images import resize, to_array
+from reprodl.errors import IntegrityError, ModelLoadError, UnsafeImportError
+from reprodl.provenance import ProvenanceRecord, read_record
+from reprodl.store import StoredDataSet, open_dataset
+
+TRUSTED_MODULES = ("reprodl.zoo",)
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+
+
+def resolve_class(import_path: str, *, allow: Iterable[str] = (), model_class: type | None = None) -> type:
+    """The model class named by a record, if it may be imported.
+
+    ``allow`` holds module names or ``module:Class`` paths the user trusts ("mypkg.models"
+    allows every class in that module and its submodules).
+    """
+    module_name, _, qualname = import_path.partition(":")
+    if model_class is not None:
+        return model_class
+    allowed = any(
+        module_name == a or module_name.startswith(a + ".") or import_path == a
+        for a in (*TRUSTED_MODULES, *allow)
+    )
+    if not allowed:
+        raise UnsafeImportError(
+            f"the record names the class {import_path!r}, which reprodl will not import unasked. "
+            f"If you trust it, pass allow=[{module_name!r}] (CLI: --allow {module_name}) or "
+            "model_class=YourClass"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelLoadError(f"cannot import module {module_name!r} for the model class: {exc}") from None
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ModelLoadError(f"module {module_name!r} has no class {qualname!r}")
+    return obj
+
+
+def load_weights(ds: StoredDataSet, record: ProvenanceRecord | None = None) -> dict[str, torch.Tensor]:
+    """The weights of a model dataset, from safetensors only, checked against the record."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from reprodl.capture import state_dict_sha256
+
+    relpaths = {ds.relpath(i) for i in ds.identifiers}
+    if keys.WEIGHTS_FILE not in relpaths:
+        pickles = sorted(r for r in relpaths if r.endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise ModelLoadError(
+                f"{ds.uri} holds weights as a pickle ({', '.join(pickles)}), which reprodl refuses to "
+                "load from a URI (unpickling runs arbitrary code). Convert the weights to safetensors "
+                "in a trusted environment"
+            )
+        raise ModelLoadError(f"{ds.uri} has no {keys.WEIGHTS_FILE} item: it is not a reprodl model")
+    path = ds.item_path(ds.identifier_of(keys.WEIGHTS_FILE))
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if head[:1] == b"\x80" or head == b"PK":
+        raise ModelLoadError(
+            f"{ds.uri}: {keys.WEIGHTS_FILE} is a pickle/zip (torch.save) file, not safetensors; "
+            "reprodl refuses to unpickle weights from a URI"
+        )
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{ds.uri}: {keys.WEIGHTS_FILE} is not a valid safetensors file ({exc})") from None
+    if record is not None and record.results.weights_sha256:
+        actual = state_dict_sha256(state)
+        if actual != record.results.weights_sha256:
+            raise IntegrityError(
+                f"{ds.uri}: the weights do not match the provenance record "
+                f"(record {record.results.weights_sha256}, weights {actual})",
+                problems=["weights digest mismatch"],
+            )
+    return state
+
+
+class TrainedTorchModel:
+    """A trained model loaded from a model dataset at any URI.
+
+    Args:
+        uri: the model dataset's URI or path.
+        allow: modules (or ``module:Class``) trusted to be imported for the architecture.
+        model_class: the architecture class to use instead of the recorded import path.
+        device: where to run ("cpu", "cuda"...); default CPU.
+    """
+
+    def __init__(self, uri: str, *, allow: Iterable[str] = (), model_class: type | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.dataset = open_dataset(uri)
+        self.uri = self.dataset.uri
+        self.provenance: ProvenanceRecord = read_record(self.dataset)
+        arch = self.provenance.architecture
+        cls = resolve_class(arch.import_path, allow=allow, model_class=model_class)
+        try:
+            self.model: torch.nn.Module = cls(**arch.init_params)
+        except TypeError as exc:
+            raise ModelLoadError(f"cannot build {arch.import_path} with {arch.init_params}: {exc}") from None
+        state = load_weights(self.dataset, self.provenance)
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"the weights in {self.uri} do not fit {arch.import_path}: {exc}") from None
+        self.device = torch.device(device)
+        self.model.to(self.device).eval()
+        train = self.provenance.data_by_role("train")[0]
+        self.cat_encoding = dict(train.category_encoding)
+        self.categories = [n for n, _ in sorted(self.cat_encoding.items(), key=lambda kv: kv[1])]
+        self.input_shape = tuple(train.input_shape)
+        self.image_mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(self.input_shape[0] if self.input_shape else 1, "L")
+
+    @property
+    def name(self) -> str:
+        return self.provenance.model_name
+
+    def get_readme_content(self) -> str:
+        return self.dataset.get_readme_content()
+
+    @torch.no_grad()
+    def predict(self, batch: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Predicted label indices for a batch of inputs shaped like the training inputs."""
+        x = torch.as_tensor(batch, dtype=torch.float32)
+        if self.input_shape and tuple(x.shape[1:]) != self.input_shape:
+            if tuple(x.shape) == self.input_shape:
+                x = x[None]
+            else:
+                raise ModelLoadError(f"inputs of shape {tuple(x.shape)} do not fit the model's (N, {', '.join(map(str, self.input_shape))})")
+        return self.model(x.to(self.device)).argmax(1).cpu()
+
+    def predict_categories(self, batch: torch.Tensor | np.ndarray) -> list[str]:
+        return [self.categories[i] for i in self.predict(batch).tolist()]
+
+    def convert_image(self, image: Any) -> torch.Tensor:
+        """A PIL image of any mode and size as a model input (recorded shape and scale)."""
+        if not self.input_shape or len(self.input_shape) != 3:
+            raise ModelLoadError(f"the model's inputs are not images (recorded shape {self.input_shape})")
+        _, h, w = self.input_shape
+        return torch.from_numpy(to_array(resize(image, (w, h)), self.image_mode))
+
+    def convert_and_predict(self, image: Any) -> str:
+        """The category name the model gives a PIL image."""
+        return self.predict_categories(self.convert_image(image)[None])[0]
+
+    @torch.no_grad()
+    def evaluate(self, dataset: WrappedDataSet, *, batch_size: int = 256) -> dict[str, Any]:
+        """Accuracy, per-class precision/recall, confusion matrix, next to the majority baseline."""
+        if dataset.cat_encoding != self.cat_encoding:
+            raise ModelLoadError(
+                f"dataset {dataset.name!r} encodes labels as {dataset.cat_encoding}, the model as "
+                f"{self.cat_encoding}: evaluate on data with the model's categories")
+        k = len(self.categories)
+        confusion = torch.zeros(k, k, dtype=torch.int64)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+        for x, y in loader:
+            pred = self.model(x.to(self.device)).argmax(1).cpu()
+            confusion += torch.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+        return evaluation_report(confusion.numpy(), self.categories, dataset_name=dataset.name, dataset_uri=dataset.uri)
+
+
+def evaluation_report(confusion: np.ndarray, categories: list[str], **extra: Any) -> dict[str, Any]:
+    n = int(confusion.sum())
+    correct = int(np.trace(confusion))
+    support = confusion.sum(1)
+    predicted = confusion.sum(0)
+    per_class = {}
+    for i, name in enumerate(categories):
+        tp = int(confusion[i, i])
+        per_class[name] = {
+            "precision": tp / int(predicted[i]) if predicted[i] else 0.0,
+            "recall": tp / int(support[i]) if support[i] else 0.0,
+            "support": int(support[i]),
+        }
+    majority = int(support.argmax()) if n else 0
+    return {
+        **extra,
+        "n_samples": n,
+        "accuracy": correct / n if n else 0.0,
+        "majority_class": categories[majority] if categories else None,
+        "majority_baseline_accuracy": int(support.max()) / n if n else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": confusion.astype(int).tolist(),
+        "categories": categories,
+    }

@@ -1,0 +1,374 @@
+"""The provenance record: one typed, schema-versioned object; its digest; its diff.
+
+The record is stored as the item ``provenance.json`` of a model dataset, so dtool's manifest
+hashes it; it also carries a sha256 digest of itself (over its canonical JSON without the
+``digest`` field), so a copied record that was edited is caught, and a chain of models
+(``lineage.parent.record_digest``) can be checked offline. No torch here: ``reprodl
+provenance URI`` answers without importing it.
+
+Example:
+    >>> record = load_record("/models/digits-model")       # doctest: +SKIP
+    >>> record.training.optimizer.class_name               # doctest: +SKIP
+    'SGD'
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reprodl import keys
+from reprodl.errors import IntegrityError, ModelLoadError
+from reprodl.store import StoredDataSet, canonical_json, open_dataset
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class Architecture(_Part):
+    import_path: str = Field(description="module:qualname of the model class")
+    module: str
+    class_name: str
+    init_params: dict[str, Any] = Field(default_factory=dict)
+    n_parameters: int = 0
+    n_trainable: int = 0
+    frozen_parameters: list[str] = Field(default_factory=list, description="names with requires_grad=False")
+    source_sha256: str | None = Field(None, description="sha256 of the class's source code")
+    initialisation: Literal["constructor", "stored", "parent"] = "constructor"
+    initial_weights_sha256: str | None = None
+
+
+class DataRef(_Part):
+    role: Literal["train", "valid", "test"]
+    uri: str
+    uuid: str
+    name: str
+    input_type: str | None = None
+    manifest_digest: str
+    readme: str = ""
+    usetype: str | None = None
+    selection_digest: str | None = None
+    n_items: int = 0
+    n_dataset_items: int = 0
+    category_encoding: dict[str, int] = Field(default_factory=dict)
+    transform: dict[str, Any] | None = None
+    input_shape: list[int] = Field(default_factory=list)
+    value_scale: float | None = None
+    image_mode: str | None = None
+
+
+class OptimizerInfo(_Part):
+    class_name: str
+    module: str
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    param_groups: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class CallableInfo(_Part):
+    class_name: str
+    module: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class Seeds(_Part):
+    seed: int
+    python: int
+    numpy: int
+    torch: int
+    dataloader_generator: int
+    worker_seeds: list[int] = Field(default_factory=list)
+
+
+class Determinism(_Part):
+    mode: Literal["bitwise", "statistical"]
+    use_deterministic_algorithms: bool
+    cudnn_deterministic: bool | None = None
+    cudnn_benchmark: bool | None = None
+    cublas_workspace_config: str | None = None
+    tf32_matmul: bool | None = None
+    tf32_cudnn: bool | None = None
+    float32_matmul_precision: str | None = None
+    num_threads: int | None = None
+
+
+class Training(_Part):
+    optimizer: OptimizerInfo
+    loss: CallableInfo
+    scheduler: CallableInfo | None = None
+    epochs: int
+    batch_size: int
+    shuffle: bool = True
+    num_workers: int = 0
+    params: dict[str, Any] = Field(default_factory=dict)
+    seeds: Seeds
+    determinism: Determinism
+    data_order_digests: list[str] = Field(default_factory=list)
+    device: str
+    world_size: int = 1
+
+
+class GitInfo(_Part):
+    commit: str | None = None
+    branch: str | None = None
+    dirty: bool = False
+    remote: str | None = None
+    root: str | None = None
+    patch_item: str | None = None
+    patch_sha256: str | None = None
+    untracked: list[str] = Field(default_factory=list)
+
+
+class CodeInfo(_Part):
+    git: GitInfo | None = None
+    entry_script: str | None = None
+    entry_script_sha256: str | None = None
+    argv: list[str] = Field(default_factory=list)
+    working_directory: str | None = None
+
+
+class Environment(_Part):
+    python: str
+    implementation: str
+    platform: str
+    machine: str
+    processor: str = ""
+    cpu_count: int | None = None
+    torch: str | None = None
+    cuda: str | None = None
+    cudnn: int | None = None
+    gpus: list[str] = Field(default_factory=list)
+    numpy: str | None = None
+    reprodl: str | None = None
+    packages: dict[str, str] = Field(default_factory=dict)
+
+
+class EpochMetrics(_Part):
+    epoch: int
+    train_loss: float
+    valid_loss: float | None = None
+    valid_accuracy: float | None = None
+    learning_rate: float | None = None
+    wall_time_s: float = 0.0
+
+
+class Results(_Part):
+    history: list[EpochMetrics] = Field(default_factory=list)
+    final: dict[str, Any] = Field(default_factory=dict)
+    wall_time_s: float = 0.0
+    started_at: str | None = None
+    finished_at: str | None = None
+    weights_file: str = keys.WEIGHTS_FILE
+    weights_sha256: str | None = None
+
+
+class ModelRef(_Part):
+    uri: str
+    uuid: str
+    record_digest: str | None = None
+    weights_sha256: str | None = None
+
+
+class Lineage(_Part):
+    parent: ModelRef | None = None
+    reproduces: ModelRef | None = None
+
+
+class ProvenanceRecord(_Part):
+    """Everything needed to understand and redo a training (see DESIGN.md)."""
+
+    schema_version: str = keys.PROVENANCE_SCHEMA_VERSION
+    kind: Literal["model"] = "model"
+    model_name: str
+    created_at: str
+    reprodl_version: str
+    architecture: Architecture
+    data: list[DataRef]
+    training: Training
+    code: CodeInfo = Field(default_factory=CodeInfo)
+    environment: Environment
+    results: Results = Field(default_factory=Results)
+    lineage: Lineage = Field(default_factory=Lineage)
+    digest: str | None = Field(None, description="sha256 of this record's canonical JSON without this field")
+
+    # --- digest ---------------------------------------------------------------------
+    def body(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data.pop("digest", None)
+        return data
+
+    def compute_digest(self) -> str:
+        return "sha256:" + hashlib.sha256(canonical_json(self.body())).hexdigest()
+
+    def sealed(self) -> "ProvenanceRecord":
+        """A copy with its digest filled in."""
+        return self.model_copy(update={"digest": self.compute_digest()})
+
+    def check_digest(self) -> None:
+        if self.digest is None:
+            raise IntegrityError("the provenance record has no digest: it was not written by reprodl")
+        actual = self.compute_digest()
+        if actual != self.digest:
+            raise IntegrityError(
+                f"the provenance record was altered: its digest is {self.digest} but its content "
+                f"hashes to {actual}", problems=["record digest mismatch"])
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
+
+    def data_by_role(self, role: str) -> list[DataRef]:
+        return [d for d in self.data if d.role == role]
+
+
+def record_json_schema() -> dict[str, Any]:
+    schema = ProvenanceRecord.model_json_schema()
+    schema["$id"] = keys.PROVENANCE_SCHEMA_ID
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def parse_record(text: str | bytes, *, source: str = "record") -> ProvenanceRecord:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{source}: provenance.json is not valid JSON ({exc})") from None
+    version = str(raw.get("schema_version", ""))
+    if version.split(".")[0] != keys.PROVENANCE_SCHEMA_VERSION.split(".")[0]:
+        raise ModelLoadError(
+            f"{source}: provenance schema version {version!r} is not supported by this reprodl "
+            f"(reads {keys.PROVENANCE_SCHEMA_VERSION}); upgrade reprodl"
+        )
+    try:
+        return ProvenanceRecord.model_validate(raw)
+    except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError
+        raise ModelLoadError(f"{source}: provenance.json does not match the schema: {exc}") from None
+
+
+def read_record(ds: StoredDataSet, *, check: bool = True) -> ProvenanceRecord:
+    """The record item of a model dataset (digest checked unless ``check=False``)."""
+    try:
+        idn = ds.identifier_of(keys.PROVENANCE_FILE)
+    except KeyError:
+        raise ModelLoadError(
+            f"{ds.uri} is not a reprodl model: it has no {keys.PROVENANCE_FILE} item"
+        ) from None
+    with open(ds.item_path(idn), "rb") as fh:
+        record = parse_record(fh.read(), source=ds.uri)
+    if check:
+        record.check_digest()
+    return record
+
+
+def load_record(uri: str, *, check: bool = True) -> ProvenanceRecord:
+    return read_record(open_dataset(uri), check=check)
+
+
+# --- diff ------------------------------------------------------------------------------
+_SECTIONS = ("data", "code", "environment", "seeds", "hyperparameters", "determinism", "architecture", "results")
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
+        for i, v in enumerate(obj):
+            out.update(_flatten(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = obj
+    return out
+
+
+def _section_views(record: ProvenanceRecord) -> dict[str, dict[str, Any]]:
+    r = record.model_dump(mode="json")
+    t = r["training"]
+    data = [{k: v for k, v in d.items() if k != "readme"} for d in r["data"]]
+    return {
+        "data": _flatten({d["role"] + ":" + d["name"]: d for d in data}),
+        "code": _flatten(r["code"]),
+        "environment": _flatten({k: v for k, v in r["environment"].items() if k != "packages"}),
+        "packages": _flatten(r["environment"].get("packages", {})),
+        "seeds": _flatten(t["seeds"]),
+        "hyperparameters": _flatten({
+            "optimizer": t["optimizer"], "loss": t["loss"], "scheduler": t["scheduler"],
+            "epochs": t["epochs"], "batch_size": t["batch_size"], "shuffle": t["shuffle"],
+            "num_workers": t["num_workers"], "params": t["params"], "device": t["device"],
+        }),
+        "determinism": _flatten({**t["determinism"], "data_order_digests": t["data_order_digests"]}),
+        "architecture": _flatten(r["architecture"]),
+        "results": _flatten({"final": r["results"]["final"], "weights_sha256": r["results"]["weights_sha256"],
+                              "history": r["results"]["history"]}),
+    }
+
+
+_VOLATILE = ("wall_time_s", "started_at", "finished_at")
+
+
+def diff_records(a: ProvenanceRecord, b: ProvenanceRecord, *, include_volatile: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Section -> list of {key, a, b} for each value that differs."""
+    va, vb = _section_views(a), _section_views(b)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for section in va:
+        rows = []
+        for key in sorted(set(va[section]) | set(vb[section])):
+            if not include_volatile and key.split(".")[-1].split("[")[0] in _VOLATILE:
+                continue
+            x, y = va[section].get(key), vb[section].get(key)
+            if x != y:
+                rows.append({"key": key, "a": x, "b": y})
+        if rows:
+            out[section] = rows
+    return out
+
+
+def summary_lines(record: ProvenanceRecord) -> list[str]:
+    """What the paper's ``dtoolai-provenance`` prints, and more, as lines for people."""
+    arch = record.architecture
+    t = record.training
+    lines = [
+        f"Model name: {record.model_name}",
+        f"Network architecture name: {arch.import_path}",
+        f"Architecture init params: {json.dumps(arch.init_params, sort_keys=True)}",
+        f"Parameters: {arch.n_parameters:,} ({arch.n_trainable:,} trainable)"
+        + (f"; frozen: {', '.join(arch.frozen_parameters)}" if arch.frozen_parameters else ""),
+        f"Model training parameters: {json.dumps(t.params, sort_keys=True)}",
+        f"Optimiser: {t.optimizer.class_name} {json.dumps(t.optimizer.param_groups[0] if t.optimizer.param_groups else {}, sort_keys=True, default=str)}",
+        f"Loss function: {t.loss.class_name} {json.dumps(t.loss.args, sort_keys=True, default=str)}",
+        f"Epochs: {t.epochs}, batch size: {t.batch_size}, device: {t.device}, "
+        f"mode: {t.determinism.mode}, seed: {t.seeds.seed}",
+    ]
+    if t.scheduler:
+        lines.append(f"Scheduler: {t.scheduler.class_name} {json.dumps(t.scheduler.args, sort_keys=True, default=str)}")
+    for d in record.data:
+        lines += [
+            f"Source dataset ({d.role}) URI: {d.uri}",
+            f"Source dataset ({d.role}) name: {d.name}",
+            f"Source dataset ({d.role}) UUID: {d.uuid}",
+            f"Source dataset ({d.role}) items: {d.n_items}" + (f" (usetype {d.usetype})" if d.usetype else ""),
+            f"Source dataset ({d.role}) manifest digest: {d.manifest_digest}",
+            f"Source dataset ({d.role}) readme:",
+            *("    " + line for line in d.readme.rstrip().splitlines()),
+        ]
+    git = record.code.git
+    if git and git.commit:
+        lines.append(f"Code: git {git.commit[:12]} on {git.branch}" + (" (dirty; patch stored)" if git.dirty else ""))
+    if record.code.entry_script:
+        lines.append(f"Entry script: {record.code.entry_script}")
+    env = record.environment
+    lines.append(f"Environment: Python {env.python}, torch {env.torch}, {env.platform}"
+                 + (f", GPU {', '.join(env.gpus)}" if env.gpus else ""))
+    for m in record.results.history:
+        extra = ""
+        if m.valid_accuracy is not None:
+            extra = f", valid loss {m.valid_loss:.4f}, valid accuracy {m.valid_accuracy:.2%}"
+        lines.append(f"Epoch {m.epoch}: train loss {m.train_loss:.4f}{extra} ({m.wall_time_s:.1f}s)")
+    lines.append(f"Wall time: {record.results.wall_time_s:.1f}s")
+    if record.lineage.parent:
+        lines.append(f"Fine-tuned from: {record.lineage.parent.uri} ({record.lineage.parent.uuid})")
+    if record.lineage.reproduces:
+        lines.append(f"Reproduces: {record.lineage.reproduces.uri} ({record.lineage.reproduces.uuid})")
+    lines.append(f"Record digest: {record.digest}")
+    return lines

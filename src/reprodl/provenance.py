@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from reprodl import keys
 from reprodl.errors import IntegrityError, ModelLoadError
@@ -48,6 +48,7 @@ class DataRef(_Part):
     name: str
     input_type: str | None = None
     manifest_digest: str
+    manifest_item: str | None = Field(None, description="item holding a copy of the dataset's manifest")
     readme: str = ""
     usetype: str | None = None
     selection_digest: str | None = None
@@ -192,10 +193,13 @@ class ProvenanceRecord(_Part):
     results: Results = Field(default_factory=Results)
     lineage: Lineage = Field(default_factory=Lineage)
     digest: str | None = Field(None, description="sha256 of this record's canonical JSON without this field")
+    _raw: dict[str, Any] | None = PrivateAttr(default=None)
 
     # --- digest ---------------------------------------------------------------------
     def body(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json")
+        """The JSON the digest covers: as read from disk when read (so fields a later
+        reprodl adds do not change an old record's digest), else as dumped."""
+        data = dict(self._raw) if self._raw is not None else self.model_dump(mode="json")
         data.pop("digest", None)
         return data
 
@@ -203,8 +207,10 @@ class ProvenanceRecord(_Part):
         return "sha256:" + hashlib.sha256(canonical_json(self.body())).hexdigest()
 
     def sealed(self) -> "ProvenanceRecord":
-        """A copy with its digest filled in."""
-        return self.model_copy(update={"digest": self.compute_digest()})
+        """A copy with its digest filled in (over its current content)."""
+        fresh = self.model_copy()
+        fresh._raw = None
+        return fresh.model_copy(update={"digest": fresh.compute_digest()})
 
     def check_digest(self) -> None:
         if self.digest is None:
@@ -241,9 +247,11 @@ def parse_record(text: str | bytes, *, source: str = "record") -> ProvenanceReco
             f"(reads {keys.PROVENANCE_SCHEMA_VERSION}); upgrade reprodl"
         )
     try:
-        return ProvenanceRecord.model_validate(raw)
+        record = ProvenanceRecord.model_validate(raw)
     except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError
         raise ModelLoadError(f"{source}: provenance.json does not match the schema: {exc}") from None
+    record._raw = raw
+    return record
 
 
 def read_record(ds: StoredDataSet, *, check: bool = True) -> ProvenanceRecord:

@@ -261,6 +261,7 @@ def train_model_with_metadata_capture(
     progress: bool | Callable[[str, int, int], None] = True,
     on_epoch: EpochCallback | None = None,
     model_name: str | None = None,
+    reproduces: ModelRef | None = None,
 ) -> ProvenanceRecord:
     """Train ``model`` and write it, with its full provenance, into ``output_ds``.
 
@@ -360,9 +361,13 @@ def train_model_with_metadata_capture(
         model_name=model_name or output_ds.name, created_at=started, reprodl_version=__version__,
         architecture=arch, data=data_refs, training=training, code=code, environment=env,
         results=Results(history=history, final=final, wall_time_s=wall, started_at=started, finished_at=_utcnow()),
-        lineage=Lineage(parent=parent_ref),
+        lineage=Lineage(parent=parent_ref, reproduces=reproduces),
     )
-    write_model(output_ds, model, record, patch=patch,
+    manifests = {}
+    for ref, (_, ds) in zip(record.data, roles):
+        ref.manifest_item = f"manifests/{ds.uuid}.json"
+        manifests[ref.manifest_item] = ds.dataset.manifest_entries()
+    write_model(output_ds, model, record, patch=patch, manifests=manifests,
                 initial_state=init_state if arch.initialisation == "stored" else None)
     return output_ds.record  # type: ignore[return-value]
 
@@ -409,7 +414,8 @@ def _parent_ref(parent: str | None) -> ModelRef | None:
 
 
 def write_model(output_ds: DerivedDataSet, model: torch.nn.Module, record: ProvenanceRecord, *,
-                patch: str | None = None, initial_state: dict[str, torch.Tensor] | None = None) -> None:
+                patch: str | None = None, initial_state: dict[str, torch.Tensor] | None = None,
+                manifests: dict[str, Any] | None = None) -> None:
     """Write weights (safetensors), record, history, README and annotations into the output."""
     from safetensors.torch import save_file
 
@@ -426,6 +432,9 @@ def write_model(output_ds: DerivedDataSet, model: torch.nn.Module, record: Prove
         assert record.code.git is not None
         record.code.git.patch_item = keys.CODE_PATCH_FILE
         writer.put_bytes(patch.encode(), keys.CODE_PATCH_FILE)
+    for relpath, entries in (manifests or {}).items():
+        if relpath not in writer.relpaths:
+            writer.put_json(entries, relpath)
     record = record.sealed()
     writer.put_bytes(record.to_json().encode(), keys.PROVENANCE_FILE)
     writer.put_json([m.model_dump(mode="json") for m in record.results.history], keys.HISTORY_FILE)

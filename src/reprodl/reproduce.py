@@ -1,0 +1,545 @@
+"""One-command reproduction: re-run a training from its record, compare, report.
+
+Example:
+    >>> report = reproduce("/models/digits_model")      # doctest: +SKIP
+    >>> report.verdict                                  # doctest: +SKIP
+    'identical'
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from reprodl import keys
+from reprodl.capture import capture_environment, state_dict_sha256
+from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
+from reprodl.errors import ExitCode, IntegrityError, ModelLoadError, ReproductionError, UnsafeImportError
+from reprodl.model import load_weights, resolve_class
+from reprodl.params import Parameters
+from reprodl.provenance import DataRef, ModelRef, ProvenanceRecord, read_record
+from reprodl.store import StoredDataSet, open_dataset
+
+Verdict = Literal["identical", "within tolerance", "differs"]
+
+
+@dataclasses.dataclass
+class Tolerance:
+    """How far a reproduction may be from the original and still count.
+
+    weights: per tensor, ``|a - b| <= atol + rtol * |a|`` everywhere; metrics: each final
+    metric within ``metric_abs``; predictions: at least ``agreement`` of them equal.
+    """
+
+    atol: float = 1e-5
+    rtol: float = 1e-4
+    metric_abs: float = 0.02
+    agreement: float = 0.99
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Tolerance":
+        """From "1e-5" (atol) or "atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99"."""
+        if not text:
+            return cls()
+        out = cls()
+        names = {"atol": "atol", "rtol": "rtol", "metric": "metric_abs", "metric_abs": "metric_abs",
+                 "agreement": "agreement"}
+        try:
+            if "=" not in text:
+                out.atol = float(text)
+                return out
+            for part in text.split(","):
+                key, _, value = part.partition("=")
+                if key.strip() not in names:
+                    raise ValueError(key)
+                setattr(out, names[key.strip()], float(value))
+        except ValueError:
+            raise ReproductionError(
+                f"tolerance {text!r} should be a number (atol) or a list like "
+                "'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'") from None
+        return out
+
+
+@dataclasses.dataclass
+class ReproductionReport:
+    """What :func:`reproduce` found; ``verdict`` is identical, within tolerance or differs."""
+
+    original_uri: str
+    verdict: Verdict
+    mode: str
+    reasons: list[str] = dataclasses.field(default_factory=list)
+    reproduction_uri: str | None = None
+    data_checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    code: dict[str, Any] = dataclasses.field(default_factory=dict)
+    environment_differences: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    weights: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    predictions: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data_order_matches: bool | None = None
+    envelope: dict[str, Any] | None = None
+    tolerance: dict[str, float] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict in ("identical", "within tolerance")
+
+    @property
+    def exit_code(self) -> int:
+        return int(ExitCode.OK if self.ok else ExitCode.FAILED)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ok": self.ok}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+
+# --- checks before training ----------------------------------------------------------------
+def check_data(record: ProvenanceRecord, model_ds: StoredDataSet) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each recorded dataset: reachable, same manifest, every item re-hashed. (checks, problems)."""
+    checks, problems = [], []
+    seen: set[str] = set()
+    for ref in record.data:
+        check: dict[str, Any] = {"role": ref.role, "uri": ref.uri, "name": ref.name}
+        key = ref.uri + "|" + (ref.usetype or "")
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            ds = open_dataset(ref.uri)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            check.update(ok=False, error=str(exc))
+            problems.append(f"{ref.role} dataset {ref.name} ({ref.uri}) cannot be opened: {exc}")
+            checks.append(check)
+            continue
+        changed = _changed_items(ref, ds, model_ds)
+        report = ds.verify(deep=True)
+        item_problems = changed + report.problems()
+        check.update(uuid_matches=ds.uuid == ref.uuid, manifest_matches=ds.manifest_digest() == ref.manifest_digest,
+                     items=item_problems, ok=not item_problems and ds.manifest_digest() == ref.manifest_digest)
+        if ds.uuid != ref.uuid:
+            problems.append(f"{ref.role} dataset at {ref.uri} has UUID {ds.uuid}, the record says {ref.uuid}")
+        if ds.manifest_digest() != ref.manifest_digest and not changed:
+            problems.append(f"{ref.role} dataset {ref.name}: manifest digest {ds.manifest_digest()} differs from "
+                            f"the recorded {ref.manifest_digest}")
+        problems += [f"{ref.role} dataset {ref.name}: {p}" for p in item_problems]
+        checks.append(check)
+    return checks, problems
+
+
+def _changed_items(ref: DataRef, ds: StoredDataSet, model_ds: StoredDataSet) -> list[str]:
+    """Items whose recorded manifest entry differs from the dataset's manifest now."""
+    if not ref.manifest_item:
+        return []
+    try:
+        with open(model_ds.item_path(model_ds.identifier_of(ref.manifest_item))) as fh:
+            recorded = json.load(fh)
+    except (KeyError, OSError, json.JSONDecodeError):
+        return []
+    now = ds.manifest_entries()
+    out = [f"missing: {r}" for r in sorted(set(recorded) - set(now))]
+    out += [f"added: {r}" for r in sorted(set(now) - set(recorded))]
+    out += [f"content changed since training: {r}" for r in sorted(set(now) & set(recorded)) if now[r] != recorded[r]]
+    return out
+
+
+def check_code(record: ProvenanceRecord) -> dict[str, Any]:
+    """Is the recorded commit available here, and does the recorded patch apply to it?"""
+    git = record.code.git
+    out: dict[str, Any] = {"recorded_commit": git.commit if git else None, "dirty": bool(git and git.dirty)}
+    if not git or not git.commit:
+        out.update(status="unknown", message="the training ran outside a git repository; code cannot be checked")
+        return out
+    root = Path(git.root) if git.root and Path(git.root).is_dir() else Path.cwd()
+
+    def run(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, input=stdin, env=env, timeout=60)
+
+    try:
+        has = run("cat-file", "-e", f"{git.commit}^{{commit}}").returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        has = False
+    out["commit_available"] = has
+    if not has:
+        out.update(status="missing", message=f"commit {git.commit} is not in the repository at {root}: fetch it "
+                   f"({git.remote or 'the original remote'}) to rebuild the exact code")
+        return out
+    head = run("rev-parse", "HEAD").stdout.decode().strip()
+    out["current_commit"] = head
+    out["same_commit"] = head == git.commit
+    if git.patch_item:
+        out["patch_item"] = git.patch_item
+    out.setdefault("status", "available")
+    out["message"] = (f"commit {git.commit[:12]} is available" + ("" if head == git.commit else
+                      f"; the checkout is at {head[:12]}, so the re-run uses different code"))
+    return out
+
+
+def check_patch(record: ProvenanceRecord, model_ds: StoredDataSet, code: dict[str, Any]) -> None:
+    git = record.code.git
+    if not git or not git.patch_item or not code.get("commit_available"):
+        return
+    root = Path(git.root) if git.root and Path(git.root).is_dir() else Path.cwd()
+    patch = Path(model_ds.item_path(model_ds.identifier_of(git.patch_item))).read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        subprocess.run(["git", "read-tree", git.commit], cwd=root, env=env, capture_output=True, timeout=60)
+        res = subprocess.run(["git", "apply", "--cached", "--check", "-"], cwd=root, env=env, input=patch,
+                             capture_output=True, timeout=60)
+    code["patch_applies"] = res.returncode == 0
+    if res.returncode != 0:
+        code["status"] = "patch does not apply"
+        code["message"] = f"the recorded patch does not apply to {git.commit[:12]}: {res.stderr.decode().strip()}"
+
+
+def environment_differences(record: ProvenanceRecord) -> list[dict[str, Any]]:
+    now = capture_environment()
+    was = record.environment
+    out = []
+    for field in ("python", "implementation", "platform", "machine", "torch", "cuda", "cudnn", "numpy", "reprodl", "gpus"):
+        a, b = getattr(was, field), getattr(now, field)
+        if a != b:
+            out.append({"what": field, "recorded": a, "now": b})
+    for name in sorted(set(was.packages) | set(now.packages)):
+        a, b = was.packages.get(name), now.packages.get(name)
+        if a != b:
+            out.append({"what": f"package {name}", "recorded": a, "now": b})
+    return out
+
+
+# --- rebuilding ---------------------------------------------------------------------------
+def _torch_class(module: str, name: str, prefix: str, allow: Iterable[str], what: str) -> type:
+    path = f"{module}:{name}"
+    if module == prefix or module.startswith(prefix + "."):
+        return resolve_class(path, allow=[module])
+    try:
+        return resolve_class(path, allow=allow)
+    except UnsafeImportError:
+        raise UnsafeImportError(f"the record's {what} {path} is not from {prefix}; pass allow=[{module!r}] if you "
+                                "trust it") from None
+
+
+def open_recorded(ref: DataRef) -> WrappedDataSet:
+    if ref.transform is not None:
+        raise ReproductionError(
+            f"the {ref.role} dataset {ref.name} was read through a transform ({ref.transform.get('class')}) "
+            "that reprodl cannot rebuild from the record")
+    cls = ImageDataSet if ref.input_type == keys.INPUT_TYPE_IMAGE else TensorDataSet
+    kwargs: dict[str, Any] = {}
+    if cls is ImageDataSet and ref.image_mode:
+        kwargs["mode"] = ref.image_mode
+        if len(ref.input_shape) == 3:
+            kwargs["size"] = (ref.input_shape[2], ref.input_shape[1])
+    ds = cls(ref.uri, ref.usetype, **kwargs)
+    if ref.selection_digest and ds.selection_digest() != ref.selection_digest:
+        raise ReproductionError(
+            f"the {ref.role} dataset {ref.name} now selects different samples for usetype {ref.usetype!r} "
+            "(its split was changed after training)")
+    return ds
+
+
+def rebuild_model(record: ProvenanceRecord, model_ds: StoredDataSet, *, allow: Iterable[str] = (),
+                  model_class: type | None = None) -> torch.nn.Module:
+    arch = record.architecture
+    cls = resolve_class(arch.import_path, allow=allow, model_class=model_class)
+    seed = record.training.seeds.seed
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(**arch.init_params)
+    if arch.initialisation == "stored":
+        from safetensors.torch import load_file
+
+        state = load_file(model_ds.item_path(model_ds.identifier_of(keys.INITIAL_WEIGHTS_FILE)))
+        model.load_state_dict(state)
+    elif arch.initialisation == "parent":
+        parent = record.lineage.parent
+        if parent is None:
+            raise ReproductionError("the record says the model started from its parent but names no parent")
+        pds = open_dataset(parent.uri)
+        model.load_state_dict(load_weights(pds, read_record(pds)))
+    for name, p in model.named_parameters():
+        if name in arch.frozen_parameters:
+            p.requires_grad_(False)
+    if arch.initial_weights_sha256 and state_dict_sha256(model.state_dict()) != arch.initial_weights_sha256:
+        raise ReproductionError(
+            f"the rebuilt {arch.import_path} does not start from the recorded initial weights: the class's code "
+            "or its initialisation changed since training")
+    return model
+
+
+def rebuild_optimizer(record: ProvenanceRecord, model: torch.nn.Module, allow: Iterable[str]) -> torch.optim.Optimizer:
+    info = record.training.optimizer
+    cls = _torch_class(info.module, info.class_name, "torch.optim", allow, "optimizer")
+    params = dict(model.named_parameters())
+    groups = []
+    for group in info.param_groups:
+        hp = {k: _tensorise(v) for k, v in group.items() if k not in ("param_names", "initial_lr")}
+        names = group.get("param_names", [])
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise ReproductionError(f"the rebuilt model has no parameters {missing[:3]} named in the optimizer record")
+        groups.append({"params": [params[n] for n in names], **hp})
+    return cls(groups)
+
+
+def _tensorise(v: Any) -> Any:
+    return v
+
+
+def rebuild_loss(record: ProvenanceRecord, allow: Iterable[str]) -> Any:
+    info = record.training.loss
+    cls = _torch_class(info.module, info.class_name, "torch.nn", allow, "loss function")
+    args = {k: (torch.tensor(v) if k in ("weight", "pos_weight") and v is not None else v) for k, v in info.args.items()}
+    return cls(**args)
+
+
+def rebuild_scheduler(record: ProvenanceRecord, optimizer: Any, allow: Iterable[str]) -> Any:
+    info = record.training.scheduler
+    if info is None:
+        return None
+    cls = _torch_class(info.module, info.class_name, "torch.optim", allow, "scheduler")
+    args = {k: v for k, v in info.args.items() if k not in ("last_epoch", "verbose")}
+    return cls(optimizer, **args)
+
+
+# --- comparison ----------------------------------------------------------------------------
+def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: Tolerance) -> dict[str, Any]:
+    tensors = []
+    identical = set(a) == set(b)
+    within = identical
+    for name in sorted(set(a) | set(b)):
+        if name not in a or name not in b:
+            tensors.append({"name": name, "missing_in": "original" if name not in a else "reproduction"})
+            continue
+        x, y = a[name], b[name]
+        if x.shape != y.shape:
+            tensors.append({"name": name, "shape": [list(x.shape), list(y.shape)]})
+            identical = within = False
+            continue
+        same = torch.equal(x, y)
+        identical &= same
+        if x.is_floating_point():
+            diff = (x.double() - y.double()).abs()
+            max_abs = float(diff.max()) if diff.numel() else 0.0
+            denom = x.double().abs().clamp_min(1e-12)
+            max_rel = float((diff / denom).max()) if diff.numel() else 0.0
+            ok = bool((diff <= tol.atol + tol.rtol * x.double().abs()).all())
+        else:
+            max_abs = float((x.long() - y.long()).abs().max()) if x.numel() else 0.0
+            max_rel = max_abs
+            ok = same
+        within &= ok
+        tensors.append({"name": name, "identical": same, "max_abs_diff": max_abs, "max_rel_diff": max_rel,
+                        "within_tolerance": ok})
+    return {"identical": identical, "within_tolerance": within,
+            "n_tensors": len(tensors), "n_identical": sum(1 for t in tensors if t.get("identical")),
+            "max_abs_diff": max((t.get("max_abs_diff", 0.0) for t in tensors), default=0.0), "tensors": tensors}
+
+
+def compare_metrics(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, Any]]:
+    rows = []
+    for ma, mb in zip(a.results.history, b.results.history):
+        for key in ("train_loss", "valid_loss", "valid_accuracy"):
+            x, y = getattr(ma, key), getattr(mb, key)
+            if x is None and y is None:
+                continue
+            rows.append({"epoch": ma.epoch, "metric": key, "original": x, "reproduction": y,
+                         "abs_diff": abs(x - y) if x is not None and y is not None else None})
+    return rows
+
+
+@torch.no_grad()
+def compare_predictions(m1: torch.nn.Module, m2: torch.nn.Module, ds: WrappedDataSet) -> dict[str, Any]:
+    from reprodl.data.datasets import collate
+
+    m1.eval()
+    m2.eval()
+    agree = total = c1 = c2 = 0
+    for x, y in torch.utils.data.DataLoader(ds, batch_size=512, shuffle=False, collate_fn=collate):
+        p1, p2 = m1(x).argmax(1), m2(x).argmax(1)
+        agree += int((p1 == p2).sum())
+        c1 += int((p1 == y).sum())
+        c2 += int((p2 == y).sum())
+        total += len(y)
+    return {"dataset": ds.name, "usetype": ds.usetype, "n": total, "agreement": agree / max(total, 1),
+            "original_accuracy": c1 / max(total, 1), "reproduction_accuracy": c2 / max(total, 1)}
+
+
+# --- the command ---------------------------------------------------------------------------
+def reproduce(
+    uri: str,
+    *,
+    output: str | None = None,
+    tolerance: Tolerance | str | None = None,
+    allow: Iterable[str] = (),
+    model_class: type | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    progress: bool = False,
+    envelope: dict[str, Any] | None = None,
+) -> ReproductionReport:
+    """Re-run the training recorded in the model dataset at ``uri`` and compare.
+
+    Refuses to train (:class:`ReproductionError`, naming the items) if a training dataset
+    changed. Bitwise-mode models are compared weight for weight; statistical-mode models are
+    re-run with a different seed (``seed``, default recorded + 1) and judged on metrics and
+    predictions, against a multi-run envelope when one is given.
+
+    Args:
+        output: base URI to keep the reproduced model dataset in (default: a temporary
+            directory, removed after the comparison).
+    """
+    tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
+    t0 = time.perf_counter()
+    model_ds = open_dataset(uri)
+    record = read_record(model_ds)
+    original_state = load_weights(model_ds, record)
+    mode = record.training.determinism.mode
+    report = ReproductionReport(original_uri=model_ds.uri, verdict="differs", mode=mode,
+                                tolerance=dataclasses.asdict(tol))
+
+    t_data = time.perf_counter()
+    report.data_checks, problems = check_data(record, model_ds)
+    report.timings["data_check_s"] = time.perf_counter() - t_data
+    if problems:
+        raise IntegrityError("refusing to reproduce: the training data changed since training:\n  "
+                             + "\n  ".join(problems), problems=problems)
+    report.code = check_code(record)
+    check_patch(record, model_ds, report.code)
+    report.environment_differences = environment_differences(record)
+
+    from reprodl.train import DerivedDataSet, train_model_with_metadata_capture
+
+    model = rebuild_model(record, model_ds, allow=allow, model_class=model_class)
+    current_src = _source_sha(model)
+    if record.architecture.source_sha256 and current_src and current_src != record.architecture.source_sha256:
+        report.reasons.append(f"the source of {record.architecture.import_path} differs from the recorded one")
+    optimizer = rebuild_optimizer(record, model, allow)
+    loss_fn = rebuild_loss(record, allow)
+    scheduler = rebuild_scheduler(record, optimizer, allow)
+    roles = {"train": [], "valid": [], "test": []}
+    for ref in record.data:
+        roles[ref.role].append(open_recorded(ref))
+    run_params = dict(record.training.params)
+    if mode == "statistical":
+        run_params["seed"] = seed if seed is not None else int(run_params.get("seed", 0)) + 1
+    elif seed is not None:
+        run_params["seed"] = seed
+    run_params["verify_data"] = "none"  # just checked, deeply
+    if device is not None:
+        run_params["device"] = device
+    elif not torch.cuda.is_available():
+        run_params["device"] = "cpu"
+    params = Parameters(**run_params)
+    ref_self = ModelRef(uri=model_ds.uri, uuid=model_ds.uuid, record_digest=record.digest,
+                        weights_sha256=record.results.weights_sha256)
+
+    with contextlib.ExitStack() as stack:
+        base = output
+        if base is None:
+            base = stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-reproduce-"))
+        name = _reproduction_name(record.model_name)
+        t_train = time.perf_counter()
+        with DerivedDataSet(base, name, roles["train"], valid=roles["valid"], test=roles["test"],
+                            parent=record.lineage.parent.uri if record.lineage.parent else None) as out:
+            new_record = train_model_with_metadata_capture(
+                model, roles["train"][0], optimizer, loss_fn, params, out, scheduler=scheduler,
+                progress=progress, model_name=record.model_name, reproduces=ref_self)
+        report.timings["training_s"] = time.perf_counter() - t_train
+        report.reproduction_uri = out.uri if output is not None else None
+        new_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        report.weights = compare_weights(original_state, new_state, tol)
+        report.metrics = compare_metrics(record, new_record)
+        report.data_order_matches = record.training.data_order_digests == new_record.training.data_order_digests
+        eval_sets = roles["test"] or roles["valid"] or roles["train"]
+        original_model = rebuild_model(record, model_ds, allow=allow, model_class=model_class)
+        original_model.load_state_dict(original_state)
+        model.cpu()
+        report.predictions = compare_predictions(original_model, model, eval_sets[0])
+    report.timings["original_training_s"] = record.results.wall_time_s
+    report.timings["total_s"] = time.perf_counter() - t0
+    _judge(report, record, new_record, tol, envelope)
+    return report
+
+
+def _source_sha(model: torch.nn.Module) -> str | None:
+    import hashlib
+    import inspect
+
+    try:
+        return hashlib.sha256(inspect.getsource(type(model)).encode()).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
+def _reproduction_name(name: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    return f"{name}.reproduction-{stamp}-{os.getpid()}"[:80]
+
+
+def _judge(report: ReproductionReport, record: ProvenanceRecord, new: ProvenanceRecord, tol: Tolerance,
+           envelope: dict[str, Any] | None) -> None:
+    reasons = report.reasons
+    env = report.environment_differences
+    key_env = [d for d in env if not d["what"].startswith("package ")]
+    if key_env:
+        reasons.append("environment differs: " + ", ".join(f"{d['what']} {d['recorded']} -> {d['now']}" for d in key_env))
+    if any(d["what"].startswith("package ") for d in env):
+        n = sum(1 for d in env if d["what"].startswith("package "))
+        reasons.append(f"{n} installed package version(s) differ")
+    if record.training.device != new.training.device:
+        reasons.append(f"device differs: {record.training.device} -> {new.training.device}")
+    if report.code.get("same_commit") is False:
+        reasons.append(report.code["message"])
+    if report.data_order_matches is False:
+        reasons.append("the order in which samples were seen differs (data-order digests)")
+    metric_ok = all(r["abs_diff"] is None or r["abs_diff"] <= tol.metric_abs
+                    for r in report.metrics if r["epoch"] == record.training.epochs)
+    agree_ok = report.predictions.get("agreement", 0.0) >= tol.agreement
+    if report.mode == "statistical":
+        reasons.append(f"statistical mode: re-run with seed {new.training.seeds.seed} (recorded "
+                       f"{record.training.seeds.seed}); judged on metrics, not bits")
+        if envelope is not None:
+            report.envelope = _envelope_check(envelope, new)
+            ok = report.envelope["within"]
+        else:
+            ok = metric_ok
+        report.verdict = "within tolerance" if ok else "differs"
+        if not ok:
+            reasons.append("final metrics fall outside the tolerance" + (" envelope" if envelope else ""))
+        return
+    if report.weights["identical"]:
+        report.verdict = "identical"
+        return
+    reasons.append(f"weights differ: {report.weights['n_tensors'] - report.weights['n_identical']} of "
+                   f"{report.weights['n_tensors']} tensors, max abs diff {report.weights['max_abs_diff']:.3g}")
+    if not key_env and not report.reasons[:-1]:
+        reasons.append("same environment, data and code: non-determinism in the training")
+    report.verdict = "within tolerance" if (report.weights["within_tolerance"] and metric_ok and agree_ok) else "differs"
+
+
+def _envelope_check(envelope: dict[str, Any], new: ProvenanceRecord) -> dict[str, Any]:
+    """Is each final metric of the new run inside [min, max] widened by 1 std of the multi-run summary?"""
+    final = envelope.get("final", {})
+    rows = []
+    within = True
+    for metric, stats in final.items():
+        value = new.results.final.get(metric)
+        if value is None:
+            continue
+        lo = stats["min"] - stats["std"]
+        hi = stats["max"] + stats["std"]
+        ok = lo <= value <= hi
+        within &= ok
+        rows.append({"metric": metric, "value": value, "low": lo, "high": hi, "mean": stats["mean"], "within": ok})
+    return {"within": within and bool(rows), "metrics": rows}

@@ -50,6 +50,7 @@ SOURCE_DATASET_URI = "source_dataset_uri"
 SOURCE_DATASET_UUID = "source_dataset_uuid"
 SOURCE_DATASET_NAME = "source_dataset_name"
 SUMMARY_FILE = "summary.json"
+SUMMARY_URI = "reprodl.summary_uri"
 ENVELOPE_PLOT_FILE = "envelope.png"
 
 # --- schema versions -------------------------------------------------------------------

@@ -51,6 +51,7 @@ class DataRef(_Part):
     manifest_item: str | None = Field(None, description="item holding a copy of the dataset's manifest")
     readme: str = ""
     usetype: str | None = None
+    split: dict[str, Any] | None = Field(None, description="in-memory stratified split (test, valid, seed)")
     selection_digest: str | None = None
     n_items: int = 0
     n_dataset_items: int = 0
@@ -128,6 +129,8 @@ class CodeInfo(_Part):
     entry_script_sha256: str | None = None
     argv: list[str] = Field(default_factory=list)
     working_directory: str | None = None
+    config_file: str | None = Field(None, description="the training config file (reprodl train)")
+    config: dict[str, Any] | None = Field(None, description="the training config as run, overrides applied")
 
 
 class Environment(_Part):
@@ -363,7 +366,9 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
     git = record.code.git
     if git and git.commit:
         lines.append(f"Code: git {git.commit[:12]} on {git.branch}" + (" (dirty; patch stored)" if git.dirty else ""))
-    if record.code.entry_script:
+    if record.code.config_file:
+        lines.append(f"Training config: {record.code.config_file}")
+    elif record.code.entry_script:
         lines.append(f"Entry script: {record.code.entry_script}")
     env = record.environment
     lines.append(f"Environment: Python {env.python}, torch {env.torch}, {env.platform}"

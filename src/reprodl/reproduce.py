@@ -240,6 +240,8 @@ def open_recorded(ref: DataRef) -> WrappedDataSet:
         kwargs["mode"] = ref.image_mode
         if len(ref.input_shape) == 3:
             kwargs["size"] = (ref.input_shape[2], ref.input_shape[1])
+    if ref.split is not None:
+        kwargs["split"] = ref.split
     ds = cls(ref.uri, ref.usetype, **kwargs)
     if ref.selection_digest and ds.selection_digest() != ref.selection_digest:
         raise ReproductionError(
@@ -468,8 +470,23 @@ def reproduce(
         report.predictions = compare_predictions(original_model, model, eval_sets[0])
     report.timings["original_training_s"] = record.results.wall_time_s
     report.timings["total_s"] = time.perf_counter() - t0
+    if envelope is None and mode == "statistical":
+        envelope = _find_envelope(model_ds)
     _judge(report, record, new_record, tol, envelope)
     return report
+
+
+def _find_envelope(model_ds: StoredDataSet) -> dict[str, Any] | None:
+    """The multi-run summary this model belongs to, if one was written."""
+    uri = model_ds.get_annotation(keys.SUMMARY_URI)
+    if not uri:
+        return None
+    from reprodl.multirun import load_summary
+
+    try:
+        return load_summary(uri)
+    except Exception:  # noqa: BLE001 - an unreachable summary leaves the plain tolerance
+        return None
 
 
 def _source_sha(model: torch.nn.Module) -> str | None:

@@ -262,6 +262,8 @@ def train_model_with_metadata_capture(
     on_epoch: EpochCallback | None = None,
     model_name: str | None = None,
     reproduces: ModelRef | None = None,
+    code_root: str | os.PathLike[str] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> ProvenanceRecord:
     """Train ``model`` and write it, with its full provenance, into ``output_ds``.
 
@@ -301,7 +303,10 @@ def train_model_with_metadata_capture(
     optimizer_info = describe_optimizer(optimiser, names)
     loss_info = describe_callable(loss_fn)
     scheduler_info = describe_callable(scheduler) if scheduler is not None else None
-    code, patch = capture_code()
+    code, patch = capture_code(code_root)
+    if config is not None:
+        code.config = config
+        code.config_file = config.get("source")
     env = capture_environment()
 
     train_sets = output_ds.train_sets

@@ -1,4 +1,323 @@
-"""Model commands: provenance, train, predict, evaluate, reproduce, diff, verify, lineage."""
+"""Model commands: provenance, train, predict, evaluate, reproduce, diff, verify, lineage, schema."""
 from __future__ import annotations
 
-from reprodl.cli import app  # noqa: F401
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from reprodl.cli import app
+from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
+from reprodl.errors import ExitCode
+
+_ALLOW = typer.Option(None, "--allow", help="Module (or module:Class) trusted to be imported for the architecture; repeatable.")
+
+
+@app.command("provenance")
+@handle_errors
+def provenance_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as_json: bool = JSON_OPT) -> None:
+    """Print how a model was made: architecture, parameters, data (URI, name, README) and more."""
+    from reprodl.provenance import load_record, summary_lines
+
+    record = load_record(uri)
+    if as_json:
+        print_json(record.model_dump(mode="json"))
+        return
+    for line in summary_lines(record):
+        out.print(line, markup=False)
+
+
+@app.command("schema")
+@handle_errors
+def schema_cmd(which: str = typer.Argument("provenance", help="provenance or readme.")) -> None:
+    """Print the JSON Schema of the provenance record (or of dataset READMEs)."""
+    if which == "provenance":
+        from reprodl.provenance import record_json_schema
+
+        print_json(record_json_schema())
+    elif which == "readme":
+        from reprodl.metadata import readme_json_schema
+
+        print_json(readme_json_schema())
+    else:
+        raise typer.BadParameter(f"unknown schema {which!r}: use provenance or readme")
+
+
+class _EpochPrinter:
+    """A Rich progress bar per epoch and a one-line summary per epoch."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.progress: Any = None
+        self.task: Any = None
+        self.label = ""
+
+    def __enter__(self) -> "_EpochPrinter":
+        if not self.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=err, transient=True)
+            self.progress.__enter__()
+        return self
+
+    def batch(self, label: str, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        if label != self.label:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(label, total=total)
+            self.label = label
+        if done == total or done % 5 == 0:
+            self.progress.update(self.task, completed=done)
+
+    def epoch(self, m: Any) -> None:
+        if self.quiet:
+            return
+        line = f"epoch {m.epoch}: train loss {m.train_loss:.4f}"
+        if m.valid_accuracy is not None:
+            line += f", valid loss {m.valid_loss:.4f}, valid accuracy {m.valid_accuracy:.2%}"
+        err.print(line + f" ({m.wall_time_s:.1f}s)", markup=False)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+
+@app.command("train")
+@handle_errors
+def train_cmd(
+    config: Path = typer.Argument(..., help="Training config (YAML): name, output, data, model, optimizer, loss, params."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a value: lr=0.05, epochs=3, params.seed=1, optimizer.momentum=0.9."),
+    seeds: int = typer.Option(0, "--seeds", help="Train one model per seed (N runs) and write a variance summary."),
+    splits: int = typer.Option(0, "--splits", help="Train one model per stratified train/test split (N runs)."),
+    quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
+) -> None:
+    """Train a model from a config file, capturing its provenance; writes a model dataset."""
+    from reprodl.config import build_and_train, load_config
+
+    cfg = load_config(config, set_ or [])
+    if seeds or splits:
+        from reprodl.multirun import train_many
+
+        def on_run(i: int, uri: str, record: Any) -> None:
+            if not as_json:
+                out.print(f"run {i + 1}/{seeds or splits}: {uri}  final {json.dumps(record.results.final)}", markup=False)
+
+        result = train_many(cfg, seeds=seeds, splits=splits, on_run=on_run)
+        if as_json:
+            print_json({"summary_uri": result.summary_uri, "models": result.model_uris, "summary": result.summary})
+            return
+        out.print(f"Summary dataset: {result.summary_uri}")
+        for metric, s in result.summary["final"].items():
+            out.print(f"  {metric}: mean {s['mean']:.4f} std {s['std']:.4f} min {s['min']:.4f} max {s['max']:.4f}")
+        return
+    with _EpochPrinter(quiet or as_json) as printer:
+        uri, record = build_and_train(cfg, progress=printer.batch if not (quiet or as_json) else False,
+                                      on_epoch=printer.epoch)
+    if as_json:
+        print_json({"uri": uri, "record_digest": record.digest, "final": record.results.final})
+    else:
+        out.print(f"Model dataset: {uri}")
+
+
+@app.command("predict")
+@handle_errors
+def predict_cmd(
+    uri: str = typer.Argument(..., help="Model dataset URI."),
+    images: list[Path] = typer.Argument(..., help="Image files (any mode and size)."),
+    allow: Optional[list[str]] = _ALLOW, as_json: bool = JSON_OPT,
+) -> None:
+    """Classify images with a trained model."""
+    from reprodl.data.images import open_image
+    from reprodl.model import TrainedTorchModel
+
+    model = TrainedTorchModel(uri, allow=allow or ())
+    results = []
+    for path in images:
+        results.append({"image": str(path), "category": model.convert_and_predict(open_image(path))})
+    if as_json:
+        print_json(results)
+    else:
+        for r in results:
+            out.print(f"{r['image']}: {r['category']}", markup=False)
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_cmd(
+    uri: str = typer.Argument(..., help="Model dataset URI."),
+    dataset_uri: str = typer.Argument(..., help="Dataset to evaluate on."),
+    usetype: Optional[str] = typer.Option(None, "--usetype", help="Only samples of this usetype (e.g. test)."),
+    allow: Optional[list[str]] = _ALLOW, as_json: bool = JSON_OPT,
+) -> None:
+    """Accuracy, per-class precision/recall and confusion matrix, beside the majority-class baseline."""
+    from reprodl.data.datasets import open_training_data
+    from reprodl.model import TrainedTorchModel
+
+    model = TrainedTorchModel(uri, allow=allow or ())
+    result = model.evaluate(open_training_data(dataset_uri, usetype))
+    if as_json:
+        print_json(result)
+        return
+    out.print(f"accuracy {result['accuracy']:.2%} on {result['n_samples']} samples "
+              f"(majority-class baseline {result['majority_baseline_accuracy']:.2%}, class {result['majority_class']})")
+    out.print("class  precision  recall  support")
+    for name, c in result["per_class"].items():
+        out.print(f"{name:>5}  {c['precision']:9.2%}  {c['recall']:6.2%}  {c['support']:7d}", markup=False)
+
+
+@app.command("reproduce")
+@handle_errors
+def reproduce_cmd(
+    uri: str = typer.Argument(..., help="Model dataset URI."),
+    output: Optional[str] = typer.Option(None, "--output", help="Base URI to keep the reproduced model in (default: discarded)."),
+    tolerance: Optional[str] = typer.Option(None, "--tolerance", help="atol, or 'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for the re-run (statistical mode: default recorded + 1)."),
+    allow: Optional[list[str]] = _ALLOW, quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
+) -> None:
+    """Re-run a model's training from its record and say whether the model came back."""
+    from reprodl.reproduce import reproduce
+
+    if not (quiet or as_json):
+        err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
+    report = reproduce(uri, output=output, tolerance=tolerance, allow=allow or (), seed=seed,
+                       progress=not (quiet or as_json))
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        print_report(report)
+    raise typer.Exit(report.exit_code)
+
+
+def print_report(report: Any) -> None:
+    colour = {"identical": "green", "within tolerance": "yellow", "differs": "red"}[report.verdict]
+    for c in report.data_checks:
+        out.print(f"data  {c['role']:5} {c['name']}: {'unchanged' if c.get('ok') else 'CHANGED'}", markup=False)
+    out.print(f"code  {report.code.get('message', '')}", markup=False)
+    if report.environment_differences:
+        out.print(f"environment: {len(report.environment_differences)} difference(s)")
+        for d in report.environment_differences[:15]:
+            out.print(f"  {d['what']}: {d['recorded']} -> {d['now']}", markup=False)
+    else:
+        out.print("environment: same as recorded")
+    w = report.weights
+    out.print(f"weights: {w['n_identical']}/{w['n_tensors']} tensors bit-identical, max abs diff {w['max_abs_diff']:.3g}")
+    last = max((r["epoch"] for r in report.metrics), default=0)
+    for r in report.metrics:
+        if r["epoch"] == last:
+            out.print(f"  {r['metric']} (epoch {last}): {r['original']:.6g} -> {r['reproduction']:.6g}", markup=False)
+    p = report.predictions
+    if p:
+        out.print(f"predictions on {p['dataset']} ({p['usetype'] or 'all'}): {p['agreement']:.2%} agree; accuracy "
+                  f"{p['original_accuracy']:.2%} -> {p['reproduction_accuracy']:.2%}")
+    if report.envelope:
+        for m in report.envelope["metrics"]:
+            out.print(f"  envelope {m['metric']}: {m['value']:.4f} in [{m['low']:.4f}, {m['high']:.4f}]? {m['within']}")
+    t = report.timings
+    out.print(f"time: re-training {t.get('training_s', 0):.2f}s (original {t.get('original_training_s', 0):.2f}s), "
+              f"total {t.get('total_s', 0):.2f}s")
+    for reason in report.reasons:
+        out.print(f"  - {reason}", markup=False)
+    if report.reproduction_uri:
+        out.print(f"reproduction: {report.reproduction_uri}")
+    out.print(f"Verdict: [bold {colour}]{report.verdict}[/]")
+
+
+@app.command("diff")
+@handle_errors
+def diff_cmd(
+    a: str = typer.Argument(..., help="First model dataset URI."),
+    b: str = typer.Argument(..., help="Second model dataset URI."),
+    all_: bool = typer.Option(False, "--all", help="Include timings and timestamps."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Side-by-side provenance diff of two models: data, code, environment, seeds, hyperparameters, results."""
+    from reprodl.provenance import diff_records, load_record
+
+    diff = diff_records(load_record(a), load_record(b), include_volatile=all_)
+    if as_json:
+        print_json(diff)
+        return
+    if not diff:
+        out.print("The two records do not differ (beyond timings).")
+        return
+    from rich.table import Table
+
+    for section, rows in diff.items():
+        table = Table(title=section, show_lines=False, expand=False)
+        table.add_column("key")
+        table.add_column("A", overflow="fold")
+        table.add_column("B", overflow="fold")
+        for row in rows[:60]:
+            table.add_row(row["key"], _short(row["a"]), _short(row["b"]))
+        if len(rows) > 60:
+            table.add_row(f"... {len(rows) - 60} more", "", "")
+        out.print(table)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@app.command("verify")
+@handle_errors
+def verify_cmd(
+    uri: str = typer.Argument(..., help="Model dataset URI."),
+    data: bool = typer.Option(False, "--data", help="Also check every training dataset is reachable and unchanged."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Check a model dataset: item hashes, record digest, weights against the record (and data)."""
+    from reprodl.checks import verify_model
+
+    result = verify_model(uri, data=data)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        for c in result.checks:
+            mark = "[green]ok[/]" if c.ok else "[red]FAILED[/]"
+            out.print(f"{mark}  {c.name}" + (f": {c.detail}" if c.detail and not c.ok else ""))
+        out.print("All checks passed." if result.ok else "Verification FAILED.")
+    if not result.ok:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+@app.command("lineage")
+@handle_errors
+def lineage_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as_json: bool = JSON_OPT) -> None:
+    """Print the chain of models this one was fine-tuned from, checking each link's digest offline."""
+    from reprodl.checks import lineage
+
+    chain = lineage(uri)
+    if as_json:
+        print_json(chain)
+    else:
+        for depth, entry in enumerate(chain):
+            pad = "  " * depth + ("└─ " if depth else "")
+            if "error" in entry:
+                out.print(f"{pad}{entry['uri']}: ERROR {entry['error']}", markup=False)
+                continue
+            link = "" if "link_ok" not in entry else (" [link ok]" if entry["link_ok"] else " [LINK BROKEN: digest differs]")
+            out.print(f"{pad}{entry['name']} {entry['uri']} ({entry['architecture']}; {', '.join(entry['data'])})"
+                      + (f" frozen: {', '.join(entry['frozen'])}" if entry['frozen'] else "") + link, markup=False)
+    if any(e.get("link_ok") is False or e.get("digest_ok") is False or "error" in e for e in chain):
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+@app.command("demo")
+@handle_errors
+def demo_cmd(
+    workdir: Path = typer.Option(Path("demo-output"), "--workdir", help="Where the demo writes its datasets and models."),
+    epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
+    quiet: bool = QUIET_OPT,
+) -> None:
+    """The main job on the embedded default: digits dataset, split, train with capture, provenance,
+    evaluate, predict, reproduce."""
+    from reprodl.demo import run_demo
+
+    ok = run_demo(workdir, epochs=epochs, quiet=quiet, say=lambda s: out.print(s, markup=False),
+                  show_report=print_report)
+    raise typer.Exit(0 if ok else int(ExitCode.FAILED))

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from reprodl import keys
-from reprodl.data.images import channels_for_mode, open_image, resize, to_array
+from reprodl.data.images import channels_for_mode, convert, open_image, resize, to_array
 from reprodl.errors import DatasetFormatError, InputDataError
 from reprodl.store import StoredDataSet, open_dataset
 
@@ -65,7 +65,11 @@ class WrappedDataSet(Dataset):
 
     input_type: str = ""
 
-    def __init__(self, uri: str | os.PathLike[str], usetype: str | None = None) -> None:
+    def __init__(self, uri: str | os.PathLike[str], usetype: str | None = None,
+                 split: dict[str, Any] | None = None) -> None:
+        if split is not None and usetype is None:
+            raise DatasetFormatError("split= selects by usetype: pass usetype='train' (or 'test', 'valid') with it")
+        self.split = dict(split) if split is not None else None
         self.dataset: StoredDataSet = open_dataset(uri)
         self.uri = self.dataset.uri
         self.name = self.dataset.name
@@ -117,6 +121,7 @@ class WrappedDataSet(Dataset):
             "manifest_digest": self.dataset.manifest_digest(),
             "readme": self.dataset.get_readme_content(),
             "usetype": self.usetype,
+            "split": self.split,
             "selection_digest": self.selection_digest(),
             "n_items": len(self),
             "n_dataset_items": len(self.dataset),
@@ -132,6 +137,15 @@ class WrappedDataSet(Dataset):
 
     def label_counts(self) -> dict[str, int]:
         raise NotImplementedError
+
+    def _split_mask(self, labels: np.ndarray) -> np.ndarray:
+        """Samples of ``usetype`` under an in-memory stratified ``split`` (test/valid/seed)."""
+        from reprodl.data.ops import stratified_split
+
+        assert self.split is not None
+        values = stratified_split(labels, test=float(self.split.get("test", 0.2)),
+                                  valid=float(self.split.get("valid", 0.0)), seed=int(self.split.get("seed", 0)))
+        return values == self.usetype
 
 
 def _natural(name: str) -> tuple[int, Any]:
@@ -162,8 +176,9 @@ class ImageDataSet(WrappedDataSet):
         *,
         mode: str | None = None,
         size: tuple[int, int] | None = None,
+        split: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(uri, usetype)
+        super().__init__(uri, usetype, split)
         ds = self.dataset
         categories = ds.get_overlay(keys.CATEGORY_OVERLAY)
         if categories is None:
@@ -172,7 +187,12 @@ class ImageDataSet(WrappedDataSet):
                 "Create one with `reprodl dataset create-from-dirtree`"
             )
         idns = [i for i in ds.identifiers if categories.get(i) is not None]
-        if usetype is not None:
+        if self.split is not None:
+            names = [str(categories[i]) for i in idns]
+            enc = self._encoding_from(names)
+            mask = self._split_mask(np.array([enc[n] for n in names], dtype=np.int64))
+            idns = [i for i, keep in zip(idns, mask) if keep]
+        elif usetype is not None:
             split = ds.get_overlay(keys.USETYPE_OVERLAY)
             if split is not None:
                 idns = [i for i in idns if split.get(i) == usetype]
@@ -221,15 +241,14 @@ class ImageDataSet(WrappedDataSet):
 
     def load_image(self, index: int) -> Any:
         """The PIL image of sample ``index``, converted to the dataset's mode."""
-        image = open_image(self._path(index))
-        return image
+        return convert(open_image(self._path(index)), self.mode)
 
     def _tensor(self, index: int) -> torch.Tensor:
-        image = self.load_image(index)
         if self.transform is not None:
-            out = self.transform(image)
+            out = self.transform(self.load_image(index))
             return out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
-        image = resize(image, self.size)
+        # Without a transform, read the source image directly: 16-bit values keep their precision.
+        image = resize(open_image(self._path(index)), self.size)
         return torch.from_numpy(to_array(image, self.mode))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -269,8 +288,10 @@ class TensorDataSet(WrappedDataSet):
         uri: str | os.PathLike[str],
         usetype: str | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        split: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(uri, usetype)
+        super().__init__(uri, usetype, split)
         ds = self.dataset
         data_idn = ds.get_annotation(keys.TENSOR_FILE_IDN)
         labels_idn = ds.get_annotation(keys.LABELS_FILE_IDN)
@@ -291,7 +312,9 @@ class TensorDataSet(WrappedDataSet):
                 f"{self.uri}: {len(self.data)} data rows but {len(all_labels)} labels"
             )
         rows = np.arange(len(self.data))
-        if usetype is not None:
+        if self.split is not None:
+            rows = np.flatnonzero(self._split_mask(all_labels))
+        elif usetype is not None:
             split = ds.get_annotation(keys.TENSOR_USETYPE)
             if split is not None:
                 rows = np.flatnonzero(np.asarray(split) == usetype)
@@ -309,7 +332,9 @@ class TensorDataSet(WrappedDataSet):
         self.rows = rows
         self._contiguous = bool(len(rows)) and rows[-1] - rows[0] == len(rows) - 1
         self.labels = all_labels[rows]
-        names = [str(v) for v in np.unique(all_labels)]
+        # Without a category_encoding annotation (dtoolAI's tensor datasets), label value v
+        # is category "v": a class with no samples must not shift the others' labels.
+        names = [str(v) for v in range(int(all_labels.max()) + 1)] if len(all_labels) else []
         self.cat_encoding = self._encoding_from(names)
         dims = ds.get_annotation(keys.IMAGE_DIMENSIONS)
         row_shape = tuple(self.data.shape[1:])

@@ -1,0 +1,215 @@
+"""Training from a YAML config file, and many trainings at once (DeepDIVA's multi-run).
+
+A config names the data by URI, the model, optimiser, loss and parameters::
+
+    name: digits-cnn
+    output: ./models
+    data:
+      train: {uri: ./data/digits, usetype: train}
+      valid: {uri: ./data/digits, usetype: test}
+    model: {class: GenNet, init_params: {input_channels: 1, input_dim: 8}}
+    optimizer: {class: SGD, momentum: 0.9}
+    loss: {class: NLLLoss}
+    params: {batch_size: 32, learning_rate: 0.05, n_epochs: 10, seed: 0}
+
+Example:
+    >>> result = train_from_config(load_config("train.yaml", ["lr=0.1"]))   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from reprodl.errors import ParametersError
+from reprodl.params import apply_overrides
+
+SHORTHANDS = {
+    "lr": "params.learning_rate", "learning_rate": "params.learning_rate", "epochs": "params.n_epochs",
+    "n_epochs": "params.n_epochs", "batch_size": "params.batch_size", "seed": "params.seed",
+    "deterministic": "params.deterministic", "device": "params.device", "num_workers": "params.num_workers",
+    "shuffle": "params.shuffle",
+}
+
+
+class DataSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    uri: str
+    usetype: str | None = None
+    split: dict[str, Any] | None = None
+    mode: str | None = None
+    size: list[int] | None = None
+
+
+class ComponentSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    class_: str = Field(alias="class")
+    init_params: dict[str, Any] = Field(default_factory=dict)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    def kwargs(self) -> dict[str, Any]:
+        extra = {k: v for k, v in (self.model_extra or {}).items()}
+        return {**self.args, **extra}
+
+
+class TrainConfig(BaseModel):
+    """A validated training config (see the module docstring for the format)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str
+    output: str
+    data: dict[str, DataSpec | list[DataSpec]]
+    model: ComponentSpec | None = None
+    optimizer: ComponentSpec = Field(default_factory=lambda: ComponentSpec(**{"class": "SGD"}))
+    loss: ComponentSpec = Field(default_factory=lambda: ComponentSpec(**{"class": "NLLLoss"}))
+    scheduler: ComponentSpec | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    parent: str | None = None
+    freeze: list[str] = Field(default_factory=list)
+    allow: list[str] = Field(default_factory=list)
+    readme: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = Field(None, description="the config file this was read from (set on load)")
+
+    def specs(self, role: str) -> list[DataSpec]:
+        value = self.data.get(role)
+        if value is None:
+            return []
+        return value if isinstance(value, list) else [value]
+
+
+def load_config(path: str | os.PathLike[str] | dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
+    """Read and validate a config; ``overrides`` are ``key=value`` (``lr=0.05``, ``params.seed=3``)."""
+    if isinstance(path, dict):
+        raw: Any = path
+        base = Path.cwd()
+    else:
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except OSError as exc:
+            raise ParametersError(f"cannot read the config {p}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ParametersError(f"the config {p} is not valid YAML: {exc}") from None
+        base = p.resolve().parent
+    if not isinstance(raw, dict):
+        raise ParametersError("the config must be a YAML mapping (name, output, data, model, ...)")
+    expanded = []
+    for text in overrides or []:
+        key, sep, value = text.partition("=")
+        expanded.append(f"{SHORTHANDS.get(key.strip(), key.strip())}{sep}{value}")
+    raw = apply_overrides(raw, expanded)
+    try:
+        cfg = TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ParametersError(f"the config does not validate: {problems}") from None
+    if not cfg.specs("train"):
+        raise ParametersError("the config needs data.train: {uri: ...}")
+    # Relative paths in a config file are relative to the file, not the working directory.
+    cfg.output = _resolve(cfg.output, base)
+    for role in list(cfg.data):
+        for spec in cfg.specs(role):
+            spec.uri = _resolve(spec.uri, base)
+    if cfg.parent:
+        cfg.parent = _resolve(cfg.parent, base)
+    if not isinstance(path, dict):
+        cfg.source = str(Path(path).resolve())
+    return cfg
+
+
+def _resolve(uri: str, base: Path) -> str:
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    return str((base / uri).resolve())
+
+
+def _open(spec: DataSpec) -> Any:
+    from reprodl.data.datasets import ImageDataSet, TensorDataSet
+    from reprodl.store import open_dataset
+    from reprodl import keys
+
+    kind = open_dataset(spec.uri).get_annotation(keys.INPUT_TYPE)
+    if kind == keys.INPUT_TYPE_IMAGE:
+        return ImageDataSet(spec.uri, spec.usetype, mode=spec.mode,
+                            size=tuple(spec.size) if spec.size else None, split=spec.split)  # type: ignore[arg-type]
+    return TensorDataSet(spec.uri, spec.usetype, split=spec.split)
+
+
+def _component(spec: ComponentSpec, prefix: str, allow: list[str], what: str) -> type:
+    from reprodl.model import resolve_class
+
+    path = spec.class_
+    if ":" not in path:
+        if "." in path:
+            module, _, name = path.rpartition(".")
+            path = f"{module}:{name}"
+        else:
+            path = f"{prefix}:{path}"
+    module = path.split(":")[0]
+    trusted = [module] if module == prefix or module.startswith(prefix + ".") or module.startswith("torch.") else []
+    return resolve_class(path, allow=[*trusted, *allow])
+
+
+def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callable[..., None] | None = None,
+                    name: str | None = None) -> tuple[str, Any]:
+    """Build everything the config names and train it with capture; (model URI, record)."""
+    import torch
+
+    from reprodl.params import Parameters
+    from reprodl.train import DerivedDataSet, train_model_with_metadata_capture
+
+    train = [_open(s) for s in cfg.specs("train")]
+    valid = [_open(s) for s in cfg.specs("valid")]
+    test = [_open(s) for s in cfg.specs("test")]
+    params = Parameters(**cfg.params)
+    init_params = dict(params.init_params)
+    if cfg.model is not None and cfg.model.init_params:
+        init_params = {**cfg.model.init_params, **init_params}
+    parent_state = None
+    model_spec = cfg.model
+    if cfg.parent:
+        from reprodl.model import load_weights
+        from reprodl.provenance import read_record
+        from reprodl.store import open_dataset
+
+        pds = open_dataset(cfg.parent)
+        precord = read_record(pds)
+        parent_state = load_weights(pds, precord)
+        if model_spec is None:
+            model_spec = ComponentSpec(**{"class": precord.architecture.import_path})
+            init_params = {**precord.architecture.init_params, **init_params}
+    if model_spec is None:
+        raise ParametersError("the config needs model: {class: ..., init_params: {...}} (or parent: URI)")
+    params = params.updated(init_params=init_params)
+    model_cls = _component(model_spec, "reprodl.zoo", cfg.allow, "model")
+    torch.manual_seed(params.seed)
+    model = model_cls(**init_params)
+    if parent_state is not None:
+        model.load_state_dict(parent_state)
+    names = dict(model.named_parameters())
+    unknown = [n for n in cfg.freeze if n not in names and not any(k.startswith(n + ".") for k in names)]
+    if unknown:
+        raise ParametersError(f"freeze names {unknown} are not parameters of the model; it has {list(names)[:8]}...")
+    for n, p in names.items():
+        if any(n == f or n.startswith(f + ".") for f in cfg.freeze):
+            p.requires_grad_(False)
+    opt_cls = _component(cfg.optimizer, "torch.optim", cfg.allow, "optimizer")
+    opt_kwargs = {"lr": params.learning_rate, **cfg.optimizer.kwargs()}
+    optimizer = opt_cls([p for p in model.parameters() if p.requires_grad], **opt_kwargs)
+    loss_fn = _component(cfg.loss, "torch.nn", cfg.allow, "loss")(**cfg.loss.kwargs())
+    scheduler = None
+    if cfg.scheduler is not None:
+        scheduler = _component(cfg.scheduler, "torch.optim.lr_scheduler", cfg.allow, "scheduler")(
+            optimizer, **cfg.scheduler.kwargs())
+    with DerivedDataSet(cfg.output, name or cfg.name, train, valid=valid, test=test, parent=cfg.parent,
+                        readme=cfg.readme) as out:
+        record = train_model_with_metadata_capture(model, train[0], optimizer, loss_fn, params, out,
+                                                   scheduler=scheduler, progress=progress, on_epoch=on_epoch,
+                                                   code_root=Path(cfg.source).parent if cfg.source else None,
+                                                   config=cfg.model_dump(mode="json", by_alias=True))
+    assert out.uri is not None
+    return out.uri, record

@@ -49,16 +49,31 @@ def to_array(image: Image.Image, mode: str) -> np.ndarray:
             if mode == "RGBA":
                 arr[3] = 1.0
         return np.ascontiguousarray(arr)
-    if src != mode:
-        if src == "P" and "transparency" in image.info and mode != "RGBA":
-            image = image.convert("RGBA")
-        image = image.convert(mode)
+    image = convert(image, mode)
     arr = np.asarray(image, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[None]
     else:
         arr = arr.transpose(2, 0, 1)
     return arr.astype(np.float32) * np.float32(1 / 255)
+
+
+def convert(image: Image.Image, mode: str) -> Image.Image:
+    """The image in ``mode`` ("L", "RGB", "RGBA"), as :func:`to_array` reads it.
+
+    16-bit and float images are scaled to 8 bits (not clipped at 255); a palette image's
+    transparency is applied before alpha is dropped.
+    """
+    channels_for_mode(mode)
+    src = image.mode
+    if src == mode:
+        return image
+    if src in SIXTEEN_BIT or src == "F":
+        arr = np.round(np.clip(to_array(image, mode), 0.0, 1.0) * 255.0).astype(np.uint8)
+        return Image.fromarray(arr[0] if mode == "L" else np.ascontiguousarray(arr.transpose(1, 2, 0)), mode)
+    if src == "P" and "transparency" in image.info and mode != "RGBA":
+        image = image.convert("RGBA")
+    return image.convert(mode)
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:

@@ -22,6 +22,7 @@ import torch
 
 from reprodl import keys
 from reprodl.capture import capture_environment, state_dict_sha256
+from reprodl.checks import check_data
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
 from reprodl.errors import ExitCode, IntegrityError, ModelLoadError, ReproductionError, UnsafeImportError
 from reprodl.model import load_weights, resolve_class
@@ -105,54 +106,6 @@ class ReproductionReport:
 
 
 # --- checks before training ----------------------------------------------------------------
-def check_data(record: ProvenanceRecord, model_ds: StoredDataSet) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each recorded dataset: reachable, same manifest, every item re-hashed. (checks, problems)."""
-    checks, problems = [], []
-    seen: set[str] = set()
-    for ref in record.data:
-        check: dict[str, Any] = {"role": ref.role, "uri": ref.uri, "name": ref.name}
-        key = ref.uri + "|" + (ref.usetype or "")
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            ds = open_dataset(ref.uri)
-        except Exception as exc:  # noqa: BLE001 - reported, not raised
-            check.update(ok=False, error=str(exc))
-            problems.append(f"{ref.role} dataset {ref.name} ({ref.uri}) cannot be opened: {exc}")
-            checks.append(check)
-            continue
-        changed = _changed_items(ref, ds, model_ds)
-        report = ds.verify(deep=True)
-        item_problems = changed + report.problems()
-        check.update(uuid_matches=ds.uuid == ref.uuid, manifest_matches=ds.manifest_digest() == ref.manifest_digest,
-                     items=item_problems, ok=not item_problems and ds.manifest_digest() == ref.manifest_digest)
-        if ds.uuid != ref.uuid:
-            problems.append(f"{ref.role} dataset at {ref.uri} has UUID {ds.uuid}, the record says {ref.uuid}")
-        if ds.manifest_digest() != ref.manifest_digest and not changed:
-            problems.append(f"{ref.role} dataset {ref.name}: manifest digest {ds.manifest_digest()} differs from "
-                            f"the recorded {ref.manifest_digest}")
-        problems += [f"{ref.role} dataset {ref.name}: {p}" for p in item_problems]
-        checks.append(check)
-    return checks, problems
-
-
-def _changed_items(ref: DataRef, ds: StoredDataSet, model_ds: StoredDataSet) -> list[str]:
-    """Items whose recorded manifest entry differs from the dataset's manifest now."""
-    if not ref.manifest_item:
-        return []
-    try:
-        with open(model_ds.item_path(model_ds.identifier_of(ref.manifest_item))) as fh:
-            recorded = json.load(fh)
-    except (KeyError, OSError, json.JSONDecodeError):
-        return []
-    now = ds.manifest_entries()
-    out = [f"missing: {r}" for r in sorted(set(recorded) - set(now))]
-    out += [f"added: {r}" for r in sorted(set(now) - set(recorded))]
-    out += [f"content changed since training: {r}" for r in sorted(set(now) & set(recorded)) if now[r] != recorded[r]]
-    return out
-
-
 def check_code(record: ProvenanceRecord) -> dict[str, Any]:
     """Is the recorded commit available here, and does the recorded patch apply to it?"""
     git = record.code.git
@@ -285,17 +238,13 @@ def rebuild_optimizer(record: ProvenanceRecord, model: torch.nn.Module, allow: I
     params = dict(model.named_parameters())
     groups = []
     for group in info.param_groups:
-        hp = {k: _tensorise(v) for k, v in group.items() if k not in ("param_names", "initial_lr")}
+        hp = {k: v for k, v in group.items() if k not in ("param_names", "initial_lr")}
         names = group.get("param_names", [])
         missing = [n for n in names if n not in params]
         if missing:
             raise ReproductionError(f"the rebuilt model has no parameters {missing[:3]} named in the optimizer record")
         groups.append({"params": [params[n] for n in names], **hp})
     return cls(groups)
-
-
-def _tensorise(v: Any) -> Any:
-    return v
 
 
 def rebuild_loss(record: ProvenanceRecord, allow: Iterable[str]) -> Any:

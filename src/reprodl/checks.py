@@ -118,33 +118,39 @@ def lineage(uri: str, *, max_depth: int = 50) -> list[dict[str, Any]]:
 
 
 def check_data(record: ProvenanceRecord, model_ds: StoredDataSet) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each recorded dataset: reachable, same manifest, every item re-hashed. (checks, problems)."""
-    checks, problems = [], []
-    seen: set[str] = set()
+    """Each recorded dataset: reachable, same UUID and manifest, every item re-hashed.
+
+    A dataset used in several roles (train and valid splits of one dataset) is opened and
+    hashed once. Returns (one check per dataset, problems naming dataset and item).
+    """
+    checks: list[dict[str, Any]] = []
+    problems: list[str] = []
+    by_uri: dict[str, DataRef] = {}
+    roles: dict[str, list[str]] = {}
     for ref in record.data:
-        check: dict[str, Any] = {"role": ref.role, "uri": ref.uri, "name": ref.name}
-        key = ref.uri + "|" + (ref.usetype or "")
-        if key in seen:
-            continue
-        seen.add(key)
+        by_uri.setdefault(ref.uri, ref)
+        roles.setdefault(ref.uri, []).append(ref.role)
+    for uri, ref in by_uri.items():
+        label = f"{'/'.join(dict.fromkeys(roles[uri]))} dataset {ref.name}"
+        check: dict[str, Any] = {"role": "/".join(dict.fromkeys(roles[uri])), "uri": uri, "name": ref.name}
         try:
-            ds = open_dataset(ref.uri)
+            ds = open_dataset(uri)
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             check.update(ok=False, error=str(exc))
-            problems.append(f"{ref.role} dataset {ref.name} ({ref.uri}) cannot be opened: {exc}")
+            problems.append(f"{label} ({uri}) cannot be opened: {exc}")
             checks.append(check)
             continue
         changed = _changed_items(ref, ds, model_ds)
-        report = ds.verify(deep=True)
-        item_problems = changed + report.problems()
-        check.update(uuid_matches=ds.uuid == ref.uuid, manifest_matches=ds.manifest_digest() == ref.manifest_digest,
-                     items=item_problems, ok=not item_problems and ds.manifest_digest() == ref.manifest_digest)
+        item_problems = changed + ds.verify(deep=True).problems()
+        same_manifest = ds.manifest_digest() == ref.manifest_digest
+        check.update(uuid_matches=ds.uuid == ref.uuid, manifest_matches=same_manifest, items=item_problems,
+                     ok=not item_problems and same_manifest and ds.uuid == ref.uuid)
         if ds.uuid != ref.uuid:
-            problems.append(f"{ref.role} dataset at {ref.uri} has UUID {ds.uuid}, the record says {ref.uuid}")
-        if ds.manifest_digest() != ref.manifest_digest and not changed:
-            problems.append(f"{ref.role} dataset {ref.name}: manifest digest {ds.manifest_digest()} differs from "
-                            f"the recorded {ref.manifest_digest}")
-        problems += [f"{ref.role} dataset {ref.name}: {p}" for p in item_problems]
+            problems.append(f"{label} at {uri} has UUID {ds.uuid}, the record says {ref.uuid}")
+        if not same_manifest and not changed:
+            problems.append(f"{label}: manifest digest {ds.manifest_digest()} differs from the recorded "
+                            f"{ref.manifest_digest}")
+        problems += [f"{label}: {p}" for p in item_problems]
         checks.append(check)
     return checks, problems
 

@@ -7,6 +7,7 @@ Example:
 """
 from __future__ import annotations
 
+import email
 import hashlib
 import importlib.metadata
 import inspect
@@ -15,6 +16,7 @@ import platform
 import random
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,35 @@ from reprodl.provenance import (
 def installed_packages() -> dict[str, str]:
     out: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata.get("Name")
+        meta = _metadata_headers(dist)
+        name = _redent(meta.get("Name"))
         if name:
-            out[name.lower().replace("_", "-")] = dist.version
+            out[name.lower().replace("_", "-")] = _redent(meta.get("Version"))
     return dict(sorted(out.items()))
+
+
+def _metadata_headers(dist: importlib.metadata.Distribution) -> Any:
+    """The headers of ``dist.metadata``, parsed once and without the long description.
+
+    ``dist.metadata`` (and ``dist.version``, which re-reads it) runs the e-mail parser over
+    the whole file, README included; the headers end at the first blank line, so parsing
+    only up to there gives the same Name and Version several times faster.
+    """
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or dist.read_text("")
+    if text is None:
+        return dist.metadata
+    # Keep up to the first blank line ("\n\n" or "\r\n\r\n"), the first line break included.
+    ends = [i + len(blank) // 2 for blank in ("\n\n", "\r\n\r\n") if (i := text.find(blank)) >= 0]
+    if ends:
+        text = text[:min(ends)]
+    return email.message_from_string(text)
+
+
+def _redent(value: str | None) -> str | None:
+    """What ``importlib.metadata`` does to a folded (multi-line) header value."""
+    if not value or "\n" not in value:
+        return value
+    return textwrap.dedent(" " * 8 + value)
 
 
 def capture_environment() -> Environment:
@@ -76,6 +103,31 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return res.stdout if res.returncode == 0 else None
 
 
+def _git_many(commands: dict[str, list[str]], cwd: Path) -> dict[str, str | None]:
+    """:func:`_git` for several commands, run concurrently; None for each that failed."""
+    procs: dict[str, subprocess.Popen[str] | None] = {}
+    for key, args in commands.items():
+        try:
+            procs[key] = subprocess.Popen(["git", *args], cwd=cwd, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True)
+        except (OSError, subprocess.SubprocessError):
+            procs[key] = None
+    out: dict[str, str | None] = {}
+    for key, proc in procs.items():
+        if proc is None:
+            out[key] = None
+            continue
+        try:
+            stdout, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            out[key] = None
+            continue
+        out[key] = stdout if proc.returncode == 0 else None
+    return out
+
+
 def entry_script() -> Path | None:
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
@@ -102,11 +154,19 @@ def capture_code(where: str | os.PathLike[str] | None = None) -> tuple[CodeInfo,
     if root is None:
         return info, None
     root_path = Path(root.strip())
-    commit = (_git(["rev-parse", "HEAD"], root_path) or "").strip() or None
-    branch = (_git(["rev-parse", "--abbrev-ref", "HEAD"], root_path) or "").strip() or None
-    remote = (_git(["config", "--get", "remote.origin.url"], root_path) or "").strip() or None
-    patch = _git(["diff", "HEAD", "--binary"], root_path) if commit else None
-    status = _git(["status", "--porcelain", "--untracked-files=normal"], root_path) or ""
+    # Independent read-only queries: run them at once rather than one after another.
+    res = _git_many({
+        "commit": ["rev-parse", "HEAD"],
+        "branch": ["rev-parse", "--abbrev-ref", "HEAD"],
+        "remote": ["config", "--get", "remote.origin.url"],
+        "patch": ["diff", "HEAD", "--binary"],
+        "status": ["status", "--porcelain", "--untracked-files=normal"],
+    }, root_path)
+    commit = (res["commit"] or "").strip() or None
+    branch = (res["branch"] or "").strip() or None
+    remote = (res["remote"] or "").strip() or None
+    patch = res["patch"] if commit else None
+    status = res["status"] or ""
     untracked = [line[3:] for line in status.splitlines() if line.startswith("??")]
     dirty = bool(patch) or bool(untracked)
     info.git = GitInfo(commit=commit, branch=branch, dirty=dirty, remote=remote, root=str(root_path),

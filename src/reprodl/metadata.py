@@ -121,9 +121,13 @@ def make_readme(
     readme_file: str | os.PathLike[str] | None = None,
     schema: str | os.PathLike[str] | dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> str:
-    """README text from a file and/or fields (fields override the file), validated."""
-    data: dict[str, Any] = {}
+    """README text from a file and/or fields (fields override the file), validated.
+
+    ``defaults`` fill only what neither the file nor the fields give.
+    """
+    data: dict[str, Any] = dict(defaults or {})
     if readme_file is not None:
         path = Path(readme_file)
         try:

@@ -231,6 +231,25 @@ class ProvenanceRecord(_Part):
         return [d for d in self.data if d.role == role]
 
 
+def mirror_annotations(record: ProvenanceRecord) -> dict[str, Any]:
+    """The annotations a model dataset carries as convenient mirrors of its record.
+
+    They stay writable after freezing, so they are never trusted: ``verify`` compares them
+    with what this function derives from the (hashed, digested) record.
+    """
+    first = record.data_by_role("train")[0]
+    return {
+        keys.MODEL_KIND: keys.KIND_MODEL,
+        keys.MODEL_NAME: record.architecture.import_path,
+        keys.MODEL_PARAMETERS: {**record.training.params, "init_params": record.architecture.init_params},
+        keys.SOURCE_DATASET_URI: first.uri,
+        keys.SOURCE_DATASET_UUID: first.uuid,
+        keys.SOURCE_DATASET_NAME: first.name,
+        keys.CATEGORY_ENCODING: first.category_encoding,
+        keys.RECORD_DIGEST: record.digest,
+    }
+
+
 def record_json_schema() -> dict[str, Any]:
     schema = ProvenanceRecord.model_json_schema()
     schema["$id"] = keys.PROVENANCE_SCHEMA_ID

@@ -34,11 +34,13 @@ from reprodl.errors import (
     DatasetNotFrozenError,
     InvalidNameError,
     InvalidURIError,
+    ReprodlError,
     StorageError,
 )
 
 SCHEMES = ("file", "http", "https", "s3")
 _HASH_CHUNK = 1 << 20
+_HTTP_TIMEOUT = (10, 60)  # seconds to connect, seconds between bytes
 
 Progress = Callable[[int], None]  # called with the number of units just done
 
@@ -97,11 +99,77 @@ def _dtoolcore():
     return dtoolcore
 
 
-def _remote_error(uri: str, exc: BaseException) -> StorageError:
+def _error_code(exc: BaseException) -> str:
+    """The HTTP status or S3 error code carried by a broker's exception ('' if none)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        return str(response.get("Error", {}).get("Code", ""))
+    if response is not None and getattr(response, "status_code", None):  # requests
+        return str(response.status_code)
+    if type(exc).__name__ == "HTTPError" and exc.args:  # dtool_http.storagebroker.HTTPError
+        return str(exc.args[0])
+    return ""
+
+
+def _s3_settings_hint(bucket: str) -> str:
+    return (
+        f"set DTOOL_S3_ENDPOINT_{bucket}, DTOOL_S3_ACCESS_KEY_ID_{bucket} and "
+        f"DTOOL_S3_SECRET_ACCESS_KEY_{bucket} (environment or dtool config), or configure "
+        "AWS credentials"
+    )
+
+
+def _remote_error(uri: str, exc: BaseException) -> ReprodlError:
+    """The reprodl error for an exception a remote broker raised (they are untyped)."""
+    if isinstance(exc, ReprodlError):
+        return exc
+    parsed = urlparse(uri)
+    code = _error_code(exc)
+    if parsed.scheme == "s3":
+        bucket = parsed.netloc
+        if code in ("NoSuchKey", "404"):
+            return DatasetNotFoundError(
+                f"no dataset at {uri}: bucket {bucket!r} has no dataset with UUID "
+                f"{parsed.path.strip('/')!r}. Check the URI (s3://<bucket>/<uuid>); "
+                f"`dtool ls s3://{bucket}` lists what is there"
+            )
+        if code == "NoSuchBucket":
+            return StorageError(
+                f"the bucket {bucket!r} of {uri} does not exist on its server: create it "
+                "or correct the bucket name"
+            )
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return StorageError(
+                f"access to bucket {bucket!r} was refused ({code}) for {uri}: check the "
+                f"credentials; {_s3_settings_hint(bucket)}"
+            )
+        if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError") or (
+            isinstance(exc, RuntimeError) and "DTOOL_S3_ENDPOINT" in str(exc)
+        ):
+            return StorageError(f"no S3 credentials for {uri}: {_s3_settings_hint(bucket)}")
+    elif parsed.scheme in ("http", "https") and code in ("400", "404", "410"):
+        # dtool-http's server answers 400 where the directory is not a dataset.
+        return DatasetNotFoundError(
+            f"no dataset at {uri}: the server answered HTTP {code} for "
+            f"{uri}/http_manifest.json. Check the URI: it is the served dataset's directory "
+            "(or a `dtool publish` URL)"
+        )
+    elif parsed.scheme in ("http", "https") and code:
+        return StorageError(
+            f"the server of {uri} answered HTTP {code}: it is not serving a dtool dataset "
+            "there. Check the URI"
+        )
     return StorageError(
         f"could not reach the dataset at {uri}: {type(exc).__name__}: {exc}. "
         "Check the server is running and the URI is right"
     )
+
+
+def _cache_root() -> str:
+    """dtool's cache directory for remote items (DTOOL_CACHE_DIRECTORY)."""
+    from dtoolcore.utils import DEFAULT_CACHE_PATH, get_config_value
+
+    return os.path.abspath(get_config_value("DTOOL_CACHE_DIRECTORY", default=DEFAULT_CACHE_PATH))
 
 
 def _file_sha(path: str | os.PathLike[str], algorithm: str = "md5") -> str:
@@ -124,6 +192,10 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def canonical_json(obj: Any) -> bytes:
     """The canonical JSON bytes of ``obj`` (sorted keys, no spaces), used for digests."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class _ItemMissingError(StorageError):
+    """A remote dataset's server lacks one of its items (verify reports it as missing)."""
 
 
 @dataclasses.dataclass
@@ -171,6 +243,8 @@ class StoredDataSet:
         self._lock = threading.Lock()
         self._annotations: dict[str, Any] = {}
         self._overlays: dict[str, dict[str, Any]] = {}
+        self._names: dict[str, list[str]] = {}  # "annotations"/"overlays" -> names, listed once
+        self._readme: str | None = None
         self._scheme = urlparse(uri).scheme
         data_dir = None
         if self._scheme == "file":
@@ -180,6 +254,9 @@ class StoredDataSet:
                 for idn, props in self._items.items()
             }
         self._data_dir = data_dir
+        # Remote items are cached under the dataset's UUID (as dtool-s3 does), so two
+        # servers that both call their dataset "digits" never share cached files.
+        self._cache_dir = None if data_dir else os.path.join(_cache_root(), dataset.uuid)
 
     # --- identity -------------------------------------------------------------------
     @property
@@ -237,38 +314,86 @@ class StoredDataSet:
             self._paths[identifier] = path
         return path
 
-    def _fetch(self, identifier: str) -> str:
-        broker = self._ds._storage_broker
-        if self._scheme in ("http", "https"):
-            return self._fetch_http(broker, identifier)
-        try:
-            return broker.get_item_abspath(identifier)
-        except Exception as exc:  # noqa: BLE001 - broker errors are not typed
-            raise _remote_error(self.uri, exc) from exc
+    def _fetch_many(self, identifiers: list[str], *, refresh: bool) -> dict[str, str | None]:
+        """Fetch remote items in parallel: identifier -> cached path, None where missing.
 
-    def _fetch_http(self, broker: Any, identifier: str) -> str:
-        """Fetch into dtool-http's cache layout without re-reading the manifest per item."""
+        With ``refresh`` every item is downloaded again. An unreachable server is raised.
+        """
+
+        def one(idn: str) -> tuple[str, str | None]:
+            try:
+                path = self._fetch(idn, refresh=refresh)
+            except _ItemMissingError:
+                return idn, None
+            with self._lock:
+                self._paths[idn] = path
+            return idn, path
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            return dict(pool.map(one, identifiers))
+
+    def _fetch(self, identifier: str, *, refresh: bool = False) -> str:
+        """Download a remote item into the cache once; a cached copy of the right size is reused."""
+        props = self._items[identifier]
+        assert self._cache_dir is not None  # only remote datasets get here
+        dest = os.path.join(self._cache_dir, identifier + os.path.splitext(props["relpath"])[1])
+        if not refresh and os.path.isfile(dest) and os.path.getsize(dest) == props["size_in_bytes"]:
+            return dest
+        try:
+            os.makedirs(self._cache_dir, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the cache directory {self._cache_dir}: {exc}. Set "
+                "DTOOL_CACHE_DIRECTORY to a writable directory"
+            ) from exc
+        tmp = f"{dest}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            if self._scheme == "s3":
+                self._download_s3(identifier, tmp)
+            else:
+                self._download_http(identifier, tmp)
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return dest
+
+    def _missing_item(self, identifier: str, where: str) -> StorageError:
+        return _ItemMissingError(
+            f"item {self.relpath(identifier)!r} of {self.uri} is missing on the server "
+            f"({where}): the remote copy is incomplete; copy the dataset there again"
+        )
+
+    def _download_http(self, identifier: str, dest: str) -> None:
         import requests
 
-        cache_dir = os.path.join(broker._cache_abspath, broker.uuid)
-        os.makedirs(cache_dir, exist_ok=True)
-        ext = os.path.splitext(self._items[identifier]["relpath"])[1]
-        dest = os.path.join(cache_dir, identifier + ext)
-        if os.path.isfile(dest) and os.path.getsize(dest) == self._items[identifier]["size_in_bytes"]:
-            return dest
-        url = broker.http_manifest["item_urls"][identifier]
+        url = self._ds._storage_broker.http_manifest["item_urls"][identifier]
         try:
-            with requests.get(url, stream=True, timeout=60) as resp:
+            with requests.get(url, stream=True, timeout=_HTTP_TIMEOUT) as resp:
+                if resp.status_code == 404:
+                    raise self._missing_item(identifier, f"HTTP 404 for {url}")
                 if resp.status_code != 200:
-                    raise StorageError(f"HTTP {resp.status_code} fetching item {self.relpath(identifier)!r} from {url}")
-                tmp = f"{dest}.{os.getpid()}.{threading.get_ident()}.tmp"
-                with open(tmp, "wb") as fh:
+                    raise StorageError(
+                        f"HTTP {resp.status_code} fetching item {self.relpath(identifier)!r} "
+                        f"from {url}: check the server"
+                    )
+                with open(dest, "wb") as fh:
                     for chunk in resp.iter_content(_HASH_CHUNK):
                         fh.write(chunk)
-                os.replace(tmp, dest)
         except requests.RequestException as exc:
-            raise _remote_error(url, exc) from exc
-        return dest
+            raise _remote_error(self.uri, exc) from exc
+
+    def _download_s3(self, identifier: str, dest: str) -> None:
+        broker = self._ds._storage_broker
+        key = broker.data_key_prefix + identifier
+        try:
+            # The client, unlike boto3 resources, is thread-safe (prefetch uses threads);
+            # dtool-s3's get_item_abspath also costs an extra GET per item.
+            broker.s3client.download_file(broker.bucket, key, dest)
+        except Exception as exc:  # noqa: BLE001 - botocore errors are not typed here
+            if _error_code(exc) in ("404", "NoSuchKey"):
+                raise self._missing_item(identifier, f"no key {key!r}") from exc
+            raise _remote_error(self.uri, exc) from exc
 
     def prefetch(self, *, workers: int = 8, progress: Progress | None = None) -> None:
         """Fetch every remote item into the cache (no-op for local datasets)."""
@@ -284,7 +409,13 @@ class StoredDataSet:
 
     # --- metadata -------------------------------------------------------------------
     def get_readme_content(self) -> str:
-        return self._ds.get_readme_content() or ""
+        """The README text (read once)."""
+        if self._readme is None:
+            try:
+                self._readme = self._ds.get_readme_content() or ""
+            except Exception as exc:  # noqa: BLE001 - broker errors are not typed
+                raise _remote_error(self.uri, exc) from exc
+        return self._readme
 
     def readme(self) -> dict[str, Any]:
         """The README parsed as YAML ({} when empty or not a mapping)."""
@@ -296,40 +427,82 @@ class StoredDataSet:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def _list_names(self, kind: str) -> list[str]:
+        """Annotation or overlay names, listed once (a request for remote datasets)."""
+        if kind not in self._names:
+            broker = self._ds._storage_broker
+            try:
+                if self._scheme == "s3":
+                    # dtool-s3 splits key names on every '.', which breaks dotted names
+                    # such as dtoolAI's "dtoolAI.inputtype".
+                    prefix = getattr(broker, f"{kind}_key_prefix")
+                    pages = broker.s3client.get_paginator("list_objects_v2").paginate(
+                        Bucket=broker.bucket, Prefix=prefix
+                    )
+                    names = [
+                        obj["Key"][len(prefix):].removesuffix(".json")
+                        for page in pages
+                        for obj in page.get("Contents", [])
+                    ]
+                elif kind == "annotations":
+                    names = list(broker.list_annotation_names())
+                else:
+                    names = list(broker.list_overlay_names())
+            except Exception as exc:  # noqa: BLE001 - broker errors are not typed
+                raise _remote_error(self.uri, exc) from exc
+            self._names[kind] = sorted(names)
+        return list(self._names[kind])
+
+    def _get_metadata(self, kind: str, name: str) -> Any:
+        broker = self._ds._storage_broker
+        try:
+            if kind == "annotations":
+                return broker.get_annotation(name)
+            return broker.get_overlay(name)
+        except Exception as exc:  # noqa: BLE001
+            raise _remote_error(self.uri, exc) from exc
+
     def annotation_names(self) -> list[str]:
-        return sorted(self._ds.list_annotation_names())
+        return self._list_names("annotations")
 
     def get_annotation(self, name: str, default: Any = None) -> Any:
         if name in self._annotations:
             return self._annotations[name]
-        if name not in self._ds.list_annotation_names():
+        if name not in self._list_names("annotations"):
             return default
-        value = self._ds.get_annotation(name)
+        value = self._get_metadata("annotations", name)
         self._annotations[name] = value
         return value
 
     def put_annotation(self, name: str, value: Any) -> None:
         self._ds.put_annotation(name, value)
         self._annotations[name] = value
+        if name not in self._list_names("annotations"):
+            self._names["annotations"] = sorted([*self._names["annotations"], name])
 
     def overlay_names(self) -> list[str]:
-        return list(self._ds.list_overlay_names())
+        return self._list_names("overlays")
 
     def get_overlay(self, name: str, default: Any = None) -> Any:
         if name in self._overlays:
             return self._overlays[name]
-        if name not in self._ds.list_overlay_names():
+        if name not in self._list_names("overlays"):
             return default
-        value = self._ds.get_overlay(name)
+        value = self._get_metadata("overlays", name)
         self._overlays[name] = value
         return value
 
     def put_overlay(self, name: str, values: dict[str, Any]) -> None:
         self._ds.put_overlay(name, values)
         self._overlays[name] = values
+        if name not in self._list_names("overlays"):
+            self._names["overlays"] = sorted([*self._names["overlays"], name])
 
     def tags(self) -> list[str]:
-        return sorted(self._ds.list_tags())
+        try:
+            return sorted(self._ds.list_tags())
+        except Exception as exc:  # noqa: BLE001
+            raise _remote_error(self.uri, exc) from exc
 
     # --- integrity ------------------------------------------------------------------
     def manifest_digest(self) -> str:
@@ -352,9 +525,14 @@ class StoredDataSet:
 
         Quick: the item set and sizes, and for local datasets a re-hash of any item whose
         modification time differs from the manifest's (an edit that kept the size).
-        Deep: every item re-hashed. Remote items are fetched into the cache first.
+        Remote items are fetched into the cache first (once).
+        Deep: every item re-hashed; remote items are downloaded afresh into the cache, so
+        what is checked is the server's content (and a damaged cached copy is replaced).
         """
         idns = identifiers if identifiers is not None else list(self._items)
+        fetched: dict[str, str | None] = {}
+        if not self.is_local:
+            fetched = self._fetch_many(idns, refresh=deep)
         report = VerifyReport(uri=self.uri, deep=deep, n_items=len(idns))
         if self.is_local and identifiers is None:
             on_disk = set()
@@ -370,7 +548,9 @@ class StoredDataSet:
             props = self._items[idn]
             rel = props["relpath"]
             try:
-                path = self.item_path(idn)
+                path = fetched[idn] if idn in fetched else self.item_path(idn)
+                if path is None:
+                    raise FileNotFoundError(rel)
                 st = os.stat(path)
             except (FileNotFoundError, StorageError):
                 report.missing.append(rel)
@@ -407,6 +587,11 @@ class StoredDataSet:
             lst.sort()
         return report
 
+    def manifest_entries(self) -> dict[str, dict[str, Any]]:
+        """relpath -> {size_in_bytes, hash}: what a record keeps to name changed items later."""
+        return {p["relpath"]: {"size_in_bytes": p["size_in_bytes"], "hash": p["hash"]}
+                for p in sorted(self._items.values(), key=lambda p: p["relpath"])}
+
     def total_size(self) -> int:
         return sum(p["size_in_bytes"] for p in self._items.values())
 
@@ -430,21 +615,26 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
             raise DatasetNotFoundError(
                 f"{full} is not a dtool dataset (no .dtool/dtool admin metadata in {path})"
             )
+    else:
+        _check_broker(full)
+        parsed = urlparse(full)
+        if parsed.scheme == "s3" and not parsed.path.strip("/"):
+            raise InvalidURIError(
+                f"{full} names a bucket, not a dataset: a dataset's URI is "
+                f"s3://{parsed.netloc}/<uuid> (`dtool ls {full}` lists them)"
+            )
+
+    def read_error(exc: BaseException) -> ReprodlError:
+        if path is None:
+            return _remote_error(full, exc)
+        return StorageError(f"could not read the dataset at {full}: {type(exc).__name__}: {exc}")
+
     try:
         admin = dtoolcore._admin_metadata_from_uri(full, None)
-    except KeyError as exc:
-        raise InvalidURIError(
-            f"no dtool storage broker for {full}: install the plugin for its scheme "
-            "(dtool-http for http(s)://, dtool-s3 for s3://)"
-        ) from exc
-    except (DatasetNotFoundError, InvalidURIError):
-        raise
     except Exception as exc:  # noqa: BLE001 - brokers raise requests/boto errors
-        if path is None:
-            raise _remote_error(full, exc) from exc
-        raise StorageError(f"could not read the dataset at {full}: {exc}") from exc
-    if admin is None:
-        raise DatasetNotFoundError(f"no dataset at {full}")
+        raise read_error(exc) from exc
+    if not admin:
+        raise DatasetNotFoundError(f"no dataset at {full}: it has no dtool admin metadata")
     if admin.get("type") != "dataset":
         raise DatasetNotFrozenError(
             f"{full} is a proto dataset, not a frozen dataset: its creation did not finish. "
@@ -454,7 +644,17 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
         ds = dtoolcore.DataSet(full, admin)
         return StoredDataSet(full, ds)
     except Exception as exc:  # noqa: BLE001
-        raise _remote_error(full, exc) from exc
+        raise read_error(exc) from exc
+
+
+def _check_broker(uri: str) -> None:
+    """Refuse a URI whose scheme has no dtool storage broker installed."""
+    scheme = urlparse(uri).scheme
+    if scheme not in _dtoolcore()._generate_storage_broker_lookup():
+        plugin = {"s3": "dtool-s3 (pip install 'reprodl[s3]')"}.get(scheme, "dtool-http")
+        raise InvalidURIError(
+            f"no dtool storage broker for {scheme}:// URIs such as {uri}: install {plugin}"
+        )
 
 
 def dataset_uri(base_uri: str, name: str) -> str:
@@ -566,9 +766,10 @@ def create_dataset(
     """Create a dataset atomically: frozen only if the block ends without an exception.
 
     The dataset is built in a hidden staging directory and moved into place (renamed, on
-    the same filesystem, for file:// bases; copied with dtoolcore for s3://). A failure
-    leaves no frozen dataset and no proto dataset behind. An existing dataset of the same
-    name is never overwritten.
+    the same filesystem, for file:// bases; copied for s3://, and removed there if the
+    copy fails). A failure leaves no frozen dataset and no proto dataset behind. An
+    existing dataset of the same name is never overwritten (s3 datasets are keyed by a new
+    UUID, so there the bucket is only checked to answer before anything is built).
 
     Example:
         >>> with create_dataset("/tmp/out", "numbers", readme="name: numbers") as w:  # doctest: +SKIP
@@ -598,9 +799,10 @@ def create_dataset(
         if not os.access(base_path, os.W_OK):
             raise StorageError(f"cannot write to {base_path}: permission denied")
     else:
+        # s3 datasets are keyed by a fresh UUID, so no name can clash; check the bucket
+        # answers before spending time building.
         staging_parent = None
-        if exists(f"{base}/{name}"):
-            raise DatasetExistsError(f"a dataset called {name!r} already exists at {base}")
+        _probe_remote_base(base)
     staging = Path(tempfile.mkdtemp(prefix=f".reprodl-staging-{name}-", dir=staging_parent))
     try:
         dtoolcore = _dtoolcore()
@@ -622,7 +824,7 @@ def create_dataset(
             os.rename(staging / name, final)
             writer.uri = normalise_uri(str(final))
         else:
-            writer.uri = _copy_remote(frozen.uri, base)
+            writer.uri = _copy_to(StoredDataSet(normalise_uri(frozen.uri), frozen), base)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -634,47 +836,152 @@ def _username() -> str:
         return "unknown"
 
 
-def _copy_remote(src_uri: str, dest_base: str) -> str:
+def _probe_remote_base(base: str) -> None:
+    """Fail fast, with a clear error, when a remote base URI cannot be written to."""
+    _check_broker(base)
+    parsed = urlparse(base)
+    bucket = parsed.netloc
+    try:
+        broker_cls = _dtoolcore()._generate_storage_broker_lookup()[parsed.scheme]
+        _resource, client, _unsigned = broker_cls._get_resource_and_client(bucket)
+        client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    except Exception as exc:  # noqa: BLE001 - botocore errors are not typed here
+        raise _remote_error(base, exc) from exc
+
+
+def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = None) -> str:
+    """Copy ``src`` under ``dest_base`` and freeze it there; returns the new URI.
+
+    Items come from ``src.item_path`` (the map built once, the remote cache) rather than
+    dtoolcore's per-item manifest re-read, and metadata through :class:`StoredDataSet`
+    (dtool-s3 cannot list dotted annotation names). A copy that fails is removed.
+    """
     dtoolcore = _dtoolcore()
+    _check_broker(dest_base)
+    admin = src.admin_metadata
+    admin["type"] = "protodataset"
+    dest_uri = dtoolcore._generate_uri(admin, dest_base)
+    if _dataset_present(dest_uri):
+        raise DatasetExistsError(
+            f"{dest_uri} already holds dataset {src.name!r} (UUID {src.uuid}): reprodl never "
+            "overwrites; use it as it is or remove it first"
+        )
+    # What to remove on failure: anything under the new UUID in a bucket is this copy's;
+    # a directory only once this copy has made it (never one that appeared meanwhile).
+    started = local_path(dest_uri) is None
     try:
-        return dtoolcore.copy(src_uri, dest_base)
+        proto = dtoolcore.generate_proto_dataset(admin_metadata=admin, base_uri=dest_base)
+        proto.create()
+        started = True
+        for idn in src.identifiers:
+            proto.put_item(src.item_path(idn), src.relpath(idn))
+            if progress:
+                progress(1)
+        proto.put_readme(src.get_readme_content())
+        for tag in src.tags():
+            proto.put_tag(tag)
+        for name in src.overlay_names():
+            # The overlay's keys are the source's identifiers, the copy's too.
+            proto._storage_broker.put_overlay(name, src.get_overlay(name))
+        for name in src.annotation_names():
+            proto.put_annotation(name, src.get_annotation(name))
+        proto.freeze()
+    except BaseException as exc:
+        removed = _remove_partial(dest_uri) if started else None
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt and the like: cleaned up, re-raised as they are
+        if isinstance(exc, ReprodlError):
+            cause = str(exc)
+        elif local_path(dest_uri) is not None:
+            cause = f"{type(exc).__name__}: {exc}"
+        else:
+            cause = str(_remote_error(dest_uri, exc))
+        where = {
+            None: "nothing was written",
+            True: "the partial copy was removed",
+            False: f"a partial copy may remain at {dest_uri}: remove it by hand",
+        }[removed]
+        raise StorageError(f"could not copy {src.uri} to {dest_base}: {cause} ({where})") from exc
+    return normalise_uri(proto.uri)
+
+
+def _dataset_present(uri: str) -> bool:
+    """Whether anything (a dataset or an unfinished copy) already sits at ``uri``."""
+    path = local_path(uri)
+    if path is not None:
+        return path.exists()
+    try:
+        return bool(_dtoolcore()._get_storage_broker(uri, None).has_admin_metadata())
     except Exception as exc:  # noqa: BLE001
-        _cleanup_remote(src_uri, dest_base)
-        raise StorageError(f"could not copy the new dataset to {dest_base}: {exc}") from exc
+        raise _remote_error(uri, exc) from exc
 
 
-def _cleanup_remote(src_uri: str, dest_base: str) -> None:
-    """Remove a half-written copy (s3): the proto dataset keys under its UUID."""
+def _remove_partial(uri: str) -> bool:
+    """Remove a half-written dataset at ``uri``; True when nothing of it is left."""
+    path = local_path(uri)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+        return not path.exists()
     try:
-        dtoolcore = _dtoolcore()
-        uuid = dtoolcore.DataSet.from_uri(src_uri).uuid
-        broker_cls = dtoolcore._get_storage_broker(dest_base, None).__class__
-        dest_uri = broker_cls.generate_uri(None, uuid, dest_base)
-        broker = broker_cls(dest_uri, None)
-        bucket = broker.s3resource.Bucket(broker.bucket)
-        prefix = getattr(broker, "_get_prefix", lambda: "")() or ""
-        bucket.objects.filter(Prefix=f"{prefix}{uuid}").delete()
-    except Exception:  # noqa: BLE001 - best effort; the copy error is what matters
-        pass
+        broker = _dtoolcore()._get_storage_broker(uri, None)
+        client, bucket = broker.s3client, broker.bucket
+        keys = []
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{broker._get_prefix()}{broker.uuid}/"
+        )
+        for page in pages:
+            keys += [obj["Key"] for obj in page.get("Contents", [])]
+        # The registration key last: while it exists the leftovers can still be found.
+        keys.append(broker.dataset_registration_key)
+        for i in range(0, len(keys), 1000):
+            client.delete_objects(
+                Bucket=bucket,
+                Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True},
+            )
+        return True
+    except Exception:  # noqa: BLE001 - best effort; the copy's own error is reported
+        return False
 
 
 def copy_dataset(uri: str, dest_base_uri: str, *, progress: Progress | None = None) -> str:
-    """Copy a dataset to another base URI with dtoolcore; returns the new URI."""
+    """Copy a dataset to another base URI (a directory or s3://bucket); returns the new URI.
+
+    The copy keeps the UUID, the items and so the manifest digest. A copy that fails
+    part-way is removed; an existing dataset is never overwritten. ``progress`` is called
+    once per item copied.
+
+    Example:
+        >>> copy_dataset("/data/digits", "s3://my-bucket")     # doctest: +SKIP
+        's3://my-bucket/1c10766c-...'
+    """
     src = open_dataset(uri)
     dest = normalise_uri(dest_base_uri)
+    scheme = urlparse(dest).scheme
+    if scheme in ("http", "https"):
+        raise InvalidURIError(
+            f"cannot copy to {dest}: http(s):// is read-only. Copy to a directory or s3://"
+        )
     path = local_path(dest)
-    if path is not None and (path / src.name).exists():
-        raise DatasetExistsError(f"a dataset called {src.name!r} already exists at {path}")
-    try:
-        return _dtoolcore().copy(src.uri, dest)
-    except Exception as exc:  # noqa: BLE001
-        raise StorageError(f"could not copy {src.uri} to {dest}: {exc}") from exc
+    if path is not None:
+        if not path.is_dir():
+            raise StorageError(f"base URI {dest} is not an existing directory: create {path} first")
+        if (path / src.name).exists():
+            raise DatasetExistsError(
+                f"a dataset called {src.name!r} already exists at {path / src.name}: "
+                "choose another base or remove it first (reprodl never overwrites)"
+            )
+    else:
+        _probe_remote_base(dest)
+    return _copy_to(src, dest, progress=progress)
 
 
 def list_datasets(base_uri: str) -> list[str]:
     """URIs of the datasets under a base URI."""
     base = normalise_uri(base_uri)
+    _check_broker(base)
     try:
         return sorted(d.uri for d in _dtoolcore().iter_datasets_in_base_uri(base))
     except Exception as exc:  # noqa: BLE001
+        if local_path(base) is None:
+            raise _remote_error(base, exc) from exc
         raise StorageError(f"could not list datasets under {base}: {exc}") from exc

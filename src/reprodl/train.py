@@ -40,7 +40,16 @@ from reprodl.capture import (
 from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.errors import IntegrityError, ParametersError, ReprodlError
 from reprodl.params import Parameters
-from reprodl.provenance import DataRef, EpochMetrics, Lineage, ModelRef, ProvenanceRecord, Results, Training
+from reprodl.provenance import (
+    DataRef,
+    EpochMetrics,
+    Lineage,
+    ModelRef,
+    ProvenanceRecord,
+    Results,
+    Training,
+    mirror_annotations,
+)
 from reprodl.store import DatasetWriter, create_dataset
 
 EpochCallback = Callable[[EpochMetrics], None]
@@ -444,15 +453,8 @@ def write_model(output_ds: DerivedDataSet, model: torch.nn.Module, record: Prove
     writer.put_bytes(record.to_json().encode(), keys.PROVENANCE_FILE)
     writer.put_json([m.model_dump(mode="json") for m in record.results.history], keys.HISTORY_FILE)
     writer.put_readme(model_readme(record))
-    first = record.data_by_role("train")[0]
-    writer.put_annotation(keys.MODEL_KIND, keys.KIND_MODEL)
-    writer.put_annotation(keys.MODEL_NAME, record.architecture.import_path)
-    writer.put_annotation(keys.MODEL_PARAMETERS, {**record.training.params, "init_params": record.architecture.init_params})
-    writer.put_annotation(keys.SOURCE_DATASET_URI, first.uri)
-    writer.put_annotation(keys.SOURCE_DATASET_UUID, first.uuid)
-    writer.put_annotation(keys.SOURCE_DATASET_NAME, first.name)
-    writer.put_annotation(keys.CATEGORY_ENCODING, first.category_encoding)
-    writer.put_annotation(keys.RECORD_DIGEST, record.digest)
+    for name, value in mirror_annotations(record).items():
+        writer.put_annotation(name, value)
     output_ds.record = record
 
 

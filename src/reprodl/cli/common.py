@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from reprodl.errors import ExitCode, ReprodlError
 
@@ -30,7 +31,8 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ReprodlError as exc:
-            err.print(f"[bold red]Error:[/] {exc}", markup=True, highlight=False)
+            # escape: messages quote user input (names, paths) that may contain [brackets]
+            err.print(f"[bold red]Error:[/] {escape(str(exc))}", markup=True, highlight=False)
             raise typer.Exit(int(exc.exit_code)) from None
         except KeyboardInterrupt:
             err.print("Interrupted.")
@@ -60,5 +62,5 @@ def progress_bar(description: str, total: float | None, *, quiet: bool = False) 
 
 
 def fail(message: str, code: ExitCode = ExitCode.USAGE) -> None:
-    err.print(f"[bold red]Error:[/] {message}", markup=True)
+    err.print(f"[bold red]Error:[/] {escape(message)}", markup=True)
     raise typer.Exit(int(code))

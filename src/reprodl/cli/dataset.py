@@ -29,7 +29,7 @@ def _created(uri: str, as_json: bool, kind: str) -> None:
     if as_json:
         print_json({"uri": uri})
     else:
-        out.print(f"Created {kind} dataset at {uri}")
+        out.print(f"Created {kind} dataset at {uri}", markup=False)
 
 
 @app.command("create-from-dirtree")
@@ -141,7 +141,7 @@ def split_cmd(
     if as_json:
         print_json(counts)
     else:
-        out.print("Split " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+        out.print("Split " + ", ".join(f"{k}: {v}" for k, v in counts.items()), markup=False)
 
 
 @app.command("info")
@@ -157,15 +157,15 @@ def info_cmd(uri: str = typer.Argument(..., help="Dataset URI."), as_json: bool 
         print_json(info)
         return
     for key in ("name", "uuid", "uri", "input_type", "n_items", "size_in_bytes", "manifest_digest"):
-        out.print(f"{key + ':':17} {info.get(key)}")
+        out.print(f"{key + ':':17} {info.get(key)}", markup=False)
     if "classes" in info:
-        out.print(f"{'samples:':17} {info['n_samples']}")
-        out.print(f"{'classes:':17} {len(info['classes'])}")
-        out.print("per-class counts: " + ", ".join(f"{k}: {v}" for k, v in info["class_counts"].items()))
+        out.print(f"{'samples:':17} {info['n_samples']}", markup=False)
+        out.print(f"{'classes:':17} {len(info['classes'])}", markup=False)
+        out.print("per-class counts: " + ", ".join(f"{k}: {v}" for k, v in info["class_counts"].items()), markup=False)
     if "split_counts" in info:
-        out.print("split:            " + ", ".join(f"{k}: {v}" for k, v in info["split_counts"].items()))
-    out.print("README:")
-    out.print("  " + yaml.safe_dump(info["readme"], sort_keys=False).rstrip().replace("\n", "\n  "))
+        out.print("split:            " + ", ".join(f"{k}: {v}" for k, v in info["split_counts"].items()), markup=False)
+    out.print("README:", markup=False)
+    out.print("  " + yaml.safe_dump(info["readme"], sort_keys=False).rstrip().replace("\n", "\n  "), markup=False)
 
 
 @app.command("stats")
@@ -179,11 +179,11 @@ def stats_cmd(uri: str = typer.Argument(..., help="Dataset URI."), quiet: bool =
     if as_json:
         print_json(stats)
         return
-    out.print(f"samples: {stats['n_samples']}")
-    out.print("mean:    " + ", ".join(f"{m:.4f}" for m in stats["mean"]))
-    out.print("std:     " + ", ".join(f"{s:.4f}" for s in stats["std"]))
-    out.print("classes: " + ", ".join(f"{k}: {v} ({stats['class_fractions'][k]:.1%})" for k, v in stats["class_counts"].items()))
-    out.print(f"majority-class fraction: {stats['majority_class_fraction']:.1%}")
+    out.print(f"samples: {stats['n_samples']}", markup=False)
+    out.print("mean:    " + ", ".join(f"{m:.4f}" for m in stats["mean"]), markup=False)
+    out.print("std:     " + ", ".join(f"{s:.4f}" for s in stats["std"]), markup=False)
+    out.print("classes: " + ", ".join(f"{k}: {v} ({stats['class_fractions'][k]:.1%})" for k, v in stats["class_counts"].items()), markup=False)
+    out.print(f"majority-class fraction: {stats['majority_class_fraction']:.1%}", markup=False)
 
 
 @app.command("verify")
@@ -202,10 +202,10 @@ def verify_cmd(
     if as_json:
         print_json(report.to_dict())
     elif report.ok:
-        out.print(f"OK: {report.n_items} items match the manifest of {ds.uri}" + (" (every hash checked)" if deep else ""))
+        out.print(f"OK: {report.n_items} items match the manifest of {ds.uri}" + (" (every hash checked)" if deep else ""), markup=False)
     else:
         for line in report.problems():
-            err.print(line)
-        err.print(f"FAILED: {len(report.problems())} problem(s) in {ds.uri}")
+            err.print(line, markup=False)
+        err.print(f"FAILED: {len(report.problems())} problem(s) in {ds.uri}", markup=False)
     if not report.ok:
         raise typer.Exit(int(ExitCode.FAILED))

@@ -36,12 +36,13 @@ def category_encoding(names: list[str]) -> dict[str, int]:
 
 
 def _readme(name: str, readme: dict[str, Any] | None, defaults: dict[str, Any]) -> str:
-    fields = {**defaults, **{k: v for k, v in (readme or {}).items() if v not in (None, "", [])}}
+    # The creator's defaults go under a README file's fields, not over them.
+    fields = {k: v for k, v in (readme or {}).items() if v not in (None, "", [])}
     readme_file = fields.pop("readme_file", None)
     schema = fields.pop("schema", None)
     known = {k: fields.pop(k, None) for k in ("description", "authors", "origin", "license", "usetype")}
     return make_readme(name=fields.pop("name", name), readme_file=readme_file, schema=schema,
-                       extra=fields, **known)
+                       extra=fields, defaults=defaults, **known)
 
 
 def scan_dirtree(root: str | os.PathLike[str]) -> dict[str, list[Path]]:
@@ -269,7 +270,8 @@ def create_from_idx(images: str | os.PathLike[str], labels: str | os.PathLike[st
     else:
         dims = None
     return create_from_arrays(data, read_idx(labels), base_uri, name, image_dimensions=dims,
-                              readme={"origin": str(Path(images).resolve()), **(readme or {})})
+                              readme={"origin": str(Path(images).resolve()),
+                                      **{k: v for k, v in (readme or {}).items() if v is not None}})
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:

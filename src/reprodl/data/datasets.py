@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from reprodl import keys
-from reprodl.data.images import channels_for_mode, convert, open_image, resize, to_array
+from reprodl.data.images import bomb_guard, channels_for_mode, convert, open_image, resize, to_array
 from reprodl.errors import DatasetFormatError, InputDataError
 from reprodl.store import StoredDataSet, open_dataset
 
@@ -257,16 +257,42 @@ class ImageDataSet(WrappedDataSet):
         return self._tensor(index), int(self.labels[index])
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
-        tensors = [self._tensor(i) for i in indices]
+        inputs = self._read_batch(indices) if self.transform is None else None
+        if inputs is None:
+            inputs = self._stack([self._tensor(i) for i in indices])
+        return _make_batch(inputs, torch.from_numpy(self.labels[np.asarray(indices)]))
+
+    def _read_batch(self, indices: Sequence[int]) -> torch.Tensor | None:
+        """Without a transform: decode each image straight into one float32 batch array.
+
+        The same values as stacking :meth:`_tensor` per item, without a tensor per item or
+        the copy into the stack. None when the images' shapes differ (or there are none),
+        so the caller takes the per-item path and its error.
+        """
+        if not len(indices):
+            return None
+        mode, size, path = self.mode, self.size, self._path
+        out: np.ndarray | None = None
+        with bomb_guard():  # armed once per batch, not per image
+            for j, index in enumerate(indices):
+                image = resize(open_image(path(index), guarded=False), size)
+                if out is None:
+                    out = np.empty((len(indices), channels_for_mode(mode), image.height, image.width),
+                                   dtype=np.float32)
+                elif (image.height, image.width) != out.shape[2:]:
+                    return None
+                to_array(image, mode, out=out[j])
+        return torch.from_numpy(out)
+
+    def _stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         try:
-            inputs = torch.stack(tensors)
+            return torch.stack(tensors)
         except RuntimeError:
             shapes = sorted({tuple(t.shape) for t in tensors})
             raise InputDataError(
                 f"images in {self.uri} have different shapes {shapes[:4]}: pass size=(W, H) "
                 "or a transform that resizes"
             ) from None
-        return _make_batch(inputs, torch.from_numpy(self.labels[np.asarray(indices)]))
 
     def label_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=self.n_classes)

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from reprodl.errors import ReprodlError
-from reprodl.provenance import DataRef, ProvenanceRecord, read_record
+from reprodl.provenance import DataRef, ProvenanceRecord, mirror_annotations, read_record
 from reprodl.store import StoredDataSet, open_dataset
 
 

@@ -47,6 +47,12 @@ class Parameters(BaseModel):
         except ValidationError as exc:
             raise ParametersError(_explain(exc)) from None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(ALIASES.get(name, name), value)
+        except ValidationError as exc:
+            raise ParametersError(_explain(exc)) from None
+
     def to_dict(self) -> dict[str, Any]:
         """Every parameter, known and extra, as plain JSON-able values."""
         return self.model_dump(mode="json")

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from reprodl import keys
-from reprodl.data.images import bomb_guard, channels_for_mode, convert, open_image, resize, to_array
+from reprodl.data.images import channels_for_mode, convert, open_image, read_batch, resize, to_array
 from reprodl.errors import DatasetFormatError, InputDataError
 from reprodl.store import StoredDataSet, open_dataset
 
@@ -263,26 +263,16 @@ class ImageDataSet(WrappedDataSet):
         return _make_batch(inputs, torch.from_numpy(self.labels[np.asarray(indices)]))
 
     def _read_batch(self, indices: Sequence[int]) -> torch.Tensor | None:
-        """Without a transform: decode each image straight into one float32 batch array.
+        """Without a transform: the whole batch decoded into one float32 array.
 
-        The same values as stacking :meth:`_tensor` per item, without a tensor per item or
-        the copy into the stack. None when the images' shapes differ (or there are none),
-        so the caller takes the per-item path and its error.
+        The same values as stacking :meth:`_tensor` per item (see
+        :func:`reprodl.data.images.read_batch`), without a tensor per item. None when the
+        images' sizes differ (or there are none): the caller then takes the per-item path,
+        which reports it.
         """
-        if not len(indices):
-            return None
-        mode, size, path = self.mode, self.size, self._path
-        out: np.ndarray | None = None
-        with bomb_guard():  # armed once per batch, not per image
-            for j, index in enumerate(indices):
-                image = resize(open_image(path(index), guarded=False), size)
-                if out is None:
-                    out = np.empty((len(indices), channels_for_mode(mode), image.height, image.width),
-                                   dtype=np.float32)
-                elif (image.height, image.width) != out.shape[2:]:
-                    return None
-                to_array(image, mode, out=out[j])
-        return torch.from_numpy(out)
+        path = self._path
+        out = read_batch((path(i) for i in indices), self.mode, self.size)
+        return None if out is None else torch.from_numpy(out)
 
     def _stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         try:

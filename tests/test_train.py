@@ -621,3 +621,20 @@ def test_freezing_an_unknown_parameter_is_refused(digits_split_master, tmp_path)
     with pytest.raises(ParametersError, match=r"freeze names \['conv9'\]"):
         build_and_train(load_config(cfg), progress=False)
     assert not (tmp_path / "m").exists()
+
+
+def test_training_on_a_dataset_the_output_does_not_name_is_refused(tmp_path, digits_uri):
+    import torch
+
+    from reprodl import DerivedDataSet, GenNet, Parameters, TensorDataSet, train_model_with_metadata_capture
+    from reprodl.errors import ParametersError
+
+    named = TensorDataSet(digits_uri, usetype="train")
+    other = TensorDataSet(digits_uri, usetype="test")
+    params = Parameters(batch_size=32, n_epochs=1, init_params={"input_channels": 1, "input_dim": 8})
+    model = GenNet(**params.init_params)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(ParametersError, match="is not a training dataset of the output"):
+        with DerivedDataSet(str(tmp_path), "m", named) as out:
+            train_model_with_metadata_capture(model, other, opt, torch.nn.NLLLoss(), params, out, progress=False)
+    assert not (tmp_path / "m").exists()

@@ -289,8 +289,11 @@ def train_model_with_metadata_capture(
         raise ParametersError("output_ds must be entered first: use `with DerivedDataSet(...) as output_ds:`")
     if output_ds.record is not None:
         raise ParametersError(f"a model was already trained into {output_ds.name!r}; use a new DerivedDataSet")
-    if train_ds not in output_ds.train_sets:
-        output_ds.train_sets.insert(0, train_ds)
+    if not any(train_ds is d for d in output_ds.train_sets):
+        raise ParametersError(
+            f"train_ds ({train_ds.name}, {train_ds.uri}) is not a training dataset of the output "
+            f"{output_ds.name!r}: pass the same dataset to DerivedDataSet(base_uri, name, train_ds) "
+            "so the record names what the model was trained on")
     if valid_ds is not None and valid_ds not in output_ds.valid_sets:
         output_ds.valid_sets.append(valid_ds)
     check_label_compatibility(output_ds.train_sets + output_ds.valid_sets)

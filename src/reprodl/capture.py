@@ -34,7 +34,37 @@ from reprodl.provenance import (
 
 
 # --- environment -----------------------------------------------------------------------
+_PACKAGES_CACHE: dict[Any, dict[str, str]] = {}
+
+
 def installed_packages() -> dict[str, str]:
+    """Installed distributions, name -> version, sorted by name.
+
+    Read once per state of the import path: the result is kept while ``sys.path``, the
+    working directory and the modification times of the path's entries are unchanged
+    (installing, upgrading or removing a package changes its site directory's mtime; the
+    standard library's own metadata lookup caches on the same key).
+    """
+    key = _import_path_state()
+    packages = _PACKAGES_CACHE.get(key)
+    if packages is None:
+        packages = _scan_packages()
+        _PACKAGES_CACHE.clear()
+        _PACKAGES_CACHE[key] = packages
+    return dict(packages)
+
+
+def _import_path_state() -> tuple[Any, ...]:
+    state: list[Any] = [os.getcwd()]
+    for entry in sys.path:
+        try:
+            state.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except (OSError, TypeError, ValueError):
+            state.append((entry, None))
+    return tuple(state)
+
+
+def _scan_packages() -> dict[str, str]:
     out: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
         meta = _metadata_headers(dist)

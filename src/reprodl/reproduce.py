@@ -310,14 +310,21 @@ def compare_metrics(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, 
 
 
 @torch.no_grad()
-def compare_predictions(m1: torch.nn.Module, m2: torch.nn.Module, ds: WrappedDataSet) -> dict[str, Any]:
+def compare_predictions(m1: torch.nn.Module | None, m2: torch.nn.Module, ds: WrappedDataSet) -> dict[str, Any]:
+    """Agreement and accuracies of two models on ``ds``.
+
+    ``m1=None`` says the first model is bit-identical to ``m2`` (same class, same weights):
+    its predictions are then ``m2``'s, so ``m2`` alone is evaluated (one pass, not two).
+    """
     from reprodl.data.datasets import collate
 
-    m1.eval()
+    if m1 is not None:
+        m1.eval()
     m2.eval()
     agree = total = c1 = c2 = 0
     for x, y in torch.utils.data.DataLoader(ds, batch_size=512, shuffle=False, collate_fn=collate):
-        p1, p2 = m1(x).argmax(1), m2(x).argmax(1)
+        p2 = m2(x).argmax(1)
+        p1 = p2 if m1 is None else m1(x).argmax(1)
         agree += int((p1 == p2).sum())
         c1 += int((p1 == y).sum())
         c2 += int((p2 == y).sum())
@@ -341,7 +348,7 @@ def reproduce(
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
-    Refuses to train (:class:`ReproductionError`, naming the items) if a training dataset
+    Refuses to train (:class:`IntegrityError`, naming the items) if a training dataset
     changed. Bitwise-mode models are compared weight for weight; statistical-mode models are
     re-run with a different seed (``seed``, default recorded + 1) and judged on metrics and
     predictions, against a multi-run envelope when one is given.
@@ -413,8 +420,11 @@ def reproduce(
         report.metrics = compare_metrics(record, new_record)
         report.data_order_matches = record.training.data_order_digests == new_record.training.data_order_digests
         eval_sets = roles["test"] or roles["valid"] or roles["train"]
-        original_model = rebuild_model(record, model_ds, allow=allow, model_class=model_class)
-        original_model.load_state_dict(original_state)
+        original_model = None
+        if not report.weights["identical"]:
+            # Bit-identical weights in the same class predict the same: one evaluation serves both.
+            original_model = rebuild_model(record, model_ds, allow=allow, model_class=model_class)
+            original_model.load_state_dict(original_state)
         model.cpu()
         report.predictions = compare_predictions(original_model, model, eval_sets[0])
     report.timings["original_training_s"] = record.results.wall_time_s

@@ -31,6 +31,9 @@ from reprodl.provenance import DataRef, ModelRef, ProvenanceRecord, read_record
 from reprodl.store import StoredDataSet, open_dataset
 
 Verdict = Literal["identical", "within tolerance", "differs"]
+# A statistical-mode re-run uses the recorded seed plus this, so it never coincides with a
+# member of a multi-run (seeds base..base+N-1) by accident.
+STATISTICAL_SEED_OFFSET = 100_003
 
 
 @dataclasses.dataclass
@@ -45,6 +48,7 @@ class Tolerance:
     rtol: float = 1e-4
     metric_abs: float = 0.02
     agreement: float = 0.99
+    loss_rtol: float = 0.25
 
     @classmethod
     def parse(cls, text: str | None) -> "Tolerance":
@@ -53,7 +57,7 @@ class Tolerance:
             return cls()
         out = cls()
         names = {"atol": "atol", "rtol": "rtol", "metric": "metric_abs", "metric_abs": "metric_abs",
-                 "agreement": "agreement"}
+                 "agreement": "agreement", "loss_rtol": "loss_rtol"}
         try:
             if "=" not in text:
                 out.atol = float(text)
@@ -204,10 +208,14 @@ def open_recorded(ref: DataRef) -> WrappedDataSet:
 
 
 def rebuild_model(record: ProvenanceRecord, model_ds: StoredDataSet, *, allow: Iterable[str] = (),
-                  model_class: type | None = None) -> torch.nn.Module:
+                  model_class: type | None = None, seed: int | None = None) -> torch.nn.Module:
+    """The model at its recorded starting point; with ``seed`` (statistical mode) a model
+    built by a seeded constructor starts from that seed's initialisation instead."""
     arch = record.architecture
     cls = resolve_class(arch.import_path, allow=allow, model_class=model_class)
-    seed = record.training.seeds.seed
+    fresh_init = seed is not None and seed != record.training.seeds.seed and arch.initialisation == "constructor"
+    if not fresh_init:
+        seed = record.training.seeds.seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(**arch.init_params)
@@ -225,7 +233,8 @@ def rebuild_model(record: ProvenanceRecord, model_ds: StoredDataSet, *, allow: I
     for name, p in model.named_parameters():
         if name in arch.frozen_parameters:
             p.requires_grad_(False)
-    if arch.initial_weights_sha256 and state_dict_sha256(model.state_dict()) != arch.initial_weights_sha256:
+    if (not fresh_init and arch.initial_weights_sha256
+            and state_dict_sha256(model.state_dict()) != arch.initial_weights_sha256):
         raise ReproductionError(
             f"the rebuilt {arch.import_path} does not start from the recorded initial weights: the class's code "
             "or its initialisation changed since training")
@@ -350,7 +359,7 @@ def reproduce(
 
     Refuses to train (:class:`IntegrityError`, naming the items) if a training dataset
     changed. Bitwise-mode models are compared weight for weight; statistical-mode models are
-    re-run with a different seed (``seed``, default recorded + 1) and judged on metrics and
+    re-run with a different seed (``seed``, default recorded + 100003) and judged on metrics and
     predictions, against a multi-run envelope when one is given.
 
     Args:
@@ -378,7 +387,12 @@ def reproduce(
 
     from reprodl.train import DerivedDataSet, train_model_with_metadata_capture
 
-    model = rebuild_model(record, model_ds, allow=allow, model_class=model_class)
+    run_params = dict(record.training.params)
+    if mode == "statistical":
+        run_params["seed"] = seed if seed is not None else int(run_params.get("seed", 0)) + STATISTICAL_SEED_OFFSET
+    elif seed is not None:
+        run_params["seed"] = seed
+    model = rebuild_model(record, model_ds, allow=allow, model_class=model_class, seed=int(run_params.get("seed", 0)))
     current_src = _source_sha(model)
     if record.architecture.source_sha256 and current_src and current_src != record.architecture.source_sha256:
         report.reasons.append(f"the source of {record.architecture.import_path} differs from the recorded one")
@@ -388,11 +402,6 @@ def reproduce(
     roles = {"train": [], "valid": [], "test": []}
     for ref in record.data:
         roles[ref.role].append(open_recorded(ref))
-    run_params = dict(record.training.params)
-    if mode == "statistical":
-        run_params["seed"] = seed if seed is not None else int(run_params.get("seed", 0)) + 1
-    elif seed is not None:
-        run_params["seed"] = seed
     run_params["verify_data"] = "none"  # just checked, deeply
     if device is not None:
         run_params["device"] = device
@@ -484,12 +493,12 @@ def _judge(report: ReproductionReport, record: ProvenanceRecord, new: Provenance
     agree_ok = report.predictions.get("agreement", 0.0) >= tol.agreement
     if report.mode == "statistical":
         reasons.append(f"statistical mode: re-run with seed {new.training.seeds.seed} (recorded "
-                       f"{record.training.seeds.seed}); judged on metrics, not bits")
+                       f"{record.training.seeds.seed}); judged on final metrics, not bits")
         if envelope is not None:
             report.envelope = _envelope_check(envelope, new)
             ok = report.envelope["within"]
         else:
-            ok = metric_ok
+            ok = _statistical_metrics_ok(report.metrics, record.training.epochs, tol)
         report.verdict = "within tolerance" if ok else "differs"
         if not ok:
             reasons.append("final metrics fall outside the tolerance" + (" envelope" if envelope else ""))
@@ -504,9 +513,30 @@ def _judge(report: ReproductionReport, record: ProvenanceRecord, new: Provenance
     report.verdict = "within tolerance" if (report.weights["within_tolerance"] and metric_ok and agree_ok) else "differs"
 
 
+def _judged_metrics(names: Iterable[str]) -> list[str]:
+    """Accuracy metrics when there are any (what a claim about a model is about), else losses."""
+    names = list(names)
+    accuracy = [n for n in names if "accuracy" in n]
+    return accuracy or names
+
+
+def _statistical_metrics_ok(rows: list[dict[str, Any]], epochs: int, tol: Tolerance) -> bool:
+    """Final accuracies within ``metric_abs``; losses (only when no accuracy) within ``loss_rtol``."""
+    final = {r["metric"]: r for r in rows if r["epoch"] == epochs and r["abs_diff"] is not None}
+    judged = _judged_metrics(final)
+    if not judged:
+        return False
+    for name in judged:
+        r = final[name]
+        limit = tol.metric_abs if "accuracy" in name else tol.loss_rtol * abs(r["original"])
+        if r["abs_diff"] > limit:
+            return False
+    return True
+
+
 def _envelope_check(envelope: dict[str, Any], new: ProvenanceRecord) -> dict[str, Any]:
-    """Is each final metric of the new run inside [min, max] widened by 1 std of the multi-run summary?"""
-    final = envelope.get("final", {})
+    """Is each judged final metric of the new run inside [min, max] widened by 1 std of the multi-run summary?"""
+    final = {k: v for k, v in envelope.get("final", {}).items() if k in _judged_metrics(envelope.get("final", {}))}
     rows = []
     within = True
     for metric, stats in final.items():

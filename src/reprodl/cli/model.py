@@ -175,7 +175,7 @@ def reproduce_cmd(
     uri: str = typer.Argument(..., help="Model dataset URI."),
     output: Optional[str] = typer.Option(None, "--output", help="Base URI to keep the reproduced model in (default: discarded)."),
     tolerance: Optional[str] = typer.Option(None, "--tolerance", help="atol, or 'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for the re-run (statistical mode: default recorded + 1)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for the re-run (statistical mode: default recorded + 100003)."),
     allow: Optional[list[str]] = _ALLOW, quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
 ) -> None:
     """Re-run a model's training from its record and say whether the model came back."""

@@ -77,9 +77,11 @@ def run_demo(workdir: str | Path, *, epochs: int = 10, quiet: bool = False, say:
     (run / "images").mkdir()
     for k in range(5):
         row = test.data[test.rows[k]].reshape(8, 8).astype(np.uint8)
-        path = run / "images" / f"digit_{k}_label_{test.categories[test.labels[k]]}.png"
+        label = test.categories[test.labels[k]]
+        path = run / "images" / f"digit_{k}_label_{label}.png"
         Image.fromarray(row).save(path)
-        say(f"   {path.name}: predicted {model.convert_and_predict(Image.open(path))}")
+        predicted = model.convert_and_predict(Image.open(path))
+        say(f"   {path.name}: predicted {predicted} ({'right' if predicted == label else 'wrong'})")
 
     say(f"== 6. Reproduce the model from its record (`reprodl reproduce {model_uri}`)")
     report = reproduce(model_uri, output=str(run / "models"))

@@ -12,6 +12,17 @@ A config names the data by URI, the model, optimiser, loss and parameters::
     loss: {class: NLLLoss}
     params: {batch_size: 32, learning_rate: 0.05, n_epochs: 10, seed: 0}
 
+A dataset may name preprocessing and augmentation from :mod:`reprodl.transforms`, applied
+in order (recorded, and rebuilt when the model is reproduced)::
+
+    data:
+      train:
+        uri: ./data/digits
+        usetype: train
+        transform:
+          - {name: Normalize, mean: [0.3], std: [0.4]}
+          - {name: RandomHorizontalFlip, p: 0.5}
+
 Example:
     >>> result = train_from_config(load_config("train.yaml", ["lr=0.1"]))   # doctest: +SKIP
 """
@@ -43,6 +54,20 @@ class DataSpec(BaseModel):
     split: dict[str, Any] | None = None
     mode: str | None = None
     size: list[int] | None = None
+    transform: list[dict[str, Any]] | None = Field(
+        None, description="reprodl.transforms configs, applied in order: [{name: Normalize, mean: [...], std: [...]}]")
+
+    def build_transform(self) -> Any:
+        """The :class:`reprodl.transforms.Compose` of ``transform`` (None without one)."""
+        from reprodl.errors import TransformError
+        from reprodl.transforms import from_config
+
+        if self.transform is None:
+            return None
+        try:
+            return from_config(self.transform)
+        except TransformError as exc:
+            raise ParametersError(f"the config's transform for {self.uri} cannot be built: {exc}") from None
 
 
 class ComponentSpec(BaseModel):
@@ -114,6 +139,7 @@ def load_config(path: str | os.PathLike[str] | dict[str, Any], overrides: list[s
     for role in list(cfg.data):
         for spec in cfg.specs(role):
             spec.uri = _resolve(spec.uri, base)
+            spec.build_transform()  # a bad transform is reported now, not after the data are read
     if cfg.parent:
         cfg.parent = _resolve(cfg.parent, base)
     if not isinstance(path, dict):
@@ -134,9 +160,9 @@ def _open(spec: DataSpec) -> Any:
 
     kind = open_dataset(spec.uri).get_annotation(keys.INPUT_TYPE)
     if kind == keys.INPUT_TYPE_IMAGE:
-        return ImageDataSet(spec.uri, spec.usetype, mode=spec.mode,
+        return ImageDataSet(spec.uri, spec.usetype, spec.build_transform(), mode=spec.mode,
                             size=tuple(spec.size) if spec.size else None, split=spec.split)  # type: ignore[arg-type]
-    return TensorDataSet(spec.uri, spec.usetype, split=spec.split)
+    return TensorDataSet(spec.uri, spec.usetype, spec.build_transform(), split=spec.split)
 
 
 def _component(spec: ComponentSpec, prefix: str, allow: list[str], what: str) -> type:

@@ -81,6 +81,10 @@ class ModelLoadError(ReprodlError, ValueError):
     """A model dataset that cannot be loaded safely."""
 
 
+class TransformError(ReprodlError, ValueError):
+    """A transform that cannot be built from its config, rebuilt from a record, or applied."""
+
+
 class UnsafeImportError(ReprodlError, PermissionError):
     """Metadata names code that has not been allowed to run."""
 

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -21,10 +21,11 @@ import torch
 
 from reprodl import keys
 from reprodl.data.datasets import WrappedDataSet, collate
-from reprodl.data.images import resize, to_array
-from reprodl.errors import IntegrityError, ModelLoadError, UnsafeImportError
+from reprodl.data.images import convert, resize, to_array
+from reprodl.errors import IntegrityError, ModelLoadError, TransformError, UnsafeImportError
 from reprodl.provenance import ProvenanceRecord, read_record
 from reprodl.store import StoredDataSet, open_dataset
+from reprodl.transforms import Resize, contains, eval_view, from_description
 
 TRUSTED_MODULES = ("reprodl.zoo",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
@@ -108,10 +109,19 @@ class TrainedTorchModel:
         allow: modules (or ``module:Class``) trusted to be imported for the architecture.
         model_class: the architecture class to use instead of the recorded import path.
         device: where to run ("cpu", "cuda"...); default CPU.
+        transform: the preprocessing :meth:`convert_image` applies, instead of the eval view
+            of the training data's recorded transform (needed when that was a transform of
+            your own, which reprodl does not rebuild from a record).
+
+    Attributes:
+        transform: the preprocessing for prediction: the training transform's eval view
+            (:func:`reprodl.transforms.eval_view`: Resize, ToTensor, Normalize... kept, random
+            augmentation dropped), or None.
+        input_shape: the shape of one model input, after that preprocessing.
     """
 
     def __init__(self, uri: str, *, allow: Iterable[str] = (), model_class: type | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", transform: Callable[[Any], Any] | None = None) -> None:
         self.dataset = open_dataset(uri)
         self.uri = self.dataset.uri
         self.provenance: ProvenanceRecord = read_record(self.dataset)
@@ -131,8 +141,20 @@ class TrainedTorchModel:
         train = self.provenance.data_by_role("train")[0]
         self.cat_encoding = dict(train.category_encoding)
         self.categories = [n for n, _ in sorted(self.cat_encoding.items(), key=lambda kv: kv[1])]
-        self.input_shape = tuple(train.input_shape)
-        self.image_mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(self.input_shape[0] if self.input_shape else 1, "L")
+        self.data_shape = tuple(train.input_shape)  # one sample as the dataset holds it
+        self.image_mode = train.image_mode or {1: "L", 3: "RGB", 4: "RGBA"}.get(
+            self.data_shape[0] if self.data_shape else 1, "L")
+        self._images = train.input_type == keys.INPUT_TYPE_IMAGE
+        self._transform_problem: str | None = None
+        self.transform = transform
+        if transform is None and train.transform is not None:
+            try:
+                self.transform = eval_view(from_description(train.transform))
+            except TransformError as exc:
+                self._transform_problem = (
+                    f"the model was trained on data read through a transform that reprodl cannot rebuild ({exc}): "
+                    "pass the preprocessing yourself, TrainedTorchModel(uri, transform=...)")
+        self.input_shape = self._input_shape()
 
     @property
     def name(self) -> str:
@@ -143,7 +165,8 @@ class TrainedTorchModel:
 
     @torch.no_grad()
     def predict(self, batch: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Predicted label indices for a batch of inputs shaped like the training inputs."""
+        """Predicted label indices for a batch of model inputs (:attr:`input_shape`, already
+        preprocessed: :meth:`convert_image` does that for a PIL image)."""
         x = torch.as_tensor(batch, dtype=torch.float32)
         if self.input_shape and tuple(x.shape[1:]) != self.input_shape:
             if tuple(x.shape) == self.input_shape:
@@ -156,11 +179,42 @@ class TrainedTorchModel:
         return [self.categories[i] for i in self.predict(batch).tolist()]
 
     def convert_image(self, image: Any) -> torch.Tensor:
-        """A PIL image of any mode and size as a model input (recorded shape and scale)."""
-        if not self.input_shape or len(self.input_shape) != 3:
-            raise ModelLoadError(f"the model's inputs are not images (recorded shape {self.input_shape})")
-        _, h, w = self.input_shape
-        return torch.from_numpy(to_array(resize(image, (w, h)), self.image_mode))
+        """A PIL image of any mode and size as a model input, preprocessed as in training.
+
+        The image is converted to the training data's mode and, unless the transform resizes,
+        to its recorded size; then :attr:`transform` (the deterministic part of the training
+        data's transform) is applied, as the training applied it to its ImageDataSet images
+        or TensorDataSet samples.
+        """
+        if self._transform_problem is not None:
+            raise ModelLoadError(self._transform_problem)
+        if len(self.data_shape) != 3 and not (self._images and contains(self.transform, Resize)):
+            raise ModelLoadError(f"the model's inputs are not images (recorded shape {self.data_shape})")
+        if self._images and self.transform is not None:
+            image = convert(image, self.image_mode)
+            if len(self.data_shape) == 3 and not contains(self.transform, Resize):
+                image = resize(image, (self.data_shape[2], self.data_shape[1]))
+            return _as_input(self.transform(image))
+        _, h, w = self.data_shape
+        x = torch.from_numpy(to_array(resize(image, (w, h)), self.image_mode))
+        return x if self.transform is None else _as_input(self.transform(x))
+
+    def _input_shape(self) -> tuple[int, ...]:
+        """The shape :attr:`transform` gives a sample of the recorded shape (the recorded one without)."""
+        if self.transform is None or len(self.data_shape) != 3:
+            return self.data_shape
+        _, h, w = self.data_shape
+        if self._images:
+            from PIL import Image
+
+            sample: Any = Image.new(self.image_mode, (w, h))
+        else:
+            sample = torch.zeros(self.data_shape)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return tuple(_as_input(self.transform(sample)).shape)
+        except Exception:  # noqa: BLE001 - a transform of the user's that rejects a blank sample
+            return self.data_shape
 
     def convert_and_predict(self, image: Any) -> str:
         """The category name the model gives a PIL image."""
@@ -168,7 +222,12 @@ class TrainedTorchModel:
 
     @torch.no_grad()
     def evaluate(self, dataset: WrappedDataSet, *, batch_size: int = 256) -> dict[str, Any]:
-        """Accuracy, per-class precision/recall, confusion matrix, next to the majority baseline."""
+        """Accuracy, per-class precision/recall, confusion matrix, next to the majority baseline.
+
+        The dataset is used as given, through its own transform (if any). To evaluate with the
+        training's preprocessing, open it with this model's: ``TensorDataSet(uri, "test",
+        transform=model.transform)``.
+        """
         if dataset.cat_encoding != self.cat_encoding:
             raise ModelLoadError(
                 f"dataset {dataset.name!r} encodes labels as {dataset.cat_encoding}, the model as "
@@ -180,6 +239,10 @@ class TrainedTorchModel:
             pred = self.model(x.to(self.device)).argmax(1).cpu()
             confusion += torch.bincount(y * k + pred, minlength=k * k).reshape(k, k)
         return evaluation_report(confusion.numpy(), self.categories, dataset_name=dataset.name, dataset_uri=dataset.uri)
+
+
+def _as_input(out: Any) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
 
 
 def evaluation_report(confusion: np.ndarray, categories: list[str], **extra: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,14 @@ from reprodl import keys
 from reprodl.capture import capture_environment, state_dict_sha256
 from reprodl.checks import check_data
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
-from reprodl.errors import ExitCode, IntegrityError, ModelLoadError, ReproductionError, UnsafeImportError
+from reprodl.errors import (
+    ExitCode,
+    IntegrityError,
+    ModelLoadError,
+    ReproductionError,
+    TransformError,
+    UnsafeImportError,
+)
 from reprodl.model import load_weights, resolve_class
 from reprodl.params import Parameters
 from reprodl.provenance import DataRef, ModelRef, ProvenanceRecord, read_record
@@ -186,11 +193,14 @@ def _torch_class(module: str, name: str, prefix: str, allow: Iterable[str], what
                                 "trust it") from None
 
 
-def open_recorded(ref: DataRef) -> WrappedDataSet:
-    if ref.transform is not None:
-        raise ReproductionError(
-            f"the {ref.role} dataset {ref.name} was read through a transform ({ref.transform.get('class')}) "
-            "that reprodl cannot rebuild from the record")
+def open_recorded(ref: DataRef, *, transform: Callable[[Any], Any] | None = None) -> WrappedDataSet:
+    """The dataset a record's ``ref`` names, read as the training read it.
+
+    A transform recorded from :mod:`reprodl.transforms` is rebuilt from its config; any other
+    is refused (:class:`ReproductionError`, naming its class) unless ``transform`` passes it.
+    """
+    if transform is None and ref.transform is not None:
+        transform = rebuild_transform(ref)
     cls = ImageDataSet if ref.input_type == keys.INPUT_TYPE_IMAGE else TensorDataSet
     kwargs: dict[str, Any] = {}
     if cls is ImageDataSet and ref.image_mode:
@@ -199,12 +209,38 @@ def open_recorded(ref: DataRef) -> WrappedDataSet:
             kwargs["size"] = (ref.input_shape[2], ref.input_shape[1])
     if ref.split is not None:
         kwargs["split"] = ref.split
-    ds = cls(ref.uri, ref.usetype, **kwargs)
+    ds = cls(ref.uri, ref.usetype, transform, **kwargs)
     if ref.selection_digest and ds.selection_digest() != ref.selection_digest:
         raise ReproductionError(
             f"the {ref.role} dataset {ref.name} now selects different samples for usetype {ref.usetype!r} "
             "(its split was changed after training)")
     return ds
+
+
+def rebuild_transform(ref: DataRef) -> Any:
+    """The transform the record's ``ref`` was read through, rebuilt from its config."""
+    from reprodl.transforms import from_description
+
+    assert ref.transform is not None
+    try:
+        return from_description(ref.transform)
+    except TransformError as exc:
+        raise ReproductionError(
+            f"the {ref.role} dataset {ref.name} was read through a transform that reprodl cannot rebuild from the "
+            f"record ({exc}). If you trust it, pass the same transform yourself: "
+            f"reproduce(uri, transforms={{{ref.role!r}: your_transform}})") from None
+
+
+def transform_differences(ref: DataRef, transform: Any) -> str | None:
+    """Why a transform passed to :func:`reproduce` may not be the recorded one (None: it looks the same)."""
+    from reprodl.data.datasets import describe_transform
+
+    was, now = ref.transform or {}, describe_transform(transform) or {}
+    if was.get("class") != now.get("class"):
+        return f"the {ref.role} transform passed is a {now.get('class')}, the recorded one a {was.get('class')}"
+    if "config" in was and was.get("config") != now.get("config"):
+        return f"the {ref.role} transform passed has the config {now.get('config')}, the recorded one {was['config']}"
+    return None
 
 
 def rebuild_model(record: ProvenanceRecord, model_ds: StoredDataSet, *, allow: Iterable[str] = (),
@@ -354,6 +390,7 @@ def reproduce(
     seed: int | None = None,
     progress: bool = False,
     envelope: dict[str, Any] | None = None,
+    transforms: Mapping[str, Callable[[Any], Any]] | None = None,
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
@@ -362,9 +399,20 @@ def reproduce(
     re-run with a different seed (``seed``, default recorded + 100003) and judged on metrics and
     predictions, against a multi-run envelope when one is given.
 
+    Transforms recorded from :mod:`reprodl.transforms` (with their configs) are rebuilt,
+    so preprocessing and seeded augmentation run again as they did. A transform of your own
+    cannot be rebuilt from a record (reprodl never imports what a record names), so such a
+    model is refused (:class:`ReproductionError`, naming the class) unless you pass it.
+
     Args:
         output: base URI to keep the reproduced model dataset in (default: a temporary
             directory, removed after the comparison).
+        transforms: transform objects by dataset role ("train", "valid", "test"), used
+            instead of rebuilding the recorded ones; a class or config other than the
+            recorded one is listed in the report's reasons.
+
+    Example:
+        >>> reproduce("/models/augmented", transforms={"train": MyAugment(0.1)})   # doctest: +SKIP
     """
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
     t0 = time.perf_counter()
@@ -375,6 +423,7 @@ def reproduce(
     report = ReproductionReport(original_uri=model_ds.uri, verdict="differs", mode=mode,
                                 tolerance=dataclasses.asdict(tol))
 
+    data_transforms = _transforms_for(record, transforms, report)  # refuses before any work
     t_data = time.perf_counter()
     report.data_checks, problems = check_data(record, model_ds)
     report.timings["data_check_s"] = time.perf_counter() - t_data
@@ -399,9 +448,9 @@ def reproduce(
     optimizer = rebuild_optimizer(record, model, allow)
     loss_fn = rebuild_loss(record, allow)
     scheduler = rebuild_scheduler(record, optimizer, allow)
-    roles = {"train": [], "valid": [], "test": []}
-    for ref in record.data:
-        roles[ref.role].append(open_recorded(ref))
+    roles: dict[str, list[WrappedDataSet]] = {"train": [], "valid": [], "test": []}
+    for ref, transform in zip(record.data, data_transforms):
+        roles[ref.role].append(open_recorded(ref, transform=transform))
     run_params["verify_data"] = "none"  # just checked, deeply
     if device is not None:
         run_params["device"] = device
@@ -442,6 +491,31 @@ def reproduce(
         envelope = _find_envelope(model_ds)
     _judge(report, record, new_record, tol, envelope)
     return report
+
+
+def _transforms_for(record: ProvenanceRecord, given: Mapping[str, Callable[[Any], Any]] | None,
+                    report: ReproductionReport) -> list[Any]:
+    """Per recorded dataset, the transform to read it through: passed, rebuilt, or None."""
+    given = dict(given or {})
+    present = {ref.role for ref in record.data}
+    unknown = sorted(set(given) - present)
+    if unknown:
+        raise ReproductionError(f"transforms= names roles {unknown}, but the record has datasets for {sorted(present)}")
+    out = []
+    for ref in record.data:
+        transform = given.get(ref.role)
+        if transform is None:
+            out.append(rebuild_transform(ref) if ref.transform is not None else None)
+            continue
+        if ref.transform is None:
+            raise ReproductionError(
+                f"a transform was passed for the {ref.role} dataset {ref.name}, but the recorded training read it "
+                "without one: leave it out of transforms=")
+        why = transform_differences(ref, transform)
+        if why:
+            report.reasons.append(why)
+        out.append(transform)
+    return out
 
 
 def _find_envelope(model_ds: StoredDataSet) -> dict[str, Any] | None:

@@ -1,0 +1,56 @@
+"""Storage layer: the only part of reprodl that talks to dtoolcore.
+
+Opens datasets from a plain path, file://, http(s):// or s3:// URI; creates datasets
+atomically; gives fast item access through an identifier -> path map built once (dtoolcore's
+``item_content_abspath`` re-reads the manifest on every call); fetches remote items once
+into dtool's cache; verifies items against the manifest. Item relpaths are checked when a
+dataset is opened or written, so none reaches outside the dataset.
+
+Modules: ``uris`` (URIs, names, relpaths), ``hashing``, ``brokers`` (dtoolcore and its
+storage brokers), ``remote_errors``, ``fetch`` (remote items into the cache), ``dataset``
+(:class:`StoredDataSet`, :func:`open_dataset`), ``transfer`` (copy, list), ``create``
+(:func:`create_dataset`). Importing this package imports no dtoolcore and no broker plugin.
+
+Example:
+    >>> ds = open_dataset("/data/digits")            # doctest: +SKIP
+    >>> path = ds.item_path(ds.identifiers[0])      # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from reprodl.store.create import DatasetWriter, create_dataset
+from reprodl.store.dataset import StoredDataSet, VerifyReport, exists, open_dataset
+from reprodl.store.hashing import Progress, canonical_json, file_md5, file_sha256
+from reprodl.store.transfer import copy_dataset, list_datasets
+from reprodl.store.uris import (
+    SCHEMES,
+    check_name,
+    check_relpath,
+    dataset_uri,
+    local_path,
+    name_is_valid,
+    normalise_uri,
+    scheme_of,
+)
+
+__all__ = [
+    "SCHEMES",
+    "DatasetWriter",
+    "Progress",
+    "StoredDataSet",
+    "VerifyReport",
+    "canonical_json",
+    "check_name",
+    "check_relpath",
+    "copy_dataset",
+    "create_dataset",
+    "dataset_uri",
+    "exists",
+    "file_md5",
+    "file_sha256",
+    "list_datasets",
+    "local_path",
+    "name_is_valid",
+    "normalise_uri",
+    "open_dataset",
+    "scheme_of",
+]

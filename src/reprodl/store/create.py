@@ -1,0 +1,186 @@
+"""Creating a dataset atomically: :func:`create_dataset` and its :class:`DatasetWriter`.
+
+The dataset is staged as a proto dataset in a private directory and frozen only when the
+``with`` block ends without an exception; then it is renamed into place (file://) or
+copied (s3://). Item relpaths are checked as they are added, so none can point outside
+the dataset.
+"""
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import shutil
+import tempfile
+import uuid as uuidlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from reprodl.errors import DatasetExistsError, InvalidURIError, StorageError
+from reprodl.store.brokers import _dtoolcore
+from reprodl.store.dataset import StoredDataSet
+from reprodl.store.transfer import _copy_to, _probe_remote_base
+from reprodl.store.uris import check_name, check_relpath, local_path, normalise_uri
+
+
+class DatasetWriter:
+    """Collects a dataset's items and metadata; frozen by :func:`create_dataset` on success.
+
+    Items are staged in a proto dataset in a private directory. Per-item labels go in
+    overlays keyed by relpath (freezing after per-item metadata is quadratic in dtoolcore).
+    """
+
+    def __init__(self, proto: Any, staging: Path, name: str) -> None:
+        self._proto = proto
+        self._staging = staging
+        self.name = name
+        self.uuid: str = proto.uuid
+        self._overlays: dict[str, dict[str, Any]] = {}
+        self._relpaths: set[str] = set()
+        self.uri: str | None = None  # set once frozen
+        self._tmpfiles = staging / "_files"
+        self._tmpfiles.mkdir()
+
+    def put_item(self, fpath: str | os.PathLike[str], relpath: str) -> str:
+        """Copy a file into the dataset as ``relpath`` (relative, '/'-separated, no '..')."""
+        check_relpath(relpath)
+        if relpath in self._relpaths:
+            raise ValueError(f"item {relpath!r} was already added")
+        self._proto.put_item(os.fspath(fpath), relpath)
+        self._relpaths.add(relpath)
+        return relpath
+
+    def put_bytes(self, data: bytes, relpath: str) -> str:
+        tmp = self._tmpfiles / uuidlib.uuid4().hex
+        tmp.write_bytes(data)
+        try:
+            return self.put_item(tmp, relpath)
+        finally:
+            tmp.unlink()
+
+    def put_json(self, obj: Any, relpath: str) -> str:
+        return self.put_bytes(json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n", relpath)
+
+    @contextlib.contextmanager
+    def item_file(self, relpath: str) -> Iterator[Path]:
+        """A path to write an item to; it is added when the block ends."""
+        check_relpath(relpath)  # before the caller spends time writing it
+        tmp = self._tmpfiles / (uuidlib.uuid4().hex + os.path.splitext(relpath)[1])
+        yield tmp
+        if not tmp.is_file():
+            raise StorageError(f"the item {relpath!r} was promised but no file was written to {tmp}")
+        self.put_item(tmp, relpath)
+        tmp.unlink()
+
+    def put_annotation(self, name: str, value: Any) -> None:
+        self._proto.put_annotation(name, value)
+
+    def put_readme(self, content: str) -> None:
+        self._proto.put_readme(content)
+
+    def set_item_label(self, overlay: str, relpath: str, value: Any) -> None:
+        self._overlays.setdefault(overlay, {})[relpath] = value
+
+    def put_tag(self, tag: str) -> None:
+        self._proto.put_tag(tag)
+
+    @property
+    def relpaths(self) -> set[str]:
+        return set(self._relpaths)
+
+    def _freeze(self) -> Any:
+        import dtoolcore.utils
+
+        self._proto.freeze()
+        ds = _dtoolcore().DataSet.from_uri(self._proto.uri)
+        ids = list(ds.identifiers)
+        for name, by_rel in self._overlays.items():
+            overlay = {idn: None for idn in ids}
+            for rel, value in by_rel.items():
+                overlay[dtoolcore.utils.generate_identifier(rel)] = value
+            ds.put_overlay(name, overlay)
+        return ds
+
+
+@contextlib.contextmanager
+def create_dataset(
+    base_uri: str | os.PathLike[str],
+    name: str,
+    *,
+    readme: str = "",
+    creator: str | None = None,
+) -> Iterator[DatasetWriter]:
+    """Create a dataset atomically: frozen only if the block ends without an exception.
+
+    The dataset is built in a hidden staging directory and moved into place (renamed, on
+    the same filesystem, for file:// bases; copied for s3://, and removed there if the
+    copy fails). A failure leaves no frozen dataset and no proto dataset behind. An
+    existing dataset of the same name is never overwritten (s3 datasets are keyed by a new
+    UUID, so there the bucket is only checked to answer before anything is built).
+
+    Example:
+        >>> with create_dataset("/tmp/out", "numbers", readme="name: numbers") as w:  # doctest: +SKIP
+        ...     w.put_bytes(b"1,2,3", "numbers.csv")
+        >>> w.uri                                                                    # doctest: +SKIP
+    """
+    check_name(name)
+    base = normalise_uri(base_uri)
+    scheme = urlparse(base).scheme
+    if scheme in ("http", "https"):
+        raise InvalidURIError(
+            f"cannot create a dataset at {base}: http(s):// is read-only. Create it on disk "
+            "or s3:// and publish it (`dtool publish`)"
+        )
+    base_path = local_path(base)
+    if base_path is not None:
+        if not base_path.is_dir():
+            raise StorageError(
+                f"base URI {base} is not an existing directory: create {base_path} first"
+            )
+        if (base_path / name).exists():
+            raise DatasetExistsError(
+                f"a dataset called {name!r} already exists at {base_path / name}: "
+                "choose another name or remove it first (reprodl never overwrites)"
+            )
+        staging_parent = base_path
+        if not os.access(base_path, os.W_OK):
+            raise StorageError(f"cannot write to {base_path}: permission denied")
+    else:
+        # s3 datasets are keyed by a fresh UUID, so no name can clash; check the bucket
+        # answers before spending time building.
+        staging_parent = None
+        _probe_remote_base(base)
+    staging = Path(tempfile.mkdtemp(prefix=f".reprodl-staging-{name}-", dir=staging_parent))
+    try:
+        dtoolcore = _dtoolcore()
+        admin = dtoolcore.generate_admin_metadata(name, creator or _username())
+        proto = dtoolcore.generate_proto_dataset(admin, normalise_uri(str(staging)))
+        proto.create()
+        proto.put_readme(readme)
+        writer = DatasetWriter(proto, staging, name)
+        yield writer
+        shutil.rmtree(writer._tmpfiles, ignore_errors=True)
+        frozen = writer._freeze()
+        if base_path is not None:
+            final = base_path / name
+            if final.exists():
+                raise DatasetExistsError(
+                    f"a dataset called {name!r} appeared at {final} while this one was "
+                    "being built; the new one was discarded"
+                )
+            os.rename(staging / name, final)
+            writer.uri = normalise_uri(str(final))
+        else:
+            writer.uri = _copy_to(StoredDataSet(normalise_uri(frozen.uri), frozen), base)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _username() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user in some containers
+        return "unknown"

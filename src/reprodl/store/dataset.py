@@ -1,0 +1,454 @@
+"""A frozen dataset opened by URI: fast item access, metadata read once, verification.
+
+:func:`open_dataset` gives a :class:`StoredDataSet`. Its manifest is read once and every
+item relpath in it checked, so no item can name a path outside the dataset; item paths
+come from a map built once for local datasets (dtoolcore's ``item_content_abspath``
+re-reads the manifest on every call); remote items are fetched once into dtool's cache.
+
+Example:
+    >>> ds = open_dataset("/data/digits")            # doctest: +SKIP
+    >>> path = ds.item_path(ds.identifiers[0])      # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import threading
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from reprodl.errors import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    DatasetNotFrozenError,
+    InvalidURIError,
+    ReprodlError,
+    StorageError,
+)
+from reprodl.store.brokers import _cache_root, _check_broker, _dtoolcore
+from reprodl.store.fetch import _RemoteItems
+from reprodl.store.hashing import Progress, canonical_json, file_md5
+from reprodl.store.remote_errors import _remote_error
+from reprodl.store.uris import file_name_problem, local_path, normalise_uri, relpath_problem
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    """What :meth:`StoredDataSet.verify` found."""
+
+    uri: str
+    deep: bool
+    n_items: int
+    missing: list[str] = dataclasses.field(default_factory=list)
+    added: list[str] = dataclasses.field(default_factory=list)
+    altered: list[str] = dataclasses.field(default_factory=list)
+    resized: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.added or self.altered or self.resized)
+
+    def problems(self) -> list[str]:
+        return (
+            [f"missing: {p}" for p in self.missing]
+            + [f"added: {p}" for p in self.added]
+            + [f"size changed: {p}" for p in self.resized]
+            + [f"content altered: {p}" for p in self.altered]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ok": self.ok}
+
+
+def _check_safe(uri: str, dataset: Any, items: Any) -> None:
+    """Refuse a dataset whose manifest or admin metadata could name a path outside it.
+
+    Relpaths become paths under the dataset (and under a copy's destination); identifiers,
+    the UUID and the name become file or directory names (the remote-item cache, a copy).
+    All come from whoever wrote the dataset, which for a URI may be anyone.
+    """
+    what = f"dataset {dataset.name!r} at {uri}"
+    for field in ("name", "uuid"):
+        problem = file_name_problem(getattr(dataset, field))
+        if problem is not None:
+            raise DatasetFormatError(
+                f"{what} has an unusable {field} in its admin metadata: {problem}. It is "
+                f"refused: dtool never writes such a {field}; check that the URI points at "
+                "a dataset you trust"
+            )
+    if not isinstance(items, dict):
+        raise DatasetFormatError(f"{what} has a manifest whose 'items' is not a mapping")
+    for idn, props in items.items():
+        relpath = props.get("relpath") if isinstance(props, dict) else None
+        problem = relpath_problem(relpath)
+        if problem is not None:
+            raise DatasetFormatError(
+                f"{what} has an unsafe item relpath {relpath!r} in its manifest: {problem}. "
+                "Its items would be read or written outside the dataset, so it is refused; "
+                "recreate the dataset from its source files"
+            )
+        problem = file_name_problem(idn)
+        if problem is not None:
+            raise DatasetFormatError(
+                f"{what} has an unsafe item identifier {idn!r} in its manifest: {problem}. "
+                "It is refused; recreate the dataset from its source files"
+            )
+
+
+class StoredDataSet(_RemoteItems):
+    """A frozen dtool dataset with fast item access.
+
+    Use :func:`open_dataset` to get one. The manifest is read once; item paths come from
+    a map built once for local datasets, and remote items are fetched once into dtool's
+    cache and remembered.
+    """
+
+    def __init__(self, uri: str, dataset: Any) -> None:
+        self.uri = uri
+        self._ds = dataset
+        self._manifest = dataset._manifest  # read once
+        self._items: dict[str, dict[str, Any]] = self._manifest["items"]
+        _check_safe(uri, dataset, self._items)
+        self._paths: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._annotations: dict[str, Any] = {}
+        self._overlays: dict[str, dict[str, Any]] = {}
+        self._names: dict[str, list[str]] = {}  # "annotations"/"overlays" -> names, listed once
+        self._readme: str | None = None
+        self._scheme = urlparse(uri).scheme
+        data_dir = None
+        if self._scheme == "file":
+            data_dir = os.path.join(unquote(urlparse(uri).path), "data")
+            self._paths = {
+                idn: os.path.join(data_dir, *props["relpath"].split("/"))
+                for idn, props in self._items.items()
+            }
+        self._data_dir = data_dir
+        # Remote items are cached under the dataset's UUID (as dtool-s3 does), so two
+        # servers that both call their dataset "digits" never share cached files.
+        self._cache_dir = None if data_dir else os.path.join(_cache_root(), dataset.uuid)
+
+    # --- identity -------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._ds.name
+
+    @property
+    def uuid(self) -> str:
+        return self._ds.uuid
+
+    @property
+    def admin_metadata(self) -> dict[str, Any]:
+        return dict(self._ds._admin_metadata)
+
+    @property
+    def is_local(self) -> bool:
+        return self._scheme == "file"
+
+    @property
+    def hash_function(self) -> str:
+        return self._manifest.get("hash_function", "md5sum_hexdigest")
+
+    # --- items ----------------------------------------------------------------------
+    @property
+    def identifiers(self) -> list[str]:
+        """Item identifiers, sorted by relpath (a stable order)."""
+        return sorted(self._items, key=lambda i: self._items[i]["relpath"])
+
+    def relpath(self, identifier: str) -> str:
+        return self._items[identifier]["relpath"]
+
+    def item_properties(self, identifier: str) -> dict[str, Any]:
+        return dict(self._items[identifier])
+
+    def identifier_of(self, relpath: str) -> str:
+        import dtoolcore.utils
+
+        idn = dtoolcore.utils.generate_identifier(relpath)
+        if idn not in self._items:
+            raise KeyError(f"no item with relpath {relpath!r} in dataset {self.uri}")
+        return idn
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def item_path(self, identifier: str) -> str:
+        """Local path of an item's content, fetching a remote item once."""
+        path = self._paths.get(identifier)
+        if path is not None:
+            return path
+        if identifier not in self._items:
+            raise KeyError(f"no item with identifier {identifier!r} in dataset {self.uri}")
+        path = self._fetch(identifier)
+        with self._lock:
+            self._paths[identifier] = path
+        return path
+
+    def prefetch(self, *, workers: int = 8, progress: Progress | None = None) -> None:
+        """Fetch every remote item into the cache (no-op for local datasets)."""
+        todo = [i for i in self._items if i not in self._paths]
+        if not todo:
+            if progress:
+                progress(len(self._items))
+            return
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(self.item_path, todo):
+                if progress:
+                    progress(1)
+
+    # --- metadata -------------------------------------------------------------------
+    def get_readme_content(self) -> str:
+        """The README text (read once)."""
+        if self._readme is None:
+            try:
+                self._readme = self._ds.get_readme_content() or ""
+            except Exception as exc:  # noqa: BLE001 - broker errors are not typed
+                raise _remote_error(self.uri, exc) from exc
+        return self._readme
+
+    def readme(self) -> dict[str, Any]:
+        """The README parsed as YAML ({} when empty or not a mapping)."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(self.get_readme_content())
+        except yaml.YAMLError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _list_names(self, kind: str) -> list[str]:
+        """Annotation or overlay names, listed once (a request for remote datasets)."""
+        if kind not in self._names:
+            broker = self._ds._storage_broker
+            try:
+                if self._scheme == "s3":
+                    # dtool-s3 splits key names on every '.', which breaks dotted names
+                    # such as dtoolAI's "dtoolAI.inputtype".
+                    prefix = getattr(broker, f"{kind}_key_prefix")
+                    pages = broker.s3client.get_paginator("list_objects_v2").paginate(
+                        Bucket=broker.bucket, Prefix=prefix
+                    )
+                    names = [
+                        obj["Key"][len(prefix):].removesuffix(".json")
+                        for page in pages
+                        for obj in page.get("Contents", [])
+                    ]
+                elif kind == "annotations":
+                    names = list(broker.list_annotation_names())
+                else:
+                    names = list(broker.list_overlay_names())
+            except Exception as exc:  # noqa: BLE001 - broker errors are not typed
+                raise _remote_error(self.uri, exc) from exc
+            self._names[kind] = sorted(names)
+        return list(self._names[kind])
+
+    def _get_metadata(self, kind: str, name: str) -> Any:
+        broker = self._ds._storage_broker
+        try:
+            if kind == "annotations":
+                return broker.get_annotation(name)
+            return broker.get_overlay(name)
+        except Exception as exc:  # noqa: BLE001
+            raise _remote_error(self.uri, exc) from exc
+
+    def annotation_names(self) -> list[str]:
+        return self._list_names("annotations")
+
+    def get_annotation(self, name: str, default: Any = None) -> Any:
+        if name in self._annotations:
+            return self._annotations[name]
+        if name not in self._list_names("annotations"):
+            return default
+        value = self._get_metadata("annotations", name)
+        self._annotations[name] = value
+        return value
+
+    def put_annotation(self, name: str, value: Any) -> None:
+        self._ds.put_annotation(name, value)
+        self._annotations[name] = value
+        if name not in self._list_names("annotations"):
+            self._names["annotations"] = sorted([*self._names["annotations"], name])
+
+    def overlay_names(self) -> list[str]:
+        return self._list_names("overlays")
+
+    def get_overlay(self, name: str, default: Any = None) -> Any:
+        if name in self._overlays:
+            return self._overlays[name]
+        if name not in self._list_names("overlays"):
+            return default
+        value = self._get_metadata("overlays", name)
+        self._overlays[name] = value
+        return value
+
+    def put_overlay(self, name: str, values: dict[str, Any]) -> None:
+        self._ds.put_overlay(name, values)
+        self._overlays[name] = values
+        if name not in self._list_names("overlays"):
+            self._names["overlays"] = sorted([*self._names["overlays"], name])
+
+    def tags(self) -> list[str]:
+        try:
+            return sorted(self._ds.list_tags())
+        except Exception as exc:  # noqa: BLE001
+            raise _remote_error(self.uri, exc) from exc
+
+    # --- integrity ------------------------------------------------------------------
+    def manifest_digest(self) -> str:
+        """sha256 over the manifest's (relpath, size, hash) triples: stable across copies."""
+        entries = sorted(
+            (p["relpath"], p["size_in_bytes"], p["hash"]) for p in self._items.values()
+        )
+        return "sha256:" + hashlib.sha256(
+            canonical_json({"hash_function": self.hash_function, "items": entries})
+        ).hexdigest()
+
+    def verify(
+        self,
+        *,
+        deep: bool = False,
+        progress: Progress | None = None,
+        identifiers: list[str] | None = None,
+    ) -> VerifyReport:
+        """Check items against the manifest.
+
+        Quick: the item set and sizes, and for local datasets a re-hash of any item whose
+        modification time differs from the manifest's (an edit that kept the size).
+        Remote items are fetched into the cache first (once).
+        Deep: every item re-hashed; remote items are downloaded afresh into the cache, so
+        what is checked is the server's content (and a damaged cached copy is replaced).
+        """
+        idns = identifiers if identifiers is not None else list(self._items)
+        fetched: dict[str, str | None] = {}
+        if not self.is_local:
+            fetched = self._fetch_many(idns, refresh=deep)
+        report = VerifyReport(uri=self.uri, deep=deep, n_items=len(idns))
+        if self.is_local and identifiers is None:
+            on_disk = set()
+            base = self._data_dir or ""
+            for dirpath, _dirs, files in os.walk(base):
+                for fn in files:
+                    rel = os.path.relpath(os.path.join(dirpath, fn), base).replace(os.sep, "/")
+                    on_disk.add(rel)
+            known = {p["relpath"] for p in self._items.values()}
+            report.added = sorted(on_disk - known)
+        to_hash: list[str] = []
+        for idn in idns:
+            props = self._items[idn]
+            rel = props["relpath"]
+            try:
+                path = fetched[idn] if idn in fetched else self.item_path(idn)
+                if path is None:
+                    raise FileNotFoundError(rel)
+                st = os.stat(path)
+            except (FileNotFoundError, StorageError):
+                report.missing.append(rel)
+                continue
+            if st.st_size != props["size_in_bytes"]:
+                report.resized.append(rel)
+            elif deep or (
+                self.is_local
+                and "utc_timestamp" in props
+                and abs(st.st_mtime - float(props["utc_timestamp"])) > 1e-3
+            ):
+                to_hash.append(idn)
+            elif progress:
+                progress(st.st_size)
+        if to_hash:
+            if not self.hash_function.startswith("md5"):
+                raise StorageError(
+                    f"dataset {self.uri} uses hash function {self.hash_function!r}; "
+                    "reprodl verifies md5 manifests only"
+                )
+
+            def check(idn: str) -> tuple[str, bool, int]:
+                path = self.item_path(idn)
+                return idn, file_md5(path) == self._items[idn]["hash"], os.path.getsize(path)
+
+            workers = max(1, min(4, os.cpu_count() or 1))
+            with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+                for idn, same, size in pool.map(check, to_hash):
+                    if not same:
+                        report.altered.append(self.relpath(idn))
+                    if progress:
+                        progress(size)
+        for lst in (report.missing, report.altered, report.resized):
+            lst.sort()
+        return report
+
+    def manifest_entries(self) -> dict[str, dict[str, Any]]:
+        """relpath -> {size_in_bytes, hash}: what a record keeps to name changed items later."""
+        return {p["relpath"]: {"size_in_bytes": p["size_in_bytes"], "hash": p["hash"]}
+                for p in sorted(self._items.values(), key=lambda p: p["relpath"])}
+
+    def total_size(self) -> int:
+        return sum(p["size_in_bytes"] for p in self._items.values())
+
+
+def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
+    """Open the frozen dataset at ``uri`` (a path, file://, http(s):// or s3:// URI).
+
+    Raises:
+        InvalidURIError: unsupported scheme.
+        DatasetNotFoundError: nothing at the URI.
+        DatasetNotFrozenError: a proto dataset (creation never finished).
+        StorageError: the server could not be reached.
+    """
+    full = normalise_uri(uri)
+    dtoolcore = _dtoolcore()
+    path = local_path(full)
+    if path is not None:
+        if not path.exists():
+            raise DatasetNotFoundError(f"no dataset at {full}: the path {path} does not exist")
+        if not (path / ".dtool" / "dtool").is_file():
+            raise DatasetNotFoundError(
+                f"{full} is not a dtool dataset (no .dtool/dtool admin metadata in {path})"
+            )
+    else:
+        _check_broker(full)
+        parsed = urlparse(full)
+        if parsed.scheme == "s3" and not parsed.path.strip("/"):
+            raise InvalidURIError(
+                f"{full} names a bucket, not a dataset: a dataset's URI is "
+                f"s3://{parsed.netloc}/<uuid> (`dtool ls {full}` lists them)"
+            )
+
+    def read_error(exc: BaseException) -> ReprodlError:
+        if path is None:
+            return _remote_error(full, exc)
+        return StorageError(f"could not read the dataset at {full}: {type(exc).__name__}: {exc}")
+
+    try:
+        admin = dtoolcore._admin_metadata_from_uri(full, None)
+    except Exception as exc:  # noqa: BLE001 - brokers raise requests/boto errors
+        raise read_error(exc) from exc
+    if not admin:
+        raise DatasetNotFoundError(f"no dataset at {full}: it has no dtool admin metadata")
+    if admin.get("type") != "dataset":
+        raise DatasetNotFrozenError(
+            f"{full} is a proto dataset, not a frozen dataset: its creation did not finish. "
+            "Freeze it with `dtool freeze` or remove it and create it again"
+        )
+    try:
+        ds = dtoolcore.DataSet(full, admin)
+        return StoredDataSet(full, ds)
+    except ReprodlError:
+        raise  # an unsafe manifest: already says what is wrong
+    except Exception as exc:  # noqa: BLE001
+        raise read_error(exc) from exc
+
+
+def exists(uri: str) -> bool:
+    path = local_path(uri)
+    if path is not None:
+        return path.exists()
+    try:
+        open_dataset(uri)
+    except (DatasetNotFoundError, DatasetNotFrozenError):
+        return False
+    except StorageError:
+        return False
+    return True
+

@@ -1,0 +1,115 @@
+"""Fetching a remote dataset's items (http(s)://, s3://) once into dtool's cache.
+
+:class:`_RemoteItems` is the part of :class:`~reprodl.store.dataset.StoredDataSet` that
+downloads: items are cached under the dataset's UUID, written to a temporary file and
+renamed, fetched in parallel where many are wanted; a server that lacks an item answers
+:class:`_ItemMissingError` (verify reports the item as missing).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import threading
+from typing import Any
+
+from reprodl.errors import StorageError
+from reprodl.store.hashing import _HASH_CHUNK
+from reprodl.store.remote_errors import _error_code, _ItemMissingError, _remote_error
+
+_HTTP_TIMEOUT = (10, 60)  # seconds to connect, seconds between bytes
+
+
+class _RemoteItems:
+    """Item downloads for a remote dataset; mixed into StoredDataSet, whose state it uses."""
+
+    uri: str
+    _ds: Any  # the dtoolcore DataSet
+    _items: dict[str, dict[str, Any]]  # the manifest's items
+    _paths: dict[str, str]  # identifier -> local path, filled as items are fetched
+    _lock: threading.Lock
+    _scheme: str
+    _cache_dir: str | None
+
+    def _fetch_many(self, identifiers: list[str], *, refresh: bool) -> dict[str, str | None]:
+        """Fetch remote items in parallel: identifier -> cached path, None where missing.
+
+        With ``refresh`` every item is downloaded again. An unreachable server is raised.
+        """
+
+        def one(idn: str) -> tuple[str, str | None]:
+            try:
+                path = self._fetch(idn, refresh=refresh)
+            except _ItemMissingError:
+                return idn, None
+            with self._lock:
+                self._paths[idn] = path
+            return idn, path
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            return dict(pool.map(one, identifiers))
+
+    def _fetch(self, identifier: str, *, refresh: bool = False) -> str:
+        """Download a remote item into the cache once; a cached copy of the right size is reused."""
+        props = self._items[identifier]
+        assert self._cache_dir is not None  # only remote datasets get here
+        dest = os.path.join(self._cache_dir, identifier + os.path.splitext(props["relpath"])[1])
+        if not refresh and os.path.isfile(dest) and os.path.getsize(dest) == props["size_in_bytes"]:
+            return dest
+        try:
+            os.makedirs(self._cache_dir, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the cache directory {self._cache_dir}: {exc}. Set "
+                "DTOOL_CACHE_DIRECTORY to a writable directory"
+            ) from exc
+        tmp = f"{dest}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            if self._scheme == "s3":
+                self._download_s3(identifier, tmp)
+            else:
+                self._download_http(identifier, tmp)
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return dest
+
+    def _missing_item(self, identifier: str, where: str) -> StorageError:
+        relpath = self._items[identifier]["relpath"]
+        return _ItemMissingError(
+            f"item {relpath!r} of {self.uri} is missing on the server "
+            f"({where}): the remote copy is incomplete; copy the dataset there again"
+        )
+
+    def _download_http(self, identifier: str, dest: str) -> None:
+        import requests
+
+        url = self._ds._storage_broker.http_manifest["item_urls"][identifier]
+        try:
+            with requests.get(url, stream=True, timeout=_HTTP_TIMEOUT) as resp:
+                if resp.status_code == 404:
+                    raise self._missing_item(identifier, f"HTTP 404 for {url}")
+                if resp.status_code != 200:
+                    relpath = self._items[identifier]["relpath"]
+                    raise StorageError(
+                        f"HTTP {resp.status_code} fetching item {relpath!r} "
+                        f"from {url}: check the server"
+                    )
+                with open(dest, "wb") as fh:
+                    for chunk in resp.iter_content(_HASH_CHUNK):
+                        fh.write(chunk)
+        except requests.RequestException as exc:
+            raise _remote_error(self.uri, exc) from exc
+
+    def _download_s3(self, identifier: str, dest: str) -> None:
+        broker = self._ds._storage_broker
+        key = broker.data_key_prefix + identifier
+        try:
+            # The client, unlike boto3 resources, is thread-safe (prefetch uses threads);
+            # dtool-s3's get_item_abspath also costs an extra GET per item.
+            broker.s3client.download_file(broker.bucket, key, dest)
+        except Exception as exc:  # noqa: BLE001 - botocore errors are not typed here
+            if _error_code(exc) in ("404", "NoSuchKey"):
+                raise self._missing_item(identifier, f"no key {key!r}") from exc
+            raise _remote_error(self.uri, exc) from exc

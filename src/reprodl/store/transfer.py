@@ -1,0 +1,178 @@
+"""Copying datasets between base URIs, and listing a base URI's datasets.
+
+A copy keeps the UUID and the items (so the manifest digest); it reads items through
+:class:`~reprodl.store.dataset.StoredDataSet` (the path map, the remote cache) and is
+removed again, on disk or in the bucket, if it fails part-way. Nothing is overwritten.
+"""
+from __future__ import annotations
+
+import shutil
+from urllib.parse import urlparse
+
+from reprodl.errors import (
+    DatasetExistsError,
+    DatasetFormatError,
+    InvalidURIError,
+    ReprodlError,
+    StorageError,
+)
+from reprodl.store.brokers import _check_broker, _dtoolcore
+from reprodl.store.dataset import StoredDataSet, open_dataset
+from reprodl.store.hashing import Progress
+from reprodl.store.remote_errors import _remote_error
+from reprodl.store.uris import file_name_problem, local_path, normalise_uri
+
+
+def _probe_remote_base(base: str) -> None:
+    """Fail fast, with a clear error, when a remote base URI cannot be written to."""
+    _check_broker(base)
+    parsed = urlparse(base)
+    bucket = parsed.netloc
+    try:
+        broker_cls = _dtoolcore()._generate_storage_broker_lookup()[parsed.scheme]
+        _resource, client, _unsigned = broker_cls._get_resource_and_client(bucket)
+        client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    except Exception as exc:  # noqa: BLE001 - botocore errors are not typed here
+        raise _remote_error(base, exc) from exc
+
+
+def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = None) -> str:
+    """Copy ``src`` under ``dest_base`` and freeze it there; returns the new URI.
+
+    Items come from ``src.item_path`` (the map built once, the remote cache) rather than
+    dtoolcore's per-item manifest re-read, and metadata through :class:`StoredDataSet`
+    (dtool-s3 cannot list dotted annotation names). A copy that fails is removed.
+    """
+    dtoolcore = _dtoolcore()
+    _check_broker(dest_base)
+    admin = src.admin_metadata
+    admin["type"] = "protodataset"
+    dest_uri = dtoolcore._generate_uri(admin, dest_base)
+    if _dataset_present(dest_uri):
+        raise DatasetExistsError(
+            f"{dest_uri} already holds dataset {src.name!r} (UUID {src.uuid}): reprodl never "
+            "overwrites; use it as it is or remove it first"
+        )
+    # What to remove on failure: anything under the new UUID in a bucket is this copy's;
+    # a directory only once this copy has made it (never one that appeared meanwhile).
+    started = local_path(dest_uri) is None
+    try:
+        proto = dtoolcore.generate_proto_dataset(admin_metadata=admin, base_uri=dest_base)
+        proto.create()
+        started = True
+        for idn in src.identifiers:
+            proto.put_item(src.item_path(idn), src.relpath(idn))
+            if progress:
+                progress(1)
+        proto.put_readme(src.get_readme_content())
+        for tag in src.tags():
+            proto.put_tag(tag)
+        for name in src.overlay_names():
+            # A server lists whatever names it likes, and the broker call below (unlike
+            # dtoolcore's put_annotation and put_tag) does not check them.
+            if (problem := file_name_problem(name)) is not None:
+                raise DatasetFormatError(f"{src.uri} has an overlay named {name!r}: {problem}")
+            # The overlay's keys are the source's identifiers, the copy's too.
+            proto._storage_broker.put_overlay(name, src.get_overlay(name))
+        for name in src.annotation_names():
+            proto.put_annotation(name, src.get_annotation(name))
+        proto.freeze()
+    except BaseException as exc:
+        removed = _remove_partial(dest_uri) if started else None
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt and the like: cleaned up, re-raised as they are
+        if isinstance(exc, ReprodlError):
+            cause = str(exc)
+        elif local_path(dest_uri) is not None:
+            cause = f"{type(exc).__name__}: {exc}"
+        else:
+            cause = str(_remote_error(dest_uri, exc))
+        where = {
+            None: "nothing was written",
+            True: "the partial copy was removed",
+            False: f"a partial copy may remain at {dest_uri}: remove it by hand",
+        }[removed]
+        raise StorageError(f"could not copy {src.uri} to {dest_base}: {cause} ({where})") from exc
+    return normalise_uri(proto.uri)
+
+
+def _dataset_present(uri: str) -> bool:
+    """Whether anything (a dataset or an unfinished copy) already sits at ``uri``."""
+    path = local_path(uri)
+    if path is not None:
+        return path.exists()
+    try:
+        return bool(_dtoolcore()._get_storage_broker(uri, None).has_admin_metadata())
+    except Exception as exc:  # noqa: BLE001
+        raise _remote_error(uri, exc) from exc
+
+
+def _remove_partial(uri: str) -> bool:
+    """Remove a half-written dataset at ``uri``; True when nothing of it is left."""
+    path = local_path(uri)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+        return not path.exists()
+    try:
+        broker = _dtoolcore()._get_storage_broker(uri, None)
+        client, bucket = broker.s3client, broker.bucket
+        keys = []
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{broker._get_prefix()}{broker.uuid}/"
+        )
+        for page in pages:
+            keys += [obj["Key"] for obj in page.get("Contents", [])]
+        # The registration key last: while it exists the leftovers can still be found.
+        keys.append(broker.dataset_registration_key)
+        for i in range(0, len(keys), 1000):
+            client.delete_objects(
+                Bucket=bucket,
+                Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True},
+            )
+        return True
+    except Exception:  # noqa: BLE001 - best effort; the copy's own error is reported
+        return False
+
+
+def copy_dataset(uri: str, dest_base_uri: str, *, progress: Progress | None = None) -> str:
+    """Copy a dataset to another base URI (a directory or s3://bucket); returns the new URI.
+
+    The copy keeps the UUID, the items and so the manifest digest. A copy that fails
+    part-way is removed; an existing dataset is never overwritten. ``progress`` is called
+    once per item copied.
+
+    Example:
+        >>> copy_dataset("/data/digits", "s3://my-bucket")     # doctest: +SKIP
+        's3://my-bucket/1c10766c-...'
+    """
+    src = open_dataset(uri)
+    dest = normalise_uri(dest_base_uri)
+    scheme = urlparse(dest).scheme
+    if scheme in ("http", "https"):
+        raise InvalidURIError(
+            f"cannot copy to {dest}: http(s):// is read-only. Copy to a directory or s3://"
+        )
+    path = local_path(dest)
+    if path is not None:
+        if not path.is_dir():
+            raise StorageError(f"base URI {dest} is not an existing directory: create {path} first")
+        if (path / src.name).exists():
+            raise DatasetExistsError(
+                f"a dataset called {src.name!r} already exists at {path / src.name}: "
+                "choose another base or remove it first (reprodl never overwrites)"
+            )
+    else:
+        _probe_remote_base(dest)
+    return _copy_to(src, dest, progress=progress)
+
+
+def list_datasets(base_uri: str) -> list[str]:
+    """URIs of the datasets under a base URI."""
+    base = normalise_uri(base_uri)
+    _check_broker(base)
+    try:
+        return sorted(d.uri for d in _dtoolcore().iter_datasets_in_base_uri(base))
+    except Exception as exc:  # noqa: BLE001
+        if local_path(base) is None:
+            raise _remote_error(base, exc) from exc
+        raise StorageError(f"could not list datasets under {base}: {exc}") from exc

@@ -23,7 +23,7 @@ from reprodl import keys
 from reprodl.data.images import open_image, target_mode_for
 from reprodl.errors import InputDataError
 from reprodl.metadata import make_readme
-from reprodl.store import check_name, create_dataset
+from reprodl.store import check_name, create_dataset, item_identifier
 
 Progress = Callable[[int], None]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -198,11 +198,9 @@ def create_from_arrays(
         for arr, rel in ((data, keys.TENSOR_DATA_FILE), (labels.astype(np.int64), keys.TENSOR_LABELS_FILE)):
             with writer.item_file(rel) as path:
                 np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
-        import dtoolcore.utils
-
         writer.put_annotation(keys.INPUT_TYPE, keys.INPUT_TYPE_TENSOR)
-        writer.put_annotation(keys.TENSOR_FILE_IDN, dtoolcore.utils.generate_identifier(keys.TENSOR_DATA_FILE))
-        writer.put_annotation(keys.LABELS_FILE_IDN, dtoolcore.utils.generate_identifier(keys.TENSOR_LABELS_FILE))
+        writer.put_annotation(keys.TENSOR_FILE_IDN, item_identifier(keys.TENSOR_DATA_FILE))
+        writer.put_annotation(keys.LABELS_FILE_IDN, item_identifier(keys.TENSOR_LABELS_FILE))
         writer.put_annotation(keys.IMAGE_DIMENSIONS, [int(d) for d in image_dimensions])
         writer.put_annotation(keys.CATEGORY_ENCODING, {c: i for i, c in enumerate(categories)})
         writer.put_annotation(keys.TENSOR_DTYPE, str(data.dtype))

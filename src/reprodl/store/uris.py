@@ -120,3 +120,10 @@ def check_relpath(relpath: str) -> None:
             f"item relpath {relpath!r} is not allowed: {problem}. Use a relative, "
             "'/'-separated path inside the dataset such as 'cat/0.png'"
         )
+
+
+def item_identifier(relpath: str) -> str:
+    """dtool's identifier of the item at ``relpath`` (sha1 of the relpath)."""
+    import dtoolcore.utils
+
+    return dtoolcore.utils.generate_identifier(relpath)

@@ -145,6 +145,12 @@ def report(bench: str, args: argparse.Namespace, params: dict[str, Any],
         print(f"[{bench}] {c['name']}: {fmt_rate(c['candidate_rate'], c['unit'])} vs "
               f"{c['baseline']} {fmt_rate(c['baseline_rate'], c['unit'])} -> "
               f"{c['ratio']:.2f}x{cpu}{target}")
+    return write_doc(bench, args, params, comparisons, measurements)
+
+
+def write_doc(bench: str, args: argparse.Namespace, params: dict[str, Any], comparisons: list[dict[str, Any]],
+              measurements: dict[str, Any], **extra: Any) -> Path:
+    """Write bench-output/<bench>.json (params, comparisons, measurements, environment, argv)."""
     args.output_dir.mkdir(parents=True, exist_ok=True)
     path = args.output_dir / f"{bench}.json"
     doc = {
@@ -153,6 +159,7 @@ def report(bench: str, args: argparse.Namespace, params: dict[str, Any],
         "params": params,
         "comparisons": comparisons,
         "measurements": measurements,
+        **extra,
         "environment": environment(),
         "argv": sys.argv,
     }

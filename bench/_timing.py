@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,21 +111,7 @@ def write_report(bench: str, args: argparse.Namespace, params: dict[str, Any],
               f"{fmt_s(c['baseline_median_s'])} -> {c['ratio']:.3f}x{paired}{target}")
     for line in notes or []:
         print(f"[{bench}] {line}")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    path = args.output_dir / f"{bench}.json"
-    doc = {
-        "bench": bench,
-        "quick": bool(args.quick),
-        "params": params,
-        "comparisons": comparisons,
-        "measurements": measurements,
-        "notes": notes or [],
-        "environment": C.environment(),
-        "argv": sys.argv,
-    }
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-    print(f"[{bench}] wrote {path}")
-    return path
+    return C.write_doc(bench, args, params, comparisons, measurements, notes=notes or [])
 
 
 class Stopwatches:

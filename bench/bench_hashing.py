@@ -24,14 +24,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
-from collections.abc import Callable  # noqa: E402
-from typing import Any  # noqa: E402
+import _timing as T  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -65,44 +62,15 @@ def md5sum_tree(directory: Path) -> None:
                    shell=True, check=True)
 
 
-class Stopwatches:
-    """Sums the time spent in some functions (patched in for one call, then restored).
-
-    The phases of creation: the decode check of every image (``open_image`` as
-    ``create_from_dirtree`` calls it), copying items into the proto dataset
-    (``ProtoDataSet.put_item``) and the freeze's manifest generation, where dtool hashes
-    every item (``ProtoDataSet.generate_manifest``).
-    """
-
-    TARGETS = [
-        (creators, "open_image", "decode_check"),
-        (dtoolcore.ProtoDataSet, "put_item", "copy_items"),
-        (dtoolcore.ProtoDataSet, "generate_manifest", "manifest_hashing"),
-    ]
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-
-    def _wrap(self, fn: Callable[..., Any], label: str) -> Callable[..., Any]:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - t0
-        return wrapper
-
-    def run(self, fn: Callable[[], Any]) -> dict[str, float]:
-        self.totals = {}
-        saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in self.TARGETS]
-        try:
-            for (obj, attr, label), (_, _, original) in zip(self.TARGETS, saved):
-                setattr(obj, attr, self._wrap(original, label))
-            fn()
-        finally:
-            for obj, attr, original in saved:
-                setattr(obj, attr, original)
-        return self.totals
+# The phases of creation: the decode check of every image (``open_image`` as
+# ``create_from_dirtree`` calls it), copying items into the proto dataset
+# (``ProtoDataSet.put_item``) and the freeze's manifest generation, where dtool hashes
+# every item (``ProtoDataSet.generate_manifest``).
+CREATE_PHASES = [
+    (creators, "open_image", "decode_check"),
+    (dtoolcore.ProtoDataSet, "put_item", "copy_items"),
+    (dtoolcore.ProtoDataSet, "generate_manifest", "manifest_hashing"),
+]
 
 
 def main() -> None:
@@ -122,13 +90,14 @@ def main() -> None:
 
         counter = iter(range(1_000_000))
         phases: list[dict[str, float]] = []
-        watches = Stopwatches()
+        watches = T.Stopwatches()
 
         def create() -> None:
             name = f"noise-{next(counter)}"
-            t_uri: list[str] = []
-            phases.append(dict(watches.run(lambda: t_uri.append(create_from_dirtree(tree, str(base), name)))))
-            assert t_uri[0].endswith(name)
+            with watches.patched(CREATE_PHASES):
+                created = create_from_dirtree(tree, str(base), name)
+            phases.append(watches.take())
+            assert created.endswith(name)
 
         def cleanup_created() -> None:
             for p in base.iterdir():

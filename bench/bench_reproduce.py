@@ -70,13 +70,11 @@ def workload_config(name: str, tmp: Path, quick: bool) -> tuple[dict[str, Any], 
     uri = create_from_arrays(images, labels, str(tmp / "data"), "mnist", image_dimensions=[1, 28, 28])
     split_dataset(uri, test=0.2, seed=0)
     config = {
+        **DEMO_CONFIG,  # the same optimizer (SGD, momentum 0.9) and loss (NLLLoss)
         "name": "mnist-cnn",
-        "output": "models",
         "data": {"train": {"uri": "data/mnist", "usetype": "train"},
                  "valid": {"uri": "data/mnist", "usetype": "test"}},
         "model": {"class": "GenNet", "init_params": {"input_channels": 1, "input_dim": 28, "n_outputs": 10}},
-        "optimizer": {"class": "SGD", "momentum": 0.9},
-        "loss": {"class": "NLLLoss"},
         "params": {"batch_size": 128, "learning_rate": 0.01, "n_epochs": epochs, "seed": 0},
     }
     return config, f"mnist: {n} samples ({source.split(' ')[0]}), {epochs} epochs, batch 128"

@@ -99,6 +99,7 @@ def _redent(value: str | None) -> str | None:
 
 
 def capture_environment() -> Environment:
+    """Python, platform, CPU/GPU, torch/CUDA/cuDNN and numpy versions, installed packages."""
     import numpy
     import torch
 
@@ -159,6 +160,7 @@ def _git_many(commands: dict[str, list[str]], cwd: Path) -> dict[str, str | None
 
 
 def entry_script() -> Path | None:
+    """The running script (``__main__``'s file), if there is one."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if path and os.path.isfile(path):
@@ -218,6 +220,7 @@ def derive_seeds(seed: int, num_workers: int) -> Seeds:
 
 
 def seed_everything(seeds: Seeds) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
     import numpy as np
     import torch
 
@@ -305,11 +308,13 @@ def jsonable(value: Any) -> Any:
 
 
 def class_path(obj_or_cls: Any) -> tuple[str, str]:
+    """(module, qualname) of an object's class, or of a class."""
     cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
     return cls.__module__, cls.__qualname__
 
 
 def describe_optimizer(optimizer: Any, names: dict[int, str]) -> OptimizerInfo:
+    """The optimiser's class, defaults and every parameter group (parameters by name)."""
     module, qualname = class_path(optimizer)
     groups = []
     for group in optimizer.param_groups:
@@ -341,13 +346,17 @@ def describe_callable(obj: Any) -> CallableInfo:
     return CallableInfo(class_name=qualname, module=module, args=args)
 
 
-def describe_architecture(model: Any, init_params: dict[str, Any]) -> Architecture:
-    module, qualname = class_path(model)
+def class_source_sha256(cls: type) -> str | None:
+    """sha256 of a class's source code (None where the source cannot be read)."""
     try:
-        source = inspect.getsource(type(model))
-        source_sha = hashlib.sha256(source.encode()).hexdigest()
+        return hashlib.sha256(inspect.getsource(cls).encode()).hexdigest()
     except (OSError, TypeError):
-        source_sha = None
+        return None
+
+
+def describe_architecture(model: Any, init_params: dict[str, Any]) -> Architecture:
+    """The model's class, constructor arguments, parameter counts and source digest."""
+    module, qualname = class_path(model)
     params = list(model.named_parameters())
     return Architecture(
         import_path=f"{module}:{qualname}",
@@ -357,15 +366,17 @@ def describe_architecture(model: Any, init_params: dict[str, Any]) -> Architectu
         n_parameters=sum(p.numel() for _, p in params),
         n_trainable=sum(p.numel() for _, p in params if p.requires_grad),
         frozen_parameters=[n for n, p in params if not p.requires_grad],
-        source_sha256=source_sha,
+        source_sha256=class_source_sha256(type(model)),
     )
 
 
 def state_dict_sha256(state: dict[str, Any]) -> str:
     """sha256 over a state dict's names, dtypes, shapes and bytes, in name order."""
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return "sha256:" + h.hexdigest()

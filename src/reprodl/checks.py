@@ -38,7 +38,7 @@ class ModelVerification:
         return {"uri": self.uri, "ok": self.ok, "checks": [dataclasses.asdict(c) for c in self.checks]}
 
 
-def verify_model(uri: str, *, data: bool = False, deep_data: bool = True) -> ModelVerification:
+def verify_model(uri: str, *, data: bool = False) -> ModelVerification:
     """Check a model dataset's own item hashes, its record's digest, the weights against the
     record, and (``data=True``) that every training dataset is reachable and unchanged."""
     ds = open_dataset(uri)
@@ -69,7 +69,7 @@ def verify_model(uri: str, *, data: bool = False, deep_data: bool = True) -> Mod
         except ReprodlError as exc:
             result.add("weights match the record", False, str(exc))
         if data:
-            checks, problems = check_data(record, ds) if deep_data else ([], [])
+            checks, _ = check_data(record, ds)
             for c in checks:
                 ok = bool(c.get("ok"))
                 detail = c.get("error") or "; ".join(c.get("items", [])) or ("" if ok else "manifest digest differs")
@@ -123,11 +123,14 @@ def lineage(uri: str, *, max_depth: int = 50) -> list[dict[str, Any]]:
     return chain
 
 
-def check_data(record: ProvenanceRecord, model_ds: StoredDataSet) -> tuple[list[dict[str, Any]], list[str]]:
+def check_data(record: ProvenanceRecord, model_ds: StoredDataSet, *,
+               opened: dict[str, StoredDataSet] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Each recorded dataset: reachable, same UUID and manifest, every item re-hashed.
 
     A dataset used in several roles (train and valid splits of one dataset) is opened and
-    hashed once. Returns (one check per dataset, problems naming dataset and item).
+    hashed once. Returns (one check per dataset, problems naming dataset and item). Each
+    dataset opened is also put in ``opened`` (URI -> dataset) when given, for the caller to
+    read it from without opening it again.
     """
     checks: list[dict[str, Any]] = []
     problems: list[str] = []
@@ -137,8 +140,9 @@ def check_data(record: ProvenanceRecord, model_ds: StoredDataSet) -> tuple[list[
         by_uri.setdefault(ref.uri, ref)
         roles.setdefault(ref.uri, []).append(ref.role)
     for uri, ref in by_uri.items():
-        label = f"{'/'.join(dict.fromkeys(roles[uri]))} dataset {ref.name}"
-        check: dict[str, Any] = {"role": "/".join(dict.fromkeys(roles[uri])), "uri": uri, "name": ref.name}
+        role = "/".join(dict.fromkeys(roles[uri]))
+        label = f"{role} dataset {ref.name}"
+        check: dict[str, Any] = {"role": role, "uri": uri, "name": ref.name}
         try:
             ds = open_dataset(uri)
         except Exception as exc:  # noqa: BLE001 - reported, not raised
@@ -146,15 +150,18 @@ def check_data(record: ProvenanceRecord, model_ds: StoredDataSet) -> tuple[list[
             problems.append(f"{label} ({uri}) cannot be opened: {exc}")
             checks.append(check)
             continue
+        if opened is not None:
+            opened[uri] = ds
         changed = _changed_items(ref, ds, model_ds)
         item_problems = changed + ds.verify(deep=True).problems()
-        same_manifest = ds.manifest_digest() == ref.manifest_digest
+        digest = ds.manifest_digest()
+        same_manifest = digest == ref.manifest_digest
         check.update(uuid_matches=ds.uuid == ref.uuid, manifest_matches=same_manifest, items=item_problems,
                      ok=not item_problems and same_manifest and ds.uuid == ref.uuid)
         if ds.uuid != ref.uuid:
             problems.append(f"{label} at {uri} has UUID {ds.uuid}, the record says {ref.uuid}")
         if not same_manifest and not changed:
-            problems.append(f"{label}: manifest digest {ds.manifest_digest()} differs from the recorded "
+            problems.append(f"{label}: manifest digest {digest} differs from the recorded "
                             f"{ref.manifest_digest}")
         problems += [f"{label}: {p}" for p in item_problems]
         checks.append(check)

@@ -24,7 +24,7 @@ in order (recorded, and rebuilt when the model is reproduced)::
           - {name: RandomHorizontalFlip, p: 0.5}
 
 Example:
-    >>> result = train_from_config(load_config("train.yaml", ["lr=0.1"]))   # doctest: +SKIP
+    >>> uri, record = build_and_train(load_config("train.yaml", ["lr=0.1"]))   # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reprodl.errors import ParametersError
+from reprodl.metadata import read_yaml_file
 from reprodl.params import apply_overrides
 
 SHORTHANDS = {
@@ -77,8 +77,8 @@ class ComponentSpec(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
 
     def kwargs(self) -> dict[str, Any]:
-        extra = {k: v for k, v in (self.model_extra or {}).items()}
-        return {**self.args, **extra}
+        """Keyword arguments of the component: ``args`` and any other keys given beside ``class``."""
+        return {**self.args, **(self.model_extra or {})}
 
 
 class TrainConfig(BaseModel):
@@ -113,12 +113,7 @@ def load_config(path: str | os.PathLike[str] | dict[str, Any], overrides: list[s
         base = Path.cwd()
     else:
         p = Path(path)
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except OSError as exc:
-            raise ParametersError(f"cannot read the config {p}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ParametersError(f"the config {p} is not valid YAML: {exc}") from None
+        raw = read_yaml_file(p, what="the config", error=ParametersError)
         base = p.resolve().parent
     if not isinstance(raw, dict):
         raise ParametersError("the config must be a YAML mapping (name, output, data, model, ...)")
@@ -154,18 +149,13 @@ def _resolve(uri: str, base: Path) -> str:
 
 
 def _open(spec: DataSpec) -> Any:
-    from reprodl.data.datasets import ImageDataSet, TensorDataSet
-    from reprodl.store import open_dataset
-    from reprodl import keys
+    from reprodl.data.datasets import open_training_data
 
-    kind = open_dataset(spec.uri).get_annotation(keys.INPUT_TYPE)
-    if kind == keys.INPUT_TYPE_IMAGE:
-        return ImageDataSet(spec.uri, spec.usetype, spec.build_transform(), mode=spec.mode,
-                            size=tuple(spec.size) if spec.size else None, split=spec.split)  # type: ignore[arg-type]
-    return TensorDataSet(spec.uri, spec.usetype, spec.build_transform(), split=spec.split)
+    return open_training_data(spec.uri, spec.usetype, spec.build_transform(), mode=spec.mode,
+                              size=tuple(spec.size) if spec.size else None, split=spec.split)  # type: ignore[arg-type]
 
 
-def _component(spec: ComponentSpec, prefix: str, allow: list[str], what: str) -> type:
+def _component(spec: ComponentSpec, prefix: str, allow: list[str]) -> type:
     from reprodl.model import resolve_class
 
     path = spec.class_
@@ -211,7 +201,7 @@ def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callabl
     if model_spec is None:
         raise ParametersError("the config needs model: {class: ..., init_params: {...}} (or parent: URI)")
     params = params.updated(init_params=init_params)
-    model_cls = _component(model_spec, "reprodl.zoo", cfg.allow, "model")
+    model_cls = _component(model_spec, "reprodl.zoo", cfg.allow)
     torch.manual_seed(params.seed)
     model = model_cls(**init_params)
     if parent_state is not None:
@@ -223,13 +213,13 @@ def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callabl
     for n, p in names.items():
         if any(n == f or n.startswith(f + ".") for f in cfg.freeze):
             p.requires_grad_(False)
-    opt_cls = _component(cfg.optimizer, "torch.optim", cfg.allow, "optimizer")
+    opt_cls = _component(cfg.optimizer, "torch.optim", cfg.allow)
     opt_kwargs = {"lr": params.learning_rate, **cfg.optimizer.kwargs()}
     optimizer = opt_cls([p for p in model.parameters() if p.requires_grad], **opt_kwargs)
-    loss_fn = _component(cfg.loss, "torch.nn", cfg.allow, "loss")(**cfg.loss.kwargs())
+    loss_fn = _component(cfg.loss, "torch.nn", cfg.allow)(**cfg.loss.kwargs())
     scheduler = None
     if cfg.scheduler is not None:
-        scheduler = _component(cfg.scheduler, "torch.optim.lr_scheduler", cfg.allow, "scheduler")(
+        scheduler = _component(cfg.scheduler, "torch.optim.lr_scheduler", cfg.allow)(
             optimizer, **cfg.scheduler.kwargs())
     with DerivedDataSet(cfg.output, name or cfg.name, train, valid=valid, test=test, parent=cfg.parent,
                         readme=cfg.readme) as out:

@@ -23,7 +23,7 @@ DEMO_CONFIG = {
 }
 
 
-def run_demo(workdir: str | Path, *, epochs: int = 10, quiet: bool = False, say: Callable[[str], None] = lambda s: None,
+def run_demo(workdir: str | Path, *, epochs: int = 10, say: Callable[[str], None] = lambda _: None,
              show_report: Callable[[Any], None] | None = None) -> bool:
     """Run the demo in a fresh subdirectory of ``workdir``; True when the model reproduced."""
     import numpy as np

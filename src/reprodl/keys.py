@@ -52,6 +52,8 @@ SOURCE_DATASET_NAME = "source_dataset_name"
 SUMMARY_FILE = "summary.json"
 SUMMARY_URI = "reprodl.summary_uri"
 ENVELOPE_PLOT_FILE = "envelope.png"
+SUMMARY_MEMBERS = "reprodl.members"  # a multi-run summary's annotation: its models' URIs
+MANIFESTS_DIR = "manifests"  # model dataset items <MANIFESTS_DIR>/<uuid>.json: data manifests
 
 # --- schema versions -------------------------------------------------------------------
 PROVENANCE_SCHEMA_VERSION = "1.0"

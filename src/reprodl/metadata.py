@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from reprodl.errors import MetadataError
+from reprodl.errors import MetadataError, ReprodlError
 
 Usetype = Literal["train", "test", "valid", "validation", "mixed", "any"]
 
@@ -43,7 +43,20 @@ class DatasetReadme(BaseModel):
         return [value] if isinstance(value, str) else value
 
 
+def read_yaml_file(
+    path: str | os.PathLike[str], *, what: str, error: type[ReprodlError] = MetadataError
+) -> Any:
+    """The YAML content of ``path``; ``error`` (naming it as ``what``) when unreadable or not YAML."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {path} is not valid YAML: {exc}") from exc
+
+
 def readme_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a dataset README (the built-in fields)."""
     return DatasetReadme.model_json_schema()
 
 
@@ -130,12 +143,7 @@ def make_readme(
     data: dict[str, Any] = dict(defaults or {})
     if readme_file is not None:
         path = Path(readme_file)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise MetadataError(f"cannot read the README file {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise MetadataError(f"the README file {path} is not valid YAML: {exc}") from exc
+        loaded = read_yaml_file(path, what="the README file")
         if not isinstance(loaded, dict):
             raise MetadataError(f"the README file {path} must hold a YAML mapping")
         data.update(loaded)

@@ -158,9 +158,11 @@ class TrainedTorchModel:
 
     @property
     def name(self) -> str:
+        """The recorded model name."""
         return self.provenance.model_name
 
     def get_readme_content(self) -> str:
+        """The model dataset's README text."""
         return self.dataset.get_readme_content()
 
     @torch.no_grad()
@@ -176,6 +178,7 @@ class TrainedTorchModel:
         return self.model(x.to(self.device)).argmax(1).cpu()
 
     def predict_categories(self, batch: torch.Tensor | np.ndarray) -> list[str]:
+        """Predicted category names for a batch of model inputs (see :meth:`predict`)."""
         return [self.categories[i] for i in self.predict(batch).tolist()]
 
     def convert_image(self, image: Any) -> torch.Tensor:
@@ -246,6 +249,10 @@ def _as_input(out: Any) -> torch.Tensor:
 
 
 def evaluation_report(confusion: np.ndarray, categories: list[str], **extra: Any) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/support and the majority baseline.
+
+    ``confusion[i, j]`` counts samples of true label i predicted as j.
+    """
     n = int(confusion.sum())
     correct = int(np.trace(confusion))
     support = confusion.sum(1)

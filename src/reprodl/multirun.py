@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from reprodl import __version__, keys
 from reprodl.config import TrainConfig, build_and_train
 from reprodl.errors import ParametersError
@@ -128,15 +130,19 @@ def train_many(cfg: TrainConfig, *, seeds: int = 0, splits: int = 0, test: float
         records.append(record)
         if on_run:
             on_run(i, uri, record)
+    models = [open_dataset(u) for u in uris]
     summary = {
         "kind": keys.KIND_SUMMARY,
         "reprodl_version": __version__,
         "varied": "seed" if seeds else "split",
-        "models": [{"uri": u, "uuid": open_dataset(u).uuid, "record_digest": r.digest,
-                    "seed": r.training.seeds.seed, "final": r.results.final} for u, r in zip(uris, records)],
+        "models": [{"uri": u, "uuid": ds.uuid, "record_digest": r.digest,
+                    "seed": r.training.seeds.seed, "final": r.results.final}
+                   for u, ds, r in zip(uris, models, records)],
         **summarise(records),
     }
-    text = f"name: {cfg.name}.summary\ndescription: {n} runs of {cfg.name} varying the {summary['varied']}\n"
+    text = yaml.safe_dump({"name": f"{cfg.name}.summary",
+                           "description": f"{n} runs of {cfg.name} varying the {summary['varied']}"},
+                          sort_keys=False)
     with create_dataset(cfg.output, f"{cfg.name}.summary", readme=text) as writer:
         writer.put_json(summary, keys.SUMMARY_FILE)
         try:
@@ -145,14 +151,15 @@ def train_many(cfg: TrainConfig, *, seeds: int = 0, splits: int = 0, test: float
         except ImportError:
             pass  # matplotlib is optional: the numbers are what count
         writer.put_annotation(keys.MODEL_KIND, keys.KIND_SUMMARY)
-        writer.put_annotation("reprodl.members", uris)
+        writer.put_annotation(keys.SUMMARY_MEMBERS, uris)
     assert writer.uri is not None
-    for uri in uris:
-        open_dataset(uri).put_annotation(keys.SUMMARY_URI, writer.uri)
+    for ds in models:
+        ds.put_annotation(keys.SUMMARY_URI, writer.uri)
     return MultiRunResult(summary_uri=writer.uri, model_uris=uris, summary=summary)
 
 
 def load_summary(uri: str) -> dict[str, Any]:
+    """The summary (``summary.json``) of the multi-run summary dataset at ``uri``."""
     ds = open_dataset(uri)
     with open(ds.item_path(ds.identifier_of(keys.SUMMARY_FILE))) as fh:
         return json.load(fh)

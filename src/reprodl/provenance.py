@@ -207,6 +207,7 @@ class ProvenanceRecord(_Part):
         return data
 
     def compute_digest(self) -> str:
+        """sha256 of :meth:`body` as canonical JSON."""
         return "sha256:" + hashlib.sha256(canonical_json(self.body())).hexdigest()
 
     def sealed(self) -> "ProvenanceRecord":
@@ -216,6 +217,7 @@ class ProvenanceRecord(_Part):
         return fresh.model_copy(update={"digest": fresh.compute_digest()})
 
     def check_digest(self) -> None:
+        """Raise :class:`IntegrityError` unless the stored digest matches the content."""
         if self.digest is None:
             raise IntegrityError("the provenance record has no digest: it was not written by reprodl")
         actual = self.compute_digest()
@@ -228,6 +230,7 @@ class ProvenanceRecord(_Part):
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
 
     def data_by_role(self, role: str) -> list[DataRef]:
+        """The datasets used in ``role`` (train, valid or test)."""
         return [d for d in self.data if d.role == role]
 
 
@@ -251,6 +254,7 @@ def mirror_annotations(record: ProvenanceRecord) -> dict[str, Any]:
 
 
 def record_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the provenance record, with its ``$id``."""
     schema = ProvenanceRecord.model_json_schema()
     schema["$id"] = keys.PROVENANCE_SCHEMA_ID
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
@@ -258,6 +262,11 @@ def record_json_schema() -> dict[str, Any]:
 
 
 def parse_record(text: str | bytes, *, source: str = "record") -> ProvenanceRecord:
+    """A record from ``provenance.json`` text.
+
+    Raises :class:`ModelLoadError` for bad JSON, another major schema version or a record
+    that does not match the schema.
+    """
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -292,13 +301,11 @@ def read_record(ds: StoredDataSet, *, check: bool = True) -> ProvenanceRecord:
 
 
 def load_record(uri: str, *, check: bool = True) -> ProvenanceRecord:
+    """The record of the model dataset at ``uri`` (digest checked unless ``check=False``)."""
     return read_record(open_dataset(uri), check=check)
 
 
 # --- diff ------------------------------------------------------------------------------
-_SECTIONS = ("data", "code", "environment", "seeds", "hyperparameters", "determinism", "architecture", "results")
-
-
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     if isinstance(obj, dict):

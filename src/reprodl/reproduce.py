@@ -21,20 +21,19 @@ from typing import Any, Literal
 import torch
 
 from reprodl import keys
-from reprodl.capture import capture_environment, state_dict_sha256
+from reprodl.capture import capture_environment, class_source_sha256, state_dict_sha256
 from reprodl.checks import check_data
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
 from reprodl.errors import (
     ExitCode,
     IntegrityError,
-    ModelLoadError,
     ReproductionError,
     TransformError,
     UnsafeImportError,
 )
 from reprodl.model import load_weights, resolve_class
 from reprodl.params import Parameters
-from reprodl.provenance import DataRef, ModelRef, ProvenanceRecord, read_record
+from reprodl.provenance import DataRef, GitInfo, ModelRef, ProvenanceRecord, read_record
 from reprodl.store import StoredDataSet, open_dataset
 
 Verdict = Literal["identical", "within tolerance", "differs"]
@@ -124,7 +123,7 @@ def check_code(record: ProvenanceRecord) -> dict[str, Any]:
     if not git or not git.commit:
         out.update(status="unknown", message="the training ran outside a git repository; code cannot be checked")
         return out
-    root = Path(git.root) if git.root and Path(git.root).is_dir() else Path.cwd()
+    root = _repo_root(git)
 
     def run(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, input=stdin, env=env, timeout=60)
@@ -149,11 +148,17 @@ def check_code(record: ProvenanceRecord) -> dict[str, Any]:
     return out
 
 
+def _repo_root(git: GitInfo) -> Path:
+    """The recorded repository root where it exists here, else the working directory."""
+    return Path(git.root) if git.root and Path(git.root).is_dir() else Path.cwd()
+
+
 def check_patch(record: ProvenanceRecord, model_ds: StoredDataSet, code: dict[str, Any]) -> None:
+    """Record in ``code`` whether the recorded uncommitted patch applies to the recorded commit."""
     git = record.code.git
     if not git or not git.patch_item or not code.get("commit_available"):
         return
-    root = Path(git.root) if git.root and Path(git.root).is_dir() else Path.cwd()
+    root = _repo_root(git)
     patch = Path(model_ds.item_path(model_ds.identifier_of(git.patch_item))).read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
@@ -167,6 +172,7 @@ def check_patch(record: ProvenanceRecord, model_ds: StoredDataSet, code: dict[st
 
 
 def environment_differences(record: ProvenanceRecord) -> list[dict[str, Any]]:
+    """Each recorded environment field and package version that differs here: {what, recorded, now}."""
     now = capture_environment()
     was = record.environment
     out = []
@@ -193,11 +199,13 @@ def _torch_class(module: str, name: str, prefix: str, allow: Iterable[str], what
                                 "trust it") from None
 
 
-def open_recorded(ref: DataRef, *, transform: Callable[[Any], Any] | None = None) -> WrappedDataSet:
+def open_recorded(ref: DataRef, *, transform: Callable[[Any], Any] | None = None,
+                  dataset: StoredDataSet | None = None) -> WrappedDataSet:
     """The dataset a record's ``ref`` names, read as the training read it.
 
     A transform recorded from :mod:`reprodl.transforms` is rebuilt from its config; any other
     is refused (:class:`ReproductionError`, naming its class) unless ``transform`` passes it.
+    ``dataset`` is the dataset at ``ref.uri`` when the caller has it open already.
     """
     if transform is None and ref.transform is not None:
         transform = rebuild_transform(ref)
@@ -209,7 +217,7 @@ def open_recorded(ref: DataRef, *, transform: Callable[[Any], Any] | None = None
             kwargs["size"] = (ref.input_shape[2], ref.input_shape[1])
     if ref.split is not None:
         kwargs["split"] = ref.split
-    ds = cls(ref.uri, ref.usetype, transform, **kwargs)
+    ds = cls(dataset if dataset is not None else ref.uri, ref.usetype, transform, **kwargs)
     if ref.selection_digest and ds.selection_digest() != ref.selection_digest:
         raise ReproductionError(
             f"the {ref.role} dataset {ref.name} now selects different samples for usetype {ref.usetype!r} "
@@ -221,7 +229,9 @@ def rebuild_transform(ref: DataRef) -> Any:
     """The transform the record's ``ref`` was read through, rebuilt from its config."""
     from reprodl.transforms import from_description
 
-    assert ref.transform is not None
+    if ref.transform is None:
+        raise ReproductionError(
+            f"the {ref.role} dataset {ref.name} was read without a transform: there is none to rebuild")
     try:
         return from_description(ref.transform)
     except TransformError as exc:
@@ -278,6 +288,7 @@ def rebuild_model(record: ProvenanceRecord, model_ds: StoredDataSet, *, allow: I
 
 
 def rebuild_optimizer(record: ProvenanceRecord, model: torch.nn.Module, allow: Iterable[str]) -> torch.optim.Optimizer:
+    """The recorded optimiser over ``model``'s parameters, groups and hyperparameters as recorded."""
     info = record.training.optimizer
     cls = _torch_class(info.module, info.class_name, "torch.optim", allow, "optimizer")
     params = dict(model.named_parameters())
@@ -293,6 +304,7 @@ def rebuild_optimizer(record: ProvenanceRecord, model: torch.nn.Module, allow: I
 
 
 def rebuild_loss(record: ProvenanceRecord, allow: Iterable[str]) -> Any:
+    """The recorded loss function with its recorded arguments."""
     info = record.training.loss
     cls = _torch_class(info.module, info.class_name, "torch.nn", allow, "loss function")
     args = {k: (torch.tensor(v) if k in ("weight", "pos_weight") and v is not None else v) for k, v in info.args.items()}
@@ -300,6 +312,7 @@ def rebuild_loss(record: ProvenanceRecord, allow: Iterable[str]) -> Any:
 
 
 def rebuild_scheduler(record: ProvenanceRecord, optimizer: Any, allow: Iterable[str]) -> Any:
+    """The recorded learning-rate scheduler on ``optimizer`` (None when there was none)."""
     info = record.training.scheduler
     if info is None:
         return None
@@ -310,6 +323,7 @@ def rebuild_scheduler(record: ProvenanceRecord, optimizer: Any, allow: Iterable[
 
 # --- comparison ----------------------------------------------------------------------------
 def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: Tolerance) -> dict[str, Any]:
+    """Per tensor: identical, max absolute and relative difference, within ``tol``; and overall."""
     tensors = []
     identical = set(a) == set(b)
     within = identical
@@ -343,6 +357,7 @@ def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol:
 
 
 def compare_metrics(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, Any]]:
+    """Per epoch and metric, the original and reproduced value and their difference."""
     rows = []
     for ma, mb in zip(a.results.history, b.results.history):
         for key in ("train_loss", "valid_loss", "valid_accuracy"):
@@ -425,7 +440,8 @@ def reproduce(
 
     data_transforms = _transforms_for(record, transforms, report)  # refuses before any work
     t_data = time.perf_counter()
-    report.data_checks, problems = check_data(record, model_ds)
+    opened: dict[str, StoredDataSet] = {}
+    report.data_checks, problems = check_data(record, model_ds, opened=opened)
     report.timings["data_check_s"] = time.perf_counter() - t_data
     if problems:
         raise IntegrityError("refusing to reproduce: the training data changed since training:\n  "
@@ -442,7 +458,7 @@ def reproduce(
     elif seed is not None:
         run_params["seed"] = seed
     model = rebuild_model(record, model_ds, allow=allow, model_class=model_class, seed=int(run_params.get("seed", 0)))
-    current_src = _source_sha(model)
+    current_src = class_source_sha256(type(model))
     if record.architecture.source_sha256 and current_src and current_src != record.architecture.source_sha256:
         report.reasons.append(f"the source of {record.architecture.import_path} differs from the recorded one")
     optimizer = rebuild_optimizer(record, model, allow)
@@ -450,7 +466,7 @@ def reproduce(
     scheduler = rebuild_scheduler(record, optimizer, allow)
     roles: dict[str, list[WrappedDataSet]] = {"train": [], "valid": [], "test": []}
     for ref, transform in zip(record.data, data_transforms):
-        roles[ref.role].append(open_recorded(ref, transform=transform))
+        roles[ref.role].append(open_recorded(ref, transform=transform, dataset=opened.get(ref.uri)))
     run_params["verify_data"] = "none"  # just checked, deeply
     if device is not None:
         run_params["device"] = device
@@ -528,16 +544,6 @@ def _find_envelope(model_ds: StoredDataSet) -> dict[str, Any] | None:
     try:
         return load_summary(uri)
     except Exception:  # noqa: BLE001 - an unreachable summary leaves the plain tolerance
-        return None
-
-
-def _source_sha(model: torch.nn.Module) -> str | None:
-    import hashlib
-    import inspect
-
-    try:
-        return hashlib.sha256(inspect.getsource(type(model)).encode()).hexdigest()
-    except (OSError, TypeError):
         return None
 
 

@@ -87,6 +87,7 @@ class DerivedDataSet:
         self.record: ProvenanceRecord | None = None
 
     def datasets_by_role(self) -> list[tuple[str, WrappedDataSet]]:
+        """(role, dataset) for every train, valid and test dataset, in that order."""
         return ([("train", d) for d in self.train_sets] + [("valid", d) for d in self.valid_sets]
                 + [("test", d) for d in self.test_sets])
 
@@ -184,6 +185,7 @@ class _WorkerInit:
 
 
 def choose_device(requested: str | None) -> torch.device:
+    """The torch device for ``requested`` ('auto' picks CUDA when available); refuses unusable ones."""
     if requested in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -197,6 +199,7 @@ def choose_device(requested: str | None) -> torch.device:
 
 def make_loader(ds: WrappedDataSet, batch_size: int, *, seed: int, shuffle: bool, num_workers: int,
                 device: torch.device) -> tuple[DataLoader, EpochSampler]:
+    """A DataLoader whose batch order comes from a seeded :class:`EpochSampler` (its digest is recorded)."""
     sampler = EpochSampler(len(ds), batch_size, seed=seed, shuffle=shuffle)
     g = torch.Generator()
     g.manual_seed(seed + 1)
@@ -209,6 +212,7 @@ def make_loader(ds: WrappedDataSet, batch_size: int, *, seed: int, shuffle: bool
 @torch.no_grad()
 def evaluate_loss_accuracy(model: torch.nn.Module, ds: WrappedDataSet, loss_fn: Any, device: torch.device,
                            batch_size: int = 256) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``ds`` (the model's train/eval mode is restored)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -382,7 +386,7 @@ def train_model_with_metadata_capture(
     )
     manifests = {}
     for ref, (_, ds) in zip(record.data, roles):
-        ref.manifest_item = f"manifests/{ds.uuid}.json"
+        ref.manifest_item = f"{keys.MANIFESTS_DIR}/{ds.uuid}.json"
         manifests[ref.manifest_item] = ds.dataset.manifest_entries()
     write_model(output_ds, model, record, patch=patch, manifests=manifests,
                 initial_state=init_state if arch.initialisation == "stored" else None)
@@ -421,11 +425,11 @@ def _progress_reporter(progress: bool | Callable[[str, int, int], None]) -> Call
 def _parent_ref(parent: str | None) -> ModelRef | None:
     if parent is None:
         return None
-    from reprodl.provenance import load_record
+    from reprodl.provenance import read_record
     from reprodl.store import open_dataset
 
     ds = open_dataset(parent)
-    record = load_record(ds.uri)
+    record = read_record(ds)
     return ModelRef(uri=ds.uri, uuid=ds.uuid, record_digest=record.digest,
                     weights_sha256=record.results.weights_sha256)
 

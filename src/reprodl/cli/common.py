@@ -59,8 +59,3 @@ def progress_bar(description: str, total: float | None, *, quiet: bool = False) 
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)
-
-
-def fail(message: str, code: ExitCode = ExitCode.USAGE) -> None:
-    err.print(f"[bold red]Error:[/] {escape(message)}", markup=True)
-    raise typer.Exit(int(code))

@@ -312,12 +312,12 @@ def lineage_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as_js
 def demo_cmd(
     workdir: Path = typer.Option(Path("demo-output"), "--workdir", help="Where the demo writes its datasets and models."),
     epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
-    quiet: bool = QUIET_OPT,
+    quiet: bool = QUIET_OPT,  # accepted as by every command; the demo shows no progress bars
 ) -> None:
     """The main job on the embedded default: digits dataset, split, train with capture, provenance,
     evaluate, predict, reproduce."""
     from reprodl.demo import run_demo
 
-    ok = run_demo(workdir, epochs=epochs, quiet=quiet, say=lambda s: out.print(s, markup=False),
+    ok = run_demo(workdir, epochs=epochs, say=lambda s: out.print(s, markup=False),
                   show_report=print_report)
     raise typer.Exit(0 if ok else int(ExitCode.FAILED))

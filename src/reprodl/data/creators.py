@@ -9,11 +9,9 @@ Example:
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import struct
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,8 @@ from reprodl import keys
 from reprodl.data.images import open_image, target_mode_for
 from reprodl.errors import InputDataError
 from reprodl.metadata import make_readme
-from reprodl.store import check_name, create_dataset, item_identifier
+from reprodl.store import Progress, check_name, create_dataset, current_user, item_identifier
 
-Progress = Callable[[int], None]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 
 
@@ -109,7 +106,7 @@ def create_from_dirtree(
                 progress(1)
     text = _readme(name, readme, {
         "description": f"Images in {len(tree)} categories, created from {Path(dirtree).name}",
-        "authors": [_user()],
+        "authors": [current_user()],
         "origin": str(Path(dirtree).resolve()),
     })
     colour = any(target_mode_for(m) == "RGB" for m in modes)
@@ -191,7 +188,7 @@ def create_from_arrays(
         raise InputDataError(f"usetype has {len(usetype)} entries for {len(data)} rows")
     text = _readme(name, readme, {
         "description": f"{len(data)} samples of shape {list(data.shape[1:])}",
-        "authors": [_user()],
+        "authors": [current_user()],
         "origin": "arrays",
     })
     with create_dataset(base_uri, name, readme=text) as writer:
@@ -261,12 +258,12 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 def create_from_idx(images: str | os.PathLike[str], labels: str | os.PathLike[str], base_uri: str, name: str, *,
                     readme: dict[str, Any] | None = None) -> str:
+    """Create a TensorDataSet from MNIST-style IDX files (images and labels); returns its URI."""
     data = read_idx(images)
+    dims = None
     if data.ndim == 3:
+        dims = [1, *data.shape[1:]]
         data = data.reshape(len(data), -1)
-        dims = [1, *read_idx(images).shape[1:]]
-    else:
-        dims = None
     return create_from_arrays(data, read_idx(labels), base_uri, name, image_dimensions=dims,
                               readme={"origin": str(Path(images).resolve()),
                                       **{k: v for k, v in (readme or {}).items() if v is not None}})
@@ -311,21 +308,4 @@ def create_digits(base_uri: str, name: str, *, as_images: bool = False, readme: 
             d = Path(tmp) / str(int(lab))
             d.mkdir(exist_ok=True)
             Image.fromarray(np.ascontiguousarray(img)).save(d / f"{i:04d}.png")
-        return create_from_dirtree(tmp, base_uri, name, readme={**info, "origin": info["origin"]})
-
-
-def save_png_bytes(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001
-        return "unknown"
+        return create_from_dirtree(tmp, base_uri, name, readme=info)

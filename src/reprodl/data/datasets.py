@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from reprodl import keys
+from reprodl.data.creators import category_encoding
 from reprodl.data.images import channels_for_mode, convert, open_image, read_batch, resize, to_array
 from reprodl.errors import DatasetFormatError, InputDataError
 from reprodl.store import StoredDataSet, open_dataset
@@ -65,12 +66,13 @@ class WrappedDataSet(Dataset):
 
     input_type: str = ""
 
-    def __init__(self, uri: str | os.PathLike[str], usetype: str | None = None,
+    def __init__(self, uri: str | os.PathLike[str] | StoredDataSet, usetype: str | None = None,
                  split: dict[str, Any] | None = None) -> None:
         if split is not None and usetype is None:
             raise DatasetFormatError("split= selects by usetype: pass usetype='train' (or 'test', 'valid') with it")
         self.split = dict(split) if split is not None else None
-        self.dataset: StoredDataSet = open_dataset(uri)
+        # An already opened dataset is used as it is (its manifest and metadata are read once).
+        self.dataset: StoredDataSet = uri if isinstance(uri, StoredDataSet) else open_dataset(uri)
         self.uri = self.dataset.uri
         self.name = self.dataset.name
         self.uuid = self.dataset.uuid
@@ -85,7 +87,7 @@ class WrappedDataSet(Dataset):
     def _encoding_from(self, names: Sequence[str]) -> dict[str, int]:
         encoding = self.dataset.get_annotation(keys.CATEGORY_ENCODING)
         if encoding is None:
-            encoding = {name: i for i, name in enumerate(sorted(set(names), key=_natural))}
+            encoding = category_encoding(list(names))
         return {str(k): int(v) for k, v in encoding.items()}
 
     @property
@@ -95,9 +97,11 @@ class WrappedDataSet(Dataset):
 
     @property
     def n_classes(self) -> int:
+        """Number of categories."""
         return len(self.cat_encoding)
 
     def get_readme_content(self) -> str:
+        """The dataset's README text."""
         return self.dataset.get_readme_content()
 
     # --- provenance -------------------------------------------------------------------
@@ -148,15 +152,11 @@ class WrappedDataSet(Dataset):
         return values == self.usetype
 
 
-def _natural(name: str) -> tuple[int, Any]:
-    return (0, int(name)) if name.isdigit() else (1, name)
-
-
 class ImageDataSet(WrappedDataSet):
     """Images as items (``<category>/<file>``), labels in the ``category`` overlay.
 
     Args:
-        uri: the dataset's URI or path.
+        uri: the dataset's URI or path (or a :class:`~reprodl.store.StoredDataSet` already open).
         usetype: keep only items whose ``usetype`` overlay has this value (train/test/...).
         transform: a callable taking a PIL image (already converted to ``mode``) and
             returning a (C, H, W) tensor or array; without one images become float tensors
@@ -170,7 +170,7 @@ class ImageDataSet(WrappedDataSet):
 
     def __init__(
         self,
-        uri: str | os.PathLike[str],
+        uri: str | os.PathLike[str] | StoredDataSet,
         usetype: str | None = None,
         transform: Callable[[Any], Any] | None = None,
         *,
@@ -301,7 +301,7 @@ class TensorDataSet(WrappedDataSet):
 
     def __init__(
         self,
-        uri: str | os.PathLike[str],
+        uri: str | os.PathLike[str] | StoredDataSet,
         usetype: str | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         *,
@@ -427,11 +427,27 @@ def _load_npy(path: str, uri: str) -> np.ndarray:
         raise DatasetFormatError(f"{uri}: {os.path.basename(path)} is not a .npy array ({exc})") from None
 
 
-def open_training_data(uri: str, usetype: str | None = None, **kwargs: Any) -> WrappedDataSet:
-    """Open a dataset as the kind its ``dtoolAI.inputtype`` annotation names."""
-    kind = open_dataset(uri).get_annotation(keys.INPUT_TYPE)
+def open_training_data(
+    uri: str | os.PathLike[str],
+    usetype: str | None = None,
+    transform: Callable[[Any], Any] | None = None,
+    *,
+    mode: str | None = None,
+    size: tuple[int, int] | None = None,
+    split: dict[str, Any] | None = None,
+) -> WrappedDataSet:
+    """Open a dataset as the kind its ``dtoolAI.inputtype`` annotation names.
+
+    The dataset is opened once and handed to the class. ``mode`` and ``size`` apply to image
+    datasets only (a tensor dataset's rows already have their shape).
+    """
+    ds = open_dataset(uri)
+    kind = ds.get_annotation(keys.INPUT_TYPE)
     if kind == keys.INPUT_TYPE_IMAGE:
-        return ImageDataSet(uri, usetype, **kwargs)
+        return ImageDataSet(ds, usetype, transform, mode=mode, size=size, split=split)
     if kind == keys.INPUT_TYPE_TENSOR or kind is None:
-        return TensorDataSet(uri, usetype, **kwargs)
-    raise DatasetFormatError(f"{uri} has input type {kind!r}, which reprodl cannot read")
+        return TensorDataSet(ds, usetype, transform, split=split)
+    raise DatasetFormatError(
+        f"{ds.uri} has input type {kind!r}, which reprodl cannot read: it reads "
+        f"{keys.INPUT_TYPE_IMAGE} and {keys.INPUT_TYPE_TENSOR} datasets"
+    )

@@ -8,8 +8,6 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import Any
-
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -23,6 +21,7 @@ _CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
 
 
 def channels_for_mode(mode: str) -> int:
+    """Channels of a target mode ("L" 1, "RGB" 3, "RGBA" 4); any other mode is refused."""
     return _CHANNELS.get(mode, 0) or _bad_mode(mode)
 
 
@@ -147,12 +146,7 @@ def open_image(path: str | os.PathLike[str], *, guarded: bool = True) -> Image.I
     already hold :func:`bomb_guard`; without it the limit would only warn.
     """
     try:
-        if guarded:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(path)
-                image.load()
-        else:
+        with bomb_guard() if guarded else contextlib.nullcontext():
             image = Image.open(path)
             image.load()
         return image
@@ -165,11 +159,6 @@ def open_image(path: str | os.PathLike[str], *, guarded: bool = True) -> Image.I
         raise InputDataError(f"{path}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputDataError(f"{path}: corrupt or truncated image ({exc})") from None
-
-
-def image_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
-    image = open_image(path)
-    return {"mode": image.mode, "size": image.size}
 
 
 def resize(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:

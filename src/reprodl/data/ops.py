@@ -6,7 +6,6 @@ Example:
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,9 +13,7 @@ import numpy as np
 from reprodl import keys
 from reprodl.data.images import open_image, to_array
 from reprodl.errors import DatasetFormatError, ParametersError
-from reprodl.store import StoredDataSet, open_dataset
-
-Progress = Callable[[int], None]
+from reprodl.store import Progress, StoredDataSet, open_dataset
 
 
 def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, int]]:
@@ -144,17 +141,22 @@ def dataset_stats(uri: str, *, progress: Progress | None = None, mode: str | Non
     """Per-channel mean/std over all samples (streaming, bounded memory) and class balance."""
     ds = open_dataset(uri)
     kind, sample_keys, labels, encoding = _labels(ds)
-    total = None
-    total_sq = None
+    total: Any = 0.0
+    total_sq: Any = 0.0
     count = 0
+
+    def add(flat: np.ndarray) -> None:
+        """Accumulate a (channels, values) block into the running sums."""
+        nonlocal total, total_sq, count
+        total = total + flat.sum(1)
+        total_sq = total_sq + (flat ** 2).sum(1)
+        count += flat.shape[1]
+
     if kind == keys.INPUT_TYPE_IMAGE:
         mode = mode or ds.get_annotation(keys.IMAGE_MODE) or "RGB"
         for idn in sample_keys:
             arr = to_array(open_image(ds.item_path(idn)), mode).astype(np.float64)
-            flat = arr.reshape(arr.shape[0], -1)
-            total = flat.sum(1) if total is None else total + flat.sum(1)
-            total_sq = (flat ** 2).sum(1) if total_sq is None else total_sq + (flat ** 2).sum(1)
-            count += flat.shape[1]
+            add(arr.reshape(arr.shape[0], -1))
             if progress:
                 progress(1)
     else:
@@ -165,10 +167,7 @@ def dataset_stats(uri: str, *, progress: Progress | None = None, mode: str | Non
         channels = int(dims[0])
         for start in range(0, len(data), 4096):
             chunk = np.asarray(data[start:start + 4096], dtype=np.float64) / scale
-            flat = chunk.reshape(len(chunk), channels, -1).transpose(1, 0, 2).reshape(channels, -1)
-            total = flat.sum(1) if total is None else total + flat.sum(1)
-            total_sq = (flat ** 2).sum(1) if total_sq is None else total_sq + (flat ** 2).sum(1)
-            count += flat.shape[1]
+            add(chunk.reshape(len(chunk), channels, -1).transpose(1, 0, 2).reshape(channels, -1))
             if progress:
                 progress(len(chunk))
     mean = (total / count) if count else np.zeros(0)

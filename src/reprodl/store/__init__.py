@@ -17,7 +17,7 @@ Example:
 """
 from __future__ import annotations
 
-from reprodl.store.create import DatasetWriter, create_dataset
+from reprodl.store.create import DatasetWriter, create_dataset, current_user
 from reprodl.store.dataset import StoredDataSet, VerifyReport, exists, open_dataset
 from reprodl.store.hashing import Progress, canonical_json, file_md5, file_sha256
 from reprodl.store.transfer import copy_dataset, list_datasets
@@ -44,6 +44,7 @@ __all__ = [
     "check_relpath",
     "copy_dataset",
     "create_dataset",
+    "current_user",
     "dataset_uri",
     "exists",
     "file_md5",

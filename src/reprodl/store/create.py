@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from reprodl.errors import DatasetExistsError, InvalidURIError, StorageError
+from reprodl.errors import DatasetExistsError, InputDataError, InvalidURIError, StorageError
 from reprodl.store.brokers import _dtoolcore
 from reprodl.store.dataset import StoredDataSet
 from reprodl.store.transfer import _copy_to, _probe_remote_base
-from reprodl.store.uris import check_name, check_relpath, local_path, normalise_uri
+from reprodl.store.uris import check_name, check_relpath, item_identifier, local_path, normalise_uri
 
 
 class DatasetWriter:
@@ -48,12 +48,16 @@ class DatasetWriter:
         """Copy a file into the dataset as ``relpath`` (relative, '/'-separated, no '..')."""
         check_relpath(relpath)
         if relpath in self._relpaths:
-            raise ValueError(f"item {relpath!r} was already added")
+            raise InputDataError(
+                f"item {relpath!r} was already added to dataset {self.name!r}: each relpath "
+                "names one item; give this file another relpath"
+            )
         self._proto.put_item(os.fspath(fpath), relpath)
         self._relpaths.add(relpath)
         return relpath
 
     def put_bytes(self, data: bytes, relpath: str) -> str:
+        """Add ``data`` as the item ``relpath``."""
         tmp = self._tmpfiles / uuidlib.uuid4().hex
         tmp.write_bytes(data)
         try:
@@ -62,6 +66,7 @@ class DatasetWriter:
             tmp.unlink()
 
     def put_json(self, obj: Any, relpath: str) -> str:
+        """Add ``obj`` as indented, key-sorted JSON, the item ``relpath``."""
         return self.put_bytes(json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n", relpath)
 
     @contextlib.contextmanager
@@ -76,31 +81,34 @@ class DatasetWriter:
         tmp.unlink()
 
     def put_annotation(self, name: str, value: Any) -> None:
+        """Set a dataset annotation (a JSON value)."""
         self._proto.put_annotation(name, value)
 
     def put_readme(self, content: str) -> None:
+        """Replace the README text."""
         self._proto.put_readme(content)
 
     def set_item_label(self, overlay: str, relpath: str, value: Any) -> None:
+        """Label the item ``relpath`` in ``overlay`` (written once, when the dataset freezes)."""
         self._overlays.setdefault(overlay, {})[relpath] = value
 
     def put_tag(self, tag: str) -> None:
+        """Add a dtool tag."""
         self._proto.put_tag(tag)
 
     @property
     def relpaths(self) -> set[str]:
+        """The relpaths of the items added so far."""
         return set(self._relpaths)
 
     def _freeze(self) -> Any:
-        import dtoolcore.utils
-
         self._proto.freeze()
         ds = _dtoolcore().DataSet.from_uri(self._proto.uri)
         ids = list(ds.identifiers)
         for name, by_rel in self._overlays.items():
             overlay = {idn: None for idn in ids}
             for rel, value in by_rel.items():
-                overlay[dtoolcore.utils.generate_identifier(rel)] = value
+                overlay[item_identifier(rel)] = value
             ds.put_overlay(name, overlay)
         return ds
 
@@ -156,7 +164,7 @@ def create_dataset(
     staging = Path(tempfile.mkdtemp(prefix=f".reprodl-staging-{name}-", dir=staging_parent))
     try:
         dtoolcore = _dtoolcore()
-        admin = dtoolcore.generate_admin_metadata(name, creator or _username())
+        admin = dtoolcore.generate_admin_metadata(name, creator or current_user())
         proto = dtoolcore.generate_proto_dataset(admin, normalise_uri(str(staging)))
         proto.create()
         proto.put_readme(readme)
@@ -179,7 +187,8 @@ def create_dataset(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _username() -> str:
+def current_user() -> str:
+    """The login name of whoever runs this ("unknown" where there is none)."""
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user in some containers

@@ -31,7 +31,13 @@ from reprodl.store.brokers import _cache_root, _check_broker, _dtoolcore
 from reprodl.store.fetch import _RemoteItems
 from reprodl.store.hashing import Progress, canonical_json, file_md5
 from reprodl.store.remote_errors import _remote_error
-from reprodl.store.uris import file_name_problem, local_path, normalise_uri, relpath_problem
+from reprodl.store.uris import (
+    file_name_problem,
+    item_identifier,
+    local_path,
+    normalise_uri,
+    relpath_problem,
+)
 
 
 @dataclasses.dataclass
@@ -117,6 +123,7 @@ class StoredDataSet(_RemoteItems):
         self._overlays: dict[str, dict[str, Any]] = {}
         self._names: dict[str, list[str]] = {}  # "annotations"/"overlays" -> names, listed once
         self._readme: str | None = None
+        self._manifest_digest: str | None = None
         self._scheme = urlparse(uri).scheme
         data_dir = None
         if self._scheme == "file":
@@ -158,15 +165,16 @@ class StoredDataSet(_RemoteItems):
         return sorted(self._items, key=lambda i: self._items[i]["relpath"])
 
     def relpath(self, identifier: str) -> str:
+        """The item's path inside the dataset ('/'-separated)."""
         return self._items[identifier]["relpath"]
 
     def item_properties(self, identifier: str) -> dict[str, Any]:
+        """The manifest entry of an item (relpath, size_in_bytes, hash, utc_timestamp)."""
         return dict(self._items[identifier])
 
     def identifier_of(self, relpath: str) -> str:
-        import dtoolcore.utils
-
-        idn = dtoolcore.utils.generate_identifier(relpath)
+        """The identifier of the item at ``relpath`` (KeyError when there is none)."""
+        idn = item_identifier(relpath)
         if idn not in self._items:
             raise KeyError(f"no item with relpath {relpath!r} in dataset {self.uri}")
         return idn
@@ -253,43 +261,49 @@ class StoredDataSet(_RemoteItems):
         except Exception as exc:  # noqa: BLE001
             raise _remote_error(self.uri, exc) from exc
 
+    def _get_cached(self, kind: str, cache: dict[str, Any], name: str, default: Any) -> Any:
+        """An annotation or overlay, read once (``default`` when the dataset has none)."""
+        if name in cache:
+            return cache[name]
+        if name not in self._list_names(kind):
+            return default
+        cache[name] = value = self._get_metadata(kind, name)
+        return value
+
+    def _remember(self, kind: str, cache: dict[str, Any], name: str, value: Any) -> None:
+        """Keep a value just written, and list its name, so neither is read back."""
+        cache[name] = value
+        if name not in self._list_names(kind):
+            self._names[kind] = sorted([*self._names[kind], name])
+
     def annotation_names(self) -> list[str]:
+        """Names of the dataset's annotations (listed once)."""
         return self._list_names("annotations")
 
     def get_annotation(self, name: str, default: Any = None) -> Any:
-        if name in self._annotations:
-            return self._annotations[name]
-        if name not in self._list_names("annotations"):
-            return default
-        value = self._get_metadata("annotations", name)
-        self._annotations[name] = value
-        return value
+        """The annotation ``name`` (read once), or ``default`` when there is none."""
+        return self._get_cached("annotations", self._annotations, name, default)
 
     def put_annotation(self, name: str, value: Any) -> None:
+        """Write an annotation (annotations stay writable after freezing)."""
         self._ds.put_annotation(name, value)
-        self._annotations[name] = value
-        if name not in self._list_names("annotations"):
-            self._names["annotations"] = sorted([*self._names["annotations"], name])
+        self._remember("annotations", self._annotations, name, value)
 
     def overlay_names(self) -> list[str]:
+        """Names of the dataset's overlays (listed once)."""
         return self._list_names("overlays")
 
     def get_overlay(self, name: str, default: Any = None) -> Any:
-        if name in self._overlays:
-            return self._overlays[name]
-        if name not in self._list_names("overlays"):
-            return default
-        value = self._get_metadata("overlays", name)
-        self._overlays[name] = value
-        return value
+        """The overlay ``name`` (identifier -> value, read once), or ``default``."""
+        return self._get_cached("overlays", self._overlays, name, default)
 
     def put_overlay(self, name: str, values: dict[str, Any]) -> None:
+        """Write an overlay: identifier -> value for every item."""
         self._ds.put_overlay(name, values)
-        self._overlays[name] = values
-        if name not in self._list_names("overlays"):
-            self._names["overlays"] = sorted([*self._names["overlays"], name])
+        self._remember("overlays", self._overlays, name, values)
 
     def tags(self) -> list[str]:
+        """The dataset's dtool tags."""
         try:
             return sorted(self._ds.list_tags())
         except Exception as exc:  # noqa: BLE001
@@ -297,13 +311,18 @@ class StoredDataSet(_RemoteItems):
 
     # --- integrity ------------------------------------------------------------------
     def manifest_digest(self) -> str:
-        """sha256 over the manifest's (relpath, size, hash) triples: stable across copies."""
-        entries = sorted(
-            (p["relpath"], p["size_in_bytes"], p["hash"]) for p in self._items.values()
-        )
-        return "sha256:" + hashlib.sha256(
-            canonical_json({"hash_function": self.hash_function, "items": entries})
-        ).hexdigest()
+        """sha256 over the manifest's (relpath, size, hash) triples: stable across copies.
+
+        Computed once: the manifest is read once, when the dataset is opened.
+        """
+        if self._manifest_digest is None:
+            entries = sorted(
+                (p["relpath"], p["size_in_bytes"], p["hash"]) for p in self._items.values()
+            )
+            self._manifest_digest = "sha256:" + hashlib.sha256(
+                canonical_json({"hash_function": self.hash_function, "items": entries})
+            ).hexdigest()
+        return self._manifest_digest
 
     def verify(
         self,
@@ -384,6 +403,7 @@ class StoredDataSet(_RemoteItems):
                 for p in sorted(self._items.values(), key=lambda p: p["relpath"])}
 
     def total_size(self) -> int:
+        """Sum of the items' sizes in bytes, from the manifest."""
         return sum(p["size_in_bytes"] for p in self._items.values())
 
 
@@ -441,14 +461,13 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
 
 
 def exists(uri: str) -> bool:
+    """Whether something is at ``uri``: a path that exists, or a remote frozen dataset that opens."""
     path = local_path(uri)
     if path is not None:
         return path.exists()
     try:
         open_dataset(uri)
-    except (DatasetNotFoundError, DatasetNotFrozenError):
-        return False
-    except StorageError:
+    except (DatasetNotFoundError, DatasetNotFrozenError, StorageError):
         return False
     return True
 

@@ -26,6 +26,7 @@ def file_md5(path: str | os.PathLike[str]) -> str:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file."""
     return _file_sha(path, "sha256")
 
 

@@ -41,6 +41,7 @@ def normalise_uri(uri: str | os.PathLike[str]) -> str:
 
 
 def scheme_of(uri: str) -> str:
+    """The scheme of a URI or path (a plain path is ``file``)."""
     return urlparse(normalise_uri(uri)).scheme
 
 
@@ -60,12 +61,14 @@ def dataset_uri(base_uri: str, name: str) -> str:
 
 
 def name_is_valid(name: str) -> bool:
+    """Whether dtool allows ``name`` as a dataset name."""
     import dtoolcore.utils
 
     return bool(name) and dtoolcore.utils.name_is_valid(name)
 
 
 def check_name(name: str) -> None:
+    """Refuse (InvalidNameError) a dataset name dtool does not allow."""
     if not name_is_valid(name):
         raise InvalidNameError(
             f"dataset name {name!r} is not allowed by dtool: use 1-80 characters from "

@@ -401,9 +401,13 @@ class _Concat(torch.utils.data.ConcatDataset):
 
 
 def _progress_reporter(progress: bool | Callable[[str, int, int], None]) -> Callable[[str, int, int], None] | None:
+    """The per-batch progress callback: the caller's, or (``True``) a bar on stderr shown only
+    to a person at a terminal, so scripts and logs stay clean; ``False`` turns it off."""
+    import sys
+
     if callable(progress):
         return progress
-    if not progress:
+    if not progress or not sys.stderr.isatty():
         return None
     state = {"last": 0.0}
 
@@ -411,8 +415,6 @@ def _progress_reporter(progress: bool | Callable[[str, int, int], None]) -> Call
         now = time.perf_counter()
         if done == total or now - state["last"] > 0.5:
             state["last"] = now
-            import sys
-
             bar = "#" * int(30 * done / total)
             sys.stderr.write(f"\r{label} [{bar:<30}] {done}/{total}")
             if done == total:

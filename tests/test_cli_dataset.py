@@ -418,3 +418,30 @@ def test_readme_yaml_of_created_dataset_is_valid(cli, image_uri):
     text = open_dataset(image_uri).get_readme_content()
     assert isinstance(yaml.safe_load(text), dict)
     assert validate_readme(text).name == "images"
+
+
+def test_ls_lists_datasets_and_models_under_a_base(cli, tmp_path):
+    from reprodl.data.creators import create_digits
+
+    create_digits(str(tmp_path), "digits")
+    result = cli("dataset", "ls", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["name"], r["kind"], r["n_items"]) for r in rows] == [("digits", "TensorDataSet", 2)]
+    text = cli("dataset", "ls", str(tmp_path))
+    assert "digits" in text.stdout and "TensorDataSet" in text.stdout
+
+
+def test_copy_keeps_uuid_and_manifest_and_refuses_to_overwrite(cli, tmp_path):
+    from reprodl.data.creators import create_digits
+    from reprodl.store import open_dataset
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    src = open_dataset(create_digits(str(tmp_path / "a"), "digits"))
+    result = cli("dataset", "copy", src.uri, str(tmp_path / "b"), "--json")
+    assert result.exit_code == 0, result.stderr
+    copy = open_dataset(json.loads(result.stdout)["uri"])
+    assert (copy.uuid, copy.manifest_digest()) == (src.uuid, src.manifest_digest())
+    again = cli("dataset", "copy", src.uri, str(tmp_path / "b"))
+    assert again.exit_code == 2 and "already exists" in again.stderr

@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import typer
 
+from reprodl import keys
 from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json, progress_bar
 from reprodl.errors import ExitCode
 
@@ -209,3 +210,43 @@ def verify_cmd(
         err.print(f"FAILED: {len(report.problems())} problem(s) in {ds.uri}", markup=False)
     if not report.ok:
         raise typer.Exit(int(ExitCode.FAILED))
+
+
+@app.command("ls")
+@handle_errors
+def ls_cmd(base_uri: str = typer.Argument(..., help="Base URI: a directory or s3://bucket."),
+           as_json: bool = JSON_OPT) -> None:
+    """List the datasets (and models) under a base URI."""
+    from reprodl.store import list_datasets, open_dataset
+
+    rows = []
+    for uri in list_datasets(base_uri):
+        ds = open_dataset(uri)
+        rows.append({"name": ds.name, "uuid": ds.uuid, "uri": uri, "n_items": len(ds),
+                     "kind": ds.get_annotation(keys.MODEL_KIND) or ds.get_annotation(keys.INPUT_TYPE) or "dataset"})
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print(f"No datasets under {base_uri}", markup=False)
+    for r in rows:
+        out.print(f"{r['name']:30} {r['kind']:18} {r['n_items']:>7} items  {r['uri']}", markup=False)
+
+
+@app.command("copy")
+@handle_errors
+def copy_cmd(
+    uri: str = typer.Argument(..., help="Dataset (or model) URI to copy."),
+    dest_base_uri: str = typer.Argument(..., help="Where to copy it: a directory or s3://bucket."),
+    quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
+) -> None:
+    """Copy a dataset to another base URI, keeping its UUID and manifest (publish it, e.g. to s3://)."""
+    from reprodl.store import copy_dataset, open_dataset
+
+    n = len(open_dataset(uri))
+    with progress_bar("Copying items", n, quiet=quiet or as_json) as advance:
+        new_uri = copy_dataset(uri, dest_base_uri, progress=advance)
+    if as_json:
+        print_json({"uri": new_uri})
+    else:
+        out.print(f"Copied to {new_uri}", markup=False)

@@ -638,3 +638,49 @@ def test_training_on_a_dataset_the_output_does_not_name_is_refused(tmp_path, dig
         with DerivedDataSet(str(tmp_path), "m", named) as out:
             train_model_with_metadata_capture(model, other, opt, torch.nn.NLLLoss(), params, out, progress=False)
     assert not (tmp_path / "m").exists()
+
+
+def test_untracked_code_is_kept_and_clean_code_can_be_required(digits_split_master, tmp_path):
+    """DeepDIVA's enforcement: require committed code, or keep what is not committed."""
+    import yaml
+
+    from reprodl.config import build_and_train, load_config
+    from reprodl.errors import DirtyCodeError
+
+    repo = tmp_path / "project"
+    repo.mkdir()
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=T", "-c", "user.email=t@example.org", *args], cwd=repo,
+                       check=True, capture_output=True)
+
+    git("init", "-q", "-b", "main")
+    (repo / "README.md").write_text("project\n")
+    git("add", "README.md")
+    git("commit", "-q", "-m", "start")
+    (repo / "augment.py").write_text("SCALE = 2\n")
+    (repo / "models").mkdir()
+    config = digits_config(digits_split_master, "models", name="kept")
+    (repo / "train.yaml").write_text(yaml.safe_dump(config))
+
+    uri, record = build_and_train(load_config(repo / "train.yaml"), progress=False)
+    git_info = record.code.git
+    assert git_info.dirty and git_info.commit
+    prefix = keys.CODE_DIR + "untracked/"
+    assert sorted(git_info.untracked_items) == [prefix + "augment.py", prefix + "train.yaml"]
+    ds = open_dataset(uri)
+    assert Path(ds.item_path(ds.identifier_of(prefix + "augment.py"))).read_text() == "SCALE = 2\n"
+    # The model just written into the repository is data, not code: the next training skips it.
+    _, second = build_and_train(load_config(repo / "train.yaml", ["name=again"]), progress=False)
+    assert not any("kept" in item for item in second.code.git.untracked_items)
+
+    with pytest.raises(DirtyCodeError, match="uncommitted changes .*augment.py"):
+        build_and_train(load_config(repo / "train.yaml", ["name=strict", "require_clean_code=true"]), progress=False)
+    assert not (repo / "models" / "strict").exists()
+
+    (repo / ".gitignore").write_text("models/\n")
+    git("add", ".gitignore", "augment.py", "train.yaml")
+    git("commit", "-q", "-m", "all in")
+    _, clean = build_and_train(load_config(repo / "train.yaml", ["name=strict", "require_clean_code=true"]),
+                               progress=False)
+    assert clean.code.git.dirty is False and clean.code.git.untracked_items == []

@@ -20,7 +20,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from reprodl import __version__
+from reprodl import __version__, keys
+from reprodl.errors import DirtyCodeError
 from reprodl.provenance import (
     Architecture,
     CallableInfo,
@@ -168,11 +169,18 @@ def entry_script() -> Path | None:
     return None
 
 
-def capture_code(where: str | os.PathLike[str] | None = None) -> tuple[CodeInfo, str | None]:
-    """Code version of the entry script's repository (or ``where``): (info, patch text).
+# Untracked files are kept with the model (DeepDIVA's "backup" of uncommitted code) up to
+# these sizes; larger ones are named in the record but not stored.
+MAX_UNTRACKED_FILE = 1 << 20
+MAX_UNTRACKED_TOTAL = 8 << 20
 
-    The patch is ``git diff HEAD`` (staged and unstaged changes to tracked files); it is
-    stored as an item so the exact code can be rebuilt from the commit.
+
+def capture_code(where: str | os.PathLike[str] | None = None) -> tuple[CodeInfo, str | None, dict[str, Path]]:
+    """Code version of the entry script's repository (or ``where``).
+
+    Returns (info, patch, files): the patch is ``git diff HEAD`` (staged and unstaged changes
+    to tracked files), and files maps item relpaths to the untracked files (and, outside git,
+    the entry script) to keep beside the model, so the exact code can be rebuilt.
     """
     script = entry_script()
     base = Path(where) if where else (script.parent if script else Path.cwd())
@@ -182,9 +190,13 @@ def capture_code(where: str | os.PathLike[str] | None = None) -> tuple[CodeInfo,
         argv=list(sys.argv),
         working_directory=os.getcwd(),
     )
+    files: dict[str, Path] = {}
     root = _git(["rev-parse", "--show-toplevel"], base)
     if root is None:
-        return info, None
+        if script is not None:
+            info.entry_script_item = f"{keys.CODE_DIR}entry/{script.name}"
+            files[info.entry_script_item] = script
+        return info, None, files
     root_path = Path(root.strip())
     # Independent read-only queries: run them at once rather than one after another.
     res = _git_many({
@@ -192,19 +204,63 @@ def capture_code(where: str | os.PathLike[str] | None = None) -> tuple[CodeInfo,
         "branch": ["rev-parse", "--abbrev-ref", "HEAD"],
         "remote": ["config", "--get", "remote.origin.url"],
         "patch": ["diff", "HEAD", "--binary"],
-        "status": ["status", "--porcelain", "--untracked-files=normal"],
+        "status": ["status", "--porcelain", "-z", "--untracked-files=all"],
     }, root_path)
     commit = (res["commit"] or "").strip() or None
     branch = (res["branch"] or "").strip() or None
     remote = (res["remote"] or "").strip() or None
     patch = res["patch"] if commit else None
-    status = res["status"] or ""
-    untracked = [line[3:] for line in status.splitlines() if line.startswith("??")]
+    untracked = [e[3:] for e in (res["status"] or "").split("\0") if e.startswith("?? ")]
+    # Datasets and models (and the one being written) inside the repository are data, not code.
+    untracked = [rel for rel in untracked if not _inside_dataset(root_path, rel)]
+    stored, skipped, total = [], [], 0
+    for rel in untracked:
+        path = root_path / rel
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue
+        if size > MAX_UNTRACKED_FILE or total + size > MAX_UNTRACKED_TOTAL or ".." in Path(rel).parts:
+            skipped.append(rel)
+            continue
+        total += size
+        item = f"{keys.CODE_DIR}untracked/{rel}"
+        files[item] = path
+        stored.append(item)
     dirty = bool(patch) or bool(untracked)
     info.git = GitInfo(commit=commit, branch=branch, dirty=dirty, remote=remote, root=str(root_path),
-                       untracked=untracked[:200],
+                       untracked=untracked[:200], untracked_items=stored, untracked_skipped=skipped[:200],
                        patch_sha256=hashlib.sha256(patch.encode()).hexdigest() if patch else None)
-    return info, (patch or None)
+    return info, (patch or None), files
+
+
+def _inside_dataset(root: Path, rel: str) -> bool:
+    """Is ``root/rel`` inside a dtool dataset (a directory holding ``.dtool``) or reprodl's staging?"""
+    parts = Path(rel).parts
+    if any(p.startswith(".reprodl-staging-") or p == ".dtool" for p in parts):
+        return True
+    current = root
+    for part in parts[:-1]:
+        current = current / part
+        if (current / ".dtool").is_dir():
+            return True
+    return False
+
+
+def require_clean(info: CodeInfo) -> None:
+    """DeepDIVA's version-control enforcement: refuse to train on uncommitted code."""
+    git = info.git
+    if git is None or not git.commit:
+        raise DirtyCodeError(
+            "refusing to train: the code is not in a git repository with a commit "
+            "(require_clean_code=True). Commit it, or train without --require-clean")
+    if git.dirty:
+        changed = "tracked files changed" if git.patch_sha256 else ""
+        extra = f"{len(git.untracked)} untracked file(s): {', '.join(git.untracked[:5])}" if git.untracked else ""
+        raise DirtyCodeError(
+            f"refusing to train: the repository at {git.root} has uncommitted changes "
+            f"({'; '.join(x for x in (changed, extra) if x)}). Commit them (or train without --require-clean, "
+            "and reprodl stores the patch and untracked files with the model)")
 
 
 def _sha256_file(path: Path) -> str:

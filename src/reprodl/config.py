@@ -97,6 +97,7 @@ class TrainConfig(BaseModel):
     freeze: list[str] = Field(default_factory=list)
     allow: list[str] = Field(default_factory=list)
     readme: dict[str, Any] = Field(default_factory=dict)
+    require_clean_code: bool = Field(False, description="refuse to train on uncommitted code")
     source: str | None = Field(None, description="the config file this was read from (set on load)")
 
     def specs(self, role: str) -> list[DataSpec]:
@@ -226,6 +227,7 @@ def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callabl
         record = train_model_with_metadata_capture(model, train[0], optimizer, loss_fn, params, out,
                                                    scheduler=scheduler, progress=progress, on_epoch=on_epoch,
                                                    code_root=Path(cfg.source).parent if cfg.source else None,
-                                                   config=cfg.model_dump(mode="json", by_alias=True))
+                                                   config=cfg.model_dump(mode="json", by_alias=True),
+                                                   require_clean_code=cfg.require_clean_code)
     assert out.uri is not None
     return out.uri, record

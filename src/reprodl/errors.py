@@ -91,3 +91,7 @@ class UnsafeImportError(ReprodlError, PermissionError):
 
 class ReproductionError(ReprodlError, RuntimeError):
     """A reproduction that cannot proceed (missing data, code, or record)."""
+
+
+class DirtyCodeError(ReprodlError, RuntimeError):
+    """Training was asked to run only on committed code, and the code has uncommitted changes."""

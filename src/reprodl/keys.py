@@ -40,6 +40,7 @@ PROVENANCE_FILE = "provenance.json"
 HISTORY_FILE = "history.json"
 INITIAL_WEIGHTS_FILE = "initial.safetensors"
 CODE_PATCH_FILE = "code.patch"
+CODE_DIR = "code/"  # untracked files and an entry script outside git, kept with the model
 MODEL_KIND = "reprodl.kind"
 KIND_MODEL = "model"
 KIND_SUMMARY = "multirun-summary"

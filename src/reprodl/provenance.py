@@ -121,12 +121,15 @@ class GitInfo(_Part):
     patch_item: str | None = None
     patch_sha256: str | None = None
     untracked: list[str] = Field(default_factory=list)
+    untracked_items: list[str] = Field(default_factory=list, description="items holding untracked files")
+    untracked_skipped: list[str] = Field(default_factory=list, description="untracked files too large to keep")
 
 
 class CodeInfo(_Part):
     git: GitInfo | None = None
     entry_script: str | None = None
     entry_script_sha256: str | None = None
+    entry_script_item: str | None = Field(None, description="item holding the entry script (outside git)")
     argv: list[str] = Field(default_factory=list)
     working_directory: str | None = None
     config_file: str | None = Field(None, description="the training config file (reprodl train)")

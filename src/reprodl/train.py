@@ -29,6 +29,7 @@ from reprodl import __version__, keys
 from reprodl.capture import (
     DeterminismSettings,
     capture_code,
+    require_clean,
     capture_environment,
     derive_seeds,
     describe_architecture,
@@ -277,12 +278,17 @@ def train_model_with_metadata_capture(
     reproduces: ModelRef | None = None,
     code_root: str | os.PathLike[str] | None = None,
     config: dict[str, Any] | None = None,
+    require_clean_code: bool = False,
 ) -> ProvenanceRecord:
     """Train ``model`` and write it, with its full provenance, into ``output_ds``.
 
     Captures the architecture, optimiser, loss, scheduler, parameters, every dataset,
     seeds and determinism settings, data order, code version, environment and per-epoch
     metrics. Metrics accumulate on the device (no per-batch synchronisation).
+
+    With ``require_clean_code=True`` training is refused (:class:`DirtyCodeError`) unless the
+    code is committed (DeepDIVA's enforcement); otherwise the uncommitted patch and untracked
+    files are stored with the model.
 
     Returns:
         The sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
@@ -301,6 +307,9 @@ def train_model_with_metadata_capture(
     if valid_ds is not None and valid_ds not in output_ds.valid_sets:
         output_ds.valid_sets.append(valid_ds)
     check_label_compatibility(output_ds.train_sets + output_ds.valid_sets)
+    code, patch, code_files = capture_code(code_root)
+    if require_clean_code:
+        require_clean(code)
     roles = output_ds.datasets_by_role()
     _check_data(roles, params.verify_data)
     started = _utcnow()
@@ -319,7 +328,6 @@ def train_model_with_metadata_capture(
     optimizer_info = describe_optimizer(optimiser, names)
     loss_info = describe_callable(loss_fn)
     scheduler_info = describe_callable(scheduler) if scheduler is not None else None
-    code, patch = capture_code(code_root)
     if config is not None:
         code.config = config
         code.config_file = config.get("source")
@@ -388,7 +396,7 @@ def train_model_with_metadata_capture(
     for ref, (_, ds) in zip(record.data, roles):
         ref.manifest_item = f"{keys.MANIFESTS_DIR}/{ds.uuid}.json"
         manifests[ref.manifest_item] = ds.dataset.manifest_entries()
-    write_model(output_ds, model, record, patch=patch, manifests=manifests,
+    write_model(output_ds, model, record, patch=patch, manifests=manifests, code_files=code_files,
                 initial_state=init_state if arch.initialisation == "stored" else None)
     return output_ds.record  # type: ignore[return-value]
 
@@ -438,7 +446,7 @@ def _parent_ref(parent: str | None) -> ModelRef | None:
 
 def write_model(output_ds: DerivedDataSet, model: torch.nn.Module, record: ProvenanceRecord, *,
                 patch: str | None = None, initial_state: dict[str, torch.Tensor] | None = None,
-                manifests: dict[str, Any] | None = None) -> None:
+                manifests: dict[str, Any] | None = None, code_files: dict[str, Any] | None = None) -> None:
     """Write weights (safetensors), record, history, README and annotations into the output."""
     from safetensors.torch import save_file
 
@@ -455,6 +463,8 @@ def write_model(output_ds: DerivedDataSet, model: torch.nn.Module, record: Prove
         assert record.code.git is not None
         record.code.git.patch_item = keys.CODE_PATCH_FILE
         writer.put_bytes(patch.encode(), keys.CODE_PATCH_FILE)
+    for relpath, path in (code_files or {}).items():
+        writer.put_item(path, relpath)
     for relpath, entries in (manifests or {}).items():
         if relpath not in writer.relpaths:
             writer.put_json(entries, relpath)

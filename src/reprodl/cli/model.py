@@ -93,12 +93,14 @@ def train_cmd(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a value: lr=0.05, epochs=3, params.seed=1, optimizer.momentum=0.9."),
     seeds: int = typer.Option(0, "--seeds", help="Train one model per seed (N runs) and write a variance summary."),
     splits: int = typer.Option(0, "--splits", help="Train one model per stratified train/test split (N runs)."),
+    require_clean: bool = typer.Option(False, "--require-clean",
+                                       help="Refuse to train unless the code (the config's git repository) is committed."),
     quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
 ) -> None:
     """Train a model from a config file, capturing its provenance; writes a model dataset."""
     from reprodl.config import build_and_train, load_config
 
-    cfg = load_config(config, set_ or [])
+    cfg = load_config(config, [*(set_ or []), *(["require_clean_code=true"] if require_clean else [])])
     if seeds or splits:
         from reprodl.multirun import train_many
 

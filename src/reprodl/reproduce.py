@@ -21,63 +21,40 @@ from typing import Any, Literal
 import torch
 
 from reprodl import keys
-from reprodl.capture import capture_environment, class_source_sha256, state_dict_sha256
+from reprodl.capture import capture_environment, class_source_sha256
 from reprodl.checks import check_data
-from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
+from reprodl.compare import (
+    Tolerance,
+    envelope_check,
+    statistical_metrics_ok,
+    compare_metrics,
+    compare_predictions,
+    compare_weights,
+)
+from reprodl.data.datasets import WrappedDataSet
 from reprodl.errors import (
     ExitCode,
     IntegrityError,
     ReproductionError,
-    TransformError,
-    UnsafeImportError,
 )
-from reprodl.model import load_weights, resolve_class
+from reprodl.model import load_weights
 from reprodl.params import Parameters
-from reprodl.provenance import DataRef, GitInfo, ModelRef, ProvenanceRecord, read_record
+from reprodl.rebuild import (
+    open_recorded,
+    rebuild_loss,
+    rebuild_model,
+    rebuild_optimizer,
+    rebuild_scheduler,
+    rebuild_transform,
+    transform_differences,
+)
+from reprodl.provenance import GitInfo, ModelRef, ProvenanceRecord, read_record
 from reprodl.store import StoredDataSet, open_dataset
 
 Verdict = Literal["identical", "within tolerance", "differs"]
 # A statistical-mode re-run uses the recorded seed plus this, so it never coincides with a
 # member of a multi-run (seeds base..base+N-1) by accident.
 STATISTICAL_SEED_OFFSET = 100_003
-
-
-@dataclasses.dataclass
-class Tolerance:
-    """How far a reproduction may be from the original and still count.
-
-    weights: per tensor, ``|a - b| <= atol + rtol * |a|`` everywhere; metrics: each final
-    metric within ``metric_abs``; predictions: at least ``agreement`` of them equal.
-    """
-
-    atol: float = 1e-5
-    rtol: float = 1e-4
-    metric_abs: float = 0.02
-    agreement: float = 0.99
-    loss_rtol: float = 0.25
-
-    @classmethod
-    def parse(cls, text: str | None) -> "Tolerance":
-        """From "1e-5" (atol) or "atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99"."""
-        if not text:
-            return cls()
-        out = cls()
-        names = {"atol": "atol", "rtol": "rtol", "metric": "metric_abs", "metric_abs": "metric_abs",
-                 "agreement": "agreement", "loss_rtol": "loss_rtol"}
-        try:
-            if "=" not in text:
-                out.atol = float(text)
-                return out
-            for part in text.split(","):
-                key, _, value = part.partition("=")
-                if key.strip() not in names:
-                    raise ValueError(key)
-                setattr(out, names[key.strip()], float(value))
-        except ValueError:
-            raise ReproductionError(
-                f"tolerance {text!r} should be a number (atol) or a list like "
-                "'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'") from None
-        return out
 
 
 @dataclasses.dataclass
@@ -185,212 +162,6 @@ def environment_differences(record: ProvenanceRecord) -> list[dict[str, Any]]:
         if a != b:
             out.append({"what": f"package {name}", "recorded": a, "now": b})
     return out
-
-
-# --- rebuilding ---------------------------------------------------------------------------
-def _torch_class(module: str, name: str, prefix: str, allow: Iterable[str], what: str) -> type:
-    path = f"{module}:{name}"
-    if module == prefix or module.startswith(prefix + "."):
-        return resolve_class(path, allow=[module])
-    try:
-        return resolve_class(path, allow=allow)
-    except UnsafeImportError:
-        raise UnsafeImportError(f"the record's {what} {path} is not from {prefix}; pass allow=[{module!r}] if you "
-                                "trust it") from None
-
-
-def open_recorded(ref: DataRef, *, transform: Callable[[Any], Any] | None = None,
-                  dataset: StoredDataSet | None = None) -> WrappedDataSet:
-    """The dataset a record's ``ref`` names, read as the training read it.
-
-    A transform recorded from :mod:`reprodl.transforms` is rebuilt from its config; any other
-    is refused (:class:`ReproductionError`, naming its class) unless ``transform`` passes it.
-    ``dataset`` is the dataset at ``ref.uri`` when the caller has it open already.
-    """
-    if transform is None and ref.transform is not None:
-        transform = rebuild_transform(ref)
-    cls = ImageDataSet if ref.input_type == keys.INPUT_TYPE_IMAGE else TensorDataSet
-    kwargs: dict[str, Any] = {}
-    if cls is ImageDataSet and ref.image_mode:
-        kwargs["mode"] = ref.image_mode
-        if len(ref.input_shape) == 3:
-            kwargs["size"] = (ref.input_shape[2], ref.input_shape[1])
-    if ref.split is not None:
-        kwargs["split"] = ref.split
-    ds = cls(dataset if dataset is not None else ref.uri, ref.usetype, transform, **kwargs)
-    if ref.selection_digest and ds.selection_digest() != ref.selection_digest:
-        raise ReproductionError(
-            f"the {ref.role} dataset {ref.name} now selects different samples for usetype {ref.usetype!r} "
-            "(its split was changed after training)")
-    return ds
-
-
-def rebuild_transform(ref: DataRef) -> Any:
-    """The transform the record's ``ref`` was read through, rebuilt from its config."""
-    from reprodl.transforms import from_description
-
-    if ref.transform is None:
-        raise ReproductionError(
-            f"the {ref.role} dataset {ref.name} was read without a transform: there is none to rebuild")
-    try:
-        return from_description(ref.transform)
-    except TransformError as exc:
-        raise ReproductionError(
-            f"the {ref.role} dataset {ref.name} was read through a transform that reprodl cannot rebuild from the "
-            f"record ({exc}). If you trust it, pass the same transform yourself: "
-            f"reproduce(uri, transforms={{{ref.role!r}: your_transform}})") from None
-
-
-def transform_differences(ref: DataRef, transform: Any) -> str | None:
-    """Why a transform passed to :func:`reproduce` may not be the recorded one (None: it looks the same)."""
-    from reprodl.data.datasets import describe_transform
-
-    was, now = ref.transform or {}, describe_transform(transform) or {}
-    if was.get("class") != now.get("class"):
-        return f"the {ref.role} transform passed is a {now.get('class')}, the recorded one a {was.get('class')}"
-    if "config" in was and was.get("config") != now.get("config"):
-        return f"the {ref.role} transform passed has the config {now.get('config')}, the recorded one {was['config']}"
-    return None
-
-
-def rebuild_model(record: ProvenanceRecord, model_ds: StoredDataSet, *, allow: Iterable[str] = (),
-                  model_class: type | None = None, seed: int | None = None) -> torch.nn.Module:
-    """The model at its recorded starting point; with ``seed`` (statistical mode) a model
-    built by a seeded constructor starts from that seed's initialisation instead."""
-    arch = record.architecture
-    cls = resolve_class(arch.import_path, allow=allow, model_class=model_class)
-    fresh_init = seed is not None and seed != record.training.seeds.seed and arch.initialisation == "constructor"
-    if not fresh_init:
-        seed = record.training.seeds.seed
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = cls(**arch.init_params)
-    if arch.initialisation == "stored":
-        from safetensors.torch import load_file
-
-        state = load_file(model_ds.item_path(model_ds.identifier_of(keys.INITIAL_WEIGHTS_FILE)))
-        model.load_state_dict(state)
-    elif arch.initialisation == "parent":
-        parent = record.lineage.parent
-        if parent is None:
-            raise ReproductionError("the record says the model started from its parent but names no parent")
-        pds = open_dataset(parent.uri)
-        model.load_state_dict(load_weights(pds, read_record(pds)))
-    for name, p in model.named_parameters():
-        if name in arch.frozen_parameters:
-            p.requires_grad_(False)
-    if (not fresh_init and arch.initial_weights_sha256
-            and state_dict_sha256(model.state_dict()) != arch.initial_weights_sha256):
-        raise ReproductionError(
-            f"the rebuilt {arch.import_path} does not start from the recorded initial weights: the class's code "
-            "or its initialisation changed since training")
-    return model
-
-
-def rebuild_optimizer(record: ProvenanceRecord, model: torch.nn.Module, allow: Iterable[str]) -> torch.optim.Optimizer:
-    """The recorded optimiser over ``model``'s parameters, groups and hyperparameters as recorded."""
-    info = record.training.optimizer
-    cls = _torch_class(info.module, info.class_name, "torch.optim", allow, "optimizer")
-    params = dict(model.named_parameters())
-    groups = []
-    for group in info.param_groups:
-        hp = {k: v for k, v in group.items() if k not in ("param_names", "initial_lr")}
-        names = group.get("param_names", [])
-        missing = [n for n in names if n not in params]
-        if missing:
-            raise ReproductionError(f"the rebuilt model has no parameters {missing[:3]} named in the optimizer record")
-        groups.append({"params": [params[n] for n in names], **hp})
-    return cls(groups)
-
-
-def rebuild_loss(record: ProvenanceRecord, allow: Iterable[str]) -> Any:
-    """The recorded loss function with its recorded arguments."""
-    info = record.training.loss
-    cls = _torch_class(info.module, info.class_name, "torch.nn", allow, "loss function")
-    args = {k: (torch.tensor(v) if k in ("weight", "pos_weight") and v is not None else v) for k, v in info.args.items()}
-    return cls(**args)
-
-
-def rebuild_scheduler(record: ProvenanceRecord, optimizer: Any, allow: Iterable[str]) -> Any:
-    """The recorded learning-rate scheduler on ``optimizer`` (None when there was none)."""
-    info = record.training.scheduler
-    if info is None:
-        return None
-    cls = _torch_class(info.module, info.class_name, "torch.optim", allow, "scheduler")
-    args = {k: v for k, v in info.args.items() if k not in ("last_epoch", "verbose")}
-    return cls(optimizer, **args)
-
-
-# --- comparison ----------------------------------------------------------------------------
-def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: Tolerance) -> dict[str, Any]:
-    """Per tensor: identical, max absolute and relative difference, within ``tol``; and overall."""
-    tensors = []
-    identical = set(a) == set(b)
-    within = identical
-    for name in sorted(set(a) | set(b)):
-        if name not in a or name not in b:
-            tensors.append({"name": name, "missing_in": "original" if name not in a else "reproduction"})
-            continue
-        x, y = a[name], b[name]
-        if x.shape != y.shape:
-            tensors.append({"name": name, "shape": [list(x.shape), list(y.shape)]})
-            identical = within = False
-            continue
-        same = torch.equal(x, y)
-        identical &= same
-        if x.is_floating_point():
-            diff = (x.double() - y.double()).abs()
-            max_abs = float(diff.max()) if diff.numel() else 0.0
-            denom = x.double().abs().clamp_min(1e-12)
-            max_rel = float((diff / denom).max()) if diff.numel() else 0.0
-            ok = bool((diff <= tol.atol + tol.rtol * x.double().abs()).all())
-        else:
-            max_abs = float((x.long() - y.long()).abs().max()) if x.numel() else 0.0
-            max_rel = max_abs
-            ok = same
-        within &= ok
-        tensors.append({"name": name, "identical": same, "max_abs_diff": max_abs, "max_rel_diff": max_rel,
-                        "within_tolerance": ok})
-    return {"identical": identical, "within_tolerance": within,
-            "n_tensors": len(tensors), "n_identical": sum(1 for t in tensors if t.get("identical")),
-            "max_abs_diff": max((t.get("max_abs_diff", 0.0) for t in tensors), default=0.0), "tensors": tensors}
-
-
-def compare_metrics(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, Any]]:
-    """Per epoch and metric, the original and reproduced value and their difference."""
-    rows = []
-    for ma, mb in zip(a.results.history, b.results.history):
-        for key in ("train_loss", "valid_loss", "valid_accuracy"):
-            x, y = getattr(ma, key), getattr(mb, key)
-            if x is None and y is None:
-                continue
-            rows.append({"epoch": ma.epoch, "metric": key, "original": x, "reproduction": y,
-                         "abs_diff": abs(x - y) if x is not None and y is not None else None})
-    return rows
-
-
-@torch.no_grad()
-def compare_predictions(m1: torch.nn.Module | None, m2: torch.nn.Module, ds: WrappedDataSet) -> dict[str, Any]:
-    """Agreement and accuracies of two models on ``ds``.
-
-    ``m1=None`` says the first model is bit-identical to ``m2`` (same class, same weights):
-    its predictions are then ``m2``'s, so ``m2`` alone is evaluated (one pass, not two).
-    """
-    from reprodl.data.datasets import collate
-
-    if m1 is not None:
-        m1.eval()
-    m2.eval()
-    agree = total = c1 = c2 = 0
-    for x, y in torch.utils.data.DataLoader(ds, batch_size=512, shuffle=False, collate_fn=collate):
-        p2 = m2(x).argmax(1)
-        p1 = p2 if m1 is None else m1(x).argmax(1)
-        agree += int((p1 == p2).sum())
-        c1 += int((p1 == y).sum())
-        c2 += int((p2 == y).sum())
-        total += len(y)
-    return {"dataset": ds.name, "usetype": ds.usetype, "n": total, "agreement": agree / max(total, 1),
-            "original_accuracy": c1 / max(total, 1), "reproduction_accuracy": c2 / max(total, 1)}
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -575,10 +346,10 @@ def _judge(report: ReproductionReport, record: ProvenanceRecord, new: Provenance
         reasons.append(f"statistical mode: re-run with seed {new.training.seeds.seed} (recorded "
                        f"{record.training.seeds.seed}); judged on final metrics, not bits")
         if envelope is not None:
-            report.envelope = _envelope_check(envelope, new)
+            report.envelope = envelope_check(envelope, new)
             ok = report.envelope["within"]
         else:
-            ok = _statistical_metrics_ok(report.metrics, record.training.epochs, tol)
+            ok = statistical_metrics_ok(report.metrics, record.training.epochs, tol)
         report.verdict = "within tolerance" if ok else "differs"
         if not ok:
             reasons.append("final metrics fall outside the tolerance" + (" envelope" if envelope else ""))
@@ -591,41 +362,3 @@ def _judge(report: ReproductionReport, record: ProvenanceRecord, new: Provenance
     if not key_env and not report.reasons[:-1]:
         reasons.append("same environment, data and code: non-determinism in the training")
     report.verdict = "within tolerance" if (report.weights["within_tolerance"] and metric_ok and agree_ok) else "differs"
-
-
-def _judged_metrics(names: Iterable[str]) -> list[str]:
-    """Accuracy metrics when there are any (what a claim about a model is about), else losses."""
-    names = list(names)
-    accuracy = [n for n in names if "accuracy" in n]
-    return accuracy or names
-
-
-def _statistical_metrics_ok(rows: list[dict[str, Any]], epochs: int, tol: Tolerance) -> bool:
-    """Final accuracies within ``metric_abs``; losses (only when no accuracy) within ``loss_rtol``."""
-    final = {r["metric"]: r for r in rows if r["epoch"] == epochs and r["abs_diff"] is not None}
-    judged = _judged_metrics(final)
-    if not judged:
-        return False
-    for name in judged:
-        r = final[name]
-        limit = tol.metric_abs if "accuracy" in name else tol.loss_rtol * abs(r["original"])
-        if r["abs_diff"] > limit:
-            return False
-    return True
-
-
-def _envelope_check(envelope: dict[str, Any], new: ProvenanceRecord) -> dict[str, Any]:
-    """Is each judged final metric of the new run inside [min, max] widened by 1 std of the multi-run summary?"""
-    final = {k: v for k, v in envelope.get("final", {}).items() if k in _judged_metrics(envelope.get("final", {}))}
-    rows = []
-    within = True
-    for metric, stats in final.items():
-        value = new.results.final.get(metric)
-        if value is None:
-            continue
-        lo = stats["min"] - stats["std"]
-        hi = stats["max"] + stats["std"]
-        ok = lo <= value <= hi
-        within &= ok
-        rows.append({"metric": metric, "value": value, "low": lo, "high": hi, "mean": stats["mean"], "within": ok})
-    return {"within": within and bool(rows), "metrics": rows}

@@ -1,0 +1,160 @@
+"""Comparing a reproduction with its original: weights, metrics, predictions, envelopes."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from reprodl.data.datasets import WrappedDataSet
+from reprodl.errors import ReproductionError
+from reprodl.provenance import ProvenanceRecord
+
+
+@dataclasses.dataclass
+class Tolerance:
+    """How far a reproduction may be from the original and still count.
+
+    weights: per tensor, ``|a - b| <= atol + rtol * |a|`` everywhere; metrics: each final
+    metric within ``metric_abs``; predictions: at least ``agreement`` of them equal.
+    """
+
+    atol: float = 1e-5
+    rtol: float = 1e-4
+    metric_abs: float = 0.02
+    agreement: float = 0.99
+    loss_rtol: float = 0.25
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Tolerance":
+        """From "1e-5" (atol) or "atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99"."""
+        if not text:
+            return cls()
+        out = cls()
+        names = {"atol": "atol", "rtol": "rtol", "metric": "metric_abs", "metric_abs": "metric_abs",
+                 "agreement": "agreement", "loss_rtol": "loss_rtol"}
+        try:
+            if "=" not in text:
+                out.atol = float(text)
+                return out
+            for part in text.split(","):
+                key, _, value = part.partition("=")
+                if key.strip() not in names:
+                    raise ValueError(key)
+                setattr(out, names[key.strip()], float(value))
+        except ValueError:
+            raise ReproductionError(
+                f"tolerance {text!r} should be a number (atol) or a list like "
+                "'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'") from None
+        return out
+
+
+# --- comparison ----------------------------------------------------------------------------
+def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: Tolerance) -> dict[str, Any]:
+    """Per tensor: identical, max absolute and relative difference, within ``tol``; and overall."""
+    tensors = []
+    identical = set(a) == set(b)
+    within = identical
+    for name in sorted(set(a) | set(b)):
+        if name not in a or name not in b:
+            tensors.append({"name": name, "missing_in": "original" if name not in a else "reproduction"})
+            continue
+        x, y = a[name], b[name]
+        if x.shape != y.shape:
+            tensors.append({"name": name, "shape": [list(x.shape), list(y.shape)]})
+            identical = within = False
+            continue
+        same = torch.equal(x, y)
+        identical &= same
+        if x.is_floating_point():
+            diff = (x.double() - y.double()).abs()
+            max_abs = float(diff.max()) if diff.numel() else 0.0
+            denom = x.double().abs().clamp_min(1e-12)
+            max_rel = float((diff / denom).max()) if diff.numel() else 0.0
+            ok = bool((diff <= tol.atol + tol.rtol * x.double().abs()).all())
+        else:
+            max_abs = float((x.long() - y.long()).abs().max()) if x.numel() else 0.0
+            max_rel = max_abs
+            ok = same
+        within &= ok
+        tensors.append({"name": name, "identical": same, "max_abs_diff": max_abs, "max_rel_diff": max_rel,
+                        "within_tolerance": ok})
+    return {"identical": identical, "within_tolerance": within,
+            "n_tensors": len(tensors), "n_identical": sum(1 for t in tensors if t.get("identical")),
+            "max_abs_diff": max((t.get("max_abs_diff", 0.0) for t in tensors), default=0.0), "tensors": tensors}
+
+
+def compare_metrics(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, Any]]:
+    """Per epoch and metric, the original and reproduced value and their difference."""
+    rows = []
+    for ma, mb in zip(a.results.history, b.results.history):
+        for key in ("train_loss", "valid_loss", "valid_accuracy"):
+            x, y = getattr(ma, key), getattr(mb, key)
+            if x is None and y is None:
+                continue
+            rows.append({"epoch": ma.epoch, "metric": key, "original": x, "reproduction": y,
+                         "abs_diff": abs(x - y) if x is not None and y is not None else None})
+    return rows
+
+
+@torch.no_grad()
+def compare_predictions(m1: torch.nn.Module | None, m2: torch.nn.Module, ds: WrappedDataSet) -> dict[str, Any]:
+    """Agreement and accuracies of two models on ``ds``.
+
+    ``m1=None`` says the first model is bit-identical to ``m2`` (same class, same weights):
+    its predictions are then ``m2``'s, so ``m2`` alone is evaluated (one pass, not two).
+    """
+    from reprodl.data.datasets import collate
+
+    if m1 is not None:
+        m1.eval()
+    m2.eval()
+    agree = total = c1 = c2 = 0
+    for x, y in torch.utils.data.DataLoader(ds, batch_size=512, shuffle=False, collate_fn=collate):
+        p2 = m2(x).argmax(1)
+        p1 = p2 if m1 is None else m1(x).argmax(1)
+        agree += int((p1 == p2).sum())
+        c1 += int((p1 == y).sum())
+        c2 += int((p2 == y).sum())
+        total += len(y)
+    return {"dataset": ds.name, "usetype": ds.usetype, "n": total, "agreement": agree / max(total, 1),
+            "original_accuracy": c1 / max(total, 1), "reproduction_accuracy": c2 / max(total, 1)}
+
+
+def judged_metrics(names: Iterable[str]) -> list[str]:
+    """Accuracy metrics when there are any (what a claim about a model is about), else losses."""
+    names = list(names)
+    accuracy = [n for n in names if "accuracy" in n]
+    return accuracy or names
+
+
+def statistical_metrics_ok(rows: list[dict[str, Any]], epochs: int, tol: Tolerance) -> bool:
+    """Final accuracies within ``metric_abs``; losses (only when no accuracy) within ``loss_rtol``."""
+    final = {r["metric"]: r for r in rows if r["epoch"] == epochs and r["abs_diff"] is not None}
+    judged = judged_metrics(final)
+    if not judged:
+        return False
+    for name in judged:
+        r = final[name]
+        limit = tol.metric_abs if "accuracy" in name else tol.loss_rtol * abs(r["original"])
+        if r["abs_diff"] > limit:
+            return False
+    return True
+
+
+def envelope_check(envelope: dict[str, Any], new: ProvenanceRecord) -> dict[str, Any]:
+    """Is each judged final metric of the new run inside [min, max] widened by 1 std of the multi-run summary?"""
+    final = {k: v for k, v in envelope.get("final", {}).items() if k in judged_metrics(envelope.get("final", {}))}
+    rows = []
+    within = True
+    for metric, stats in final.items():
+        value = new.results.final.get(metric)
+        if value is None:
+            continue
+        lo = stats["min"] - stats["std"]
+        hi = stats["max"] + stats["std"]
+        ok = lo <= value <= hi
+        within &= ok
+        rows.append({"metric": metric, "value": value, "low": lo, "high": hi, "mean": stats["mean"], "within": ok})
+    return {"within": within and bool(rows), "metrics": rows}

@@ -299,3 +299,30 @@ def test_demo_runs_the_whole_workflow(cli, tmp_path):
     assert "Verdict: identical" in text and "Demo finished" in text
     (run,) = tmp_path.iterdir()
     assert (run / "models" / "digits-cnn").is_dir() and len(list((run / "images").iterdir())) == 5
+
+
+def test_provenance_of_a_model_made_by_dtoolai_prints_its_annotations(cli, digits_split_master, tmp_path):
+    """dtoolAI 0.2.0 kept provenance in annotations beside a pickled model.pt."""
+    from reprodl.store import create_dataset, open_dataset
+
+    source = open_dataset(digits_split_master)
+    with create_dataset(str(tmp_path), "mnist_model", readme="name: mnist_model\n") as w:
+        w.put_bytes(b"\x80\x04pickled-state-dict", "model.pt")
+        w.put_annotation("model_name", "dtoolai.simpleScalingCNN")
+        w.put_annotation("model_parameters", {"batch_size": 128, "learning_rate": 0.01, "n_epochs": 1,
+                                              "init_params": {"input_channels": 1, "input_dim": 28}})
+        w.put_annotation("source_dataset_uri", source.uri)
+        w.put_annotation("source_dataset_name", source.name)
+        w.put_annotation("source_dataset_uuid", source.uuid)
+    result = cli("provenance", w.uri)
+    assert result.exit_code == 0, result.stderr
+    assert "Network architecture name: dtoolai.simpleScalingCNN" in result.stdout
+    assert f"Source dataset URI: {source.uri}" in result.stdout
+    assert "Source dataset name: digits" in result.stdout
+    assert "E. Alpaydin" in result.stdout  # the source dataset's README, fetched by URI
+    assert "no reprodl record" in result.stdout
+    as_json = json.loads(cli("provenance", w.uri, "--json").stdout)
+    assert as_json["model_parameters"]["init_params"] == {"input_channels": 1, "input_dim": 28}
+    # Reading is fine; loading the pickle is not.
+    refused = cli("predict", w.uri, str(tmp_path / "x.png"))
+    assert refused.exit_code == 2 and "pickle (model.pt)" in refused.stderr

@@ -124,7 +124,17 @@ class TrainedTorchModel:
                  device: str | torch.device = "cpu", transform: Callable[[Any], Any] | None = None) -> None:
         self.dataset = open_dataset(uri)
         self.uri = self.dataset.uri
-        self.provenance: ProvenanceRecord = read_record(self.dataset)
+        try:
+            self.provenance: ProvenanceRecord = read_record(self.dataset)
+        except ModelLoadError:
+            pickles = sorted(r for r in (self.dataset.relpath(i) for i in self.dataset.identifiers)
+                             if r.endswith(PICKLE_SUFFIXES))
+            if pickles:
+                raise ModelLoadError(
+                    f"{self.uri} has no provenance.json and holds its weights as a pickle ({', '.join(pickles)}), "
+                    "as the original dtoolAI wrote them; reprodl refuses to unpickle weights from a URI. "
+                    "`reprodl provenance` still shows what it recorded") from None
+            raise
         arch = self.provenance.architecture
         cls = resolve_class(arch.import_path, allow=allow, model_class=model_class)
         try:

@@ -18,9 +18,24 @@ _ALLOW = typer.Option(None, "--allow", help="Module (or module:Class) trusted to
 @handle_errors
 def provenance_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as_json: bool = JSON_OPT) -> None:
     """Print how a model was made: architecture, parameters, data (URI, name, README) and more."""
-    from reprodl.provenance import load_record, summary_lines
+    from reprodl import keys
+    from reprodl.errors import ModelLoadError
+    from reprodl.provenance import legacy_provenance, legacy_summary_lines, read_record, summary_lines
+    from reprodl.store import open_dataset
 
-    record = load_record(uri)
+    ds = open_dataset(uri)
+    try:
+        record = read_record(ds)
+    except ModelLoadError:
+        legacy = legacy_provenance(ds) if keys.PROVENANCE_FILE not in {ds.relpath(i) for i in ds.identifiers} else None
+        if legacy is None:
+            raise
+        if as_json:
+            print_json(legacy)
+        else:
+            for line in legacy_summary_lines(legacy):
+                out.print(line, markup=False)
+        return
     if as_json:
         print_json(record.model_dump(mode="json"))
         return

@@ -33,7 +33,20 @@ _EXPORTS = {
     "train_model_with_metadata_capture": "reprodl.train",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DerivedDataSet",
+    "GenNet",
+    "ImageDataSet",
+    "Parameters",
+    "ProvenanceRecord",
+    "ReprodlError",
+    "ReproductionReport",
+    "TensorDataSet",
+    "TrainedTorchModel",
+    "open_dataset",
+    "reproduce",
+    "train_model_with_metadata_capture",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,25 @@
+"""The top-level package: a small sorted public API, and importing it changes nothing."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_public_api_is_small_sorted_and_every_name_resolves():
+    import reprodl
+
+    assert reprodl.__all__ == sorted(reprodl.__all__) == sorted(reprodl._EXPORTS)
+    assert len(reprodl.__all__) <= 15
+    for name in reprodl.__all__:
+        assert getattr(reprodl, name) is not None
+
+
+def test_importing_reprodl_imports_no_torch_and_sets_no_global_state():
+    code = (
+        "import sys, os; env = dict(os.environ); import reprodl, reprodl.store, reprodl.provenance, "
+        "reprodl.config, reprodl.checks, reprodl.data.ops, reprodl.data.creators; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert dict(os.environ) == env, 'environment changed'; print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

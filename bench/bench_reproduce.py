@@ -35,12 +35,12 @@ import _timing as T  # noqa: E402
 
 import yaml  # noqa: E402
 
-import reprodl.reproduce as repro_mod  # noqa: E402
+import reprodl.reproduction as repro_mod  # noqa: E402
 from reprodl.config import build_and_train, load_config  # noqa: E402
 from reprodl.data.creators import create_digits, create_from_arrays  # noqa: E402
 from reprodl.data.ops import split_dataset  # noqa: E402
 from reprodl.demo import DEMO_CONFIG  # noqa: E402
-from reprodl.reproduce import reproduce  # noqa: E402
+from reprodl.reproduction import reproduce  # noqa: E402
 
 NAME = "reproduce"
 TARGET = 1.05

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reprodl.reproduce import reproduce
+from reprodl.reproduction import reproduce
 
 pytest.register_assert_rewrite("train_fixtures")
 

@@ -19,7 +19,7 @@ from reprodl import keys
 from reprodl.checks import verify_model
 from reprodl.errors import IntegrityError, ParametersError, ReproductionError
 from reprodl.provenance import diff_records, load_record, parse_record
-from reprodl.reproduce import Tolerance, reproduce
+from reprodl.reproduction import Tolerance, reproduce
 from reprodl.store import open_dataset
 
 pytest.register_assert_rewrite("train_fixtures")

@@ -545,7 +545,7 @@ def test_git_commit_branch_and_uncommitted_patch_are_captured(digits_split_maste
     assert record.code.entry_script == str(script.resolve())
     assert record.code.entry_script_sha256 == hashlib.sha256(script.read_bytes()).hexdigest()
 
-    from reprodl.reproduce import check_code, check_patch
+    from reprodl.reproduction import check_code, check_patch
 
     code = check_code(record)
     assert code["commit_available"] and code["same_commit"]

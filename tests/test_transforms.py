@@ -179,7 +179,7 @@ def test_transforms_on_the_wrong_kind_of_input_say_what_to_do():
 
 def test_training_with_normalisation_and_augmentation_reproduces_identical(digits_split_master, tmp_path):
     from reprodl import TensorDataSet
-    from reprodl.reproduce import reproduce
+    from reprodl.reproduction import reproduce
 
     augment = Compose([Normalize(MEAN, STD), RandomHorizontalFlip(), GaussianNoise(0.1)])
     train_ds = TensorDataSet(digits_split_master, "train", augment)
@@ -201,7 +201,7 @@ def test_training_with_normalisation_and_augmentation_reproduces_identical(digit
 
 def test_user_transform_is_refused_by_reproduce_unless_passed(digits_split_master, tmp_path):
     from reprodl import TensorDataSet
-    from reprodl.reproduce import reproduce
+    from reprodl.reproduction import reproduce
 
     uri, _ = _train(tmp_path, "brightened", TensorDataSet(digits_split_master, "train", Brighten(0.1)), n_epochs=1)
     out = tmp_path / "again"
@@ -223,7 +223,7 @@ def test_user_transform_is_refused_by_reproduce_unless_passed(digits_split_maste
 
 def test_yaml_config_transform_builds_a_compose_that_is_recorded(digits_split_master, tmp_path):
     from reprodl.config import build_and_train, load_config
-    from reprodl.reproduce import reproduce
+    from reprodl.reproduction import reproduce
 
     cfg = digits_config(digits_split_master, tmp_path, name="configured")
     cfg["data"]["train"]["transform"] = [{"name": "Normalize", "mean": MEAN, "std": STD},
@@ -269,7 +269,7 @@ def test_convert_and_predict_applies_the_recorded_normalisation(digits_split_mas
 def test_image_model_resizes_and_normalises_as_its_training_did(image_uri, tmp_path):
     from reprodl import ImageDataSet, TrainedTorchModel
     from reprodl.data.images import resize, to_array
-    from reprodl.reproduce import reproduce
+    from reprodl.reproduction import reproduce
 
     transform = Compose([Resize(8), ToTensor(), Normalize([0.5], [0.5]), RandomHorizontalFlip()])
     train_ds = ImageDataSet(image_uri, transform=transform)
@@ -298,7 +298,7 @@ def test_a_model_trained_through_a_user_transform_needs_one_to_convert_images(di
 
 def test_augmentation_in_dataloader_workers_reproduces_identical(digits_split_master, tmp_path):
     from reprodl import DerivedDataSet, GenNet, TensorDataSet, train_model_with_metadata_capture
-    from reprodl.reproduce import reproduce
+    from reprodl.reproduction import reproduce
 
     train_ds = TensorDataSet(digits_split_master, "train", Compose([RandomCrop(8, padding=1), GaussianNoise(0.1)]))
     params = small_params(n_epochs=2, num_workers=2)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from reprodl.config import build_and_train, load_config
-from reprodl.reproduce import reproduce
+from reprodl.reproduction import reproduce
 from reprodl.zoo import GenNet, SmallResNet
 
 pytest.register_assert_rewrite("train_fixtures")

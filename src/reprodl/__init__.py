@@ -25,11 +25,11 @@ _EXPORTS = {
     "Parameters": "reprodl.params",
     "ProvenanceRecord": "reprodl.provenance",
     "ReprodlError": "reprodl.errors",
-    "ReproductionReport": "reprodl.reproduce",
+    "ReproductionReport": "reprodl.reproduction",
     "TensorDataSet": "reprodl.data.datasets",
     "TrainedTorchModel": "reprodl.model",
     "open_dataset": "reprodl.store",
-    "reproduce": "reprodl.reproduce",
+    "reproduce": "reprodl.reproduction",
     "train_model_with_metadata_capture": "reprodl.train",
 }
 
@@ -68,7 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from reprodl.model import TrainedTorchModel
     from reprodl.params import Parameters
     from reprodl.provenance import ProvenanceRecord
-    from reprodl.reproduce import ReproductionReport, reproduce
+    from reprodl.reproduction import ReproductionReport, reproduce
     from reprodl.store import open_dataset
     from reprodl.train import DerivedDataSet, train_model_with_metadata_capture
     from reprodl.zoo import GenNet

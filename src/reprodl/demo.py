@@ -35,7 +35,7 @@ def run_demo(workdir: str | Path, *, epochs: int = 10, say: Callable[[str], None
     from reprodl.data.ops import split_dataset
     from reprodl.model import TrainedTorchModel
     from reprodl.provenance import summary_lines
-    from reprodl.reproduce import reproduce
+    from reprodl.reproduction import reproduce
 
     torch.set_num_threads(1)
     run = Path(workdir).resolve() / time.strftime("run-%Y%m%d-%H%M%S")

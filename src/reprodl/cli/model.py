@@ -196,7 +196,7 @@ def reproduce_cmd(
     allow: Optional[list[str]] = _ALLOW, quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
 ) -> None:
     """Re-run a model's training from its record and say whether the model came back."""
-    from reprodl.reproduce import reproduce
+    from reprodl.reproduction import reproduce
 
     if not (quiet or as_json):
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")

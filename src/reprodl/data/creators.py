@@ -19,6 +19,7 @@ import numpy as np
 
 from reprodl import keys
 from reprodl.data.images import open_image, target_mode_for
+from reprodl.data.layout import default_value_scale
 from reprodl.errors import InputDataError
 from reprodl.metadata import make_readme
 from reprodl.store import Progress, check_name, create_dataset, current_user, item_identifier
@@ -202,7 +203,7 @@ def create_from_arrays(
         writer.put_annotation(keys.CATEGORY_ENCODING, {c: i for i, c in enumerate(categories)})
         writer.put_annotation(keys.TENSOR_DTYPE, str(data.dtype))
         writer.put_annotation(keys.TENSOR_SHAPE, list(data.shape))
-        writer.put_annotation(keys.VALUE_SCALE, float(value_scale if value_scale is not None else (255.0 if data.dtype == np.uint8 else 1.0)))
+        writer.put_annotation(keys.VALUE_SCALE, float(value_scale if value_scale is not None else default_value_scale(data.dtype)))
         if usetype is not None:
             writer.put_annotation(keys.TENSOR_USETYPE, [str(u) for u in usetype])
     assert writer.uri is not None

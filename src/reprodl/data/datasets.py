@@ -22,6 +22,7 @@ from torch.utils.data._utils.collate import default_collate
 from reprodl import keys
 from reprodl.data.creators import category_encoding
 from reprodl.data.images import channels_for_mode, convert, open_image, read_batch, resize, to_array
+from reprodl.data.layout import tensor_item_ids, value_scale
 from reprodl.errors import DatasetFormatError, InputDataError
 from reprodl.store import StoredDataSet, open_dataset
 
@@ -309,16 +310,7 @@ class TensorDataSet(WrappedDataSet):
     ) -> None:
         super().__init__(uri, usetype, split)
         ds = self.dataset
-        data_idn = ds.get_annotation(keys.TENSOR_FILE_IDN)
-        labels_idn = ds.get_annotation(keys.LABELS_FILE_IDN)
-        try:
-            data_idn = data_idn or ds.identifier_of(keys.TENSOR_DATA_FILE)
-            labels_idn = labels_idn or ds.identifier_of(keys.TENSOR_LABELS_FILE)
-        except KeyError:
-            raise DatasetFormatError(
-                f"{self.uri} is not a tensor dataset: it has no {keys.TENSOR_DATA_FILE} and "
-                f"{keys.TENSOR_LABELS_FILE} items (create one with `reprodl dataset create-from-arrays`)"
-            ) from None
+        data_idn, labels_idn = tensor_item_ids(ds)
         self._data_path = ds.item_path(data_idn)
         self._labels_path = ds.item_path(labels_idn)
         self.data = _load_npy(self._data_path, self.uri)
@@ -363,10 +355,7 @@ class TensorDataSet(WrappedDataSet):
             self.input_shape = dims
         else:
             self.input_shape = row_shape
-        scale = ds.get_annotation(keys.VALUE_SCALE)
-        if scale is None:
-            scale = 255.0 if self.data.dtype == np.uint8 else 1.0
-        self.value_scale = float(scale)
+        self.value_scale = value_scale(ds, self.data.dtype)
         self.transform = transform
         self.tensor = self.data  # dtoolAI's attribute names
         self.image_dim = list(self.input_shape)

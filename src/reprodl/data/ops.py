@@ -12,6 +12,7 @@ import numpy as np
 
 from reprodl import keys
 from reprodl.data.images import open_image, to_array
+from reprodl.data.layout import tensor_item_ids, value_scale
 from reprodl.errors import DatasetFormatError, ParametersError
 from reprodl.store import Progress, StoredDataSet, open_dataset
 
@@ -30,8 +31,8 @@ def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, in
             encoding = category_encoding(names)
         return keys.INPUT_TYPE_IMAGE, idns, np.array([encoding[n] for n in names], dtype=np.int64), encoding
     try:
-        labels_idn = ds.get_annotation(keys.LABELS_FILE_IDN) or ds.identifier_of(keys.TENSOR_LABELS_FILE)
-    except KeyError:
+        _, labels_idn = tensor_item_ids(ds)
+    except DatasetFormatError:
         raise DatasetFormatError(
             f"{ds.uri} is neither an image dataset (category overlay) nor a tensor dataset "
             f"({keys.TENSOR_LABELS_FILE} item)"
@@ -160,10 +161,10 @@ def dataset_stats(uri: str, *, progress: Progress | None = None, mode: str | Non
             if progress:
                 progress(1)
     else:
-        data_idn = ds.get_annotation(keys.TENSOR_FILE_IDN) or ds.identifier_of(keys.TENSOR_DATA_FILE)
+        data_idn, _ = tensor_item_ids(ds)
         data = np.load(ds.item_path(data_idn), mmap_mode="r", allow_pickle=False)
         dims = ds.get_annotation(keys.IMAGE_DIMENSIONS) or [1, *data.shape[1:]]
-        scale = ds.get_annotation(keys.VALUE_SCALE) or (255.0 if data.dtype == np.uint8 else 1.0)
+        scale = value_scale(ds, data.dtype)
         channels = int(dims[0])
         for start in range(0, len(data), 4096):
             chunk = np.asarray(data[start:start + 4096], dtype=np.float64) / scale

@@ -156,19 +156,14 @@ def _open(spec: DataSpec) -> Any:
                               size=tuple(spec.size) if spec.size else None, split=spec.split)  # type: ignore[arg-type]
 
 
-def _component(spec: ComponentSpec, prefix: str, allow: list[str]) -> type:
-    from reprodl.model import resolve_class
+def _component(spec: ComponentSpec, prefix: str, kind: Any, allow: list[str]) -> Any:
+    """The class a config names (a bare name is looked up in ``prefix``), through the trust policy."""
+    from reprodl import trust
 
     path = spec.class_
-    if ":" not in path:
-        if "." in path:
-            module, _, name = path.rpartition(".")
-            path = f"{module}:{name}"
-        else:
-            path = f"{prefix}:{path}"
-    module = path.split(":")[0]
-    trusted = [module] if module == prefix or module.startswith(prefix + ".") or module.startswith("torch.") else []
-    return resolve_class(path, allow=[*trusted, *allow])
+    if ":" not in path and "." not in path:
+        path = f"{prefix}:{path}"
+    return trust.resolve(path, kind, allow=allow)
 
 
 def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callable[..., None] | None = None,
@@ -176,6 +171,7 @@ def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callabl
     """Build everything the config names and train it with capture; (model URI, record)."""
     import torch
 
+    from reprodl import trust
     from reprodl.params import Parameters
     from reprodl.train import DerivedDataSet, train_model_with_metadata_capture
 
@@ -202,7 +198,7 @@ def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callabl
     if model_spec is None:
         raise ParametersError("the config needs model: {class: ..., init_params: {...}} (or parent: URI)")
     params = params.updated(init_params=init_params)
-    model_cls = _component(model_spec, "reprodl.zoo", cfg.allow)
+    model_cls = _component(model_spec, "reprodl.zoo", trust.Kind.ARCHITECTURE, cfg.allow)
     torch.manual_seed(params.seed)
     model = model_cls(**init_params)
     if parent_state is not None:
@@ -214,13 +210,13 @@ def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callabl
     for n, p in names.items():
         if any(n == f or n.startswith(f + ".") for f in cfg.freeze):
             p.requires_grad_(False)
-    opt_cls = _component(cfg.optimizer, "torch.optim", cfg.allow)
+    opt_cls = _component(cfg.optimizer, "torch.optim", trust.Kind.OPTIMIZER, cfg.allow)
     opt_kwargs = {"lr": params.learning_rate, **cfg.optimizer.kwargs()}
     optimizer = opt_cls([p for p in model.parameters() if p.requires_grad], **opt_kwargs)
-    loss_fn = _component(cfg.loss, "torch.nn", cfg.allow)(**cfg.loss.kwargs())
+    loss_fn = _component(cfg.loss, "torch.nn", trust.Kind.LOSS, cfg.allow)(**cfg.loss.kwargs())
     scheduler = None
     if cfg.scheduler is not None:
-        scheduler = _component(cfg.scheduler, "torch.optim.lr_scheduler", cfg.allow)(
+        scheduler = _component(cfg.scheduler, "torch.optim.lr_scheduler", trust.Kind.SCHEDULER, cfg.allow)(
             optimizer, **cfg.scheduler.kwargs())
     with DerivedDataSet(cfg.output, name or cfg.name, train, valid=valid, test=test, parent=cfg.parent,
                         readme=cfg.readme) as out:

@@ -12,14 +12,13 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import torch
 
-from reprodl import keys
+from reprodl import keys, trust
 from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.data.images import convert, resize, to_array
 from reprodl.errors import IntegrityError, ModelLoadError, TransformError, UnsafeImportError
@@ -27,38 +26,21 @@ from reprodl.provenance import ProvenanceRecord, read_record
 from reprodl.store import StoredDataSet, open_dataset
 from reprodl.transforms import Resize, contains, eval_view, from_description
 
-TRUSTED_MODULES = ("reprodl.zoo",)
+TRUSTED_MODULES = trust.TRUSTED_MODULES[trust.Kind.ARCHITECTURE]
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
 
 def resolve_class(import_path: str, *, allow: Iterable[str] = (), model_class: type | None = None) -> type:
-    """The model class named by a record, if it may be imported.
+    """The model class named by a record, if the trust policy (:mod:`reprodl.trust`) allows it.
 
     ``allow`` holds module names or ``module:Class`` paths the user trusts ("mypkg.models"
-    allows every class in that module and its submodules).
+    allows every class defined in that module and its submodules). ``model_class`` is used
+    as given: the user chose it.
     """
-    module_name, _, qualname = import_path.partition(":")
     if model_class is not None:
         return model_class
-    allowed = any(
-        module_name == a or module_name.startswith(a + ".") or import_path == a
-        for a in (*TRUSTED_MODULES, *allow)
-    )
-    if not allowed:
-        raise UnsafeImportError(
-            f"the record names the class {import_path!r}, which reprodl will not import unasked. "
-            f"If you trust it, pass allow=[{module_name!r}] (CLI: --allow {module_name}) or "
-            "model_class=YourClass"
-        )
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelLoadError(f"cannot import module {module_name!r} for the model class: {exc}") from None
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ModelLoadError(f"module {module_name!r} has no class {qualname!r}")
-    return obj
+    cls: type = trust.resolve(import_path, trust.Kind.ARCHITECTURE, allow=allow)
+    return cls
 
 
 def load_weights(ds: StoredDataSet, record: ProvenanceRecord | None = None) -> dict[str, torch.Tensor]:

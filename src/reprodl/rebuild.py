@@ -9,27 +9,16 @@ from typing import Any
 
 import torch
 
-from reprodl import keys
+from reprodl import keys, trust
 from reprodl.capture import state_dict_sha256
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
-from reprodl.errors import ReproductionError, TransformError, UnsafeImportError
+from reprodl.errors import ReproductionError, TransformError
 from reprodl.model import load_weights, resolve_class
 from reprodl.provenance import DataRef, ProvenanceRecord, read_record
 from reprodl.store import StoredDataSet, open_dataset
 
 
 # --- rebuilding ---------------------------------------------------------------------------
-def _torch_class(module: str, name: str, prefix: str, allow: Iterable[str], what: str) -> type:
-    path = f"{module}:{name}"
-    if module == prefix or module.startswith(prefix + "."):
-        return resolve_class(path, allow=[module])
-    try:
-        return resolve_class(path, allow=allow)
-    except UnsafeImportError:
-        raise UnsafeImportError(f"the record's {what} {path} is not from {prefix}; pass allow=[{module!r}] if you "
-                                "trust it") from None
-
-
 def open_recorded(ref: DataRef, *, transform: Callable[[Any], Any] | None = None,
                   dataset: StoredDataSet | None = None) -> WrappedDataSet:
     """The dataset a record's ``ref`` names, read as the training read it.
@@ -121,7 +110,7 @@ def rebuild_model(record: ProvenanceRecord, model_ds: StoredDataSet, *, allow: I
 def rebuild_optimizer(record: ProvenanceRecord, model: torch.nn.Module, allow: Iterable[str]) -> torch.optim.Optimizer:
     """The recorded optimiser over ``model``'s parameters, groups and hyperparameters as recorded."""
     info = record.training.optimizer
-    cls = _torch_class(info.module, info.class_name, "torch.optim", allow, "optimizer")
+    cls = trust.resolve(f"{info.module}:{info.class_name}", trust.Kind.OPTIMIZER, allow=allow)
     params = dict(model.named_parameters())
     groups = []
     for group in info.param_groups:
@@ -137,7 +126,7 @@ def rebuild_optimizer(record: ProvenanceRecord, model: torch.nn.Module, allow: I
 def rebuild_loss(record: ProvenanceRecord, allow: Iterable[str]) -> Any:
     """The recorded loss function with its recorded arguments."""
     info = record.training.loss
-    cls = _torch_class(info.module, info.class_name, "torch.nn", allow, "loss function")
+    cls = trust.resolve(f"{info.module}:{info.class_name}", trust.Kind.LOSS, allow=allow)
     args = {k: (torch.tensor(v) if k in ("weight", "pos_weight") and v is not None else v) for k, v in info.args.items()}
     return cls(**args)
 
@@ -147,6 +136,6 @@ def rebuild_scheduler(record: ProvenanceRecord, optimizer: Any, allow: Iterable[
     info = record.training.scheduler
     if info is None:
         return None
-    cls = _torch_class(info.module, info.class_name, "torch.optim", allow, "scheduler")
+    cls = trust.resolve(f"{info.module}:{info.class_name}", trust.Kind.SCHEDULER, allow=allow)
     args = {k: v for k, v in info.args.items() if k not in ("last_epoch", "verbose")}
     return cls(optimizer, **args)

@@ -346,10 +346,17 @@ def from_description(description: Mapping[str, Any]) -> Transform:
     Only a transform of this module recorded with its config is rebuilt, and it must give
     the recorded config back; anything else raises :class:`TransformError` naming the class.
     """
+    from reprodl import trust
+    from reprodl.errors import ReprodlError
+
     cls_path = str(description.get("class"))
-    module, _, qualname = cls_path.rpartition(".")
     config = description.get("config")
-    if module != __name__ or _REGISTRY.get(qualname) is None:
+    try:
+        cls = trust.resolve(cls_path, trust.Kind.TRANSFORM)
+    except ReprodlError as exc:
+        raise TransformError(f"{cls_path} is not one of reprodl's transforms ({exc})") from None
+    qualname = cls.__qualname__
+    if _REGISTRY.get(qualname) is not cls:
         raise TransformError(f"{cls_path} is not one of reprodl's transforms")
     if not isinstance(config, Mapping):
         raise TransformError(f"the record describes a {cls_path} without its config, so it cannot be rebuilt")

@@ -1,0 +1,205 @@
+"""The one policy that turns a recorded name into a Python object.
+
+A provenance record, a config or a parent model names classes as ``module:qualname``. Anyone
+can edit a record and recompute its self-digest, so such a name is hostile input: resolving it
+freely would reach any callable in the process (``reprodl.zoo:torch.nn.modules.module.os.system``)
+and calling that with recorded keyword arguments runs code. Every place that turns a recorded
+name into an object (architecture, optimiser, loss, scheduler, transforms, config classes)
+goes through :func:`resolve`, which accepts a name only when:
+
+1. its module is trusted for that kind (reprodl's zoo for architectures, ``torch.optim`` for
+   optimisers, ``torch.optim.lr_scheduler`` for schedulers, ``torch.nn`` losses, reprodl's
+   transforms) or allowed by the user (``allow=["mypkg.models"]`` or ``"mypkg.models:Net"``),
+   and no module outside that is imported to find out;
+2. the qualname walks through classes only, never through a module or a function;
+3. the object is a class *defined* in the named module or one of its submodules
+   (``obj.__module__``), so a name re-exported from elsewhere is refused; for losses, a
+   function on :data:`LOSS_FUNCTIONS` is accepted too;
+4. the object is of the expected kind: optimisers subclass ``torch.optim.Optimizer``,
+   schedulers ``LRScheduler``, losses and architectures ``torch.nn.Module``.
+
+:func:`refusal` gives the same judgement as a reason (or None) without raising, for
+``reprodl verify``.
+
+Example:
+    >>> resolve("torch.optim:SGD", Kind.OPTIMIZER).__name__
+    'SGD'
+"""
+from __future__ import annotations
+
+import enum
+import importlib
+import inspect
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from reprodl.errors import ModelLoadError, UnsafeImportError
+
+
+class Kind(str, enum.Enum):
+    """What a recorded name must be."""
+
+    ARCHITECTURE = "architecture"
+    OPTIMIZER = "optimizer"
+    SCHEDULER = "scheduler"
+    LOSS = "loss function"
+    TRANSFORM = "transform"
+
+
+#: Modules whose classes are trusted without the user's say-so, per kind (submodules included).
+TRUSTED_MODULES: dict[Kind, tuple[str, ...]] = {
+    Kind.ARCHITECTURE: ("reprodl.zoo",),
+    Kind.OPTIMIZER: ("torch.optim",),
+    Kind.SCHEDULER: ("torch.optim.lr_scheduler",),
+    Kind.LOSS: ("torch.nn.modules.loss",),
+    Kind.TRANSFORM: ("reprodl.transforms",),
+}
+
+#: The loss *functions* (not classes) a record may name: ``torch.nn.functional``'s losses.
+LOSS_FUNCTIONS: frozenset[str] = frozenset(
+    f"torch.nn.functional:{name}" for name in (
+        "binary_cross_entropy", "binary_cross_entropy_with_logits", "cosine_embedding_loss",
+        "cross_entropy", "ctc_loss", "gaussian_nll_loss", "hinge_embedding_loss", "huber_loss",
+        "kl_div", "l1_loss", "margin_ranking_loss", "mse_loss", "multi_margin_loss",
+        "multilabel_margin_loss", "multilabel_soft_margin_loss", "nll_loss", "poisson_nll_loss",
+        "smooth_l1_loss", "soft_margin_loss", "triplet_margin_loss",
+        "triplet_margin_with_distance_loss",
+    ))
+
+_MAX_NAME = 300
+
+
+def _base_class(kind: Kind) -> type:
+    import torch
+
+    if kind is Kind.OPTIMIZER:
+        return torch.optim.Optimizer
+    if kind is Kind.SCHEDULER:
+        return torch.optim.lr_scheduler.LRScheduler
+    if kind is Kind.TRANSFORM:
+        from reprodl.transforms import Transform
+
+        return Transform
+    return torch.nn.Module
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``module:qualname`` (or the dotted ``module.Name`` configs use) as (module, qualname)."""
+    if not isinstance(path, str) or not path or len(path) > _MAX_NAME:
+        raise UnsafeImportError(f"{str(path)[:80]!r} is not a class name reprodl can import "
+                                f"(a non-empty 'module:Class' string of at most {_MAX_NAME} characters)")
+    if ":" in path:
+        module, _, qualname = path.partition(":")
+    else:
+        module, _, qualname = path.rpartition(".")
+    parts = [*module.split("."), *qualname.split(".")]
+    if not module or not qualname or not all(p.isidentifier() for p in parts):
+        raise UnsafeImportError(f"{path!r} is not a class name reprodl can import: expected 'module:Class'")
+    return module, qualname
+
+
+def _within(module: str, root: str) -> bool:
+    return module == root or module.startswith(root + ".")
+
+
+def _roots(kind: Kind, allow: Iterable[str]) -> list[tuple[str, str | None]]:
+    """(module root, exact qualname or None) pairs trusted for ``kind``."""
+    roots: list[tuple[str, str | None]] = [(m, None) for m in TRUSTED_MODULES[kind]]
+    if kind is Kind.TRANSFORM:
+        return roots  # transforms are rebuilt from reprodl's own registry only
+    for entry in allow:
+        module, _, qualname = str(entry).partition(":")
+        roots.append((module, qualname or None))
+    return roots
+
+
+def _import_allowed(module: str, qualname: str, roots: list[tuple[str, str | None]]) -> bool:
+    """Whether importing ``module`` to look ``qualname`` up stays inside trusted code: the
+    module is inside a root, or a package above one (``torch.nn`` above its losses)."""
+    for root, exact in roots:
+        if exact is not None:
+            if module == root and qualname == exact:
+                return True
+        elif _within(module, root) or _within(root, module):
+            return True
+    return False
+
+
+def _defined_allowed(defined_in: str, qualname: str, roots: list[tuple[str, str | None]]) -> bool:
+    for root, exact in roots:
+        if exact is not None:
+            if _within(defined_in, root) and qualname == exact:
+                return True
+        elif _within(defined_in, root):
+            return True
+    return False
+
+
+def _lookup(module: str, qualname: str, path: str) -> Any:
+    """Import ``module`` and walk ``qualname`` through classes only."""
+    try:
+        obj: Any = sys.modules[module] if module == "__main__" else importlib.import_module(module)
+    except ImportError as exc:
+        raise ModelLoadError(f"cannot import module {module!r} named by {path!r}: {exc}") from None
+    parts = qualname.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("__"):
+            raise UnsafeImportError(f"{path!r} walks through the dunder attribute {part!r}: refused")
+        obj = inspect.getattr_static(obj, part, None) if inspect.isclass(obj) else getattr(obj, part, None)
+        if obj is None:
+            raise ModelLoadError(f"module {module!r} has no {qualname!r} (named by {path!r})")
+        if i < len(parts) - 1 and not inspect.isclass(obj):
+            kind = "module" if inspect.ismodule(obj) else type(obj).__name__
+            raise UnsafeImportError(f"{path!r} walks through the {kind} {part!r}: a recorded name must name a "
+                                    "class in its own module, not reach into another")
+    return obj
+
+
+def resolve(path: str, kind: Kind, *, allow: Iterable[str] = ()) -> Any:
+    """The class (or, for losses, listed function) a recorded ``path`` names, if the policy trusts it.
+
+    Args:
+        path: ``module:qualname`` (or ``module.Name``).
+        kind: what it must be (:class:`Kind`).
+        allow: modules (``"mypkg.models"``, submodules included) or exact ``"module:Class"``
+            paths the user trusts, under the same rules.
+
+    Raises:
+        UnsafeImportError: the name is not trusted, walks out of its module, or is not of ``kind``.
+        ModelLoadError: a trusted module that cannot be imported or has no such class.
+    """
+    module, qualname = split_path(path)
+    canonical = f"{module}:{qualname}"
+    if kind is Kind.LOSS and canonical in LOSS_FUNCTIONS:
+        return _lookup(module, qualname, path)
+    roots = _roots(kind, list(allow))
+    if not _import_allowed(module, qualname, roots):
+        hint = "" if kind is Kind.TRANSFORM else (
+            f" If you trust it, pass allow=[{module!r}] (CLI: --allow {module})"
+            + (" or model_class=YourClass" if kind is Kind.ARCHITECTURE else ""))
+        raise UnsafeImportError(f"the {kind.value} {canonical!r} is not from a trusted module "
+                                f"({', '.join(TRUSTED_MODULES[kind])}), so reprodl will not import it.{hint}")
+    obj = _lookup(module, qualname, path)
+    if not inspect.isclass(obj):
+        what = "function" if callable(obj) else type(obj).__name__
+        extra = " (loss functions must be one of torch.nn.functional's losses)" if kind is Kind.LOSS else ""
+        raise UnsafeImportError(f"{canonical!r} names a {what}, not a class: refused as the {kind.value}{extra}")
+    defined_in = getattr(obj, "__module__", "") or ""
+    if not (_within(defined_in, module) and _defined_allowed(defined_in, qualname, roots)):
+        raise UnsafeImportError(f"{canonical!r} is the class {defined_in}:{obj.__qualname__}, defined outside "
+                                f"{module}: a recorded name must name a class defined in its own module")
+    base = _base_class(kind)
+    if not issubclass(obj, base):
+        raise UnsafeImportError(f"{canonical!r} is not a {kind.value}: it does not subclass "
+                                f"{base.__module__}.{base.__qualname__}")
+    return obj
+
+
+def refusal(path: str, kind: Kind, *, allow: Iterable[str] = ()) -> str | None:
+    """Why :func:`resolve` would refuse ``path`` (None when it would resolve)."""
+    try:
+        resolve(path, kind, allow=allow)
+    except (UnsafeImportError, ModelLoadError) as exc:
+        return str(exc)
+    return None

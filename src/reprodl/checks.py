@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from reprodl.errors import ReprodlError
@@ -38,9 +39,11 @@ class ModelVerification:
         return {"uri": self.uri, "ok": self.ok, "checks": [dataclasses.asdict(c) for c in self.checks]}
 
 
-def verify_model(uri: str, *, data: bool = False) -> ModelVerification:
+def verify_model(uri: str, *, data: bool = False, allow: Iterable[str] = ()) -> ModelVerification:
     """Check a model dataset's own item hashes, its record's digest, the weights against the
-    record, and (``data=True``) that every training dataset is reachable and unchanged."""
+    record, that every name the record gives (architecture, optimiser, loss, scheduler,
+    transforms) passes the trust policy (with ``allow``), and (``data=True``) that every
+    training dataset is reachable and unchanged."""
     ds = open_dataset(uri)
     result = ModelVerification(uri=ds.uri)
     items = ds.verify(deep=True)
@@ -68,6 +71,9 @@ def verify_model(uri: str, *, data: bool = False) -> ModelVerification:
             result.add("weights match the record", True, record.results.weights_sha256 or "")
         except ReprodlError as exc:
             result.add("weights match the record", False, str(exc))
+        refused = untrusted_names(record, allow=allow)
+        result.add("recorded names pass the trust policy", not refused,
+                   "; ".join(f"will not be imported: {r}" for r in refused))
         if data:
             checks, _ = check_data(record, ds)
             for c in checks:
@@ -75,6 +81,32 @@ def verify_model(uri: str, *, data: bool = False) -> ModelVerification:
                 detail = c.get("error") or "; ".join(c.get("items", [])) or ("" if ok else "manifest digest differs")
                 result.add(f"{c['role']} data {c['name']} ({c['uri']}) unchanged", ok, detail)
     return result
+
+
+def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = ()) -> list[str]:
+    """Every name in ``record`` that :mod:`reprodl.trust` would refuse to import, with why."""
+    from reprodl import trust
+    from reprodl.errors import TransformError
+    from reprodl.transforms import from_description
+
+    t = record.training
+    names = [(record.architecture.import_path, trust.Kind.ARCHITECTURE),
+             (f"{t.optimizer.module}:{t.optimizer.class_name}", trust.Kind.OPTIMIZER),
+             (f"{t.loss.module}:{t.loss.class_name}", trust.Kind.LOSS)]
+    if t.scheduler is not None:
+        names.append((f"{t.scheduler.module}:{t.scheduler.class_name}", trust.Kind.SCHEDULER))
+    refused = []
+    for path, kind in names:
+        why = trust.refusal(path, kind, allow=allow)
+        if why is not None:
+            refused.append(f"{kind.value} {path} ({why})")
+    for ref in record.data:
+        if ref.transform is not None:
+            try:
+                from_description(ref.transform)
+            except TransformError as exc:
+                refused.append(f"{ref.role} transform ({exc})")
+    return refused
 
 
 def _as_json(value: Any) -> Any:

@@ -285,12 +285,14 @@ def _short(value: Any) -> str:
 def verify_cmd(
     uri: str = typer.Argument(..., help="Model dataset URI."),
     data: bool = typer.Option(False, "--data", help="Also check every training dataset is reachable and unchanged."),
+    allow: Optional[list[str]] = _ALLOW,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Check a model dataset: item hashes, record digest, weights against the record (and data)."""
+    """Check a model dataset: item hashes, record digest, weights against the record, that every
+    class the record names would be imported only under the trust policy (and data)."""
     from reprodl.checks import verify_model
 
-    result = verify_model(uri, data=data)
+    result = verify_model(uri, data=data, allow=allow or ())
     if as_json:
         print_json(result.to_dict())
     else:

@@ -16,13 +16,15 @@ import pytest
 import torch
 import yaml
 
-from remote_servers import *  # noqa: F403 - the server fixtures
-from remote_servers import HTTPServer
-from reprodl import TrainedTorchModel, reproduce, trust
-from reprodl.checks import verify_model
-from reprodl.errors import ModelLoadError, UnsafeImportError
-from train_fixtures import *  # noqa: F403 - fixtures
-from train_fixtures import TrainedModel, TinyNet, digits_config, rewrite_model
+pytest.register_assert_rewrite("train_fixtures")
+
+from remote_servers import *  # noqa: E402,F403 - the server fixtures
+from remote_servers import HTTPServer  # noqa: E402
+from reprodl import TrainedTorchModel, reproduce, trust  # noqa: E402
+from reprodl.checks import verify_model  # noqa: E402
+from reprodl.errors import ModelLoadError, UnsafeImportError  # noqa: E402
+from train_fixtures import *  # noqa: E402,F403 - fixtures
+from train_fixtures import TinyNet, TrainedModel, digits_config, rewrite_model  # noqa: E402
 
 # Paths that walk from a trusted module to os.system (reprodl.zoo imports torch, torch imports os).
 ARCH_WALK = "reprodl.zoo:torch.os.system"
@@ -263,3 +265,34 @@ def test_a_config_cannot_name_a_walk(section: str, cls: str, trained_model: Trai
 def test_the_zoo_still_loads_and_user_classes_need_allow(trained_model: TrainedModel) -> None:
     model = TrainedTorchModel(trained_model.uri)
     assert isinstance(model.model, torch.nn.Module)
+
+
+def test_recorded_arguments_that_build_a_huge_model_are_refused_before_allocating(
+        trained_model: TrainedModel, tmp_path: Path) -> None:
+    def huge(raw: dict[str, Any]) -> None:
+        raw["architecture"]["init_params"]["input_dim"] = 200_000
+
+    uri = rewrite_model(trained_model.uri, tmp_path, "huge", edit=huge)
+    with pytest.raises(ModelLoadError, match="parameters"):
+        TrainedTorchModel(uri)
+    with pytest.raises(ModelLoadError, match="parameters"):
+        reproduce(uri, output=str(tmp_path / "out"))
+
+
+def test_a_record_whose_size_disagrees_with_its_arguments_is_refused(trained_model: TrainedModel,
+                                                                     tmp_path: Path) -> None:
+    def bigger(raw: dict[str, Any]) -> None:
+        raw["architecture"]["init_params"]["input_dim"] = 16
+
+    uri = rewrite_model(trained_model.uri, tmp_path, "bigger", edit=bigger)
+    with pytest.raises(ModelLoadError, match="the record says"):
+        TrainedTorchModel(uri)
+
+
+def test_unknown_recorded_arguments_are_a_clear_error(trained_model: TrainedModel, tmp_path: Path) -> None:
+    def extra(raw: dict[str, Any]) -> None:
+        raw["architecture"]["init_params"]["command"] = "true"
+
+    uri = rewrite_model(trained_model.uri, tmp_path, "extra", edit=extra)
+    with pytest.raises(ModelLoadError, match="cannot build"):
+        TrainedTorchModel(uri)

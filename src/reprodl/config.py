@@ -199,6 +199,7 @@ def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callabl
         raise ParametersError("the config needs model: {class: ..., init_params: {...}} (or parent: URI)")
     params = params.updated(init_params=init_params)
     model_cls = _component(model_spec, "reprodl.zoo", trust.Kind.ARCHITECTURE, cfg.allow)
+    trust.check_size(model_cls, init_params)
     torch.manual_seed(params.seed)
     model = model_cls(**init_params)
     if parent_state is not None:

@@ -119,6 +119,7 @@ class TrainedTorchModel:
             raise
         arch = self.provenance.architecture
         cls = resolve_class(arch.import_path, allow=allow, model_class=model_class)
+        trust.check_size(cls, arch.init_params, expected=arch.n_parameters, what=arch.import_path)
         try:
             self.model: torch.nn.Module = cls(**arch.init_params)
         except TypeError as exc:

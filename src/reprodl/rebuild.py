@@ -82,6 +82,7 @@ def rebuild_model(record: ProvenanceRecord, model_ds: StoredDataSet, *, allow: I
     fresh_init = seed is not None and seed != record.training.seeds.seed and arch.initialisation == "constructor"
     if not fresh_init:
         seed = record.training.seeds.seed
+    trust.check_size(cls, arch.init_params, expected=arch.n_parameters, what=arch.import_path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(**arch.init_params)

@@ -203,3 +203,36 @@ def refusal(path: str, kind: Kind, *, allow: Iterable[str] = ()) -> str | None:
     except (UnsafeImportError, ModelLoadError) as exc:
         return str(exc)
     return None
+
+
+#: The most parameters a recorded architecture may build (about 8 GiB of float32).
+MAX_PARAMETERS = 2 * 10**9
+
+
+def check_size(cls: type, init_params: dict[str, Any], *, expected: int | None = None, what: str = "") -> None:
+    """Build ``cls(**init_params)`` on torch's meta device (no memory, no data) and refuse
+    recorded arguments that would allocate more than :data:`MAX_PARAMETERS`, or build a model
+    of another size than the record's ``expected`` parameter count.
+
+    A class that cannot be built on the meta device is not sized here (it was trusted anyway).
+
+    Raises:
+        ModelLoadError: arguments the class does not take, or a size that does not fit.
+    """
+    import torch
+
+    name = what or f"{cls.__module__}:{cls.__qualname__}"
+    try:
+        with torch.device("meta"), torch.random.fork_rng(devices=[]):
+            model = cls(**init_params)
+    except TypeError as exc:
+        raise ModelLoadError(f"cannot build {name} with the recorded arguments {init_params}: {exc}") from None
+    except Exception:  # noqa: BLE001 - a trusted class that needs real data to be built: not sized
+        return
+    n = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
+    if n > MAX_PARAMETERS:
+        raise ModelLoadError(f"the recorded arguments {init_params} make {name} build {n:,} parameters, more than "
+                             f"reprodl builds from a record ({MAX_PARAMETERS:,})")
+    if expected and n != expected:
+        raise ModelLoadError(f"the record says {name} has {expected:,} parameters, but its recorded arguments "
+                             f"{init_params} build {n:,}: the record or the class changed")

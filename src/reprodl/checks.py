@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,7 @@ class Check:
 class ModelVerification:
     uri: str
     checks: list[Check] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)  # information, not pass/fail
 
     @property
     def ok(self) -> bool:
@@ -36,14 +38,21 @@ class ModelVerification:
         self.checks.append(Check(name, ok, detail))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "ok": self.ok, "checks": [dataclasses.asdict(c) for c in self.checks]}
+        return {"uri": self.uri, "ok": self.ok, "checks": [dataclasses.asdict(c) for c in self.checks],
+                "notes": list(self.notes)}
 
 
-def verify_model(uri: str, *, data: bool = False, allow: Iterable[str] = ()) -> ModelVerification:
+def verify_model(uri: str, *, data: bool = False, allow: Iterable[str] = (),
+                 trusted_keys: Iterable[str | os.PathLike[str]] = ()) -> ModelVerification:
     """Check a model dataset's own item hashes, its record's digest, the weights against the
     record, that every name the record gives (architecture, optimiser, loss, scheduler,
     transforms) passes the trust policy (with ``allow``), and (``data=True``) that every
-    training dataset is reachable and unchanged."""
+    training dataset is reachable and unchanged.
+
+    With ``trusted_keys`` (public keys: ``KEY.pub`` files or their text), also that the model
+    is signed by one of them over its content as it is now (:mod:`reprodl.signing`).
+    """
+    trusted = list(trusted_keys)
     ds = open_dataset(uri)
     result = ModelVerification(uri=ds.uri)
     items = ds.verify(deep=True)
@@ -80,6 +89,7 @@ def verify_model(uri: str, *, data: bool = False, allow: Iterable[str] = ()) -> 
                 ok = bool(c.get("ok"))
                 detail = c.get("error") or "; ".join(c.get("items", [])) or ("" if ok else "manifest digest differs")
                 result.add(f"{c['role']} data {c['name']} ({c['uri']}) unchanged", ok, detail)
+    _check_signature(ds, result, trusted)
     return result
 
 
@@ -107,6 +117,19 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = ()) -> l
             except TransformError as exc:
                 refused.append(f"{ref.role} transform ({exc})")
     return refused
+
+
+def _check_signature(ds: StoredDataSet, result: ModelVerification, trusted: list[Any]) -> None:
+    """The signature check when keys are trusted; else a note naming who signed, if anyone."""
+    from reprodl import keys
+    from reprodl.signing import CHECK_NAME, signatures, verify_signature
+
+    if trusted:
+        check = verify_signature(ds, trusted_keys=trusted)
+        result.add(CHECK_NAME, check.ok, check.detail)
+    elif signed_by := [str(s.get("public_key"))[:60] for s in signatures(ds)]:
+        result.notes.append(f"signed by {', '.join(signed_by)} (not checked: pass --trusted-key to check; "
+                            f"annotation {keys.SIGNATURES})")
 
 
 def _as_json(value: Any) -> Any:

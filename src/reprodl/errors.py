@@ -95,3 +95,11 @@ class ReproductionError(ReprodlError, RuntimeError):
 
 class DirtyCodeError(ReprodlError, RuntimeError):
     """Training was asked to run only on committed code, and the code has uncommitted changes."""
+
+
+class SigningError(ReprodlError, ValueError):
+    """A signing key, public key or stored signature that cannot be used."""
+
+
+class MissingDependencyError(ReprodlError, ImportError):
+    """An optional package a feature needs is not installed."""

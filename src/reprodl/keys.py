@@ -55,6 +55,10 @@ SUMMARY_URI = "reprodl.summary_uri"
 ENVELOPE_PLOT_FILE = "envelope.png"
 SUMMARY_MEMBERS = "reprodl.members"  # a multi-run summary's annotation: its models' URIs
 MANIFESTS_DIR = "manifests"  # model dataset items <MANIFESTS_DIR>/<uuid>.json: data manifests
+# Ed25519 signatures of a model dataset (a list; annotations stay writable after freezing).
+# No dot in the name: dtool-s3 splits annotation keys on dots.
+SIGNATURES = "reprodl_signatures"
+SIGNATURE_FORMAT = "reprodl-signature/1"  # names what a signature's payload holds
 
 # --- schema versions -------------------------------------------------------------------
 PROVENANCE_SCHEMA_VERSION = "1.0"

@@ -25,6 +25,7 @@ from reprodl.errors import IntegrityError, ModelLoadError, TransformError, Unsaf
 from reprodl.provenance import ProvenanceRecord, read_record
 from reprodl.store import StoredDataSet, open_dataset
 from reprodl.transforms import Resize, contains, eval_view, from_description
+from reprodl.weights import safetensors_problem, sniff_weights
 
 TRUSTED_MODULES = trust.TRUSTED_MODULES[trust.Kind.ARCHITECTURE]
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
@@ -61,13 +62,15 @@ def load_weights(ds: StoredDataSet, record: ProvenanceRecord | None = None) -> d
             )
         raise ModelLoadError(f"{ds.uri} has no {keys.WEIGHTS_FILE} item: it is not a reprodl model")
     path = ds.item_path(ds.identifier_of(keys.WEIGHTS_FILE))
-    with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head[:1] == b"\x80" or head == b"PK":
-        raise ModelLoadError(
-            f"{ds.uri}: {keys.WEIGHTS_FILE} is a pickle/zip (torch.save) file, not safetensors; "
-            "reprodl refuses to unpickle weights from a URI"
-        )
+    problem = safetensors_problem(path)  # the header first: its length may start with 0x80 or PK
+    if problem is not None:
+        if sniff_weights(path) in ("pickle", "zip"):
+            raise ModelLoadError(
+                f"{ds.uri}: {keys.WEIGHTS_FILE} is a pickle/zip (torch.save) file, not safetensors; "
+                "reprodl refuses to unpickle weights from a URI. Convert the weights to safetensors "
+                "in a trusted environment"
+            )
+        raise ModelLoadError(f"{ds.uri}: {keys.WEIGHTS_FILE} is not a valid safetensors file ({problem})")
     try:
         state = load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:

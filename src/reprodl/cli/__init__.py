@@ -35,6 +35,7 @@ def _root(
 
 def _register() -> None:
     from reprodl.cli import model as _model  # noqa: F401  (registers commands on app)
+    from reprodl.cli import signing as _signing  # noqa: F401  (keygen, sign)
 
 
 def main() -> None:

@@ -286,19 +286,25 @@ def verify_cmd(
     uri: str = typer.Argument(..., help="Model dataset URI."),
     data: bool = typer.Option(False, "--data", help="Also check every training dataset is reachable and unchanged."),
     allow: Optional[list[str]] = _ALLOW,
+    trusted_key: Optional[list[str]] = typer.Option(
+        None, "--trusted-key", help="Public key (KEY.pub file or its text) the model must be signed by; repeatable."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Check a model dataset: item hashes, record digest, weights against the record, that every
-    class the record names would be imported only under the trust policy (and data)."""
+    class the record names passes the trust policy (and data, and a signature by a trusted key)."""
+    from rich.markup import escape
+
     from reprodl.checks import verify_model
 
-    result = verify_model(uri, data=data, allow=allow or ())
+    result = verify_model(uri, data=data, allow=allow or (), trusted_keys=trusted_key or ())
     if as_json:
         print_json(result.to_dict())
     else:
         for c in result.checks:
             mark = "[green]ok[/]" if c.ok else "[red]FAILED[/]"
-            out.print(f"{mark}  {c.name}" + (f": {c.detail}" if c.detail and not c.ok else ""))
+            out.print(f"{mark}  {escape(c.name)}" + (f": {escape(c.detail)}" if c.detail and not c.ok else ""))
+        for note in result.notes:
+            out.print(f"note  {note}", markup=False)
         out.print("All checks passed." if result.ok else "Verification FAILED.")
     if not result.ok:
         raise typer.Exit(int(ExitCode.FAILED))

@@ -95,3 +95,9 @@ class ReproductionError(ReprodlError, RuntimeError):
 
 class DirtyCodeError(ReprodlError, RuntimeError):
     """Training was asked to run only on committed code, and the code has uncommitted changes."""
+
+
+class TrainingDivergedError(ReprodlError, ArithmeticError):
+    """The training loss became NaN or infinite; no model was written."""
+
+    exit_code = ExitCode.FAILED

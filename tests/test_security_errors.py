@@ -14,9 +14,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch import nn
-
 from conftest import snapshot
+from torch import nn
+from train_fixtures import (
+    INIT_PARAMS,
+    digits_config,
+    item_file,
+    path_of,
+    rewrite_model,
+    train_digits,
+)
+
 from reprodl.errors import (
     DatasetFormatError,
     ExitCode,
@@ -28,7 +36,6 @@ from reprodl.errors import (
     StorageError,
     TrainingDivergedError,
 )
-from train_fixtures import INIT_PARAMS, digits_config, item_file, path_of, rewrite_model, train_digits
 
 pytest_plugins = ["train_fixtures"]
 
@@ -241,7 +248,7 @@ def test_a_full_disk_while_training_is_a_clear_error(tmp_path, digits_split_uri,
 
 
 def test_a_read_only_filesystem_for_the_output_is_a_clear_error(cli, tmp_path, base_dir, monkeypatch):
-    import reprodl.store.create as create
+    from reprodl.store import create
 
     def read_only(*args: Any, **kwargs: Any) -> str:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(base_dir))
@@ -361,17 +368,23 @@ def test_an_empty_split_is_a_clear_error(cli, tmp_path, base_dir):
 
 
 def test_training_on_a_dataset_with_no_samples_is_refused(tmp_path, base_dir):
-    from reprodl import DerivedDataSet, GenNet, Parameters, TensorDataSet, train_model_with_metadata_capture
+    from reprodl import (
+        DerivedDataSet,
+        GenNet,
+        Parameters,
+        TensorDataSet,
+        train_model_with_metadata_capture,
+    )
     from reprodl.data.creators import create_from_arrays
 
     uri = create_from_arrays(np.ones((0, 64), dtype=np.uint8), np.zeros(0, dtype=np.int64), str(base_dir), "empty",
                              image_dimensions=[1, 8, 8])
     ds = TensorDataSet(uri)
     net = GenNet(**INIT_PARAMS)
-    with pytest.raises(ParametersError, match="the train dataset empty .* has no samples"):
-        with DerivedDataSet(str(tmp_path), "m", ds) as out:
-            train_model_with_metadata_capture(net, ds, torch.optim.SGD(net.parameters(), lr=0.1), nn.NLLLoss(),
-                                              Parameters(init_params=INIT_PARAMS), out, progress=False)
+    with pytest.raises(ParametersError, match="the train dataset empty .* has no samples"), \
+            DerivedDataSet(str(tmp_path), "m", ds) as out:
+        train_model_with_metadata_capture(net, ds, torch.optim.SGD(net.parameters(), lr=0.1), nn.NLLLoss(),
+                                          Parameters(init_params=INIT_PARAMS), out, progress=False)
     assert not (tmp_path / "m").exists()
 
 

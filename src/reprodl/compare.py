@@ -42,8 +42,8 @@ class Tolerance:
     @classmethod
     def parse(cls, text: str | float | None) -> "Tolerance":
         """From "1e-5" or 1e-5 (atol) or "atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99"."""
-        if isinstance(text, (int, float)) and not isinstance(text, bool):
-            return cls(atol=float(text))
+        if isinstance(text, (int, float)):
+            return cls(atol=text)  # a bool is refused there
         if not text:
             return cls()
         values: dict[str, float] = {}

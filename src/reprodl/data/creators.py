@@ -299,7 +299,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     body = raw[4 + 4 * ndim:]
     if len(body) != expected:
         raise InputDataError(
-            f"{path}: the IDX header says {dims} ({expected} bytes of data) but the file has {len(body)}: "
+            f"{path}: IDX header says {dims} ({expected} bytes) but the file has {len(body)}: "
             "the file is truncated or its header is corrupt; download it again")
     return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 

@@ -26,28 +26,43 @@ class Tolerance:
     agreement: float = 0.99
     loss_rtol: float = 0.25
 
+    def __post_init__(self) -> None:
+        import math
+
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ReproductionError(
+                    f"tolerance {field.name} should be a finite number >= 0, but got {field.name}={value!r}; "
+                    "e.g. --tolerance 'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'")
+        if self.agreement > 1:
+            raise ReproductionError(
+                f"tolerance agreement is a fraction of predictions, between 0 and 1, but got agreement={self.agreement}")
+
     @classmethod
-    def parse(cls, text: str | None) -> "Tolerance":
-        """From "1e-5" (atol) or "atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99"."""
+    def parse(cls, text: str | float | None) -> "Tolerance":
+        """From "1e-5" or 1e-5 (atol) or "atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99"."""
+        if isinstance(text, (int, float)):
+            return cls(atol=text)  # a bool is refused there
         if not text:
             return cls()
-        out = cls()
+        values: dict[str, float] = {}
         names = {"atol": "atol", "rtol": "rtol", "metric": "metric_abs", "metric_abs": "metric_abs",
                  "agreement": "agreement", "loss_rtol": "loss_rtol"}
         try:
             if "=" not in text:
-                out.atol = float(text)
-                return out
-            for part in text.split(","):
-                key, _, value = part.partition("=")
-                if key.strip() not in names:
-                    raise ValueError(key)
-                setattr(out, names[key.strip()], float(value))
+                values["atol"] = float(text)
+            else:
+                for part in text.split(","):
+                    key, _, value = part.partition("=")
+                    if key.strip() not in names:
+                        raise ValueError(key)
+                    values[names[key.strip()]] = float(value)
         except ValueError:
             raise ReproductionError(
                 f"tolerance {text!r} should be a number (atol) or a list like "
                 "'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'") from None
-        return out
+        return cls(**values)
 
 
 # --- comparison ----------------------------------------------------------------------------

@@ -12,6 +12,9 @@ A config names the data by URI, the model, optimiser, loss and parameters::
     loss: {class: NLLLoss}
     params: {batch_size: 32, learning_rate: 0.05, n_epochs: 10, seed: 0}
 
+``params`` holds only :class:`reprodl.params.Parameters` fields (a misspelt key is refused
+with the closest name); values for your own code go under ``params.user``, recorded as given.
+
 A dataset may name preprocessing and augmentation from :mod:`reprodl.transforms`, applied
 in order (recorded, and rebuilt when the model is reproduced)::
 
@@ -37,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reprodl.errors import ParametersError
 from reprodl.metadata import read_yaml_file
-from reprodl.params import apply_overrides
+from reprodl.params import apply_overrides, check_config_keys
 
 SHORTHANDS = {
     "lr": "params.learning_rate", "learning_rate": "params.learning_rate", "epochs": "params.n_epochs",
@@ -130,6 +133,7 @@ def load_config(path: str | os.PathLike[str] | dict[str, Any], overrides: list[s
         raise ParametersError(f"the config does not validate: {problems}") from None
     if not cfg.specs("train"):
         raise ParametersError("the config needs data.train: {uri: ...}")
+    check_config_keys(cfg.params)
     # Relative paths in a config file are relative to the file, not the working directory.
     cfg.output = _resolve(cfg.output, base)
     for role in list(cfg.data):
@@ -164,6 +168,31 @@ def _component(spec: ComponentSpec, prefix: str, kind: Any, allow: list[str]) ->
     if ":" not in path and "." not in path:
         path = f"{prefix}:{path}"
     return trust.resolve(path, kind, allow=allow)
+
+
+def _construct(cls: type, what: str, kwargs: dict[str, Any], *args: Any) -> Any:
+    """``cls(*args, **kwargs)``; a wrong keyword or value is a :class:`ParametersError` naming the config key."""
+    import inspect
+
+    try:
+        return cls(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        try:
+            accepted = [n for n in inspect.signature(cls).parameters if n not in ("self", "params", "optimizer")]
+        except (TypeError, ValueError):
+            accepted = []
+        hint = ""
+        unknown = [k for k in kwargs if accepted and k not in accepted]
+        if unknown:
+            import difflib
+
+            close = {k: difflib.get_close_matches(k, accepted, n=1) for k in unknown}
+            hint = "; unknown keyword(s) " + ", ".join(
+                f"{k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for k, c in close.items())
+        key = "model.init_params" if what == "model" else what
+        raise ParametersError(
+            f"the config's {key} cannot build {cls.__module__}.{cls.__qualname__} with {kwargs}: {exc}{hint}. "
+            f"Fix {key} in the config" + (f" (it accepts {', '.join(accepted)})" if accepted else "")) from None
 
 
 def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callable[..., None] | None = None,
@@ -201,7 +230,7 @@ def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callabl
     model_cls = _component(model_spec, "reprodl.zoo", trust.Kind.ARCHITECTURE, cfg.allow)
     trust.check_size(model_cls, init_params)
     torch.manual_seed(params.seed)
-    model = model_cls(**init_params)
+    model = _construct(model_cls, "model", init_params)
     if parent_state is not None:
         model.load_state_dict(parent_state)
     names = dict(model.named_parameters())
@@ -213,12 +242,12 @@ def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callabl
             p.requires_grad_(False)
     opt_cls = _component(cfg.optimizer, "torch.optim", trust.Kind.OPTIMIZER, cfg.allow)
     opt_kwargs = {"lr": params.learning_rate, **cfg.optimizer.kwargs()}
-    optimizer = opt_cls([p for p in model.parameters() if p.requires_grad], **opt_kwargs)
-    loss_fn = _component(cfg.loss, "torch.nn", trust.Kind.LOSS, cfg.allow)(**cfg.loss.kwargs())
+    optimizer = _construct(opt_cls, "optimizer", opt_kwargs, [p for p in model.parameters() if p.requires_grad])
+    loss_fn = _construct(_component(cfg.loss, "torch.nn", trust.Kind.LOSS, cfg.allow), "loss", cfg.loss.kwargs())
     scheduler = None
     if cfg.scheduler is not None:
-        scheduler = _component(cfg.scheduler, "torch.optim.lr_scheduler", trust.Kind.SCHEDULER, cfg.allow)(
-            optimizer, **cfg.scheduler.kwargs())
+        scheduler = _construct(_component(cfg.scheduler, "torch.optim.lr_scheduler", trust.Kind.SCHEDULER, cfg.allow),
+                               "scheduler", cfg.scheduler.kwargs(), optimizer)
     with DerivedDataSet(cfg.output, name or cfg.name, train, valid=valid, test=test, parent=cfg.parent,
                         readme=cfg.readme) as out:
         record = train_model_with_metadata_capture(model, train[0], optimizer, loss_fn, params, out,

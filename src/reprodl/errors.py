@@ -103,3 +103,9 @@ class SigningError(ReprodlError, ValueError):
 
 class MissingDependencyError(ReprodlError, ImportError):
     """An optional package a feature needs is not installed."""
+
+
+class TrainingDivergedError(ReprodlError, ArithmeticError):
+    """The training loss became NaN or infinite; no model was written."""
+
+    exit_code = ExitCode.FAILED

@@ -24,13 +24,14 @@ class Parameters(BaseModel):
     """Hyperparameters and run settings of a training; unknown keywords are kept as given.
 
     Known fields are validated (``batch_size=0`` is refused, ``"False"`` is False); any
-    other keyword (``momentum=0.9``) is recorded too and read by attribute.
+    other keyword (``momentum=0.9``) is recorded too and read by attribute. A config file is
+    stricter (:func:`check_config_keys`): there, values for your own code go under ``user``.
     """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True, frozen=False)
 
     batch_size: PositiveInt = Field(128, description="Samples per optimisation step")
-    learning_rate: PositiveFloat = Field(0.01, description="Learning rate given to the optimiser")
+    learning_rate: PositiveFloat = Field(0.01, allow_inf_nan=False, description="Learning rate given to the optimiser")
     n_epochs: PositiveInt = Field(1, description="Passes over the training data")
     init_params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the model class")
     seed: int = Field(0, description="Seed of Python, NumPy, torch and the data order")
@@ -39,6 +40,10 @@ class Parameters(BaseModel):
     num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     verify_data: Literal["quick", "deep", "none"] = Field("quick", description="Integrity check of the data before training")
+    allow_nonfinite_loss: bool = Field(
+        False, description="Keep training (and write the model) when the loss becomes NaN or infinite")
+    user: dict[str, Any] = Field(
+        default_factory=dict, description="Values for your own code (a config's params.user), recorded as given")
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs = {ALIASES.get(k, k): v for k, v in kwargs.items()}
@@ -66,6 +71,32 @@ class Parameters(BaseModel):
 
     def __contains__(self, key: str) -> bool:
         return key in self.to_dict()
+
+
+def known_keys() -> list[str]:
+    """Every key a config's ``params`` may hold: the fields and their aliases."""
+    return sorted({*Parameters.model_fields, *ALIASES})
+
+
+def check_config_keys(params: dict[str, Any]) -> None:
+    """Refuse keys of a config's ``params`` that are not parameters (a typo trains with the default).
+
+    Raises:
+        ParametersError: naming each unknown key, the closest known one, and ``params.user``.
+    """
+    import difflib
+
+    known = known_keys()
+    unknown = [k for k in params if k not in known]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ParametersError(
+        f"unknown training parameter(s) in the config's params: {', '.join(hints)}. Known: {', '.join(known)}. "
+        "Values for your own code go under params.user (e.g. params: {user: {dropout: 0.1}})")
 
 
 def _explain(exc: ValidationError) -> str:

@@ -87,10 +87,7 @@ def rebuild_model(record: ProvenanceRecord, model_ds: StoredDataSet, *, allow: I
         torch.manual_seed(seed)
         model = cls(**arch.init_params)
     if arch.initialisation == "stored":
-        from safetensors.torch import load_file
-
-        state = load_file(model_ds.item_path(model_ds.identifier_of(keys.INITIAL_WEIGHTS_FILE)))
-        model.load_state_dict(state)
+        _load_initial_state(model, model_ds)
     elif arch.initialisation == "parent":
         parent = record.lineage.parent
         if parent is None:
@@ -106,6 +103,35 @@ def rebuild_model(record: ProvenanceRecord, model_ds: StoredDataSet, *, allow: I
             f"the rebuilt {arch.import_path} does not start from the recorded initial weights: the class's code "
             "or its initialisation changed since training")
     return model
+
+
+def _load_initial_state(model: torch.nn.Module, model_ds: StoredDataSet) -> None:
+    """Load the stored starting weights (``initial.safetensors``) into ``model``, or say why not."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    what = f"the model dataset {model_ds.name!r} ({model_ds.uri})"
+    try:
+        path = model_ds.item_path(model_ds.identifier_of(keys.INITIAL_WEIGHTS_FILE))
+    except KeyError:
+        raise ReproductionError(
+            f"{what} has no {keys.INITIAL_WEIGHTS_FILE} item, but its record says training started from stored "
+            "weights: without them the training cannot be re-run. Use a complete copy of the model dataset") from None
+    try:
+        state = load_file(path)
+    except FileNotFoundError:
+        raise ReproductionError(
+            f"{what}: the item {keys.INITIAL_WEIGHTS_FILE} is missing on disk ({path}); "
+            "`reprodl verify` lists what else is missing. Use a complete copy of the model dataset") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ReproductionError(
+            f"{what}: {keys.INITIAL_WEIGHTS_FILE} is not a valid safetensors file ({exc}); "
+            "it was damaged since training. Use an intact copy of the model dataset") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ReproductionError(
+            f"{what}: {keys.INITIAL_WEIGHTS_FILE} does not fit the rebuilt {type(model).__name__} ({exc})") from None
 
 
 def rebuild_optimizer(record: ProvenanceRecord, model: torch.nn.Module, allow: Iterable[str]) -> torch.optim.Optimizer:

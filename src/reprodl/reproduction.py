@@ -169,7 +169,7 @@ def reproduce(
     uri: str,
     *,
     output: str | None = None,
-    tolerance: Tolerance | str | None = None,
+    tolerance: Tolerance | str | float | None = None,
     allow: Iterable[str] = (),
     model_class: type | None = None,
     device: str | None = None,

@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ from reprodl.capture import (
     state_dict_sha256,
 )
 from reprodl.data.datasets import WrappedDataSet, collate
-from reprodl.errors import IntegrityError, ParametersError, ReprodlError
+from reprodl.errors import IntegrityError, ParametersError, ReprodlError, TrainingDivergedError
 from reprodl.params import Parameters
 from reprodl.provenance import (
     DataRef,
@@ -241,6 +242,24 @@ def _check_data(datasets: list[tuple[str, WrappedDataSet]], how: str) -> None:
                              problems=problems)
 
 
+def _check_not_empty(roles: list[tuple[str, WrappedDataSet]]) -> None:
+    """Refuse a train or valid dataset that selects no samples (a split or usetype that left none)."""
+    for role, ds in roles:
+        if role in ("train", "valid") and len(ds) == 0:
+            raise ParametersError(
+                f"the {role} dataset {ds.name} ({ds.uri}) has no samples"
+                + (f" of usetype {ds.usetype!r}" if ds.usetype else "")
+                + ": check its split (`reprodl dataset info URI` shows the counts) or choose another usetype")
+
+
+def _diverged(name: str, epoch: int, batch: int, n_batches: int, loss: float) -> None:
+    where = f"batch {batch + 1}/{n_batches} of epoch {epoch + 1}" if batch >= 0 else f"epoch {epoch + 1}"
+    raise TrainingDivergedError(
+        f"the training of {name!r} diverged: the loss became {loss} at {where}, so no model was written. "
+        "Lower the learning rate, check the data for NaN/inf values, or pass allow_nonfinite_loss=True "
+        "(params: {allow_nonfinite_loss: true}) to keep such a model")
+
+
 def _utcnow() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -311,6 +330,7 @@ def train_model_with_metadata_capture(
     if require_clean_code:
         require_clean(code)
     roles = output_ds.datasets_by_role()
+    _check_not_empty(roles)
     _check_data(roles, params.verify_data)
     started = _utcnow()
     t_start = time.perf_counter()
@@ -350,6 +370,8 @@ def train_model_with_metadata_capture(
             t_epoch = time.perf_counter()
             sampler.set_epoch(epoch)
             loss_sum = torch.zeros((), device=target, dtype=torch.float64)
+            # The first batch whose loss is not finite, tracked on the device (no per-batch sync).
+            first_bad = torch.full((), -1, device=target, dtype=torch.int64)
             n_batches = len(sampler)
             for i, (x, y) in enumerate(loader):
                 x = x.to(target, non_blocking=True)
@@ -359,6 +381,9 @@ def train_model_with_metadata_capture(
                 loss.backward()
                 optimiser.step()
                 loss_sum += loss.detach() * len(y)
+                if not params.allow_nonfinite_loss:
+                    bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
+                    first_bad = torch.where(bad, torch.full_like(first_bad, i), first_bad)
                 if report:
                     report(f"epoch {epoch + 1}/{params.n_epochs}", i + 1, n_batches)
             lr_now = float(optimiser.param_groups[0].get("lr", float("nan")))
@@ -368,6 +393,8 @@ def train_model_with_metadata_capture(
             order_digests.append(sampler.order_digest)
             metrics = EpochMetrics(epoch=epoch + 1, train_loss=float(loss_sum) / len(data_for_loader),
                                    learning_rate=lr_now, wall_time_s=0.0)
+            if not params.allow_nonfinite_loss and not math.isfinite(metrics.train_loss):
+                _diverged(output_ds.name, epoch, int(first_bad), n_batches, metrics.train_loss)
             if output_ds.valid_sets:
                 vl, va = evaluate_loss_accuracy(model, output_ds.valid_sets[0], loss_fn, target)
                 metrics.valid_loss, metrics.valid_accuracy = vl, va

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 from collections import Counter
@@ -168,13 +169,8 @@ def create_from_arrays(
         raise InputDataError(
             f"labels/array length mismatch: {len(data)} data rows but {len(labels)} labels"
         )
-    if not np.issubdtype(labels.dtype, np.integer):
-        if np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)):
-            labels = labels.astype(np.int64)
-        else:
-            raise InputDataError(f"labels must be integers, got dtype {labels.dtype}")
-    if len(labels) and labels.min() < 0:
-        raise InputDataError(f"labels must be >= 0, found {int(labels.min())}")
+    _check_data_values(data)
+    labels = _integer_labels(labels)
     n_classes = int(labels.max()) + 1 if len(labels) else 0
     if categories is None:
         categories = [str(i) for i in range(n_classes)]
@@ -185,6 +181,9 @@ def create_from_arrays(
         image_dimensions = [1, *row] if len(row) == 2 else list(row)
     if int(np.prod(image_dimensions)) != int(np.prod(data.shape[1:])):
         raise InputDataError(f"image_dimensions {image_dimensions} do not fit rows of shape {list(data.shape[1:])}")
+    if value_scale is not None and not (math.isfinite(value_scale) and value_scale > 0):
+        raise InputDataError(f"value_scale divides the raw values, so it must be a finite number > 0, "
+                             f"but got value_scale={value_scale}")
     if usetype is not None and len(usetype) != len(data):
         raise InputDataError(f"usetype has {len(usetype)} entries for {len(data)} rows")
     text = _readme(name, readme, {
@@ -208,6 +207,49 @@ def create_from_arrays(
             writer.put_annotation(keys.TENSOR_USETYPE, [str(u) for u in usetype])
     assert writer.uri is not None
     return writer.uri
+
+
+def _check_data_values(data: np.ndarray) -> None:
+    """Refuse data a model cannot read as numbers: complex, non-numeric, NaN or infinite values."""
+    if np.iscomplexobj(data):
+        raise InputDataError(
+            f"data has the complex dtype {data.dtype}: store real values (e.g. np.abs(data), or the real and "
+            "imaginary parts as two channels)")
+    if not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
+        raise InputDataError(f"data must be numeric, got dtype {data.dtype}")
+    if np.issubdtype(data.dtype, np.floating):
+        bad = ~np.isfinite(data)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise InputDataError(
+                f"data has {int(bad.sum())} non-finite value(s) (NaN or infinite), the first in row {row}: "
+                "remove or impute them before creating the dataset")
+
+
+def _integer_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels as int64, refusing NaN, fractions and negative values (naming the first row)."""
+    if np.iscomplexobj(labels) or not (np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_):
+        raise InputDataError(f"labels must be integers 0..K-1, got dtype {labels.dtype}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        labels = labels.astype(np.float64)
+        bad = ~np.isfinite(labels)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputDataError(
+                f"labels hold {int(bad.sum())} non-finite value(s) (NaN or infinite), the first in row {row} "
+                f"({labels[row]}): every sample needs an integer label 0..K-1")
+        frac = labels != np.round(labels)
+        if frac.any():
+            row = int(np.flatnonzero(frac)[0])
+            raise InputDataError(
+                f"labels must be whole numbers (class indices 0..K-1), but row {row} has {labels[row]}: "
+                "labels are classes, not regression targets; map them to integers first")
+    if len(labels) and labels.min() < 0:
+        row = int(np.argmin(labels))
+        raise InputDataError(
+            f"labels must be >= 0 (class indices 0..K-1), but row {row} has {int(labels[row])}: "
+            "renumber the classes from 0")
+    return labels.astype(np.int64)
 
 
 def load_array_file(path: str | os.PathLike[str], key: str | None = None) -> np.ndarray:
@@ -248,12 +290,17 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     code, ndim = raw[2], raw[3]
     if code not in dtypes:
         raise InputDataError(f"{path}: unknown IDX type code {code:#x}")
+    if len(raw) < 4 + 4 * ndim:
+        raise InputDataError(f"{path}: the IDX header names {ndim} dimensions but the file ends inside it "
+                             f"({len(raw)} bytes): the file is truncated")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     dtype = np.dtype(dtypes[code])
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # exact: np.prod would overflow int64 and wrap
     body = raw[4 + 4 * ndim:]
     if len(body) != expected:
-        raise InputDataError(f"{path}: IDX header says {dims} ({expected} bytes) but the file has {len(body)}")
+        raise InputDataError(
+            f"{path}: IDX header says {dims} ({expected} bytes) but the file has {len(body)}: "
+            "the file is truncated or its header is corrupt; download it again")
     return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 

@@ -150,7 +150,13 @@ class WrappedDataSet(Dataset):
         assert self.split is not None
         values = stratified_split(labels, test=float(self.split.get("test", 0.2)),
                                   valid=float(self.split.get("valid", 0.0)), seed=int(self.split.get("seed", 0)))
-        return values == self.usetype
+        mask = values == self.usetype
+        if not mask.any():
+            raise DatasetFormatError(
+                f"the split {self.split} of {self.uri} ({len(labels)} samples) selects no samples of usetype "
+                f"{self.usetype!r}: change its fractions, or use a usetype it produces "
+                f"({', '.join(sorted({str(v) for v in values}))})")
+        return mask
 
 
 class ImageDataSet(WrappedDataSet):

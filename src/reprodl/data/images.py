@@ -155,6 +155,12 @@ def open_image(path: str | os.PathLike[str], *, guarded: bool = True) -> Image.I
             f"{path}: image is too large ({exc}); Pillow's limit is "
             f"{Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb guard)"
         ) from None
+    except FileNotFoundError:
+        raise InputDataError(
+            f"{path}: the image file is missing; restore it (or, in a dataset, `reprodl dataset verify` "
+            "names every missing item)") from None
+    except IsADirectoryError:
+        raise InputDataError(f"{path} is a directory, not an image file") from None
     except UnidentifiedImageError:
         raise InputDataError(f"{path}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -125,6 +125,12 @@ def split_dataset(uri: str, *, test: float = 0.2, valid: float = 0.0, seed: int 
             "(models trained on the old split will then fail to reproduce)"
         )
     values = stratified_split(labels, test=test, valid=valid, seed=seed)
+    wanted = ["train", "test"] + (["valid"] if valid > 0 else [])
+    empty = [part for part in wanted if not np.any(values == part)]
+    if empty:
+        raise ParametersError(
+            f"this split of {ds.uri} ({len(labels)} samples, test={test}, valid={valid}) would leave "
+            f"{' and '.join(empty)} with no samples: change the fractions, or add samples")
     if kind == keys.INPUT_TYPE_IMAGE:
         overlay = {i: None for i in ds.identifiers}
         overlay.update({k: str(v) for k, v in zip(sample_keys, values)})

@@ -8,6 +8,7 @@ the dataset.
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import json
 import os
@@ -161,7 +162,10 @@ def create_dataset(
         # answers before spending time building.
         staging_parent = None
         _probe_remote_base(base)
-    staging = Path(tempfile.mkdtemp(prefix=f".reprodl-staging-{name}-", dir=staging_parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".reprodl-staging-{name}-", dir=staging_parent))
+    except OSError as exc:
+        raise write_error(exc, f"the dataset {name!r} at {base}") from exc
     try:
         dtoolcore = _dtoolcore()
         admin = dtoolcore.generate_admin_metadata(name, creator or current_user())
@@ -183,8 +187,29 @@ def create_dataset(
             writer.uri = normalise_uri(str(final))
         else:
             writer.uri = _copy_to(StoredDataSet(normalise_uri(frozen.uri), frozen), base)
+    except OSError as exc:
+        if isinstance(exc, StorageError) or exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise write_error(exc, f"the dataset {name!r} at {base}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# OSErrors of a full or read-only disk, turned into a StorageError wherever a dataset is written
+# (a permission error is not: inside the block it may come from reading the caller's input).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def write_error(exc: OSError, what: str) -> StorageError:
+    """The :class:`StorageError` for an OSError met while writing ``what`` (disk full, read-only...)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "free some space (or raise the quota) and run the command again"
+    elif exc.errno == errno.EROFS:
+        fix = "the filesystem is mounted read-only: write to another location"
+    else:
+        fix = "check its permissions, or write to a directory you own"
+    return StorageError(f"could not write {what}: {exc.strerror or exc}{where}. Nothing was kept; {fix}")
 
 
 def current_user() -> str:

@@ -12,10 +12,13 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -24,6 +27,7 @@ from reprodl.errors import (
     DatasetNotFoundError,
     DatasetNotFrozenError,
     InvalidURIError,
+    MetadataError,
     ReprodlError,
     StorageError,
 )
@@ -217,14 +221,27 @@ class StoredDataSet(_RemoteItems):
         return self._readme
 
     def readme(self) -> dict[str, Any]:
-        """The README parsed as YAML ({} when empty or not a mapping)."""
+        """The README parsed as YAML ({} when empty).
+
+        Raises:
+            MetadataError: the README is not valid YAML, or not a mapping, naming the dataset.
+        """
         import yaml
 
+        text = self.get_readme_content()
+        fix = f"correct it (`dtool readme edit {self.uri}`)"
         try:
-            data = yaml.safe_load(self.get_readme_content())
-        except yaml.YAMLError:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise MetadataError(
+                f"the README.yml of dataset {self.name!r} ({self.uri}) is not valid YAML ({exc}); {fix}") from None
+        if data is None:
             return {}
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            raise MetadataError(
+                f"the README.yml of dataset {self.name!r} ({self.uri}) is a {type(data).__name__}, not a YAML "
+                f"mapping (name: ..., description: ...); {fix}")
+        return data
 
     def _list_names(self, kind: str) -> list[str]:
         """Annotation or overlay names, listed once (a request for remote datasets)."""
@@ -286,8 +303,25 @@ class StoredDataSet(_RemoteItems):
 
     def put_annotation(self, name: str, value: Any) -> None:
         """Write an annotation (annotations stay writable after freezing)."""
-        self._ds.put_annotation(name, value)
+        with self._writing(f"the annotation {name!r}"):
+            self._ds.put_annotation(name, value)
         self._remember("annotations", self._annotations, name, value)
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn an OSError of a metadata write (read-only dataset, full disk) into a StorageError."""
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, ReprodlError):
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            fix = ("free some space and run the command again" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                   else "the dataset is read-only here: ask its owner, or copy it "
+                        "(`reprodl dataset copy`) and work on the copy")
+            raise StorageError(
+                f"could not write {what} of dataset {self.name!r} ({self.uri}): "
+                f"{exc.strerror or exc}{where}; {fix}") from exc
 
     def overlay_names(self) -> list[str]:
         """Names of the dataset's overlays (listed once)."""
@@ -299,7 +333,8 @@ class StoredDataSet(_RemoteItems):
 
     def put_overlay(self, name: str, values: dict[str, Any]) -> None:
         """Write an overlay: identifier -> value for every item."""
-        self._ds.put_overlay(name, values)
+        with self._writing(f"the overlay {name!r}"):
+            self._ds.put_overlay(name, values)
         self._remember("overlays", self._overlays, name, values)
 
     def tags(self) -> list[str]:

@@ -163,3 +163,31 @@ def test_secrets_in_subdirectories_symlinks_and_excluded_files_are_not_stored(re
         ".env": "secret", "deploy/.env.production": "secret", "deploy/server.key": "secret",
         "id_rsa": "secret", "notes.txt": "symbolic link"}
     assert not any("private" in name or "run.log" in name for name in info.git.untracked)
+
+
+def test_a_committed_secret_file_edited_since_stays_out_of_the_patch(repo):
+    (repo / "config").mkdir()
+    (repo / "config" / ".env").write_text("PLACEHOLDER=1\n")
+    (repo / "model.py").write_text("WIDTH = 1\n")
+    _git(repo, "add", "config/.env", "model.py")
+    _git(repo, "commit", "-q", "-m", "tracked env")
+    (repo / "config" / ".env").write_text(SECRET + "\n")
+    (repo / "model.py").write_text("WIDTH = 2\n")
+    info, patch, _ = capture_code(repo)
+    assert patch is not None and "+WIDTH = 2" in patch
+    assert SECRET not in patch and ".env" not in patch
+    assert info.git.patch_skipped == ["config/.env"] and info.git.dirty
+    # What is left applies to the recorded commit, so the code can still be rebuilt.
+    applied = subprocess.run(["git", "apply", "--check", "-R", "-"], cwd=repo, input=patch, text=True, check=False,
+                             capture_output=True)
+    assert applied.returncode == 0, applied.stderr
+
+
+def test_only_a_committed_secret_changed_still_marks_the_code_dirty(repo):
+    (repo / ".env").unlink()
+    (repo / ".env").write_text("PLACEHOLDER=1\n")
+    _git(repo, "add", ".env")
+    _git(repo, "commit", "-q", "-m", "tracked env")
+    (repo / ".env").write_text(SECRET + "\n")
+    info, patch, _ = capture_code(repo)
+    assert patch is None and info.git.patch_skipped == [".env"] and info.git.dirty

@@ -251,6 +251,7 @@ def capture_code(where: str | os.PathLike[str] | None = None, *,
         "branch": ["rev-parse", "--abbrev-ref", "HEAD"],
         "remote": ["config", "--get", "remote.origin.url"],
         "patch": ["diff", "HEAD", "--binary"],
+        "changed": ["diff", "HEAD", "--name-only", "--no-renames", "-z"],
         # Untracked files, git-ignored ones left out (.gitignore, .git/info/exclude, core.excludesFile).
         "untracked": ["ls-files", "--others", "--exclude-standard", "-z", "--full-name"],
     }, root_path)
@@ -258,6 +259,11 @@ def capture_code(where: str | os.PathLike[str] | None = None, *,
     branch = (res["branch"] or "").strip() or None
     remote = (res["remote"] or "").strip() or None
     patch = res["patch"] if commit else None
+    # A tracked file named like a secret (a committed .env, edited since) stays out of the patch.
+    patch_skipped = sorted(rel for rel in (res["changed"] or "").split("\0") if rel and secret_pattern(rel))
+    if patch and patch_skipped:
+        patch = _git(["diff", "HEAD", "--binary", "--", ".", *(f":(exclude,literal){rel}" for rel in patch_skipped)],
+                     root_path)
     untracked = sorted(e for e in (res["untracked"] or "").split("\0") if e)
     # Datasets and models (and the one being written) inside the repository are data, not code.
     untracked = [rel for rel in untracked if not _inside_dataset(root_path, rel)]
@@ -276,12 +282,12 @@ def capture_code(where: str | os.PathLike[str] | None = None, *,
         item = f"{keys.CODE_DIR}untracked/{rel}"
         files[item] = root_path / rel
         stored.append(item)
-    dirty = bool(patch) or bool(untracked)
+    dirty = bool(patch) or bool(patch_skipped) or bool(untracked)
     skipped = list(reasons)[:200]
     info.git = GitInfo(commit=commit, branch=branch, dirty=dirty, remote=remote, root=str(root_path),
                        untracked=untracked[:200], untracked_items=stored, untracked_skipped=skipped,
                        untracked_skipped_reasons={rel: reasons[rel] for rel in skipped},
-                       store_untracked=store_untracked,
+                       store_untracked=store_untracked, patch_skipped=patch_skipped[:200],
                        patch_sha256=hashlib.sha256(patch.encode()).hexdigest() if patch else None)
     return info, (patch or None), files
 
@@ -292,7 +298,7 @@ def untracked_summary(git: GitInfo | None) -> str | None:
     Example: ``stored 2 untracked files: a.py, b.py (skipped: .env [secret])``; None when the
     training ran outside git or found no untracked file.
     """
-    if git is None or not (git.untracked_items or git.untracked_skipped):
+    if git is None or not (git.untracked_items or git.untracked_skipped or git.patch_skipped):
         return None
     prefix = f"{keys.CODE_DIR}untracked/"
     names = [item.removeprefix(prefix) for item in git.untracked_items]
@@ -303,6 +309,8 @@ def untracked_summary(git: GitInfo | None) -> str | None:
         why = git.untracked_skipped_reasons
         line += (" (" + ("store_untracked=False; " if not git.store_untracked else "") + "skipped: "
                  + ", ".join(f"{n} [{why.get(n, SKIP_TOO_LARGE)}]" for n in git.untracked_skipped) + ")")
+    if git.patch_skipped:
+        line += f"; left out of the code patch: {', '.join(git.patch_skipped)} [secret]"
     return line
 
 

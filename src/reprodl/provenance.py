@@ -131,6 +131,8 @@ class GitInfo(_Part):
         default_factory=dict, description="why each skipped untracked file was not stored: secret, too large, "
         "symbolic link, outside the repository, or opted out (store_untracked=False)")
     store_untracked: bool = Field(True, description="whether untracked files were stored with the model")
+    patch_skipped: list[str] = Field(
+        default_factory=list, description="changed tracked files named like secrets, left out of the patch (names only)")
 
 
 class CodeInfo(_Part):

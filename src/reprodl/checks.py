@@ -185,6 +185,8 @@ def metadata_changes(ref: DataRef, ds: StoredDataSet) -> list[str]:
     """
     from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
 
+    if ref.input_type not in (keys.INPUT_TYPE_IMAGE, keys.INPUT_TYPE_TENSOR, None):
+        return []  # a dataset class of the user's own: reprodl cannot read it as the training did
     try:
         now: WrappedDataSet
         if ref.input_type == keys.INPUT_TYPE_IMAGE:

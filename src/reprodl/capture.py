@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import email
+import fnmatch
 import hashlib
 import importlib.metadata
 import inspect
@@ -174,13 +175,59 @@ def entry_script() -> Path | None:
 MAX_UNTRACKED_FILE = 1 << 20
 MAX_UNTRACKED_TOTAL = 8 << 20
 
+# Untracked files whose names mark them as secrets are never stored with a model (a model is
+# made to be shared): matched case-insensitively against the file name, or against the path's
+# tail for a pattern with a "/". Git-ignored files are never stored either.
+SECRET_FILE_PATTERNS: tuple[str, ...] = (
+    ".env", ".env.*", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.pem", "*.key",
+    "*.p12", "*.pfx", "*.kdbx", "credentials", "credentials.json", ".netrc", ".pypirc",
+    ".git-credentials", ".aws/credentials", ".ssh/*",
+)
 
-def capture_code(where: str | os.PathLike[str] | None = None) -> tuple[CodeInfo, str | None, dict[str, Path]]:
+SKIP_SECRET = "secret"
+SKIP_TOO_LARGE = "too large"
+SKIP_SYMLINK = "symbolic link"
+SKIP_OUTSIDE = "outside the repository"
+SKIP_OPTED_OUT = "opted out"  # store_untracked=False
+
+
+def secret_pattern(relpath: str) -> str | None:
+    """The deny-list pattern (:data:`SECRET_FILE_PATTERNS`) that ``relpath`` matches, or None."""
+    parts = [p.lower() for p in Path(relpath).parts]
+    for pattern in SECRET_FILE_PATTERNS:
+        tail = pattern.lower().split("/")
+        if len(parts) >= len(tail) and all(fnmatch.fnmatchcase(p, t) for p, t in zip(parts[-len(tail):], tail)):
+            return pattern
+    return None
+
+
+def _skip_reason(root: Path, rel: str, size_so_far: int) -> tuple[str | None, int]:
+    """(why ``root/rel`` is not stored, or None; its size) for one untracked file."""
+    path = root / rel
+    if ".." in Path(rel).parts:
+        return SKIP_OUTSIDE, 0
+    if secret_pattern(rel) is not None:
+        return SKIP_SECRET, 0
+    if path.is_symlink():
+        return SKIP_SYMLINK, 0
+    size = path.stat().st_size
+    if size > MAX_UNTRACKED_FILE or size_so_far + size > MAX_UNTRACKED_TOTAL:
+        return SKIP_TOO_LARGE, size
+    return None, size
+
+
+def capture_code(where: str | os.PathLike[str] | None = None, *,
+                 store_untracked: bool = True) -> tuple[CodeInfo, str | None, dict[str, Path]]:
     """Code version of the entry script's repository (or ``where``).
 
     Returns (info, patch, files): the patch is ``git diff HEAD`` (staged and unstaged changes
     to tracked files), and files maps item relpaths to the untracked files (and, outside git,
     the entry script) to keep beside the model, so the exact code can be rebuilt.
+
+    Untracked files that git ignores are never listed; those named like secrets
+    (:data:`SECRET_FILE_PATTERNS`), symbolic links and files too large are not stored, and
+    the record names each with the reason (never its content). ``store_untracked=False``
+    stores none of them.
     """
     script = entry_script()
     base = Path(where) if where else (script.parent if script else Path.cwd())
@@ -204,34 +251,67 @@ def capture_code(where: str | os.PathLike[str] | None = None) -> tuple[CodeInfo,
         "branch": ["rev-parse", "--abbrev-ref", "HEAD"],
         "remote": ["config", "--get", "remote.origin.url"],
         "patch": ["diff", "HEAD", "--binary"],
-        "status": ["status", "--porcelain", "-z", "--untracked-files=all"],
+        "changed": ["diff", "HEAD", "--name-only", "--no-renames", "-z"],
+        # Untracked files, git-ignored ones left out (.gitignore, .git/info/exclude, core.excludesFile).
+        "untracked": ["ls-files", "--others", "--exclude-standard", "-z", "--full-name"],
     }, root_path)
     commit = (res["commit"] or "").strip() or None
     branch = (res["branch"] or "").strip() or None
     remote = (res["remote"] or "").strip() or None
     patch = res["patch"] if commit else None
-    untracked = [e[3:] for e in (res["status"] or "").split("\0") if e.startswith("?? ")]
+    # A tracked file named like a secret (a committed .env, edited since) stays out of the patch.
+    patch_skipped = sorted(rel for rel in (res["changed"] or "").split("\0") if rel and secret_pattern(rel))
+    if patch and patch_skipped:
+        patch = _git(["diff", "HEAD", "--binary", "--", ".", *(f":(exclude,literal){rel}" for rel in patch_skipped)],
+                     root_path)
+    untracked = sorted(e for e in (res["untracked"] or "").split("\0") if e)
     # Datasets and models (and the one being written) inside the repository are data, not code.
     untracked = [rel for rel in untracked if not _inside_dataset(root_path, rel)]
-    stored, skipped, total = [], [], 0
+    stored, reasons, total = [], {}, 0
     for rel in untracked:
-        path = root_path / rel
         try:
-            size = path.stat().st_size
+            why, size = _skip_reason(root_path, rel, total)
+            if not store_untracked and why != SKIP_SECRET:
+                why = SKIP_OPTED_OUT
         except OSError:
             continue
-        if size > MAX_UNTRACKED_FILE or total + size > MAX_UNTRACKED_TOTAL or ".." in Path(rel).parts:
-            skipped.append(rel)
+        if why is not None:
+            reasons[rel] = why
             continue
         total += size
         item = f"{keys.CODE_DIR}untracked/{rel}"
-        files[item] = path
+        files[item] = root_path / rel
         stored.append(item)
-    dirty = bool(patch) or bool(untracked)
+    dirty = bool(patch) or bool(patch_skipped) or bool(untracked)
+    skipped = list(reasons)[:200]
     info.git = GitInfo(commit=commit, branch=branch, dirty=dirty, remote=remote, root=str(root_path),
-                       untracked=untracked[:200], untracked_items=stored, untracked_skipped=skipped[:200],
+                       untracked=untracked[:200], untracked_items=stored, untracked_skipped=skipped,
+                       untracked_skipped_reasons={rel: reasons[rel] for rel in skipped},
+                       store_untracked=store_untracked, patch_skipped=patch_skipped[:200],
                        patch_sha256=hashlib.sha256(patch.encode()).hexdigest() if patch else None)
     return info, (patch or None), files
+
+
+def untracked_summary(git: GitInfo | None) -> str | None:
+    """One line for people: what untracked files were stored with a model and what was skipped.
+
+    Example: ``stored 2 untracked files: a.py, b.py (skipped: .env [secret])``; None when the
+    training ran outside git or found no untracked file.
+    """
+    if git is None or not (git.untracked_items or git.untracked_skipped or git.patch_skipped):
+        return None
+    prefix = f"{keys.CODE_DIR}untracked/"
+    names = [item.removeprefix(prefix) for item in git.untracked_items]
+    line = f"stored {len(names)} untracked file{'' if len(names) == 1 else 's'}"
+    if names:
+        line += ": " + ", ".join(names)
+    if git.untracked_skipped:
+        why = git.untracked_skipped_reasons
+        line += (" (" + ("store_untracked=False; " if not git.store_untracked else "") + "skipped: "
+                 + ", ".join(f"{n} [{why.get(n, SKIP_TOO_LARGE)}]" for n in git.untracked_skipped) + ")")
+    if git.patch_skipped:
+        line += f"; left out of the code patch: {', '.join(git.patch_skipped)} [secret]"
+    return line
 
 
 def _inside_dataset(root: Path, rel: str) -> bool:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from reprodl import keys
 from reprodl.errors import ReprodlError
 from reprodl.provenance import DataRef, ProvenanceRecord, mirror_annotations, read_record
 from reprodl.store import StoredDataSet, open_dataset
@@ -87,7 +88,8 @@ def verify_model(uri: str, *, data: bool = False, allow: Iterable[str] = (),
             checks, _ = check_data(record, ds)
             for c in checks:
                 ok = bool(c.get("ok"))
-                detail = c.get("error") or "; ".join(c.get("items", [])) or ("" if ok else "manifest digest differs")
+                detail = (c.get("error") or "; ".join([*c.get("items", []), *c.get("metadata", [])])
+                          or ("" if ok else "manifest digest differs"))
                 result.add(f"{c['role']} data {c['name']} ({c['uri']}) unchanged", ok, detail)
     _check_signature(ds, result, trusted)
     return result
@@ -180,7 +182,8 @@ def lineage(uri: str, *, max_depth: int = 50) -> list[dict[str, Any]]:
 
 def check_data(record: ProvenanceRecord, model_ds: StoredDataSet, *,
                opened: dict[str, StoredDataSet] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each recorded dataset: reachable, same UUID and manifest, every item re-hashed.
+    """Each recorded dataset: reachable, same UUID and manifest, every item re-hashed, and
+    the metadata that gives its items their meaning unchanged (:func:`metadata_changes`).
 
     A dataset used in several roles (train and valid splits of one dataset) is opened and
     hashed once. Returns (one check per dataset, problems naming dataset and item). Each
@@ -211,16 +214,87 @@ def check_data(record: ProvenanceRecord, model_ds: StoredDataSet, *,
         item_problems = changed + ds.verify(deep=True).problems()
         digest = ds.manifest_digest()
         same_manifest = digest == ref.manifest_digest
+        metadata = [f"{r.role} dataset {r.name}: {change}" for r in record.data if r.uri == uri
+                    for change in metadata_changes(r, ds)]
         check.update(uuid_matches=ds.uuid == ref.uuid, manifest_matches=same_manifest, items=item_problems,
-                     ok=not item_problems and same_manifest and ds.uuid == ref.uuid)
+                     metadata=metadata, ok=not item_problems and not metadata and same_manifest and ds.uuid == ref.uuid)
         if ds.uuid != ref.uuid:
             problems.append(f"{label} at {uri} has UUID {ds.uuid}, the record says {ref.uuid}")
         if not same_manifest and not changed:
             problems.append(f"{label}: manifest digest {digest} differs from the recorded "
                             f"{ref.manifest_digest}")
         problems += [f"{label}: {p}" for p in item_problems]
+        problems += [f"the {m}" for m in metadata]
         checks.append(check)
     return checks, problems
+
+
+def metadata_changes(ref: DataRef, ds: StoredDataSet) -> list[str]:
+    """What changed since training in the metadata that gives ``ref``'s items their meaning.
+
+    Annotations and overlays stay writable after a dataset is frozen, so its manifest does not
+    cover them: the ``category_encoding``, ``value_scale``, ``image_dimensions``, the usetype
+    split and the labels the training read are compared with the record, each change named
+    ("category_encoding changed: '3' 3->5, '5' 5->3"). Values an older record lacks are not
+    compared.
+    """
+    from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
+
+    if ref.input_type not in (keys.INPUT_TYPE_IMAGE, keys.INPUT_TYPE_TENSOR, None):
+        return []  # a dataset class of the user's own: reprodl cannot read it as the training did
+    try:
+        now: WrappedDataSet
+        if ref.input_type == keys.INPUT_TYPE_IMAGE:
+            now = ImageDataSet(ds, ref.usetype, mode=ref.image_mode, split=ref.split)
+        else:
+            now = TensorDataSet(ds, ref.usetype, split=ref.split)
+    except (ReprodlError, TypeError, ValueError, KeyError) as exc:  # a hand-edited annotation of any shape
+        return [f"cannot be read as the training read it (its annotations or split changed?): {exc}"]
+    changes = []
+    if ref.category_encoding and now.cat_encoding != ref.category_encoding:
+        changes.append(f"{keys.CATEGORY_ENCODING} changed: {_encoding_change(ref.category_encoding, now.cat_encoding)}")
+    scale = getattr(now, "value_scale", None)
+    if ref.value_scale is not None and scale is not None and float(scale) != float(ref.value_scale):
+        changes.append(f"value_scale changed: {ref.value_scale:g}->{float(scale):g}")
+    changes += _dimension_changes(ref, ds, now)
+    if ref.selection_digest and now.selection_digest() != ref.selection_digest:
+        changes.append(f"usetype split changed: {_split_name(ref)} now selects {len(now)} samples "
+                       f"(recorded {ref.n_items}), not the ones the training read")
+    elif ref.labels_digest and now.labels_digest() != ref.labels_digest:
+        what = "category overlay" if ref.input_type == keys.INPUT_TYPE_IMAGE else "labels"
+        changes.append(f"{what} changed: the samples of {_split_name(ref)} carry other labels than at training")
+    return changes
+
+
+def _encoding_change(was: dict[str, int], now: dict[str, int]) -> str:
+    """``'3' 3->5, '5' 5->3, 'x' added as 7, 'y' (was 2) removed``."""
+    parts = [f"{name!r} {was[name]}->{now[name]}" for name in was if name in now and was[name] != now[name]]
+    parts += [f"{name!r} added as {now[name]}" for name in now if name not in was]
+    parts += [f"{name!r} (was {was[name]}) removed" for name in was if name not in now]
+    return ", ".join(parts)
+
+
+def _dimension_changes(ref: DataRef, ds: StoredDataSet, now: Any) -> list[str]:
+    """The ``image_dimensions`` annotation against the record (or, in an older record that
+    lacks it, a tensor dataset's input shape, which that annotation decides)."""
+    if "image_dimensions" in ref.model_fields_set:
+        current = ds.get_annotation(keys.IMAGE_DIMENSIONS)
+        try:
+            current = [int(d) for d in current] if current is not None else None
+        except (TypeError, ValueError):
+            pass  # not a list of integers: shown as it is
+        if current != ref.image_dimensions:
+            return [f"{keys.IMAGE_DIMENSIONS} changed: {ref.image_dimensions}->{current}"]
+        return []
+    if ref.input_type != keys.INPUT_TYPE_IMAGE and ref.input_shape and list(now.input_shape) != ref.input_shape:
+        return [f"{keys.IMAGE_DIMENSIONS} changed: input shape {ref.input_shape}->{list(now.input_shape)}"]
+    return []
+
+
+def _split_name(ref: DataRef) -> str:
+    if ref.split is not None:
+        return f"usetype {ref.usetype!r} of the in-memory split {json.dumps(ref.split, sort_keys=True)}"
+    return f"usetype {ref.usetype!r}" if ref.usetype else "the whole dataset"
 
 
 def _changed_items(ref: DataRef, ds: StoredDataSet, model_ds: StoredDataSet) -> list[str]:

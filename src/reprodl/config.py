@@ -101,6 +101,8 @@ class TrainConfig(BaseModel):
     allow: list[str] = Field(default_factory=list)
     readme: dict[str, Any] = Field(default_factory=dict)
     require_clean_code: bool = Field(False, description="refuse to train on uncommitted code")
+    store_untracked: bool = Field(True, description="store the repository's untracked files with the model "
+                                  "(git-ignored files and secrets never are)")
     source: str | None = Field(None, description="the config file this was read from (set on load)")
 
     def specs(self, role: str) -> list[DataSpec]:
@@ -254,6 +256,7 @@ def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callabl
                                                    scheduler=scheduler, progress=progress, on_epoch=on_epoch,
                                                    code_root=Path(cfg.source).parent if cfg.source else None,
                                                    config=cfg.model_dump(mode="json", by_alias=True),
-                                                   require_clean_code=cfg.require_clean_code)
+                                                   require_clean_code=cfg.require_clean_code,
+                                                   store_untracked=cfg.store_untracked)
     assert out.uri is not None
     return out.uri, record

@@ -52,12 +52,16 @@ class DataRef(_Part):
     readme: str = ""
     usetype: str | None = None
     split: dict[str, Any] | None = Field(None, description="in-memory stratified split (test, valid, seed)")
-    selection_digest: str | None = None
+    selection_digest: str | None = Field(None, description="sha256 of the selected samples' keys, in order (the usetype split)")
+    labels_digest: str | None = Field(
+        None, description="sha256 of the selected samples' stored labels, in order (category overlay values "
+        "or label integers); the category_encoding is recorded apart")
     n_items: int = 0
     n_dataset_items: int = 0
     category_encoding: dict[str, int] = Field(default_factory=dict)
     transform: dict[str, Any] | None = None
     input_shape: list[int] = Field(default_factory=list)
+    image_dimensions: list[int] | None = Field(None, description="the dataset's image_dimensions annotation as read")
     value_scale: float | None = None
     image_mode: str | None = None
 
@@ -122,7 +126,13 @@ class GitInfo(_Part):
     patch_sha256: str | None = None
     untracked: list[str] = Field(default_factory=list)
     untracked_items: list[str] = Field(default_factory=list, description="items holding untracked files")
-    untracked_skipped: list[str] = Field(default_factory=list, description="untracked files too large to keep")
+    untracked_skipped: list[str] = Field(default_factory=list, description="untracked files not stored (names only)")
+    untracked_skipped_reasons: dict[str, str] = Field(
+        default_factory=dict, description="why each skipped untracked file was not stored: secret, too large, "
+        "symbolic link, outside the repository, or opted out (store_untracked=False)")
+    store_untracked: bool = Field(True, description="whether untracked files were stored with the model")
+    patch_skipped: list[str] = Field(
+        default_factory=list, description="changed tracked files named like secrets, left out of the patch (names only)")
 
 
 class CodeInfo(_Part):

@@ -298,6 +298,7 @@ def train_model_with_metadata_capture(
     code_root: str | os.PathLike[str] | None = None,
     config: dict[str, Any] | None = None,
     require_clean_code: bool = False,
+    store_untracked: bool = True,
 ) -> ProvenanceRecord:
     """Train ``model`` and write it, with its full provenance, into ``output_ds``.
 
@@ -307,7 +308,9 @@ def train_model_with_metadata_capture(
 
     With ``require_clean_code=True`` training is refused (:class:`DirtyCodeError`) unless the
     code is committed (DeepDIVA's enforcement); otherwise the uncommitted patch and untracked
-    files are stored with the model.
+    files are stored with the model: git-ignored files, files named like secrets (``.env``,
+    ``id_rsa``, ``*.pem``...: :data:`reprodl.capture.SECRET_FILE_PATTERNS`) and symbolic links
+    are not, and ``store_untracked=False`` stores none (the record names each one skipped and why).
 
     Returns:
         The sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
@@ -326,7 +329,7 @@ def train_model_with_metadata_capture(
     if valid_ds is not None and valid_ds not in output_ds.valid_sets:
         output_ds.valid_sets.append(valid_ds)
     check_label_compatibility(output_ds.train_sets + output_ds.valid_sets)
-    code, patch, code_files = capture_code(code_root)
+    code, patch, code_files = capture_code(code_root, store_untracked=store_untracked)
     if require_clean_code:
         require_clean(code)
     roles = output_ds.datasets_by_role()

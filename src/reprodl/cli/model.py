@@ -110,12 +110,16 @@ def train_cmd(
     splits: int = typer.Option(0, "--splits", help="Train one model per stratified train/test split (N runs)."),
     require_clean: bool = typer.Option(False, "--require-clean",
                                        help="Refuse to train unless the code (the config's git repository) is committed."),
+    no_untracked: bool = typer.Option(False, "--no-untracked",
+                                      help="Store no untracked files with the model (git-ignored files and secrets never are)."),
     quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
 ) -> None:
     """Train a model from a config file, capturing its provenance; writes a model dataset."""
+    from reprodl.capture import untracked_summary
     from reprodl.config import build_and_train, load_config
 
-    cfg = load_config(config, [*(set_ or []), *(["require_clean_code=true"] if require_clean else [])])
+    flags = [*(["require_clean_code=true"] if require_clean else []), *(["store_untracked=false"] if no_untracked else [])]
+    cfg = load_config(config, [*(set_ or []), *flags])
     if seeds or splits:
         from reprodl.multirun import train_many
 
@@ -134,9 +138,15 @@ def train_cmd(
     with _EpochPrinter(quiet or as_json) as printer:
         uri, record = build_and_train(cfg, progress=printer.batch if not (quiet or as_json) else False,
                                       on_epoch=printer.epoch)
+    git = record.code.git
     if as_json:
-        print_json({"uri": uri, "record_digest": record.digest, "final": record.results.final})
+        print_json({"uri": uri, "record_digest": record.digest, "final": record.results.final,
+                    "untracked_stored": git.untracked_items if git else [],
+                    "untracked_skipped": git.untracked_skipped_reasons if git else {}})
     else:
+        stored = untracked_summary(git)
+        if stored:
+            out.print(stored, markup=False)
         out.print(f"Model dataset: {uri}")
 
 

@@ -116,6 +116,16 @@ class WrappedDataSet(Dataset):
     def _selection_keys(self) -> Sequence[Any]:
         raise NotImplementedError
 
+    def labels_digest(self) -> str:
+        """sha256 of the selected samples' stored labels, in order: pins what each sample is."""
+        h = hashlib.sha256()
+        for label in self._stored_labels():
+            h.update(str(label).encode() + b"\n")
+        return "sha256:" + h.hexdigest()
+
+    def _stored_labels(self) -> Sequence[Any]:
+        raise NotImplementedError
+
     def provenance_info(self) -> dict[str, Any]:
         """What a provenance record needs to find and check this data again."""
         return {
@@ -128,11 +138,13 @@ class WrappedDataSet(Dataset):
             "usetype": self.usetype,
             "split": self.split,
             "selection_digest": self.selection_digest(),
+            "labels_digest": self.labels_digest(),
             "n_items": len(self),
             "n_dataset_items": len(self.dataset),
             "category_encoding": self.cat_encoding,
             "transform": describe_transform(getattr(self, "transform", None)),
             "input_shape": list(self.input_shape),
+            "image_dimensions": _int_list(self.dataset.get_annotation(keys.IMAGE_DIMENSIONS)),
             "value_scale": getattr(self, "value_scale", None),
             "image_mode": getattr(self, "mode", None),
         }
@@ -236,6 +248,9 @@ class ImageDataSet(WrappedDataSet):
 
     def _selection_keys(self) -> Sequence[Any]:
         return [self.dataset.relpath(i) for i in self.identifiers]
+
+    def _stored_labels(self) -> Sequence[Any]:
+        return [self.cat_lookup[i] for i in self.identifiers]
 
     def _path(self, index: int) -> str:
         if self._paths is None:
@@ -372,6 +387,9 @@ class TensorDataSet(WrappedDataSet):
     def _selection_keys(self) -> Sequence[Any]:
         return self.rows.tolist()
 
+    def _stored_labels(self) -> Sequence[Any]:
+        return self.labels.tolist()
+
     def _convert(self, raw: np.ndarray) -> torch.Tensor:
         arr = np.asarray(raw)
         # astype always copies: the result is writable even when ``raw`` is a memmap view.
@@ -407,6 +425,16 @@ class TensorDataSet(WrappedDataSet):
         for v, c in zip(values.tolist(), n.tolist()):
             counts[inverse.get(v, str(v))] = c
         return counts
+
+
+def _int_list(value: Any) -> list[int] | None:
+    """An annotation's list of integers as JSON-able ints (None stays None)."""
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise DatasetFormatError(f"image_dimensions annotation {value!r} is not a list of integers") from None
 
 
 def _load_npy(path: str, uri: str) -> np.ndarray:

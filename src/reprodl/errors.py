@@ -95,3 +95,7 @@ class ReproductionError(ReprodlError, RuntimeError):
 
 class DirtyCodeError(ReprodlError, RuntimeError):
     """Training was asked to run only on committed code, and the code has uncommitted changes."""
+
+
+class DamagedMetadataError(DatasetFormatError):
+    """A dataset's stored metadata file (annotation, overlay, manifest) that is not valid JSON."""

@@ -22,11 +22,18 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import snapshot
+
 from reprodl import keys
-from reprodl.errors import DatasetExistsError, DatasetFormatError, IntegrityError, StorageError
-from reprodl.store import clean_staging, copy_dataset, create_dataset, find_staging, local_path, open_dataset
+from reprodl.errors import DatasetFormatError, IntegrityError, StorageError
+from reprodl.store import (
+    clean_staging,
+    copy_dataset,
+    create_dataset,
+    find_staging,
+    local_path,
+    open_dataset,
+)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -46,7 +53,7 @@ def run_child(code: str, *args: str, check_killed: bool = True) -> subprocess.Co
     """Run ``code`` in a fresh Python (this checkout's reprodl) with ``args`` as sys.argv[1:]."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
     if check_killed:
         assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr)
     return proc
@@ -326,11 +333,10 @@ def test_model_datasets_are_staged_with_a_marker_too(digits_uri, base_dir):
     from reprodl.data.datasets import TensorDataSet
     from reprodl.train import DerivedDataSet
 
-    with pytest.raises(RuntimeError, match="boom"):
-        with DerivedDataSet(str(base_dir), "model", TensorDataSet(digits_uri)):
-            [staging] = find_staging(base_dir)
-            assert (staging.state, staging.name, staging.pid) == ("running", "model", os.getpid())
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), DerivedDataSet(str(base_dir), "model", TensorDataSet(digits_uri)):
+        [staging] = find_staging(base_dir)
+        assert (staging.state, staging.name, staging.pid) == ("running", "model", os.getpid())
+        raise RuntimeError("boom")
     assert not (base_dir / "model").exists() and find_staging(base_dir) == []
 
 

@@ -65,6 +65,7 @@ def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = 
             "overwrites; use it as it is or remove it first"
         )
     dest_dir = local_path(dest_base)
+    final = None if dest_dir is None else dest_dir / src.name
     staging = None
     if dest_dir is not None:
         clean_staging(dest_dir, name=src.name)  # leftovers of killed copies
@@ -78,13 +79,13 @@ def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = 
         proto.create()
         started = True
         _fill(proto, src, progress)
-        if staging is None:
+        if staging is None or final is None:
             _check_copied(src, proto.generate_manifest()["items"], dest_uri)
             proto.freeze()
         else:
             proto.freeze()
             _check_copied(src, proto._storage_broker.get_manifest()["items"], dest_uri)
-            move_into_place(staging / src.name, dest_dir / src.name)
+            move_into_place(staging / src.name, final)
     except BaseException as exc:
         removed = None
         if staging is not None:
@@ -108,7 +109,7 @@ def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = 
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    return normalise_uri(dest_uri if staging is None else str(dest_dir / src.name))
+    return normalise_uri(dest_uri if final is None else str(final))
 
 
 def _fill(proto: Any, src: StoredDataSet, progress: Progress | None) -> None:

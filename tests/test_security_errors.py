@@ -248,12 +248,12 @@ def test_a_full_disk_while_training_is_a_clear_error(tmp_path, digits_split_uri,
 
 
 def test_a_read_only_filesystem_for_the_output_is_a_clear_error(cli, tmp_path, base_dir, monkeypatch):
-    from reprodl.store import create
+    from reprodl.store import staging
 
     def read_only(*args: Any, **kwargs: Any) -> str:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(base_dir))
 
-    monkeypatch.setattr(create.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(staging.tempfile, "mkdtemp", read_only)
     _refused(cli("dataset", "create-digits", base_dir, "digits"), "Read-only file system")
 
 

@@ -89,7 +89,7 @@ def test_not_found_is_also_a_file_not_found_error(tmp_path):
 
 def test_proto_dataset_is_refused_as_not_frozen(tmp_path):
     proto = dtoolcore.create_proto_dataset("unfinished", normalise_uri(str(tmp_path)))
-    with pytest.raises(DatasetNotFrozenError, match="proto dataset.*Freeze it") as info:
+    with pytest.raises(DatasetNotFrozenError, match="proto dataset.*did not finish.*Remove it") as info:
         open_dataset(proto.uri)
     assert isinstance(info.value, ValueError)
 

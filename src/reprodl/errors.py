@@ -109,3 +109,7 @@ class TrainingDivergedError(ReprodlError, ArithmeticError):
     """The training loss became NaN or infinite; no model was written."""
 
     exit_code = ExitCode.FAILED
+
+
+class DamagedMetadataError(DatasetFormatError):
+    """A dataset's stored metadata file (annotation, overlay, manifest) that is not valid JSON."""

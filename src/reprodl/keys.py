@@ -64,3 +64,8 @@ SIGNATURE_FORMAT = "reprodl-signature/1"  # names what a signature's payload hol
 PROVENANCE_SCHEMA_VERSION = "1.0"
 PROVENANCE_SCHEMA_ID = "https://reprodl.dev/schemas/provenance-1.0.json"
 README_SCHEMA_VERSION = "1.0"
+
+# --- staging (datasets being created or copied) ----------------------------------------
+STAGING_PREFIX = ".reprodl-staging-"  # <base>/<prefix><name>-<random>: a dataset being built
+STAGING_MARKER = ".reprodl-staging.json"  # inside a staging dir: who owns it (pid, host)
+METADATA_TMP_PREFIX = ".reprodl-tmp-"  # <dataset>/.dtool/<prefix>...: a metadata file being written

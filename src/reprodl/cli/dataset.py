@@ -250,3 +250,40 @@ def copy_cmd(
         print_json({"uri": new_uri})
     else:
         out.print(f"Copied to {new_uri}", markup=False)
+
+
+@app.command("clean")
+@handle_errors
+def clean_cmd(
+    base_uri: str = typer.Argument(..., help="Base directory whose leftovers to remove."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Remove staging directories left by killed creations and copies (their process is gone).
+
+    Only directories marked as reprodl staging directories of a process on this host that
+    no longer runs are removed; those of running processes, other hosts or with no marker
+    are listed and kept.
+    """
+    from reprodl.errors import InvalidURIError, StorageError
+    from reprodl.store import clean_staging, local_path, normalise_uri
+
+    base = local_path(normalise_uri(base_uri))
+    if base is None:
+        raise InvalidURIError(f"dataset clean works on a local directory, not {base_uri}")
+    if not base.is_dir():
+        raise StorageError(f"{base} is not an existing directory: give the base directory of your datasets")
+    found = clean_staging(base, dry_run=dry_run)
+    if as_json:
+        print_json([s.to_dict() for s in found])
+        return
+    if not found:
+        out.print(f"No staging directories under {base}", markup=False)
+    why = {"running": "kept: its process is still running", "other-host": "kept: made on another host",
+           "unmarked": "kept: no reprodl staging marker", "stale": "would remove: its process is gone"}
+    for s in found:
+        owner = f" (pid {s.pid} on {s.hostname})" if s.pid is not None else ""
+        if s.state == "stale" and not dry_run and not s.removed:
+            err.print(f"{s.path}{owner}: stale, but could not be removed (check permissions)", markup=False)
+            continue
+        out.print(f"{s.path}{owner}: " + ("removed" if s.removed else why[s.state]), markup=False)

@@ -13,8 +13,12 @@ import numpy as np
 from reprodl import keys
 from reprodl.data.images import open_image, to_array
 from reprodl.data.layout import tensor_item_ids, value_scale
-from reprodl.errors import DatasetFormatError, ParametersError
+from reprodl.errors import DamagedMetadataError, DatasetFormatError, ParametersError
 from reprodl.store import Progress, StoredDataSet, open_dataset
+
+
+class _NotLabelled(DatasetFormatError):
+    """A dataset with neither a category overlay nor a labels item (info shows it without classes)."""
 
 
 def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, int]]:
@@ -32,8 +36,10 @@ def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, in
         return keys.INPUT_TYPE_IMAGE, idns, np.array([encoding[n] for n in names], dtype=np.int64), encoding
     try:
         _, labels_idn = tensor_item_ids(ds)
+    except DamagedMetadataError:
+        raise
     except DatasetFormatError:
-        raise DatasetFormatError(
+        raise _NotLabelled(
             f"{ds.uri} is neither an image dataset (category overlay) nor a tensor dataset "
             f"({keys.TENSOR_LABELS_FILE} item)"
         ) from None
@@ -62,7 +68,7 @@ def dataset_info(uri: str) -> dict[str, Any]:
     }
     try:
         kind, sample_keys, labels, encoding = _labels(ds)
-    except DatasetFormatError:
+    except _NotLabelled:
         return info
     inverse = {v: k for k, v in encoding.items()}
     counts = np.bincount(labels, minlength=len(encoding)) if len(labels) else np.zeros(0, int)

@@ -9,7 +9,7 @@ dataset is opened or written, so none reaches outside the dataset.
 Modules: ``uris`` (URIs, names, relpaths), ``hashing``, ``brokers`` (dtoolcore and its
 storage brokers), ``remote_errors``, ``fetch`` (remote items into the cache), ``dataset``
 (:class:`StoredDataSet`, :func:`open_dataset`), ``transfer`` (copy, list), ``create``
-(:func:`create_dataset`). Importing this package imports no dtoolcore and no broker plugin.
+(:func:`create_dataset`), ``staging`` (staging directories, atomic writes, :func:`clean_staging`). Importing this package imports no dtoolcore and no broker plugin.
 
 Example:
     >>> ds = open_dataset("/data/digits")            # doctest: +SKIP
@@ -20,6 +20,7 @@ from __future__ import annotations
 from reprodl.store.create import DatasetWriter, create_dataset, current_user
 from reprodl.store.dataset import StoredDataSet, VerifyReport, exists, open_dataset
 from reprodl.store.hashing import Progress, canonical_json, file_md5, file_sha256
+from reprodl.store.staging import StagingDir, clean_staging, find_staging
 from reprodl.store.transfer import copy_dataset, list_datasets
 from reprodl.store.uris import (
     SCHEMES,
@@ -37,11 +38,13 @@ __all__ = [
     "SCHEMES",
     "DatasetWriter",
     "Progress",
+    "StagingDir",
     "StoredDataSet",
     "VerifyReport",
     "canonical_json",
     "check_name",
     "check_relpath",
+    "clean_staging",
     "copy_dataset",
     "create_dataset",
     "current_user",
@@ -49,6 +52,7 @@ __all__ = [
     "exists",
     "file_md5",
     "file_sha256",
+    "find_staging",
     "item_identifier",
     "list_datasets",
     "local_path",

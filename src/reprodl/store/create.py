@@ -13,7 +13,6 @@ import getpass
 import json
 import os
 import shutil
-import tempfile
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from urllib.parse import urlparse
 from reprodl.errors import DatasetExistsError, InputDataError, InvalidURIError, StorageError
 from reprodl.store.brokers import _dtoolcore
 from reprodl.store.dataset import StoredDataSet
+from reprodl.store.staging import clean_staging, make_staging, move_into_place
 from reprodl.store.transfer import _copy_to, _probe_remote_base
 from reprodl.store.uris import check_name, check_relpath, item_identifier, local_path, normalise_uri
 
@@ -126,9 +126,12 @@ def create_dataset(
 
     The dataset is built in a hidden staging directory and moved into place (renamed, on
     the same filesystem, for file:// bases; copied for s3://, and removed there if the
-    copy fails). A failure leaves no frozen dataset and no proto dataset behind. An
-    existing dataset of the same name is never overwritten (s3 datasets are keyed by a new
-    UUID, so there the bucket is only checked to answer before anything is built).
+    copy fails). A failure leaves no frozen dataset and no proto dataset behind; a process
+    killed part-way leaves only its staging directory, which the next creation of the
+    same name (or ``reprodl dataset clean``) removes once the process is gone. An
+    existing dataset of the same name is never overwritten, even by another process
+    finishing the same name at the same moment (s3 datasets are keyed by a new UUID, so
+    there the bucket is only checked to answer before anything is built).
 
     Example:
         >>> with create_dataset("/tmp/out", "numbers", readme="name: numbers") as w:  # doctest: +SKIP
@@ -157,13 +160,14 @@ def create_dataset(
         staging_parent = base_path
         if not os.access(base_path, os.W_OK):
             raise StorageError(f"cannot write to {base_path}: permission denied")
+        clean_staging(base_path, name=name)  # leftovers of killed processes
     else:
         # s3 datasets are keyed by a fresh UUID, so no name can clash; check the bucket
         # answers before spending time building.
         staging_parent = None
         _probe_remote_base(base)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".reprodl-staging-{name}-", dir=staging_parent))
+        staging = make_staging(staging_parent, name, purpose="create")
     except OSError as exc:
         raise write_error(exc, f"the dataset {name!r} at {base}") from exc
     try:
@@ -177,14 +181,8 @@ def create_dataset(
         shutil.rmtree(writer._tmpfiles, ignore_errors=True)
         frozen = writer._freeze()
         if base_path is not None:
-            final = base_path / name
-            if final.exists():
-                raise DatasetExistsError(
-                    f"a dataset called {name!r} appeared at {final} while this one was "
-                    "being built; the new one was discarded"
-                )
-            os.rename(staging / name, final)
-            writer.uri = normalise_uri(str(final))
+            move_into_place(staging / name, base_path / name)
+            writer.uri = normalise_uri(str(base_path / name))
         else:
             writer.uri = _copy_to(StoredDataSet(normalise_uri(frozen.uri), frozen), base)
     except OSError as exc:

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from reprodl.errors import (
+    DamagedMetadataError,
     DatasetFormatError,
     DatasetNotFoundError,
     DatasetNotFrozenError,
@@ -137,6 +138,8 @@ class StoredDataSet(_RemoteItems):
                 for idn, props in self._items.items()
             }
         self._data_dir = data_dir
+        if data_dir is not None:
+            _make_writes_atomic(dataset._storage_broker)
         # Remote items are cached under the dataset's UUID (as dtool-s3 does), so two
         # servers that both call their dataset "digits" never share cached files.
         self._cache_dir = None if data_dir else os.path.join(_cache_root(), dataset.uuid)
@@ -217,8 +220,25 @@ class StoredDataSet(_RemoteItems):
             try:
                 self._readme = self._ds.get_readme_content() or ""
             except Exception as exc:  # noqa: BLE001 - broker errors are not typed
-                raise _remote_error(self.uri, exc) from exc
+                raise self._read_error(exc, "its README") from exc
         return self._readme
+
+    def _read_error(self, exc: BaseException, what: str, key: str | None = None) -> ReprodlError:
+        """The error for reading ``what`` failing: a damaged file is named, not "could not reach"."""
+        where = key if key and self.is_local else what
+        if isinstance(exc, ValueError):  # JSONDecodeError, UnicodeDecodeError
+            return DamagedMetadataError(
+                f"{what} of dataset {self.uri} is damaged: {where} is not valid JSON "
+                f"({type(exc).__name__}: {exc}). It was cut short (a full disk, a killed "
+                "process) or edited: write it again (e.g. `reprodl dataset split --force` for "
+                "a split) or restore it from a copy of the dataset"
+            )
+        if self.is_local:
+            return StorageError(
+                f"could not read {what} of dataset {self.uri} ({where}): "
+                f"{type(exc).__name__}: {exc}"
+            )
+        return _remote_error(self.uri, exc)
 
     def readme(self) -> dict[str, Any]:
         """The README parsed as YAML ({} when empty).
@@ -265,18 +285,20 @@ class StoredDataSet(_RemoteItems):
                 else:
                     names = list(broker.list_overlay_names())
             except Exception as exc:  # noqa: BLE001 - broker errors are not typed
-                raise _remote_error(self.uri, exc) from exc
+                raise self._read_error(exc, f"the list of {kind}") from exc
             self._names[kind] = sorted(names)
         return list(self._names[kind])
 
     def _get_metadata(self, kind: str, name: str) -> Any:
         broker = self._ds._storage_broker
+        annotation = kind == "annotations"
+        key = None
+        if self.is_local:  # the file, to name it when it is damaged
+            key = broker.get_annotation_key(name) if annotation else broker.get_overlay_key(name)
         try:
-            if kind == "annotations":
-                return broker.get_annotation(name)
-            return broker.get_overlay(name)
+            return broker.get_annotation(name) if annotation else broker.get_overlay(name)
         except Exception as exc:  # noqa: BLE001
-            raise _remote_error(self.uri, exc) from exc
+            raise self._read_error(exc, f"the {kind[:-1]} {name!r}", key) from exc
 
     def _get_cached(self, kind: str, cache: dict[str, Any], name: str, default: Any) -> Any:
         """An annotation or overlay, read once (``default`` when the dataset has none)."""
@@ -302,26 +324,27 @@ class StoredDataSet(_RemoteItems):
         return self._get_cached("annotations", self._annotations, name, default)
 
     def put_annotation(self, name: str, value: Any) -> None:
-        """Write an annotation (annotations stay writable after freezing)."""
+        """Write an annotation (annotations stay writable after freezing), atomically on disk."""
         with self._writing(f"the annotation {name!r}"):
             self._ds.put_annotation(name, value)
         self._remember("annotations", self._annotations, name, value)
 
     @contextlib.contextmanager
     def _writing(self, what: str) -> Iterator[None]:
-        """Turn an OSError of a metadata write (read-only dataset, full disk) into a StorageError."""
+        """Turn a failed metadata write (a full disk, a read-only dataset) into a StorageError."""
         try:
             yield
+        except ReprodlError:
+            raise
         except OSError as exc:
-            if isinstance(exc, ReprodlError):
-                raise
             where = f" ({exc.filename})" if exc.filename else ""
+            kept = " Its previous value is kept." if self.is_local else ""
             fix = ("free some space and run the command again" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
                    else "the dataset is read-only here: ask its owner, or copy it "
                         "(`reprodl dataset copy`) and work on the copy")
             raise StorageError(
                 f"could not write {what} of dataset {self.name!r} ({self.uri}): "
-                f"{exc.strerror or exc}{where}; {fix}") from exc
+                f"{exc.strerror or exc}{where}.{kept} To go on, {fix}") from exc
 
     def overlay_names(self) -> list[str]:
         """Names of the dataset's overlays (listed once)."""
@@ -332,7 +355,7 @@ class StoredDataSet(_RemoteItems):
         return self._get_cached("overlays", self._overlays, name, default)
 
     def put_overlay(self, name: str, values: dict[str, Any]) -> None:
-        """Write an overlay: identifier -> value for every item."""
+        """Write an overlay: identifier -> value for every item (atomically on disk)."""
         with self._writing(f"the overlay {name!r}"):
             self._ds.put_overlay(name, values)
         self._remember("overlays", self._overlays, name, values)
@@ -342,7 +365,7 @@ class StoredDataSet(_RemoteItems):
         try:
             return sorted(self._ds.list_tags())
         except Exception as exc:  # noqa: BLE001
-            raise _remote_error(self.uri, exc) from exc
+            raise self._read_error(exc, "its tags") from exc
 
     # --- integrity ------------------------------------------------------------------
     def manifest_digest(self) -> str:
@@ -437,9 +460,44 @@ class StoredDataSet(_RemoteItems):
         return {p["relpath"]: {"size_in_bytes": p["size_in_bytes"], "hash": p["hash"]}
                 for p in sorted(self._items.values(), key=lambda p: p["relpath"])}
 
+    def symlinked_items(self) -> list[str]:
+        """Relpaths of local items that are symlinks or lie under one inside the dataset.
+
+        Their content is wherever the link points, not in the dataset: a copy would fetch
+        it from outside. Remote datasets have none.
+        """
+        if self._data_dir is None:
+            return []
+        root = os.path.realpath(self._data_dir)
+        linked = []
+        for idn, path in self._paths.items():
+            rel = self._items[idn]["relpath"]
+            if os.path.islink(path) or os.path.realpath(path) != os.path.join(root, *rel.split("/")):
+                linked.append(rel)
+        return sorted(linked)
+
     def total_size(self) -> int:
         """Sum of the items' sizes in bytes, from the manifest."""
         return sum(p["size_in_bytes"] for p in self._items.values())
+
+
+def _make_writes_atomic(broker: Any) -> None:
+    """Make a disk broker write metadata (annotations, overlays, README) atomically.
+
+    dtoolcore's DiskStorageBroker truncates a file and writes it in place, so a full disk
+    or a killed process leaves a cut-short JSON that breaks every later read. Here each
+    write goes to a temporary file in the dataset's ``.dtool`` directory (not in
+    ``annotations/`` or ``overlays/``, whose every file dtool lists as a name) and replaces
+    the file in one rename.
+    """
+    from reprodl.store.staging import atomic_write_text
+
+    tmp_dir = os.path.dirname(broker.get_admin_metadata_key())
+
+    def put_text(key: str, text: str) -> None:
+        atomic_write_text(key, text, tmp_dir=tmp_dir)
+
+    broker.put_text = put_text
 
 
 def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
@@ -470,21 +528,31 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
                 f"s3://{parsed.netloc}/<uuid> (`dtool ls {full}` lists them)"
             )
 
-    def read_error(exc: BaseException) -> ReprodlError:
+    def read_error(exc: BaseException, file: str) -> ReprodlError:
         if path is None:
             return _remote_error(full, exc)
-        return StorageError(f"could not read the dataset at {full}: {type(exc).__name__}: {exc}")
+        if isinstance(exc, ValueError):  # JSONDecodeError, UnicodeDecodeError
+            return DamagedMetadataError(
+                f"the dataset at {full} is damaged: {path / file} is not valid JSON "
+                f"({type(exc).__name__}: {exc}). Restore the dataset from a copy"
+            )
+        return StorageError(
+            f"could not read the dataset at {full} ({path / file}): {type(exc).__name__}: {exc}"
+        )
 
     try:
         admin = dtoolcore._admin_metadata_from_uri(full, None)
     except Exception as exc:  # noqa: BLE001 - brokers raise requests/boto errors
-        raise read_error(exc) from exc
+        raise read_error(exc, ".dtool/dtool") from exc
+    if admin and not isinstance(admin, dict):
+        raise DatasetFormatError(f"the dataset at {full} has admin metadata that is not a mapping")
     if not admin:
         raise DatasetNotFoundError(f"no dataset at {full}: it has no dtool admin metadata")
     if admin.get("type") != "dataset":
         raise DatasetNotFrozenError(
-            f"{full} is a proto dataset, not a frozen dataset: its creation did not finish. "
-            "Freeze it with `dtool freeze` or remove it and create it again"
+            f"{full} is a proto dataset, not a frozen dataset: its creation or copy did not "
+            "finish, so it may hold only part of its items. Remove it and create or copy it "
+            "again (freezing it would seal whatever part was written)"
         )
     try:
         ds = dtoolcore.DataSet(full, admin)
@@ -492,7 +560,7 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
     except ReprodlError:
         raise  # an unsafe manifest: already says what is wrong
     except Exception as exc:  # noqa: BLE001
-        raise read_error(exc) from exc
+        raise read_error(exc, ".dtool/manifest.json") from exc
 
 
 def exists(uri: str) -> bool:

@@ -1,17 +1,21 @@
 """Copying datasets between base URIs, and listing a base URI's datasets.
 
 A copy keeps the UUID and the items (so the manifest digest); it reads items through
-:class:`~reprodl.store.dataset.StoredDataSet` (the path map, the remote cache) and is
-removed again, on disk or in the bucket, if it fails part-way. Nothing is overwritten.
+:class:`~reprodl.store.dataset.StoredDataSet` (the path map, the remote cache). The
+source is checked against its manifest before and after; on disk a copy is staged and
+takes its name only when complete, in a bucket it is removed again if it fails part-way.
+Nothing is overwritten.
 """
 from __future__ import annotations
 
 import shutil
+from typing import Any
 from urllib.parse import urlparse
 
 from reprodl.errors import (
     DatasetExistsError,
     DatasetFormatError,
+    IntegrityError,
     InvalidURIError,
     ReprodlError,
     StorageError,
@@ -20,6 +24,7 @@ from reprodl.store.brokers import _check_broker, _dtoolcore
 from reprodl.store.dataset import StoredDataSet, open_dataset
 from reprodl.store.hashing import Progress
 from reprodl.store.remote_errors import _remote_error
+from reprodl.store.staging import clean_staging, make_staging, move_into_place
 from reprodl.store.uris import file_name_problem, local_path, normalise_uri
 
 
@@ -37,14 +42,20 @@ def _probe_remote_base(base: str) -> None:
 
 
 def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = None) -> str:
-    """Copy ``src`` under ``dest_base`` and freeze it there; returns the new URI.
+    """Copy ``src`` under ``dest_base``, frozen there; returns the new URI.
 
-    Items come from ``src.item_path`` (the map built once, the remote cache) rather than
-    dtoolcore's per-item manifest re-read, and metadata through :class:`StoredDataSet`
-    (dtool-s3 cannot list dotted annotation names). A copy that fails is removed.
+    The source is checked against its manifest first, and the copy's manifest (the hashes
+    of what was written) against the source's before the copy is given its name, so a
+    tampered source is refused rather than sealed under its UUID with a new manifest. On
+    disk the copy is built in a staging directory in ``dest_base`` and renamed into place
+    when complete; in a bucket (keyed by UUID) it is removed if it fails. Items come from
+    ``src.item_path`` (the map built once, the remote cache) rather than dtoolcore's
+    per-item manifest re-read, and metadata through :class:`StoredDataSet` (dtool-s3
+    cannot list dotted annotation names).
     """
     dtoolcore = _dtoolcore()
     _check_broker(dest_base)
+    _check_source(src)
     admin = src.admin_metadata
     admin["type"] = "protodataset"
     dest_uri = dtoolcore._generate_uri(admin, dest_base)
@@ -53,37 +64,39 @@ def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = 
             f"{dest_uri} already holds dataset {src.name!r} (UUID {src.uuid}): reprodl never "
             "overwrites; use it as it is or remove it first"
         )
+    dest_dir = local_path(dest_base)
+    final = None if dest_dir is None else dest_dir / src.name
+    staging = None
+    if dest_dir is not None:
+        clean_staging(dest_dir, name=src.name)  # leftovers of killed copies
+        staging = make_staging(dest_dir, src.name, purpose="copy")
     # What to remove on failure: anything under the new UUID in a bucket is this copy's;
-    # a directory only once this copy has made it (never one that appeared meanwhile).
-    started = local_path(dest_uri) is None
+    # on disk, the staging directory (removed below in any case).
+    started = staging is None
     try:
-        proto = dtoolcore.generate_proto_dataset(admin_metadata=admin, base_uri=dest_base)
+        base = dest_base if staging is None else normalise_uri(str(staging))
+        proto = dtoolcore.generate_proto_dataset(admin_metadata=admin, base_uri=base)
         proto.create()
         started = True
-        for idn in src.identifiers:
-            proto.put_item(src.item_path(idn), src.relpath(idn))
-            if progress:
-                progress(1)
-        proto.put_readme(src.get_readme_content())
-        for tag in src.tags():
-            proto.put_tag(tag)
-        for name in src.overlay_names():
-            # A server lists whatever names it likes, and the broker call below (unlike
-            # dtoolcore's put_annotation and put_tag) does not check them.
-            if (problem := file_name_problem(name)) is not None:
-                raise DatasetFormatError(f"{src.uri} has an overlay named {name!r}: {problem}")
-            # The overlay's keys are the source's identifiers, the copy's too.
-            proto._storage_broker.put_overlay(name, src.get_overlay(name))
-        for name in src.annotation_names():
-            proto.put_annotation(name, src.get_annotation(name))
-        proto.freeze()
+        _fill(proto, src, progress)
+        if staging is None or final is None:
+            _check_copied(src, proto.generate_manifest()["items"], dest_uri)
+            proto.freeze()
+        else:
+            proto.freeze()
+            _check_copied(src, proto._storage_broker.get_manifest()["items"], dest_uri)
+            move_into_place(staging / src.name, final)
     except BaseException as exc:
-        removed = _remove_partial(dest_uri) if started else None
-        if not isinstance(exc, Exception):
-            raise  # KeyboardInterrupt and the like: cleaned up, re-raised as they are
+        removed = None
+        if staging is not None:
+            removed = True if started else None
+        elif started:
+            removed = _remove_partial(dest_uri)
+        if not isinstance(exc, Exception) or isinstance(exc, (IntegrityError, DatasetExistsError)):
+            raise  # KeyboardInterrupt and the like, a refused source, a lost race: as they are
         if isinstance(exc, ReprodlError):
             cause = str(exc)
-        elif local_path(dest_uri) is not None:
+        elif staging is not None:
             cause = f"{type(exc).__name__}: {exc}"
         else:
             cause = str(_remote_error(dest_uri, exc))
@@ -93,7 +106,68 @@ def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = 
             False: f"a partial copy may remain at {dest_uri}: remove it by hand",
         }[removed]
         raise StorageError(f"could not copy {src.uri} to {dest_base}: {cause} ({where})") from exc
-    return normalise_uri(proto.uri)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return normalise_uri(dest_uri if final is None else str(final))
+
+
+def _fill(proto: Any, src: StoredDataSet, progress: Progress | None) -> None:
+    """Put the source's items, README, tags, overlays and annotations into ``proto``."""
+    for idn in src.identifiers:
+        proto.put_item(src.item_path(idn), src.relpath(idn))
+        if progress:
+            progress(1)
+    proto.put_readme(src.get_readme_content())
+    for tag in src.tags():
+        proto.put_tag(tag)
+    for name in src.overlay_names():
+        # A server lists whatever names it likes, and the broker call below (unlike
+        # dtoolcore's put_annotation and put_tag) does not check them.
+        if (problem := file_name_problem(name)) is not None:
+            raise DatasetFormatError(f"{src.uri} has an overlay named {name!r}: {problem}")
+        # The overlay's keys are the source's identifiers, the copy's too.
+        proto._storage_broker.put_overlay(name, src.get_overlay(name))
+    for name in src.annotation_names():
+        proto.put_annotation(name, src.get_annotation(name))
+
+
+def _check_source(src: StoredDataSet) -> None:
+    """Refuse to copy a source whose items are symlinks or do not match its manifest."""
+    linked = src.symlinked_items()
+    if linked:
+        raise DatasetFormatError(
+            f"dataset {src.uri} has {len(linked)} item(s) that are symlinks (e.g. "
+            f"{', '.join(linked[:5])}): their content is outside the dataset, so it is not "
+            "copied. Replace each link by the file itself and check the dataset"
+        )
+    report = src.verify()
+    if not report.ok:
+        problems = report.problems()
+        raise IntegrityError(
+            f"dataset {src.uri} does not match its manifest ({'; '.join(problems[:5])}"
+            f"{'; ...' if len(problems) > 5 else ''}): it is not copied. Restore the items "
+            "from the original, or `reprodl dataset verify` it to see every change",
+            problems=problems,
+        )
+
+
+def _check_copied(src: StoredDataSet, items: dict[str, Any], dest_uri: str) -> None:
+    """Refuse a copy whose written items differ from the source's manifest."""
+    copied = {p["relpath"]: (p["size_in_bytes"], p["hash"]) for p in items.values()}
+    expected = {p["relpath"]: (p["size_in_bytes"], p["hash"]) for p in src._items.values()}
+    problems = sorted(
+        [f"content altered: {rel}" for rel in expected if rel in copied and copied[rel] != expected[rel]]
+        + [f"missing: {rel}" for rel in expected.keys() - copied.keys()]
+        + [f"added: {rel}" for rel in copied.keys() - expected.keys()]
+    )
+    if problems:
+        raise IntegrityError(
+            f"dataset {src.uri} does not match its manifest ({'; '.join(problems[:5])}"
+            f"{'; ...' if len(problems) > 5 else ''}): the copy to {dest_uri} was discarded. "
+            "Restore the items from the original, or `reprodl dataset verify --deep` it",
+            problems=problems,
+        )
 
 
 def _dataset_present(uri: str) -> bool:

@@ -10,7 +10,8 @@ import dataclasses
 import json
 from typing import Any
 
-from reprodl.errors import ReprodlError
+from reprodl.errors import DatasetFormatError, ReprodlError
+from reprodl.parsing import load_json
 from reprodl.provenance import DataRef, ProvenanceRecord, mirror_annotations, read_record
 from reprodl.store import StoredDataSet, open_dataset
 
@@ -173,9 +174,11 @@ def _changed_items(ref: DataRef, ds: StoredDataSet, model_ds: StoredDataSet) -> 
     if not ref.manifest_item:
         return []
     try:
-        with open(model_ds.item_path(model_ds.identifier_of(ref.manifest_item))) as fh:
-            recorded = json.load(fh)
-    except (KeyError, OSError, json.JSONDecodeError):
+        with open(model_ds.item_path(model_ds.identifier_of(ref.manifest_item)), "rb") as fh:
+            recorded = load_json(fh.read(), what=ref.manifest_item, error=DatasetFormatError)
+    except (KeyError, OSError, DatasetFormatError):
+        return []
+    if not isinstance(recorded, dict):
         return []
     now = ds.manifest_entries()
     out = [f"missing: {r}" for r in sorted(set(recorded) - set(now))]

@@ -60,3 +60,12 @@ MANIFESTS_DIR = "manifests"  # model dataset items <MANIFESTS_DIR>/<uuid>.json: 
 PROVENANCE_SCHEMA_VERSION = "1.0"
 PROVENANCE_SCHEMA_ID = "https://reprodl.dev/schemas/provenance-1.0.json"
 README_SCHEMA_VERSION = "1.0"
+
+# --- bounds on what a downloaded file may make reprodl allocate or parse ------------------
+MAX_README_BYTES = 1024 * 1024  # a dataset's README.yml
+MAX_RECORD_BYTES = 64 * 1024 * 1024  # provenance.json (its history and packages included)
+MAX_METADATA_BYTES = 256 * 1024 * 1024  # any other JSON read over http (manifest, annotations)
+MAX_NESTING = 64  # depth of JSON/YAML containers (records nest about 6 deep)
+MAX_CATEGORIES = 100_000  # distinct labels of a dataset (ImageNet-21k has 21,841)
+MAX_IMAGE_SIDE = 16384  # pixels per side of a transform's or a record's image size
+HTTP_TIMEOUT_ENV = "REPRODL_HTTP_TIMEOUT"  # seconds to connect and between bytes (default 10, 60)

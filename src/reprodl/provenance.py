@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from reprodl import keys
 from reprodl.errors import IntegrityError, ModelLoadError
+from reprodl.parsing import check_size, load_json
 from reprodl.store import StoredDataSet, canonical_json, open_dataset
 
 
@@ -270,10 +271,11 @@ def parse_record(text: str | bytes, *, source: str = "record") -> ProvenanceReco
     Raises :class:`ModelLoadError` for bad JSON, another major schema version or a record
     that does not match the schema.
     """
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{source}: provenance.json is not valid JSON ({exc})") from None
+    what = f"{source}: {keys.PROVENANCE_FILE}"
+    check_size(text, keys.MAX_RECORD_BYTES, what=what, error=ModelLoadError)
+    raw = load_json(text, what=what, error=ModelLoadError)
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{what} holds a JSON {type(raw).__name__}, not a record (a JSON object)")
     version = str(raw.get("schema_version", ""))
     if version.split(".")[0] != keys.PROVENANCE_SCHEMA_VERSION.split(".")[0]:
         raise ModelLoadError(

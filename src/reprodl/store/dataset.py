@@ -24,9 +24,12 @@ from reprodl.errors import (
     DatasetNotFoundError,
     DatasetNotFrozenError,
     InvalidURIError,
+    MetadataError,
     ReprodlError,
     StorageError,
 )
+from reprodl import keys
+from reprodl.parsing import check_size, load_yaml
 from reprodl.store.brokers import _cache_root, _check_broker, _dtoolcore
 from reprodl.store.fetch import _RemoteItems
 from reprodl.store.hashing import Progress, canonical_json, file_md5
@@ -211,18 +214,18 @@ class StoredDataSet(_RemoteItems):
         """The README text (read once)."""
         if self._readme is None:
             try:
-                self._readme = self._ds.get_readme_content() or ""
+                text = self._ds.get_readme_content() or ""
             except Exception as exc:  # noqa: BLE001 - broker errors are not typed
                 raise _remote_error(self.uri, exc) from exc
+            check_size(text, keys.MAX_README_BYTES, what=f"the README of {self.uri}", error=DatasetFormatError)
+            self._readme = text
         return self._readme
 
     def readme(self) -> dict[str, Any]:
-        """The README parsed as YAML ({} when empty or not a mapping)."""
-        import yaml
-
+        """The README parsed as YAML ({} when empty, not a mapping, or not YAML reprodl reads)."""
         try:
-            data = yaml.safe_load(self.get_readme_content())
-        except yaml.YAMLError:
+            data = load_yaml(self.get_readme_content(), what=f"the README of {self.uri}")
+        except MetadataError:
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -341,8 +344,9 @@ class StoredDataSet(_RemoteItems):
         """
         idns = identifiers if identifiers is not None else list(self._items)
         fetched: dict[str, str | None] = {}
+        oversize: set[str] = set()
         if not self.is_local:
-            fetched = self._fetch_many(idns, refresh=deep)
+            fetched = self._fetch_many(idns, refresh=deep, resized=oversize)
         report = VerifyReport(uri=self.uri, deep=deep, n_items=len(idns))
         if self.is_local and identifiers is None:
             on_disk = set()
@@ -357,6 +361,9 @@ class StoredDataSet(_RemoteItems):
         for idn in idns:
             props = self._items[idn]
             rel = props["relpath"]
+            if idn in oversize:
+                report.resized.append(rel)
+                continue
             try:
                 path = fetched[idn] if idn in fetched else self.item_path(idn)
                 if path is None:

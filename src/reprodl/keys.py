@@ -68,4 +68,5 @@ MAX_METADATA_BYTES = 256 * 1024 * 1024  # any other JSON read over http (manifes
 MAX_NESTING = 64  # depth of JSON/YAML containers (records nest about 6 deep)
 MAX_CATEGORIES = 100_000  # distinct labels of a dataset (ImageNet-21k has 21,841)
 MAX_IMAGE_SIDE = 16384  # pixels per side of a transform's or a record's image size
+MAX_SAMPLE_ELEMENTS = 1 << 28  # values in one recorded sample shape (1 GiB as float32)
 HTTP_TIMEOUT_ENV = "REPRODL_HTTP_TIMEOUT"  # seconds to connect and between bytes (default 10, 60)

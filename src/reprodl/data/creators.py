@@ -176,6 +176,9 @@ def create_from_arrays(
     if len(labels) and labels.min() < 0:
         raise InputDataError(f"labels must be >= 0, found {int(labels.min())}")
     n_classes = int(labels.max()) + 1 if len(labels) else 0
+    if n_classes > keys.MAX_CATEGORIES:
+        raise InputDataError(f"labels go up to {n_classes - 1:,}, over reprodl's limit of "
+                             f"{keys.MAX_CATEGORIES - 1:,}: labels are category numbers 0..K-1")
     if categories is None:
         categories = [str(i) for i in range(n_classes)]
     elif len(categories) < n_classes:

@@ -12,6 +12,7 @@ import numpy as np
 
 from reprodl import keys
 from reprodl.data.images import open_image, to_array
+from reprodl.data.labels import check_labels, checked_encoding
 from reprodl.data.layout import tensor_item_ids, value_scale
 from reprodl.errors import DatasetFormatError, ParametersError
 from reprodl.store import Progress, StoredDataSet, open_dataset
@@ -29,6 +30,10 @@ def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, in
             from reprodl.data.creators import category_encoding
 
             encoding = category_encoding(names)
+        encoding = checked_encoding(encoding, uri=ds.uri)
+        unknown = sorted(set(names) - set(encoding))
+        if unknown:
+            raise DatasetFormatError(f"{ds.uri}: categories {unknown[:5]} are not in its category_encoding annotation")
         return keys.INPUT_TYPE_IMAGE, idns, np.array([encoding[n] for n in names], dtype=np.int64), encoding
     try:
         _, labels_idn = tensor_item_ids(ds)
@@ -39,7 +44,11 @@ def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, in
         ) from None
     labels = np.load(ds.item_path(labels_idn), allow_pickle=False).astype(np.int64).reshape(-1)
     if encoding is None:
+        check_labels(labels, keys.MAX_CATEGORIES, uri=ds.uri)
         encoding = {str(v): int(v) for v in np.unique(labels)}
+    else:
+        encoding = checked_encoding(encoding, uri=ds.uri)
+        check_labels(labels, encoding.values(), uri=ds.uri)
     return keys.INPUT_TYPE_TENSOR, list(range(len(labels))), labels, encoding
 
 

@@ -93,7 +93,7 @@ def load_json(text: str | bytes, *, what: str, error: type[ReprodlError] = Metad
 def load_yaml(text: str | bytes, *, what: str, error: type[ReprodlError] = MetadataError) -> Any:
     """YAML of ``text`` with :class:`NoAliasSafeLoader`, or ``error`` naming ``what``."""
     try:
-        value = yaml.load(text, Loader=NoAliasSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        value = yaml.load(text, Loader=NoAliasSafeLoader)  # a SafeLoader subclass
     except RecursionError:
         raise error(f"{what} nests deeper than {keys.MAX_NESTING} levels: reprodl refuses it") from None
     except yaml.YAMLError as exc:

@@ -18,6 +18,10 @@ from reprodl.errors import DatasetFormatError, ParametersError
 from reprodl.store import Progress, StoredDataSet, open_dataset
 
 
+class _NotLabelledError(DatasetFormatError):
+    """A dataset that is neither an image nor a tensor dataset (it has no labels to count)."""
+
+
 def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, int]]:
     """(kind, sample keys, integer labels, encoding) of an image or tensor dataset."""
     kind = ds.get_annotation(keys.INPUT_TYPE)
@@ -38,7 +42,7 @@ def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, in
     try:
         _, labels_idn = tensor_item_ids(ds)
     except DatasetFormatError:
-        raise DatasetFormatError(
+        raise _NotLabelledError(
             f"{ds.uri} is neither an image dataset (category overlay) nor a tensor dataset "
             f"({keys.TENSOR_LABELS_FILE} item)"
         ) from None
@@ -71,7 +75,7 @@ def dataset_info(uri: str) -> dict[str, Any]:
     }
     try:
         kind, sample_keys, labels, encoding = _labels(ds)
-    except DatasetFormatError:
+    except _NotLabelledError:
         return info
     inverse = {v: k for k, v in encoding.items()}
     counts = np.bincount(labels, minlength=len(encoding)) if len(labels) else np.zeros(0, int)

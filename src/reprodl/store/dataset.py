@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import json
 import os
 import threading
 from typing import Any
@@ -41,6 +42,9 @@ from reprodl.store.uris import (
     normalise_uri,
     relpath_problem,
 )
+
+# What dtoolcore's json.load raises for a hostile metadata file (deep nesting, bad JSON or UTF-8).
+_BAD_JSON = (RecursionError, json.JSONDecodeError, UnicodeDecodeError)
 
 
 @dataclasses.dataclass
@@ -261,6 +265,11 @@ class StoredDataSet(_RemoteItems):
             if kind == "annotations":
                 return broker.get_annotation(name)
             return broker.get_overlay(name)
+        except _BAD_JSON as exc:  # dtoolcore's json.load of a hostile file
+            raise DatasetFormatError(
+                f"the {kind[:-1]} {name!r} of {self.uri} is not JSON reprodl reads "
+                f"({type(exc).__name__}: {str(exc)[:200]}); recreate it"
+            ) from None
         except Exception as exc:  # noqa: BLE001
             raise _remote_error(self.uri, exc) from exc
 
@@ -443,6 +452,9 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
             )
 
     def read_error(exc: BaseException) -> ReprodlError:
+        if isinstance(exc, _BAD_JSON):  # json.load of a hostile manifest or admin file
+            return DatasetFormatError(f"the dataset at {full} has metadata that is not JSON reprodl reads "
+                                      f"({type(exc).__name__}: {str(exc)[:200]}); it is refused")
         if path is None:
             return _remote_error(full, exc)
         return StorageError(f"could not read the dataset at {full}: {type(exc).__name__}: {exc}")

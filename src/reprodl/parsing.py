@@ -98,6 +98,7 @@ def load_yaml(text: str | bytes, *, what: str, error: type[ReprodlError] = Metad
         raise error(f"{what} nests deeper than {keys.MAX_NESTING} levels: reprodl refuses it") from None
     except yaml.YAMLError as exc:
         raise error(f"{what} is not valid YAML: {exc}") from None
-    except (ValueError, TypeError, OverflowError) as exc:  # constructors: bad dates, unhashable keys...
+    except (ValueError, TypeError, OverflowError, AttributeError, IndexError, KeyError) as exc:
+        # PyYAML's constructors: bad dates ("!!timestamp" alone raises AttributeError), huge numbers...
         raise error(f"{what} is not valid YAML: {type(exc).__name__}: {exc}") from None
     return _check_depth(value, what=what, error=error)

@@ -23,7 +23,7 @@ from reprodl import keys
 from reprodl.data.creators import category_encoding
 from reprodl.data.images import channels_for_mode, convert, open_image, read_batch, resize, to_array
 from reprodl.data.labels import check_labels, checked_encoding, default_names
-from reprodl.data.layout import tensor_item_ids, value_scale
+from reprodl.data.layout import load_npy, tensor_item_ids, value_scale
 from reprodl.errors import DatasetFormatError, InputDataError, IntegrityError
 from reprodl.store import StoredDataSet, open_dataset
 
@@ -421,15 +421,7 @@ class TensorDataSet(WrappedDataSet):
 
 def _load_npy(path: str, uri: str) -> np.ndarray:
     """Memory-map an .npy item; never unpickles (object arrays are refused)."""
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise DatasetFormatError(
-            f"{uri}: {os.path.basename(path)} cannot be read without unpickling ({exc}); "
-            "reprodl refuses pickled arrays from a URI"
-        ) from None
-    except OSError as exc:
-        raise DatasetFormatError(f"{uri}: {os.path.basename(path)} is not a .npy array ({exc})") from None
+    return load_npy(path, uri=uri)
 
 
 def open_training_data(

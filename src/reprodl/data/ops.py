@@ -13,7 +13,7 @@ import numpy as np
 from reprodl import keys
 from reprodl.data.images import open_image, to_array
 from reprodl.data.labels import check_labels, checked_encoding
-from reprodl.data.layout import tensor_item_ids, value_scale
+from reprodl.data.layout import load_npy, tensor_item_ids, value_scale
 from reprodl.errors import DatasetFormatError, ParametersError
 from reprodl.store import Progress, StoredDataSet, open_dataset
 
@@ -46,7 +46,7 @@ def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, in
             f"{ds.uri} is neither an image dataset (category overlay) nor a tensor dataset "
             f"({keys.TENSOR_LABELS_FILE} item)"
         ) from None
-    labels = np.load(ds.item_path(labels_idn), allow_pickle=False).astype(np.int64).reshape(-1)
+    labels = np.asarray(load_npy(ds.item_path(labels_idn), uri=ds.uri)).astype(np.int64).reshape(-1)
     if encoding is None:
         check_labels(labels, keys.MAX_CATEGORIES, uri=ds.uri)
         encoding = {str(v): int(v) for v in np.unique(labels)}
@@ -175,7 +175,7 @@ def dataset_stats(uri: str, *, progress: Progress | None = None, mode: str | Non
                 progress(1)
     else:
         data_idn, _ = tensor_item_ids(ds)
-        data = np.load(ds.item_path(data_idn), mmap_mode="r", allow_pickle=False)
+        data = load_npy(ds.item_path(data_idn), uri=ds.uri)
         dims = ds.get_annotation(keys.IMAGE_DIMENSIONS) or [1, *data.shape[1:]]
         scale = value_scale(ds, data.dtype)
         channels = int(dims[0])

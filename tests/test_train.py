@@ -282,12 +282,13 @@ def test_record_every_dataset(captured, digits_split_master):
     for ref in (train, valid):
         assert (ref.uri, ref.uuid, ref.name) == (ds.uri, ds.uuid, "digits")
         assert ref.manifest_digest == ds.manifest_digest()
-        assert ref.readme == ds.get_readme_content() and "Alpaydin" in ref.readme
+        assert record.readme_for(ref) == ds.get_readme_content() and "Alpaydin" in record.readme_for(ref)
         assert ref.input_type == "TensorDataSet" and ref.input_shape == [1, 8, 8] and ref.value_scale == 255.0
         assert ref.category_encoding == {str(d): d for d in range(10)}
     assert (train.role, train.usetype, train.n_items) == ("train", "train", N_TRAIN)
     assert (valid.role, valid.usetype, valid.n_items) == ("valid", "test", N_TEST)
     assert train.selection_digest != valid.selection_digest
+    assert (train.readme_of, valid.readme_of, valid.readme) == (None, 0, "")  # stored once
 
 
 def test_record_environment_metrics_and_time(captured):

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from reprodl import keys
-from reprodl.errors import ReprodlError
+from reprodl.errors import DatasetFormatError, ReprodlError
+from reprodl.parsing import load_json
 from reprodl.provenance import DataRef, ProvenanceRecord, mirror_annotations, read_record
 from reprodl.store import StoredDataSet, open_dataset
 
@@ -302,9 +303,11 @@ def _changed_items(ref: DataRef, ds: StoredDataSet, model_ds: StoredDataSet) -> 
     if not ref.manifest_item:
         return []
     try:
-        with open(model_ds.item_path(model_ds.identifier_of(ref.manifest_item))) as fh:
-            recorded = json.load(fh)
-    except (KeyError, OSError, json.JSONDecodeError):
+        with open(model_ds.item_path(model_ds.identifier_of(ref.manifest_item)), "rb") as fh:
+            recorded = load_json(fh.read(), what=ref.manifest_item, error=DatasetFormatError)
+    except (KeyError, OSError, DatasetFormatError):
+        return []
+    if not isinstance(recorded, dict):
         return []
     now = ds.manifest_entries()
     out = [f"missing: {r}" for r in sorted(set(recorded) - set(now))]

@@ -69,3 +69,13 @@ README_SCHEMA_VERSION = "1.0"
 STAGING_PREFIX = ".reprodl-staging-"  # <base>/<prefix><name>-<random>: a dataset being built
 STAGING_MARKER = ".reprodl-staging.json"  # inside a staging dir: who owns it (pid, host)
 METADATA_TMP_PREFIX = ".reprodl-tmp-"  # <dataset>/.dtool/<prefix>...: a metadata file being written
+
+# --- bounds on what a downloaded file may make reprodl allocate or parse ------------------
+MAX_README_BYTES = 1024 * 1024  # a dataset's README.yml
+MAX_RECORD_BYTES = 64 * 1024 * 1024  # provenance.json (its history and packages included)
+MAX_METADATA_BYTES = 256 * 1024 * 1024  # any other JSON read over http (manifest, annotations)
+MAX_NESTING = 64  # depth of JSON/YAML containers (records nest about 6 deep)
+MAX_CATEGORIES = 100_000  # distinct labels of a dataset (ImageNet-21k has 21,841)
+MAX_IMAGE_SIDE = 16384  # pixels per side of a transform's or a record's image size
+MAX_SAMPLE_ELEMENTS = 1 << 28  # values in one recorded sample shape (1 GiB as float32)
+HTTP_TIMEOUT_ENV = "REPRODL_HTTP_TIMEOUT"  # seconds to connect and between bytes (default 10, 60)

@@ -12,7 +12,6 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from reprodl import keys
 from reprodl.errors import MetadataError, ReprodlError
+from reprodl.parsing import check_size, load_json, load_yaml
 
 Usetype = Literal["train", "test", "valid", "validation", "mixed", "any"]
 
@@ -48,11 +49,10 @@ def read_yaml_file(
 ) -> Any:
     """The YAML content of ``path``; ``error`` (naming it as ``what``) when unreadable or not YAML."""
     try:
-        return yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_bytes()
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise error(f"{what} {path} is not valid YAML: {exc}") from exc
+    return load_yaml(text, what=f"{what} {path}", error=error)
 
 
 def readme_json_schema() -> dict[str, Any]:
@@ -74,10 +74,11 @@ def _load_user_schema(schema: str | os.PathLike[str] | dict[str, Any]) -> dict[s
         text = path.read_text()
     except OSError as exc:
         raise MetadataError(f"cannot read the schema file {path}: {exc.strerror}") from exc
+    what = f"the schema file {path}"
     try:
-        loaded = yaml.safe_load(text) if path.suffix in (".yml", ".yaml") else json.loads(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise MetadataError(f"the schema file {path} is not valid JSON/YAML: {exc}") from exc
+        loaded = load_yaml(text, what=what) if path.suffix in (".yml", ".yaml") else load_json(text, what=what)
+    except MetadataError as exc:
+        raise MetadataError(f"{what} is not valid JSON/YAML: {exc}") from None
     if not isinstance(loaded, dict):
         raise MetadataError(f"the schema file {path} must hold a JSON Schema object")
     return loaded
@@ -89,10 +90,8 @@ def validate_readme(
     schema: str | os.PathLike[str] | dict[str, Any] | None = None,
 ) -> DatasetReadme:
     """Parse README YAML and validate it; raise :class:`MetadataError` naming each bad field."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise MetadataError(f"the README is not valid YAML: {exc}") from exc
+    check_size(text, keys.MAX_README_BYTES, what="the README")
+    data = load_yaml(text, what="the README")
     if not isinstance(data, dict):
         raise MetadataError(
             "the README must be a YAML mapping with at least: name, description, authors, origin"

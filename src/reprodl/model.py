@@ -21,7 +21,7 @@ import torch
 from reprodl import keys, trust
 from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.data.images import convert, resize, to_array
-from reprodl.errors import IntegrityError, ModelLoadError, TransformError, UnsafeImportError
+from reprodl.errors import IntegrityError, ModelLoadError, TransformError
 from reprodl.provenance import ProvenanceRecord, read_record
 from reprodl.store import StoredDataSet, open_dataset
 from reprodl.transforms import Resize, contains, eval_view, from_description
@@ -137,7 +137,7 @@ class TrainedTorchModel:
         train = self.provenance.data_by_role("train")[0]
         self.cat_encoding = dict(train.category_encoding)
         self.categories = [n for n, _ in sorted(self.cat_encoding.items(), key=lambda kv: kv[1])]
-        self.data_shape = tuple(train.input_shape)  # one sample as the dataset holds it
+        self.data_shape = _bounded_shape(train.input_shape, self.uri)  # one sample as the dataset holds it
         self.image_mode = train.image_mode or {1: "L", 3: "RGB", 4: "RGBA"}.get(
             self.data_shape[0] if self.data_shape else 1, "L")
         self._images = train.input_type == keys.INPUT_TYPE_IMAGE
@@ -235,9 +235,20 @@ class TrainedTorchModel:
         confusion = torch.zeros(k, k, dtype=torch.int64)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
         for x, y in loader:
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+                raise ModelLoadError(f"dataset {dataset.name!r} has labels outside 0..{k - 1} "
+                                     f"(found {int(y.min())}..{int(y.max())}): the model has {k} categories")
             pred = self.model(x.to(self.device)).argmax(1).cpu()
             confusion += torch.bincount(y * k + pred, minlength=k * k).reshape(k, k)
         return evaluation_report(confusion.numpy(), self.categories, dataset_name=dataset.name, dataset_uri=dataset.uri)
+
+
+def _bounded_shape(shape: list[int], uri: str) -> tuple[int, ...]:
+    """A recorded sample shape, refused when it would size an absurd allocation."""
+    if any(d <= 0 for d in shape) or int(np.prod(shape, dtype=object)) > keys.MAX_SAMPLE_ELEMENTS:
+        raise ModelLoadError(f"{uri}: the record's input shape {list(shape)} is not a usable sample shape "
+                             f"(positive sides, at most {keys.MAX_SAMPLE_ELEMENTS:,} values)")
+    return tuple(shape)
 
 
 def _as_input(out: Any) -> torch.Tensor:

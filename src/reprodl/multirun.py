@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,8 @@ import yaml
 
 from reprodl import __version__, keys
 from reprodl.config import TrainConfig, build_and_train
-from reprodl.errors import ParametersError
+from reprodl.errors import DatasetFormatError, ParametersError
+from reprodl.parsing import load_json
 from reprodl.store import create_dataset, open_dataset
 
 METRICS = ("train_loss", "valid_loss", "valid_accuracy")
@@ -161,5 +161,5 @@ def train_many(cfg: TrainConfig, *, seeds: int = 0, splits: int = 0, test: float
 def load_summary(uri: str) -> dict[str, Any]:
     """The summary (``summary.json``) of the multi-run summary dataset at ``uri``."""
     ds = open_dataset(uri)
-    with open(ds.item_path(ds.identifier_of(keys.SUMMARY_FILE))) as fh:
-        return json.load(fh)
+    with open(ds.item_path(ds.identifier_of(keys.SUMMARY_FILE)), "rb") as fh:
+        return load_json(fh.read(), what=f"{ds.uri}: {keys.SUMMARY_FILE}", error=DatasetFormatError)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
 
 from reprodl.errors import ParametersError
+from reprodl.parsing import load_yaml
 
 ALIASES = {"lr": "learning_rate", "epochs": "n_epochs", "bs": "batch_size"}
 
@@ -114,8 +114,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ParametersError(f"override {text!r} should look like key=value (e.g. lr=0.05)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, what=f"override {text!r}", error=ParametersError) if raw.strip() else ""
+    except ParametersError:
         value = raw
     return ALIASES.get(key, key), value
 

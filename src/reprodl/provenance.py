@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from reprodl import keys
 from reprodl.errors import IntegrityError, ModelLoadError
+from reprodl.parsing import check_size, load_json
 from reprodl.store import StoredDataSet, canonical_json, open_dataset
 
 
@@ -49,7 +50,9 @@ class DataRef(_Part):
     input_type: str | None = None
     manifest_digest: str
     manifest_item: str | None = Field(None, description="item holding a copy of the dataset's manifest")
-    readme: str = ""
+    readme: str = Field("", description="the dataset's README text (empty when readme_of names an earlier entry)")
+    readme_of: int | None = Field(None, description="index in data of the entry of the same dataset that holds "
+                                                    "its README: a README is stored once per record")
     usetype: str | None = None
     split: dict[str, Any] | None = Field(None, description="in-memory stratified split (test, valid, seed)")
     selection_digest: str | None = Field(None, description="sha256 of the selected samples' keys, in order (the usetype split)")
@@ -242,9 +245,32 @@ class ProvenanceRecord(_Part):
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
 
+    def readme_for(self, ref: DataRef) -> str:
+        """The README text of a data entry, stored in it or in the entry its ``readme_of`` names."""
+        i = ref.readme_of
+        if i is None or not 0 <= i < len(self.data):
+            return ref.readme
+        return self.data[i].readme
+
     def data_by_role(self, role: str) -> list[DataRef]:
         """The datasets used in ``role`` (train, valid or test)."""
         return [d for d in self.data if d.role == role]
+
+
+def store_readmes_once(refs: list[DataRef]) -> list[DataRef]:
+    """``refs`` with each dataset's README kept in its first entry only (train and test
+    from one dataset share one README): later entries of the same UUID and README point
+    at it with ``readme_of``."""
+    first: dict[tuple[str, str], int] = {}
+    out = []
+    for i, ref in enumerate(refs):
+        key = (ref.uuid, ref.readme)
+        if ref.readme and key in first:
+            ref = ref.model_copy(update={"readme": "", "readme_of": first[key]})
+        else:
+            first.setdefault(key, i)
+        out.append(ref)
+    return out
 
 
 def mirror_annotations(record: ProvenanceRecord) -> dict[str, Any]:
@@ -280,10 +306,11 @@ def parse_record(text: str | bytes, *, source: str = "record") -> ProvenanceReco
     Raises :class:`ModelLoadError` for bad JSON, another major schema version or a record
     that does not match the schema.
     """
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{source}: provenance.json is not valid JSON ({exc})") from None
+    what = f"{source}: {keys.PROVENANCE_FILE}"
+    check_size(text, keys.MAX_RECORD_BYTES, what=what, error=ModelLoadError)
+    raw = load_json(text, what=what, error=ModelLoadError)
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{what} holds a JSON {type(raw).__name__}, not a record (a JSON object)")
     version = str(raw.get("schema_version", ""))
     if version.split(".")[0] != keys.PROVENANCE_SCHEMA_VERSION.split(".")[0]:
         raise ModelLoadError(
@@ -400,7 +427,7 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
             f"Source dataset ({d.role}) items: {d.n_items}" + (f" (usetype {d.usetype})" if d.usetype else ""),
             f"Source dataset ({d.role}) manifest digest: {d.manifest_digest}",
             f"Source dataset ({d.role}) readme:",
-            *("    " + line for line in d.readme.rstrip().splitlines()),
+            *("    " + line for line in record.readme_for(d).rstrip().splitlines()),
         ]
     git = record.code.git
     if git and git.commit:

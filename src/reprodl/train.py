@@ -51,6 +51,7 @@ from reprodl.provenance import (
     Results,
     Training,
     mirror_annotations,
+    store_readmes_once,
 )
 from reprodl.store import DatasetWriter, create_dataset
 
@@ -406,7 +407,7 @@ def train_model_with_metadata_capture(
             if on_epoch:
                 on_epoch(metrics)
     wall = time.perf_counter() - t_start
-    data_refs = [DataRef(role=role, **ds.provenance_info()) for role, ds in roles]  # type: ignore[arg-type]
+    data_refs = store_readmes_once([DataRef(role=role, **ds.provenance_info()) for role, ds in roles])  # type: ignore[arg-type]
     training = Training(
         optimizer=optimizer_info, loss=loss_info, scheduler=scheduler_info, epochs=params.n_epochs,
         batch_size=params.batch_size, shuffle=params.shuffle, num_workers=params.num_workers,

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch.nn import functional as F
 
+from reprodl import keys
 from reprodl.errors import TransformError
 
 __all__ = [
@@ -227,8 +228,9 @@ class RandomCrop(Transform):
 
     def __init__(self, size: int | Sequence[int], padding: int = 0) -> None:
         self.size = _pair(size, "RandomCrop", "size")
-        if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
-            raise TransformError(f"RandomCrop padding should be a non-negative integer, but got padding={padding!r}")
+        if not isinstance(padding, int) or isinstance(padding, bool) or not 0 <= padding <= keys.MAX_IMAGE_SIDE:
+            raise TransformError(f"RandomCrop padding should be an integer from 0 to {keys.MAX_IMAGE_SIDE}, "
+                                 f"but got padding={padding!r}")
         self.padding = padding
 
     def __call__(self, x: Any) -> torch.Tensor:
@@ -396,8 +398,11 @@ def _pair(size: Any, who: str, arg: str) -> tuple[int, int]:
         a, b = (int(v) for v in values)
         if a <= 0 or b <= 0 or any(isinstance(v, bool) or int(v) != v for v in values):
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise TransformError(f"{who} {arg} should be a positive integer or a pair of them, but got {arg}={size!r}") from None
+    if max(a, b) > keys.MAX_IMAGE_SIDE:
+        raise TransformError(f"{who} {arg} should be at most {keys.MAX_IMAGE_SIDE} pixels per side, but got "
+                             f"{arg}={size!r}: reprodl refuses sizes that large (a record could exhaust memory)")
     return a, b
 
 

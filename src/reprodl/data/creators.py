@@ -12,6 +12,7 @@ import gzip
 import math
 import os
 import struct
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 
 from reprodl import keys
 from reprodl.data.images import open_image, target_mode_for
-from reprodl.data.layout import default_value_scale
+from reprodl.data.layout import NPY_HEADER_ERRORS, default_value_scale
 from reprodl.errors import InputDataError
 from reprodl.metadata import make_readme
 from reprodl.store import Progress, check_name, create_dataset, current_user, item_identifier
@@ -172,6 +173,9 @@ def create_from_arrays(
     _check_data_values(data)
     labels = _integer_labels(labels)
     n_classes = int(labels.max()) + 1 if len(labels) else 0
+    if n_classes > keys.MAX_CATEGORIES:
+        raise InputDataError(f"labels go up to {n_classes - 1:,}, over reprodl's limit of "
+                             f"{keys.MAX_CATEGORIES - 1:,}: labels are category numbers 0..K-1")
     if categories is None:
         categories = [str(i) for i in range(n_classes)]
     elif len(categories) < n_classes:
@@ -261,8 +265,8 @@ def load_array_file(path: str | os.PathLike[str], key: str | None = None) -> np.
         loaded = np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise InputDataError(f"{path}: cannot read without unpickling ({exc}); save with allow_pickle=False") from None
-    except OSError as exc:
-        raise InputDataError(f"{path} is not a .npy/.npz file ({exc})") from None
+    except (OSError, *NPY_HEADER_ERRORS) as exc:
+        raise InputDataError(f"{path} is not a .npy/.npz file ({type(exc).__name__}: {exc})") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             names = list(loaded.files)
@@ -283,7 +287,10 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise InputDataError(f"IDX file {path} does not exist")
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputDataError(f"{path} is a damaged gzip file ({type(exc).__name__}: {exc})") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00":
         raise InputDataError(f"{path} is not an IDX file (bad magic number)")
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

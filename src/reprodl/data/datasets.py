@@ -22,8 +22,9 @@ from torch.utils.data._utils.collate import default_collate
 from reprodl import keys
 from reprodl.data.creators import category_encoding
 from reprodl.data.images import channels_for_mode, convert, open_image, read_batch, resize, to_array
-from reprodl.data.layout import tensor_item_ids, value_scale
-from reprodl.errors import DatasetFormatError, InputDataError
+from reprodl.data.labels import check_labels, checked_encoding, default_names
+from reprodl.data.layout import load_npy, tensor_item_ids, value_scale
+from reprodl.errors import DatasetFormatError, InputDataError, IntegrityError
 from reprodl.store import StoredDataSet, open_dataset
 
 
@@ -89,7 +90,7 @@ class WrappedDataSet(Dataset):
         encoding = self.dataset.get_annotation(keys.CATEGORY_ENCODING)
         if encoding is None:
             encoding = category_encoding(list(names))
-        return {str(k): int(v) for k, v in encoding.items()}
+        return checked_encoding(encoding, uri=self.uri)
 
     @property
     def categories(self) -> list[str]:
@@ -151,6 +152,14 @@ class WrappedDataSet(Dataset):
 
     input_shape: tuple[int, ...] = ()
     cat_encoding: dict[str, int] = {}
+
+    def _refuse_if_altered(self, identifiers: list[str]) -> None:
+        """Raise :class:`IntegrityError` when these items no longer match the manifest: bad
+        content read from them is then reported as the tampering or damage it is."""
+        report = self.dataset.verify(identifiers=identifiers, deep=True)
+        if not report.ok:
+            raise IntegrityError(f"{self.uri}: the data do not match their manifest:\n  "
+                                 + "\n  ".join(report.problems()), problems=report.problems())
 
     def label_counts(self) -> dict[str, int]:
         raise NotImplementedError
@@ -363,8 +372,15 @@ class TensorDataSet(WrappedDataSet):
         self.labels = all_labels[rows]
         # Without a category_encoding annotation (dtoolAI's tensor datasets), label value v
         # is category "v": a class with no samples must not shift the others' labels.
-        names = [str(v) for v in range(int(all_labels.max()) + 1)] if len(all_labels) else []
-        self.cat_encoding = self._encoding_from(names)
+        try:
+            if ds.get_annotation(keys.CATEGORY_ENCODING) is None:
+                self.cat_encoding = self._encoding_from(default_names(all_labels, uri=self.uri))
+            else:
+                self.cat_encoding = self._encoding_from([])
+                check_labels(all_labels, self.cat_encoding.values(), uri=self.uri)
+        except DatasetFormatError:
+            self._refuse_if_altered([labels_idn])
+            raise
         dims = ds.get_annotation(keys.IMAGE_DIMENSIONS)
         row_shape = tuple(self.data.shape[1:])
         if dims is not None:
@@ -439,15 +455,7 @@ def _int_list(value: Any) -> list[int] | None:
 
 def _load_npy(path: str, uri: str) -> np.ndarray:
     """Memory-map an .npy item; never unpickles (object arrays are refused)."""
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise DatasetFormatError(
-            f"{uri}: {os.path.basename(path)} cannot be read without unpickling ({exc}); "
-            "reprodl refuses pickled arrays from a URI"
-        ) from None
-    except OSError as exc:
-        raise DatasetFormatError(f"{uri}: {os.path.basename(path)} is not a .npy array ({exc})") from None
+    return load_npy(path, uri=uri)
 
 
 def open_training_data(

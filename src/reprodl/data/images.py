@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from reprodl import keys
 from reprodl.errors import InputDataError
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
@@ -171,6 +172,9 @@ def resize(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
     """Resize to (width, height) with a fixed filter, so results are deterministic."""
     if size is None or image.size == tuple(size):
         return image
+    if len(size) != 2 or not all(0 < int(s) <= keys.MAX_IMAGE_SIDE for s in size):
+        raise InputDataError(f"cannot resize to {tuple(size)}: each side should be from 1 to "
+                             f"{keys.MAX_IMAGE_SIDE} pixels (check the size given or the dataset's image_dimensions)")
     if image.mode in SIXTEEN_BIT:
         image = image.convert("I")  # resize works on 32-bit ints
     return image.resize(tuple(size), Image.Resampling.BILINEAR)

@@ -5,6 +5,8 @@ Used by :class:`~reprodl.data.datasets.TensorDataSet`, the creators and the oper
 """
 from __future__ import annotations
 
+import os
+import tokenize
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,25 @@ import numpy as np
 from reprodl import keys
 from reprodl.errors import DatasetFormatError
 from reprodl.store import StoredDataSet
+
+# What np.load raises for a damaged or hostile .npy header, besides ValueError and OSError
+# (numpy parses the header's dict with ast.literal_eval).
+NPY_HEADER_ERRORS = (EOFError, SyntaxError, tokenize.TokenError, MemoryError, OverflowError, TypeError)
+
+
+def load_npy(path: str, *, uri: str, mmap: bool = True) -> np.ndarray:
+    """An .npy item, memory-mapped unless ``mmap=False``; never unpickles (object arrays are
+    refused); :class:`DatasetFormatError` for anything that is not a readable .npy array."""
+    name = os.path.basename(path)
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Python objects" in str(exc):
+            raise DatasetFormatError(f"{uri}: {name} cannot be read without unpickling ({exc}); "
+                                     "reprodl refuses pickled arrays from a URI") from None
+        raise DatasetFormatError(f"{uri}: {name} is not a .npy array reprodl reads ({exc})") from None
+    except (OSError, *NPY_HEADER_ERRORS) as exc:
+        raise DatasetFormatError(f"{uri}: {name} is not a .npy array ({type(exc).__name__}: {exc})") from None
 
 
 def default_value_scale(dtype: Any) -> float:

@@ -12,12 +12,13 @@ import numpy as np
 
 from reprodl import keys
 from reprodl.data.images import open_image, to_array
-from reprodl.data.layout import tensor_item_ids, value_scale
+from reprodl.data.labels import check_labels, checked_encoding
+from reprodl.data.layout import load_npy, tensor_item_ids, value_scale
 from reprodl.errors import DamagedMetadataError, DatasetFormatError, ParametersError
 from reprodl.store import Progress, StoredDataSet, open_dataset
 
 
-class _NotLabelled(DatasetFormatError):
+class _NotLabelledError(DatasetFormatError):
     """A dataset with neither a category overlay nor a labels item (info shows it without classes)."""
 
 
@@ -33,19 +34,27 @@ def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, in
             from reprodl.data.creators import category_encoding
 
             encoding = category_encoding(names)
+        encoding = checked_encoding(encoding, uri=ds.uri)
+        unknown = sorted(set(names) - set(encoding))
+        if unknown:
+            raise DatasetFormatError(f"{ds.uri}: categories {unknown[:5]} are not in its category_encoding annotation")
         return keys.INPUT_TYPE_IMAGE, idns, np.array([encoding[n] for n in names], dtype=np.int64), encoding
     try:
         _, labels_idn = tensor_item_ids(ds)
     except DamagedMetadataError:
         raise
     except DatasetFormatError:
-        raise _NotLabelled(
+        raise _NotLabelledError(
             f"{ds.uri} is neither an image dataset (category overlay) nor a tensor dataset "
             f"({keys.TENSOR_LABELS_FILE} item)"
         ) from None
-    labels = np.load(ds.item_path(labels_idn), allow_pickle=False).astype(np.int64).reshape(-1)
+    labels = np.asarray(load_npy(ds.item_path(labels_idn), uri=ds.uri)).astype(np.int64).reshape(-1)
     if encoding is None:
+        check_labels(labels, keys.MAX_CATEGORIES, uri=ds.uri)
         encoding = {str(v): int(v) for v in np.unique(labels)}
+    else:
+        encoding = checked_encoding(encoding, uri=ds.uri)
+        check_labels(labels, encoding.values(), uri=ds.uri)
     return keys.INPUT_TYPE_TENSOR, list(range(len(labels))), labels, encoding
 
 
@@ -68,7 +77,7 @@ def dataset_info(uri: str) -> dict[str, Any]:
     }
     try:
         kind, sample_keys, labels, encoding = _labels(ds)
-    except _NotLabelled:
+    except _NotLabelledError:
         return info
     inverse = {v: k for k, v in encoding.items()}
     counts = np.bincount(labels, minlength=len(encoding)) if len(labels) else np.zeros(0, int)
@@ -174,7 +183,7 @@ def dataset_stats(uri: str, *, progress: Progress | None = None, mode: str | Non
                 progress(1)
     else:
         data_idn, _ = tensor_item_ids(ds)
-        data = np.load(ds.item_path(data_idn), mmap_mode="r", allow_pickle=False)
+        data = load_npy(ds.item_path(data_idn), uri=ds.uri)
         dims = ds.get_annotation(keys.IMAGE_DIMENSIONS) or [1, *data.shape[1:]]
         scale = value_scale(ds, data.dtype)
         channels = int(dims[0])

@@ -31,15 +31,24 @@ class _BrokerLookup(Mapping):
     loads every installed plugin through dtoolcore's lookup (``load``).
     """
 
-    def __init__(self, load: Any) -> None:
+    def __init__(self, load: Any, bounded: dict[str, Any]) -> None:
         self._load = load
+        self._bounded = bounded
 
     def __getitem__(self, scheme: str) -> Any:
         if scheme == "file":
             from dtoolcore.storagebroker import DiskStorageBroker
 
             return DiskStorageBroker
-        return self._load()[scheme]
+        broker = self._load()[scheme]
+        if scheme in ("http", "https"):
+            # dtool-http's requests have no timeout and no size limit: hand out bounded ones.
+            if scheme not in self._bounded:
+                from reprodl.store.http import bounded_broker
+
+                self._bounded[scheme] = bounded_broker(broker)
+            return self._bounded[scheme]
+        return broker
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._load())
@@ -54,9 +63,11 @@ def _cached_broker_lookup(generate: Any) -> Any:
     dtoolcore re-reads every installed package's entry points on each dataset open, freeze
     and broker call (about 2 ms each, a dozen times per training or reproduction); the
     brokers installed do not change while a process runs. Callers get a read-only mapping
-    in which file:// needs no plugin loaded (see :class:`_BrokerLookup`).
+    in which file:// needs no plugin loaded and http(s):// gets bounded brokers (see
+    :class:`_BrokerLookup` and :mod:`reprodl.store.http`).
     """
     cache: dict[str, Any] = {}
+    bounded: dict[str, Any] = {}
 
     def load() -> dict[str, Any]:
         if "brokers" not in cache:
@@ -64,7 +75,7 @@ def _cached_broker_lookup(generate: Any) -> Any:
         return cache["brokers"]
 
     def lookup() -> Mapping:
-        return _BrokerLookup(load)
+        return _BrokerLookup(load, bounded)
 
     lookup._reprodl_cached = True  # type: ignore[attr-defined]
     lookup.__wrapped__ = generate  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from reprodl.errors import (
     ReprodlError,
     StorageError,
 )
+from reprodl import keys
+from reprodl.parsing import check_size, load_yaml
 from reprodl.store.brokers import _cache_root, _check_broker, _dtoolcore
 from reprodl.store.fetch import _RemoteItems
 from reprodl.store.hashing import Progress, canonical_json, file_md5
@@ -43,6 +46,9 @@ from reprodl.store.uris import (
     normalise_uri,
     relpath_problem,
 )
+
+# What dtoolcore's json.load raises for a hostile metadata file (deep nesting, bad JSON or UTF-8).
+_BAD_JSON = (RecursionError, json.JSONDecodeError, UnicodeDecodeError)
 
 
 @dataclasses.dataclass
@@ -218,9 +224,11 @@ class StoredDataSet(_RemoteItems):
         """The README text (read once)."""
         if self._readme is None:
             try:
-                self._readme = self._ds.get_readme_content() or ""
+                text = self._ds.get_readme_content() or ""
             except Exception as exc:  # noqa: BLE001 - broker errors are not typed
                 raise self._read_error(exc, "its README") from exc
+            check_size(text, keys.MAX_README_BYTES, what=f"the README of {self.uri}", error=DatasetFormatError)
+            self._readme = text
         return self._readme
 
     def _read_error(self, exc: BaseException, what: str, key: str | None = None) -> ReprodlError:
@@ -246,15 +254,12 @@ class StoredDataSet(_RemoteItems):
         Raises:
             MetadataError: the README is not valid YAML, or not a mapping, naming the dataset.
         """
-        import yaml
-
-        text = self.get_readme_content()
         fix = f"correct it (`dtool readme edit {self.uri}`)"
+        what = f"the README.yml of dataset {self.name!r} ({self.uri})"
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise MetadataError(
-                f"the README.yml of dataset {self.name!r} ({self.uri}) is not valid YAML ({exc}); {fix}") from None
+            data = load_yaml(self.get_readme_content(), what=what)
+        except MetadataError as exc:
+            raise MetadataError(f"{exc}; {fix}") from None
         if data is None:
             return {}
         if not isinstance(data, dict):
@@ -297,6 +302,14 @@ class StoredDataSet(_RemoteItems):
             key = broker.get_annotation_key(name) if annotation else broker.get_overlay_key(name)
         try:
             return broker.get_annotation(name) if annotation else broker.get_overlay(name)
+        except _BAD_JSON as exc:  # dtoolcore's json.load of a damaged or hostile file
+            where = key if key else f"the {kind[:-1]}"
+            raise DamagedMetadataError(
+                f"the {kind[:-1]} {name!r} of {self.uri} is damaged: {where} is "
+                + ("not JSON reprodl reads " if isinstance(exc, RecursionError) else "not valid JSON ")
+                + f"({type(exc).__name__}: {str(exc)[:200]}). It was cut short (a full disk, a killed process) "
+                "or edited: write it again or restore it from a copy of the dataset"
+            ) from None
         except Exception as exc:  # noqa: BLE001
             raise self._read_error(exc, f"the {kind[:-1]} {name!r}", key) from exc
 
@@ -399,8 +412,9 @@ class StoredDataSet(_RemoteItems):
         """
         idns = identifiers if identifiers is not None else list(self._items)
         fetched: dict[str, str | None] = {}
+        oversize: set[str] = set()
         if not self.is_local:
-            fetched = self._fetch_many(idns, refresh=deep)
+            fetched = self._fetch_many(idns, refresh=deep, resized=oversize)
         report = VerifyReport(uri=self.uri, deep=deep, n_items=len(idns))
         if self.is_local and identifiers is None:
             on_disk = set()
@@ -415,6 +429,9 @@ class StoredDataSet(_RemoteItems):
         for idn in idns:
             props = self._items[idn]
             rel = props["relpath"]
+            if idn in oversize:
+                report.resized.append(rel)
+                continue
             try:
                 path = fetched[idn] if idn in fetched else self.item_path(idn)
                 if path is None:
@@ -529,13 +546,17 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
             )
 
     def read_error(exc: BaseException, file: str) -> ReprodlError:
+        if isinstance(exc, RecursionError):  # json.load of a hostile, deeply nested file
+            return DamagedMetadataError(f"the dataset at {full} has metadata that is not JSON reprodl reads "
+                                        f"({type(exc).__name__}: {str(exc)[:200]}); it is refused")
+        if isinstance(exc, ValueError):  # JSONDecodeError, UnicodeDecodeError
+            where = path / file if path is not None else file
+            return DamagedMetadataError(
+                f"the dataset at {full} is damaged: {where} is not valid JSON "
+                f"({type(exc).__name__}: {str(exc)[:200]}). Restore the dataset from a copy"
+            )
         if path is None:
             return _remote_error(full, exc)
-        if isinstance(exc, ValueError):  # JSONDecodeError, UnicodeDecodeError
-            return DamagedMetadataError(
-                f"the dataset at {full} is damaged: {path / file} is not valid JSON "
-                f"({type(exc).__name__}: {exc}). Restore the dataset from a copy"
-            )
         return StorageError(
             f"could not read the dataset at {full} ({path / file}): {type(exc).__name__}: {exc}"
         )

@@ -3,7 +3,9 @@
 :class:`_RemoteItems` is the part of :class:`~reprodl.store.dataset.StoredDataSet` that
 downloads: items are cached under the dataset's UUID, written to a temporary file and
 renamed, fetched in parallel where many are wanted; a server that lacks an item answers
-:class:`_ItemMissingError` (verify reports the item as missing).
+:class:`_ItemMissingError` (verify reports the item as missing). Every request has a
+timeout, and no download takes more bytes than the manifest records for the item
+(:class:`_ItemResizedError`: verify reports the item as resized).
 """
 from __future__ import annotations
 
@@ -15,9 +17,8 @@ from typing import Any
 
 from reprodl.errors import StorageError
 from reprodl.store.hashing import _HASH_CHUNK
+from reprodl.store.http import http_timeout
 from reprodl.store.remote_errors import _error_code, _ItemMissingError, _remote_error
-
-_HTTP_TIMEOUT = (10, 60)  # seconds to connect, seconds between bytes
 
 
 class _RemoteItems:
@@ -31,16 +32,25 @@ class _RemoteItems:
     _scheme: str
     _cache_dir: str | None
 
-    def _fetch_many(self, identifiers: list[str], *, refresh: bool) -> dict[str, str | None]:
+    def _fetch_many(self, identifiers: list[str], *, refresh: bool,
+                    resized: set[str] | None = None) -> dict[str, str | None]:
         """Fetch remote items in parallel: identifier -> cached path, None where missing.
 
         With ``refresh`` every item is downloaded again. An unreachable server is raised.
+        Items the server sends larger than their manifest size are None, and added to
+        ``resized`` when given (raised otherwise).
         """
 
         def one(idn: str) -> tuple[str, str | None]:
             try:
                 path = self._fetch(idn, refresh=refresh)
             except _ItemMissingError:
+                return idn, None
+            except _ItemResizedError:
+                if resized is None:
+                    raise
+                with self._lock:
+                    resized.add(idn)
                 return idn, None
             with self._lock:
                 self._paths[idn] = path
@@ -86,19 +96,18 @@ class _RemoteItems:
         import requests
 
         url = self._ds._storage_broker.http_manifest["item_urls"][identifier]
+        relpath = self._items[identifier]["relpath"]
+        expected = self._items[identifier].get("size_in_bytes")
         try:
-            with requests.get(url, stream=True, timeout=_HTTP_TIMEOUT) as resp:
+            with requests.get(url, stream=True, timeout=http_timeout()) as resp:
                 if resp.status_code == 404:
                     raise self._missing_item(identifier, f"HTTP 404 for {url}")
                 if resp.status_code != 200:
-                    relpath = self._items[identifier]["relpath"]
                     raise StorageError(
                         f"HTTP {resp.status_code} fetching item {relpath!r} "
                         f"from {url}: check the server"
                     )
-                with open(dest, "wb") as fh:
-                    for chunk in resp.iter_content(_HASH_CHUNK):
-                        fh.write(chunk)
+                _write_capped(resp, dest, expected, what=f"item {relpath!r} of {self.uri} ({url})")
         except requests.RequestException as exc:
             raise _remote_error(self.uri, exc) from exc
 
@@ -113,3 +122,27 @@ class _RemoteItems:
             if _error_code(exc) in ("404", "NoSuchKey"):
                 raise self._missing_item(identifier, f"no key {key!r}") from exc
             raise _remote_error(self.uri, exc) from exc
+
+
+class _ItemResizedError(StorageError):
+    """A remote item larger than its manifest says (the download was stopped)."""
+
+
+def _write_capped(resp: Any, dest: str, expected: Any, *, what: str) -> None:
+    """Stream a response into ``dest``, refusing more bytes than the manifest records.
+
+    The manifest says each item's size, so a server that sends more is serving something
+    else (or trying to fill the disk): the download stops there.
+    """
+    limit = expected if isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0 else None
+    if limit is None:
+        raise StorageError(f"{what}: the manifest records no valid size_in_bytes ({expected!r}), "
+                           "so it is not downloaded; check that the URI points at a dataset you trust")
+    written = 0
+    with open(dest, "wb") as fh:
+        for chunk in resp.iter_content(_HASH_CHUNK):
+            written += len(chunk)
+            if written > limit:
+                raise _ItemResizedError(f"{what}: the server sent more than the {limit:,} bytes the manifest "
+                                   "records; the download was stopped. Check the server")
+            fh.write(chunk)

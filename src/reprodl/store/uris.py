@@ -27,7 +27,12 @@ def normalise_uri(uri: str | os.PathLike[str]) -> str:
     text = os.fspath(uri)
     if not text:
         raise InvalidURIError("empty URI: give a path or a file://, http(s):// or s3:// URI")
-    parsed = urlparse(text)
+    if "\0" in text:
+        raise InvalidURIError(f"the URI {text!r} holds a NUL character: no path or URL can")
+    try:
+        parsed = urlparse(text)
+    except ValueError as exc:  # "Invalid IPv6 URL": an unbalanced '[' in the host
+        raise InvalidURIError(f"{text!r} is not a URI reprodl can parse ({exc}): check its host part") from None
     if parsed.scheme == "" or len(parsed.scheme) == 1:
         return "file://{}{}".format(socket.gethostname(), os.path.abspath(text))
     if parsed.scheme not in SCHEMES:

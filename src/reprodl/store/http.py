@@ -1,0 +1,102 @@
+"""dtool-http's storage broker with every request bounded in time and size.
+
+dtool-http calls ``requests.get`` without a timeout and reads whole responses, so a server
+that accepts a connection and never answers hangs ``open_dataset`` forever, and one that
+sends an endless manifest fills memory. :func:`bounded_broker` gives subclasses of its
+brokers whose every request has a connect and a read timeout (:func:`http_timeout`,
+``REPRODL_HTTP_TIMEOUT``), whose responses are read up to a size limit, and whose JSON is
+parsed within :mod:`reprodl.parsing`'s bounds. The store's broker lookup hands these out
+for http:// and https:// (see :mod:`reprodl.store.brokers`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from reprodl import keys
+from reprodl.errors import (
+    DatasetFormatError,
+    ParametersError,
+    ReprodlError,
+    StorageError,
+)
+from reprodl.parsing import load_json
+
+_DEFAULT_TIMEOUT = (10.0, 60.0)  # seconds to connect, seconds between bytes
+_CHUNK = 1 << 16
+
+
+def http_timeout() -> tuple[float, float]:
+    """(connect, read) timeouts in seconds: ``REPRODL_HTTP_TIMEOUT`` ("5" or "5,30"), else (10, 60)."""
+    raw = os.environ.get(keys.HTTP_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return _DEFAULT_TIMEOUT
+    try:
+        values = [float(v) for v in raw.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(0 < v < 1e6 for v in values):
+        raise ParametersError(
+            f"{keys.HTTP_TIMEOUT_ENV}={raw!r} should be seconds (e.g. 10) or connect,read seconds "
+            "(e.g. 5,60), each positive"
+        )
+    return (values[0], values[-1])
+
+
+def read_capped(response: Any, limit: int, *, what: str,
+                error: type[ReprodlError] = StorageError) -> bytes:
+    """The body of a streamed ``requests`` response, refusing more than ``limit`` bytes."""
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise error(f"{what} is {int(declared):,} bytes, over reprodl's limit of {limit:,} bytes: "
+                    "refused (check that the URI points at a dataset you trust)")
+    body = bytearray()
+    for chunk in response.iter_content(_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise error(f"{what} is over reprodl's limit of {limit:,} bytes: refused "
+                        "(check that the URI points at a dataset you trust)")
+    return bytes(body)
+
+
+class _BoundedHTTP:
+    """The methods of dtool-http's HTTPStorageBroker that make requests, bounded."""
+
+    _uri: str
+
+    def _get_base_uri(self, parse_result: Any) -> str:
+        import requests
+
+        # Only the final URL after redirects is wanted: the body is never read.
+        with requests.get(parse_result._replace(query="").geturl(), stream=True, timeout=http_timeout()) as r:
+            return r.url
+
+    def _get_request(self, url: str, stream: bool = False) -> Any:
+        import requests
+        from dtool_http.storagebroker import HTTPError
+
+        r = requests.get(url, stream=True, timeout=http_timeout())
+        if r.status_code != 200:
+            r.close()
+            raise HTTPError(r.status_code)
+        return r
+
+    def _get_bytes(self, url: str, limit: int, *, error: type[ReprodlError] = StorageError) -> bytes:
+        with self._get_request(url, stream=True) as r:
+            return read_capped(r, limit, what=url, error=error)
+
+    def _get_text_from_url(self, url: str) -> str:
+        return self._get_bytes(url, keys.MAX_METADATA_BYTES).decode("utf-8", "replace")
+
+    def _get_json_from_url(self, url: str) -> Any:
+        return load_json(self._get_bytes(url, keys.MAX_METADATA_BYTES), what=url, error=DatasetFormatError)
+
+    def get_readme_content(self) -> str:
+        url = self.http_manifest["readme_url"]  # type: ignore[attr-defined]
+        return self._get_bytes(url, keys.MAX_README_BYTES, error=DatasetFormatError).decode("utf-8", "replace")
+
+
+def bounded_broker(broker: type) -> type:
+    """A subclass of dtool-http's ``broker`` class whose requests are bounded (see module doc)."""
+    return type(broker.__name__, (_BoundedHTTP, broker), {"__module__": __name__,
+                                                         "__doc__": broker.__doc__})

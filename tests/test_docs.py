@@ -2,13 +2,14 @@
 
 How a document is run
 - Fenced blocks tagged ``bash``, ``sh``, ``shell`` or ``console`` run in bash (for ``console``,
-  only the ``$ `` lines); ``python`` blocks run with this interpreter (``python - <<EOF``).
+  only the ``$ `` lines); ``python`` blocks run with the ``python`` beside this interpreter (``python - <<EOF``).
   Other blocks (``yaml``, untagged trees) are text unless marked as a file (below).
 - All runnable blocks of one document run IN ORDER in ONE bash session under ``set -e``, in a
   fresh temporary directory that looks like the root of a clone after ``make``: ``examples/``
   is copied there and ``.venv/bin/activate`` puts this interpreter's ``bin/`` first on PATH
   (which is on PATH anyway). Shell variables carry over from block to block, as in a terminal.
-  A failing command fails its document, and the test names the block (file:line).
+  A failing command fails its document; the test names the block (file:line) and shows the
+  output, each command echoed (`set -x`).
 - Background processes a block starts (a server) are stopped when the document ends; the docs
   should stop them themselves too.
 - Port 8081 in a block is replaced by a free port, so parallel runs never clash.
@@ -101,11 +102,11 @@ def shell_text(block: Block) -> str:
 
 def script_for(blocks: list[Block], *, port: str) -> str:
     """One bash script running the blocks in order; each announces itself first."""
-    parts = ["set -e"]
+    parts = ["set -ex  # stop at the first failing command; show each command in the output"]
     for n, block in enumerate(blocks):
         if not block.runs:
             continue
-        parts.append(f"echo '@@doc-block {n} {block.where}@@'")
+        parts.append(f"echo \"@@doc-block {n} {block.where} at ${{SECONDS}}s@@\"")
         body = block.text.replace(DOC_PORT, port)
         if block.file is not None:
             target = shlex.quote(block.file)
@@ -114,7 +115,7 @@ def script_for(blocks: list[Block], *, port: str) -> str:
             parts.append(f"python - <<'{PY_EOF}'\n{body}{PY_EOF}")
         else:
             parts.append(shell_text(block).replace(DOC_PORT, port))
-    parts.append("echo '@@doc-done@@'")
+    parts.append('echo "@@doc-done at ${SECONDS}s@@"')
     return "\n".join(parts) + "\n"
 
 
@@ -165,7 +166,7 @@ def run_doc(path: Path, workdir: Path) -> tuple[int, str, int]:
 
 
 def failed_block(output: str) -> str:
-    started = re.findall(r"@@doc-block \d+ (\S+)@@", output)
+    started = re.findall(r"@@doc-block \d+ (\S+) at \d+s@@", output)
     return started[-1] if started else "before the first block"
 
 
@@ -191,7 +192,7 @@ def test_a_document_runs_in_order_in_one_session(tmp_path: Path) -> None:
     rc, output, n = run_doc(md, tmp_path / "work")
     assert (rc, n) == (0, 4), output
     assert "port: 8081" not in output and re.search(r"port: \d+", output)
-    assert "hello again" in output and "@@doc-done@@" in output
+    assert "hello again" in output and "@@doc-done" in output
 
 
 def test_a_failing_block_is_named(tmp_path: Path) -> None:
@@ -209,6 +210,16 @@ def test_every_fenced_block_is_run_or_text_or_skipped_with_a_reason() -> None:
             assert block.skip != "", f"{block.where}: skip-test needs a reason"
 
 
+def test_a_missing_image_is_named_as_missing_not_corrupt(tmp_path: Path) -> None:
+    from reprodl.data.images import open_image
+    from reprodl.errors import InputDataError
+
+    with pytest.raises(InputDataError, match=r"some_digit.png: no such image file; check the path"):
+        open_image(tmp_path / "some_digit.png")
+    with pytest.raises(InputDataError, match=r"no such image file"):
+        open_image(tmp_path)
+
+
 # ---- the docs themselves (slow: every command trains or reads real datasets) ----
 
 @pytest.mark.slow
@@ -216,6 +227,6 @@ def test_every_fenced_block_is_run_or_text_or_skipped_with_a_reason() -> None:
 def test_doc_blocks_run_as_a_new_user_would(doc: Path, tmp_path: Path) -> None:
     rc, output, n = run_doc(doc, tmp_path)
     assert rc == 0, f"{failed_block(output)} failed (exit {rc}) after:\n{output[-4000:]}"
-    assert "@@doc-done@@" in output
+    assert "@@doc-done" in output
     skipped = [f"{b.where}: {b.skip}" for b in parse_blocks(doc) if b.skip]
     print(f"{doc.name}: {n} blocks run; skipped: {skipped or 'none'}")

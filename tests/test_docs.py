@@ -43,6 +43,7 @@ TEXT = {"", "yaml", "yml", "json", "text", "toml", "ini"}
 DOC_PORT = "8081"
 DOC_TIMEOUT = 600  # seconds for one document; a hang (a server never answering) fails it
 PY_EOF = "REPRODL_DOC_PYTHON_EOF"
+PROMISES = ("Verdict: identical",)  # output the docs show in comments, checked when they do
 
 FENCE = re.compile(r"^```\s*([\w+-]*)\s*$")
 MARKER = re.compile(r"^<!--\s*(file|skip-test):\s*(.*?)\s*-->\s*$")
@@ -228,5 +229,8 @@ def test_doc_blocks_run_as_a_new_user_would(doc: Path, tmp_path: Path) -> None:
     rc, output, n = run_doc(doc, tmp_path)
     assert rc == 0, f"{failed_block(output)} failed (exit {rc}) after:\n{output[-4000:]}"
     assert "@@doc-done" in output
+    for promise in PROMISES:  # what a doc's comments say a command prints, it prints
+        if promise in doc.read_text():
+            assert promise in output, f"{doc.name} promises {promise!r}; the output:\n{output[-4000:]}"
     skipped = [f"{b.where}: {b.skip}" for b in parse_blocks(doc) if b.skip]
     print(f"{doc.name}: {n} blocks run; skipped: {skipped or 'none'}")

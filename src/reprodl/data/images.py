@@ -164,6 +164,8 @@ def open_image(path: str | os.PathLike[str], *, guarded: bool = True) -> Image.I
         raise InputDataError(f"{path} is a directory, not an image file") from None
     except UnidentifiedImageError:
         raise InputDataError(f"{path}: not an image Pillow can read") from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise InputDataError(f"{path}: no such image file; check the path") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputDataError(f"{path}: corrupt or truncated image ({exc})") from None
 

@@ -328,11 +328,11 @@ def test_a_negative_label_is_a_clear_error(cli, tmp_path, base_dir):
 def test_a_missing_image_file_is_called_missing(cli, image_uri, tmp_path):
     from reprodl.data.images import open_image
 
-    with pytest.raises(InputDataError, match="the image file is missing"):
+    with pytest.raises(InputDataError, match="no such image file"):
         open_image(tmp_path / "nowhere.png")
     item_file(image_uri, "bee/0.png").unlink()
     result = cli("dataset", "stats", image_uri, "--quiet")
-    _refused(result, "the image file is missing")
+    _refused(result, "no such image file")
     assert "corrupt" not in result.stderr
 
 

@@ -158,14 +158,12 @@ def open_image(path: str | os.PathLike[str], *, guarded: bool = True) -> Image.I
         ) from None
     except FileNotFoundError:
         raise InputDataError(
-            f"{path}: the image file is missing; restore it (or, in a dataset, `reprodl dataset verify` "
+            f"{path}: no such image file; check the path (in a dataset, `reprodl dataset verify` "
             "names every missing item)") from None
     except IsADirectoryError:
         raise InputDataError(f"{path} is a directory, not an image file") from None
     except UnidentifiedImageError:
         raise InputDataError(f"{path}: not an image Pillow can read") from None
-    except (FileNotFoundError, IsADirectoryError):
-        raise InputDataError(f"{path}: no such image file; check the path") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputDataError(f"{path}: corrupt or truncated image ({exc})") from None
 

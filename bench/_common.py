@@ -4,6 +4,7 @@ Every benchmark measures a candidate (reprodl) and a named baseline in the same 
 interleaved, repeats each several times and reports medians and their ratio. Results go
 to ``bench-output/<name>.json`` and a one-line-per-figure summary to stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
-                cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+def interleaved(
+    runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, cpu: dict[str, list[float]] | None = None
+) -> dict[str, list[float]]:
     """Wall times of each callable, ``repeats`` rounds after ``warmup`` untimed ones.
 
     Rounds alternate the order (A B C, C B A, ...), so a noisy machine's slow spells and
@@ -61,7 +63,7 @@ def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 
             runs[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             c0 = time.process_time()
             times[name].append(timed(runs[name]))
             if cpu is not None:
@@ -90,9 +92,17 @@ def rate_stats(units: float, times: list[float], cpu_times: list[float] | None =
     return stats
 
 
-def comparison(name: str, candidate: str, baseline: str, cand_rate: float, base_rate: float,
-               target: float | None, unit: str, note: str = "",
-               cpu_ratio: float | None = None) -> dict[str, Any]:
+def comparison(
+    name: str,
+    candidate: str,
+    baseline: str,
+    cand_rate: float,
+    base_rate: float,
+    target: float | None,
+    unit: str,
+    note: str = "",
+    cpu_ratio: float | None = None,
+) -> dict[str, Any]:
     """One figure: candidate vs baseline rates (higher is better), ratio, target, PASS/FAIL.
 
     ``cpu_ratio``: the same ratio from CPU-time medians, for reference (not judged).
@@ -136,20 +146,33 @@ def fmt_rate(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
-def report(bench: str, args: argparse.Namespace, params: dict[str, Any],
-           comparisons: list[dict[str, Any]], measurements: dict[str, Any]) -> Path:
+def report(
+    bench: str,
+    args: argparse.Namespace,
+    params: dict[str, Any],
+    comparisons: list[dict[str, Any]],
+    measurements: dict[str, Any],
+) -> Path:
     """Print the comparisons and write bench-output/<bench>.json; returns its path."""
     for c in comparisons:
         target = "" if c["target"] is None else f"  target >= {c['target']}x  {c['status']}"
         cpu = "" if c.get("cpu_ratio") is None else f" (CPU time {c['cpu_ratio']:.2f}x)"
-        print(f"[{bench}] {c['name']}: {fmt_rate(c['candidate_rate'], c['unit'])} vs "
-              f"{c['baseline']} {fmt_rate(c['baseline_rate'], c['unit'])} -> "
-              f"{c['ratio']:.2f}x{cpu}{target}")
+        print(
+            f"[{bench}] {c['name']}: {fmt_rate(c['candidate_rate'], c['unit'])} vs "
+            f"{c['baseline']} {fmt_rate(c['baseline_rate'], c['unit'])} -> "
+            f"{c['ratio']:.2f}x{cpu}{target}"
+        )
     return write_doc(bench, args, params, comparisons, measurements)
 
 
-def write_doc(bench: str, args: argparse.Namespace, params: dict[str, Any], comparisons: list[dict[str, Any]],
-              measurements: dict[str, Any], **extra: Any) -> Path:
+def write_doc(
+    bench: str,
+    args: argparse.Namespace,
+    params: dict[str, Any],
+    comparisons: list[dict[str, Any]],
+    measurements: dict[str, Any],
+    **extra: Any,
+) -> Path:
     """Write bench-output/<bench>.json (params, comparisons, measurements, environment, argv)."""
     args.output_dir.mkdir(parents=True, exist_ok=True)
     path = args.output_dir / f"{bench}.json"

@@ -7,6 +7,7 @@
 spells of a noisy machine fall on both sides; each figure is a median over the repeats,
 beside the median of the per-round paired ratios (a second, drift-robust estimate).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,12 @@ def runqueue_seconds() -> float:
         return 0.0
 
 
-def alternating(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
-                on_round: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, dict[str, list]]:
+def alternating(
+    runs: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    on_round: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, dict[str, list]]:
     """Run each callable ``repeats`` times, round-robin in alternating order, after ``warmup`` rounds.
 
     Returns ``{name: {"wall": [...], "cpu": [...], "uncontended": [...], "extra": [...]}}``:
@@ -72,12 +77,17 @@ def alternating(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 
 
 
 def summary(values: list[float]) -> dict[str, Any]:
-    return {"median_s": C.median(values), "min_s": min(values), "max_s": max(values),
-            "times_s": [round(v, 6) for v in values]}
+    return {
+        "median_s": C.median(values),
+        "min_s": min(values),
+        "max_s": max(values),
+        "times_s": [round(v, 6) for v in values],
+    }
 
 
-def overhead(name: str, candidate: str, baseline: str, cand: list[float], base: list[float],
-             target: float | None, note: str = "") -> dict[str, Any]:
+def overhead(
+    name: str, candidate: str, baseline: str, cand: list[float], base: list[float], target: float | None, note: str = ""
+) -> dict[str, Any]:
     """Ratio of median times (candidate / baseline) and the median of paired per-round ratios."""
     ratio = C.median(cand) / C.median(base)
     paired = [a / b for a, b in zip(cand, base)] if len(cand) == len(base) else []
@@ -100,15 +110,22 @@ def fmt_s(v: float) -> str:
     return f"{v * 1000:,.0f} ms" if v < 1 else f"{v:,.2f} s"
 
 
-def write_report(bench: str, args: argparse.Namespace, params: dict[str, Any],
-                 comparisons: list[dict[str, Any]], measurements: dict[str, Any],
-                 notes: list[str] | None = None) -> Path:
+def write_report(
+    bench: str,
+    args: argparse.Namespace,
+    params: dict[str, Any],
+    comparisons: list[dict[str, Any]],
+    measurements: dict[str, Any],
+    notes: list[str] | None = None,
+) -> Path:
     """Print the comparisons (and notes) and write bench-output/<bench>.json."""
     for c in comparisons:
         target = "" if c["target_max_ratio"] is None else f"  target <= {c['target_max_ratio']}x  {c['status']}"
         paired = "" if c["paired_ratio_median"] is None else f" (paired {c['paired_ratio_median']:.3f}x)"
-        print(f"[{bench}] {c['name']}: {fmt_s(c['candidate_median_s'])} vs {c['baseline']} "
-              f"{fmt_s(c['baseline_median_s'])} -> {c['ratio']:.3f}x{paired}{target}")
+        print(
+            f"[{bench}] {c['name']}: {fmt_s(c['candidate_median_s'])} vs {c['baseline']} "
+            f"{fmt_s(c['baseline_median_s'])} -> {c['ratio']:.3f}x{paired}{target}"
+        )
     for line in notes or []:
         print(f"[{bench}] {line}")
     return C.write_doc(bench, args, params, comparisons, measurements, notes=notes or [])
@@ -121,7 +138,7 @@ class Stopwatches:
         self.totals: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def patched(self, targets: list[tuple[Any, str, str]]) -> Iterator["Stopwatches"]:
+    def patched(self, targets: list[tuple[Any, str, str]]) -> Iterator[Stopwatches]:
         """``targets``: (object, attribute, label); restores the originals after."""
         saved = []
         try:
@@ -141,6 +158,7 @@ class Stopwatches:
                 return fn(*a, **k)
             finally:
                 self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - t0
+
         wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
         return wrapper
 

@@ -21,6 +21,7 @@ original dtoolAI measured 1.13-1.28x on the same work.
 
     .venv/bin/python bench/bench_capture_overhead.py [--quick]
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,7 +34,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (sets OMP_NUM_THREADS before torch loads)
 import _timing as T  # noqa: E402
-
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
@@ -114,8 +114,7 @@ def main() -> None:
             redirect = contextlib.redirect_stderr(devnull) if progress else contextlib.nullcontext()
             with redirect, watches.patched(timed_parts):
                 with DerivedDataSet(str(out_dir), f"model-{next(counter)}", ds) as out:
-                    record = train_model_with_metadata_capture(model, ds, opt, loss_fn, params, out,
-                                                               progress=progress)
+                    record = train_model_with_metadata_capture(model, ds, opt, loss_fn, params, out, progress=progress)
             parts = watches.take()
             parts["epoch_s"] = sum(m.wall_time_s for m in record.results.history)
             parts["record_wall_time_s"] = record.results.wall_time_s
@@ -124,8 +123,7 @@ def main() -> None:
         runs = {"plain": plain, "capture": lambda: capture(False), "capture_progress": lambda: capture(True)}
 
         def show(r: int, t: dict[str, float]) -> None:
-            print(f"[{NAME}] round {r + 1}/{repeats}: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()),
-                  flush=True)
+            print(f"[{NAME}] round {r + 1}/{repeats}: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()), flush=True)
 
         results = T.alternating(runs, repeats, warmup=1, on_round=show)
 
@@ -140,42 +138,107 @@ def main() -> None:
         total = results[cand]["wall"]
         epoch = col(cand, "epoch_s")
         fixed = [t - e for t, e in zip(total, epoch)]
-        comparisons.append(T.overhead(f"capture ({label}) total wall time", cand, "plain loop", total,
-                                      plain_total, TARGET, "the whole call: fixed costs + epoch"))
-        comparisons.append(T.overhead(f"capture ({label}) total wall time less run-queue wait", cand, "plain loop",
-                                      results[cand]["uncontended"], results["plain"]["uncontended"], TARGET,
-                                      "contention-corrected: CPU taken by other processes removed"))
-        comparisons.append(T.overhead(f"capture ({label}) epoch (training loop only)", cand, "plain loop", epoch,
-                                      plain_epoch, None, "record's per-epoch wall time vs the plain loop"))
-        comparisons.append(T.overhead(f"capture ({label}) CPU time", cand, "plain loop", results[cand]["cpu"],
-                                      results["plain"]["cpu"], None, "process + children CPU: less noise"))
+        comparisons.append(
+            T.overhead(
+                f"capture ({label}) total wall time",
+                cand,
+                "plain loop",
+                total,
+                plain_total,
+                TARGET,
+                "the whole call: fixed costs + epoch",
+            )
+        )
+        comparisons.append(
+            T.overhead(
+                f"capture ({label}) total wall time less run-queue wait",
+                cand,
+                "plain loop",
+                results[cand]["uncontended"],
+                results["plain"]["uncontended"],
+                TARGET,
+                "contention-corrected: CPU taken by other processes removed",
+            )
+        )
+        comparisons.append(
+            T.overhead(
+                f"capture ({label}) epoch (training loop only)",
+                cand,
+                "plain loop",
+                epoch,
+                plain_epoch,
+                None,
+                "record's per-epoch wall time vs the plain loop",
+            )
+        )
+        comparisons.append(
+            T.overhead(
+                f"capture ({label}) CPU time",
+                cand,
+                "plain loop",
+                results[cand]["cpu"],
+                results["plain"]["cpu"],
+                None,
+                "process + children CPU: less noise",
+            )
+        )
         measurements[cand] = {
-            "total": T.summary(total), "epoch": T.summary(epoch), "fixed": T.summary(fixed),
-            "cpu": T.summary(results[cand]["cpu"]), "uncontended": T.summary(results[cand]["uncontended"]),
+            "total": T.summary(total),
+            "epoch": T.summary(epoch),
+            "fixed": T.summary(fixed),
+            "cpu": T.summary(results[cand]["cpu"]),
+            "uncontended": T.summary(results[cand]["uncontended"]),
             "fixed_breakdown_median_s": T.median_of_dicts(
-                [{k: v for k, v in e.items() if k not in ("epoch_s",)} for e in results[cand]["extra"]]),
+                [{k: v for k, v in e.items() if k not in ("epoch_s",)} for e in results[cand]["extra"]]
+            ),
         }
-    measurements["plain"] = {"total": T.summary(plain_total), "epoch": T.summary(plain_epoch),
-                             "cpu": T.summary(results["plain"]["cpu"]),
-                             "uncontended": T.summary(results["plain"]["uncontended"])}
+    measurements["plain"] = {
+        "total": T.summary(plain_total),
+        "epoch": T.summary(plain_epoch),
+        "cpu": T.summary(results["plain"]["cpu"]),
+        "uncontended": T.summary(results["plain"]["uncontended"]),
+    }
 
     notes = []
     for cand in ("capture", "capture_progress"):
         m = measurements[cand]
         fixed = m["fixed"]["median_s"]  # type: ignore[index]
         base = measurements["plain"]["total"]["median_s"]  # type: ignore[index]
-        notes.append(f"{cand}: fixed costs {T.fmt_s(fixed)} median = {fixed / base:.1%} of the plain epoch; "
-                     "breakdown (median): " + ", ".join(
-                         f"{k} {T.fmt_s(v)}" for k, v in m["fixed_breakdown_median_s"].items()  # type: ignore[index]
-                         if k != "record_wall_time_s"))
+        notes.append(
+            f"{cand}: fixed costs {T.fmt_s(fixed)} median = {fixed / base:.1%} of the plain epoch; "
+            "breakdown (median): "
+            + ", ".join(
+                f"{k} {T.fmt_s(v)}"
+                for k, v in m["fixed_breakdown_median_s"].items()  # type: ignore[index]
+                if k != "record_wall_time_s"
+            )
+        )
     first = first_call_environment_capture()
     measurements["environment_capture_first_call_s"] = first
-    notes.append(f"environment capture on a process's first training (package list not yet cached): "
-                 f"{T.fmt_s(first)} median; later trainings in the process reuse the list")
+    notes.append(
+        f"environment capture on a process's first training (package list not yet cached): "
+        f"{T.fmt_s(first)} median; later trainings in the process reuse the list"
+    )
     notes.append(f"reference: the original dtoolAI measured {DTOOLAI_REFERENCE} on the same work")
-    T.write_report(NAME, args, {"n_items": n, "batch_size": BATCH, "lr": LR, "model": "GenNet", "init_params": INIT,
-                                "epochs": 1, "repeats": repeats, "source": source, "target_max_ratio": TARGET,
-                                "dtoolai_reference": DTOOLAI_REFERENCE}, comparisons, measurements, notes)
+    T.write_report(
+        NAME,
+        args,
+        {
+            "n_items": n,
+            "batch_size": BATCH,
+            "lr": LR,
+            "model": "GenNet",
+            "init_params": INIT,
+            "epochs": 1,
+            "repeats": repeats,
+            "source": source,
+            "target_max_ratio": TARGET,
+            "dtoolai_reference": DTOOLAI_REFERENCE,
+        },
+        comparisons,
+        measurements,
+        notes,
+    )
 
 
 if __name__ == "__main__":

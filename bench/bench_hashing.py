@@ -18,6 +18,7 @@ every file).
 
     .venv/bin/python bench/bench_hashing.py [--quick]
 """
+
 from __future__ import annotations
 
 import shutil
@@ -29,10 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import _timing as T  # noqa: E402
-
+import dtoolcore  # noqa: E402
 import numpy as np  # noqa: E402
 
-import dtoolcore  # noqa: E402
 from reprodl.data import creators  # noqa: E402
 from reprodl.data.creators import create_from_dirtree  # noqa: E402
 from reprodl.store import open_dataset  # noqa: E402
@@ -58,8 +58,7 @@ def write_pgms(root: Path, n_files: int, seed: int = 0) -> int:
 
 
 def md5sum_tree(directory: Path) -> None:
-    subprocess.run(f"find '{directory}' -type f -print0 | xargs -0 md5sum > /dev/null",
-                   shell=True, check=True)
+    subprocess.run(f"find '{directory}' -type f -print0 | xargs -0 md5sum > /dev/null", shell=True, check=True)
 
 
 # The phases of creation: the decode check of every image (``open_image`` as
@@ -134,22 +133,55 @@ def main() -> None:
     breakdown = {k: C.median([p[k] for p in phases]) for k in phases[0]}
     breakdown["other"] = create_s - sum(breakdown.values())
     stats["create_phases_median_s"] = breakdown
-    print(f"[{NAME}] create-from-dirtree phases (median s of {create_s:.3f} s): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in breakdown.items()))
+    print(
+        f"[{NAME}] create-from-dirtree phases (median s of {create_s:.3f} s): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in breakdown.items())
+    )
     md5_src = stats["md5sum_source_tree"]["median_rate"]
     md5_items = stats["md5sum_dataset_items"]["median_rate"]
     comparisons = [
-        C.comparison("create-from-dirtree: manifest hashing (freeze)", "reprodl_create_manifest_hashing",
-                     "md5sum", stats["reprodl_create_manifest_hashing"]["median_rate"], md5_src,
-                     TARGET, "bytes/s", f"hashing is {manifest_s / create_s:.0%} of the creation's wall time"),
-        C.comparison("verify(deep=True)", "reprodl_verify_deep", "md5sum",
-                     stats["reprodl_verify_deep"]["median_rate"], md5_items, TARGET, "bytes/s"),
-        C.comparison("create-from-dirtree: end to end", "reprodl_create_from_dirtree", "md5sum",
-                     stats["reprodl_create_from_dirtree"]["median_rate"], md5_src, None, "bytes/s",
-                     "informational: also decodes and copies every file"),
+        C.comparison(
+            "create-from-dirtree: manifest hashing (freeze)",
+            "reprodl_create_manifest_hashing",
+            "md5sum",
+            stats["reprodl_create_manifest_hashing"]["median_rate"],
+            md5_src,
+            TARGET,
+            "bytes/s",
+            f"hashing is {manifest_s / create_s:.0%} of the creation's wall time",
+        ),
+        C.comparison(
+            "verify(deep=True)",
+            "reprodl_verify_deep",
+            "md5sum",
+            stats["reprodl_verify_deep"]["median_rate"],
+            md5_items,
+            TARGET,
+            "bytes/s",
+        ),
+        C.comparison(
+            "create-from-dirtree: end to end",
+            "reprodl_create_from_dirtree",
+            "md5sum",
+            stats["reprodl_create_from_dirtree"]["median_rate"],
+            md5_src,
+            None,
+            "bytes/s",
+            "informational: also decodes and copies every file",
+        ),
     ]
-    C.report(NAME, args, {"n_files": n_files, "total_bytes": total, "repeats": repeats,
-                          "hashing_share_of_create": manifest_s / create_s}, comparisons, stats)
+    C.report(
+        NAME,
+        args,
+        {
+            "n_files": n_files,
+            "total_bytes": total,
+            "repeats": repeats,
+            "hashing_share_of_create": manifest_s / create_s,
+        },
+        comparisons,
+        stats,
+    )
 
 
 if __name__ == "__main__":

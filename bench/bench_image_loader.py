@@ -15,6 +15,7 @@ Baselines, measured in the same run:
 
     .venv/bin/python bench/bench_image_loader.py [--quick]
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (sets OMP_NUM_THREADS before torch loads)
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -93,10 +93,15 @@ def main() -> None:
                 pil_float(p)
 
         cpu: dict[str, list[float]] = {}
-        times = C.interleaved({"reprodl_imagedataset_loader": lambda: epoch(loader),
-                               "plain_pillow_loop": plain_loop,
-                               "reprodl_imagedataset_loader_reprodl_collate": lambda: epoch(loader_collate)},
-                              repeats, cpu=cpu)
+        times = C.interleaved(
+            {
+                "reprodl_imagedataset_loader": lambda: epoch(loader),
+                "plain_pillow_loop": plain_loop,
+                "reprodl_imagedataset_loader_reprodl_collate": lambda: epoch(loader_collate),
+            },
+            repeats,
+            cpu=cpu,
+        )
 
         dtool_ds = dtoolcore.DataSet.from_uri(uri)
         subset = [ds.identifiers[i] for i in rng.permutation(n)[:n_dtool]]
@@ -105,8 +110,7 @@ def main() -> None:
             for idn in subset:
                 pil_float(dtool_ds.item_content_abspath(idn))
 
-        dtool_times = C.interleaved({"dtoolcore_item_content_abspath": dtool_loop}, dtool_repeats, warmup=0,
-                                    cpu=cpu)
+        dtool_times = C.interleaved({"dtoolcore_item_content_abspath": dtool_loop}, dtool_repeats, warmup=0, cpu=cpu)
 
     stats = {k: C.rate_stats(n, t, cpu[k]) for k, t in times.items()}
     stats.update({k: C.rate_stats(n_dtool, t, cpu[k]) for k, t in dtool_times.items()})
@@ -118,27 +122,56 @@ def main() -> None:
     # dtoolcore re-reads the manifest per item, so its rate falls as the dataset grows: the
     # 100x target is for the full 10,000 items, and only informational with --quick.
     comparisons = [
-        C.comparison("ImageDataSet DataLoader vs plain Pillow loop", "reprodl_imagedataset_loader",
-                     "plain Pillow loop", ours["median_rate"], stats["plain_pillow_loop"]["median_rate"],
-                     TARGET_PLAIN, "items/s",
-                     cpu_ratio=cpu_ratio("reprodl_imagedataset_loader", "plain_pillow_loop")),
-        C.comparison("ImageDataSet DataLoader (reprodl collate) vs plain Pillow loop",
-                     "reprodl_imagedataset_loader_reprodl_collate", "plain Pillow loop",
-                     stats["reprodl_imagedataset_loader_reprodl_collate"]["median_rate"],
-                     stats["plain_pillow_loop"]["median_rate"], None, "items/s",
-                     "informational: collate_fn=reprodl.data.datasets.collate, as reprodl's training uses",
-                     cpu_ratio=cpu_ratio("reprodl_imagedataset_loader_reprodl_collate", "plain_pillow_loop")),
-        C.comparison("ImageDataSet DataLoader vs dtoolcore per-item", "reprodl_imagedataset_loader",
-                     "dtoolcore item_content_abspath", ours["median_rate"],
-                     stats["dtoolcore_item_content_abspath"]["median_rate"],
-                     None if args.quick else TARGET_DTOOL, "items/s",
-                     f"dtoolcore rate measured on {n_dtool} of {n} items and extrapolated"
-                     + ("; the 100x target applies to the full 10,000 items" if args.quick else ""),
-                     cpu_ratio=cpu_ratio("reprodl_imagedataset_loader", "dtoolcore_item_content_abspath")),
+        C.comparison(
+            "ImageDataSet DataLoader vs plain Pillow loop",
+            "reprodl_imagedataset_loader",
+            "plain Pillow loop",
+            ours["median_rate"],
+            stats["plain_pillow_loop"]["median_rate"],
+            TARGET_PLAIN,
+            "items/s",
+            cpu_ratio=cpu_ratio("reprodl_imagedataset_loader", "plain_pillow_loop"),
+        ),
+        C.comparison(
+            "ImageDataSet DataLoader (reprodl collate) vs plain Pillow loop",
+            "reprodl_imagedataset_loader_reprodl_collate",
+            "plain Pillow loop",
+            stats["reprodl_imagedataset_loader_reprodl_collate"]["median_rate"],
+            stats["plain_pillow_loop"]["median_rate"],
+            None,
+            "items/s",
+            "informational: collate_fn=reprodl.data.datasets.collate, as reprodl's training uses",
+            cpu_ratio=cpu_ratio("reprodl_imagedataset_loader_reprodl_collate", "plain_pillow_loop"),
+        ),
+        C.comparison(
+            "ImageDataSet DataLoader vs dtoolcore per-item",
+            "reprodl_imagedataset_loader",
+            "dtoolcore item_content_abspath",
+            ours["median_rate"],
+            stats["dtoolcore_item_content_abspath"]["median_rate"],
+            None if args.quick else TARGET_DTOOL,
+            "items/s",
+            f"dtoolcore rate measured on {n_dtool} of {n} items and extrapolated"
+            + ("; the 100x target applies to the full 10,000 items" if args.quick else ""),
+            cpu_ratio=cpu_ratio("reprodl_imagedataset_loader", "dtoolcore_item_content_abspath"),
+        ),
     ]
-    C.report(NAME, args, {"n_items": n, "n_dtool_items": n_dtool, "batch_size": BATCH, "shuffle": True,
-                          "num_workers": 0, "repeats": repeats, "dtool_repeats": dtool_repeats,
-                          "source": source}, comparisons, stats)
+    C.report(
+        NAME,
+        args,
+        {
+            "n_items": n,
+            "n_dtool_items": n_dtool,
+            "batch_size": BATCH,
+            "shuffle": True,
+            "num_workers": 0,
+            "repeats": repeats,
+            "dtool_repeats": dtool_repeats,
+            "source": source,
+        },
+        comparisons,
+        stats,
+    )
 
 
 if __name__ == "__main__":

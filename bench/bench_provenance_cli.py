@@ -17,6 +17,7 @@ The model dataset is a 1-epoch digits model trained once in a temporary director
 
     .venv/bin/python bench/bench_provenance_cli.py [--quick]
 """
+
 from __future__ import annotations
 
 import os
@@ -86,7 +87,7 @@ def imported_by_sys_modules(uri: str, env: dict[str, str]) -> list[str]:
     line = [x for x in res.stderr.splitlines() if x.startswith("MODULES ")][-1]
     import json
 
-    return json.loads(line[len("MODULES "):])
+    return json.loads(line[len("MODULES ") :])
 
 
 def main() -> None:
@@ -115,13 +116,33 @@ def main() -> None:
     wall = {k: v["wall"] for k, v in results.items()}
     cand = wall["reprodl_provenance"]
     comparisons = [
-        T.overhead("reprodl provenance vs the same on a torch-importing process", "reprodl_provenance",
-                   "torch first, then provenance", cand, wall["torch_then_provenance"], None,
-                   "start to finish, subprocess"),
-        T.overhead("reprodl provenance vs `python -c 'import torch'` alone", "reprodl_provenance",
-                   "import torch alone", cand, wall["import_torch"], None, "start to finish, subprocess"),
-        T.overhead("reprodl-provenance (paper's name) vs import torch alone", "reprodl-provenance_entry_point",
-                   "import torch alone", wall["reprodl-provenance_entry_point"], wall["import_torch"], None, ""),
+        T.overhead(
+            "reprodl provenance vs the same on a torch-importing process",
+            "reprodl_provenance",
+            "torch first, then provenance",
+            cand,
+            wall["torch_then_provenance"],
+            None,
+            "start to finish, subprocess",
+        ),
+        T.overhead(
+            "reprodl provenance vs `python -c 'import torch'` alone",
+            "reprodl_provenance",
+            "import torch alone",
+            cand,
+            wall["import_torch"],
+            None,
+            "start to finish, subprocess",
+        ),
+        T.overhead(
+            "reprodl-provenance (paper's name) vs import torch alone",
+            "reprodl-provenance_entry_point",
+            "import torch alone",
+            wall["reprodl-provenance_entry_point"],
+            wall["import_torch"],
+            None,
+            "",
+        ),
     ]
     torch_free = "torch" not in via_importtime and "torch" not in via_sys_modules
     checks = {
@@ -136,11 +157,19 @@ def main() -> None:
         f"heavy packages it does import: {', '.join(checks['heavy_modules_importtime']) or 'none'}",
         f"not importing torch saves {T.fmt_s(saved)} per call (median)",
     ]
-    measurements = {k: {"wall": T.summary(v["wall"]), "cpu": T.summary(v["cpu"]),
-                        "uncontended": T.summary(v["uncontended"])} for k, v in results.items()}
+    measurements = {
+        k: {"wall": T.summary(v["wall"]), "cpu": T.summary(v["cpu"]), "uncontended": T.summary(v["uncontended"])}
+        for k, v in results.items()
+    }
     measurements["checks"] = checks
-    T.write_report(NAME, args, {"repeats": repeats, "commands": {k: " ".join(c) for k, c in commands.items()}},
-                   comparisons, measurements, notes)
+    T.write_report(
+        NAME,
+        args,
+        {"repeats": repeats, "commands": {k: " ".join(c) for k, c in commands.items()}},
+        comparisons,
+        measurements,
+        notes,
+    )
     if not torch_free:
         raise SystemExit(f"[{NAME}] FAIL: `reprodl provenance` imported torch")
 

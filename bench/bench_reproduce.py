@@ -22,6 +22,7 @@ re-training inside reproduce, the data check and the other overhead, with a brea
 
     .venv/bin/python bench/bench_reproduce.py [--quick]
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,7 +33,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (sets OMP_NUM_THREADS before torch loads)
 import _timing as T  # noqa: E402
-
 import yaml  # noqa: E402
 
 import reprodl.reproduction as repro_mod  # noqa: E402
@@ -72,8 +72,7 @@ def workload_config(name: str, tmp: Path, quick: bool) -> tuple[dict[str, Any], 
     config = {
         **DEMO_CONFIG,  # the same optimizer (SGD, momentum 0.9) and loss (NLLLoss)
         "name": "mnist-cnn",
-        "data": {"train": {"uri": "data/mnist", "usetype": "train"},
-                 "valid": {"uri": "data/mnist", "usetype": "test"}},
+        "data": {"train": {"uri": "data/mnist", "usetype": "train"}, "valid": {"uri": "data/mnist", "usetype": "test"}},
         "model": {"class": "GenNet", "init_params": {"input_channels": 1, "input_dim": 28, "n_outputs": 10}},
         "params": {"batch_size": 128, "learning_rate": 0.01, "n_epochs": epochs, "seed": 0},
     }
@@ -115,29 +114,66 @@ def bench_workload(name: str, quick: bool, repeats: int) -> tuple[list[dict[str,
     base = [t + d for t, d in zip(train_wall, data_check)]
     base_unc = [t + d for t, d in zip(results["original_training"]["uncontended"], data_check)]
     comparisons = [
-        T.overhead(f"{name}: reproduce total vs original training + data check", "reproduce(uri)",
-                   "build_and_train + data_check_s", repro_wall, base, TARGET, description),
-        T.overhead(f"{name}: same, less run-queue wait", "reproduce(uri)", "build_and_train + data_check_s",
-                   results["reproduce"]["uncontended"], base_unc, TARGET,
-                   "contention-corrected: CPU taken by other processes removed (data check as measured)"),
-        T.overhead(f"{name}: re-training inside reproduce vs original training", "reproduce training_s",
-                   "build_and_train", retrain, train_wall, None, "DerivedDataSet + train_model_with_metadata_capture"),
-        T.overhead(f"{name}: reproduce CPU time vs original training CPU time", "reproduce(uri)",
-                   "build_and_train", results["reproduce"]["cpu"], results["original_training"]["cpu"], None,
-                   "process + children CPU (the data check is inside the numerator)"),
+        T.overhead(
+            f"{name}: reproduce total vs original training + data check",
+            "reproduce(uri)",
+            "build_and_train + data_check_s",
+            repro_wall,
+            base,
+            TARGET,
+            description,
+        ),
+        T.overhead(
+            f"{name}: same, less run-queue wait",
+            "reproduce(uri)",
+            "build_and_train + data_check_s",
+            results["reproduce"]["uncontended"],
+            base_unc,
+            TARGET,
+            "contention-corrected: CPU taken by other processes removed (data check as measured)",
+        ),
+        T.overhead(
+            f"{name}: re-training inside reproduce vs original training",
+            "reproduce training_s",
+            "build_and_train",
+            retrain,
+            train_wall,
+            None,
+            "DerivedDataSet + train_model_with_metadata_capture",
+        ),
+        T.overhead(
+            f"{name}: reproduce CPU time vs original training CPU time",
+            "reproduce(uri)",
+            "build_and_train",
+            results["reproduce"]["cpu"],
+            results["original_training"]["cpu"],
+            None,
+            "process + children CPU (the data check is inside the numerator)",
+        ),
     ]
-    breakdown = T.median_of_dicts([{k: v for k, v in e.items() if k not in ("data_check_s", "training_s",
-                                    "original_training_s", "total_s")} for e in extra])
+    breakdown = T.median_of_dicts(
+        [
+            {k: v for k, v in e.items() if k not in ("data_check_s", "training_s", "original_training_s", "total_s")}
+            for e in extra
+        ]
+    )
     measurements = {
         "description": description,
-        "original_training": {"wall": T.summary(train_wall), "cpu": T.summary(results["original_training"]["cpu"]),
-                              "uncontended": T.summary(results["original_training"]["uncontended"]),
-                              "record_wall_time": T.summary([e["record_wall_time_s"] for e in
-                                                             results["original_training"]["extra"]])},
-        "reproduce": {"wall": T.summary(repro_wall), "cpu": T.summary(results["reproduce"]["cpu"]),
-                      "uncontended": T.summary(results["reproduce"]["uncontended"]),
-                      "training_s": T.summary(retrain), "data_check_s": T.summary(data_check),
-                      "other_overhead_s": T.summary(other), "breakdown_median_s": breakdown},
+        "original_training": {
+            "wall": T.summary(train_wall),
+            "cpu": T.summary(results["original_training"]["cpu"]),
+            "uncontended": T.summary(results["original_training"]["uncontended"]),
+            "record_wall_time": T.summary([e["record_wall_time_s"] for e in results["original_training"]["extra"]]),
+        },
+        "reproduce": {
+            "wall": T.summary(repro_wall),
+            "cpu": T.summary(results["reproduce"]["cpu"]),
+            "uncontended": T.summary(results["reproduce"]["uncontended"]),
+            "training_s": T.summary(retrain),
+            "data_check_s": T.summary(data_check),
+            "other_overhead_s": T.summary(other),
+            "breakdown_median_s": breakdown,
+        },
         "first_model_record_wall_time_s": first.results.wall_time_s,
     }
     notes = [
@@ -159,8 +195,14 @@ def main() -> None:
         comparisons += c
         measurements[workload] = m
         notes += n
-    T.write_report(NAME, args, {"repeats": repeats, "target_max_ratio": TARGET, "workloads": ["digits", "mnist"]},
-                   comparisons, measurements, notes)
+    T.write_report(
+        NAME,
+        args,
+        {"repeats": repeats, "target_max_ratio": TARGET, "workloads": ["digits", "mnist"]},
+        comparisons,
+        measurements,
+        notes,
+    )
 
 
 if __name__ == "__main__":

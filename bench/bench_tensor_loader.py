@@ -11,6 +11,7 @@ Target: reprodl items/s >= 0.9x the baseline's.
 
     .venv/bin/python bench/bench_tensor_loader.py [--quick]
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (sets OMP_NUM_THREADS before torch loads)
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -34,7 +34,7 @@ BATCH = 128
 
 def epoch(loader: DataLoader) -> int:
     n = 0
-    for x, y in loader:
+    for _x, y in loader:
         n += len(y)
     return n
 
@@ -63,8 +63,7 @@ def main() -> None:
         loaders = {
             "torch_tensordataset": DataLoader(base_ds, batch_size=BATCH, shuffle=True),
             "reprodl_tensordataset": DataLoader(ds, batch_size=BATCH, shuffle=True),
-            "reprodl_tensordataset_reprodl_collate": DataLoader(ds, batch_size=BATCH, shuffle=True,
-                                                                collate_fn=collate),
+            "reprodl_tensordataset_reprodl_collate": DataLoader(ds, batch_size=BATCH, shuffle=True, collate_fn=collate),
         }
         for loader in loaders.values():
             assert epoch(loader) == n
@@ -75,16 +74,34 @@ def main() -> None:
 
     def compare(label: str, key: str, target: float | None, note: str = "") -> dict:
         s, b = stats[key], stats["torch_tensordataset"]
-        return C.comparison(label, key, "torch TensorDataset", s["median_rate"], b["median_rate"], target,
-                            "items/s", note, cpu_ratio=s["median_cpu_rate"] / b["median_cpu_rate"])
+        return C.comparison(
+            label,
+            key,
+            "torch TensorDataset",
+            s["median_rate"],
+            b["median_rate"],
+            target,
+            "items/s",
+            note,
+            cpu_ratio=s["median_cpu_rate"] / b["median_cpu_rate"],
+        )
 
     comparisons = [
         compare("TensorDataSet DataLoader (default collate)", "reprodl_tensordataset", TARGET),
-        compare("TensorDataSet DataLoader (reprodl collate)", "reprodl_tensordataset_reprodl_collate", None,
-                "informational: collate_fn=reprodl.data.datasets.collate, as reprodl's training uses"),
+        compare(
+            "TensorDataSet DataLoader (reprodl collate)",
+            "reprodl_tensordataset_reprodl_collate",
+            None,
+            "informational: collate_fn=reprodl.data.datasets.collate, as reprodl's training uses",
+        ),
     ]
-    C.report(NAME, args, {"n_items": n, "batch_size": BATCH, "shuffle": True, "repeats": repeats,
-                          "source": source}, comparisons, stats)
+    C.report(
+        NAME,
+        args,
+        {"n_items": n, "batch_size": BATCH, "shuffle": True, "repeats": repeats, "source": source},
+        comparisons,
+        stats,
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ when a target fails or a script errs, else 0.
 
     .venv/bin/python bench/run_all.py [--quick] [--only NAME ...] [--timeout S]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ OUTPUT_DIR = ROOT / "bench-output"
 
 
 def discover() -> list[tuple[str, Path]]:
-    return [(p.stem[len("bench_"):], p) for p in sorted(BENCH_DIR.glob("bench_*.py"))]
+    return [(p.stem[len("bench_") :], p) for p in sorted(BENCH_DIR.glob("bench_*.py"))]
 
 
 def fmt_value(value: float | None, unit: str) -> str:
@@ -51,15 +52,17 @@ def rows_of(name: str, doc: dict[str, Any]) -> list[dict[str, str]]:
         else:  # a rate ratio: the target is a floor
             cand, base, target = c.get("candidate_rate"), c.get("baseline_rate"), c.get("target")
             target_s = "-" if target is None else f">= {target:g}x"
-        rows.append({
-            "bench": name,
-            "comparison": c.get("name", "?"),
-            "candidate": fmt_value(cand, unit),
-            "baseline": f"{c.get('baseline', '?')}: {fmt_value(base, unit)}",
-            "ratio": f"{c['ratio']:.2f}x" if isinstance(c.get("ratio"), (int, float)) else "-",
-            "target": target_s,
-            "status": c.get("status") or "info",
-        })
+        rows.append(
+            {
+                "bench": name,
+                "comparison": c.get("name", "?"),
+                "candidate": fmt_value(cand, unit),
+                "baseline": f"{c.get('baseline', '?')}: {fmt_value(base, unit)}",
+                "ratio": f"{c['ratio']:.2f}x" if isinstance(c.get("ratio"), (int, float)) else "-",
+                "target": target_s,
+                "status": c.get("status") or "info",
+            }
+        )
     return rows
 
 
@@ -110,19 +113,31 @@ def main() -> int:
         print(f"=== {name}: exit {rc} after {wall:.1f} s", flush=True)
         if rc != 0 or doc is None:
             failed = True
-            rows.append({"bench": name, "comparison": f"(script failed: exit {rc})" if rc != 0 else "(no results written)",
-                         "candidate": "-", "baseline": "-", "ratio": "-", "target": "-", "status": "ERROR"})
+            rows.append(
+                {
+                    "bench": name,
+                    "comparison": f"(script failed: exit {rc})" if rc != 0 else "(no results written)",
+                    "candidate": "-",
+                    "baseline": "-",
+                    "ratio": "-",
+                    "target": "-",
+                    "status": "ERROR",
+                }
+            )
             continue
         bench_rows = rows_of(name, doc)
         failed |= any(r["status"] == "FAIL" for r in bench_rows)
         rows.extend(bench_rows)
 
     print()
-    print(f"Summary ({'quick' if args.quick else 'full'} run; ratios are medians against the named "
-          "baseline measured in the same run)")
+    print(
+        f"Summary ({'quick' if args.quick else 'full'} run; ratios are medians against the named "
+        "baseline measured in the same run)"
+    )
     print_table(rows)
-    (OUTPUT_DIR / "summary.json").write_text(json.dumps(
-        {"quick": args.quick, "runs": runs, "rows": rows, "ok": not failed}, indent=2) + "\n")
+    (OUTPUT_DIR / "summary.json").write_text(
+        json.dumps({"quick": args.quick, "runs": runs, "rows": rows, "ok": not failed}, indent=2) + "\n"
+    )
     n_pass = sum(r["status"] == "PASS" for r in rows)
     n_fail = sum(r["status"] in ("FAIL", "ERROR") for r in rows)
     print(f"\n{n_pass} PASS, {n_fail} FAIL/ERROR; details in {OUTPUT_DIR}/<name>.json")

@@ -4,17 +4,25 @@ Run from the repository root after `make demo` or:
     reprodl dataset create-digits data digits && reprodl dataset split data/digits --test 0.2
     python examples/train_paper_workflow.py data/digits models
 """
+
 import sys
 
 import torch
 from PIL import Image
 
-from reprodl import DerivedDataSet, GenNet, Parameters, TensorDataSet, TrainedTorchModel
-from reprodl import train_model_with_metadata_capture
+from reprodl import (
+    DerivedDataSet,
+    GenNet,
+    Parameters,
+    TensorDataSet,
+    TrainedTorchModel,
+    train_model_with_metadata_capture,
+)
 
 train_dataset_uri, base_uri = sys.argv[1], sys.argv[2]
-params = Parameters(batch_size=32, learning_rate=0.05, n_epochs=5, momentum=0.9,
-                    init_params={"input_channels": 1, "input_dim": 8})
+params = Parameters(
+    batch_size=32, learning_rate=0.05, n_epochs=5, momentum=0.9, init_params={"input_channels": 1, "input_dim": 8}
+)
 
 train_ds = TensorDataSet(train_dataset_uri, usetype="train")
 model = GenNet(**params.init_params)

@@ -4,6 +4,7 @@ Every dataset here is a real frozen dtool dataset made through reprodl's own cre
 for the compatibility tests, through plain dtoolcore in the original dtoolAI 0.2.0
 conventions). Nothing is mocked below the storage layer.
 """
+
 from __future__ import annotations
 
 import os

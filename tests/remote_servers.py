@@ -12,6 +12,7 @@ they fail.
 
 Import the fixtures into a test module with ``from remote_servers import *``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -187,10 +188,12 @@ def dtool_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def s3rver_command() -> list[str] | None:
     """The command that runs s3rver, or None when it (or node) is not installed."""
     node = shutil.which("node")
-    candidates = [os.environ.get("REPRODL_S3RVER"),
-                  str(Path(sys.prefix) / "node" / "node_modules" / ".bin" / "s3rver"),
-                  str(REPO / ".venv" / "node" / "node_modules" / ".bin" / "s3rver"),
-                  shutil.which("s3rver")]
+    candidates = [
+        os.environ.get("REPRODL_S3RVER"),
+        str(Path(sys.prefix) / "node" / "node_modules" / ".bin" / "s3rver"),
+        str(REPO / ".venv" / "node" / "node_modules" / ".bin" / "s3rver"),
+        shutil.which("s3rver"),
+    ]
     for candidate in candidates:
         if candidate and os.path.isfile(candidate) and node:
             return [node, os.path.realpath(candidate)]
@@ -218,12 +221,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             unavailable(f"{module} is not installed: pip install 'reprodl[s3]'")
     cmd = s3rver_command()
     if cmd is None:
-        unavailable("s3rver is not installed (needs node and npm): run `make test`, or "
-                    "`npm install --prefix .venv/node s3rver@3.7.1`")
+        unavailable(
+            "s3rver is not installed (needs node and npm): run `make test`, or "
+            "`npm install --prefix .venv/node s3rver@3.7.1`"
+        )
     data = tmp_path_factory.mktemp("s3rver")
     cmd += ["-d", str(data / "buckets"), "-a", HOST, "-p", "0", "--no-vhost-buckets"]
-    with _server(cmd, data / "server.log", rf"listening on {re.escape(HOST)}:(\d+)",
-                 env=_node_env(cmd[0])) as port:
+    with _server(cmd, data / "server.log", rf"listening on {re.escape(HOST)}:(\d+)", env=_node_env(cmd[0])) as port:
         yield f"http://{HOST}:{port}"
 
 
@@ -253,22 +257,28 @@ def configure_bucket(monkeypatch: pytest.MonkeyPatch, bucket: str, endpoint: str
 
 
 @pytest.fixture
-def s3_bucket(s3_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-              dtool_cache: Path) -> S3Bucket:
+def s3_bucket(s3_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtool_cache: Path) -> S3Bucket:
     """A new, empty bucket on the s3rver, configured for dtool-s3 (and nothing else)."""
     import boto3
 
     # Keep a developer's AWS settings out of the tests.
-    for var in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    for var in (
+        "AWS_PROFILE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no credential probes off-box
     name = f"reprodl-test-{os.getpid()}-{next(_bucket_numbers)}"
-    client = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_KEY,
-                          aws_secret_access_key=S3_KEY, region_name="us-east-1")
+    client = boto3.client(
+        "s3", endpoint_url=s3_server, aws_access_key_id=S3_KEY, aws_secret_access_key=S3_KEY, region_name="us-east-1"
+    )
     client.create_bucket(Bucket=name)
     configure_bucket(monkeypatch, name, s3_server)
     return S3Bucket(name, s3_server, client)

@@ -1,5 +1,6 @@
 """`reprodl dataset ...`: every command's output and exit code, and bad input reported on
 stderr with exit code 2 and nothing created."""
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
-
 from conftest import TREE_COUNTS, gray_pixels, snapshot
+from PIL import Image
+from test_creators import png_bytes, write_idx
+
 from reprodl import __version__
 from reprodl.errors import ExitCode
 from reprodl.store import local_path, open_dataset
-from test_creators import png_bytes, write_idx
 
 BIN = Path(sys.executable).parent
-COMMANDS = ["create-from-dirtree", "create-from-arrays", "create-from-idx", "create-digits",
-            "split", "info", "stats", "verify"]
+COMMANDS = [
+    "create-from-dirtree",
+    "create-from-arrays",
+    "create-from-idx",
+    "create-digits",
+    "split",
+    "info",
+    "stats",
+    "verify",
+]
 
 
 def _ok(result) -> None:
@@ -39,6 +48,7 @@ def _usage_error(result, match: str) -> None:
 
 
 # --- help and version ----------------------------------------------------------------------
+
 
 def test_version(cli):
     result = cli("--version")
@@ -64,9 +74,24 @@ def test_short_help_option(cli):
 
 # --- create-from-dirtree ---------------------------------------------------------------------
 
+
 def test_create_from_dirtree(cli, image_tree, base_dir):
-    result = cli("dataset", "create-from-dirtree", image_tree, base_dir, "images", "-q",
-                 "--description", "insects", "--author", "Ada", "--author", "Bo", "--license", "CC0")
+    result = cli(
+        "dataset",
+        "create-from-dirtree",
+        image_tree,
+        base_dir,
+        "images",
+        "-q",
+        "--description",
+        "insects",
+        "--author",
+        "Ada",
+        "--author",
+        "Bo",
+        "--license",
+        "CC0",
+    )
     _ok(result)
     uri = open_dataset(base_dir / "images").uri
     assert result.stdout.strip() == f"Created image dataset at {uri}"
@@ -85,25 +110,43 @@ def test_create_from_dirtree_json(cli, image_tree, base_dir):
 def test_create_from_dirtree_with_a_readme_file(cli, image_tree, base_dir, tmp_path):
     readme = tmp_path / "README.yml"
     readme.write_text("description: my insects\nauthors: [Me]\norigin: field trip\n")
-    _ok(cli("dataset", "create-from-dirtree", image_tree, base_dir, "images", "-q", "--readme", readme,
-            "--license", "CC0"))
+    _ok(
+        cli(
+            "dataset",
+            "create-from-dirtree",
+            image_tree,
+            base_dir,
+            "images",
+            "-q",
+            "--readme",
+            readme,
+            "--license",
+            "CC0",
+        )
+    )
     got = open_dataset(base_dir / "images").readme()
     assert (got["description"], got["authors"], got["origin"], got["license"]) == (
-        "my insects", ["Me"], "field trip", "CC0")
+        "my insects",
+        ["Me"],
+        "field trip",
+        "CC0",
+    )
 
 
 def test_console_script_create_image_dataset_from_dirtree(image_tree, base_dir):
     script = BIN / "create-image-dataset-from-dirtree"
     assert script.exists()
-    proc = subprocess.run([str(script), str(image_tree), str(base_dir), "images", "-q"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(script), str(image_tree), str(base_dir), "images", "-q"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Created image dataset at file://" in proc.stdout
     assert open_dataset(base_dir / "images").get_annotation("dtoolAI.inputtype") == "ImageDataSet"
     # bad input through the same script: exit 2, message on stderr, nothing created
     before = snapshot(base_dir)
-    proc = subprocess.run([str(script), str(image_tree / "missing"), str(base_dir), "other"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(script), str(image_tree / "missing"), str(base_dir), "other"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr
     assert proc.stdout == ""
@@ -117,6 +160,7 @@ def test_reprodl_console_script_runs(tmp_path):
 
 
 # bad dirtree input --------------------------------------------------------------------------
+
 
 def _dirtree_refused(cli, tree, base_dir, match, name="images", *extra):
     before = snapshot(base_dir)
@@ -166,8 +210,10 @@ def test_cli_existing_dataset(cli, image_tree, base_dir):
 def test_cli_bad_uri_scheme(cli, image_tree, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = snapshot(tmp_path)
-    _usage_error(cli("dataset", "create-from-dirtree", image_tree, "ftp://example.org/x", "images"),
-                 "unsupported URI scheme 'ftp'")
+    _usage_error(
+        cli("dataset", "create-from-dirtree", image_tree, "ftp://example.org/x", "images"),
+        "unsupported URI scheme 'ftp'",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -185,12 +231,24 @@ def test_cli_readme_failing_the_user_schema(cli, image_tree, base_dir, tmp_path)
 
 # --- create-from-arrays / create-from-idx / create-digits ------------------------------------
 
+
 def test_create_from_arrays_npy(cli, tmp_path, base_dir):
     data = np.arange(4 * 12, dtype=np.uint8).reshape(4, 12)
     np.save(tmp_path / "x.npy", data)
     np.save(tmp_path / "y.npy", np.array([0, 1, 1, 0]))
-    result = cli("dataset", "create-from-arrays", tmp_path / "x.npy", tmp_path / "y.npy", base_dir, "arr",
-                 "--image-dimensions", "1,3,4", "--categories", "no,yes", "--json")
+    result = cli(
+        "dataset",
+        "create-from-arrays",
+        tmp_path / "x.npy",
+        tmp_path / "y.npy",
+        base_dir,
+        "arr",
+        "--image-dimensions",
+        "1,3,4",
+        "--categories",
+        "no,yes",
+        "--json",
+    )
     _ok(result)
     uri = json.loads(result.stdout)["uri"]
     ds = open_dataset(uri)
@@ -207,8 +265,16 @@ def test_create_from_arrays_npy(cli, tmp_path, base_dir):
 def test_create_from_arrays_npz_keys(cli, tmp_path, base_dir):
     data = np.linspace(0, 1, 10, dtype=np.float32).reshape(5, 2)
     np.savez(tmp_path / "all.npz", features=data, targets=np.array([0, 1, 2, 1, 0]))
-    _ok(cli("dataset", "create-from-arrays", f"{tmp_path / 'all.npz'}:features",
-            f"{tmp_path / 'all.npz'}:targets", base_dir, "npz"))
+    _ok(
+        cli(
+            "dataset",
+            "create-from-arrays",
+            f"{tmp_path / 'all.npz'}:features",
+            f"{tmp_path / 'all.npz'}:targets",
+            base_dir,
+            "npz",
+        )
+    )
     ds = open_dataset(base_dir / "npz")
     assert np.array_equal(np.load(ds.item_path(ds.identifier_of("data.npy"))), data)
     assert ds.get_annotation("reprodl.value_scale") == 1.0
@@ -217,20 +283,37 @@ def test_create_from_arrays_npz_keys(cli, tmp_path, base_dir):
 def test_create_from_arrays_length_mismatch(cli, tmp_path, base_dir):
     np.save(tmp_path / "x.npy", np.zeros((3, 4)))
     np.save(tmp_path / "y.npy", np.array([0, 1]))
-    _usage_error(cli("dataset", "create-from-arrays", tmp_path / "x.npy", tmp_path / "y.npy", base_dir, "arr"),
-                 "labels/array length mismatch: 3 data rows but 2 labels")
+    _usage_error(
+        cli("dataset", "create-from-arrays", tmp_path / "x.npy", tmp_path / "y.npy", base_dir, "arr"),
+        "labels/array length mismatch: 3 data rows but 2 labels",
+    )
     assert snapshot(base_dir) == []
 
 
 def test_create_from_arrays_bad_dimensions_and_missing_key(cli, tmp_path, base_dir):
     np.save(tmp_path / "x.npy", np.zeros((2, 4)))
     np.savez(tmp_path / "y.npz", labels=np.array([0, 1]))
-    _usage_error(cli("dataset", "create-from-arrays", tmp_path / "x.npy", f"{tmp_path / 'y.npz'}:labels",
-                     base_dir, "a", "--image-dimensions", "1,x"), "--image-dimensions should be C,H,W integers")
-    _usage_error(cli("dataset", "create-from-arrays", tmp_path / "x.npy", f"{tmp_path / 'y.npz'}:nope",
-                     base_dir, "a"), "has no array 'nope'")
-    _usage_error(cli("dataset", "create-from-arrays", tmp_path / "absent.npy", tmp_path / "x.npy",
-                     base_dir, "a"), "absent.npy does not exist")
+    _usage_error(
+        cli(
+            "dataset",
+            "create-from-arrays",
+            tmp_path / "x.npy",
+            f"{tmp_path / 'y.npz'}:labels",
+            base_dir,
+            "a",
+            "--image-dimensions",
+            "1,x",
+        ),
+        "--image-dimensions should be C,H,W integers",
+    )
+    _usage_error(
+        cli("dataset", "create-from-arrays", tmp_path / "x.npy", f"{tmp_path / 'y.npz'}:nope", base_dir, "a"),
+        "has no array 'nope'",
+    )
+    _usage_error(
+        cli("dataset", "create-from-arrays", tmp_path / "absent.npy", tmp_path / "x.npy", base_dir, "a"),
+        "absent.npy does not exist",
+    )
     assert snapshot(base_dir) == []
 
 
@@ -252,8 +335,10 @@ def test_create_from_idx(cli, tmp_path, base_dir, gz):
 def test_create_from_idx_bad_file(cli, tmp_path, base_dir):
     (tmp_path / "junk").write_bytes(b"PK\x03\x04 not idx")
     lab = write_idx(tmp_path / "labels", np.array([0], np.uint8))
-    _usage_error(cli("dataset", "create-from-idx", tmp_path / "junk", lab, base_dir, "idx"),
-                 "is not an IDX file (bad magic number)")
+    _usage_error(
+        cli("dataset", "create-from-idx", tmp_path / "junk", lab, base_dir, "idx"),
+        "is not an IDX file (bad magic number)",
+    )
     assert snapshot(base_dir) == []
 
 
@@ -287,6 +372,7 @@ def test_create_digits_existing_name(cli, digits_uri):
 
 
 # --- split / info / stats ----------------------------------------------------------------
+
 
 def test_split_json_and_refusal_to_overwrite(cli, digits_uri):
     result = cli("dataset", "split", digits_uri, "--test", "0.2", "--seed", "0", "--json")
@@ -344,8 +430,9 @@ def test_stats_text(cli, image_uri):
 
 
 def test_category_names_with_brackets_print_verbatim(cli, make_tree, base_dir):
-    tree = make_tree({"[bold]x": {"0.png": Image.fromarray(gray_pixels(0))},
-                      "[red]y": {"0.png": Image.fromarray(gray_pixels(1))}})
+    tree = make_tree(
+        {"[bold]x": {"0.png": Image.fromarray(gray_pixels(0))}, "[red]y": {"0.png": Image.fromarray(gray_pixels(1))}}
+    )
     _ok(cli("dataset", "create-from-dirtree", tree, base_dir, "brackets", "-q"))
     result = cli("dataset", "info", base_dir / "brackets")
     _ok(result)
@@ -353,6 +440,7 @@ def test_category_names_with_brackets_print_verbatim(cli, make_tree, base_dir):
 
 
 # --- verify ----------------------------------------------------------------------------
+
 
 def test_verify_ok(cli, image_uri):
     result = cli("dataset", "verify", image_uri, "-q")

@@ -3,6 +3,7 @@
 Run in-process through the ``cli`` fixture (Typer's CliRunner, stdout and stderr apart),
 and as real processes where what matters is the process (no torch import, console scripts).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,6 +44,7 @@ def _write_config(path: Path, config: dict) -> Path:
 
 
 # --- provenance ---------------------------------------------------------------------------------
+
 
 def test_provenance_prints_what_the_papers_helper_printed(cli, trained_model):
     result = cli("provenance", trained_model.uri)
@@ -94,13 +96,15 @@ def test_provenance_imports_no_torch_and_the_papers_script_name_works(trained_mo
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Network architecture name: reprodl.zoo:GenNet" in proc.stdout and "NO TORCH" in proc.stdout
-    proc = subprocess.run([str(BIN / "reprodl-provenance"), trained_model.uri], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [str(BIN / "reprodl-provenance"), trained_model.uri], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Source dataset (train) name: digits" in proc.stdout
 
 
 # --- train --------------------------------------------------------------------------------------
+
 
 def test_train_records_overrides_and_the_config(cli, digits_split_master, tmp_path):
     (tmp_path / "models").mkdir()
@@ -141,11 +145,14 @@ def test_train_seeds_writes_a_summary(cli, digits_split_master, tmp_path):
     assert "Summary dataset: file://" in text.stdout and "valid_accuracy: mean" in text.stdout
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--set", "batch_size=0"], "batch_size"),
-    (["--set", "data=3"], "the config does not validate"),
-    (["--set", "lr"], "should look like key=value"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--set", "batch_size=0"], "batch_size"),
+        (["--set", "data=3"], "the config does not validate"),
+        (["--set", "lr"], "should look like key=value"),
+    ],
+)
 def test_train_bad_config_exits_2_and_writes_nothing(cli, digits_split_master, tmp_path, args, match):
     out = tmp_path / "models"
     out.mkdir()
@@ -156,6 +163,7 @@ def test_train_bad_config_exits_2_and_writes_nothing(cli, digits_split_master, t
 
 
 # --- predict and evaluate -------------------------------------------------------------------
+
 
 def test_predict_images_of_any_mode_and_size(cli, trained_model, tmp_path):
     from reprodl import TensorDataSet, TrainedTorchModel
@@ -192,6 +200,7 @@ def test_evaluate_on_the_test_split(cli, trained_model):
 
 
 # --- reproduce, verify, lineage, diff -----------------------------------------------------------
+
 
 def test_reproduce_identical_exits_0(cli, trained_model, tmp_path):
     result = cli("reproduce", trained_model.uri, "-q", "--output", tmp_path)
@@ -231,8 +240,9 @@ def test_verify_passes_and_fails_on_tampering(cli, trained_model, model_copy):
 def test_lineage_shows_the_chain_and_a_broken_link(cli, digits_split_master, tmp_path):
     from reprodl.config import build_and_train, load_config
 
-    parent, _ = build_and_train(load_config(digits_config(digits_split_master, tmp_path, name="parent")),
-                                progress=False)
+    parent, _ = build_and_train(
+        load_config(digits_config(digits_split_master, tmp_path, name="parent")), progress=False
+    )
     cfg = digits_config(digits_split_master, tmp_path, name="child")
     cfg.update(parent=parent, freeze=["conv1"])
     child, _ = build_and_train(load_config(cfg), progress=False)
@@ -269,6 +279,7 @@ def test_diff_shows_differing_hyperparameters(cli, trained_model, digits_split_m
 
 # --- schema ---------------------------------------------------------------------------------------
 
+
 def test_schema_is_a_json_schema_that_real_records_satisfy(cli, trained_model):
     import jsonschema
 
@@ -290,6 +301,7 @@ def test_schema_is_a_json_schema_that_real_records_satisfy(cli, trained_model):
 
 # --- demo ---------------------------------------------------------------------------------------
 
+
 def test_demo_runs_the_whole_workflow(cli, tmp_path):
     result = cli("demo", "--workdir", tmp_path, "--epochs", "2", "-q")
     _ok(result)
@@ -310,8 +322,15 @@ def test_provenance_of_a_model_made_by_dtoolai_prints_its_annotations(cli, digit
     with create_dataset(str(tmp_path), "mnist_model", readme="name: mnist_model\n") as w:
         w.put_bytes(b"\x80\x04pickled-state-dict", "model.pt")
         w.put_annotation("model_name", "dtoolai.simpleScalingCNN")
-        w.put_annotation("model_parameters", {"batch_size": 128, "learning_rate": 0.01, "n_epochs": 1,
-                                              "init_params": {"input_channels": 1, "input_dim": 28}})
+        w.put_annotation(
+            "model_parameters",
+            {
+                "batch_size": 128,
+                "learning_rate": 0.01,
+                "n_epochs": 1,
+                "init_params": {"input_channels": 1, "input_dim": 28},
+            },
+        )
         w.put_annotation("source_dataset_uri", source.uri)
         w.put_annotation("source_dataset_name", source.name)
         w.put_annotation("source_dataset_uuid", source.uuid)

@@ -1,5 +1,6 @@
 """Creators: dirtree, arrays, IDX and digits; every bad input is refused, naming the
 problem, and leaves nothing behind."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import TREE_COUNTS, gray_pixels, snapshot
 from PIL import Image
 
-from conftest import TREE_COUNTS, gray_pixels, snapshot
 from reprodl import keys
 from reprodl.data.creators import (
     category_encoding,
@@ -47,6 +48,7 @@ def write_idx(path: Path, array: np.ndarray, *, gz: bool = False) -> Path:
 
 # --- create_from_dirtree -------------------------------------------------------------------
 
+
 def test_dirtree_dataset_items_labels_and_annotations(image_tree, base_dir):
     uri = create_from_dirtree(image_tree, str(base_dir), "images")
     ds = open_dataset(uri)
@@ -69,8 +71,7 @@ def test_dirtree_dataset_items_labels_and_annotations(image_tree, base_dir):
 
 
 def test_dirtree_keeps_nested_paths_and_skips_hidden_files(make_tree, base_dir):
-    tree = make_tree({"a": {"x.png": Image.fromarray(gray_pixels(0))},
-                      "b": {"y.png": Image.fromarray(gray_pixels(1))}})
+    tree = make_tree({"a": {"x.png": Image.fromarray(gray_pixels(0))}, "b": {"y.png": Image.fromarray(gray_pixels(1))}})
     (tree / "a" / "deeper").mkdir()
     Image.fromarray(gray_pixels(2)).save(tree / "a" / "deeper" / "z.png")
     (tree / "a" / ".DS_Store").write_bytes(b"junk")
@@ -83,8 +84,13 @@ def test_dirtree_keeps_nested_paths_and_skips_hidden_files(make_tree, base_dir):
 
 def test_dirtree_readme_fields_and_progress(image_tree, base_dir):
     steps: list[int] = []
-    uri = create_from_dirtree(image_tree, str(base_dir), "images", progress=steps.append,
-                              readme={"description": "insects", "authors": ["Ada", "Bo"], "license": "CC0"})
+    uri = create_from_dirtree(
+        image_tree,
+        str(base_dir),
+        "images",
+        progress=steps.append,
+        readme={"description": "insects", "authors": ["Ada", "Bo"], "license": "CC0"},
+    )
     readme = open_dataset(uri).readme()
     assert (readme["description"], readme["authors"], readme["license"]) == ("insects", ["Ada", "Bo"], "CC0")
     assert sum(steps) == 2 * sum(TREE_COUNTS.values())  # checked, then stored
@@ -92,10 +98,10 @@ def test_dirtree_readme_fields_and_progress(image_tree, base_dir):
 
 def test_dirtree_readme_file_fields_are_kept(image_tree, base_dir, tmp_path):
     path = tmp_path / "README.yml"
-    path.write_text(yaml.safe_dump({"description": "my insects", "authors": ["Me"], "origin": "field trip",
-                                    "funding": "EPSRC"}))
-    uri = create_from_dirtree(image_tree, str(base_dir), "images",
-                              readme={"readme_file": path, "license": "CC0"})
+    path.write_text(
+        yaml.safe_dump({"description": "my insects", "authors": ["Me"], "origin": "field trip", "funding": "EPSRC"})
+    )
+    uri = create_from_dirtree(image_tree, str(base_dir), "images", readme={"readme_file": path, "license": "CC0"})
     readme = open_dataset(uri).readme()
     assert readme["description"] == "my insects"
     assert readme["authors"] == ["Me"]
@@ -117,6 +123,7 @@ def test_category_encoding_sorts_digit_names_numerically():
 
 
 # bad dirtree inputs: each names the problem and creates nothing --------------------------
+
 
 def _refused(base_dir: Path, exc: type[Exception], match: str, *args, **kwargs) -> None:
     before = snapshot(base_dir)
@@ -225,17 +232,24 @@ def test_readme_that_does_not_validate_is_refused(image_tree, base_dir):
 def test_readme_failing_the_user_schema_is_refused(image_tree, base_dir, tmp_path):
     schema = tmp_path / "schema.json"
     schema.write_text('{"type": "object", "required": ["funding"]}')
-    _refused(base_dir, MetadataError, "user schema: .*'funding' is a required property", image_tree,
-             readme={"schema": schema})
+    _refused(
+        base_dir,
+        MetadataError,
+        "user schema: .*'funding' is a required property",
+        image_tree,
+        readme={"schema": schema},
+    )
 
 
 # --- create_from_arrays --------------------------------------------------------------------
 
+
 def test_arrays_dataset_items_and_annotations(base_dir):
     data = np.arange(4 * 2 * 3, dtype=np.int16).reshape(4, 2, 3)
     labels = np.array([1, 0, 1, 2])
-    uri = create_from_arrays(data, labels, str(base_dir), "arr", categories=["x", "y", "z"],
-                             usetype=["train", "train", "test", "train"])
+    uri = create_from_arrays(
+        data, labels, str(base_dir), "arr", categories=["x", "y", "z"], usetype=["train", "train", "test", "train"]
+    )
     ds = open_dataset(uri)
     assert sorted(ds.relpath(i) for i in ds.identifiers) == ["data.npy", "labels.npy"]
     stored = np.load(ds.item_path(ds.identifier_of("data.npy")))
@@ -264,10 +278,20 @@ def test_integral_float_labels_are_accepted(base_dir):
         (np.zeros((3, 4)), np.array([0, 1]), {}, "labels/array length mismatch: 3 data rows but 2 labels"),
         (np.zeros(3), np.array([0, 1, 2]), {}, r"data must have shape \(N, ...\)"),
         (np.zeros((2, 2)), np.array([[0, 1], [1, 0]]), {}, "labels must be one-dimensional"),
-        (np.zeros((2, 2)), np.array([0.5, 1.0]), {}, r"labels must be whole numbers \(class indices 0\.\.K-1\), but row 0 has 0\.5"),
+        (
+            np.zeros((2, 2)),
+            np.array([0.5, 1.0]),
+            {},
+            r"labels must be whole numbers \(class indices 0\.\.K-1\), but row 0 has 0\.5",
+        ),
         (np.zeros((2, 2)), np.array([0, -1]), {}, r"labels must be >= 0 \(class indices 0\.\.K-1\), but row 1 has -1"),
         (np.zeros((2, 2)), np.array([0, 2]), {"categories": ["a", "b"]}, "2 category names for labels up to 2"),
-        (np.zeros((2, 6)), np.array([0, 1]), {"image_dimensions": [1, 2, 2]}, r"image_dimensions \[1, 2, 2\] do not fit"),
+        (
+            np.zeros((2, 6)),
+            np.array([0, 1]),
+            {"image_dimensions": [1, 2, 2]},
+            r"image_dimensions \[1, 2, 2\] do not fit",
+        ),
         (np.zeros((2, 2)), np.array([0, 1]), {"usetype": ["train"]}, "usetype has 1 entries for 2 rows"),
         (np.array([[{}], [{}]], dtype=object), np.array([0, 1]), {}, "object arrays cannot be stored"),
     ],
@@ -279,8 +303,9 @@ def test_bad_arrays_are_refused_and_nothing_is_created(base_dir, data, labels, k
 
 
 def test_empty_readme_values_fall_back_to_the_defaults(base_dir):
-    uri = create_from_arrays(np.zeros((2, 2)), np.array([0, 1]), str(base_dir), "ok",
-                             readme={"authors": [], "description": ""})
+    uri = create_from_arrays(
+        np.zeros((2, 2)), np.array([0, 1]), str(base_dir), "ok", readme={"authors": [], "description": ""}
+    )
     readme = open_dataset(uri).readme()
     assert readme["description"] == "2 samples of shape [2]"
     assert len(readme["authors"]) == 1 and readme["authors"][0]
@@ -299,6 +324,7 @@ def test_arrays_with_a_bad_name_are_refused(base_dir):
 
 
 # --- array files -----------------------------------------------------------------------------
+
 
 def test_load_array_file_reads_npy_and_npz(tmp_path):
     a, b = np.arange(6).reshape(2, 3), np.array([1, 0])
@@ -329,6 +355,7 @@ def test_load_array_file_refuses_missing_and_non_array_files(tmp_path):
 
 
 # --- IDX -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_read_idx_round_trips(tmp_path, gz):
@@ -383,6 +410,7 @@ def test_bad_idx_files_are_refused(tmp_path, base_dir):
 
 
 # --- digits ------------------------------------------------------------------------------------
+
 
 def test_digits_tensor_dataset(_digits_master):
     ds = open_dataset(_digits_master)

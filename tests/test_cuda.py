@@ -1,6 +1,7 @@
 """CUDA: training on the GPU is recorded, adds no host/device synchronisation per batch, and
 reproduces bit for bit under the deterministic settings. Skipped where no GPU is present
 (this project's CI has none; run these on a machine that has one)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """ImageDataSet / TensorDataSet: lengths, shapes, values, labels, splits, Pillow modes,
 DataLoader batching, and datasets made in the original dtoolAI 0.2.0 conventions."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +10,10 @@ import dtoolcore.utils
 import numpy as np
 import pytest
 import torch
+from conftest import TREE_COUNTS, TREE_SIZE, gray_pixels
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from conftest import TREE_COUNTS, TREE_SIZE, gray_pixels
 from reprodl import keys
 from reprodl.data.creators import create_from_arrays, create_from_dirtree
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, collate, open_training_data
@@ -29,6 +30,7 @@ def _raw_digits(uri: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- TensorDataSet -------------------------------------------------------------------------
+
 
 def test_digits_tensor_dataset_values_shapes_and_labels(digits_uri):
     ds = TensorDataSet(digits_uri)
@@ -81,8 +83,11 @@ def test_tensor_dataset_takes_any_dtype_and_shape(base_dir, dtype, shape, scale)
 
 def test_tensor_dataset_refuses_a_pickled_object_array(tmp_path):
     with dtoolcore.DataSetCreator("pickled", normalise_uri(str(tmp_path))) as creator:
-        np.save(creator.prepare_staging_abspath_promise("data.npy"),
-                np.array([{"evil": 1}, {"evil": 2}], dtype=object), allow_pickle=True)
+        np.save(
+            creator.prepare_staging_abspath_promise("data.npy"),
+            np.array([{"evil": 1}, {"evil": 2}], dtype=object),
+            allow_pickle=True,
+        )
         np.save(creator.prepare_staging_abspath_promise("labels.npy"), np.array([0, 1]))
     with pytest.raises(DatasetFormatError, match="data.npy cannot be read without unpickling"):
         TensorDataSet(creator.uri)
@@ -112,6 +117,7 @@ def test_open_training_data_picks_the_declared_kind(digits_uri, image_uri):
 
 
 # --- ImageDataSet --------------------------------------------------------------------------
+
 
 def test_image_dataset_values_shapes_and_labels(image_uri):
     ds = ImageDataSet(image_uri)
@@ -150,8 +156,8 @@ def test_dataloader_batches_through_getitems_equal_getitem(image_uri, digits_uri
         calls: list[int] = []
         original = cls.__getitems__
 
-        def spy(self, indices, _original=original):
-            calls.append(len(indices))
+        def spy(self, indices, _original=original, _calls=calls):
+            _calls.append(len(indices))
             return _original(self, indices)
 
         monkeypatch.setattr(cls, "__getitems__", spy)
@@ -173,10 +179,15 @@ def test_dataloader_batches_through_getitems_equal_getitem(image_uri, digits_uri
 
 
 def test_images_of_different_sizes_need_size(make_tree, base_dir):
-    tree = make_tree({
-        "a": {"big.png": Image.fromarray(gray_pixels(0, (6, 5))), "small.png": Image.fromarray(gray_pixels(1, (4, 4)))},
-        "b": {"0.png": Image.fromarray(gray_pixels(2, (6, 5)))},
-    })
+    tree = make_tree(
+        {
+            "a": {
+                "big.png": Image.fromarray(gray_pixels(0, (6, 5))),
+                "small.png": Image.fromarray(gray_pixels(1, (4, 4))),
+            },
+            "b": {"0.png": Image.fromarray(gray_pixels(2, (6, 5)))},
+        }
+    )
     uri = create_from_dirtree(tree, str(base_dir), "mixed")
     assert open_dataset(uri).get_annotation(keys.IMAGE_DIMENSIONS) is None
     with pytest.raises(InputDataError, match=r"different shapes .*pass size=\(W, H\)"):
@@ -323,12 +334,21 @@ def test_palette_transparency_becomes_alpha(make_tree, base_dir):
 
 # --- split ---------------------------------------------------------------------------------
 
+
 def test_stratified_split_is_pinned_for_a_seed():
     labels = np.array([0] * 5 + [1] * 5)
     values = stratified_split(labels, test=0.4, seed=0)
     assert values.tolist() == [
-        "train", "train", "test", "train", "test",
-        "train", "test", "train", "train", "test",
+        "train",
+        "train",
+        "test",
+        "train",
+        "test",
+        "train",
+        "test",
+        "train",
+        "train",
+        "test",
     ]
     assert stratified_split(labels, test=0.4, seed=0).tolist() == values.tolist()
     assert stratified_split(labels, test=0.4, seed=1).tolist() != values.tolist()
@@ -343,11 +363,14 @@ def test_stratified_split_keeps_class_proportions():
         assert (chosen == "valid").sum() == round(n * 0.1)
 
 
-@pytest.mark.parametrize(("test", "valid", "match"), [
-    (0.0, 0.0, "test should be a fraction between 0 and 1, but got test=0.0"),
-    (1.5, 0.0, "but got test=1.5"),
-    (0.5, 0.5, "test \\+ valid < 1, but got valid=0.5"),
-])
+@pytest.mark.parametrize(
+    ("test", "valid", "match"),
+    [
+        (0.0, 0.0, "test should be a fraction between 0 and 1, but got test=0.0"),
+        (1.5, 0.0, "but got test=1.5"),
+        (0.5, 0.5, "test \\+ valid < 1, but got valid=0.5"),
+    ],
+)
 def test_stratified_split_refuses_bad_fractions(test, valid, match):
     with pytest.raises(ParametersError, match=match):
         stratified_split(np.zeros(4, int), test=test, valid=valid, seed=0)
@@ -410,6 +433,7 @@ def test_unknown_usetype_is_refused(image_uri, digits_uri):
 
 # --- the original dtoolAI 0.2.0 conventions ------------------------------------------------
 
+
 def _dtoolai_tensor_dataset(base: Path, data: np.ndarray, labels: np.ndarray, dims: list[int]) -> str:
     """As dtoolai.data.create_tensor_dataset_from_arrays wrote it (plain dtoolcore)."""
     with dtoolcore.DataSetCreator("dtoolai-tensors", normalise_uri(str(base))) as creator:
@@ -453,12 +477,14 @@ def test_dtoolai_tensor_labels_keep_their_values_when_a_class_is_absent(tmp_path
     assert ds.label_counts()["2"] == 2
 
 
-def _dtoolai_image_dataset(base: Path, tree: dict[str, dict[str, tuple[np.ndarray, str]]],
-                           encoding: dict[str, int]) -> str:
+def _dtoolai_image_dataset(
+    base: Path, tree: dict[str, dict[str, tuple[np.ndarray, str]]], encoding: dict[str, int]
+) -> str:
     """As dtoolai.utils.image_dataset_from_dirtree wrote it, plus a usetype per item."""
     src = base / "src"
-    with dtoolcore.DataSetCreator("dtoolai-images", normalise_uri(str(base)),
-                                  readme_content="---\nCreated from directory: src\n") as creator:
+    with dtoolcore.DataSetCreator(
+        "dtoolai-images", normalise_uri(str(base)), readme_content="---\nCreated from directory: src\n"
+    ) as creator:
         for cat, files in tree.items():
             (src / cat).mkdir(parents=True)
             for fname, (pixels, usetype) in files.items():

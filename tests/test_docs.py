@@ -20,6 +20,7 @@ Markers, HTML comments on the line just before a fence (invisible when rendered)
 - ``<!-- skip-test: REASON -->``: the block is not run; the reason is required and shown.
 A block that is meant to fail must say so in shell (``! reprodl verify ...``).
 """
+
 from __future__ import annotations
 
 import os
@@ -89,9 +90,16 @@ def parse_blocks(path: Path, text: str | None = None) -> list[Block]:
         prev = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
         marker = MARKER.match(prev.strip())
         kind, value = (marker.group(1), marker.group(2)) if marker else (None, None)
-        blocks.append(Block(path, start + 1, lang, "\n".join(body) + "\n",
-                            file=value if kind == "file" else None,
-                            skip=value if kind == "skip-test" else None))
+        blocks.append(
+            Block(
+                path,
+                start + 1,
+                lang,
+                "\n".join(body) + "\n",
+                file=value if kind == "file" else None,
+                skip=value if kind == "skip-test" else None,
+            )
+        )
     return blocks
 
 
@@ -107,7 +115,7 @@ def script_for(blocks: list[Block], *, port: str) -> str:
     for n, block in enumerate(blocks):
         if not block.runs:
             continue
-        parts.append(f"echo \"@@doc-block {n} {block.where} at ${{SECONDS}}s@@\"")
+        parts.append(f'echo "@@doc-block {n} {block.where} at ${{SECONDS}}s@@"')
         body = block.text.replace(DOC_PORT, port)
         if block.file is not None:
             target = shlex.quote(block.file)
@@ -134,9 +142,13 @@ def new_user_dir(root: Path) -> dict[str, str]:
     activate.parent.mkdir(parents=True)
     activate.write_text(f'export PATH={shlex.quote(str(bindir))}:"$PATH"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env.update(PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1",
-               MKL_NUM_THREADS="1", MPLBACKEND="Agg",
-               DTOOL_CACHE_DIRECTORY=str(root / ".dtool-cache"))
+    env.update(
+        PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        MPLBACKEND="Agg",
+        DTOOL_CACHE_DIRECTORY=str(root / ".dtool-cache"),
+    )
     src = str(REPO / "src")  # this checkout's reprodl, as the rest of the suite uses
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     return env
@@ -150,9 +162,15 @@ def run_doc(path: Path, workdir: Path) -> tuple[int, str, int]:
     script.write_text(script_for(blocks, port=str(free_port())))
     log = workdir / ".doc-output.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(["bash", str(script)], cwd=workdir, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", str(script)],
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             rc = proc.wait(timeout=DOC_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -173,9 +191,12 @@ def failed_block(output: str) -> str:
 
 # ---- the parser and the conventions (fast) ----
 
+
 def test_blocks_are_parsed_with_their_markers(tmp_path: Path) -> None:
-    md = ("# T\n\n```bash\necho hi\n```\n\n<!-- file: cfg/a.yaml -->\n```yaml\na: 1\n```\n\n"
-          "<!-- skip-test: needs a GPU -->\n\n```python\nimport torch\n```\n\n```\ntree/\n```\n")
+    md = (
+        "# T\n\n```bash\necho hi\n```\n\n<!-- file: cfg/a.yaml -->\n```yaml\na: 1\n```\n\n"
+        "<!-- skip-test: needs a GPU -->\n\n```python\nimport torch\n```\n\n```\ntree/\n```\n"
+    )
     blocks = parse_blocks(tmp_path / "t.md", md)
     assert [(b.lang, b.line, b.file, b.skip, b.runs) for b in blocks] == [
         ("bash", 3, None, None, True),
@@ -186,10 +207,12 @@ def test_blocks_are_parsed_with_their_markers(tmp_path: Path) -> None:
 
 
 def test_a_document_runs_in_order_in_one_session(tmp_path: Path) -> None:
-    md = (tmp_path / "t.md")
-    md.write_text("```bash\nX=hello\nmkdir -p out\n```\n<!-- file: out/cfg.txt -->\n```yaml\nport: 8081\n```\n"
-                  "```python\nfrom pathlib import Path\nprint(Path('out/cfg.txt').read_text().strip())\n```\n"
-                  "```console\n$ echo \"$X again\"\nhello again\n```\n")
+    md = tmp_path / "t.md"
+    md.write_text(
+        "```bash\nX=hello\nmkdir -p out\n```\n<!-- file: out/cfg.txt -->\n```yaml\nport: 8081\n```\n"
+        "```python\nfrom pathlib import Path\nprint(Path('out/cfg.txt').read_text().strip())\n```\n"
+        '```console\n$ echo "$X again"\nhello again\n```\n'
+    )
     rc, output, n = run_doc(md, tmp_path / "work")
     assert (rc, n) == (0, 4), output
     assert "port: 8081" not in output and re.search(r"port: \d+", output)
@@ -222,6 +245,7 @@ def test_a_missing_image_is_named_as_missing_not_corrupt(tmp_path: Path) -> None
 
 
 # ---- the docs themselves (slow: every command trains or reads real datasets) ----
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])

@@ -4,6 +4,7 @@
 Each property runs a modest number of examples (FUZZ_EXAMPLES) so the file takes a few
 seconds; raise it locally (``REPRODL_FUZZ_EXAMPLES=5000``) to search harder.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,26 +25,56 @@ from hypothesis import strategies as st
 from reprodl.errors import ReprodlError
 
 FUZZ_EXAMPLES = int(os.environ.get("REPRODL_FUZZ_EXAMPLES", "200"))
-fuzz = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+fuzz = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 # JSON-like values: what a hostile provenance.json, annotation or config can hold.
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
-json_values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=4)
-                           | st.dictionaries(st.text(max_size=10), kids, max_size=4), max_leaves=20)
+json_values = st.recursive(
+    scalars,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+    max_leaves=20,
+)
 
 VALID_RECORD: dict[str, Any] = {
-    "schema_version": "1.0", "kind": "model", "model_name": "m", "created_at": "2024-01-01T00:00:00Z",
-    "reprodl_version": "0", "digest": None,
-    "architecture": {"import_path": "reprodl.zoo:GenNet", "module": "reprodl.zoo", "class_name": "GenNet",
-                     "init_params": {"input_channels": 1}},
-    "data": [{"role": "train", "uri": "file:///d", "uuid": "u", "name": "d", "manifest_digest": "sha256:0",
-              "readme": "name: d", "category_encoding": {"0": 0, "1": 1}, "input_shape": [1, 8, 8],
-              "transform": {"class": "reprodl.transforms.Resize", "config": {"name": "Resize", "size": [8, 8]}}}],
-    "training": {"optimizer": {"class_name": "SGD", "module": "torch.optim"},
-                 "loss": {"class_name": "NLLLoss", "module": "torch.nn"}, "epochs": 1, "batch_size": 2,
-                 "seeds": {"seed": 0, "python": 0, "numpy": 0, "torch": 0, "dataloader_generator": 0},
-                 "determinism": {"mode": "bitwise", "use_deterministic_algorithms": True}, "device": "cpu"},
+    "schema_version": "1.0",
+    "kind": "model",
+    "model_name": "m",
+    "created_at": "2024-01-01T00:00:00Z",
+    "reprodl_version": "0",
+    "digest": None,
+    "architecture": {
+        "import_path": "reprodl.zoo:GenNet",
+        "module": "reprodl.zoo",
+        "class_name": "GenNet",
+        "init_params": {"input_channels": 1},
+    },
+    "data": [
+        {
+            "role": "train",
+            "uri": "file:///d",
+            "uuid": "u",
+            "name": "d",
+            "manifest_digest": "sha256:0",
+            "readme": "name: d",
+            "category_encoding": {"0": 0, "1": 1},
+            "input_shape": [1, 8, 8],
+            "transform": {"class": "reprodl.transforms.Resize", "config": {"name": "Resize", "size": [8, 8]}},
+        }
+    ],
+    "training": {
+        "optimizer": {"class_name": "SGD", "module": "torch.optim"},
+        "loss": {"class_name": "NLLLoss", "module": "torch.nn"},
+        "epochs": 1,
+        "batch_size": 2,
+        "seeds": {"seed": 0, "python": 0, "numpy": 0, "torch": 0, "dataloader_generator": 0},
+        "determinism": {"mode": "bitwise", "use_deterministic_algorithms": True},
+        "device": "cpu",
+    },
     "environment": {"python": "3", "implementation": "CPython", "platform": "x", "machine": "x"},
 }
 
@@ -118,10 +149,23 @@ def test_transform_configs_from_a_record(config):
 
 
 @fuzz
-@given(st.sampled_from(["Resize", "CenterCrop", "RandomCrop", "Normalize", "ToTensor", "GaussianNoise",
-                        "RandomHorizontalFlip", "Compose"]),
-       st.dictionaries(st.sampled_from(["size", "padding", "mean", "std", "mode", "p", "transforms"]),
-                       json_values, max_size=3))
+@given(
+    st.sampled_from(
+        [
+            "Resize",
+            "CenterCrop",
+            "RandomCrop",
+            "Normalize",
+            "ToTensor",
+            "GaussianNoise",
+            "RandomHorizontalFlip",
+            "Compose",
+        ]
+    ),
+    st.dictionaries(
+        st.sampled_from(["size", "padding", "mean", "std", "mode", "p", "transforms"]), json_values, max_size=3
+    ),
+)
 def test_named_transform_configs_with_any_arguments(name, args):
     from reprodl.transforms import from_config
 
@@ -138,8 +182,13 @@ def test_readme_validation_on_any_text(text):
 
 
 @fuzz
-@given(st.dictionaries(st.sampled_from(["name", "description", "authors", "origin", "license", "usetype", "x"]),
-                       json_values, max_size=6))
+@given(
+    st.dictionaries(
+        st.sampled_from(["name", "description", "authors", "origin", "license", "usetype", "x"]),
+        json_values,
+        max_size=6,
+    )
+)
 def test_readme_validation_on_any_mapping(data):
     import yaml
 
@@ -148,9 +197,40 @@ def test_readme_validation_on_any_mapping(data):
     _only_reprodl_errors(validate_readme, yaml.safe_dump(data))
 
 
-YAML_PIECES = st.sampled_from(["a", ":", " ", "\n", "- ", "&x", "*x", "!!", "!!binary", "!!timestamp", "{", "}",
-                               "[", "]", "?", "'", '"', "|", ">", "#", "%YAML 1.1\n", "---", "...", "2001-12-14",
-                               "0x1F", ".nan", "!!python/object:os.system", "<<: ", "\t", "1e400"])
+YAML_PIECES = st.sampled_from(
+    [
+        "a",
+        ":",
+        " ",
+        "\n",
+        "- ",
+        "&x",
+        "*x",
+        "!!",
+        "!!binary",
+        "!!timestamp",
+        "{",
+        "}",
+        "[",
+        "]",
+        "?",
+        "'",
+        '"',
+        "|",
+        ">",
+        "#",
+        "%YAML 1.1\n",
+        "---",
+        "...",
+        "2001-12-14",
+        "0x1F",
+        ".nan",
+        "!!python/object:os.system",
+        "<<: ",
+        "\t",
+        "1e400",
+    ]
+)
 
 
 @fuzz
@@ -164,8 +244,13 @@ def test_yaml_loader_on_yaml_like_text(text):
 
 
 # --- config loading ---------------------------------------------------------------------------
-CONFIG = {"name": "c", "output": "out", "data": {"train": {"uri": "data", "usetype": "train"}},
-          "model": {"class": "GenNet"}, "params": {"seed": 0}}
+CONFIG = {
+    "name": "c",
+    "output": "out",
+    "data": {"train": {"uri": "data", "usetype": "train"}},
+    "model": {"class": "GenNet"},
+    "params": {"seed": 0},
+}
 
 
 @fuzz
@@ -196,10 +281,11 @@ def test_config_file_with_any_text(tmp_path_factory, text):
 
 
 # --- URI parsing -------------------------------------------------------------------------------
-uri_like = (st.text(max_size=60)
-            | st.builds(lambda s, rest: f"{s}{rest}", st.sampled_from(["file://", "http://", "https://", "s3://",
-                                                                      "ftp://", "c:", "file:", "//", "s3:///"]),
-                        st.text(max_size=40)))
+uri_like = st.text(max_size=60) | st.builds(
+    lambda s, rest: f"{s}{rest}",
+    st.sampled_from(["file://", "http://", "https://", "s3://", "ftp://", "c:", "file:", "//", "s3:///"]),
+    st.text(max_size=40),
+)
 
 
 @fuzz
@@ -207,8 +293,16 @@ uri_like = (st.text(max_size=60)
 def test_uri_functions_on_any_text(uri, name):
     from reprodl.store import uris
 
-    for fn in (uris.normalise_uri, uris.scheme_of, uris.local_path, uris.check_name, uris.check_relpath,
-               uris.relpath_problem, uris.file_name_problem, uris.name_is_valid):
+    for fn in (
+        uris.normalise_uri,
+        uris.scheme_of,
+        uris.local_path,
+        uris.check_name,
+        uris.check_relpath,
+        uris.relpath_problem,
+        uris.file_name_problem,
+        uris.name_is_valid,
+    ):
         _only_reprodl_errors(fn, uri)
     _only_reprodl_errors(uris.dataset_uri, uri, name)
 
@@ -223,15 +317,18 @@ def test_uri_checks_on_any_value(value):
 
 
 # --- IDX and npy readers ---------------------------------------------------------------------------
-idx_headers = st.builds(lambda code, ndim, dims, body: bytes([0, 0, code, ndim])
-                        + struct.pack(f">{len(dims)}I", *dims) + body,
-                        st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x00, 0xFF]),
-                        st.integers(0, 255) | st.integers(0, 4),
-                        st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 4), max_size=5),
-                        st.binary(max_size=64))
-magic_prefixed = st.builds(lambda magic, rest: magic + rest,
-                           st.sampled_from([b"\x00\x00\x08\x03", b"\x00\x00\x0d\x01", b"\x1f\x8b",
-                                            b"\x1f\x8b\x08\x00", b"\x00\x00"]), st.binary(max_size=40))
+idx_headers = st.builds(
+    lambda code, ndim, dims, body: bytes([0, 0, code, ndim]) + struct.pack(f">{len(dims)}I", *dims) + body,
+    st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x00, 0xFF]),
+    st.integers(0, 255) | st.integers(0, 4),
+    st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 4), max_size=5),
+    st.binary(max_size=64),
+)
+magic_prefixed = st.builds(
+    lambda magic, rest: magic + rest,
+    st.sampled_from([b"\x00\x00\x08\x03", b"\x00\x00\x0d\x01", b"\x1f\x8b", b"\x1f\x8b\x08\x00", b"\x00\x00"]),
+    st.binary(max_size=40),
+)
 
 
 @fuzz
@@ -262,7 +359,7 @@ def test_npy_readers_on_a_mutated_file(tmp_path_factory, at, patch, truncate):
     from reprodl.data.creators import load_array_file
     from reprodl.data.datasets import _load_npy
 
-    data = NPY[:at] if truncate else NPY[:at] + patch + NPY[at + len(patch):]
+    data = NPY[:at] if truncate else NPY[:at] + patch + NPY[at + len(patch) :]
     path = tmp_path_factory.mktemp("npy") / "a.npy"
     path.write_bytes(data)
     _only_reprodl_errors(load_array_file, path)
@@ -313,14 +410,24 @@ def _safetensors_bytes() -> bytes:
 
 
 SAFETENSORS = _safetensors_bytes()
-weight_files = (st.binary(max_size=200)
-                | st.builds(lambda n, header, body: struct.pack("<Q", n) + header + body,
-                            st.integers(0, 2**64 - 1) | st.integers(0, 300), st.binary(max_size=100),
-                            st.binary(max_size=64))
-                | st.builds(lambda at, patch: SAFETENSORS[:at] + patch + SAFETENSORS[at + len(patch):],
-                            st.integers(0, len(SAFETENSORS)), st.binary(min_size=1, max_size=8))
-                | st.builds(lambda header: struct.pack("<Q", len(header)) + header + b"\0" * 64,
-                            json_values.map(lambda v: json.dumps(v).encode())))
+weight_files = (
+    st.binary(max_size=200)
+    | st.builds(
+        lambda n, header, body: struct.pack("<Q", n) + header + body,
+        st.integers(0, 2**64 - 1) | st.integers(0, 300),
+        st.binary(max_size=100),
+        st.binary(max_size=64),
+    )
+    | st.builds(
+        lambda at, patch: SAFETENSORS[:at] + patch + SAFETENSORS[at + len(patch) :],
+        st.integers(0, len(SAFETENSORS)),
+        st.binary(min_size=1, max_size=8),
+    )
+    | st.builds(
+        lambda header: struct.pack("<Q", len(header)) + header + b"\0" * 64,
+        json_values.map(lambda v: json.dumps(v).encode()),
+    )
+)
 
 
 @fuzz

@@ -1,4 +1,5 @@
 """README metadata: validation that names the bad field, user schemas, bad YAML."""
+
 from __future__ import annotations
 
 import json

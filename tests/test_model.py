@@ -1,4 +1,5 @@
 """TrainedTorchModel: load safely from any URI, predict, convert images, evaluate."""
+
 from __future__ import annotations
 
 import io
@@ -63,6 +64,7 @@ def no_unpickling(monkeypatch):
 
 # --- loading -----------------------------------------------------------------------------------
 
+
 def test_loads_from_a_path_and_from_file_uris(trained_model, held_out):
     from reprodl import TrainedTorchModel
 
@@ -97,7 +99,9 @@ def test_pickled_weights_named_safetensors_are_refused(trained_model, tmp_path, 
     with create_dataset(str(tmp_path), "pickled") as writer:
         writer.put_item(src.item_path(src.identifier_of(keys.PROVENANCE_FILE)), keys.PROVENANCE_FILE)
         writer.put_bytes(buf.getvalue(), keys.WEIGHTS_FILE)
-    with pytest.raises(ModelLoadError, match=r"model\.safetensors is a pickle/zip \(torch\.save\) file, not safetensors"):
+    with pytest.raises(
+        ModelLoadError, match=r"model\.safetensors is a pickle/zip \(torch\.save\) file, not safetensors"
+    ):
         TrainedTorchModel(writer.uri)
 
 
@@ -107,9 +111,12 @@ def test_weights_only_as_a_pickle_file_are_refused(trained_model, tmp_path, no_u
     state = load_file(str(trained_model.path / "data" / keys.WEIGHTS_FILE))
     buf = io.BytesIO()
     torch.save(state, buf)
-    uri = rewrite_model(trained_model.uri, tmp_path, "pt-only", drop=(keys.WEIGHTS_FILE,),
-                        replace={"model.pt": buf.getvalue()})
-    with pytest.raises(ModelLoadError, match=r"holds weights as a pickle \(model\.pt\).*Convert the weights to safetensors"):
+    uri = rewrite_model(
+        trained_model.uri, tmp_path, "pt-only", drop=(keys.WEIGHTS_FILE,), replace={"model.pt": buf.getvalue()}
+    )
+    with pytest.raises(
+        ModelLoadError, match=r"holds weights as a pickle \(model\.pt\).*Convert the weights to safetensors"
+    ):
         TrainedTorchModel(uri)
 
 
@@ -134,14 +141,17 @@ def test_weights_that_do_not_match_the_record_are_refused(trained_model, tmp_pat
 def test_a_class_outside_the_zoo_needs_allow_or_model_class(digits_split_master, tmp_path):
     from reprodl import TrainedTorchModel
 
-    uri, record = train_digits(tmp_path, "tiny", digits_split_master, valid=False, model=TinyNet(),
-                               init_params={"input_dim": 8})
+    uri, record = train_digits(
+        tmp_path, "tiny", digits_split_master, valid=False, model=TinyNet(), init_params={"input_dim": 8}
+    )
     assert record.architecture.import_path == "train_fixtures:TinyNet"
     with pytest.raises(UnsafeImportError, match=r"pass allow=\['train_fixtures'\].*or model_class=YourClass"):
         TrainedTorchModel(uri)
-    for loaded in (TrainedTorchModel(uri, allow=["train_fixtures"]),
-                   TrainedTorchModel(uri, allow=["train_fixtures:TinyNet"]),
-                   TrainedTorchModel(uri, model_class=TinyNet)):
+    for loaded in (
+        TrainedTorchModel(uri, allow=["train_fixtures"]),
+        TrainedTorchModel(uri, allow=["train_fixtures:TinyNet"]),
+        TrainedTorchModel(uri, model_class=TinyNet),
+    ):
         assert type(loaded.model) is TinyNet
         assert loaded.predict(torch.zeros(2, 1, 8, 8)).shape == (2,)
 
@@ -160,6 +170,7 @@ def test_a_record_naming_arbitrary_code_never_imports_it(trained_model, tmp_path
 
 
 # --- predicting ---------------------------------------------------------------------------------
+
 
 def test_predict_batches_single_samples_and_arrays(model, held_out):
     x, _ = _inputs(held_out, 16)
@@ -211,6 +222,7 @@ def test_images_of_other_modes_and_sizes_are_converted(model, held_out, tmp_path
 
 # --- evaluating ---------------------------------------------------------------------------------
 
+
 def test_evaluate_reports_accuracy_per_class_and_the_majority_baseline(model, held_out):
     result = model.evaluate(held_out)
     x, y = _inputs(held_out, len(held_out))
@@ -238,8 +250,14 @@ def test_evaluate_refuses_data_with_other_categories(model, trained_model, tmp_p
     from reprodl.data.creators import create_from_arrays
 
     digits = TensorDataSet(trained_model.data_uri)
-    uri = create_from_arrays(np.asarray(digits.data[:50]), digits.labels[:50] % 3, str(tmp_path), "three",
-                             image_dimensions=[1, 8, 8], categories=["a", "b", "c"])
+    uri = create_from_arrays(
+        np.asarray(digits.data[:50]),
+        digits.labels[:50] % 3,
+        str(tmp_path),
+        "three",
+        image_dimensions=[1, 8, 8],
+        categories=["a", "b", "c"],
+    )
     with pytest.raises(ModelLoadError, match="evaluate on data with the model's categories"):
         model.evaluate(TensorDataSet(uri))
 

@@ -1,4 +1,5 @@
 """The top-level package: a small sorted public API, and importing it changes nothing."""
+
 from __future__ import annotations
 
 import subprocess
@@ -26,8 +27,10 @@ def test_importing_reprodl_imports_no_torch_and_sets_no_global_state():
 
 
 def test_reproduce_is_the_function_even_after_its_module_was_imported():
-    code = ("import reprodl.reproduction, reprodl.train, reprodl.model; "
-            "from reprodl import reproduce, TrainedTorchModel, DerivedDataSet; "
-            "assert callable(reproduce) and reproduce.__name__ == 'reproduce'; print('ok')")
+    code = (
+        "import reprodl.reproduction, reprodl.train, reprodl.model; "
+        "from reprodl import reproduce, TrainedTorchModel, DerivedDataSet; "
+        "assert callable(reproduce) and reproduce.__name__ == 'reproduce'; print('ok')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -3,6 +3,7 @@
 The servers are started and stopped by the fixtures in ``remote_servers.py``. Nothing is
 mocked except, in two tests, a failure injected into a real upload.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from remote_servers import *  # noqa: F403 - the server fixtures
 from remote_servers import HTTPServer, S3Bucket, closed_port, configure_bucket, write_dirtree
+
 from reprodl import store
 from reprodl.data.datasets import ImageDataSet, TensorDataSet
 from reprodl.errors import DatasetExistsError, DatasetNotFoundError, InvalidURIError, StorageError

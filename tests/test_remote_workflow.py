@@ -1,5 +1,6 @@
 """The paper's workflow across real servers: train from an http:// URI, publish a model over
 http, write a model to s3://, and reproduce a model whose data are remote."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from remote_servers import *  # noqa: F403 - the server fixtures
 from remote_servers import HTTPServer, S3Bucket
+
 from reprodl import (
     DerivedDataSet,
     GenNet,
@@ -31,8 +32,9 @@ def train(train_ds, base_uri: str, name: str) -> str:
     model = GenNet(**params.init_params)
     optimiser = torch.optim.SGD(model.parameters(), lr=params.learning_rate)
     with DerivedDataSet(base_uri, name, train_ds) as output_ds:
-        train_model_with_metadata_capture(model, train_ds, optimiser, torch.nn.NLLLoss(), params, output_ds,
-                                          progress=False)
+        train_model_with_metadata_capture(
+            model, train_ds, optimiser, torch.nn.NLLLoss(), params, output_ds, progress=False
+        )
     assert output_ds.uri is not None
     return output_ds.uri
 
@@ -41,8 +43,9 @@ def digit_image(ds: TensorDataSet, k: int) -> Image.Image:
     return Image.fromarray(np.asarray(ds.data[ds.rows[k]]).reshape(8, 8).astype(np.uint8))
 
 
-def test_training_straight_from_an_http_uri_records_it_and_reproduces(http_server: HTTPServer, dtool_cache,
-                                                                      tmp_path: Path):
+def test_training_straight_from_an_http_uri_records_it_and_reproduces(
+    http_server: HTTPServer, dtool_cache, tmp_path: Path
+):
     data_uri = http_server.uri("digits")
     train_ds = TensorDataSet(data_uri)
     model_uri = train(train_ds, str(tmp_path), "from-http")
@@ -91,6 +94,7 @@ def test_failed_training_to_s3_leaves_the_bucket_empty(s3_bucket: S3Bucket, digi
 
     with pytest.raises(RuntimeError, match="loss exploded"):
         with DerivedDataSet(s3_bucket.base_uri, "broken", train_ds) as output_ds:
-            train_model_with_metadata_capture(model, train_ds, optimiser, broken_loss, params, output_ds,
-                                              progress=False)
+            train_model_with_metadata_capture(
+                model, train_ds, optimiser, broken_loss, params, output_ds, progress=False
+            )
     assert s3_bucket.keys() == []

@@ -5,6 +5,7 @@ before any training, naming the item; edited metadata in a copy does not fool ve
 a statistical-mode model is judged on numbers, never called `identical`; environment
 differences are listed; a multi-run envelope judges a statistical reproduction.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import snapshot
+
 from reprodl import keys
 from reprodl.checks import verify_model
 from reprodl.errors import IntegrityError, ParametersError, ReproductionError
@@ -34,6 +35,7 @@ def _failed(result) -> dict[str, str]:
 
 
 # --- bitwise reproduction ------------------------------------------------------------------------
+
 
 def test_cpu_model_with_default_settings_reproduces_identical(trained_model, tmp_path):
     report = reproduce(trained_model.uri, output=str(tmp_path))
@@ -55,10 +57,15 @@ def test_cpu_model_with_default_settings_reproduces_identical(trained_model, tmp
 
 def test_model_with_adam_a_scheduler_and_loss_arguments_reproduces_identical(digits_split_master, tmp_path):
     uri, record = train_digits(
-        tmp_path, "adam", digits_split_master, n_epochs=2, valid=False,
+        tmp_path,
+        "adam",
+        digits_split_master,
+        n_epochs=2,
+        valid=False,
         loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=0.1),
         optimiser=lambda net, p: torch.optim.Adam(net.parameters(), lr=0.01, betas=(0.8, 0.99), weight_decay=1e-4),
-        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+    )
     assert record.training.optimizer.param_groups[0]["betas"] == [0.8, 0.99]
     report = reproduce(uri)
     assert report.verdict == "identical", report.reasons
@@ -69,8 +76,9 @@ def test_unseeded_initial_weights_are_stored_and_reproduce(digits_split_master, 
     from reprodl import GenNet
 
     torch.manual_seed(12345)  # not the params' seed: the start cannot be rebuilt from the constructor
-    uri, record = train_digits(tmp_path, "stored", digits_split_master, valid=False,
-                               model=GenNet(input_channels=1, input_dim=8))
+    uri, record = train_digits(
+        tmp_path, "stored", digits_split_master, valid=False, model=GenNet(input_channels=1, input_dim=8)
+    )
     assert record.architecture.initialisation == "stored"
     ds = open_dataset(uri)
     assert keys.INITIAL_WEIGHTS_FILE in {ds.relpath(i) for i in ds.identifiers}
@@ -80,8 +88,9 @@ def test_unseeded_initial_weights_are_stored_and_reproduce(digits_split_master, 
 def test_fine_tuned_model_reproduces_from_its_parent(digits_split_master, tmp_path):
     from reprodl.config import build_and_train, load_config
 
-    parent_uri, _ = build_and_train(load_config(digits_config(digits_split_master, tmp_path, name="parent")),
-                                    progress=False)
+    parent_uri, _ = build_and_train(
+        load_config(digits_config(digits_split_master, tmp_path, name="parent")), progress=False
+    )
     cfg = digits_config(digits_split_master, tmp_path, name="child")
     cfg.update(parent=parent_uri, freeze=["conv1", "conv2"])
     child_uri, record = build_and_train(load_config(cfg), progress=False)
@@ -91,6 +100,7 @@ def test_fine_tuned_model_reproduces_from_its_parent(digits_split_master, tmp_pa
 
 
 # --- changed data: refused before training ------------------------------------------------------
+
 
 @pytest.mark.parametrize("keep_mtime", [False, True], ids=["edited", "edited-mtime-restored"])
 def test_changed_training_item_is_refused_before_training(digits_split_uri, tmp_path, keep_mtime):
@@ -105,7 +115,7 @@ def test_changed_training_item_is_refused_before_training(digits_split_uri, tmp_
 
     result = verify_model(uri, data=True)
     assert not result.ok
-    (name, detail), = _failed(result).items()
+    ((name, detail),) = _failed(result).items()
     assert name.startswith("train data digits") and "content altered: data.npy" in detail
 
 
@@ -118,11 +128,16 @@ def test_missing_training_data_is_refused(digits_split_uri, tmp_path):
 
 # --- edited metadata does not fool verification ------------------------------------------------
 
+
 def test_verify_passes_on_an_untouched_model(trained_model):
     result = verify_model(trained_model.uri, data=True)
     assert result.ok, _failed(result)
-    assert [c.name for c in result.checks][:4] == ["model dataset items match its manifest", "provenance record digest",
-                                                  "annotations mirror the record", "weights match the record"]
+    assert [c.name for c in result.checks][:4] == [
+        "model dataset items match its manifest",
+        "provenance record digest",
+        "annotations mirror the record",
+        "weights match the record",
+    ]
 
 
 def test_edited_annotations_in_a_copy_do_not_fool_verify(model_copy):
@@ -137,7 +152,7 @@ def test_edited_annotations_in_a_copy_do_not_fool_verify(model_copy):
     failed = _failed(result)
     assert list(failed) == ["annotations mirror the record"]
     assert "model_parameters" in failed["annotations mirror the record"]
-    assert "source_dataset_name says \"mnist\"" in failed["annotations mirror the record"]
+    assert 'source_dataset_name says "mnist"' in failed["annotations mirror the record"]
 
 
 def test_edited_record_in_a_copy_fails_verification(model_copy):
@@ -179,9 +194,9 @@ def test_edited_and_refrozen_hyperparameters_are_caught_by_reproduction(trained_
 
 # --- statistical mode ---------------------------------------------------------------------------
 
+
 def test_statistical_mode_is_reported_with_numbers_never_identical(digits_split_master, tmp_path):
-    uri, record = train_digits(tmp_path, "stat", digits_split_master, n_epochs=2, deterministic=False,
-                               num_workers=2)
+    uri, record = train_digits(tmp_path, "stat", digits_split_master, n_epochs=2, deterministic=False, num_workers=2)
     t = record.training
     assert t.determinism.mode == "statistical" and t.num_workers == 2 and len(t.seeds.worker_seeds) == 2
     report = reproduce(uri)
@@ -201,6 +216,7 @@ def test_statistical_mode_is_reported_with_numbers_never_identical(digits_split_
 
 # --- environment differences ----------------------------------------------------------------------
 
+
 def test_report_lists_environment_differences(trained_model, tmp_path):
     def older_torch(raw):
         raw["environment"]["torch"] = "1.13.1"
@@ -218,6 +234,7 @@ def test_report_lists_environment_differences(trained_model, tmp_path):
 
 # --- diff -------------------------------------------------------------------------------------
 
+
 def test_diff_shows_differing_hyperparameters(trained_model, digits_split_master, tmp_path):
     _, other = train_digits(tmp_path, "slower", digits_split_master, n_epochs=3, learning_rate=0.02)
     diff = diff_records(trained_model.record, other)
@@ -230,6 +247,7 @@ def test_diff_shows_differing_hyperparameters(trained_model, digits_split_master
 
 # --- tolerance -------------------------------------------------------------------------------------
 
+
 def test_tolerance_parses_a_number_or_named_values():
     assert Tolerance.parse("1e-6").atol == 1e-6
     tol = Tolerance.parse("atol=1e-3,rtol=0,metric=0.1,agreement=0.9")
@@ -240,6 +258,7 @@ def test_tolerance_parses_a_number_or_named_values():
 
 
 # --- multi-run envelopes ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def multirun(digits_split_master, tmp_path_factory):
@@ -270,7 +289,8 @@ def test_seeds_write_a_summary_dataset_with_statistics_and_a_plot(multirun):
             assert row["std"] == pytest.approx(np.std(values, ddof=1))
             assert (row["min"], row["max"], row["n"]) == (min(values), max(values), 3)
     assert summary["final"]["valid_accuracy"]["mean"] == pytest.approx(
-        np.mean([r.results.final["valid_accuracy"] for r in records]))
+        np.mean([r.results.final["valid_accuracy"] for r in records])
+    )
     ds = open_dataset(result.summary_uri)
     assert ds.get_annotation(keys.MODEL_KIND) == keys.KIND_SUMMARY
     assert ds.get_annotation("reprodl.members") == result.model_uris
@@ -285,8 +305,7 @@ def test_splits_train_one_model_per_split(multirun):
     from reprodl.multirun import train_many
 
     cfg, _ = multirun
-    result = train_many(cfg.model_copy(update={"name": "mr-split", "params": {**cfg.params, "n_epochs": 1}}),
-                        splits=2)
+    result = train_many(cfg.model_copy(update={"name": "mr-split", "params": {**cfg.params, "n_epochs": 1}}), splits=2)
     assert result.summary["varied"] == "split" and result.summary["n_runs"] == 2
     records = [load_record(u) for u in result.model_uris]
     assert [r.data[0].split for r in records] == [{"test": 0.2, "seed": 0}, {"test": 0.2, "seed": 1}]

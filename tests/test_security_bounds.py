@@ -4,6 +4,7 @@ Labels never size allocations, transform sizes are bounded, YAML aliases are ref
 READMEs have a size limit and are stored once in a record, every http request has a
 timeout and a size limit, deep JSON is a clear error (never a RecursionError).
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from remote_servers import *  # the dtool_cache fixture
+from remote_servers import *  # noqa: F403 - the dtool_cache fixture
 
 from reprodl import keys, store
 from reprodl.config import load_config
@@ -48,18 +49,23 @@ from reprodl.transforms import (
     from_description,
 )
 
-BILLION_LAUGHS = "\n".join(
-    ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)]
-) + "\nname: x\ndescription: x\nauthors: [x]\norigin: x\n"
+BILLION_LAUGHS = (
+    "\n".join(
+        ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+        + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)]
+    )
+    + "\nname: x\ndescription: x\nauthors: [x]\norigin: x\n"
+)
 DEEP_JSON = "[" * 100_000
 
 
 def _tensor_dataset(base: Path, name: str, labels: np.ndarray, *, encoding: dict[str, int] | None = None) -> str:
     """A frozen TensorDataSet written item by item, so its labels may be anything."""
     with store.create_dataset(str(base), name, readme="name: x\n") as writer:
-        for arr, rel in ((np.zeros((len(labels), 4), np.uint8), keys.TENSOR_DATA_FILE),
-                         (labels, keys.TENSOR_LABELS_FILE)):
+        for arr, rel in (
+            (np.zeros((len(labels), 4), np.uint8), keys.TENSOR_DATA_FILE),
+            (labels, keys.TENSOR_LABELS_FILE),
+        ):
             with writer.item_file(rel) as path:
                 np.save(path, arr, allow_pickle=False)
         writer.put_annotation(keys.INPUT_TYPE, keys.INPUT_TYPE_TENSOR)
@@ -96,12 +102,15 @@ def test_negative_labels_are_refused_when_read(base_dir):
         TensorDataSet(uri)
 
 
-@pytest.mark.parametrize("encoding, match", [
-    ({"a": 10**12}, r"label 1000000000000; labels are integers from 0"),
-    ({"a": 0, "b": 0}, "the same label"),
-    ({"a": "zero"}, "label 'zero'"),
-    ([0, 1], "not a mapping"),
-])
+@pytest.mark.parametrize(
+    "encoding, match",
+    [
+        ({"a": 10**12}, r"label 1000000000000; labels are integers from 0"),
+        ({"a": 0, "b": 0}, "the same label"),
+        ({"a": "zero"}, "label 'zero'"),
+        ([0, 1], "not a mapping"),
+    ],
+)
 def test_a_hostile_category_encoding_is_refused(image_uri, encoding, match):
     store.open_dataset(image_uri).put_annotation(keys.CATEGORY_ENCODING, encoding)
     with pytest.raises(DatasetFormatError, match=match):
@@ -125,11 +134,19 @@ def test_tampered_labels_are_reported_as_tampering(digits_uri):
 
 
 # --- transform and image sizes ----------------------------------------------------------
-@pytest.mark.parametrize("build", [
-    lambda: Resize(10**9), lambda: Resize([16385, 4]), lambda: CenterCrop(100_000),
-    lambda: RandomCrop(8, padding=10**9), lambda: Resize(0), lambda: Resize(-5),
-    lambda: Resize(float("inf")), lambda: from_config({"name": "Resize", "size": [10**12, 10**12]}),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Resize(10**9),
+        lambda: Resize([16385, 4]),
+        lambda: CenterCrop(100_000),
+        lambda: RandomCrop(8, padding=10**9),
+        lambda: Resize(0),
+        lambda: Resize(-5),
+        lambda: Resize(float("inf")),
+        lambda: from_config({"name": "Resize", "size": [10**12, 10**12]}),
+    ],
+)
 def test_transform_sizes_are_bounded(build):
     with pytest.raises(TransformError, match="should be"):
         build()
@@ -166,13 +183,16 @@ def test_billion_laughs_config_is_refused(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("text, match", [
-    ("a: *undefined", "aliases"),
-    ("[" * 100_000, "nests deeper than 64"),
-    ("a:\n" + "".join(" " * i + "- \n" for i in range(1, 200)), "nests deeper than 64"),
-    ("? [1, 2]\n: x", "unhashable"),
-    ("a: !!python/object:os.system x", "could not determine a constructor"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("a: *undefined", "aliases"),
+        ("[" * 100_000, "nests deeper than 64"),
+        ("a:\n" + "".join(" " * i + "- \n" for i in range(1, 200)), "nests deeper than 64"),
+        ("? [1, 2]\n: x", "unhashable"),
+        ("a: !!python/object:os.system x", "could not determine a constructor"),
+    ],
+)
 def test_hostile_yaml_is_a_metadata_error(text, match):
     with pytest.raises(MetadataError, match=match):
         load_yaml(text, what="the README")
@@ -193,8 +213,9 @@ def _ref(role: str, uuid: str, readme: str) -> DataRef:
 
 
 def test_a_readme_is_stored_once_per_record_and_old_records_still_read():
-    refs = store_readmes_once([_ref("train", "A", "r-a"), _ref("valid", "A", "r-a"), _ref("test", "B", "r-b"),
-                               _ref("test", "A", "r-a")])
+    refs = store_readmes_once(
+        [_ref("train", "A", "r-a"), _ref("valid", "A", "r-a"), _ref("test", "B", "r-b"), _ref("test", "A", "r-a")]
+    )
     assert [(r.readme, r.readme_of) for r in refs] == [("r-a", None), ("", 0), ("r-b", None), ("", 0)]
     record = ProvenanceRecord.model_construct(data=refs)
     assert [record.readme_for(r) for r in refs] == ["r-a", "r-a", "r-b", "r-a"]
@@ -243,7 +264,9 @@ def silent_server() -> Iterator[int]:
 def test_a_server_that_never_answers_is_a_quick_storage_error(silent_server, monkeypatch, dtool_cache):
     monkeypatch.setenv(keys.HTTP_TIMEOUT_ENV, "0.5")
     start = time.monotonic()
-    with pytest.raises(StorageError, match=r"could not reach the dataset at http://127\.0\.0\.1:\d+/d.*(?i:timeout|timed out)"):
+    with pytest.raises(
+        StorageError, match=r"could not reach the dataset at http://127\.0\.0\.1:\d+/d.*(?i:timeout|timed out)"
+    ):
         store.open_dataset(f"http://127.0.0.1:{silent_server}/d")
     assert time.monotonic() - start < 5
 

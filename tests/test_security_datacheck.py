@@ -7,6 +7,7 @@ edited here after training, through the store API, as an attacker or an accident
 ``verify --data`` must fail naming the field, and ``reproduce`` must refuse naming it (never
 ``identical``, never "non-determinism").
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,12 +73,18 @@ def _swapped_usetype(data_uri: str) -> list[str]:
 
 # (annotation, new value, or a function of the data URI giving it; the change named)
 EDITS = {
-    "category_encoding": (keys.CATEGORY_ENCODING, {**{str(i): i for i in range(10)}, "3": 5, "5": 3},
-                          "category_encoding changed: '3' 3->5, '5' 5->3"),
+    "category_encoding": (
+        keys.CATEGORY_ENCODING,
+        {**{str(i): i for i in range(10)}, "3": 5, "5": 3},
+        "category_encoding changed: '3' 3->5, '5' 5->3",
+    ),
     "value_scale": (keys.VALUE_SCALE, 1.0, "value_scale changed: 255->1"),
     "image_dimensions": (keys.IMAGE_DIMENSIONS, [1, 4, 16], r"image_dimensions changed: \[1, 8, 8\]->\[1, 4, 16\]"),
-    "usetype split": (keys.TENSOR_USETYPE, _swapped_usetype,
-                      r"usetype split changed: usetype 'train' now selects 1438 samples \(recorded 1438\)"),
+    "usetype split": (
+        keys.TENSOR_USETYPE,
+        _swapped_usetype,
+        r"usetype split changed: usetype 'train' now selects 1438 samples \(recorded 1438\)",
+    ),
 }
 
 
@@ -98,8 +105,10 @@ def test_reproduce_refuses_data_whose_meaning_changed_naming_the_field(tensor_mo
     uri, data = tensor_model
     name, value, named = EDITS[field]
     expected = r"refusing to reproduce: the training data changed since training:\n  the train dataset digits: " + named
-    with edited_annotation(data, name, value(data) if callable(value) else value), \
-            pytest.raises(IntegrityError, match=expected) as caught:
+    with (
+        edited_annotation(data, name, value(data) if callable(value) else value),
+        pytest.raises(IntegrityError, match=expected) as caught,
+    ):
         reproduce(uri, output=str(tmp_path))
     assert "non-determinism" not in str(caught.value)
     assert list(tmp_path.iterdir()) == []  # refused before any training
@@ -121,11 +130,14 @@ def test_cli_verify_data_and_reproduce_name_the_swapped_encoding(tensor_model, c
         assert "the train dataset digits: category_encoding changed: '3' 3->5, '5' 5->3" in result.stderr
 
 
-@pytest.mark.parametrize("name, value", [
-    ("notes", "an annotation that means nothing to the data"),
-    (keys.VALUE_SCALE, 255.0),  # written out, but what the default already was
-    (keys.CATEGORY_ENCODING, {str(i): i for i in range(10)}),  # the same encoding, written again
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("notes", "an annotation that means nothing to the data"),
+        (keys.VALUE_SCALE, 255.0),  # written out, but what the default already was
+        (keys.CATEGORY_ENCODING, {str(i): i for i in range(10)}),  # the same encoding, written again
+    ],
+)
 def test_annotations_that_keep_the_meaning_do_not_fail_the_check(tensor_model, name, value):
     uri, data = tensor_model
     with edited_annotation(data, name, value):
@@ -172,6 +184,7 @@ def test_the_record_holds_what_gives_the_data_meaning(tensor_model):
 
 # --- image datasets: labels live in overlays, which stay writable too -----------------------------
 
+
 @pytest.fixture
 def image_model(image_uri: str, tmp_path: Path) -> tuple[str, str]:
     """(model URI, data URI): a linear model trained on the tiny ant/bee/cat image dataset (8x8)."""
@@ -185,8 +198,9 @@ def image_model(image_uri: str, tmp_path: Path) -> tuple[str, str]:
     net = TinyNet(8, 3)
     (tmp_path / "models").mkdir()
     with DerivedDataSet(str(tmp_path / "models"), "tiny", train) as out:
-        train_model_with_metadata_capture(net, train, torch.optim.SGD(net.parameters(), lr=0.1),
-                                          torch.nn.NLLLoss(), params, out, progress=False)
+        train_model_with_metadata_capture(
+            net, train, torch.optim.SGD(net.parameters(), lr=0.1), torch.nn.NLLLoss(), params, out, progress=False
+        )
     return out.uri, image_uri
 
 
@@ -207,8 +221,10 @@ def test_image_dataset_swapped_encoding_and_relabelled_item_are_named(image_mode
     test_item = next(i for i, u in usetypes.items() if u == "test")
     ds.put_overlay(keys.USETYPE_OVERLAY, {**usetypes, test_item: "train"})
     n_train = sum(1 for u in usetypes.values() if u == "train")
-    assert (f"usetype split changed: usetype 'train' now selects {n_train + 1} samples (recorded {n_train})"
-            in _image_failure(uri))
+    assert (
+        f"usetype split changed: usetype 'train' now selects {n_train + 1} samples (recorded {n_train})"
+        in _image_failure(uri)
+    )
     ds.put_overlay(keys.USETYPE_OVERLAY, usetypes)
     assert verify_model(uri, data=True, allow=[TinyNet.__module__]).ok
 

@@ -1,6 +1,7 @@
 """Issue 7, points 8 and 9: silent wrong results become clear refusals, and every user-facing
 mistake is a ``reprodl.errors.*`` naming the thing and the fix (on the command line: a message
 on stderr, no traceback, exit code 2, or 1 for a training that diverged)."""
+
 from __future__ import annotations
 
 import errno
@@ -62,6 +63,7 @@ def _save(path: Path, array: np.ndarray) -> Path:
 # ======================================================================================
 # Point 8: silent wrong results become clear refusals
 # ======================================================================================
+
 
 def test_a_misspelt_params_key_is_refused_with_the_closest_name(cli, tmp_path, digits_split_uri):
     from reprodl.config import load_config
@@ -181,8 +183,9 @@ def test_a_training_whose_loss_becomes_nan_stops_and_writes_no_model(tmp_path, d
 def test_a_nan_loss_is_kept_when_asked_and_recorded(tmp_path, digits_split_uri):
     base = tmp_path / "models"
     base.mkdir()
-    uri, record = train_digits(base, "nan-kept", digits_split_uri, loss_fn=_NaNAfter(3), valid=False,
-                               allow_nonfinite_loss=True)
+    uri, record = train_digits(
+        base, "nan-kept", digits_split_uri, loss_fn=_NaNAfter(3), valid=False, allow_nonfinite_loss=True
+    )
     assert path_of(uri).is_dir()
     assert record.training.params["allow_nonfinite_loss"] is True
 
@@ -200,11 +203,15 @@ def test_the_cli_reports_a_diverged_training_without_a_traceback(cli, tmp_path, 
 # Point 9: clear errors, not tracebacks
 # ======================================================================================
 
-@pytest.mark.parametrize("optimizer, match", [
-    ({"class": "SGD", "mommentum": 0.9}, "'mommentum' (did you mean 'momentum'?)"),
-    ({"class": "SGD", "momentum": "x"}, "the config's optimizer cannot build torch.optim.sgd.SGD"),
-    ({"class": "SGD", "lr": -1.0}, "Invalid learning rate"),
-])
+
+@pytest.mark.parametrize(
+    "optimizer, match",
+    [
+        ({"class": "SGD", "mommentum": 0.9}, "'mommentum' (did you mean 'momentum'?)"),
+        ({"class": "SGD", "momentum": "x"}, "the config's optimizer cannot build torch.optim.sgd.SGD"),
+        ({"class": "SGD", "lr": -1.0}, "Invalid learning rate"),
+    ],
+)
 def test_a_wrong_optimiser_keyword_is_a_clear_error(cli, tmp_path, digits_split_uri, optimizer, match):
     (tmp_path / "models").mkdir()
     cfg = digits_config(digits_split_uri, tmp_path / "models")
@@ -273,8 +280,10 @@ def test_a_read_only_dataset_is_a_clear_error(cli, digits_uri, monkeypatch):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), f"{digits_uri}/.dtool/annotations/{name}.json")
 
     monkeypatch.setattr(_dtoolcore().DataSet, "put_annotation", denied)
-    _refused(cli("dataset", "split", digits_uri, "--test", "0.2"),
-             "could not write the annotation 'reprodl.usetype' of dataset 'digits'")
+    _refused(
+        cli("dataset", "split", digits_uri, "--test", "0.2"),
+        "could not write the annotation 'reprodl.usetype' of dataset 'digits'",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -286,16 +295,20 @@ def stored_init_model(digits_split_master, tmp_path_factory) -> str:
     net = GenNet(**INIT_PARAMS)
     with torch.no_grad():
         next(net.parameters()).add_(0.01)
-    uri, record = train_digits(tmp_path_factory.mktemp("stored"), "stored-init", digits_split_master,
-                               model=net, valid=False)
+    uri, record = train_digits(
+        tmp_path_factory.mktemp("stored"), "stored-init", digits_split_master, model=net, valid=False
+    )
     assert record.architecture.initialisation == "stored"
     return uri
 
 
-@pytest.mark.parametrize("damage, match", [
-    ("drop", "has no initial.safetensors item"),
-    ("garbage", "initial.safetensors is not a valid safetensors file"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("drop", "has no initial.safetensors item"),
+        ("garbage", "initial.safetensors is not a valid safetensors file"),
+    ],
+)
 def test_a_missing_or_corrupt_initial_weights_file_is_a_clear_error(cli, tmp_path, stored_init_model, damage, match):
     from reprodl import reproduce
 
@@ -320,8 +333,10 @@ def test_an_initial_weights_file_deleted_on_disk_is_a_clear_error(tmp_path, stor
 def test_a_negative_label_is_a_clear_error(cli, tmp_path, base_dir):
     _save(tmp_path / "x.npy", np.ones((4, 6), dtype=np.uint8))
     _save(tmp_path / "y.npy", np.array([0, 1, -1, 1]))
-    _refused(cli("dataset", "create-from-arrays", tmp_path / "x.npy", tmp_path / "y.npy", base_dir, "neg"),
-             "labels must be >= 0 (class indices 0..K-1), but row 2 has -1")
+    _refused(
+        cli("dataset", "create-from-arrays", tmp_path / "x.npy", tmp_path / "y.npy", base_dir, "neg"),
+        "labels must be >= 0 (class indices 0..K-1), but row 2 has -1",
+    )
     assert snapshot(base_dir) == []
 
 
@@ -336,11 +351,14 @@ def test_a_missing_image_file_is_called_missing(cli, image_uri, tmp_path):
     assert "corrupt" not in result.stderr
 
 
-@pytest.mark.parametrize("header", [
-    struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),  # 2^96 bytes
-    struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 2**21, 2**21, 2**22),  # 2^64: wraps to 0 in int64
-    struct.pack(">HBB", 0, 0x08, 200) + b"\x00\x00",  # 200 dimensions in a 6-byte file
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),  # 2^96 bytes
+        struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 2**21, 2**21, 2**22),  # 2^64: wraps to 0 in int64
+        struct.pack(">HBB", 0, 0x08, 200) + b"\x00\x00",  # 200 dimensions in a 6-byte file
+    ],
+)
 def test_an_idx_header_whose_size_overflows_is_a_clear_error(cli, tmp_path, base_dir, header):
     from reprodl.data.creators import read_idx
 
@@ -362,8 +380,12 @@ def test_an_empty_split_is_a_clear_error(cli, tmp_path, base_dir):
     _refused(cli("dataset", "split", uri, "--test", "0.9"), "would leave train with no samples")
     with pytest.raises(DatasetFormatError, match="selects no samples of usetype 'train'"):
         TensorDataSet(uri, "train", split={"test": 0.9})
-    cfg = {"name": "m", "output": str(base_dir), "data": {"train": {"uri": uri, "usetype": "train", "split": {"test": 0.9}}},
-           "model": {"class": "GenNet", "init_params": {"input_channels": 1, "input_dim": 2}}}
+    cfg = {
+        "name": "m",
+        "output": str(base_dir),
+        "data": {"train": {"uri": uri, "usetype": "train", "split": {"test": 0.9}}},
+        "model": {"class": "GenNet", "init_params": {"input_channels": 1, "input_dim": 2}},
+    }
     _refused(cli("train", _write_config(tmp_path, cfg), "--quiet"), "selects no samples")
 
 
@@ -377,19 +399,34 @@ def test_training_on_a_dataset_with_no_samples_is_refused(tmp_path, base_dir):
     )
     from reprodl.data.creators import create_from_arrays
 
-    uri = create_from_arrays(np.ones((0, 64), dtype=np.uint8), np.zeros(0, dtype=np.int64), str(base_dir), "empty",
-                             image_dimensions=[1, 8, 8])
+    uri = create_from_arrays(
+        np.ones((0, 64), dtype=np.uint8),
+        np.zeros(0, dtype=np.int64),
+        str(base_dir),
+        "empty",
+        image_dimensions=[1, 8, 8],
+    )
     ds = TensorDataSet(uri)
     net = GenNet(**INIT_PARAMS)
-    with pytest.raises(ParametersError, match="the train dataset empty .* has no samples"), \
-            DerivedDataSet(str(tmp_path), "m", ds) as out:
-        train_model_with_metadata_capture(net, ds, torch.optim.SGD(net.parameters(), lr=0.1), nn.NLLLoss(),
-                                          Parameters(init_params=INIT_PARAMS), out, progress=False)
+    with (
+        pytest.raises(ParametersError, match="the train dataset empty .* has no samples"),
+        DerivedDataSet(str(tmp_path), "m", ds) as out,
+    ):
+        train_model_with_metadata_capture(
+            net,
+            ds,
+            torch.optim.SGD(net.parameters(), lr=0.1),
+            nn.NLLLoss(),
+            Parameters(init_params=INIT_PARAMS),
+            out,
+            progress=False,
+        )
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("text, match", [("name: [unclosed\n", "is not valid YAML"),
-                                         ("- just\n- a list\n", "is a list, not a YAML mapping")])
+@pytest.mark.parametrize(
+    "text, match", [("name: [unclosed\n", "is not valid YAML"), ("- just\n- a list\n", "is a list, not a YAML mapping")]
+)
 def test_an_invalid_stored_readme_is_a_metadata_error_naming_the_dataset(cli, digits_uri, text, match):
     from reprodl import TensorDataSet
     from reprodl.store import open_dataset
@@ -403,7 +440,11 @@ def test_an_invalid_stored_readme_is_a_metadata_error_naming_the_dataset(cli, di
 
 
 def test_every_error_here_is_a_reprodl_error_with_its_builtin():
-    for cls, builtin in [(TrainingDivergedError, ArithmeticError), (StorageError, OSError),
-                         (MetadataError, ValueError), (ParametersError, ValueError)]:
+    for cls, builtin in [
+        (TrainingDivergedError, ArithmeticError),
+        (StorageError, OSError),
+        (MetadataError, ValueError),
+        (ParametersError, ValueError),
+    ]:
         assert issubclass(cls, ReprodlError) and issubclass(cls, builtin)
     assert json.dumps(int(TrainingDivergedError.exit_code)) == "1"

@@ -5,6 +5,7 @@ uncommitted code), and a model is made to be shared: git-ignored files and files
 secrets (``.env``, ``id_rsa``, ``*.pem``...) are never stored, the record names what was skipped
 and why (never the content), ``reprodl train`` prints it, and storing can be turned off.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -29,8 +30,13 @@ PREFIX = keys.CODE_DIR + "untracked/"
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=T", "-c", "user.email=t@example.org", *args], cwd=repo,
-                          check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "-c", "user.name=T", "-c", "user.email=t@example.org", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 @pytest.fixture
@@ -81,8 +87,10 @@ def test_cli_train_stores_only_the_normal_untracked_file_and_says_so(repo, cli):
 def test_no_untracked_stores_none_and_the_record_says_why(repo, cli):
     result = cli("train", repo / "train.yaml", "--quiet", "--no-untracked")
     assert result.exit_code == 0, result.output
-    assert ("stored 0 untracked files (store_untracked=False; skipped: .env [secret], helper.py [opted out], "
-            "id_rsa [secret])") in result.stdout
+    assert (
+        "stored 0 untracked files (store_untracked=False; skipped: .env [secret], helper.py [opted out], "
+        "id_rsa [secret])"
+    ) in result.stdout
     uri = result.stdout.strip().splitlines()[-1].removeprefix("Model dataset: ")
     assert not [n for n in _item_names(uri) if n.startswith(keys.CODE_DIR)]
     git = load_record(uri).code.git
@@ -106,8 +114,9 @@ def test_config_key_and_python_argument_turn_storing_off(repo, digits_split_mast
     from reprodl import DerivedDataSet, GenNet, TensorDataSet, train_model_with_metadata_capture
     from reprodl.config import build_and_train, load_config
 
-    _, record = build_and_train(load_config(repo / "train.yaml", ["name=nostore", "store_untracked=false"]),
-                                  progress=False)
+    _, record = build_and_train(
+        load_config(repo / "train.yaml", ["name=nostore", "store_untracked=false"]), progress=False
+    )
     assert record.code.git.untracked_items == [] and record.code.git.store_untracked is False
 
     params = small_params()
@@ -115,34 +124,92 @@ def test_config_key_and_python_argument_turn_storing_off(repo, digits_split_mast
     torch.manual_seed(0)
     net = GenNet(**params.init_params)
     with DerivedDataSet(str(tmp_path / "models"), "api-off", train) as out:
-        record = train_model_with_metadata_capture(net, train, torch.optim.SGD(net.parameters(), lr=0.05),
-                                                   torch.nn.NLLLoss(), params, out, progress=False,
-                                                   code_root=repo, store_untracked=False)
-    assert record.code.git.untracked_items == [] and record.code.git.untracked_skipped == [".env", "helper.py", "id_rsa"]
+        record = train_model_with_metadata_capture(
+            net,
+            train,
+            torch.optim.SGD(net.parameters(), lr=0.05),
+            torch.nn.NLLLoss(),
+            params,
+            out,
+            progress=False,
+            code_root=repo,
+            store_untracked=False,
+        )
+    assert record.code.git.untracked_items == [] and record.code.git.untracked_skipped == [
+        ".env",
+        "helper.py",
+        "id_rsa",
+    ]
     assert not [n for n in _item_names(out.uri) if n.startswith(keys.CODE_DIR)]
 
 
-@pytest.mark.parametrize("name", [
-    ".env", ".env.local", "config/.env.production", ".ENV", "id_rsa", "id_rsa.pub", "keys/id_ed25519",
-    "id_ecdsa", "server.pem", "tls.key", "cert.p12", "cert.pfx", "vault.kdbx", "credentials",
-    "credentials.json", "deploy/credentials.json", ".netrc", ".pypirc", ".git-credentials",
-    "home/.aws/credentials", ".ssh/config",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".env",
+        ".env.local",
+        "config/.env.production",
+        ".ENV",
+        "id_rsa",
+        "id_rsa.pub",
+        "keys/id_ed25519",
+        "id_ecdsa",
+        "server.pem",
+        "tls.key",
+        "cert.p12",
+        "cert.pfx",
+        "vault.kdbx",
+        "credentials",
+        "credentials.json",
+        "deploy/credentials.json",
+        ".netrc",
+        ".pypirc",
+        ".git-credentials",
+        "home/.aws/credentials",
+        ".ssh/config",
+    ],
+)
 def test_secret_names_are_on_the_deny_list(name):
     assert secret_pattern(name) is not None
 
 
-@pytest.mark.parametrize("name", [
-    "env.py", "environment.yaml", "keyboard.py", "monkey.py", "pem.py", "credentials_test.py",
-    "aws/credentials_loader.py", "train.yaml", "README.md", "src/keys.py",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "env.py",
+        "environment.yaml",
+        "keyboard.py",
+        "monkey.py",
+        "pem.py",
+        "credentials_test.py",
+        "aws/credentials_loader.py",
+        "train.yaml",
+        "README.md",
+        "src/keys.py",
+    ],
+)
 def test_ordinary_names_are_not_taken_for_secrets(name):
     assert secret_pattern(name) is None
 
 
 def test_the_deny_list_is_one_tuple_covering_the_issue():
-    for pattern in (".env", ".env.*", "id_rsa*", "id_ed25519*", "*.pem", "*.key", "*.p12", "*.pfx", "credentials",
-                    "credentials.json", ".netrc", ".pypirc", ".aws/credentials", "*.kdbx", ".git-credentials"):
+    for pattern in (
+        ".env",
+        ".env.*",
+        "id_rsa*",
+        "id_ed25519*",
+        "*.pem",
+        "*.key",
+        "*.p12",
+        "*.pfx",
+        "credentials",
+        "credentials.json",
+        ".netrc",
+        ".pypirc",
+        ".aws/credentials",
+        "*.kdbx",
+        ".git-credentials",
+    ):
         assert pattern in SECRET_FILE_PATTERNS
 
 
@@ -160,8 +227,12 @@ def test_secrets_in_subdirectories_symlinks_and_excluded_files_are_not_stored(re
     info, _, files = capture_code(repo)
     assert sorted(files) == [PREFIX + "deploy/prod.env", PREFIX + "helper.py"]
     assert info.git.untracked_skipped_reasons == {
-        ".env": "secret", "deploy/.env.production": "secret", "deploy/server.key": "secret",
-        "id_rsa": "secret", "notes.txt": "symbolic link"}
+        ".env": "secret",
+        "deploy/.env.production": "secret",
+        "deploy/server.key": "secret",
+        "id_rsa": "secret",
+        "notes.txt": "symbolic link",
+    }
     assert not any("private" in name or "run.log" in name for name in info.git.untracked)
 
 
@@ -178,8 +249,9 @@ def test_a_committed_secret_file_edited_since_stays_out_of_the_patch(repo):
     assert SECRET not in patch and ".env" not in patch
     assert info.git.patch_skipped == ["config/.env"] and info.git.dirty
     # What is left applies to the recorded commit, so the code can still be rebuilt.
-    applied = subprocess.run(["git", "apply", "--check", "-R", "-"], cwd=repo, input=patch, text=True, check=False,
-                             capture_output=True)
+    applied = subprocess.run(
+        ["git", "apply", "--check", "-R", "-"], cwd=repo, input=patch, text=True, check=False, capture_output=True
+    )
     assert applied.returncode == 0, applied.stderr
 
 

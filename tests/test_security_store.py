@@ -7,6 +7,7 @@ found and removed safely; two processes creating one name get one dataset and on
 error. Kill points are real SIGKILLs: a child process either kills itself at an exact
 point (a patched function) or is killed from outside while it copies.
 """
+
 from __future__ import annotations
 
 import errno
@@ -52,8 +53,9 @@ def make_items(base: Path, name: str = "small", n: int = 3, size: int = 10) -> P
 def run_child(code: str, *args: str, check_killed: bool = True) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh Python (this checkout's reprodl) with ``args`` as sys.argv[1:]."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     if check_killed:
         assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr)
     return proc
@@ -90,13 +92,18 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def plant_staging(base: Path, name: str, *, pid: int, hostname: str | None = None,
-                  start: str | None = None) -> Path:
+def plant_staging(base: Path, name: str, *, pid: int, hostname: str | None = None, start: str | None = None) -> Path:
     staging = base / f"{keys.STAGING_PREFIX}{name}-planted{pid}"
     (staging / name / "data").mkdir(parents=True)
     (staging / name / "data" / "x.bin").write_bytes(b"x" * 100)
-    marker = {"pid": pid, "hostname": hostname or socket.gethostname(), "name": name,
-              "purpose": "create", "created": time.time(), "start": start}
+    marker = {
+        "pid": pid,
+        "hostname": hostname or socket.gethostname(),
+        "name": name,
+        "purpose": "create",
+        "created": time.time(),
+        "start": start,
+    }
     (staging / keys.STAGING_MARKER).write_text(json.dumps(marker))
     return staging
 
@@ -129,7 +136,9 @@ def test_full_disk_during_split_keeps_the_old_split(image_uri, monkeypatch, cli,
     before = open_dataset(image_uri)
     old = (before.get_overlay(keys.USETYPE_OVERLAY), before.get_annotation(keys.SPLIT_INFO))
     monkeypatch.setattr(os, "fdopen", _full_disk_after(nbytes))
-    with pytest.raises(StorageError, match="could not write the overlay 'usetype'.*No space left.*previous value is kept"):
+    with pytest.raises(
+        StorageError, match="could not write the overlay 'usetype'.*No space left.*previous value is kept"
+    ):
         split_dataset(image_uri, test=0.5, seed=1, force=True)
     monkeypatch.undo()
     after = open_dataset(image_uri)
@@ -149,10 +158,13 @@ def test_cli_split_on_a_full_disk_is_a_clear_error_not_a_traceback(digits_uri, m
     assert cli("dataset", "split", digits_uri).exit_code == 0
 
 
-@pytest.mark.parametrize("target", [
-    "os:fsync",     # the new overlay written to its temporary file, not yet flushed
-    "os:replace",   # flushed, before the rename
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "os:fsync",  # the new overlay written to its temporary file, not yet flushed
+        "os:replace",  # flushed, before the rename
+    ],
+)
 def test_sigkill_during_split_keeps_the_old_split(image_uri, target):
     from reprodl.data.ops import split_dataset
 
@@ -177,7 +189,9 @@ def test_damaged_overlay_is_named_not_could_not_reach(image_uri, cli, damage):
     result = cli("dataset", "info", image_uri)
     assert result.exit_code != 0
     assert "could not reach" not in result.stderr
-    assert re.search(r"overlay 'category'.*is damaged.*category\.json is not valid JSON", result.stderr.replace("\n", " "))
+    assert re.search(
+        r"overlay 'category'.*is damaged.*category\.json is not valid JSON", result.stderr.replace("\n", " ")
+    )
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -250,7 +264,10 @@ def test_copy_stages_and_keeps_uuid_manifest_and_metadata(base_dir, tmp_path):
     dest.mkdir()
     copy = open_dataset(copy_dataset(source.uri, str(dest)))
     assert (copy.uuid, copy.manifest_digest(), copy.get_annotation("colour")) == (
-        source.uuid, source.manifest_digest(), "blue")
+        source.uuid,
+        source.manifest_digest(),
+        "blue",
+    )
     assert sorted(p.name for p in dest.iterdir()) == ["small"]  # no staging left
 
 
@@ -270,11 +287,14 @@ with create_dataset(sys.argv[3], "made") as w:
 """
 
 
-@pytest.mark.parametrize("target,n", [
-    ("shutil:copyfile", 3),                            # mid-copy, after two items
-    ("reprodl.store.staging:rename_noreplace", 1),     # frozen in staging, before the rename
-    ("reprodl.store.transfer:_check_copied", 1),       # before the copy's manifest is checked
-])
+@pytest.mark.parametrize(
+    "target,n",
+    [
+        ("shutil:copyfile", 3),  # mid-copy, after two items
+        ("reprodl.store.staging:rename_noreplace", 1),  # frozen in staging, before the rename
+        ("reprodl.store.transfer:_check_copied", 1),  # before the copy's manifest is checked
+    ],
+)
 def test_sigkill_mid_copy_leaves_no_dataset_and_clean_removes_the_leftover(base_dir, tmp_path, target, n):
     source = make_items(base_dir, n=12)
     dest = tmp_path / "copies"
@@ -290,11 +310,14 @@ def test_sigkill_mid_copy_leaves_no_dataset_and_clean_removes_the_leftover(base_
     assert open_dataset(copy_dataset(str(source), str(dest))).verify(deep=True).ok
 
 
-@pytest.mark.parametrize("target,n", [
-    ("shutil:copyfile", 5),                          # mid-create, items half put
-    ("dtoolcore.storagebroker:DiskStorageBroker.put_manifest", 1),  # freezing: items hashed
-    ("reprodl.store.staging:rename_noreplace", 1),   # frozen, before the rename
-])
+@pytest.mark.parametrize(
+    "target,n",
+    [
+        ("shutil:copyfile", 5),  # mid-create, items half put
+        ("dtoolcore.storagebroker:DiskStorageBroker.put_manifest", 1),  # freezing: items hashed
+        ("reprodl.store.staging:rename_noreplace", 1),  # frozen, before the rename
+    ],
+)
 def test_sigkill_mid_create_leaves_nothing_and_the_next_create_cleans_up(base_dir, target, n):
     kill_at(target, n, CREATE, str(base_dir))
     assert not (base_dir / "made").exists()
@@ -311,9 +334,12 @@ def test_external_sigkill_during_a_large_copy_leaves_no_dataset(base_dir, tmp_pa
     dest = tmp_path / "copies"
     dest.mkdir()
     env = {**os.environ, "PYTHONPATH": SRC}
-    proc = subprocess.Popen([sys.executable, "-c", "from reprodl.cli import main; main()", "dataset", "copy", "-q",
-                             str(source), str(dest)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from reprodl.cli import main; main()", "dataset", "copy", "-q", str(source), str(dest)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while not list(dest.glob(f"{keys.STAGING_PREFIX}*/big/data/*")) and time.monotonic() < deadline:
         assert proc.poll() is None, "the copy finished before it could be killed: make the dataset larger"
@@ -368,9 +394,12 @@ def test_clean_removes_only_stale_marked_staging_dirs(base_dir, tmp_path, cli):
     assert dry.exit_code == 0, dry.stderr
     states = {Path(r["path"]).name: (r["state"], r["removed"]) for r in json.loads(dry.stdout)}
     assert states == {
-        stale.name: ("stale", False), running.name: ("running", False),
-        other_host.name: ("other-host", False), reused.name: ("stale", False),
-        unmarked.name: ("unmarked", False), bad_marker.name: ("unmarked", False),
+        stale.name: ("stale", False),
+        running.name: ("running", False),
+        other_host.name: ("other-host", False),
+        reused.name: ("stale", False),
+        unmarked.name: ("unmarked", False),
+        bad_marker.name: ("unmarked", False),
         linked_marker.name: ("unmarked", False),
     }
     assert stale.exists() and reused.exists()
@@ -456,9 +485,16 @@ def test_two_processes_creating_one_name_one_wins_one_clear_error(base_dir, tmp_
     ready = tmp_path / "ready"
     ready.mkdir()
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(dest), str(ready), who, rename, op, str(source)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for who in ("one", "two")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, str(dest), str(ready), who, rename, op, str(source)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for who in ("one", "two")
+    ]
     results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
     codes = sorted(r[0] for r in results)
     assert codes == [0, 17], results

@@ -5,6 +5,7 @@ A safetensors file starts with its 8-byte little-endian header length. A header 
 makes the first two ``PK`` (zip, torch.save's format). The files here are written by
 safetensors itself, their metadata padded until the header has the wanted length.
 """
+
 from __future__ import annotations
 
 import io
@@ -62,6 +63,7 @@ def _model_state(uri: str) -> dict[str, torch.Tensor]:
 
 # --- the sniffer on real files ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("length", [128, 384])
 def test_safetensors_with_a_header_length_starting_0x80_is_safetensors(tmp_path, length):
     blob = padded_safetensors({"w": torch.arange(6, dtype=torch.float32)}, lambda n: n == length)
@@ -94,9 +96,17 @@ def _hostile_inputs() -> list[bytes]:
     rng = random.Random(7)
     header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
     crafted = [
-        b"", b"\x80", b"PK", b"PK\x03\x04", b"\x00" * 7, b"\x00" * 8, b"\xff" * 8,
-        struct.pack("<Q", 2**64 - 1) + b"{}", struct.pack("<Q", 2) + b"{}",
-        struct.pack("<Q", 2) + b"[]", struct.pack("<Q", 4) + b"\xff\xfe{}",
+        b"",
+        b"\x80",
+        b"PK",
+        b"PK\x03\x04",
+        b"\x00" * 7,
+        b"\x00" * 8,
+        b"\xff" * 8,
+        struct.pack("<Q", 2**64 - 1) + b"{}",
+        struct.pack("<Q", 2) + b"{}",
+        struct.pack("<Q", 2) + b"[]",
+        struct.pack("<Q", 4) + b"\xff\xfe{}",
         struct.pack("<Q", 100) + b"{}",  # longer than the file
         struct.pack("<Q", len(header)) + header,  # offsets past the (empty) data
         struct.pack("<Q", len(header)) + header + b"\0" * 4,  # valid
@@ -135,6 +145,7 @@ def test_an_unreadable_weights_file_is_a_reprodl_error(tmp_path):
 
 
 # --- through every loader: load_weights, TrainedTorchModel, verify ----------------------
+
 
 @pytest.mark.parametrize("accept", [starts_0x80, starts_pk], ids=["0x80", "PK"])
 def test_a_model_whose_weights_header_starts_like_a_pickle_loads_and_verifies(trained_model, tmp_path, accept):

@@ -4,6 +4,7 @@ The attacks are made as an attacker would make them: on a byte copy of a real mo
 UUID), an item is edited, the record resealed (its self-digest recomputed) and the dtool
 manifest entry updated, so that every check but the signature passes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -72,8 +73,11 @@ def rewrite_item(dataset: Path, relpath: str, data: bytes) -> None:
     manifest = json.loads(manifest_path.read_text())
     for entry in manifest["items"].values():
         if entry["relpath"] == relpath:
-            entry.update(hash=hashlib.md5(data).hexdigest(), size_in_bytes=len(data),
-                         utc_timestamp=os.stat(dataset / "data" / relpath).st_mtime)
+            entry.update(
+                hash=hashlib.md5(data).hexdigest(),
+                size_in_bytes=len(data),
+                utc_timestamp=os.stat(dataset / "data" / relpath).st_mtime,
+            )
     manifest_path.write_text(json.dumps(manifest))
 
 
@@ -110,6 +114,7 @@ def others_pass(result) -> bool:
 
 # --- keys -------------------------------------------------------------------------------
 
+
 def test_keygen_writes_a_private_key_only_its_owner_reads_and_a_one_line_public_key(key):
     from reprodl.signing import load_public_key
 
@@ -134,8 +139,11 @@ def test_a_pem_public_key_is_accepted_too(key, tmp_path):
 
     from reprodl.signing import load_private_key, load_public_key
 
-    pem = load_private_key(key).public_key().public_bytes(serialization.Encoding.PEM,
-                                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = (
+        load_private_key(key)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     (tmp_path / "author.pem").write_bytes(pem)
     assert load_public_key(tmp_path / "author.pem") == pub(key).read_text().strip()
 
@@ -154,6 +162,7 @@ def test_a_signing_key_that_is_no_private_key_is_refused(model_copy, key):
 
 
 # --- sign and verify --------------------------------------------------------------------
+
 
 def test_a_signed_model_verifies_against_its_authors_key(signed, key):
     from reprodl.signing import verify_signature
@@ -211,6 +220,7 @@ def test_without_trusted_keys_verify_notes_the_signature_and_checks_nothing_more
 
 # --- attacks ----------------------------------------------------------------------------
 
+
 def test_a_resealed_record_fails_only_the_signature(signed, key, model_copy):
     reseal_record(model_copy, lambda raw: raw["results"]["final"].update(valid_accuracy=0.999))
     result = verify(signed, pub(key))
@@ -221,8 +231,9 @@ def test_a_resealed_record_fails_only_the_signature(signed, key, model_copy):
 
 def test_a_resealed_copy_under_a_new_uuid_carrying_the_signature_fails(signed, key, tmp_path):
     (tmp_path / "evil").mkdir()
-    uri = rewrite_model(signed, tmp_path / "evil", "digits-model",
-                        edit=lambda raw: raw["results"]["final"].update(valid_accuracy=0.999))
+    uri = rewrite_model(
+        signed, tmp_path / "evil", "digits-model", edit=lambda raw: raw["results"]["final"].update(valid_accuracy=0.999)
+    )
     from reprodl.store import open_dataset
 
     assert open_dataset(uri).get_annotation(keys.SIGNATURES)  # carried over by the attacker
@@ -277,17 +288,32 @@ def test_a_signature_moved_to_another_payload_is_invalid(signed, key, model_copy
     assert "the signature is invalid (forged or corrupted)" in signature_check(verify(signed, pub(key))).detail
 
 
-@pytest.mark.parametrize("value", [
-    "a string", 7, None, [], [1, "x", None], [{"public_key": None}], [{"public_key": ["a"]}],
-    "TRUSTED:sig", "TRUSTED:alg", "TRUSTED:payload",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a string",
+        7,
+        None,
+        [],
+        [1, "x", None],
+        [{"public_key": None}],
+        [{"public_key": ["a"]}],
+        "TRUSTED:sig",
+        "TRUSTED:alg",
+        "TRUSTED:payload",
+    ],
+)
 def test_hostile_signature_annotations_fail_cleanly(signed, key, model_copy, value):
     ann = model_copy / ".dtool" / "annotations" / f"{keys.SIGNATURES}.json"
     if isinstance(value, str) and value.startswith("TRUSTED:"):
         (entry,) = json.loads(ann.read_text())
-        entry.update({"sig": {"signature": "%%%"}, "alg": {"algorithm": "rsa"},
-                      "payload": {"payload": "x", "signature": base64.b64encode(b"\0" * 64).decode()}}
-                     [value.split(":")[1]])
+        entry.update(
+            {
+                "sig": {"signature": "%%%"},
+                "alg": {"algorithm": "rsa"},
+                "payload": {"payload": "x", "signature": base64.b64encode(b"\0" * 64).decode()},
+            }[value.split(":")[1]]
+        )
         value = [entry]
     ann.write_text(json.dumps(value))
     result = verify(signed, pub(key))
@@ -318,6 +344,7 @@ def test_without_cryptography_signing_says_what_to_install(signed, key, monkeypa
 
 # --- CLI --------------------------------------------------------------------------------
 
+
 def test_cli_keygen_sign_verify(cli, model_copy, tmp_path):
     key = tmp_path / "cli.key"
     made = cli("keygen", key, "--json")
@@ -337,8 +364,11 @@ def test_cli_keygen_sign_verify(cli, model_copy, tmp_path):
     ok = cli("verify", model_copy, "--trusted-key", pub(key), "--json")
     assert ok.exit_code == 0, ok.stdout
     body = json.loads(ok.stdout)
-    assert body["ok"] and {"name": "signed by a trusted key", "ok": True,
-                           "detail": f"signed by {pub(key).read_text().strip()}"} in body["checks"]
+    assert (
+        body["ok"]
+        and {"name": "signed by a trusted key", "ok": True, "detail": f"signed by {pub(key).read_text().strip()}"}
+        in body["checks"]
+    )
     plain = cli("verify", model_copy)
     assert plain.exit_code == 0 and "note  signed by" in plain.stdout
 

@@ -1,4 +1,5 @@
 """The storage layer: opening by path or URI, atomic creation, digests and verification."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,8 @@ from pathlib import Path
 import dtoolcore
 import dtoolcore.utils
 import pytest
-
 from conftest import snapshot, staging_dirs
+
 from reprodl.errors import (
     DatasetExistsError,
     DatasetNotFoundError,
@@ -46,6 +47,7 @@ def _flip_first_byte(path: Path) -> None:
 
 
 # --- opening ---------------------------------------------------------------------------
+
 
 def test_open_by_plain_path_and_file_uri_give_the_same_dataset(base_dir):
     uri = _make_small(base_dir)
@@ -107,6 +109,7 @@ def test_empty_uri_is_refused():
 
 # --- atomic creation -------------------------------------------------------------------
 
+
 def test_exception_inside_create_leaves_no_dataset_and_no_staging(base_dir):
     before = snapshot(base_dir)
     with pytest.raises(RuntimeError, match="boom"):
@@ -161,12 +164,19 @@ def test_create_on_http_is_refused_as_read_only():
 
 
 def test_errors_share_one_base_class():
-    for cls in (DatasetExistsError, DatasetNotFoundError, DatasetNotFrozenError, InvalidNameError,
-                InvalidURIError, StorageError):
+    for cls in (
+        DatasetExistsError,
+        DatasetNotFoundError,
+        DatasetNotFrozenError,
+        InvalidNameError,
+        InvalidURIError,
+        StorageError,
+    ):
         assert issubclass(cls, ReprodlError)
 
 
 # --- digests -----------------------------------------------------------------------------
+
 
 def test_manifest_digest_is_stable_for_a_copy(base_dir, tmp_path):
     uri = _make_small(base_dir)
@@ -188,6 +198,7 @@ def test_manifest_digest_differs_for_different_content(base_dir):
 
 
 # --- verification ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("deep", [False, True])
 def test_untouched_dataset_verifies(base_dir, deep):

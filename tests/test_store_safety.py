@@ -6,6 +6,7 @@ builds a real dataset, then edits its ``.dtool/manifest.json`` as an attacker wo
 datasets sit two directories below ``tmp_path`` so that, were a check missing, even
 ``../../evil`` would land inside ``tmp_path``, where the snapshots would show it.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import dtoolcore.utils
 import pytest
-
 from conftest import snapshot
 from remote_servers import *  # noqa: F403 - the http server fixtures
 from remote_servers import HTTPServer
+
 from reprodl.errors import DatasetFormatError, InvalidNameError, StorageError
 from reprodl.store import copy_dataset, create_dataset, local_path, normalise_uri, open_dataset
 
@@ -103,7 +104,10 @@ def test_dotted_names_that_stay_inside_are_accepted(inner):
             writer.put_bytes(rel.encode(), rel)
     ds = open_dataset(writer.uri)
     assert sorted(ds.relpath(i) for i in ds.identifiers) == [
-        ".hidden", "a..b/c..d.txt", "deep/er/still.txt", "x/.../y.txt"
+        ".hidden",
+        "a..b/c..d.txt",
+        "deep/er/still.txt",
+        "x/.../y.txt",
     ]
     assert ds.verify(deep=True).ok
 
@@ -152,8 +156,7 @@ def http_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name, what", [("tampered", "relpath '../../evil'"),
-                                        ("bad-identifier", "identifier '..'")])
+@pytest.mark.parametrize("name, what", [("tampered", "relpath '../../evil'"), ("bad-identifier", "identifier '..'")])
 def test_served_tampered_manifest_is_refused_before_anything_is_cached(
     http_server: HTTPServer, dtool_cache, tmp_path, name, what
 ):

@@ -3,6 +3,7 @@
 Everything trains for real on scikit-learn's handwritten digits (a fraction of a second an
 epoch) and reads the results back from the model dataset written to ``tmp_path``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,15 +19,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import snapshot, staging_dirs
 from safetensors.torch import load_file
 
-from conftest import snapshot, staging_dirs
-
 pytest.register_assert_rewrite("train_fixtures")
-from reprodl import keys
-from reprodl.errors import IntegrityError, ParametersError, ReprodlError
-from reprodl.provenance import load_record
-from reprodl.store import open_dataset
 from train_fixtures import (
     INIT_PARAMS,
     N_TEST,
@@ -40,6 +36,11 @@ from train_fixtures import (
     train_digits,
 )
 
+from reprodl import keys
+from reprodl.errors import IntegrityError, ParametersError, ReprodlError
+from reprodl.provenance import load_record
+from reprodl.store import open_dataset
+
 pytest_plugins = ["train_fixtures"]
 
 
@@ -49,18 +50,24 @@ def _empty(base: Path) -> bool:
 
 # --- the paper's snippets, with only the import lines changed ---------------------------------
 
+
 def test_paper_training_a_simple_model_runs_as_written(digits_split_master, tmp_path, capsys, monkeypatch):
     # The lines that differ from the paper: imports, and where the data and params come from.
     import torch
     from PIL import Image
 
-    from reprodl import DerivedDataSet, GenNet, Parameters, TensorDataSet, TrainedTorchModel
-    from reprodl import train_model_with_metadata_capture
+    from reprodl import (
+        DerivedDataSet,
+        GenNet,
+        Parameters,
+        TensorDataSet,
+        TrainedTorchModel,
+        train_model_with_metadata_capture,
+    )
 
     base_uri = str(tmp_path / "models")
     os.mkdir(base_uri)
-    params = Parameters(batch_size=32, learning_rate=0.1, n_epochs=2,
-                        init_params={"input_channels": 1, "input_dim": 8})
+    params = Parameters(batch_size=32, learning_rate=0.1, n_epochs=2, init_params={"input_channels": 1, "input_dim": 8})
     train_dataset_uri = digits_split_master
     digit = TensorDataSet(digits_split_master).data[8]
     digit_image(digit).save(tmp_path / "handwritten_8.png")
@@ -72,14 +79,7 @@ def test_paper_training_a_simple_model_runs_as_written(digits_split_master, tmp_
     loss_fn = torch.nn.NLLLoss()
     optimiser = torch.optim.SGD(model.parameters(), lr=params.learning_rate)
     with DerivedDataSet(base_uri, "mnist_model", train_ds) as output_ds:
-        train_model_with_metadata_capture(
-            model,
-            train_ds,
-            optimiser,
-            loss_fn,
-            params,
-            output_ds
-        )
+        train_model_with_metadata_capture(model, train_ds, optimiser, loss_fn, params, output_ds)
 
     # "Using the Model"
     model = TrainedTorchModel(output_ds.uri)
@@ -114,8 +114,7 @@ def test_paper_training_a_new_model_with_new_data(digits_split_master, tmp_path,
     base = tmp_path / "base_uri"
     base.mkdir()
     script = Path(sys.executable).parent / "create-image-dataset-from-dirtree"
-    proc = subprocess.run([str(script), str(tree), str(base), "objects"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([str(script), str(tree), str(base), "objects"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Created image dataset at" in proc.stdout
     monkeypatch.chdir(tmp_path)
@@ -139,14 +138,16 @@ def test_paper_training_a_new_model_with_new_data(digits_split_master, tmp_path,
     assert record.data[0].input_type == "ImageDataSet" and record.data[0].n_items == 180
     assert record.data[0].image_mode == "L" and record.data[0].input_shape == [1, 8, 8]
     trained = TrainedTorchModel(output_ds.uri)
-    predictions = [trained.convert_and_predict(digit_image(digits.data[row]))
-                   for row in np.flatnonzero(digits.labels < 3)[60:90]]
+    predictions = [
+        trained.convert_and_predict(digit_image(digits.data[row])) for row in np.flatnonzero(digits.labels < 3)[60:90]
+    ]
     truth = [str(int(digits.labels[row])) for row in np.flatnonzero(digits.labels < 3)[60:90]]
     assert set(predictions) <= {"0", "1", "2"}
     assert np.mean([p == t for p, t in zip(predictions, truth)]) > 0.8
 
 
 # --- parameters ---------------------------------------------------------------------------------
+
 
 def test_parameters_are_read_by_attribute_and_by_key():
     from reprodl import Parameters
@@ -155,11 +156,20 @@ def test_parameters_are_read_by_attribute_and_by_key():
     assert params.batch_size == 128 and params["learning_rate"] == 0.01
     assert params.init_params == {"input_channels": 1}
     assert "n_epochs" in params and "nothing" not in params
-    assert {"learning_rate": 0.3, "n_epochs": 4, "batch_size": 8}.items() <= Parameters(lr=0.3, epochs=4, bs=8).to_dict().items()
+    assert {"learning_rate": 0.3, "n_epochs": 4, "batch_size": 8}.items() <= Parameters(
+        lr=0.3, epochs=4, bs=8
+    ).to_dict().items()
 
 
-@pytest.mark.parametrize("bad, name", [({"batch_size": 0}, "batch_size"), ({"learning_rate": -1}, "learning_rate"),
-                                       ({"n_epochs": "many"}, "n_epochs"), ({"verify_data": "sometimes"}, "verify_data")])
+@pytest.mark.parametrize(
+    "bad, name",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"learning_rate": -1}, "learning_rate"),
+        ({"n_epochs": "many"}, "n_epochs"),
+        ({"verify_data": "sometimes"}, "verify_data"),
+    ],
+)
 def test_parameters_refuse_bad_values_naming_them(bad, name):
     from reprodl import Parameters
 
@@ -198,7 +208,9 @@ def test_parameters_overrides_nest_and_are_typed():
     assert parse_override("shuffle=false") == ("shuffle", False)
     config = {"params": {"seed": 0}}
     assert apply_overrides(config, ["params.seed=3", "optimizer.momentum=0.9"]) == {
-        "params": {"seed": 3}, "optimizer": {"momentum": 0.9}}
+        "params": {"seed": 3},
+        "optimizer": {"momentum": 0.9},
+    }
     assert config == {"params": {"seed": 0}}
     with pytest.raises(ParametersError, match="key=value"):
         parse_override("lr")
@@ -206,16 +218,25 @@ def test_parameters_overrides_nest_and_are_typed():
 
 # --- the captured record --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def captured(digits_split_master, tmp_path_factory):
     """Two epochs with SGD (momentum, weight decay, Nesterov), NLLLoss(sum), StepLR, seed 7."""
     base = tmp_path_factory.mktemp("captured")
     uri, returned = train_digits(
-        base, "captured", digits_split_master, n_epochs=2, seed=7, learning_rate=0.002, note="capture test",
+        base,
+        "captured",
+        digits_split_master,
+        n_epochs=2,
+        seed=7,
+        learning_rate=0.002,
+        note="capture test",
         loss_fn=torch.nn.NLLLoss(reduction="sum"),
-        optimiser=lambda net, p: torch.optim.SGD(net.parameters(), lr=p.learning_rate, momentum=0.9,
-                                                 weight_decay=1e-4, nesterov=True),
-        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+        optimiser=lambda net, p: torch.optim.SGD(
+            net.parameters(), lr=p.learning_rate, momentum=0.9, weight_decay=1e-4, nesterov=True
+        ),
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+    )
     return uri, returned, load_record(uri)
 
 
@@ -246,7 +267,14 @@ def test_record_optimizer_loss_scheduler(captured):
     group = t.optimizer.param_groups[0]
     assert group["lr"] == 0.002 and group["momentum"] == 0.9
     assert group["weight_decay"] == 1e-4 and group["nesterov"] is True and group["dampening"] == 0
-    assert group["param_names"] == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias"]
+    assert group["param_names"] == [
+        "conv1.weight",
+        "conv1.bias",
+        "conv2.weight",
+        "conv2.bias",
+        "fc1.weight",
+        "fc1.bias",
+    ]
     assert t.loss.class_name == "NLLLoss" and t.loss.args["reduction"] == "sum" and t.loss.args["ignore_index"] == -100
     assert t.scheduler is not None and t.scheduler.class_name == "StepLR"
     assert t.scheduler.args["step_size"] == 1 and t.scheduler.args["gamma"] == 0.5
@@ -302,8 +330,11 @@ def test_record_environment_metrics_and_time(captured):
     for m in history:
         assert math.isfinite(m.train_loss) and m.train_loss > 0
         assert m.valid_loss is not None and 0.0 <= m.valid_accuracy <= 1.0 and m.wall_time_s > 0
-    assert record.results.final == {"train_loss": history[-1].train_loss, "valid_loss": history[-1].valid_loss,
-                                    "valid_accuracy": history[-1].valid_accuracy}
+    assert record.results.final == {
+        "train_loss": history[-1].train_loss,
+        "valid_loss": history[-1].valid_loss,
+        "valid_accuracy": history[-1].valid_accuracy,
+    }
     assert record.results.wall_time_s >= sum(m.wall_time_s for m in history)
     assert record.results.started_at and record.results.finished_at
 
@@ -333,8 +364,9 @@ def test_model_dataset_items_readme_and_annotations(captured, digits_split_maste
 
 def test_loss_arguments_are_read_back_from_the_loss(digits_split_master, tmp_path):
     # Zoo models output log-probabilities; CrossEntropyLoss re-normalises them harmlessly.
-    _, record = train_digits(tmp_path, "ce", digits_split_master, valid=False,
-                             loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=0.1))
+    _, record = train_digits(
+        tmp_path, "ce", digits_split_master, valid=False, loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    )
     assert record.training.loss.class_name == "CrossEntropyLoss"
     assert record.training.loss.args["label_smoothing"] == 0.1
     assert record.training.scheduler is None
@@ -344,16 +376,29 @@ def test_loss_arguments_are_read_back_from_the_loss(digits_split_master, tmp_pat
 
 # --- several training datasets ---------------------------------------------------------------
 
+
 def _tensor_sets(base: Path, digits_uri: str, second_categories: list[str] | None = None):
     from reprodl.data.creators import create_from_arrays
     from reprodl.data.datasets import TensorDataSet
 
     digits = TensorDataSet(digits_uri)
     names = [str(d) for d in range(10)]
-    a = create_from_arrays(np.asarray(digits.data[:900]), digits.labels[:900], str(base), "part_a",
-                           image_dimensions=[1, 8, 8], categories=names)
-    b = create_from_arrays(np.asarray(digits.data[900:]), digits.labels[900:], str(base), "part_b",
-                           image_dimensions=[1, 8, 8], categories=second_categories or names)
+    a = create_from_arrays(
+        np.asarray(digits.data[:900]),
+        digits.labels[:900],
+        str(base),
+        "part_a",
+        image_dimensions=[1, 8, 8],
+        categories=names,
+    )
+    b = create_from_arrays(
+        np.asarray(digits.data[900:]),
+        digits.labels[900:],
+        str(base),
+        "part_b",
+        image_dimensions=[1, 8, 8],
+        categories=second_categories or names,
+    )
     return TensorDataSet(a), TensorDataSet(b)
 
 
@@ -380,14 +425,16 @@ def test_several_training_datasets_train_as_one(digits_split_master, tmp_path):
     torch.manual_seed(0)
     model = GenNet(**INIT_PARAMS)
     with DerivedDataSet(str(tmp_path), "both", [a, b]) as out:
-        record = train_model_with_metadata_capture(model, a, torch.optim.SGD(model.parameters(), lr=0.05),
-                                                   torch.nn.NLLLoss(), params, out, progress=False)
+        record = train_model_with_metadata_capture(
+            model, a, torch.optim.SGD(model.parameters(), lr=0.05), torch.nn.NLLLoss(), params, out, progress=False
+        )
     assert [(d.role, d.name, d.n_items) for d in record.data] == [("train", "part_a", 900), ("train", "part_b", 897)]
     assert len(record.data_by_role("train")) == 2
     assert record.results.history[1].train_loss < record.results.history[0].train_loss
 
 
 # --- failures leave nothing behind ---------------------------------------------------------------
+
 
 class _FailingLoss(torch.nn.NLLLoss):
     def __init__(self, error: BaseException, after: int) -> None:
@@ -441,6 +488,7 @@ def test_one_output_dataset_takes_one_training(digits_split_master, tmp_path):
 
 # --- integrity before training --------------------------------------------------------------------
 
+
 def test_tampered_item_is_refused_before_training(digits_split_uri, tmp_path):
     flip_byte(item_file(digits_split_uri, "data.npy"))
     out = tmp_path / "models"
@@ -463,12 +511,19 @@ def test_deep_check_catches_an_edit_that_kept_the_mtime(digits_split_uri, tmp_pa
 
 # --- no per-batch host/device synchronisation ---------------------------------------------------
 
+
 def test_capture_adds_no_per_batch_synchronisation(digits_split_master, tmp_path, count_host_syncs):
     counts = {}
     for batch_size in (16, 128):  # 90 and 12 batches an epoch
         count_host_syncs["n"] = 0
-        train_digits(tmp_path, f"bs{batch_size}", digits_split_master, batch_size=batch_size, valid=True,
-                     optimiser=lambda net, p: torch.optim.SGD(net.parameters(), lr=p.learning_rate))
+        train_digits(
+            tmp_path,
+            f"bs{batch_size}",
+            digits_split_master,
+            batch_size=batch_size,
+            valid=True,
+            optimiser=lambda net, p: torch.optim.SGD(net.parameters(), lr=p.learning_rate),
+        )
         counts[batch_size] = count_host_syncs["n"]
     assert counts[16] == counts[128] < 20, counts
 
@@ -479,8 +534,15 @@ def test_capture_adds_no_per_batch_synchronisation(digits_split_master, tmp_path
             return out
 
     count_host_syncs["n"] = 0
-    train_digits(tmp_path, "syncing", digits_split_master, batch_size=16, valid=True, loss_fn=ItemLoss(),
-                 optimiser=lambda net, p: torch.optim.SGD(net.parameters(), lr=p.learning_rate))
+    train_digits(
+        tmp_path,
+        "syncing",
+        digits_split_master,
+        batch_size=16,
+        valid=True,
+        loss_fn=ItemLoss(),
+        optimiser=lambda net, p: torch.optim.SGD(net.parameters(), lr=p.learning_rate),
+    )
     assert count_host_syncs["n"] >= counts[16] + 90
 
 
@@ -515,8 +577,13 @@ def test_git_commit_branch_and_uncommitted_patch_are_captured(digits_split_maste
     script.write_text(TRAIN_SCRIPT)
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-c", "user.name=T", "-c", "user.email=t@example.org", *args], cwd=repo,
-                              check=True, capture_output=True, text=True).stdout
+        return subprocess.run(
+            ["git", "-c", "user.name=T", "-c", "user.email=t@example.org", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
 
     git("init", "-q", "-b", "main")
     git("add", "train.py")
@@ -528,8 +595,14 @@ def test_git_commit_branch_and_uncommitted_patch_are_captured(digits_split_maste
     out = tmp_path / "models"
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script), digits_split_master, str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), digits_split_master, str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     uri = proc.stdout.strip().splitlines()[-1]
 
@@ -556,14 +629,16 @@ def test_git_commit_branch_and_uncommitted_patch_are_captured(digits_split_maste
 
 # --- fine-tuning and lineage ----------------------------------------------------------------------
 
+
 @pytest.fixture
 def parent_and_child(digits_split_master, tmp_path):
     from reprodl.config import build_and_train, load_config
 
     models = tmp_path / "models"
     models.mkdir()
-    parent_uri, parent_record = build_and_train(load_config(digits_config(digits_split_master, models, name="parent")),
-                                                progress=False)
+    parent_uri, parent_record = build_and_train(
+        load_config(digits_config(digits_split_master, models, name="parent")), progress=False
+    )
     cfg = digits_config(digits_split_master, models, name="child", learning_rate=0.02)
     del cfg["model"]  # the architecture comes from the parent's record
     cfg.update(parent=parent_uri, freeze=["conv1"])
@@ -652,8 +727,12 @@ def test_untracked_code_is_kept_and_clean_code_can_be_required(digits_split_mast
     repo.mkdir()
 
     def git(*args: str) -> None:
-        subprocess.run(["git", "-c", "user.name=T", "-c", "user.email=t@example.org", *args], cwd=repo,
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-c", "user.name=T", "-c", "user.email=t@example.org", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+        )
 
     git("init", "-q", "-b", "main")
     (repo / "README.md").write_text("project\n")
@@ -682,6 +761,7 @@ def test_untracked_code_is_kept_and_clean_code_can_be_required(digits_split_mast
     (repo / ".gitignore").write_text("models/\n")
     git("add", ".gitignore", "augment.py", "train.yaml")
     git("commit", "-q", "-m", "all in")
-    _, clean = build_and_train(load_config(repo / "train.yaml", ["name=strict", "require_clean_code=true"]),
-                               progress=False)
+    _, clean = build_and_train(
+        load_config(repo / "train.yaml", ["name=strict", "require_clean_code=true"]), progress=False
+    )
     assert clean.code.git.dirty is False and clean.code.git.untracked_items == []

@@ -7,6 +7,7 @@ augmentation reproduces `identical`; a transform of the user's own is refused by
 reproduction (naming its class) unless passed with `transforms=`; prediction applies the
 training's deterministic preprocessing.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,7 @@ def _train(base, name, train_ds, *, valid_ds=None, n_epochs=2, init_params=None)
     net = GenNet(**params.init_params)
     opt = torch.optim.SGD(net.parameters(), lr=params.learning_rate, momentum=0.9)
     with DerivedDataSet(str(base), name, train_ds, valid=valid_ds) as out:
-        record = train_model_with_metadata_capture(net, train_ds, opt, torch.nn.NLLLoss(), params, out,
-                                                   progress=False)
+        record = train_model_with_metadata_capture(net, train_ds, opt, torch.nn.NLLLoss(), params, out, progress=False)
     return out.uri, record
 
 
@@ -89,8 +89,11 @@ def test_config_round_trips_through_json_to_an_equal_transform(transform):
     assert config["name"] == type(transform).__name__
     rebuilt = from_config(json.loads(json.dumps(config)))
     assert type(rebuilt) is type(transform) and rebuilt == transform and rebuilt.config() == config
-    description = {"class": f"reprodl.transforms.{type(transform).__name__}", "repr": repr(transform),
-                   "config": json.loads(json.dumps(config))}
+    description = {
+        "class": f"reprodl.transforms.{type(transform).__name__}",
+        "repr": repr(transform),
+        "config": json.loads(json.dumps(config)),
+    }
     assert from_description(description) == transform
 
 
@@ -99,16 +102,22 @@ def test_a_list_of_configs_builds_a_compose():
     assert built == Compose([Normalize(MEAN, STD), GaussianNoise(0.1)])
 
 
-@pytest.mark.parametrize("config, match", [
-    ({"name": "os.system"}, "'os.system' is not one of reprodl's transforms"),
-    ({"name": "torchvision.transforms.Normalize", "mean": [0.5], "std": [0.5]}, "never imports what a config names"),
-    ({"name": "Normalize", "mean": [0.5], "sd": [0.5]}, r"unknown arguments \['sd'\]; it takes \['mean', 'std'\]"),
-    ({"name": "Normalize", "mean": [0.5], "std": [0.0]}, "cannot be zero"),
-    ({"name": "RandomHorizontalFlip", "p": 2}, "p should be a probability between 0 and 1, but got p=2"),
-    ({"name": "Resize", "size": [8, 8, 8]}, r"Resize size should be a positive integer or a pair of them"),
-    ({"name": "Compose", "transforms": {"name": "Identity"}}, "needs 'transforms': a list of configs"),
-    ({"mean": [0.5]}, "a mapping with a 'name'"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"name": "os.system"}, "'os.system' is not one of reprodl's transforms"),
+        (
+            {"name": "torchvision.transforms.Normalize", "mean": [0.5], "std": [0.5]},
+            "never imports what a config names",
+        ),
+        ({"name": "Normalize", "mean": [0.5], "sd": [0.5]}, r"unknown arguments \['sd'\]; it takes \['mean', 'std'\]"),
+        ({"name": "Normalize", "mean": [0.5], "std": [0.0]}, "cannot be zero"),
+        ({"name": "RandomHorizontalFlip", "p": 2}, "p should be a probability between 0 and 1, but got p=2"),
+        ({"name": "Resize", "size": [8, 8, 8]}, r"Resize size should be a positive integer or a pair of them"),
+        ({"name": "Compose", "transforms": {"name": "Identity"}}, "needs 'transforms': a list of configs"),
+        ({"mean": [0.5]}, "a mapping with a 'name'"),
+    ],
+)
 def test_bad_configs_are_refused_naming_the_problem(config, match):
     with pytest.raises(TransformError, match=match):
         from_config(config)
@@ -125,6 +134,7 @@ def test_a_user_transform_in_a_compose_is_recorded_by_class_and_not_rebuilt():
 
 # --- behaviour ---------------------------------------------------------------------------------
 
+
 def test_random_transforms_draw_from_the_global_generator_and_pin_exact_outputs():
     x = torch.arange(16, dtype=torch.float32).reshape(1, 4, 4)
     t = Compose([RandomCrop(4, padding=1), RandomHorizontalFlip(), GaussianNoise(0.5)])
@@ -136,7 +146,7 @@ def test_random_transforms_draw_from_the_global_generator_and_pin_exact_outputs(
     torch.manual_seed(7)
     top, left = int(torch.randint(0, 3, (1,))), int(torch.randint(0, 3, (1,)))
     flip = float(torch.rand(1)) < 0.5
-    expected = torch.nn.functional.pad(x, (1, 1, 1, 1))[..., top:top + 4, left:left + 4]
+    expected = torch.nn.functional.pad(x, (1, 1, 1, 1))[..., top : top + 4, left : left + 4]
     expected = expected.flip(-1) if flip else expected
     expected = expected + torch.randn(expected.shape) * 0.5
     assert torch.equal(first, expected)
@@ -144,8 +154,16 @@ def test_random_transforms_draw_from_the_global_generator_and_pin_exact_outputs(
 
 
 def test_eval_view_keeps_the_deterministic_part():
-    t = Compose([Resize(8), ToTensor(), RandomHorizontalFlip(), Normalize(MEAN, STD), RandomCrop(6, padding=1),
-                 GaussianNoise(0.1)])
+    t = Compose(
+        [
+            Resize(8),
+            ToTensor(),
+            RandomHorizontalFlip(),
+            Normalize(MEAN, STD),
+            RandomCrop(6, padding=1),
+            GaussianNoise(0.1),
+        ]
+    )
     assert t.eval_view() == Compose([Resize(8), ToTensor(), Normalize(MEAN, STD), CenterCrop(6)])
     assert eval_view(GaussianNoise(0.1)) == Identity()
     assert eval_view(Brighten(0.1)).__class__ is Brighten  # a user's transform stays as it is
@@ -177,6 +195,7 @@ def test_transforms_on_the_wrong_kind_of_input_say_what_to_do():
 
 # --- training and reproduction -----------------------------------------------------------------
 
+
 def test_training_with_normalisation_and_augmentation_reproduces_identical(digits_split_master, tmp_path):
     from reprodl import TensorDataSet
     from reprodl.reproduction import reproduce
@@ -206,12 +225,17 @@ def test_user_transform_is_refused_by_reproduce_unless_passed(digits_split_maste
     uri, _ = _train(tmp_path, "brightened", TensorDataSet(digits_split_master, "train", Brighten(0.1)), n_epochs=1)
     out = tmp_path / "again"
     out.mkdir()
-    with pytest.raises(ReproductionError, match=rf"read through a transform that reprodl cannot rebuild .*"
-                                                rf"{__name__}\.Brighten is not one of reprodl's transforms.*"
-                                                r"transforms=\{'train': your_transform\}"):
+    with pytest.raises(
+        ReproductionError,
+        match=rf"read through a transform that reprodl cannot rebuild .*"
+        rf"{__name__}\.Brighten is not one of reprodl's transforms.*"
+        r"transforms=\{'train': your_transform\}",
+    ):
         reproduce(uri, output=str(out))
     assert list(out.iterdir()) == []  # refused before any training
-    with pytest.raises(ReproductionError, match=r"names roles \['valid'\], but the record has datasets for \['train'\]"):
+    with pytest.raises(
+        ReproductionError, match=r"names roles \['valid'\], but the record has datasets for \['train'\]"
+    ):
         reproduce(uri, transforms={"valid": Brighten(0.1)})
 
     report = reproduce(uri, transforms={"train": Brighten(0.1)})
@@ -226,8 +250,10 @@ def test_yaml_config_transform_builds_a_compose_that_is_recorded(digits_split_ma
     from reprodl.reproduction import reproduce
 
     cfg = digits_config(digits_split_master, tmp_path, name="configured")
-    cfg["data"]["train"]["transform"] = [{"name": "Normalize", "mean": MEAN, "std": STD},
-                                         {"name": "RandomHorizontalFlip", "p": 0.5}]
+    cfg["data"]["train"]["transform"] = [
+        {"name": "Normalize", "mean": MEAN, "std": STD},
+        {"name": "RandomHorizontalFlip", "p": 0.5},
+    ]
     uri, record = build_and_train(load_config(cfg), progress=False)
     assert from_config(record.data[0].transform["config"]) == Compose([Normalize(MEAN, STD), RandomHorizontalFlip()])
     assert record.data[1].transform is None
@@ -239,6 +265,7 @@ def test_yaml_config_transform_builds_a_compose_that_is_recorded(digits_split_ma
 
 
 # --- prediction --------------------------------------------------------------------------------
+
 
 def test_convert_and_predict_applies_the_recorded_normalisation(digits_split_master, tmp_path):
     from reprodl import TensorDataSet, TrainedTorchModel
@@ -290,7 +317,9 @@ def test_a_model_trained_through_a_user_transform_needs_one_to_convert_images(di
 
     uri, _ = _train(tmp_path, "brightened", TensorDataSet(digits_split_master, "train", Brighten(0.1)), n_epochs=1)
     image = Image.new("L", (8, 8))
-    with pytest.raises(ModelLoadError, match=rf"{__name__}\.Brighten is not one of .*TrainedTorchModel\(uri, transform="):
+    with pytest.raises(
+        ModelLoadError, match=rf"{__name__}\.Brighten is not one of .*TrainedTorchModel\(uri, transform="
+    ):
         TrainedTorchModel(uri).convert_image(image)
     converted = TrainedTorchModel(uri, transform=Brighten(0.1)).convert_image(image)
     assert torch.equal(converted, torch.full((1, 8, 8), 0.1))

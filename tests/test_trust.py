@@ -6,6 +6,7 @@ into ``os.system``, called with recorded keyword arguments. Each vector goes thr
 entry point: the Python API, each CLI command, a model served over http://, and a config's
 ``parent:``. A marker file shows whether the payload ran.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,12 @@ pytest.register_assert_rewrite("train_fixtures")
 
 from remote_servers import *  # noqa: E402,F403 - the server fixtures
 from remote_servers import HTTPServer  # noqa: E402
+from train_fixtures import *  # noqa: E402,F403 - fixtures
+from train_fixtures import TinyNet, TrainedModel, digits_config, rewrite_model  # noqa: E402
+
 from reprodl import TrainedTorchModel, reproduce, trust  # noqa: E402
 from reprodl.checks import verify_model  # noqa: E402
 from reprodl.errors import ModelLoadError, UnsafeImportError  # noqa: E402
-from train_fixtures import *  # noqa: E402,F403 - fixtures
-from train_fixtures import TinyNet, TrainedModel, digits_config, rewrite_model  # noqa: E402
 
 # Paths that walk from a trusted module to os.system (reprodl.zoo imports torch, torch imports os).
 ARCH_WALK = "reprodl.zoo:torch.os.system"
@@ -39,6 +41,7 @@ def _payload(mark: Path) -> str:
 
 def _hostile(trained: TrainedModel, base: Path, name: str, mark: Path, vector: str) -> str:
     """A resealed copy of the trained model whose record names ``os.system`` through ``vector``."""
+
     def edit(raw: dict[str, Any]) -> None:
         if vector == "architecture":
             raw["architecture"]["import_path"] = ARCH_WALK
@@ -61,44 +64,50 @@ VECTORS = ["architecture", "optimizer", "loss", "scheduler"]
 
 
 # --- the policy itself ------------------------------------------------------------------------
-@pytest.mark.parametrize("path,kind", [
-    (ARCH_WALK, trust.Kind.ARCHITECTURE),
-    ("reprodl.zoo:torch.nn.Module", trust.Kind.ARCHITECTURE),
-    ("reprodl:zoo.GenNet", trust.Kind.ARCHITECTURE),
-    ("torch.optim:swa_utils.torch.os.system", trust.Kind.OPTIMIZER),
-    ("torch.optim.sgd:Tensor", trust.Kind.OPTIMIZER),
-    ("torch.optim:Optimizer.__init__.__globals__", trust.Kind.OPTIMIZER),
-    ("torch.nn.modules.loss:F.nll_loss", trust.Kind.LOSS),
-    ("torch.nn:Module", trust.Kind.LOSS),
-    ("torch.nn:Linear", trust.Kind.LOSS),
-    ("torch.optim:SGD", trust.Kind.SCHEDULER),
-    ("torch.optim.lr_scheduler:StepLR", trust.Kind.OPTIMIZER),
-    ("os:system", trust.Kind.OPTIMIZER),
-    ("subprocess:Popen", trust.Kind.ARCHITECTURE),
-    ("torch.utils.cpp_extension:load_inline", trust.Kind.ARCHITECTURE),
-    ("reprodl.transforms:inspect.os.system", trust.Kind.TRANSFORM),
-    ("reprodl.zoo:GenNet", trust.Kind.OPTIMIZER),
-    ("", trust.Kind.ARCHITECTURE),
-    ("reprodl.zoo:Gen Net", trust.Kind.ARCHITECTURE),
-    ("reprodl.zoo:" + "A" * 400, trust.Kind.ARCHITECTURE),
-])
+@pytest.mark.parametrize(
+    "path,kind",
+    [
+        (ARCH_WALK, trust.Kind.ARCHITECTURE),
+        ("reprodl.zoo:torch.nn.Module", trust.Kind.ARCHITECTURE),
+        ("reprodl:zoo.GenNet", trust.Kind.ARCHITECTURE),
+        ("torch.optim:swa_utils.torch.os.system", trust.Kind.OPTIMIZER),
+        ("torch.optim.sgd:Tensor", trust.Kind.OPTIMIZER),
+        ("torch.optim:Optimizer.__init__.__globals__", trust.Kind.OPTIMIZER),
+        ("torch.nn.modules.loss:F.nll_loss", trust.Kind.LOSS),
+        ("torch.nn:Module", trust.Kind.LOSS),
+        ("torch.nn:Linear", trust.Kind.LOSS),
+        ("torch.optim:SGD", trust.Kind.SCHEDULER),
+        ("torch.optim.lr_scheduler:StepLR", trust.Kind.OPTIMIZER),
+        ("os:system", trust.Kind.OPTIMIZER),
+        ("subprocess:Popen", trust.Kind.ARCHITECTURE),
+        ("torch.utils.cpp_extension:load_inline", trust.Kind.ARCHITECTURE),
+        ("reprodl.transforms:inspect.os.system", trust.Kind.TRANSFORM),
+        ("reprodl.zoo:GenNet", trust.Kind.OPTIMIZER),
+        ("", trust.Kind.ARCHITECTURE),
+        ("reprodl.zoo:Gen Net", trust.Kind.ARCHITECTURE),
+        ("reprodl.zoo:" + "A" * 400, trust.Kind.ARCHITECTURE),
+    ],
+)
 def test_names_that_walk_out_or_are_the_wrong_kind_are_refused(path: str, kind: trust.Kind) -> None:
     with pytest.raises(UnsafeImportError):
         trust.resolve(path, kind)
     assert trust.refusal(path, kind) is not None
 
 
-@pytest.mark.parametrize("path,kind,name", [
-    ("reprodl.zoo:GenNet", trust.Kind.ARCHITECTURE, "GenNet"),
-    ("torch.optim:SGD", trust.Kind.OPTIMIZER, "SGD"),
-    ("torch.optim.sgd:SGD", trust.Kind.OPTIMIZER, "SGD"),
-    ("torch.optim.SGD", trust.Kind.OPTIMIZER, "SGD"),
-    ("torch.optim.lr_scheduler:ReduceLROnPlateau", trust.Kind.SCHEDULER, "ReduceLROnPlateau"),
-    ("torch.nn:CrossEntropyLoss", trust.Kind.LOSS, "CrossEntropyLoss"),
-    ("torch.nn.modules.loss:NLLLoss", trust.Kind.LOSS, "NLLLoss"),
-    ("torch.nn.functional:nll_loss", trust.Kind.LOSS, "nll_loss"),
-    ("reprodl.transforms:Normalize", trust.Kind.TRANSFORM, "Normalize"),
-])
+@pytest.mark.parametrize(
+    "path,kind,name",
+    [
+        ("reprodl.zoo:GenNet", trust.Kind.ARCHITECTURE, "GenNet"),
+        ("torch.optim:SGD", trust.Kind.OPTIMIZER, "SGD"),
+        ("torch.optim.sgd:SGD", trust.Kind.OPTIMIZER, "SGD"),
+        ("torch.optim.SGD", trust.Kind.OPTIMIZER, "SGD"),
+        ("torch.optim.lr_scheduler:ReduceLROnPlateau", trust.Kind.SCHEDULER, "ReduceLROnPlateau"),
+        ("torch.nn:CrossEntropyLoss", trust.Kind.LOSS, "CrossEntropyLoss"),
+        ("torch.nn.modules.loss:NLLLoss", trust.Kind.LOSS, "NLLLoss"),
+        ("torch.nn.functional:nll_loss", trust.Kind.LOSS, "nll_loss"),
+        ("reprodl.transforms:Normalize", trust.Kind.TRANSFORM, "Normalize"),
+    ],
+)
 def test_trusted_names_resolve(path: str, kind: trust.Kind, name: str) -> None:
     assert trust.resolve(path, kind).__name__ == name
 
@@ -155,16 +164,18 @@ def test_loading_refuses_an_architecture_walk(trained_model: TrainedModel, tmp_p
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate", "reproduce"])
-def test_cli_refuses_the_architecture_walk(command: str, trained_model: TrainedModel, tmp_path: Path,
-                                           cli: Any) -> None:
+def test_cli_refuses_the_architecture_walk(command: str, trained_model: TrainedModel, tmp_path: Path, cli: Any) -> None:
     mark = tmp_path / "pwned"
     uri = _hostile(trained_model, tmp_path, "hostile", mark, "architecture")
     image = tmp_path / "digit.png"
     from PIL import Image
 
     Image.new("L", (8, 8)).save(image)
-    args = {"predict": [uri, str(image)], "evaluate": [uri, trained_model.data_uri],
-            "reproduce": [uri, "--output", str(tmp_path / "out")]}[command]
+    args = {
+        "predict": [uri, str(image)],
+        "evaluate": [uri, trained_model.data_uri],
+        "reproduce": [uri, "--output", str(tmp_path / "out")],
+    }[command]
     result = cli(command, *args)
     assert result.exit_code == 2, result.output
     assert "will not import" in result.stderr or "walks through" in result.stderr
@@ -173,8 +184,7 @@ def test_cli_refuses_the_architecture_walk(command: str, trained_model: TrainedM
 
 
 @pytest.mark.parametrize("vector", VECTORS)
-def test_cli_reproduce_refuses_each_vector(vector: str, trained_model: TrainedModel, tmp_path: Path,
-                                           cli: Any) -> None:
+def test_cli_reproduce_refuses_each_vector(vector: str, trained_model: TrainedModel, tmp_path: Path, cli: Any) -> None:
     mark = tmp_path / "pwned"
     uri = _hostile(trained_model, tmp_path, f"hostile-{vector}", mark, vector)
     result = cli("reproduce", uri, "--output", str(tmp_path / "out"))
@@ -183,8 +193,9 @@ def test_cli_reproduce_refuses_each_vector(vector: str, trained_model: TrainedMo
 
 
 @pytest.mark.parametrize("vector", VECTORS)
-def test_verify_reports_what_will_not_be_imported(vector: str, trained_model: TrainedModel, tmp_path: Path,
-                                                  cli: Any) -> None:
+def test_verify_reports_what_will_not_be_imported(
+    vector: str, trained_model: TrainedModel, tmp_path: Path, cli: Any
+) -> None:
     mark = tmp_path / "pwned"
     uri = _hostile(trained_model, tmp_path, f"hostile-{vector}", mark, vector)
     result = verify_model(uri)
@@ -201,9 +212,9 @@ def test_verify_reports_what_will_not_be_imported(vector: str, trained_model: Tr
     assert not mark.exists()
 
 
-def test_verify_passes_an_honest_model_and_needs_allow_for_a_user_class(trained_model: TrainedModel,
-                                                                       digits_split_uri: str, tmp_path: Path,
-                                                                       cli: Any) -> None:
+def test_verify_passes_an_honest_model_and_needs_allow_for_a_user_class(
+    trained_model: TrainedModel, digits_split_uri: str, tmp_path: Path, cli: Any
+) -> None:
     assert verify_model(trained_model.uri).ok
     from train_fixtures import train_digits
 
@@ -213,8 +224,9 @@ def test_verify_passes_an_honest_model_and_needs_allow_for_a_user_class(trained_
     assert cli("verify", uri, "--allow", TinyNet.__module__).exit_code == 0
 
 
-def test_a_served_model_with_a_walk_is_refused_over_http(http_server: HTTPServer, dtool_cache: Path,
-                                                         trained_model: TrainedModel, tmp_path: Path) -> None:
+def test_a_served_model_with_a_walk_is_refused_over_http(
+    http_server: HTTPServer, dtool_cache: Path, trained_model: TrainedModel, tmp_path: Path
+) -> None:
     mark = tmp_path / "pwned"
     _hostile(trained_model, http_server.root, "hostile-served", mark, "architecture")
     with pytest.raises(UnsafeImportError):
@@ -223,8 +235,7 @@ def test_a_served_model_with_a_walk_is_refused_over_http(http_server: HTTPServer
     assert not mark.exists()
 
 
-def test_fine_tuning_from_a_hostile_parent_is_refused(trained_model: TrainedModel, tmp_path: Path,
-                                                      cli: Any) -> None:
+def test_fine_tuning_from_a_hostile_parent_is_refused(trained_model: TrainedModel, tmp_path: Path, cli: Any) -> None:
     mark = tmp_path / "pwned"
     (tmp_path / "models").mkdir()
     parent = _hostile(trained_model, tmp_path / "models", "hostile-parent", mark, "architecture")
@@ -240,14 +251,18 @@ def test_fine_tuning_from_a_hostile_parent_is_refused(trained_model: TrainedMode
     assert not (tmp_path / "out" / "child").exists()
 
 
-@pytest.mark.parametrize("section,cls", [
-    ("model", "torch.nn:parameter.torch.os.system"),
-    ("optimizer", "torch.optim:swa_utils.torch.os.system"),
-    ("loss", "torch.nn:modules.loss.torch.os.system"),
-    ("scheduler", "torch.optim:swa_utils.torch.os.system"),
-])
-def test_a_config_cannot_name_a_walk(section: str, cls: str, trained_model: TrainedModel, tmp_path: Path,
-                                     cli: Any) -> None:
+@pytest.mark.parametrize(
+    "section,cls",
+    [
+        ("model", "torch.nn:parameter.torch.os.system"),
+        ("optimizer", "torch.optim:swa_utils.torch.os.system"),
+        ("loss", "torch.nn:modules.loss.torch.os.system"),
+        ("scheduler", "torch.optim:swa_utils.torch.os.system"),
+    ],
+)
+def test_a_config_cannot_name_a_walk(
+    section: str, cls: str, trained_model: TrainedModel, tmp_path: Path, cli: Any
+) -> None:
     mark = tmp_path / "pwned"
     config = digits_config(trained_model.data_uri, tmp_path / "out", name="walk")
     entry = dict(config.get(section) or {})
@@ -268,7 +283,8 @@ def test_the_zoo_still_loads_and_user_classes_need_allow(trained_model: TrainedM
 
 
 def test_recorded_arguments_that_build_a_huge_model_are_refused_before_allocating(
-        trained_model: TrainedModel, tmp_path: Path) -> None:
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
     def huge(raw: dict[str, Any]) -> None:
         raw["architecture"]["init_params"]["input_dim"] = 200_000
 
@@ -279,8 +295,9 @@ def test_recorded_arguments_that_build_a_huge_model_are_refused_before_allocatin
         reproduce(uri, output=str(tmp_path / "out"))
 
 
-def test_a_record_whose_size_disagrees_with_its_arguments_is_refused(trained_model: TrainedModel,
-                                                                     tmp_path: Path) -> None:
+def test_a_record_whose_size_disagrees_with_its_arguments_is_refused(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
     def bigger(raw: dict[str, Any]) -> None:
         raw["architecture"]["init_params"]["input_dim"] = 16
 

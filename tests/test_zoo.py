@@ -1,4 +1,5 @@
 """The model zoo: GenNet from 8x8 up, and the small ResNet (no torchvision) end to end."""
+
 from __future__ import annotations
 
 import pytest

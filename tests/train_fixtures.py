@@ -7,6 +7,7 @@ split 80/20 (stratified, seed 0), with the paper's small CNN (``GenNet``) at 8x8
 Session-scoped models and datasets are shared read-only; a test that edits one first takes
 its own copy (``model_copy``, ``digits_split_uri``).
 """
+
 from __future__ import annotations
 
 import os
@@ -47,17 +48,23 @@ def small_params(**overrides: Any) -> Any:
     """The small digits settings: batch 32, lr 0.05, one epoch, GenNet at 8x8."""
     from reprodl import Parameters
 
-    values: dict[str, Any] = {"batch_size": 32, "learning_rate": 0.05, "n_epochs": 1,
-                              "init_params": dict(INIT_PARAMS)}
+    values: dict[str, Any] = {"batch_size": 32, "learning_rate": 0.05, "n_epochs": 1, "init_params": dict(INIT_PARAMS)}
     values.update(overrides)
     return Parameters(**values)
 
 
-def train_digits(base: str | Path, name: str, data_uri: str, *, valid: bool = True,
-                 model: nn.Module | None = None, loss_fn: Any = None,
-                 optimiser: Callable[[nn.Module, Any], torch.optim.Optimizer] | None = None,
-                 scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-                 **param_overrides: Any) -> tuple[str, Any]:
+def train_digits(
+    base: str | Path,
+    name: str,
+    data_uri: str,
+    *,
+    valid: bool = True,
+    model: nn.Module | None = None,
+    loss_fn: Any = None,
+    optimiser: Callable[[nn.Module, Any], torch.optim.Optimizer] | None = None,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    **param_overrides: Any,
+) -> tuple[str, Any]:
     """Train on the train split (validating on the test split); returns (model URI, record)."""
     from reprodl import DerivedDataSet, GenNet, TensorDataSet, train_model_with_metadata_capture
 
@@ -66,12 +73,16 @@ def train_digits(base: str | Path, name: str, data_uri: str, *, valid: bool = Tr
     valid_ds = TensorDataSet(data_uri, usetype="test") if valid else None
     torch.manual_seed(params.seed)
     net = model if model is not None else GenNet(**params.init_params)
-    opt = (optimiser(net, params) if optimiser is not None
-           else torch.optim.SGD(net.parameters(), lr=params.learning_rate, momentum=0.9))
+    opt = (
+        optimiser(net, params)
+        if optimiser is not None
+        else torch.optim.SGD(net.parameters(), lr=params.learning_rate, momentum=0.9)
+    )
     sched = scheduler(opt) if scheduler is not None else None
     with DerivedDataSet(str(base), name, train_ds, valid=valid_ds) as out:
-        record = train_model_with_metadata_capture(net, train_ds, opt, loss_fn or nn.NLLLoss(), params, out,
-                                                   scheduler=sched, progress=False)
+        record = train_model_with_metadata_capture(
+            net, train_ds, opt, loss_fn or nn.NLLLoss(), params, out, scheduler=sched, progress=False
+        )
     assert out.uri is not None
     return out.uri, record
 
@@ -81,8 +92,7 @@ def digits_config(data_uri: str, output: str | Path, *, name: str = "digits-cnn"
     return {
         "name": name,
         "output": str(output),
-        "data": {"train": {"uri": data_uri, "usetype": "train"},
-                 "valid": {"uri": data_uri, "usetype": "test"}},
+        "data": {"train": {"uri": data_uri, "usetype": "train"}, "valid": {"uri": data_uri, "usetype": "test"}},
         "model": {"class": "GenNet", "init_params": dict(INIT_PARAMS)},
         "optimizer": {"class": "SGD", "momentum": 0.9},
         "loss": {"class": "NLLLoss"},
@@ -113,9 +123,16 @@ def flip_byte(path: Path, *, offset: int = -1, keep_mtime: bool = False) -> None
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def rewrite_model(src_uri: str, base: str | Path, name: str, *,
-                  edit: Callable[[dict[str, Any]], None] | None = None, reseal: bool = True,
-                  replace: dict[str, bytes] | None = None, drop: tuple[str, ...] = ()) -> str:
+def rewrite_model(
+    src_uri: str,
+    base: str | Path,
+    name: str,
+    *,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    reseal: bool = True,
+    replace: dict[str, bytes] | None = None,
+    drop: tuple[str, ...] = (),
+) -> str:
     """A new model dataset with the items of ``src_uri``, its record edited (and resealed).
 
     This is what someone who edits a copy *and* re-freezes it can make: a consistent dtool
@@ -177,6 +194,7 @@ class TrainedModel:
 
 
 # --- fixtures ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def digits_split_master(tmp_path_factory: pytest.TempPathFactory) -> str:

@@ -11,6 +11,7 @@ loaded from its module on first use.
 Example:
     >>> from reprodl import TensorDataSet, DerivedDataSet, Parameters   # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import importlib

@@ -5,6 +5,7 @@ Example:
     >>> info.torch                              # doctest: +SKIP
     '2.13.0+cpu'
 """
+
 from __future__ import annotations
 
 import email
@@ -33,7 +34,6 @@ from reprodl.provenance import (
     OptimizerInfo,
     Seeds,
 )
-
 
 # --- environment -----------------------------------------------------------------------
 _PACKAGES_CACHE: dict[Any, dict[str, str]] = {}
@@ -89,7 +89,7 @@ def _metadata_headers(dist: importlib.metadata.Distribution) -> Any:
     # Keep up to the first blank line ("\n\n" or "\r\n\r\n"), the first line break included.
     ends = [i + len(blank) // 2 for blank in ("\n\n", "\r\n\r\n") if (i := text.find(blank)) >= 0]
     if ends:
-        text = text[:min(ends)]
+        text = text[: min(ends)]
     return email.message_from_string(text)
 
 
@@ -141,8 +141,9 @@ def _git_many(commands: dict[str, list[str]], cwd: Path) -> dict[str, str | None
     procs: dict[str, subprocess.Popen[str] | None] = {}
     for key, args in commands.items():
         try:
-            procs[key] = subprocess.Popen(["git", *args], cwd=cwd, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True)
+            procs[key] = subprocess.Popen(
+                ["git", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
         except (OSError, subprocess.SubprocessError):
             procs[key] = None
     out: dict[str, str | None] = {}
@@ -179,9 +180,24 @@ MAX_UNTRACKED_TOTAL = 8 << 20
 # made to be shared): matched case-insensitively against the file name, or against the path's
 # tail for a pattern with a "/". Git-ignored files are never stored either.
 SECRET_FILE_PATTERNS: tuple[str, ...] = (
-    ".env", ".env.*", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.pem", "*.key",
-    "*.p12", "*.pfx", "*.kdbx", "credentials", "credentials.json", ".netrc", ".pypirc",
-    ".git-credentials", ".aws/credentials", ".ssh/*",
+    ".env",
+    ".env.*",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.kdbx",
+    "credentials",
+    "credentials.json",
+    ".netrc",
+    ".pypirc",
+    ".git-credentials",
+    ".aws/credentials",
+    ".ssh/*",
 )
 
 SKIP_SECRET = "secret"
@@ -196,7 +212,7 @@ def secret_pattern(relpath: str) -> str | None:
     parts = [p.lower() for p in Path(relpath).parts]
     for pattern in SECRET_FILE_PATTERNS:
         tail = pattern.lower().split("/")
-        if len(parts) >= len(tail) and all(fnmatch.fnmatchcase(p, t) for p, t in zip(parts[-len(tail):], tail)):
+        if len(parts) >= len(tail) and all(fnmatch.fnmatchcase(p, t) for p, t in zip(parts[-len(tail) :], tail)):
             return pattern
     return None
 
@@ -216,8 +232,9 @@ def _skip_reason(root: Path, rel: str, size_so_far: int) -> tuple[str | None, in
     return None, size
 
 
-def capture_code(where: str | os.PathLike[str] | None = None, *,
-                 store_untracked: bool = True) -> tuple[CodeInfo, str | None, dict[str, Path]]:
+def capture_code(
+    where: str | os.PathLike[str] | None = None, *, store_untracked: bool = True
+) -> tuple[CodeInfo, str | None, dict[str, Path]]:
     """Code version of the entry script's repository (or ``where``).
 
     Returns (info, patch, files): the patch is ``git diff HEAD`` (staged and unstaged changes
@@ -246,15 +263,18 @@ def capture_code(where: str | os.PathLike[str] | None = None, *,
         return info, None, files
     root_path = Path(root.strip())
     # Independent read-only queries: run them at once rather than one after another.
-    res = _git_many({
-        "commit": ["rev-parse", "HEAD"],
-        "branch": ["rev-parse", "--abbrev-ref", "HEAD"],
-        "remote": ["config", "--get", "remote.origin.url"],
-        "patch": ["diff", "HEAD", "--binary"],
-        "changed": ["diff", "HEAD", "--name-only", "--no-renames", "-z"],
-        # Untracked files, git-ignored ones left out (.gitignore, .git/info/exclude, core.excludesFile).
-        "untracked": ["ls-files", "--others", "--exclude-standard", "-z", "--full-name"],
-    }, root_path)
+    res = _git_many(
+        {
+            "commit": ["rev-parse", "HEAD"],
+            "branch": ["rev-parse", "--abbrev-ref", "HEAD"],
+            "remote": ["config", "--get", "remote.origin.url"],
+            "patch": ["diff", "HEAD", "--binary"],
+            "changed": ["diff", "HEAD", "--name-only", "--no-renames", "-z"],
+            # Untracked files, git-ignored ones left out (.gitignore, .git/info/exclude, core.excludesFile).
+            "untracked": ["ls-files", "--others", "--exclude-standard", "-z", "--full-name"],
+        },
+        root_path,
+    )
     commit = (res["commit"] or "").strip() or None
     branch = (res["branch"] or "").strip() or None
     remote = (res["remote"] or "").strip() or None
@@ -262,8 +282,9 @@ def capture_code(where: str | os.PathLike[str] | None = None, *,
     # A tracked file named like a secret (a committed .env, edited since) stays out of the patch.
     patch_skipped = sorted(rel for rel in (res["changed"] or "").split("\0") if rel and secret_pattern(rel))
     if patch and patch_skipped:
-        patch = _git(["diff", "HEAD", "--binary", "--", ".", *(f":(exclude,literal){rel}" for rel in patch_skipped)],
-                     root_path)
+        patch = _git(
+            ["diff", "HEAD", "--binary", "--", ".", *(f":(exclude,literal){rel}" for rel in patch_skipped)], root_path
+        )
     untracked = sorted(e for e in (res["untracked"] or "").split("\0") if e)
     # Datasets and models (and the one being written) inside the repository are data, not code.
     untracked = [rel for rel in untracked if not _inside_dataset(root_path, rel)]
@@ -284,11 +305,20 @@ def capture_code(where: str | os.PathLike[str] | None = None, *,
         stored.append(item)
     dirty = bool(patch) or bool(patch_skipped) or bool(untracked)
     skipped = list(reasons)[:200]
-    info.git = GitInfo(commit=commit, branch=branch, dirty=dirty, remote=remote, root=str(root_path),
-                       untracked=untracked[:200], untracked_items=stored, untracked_skipped=skipped,
-                       untracked_skipped_reasons={rel: reasons[rel] for rel in skipped},
-                       store_untracked=store_untracked, patch_skipped=patch_skipped[:200],
-                       patch_sha256=hashlib.sha256(patch.encode()).hexdigest() if patch else None)
+    info.git = GitInfo(
+        commit=commit,
+        branch=branch,
+        dirty=dirty,
+        remote=remote,
+        root=str(root_path),
+        untracked=untracked[:200],
+        untracked_items=stored,
+        untracked_skipped=skipped,
+        untracked_skipped_reasons={rel: reasons[rel] for rel in skipped},
+        store_untracked=store_untracked,
+        patch_skipped=patch_skipped[:200],
+        patch_sha256=hashlib.sha256(patch.encode()).hexdigest() if patch else None,
+    )
     return info, (patch or None), files
 
 
@@ -307,8 +337,13 @@ def untracked_summary(git: GitInfo | None) -> str | None:
         line += ": " + ", ".join(names)
     if git.untracked_skipped:
         why = git.untracked_skipped_reasons
-        line += (" (" + ("store_untracked=False; " if not git.store_untracked else "") + "skipped: "
-                 + ", ".join(f"{n} [{why.get(n, SKIP_TOO_LARGE)}]" for n in git.untracked_skipped) + ")")
+        line += (
+            " ("
+            + ("store_untracked=False; " if not git.store_untracked else "")
+            + "skipped: "
+            + ", ".join(f"{n} [{why.get(n, SKIP_TOO_LARGE)}]" for n in git.untracked_skipped)
+            + ")"
+        )
     if git.patch_skipped:
         line += f"; left out of the code patch: {', '.join(git.patch_skipped)} [secret]"
     return line
@@ -333,14 +368,16 @@ def require_clean(info: CodeInfo) -> None:
     if git is None or not git.commit:
         raise DirtyCodeError(
             "refusing to train: the code is not in a git repository with a commit "
-            "(require_clean_code=True). Commit it, or train without --require-clean")
+            "(require_clean_code=True). Commit it, or train without --require-clean"
+        )
     if git.dirty:
         changed = "tracked files changed" if git.patch_sha256 else ""
         extra = f"{len(git.untracked)} untracked file(s): {', '.join(git.untracked[:5])}" if git.untracked else ""
         raise DirtyCodeError(
             f"refusing to train: the repository at {git.root} has uncommitted changes "
             f"({'; '.join(x for x in (changed, extra) if x)}). Commit them (or train without --require-clean, "
-            "and reprodl stores the patch and untracked files with the model)")
+            "and reprodl stores the patch and untracked files with the model)"
+        )
 
 
 def _sha256_file(path: Path) -> str:
@@ -351,8 +388,14 @@ def _sha256_file(path: Path) -> str:
 def derive_seeds(seed: int, num_workers: int) -> Seeds:
     """All seeds of a run, derived from one; the same seed gives the same seeds."""
     base = seed & 0xFFFFFFFF
-    return Seeds(seed=seed, python=base, numpy=base, torch=seed, dataloader_generator=seed + 1,
-                 worker_seeds=[(seed + 1000 + i) & 0xFFFFFFFF for i in range(num_workers)])
+    return Seeds(
+        seed=seed,
+        python=base,
+        numpy=base,
+        torch=seed,
+        dataloader_generator=seed + 1,
+        worker_seeds=[(seed + 1000 + i) & 0xFFFFFFFF for i in range(num_workers)],
+    )
 
 
 def seed_everything(seeds: Seeds) -> None:
@@ -457,9 +500,12 @@ def describe_optimizer(optimizer: Any, names: dict[int, str]) -> OptimizerInfo:
         hp = {k: jsonable(v) for k, v in group.items() if k != "params"}
         hp["param_names"] = [names.get(id(p), f"<unnamed {i}>") for i, p in enumerate(group["params"])]
         groups.append(hp)
-    return OptimizerInfo(class_name=qualname, module=module,
-                         defaults={k: jsonable(v) for k, v in optimizer.defaults.items()},
-                         param_groups=groups)
+    return OptimizerInfo(
+        class_name=qualname,
+        module=module,
+        defaults={k: jsonable(v) for k, v in optimizer.defaults.items()},
+        param_groups=groups,
+    )
 
 
 _SKIP_ARGS = {"self", "size_average", "reduce", "args", "kwargs"}

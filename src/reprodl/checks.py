@@ -4,6 +4,7 @@ Example:
     >>> verify_model("/models/digits_model", data=True).ok     # doctest: +SKIP
     True
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,12 +41,17 @@ class ModelVerification:
         self.checks.append(Check(name, ok, detail))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "ok": self.ok, "checks": [dataclasses.asdict(c) for c in self.checks],
-                "notes": list(self.notes)}
+        return {
+            "uri": self.uri,
+            "ok": self.ok,
+            "checks": [dataclasses.asdict(c) for c in self.checks],
+            "notes": list(self.notes),
+        }
 
 
-def verify_model(uri: str, *, data: bool = False, allow: Iterable[str] = (),
-                 trusted_keys: Iterable[str | os.PathLike[str]] = ()) -> ModelVerification:
+def verify_model(
+    uri: str, *, data: bool = False, allow: Iterable[str] = (), trusted_keys: Iterable[str | os.PathLike[str]] = ()
+) -> ModelVerification:
     """Check a model dataset's own item hashes, its record's digest, the weights against the
     record, that every name the record gives (architecture, optimiser, loss, scheduler,
     transforms) passes the trust policy (with ``allow``), and (``data=True``) that every
@@ -72,8 +78,10 @@ def verify_model(uri: str, *, data: bool = False, allow: Iterable[str] = (),
         for name, expected in mirror_annotations(record).items():
             actual = ds.get_annotation(name)
             if actual is not None and _as_json(actual) != _as_json(expected):
-                edited.append(f"annotation {name} says {json.dumps(actual, sort_keys=True, default=str)[:200]}, "
-                              f"the record {json.dumps(expected, sort_keys=True, default=str)[:200]}")
+                edited.append(
+                    f"annotation {name} says {json.dumps(actual, sort_keys=True, default=str)[:200]}, "
+                    f"the record {json.dumps(expected, sort_keys=True, default=str)[:200]}"
+                )
         result.add("annotations mirror the record", not edited, "; ".join(edited))
         try:
             from reprodl.model import load_weights
@@ -83,14 +91,20 @@ def verify_model(uri: str, *, data: bool = False, allow: Iterable[str] = (),
         except ReprodlError as exc:
             result.add("weights match the record", False, str(exc))
         refused = untrusted_names(record, allow=allow)
-        result.add("recorded names pass the trust policy", not refused,
-                   "; ".join(f"will not be imported: {r}" for r in refused))
+        result.add(
+            "recorded names pass the trust policy",
+            not refused,
+            "; ".join(f"will not be imported: {r}" for r in refused),
+        )
         if data:
             checks, _ = check_data(record, ds)
             for c in checks:
                 ok = bool(c.get("ok"))
-                detail = (c.get("error") or "; ".join([*c.get("items", []), *c.get("metadata", [])])
-                          or ("" if ok else "manifest digest differs"))
+                detail = (
+                    c.get("error")
+                    or "; ".join([*c.get("items", []), *c.get("metadata", [])])
+                    or ("" if ok else "manifest digest differs")
+                )
                 result.add(f"{c['role']} data {c['name']} ({c['uri']}) unchanged", ok, detail)
     _check_signature(ds, result, trusted)
     return result
@@ -103,9 +117,11 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = ()) -> l
     from reprodl.transforms import from_description
 
     t = record.training
-    names = [(record.architecture.import_path, trust.Kind.ARCHITECTURE),
-             (f"{t.optimizer.module}:{t.optimizer.class_name}", trust.Kind.OPTIMIZER),
-             (f"{t.loss.module}:{t.loss.class_name}", trust.Kind.LOSS)]
+    names = [
+        (record.architecture.import_path, trust.Kind.ARCHITECTURE),
+        (f"{t.optimizer.module}:{t.optimizer.class_name}", trust.Kind.OPTIMIZER),
+        (f"{t.loss.module}:{t.loss.class_name}", trust.Kind.LOSS),
+    ]
     if t.scheduler is not None:
         names.append((f"{t.scheduler.module}:{t.scheduler.class_name}", trust.Kind.SCHEDULER))
     refused = []
@@ -131,8 +147,9 @@ def _check_signature(ds: StoredDataSet, result: ModelVerification, trusted: list
         check = verify_signature(ds, trusted_keys=trusted)
         result.add(CHECK_NAME, check.ok, check.detail)
     elif signed_by := [str(s.get("public_key"))[:60] for s in signatures(ds)]:
-        result.notes.append(f"signed by {', '.join(signed_by)} (not checked: pass --trusted-key to check; "
-                            f"annotation {keys.SIGNATURES})")
+        result.notes.append(
+            f"signed by {', '.join(signed_by)} (not checked: pass --trusted-key to check; annotation {keys.SIGNATURES})"
+        )
 
 
 def _as_json(value: Any) -> Any:
@@ -159,10 +176,14 @@ def lineage(uri: str, *, max_depth: int = 50) -> list[dict[str, Any]]:
                 entry["digest_ok"] = True
             except ReprodlError:
                 entry["digest_ok"] = False
-            entry.update(uuid=ds.uuid, name=record.model_name, record_digest=record.digest,
-                         architecture=record.architecture.import_path,
-                         data=[f"{d.role}:{d.name}" for d in record.data],
-                         frozen=record.architecture.frozen_parameters)
+            entry.update(
+                uuid=ds.uuid,
+                name=record.model_name,
+                record_digest=record.digest,
+                architecture=record.architecture.import_path,
+                data=[f"{d.role}:{d.name}" for d in record.data],
+                frozen=record.architecture.frozen_parameters,
+            )
             if expected is not None:
                 entry["link_ok"] = expected == record.digest
             if ds.uuid in seen:
@@ -181,8 +202,9 @@ def lineage(uri: str, *, max_depth: int = 50) -> list[dict[str, Any]]:
     return chain
 
 
-def check_data(record: ProvenanceRecord, model_ds: StoredDataSet, *,
-               opened: dict[str, StoredDataSet] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+def check_data(
+    record: ProvenanceRecord, model_ds: StoredDataSet, *, opened: dict[str, StoredDataSet] | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Each recorded dataset: reachable, same UUID and manifest, every item re-hashed, and
     the metadata that gives its items their meaning unchanged (:func:`metadata_changes`).
 
@@ -215,15 +237,23 @@ def check_data(record: ProvenanceRecord, model_ds: StoredDataSet, *,
         item_problems = changed + ds.verify(deep=True).problems()
         digest = ds.manifest_digest()
         same_manifest = digest == ref.manifest_digest
-        metadata = [f"{r.role} dataset {r.name}: {change}" for r in record.data if r.uri == uri
-                    for change in metadata_changes(r, ds)]
-        check.update(uuid_matches=ds.uuid == ref.uuid, manifest_matches=same_manifest, items=item_problems,
-                     metadata=metadata, ok=not item_problems and not metadata and same_manifest and ds.uuid == ref.uuid)
+        metadata = [
+            f"{r.role} dataset {r.name}: {change}"
+            for r in record.data
+            if r.uri == uri
+            for change in metadata_changes(r, ds)
+        ]
+        check.update(
+            uuid_matches=ds.uuid == ref.uuid,
+            manifest_matches=same_manifest,
+            items=item_problems,
+            metadata=metadata,
+            ok=not item_problems and not metadata and same_manifest and ds.uuid == ref.uuid,
+        )
         if ds.uuid != ref.uuid:
             problems.append(f"{label} at {uri} has UUID {ds.uuid}, the record says {ref.uuid}")
         if not same_manifest and not changed:
-            problems.append(f"{label}: manifest digest {digest} differs from the recorded "
-                            f"{ref.manifest_digest}")
+            problems.append(f"{label}: manifest digest {digest} differs from the recorded {ref.manifest_digest}")
         problems += [f"{label}: {p}" for p in item_problems]
         problems += [f"the {m}" for m in metadata]
         checks.append(check)
@@ -259,8 +289,10 @@ def metadata_changes(ref: DataRef, ds: StoredDataSet) -> list[str]:
         changes.append(f"value_scale changed: {ref.value_scale:g}->{float(scale):g}")
     changes += _dimension_changes(ref, ds, now)
     if ref.selection_digest and now.selection_digest() != ref.selection_digest:
-        changes.append(f"usetype split changed: {_split_name(ref)} now selects {len(now)} samples "
-                       f"(recorded {ref.n_items}), not the ones the training read")
+        changes.append(
+            f"usetype split changed: {_split_name(ref)} now selects {len(now)} samples "
+            f"(recorded {ref.n_items}), not the ones the training read"
+        )
     elif ref.labels_digest and now.labels_digest() != ref.labels_digest:
         what = "category overlay" if ref.input_type == keys.INPUT_TYPE_IMAGE else "labels"
         changes.append(f"{what} changed: the samples of {_split_name(ref)} carry other labels than at training")

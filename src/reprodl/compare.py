@@ -1,4 +1,5 @@
 """Comparing a reproduction with its original: weights, metrics, predictions, envelopes."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,21 +35,29 @@ class Tolerance:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ReproductionError(
                     f"tolerance {field.name} should be a finite number >= 0, but got {field.name}={value!r}; "
-                    "e.g. --tolerance 'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'")
+                    "e.g. --tolerance 'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'"
+                )
         if self.agreement > 1:
             raise ReproductionError(
-                f"tolerance agreement is a fraction of predictions, between 0 and 1, but got agreement={self.agreement}")
+                f"tolerance agreement is a fraction of predictions, between 0 and 1, but got agreement={self.agreement}"
+            )
 
     @classmethod
-    def parse(cls, text: str | float | None) -> "Tolerance":
+    def parse(cls, text: str | float | None) -> Tolerance:
         """From "1e-5" or 1e-5 (atol) or "atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99"."""
         if isinstance(text, (int, float)):
             return cls(atol=text)  # a bool is refused there
         if not text:
             return cls()
         values: dict[str, float] = {}
-        names = {"atol": "atol", "rtol": "rtol", "metric": "metric_abs", "metric_abs": "metric_abs",
-                 "agreement": "agreement", "loss_rtol": "loss_rtol"}
+        names = {
+            "atol": "atol",
+            "rtol": "rtol",
+            "metric": "metric_abs",
+            "metric_abs": "metric_abs",
+            "agreement": "agreement",
+            "loss_rtol": "loss_rtol",
+        }
         try:
             if "=" not in text:
                 values["atol"] = float(text)
@@ -61,7 +70,8 @@ class Tolerance:
         except ValueError:
             raise ReproductionError(
                 f"tolerance {text!r} should be a number (atol) or a list like "
-                "'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'") from None
+                "'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'"
+            ) from None
         return cls(**values)
 
 
@@ -93,11 +103,17 @@ def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol:
             max_rel = max_abs
             ok = same
         within &= ok
-        tensors.append({"name": name, "identical": same, "max_abs_diff": max_abs, "max_rel_diff": max_rel,
-                        "within_tolerance": ok})
-    return {"identical": identical, "within_tolerance": within,
-            "n_tensors": len(tensors), "n_identical": sum(1 for t in tensors if t.get("identical")),
-            "max_abs_diff": max((t.get("max_abs_diff", 0.0) for t in tensors), default=0.0), "tensors": tensors}
+        tensors.append(
+            {"name": name, "identical": same, "max_abs_diff": max_abs, "max_rel_diff": max_rel, "within_tolerance": ok}
+        )
+    return {
+        "identical": identical,
+        "within_tolerance": within,
+        "n_tensors": len(tensors),
+        "n_identical": sum(1 for t in tensors if t.get("identical")),
+        "max_abs_diff": max((t.get("max_abs_diff", 0.0) for t in tensors), default=0.0),
+        "tensors": tensors,
+    }
 
 
 def compare_metrics(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, Any]]:
@@ -108,8 +124,15 @@ def compare_metrics(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, 
             x, y = getattr(ma, key), getattr(mb, key)
             if x is None and y is None:
                 continue
-            rows.append({"epoch": ma.epoch, "metric": key, "original": x, "reproduction": y,
-                         "abs_diff": abs(x - y) if x is not None and y is not None else None})
+            rows.append(
+                {
+                    "epoch": ma.epoch,
+                    "metric": key,
+                    "original": x,
+                    "reproduction": y,
+                    "abs_diff": abs(x - y) if x is not None and y is not None else None,
+                }
+            )
     return rows
 
 
@@ -133,8 +156,14 @@ def compare_predictions(m1: torch.nn.Module | None, m2: torch.nn.Module, ds: Wra
         c1 += int((p1 == y).sum())
         c2 += int((p2 == y).sum())
         total += len(y)
-    return {"dataset": ds.name, "usetype": ds.usetype, "n": total, "agreement": agree / max(total, 1),
-            "original_accuracy": c1 / max(total, 1), "reproduction_accuracy": c2 / max(total, 1)}
+    return {
+        "dataset": ds.name,
+        "usetype": ds.usetype,
+        "n": total,
+        "agreement": agree / max(total, 1),
+        "original_accuracy": c1 / max(total, 1),
+        "reproduction_accuracy": c2 / max(total, 1),
+    }
 
 
 def judged_metrics(names: Iterable[str]) -> list[str]:

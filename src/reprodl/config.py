@@ -29,6 +29,7 @@ in order (recorded, and rebuilt when the model is reproduced)::
 Example:
     >>> uri, record = build_and_train(load_config("train.yaml", ["lr=0.1"]))   # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import os
@@ -43,9 +44,15 @@ from reprodl.metadata import read_yaml_file
 from reprodl.params import apply_overrides, check_config_keys
 
 SHORTHANDS = {
-    "lr": "params.learning_rate", "learning_rate": "params.learning_rate", "epochs": "params.n_epochs",
-    "n_epochs": "params.n_epochs", "batch_size": "params.batch_size", "seed": "params.seed",
-    "deterministic": "params.deterministic", "device": "params.device", "num_workers": "params.num_workers",
+    "lr": "params.learning_rate",
+    "learning_rate": "params.learning_rate",
+    "epochs": "params.n_epochs",
+    "n_epochs": "params.n_epochs",
+    "batch_size": "params.batch_size",
+    "seed": "params.seed",
+    "deterministic": "params.deterministic",
+    "device": "params.device",
+    "num_workers": "params.num_workers",
     "shuffle": "params.shuffle",
 }
 
@@ -58,7 +65,8 @@ class DataSpec(BaseModel):
     mode: str | None = None
     size: list[int] | None = None
     transform: list[dict[str, Any]] | None = Field(
-        None, description="reprodl.transforms configs, applied in order: [{name: Normalize, mean: [...], std: [...]}]")
+        None, description="reprodl.transforms configs, applied in order: [{name: Normalize, mean: [...], std: [...]}]"
+    )
 
     def build_transform(self) -> Any:
         """The :class:`reprodl.transforms.Compose` of ``transform`` (None without one)."""
@@ -101,8 +109,10 @@ class TrainConfig(BaseModel):
     allow: list[str] = Field(default_factory=list)
     readme: dict[str, Any] = Field(default_factory=dict)
     require_clean_code: bool = Field(False, description="refuse to train on uncommitted code")
-    store_untracked: bool = Field(True, description="store the repository's untracked files with the model "
-                                  "(git-ignored files and secrets never are)")
+    store_untracked: bool = Field(
+        True,
+        description="store the repository's untracked files with the model (git-ignored files and secrets never are)",
+    )
     source: str | None = Field(None, description="the config file this was read from (set on load)")
 
     def specs(self, role: str) -> list[DataSpec]:
@@ -158,8 +168,14 @@ def _resolve(uri: str, base: Path) -> str:
 def _open(spec: DataSpec) -> Any:
     from reprodl.data.datasets import open_training_data
 
-    return open_training_data(spec.uri, spec.usetype, spec.build_transform(), mode=spec.mode,
-                              size=tuple(spec.size) if spec.size else None, split=spec.split)  # type: ignore[arg-type]
+    return open_training_data(
+        spec.uri,
+        spec.usetype,
+        spec.build_transform(),
+        mode=spec.mode,
+        size=tuple(spec.size) if spec.size else None,
+        split=spec.split,
+    )  # type: ignore[arg-type]
 
 
 def _component(spec: ComponentSpec, prefix: str, kind: Any, allow: list[str]) -> Any:
@@ -190,15 +206,18 @@ def _construct(cls: type, what: str, kwargs: dict[str, Any], *args: Any) -> Any:
 
             close = {k: difflib.get_close_matches(k, accepted, n=1) for k in unknown}
             hint = "; unknown keyword(s) " + ", ".join(
-                f"{k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for k, c in close.items())
+                f"{k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for k, c in close.items()
+            )
         key = "model.init_params" if what == "model" else what
         raise ParametersError(
             f"the config's {key} cannot build {cls.__module__}.{cls.__qualname__} with {kwargs}: {exc}{hint}. "
-            f"Fix {key} in the config" + (f" (it accepts {', '.join(accepted)})" if accepted else "")) from None
+            f"Fix {key} in the config" + (f" (it accepts {', '.join(accepted)})" if accepted else "")
+        ) from None
 
 
-def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callable[..., None] | None = None,
-                    name: str | None = None) -> tuple[str, Any]:
+def build_and_train(
+    cfg: TrainConfig, *, progress: Any = True, on_epoch: Callable[..., None] | None = None, name: str | None = None
+) -> tuple[str, Any]:
     """Build everything the config names and train it with capture; (model URI, record)."""
     import torch
 
@@ -248,15 +267,29 @@ def build_and_train(cfg: TrainConfig, *, progress: Any = True, on_epoch: Callabl
     loss_fn = _construct(_component(cfg.loss, "torch.nn", trust.Kind.LOSS, cfg.allow), "loss", cfg.loss.kwargs())
     scheduler = None
     if cfg.scheduler is not None:
-        scheduler = _construct(_component(cfg.scheduler, "torch.optim.lr_scheduler", trust.Kind.SCHEDULER, cfg.allow),
-                               "scheduler", cfg.scheduler.kwargs(), optimizer)
-    with DerivedDataSet(cfg.output, name or cfg.name, train, valid=valid, test=test, parent=cfg.parent,
-                        readme=cfg.readme) as out:
-        record = train_model_with_metadata_capture(model, train[0], optimizer, loss_fn, params, out,
-                                                   scheduler=scheduler, progress=progress, on_epoch=on_epoch,
-                                                   code_root=Path(cfg.source).parent if cfg.source else None,
-                                                   config=cfg.model_dump(mode="json", by_alias=True),
-                                                   require_clean_code=cfg.require_clean_code,
-                                                   store_untracked=cfg.store_untracked)
+        scheduler = _construct(
+            _component(cfg.scheduler, "torch.optim.lr_scheduler", trust.Kind.SCHEDULER, cfg.allow),
+            "scheduler",
+            cfg.scheduler.kwargs(),
+            optimizer,
+        )
+    with DerivedDataSet(
+        cfg.output, name or cfg.name, train, valid=valid, test=test, parent=cfg.parent, readme=cfg.readme
+    ) as out:
+        record = train_model_with_metadata_capture(
+            model,
+            train[0],
+            optimizer,
+            loss_fn,
+            params,
+            out,
+            scheduler=scheduler,
+            progress=progress,
+            on_epoch=on_epoch,
+            code_root=Path(cfg.source).parent if cfg.source else None,
+            config=cfg.model_dump(mode="json", by_alias=True),
+            require_clean_code=cfg.require_clean_code,
+            store_untracked=cfg.store_untracked,
+        )
     assert out.uri is not None
     return out.uri, record

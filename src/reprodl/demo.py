@@ -2,6 +2,7 @@
 
 Reports through a ``say`` callback (the CLI prints); nothing here prints by itself.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,8 +15,7 @@ import yaml
 DEMO_CONFIG = {
     "name": "digits-cnn",
     "output": "models",
-    "data": {"train": {"uri": "data/digits", "usetype": "train"},
-             "valid": {"uri": "data/digits", "usetype": "test"}},
+    "data": {"train": {"uri": "data/digits", "usetype": "train"}, "valid": {"uri": "data/digits", "usetype": "test"}},
     "model": {"class": "GenNet", "init_params": {"input_channels": 1, "input_dim": 8, "n_outputs": 10}},
     "optimizer": {"class": "SGD", "momentum": 0.9},
     "loss": {"class": "NLLLoss"},
@@ -23,8 +23,13 @@ DEMO_CONFIG = {
 }
 
 
-def run_demo(workdir: str | Path, *, epochs: int = 10, say: Callable[[str], None] = lambda _: None,
-             show_report: Callable[[Any], None] | None = None) -> bool:
+def run_demo(
+    workdir: str | Path,
+    *,
+    epochs: int = 10,
+    say: Callable[[str], None] = lambda _: None,
+    show_report: Callable[[Any], None] | None = None,
+) -> bool:
     """Run the demo in a fresh subdirectory of ``workdir``; True when the model reproduced."""
     import numpy as np
     import torch
@@ -68,8 +73,10 @@ def run_demo(workdir: str | Path, *, epochs: int = 10, say: Callable[[str], None
     model = TrainedTorchModel(model_uri)
     test = TensorDataSet(uri, usetype="test")
     result = model.evaluate(test)
-    say(f"   accuracy {result['accuracy']:.2%} on {result['n_samples']} test digits "
-        f"(majority-class baseline {result['majority_baseline_accuracy']:.2%})")
+    say(
+        f"   accuracy {result['accuracy']:.2%} on {result['n_samples']} test digits "
+        f"(majority-class baseline {result['majority_baseline_accuracy']:.2%})"
+    )
 
     say("== 5. Predict PNG images of test digits")
     from PIL import Image

@@ -4,6 +4,7 @@ Every error derives from :class:`ReprodlError` and from the builtin it resembles
 ``except ValueError`` keeps working for callers that do not know reprodl. Each message
 names the thing, its value and what to do next.
 """
+
 from __future__ import annotations
 
 import enum

@@ -4,6 +4,7 @@ The ``dtoolAI.*``, ``category``, ``usetype``, ``category_encoding``, ``tensor_fi
 and ``image_dimensions`` names are the conventions of the original dtoolAI 0.2.0, so
 datasets it made load here and datasets made here load there.
 """
+
 from __future__ import annotations
 
 # --- dataset annotations (dtoolAI conventions) ---------------------------------------

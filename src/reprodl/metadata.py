@@ -10,6 +10,7 @@ Example:
     >>> validate_readme(text).name
     'digits'
 """
+
 from __future__ import annotations
 
 import os
@@ -44,9 +45,7 @@ class DatasetReadme(BaseModel):
         return [value] if isinstance(value, str) else value
 
 
-def read_yaml_file(
-    path: str | os.PathLike[str], *, what: str, error: type[ReprodlError] = MetadataError
-) -> Any:
+def read_yaml_file(path: str | os.PathLike[str], *, what: str, error: type[ReprodlError] = MetadataError) -> Any:
     """The YAML content of ``path``; ``error`` (naming it as ``what``) when unreadable or not YAML."""
     try:
         text = Path(path).read_bytes()
@@ -93,16 +92,11 @@ def validate_readme(
     check_size(text, keys.MAX_README_BYTES, what="the README")
     data = load_yaml(text, what="the README")
     if not isinstance(data, dict):
-        raise MetadataError(
-            "the README must be a YAML mapping with at least: name, description, authors, origin"
-        )
+        raise MetadataError("the README must be a YAML mapping with at least: name, description, authors, origin")
     try:
         readme = DatasetReadme.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())
         raise MetadataError(f"the README does not validate: {problems}") from None
     if schema is not None:
         import jsonschema
@@ -115,9 +109,7 @@ def validate_readme(
             raise MetadataError(f"the user schema is not a valid JSON Schema: {exc.message}") from None
         errors = sorted(validator_cls(user).iter_errors(data), key=lambda e: list(e.path))
         if errors:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e.path) or '(top)'}: {e.message}" for e in errors
-            )
+            problems = "; ".join(f"{'.'.join(str(p) for p in e.path) or '(top)'}: {e.message}" for e in errors)
             raise MetadataError(f"the README does not validate against the user schema: {problems}")
     return readme
 

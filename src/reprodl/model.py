@@ -10,6 +10,7 @@ Example:
     >>> model.convert_and_predict(Image.open("handwritten_8.png"))     # doctest: +SKIP
     '8'
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -105,20 +106,29 @@ class TrainedTorchModel:
         input_shape: the shape of one model input, after that preprocessing.
     """
 
-    def __init__(self, uri: str, *, allow: Iterable[str] = (), model_class: type | None = None,
-                 device: str | torch.device = "cpu", transform: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        allow: Iterable[str] = (),
+        model_class: type | None = None,
+        device: str | torch.device = "cpu",
+        transform: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.dataset = open_dataset(uri)
         self.uri = self.dataset.uri
         try:
             self.provenance: ProvenanceRecord = read_record(self.dataset)
         except ModelLoadError:
-            pickles = sorted(r for r in (self.dataset.relpath(i) for i in self.dataset.identifiers)
-                             if r.endswith(PICKLE_SUFFIXES))
+            pickles = sorted(
+                r for r in (self.dataset.relpath(i) for i in self.dataset.identifiers) if r.endswith(PICKLE_SUFFIXES)
+            )
             if pickles:
                 raise ModelLoadError(
                     f"{self.uri} has no provenance.json and holds its weights as a pickle ({', '.join(pickles)}), "
                     "as the original dtoolAI wrote them; reprodl refuses to unpickle weights from a URI. "
-                    "`reprodl provenance` still shows what it recorded") from None
+                    "`reprodl provenance` still shows what it recorded"
+                ) from None
             raise
         arch = self.provenance.architecture
         cls = resolve_class(arch.import_path, allow=allow, model_class=model_class)
@@ -139,7 +149,8 @@ class TrainedTorchModel:
         self.categories = [n for n, _ in sorted(self.cat_encoding.items(), key=lambda kv: kv[1])]
         self.data_shape = _bounded_shape(train.input_shape, self.uri)  # one sample as the dataset holds it
         self.image_mode = train.image_mode or {1: "L", 3: "RGB", 4: "RGBA"}.get(
-            self.data_shape[0] if self.data_shape else 1, "L")
+            self.data_shape[0] if self.data_shape else 1, "L"
+        )
         self._images = train.input_type == keys.INPUT_TYPE_IMAGE
         self._transform_problem: str | None = None
         self.transform = transform
@@ -149,7 +160,8 @@ class TrainedTorchModel:
             except TransformError as exc:
                 self._transform_problem = (
                     f"the model was trained on data read through a transform that reprodl cannot rebuild ({exc}): "
-                    "pass the preprocessing yourself, TrainedTorchModel(uri, transform=...)")
+                    "pass the preprocessing yourself, TrainedTorchModel(uri, transform=...)"
+                )
         self.input_shape = self._input_shape()
 
     @property
@@ -170,7 +182,10 @@ class TrainedTorchModel:
             if tuple(x.shape) == self.input_shape:
                 x = x[None]
             else:
-                raise ModelLoadError(f"inputs of shape {tuple(x.shape)} do not fit the model's (N, {', '.join(map(str, self.input_shape))})")
+                raise ModelLoadError(
+                    f"inputs of shape {tuple(x.shape)} do not fit the model's "
+                    f"(N, {', '.join(map(str, self.input_shape))})"
+                )
         return self.model(x.to(self.device)).argmax(1).cpu()
 
     def predict_categories(self, batch: torch.Tensor | np.ndarray) -> list[str]:
@@ -230,14 +245,17 @@ class TrainedTorchModel:
         if dataset.cat_encoding != self.cat_encoding:
             raise ModelLoadError(
                 f"dataset {dataset.name!r} encodes labels as {dataset.cat_encoding}, the model as "
-                f"{self.cat_encoding}: evaluate on data with the model's categories")
+                f"{self.cat_encoding}: evaluate on data with the model's categories"
+            )
         k = len(self.categories)
         confusion = torch.zeros(k, k, dtype=torch.int64)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
         for x, y in loader:
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
-                raise ModelLoadError(f"dataset {dataset.name!r} has labels outside 0..{k - 1} "
-                                     f"(found {int(y.min())}..{int(y.max())}): the model has {k} categories")
+                raise ModelLoadError(
+                    f"dataset {dataset.name!r} has labels outside 0..{k - 1} "
+                    f"(found {int(y.min())}..{int(y.max())}): the model has {k} categories"
+                )
             pred = self.model(x.to(self.device)).argmax(1).cpu()
             confusion += torch.bincount(y * k + pred, minlength=k * k).reshape(k, k)
         return evaluation_report(confusion.numpy(), self.categories, dataset_name=dataset.name, dataset_uri=dataset.uri)
@@ -246,8 +264,10 @@ class TrainedTorchModel:
 def _bounded_shape(shape: list[int], uri: str) -> tuple[int, ...]:
     """A recorded sample shape, refused when it would size an absurd allocation."""
     if any(d <= 0 for d in shape) or int(np.prod(shape, dtype=object)) > keys.MAX_SAMPLE_ELEMENTS:
-        raise ModelLoadError(f"{uri}: the record's input shape {list(shape)} is not a usable sample shape "
-                             f"(positive sides, at most {keys.MAX_SAMPLE_ELEMENTS:,} values)")
+        raise ModelLoadError(
+            f"{uri}: the record's input shape {list(shape)} is not a usable sample shape "
+            f"(positive sides, at most {keys.MAX_SAMPLE_ELEMENTS:,} values)"
+        )
     return tuple(shape)
 
 

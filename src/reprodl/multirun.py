@@ -9,6 +9,7 @@ Example:
     >>> result = train_many(load_config("train.yaml"), seeds=5)   # doctest: +SKIP
     >>> result.summary["final"]["valid_accuracy"]["mean"]          # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,8 +78,9 @@ def plot_envelope(summary: dict[str, Any], path: str | Path, title: str = "") ->
         x = [r["epoch"] for r in rows]
         mean = [r["mean"] for r in rows]
         std = [r["std"] for r in rows]
-        ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        alpha=0.3, label="mean ± std")
+        ax.fill_between(
+            x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.3, label="mean ± std"
+        )
         ax.plot(x, mean, lw=2, label="mean")
         ax.plot(x, [r["min"] for r in rows], "k--", lw=0.8, label="min / max")
         ax.plot(x, [r["max"] for r in rows], "k--", lw=0.8)
@@ -107,8 +109,15 @@ def _with_split_seed(cfg: TrainConfig, seed: int, test: float) -> TrainConfig:
     return new
 
 
-def train_many(cfg: TrainConfig, *, seeds: int = 0, splits: int = 0, test: float = 0.2,
-               progress: Any = False, on_run: Callable[[int, str, Any], None] | None = None) -> MultiRunResult:
+def train_many(
+    cfg: TrainConfig,
+    *,
+    seeds: int = 0,
+    splits: int = 0,
+    test: float = 0.2,
+    progress: Any = False,
+    on_run: Callable[[int, str, Any], None] | None = None,
+) -> MultiRunResult:
     """Train one model per seed (``seeds=N``) or per stratified split (``splits=N``)."""
     if (seeds > 0) == (splits > 0):
         raise ParametersError("give either seeds=N or splits=N (N >= 2)")
@@ -135,14 +144,22 @@ def train_many(cfg: TrainConfig, *, seeds: int = 0, splits: int = 0, test: float
         "kind": keys.KIND_SUMMARY,
         "reprodl_version": __version__,
         "varied": "seed" if seeds else "split",
-        "models": [{"uri": u, "uuid": ds.uuid, "record_digest": r.digest,
-                    "seed": r.training.seeds.seed, "final": r.results.final}
-                   for u, ds, r in zip(uris, models, records)],
+        "models": [
+            {
+                "uri": u,
+                "uuid": ds.uuid,
+                "record_digest": r.digest,
+                "seed": r.training.seeds.seed,
+                "final": r.results.final,
+            }
+            for u, ds, r in zip(uris, models, records)
+        ],
         **summarise(records),
     }
-    text = yaml.safe_dump({"name": f"{cfg.name}.summary",
-                           "description": f"{n} runs of {cfg.name} varying the {summary['varied']}"},
-                          sort_keys=False)
+    text = yaml.safe_dump(
+        {"name": f"{cfg.name}.summary", "description": f"{n} runs of {cfg.name} varying the {summary['varied']}"},
+        sort_keys=False,
+    )
     with create_dataset(cfg.output, f"{cfg.name}.summary", readme=text) as writer:
         writer.put_json(summary, keys.SUMMARY_FILE)
         try:

@@ -8,6 +8,7 @@ Example:
     >>> Parameters(shuffle="False").shuffle   # no bool("False") == True trap
     False
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -39,11 +40,15 @@ class Parameters(BaseModel):
     shuffle: bool = Field(True, description="Shuffle the training data each epoch")
     num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    verify_data: Literal["quick", "deep", "none"] = Field("quick", description="Integrity check of the data before training")
+    verify_data: Literal["quick", "deep", "none"] = Field(
+        "quick", description="Integrity check of the data before training"
+    )
     allow_nonfinite_loss: bool = Field(
-        False, description="Keep training (and write the model) when the loss becomes NaN or infinite")
+        False, description="Keep training (and write the model) when the loss becomes NaN or infinite"
+    )
     user: dict[str, Any] = Field(
-        default_factory=dict, description="Values for your own code (a config's params.user), recorded as given")
+        default_factory=dict, description="Values for your own code (a config's params.user), recorded as given"
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs = {ALIASES.get(k, k): v for k, v in kwargs.items()}
@@ -62,7 +67,7 @@ class Parameters(BaseModel):
         """Every parameter, known and extra, as plain JSON-able values."""
         return self.model_dump(mode="json")
 
-    def updated(self, **changes: Any) -> "Parameters":
+    def updated(self, **changes: Any) -> Parameters:
         """A copy with some values changed (the original is never mutated)."""
         return Parameters(**{**self.to_dict(), **changes})
 
@@ -96,7 +101,8 @@ def check_config_keys(params: dict[str, Any]) -> None:
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise ParametersError(
         f"unknown training parameter(s) in the config's params: {', '.join(hints)}. Known: {', '.join(known)}. "
-        "Values for your own code go under params.user (e.g. params: {user: {dropout: 0.1}})")
+        "Values for your own code go under params.user (e.g. params: {user: {dropout: 0.1}})"
+    )
 
 
 def _explain(exc: ValidationError) -> str:

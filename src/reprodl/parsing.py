@@ -11,6 +11,7 @@ Example:
     >>> load_yaml("name: digits", what="the README")
     {'name': 'digits'}
 """
+
 from __future__ import annotations
 
 import json
@@ -30,13 +31,13 @@ class NoAliasSafeLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.YAMLError(f"YAML aliases (*{event.anchor}) are not allowed ({_where(event)}): "
-                                 "write the value out")
+            raise yaml.YAMLError(
+                f"YAML aliases (*{event.anchor}) are not allowed ({_where(event)}): write the value out"
+            )
         event = self.peek_event()
         anchor = getattr(event, "anchor", None)
         if anchor is not None:
-            raise yaml.YAMLError(f"YAML anchors (&{anchor}) are not allowed ({_where(event)}): "
-                                 "write the value out")
+            raise yaml.YAMLError(f"YAML anchors (&{anchor}) are not allowed ({_where(event)}): write the value out")
         return super().compose_node(parent, index)
 
 
@@ -49,8 +50,10 @@ def check_size(text: str | bytes, limit: int, *, what: str, error: type[ReprodlE
     """Raise ``error`` when ``text`` is longer than ``limit`` bytes (UTF-8 for str)."""
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if size > limit:
-        raise error(f"{what} is {size:,} bytes, over reprodl's limit of {limit:,} bytes: "
-                    "shorten it (keep long text in an item of the dataset instead)")
+        raise error(
+            f"{what} is {size:,} bytes, over reprodl's limit of {limit:,} bytes: "
+            "shorten it (keep long text in an item of the dataset instead)"
+        )
 
 
 def _depth_problem(value: Any, limit: int) -> bool:
@@ -72,8 +75,10 @@ def _depth_problem(value: Any, limit: int) -> bool:
 
 def _check_depth(value: Any, *, what: str, error: type[ReprodlError]) -> Any:
     if _depth_problem(value, keys.MAX_NESTING):
-        raise error(f"{what} nests deeper than {keys.MAX_NESTING} levels: reprodl refuses it "
-                    "(no record, README or config needs that)")
+        raise error(
+            f"{what} nests deeper than {keys.MAX_NESTING} levels: reprodl refuses it "
+            "(no record, README or config needs that)"
+        )
     return value
 
 

@@ -11,6 +11,7 @@ Example:
     >>> record.training.optimizer.class_name               # doctest: +SKIP
     'SGD'
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,14 +52,21 @@ class DataRef(_Part):
     manifest_digest: str
     manifest_item: str | None = Field(None, description="item holding a copy of the dataset's manifest")
     readme: str = Field("", description="the dataset's README text (empty when readme_of names an earlier entry)")
-    readme_of: int | None = Field(None, description="index in data of the entry of the same dataset that holds "
-                                                    "its README: a README is stored once per record")
+    readme_of: int | None = Field(
+        None,
+        description="index in data of the entry of the same dataset that holds "
+        "its README: a README is stored once per record",
+    )
     usetype: str | None = None
     split: dict[str, Any] | None = Field(None, description="in-memory stratified split (test, valid, seed)")
-    selection_digest: str | None = Field(None, description="sha256 of the selected samples' keys, in order (the usetype split)")
+    selection_digest: str | None = Field(
+        None, description="sha256 of the selected samples' keys, in order (the usetype split)"
+    )
     labels_digest: str | None = Field(
-        None, description="sha256 of the selected samples' stored labels, in order (category overlay values "
-        "or label integers); the category_encoding is recorded apart")
+        None,
+        description="sha256 of the selected samples' stored labels, in order (category overlay values "
+        "or label integers); the category_encoding is recorded apart",
+    )
     n_items: int = 0
     n_dataset_items: int = 0
     category_encoding: dict[str, int] = Field(default_factory=dict)
@@ -131,11 +139,14 @@ class GitInfo(_Part):
     untracked_items: list[str] = Field(default_factory=list, description="items holding untracked files")
     untracked_skipped: list[str] = Field(default_factory=list, description="untracked files not stored (names only)")
     untracked_skipped_reasons: dict[str, str] = Field(
-        default_factory=dict, description="why each skipped untracked file was not stored: secret, too large, "
-        "symbolic link, outside the repository, or opted out (store_untracked=False)")
+        default_factory=dict,
+        description="why each skipped untracked file was not stored: secret, too large, "
+        "symbolic link, outside the repository, or opted out (store_untracked=False)",
+    )
     store_untracked: bool = Field(True, description="whether untracked files were stored with the model")
     patch_skipped: list[str] = Field(
-        default_factory=list, description="changed tracked files named like secrets, left out of the patch (names only)")
+        default_factory=list, description="changed tracked files named like secrets, left out of the patch (names only)"
+    )
 
 
 class CodeInfo(_Part):
@@ -226,7 +237,7 @@ class ProvenanceRecord(_Part):
         """sha256 of :meth:`body` as canonical JSON."""
         return "sha256:" + hashlib.sha256(canonical_json(self.body())).hexdigest()
 
-    def sealed(self) -> "ProvenanceRecord":
+    def sealed(self) -> ProvenanceRecord:
         """A copy with its digest filled in (over its current content)."""
         fresh = self.model_copy()
         fresh._raw = None
@@ -239,8 +250,9 @@ class ProvenanceRecord(_Part):
         actual = self.compute_digest()
         if actual != self.digest:
             raise IntegrityError(
-                f"the provenance record was altered: its digest is {self.digest} but its content "
-                f"hashes to {actual}", problems=["record digest mismatch"])
+                f"the provenance record was altered: its digest is {self.digest} but its content hashes to {actual}",
+                problems=["record digest mismatch"],
+            )
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
@@ -330,9 +342,7 @@ def read_record(ds: StoredDataSet, *, check: bool = True) -> ProvenanceRecord:
     try:
         idn = ds.identifier_of(keys.PROVENANCE_FILE)
     except KeyError:
-        raise ModelLoadError(
-            f"{ds.uri} is not a reprodl model: it has no {keys.PROVENANCE_FILE} item"
-        ) from None
+        raise ModelLoadError(f"{ds.uri} is not a reprodl model: it has no {keys.PROVENANCE_FILE} item") from None
     with open(ds.item_path(idn), "rb") as fh:
         record = parse_record(fh.read(), source=ds.uri)
     if check:
@@ -369,22 +379,37 @@ def _section_views(record: ProvenanceRecord) -> dict[str, dict[str, Any]]:
         "environment": _flatten({k: v for k, v in r["environment"].items() if k != "packages"}),
         "packages": _flatten(r["environment"].get("packages", {})),
         "seeds": _flatten(t["seeds"]),
-        "hyperparameters": _flatten({
-            "optimizer": t["optimizer"], "loss": t["loss"], "scheduler": t["scheduler"],
-            "epochs": t["epochs"], "batch_size": t["batch_size"], "shuffle": t["shuffle"],
-            "num_workers": t["num_workers"], "params": t["params"], "device": t["device"],
-        }),
+        "hyperparameters": _flatten(
+            {
+                "optimizer": t["optimizer"],
+                "loss": t["loss"],
+                "scheduler": t["scheduler"],
+                "epochs": t["epochs"],
+                "batch_size": t["batch_size"],
+                "shuffle": t["shuffle"],
+                "num_workers": t["num_workers"],
+                "params": t["params"],
+                "device": t["device"],
+            }
+        ),
         "determinism": _flatten({**t["determinism"], "data_order_digests": t["data_order_digests"]}),
         "architecture": _flatten(r["architecture"]),
-        "results": _flatten({"final": r["results"]["final"], "weights_sha256": r["results"]["weights_sha256"],
-                              "history": r["results"]["history"]}),
+        "results": _flatten(
+            {
+                "final": r["results"]["final"],
+                "weights_sha256": r["results"]["weights_sha256"],
+                "history": r["results"]["history"],
+            }
+        ),
     }
 
 
 _VOLATILE = ("wall_time_s", "started_at", "finished_at")
 
 
-def diff_records(a: ProvenanceRecord, b: ProvenanceRecord, *, include_volatile: bool = False) -> dict[str, list[dict[str, Any]]]:
+def diff_records(
+    a: ProvenanceRecord, b: ProvenanceRecord, *, include_volatile: bool = False
+) -> dict[str, list[dict[str, Any]]]:
     """Section -> list of {key, a, b} for each value that differs."""
     va, vb = _section_views(a), _section_views(b)
     out: dict[str, list[dict[str, Any]]] = {}
@@ -412,7 +437,8 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
         f"Parameters: {arch.n_parameters:,} ({arch.n_trainable:,} trainable)"
         + (f"; frozen: {', '.join(arch.frozen_parameters)}" if arch.frozen_parameters else ""),
         f"Model training parameters: {json.dumps(t.params, sort_keys=True)}",
-        f"Optimiser: {t.optimizer.class_name} {json.dumps(t.optimizer.param_groups[0] if t.optimizer.param_groups else {}, sort_keys=True, default=str)}",
+        f"Optimiser: {t.optimizer.class_name} "
+        + json.dumps(t.optimizer.param_groups[0] if t.optimizer.param_groups else {}, sort_keys=True, default=str),
         f"Loss function: {t.loss.class_name} {json.dumps(t.loss.args, sort_keys=True, default=str)}",
         f"Epochs: {t.epochs}, batch size: {t.batch_size}, device: {t.device}, "
         f"mode: {t.determinism.mode}, seed: {t.seeds.seed}",
@@ -437,8 +463,10 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
     elif record.code.entry_script:
         lines.append(f"Entry script: {record.code.entry_script}")
     env = record.environment
-    lines.append(f"Environment: Python {env.python}, torch {env.torch}, {env.platform}"
-                 + (f", GPU {', '.join(env.gpus)}" if env.gpus else ""))
+    lines.append(
+        f"Environment: Python {env.python}, torch {env.torch}, {env.platform}"
+        + (f", GPU {', '.join(env.gpus)}" if env.gpus else "")
+    )
     for m in record.results.history:
         extra = ""
         if m.valid_accuracy is not None:

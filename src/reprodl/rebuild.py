@@ -2,6 +2,7 @@
 scheduler. Only reprodl's zoo, torch's own optimisers/losses/schedulers and what the user
 allows are imported; a record from a URI never names code that runs unasked.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -19,8 +20,9 @@ from reprodl.store import StoredDataSet, open_dataset
 
 
 # --- rebuilding ---------------------------------------------------------------------------
-def open_recorded(ref: DataRef, *, transform: Callable[[Any], Any] | None = None,
-                  dataset: StoredDataSet | None = None) -> WrappedDataSet:
+def open_recorded(
+    ref: DataRef, *, transform: Callable[[Any], Any] | None = None, dataset: StoredDataSet | None = None
+) -> WrappedDataSet:
     """The dataset a record's ``ref`` names, read as the training read it.
 
     A transform recorded from :mod:`reprodl.transforms` is rebuilt from its config; any other
@@ -41,7 +43,8 @@ def open_recorded(ref: DataRef, *, transform: Callable[[Any], Any] | None = None
     if ref.selection_digest and ds.selection_digest() != ref.selection_digest:
         raise ReproductionError(
             f"the {ref.role} dataset {ref.name} now selects different samples for usetype {ref.usetype!r} "
-            "(its split was changed after training)")
+            "(its split was changed after training)"
+        )
     return ds
 
 
@@ -51,14 +54,16 @@ def rebuild_transform(ref: DataRef) -> Any:
 
     if ref.transform is None:
         raise ReproductionError(
-            f"the {ref.role} dataset {ref.name} was read without a transform: there is none to rebuild")
+            f"the {ref.role} dataset {ref.name} was read without a transform: there is none to rebuild"
+        )
     try:
         return from_description(ref.transform)
     except TransformError as exc:
         raise ReproductionError(
             f"the {ref.role} dataset {ref.name} was read through a transform that reprodl cannot rebuild from the "
             f"record ({exc}). If you trust it, pass the same transform yourself: "
-            f"reproduce(uri, transforms={{{ref.role!r}: your_transform}})") from None
+            f"reproduce(uri, transforms={{{ref.role!r}: your_transform}})"
+        ) from None
 
 
 def transform_differences(ref: DataRef, transform: Any) -> str | None:
@@ -73,8 +78,14 @@ def transform_differences(ref: DataRef, transform: Any) -> str | None:
     return None
 
 
-def rebuild_model(record: ProvenanceRecord, model_ds: StoredDataSet, *, allow: Iterable[str] = (),
-                  model_class: type | None = None, seed: int | None = None) -> torch.nn.Module:
+def rebuild_model(
+    record: ProvenanceRecord,
+    model_ds: StoredDataSet,
+    *,
+    allow: Iterable[str] = (),
+    model_class: type | None = None,
+    seed: int | None = None,
+) -> torch.nn.Module:
     """The model at its recorded starting point; with ``seed`` (statistical mode) a model
     built by a seeded constructor starts from that seed's initialisation instead."""
     arch = record.architecture
@@ -97,11 +108,15 @@ def rebuild_model(record: ProvenanceRecord, model_ds: StoredDataSet, *, allow: I
     for name, p in model.named_parameters():
         if name in arch.frozen_parameters:
             p.requires_grad_(False)
-    if (not fresh_init and arch.initial_weights_sha256
-            and state_dict_sha256(model.state_dict()) != arch.initial_weights_sha256):
+    if (
+        not fresh_init
+        and arch.initial_weights_sha256
+        and state_dict_sha256(model.state_dict()) != arch.initial_weights_sha256
+    ):
         raise ReproductionError(
             f"the rebuilt {arch.import_path} does not start from the recorded initial weights: the class's code "
-            "or its initialisation changed since training")
+            "or its initialisation changed since training"
+        )
     return model
 
 
@@ -116,22 +131,26 @@ def _load_initial_state(model: torch.nn.Module, model_ds: StoredDataSet) -> None
     except KeyError:
         raise ReproductionError(
             f"{what} has no {keys.INITIAL_WEIGHTS_FILE} item, but its record says training started from stored "
-            "weights: without them the training cannot be re-run. Use a complete copy of the model dataset") from None
+            "weights: without them the training cannot be re-run. Use a complete copy of the model dataset"
+        ) from None
     try:
         state = load_file(path)
     except FileNotFoundError:
         raise ReproductionError(
             f"{what}: the item {keys.INITIAL_WEIGHTS_FILE} is missing on disk ({path}); "
-            "`reprodl verify` lists what else is missing. Use a complete copy of the model dataset") from None
+            "`reprodl verify` lists what else is missing. Use a complete copy of the model dataset"
+        ) from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise ReproductionError(
             f"{what}: {keys.INITIAL_WEIGHTS_FILE} is not a valid safetensors file ({exc}); "
-            "it was damaged since training. Use an intact copy of the model dataset") from None
+            "it was damaged since training. Use an intact copy of the model dataset"
+        ) from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ReproductionError(
-            f"{what}: {keys.INITIAL_WEIGHTS_FILE} does not fit the rebuilt {type(model).__name__} ({exc})") from None
+            f"{what}: {keys.INITIAL_WEIGHTS_FILE} does not fit the rebuilt {type(model).__name__} ({exc})"
+        ) from None
 
 
 def rebuild_optimizer(record: ProvenanceRecord, model: torch.nn.Module, allow: Iterable[str]) -> torch.optim.Optimizer:
@@ -154,7 +173,9 @@ def rebuild_loss(record: ProvenanceRecord, allow: Iterable[str]) -> Any:
     """The recorded loss function with its recorded arguments."""
     info = record.training.loss
     cls = trust.resolve(f"{info.module}:{info.class_name}", trust.Kind.LOSS, allow=allow)
-    args = {k: (torch.tensor(v) if k in ("weight", "pos_weight") and v is not None else v) for k, v in info.args.items()}
+    args = {
+        k: (torch.tensor(v) if k in ("weight", "pos_weight") and v is not None else v) for k, v in info.args.items()
+    }
     return cls(**args)
 
 

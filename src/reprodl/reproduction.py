@@ -5,6 +5,7 @@ Example:
     >>> report.verdict                                  # doctest: +SKIP
     'identical'
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,11 +26,11 @@ from reprodl.capture import capture_environment, class_source_sha256
 from reprodl.checks import check_data
 from reprodl.compare import (
     Tolerance,
-    envelope_check,
-    statistical_metrics_ok,
     compare_metrics,
     compare_predictions,
     compare_weights,
+    envelope_check,
+    statistical_metrics_ok,
 )
 from reprodl.data.datasets import WrappedDataSet
 from reprodl.errors import (
@@ -39,6 +40,7 @@ from reprodl.errors import (
 )
 from reprodl.model import load_weights
 from reprodl.params import Parameters
+from reprodl.provenance import GitInfo, ModelRef, ProvenanceRecord, read_record
 from reprodl.rebuild import (
     open_recorded,
     rebuild_loss,
@@ -48,7 +50,6 @@ from reprodl.rebuild import (
     rebuild_transform,
     transform_differences,
 )
-from reprodl.provenance import GitInfo, ModelRef, ProvenanceRecord, read_record
 from reprodl.store import StoredDataSet, open_dataset
 
 Verdict = Literal["identical", "within tolerance", "differs"]
@@ -111,8 +112,11 @@ def check_code(record: ProvenanceRecord) -> dict[str, Any]:
         has = False
     out["commit_available"] = has
     if not has:
-        out.update(status="missing", message=f"commit {git.commit} is not in the repository at {root}: fetch it "
-                   f"({git.remote or 'the original remote'}) to rebuild the exact code")
+        out.update(
+            status="missing",
+            message=f"commit {git.commit} is not in the repository at {root}: fetch it "
+            f"({git.remote or 'the original remote'}) to rebuild the exact code",
+        )
         return out
     head = run("rev-parse", "HEAD").stdout.decode().strip()
     out["current_commit"] = head
@@ -120,8 +124,9 @@ def check_code(record: ProvenanceRecord) -> dict[str, Any]:
     if git.patch_item:
         out["patch_item"] = git.patch_item
     out.setdefault("status", "available")
-    out["message"] = (f"commit {git.commit[:12]} is available" + ("" if head == git.commit else
-                      f"; the checkout is at {head[:12]}, so the re-run uses different code"))
+    out["message"] = f"commit {git.commit[:12]} is available" + (
+        "" if head == git.commit else f"; the checkout is at {head[:12]}, so the re-run uses different code"
+    )
     return out
 
 
@@ -140,8 +145,14 @@ def check_patch(record: ProvenanceRecord, model_ds: StoredDataSet, code: dict[st
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
         subprocess.run(["git", "read-tree", git.commit], cwd=root, env=env, capture_output=True, timeout=60)
-        res = subprocess.run(["git", "apply", "--cached", "--check", "-"], cwd=root, env=env, input=patch,
-                             capture_output=True, timeout=60)
+        res = subprocess.run(
+            ["git", "apply", "--cached", "--check", "-"],
+            cwd=root,
+            env=env,
+            input=patch,
+            capture_output=True,
+            timeout=60,
+        )
     code["patch_applies"] = res.returncode == 0
     if res.returncode != 0:
         code["status"] = "patch does not apply"
@@ -153,7 +164,18 @@ def environment_differences(record: ProvenanceRecord) -> list[dict[str, Any]]:
     now = capture_environment()
     was = record.environment
     out = []
-    for field in ("python", "implementation", "platform", "machine", "torch", "cuda", "cudnn", "numpy", "reprodl", "gpus"):
+    for field in (
+        "python",
+        "implementation",
+        "platform",
+        "machine",
+        "torch",
+        "cuda",
+        "cudnn",
+        "numpy",
+        "reprodl",
+        "gpus",
+    ):
         a, b = getattr(was, field), getattr(now, field)
         if a != b:
             out.append({"what": field, "recorded": a, "now": b})
@@ -206,8 +228,9 @@ def reproduce(
     record = read_record(model_ds)
     original_state = load_weights(model_ds, record)
     mode = record.training.determinism.mode
-    report = ReproductionReport(original_uri=model_ds.uri, verdict="differs", mode=mode,
-                                tolerance=dataclasses.asdict(tol))
+    report = ReproductionReport(
+        original_uri=model_ds.uri, verdict="differs", mode=mode, tolerance=dataclasses.asdict(tol)
+    )
 
     data_transforms = _transforms_for(record, transforms, report)  # refuses before any work
     t_data = time.perf_counter()
@@ -215,8 +238,10 @@ def reproduce(
     report.data_checks, problems = check_data(record, model_ds, opened=opened)
     report.timings["data_check_s"] = time.perf_counter() - t_data
     if problems:
-        raise IntegrityError("refusing to reproduce: the training data changed since training:\n  "
-                             + "\n  ".join(problems), problems=problems)
+        raise IntegrityError(
+            "refusing to reproduce: the training data changed since training:\n  " + "\n  ".join(problems),
+            problems=problems,
+        )
     report.code = check_code(record)
     check_patch(record, model_ds, report.code)
     report.environment_differences = environment_differences(record)
@@ -244,8 +269,9 @@ def reproduce(
     elif not torch.cuda.is_available():
         run_params["device"] = "cpu"
     params = Parameters(**run_params)
-    ref_self = ModelRef(uri=model_ds.uri, uuid=model_ds.uuid, record_digest=record.digest,
-                        weights_sha256=record.results.weights_sha256)
+    ref_self = ModelRef(
+        uri=model_ds.uri, uuid=model_ds.uuid, record_digest=record.digest, weights_sha256=record.results.weights_sha256
+    )
 
     with contextlib.ExitStack() as stack:
         base = output
@@ -253,11 +279,26 @@ def reproduce(
             base = stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-reproduce-"))
         name = _reproduction_name(record.model_name)
         t_train = time.perf_counter()
-        with DerivedDataSet(base, name, roles["train"], valid=roles["valid"], test=roles["test"],
-                            parent=record.lineage.parent.uri if record.lineage.parent else None) as out:
+        with DerivedDataSet(
+            base,
+            name,
+            roles["train"],
+            valid=roles["valid"],
+            test=roles["test"],
+            parent=record.lineage.parent.uri if record.lineage.parent else None,
+        ) as out:
             new_record = train_model_with_metadata_capture(
-                model, roles["train"][0], optimizer, loss_fn, params, out, scheduler=scheduler,
-                progress=progress, model_name=record.model_name, reproduces=ref_self)
+                model,
+                roles["train"][0],
+                optimizer,
+                loss_fn,
+                params,
+                out,
+                scheduler=scheduler,
+                progress=progress,
+                model_name=record.model_name,
+                reproduces=ref_self,
+            )
         report.timings["training_s"] = time.perf_counter() - t_train
         report.reproduction_uri = out.uri if output is not None else None
         new_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -280,8 +321,9 @@ def reproduce(
     return report
 
 
-def _transforms_for(record: ProvenanceRecord, given: Mapping[str, Callable[[Any], Any]] | None,
-                    report: ReproductionReport) -> list[Any]:
+def _transforms_for(
+    record: ProvenanceRecord, given: Mapping[str, Callable[[Any], Any]] | None, report: ReproductionReport
+) -> list[Any]:
     """Per recorded dataset, the transform to read it through: passed, rebuilt, or None."""
     given = dict(given or {})
     present = {ref.role for ref in record.data}
@@ -297,7 +339,8 @@ def _transforms_for(record: ProvenanceRecord, given: Mapping[str, Callable[[Any]
         if ref.transform is None:
             raise ReproductionError(
                 f"a transform was passed for the {ref.role} dataset {ref.name}, but the recorded training read it "
-                "without one: leave it out of transforms=")
+                "without one: leave it out of transforms="
+            )
         why = transform_differences(ref, transform)
         if why:
             report.reasons.append(why)
@@ -323,13 +366,20 @@ def _reproduction_name(name: str) -> str:
     return f"{name}.reproduction-{stamp}-{os.getpid()}"[:80]
 
 
-def _judge(report: ReproductionReport, record: ProvenanceRecord, new: ProvenanceRecord, tol: Tolerance,
-           envelope: dict[str, Any] | None) -> None:
+def _judge(
+    report: ReproductionReport,
+    record: ProvenanceRecord,
+    new: ProvenanceRecord,
+    tol: Tolerance,
+    envelope: dict[str, Any] | None,
+) -> None:
     reasons = report.reasons
     env = report.environment_differences
     key_env = [d for d in env if not d["what"].startswith("package ")]
     if key_env:
-        reasons.append("environment differs: " + ", ".join(f"{d['what']} {d['recorded']} -> {d['now']}" for d in key_env))
+        reasons.append(
+            "environment differs: " + ", ".join(f"{d['what']} {d['recorded']} -> {d['now']}" for d in key_env)
+        )
     if any(d["what"].startswith("package ") for d in env):
         n = sum(1 for d in env if d["what"].startswith("package "))
         reasons.append(f"{n} installed package version(s) differ")
@@ -339,12 +389,17 @@ def _judge(report: ReproductionReport, record: ProvenanceRecord, new: Provenance
         reasons.append(report.code["message"])
     if report.data_order_matches is False:
         reasons.append("the order in which samples were seen differs (data-order digests)")
-    metric_ok = all(r["abs_diff"] is None or r["abs_diff"] <= tol.metric_abs
-                    for r in report.metrics if r["epoch"] == record.training.epochs)
+    metric_ok = all(
+        r["abs_diff"] is None or r["abs_diff"] <= tol.metric_abs
+        for r in report.metrics
+        if r["epoch"] == record.training.epochs
+    )
     agree_ok = report.predictions.get("agreement", 0.0) >= tol.agreement
     if report.mode == "statistical":
-        reasons.append(f"statistical mode: re-run with seed {new.training.seeds.seed} (recorded "
-                       f"{record.training.seeds.seed}); judged on final metrics, not bits")
+        reasons.append(
+            f"statistical mode: re-run with seed {new.training.seeds.seed} (recorded "
+            f"{record.training.seeds.seed}); judged on final metrics, not bits"
+        )
         if envelope is not None:
             report.envelope = envelope_check(envelope, new)
             ok = report.envelope["within"]
@@ -357,8 +412,12 @@ def _judge(report: ReproductionReport, record: ProvenanceRecord, new: Provenance
     if report.weights["identical"]:
         report.verdict = "identical"
         return
-    reasons.append(f"weights differ: {report.weights['n_tensors'] - report.weights['n_identical']} of "
-                   f"{report.weights['n_tensors']} tensors, max abs diff {report.weights['max_abs_diff']:.3g}")
+    reasons.append(
+        f"weights differ: {report.weights['n_tensors'] - report.weights['n_identical']} of "
+        f"{report.weights['n_tensors']} tensors, max abs diff {report.weights['max_abs_diff']:.3g}"
+    )
     if not key_env and not report.reasons[:-1]:
         reasons.append("same environment, data and code: non-determinism in the training")
-    report.verdict = "within tolerance" if (report.weights["within_tolerance"] and metric_ok and agree_ok) else "differs"
+    report.verdict = (
+        "within tolerance" if (report.weights["within_tolerance"] and metric_ok and agree_ok) else "differs"
+    )

@@ -24,6 +24,7 @@ Example:
     >>> verify_signature("/models/digits_model", trusted_keys=["author.key.pub"]).ok  # doctest: +SKIP
     True
 """
+
 from __future__ import annotations
 
 import base64
@@ -49,7 +50,9 @@ def _ed25519() -> Any:
     try:
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:
-        raise MissingDependencyError(f"signing and checking signatures needs the cryptography package: {_INSTALL_HINT}") from None
+        raise MissingDependencyError(
+            f"signing and checking signatures needs the cryptography package: {_INSTALL_HINT}"
+        ) from None
     return ed25519
 
 
@@ -61,6 +64,7 @@ def _serialization() -> Any:
 
 
 # --- keys -------------------------------------------------------------------------------
+
 
 def public_key_text(raw: bytes) -> str:
     """The text form of a raw Ed25519 public key (base64 of its 32 bytes), as in ``KEY.pub``."""
@@ -76,10 +80,8 @@ def generate_key(path: str | os.PathLike[str]) -> str:
         if p.exists():
             raise SigningError(f"{p} already exists: reprodl never overwrites a key; choose another path")
     key = ed25519.Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    public = public_key_text(key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                           serialization.PublicFormat.Raw))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    public = public_key_text(key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
     try:
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
@@ -101,11 +103,13 @@ def load_private_key(path: str | os.PathLike[str]) -> Any:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise SigningError(f"{os.fspath(path)!r} is not an unencrypted PEM private key ({exc}); "
-                           "make one with `reprodl keygen KEY`") from None
+        raise SigningError(
+            f"{os.fspath(path)!r} is not an unencrypted PEM private key ({exc}); make one with `reprodl keygen KEY`"
+        ) from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise SigningError(f"{os.fspath(path)!r} holds a {type(key).__name__}, not an Ed25519 key; "
-                           "make one with `reprodl keygen KEY`")
+        raise SigningError(
+            f"{os.fspath(path)!r} holds a {type(key).__name__}, not an Ed25519 key; make one with `reprodl keygen KEY`"
+        )
     return key
 
 
@@ -131,8 +135,10 @@ def load_public_key(spec: str | os.PathLike[str]) -> str:
         text = data.decode("ascii", errors="replace").strip()
     raw = _b64(text)
     if raw is None or len(raw) != 32:
-        raise SigningError(f"{os.fspath(spec)!r} is neither a public key file nor a base64 Ed25519 public key "
-                           "(the one line of a KEY.pub file written by `reprodl keygen`)")
+        raise SigningError(
+            f"{os.fspath(spec)!r} is neither a public key file nor a base64 Ed25519 public key "
+            "(the one line of a KEY.pub file written by `reprodl keygen`)"
+        )
     return public_key_text(raw)
 
 
@@ -146,6 +152,7 @@ def _b64(text: Any) -> bytes | None:
 
 
 # --- what is signed ---------------------------------------------------------------------
+
 
 def signing_payload(ds: StoredDataSet) -> dict[str, Any]:
     """What a signature of the model dataset ``ds`` covers, computed from its content now.
@@ -186,21 +193,27 @@ def sign(uri: str, key_path: str | os.PathLike[str]) -> dict[str, Any]:
     ds = open_dataset(uri)
     payload = signing_payload(ds)
     public = public_key_text(key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
-    entry = {"algorithm": ALGORITHM, "public_key": public,
-             "signature": base64.b64encode(key.sign(canonical_json(payload))).decode("ascii"),
-             "payload": payload}
+    entry = {
+        "algorithm": ALGORITHM,
+        "public_key": public,
+        "signature": base64.b64encode(key.sign(canonical_json(payload))).decode("ascii"),
+        "payload": payload,
+    }
     kept = [s for s in signatures(ds) if s.get("public_key") != public]
     try:
         ds.put_annotation(keys.SIGNATURES, [*kept, entry])
     except ReprodlError:
         raise
     except Exception as exc:  # noqa: BLE001 - brokers raise untyped errors (http is read-only)
-        raise StorageError(f"cannot store the signature in {ds.uri} ({type(exc).__name__}: {exc}): "
-                           "sign a copy you can write to (`reprodl dataset copy`)") from None
+        raise StorageError(
+            f"cannot store the signature in {ds.uri} ({type(exc).__name__}: {exc}): "
+            "sign a copy you can write to (`reprodl dataset copy`)"
+        ) from None
     return entry
 
 
 # --- checking ---------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class SignatureCheck:
@@ -216,14 +229,14 @@ def verify_signature(uri: str | StoredDataSet, *, trusted_keys: Iterable[str | o
     it is now, by one of ``trusted_keys`` (``KEY.pub`` files, PEM files or base64 texts)."""
     trusted = [load_public_key(k) for k in trusted_keys]
     if not trusted:
-        raise SigningError("no trusted key given: pass the author's public key (KEY.pub), "
-                           "CLI: --trusted-key KEY.pub")
+        raise SigningError("no trusted key given: pass the author's public key (KEY.pub), CLI: --trusted-key KEY.pub")
     ed25519 = _ed25519()
     ds = uri if isinstance(uri, StoredDataSet) else open_dataset(uri)
     stored = signatures(ds)
     if not stored:
-        return SignatureCheck(False, f"{ds.uri} is not signed (no {keys.SIGNATURES} annotation): "
-                                     "ask its author for a signed copy")
+        return SignatureCheck(
+            False, f"{ds.uri} is not signed (no {keys.SIGNATURES} annotation): ask its author for a signed copy"
+        )
     try:
         payload = signing_payload(ds)
     except ReprodlError as exc:
@@ -252,5 +265,8 @@ def _what_changed(signed: Any, now: dict[str, Any]) -> str:
     if not isinstance(signed, dict):
         return "the signature is invalid"
     changed = [f"{k} signed {str(signed.get(k))[:80]}, now {now[k]}" for k in now if signed.get(k) != now[k]]
-    return ("the dataset changed since it was signed: " + "; ".join(changed)) if changed else \
-        "the signature is invalid (forged or corrupted)"
+    return (
+        ("the dataset changed since it was signed: " + "; ".join(changed))
+        if changed
+        else "the signature is invalid (forged or corrupted)"
+    )

@@ -9,6 +9,7 @@ The paper's workflow runs as written:
     >>> with DerivedDataSet(base_uri, "mnist_model", train_ds) as output_ds:       # doctest: +SKIP
     ...     train_model_with_metadata_capture(model, train_ds, optimiser, loss_fn, params, output_ds)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,12 +31,12 @@ from reprodl import __version__, keys
 from reprodl.capture import (
     DeterminismSettings,
     capture_code,
-    require_clean,
     capture_environment,
     derive_seeds,
     describe_architecture,
     describe_callable,
     describe_optimizer,
+    require_clean,
     seed_everything,
     state_dict_sha256,
 )
@@ -70,10 +71,17 @@ class DerivedDataSet:
         parent: URI of a model dataset this training fine-tunes (recorded as lineage).
     """
 
-    def __init__(self, base_uri: str, name: str, source: WrappedDataSet | Sequence[WrappedDataSet], *,
-                 valid: WrappedDataSet | Sequence[WrappedDataSet] | None = None,
-                 test: WrappedDataSet | Sequence[WrappedDataSet] | None = None,
-                 parent: str | None = None, readme: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        base_uri: str,
+        name: str,
+        source: WrappedDataSet | Sequence[WrappedDataSet],
+        *,
+        valid: WrappedDataSet | Sequence[WrappedDataSet] | None = None,
+        test: WrappedDataSet | Sequence[WrappedDataSet] | None = None,
+        parent: str | None = None,
+        readme: dict[str, Any] | None = None,
+    ) -> None:
         self.base_uri = base_uri
         self.name = name
         self.train_sets = _as_list(source)
@@ -91,10 +99,13 @@ class DerivedDataSet:
 
     def datasets_by_role(self) -> list[tuple[str, WrappedDataSet]]:
         """(role, dataset) for every train, valid and test dataset, in that order."""
-        return ([("train", d) for d in self.train_sets] + [("valid", d) for d in self.valid_sets]
-                + [("test", d) for d in self.test_sets])
+        return (
+            [("train", d) for d in self.train_sets]
+            + [("valid", d) for d in self.valid_sets]
+            + [("test", d) for d in self.test_sets]
+        )
 
-    def __enter__(self) -> "DerivedDataSet":
+    def __enter__(self) -> DerivedDataSet:
         self._stack = contextlib.ExitStack()
         self.writer = self._stack.enter_context(create_dataset(self.base_uri, self.name))
         return self
@@ -104,7 +115,8 @@ class DerivedDataSet:
         if exc_type is None and self.record is None:
             error = ReprodlError(
                 f"nothing was trained into the model dataset {self.name!r}: call "
-                "train_model_with_metadata_capture(..., output_ds) inside the with-block")
+                "train_model_with_metadata_capture(..., output_ds) inside the with-block"
+            )
             self._stack.__exit__(type(error), error, None)  # discards the unfinished dataset
             raise error
         suppress = self._stack.__exit__(exc_type, exc, tb)
@@ -200,21 +212,30 @@ def choose_device(requested: str | None) -> torch.device:
     return device
 
 
-def make_loader(ds: WrappedDataSet, batch_size: int, *, seed: int, shuffle: bool, num_workers: int,
-                device: torch.device) -> tuple[DataLoader, EpochSampler]:
+def make_loader(
+    ds: WrappedDataSet, batch_size: int, *, seed: int, shuffle: bool, num_workers: int, device: torch.device
+) -> tuple[DataLoader, EpochSampler]:
     """A DataLoader whose batch order comes from a seeded :class:`EpochSampler` (its digest is recorded)."""
     sampler = EpochSampler(len(ds), batch_size, seed=seed, shuffle=shuffle)
     g = torch.Generator()
     g.manual_seed(seed + 1)
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                        worker_init_fn=_worker_init(seed) if num_workers else None, generator=g,
-                        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+    loader = DataLoader(
+        ds,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        worker_init_fn=_worker_init(seed) if num_workers else None,
+        generator=g,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+    )
     return loader, sampler
 
 
 @torch.no_grad()
-def evaluate_loss_accuracy(model: torch.nn.Module, ds: WrappedDataSet, loss_fn: Any, device: torch.device,
-                           batch_size: int = 256) -> tuple[float, float]:
+def evaluate_loss_accuracy(
+    model: torch.nn.Module, ds: WrappedDataSet, loss_fn: Any, device: torch.device, batch_size: int = 256
+) -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` on ``ds`` (the model's train/eval mode is restored)."""
     was_training = model.training
     model.eval()
@@ -239,8 +260,9 @@ def _check_data(datasets: list[tuple[str, WrappedDataSet]], how: str) -> None:
         report = ds.dataset.verify(deep=how == "deep")
         problems += [f"{role} dataset {ds.name} ({ds.uri}): {p}" for p in report.problems()]
     if problems:
-        raise IntegrityError("refusing to train: the data do not match their manifests:\n  " + "\n  ".join(problems),
-                             problems=problems)
+        raise IntegrityError(
+            "refusing to train: the data do not match their manifests:\n  " + "\n  ".join(problems), problems=problems
+        )
 
 
 def _check_not_empty(roles: list[tuple[str, WrappedDataSet]]) -> None:
@@ -250,7 +272,8 @@ def _check_not_empty(roles: list[tuple[str, WrappedDataSet]]) -> None:
             raise ParametersError(
                 f"the {role} dataset {ds.name} ({ds.uri}) has no samples"
                 + (f" of usetype {ds.usetype!r}" if ds.usetype else "")
-                + ": check its split (`reprodl dataset info URI` shows the counts) or choose another usetype")
+                + ": check its split (`reprodl dataset info URI` shows the counts) or choose another usetype"
+            )
 
 
 def _diverged(name: str, epoch: int, batch: int, n_batches: int, loss: float) -> None:
@@ -258,15 +281,17 @@ def _diverged(name: str, epoch: int, batch: int, n_batches: int, loss: float) ->
     raise TrainingDivergedError(
         f"the training of {name!r} diverged: the loss became {loss} at {where}, so no model was written. "
         "Lower the learning rate, check the data for NaN/inf values, or pass allow_nonfinite_loss=True "
-        "(params: {allow_nonfinite_loss: true}) to keep such a model")
+        "(params: {allow_nonfinite_loss: true}) to keep such a model"
+    )
 
 
 def _utcnow() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _initialisation(model: torch.nn.Module, init_params: dict[str, Any], seed: int, parent_sha: str | None,
-                    initial_sha: str) -> str:
+def _initialisation(
+    model: torch.nn.Module, init_params: dict[str, Any], seed: int, parent_sha: str | None, initial_sha: str
+) -> str:
     """How the initial weights can be had again: from the parent, a seeded constructor, or stored."""
     if parent_sha is not None and parent_sha == initial_sha:
         return "parent"
@@ -326,7 +351,8 @@ def train_model_with_metadata_capture(
         raise ParametersError(
             f"train_ds ({train_ds.name}, {train_ds.uri}) is not a training dataset of the output "
             f"{output_ds.name!r}: pass the same dataset to DerivedDataSet(base_uri, name, train_ds) "
-            "so the record names what the model was trained on")
+            "so the record names what the model was trained on"
+        )
     if valid_ds is not None and valid_ds not in output_ds.valid_sets:
         output_ds.valid_sets.append(valid_ds)
     check_label_compatibility(output_ds.train_sets + output_ds.valid_sets)
@@ -346,8 +372,13 @@ def train_model_with_metadata_capture(
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     initial_sha = state_dict_sha256(init_state)
     arch = describe_architecture(model, params.init_params)
-    arch.initialisation = _initialisation(model, params.init_params, params.seed,  # type: ignore[assignment]
-                                          parent_ref.weights_sha256 if parent_ref else None, initial_sha)
+    arch.initialisation = _initialisation(
+        model,
+        params.init_params,
+        params.seed,  # type: ignore[assignment]
+        parent_ref.weights_sha256 if parent_ref else None,
+        initial_sha,
+    )
     arch.initial_weights_sha256 = initial_sha
     optimizer_info = describe_optimizer(optimiser, names)
     loss_info = describe_callable(loss_fn)
@@ -359,9 +390,16 @@ def train_model_with_metadata_capture(
 
     train_sets = output_ds.train_sets
     data_for_loader: WrappedDataSet | torch.utils.data.ConcatDataset = (
-        train_sets[0] if len(train_sets) == 1 else _Concat(train_sets))
-    loader, sampler = make_loader(data_for_loader, params.batch_size, seed=seeds.dataloader_generator,
-                                  shuffle=params.shuffle, num_workers=params.num_workers, device=target)
+        train_sets[0] if len(train_sets) == 1 else _Concat(train_sets)
+    )
+    loader, sampler = make_loader(
+        data_for_loader,
+        params.batch_size,
+        seed=seeds.dataloader_generator,
+        shuffle=params.shuffle,
+        num_workers=params.num_workers,
+        device=target,
+    )
     history: list[EpochMetrics] = []
     order_digests: list[str] = []
     model.to(target)
@@ -395,8 +433,12 @@ def train_model_with_metadata_capture(
                 scheduler.step()
             assert sampler.order_digest is not None
             order_digests.append(sampler.order_digest)
-            metrics = EpochMetrics(epoch=epoch + 1, train_loss=float(loss_sum) / len(data_for_loader),
-                                   learning_rate=lr_now, wall_time_s=0.0)
+            metrics = EpochMetrics(
+                epoch=epoch + 1,
+                train_loss=float(loss_sum) / len(data_for_loader),
+                learning_rate=lr_now,
+                wall_time_s=0.0,
+            )
             if not params.allow_nonfinite_loss and not math.isfinite(metrics.train_loss):
                 _diverged(output_ds.name, epoch, int(first_bad), n_batches, metrics.train_loss)
             if output_ds.valid_sets:
@@ -409,17 +451,31 @@ def train_model_with_metadata_capture(
     wall = time.perf_counter() - t_start
     data_refs = store_readmes_once([DataRef(role=role, **ds.provenance_info()) for role, ds in roles])  # type: ignore[arg-type]
     training = Training(
-        optimizer=optimizer_info, loss=loss_info, scheduler=scheduler_info, epochs=params.n_epochs,
-        batch_size=params.batch_size, shuffle=params.shuffle, num_workers=params.num_workers,
-        params=params.to_dict(), seeds=seeds, determinism=determinism,
-        data_order_digests=order_digests, device=str(target),
+        optimizer=optimizer_info,
+        loss=loss_info,
+        scheduler=scheduler_info,
+        epochs=params.n_epochs,
+        batch_size=params.batch_size,
+        shuffle=params.shuffle,
+        num_workers=params.num_workers,
+        params=params.to_dict(),
+        seeds=seeds,
+        determinism=determinism,
+        data_order_digests=order_digests,
+        device=str(target),
     )
     final: dict[str, Any] = {"train_loss": history[-1].train_loss}
     if history[-1].valid_accuracy is not None:
         final.update(valid_loss=history[-1].valid_loss, valid_accuracy=history[-1].valid_accuracy)
     record = ProvenanceRecord(
-        model_name=model_name or output_ds.name, created_at=started, reprodl_version=__version__,
-        architecture=arch, data=data_refs, training=training, code=code, environment=env,
+        model_name=model_name or output_ds.name,
+        created_at=started,
+        reprodl_version=__version__,
+        architecture=arch,
+        data=data_refs,
+        training=training,
+        code=code,
+        environment=env,
         results=Results(history=history, final=final, wall_time_s=wall, started_at=started, finished_at=_utcnow()),
         lineage=Lineage(parent=parent_ref, reproduces=reproduces),
     )
@@ -427,8 +483,15 @@ def train_model_with_metadata_capture(
     for ref, (_, ds) in zip(record.data, roles):
         ref.manifest_item = f"{keys.MANIFESTS_DIR}/{ds.uuid}.json"
         manifests[ref.manifest_item] = ds.dataset.manifest_entries()
-    write_model(output_ds, model, record, patch=patch, manifests=manifests, code_files=code_files,
-                initial_state=init_state if arch.initialisation == "stored" else None)
+    write_model(
+        output_ds,
+        model,
+        record,
+        patch=patch,
+        manifests=manifests,
+        code_files=code_files,
+        initial_state=init_state if arch.initialisation == "stored" else None,
+    )
     return output_ds.record  # type: ignore[return-value]
 
 
@@ -471,13 +534,19 @@ def _parent_ref(parent: str | None) -> ModelRef | None:
 
     ds = open_dataset(parent)
     record = read_record(ds)
-    return ModelRef(uri=ds.uri, uuid=ds.uuid, record_digest=record.digest,
-                    weights_sha256=record.results.weights_sha256)
+    return ModelRef(uri=ds.uri, uuid=ds.uuid, record_digest=record.digest, weights_sha256=record.results.weights_sha256)
 
 
-def write_model(output_ds: DerivedDataSet, model: torch.nn.Module, record: ProvenanceRecord, *,
-                patch: str | None = None, initial_state: dict[str, torch.Tensor] | None = None,
-                manifests: dict[str, Any] | None = None, code_files: dict[str, Any] | None = None) -> None:
+def write_model(
+    output_ds: DerivedDataSet,
+    model: torch.nn.Module,
+    record: ProvenanceRecord,
+    *,
+    patch: str | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+    manifests: dict[str, Any] | None = None,
+    code_files: dict[str, Any] | None = None,
+) -> None:
     """Write weights (safetensors), record, history, README and annotations into the output."""
     from safetensors.torch import save_file
 

@@ -29,6 +29,7 @@ Example:
     >>> t.eval_view()
     Compose([Normalize(mean=[0.5], std=[0.25])])
 """
+
 from __future__ import annotations
 
 import inspect
@@ -42,8 +43,19 @@ from reprodl import keys
 from reprodl.errors import TransformError
 
 __all__ = [
-    "CenterCrop", "Compose", "GaussianNoise", "Identity", "Normalize", "RandomCrop", "RandomHorizontalFlip",
-    "Resize", "ToTensor", "Transform", "eval_view", "from_config", "from_description",
+    "CenterCrop",
+    "Compose",
+    "GaussianNoise",
+    "Identity",
+    "Normalize",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "Resize",
+    "ToTensor",
+    "Transform",
+    "eval_view",
+    "from_config",
+    "from_description",
 ]
 
 
@@ -181,8 +193,10 @@ class Normalize(Transform):
         if any(s == 0.0 for s in self.std):
             raise TransformError(f"Normalize divides by std, so it cannot be zero, but got std={list(self.std)}")
         if len(self.mean) != len(self.std) and 1 not in (len(self.mean), len(self.std)):
-            raise TransformError(f"Normalize needs as many means as stds (one per channel), but got "
-                                 f"mean={list(self.mean)} and std={list(self.std)}")
+            raise TransformError(
+                f"Normalize needs as many means as stds (one per channel), but got "
+                f"mean={list(self.mean)} and std={list(self.std)}"
+            )
         # One value: a 0-d tensor, so a sample keeps its shape whatever its dimensions.
         self._mean, self._std = _per_channel(self.mean), _per_channel(self.std)
 
@@ -190,8 +204,10 @@ class Normalize(Transform):
         x = _need_tensor(x, self)
         n = max(len(self.mean), len(self.std))
         if n != 1 and (x.dim() < 3 or x.shape[-3] != n):
-            raise TransformError(f"Normalize has {n} channel values but got a sample of shape {tuple(x.shape)}; "
-                                 "it takes one (C, H, W) sample with C matching mean and std")
+            raise TransformError(
+                f"Normalize has {n} channel values but got a sample of shape {tuple(x.shape)}; "
+                "it takes one (C, H, W) sample with C matching mean and std"
+            )
         return (x - self._mean) / self._std
 
     def _args(self) -> dict[str, Any]:
@@ -213,7 +229,7 @@ class CenterCrop(Transform):
         x = _need_tensor(x, self)
         h, w = _fits(x, self.size, self)
         top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
-        return x[..., top:top + h, left:left + w]
+        return x[..., top : top + h, left : left + w]
 
     def _args(self) -> dict[str, Any]:
         return {"size": list(self.size)}
@@ -229,8 +245,9 @@ class RandomCrop(Transform):
     def __init__(self, size: int | Sequence[int], padding: int = 0) -> None:
         self.size = _pair(size, "RandomCrop", "size")
         if not isinstance(padding, int) or isinstance(padding, bool) or not 0 <= padding <= keys.MAX_IMAGE_SIDE:
-            raise TransformError(f"RandomCrop padding should be an integer from 0 to {keys.MAX_IMAGE_SIDE}, "
-                                 f"but got padding={padding!r}")
+            raise TransformError(
+                f"RandomCrop padding should be an integer from 0 to {keys.MAX_IMAGE_SIDE}, but got padding={padding!r}"
+            )
         self.padding = padding
 
     def __call__(self, x: Any) -> torch.Tensor:
@@ -241,7 +258,7 @@ class RandomCrop(Transform):
         h, w = _fits(x, self.size, self)
         top = int(torch.randint(0, x.shape[-2] - h + 1, (1,)))
         left = int(torch.randint(0, x.shape[-1] - w + 1, (1,)))
-        return x[..., top:top + h, left:left + w]
+        return x[..., top : top + h, left : left + w]
 
     def eval_view(self) -> Transform:
         return CenterCrop(self.size)
@@ -300,8 +317,18 @@ class GaussianNoise(Transform):
 
 
 _REGISTRY: dict[str, type[Transform]] = {
-    cls.name: cls for cls in (Identity, Compose, Resize, ToTensor, Normalize, CenterCrop, RandomCrop,
-                              RandomHorizontalFlip, GaussianNoise)
+    cls.name: cls
+    for cls in (
+        Identity,
+        Compose,
+        Resize,
+        ToTensor,
+        Normalize,
+        CenterCrop,
+        RandomCrop,
+        RandomHorizontalFlip,
+        GaussianNoise,
+    )
 }
 
 
@@ -318,14 +345,16 @@ def from_config(config: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Tran
     if isinstance(config, Sequence) and not isinstance(config, (str, bytes)):
         return Compose([from_config(c) for c in config])
     if not isinstance(config, Mapping) or not isinstance(config.get("name"), str):
-        raise TransformError(f"a transform config is a mapping with a 'name' (one of {sorted(_REGISTRY)}), "
-                             f"but got {config!r}")
+        raise TransformError(
+            f"a transform config is a mapping with a 'name' (one of {sorted(_REGISTRY)}), but got {config!r}"
+        )
     name = config["name"]
     cls = _REGISTRY.get(name)
     if cls is None:
         raise TransformError(
             f"{name!r} is not one of reprodl's transforms ({', '.join(sorted(_REGISTRY))}), and reprodl never "
-            "imports what a config names")
+            "imports what a config names"
+        )
     args = {k: v for k, v in config.items() if k != "name"}
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(args) - set(accepted))
@@ -339,7 +368,9 @@ def from_config(config: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Tran
     try:
         return cls(**args)
     except TypeError as exc:
-        raise TransformError(f"the {name} config {dict(config)} does not fit {name}({', '.join(accepted)}): {exc}") from None
+        raise TransformError(
+            f"the {name} config {dict(config)} does not fit {name}({', '.join(accepted)}): {exc}"
+        ) from None
 
 
 def from_description(description: Mapping[str, Any]) -> Transform:
@@ -366,8 +397,10 @@ def from_description(description: Mapping[str, Any]) -> Transform:
         raise TransformError(f"the record's {cls_path} has the config of a {config.get('name')!r}")
     transform = from_config(config)
     if transform.config() != dict(config):
-        raise TransformError(f"the record's {cls_path} config {dict(config)} rebuilds as {transform.config()}: "
-                             "this version of reprodl reads it differently")
+        raise TransformError(
+            f"the record's {cls_path} config {dict(config)} rebuilds as {transform.config()}: "
+            "this version of reprodl reads it differently"
+        )
     return transform
 
 
@@ -399,10 +432,14 @@ def _pair(size: Any, who: str, arg: str) -> tuple[int, int]:
         if a <= 0 or b <= 0 or any(isinstance(v, bool) or int(v) != v for v in values):
             raise ValueError
     except (TypeError, ValueError, OverflowError):
-        raise TransformError(f"{who} {arg} should be a positive integer or a pair of them, but got {arg}={size!r}") from None
+        raise TransformError(
+            f"{who} {arg} should be a positive integer or a pair of them, but got {arg}={size!r}"
+        ) from None
     if max(a, b) > keys.MAX_IMAGE_SIDE:
-        raise TransformError(f"{who} {arg} should be at most {keys.MAX_IMAGE_SIDE} pixels per side, but got "
-                             f"{arg}={size!r}: reprodl refuses sizes that large (a record could exhaust memory)")
+        raise TransformError(
+            f"{who} {arg} should be at most {keys.MAX_IMAGE_SIDE} pixels per side, but got "
+            f"{arg}={size!r}: reprodl refuses sizes that large (a record could exhaust memory)"
+        )
     return a, b
 
 
@@ -413,8 +450,9 @@ def _floats(value: Any, who: str, arg: str) -> tuple[float, ...]:
     except (TypeError, ValueError):
         out = ()
     if not out:
-        raise TransformError(f"{who} {arg} should be a number or a list of numbers (one per channel), "
-                             f"but got {arg}={value!r}")
+        raise TransformError(
+            f"{who} {arg} should be a number or a list of numbers (one per channel), but got {arg}={value!r}"
+        )
     return out
 
 
@@ -439,22 +477,26 @@ def _is_image(x: Any) -> bool:
 
 def _need_image(x: Any, who: Transform) -> None:
     if not _is_image(x):
-        raise TransformError(f"{type(who).__name__} takes a PIL image, but got {type(x).__name__}: put it before "
-                             "ToTensor in a Compose, and use it with ImageDataSet (TensorDataSet samples are tensors)")
+        raise TransformError(
+            f"{type(who).__name__} takes a PIL image, but got {type(x).__name__}: put it before "
+            "ToTensor in a Compose, and use it with ImageDataSet (TensorDataSet samples are tensors)"
+        )
 
 
 def _need_tensor(x: Any, who: Transform) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
     if _is_image(x):
-        raise TransformError(f"{type(who).__name__} takes a (C, H, W) tensor, but got a PIL image: put ToTensor() "
-                             "before it in a Compose")
+        raise TransformError(
+            f"{type(who).__name__} takes a (C, H, W) tensor, but got a PIL image: put ToTensor() before it in a Compose"
+        )
     return torch.as_tensor(x)
 
 
 def _fits(x: torch.Tensor, size: tuple[int, int], who: Transform) -> tuple[int, int]:
     h, w = size
     if x.dim() < 2 or x.shape[-2] < h or x.shape[-1] < w:
-        raise TransformError(f"{type(who).__name__} of (height, width) {size} does not fit a sample of shape "
-                             f"{tuple(x.shape)}")
+        raise TransformError(
+            f"{type(who).__name__} of (height, width) {size} does not fit a sample of shape {tuple(x.shape)}"
+        )
     return h, w

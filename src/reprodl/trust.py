@@ -25,6 +25,7 @@ Example:
     >>> resolve("torch.optim:SGD", Kind.OPTIMIZER).__name__
     'SGD'
 """
+
 from __future__ import annotations
 
 import enum
@@ -58,14 +59,31 @@ TRUSTED_MODULES: dict[Kind, tuple[str, ...]] = {
 
 #: The loss *functions* (not classes) a record may name: ``torch.nn.functional``'s losses.
 LOSS_FUNCTIONS: frozenset[str] = frozenset(
-    f"torch.nn.functional:{name}" for name in (
-        "binary_cross_entropy", "binary_cross_entropy_with_logits", "cosine_embedding_loss",
-        "cross_entropy", "ctc_loss", "gaussian_nll_loss", "hinge_embedding_loss", "huber_loss",
-        "kl_div", "l1_loss", "margin_ranking_loss", "mse_loss", "multi_margin_loss",
-        "multilabel_margin_loss", "multilabel_soft_margin_loss", "nll_loss", "poisson_nll_loss",
-        "smooth_l1_loss", "soft_margin_loss", "triplet_margin_loss",
+    f"torch.nn.functional:{name}"
+    for name in (
+        "binary_cross_entropy",
+        "binary_cross_entropy_with_logits",
+        "cosine_embedding_loss",
+        "cross_entropy",
+        "ctc_loss",
+        "gaussian_nll_loss",
+        "hinge_embedding_loss",
+        "huber_loss",
+        "kl_div",
+        "l1_loss",
+        "margin_ranking_loss",
+        "mse_loss",
+        "multi_margin_loss",
+        "multilabel_margin_loss",
+        "multilabel_soft_margin_loss",
+        "nll_loss",
+        "poisson_nll_loss",
+        "smooth_l1_loss",
+        "soft_margin_loss",
+        "triplet_margin_loss",
         "triplet_margin_with_distance_loss",
-    ))
+    )
+)
 
 _MAX_NAME = 300
 
@@ -87,8 +105,10 @@ def _base_class(kind: Kind) -> type:
 def split_path(path: str) -> tuple[str, str]:
     """``module:qualname`` (or the dotted ``module.Name`` configs use) as (module, qualname)."""
     if not isinstance(path, str) or not path or len(path) > _MAX_NAME:
-        raise UnsafeImportError(f"{str(path)[:80]!r} is not a class name reprodl can import "
-                                f"(a non-empty 'module:Class' string of at most {_MAX_NAME} characters)")
+        raise UnsafeImportError(
+            f"{str(path)[:80]!r} is not a class name reprodl can import "
+            f"(a non-empty 'module:Class' string of at most {_MAX_NAME} characters)"
+        )
     if ":" in path:
         module, _, qualname = path.partition(":")
     else:
@@ -151,8 +171,10 @@ def _lookup(module: str, qualname: str, path: str) -> Any:
             raise ModelLoadError(f"module {module!r} has no {qualname!r} (named by {path!r})")
         if i < len(parts) - 1 and not inspect.isclass(obj):
             kind = "module" if inspect.ismodule(obj) else type(obj).__name__
-            raise UnsafeImportError(f"{path!r} walks through the {kind} {part!r}: a recorded name must name a "
-                                    "class in its own module, not reach into another")
+            raise UnsafeImportError(
+                f"{path!r} walks through the {kind} {part!r}: a recorded name must name a "
+                "class in its own module, not reach into another"
+            )
     return obj
 
 
@@ -175,11 +197,18 @@ def resolve(path: str, kind: Kind, *, allow: Iterable[str] = ()) -> Any:
         return _lookup(module, qualname, path)
     roots = _roots(kind, list(allow))
     if not _import_allowed(module, qualname, roots):
-        hint = "" if kind is Kind.TRANSFORM else (
-            f" If you trust it, pass allow=[{module!r}] (CLI: --allow {module})"
-            + (" or model_class=YourClass" if kind is Kind.ARCHITECTURE else ""))
-        raise UnsafeImportError(f"the {kind.value} {canonical!r} is not from a trusted module "
-                                f"({', '.join(TRUSTED_MODULES[kind])}), so reprodl will not import it.{hint}")
+        hint = (
+            ""
+            if kind is Kind.TRANSFORM
+            else (
+                f" If you trust it, pass allow=[{module!r}] (CLI: --allow {module})"
+                + (" or model_class=YourClass" if kind is Kind.ARCHITECTURE else "")
+            )
+        )
+        raise UnsafeImportError(
+            f"the {kind.value} {canonical!r} is not from a trusted module "
+            f"({', '.join(TRUSTED_MODULES[kind])}), so reprodl will not import it.{hint}"
+        )
     obj = _lookup(module, qualname, path)
     if not inspect.isclass(obj):
         what = "function" if callable(obj) else type(obj).__name__
@@ -187,12 +216,15 @@ def resolve(path: str, kind: Kind, *, allow: Iterable[str] = ()) -> Any:
         raise UnsafeImportError(f"{canonical!r} names a {what}, not a class: refused as the {kind.value}{extra}")
     defined_in = getattr(obj, "__module__", "") or ""
     if not (_within(defined_in, module) and _defined_allowed(defined_in, qualname, roots)):
-        raise UnsafeImportError(f"{canonical!r} is the class {defined_in}:{obj.__qualname__}, defined outside "
-                                f"{module}: a recorded name must name a class defined in its own module")
+        raise UnsafeImportError(
+            f"{canonical!r} is the class {defined_in}:{obj.__qualname__}, defined outside "
+            f"{module}: a recorded name must name a class defined in its own module"
+        )
     base = _base_class(kind)
     if not issubclass(obj, base):
-        raise UnsafeImportError(f"{canonical!r} is not a {kind.value}: it does not subclass "
-                                f"{base.__module__}.{base.__qualname__}")
+        raise UnsafeImportError(
+            f"{canonical!r} is not a {kind.value}: it does not subclass {base.__module__}.{base.__qualname__}"
+        )
     return obj
 
 
@@ -231,8 +263,12 @@ def check_size(cls: type, init_params: dict[str, Any], *, expected: int | None =
         return
     n = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
     if n > MAX_PARAMETERS:
-        raise ModelLoadError(f"the recorded arguments {init_params} make {name} build {n:,} parameters, more than "
-                             f"reprodl builds from a record ({MAX_PARAMETERS:,})")
+        raise ModelLoadError(
+            f"the recorded arguments {init_params} make {name} build {n:,} parameters, more than "
+            f"reprodl builds from a record ({MAX_PARAMETERS:,})"
+        )
     if expected and n != expected:
-        raise ModelLoadError(f"the record says {name} has {expected:,} parameters, but its recorded arguments "
-                             f"{init_params} build {n:,}: the record or the class changed")
+        raise ModelLoadError(
+            f"the record says {name} has {expected:,} parameters, but its recorded arguments "
+            f"{init_params} build {n:,}: the record or the class changed"
+        )

@@ -10,6 +10,7 @@ Example:
     >>> sniff_weights("model.safetensors")        # doctest: +SKIP
     'safetensors'
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,10 @@ def safetensors_problem(path: str | os.PathLike[str]) -> str | None:
                 return f"the file has {size} bytes, fewer than the 8-byte header length"
             (n,) = struct.unpack("<Q", head)
             if n < 2 or n > MAX_HEADER_BYTES or n > size - _LENGTH_BYTES:
-                return (f"its header length {n} is not between 2 and "
-                        f"{min(MAX_HEADER_BYTES, size - _LENGTH_BYTES)} (the file has {size} bytes)")
+                return (
+                    f"its header length {n} is not between 2 and "
+                    f"{min(MAX_HEADER_BYTES, size - _LENGTH_BYTES)} (the file has {size} bytes)"
+                )
             raw = fh.read(n)
     except OSError as exc:
         raise ModelLoadError(f"cannot read the weights file {os.fspath(path)!r}: {exc}") from None
@@ -67,8 +70,12 @@ def _header_problem(raw: bytes, data_size: int) -> str | None:
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
             return f"its header entry {name[:80]!r} has no valid shape"
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)
-                or not offsets[0] <= offsets[1] <= data_size):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_count(o) for o in offsets)
+            or not offsets[0] <= offsets[1] <= data_size
+        ):
             return f"its header entry {name[:80]!r} has data offsets outside the file"
     return None
 

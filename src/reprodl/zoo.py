@@ -5,6 +5,7 @@ Both models end in ``log_softmax``, so they pair with ``torch.nn.NLLLoss`` as in
 Example:
     >>> net = GenNet(input_channels=1, input_dim=8)      # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,9 @@ class GenNet(nn.Module):
         hidden_channels: channels of the first conv stage (the second has twice as many).
     """
 
-    def __init__(self, input_channels: int = 1, input_dim: int = 28, n_outputs: int = 10,
-                 hidden_channels: int = 10) -> None:
+    def __init__(
+        self, input_channels: int = 1, input_dim: int = 28, n_outputs: int = 10, hidden_channels: int = 10
+    ) -> None:
         super().__init__()
         if input_dim < 4:
             raise ValueError(f"input_dim should be at least 4, but got input_dim={input_dim}")
@@ -69,12 +71,18 @@ class SmallResNet(nn.Module):
         blocks_per_stage: residual blocks per stage.
     """
 
-    def __init__(self, input_channels: int = 1, n_outputs: int = 10, widths: tuple[int, ...] | list[int] = (16, 32),
-                 blocks_per_stage: int = 1) -> None:
+    def __init__(
+        self,
+        input_channels: int = 1,
+        n_outputs: int = 10,
+        widths: tuple[int, ...] | list[int] = (16, 32),
+        blocks_per_stage: int = 1,
+    ) -> None:
         super().__init__()
         widths = list(widths)
-        self.stem = nn.Sequential(nn.Conv2d(input_channels, widths[0], 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(input_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
         layers: list[nn.Module] = []
         c_in = widths[0]
         for i, width in enumerate(widths):

@@ -1,4 +1,5 @@
 """The `reprodl` command line: a thin shell over the library (parse, call, print)."""
+
 from __future__ import annotations
 
 import sys
@@ -27,8 +28,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
-                                           help="Print the version and exit."),
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """reprodl: make deep-learning models reproducible by construction."""
 
@@ -45,8 +47,9 @@ def main() -> None:
 
 def create_image_dataset_from_dirtree_main() -> None:
     """The paper's command name: create-image-dataset-from-dirtree DIR BASE_URI NAME."""
-    typer.main.get_command(_dataset.app)(["create-from-dirtree", *sys.argv[1:]],
-                                         prog_name="create-image-dataset-from-dirtree")
+    typer.main.get_command(_dataset.app)(
+        ["create-from-dirtree", *sys.argv[1:]], prog_name="create-image-dataset-from-dirtree"
+    )
 
 
 def provenance_main() -> None:

@@ -1,4 +1,5 @@
 """`reprodl dataset ...`: create, split, inspect and verify training datasets."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,10 +21,22 @@ _README = typer.Option(None, "--readme", exists=False, help="README YAML file to
 _SCHEMA = typer.Option(None, "--schema", help="Extra JSON Schema (JSON or YAML file) the README must satisfy.")
 
 
-def _readme_fields(description: Optional[str], author: Optional[list[str]], origin: Optional[str],
-                   license: Optional[str], readme: Optional[Path], schema: Optional[Path]) -> dict[str, Any]:
-    return {"description": description, "authors": author or None, "origin": origin,
-            "license": license, "readme_file": readme, "schema": schema}
+def _readme_fields(
+    description: Optional[str],
+    author: Optional[list[str]],
+    origin: Optional[str],
+    license: Optional[str],
+    readme: Optional[Path],
+    schema: Optional[Path],
+) -> dict[str, Any]:
+    return {
+        "description": description,
+        "authors": author or None,
+        "origin": origin,
+        "license": license,
+        "readme_file": readme,
+        "schema": schema,
+    }
 
 
 def _created(uri: str, as_json: bool, kind: str) -> None:
@@ -39,18 +52,27 @@ def create_from_dirtree_cmd(
     dirtree: Path = typer.Argument(..., help="Directory with one subdirectory of images per category."),
     base_uri: str = typer.Argument(..., help="Where to create the dataset (path, file://, s3://)."),
     name: str = typer.Argument(..., help="Dataset name (letters, digits, '-', '_', '.')."),
-    description: Optional[str] = _DESC, author: Optional[list[str]] = _AUTHOR,
-    origin: Optional[str] = _ORIGIN, license: Optional[str] = _LICENSE,
-    readme: Optional[Path] = _README, schema: Optional[Path] = _SCHEMA,
-    quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
+    description: Optional[str] = _DESC,
+    author: Optional[list[str]] = _AUTHOR,
+    origin: Optional[str] = _ORIGIN,
+    license: Optional[str] = _LICENSE,
+    readme: Optional[Path] = _README,
+    schema: Optional[Path] = _SCHEMA,
+    quiet: bool = QUIET_OPT,
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Create an image dataset from DIRTREE/<category>/<image> (the paper's create-image-dataset-from-dirtree)."""
     from reprodl.data.creators import create_from_dirtree, scan_dirtree
 
     n = sum(len(v) for v in scan_dirtree(dirtree).values())
     with progress_bar("Checking and storing images", 2 * n, quiet=quiet or as_json) as advance:
-        uri = create_from_dirtree(dirtree, base_uri, name, progress=advance,
-                                  readme=_readme_fields(description, author, origin, license, readme, schema))
+        uri = create_from_dirtree(
+            dirtree,
+            base_uri,
+            name,
+            progress=advance,
+            readme=_readme_fields(description, author, origin, license, readme, schema),
+        )
     _created(uri, as_json, "image")
 
 
@@ -63,10 +85,15 @@ def create_from_arrays_cmd(
     name: str = typer.Argument(..., help="Dataset name."),
     image_dimensions: Optional[str] = typer.Option(None, "--image-dimensions", help="C,H,W each row reshapes to."),
     categories: Optional[str] = typer.Option(None, "--categories", help="Comma-separated names of labels 0..K-1."),
-    value_scale: Optional[float] = typer.Option(None, "--value-scale", help="Divide raw values by this (default 255 for uint8, else 1)."),
-    description: Optional[str] = _DESC, author: Optional[list[str]] = _AUTHOR,
-    origin: Optional[str] = _ORIGIN, license: Optional[str] = _LICENSE,
-    readme: Optional[Path] = _README, schema: Optional[Path] = _SCHEMA,
+    value_scale: Optional[float] = typer.Option(
+        None, "--value-scale", help="Divide raw values by this (default 255 for uint8, else 1)."
+    ),
+    description: Optional[str] = _DESC,
+    author: Optional[list[str]] = _AUTHOR,
+    origin: Optional[str] = _ORIGIN,
+    license: Optional[str] = _LICENSE,
+    readme: Optional[Path] = _README,
+    schema: Optional[Path] = _SCHEMA,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Create a tensor dataset from .npy/.npz arrays."""
@@ -83,11 +110,16 @@ def create_from_arrays_cmd(
             dims = [int(x) for x in image_dimensions.split(",")]
         except ValueError:
             raise InputDataError(f"--image-dimensions should be C,H,W integers, got {image_dimensions!r}") from None
-    uri = create_from_arrays(load(data), load(labels), base_uri, name, image_dimensions=dims,
-                             categories=categories.split(",") if categories else None,
-                             value_scale=value_scale,
-                             readme=_readme_fields(description, author, origin or str(Path(data).resolve()),
-                                                   license, readme, schema))
+    uri = create_from_arrays(
+        load(data),
+        load(labels),
+        base_uri,
+        name,
+        image_dimensions=dims,
+        categories=categories.split(",") if categories else None,
+        value_scale=value_scale,
+        readme=_readme_fields(description, author, origin or str(Path(data).resolve()), license, readme, schema),
+    )
     _created(uri, as_json, "tensor")
 
 
@@ -96,17 +128,22 @@ def create_from_arrays_cmd(
 def create_from_idx_cmd(
     images: Path = typer.Argument(..., help="IDX images file (e.g. train-images-idx3-ubyte[.gz])."),
     labels: Path = typer.Argument(..., help="IDX labels file."),
-    base_uri: str = typer.Argument(...), name: str = typer.Argument(...),
-    description: Optional[str] = _DESC, author: Optional[list[str]] = _AUTHOR,
-    origin: Optional[str] = _ORIGIN, license: Optional[str] = _LICENSE,
-    readme: Optional[Path] = _README, schema: Optional[Path] = _SCHEMA,
+    base_uri: str = typer.Argument(...),
+    name: str = typer.Argument(...),
+    description: Optional[str] = _DESC,
+    author: Optional[list[str]] = _AUTHOR,
+    origin: Optional[str] = _ORIGIN,
+    license: Optional[str] = _LICENSE,
+    readme: Optional[Path] = _README,
+    schema: Optional[Path] = _SCHEMA,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Create a tensor dataset from MNIST-style IDX files."""
     from reprodl.data.creators import create_from_idx
 
-    uri = create_from_idx(images, labels, base_uri, name,
-                          readme=_readme_fields(description, author, origin, license, readme, schema))
+    uri = create_from_idx(
+        images, labels, base_uri, name, readme=_readme_fields(description, author, origin, license, readme, schema)
+    )
     _created(uri, as_json, "tensor")
 
 
@@ -171,7 +208,9 @@ def info_cmd(uri: str = typer.Argument(..., help="Dataset URI."), as_json: bool 
 
 @app.command("stats")
 @handle_errors
-def stats_cmd(uri: str = typer.Argument(..., help="Dataset URI."), quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT) -> None:
+def stats_cmd(
+    uri: str = typer.Argument(..., help="Dataset URI."), quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT
+) -> None:
     """Per-channel mean and std (streaming, bounded memory) and class balance."""
     from reprodl.data.ops import dataset_stats
 
@@ -183,7 +222,11 @@ def stats_cmd(uri: str = typer.Argument(..., help="Dataset URI."), quiet: bool =
     out.print(f"samples: {stats['n_samples']}", markup=False)
     out.print("mean:    " + ", ".join(f"{m:.4f}" for m in stats["mean"]), markup=False)
     out.print("std:     " + ", ".join(f"{s:.4f}" for s in stats["std"]), markup=False)
-    out.print("classes: " + ", ".join(f"{k}: {v} ({stats['class_fractions'][k]:.1%})" for k, v in stats["class_counts"].items()), markup=False)
+    out.print(
+        "classes: "
+        + ", ".join(f"{k}: {v} ({stats['class_fractions'][k]:.1%})" for k, v in stats["class_counts"].items()),
+        markup=False,
+    )
     out.print(f"majority-class fraction: {stats['majority_class_fraction']:.1%}", markup=False)
 
 
@@ -192,7 +235,8 @@ def stats_cmd(uri: str = typer.Argument(..., help="Dataset URI."), quiet: bool =
 def verify_cmd(
     uri: str = typer.Argument(..., help="Dataset URI."),
     deep: bool = typer.Option(False, "--deep", help="Re-hash every item (default: item set and sizes)."),
-    quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Check a dataset's items against its manifest; exit 1 naming each missing, added or altered item."""
     from reprodl.store import open_dataset
@@ -203,7 +247,10 @@ def verify_cmd(
     if as_json:
         print_json(report.to_dict())
     elif report.ok:
-        out.print(f"OK: {report.n_items} items match the manifest of {ds.uri}" + (" (every hash checked)" if deep else ""), markup=False)
+        out.print(
+            f"OK: {report.n_items} items match the manifest of {ds.uri}" + (" (every hash checked)" if deep else ""),
+            markup=False,
+        )
     else:
         for line in report.problems():
             err.print(line, markup=False)
@@ -214,16 +261,24 @@ def verify_cmd(
 
 @app.command("ls")
 @handle_errors
-def ls_cmd(base_uri: str = typer.Argument(..., help="Base URI: a directory or s3://bucket."),
-           as_json: bool = JSON_OPT) -> None:
+def ls_cmd(
+    base_uri: str = typer.Argument(..., help="Base URI: a directory or s3://bucket."), as_json: bool = JSON_OPT
+) -> None:
     """List the datasets (and models) under a base URI."""
     from reprodl.store import list_datasets, open_dataset
 
     rows = []
     for uri in list_datasets(base_uri):
         ds = open_dataset(uri)
-        rows.append({"name": ds.name, "uuid": ds.uuid, "uri": uri, "n_items": len(ds),
-                     "kind": ds.get_annotation(keys.MODEL_KIND) or ds.get_annotation(keys.INPUT_TYPE) or "dataset"})
+        rows.append(
+            {
+                "name": ds.name,
+                "uuid": ds.uuid,
+                "uri": uri,
+                "n_items": len(ds),
+                "kind": ds.get_annotation(keys.MODEL_KIND) or ds.get_annotation(keys.INPUT_TYPE) or "dataset",
+            }
+        )
     if as_json:
         print_json(rows)
         return
@@ -238,7 +293,8 @@ def ls_cmd(base_uri: str = typer.Argument(..., help="Base URI: a directory or s3
 def copy_cmd(
     uri: str = typer.Argument(..., help="Dataset (or model) URI to copy."),
     dest_base_uri: str = typer.Argument(..., help="Where to copy it: a directory or s3://bucket."),
-    quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Copy a dataset to another base URI, keeping its UUID and manifest (publish it, e.g. to s3://)."""
     from reprodl.store import copy_dataset, open_dataset
@@ -279,8 +335,12 @@ def clean_cmd(
         return
     if not found:
         out.print(f"No staging directories under {base}", markup=False)
-    why = {"running": "kept: its process is still running", "other-host": "kept: made on another host",
-           "unmarked": "kept: no reprodl staging marker", "stale": "would remove: its process is gone"}
+    why = {
+        "running": "kept: its process is still running",
+        "other-host": "kept: made on another host",
+        "unmarked": "kept: no reprodl staging marker",
+        "stale": "would remove: its process is gone",
+    }
     for s in found:
         owner = f" (pid {s.pid} on {s.hostname})" if s.pid is not None else ""
         if s.state == "stale" and not dry_run and not s.removed:

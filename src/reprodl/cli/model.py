@@ -1,4 +1,5 @@
 """Model commands: provenance, train, predict, evaluate, reproduce, diff, verify, lineage, schema."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,9 @@ from reprodl.cli import app
 from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
 from reprodl.errors import ExitCode
 
-_ALLOW = typer.Option(None, "--allow", help="Module (or module:Class) trusted to be imported for the architecture; repeatable.")
+_ALLOW = typer.Option(
+    None, "--allow", help="Module (or module:Class) trusted to be imported for the architecture; repeatable."
+)
 
 
 @app.command("provenance")
@@ -68,12 +71,18 @@ class _EpochPrinter:
         self.task: Any = None
         self.label = ""
 
-    def __enter__(self) -> "_EpochPrinter":
+    def __enter__(self) -> _EpochPrinter:
         if not self.quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), console=err, transient=True)
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
             self.progress.__enter__()
         return self
 
@@ -104,28 +113,42 @@ class _EpochPrinter:
 @app.command("train")
 @handle_errors
 def train_cmd(
-    config: Path = typer.Argument(..., help="Training config (YAML): name, output, data, model, optimizer, loss, params."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a value: lr=0.05, epochs=3, params.seed=1, optimizer.momentum=0.9."),
+    config: Path = typer.Argument(
+        ..., help="Training config (YAML): name, output, data, model, optimizer, loss, params."
+    ),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override a value: lr=0.05, epochs=3, params.seed=1, optimizer.momentum=0.9."
+    ),
     seeds: int = typer.Option(0, "--seeds", help="Train one model per seed (N runs) and write a variance summary."),
     splits: int = typer.Option(0, "--splits", help="Train one model per stratified train/test split (N runs)."),
-    require_clean: bool = typer.Option(False, "--require-clean",
-                                       help="Refuse to train unless the code (the config's git repository) is committed."),
-    no_untracked: bool = typer.Option(False, "--no-untracked",
-                                      help="Store no untracked files with the model (git-ignored files and secrets never are)."),
-    quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
+    require_clean: bool = typer.Option(
+        False, "--require-clean", help="Refuse to train unless the code (the config's git repository) is committed."
+    ),
+    no_untracked: bool = typer.Option(
+        False,
+        "--no-untracked",
+        help="Store no untracked files with the model (git-ignored files and secrets never are).",
+    ),
+    quiet: bool = QUIET_OPT,
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Train a model from a config file, capturing its provenance; writes a model dataset."""
     from reprodl.capture import untracked_summary
     from reprodl.config import build_and_train, load_config
 
-    flags = [*(["require_clean_code=true"] if require_clean else []), *(["store_untracked=false"] if no_untracked else [])]
+    flags = [
+        *(["require_clean_code=true"] if require_clean else []),
+        *(["store_untracked=false"] if no_untracked else []),
+    ]
     cfg = load_config(config, [*(set_ or []), *flags])
     if seeds or splits:
         from reprodl.multirun import train_many
 
         def on_run(i: int, uri: str, record: Any) -> None:
             if not as_json:
-                out.print(f"run {i + 1}/{seeds or splits}: {uri}  final {json.dumps(record.results.final)}", markup=False)
+                out.print(
+                    f"run {i + 1}/{seeds or splits}: {uri}  final {json.dumps(record.results.final)}", markup=False
+                )
 
         result = train_many(cfg, seeds=seeds, splits=splits, on_run=on_run)
         if as_json:
@@ -136,13 +159,20 @@ def train_cmd(
             out.print(f"  {metric}: mean {s['mean']:.4f} std {s['std']:.4f} min {s['min']:.4f} max {s['max']:.4f}")
         return
     with _EpochPrinter(quiet or as_json) as printer:
-        uri, record = build_and_train(cfg, progress=printer.batch if not (quiet or as_json) else False,
-                                      on_epoch=printer.epoch)
+        uri, record = build_and_train(
+            cfg, progress=printer.batch if not (quiet or as_json) else False, on_epoch=printer.epoch
+        )
     git = record.code.git
     if as_json:
-        print_json({"uri": uri, "record_digest": record.digest, "final": record.results.final,
-                    "untracked_stored": git.untracked_items if git else [],
-                    "untracked_skipped": git.untracked_skipped_reasons if git else {}})
+        print_json(
+            {
+                "uri": uri,
+                "record_digest": record.digest,
+                "final": record.results.final,
+                "untracked_stored": git.untracked_items if git else [],
+                "untracked_skipped": git.untracked_skipped_reasons if git else {},
+            }
+        )
     else:
         stored = untracked_summary(git)
         if stored:
@@ -155,7 +185,8 @@ def train_cmd(
 def predict_cmd(
     uri: str = typer.Argument(..., help="Model dataset URI."),
     images: list[Path] = typer.Argument(..., help="Image files (any mode and size)."),
-    allow: Optional[list[str]] = _ALLOW, as_json: bool = JSON_OPT,
+    allow: Optional[list[str]] = _ALLOW,
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Classify images with a trained model."""
     from reprodl.data.images import open_image
@@ -178,7 +209,8 @@ def evaluate_cmd(
     uri: str = typer.Argument(..., help="Model dataset URI."),
     dataset_uri: str = typer.Argument(..., help="Dataset to evaluate on."),
     usetype: Optional[str] = typer.Option(None, "--usetype", help="Only samples of this usetype (e.g. test)."),
-    allow: Optional[list[str]] = _ALLOW, as_json: bool = JSON_OPT,
+    allow: Optional[list[str]] = _ALLOW,
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Accuracy, per-class precision/recall and confusion matrix, beside the majority-class baseline."""
     from reprodl.data.datasets import open_training_data
@@ -189,8 +221,10 @@ def evaluate_cmd(
     if as_json:
         print_json(result)
         return
-    out.print(f"accuracy {result['accuracy']:.2%} on {result['n_samples']} samples "
-              f"(majority-class baseline {result['majority_baseline_accuracy']:.2%}, class {result['majority_class']})")
+    out.print(
+        f"accuracy {result['accuracy']:.2%} on {result['n_samples']} samples "
+        f"(majority-class baseline {result['majority_baseline_accuracy']:.2%}, class {result['majority_class']})"
+    )
     out.print("class  precision  recall  support")
     for name, c in result["per_class"].items():
         out.print(f"{name:>5}  {c['precision']:9.2%}  {c['recall']:6.2%}  {c['support']:7d}", markup=False)
@@ -200,18 +234,27 @@ def evaluate_cmd(
 @handle_errors
 def reproduce_cmd(
     uri: str = typer.Argument(..., help="Model dataset URI."),
-    output: Optional[str] = typer.Option(None, "--output", help="Base URI to keep the reproduced model in (default: discarded)."),
-    tolerance: Optional[str] = typer.Option(None, "--tolerance", help="atol, or 'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for the re-run (statistical mode: default recorded + 100003)."),
-    allow: Optional[list[str]] = _ALLOW, quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT,
+    output: Optional[str] = typer.Option(
+        None, "--output", help="Base URI to keep the reproduced model in (default: discarded)."
+    ),
+    tolerance: Optional[str] = typer.Option(
+        None, "--tolerance", help="atol, or 'atol=1e-5,rtol=1e-4,metric=0.02,agreement=0.99'."
+    ),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Seed for the re-run (statistical mode: default recorded + 100003)."
+    ),
+    allow: Optional[list[str]] = _ALLOW,
+    quiet: bool = QUIET_OPT,
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Re-run a model's training from its record and say whether the model came back."""
     from reprodl.reproduction import reproduce
 
     if not (quiet or as_json):
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
-    report = reproduce(uri, output=output, tolerance=tolerance, allow=allow or (), seed=seed,
-                       progress=not (quiet or as_json))
+    report = reproduce(
+        uri, output=output, tolerance=tolerance, allow=allow or (), seed=seed, progress=not (quiet or as_json)
+    )
     if as_json:
         print_json(report.to_dict())
     else:
@@ -231,21 +274,27 @@ def print_report(report: Any) -> None:
     else:
         out.print("environment: same as recorded")
     w = report.weights
-    out.print(f"weights: {w['n_identical']}/{w['n_tensors']} tensors bit-identical, max abs diff {w['max_abs_diff']:.3g}")
+    out.print(
+        f"weights: {w['n_identical']}/{w['n_tensors']} tensors bit-identical, max abs diff {w['max_abs_diff']:.3g}"
+    )
     last = max((r["epoch"] for r in report.metrics), default=0)
     for r in report.metrics:
         if r["epoch"] == last:
             out.print(f"  {r['metric']} (epoch {last}): {r['original']:.6g} -> {r['reproduction']:.6g}", markup=False)
     p = report.predictions
     if p:
-        out.print(f"predictions on {p['dataset']} ({p['usetype'] or 'all'}): {p['agreement']:.2%} agree; accuracy "
-                  f"{p['original_accuracy']:.2%} -> {p['reproduction_accuracy']:.2%}")
+        out.print(
+            f"predictions on {p['dataset']} ({p['usetype'] or 'all'}): {p['agreement']:.2%} agree; accuracy "
+            f"{p['original_accuracy']:.2%} -> {p['reproduction_accuracy']:.2%}"
+        )
     if report.envelope:
         for m in report.envelope["metrics"]:
             out.print(f"  envelope {m['metric']}: {m['value']:.4f} in [{m['low']:.4f}, {m['high']:.4f}]? {m['within']}")
     t = report.timings
-    out.print(f"time: re-training {t.get('training_s', 0):.2f}s (original {t.get('original_training_s', 0):.2f}s), "
-              f"total {t.get('total_s', 0):.2f}s")
+    out.print(
+        f"time: re-training {t.get('training_s', 0):.2f}s (original {t.get('original_training_s', 0):.2f}s), "
+        f"total {t.get('total_s', 0):.2f}s"
+    )
     for reason in report.reasons:
         out.print(f"  - {reason}", markup=False)
     if report.reproduction_uri:
@@ -297,7 +346,8 @@ def verify_cmd(
     data: bool = typer.Option(False, "--data", help="Also check every training dataset is reachable and unchanged."),
     allow: Optional[list[str]] = _ALLOW,
     trusted_key: Optional[list[str]] = typer.Option(
-        None, "--trusted-key", help="Public key (KEY.pub file or its text) the model must be signed by; repeatable."),
+        None, "--trusted-key", help="Public key (KEY.pub file or its text) the model must be signed by; repeatable."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Check a model dataset: item hashes, record digest, weights against the record, that every
@@ -335,9 +385,17 @@ def lineage_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as_js
             if "error" in entry:
                 out.print(f"{pad}{entry['uri']}: ERROR {entry['error']}", markup=False)
                 continue
-            link = "" if "link_ok" not in entry else (" [link ok]" if entry["link_ok"] else " [LINK BROKEN: digest differs]")
-            out.print(f"{pad}{entry['name']} {entry['uri']} ({entry['architecture']}; {', '.join(entry['data'])})"
-                      + (f" frozen: {', '.join(entry['frozen'])}" if entry['frozen'] else "") + link, markup=False)
+            link = (
+                ""
+                if "link_ok" not in entry
+                else (" [link ok]" if entry["link_ok"] else " [LINK BROKEN: digest differs]")
+            )
+            out.print(
+                f"{pad}{entry['name']} {entry['uri']} ({entry['architecture']}; {', '.join(entry['data'])})"
+                + (f" frozen: {', '.join(entry['frozen'])}" if entry["frozen"] else "")
+                + link,
+                markup=False,
+            )
     if any(e.get("link_ok") is False or e.get("digest_ok") is False or "error" in e for e in chain):
         raise typer.Exit(int(ExitCode.FAILED))
 
@@ -345,7 +403,9 @@ def lineage_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as_js
 @app.command("demo")
 @handle_errors
 def demo_cmd(
-    workdir: Path = typer.Option(Path("demo-output"), "--workdir", help="Where the demo writes its datasets and models."),
+    workdir: Path = typer.Option(
+        Path("demo-output"), "--workdir", help="Where the demo writes its datasets and models."
+    ),
     epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
     quiet: bool = QUIET_OPT,  # accepted as by every command; the demo shows no progress bars
 ) -> None:
@@ -353,6 +413,5 @@ def demo_cmd(
     evaluate, predict, reproduce."""
     from reprodl.demo import run_demo
 
-    ok = run_demo(workdir, epochs=epochs, say=lambda s: out.print(s, markup=False),
-                  show_report=print_report)
+    ok = run_demo(workdir, epochs=epochs, say=lambda s: out.print(s, markup=False), show_report=print_report)
     raise typer.Exit(0 if ok else int(ExitCode.FAILED))

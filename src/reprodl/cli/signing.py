@@ -1,4 +1,5 @@
 """Signing commands: keygen, sign (checking is `reprodl verify URI --trusted-key KEY.pub`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,9 @@ from reprodl.cli.common import JSON_OPT, handle_errors, out, print_json
 @app.command("keygen")
 @handle_errors
 def keygen_cmd(
-    key: Path = typer.Argument(..., help="Where to write the private key (PEM, mode 0600); the public key goes to KEY.pub."),
+    key: Path = typer.Argument(
+        ..., help="Where to write the private key (PEM, mode 0600); the public key goes to KEY.pub."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Make an Ed25519 key pair for signing models (needs `pip install 'reprodl[sign]'`)."""
@@ -25,8 +28,9 @@ def keygen_cmd(
         return
     out.print(f"Private key: {key} (keep it secret)", markup=False)
     out.print(f"Public key:  {pub_path}: {public}", markup=False)
-    out.print("Give the public key to whoever checks your models: reprodl verify URI --trusted-key KEY.pub",
-              markup=False)
+    out.print(
+        "Give the public key to whoever checks your models: reprodl verify URI --trusted-key KEY.pub", markup=False
+    )
 
 
 @app.command("sign")

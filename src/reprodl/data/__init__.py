@@ -3,6 +3,7 @@
 ``ImageDataSet`` and ``TensorDataSet`` import torch and are loaded on first use; the
 creators and operations do not need torch.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -6,6 +6,7 @@ Every creator validates its input fully before anything is frozen, and writes th
 Example:
     >>> uri = create_digits("/tmp/data", "digits")                   # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import gzip
@@ -41,8 +42,9 @@ def _readme(name: str, readme: dict[str, Any] | None, defaults: dict[str, Any]) 
     readme_file = fields.pop("readme_file", None)
     schema = fields.pop("schema", None)
     known = {k: fields.pop(k, None) for k in ("description", "authors", "origin", "license", "usetype")}
-    return make_readme(name=fields.pop("name", name), readme_file=readme_file, schema=schema,
-                       extra=fields, defaults=defaults, **known)
+    return make_readme(
+        name=fields.pop("name", name), readme_file=readme_file, schema=schema, extra=fields, defaults=defaults, **known
+    )
 
 
 def scan_dirtree(root: str | os.PathLike[str]) -> dict[str, list[Path]]:
@@ -99,19 +101,22 @@ def create_from_dirtree(
         for path in files:
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise InputDataError(
-                    f"{path} is not an image file (suffix {path.suffix or 'none'!r}); "
-                    f"allowed: {sorted(IMAGE_SUFFIXES)}"
+                    f"{path} is not an image file (suffix {path.suffix or 'none'!r}); allowed: {sorted(IMAGE_SUFFIXES)}"
                 )
             image = open_image(path)
             modes[image.mode] += 1
             sizes[image.size] += 1
             if progress:
                 progress(1)
-    text = _readme(name, readme, {
-        "description": f"Images in {len(tree)} categories, created from {Path(dirtree).name}",
-        "authors": [current_user()],
-        "origin": str(Path(dirtree).resolve()),
-    })
+    text = _readme(
+        name,
+        readme,
+        {
+            "description": f"Images in {len(tree)} categories, created from {Path(dirtree).name}",
+            "authors": [current_user()],
+            "origin": str(Path(dirtree).resolve()),
+        },
+    )
     colour = any(target_mode_for(m) == "RGB" for m in modes)
     mode = "RGB" if colour else "L"
     encoding = category_encoding(list(tree))
@@ -128,7 +133,7 @@ def create_from_dirtree(
         writer.put_annotation(keys.CATEGORY_ENCODING, encoding)
         writer.put_annotation(keys.IMAGE_MODE, mode)
         if len(sizes) == 1:
-            (w, h), = sizes
+            ((w, h),) = sizes
             writer.put_annotation(keys.IMAGE_DIMENSIONS, [3 if colour else 1, h, w])
     assert writer.uri is not None
     return writer.uri
@@ -167,15 +172,15 @@ def create_from_arrays(
     if labels.ndim != 1:
         raise InputDataError(f"labels must be one-dimensional, got shape {labels.shape}")
     if len(labels) != len(data):
-        raise InputDataError(
-            f"labels/array length mismatch: {len(data)} data rows but {len(labels)} labels"
-        )
+        raise InputDataError(f"labels/array length mismatch: {len(data)} data rows but {len(labels)} labels")
     _check_data_values(data)
     labels = _integer_labels(labels)
     n_classes = int(labels.max()) + 1 if len(labels) else 0
     if n_classes > keys.MAX_CATEGORIES:
-        raise InputDataError(f"labels go up to {n_classes - 1:,}, over reprodl's limit of "
-                             f"{keys.MAX_CATEGORIES - 1:,}: labels are category numbers 0..K-1")
+        raise InputDataError(
+            f"labels go up to {n_classes - 1:,}, over reprodl's limit of "
+            f"{keys.MAX_CATEGORIES - 1:,}: labels are category numbers 0..K-1"
+        )
     if categories is None:
         categories = [str(i) for i in range(n_classes)]
     elif len(categories) < n_classes:
@@ -186,15 +191,20 @@ def create_from_arrays(
     if int(np.prod(image_dimensions)) != int(np.prod(data.shape[1:])):
         raise InputDataError(f"image_dimensions {image_dimensions} do not fit rows of shape {list(data.shape[1:])}")
     if value_scale is not None and not (math.isfinite(value_scale) and value_scale > 0):
-        raise InputDataError(f"value_scale divides the raw values, so it must be a finite number > 0, "
-                             f"but got value_scale={value_scale}")
+        raise InputDataError(
+            f"value_scale divides the raw values, so it must be a finite number > 0, but got value_scale={value_scale}"
+        )
     if usetype is not None and len(usetype) != len(data):
         raise InputDataError(f"usetype has {len(usetype)} entries for {len(data)} rows")
-    text = _readme(name, readme, {
-        "description": f"{len(data)} samples of shape {list(data.shape[1:])}",
-        "authors": [current_user()],
-        "origin": "arrays",
-    })
+    text = _readme(
+        name,
+        readme,
+        {
+            "description": f"{len(data)} samples of shape {list(data.shape[1:])}",
+            "authors": [current_user()],
+            "origin": "arrays",
+        },
+    )
     with create_dataset(base_uri, name, readme=text) as writer:
         for arr, rel in ((data, keys.TENSOR_DATA_FILE), (labels.astype(np.int64), keys.TENSOR_LABELS_FILE)):
             with writer.item_file(rel) as path:
@@ -206,7 +216,9 @@ def create_from_arrays(
         writer.put_annotation(keys.CATEGORY_ENCODING, {c: i for i, c in enumerate(categories)})
         writer.put_annotation(keys.TENSOR_DTYPE, str(data.dtype))
         writer.put_annotation(keys.TENSOR_SHAPE, list(data.shape))
-        writer.put_annotation(keys.VALUE_SCALE, float(value_scale if value_scale is not None else default_value_scale(data.dtype)))
+        writer.put_annotation(
+            keys.VALUE_SCALE, float(value_scale if value_scale is not None else default_value_scale(data.dtype))
+        )
         if usetype is not None:
             writer.put_annotation(keys.TENSOR_USETYPE, [str(u) for u in usetype])
     assert writer.uri is not None
@@ -218,7 +230,8 @@ def _check_data_values(data: np.ndarray) -> None:
     if np.iscomplexobj(data):
         raise InputDataError(
             f"data has the complex dtype {data.dtype}: store real values (e.g. np.abs(data), or the real and "
-            "imaginary parts as two channels)")
+            "imaginary parts as two channels)"
+        )
     if not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
         raise InputDataError(f"data must be numeric, got dtype {data.dtype}")
     if np.issubdtype(data.dtype, np.floating):
@@ -227,7 +240,8 @@ def _check_data_values(data: np.ndarray) -> None:
             row = int(np.argwhere(bad)[0][0])
             raise InputDataError(
                 f"data has {int(bad.sum())} non-finite value(s) (NaN or infinite), the first in row {row}: "
-                "remove or impute them before creating the dataset")
+                "remove or impute them before creating the dataset"
+            )
 
 
 def _integer_labels(labels: np.ndarray) -> np.ndarray:
@@ -241,18 +255,21 @@ def _integer_labels(labels: np.ndarray) -> np.ndarray:
             row = int(np.flatnonzero(bad)[0])
             raise InputDataError(
                 f"labels hold {int(bad.sum())} non-finite value(s) (NaN or infinite), the first in row {row} "
-                f"({labels[row]}): every sample needs an integer label 0..K-1")
+                f"({labels[row]}): every sample needs an integer label 0..K-1"
+            )
         frac = labels != np.round(labels)
         if frac.any():
             row = int(np.flatnonzero(frac)[0])
             raise InputDataError(
                 f"labels must be whole numbers (class indices 0..K-1), but row {row} has {labels[row]}: "
-                "labels are classes, not regression targets; map them to integers first")
+                "labels are classes, not regression targets; map them to integers first"
+            )
     if len(labels) and labels.min() < 0:
         row = int(np.argmin(labels))
         raise InputDataError(
             f"labels must be >= 0 (class indices 0..K-1), but row {row} has {int(labels[row])}: "
-            "renumber the classes from 0")
+            "renumber the classes from 0"
+        )
     return labels.astype(np.int64)
 
 
@@ -298,30 +315,44 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if code not in dtypes:
         raise InputDataError(f"{path}: unknown IDX type code {code:#x}")
     if len(raw) < 4 + 4 * ndim:
-        raise InputDataError(f"{path}: the IDX header names {ndim} dimensions but the file ends inside it "
-                             f"({len(raw)} bytes): the file is truncated")
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        raise InputDataError(
+            f"{path}: the IDX header names {ndim} dimensions but the file ends inside it "
+            f"({len(raw)} bytes): the file is truncated"
+        )
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(dtypes[code])
     expected = math.prod(dims) * dtype.itemsize  # exact: np.prod would overflow int64 and wrap
-    body = raw[4 + 4 * ndim:]
+    body = raw[4 + 4 * ndim :]
     if len(body) != expected:
         raise InputDataError(
             f"{path}: IDX header says {dims} ({expected} bytes) but the file has {len(body)}: "
-            "the file is truncated or its header is corrupt; download it again")
+            "the file is truncated or its header is corrupt; download it again"
+        )
     return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def create_from_idx(images: str | os.PathLike[str], labels: str | os.PathLike[str], base_uri: str, name: str, *,
-                    readme: dict[str, Any] | None = None) -> str:
+def create_from_idx(
+    images: str | os.PathLike[str],
+    labels: str | os.PathLike[str],
+    base_uri: str,
+    name: str,
+    *,
+    readme: dict[str, Any] | None = None,
+) -> str:
     """Create a TensorDataSet from MNIST-style IDX files (images and labels); returns its URI."""
     data = read_idx(images)
     dims = None
     if data.ndim == 3:
         dims = [1, *data.shape[1:]]
         data = data.reshape(len(data), -1)
-    return create_from_arrays(data, read_idx(labels), base_uri, name, image_dimensions=dims,
-                              readme={"origin": str(Path(images).resolve()),
-                                      **{k: v for k, v in (readme or {}).items() if v is not None}})
+    return create_from_arrays(
+        data,
+        read_idx(labels),
+        base_uri,
+        name,
+        image_dimensions=dims,
+        readme={"origin": str(Path(images).resolve()), **{k: v for k, v in (readme or {}).items() if v is not None}},
+    )
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -337,7 +368,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 DIGITS_README = {
     "description": "1,797 real 8x8 handwritten digits (UCI Optical Recognition of Handwritten "
-                   "Digits, test set, via scikit-learn), stored as uint8 0-255 grayscale images",
+    "Digits, test set, via scikit-learn), stored as uint8 0-255 grayscale images",
     "authors": ["E. Alpaydin", "C. Kaynak"],
     "origin": "https://archive.ics.uci.edu/dataset/80 (sklearn.datasets.load_digits)",
     "license": "CC BY 4.0",

@@ -7,6 +7,7 @@ Example:
     >>> ds = TensorDataSet("/data/digits", usetype="train")          # doctest: +SKIP
     >>> loader = torch.utils.data.DataLoader(ds, batch_size=128)      # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,12 @@ class WrappedDataSet(Dataset):
 
     input_type: str = ""
 
-    def __init__(self, uri: str | os.PathLike[str] | StoredDataSet, usetype: str | None = None,
-                 split: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str | os.PathLike[str] | StoredDataSet,
+        usetype: str | None = None,
+        split: dict[str, Any] | None = None,
+    ) -> None:
         if split is not None and usetype is None:
             raise DatasetFormatError("split= selects by usetype: pass usetype='train' (or 'test', 'valid') with it")
         self.split = dict(split) if split is not None else None
@@ -158,8 +163,10 @@ class WrappedDataSet(Dataset):
         content read from them is then reported as the tampering or damage it is."""
         report = self.dataset.verify(identifiers=identifiers, deep=True)
         if not report.ok:
-            raise IntegrityError(f"{self.uri}: the data do not match their manifest:\n  "
-                                 + "\n  ".join(report.problems()), problems=report.problems())
+            raise IntegrityError(
+                f"{self.uri}: the data do not match their manifest:\n  " + "\n  ".join(report.problems()),
+                problems=report.problems(),
+            )
 
     def label_counts(self) -> dict[str, int]:
         raise NotImplementedError
@@ -169,14 +176,19 @@ class WrappedDataSet(Dataset):
         from reprodl.data.ops import stratified_split
 
         assert self.split is not None
-        values = stratified_split(labels, test=float(self.split.get("test", 0.2)),
-                                  valid=float(self.split.get("valid", 0.0)), seed=int(self.split.get("seed", 0)))
+        values = stratified_split(
+            labels,
+            test=float(self.split.get("test", 0.2)),
+            valid=float(self.split.get("valid", 0.0)),
+            seed=int(self.split.get("seed", 0)),
+        )
         mask = values == self.usetype
         if not mask.any():
             raise DatasetFormatError(
                 f"the split {self.split} of {self.uri} ({len(labels)} samples) selects no samples of usetype "
                 f"{self.usetype!r}: change its fractions, or use a usetype it produces "
-                f"({', '.join(sorted({str(v) for v in values}))})")
+                f"({', '.join(sorted({str(v) for v in values}))})"
+            )
         return mask
 
 
@@ -226,18 +238,14 @@ class ImageDataSet(WrappedDataSet):
                 idns = [i for i in idns if split.get(i) == usetype]
                 if not idns:
                     values = sorted({str(v) for v in split.values()})
-                    raise DatasetFormatError(
-                        f"no items of usetype {usetype!r} in {self.uri}; it has {values}"
-                    )
+                    raise DatasetFormatError(f"no items of usetype {usetype!r} in {self.uri}; it has {values}")
         self.identifiers: list[str] = idns
         self._paths: list[str] | None = None
         self.cat_lookup = {i: str(categories[i]) for i in idns}
         self.cat_encoding = self._encoding_from(list(self.cat_lookup.values()))
         unknown = sorted(set(self.cat_lookup.values()) - set(self.cat_encoding))
         if unknown:
-            raise DatasetFormatError(
-                f"{self.uri}: categories {unknown} are not in its category_encoding annotation"
-            )
+            raise DatasetFormatError(f"{self.uri}: categories {unknown} are not in its category_encoding annotation")
         self.labels = np.array([self.cat_encoding[self.cat_lookup[i]] for i in idns], dtype=np.int64)
         self.transform = transform
         self.mode = mode or ds.get_annotation(keys.IMAGE_MODE) or "RGB"
@@ -311,8 +319,7 @@ class ImageDataSet(WrappedDataSet):
         except RuntimeError:
             shapes = sorted({tuple(t.shape) for t in tensors})
             raise InputDataError(
-                f"images in {self.uri} have different shapes {shapes[:4]}: pass size=(W, H) "
-                "or a transform that resizes"
+                f"images in {self.uri} have different shapes {shapes[:4]}: pass size=(W, H) or a transform that resizes"
             ) from None
 
     def label_counts(self) -> dict[str, int]:
@@ -346,9 +353,7 @@ class TensorDataSet(WrappedDataSet):
         self.data = _load_npy(self._data_path, self.uri)
         all_labels = np.asarray(_load_npy(self._labels_path, self.uri)).astype(np.int64).reshape(-1)
         if len(all_labels) != len(self.data):
-            raise DatasetFormatError(
-                f"{self.uri}: {len(self.data)} data rows but {len(all_labels)} labels"
-            )
+            raise DatasetFormatError(f"{self.uri}: {len(self.data)} data rows but {len(all_labels)} labels")
         rows = np.arange(len(self.data))
         if self.split is not None:
             rows = np.flatnonzero(self._split_mask(all_labels))
@@ -364,8 +369,7 @@ class TensorDataSet(WrappedDataSet):
                 declared = ds.readme().get("usetype")
                 if declared is not None and declared != usetype:
                     raise DatasetFormatError(
-                        f"{self.uri} is a {declared!r} dataset with no per-row split, "
-                        f"not {usetype!r}"
+                        f"{self.uri} is a {declared!r} dataset with no per-row split, not {usetype!r}"
                     )
         self.rows = rows
         self._contiguous = bool(len(rows)) and rows[-1] - rows[0] == len(rows) - 1

@@ -2,12 +2,14 @@
 
 No torch here: creators and the CLI use these without paying for a torch import.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import warnings
 from collections.abc import Iterable, Iterator
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -63,9 +65,7 @@ def to_array(image: Image.Image, mode: str) -> np.ndarray:
     return arr.astype(np.float32) * np.float32(1 / 255)
 
 
-def read_batch(
-    paths: Iterable[str | os.PathLike[str]], mode: str, size: tuple[int, int] | None
-) -> np.ndarray | None:
+def read_batch(paths: Iterable[str | os.PathLike[str]], mode: str, size: tuple[int, int] | None) -> np.ndarray | None:
     """Decode images into one float32 (N, C, H, W) array in [0, 1].
 
     Bit for bit what stacking ``to_array(resize(open_image(p), size), mode)`` over the
@@ -159,7 +159,8 @@ def open_image(path: str | os.PathLike[str], *, guarded: bool = True) -> Image.I
     except FileNotFoundError:
         raise InputDataError(
             f"{path}: no such image file; check the path (in a dataset, `reprodl dataset verify` "
-            "names every missing item)") from None
+            "names every missing item)"
+        ) from None
     except IsADirectoryError:
         raise InputDataError(f"{path} is a directory, not an image file") from None
     except UnidentifiedImageError:
@@ -173,8 +174,10 @@ def resize(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
     if size is None or image.size == tuple(size):
         return image
     if len(size) != 2 or not all(0 < int(s) <= keys.MAX_IMAGE_SIDE for s in size):
-        raise InputDataError(f"cannot resize to {tuple(size)}: each side should be from 1 to "
-                             f"{keys.MAX_IMAGE_SIDE} pixels (check the size given or the dataset's image_dimensions)")
+        raise InputDataError(
+            f"cannot resize to {tuple(size)}: each side should be from 1 to "
+            f"{keys.MAX_IMAGE_SIDE} pixels (check the size given or the dataset's image_dimensions)"
+        )
     if image.mode in SIXTEEN_BIT:
         image = image.convert("I")  # resize works on 32-bit ints
     return image.resize(tuple(size), Image.Resampling.BILINEAR)

@@ -3,6 +3,7 @@
 Used by :class:`~reprodl.data.datasets.TensorDataSet`, the creators and the operations
 (``info``, ``split``, ``stats``), which must agree on both.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ def load_npy(path: str, *, uri: str, mmap: bool = True) -> np.ndarray:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "Python objects" in str(exc):
-            raise DatasetFormatError(f"{uri}: {name} cannot be read without unpickling ({exc}); "
-                                     "reprodl refuses pickled arrays from a URI") from None
+            raise DatasetFormatError(
+                f"{uri}: {name} cannot be read without unpickling ({exc}); reprodl refuses pickled arrays from a URI"
+            ) from None
         raise DatasetFormatError(f"{uri}: {name} is not a .npy array reprodl reads ({exc})") from None
     except (OSError, *NPY_HEADER_ERRORS) as exc:
         raise DatasetFormatError(f"{uri}: {name} is not a .npy array ({type(exc).__name__}: {exc})") from None

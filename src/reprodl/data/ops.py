@@ -4,6 +4,7 @@ Example:
     >>> split_dataset("/data/digits", test=0.2, seed=0)   # doctest: +SKIP
     {'train': 1437, 'test': 360}
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -81,12 +82,14 @@ def dataset_info(uri: str) -> dict[str, Any]:
         return info
     inverse = {v: k for k, v in encoding.items()}
     counts = np.bincount(labels, minlength=len(encoding)) if len(labels) else np.zeros(0, int)
-    info.update({
-        "n_samples": len(labels),
-        "classes": [inverse[i] for i in sorted(inverse)],
-        "class_counts": {inverse.get(i, str(i)): int(c) for i, c in enumerate(counts)},
-        "image_dimensions": ds.get_annotation(keys.IMAGE_DIMENSIONS),
-    })
+    info.update(
+        {
+            "n_samples": len(labels),
+            "classes": [inverse[i] for i in sorted(inverse)],
+            "class_counts": {inverse.get(i, str(i)): int(c) for i, c in enumerate(counts)},
+            "image_dimensions": ds.get_annotation(keys.IMAGE_DIMENSIONS),
+        }
+    )
     split = _split_values(ds, kind, sample_keys)
     if split is not None:
         values, n = np.unique(np.asarray([str(s) for s in split]), return_counts=True)
@@ -120,12 +123,13 @@ def stratified_split(labels: np.ndarray, *, test: float, valid: float = 0.0, see
         n_test = int(round(len(idx) * test))
         n_valid = int(round(len(idx) * valid))
         out[idx[:n_test]] = "test"
-        out[idx[n_test:n_test + n_valid]] = "valid"
+        out[idx[n_test : n_test + n_valid]] = "valid"
     return out
 
 
-def split_dataset(uri: str, *, test: float = 0.2, valid: float = 0.0, seed: int = 0,
-                  force: bool = False) -> dict[str, int]:
+def split_dataset(
+    uri: str, *, test: float = 0.2, valid: float = 0.0, seed: int = 0, force: bool = False
+) -> dict[str, int]:
     """Write a stratified train/test(/valid) split into the dataset.
 
     Image datasets get a ``usetype`` overlay (dtoolAI's convention); tensor datasets, whose
@@ -145,7 +149,8 @@ def split_dataset(uri: str, *, test: float = 0.2, valid: float = 0.0, seed: int 
     if empty:
         raise ParametersError(
             f"this split of {ds.uri} ({len(labels)} samples, test={test}, valid={valid}) would leave "
-            f"{' and '.join(empty)} with no samples: change the fractions, or add samples")
+            f"{' and '.join(empty)} with no samples: change the fractions, or add samples"
+        )
     if kind == keys.INPUT_TYPE_IMAGE:
         overlay = {i: None for i in ds.identifiers}
         overlay.update({k: str(v) for k, v in zip(sample_keys, values)})
@@ -154,8 +159,9 @@ def split_dataset(uri: str, *, test: float = 0.2, valid: float = 0.0, seed: int 
         ds.put_annotation(keys.TENSOR_USETYPE, [str(v) for v in values])
     names, n = np.unique(values.astype(str), return_counts=True)
     counts = {str(k): int(c) for k, c in zip(names, n)}
-    ds.put_annotation(keys.SPLIT_INFO, {"method": "stratified", "test": test, "valid": valid,
-                                         "seed": seed, "counts": counts})
+    ds.put_annotation(
+        keys.SPLIT_INFO, {"method": "stratified", "test": test, "valid": valid, "seed": seed, "counts": counts}
+    )
     return counts
 
 
@@ -171,7 +177,7 @@ def dataset_stats(uri: str, *, progress: Progress | None = None, mode: str | Non
         """Accumulate a (channels, values) block into the running sums."""
         nonlocal total, total_sq, count
         total = total + flat.sum(1)
-        total_sq = total_sq + (flat ** 2).sum(1)
+        total_sq = total_sq + (flat**2).sum(1)
         count += flat.shape[1]
 
     if kind == keys.INPUT_TYPE_IMAGE:
@@ -188,12 +194,12 @@ def dataset_stats(uri: str, *, progress: Progress | None = None, mode: str | Non
         scale = value_scale(ds, data.dtype)
         channels = int(dims[0])
         for start in range(0, len(data), 4096):
-            chunk = np.asarray(data[start:start + 4096], dtype=np.float64) / scale
+            chunk = np.asarray(data[start : start + 4096], dtype=np.float64) / scale
             add(chunk.reshape(len(chunk), channels, -1).transpose(1, 0, 2).reshape(channels, -1))
             if progress:
                 progress(len(chunk))
     mean = (total / count) if count else np.zeros(0)
-    var = np.maximum(total_sq / count - mean ** 2, 0.0) if count else np.zeros(0)
+    var = np.maximum(total_sq / count - mean**2, 0.0) if count else np.zeros(0)
     inverse = {v: k for k, v in encoding.items()}
     counts = np.bincount(labels, minlength=len(encoding))
     n = int(counts.sum())

@@ -9,12 +9,14 @@ dataset is opened or written, so none reaches outside the dataset.
 Modules: ``uris`` (URIs, names, relpaths), ``hashing``, ``brokers`` (dtoolcore and its
 storage brokers), ``remote_errors``, ``fetch`` (remote items into the cache), ``dataset``
 (:class:`StoredDataSet`, :func:`open_dataset`), ``transfer`` (copy, list), ``create``
-(:func:`create_dataset`), ``staging`` (staging directories, atomic writes, :func:`clean_staging`). Importing this package imports no dtoolcore and no broker plugin.
+(:func:`create_dataset`), ``staging`` (staging directories, atomic writes, :func:`clean_staging`).
+Importing this package imports no dtoolcore and no broker plugin.
 
 Example:
     >>> ds = open_dataset("/data/digits")            # doctest: +SKIP
     >>> path = ds.item_path(ds.identifiers[0])      # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from reprodl.store.create import DatasetWriter, create_dataset, current_user

@@ -5,6 +5,7 @@ broker lookup below into dtoolcore once: computed once per process, and answerin
 without importing the other brokers' plugins (dtool-s3 brings boto3, dtool-http requests:
 about 140 ms of start-up for a command that only reads a local dataset).
 """
+
 from __future__ import annotations
 
 import os
@@ -87,9 +88,7 @@ def _check_broker(uri: str) -> None:
     scheme = urlparse(uri).scheme
     if scheme not in _dtoolcore()._generate_storage_broker_lookup():
         plugin = {"s3": "dtool-s3 (pip install 'reprodl[s3]')"}.get(scheme, "dtool-http")
-        raise InvalidURIError(
-            f"no dtool storage broker for {scheme}:// URIs such as {uri}: install {plugin}"
-        )
+        raise InvalidURIError(f"no dtool storage broker for {scheme}:// URIs such as {uri}: install {plugin}")
 
 
 def _cache_root() -> str:

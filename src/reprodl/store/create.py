@@ -5,6 +5,7 @@ The dataset is staged as a proto dataset in a private directory and frozen only 
 copied (s3://). Item relpaths are checked as they are added, so none can point outside
 the dataset.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -149,9 +150,7 @@ def create_dataset(
     base_path = local_path(base)
     if base_path is not None:
         if not base_path.is_dir():
-            raise StorageError(
-                f"base URI {base} is not an existing directory: create {base_path} first"
-            )
+            raise StorageError(f"base URI {base} is not an existing directory: create {base_path} first")
         if (base_path / name).exists():
             raise DatasetExistsError(
                 f"a dataset called {name!r} already exists at {base_path / name}: "

@@ -9,6 +9,7 @@ Example:
     >>> ds = open_dataset("/data/digits")            # doctest: +SKIP
     >>> path = ds.item_path(ds.identifiers[0])      # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from reprodl import keys
 from reprodl.errors import (
     DamagedMetadataError,
     DatasetFormatError,
@@ -33,7 +35,6 @@ from reprodl.errors import (
     ReprodlError,
     StorageError,
 )
-from reprodl import keys
 from reprodl.parsing import check_size, load_yaml
 from reprodl.store.brokers import _cache_root, _check_broker, _dtoolcore
 from reprodl.store.fetch import _RemoteItems
@@ -140,8 +141,7 @@ class StoredDataSet(_RemoteItems):
         if self._scheme == "file":
             data_dir = os.path.join(unquote(urlparse(uri).path), "data")
             self._paths = {
-                idn: os.path.join(data_dir, *props["relpath"].split("/"))
-                for idn, props in self._items.items()
+                idn: os.path.join(data_dir, *props["relpath"].split("/")) for idn, props in self._items.items()
             }
         self._data_dir = data_dir
         if data_dir is not None:
@@ -242,10 +242,7 @@ class StoredDataSet(_RemoteItems):
                 "a split) or restore it from a copy of the dataset"
             )
         if self.is_local:
-            return StorageError(
-                f"could not read {what} of dataset {self.uri} ({where}): "
-                f"{type(exc).__name__}: {exc}"
-            )
+            return StorageError(f"could not read {what} of dataset {self.uri} ({where}): {type(exc).__name__}: {exc}")
         return _remote_error(self.uri, exc)
 
     def readme(self) -> dict[str, Any]:
@@ -265,7 +262,8 @@ class StoredDataSet(_RemoteItems):
         if not isinstance(data, dict):
             raise MetadataError(
                 f"the README.yml of dataset {self.name!r} ({self.uri}) is a {type(data).__name__}, not a YAML "
-                f"mapping (name: ..., description: ...); {fix}")
+                f"mapping (name: ..., description: ...); {fix}"
+            )
         return data
 
     def _list_names(self, kind: str) -> list[str]:
@@ -281,7 +279,7 @@ class StoredDataSet(_RemoteItems):
                         Bucket=broker.bucket, Prefix=prefix
                     )
                     names = [
-                        obj["Key"][len(prefix):].removesuffix(".json")
+                        obj["Key"][len(prefix) :].removesuffix(".json")
                         for page in pages
                         for obj in page.get("Contents", [])
                     ]
@@ -352,12 +350,16 @@ class StoredDataSet(_RemoteItems):
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
             kept = " Its previous value is kept." if self.is_local else ""
-            fix = ("free some space and run the command again" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                   else "the dataset is read-only here: ask its owner, or copy it "
-                        "(`reprodl dataset copy`) and work on the copy")
+            fix = (
+                "free some space and run the command again"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "the dataset is read-only here: ask its owner, or copy it "
+                "(`reprodl dataset copy`) and work on the copy"
+            )
             raise StorageError(
                 f"could not write {what} of dataset {self.name!r} ({self.uri}): "
-                f"{exc.strerror or exc}{where}.{kept} To go on, {fix}") from exc
+                f"{exc.strerror or exc}{where}.{kept} To go on, {fix}"
+            ) from exc
 
     def overlay_names(self) -> list[str]:
         """Names of the dataset's overlays (listed once)."""
@@ -387,12 +389,11 @@ class StoredDataSet(_RemoteItems):
         Computed once: the manifest is read once, when the dataset is opened.
         """
         if self._manifest_digest is None:
-            entries = sorted(
-                (p["relpath"], p["size_in_bytes"], p["hash"]) for p in self._items.values()
+            entries = sorted((p["relpath"], p["size_in_bytes"], p["hash"]) for p in self._items.values())
+            self._manifest_digest = (
+                "sha256:"
+                + hashlib.sha256(canonical_json({"hash_function": self.hash_function, "items": entries})).hexdigest()
             )
-            self._manifest_digest = "sha256:" + hashlib.sha256(
-                canonical_json({"hash_function": self.hash_function, "items": entries})
-            ).hexdigest()
         return self._manifest_digest
 
     def verify(
@@ -443,9 +444,7 @@ class StoredDataSet(_RemoteItems):
             if st.st_size != props["size_in_bytes"]:
                 report.resized.append(rel)
             elif deep or (
-                self.is_local
-                and "utc_timestamp" in props
-                and abs(st.st_mtime - float(props["utc_timestamp"])) > 1e-3
+                self.is_local and "utc_timestamp" in props and abs(st.st_mtime - float(props["utc_timestamp"])) > 1e-3
             ):
                 to_hash.append(idn)
             elif progress:
@@ -453,8 +452,7 @@ class StoredDataSet(_RemoteItems):
         if to_hash:
             if not self.hash_function.startswith("md5"):
                 raise StorageError(
-                    f"dataset {self.uri} uses hash function {self.hash_function!r}; "
-                    "reprodl verifies md5 manifests only"
+                    f"dataset {self.uri} uses hash function {self.hash_function!r}; reprodl verifies md5 manifests only"
                 )
 
             def check(idn: str) -> tuple[str, bool, int]:
@@ -474,8 +472,10 @@ class StoredDataSet(_RemoteItems):
 
     def manifest_entries(self) -> dict[str, dict[str, Any]]:
         """relpath -> {size_in_bytes, hash}: what a record keeps to name changed items later."""
-        return {p["relpath"]: {"size_in_bytes": p["size_in_bytes"], "hash": p["hash"]}
-                for p in sorted(self._items.values(), key=lambda p: p["relpath"])}
+        return {
+            p["relpath"]: {"size_in_bytes": p["size_in_bytes"], "hash": p["hash"]}
+            for p in sorted(self._items.values(), key=lambda p: p["relpath"])
+        }
 
     def symlinked_items(self) -> list[str]:
         """Relpaths of local items that are symlinks or lie under one inside the dataset.
@@ -533,9 +533,7 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
         if not path.exists():
             raise DatasetNotFoundError(f"no dataset at {full}: the path {path} does not exist")
         if not (path / ".dtool" / "dtool").is_file():
-            raise DatasetNotFoundError(
-                f"{full} is not a dtool dataset (no .dtool/dtool admin metadata in {path})"
-            )
+            raise DatasetNotFoundError(f"{full} is not a dtool dataset (no .dtool/dtool admin metadata in {path})")
     else:
         _check_broker(full)
         parsed = urlparse(full)
@@ -547,8 +545,10 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
 
     def read_error(exc: BaseException, file: str) -> ReprodlError:
         if isinstance(exc, RecursionError):  # json.load of a hostile, deeply nested file
-            return DamagedMetadataError(f"the dataset at {full} has metadata that is not JSON reprodl reads "
-                                        f"({type(exc).__name__}: {str(exc)[:200]}); it is refused")
+            return DamagedMetadataError(
+                f"the dataset at {full} has metadata that is not JSON reprodl reads "
+                f"({type(exc).__name__}: {str(exc)[:200]}); it is refused"
+            )
         if isinstance(exc, ValueError):  # JSONDecodeError, UnicodeDecodeError
             where = path / file if path is not None else file
             return DamagedMetadataError(
@@ -557,9 +557,7 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
             )
         if path is None:
             return _remote_error(full, exc)
-        return StorageError(
-            f"could not read the dataset at {full} ({path / file}): {type(exc).__name__}: {exc}"
-        )
+        return StorageError(f"could not read the dataset at {full} ({path / file}): {type(exc).__name__}: {exc}")
 
     try:
         admin = dtoolcore._admin_metadata_from_uri(full, None)
@@ -594,4 +592,3 @@ def exists(uri: str) -> bool:
     except (DatasetNotFoundError, DatasetNotFrozenError, StorageError):
         return False
     return True
-

@@ -7,6 +7,7 @@ renamed, fetched in parallel where many are wanted; a server that lacks an item 
 timeout, and no download takes more bytes than the manifest records for the item
 (:class:`_ItemResizedError`: verify reports the item as resized).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -32,8 +33,9 @@ class _RemoteItems:
     _scheme: str
     _cache_dir: str | None
 
-    def _fetch_many(self, identifiers: list[str], *, refresh: bool,
-                    resized: set[str] | None = None) -> dict[str, str | None]:
+    def _fetch_many(
+        self, identifiers: list[str], *, refresh: bool, resized: set[str] | None = None
+    ) -> dict[str, str | None]:
         """Fetch remote items in parallel: identifier -> cached path, None where missing.
 
         With ``refresh`` every item is downloaded again. An unreachable server is raised.
@@ -104,8 +106,7 @@ class _RemoteItems:
                     raise self._missing_item(identifier, f"HTTP 404 for {url}")
                 if resp.status_code != 200:
                     raise StorageError(
-                        f"HTTP {resp.status_code} fetching item {relpath!r} "
-                        f"from {url}: check the server"
+                        f"HTTP {resp.status_code} fetching item {relpath!r} from {url}: check the server"
                     )
                 _write_capped(resp, dest, expected, what=f"item {relpath!r} of {self.uri} ({url})")
         except requests.RequestException as exc:
@@ -136,13 +137,17 @@ def _write_capped(resp: Any, dest: str, expected: Any, *, what: str) -> None:
     """
     limit = expected if isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0 else None
     if limit is None:
-        raise StorageError(f"{what}: the manifest records no valid size_in_bytes ({expected!r}), "
-                           "so it is not downloaded; check that the URI points at a dataset you trust")
+        raise StorageError(
+            f"{what}: the manifest records no valid size_in_bytes ({expected!r}), "
+            "so it is not downloaded; check that the URI points at a dataset you trust"
+        )
     written = 0
     with open(dest, "wb") as fh:
         for chunk in resp.iter_content(_HASH_CHUNK):
             written += len(chunk)
             if written > limit:
-                raise _ItemResizedError(f"{what}: the server sent more than the {limit:,} bytes the manifest "
-                                   "records; the download was stopped. Check the server")
+                raise _ItemResizedError(
+                    f"{what}: the server sent more than the {limit:,} bytes the manifest "
+                    "records; the download was stopped. Check the server"
+                )
             fh.write(chunk)

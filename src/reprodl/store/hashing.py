@@ -1,4 +1,5 @@
 """Hashes and canonical JSON: md5 as dtool's manifests record it, sha256 for digests."""
+
 from __future__ import annotations
 
 import hashlib

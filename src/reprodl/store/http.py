@@ -8,6 +8,7 @@ brokers whose every request has a connect and a read timeout (:func:`http_timeou
 parsed within :mod:`reprodl.parsing`'s bounds. The store's broker lookup hands these out
 for http:// and https:// (see :mod:`reprodl.store.brokers`).
 """
+
 from __future__ import annotations
 
 import os
@@ -43,19 +44,22 @@ def http_timeout() -> tuple[float, float]:
     return (values[0], values[-1])
 
 
-def read_capped(response: Any, limit: int, *, what: str,
-                error: type[ReprodlError] = StorageError) -> bytes:
+def read_capped(response: Any, limit: int, *, what: str, error: type[ReprodlError] = StorageError) -> bytes:
     """The body of a streamed ``requests`` response, refusing more than ``limit`` bytes."""
     declared = response.headers.get("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise error(f"{what} is {int(declared):,} bytes, over reprodl's limit of {limit:,} bytes: "
-                    "refused (check that the URI points at a dataset you trust)")
+        raise error(
+            f"{what} is {int(declared):,} bytes, over reprodl's limit of {limit:,} bytes: "
+            "refused (check that the URI points at a dataset you trust)"
+        )
     body = bytearray()
     for chunk in response.iter_content(_CHUNK):
         body += chunk
         if len(body) > limit:
-            raise error(f"{what} is over reprodl's limit of {limit:,} bytes: refused "
-                        "(check that the URI points at a dataset you trust)")
+            raise error(
+                f"{what} is over reprodl's limit of {limit:,} bytes: refused "
+                "(check that the URI points at a dataset you trust)"
+            )
     return bytes(body)
 
 
@@ -98,5 +102,4 @@ class _BoundedHTTP:
 
 def bounded_broker(broker: type) -> type:
     """A subclass of dtool-http's ``broker`` class whose requests are bounded (see module doc)."""
-    return type(broker.__name__, (_BoundedHTTP, broker), {"__module__": __name__,
-                                                         "__doc__": broker.__doc__})
+    return type(broker.__name__, (_BoundedHTTP, broker), {"__module__": __name__, "__doc__": broker.__doc__})

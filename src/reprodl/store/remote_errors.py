@@ -3,6 +3,7 @@
 dtool-http and dtool-s3 raise untyped exceptions (requests, botocore, their own); these
 helpers read the HTTP status or S3 error code they carry and say what to do about it.
 """
+
 from __future__ import annotations
 
 from urllib.parse import urlparse
@@ -50,8 +51,7 @@ def _remote_error(uri: str, exc: BaseException) -> ReprodlError:
             )
         if code == "NoSuchBucket":
             return StorageError(
-                f"the bucket {bucket!r} of {uri} does not exist on its server: create it "
-                "or correct the bucket name"
+                f"the bucket {bucket!r} of {uri} does not exist on its server: create it or correct the bucket name"
             )
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return StorageError(
@@ -71,8 +71,7 @@ def _remote_error(uri: str, exc: BaseException) -> ReprodlError:
         )
     elif parsed.scheme in ("http", "https") and code:
         return StorageError(
-            f"the server of {uri} answered HTTP {code}: it is not serving a dtool dataset "
-            "there. Check the URI"
+            f"the server of {uri} answered HTTP {code}: it is not serving a dtool dataset there. Check the URI"
         )
     return StorageError(
         f"could not reach the dataset at {uri}: {type(exc).__name__}: {exc}. "

@@ -12,6 +12,7 @@ Example:
     ['stale']
     >>> clean_staging("/data")                              # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -211,8 +212,13 @@ def _inspect(path: Path) -> StagingDir:
         state = "running" if _owner_alive(marker["pid"], start) else "stale"
     created = marker.get("created")
     return StagingDir(
-        str(path), state, name=marker["name"], pid=marker["pid"], hostname=marker["hostname"],
-        purpose=str(marker.get("purpose")), created=created if isinstance(created, (int, float)) else None,
+        str(path),
+        state,
+        name=marker["name"],
+        pid=marker["pid"],
+        hostname=marker["hostname"],
+        purpose=str(marker.get("purpose")),
+        created=created if isinstance(created, (int, float)) else None,
     )
 
 
@@ -226,9 +232,7 @@ def find_staging(base: str | os.PathLike[str]) -> list[StagingDir]:
     return sorted(found, key=lambda s: s.path)
 
 
-def clean_staging(
-    base: str | os.PathLike[str], *, name: str | None = None, dry_run: bool = False
-) -> list[StagingDir]:
+def clean_staging(base: str | os.PathLike[str], *, name: str | None = None, dry_run: bool = False) -> list[StagingDir]:
     """Remove the stale staging directories under ``base`` (of dataset ``name`` only, if given).
 
     A staging directory is removed only when its marker says it was made on this host by a

@@ -6,6 +6,7 @@ source is checked against its manifest before and after; on disk a copy is stage
 takes its name only when complete, in a bucket it is removed again if it fails part-way.
 Nothing is overwritten.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -201,7 +202,7 @@ def _remove_partial(uri: str) -> bool:
         for i in range(0, len(keys), 1000):
             client.delete_objects(
                 Bucket=bucket,
-                Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True},
+                Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True},
             )
         return True
     except Exception:  # noqa: BLE001 - best effort; the copy's own error is reported
@@ -223,9 +224,7 @@ def copy_dataset(uri: str, dest_base_uri: str, *, progress: Progress | None = No
     dest = normalise_uri(dest_base_uri)
     scheme = urlparse(dest).scheme
     if scheme in ("http", "https"):
-        raise InvalidURIError(
-            f"cannot copy to {dest}: http(s):// is read-only. Copy to a directory or s3://"
-        )
+        raise InvalidURIError(f"cannot copy to {dest}: http(s):// is read-only. Copy to a directory or s3://")
     path = local_path(dest)
     if path is not None:
         if not path.is_dir():

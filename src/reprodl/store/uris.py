@@ -5,6 +5,7 @@ Example:
     's3://bucket/abc'
     >>> check_relpath("cat/0.png")
 """
+
 from __future__ import annotations
 
 import os
@@ -34,14 +35,14 @@ def normalise_uri(uri: str | os.PathLike[str]) -> str:
     except ValueError as exc:  # "Invalid IPv6 URL": an unbalanced '[' in the host
         raise InvalidURIError(f"{text!r} is not a URI reprodl can parse ({exc}): check its host part") from None
     if parsed.scheme == "" or len(parsed.scheme) == 1:
-        return "file://{}{}".format(socket.gethostname(), os.path.abspath(text))
+        return f"file://{socket.gethostname()}{os.path.abspath(text)}"
     if parsed.scheme not in SCHEMES:
         raise InvalidURIError(
             f"unsupported URI scheme {parsed.scheme!r} in {text!r}: "
             f"use a path or one of {', '.join(s + '://' for s in SCHEMES)}"
         )
     if parsed.scheme == "file":
-        return "file://{}{}".format(parsed.netloc or socket.gethostname(), unquote(parsed.path))
+        return f"file://{parsed.netloc or socket.gethostname()}{unquote(parsed.path)}"
     return text.rstrip("/")
 
 
@@ -76,8 +77,7 @@ def check_name(name: str) -> None:
     """Refuse (InvalidNameError) a dataset name dtool does not allow."""
     if not name_is_valid(name):
         raise InvalidNameError(
-            f"dataset name {name!r} is not allowed by dtool: use 1-80 characters from "
-            "letters, digits, '-', '_' and '.'"
+            f"dataset name {name!r} is not allowed by dtool: use 1-80 characters from letters, digits, '-', '_' and '.'"
         )
 
 

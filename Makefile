@@ -10,7 +10,7 @@ S3RVER := $(VENV)/node/node_modules/.bin/s3rver
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test test-fast bench env clean
+.PHONY: demo test test-fast lint format bench env clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ test: $(STAMP) $(S3RVER)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" -x -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests bench examples
+	$(VENV)/bin/ruff check --fix src tests bench examples
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

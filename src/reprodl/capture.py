@@ -72,7 +72,7 @@ def _scan_packages() -> dict[str, str]:
         meta = _metadata_headers(dist)
         name = _redent(meta.get("Name"))
         if name:
-            out[name.lower().replace("_", "-")] = _redent(meta.get("Version"))
+            out[name.lower().replace("_", "-")] = _redent(meta.get("Version")) or ""
     return dict(sorted(out.items()))
 
 

@@ -78,7 +78,7 @@ class Tolerance:
 # --- comparison ----------------------------------------------------------------------------
 def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: Tolerance) -> dict[str, Any]:
     """Per tensor: identical, max absolute and relative difference, within ``tol``; and overall."""
-    tensors = []
+    tensors: list[dict[str, Any]] = []
     identical = set(a) == set(b)
     within = identical
     for name in sorted(set(a) | set(b)):

@@ -100,8 +100,8 @@ class TrainConfig(BaseModel):
     output: str
     data: dict[str, DataSpec | list[DataSpec]]
     model: ComponentSpec | None = None
-    optimizer: ComponentSpec = Field(default_factory=lambda: ComponentSpec(**{"class": "SGD"}))
-    loss: ComponentSpec = Field(default_factory=lambda: ComponentSpec(**{"class": "NLLLoss"}))
+    optimizer: ComponentSpec = Field(default_factory=lambda: ComponentSpec.model_validate({"class": "SGD"}))
+    loss: ComponentSpec = Field(default_factory=lambda: ComponentSpec.model_validate({"class": "NLLLoss"}))
     scheduler: ComponentSpec | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     parent: str | None = None
@@ -173,9 +173,9 @@ def _open(spec: DataSpec) -> Any:
         spec.usetype,
         spec.build_transform(),
         mode=spec.mode,
-        size=tuple(spec.size) if spec.size else None,
+        size=(int(spec.size[0]), int(spec.size[1])) if spec.size else None,
         split=spec.split,
-    )  # type: ignore[arg-type]
+    )
 
 
 def _component(spec: ComponentSpec, prefix: str, kind: Any, allow: list[str]) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-DEMO_CONFIG = {
+DEMO_CONFIG: dict[str, Any] = {
     "name": "digits-cnn",
     "output": "models",
     "data": {"train": {"uri": "data/digits", "usetype": "train"}, "valid": {"uri": "data/digits", "usetype": "test"}},

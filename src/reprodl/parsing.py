@@ -28,7 +28,7 @@ __all__ = ["NoAliasSafeLoader", "check_size", "load_json", "load_yaml"]
 class NoAliasSafeLoader(yaml.SafeLoader):
     """PyYAML's SafeLoader that refuses anchors and aliases (no exponential expansion)."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+    def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.YAMLError(

@@ -138,7 +138,7 @@ def _repo_root(git: GitInfo) -> Path:
 def check_patch(record: ProvenanceRecord, model_ds: StoredDataSet, code: dict[str, Any]) -> None:
     """Record in ``code`` whether the recorded uncommitted patch applies to the recorded commit."""
     git = record.code.git
-    if not git or not git.patch_item or not code.get("commit_available"):
+    if not git or not git.patch_item or not git.commit or not code.get("commit_available"):
         return
     root = _repo_root(git)
     patch = Path(model_ds.item_path(model_ds.identifier_of(git.patch_item))).read_bytes()

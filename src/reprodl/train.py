@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -172,7 +172,7 @@ class EpochSampler(Sampler[list[int]]):
         g.manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.n, generator=g)
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self) -> Iterator[list[int]]:
         order = self.order()
         self.order_digest = "sha256:" + hashlib.sha256(order.numpy().astype("<i8").tobytes()).hexdigest()
         for batch in torch.split(order, self.batch_size):
@@ -213,7 +213,13 @@ def choose_device(requested: str | None) -> torch.device:
 
 
 def make_loader(
-    ds: WrappedDataSet, batch_size: int, *, seed: int, shuffle: bool, num_workers: int, device: torch.device
+    ds: WrappedDataSet | torch.utils.data.ConcatDataset[Any],
+    batch_size: int,
+    *,
+    seed: int,
+    shuffle: bool,
+    num_workers: int,
+    device: torch.device,
 ) -> tuple[DataLoader, EpochSampler]:
     """A DataLoader whose batch order comes from a seeded :class:`EpochSampler` (its digest is recorded)."""
     sampler = EpochSampler(len(ds), batch_size, seed=seed, shuffle=shuffle)
@@ -449,7 +455,9 @@ def train_model_with_metadata_capture(
             if on_epoch:
                 on_epoch(metrics)
     wall = time.perf_counter() - t_start
-    data_refs = store_readmes_once([DataRef(role=role, **ds.provenance_info()) for role, ds in roles])  # type: ignore[arg-type]
+    data_refs = store_readmes_once(
+        [DataRef.model_validate({"role": role, **ds.provenance_info()}) for role, ds in roles]
+    )
     training = Training(
         optimizer=optimizer_info,
         loss=loss_info,

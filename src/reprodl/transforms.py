@@ -84,7 +84,7 @@ class Transform:
         return self
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.config() == self.config()  # type: ignore[attr-defined]
+        return isinstance(other, Transform) and type(other) is type(self) and other.config() == self.config()
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -51,7 +51,11 @@ def print_json(obj: Any) -> None:
 def progress_bar(description: str, total: float | None, *, quiet: bool = False) -> Iterator[Callable[[float], None]]:
     """A Rich progress bar on stderr; yields ``advance(n)``. Silent when quiet or not a TTY."""
     if quiet:
-        yield lambda n=1: None
+
+        def ignore(n: float = 1) -> None:
+            return None
+
+        yield ignore
         return
     from rich.progress import (
         BarColumn,
@@ -71,4 +75,8 @@ def progress_bar(description: str, total: float | None, *, quiet: bool = False) 
     ]
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+
+        def advance(n: float = 1) -> None:
+            progress.advance(task, n)
+
+        yield advance

@@ -69,6 +69,9 @@ class WrappedDataSet(Dataset):
 
     input_type: str = ""
 
+    def __len__(self) -> int:
+        raise NotImplementedError  # each kind of dataset counts its samples
+
     def __init__(
         self,
         uri: str | os.PathLike[str] | StoredDataSet,

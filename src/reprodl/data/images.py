@@ -180,4 +180,4 @@ def resize(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
         )
     if image.mode in SIXTEEN_BIT:
         image = image.convert("I")  # resize works on 32-bit ints
-    return image.resize(tuple(size), Image.Resampling.BILINEAR)
+    return image.resize((int(size[0]), int(size[1])), Image.Resampling.BILINEAR)

@@ -42,7 +42,10 @@ def normalise_uri(uri: str | os.PathLike[str]) -> str:
             f"use a path or one of {', '.join(s + '://' for s in SCHEMES)}"
         )
     if parsed.scheme == "file":
-        return f"file://{parsed.netloc or socket.gethostname()}{unquote(parsed.path)}"
+        path = unquote(parsed.path)
+        if not path.startswith("/"):
+            raise InvalidURIError(f"{text!r}: a file:// URI needs an absolute path (file:///data/x or a plain path)")
+        return f"file://{parsed.netloc or socket.gethostname()}{path}"
     return text.rstrip("/")
 
 

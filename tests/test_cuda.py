@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reprodl.reproduction import reproduce
+from reprodl.reproduction.rerun import reproduce
 
 pytest.register_assert_rewrite("train_fixtures")
 

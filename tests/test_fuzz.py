@@ -134,7 +134,7 @@ def test_record_parser_on_a_record_with_one_field_replaced(path, value):
         _only_reprodl_errors(summary_lines, record)
         for ref in record.data:
             if ref.transform is not None:
-                from reprodl.transforms import from_description
+                from reprodl.data.transforms import from_description
 
                 _only_reprodl_errors(from_description, ref.transform)
 
@@ -142,7 +142,7 @@ def test_record_parser_on_a_record_with_one_field_replaced(path, value):
 @fuzz
 @given(json_values)
 def test_transform_configs_from_a_record(config):
-    from reprodl.transforms import from_config, from_description
+    from reprodl.data.transforms import from_config, from_description
 
     _only_reprodl_errors(from_config, config)
     _only_reprodl_errors(from_description, {"class": "reprodl.transforms.Compose", "config": config})
@@ -167,7 +167,7 @@ def test_transform_configs_from_a_record(config):
     ),
 )
 def test_named_transform_configs_with_any_arguments(name, args):
-    from reprodl.transforms import from_config
+    from reprodl.data.transforms import from_config
 
     _only_reprodl_errors(from_config, {"name": name, **args})
 
@@ -176,7 +176,7 @@ def test_named_transform_configs_with_any_arguments(name, args):
 @fuzz
 @given(st.text(max_size=300))
 def test_readme_validation_on_any_text(text):
-    from reprodl.metadata import validate_readme
+    from reprodl.data.readme import validate_readme
 
     _only_reprodl_errors(validate_readme, text)
 
@@ -192,7 +192,7 @@ def test_readme_validation_on_any_text(text):
 def test_readme_validation_on_any_mapping(data):
     import yaml
 
-    from reprodl.metadata import validate_readme
+    from reprodl.data.readme import validate_readme
 
     _only_reprodl_errors(validate_readme, yaml.safe_dump(data))
 
@@ -236,7 +236,7 @@ YAML_PIECES = st.sampled_from(
 @fuzz
 @given(st.lists(YAML_PIECES, max_size=30).map("".join))
 def test_yaml_loader_on_yaml_like_text(text):
-    from reprodl.metadata import validate_readme
+    from reprodl.data.readme import validate_readme
     from reprodl.parsing import load_yaml
 
     _only_reprodl_errors(load_yaml, text, what="fuzz")
@@ -256,7 +256,7 @@ CONFIG = {
 @fuzz
 @given(st.sampled_from(_paths(CONFIG)[1:]), json_values)
 def test_config_with_one_field_replaced(path, value):
-    from reprodl.config import load_config
+    from reprodl.training.config import load_config
 
     _only_reprodl_errors(load_config, _replace(CONFIG, path, value))
 
@@ -264,7 +264,7 @@ def test_config_with_one_field_replaced(path, value):
 @fuzz
 @given(json_values, st.lists(st.text(max_size=20), max_size=3))
 def test_config_from_any_value_and_overrides(raw, overrides):
-    from reprodl.config import load_config
+    from reprodl.training.config import load_config
 
     _only_reprodl_errors(load_config, raw if isinstance(raw, dict) else {"x": raw}, overrides)
     _only_reprodl_errors(load_config, copy.deepcopy(CONFIG), overrides)
@@ -273,7 +273,7 @@ def test_config_from_any_value_and_overrides(raw, overrides):
 @fuzz
 @given(st.lists(YAML_PIECES, max_size=30).map("".join) | st.text(max_size=200))
 def test_config_file_with_any_text(tmp_path_factory, text):
-    from reprodl.config import load_config
+    from reprodl.training.config import load_config
 
     path = tmp_path_factory.mktemp("cfg") / "train.yaml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
@@ -442,9 +442,9 @@ def test_weights_sniffer_on_any_file(tmp_path_factory, data):
 
 def test_the_fuzzed_valid_inputs_are_valid(tmp_path):
     """The seeds the fuzzers mutate are accepted as they are (so mutations test real parsing)."""
-    from reprodl.config import load_config
     from reprodl.model import load_weights
     from reprodl.provenance import parse_record
+    from reprodl.training.config import load_config
 
     assert parse_record(json.dumps(VALID_RECORD)).model_name == "m"
     assert load_config(copy.deepcopy(CONFIG)).name == "c"

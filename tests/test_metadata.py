@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
+from reprodl.data.readme import DatasetReadme, make_readme, render_readme, validate_readme
 from reprodl.errors import MetadataError
-from reprodl.metadata import DatasetReadme, make_readme, render_readme, validate_readme
 
 GOOD = {
     "name": "digits",

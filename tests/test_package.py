@@ -18,7 +18,7 @@ def test_public_api_is_small_sorted_and_every_name_resolves():
 def test_importing_reprodl_imports_no_torch_and_sets_no_global_state():
     code = (
         "import sys, os; env = dict(os.environ); import reprodl, reprodl.store, reprodl.provenance, "
-        "reprodl.config, reprodl.checks, reprodl.data.ops, reprodl.data.creators; "
+        "reprodl.training.config, reprodl.modeldataset.verify, reprodl.data.ops, reprodl.data.creators; "
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "assert dict(os.environ) == env, 'environment changed'; print('ok')"
     )
@@ -28,7 +28,7 @@ def test_importing_reprodl_imports_no_torch_and_sets_no_global_state():
 
 def test_reproduce_is_the_function_even_after_its_module_was_imported():
     code = (
-        "import reprodl.reproduction, reprodl.train, reprodl.model; "
+        "import reprodl.reproduction.rerun, reprodl.training.loop, reprodl.model; "
         "from reprodl import reproduce, TrainedTorchModel, DerivedDataSet; "
         "assert callable(reproduce) and reproduce.__name__ == 'reproduce'; print('ok')"
     )

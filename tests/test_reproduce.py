@@ -17,10 +17,10 @@ import torch
 from conftest import snapshot
 
 from reprodl import keys
-from reprodl.checks import verify_model
 from reprodl.errors import IntegrityError, ParametersError, ReproductionError
+from reprodl.modeldataset.verify import verify_model
 from reprodl.provenance import diff_records, load_record, parse_record
-from reprodl.reproduction import Tolerance, reproduce
+from reprodl.reproduction.rerun import Tolerance, reproduce
 from reprodl.store import open_dataset
 
 pytest.register_assert_rewrite("train_fixtures")
@@ -86,7 +86,7 @@ def test_unseeded_initial_weights_are_stored_and_reproduce(digits_split_master, 
 
 
 def test_fine_tuned_model_reproduces_from_its_parent(digits_split_master, tmp_path):
-    from reprodl.config import build_and_train, load_config
+    from reprodl.training.config import build_and_train, load_config
 
     parent_uri, _ = build_and_train(
         load_config(digits_config(digits_split_master, tmp_path, name="parent")), progress=False
@@ -262,8 +262,8 @@ def test_tolerance_parses_a_number_or_named_values():
 
 @pytest.fixture(scope="module")
 def multirun(digits_split_master, tmp_path_factory):
-    from reprodl.config import load_config
-    from reprodl.multirun import train_many
+    from reprodl.training.config import load_config
+    from reprodl.training.multirun import train_many
 
     out = tmp_path_factory.mktemp("multirun")
     cfg = load_config(digits_config(digits_split_master, out, name="mr", n_epochs=2, deterministic=False))
@@ -271,7 +271,7 @@ def multirun(digits_split_master, tmp_path_factory):
 
 
 def test_seeds_write_a_summary_dataset_with_statistics_and_a_plot(multirun):
-    from reprodl.multirun import load_summary
+    from reprodl.training.multirun import load_summary
 
     _, result = multirun
     records = [load_record(u) for u in result.model_uris]
@@ -302,7 +302,7 @@ def test_seeds_write_a_summary_dataset_with_statistics_and_a_plot(multirun):
 
 
 def test_splits_train_one_model_per_split(multirun):
-    from reprodl.multirun import train_many
+    from reprodl.training.multirun import train_many
 
     cfg, _ = multirun
     result = train_many(cfg.model_copy(update={"name": "mr-split", "params": {**cfg.params, "n_epochs": 1}}), splits=2)
@@ -314,7 +314,7 @@ def test_splits_train_one_model_per_split(multirun):
 
 
 def test_multirun_needs_at_least_two_runs_of_one_kind(multirun):
-    from reprodl.multirun import train_many
+    from reprodl.training.multirun import train_many
 
     cfg, _ = multirun
     with pytest.raises(ParametersError, match="at least 2 runs, but got 1"):

@@ -20,10 +20,17 @@ import pytest
 from remote_servers import *  # noqa: F403 - the dtool_cache fixture
 
 from reprodl import keys, store
-from reprodl.config import load_config
 from reprodl.data.creators import create_from_arrays
 from reprodl.data.datasets import ImageDataSet, TensorDataSet
 from reprodl.data.ops import dataset_info, dataset_stats
+from reprodl.data.readme import validate_readme
+from reprodl.data.transforms import (
+    CenterCrop,
+    RandomCrop,
+    Resize,
+    from_config,
+    from_description,
+)
 from reprodl.errors import (
     DatasetFormatError,
     InputDataError,
@@ -33,7 +40,6 @@ from reprodl.errors import (
     StorageError,
     TransformError,
 )
-from reprodl.metadata import validate_readme
 from reprodl.parsing import load_json, load_yaml
 from reprodl.provenance import (
     DataRef,
@@ -41,13 +47,7 @@ from reprodl.provenance import (
     parse_record,
     store_readmes_once,
 )
-from reprodl.transforms import (
-    CenterCrop,
-    RandomCrop,
-    Resize,
-    from_config,
-    from_description,
-)
+from reprodl.training.config import load_config
 
 BILLION_LAUGHS = (
     "\n".join(

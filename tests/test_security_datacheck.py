@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from reprodl import keys
-from reprodl.checks import verify_model
 from reprodl.errors import IntegrityError
-from reprodl.reproduction import reproduce
+from reprodl.modeldataset.verify import verify_model
+from reprodl.reproduction.rerun import reproduce
 from reprodl.store import canonical_json, open_dataset
 
 pytest.register_assert_rewrite("train_fixtures")

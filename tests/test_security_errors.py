@@ -66,7 +66,7 @@ def _save(path: Path, array: np.ndarray) -> Path:
 
 
 def test_a_misspelt_params_key_is_refused_with_the_closest_name(cli, tmp_path, digits_split_uri):
-    from reprodl.config import load_config
+    from reprodl.training.config import load_config
 
     cfg = digits_config(digits_split_uri, tmp_path / "models", lerning_rate=0.5)
     with pytest.raises(ParametersError, match=r"'lerning_rate' \(did you mean 'learning_rate'\?\).*params\.user"):
@@ -76,7 +76,7 @@ def test_a_misspelt_params_key_is_refused_with_the_closest_name(cli, tmp_path, d
 
 
 def test_values_for_the_users_code_go_under_params_user_and_are_recorded(tmp_path, digits_split_uri):
-    from reprodl.config import build_and_train, load_config
+    from reprodl.training.config import build_and_train, load_config
 
     (tmp_path / "models").mkdir()
     cfg = digits_config(digits_split_uri, tmp_path / "models", user={"dropout": 0.1, "note": "baseline"})
@@ -148,7 +148,7 @@ def test_a_value_scale_that_cannot_divide_is_refused(base_dir, scale):
 @pytest.mark.parametrize("text", ["-1e-5", "atol=1e-5,rtol=-1", "metric=nan", "agreement=1.5"])
 def test_a_negative_or_non_finite_tolerance_is_refused(cli, tmp_path, text):
     from reprodl import reproduce
-    from reprodl.compare import Tolerance
+    from reprodl.reproduction.compare import Tolerance
 
     with pytest.raises(ReproductionError, match="tolerance"):
         Tolerance.parse(text)

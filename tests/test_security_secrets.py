@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from reprodl import keys
-from reprodl.capture import SECRET_FILE_PATTERNS, capture_code, secret_pattern
 from reprodl.provenance import load_record
 from reprodl.store import open_dataset
+from reprodl.training.capture import SECRET_FILE_PATTERNS, capture_code, secret_pattern
 
 pytest.register_assert_rewrite("train_fixtures")
 
@@ -112,7 +112,7 @@ def test_config_key_and_python_argument_turn_storing_off(repo, digits_split_mast
     import torch
 
     from reprodl import DerivedDataSet, GenNet, TensorDataSet, train_model_with_metadata_capture
-    from reprodl.config import build_and_train, load_config
+    from reprodl.training.config import build_and_train, load_config
 
     _, record = build_and_train(
         load_config(repo / "train.yaml", ["name=nostore", "store_untracked=false"]), progress=False

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save, save_file
 
 from reprodl import keys
 from reprodl.errors import ModelLoadError, ReprodlError
-from reprodl.weights import safetensors_problem, sniff_weights
+from reprodl.modeldataset.weights import safetensors_problem, sniff_weights
 
 pytest.register_assert_rewrite("train_fixtures")
 
@@ -150,8 +150,8 @@ def test_an_unreadable_weights_file_is_a_reprodl_error(tmp_path):
 @pytest.mark.parametrize("accept", [starts_0x80, starts_pk], ids=["0x80", "PK"])
 def test_a_model_whose_weights_header_starts_like_a_pickle_loads_and_verifies(trained_model, tmp_path, accept):
     from reprodl import TrainedTorchModel
-    from reprodl.checks import verify_model
     from reprodl.model import load_weights
+    from reprodl.modeldataset.verify import verify_model
     from reprodl.provenance import read_record
     from reprodl.store import open_dataset
 

@@ -35,7 +35,7 @@ PAYLOAD_KEYS = {"format", "uuid", "name", "record_digest", "weights_sha256", "ma
 
 @pytest.fixture
 def key(tmp_path: Path) -> Path:
-    from reprodl.signing import generate_key
+    from reprodl.modeldataset.signing import generate_key
 
     path = tmp_path / "keys" / "author.key"
     path.parent.mkdir()
@@ -45,7 +45,7 @@ def key(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def other_key(tmp_path: Path) -> Path:
-    from reprodl.signing import generate_key
+    from reprodl.modeldataset.signing import generate_key
 
     path = tmp_path / "keys" / "other.key"
     path.parent.mkdir(exist_ok=True)
@@ -60,7 +60,7 @@ def pub(key: Path) -> Path:
 @pytest.fixture
 def signed(model_copy: Path, key: Path) -> str:
     """A byte copy of the trained model, signed with ``key``."""
-    from reprodl.signing import sign
+    from reprodl.modeldataset.signing import sign
 
     sign(str(model_copy), key)
     return str(model_copy)
@@ -94,20 +94,20 @@ def reseal_record(dataset: Path, edit) -> None:
 
 
 def verify(uri: str, *trusted: Path | str):
-    from reprodl.checks import verify_model
+    from reprodl.modeldataset.verify import verify_model
 
     return verify_model(uri, trusted_keys=list(trusted))
 
 
 def signature_check(result):
-    from reprodl.signing import CHECK_NAME
+    from reprodl.modeldataset.signing import CHECK_NAME
 
     (check,) = [c for c in result.checks if c.name == CHECK_NAME]
     return check
 
 
 def others_pass(result) -> bool:
-    from reprodl.signing import CHECK_NAME
+    from reprodl.modeldataset.signing import CHECK_NAME
 
     return all(c.ok for c in result.checks if c.name != CHECK_NAME)
 
@@ -116,7 +116,7 @@ def others_pass(result) -> bool:
 
 
 def test_keygen_writes_a_private_key_only_its_owner_reads_and_a_one_line_public_key(key):
-    from reprodl.signing import load_public_key
+    from reprodl.modeldataset.signing import load_public_key
 
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert key.read_text().startswith("-----BEGIN PRIVATE KEY-----")
@@ -126,7 +126,7 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_a_one_line_public_
 
 
 def test_keygen_never_overwrites_a_key(key):
-    from reprodl.signing import generate_key
+    from reprodl.modeldataset.signing import generate_key
 
     before = key.read_bytes()
     with pytest.raises(SigningError, match="already exists: reprodl never overwrites a key"):
@@ -137,7 +137,7 @@ def test_keygen_never_overwrites_a_key(key):
 def test_a_pem_public_key_is_accepted_too(key, tmp_path):
     from cryptography.hazmat.primitives import serialization
 
-    from reprodl.signing import load_private_key, load_public_key
+    from reprodl.modeldataset.signing import load_private_key, load_public_key
 
     pem = (
         load_private_key(key)
@@ -155,7 +155,7 @@ def test_a_trusted_key_that_is_no_key_is_refused(signed, text):
 
 
 def test_a_signing_key_that_is_no_private_key_is_refused(model_copy, key):
-    from reprodl.signing import sign
+    from reprodl.modeldataset.signing import sign
 
     with pytest.raises(SigningError, match="is not an unencrypted PEM private key"):
         sign(str(model_copy), pub(key))
@@ -165,7 +165,7 @@ def test_a_signing_key_that_is_no_private_key_is_refused(model_copy, key):
 
 
 def test_a_signed_model_verifies_against_its_authors_key(signed, key):
-    from reprodl.signing import verify_signature
+    from reprodl.modeldataset.signing import verify_signature
 
     result = verify(signed, pub(key))
     assert result.ok, result.to_dict()
@@ -200,7 +200,7 @@ def test_a_model_signed_by_another_key_fails(signed, other_key):
 
 
 def test_either_of_two_signatures_verifies_and_resigning_replaces_ones_own(signed, key, other_key):
-    from reprodl.signing import sign
+    from reprodl.modeldataset.signing import sign
     from reprodl.store import open_dataset
 
     sign(signed, other_key)
@@ -211,7 +211,7 @@ def test_either_of_two_signatures_verifies_and_resigning_replaces_ones_own(signe
 
 
 def test_without_trusted_keys_verify_notes_the_signature_and_checks_nothing_more(signed, model_copy):
-    from reprodl.signing import CHECK_NAME
+    from reprodl.modeldataset.signing import CHECK_NAME
 
     result = verify(signed)
     assert result.ok and CHECK_NAME not in [c.name for c in result.checks]
@@ -252,7 +252,7 @@ def test_swapped_weights_with_the_same_tensors_fail_the_signature(signed, key, m
 
 
 def test_swapped_weights_and_a_resealed_record_fail_the_signature(signed, key, model_copy):
-    from reprodl.capture import state_dict_sha256
+    from reprodl.training.capture import state_dict_sha256
 
     state = {k: torch.zeros_like(v) for k, v in load_file(model_copy / "data" / keys.WEIGHTS_FILE).items()}
     rewrite_item(model_copy, keys.WEIGHTS_FILE, save(state))
@@ -277,7 +277,7 @@ def test_an_edited_record_that_was_not_resealed_fails_the_signature(signed, key,
 
 def test_a_signature_moved_to_another_payload_is_invalid(signed, key, model_copy):
     """The stored payload is edited to match the new content: the signature itself fails."""
-    from reprodl.signing import signing_payload
+    from reprodl.modeldataset.signing import signing_payload
     from reprodl.store import open_dataset
 
     rewrite_item(model_copy, keys.HISTORY_FILE, b"[]")
@@ -330,7 +330,7 @@ def test_the_signature_survives_copy(signed, key, tmp_path):
 
 
 def test_without_cryptography_signing_says_what_to_install(signed, key, monkeypatch):
-    from reprodl.signing import sign
+    from reprodl.modeldataset.signing import sign
 
     for name in [m for m in sys.modules if m == "cryptography" or m.startswith("cryptography.")]:
         monkeypatch.delitem(sys.modules, name)

@@ -202,7 +202,7 @@ def test_parameters_keep_extras_and_updated_never_mutates():
 
 
 def test_parameters_overrides_nest_and_are_typed():
-    from reprodl.params import apply_overrides, parse_override
+    from reprodl.training.params import apply_overrides, parse_override
 
     assert parse_override("lr=0.05") == ("learning_rate", 0.05)
     assert parse_override("shuffle=false") == ("shuffle", False)
@@ -619,7 +619,7 @@ def test_git_commit_branch_and_uncommitted_patch_are_captured(digits_split_maste
     assert record.code.entry_script == str(script.resolve())
     assert record.code.entry_script_sha256 == hashlib.sha256(script.read_bytes()).hexdigest()
 
-    from reprodl.reproduction import check_code, check_patch
+    from reprodl.reproduction.rerun import check_code, check_patch
 
     code = check_code(record)
     assert code["commit_available"] and code["same_commit"]
@@ -632,7 +632,7 @@ def test_git_commit_branch_and_uncommitted_patch_are_captured(digits_split_maste
 
 @pytest.fixture
 def parent_and_child(digits_split_master, tmp_path):
-    from reprodl.config import build_and_train, load_config
+    from reprodl.training.config import build_and_train, load_config
 
     models = tmp_path / "models"
     models.mkdir()
@@ -667,7 +667,7 @@ def test_fine_tuning_records_lineage_and_frozen_parameters(parent_and_child):
 
 
 def test_lineage_prints_the_chain_and_detects_a_broken_link(parent_and_child):
-    from reprodl.checks import lineage
+    from reprodl.modeldataset.verify import lineage
 
     parent_uri, _, child_uri, _ = parent_and_child
     chain = lineage(child_uri)
@@ -690,7 +690,7 @@ def test_lineage_prints_the_chain_and_detects_a_broken_link(parent_and_child):
 
 
 def test_freezing_an_unknown_parameter_is_refused(digits_split_master, tmp_path):
-    from reprodl.config import build_and_train, load_config
+    from reprodl.training.config import build_and_train, load_config
 
     cfg = digits_config(digits_split_master, tmp_path, name="m")
     cfg["freeze"] = ["conv9"]
@@ -720,8 +720,8 @@ def test_untracked_code_is_kept_and_clean_code_can_be_required(digits_split_mast
     """DeepDIVA's enforcement: require committed code, or keep what is not committed."""
     import yaml
 
-    from reprodl.config import build_and_train, load_config
     from reprodl.errors import DirtyCodeError
+    from reprodl.training.config import build_and_train, load_config
 
     repo = tmp_path / "project"
     repo.mkdir()

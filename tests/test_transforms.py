@@ -1,4 +1,4 @@
-"""reprodl.transforms: configs that rebuild, seeded augmentation, and transforms carried
+"""reprodl.data.transforms: configs that rebuild, seeded augmentation, and transforms carried
 through training, reproduction, YAML configs and prediction.
 
 The "must hold" cases: every transform's config rebuilds an equal transform and a config
@@ -17,8 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reprodl.errors import ModelLoadError, ParametersError, ReproductionError, TransformError
-from reprodl.transforms import (
+from reprodl.data.transforms import (
     CenterCrop,
     Compose,
     GaussianNoise,
@@ -32,6 +31,7 @@ from reprodl.transforms import (
     from_config,
     from_description,
 )
+from reprodl.errors import ModelLoadError, ParametersError, ReproductionError, TransformError
 
 pytest.register_assert_rewrite("train_fixtures")
 
@@ -198,13 +198,13 @@ def test_transforms_on_the_wrong_kind_of_input_say_what_to_do():
 
 def test_training_with_normalisation_and_augmentation_reproduces_identical(digits_split_master, tmp_path):
     from reprodl import TensorDataSet
-    from reprodl.reproduction import reproduce
+    from reprodl.reproduction.rerun import reproduce
 
     augment = Compose([Normalize(MEAN, STD), RandomHorizontalFlip(), GaussianNoise(0.1)])
     train_ds = TensorDataSet(digits_split_master, "train", augment)
     valid_ds = TensorDataSet(digits_split_master, "test", augment.eval_view())
     uri, record = _train(tmp_path, "augmented", train_ds, valid_ds=valid_ds)
-    assert record.data[0].transform["class"] == "reprodl.transforms.Compose"
+    assert record.data[0].transform["class"] == "reprodl.data.transforms.Compose"
     assert from_config(record.data[0].transform["config"]) == augment
     assert record.data[1].transform["config"] == {"name": "Compose", "transforms": [Normalize(MEAN, STD).config()]}
 
@@ -220,7 +220,7 @@ def test_training_with_normalisation_and_augmentation_reproduces_identical(digit
 
 def test_user_transform_is_refused_by_reproduce_unless_passed(digits_split_master, tmp_path):
     from reprodl import TensorDataSet
-    from reprodl.reproduction import reproduce
+    from reprodl.reproduction.rerun import reproduce
 
     uri, _ = _train(tmp_path, "brightened", TensorDataSet(digits_split_master, "train", Brighten(0.1)), n_epochs=1)
     out = tmp_path / "again"
@@ -242,12 +242,12 @@ def test_user_transform_is_refused_by_reproduce_unless_passed(digits_split_maste
     assert report.verdict == "identical" and report.reasons == []
     differing = reproduce(uri, transforms={"train": Normalize(MEAN, STD)})
     assert differing.verdict == "differs"
-    assert any("transform passed is a reprodl.transforms.Normalize" in r for r in differing.reasons)
+    assert any("transform passed is a reprodl.data.transforms.Normalize" in r for r in differing.reasons)
 
 
 def test_yaml_config_transform_builds_a_compose_that_is_recorded(digits_split_master, tmp_path):
-    from reprodl.config import build_and_train, load_config
-    from reprodl.reproduction import reproduce
+    from reprodl.reproduction.rerun import reproduce
+    from reprodl.training.config import build_and_train, load_config
 
     cfg = digits_config(digits_split_master, tmp_path, name="configured")
     cfg["data"]["train"]["transform"] = [
@@ -296,7 +296,7 @@ def test_convert_and_predict_applies_the_recorded_normalisation(digits_split_mas
 def test_image_model_resizes_and_normalises_as_its_training_did(image_uri, tmp_path):
     from reprodl import ImageDataSet, TrainedTorchModel
     from reprodl.data.images import resize, to_array
-    from reprodl.reproduction import reproduce
+    from reprodl.reproduction.rerun import reproduce
 
     transform = Compose([Resize(8), ToTensor(), Normalize([0.5], [0.5]), RandomHorizontalFlip()])
     train_ds = ImageDataSet(image_uri, transform=transform)
@@ -327,7 +327,7 @@ def test_a_model_trained_through_a_user_transform_needs_one_to_convert_images(di
 
 def test_augmentation_in_dataloader_workers_reproduces_identical(digits_split_master, tmp_path):
     from reprodl import DerivedDataSet, GenNet, TensorDataSet, train_model_with_metadata_capture
-    from reprodl.reproduction import reproduce
+    from reprodl.reproduction.rerun import reproduce
 
     train_ds = TensorDataSet(digits_split_master, "train", Compose([RandomCrop(8, padding=1), GaussianNoise(0.1)]))
     params = small_params(n_epochs=2, num_workers=2)

@@ -25,8 +25,8 @@ from train_fixtures import *  # noqa: E402,F403 - fixtures
 from train_fixtures import TinyNet, TrainedModel, digits_config, rewrite_model  # noqa: E402
 
 from reprodl import TrainedTorchModel, reproduce, trust  # noqa: E402
-from reprodl.checks import verify_model  # noqa: E402
 from reprodl.errors import ModelLoadError, UnsafeImportError  # noqa: E402
+from reprodl.modeldataset.verify import verify_model  # noqa: E402
 
 # Paths that walk from a trusted module to os.system (reprodl.zoo imports torch, torch imports os).
 ARCH_WALK = "reprodl.zoo:torch.os.system"
@@ -81,7 +81,7 @@ VECTORS = ["architecture", "optimizer", "loss", "scheduler"]
         ("os:system", trust.Kind.OPTIMIZER),
         ("subprocess:Popen", trust.Kind.ARCHITECTURE),
         ("torch.utils.cpp_extension:load_inline", trust.Kind.ARCHITECTURE),
-        ("reprodl.transforms:inspect.os.system", trust.Kind.TRANSFORM),
+        ("reprodl.data.transforms:inspect.os.system", trust.Kind.TRANSFORM),
         ("reprodl.zoo:GenNet", trust.Kind.OPTIMIZER),
         ("", trust.Kind.ARCHITECTURE),
         ("reprodl.zoo:Gen Net", trust.Kind.ARCHITECTURE),
@@ -105,7 +105,7 @@ def test_names_that_walk_out_or_are_the_wrong_kind_are_refused(path: str, kind: 
         ("torch.nn:CrossEntropyLoss", trust.Kind.LOSS, "CrossEntropyLoss"),
         ("torch.nn.modules.loss:NLLLoss", trust.Kind.LOSS, "NLLLoss"),
         ("torch.nn.functional:nll_loss", trust.Kind.LOSS, "nll_loss"),
-        ("reprodl.transforms:Normalize", trust.Kind.TRANSFORM, "Normalize"),
+        ("reprodl.data.transforms:Normalize", trust.Kind.TRANSFORM, "Normalize"),
     ],
 )
 def test_trusted_names_resolve(path: str, kind: trust.Kind, name: str) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reprodl.config import build_and_train, load_config
-from reprodl.reproduction import reproduce
+from reprodl.reproduction.rerun import reproduce
+from reprodl.training.config import build_and_train, load_config
 from reprodl.zoo import GenNet, SmallResNet
 
 pytest.register_assert_rewrite("train_fixtures")

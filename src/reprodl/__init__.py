@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DerivedDataSet": "reprodl.train",
+    "DerivedDataSet": "reprodl.training.loop",
     "GenNet": "reprodl.zoo",
     "ImageDataSet": "reprodl.data.datasets",
-    "Parameters": "reprodl.params",
+    "Parameters": "reprodl.training.params",
     "ProvenanceRecord": "reprodl.provenance",
     "ReprodlError": "reprodl.errors",
-    "ReproductionReport": "reprodl.reproduction",
+    "ReproductionReport": "reprodl.reproduction.rerun",
     "TensorDataSet": "reprodl.data.datasets",
     "TrainedTorchModel": "reprodl.model",
     "open_dataset": "reprodl.store",
-    "reproduce": "reprodl.reproduction",
-    "train_model_with_metadata_capture": "reprodl.train",
+    "reproduce": "reprodl.reproduction.rerun",
+    "train_model_with_metadata_capture": "reprodl.training.loop",
 }
 
 __all__ = [
@@ -67,9 +67,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from reprodl.data.datasets import ImageDataSet, TensorDataSet
     from reprodl.errors import ReprodlError
     from reprodl.model import TrainedTorchModel
-    from reprodl.params import Parameters
     from reprodl.provenance import ProvenanceRecord
-    from reprodl.reproduction import ReproductionReport, reproduce
+    from reprodl.reproduction.rerun import ReproductionReport, reproduce
     from reprodl.store import open_dataset
-    from reprodl.train import DerivedDataSet, train_model_with_metadata_capture
+    from reprodl.training.loop import DerivedDataSet, train_model_with_metadata_capture
+    from reprodl.training.params import Parameters
     from reprodl.zoo import GenNet

@@ -22,11 +22,11 @@ import torch
 from reprodl import keys, trust
 from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.data.images import convert, resize, to_array
+from reprodl.data.transforms import Resize, contains, eval_view, from_description
 from reprodl.errors import IntegrityError, ModelLoadError, TransformError
+from reprodl.modeldataset.weights import safetensors_problem, sniff_weights
 from reprodl.provenance import ProvenanceRecord, read_record
 from reprodl.store import StoredDataSet, open_dataset
-from reprodl.transforms import Resize, contains, eval_view, from_description
-from reprodl.weights import safetensors_problem, sniff_weights
 
 TRUSTED_MODULES = trust.TRUSTED_MODULES[trust.Kind.ARCHITECTURE]
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
@@ -50,7 +50,7 @@ def load_weights(ds: StoredDataSet, record: ProvenanceRecord | None = None) -> d
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from reprodl.capture import state_dict_sha256
+    from reprodl.training.capture import state_dict_sha256
 
     relpaths = {ds.relpath(i) for i in ds.identifiers}
     if keys.WEIGHTS_FILE not in relpaths:
@@ -101,7 +101,7 @@ class TrainedTorchModel:
 
     Attributes:
         transform: the preprocessing for prediction: the training transform's eval view
-            (:func:`reprodl.transforms.eval_view`: Resize, ToTensor, Normalize... kept, random
+            (:func:`reprodl.data.transforms.eval_view`: Resize, ToTensor, Normalize... kept, random
             augmentation dropped), or None.
         input_shape: the shape of one model input, after that preprocessing.
     """

@@ -54,7 +54,7 @@ TRUSTED_MODULES: dict[Kind, tuple[str, ...]] = {
     Kind.OPTIMIZER: ("torch.optim",),
     Kind.SCHEDULER: ("torch.optim.lr_scheduler",),
     Kind.LOSS: ("torch.nn.modules.loss",),
-    Kind.TRANSFORM: ("reprodl.transforms",),
+    Kind.TRANSFORM: ("reprodl.data.transforms",),
 }
 
 #: The loss *functions* (not classes) a record may name: ``torch.nn.functional``'s losses.
@@ -96,7 +96,7 @@ def _base_class(kind: Kind) -> type:
     if kind is Kind.SCHEDULER:
         return torch.optim.lr_scheduler.LRScheduler
     if kind is Kind.TRANSFORM:
-        from reprodl.transforms import Transform
+        from reprodl.data.transforms import Transform
 
         return Transform
     return torch.nn.Module

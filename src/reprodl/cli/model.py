@@ -55,7 +55,7 @@ def schema_cmd(which: str = typer.Argument("provenance", help="provenance or rea
 
         print_json(record_json_schema())
     elif which == "readme":
-        from reprodl.metadata import readme_json_schema
+        from reprodl.data.readme import readme_json_schema
 
         print_json(readme_json_schema())
     else:
@@ -133,8 +133,8 @@ def train_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Train a model from a config file, capturing its provenance; writes a model dataset."""
-    from reprodl.capture import untracked_summary
-    from reprodl.config import build_and_train, load_config
+    from reprodl.training.capture import untracked_summary
+    from reprodl.training.config import build_and_train, load_config
 
     flags = [
         *(["require_clean_code=true"] if require_clean else []),
@@ -142,7 +142,7 @@ def train_cmd(
     ]
     cfg = load_config(config, [*(set_ or []), *flags])
     if seeds or splits:
-        from reprodl.multirun import train_many
+        from reprodl.training.multirun import train_many
 
         def on_run(i: int, uri: str, record: Any) -> None:
             if not as_json:
@@ -248,7 +248,7 @@ def reproduce_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Re-run a model's training from its record and say whether the model came back."""
-    from reprodl.reproduction import reproduce
+    from reprodl.reproduction.rerun import reproduce
 
     if not (quiet or as_json):
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
@@ -354,7 +354,7 @@ def verify_cmd(
     class the record names passes the trust policy (and data, and a signature by a trusted key)."""
     from rich.markup import escape
 
-    from reprodl.checks import verify_model
+    from reprodl.modeldataset.verify import verify_model
 
     result = verify_model(uri, data=data, allow=allow or (), trusted_keys=trusted_key or ())
     if as_json:
@@ -374,7 +374,7 @@ def verify_cmd(
 @handle_errors
 def lineage_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as_json: bool = JSON_OPT) -> None:
     """Print the chain of models this one was fine-tuned from, checking each link's digest offline."""
-    from reprodl.checks import lineage
+    from reprodl.modeldataset.verify import lineage
 
     chain = lineage(uri)
     if as_json:
@@ -411,7 +411,7 @@ def demo_cmd(
 ) -> None:
     """The main job on the embedded default: digits dataset, split, train with capture, provenance,
     evaluate, predict, reproduce."""
-    from reprodl.demo import run_demo
+    from reprodl.cli.demo import run_demo
 
     ok = run_demo(workdir, epochs=epochs, say=lambda s: out.print(s, markup=False), show_report=print_report)
     raise typer.Exit(0 if ok else int(ExitCode.FAILED))

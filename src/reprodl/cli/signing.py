@@ -19,7 +19,7 @@ def keygen_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Make an Ed25519 key pair for signing models (needs `pip install 'reprodl[sign]'`)."""
-    from reprodl.signing import PUBLIC_SUFFIX, generate_key
+    from reprodl.modeldataset.signing import PUBLIC_SUFFIX, generate_key
 
     public = generate_key(key)
     pub_path = f"{key}{PUBLIC_SUFFIX}"
@@ -41,7 +41,7 @@ def sign_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Sign a model dataset: its record digest, weights, manifest and every item's sha256."""
-    from reprodl.signing import sign
+    from reprodl.modeldataset.signing import sign
 
     entry = sign(uri, key)
     if as_json:

@@ -23,8 +23,8 @@ import numpy as np
 from reprodl import keys
 from reprodl.data.images import open_image, target_mode_for
 from reprodl.data.layout import NPY_HEADER_ERRORS, default_value_scale
+from reprodl.data.readme import make_readme
 from reprodl.errors import InputDataError
-from reprodl.metadata import make_readme
 from reprodl.store import Progress, check_name, create_dataset, current_user, item_identifier
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}

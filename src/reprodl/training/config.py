@@ -12,10 +12,10 @@ A config names the data by URI, the model, optimiser, loss and parameters::
     loss: {class: NLLLoss}
     params: {batch_size: 32, learning_rate: 0.05, n_epochs: 10, seed: 0}
 
-``params`` holds only :class:`reprodl.params.Parameters` fields (a misspelt key is refused
+``params`` holds only :class:`reprodl.training.params.Parameters` fields (a misspelt key is refused
 with the closest name); values for your own code go under ``params.user``, recorded as given.
 
-A dataset may name preprocessing and augmentation from :mod:`reprodl.transforms`, applied
+A dataset may name preprocessing and augmentation from :mod:`reprodl.data.transforms`, applied
 in order (recorded, and rebuilt when the model is reproduced)::
 
     data:
@@ -39,9 +39,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from reprodl.data.readme import read_yaml_file
 from reprodl.errors import ParametersError
-from reprodl.metadata import read_yaml_file
-from reprodl.params import apply_overrides, check_config_keys
+from reprodl.training.params import apply_overrides, check_config_keys
 
 SHORTHANDS = {
     "lr": "params.learning_rate",
@@ -65,13 +65,14 @@ class DataSpec(BaseModel):
     mode: str | None = None
     size: list[int] | None = None
     transform: list[dict[str, Any]] | None = Field(
-        None, description="reprodl.transforms configs, applied in order: [{name: Normalize, mean: [...], std: [...]}]"
+        None,
+        description="reprodl.data.transforms configs, applied in order: [{name: Normalize, mean: [...], std: [...]}]",
     )
 
     def build_transform(self) -> Any:
-        """The :class:`reprodl.transforms.Compose` of ``transform`` (None without one)."""
+        """The :class:`reprodl.data.transforms.Compose` of ``transform`` (None without one)."""
+        from reprodl.data.transforms import from_config
         from reprodl.errors import TransformError
-        from reprodl.transforms import from_config
 
         if self.transform is None:
             return None
@@ -222,8 +223,8 @@ def build_and_train(
     import torch
 
     from reprodl import trust
-    from reprodl.params import Parameters
-    from reprodl.train import DerivedDataSet, train_model_with_metadata_capture
+    from reprodl.training.loop import DerivedDataSet, train_model_with_metadata_capture
+    from reprodl.training.params import Parameters
 
     train = [_open(s) for s in cfg.specs("train")]
     valid = [_open(s) for s in cfg.specs("valid")]

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 
 from reprodl import keys, trust
-from reprodl.capture import state_dict_sha256
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
 from reprodl.errors import ReproductionError, TransformError
 from reprodl.model import load_weights, resolve_class
 from reprodl.provenance import DataRef, ProvenanceRecord, read_record
 from reprodl.store import StoredDataSet, open_dataset
+from reprodl.training.capture import state_dict_sha256
 
 
 # --- rebuilding ---------------------------------------------------------------------------
@@ -25,7 +25,7 @@ def open_recorded(
 ) -> WrappedDataSet:
     """The dataset a record's ``ref`` names, read as the training read it.
 
-    A transform recorded from :mod:`reprodl.transforms` is rebuilt from its config; any other
+    A transform recorded from :mod:`reprodl.data.transforms` is rebuilt from its config; any other
     is refused (:class:`ReproductionError`, naming its class) unless ``transform`` passes it.
     ``dataset`` is the dataset at ``ref.uri`` when the caller has it open already.
     """
@@ -50,7 +50,7 @@ def open_recorded(
 
 def rebuild_transform(ref: DataRef) -> Any:
     """The transform the record's ``ref`` was read through, rebuilt from its config."""
-    from reprodl.transforms import from_description
+    from reprodl.data.transforms import from_description
 
     if ref.transform is None:
         raise ReproductionError(

@@ -22,16 +22,6 @@ from typing import Any, Literal
 import torch
 
 from reprodl import keys
-from reprodl.capture import capture_environment, class_source_sha256
-from reprodl.checks import check_data
-from reprodl.compare import (
-    Tolerance,
-    compare_metrics,
-    compare_predictions,
-    compare_weights,
-    envelope_check,
-    statistical_metrics_ok,
-)
 from reprodl.data.datasets import WrappedDataSet
 from reprodl.errors import (
     ExitCode,
@@ -39,9 +29,17 @@ from reprodl.errors import (
     ReproductionError,
 )
 from reprodl.model import load_weights
-from reprodl.params import Parameters
+from reprodl.modeldataset.verify import check_data
 from reprodl.provenance import GitInfo, ModelRef, ProvenanceRecord, read_record
-from reprodl.rebuild import (
+from reprodl.reproduction.compare import (
+    Tolerance,
+    compare_metrics,
+    compare_predictions,
+    compare_weights,
+    envelope_check,
+    statistical_metrics_ok,
+)
+from reprodl.reproduction.rebuild import (
     open_recorded,
     rebuild_loss,
     rebuild_model,
@@ -51,6 +49,8 @@ from reprodl.rebuild import (
     transform_differences,
 )
 from reprodl.store import StoredDataSet, open_dataset
+from reprodl.training.capture import capture_environment, class_source_sha256
+from reprodl.training.params import Parameters
 
 Verdict = Literal["identical", "within tolerance", "differs"]
 # A statistical-mode re-run uses the recorded seed plus this, so it never coincides with a
@@ -207,7 +207,7 @@ def reproduce(
     re-run with a different seed (``seed``, default recorded + 100003) and judged on metrics and
     predictions, against a multi-run envelope when one is given.
 
-    Transforms recorded from :mod:`reprodl.transforms` (with their configs) are rebuilt,
+    Transforms recorded from :mod:`reprodl.data.transforms` (with their configs) are rebuilt,
     so preprocessing and seeded augmentation run again as they did. A transform of your own
     cannot be rebuilt from a record (reprodl never imports what a record names), so such a
     model is refused (:class:`ReproductionError`, naming the class) unless you pass it.
@@ -246,7 +246,7 @@ def reproduce(
     check_patch(record, model_ds, report.code)
     report.environment_differences = environment_differences(record)
 
-    from reprodl.train import DerivedDataSet, train_model_with_metadata_capture
+    from reprodl.training.loop import DerivedDataSet, train_model_with_metadata_capture
 
     run_params = dict(record.training.params)
     if mode == "statistical":
@@ -353,7 +353,7 @@ def _find_envelope(model_ds: StoredDataSet) -> dict[str, Any] | None:
     uri = model_ds.get_annotation(keys.SUMMARY_URI)
     if not uri:
         return None
-    from reprodl.multirun import load_summary
+    from reprodl.training.multirun import load_summary
 
     try:
         return load_summary(uri)

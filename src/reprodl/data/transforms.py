@@ -2,7 +2,7 @@
 
 Each transform here has ``config()``, a JSON-able dict with a ``"name"`` key, and
 :func:`from_config` builds it again from that dict. A dataset read through one records the
-config (``DataRef.transform``), so :func:`reprodl.reproduction` re-runs the training with the
+config (``DataRef.transform``), so :func:`reprodl.reproduction.rerun` re-runs the training with the
 same preprocessing and :class:`reprodl.TrainedTorchModel` prepares images for prediction as
 the training did. :func:`from_config` knows only the names below: it never imports what a
 config names, so a record from a URI cannot make reprodl run code. Transforms of your own
@@ -22,7 +22,7 @@ seeds it in each worker (``worker_init_fn``), so a seeded training with these tr
 bitwise reproducible. Outside reprodl's training, call ``torch.manual_seed`` yourself.
 
 Example:
-    >>> from reprodl.transforms import Compose, GaussianNoise, Normalize, from_config
+    >>> from reprodl.data.transforms import Compose, GaussianNoise, Normalize, from_config
     >>> t = Compose([Normalize([0.5], [0.25]), GaussianNoise(0.05)])
     >>> from_config(t.config()) == t
     True
@@ -373,6 +373,9 @@ def from_config(config: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Tran
         ) from None
 
 
+_LEGACY_MODULE = "reprodl.transforms"
+
+
 def from_description(description: Mapping[str, Any]) -> Transform:
     """Rebuild the transform of a record's ``DataRef.transform`` (``class``, ``repr``, ``config``).
 
@@ -383,6 +386,8 @@ def from_description(description: Mapping[str, Any]) -> Transform:
     from reprodl.errors import ReprodlError
 
     cls_path = str(description.get("class"))
+    if cls_path.startswith(_LEGACY_MODULE + "."):  # records written before transforms moved into reprodl.data
+        cls_path = __name__ + cls_path[len(_LEGACY_MODULE) :]
     config = description.get("config")
     try:
         cls = trust.resolve(cls_path, trust.Kind.TRANSFORM)

@@ -34,13 +34,13 @@ def run_demo(
     import numpy as np
     import torch
 
-    from reprodl.config import build_and_train, load_config
     from reprodl.data.creators import create_digits
     from reprodl.data.datasets import TensorDataSet
     from reprodl.data.ops import split_dataset
     from reprodl.model import TrainedTorchModel
     from reprodl.provenance import summary_lines
-    from reprodl.reproduction import reproduce
+    from reprodl.reproduction.rerun import reproduce
+    from reprodl.training.config import build_and_train, load_config
 
     torch.set_num_threads(1)
     run = Path(workdir).resolve() / time.strftime("run-%Y%m%d-%H%M%S")

@@ -28,21 +28,8 @@ import yaml
 from torch.utils.data import DataLoader, Sampler
 
 from reprodl import __version__, keys
-from reprodl.capture import (
-    DeterminismSettings,
-    capture_code,
-    capture_environment,
-    derive_seeds,
-    describe_architecture,
-    describe_callable,
-    describe_optimizer,
-    require_clean,
-    seed_everything,
-    state_dict_sha256,
-)
 from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.errors import IntegrityError, ParametersError, ReprodlError, TrainingDivergedError
-from reprodl.params import Parameters
 from reprodl.provenance import (
     DataRef,
     EpochMetrics,
@@ -55,6 +42,19 @@ from reprodl.provenance import (
     store_readmes_once,
 )
 from reprodl.store import DatasetWriter, create_dataset
+from reprodl.training.capture import (
+    DeterminismSettings,
+    capture_code,
+    capture_environment,
+    derive_seeds,
+    describe_architecture,
+    describe_callable,
+    describe_optimizer,
+    require_clean,
+    seed_everything,
+    state_dict_sha256,
+)
+from reprodl.training.params import Parameters
 
 EpochCallback = Callable[[EpochMetrics], None]
 
@@ -341,7 +341,7 @@ def train_model_with_metadata_capture(
     With ``require_clean_code=True`` training is refused (:class:`DirtyCodeError`) unless the
     code is committed (DeepDIVA's enforcement); otherwise the uncommitted patch and untracked
     files are stored with the model: git-ignored files, files named like secrets (``.env``,
-    ``id_rsa``, ``*.pem``...: :data:`reprodl.capture.SECRET_FILE_PATTERNS`) and symbolic links
+    ``id_rsa``, ``*.pem``...: :data:`reprodl.training.capture.SECRET_FILE_PATTERNS`) and symbolic links
     are not, and ``store_untracked=False`` stores none (the record names each one skipped and why).
 
     Returns:

@@ -58,7 +58,7 @@ def verify_model(
     training dataset is reachable and unchanged.
 
     With ``trusted_keys`` (public keys: ``KEY.pub`` files or their text), also that the model
-    is signed by one of them over its content as it is now (:mod:`reprodl.signing`).
+    is signed by one of them over its content as it is now (:mod:`reprodl.modeldataset.signing`).
     """
     trusted = list(trusted_keys)
     ds = open_dataset(uri)
@@ -113,8 +113,8 @@ def verify_model(
 def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = ()) -> list[str]:
     """Every name in ``record`` that :mod:`reprodl.trust` would refuse to import, with why."""
     from reprodl import trust
+    from reprodl.data.transforms import from_description
     from reprodl.errors import TransformError
-    from reprodl.transforms import from_description
 
     t = record.training
     names = [
@@ -141,7 +141,7 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = ()) -> l
 def _check_signature(ds: StoredDataSet, result: ModelVerification, trusted: list[Any]) -> None:
     """The signature check when keys are trusted; else a note naming who signed, if anyone."""
     from reprodl import keys
-    from reprodl.signing import CHECK_NAME, signatures, verify_signature
+    from reprodl.modeldataset.signing import CHECK_NAME, signatures, verify_signature
 
     if trusted:
         check = verify_signature(ds, trusted_keys=trusted)

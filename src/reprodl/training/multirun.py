@@ -21,10 +21,10 @@ from typing import Any
 import yaml
 
 from reprodl import __version__, keys
-from reprodl.config import TrainConfig, build_and_train
 from reprodl.errors import DatasetFormatError, ParametersError
 from reprodl.parsing import load_json
 from reprodl.store import create_dataset, open_dataset
+from reprodl.training.config import TrainConfig, build_and_train
 
 METRICS = ("train_loss", "valid_loss", "valid_accuracy")
 

@@ -1,0 +1,62 @@
+"""A provenance record as lines for people (what ``dtoolai-provenance`` printed, and more)."""
+
+from __future__ import annotations
+
+import json
+
+from reprodl.provenance.record import ProvenanceRecord
+
+
+def summary_lines(record: ProvenanceRecord) -> list[str]:
+    """What the paper's ``dtoolai-provenance`` prints, and more, as lines for people."""
+    arch = record.architecture
+    t = record.training
+    lines = [
+        f"Model name: {record.model_name}",
+        f"Network architecture name: {arch.import_path}",
+        f"Architecture init params: {json.dumps(arch.init_params, sort_keys=True)}",
+        f"Parameters: {arch.n_parameters:,} ({arch.n_trainable:,} trainable)"
+        + (f"; frozen: {', '.join(arch.frozen_parameters)}" if arch.frozen_parameters else ""),
+        f"Model training parameters: {json.dumps(t.params, sort_keys=True)}",
+        f"Optimiser: {t.optimizer.class_name} "
+        + json.dumps(t.optimizer.param_groups[0] if t.optimizer.param_groups else {}, sort_keys=True, default=str),
+        f"Loss function: {t.loss.class_name} {json.dumps(t.loss.args, sort_keys=True, default=str)}",
+        f"Epochs: {t.epochs}, batch size: {t.batch_size}, device: {t.device}, "
+        f"mode: {t.determinism.mode}, seed: {t.seeds.seed}",
+    ]
+    if t.scheduler:
+        lines.append(f"Scheduler: {t.scheduler.class_name} {json.dumps(t.scheduler.args, sort_keys=True, default=str)}")
+    for d in record.data:
+        lines += [
+            f"Source dataset ({d.role}) URI: {d.uri}",
+            f"Source dataset ({d.role}) name: {d.name}",
+            f"Source dataset ({d.role}) UUID: {d.uuid}",
+            f"Source dataset ({d.role}) items: {d.n_items}" + (f" (usetype {d.usetype})" if d.usetype else ""),
+            f"Source dataset ({d.role}) manifest digest: {d.manifest_digest}",
+            f"Source dataset ({d.role}) readme:",
+            *("    " + line for line in record.readme_for(d).rstrip().splitlines()),
+        ]
+    git = record.code.git
+    if git and git.commit:
+        lines.append(f"Code: git {git.commit[:12]} on {git.branch}" + (" (dirty; patch stored)" if git.dirty else ""))
+    if record.code.config_file:
+        lines.append(f"Training config: {record.code.config_file}")
+    elif record.code.entry_script:
+        lines.append(f"Entry script: {record.code.entry_script}")
+    env = record.environment
+    lines.append(
+        f"Environment: Python {env.python}, torch {env.torch}, {env.platform}"
+        + (f", GPU {', '.join(env.gpus)}" if env.gpus else "")
+    )
+    for m in record.results.history:
+        extra = ""
+        if m.valid_accuracy is not None:
+            extra = f", valid loss {m.valid_loss:.4f}, valid accuracy {m.valid_accuracy:.2%}"
+        lines.append(f"Epoch {m.epoch}: train loss {m.train_loss:.4f}{extra} ({m.wall_time_s:.1f}s)")
+    lines.append(f"Wall time: {record.results.wall_time_s:.1f}s")
+    if record.lineage.parent:
+        lines.append(f"Fine-tuned from: {record.lineage.parent.uri} ({record.lineage.parent.uuid})")
+    if record.lineage.reproduces:
+        lines.append(f"Reproduces: {record.lineage.reproduces.uri} ({record.lineage.reproduces.uuid})")
+    lines.append(f"Record digest: {record.digest}")
+    return lines

@@ -17,7 +17,8 @@ import yaml
 
 from reprodl import keys
 from reprodl.errors import ExitCode
-from reprodl.provenance import load_record, parse_record
+from reprodl.modeldataset.read import load_record
+from reprodl.provenance import parse_record
 from reprodl.store import open_dataset
 
 pytest.register_assert_rewrite("train_fixtures")

@@ -433,7 +433,7 @@ weight_files = (
 @fuzz
 @given(weight_files)
 def test_weights_sniffer_on_any_file(tmp_path_factory, data):
-    from reprodl.model import load_weights
+    from reprodl.modeldataset.read import load_weights
 
     path = tmp_path_factory.mktemp("w") / "model.safetensors"
     path.write_bytes(data)
@@ -442,7 +442,7 @@ def test_weights_sniffer_on_any_file(tmp_path_factory, data):
 
 def test_the_fuzzed_valid_inputs_are_valid(tmp_path):
     """The seeds the fuzzers mutate are accepted as they are (so mutations test real parsing)."""
-    from reprodl.model import load_weights
+    from reprodl.modeldataset.read import load_weights
     from reprodl.provenance import parse_record
     from reprodl.training.config import load_config
 

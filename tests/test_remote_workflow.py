@@ -21,7 +21,7 @@ from reprodl import (
     reproduce,
     train_model_with_metadata_capture,
 )
-from reprodl.provenance import load_record
+from reprodl.modeldataset.read import load_record
 
 PARAMS = dict(batch_size=64, learning_rate=0.05, n_epochs=1, init_params={"input_channels": 1, "input_dim": 8})
 

@@ -18,8 +18,9 @@ from conftest import snapshot
 
 from reprodl import keys
 from reprodl.errors import IntegrityError, ParametersError, ReproductionError
+from reprodl.modeldataset.read import load_record
 from reprodl.modeldataset.verify import verify_model
-from reprodl.provenance import diff_records, load_record, parse_record
+from reprodl.provenance import diff_records, parse_record
 from reprodl.reproduction.rerun import Tolerance, reproduce
 from reprodl.store import open_dataset
 

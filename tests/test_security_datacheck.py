@@ -173,7 +173,7 @@ def test_a_record_from_before_these_fields_still_verifies_and_still_names_the_en
 
 
 def test_the_record_holds_what_gives_the_data_meaning(tensor_model):
-    from reprodl.provenance import load_record
+    from reprodl.modeldataset.read import load_record
 
     ref = load_record(tensor_model[0]).data[0]
     assert ref.image_dimensions == [1, 8, 8] and ref.input_shape == [1, 8, 8]

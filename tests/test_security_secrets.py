@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from reprodl import keys
-from reprodl.provenance import load_record
+from reprodl.modeldataset.read import load_record
 from reprodl.store import open_dataset
 from reprodl.training.capture import SECRET_FILE_PATTERNS, capture_code, secret_pattern
 

@@ -150,9 +150,8 @@ def test_an_unreadable_weights_file_is_a_reprodl_error(tmp_path):
 @pytest.mark.parametrize("accept", [starts_0x80, starts_pk], ids=["0x80", "PK"])
 def test_a_model_whose_weights_header_starts_like_a_pickle_loads_and_verifies(trained_model, tmp_path, accept):
     from reprodl import TrainedTorchModel
-    from reprodl.model import load_weights
+    from reprodl.modeldataset.read import load_weights, read_record
     from reprodl.modeldataset.verify import verify_model
-    from reprodl.provenance import read_record
     from reprodl.store import open_dataset
 
     state = _model_state(trained_model.uri)

@@ -252,7 +252,7 @@ def test_swapped_weights_with_the_same_tensors_fail_the_signature(signed, key, m
 
 
 def test_swapped_weights_and_a_resealed_record_fail_the_signature(signed, key, model_copy):
-    from reprodl.training.capture import state_dict_sha256
+    from reprodl.modeldataset.weights import state_dict_sha256
 
     state = {k: torch.zeros_like(v) for k, v in load_file(model_copy / "data" / keys.WEIGHTS_FILE).items()}
     rewrite_item(model_copy, keys.WEIGHTS_FILE, save(state))

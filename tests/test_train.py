@@ -38,7 +38,7 @@ from train_fixtures import (
 
 from reprodl import keys
 from reprodl.errors import IntegrityError, ParametersError, ReprodlError
-from reprodl.provenance import load_record
+from reprodl.modeldataset.read import load_record
 from reprodl.store import open_dataset
 
 pytest_plugins = ["train_fixtures"]

@@ -23,13 +23,12 @@ from reprodl import keys, trust
 from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.data.images import convert, resize, to_array
 from reprodl.data.transforms import Resize, contains, eval_view, from_description
-from reprodl.errors import IntegrityError, ModelLoadError, TransformError
-from reprodl.modeldataset.weights import safetensors_problem, sniff_weights
-from reprodl.provenance import ProvenanceRecord, read_record
-from reprodl.store import StoredDataSet, open_dataset
+from reprodl.errors import ModelLoadError, TransformError
+from reprodl.modeldataset.read import PICKLE_SUFFIXES, load_weights, read_record
+from reprodl.provenance import ProvenanceRecord
+from reprodl.store import open_dataset
 
 TRUSTED_MODULES = trust.TRUSTED_MODULES[trust.Kind.ARCHITECTURE]
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
 
 def resolve_class(import_path: str, *, allow: Iterable[str] = (), model_class: type | None = None) -> type:
@@ -43,48 +42,6 @@ def resolve_class(import_path: str, *, allow: Iterable[str] = (), model_class: t
         return model_class
     cls: type = trust.resolve(import_path, trust.Kind.ARCHITECTURE, allow=allow)
     return cls
-
-
-def load_weights(ds: StoredDataSet, record: ProvenanceRecord | None = None) -> dict[str, torch.Tensor]:
-    """The weights of a model dataset, from safetensors only, checked against the record."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from reprodl.training.capture import state_dict_sha256
-
-    relpaths = {ds.relpath(i) for i in ds.identifiers}
-    if keys.WEIGHTS_FILE not in relpaths:
-        pickles = sorted(r for r in relpaths if r.endswith(PICKLE_SUFFIXES))
-        if pickles:
-            raise ModelLoadError(
-                f"{ds.uri} holds weights as a pickle ({', '.join(pickles)}), which reprodl refuses to "
-                "load from a URI (unpickling runs arbitrary code). Convert the weights to safetensors "
-                "in a trusted environment"
-            )
-        raise ModelLoadError(f"{ds.uri} has no {keys.WEIGHTS_FILE} item: it is not a reprodl model")
-    path = ds.item_path(ds.identifier_of(keys.WEIGHTS_FILE))
-    problem = safetensors_problem(path)  # the header first: its length may start with 0x80 or PK
-    if problem is not None:
-        if sniff_weights(path) in ("pickle", "zip"):
-            raise ModelLoadError(
-                f"{ds.uri}: {keys.WEIGHTS_FILE} is a pickle/zip (torch.save) file, not safetensors; "
-                "reprodl refuses to unpickle weights from a URI. Convert the weights to safetensors "
-                "in a trusted environment"
-            )
-        raise ModelLoadError(f"{ds.uri}: {keys.WEIGHTS_FILE} is not a valid safetensors file ({problem})")
-    try:
-        state = load_file(path)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"{ds.uri}: {keys.WEIGHTS_FILE} is not a valid safetensors file ({exc})") from None
-    if record is not None and record.results.weights_sha256:
-        actual = state_dict_sha256(state)
-        if actual != record.results.weights_sha256:
-            raise IntegrityError(
-                f"{ds.uri}: the weights do not match the provenance record "
-                f"(record {record.results.weights_sha256}, weights {actual})",
-                problems=["weights digest mismatch"],
-            )
-    return state
 
 
 class TrainedTorchModel:

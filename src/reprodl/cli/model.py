@@ -23,7 +23,8 @@ def provenance_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as
     """Print how a model was made: architecture, parameters, data (URI, name, README) and more."""
     from reprodl import keys
     from reprodl.errors import ModelLoadError
-    from reprodl.provenance import legacy_provenance, legacy_summary_lines, read_record, summary_lines
+    from reprodl.modeldataset.read import read_record
+    from reprodl.provenance import legacy_provenance, legacy_summary_lines, summary_lines
     from reprodl.store import open_dataset
 
     ds = open_dataset(uri)
@@ -311,7 +312,8 @@ def diff_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Side-by-side provenance diff of two models: data, code, environment, seeds, hyperparameters, results."""
-    from reprodl.provenance import diff_records, load_record
+    from reprodl.modeldataset.read import load_record
+    from reprodl.provenance import diff_records
 
     diff = diff_records(load_record(a), load_record(b), include_volatile=all_)
     if as_json:

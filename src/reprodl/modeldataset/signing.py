@@ -161,7 +161,7 @@ def signing_payload(ds: StoredDataSet) -> dict[str, Any]:
     its record was altered without resealing.
     """
     from reprodl.errors import ModelLoadError
-    from reprodl.provenance import read_record
+    from reprodl.modeldataset.read import read_record
 
     record = read_record(ds)  # its digest checked against its content
     items = {ds.relpath(i): "sha256:" + file_sha256(ds.item_path(i)) for i in ds.identifiers}

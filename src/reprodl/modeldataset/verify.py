@@ -15,8 +15,9 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.errors import DatasetFormatError, ReprodlError
+from reprodl.modeldataset.read import read_record
 from reprodl.parsing import load_json
-from reprodl.provenance import DataRef, ProvenanceRecord, mirror_annotations, read_record
+from reprodl.provenance import DataRef, ProvenanceRecord, mirror_annotations
 from reprodl.store import StoredDataSet, open_dataset
 
 
@@ -84,7 +85,7 @@ def verify_model(
                 )
         result.add("annotations mirror the record", not edited, "; ".join(edited))
         try:
-            from reprodl.model import load_weights
+            from reprodl.modeldataset.read import load_weights
 
             load_weights(ds, record)
             result.add("weights match the record", True, record.results.weights_sha256 or "")

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -100,3 +101,15 @@ def sniff_weights(path: str | os.PathLike[str]) -> WeightsKind:
     if head.startswith(ZIP_MAGIC):
         return "zip"
     return "unknown"
+
+
+def state_dict_sha256(state: dict[str, Any]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes, in name order."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from reprodl import keys
 from reprodl.errors import IntegrityError, ModelLoadError
 from reprodl.parsing import check_size, load_json
-from reprodl.store import StoredDataSet, canonical_json, open_dataset
+from reprodl.store import canonical_json
 
 
 class _Part(BaseModel):
@@ -335,21 +335,3 @@ def parse_record(text: str | bytes, *, source: str = "record") -> ProvenanceReco
         raise ModelLoadError(f"{source}: provenance.json does not match the schema: {exc}") from None
     record._raw = raw
     return record
-
-
-def read_record(ds: StoredDataSet, *, check: bool = True) -> ProvenanceRecord:
-    """The record item of a model dataset (digest checked unless ``check=False``)."""
-    try:
-        idn = ds.identifier_of(keys.PROVENANCE_FILE)
-    except KeyError:
-        raise ModelLoadError(f"{ds.uri} is not a reprodl model: it has no {keys.PROVENANCE_FILE} item") from None
-    with open(ds.item_path(idn), "rb") as fh:
-        record = parse_record(fh.read(), source=ds.uri)
-    if check:
-        record.check_digest()
-    return record
-
-
-def load_record(uri: str, *, check: bool = True) -> ProvenanceRecord:
-    """The record of the model dataset at ``uri`` (digest checked unless ``check=False``)."""
-    return read_record(open_dataset(uri), check=check)

@@ -13,10 +13,11 @@ import torch
 from reprodl import keys, trust
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
 from reprodl.errors import ReproductionError, TransformError
-from reprodl.model import load_weights, resolve_class
-from reprodl.provenance import DataRef, ProvenanceRecord, read_record
+from reprodl.model import resolve_class
+from reprodl.modeldataset.read import load_weights, read_record
+from reprodl.modeldataset.weights import state_dict_sha256
+from reprodl.provenance import DataRef, ProvenanceRecord
 from reprodl.store import StoredDataSet, open_dataset
-from reprodl.training.capture import state_dict_sha256
 
 
 # --- rebuilding ---------------------------------------------------------------------------

@@ -28,9 +28,9 @@ from reprodl.errors import (
     IntegrityError,
     ReproductionError,
 )
-from reprodl.model import load_weights
+from reprodl.modeldataset.read import load_weights, read_record
 from reprodl.modeldataset.verify import check_data
-from reprodl.provenance import GitInfo, ModelRef, ProvenanceRecord, read_record
+from reprodl.provenance import GitInfo, ModelRef, ProvenanceRecord
 from reprodl.reproduction.compare import (
     Tolerance,
     compare_metrics,

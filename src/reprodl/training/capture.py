@@ -550,15 +550,3 @@ def describe_architecture(model: Any, init_params: dict[str, Any]) -> Architectu
         frozen_parameters=[n for n, p in params if not p.requires_grad],
         source_sha256=class_source_sha256(type(model)),
     )
-
-
-def state_dict_sha256(state: dict[str, Any]) -> str:
-    """sha256 over a state dict's names, dtypes, shapes and bytes, in name order."""
-    import torch
-
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return "sha256:" + h.hexdigest()

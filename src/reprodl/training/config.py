@@ -236,8 +236,7 @@ def build_and_train(
     parent_state = None
     model_spec = cfg.model
     if cfg.parent:
-        from reprodl.model import load_weights
-        from reprodl.provenance import read_record
+        from reprodl.modeldataset.read import load_weights, read_record
         from reprodl.store import open_dataset
 
         pds = open_dataset(cfg.parent)

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 from reprodl import __version__, keys
 from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.errors import IntegrityError, ParametersError, ReprodlError, TrainingDivergedError
+from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import (
     DataRef,
     EpochMetrics,
@@ -52,7 +53,6 @@ from reprodl.training.capture import (
     describe_optimizer,
     require_clean,
     seed_everything,
-    state_dict_sha256,
 )
 from reprodl.training.params import Parameters
 
@@ -537,7 +537,7 @@ def _progress_reporter(progress: bool | Callable[[str, int, int], None]) -> Call
 def _parent_ref(parent: str | None) -> ModelRef | None:
     if parent is None:
         return None
-    from reprodl.provenance import read_record
+    from reprodl.modeldataset.read import read_record
     from reprodl.store import open_dataset
 
     ds = open_dataset(parent)

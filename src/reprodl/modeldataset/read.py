@@ -1,0 +1,80 @@
+"""Reading a model dataset: its record and its weights (safetensors only, checked).
+
+Example:
+    >>> record = load_record("/models/digits-model")       # doctest: +SKIP
+    >>> state = load_weights(open_dataset("/models/digits-model"), record)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from reprodl import keys
+from reprodl.errors import IntegrityError, ModelLoadError
+from reprodl.modeldataset.weights import safetensors_problem, sniff_weights, state_dict_sha256
+from reprodl.provenance import ProvenanceRecord, parse_record
+from reprodl.store import StoredDataSet, open_dataset
+
+if TYPE_CHECKING:
+    import torch
+
+#: File suffixes of weights saved with pickle (``torch.save``), which are never loaded.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+
+
+def read_record(ds: StoredDataSet, *, check: bool = True) -> ProvenanceRecord:
+    """The record item of a model dataset (digest checked unless ``check=False``)."""
+    try:
+        idn = ds.identifier_of(keys.PROVENANCE_FILE)
+    except KeyError:
+        raise ModelLoadError(f"{ds.uri} is not a reprodl model: it has no {keys.PROVENANCE_FILE} item") from None
+    with open(ds.item_path(idn), "rb") as fh:
+        record = parse_record(fh.read(), source=ds.uri)
+    if check:
+        record.check_digest()
+    return record
+
+
+def load_record(uri: str, *, check: bool = True) -> ProvenanceRecord:
+    """The record of the model dataset at ``uri`` (digest checked unless ``check=False``)."""
+    return read_record(open_dataset(uri), check=check)
+
+
+def load_weights(ds: StoredDataSet, record: ProvenanceRecord | None = None) -> dict[str, torch.Tensor]:
+    """The weights of a model dataset, from safetensors only, checked against the record."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    relpaths = {ds.relpath(i) for i in ds.identifiers}
+    if keys.WEIGHTS_FILE not in relpaths:
+        pickles = sorted(r for r in relpaths if r.endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise ModelLoadError(
+                f"{ds.uri} holds weights as a pickle ({', '.join(pickles)}), which reprodl refuses to "
+                "load from a URI (unpickling runs arbitrary code). Convert the weights to safetensors "
+                "in a trusted environment"
+            )
+        raise ModelLoadError(f"{ds.uri} has no {keys.WEIGHTS_FILE} item: it is not a reprodl model")
+    path = ds.item_path(ds.identifier_of(keys.WEIGHTS_FILE))
+    problem = safetensors_problem(path)  # the header first: its length may start with 0x80 or PK
+    if problem is not None:
+        if sniff_weights(path) in ("pickle", "zip"):
+            raise ModelLoadError(
+                f"{ds.uri}: {keys.WEIGHTS_FILE} is a pickle/zip (torch.save) file, not safetensors; "
+                "reprodl refuses to unpickle weights from a URI. Convert the weights to safetensors "
+                "in a trusted environment"
+            )
+        raise ModelLoadError(f"{ds.uri}: {keys.WEIGHTS_FILE} is not a valid safetensors file ({problem})")
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{ds.uri}: {keys.WEIGHTS_FILE} is not a valid safetensors file ({exc})") from None
+    if record is not None and record.results.weights_sha256:
+        actual = state_dict_sha256(state)
+        if actual != record.results.weights_sha256:
+            raise IntegrityError(
+                f"{ds.uri}: the weights do not match the provenance record "
+                f"(record {record.results.weights_sha256}, weights {actual})",
+                problems=["weights digest mismatch"],
+            )
+    return state

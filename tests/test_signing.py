@@ -382,3 +382,9 @@ def test_cli_keygen_sign_verify(cli, model_copy, tmp_path):
 def test_cli_sign_with_a_missing_key_is_a_usage_error(cli, model_copy, tmp_path):
     result = cli("sign", model_copy, "--key", tmp_path / "nope.key")
     assert result.exit_code == ExitCode.USAGE and "cannot read the signing key" in result.stderr
+
+
+def test_keygen_help_names_the_extra_to_install(cli):
+    result = cli("keygen", "--help")
+    assert result.exit_code == 0
+    assert "reprodl[sign]" in " ".join(result.stdout.split())

@@ -18,7 +18,7 @@ def keygen_cmd(
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Make an Ed25519 key pair for signing models (needs `pip install 'reprodl[sign]'`)."""
+    """Make an Ed25519 key pair for signing models (needs `pip install 'reprodl\\[sign]'`)."""
     from reprodl.modeldataset.signing import PUBLIC_SUFFIX, generate_key
 
     public = generate_key(key)

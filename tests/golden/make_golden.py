@@ -5,8 +5,8 @@
 It writes, next to this script:
 
 - ``digits-golden/``: a model dataset (a frozen dtool dataset, ``.dtool/`` included): GenNet at
-  8x8 trained one epoch (seed 0, SGD lr 0.05 momentum 0.9, StepLR) on the first 160 of
-  scikit-learn's 8x8 digits, validated on the next 40;
+  8x8 trained one epoch (seed 0, SGD lr 0.05 momentum 0.9, StepLR) on the first 1,400 of
+  scikit-learn's 8x8 digits, validated on the other 397;
 - ``provenance.json``: a copy of that model's record.
 
 The training data are made in a temporary directory and not kept: the record's data URIs
@@ -37,17 +37,17 @@ from reprodl.store import local_path
 
 HERE = Path(__file__).resolve().parent
 NAME = "digits-golden"
-N_TRAIN, N_VALID = 160, 40
+N_TRAIN, N_VALID = 1400, 397
 
 
 def make_data(base: Path) -> str:
-    """The first 200 digits as a TensorDataSet split 160 train / 40 test."""
+    """The 1,797 digits as a TensorDataSet split 1,400 train (the first) / 397 test."""
     images, labels = digits_arrays()
     n = N_TRAIN + N_VALID
     usetype = np.array(["train"] * N_TRAIN + ["test"] * N_VALID)
-    readme = {"description": "the first 200 of scikit-learn's 8x8 digits (golden test data)", "authors": ["reprodl"]}
+    readme = {"description": "scikit-learn's 8x8 digits, the first 1,400 for training (golden test data)", "authors": ["reprodl"]}
     return create_from_arrays(
-        images[:n], labels[:n], str(base), "digits-200", image_dimensions=[1, 8, 8], usetype=usetype, readme=readme
+        images[:n], labels[:n], str(base), "digits-split", image_dimensions=[1, 8, 8], usetype=usetype, readme=readme
     )
 
 

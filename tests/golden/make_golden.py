@@ -45,7 +45,10 @@ def make_data(base: Path) -> str:
     images, labels = digits_arrays()
     n = N_TRAIN + N_VALID
     usetype = np.array(["train"] * N_TRAIN + ["test"] * N_VALID)
-    readme = {"description": "scikit-learn's 8x8 digits, the first 1,400 for training (golden test data)", "authors": ["reprodl"]}
+    readme = {
+        "description": "scikit-learn's 8x8 digits, the first 1,400 for training (golden test data)",
+        "authors": ["reprodl"],
+    }
     return create_from_arrays(
         images[:n], labels[:n], str(base), "digits-split", image_dimensions=[1, 8, 8], usetype=usetype, readme=readme
     )

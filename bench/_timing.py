@@ -159,7 +159,7 @@ class Stopwatches:
             finally:
                 self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - t0
 
-        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+        wrapper.__wrapped__ = fn
         return wrapper
 
     def take(self) -> dict[str, float]:

@@ -32,16 +32,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402  (sets OMP_NUM_THREADS before torch loads)
-import _timing as T  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+# _common first: it sets OMP_NUM_THREADS before torch loads (E402 is ignored under bench/).
+import _common as C
+import _timing as T
+import torch
+from torch.utils.data import DataLoader
 
-import reprodl.training.loop as train_mod  # noqa: E402
-from reprodl.data.creators import create_from_arrays  # noqa: E402
-from reprodl.data.datasets import TensorDataSet  # noqa: E402
-from reprodl.training.loop import DerivedDataSet, train_model_with_metadata_capture  # noqa: E402
-from reprodl.zoo import GenNet  # noqa: E402
+import reprodl.training.loop as train_mod
+from reprodl.data.creators import create_from_arrays
+from reprodl.data.datasets import TensorDataSet
+from reprodl.training.loop import DerivedDataSet, train_model_with_metadata_capture
+from reprodl.zoo import GenNet
 
 NAME = "capture_overhead"
 TARGET = 1.03
@@ -202,15 +203,13 @@ def main() -> None:
     notes = []
     for cand in ("capture", "capture_progress"):
         m = measurements[cand]
-        fixed = m["fixed"]["median_s"]  # type: ignore[index]
-        base = measurements["plain"]["total"]["median_s"]  # type: ignore[index]
+        fixed = m["fixed"]["median_s"]
+        base = measurements["plain"]["total"]["median_s"]
         notes.append(
             f"{cand}: fixed costs {T.fmt_s(fixed)} median = {fixed / base:.1%} of the plain epoch; "
             "breakdown (median): "
             + ", ".join(
-                f"{k} {T.fmt_s(v)}"
-                for k, v in m["fixed_breakdown_median_s"].items()  # type: ignore[index]
-                if k != "record_wall_time_s"
+                f"{k} {T.fmt_s(v)}" for k, v in m["fixed_breakdown_median_s"].items() if k != "record_wall_time_s"
             )
         )
     first = first_call_environment_capture()

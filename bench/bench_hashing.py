@@ -28,14 +28,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-import _timing as T  # noqa: E402
-import dtoolcore  # noqa: E402
-import numpy as np  # noqa: E402
+import _common as C
+import _timing as T
+import dtoolcore
+import numpy as np
 
-from reprodl.data import creators  # noqa: E402
-from reprodl.data.creators import create_from_dirtree  # noqa: E402
-from reprodl.store import open_dataset  # noqa: E402
+from reprodl.data import creators
+from reprodl.data.creators import create_from_dirtree
+from reprodl.store import open_dataset
 
 NAME = "hashing"
 TARGET = 0.8

@@ -23,14 +23,15 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402  (sets OMP_NUM_THREADS before torch loads)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+# _common first: it sets OMP_NUM_THREADS before torch loads (E402 is ignored under bench/).
+import _common as C
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
 
-from reprodl.data.creators import create_from_dirtree  # noqa: E402
-from reprodl.data.datasets import ImageDataSet, collate  # noqa: E402
+from reprodl.data.creators import create_from_dirtree
+from reprodl.data.datasets import ImageDataSet, collate
 
 NAME = "image_loader"
 TARGET_PLAIN = 0.9

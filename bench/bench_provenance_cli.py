@@ -27,8 +27,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402  (sets OMP_NUM_THREADS before torch loads)
-import _timing as T  # noqa: E402
+# _common first: it sets OMP_NUM_THREADS before torch loads (E402 is ignored under bench/).
+import _common as C
+import _timing as T
 
 NAME = "provenance_cli"
 BIN = Path(sys.executable).parent

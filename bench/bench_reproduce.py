@@ -31,16 +31,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402  (sets OMP_NUM_THREADS before torch loads)
-import _timing as T  # noqa: E402
-import yaml  # noqa: E402
+# _common first: it sets OMP_NUM_THREADS before torch loads (E402 is ignored under bench/).
+import _common as C
+import _timing as T
+import yaml
 
-import reprodl.reproduction.rerun as repro_mod  # noqa: E402
-from reprodl.cli.demo import DEMO_CONFIG  # noqa: E402
-from reprodl.data.creators import create_digits, create_from_arrays  # noqa: E402
-from reprodl.data.ops import split_dataset  # noqa: E402
-from reprodl.reproduction.rerun import reproduce  # noqa: E402
-from reprodl.training.config import build_and_train, load_config  # noqa: E402
+import reprodl.reproduction.rerun as repro_mod
+from reprodl.cli.demo import DEMO_CONFIG
+from reprodl.data.creators import create_digits, create_from_arrays
+from reprodl.data.ops import split_dataset
+from reprodl.reproduction.rerun import reproduce
+from reprodl.training.config import build_and_train, load_config
 
 NAME = "reproduce"
 TARGET = 1.05

@@ -19,13 +19,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402  (sets OMP_NUM_THREADS before torch loads)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+# _common first: it sets OMP_NUM_THREADS before torch loads (E402 is ignored under bench/).
+import _common as C
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-from reprodl.data.creators import create_from_arrays  # noqa: E402
-from reprodl.data.datasets import TensorDataSet, collate  # noqa: E402
+from reprodl.data.creators import create_from_arrays
+from reprodl.data.datasets import TensorDataSet, collate
 
 NAME = "tensor_loader"
 TARGET = 0.9

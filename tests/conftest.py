@@ -12,14 +12,14 @@ import os
 os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported: tiny tensors, no thread pools
 os.environ["MKL_NUM_THREADS"] = "1"
 
-import shutil  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from PIL import Image
 
 torch.set_num_threads(1)
 

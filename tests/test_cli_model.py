@@ -23,7 +23,7 @@ from reprodl.store import open_dataset
 
 pytest.register_assert_rewrite("train_fixtures")
 
-from train_fixtures import digit_image, digits_config, flip_byte, item_file, path_of, train_digits  # noqa: E402
+from train_fixtures import digit_image, digits_config, flip_byte, item_file, path_of, train_digits
 
 pytest_plugins = ["train_fixtures"]
 

@@ -11,7 +11,7 @@ from reprodl.reproduction.rerun import reproduce
 
 pytest.register_assert_rewrite("train_fixtures")
 
-from train_fixtures import train_digits  # noqa: E402
+from train_fixtures import train_digits
 
 pytest_plugins = ["train_fixtures"]
 

@@ -437,7 +437,7 @@ def test_weights_sniffer_on_any_file(tmp_path_factory, data):
 
     path = tmp_path_factory.mktemp("w") / "model.safetensors"
     path.write_bytes(data)
-    _only_reprodl_errors(load_weights, _OneItemDataset(path))  # type: ignore[arg-type]
+    _only_reprodl_errors(load_weights, _OneItemDataset(path))
 
 
 def test_the_fuzzed_valid_inputs_are_valid(tmp_path):
@@ -450,4 +450,4 @@ def test_the_fuzzed_valid_inputs_are_valid(tmp_path):
     assert load_config(copy.deepcopy(CONFIG)).name == "c"
     path = tmp_path / "model.safetensors"
     path.write_bytes(SAFETENSORS)
-    assert sorted(load_weights(_OneItemDataset(path))) == ["b", "w"]  # type: ignore[arg-type]
+    assert sorted(load_weights(_OneItemDataset(path))) == ["b", "w"]

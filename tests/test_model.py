@@ -19,7 +19,7 @@ from reprodl.errors import IntegrityError, ModelLoadError, UnsafeImportError
 
 pytest.register_assert_rewrite("train_fixtures")
 
-from train_fixtures import N_TEST, TinyNet, digit_image, rewrite_model, train_digits  # noqa: E402
+from train_fixtures import N_TEST, TinyNet, digit_image, rewrite_model, train_digits
 
 pytest_plugins = ["train_fixtures"]
 

@@ -209,7 +209,7 @@ def test_readme_over_one_mib_is_refused_when_created_and_when_read(image_uri):
 
 
 def _ref(role: str, uuid: str, readme: str) -> DataRef:
-    return DataRef(role=role, uri=f"u/{uuid}", uuid=uuid, name="d", manifest_digest="sha256:0", readme=readme)  # type: ignore[arg-type]
+    return DataRef(role=role, uri=f"u/{uuid}", uuid=uuid, name="d", manifest_digest="sha256:0", readme=readme)
 
 
 def test_a_readme_is_stored_once_per_record_and_old_records_still_read():
@@ -294,7 +294,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     root = tmp_path / "served"
     root.mkdir()
     handler = functools.partial(DtoolHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    handler.log_message = lambda *a, **k: None
     with Server(("127.0.0.1", 0), handler) as httpd:
         thread = threading.Thread(target=httpd.serve_forever, daemon=True)
         thread.start()

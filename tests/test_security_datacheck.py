@@ -30,7 +30,7 @@ from reprodl.store import canonical_json, open_dataset
 
 pytest.register_assert_rewrite("train_fixtures")
 
-from train_fixtures import TinyNet, path_of, rewrite_model, small_params, train_digits  # noqa: E402
+from train_fixtures import TinyNet, path_of, rewrite_model, small_params, train_digits
 
 pytest_plugins = ["train_fixtures"]
 

@@ -21,7 +21,7 @@ from reprodl.training.capture import SECRET_FILE_PATTERNS, capture_code, secret_
 
 pytest.register_assert_rewrite("train_fixtures")
 
-from train_fixtures import digits_config, path_of, small_params  # noqa: E402
+from train_fixtures import digits_config, path_of, small_params
 
 pytest_plugins = ["train_fixtures"]
 

@@ -24,7 +24,7 @@ from reprodl.modeldataset.weights import safetensors_problem, sniff_weights
 
 pytest.register_assert_rewrite("train_fixtures")
 
-from train_fixtures import rewrite_model  # noqa: E402
+from train_fixtures import rewrite_model
 
 pytest_plugins = ["train_fixtures"]
 

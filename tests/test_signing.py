@@ -26,7 +26,7 @@ from reprodl.errors import ExitCode, MissingDependencyError, SigningError
 pytest.importorskip("cryptography")
 pytest.register_assert_rewrite("train_fixtures")
 
-from train_fixtures import rewrite_model  # noqa: E402
+from train_fixtures import rewrite_model
 
 pytest_plugins = ["train_fixtures"]
 

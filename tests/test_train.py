@@ -441,7 +441,7 @@ class _FailingLoss(torch.nn.NLLLoss):
         super().__init__()
         self.error, self.after, self.calls = error, after, 0
 
-    def forward(self, input, target):  # noqa: A002 - torch's signature
+    def forward(self, input, target):
         self.calls += 1
         if self.calls > self.after:
             raise self.error
@@ -528,7 +528,7 @@ def test_capture_adds_no_per_batch_synchronisation(digits_split_master, tmp_path
     assert counts[16] == counts[128] < 20, counts
 
     class ItemLoss(torch.nn.NLLLoss):  # the counter does see a per-batch loss.item()
-        def forward(self, input, target):  # noqa: A002
+        def forward(self, input, target):
             out = super().forward(input, target)
             out.item()
             return out

@@ -35,7 +35,7 @@ from reprodl.errors import ModelLoadError, ParametersError, ReproductionError, T
 
 pytest.register_assert_rewrite("train_fixtures")
 
-from train_fixtures import INIT_PARAMS, digit_image, digits_config, small_params  # noqa: E402
+from train_fixtures import INIT_PARAMS, digit_image, digits_config, small_params
 
 pytest_plugins = ["train_fixtures"]
 

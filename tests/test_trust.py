@@ -19,14 +19,14 @@ import yaml
 
 pytest.register_assert_rewrite("train_fixtures")
 
-from remote_servers import *  # noqa: E402,F403 - the server fixtures
-from remote_servers import HTTPServer  # noqa: E402
-from train_fixtures import *  # noqa: E402,F403 - fixtures
-from train_fixtures import TinyNet, TrainedModel, digits_config, rewrite_model  # noqa: E402
+from remote_servers import *  # noqa: F403 - the server fixtures
+from remote_servers import HTTPServer
+from train_fixtures import *  # noqa: F403 - fixtures
+from train_fixtures import TinyNet, TrainedModel, digits_config, rewrite_model
 
-from reprodl import TrainedTorchModel, reproduce, trust  # noqa: E402
-from reprodl.errors import ModelLoadError, UnsafeImportError  # noqa: E402
-from reprodl.modeldataset.verify import verify_model  # noqa: E402
+from reprodl import TrainedTorchModel, reproduce, trust
+from reprodl.errors import ModelLoadError, UnsafeImportError
+from reprodl.modeldataset.verify import verify_model
 
 # Paths that walk from a trusted module to os.system (reprodl.zoo imports torch, torch imports os).
 ARCH_WALK = "reprodl.zoo:torch.os.system"

@@ -11,7 +11,7 @@ from reprodl.zoo import GenNet, SmallResNet
 
 pytest.register_assert_rewrite("train_fixtures")
 
-from train_fixtures import digits_config  # noqa: E402
+from train_fixtures import digits_config
 
 pytest_plugins = ["train_fixtures"]
 

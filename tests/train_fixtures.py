@@ -14,18 +14,18 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
 
 torch.set_num_threads(1)
 

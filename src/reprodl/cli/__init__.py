@@ -36,8 +36,8 @@ def _root(
 
 
 def _register() -> None:
-    from reprodl.cli import model as _model  # noqa: F401  (registers commands on app)
-    from reprodl.cli import signing as _signing  # noqa: F401  (keygen, sign)
+    from reprodl.cli import model as _model  # noqa: F401 - imported to register its commands on app
+    from reprodl.cli import signing as _signing  # noqa: F401 - imported to register keygen and sign
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def handle_errors(fn: F) -> F:
             err.print("Interrupted.")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature; mypy sees Callable
 
 
 def print_json(obj: Any) -> None:

@@ -49,9 +49,20 @@ def provenance_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as
 
 @app.command("schema")
 @handle_errors
-def schema_cmd(which: str = typer.Argument("provenance", help="provenance or readme.")) -> None:
+def schema_cmd(
+    which: str = typer.Argument("provenance", help="provenance or readme."),
+    markdown: bool = typer.Option(
+        False, "--markdown", help="The record's fields as a Markdown table (the one in docs/formats.md)."
+    ),
+) -> None:
     """Print the JSON Schema of the provenance record (or of dataset READMEs)."""
-    if which == "provenance":
+    if markdown and which != "provenance":
+        raise typer.BadParameter(f"--markdown renders the provenance schema only, not {which!r}")
+    if which == "provenance" and markdown:
+        from reprodl.provenance.record import fields_table
+
+        typer.echo(fields_table(), nl=False)
+    elif which == "provenance":
         from reprodl.provenance import record_json_schema
 
         print_json(record_json_schema())

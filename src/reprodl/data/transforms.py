@@ -86,7 +86,7 @@ class Transform:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Transform) and type(other) is type(self) and other.config() == self.config()
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable (equal by config), as Python makes any class with __eq__
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._args().items())})"

@@ -7,7 +7,7 @@ hashes it; it also carries a sha256 digest of itself (over its canonical JSON wi
 provenance URI`` answers without importing it.
 
 Example:
-    >>> record = load_record("/models/digits-model")       # doctest: +SKIP
+    >>> record = parse_record(open("provenance.json").read())   # doctest: +SKIP
     >>> record.training.optimizer.class_name               # doctest: +SKIP
     'SGD'
 """
@@ -31,25 +31,39 @@ class _Part(BaseModel):
 
 
 class Architecture(_Part):
+    """The model class, how it was built, and how its initial weights can be had again."""
+
     import_path: str = Field(description="module:qualname of the model class")
-    module: str
-    class_name: str
-    init_params: dict[str, Any] = Field(default_factory=dict)
-    n_parameters: int = 0
-    n_trainable: int = 0
+    module: str = Field(description="module of the model class")
+    class_name: str = Field(description="qualified name of the model class in its module")
+    init_params: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments the model was constructed with"
+    )
+    n_parameters: int = Field(0, description="number of parameter values (elements) in the model")
+    n_trainable: int = Field(0, description="number of parameter values with requires_grad=True")
     frozen_parameters: list[str] = Field(default_factory=list, description="names with requires_grad=False")
     source_sha256: str | None = Field(None, description="sha256 of the class's source code")
-    initialisation: Literal["constructor", "stored", "parent"] = "constructor"
-    initial_weights_sha256: str | None = None
+    initialisation: Literal["constructor", "stored", "parent"] = Field(
+        "constructor",
+        description="how the initial weights can be had again: the seeded constructor, "
+        "the stored initial.safetensors item, or the parent model's weights",
+    )
+    initial_weights_sha256: str | None = Field(
+        None, description="weights digest of the initial weights (tensor names, dtypes, shapes and bytes)"
+    )
 
 
 class DataRef(_Part):
-    role: Literal["train", "valid", "test"]
-    uri: str
-    uuid: str
-    name: str
-    input_type: str | None = None
-    manifest_digest: str
+    """One dataset a training read, and how to find and check it again."""
+
+    role: Literal["train", "valid", "test"] = Field(description="what the training used the dataset for")
+    uri: str = Field(description="the dataset's URI when it was read")
+    uuid: str = Field(description="the dataset's dtool UUID (kept by copies)")
+    name: str = Field(description="the dataset's dtool name")
+    input_type: str | None = Field(None, description="the dtoolAI.inputtype annotation (ImageDataSet, TensorDataSet)")
+    manifest_digest: str = Field(
+        description="sha256 over the sorted (relpath, size, md5) triples of the dataset's items: stable across copies"
+    )
     manifest_item: str | None = Field(None, description="item holding a copy of the dataset's manifest")
     readme: str = Field("", description="the dataset's README text (empty when readme_of names an earlier entry)")
     readme_of: int | None = Field(
@@ -57,7 +71,7 @@ class DataRef(_Part):
         description="index in data of the entry of the same dataset that holds "
         "its README: a README is stored once per record",
     )
-    usetype: str | None = None
+    usetype: str | None = Field(None, description="the usetype (train, test, valid) selected, if any")
     split: dict[str, Any] | None = Field(None, description="in-memory stratified split (test, valid, seed)")
     selection_digest: str | None = Field(
         None, description="sha256 of the selected samples' keys, in order (the usetype split)"
@@ -67,75 +81,102 @@ class DataRef(_Part):
         description="sha256 of the selected samples' stored labels, in order (category overlay values "
         "or label integers); the category_encoding is recorded apart",
     )
-    n_items: int = 0
-    n_dataset_items: int = 0
-    category_encoding: dict[str, int] = Field(default_factory=dict)
-    transform: dict[str, Any] | None = None
-    input_shape: list[int] = Field(default_factory=list)
+    n_items: int = Field(0, description="number of samples selected (after the usetype or split)")
+    n_dataset_items: int = Field(0, description="number of items in the whole dataset")
+    category_encoding: dict[str, int] = Field(default_factory=dict, description="category name to class index")
+    transform: dict[str, Any] | None = Field(
+        None,
+        description="the input transform: class and repr, and config for a reprodl.data.transforms one "
+        "(reprodl.data.transforms.from_config rebuilds it)",
+    )
+    input_shape: list[int] = Field(default_factory=list, description="shape of one input sample as fed to the model")
     image_dimensions: list[int] | None = Field(None, description="the dataset's image_dimensions annotation as read")
-    value_scale: float | None = None
-    image_mode: str | None = None
+    value_scale: float | None = Field(None, description="tensor datasets: inputs are raw / value_scale")
+    image_mode: str | None = Field(None, description="image datasets: the PIL mode images are converted to (L, RGB)")
 
 
 class OptimizerInfo(_Part):
-    class_name: str
-    module: str
-    defaults: dict[str, Any] = Field(default_factory=dict)
-    param_groups: list[dict[str, Any]] = Field(default_factory=list)
+    """The optimiser, read back from the optimiser object."""
+
+    class_name: str = Field(description="qualified name of the optimiser class")
+    module: str = Field(description="module of the optimiser class")
+    defaults: dict[str, Any] = Field(default_factory=dict, description="the optimiser's default hyperparameters")
+    param_groups: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="every parameter group's hyperparameters, with the names of its parameters (param_names)",
+    )
 
 
 class CallableInfo(_Part):
-    class_name: str
-    module: str
-    args: dict[str, Any] = Field(default_factory=dict)
+    """A loss function or learning-rate scheduler: its class and constructor arguments."""
+
+    class_name: str = Field(description="qualified name of the class")
+    module: str = Field(description="module of the class")
+    args: dict[str, Any] = Field(default_factory=dict, description="constructor arguments, read back from the object")
 
 
 class Seeds(_Part):
-    seed: int
-    python: int
-    numpy: int
-    torch: int
-    dataloader_generator: int
-    worker_seeds: list[int] = Field(default_factory=list)
+    """Every seed of the run, all derived from one."""
+
+    seed: int = Field(description="the run's seed, from which the others derive")
+    python: int = Field(description="seed of Python's random module")
+    numpy: int = Field(description="seed of NumPy's global generator")
+    torch: int = Field(description="seed of torch's global generator (torch.manual_seed)")
+    dataloader_generator: int = Field(description="seed of the generator that orders the samples each epoch")
+    worker_seeds: list[int] = Field(default_factory=list, description="seed of each DataLoader worker, in order")
 
 
 class Determinism(_Part):
-    mode: Literal["bitwise", "statistical"]
-    use_deterministic_algorithms: bool
-    cudnn_deterministic: bool | None = None
-    cudnn_benchmark: bool | None = None
-    cublas_workspace_config: str | None = None
-    tf32_matmul: bool | None = None
-    tf32_cudnn: bool | None = None
-    float32_matmul_precision: str | None = None
-    num_threads: int | None = None
+    """The determinism settings in force during training."""
+
+    mode: Literal["bitwise", "statistical"] = Field(
+        description="bitwise: deterministic settings, a rerun must match exactly; statistical: within tolerance"
+    )
+    use_deterministic_algorithms: bool = Field(description="torch.are_deterministic_algorithms_enabled()")
+    cudnn_deterministic: bool | None = Field(None, description="torch.backends.cudnn.deterministic")
+    cudnn_benchmark: bool | None = Field(None, description="torch.backends.cudnn.benchmark")
+    cublas_workspace_config: str | None = Field(None, description="the CUBLAS_WORKSPACE_CONFIG environment variable")
+    tf32_matmul: bool | None = Field(None, description="torch.backends.cuda.matmul.allow_tf32")
+    tf32_cudnn: bool | None = Field(None, description="torch.backends.cudnn.allow_tf32")
+    float32_matmul_precision: str | None = Field(None, description="torch.get_float32_matmul_precision()")
+    num_threads: int | None = Field(None, description="torch.get_num_threads()")
 
 
 class Training(_Part):
-    optimizer: OptimizerInfo
-    loss: CallableInfo
-    scheduler: CallableInfo | None = None
-    epochs: int
-    batch_size: int
-    shuffle: bool = True
-    num_workers: int = 0
-    params: dict[str, Any] = Field(default_factory=dict)
-    seeds: Seeds
-    determinism: Determinism
-    data_order_digests: list[str] = Field(default_factory=list)
-    device: str
-    world_size: int = 1
+    """How the model was trained."""
+
+    optimizer: OptimizerInfo = Field(description="the optimiser")
+    loss: CallableInfo = Field(description="the loss function")
+    scheduler: CallableInfo | None = Field(None, description="the learning-rate scheduler, if any")
+    epochs: int = Field(description="number of epochs")
+    batch_size: int = Field(description="samples per batch")
+    shuffle: bool = Field(True, description="whether the sample order was shuffled each epoch")
+    num_workers: int = Field(0, description="DataLoader worker processes")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the training Parameters as given (with allow_nonfinite_loss, and a config's "
+        "user values under user)",
+    )
+    seeds: Seeds = Field(description="every seed of the run")
+    determinism: Determinism = Field(description="the determinism settings in force")
+    data_order_digests: list[str] = Field(
+        default_factory=list, description="sha256 of each epoch's sample order (int64 indices), one per epoch"
+    )
+    device: str = Field(description="the torch device trained on (cpu, cuda:0...)")
+    world_size: int = Field(1, description="number of processes trained together")
 
 
 class GitInfo(_Part):
-    commit: str | None = None
-    branch: str | None = None
-    dirty: bool = False
-    remote: str | None = None
-    root: str | None = None
-    patch_item: str | None = None
-    patch_sha256: str | None = None
-    untracked: list[str] = Field(default_factory=list)
+    """The git state of the training code."""
+
+    commit: str | None = Field(None, description="HEAD commit")
+    branch: str | None = Field(None, description="checked-out branch")
+    dirty: bool = Field(False, description="whether tracked files had changed or untracked files existed")
+    remote: str | None = Field(None, description="URL of the origin remote (git config remote.origin.url)")
+    root: str | None = Field(None, description="the repository's root directory")
+    patch_item: str | None = Field(None, description="item holding git diff HEAD, when tracked files had changed")
+    patch_sha256: str | None = Field(None, description="sha256 of the patch")
+    untracked: list[str] = Field(default_factory=list, description="untracked files (up to 200 names)")
     untracked_items: list[str] = Field(default_factory=list, description="items holding untracked files")
     untracked_skipped: list[str] = Field(default_factory=list, description="untracked files not stored (names only)")
     untracked_skipped_reasons: dict[str, str] = Field(
@@ -150,78 +191,94 @@ class GitInfo(_Part):
 
 
 class CodeInfo(_Part):
-    git: GitInfo | None = None
-    entry_script: str | None = None
-    entry_script_sha256: str | None = None
+    """The code that ran the training."""
+
+    git: GitInfo | None = Field(None, description="git state, when the entry script is in a git repository")
+    entry_script: str | None = Field(None, description="path of the script that ran the training")
+    entry_script_sha256: str | None = Field(None, description="sha256 of the entry script")
     entry_script_item: str | None = Field(None, description="item holding the entry script (outside git)")
-    argv: list[str] = Field(default_factory=list)
-    working_directory: str | None = None
+    argv: list[str] = Field(default_factory=list, description="the command line (sys.argv)")
+    working_directory: str | None = Field(None, description="the working directory of the training process")
     config_file: str | None = Field(None, description="the training config file (reprodl train)")
     config: dict[str, Any] | None = Field(None, description="the training config as run, overrides applied")
 
 
 class Environment(_Part):
-    python: str
-    implementation: str
-    platform: str
-    machine: str
-    processor: str = ""
-    cpu_count: int | None = None
-    torch: str | None = None
-    cuda: str | None = None
-    cudnn: int | None = None
-    gpus: list[str] = Field(default_factory=list)
-    numpy: str | None = None
-    reprodl: str | None = None
-    packages: dict[str, str] = Field(default_factory=dict)
+    """The software and hardware the training ran on."""
+
+    python: str = Field(description="Python version")
+    implementation: str = Field(description="Python implementation (CPython...)")
+    platform: str = Field(description="platform.platform(): operating system and version")
+    machine: str = Field(description="machine type (x86_64, arm64...)")
+    processor: str = Field("", description="platform.processor()")
+    cpu_count: int | None = Field(None, description="number of CPUs (os.cpu_count())")
+    torch: str | None = Field(None, description="torch version")
+    cuda: str | None = Field(None, description="CUDA version torch was built with")
+    cudnn: int | None = Field(None, description="cuDNN version")
+    gpus: list[str] = Field(default_factory=list, description="name of each visible GPU")
+    numpy: str | None = Field(None, description="NumPy version")
+    reprodl: str | None = Field(None, description="reprodl version")
+    packages: dict[str, str] = Field(default_factory=dict, description="every installed distribution: name to version")
 
 
 class EpochMetrics(_Part):
-    epoch: int
-    train_loss: float
-    valid_loss: float | None = None
-    valid_accuracy: float | None = None
-    learning_rate: float | None = None
-    wall_time_s: float = 0.0
+    """The metrics of one epoch."""
+
+    epoch: int = Field(description="epoch number, from 1")
+    train_loss: float = Field(description="mean training loss over the epoch's samples")
+    valid_loss: float | None = Field(None, description="loss on the validation data after the epoch")
+    valid_accuracy: float | None = Field(None, description="accuracy on the validation data after the epoch")
+    learning_rate: float | None = Field(None, description="learning rate of the first parameter group")
+    wall_time_s: float = Field(0.0, description="seconds the epoch took")
 
 
 class Results(_Part):
-    history: list[EpochMetrics] = Field(default_factory=list)
-    final: dict[str, Any] = Field(default_factory=dict)
-    wall_time_s: float = 0.0
-    started_at: str | None = None
-    finished_at: str | None = None
-    weights_file: str = keys.WEIGHTS_FILE
-    weights_sha256: str | None = None
+    """What the training produced."""
+
+    history: list[EpochMetrics] = Field(default_factory=list, description="metrics per epoch")
+    final: dict[str, Any] = Field(default_factory=dict, description="the last epoch's metrics")
+    wall_time_s: float = Field(0.0, description="seconds the training took")
+    started_at: str | None = Field(None, description="start time (UTC, ISO 8601)")
+    finished_at: str | None = Field(None, description="end time (UTC, ISO 8601)")
+    weights_file: str = Field(keys.WEIGHTS_FILE, description="item holding the trained weights")
+    weights_sha256: str | None = Field(
+        None, description="weights digest: sha256 over tensor names, dtypes, shapes and bytes"
+    )
 
 
 class ModelRef(_Part):
-    uri: str
-    uuid: str
-    record_digest: str | None = None
-    weights_sha256: str | None = None
+    """Another model dataset, pinned by its record and weights digests."""
+
+    uri: str = Field(description="the model dataset's URI")
+    uuid: str = Field(description="the model dataset's dtool UUID")
+    record_digest: str | None = Field(None, description="digest of its provenance record")
+    weights_sha256: str | None = Field(None, description="digest of its weights")
 
 
 class Lineage(_Part):
-    parent: ModelRef | None = None
-    reproduces: ModelRef | None = None
+    """The models this one derives from."""
+
+    parent: ModelRef | None = Field(None, description="the model fine-tuned from, if any")
+    reproduces: ModelRef | None = Field(None, description="the model this training reproduces, if it is a reproduction")
 
 
 class ProvenanceRecord(_Part):
     """Everything needed to understand and redo a training (see DESIGN.md)."""
 
-    schema_version: str = keys.PROVENANCE_SCHEMA_VERSION
-    kind: Literal["model"] = "model"
-    model_name: str
-    created_at: str
-    reprodl_version: str
-    architecture: Architecture
-    data: list[DataRef]
-    training: Training
-    code: CodeInfo = Field(default_factory=CodeInfo)
-    environment: Environment
-    results: Results = Field(default_factory=Results)
-    lineage: Lineage = Field(default_factory=Lineage)
+    schema_version: str = Field(
+        keys.PROVENANCE_SCHEMA_VERSION, description="record format version; another major version is refused"
+    )
+    kind: Literal["model"] = Field("model", description="what the record describes")
+    model_name: str = Field(description="name of the model (the model dataset's name by default)")
+    created_at: str = Field(description="when the training started (UTC, ISO 8601)")
+    reprodl_version: str = Field(description="version of reprodl that wrote the record")
+    architecture: Architecture = Field(description="the model class and its initialisation")
+    data: list[DataRef] = Field(description="every dataset read, with its role")
+    training: Training = Field(description="how the model was trained")
+    code: CodeInfo = Field(default_factory=CodeInfo, description="the code that ran the training")
+    environment: Environment = Field(description="the software and hardware")
+    results: Results = Field(default_factory=Results, description="metrics, times and the weights digest")
+    lineage: Lineage = Field(default_factory=Lineage, description="parent model and reproduced model")
     digest: str | None = Field(None, description="sha256 of this record's canonical JSON without this field")
     _raw: dict[str, Any] | None = PrivateAttr(default=None)
 
@@ -310,6 +367,64 @@ def record_json_schema() -> dict[str, Any]:
     schema["$id"] = keys.PROVENANCE_SCHEMA_ID
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
+
+
+_JSON_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "null": "null"}
+FIELDS_START = "<!-- record-fields:start -->"
+FIELDS_END = "<!-- record-fields:end -->"
+
+
+def _def_name(node: dict[str, Any]) -> str | None:
+    """The model a schema node refers to (directly, as list items or as an option), if any."""
+    options = [node, *node.get("anyOf", [])]
+    for part in options + [option.get("items", {}) for option in options]:
+        if "$ref" in part:
+            return str(part["$ref"]).rsplit("/", 1)[-1]
+    return None
+
+
+def _type_name(node: dict[str, Any]) -> str:
+    """A short, readable type for a JSON Schema node (``list[int] or null``)."""
+    if "$ref" in node:
+        return str(node["$ref"]).rsplit("/", 1)[-1]
+    if "anyOf" in node:
+        return " or ".join(_type_name(part) for part in node["anyOf"])
+    if "enum" in node or "const" in node:
+        return " or ".join(json.dumps(v) for v in node.get("enum", [node.get("const")]))
+    kind = node.get("type", "any")
+    if kind == "array":
+        return f"list[{_type_name(node.get('items', {}))}]"
+    if kind == "object":
+        extra = node.get("additionalProperties")
+        return f"dict[str, {_type_name(extra)}]" if isinstance(extra, dict) and extra else "object"
+    return _JSON_TYPES.get(str(kind), str(kind))
+
+
+def _field_rows(schema: dict[str, Any], node: dict[str, Any], prefix: str) -> list[tuple[str, str, str]]:
+    """(path, type, description) of every property of ``node`` and, depth first, of the models in it."""
+    rows = []
+    for name, prop in node.get("properties", {}).items():
+        path = prefix + name
+        rows.append((path, _type_name(prop), str(prop.get("description", ""))))
+        ref = _def_name(prop)
+        if ref is not None:
+            is_list = prop.get("type") == "array" or any(p.get("type") == "array" for p in prop.get("anyOf", []))
+            rows += _field_rows(schema, schema["$defs"][ref], path + ("[]." if is_list else "."))
+    return rows
+
+
+def fields_table(schema: dict[str, Any] | None = None) -> str:
+    """The record's fields as a Markdown table (path, type, description), from its JSON Schema.
+
+    ``docs/formats.md`` holds this table between ``FIELDS_START`` and ``FIELDS_END``; a test
+    checks it is current, and ``reprodl schema provenance --markdown`` prints it.
+    """
+    schema = schema if schema is not None else record_json_schema()
+    lines = ["| field | type | description |", "|---|---|---|"]
+    for path, kind, text in _field_rows(schema, schema, ""):
+        cells = (f"`{path}`", kind, text)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def parse_record(text: str | bytes, *, source: str = "record") -> ProvenanceRecord:

@@ -78,8 +78,8 @@ def _cached_broker_lookup(generate: Any) -> Any:
     def lookup() -> Mapping:
         return _BrokerLookup(load, bounded)
 
-    lookup._reprodl_cached = True  # type: ignore[attr-defined]
-    lookup.__wrapped__ = generate  # type: ignore[attr-defined]
+    lookup._reprodl_cached = True  # type: ignore[attr-defined]  # a marker attribute on a function
+    lookup.__wrapped__ = generate  # type: ignore[attr-defined]  # as functools.wraps sets it
     return lookup
 
 

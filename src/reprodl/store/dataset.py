@@ -225,7 +225,7 @@ class StoredDataSet(_RemoteItems):
         if self._readme is None:
             try:
                 text = self._ds.get_readme_content() or ""
-            except Exception as exc:  # noqa: BLE001 - broker errors are not typed
+            except Exception as exc:  # broker errors are not typed
                 raise self._read_error(exc, "its README") from exc
             check_size(text, keys.MAX_README_BYTES, what=f"the README of {self.uri}", error=DatasetFormatError)
             self._readme = text
@@ -287,7 +287,7 @@ class StoredDataSet(_RemoteItems):
                     names = list(broker.list_annotation_names())
                 else:
                     names = list(broker.list_overlay_names())
-            except Exception as exc:  # noqa: BLE001 - broker errors are not typed
+            except Exception as exc:  # broker errors are not typed
                 raise self._read_error(exc, f"the list of {kind}") from exc
             self._names[kind] = sorted(names)
         return list(self._names[kind])
@@ -308,7 +308,7 @@ class StoredDataSet(_RemoteItems):
                 + f"({type(exc).__name__}: {str(exc)[:200]}). It was cut short (a full disk, a killed process) "
                 "or edited: write it again or restore it from a copy of the dataset"
             ) from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._read_error(exc, f"the {kind[:-1]} {name!r}", key) from exc
 
     def _get_cached(self, kind: str, cache: dict[str, Any], name: str, default: Any) -> Any:
@@ -379,7 +379,7 @@ class StoredDataSet(_RemoteItems):
         """The dataset's dtool tags."""
         try:
             return sorted(self._ds.list_tags())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._read_error(exc, "its tags") from exc
 
     # --- integrity ------------------------------------------------------------------
@@ -561,7 +561,7 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
 
     try:
         admin = dtoolcore._admin_metadata_from_uri(full, None)
-    except Exception as exc:  # noqa: BLE001 - brokers raise requests/boto errors
+    except Exception as exc:  # brokers raise requests/boto errors
         raise read_error(exc, ".dtool/dtool") from exc
     if admin and not isinstance(admin, dict):
         raise DatasetFormatError(f"the dataset at {full} has admin metadata that is not a mapping")
@@ -578,7 +578,7 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
         return StoredDataSet(full, ds)
     except ReprodlError:
         raise  # an unsafe manifest: already says what is wrong
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise read_error(exc, ".dtool/manifest.json") from exc
 
 

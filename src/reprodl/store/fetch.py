@@ -119,7 +119,7 @@ class _RemoteItems:
             # The client, unlike boto3 resources, is thread-safe (prefetch uses threads);
             # dtool-s3's get_item_abspath also costs an extra GET per item.
             broker.s3client.download_file(broker.bucket, key, dest)
-        except Exception as exc:  # noqa: BLE001 - botocore errors are not typed here
+        except Exception as exc:  # botocore errors are not typed here
             if _error_code(exc) in ("404", "NoSuchKey"):
                 raise self._missing_item(identifier, f"no key {key!r}") from exc
             raise _remote_error(self.uri, exc) from exc

@@ -67,6 +67,7 @@ class _BoundedHTTP:
     """The methods of dtool-http's HTTPStorageBroker that make requests, bounded."""
 
     _uri: str
+    http_manifest: dict[str, Any]  # set by dtool-http's HTTPStorageBroker.__init__
 
     def _get_base_uri(self, parse_result: Any) -> str:
         import requests
@@ -96,7 +97,7 @@ class _BoundedHTTP:
         return load_json(self._get_bytes(url, keys.MAX_METADATA_BYTES), what=url, error=DatasetFormatError)
 
     def get_readme_content(self) -> str:
-        url = self.http_manifest["readme_url"]  # type: ignore[attr-defined]
+        url = self.http_manifest["readme_url"]
         return self._get_bytes(url, keys.MAX_README_BYTES, error=DatasetFormatError).decode("utf-8", "replace")
 
 

@@ -38,7 +38,7 @@ def _probe_remote_base(base: str) -> None:
         broker_cls = _dtoolcore()._generate_storage_broker_lookup()[parsed.scheme]
         _resource, client, _unsigned = broker_cls._get_resource_and_client(bucket)
         client.list_objects_v2(Bucket=bucket, MaxKeys=1)
-    except Exception as exc:  # noqa: BLE001 - botocore errors are not typed here
+    except Exception as exc:  # botocore errors are not typed here
         raise _remote_error(base, exc) from exc
 
 
@@ -178,7 +178,7 @@ def _dataset_present(uri: str) -> bool:
         return path.exists()
     try:
         return bool(_dtoolcore()._get_storage_broker(uri, None).has_admin_metadata())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _remote_error(uri, exc) from exc
 
 
@@ -245,7 +245,7 @@ def list_datasets(base_uri: str) -> list[str]:
     _check_broker(base)
     try:
         return sorted(d.uri for d in _dtoolcore().iter_datasets_in_base_uri(base))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if local_path(base) is None:
             raise _remote_error(base, exc) from exc
         raise StorageError(f"could not list datasets under {base}: {exc}") from exc

@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -297,7 +297,7 @@ def _utcnow() -> str:
 
 def _initialisation(
     model: torch.nn.Module, init_params: dict[str, Any], seed: int, parent_sha: str | None, initial_sha: str
-) -> str:
+) -> Literal["constructor", "stored", "parent"]:
     """How the initial weights can be had again: from the parent, a seeded constructor, or stored."""
     if parent_sha is not None and parent_sha == initial_sha:
         return "parent"
@@ -381,7 +381,7 @@ def train_model_with_metadata_capture(
     arch.initialisation = _initialisation(
         model,
         params.init_params,
-        params.seed,  # type: ignore[assignment]
+        params.seed,
         parent_ref.weights_sha256 if parent_ref else None,
         initial_sha,
     )
@@ -500,7 +500,7 @@ def train_model_with_metadata_capture(
         code_files=code_files,
         initial_state=init_state if arch.initialisation == "stored" else None,
     )
-    return output_ds.record  # type: ignore[return-value]
+    return output_ds.record  # type: ignore[return-value]  # write_model has just set it
 
 
 class _Concat(torch.utils.data.ConcatDataset):

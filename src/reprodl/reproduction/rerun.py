@@ -41,7 +41,7 @@ from reprodl.reproduction.rebuild import (
     rebuild_transform,
     transform_differences,
 )
-from reprodl.reproduction.verdict import Comparison, Verdict, judge
+from reprodl.reproduction.verdict import Comparison, Judgement, Verdict, judge
 from reprodl.store import StoredDataSet, open_dataset
 from reprodl.training.capture import class_source_sha256
 from reprodl.training.params import Parameters
@@ -137,6 +137,7 @@ class _Training:
     scheduler: Any
     roles: dict[str, list[WrappedDataSet]]
     params: Parameters
+    reasons: list[str]  # how the rebuilt training may differ from the recorded one
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -178,49 +179,21 @@ def reproduce(
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
     t0 = time.perf_counter()
     original = _open_original(uri)
-    record = original.record
     reasons: list[str] = []
-    data_transforms = _transforms_for(record, transforms, reasons)  # refuses before any work
+    data_transforms = _transforms_for(original.record, transforms, reasons)  # refuses before any work
     checks = _check_before_training(original)
-    training = _rebuild(original, checks.opened, data_transforms, allow, model_class, device, seed, reasons)
+    training = _rebuild(
+        original, checks.opened, data_transforms, allow=allow, model_class=model_class, device=device, seed=seed
+    )
+    reasons += training.reasons
     t_train = time.perf_counter()
     new_record, reproduction_uri = _train(original, training, output=output, progress=progress)
     training_s = time.perf_counter() - t_train
     comparison = _compare(original, training, new_record, tol, allow=allow, model_class=model_class)
-    if envelope is None and record.training.determinism.mode == "statistical":
-        envelope = _find_envelope(original.model_ds)
-    judgement = judge(
-        record,
-        new_record,
-        comparison,
-        code=checks.code,
-        environment=checks.environment,
-        tol=tol,
-        envelope=envelope,
-        reasons=reasons,
-    )
-    return ReproductionReport(
-        original_uri=original.model_ds.uri,
-        verdict=judgement.verdict,
-        mode=record.training.determinism.mode,
-        reasons=judgement.reasons,
-        reproduction_uri=reproduction_uri,
-        data_checks=checks.data,
-        code=checks.code,
-        environment_differences=checks.environment,
-        weights=comparison.weights,
-        metrics=comparison.metrics,
-        predictions=comparison.predictions,
-        data_order_matches=comparison.data_order_matches,
-        envelope=judgement.envelope,
-        tolerance=dataclasses.asdict(tol),
-        timings={
-            "data_check_s": checks.seconds,
-            "training_s": training_s,
-            "original_training_s": record.results.wall_time_s,
-            "total_s": time.perf_counter() - t0,
-        },
-    )
+    judgement = _judge(original, new_record, comparison, checks, tol, envelope=envelope, reasons=reasons)
+    timings = {"data_check_s": checks.seconds, "training_s": training_s}
+    timings.update(original_training_s=original.record.results.wall_time_s, total_s=time.perf_counter() - t0)
+    return _report(original, checks, comparison, judgement, tol, reproduction_uri=reproduction_uri, timings=timings)
 
 
 # --- the steps -----------------------------------------------------------------------------
@@ -252,11 +225,11 @@ def _rebuild(
     original: _Original,
     opened: dict[str, StoredDataSet],
     data_transforms: list[Any],
+    *,
     allow: Iterable[str],
     model_class: type | None,
     device: str | None,
     seed: int | None,
-    reasons: list[str],
 ) -> _Training:
     """The recorded training rebuilt: its parameters for this run, model, optimiser, loss, data."""
     record = original.record
@@ -265,6 +238,7 @@ def _rebuild(
         record, original.model_ds, allow=allow, model_class=model_class, seed=int(run_params.get("seed", 0))
     )
     current_src = class_source_sha256(type(model))
+    reasons = []
     if record.architecture.source_sha256 and current_src and current_src != record.architecture.source_sha256:
         reasons.append(f"the source of {record.architecture.import_path} differs from the recorded one")
     optimizer = rebuild_optimizer(record, model, allow)
@@ -273,7 +247,7 @@ def _rebuild(
     roles: dict[str, list[WrappedDataSet]] = {"train": [], "valid": [], "test": []}
     for ref, transform in zip(record.data, data_transforms):
         roles[ref.role].append(open_recorded(ref, transform=transform, dataset=opened.get(ref.uri)))
-    return _Training(model, optimizer, loss_fn, scheduler, roles, Parameters(**run_params))
+    return _Training(model, optimizer, loss_fn, scheduler, roles, Parameters(**run_params), reasons)
 
 
 def _run_params(record: ProvenanceRecord, *, device: str | None, seed: int | None) -> dict[str, Any]:
@@ -357,6 +331,61 @@ def _compare(
         metrics=compare_metrics(record, new_record),
         predictions=compare_predictions(original_model, model, eval_sets[0]),
         data_order_matches=record.training.data_order_digests == new_record.training.data_order_digests,
+    )
+
+
+def _judge(
+    original: _Original,
+    new_record: ProvenanceRecord,
+    comparison: Comparison,
+    checks: _Checks,
+    tol: Tolerance,
+    *,
+    envelope: dict[str, Any] | None,
+    reasons: list[str],
+) -> Judgement:
+    """The verdict; a statistical-mode model is judged against its multi-run envelope when there is one."""
+    if envelope is None and original.record.training.determinism.mode == "statistical":
+        envelope = _find_envelope(original.model_ds)
+    return judge(
+        original.record,
+        new_record,
+        comparison,
+        code=checks.code,
+        environment=checks.environment,
+        tol=tol,
+        envelope=envelope,
+        reasons=reasons,
+    )
+
+
+def _report(
+    original: _Original,
+    checks: _Checks,
+    comparison: Comparison,
+    judgement: Judgement,
+    tol: Tolerance,
+    *,
+    reproduction_uri: str | None,
+    timings: dict[str, float],
+) -> ReproductionReport:
+    """The report of the steps' results."""
+    return ReproductionReport(
+        original_uri=original.model_ds.uri,
+        verdict=judgement.verdict,
+        mode=original.record.training.determinism.mode,
+        reasons=judgement.reasons,
+        reproduction_uri=reproduction_uri,
+        data_checks=checks.data,
+        code=checks.code,
+        environment_differences=checks.environment,
+        weights=comparison.weights,
+        metrics=comparison.metrics,
+        predictions=comparison.predictions,
+        data_order_matches=comparison.data_order_matches,
+        envelope=judgement.envelope,
+        tolerance=dataclasses.asdict(tol),
+        timings=timings,
     )
 
 

@@ -87,8 +87,7 @@ def test_the_golden_model_opens_and_verifies(golden_model: Path):
 
 
 def test_the_golden_weights_match_the_record_digest(golden_model: Path):
-    from reprodl.model import load_weights
-    from reprodl.modeldataset.read import read_record
+    from reprodl.modeldataset.read import load_weights, read_record
     from reprodl.modeldataset.weights import state_dict_sha256
     from reprodl.store import open_dataset
 

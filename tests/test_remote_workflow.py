@@ -55,7 +55,7 @@ def test_training_straight_from_an_http_uri_records_it_and_reproduces(
     assert record.data[0].uuid == train_ds.uuid
     report = reproduce(model_uri)
     assert report.verdict == "identical"
-    assert report.data_checks[0]["uri"] == data_uri and report.data_checks[0]["ok"]
+    assert report.data_checks[0].uri == data_uri and report.data_checks[0].ok
 
 
 def test_a_model_published_over_http_loads_and_predicts_like_the_local_one(http_server: HTTPServer, dtool_cache):

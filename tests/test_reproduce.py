@@ -45,7 +45,7 @@ def test_cpu_model_with_default_settings_reproduces_identical(trained_model, tmp
     assert report.weights["identical"] and report.weights["max_abs_diff"] == 0.0
     assert report.weights["n_identical"] == report.weights["n_tensors"] == 6
     assert report.data_order_matches is True
-    assert [c["ok"] for c in report.data_checks] == [True]  # one dataset, train and valid splits
+    assert [c.ok for c in report.data_checks] == [True]  # one dataset, train and valid splits
     assert report.predictions["agreement"] == 1.0 and report.predictions["n"] == 359
     assert report.metrics and all(r["abs_diff"] == 0.0 for r in report.metrics)
     assert report.environment_differences == [] and report.reasons == []
@@ -225,7 +225,7 @@ def test_report_lists_environment_differences(trained_model, tmp_path):
 
     uri = rewrite_model(trained_model.uri, tmp_path, "old-torch", edit=older_torch)
     report = reproduce(uri)
-    differences = {d["what"]: d for d in report.environment_differences}
+    differences = {d["what"]: d for d in report.to_dict()["environment_differences"]}
     assert differences["torch"] == {"what": "torch", "recorded": "1.13.1", "now": torch.__version__}
     assert differences["package torch"]["recorded"] == "1.13.1"
     assert f"environment differs: torch 1.13.1 -> {torch.__version__}" in report.reasons

@@ -622,9 +622,8 @@ def test_git_commit_branch_and_uncommitted_patch_are_captured(digits_split_maste
     from reprodl.reproduction.rerun import check_code, check_patch
 
     code = check_code(record)
-    assert code["commit_available"] and code["same_commit"]
-    check_patch(record, ds, code)
-    assert code["patch_applies"] is True
+    assert code.commit_available and code.same_commit
+    assert check_patch(record, ds, code).patch_applies is True
 
 
 # --- fine-tuning and lineage ----------------------------------------------------------------------

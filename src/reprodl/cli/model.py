@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from reprodl.cli import app
 from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
 from reprodl.errors import ExitCode
+
+if TYPE_CHECKING:
+    from reprodl.reproduction.rerun import ReproductionReport
+    from reprodl.training.config import TrainConfig
 
 _ALLOW = typer.Option(
     None, "--allow", help="Module (or module:Class) trusted to be imported for the architecture; repeatable."
@@ -145,8 +149,7 @@ def train_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Train a model from a config file, capturing its provenance; writes a model dataset."""
-    from reprodl.training.capture import untracked_summary
-    from reprodl.training.config import build_and_train, load_config
+    from reprodl.training.config import load_config
 
     flags = [
         *(["require_clean_code=true"] if require_clean else []),
@@ -154,22 +157,33 @@ def train_cmd(
     ]
     cfg = load_config(config, [*(set_ or []), *flags])
     if seeds or splits:
-        from reprodl.training.multirun import train_many
+        _train_many(cfg, seeds=seeds, splits=splits, as_json=as_json)
+    else:
+        _train_one(cfg, quiet=quiet, as_json=as_json)
 
-        def on_run(i: int, uri: str, record: Any) -> None:
-            if not as_json:
-                out.print(
-                    f"run {i + 1}/{seeds or splits}: {uri}  final {json.dumps(record.results.final)}", markup=False
-                )
 
-        result = train_many(cfg, seeds=seeds, splits=splits, on_run=on_run)
-        if as_json:
-            print_json({"summary_uri": result.summary_uri, "models": result.model_uris, "summary": result.summary})
-            return
-        out.print(f"Summary dataset: {result.summary_uri}")
-        for metric, s in result.summary["final"].items():
-            out.print(f"  {metric}: mean {s['mean']:.4f} std {s['std']:.4f} min {s['min']:.4f} max {s['max']:.4f}")
+def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool) -> None:
+    """``train --seeds N`` or ``--splits N``: one line per run, then the variance summary."""
+    from reprodl.training.multirun import train_many
+
+    def on_run(i: int, uri: str, record: Any) -> None:
+        if not as_json:
+            out.print(f"run {i + 1}/{seeds or splits}: {uri}  final {json.dumps(record.results.final)}", markup=False)
+
+    result = train_many(cfg, seeds=seeds, splits=splits, on_run=on_run)
+    if as_json:
+        print_json({"summary_uri": result.summary_uri, "models": result.model_uris, "summary": result.summary})
         return
+    out.print(f"Summary dataset: {result.summary_uri}")
+    for metric, s in result.summary["final"].items():
+        out.print(f"  {metric}: mean {s['mean']:.4f} std {s['std']:.4f} min {s['min']:.4f} max {s['max']:.4f}")
+
+
+def _train_one(cfg: TrainConfig, *, quiet: bool, as_json: bool) -> None:
+    """One training, with progress bars unless quiet; then where the model dataset is."""
+    from reprodl.training.capture import untracked_summary
+    from reprodl.training.config import build_and_train
+
     with _EpochPrinter(quiet or as_json) as printer:
         uri, record = build_and_train(
             cfg, progress=printer.batch if not (quiet or as_json) else False, on_epoch=printer.epoch
@@ -185,11 +199,11 @@ def train_cmd(
                 "untracked_skipped": git.untracked_skipped_reasons if git else {},
             }
         )
-    else:
-        stored = untracked_summary(git)
-        if stored:
-            out.print(stored, markup=False)
-        out.print(f"Model dataset: {uri}")
+        return
+    stored = untracked_summary(git)
+    if stored:
+        out.print(stored, markup=False)
+    out.print(f"Model dataset: {uri}")
 
 
 @app.command("predict")
@@ -274,17 +288,10 @@ def reproduce_cmd(
     raise typer.Exit(report.exit_code)
 
 
-def print_report(report: Any) -> None:
+def print_report(report: ReproductionReport) -> None:
+    """The report of ``reprodl reproduce``: checks, comparisons, timings, reasons, verdict."""
     colour = {"identical": "green", "within tolerance": "yellow", "differs": "red"}[report.verdict]
-    for c in report.data_checks:
-        out.print(f"data  {c['role']:5} {c['name']}: {'unchanged' if c.get('ok') else 'CHANGED'}", markup=False)
-    out.print(f"code  {report.code.get('message', '')}", markup=False)
-    if report.environment_differences:
-        out.print(f"environment: {len(report.environment_differences)} difference(s)")
-        for d in report.environment_differences[:15]:
-            out.print(f"  {d['what']}: {d['recorded']} -> {d['now']}", markup=False)
-    else:
-        out.print("environment: same as recorded")
+    _print_checks(report)
     w = report.weights
     out.print(
         f"weights: {w['n_identical']}/{w['n_tensors']} tensors bit-identical, max abs diff {w['max_abs_diff']:.3g}"
@@ -312,6 +319,19 @@ def print_report(report: Any) -> None:
     if report.reproduction_uri:
         out.print(f"reproduction: {report.reproduction_uri}")
     out.print(f"Verdict: [bold {colour}]{report.verdict}[/]")
+
+
+def _print_checks(report: ReproductionReport) -> None:
+    """What was checked before training: each dataset, the code, the environment."""
+    for c in report.data_checks:
+        out.print(f"data  {c.role:5} {c.name}: {'unchanged' if c.ok else 'CHANGED'}", markup=False)
+    out.print(f"code  {report.code.message if report.code else ''}", markup=False)
+    if report.environment_differences:
+        out.print(f"environment: {len(report.environment_differences)} difference(s)")
+        for d in report.environment_differences[:15]:
+            out.print(f"  {d.what}: {d.recorded} -> {d.now}", markup=False)
+    else:
+        out.print("environment: same as recorded")
 
 
 @app.command("diff")

@@ -98,15 +98,8 @@ def verify_model(
             "; ".join(f"will not be imported: {r}" for r in refused),
         )
         if data:
-            checks, _ = check_data(record, ds)
-            for c in checks:
-                ok = bool(c.get("ok"))
-                detail = (
-                    c.get("error")
-                    or "; ".join([*c.get("items", []), *c.get("metadata", [])])
-                    or ("" if ok else "manifest digest differs")
-                )
-                result.add(f"{c['role']} data {c['name']} ({c['uri']}) unchanged", ok, detail)
+            for c in check_data(record, ds):
+                result.add(f"{c.role} data {c.name} ({c.uri}) unchanged", c.ok, c.detail)
     _check_signature(ds, result, trusted)
     return result
 
@@ -203,62 +196,114 @@ def lineage(uri: str, *, max_depth: int = 50) -> list[dict[str, Any]]:
     return chain
 
 
+@dataclasses.dataclass(frozen=True)
+class DataCheck:
+    """What :func:`check_data` found for one recorded dataset (all the roles it was read in).
+
+    ``ok`` is True when it opened, has the recorded UUID and manifest, every item re-hashes to
+    its manifest and the metadata that gives the items their meaning is unchanged. ``problems``
+    are the lines a refusal lists, each naming the dataset and the item or field.
+    """
+
+    role: str
+    name: str
+    uri: str
+    ok: bool
+    changed_items: tuple[str, ...] = ()
+    error: str | None = None
+    metadata_changes: tuple[str, ...] = ()
+    uuid_matches: bool | None = None
+    manifest_matches: bool | None = None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def detail(self) -> str:
+        """One line on what is wrong ('' when nothing is)."""
+        if self.error:
+            return self.error
+        return "; ".join([*self.changed_items, *self.metadata_changes]) or (
+            "" if self.ok else "manifest digest differs"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: role, uri, name, ok and either error or what was compared."""
+        out: dict[str, Any] = {"role": self.role, "uri": self.uri, "name": self.name}
+        if self.error is not None:
+            return {**out, "ok": self.ok, "error": self.error}
+        return {
+            **out,
+            "uuid_matches": self.uuid_matches,
+            "manifest_matches": self.manifest_matches,
+            "items": list(self.changed_items),
+            "metadata": list(self.metadata_changes),
+            "ok": self.ok,
+        }
+
+
 def check_data(
     record: ProvenanceRecord, model_ds: StoredDataSet, *, opened: dict[str, StoredDataSet] | None = None
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> list[DataCheck]:
     """Each recorded dataset: reachable, same UUID and manifest, every item re-hashed, and
     the metadata that gives its items their meaning unchanged (:func:`metadata_changes`).
 
     A dataset used in several roles (train and valid splits of one dataset) is opened and
-    hashed once. Returns (one check per dataset, problems naming dataset and item). Each
-    dataset opened is also put in ``opened`` (URI -> dataset) when given, for the caller to
-    read it from without opening it again.
+    hashed once. Returns one :class:`DataCheck` per dataset; its ``problems`` name dataset and
+    item. Each dataset opened is also put in ``opened`` (URI -> dataset) when given, for the
+    caller to read it from without opening it again.
     """
-    checks: list[dict[str, Any]] = []
-    problems: list[str] = []
     by_uri: dict[str, DataRef] = {}
     roles: dict[str, list[str]] = {}
     for ref in record.data:
         by_uri.setdefault(ref.uri, ref)
         roles.setdefault(ref.uri, []).append(ref.role)
+    checks = []
     for uri, ref in by_uri.items():
         role = "/".join(dict.fromkeys(roles[uri]))
-        label = f"{role} dataset {ref.name}"
-        check: dict[str, Any] = {"role": role, "uri": uri, "name": ref.name}
         try:
             ds = open_dataset(uri)
         except Exception as exc:  # noqa: BLE001 - reported, not raised
-            check.update(ok=False, error=str(exc))
-            problems.append(f"{label} ({uri}) cannot be opened: {exc}")
-            checks.append(check)
+            problem = f"{role} dataset {ref.name} ({uri}) cannot be opened: {exc}"
+            checks.append(DataCheck(role, ref.name, uri, ok=False, error=str(exc), problems=(problem,)))
             continue
         if opened is not None:
             opened[uri] = ds
-        changed = _changed_items(ref, ds, model_ds)
-        item_problems = changed + ds.verify(deep=True).problems()
-        digest = ds.manifest_digest()
-        same_manifest = digest == ref.manifest_digest
-        metadata = [
-            f"{r.role} dataset {r.name}: {change}"
-            for r in record.data
-            if r.uri == uri
-            for change in metadata_changes(r, ds)
-        ]
-        check.update(
-            uuid_matches=ds.uuid == ref.uuid,
-            manifest_matches=same_manifest,
-            items=item_problems,
-            metadata=metadata,
-            ok=not item_problems and not metadata and same_manifest and ds.uuid == ref.uuid,
-        )
-        if ds.uuid != ref.uuid:
-            problems.append(f"{label} at {uri} has UUID {ds.uuid}, the record says {ref.uuid}")
-        if not same_manifest and not changed:
-            problems.append(f"{label}: manifest digest {digest} differs from the recorded {ref.manifest_digest}")
-        problems += [f"{label}: {p}" for p in item_problems]
-        problems += [f"the {m}" for m in metadata]
-        checks.append(check)
-    return checks, problems
+        checks.append(_check_dataset(record, ref, role, ds, model_ds))
+    return checks
+
+
+def _check_dataset(
+    record: ProvenanceRecord, ref: DataRef, role: str, ds: StoredDataSet, model_ds: StoredDataSet
+) -> DataCheck:
+    """The check of one opened dataset, first recorded as ``ref``, read in ``role``."""
+    label = f"{role} dataset {ref.name}"
+    changed = _changed_items(ref, ds, model_ds)
+    item_problems = changed + ds.verify(deep=True).problems()
+    digest = ds.manifest_digest()
+    same_manifest = digest == ref.manifest_digest
+    metadata = [
+        f"{r.role} dataset {r.name}: {change}"
+        for r in record.data
+        if r.uri == ref.uri
+        for change in metadata_changes(r, ds)
+    ]
+    problems = []
+    if ds.uuid != ref.uuid:
+        problems.append(f"{label} at {ref.uri} has UUID {ds.uuid}, the record says {ref.uuid}")
+    if not same_manifest and not changed:
+        problems.append(f"{label}: manifest digest {digest} differs from the recorded {ref.manifest_digest}")
+    problems += [f"{label}: {p}" for p in item_problems]
+    problems += [f"the {m}" for m in metadata]
+    return DataCheck(
+        role,
+        ref.name,
+        ref.uri,
+        ok=not item_problems and not metadata and same_manifest and ds.uuid == ref.uuid,
+        changed_items=tuple(item_problems),
+        metadata_changes=tuple(metadata),
+        uuid_matches=ds.uuid == ref.uuid,
+        manifest_matches=same_manifest,
+        problems=tuple(problems),
+    )
 
 
 def metadata_changes(ref: DataRef, ds: StoredDataSet) -> list[str]:

@@ -1,5 +1,9 @@
 """One-command reproduction: re-run a training from its record, compare, report.
 
+The steps: open the model and check its data, code and environment (:mod:`.code`,
+:mod:`.environment`); rebuild the training (:mod:`.rebuild`); train again; compare
+(:mod:`.compare`); judge (:mod:`.verdict`).
+
 Example:
     >>> report = reproduce("/models/digits_model")      # doctest: +SKIP
     >>> report.verdict                                  # doctest: +SKIP
@@ -12,33 +16,22 @@ import contextlib
 import dataclasses
 import json
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from reprodl import keys
 from reprodl.data.datasets import WrappedDataSet
-from reprodl.errors import (
-    ExitCode,
-    IntegrityError,
-    ReproductionError,
-)
+from reprodl.errors import ExitCode, IntegrityError, ReproductionError
 from reprodl.modeldataset.read import load_weights, read_record
-from reprodl.modeldataset.verify import check_data
-from reprodl.provenance import GitInfo, ModelRef, ProvenanceRecord
-from reprodl.reproduction.compare import (
-    Tolerance,
-    compare_metrics,
-    compare_predictions,
-    compare_weights,
-    envelope_check,
-    statistical_metrics_ok,
-)
+from reprodl.modeldataset.verify import DataCheck, check_data
+from reprodl.provenance import ModelRef, ProvenanceRecord
+from reprodl.reproduction.code import CodeCheck, check_code, check_patch
+from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_predictions, compare_weights
+from reprodl.reproduction.environment import EnvDifference, environment_differences
 from reprodl.reproduction.rebuild import (
     open_recorded,
     rebuild_loss,
@@ -48,17 +41,31 @@ from reprodl.reproduction.rebuild import (
     rebuild_transform,
     transform_differences,
 )
+from reprodl.reproduction.verdict import Comparison, Judgement, Verdict, judge
 from reprodl.store import StoredDataSet, open_dataset
-from reprodl.training.capture import capture_environment, class_source_sha256
+from reprodl.training.capture import class_source_sha256
 from reprodl.training.params import Parameters
 
-Verdict = Literal["identical", "within tolerance", "differs"]
+__all__ = [
+    "STATISTICAL_SEED_OFFSET",
+    "CodeCheck",
+    "DataCheck",
+    "EnvDifference",
+    "ReproductionReport",
+    "Tolerance",
+    "Verdict",
+    "check_code",
+    "check_patch",
+    "environment_differences",
+    "reproduce",
+]
+
 # A statistical-mode re-run uses the recorded seed plus this, so it never coincides with a
 # member of a multi-run (seeds base..base+N-1) by accident.
 STATISTICAL_SEED_OFFSET = 100_003
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ReproductionReport:
     """What :func:`reproduce` found; ``verdict`` is identical, within tolerance or differs."""
 
@@ -67,9 +74,9 @@ class ReproductionReport:
     mode: str
     reasons: list[str] = dataclasses.field(default_factory=list)
     reproduction_uri: str | None = None
-    data_checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    code: dict[str, Any] = dataclasses.field(default_factory=dict)
-    environment_differences: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    data_checks: list[DataCheck] = dataclasses.field(default_factory=list)
+    code: CodeCheck | None = None
+    environment_differences: list[EnvDifference] = dataclasses.field(default_factory=list)
     weights: dict[str, Any] = dataclasses.field(default_factory=dict)
     metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     predictions: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -87,103 +94,50 @@ class ReproductionReport:
         return int(ExitCode.OK if self.ok else ExitCode.FAILED)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "ok": self.ok}
+        """The JSON form (``reprodl reproduce --json``): the fields, typed parts as their dicts, and ``ok``."""
+        return {
+            **dataclasses.asdict(self),
+            "data_checks": [c.to_dict() for c in self.data_checks],
+            "code": self.code.to_dict() if self.code is not None else {},
+            "environment_differences": [d.to_dict() for d in self.environment_differences],
+            "ok": self.ok,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
 
-# --- checks before training ----------------------------------------------------------------
-def check_code(record: ProvenanceRecord) -> dict[str, Any]:
-    """Is the recorded commit available here, and does the recorded patch apply to it?"""
-    git = record.code.git
-    out: dict[str, Any] = {"recorded_commit": git.commit if git else None, "dirty": bool(git and git.dirty)}
-    if not git or not git.commit:
-        out.update(status="unknown", message="the training ran outside a git repository; code cannot be checked")
-        return out
-    root = _repo_root(git)
+@dataclasses.dataclass(frozen=True)
+class _Original:
+    """The model dataset to reproduce, its record and its weights."""
 
-    def run(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, input=stdin, env=env, timeout=60)
-
-    try:
-        has = run("cat-file", "-e", f"{git.commit}^{{commit}}").returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        has = False
-    out["commit_available"] = has
-    if not has:
-        out.update(
-            status="missing",
-            message=f"commit {git.commit} is not in the repository at {root}: fetch it "
-            f"({git.remote or 'the original remote'}) to rebuild the exact code",
-        )
-        return out
-    head = run("rev-parse", "HEAD").stdout.decode().strip()
-    out["current_commit"] = head
-    out["same_commit"] = head == git.commit
-    if git.patch_item:
-        out["patch_item"] = git.patch_item
-    out.setdefault("status", "available")
-    out["message"] = f"commit {git.commit[:12]} is available" + (
-        "" if head == git.commit else f"; the checkout is at {head[:12]}, so the re-run uses different code"
-    )
-    return out
+    model_ds: StoredDataSet
+    record: ProvenanceRecord
+    state: dict[str, torch.Tensor]
 
 
-def _repo_root(git: GitInfo) -> Path:
-    """The recorded repository root where it exists here, else the working directory."""
-    return Path(git.root) if git.root and Path(git.root).is_dir() else Path.cwd()
+@dataclasses.dataclass(frozen=True)
+class _Checks:
+    """What was checked before training, and the datasets opened to check them."""
+
+    data: list[DataCheck]
+    code: CodeCheck
+    environment: list[EnvDifference]
+    opened: dict[str, StoredDataSet]
+    seconds: float
 
 
-def check_patch(record: ProvenanceRecord, model_ds: StoredDataSet, code: dict[str, Any]) -> None:
-    """Record in ``code`` whether the recorded uncommitted patch applies to the recorded commit."""
-    git = record.code.git
-    if not git or not git.patch_item or not git.commit or not code.get("commit_available"):
-        return
-    root = _repo_root(git)
-    patch = Path(model_ds.item_path(model_ds.identifier_of(git.patch_item))).read_bytes()
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        subprocess.run(["git", "read-tree", git.commit], cwd=root, env=env, capture_output=True, timeout=60)
-        res = subprocess.run(
-            ["git", "apply", "--cached", "--check", "-"],
-            cwd=root,
-            env=env,
-            input=patch,
-            capture_output=True,
-            timeout=60,
-        )
-    code["patch_applies"] = res.returncode == 0
-    if res.returncode != 0:
-        code["status"] = "patch does not apply"
-        code["message"] = f"the recorded patch does not apply to {git.commit[:12]}: {res.stderr.decode().strip()}"
+@dataclasses.dataclass(frozen=True)
+class _Training:
+    """The rebuilt training: model, optimiser, loss, scheduler, datasets by role, parameters."""
 
-
-def environment_differences(record: ProvenanceRecord) -> list[dict[str, Any]]:
-    """Each recorded environment field and package version that differs here: {what, recorded, now}."""
-    now = capture_environment()
-    was = record.environment
-    out = []
-    for field in (
-        "python",
-        "implementation",
-        "platform",
-        "machine",
-        "torch",
-        "cuda",
-        "cudnn",
-        "numpy",
-        "reprodl",
-        "gpus",
-    ):
-        a, b = getattr(was, field), getattr(now, field)
-        if a != b:
-            out.append({"what": field, "recorded": a, "now": b})
-    for name in sorted(set(was.packages) | set(now.packages)):
-        a, b = was.packages.get(name), now.packages.get(name)
-        if a != b:
-            out.append({"what": f"package {name}", "recorded": a, "now": b})
-    return out
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Any
+    scheduler: Any
+    roles: dict[str, list[WrappedDataSet]]
+    params: Parameters
+    reasons: list[str]  # how the rebuilt training may differ from the recorded one
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -224,105 +178,219 @@ def reproduce(
     """
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
     t0 = time.perf_counter()
+    original = _open_original(uri)
+    reasons: list[str] = []
+    data_transforms = _transforms_for(original.record, transforms, reasons)  # refuses before any work
+    checks = _check_before_training(original)
+    training = _rebuild(
+        original, checks.opened, data_transforms, allow=allow, model_class=model_class, device=device, seed=seed
+    )
+    reasons += training.reasons
+    t_train = time.perf_counter()
+    new_record, reproduction_uri = _train(original, training, output=output, progress=progress)
+    training_s = time.perf_counter() - t_train
+    comparison = _compare(original, training, new_record, tol, allow=allow, model_class=model_class)
+    judgement = _judge(original, new_record, comparison, checks, tol, envelope=envelope, reasons=reasons)
+    timings = {"data_check_s": checks.seconds, "training_s": training_s}
+    timings.update(original_training_s=original.record.results.wall_time_s, total_s=time.perf_counter() - t0)
+    return _report(original, checks, comparison, judgement, tol, reproduction_uri=reproduction_uri, timings=timings)
+
+
+# --- the steps -----------------------------------------------------------------------------
+def _open_original(uri: str) -> _Original:
+    """The model dataset at ``uri``, its record and its weights (each checked as read)."""
     model_ds = open_dataset(uri)
     record = read_record(model_ds)
-    original_state = load_weights(model_ds, record)
-    mode = record.training.determinism.mode
-    report = ReproductionReport(
-        original_uri=model_ds.uri, verdict="differs", mode=mode, tolerance=dataclasses.asdict(tol)
-    )
+    return _Original(model_ds, record, load_weights(model_ds, record))
 
-    data_transforms = _transforms_for(record, transforms, report)  # refuses before any work
+
+def _check_before_training(original: _Original) -> _Checks:
+    """Data (refused with :class:`IntegrityError` when changed), code and environment."""
+    record, model_ds = original.record, original.model_ds
     t_data = time.perf_counter()
     opened: dict[str, StoredDataSet] = {}
-    report.data_checks, problems = check_data(record, model_ds, opened=opened)
-    report.timings["data_check_s"] = time.perf_counter() - t_data
+    data = check_data(record, model_ds, opened=opened)
+    seconds = time.perf_counter() - t_data
+    problems = [p for c in data for p in c.problems]
     if problems:
         raise IntegrityError(
             "refusing to reproduce: the training data changed since training:\n  " + "\n  ".join(problems),
             problems=problems,
         )
-    report.code = check_code(record)
-    check_patch(record, model_ds, report.code)
-    report.environment_differences = environment_differences(record)
+    code = check_patch(record, model_ds, check_code(record))
+    return _Checks(data, code, environment_differences(record), opened, seconds)
 
-    from reprodl.training.loop import DerivedDataSet, train_model_with_metadata_capture
 
-    run_params = dict(record.training.params)
-    if mode == "statistical":
-        run_params["seed"] = seed if seed is not None else int(run_params.get("seed", 0)) + STATISTICAL_SEED_OFFSET
-    elif seed is not None:
-        run_params["seed"] = seed
-    model = rebuild_model(record, model_ds, allow=allow, model_class=model_class, seed=int(run_params.get("seed", 0)))
+def _rebuild(
+    original: _Original,
+    opened: dict[str, StoredDataSet],
+    data_transforms: list[Any],
+    *,
+    allow: Iterable[str],
+    model_class: type | None,
+    device: str | None,
+    seed: int | None,
+) -> _Training:
+    """The recorded training rebuilt: its parameters for this run, model, optimiser, loss, data."""
+    record = original.record
+    run_params = _run_params(record, device=device, seed=seed)
+    model = rebuild_model(
+        record, original.model_ds, allow=allow, model_class=model_class, seed=int(run_params.get("seed", 0))
+    )
     current_src = class_source_sha256(type(model))
+    reasons = []
     if record.architecture.source_sha256 and current_src and current_src != record.architecture.source_sha256:
-        report.reasons.append(f"the source of {record.architecture.import_path} differs from the recorded one")
+        reasons.append(f"the source of {record.architecture.import_path} differs from the recorded one")
     optimizer = rebuild_optimizer(record, model, allow)
     loss_fn = rebuild_loss(record, allow)
     scheduler = rebuild_scheduler(record, optimizer, allow)
     roles: dict[str, list[WrappedDataSet]] = {"train": [], "valid": [], "test": []}
     for ref, transform in zip(record.data, data_transforms):
         roles[ref.role].append(open_recorded(ref, transform=transform, dataset=opened.get(ref.uri)))
+    return _Training(model, optimizer, loss_fn, scheduler, roles, Parameters(**run_params), reasons)
+
+
+def _run_params(record: ProvenanceRecord, *, device: str | None, seed: int | None) -> dict[str, Any]:
+    """The recorded parameters with this run's seed (statistical mode: another one) and device."""
+    run_params = dict(record.training.params)
+    if record.training.determinism.mode == "statistical":
+        run_params["seed"] = seed if seed is not None else int(run_params.get("seed", 0)) + STATISTICAL_SEED_OFFSET
+    elif seed is not None:
+        run_params["seed"] = seed
     run_params["verify_data"] = "none"  # just checked, deeply
     if device is not None:
         run_params["device"] = device
     elif not torch.cuda.is_available():
         run_params["device"] = "cpu"
-    params = Parameters(**run_params)
+    return run_params
+
+
+def _train(
+    original: _Original, training: _Training, *, output: str | None, progress: bool
+) -> tuple[ProvenanceRecord, str | None]:
+    """Train again into a model dataset under ``output`` (else a temporary directory, removed).
+
+    Returns the new record and the reproduction's URI (None when it was not kept).
+    """
+    from reprodl.training.loop import DerivedDataSet, train_model_with_metadata_capture
+
+    record, model_ds, roles = original.record, original.model_ds, training.roles
     ref_self = ModelRef(
         uri=model_ds.uri, uuid=model_ds.uuid, record_digest=record.digest, weights_sha256=record.results.weights_sha256
     )
-
     with contextlib.ExitStack() as stack:
         base = output
         if base is None:
             base = stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-reproduce-"))
-        name = _reproduction_name(record.model_name)
-        t_train = time.perf_counter()
         with DerivedDataSet(
             base,
-            name,
+            _reproduction_name(record.model_name),
             roles["train"],
             valid=roles["valid"],
             test=roles["test"],
             parent=record.lineage.parent.uri if record.lineage.parent else None,
         ) as out:
             new_record = train_model_with_metadata_capture(
-                model,
+                training.model,
                 roles["train"][0],
-                optimizer,
-                loss_fn,
-                params,
+                training.optimizer,
+                training.loss_fn,
+                training.params,
                 out,
-                scheduler=scheduler,
+                scheduler=training.scheduler,
                 progress=progress,
                 model_name=record.model_name,
                 reproduces=ref_self,
             )
-        report.timings["training_s"] = time.perf_counter() - t_train
-        report.reproduction_uri = out.uri if output is not None else None
-        new_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        report.weights = compare_weights(original_state, new_state, tol)
-        report.metrics = compare_metrics(record, new_record)
-        report.data_order_matches = record.training.data_order_digests == new_record.training.data_order_digests
-        eval_sets = roles["test"] or roles["valid"] or roles["train"]
-        original_model = None
-        if not report.weights["identical"]:
-            # Bit-identical weights in the same class predict the same: one evaluation serves both.
-            original_model = rebuild_model(record, model_ds, allow=allow, model_class=model_class)
-            original_model.load_state_dict(original_state)
-        model.cpu()
-        report.predictions = compare_predictions(original_model, model, eval_sets[0])
-    report.timings["original_training_s"] = record.results.wall_time_s
-    report.timings["total_s"] = time.perf_counter() - t0
-    if envelope is None and mode == "statistical":
-        envelope = _find_envelope(model_ds)
-    _judge(report, record, new_record, tol, envelope)
-    return report
+    return new_record, out.uri if output is not None else None
+
+
+def _compare(
+    original: _Original,
+    training: _Training,
+    new_record: ProvenanceRecord,
+    tol: Tolerance,
+    *,
+    allow: Iterable[str],
+    model_class: type | None,
+) -> Comparison:
+    """The re-trained model beside the original: weights, metrics, data order, predictions."""
+    record, model = original.record, training.model
+    new_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    weights = compare_weights(original.state, new_state, tol)
+    roles = training.roles
+    eval_sets = roles["test"] or roles["valid"] or roles["train"]
+    original_model = None
+    if not weights["identical"]:
+        # Bit-identical weights in the same class predict the same: one evaluation serves both.
+        original_model = rebuild_model(record, original.model_ds, allow=allow, model_class=model_class)
+        original_model.load_state_dict(original.state)
+    model.cpu()
+    return Comparison(
+        weights=weights,
+        metrics=compare_metrics(record, new_record),
+        predictions=compare_predictions(original_model, model, eval_sets[0]),
+        data_order_matches=record.training.data_order_digests == new_record.training.data_order_digests,
+    )
+
+
+def _judge(
+    original: _Original,
+    new_record: ProvenanceRecord,
+    comparison: Comparison,
+    checks: _Checks,
+    tol: Tolerance,
+    *,
+    envelope: dict[str, Any] | None,
+    reasons: list[str],
+) -> Judgement:
+    """The verdict; a statistical-mode model is judged against its multi-run envelope when there is one."""
+    if envelope is None and original.record.training.determinism.mode == "statistical":
+        envelope = _find_envelope(original.model_ds)
+    return judge(
+        original.record,
+        new_record,
+        comparison,
+        code=checks.code,
+        environment=checks.environment,
+        tol=tol,
+        envelope=envelope,
+        reasons=reasons,
+    )
+
+
+def _report(
+    original: _Original,
+    checks: _Checks,
+    comparison: Comparison,
+    judgement: Judgement,
+    tol: Tolerance,
+    *,
+    reproduction_uri: str | None,
+    timings: dict[str, float],
+) -> ReproductionReport:
+    """The report of the steps' results."""
+    return ReproductionReport(
+        original_uri=original.model_ds.uri,
+        verdict=judgement.verdict,
+        mode=original.record.training.determinism.mode,
+        reasons=judgement.reasons,
+        reproduction_uri=reproduction_uri,
+        data_checks=checks.data,
+        code=checks.code,
+        environment_differences=checks.environment,
+        weights=comparison.weights,
+        metrics=comparison.metrics,
+        predictions=comparison.predictions,
+        data_order_matches=comparison.data_order_matches,
+        envelope=judgement.envelope,
+        tolerance=dataclasses.asdict(tol),
+        timings=timings,
+    )
 
 
 def _transforms_for(
-    record: ProvenanceRecord, given: Mapping[str, Callable[[Any], Any]] | None, report: ReproductionReport
+    record: ProvenanceRecord, given: Mapping[str, Callable[[Any], Any]] | None, reasons: list[str]
 ) -> list[Any]:
     """Per recorded dataset, the transform to read it through: passed, rebuilt, or None."""
     given = dict(given or {})
@@ -343,7 +411,7 @@ def _transforms_for(
             )
         why = transform_differences(ref, transform)
         if why:
-            report.reasons.append(why)
+            reasons.append(why)
         out.append(transform)
     return out
 
@@ -364,60 +432,3 @@ def _find_envelope(model_ds: StoredDataSet) -> dict[str, Any] | None:
 def _reproduction_name(name: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     return f"{name}.reproduction-{stamp}-{os.getpid()}"[:80]
-
-
-def _judge(
-    report: ReproductionReport,
-    record: ProvenanceRecord,
-    new: ProvenanceRecord,
-    tol: Tolerance,
-    envelope: dict[str, Any] | None,
-) -> None:
-    reasons = report.reasons
-    env = report.environment_differences
-    key_env = [d for d in env if not d["what"].startswith("package ")]
-    if key_env:
-        reasons.append(
-            "environment differs: " + ", ".join(f"{d['what']} {d['recorded']} -> {d['now']}" for d in key_env)
-        )
-    if any(d["what"].startswith("package ") for d in env):
-        n = sum(1 for d in env if d["what"].startswith("package "))
-        reasons.append(f"{n} installed package version(s) differ")
-    if record.training.device != new.training.device:
-        reasons.append(f"device differs: {record.training.device} -> {new.training.device}")
-    if report.code.get("same_commit") is False:
-        reasons.append(report.code["message"])
-    if report.data_order_matches is False:
-        reasons.append("the order in which samples were seen differs (data-order digests)")
-    metric_ok = all(
-        r["abs_diff"] is None or r["abs_diff"] <= tol.metric_abs
-        for r in report.metrics
-        if r["epoch"] == record.training.epochs
-    )
-    agree_ok = report.predictions.get("agreement", 0.0) >= tol.agreement
-    if report.mode == "statistical":
-        reasons.append(
-            f"statistical mode: re-run with seed {new.training.seeds.seed} (recorded "
-            f"{record.training.seeds.seed}); judged on final metrics, not bits"
-        )
-        if envelope is not None:
-            report.envelope = envelope_check(envelope, new)
-            ok = report.envelope["within"]
-        else:
-            ok = statistical_metrics_ok(report.metrics, record.training.epochs, tol)
-        report.verdict = "within tolerance" if ok else "differs"
-        if not ok:
-            reasons.append("final metrics fall outside the tolerance" + (" envelope" if envelope else ""))
-        return
-    if report.weights["identical"]:
-        report.verdict = "identical"
-        return
-    reasons.append(
-        f"weights differ: {report.weights['n_tensors'] - report.weights['n_identical']} of "
-        f"{report.weights['n_tensors']} tensors, max abs diff {report.weights['max_abs_diff']:.3g}"
-    )
-    if not key_env and not report.reasons[:-1]:
-        reasons.append("same environment, data and code: non-determinism in the training")
-    report.verdict = (
-        "within tolerance" if (report.weights["within_tolerance"] and metric_ok and agree_ok) else "differs"
-    )

@@ -1,0 +1,116 @@
+"""Checking the recorded code before a re-run: is the commit here, does the recorded patch apply?
+
+Example:
+    >>> check_code(record).status                          # doctest: +SKIP
+    'available'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from reprodl.provenance import GitInfo, ProvenanceRecord
+from reprodl.store import StoredDataSet
+
+CodeStatus = Literal["unknown", "missing", "available", "patch does not apply"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeCheck:
+    """What :func:`check_code` (and :func:`check_patch`) found about the recorded code.
+
+    ``None`` in a field: not checked (no commit recorded, the commit is missing, no patch).
+    """
+
+    status: CodeStatus
+    message: str
+    recorded_commit: str | None = None
+    dirty: bool = False
+    commit_available: bool | None = None
+    current_commit: str | None = None
+    same_commit: bool | None = None
+    patch_item: str | None = None
+    patch_applies: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: recorded_commit, dirty, status, message, and the fields that were checked."""
+        always = ("recorded_commit", "dirty", "status", "message")
+        out = {name: getattr(self, name) for name in always}
+        for field in dataclasses.fields(self):
+            if field.name not in always and getattr(self, field.name) is not None:
+                out[field.name] = getattr(self, field.name)
+        return out
+
+
+def check_code(record: ProvenanceRecord) -> CodeCheck:
+    """Is the recorded commit available here, and is the checkout at it?"""
+    git = record.code.git
+    unknown = CodeCheck(
+        "unknown",
+        "the training ran outside a git repository; code cannot be checked",
+        recorded_commit=git.commit if git else None,
+        dirty=bool(git and git.dirty),
+    )
+    if not git or not git.commit:
+        return unknown
+    root = _repo_root(git)
+    try:
+        has = _git(root, "cat-file", "-e", f"{git.commit}^{{commit}}").returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        has = False
+    if not has:
+        message = (
+            f"commit {git.commit} is not in the repository at {root}: fetch it "
+            f"({git.remote or 'the original remote'}) to rebuild the exact code"
+        )
+        return dataclasses.replace(unknown, status="missing", message=message, commit_available=False)
+    head = _git(root, "rev-parse", "HEAD").stdout.decode().strip()
+    message = f"commit {git.commit[:12]} is available" + (
+        "" if head == git.commit else f"; the checkout is at {head[:12]}, so the re-run uses different code"
+    )
+    return dataclasses.replace(
+        unknown,
+        status="available",
+        message=message,
+        commit_available=True,
+        current_commit=head,
+        same_commit=head == git.commit,
+        patch_item=git.patch_item or None,
+    )
+
+
+def check_patch(record: ProvenanceRecord, model_ds: StoredDataSet, code: CodeCheck) -> CodeCheck:
+    """``code`` with whether the recorded uncommitted patch applies to the recorded commit."""
+    git = record.code.git
+    if not git or not git.patch_item or not git.commit or not code.commit_available:
+        return code
+    root = _repo_root(git)
+    patch = Path(model_ds.item_path(model_ds.identifier_of(git.patch_item))).read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        _git(root, "read-tree", git.commit, env=env)
+        res = _git(root, "apply", "--cached", "--check", "-", env=env, stdin=patch)
+    if res.returncode == 0:
+        return dataclasses.replace(code, patch_applies=True)
+    return dataclasses.replace(
+        code,
+        patch_applies=False,
+        status="patch does not apply",
+        message=f"the recorded patch does not apply to {git.commit[:12]}: {res.stderr.decode().strip()}",
+    )
+
+
+def _git(
+    root: Path, *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, input=stdin, env=env, timeout=60)
+
+
+def _repo_root(git: GitInfo) -> Path:
+    """The recorded repository root where it exists here, else the working directory."""
+    return Path(git.root) if git.root and Path(git.root).is_dir() else Path.cwd()

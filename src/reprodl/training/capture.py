@@ -1,4 +1,6 @@
-"""Capturing what a training needs to be redone: code, environment, seeds, components.
+"""Capturing what a training needs to be redone: code, environment, determinism, components.
+
+The seeds are planned, applied and recorded by :mod:`reprodl.training.seeding`.
 
 Example:
     >>> info = capture_environment()            # doctest: +SKIP
@@ -15,7 +17,6 @@ import importlib.metadata
 import inspect
 import os
 import platform
-import random
 import subprocess
 import sys
 import textwrap
@@ -32,7 +33,6 @@ from reprodl.provenance import (
     Environment,
     GitInfo,
     OptimizerInfo,
-    Seeds,
 )
 
 # --- environment -----------------------------------------------------------------------
@@ -384,30 +384,7 @@ def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# --- seeds and determinism ---------------------------------------------------------------
-def derive_seeds(seed: int, num_workers: int) -> Seeds:
-    """All seeds of a run, derived from one; the same seed gives the same seeds."""
-    base = seed & 0xFFFFFFFF
-    return Seeds(
-        seed=seed,
-        python=base,
-        numpy=base,
-        torch=seed,
-        dataloader_generator=seed + 1,
-        worker_seeds=[(seed + 1000 + i) & 0xFFFFFFFF for i in range(num_workers)],
-    )
-
-
-def seed_everything(seeds: Seeds) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
-    import numpy as np
-    import torch
-
-    random.seed(seeds.python)
-    np.random.seed(seeds.numpy)
-    torch.manual_seed(seeds.torch)
-
-
+# --- determinism ------------------------------------------------------------------------
 class DeterminismSettings:
     """Apply bitwise-determinism settings for a block and restore the previous ones after."""
 

@@ -223,7 +223,8 @@ def build_and_train(
     import torch
 
     from reprodl import trust
-    from reprodl.training.loop import DerivedDataSet, train_model_with_metadata_capture
+    from reprodl.modeldataset.write import DerivedDataSet
+    from reprodl.training.loop import train_model_with_metadata_capture
     from reprodl.training.params import Parameters
 
     train = [_open(s) for s in cfg.specs("train")]

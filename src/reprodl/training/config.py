@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reprodl.data.readme import read_yaml_file
 from reprodl.errors import ParametersError
+from reprodl.modeldataset.write import check_readme_fields
 from reprodl.training.params import apply_overrides, check_config_keys
 
 SHORTHANDS = {
@@ -108,7 +109,11 @@ class TrainConfig(BaseModel):
     parent: str | None = None
     freeze: list[str] = Field(default_factory=list)
     allow: list[str] = Field(default_factory=list)
-    readme: dict[str, Any] = Field(default_factory=dict)
+    readme: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fields added to the model's README (description, owners, project...); "
+        "the keys reprodl writes from the record are refused",
+    )
     require_clean_code: bool = Field(False, description="refuse to train on uncommitted code")
     store_untracked: bool = Field(
         True,
@@ -147,6 +152,7 @@ def load_config(path: str | os.PathLike[str] | dict[str, Any], overrides: list[s
     if not cfg.specs("train"):
         raise ParametersError("the config needs data.train: {uri: ...}")
     check_config_keys(cfg.params)
+    check_readme_fields(cfg.readme)  # a reserved or odd readme key is reported before the data are read
     # Relative paths in a config file are relative to the file, not the working directory.
     cfg.output = _resolve(cfg.output, base)
     for role in list(cfg.data):

@@ -23,18 +23,26 @@ pytest_plugins = ["train_fixtures"]
 GOLDEN = Path(__file__).resolve().parent / "golden"
 GOLDEN_RECORD = GOLDEN / keys.PROVENANCE_FILE
 GOLDEN_MODEL = GOLDEN / "digits-golden"
-GOLDEN_VERSION = "1.0"
+GOLDEN_VERSION = "1.1"
+# Every schema version's golden files, kept so that old records stay readable (the newest is GOLDEN).
+VERSIONS = {"1.0": GOLDEN / "1.0", GOLDEN_VERSION: GOLDEN}
 FORMAT_CHANGED = "the record format changed: bump keys.PROVENANCE_SCHEMA_VERSION and keep old records readable"
 # Digits 1403, 1406, 1408, 1417 and 1419 of scikit-learn's set (held out from the golden
 # training): the golden model's predictions for them, each with a margin over 0.9 in log-probability.
 PINNED = {1403: 2, 1406: 9, 1408: 4, 1417: 2, 1419: 4}
 
 
+@pytest.fixture(params=sorted(VERSIONS))
+def version(request: pytest.FixtureRequest) -> str:
+    """Each schema version whose golden files are kept."""
+    return str(request.param)
+
+
 @pytest.fixture
-def golden_model(tmp_path: Path) -> Path:
-    """A copy of the golden model dataset: the tests never write into tests/golden."""
+def golden_model(tmp_path: Path, version: str) -> Path:
+    """A copy of that version's golden model dataset: the tests never write into tests/golden."""
     dest = tmp_path / "digits-golden"
-    shutil.copytree(GOLDEN_MODEL, dest)
+    shutil.copytree(VERSIONS[version] / "digits-golden", dest)
     return dest
 
 
@@ -42,12 +50,13 @@ def _golden_raw() -> dict[str, Any]:
     return json.loads(GOLDEN_RECORD.read_text(encoding="utf-8"))
 
 
-def test_the_golden_record_reads_and_its_digest_checks():
+def test_the_golden_record_reads_and_its_digest_checks(version: str):
     from reprodl.provenance import parse_record
 
-    record = parse_record(GOLDEN_RECORD.read_bytes(), source=str(GOLDEN_RECORD))
+    path = VERSIONS[version] / keys.PROVENANCE_FILE
+    record = parse_record(path.read_bytes(), source=str(path))
     record.check_digest()
-    assert record.schema_version == GOLDEN_VERSION
+    assert record.schema_version == version
     assert record.architecture.import_path == "reprodl.zoo:GenNet"
     assert record.architecture.init_params == {"input_dim": 8}
     assert (record.training.optimizer.module, record.training.optimizer.class_name) == ("torch.optim.sgd", "SGD")
@@ -66,9 +75,9 @@ def test_the_golden_files_are_of_the_current_schema_version():
     )
 
 
-def test_the_golden_record_is_the_golden_models_record():
-    item = GOLDEN_MODEL / "data" / keys.PROVENANCE_FILE
-    assert item.read_bytes() == GOLDEN_RECORD.read_bytes()
+def test_the_golden_record_is_the_golden_models_record(version: str):
+    item = VERSIONS[version] / "digits-golden" / "data" / keys.PROVENANCE_FILE
+    assert item.read_bytes() == (VERSIONS[version] / keys.PROVENANCE_FILE).read_bytes()
 
 
 def test_the_golden_model_opens_and_verifies(golden_model: Path):
@@ -80,7 +89,8 @@ def test_the_golden_model_opens_and_verifies(golden_model: Path):
     assert ds.name == "digits-golden"
     assert ds.get_annotation(keys.MODEL_KIND) == keys.KIND_MODEL
     record = read_record(ds)
-    assert ds.get_annotation(keys.RECORD_DIGEST) == record.digest == _golden_raw()["digest"]
+    raw = json.loads((golden_model / "data" / keys.PROVENANCE_FILE).read_text(encoding="utf-8"))
+    assert ds.get_annotation(keys.RECORD_DIGEST) == record.digest == raw["digest"]
     report = verify_model(str(golden_model))
     assert report.ok, [c for c in report.checks if not c.ok]
     assert any(c.name == "weights match the record" and c.ok for c in report.checks)

@@ -357,7 +357,7 @@ def test_external_sigkill_during_a_large_copy_leaves_no_dataset(base_dir, tmp_pa
 def test_model_datasets_are_staged_with_a_marker_too(digits_uri, base_dir):
     """DerivedDataSet (a model) goes through create_dataset: staged, marked, discarded on error."""
     from reprodl.data.datasets import TensorDataSet
-    from reprodl.training.loop import DerivedDataSet
+    from reprodl.modeldataset.write import DerivedDataSet
 
     with pytest.raises(RuntimeError, match="boom"), DerivedDataSet(str(base_dir), "model", TensorDataSet(digits_uri)):
         [staging] = find_staging(base_dir)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DerivedDataSet": "reprodl.training.loop",
+    "DerivedDataSet": "reprodl.modeldataset.write",
     "GenNet": "reprodl.zoo",
     "ImageDataSet": "reprodl.data.datasets",
     "Parameters": "reprodl.training.params",
@@ -67,9 +67,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from reprodl.data.datasets import ImageDataSet, TensorDataSet
     from reprodl.errors import ReprodlError
     from reprodl.model import TrainedTorchModel
+    from reprodl.modeldataset.write import DerivedDataSet
     from reprodl.provenance import ProvenanceRecord
     from reprodl.reproduction.rerun import ReproductionReport, reproduce
     from reprodl.store import open_dataset
-    from reprodl.training.loop import DerivedDataSet, train_model_with_metadata_capture
+    from reprodl.training.loop import train_model_with_metadata_capture
     from reprodl.training.params import Parameters
     from reprodl.zoo import GenNet

@@ -62,8 +62,8 @@ SIGNATURES = "reprodl_signatures"
 SIGNATURE_FORMAT = "reprodl-signature/1"  # names what a signature's payload holds
 
 # --- schema versions -------------------------------------------------------------------
-PROVENANCE_SCHEMA_VERSION = "1.0"
-PROVENANCE_SCHEMA_ID = "https://reprodl.dev/schemas/provenance-1.0.json"
+PROVENANCE_SCHEMA_VERSION = "1.1"
+PROVENANCE_SCHEMA_ID = "https://reprodl.dev/schemas/provenance-1.1.json"
 README_SCHEMA_VERSION = "1.0"
 
 # --- staging (datasets being created or copied) ----------------------------------------

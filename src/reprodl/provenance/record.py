@@ -116,14 +116,23 @@ class CallableInfo(_Part):
 
 
 class Seeds(_Part):
-    """Every seed of the run, all derived from one."""
+    """The seeds a training applied, all derived from ``seed`` (reprodl.training.seeding)."""
 
-    seed: int = Field(description="the run's seed, from which the others derive")
-    python: int = Field(description="seed of Python's random module")
-    numpy: int = Field(description="seed of NumPy's global generator")
-    torch: int = Field(description="seed of torch's global generator (torch.manual_seed)")
-    dataloader_generator: int = Field(description="seed of the generator that orders the samples each epoch")
-    worker_seeds: list[int] = Field(default_factory=list, description="seed of each DataLoader worker, in order")
+    seed: int = Field(description="the base seed (params.seed) every other seed is derived from")
+    python: int = Field(description="seed of Python's random in the training process")
+    numpy: int = Field(description="seed of NumPy's global generator in the training process")
+    torch: int = Field(description="seed of torch's global generator in the training process")
+    dataloader_generator: int = Field(description="seed of the DataLoader's generator (its workers' base seed)")
+    sampler: int | None = Field(
+        None,
+        description="seed of the batch order: epoch e is torch.randperm from a generator seeded "
+        "sampler * 1000003 + e (absent in older records, where it is seed + 1)",
+    )
+    worker_seeds: list[int] = Field(
+        default_factory=list,
+        description="seed of Python's, NumPy's and torch's generators in each DataLoader worker, in worker order "
+        "(older records wrote seed + 1000 + i here; seed + 1001 + i was applied)",
+    )
 
 
 class Determinism(_Part):

@@ -1,4 +1,6 @@
-"""Capturing what a training needs to be redone: code, environment, seeds, components.
+"""Capturing what a training needs to be redone: code, environment, determinism, components.
+
+The seeds are planned, applied and recorded by :mod:`reprodl.training.seeding`.
 
 Example:
     >>> info = capture_environment()            # doctest: +SKIP
@@ -15,7 +17,6 @@ import importlib.metadata
 import inspect
 import os
 import platform
-import random
 import subprocess
 import sys
 import textwrap
@@ -32,7 +33,6 @@ from reprodl.provenance import (
     Environment,
     GitInfo,
     OptimizerInfo,
-    Seeds,
 )
 
 # --- environment -----------------------------------------------------------------------
@@ -254,14 +254,19 @@ def capture_code(
         argv=list(sys.argv),
         working_directory=os.getcwd(),
     )
-    files: dict[str, Path] = {}
     root = _git(["rev-parse", "--show-toplevel"], base)
     if root is None:
+        files: dict[str, Path] = {}
         if script is not None:
             info.entry_script_item = f"{keys.CODE_DIR}entry/{script.name}"
             files[info.entry_script_item] = script
         return info, None, files
-    root_path = Path(root.strip())
+    info.git, patch, files = _capture_git(Path(root.strip()), store_untracked=store_untracked)
+    return info, patch, files
+
+
+def _capture_git(root: Path, *, store_untracked: bool) -> tuple[GitInfo, str | None, dict[str, Path]]:
+    """(git info, patch, untracked files to store) of the repository at ``root``."""
     # Independent read-only queries: run them at once rather than one after another.
     res = _git_many(
         {
@@ -273,25 +278,48 @@ def capture_code(
             # Untracked files, git-ignored ones left out (.gitignore, .git/info/exclude, core.excludesFile).
             "untracked": ["ls-files", "--others", "--exclude-standard", "-z", "--full-name"],
         },
-        root_path,
+        root,
     )
     commit = (res["commit"] or "").strip() or None
-    branch = (res["branch"] or "").strip() or None
-    remote = (res["remote"] or "").strip() or None
     patch = res["patch"] if commit else None
     # A tracked file named like a secret (a committed .env, edited since) stays out of the patch.
     patch_skipped = sorted(rel for rel in (res["changed"] or "").split("\0") if rel and secret_pattern(rel))
     if patch and patch_skipped:
         patch = _git(
-            ["diff", "HEAD", "--binary", "--", ".", *(f":(exclude,literal){rel}" for rel in patch_skipped)], root_path
+            ["diff", "HEAD", "--binary", "--", ".", *(f":(exclude,literal){rel}" for rel in patch_skipped)], root
         )
     untracked = sorted(e for e in (res["untracked"] or "").split("\0") if e)
     # Datasets and models (and the one being written) inside the repository are data, not code.
-    untracked = [rel for rel in untracked if not _inside_dataset(root_path, rel)]
-    stored, reasons, total = [], {}, 0
+    untracked = [rel for rel in untracked if not _inside_dataset(root, rel)]
+    files, reasons = _select_untracked(root, untracked, store_untracked=store_untracked)
+    skipped = list(reasons)[:200]
+    git = GitInfo(
+        commit=commit,
+        branch=(res["branch"] or "").strip() or None,
+        dirty=bool(patch) or bool(patch_skipped) or bool(untracked),
+        remote=(res["remote"] or "").strip() or None,
+        root=str(root),
+        untracked=untracked[:200],
+        untracked_items=list(files),
+        untracked_skipped=skipped,
+        untracked_skipped_reasons={rel: reasons[rel] for rel in skipped},
+        store_untracked=store_untracked,
+        patch_skipped=patch_skipped[:200],
+        patch_sha256=hashlib.sha256(patch.encode()).hexdigest() if patch else None,
+    )
+    return git, (patch or None), files
+
+
+def _select_untracked(
+    root: Path, untracked: list[str], *, store_untracked: bool
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """(item relpath -> file, for the untracked files stored; relpath -> why, for those not)."""
+    files: dict[str, Path] = {}
+    reasons: dict[str, str] = {}
+    total = 0
     for rel in untracked:
         try:
-            why, size = _skip_reason(root_path, rel, total)
+            why, size = _skip_reason(root, rel, total)
             if not store_untracked and why != SKIP_SECRET:
                 why = SKIP_OPTED_OUT
         except OSError:
@@ -300,26 +328,8 @@ def capture_code(
             reasons[rel] = why
             continue
         total += size
-        item = f"{keys.CODE_DIR}untracked/{rel}"
-        files[item] = root_path / rel
-        stored.append(item)
-    dirty = bool(patch) or bool(patch_skipped) or bool(untracked)
-    skipped = list(reasons)[:200]
-    info.git = GitInfo(
-        commit=commit,
-        branch=branch,
-        dirty=dirty,
-        remote=remote,
-        root=str(root_path),
-        untracked=untracked[:200],
-        untracked_items=stored,
-        untracked_skipped=skipped,
-        untracked_skipped_reasons={rel: reasons[rel] for rel in skipped},
-        store_untracked=store_untracked,
-        patch_skipped=patch_skipped[:200],
-        patch_sha256=hashlib.sha256(patch.encode()).hexdigest() if patch else None,
-    )
-    return info, (patch or None), files
+        files[f"{keys.CODE_DIR}untracked/{rel}"] = root / rel
+    return files, reasons
 
 
 def untracked_summary(git: GitInfo | None) -> str | None:
@@ -384,30 +394,7 @@ def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# --- seeds and determinism ---------------------------------------------------------------
-def derive_seeds(seed: int, num_workers: int) -> Seeds:
-    """All seeds of a run, derived from one; the same seed gives the same seeds."""
-    base = seed & 0xFFFFFFFF
-    return Seeds(
-        seed=seed,
-        python=base,
-        numpy=base,
-        torch=seed,
-        dataloader_generator=seed + 1,
-        worker_seeds=[(seed + 1000 + i) & 0xFFFFFFFF for i in range(num_workers)],
-    )
-
-
-def seed_everything(seeds: Seeds) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
-    import numpy as np
-    import torch
-
-    random.seed(seeds.python)
-    np.random.seed(seeds.numpy)
-    torch.manual_seed(seeds.torch)
-
-
+# --- determinism ------------------------------------------------------------------------
 class DeterminismSettings:
     """Apply bitwise-determinism settings for a block and restore the previous ones after."""
 

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reprodl.data.readme import read_yaml_file
 from reprodl.errors import ParametersError
+from reprodl.modeldataset.write import check_readme_fields
 from reprodl.training.params import apply_overrides, check_config_keys
 
 SHORTHANDS = {
@@ -108,7 +109,11 @@ class TrainConfig(BaseModel):
     parent: str | None = None
     freeze: list[str] = Field(default_factory=list)
     allow: list[str] = Field(default_factory=list)
-    readme: dict[str, Any] = Field(default_factory=dict)
+    readme: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fields added to the model's README (description, owners, project...); "
+        "the keys reprodl writes from the record are refused",
+    )
     require_clean_code: bool = Field(False, description="refuse to train on uncommitted code")
     store_untracked: bool = Field(
         True,
@@ -147,6 +152,7 @@ def load_config(path: str | os.PathLike[str] | dict[str, Any], overrides: list[s
     if not cfg.specs("train"):
         raise ParametersError("the config needs data.train: {uri: ...}")
     check_config_keys(cfg.params)
+    check_readme_fields(cfg.readme)  # a reserved or odd readme key is reported before the data are read
     # Relative paths in a config file are relative to the file, not the working directory.
     cfg.output = _resolve(cfg.output, base)
     for role in list(cfg.data):
@@ -220,16 +226,43 @@ def build_and_train(
     cfg: TrainConfig, *, progress: Any = True, on_epoch: Callable[..., None] | None = None, name: str | None = None
 ) -> tuple[str, Any]:
     """Build everything the config names and train it with capture; (model URI, record)."""
-    import torch
-
-    from reprodl import trust
-    from reprodl.training.loop import DerivedDataSet, train_model_with_metadata_capture
+    from reprodl.modeldataset.write import DerivedDataSet
+    from reprodl.training.loop import train_model_with_metadata_capture
     from reprodl.training.params import Parameters
 
     train = [_open(s) for s in cfg.specs("train")]
     valid = [_open(s) for s in cfg.specs("valid")]
     test = [_open(s) for s in cfg.specs("test")]
-    params = Parameters(**cfg.params)
+    model, params = _build_model(cfg, Parameters(**cfg.params))
+    optimizer, loss_fn, scheduler = _build_components(cfg, model, params.learning_rate)
+    with DerivedDataSet(
+        cfg.output, name or cfg.name, train, valid=valid, test=test, parent=cfg.parent, readme=cfg.readme
+    ) as out:
+        record = train_model_with_metadata_capture(
+            model,
+            train[0],
+            optimizer,
+            loss_fn,
+            params,
+            out,
+            scheduler=scheduler,
+            progress=progress,
+            on_epoch=on_epoch,
+            code_root=Path(cfg.source).parent if cfg.source else None,
+            config=cfg.model_dump(mode="json", by_alias=True),
+            require_clean_code=cfg.require_clean_code,
+            store_untracked=cfg.store_untracked,
+        )
+    assert out.uri is not None
+    return out.uri, record
+
+
+def _build_model(cfg: TrainConfig, params: Any) -> tuple[Any, Any]:
+    """(the model the config names, seeded; the parameters with its init_params), parent weights loaded."""
+    import torch
+
+    from reprodl import trust
+
     init_params = dict(params.init_params)
     if cfg.model is not None and cfg.model.init_params:
         init_params = {**cfg.model.init_params, **init_params}
@@ -254,15 +287,27 @@ def build_and_train(
     model = _construct(model_cls, "model", init_params)
     if parent_state is not None:
         model.load_state_dict(parent_state)
+    _freeze(model, cfg.freeze)
+    return model, params
+
+
+def _freeze(model: Any, freeze: list[str]) -> None:
+    """Turn off gradients of the parameters (or modules, by prefix) named in ``freeze``."""
     names = dict(model.named_parameters())
-    unknown = [n for n in cfg.freeze if n not in names and not any(k.startswith(n + ".") for k in names)]
+    unknown = [n for n in freeze if n not in names and not any(k.startswith(n + ".") for k in names)]
     if unknown:
         raise ParametersError(f"freeze names {unknown} are not parameters of the model; it has {list(names)[:8]}...")
     for n, p in names.items():
-        if any(n == f or n.startswith(f + ".") for f in cfg.freeze):
+        if any(n == f or n.startswith(f + ".") for f in freeze):
             p.requires_grad_(False)
+
+
+def _build_components(cfg: TrainConfig, model: Any, learning_rate: float) -> tuple[Any, Any, Any]:
+    """(optimiser over the trainable parameters, loss function, scheduler or None) the config names."""
+    from reprodl import trust
+
     opt_cls = _component(cfg.optimizer, "torch.optim", trust.Kind.OPTIMIZER, cfg.allow)
-    opt_kwargs = {"lr": params.learning_rate, **cfg.optimizer.kwargs()}
+    opt_kwargs = {"lr": learning_rate, **cfg.optimizer.kwargs()}
     optimizer = _construct(opt_cls, "optimizer", opt_kwargs, [p for p in model.parameters() if p.requires_grad])
     loss_fn = _construct(_component(cfg.loss, "torch.nn", trust.Kind.LOSS, cfg.allow), "loss", cfg.loss.kwargs())
     scheduler = None
@@ -273,23 +318,4 @@ def build_and_train(
             cfg.scheduler.kwargs(),
             optimizer,
         )
-    with DerivedDataSet(
-        cfg.output, name or cfg.name, train, valid=valid, test=test, parent=cfg.parent, readme=cfg.readme
-    ) as out:
-        record = train_model_with_metadata_capture(
-            model,
-            train[0],
-            optimizer,
-            loss_fn,
-            params,
-            out,
-            scheduler=scheduler,
-            progress=progress,
-            on_epoch=on_epoch,
-            code_root=Path(cfg.source).parent if cfg.source else None,
-            config=cfg.model_dump(mode="json", by_alias=True),
-            require_clean_code=cfg.require_clean_code,
-            store_untracked=cfg.store_untracked,
-        )
-    assert out.uri is not None
-    return out.uri, record
+    return optimizer, loss_fn, scheduler

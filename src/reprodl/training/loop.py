@@ -8,156 +8,73 @@ The paper's workflow runs as written:
     >>> optimiser = torch.optim.SGD(model.parameters(), lr=params.learning_rate)   # doctest: +SKIP
     >>> with DerivedDataSet(base_uri, "mnist_model", train_ds) as output_ds:       # doctest: +SKIP
     ...     train_model_with_metadata_capture(model, train_ds, optimiser, loss_fn, params, output_ds)
+
+A training runs in five steps: its arguments are checked, what it needs to be redone is
+captured (code, components, environment), the loop runs, the record is assembled, and the
+model dataset is written (:mod:`reprodl.modeldataset.write`). Every seed comes from one
+:class:`~reprodl.training.seeding.SeedPlan`, which also writes the record's seeds.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import datetime
 import hashlib
-import json
 import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader, Sampler
 
 from reprodl import __version__, keys
-from reprodl.data.datasets import WrappedDataSet, collate
-from reprodl.errors import IntegrityError, ParametersError, ReprodlError, TrainingDivergedError
+from reprodl.data.datasets import Batch, WrappedDataSet, collate
+from reprodl.errors import IntegrityError, ParametersError, TrainingDivergedError
 from reprodl.modeldataset.weights import state_dict_sha256
+from reprodl.modeldataset.write import DerivedDataSet, check_label_compatibility, parent_ref, write_model
 from reprodl.provenance import (
+    Architecture,
+    CallableInfo,
+    CodeInfo,
     DataRef,
+    Determinism,
+    Environment,
     EpochMetrics,
     Lineage,
     ModelRef,
+    OptimizerInfo,
     ProvenanceRecord,
     Results,
     Training,
-    mirror_annotations,
     store_readmes_once,
 )
-from reprodl.store import DatasetWriter, create_dataset
 from reprodl.training.capture import (
     DeterminismSettings,
     capture_code,
     capture_environment,
-    derive_seeds,
     describe_architecture,
     describe_callable,
     describe_optimizer,
     require_clean,
-    seed_everything,
 )
 from reprodl.training.params import Parameters
+from reprodl.training.seeding import SeedPlan
 
 EpochCallback = Callable[[EpochMetrics], None]
-
-
-class DerivedDataSet:
-    """The output model dataset: a context manager frozen only if training succeeded.
-
-    Args:
-        base_uri: where to create the model dataset (path, file://, s3://).
-        name: the model dataset's name.
-        source: the training dataset, or a list of them (they must share labels).
-        valid: validation dataset(s), evaluated each epoch.
-        test: test dataset(s), recorded by role (evaluate them with ``TrainedTorchModel``).
-        parent: URI of a model dataset this training fine-tunes (recorded as lineage).
-    """
-
-    def __init__(
-        self,
-        base_uri: str,
-        name: str,
-        source: WrappedDataSet | Sequence[WrappedDataSet],
-        *,
-        valid: WrappedDataSet | Sequence[WrappedDataSet] | None = None,
-        test: WrappedDataSet | Sequence[WrappedDataSet] | None = None,
-        parent: str | None = None,
-        readme: dict[str, Any] | None = None,
-    ) -> None:
-        self.base_uri = base_uri
-        self.name = name
-        self.train_sets = _as_list(source)
-        if not self.train_sets:
-            raise ParametersError("DerivedDataSet needs at least one training dataset")
-        self.valid_sets = _as_list(valid)
-        self.test_sets = _as_list(test)
-        self.parent = parent
-        self.extra_readme = dict(readme or {})
-        check_label_compatibility(self.train_sets + self.valid_sets + self.test_sets)
-        self.uri: str | None = None
-        self.writer: DatasetWriter | None = None
-        self._stack: contextlib.ExitStack | None = None
-        self.record: ProvenanceRecord | None = None
-
-    def datasets_by_role(self) -> list[tuple[str, WrappedDataSet]]:
-        """(role, dataset) for every train, valid and test dataset, in that order."""
-        return (
-            [("train", d) for d in self.train_sets]
-            + [("valid", d) for d in self.valid_sets]
-            + [("test", d) for d in self.test_sets]
-        )
-
-    def __enter__(self) -> DerivedDataSet:
-        self._stack = contextlib.ExitStack()
-        self.writer = self._stack.enter_context(create_dataset(self.base_uri, self.name))
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        assert self._stack is not None
-        if exc_type is None and self.record is None:
-            error = ReprodlError(
-                f"nothing was trained into the model dataset {self.name!r}: call "
-                "train_model_with_metadata_capture(..., output_ds) inside the with-block"
-            )
-            self._stack.__exit__(type(error), error, None)  # discards the unfinished dataset
-            raise error
-        suppress = self._stack.__exit__(exc_type, exc, tb)
-        if exc_type is None and self.writer is not None:
-            self.uri = self.writer.uri
-        return bool(suppress)
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
-
-
-def check_label_compatibility(datasets: Sequence[WrappedDataSet]) -> None:
-    """Datasets trained or evaluated together must share their label encoding."""
-    if len(datasets) < 2:
-        return
-    first = datasets[0]
-    for other in datasets[1:]:
-        if other.cat_encoding != first.cat_encoding:
-            a, b = first.cat_encoding, other.cat_encoding
-            only_a = sorted(set(a) - set(b))
-            only_b = sorted(set(b) - set(a))
-            moved = sorted(k for k in set(a) & set(b) if a[k] != b[k])
-            raise ParametersError(
-                f"datasets {first.name!r} and {other.name!r} do not share label metadata: "
-                f"categories only in the first {only_a}, only in the second {only_b}, "
-                f"encoded differently {moved}. Re-create them with the same categories"
-            )
+ProgressCallback = Callable[[str, int, int], None]
+Initialisation = Literal["constructor", "stored", "parent"]
 
 
 class EpochSampler(Sampler[list[int]]):
-    """Batches of indices from a permutation seeded by (seed, epoch); records its digest."""
+    """Batches of indices from a permutation seeded by the plan's seed of each epoch; records its digest."""
 
-    def __init__(self, n: int, batch_size: int, *, seed: int, shuffle: bool) -> None:
+    def __init__(self, n: int, batch_size: int, *, seeds: SeedPlan, shuffle: bool) -> None:
         self.n = n
         self.batch_size = batch_size
-        self.seed = seed
+        self.seeds = seeds
         self.shuffle = shuffle
         self.epoch = 0
         self.order_digest: str | None = None
@@ -169,7 +86,7 @@ class EpochSampler(Sampler[list[int]]):
         if not self.shuffle:
             return torch.arange(self.n)
         g = torch.Generator()
-        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        g.manual_seed(self.seeds.epoch_order_seed(self.epoch))
         return torch.randperm(self.n, generator=g)
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -182,21 +99,68 @@ class EpochSampler(Sampler[list[int]]):
         return (self.n + self.batch_size - 1) // self.batch_size
 
 
-def _worker_init(seed_base: int) -> Callable[[int], None]:
-    return _WorkerInit(seed_base)
+class _Concat(torch.utils.data.ConcatDataset):
+    """Several training datasets as one; a batch is fetched with one ``__getitems__`` call per
+    run of consecutive indices in the same dataset, in order, so the samples (and the draws of
+    random transforms) are those of fetching item by item."""
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        parts = [self._fetch(d, local) for d, local in self._runs(indices)]
+        if parts and all(isinstance(p, Batch) for p in parts):
+            inputs = torch.cat([p.inputs for p in parts])
+            labels = torch.cat([p.labels for p in parts]).to(torch.int64)
+            batch = Batch(zip(inputs, labels.tolist()))
+            batch.inputs, batch.labels = inputs, labels
+            return batch
+        return [sample for p in parts for sample in p]
+
+    def _runs(self, indices: Sequence[int]) -> list[tuple[int, list[int]]]:
+        """(dataset index, its local indices) for each run of consecutive indices in one dataset."""
+        import bisect
+
+        runs: list[tuple[int, list[int]]] = []
+        for i in indices:
+            d = bisect.bisect_right(self.cumulative_sizes, i)
+            local = i - (self.cumulative_sizes[d - 1] if d else 0)
+            if runs and runs[-1][0] == d:
+                runs[-1][1].append(local)
+            else:
+                runs.append((d, [local]))
+        return runs
+
+    def _fetch(self, d: int, local: list[int]) -> Any:
+        ds = self.datasets[d]
+        getitems = getattr(ds, "__getitems__", None)
+        return getitems(local) if getitems is not None else [ds[j] for j in local]
 
 
-class _WorkerInit:
-    def __init__(self, seed_base: int) -> None:
-        self.seed_base = seed_base
+def make_loader(
+    ds: WrappedDataSet | torch.utils.data.ConcatDataset[Any],
+    batch_size: int,
+    *,
+    seeds: SeedPlan,
+    shuffle: bool,
+    device: torch.device,
+) -> tuple[DataLoader, EpochSampler]:
+    """A DataLoader of ``seeds.num_workers`` workers, every seed from ``seeds``.
 
-    def __call__(self, worker_id: int) -> None:
-        import random
-
-        seed = (self.seed_base + 1000 + worker_id) & 0xFFFFFFFF
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+    The batch order comes from a seeded :class:`EpochSampler` (its digest is recorded), the
+    loader's generator is :meth:`SeedPlan.generator` and each worker is seeded by
+    :meth:`SeedPlan.worker_init_fn`.
+    """
+    sampler = EpochSampler(len(ds), batch_size, seeds=seeds, shuffle=shuffle)
+    workers = seeds.num_workers
+    loader = DataLoader(
+        ds,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        worker_init_fn=seeds.worker_init_fn() if workers else None,
+        generator=seeds.generator(),
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    return loader, sampler
 
 
 def choose_device(requested: str | None) -> torch.device:
@@ -210,32 +174,6 @@ def choose_device(requested: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ParametersError(f"device {requested!r} was asked for but CUDA is not available here; use device='cpu'")
     return device
-
-
-def make_loader(
-    ds: WrappedDataSet | torch.utils.data.ConcatDataset[Any],
-    batch_size: int,
-    *,
-    seed: int,
-    shuffle: bool,
-    num_workers: int,
-    device: torch.device,
-) -> tuple[DataLoader, EpochSampler]:
-    """A DataLoader whose batch order comes from a seeded :class:`EpochSampler` (its digest is recorded)."""
-    sampler = EpochSampler(len(ds), batch_size, seed=seed, shuffle=shuffle)
-    g = torch.Generator()
-    g.manual_seed(seed + 1)
-    loader = DataLoader(
-        ds,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=num_workers,
-        worker_init_fn=_worker_init(seed) if num_workers else None,
-        generator=g,
-        pin_memory=device.type == "cuda",
-        persistent_workers=num_workers > 0,
-    )
-    return loader, sampler
 
 
 @torch.no_grad()
@@ -297,7 +235,7 @@ def _utcnow() -> str:
 
 def _initialisation(
     model: torch.nn.Module, init_params: dict[str, Any], seed: int, parent_sha: str | None, initial_sha: str
-) -> Literal["constructor", "stored", "parent"]:
+) -> Initialisation:
     """How the initial weights can be had again: from the parent, a seeded constructor, or stored."""
     if parent_sha is not None and parent_sha == initial_sha:
         return "parent"
@@ -312,6 +250,36 @@ def _initialisation(
     return "stored"
 
 
+@dataclasses.dataclass
+class _Captured:
+    """What a training captures before its first step, beside the code."""
+
+    started: str
+    t_start: float
+    architecture: Architecture
+    initial_state: dict[str, torch.Tensor]
+    optimizer: OptimizerInfo
+    loss: CallableInfo
+    scheduler: CallableInfo | None
+    environment: Environment
+    parent: ModelRef | None
+
+
+@dataclasses.dataclass
+class _CapturedCode:
+    info: CodeInfo
+    patch: str | None
+    files: dict[str, Path]
+
+
+@dataclasses.dataclass
+class _Trained:
+    history: list[EpochMetrics]
+    order_digests: list[str]
+    determinism: Determinism
+    wall_time_s: float
+
+
 def train_model_with_metadata_capture(
     model: torch.nn.Module,
     train_ds: WrappedDataSet,
@@ -323,7 +291,7 @@ def train_model_with_metadata_capture(
     valid_ds: WrappedDataSet | None = None,
     scheduler: Any = None,
     device: str | torch.device | None = None,
-    progress: bool | Callable[[str, int, int], None] = True,
+    progress: bool | ProgressCallback = True,
     on_epoch: EpochCallback | None = None,
     model_name: str | None = None,
     reproduces: ModelRef | None = None,
@@ -334,9 +302,8 @@ def train_model_with_metadata_capture(
 ) -> ProvenanceRecord:
     """Train ``model`` and write it, with its full provenance, into ``output_ds``.
 
-    Captures the architecture, optimiser, loss, scheduler, parameters, every dataset,
-    seeds and determinism settings, data order, code version, environment and per-epoch
-    metrics. Metrics accumulate on the device (no per-batch synchronisation).
+    Captures the architecture, optimiser, loss, scheduler, parameters, every dataset, seeds
+    and determinism settings, data order, code version, environment and per-epoch metrics.
 
     With ``require_clean_code=True`` training is refused (:class:`DirtyCodeError`) unless the
     code is committed (DeepDIVA's enforcement); otherwise the uncommitted patch and untracked
@@ -347,6 +314,35 @@ def train_model_with_metadata_capture(
     Returns:
         The sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
     """
+    params = _check_arguments(train_ds, params, output_ds, valid_ds)
+    code = _capture_code(code_root, config, require_clean_code=require_clean_code, store_untracked=store_untracked)
+    roles = output_ds.datasets_by_role()
+    _check_not_empty(roles)
+    _check_data(roles, params.verify_data)
+    target = choose_device(str(device) if device is not None else params.device)
+    captured = _capture(model, optimiser, loss_fn, scheduler, params, parent=output_ds.parent)
+    seeds = SeedPlan(params.seed, params.num_workers)
+    loop = _Loop(
+        model, optimiser, loss_fn, scheduler, params, output_ds, target, _progress_reporter(progress), on_epoch
+    )
+    trained = loop.run(seeds, t_start=captured.t_start)
+    training = _training_part(captured, trained, params, seeds=seeds, device=target)
+    lineage = Lineage(parent=captured.parent, reproduces=reproduces)
+    record = _make_record(
+        captured, trained, training, code.info, roles, name=model_name or output_ds.name, lineage=lineage
+    )
+    _write(output_ds, model, record, captured, code, roles)
+    assert output_ds.record is not None
+    return output_ds.record
+
+
+def _check_arguments(
+    train_ds: WrappedDataSet,
+    params: Parameters | dict[str, Any],
+    output_ds: DerivedDataSet,
+    valid_ds: WrappedDataSet | None,
+) -> Parameters:
+    """The parameters, validated; ``valid_ds`` joins the output's validation sets."""
     if not isinstance(params, Parameters):
         params = Parameters(**dict(params))
     if output_ds.writer is None:
@@ -362,152 +358,218 @@ def train_model_with_metadata_capture(
     if valid_ds is not None and valid_ds not in output_ds.valid_sets:
         output_ds.valid_sets.append(valid_ds)
     check_label_compatibility(output_ds.train_sets + output_ds.valid_sets)
-    code, patch, code_files = capture_code(code_root, store_untracked=store_untracked)
-    if require_clean_code:
-        require_clean(code)
-    roles = output_ds.datasets_by_role()
-    _check_not_empty(roles)
-    _check_data(roles, params.verify_data)
-    started = _utcnow()
-    t_start = time.perf_counter()
+    return params
 
-    target = choose_device(str(device) if device is not None else params.device)
-    seeds = derive_seeds(params.seed, params.num_workers)
+
+def _capture_code(
+    code_root: str | os.PathLike[str] | None,
+    config: dict[str, Any] | None,
+    *,
+    require_clean_code: bool,
+    store_untracked: bool,
+) -> _CapturedCode:
+    """The code version, patch and untracked files (refused when dirty and clean code is required)."""
+    info, patch, files = capture_code(code_root, store_untracked=store_untracked)
+    if require_clean_code:
+        require_clean(info)
+    if config is not None:
+        info.config = config
+        info.config_file = config.get("source")
+    return _CapturedCode(info, patch, files)
+
+
+def _capture(
+    model: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    loss_fn: Any,
+    scheduler: Any,
+    params: Parameters,
+    *,
+    parent: str | None,
+) -> _Captured:
+    """The start time, components, initial weights, parent and environment of a training."""
+    started, t_start = _utcnow(), time.perf_counter()
     names = {id(p): n for n, p in model.named_parameters()}
-    parent_ref = _parent_ref(output_ds.parent)
+    parent_model = parent_ref(parent)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     initial_sha = state_dict_sha256(init_state)
     arch = describe_architecture(model, params.init_params)
-    arch.initialisation = _initialisation(
-        model,
-        params.init_params,
-        params.seed,
-        parent_ref.weights_sha256 if parent_ref else None,
-        initial_sha,
-    )
+    parent_sha = parent_model.weights_sha256 if parent_model else None
+    arch.initialisation = _initialisation(model, params.init_params, params.seed, parent_sha, initial_sha)
     arch.initial_weights_sha256 = initial_sha
-    optimizer_info = describe_optimizer(optimiser, names)
-    loss_info = describe_callable(loss_fn)
-    scheduler_info = describe_callable(scheduler) if scheduler is not None else None
-    if config is not None:
-        code.config = config
-        code.config_file = config.get("source")
-    env = capture_environment()
+    return _Captured(
+        started=started,
+        t_start=t_start,
+        architecture=arch,
+        initial_state=init_state,
+        optimizer=describe_optimizer(optimiser, names),
+        loss=describe_callable(loss_fn),
+        scheduler=describe_callable(scheduler) if scheduler is not None else None,
+        environment=capture_environment(),
+        parent=parent_model,
+    )
 
-    train_sets = output_ds.train_sets
-    data_for_loader: WrappedDataSet | torch.utils.data.ConcatDataset = (
-        train_sets[0] if len(train_sets) == 1 else _Concat(train_sets)
-    )
-    loader, sampler = make_loader(
-        data_for_loader,
-        params.batch_size,
-        seed=seeds.dataloader_generator,
-        shuffle=params.shuffle,
-        num_workers=params.num_workers,
-        device=target,
-    )
-    history: list[EpochMetrics] = []
-    order_digests: list[str] = []
-    model.to(target)
-    # The optimiser's state (momentum buffers...) must follow the model to the device.
-    report = _progress_reporter(progress)
-    with DeterminismSettings(params.deterministic, target.type) as determinism:
-        seed_everything(seeds)
-        model.train()
-        for epoch in range(params.n_epochs):
-            t_epoch = time.perf_counter()
-            sampler.set_epoch(epoch)
-            loss_sum = torch.zeros((), device=target, dtype=torch.float64)
-            # The first batch whose loss is not finite, tracked on the device (no per-batch sync).
-            first_bad = torch.full((), -1, device=target, dtype=torch.int64)
-            n_batches = len(sampler)
-            for i, (x, y) in enumerate(loader):
-                x = x.to(target, non_blocking=True)
-                y = y.to(target, non_blocking=True)
-                optimiser.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                optimiser.step()
-                loss_sum += loss.detach() * len(y)
-                if not params.allow_nonfinite_loss:
-                    bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
-                    first_bad = torch.where(bad, torch.full_like(first_bad, i), first_bad)
-                if report:
-                    report(f"epoch {epoch + 1}/{params.n_epochs}", i + 1, n_batches)
-            lr_now = float(optimiser.param_groups[0].get("lr", float("nan")))
-            if scheduler is not None:
-                scheduler.step()
-            assert sampler.order_digest is not None
-            order_digests.append(sampler.order_digest)
-            metrics = EpochMetrics(
-                epoch=epoch + 1,
-                train_loss=float(loss_sum) / len(data_for_loader),
-                learning_rate=lr_now,
-                wall_time_s=0.0,
-            )
-            if not params.allow_nonfinite_loss and not math.isfinite(metrics.train_loss):
-                _diverged(output_ds.name, epoch, int(first_bad), n_batches, metrics.train_loss)
-            if output_ds.valid_sets:
-                vl, va = evaluate_loss_accuracy(model, output_ds.valid_sets[0], loss_fn, target)
-                metrics.valid_loss, metrics.valid_accuracy = vl, va
-            metrics.wall_time_s = time.perf_counter() - t_epoch
-            history.append(metrics)
-            if on_epoch:
-                on_epoch(metrics)
-    wall = time.perf_counter() - t_start
-    data_refs = store_readmes_once(
-        [DataRef.model_validate({"role": role, **ds.provenance_info()}) for role, ds in roles]
-    )
-    training = Training(
-        optimizer=optimizer_info,
-        loss=loss_info,
-        scheduler=scheduler_info,
+
+@dataclasses.dataclass
+class _Loop:
+    """The training loop: epochs of steps; metrics accumulate on the device (no per-batch sync)."""
+
+    model: torch.nn.Module
+    optimiser: torch.optim.Optimizer
+    loss_fn: Any
+    scheduler: Any
+    params: Parameters
+    output_ds: DerivedDataSet
+    target: torch.device
+    report: ProgressCallback | None
+    on_epoch: EpochCallback | None
+
+    def run(self, seeds: SeedPlan, *, t_start: float) -> _Trained:
+        """Every epoch, under the determinism settings, from the seeds of ``seeds``."""
+        sets = self.output_ds.train_sets
+        data = sets[0] if len(sets) == 1 else _Concat(sets)
+        loader, sampler = make_loader(
+            data, self.params.batch_size, seeds=seeds, shuffle=self.params.shuffle, device=self.target
+        )
+        history: list[EpochMetrics] = []
+        order_digests: list[str] = []
+        # The optimiser's state (momentum buffers...) follows the model to the device.
+        self.model.to(self.target)
+        with DeterminismSettings(self.params.deterministic, self.target.type) as determinism:
+            seeds.apply_globals()
+            self.model.train()
+            for epoch in range(self.params.n_epochs):
+                t_epoch = time.perf_counter()
+                sampler.set_epoch(epoch)
+                metrics = self._epoch(epoch, loader, n_samples=len(data))
+                assert sampler.order_digest is not None
+                order_digests.append(sampler.order_digest)
+                metrics.wall_time_s = time.perf_counter() - t_epoch
+                history.append(metrics)
+                if self.on_epoch:
+                    self.on_epoch(metrics)
+        return _Trained(history, order_digests, determinism, time.perf_counter() - t_start)
+
+    def _epoch(self, epoch: int, loader: DataLoader, *, n_samples: int) -> EpochMetrics:
+        """One epoch's steps, the scheduler's step, the divergence check and the validation."""
+        loss_sum, first_bad = self._steps(epoch, loader)
+        lr_now = float(self.optimiser.param_groups[0].get("lr", float("nan")))
+        if self.scheduler is not None:
+            self.scheduler.step()
+        metrics = EpochMetrics(
+            epoch=epoch + 1, train_loss=float(loss_sum) / n_samples, learning_rate=lr_now, wall_time_s=0.0
+        )
+        if not self.params.allow_nonfinite_loss and not math.isfinite(metrics.train_loss):
+            _diverged(self.output_ds.name, epoch, int(first_bad), len(loader), metrics.train_loss)
+        if self.output_ds.valid_sets:
+            vl, va = evaluate_loss_accuracy(self.model, self.output_ds.valid_sets[0], self.loss_fn, self.target)
+            metrics.valid_loss, metrics.valid_accuracy = vl, va
+        return metrics
+
+    def _steps(self, epoch: int, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the losses, index of the first batch whose loss is not finite or -1), on the device."""
+        target = self.target
+        loss_sum = torch.zeros((), device=target, dtype=torch.float64)
+        first_bad = torch.full((), -1, device=target, dtype=torch.int64)
+        n_batches = len(loader)
+        for i, (x, y) in enumerate(loader):
+            x = x.to(target, non_blocking=True)
+            y = y.to(target, non_blocking=True)
+            self.optimiser.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model(x), y)
+            loss.backward()
+            self.optimiser.step()
+            loss_sum += loss.detach() * len(y)
+            if not self.params.allow_nonfinite_loss:
+                bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
+                first_bad = torch.where(bad, torch.full_like(first_bad, i), first_bad)
+            if self.report:
+                self.report(f"epoch {epoch + 1}/{self.params.n_epochs}", i + 1, n_batches)
+        return loss_sum, first_bad
+
+
+def _training_part(
+    captured: _Captured, trained: _Trained, params: Parameters, *, seeds: SeedPlan, device: torch.device
+) -> Training:
+    """The record's ``training``: components, parameters, the seeds applied, determinism, data order."""
+    return Training(
+        optimizer=captured.optimizer,
+        loss=captured.loss,
+        scheduler=captured.scheduler,
         epochs=params.n_epochs,
         batch_size=params.batch_size,
         shuffle=params.shuffle,
         num_workers=params.num_workers,
         params=params.to_dict(),
-        seeds=seeds,
-        determinism=determinism,
-        data_order_digests=order_digests,
-        device=str(target),
+        seeds=seeds.record(),
+        determinism=trained.determinism,
+        data_order_digests=trained.order_digests,
+        device=str(device),
     )
+
+
+def _make_record(
+    captured: _Captured,
+    trained: _Trained,
+    training: Training,
+    code: CodeInfo,
+    roles: list[tuple[str, WrappedDataSet]],
+    *,
+    name: str,
+    lineage: Lineage,
+) -> ProvenanceRecord:
+    """The provenance record of a finished training."""
+    data_refs = store_readmes_once(
+        [DataRef.model_validate({"role": role, **ds.provenance_info()}) for role, ds in roles]
+    )
+    history = trained.history
     final: dict[str, Any] = {"train_loss": history[-1].train_loss}
     if history[-1].valid_accuracy is not None:
         final.update(valid_loss=history[-1].valid_loss, valid_accuracy=history[-1].valid_accuracy)
-    record = ProvenanceRecord(
-        model_name=model_name or output_ds.name,
-        created_at=started,
+    results = Results(
+        history=history,
+        final=final,
+        wall_time_s=trained.wall_time_s,
+        started_at=captured.started,
+        finished_at=_utcnow(),
+    )
+    return ProvenanceRecord(
+        model_name=name,
+        created_at=captured.started,
         reprodl_version=__version__,
-        architecture=arch,
+        architecture=captured.architecture,
         data=data_refs,
         training=training,
         code=code,
-        environment=env,
-        results=Results(history=history, final=final, wall_time_s=wall, started_at=started, finished_at=_utcnow()),
-        lineage=Lineage(parent=parent_ref, reproduces=reproduces),
+        environment=captured.environment,
+        results=results,
+        lineage=lineage,
     )
+
+
+def _write(
+    output_ds: DerivedDataSet,
+    model: torch.nn.Module,
+    record: ProvenanceRecord,
+    captured: _Captured,
+    code: _CapturedCode,
+    roles: list[tuple[str, WrappedDataSet]],
+) -> None:
+    """The model dataset's items: weights, record, copies of the data's manifests, code."""
     manifests = {}
     for ref, (_, ds) in zip(record.data, roles):
         ref.manifest_item = f"{keys.MANIFESTS_DIR}/{ds.uuid}.json"
         manifests[ref.manifest_item] = ds.dataset.manifest_entries()
+    stored = captured.architecture.initialisation == "stored"
     write_model(
         output_ds,
         model,
         record,
-        patch=patch,
+        patch=code.patch,
         manifests=manifests,
-        code_files=code_files,
-        initial_state=init_state if arch.initialisation == "stored" else None,
+        code_files=code.files,
+        initial_state=captured.initial_state if stored else None,
     )
-    return output_ds.record  # type: ignore[return-value]  # write_model has just set it
-
-
-class _Concat(torch.utils.data.ConcatDataset):
-    """Several training datasets as one, keeping batch fetches batched per dataset."""
-
-    def __getitems__(self, indices: Sequence[int]) -> Any:
-        return [self[i] for i in indices]
 
 
 def _progress_reporter(progress: bool | Callable[[str, int, int], None]) -> Callable[[str, int, int], None] | None:
@@ -532,96 +594,3 @@ def _progress_reporter(progress: bool | Callable[[str, int, int], None]) -> Call
             sys.stderr.flush()
 
     return report
-
-
-def _parent_ref(parent: str | None) -> ModelRef | None:
-    if parent is None:
-        return None
-    from reprodl.modeldataset.read import read_record
-    from reprodl.store import open_dataset
-
-    ds = open_dataset(parent)
-    record = read_record(ds)
-    return ModelRef(uri=ds.uri, uuid=ds.uuid, record_digest=record.digest, weights_sha256=record.results.weights_sha256)
-
-
-def write_model(
-    output_ds: DerivedDataSet,
-    model: torch.nn.Module,
-    record: ProvenanceRecord,
-    *,
-    patch: str | None = None,
-    initial_state: dict[str, torch.Tensor] | None = None,
-    manifests: dict[str, Any] | None = None,
-    code_files: dict[str, Any] | None = None,
-) -> None:
-    """Write weights (safetensors), record, history, README and annotations into the output."""
-    from safetensors.torch import save_file
-
-    writer = output_ds.writer
-    assert writer is not None
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    record.results.weights_sha256 = state_dict_sha256(state)
-    with writer.item_file(keys.WEIGHTS_FILE) as path:
-        save_file(_unshare(state), str(path), metadata={"format": "pt", "reprodl": __version__})
-    if initial_state is not None:
-        with writer.item_file(keys.INITIAL_WEIGHTS_FILE) as path:
-            save_file(_unshare({k: v.cpu().contiguous() for k, v in initial_state.items()}), str(path))
-    if patch:
-        assert record.code.git is not None
-        record.code.git.patch_item = keys.CODE_PATCH_FILE
-        writer.put_bytes(patch.encode(), keys.CODE_PATCH_FILE)
-    for relpath, path in (code_files or {}).items():
-        writer.put_item(path, relpath)
-    for relpath, entries in (manifests or {}).items():
-        if relpath not in writer.relpaths:
-            writer.put_json(entries, relpath)
-    record = record.sealed()
-    writer.put_bytes(record.to_json().encode(), keys.PROVENANCE_FILE)
-    writer.put_json([m.model_dump(mode="json") for m in record.results.history], keys.HISTORY_FILE)
-    writer.put_readme(model_readme(record))
-    for name, value in mirror_annotations(record).items():
-        writer.put_annotation(name, value)
-    output_ds.record = record
-
-
-def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    seen: set[int] = set()
-    out = {}
-    for k, v in state.items():
-        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
-        out[k] = v.clone() if ptr in seen else v
-        seen.add(ptr)
-    return out
-
-
-def model_readme(record: ProvenanceRecord) -> str:
-    """README.yml of a model dataset: a summary for people (the record is authoritative)."""
-    t = record.training
-    data = {
-        "name": record.model_name,
-        "description": f"{record.architecture.class_name} trained by reprodl {record.reprodl_version}",
-        "kind": "reprodl model",
-        "architecture": record.architecture.import_path,
-        "init_params": record.architecture.init_params,
-        "parameters": record.architecture.n_parameters,
-        "training": {
-            "optimizer": t.optimizer.class_name,
-            "learning_rate": t.params.get("learning_rate"),
-            "loss": t.loss.class_name,
-            "epochs": t.epochs,
-            "batch_size": t.batch_size,
-            "seed": t.seeds.seed,
-            "mode": t.determinism.mode,
-            "device": t.device,
-        },
-        "data": [{"role": d.role, "name": d.name, "uri": d.uri, "uuid": d.uuid} for d in record.data],
-        "results": record.results.final,
-        "trained_at": record.created_at,
-        "record_digest": record.digest,
-    }
-    if record.lineage.parent:
-        data["fine_tuned_from"] = record.lineage.parent.uri
-    if record.lineage.reproduces:
-        data["reproduces"] = record.lineage.reproduces.uri
-    return yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False)

@@ -124,26 +124,37 @@ def train_many(
     n = seeds or splits
     if n < 2:
         raise ParametersError(f"a variance needs at least 2 runs, but got {n}")
-    base_seed = int(cfg.params.get("seed", 0))
     uris, records = [], []
-    for i in range(n):
-        if seeds:
-            run_cfg = cfg.model_copy(deep=True)
-            run_cfg.params = {**cfg.params, "seed": base_seed + i}
-            name = f"{cfg.name}.seed{base_seed + i}"
-        else:
-            run_cfg = _with_split_seed(cfg, i, test)
-            name = f"{cfg.name}.split{i}"
+    for i, (name, run_cfg) in enumerate(_run_configs(cfg, n, by_seed=bool(seeds), test=test)):
         uri, record = build_and_train(run_cfg, progress=progress, name=name)
         uris.append(uri)
         records.append(record)
         if on_run:
             on_run(i, uri, record)
+    return _write_summary(cfg, uris, records, varied="seed" if seeds else "split")
+
+
+def _run_configs(cfg: TrainConfig, n: int, *, by_seed: bool, test: float) -> list[tuple[str, TrainConfig]]:
+    """(model name, config) of each run: seeds base..base+n-1, or splits seeded 0..n-1."""
+    base_seed = int(cfg.params.get("seed", 0))
+    runs = []
+    for i in range(n):
+        if by_seed:
+            run_cfg = cfg.model_copy(deep=True)
+            run_cfg.params = {**cfg.params, "seed": base_seed + i}
+            runs.append((f"{cfg.name}.seed{base_seed + i}", run_cfg))
+        else:
+            runs.append((f"{cfg.name}.split{i}", _with_split_seed(cfg, i, test)))
+    return runs
+
+
+def _write_summary(cfg: TrainConfig, uris: list[str], records: list[Any], *, varied: str) -> MultiRunResult:
+    """The summary dataset referencing the runs (each run is annotated with its URI)."""
     models = [open_dataset(u) for u in uris]
     summary = {
         "kind": keys.KIND_SUMMARY,
         "reprodl_version": __version__,
-        "varied": "seed" if seeds else "split",
+        "varied": varied,
         "models": [
             {
                 "uri": u,
@@ -157,7 +168,7 @@ def train_many(
         **summarise(records),
     }
     text = yaml.safe_dump(
-        {"name": f"{cfg.name}.summary", "description": f"{n} runs of {cfg.name} varying the {summary['varied']}"},
+        {"name": f"{cfg.name}.summary", "description": f"{len(uris)} runs of {cfg.name} varying the {varied}"},
         sort_keys=False,
     )
     with create_dataset(cfg.output, f"{cfg.name}.summary", readme=text) as writer:

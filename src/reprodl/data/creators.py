@@ -22,18 +22,13 @@ import numpy as np
 
 from reprodl import keys
 from reprodl.data.images import open_image, target_mode_for
+from reprodl.data.labels import category_encoding
 from reprodl.data.layout import NPY_HEADER_ERRORS, default_value_scale
 from reprodl.data.readme import make_readme
 from reprodl.errors import InputDataError
 from reprodl.store import Progress, check_name, create_dataset, current_user, item_identifier
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-
-
-def category_encoding(names: list[str]) -> dict[str, int]:
-    """Deterministic encoding: categories sorted (digit names numerically)."""
-    ordered = sorted(set(names), key=lambda n: (0, int(n), n) if n.isdigit() else (1, 0, n))
-    return {name: i for i, name in enumerate(ordered)}
 
 
 def _readme(name: str, readme: dict[str, Any] | None, defaults: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from reprodl.errors import DatasetExistsError, InputDataError, InvalidURIError, StorageError
-from reprodl.store.brokers import _dtoolcore
+from reprodl.store.brokers import _dtoolcore, frozen_dataset, proto_dataset
 from reprodl.store.dataset import StoredDataSet
 from reprodl.store.staging import clean_staging, make_staging, move_into_place
 from reprodl.store.transfer import _copy_to, _probe_remote_base
@@ -105,7 +105,7 @@ class DatasetWriter:
 
     def _freeze(self) -> Any:
         self._proto.freeze()
-        ds = _dtoolcore().DataSet.from_uri(self._proto.uri)
+        ds = frozen_dataset(self._proto.uri)
         ids = list(ds.identifiers)
         for name, by_rel in self._overlays.items():
             overlay = {idn: None for idn in ids}
@@ -172,7 +172,7 @@ def create_dataset(
     try:
         dtoolcore = _dtoolcore()
         admin = dtoolcore.generate_admin_metadata(name, creator or current_user())
-        proto = dtoolcore.generate_proto_dataset(admin, normalise_uri(str(staging)))
+        proto = proto_dataset(admin, normalise_uri(str(staging)))
         proto.create()
         proto.put_readme(readme)
         writer = DatasetWriter(proto, staging, name)

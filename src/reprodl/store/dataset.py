@@ -36,7 +36,7 @@ from reprodl.errors import (
     StorageError,
 )
 from reprodl.parsing import check_size, load_yaml
-from reprodl.store.brokers import _cache_root, _check_broker, _dtoolcore
+from reprodl.store.brokers import _cache_root, _check_broker, frozen_dataset, storage_broker
 from reprodl.store.fetch import _RemoteItems
 from reprodl.store.hashing import Progress, canonical_json, file_md5
 from reprodl.store.remote_errors import _remote_error
@@ -527,7 +527,6 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
         StorageError: the server could not be reached.
     """
     full = normalise_uri(uri)
-    dtoolcore = _dtoolcore()
     path = local_path(full)
     if path is not None:
         if not path.exists():
@@ -560,7 +559,8 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
         return StorageError(f"could not read the dataset at {full} ({path / file}): {type(exc).__name__}: {exc}")
 
     try:
-        admin = dtoolcore._admin_metadata_from_uri(full, None)
+        broker = storage_broker(full)
+        admin = broker.get_admin_metadata()
     except Exception as exc:  # noqa: BLE001 - brokers raise requests/boto errors
         raise read_error(exc, ".dtool/dtool") from exc
     if admin and not isinstance(admin, dict):
@@ -574,8 +574,7 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
             "again (freezing it would seal whatever part was written)"
         )
     try:
-        ds = dtoolcore.DataSet(full, admin)
-        return StoredDataSet(full, ds)
+        return StoredDataSet(full, frozen_dataset(full, admin, broker))
     except ReprodlError:
         raise  # an unsafe manifest: already says what is wrong
     except Exception as exc:  # noqa: BLE001

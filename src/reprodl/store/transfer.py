@@ -21,7 +21,14 @@ from reprodl.errors import (
     ReprodlError,
     StorageError,
 )
-from reprodl.store.brokers import _check_broker, _dtoolcore
+from reprodl.store.brokers import (
+    _check_broker,
+    broker_class,
+    dataset_uri_in,
+    frozen_dataset_uris,
+    proto_dataset,
+    storage_broker,
+)
 from reprodl.store.dataset import StoredDataSet, open_dataset
 from reprodl.store.hashing import Progress
 from reprodl.store.remote_errors import _remote_error
@@ -31,11 +38,9 @@ from reprodl.store.uris import file_name_problem, local_path, normalise_uri
 
 def _probe_remote_base(base: str) -> None:
     """Fail fast, with a clear error, when a remote base URI cannot be written to."""
-    _check_broker(base)
-    parsed = urlparse(base)
-    bucket = parsed.netloc
+    broker_cls = broker_class(base)
+    bucket = urlparse(base).netloc
     try:
-        broker_cls = _dtoolcore()._generate_storage_broker_lookup()[parsed.scheme]
         _resource, client, _unsigned = broker_cls._get_resource_and_client(bucket)
         client.list_objects_v2(Bucket=bucket, MaxKeys=1)
     except Exception as exc:  # noqa: BLE001 - botocore errors are not typed here
@@ -54,12 +59,11 @@ def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = 
     per-item manifest re-read, and metadata through :class:`StoredDataSet` (dtool-s3
     cannot list dotted annotation names).
     """
-    dtoolcore = _dtoolcore()
     _check_broker(dest_base)
     _check_source(src)
     admin = src.admin_metadata
     admin["type"] = "protodataset"
-    dest_uri = dtoolcore._generate_uri(admin, dest_base)
+    dest_uri = dataset_uri_in(admin, dest_base)
     if _dataset_present(dest_uri):
         raise DatasetExistsError(
             f"{dest_uri} already holds dataset {src.name!r} (UUID {src.uuid}): reprodl never "
@@ -76,7 +80,7 @@ def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = 
     started = staging is None
     try:
         base = dest_base if staging is None else normalise_uri(str(staging))
-        proto = dtoolcore.generate_proto_dataset(admin_metadata=admin, base_uri=base)
+        proto = proto_dataset(admin, base)
         proto.create()
         started = True
         _fill(proto, src, progress)
@@ -177,7 +181,7 @@ def _dataset_present(uri: str) -> bool:
     if path is not None:
         return path.exists()
     try:
-        return bool(_dtoolcore()._get_storage_broker(uri, None).has_admin_metadata())
+        return bool(storage_broker(uri).has_admin_metadata())
     except Exception as exc:  # noqa: BLE001
         raise _remote_error(uri, exc) from exc
 
@@ -189,7 +193,7 @@ def _remove_partial(uri: str) -> bool:
         shutil.rmtree(path, ignore_errors=True)
         return not path.exists()
     try:
-        broker = _dtoolcore()._get_storage_broker(uri, None)
+        broker = storage_broker(uri)
         client, bucket = broker.s3client, broker.bucket
         keys = []
         pages = client.get_paginator("list_objects_v2").paginate(
@@ -244,7 +248,7 @@ def list_datasets(base_uri: str) -> list[str]:
     base = normalise_uri(base_uri)
     _check_broker(base)
     try:
-        return sorted(d.uri for d in _dtoolcore().iter_datasets_in_base_uri(base))
+        return sorted(frozen_dataset_uris(base))
     except Exception as exc:  # noqa: BLE001
         if local_path(base) is None:
             raise _remote_error(base, exc) from exc

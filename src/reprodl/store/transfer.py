@@ -10,6 +10,7 @@ Nothing is overwritten.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -75,46 +76,66 @@ def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = 
     if dest_dir is not None:
         clean_staging(dest_dir, name=src.name)  # leftovers of killed copies
         staging = make_staging(dest_dir, src.name, purpose="copy")
-    # What to remove on failure: anything under the new UUID in a bucket is this copy's;
-    # on disk, the staging directory (removed below in any case).
-    started = staging is None
     try:
         base = dest_base if staging is None else normalise_uri(str(staging))
-        proto = proto_dataset(admin, base)
-        proto.create()
-        started = True
-        _fill(proto, src, progress)
-        if staging is None or final is None:
-            _check_copied(src, proto.generate_manifest()["items"], dest_uri)
-            proto.freeze()
-        else:
-            proto.freeze()
-            _check_copied(src, proto._storage_broker.get_manifest()["items"], dest_uri)
-            move_into_place(staging / src.name, final)
+        staged = None if staging is None else staging / src.name
+        _write_copy(src, admin, base=base, dest_uri=dest_uri, staged=staged, final=final, progress=progress)
     except BaseException as exc:
-        removed = None
-        if staging is not None:
-            removed = True if started else None
-        elif started:
-            removed = _remove_partial(dest_uri)
+        # What to remove: on disk the staging directory (removed below in any case); in a
+        # bucket anything under the new UUID, which is this copy's.
+        removed = (True if staged.exists() else None) if staged is not None else _remove_partial(dest_uri)
         if not isinstance(exc, Exception) or isinstance(exc, (IntegrityError, DatasetExistsError)):
             raise  # KeyboardInterrupt and the like, a refused source, a lost race: as they are
-        if isinstance(exc, ReprodlError):
-            cause = str(exc)
-        elif staging is not None:
-            cause = f"{type(exc).__name__}: {exc}"
-        else:
-            cause = str(_remote_error(dest_uri, exc))
-        where = {
-            None: "nothing was written",
-            True: "the partial copy was removed",
-            False: f"a partial copy may remain at {dest_uri}: remove it by hand",
-        }[removed]
-        raise StorageError(f"could not copy {src.uri} to {dest_base}: {cause} ({where})") from exc
+        raise _copy_error(exc, src, dest_base, dest_uri, local=staging is not None, removed=removed) from exc
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return normalise_uri(dest_uri if final is None else str(final))
+
+
+def _write_copy(
+    src: StoredDataSet,
+    admin: dict[str, Any],
+    *,
+    base: str,
+    dest_uri: str,
+    staged: Path | None,
+    final: Path | None,
+    progress: Progress | None,
+) -> None:
+    """Write and freeze the copy under ``base``, checked against the source's manifest.
+
+    On disk (``staged``: where the staging copy is written) it is then moved to ``final``;
+    in a bucket it is checked before it is frozen.
+    """
+    proto = proto_dataset(admin, base)
+    proto.create()
+    _fill(proto, src, progress)
+    if staged is None or final is None:
+        _check_copied(src, proto.generate_manifest()["items"], dest_uri)
+        proto.freeze()
+    else:
+        proto.freeze()
+        _check_copied(src, proto._storage_broker.get_manifest()["items"], dest_uri)
+        move_into_place(staged, final)
+
+
+def _copy_error(
+    exc: BaseException, src: StoredDataSet, dest_base: str, dest_uri: str, *, local: bool, removed: bool | None
+) -> StorageError:
+    """The StorageError for a copy that failed with ``exc``, saying what was left behind."""
+    if isinstance(exc, ReprodlError):
+        cause = str(exc)
+    elif local:
+        cause = f"{type(exc).__name__}: {exc}"
+    else:
+        cause = str(_remote_error(dest_uri, exc))
+    where = {
+        None: "nothing was written",
+        True: "the partial copy was removed",
+        False: f"a partial copy may remain at {dest_uri}: remove it by hand",
+    }[removed]
+    return StorageError(f"could not copy {src.uri} to {dest_base}: {cause} ({where})")
 
 
 def _fill(proto: Any, src: StoredDataSet, progress: Progress | None) -> None:

@@ -15,10 +15,11 @@ from conftest import gray_pixels
 from PIL import Image
 
 from reprodl import keys, store
+from reprodl.data.creators import create_from_arrays
 from reprodl.data.datasets import ImageDataSet, TensorDataSet
 from reprodl.data.labels import category_encoding, dataset_encoding
 from reprodl.data.ops import dataset_info, dataset_stats
-from reprodl.errors import DatasetFormatError
+from reprodl.errors import DatasetFormatError, InputDataError
 
 
 def _tensor_dataset(base: Path, name: str, labels: list[int], *, encoding: dict[str, int] | None = None) -> str:
@@ -101,3 +102,9 @@ def test_dataset_encoding_rules():
         dataset_encoding({"x": 0}, uri="u", names=["x", "z"])
     with pytest.raises(DatasetFormatError, match=r"labels \[4\] that are not in its category encoding"):
         dataset_encoding({"x": 0, "y": 1}, uri="u", labels=np.array([0, 4]))
+
+
+def test_creating_with_a_category_name_given_twice_is_refused(base_dir):
+    with pytest.raises(InputDataError, match=r"category names \['a'\] are given to more than one label"):
+        create_from_arrays(np.zeros((2, 4), np.uint8), np.array([0, 1]), str(base_dir), "twice", categories=["a", "a"])
+    assert list(base_dir.iterdir()) == []

@@ -22,18 +22,13 @@ import numpy as np
 
 from reprodl import keys
 from reprodl.data.images import open_image, target_mode_for
+from reprodl.data.labels import category_encoding
 from reprodl.data.layout import NPY_HEADER_ERRORS, default_value_scale
 from reprodl.data.readme import make_readme
 from reprodl.errors import InputDataError
 from reprodl.store import Progress, check_name, create_dataset, current_user, item_identifier
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-
-
-def category_encoding(names: list[str]) -> dict[str, int]:
-    """Deterministic encoding: categories sorted (digit names numerically)."""
-    ordered = sorted(set(names), key=lambda n: (0, int(n), n) if n.isdigit() else (1, 0, n))
-    return {name: i for i, name in enumerate(ordered)}
 
 
 def _readme(name: str, readme: dict[str, Any] | None, defaults: dict[str, Any]) -> str:
@@ -162,34 +157,9 @@ def create_from_arrays(
         usetype: optional per-row split labels (train/test/...).
     """
     check_name(name)
-    data = np.asarray(data)
-    labels = np.asarray(labels)
-    if data.dtype == object or labels.dtype == object:
-        raise InputDataError("object arrays cannot be stored (they would need pickling)")
-    if data.ndim < 2:
-        raise InputDataError(f"data must have shape (N, ...) with one row per sample, got {data.shape}")
-    labels = labels.reshape(-1) if labels.ndim == 2 and 1 in labels.shape else labels
-    if labels.ndim != 1:
-        raise InputDataError(f"labels must be one-dimensional, got shape {labels.shape}")
-    if len(labels) != len(data):
-        raise InputDataError(f"labels/array length mismatch: {len(data)} data rows but {len(labels)} labels")
-    _check_data_values(data)
-    labels = _integer_labels(labels)
-    n_classes = int(labels.max()) + 1 if len(labels) else 0
-    if n_classes > keys.MAX_CATEGORIES:
-        raise InputDataError(
-            f"labels go up to {n_classes - 1:,}, over reprodl's limit of "
-            f"{keys.MAX_CATEGORIES - 1:,}: labels are category numbers 0..K-1"
-        )
-    if categories is None:
-        categories = [str(i) for i in range(n_classes)]
-    elif len(categories) < n_classes:
-        raise InputDataError(f"{len(categories)} category names for labels up to {n_classes - 1}")
-    if image_dimensions is None:
-        row = data.shape[1:]
-        image_dimensions = [1, *row] if len(row) == 2 else list(row)
-    if int(np.prod(image_dimensions)) != int(np.prod(data.shape[1:])):
-        raise InputDataError(f"image_dimensions {image_dimensions} do not fit rows of shape {list(data.shape[1:])}")
+    data, labels = _checked_arrays(data, labels)
+    categories = _category_names(labels, categories)
+    image_dimensions = _row_dimensions(data, image_dimensions)
     if value_scale is not None and not (math.isfinite(value_scale) and value_scale > 0):
         raise InputDataError(
             f"value_scale divides the raw values, so it must be a finite number > 0, but got value_scale={value_scale}"
@@ -223,6 +193,55 @@ def create_from_arrays(
             writer.put_annotation(keys.TENSOR_USETYPE, [str(u) for u in usetype])
     assert writer.uri is not None
     return writer.uri
+
+
+def _checked_arrays(data: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(data, int64 labels): one row per sample, one integer label per row, numeric values."""
+    data = np.asarray(data)
+    labels = np.asarray(labels)
+    if data.dtype == object or labels.dtype == object:
+        raise InputDataError("object arrays cannot be stored (they would need pickling)")
+    if data.ndim < 2:
+        raise InputDataError(f"data must have shape (N, ...) with one row per sample, got {data.shape}")
+    labels = labels.reshape(-1) if labels.ndim == 2 and 1 in labels.shape else labels
+    if labels.ndim != 1:
+        raise InputDataError(f"labels must be one-dimensional, got shape {labels.shape}")
+    if len(labels) != len(data):
+        raise InputDataError(f"labels/array length mismatch: {len(data)} data rows but {len(labels)} labels")
+    _check_data_values(data)
+    return data, _integer_labels(labels)
+
+
+def _category_names(labels: np.ndarray, categories: list[str] | None) -> list[str]:
+    """The names of labels 0..K-1: as given (distinct, one for every label), else "0".."max"."""
+    n_classes = int(labels.max()) + 1 if len(labels) else 0
+    if n_classes > keys.MAX_CATEGORIES:
+        raise InputDataError(
+            f"labels go up to {n_classes - 1:,}, over reprodl's limit of "
+            f"{keys.MAX_CATEGORIES - 1:,}: labels are category numbers 0..K-1"
+        )
+    if categories is None:
+        return [str(i) for i in range(n_classes)]
+    if not n_classes <= len(categories) <= keys.MAX_CATEGORIES:
+        raise InputDataError(
+            f"{len(categories):,} category names for labels up to {n_classes - 1}: give one name per label "
+            f"(at most {keys.MAX_CATEGORIES:,})"
+        )
+    names = [str(c) for c in categories]
+    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise InputDataError(f"category names {repeated[:5]} are given to more than one label: give each label its own")
+    return names
+
+
+def _row_dimensions(data: np.ndarray, image_dimensions: list[int] | None) -> list[int]:
+    """The (C, H, W) each row reshapes to: as given (checked against the rows), else the row shape."""
+    if image_dimensions is None:
+        row = data.shape[1:]
+        image_dimensions = [1, *row] if len(row) == 2 else list(row)
+    if int(np.prod(image_dimensions)) != int(np.prod(data.shape[1:])):
+        raise InputDataError(f"image_dimensions {image_dimensions} do not fit rows of shape {list(data.shape[1:])}")
+    return image_dimensions
 
 
 def _check_data_values(data: np.ndarray) -> None:

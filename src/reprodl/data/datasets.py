@@ -21,9 +21,8 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from reprodl import keys
-from reprodl.data.creators import category_encoding
 from reprodl.data.images import channels_for_mode, convert, open_image, read_batch, resize, to_array
-from reprodl.data.labels import check_labels, checked_encoding, default_names
+from reprodl.data.labels import dataset_encoding
 from reprodl.data.layout import load_npy, tensor_item_ids, value_scale
 from reprodl.errors import DatasetFormatError, InputDataError, IntegrityError
 from reprodl.store import StoredDataSet, open_dataset
@@ -94,12 +93,6 @@ class WrappedDataSet(Dataset):
             )
 
     # --- labels ---------------------------------------------------------------------
-    def _encoding_from(self, names: Sequence[str]) -> dict[str, int]:
-        encoding = self.dataset.get_annotation(keys.CATEGORY_ENCODING)
-        if encoding is None:
-            encoding = category_encoding(list(names))
-        return checked_encoding(encoding, uri=self.uri)
-
     @property
     def categories(self) -> list[str]:
         """Category names in label order (label i is ``categories[i]``)."""
@@ -222,38 +215,44 @@ class ImageDataSet(WrappedDataSet):
         split: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(uri, usetype, split)
-        ds = self.dataset
-        categories = ds.get_overlay(keys.CATEGORY_OVERLAY)
+        categories = self.dataset.get_overlay(keys.CATEGORY_OVERLAY)
         if categories is None:
             raise DatasetFormatError(
                 f"{self.uri} has no 'category' overlay: it is not an image dataset. "
                 "Create one with `reprodl dataset create-from-dirtree`"
             )
-        idns = [i for i in ds.identifiers if categories.get(i) is not None]
-        if self.split is not None:
-            names = [str(categories[i]) for i in idns]
-            enc = self._encoding_from(names)
-            mask = self._split_mask(np.array([enc[n] for n in names], dtype=np.int64))
-            idns = [i for i, keep in zip(idns, mask) if keep]
-        elif usetype is not None:
-            split = ds.get_overlay(keys.USETYPE_OVERLAY)
-            if split is not None:
-                idns = [i for i in idns if split.get(i) == usetype]
-                if not idns:
-                    values = sorted({str(v) for v in split.values()})
-                    raise DatasetFormatError(f"no items of usetype {usetype!r} in {self.uri}; it has {values}")
-        self.identifiers: list[str] = idns
+        idns = [i for i in self.dataset.identifiers if categories.get(i) is not None]
+        names = [str(categories[i]) for i in idns]
+        # The encoding of every labelled item, not of the selection: train and test agree.
+        annotation = self.dataset.get_annotation(keys.CATEGORY_ENCODING)
+        self.cat_encoding = dataset_encoding(annotation, uri=self.uri, names=names)
+        all_labels = np.array([self.cat_encoding[n] for n in names], dtype=np.int64)
+        keep = self._selected(idns, all_labels)
+        self.identifiers: list[str] = [idns[k] for k in keep]
         self._paths: list[str] | None = None
-        self.cat_lookup = {i: str(categories[i]) for i in idns}
-        self.cat_encoding = self._encoding_from(list(self.cat_lookup.values()))
-        unknown = sorted(set(self.cat_lookup.values()) - set(self.cat_encoding))
-        if unknown:
-            raise DatasetFormatError(f"{self.uri}: categories {unknown} are not in its category_encoding annotation")
-        self.labels = np.array([self.cat_encoding[self.cat_lookup[i]] for i in idns], dtype=np.int64)
+        self.cat_lookup = {i: str(categories[i]) for i in self.identifiers}
+        self.labels = all_labels[keep]
         self.transform = transform
-        self.mode = mode or ds.get_annotation(keys.IMAGE_MODE) or "RGB"
+        self._set_shape(mode, size)
+
+    def _selected(self, idns: list[str], labels: np.ndarray) -> np.ndarray:
+        """Indices into ``idns`` of the items the split, or the ``usetype`` overlay, selects."""
+        if self.split is not None:
+            return np.flatnonzero(self._split_mask(labels))
+        overlay = None if self.usetype is None else self.dataset.get_overlay(keys.USETYPE_OVERLAY)
+        if overlay is None:
+            return np.arange(len(idns))
+        keep = np.flatnonzero(np.array([overlay.get(i) == self.usetype for i in idns], dtype=bool))
+        if not len(keep):
+            values = sorted({str(v) for v in overlay.values()})
+            raise DatasetFormatError(f"no items of usetype {self.usetype!r} in {self.uri}; it has {values}")
+        return keep
+
+    def _set_shape(self, mode: str | None, size: tuple[int, int] | None) -> None:
+        """The mode, size and input shape: as given, else the dataset's recorded ones."""
+        self.mode = mode or self.dataset.get_annotation(keys.IMAGE_MODE) or "RGB"
         channels = channels_for_mode(self.mode)
-        dims = ds.get_annotation(keys.IMAGE_DIMENSIONS)
+        dims = self.dataset.get_annotation(keys.IMAGE_DIMENSIONS)
         if size is not None:
             self.size: tuple[int, int] | None = (int(size[0]), int(size[1]))
         elif dims is not None and len(dims) == 3:
@@ -357,52 +356,51 @@ class TensorDataSet(WrappedDataSet):
         all_labels = np.asarray(_load_npy(self._labels_path, self.uri)).astype(np.int64).reshape(-1)
         if len(all_labels) != len(self.data):
             raise DatasetFormatError(f"{self.uri}: {len(self.data)} data rows but {len(all_labels)} labels")
-        rows = np.arange(len(self.data))
-        if self.split is not None:
-            rows = np.flatnonzero(self._split_mask(all_labels))
-        elif usetype is not None:
-            split = ds.get_annotation(keys.TENSOR_USETYPE)
-            if split is not None:
-                rows = np.flatnonzero(np.asarray(split) == usetype)
-                if len(rows) == 0:
-                    raise DatasetFormatError(
-                        f"no rows of usetype {usetype!r} in {self.uri}; it has {sorted(set(split))}"
-                    )
-            else:
-                declared = ds.readme().get("usetype")
-                if declared is not None and declared != usetype:
-                    raise DatasetFormatError(
-                        f"{self.uri} is a {declared!r} dataset with no per-row split, not {usetype!r}"
-                    )
-        self.rows = rows
+        self.rows = rows = self._selected_rows(all_labels)
         self._contiguous = bool(len(rows)) and rows[-1] - rows[0] == len(rows) - 1
         self.labels = all_labels[rows]
-        # Without a category_encoding annotation (dtoolAI's tensor datasets), label value v
-        # is category "v": a class with no samples must not shift the others' labels.
         try:
-            if ds.get_annotation(keys.CATEGORY_ENCODING) is None:
-                self.cat_encoding = self._encoding_from(default_names(all_labels, uri=self.uri))
-            else:
-                self.cat_encoding = self._encoding_from([])
-                check_labels(all_labels, self.cat_encoding.values(), uri=self.uri)
+            annotation = ds.get_annotation(keys.CATEGORY_ENCODING)
+            self.cat_encoding = dataset_encoding(annotation, uri=self.uri, labels=all_labels)
         except DatasetFormatError:
             self._refuse_if_altered([labels_idn])
             raise
-        dims = ds.get_annotation(keys.IMAGE_DIMENSIONS)
-        row_shape = tuple(self.data.shape[1:])
-        if dims is not None:
-            dims = tuple(int(d) for d in dims)
-            if int(np.prod(dims)) != int(np.prod(row_shape)):
-                raise DatasetFormatError(
-                    f"{self.uri}: image_dimensions {list(dims)} do not fit rows of shape {list(row_shape)}"
-                )
-            self.input_shape = dims
-        else:
-            self.input_shape = row_shape
+        self.input_shape = self._row_shape()
         self.value_scale = value_scale(ds, self.data.dtype)
         self.transform = transform
         self.tensor = self.data  # dtoolAI's attribute names
         self.image_dim = list(self.input_shape)
+
+    def _selected_rows(self, labels: np.ndarray) -> np.ndarray:
+        """The rows the split, or the per-row ``usetype`` annotation, selects."""
+        if self.split is not None:
+            return np.flatnonzero(self._split_mask(labels))
+        usetype = self.usetype
+        if usetype is None:
+            return np.arange(len(labels))
+        split = self.dataset.get_annotation(keys.TENSOR_USETYPE)
+        if split is None:
+            declared = self.dataset.readme().get("usetype")
+            if declared is not None and declared != usetype:
+                raise DatasetFormatError(f"{self.uri} is a {declared!r} dataset with no per-row split, not {usetype!r}")
+            return np.arange(len(labels))
+        rows = np.flatnonzero(np.asarray(split) == usetype)
+        if len(rows) == 0:
+            raise DatasetFormatError(f"no rows of usetype {usetype!r} in {self.uri}; it has {sorted(set(split))}")
+        return rows
+
+    def _row_shape(self) -> tuple[int, ...]:
+        """The shape a row takes: the ``image_dimensions`` annotation, else the stored row shape."""
+        dims = self.dataset.get_annotation(keys.IMAGE_DIMENSIONS)
+        row_shape = tuple(self.data.shape[1:])
+        if dims is None:
+            return row_shape
+        dims = tuple(int(d) for d in dims)
+        if int(np.prod(dims)) != int(np.prod(row_shape)):
+            raise DatasetFormatError(
+                f"{self.uri}: image_dimensions {list(dims)} do not fit rows of shape {list(row_shape)}"
+            )
+        return dims
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -8,7 +8,7 @@ from a dataset are checked against its category encoding (or, where there is non
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,13 @@ def checked_encoding(encoding: Any, *, uri: str) -> dict[str, int]:
         out[str(name)] = int(value)
     if len(set(out.values())) != len(out):
         raise DatasetFormatError(f"{uri}: its {keys.CATEGORY_ENCODING} gives two categories the same label: {out}")
+    if sorted(out.values()) != list(range(len(out))):
+        missing = sorted(set(range(max(out.values()) + 1)) - set(out.values()))
+        raise DatasetFormatError(
+            f"{uri}: its {keys.CATEGORY_ENCODING} {out} has no category for the label(s) {missing[:5]}; labels "
+            f"are 0..K-1 with none missing (a model's outputs are numbered by them). Rewrite the annotation "
+            "with the labels 0..K-1, or recreate the dataset"
+        )
     return out
 
 
@@ -64,7 +71,48 @@ def check_labels(labels: np.ndarray, allowed: Any, *, uri: str) -> None:
         )
 
 
-def default_names(labels: np.ndarray, *, uri: str) -> list[str]:
-    """Category names "0".."max" for a dataset without an encoding (dtoolAI's tensor datasets)."""
-    check_labels(labels, keys.MAX_CATEGORIES, uri=uri)
-    return [str(v) for v in range(int(labels.max()) + 1)] if len(labels) else []
+def category_encoding(names: Sequence[str]) -> dict[str, int]:
+    """Deterministic encoding of category names: sorted (digit names numerically), labels 0..K-1."""
+    ordered = sorted(set(names), key=lambda n: (0, int(n), n) if n.isdigit() else (1, 0, n))
+    return {name: i for i, name in enumerate(ordered)}
+
+
+def dataset_encoding(
+    annotation: Any,
+    *,
+    uri: str,
+    names: Sequence[str] | None = None,
+    labels: np.ndarray | None = None,
+) -> dict[str, int]:
+    """The category encoding of a dataset: the one rule every reader of labels uses.
+
+    Give the image dataset's category ``names`` (of every labelled item, not of a
+    selection) or the tensor dataset's integer ``labels`` (every row).
+
+    * With a ``category_encoding`` ``annotation``, that encoding (checked: labels 0..K-1,
+      each once), and every name or label must be in it.
+    * Without one, an image dataset's names sorted (:func:`category_encoding`), and a
+      tensor dataset's labels 0..max as the categories "0".."max" (dtoolAI's tensor
+      datasets): label v is category "v", and a class with no samples does not shift the
+      others' labels.
+
+    Raises:
+        DatasetFormatError: a hostile or gapped encoding, or names/labels outside it.
+    """
+    if names is not None:
+        encoding = category_encoding(names) if annotation is None else checked_encoding(annotation, uri=uri)
+        unknown = sorted(set(names) - set(encoding))
+        if unknown:
+            raise DatasetFormatError(
+                f"{uri}: categories {unknown[:5]} are not in its {keys.CATEGORY_ENCODING} annotation: "
+                "add them to it, or recreate the dataset"
+            )
+        return encoding
+    if labels is None:
+        raise TypeError("dataset_encoding needs names= (image datasets) or labels= (tensor datasets)")
+    if annotation is None:
+        check_labels(labels, keys.MAX_CATEGORIES, uri=uri)
+        return {str(v): v for v in range(int(labels.max()) + 1)} if len(labels) else {}
+    encoding = checked_encoding(annotation, uri=uri)
+    check_labels(labels, encoding.values(), uri=uri)
+    return encoding

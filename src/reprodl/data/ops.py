@@ -13,7 +13,7 @@ import numpy as np
 
 from reprodl import keys
 from reprodl.data.images import open_image, to_array
-from reprodl.data.labels import check_labels, checked_encoding
+from reprodl.data.labels import dataset_encoding
 from reprodl.data.layout import load_npy, tensor_item_ids, value_scale
 from reprodl.errors import DamagedMetadataError, DatasetFormatError, ParametersError
 from reprodl.store import Progress, StoredDataSet, open_dataset
@@ -26,19 +26,12 @@ class _NotLabelledError(DatasetFormatError):
 def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, int]]:
     """(kind, sample keys, integer labels, encoding) of an image or tensor dataset."""
     kind = ds.get_annotation(keys.INPUT_TYPE)
-    encoding = ds.get_annotation(keys.CATEGORY_ENCODING)
+    annotation = ds.get_annotation(keys.CATEGORY_ENCODING)
     if kind == keys.INPUT_TYPE_IMAGE or (kind is None and keys.CATEGORY_OVERLAY in ds.overlay_names()):
         cats = ds.get_overlay(keys.CATEGORY_OVERLAY) or {}
         idns = [i for i in ds.identifiers if cats.get(i) is not None]
         names = [str(cats[i]) for i in idns]
-        if encoding is None:
-            from reprodl.data.creators import category_encoding
-
-            encoding = category_encoding(names)
-        encoding = checked_encoding(encoding, uri=ds.uri)
-        unknown = sorted(set(names) - set(encoding))
-        if unknown:
-            raise DatasetFormatError(f"{ds.uri}: categories {unknown[:5]} are not in its category_encoding annotation")
+        encoding = dataset_encoding(annotation, uri=ds.uri, names=names)
         return keys.INPUT_TYPE_IMAGE, idns, np.array([encoding[n] for n in names], dtype=np.int64), encoding
     try:
         _, labels_idn = tensor_item_ids(ds)
@@ -50,12 +43,7 @@ def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, in
             f"({keys.TENSOR_LABELS_FILE} item)"
         ) from None
     labels = np.asarray(load_npy(ds.item_path(labels_idn), uri=ds.uri)).astype(np.int64).reshape(-1)
-    if encoding is None:
-        check_labels(labels, keys.MAX_CATEGORIES, uri=ds.uri)
-        encoding = {str(v): int(v) for v in np.unique(labels)}
-    else:
-        encoding = checked_encoding(encoding, uri=ds.uri)
-        check_labels(labels, encoding.values(), uri=ds.uri)
+    encoding = dataset_encoding(annotation, uri=ds.uri, labels=labels)
     return keys.INPUT_TYPE_TENSOR, list(range(len(labels))), labels, encoding
 
 

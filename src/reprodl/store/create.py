@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from reprodl.errors import DatasetExistsError, InputDataError, InvalidURIError, StorageError
-from reprodl.store.brokers import _dtoolcore
+from reprodl.store.brokers import _dtoolcore, frozen_dataset, proto_dataset
 from reprodl.store.dataset import StoredDataSet
 from reprodl.store.staging import clean_staging, make_staging, move_into_place
 from reprodl.store.transfer import _copy_to, _probe_remote_base
@@ -105,7 +105,7 @@ class DatasetWriter:
 
     def _freeze(self) -> Any:
         self._proto.freeze()
-        ds = _dtoolcore().DataSet.from_uri(self._proto.uri)
+        ds = frozen_dataset(self._proto.uri)
         ids = list(ds.identifiers)
         for name, by_rel in self._overlays.items():
             overlay = {idn: None for idn in ids}
@@ -141,38 +141,14 @@ def create_dataset(
     """
     check_name(name)
     base = normalise_uri(base_uri)
-    scheme = urlparse(base).scheme
-    if scheme in ("http", "https"):
-        raise InvalidURIError(
-            f"cannot create a dataset at {base}: http(s):// is read-only. Create it on disk "
-            "or s3:// and publish it (`dtool publish`)"
-        )
-    base_path = local_path(base)
-    if base_path is not None:
-        if not base_path.is_dir():
-            raise StorageError(f"base URI {base} is not an existing directory: create {base_path} first")
-        if (base_path / name).exists():
-            raise DatasetExistsError(
-                f"a dataset called {name!r} already exists at {base_path / name}: "
-                "choose another name or remove it first (reprodl never overwrites)"
-            )
-        staging_parent = base_path
-        if not os.access(base_path, os.W_OK):
-            raise StorageError(f"cannot write to {base_path}: permission denied")
-        clean_staging(base_path, name=name)  # leftovers of killed processes
-    else:
-        # s3 datasets are keyed by a fresh UUID, so no name can clash; check the bucket
-        # answers before spending time building.
-        staging_parent = None
-        _probe_remote_base(base)
+    base_path = _check_base(base, name)
     try:
-        staging = make_staging(staging_parent, name, purpose="create")
+        staging = make_staging(base_path, name, purpose="create")
     except OSError as exc:
         raise write_error(exc, f"the dataset {name!r} at {base}") from exc
     try:
-        dtoolcore = _dtoolcore()
-        admin = dtoolcore.generate_admin_metadata(name, creator or current_user())
-        proto = dtoolcore.generate_proto_dataset(admin, normalise_uri(str(staging)))
+        admin = _dtoolcore().generate_admin_metadata(name, creator or current_user())
+        proto = proto_dataset(admin, normalise_uri(str(staging)))
         proto.create()
         proto.put_readme(readme)
         writer = DatasetWriter(proto, staging, name)
@@ -190,6 +166,35 @@ def create_dataset(
         raise write_error(exc, f"the dataset {name!r} at {base}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_base(base: str, name: str) -> Path | None:
+    """Refuse a base URI a dataset ``name`` cannot be created in; its local path (None for s3).
+
+    A local base must be a writable directory without ``name`` in it (leftover staging
+    directories of killed processes are removed); an s3 bucket must answer. s3 datasets
+    are keyed by a fresh UUID, so no name can clash there.
+    """
+    if urlparse(base).scheme in ("http", "https"):
+        raise InvalidURIError(
+            f"cannot create a dataset at {base}: http(s):// is read-only. Create it on disk "
+            "or s3:// and publish it (`dtool publish`)"
+        )
+    base_path = local_path(base)
+    if base_path is None:
+        _probe_remote_base(base)  # before spending time building
+        return None
+    if not base_path.is_dir():
+        raise StorageError(f"base URI {base} is not an existing directory: create {base_path} first")
+    if (base_path / name).exists():
+        raise DatasetExistsError(
+            f"a dataset called {name!r} already exists at {base_path / name}: "
+            "choose another name or remove it first (reprodl never overwrites)"
+        )
+    if not os.access(base_path, os.W_OK):
+        raise StorageError(f"cannot write to {base_path}: permission denied")
+    clean_staging(base_path, name=name)  # leftovers of killed processes
+    return base_path
 
 
 # OSErrors of a full or read-only disk, turned into a StorageError wherever a dataset is written

@@ -21,6 +21,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -36,7 +37,7 @@ from reprodl.errors import (
     StorageError,
 )
 from reprodl.parsing import check_size, load_yaml
-from reprodl.store.brokers import _cache_root, _check_broker, _dtoolcore
+from reprodl.store.brokers import _cache_root, _check_broker, frozen_dataset, storage_broker
 from reprodl.store.fetch import _RemoteItems
 from reprodl.store.hashing import Progress, canonical_json, file_md5
 from reprodl.store.remote_errors import _remote_error
@@ -412,20 +413,35 @@ class StoredDataSet(_RemoteItems):
         what is checked is the server's content (and a damaged cached copy is replaced).
         """
         idns = identifiers if identifiers is not None else list(self._items)
+        report = VerifyReport(uri=self.uri, deep=deep, n_items=len(idns))
+        if self.is_local and identifiers is None:
+            report.added = self._unlisted_files()
+        to_hash = self._fetch_and_size(idns, report, deep=deep, progress=progress)
+        if to_hash:
+            self._rehash(to_hash, report, progress)
+        for lst in (report.missing, report.altered, report.resized):
+            lst.sort()
+        return report
+
+    def _unlisted_files(self) -> list[str]:
+        """The walk: relpaths of files in the data directory that the manifest does not list."""
+        on_disk = set()
+        base = self._data_dir or ""
+        for dirpath, _dirs, files in os.walk(base):
+            for fn in files:
+                on_disk.add(os.path.relpath(os.path.join(dirpath, fn), base).replace(os.sep, "/"))
+        return sorted(on_disk - {p["relpath"] for p in self._items.values()})
+
+    def _fetch_and_size(
+        self, idns: list[str], report: VerifyReport, *, deep: bool, progress: Progress | None
+    ) -> list[str]:
+        """The fetch: each item's file (remote ones fetched, afresh when ``deep``) against its
+        manifest size. Missing and resized items go into ``report``; returns those to re-hash
+        (all when ``deep``, else local ones whose modification time changed)."""
         fetched: dict[str, str | None] = {}
         oversize: set[str] = set()
         if not self.is_local:
             fetched = self._fetch_many(idns, refresh=deep, resized=oversize)
-        report = VerifyReport(uri=self.uri, deep=deep, n_items=len(idns))
-        if self.is_local and identifiers is None:
-            on_disk = set()
-            base = self._data_dir or ""
-            for dirpath, _dirs, files in os.walk(base):
-                for fn in files:
-                    rel = os.path.relpath(os.path.join(dirpath, fn), base).replace(os.sep, "/")
-                    on_disk.add(rel)
-            known = {p["relpath"] for p in self._items.values()}
-            report.added = sorted(on_disk - known)
         to_hash: list[str] = []
         for idn in idns:
             props = self._items[idn]
@@ -449,26 +465,26 @@ class StoredDataSet(_RemoteItems):
                 to_hash.append(idn)
             elif progress:
                 progress(st.st_size)
-        if to_hash:
-            if not self.hash_function.startswith("md5"):
-                raise StorageError(
-                    f"dataset {self.uri} uses hash function {self.hash_function!r}; reprodl verifies md5 manifests only"
-                )
+        return to_hash
 
-            def check(idn: str) -> tuple[str, bool, int]:
-                path = self.item_path(idn)
-                return idn, file_md5(path) == self._items[idn]["hash"], os.path.getsize(path)
+    def _rehash(self, idns: list[str], report: VerifyReport, progress: Progress | None) -> None:
+        """The re-hash: items whose md5 differs from the manifest's go into ``report.altered``."""
+        if not self.hash_function.startswith("md5"):
+            raise StorageError(
+                f"dataset {self.uri} uses hash function {self.hash_function!r}; reprodl verifies md5 manifests only"
+            )
 
-            workers = max(1, min(4, os.cpu_count() or 1))
-            with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-                for idn, same, size in pool.map(check, to_hash):
-                    if not same:
-                        report.altered.append(self.relpath(idn))
-                    if progress:
-                        progress(size)
-        for lst in (report.missing, report.altered, report.resized):
-            lst.sort()
-        return report
+        def check(idn: str) -> tuple[str, bool, int]:
+            path = self.item_path(idn)
+            return idn, file_md5(path) == self._items[idn]["hash"], os.path.getsize(path)
+
+        workers = max(1, min(4, os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            for idn, same, size in pool.map(check, idns):
+                if not same:
+                    report.altered.append(self.relpath(idn))
+                if progress:
+                    progress(size)
 
     def manifest_entries(self) -> dict[str, dict[str, Any]]:
         """relpath -> {size_in_bytes, hash}: what a record keeps to name changed items later."""
@@ -527,42 +543,13 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
         StorageError: the server could not be reached.
     """
     full = normalise_uri(uri)
-    dtoolcore = _dtoolcore()
     path = local_path(full)
-    if path is not None:
-        if not path.exists():
-            raise DatasetNotFoundError(f"no dataset at {full}: the path {path} does not exist")
-        if not (path / ".dtool" / "dtool").is_file():
-            raise DatasetNotFoundError(f"{full} is not a dtool dataset (no .dtool/dtool admin metadata in {path})")
-    else:
-        _check_broker(full)
-        parsed = urlparse(full)
-        if parsed.scheme == "s3" and not parsed.path.strip("/"):
-            raise InvalidURIError(
-                f"{full} names a bucket, not a dataset: a dataset's URI is "
-                f"s3://{parsed.netloc}/<uuid> (`dtool ls {full}` lists them)"
-            )
-
-    def read_error(exc: BaseException, file: str) -> ReprodlError:
-        if isinstance(exc, RecursionError):  # json.load of a hostile, deeply nested file
-            return DamagedMetadataError(
-                f"the dataset at {full} has metadata that is not JSON reprodl reads "
-                f"({type(exc).__name__}: {str(exc)[:200]}); it is refused"
-            )
-        if isinstance(exc, ValueError):  # JSONDecodeError, UnicodeDecodeError
-            where = path / file if path is not None else file
-            return DamagedMetadataError(
-                f"the dataset at {full} is damaged: {where} is not valid JSON "
-                f"({type(exc).__name__}: {str(exc)[:200]}). Restore the dataset from a copy"
-            )
-        if path is None:
-            return _remote_error(full, exc)
-        return StorageError(f"could not read the dataset at {full} ({path / file}): {type(exc).__name__}: {exc}")
-
+    _check_location(full, path)
     try:
-        admin = dtoolcore._admin_metadata_from_uri(full, None)
-    except Exception as exc:  # brokers raise requests/boto errors
-        raise read_error(exc, ".dtool/dtool") from exc
+        broker = storage_broker(full)
+        admin = broker.get_admin_metadata()
+    except Exception as exc:
+        raise _open_error(exc, full, path, ".dtool/dtool") from exc
     if admin and not isinstance(admin, dict):
         raise DatasetFormatError(f"the dataset at {full} has admin metadata that is not a mapping")
     if not admin:
@@ -574,12 +561,46 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
             "again (freezing it would seal whatever part was written)"
         )
     try:
-        ds = dtoolcore.DataSet(full, admin)
-        return StoredDataSet(full, ds)
+        return StoredDataSet(full, frozen_dataset(full, admin, broker))
     except ReprodlError:
         raise  # an unsafe manifest: already says what is wrong
     except Exception as exc:
-        raise read_error(exc, ".dtool/manifest.json") from exc
+        raise _open_error(exc, full, path, ".dtool/manifest.json") from exc
+
+
+def _check_location(full: str, path: Path | None) -> None:
+    """Refuse, before reading anything, a local path with no dataset, or an unusable remote URI."""
+    if path is not None:
+        if not path.exists():
+            raise DatasetNotFoundError(f"no dataset at {full}: the path {path} does not exist")
+        if not (path / ".dtool" / "dtool").is_file():
+            raise DatasetNotFoundError(f"{full} is not a dtool dataset (no .dtool/dtool admin metadata in {path})")
+        return
+    _check_broker(full)
+    parsed = urlparse(full)
+    if parsed.scheme == "s3" and not parsed.path.strip("/"):
+        raise InvalidURIError(
+            f"{full} names a bucket, not a dataset: a dataset's URI is "
+            f"s3://{parsed.netloc}/<uuid> (`dtool ls {full}` lists them)"
+        )
+
+
+def _open_error(exc: BaseException, full: str, path: Path | None, file: str) -> ReprodlError:
+    """The error for reading ``file`` of the dataset at ``full`` failing while opening it."""
+    if isinstance(exc, RecursionError):  # json.load of a hostile, deeply nested file
+        return DamagedMetadataError(
+            f"the dataset at {full} has metadata that is not JSON reprodl reads "
+            f"({type(exc).__name__}: {str(exc)[:200]}); it is refused"
+        )
+    if isinstance(exc, ValueError):  # JSONDecodeError, UnicodeDecodeError
+        where = path / file if path is not None else file
+        return DamagedMetadataError(
+            f"the dataset at {full} is damaged: {where} is not valid JSON "
+            f"({type(exc).__name__}: {str(exc)[:200]}). Restore the dataset from a copy"
+        )
+    if path is None:
+        return _remote_error(full, exc)
+    return StorageError(f"could not read the dataset at {full} ({path / file}): {type(exc).__name__}: {exc}")
 
 
 def exists(uri: str) -> bool:

@@ -10,6 +10,7 @@ Nothing is overwritten.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -21,7 +22,14 @@ from reprodl.errors import (
     ReprodlError,
     StorageError,
 )
-from reprodl.store.brokers import _check_broker, _dtoolcore
+from reprodl.store.brokers import (
+    _check_broker,
+    broker_class,
+    dataset_uri_in,
+    frozen_dataset_uris,
+    proto_dataset,
+    storage_broker,
+)
 from reprodl.store.dataset import StoredDataSet, open_dataset
 from reprodl.store.hashing import Progress
 from reprodl.store.remote_errors import _remote_error
@@ -31,11 +39,9 @@ from reprodl.store.uris import file_name_problem, local_path, normalise_uri
 
 def _probe_remote_base(base: str) -> None:
     """Fail fast, with a clear error, when a remote base URI cannot be written to."""
-    _check_broker(base)
-    parsed = urlparse(base)
-    bucket = parsed.netloc
+    broker_cls = broker_class(base)
+    bucket = urlparse(base).netloc
     try:
-        broker_cls = _dtoolcore()._generate_storage_broker_lookup()[parsed.scheme]
         _resource, client, _unsigned = broker_cls._get_resource_and_client(bucket)
         client.list_objects_v2(Bucket=bucket, MaxKeys=1)
     except Exception as exc:  # botocore errors are not typed here
@@ -54,12 +60,11 @@ def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = 
     per-item manifest re-read, and metadata through :class:`StoredDataSet` (dtool-s3
     cannot list dotted annotation names).
     """
-    dtoolcore = _dtoolcore()
     _check_broker(dest_base)
     _check_source(src)
     admin = src.admin_metadata
     admin["type"] = "protodataset"
-    dest_uri = dtoolcore._generate_uri(admin, dest_base)
+    dest_uri = dataset_uri_in(admin, dest_base)
     if _dataset_present(dest_uri):
         raise DatasetExistsError(
             f"{dest_uri} already holds dataset {src.name!r} (UUID {src.uuid}): reprodl never "
@@ -71,46 +76,66 @@ def _copy_to(src: StoredDataSet, dest_base: str, *, progress: Progress | None = 
     if dest_dir is not None:
         clean_staging(dest_dir, name=src.name)  # leftovers of killed copies
         staging = make_staging(dest_dir, src.name, purpose="copy")
-    # What to remove on failure: anything under the new UUID in a bucket is this copy's;
-    # on disk, the staging directory (removed below in any case).
-    started = staging is None
     try:
         base = dest_base if staging is None else normalise_uri(str(staging))
-        proto = dtoolcore.generate_proto_dataset(admin_metadata=admin, base_uri=base)
-        proto.create()
-        started = True
-        _fill(proto, src, progress)
-        if staging is None or final is None:
-            _check_copied(src, proto.generate_manifest()["items"], dest_uri)
-            proto.freeze()
-        else:
-            proto.freeze()
-            _check_copied(src, proto._storage_broker.get_manifest()["items"], dest_uri)
-            move_into_place(staging / src.name, final)
+        staged = None if staging is None else staging / src.name
+        _write_copy(src, admin, base=base, dest_uri=dest_uri, staged=staged, final=final, progress=progress)
     except BaseException as exc:
-        removed = None
-        if staging is not None:
-            removed = True if started else None
-        elif started:
-            removed = _remove_partial(dest_uri)
+        # What to remove: on disk the staging directory (removed below in any case); in a
+        # bucket anything under the new UUID, which is this copy's.
+        removed = (True if staged.exists() else None) if staged is not None else _remove_partial(dest_uri)
         if not isinstance(exc, Exception) or isinstance(exc, (IntegrityError, DatasetExistsError)):
             raise  # KeyboardInterrupt and the like, a refused source, a lost race: as they are
-        if isinstance(exc, ReprodlError):
-            cause = str(exc)
-        elif staging is not None:
-            cause = f"{type(exc).__name__}: {exc}"
-        else:
-            cause = str(_remote_error(dest_uri, exc))
-        where = {
-            None: "nothing was written",
-            True: "the partial copy was removed",
-            False: f"a partial copy may remain at {dest_uri}: remove it by hand",
-        }[removed]
-        raise StorageError(f"could not copy {src.uri} to {dest_base}: {cause} ({where})") from exc
+        raise _copy_error(exc, src, dest_base, dest_uri, local=staging is not None, removed=removed) from exc
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return normalise_uri(dest_uri if final is None else str(final))
+
+
+def _write_copy(
+    src: StoredDataSet,
+    admin: dict[str, Any],
+    *,
+    base: str,
+    dest_uri: str,
+    staged: Path | None,
+    final: Path | None,
+    progress: Progress | None,
+) -> None:
+    """Write and freeze the copy under ``base``, checked against the source's manifest.
+
+    On disk (``staged``: where the staging copy is written) it is then moved to ``final``;
+    in a bucket it is checked before it is frozen.
+    """
+    proto = proto_dataset(admin, base)
+    proto.create()
+    _fill(proto, src, progress)
+    if staged is None or final is None:
+        _check_copied(src, proto.generate_manifest()["items"], dest_uri)
+        proto.freeze()
+    else:
+        proto.freeze()
+        _check_copied(src, proto._storage_broker.get_manifest()["items"], dest_uri)
+        move_into_place(staged, final)
+
+
+def _copy_error(
+    exc: BaseException, src: StoredDataSet, dest_base: str, dest_uri: str, *, local: bool, removed: bool | None
+) -> StorageError:
+    """The StorageError for a copy that failed with ``exc``, saying what was left behind."""
+    if isinstance(exc, ReprodlError):
+        cause = str(exc)
+    elif local:
+        cause = f"{type(exc).__name__}: {exc}"
+    else:
+        cause = str(_remote_error(dest_uri, exc))
+    where = {
+        None: "nothing was written",
+        True: "the partial copy was removed",
+        False: f"a partial copy may remain at {dest_uri}: remove it by hand",
+    }[removed]
+    return StorageError(f"could not copy {src.uri} to {dest_base}: {cause} ({where})")
 
 
 def _fill(proto: Any, src: StoredDataSet, progress: Progress | None) -> None:
@@ -177,7 +202,7 @@ def _dataset_present(uri: str) -> bool:
     if path is not None:
         return path.exists()
     try:
-        return bool(_dtoolcore()._get_storage_broker(uri, None).has_admin_metadata())
+        return bool(storage_broker(uri).has_admin_metadata())
     except Exception as exc:
         raise _remote_error(uri, exc) from exc
 
@@ -189,7 +214,7 @@ def _remove_partial(uri: str) -> bool:
         shutil.rmtree(path, ignore_errors=True)
         return not path.exists()
     try:
-        broker = _dtoolcore()._get_storage_broker(uri, None)
+        broker = storage_broker(uri)
         client, bucket = broker.s3client, broker.bucket
         keys = []
         pages = client.get_paginator("list_objects_v2").paginate(
@@ -244,7 +269,7 @@ def list_datasets(base_uri: str) -> list[str]:
     base = normalise_uri(base_uri)
     _check_broker(base)
     try:
-        return sorted(d.uri for d in _dtoolcore().iter_datasets_in_base_uri(base))
+        return sorted(frozen_dataset_uris(base))
     except Exception as exc:
         if local_path(base) is None:
             raise _remote_error(base, exc) from exc

@@ -199,8 +199,14 @@ def reproduce(
     progress: bool = False,
     envelope: dict[str, Any] | None = None,
     transforms: Mapping[str, Callable[[Any], Any]] | None = None,
+    trust_code: bool = False,
+    on_output: Callable[[str], None] | None = None,
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
+
+    A model made with :func:`reprodl.start_run` (the user's own loop) is reproduced by
+    re-executing its recorded code (:mod:`reprodl.reproduction.reexec`), and only with
+    ``trust_code=True``; ``on_output`` then receives the script's output lines.
 
     Refuses to train (:class:`IntegrityError`, naming the items) if a training dataset
     changed. Bitwise-mode models are compared weight for weight; statistical-mode models are
@@ -226,6 +232,12 @@ def reproduce(
     t0 = time.perf_counter()
     model_ds = open_dataset(uri)
     record = read_record(model_ds)
+    if record.code.run is not None:
+        from reprodl.reproduction.reexec import reproduce_by_reexecution
+
+        return reproduce_by_reexecution(
+            model_ds, record, trust_code=trust_code, output=output, tolerance=tol, seed=seed, on_output=on_output
+        )
     original_state = load_weights(model_ds, record)
     mode = record.training.determinism.mode
     report = ReproductionReport(

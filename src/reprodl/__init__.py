@@ -31,6 +31,7 @@ _EXPORTS = {
     "TrainedTorchModel": "reprodl.model",
     "open_dataset": "reprodl.store",
     "reproduce": "reprodl.reproduction.rerun",
+    "start_run": "reprodl.training.run",
     "train_model_with_metadata_capture": "reprodl.training.loop",
 }
 
@@ -46,6 +47,7 @@ __all__ = [
     "TrainedTorchModel",
     "open_dataset",
     "reproduce",
+    "start_run",
     "train_model_with_metadata_capture",
 ]
 
@@ -73,4 +75,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from reprodl.store import open_dataset
     from reprodl.training.loop import train_model_with_metadata_capture
     from reprodl.training.params import Parameters
+    from reprodl.training.run import start_run
     from reprodl.zoo import GenNet

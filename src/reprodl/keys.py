@@ -42,6 +42,9 @@ HISTORY_FILE = "history.json"
 INITIAL_WEIGHTS_FILE = "initial.safetensors"
 CODE_PATCH_FILE = "code.patch"
 CODE_DIR = "code/"  # untracked files and an entry script outside git, kept with the model
+CODE_SNAPSHOT_FILE = "code/snapshot.tar"  # the tracked files at the recorded commit (run API)
+# Set by `reprodl reproduce` for the re-executed script: JSON telling start_run where to write.
+RUN_REDIRECT_ENV = "REPRODL_REPRODUCE_INTO"
 MODEL_KIND = "reprodl.kind"
 KIND_MODEL = "model"
 KIND_SUMMARY = "multirun-summary"

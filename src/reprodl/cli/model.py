@@ -270,16 +270,40 @@ def reproduce_cmd(
         None, "--seed", help="Seed for the re-run (statistical mode: default recorded + 100003)."
     ),
     allow: Optional[list[str]] = _ALLOW,
+    trust_code: bool = typer.Option(
+        False,
+        "--trust-code",
+        help="Run the code recorded with a model trained with start_run (your own loop) without asking.",
+    ),
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Re-run a model's training from its record and say whether the model came back."""
+    """Re-run a model's training from its record and say whether the model came back.
+
+    A model trained with reprodl.start_run is reproduced by re-executing its recorded code in a
+    temporary copy: that runs only with --trust-code, or after a yes at an interactive prompt.
+    """
+    import sys
+
+    from reprodl.reproduction.reexec import reexecution_plan
     from reprodl.reproduction.rerun import reproduce
 
+    if not trust_code and sys.stdin.isatty() and not as_json:
+        plan = reexecution_plan(uri)
+        if plan is not None:
+            err.print(plan.describe(), markup=False)
+            trust_code = typer.confirm("Run this code?", default=False, err=True)
     if not (quiet or as_json):
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
     report = reproduce(
-        uri, output=output, tolerance=tolerance, allow=allow or (), seed=seed, progress=not (quiet or as_json)
+        uri,
+        output=output,
+        tolerance=tolerance,
+        allow=allow or (),
+        seed=seed,
+        progress=not (quiet or as_json),
+        trust_code=trust_code,
+        on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
     )
     if as_json:
         print_json(report.to_dict())

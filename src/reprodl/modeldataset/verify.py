@@ -91,14 +91,21 @@ def verify_model(
             result.add("weights match the record", True, record.results.weights_sha256 or "")
         except ReprodlError as exc:
             result.add("weights match the record", False, str(exc))
-        refused = untrusted_names(record, allow=allow)
-        result.add(
-            "recorded names pass the trust policy",
-            not refused,
-            "; ".join(f"will not be imported: {r}" for r in refused),
-        )
+        if record.code.run is not None:  # a start_run record: re-executed with --trust-code, never imported
+            result.add("recorded code is re-executed, not imported (reproduce needs --trust-code)", True, "")
+        else:
+            refused = untrusted_names(record, allow=allow)
+            result.add(
+                "recorded names pass the trust policy",
+                not refused,
+                "; ".join(f"will not be imported: {r}" for r in refused),
+            )
         if data:
-            for c in check_data(record, ds):
+            for ref in record.data:
+                if ref.source != "dtool":
+                    result.add(f"{ref.role} data {ref.name} is {ref.source} ({ref.uri})", True, "not a dtool dataset")
+            dtool_only = record.model_copy(update={"data": [r for r in record.data if r.source == "dtool"]})
+            for c in check_data(dtool_only, ds):
                 result.add(f"{c.role} data {c.name} ({c.uri}) unchanged", c.ok, c.detail)
     _check_signature(ds, result, trusted)
     return result

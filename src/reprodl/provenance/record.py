@@ -93,6 +93,12 @@ class DataRef(_Part):
     image_dimensions: list[int] | None = Field(None, description="the dataset's image_dimensions annotation as read")
     value_scale: float | None = Field(None, description="tensor datasets: inputs are raw / value_scale")
     image_mode: str | None = Field(None, description="image datasets: the PIL mode images are converted to (L, RGB)")
+    source: Literal["dtool", "in-memory", "unverified"] = Field(
+        "dtool",
+        description="what kind of data this is: a dtool dataset (checked against its manifest), an "
+        "in-memory tensor or array (hashed: manifest_digest is the sha256 of its content), or any other "
+        "dataset, recorded by class only (unverified data: reprodl cannot tell whether it changed)",
+    )
 
 
 class OptimizerInfo(_Part):
@@ -173,6 +179,9 @@ class Training(_Part):
     )
     device: str = Field(description="the torch device trained on (cpu, cuda:0...)")
     world_size: int = Field(1, description="number of processes trained together")
+    optimizer_steps: int | None = Field(
+        None, description="optimiser updates counted by a step hook (the run API's run.watch); None when not counted"
+    )
 
 
 class GitInfo(_Part):
@@ -199,6 +208,36 @@ class GitInfo(_Part):
     )
 
 
+class RunCommand(_Part):
+    """How a run made with the run API (``reprodl.start_run``) is run again."""
+
+    entry_script: str | None = Field(
+        None, description="the entry script, relative to the code root ('/'-separated); None when run as -m module"
+    )
+    module: str | None = Field(None, description="the module run with python -m, when it was")
+    argv: list[str] = Field(default_factory=list, description="the script's arguments, sys.argv[1:] as given")
+    working_directory: str = Field(".", description="the working directory, relative to the code root")
+    python: str = Field(description="the interpreter version that ran it (platform.python_version())")
+    seed: int = Field(description="the seed passed to start_run")
+    root: str = Field(description="the code root: the git repository's root, else the entry script's directory")
+
+
+class SourceSnapshot(_Part):
+    """The code that trained the model, stored with it (tracked files at the recorded commit)."""
+
+    item: str | None = Field(
+        None, description="item holding a tar of the tracked files at the commit; None when over the cap or outside git"
+    )
+    sha256: str | None = Field(None, description="sha256 of the snapshot item's bytes")
+    size: int = Field(0, description="bytes of the snapshot item")
+    n_files: int = Field(0, description="files in the snapshot")
+    commit: str | None = Field(None, description="the commit the snapshot holds")
+    excluded: list[str] = Field(
+        default_factory=list, description="tracked files left out because they are named like secrets (names only)"
+    )
+    note: str | None = Field(None, description="why no snapshot was stored, and what to use instead")
+
+
 class CodeInfo(_Part):
     """The code that ran the training."""
 
@@ -210,6 +249,10 @@ class CodeInfo(_Part):
     working_directory: str | None = Field(None, description="the working directory of the training process")
     config_file: str | None = Field(None, description="the training config file (reprodl train)")
     config: dict[str, Any] | None = Field(None, description="the training config as run, overrides applied")
+    run: RunCommand | None = Field(
+        None, description="how to run the training again (runs made with reprodl.start_run; reproduced by re-execution)"
+    )
+    snapshot: SourceSnapshot | None = Field(None, description="the source snapshot stored with the model")
 
 
 class Environment(_Part):
@@ -252,6 +295,10 @@ class Results(_Part):
     weights_file: str = Field(keys.WEIGHTS_FILE, description="item holding the trained weights")
     weights_sha256: str | None = Field(
         None, description="weights digest: sha256 over tensor names, dtypes, shapes and bytes"
+    )
+    logged: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="metrics logged with run.log, in order; each has an epoch or a step",
     )
 
 

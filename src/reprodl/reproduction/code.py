@@ -17,7 +17,7 @@ from typing import Any, Literal
 from reprodl.provenance import GitInfo, ProvenanceRecord
 from reprodl.store import StoredDataSet
 
-CodeStatus = Literal["unknown", "missing", "available", "patch does not apply"]
+CodeStatus = Literal["unknown", "missing", "available", "patch does not apply", "re-executed"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,9 @@ class CodeCheck:
     same_commit: bool | None = None
     patch_item: str | None = None
     patch_applies: bool | None = None
+    command: list[str] | None = None  # re-executed runs: the command run in the stored code
+    working_directory: str | None = None
+    code_digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: recorded_commit, dirty, status, message, and the fields that were checked."""

@@ -153,32 +153,71 @@ def reproduce(
     progress: bool = False,
     envelope: dict[str, Any] | None = None,
     transforms: Mapping[str, Callable[[Any], Any]] | None = None,
+    trust_code: bool = False,
+    on_output: Callable[[str], None] | None = None,
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
+
+    A model made with :func:`reprodl.start_run` (the user's own loop) is reproduced by
+    re-executing its recorded code (:mod:`reprodl.reproduction.reexec`), and only with
+    ``trust_code=True``; ``on_output`` then receives the script's output lines.
 
     Refuses to train (:class:`IntegrityError`, naming the items) if a training dataset
     changed. Bitwise-mode models are compared weight for weight; statistical-mode models are
     re-run with a different seed (``seed``, default recorded + 100003) and judged on metrics and
     predictions, against a multi-run envelope when one is given.
 
-    Transforms recorded from :mod:`reprodl.data.transforms` (with their configs) are rebuilt,
-    so preprocessing and seeded augmentation run again as they did. A transform of your own
-    cannot be rebuilt from a record (reprodl never imports what a record names), so such a
-    model is refused (:class:`ReproductionError`, naming the class) unless you pass it.
+    Transforms of :mod:`reprodl.data.transforms` are rebuilt from their recorded configs; one
+    of your own is refused (:class:`ReproductionError`, naming its class) unless you pass it.
 
     Args:
-        output: base URI to keep the reproduced model dataset in (default: a temporary
-            directory, removed after the comparison).
-        transforms: transform objects by dataset role ("train", "valid", "test"), used
-            instead of rebuilding the recorded ones; a class or config other than the
-            recorded one is listed in the report's reasons.
+        output: base URI to keep the reproduced model dataset in (default: a temporary directory).
+        transforms: transform objects by dataset role ("train", "valid", "test") used instead of
+            the recorded ones; one that differs from the record is listed in the reasons.
 
     Example:
         >>> reproduce("/models/augmented", transforms={"train": MyAugment(0.1)})   # doctest: +SKIP
     """
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
     t0 = time.perf_counter()
-    original = _open_original(uri)
+    model_ds = open_dataset(uri)
+    record = read_record(model_ds)
+    if record.code.run is not None:  # a start_run record: re-execute its code (with trust)
+        from reprodl.reproduction.reexec import reproduce_by_reexecution
+
+        return reproduce_by_reexecution(
+            model_ds, record, trust_code=trust_code, output=output, tolerance=tol, seed=seed, on_output=on_output
+        )
+    return _reproduce_in_process(
+        _Original(model_ds, record, load_weights(model_ds, record)),
+        tol,
+        t0,
+        transforms=transforms,
+        envelope=envelope,
+        allow=allow,
+        model_class=model_class,
+        device=device,
+        seed=seed,
+        output=output,
+        progress=progress,
+    )
+
+
+def _reproduce_in_process(
+    original: _Original,
+    tol: Tolerance,
+    t0: float,
+    *,
+    transforms: Mapping[str, Callable[[Any], Any]] | None,
+    envelope: dict[str, Any] | None,
+    allow: Iterable[str],
+    model_class: type | None,
+    device: str | None,
+    seed: int | None,
+    output: str | None,
+    progress: bool,
+) -> ReproductionReport:
+    """The steps of an in-process reproduction (a record of the built-in trainer or a config)."""
     reasons: list[str] = []
     data_transforms = _transforms_for(original.record, transforms, reasons)  # refuses before any work
     checks = _check_before_training(original)
@@ -197,13 +236,6 @@ def reproduce(
 
 
 # --- the steps -----------------------------------------------------------------------------
-def _open_original(uri: str) -> _Original:
-    """The model dataset at ``uri``, its record and its weights (each checked as read)."""
-    model_ds = open_dataset(uri)
-    record = read_record(model_ds)
-    return _Original(model_ds, record, load_weights(model_ds, record))
-
-
 def _check_before_training(original: _Original) -> _Checks:
     """Data (refused with :class:`IntegrityError` when changed), code and environment."""
     record, model_ds = original.record, original.model_ds

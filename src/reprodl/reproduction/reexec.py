@@ -1,0 +1,319 @@
+"""Reproduction by re-executing the recorded code (runs made with :func:`reprodl.start_run`).
+
+The code stored with the model (its source snapshot, patch and untracked files) is rebuilt in
+a temporary directory, never the user's working tree, and the recorded command runs there with
+the recorded seed; the run's ``start_run`` writes into the reproduction's output base (through
+:data:`reprodl.keys.RUN_REDIRECT_ENV`), its record naming the original in
+``lineage.reproduces``. Weights, logged metrics and optimiser step counts are then compared.
+
+Re-executing recorded code is running code, and a record from a URI may be someone else's: it
+runs only with ``trust_code=True`` (``reprodl reproduce URI --trust-code``); without it
+:class:`UnsafeImportError` says what would run, and nothing is run or written.
+
+Example:
+    >>> print(reexecution_plan("/models/mnist").describe())        # doctest: +SKIP
+    >>> reproduce("/models/mnist", trust_code=True).verdict         # doctest: +SKIP
+    'identical'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reprodl import keys
+from reprodl.errors import IntegrityError, ReproductionError, UnsafeImportError
+from reprodl.modeldataset.read import load_weights, read_record
+from reprodl.modeldataset.verify import DataCheck, check_data
+from reprodl.provenance import ModelRef, ProvenanceRecord
+from reprodl.reproduction.code import CodeCheck
+from reprodl.reproduction.compare import Tolerance, compare_weights, statistical_metrics_ok
+from reprodl.reproduction.environment import EnvDifference, environment_differences
+from reprodl.reproduction.rerun import STATISTICAL_SEED_OFFSET, ReproductionReport, _reproduction_name
+from reprodl.reproduction.verdict import Verdict, environment_reasons
+from reprodl.store import StoredDataSet, open_dataset
+from reprodl.training.snapshot import code_digest, materialise
+
+
+@dataclasses.dataclass
+class ReexecutionPlan:
+    """What reproducing a run-API model would run: the command, where, and the code's digest."""
+
+    uri: str
+    command: list[str]
+    working_directory: str
+    code_digest: str
+    seed: int
+    code: str
+
+    def describe(self) -> str:
+        """A few lines for a person deciding whether to trust the code."""
+        return (
+            f"Reproducing {self.uri} runs the code recorded with it:\n"
+            f"  command: {' '.join(self.command)}\n"
+            f"  in:      <stored code>/{self.working_directory} (a temporary copy)\n"
+            f"  code:    {self.code} ({self.code_digest})\n"
+            f"  seed:    {self.seed}"
+        )
+
+
+def reexecution_plan(uri: str | StoredDataSet) -> ReexecutionPlan | None:
+    """The plan for the model at ``uri``, or None when it is rebuilt in process (built-in trainer)."""
+    model_ds = uri if isinstance(uri, StoredDataSet) else open_dataset(uri)
+    record = read_record(model_ds)
+    return _plan(model_ds, record) if record.code.run is not None else None
+
+
+def _plan(model_ds: StoredDataSet, record: ProvenanceRecord, seed: int | None = None) -> ReexecutionPlan:
+    run = record.code.run
+    assert run is not None
+    if run.module:
+        command = ["python", "-m", run.module, *run.argv]
+    elif run.entry_script:
+        command = ["python", run.entry_script, *run.argv]
+    else:
+        raise ReproductionError(
+            f"{model_ds.uri} was trained from an interactive session (no entry script): there is no command to "
+            "re-run; train it from a script to make it reproducible by re-execution"
+        )
+    git, snap = record.code.git, record.code.snapshot
+    if snap is not None and snap.item:
+        code = f"snapshot of commit {(snap.commit or '')[:12]}, {snap.n_files} files"
+    elif git is not None and git.commit:
+        code = f"commit {git.commit[:12]} from {git.root} (no snapshot stored)"
+    else:
+        code = "the stored entry script"
+    if git is not None and git.patch_item:
+        code += " + uncommitted patch"
+    if git is not None and git.untracked_items:
+        code += f" + {len(git.untracked_items)} untracked file(s)"
+    return ReexecutionPlan(
+        uri=model_ds.uri,
+        command=command,
+        working_directory=run.working_directory,
+        code_digest=code_digest(record),
+        seed=run.seed if seed is None else seed,
+        code=code,
+    )
+
+
+def reproduce_by_reexecution(
+    model_ds: StoredDataSet,
+    record: ProvenanceRecord,
+    *,
+    trust_code: bool = False,
+    output: str | None = None,
+    tolerance: Tolerance,
+    seed: int | None = None,
+    on_output: Callable[[str], None] | None = None,
+) -> ReproductionReport:
+    """Re-run the recorded command in a temporary copy of the stored code, then compare.
+
+    ``on_output`` receives the script's output line by line (stdout and stderr merged); by
+    default the script writes to this process's stdout and stderr.
+    """
+    t0 = time.perf_counter()
+    mode = record.training.determinism.mode
+    if mode == "statistical" and seed is None and record.code.run is not None:
+        seed = record.code.run.seed + STATISTICAL_SEED_OFFSET
+    plan = _plan(model_ds, record, seed)
+    if not trust_code:
+        raise UnsafeImportError(
+            f"{plan.describe()}\nNothing was run or written. Re-executing recorded code is running code: pass "
+            "--trust-code (Python: trust_code=True) if you trust it"
+        )
+    data_checks = _check_recorded_data(record, model_ds)
+    code = CodeCheck(
+        status="re-executed",
+        message=f"re-ran `{' '.join(plan.command)}` from the stored code ({plan.code}, {plan.code_digest})",
+        command=list(plan.command),
+        working_directory=plan.working_directory,
+        code_digest=plan.code_digest,
+    )
+    new_uri, new_record, weights, training_s = _run_and_compare(
+        model_ds, record, plan, output=output, tolerance=tolerance, on_output=on_output
+    )
+    timings = {"training_s": training_s}
+    metrics = compare_logged(record, new_record)
+    order_matches = record.training.data_order_digests == new_record.training.data_order_digests
+    environment = environment_differences(record)
+    verdict, reasons = _judge(record, new_record, weights, metrics, order_matches, environment, tolerance)
+    timings.update(original_training_s=record.results.wall_time_s, total_s=time.perf_counter() - t0)
+    return ReproductionReport(
+        original_uri=model_ds.uri,
+        verdict=verdict,
+        mode=mode,
+        reasons=reasons,
+        reproduction_uri=new_uri if output is not None else None,
+        data_checks=data_checks,
+        code=code,
+        environment_differences=environment,
+        weights=weights,
+        metrics=metrics,
+        data_order_matches=order_matches,
+        tolerance=dataclasses.asdict(tolerance),
+        timings=timings,
+    )
+
+
+def _run_and_compare(
+    model_ds: StoredDataSet,
+    record: ProvenanceRecord,
+    plan: ReexecutionPlan,
+    *,
+    output: str | None,
+    tolerance: Tolerance,
+    on_output: Callable[[str], None] | None,
+) -> tuple[str, ProvenanceRecord, dict[str, Any], float]:
+    """Run the plan in temporary directories; (new model URI, its record, weights comparison, seconds)."""
+    with contextlib.ExitStack() as stack:
+        base = output or stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-reproduce-"))
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-code-")))
+        t_run = time.perf_counter()
+        new_uri = _execute(model_ds, record, plan, base=base, work=work, on_output=on_output)
+        seconds = time.perf_counter() - t_run
+        new_ds = open_dataset(new_uri)
+        new_record = read_record(new_ds)
+        weights = compare_weights(load_weights(model_ds, record), load_weights(new_ds, new_record), tolerance)
+    return new_uri, new_record, weights, seconds
+
+
+def _check_recorded_data(record: ProvenanceRecord, model_ds: StoredDataSet) -> list[DataCheck]:
+    """Every recorded dtool dataset re-hashed before anything runs; in-memory data is re-hashed by the run."""
+    dtool_only = record.model_copy(update={"data": [r for r in record.data if r.source == "dtool"]})
+    checks = check_data(dtool_only, model_ds)
+    problems = [p for c in checks for p in c.problems]
+    if problems:
+        raise IntegrityError(
+            "refusing to reproduce: the training data changed since training:\n  " + "\n  ".join(problems),
+            problems=problems,
+        )
+    return checks
+
+
+def _execute(
+    model_ds: StoredDataSet,
+    record: ProvenanceRecord,
+    plan: ReexecutionPlan,
+    *,
+    base: str,
+    work: Path,
+    on_output: Callable[[str], None] | None,
+) -> str:
+    """Materialise the code in ``work``, run the command there; returns the new model's URI."""
+    code_dir = materialise(record, model_ds, work / "code")
+    cwd = code_dir / plan.working_directory
+    cwd.mkdir(parents=True, exist_ok=True)
+    report_file = work / "runs.jsonl"
+    name = _reproduction_name(record.model_name)
+    redirect = {
+        "base_uri": base,
+        "name": name,
+        "original_name": record.model_name,
+        "seed": plan.seed,
+        "report_file": str(report_file),
+        "reproduces": ModelRef(
+            uri=model_ds.uri,
+            uuid=model_ds.uuid,
+            record_digest=record.digest,
+            weights_sha256=record.results.weights_sha256,
+        ).model_dump(mode="json"),
+    }
+    env = {**os.environ, keys.RUN_REDIRECT_ENV: json.dumps(redirect)}
+    # The same reprodl as this process's, wherever it was imported from (after the user's paths).
+    here = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), here) if p)
+    command = [sys.executable, *plan.command[1:]]
+    rc = _run(command, cwd, env, on_output)
+    if rc != 0:
+        raise ReproductionError(
+            f"the recorded command `{' '.join(plan.command)}` exited with status {rc} in the stored code; "
+            "nothing was compared (its output above says why)"
+        )
+    runs = [json.loads(line) for line in report_file.read_text().splitlines()] if report_file.is_file() else []
+    uri = next((r["uri"] for r in runs if r["name"] == name), None)
+    if uri is None:
+        raise ReproductionError(
+            f"the recorded command ran but wrote no run named {record.model_name!r}: the script's "
+            "start_run(base_uri, name) must use the same name as when the model was trained"
+        )
+    return str(uri)
+
+
+def _run(command: list[str], cwd: Path, env: dict[str, str], on_output: Callable[[str], None] | None) -> int:
+    if on_output is None:
+        return subprocess.run(command, cwd=cwd, env=env, check=False).returncode
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            on_output(line.rstrip("\n"))
+    return proc.returncode
+
+
+def compare_logged(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, Any]]:
+    """Per logged entry (epoch or step) and numeric metric: original, reproduced value, difference."""
+    rows = []
+    for ea, eb in zip(a.results.logged, b.results.logged):
+        when = ea.get("epoch", ea.get("step"))
+        for key, x in ea.items():
+            y = eb.get(key)
+            if key in ("epoch", "step") or not _numeric(x) or not _numeric(y):
+                continue
+            rows.append({"epoch": when, "metric": key, "original": x, "reproduction": y, "abs_diff": abs(x - y)})
+    return rows
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _judge(
+    record: ProvenanceRecord,
+    new: ProvenanceRecord,
+    w: dict[str, Any],
+    metrics: list[dict[str, Any]],
+    order_matches: bool,
+    environment: list[EnvDifference],
+    tol: Tolerance,
+) -> tuple[Verdict, list[str]]:
+    """The verdict of a re-executed run, and its reasons."""
+    reasons = [
+        f"unverified data: the {r.role} data {r.name} ({r.input_type}) was recorded by class only; "
+        "reprodl cannot tell whether it changed"
+        for r in record.data
+        if r.source == "unverified"
+    ]
+    reasons += environment_reasons(environment)
+    if record.training.device != new.training.device:
+        reasons.append(f"device differs: {record.training.device} -> {new.training.device}")
+    steps_ok = record.training.optimizer_steps == new.training.optimizer_steps
+    if not steps_ok:
+        reasons.append(f"optimiser steps differ: {record.training.optimizer_steps} -> {new.training.optimizer_steps}")
+    if len(record.results.logged) != len(new.results.logged):
+        reasons.append(f"logged metrics differ: {len(record.results.logged)} entries -> {len(new.results.logged)}")
+    if not order_matches:
+        reasons.append("the order in which samples were seen differs (data-order digests)")
+    last = max((r["epoch"] for r in metrics if r["epoch"] is not None), default=0)
+    metric_ok = all(r["abs_diff"] <= tol.metric_abs for r in metrics if r["epoch"] == last)
+    if record.training.determinism.mode == "statistical":
+        reasons.append(f"statistical mode: re-run with seed {new.training.seeds.seed}; judged on final metrics")
+        return ("within tolerance" if statistical_metrics_ok(metrics, last, tol) else "differs"), reasons
+    if w["identical"] and steps_ok:
+        return "identical", reasons
+    if not w["identical"]:
+        reasons.append(
+            f"weights differ: {w['n_tensors'] - w['n_identical']} of {w['n_tensors']} tensors, "
+            f"max abs diff {w['max_abs_diff']:.3g}"
+        )
+    return ("within tolerance" if (w["within_tolerance"] and metric_ok and steps_ok) else "differs"), reasons

@@ -1,0 +1,543 @@
+"""The run API: record any PyTorch training, the user's own loop, with a few lines changed.
+
+    >>> import reprodl                                                            # doctest: +SKIP
+    >>> with reprodl.start_run(base_uri, "mnist", seed=1, params=vars(args)) as run:  # doctest: +SKIP
+    ...     train_ds = run.use(TensorDataSet(uri, usetype="train"))
+    ...     run.watch(model, optimizer, scheduler=scheduler, loss=F.nll_loss)
+    ...     loader = run.loader(train_ds, batch_size=64, shuffle=True)
+    ...     for epoch in range(1, args.epochs + 1):
+    ...         ...                                        # the user's own loop, unchanged
+    ...         run.log(epoch=epoch, valid_accuracy=acc)
+    ...     run.save(model)
+    >>> run.uri                                                                   # doctest: +SKIP
+
+On entry :func:`start_run` seeds Python, NumPy and torch, applies the determinism settings and
+captures code (with a source snapshot) and environment; on a clean exit it writes the model
+dataset as the built-in trainer does. On an exception, or when ``run.save`` was never called,
+nothing is written, and the exception (or a :class:`ParametersError`) says why.
+
+A run started by ``reprodl reproduce`` (which sets :data:`reprodl.keys.RUN_REDIRECT_ENV`) writes
+into the reproduction's output base instead, with the recorded seed and ``lineage.reproduces``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from reprodl import __version__, keys
+from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet, collate
+from reprodl.errors import IntegrityError, ParametersError
+from reprodl.modeldataset.weights import state_dict_sha256
+from reprodl.provenance import (
+    CallableInfo,
+    CodeInfo,
+    DataRef,
+    EpochMetrics,
+    Lineage,
+    ModelRef,
+    ProvenanceRecord,
+    Results,
+    Training,
+    store_readmes_once,
+)
+from reprodl.provenance.record import RunCommand
+from reprodl.store import DatasetWriter, create_dataset, open_dataset
+from reprodl.training.capture import (
+    DeterminismSettings,
+    capture_code,
+    capture_environment,
+    class_path,
+    describe_architecture,
+    describe_callable,
+    describe_optimizer,
+    jsonable,
+    require_clean,
+)
+from reprodl.training.seeding import SeedPlan
+from reprodl.training.snapshot import capture_snapshot
+
+ROLES = ("train", "valid", "test")
+IN_MEMORY = "in-memory"
+UNVERIFIED = "unverified"
+
+
+def start_run(
+    base_uri: str,
+    name: str,
+    *,
+    seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+    deterministic: bool = True,
+    require_clean_code: bool = False,
+) -> Run:
+    """A :class:`Run`: use it as a context manager around the user's own training loop.
+
+    Args:
+        base_uri: where to create the model dataset (path, file://, s3://).
+        name: the model dataset's name.
+        seed: seeds Python, NumPy and torch on entry, and the loaders of :meth:`Run.loader`.
+        params: the run's parameters, recorded verbatim (``vars(args)`` for argparse).
+        deterministic: apply torch's bitwise-determinism settings (else "statistical" mode).
+        require_clean_code: refuse (:class:`DirtyCodeError`) unless the code is committed.
+    """
+    return Run(
+        base_uri,
+        name,
+        seed=seed,
+        params=params,
+        deterministic=deterministic,
+        require_clean_code=require_clean_code,
+    )
+
+
+class _Output:
+    """What ``write_model`` writes through: the open writer; it keeps the sealed record."""
+
+    def __init__(self, writer: DatasetWriter) -> None:
+        self.writer: DatasetWriter | None = writer
+        self.record: ProvenanceRecord | None = None
+        self.extra_readme: dict[str, Any] = {}  # a run's README holds what reprodl writes only
+
+
+class _SavedState(torch.nn.Module):
+    """The weights as they were at ``run.save`` (a module that only returns them)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self._saved = state
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]  # the saved weights whatever the arguments
+        return dict(self._saved)
+
+
+class _RecordedOrder(Sampler[int]):
+    """Indices in a permutation seeded by (seed, pass); each pass's order digest is reported."""
+
+    def __init__(self, n: int, *, seed: int, shuffle: bool, on_order: Any) -> None:
+        self.n, self.seed, self.shuffle, self.on_order = n, seed, shuffle, on_order
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed * 1_000_003 + self.passes)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        self.passes += 1
+        self.on_order("sha256:" + hashlib.sha256(order.numpy().astype("<i8").tobytes()).hexdigest())
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class Run:
+    """One training run of the user's own loop; made by :func:`start_run`.
+
+    After a clean exit ``uri`` is the model dataset's URI and ``record`` its provenance record.
+    """
+
+    def __init__(
+        self,
+        base_uri: str,
+        name: str,
+        *,
+        seed: int = 0,
+        params: Mapping[str, Any] | None = None,
+        deterministic: bool = True,
+        require_clean_code: bool = False,
+    ) -> None:
+        self.base_uri, self.name, self.seed = base_uri, name, int(seed)
+        self.deterministic, self.require_clean_code = deterministic, require_clean_code
+        self.params: dict[str, Any] = jsonable(dict(params or {}))
+        self.uri: str | None = None
+        self.record: ProvenanceRecord | None = None
+        self.reproduces: ModelRef | None = None
+        self._redirect: dict[str, Any] | None = None
+        self._stack: contextlib.ExitStack | None = None
+        self._data: list[tuple[DataRef, Any]] = []  # (its record, the object as given)
+        self._logged: list[dict[str, Any]] = []
+        self._order_digests: list[str] = []
+        self._loader_info: dict[str, Any] = {}
+        self._watched: dict[str, Any] = {}
+        self._steps = 0
+        self._hooks: list[Any] = []
+        self._saved: dict[str, torch.Tensor] | None = None
+        self._device = "cpu"
+        self._n_loaders = 0
+
+    # --- the context ---------------------------------------------------------------------
+    def __enter__(self) -> Run:
+        self._apply_redirect()
+        self._t0, self._started = time.perf_counter(), _utcnow()
+        stack = contextlib.ExitStack()
+        try:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-run-")))
+            self._writer = stack.enter_context(create_dataset(self.base_uri, self.name))
+            self._capture(workdir)
+            self.seeds = SeedPlan(self.seed)
+            device_type = "cuda" if torch.cuda.is_available() else "cpu"
+            self.determinism = stack.enter_context(DeterminismSettings(self.deterministic, device_type))
+            self.seeds.apply_globals()
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        assert self._stack is not None
+        for hook in self._hooks:
+            hook.remove()
+        stack, self._stack = self._stack, None
+        if exc_type is not None:
+            add_note = getattr(exc, "add_note", None)
+            if add_note is not None:
+                add_note(f"reprodl: the run {self.name!r} raised, so no model dataset was written")
+            return bool(stack.__exit__(exc_type, exc, tb))  # discards the unfinished dataset
+        if self._saved is None:
+            error = ParametersError(
+                f"the run {self.name!r} ended without run.save(model), so no model dataset was written: "
+                "call run.save(model) inside the with-block, after training"
+            )
+            stack.__exit__(type(error), error, None)
+            raise error
+        try:
+            self._write()
+        except BaseException as error:
+            stack.__exit__(type(error), error, error.__traceback__)
+            raise
+        stack.__exit__(None, None, None)
+        self.uri = self._writer.uri
+        self._report_redirect()
+        return False
+
+    def _apply_redirect(self) -> None:
+        """Inside ``reprodl reproduce``: write into its output base, with its seed and lineage."""
+        raw = os.environ.get(keys.RUN_REDIRECT_ENV)
+        if not raw:
+            return
+        self._redirect = redirect = json.loads(raw)
+        self.base_uri = redirect["base_uri"]
+        if self.name == redirect.get("original_name"):
+            self.name = redirect["name"]
+        self.seed = int(redirect.get("seed", self.seed))
+        if redirect.get("reproduces"):
+            self.reproduces = ModelRef.model_validate(redirect["reproduces"])
+
+    def _report_redirect(self) -> None:
+        if self._redirect and self._redirect.get("report_file"):
+            with open(self._redirect["report_file"], "a", encoding="utf-8") as f:
+                f.write(json.dumps({"name": self.name, "uri": self.uri}) + "\n")
+
+    def _capture(self, workdir: Path) -> None:
+        code, self._patch, self._code_files = capture_code(None)
+        if self.require_clean_code:
+            require_clean(code)
+        code.run = run_command(code, self.seed)
+        code.snapshot, tar = capture_snapshot(code.git, workdir)
+        if tar is not None:
+            self._code_files[keys.CODE_SNAPSHOT_FILE] = tar
+        self._code: CodeInfo = code
+        self._environment = capture_environment()
+
+    # --- what the user calls -------------------------------------------------------------
+    def use(self, ds_or_uri: Any, role: str = "train") -> Any:
+        """Record a dataset in ``role`` (train, valid or test) and return it (opened, for a URI).
+
+        A reprodl dataset is checked against its manifest (as training does) and recorded with
+        its UUID and manifest digest; an in-memory tensor, array or ``TensorDataset`` is hashed;
+        any other dataset is recorded by class and marked unverified data.
+        """
+        if role not in ROLES:
+            raise ParametersError(f"role should be one of {list(ROLES)}, but got role={role!r}")
+        ds = open_wrapped(ds_or_uri) if isinstance(ds_or_uri, (str, os.PathLike)) else ds_or_uri
+        if isinstance(ds, WrappedDataSet):
+            _check_dataset(role, ds)
+            ref = DataRef.model_validate({"role": role, **ds.provenance_info()})
+            ref.manifest_item = f"{keys.MANIFESTS_DIR}/{ds.uuid}.json"
+            self._data.append((ref, ds))
+        else:
+            self._data.append((describe_other_data(ds, role), ds))
+        return ds
+
+    def watch(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, scheduler: Any = None, loss: Any = None
+    ) -> None:
+        """Record architecture, optimiser (every param group), scheduler and loss; count optimiser steps."""
+        names = {id(p): n for n, p in model.named_parameters()}
+        arch = describe_architecture(model, {})
+        arch.initial_weights_sha256 = state_dict_sha256(model.state_dict())
+        self._watched = {
+            "architecture": arch,
+            "optimizer": describe_optimizer(optimizer, names),
+            "scheduler": describe_callable(scheduler) if scheduler is not None else None,
+            "loss": describe_loss(loss),
+        }
+        self._hooks.append(optimizer.register_step_post_hook(self._count_step))
+
+    def _count_step(self, *_: Any) -> None:
+        self._steps += 1
+
+    def loader(self, ds: Any, batch_size: int = 1, shuffle: bool = False, **kw: Any) -> DataLoader:
+        """A DataLoader whose order is seeded from the run's seed and recorded (a digest per pass).
+
+        ``kw`` goes to ``DataLoader`` (num_workers, drop_last, pin_memory...), except a sampler:
+        the run chooses the order. A dataset not yet recorded is recorded as training data.
+        """
+        if "sampler" in kw or "batch_sampler" in kw:
+            raise ParametersError(
+                "run.loader chooses and records the order itself: leave out sampler=/batch_sampler= "
+                "(use torch's DataLoader directly for a loader whose order need not be recorded)"
+            )
+        if not any(d is ds for _, d in self._data):
+            self.use(ds)
+        role = next((r.role for r, d in self._data if d is ds), "train")
+        index = self._n_loaders
+        self._n_loaders += 1
+        on_order = self._order_digests.append if role == "train" else (lambda _digest: None)
+        sampler = _RecordedOrder(
+            len(ds), seed=self.seeds.dataloader_generator + index, shuffle=shuffle, on_order=on_order
+        )
+        g = torch.Generator()
+        g.manual_seed(self.seeds.dataloader_generator + index)
+        if isinstance(ds, WrappedDataSet):
+            kw.setdefault("collate_fn", collate)
+        if role == "train" and not self._loader_info:
+            self._loader_info = {"batch_size": batch_size, "shuffle": shuffle, "num_workers": kw.get("num_workers", 0)}
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, generator=g, **kw)
+
+    def log(self, *, epoch: int | None = None, step: int | None = None, **metrics: Any) -> None:
+        """Record metrics for an epoch (``epoch=``) or a step (``step=``)."""
+        if epoch is None and step is None:
+            raise ParametersError("run.log needs epoch= or step= to say when the metrics were measured")
+        entry: dict[str, Any] = {k: v for k, v in (("epoch", epoch), ("step", step)) if v is not None}
+        entry.update({k: _number(v) for k, v in metrics.items()})
+        self._logged.append(entry)
+
+    def log_params(self, mapping: Mapping[str, Any]) -> None:
+        """Add parameters to the record (JSON-able form)."""
+        self.params.update(jsonable(dict(mapping)))
+
+    def save(self, model: torch.nn.Module) -> None:
+        """Keep ``model``'s weights as they are now; they are written when the run ends cleanly."""
+        if not self._watched:
+            raise ParametersError(
+                "call run.watch(model, optimizer) before run.save(model): the record needs the optimiser"
+            )
+        if not any(r.role == "train" for r, _ in self._data):
+            raise ParametersError(
+                "no training data was recorded: pass it to run.use(dataset), or build the loader with "
+                "run.loader(dataset)"
+            )
+        self._saved = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        first = next(iter(model.parameters()), None)
+        self._device = str(first.device) if first is not None else "cpu"
+
+    # --- writing -------------------------------------------------------------------------
+    def _write(self) -> None:
+        from reprodl.modeldataset.write import write_model
+
+        record = self._record()
+        manifests = {
+            ref.manifest_item: ds.dataset.manifest_entries()
+            for ref, ds in self._data
+            if isinstance(ds, WrappedDataSet) and ref.manifest_item
+        }
+        output = _Output(self._writer)
+        assert self._saved is not None
+        write_model(
+            cast(Any, output),
+            _SavedState(self._saved),
+            record,
+            patch=self._patch,
+            manifests=manifests,
+            code_files=self._code_files,
+        )
+        self.record = output.record
+
+    def _record(self) -> ProvenanceRecord:
+        epochs = [int(e["epoch"]) for e in self._logged if "epoch" in e]
+        w = self._watched
+        training = Training(
+            optimizer=w["optimizer"],
+            loss=w["loss"],
+            scheduler=w["scheduler"],
+            epochs=max(epochs, default=0),
+            batch_size=self._loader_info.get("batch_size", 0),
+            shuffle=self._loader_info.get("shuffle", False),
+            num_workers=self._loader_info.get("num_workers", 0),
+            params=self.params,
+            seeds=self.seeds.record(),
+            determinism=self.determinism,
+            data_order_digests=self._order_digests,
+            device=self._device,
+            optimizer_steps=self._steps,
+        )
+        return ProvenanceRecord(
+            model_name=self._redirect.get("original_name", self.name) if self._redirect else self.name,
+            created_at=self._started,
+            reprodl_version=__version__,
+            architecture=w["architecture"],
+            data=store_readmes_once([ref for ref, _ in self._data]),
+            training=training,
+            code=self._code,
+            environment=self._environment,
+            results=self._results(),
+            lineage=Lineage(reproduces=self.reproduces),
+        )
+
+    def _results(self) -> Results:
+        by_epoch: dict[int, dict[str, Any]] = {}
+        final: dict[str, Any] = {}
+        for entry in self._logged:
+            values = {k: v for k, v in entry.items() if k not in ("epoch", "step")}
+            final.update(values)
+            if "epoch" in entry:
+                by_epoch.setdefault(int(entry["epoch"]), {}).update(values)
+        history = [EpochMetrics(epoch=e, **v) for e, v in sorted(by_epoch.items()) if "train_loss" in v]
+        return Results(
+            history=history,
+            final=final,
+            wall_time_s=time.perf_counter() - self._t0,
+            started_at=self._started,
+            finished_at=_utcnow(),
+            logged=list(self._logged),
+        )
+
+
+# --- helpers -------------------------------------------------------------------------------
+def run_command(code: CodeInfo, seed: int) -> RunCommand:
+    """How to run the current process again, paths relative to the code root."""
+    script = Path(code.entry_script) if code.entry_script else None
+    if code.git is not None and code.git.root:
+        root = Path(code.git.root)
+    else:
+        root = script.parent if script is not None else Path.cwd()
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    module = spec.name.removesuffix(".__main__") if spec is not None and spec.name else None
+    return RunCommand(
+        entry_script=_relative(script, root) if script is not None and module is None else None,
+        module=module,
+        argv=list(sys.argv[1:]),
+        working_directory=_relative(Path.cwd(), root) or ".",
+        python=platform.python_version(),
+        seed=seed,
+        root=str(root),
+    )
+
+
+def _relative(path: Path, root: Path) -> str | None:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def open_wrapped(uri: str | os.PathLike[str]) -> WrappedDataSet:
+    """A reprodl dataset at ``uri``, read as the kind its annotation declares."""
+    ds = open_dataset(os.fspath(uri))
+    if ds.get_annotation(keys.INPUT_TYPE) == keys.INPUT_TYPE_IMAGE:
+        return ImageDataSet(ds)
+    return TensorDataSet(ds)
+
+
+def _check_dataset(role: str, ds: WrappedDataSet) -> None:
+    """The quick integrity check training runs, and a refusal of an empty train/valid selection."""
+    problems = [f"{role} dataset {ds.name} ({ds.uri}): {p}" for p in ds.dataset.verify(deep=False).problems()]
+    if problems:
+        raise IntegrityError(
+            "refusing to train: the data do not match their manifests:\n  " + "\n  ".join(problems), problems=problems
+        )
+    if role in ("train", "valid") and len(ds) == 0:
+        raise ParametersError(f"the {role} dataset {ds.name} ({ds.uri}) has no samples: check its split or usetype")
+
+
+def _arrays(obj: Any) -> list[Any] | None:
+    """The tensors/arrays an in-memory dataset consists of, or None for any other object."""
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return [obj]
+    if isinstance(obj, torch.utils.data.TensorDataset):
+        return list(obj.tensors)
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(x, (torch.Tensor, np.ndarray)) for x in obj):
+        return list(obj)
+    return None
+
+
+def content_digest(arrays: list[Any]) -> str:
+    """sha256 over each array's dtype, shape and bytes, in order."""
+    h = hashlib.sha256()
+    for a in arrays:
+        arr = a.detach().cpu().contiguous().numpy() if isinstance(a, torch.Tensor) else np.ascontiguousarray(a)
+        h.update(f"{arr.dtype}|{arr.shape}|".encode())
+        h.update(arr.data.cast("B") if arr.size else b"")
+    return "sha256:" + h.hexdigest()
+
+
+def describe_other_data(ds: Any, role: str) -> DataRef:
+    """The record of data that is not a reprodl dataset: hashed when in memory, else by class, unverified."""
+    module, qualname = class_path(ds)
+    n = len(ds) if hasattr(ds, "__len__") else 0
+    arrays = _arrays(ds)
+    if arrays is not None:
+        digest = content_digest(arrays)
+        return DataRef(
+            role=role,
+            uri=f"memory:{digest}",
+            uuid=digest.removeprefix("sha256:")[:32],
+            name=qualname,
+            input_type=f"{module}:{qualname}",
+            manifest_digest=digest,
+            n_items=n,
+            input_shape=[int(s) for s in arrays[0].shape[1:]],
+            source=IN_MEMORY,
+        )
+    return DataRef(
+        role=role,
+        uri=f"unverified:{module}:{qualname}",
+        uuid="",
+        name=qualname,
+        input_type=f"{module}:{qualname}",
+        manifest_digest="",
+        n_items=n,
+        source=UNVERIFIED,
+    )
+
+
+def describe_loss(loss: Any) -> CallableInfo:
+    """A loss module by class and arguments, a loss function (``F.nll_loss``) by its import path."""
+    if loss is None:
+        return CallableInfo(class_name="(not given to run.watch)", module="")
+    if isinstance(loss, torch.nn.Module):
+        return describe_callable(loss)
+    module = getattr(loss, "__module__", None) or ""
+    return CallableInfo(class_name=getattr(loss, "__qualname__", repr(loss)), module=module)
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    return jsonable(value)
+
+
+def _utcnow() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

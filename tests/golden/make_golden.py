@@ -57,8 +57,6 @@ def make_data(base: Path) -> str:
 def main() -> None:
     torch.set_num_threads(1)
     target = HERE / NAME
-    if target.exists():
-        shutil.rmtree(target)
     with tempfile.TemporaryDirectory(prefix="reprodl-golden-") as tmp:
         data_uri = make_data(Path(tmp))
         params = Parameters(batch_size=32, learning_rate=0.05, n_epochs=1, seed=0, init_params={"input_dim": 8})
@@ -68,7 +66,8 @@ def main() -> None:
         net = GenNet(**params.init_params)
         opt = torch.optim.SGD(net.parameters(), lr=params.learning_rate, momentum=0.9)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-        with DerivedDataSet(str(HERE), NAME, train_ds, valid=valid_ds) as out:
+        # Built beside the data, then moved here: the tree stays clean while training captures the code.
+        with DerivedDataSet(tmp, NAME, train_ds, valid=valid_ds) as out:
             train_model_with_metadata_capture(
                 net,
                 train_ds,
@@ -80,8 +79,12 @@ def main() -> None:
                 progress=False,
                 store_untracked=False,
             )
-    path = local_path(str(out.uri))
-    assert path is not None
+        built = local_path(str(out.uri))
+        assert built is not None
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(built, target)
+    path = target
     shutil.copyfile(path / "data" / keys.PROVENANCE_FILE, HERE / keys.PROVENANCE_FILE)
     total = sum(f.stat().st_size for f in HERE.rglob("*") if f.is_file())
     print(f"wrote {path} and {HERE / keys.PROVENANCE_FILE}: {total} bytes under {HERE}")

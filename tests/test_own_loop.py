@@ -10,6 +10,7 @@ file, stored with the model). The model then reproduces from its URI by re-execu
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -184,23 +185,30 @@ def _train(repo: Path, data: str, script: str = "train.py") -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def loop_run(digits_split_master: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The adopted loop trained once: both versions committed, ``augment.py`` never committed."""
+    """The adopted loop trained once: both versions committed, ``augment.py`` never committed.
+
+    The data lie inside the repository (git-ignored) and are named by a relative path, as
+    most scripts name them: the re-execution in a temporary copy must still find them.
+    """
     repo = tmp_path_factory.mktemp("cifar-style-repo")
     _git(repo, "init", "-q")
     _git(repo, "config", "user.email", "t@example.org")
     _git(repo, "config", "user.name", "t")
-    (repo / ".gitignore").write_text("models/\n*.pt\n__pycache__/\n")
+    (repo / ".gitignore").write_text("data/\nmodels/\n*.pt\n__pycache__/\n")
     (repo / "models").mkdir()
+    from reprodl.store import local_path, open_dataset
+
+    data = local_path(digits_split_master)
+    assert data is not None
+    shutil.copytree(data, repo / "data" / "digits")  # named relatively: --data data/digits
     (repo / "train.py").write_text(ORIGINAL)
     _git(repo, "add", ".")
     _git(repo, "commit", "-q", "-m", "the user's loop")
     (repo / "train.py").write_text(adopted_script())
     _git(repo, "commit", "-q", "-am", "record the loop with reprodl")
     (repo / "augment.py").write_text(AUGMENT)  # untracked
-    res = _train(repo, digits_split_master)
+    res = _train(repo, "data/digits")
     assert res.returncode == 0, res.stderr
-    from reprodl.store import open_dataset
-
     uri = open_dataset(str(repo / "models" / "resnet")).uri
     return {"repo": repo, "uri": uri, "stdout": res.stdout, "data": digits_split_master}
 
@@ -229,7 +237,7 @@ def test_the_loop_records_accumulated_steps_the_per_step_scheduler_and_the_untra
     assert run is not None and (run.entry_script, run.working_directory, run.seed) == ("train.py", ".", 0)
     assert record.training.optimizer_steps == EPOCHS * BATCHES_PER_EPOCH // ACCUM  # one step per 2 batches
     assert len(record.training.data_order_digests) == EPOCHS
-    assert record.training.params["accum"] == ACCUM and record.training.params["lr"] == 0.2
+    assert record.training.params["accum"] == ACCUM and record.training.params["data"] == "data/digits"
     scheduler = record.training.scheduler
     assert scheduler is not None and scheduler.class_name == "OneCycleLR"
     assert scheduler.args["total_steps"] == EPOCHS * BATCHES_PER_EPOCH // ACCUM
@@ -301,3 +309,14 @@ def test_reproduce_on_the_command_line_without_trust_code_runs_nothing_and_write
     assert list(out.iterdir()) == []
     assert sorted(p.name for p in models.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.slow
+def test_the_provenance_summary_shows_what_the_loop_logged_and_how_to_run_it_again(
+    loop_run: dict[str, object], cli
+) -> None:
+    result = cli("provenance", str(loop_run["uri"]))
+    assert result.exit_code == 0, result.output
+    assert "Run again by: python train.py --data data/digits --epochs 2 (in ., seed 0)" in result.stdout
+    assert "Epoch 2: train loss " in result.stdout and ", valid accuracy " in result.stdout
+    assert "valid loss" not in result.stdout  # the loop did not log one

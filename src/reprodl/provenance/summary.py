@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from reprodl.provenance.record import ProvenanceRecord
+from reprodl.provenance.record import EpochMetrics, ProvenanceRecord
 
 
 def summary_lines(record: ProvenanceRecord) -> list[str]:
@@ -43,16 +43,19 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
         lines.append(f"Training config: {record.code.config_file}")
     elif record.code.entry_script:
         lines.append(f"Entry script: {record.code.entry_script}")
+    run = record.code.run
+    if run is not None:
+        what = f"-m {run.module}" if run.module else (run.entry_script or "(interactive)")
+        lines.append(
+            f"Run again by: python {' '.join([what, *run.argv])} (in {run.working_directory}, seed {run.seed}); "
+            "reprodl reproduce re-executes it with --trust-code"
+        )
     env = record.environment
     lines.append(
         f"Environment: Python {env.python}, torch {env.torch}, {env.platform}"
         + (f", GPU {', '.join(env.gpus)}" if env.gpus else "")
     )
-    for m in record.results.history:
-        extra = ""
-        if m.valid_accuracy is not None:
-            extra = f", valid loss {m.valid_loss:.4f}, valid accuracy {m.valid_accuracy:.2%}"
-        lines.append(f"Epoch {m.epoch}: train loss {m.train_loss:.4f}{extra} ({m.wall_time_s:.1f}s)")
+    lines += [_epoch_line(m) for m in record.results.history]
     lines.append(f"Wall time: {record.results.wall_time_s:.1f}s")
     if record.lineage.parent:
         lines.append(f"Fine-tuned from: {record.lineage.parent.uri} ({record.lineage.parent.uuid})")
@@ -60,3 +63,14 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
         lines.append(f"Reproduces: {record.lineage.reproduces.uri} ({record.lineage.reproduces.uuid})")
     lines.append(f"Record digest: {record.digest}")
     return lines
+
+
+def _epoch_line(m: EpochMetrics) -> str:
+    """One epoch's metrics; those a run did not log (a run-API loop logs what it chooses) left out."""
+    parts = [f"train loss {m.train_loss:.4f}"]
+    if m.valid_loss is not None:
+        parts.append(f"valid loss {m.valid_loss:.4f}")
+    if m.valid_accuracy is not None:
+        parts.append(f"valid accuracy {m.valid_accuracy:.2%}")
+    timing = f" ({m.wall_time_s:.1f}s)" if m.wall_time_s else ""
+    return f"Epoch {m.epoch}: {', '.join(parts)}{timing}"

@@ -40,7 +40,7 @@ from reprodl.reproduction.compare import Tolerance, compare_weights, statistical
 from reprodl.reproduction.environment import EnvDifference, environment_differences
 from reprodl.reproduction.rerun import STATISTICAL_SEED_OFFSET, ReproductionReport, _reproduction_name
 from reprodl.reproduction.verdict import Verdict, environment_reasons
-from reprodl.store import StoredDataSet, open_dataset
+from reprodl.store import StoredDataSet, local_path, open_dataset
 from reprodl.training.snapshot import code_digest, materialise
 
 
@@ -213,6 +213,7 @@ def _execute(
     code_dir = materialise(record, model_ds, work / "code")
     cwd = code_dir / plan.working_directory
     cwd.mkdir(parents=True, exist_ok=True)
+    _link_recorded_data(record, cwd, work)
     report_file = work / "runs.jsonl"
     name = _reproduction_name(record.model_name)
     redirect = {
@@ -247,6 +248,32 @@ def _execute(
             "start_run(base_uri, name) must use the same name as when the model was trained"
         )
     return str(uri)
+
+
+def _link_recorded_data(record: ProvenanceRecord, cwd: Path, work: Path) -> None:
+    """Link each recorded local dataset where the script's relative paths expect it in the copy.
+
+    A script names its data relative to its working directory (``--data data/digits``), and
+    datasets inside the repository are data, not code, so they are not in the stored code. Each
+    recorded dataset found on this machine is linked at the same place relative to the copy's
+    working directory, when that place lies inside the temporary directory and is free. The data
+    were checked against their manifests before anything runs; absolute paths and URIs need nothing.
+    """
+    run = record.code.run
+    if run is None:
+        return
+    original_cwd = os.path.realpath(os.path.join(run.root, run.working_directory))
+    for ref in record.data:
+        path = local_path(ref.uri) if ref.source == "dtool" else None
+        if path is None or not path.is_dir():
+            continue
+        try:
+            target = Path(os.path.normpath(cwd / os.path.relpath(os.path.realpath(path), original_cwd)))
+            if target.is_relative_to(work) and not os.path.lexists(target):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(path, target_is_directory=True)
+        except (OSError, ValueError):  # another drive, a file in the way: the script's own error says so
+            continue
 
 
 def _run(command: list[str], cwd: Path, env: dict[str, str], on_output: Callable[[str], None] | None) -> int:

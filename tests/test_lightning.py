@@ -181,6 +181,9 @@ def test_a_lightning_run_records_the_trainer_hparams_optimiser_seed_data_and_met
     assert [(d.role, d.source, d.n_items) for d in record.data] == [("train", "dtool", 1438), ("valid", "dtool", 359)]
     assert [e["epoch"] for e in record.results.logged] == [1, 2]
     assert {"train_loss", "valid_accuracy"} <= set(record.results.logged[-1])
+    from reprodl.provenance import summary_lines
+
+    assert any("valid accuracy" in line for line in summary_lines(record))  # no valid loss was logged
     run = record.code.run
     assert run is not None and (run.entry_script, run.argv[-2:], run.seed) == ("train.py", ["--epochs", "2"], 1)
 

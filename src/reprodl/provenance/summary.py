@@ -49,9 +49,8 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
         + (f", GPU {', '.join(env.gpus)}" if env.gpus else "")
     )
     for m in record.results.history:
-        extra = ""
-        if m.valid_accuracy is not None:
-            extra = f", valid loss {m.valid_loss:.4f}, valid accuracy {m.valid_accuracy:.2%}"
+        extra = f", valid loss {m.valid_loss:.4f}" if m.valid_loss is not None else ""  # a run may log either
+        extra += f", valid accuracy {m.valid_accuracy:.2%}" if m.valid_accuracy is not None else ""
         lines.append(f"Epoch {m.epoch}: train loss {m.train_loss:.4f}{extra} ({m.wall_time_s:.1f}s)")
     lines.append(f"Wall time: {record.results.wall_time_s:.1f}s")
     if record.lineage.parent:

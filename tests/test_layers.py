@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"modeldataset"},
     {"model", "zoo"},
     {"training"},
+    {"integrations"},
     {"reproduction"},
     {"cli"},
 ]
@@ -89,6 +90,7 @@ def test_imports_point_down_only() -> None:
         "reprodl",
         "reprodl.provenance",
         "reprodl.training",
+        "reprodl.integrations",
         "reprodl.reproduction",
         "reprodl.modeldataset",
         "reprodl.trust",

@@ -177,6 +177,8 @@ def _run_and_compare(
     """Run the plan in temporary directories; (new model URI, its record, weights comparison, seconds)."""
     with contextlib.ExitStack() as stack:
         base = output or stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-reproduce-"))
+        if "://" not in base:
+            base = os.path.abspath(base)  # the script runs elsewhere (in the stored code)
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-code-")))
         t_run = time.perf_counter()
         new_uri = _execute(model_ds, record, plan, base=base, work=work, on_output=on_output)

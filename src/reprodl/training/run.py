@@ -278,11 +278,20 @@ class Run:
         return ds
 
     def watch(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, scheduler: Any = None, loss: Any = None
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        scheduler: Any = None,
+        loss: Any = None,
+        init_params: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record architecture, optimiser (every param group), scheduler and loss; count optimiser steps."""
+        """Record architecture, optimiser (every param group), scheduler and loss; count optimiser steps.
+
+        ``init_params`` are the keyword arguments the model was built with, when known.
+        """
         names = {id(p): n for n, p in model.named_parameters()}
-        arch = describe_architecture(model, {})
+        arch = describe_architecture(model, dict(init_params or {}))
         arch.initial_weights_sha256 = state_dict_sha256(model.state_dict())
         self._watched = {
             "architecture": arch,
@@ -322,6 +331,18 @@ class Run:
         if role == "train" and not self._loader_info:
             self._loader_info = {"batch_size": batch_size, "shuffle": shuffle, "num_workers": kw.get("num_workers", 0)}
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, generator=g, **kw)
+
+    def record_loader(self, loader: DataLoader) -> None:
+        """Record a training loader the run did not build (batch size, shuffle, workers; not its order).
+
+        For loaders made elsewhere (a Lightning DataModule's); :meth:`loader` records its own.
+        """
+        if not self._loader_info:
+            self._loader_info = {
+                "batch_size": loader.batch_size or 0,
+                "shuffle": isinstance(loader.sampler, torch.utils.data.RandomSampler),
+                "num_workers": loader.num_workers,
+            }
 
     def log(self, *, epoch: int | None = None, step: int | None = None, **metrics: Any) -> None:
         """Record metrics for an epoch (``epoch=``) or a step (``step=``)."""

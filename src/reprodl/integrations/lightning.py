@@ -1,0 +1,283 @@
+"""Lightning: record and reproduce ``Trainer.fit`` with one callback (``pip install 'reprodl[lightning]'``).
+
+    >>> from reprodl.integrations.lightning import ReprodlCallback              # doctest: +SKIP
+    >>> L.seed_everything(1)                                                   # doctest: +SKIP
+    >>> trainer = L.Trainer(max_epochs=2, callbacks=[ReprodlCallback("models", "digits")])  # doctest: +SKIP
+    >>> trainer.fit(model, datamodule=data)                                    # doctest: +SKIP
+
+The callback is a user of the run API (:class:`reprodl.training.run.Run`), so a Lightning model
+has the same record as a ``start_run`` script and reproduces the same way, by re-executing the
+recorded script (``reprodl reproduce URI --trust-code``):
+
+- ``on_fit_start`` starts the run (code, source snapshot, environment, the seed of
+  ``seed_everything``, determinism settings), records the Trainer's settings, the module's
+  hyperparameters, the optimisers and schedulers of ``configure_optimizers``, and the reprodl
+  datasets held by the DataModule, and watches the module and its optimiser (steps counted);
+- the datasets of the train and validation loaders are recorded when Lightning loads them;
+- ``on_train_epoch_end`` logs ``trainer.callback_metrics`` (what ``self.log`` logged) per epoch;
+- ``on_fit_end`` saves the weights and writes the model dataset; on an exception nothing is written.
+
+The Trainer's settings go to ``training.params["trainer"]``, the hyperparameters to
+``training.params["hparams"]`` (and ``architecture.init_params``), the schedulers with their
+``interval`` and ``frequency`` to ``training.params["lr_schedulers"]``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from reprodl.data.datasets import WrappedDataSet
+from reprodl.errors import MissingDependencyError, ParametersError
+from reprodl.provenance import ProvenanceRecord
+from reprodl.training.capture import describe_callable, describe_optimizer, jsonable
+from reprodl.training.run import Run
+
+try:
+    import lightning
+    from lightning.pytorch.callbacks import Callback
+except ImportError:
+    raise MissingDependencyError(
+        "reprodl.integrations.lightning needs Lightning: install it with `pip install 'reprodl[lightning]'`"
+    ) from None
+
+SEED_ENV = "PL_GLOBAL_SEED"  # set by lightning.seed_everything
+LOSS_ATTRIBUTES = ("loss_fn", "criterion", "loss")  # where a LightningModule usually keeps a loss module
+
+
+class ReprodlCallback(Callback):
+    """Record a ``Trainer.fit`` as a reprodl model dataset; reproducible by re-executing the script.
+
+    Args:
+        base_uri: where to create the model dataset (path, file://, s3://).
+        name: the model dataset's name.
+        params: more parameters to record verbatim (``vars(args)`` for argparse).
+        deterministic: apply torch's bitwise-determinism settings during ``fit`` (else "statistical" mode).
+        require_clean_code: refuse (:class:`DirtyCodeError`) unless the code is committed.
+
+    After ``fit``, ``uri`` is the model dataset's URI and ``record`` its provenance record.
+
+    Example:
+        >>> L.seed_everything(1)                                                # doctest: +SKIP
+        >>> callback = ReprodlCallback("models", "digits")                     # doctest: +SKIP
+        >>> L.Trainer(max_epochs=2, callbacks=[callback]).fit(model, data)     # doctest: +SKIP
+        >>> callback.uri                                                        # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        base_uri: str,
+        name: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        deterministic: bool = True,
+        require_clean_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.base_uri, self.name = base_uri, name
+        self.params = dict(params or {})
+        self.deterministic, self.require_clean_code = deterministic, require_clean_code
+        self.run: Run | None = None
+        self.uri: str | None = None
+        self.record: ProvenanceRecord | None = None
+        self._used: set[tuple[int, str]] = set()
+
+    # --- Lightning's hooks -------------------------------------------------------------------
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.world_size > 1:
+            raise ParametersError(
+                f"ReprodlCallback records single-process training, but the Trainer runs {trainer.world_size} "
+                "processes (world_size): train with devices=1, or record with reprodl.start_run"
+            )
+        settings = trainer_settings(trainer)  # before the run applies its determinism settings
+        self.run = run = self._start(global_seed())
+        hparams = module_hparams(pl_module)
+        schedulers = list(trainer.lr_scheduler_configs)
+        run.log_params({"trainer": settings, "hparams": hparams, "lr_schedulers": describe_schedulers(schedulers)})
+        optimizers = list(trainer.optimizers)
+        if len(optimizers) > 1:
+            run.log_params({"optimizers": [describe_optimizer(o, {}).model_dump(mode="json") for o in optimizers]})
+        if not optimizers:
+            raise ParametersError(
+                f"ReprodlCallback found no optimiser: {type(pl_module).__qualname__}.configure_optimizers "
+                "returned none, so there is nothing to record; return the optimiser there"
+            )
+        scheduler = schedulers[0].scheduler if schedulers else None
+        run.watch(pl_module, optimizers[0], scheduler=scheduler, loss=find_loss(pl_module), init_params=hparams)
+        if trainer.datamodule is not None:
+            for role, ds in datamodule_datasets(trainer.datamodule):
+                self._use(ds, role)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        for i, loader in enumerate(loaders(trainer.train_dataloader)):
+            self._use(loader.dataset, "train")
+            if i == 0 and self.run is not None:
+                self.run.record_loader(loader)
+        self.on_validation_start(trainer, pl_module)
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        for loader in loaders(trainer.val_dataloaders):
+            self._use(loader.dataset, "valid")
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.run is not None:
+            metrics = {k: v for k, v in trainer.callback_metrics.items() if k not in ("epoch", "step")}
+            self.run.log(epoch=trainer.current_epoch + 1, **metrics)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        run, self.run = self.run, None
+        if run is None:
+            return
+        try:
+            run.save(pl_module)
+        except BaseException as error:
+            run.__exit__(type(error), error, error.__traceback__)
+            raise
+        run.__exit__(None, None, None)
+        self.uri, self.record = run.uri, run.record
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            run.__exit__(type(exception), exception, exception.__traceback__)  # writes nothing
+
+    # --- the run -------------------------------------------------------------------------------
+    def _start(self, seed: int) -> Run:
+        """The run, entered; the global generators left as ``seed_everything`` and the model left them."""
+        run = Run(
+            self.base_uri,
+            self.name,
+            seed=seed,
+            params=self.params,
+            deterministic=self.deterministic,
+            require_clean_code=self.require_clean_code,
+        )
+        state = rng_state()
+        run.__enter__()
+        if run.seed == seed:  # else a reproduction asked for another seed: keep the run's seeding
+            set_rng_state(state)
+        self._used.clear()
+        return run
+
+    def _use(self, ds: Any, role: str) -> None:
+        ds = ds.dataset if isinstance(ds, torch.utils.data.Subset) and isinstance(ds.dataset, WrappedDataSet) else ds
+        key = (id(ds), role)
+        if self.run is not None and key not in self._used:
+            self._used.add(key)
+            self.run.use(ds, role=role)
+
+
+# --- what is recorded ----------------------------------------------------------------------
+def global_seed() -> int:
+    """The seed ``lightning.seed_everything`` set; refuses when none was set."""
+    raw = os.environ.get(SEED_ENV)
+    if raw is None:
+        raise ParametersError(
+            "ReprodlCallback needs the run's seed, but lightning.seed_everything was not called "
+            f"({SEED_ENV} is not set): call L.seed_everything(seed) before building the model"
+        )
+    try:
+        return int(raw)
+    except ValueError:
+        raise ParametersError(f"{SEED_ENV} should be an integer seed, but got {SEED_ENV}={raw!r}") from None
+
+
+def trainer_settings(trainer: Any) -> dict[str, Any]:
+    """The Trainer's settings that decide what trains (``deterministic``: torch's setting in force)."""
+    algorithm = getattr(trainer.gradient_clip_algorithm, "value", None)
+    if algorithm is None and trainer.gradient_clip_val:
+        algorithm = "norm"  # Lightning's default
+    return jsonable(
+        {
+            "max_epochs": trainer.max_epochs,
+            "max_steps": trainer.max_steps,
+            "precision": trainer.precision,
+            "gradient_clip_val": trainer.gradient_clip_val,
+            "gradient_clip_algorithm": algorithm,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "deterministic": _deterministic_in_force(),
+            "limit_train_batches": trainer.limit_train_batches,
+            "limit_val_batches": trainer.limit_val_batches,
+            "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
+            "accelerator": type(trainer.accelerator).__name__,
+            "num_devices": trainer.num_devices,
+            "lightning_version": lightning.__version__,
+        }
+    )
+
+
+def _deterministic_in_force() -> bool | str:
+    if not torch.are_deterministic_algorithms_enabled():
+        return False
+    return "warn" if torch.is_deterministic_algorithms_warn_only_enabled() else True
+
+
+def module_hparams(pl_module: Any) -> dict[str, Any]:
+    """The module's ``save_hyperparameters()`` values, internal keys (``_instantiator``...) dropped."""
+    hparams = dict(getattr(pl_module, "hparams", {}) or {})
+    return jsonable({k: v for k, v in hparams.items() if not str(k).startswith("_")})
+
+
+def describe_schedulers(configs: list[Any]) -> list[dict[str, Any]]:
+    """Each scheduler of ``configure_optimizers`` with how Lightning steps it (interval, frequency)."""
+    return [
+        {
+            **describe_callable(c.scheduler).model_dump(mode="json"),
+            "interval": c.interval,
+            "frequency": c.frequency,
+            "monitor": c.monitor,
+        }
+        for c in configs
+    ]
+
+
+def find_loss(pl_module: Any) -> Any:
+    """The module's loss module (``self.loss_fn``, ``self.criterion``...), else its ``training_step``."""
+    for name in LOSS_ATTRIBUTES:
+        value = getattr(pl_module, name, None)
+        if isinstance(value, torch.nn.Module):
+            return value
+    return type(pl_module).training_step
+
+
+def datamodule_datasets(datamodule: Any) -> Iterator[tuple[str, WrappedDataSet]]:
+    """The reprodl datasets a DataModule holds, by role read from the attribute's name."""
+    for attr, value in vars(datamodule).items():
+        if not isinstance(value, WrappedDataSet):
+            continue
+        role = next((r for key, r in (("test", "test"), ("val", "valid"), ("train", "train")) if key in attr), None)
+        if role is not None:
+            yield role, value
+
+
+def loaders(obj: Any) -> Iterator[Any]:
+    """The DataLoaders in what Lightning holds (one, a list or a dict of them)."""
+    if isinstance(obj, torch.utils.data.DataLoader):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for value in obj.values():
+            yield from loaders(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from loaders(value)
+
+
+def rng_state() -> tuple[Any, ...]:
+    """Python's, NumPy's and torch's global generator states (CUDA's when initialised)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def set_rng_state(state: tuple[Any, ...]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    python, numpy_state, torch_state, cuda = state
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)

@@ -171,12 +171,18 @@ def rebuild_optimizer(record: ProvenanceRecord, model: torch.nn.Module, allow: I
 
 
 def rebuild_loss(record: ProvenanceRecord, allow: Iterable[str]) -> Any:
-    """The recorded loss function with its recorded arguments."""
+    """The recorded loss function with its recorded arguments (a loss function such as
+    ``F.nll_loss`` comes back as itself, or as a ``functools.partial`` with its recorded keywords)."""
+    import functools
+    import inspect
+
     info = record.training.loss
     cls = trust.resolve(f"{info.module}:{info.class_name}", trust.Kind.LOSS, allow=allow)
     args = {
         k: (torch.tensor(v) if k in ("weight", "pos_weight") and v is not None else v) for k, v in info.args.items()
     }
+    if not inspect.isclass(cls):
+        return functools.partial(cls, **args) if args else cls
     return cls(**args)
 
 

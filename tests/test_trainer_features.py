@@ -160,3 +160,62 @@ def test_a_taken_name_says_how_to_pick_a_new_one_and_auto_numbers_the_run(cli, d
     numbered = cli("train", config, "--quiet", "--name-suffix", "auto")
     assert numbered.exit_code == 0, numbered.stderr
     assert (tmp_path / "models" / "digits-cnn-2").is_dir()
+
+
+SCRIPT = """
+import sys
+import torch
+from torch import nn
+from torch.nn import functional as F
+from reprodl import DerivedDataSet, Parameters, TensorDataSet, train_model_with_metadata_capture
+
+WIDTH = 16
+
+
+class Net(nn.Module):
+    def __init__(self, input_dim: int = 8) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(input_dim * input_dim, WIDTH)
+        self.fc2 = nn.Linear(WIDTH, 10)
+
+    def forward(self, x):
+        return F.log_softmax(self.fc2(torch.relu(self.fc1(torch.flatten(x, 1)))), dim=1)
+
+
+if __name__ == "__main__":
+    data, base = sys.argv[1], sys.argv[2]
+    params = Parameters(batch_size=64, n_epochs=1, init_params={"input_dim": 8})
+    torch.manual_seed(0)
+    model = Net(**params.init_params)
+    train = TensorDataSet(data, usetype="train")
+    with DerivedDataSet(base, "script-net", train) as out:
+        train_model_with_metadata_capture(
+            model, train, torch.optim.SGD(model.parameters(), lr=0.1), F.nll_loss, params, out, progress=False
+        )
+    print(out.uri)
+"""
+
+
+def test_a_model_class_of_the_training_script_loads_with_allow_main(digits_split_master, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from reprodl import TrainedTorchModel
+    from reprodl.errors import UnsafeImportError
+
+    script = tmp_path / "train_script.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run(
+        [sys.executable, str(script), digits_split_master, str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    uri = run.stdout.strip().splitlines()[-1]
+    with pytest.raises(UnsafeImportError, match=r"'__main__:Net'.*--allow __main__"):
+        TrainedTorchModel(uri)
+    script.write_text(SCRIPT.replace("WIDTH = 16", "WIDTH = 32"))  # the script moved on: the stored copy is used
+    model = TrainedTorchModel(uri, allow=["__main__"])
+    assert type(model.model).__name__ == "Net" and model.model.fc1.out_features == 16
+    assert model.predict(torch.zeros(2, 1, 8, 8)).shape == (2,)
+    assert reproduce(uri, allow=["__main__"]).verdict == "identical"

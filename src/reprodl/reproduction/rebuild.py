@@ -90,7 +90,7 @@ def rebuild_model(
     """The model at its recorded starting point; with ``seed`` (statistical mode) a model
     built by a seeded constructor starts from that seed's initialisation instead."""
     arch = record.architecture
-    cls = resolve_class(arch.import_path, allow=allow, model_class=model_class)
+    cls = resolve_class(arch.import_path, allow=allow, model_class=model_class, record=record, dataset=model_ds)
     fresh_init = seed is not None and seed != record.training.seeds.seed and arch.initialisation == "constructor"
     if not fresh_init:
         seed = record.training.seeds.seed

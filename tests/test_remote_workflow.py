@@ -89,8 +89,11 @@ def test_failed_training_to_s3_leaves_the_bucket_empty(s3_bucket: S3Bucket, digi
     model = GenNet(**params.init_params)
     optimiser = torch.optim.SGD(model.parameters(), lr=params.learning_rate)
 
-    def broken_loss(out, y):
-        raise RuntimeError("loss exploded")
+    class BrokenLoss(torch.nn.Module):  # a loss of one's own is a module (a bare function is refused up front)
+        def forward(self, out, y):
+            raise RuntimeError("loss exploded")
+
+    broken_loss = BrokenLoss()
 
     with pytest.raises(RuntimeError, match="loss exploded"):
         with DerivedDataSet(s3_bucket.base_uri, "broken", train_ds) as output_ds:

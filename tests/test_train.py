@@ -230,7 +230,7 @@ def captured(digits_split_master, tmp_path_factory):
         n_epochs=2,
         seed=7,
         learning_rate=0.002,
-        note="capture test",
+        user={"note": "capture test"},  # values for your own code go under user
         loss_fn=torch.nn.NLLLoss(reduction="sum"),
         optimiser=lambda net, p: torch.optim.SGD(
             net.parameters(), lr=p.learning_rate, momentum=0.9, weight_decay=1e-4, nesterov=True
@@ -284,7 +284,7 @@ def test_record_optimizer_loss_scheduler(captured):
 def test_record_epochs_batch_params_seeds_determinism(captured):
     t = captured[2].training
     assert (t.epochs, t.batch_size, t.shuffle, t.num_workers, t.device, t.world_size) == (2, 32, True, 0, "cpu", 1)
-    assert t.params["note"] == "capture test" and t.params["seed"] == 7
+    assert t.params["user"]["note"] == "capture test" and t.params["seed"] == 7
     assert (t.seeds.seed, t.seeds.torch, t.seeds.python, t.seeds.numpy, t.seeds.dataloader_generator) == (7, 7, 7, 7, 8)
     assert t.determinism.mode == "bitwise" and t.determinism.use_deterministic_algorithms is True
     assert t.determinism.cudnn_benchmark is False and t.determinism.num_threads == 1

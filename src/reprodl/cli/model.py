@@ -145,17 +145,27 @@ def train_cmd(
         "--no-untracked",
         help="Store no untracked files with the model (git-ignored files and secrets never are).",
     ),
+    name_suffix: str = typer.Option(
+        "none",
+        "--name-suffix",
+        help="'auto': when the config's name is taken in its output, number the run (digits-cnn-2, -3...); "
+        "'none': refuse a taken name.",
+    ),
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Train a model from a config file, capturing its provenance; writes a model dataset."""
-    from reprodl.training.config import load_config
+    from reprodl.training.config import free_name, load_config
 
+    if name_suffix not in ("auto", "none"):
+        raise typer.BadParameter(f"should be 'auto' or 'none', but got {name_suffix!r}", param_hint="--name-suffix")
     flags = [
         *(["require_clean_code=true"] if require_clean else []),
         *(["store_untracked=false"] if no_untracked else []),
     ]
     cfg = load_config(config, [*(set_ or []), *flags])
+    if name_suffix == "auto":
+        cfg.name = free_name(cfg.output, cfg.name)
     if seeds or splits:
         _train_many(cfg, seeds=seeds, splits=splits, as_json=as_json)
     else:

@@ -90,7 +90,7 @@ def rebuild_model(
     """The model at its recorded starting point; with ``seed`` (statistical mode) a model
     built by a seeded constructor starts from that seed's initialisation instead."""
     arch = record.architecture
-    cls = resolve_class(arch.import_path, allow=allow, model_class=model_class)
+    cls = resolve_class(arch.import_path, allow=allow, model_class=model_class, record=record, dataset=model_ds)
     fresh_init = seed is not None and seed != record.training.seeds.seed and arch.initialisation == "constructor"
     if not fresh_init:
         seed = record.training.seeds.seed
@@ -171,12 +171,18 @@ def rebuild_optimizer(record: ProvenanceRecord, model: torch.nn.Module, allow: I
 
 
 def rebuild_loss(record: ProvenanceRecord, allow: Iterable[str]) -> Any:
-    """The recorded loss function with its recorded arguments."""
+    """The recorded loss function with its recorded arguments (a loss function such as
+    ``F.nll_loss`` comes back as itself, or as a ``functools.partial`` with its recorded keywords)."""
+    import functools
+    import inspect
+
     info = record.training.loss
     cls = trust.resolve(f"{info.module}:{info.class_name}", trust.Kind.LOSS, allow=allow)
     args = {
         k: (torch.tensor(v) if k in ("weight", "pos_weight") and v is not None else v) for k, v in info.args.items()
     }
+    if not inspect.isclass(cls):
+        return functools.partial(cls, **args) if args else cls
     return cls(**args)
 
 

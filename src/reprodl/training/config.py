@@ -228,12 +228,12 @@ def build_and_train(
     """Build everything the config names and train it with capture; (model URI, record)."""
     from reprodl.modeldataset.write import DerivedDataSet
     from reprodl.training.loop import train_model_with_metadata_capture
-    from reprodl.training.params import Parameters
 
+    check_name_free(cfg.output, name or cfg.name)  # before the data are read
     train = [_open(s) for s in cfg.specs("train")]
     valid = [_open(s) for s in cfg.specs("valid")]
     test = [_open(s) for s in cfg.specs("test")]
-    model, params = _build_model(cfg, Parameters(**cfg.params))
+    model, params = _build_model(cfg, _parameters(cfg))
     optimizer, loss_fn, scheduler = _build_components(cfg, model, params.learning_rate)
     with DerivedDataSet(
         cfg.output, name or cfg.name, train, valid=valid, test=test, parent=cfg.parent, readme=cfg.readme
@@ -255,6 +255,57 @@ def build_and_train(
         )
     assert out.uri is not None
     return out.uri, record
+
+
+def _taken(output: str, name: str) -> bool:
+    """Whether a dataset called ``name`` is already under the local base ``output`` (remote: not checked)."""
+    from reprodl.store.uris import local_path
+
+    base = local_path(output)
+    return base is not None and (base / name).exists()
+
+
+def free_name(output: str, name: str) -> str:
+    """``name`` when nothing of that name is under ``output``, else the first free ``name-2``, ``name-3``...
+
+    Example:
+        >>> free_name("./models", "digits-cnn")   # doctest: +SKIP
+        'digits-cnn-2'
+    """
+    if not _taken(output, name):
+        return name
+    n = 2
+    while _taken(output, f"{name}-{n}"):
+        n += 1
+    return f"{name}-{n}"
+
+
+def check_name_free(output: str, name: str) -> None:
+    """Refuse, before any data are read, a model name already taken under ``output``.
+
+    Raises:
+        DatasetExistsError: naming the model and how to pick a new name or number the run.
+    """
+    from reprodl.errors import DatasetExistsError
+
+    if _taken(output, name):
+        new = free_name(output, name)
+        raise DatasetExistsError(
+            f"a model called {name!r} already exists in {output} (reprodl never overwrites): pick a new name "
+            f"with --set name={new} (Python: load_config(path, ['name={new}'])), or number the runs with "
+            "--name-suffix auto"
+        )
+
+
+def _parameters(cfg: TrainConfig) -> Any:
+    """The config's params, with the scheduler's ``interval`` (epoch or step) as ``scheduler_interval``."""
+    from reprodl.training.params import Parameters
+
+    values = dict(cfg.params)
+    interval = (cfg.scheduler.model_extra or {}).get("interval") if cfg.scheduler is not None else None
+    if interval is not None:
+        values["scheduler_interval"] = interval
+    return Parameters(**values)
 
 
 def _build_model(cfg: TrainConfig, params: Any) -> tuple[Any, Any]:
@@ -303,19 +354,40 @@ def _freeze(model: Any, freeze: list[str]) -> None:
 
 
 def _build_components(cfg: TrainConfig, model: Any, learning_rate: float) -> tuple[Any, Any, Any]:
-    """(optimiser over the trainable parameters, loss function, scheduler or None) the config names."""
+    """(optimiser over the trainable parameters, loss function, scheduler or None) the config names.
+
+    A loss may be a class (``NLLLoss``) or one of torch.nn.functional's losses
+    (``torch.nn.functional.nll_loss``, its other keys bound as keywords); the scheduler's
+    ``interval`` key is the parameter ``scheduler_interval``, not a constructor argument.
+    """
     from reprodl import trust
+    from reprodl.training.capture import remember_arguments
 
     opt_cls = _component(cfg.optimizer, "torch.optim", trust.Kind.OPTIMIZER, cfg.allow)
     opt_kwargs = {"lr": learning_rate, **cfg.optimizer.kwargs()}
     optimizer = _construct(opt_cls, "optimizer", opt_kwargs, [p for p in model.parameters() if p.requires_grad])
-    loss_fn = _construct(_component(cfg.loss, "torch.nn", trust.Kind.LOSS, cfg.allow), "loss", cfg.loss.kwargs())
+    loss_fn = _loss(cfg)
     scheduler = None
     if cfg.scheduler is not None:
+        kwargs = {k: v for k, v in cfg.scheduler.kwargs().items() if k != "interval"}
         scheduler = _construct(
             _component(cfg.scheduler, "torch.optim.lr_scheduler", trust.Kind.SCHEDULER, cfg.allow),
             "scheduler",
-            cfg.scheduler.kwargs(),
+            kwargs,
             optimizer,
         )
+        remember_arguments(scheduler, kwargs)
     return optimizer, loss_fn, scheduler
+
+
+def _loss(cfg: TrainConfig) -> Any:
+    """The loss the config names: a class built with its keys, or a loss function with them bound."""
+    import functools
+    import inspect
+
+    from reprodl import trust
+
+    obj = _component(cfg.loss, "torch.nn", trust.Kind.LOSS, cfg.allow)
+    if inspect.isclass(obj):
+        return _construct(obj, "loss", cfg.loss.kwargs())
+    return functools.partial(obj, **cfg.loss.kwargs()) if cfg.loss.kwargs() else obj

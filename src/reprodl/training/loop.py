@@ -55,12 +55,13 @@ from reprodl.training.capture import (
     DeterminismSettings,
     capture_code,
     capture_environment,
+    check_rebuildable,
     describe_architecture,
     describe_callable,
     describe_optimizer,
     require_clean,
 )
-from reprodl.training.params import Parameters
+from reprodl.training.params import Parameters, check_trainer_keys
 from reprodl.training.seeding import SeedPlan
 
 EpochCallback = Callable[[EpochMetrics], None]
@@ -278,6 +279,7 @@ class _Trained:
     order_digests: list[str]
     determinism: Determinism
     wall_time_s: float
+    optimizer_steps: int
 
 
 def train_model_with_metadata_capture(
@@ -315,6 +317,8 @@ def train_model_with_metadata_capture(
         The sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
     """
     params = _check_arguments(train_ds, params, output_ds, valid_ds)
+    if reproduces is None:  # a re-run trains as recorded, even a record of parameters once left unused
+        check_trainer_keys(params)
     code = _capture_code(code_root, config, require_clean_code=require_clean_code, store_untracked=store_untracked)
     roles = output_ds.datasets_by_role()
     _check_not_empty(roles)
@@ -397,17 +401,39 @@ def _capture(
     parent_sha = parent_model.weights_sha256 if parent_model else None
     arch.initialisation = _initialisation(model, params.init_params, params.seed, parent_sha, initial_sha)
     arch.initial_weights_sha256 = initial_sha
+    optimizer_info = describe_optimizer(optimiser, names)
+    scheduler_info = describe_callable(scheduler) if scheduler is not None else None
+    if scheduler_info is not None:
+        check_rebuildable(optimiser, optimizer_info, scheduler, scheduler_info)
     return _Captured(
         started=started,
         t_start=t_start,
         architecture=arch,
         initial_state=init_state,
-        optimizer=describe_optimizer(optimiser, names),
-        loss=describe_callable(loss_fn),
-        scheduler=describe_callable(scheduler) if scheduler is not None else None,
+        optimizer=optimizer_info,
+        loss=_describe_loss(loss_fn),
+        scheduler=scheduler_info,
         environment=capture_environment(),
         parent=parent_model,
     )
+
+
+def _describe_loss(loss_fn: Any) -> CallableInfo:
+    """The loss's record; a function other than torch.nn.functional's losses is refused now, since
+    no record could rebuild it (a loss class of your own is rebuilt with ``allow``)."""
+    from reprodl import trust
+
+    info = describe_callable(loss_fn)
+    if isinstance(loss_fn, torch.nn.Module):
+        return info
+    path = f"{info.module}:{info.class_name}"
+    if path not in trust.LOSS_FUNCTIONS:
+        raise ParametersError(
+            f"the loss function {path} cannot be rebuilt from a record, so the training could not be reproduced: "
+            "use a torch.nn loss (torch.nn.NLLLoss()), one of torch.nn.functional's losses (F.nll_loss), "
+            "or an nn.Module subclass of yours (reproduced with allow=['your.module'])"
+        )
+    return info
 
 
 @dataclasses.dataclass
@@ -423,6 +449,7 @@ class _Loop:
     target: torch.device
     report: ProgressCallback | None
     on_epoch: EpochCallback | None
+    optimizer_steps: int = 0
 
     def run(self, seeds: SeedPlan, *, t_start: float) -> _Trained:
         """Every epoch, under the determinism settings, from the seeds of ``seeds``."""
@@ -448,13 +475,13 @@ class _Loop:
                 history.append(metrics)
                 if self.on_epoch:
                     self.on_epoch(metrics)
-        return _Trained(history, order_digests, determinism, time.perf_counter() - t_start)
+        return _Trained(history, order_digests, determinism, time.perf_counter() - t_start, self.optimizer_steps)
 
     def _epoch(self, epoch: int, loader: DataLoader, *, n_samples: int) -> EpochMetrics:
         """One epoch's steps, the scheduler's step, the divergence check and the validation."""
         loss_sum, first_bad = self._steps(epoch, loader)
         lr_now = float(self.optimiser.param_groups[0].get("lr", float("nan")))
-        if self.scheduler is not None:
+        if self.scheduler is not None and self.params.scheduler_interval == "epoch":
             self.scheduler.step()
         metrics = EpochMetrics(
             epoch=epoch + 1, train_loss=float(loss_sum) / n_samples, learning_rate=lr_now, wall_time_s=0.0
@@ -467,18 +494,24 @@ class _Loop:
         return metrics
 
     def _steps(self, epoch: int, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of the losses, index of the first batch whose loss is not finite or -1), on the device."""
+        """(sum of the losses, index of the first batch whose loss is not finite or -1), on the device.
+
+        With ``accumulation_steps`` k, each loss is divided by k and the optimiser steps after every
+        k batches and after the epoch's last batch.
+        """
         target = self.target
         loss_sum = torch.zeros((), device=target, dtype=torch.float64)
         first_bad = torch.full((), -1, device=target, dtype=torch.int64)
         n_batches = len(loader)
+        k = self.params.accumulation_steps
+        self.optimiser.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(loader):
             x = x.to(target, non_blocking=True)
             y = y.to(target, non_blocking=True)
-            self.optimiser.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.model(x), y)
-            loss.backward()
-            self.optimiser.step()
+            (loss / k if k > 1 else loss).backward()
+            if (i + 1) % k == 0 or i + 1 == n_batches:
+                self._update()
             loss_sum += loss.detach() * len(y)
             if not self.params.allow_nonfinite_loss:
                 bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
@@ -486,6 +519,19 @@ class _Loop:
             if self.report:
                 self.report(f"epoch {epoch + 1}/{self.params.n_epochs}", i + 1, n_batches)
         return loss_sum, first_bad
+
+    def _update(self) -> None:
+        """One optimiser step: the gradients clipped, the step counted, a per-step scheduler stepped."""
+        params = self.params
+        if params.grad_clip_value is not None:
+            torch.nn.utils.clip_grad_value_(self.model.parameters(), params.grad_clip_value)
+        if params.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), params.grad_clip_norm)
+        self.optimiser.step()
+        self.optimizer_steps += 1
+        if self.scheduler is not None and params.scheduler_interval == "step":
+            self.scheduler.step()
+        self.optimiser.zero_grad(set_to_none=True)
 
 
 def _training_part(
@@ -505,6 +551,7 @@ def _training_part(
         determinism=trained.determinism,
         data_order_digests=trained.order_digests,
         device=str(device),
+        optimizer_steps=trained.optimizer_steps,
     )
 
 

@@ -46,6 +46,18 @@ class Parameters(BaseModel):
     allow_nonfinite_loss: bool = Field(
         False, description="Keep training (and write the model) when the loss becomes NaN or infinite"
     )
+    grad_clip_norm: PositiveFloat | None = Field(
+        None, allow_inf_nan=False, description="Clip the gradients' total 2-norm to this before each optimiser step"
+    )
+    grad_clip_value: PositiveFloat | None = Field(
+        None, allow_inf_nan=False, description="Clip each gradient element to [-value, value] before each step"
+    )
+    accumulation_steps: PositiveInt = Field(
+        1, description="Batches whose gradients are summed (each loss divided by this) into one optimiser step"
+    )
+    scheduler_interval: Literal["epoch", "step"] = Field(
+        "epoch", description="Step the learning-rate scheduler after every epoch, or after every optimiser step"
+    )
     user: dict[str, Any] = Field(
         default_factory=dict, description="Values for your own code (a config's params.user), recorded as given"
     )
@@ -77,6 +89,10 @@ class Parameters(BaseModel):
     def __contains__(self, key: str) -> bool:
         return key in self.to_dict()
 
+    def unknown_keys(self) -> list[str]:
+        """The keywords given that are not parameters of the built-in trainer (kept as extras)."""
+        return sorted(self.model_extra or {})
+
 
 def known_keys() -> list[str]:
     """Every key a config's ``params`` may hold: the fields and their aliases."""
@@ -89,20 +105,40 @@ def check_config_keys(params: dict[str, Any]) -> None:
     Raises:
         ParametersError: naming each unknown key, the closest known one, and ``params.user``.
     """
+    unknown = [str(k) for k in params if k not in known_keys()]
+    if unknown:
+        raise ParametersError(
+            f"unknown training parameter(s) in the config's params: {_hints(unknown)}. "
+            f"Known: {', '.join(known_keys())}. "
+            "Values for your own code go under params.user (e.g. params: {user: {dropout: 0.1}})"
+        )
+
+
+def check_trainer_keys(params: Parameters) -> None:
+    """Refuse keywords the built-in trainer would not use (``dry_run=True`` would train a full epoch).
+
+    Raises:
+        ParametersError: naming each unknown keyword, the closest parameter, and ``user=``.
+    """
+    unknown = params.unknown_keys()
+    if unknown:
+        example = ", ".join(f"{k!r}: ..." for k in unknown[:2])
+        raise ParametersError(
+            f"the built-in trainer does not use the parameter(s) {_hints(unknown)}, so they would be recorded "
+            f"without effect. Known: {', '.join(known_keys())}. Values for your own code go under user "
+            f"(Parameters(..., user={{{example}}}); in a config, params: {{user: {{...}}}})"
+        )
+
+
+def _hints(unknown: list[str]) -> str:
+    """Each unknown key with the closest known one: ``'lr_rate' (did you mean 'learning_rate'?)``."""
     import difflib
 
-    known = known_keys()
-    unknown = [k for k in params if k not in known]
-    if not unknown:
-        return
     hints = []
     for key in unknown:
-        close = difflib.get_close_matches(str(key), known, n=1)
+        close = difflib.get_close_matches(key, known_keys(), n=1)
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise ParametersError(
-        f"unknown training parameter(s) in the config's params: {', '.join(hints)}. Known: {', '.join(known)}. "
-        "Values for your own code go under params.user (e.g. params: {user: {dropout: 0.1}})"
-    )
+    return ", ".join(hints)
 
 
 def _explain(exc: ValidationError) -> str:

@@ -180,7 +180,9 @@ class Training(_Part):
     device: str = Field(description="the torch device trained on (cpu, cuda:0...)")
     world_size: int = Field(1, description="number of processes trained together")
     optimizer_steps: int | None = Field(
-        None, description="optimiser updates counted by a step hook (the run API's run.watch); None when not counted"
+        None,
+        description="optimiser updates (counted by the built-in loop, or by a step hook of the run API's "
+        "run.watch); None when not counted",
     )
 
 

@@ -7,8 +7,6 @@ adopted with two changed lines, trained in a subprocess, and reproduced from its
 
 from __future__ import annotations
 
-import difflib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +16,9 @@ import pytest
 pytest.importorskip("lightning", reason="Lightning is not installed: pip install 'reprodl[lightning]'")
 
 import torch
+from user_scripts import adopt, changed_lines, child_env, run_script, user_repo
 
 pytest_plugins = ["train_fixtures"]
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 ORIGINAL = """\
 import argparse
@@ -106,44 +103,14 @@ EDITS = [
 ]
 
 
-def adopted_script() -> str:
-    text = ORIGINAL
-    for old, new in EDITS:
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
-    return text
-
-
-def changed_lines(before: str, after: str) -> int:
-    """Lines of ``after`` that are new or modified."""
-    diff = difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
-    return sum(1 for line in diff if line.startswith("+") and not line.startswith("+++"))
-
-
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
-
-
-def child_env() -> dict[str, str]:
-    path = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-
-
 @pytest.fixture(scope="module")
 def lightning_run(digits_split_master: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The adopted Lightning script trained once in a git repo (the adoption left uncommitted)."""
     repo = tmp_path_factory.mktemp("lightning-repo")
-    _git(repo, "init", "-q")
-    _git(repo, "config", "user.email", "t@example.org")
-    _git(repo, "config", "user.name", "t")
-    (repo / ".gitignore").write_text("models/\n")
+    user_repo(repo, {"train.py": ORIGINAL}, commit_message="the user's Lightning script")
     (repo / "models").mkdir()
-    (repo / "train.py").write_text(ORIGINAL)
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-q", "-m", "the user's Lightning script")
-    (repo / "train.py").write_text(adopted_script())
-    command = [sys.executable, "train.py", "--data", digits_split_master, "--epochs", "2"]
-    res = subprocess.run(command, cwd=repo, env=child_env(), capture_output=True, text=True, timeout=600)
+    (repo / "train.py").write_text(adopt(ORIGINAL, EDITS))
+    res = run_script(repo, "train.py", "--data", digits_split_master, "--epochs", "2")
     assert res.returncode == 0, res.stderr
     from reprodl.store import open_dataset
 
@@ -151,7 +118,7 @@ def lightning_run(digits_split_master: str, tmp_path_factory: pytest.TempPathFac
 
 
 def test_the_lightning_script_adopts_reprodl_in_at_most_8_changed_lines() -> None:
-    assert changed_lines(ORIGINAL, adopted_script()) <= 8
+    assert changed_lines(ORIGINAL, adopt(ORIGINAL, EDITS)) <= 8
 
 
 def test_importing_reprodl_imports_no_lightning() -> None:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_run_api import changed_lines, child_env
+from user_scripts import adopt, changed_lines, child_env, git, run_script, user_repo
 
 pytest_plugins = ["train_fixtures"]
 
@@ -166,21 +166,8 @@ EDITS = [
 EPOCHS, BATCHES_PER_EPOCH, ACCUM = 2, 1438 // 32, 2  # drop_last: 44 full batches of 32
 
 
-def adopted_script() -> str:
-    text = ORIGINAL
-    for old, new in EDITS:
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
-    return text
-
-
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
-
-
 def _train(repo: Path, data: str, script: str = "train.py") -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, script, "--data", data, "--epochs", str(EPOCHS)]
-    return subprocess.run(command, cwd=repo, env=child_env(), capture_output=True, text=True, timeout=600)
+    return run_script(repo, script, "--data", data, "--epochs", str(EPOCHS))
 
 
 @pytest.fixture(scope="module")
@@ -190,22 +177,17 @@ def loop_run(digits_split_master: str, tmp_path_factory: pytest.TempPathFactory)
     The data lie inside the repository (git-ignored) and are named by a relative path, as
     most scripts name them: the re-execution in a temporary copy must still find them.
     """
-    repo = tmp_path_factory.mktemp("cifar-style-repo")
-    _git(repo, "init", "-q")
-    _git(repo, "config", "user.email", "t@example.org")
-    _git(repo, "config", "user.name", "t")
-    (repo / ".gitignore").write_text("data/\nmodels/\n*.pt\n__pycache__/\n")
-    (repo / "models").mkdir()
     from reprodl.store import local_path, open_dataset
 
+    repo = tmp_path_factory.mktemp("cifar-style-repo")
+    ignored = "data/\nmodels/\n*.pt\n__pycache__/\n"
+    user_repo(repo, {"train.py": ORIGINAL}, commit_message="the user's loop", gitignore=ignored)
+    (repo / "models").mkdir()
     data = local_path(digits_split_master)
     assert data is not None
-    shutil.copytree(data, repo / "data" / "digits")  # named relatively: --data data/digits
-    (repo / "train.py").write_text(ORIGINAL)
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-q", "-m", "the user's loop")
-    (repo / "train.py").write_text(adopted_script())
-    _git(repo, "commit", "-q", "-am", "record the loop with reprodl")
+    shutil.copytree(data, repo / "data" / "digits")  # named relatively: --data data/digits (git-ignored)
+    (repo / "train.py").write_text(adopt(ORIGINAL, EDITS))
+    git(repo, "commit", "-q", "-am", "record the loop with reprodl")
     (repo / "augment.py").write_text(AUGMENT)  # untracked
     res = _train(repo, "data/digits")
     assert res.returncode == 0, res.stderr
@@ -214,7 +196,7 @@ def loop_run(digits_split_master: str, tmp_path_factory: pytest.TempPathFactory)
 
 
 def test_the_cifar_style_loop_adopts_reprodl_in_at_most_8_changed_lines() -> None:
-    assert changed_lines(ORIGINAL, adopted_script()) <= 8
+    assert changed_lines(ORIGINAL, adopt(ORIGINAL, EDITS)) <= 8
 
 
 @pytest.mark.slow

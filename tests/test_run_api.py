@@ -7,20 +7,15 @@ lines, trained in a subprocess, and reproduced from its URI alone.
 
 from __future__ import annotations
 
-import difflib
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from user_scripts import adopt, changed_lines, run_script, user_repo
 
 pytest_plugins = ["train_fixtures"]
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 ORIGINAL = """\
 import argparse
@@ -137,44 +132,13 @@ EDITS = [
 ]
 
 
-def adopted_script() -> str:
-    text = ORIGINAL
-    for old, new in EDITS:
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
-    return text
-
-
-def changed_lines(before: str, after: str) -> int:
-    """Lines of ``after`` that are new or modified."""
-    diff = difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
-    return sum(1 for line in diff if line.startswith("+") and not line.startswith("+++"))
-
-
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
-
-
-def child_env() -> dict[str, str]:
-    path = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-
-
 @pytest.fixture(scope="module")
 def script_run(digits_split_master: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The adopted script trained once in a git repo (the adoption left uncommitted: a patch)."""
-    repo = tmp_path_factory.mktemp("user-repo")
-    _git(repo, "init", "-q")
-    _git(repo, "config", "user.email", "t@example.org")
-    _git(repo, "config", "user.name", "t")
-    (repo / ".gitignore").write_text("models/\n")
+    repo = user_repo(tmp_path_factory.mktemp("user-repo"), {"train.py": ORIGINAL}, commit_message="the user's script")
     (repo / "models").mkdir()
-    (repo / "train.py").write_text(ORIGINAL)
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-q", "-m", "the user's script")
-    (repo / "train.py").write_text(adopted_script())
-    command = [sys.executable, "train.py", "--data", digits_split_master, "--epochs", "2", "--save-model"]
-    res = subprocess.run(command, cwd=repo, env=child_env(), capture_output=True, text=True, timeout=600)
+    (repo / "train.py").write_text(adopt(ORIGINAL, EDITS))
+    res = run_script(repo, "train.py", "--data", digits_split_master, "--epochs", "2", "--save-model")
     assert res.returncode == 0, res.stderr
     from reprodl.store import open_dataset
 
@@ -183,7 +147,7 @@ def script_run(digits_split_master: str, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_the_mnist_style_script_adopts_reprodl_in_at_most_8_changed_lines() -> None:
-    assert changed_lines(ORIGINAL, adopted_script()) <= 8
+    assert changed_lines(ORIGINAL, adopt(ORIGINAL, EDITS)) <= 8
 
 
 @pytest.mark.slow

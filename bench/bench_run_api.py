@@ -12,6 +12,9 @@ spread over the same amount of work as there.
    ``run.watch``, ``run.loader`` (seeded, order recorded), ``run.log`` per epoch and
    ``run.save``: code capture with its source snapshot (this repository, the bench script's),
    environment capture, determinism settings and the model dataset written. Target: <= 1.01x.
+   ``run.loader`` gives a reprodl dataset reprodl's collate (batches come pre-stacked, see
+   bench_tensor_loader), where the plain ``DataLoader`` restacks them with torch's default
+   collate; so the epochs themselves can be faster with the run than without.
 2. reproduce a script run. The workload as a script adopting ``start_run``, in a git
    repository of its own on a temporary directory. Baseline: the original run, the script
    run as a subprocess end to end (``python train.py ...``). Candidate: ``reprodl.reproduce(uri,
@@ -206,7 +209,8 @@ def bench_loop(ds: TensorDataSet, tmp: Path, repeats: int) -> tuple[list[dict[st
     notes = [
         f"loop: plain {T.fmt_s(C.median(base['wall']))}, start_run {T.fmt_s(C.median(cand['wall']))} (medians); "
         f"the run's fixed costs {T.fmt_s(C.median(fixed))} median = {C.median(fixed) / C.median(base['wall']):.1%} "
-        "of the plain loop; breakdown (median): " + ", ".join(f"{k} {T.fmt_s(v)}" for k, v in breakdown.items())
+        "of the plain loop (run.loader's collate passes pre-stacked batches through; DataLoader's default "
+        "restacks them); breakdown (median): " + ", ".join(f"{k} {T.fmt_s(v)}" for k, v in breakdown.items())
     ]
     return comparisons, measurements, notes
 

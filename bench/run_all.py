@@ -72,6 +72,7 @@ def rows_of(name: str, doc: dict[str, Any]) -> list[dict[str, str]]:
                 "candidate": f"{c.get('candidate', '?')}: {fmt_value(cand, unit)}",
                 "baseline": f"{c.get('baseline', '?')}: {fmt_value(base, unit)}",
                 "ratio": fmt_ratio(c.get("ratio"), 3 if "target_max_ratio" in c else 2),
+                "paired": fmt_ratio(c.get("paired_ratio_median"), 3),
                 "target": target_s,
                 "status": c.get("status") or "info",
             }
@@ -134,6 +135,7 @@ def main() -> int:
                     "candidate": "-",
                     "baseline": "-",
                     "ratio": "-",
+                    "paired": "-",
                     "target": "-",
                     "status": "ERROR",
                 }
@@ -173,7 +175,9 @@ interleaved in alternating order (A B, B A, ...) so that the drift and slow spel
 noisy machine fall on both, and repeats each several times. The figures are medians. A time
 ratio is median(candidate) / median(baseline), lower is better and its target a ceiling
 (`<= 1.03x`); a rate ratio (items/s, MB/s) is candidate / baseline, higher is better and its
-target a floor (`>= 0.9x`). Read the ratios, not the absolute figures: those depend on the
+target a floor (`>= 0.9x`); the target is judged on the ratio. Beside a time ratio, the
+median of the per-round ratios (each candidate run over the baseline run next to it) is a
+second estimate, robust to drift over the run. Read the ratios, not the absolute figures: those depend on the
 machine and on what else ran on it. Each benchmark's script (`bench/bench_NAME.py`) says in
 its docstring what it runs; its full figures are in `bench-output/NAME.json`.
 """
@@ -219,10 +223,10 @@ def _section(name: str, script: Path, run: dict[str, Any] | None) -> list[str]:
         return lines + ["Not run yet: `make bench` (or `bench/run_all.py --only " + name + "`) measures it.", ""]
     doc = json.loads(path.read_text())
     rows = [
-        [r["comparison"], r["candidate"], r["baseline"], r["ratio"], r["target"], r["status"]]
+        [r["comparison"], r["candidate"], r["baseline"], r["ratio"], r["paired"], r["target"], r["status"]]
         for r in rows_of(name, doc)
     ]
-    lines += _md_table(["what", "candidate", "baseline", "ratio", "target", "status"], rows)
+    lines += _md_table(["what", "candidate", "baseline", "ratio", "paired ratio", "target", "status"], rows)
     lines += ["", f"Measured {_when(doc, path)}{' (--quick sizes)' if doc.get('quick') else ''} on {_machine(doc)}."]
     notes = [str(n) for n in doc.get("notes", [])]
     return lines + ([""] + [f"- {_cell(n)}" for n in notes] if notes else []) + [""]

@@ -44,6 +44,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests bench examples
 	$(VENV)/bin/ruff check --fix src tests bench examples
 
+# Every bench/bench_*.py (ratios against a baseline measured in the same run); regenerates docs/benchmarks.md.
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 

@@ -129,6 +129,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     try:
         import torch

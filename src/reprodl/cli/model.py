@@ -417,8 +417,11 @@ def verify_cmd(
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Check a model dataset: item hashes, record digest, weights against the record, that every
-    class the record names passes the trust policy (and data, and a signature by a trusted key)."""
+    """Check a model: item hashes, record digest, weights, trust policy (and data, signature).
+
+    Every class the record names must pass the trust policy (--allow adds modules); --data
+    re-checks the training data; --trusted-key requires a signature by that key.
+    """
     from rich.markup import escape
 
     from reprodl.modeldataset.verify import verify_model
@@ -476,8 +479,7 @@ def demo_cmd(
     epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
     quiet: bool = QUIET_OPT,  # accepted as by every command; the demo shows no progress bars
 ) -> None:
-    """The main job on the embedded default: digits dataset, split, train with capture, provenance,
-    evaluate, predict, reproduce."""
+    """The main job on real digits: dataset, split, train, provenance, predict, reproduce."""
     from reprodl.cli.demo import run_demo
 
     ok = run_demo(workdir, epochs=epochs, say=lambda s: out.print(s, markup=False), show_report=print_report)

@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ def start_run(
     *,
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
-    deterministic: bool = True,
+    deterministic: bool | Literal["warn"] = True,
     require_clean_code: bool = False,
 ) -> Run:
     """A :class:`Run`: use it as a context manager around the user's own training loop.
@@ -92,7 +92,9 @@ def start_run(
         name: the model dataset's name.
         seed: seeds Python, NumPy and torch on entry, and the loaders of :meth:`Run.loader`.
         params: the run's parameters, recorded verbatim (``vars(args)`` for argparse).
-        deterministic: apply torch's bitwise-determinism settings (else "statistical" mode).
+        deterministic: apply torch's bitwise-determinism settings (else "statistical" mode); an
+            operation torch cannot run deterministically raises :class:`NondeterministicOperationError`.
+            ``"warn"``: run such operations, and list them in the record.
         require_clean_code: refuse (:class:`DirtyCodeError`) unless the code is committed.
     """
     return Run(
@@ -160,7 +162,7 @@ class Run:
         *,
         seed: int = 0,
         params: Mapping[str, Any] | None = None,
-        deterministic: bool = True,
+        deterministic: bool | Literal["warn"] = True,
         require_clean_code: bool = False,
     ) -> None:
         self.base_uri, self.name, self.seed = base_uri, name, int(seed)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch._prims_common import alert_not_deterministic
 from torch.nn import functional as F
+from train_fixtures import train_digits
 
 pytest_plugins = ["train_fixtures"]
 
@@ -76,7 +77,6 @@ def test_the_builtin_loop_refuses_the_operation_and_names_the_setting_that_allow
     digits_split_uri: str, tmp_path: Path
 ) -> None:
     from reprodl.errors import NondeterministicOperationError
-    from train_fixtures import train_digits
 
     before = _settings_now()
     base = tmp_path / "models"
@@ -93,7 +93,6 @@ def test_the_builtin_loop_refuses_the_operation_and_names_the_setting_that_allow
 
 def test_warn_mode_trains_and_lists_the_operation_in_the_record(digits_split_uri: str, tmp_path: Path) -> None:
     from reprodl.modeldataset.read import load_record
-    from train_fixtures import train_digits
 
     before, show = _settings_now(), warnings.showwarning
     with pytest.warns(UserWarning, match=f"{OP} does not have a deterministic implementation") as caught:

@@ -61,6 +61,7 @@ from reprodl.training.capture import (
     DeterminismSettings,
     capture_code,
     capture_environment,
+    check_deterministic,
     class_path,
     describe_architecture,
     describe_callable,
@@ -166,7 +167,7 @@ class Run:
         require_clean_code: bool = False,
     ) -> None:
         self.base_uri, self.name, self.seed = base_uri, name, int(seed)
-        self.deterministic, self.require_clean_code = deterministic, require_clean_code
+        self.deterministic, self.require_clean_code = check_deterministic(deterministic), require_clean_code
         self.params: dict[str, Any] = jsonable(dict(params or {}))
         self.uri: str | None = None
         self.record: ProvenanceRecord | None = None

@@ -558,7 +558,7 @@ def nondeterministic_operation(message: str) -> str | None:
 def check_deterministic(value: Any) -> DeterministicSetting:
     """``value`` if it is True, False or "warn"; else :class:`ParametersError`."""
     if isinstance(value, bool) or value == "warn":
-        return value  # type: ignore[no-any-return]  # narrowed by the test above
+        return value
     raise ParametersError(
         f"deterministic should be True, False or 'warn', but got deterministic={value!r}: True refuses operations "
         "without a deterministic implementation, 'warn' runs them and lists them in the record, False trains in "

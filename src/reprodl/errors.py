@@ -112,5 +112,15 @@ class TrainingDivergedError(ReprodlError, ArithmeticError):
     exit_code = ExitCode.FAILED
 
 
+class NondeterministicOperationError(ReprodlError, RuntimeError):
+    """With ``deterministic=True``, an operation torch cannot run deterministically; no model was written."""
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, message: str, *, operation: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+
+
 class DamagedMetadataError(DatasetFormatError):
     """A dataset's stored metadata file (annotation, overlay, manifest) that is not valid JSON."""

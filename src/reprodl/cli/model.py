@@ -352,6 +352,9 @@ def print_report(report: ReproductionReport) -> None:
         out.print(f"  - {reason}", markup=False)
     if report.reproduction_uri:
         out.print(f"reproduction: {report.reproduction_uri}")
+    if report.expectation is not None and report.expectation.held is not None:
+        held = "held" if report.expectation.held else "did not hold"
+        out.print(f"prediction ({report.expectation.expected} expected): {held}", markup=False)
     out.print(f"Verdict: [bold {colour}]{report.verdict}[/]")
 
 
@@ -366,6 +369,11 @@ def _print_checks(report: ReproductionReport) -> None:
             out.print(f"  {d.what}: {d.recorded} -> {d.now}", markup=False)
     else:
         out.print("environment: same as recorded")
+    e = report.expectation
+    if e is not None:
+        out.print(f"expected before re-running: {e.expected}", markup=False)
+        for line in e.because:
+            out.print(f"  {line}", markup=False)
 
 
 @app.command("diff")

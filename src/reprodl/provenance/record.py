@@ -155,6 +155,16 @@ class Determinism(_Part):
     tf32_cudnn: bool | None = Field(None, description="torch.backends.cudnn.allow_tf32")
     float32_matmul_precision: str | None = Field(None, description="torch.get_float32_matmul_precision()")
     num_threads: int | None = Field(None, description="torch.get_num_threads()")
+    warn_only: bool | None = Field(
+        None,
+        description="torch.is_deterministic_algorithms_warn_only_enabled(): true when trained with "
+        "deterministic='warn', where operations without a deterministic implementation ran and were listed",
+    )
+    nondeterministic_ops: list[str] = Field(
+        default_factory=list,
+        description="operations without a deterministic implementation that ran in warn-only mode "
+        "(deterministic='warn'), as torch named them, in order of first use",
+    )
 
 
 class Training(_Part):
@@ -257,6 +267,41 @@ class CodeInfo(_Part):
     snapshot: SourceSnapshot | None = Field(None, description="the source snapshot stored with the model")
 
 
+class ComputeProfile(_Part):
+    """What decides whether the same computation gives the same bits: CPU, BLAS, threads, GPU stack.
+
+    Captured when the training starts, before reprodl's determinism settings (those in force
+    are in ``training.determinism``).
+    """
+
+    cpu_model: str | None = Field(None, description="CPU model (/proc/cpuinfo 'model name', else platform.processor())")
+    cpu_flags: list[str] = Field(
+        default_factory=list,
+        description="the CPU's instruction-set extensions that change which kernels run (avx2, avx512f, fma, "
+        "sse4_2, asimd, sve...), from /proc/cpuinfo; empty where unknown",
+    )
+    cpu_capability: str | None = Field(
+        None, description="the CPU capability torch's kernels dispatch to (torch.backends.cpu.get_cpu_capability())"
+    )
+    blas: str | None = Field(None, description="the BLAS torch uses (BLAS_INFO of torch.__config__.show(): mkl...)")
+    blas_version: str | None = Field(None, description="the BLAS library's version line from torch.__config__.show()")
+    lapack: str | None = Field(None, description="the LAPACK torch uses (LAPACK_INFO of torch.__config__.show())")
+    onednn: str | None = Field(None, description="the oneDNN (MKL-DNN) version torch uses, if any")
+    parallel_backend: str | None = Field(None, description="ATen's parallel backend (OpenMP, native thread pool)")
+    num_threads: int | None = Field(None, description="intra-op threads (torch.get_num_threads())")
+    num_interop_threads: int | None = Field(None, description="inter-op threads (torch.get_num_interop_threads())")
+    thread_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="the environment variables set that change threads or kernels (OMP_NUM_THREADS, "
+        "MKL_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_CBWR...): name to value",
+    )
+    cuda_driver: str | None = Field(None, description="the CUDA driver version, on a machine with a GPU")
+    nccl: str | None = Field(None, description="the NCCL version torch uses, on a machine with a GPU")
+    tf32_matmul: bool | None = Field(None, description="torch.backends.cuda.matmul.allow_tf32 as set in the process")
+    tf32_cudnn: bool | None = Field(None, description="torch.backends.cudnn.allow_tf32 as set in the process")
+    float32_matmul_precision: str | None = Field(None, description="torch.get_float32_matmul_precision()")
+
+
 class Environment(_Part):
     """The software and hardware the training ran on."""
 
@@ -273,6 +318,9 @@ class Environment(_Part):
     numpy: str | None = Field(None, description="NumPy version")
     reprodl: str | None = Field(None, description="reprodl version")
     packages: dict[str, str] = Field(default_factory=dict, description="every installed distribution: name to version")
+    compute: ComputeProfile | None = Field(
+        None, description="CPU, instruction sets, BLAS, threads and GPU stack: what bitwise results depend on"
+    )
 
 
 class EpochMetrics(_Part):

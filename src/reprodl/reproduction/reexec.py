@@ -37,7 +37,7 @@ from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.compare import Tolerance, compare_weights, statistical_metrics_ok
-from reprodl.reproduction.environment import EnvDifference, environment_differences
+from reprodl.reproduction.environment import EnvDifference, check_environment
 from reprodl.reproduction.rerun import STATISTICAL_SEED_OFFSET, ReproductionReport, _reproduction_name
 from reprodl.reproduction.verdict import Verdict, environment_reasons
 from reprodl.store import StoredDataSet, local_path, open_dataset
@@ -132,6 +132,7 @@ def reproduce_by_reexecution(
             "--trust-code (Python: trust_code=True) if you trust it"
         )
     data_checks = _check_recorded_data(record, model_ds)
+    environment, expectation = check_environment(record)  # the prediction, made before re-running
     code = CodeCheck(
         status="re-executed",
         message=f"re-ran `{' '.join(plan.command)}` from the stored code ({plan.code}, {plan.code_digest})",
@@ -145,7 +146,6 @@ def reproduce_by_reexecution(
     timings = {"training_s": training_s}
     metrics = compare_logged(record, new_record)
     order_matches = record.training.data_order_digests == new_record.training.data_order_digests
-    environment = environment_differences(record)
     verdict, reasons = _judge(record, new_record, weights, metrics, order_matches, environment, tolerance)
     timings.update(original_training_s=record.results.wall_time_s, total_s=time.perf_counter() - t0)
     return ReproductionReport(
@@ -162,6 +162,7 @@ def reproduce_by_reexecution(
         data_order_matches=order_matches,
         tolerance=dataclasses.asdict(tolerance),
         timings=timings,
+        expectation=expectation.settle(verdict),
     )
 
 

@@ -31,7 +31,12 @@ from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck, check_code, check_patch
 from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_predictions, compare_weights
-from reprodl.reproduction.environment import EnvDifference, environment_differences
+from reprodl.reproduction.environment import (
+    EnvDifference,
+    Expectation,
+    check_environment,
+    environment_differences,
+)
 from reprodl.reproduction.rebuild import (
     open_recorded,
     rebuild_loss,
@@ -51,6 +56,7 @@ __all__ = [
     "CodeCheck",
     "DataCheck",
     "EnvDifference",
+    "Expectation",
     "ReproductionReport",
     "Tolerance",
     "Verdict",
@@ -84,6 +90,8 @@ class ReproductionReport:
     envelope: dict[str, Any] | None = None
     tolerance: dict[str, float] = dataclasses.field(default_factory=dict)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Predicted from the two environments before re-running; ``held`` settled by the verdict.
+    expectation: Expectation | None = None
 
     @property
     def ok(self) -> bool:
@@ -100,6 +108,7 @@ class ReproductionReport:
             "data_checks": [c.to_dict() for c in self.data_checks],
             "code": self.code.to_dict() if self.code is not None else {},
             "environment_differences": [d.to_dict() for d in self.environment_differences],
+            "expectation": self.expectation.to_dict() if self.expectation is not None else None,
             "ok": self.ok,
         }
 
@@ -125,6 +134,7 @@ class _Checks:
     environment: list[EnvDifference]
     opened: dict[str, StoredDataSet]
     seconds: float
+    expectation: Expectation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +260,8 @@ def _check_before_training(original: _Original) -> _Checks:
             problems=problems,
         )
     code = check_patch(record, model_ds, check_code(record))
-    return _Checks(data, code, environment_differences(record), opened, seconds)
+    environment, expectation = check_environment(record)  # the prediction, made before re-running
+    return _Checks(data, code, environment, opened, seconds, expectation)
 
 
 def _rebuild(
@@ -418,6 +429,7 @@ def _report(
         envelope=judgement.envelope,
         tolerance=dataclasses.asdict(tol),
         timings=timings,
+        expectation=checks.expectation.settle(judgement.verdict),
     )
 
 

@@ -18,20 +18,23 @@ import importlib.metadata
 import inspect
 import os
 import platform
+import re
 import subprocess
 import sys
 import textwrap
+import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from reprodl import __version__, keys
-from reprodl.errors import DirtyCodeError, ParametersError
+from reprodl.errors import DirtyCodeError, NondeterministicOperationError, ParametersError
 from reprodl.provenance import (
     Architecture,
     CallableInfo,
     CodeInfo,
+    ComputeProfile,
     Determinism,
     Environment,
     GitInfo,
@@ -103,8 +106,149 @@ def _redent(value: str | None) -> str | None:
     return textwrap.dedent(" " * 8 + value)
 
 
+# Instruction-set extensions that change which kernels torch, its BLAS and oneDNN run (x86, then Arm).
+ISA_FLAGS: tuple[str, ...] = (
+    "sse4_1",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512dq",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "neon",
+    "asimd",
+    "asimdhp",
+    "asimddp",
+    "sve",
+    "sve2",
+    "bf16",
+    "i8mm",
+)
+
+# Environment variables that change thread counts or the kernels chosen, so bits.
+NUMERIC_ENV_VARS: tuple[str, ...] = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "OMP_DYNAMIC",
+    "MKL_DYNAMIC",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "KMP_DETERMINISTIC_REDUCTION",
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "OPENBLAS_CORETYPE",
+    "NVIDIA_TF32_OVERRIDE",
+    "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
+)
+
+
+def cpu_description(cpuinfo: str | None = None) -> tuple[str | None, list[str]]:
+    """(CPU model, its :data:`ISA_FLAGS`) from ``/proc/cpuinfo`` (or the text given).
+
+    Outside Linux the model is ``platform.processor()`` and the flags are unknown (empty).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    model: str | None = None
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and model is None and value.strip():
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return model or platform.processor() or None, [f for f in ISA_FLAGS if f in flags]
+
+
+def blas_description(config: str) -> dict[str, str | None]:
+    """BLAS, its version line, LAPACK and oneDNN, read from ``torch.__config__.show()``'s text."""
+
+    def setting(name: str) -> str | None:
+        found = re.search(rf"\b{name}=([^,\s]+)", config)
+        return found.group(1) if found else None
+
+    def line_with(*words: str) -> str | None:
+        for line in config.splitlines():
+            text = line.strip().removeprefix("- ").strip()
+            if any(w.lower() in text.lower() for w in words) and not text.startswith("Build settings"):
+                return text
+        return None
+
+    blas = setting("BLAS_INFO")
+    names = {"mkl": ("Math Kernel Library",), "open": ("OpenBLAS",), "blis": ("BLIS",), "accelerate": ("Accelerate",)}
+    version = line_with(*names.get(blas or "", (blas,))) if blas else None
+    return {
+        "blas": blas,
+        "blas_version": version,
+        "lapack": setting("LAPACK_INFO"),
+        "onednn": line_with("MKL-DNN", "oneDNN"),
+    }
+
+
+def capture_compute() -> ComputeProfile:
+    """The :class:`ComputeProfile` of this process: CPU, ISA, BLAS, threads, GPU stack."""
+    import torch
+
+    model, flags = cpu_description()
+    parallel = re.search(r"ATen parallel backend: *(.+)", torch.__config__.parallel_info())
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return ComputeProfile(
+        cpu_model=model,
+        cpu_flags=flags,
+        cpu_capability=capability() if capability is not None else None,
+        **blas_description(torch.__config__.show()),
+        parallel_backend=parallel.group(1).strip() if parallel else None,
+        num_threads=torch.get_num_threads(),
+        num_interop_threads=torch.get_num_interop_threads(),
+        thread_env={name: os.environ[name] for name in NUMERIC_ENV_VARS if name in os.environ},
+        tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        tf32_cudnn=torch.backends.cudnn.allow_tf32,
+        float32_matmul_precision=torch.get_float32_matmul_precision(),
+        **(_cuda_stack() if torch.cuda.is_available() else {}),
+    )
+
+
+def _cuda_stack() -> dict[str, str | None]:
+    """The CUDA driver and NCCL versions (None for each that torch cannot tell)."""
+    import torch
+
+    driver: str | None = None
+    get_driver = getattr(torch._C, "_cuda_getDriverVersion", None)
+    if get_driver is not None:
+        try:
+            number = int(get_driver())
+            driver = f"{number // 1000}.{number % 1000 // 10}"
+        except (RuntimeError, TypeError, ValueError):
+            driver = None
+    nccl: str | None = None
+    try:
+        version = torch.cuda.nccl.version()
+        nccl = ".".join(str(v) for v in version) if isinstance(version, tuple) else str(version)
+    except (AttributeError, RuntimeError, TypeError):
+        nccl = None
+    return {"cuda_driver": driver, "nccl": nccl}
+
+
 def capture_environment() -> Environment:
-    """Python, platform, CPU/GPU, torch/CUDA/cuDNN and numpy versions, installed packages."""
+    """Python, platform, CPU/GPU, torch/CUDA/cuDNN and numpy versions, installed packages, compute profile."""
     import numpy
     import torch
 
@@ -127,6 +271,7 @@ def capture_environment() -> Environment:
         numpy=numpy.__version__,
         reprodl=__version__,
         packages=installed_packages(),
+        compute=capture_compute(),
     )
 
 
@@ -398,13 +543,44 @@ def _sha256_file(path: Path) -> str:
 
 
 # --- determinism ------------------------------------------------------------------------
-class DeterminismSettings:
-    """Apply bitwise-determinism settings for a block and restore the previous ones after."""
+DeterministicSetting = bool | Literal["warn"]
 
-    def __init__(self, deterministic: bool, device_type: str) -> None:
-        self.deterministic = deterministic
+# How torch names an operation without a deterministic implementation (its error and its warning).
+_NONDETERMINISTIC_OP = re.compile(r"^(?P<op>.+?) does not have a deterministic implementation", re.DOTALL)
+
+
+def nondeterministic_operation(message: str) -> str | None:
+    """The operation named by torch's "... does not have a deterministic implementation" text, or None."""
+    found = _NONDETERMINISTIC_OP.match(message.strip())
+    return found.group("op").strip() if found else None
+
+
+def check_deterministic(value: Any) -> DeterministicSetting:
+    """``value`` if it is True, False or "warn"; else :class:`ParametersError`."""
+    if isinstance(value, bool) or value == "warn":
+        return value
+    raise ParametersError(
+        f"deterministic should be True, False or 'warn', but got deterministic={value!r}: True refuses operations "
+        "without a deterministic implementation, 'warn' runs them and lists them in the record, False trains in "
+        "statistical mode"
+    )
+
+
+class DeterminismSettings:
+    """Apply bitwise-determinism settings for a block and restore the previous ones after.
+
+    ``deterministic=True``: an operation torch cannot run deterministically raises, and leaves
+    the block as :class:`NondeterministicOperationError` naming it. ``"warn"``: torch's warn-only
+    mode; each such operation that runs is appended to the returned record's
+    ``nondeterministic_ops`` (and shown once). ``False``: statistical mode, nothing applied.
+    """
+
+    def __init__(self, deterministic: DeterministicSetting, device_type: str) -> None:
+        self.deterministic = check_deterministic(deterministic)
         self.device_type = device_type
         self._saved: dict[str, Any] = {}
+        self._warnings: Any = None
+        self._record: Determinism | None = None
 
     def __enter__(self) -> Determinism:
         import torch
@@ -421,12 +597,15 @@ class DeterminismSettings:
         if self.deterministic:
             if self.device_type == "cuda" and not os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
                 os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-            torch.use_deterministic_algorithms(True)
+            torch.use_deterministic_algorithms(True, warn_only=self.deterministic == "warn")
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
-        return self.describe()
+        self._record = self.describe()
+        if self.deterministic == "warn":
+            self._listen()
+        return self._record
 
     def describe(self) -> Determinism:
         import torch
@@ -441,11 +620,34 @@ class DeterminismSettings:
             tf32_cudnn=torch.backends.cudnn.allow_tf32,
             float32_matmul_precision=torch.get_float32_matmul_precision(),
             num_threads=torch.get_num_threads(),
+            warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
         )
 
-    def __exit__(self, *exc: Any) -> None:
+    def _listen(self) -> None:
+        """Catch torch's warn-only warnings for the block: each operation listed, and shown once."""
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings(
+            "always", message=".*does not have a deterministic implementation", category=UserWarning
+        )
+        show = warnings.showwarning
+
+        def on_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            op = nondeterministic_operation(str(message))
+            ops = self._record.nondeterministic_ops if self._record is not None else []
+            if op is None or op not in ops:
+                show(message, category, *args, **kwargs)
+            if op is not None and op not in ops:
+                ops.append(op)
+
+        warnings.showwarning = on_warning
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         import torch
 
+        if self._warnings is not None:
+            self._warnings.__exit__(None, None, None)
+            self._warnings = None
         s = self._saved
         torch.use_deterministic_algorithms(s["algos"], warn_only=s["warn_only"])
         torch.backends.cudnn.deterministic = s["cudnn_det"]
@@ -456,6 +658,21 @@ class DeterminismSettings:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         else:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = s["cublas"]
+        if isinstance(exc, RuntimeError) and not isinstance(exc, NondeterministicOperationError):
+            op = nondeterministic_operation(str(exc))
+            if op is not None:
+                raise refuse_nondeterministic(op) from exc
+
+
+def refuse_nondeterministic(op: str) -> NondeterministicOperationError:
+    """The error for ``op``, which torch cannot run deterministically, met with deterministic=True."""
+    return NondeterministicOperationError(
+        f"the operation {op} has no deterministic implementation in torch, and the training ran with "
+        "deterministic=True (torch.use_deterministic_algorithms(True)), so no model was written. Replace the "
+        "operation, or allow it: deterministic='warn' (a config's `deterministic: warn`) runs it and lists it in "
+        "the record (training.determinism.nondeterministic_ops); deterministic=False trains in statistical mode",
+        operation=op,
+    )
 
 
 # --- components ----------------------------------------------------------------------------

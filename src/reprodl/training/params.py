@@ -36,7 +36,11 @@ class Parameters(BaseModel):
     n_epochs: PositiveInt = Field(1, description="Passes over the training data")
     init_params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the model class")
     seed: int = Field(0, description="Seed of Python, NumPy, torch and the data order")
-    deterministic: bool = Field(True, description="Bitwise-reproducible mode (deterministic algorithms)")
+    deterministic: bool | Literal["warn"] = Field(
+        True,
+        description="Bitwise-reproducible mode (deterministic algorithms); 'warn' runs operations without a "
+        "deterministic implementation and lists them in the record",
+    )
     shuffle: bool = Field(True, description="Shuffle the training data each epoch")
     num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")

@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -61,6 +61,7 @@ from reprodl.training.capture import (
     DeterminismSettings,
     capture_code,
     capture_environment,
+    check_deterministic,
     class_path,
     describe_architecture,
     describe_callable,
@@ -82,7 +83,7 @@ def start_run(
     *,
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
-    deterministic: bool = True,
+    deterministic: bool | Literal["warn"] = True,
     require_clean_code: bool = False,
 ) -> Run:
     """A :class:`Run`: use it as a context manager around the user's own training loop.
@@ -92,7 +93,9 @@ def start_run(
         name: the model dataset's name.
         seed: seeds Python, NumPy and torch on entry, and the loaders of :meth:`Run.loader`.
         params: the run's parameters, recorded verbatim (``vars(args)`` for argparse).
-        deterministic: apply torch's bitwise-determinism settings (else "statistical" mode).
+        deterministic: apply torch's bitwise-determinism settings (else "statistical" mode); an
+            operation torch cannot run deterministically raises :class:`NondeterministicOperationError`.
+            ``"warn"``: run such operations, and list them in the record.
         require_clean_code: refuse (:class:`DirtyCodeError`) unless the code is committed.
     """
     return Run(
@@ -160,11 +163,11 @@ class Run:
         *,
         seed: int = 0,
         params: Mapping[str, Any] | None = None,
-        deterministic: bool = True,
+        deterministic: bool | Literal["warn"] = True,
         require_clean_code: bool = False,
     ) -> None:
         self.base_uri, self.name, self.seed = base_uri, name, int(seed)
-        self.deterministic, self.require_clean_code = deterministic, require_clean_code
+        self.deterministic, self.require_clean_code = check_deterministic(deterministic), require_clean_code
         self.params: dict[str, Any] = jsonable(dict(params or {}))
         self.uri: str | None = None
         self.record: ProvenanceRecord | None = None

@@ -308,3 +308,17 @@ def test_start_run_seeds_python_numpy_and_torch(tmp_path: Path) -> None:
             with reprodl.start_run(str(tmp_path), "seeded", seed=7):
                 draws.append((random.random(), float(np.random.rand()), float(torch.rand(()))))
     assert draws[0] == draws[1]
+
+
+def test_a_run_that_fails_while_starting_leaves_no_dataset(tmp_path, monkeypatch):
+    from reprodl.training import run as run_module
+
+    def broken_capture(self, workdir):
+        raise RuntimeError("capture failed")
+
+    monkeypatch.setattr(run_module.Run, "_capture", broken_capture)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(RuntimeError, match="capture failed"):
+        with run_module.start_run(str(tmp_path / "models"), "never"):
+            pass  # pragma: no cover - the run does not start
+    assert list((tmp_path / "models").iterdir()) == []

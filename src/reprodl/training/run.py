@@ -199,7 +199,7 @@ class Run:
             self.determinism = stack.enter_context(DeterminismSettings(self.deterministic, device_type))
             self.seeds.apply_globals()
         except BaseException:
-            stack.close()
+            stack.__exit__(*sys.exc_info())  # with the error: the output is discarded, not frozen empty
             raise
         self._stack = stack
         return self

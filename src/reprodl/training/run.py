@@ -152,7 +152,7 @@ class _RecordedOrder(Sampler[int]):
 
 
 class _TracedLoader(DataLoader):
-    """A DataLoader telling ``on_batch`` each batch it yields: (pass from 1, batch from 1, its sample indices, the batch)."""
+    """A DataLoader telling ``on_batch`` of each batch it yields: (pass, batch from 1, sample indices, batch)."""
 
     on_batch: Any = None
 

@@ -217,4 +217,3 @@ class StepTracer:
         if len(self._tail) >= self.max_rows:
             self.stride *= 2
             self._tail = [r for r in self._tail if (int(r["step"][0]) - self.max_rows) % self.stride == 0]
-

@@ -215,7 +215,10 @@ def reproduce(
 
 
 def trace_comparer(model_ds: StoredDataSet, record: ProvenanceRecord, *, stop: bool = False) -> TraceComparer | None:
-    """A comparer against the model's recorded step trace; None when the record has none."""
+    """A comparer against the model's recorded step trace; None when the record has none, or in
+    statistical mode (the re-run uses another seed, so its steps are not the recorded ones)."""
+    if record.training.determinism.mode == "statistical":
+        return None
     recorded = load_trace(model_ds, record)
     if recorded is None or record.results.trace is None:
         return None
@@ -228,8 +231,11 @@ def divergence_of(
     code: CodeCheck | None,
     environment: list[EnvDifference],
     settings: list[str],
+    mode: str = "bitwise",
 ) -> Divergence:
     """The divergence section: the comparer's result, or why there is none."""
+    if mode == "statistical":
+        return no_trace("statistical mode: the re-run uses another seed, so its steps are not compared one by one")
     if comparer is None:
         return no_trace(
             "the original has no step trace (trained before reprodl recorded one): the first divergent step "
@@ -267,7 +273,13 @@ def _reproduce_in_process(
     settings = list(training.reasons)
     if original.record.training.device != new_record.training.device:
         settings.append(f"device {original.record.training.device} -> {new_record.training.device}")
-    divergence = divergence_of(comparer, code=checks.code, environment=checks.environment, settings=settings)
+    divergence = divergence_of(
+        comparer,
+        code=checks.code,
+        environment=checks.environment,
+        settings=settings,
+        mode=original.record.training.determinism.mode,
+    )
     if divergence.stopped:
         reasons.append(f"the re-run was stopped at step {divergence.step}, its first divergent step")
     comparison = _compare(original, training, new_record, tol, allow=allow, model_class=model_class)

@@ -37,7 +37,7 @@ from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.compare import Tolerance, compare_weights, statistical_metrics_ok
-from reprodl.reproduction.divergence import TraceComparer
+from reprodl.reproduction.divergence import Divergence, TraceComparer
 from reprodl.reproduction.environment import EnvDifference, environment_differences
 from reprodl.reproduction.rerun import (
     STATISTICAL_SEED_OFFSET,
@@ -154,12 +154,7 @@ def reproduce_by_reexecution(
     order_matches = record.training.data_order_digests == new_record.training.data_order_digests
     environment = environment_differences(record)
     verdict, reasons = _judge(record, new_record, weights, metrics, order_matches, environment, tolerance)
-    settings = (
-        []
-        if record.training.device == new_record.training.device
-        else [f"device {record.training.device} -> {new_record.training.device}"]
-    )
-    divergence = divergence_of(comparer, code=None, environment=environment, settings=settings, mode=mode)
+    divergence = _divergence(record, new_record, comparer, environment)
     timings.update(original_training_s=record.results.wall_time_s, total_s=time.perf_counter() - t0)
     return ReproductionReport(
         original_uri=model_ds.uri,
@@ -177,6 +172,16 @@ def reproduce_by_reexecution(
         timings=timings,
         divergence=divergence,
     )
+
+
+def _divergence(
+    record: ProvenanceRecord, new: ProvenanceRecord, comparer: TraceComparer | None, environment: list[EnvDifference]
+) -> Divergence:
+    """The divergence section of a re-executed run (its code is the stored code: not a cause)."""
+    was, now = record.training.device, new.training.device
+    settings = [] if was == now else [f"device {was} -> {now}"]
+    mode = record.training.determinism.mode
+    return divergence_of(comparer, code=None, environment=environment, settings=settings, mode=mode)
 
 
 def _run_and_compare(

@@ -170,11 +170,8 @@ def reproduce(
     Refuses to train (:class:`IntegrityError`, naming the items) if a training dataset
     changed. Bitwise-mode models are compared weight for weight; statistical-mode models are
     re-run with a different seed (``seed``, default recorded + 100003) and judged on metrics and
-    predictions, against a multi-run envelope when one is given.
-
-    The re-run's step trace is compared with the recorded one step by step: the report's
-    ``divergence`` names the first optimiser step at which they differ and argues its cause;
-    ``stop_at_divergence=True`` ends the re-run there (in-process reproductions).
+    predictions, against a multi-run envelope when one is given. The report's ``divergence`` names
+    the first step whose trace differs, and why; ``stop_at_divergence`` stops the re-run there.
 
     Transforms of :mod:`reprodl.data.transforms` are rebuilt from their recorded configs; one
     of your own is refused (:class:`ReproductionError`, naming its class) unless you pass it.
@@ -198,19 +195,10 @@ def reproduce(
             model_ds, record, trust_code=trust_code, output=output, tolerance=tol, seed=seed, on_output=on_output
         )
     original = _Original(model_ds, record, load_weights(model_ds, record))
+    options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
+    comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)
     return _reproduce_in_process(
-        original,
-        tol,
-        t0,
-        transforms=transforms,
-        envelope=envelope,
-        allow=allow,
-        model_class=model_class,
-        device=device,
-        seed=seed,
-        output=output,
-        progress=progress,
-        comparer=trace_comparer(model_ds, record, stop=stop_at_divergence),
+        original, tol, t0, device=device, seed=seed, output=output, progress=progress, comparer=comparer, **options
     )
 
 

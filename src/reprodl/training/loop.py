@@ -319,9 +319,7 @@ def train_model_with_metadata_capture(
     ``id_rsa``, ``*.pem``...: :data:`reprodl.training.capture.SECRET_FILE_PATTERNS`) and symbolic links
     are not, and ``store_untracked=False`` stores none (the record names each one skipped and why).
 
-    After every optimiser step a fingerprint of the parameters is traced (:mod:`reprodl.training.trace`)
-    and stored as ``trace.npy``. ``on_step`` receives each trace row as it is made (a reproduction
-    compares them with the recorded trace); when it returns True the training stops after that step.
+    Each optimiser step is traced (:mod:`reprodl.training.trace`); ``on_step`` gets each row (True: stop).
 
     Returns:
         The sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).

@@ -183,6 +183,13 @@ def test_reproduce_re_executes_the_recorded_script_identically(script_run: dict[
     new = load_record(str(report.reproduction_uri))
     assert new.lineage.reproduces is not None and new.lineage.reproduces.uri == script_run["uri"]
     assert new.training.optimizer_steps == 46
+    assert report.divergence is not None and report.divergence.matched_to_end, report.divergence
+    assert report.divergence.compared_steps == 46 and new.results.trace is not None
+    from reprodl.modeldataset.read import load_trace
+    from reprodl.store import open_dataset
+
+    rows = load_trace(open_dataset(str(report.reproduction_uri)), new)
+    assert rows is not None and rows["epoch"][0] == 1 and rows["batch"][0] == 1 and (rows["indices"] != 0).all()
 
 
 @pytest.mark.slow

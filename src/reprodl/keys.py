@@ -41,6 +41,7 @@ PROVENANCE_FILE = "provenance.json"
 HISTORY_FILE = "history.json"
 INITIAL_WEIGHTS_FILE = "initial.safetensors"
 CODE_PATCH_FILE = "code.patch"
+TRACE_FILE = "trace.npy"  # the step trace (reprodl.training.trace), a NumPy structured array
 CODE_DIR = "code/"  # untracked files and an entry script outside git, kept with the model
 CODE_SNAPSHOT_FILE = "code/snapshot.tar"  # the tracked files at the recorded commit (run API)
 # Set by `reprodl reproduce` for the re-executed script: JSON telling start_run where to write.

@@ -13,7 +13,7 @@ from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, pri
 from reprodl.errors import ExitCode
 
 if TYPE_CHECKING:
-    from reprodl.reproduction.rerun import ReproductionReport
+    from reprodl.reproduction.rerun import Divergence, ReproductionReport
     from reprodl.training.config import TrainConfig
 
 _ALLOW = typer.Option(
@@ -285,6 +285,11 @@ def reproduce_cmd(
         "--trust-code",
         help="Run the code recorded with a model trained with start_run (your own loop) without asking.",
     ),
+    stop_at_divergence: bool = typer.Option(
+        False,
+        "--stop-at-divergence",
+        help="End the re-run at the first optimiser step whose trace differs from the recorded one.",
+    ),
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -313,6 +318,7 @@ def reproduce_cmd(
         seed=seed,
         progress=not (quiet or as_json),
         trust_code=trust_code,
+        stop_at_divergence=stop_at_divergence,
         on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
     )
     if as_json:
@@ -350,12 +356,40 @@ def print_report(report: ReproductionReport) -> None:
     )
     for reason in report.reasons:
         out.print(f"  - {reason}", markup=False)
+    if report.divergence is not None:
+        _print_divergence(report.divergence)
     if report.reproduction_uri:
         out.print(f"reproduction: {report.reproduction_uri}")
     if report.expectation is not None and report.expectation.held is not None:
         held = "held" if report.expectation.held else "did not hold"
         out.print(f"prediction ({report.expectation.expected} expected): {held}", markup=False)
     out.print(f"Verdict: [bold {colour}]{report.verdict}[/]")
+
+
+def _print_divergence(div: Divergence) -> None:
+    """The divergence section: the first divergent step, what moved, how the gap grew, the causes."""
+    out.print(f"divergence: {div.summary()}", markup=False)
+    if div.matched_to_end or div.step is None:
+        if div.note and div.compared_steps:
+            out.print(f"  {div.note}", markup=False)
+        return
+    for t in div.tensors:
+        out.print(
+            f"  {t['name']}: fingerprint {t['recorded']!r} -> {t['reproduced']!r} ({t['abs_diff']:.3g})", markup=False
+        )
+    if div.loss is not None:
+        out.print(f"  loss at that step: {div.loss['recorded']!r} -> {div.loss['reproduced']!r}", markup=False)
+    said = {True: "differed", False: "were the same", None: "not traced"}
+    out.print(
+        f"  batch sample indices {said[div.indices_differ]}; batch contents {said[div.contents_differ]}",
+        markup=False,
+    )
+    if len(div.growth) > 1:
+        out.print("  gap after: " + ", ".join(f"step {g['step']}: {g['max_abs_diff']:.3g}" for g in div.growth))
+    if div.stopped:
+        out.print("  the re-run was stopped there (--stop-at-divergence)")
+    for cause in div.causes:
+        out.print(f"  cause: {cause}", markup=False)
 
 
 def _print_checks(report: ReproductionReport) -> None:

@@ -16,6 +16,7 @@ from reprodl.provenance import ProvenanceRecord, parse_record
 from reprodl.store import StoredDataSet, open_dataset
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 #: File suffixes of weights saved with pickle (``torch.save``), which are never loaded.
@@ -78,3 +79,38 @@ def load_weights(ds: StoredDataSet, record: ProvenanceRecord | None = None) -> d
                 problems=["weights digest mismatch"],
             )
     return state
+
+
+def load_trace(ds: StoredDataSet, record: ProvenanceRecord) -> np.ndarray | None:
+    """The step trace of a model dataset (``trace.npy``), checked against the record; None when it has none.
+
+    Rows of a NumPy structured array (see :mod:`reprodl.training.trace`), read with
+    ``allow_pickle=False``.
+    """
+    import hashlib
+    import io
+
+    import numpy as np
+
+    info = record.results.trace
+    if info is None:
+        return None
+    try:
+        path = ds.item_path(ds.identifier_of(info.item))
+    except KeyError:
+        raise ModelLoadError(
+            f"{ds.uri} has no {info.item} item, but its record names a step trace: use a complete copy of the model"
+        ) from None
+    with open(path, "rb") as f:
+        data = f.read()
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    if info.sha256 and actual != info.sha256:
+        raise IntegrityError(
+            f"{ds.uri}: the step trace {info.item} does not match the provenance record "
+            f"(record {info.sha256}, item {actual})",
+            problems=["trace digest mismatch"],
+        )
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        raise ModelLoadError(f"{ds.uri}: {info.item} is not a NumPy array file without objects ({exc})") from None

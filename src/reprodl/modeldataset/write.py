@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -191,8 +192,13 @@ def write_model(
     initial_state: dict[str, torch.Tensor] | None = None,
     manifests: dict[str, Any] | None = None,
     code_files: dict[str, Any] | None = None,
+    trace: bytes | None = None,
 ) -> None:
-    """Write weights (safetensors), record, history, README and annotations into the output."""
+    """Write weights (safetensors), record, history, README and annotations into the output.
+
+    ``trace`` is the step trace's ``trace.npy``; ``record.results.trace`` (set by the caller)
+    gets its item name and sha256, so the record digest covers it.
+    """
     writer = output_ds.writer
     assert writer is not None
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -204,6 +210,10 @@ def write_model(
         writer.put_bytes(patch.encode(), keys.CODE_PATCH_FILE)
     for relpath, path in (code_files or {}).items():
         writer.put_item(path, relpath)
+    if trace is not None and record.results.trace is not None:
+        record.results.trace.item = keys.TRACE_FILE
+        record.results.trace.sha256 = "sha256:" + hashlib.sha256(trace).hexdigest()
+        writer.put_bytes(trace, keys.TRACE_FILE)
     for relpath, entries in (manifests or {}).items():
         if relpath not in writer.relpaths:
             writer.put_json(entries, relpath)

@@ -334,6 +334,25 @@ class EpochMetrics(_Part):
     wall_time_s: float = Field(0.0, description="seconds the epoch took")
 
 
+class StepTrace(_Part):
+    """The step trace: a fingerprint of the parameters after each optimiser step (item ``trace.npy``)."""
+
+    item: str = Field(keys.TRACE_FILE, description="item holding the trace: a NumPy structured array, no pickle")
+    sha256: str | None = Field(None, description="sha256 of the trace item's bytes (so the record digest covers it)")
+    n_steps: int = Field(0, description="optimiser steps traced")
+    n_rows: int = Field(0, description="steps kept in the item (all of them up to every_step_up_to)")
+    bytes_per_step: int = Field(
+        0, description="bytes per kept step: 40 (step, epoch, batch, loss, indices digest, contents) + 8 per tensor"
+    )
+    tensors: list[str] = Field(default_factory=list, description="the parameter tensors fingerprinted, in column order")
+    sample: int = Field(
+        64, description="elements per tensor summed (float64) into its fingerprint: a fixed seeded sample"
+    )
+    sample_seed: int = Field(0, description="seed of the generator choosing each tensor's sampled elements")
+    every_step_up_to: int = Field(0, description="steps kept one by one; after that only every stride-th")
+    stride: int = Field(1, description="the stride of the steps kept after every_step_up_to (1: every step kept)")
+
+
 class Results(_Part):
     """What the training produced."""
 
@@ -349,6 +368,9 @@ class Results(_Part):
     logged: list[dict[str, Any]] = Field(
         default_factory=list,
         description="metrics logged with run.log, in order; each has an epoch or a step",
+    )
+    trace: StepTrace | None = Field(
+        None, description="the step trace: parameter fingerprints, loss and batch digests after each optimiser step"
     )
 
 

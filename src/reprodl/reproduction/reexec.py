@@ -32,13 +32,20 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.errors import IntegrityError, ReproductionError, UnsafeImportError
-from reprodl.modeldataset.read import load_weights, read_record
+from reprodl.modeldataset.read import load_trace, load_weights, read_record
 from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.compare import Tolerance, compare_weights, statistical_metrics_ok
+from reprodl.reproduction.divergence import Divergence, TraceComparer
 from reprodl.reproduction.environment import EnvDifference, check_environment
-from reprodl.reproduction.rerun import STATISTICAL_SEED_OFFSET, ReproductionReport, _reproduction_name
+from reprodl.reproduction.rerun import (
+    STATISTICAL_SEED_OFFSET,
+    ReproductionReport,
+    _reproduction_name,
+    divergence_of,
+    trace_comparer,
+)
 from reprodl.reproduction.verdict import Verdict, environment_reasons
 from reprodl.store import StoredDataSet, local_path, open_dataset
 from reprodl.training.snapshot import code_digest, materialise
@@ -140,13 +147,14 @@ def reproduce_by_reexecution(
         working_directory=plan.working_directory,
         code_digest=plan.code_digest,
     )
-    new_uri, new_record, weights, training_s = _run_and_compare(
+    new_uri, new_record, weights, training_s, comparer = _run_and_compare(
         model_ds, record, plan, output=output, tolerance=tolerance, on_output=on_output
     )
     timings = {"training_s": training_s}
     metrics = compare_logged(record, new_record)
     order_matches = record.training.data_order_digests == new_record.training.data_order_digests
     verdict, reasons = _judge(record, new_record, weights, metrics, order_matches, environment, tolerance)
+    divergence = _divergence(record, new_record, comparer, environment)
     timings.update(original_training_s=record.results.wall_time_s, total_s=time.perf_counter() - t0)
     return ReproductionReport(
         original_uri=model_ds.uri,
@@ -163,7 +171,18 @@ def reproduce_by_reexecution(
         tolerance=dataclasses.asdict(tolerance),
         timings=timings,
         expectation=expectation.settle(verdict),
+        divergence=divergence,
     )
+
+
+def _divergence(
+    record: ProvenanceRecord, new: ProvenanceRecord, comparer: TraceComparer | None, environment: list[EnvDifference]
+) -> Divergence:
+    """The divergence section of a re-executed run (its code is the stored code: not a cause)."""
+    was, now = record.training.device, new.training.device
+    settings = [] if was == now else [f"device {was} -> {now}"]
+    mode = record.training.determinism.mode
+    return divergence_of(comparer, code=None, environment=environment, settings=settings, mode=mode)
 
 
 def _run_and_compare(
@@ -174,8 +193,9 @@ def _run_and_compare(
     output: str | None,
     tolerance: Tolerance,
     on_output: Callable[[str], None] | None,
-) -> tuple[str, ProvenanceRecord, dict[str, Any], float]:
-    """Run the plan in temporary directories; (new model URI, its record, weights comparison, seconds)."""
+) -> tuple[str, ProvenanceRecord, dict[str, Any], float, TraceComparer | None]:
+    """Run the plan in temporary directories; (new model URI, its record, weights comparison, seconds,
+    the new step trace compared with the recorded one: None when either has none)."""
     with contextlib.ExitStack() as stack:
         base = output or stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-reproduce-"))
         if "://" not in base:
@@ -187,7 +207,11 @@ def _run_and_compare(
         new_ds = open_dataset(new_uri)
         new_record = read_record(new_ds)
         weights = compare_weights(load_weights(model_ds, record), load_weights(new_ds, new_record), tolerance)
-    return new_uri, new_record, weights, seconds
+        comparer = trace_comparer(model_ds, record)
+        new_trace = load_trace(new_ds, new_record)
+        if comparer is not None and new_trace is not None:
+            comparer.compare_all(new_trace)
+    return new_uri, new_record, weights, seconds, comparer if new_trace is not None else None
 
 
 def _check_recorded_data(record: ProvenanceRecord, model_ds: StoredDataSet) -> list[DataCheck]:

@@ -26,11 +26,12 @@ import torch
 from reprodl import keys
 from reprodl.data.datasets import WrappedDataSet
 from reprodl.errors import ExitCode, IntegrityError, ReproductionError
-from reprodl.modeldataset.read import load_weights, read_record
+from reprodl.modeldataset.read import load_trace, load_weights, read_record
 from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck, check_code, check_patch
 from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_predictions, compare_weights
+from reprodl.reproduction.divergence import Divergence, TraceComparer, no_trace
 from reprodl.reproduction.environment import (
     EnvDifference,
     Expectation,
@@ -55,6 +56,7 @@ __all__ = [
     "STATISTICAL_SEED_OFFSET",
     "CodeCheck",
     "DataCheck",
+    "Divergence",
     "EnvDifference",
     "Expectation",
     "ReproductionReport",
@@ -92,6 +94,7 @@ class ReproductionReport:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     # Predicted from the two environments before re-running; ``held`` settled by the verdict.
     expectation: Expectation | None = None
+    divergence: Divergence | None = None
 
     @property
     def ok(self) -> bool:
@@ -109,6 +112,7 @@ class ReproductionReport:
             "code": self.code.to_dict() if self.code is not None else {},
             "environment_differences": [d.to_dict() for d in self.environment_differences],
             "expectation": self.expectation.to_dict() if self.expectation is not None else None,
+            "divergence": self.divergence.to_dict() if self.divergence is not None else None,
             "ok": self.ok,
         }
 
@@ -165,6 +169,7 @@ def reproduce(
     transforms: Mapping[str, Callable[[Any], Any]] | None = None,
     trust_code: bool = False,
     on_output: Callable[[str], None] | None = None,
+    stop_at_divergence: bool = False,
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
@@ -175,7 +180,8 @@ def reproduce(
     Refuses to train (:class:`IntegrityError`, naming the items) if a training dataset
     changed. Bitwise-mode models are compared weight for weight; statistical-mode models are
     re-run with a different seed (``seed``, default recorded + 100003) and judged on metrics and
-    predictions, against a multi-run envelope when one is given.
+    predictions, against a multi-run envelope when one is given. The report's ``divergence`` names
+    the first step whose trace differs, and why; ``stop_at_divergence`` stops the re-run there.
 
     Transforms of :mod:`reprodl.data.transforms` are rebuilt from their recorded configs; one
     of your own is refused (:class:`ReproductionError`, naming its class) unless you pass it.
@@ -198,19 +204,42 @@ def reproduce(
         return reproduce_by_reexecution(
             model_ds, record, trust_code=trust_code, output=output, tolerance=tol, seed=seed, on_output=on_output
         )
+    original = _Original(model_ds, record, load_weights(model_ds, record))
+    options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
+    comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)
     return _reproduce_in_process(
-        _Original(model_ds, record, load_weights(model_ds, record)),
-        tol,
-        t0,
-        transforms=transforms,
-        envelope=envelope,
-        allow=allow,
-        model_class=model_class,
-        device=device,
-        seed=seed,
-        output=output,
-        progress=progress,
+        original, tol, t0, device=device, seed=seed, output=output, progress=progress, comparer=comparer, **options
     )
+
+
+def trace_comparer(model_ds: StoredDataSet, record: ProvenanceRecord, *, stop: bool = False) -> TraceComparer | None:
+    """A comparer against the model's recorded step trace; None when the record has none, or in
+    statistical mode (the re-run uses another seed, so its steps are not the recorded ones)."""
+    if record.training.determinism.mode == "statistical":
+        return None
+    recorded = load_trace(model_ds, record)
+    if recorded is None or record.results.trace is None:
+        return None
+    return TraceComparer(recorded, record.results.trace.tensors, stop=stop)
+
+
+def divergence_of(
+    comparer: TraceComparer | None,
+    *,
+    code: CodeCheck | None,
+    environment: list[EnvDifference],
+    settings: list[str],
+    mode: str = "bitwise",
+) -> Divergence:
+    """The divergence section: the comparer's result, or why there is none."""
+    if mode == "statistical":
+        return no_trace("statistical mode: the re-run uses another seed, so its steps are not compared one by one")
+    if comparer is None:
+        return no_trace(
+            "the original has no step trace (trained before reprodl recorded one): the first divergent step "
+            "cannot be named"
+        )
+    return comparer.result(code=code, environment=environment, settings=settings)
 
 
 def _reproduce_in_process(
@@ -226,6 +255,7 @@ def _reproduce_in_process(
     seed: int | None,
     output: str | None,
     progress: bool,
+    comparer: TraceComparer | None,
 ) -> ReproductionReport:
     """The steps of an in-process reproduction (a record of the built-in trainer or a config)."""
     reasons: list[str] = []
@@ -236,13 +266,26 @@ def _reproduce_in_process(
     )
     reasons += training.reasons
     t_train = time.perf_counter()
-    new_record, reproduction_uri = _train(original, training, output=output, progress=progress)
+    new_record, reproduction_uri = _train(original, training, output=output, progress=progress, on_step=comparer)
     training_s = time.perf_counter() - t_train
+    settings = list(training.reasons)
+    if original.record.training.device != new_record.training.device:
+        settings.append(f"device {original.record.training.device} -> {new_record.training.device}")
+    divergence = divergence_of(
+        comparer,
+        code=checks.code,
+        environment=checks.environment,
+        settings=settings,
+        mode=original.record.training.determinism.mode,
+    )
+    if divergence.stopped:
+        reasons.append(f"the re-run was stopped at step {divergence.step}, its first divergent step")
     comparison = _compare(original, training, new_record, tol, allow=allow, model_class=model_class)
     judgement = _judge(original, new_record, comparison, checks, tol, envelope=envelope, reasons=reasons)
     timings = {"data_check_s": checks.seconds, "training_s": training_s}
     timings.update(original_training_s=original.record.results.wall_time_s, total_s=time.perf_counter() - t0)
-    return _report(original, checks, comparison, judgement, tol, reproduction_uri=reproduction_uri, timings=timings)
+    report = _report(original, checks, comparison, judgement, tol, reproduction_uri=reproduction_uri, timings=timings)
+    return dataclasses.replace(report, divergence=divergence)
 
 
 # --- the steps -----------------------------------------------------------------------------
@@ -309,7 +352,7 @@ def _run_params(record: ProvenanceRecord, *, device: str | None, seed: int | Non
 
 
 def _train(
-    original: _Original, training: _Training, *, output: str | None, progress: bool
+    original: _Original, training: _Training, *, output: str | None, progress: bool, on_step: Any = None
 ) -> tuple[ProvenanceRecord, str | None]:
     """Train again into a model dataset under ``output`` (else a temporary directory, removed).
 
@@ -344,6 +387,7 @@ def _train(
                 progress=progress,
                 model_name=record.model_name,
                 reproduces=ref_self,
+                on_step=on_step,
             )
     return new_record, out.uri if output is not None else None
 

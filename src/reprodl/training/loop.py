@@ -48,6 +48,7 @@ from reprodl.provenance import (
     OptimizerInfo,
     ProvenanceRecord,
     Results,
+    StepTrace,
     Training,
     store_readmes_once,
 )
@@ -63,6 +64,7 @@ from reprodl.training.capture import (
 )
 from reprodl.training.params import Parameters, check_trainer_keys
 from reprodl.training.seeding import SeedPlan
+from reprodl.training.trace import StepCallback, StepTracer
 
 EpochCallback = Callable[[EpochMetrics], None]
 ProgressCallback = Callable[[str, int, int], None]
@@ -79,6 +81,7 @@ class EpochSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.epoch = 0
         self.order_digest: str | None = None
+        self.last_order: torch.Tensor | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -92,6 +95,7 @@ class EpochSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order()
+        self.last_order = order
         self.order_digest = "sha256:" + hashlib.sha256(order.numpy().astype("<i8").tobytes()).hexdigest()
         for batch in torch.split(order, self.batch_size):
             yield batch.tolist()
@@ -280,6 +284,7 @@ class _Trained:
     determinism: Determinism
     wall_time_s: float
     optimizer_steps: int
+    trace: StepTracer
 
 
 def train_model_with_metadata_capture(
@@ -301,6 +306,7 @@ def train_model_with_metadata_capture(
     config: dict[str, Any] | None = None,
     require_clean_code: bool = False,
     store_untracked: bool = True,
+    on_step: StepCallback | None = None,
 ) -> ProvenanceRecord:
     """Train ``model`` and write it, with its full provenance, into ``output_ds``.
 
@@ -312,6 +318,8 @@ def train_model_with_metadata_capture(
     files are stored with the model: git-ignored files, files named like secrets (``.env``,
     ``id_rsa``, ``*.pem``...: :data:`reprodl.training.capture.SECRET_FILE_PATTERNS`) and symbolic links
     are not, and ``store_untracked=False`` stores none (the record names each one skipped and why).
+
+    Each optimiser step is traced (:mod:`reprodl.training.trace`); ``on_step`` gets each row (True: stop).
 
     Returns:
         The sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
@@ -329,13 +337,14 @@ def train_model_with_metadata_capture(
     loop = _Loop(
         model, optimiser, loss_fn, scheduler, params, output_ds, target, _progress_reporter(progress), on_epoch
     )
+    loop.tracer = StepTracer(model, on_step=on_step)
     trained = loop.run(seeds, t_start=captured.t_start)
     training = _training_part(captured, trained, params, seeds=seeds, device=target)
     lineage = Lineage(parent=captured.parent, reproduces=reproduces)
     record = _make_record(
         captured, trained, training, code.info, roles, name=model_name or output_ds.name, lineage=lineage
     )
-    _write(output_ds, model, record, captured, code, roles)
+    _write(output_ds, model, record, captured, code, roles, trace=trained.trace.to_bytes())
     assert output_ds.record is not None
     return output_ds.record
 
@@ -450,6 +459,8 @@ class _Loop:
     report: ProgressCallback | None
     on_epoch: EpochCallback | None
     optimizer_steps: int = 0
+    tracer: StepTracer | None = None
+    sampler: EpochSampler | None = None
 
     def run(self, seeds: SeedPlan, *, t_start: float) -> _Trained:
         """Every epoch, under the determinism settings, from the seeds of ``seeds``."""
@@ -458,6 +469,9 @@ class _Loop:
         loader, sampler = make_loader(
             data, self.params.batch_size, seeds=seeds, shuffle=self.params.shuffle, device=self.target
         )
+        self.sampler = sampler
+        tracer = self.tracer if self.tracer is not None else StepTracer(self.model)
+        self.tracer = tracer
         history: list[EpochMetrics] = []
         order_digests: list[str] = []
         # The optimiser's state (momentum buffers...) follows the model to the device.
@@ -475,7 +489,12 @@ class _Loop:
                 history.append(metrics)
                 if self.on_epoch:
                     self.on_epoch(metrics)
-        return _Trained(history, order_digests, determinism, time.perf_counter() - t_start, self.optimizer_steps)
+                if tracer.stop_requested:
+                    break
+        tracer.flush()
+        return _Trained(
+            history, order_digests, determinism, time.perf_counter() - t_start, self.optimizer_steps, tracer
+        )
 
     def _epoch(self, epoch: int, loader: DataLoader, *, n_samples: int) -> EpochMetrics:
         """One epoch's steps, the scheduler's step, the divergence check and the validation."""
@@ -510,15 +529,32 @@ class _Loop:
             y = y.to(target, non_blocking=True)
             loss = self.loss_fn(self.model(x), y)
             (loss / k if k > 1 else loss).backward()
+            self._note_batch(i, x)
             if (i + 1) % k == 0 or i + 1 == n_batches:
                 self._update()
+                self._trace(loss, epoch, i)
             loss_sum += loss.detach() * len(y)
             if not self.params.allow_nonfinite_loss:
                 bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
                 first_bad = torch.where(bad, torch.full_like(first_bad, i), first_bad)
             if self.report:
                 self.report(f"epoch {epoch + 1}/{self.params.n_epochs}", i + 1, n_batches)
+            if self.tracer is not None and self.tracer.stop_requested:
+                break
         return loss_sum, first_bad
+
+    def _note_batch(self, i: int, x: torch.Tensor) -> None:
+        """Tell the tracer batch ``i``'s sample indices (from the sampler's order) and inputs."""
+        if self.tracer is None:
+            return
+        order = self.sampler.last_order if self.sampler is not None else None
+        bs = self.params.batch_size
+        self.tracer.batch(indices=order[i * bs : (i + 1) * bs] if order is not None else None, inputs=x)
+
+    def _trace(self, loss: torch.Tensor, epoch: int, i: int) -> None:
+        """Trace the parameters after the optimiser step that ended batch ``i`` of ``epoch`` (both from 0)."""
+        if self.tracer is not None:
+            self.tracer.step(loss=loss, epoch=epoch + 1, batch=i + 1)
 
     def _update(self) -> None:
         """One optimiser step: the gradients clipped, the step counted, a per-step scheduler stepped."""
@@ -579,6 +615,7 @@ def _make_record(
         wall_time_s=trained.wall_time_s,
         started_at=captured.started,
         finished_at=_utcnow(),
+        trace=StepTrace.model_validate(trained.trace.description()),
     )
     return ProvenanceRecord(
         model_name=name,
@@ -601,8 +638,10 @@ def _write(
     captured: _Captured,
     code: _CapturedCode,
     roles: list[tuple[str, WrappedDataSet]],
+    *,
+    trace: bytes,
 ) -> None:
-    """The model dataset's items: weights, record, copies of the data's manifests, code."""
+    """The model dataset's items: weights, record, copies of the data's manifests, code, step trace."""
     manifests = {}
     for ref, (_, ds) in zip(record.data, roles):
         ref.manifest_item = f"{keys.MANIFESTS_DIR}/{ds.uuid}.json"
@@ -616,6 +655,7 @@ def _write(
         manifests=manifests,
         code_files=code.files,
         initial_state=captured.initial_state if stored else None,
+        trace=trace,
     )
 
 

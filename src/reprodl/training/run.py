@@ -52,6 +52,7 @@ from reprodl.provenance import (
     ModelRef,
     ProvenanceRecord,
     Results,
+    StepTrace,
     Training,
     store_readmes_once,
 )
@@ -71,6 +72,7 @@ from reprodl.training.capture import (
 )
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.snapshot import capture_snapshot
+from reprodl.training.trace import StepTracer
 
 ROLES = ("train", "valid", "test")
 IN_MEMORY = "in-memory"
@@ -134,6 +136,7 @@ class _RecordedOrder(Sampler[int]):
     def __init__(self, n: int, *, seed: int, shuffle: bool, on_order: Any) -> None:
         self.n, self.seed, self.shuffle, self.on_order = n, seed, shuffle, on_order
         self.passes = 0
+        self.last_order: torch.Tensor | None = None
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
@@ -143,11 +146,28 @@ class _RecordedOrder(Sampler[int]):
         else:
             order = torch.arange(self.n)
         self.passes += 1
+        self.last_order = order
         self.on_order("sha256:" + hashlib.sha256(order.numpy().astype("<i8").tobytes()).hexdigest())
         return iter(order.tolist())
 
     def __len__(self) -> int:
         return self.n
+
+
+class _TracedLoader(DataLoader):
+    """A DataLoader telling ``on_batch`` of each batch it yields: (pass, batch from 1, sample indices, batch)."""
+
+    on_batch: Any = None
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator over the base iterator
+        sampler = self.sampler
+        bs = self.batch_size or 1
+        for i, batch in enumerate(super().__iter__()):
+            order = getattr(sampler, "last_order", None)
+            if self.on_batch is not None:
+                indices = order[i * bs : (i + 1) * bs] if order is not None else None
+                self.on_batch(getattr(sampler, "passes", 0), i + 1, indices, batch)
+            yield batch
 
 
 class Run:
@@ -180,6 +200,8 @@ class Run:
         self._loader_info: dict[str, Any] = {}
         self._watched: dict[str, Any] = {}
         self._steps = 0
+        self._tracer: StepTracer | None = None
+        self._where = (0, 0)  # (pass, batch) of the training loader's last batch
         self._hooks: list[Any] = []
         self._saved: dict[str, torch.Tensor] | None = None
         self._device = "cpu"
@@ -302,10 +324,20 @@ class Run:
             "scheduler": describe_callable(scheduler) if scheduler is not None else None,
             "loss": describe_loss(loss),
         }
+        self._tracer = StepTracer(model)
         self._hooks.append(optimizer.register_step_post_hook(self._count_step))
 
     def _count_step(self, *_: Any) -> None:
         self._steps += 1
+        if self._tracer is not None:
+            self._tracer.step(epoch=self._where[0], batch=self._where[1])
+
+    def _on_batch(self, epoch: int, batch: int, indices: torch.Tensor | None, data: Any) -> None:
+        """A batch of the training loader: where the run is, and what the next step learns from."""
+        self._where = (epoch, batch)
+        if self._tracer is not None:
+            inputs = data[0] if isinstance(data, (list, tuple)) and data else data
+            self._tracer.batch(indices=indices, inputs=inputs if isinstance(inputs, torch.Tensor) else None)
 
     def loader(self, ds: Any, batch_size: int = 1, shuffle: bool = False, **kw: Any) -> DataLoader:
         """A DataLoader whose order is seeded from the run's seed and recorded (a digest per pass).
@@ -333,7 +365,10 @@ class Run:
             kw.setdefault("collate_fn", collate)
         if role == "train" and not self._loader_info:
             self._loader_info = {"batch_size": batch_size, "shuffle": shuffle, "num_workers": kw.get("num_workers", 0)}
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, generator=g, **kw)
+        loader = _TracedLoader(ds, batch_size=batch_size, sampler=sampler, generator=g, **kw)
+        if role == "train":
+            loader.on_batch = self._on_batch
+        return loader
 
     def record_loader(self, loader: DataLoader) -> None:
         """Record a training loader the run did not build (batch size, shuffle, workers; not its order).
@@ -393,6 +428,7 @@ class Run:
             patch=self._patch,
             manifests=manifests,
             code_files=self._code_files,
+            trace=self._tracer.to_bytes() if self._tracer is not None else None,
         )
         self.record = output.record
 
@@ -443,6 +479,7 @@ class Run:
             started_at=self._started,
             finished_at=_utcnow(),
             logged=list(self._logged),
+            trace=StepTrace.model_validate(self._tracer.description()) if self._tracer is not None else None,
         )
 
 

@@ -107,7 +107,8 @@ def test_high_lr_beats_tiny_lr_and_the_claim_verifies(digits_split_master, tmp_p
     verified = cli("verify", claim, "--json")
     assert verified.exit_code == 0, verified.stdout
     checks = json.loads(verified.stdout)["checks"]
-    assert sum(c["name"].startswith("member ") for c in checks) == 16
+    assert sum(c["name"].startswith("member ") for c in checks) == 24
+    assert all(c["ok"] for c in checks)
     # Tampering with one member's weights fails the claim's verify, naming the member.
     member = path_of(report["runs"]["b"][2]["uri"]) / "data" / keys.WEIGHTS_FILE
     raw = bytearray(member.read_bytes())
@@ -128,3 +129,18 @@ def test_a_recipe_against_itself_and_a_rerun_gives_identical_numbers(digits_spli
     again = claims.compare(cfg, seeds=3, output=str(tmp_path / "second")).to_dict()
     assert _numbers(again) == _numbers(first)
     assert again["claim_uri"] != first["claim_uri"]
+
+
+def test_a_pool_of_processes_gives_the_numbers_of_one_process(digits_split_master, tmp_path):
+    for folder in ("one", "pool"):
+        (tmp_path / folder).mkdir()
+    cfg = digits_config(digits_split_master, tmp_path / "one", name="pool")
+    one = claims.compare(cfg, seeds=2, set_b=["lr=0.01"]).to_dict()
+    pool = claims.compare(cfg, seeds=2, set_b=["lr=0.01"], jobs=2, output=str(tmp_path / "pool")).to_dict()
+    assert _numbers(pool) == _numbers(one)
+
+
+def test_a_leftover_run_of_a_failed_compare_moves_the_claim_name_on(digits_split_master, tmp_path):
+    out = tmp_path / "out"
+    (out / "pool-vs-pool.b.seed1").mkdir(parents=True)
+    assert claims._claim_name(str(out), "pool-vs-pool", seeds=2, base=0) == "pool-vs-pool-2"

@@ -191,6 +191,19 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _claim_name(output: str, name: str, *, seeds: int, base: int) -> str:
+    """The first of ``name``, ``name-2``... free under ``output`` for the claim and all its runs."""
+    from reprodl.training.config import free_name
+
+    n = 1
+    while True:
+        claim = name if n == 1 else f"{name}-{n}"
+        runs = [f"{claim}.{side}.seed{base + i}" for i in range(seeds) for side in "ab"]
+        if all(free_name(output, x) == x for x in [claim, *runs]):
+            return claim
+        n += 1
+
+
 def _plan(cfg_a: Any, cfg_b: Any, *, seeds: int, claim: str) -> list[tuple[str, dict[str, Any], str]]:
     """(side, config, run name) of every run: run i of A and of B share the seed base + i."""
     base = int(cfg_a.params.get("seed", 0))
@@ -260,8 +273,6 @@ def compare(
     Raises:
         ParametersError: fewer than 2 seeds, jobs < 1, an unsupported ``vary``, a missing metric.
     """
-    from reprodl.training.config import free_name
-
     if seeds < 2:
         raise ParametersError(f"a comparison needs at least 2 runs per recipe, but got --seeds {seeds}")
     if jobs < 1:
@@ -270,7 +281,7 @@ def compare(
     cfg_a = _load(a, list(set_a))
     cfg_b = _load(a if b is None else b, list(set_b))
     out = output or cfg_a.output
-    claim = free_name(out, f"{cfg_a.name}-vs-{cfg_b.name}")
+    claim = _claim_name(out, f"{cfg_a.name}-vs-{cfg_b.name}", seeds=seeds, base=int(cfg_a.params.get("seed", 0)))
     for cfg in (cfg_a, cfg_b):
         cfg.output = out
     plan = _plan(cfg_a, cfg_b, seeds=seeds, claim=claim)
@@ -382,30 +393,49 @@ def load_claim(uri: str) -> dict[str, Any]:
 
 
 def verify_claim(uri: str, *, allow: Iterable[str] = ()) -> Any:
-    """Check a claim: its own items, then each member model (verify) and its record digest.
+    """Check a claim: its own items, then each member (verify, record digest, recorded value).
 
     Returns a :class:`~reprodl.modeldataset.verify.ModelVerification` whose checks are the
-    claim's and one per member; the numbers are re-derived from the members' recorded values.
+    claim's and three per member; P(A>B) is re-derived from the members' records.
     """
-    from reprodl.modeldataset.read import load_record
-    from reprodl.modeldataset.verify import ModelVerification, verify_model
+    from reprodl.modeldataset.verify import ModelVerification
+    from reprodl.store import open_dataset
 
+    ds = open_dataset(uri)
+    result = ModelVerification(uri=ds.uri)
+    items = ds.verify(deep=True)
+    result.add("claim dataset items match its manifest", items.ok, "; ".join(items.problems()))
     claim = load_claim(uri)
-    result = ModelVerification(uri=uri)
     runs = claim.get("runs", {})
+    values: dict[str, list[float | None]] = {"a": [], "b": []}
     for side in ("a", "b"):
         for member in runs.get(side, []):
-            label = f"member {side.upper()} seed {member.get('seed')}"
-            check = verify_model(member["uri"], allow=allow)
-            failed = [c.name for c in check.checks if not c.ok]
-            result.add(f"{label}: verify", check.ok, f"{member['uri']}: {', '.join(failed)}")
-            digest = load_record(member["uri"], check=False).digest if check.ok else None
-            result.add(
-                f"{label}: record digest",
-                digest == member.get("record_digest"),
-                f"claim says {member.get('record_digest')}, model has {digest}",
-            )
-    values = [[m["value"] for m in runs.get(s, [])] for s in ("a", "b")]
-    p = probability_a_better(*values) if values[0] else None
-    result.add("P(A>B) from the members' values", p == claim.get("probability_a_better"), f"recomputed {p}")
+            values[side].append(_verify_member(result, side, member, claim.get("metric", ""), allow))
+    if all(v is not None for side in values.values() for v in side) and values["a"]:
+        p = probability_a_better(values["a"], values["b"])  # type: ignore[arg-type]  # None excluded just above
+        result.add("P(A>B) from the members' records", p == claim.get("probability_a_better"), f"recomputed {p}")
     return result
+
+
+def _verify_member(result: Any, side: str, member: dict[str, Any], metric: str, allow: Iterable[str]) -> float | None:
+    """Add a member's checks to ``result``; the value its record gives (``None`` if unreadable)."""
+    from reprodl.modeldataset.read import load_record
+    from reprodl.modeldataset.verify import verify_model
+
+    label = f"member {side.upper()} seed {member.get('seed')}"
+    check = verify_model(member["uri"], allow=allow)
+    failed = [c.name for c in check.checks if not c.ok]
+    result.add(f"{label}: verify", check.ok, f"{member['uri']}: {', '.join(failed)}")
+    if not check.ok:
+        return None
+    record = load_record(member["uri"], check=False)
+    result.add(
+        f"{label}: record digest",
+        record.digest == member.get("record_digest"),
+        f"the claim says {member.get('record_digest')}, the model's record is {record.digest}",
+    )
+    value = record.results.final.get(metric)
+    result.add(
+        f"{label}: {metric}", value == member.get("value"), f"the claim says {member.get('value')}, the record {value}"
+    )
+    return value if isinstance(value, (int, float)) else None

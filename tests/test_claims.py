@@ -143,4 +143,35 @@ def test_a_pool_of_processes_gives_the_numbers_of_one_process(digits_split_maste
 def test_a_leftover_run_of_a_failed_compare_moves_the_claim_name_on(digits_split_master, tmp_path):
     out = tmp_path / "out"
     (out / "pool-vs-pool.b.seed1").mkdir(parents=True)
-    assert claims._claim_name(str(out), "pool-vs-pool", seeds=2, base=0) == "pool-vs-pool-2"
+    assert claims._claim_name(str(out), "pool-vs-pool", sides="ab", seeds=2, base=0) == "pool-vs-pool-2"
+
+
+def test_variant_parsing():
+    assert claims.parse_variant("no-momentum: optimizer.momentum=0 lr=0.1") == (
+        "no-momentum",
+        ["optimizer.momentum=0", "lr=0.1"],
+    )
+    for bad in ("no-momentum optimizer.momentum=0", "bad name: lr=1", "x: lr", "x:"):
+        with pytest.raises(ParametersError, match="NAME: key=value"):
+            claims.parse_variant(bad)
+
+
+def test_ablate_one_line_per_variant_each_a_claim(digits_split_master, tmp_path, cli):
+    config = _config(tmp_path, digits_split_master, "digits")
+    result = cli(
+        "ablate", config, "--seeds", "3", "--variant", "tiny-lr: lr=0.0005", "--variant", "same: lr=0.05", "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [r["seed"] for r in report["base"]] == [0, 1, 2]
+    tiny, same = report["variants"]["tiny-lr"], report["variants"]["same"]
+    assert tiny["verdict"] == "A better" and tiny["probability_a_better"] == 1.0
+    assert same["verdict"] == "no detectable difference" and same["probability_a_better"] == 0.5
+    assert [r["uri"] for r in tiny["runs"]["a"]] == [r["uri"] for r in same["runs"]["a"]]  # the base, trained once
+    assert claims.is_claim(tiny["claim_uri"]) and claims.is_claim(same["claim_uri"])
+    text = cli("ablate", config, "--seeds", "2", "--set", "lr=0.1", "--variant", "tiny-lr: lr=0.0005")
+    assert text.exit_code == 0, text.stderr
+    assert "tiny-lr: 1.000 [1.000, 1.000]  A better" in text.stdout
+    line = next(x for x in text.stdout.splitlines() if "tiny-lr:" in x)
+    ablation = claims.load_claim(line.split()[-1])  # the line ends with its claim's URI
+    assert ablation["recipes"]["a"].endswith("with lr=0.1") and ablation["recipes"]["b"].endswith("lr=0.1 lr=0.0005")

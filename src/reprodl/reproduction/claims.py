@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,25 +192,27 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _claim_name(output: str, name: str, *, seeds: int, base: int) -> str:
-    """The first of ``name``, ``name-2``... free under ``output`` for the claim and all its runs."""
+def _claim_name(
+    output: str, name: str, *, sides: Sequence[str], seeds: int, base: int, extra: Sequence[str] = ()
+) -> str:
+    """The first of ``name``, ``name-2``... free under ``output`` for the claim, its runs and ``extra`` suffixes."""
     from reprodl.training.config import free_name
 
     n = 1
     while True:
         claim = name if n == 1 else f"{name}-{n}"
-        runs = [f"{claim}.{side}.seed{base + i}" for i in range(seeds) for side in "ab"]
-        if all(free_name(output, x) == x for x in [claim, *runs]):
+        taken = [f"{claim}.{side}.seed{base + i}" for i in range(seeds) for side in sides]
+        taken += [f"{claim}{suffix}" for suffix in extra]
+        if all(free_name(output, x) == x for x in [claim, *taken]):
             return claim
         n += 1
 
 
-def _plan(cfg_a: Any, cfg_b: Any, *, seeds: int, claim: str) -> list[tuple[str, dict[str, Any], str]]:
-    """(side, config, run name) of every run: run i of A and of B share the seed base + i."""
-    base = int(cfg_a.params.get("seed", 0))
+def _plan(cfgs: dict[str, Any], *, seeds: int, base: int, claim: str) -> list[tuple[str, dict[str, Any], str]]:
+    """(side, config, run name) of every run: run i of every side shares the seed base + i."""
     plan = []
     for i in range(seeds):
-        for side, cfg in (("a", cfg_a), ("b", cfg_b)):
+        for side, cfg in cfgs.items():
             run_cfg = cfg.model_copy(deep=True)
             run_cfg.params = {**cfg.params, "seed": base + i}
             plan.append((side, run_cfg.model_dump(mode="json", by_alias=True), f"{claim}.{side}.seed{base + i}"))
@@ -220,7 +223,7 @@ def _run_all(
     plan: list[tuple[str, dict[str, Any], str]], *, metric: str, jobs: int, on_run: Callable[[str, RunValue], None]
 ) -> dict[str, list[RunValue]]:
     """Train the plan, sequentially (``jobs=1``) or on a pool of ``jobs`` single-threaded processes."""
-    runs: dict[str, list[RunValue]] = {"a": [], "b": []}
+    runs: dict[str, list[RunValue]] = {side: [] for side, _, _ in plan}
     if jobs == 1:
         results: Iterable[dict[str, Any]] = (_train_run(cfg, name, metric) for _, cfg, name in plan)
     else:
@@ -238,6 +241,14 @@ def _run_all(
         runs[side].append(run)
         on_run(side, run)
     return runs
+
+
+def _check_args(seeds: int, jobs: int, vary: str | Iterable[str] | None) -> list[str]:
+    if seeds < 2:
+        raise ParametersError(f"a comparison needs at least 2 runs per recipe, but got --seeds {seeds}")
+    if jobs < 1:
+        raise ParametersError(f"--jobs must be at least 1, but got {jobs}")
+    return parse_vary(vary)
 
 
 def compare(
@@ -273,18 +284,15 @@ def compare(
     Raises:
         ParametersError: fewer than 2 seeds, jobs < 1, an unsupported ``vary``, a missing metric.
     """
-    if seeds < 2:
-        raise ParametersError(f"a comparison needs at least 2 runs per recipe, but got --seeds {seeds}")
-    if jobs < 1:
-        raise ParametersError(f"--jobs must be at least 1, but got {jobs}")
-    varied = parse_vary(vary)
+    varied = _check_args(seeds, jobs, vary)
     cfg_a = _load(a, list(set_a))
     cfg_b = _load(a if b is None else b, list(set_b))
     out = output or cfg_a.output
-    claim = _claim_name(out, f"{cfg_a.name}-vs-{cfg_b.name}", seeds=seeds, base=int(cfg_a.params.get("seed", 0)))
+    base = int(cfg_a.params.get("seed", 0))
+    claim = _claim_name(out, f"{cfg_a.name}-vs-{cfg_b.name}", sides="ab", seeds=seeds, base=base)
     for cfg in (cfg_a, cfg_b):
         cfg.output = out
-    plan = _plan(cfg_a, cfg_b, seeds=seeds, claim=claim)
+    plan = _plan({"a": cfg_a, "b": cfg_b}, seeds=seeds, base=base, claim=claim)
     runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
     recipes = {"a": _describe(a, cfg_a, set_a), "b": _describe(b if b is not None else a, cfg_b, set_b)}
     result = judge(runs, metric=metric, vary=varied, recipes=recipes)
@@ -439,3 +447,77 @@ def _verify_member(result: Any, side: str, member: dict[str, Any], metric: str, 
         f"{label}: {metric}", value == member.get("value"), f"the claim says {member.get('value')}, the record {value}"
     )
     return value if isinstance(value, (int, float)) else None
+
+
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``"no-momentum: optimizer.momentum=0 lr=0.1"`` -> ``("no-momentum", ["optimizer.momentum=0", "lr=0.1"])``."""
+    import shlex
+
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    overrides = shlex.split(rest)
+    if not sep or not VARIANT_NAME.match(name) or not overrides or any("=" not in o for o in overrides):
+        raise ParametersError(
+            f"--variant {text!r} should be 'NAME: key=value [key=value ...]' with NAME of letters, digits, - or _ "
+            "(e.g. 'no-momentum: optimizer.momentum=0')"
+        )
+    return name, overrides
+
+
+@dataclasses.dataclass
+class Ablation:
+    """The base recipe against each variant: one :class:`Comparison` (and claim) per variant."""
+
+    base: list[RunValue]
+    variants: dict[str, Comparison]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base": [r.to_dict() for r in self.base],
+            "variants": {name: c.to_dict() for name, c in self.variants.items()},
+        }
+
+
+def ablate(
+    config: Recipe,
+    variants: Iterable[str],
+    *,
+    seeds: int,
+    vary: str | Iterable[str] | None = None,
+    metric: str = DEFAULT_METRIC,
+    jobs: int = 1,
+    set_: Iterable[str] = (),
+    output: str | None = None,
+    on_run: Callable[[str, RunValue], None] | None = None,
+) -> Ablation:
+    """The base recipe against each variant (``"NAME: key=value ..."``), with P(base > variant) each.
+
+    The base is trained once (``seeds`` runs); each variant's runs share its seeds; each
+    comparison is written as a claim dataset ``<config>-ablate.vs-<NAME>``. ``set_`` overrides
+    (``key=value``) apply to the base and every variant, before the variant's own.
+    """
+    varied = _check_args(seeds, jobs, vary)
+    parsed = dict(parse_variant(v) for v in variants)
+    if not parsed or "base" in parsed:
+        raise ParametersError("give at least one --variant 'NAME: key=value', none of them called 'base'")
+    common = list(set_)
+    cfg = _load(config, common)
+    cfgs = {"base": cfg, **{name: _load(config, [*common, *overrides]) for name, overrides in parsed.items()}}
+    out = output or cfg.output
+    for c in cfgs.values():
+        c.output = out
+    base = int(cfg.params.get("seed", 0))
+    extra = [f".vs-{name}" for name in parsed]
+    prefix = _claim_name(out, f"{cfg.name}-ablate", sides=list(cfgs), seeds=seeds, base=base, extra=extra)
+    plan = _plan(cfgs, seeds=seeds, base=base, claim=prefix)
+    runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
+    results = {}
+    for name, overrides in parsed.items():
+        recipes = {"a": _describe(config, cfg, common), "b": _describe(config, cfgs[name], [*common, *overrides])}
+        result = judge({"a": runs["base"], "b": runs[name]}, metric=metric, vary=varied, recipes=recipes)
+        result.claim_uri = write_claim(result, out, f"{prefix}.vs-{name}")
+        results[name] = result
+    return Ablation(base=runs["base"], variants=results)

@@ -64,6 +64,10 @@ def test_verdict_rule(p, low, high, expected):
     assert expected in claims.VERDICTS
 
 
+def test_baseline_accuracies():
+    assert claims.baseline_accuracies({"cat": 3, "dog": 1}) == {"majority": 0.75, "stratified_random": 0.625}
+
+
 def test_vary_refuses_what_is_not_implemented_naming_what_is():
     assert claims.parse_vary(None) == ["init", "order"]
     assert claims.parse_vary("order,init") == ["init", "order"]
@@ -95,6 +99,10 @@ def test_high_lr_beats_tiny_lr_and_the_claim_verifies(digits_split_master, tmp_p
     assert report["verdict"] == "A better"
     assert report["probability_a_better"] >= 0.9
     assert report["n"] == 4 and report["metric"] == "valid_accuracy"
+    majority = report["baselines"]["majority"]
+    assert 0.1 < majority["accuracy"] < 0.11  # the digits are balanced: 37 of 359 in the largest class
+    assert majority["probability_a_better"] == 1.0
+    assert report["baselines"]["stratified_random"]["accuracy"] < majority["accuracy"]
     assert [r["seed"] for r in report["runs"]["a"]] == [r["seed"] for r in report["runs"]["b"]] == [0, 1, 2, 3]
     for run in report["runs"]["a"] + report["runs"]["b"]:
         assert open_dataset(run["uri"]).get_annotation(keys.RECORD_DIGEST) == run["record_digest"]

@@ -67,6 +67,12 @@ def _print(result: Comparison) -> None:
         markup=False,
     )
     out.print(f"Verdict: {result.verdict}", markup=False)
+    for name, row in (result.baselines or {}).items():
+        out.print(
+            f"Baseline {name.replace('_', '-')}: accuracy {row['accuracy']:.3f}; "
+            f"P(A > it) {row['probability_a_better']:.2f}, P(B > it) {row['probability_b_better']:.2f}",
+            markup=False,
+        )
     out.print(f"Rule: {result.rule}", markup=False)
     out.print(f"Claim dataset: {result.claim_uri}", markup=False)
 

@@ -79,6 +79,7 @@ class Comparison:
     recipes: dict[str, str]
     claim_uri: str | None = None
     rule: str = RULE
+    baselines: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +95,7 @@ class Comparison:
             "recipes": dict(self.recipes),
             "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
             "claim_uri": self.claim_uri,
+            "baselines": self.baselines,
             "runs": {side: [r.to_dict() for r in runs] for side, runs in self.runs.items()},
         }
 
@@ -296,6 +298,7 @@ def compare(
     runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
     recipes = {"a": _describe(a, cfg_a, set_a), "b": _describe(b if b is not None else a, cfg_b, set_b)}
     result = judge(runs, metric=metric, vary=varied, recipes=recipes)
+    result.baselines = baselines(cfg_a, metric, runs)
     result.claim_uri = write_claim(result, out, claim)
     return result
 
@@ -316,6 +319,39 @@ def judge(runs: dict[str, list[RunValue]], *, metric: str, vary: list[str], reci
         runs=runs,
         recipes=recipes,
     )
+
+
+def baseline_accuracies(counts: dict[str, int]) -> dict[str, float]:
+    """Accuracy of always predicting the majority class, and (expected) of guessing by class frequency."""
+    total = sum(counts.values())
+    if not total:
+        return {}
+    return {
+        "majority": max(counts.values()) / total,
+        "stratified_random": sum((c / total) ** 2 for c in counts.values()),
+    }
+
+
+def baselines(cfg: Any, metric: str, runs: dict[str, list[RunValue]]) -> dict[str, dict[str, float]] | None:
+    """Each baseline's accuracy on the validation data and P(recipe > baseline) for every recipe.
+
+    Only for ``valid_accuracy`` (a baseline of another metric is not defined here) with ``data.valid``.
+    """
+    from reprodl.training.config import valid_label_counts
+
+    if metric != "valid_accuracy":
+        return None
+    counts = valid_label_counts(cfg)
+    if not counts:
+        return None
+    result = {}
+    for name, accuracy in baseline_accuracies(counts).items():
+        row = {"accuracy": accuracy}
+        for side, side_runs in runs.items():
+            values = [r.value for r in side_runs]
+            row[f"probability_{side}_better"] = probability_a_better(values, [accuracy] * len(values))
+        result[name] = row
+    return result
 
 
 def _describe(recipe: Recipe, cfg: Any, overrides: Iterable[str]) -> str:
@@ -517,7 +553,9 @@ def ablate(
     results = {}
     for name, overrides in parsed.items():
         recipes = {"a": _describe(config, cfg, common), "b": _describe(config, cfgs[name], [*common, *overrides])}
-        result = judge({"a": runs["base"], "b": runs[name]}, metric=metric, vary=varied, recipes=recipes)
+        pair = {"a": runs["base"], "b": runs[name]}
+        result = judge(pair, metric=metric, vary=varied, recipes=recipes)
+        result.baselines = baselines(cfg, metric, pair)
         result.claim_uri = write_claim(result, out, f"{prefix}.vs-{name}")
         results[name] = result
     return Ablation(base=runs["base"], variants=results)

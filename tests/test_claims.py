@@ -71,8 +71,9 @@ def test_baseline_accuracies():
 def test_vary_refuses_what_is_not_implemented_naming_what_is():
     assert claims.parse_vary(None) == ["init", "order"]
     assert claims.parse_vary("order,init") == ["init", "order"]
-    with pytest.raises(ParametersError, match=r"split.*not supported yet.*init,order"):
-        claims.parse_vary("init,order,split")
+    assert claims.parse_vary("split,order,init") == ["init", "order", "split"]
+    with pytest.raises(ParametersError, match=r"bootstrap.*not supported yet.*init,order,split"):
+        claims.parse_vary("init,order,bootstrap")
     with pytest.raises(ParametersError, match=r"not a source of variation"):
         claims.parse_vary("init,weather")
     with pytest.raises(ParametersError, match=r"vary together"):
@@ -183,3 +184,18 @@ def test_ablate_one_line_per_variant_each_a_claim(digits_split_master, tmp_path,
     line = next(x for x in text.stdout.splitlines() if "tiny-lr:" in x)
     ablation = claims.load_claim(line.split()[-1])  # the line ends with its claim's URI
     assert ablation["recipes"]["a"].endswith("with lr=0.1") and ablation["recipes"]["b"].endswith("lr=0.1 lr=0.0005")
+
+
+def test_vary_split_resplits_each_pair_alike(digits_split_master, tmp_path):
+    from reprodl.modeldataset.read import load_record
+
+    (tmp_path / "out").mkdir()
+    cfg = digits_config(digits_split_master, tmp_path / "out", name="split")
+    result = claims.compare(cfg, seeds=2, vary="init,order,split")
+    assert result.vary == ["init", "order", "split"] and result.verdict == "no detectable difference"
+    splits = {}
+    for side in ("a", "b"):
+        for run in result.runs[side]:
+            record = load_record(run.uri)
+            splits[(side, run.seed)] = [d.split for d in record.data]
+    assert splits[("a", 0)] == splits[("b", 0)] != splits[("a", 1)] == splits[("b", 1)]

@@ -21,7 +21,9 @@ def compare_cmd(
     b: Optional[Path] = typer.Argument(None, help="Recipe B (default: A again, made a variant with --set-b)."),
     seeds: int = typer.Option(..., "--seeds", help="Runs per recipe (>= 2); run i of A and B share a seed."),
     vary: str = typer.Option(
-        "init,order", "--vary", help="Sources of variation randomised (supported: init,order, through the seed)."
+        "init,order",
+        "--vary",
+        help="Sources of variation randomised: init,order (through the seed), and split (resplit 80/20 per seed).",
     ),
     metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
     jobs: int = typer.Option(1, "--jobs", help="Processes training at once, each with one thread."),
@@ -88,7 +90,9 @@ def ablate_cmd(
     ),
     seeds: int = typer.Option(..., "--seeds", help="Runs per recipe (>= 2); run i of each shares a seed."),
     vary: str = typer.Option(
-        "init,order", "--vary", help="Sources of variation randomised (supported: init,order, through the seed)."
+        "init,order",
+        "--vary",
+        help="Sources of variation randomised: init,order (through the seed), and split (resplit 80/20 per seed).",
     ),
     metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
     jobs: int = typer.Option(1, "--jobs", help="Processes training at once, each with one thread."),

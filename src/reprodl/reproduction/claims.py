@@ -44,7 +44,8 @@ RULE = (
     f"A better when the {CONFIDENCE:.0%} interval's low end > 0.5 and P(A>B) >= {THRESHOLD}; "
     f"B better when its high end < 0.5 and P(A>B) <= {1 - THRESHOLD:.2f}; otherwise no detectable difference"
 )
-SUPPORTED_VARY = ("init", "order")
+SUPPORTED_VARY = ("init", "order", "split")
+SEED_VARY = ("init", "order")  # both come from each run's seed
 KNOWN_VARY = ("init", "order", "split", "bootstrap", "augment")
 DEFAULT_METRIC = "valid_accuracy"
 
@@ -138,7 +139,7 @@ def verdict(probability: float, ci_low: float, ci_high: float) -> str:
 
 def parse_vary(vary: str | Iterable[str] | None) -> list[str]:
     """The sources of variation to randomise; refuses those not implemented, naming the supported ones."""
-    names = list(SUPPORTED_VARY) if vary is None else vary.split(",") if isinstance(vary, str) else list(vary)
+    names = list(SEED_VARY) if vary is None else vary.split(",") if isinstance(vary, str) else list(vary)
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in KNOWN_VARY]
     if unknown:
@@ -146,15 +147,15 @@ def parse_vary(vary: str | Iterable[str] | None) -> list[str]:
     missing = [n for n in names if n not in SUPPORTED_VARY]
     if missing:
         raise ParametersError(
-            f"--vary {','.join(missing)} is not supported yet: compare varies {','.join(SUPPORTED_VARY)} "
-            "(through each run's seed); drop the others from --vary"
+            f"--vary {','.join(missing)} is not supported yet: compare varies {','.join(SUPPORTED_VARY)}; "
+            "drop the others from --vary"
         )
-    if sorted(set(names)) != sorted(SUPPORTED_VARY):
+    if not set(SEED_VARY) <= set(names):
         raise ParametersError(
             f"--vary {','.join(names) or '(empty)'}: init and order both come from each run's seed and vary "
-            "together; give --vary init,order"
+            "together; give --vary init,order (and split to resplit the data too)"
         )
-    return list(SUPPORTED_VARY)
+    return [n for n in SUPPORTED_VARY if n in names]
 
 
 def _load(recipe: Recipe, overrides: list[str]) -> Any:
@@ -210,12 +211,16 @@ def _claim_name(
         n += 1
 
 
-def _plan(cfgs: dict[str, Any], *, seeds: int, base: int, claim: str) -> list[tuple[str, dict[str, Any], str]]:
-    """(side, config, run name) of every run: run i of every side shares the seed base + i."""
+def _plan(
+    cfgs: dict[str, Any], *, seeds: int, base: int, claim: str, split: bool = False
+) -> list[tuple[str, dict[str, Any], str]]:
+    """(side, config, run name) of every run: run i of every side shares the seed base + i (and split)."""
+    from reprodl.training.multirun import with_split_seed
+
     plan = []
     for i in range(seeds):
         for side, cfg in cfgs.items():
-            run_cfg = cfg.model_copy(deep=True)
+            run_cfg = with_split_seed(cfg, base + i) if split else cfg.model_copy(deep=True)
             run_cfg.params = {**cfg.params, "seed": base + i}
             plan.append((side, run_cfg.model_dump(mode="json", by_alias=True), f"{claim}.{side}.seed{base + i}"))
     return plan
@@ -272,7 +277,8 @@ def compare(
         a: recipe A: a config file, a config dict or a ``TrainConfig``.
         b: recipe B; ``None`` means A again (make it a variant with ``set_b``).
         seeds: runs per recipe (>= 2); run i of both uses the seed ``A's params.seed + i``.
-        vary: the sources of variation; ``init,order`` (through the seed) is what is supported.
+        vary: the sources of variation: ``init,order`` (through the seed, always), ``split`` (the
+            data specs with a usetype resplit 80/20, stratified, by the run's seed).
         metric: the final metric compared (higher is better), e.g. ``valid_accuracy``.
         jobs: processes training at once (each with one thread).
         set_a: ``key=value`` overrides of A (as ``reprodl train --set``).
@@ -294,7 +300,7 @@ def compare(
     claim = _claim_name(out, f"{cfg_a.name}-vs-{cfg_b.name}", sides="ab", seeds=seeds, base=base)
     for cfg in (cfg_a, cfg_b):
         cfg.output = out
-    plan = _plan({"a": cfg_a, "b": cfg_b}, seeds=seeds, base=base, claim=claim)
+    plan = _plan({"a": cfg_a, "b": cfg_b}, seeds=seeds, base=base, claim=claim, split="split" in varied)
     runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
     recipes = {"a": _describe(a, cfg_a, set_a), "b": _describe(b if b is not None else a, cfg_b, set_b)}
     result = judge(runs, metric=metric, vary=varied, recipes=recipes)
@@ -548,7 +554,7 @@ def ablate(
     base = int(cfg.params.get("seed", 0))
     extra = [f".vs-{name}" for name in parsed]
     prefix = _claim_name(out, f"{cfg.name}-ablate", sides=list(cfgs), seeds=seeds, base=base, extra=extra)
-    plan = _plan(cfgs, seeds=seeds, base=base, claim=prefix)
+    plan = _plan(cfgs, seeds=seeds, base=base, claim=prefix, split="split" in varied)
     runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
     results = {}
     for name, overrides in parsed.items():

@@ -470,6 +470,10 @@ def verify_cmd(
     from reprodl.reproduction.claims import is_claim, verify_claim
 
     if is_claim(uri):
+        if data or trusted_key:
+            raise typer.BadParameter(
+                f"{uri} is a claim: verify checks each member model; verify a member for --data or --trusted-key"
+            )
         result = verify_claim(uri, allow=allow or ())
     else:
         result = verify_model(uri, data=data, allow=allow or (), trusted_keys=trusted_key or ())

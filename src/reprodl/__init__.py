@@ -29,6 +29,7 @@ _EXPORTS = {
     "ReproductionReport": "reprodl.reproduction.rerun",
     "TensorDataSet": "reprodl.data.datasets",
     "TrainedTorchModel": "reprodl.model",
+    "compare": "reprodl.reproduction.claims",
     "open_dataset": "reprodl.store",
     "reproduce": "reprodl.reproduction.rerun",
     "start_run": "reprodl.training.run",
@@ -45,6 +46,7 @@ __all__ = [
     "ReproductionReport",
     "TensorDataSet",
     "TrainedTorchModel",
+    "compare",
     "open_dataset",
     "reproduce",
     "start_run",
@@ -71,6 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from reprodl.model import TrainedTorchModel
     from reprodl.modeldataset.write import DerivedDataSet
     from reprodl.provenance import ProvenanceRecord
+    from reprodl.reproduction.claims import compare
     from reprodl.reproduction.rerun import ReproductionReport, reproduce
     from reprodl.store import open_dataset
     from reprodl.training.loop import train_model_with_metadata_capture

@@ -59,6 +59,9 @@ SUMMARY_FILE = "summary.json"
 SUMMARY_URI = "reprodl.summary_uri"
 ENVELOPE_PLOT_FILE = "envelope.png"
 SUMMARY_MEMBERS = "reprodl.members"  # a multi-run summary's annotation: its models' URIs
+KIND_CLAIM = "claim"  # a comparison of two recipes (reprodl compare), written as a dataset
+CLAIM_FILE = "claim.json"
+CLAIM_PLOT_FILE = "distributions.png"
 MANIFESTS_DIR = "manifests"  # model dataset items <MANIFESTS_DIR>/<uuid>.json: data manifests
 # Ed25519 signatures of a model dataset (a list; annotations stay writable after freezing).
 # No dot in the name: dtool-s3 splits annotation keys on dots.

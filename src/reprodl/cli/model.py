@@ -451,7 +451,7 @@ def _short(value: Any) -> str:
 @app.command("verify")
 @handle_errors
 def verify_cmd(
-    uri: str = typer.Argument(..., help="Model dataset URI."),
+    uri: str = typer.Argument(..., help="Model dataset URI (or a claim dataset from reprodl compare)."),
     data: bool = typer.Option(False, "--data", help="Also check every training dataset is reachable and unchanged."),
     allow: Optional[list[str]] = _ALLOW,
     trusted_key: Optional[list[str]] = typer.Option(
@@ -467,8 +467,16 @@ def verify_cmd(
     from rich.markup import escape
 
     from reprodl.modeldataset.verify import verify_model
+    from reprodl.reproduction.claims import is_claim, verify_claim
 
-    result = verify_model(uri, data=data, allow=allow or (), trusted_keys=trusted_key or ())
+    if is_claim(uri):
+        if data or trusted_key:
+            raise typer.BadParameter(
+                f"{uri} is a claim: verify checks each member model; verify a member for --data or --trusted-key"
+            )
+        result = verify_claim(uri, allow=allow or ())
+    else:
+        result = verify_model(uri, data=data, allow=allow or (), trusted_keys=trusted_key or ())
     if as_json:
         print_json(result.to_dict())
     else:

@@ -257,6 +257,17 @@ def build_and_train(
     return out.uri, record
 
 
+def valid_label_counts(cfg: TrainConfig) -> dict[str, int] | None:
+    """Samples per class of the config's (first) validation data; ``None`` without ``data.valid``."""
+    specs = cfg.specs("valid")
+    if not specs:
+        return None
+    try:
+        return dict(_open(specs[0]).label_counts())
+    except NotImplementedError:
+        return None
+
+
 def _taken(output: str, name: str) -> bool:
     """Whether a dataset called ``name`` is already under the local base ``output`` (remote: not checked)."""
     from reprodl.store.uris import local_path

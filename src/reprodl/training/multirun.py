@@ -94,7 +94,8 @@ def plot_envelope(summary: dict[str, Any], path: str | Path, title: str = "") ->
     plt.close(fig)
 
 
-def _with_split_seed(cfg: TrainConfig, seed: int, test: float) -> TrainConfig:
+def with_split_seed(cfg: TrainConfig, seed: int, test: float = 0.2) -> TrainConfig:
+    """A copy of ``cfg`` whose data (the specs with a usetype) are split in memory, stratified, by ``seed``."""
     new = cfg.model_copy(deep=True)
     touched = False
     for role in new.data:
@@ -144,7 +145,7 @@ def _run_configs(cfg: TrainConfig, n: int, *, by_seed: bool, test: float) -> lis
             run_cfg.params = {**cfg.params, "seed": base_seed + i}
             runs.append((f"{cfg.name}.seed{base_seed + i}", run_cfg))
         else:
-            runs.append((f"{cfg.name}.split{i}", _with_split_seed(cfg, i, test)))
+            runs.append((f"{cfg.name}.split{i}", with_split_seed(cfg, i, test)))
     return runs
 
 

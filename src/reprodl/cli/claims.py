@@ -1,0 +1,138 @@
+"""Claim commands: compare two recipes over paired seeds (P(A>B), its interval, a verdict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from reprodl.cli import app
+from reprodl.cli.common import JSON_OPT, handle_errors, out, print_json
+
+if TYPE_CHECKING:
+    from reprodl.reproduction.claims import Comparison, RunValue
+
+
+@app.command("compare")
+@handle_errors
+def compare_cmd(
+    a: Path = typer.Argument(..., help="Recipe A: a training config (YAML)."),
+    b: Optional[Path] = typer.Argument(None, help="Recipe B (default: A again, made a variant with --set-b)."),
+    seeds: int = typer.Option(..., "--seeds", help="Runs per recipe (>= 2); run i of A and B share a seed."),
+    vary: str = typer.Option(
+        "init,order",
+        "--vary",
+        help="Sources of variation randomised: init,order (through the seed), and split (resplit 80/20 per seed).",
+    ),
+    metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
+    jobs: int = typer.Option(1, "--jobs", help="Processes training at once, each with one thread."),
+    set_a: Optional[list[str]] = typer.Option(None, "--set-a", help="Override a value of A: lr=0.05; repeatable."),
+    set_b: Optional[list[str]] = typer.Option(None, "--set-b", help="Override a value of B: lr=0.0005; repeatable."),
+    output: Optional[str] = typer.Option(None, "--output", help="Base URI of the runs and the claim (default: A's)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Is A really better than B? Train N paired runs of each; P(A>B), its 95% interval and a verdict.
+
+    The verdict is 'A better' when the interval's low end is above 0.5 and P(A>B) >= 0.75,
+    'B better' symmetrically, else 'no detectable difference'. The comparison is written as a
+    claim dataset that `reprodl verify` checks member by member.
+    """
+    from reprodl.reproduction.claims import compare
+
+    def on_run(side: str, run: RunValue) -> None:
+        if not as_json:
+            out.print(f"{side.upper()} seed {run.seed}: {metric} {run.value:.4f}  {run.uri}", markup=False)
+
+    result = compare(
+        a,
+        b,
+        seeds=seeds,
+        vary=vary,
+        metric=metric,
+        jobs=jobs,
+        set_a=set_a or (),
+        set_b=set_b or (),
+        output=output,
+        on_run=on_run,
+    )
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        _print(result)
+
+
+def _print(result: Comparison) -> None:
+    out.print(
+        f"P(A>B) on {result.metric} over {result.n} paired runs: {result.probability_a_better:.3f} "
+        f"(95% CI [{result.ci_low:.3f}, {result.ci_high:.3f}])",
+        markup=False,
+    )
+    out.print(f"Verdict: {result.verdict}", markup=False)
+    for name, row in (result.baselines or {}).items():
+        out.print(
+            f"Baseline {name.replace('_', '-')}: accuracy {row['accuracy']:.3f}; "
+            f"P(A > it) {row['probability_a_better']:.2f}, P(B > it) {row['probability_b_better']:.2f}",
+            markup=False,
+        )
+    out.print(f"Rule: {result.rule}", markup=False)
+    out.print(f"Claim dataset: {result.claim_uri}", markup=False)
+
+
+@app.command("ablate")
+@handle_errors
+def ablate_cmd(
+    config: Path = typer.Argument(..., help="The base recipe: a training config (YAML)."),
+    variant: list[str] = typer.Option(
+        ...,
+        "--variant",
+        help="'NAME: key=value [key=value ...]', e.g. 'no-momentum: optimizer.momentum=0'; repeatable.",
+    ),
+    seeds: int = typer.Option(..., "--seeds", help="Runs per recipe (>= 2); run i of each shares a seed."),
+    vary: str = typer.Option(
+        "init,order",
+        "--vary",
+        help="Sources of variation randomised: init,order (through the seed), and split (resplit 80/20 per seed).",
+    ),
+    metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
+    jobs: int = typer.Option(1, "--jobs", help="Processes training at once, each with one thread."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override a value of the base and every variant: epochs=3; repeatable."
+    ),
+    output: Optional[str] = typer.Option(
+        None, "--output", help="Base URI of the runs and the claims (default: the config's)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """The base recipe against each variant: one line per variant with P(base > variant), its 95% interval and verdict.
+
+    'A better' means the base beats the variant (what the variant removes or changes helps).
+    Each line is written as a claim dataset that `reprodl verify` checks.
+    """
+    from reprodl.reproduction.claims import RULE, ablate
+
+    def on_run(side: str, run: RunValue) -> None:
+        if not as_json:
+            out.print(f"{side} seed {run.seed}: {metric} {run.value:.4f}  {run.uri}", markup=False)
+
+    result = ablate(
+        config,
+        variant,
+        seeds=seeds,
+        vary=vary,
+        metric=metric,
+        jobs=jobs,
+        set_=set_ or (),
+        output=output,
+        on_run=on_run,
+    )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    out.print(f"P(base > variant) on {metric} over {seeds} paired runs (A = base, B = variant):", markup=False)
+    for name, c in result.variants.items():
+        out.print(
+            f"  {name}: {c.probability_a_better:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}]  {c.verdict}  {c.claim_uri}",
+            markup=False,
+        )
+    out.print(f"Rule: {RULE}", markup=False)

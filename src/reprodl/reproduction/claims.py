@@ -1,0 +1,567 @@
+"""Claims that survive their sources of variation: is recipe A really better than recipe B?
+
+One trained model is one instantiation; "A is better than B" is a claim about the recipes.
+:func:`compare` trains ``n`` instantiations of each recipe with paired, recorded seeds (run
+``i`` of A and run ``i`` of B share the seed ``base + i``, which sets the initialisation and the
+data order), then reports the probability of outperforming P(A>B) (the fraction of pairs in
+which A's final metric beats B's, ties counting one half) with a seeded bootstrap 95%
+confidence interval over the pairs, and a verdict (Bouthillier et al., MLSys 2021):
+
+* ``A better`` when the interval's low end is above 0.5 and P(A>B) >= 0.75;
+* ``B better`` when the interval's high end is below 0.5 and P(A>B) <= 0.25;
+* ``no detectable difference`` otherwise.
+
+The comparison is written as a dataset, a *claim* (``claim.json`` with every run's URI and
+record digest, the rule, and a PNG of both distributions), which :func:`verify_claim` checks
+member by member. The bootstrap has a fixed seed: the same compare gives the same numbers.
+
+Example:
+    >>> result = compare("a.yaml", "b.yaml", seeds=4)   # doctest: +SKIP
+    >>> result.verdict, result.probability_a_better      # doctest: +SKIP
+    ('A better', 1.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from reprodl import __version__, keys
+from reprodl.errors import DatasetFormatError, ParametersError
+from reprodl.parsing import load_json
+
+A_BETTER, B_BETTER, NO_DIFFERENCE = "A better", "B better", "no detectable difference"
+VERDICTS = (A_BETTER, B_BETTER, NO_DIFFERENCE)
+THRESHOLD = 0.75
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+RULE = (
+    f"A better when the {CONFIDENCE:.0%} interval's low end > 0.5 and P(A>B) >= {THRESHOLD}; "
+    f"B better when its high end < 0.5 and P(A>B) <= {1 - THRESHOLD:.2f}; otherwise no detectable difference"
+)
+SUPPORTED_VARY = ("init", "order", "split")
+SEED_VARY = ("init", "order")  # both come from each run's seed
+KNOWN_VARY = ("init", "order", "split", "bootstrap", "augment")
+DEFAULT_METRIC = "valid_accuracy"
+
+Recipe = Any  # a config path, a config dict or a TrainConfig
+
+
+@dataclasses.dataclass
+class RunValue:
+    """One trained instantiation: its seed, final metric, model URI and record digest."""
+
+    seed: int
+    value: float
+    uri: str
+    record_digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Comparison:
+    """The outcome of :func:`compare` (``to_dict`` is what ``reprodl compare --json`` prints)."""
+
+    probability_a_better: float
+    ci_low: float
+    ci_high: float
+    verdict: str
+    metric: str
+    n: int
+    vary: list[str]
+    runs: dict[str, list[RunValue]]
+    recipes: dict[str, str]
+    claim_uri: str | None = None
+    rule: str = RULE
+    baselines: dict[str, dict[str, float]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "probability_a_better": self.probability_a_better,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "confidence": CONFIDENCE,
+            "verdict": self.verdict,
+            "rule": self.rule,
+            "metric": self.metric,
+            "n": self.n,
+            "vary": list(self.vary),
+            "recipes": dict(self.recipes),
+            "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
+            "claim_uri": self.claim_uri,
+            "baselines": self.baselines,
+            "runs": {side: [r.to_dict() for r in runs] for side, runs in self.runs.items()},
+        }
+
+
+def pair_scores(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """1 where A's value beats B's in a pair, 0.5 for a tie, 0 where B's beats A's."""
+    if len(a) != len(b) or not a:
+        raise ParametersError(f"paired values need the same, non-zero, number of runs, but got {len(a)} and {len(b)}")
+    return [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)]
+
+
+def probability_a_better(a: Sequence[float], b: Sequence[float]) -> float:
+    """P(A>B): the fraction of pairs in which A beats B, ties counting one half."""
+    scores = pair_scores(a, b)
+    return sum(scores) / len(scores)
+
+
+def bootstrap_interval(
+    a: Sequence[float], b: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float]:
+    """The percentile bootstrap interval (95%) of P(A>B), resampling pairs with a fixed seed."""
+    import numpy as np
+
+    scores = np.asarray(pair_scores(a, b))
+    rng = np.random.default_rng(seed)
+    means = scores[rng.integers(0, len(scores), size=(resamples, len(scores)))].mean(axis=1)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def verdict(probability: float, ci_low: float, ci_high: float) -> str:
+    """``A better``, ``B better`` or ``no detectable difference``, by :data:`RULE`."""
+    if ci_low > 0.5 and probability >= THRESHOLD:
+        return A_BETTER
+    if ci_high < 0.5 and probability <= 1 - THRESHOLD:
+        return B_BETTER
+    return NO_DIFFERENCE
+
+
+def parse_vary(vary: str | Iterable[str] | None) -> list[str]:
+    """The sources of variation to randomise; refuses those not implemented, naming the supported ones."""
+    names = list(SEED_VARY) if vary is None else vary.split(",") if isinstance(vary, str) else list(vary)
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in KNOWN_VARY]
+    if unknown:
+        raise ParametersError(f"--vary {','.join(unknown)} is not a source of variation: use {','.join(KNOWN_VARY)}")
+    missing = [n for n in names if n not in SUPPORTED_VARY]
+    if missing:
+        raise ParametersError(
+            f"--vary {','.join(missing)} is not supported yet: compare varies {','.join(SUPPORTED_VARY)}; "
+            "drop the others from --vary"
+        )
+    if not set(SEED_VARY) <= set(names):
+        raise ParametersError(
+            f"--vary {','.join(names) or '(empty)'}: init and order both come from each run's seed and vary "
+            "together; give --vary init,order (and split to resplit the data too)"
+        )
+    return [n for n in SUPPORTED_VARY if n in names]
+
+
+def _load(recipe: Recipe, overrides: list[str]) -> Any:
+    from reprodl.training.config import TrainConfig, load_config
+
+    if isinstance(recipe, TrainConfig):
+        dumped = recipe.model_dump(mode="json", by_alias=True)
+        source = recipe.source
+        cfg = load_config(dumped, overrides)
+        cfg.source = source
+        return cfg
+    return load_config(recipe, overrides)
+
+
+def _train_run(cfg_json: dict[str, Any], name: str, metric: str) -> dict[str, Any]:
+    """Train one run (in this process or a pool worker); its seed, value, URI and record digest."""
+    from reprodl.training.config import TrainConfig, build_and_train
+
+    cfg = TrainConfig.model_validate(cfg_json)
+    uri, record = build_and_train(cfg, progress=False, name=name)
+    final = record.results.final
+    value = final.get(metric)
+    if not isinstance(value, (int, float)):
+        raise ParametersError(
+            f"the run {uri} has no final metric {metric!r} (it has {', '.join(sorted(final)) or 'none'}): "
+            "pick one of those with --metric, or give the config data.valid"
+        )
+    seed = int(record.training.seeds.seed)
+    return {"seed": seed, "value": float(value), "uri": uri, "record_digest": record.digest}
+
+
+def _one_thread() -> None:
+    """Pool worker initialiser: one thread each, so J workers use J cores."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _claim_name(
+    output: str, name: str, *, sides: Sequence[str], seeds: int, base: int, extra: Sequence[str] = ()
+) -> str:
+    """The first of ``name``, ``name-2``... free under ``output`` for the claim, its runs and ``extra`` suffixes."""
+    from reprodl.training.config import free_name
+
+    n = 1
+    while True:
+        claim = name if n == 1 else f"{name}-{n}"
+        taken = [f"{claim}.{side}.seed{base + i}" for i in range(seeds) for side in sides]
+        taken += [f"{claim}{suffix}" for suffix in extra]
+        if all(free_name(output, x) == x for x in [claim, *taken]):
+            return claim
+        n += 1
+
+
+def _plan(
+    cfgs: dict[str, Any], *, seeds: int, base: int, claim: str, split: bool = False
+) -> list[tuple[str, dict[str, Any], str]]:
+    """(side, config, run name) of every run: run i of every side shares the seed base + i (and split)."""
+    from reprodl.training.multirun import with_split_seed
+
+    plan = []
+    for i in range(seeds):
+        for side, cfg in cfgs.items():
+            run_cfg = with_split_seed(cfg, base + i) if split else cfg.model_copy(deep=True)
+            run_cfg.params = {**cfg.params, "seed": base + i}
+            plan.append((side, run_cfg.model_dump(mode="json", by_alias=True), f"{claim}.{side}.seed{base + i}"))
+    return plan
+
+
+def _run_all(
+    plan: list[tuple[str, dict[str, Any], str]], *, metric: str, jobs: int, on_run: Callable[[str, RunValue], None]
+) -> dict[str, list[RunValue]]:
+    """Train the plan, sequentially (``jobs=1``) or on a pool of ``jobs`` single-threaded processes."""
+    runs: dict[str, list[RunValue]] = {side: [] for side, _, _ in plan}
+    if jobs == 1:
+        results: Iterable[dict[str, Any]] = (_train_run(cfg, name, metric) for _, cfg, name in plan)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread
+        )
+        with pool:
+            futures = [pool.submit(_train_run, cfg, name, metric) for _, cfg, name in plan]
+            results = [f.result() for f in futures]  # in plan order, whichever finished first
+    for (side, _, _), result in zip(plan, results):
+        run = RunValue(**result)
+        runs[side].append(run)
+        on_run(side, run)
+    return runs
+
+
+def _check_args(seeds: int, jobs: int, vary: str | Iterable[str] | None) -> list[str]:
+    if seeds < 2:
+        raise ParametersError(f"a comparison needs at least 2 runs per recipe, but got --seeds {seeds}")
+    if jobs < 1:
+        raise ParametersError(f"--jobs must be at least 1, but got {jobs}")
+    return parse_vary(vary)
+
+
+def compare(
+    a: Recipe,
+    b: Recipe | None = None,
+    *,
+    seeds: int,
+    vary: str | Iterable[str] | None = None,
+    metric: str = DEFAULT_METRIC,
+    jobs: int = 1,
+    set_a: Iterable[str] = (),
+    set_b: Iterable[str] = (),
+    output: str | None = None,
+    on_run: Callable[[str, RunValue], None] | None = None,
+) -> Comparison:
+    """Train ``seeds`` paired instantiations of recipes A and B; P(A>B), its interval and verdict.
+
+    Args:
+        a: recipe A: a config file, a config dict or a ``TrainConfig``.
+        b: recipe B; ``None`` means A again (make it a variant with ``set_b``).
+        seeds: runs per recipe (>= 2); run i of both uses the seed ``A's params.seed + i``.
+        vary: the sources of variation: ``init,order`` (through the seed, always), ``split`` (the
+            data specs with a usetype resplit 80/20, stratified, by the run's seed).
+        metric: the final metric compared (higher is better), e.g. ``valid_accuracy``.
+        jobs: processes training at once (each with one thread).
+        set_a: ``key=value`` overrides of A (as ``reprodl train --set``).
+        set_b: ``key=value`` overrides of B.
+        output: base URI for the runs and the claim dataset (default: A's output).
+        on_run: called with ("a" or "b", the run) as each run's result is collected.
+
+    Returns:
+        The :class:`Comparison`, with ``claim_uri`` the claim dataset written.
+
+    Raises:
+        ParametersError: fewer than 2 seeds, jobs < 1, an unsupported ``vary``, a missing metric.
+    """
+    varied = _check_args(seeds, jobs, vary)
+    cfg_a = _load(a, list(set_a))
+    cfg_b = _load(a if b is None else b, list(set_b))
+    out = output or cfg_a.output
+    base = int(cfg_a.params.get("seed", 0))
+    claim = _claim_name(out, f"{cfg_a.name}-vs-{cfg_b.name}", sides="ab", seeds=seeds, base=base)
+    for cfg in (cfg_a, cfg_b):
+        cfg.output = out
+    plan = _plan({"a": cfg_a, "b": cfg_b}, seeds=seeds, base=base, claim=claim, split="split" in varied)
+    runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
+    recipes = {"a": _describe(a, cfg_a, set_a), "b": _describe(b if b is not None else a, cfg_b, set_b)}
+    result = judge(runs, metric=metric, vary=varied, recipes=recipes)
+    result.baselines = baselines(cfg_a, metric, runs)
+    result.claim_uri = write_claim(result, out, claim)
+    return result
+
+
+def judge(runs: dict[str, list[RunValue]], *, metric: str, vary: list[str], recipes: dict[str, str]) -> Comparison:
+    """P(A>B) of paired runs, its bootstrap interval and the verdict (no claim written)."""
+    values_a, values_b = [r.value for r in runs["a"]], [r.value for r in runs["b"]]
+    p = probability_a_better(values_a, values_b)
+    low, high = bootstrap_interval(values_a, values_b)
+    return Comparison(
+        probability_a_better=p,
+        ci_low=low,
+        ci_high=high,
+        verdict=verdict(p, low, high),
+        metric=metric,
+        n=len(values_a),
+        vary=vary,
+        runs=runs,
+        recipes=recipes,
+    )
+
+
+def baseline_accuracies(counts: dict[str, int]) -> dict[str, float]:
+    """Accuracy of always predicting the majority class, and (expected) of guessing by class frequency."""
+    total = sum(counts.values())
+    if not total:
+        return {}
+    return {
+        "majority": max(counts.values()) / total,
+        "stratified_random": sum((c / total) ** 2 for c in counts.values()),
+    }
+
+
+def baselines(cfg: Any, metric: str, runs: dict[str, list[RunValue]]) -> dict[str, dict[str, float]] | None:
+    """Each baseline's accuracy on the validation data and P(recipe > baseline) for every recipe.
+
+    Only for ``valid_accuracy`` (a baseline of another metric is not defined here) with ``data.valid``.
+    """
+    from reprodl.training.config import valid_label_counts
+
+    if metric != "valid_accuracy":
+        return None
+    counts = valid_label_counts(cfg)
+    if not counts:
+        return None
+    result = {}
+    for name, accuracy in baseline_accuracies(counts).items():
+        row = {"accuracy": accuracy}
+        for side, side_runs in runs.items():
+            values = [r.value for r in side_runs]
+            row[f"probability_{side}_better"] = probability_a_better(values, [accuracy] * len(values))
+        result[name] = row
+    return result
+
+
+def _describe(recipe: Recipe, cfg: Any, overrides: Iterable[str]) -> str:
+    where = cfg.source or (str(recipe) if isinstance(recipe, (str, os.PathLike)) else cfg.name)
+    extra = list(overrides)
+    return where + (f" with {' '.join(extra)}" if extra else "")
+
+
+def plot_distributions(comparison: Comparison, path: str | Path) -> None:
+    """PNG of both recipes' final metric: one point per run, a line per pair, the mean of each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = [r.value for r in comparison.runs["a"]]
+    b = [r.value for r in comparison.runs["b"]]
+    fig, ax = plt.subplots(figsize=(4.5, 3.6))
+    for x, y in zip(a, b):
+        ax.plot([0, 1], [x, y], color="0.75", lw=0.8, zorder=1)
+    ax.scatter([0] * len(a), a, label="A", zorder=2)
+    ax.scatter([1] * len(b), b, label="B", zorder=2)
+    ax.hlines([sum(a) / len(a), sum(b) / len(b)], [-0.15, 0.85], [0.15, 1.15], colors="k", lw=2)
+    ax.set_xticks([0, 1], ["A", "B"])
+    ax.set_xlim(-0.5, 1.5)
+    ax.set_ylabel(comparison.metric)
+    ax.set_title(
+        f"{comparison.verdict}: P(A>B) {comparison.probability_a_better:.2f} "
+        f"[{comparison.ci_low:.2f}, {comparison.ci_high:.2f}]",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_claim(comparison: Comparison, output: str, name: str) -> str:
+    """Write the comparison as a claim dataset (``claim.json``, the plot); its URI."""
+    import yaml
+
+    from reprodl.store import create_dataset
+
+    summary = {"kind": keys.KIND_CLAIM, "reprodl_version": __version__, **comparison.to_dict()}
+    summary.pop("claim_uri")
+    readme = yaml.safe_dump(
+        {
+            "name": name,
+            "description": f"{comparison.verdict}: P(A>B) on {comparison.metric} over {comparison.n} paired runs",
+            "rule": comparison.rule,
+            "recipes": comparison.recipes,
+        },
+        sort_keys=False,
+    )
+    with create_dataset(output, name, readme=readme) as writer:
+        writer.put_json(summary, keys.CLAIM_FILE)
+        try:
+            with writer.item_file(keys.CLAIM_PLOT_FILE) as png:
+                plot_distributions(comparison, png)
+        except ImportError:
+            pass  # matplotlib is optional: the numbers are what count
+        writer.put_annotation(keys.MODEL_KIND, keys.KIND_CLAIM)
+        writer.put_annotation(keys.SUMMARY_MEMBERS, [r.uri for side in ("a", "b") for r in comparison.runs[side]])
+    assert writer.uri is not None
+    return writer.uri
+
+
+def is_claim(uri: str) -> bool:
+    """Whether the dataset at ``uri`` is a claim (its ``reprodl.kind`` annotation)."""
+    from reprodl.store import open_dataset
+
+    ds = open_dataset(uri)
+    return keys.MODEL_KIND in ds.annotation_names() and ds.get_annotation(keys.MODEL_KIND) == keys.KIND_CLAIM
+
+
+def load_claim(uri: str) -> dict[str, Any]:
+    """The ``claim.json`` of the claim dataset at ``uri``."""
+    from reprodl.store import open_dataset
+
+    ds = open_dataset(uri)
+    with open(ds.item_path(ds.identifier_of(keys.CLAIM_FILE)), "rb") as fh:
+        return load_json(fh.read(), what=f"{ds.uri}: {keys.CLAIM_FILE}", error=DatasetFormatError)
+
+
+def verify_claim(uri: str, *, allow: Iterable[str] = ()) -> Any:
+    """Check a claim: its own items, then each member (verify, record digest, recorded value).
+
+    Returns a :class:`~reprodl.modeldataset.verify.ModelVerification` whose checks are the
+    claim's and three per member; P(A>B) is re-derived from the members' records.
+    """
+    from reprodl.modeldataset.verify import ModelVerification
+    from reprodl.store import open_dataset
+
+    ds = open_dataset(uri)
+    result = ModelVerification(uri=ds.uri)
+    items = ds.verify(deep=True)
+    result.add("claim dataset items match its manifest", items.ok, "; ".join(items.problems()))
+    claim = load_claim(uri)
+    runs = claim.get("runs", {})
+    values: dict[str, list[float | None]] = {"a": [], "b": []}
+    for side in ("a", "b"):
+        for member in runs.get(side, []):
+            values[side].append(_verify_member(result, side, member, claim.get("metric", ""), allow))
+    if all(v is not None for side in values.values() for v in side) and values["a"]:
+        p = probability_a_better(values["a"], values["b"])  # type: ignore[arg-type]  # None excluded just above
+        result.add("P(A>B) from the members' records", p == claim.get("probability_a_better"), f"recomputed {p}")
+    return result
+
+
+def _verify_member(result: Any, side: str, member: dict[str, Any], metric: str, allow: Iterable[str]) -> float | None:
+    """Add a member's checks to ``result``; the value its record gives (``None`` if unreadable)."""
+    from reprodl.modeldataset.read import load_record
+    from reprodl.modeldataset.verify import verify_model
+
+    label = f"member {side.upper()} seed {member.get('seed')}"
+    check = verify_model(member["uri"], allow=allow)
+    failed = [c.name for c in check.checks if not c.ok]
+    result.add(f"{label}: verify", check.ok, f"{member['uri']}: {', '.join(failed)}")
+    if not check.ok:
+        return None
+    record = load_record(member["uri"], check=False)
+    result.add(
+        f"{label}: record digest",
+        record.digest == member.get("record_digest"),
+        f"the claim says {member.get('record_digest')}, the model's record is {record.digest}",
+    )
+    value = record.results.final.get(metric)
+    result.add(
+        f"{label}: {metric}", value == member.get("value"), f"the claim says {member.get('value')}, the record {value}"
+    )
+    return value if isinstance(value, (int, float)) else None
+
+
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``"no-momentum: optimizer.momentum=0 lr=0.1"`` -> ``("no-momentum", ["optimizer.momentum=0", "lr=0.1"])``."""
+    import shlex
+
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    overrides = shlex.split(rest)
+    if not sep or not VARIANT_NAME.match(name) or not overrides or any("=" not in o for o in overrides):
+        raise ParametersError(
+            f"--variant {text!r} should be 'NAME: key=value [key=value ...]' with NAME of letters, digits, - or _ "
+            "(e.g. 'no-momentum: optimizer.momentum=0')"
+        )
+    return name, overrides
+
+
+@dataclasses.dataclass
+class Ablation:
+    """The base recipe against each variant: one :class:`Comparison` (and claim) per variant."""
+
+    base: list[RunValue]
+    variants: dict[str, Comparison]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base": [r.to_dict() for r in self.base],
+            "variants": {name: c.to_dict() for name, c in self.variants.items()},
+        }
+
+
+def ablate(
+    config: Recipe,
+    variants: Iterable[str],
+    *,
+    seeds: int,
+    vary: str | Iterable[str] | None = None,
+    metric: str = DEFAULT_METRIC,
+    jobs: int = 1,
+    set_: Iterable[str] = (),
+    output: str | None = None,
+    on_run: Callable[[str, RunValue], None] | None = None,
+) -> Ablation:
+    """The base recipe against each variant (``"NAME: key=value ..."``), with P(base > variant) each.
+
+    The base is trained once (``seeds`` runs); each variant's runs share its seeds; each
+    comparison is written as a claim dataset ``<config>-ablate.vs-<NAME>``. ``set_`` overrides
+    (``key=value``) apply to the base and every variant, before the variant's own.
+    """
+    varied = _check_args(seeds, jobs, vary)
+    parsed = dict(parse_variant(v) for v in variants)
+    if not parsed or "base" in parsed:
+        raise ParametersError("give at least one --variant 'NAME: key=value', none of them called 'base'")
+    common = list(set_)
+    cfg = _load(config, common)
+    cfgs = {"base": cfg, **{name: _load(config, [*common, *overrides]) for name, overrides in parsed.items()}}
+    out = output or cfg.output
+    for c in cfgs.values():
+        c.output = out
+    base = int(cfg.params.get("seed", 0))
+    extra = [f".vs-{name}" for name in parsed]
+    prefix = _claim_name(out, f"{cfg.name}-ablate", sides=list(cfgs), seeds=seeds, base=base, extra=extra)
+    plan = _plan(cfgs, seeds=seeds, base=base, claim=prefix, split="split" in varied)
+    runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
+    results = {}
+    for name, overrides in parsed.items():
+        recipes = {"a": _describe(config, cfg, common), "b": _describe(config, cfgs[name], [*common, *overrides])}
+        pair = {"a": runs["base"], "b": runs[name]}
+        result = judge(pair, metric=metric, vary=varied, recipes=recipes)
+        result.baselines = baselines(cfg, metric, pair)
+        result.claim_uri = write_claim(result, out, f"{prefix}.vs-{name}")
+        results[name] = result
+    return Ablation(base=runs["base"], variants=results)

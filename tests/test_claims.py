@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+pytest.register_assert_rewrite("train_fixtures")
+
 from train_fixtures import digits_config, path_of
 
 from reprodl import keys

@@ -287,6 +287,7 @@ def test_reproduce_on_the_command_line_without_trust_code_runs_nothing_and_write
     )
     assert res.returncode != 0
     assert "python train.py --data" in res.stderr and "--trust-code" in res.stderr
+    assert "then re-training" not in res.stderr  # a refusal is not announced as a start
     assert "epoch 1:" not in res.stdout + res.stderr  # the script never ran
     assert list(out.iterdir()) == []
     assert sorted(p.name for p in models.iterdir()) == before

@@ -303,12 +303,11 @@ def reproduce_cmd(
     from reprodl.reproduction.reexec import reexecution_plan
     from reprodl.reproduction.rerun import reproduce
 
-    if not trust_code and sys.stdin.isatty() and not as_json:
-        plan = reexecution_plan(uri)
-        if plan is not None:
-            err.print(plan.describe(), markup=False)
-            trust_code = typer.confirm("Run this code?", default=False, err=True)
-    if not (quiet or as_json):
+    plan = None if trust_code else reexecution_plan(uri)
+    if plan is not None and sys.stdin.isatty() and not as_json:
+        err.print(plan.describe(), markup=False)
+        trust_code = typer.confirm("Run this code?", default=False, err=True)
+    if not (quiet or as_json or (plan is not None and not trust_code)):  # a refusal says nothing first
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
     report = reproduce(
         uri,

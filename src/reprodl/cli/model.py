@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -10,7 +11,7 @@ import typer
 
 from reprodl.cli import app
 from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
-from reprodl.errors import ExitCode
+from reprodl.errors import ExitCode, ReprodlError
 
 if TYPE_CHECKING:
     from reprodl.reproduction.rerun import Divergence, ReproductionReport
@@ -303,7 +304,10 @@ def reproduce_cmd(
     from reprodl.reproduction.reexec import reexecution_plan
     from reprodl.reproduction.rerun import reproduce
 
-    plan = None if trust_code else reexecution_plan(uri)
+    plan = None
+    if not trust_code:
+        with contextlib.suppress(ReprodlError):  # reproduce() reports it, after checking its arguments
+            plan = reexecution_plan(uri)
     if plan is not None and sys.stdin.isatty() and not as_json:
         err.print(plan.describe(), markup=False)
         trust_code = typer.confirm("Run this code?", default=False, err=True)

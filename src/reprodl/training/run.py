@@ -586,10 +586,7 @@ def describe_loss(loss: Any) -> CallableInfo:
     """A loss module by class and arguments, a loss function (``F.nll_loss``) by its import path."""
     if loss is None:
         return CallableInfo(class_name="(not given to run.watch)", module="")
-    if isinstance(loss, torch.nn.Module):
-        return describe_callable(loss)
-    module = getattr(loss, "__module__", None) or ""
-    return CallableInfo(class_name=getattr(loss, "__qualname__", repr(loss)), module=module)
+    return describe_callable(loss)  # a module by class and arguments, a function or partial by its path
 
 
 def _number(value: Any) -> Any:

@@ -343,8 +343,11 @@ def test_external_sigkill_during_a_large_copy_leaves_no_dataset(base_dir, tmp_pa
     deadline = time.monotonic() + 60
     while not list(dest.glob(f"{keys.STAGING_PREFIX}*/big/data/*")) and time.monotonic() < deadline:
         assert proc.poll() is None, "the copy finished before it could be killed: make the dataset larger"
-        time.sleep(0.01)
-    time.sleep(0.2)
+        time.sleep(0.002)
+    # Freeze it the moment its first item lands (a fast disk copies 100 MiB in a fraction of a second),
+    # then kill it from outside while it is mid-copy.
+    proc.send_signal(signal.SIGSTOP)
+    assert not (dest / "big").exists(), "the copy finished before it could be stopped: make the dataset larger"
     proc.kill()
     assert proc.wait() == -signal.SIGKILL
     assert not (dest / "big").exists()

@@ -30,6 +30,7 @@ _EXPORTS = {
     "TensorDataSet": "reprodl.data.datasets",
     "TrainedTorchModel": "reprodl.model",
     "compare": "reprodl.reproduction.claims",
+    "export": "reprodl.exports",
     "open_dataset": "reprodl.store",
     "reproduce": "reprodl.reproduction.rerun",
     "start_run": "reprodl.training.run",
@@ -47,6 +48,7 @@ __all__ = [
     "TensorDataSet",
     "TrainedTorchModel",
     "compare",
+    "export",
     "open_dataset",
     "reproduce",
     "start_run",
@@ -70,6 +72,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from reprodl.data.datasets import ImageDataSet, TensorDataSet
     from reprodl.errors import ReprodlError
+    from reprodl.exports import export
     from reprodl.model import TrainedTorchModel
     from reprodl.modeldataset.write import DerivedDataSet
     from reprodl.provenance import ProvenanceRecord

@@ -1,0 +1,59 @@
+"""reprodl export URI --format F -o OUT: the record in an open standard's format."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from reprodl.cli import app
+from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
+
+_FORMATS = "ro-crate, prov, prov-n, croissant (a dataset), model-card, onnx or mlflow"
+
+
+@app.command("export")
+@handle_errors
+def export_cmd(
+    uri: str = typer.Argument(..., help="Model dataset URI (a dataset URI for croissant)."),
+    format: str = typer.Option(..., "--format", "-f", help=f"What to write: {_FORMATS}."),
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o", help="File to write (ro-crate: a directory). Not for mlflow: use --tracking-uri."
+    ),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="mlflow: the tracking URI, or a directory for MLflow's file store."
+    ),
+    experiment: str = typer.Option("reprodl", "--experiment", help="mlflow: the experiment's name."),
+    allow: Optional[list[str]] = typer.Option(
+        None, "--allow", help="onnx: module (or module:Class) trusted to be imported for the architecture; repeatable."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    as_json: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+) -> None:
+    """Export a model's record (or a dataset) to RO-Crate, PROV, Croissant, a model card, ONNX or MLflow."""
+    from reprodl.exports import FORMATS, export
+
+    if format not in FORMATS:
+        raise typer.BadParameter(f"unknown format {format!r}: use {_FORMATS}", param_hint="--format")
+    target = tracking_uri if format == "mlflow" else output
+    if target is None:
+        need = "--tracking-uri DIR" if format == "mlflow" else "-o OUT"
+        raise typer.BadParameter(f"--format {format} needs {need}", param_hint=need.split()[0])
+    if not quiet and not as_json:
+        err.print(f"Exporting {uri} as {format}...")
+    result = export(uri, format, target, overwrite=overwrite, allow=allow or (), experiment=experiment)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    out.print(
+        f"Wrote {result.format} of {result.uri} to {result.output} ({result.bytes:,} bytes, {result.seconds:.2f}s)",
+        markup=False,
+    )
+    if "max_abs_diff" in result.details:
+        out.print(
+            f"onnxruntime vs torch on sample inputs: max abs difference {result.details['max_abs_diff']:.3g}",
+            markup=False,
+        )
+    if "run_id" in result.details:
+        out.print(f"MLflow run {result.details['run_id']} in experiment {experiment!r}", markup=False)

@@ -1,0 +1,154 @@
+"""A model's record as an RO-Crate (Process Run Crate profile, the Workflow Run Crate family's
+profile for one application's run).
+
+The crate holds the record (``provenance.json``) and describes the training as one
+``CreateAction``: its instrument is the code, its objects the datasets (URI, UUID, manifest
+digest) and the hyperparameters, its result the model dataset, its agent who ran it, with
+start and end times. Datasets and the model are named by their URIs, not copied.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reprodl import keys
+from reprodl.exports.source import Source, require
+from reprodl.provenance import ProvenanceRecord
+
+PROCESS_RUN_CRATE = "https://w3id.org/ro/wfrun/process/0.5"
+
+
+def write_ro_crate(source: Source, out: Path) -> dict[str, Any]:
+    """Write the crate into the (new, empty) directory ``out``; returns what it holds."""
+    require("rocrate", extra="export", feature="the RO-Crate export")
+    from rocrate.model import ContextEntity
+    from rocrate.rocrate import ROCrate
+
+    record = source.model_record("ro-crate")
+    crate = ROCrate()
+    crate.name = f"Training of {record.model_name}"
+    crate.description = f"How the reprodl model {record.model_name} ({source.uri}) was trained, from its record"
+    crate.root_dataset["conformsTo"] = {"@id": PROCESS_RUN_CRATE}
+    crate.add(
+        ContextEntity(crate, PROCESS_RUN_CRATE, properties={"@type": "CreativeWork", "name": "Process Run Crate"})
+    )
+    record_file = out / keys.PROVENANCE_FILE
+    record_file.write_text(record.to_json(), encoding="utf-8")
+    crate.add_file(
+        str(record_file),
+        dest_path=keys.PROVENANCE_FILE,
+        properties={
+            "name": "reprodl provenance record",
+            "encodingFormat": "application/json",
+            "conformsTo": {"@id": keys.PROVENANCE_SCHEMA_ID},
+            "sha256": record.digest,
+        },
+    )
+    code = crate.add(ContextEntity(crate, "#code", properties=_code(record)))
+    datasets = [crate.add(ContextEntity(crate, d["@id"], properties=d)) for d in _datasets(record)]
+    objects = list(datasets)
+    objects += [crate.add(ContextEntity(crate, p["@id"], properties=p)) for p in _parameters(record)]
+    model = crate.add(ContextEntity(crate, source.uri, properties=_model(source, record)))
+    agent = crate.add(ContextEntity(crate, *_agent(source)))
+    action = crate.add_action(
+        code,
+        identifier="#training",
+        object=objects,
+        result=[model],
+        properties={
+            "name": f"Training of {record.model_name}",
+            "startTime": record.results.started_at or record.created_at,
+            "endTime": record.results.finished_at,
+            "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"},
+            "agent": {"@id": agent.id},
+        },
+    )
+    for entity in [*datasets, model]:  # data entities, named by URI: listed, not copied
+        crate.root_dataset.append_to("hasPart", entity)
+    crate.write(str(out))
+    return {"entities": len(crate.get_entities()), "action": action.id, "objects": len(objects)}
+
+
+def _code(record: ProvenanceRecord) -> dict[str, Any]:
+    """The code that trained the model, as a SoftwareSourceCode entity."""
+    code = record.code
+    props: dict[str, Any] = {
+        "@type": ["SoftwareSourceCode", "SoftwareApplication"],
+        "name": code.config_file or code.entry_script or record.architecture.import_path,
+        "programmingLanguage": f"Python {record.environment.python}",
+        "softwareRequirements": f"torch {record.environment.torch}, reprodl {record.reprodl_version}",
+    }
+    if code.git is not None:
+        props.update({"codeRepository": code.git.remote, "version": code.git.commit})
+    if code.snapshot is not None and code.snapshot.item:
+        props["description"] = f"source snapshot: item {code.snapshot.item} of the model dataset"
+        props["sha256"] = code.snapshot.sha256
+    elif code.entry_script_sha256:
+        props["sha256"] = code.entry_script_sha256
+    return {k: v for k, v in props.items() if v is not None}
+
+
+def _datasets(record: ProvenanceRecord) -> list[dict[str, Any]]:
+    """Each dataset read (once, with its roles), named by its URI."""
+    found: dict[str, dict[str, Any]] = {}
+    for ref in record.data:
+        entry = found.setdefault(
+            ref.uri,
+            {
+                "@id": ref.uri,
+                "@type": "Dataset",
+                "name": ref.name,
+                "identifier": f"urn:uuid:{ref.uuid}",
+                "sha256": ref.manifest_digest,
+                "description": record.readme_for(ref).strip() or ref.name,
+                "roles": [],
+            },
+        )
+        entry["roles"].append(f"{ref.role}: {ref.n_items} items" + (f" (usetype {ref.usetype})" if ref.usetype else ""))
+    for entry in found.values():
+        entry["disambiguatingDescription"] = "; ".join(entry.pop("roles"))
+    return list(found.values())
+
+
+def _parameters(record: ProvenanceRecord) -> list[dict[str, Any]]:
+    """The hyperparameters as PropertyValue entities."""
+    t = record.training
+    values = {
+        "optimizer": t.optimizer.class_name,
+        "loss": t.loss.class_name,
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "seed": t.seeds.seed,
+        "architecture": record.architecture.import_path,
+        "init_params": json.dumps(record.architecture.init_params, sort_keys=True),
+    }
+    if t.optimizer.param_groups:
+        values.update({k: v for k, v in t.optimizer.param_groups[0].items() if isinstance(v, (int, float, str))})
+    return [
+        {"@id": f"#param-{name}", "@type": "PropertyValue", "name": name, "value": value}
+        for name, value in values.items()
+    ]
+
+
+def _model(source: Source, record: ProvenanceRecord) -> dict[str, Any]:
+    """The model dataset, the action's result."""
+    props: dict[str, Any] = {
+        "@type": "Dataset",
+        "name": record.model_name,
+        "identifier": f"urn:uuid:{source.dataset.uuid}",
+        "description": f"reprodl model dataset: weights in {record.results.weights_file}, "
+        f"record in {keys.PROVENANCE_FILE}",
+        "sha256": record.results.weights_sha256,
+        "subjectOf": {"@id": keys.PROVENANCE_FILE},
+    }
+    if record.lineage.parent is not None:
+        props["isBasedOn"] = {"@id": record.lineage.parent.uri}
+    return {k: v for k, v in props.items() if v is not None}
+
+
+def _agent(source: Source) -> tuple[str, dict[str, Any]]:
+    """Who ran the training: the model dataset's creator."""
+    user = str(source.dataset.admin_metadata.get("creator_username") or "unknown")
+    return f"#person-{user}", {"@type": "Person", "name": user}

@@ -152,6 +152,11 @@ def train_cmd(
         help="'auto': when the config's name is taken in its output, number the run (digits-cnn-2, -3...); "
         "'none': refuse a taken name.",
     ),
+    tensorboard: Optional[Path] = typer.Option(
+        None,
+        "--tensorboard",
+        help="Also log each epoch's metrics for TensorBoard, under DIR/<name> (extra tensorboard).",
+    ),
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -168,9 +173,13 @@ def train_cmd(
     if name_suffix == "auto":
         cfg.name = free_name(cfg.output, cfg.name)
     if seeds or splits:
+        if tensorboard is not None:
+            raise typer.BadParameter(
+                "logs one training: leave it out with --seeds or --splits", param_hint="--tensorboard"
+            )
         _train_many(cfg, seeds=seeds, splits=splits, as_json=as_json)
     else:
-        _train_one(cfg, quiet=quiet, as_json=as_json)
+        _train_one(cfg, quiet=quiet, as_json=as_json, tensorboard=tensorboard)
 
 
 def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool) -> None:
@@ -190,14 +199,25 @@ def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool) -> 
         out.print(f"  {metric}: mean {s['mean']:.4f} std {s['std']:.4f} min {s['min']:.4f} max {s['max']:.4f}")
 
 
-def _train_one(cfg: TrainConfig, *, quiet: bool, as_json: bool) -> None:
+def _train_one(cfg: TrainConfig, *, quiet: bool, as_json: bool, tensorboard: Path | None = None) -> None:
     """One training, with progress bars unless quiet; then where the model dataset is."""
     from reprodl.training.capture import untracked_summary
     from reprodl.training.config import build_and_train
 
-    with _EpochPrinter(quiet or as_json) as printer:
+    with contextlib.ExitStack() as stack:
+        printer = stack.enter_context(_EpochPrinter(quiet or as_json))
+        on_epoch = printer.epoch
+        if tensorboard is not None:
+            from reprodl.training.tensorboard import TensorBoardLogger
+
+            board = stack.enter_context(TensorBoardLogger(tensorboard / cfg.name))
+
+            def on_epoch(m: Any) -> None:
+                printer.epoch(m)
+                board(m)
+
         uri, record = build_and_train(
-            cfg, progress=printer.batch if not (quiet or as_json) else False, on_epoch=printer.epoch
+            cfg, progress=printer.batch if not (quiet or as_json) else False, on_epoch=on_epoch
         )
     git = record.code.git
     if as_json:

@@ -72,6 +72,7 @@ from reprodl.training.capture import (
 )
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.snapshot import capture_snapshot
+from reprodl.training.tensorboard import TensorBoardLogger
 from reprodl.training.trace import StepTracer
 
 ROLES = ("train", "valid", "test")
@@ -87,6 +88,7 @@ def start_run(
     params: Mapping[str, Any] | None = None,
     deterministic: bool | Literal["warn"] = True,
     require_clean_code: bool = False,
+    tensorboard: str | os.PathLike[str] | None = None,
 ) -> Run:
     """A :class:`Run`: use it as a context manager around the user's own training loop.
 
@@ -99,6 +101,8 @@ def start_run(
             operation torch cannot run deterministically raises :class:`NondeterministicOperationError`.
             ``"warn"``: run such operations, and list them in the record.
         require_clean_code: refuse (:class:`DirtyCodeError`) unless the code is committed.
+        tensorboard: a TensorBoard log directory: each ``run.log`` is also written there as
+            scalars (step = the epoch or step logged); needs the ``tensorboard`` extra.
     """
     return Run(
         base_uri,
@@ -107,6 +111,7 @@ def start_run(
         params=params,
         deterministic=deterministic,
         require_clean_code=require_clean_code,
+        tensorboard=tensorboard,
     )
 
 
@@ -185,8 +190,10 @@ class Run:
         params: Mapping[str, Any] | None = None,
         deterministic: bool | Literal["warn"] = True,
         require_clean_code: bool = False,
+        tensorboard: str | os.PathLike[str] | None = None,
     ) -> None:
         self.base_uri, self.name, self.seed = base_uri, name, int(seed)
+        self.tensorboard = tensorboard
         self.deterministic, self.require_clean_code = check_deterministic(deterministic), require_clean_code
         self.params: dict[str, Any] = jsonable(dict(params or {}))
         self.uri: str | None = None
@@ -206,6 +213,7 @@ class Run:
         self._saved: dict[str, torch.Tensor] | None = None
         self._device = "cpu"
         self._n_loaders = 0
+        self._tb: TensorBoardLogger | None = None
 
     # --- the context ---------------------------------------------------------------------
     def __enter__(self) -> Run:
@@ -220,6 +228,7 @@ class Run:
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
             self.determinism = stack.enter_context(DeterminismSettings(self.deterministic, device_type))
             self.seeds.apply_globals()
+            self._tb = stack.enter_context(TensorBoardLogger(self.tensorboard)) if self.tensorboard else None
         except BaseException:
             stack.__exit__(*sys.exc_info())  # with the error: the output is discarded, not frozen empty
             raise
@@ -389,6 +398,8 @@ class Run:
         entry: dict[str, Any] = {k: v for k, v in (("epoch", epoch), ("step", step)) if v is not None}
         entry.update({k: _number(v) for k, v in metrics.items()})
         self._logged.append(entry)
+        if self._tb is not None:
+            self._tb.log(int(step if step is not None else epoch or 0), metrics)
 
     def log_params(self, mapping: Mapping[str, Any]) -> None:
         """Add parameters to the record (JSON-able form)."""

@@ -212,3 +212,30 @@ def test_importing_reprodl_and_its_export_imports_no_format_package() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_mlflow_logs_what_run_log_recorded_for_a_run_api_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from mlflow.tracking import MlflowClient
+    from torch import nn
+
+    import reprodl
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 4, generator=g), torch.randint(0, 2, (16,), generator=g))
+    with reprodl.start_run(str(tmp_path), "own-loop") as run:
+        model = nn.Linear(4, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        run.watch(model, optimizer)
+        for step, (x, y) in enumerate(run.loader(data, batch_size=8), start=1):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            run.log(step=step, batch_loss=loss.item())
+        run.save(model)
+    assert run.uri is not None
+    result = export(run.uri, "mlflow", tmp_path / "mlruns")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    history = MlflowClient(result.output).get_metric_history(result.details["run_id"], "batch_loss")
+    assert [m.step for m in history] == [1, 2]

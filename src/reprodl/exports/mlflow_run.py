@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from datetime import datetime
@@ -126,7 +127,10 @@ def _params(record: ProvenanceRecord) -> dict[str, str]:
 
 
 def _metrics(record: ProvenanceRecord, start: int) -> list[tuple[str, float, int, int]]:
-    """(name, value, timestamp ms, step) for each epoch's metrics; step is the epoch."""
+    """(name, value, timestamp ms, step) for each epoch's metrics, step = epoch; for a run of the run
+    API, each number ``run.log`` recorded, step = its epoch or step."""
+    if record.results.logged:
+        return _logged_metrics(record.results.logged, start)
     rows: list[tuple[str, float, int, int]] = []
     elapsed = 0.0
     for m in record.results.history:
@@ -136,6 +140,19 @@ def _metrics(record: ProvenanceRecord, start: int) -> list[tuple[str, float, int
             value = getattr(m, name)
             if value is not None:
                 rows.append((name, float(value), stamp, m.epoch))
+    return rows
+
+
+def _logged_metrics(logged: list[dict[str, Any]], start: int) -> list[tuple[str, float, int, int]]:
+    """What ``run.log`` recorded: each finite number, at its step (or epoch)."""
+    rows = []
+    for entry in logged:
+        step = int(entry.get("step", entry.get("epoch", 0)))
+        for name, value in entry.items():
+            if name in ("epoch", "step") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if math.isfinite(value):
+                rows.append((name, float(value), start, step))
     return rows
 
 

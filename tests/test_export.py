@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -30,12 +31,15 @@ def test_ro_crate_reads_back_with_one_create_action_from_code_and_data_to_model(
     assert action["result"][0]["identifier"] == f"urn:uuid:{_uuid(trained_model)}"
     (data,) = [o for o in action["object"] if o.type == "Dataset"]
     assert data["identifier"] == f"urn:uuid:{record.data[0].uuid}"
-    assert data["sha256"] == record.data[0].manifest_digest
+    assert data["additionalProperty"][0]["value"] == record.data[0].manifest_digest
+    assert [p["name"] for p in action["result"][0]["additionalProperty"]] == ["weights_sha256", "record_digest"]
     assert {o["name"] for o in action["object"] if o.type == "PropertyValue"} >= {"lr", "epochs", "seed"}
     assert action["agent"].type == "Person"
     assert action["startTime"] == record.results.started_at and action["endTime"] == record.results.finished_at
     assert crate.root_dataset["conformsTo"]["@id"] == "https://w3id.org/ro/wfrun/process/0.5"
-    assert json.loads((tmp_path / "crate" / "provenance.json").read_text())["digest"] == record.digest
+    copied = (tmp_path / "crate" / "provenance.json").read_bytes()
+    assert copied == (trained_model.path / "data" / "provenance.json").read_bytes()
+    assert crate.get("provenance.json")["sha256"] == hashlib.sha256(copied).hexdigest()
     assert result.bytes == sum(p.stat().st_size for p in (tmp_path / "crate").iterdir())
 
 
@@ -89,8 +93,6 @@ def test_croissant_of_an_image_dataset_loads_and_yields_its_images_and_labels(im
 
 
 def test_croissant_of_a_tensor_dataset_hashes_its_arrays(digits_split_master: str, tmp_path: Path) -> None:
-    import hashlib
-
     import mlcroissant
     from train_fixtures import item_file
 

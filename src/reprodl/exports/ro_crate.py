@@ -4,7 +4,8 @@ profile for one application's run).
 The crate holds the record (``provenance.json``) and describes the training as one
 ``CreateAction``: its instrument is the code, its objects the datasets (URI, UUID, manifest
 digest) and the hyperparameters, its result the model dataset, its agent who ran it, with
-start and end times. Datasets and the model are named by their URIs, not copied.
+start and end times. Datasets and the model are named by their URIs, not copied; reprodl's
+digests (manifest, weights, record, code) are PropertyValues they name as ``additionalProperty``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from reprodl import keys
 from reprodl.exports.source import Source, require
 from reprodl.provenance import ProvenanceRecord
+from reprodl.store import file_sha256
 
 PROCESS_RUN_CRATE = "https://w3id.org/ro/wfrun/process/0.5"
 
@@ -34,23 +36,14 @@ def write_ro_crate(source: Source, out: Path) -> dict[str, Any]:
     crate.add(
         ContextEntity(crate, PROCESS_RUN_CRATE, properties={"@type": "CreativeWork", "name": "Process Run Crate"})
     )
-    record_file = out / keys.PROVENANCE_FILE
-    record_file.write_text(record.to_json(), encoding="utf-8")
-    crate.add_file(
-        str(record_file),
-        dest_path=keys.PROVENANCE_FILE,
-        properties={
-            "name": "reprodl provenance record",
-            "encodingFormat": "application/json",
-            "conformsTo": {"@id": keys.PROVENANCE_SCHEMA_ID},
-            "sha256": record.digest,
-        },
-    )
+    _add_record(crate, source, out)
     code = crate.add(ContextEntity(crate, "#code", properties=_code(record)))
     datasets = [crate.add(ContextEntity(crate, d["@id"], properties=d)) for d in _datasets(record)]
     objects = list(datasets)
     objects += [crate.add(ContextEntity(crate, p["@id"], properties=p)) for p in _parameters(record)]
     model = crate.add(ContextEntity(crate, source.uri, properties=_model(source, record)))
+    for digest in _digests(source, record):
+        crate.add(ContextEntity(crate, digest["@id"], properties=digest))
     agent = crate.add(ContextEntity(crate, *_agent(source)))
     action = crate.add_action(
         code,
@@ -71,6 +64,48 @@ def write_ro_crate(source: Source, out: Path) -> dict[str, Any]:
     return {"entities": len(crate.get_entities()), "action": action.id, "objects": len(objects)}
 
 
+def _add_record(crate: Any, source: Source, out: Path) -> None:
+    """The record item, copied byte for byte (its sha256 is that of the model dataset's item)."""
+    record = source.model_record("ro-crate")
+    path = out / keys.PROVENANCE_FILE
+    with open(source.dataset.item_path(source.dataset.identifier_of(keys.PROVENANCE_FILE)), "rb") as fh:
+        path.write_bytes(fh.read())
+    crate.add_file(
+        str(path),
+        dest_path=keys.PROVENANCE_FILE,
+        properties={
+            "name": "reprodl provenance record",
+            "description": f"record digest {record.digest} (sha256 of its canonical JSON without the digest field)",
+            "encodingFormat": "application/json",
+            "conformsTo": {"@id": keys.PROVENANCE_SCHEMA_ID},
+            "sha256": file_sha256(path),
+            "contentSize": path.stat().st_size,
+        },
+    )
+
+
+def _digest_id(owner: str, name: str) -> str:
+    return f"#{owner}-{name}"
+
+
+def _digests(source: Source, record: ProvenanceRecord) -> list[dict[str, Any]]:
+    """reprodl's digests as PropertyValues, which the datasets, model and code name as additionalProperty."""
+    values: list[tuple[str, str, str | None]] = [
+        (ref.uuid, "manifest_digest", ref.manifest_digest) for ref in record.data
+    ]
+    values += [(source.dataset.uuid, "weights_sha256", record.results.weights_sha256)]
+    values += [(source.dataset.uuid, "record_digest", record.digest)]
+    snapshot = record.code.snapshot
+    values += [("code", "snapshot_sha256", snapshot.sha256 if snapshot else None)]
+    values += [("code", "entry_script_sha256", record.code.entry_script_sha256)]
+    found = {_digest_id(owner, name): (name, value) for owner, name, value in values if value}
+    return [{"@id": i, "@type": "PropertyValue", "name": n, "value": v} for i, (n, v) in found.items()]
+
+
+def _links(owner: str, *names: str) -> list[dict[str, str]]:
+    return [{"@id": _digest_id(owner, name)} for name in names]
+
+
 def _code(record: ProvenanceRecord) -> dict[str, Any]:
     """The code that trained the model, as a SoftwareSourceCode entity."""
     code = record.code
@@ -84,9 +119,15 @@ def _code(record: ProvenanceRecord) -> dict[str, Any]:
         props.update({"codeRepository": code.git.remote, "version": code.git.commit})
     if code.snapshot is not None and code.snapshot.item:
         props["description"] = f"source snapshot: item {code.snapshot.item} of the model dataset"
-        props["sha256"] = code.snapshot.sha256
-    elif code.entry_script_sha256:
-        props["sha256"] = code.entry_script_sha256
+    names = [
+        n
+        for n, v in (
+            ("snapshot_sha256", code.snapshot and code.snapshot.sha256),
+            ("entry_script_sha256", code.entry_script_sha256),
+        )
+        if v
+    ]
+    props["additionalProperty"] = _links("code", *names) or None
     return {k: v for k, v in props.items() if v is not None}
 
 
@@ -101,7 +142,7 @@ def _datasets(record: ProvenanceRecord) -> list[dict[str, Any]]:
                 "@type": "Dataset",
                 "name": ref.name,
                 "identifier": f"urn:uuid:{ref.uuid}",
-                "sha256": ref.manifest_digest,
+                "additionalProperty": _links(ref.uuid, "manifest_digest"),
                 "description": record.readme_for(ref).strip() or ref.name,
                 "roles": [],
             },
@@ -140,7 +181,9 @@ def _model(source: Source, record: ProvenanceRecord) -> dict[str, Any]:
         "identifier": f"urn:uuid:{source.dataset.uuid}",
         "description": f"reprodl model dataset: weights in {record.results.weights_file}, "
         f"record in {keys.PROVENANCE_FILE}",
-        "sha256": record.results.weights_sha256,
+        "additionalProperty": _links(
+            source.dataset.uuid, *(["weights_sha256"] if record.results.weights_sha256 else []), "record_digest"
+        ),
         "subjectOf": {"@id": keys.PROVENANCE_FILE},
     }
     if record.lineage.parent is not None:

@@ -31,6 +31,7 @@ _EXPORTS = {
     "TrainedTorchModel": "reprodl.model",
     "compare": "reprodl.reproduction.claims",
     "open_dataset": "reprodl.store",
+    "report": "reprodl.report",
     "reproduce": "reprodl.reproduction.rerun",
     "start_run": "reprodl.training.run",
     "train_model_with_metadata_capture": "reprodl.training.loop",
@@ -48,6 +49,7 @@ __all__ = [
     "TrainedTorchModel",
     "compare",
     "open_dataset",
+    "report",
     "reproduce",
     "start_run",
     "train_model_with_metadata_capture",
@@ -73,6 +75,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from reprodl.model import TrainedTorchModel
     from reprodl.modeldataset.write import DerivedDataSet
     from reprodl.provenance import ProvenanceRecord
+    from reprodl.report import report
     from reprodl.reproduction.claims import compare
     from reprodl.reproduction.rerun import ReproductionReport, reproduce
     from reprodl.store import open_dataset

@@ -12,8 +12,8 @@ import dataclasses
 
 from reprodl.report.html import esc
 
-NODE_W, NODE_H = 190, 46
-COL_GAP, ROW_GAP, MARGIN = 64, 18, 14
+NODE_W, NODE_H = 180, 46
+COL_GAP, ROW_GAP, MARGIN = 90, 18, 14
 COLOURS = {
     "data": ("#e8f5e9", "#2e7d32"),
     "model": ("#e3f2fd", "#1565c0"),
@@ -62,8 +62,8 @@ def _node_svg(n: Node, x: int, y: int) -> str:
     return (
         f"<g><title>{esc(n.label)}&#10;{esc(n.detail)}</title>"
         f'<rect x="{x}" y="{y}" width="{NODE_W}" height="{NODE_H}" rx="6" fill="{fill}" stroke="{stroke}"/>'
-        f'<text x="{x + 8}" y="{y + 18}" font-size="12" font-weight="600" fill="{ink}">{esc(_clip(n.label, 26))}</text>'
-        f'<text x="{x + 8}" y="{y + 35}" font-size="10" fill="{ink}">{esc(_clip(n.detail, 32))}</text></g>'
+        f'<text x="{x + 8}" y="{y + 18}" font-size="12" font-weight="600" fill="{ink}">{esc(_clip(n.label, 25))}</text>'
+        f'<text x="{x + 8}" y="{y + 35}" font-size="10" fill="{ink}">{esc(_clip(n.detail, 30))}</text></g>'
     )
 
 
@@ -82,7 +82,8 @@ def _edge_svg(e: Edge, src: tuple[int, int], dst: tuple[int, int]) -> str:
     return (
         f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#8a94a6" stroke-width="1.4"/>'
         f'<polygon points="{head}" fill="#8a94a6"/>'
-        f'<text x="{mx}" y="{my}" font-size="10" fill="#56607a" text-anchor="middle">{esc(_clip(e.label, 22))}</text>'
+        f'<text x="{mx}" y="{my}" font-size="10" fill="#56607a" text-anchor="middle" stroke="#fff" '
+        f'stroke-width="3" paint-order="stroke">{esc(_clip(e.label, 16))}</text>'
     )
 
 

@@ -29,8 +29,9 @@ section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.12);m
 h2{font-size:17px;margin:4px 0 10px;color:#1f3a5f}
 h3{font-size:14px;margin:12px 0 6px}
 table{border-collapse:collapse;font-size:13px;margin:4px 0 8px}
-th,td{border-bottom:1px solid #e3e6ea;padding:3px 10px 3px 0;text-align:left;vertical-align:top;overflow-wrap:anywhere}
-th{color:#56607a;font-weight:600}
+th,td{border-bottom:1px solid #e3e6ea;padding:3px 10px 3px 0;text-align:left;vertical-align:top}
+td{overflow-wrap:anywhere}
+th{color:#56607a;font-weight:600;white-space:nowrap}
 td.num,th.num{text-align:right}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
 pre{background:#f6f8fa;padding:8px;overflow:auto;max-height:420px;white-space:pre-wrap;word-break:break-all}

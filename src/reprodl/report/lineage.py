@@ -63,9 +63,9 @@ def _graph(ds: StoredDataSet, record: ProvenanceRecord, chain: list[dict[str, An
     nodes = [Node("this", record.model_name, f"this model · {ds.uuid[:8]}", "this", 2)]
     edges = []
     for d in {d.uuid: d for d in record.data}.values():
-        roles = "/".join(sorted({r.role for r in record.data if r.uuid == d.uuid}))
+        roles = "+".join(sorted({r.role for r in record.data if r.uuid == d.uuid}))
         nodes.append(Node(f"data:{d.uuid}", d.name, f"dataset · {d.uuid[:8]}", "data", 0))
-        edges.append(Edge(f"data:{d.uuid}", "this", f"{roles} data"))
+        edges.append(Edge(f"data:{d.uuid}", "this", roles))
     child = "this"
     for entry in chain[1:]:
         key = f"model:{entry.get('uuid') or entry['uri']}"

@@ -16,6 +16,8 @@ import pytest
 
 pytest.register_assert_rewrite("train_fixtures")
 
+from remote_servers import *  # noqa: F403 - the server fixtures
+from remote_servers import HTTPServer
 from train_fixtures import TrainedModel, item_file, rewrite_model
 
 pytest_plugins = ["train_fixtures"]
@@ -270,3 +272,33 @@ def test_cli_report_prints_json_and_progress(cli, trained_model: TrainedModel, t
     assert result.stdout.startswith("Report (model, ")
     result = cli("report", str(tmp_path / "nothing"), "-o", tmp_path / "r.html")
     assert result.exit_code != 0 and "no dataset at" in result.stderr
+
+
+def test_reports_of_a_model_and_a_dataset_served_over_http(
+    http_server: HTTPServer, dtool_cache: Path, trained_model: TrainedModel
+) -> None:
+    import shutil
+
+    from reprodl.report import render
+
+    shutil.copytree(trained_model.path, http_server.root / "report-model", dirs_exist_ok=True)
+    page, kind, notes = render(http_server.uri("report-model"))
+    assert kind == "model" and notes == []
+    assert "computed now, by evaluating the model" in page and http_server.uri("report-model") in page
+    page, kind, notes = render(http_server.uri("images"))
+    assert kind == "dataset" and notes == [] and page.count('class="sample"') == 12  # 3 classes of 4
+    check_offline(page)
+
+
+def test_without_matplotlib_the_page_shows_the_numbers_and_says_how_to_get_plots(
+    trained_model: TrainedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from reprodl.report import render
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    page, _, notes = render(trained_model.uri, evaluate=False)
+    assert "pip install &#x27;reprodl[report]&#x27;" in page
+    assert any(n.startswith("training and validation curves: plots in a report need matplotlib") for n in notes)
+    assert "per-epoch numbers" in page and "data:image/png" not in page

@@ -302,3 +302,36 @@ def test_without_matplotlib_the_page_shows_the_numbers_and_says_how_to_get_plots
     assert "pip install &#x27;reprodl[report]&#x27;" in page
     assert any(n.startswith("training and validation curves: plots in a report need matplotlib") for n in notes)
     assert "per-epoch numbers" in page and "data:image/png" not in page
+
+
+def test_claim_and_summary_json_of_the_wrong_shape_still_render(tmp_path: Path) -> None:
+    from reprodl import keys
+    from reprodl.report import render
+    from reprodl.store import create_dataset
+
+    claim = {
+        "verdict": HOSTILE,
+        "probability_a_better": "high",
+        "ci_low": None,
+        "runs": {"a": [{"seed": 0, "uri": HOSTILE}, "not a run"], "b": 3},
+        "baselines": {"majority": "0.1"},
+        "recipes": [HOSTILE],
+    }
+    summary = {"final": [1, 2], "models": {"uri": 1}, "per_epoch": {"valid_accuracy": [{"epoch": "one"}]}}
+    uris = {}
+    for name, kind, item, doc in (
+        ("c", keys.KIND_CLAIM, keys.CLAIM_FILE, claim),
+        ("s", keys.KIND_SUMMARY, keys.SUMMARY_FILE, summary),
+    ):
+        with create_dataset(str(tmp_path), name, readme="") as writer:
+            writer.put_json(doc, item)
+            writer.put_annotation(keys.MODEL_KIND, kind)
+        uris[name] = str(writer.uri)
+    page, kind, _ = render(uris["c"])
+    assert kind == keys.KIND_CLAIM and "P(A&gt;B) on None ?, ? interval [?, ?]" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    page, kind, notes = render(uris["s"])
+    assert kind == keys.KIND_SUMMARY
+    assert notes == [
+        "seed envelope: the recorded values cannot be plotted (ValueError: could not convert string to float: 'one')"
+    ]

@@ -11,7 +11,7 @@ import numpy as np
 from reprodl import keys
 from reprodl.errors import ReprodlError
 from reprodl.report import plots
-from reprodl.report.context import Context
+from reprodl.report.context import Context, mapping, mappings
 from reprodl.report.html import Raw, esc, kv_table, note, png_img, pre, section, table
 from reprodl.store import StoredDataSet
 
@@ -134,26 +134,36 @@ def dataset_page(ds: StoredDataSet, ctx: Context) -> tuple[str, str, list[str], 
 
 
 # --- a claim and a multi-run summary -------------------------------------------------------
-def _runs_table(runs: dict[str, list[dict[str, Any]]]) -> str:
+# claim.json and summary.json are read from a URI: every value is checked for its type here.
+def _fmt(value: Any, spec: str) -> str:
+    """A recorded number formatted by ``spec``; '?' for anything that is not a number."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return format(value, spec) if ok else "?"
+
+
+def _document(ds: StoredDataSet, data: Any, item: str) -> dict[str, Any]:
+    from reprodl.errors import DatasetFormatError
+
+    if not isinstance(data, dict):
+        raise DatasetFormatError(f"{ds.uri}: {item} holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _runs_table(runs: dict[str, Any]) -> str:
     rows = [
         (side.upper(), r.get("seed"), r.get("value"), r.get("uri"), r.get("record_digest"))
         for side, side_runs in runs.items()
-        for r in side_runs
+        for r in mappings(side_runs)
     ]
     return table(["recipe", "seed", "value", "model", "record digest"], rows, numeric=[1, 2])
 
 
-def claim_page(ds: StoredDataSet, ctx: Context) -> tuple[str, str, list[str], str | None]:
-    """(title, subtitle, sections, banner) of a claim dataset (``reprodl compare``)."""
-    from reprodl.reproduction.claims import load_claim
-
-    ctx.say("reading the claim")
-    claim = load_claim(ds.uri)
-    recipes = claim.get("recipes") or {}
+def _claim_body(claim: dict[str, Any]) -> str:
+    recipes = mapping(claim.get("recipes"))
     verdict = (
         f'<p><span class="big">{esc(claim.get("verdict"))}</span> — P(A&gt;B) on {esc(claim.get("metric"))} '
-        f"{float(claim.get('probability_a_better', 0)):.3f}, {float(claim.get('confidence', 0.95)):.0%} interval "
-        f"[{float(claim.get('ci_low', 0)):.3f}, {float(claim.get('ci_high', 0)):.3f}] over {esc(claim.get('n'))} "
+        f"{_fmt(claim.get('probability_a_better'), '.3f')}, {_fmt(claim.get('confidence'), '.0%')} interval "
+        f"[{_fmt(claim.get('ci_low'), '.3f')}, {_fmt(claim.get('ci_high'), '.3f')}] over {esc(claim.get('n'))} "
         "paired runs</p>"
     )
     facts = [
@@ -162,14 +172,29 @@ def claim_page(ds: StoredDataSet, ctx: Context) -> tuple[str, str, list[str], st
         ("varied", claim.get("vary")),
         ("rule", claim.get("rule")),
     ]
-    baselines = [(name, *row.values()) for name, row in (claim.get("baselines") or {}).items()]
+    baselines = {name: mapping(row) for name, row in mapping(claim.get("baselines")).items()}
     body = verdict + kv_table(facts)
     if baselines:
-        first = next(iter((claim.get("baselines") or {}).values()))
-        body += "<h3>Baselines</h3>" + table(["baseline", *first.keys()], baselines, numeric=range(1, 1 + len(first)))
-    sections = [_about(ds, []), section("claim", "Claim", body), _plot_item(ds, keys.CLAIM_PLOT_FILE, "distributions")]
-    sections += [section("runs", "Runs", _runs_table(claim.get("runs") or {})), _readme(ds)]
-    return f"Claim report: {ds.name}", f"{ds.uri} · UUID {ds.uuid}", sections, None
+        columns = sorted({k for row in baselines.values() for k in row})
+        rows = [(name, *(row.get(c) for c in columns)) for name, row in baselines.items()]
+        body += "<h3>Baselines</h3>" + table(["baseline", *columns], rows, numeric=range(1, 1 + len(columns)))
+    return body
+
+
+def claim_page(ds: StoredDataSet, ctx: Context) -> tuple[str, str, list[str], str | None]:
+    """(title, subtitle, sections, banner) of a claim dataset (``reprodl compare``)."""
+    from reprodl.reproduction.claims import load_claim
+
+    ctx.say("reading the claim")
+    claim = _document(ds, load_claim(ds.uri), keys.CLAIM_FILE)
+    sections = [
+        _about(ds, []),
+        section("claim", "Claim", _claim_body(claim)),
+        _plot_item(ds, keys.CLAIM_PLOT_FILE, "distributions"),
+        section("runs", "Runs", _runs_table(mapping(claim.get("runs")))),
+        _readme(ds),
+    ]
+    return f"Claim report: {ds.name}", f"{ds.uri} · UUID {ds.uuid}", [s for s in sections if s], None
 
 
 def _plot_item(ds: StoredDataSet, relpath: str, what: str) -> str:
@@ -185,13 +210,14 @@ def summary_page(ds: StoredDataSet, ctx: Context) -> tuple[str, str, list[str], 
     from reprodl.training.multirun import load_summary
 
     ctx.say("reading the multi-run summary")
-    summary = load_summary(ds.uri)
+    summary = _document(ds, load_summary(ds.uri), keys.SUMMARY_FILE)
     final = [
         (m, s.get("mean"), s.get("std"), s.get("min"), s.get("max"), s.get("n"))
-        for m, s in summary.get("final", {}).items()
+        for m, s in ((m, mapping(s)) for m, s in mapping(summary.get("final")).items())
     ]
     models = [
-        (m.get("seed"), m.get("uri"), m.get("uuid"), json.dumps(m.get("final"))) for m in summary.get("models", [])
+        (m.get("seed"), m.get("uri"), m.get("uuid"), json.dumps(m.get("final"), default=str))
+        for m in mappings(summary.get("models"))
     ]
     body = (
         note(f"{summary.get('n_runs')} runs varying the {summary.get('varied')}.")

@@ -10,7 +10,7 @@ from reprodl.errors import ReprodlError
 from reprodl.modeldataset.read import load_trace, read_record
 from reprodl.provenance import DataRef, ProvenanceRecord
 from reprodl.report import plots
-from reprodl.report.context import Context
+from reprodl.report.context import Context, mapping
 from reprodl.report.html import Raw, details, esc, kv_table, note, pre, section, table
 from reprodl.report.lineage import divergence_section, lineage_section, neighbours
 from reprodl.store import StoredDataSet
@@ -210,8 +210,10 @@ def envelope_section(ds: StoredDataSet, record: ProvenanceRecord, ctx: Context) 
         summary = load_summary(str(uri))
     except ReprodlError as exc:
         return section("envelope", "Seed envelope", ctx.missing("seed envelope", f"{uri} unreadable ({exc})"))
+    if not isinstance(summary, dict):
+        return section("envelope", "Seed envelope", ctx.missing("seed envelope", f"{uri} holds no summary object"))
     rows = []
-    for metric, s in summary.get("final", {}).items():
+    for metric, s in ((m, mapping(s)) for m, s in mapping(summary.get("final")).items()):
         mine = record.results.final.get(metric)
         rows.append((metric, mine, s.get("mean"), s.get("std"), s.get("min"), s.get("max"), s.get("n")))
     body = (

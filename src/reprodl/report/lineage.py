@@ -168,6 +168,10 @@ def divergence_section(ds: StoredDataSet, record: ProvenanceRecord, near: Neighb
     ctx.say("comparing step traces")
     body = ""
     for title, args in pairs:
-        div = _divergence(*args)
+        try:
+            div = _divergence(*args)
+        except (ReprodlError, ValueError, KeyError, TypeError, IndexError) as exc:  # a trace of another shape
+            body += ctx.missing(title, f"the step traces cannot be compared ({type(exc).__name__}: {exc})")
+            continue
         body += _divergence_html(title, div) if div is not None else note(f"{title}: no step trace on both sides")
     return section("divergence", "Divergence", body)

@@ -65,7 +65,7 @@ def evaluate(ds: StoredDataSet, record: ProvenanceRecord, ctx: Context) -> tuple
                 f"computed now, by evaluating the model on its recorded {ref.role} data {ref.name} "
                 f"({ref.uri}, usetype {ref.usetype or 'all'}, {result['n_samples']} samples)"
             )
-        except ReprodlError as exc:
+        except (ReprodlError, RuntimeError, ValueError) as exc:  # a forward pass that fails is reported too
             why = f"the model could not be evaluated on its {ref.role} data ({exc})"
     else:
         why = "evaluation turned off" if not ctx.evaluate else "the record names no validation or test data"

@@ -335,3 +335,31 @@ def test_claim_and_summary_json_of_the_wrong_shape_still_render(tmp_path: Path) 
     assert notes == [
         "seed envelope: the recorded values cannot be plotted (ValueError: could not convert string to float: 'one')"
     ]
+
+
+def test_a_run_api_model_shows_what_it_logged(tmp_path: Path) -> None:
+    import torch
+
+    import reprodl
+    from reprodl.report import render
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=g), torch.randint(0, 2, (32,), generator=g))
+    with reprodl.start_run(str(tmp_path), "tiny", seed=3) as run:
+        model = torch.nn.Linear(4, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        run.watch(model, optimizer, loss=torch.nn.CrossEntropyLoss())
+        for epoch in range(2):
+            for step, (x, y) in enumerate(run.loader(data, batch_size=8, shuffle=True)):
+                optimizer.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                optimizer.step()
+                run.log(step=epoch * 4 + step + 1, batch_loss=loss)
+            run.log(epoch=epoch + 1, train_loss=loss, test_accuracy=0.5)
+        run.save(model)
+    assert run.uri is not None
+    page, kind, notes = render(run.uri)
+    assert kind == "model" and "<h3>Metrics logged with run.log</h3>" in page and "10 entries logged" in page
+    assert page.count("data:image/png;base64,") == 3  # epoch curves, logged metrics, step trace
+    assert notes == ["confusion matrix: the record names no validation or test data"]

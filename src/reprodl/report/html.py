@@ -18,6 +18,7 @@ from typing import Any
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 MAX_EMBEDDED_IMAGE_BYTES = 8 * 1024 * 1024  # an image item of a dataset embedded as is (claim plot...)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LONG = 40  # characters of a table cell that may break anywhere (URIs, digests)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
@@ -30,7 +31,10 @@ h2{font-size:17px;margin:4px 0 10px;color:#1f3a5f}
 h3{font-size:14px;margin:12px 0 6px}
 table{border-collapse:collapse;font-size:13px;margin:4px 0 8px}
 th,td{border-bottom:1px solid #e3e6ea;padding:3px 10px 3px 0;text-align:left;vertical-align:top}
-td{overflow-wrap:anywhere}
+.long{overflow-wrap:anywhere}
+.card table{width:100%;table-layout:fixed}
+.card th{width:36%;white-space:normal}
+.card td{overflow-wrap:anywhere}
 th{color:#56607a;font-weight:600;white-space:nowrap}
 td.num,th.num{text-align:right}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
@@ -85,7 +89,8 @@ def _cell(value: Any) -> str:
         return '<span class="note">—</span>'
     if isinstance(value, float):
         return esc(f"{value:.6g}")
-    return short(value, 400)
+    text = short(value, 400)
+    return f'<span class="long">{text}</span>' if len(text) > LONG else text
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: Sequence[int] = ()) -> str:

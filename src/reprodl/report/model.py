@@ -149,18 +149,23 @@ def summary_section(
 
 
 def curves_section(record: ProvenanceRecord, ctx: Context) -> str:
-    history = record.results.history
-    if not history:
-        return section("curves", "Training and validation curves", ctx.missing("curves", "the record has no epochs"))
-    rows = [(m.epoch, m.train_loss, m.valid_loss, m.valid_accuracy, m.learning_rate, m.wall_time_s) for m in history]
-    body = ctx.plot("training and validation curves", lambda: plots.curves_png(history)) + details(
-        "per-epoch numbers",
-        table(
-            ["epoch", "train loss", "valid loss", "valid accuracy", "learning rate", "seconds"], rows, numeric=range(6)
-        ),
-    )
-    if record.results.logged:
-        body += details("metrics logged with run.log", pre(json.dumps(record.results.logged[:500], indent=1)))
+    """The per-epoch curves (and a table of them), and what a run logged with run.log, plotted."""
+    history, logged = record.results.history, record.results.logged
+    body = ""
+    if history:
+        rows = [
+            (m.epoch, m.train_loss, m.valid_loss, m.valid_accuracy, m.learning_rate, m.wall_time_s) for m in history
+        ]
+        header = ["epoch", "train loss", "valid loss", "valid accuracy", "learning rate", "seconds"]
+        body += ctx.plot("training and validation curves", lambda: plots.curves_png(history))
+        body += details("per-epoch numbers", table(header, rows, numeric=range(6)))
+    series = plots.logged_series(logged)
+    if any(name not in plots.CURVES for _, name in series):
+        body += "<h3>Metrics logged with run.log</h3>" + ctx.plot("logged metrics", lambda: plots.logged_png(series))
+    if logged:
+        body += details(f"{len(logged)} entries logged with run.log", pre(json.dumps(logged[:500], indent=1)))
+    if not body:
+        body = ctx.missing("curves", "the record has no epochs and no logged metrics")
     return section("curves", "Training and validation curves", body)
 
 

@@ -18,6 +18,8 @@ from reprodl.errors import MissingDependencyError
 DPI = 90
 MAX_TRACE_POINTS = 4000  # points per plotted trace line (thinned evenly beyond)
 TRACE_TENSORS = 4  # fingerprints plotted: the tensors that moved most
+CURVES = ("train_loss", "valid_loss", "valid_accuracy", "learning_rate", "wall_time_s")
+MAX_LOGGED_METRICS = 8
 
 
 def pyplot() -> Any:
@@ -51,7 +53,8 @@ def curves_png(history: Sequence[Any]) -> bytes:
     """Loss (train and validation) and validation accuracy per epoch; the learning rate when it changed."""
     plt = pyplot()
     lrs = _series(history, "learning_rate")[1]
-    panels = ["loss", "accuracy"] + (["learning rate"] if len(set(lrs)) > 1 else [])
+    accuracy = bool(_series(history, "valid_accuracy")[0])
+    panels = ["loss"] + (["accuracy"] if accuracy else []) + (["learning rate"] if len(set(lrs)) > 1 else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.0), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         names = {"loss": ["train_loss", "valid_loss"], "accuracy": ["valid_accuracy"]}.get(panel, ["learning_rate"])
@@ -65,6 +68,38 @@ def curves_png(history: Sequence[Any]) -> bytes:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
+    return to_png(fig)
+
+
+def logged_series(logged: Sequence[dict[str, Any]]) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
+    """(x axis, metric) -> (xs, ys) of the numbers logged with run.log, by step where given, else by epoch."""
+    series: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    for entry in logged:
+        axis = "step" if "step" in entry else "epoch"
+        x = entry.get(axis)
+        if not isinstance(x, (int, float)):
+            continue
+        for name, value in entry.items():
+            if name not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                xs, ys = series.setdefault((axis, str(name)), ([], []))
+                xs.append(float(x))
+                ys.append(float(value))
+    return dict(list(series.items())[:MAX_LOGGED_METRICS])
+
+
+def logged_png(series: dict[tuple[str, str], tuple[list[float], list[float]]]) -> bytes:
+    """One panel per x axis (step, epoch), a line per metric logged against it."""
+    plt = pyplot()
+    axes_names = sorted({axis for axis, _ in series}, reverse=True)
+    fig, axes = plt.subplots(1, len(axes_names), figsize=(4.2 * len(axes_names), 3.0), squeeze=False)
+    for ax, axis in zip(axes[0], axes_names):
+        for (where, name), (xs, ys) in series.items():
+            if where == axis:
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, lw=1, label=name)
+        ax.set_xlabel(axis)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     return to_png(fig)
 
 

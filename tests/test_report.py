@@ -170,9 +170,11 @@ def test_a_reproduction_and_its_original_show_the_first_divergent_step(
     from reprodl.report import render
 
     repro = _fake_reproduction(trained_model, model_copy.parent, diverge_at=7)
-    page, _, _ = render(repro, evaluate=False)
+    page, _, notes = render(repro, evaluate=False)
+    assert notes == ["confusion matrix: evaluation turned off"]  # the marked trace plot was drawn
     assert "this model against the original it reproduces" in page
     assert "first divergent optimiser step: 7 (epoch 1, batch 7)" in page
+    assert '<th>first divergent step</th><td><span class="bad">7</span>' in page  # marked on the trace
     assert "reproduced as" in page  # the graph's edge from the original
     # The original (a copy beside the reproduction: same UUID) finds its reproduction there.
     page, _, _ = render(str(model_copy), evaluate=False)

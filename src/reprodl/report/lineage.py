@@ -145,33 +145,45 @@ def _divergence_html(title: str, div: Any) -> str:
     return body
 
 
-def divergence_section(ds: StoredDataSet, record: ProvenanceRecord, near: Neighbours, ctx: Context) -> str:
+Found = list[tuple[str, Any]]  # (title, a Divergence, None when a side has no trace, or why not compared)
+
+
+def divergences(ds: StoredDataSet, record: ProvenanceRecord, near: Neighbours, ctx: Context) -> Found:
     """Where this reproduction left its original, and where this model's reproductions left it."""
     pairs: list[tuple[str, Any]] = []
     try:
         if record.lineage.reproduces:
             original = open_dataset(record.lineage.reproduces.uri)
-            pairs.append(
-                (
-                    "this model against the original it reproduces",
-                    (original, read_record(original, check=False), ds, record),
-                )
-            )
+            pair = (original, read_record(original, check=False), ds, record)
+            pairs.append(("this model against the original it reproduces", pair))
         for uri, rec in near.reproductions[:MAX_DIVERGENCES]:
             pairs.append((f"reproduction {rec.model_name} against this model", (ds, record, open_dataset(uri), rec)))
     except ReprodlError as exc:
-        return section(
-            "divergence", "Divergence", ctx.missing("divergence", f"a model of the pair is unreadable ({exc})")
-        )
-    if not pairs:
-        return ""
-    ctx.say("comparing step traces")
-    body = ""
+        return [("divergence", f"a model of the pair is unreadable ({exc})")]
+    if pairs:
+        ctx.say("comparing step traces")
+    found: Found = []
     for title, args in pairs:
         try:
-            div = _divergence(*args)
+            found.append((title, _divergence(*args)))
         except (ReprodlError, ValueError, KeyError, TypeError, IndexError) as exc:  # a trace of another shape
-            body += ctx.missing(title, f"the step traces cannot be compared ({type(exc).__name__}: {exc})")
-            continue
-        body += _divergence_html(title, div) if div is not None else note(f"{title}: no step trace on both sides")
+            found.append((title, f"the step traces cannot be compared ({type(exc).__name__}: {exc})"))
+    return found
+
+
+def first_divergent_step(found: Found) -> int | None:
+    """The step of the first divergence found, to mark on the trace."""
+    return next((div.step for _, div in found if getattr(div, "step", None) is not None), None)
+
+
+def divergence_section(found: Found, ctx: Context) -> str:
+    """Each comparison: where the traces parted and why, or why there is none."""
+    if not found:
+        return ""
+    body = ""
+    for title, div in found:
+        if isinstance(div, str):
+            body += ctx.missing(title, div)
+        else:
+            body += _divergence_html(title, div) if div is not None else note(f"{title}: no step trace on both sides")
     return section("divergence", "Divergence", body)

@@ -12,7 +12,7 @@ from reprodl.provenance import DataRef, ProvenanceRecord
 from reprodl.report import plots
 from reprodl.report.context import Context, mapping
 from reprodl.report.html import Raw, details, esc, kv_table, note, pre, section, table
-from reprodl.report.lineage import divergence_section, lineage_section, neighbours
+from reprodl.report.lineage import divergence_section, divergences, first_divergent_step, lineage_section, neighbours
 from reprodl.store import StoredDataSet
 
 
@@ -28,14 +28,15 @@ def model_page(ds: StoredDataSet, ctx: Context) -> tuple[str, str, list[str], st
         ctx.notes.append(banner)
     evaluation, source = evaluate(ds, record, ctx)
     near = neighbours(ds)
+    found = divergences(ds, record, near, ctx)
     sections = [
         summary_section(ds, record, evaluation, digest_ok=banner is None),
         curves_section(record, ctx),
         evaluation_section(evaluation, source),
         envelope_section(ds, record, ctx),
         lineage_section(ds, record, near, ctx),
-        trace_section(ds, record, ctx),
-        divergence_section(ds, record, near, ctx),
+        trace_section(ds, record, ctx, mark=first_divergent_step(found)),
+        divergence_section(found, ctx),
         environment_section(record),
         details_section(record),
     ]
@@ -232,7 +233,8 @@ def envelope_section(ds: StoredDataSet, record: ProvenanceRecord, ctx: Context) 
     return section("envelope", "Seed envelope", body)
 
 
-def trace_section(ds: StoredDataSet, record: ProvenanceRecord, ctx: Context) -> str:
+def trace_section(ds: StoredDataSet, record: ProvenanceRecord, ctx: Context, *, mark: int | None = None) -> str:
+    """The trace's loss and fingerprints per step (``mark``: a divergent step, drawn as a line)."""
     info = record.results.trace
     if info is None:
         return section("trace", "Step trace", note("The record has no step trace."))
@@ -247,7 +249,9 @@ def trace_section(ds: StoredDataSet, record: ProvenanceRecord, ctx: Context) -> 
         ("tensors fingerprinted", f"{len(info.tensors)} ({info.sample} sampled elements each)"),
         ("item", f"{info.item} ({info.sha256})"),
     ]
-    body = ctx.plot("step trace", lambda: plots.trace_png(rows, info.tensors)) + kv_table(facts)
+    if mark is not None:
+        facts.append(("first divergent step", Raw(f'<span class="bad">{mark}</span> (the dashed red line)')))
+    body = ctx.plot("step trace", lambda: plots.trace_png(rows, info.tensors, mark_step=mark)) + kv_table(facts)
     return section("trace", "Step trace", body)
 
 

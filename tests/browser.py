@@ -43,6 +43,7 @@ def screenshot(
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
+        "--disable-dev-shm-usage",  # containers often have a small /dev/shm
         "--hide-scrollbars",
         "--no-first-run",
         "--disable-background-networking",

@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"training"},
     {"integrations"},
     {"reproduction", "exports"},
+    {"reports"},
     {"cli"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

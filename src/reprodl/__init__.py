@@ -32,6 +32,7 @@ _EXPORTS = {
     "compare": "reprodl.reproduction.claims",
     "export": "reprodl.exports",
     "open_dataset": "reprodl.store",
+    "report": "reprodl.reports",
     "reproduce": "reprodl.reproduction.rerun",
     "start_run": "reprodl.training.run",
     "train_model_with_metadata_capture": "reprodl.training.loop",
@@ -50,6 +51,7 @@ __all__ = [
     "compare",
     "export",
     "open_dataset",
+    "report",
     "reproduce",
     "start_run",
     "train_model_with_metadata_capture",
@@ -76,6 +78,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from reprodl.model import TrainedTorchModel
     from reprodl.modeldataset.write import DerivedDataSet
     from reprodl.provenance import ProvenanceRecord
+    from reprodl.reports import report
     from reprodl.reproduction.claims import compare
     from reprodl.reproduction.rerun import ReproductionReport, reproduce
     from reprodl.store import open_dataset

@@ -39,6 +39,7 @@ def _register() -> None:
     from reprodl.cli import claims as _claims  # noqa: F401 - imported to register compare on app
     from reprodl.cli import export as _export  # noqa: F401 - imported to register export on app
     from reprodl.cli import model as _model  # noqa: F401 - imported to register its commands on app
+    from reprodl.cli import report as _report  # noqa: F401 - imported to register report on app
     from reprodl.cli import signing as _signing  # noqa: F401 - imported to register keygen and sign
 
 

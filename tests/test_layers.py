@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"model", "zoo"},
     {"training"},
     {"integrations"},
-    {"reproduction"},
+    {"reproduction", "catalog"},
     {"cli"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -73,8 +73,8 @@ CREATE TABLE IF NOT EXISTS fields (
     txt TEXT
 );
 CREATE INDEX IF NOT EXISTS fields_entry ON fields (entry_id);
-CREATE INDEX IF NOT EXISTS fields_num ON fields (name, num);
-CREATE INDEX IF NOT EXISTS fields_txt ON fields (name, txt);
+CREATE INDEX IF NOT EXISTS fields_num ON fields (name, num, entry_id);
+CREATE INDEX IF NOT EXISTS fields_txt ON fields (name, txt, entry_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5 (name, readme, annotations, tokenize = 'unicode61');
 """
 

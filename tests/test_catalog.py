@@ -373,3 +373,20 @@ def test_a_copy_on_s3_is_the_same_entry_and_checks_ok(s3_bucket: Any, world: dic
         (entry,) = catalog.find("more-digits")
         assert entry.uris == sorted([world["more"], s3_uri])
         assert {r.uri: r.status for r in check(catalog)} == {world["more"]: "ok", s3_uri: "ok"}
+
+
+def test_a_file_that_is_not_a_catalog_is_refused_with_the_fix(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.sqlite"
+    bad.write_text("not a database, just notes\n" * 100)
+    with pytest.raises(CatalogError, match=r"cannot open the catalog .*notes.sqlite.*--catalog"):
+        Catalog(bad)
+    with Catalog(tmp_path / "old.sqlite") as catalog:
+        catalog.db.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+        catalog.db.commit()
+    with pytest.raises(CatalogError, match="schema version 0, this reprodl reads 1"):
+        Catalog(tmp_path / "old.sqlite")
+    with Catalog(":memory:") as catalog:
+        with pytest.raises(CatalogError, match="could not write the export"):
+            export_jsonl(catalog, tmp_path / "no-such-dir" / "e.jsonl")
+        with pytest.raises(CatalogError, match="no catalog export at"):
+            import_jsonl(catalog, tmp_path / "missing.jsonl")

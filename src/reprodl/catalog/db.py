@@ -137,25 +137,31 @@ class Catalog:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         target = default_path() if path is None else path
         self.path = str(target)
-        if self.path != ":memory:":
-            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         try:
+            if self.path != ":memory:":
+                Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path)
             self.db.execute("PRAGMA foreign_keys = ON")
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.executescript(SCHEMA)
             self._check_version()
-        except sqlite3.DatabaseError as exc:
-            raise CatalogError(
-                f"cannot open the catalog {self.path}: {exc}. Give another file with --catalog, "
-                "or move this one away and add your base URIs again"
-            ) from None
+        except (sqlite3.Error, OSError) as exc:
+            fix = (
+                "this Python's SQLite lacks the FTS5 extension: use a Python built with it (python.org and "
+                "conda builds are)"
+                if "fts5" in str(exc)
+                else "give another file with --catalog (or REPRODL_CATALOG), or move this one away and add "
+                "your base URIs again"
+            )
+            raise CatalogError(f"cannot open the catalog {self.path}: {exc}. To go on, {fix}") from None
 
     def _check_version(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             with self.db:
                 self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (keys.CATALOG_SCHEMA_VERSION,))
+                # bm25 weights of the columns: a word in the name counts most, then annotations, then the README.
+                self.db.execute("INSERT INTO search (search, rank) VALUES ('rank', 'bm25(10.0, 1.0, 2.0)')")
         elif row[0] != keys.CATALOG_SCHEMA_VERSION:
             raise CatalogError(
                 f"the catalog {self.path} has schema version {row[0]}, this reprodl reads "

@@ -26,10 +26,14 @@ def export_jsonl(cat: Catalog, path: str | os.PathLike[str]) -> int:
     """Write every entry of ``cat`` to ``path`` as JSON Lines (sorted by UUID); how many."""
     entries = sorted(cat.entries(), key=lambda e: (e.uuid, e.manifest_digest))
     tmp = Path(f"{os.fspath(path)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for entry in entries:
-            fh.write(json.dumps(entry.to_dict(), sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for entry in entries:
+                fh.write(json.dumps(entry.to_dict(), sort_keys=True, default=str) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CatalogError(f"could not write the export {path}: {exc.strerror or exc}; choose another path") from None
     return len(entries)
 
 
@@ -39,6 +43,8 @@ def import_jsonl(cat: Catalog, path: str | os.PathLike[str]) -> int:
     Raises:
         CatalogError: a line that is not a catalog entry, naming the file and line.
     """
+    if not Path(path).is_file():
+        raise CatalogError(f"no catalog export at {path}: give the JSON Lines file `reprodl catalog export` wrote")
     entries = []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):

@@ -186,5 +186,8 @@ def write_graph(graph: Graph, path: str | Path) -> Path:
     if suffix not in FORMATS:
         raise CatalogError(f"cannot write a graph to {out}: name it .dot, .svg or .html")
     text = {".dot": to_dot, ".svg": to_svg, ".html": to_html}[suffix](graph)
-    out.write_text(text, encoding="utf-8")
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"could not write the graph to {out}: {exc.strerror or exc}; choose another path") from None
     return out

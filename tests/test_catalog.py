@@ -219,6 +219,11 @@ def test_ls_where_filters_on_fields_and_columns(cat: Catalog) -> None:
     assert ls(cat, kind="dataset", where="n_items=2 AND input_type=TensorDataSet") != []
 
 
+def test_a_field_no_entry_has_is_named_with_those_there_are(cat: Catalog) -> None:
+    with pytest.raises(CatalogError, match=r"no catalogued entry has a field 'valid_acuracy'.*valid_accuracy"):
+        ls(cat, where="valid_acuracy>0.5")
+
+
 def test_where_clause_cannot_inject_sql(cat: Catalog) -> None:
     n = len(cat)
     with pytest.raises(CatalogError, match="FIELD OP VALUE"):

@@ -16,7 +16,7 @@ from typing import Any
 
 from reprodl.catalog.db import Catalog
 from reprodl.catalog.entry import KINDS, Entry
-from reprodl.catalog.where import compile_where, parse_where
+from reprodl.catalog.where import COLUMNS, compile_where, parse_where
 from reprodl.errors import CatalogError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -65,13 +65,26 @@ def _check_kind(kind: str) -> str:
 
 def ls(cat: Catalog, *, kind: str | None = None, where: str = "", limit: int | None = None) -> list[Entry]:
     """Entries of ``kind`` (all kinds when None) matching the ``where`` clause (:mod:`.where`)."""
-    sql, args = compile_where(parse_where(where))
+    conditions = parse_where(where)
+    _check_fields(cat, [c.field for c in conditions if c.field not in COLUMNS])
+    sql, args = compile_where(conditions)
     if kind is not None:
         sql, args = f"e.kind = ? AND {sql}", [_check_kind(kind), *args]
     query = f"SELECT e.id FROM entries e WHERE {sql} ORDER BY e.created_at, e.id"
     if limit is not None:
         query, args = query + " LIMIT ?", [*args, int(limit)]
     return cat.entries([r[0] for r in cat.db.execute(query, args)])
+
+
+def _check_fields(cat: Catalog, names: list[str]) -> None:
+    """Refuse a ``--where`` field no entry has (a typo would otherwise just match nothing)."""
+    for name in names:
+        if cat.db.execute("SELECT 1 FROM fields WHERE name = ? LIMIT 1", (name,)).fetchone() is None:
+            known = [r[0] for r in cat.db.execute("SELECT DISTINCT name FROM fields ORDER BY name LIMIT 200")]
+            raise CatalogError(
+                f"no catalogued entry has a field {name!r}: use a column ({', '.join(COLUMNS)}) or a field "
+                f"entries have ({', '.join(known) or 'none yet: add a base URI first'})"
+            )
 
 
 def _one(cat: Catalog, ref: str, *, kind: str | None = None) -> Entry:

@@ -174,7 +174,13 @@ def _reproduction(entry: Entry, linked: bool) -> None:
 def _read_json_item(ds: StoredDataSet, relpath: str) -> dict[str, Any]:
     from reprodl.errors import DatasetFormatError
 
-    with open(ds.item_path(ds.identifier_of(relpath)), "rb") as fh:
+    idn = ds.identifier_of(relpath)
+    size = int(ds.item_properties(idn).get("size_in_bytes", 0))
+    if size > keys.MAX_METADATA_BYTES:  # a claim or summary is a few kB: refuse before reading it
+        raise DatasetFormatError(
+            f"{ds.uri}: {relpath} is {size:,} bytes, over reprodl's limit of {keys.MAX_METADATA_BYTES:,}: not indexed"
+        )
+    with open(ds.item_path(idn), "rb") as fh:
         data = load_json(fh.read(), what=f"{ds.uri}: {relpath}", error=DatasetFormatError)
     if not isinstance(data, dict):
         raise DatasetFormatError(f"{ds.uri}: {relpath} holds a JSON {type(data).__name__}, not an object")

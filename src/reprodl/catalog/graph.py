@@ -18,6 +18,7 @@ import html
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from reprodl.catalog.db import Catalog
 from reprodl.catalog.entry import Entry
@@ -28,6 +29,7 @@ COLOURS = {"dataset": "#dbeafe", "model": "#dcfce7", "claim": "#fef9c3", "summar
 FORMATS = (".dot", ".svg", ".html")
 EDGE_LABELS = {"trained_on": "trained on", "parent": "fine-tuned", "reproduces": "reproduced", "member": "member"}
 _BOX_W, _BOX_H, _GAP_X, _GAP_Y, _MARGIN = 190, 44, 90, 26, 20
+_ARC = _BOX_H / 2 + _GAP_Y / 2  # how far above its row an edge arcs per column it skips
 
 
 @dataclasses.dataclass
@@ -41,7 +43,8 @@ class Node:
 @dataclasses.dataclass
 class Graph:
     nodes: dict[str, Node] = dataclasses.field(default_factory=dict)
-    edges: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (from, to, label)
+    # (from, to, label); (from, to, relation, role) while being built
+    edges: list[Any] = dataclasses.field(default_factory=list)
 
 
 def _add_entry(graph: Graph, entry: Entry) -> None:
@@ -52,9 +55,7 @@ def _add_entry(graph: Graph, entry: Entry) -> None:
             continue
         if key not in graph.nodes:
             graph.nodes[key] = Node(key, link.name or key[:12], "unknown", link.uri or "")
-        relation = EDGE_LABELS.get(link.relation, link.relation)
-        label = f"{relation} ({link.role})" if link.role else relation
-        graph.edges.append((key, entry.uuid, label))
+        graph.edges.append((key, entry.uuid, EDGE_LABELS.get(link.relation, link.relation), link.role))
 
 
 def build_graph(cat: Catalog, *, focus: str | None = None) -> Graph:
@@ -74,8 +75,18 @@ def build_graph(cat: Catalog, *, focus: str | None = None) -> Graph:
     for entry in entries:
         if entry.uuid not in graph.nodes or graph.nodes[entry.uuid].kind == "unknown":
             _add_entry(graph, entry)
-    graph.edges = sorted(set(graph.edges))
+    graph.edges = _merged(graph.edges)
     return graph
+
+
+def _merged(edges: list[Any]) -> list[tuple[str, str, str]]:
+    """One edge per (from, to, relation), its roles joined: ``trained on (train, valid)``."""
+    roles: dict[tuple[str, str, str], list[str]] = {}
+    for a, b, relation, role in edges:
+        kept = roles.setdefault((a, b, relation), [])
+        if role and role not in kept:
+            kept.append(role)
+    return sorted((a, b, f"{rel} ({', '.join(r)})" if r else rel) for (a, b, rel), r in roles.items())
 
 
 def _dot_text(text: str) -> str:
@@ -126,26 +137,21 @@ def _own_svg(graph: Graph) -> str:
     columns: dict[int, list[str]] = {}
     for key in sorted(graph.nodes, key=lambda k: (graph.nodes[k].kind, graph.nodes[k].name)):
         columns.setdefault(rank[key], []).append(key)
+    top = _MARGIN + int(_ARC * max(0, max(columns, default=0) - 1))  # room for the arcs above the first row
     pos = {
-        key: (_MARGIN + r * (_BOX_W + _GAP_X), _MARGIN + i * (_BOX_H + _GAP_Y))
+        key: (_MARGIN + r * (_BOX_W + _GAP_X), top + i * (_BOX_H + _GAP_Y))
         for r, keys_ in columns.items()
         for i, key in enumerate(keys_)
     }
     width = _MARGIN * 2 + (max(columns, default=0) + 1) * (_BOX_W + _GAP_X)
-    height = _MARGIN * 2 + max((len(c) for c in columns.values()), default=1) * (_BOX_H + _GAP_Y)
+    height = top + _MARGIN + max((len(c) for c in columns.values()), default=1) * (_BOX_H + _GAP_Y)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="Helvetica,Arial" '
         'font-size="11"><defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
         'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>'
     ]
     for a, b, label in graph.edges:
-        (ax, ay), (x2, by) = pos[a], pos[b]
-        x1, y1, y2 = ax + _BOX_W, ay + _BOX_H / 2, by + _BOX_H / 2
-        parts.append(
-            f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#555" marker-end="url(#arrow)"/>'
-            f'<text x="{(x1 + x2) / 2}" y="{(y1 + y2) / 2 - 3}" font-size="9" fill="#555" '
-            f'text-anchor="middle">{html.escape(label)}</text>'
-        )
+        parts.append(_edge_svg(pos[a], pos[b], label))
     for key, (x, y) in pos.items():
         n = graph.nodes[key]
         name = n.name if len(n.name) <= 28 else n.name[:27] + "\u2026"
@@ -156,6 +162,20 @@ def _own_svg(graph: Graph) -> str:
             f'<text x="{x + 8}" y="{y + 34}" fill="#444">{html.escape(n.kind)} {html.escape(n.uuid[:8])}</text></g>'
         )
     return "\n".join([*parts, "</svg>"]) + "\n"
+
+
+def _edge_svg(start: tuple[int, int], end: tuple[int, int], label: str) -> str:
+    """A curve from the right of one box to the left of another; one that skips columns arcs above them."""
+    x1, y1 = start[0] + _BOX_W, start[1] + _BOX_H / 2
+    x2, y2 = end[0], end[1] + _BOX_H / 2
+    bump = _ARC * max(0, round((end[0] - start[0]) / (_BOX_W + _GAP_X)) - 1)
+    dx = max(30.0, (x2 - x1) / 2)
+    path = f"M{x1},{y1} C{x1 + dx},{y1 - bump} {x2 - dx},{y2 - bump} {x2},{y2}"
+    lx, ly = (x1 + x2) / 2, (y1 + y2) / 2 - bump * 0.75 - 3
+    return (
+        f'<path d="{path}" fill="none" stroke="#555" marker-end="url(#arrow)"/>'
+        f'<text x="{lx}" y="{ly}" font-size="9" fill="#555" text-anchor="middle">{html.escape(label)}</text>'
+    )
 
 
 def to_html(graph: Graph, *, title: str = "reprodl lineage") -> str:

@@ -164,6 +164,28 @@ def test_a_dataset_that_cannot_be_read_is_listed_and_the_others_indexed(tmp_path
         add(catalog, str(tmp_path / "nowhere"))
 
 
+def test_a_model_made_by_the_original_dtoolai_is_indexed_from_its_annotations(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    from reprodl.store import create_dataset, open_dataset
+
+    digits = open_dataset(world["digits"])
+    with create_dataset(str(tmp_path), "dtoolai-model") as writer:
+        writer.put_bytes(b"weights", "model.pt")
+        writer.put_annotation(keys.MODEL_NAME, "simpleScalingCNN")
+        writer.put_annotation(keys.MODEL_PARAMETERS, {"n_epochs": 1, "learning_rate": 0.01})
+        writer.put_annotation(keys.SOURCE_DATASET_URI, digits.uri)
+        writer.put_annotation(keys.SOURCE_DATASET_UUID, digits.uuid)
+        writer.put_annotation(keys.SOURCE_DATASET_NAME, digits.name)
+    with Catalog(tmp_path / "c.sqlite") as catalog:
+        add(catalog, world["digits"])
+        add(catalog, str(tmp_path / "dtoolai-model"))
+        (entry,) = catalog.find("dtoolai-model")
+        assert entry.kind == "model" and entry.record_digest is None and entry.fields["made_by"] == "dtoolAI"
+        assert [n["name"] for n in models_trained_on(catalog, "digits")] == ["dtoolai-model"]
+        assert {r.status for r in check(catalog)} == {"ok"}
+
+
 # --- queries ---------------------------------------------------------------------------------
 def test_search_finds_names_readmes_and_annotations(cat: Catalog) -> None:
     assert {e.name for e in search(cat, "digits")} >= {"digits", "more-digits", "digits-model"}

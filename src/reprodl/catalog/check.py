@@ -56,7 +56,7 @@ def _problems(entry: Entry, ds: StoredDataSet, *, deep: bool) -> list[str]:
     digest = ds.manifest_digest()
     if digest != entry.manifest_digest:
         problems.append(f"manifest digest {digest} differs from the catalogued {entry.manifest_digest}")
-    if entry.kind == "model":
+    if entry.kind == "model" and entry.record_digest is not None:  # a dtoolAI model has no record
         problems += _record_problems(entry, ds)
     if deep or ds.is_local:  # a quick check of local items (sizes, re-hash of touched files)
         problems += ds.verify(deep=deep).problems()

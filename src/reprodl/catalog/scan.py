@@ -106,6 +106,8 @@ def describe(ds: StoredDataSet) -> Entry:
         _describe_summary(ds, entry)
     elif keys.PROVENANCE_FILE in relpaths:
         _describe_model(ds, entry)
+    elif isinstance(entry.annotations.get(keys.MODEL_NAME), str):
+        _describe_legacy_model(entry)
     else:
         _describe_dataset(ds, entry)
     return entry
@@ -169,6 +171,22 @@ def _reproduction(entry: Entry, linked: bool) -> None:
     if not linked and isinstance(result.get("original_uuid"), str):
         uri, digest = result.get("original_uri"), result.get("original_record_digest")
         entry.links.append(Link("reproduces", result["original_uuid"], uri if isinstance(uri, str) else None, digest))
+
+
+def _describe_legacy_model(entry: Entry) -> None:
+    """A model made by the original dtoolAI: its annotations are all it recorded (no record, no digest)."""
+    a = entry.annotations
+    entry.kind = "model"
+    params = a.get(keys.MODEL_PARAMETERS)
+    entry.fields = {
+        **(_scalars(params, "params.") if isinstance(params, dict) else {}),
+        "architecture": str(a[keys.MODEL_NAME]),
+        "made_by": "dtoolAI",
+    }
+    uuid, uri, name = (a.get(k) for k in (keys.SOURCE_DATASET_UUID, keys.SOURCE_DATASET_URI, keys.SOURCE_DATASET_NAME))
+    if isinstance(uuid, str) or isinstance(uri, str):
+        text = {k: v if isinstance(v, str) else None for k, v in (("uuid", uuid), ("uri", uri), ("name", name))}
+        entry.links = [Link("trained_on", text["uuid"], text["uri"], None, "train", text["name"])]
 
 
 def _read_json_item(ds: StoredDataSet, relpath: str) -> dict[str, Any]:

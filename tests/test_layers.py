@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"model", "zoo"},
     {"training"},
     {"integrations"},
-    {"reproduction", "exports"},
+    {"reproduction", "exports", "catalog"},
     {"reports"},
     {"cli"},
 ]

@@ -122,5 +122,15 @@ class NondeterministicOperationError(ReprodlError, RuntimeError):
         self.operation = operation
 
 
+class CatalogError(ReprodlError, ValueError):
+    """A catalog that cannot be opened or written, or a catalog query that cannot be read."""
+
+
+class CatalogEntryNotFoundError(ReprodlError, LookupError):
+    """No catalog entry has the UUID, URI or name asked for."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
 class DamagedMetadataError(DatasetFormatError):
     """A dataset's stored metadata file (annotation, overlay, manifest) that is not valid JSON."""

@@ -68,6 +68,16 @@ MANIFESTS_DIR = "manifests"  # model dataset items <MANIFESTS_DIR>/<uuid>.json: 
 SIGNATURES = "reprodl_signatures"
 SIGNATURE_FORMAT = "reprodl-signature/1"  # names what a signature's payload holds
 
+# Written by `reprodl reproduce --output` on the reproduction it keeps: the verdict and what was
+# reproduced (an annotation, so not covered by the record digest). No dot: dtool-s3 splits on dots.
+REPRODUCTION_RESULT = "reprodl_reproduction"
+
+# --- the catalog (reprodl.catalog) ---------------------------------------------------------
+CATALOG_ENV = "REPRODL_CATALOG"  # the catalog file used when --catalog is not given
+CATALOG_FILE = "catalog.sqlite"  # its name in the user's data directory
+CATALOG_SCHEMA_VERSION = "1"
+CATALOG_EXPORT_FORMAT = "reprodl-catalog-entry/1"  # each line of `reprodl catalog export`
+
 # --- schema versions -------------------------------------------------------------------
 PROVENANCE_SCHEMA_VERSION = "1.1"
 PROVENANCE_SCHEMA_ID = "https://reprodl.dev/schemas/provenance-1.1.json"

@@ -36,6 +36,7 @@ def _root(
 
 
 def _register() -> None:
+    from reprodl.cli import catalog as _catalog  # noqa: F401 - imported to register the catalog group
     from reprodl.cli import claims as _claims  # noqa: F401 - imported to register compare on app
     from reprodl.cli import export as _export  # noqa: F401 - imported to register export on app
     from reprodl.cli import model as _model  # noqa: F401 - imported to register its commands on app

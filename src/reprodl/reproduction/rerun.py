@@ -201,14 +201,42 @@ def reproduce(
     if record.code.run is not None:  # a start_run record: re-execute its code (with trust)
         from reprodl.reproduction.reexec import reproduce_by_reexecution
 
-        return reproduce_by_reexecution(
+        report = reproduce_by_reexecution(
             model_ds, record, trust_code=trust_code, output=output, tolerance=tol, seed=seed, on_output=on_output
         )
-    original = _Original(model_ds, record, load_weights(model_ds, record))
-    options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
-    comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)
-    return _reproduce_in_process(
-        original, tol, t0, device=device, seed=seed, output=output, progress=progress, comparer=comparer, **options
+    else:
+        original = _Original(model_ds, record, load_weights(model_ds, record))
+        options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
+        comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)
+        report = _reproduce_in_process(
+            original, tol, t0, device=device, seed=seed, output=output, progress=progress, comparer=comparer, **options
+        )
+    record_verdict(report, model_ds, record)
+    return report
+
+
+def record_verdict(report: ReproductionReport, model_ds: StoredDataSet, record: ProvenanceRecord) -> None:
+    """Write the verdict on the reproduction kept with ``output`` (annotation ``reprodl_reproduction``).
+
+    What was reproduced (URI, UUID, record digest), the verdict, mode and reasons: what
+    ``reprodl catalog reproductions`` lists. An annotation stays writable, so the record digest
+    does not cover it; the reproduction's own record names the model it reproduces.
+    """
+    if report.reproduction_uri is None:
+        return
+    import datetime
+
+    open_dataset(report.reproduction_uri).put_annotation(
+        keys.REPRODUCTION_RESULT,
+        {
+            "verdict": report.verdict,
+            "mode": report.mode,
+            "original_uri": model_ds.uri,
+            "original_uuid": model_ds.uuid,
+            "original_record_digest": record.digest,
+            "reasons": report.reasons[:20],
+            "judged_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
     )
 
 

@@ -1,0 +1,393 @@
+"""The catalog's SQLite file: schema, writing entries, reading them back, finding one by name.
+
+Tables: ``entries`` (one per UUID and manifest digest), ``locations`` (every URI an entry was
+found at, with its base URI), ``links`` (what an entry derives from), ``fields`` (flat values
+for ``--where``) and ``search`` (an FTS5 index over names, READMEs and annotations). Every
+statement is parameterised; user text never becomes SQL.
+
+Example:
+    >>> with Catalog(":memory:") as cat:
+    ...     _ = cat.put(Entry(uuid="u1", kind="dataset", name="digits", manifest_digest="m"))
+    ...     [e.name for e in cat.entries()]
+    ['digits']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from reprodl import keys
+from reprodl.catalog.entry import Entry, FieldValue, Link
+from reprodl.errors import CatalogEntryNotFoundError, CatalogError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY,
+    uuid TEXT NOT NULL,
+    manifest_digest TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    readme TEXT NOT NULL DEFAULT '',
+    readme_fields TEXT NOT NULL DEFAULT '{}',
+    annotations TEXT NOT NULL DEFAULT '{}',
+    record_digest TEXT,
+    created_at TEXT,
+    creator TEXT,
+    verdict TEXT,
+    indexed_at TEXT,
+    UNIQUE (uuid, manifest_digest)
+);
+CREATE INDEX IF NOT EXISTS entries_kind ON entries (kind);
+CREATE INDEX IF NOT EXISTS entries_name ON entries (name);
+CREATE TABLE IF NOT EXISTS locations (
+    uri TEXT PRIMARY KEY,
+    entry_id INTEGER NOT NULL REFERENCES entries (id) ON DELETE CASCADE,
+    base_uri TEXT,
+    seen_at TEXT
+);
+CREATE INDEX IF NOT EXISTS locations_entry ON locations (entry_id);
+CREATE TABLE IF NOT EXISTS links (
+    entry_id INTEGER NOT NULL REFERENCES entries (id) ON DELETE CASCADE,
+    relation TEXT NOT NULL,
+    target_uuid TEXT,
+    target_uri TEXT,
+    target_digest TEXT,
+    role TEXT NOT NULL DEFAULT '',
+    target_name TEXT
+);
+CREATE INDEX IF NOT EXISTS links_entry ON links (entry_id);
+CREATE INDEX IF NOT EXISTS links_target ON links (target_uuid, relation);
+CREATE TABLE IF NOT EXISTS fields (
+    entry_id INTEGER NOT NULL REFERENCES entries (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    num REAL,
+    txt TEXT
+);
+CREATE INDEX IF NOT EXISTS fields_entry ON fields (entry_id);
+CREATE INDEX IF NOT EXISTS fields_num ON fields (name, num, entry_id);
+CREATE INDEX IF NOT EXISTS fields_txt ON fields (name, txt, entry_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5 (name, readme, annotations, tokenize = 'unicode61');
+"""
+
+_COLUMNS = (
+    "id, uuid, manifest_digest, kind, name, readme, readme_fields, annotations, record_digest, "
+    "created_at, creator, verdict, indexed_at"
+)
+
+
+def default_path() -> Path:
+    """Where the catalog lives when no ``--catalog`` is given.
+
+    ``$REPRODL_CATALOG`` if set; else ``catalog.sqlite`` in the user's data directory:
+    ``$XDG_DATA_HOME/reprodl`` (default ``~/.local/share/reprodl``) on Linux,
+    ``~/Library/Application Support/reprodl`` on macOS, ``%LOCALAPPDATA%\\reprodl`` on Windows.
+    """
+    env = os.environ.get(keys.CATALOG_ENV)
+    if env:
+        return Path(env).expanduser()
+    home = Path.home()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = home / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    return base / "reprodl" / keys.CATALOG_FILE
+
+
+def now() -> str:
+    """The time now, UTC, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def base_of(uri: str) -> str:
+    """The base URI of a dataset URI: its directory (file://) or bucket (s3://)."""
+    return uri.rstrip("/").rsplit("/", 1)[0]
+
+
+def _field_row(entry_id: int, name: str, value: FieldValue) -> tuple[int, str, float | None, str | None]:
+    if isinstance(value, bool):
+        return entry_id, name, float(value), None
+    if isinstance(value, (int, float)):
+        return entry_id, name, float(value), None
+    return entry_id, name, None, str(value)
+
+
+def _search_text(entry: Entry) -> str:
+    """Annotations as searchable text: each name and its value."""
+    return " ".join(f"{k} {json.dumps(v, default=str)[:4000]}" for k, v in sorted(entry.annotations.items()))
+
+
+class Catalog:
+    """An open catalog file (created with its schema when missing). Use as a context manager.
+
+    Args:
+        path: the SQLite file (``":memory:"`` for a throwaway one); default :func:`default_path`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        target = default_path() if path is None else path
+        self.path = str(target)
+        try:
+            if self.path != ":memory:":
+                Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path)
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.executescript(SCHEMA)
+            self._check_version()
+        except (sqlite3.Error, OSError) as exc:
+            fix = (
+                "this Python's SQLite lacks the FTS5 extension: use a Python built with it (python.org and "
+                "conda builds are)"
+                if "fts5" in str(exc)
+                else "give another file with --catalog (or REPRODL_CATALOG), or move this one away and add "
+                "your base URIs again"
+            )
+            raise CatalogError(f"cannot open the catalog {self.path}: {exc}. To go on, {fix}") from None
+
+    def _check_version(self) -> None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            with self.db:
+                self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (keys.CATALOG_SCHEMA_VERSION,))
+                # bm25 weights of the columns: a word in the name counts most, then annotations, then the README.
+                self.db.execute("INSERT INTO search (search, rank) VALUES ('rank', 'bm25(10.0, 1.0, 2.0)')")
+        elif row[0] != keys.CATALOG_SCHEMA_VERSION:
+            raise CatalogError(
+                f"the catalog {self.path} has schema version {row[0]}, this reprodl reads "
+                f"{keys.CATALOG_SCHEMA_VERSION}: upgrade reprodl, or export it with the reprodl that wrote it"
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing ----------------------------------------------------------------------
+    def put(self, entry: Entry, *, base_uri: str | None = None) -> int:
+        """Add or replace ``entry`` (matched by UUID and manifest digest); returns its row id.
+
+        Its URIs are added to those already known (a copy elsewhere adds a location); a URI
+        that pointed at another entry now points at this one.
+        """
+        with self.db:
+            return self._put(entry, base_uri=base_uri)
+
+    def put_many(self, entries: Iterable[Entry], *, base_uri: str | None = None) -> int:
+        """Add many entries in one transaction (the fast path for a bulk load); how many."""
+        n = 0
+        with self.db:
+            for entry in entries:
+                self._put(entry, base_uri=base_uri)
+                n += 1
+        return n
+
+    def _put(self, entry: Entry, *, base_uri: str | None) -> int:
+        row = (
+            entry.uuid,
+            entry.manifest_digest,
+            entry.kind,
+            entry.name,
+            entry.readme,
+            json.dumps(entry.readme_fields, default=str),
+            json.dumps(entry.annotations, default=str),
+            entry.record_digest,
+            entry.created_at,
+            entry.creator,
+            entry.verdict,
+            entry.indexed_at or now(),
+        )
+        self.db.execute(
+            "INSERT INTO entries (uuid, manifest_digest, kind, name, readme, readme_fields, annotations, "
+            "record_digest, created_at, creator, verdict, indexed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (uuid, manifest_digest) DO UPDATE SET kind=excluded.kind, name=excluded.name, "
+            "readme=excluded.readme, readme_fields=excluded.readme_fields, annotations=excluded.annotations, "
+            "record_digest=excluded.record_digest, created_at=excluded.created_at, creator=excluded.creator, "
+            "verdict=excluded.verdict, indexed_at=excluded.indexed_at",
+            row,
+        )
+        # lastrowid is stale after an upsert that updated: look the row up.
+        found = self.db.execute(
+            "SELECT id FROM entries WHERE uuid = ? AND manifest_digest = ?", (entry.uuid, entry.manifest_digest)
+        )
+        entry_id = int(found.fetchone()[0])
+        self._replace_children(entry_id, entry)
+        for uri in entry.uris:
+            self.db.execute(
+                "INSERT INTO locations (uri, entry_id, base_uri, seen_at) VALUES (?,?,?,?) ON CONFLICT (uri) "
+                "DO UPDATE SET entry_id=excluded.entry_id, base_uri=coalesce(excluded.base_uri, base_uri), "
+                "seen_at=excluded.seen_at",
+                (uri, entry_id, base_uri or base_of(uri), entry.indexed_at or now()),
+            )
+        return entry_id
+
+    def _replace_children(self, entry_id: int, entry: Entry) -> None:
+        """The entry's links, fields and search row, written afresh."""
+        for table in ("links", "fields"):
+            self.db.execute(f"DELETE FROM {table} WHERE entry_id = ?", (entry_id,))
+        self.db.executemany(
+            "INSERT INTO links (entry_id, relation, target_uuid, target_uri, target_digest, role, target_name) "
+            "VALUES (?,?,?,?,?,?,?)",
+            [(entry_id, k.relation, k.uuid, k.uri, k.digest, k.role, k.name) for k in entry.links],
+        )
+        self.db.executemany(
+            "INSERT INTO fields (entry_id, name, num, txt) VALUES (?,?,?,?)",
+            [_field_row(entry_id, name, value) for name, value in entry.fields.items()],
+        )
+        self.db.execute("DELETE FROM search WHERE rowid = ?", (entry_id,))
+        self.db.execute(
+            "INSERT INTO search (rowid, name, readme, annotations) VALUES (?,?,?,?)",
+            (entry_id, entry.name, entry.readme, _search_text(entry)),
+        )
+
+    def resolve_links(self) -> None:
+        """Fill in the UUID of links known only by URI (a claim's members) from the locations."""
+        with self.db:
+            self.db.execute(
+                "UPDATE links SET target_uuid = (SELECT e.uuid FROM locations l JOIN entries e ON e.id = l.entry_id "
+                "WHERE l.uri = links.target_uri) WHERE target_uuid IS NULL AND target_uri IS NOT NULL"
+            )
+
+    def remove_location(self, uri: str) -> None:
+        """Forget ``uri``; an entry left with no location is forgotten too."""
+        with self.db:
+            self.db.execute("DELETE FROM locations WHERE uri = ?", (uri,))
+            self.db.execute("DELETE FROM search WHERE rowid NOT IN (SELECT entry_id FROM locations)")
+            self.db.execute("DELETE FROM entries WHERE id NOT IN (SELECT entry_id FROM locations)")
+
+    def move_location(self, old: str, new: str, *, base_uri: str | None = None) -> None:
+        """Record that the dataset at ``old`` is now at ``new``."""
+        with self.db:
+            if self.db.execute("SELECT 1 FROM locations WHERE uri = ?", (new,)).fetchone():
+                self.db.execute("DELETE FROM locations WHERE uri = ?", (old,))
+                return
+            self.db.execute(
+                "UPDATE locations SET uri = ?, base_uri = coalesce(?, base_uri), seen_at = ? WHERE uri = ?",
+                (new, base_uri, now(), old),
+            )
+
+    # --- reading ----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+    def entries(self, ids: Iterable[int] | None = None, *, kind: str | None = None) -> list[Entry]:
+        """Entries, all or those with the given row ids (in that order), optionally of one kind."""
+        if ids is None:
+            sql, args = f"SELECT {_COLUMNS} FROM entries", []
+            if kind is not None:
+                sql, args = sql + " WHERE kind = ?", [kind]
+            rows = self.db.execute(sql + " ORDER BY id", args).fetchall()
+        else:
+            wanted = list(ids)
+            rows = []
+            for chunk in _chunks(wanted, 500):
+                marks = ",".join("?" * len(chunk))
+                rows += self.db.execute(f"SELECT {_COLUMNS} FROM entries WHERE id IN ({marks})", chunk).fetchall()
+            order = {i: n for n, i in enumerate(wanted)}
+            rows = sorted((r for r in rows if kind is None or r[3] == kind), key=lambda r: order[r[0]])
+        return self._build([r[0] for r in rows], rows)
+
+    def _build(self, ids: list[int], rows: list[tuple[Any, ...]]) -> list[Entry]:
+        """Entries from their rows, with their URIs, links and fields (one query each, in chunks)."""
+        uris: dict[int, list[str]] = {}
+        links: dict[int, list[Link]] = {}
+        fields: dict[int, dict[str, FieldValue]] = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            q = f"entry_id IN ({marks})"
+            for eid, uri in self.db.execute(f"SELECT entry_id, uri FROM locations WHERE {q} ORDER BY uri", chunk):
+                uris.setdefault(eid, []).append(uri)
+            cols = "entry_id, relation, target_uuid, target_uri, target_digest, role, target_name"
+            sql = f"SELECT {cols} FROM links WHERE {q}"
+            for eid, *link in self.db.execute(sql, chunk):
+                links.setdefault(eid, []).append(Link(link[0], link[1], link[2], link[3], link[4] or "", link[5]))
+            for eid, name, num, txt in self.db.execute(f"SELECT entry_id, name, num, txt FROM fields WHERE {q}", chunk):
+                fields.setdefault(eid, {})[name] = txt if num is None else (int(num) if num.is_integer() else num)
+        return [_entry(r, uris.get(r[0], []), links.get(r[0], []), fields.get(r[0], {})) for r in rows]
+
+    def ids_of_uuids(self, uuids: Iterable[str]) -> dict[str, list[int]]:
+        """Row ids by UUID (several when copies differ in their manifests)."""
+        out: dict[str, list[int]] = {}
+        for chunk in _chunks(list(set(uuids)), 500):
+            marks = ",".join("?" * len(chunk))
+            for eid, uuid in self.db.execute(f"SELECT id, uuid FROM entries WHERE uuid IN ({marks})", chunk):
+                out.setdefault(uuid, []).append(eid)
+        return out
+
+    def find(self, ref: str) -> list[Entry]:
+        """The entries ``ref`` names: a UUID, a URI (or path) where one was found, or a name.
+
+        Raises:
+            CatalogEntryNotFoundError: nothing matches.
+        """
+        rows = self.db.execute("SELECT id FROM entries WHERE uuid = ?", (ref,)).fetchall()
+        if not rows:
+            rows = self.db.execute("SELECT entry_id FROM locations WHERE uri = ?", (_as_uri(ref),)).fetchall()
+        if not rows:
+            rows = self.db.execute("SELECT id FROM entries WHERE name = ? ORDER BY id", (ref,)).fetchall()
+        if not rows:
+            raise CatalogEntryNotFoundError(
+                f"nothing in the catalog is called {ref!r} (tried it as a UUID, a URI and a name): "
+                "`reprodl catalog add URI` indexes a dataset or a base URI; "
+                f"`reprodl catalog search {ref}` looks for it"
+            )
+        return self.entries([r[0] for r in rows])
+
+    def locations(self) -> list[tuple[str, int, str | None]]:
+        """Every (uri, entry row id, base URI) known."""
+        return [
+            (u, int(i), b) for u, i, b in self.db.execute("SELECT uri, entry_id, base_uri FROM locations ORDER BY uri")
+        ]
+
+    def bases(self) -> list[str]:
+        """The base URIs datasets were found under."""
+        rows = self.db.execute("SELECT DISTINCT base_uri FROM locations WHERE base_uri IS NOT NULL ORDER BY 1")
+        return [r[0] for r in rows]
+
+
+def _as_uri(ref: str) -> str:
+    from reprodl.store import normalise_uri
+
+    with contextlib.suppress(Exception):  # not a URI reprodl reads: matches no location
+        return normalise_uri(ref)
+    return ref
+
+
+def _chunks(values: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+def _entry(row: tuple[Any, ...], uris: list[str], links: list[Link], fields: dict[str, FieldValue]) -> Entry:
+    (_id, uuid, manifest, kind, name, readme, readme_fields, annotations, record, created, creator, verdict, at) = row
+    return Entry(
+        uuid=uuid,
+        kind=kind,
+        name=name,
+        manifest_digest=manifest,
+        uris=uris,
+        readme=readme,
+        readme_fields=json.loads(readme_fields),
+        annotations=json.loads(annotations),
+        record_digest=record,
+        created_at=created,
+        creator=creator,
+        fields=fields,
+        links=links,
+        verdict=verdict,
+        indexed_at=at,
+    )

@@ -1,0 +1,112 @@
+"""The ``--where`` filter of ``reprodl catalog ls``: a small grammar, compiled to parameterised SQL.
+
+Grammar (case-insensitive ``and``; nothing else joins conditions)::
+
+    where     := condition ("and" condition)*
+    condition := FIELD OP VALUE
+    FIELD     := [A-Za-z_][A-Za-z0-9_.]*      e.g. valid_accuracy, params.learning_rate, name
+    OP        := = | == | != | < | <= | > | >=
+    VALUE     := a number, true/false, a 'single' or "double" quoted string, or a bare word
+
+A field is one of the entry's columns (``name``, ``kind``, ``uuid``, ``creator``,
+``created_at``, ``verdict``, ``record_digest``, ``manifest_digest``) or one of its fields (a
+model's final metrics and hyperparameters...). Field names and values only ever become SQL
+parameters; the operator and column come from fixed tables here.
+
+Example:
+    >>> parse_where("valid_accuracy>0.95 and name='digits model'")
+    [Condition(field='valid_accuracy', op='>', value=0.95), Condition(field='name', op='=', value='digits model')]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from reprodl.errors import CatalogError
+
+OPERATORS = {"=": "=", "==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+COLUMNS = {
+    "name": "e.name",
+    "kind": "e.kind",
+    "uuid": "e.uuid",
+    "creator": "e.creator",
+    "created_at": "e.created_at",
+    "verdict": "e.verdict",
+    "record_digest": "e.record_digest",
+    "manifest_digest": "e.manifest_digest",
+}
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<field>[A-Za-z_][A-Za-z0-9_.]*)\s*(?P<op><=|>=|==|!=|=|<|>)\s*
+        (?P<value>'[^']*'|"[^"]*"|[^\s'"]+)
+    )\s*""",
+    re.VERBOSE,
+)
+_AND = re.compile(r"\s+and\s+", re.IGNORECASE)
+
+Value = float | str
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    field: str
+    op: str
+    value: Value
+
+
+def _value(text: str) -> Value:
+    if text[:1] in "'\"":
+        return text[1:-1]
+    if text.lower() in ("true", "false"):
+        return 1.0 if text.lower() == "true" else 0.0
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_where(text: str) -> list[Condition]:
+    """The conditions of a ``--where`` clause.
+
+    Raises:
+        CatalogError: a condition that is not ``FIELD OP VALUE``, naming it and the grammar.
+    """
+    if not text.strip():
+        return []
+    out = []
+    for part in _AND.split(text.strip()):
+        match = _TOKEN.fullmatch(part)
+        if match is None:
+            raise CatalogError(
+                f"cannot read the condition {part!r} of --where {text!r}: write FIELD OP VALUE joined by 'and', "
+                'with OP one of = != < <= > >= (e.g. "valid_accuracy>0.95 and kind=model"); quote values '
+                "with spaces ('digits model')"
+            )
+        out.append(Condition(match["field"], OPERATORS[match["op"]], _value(match["value"])))
+    return out
+
+
+def compile_where(conditions: list[Condition]) -> tuple[str, list[object]]:
+    """SQL (over ``entries e``) and its parameters for ``conditions``: ``"1"`` when none."""
+    parts: list[str] = []
+    args: list[object] = []
+    for c in conditions:
+        op = OPERATORS[c.op]  # from the fixed table, never from the user's text
+        column = COLUMNS.get(c.field)
+        if column is not None:
+            parts.append(f"{column} {op} ?")
+            args.append(c.value if isinstance(c.value, str) else _column_value(c))
+        elif isinstance(c.value, float):
+            parts.append(f"e.id IN (SELECT entry_id FROM fields WHERE name = ? AND num {op} ?)")
+            args += [c.field, c.value]
+        else:
+            parts.append(f"e.id IN (SELECT entry_id FROM fields WHERE name = ? AND txt {op} ?)")
+            args += [c.field, c.value]
+    return (" AND ".join(parts) or "1"), args
+
+
+def _column_value(c: Condition) -> str:
+    """A number compared with a text column (``name=3``): compared as the text written."""
+    value = float(c.value)
+    return str(int(value)) if value.is_integer() else str(value)

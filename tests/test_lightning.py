@@ -144,6 +144,7 @@ def test_a_lightning_run_records_the_trainer_hparams_optimiser_seed_data_and_met
     assert t.params["lr_schedulers"][0]["interval"] == "epoch"
     assert (t.loss.module, t.loss.class_name) == ("__main__", "DigitsModule.training_step")
     assert t.seeds.seed == 1 and t.batch_size == 64 and t.shuffle
+    assert len(set(t.data_order_digests)) == 2 and t.data_order_not_recorded is None  # the DataModule's order
     assert t.optimizer_steps == 2 * 12  # 23 batches a epoch, one step per 2 (the last alone)
     assert [(d.role, d.source, d.n_items) for d in record.data] == [("train", "dtool", 1438), ("valid", "dtool", 359)]
     assert [e["epoch"] for e in record.results.logged] == [1, 2]
@@ -166,6 +167,7 @@ def test_a_lightning_run_reproduces_identically_by_re_execution(
     (tmp_path / "out").mkdir()
     report = reproduce(str(lightning_run["uri"]), trust_code=True, output=str(tmp_path / "out"), on_output=lines.append)
     assert report.verdict == "identical", report.reasons
+    assert report.data_order_matches
     assert any("max_epochs=2" in line for line in lines)  # Lightning's own output, streamed
     new = load_record(str(report.reproduction_uri))
     assert new.lineage.reproduces is not None and new.lineage.reproduces.uri == lightning_run["uri"]

@@ -13,8 +13,14 @@ recorded script (``reprodl reproduce URI --trust-code``):
   ``seed_everything``, determinism settings), records the Trainer's settings, the module's
   hyperparameters, the optimisers and schedulers of ``configure_optimizers``, and the reprodl
   datasets held by the DataModule, and watches the module and its optimiser (steps counted);
-- the datasets of the train and validation loaders are recorded when Lightning loads them;
-- ``on_train_epoch_end`` logs ``trainer.callback_metrics`` (what ``self.log`` logged) per epoch;
+- the datasets of the train and validation loaders are recorded when Lightning loads them, and
+  the train loader's sample order is tapped (:mod:`reprodl.training.order`) before Lightning
+  first reads it: a digest per epoch in ``training.data_order_digests``; a loader whose order
+  cannot be read (a custom sampler), or an epoch whose order was not seen, is named in
+  ``training.data_order_not_recorded`` (and in ``reprodl provenance``) instead;
+- each epoch's metrics are ``trainer.callback_metrics`` (what ``self.log`` logged) read after all
+  of the epoch's end hooks, the module's ``on_train_epoch_end`` included: at the next epoch's
+  start, or at ``on_train_end`` for the last;
 - ``on_fit_end`` saves the weights and writes the model dataset; on an exception nothing is written.
 
 The Trainer's settings go to ``training.params["trainer"]``, the hyperparameters to
@@ -36,11 +42,13 @@ from reprodl.data.datasets import WrappedDataSet
 from reprodl.errors import MissingDependencyError, ParametersError
 from reprodl.provenance import ProvenanceRecord
 from reprodl.training.capture import describe_callable, describe_optimizer, jsonable
+from reprodl.training.order import untap
 from reprodl.training.run import Run
 
 try:
     import lightning
     from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.utilities import CombinedLoader
 except ImportError:
     raise MissingDependencyError(
         "reprodl.integrations.lightning needs Lightning: install it with `pip install 'reprodl[lightning]'`"
@@ -86,6 +94,13 @@ class ReprodlCallback(Callback):
         self.uri: str | None = None
         self.record: ProvenanceRecord | None = None
         self._used: set[tuple[int, str]] = set()
+        self._epoch_ended: int | None = None  # the epoch whose metrics are read at the next epoch's start
+        self._epoch_validated = self._validated = False  # whether validation ran in that epoch, in this one
+        self._valid_keys: set[str] = set()  # the metrics validation logged
+        self._before_validation: dict[str, Any] = {}
+        self._first_epoch: int | None = None
+        self._tapped: list[Any] = []
+        self._source: Any = None  # Lightning's train-loader source, its dataloader() tapped during fit
 
     # --- Lightning's hooks -------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -112,24 +127,47 @@ class ReprodlCallback(Callback):
         if trainer.datamodule is not None:
             for role, ds in datamodule_datasets(trainer.datamodule):
                 self._use(ds, role)
+        self._tap_source(trainer)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         for i, loader in enumerate(loaders(trainer.train_dataloader)):
             self._use(loader.dataset, "train")
             if i == 0 and self.run is not None:
                 self.run.record_loader(loader)
-        self.on_validation_start(trainer, pl_module)
+        self._tap(trainer.train_dataloader)
+        self._use_val_loaders(trainer)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._log_ended_epoch(trainer)
+        if self._first_epoch is None:
+            self._first_epoch = trainer.current_epoch
+        self._tap(trainer.train_dataloader)  # a reloaded loader (reload_dataloaders_every_n_epochs)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        for loader in loaders(trainer.val_dataloaders):
-            self._use(loader.dataset, "valid")
+        self._use_val_loaders(trainer)
+        if not trainer.sanity_checking:
+            self._before_validation = dict(trainer.callback_metrics)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:  # what validation logged, its epoch-end hooks included
+            before = self._before_validation
+            self._valid_keys |= {
+                k for k, v in trainer.callback_metrics.items() if k not in before or v is not before[k]
+            }
+            self._validated = True
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.run is not None:
-            metrics = {k: v for k, v in trainer.callback_metrics.items() if k not in ("epoch", "step")}
-            self.run.log(epoch=trainer.current_epoch + 1, **metrics)
+        # Runs before the module's own on_train_epoch_end: its metrics are read at the next epoch's start.
+        self._epoch_ended, self._epoch_validated = trainer.current_epoch + 1, self._validated
+        self._validated = False
+        self._check_order(trainer.current_epoch)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._log_ended_epoch(trainer)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._log_ended_epoch(trainer)
+        self._untap()
         run, self.run = self.run, None
         if run is None:
             return
@@ -142,6 +180,7 @@ class ReprodlCallback(Callback):
         self.uri, self.record = run.uri, run.record
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._untap()
         run, self.run = self.run, None
         if run is not None:
             run.__exit__(type(exception), exception, exception.__traceback__)  # writes nothing
@@ -162,7 +201,80 @@ class ReprodlCallback(Callback):
         if run.seed == seed:  # else a reproduction asked for another seed: keep the run's seeding
             set_rng_state(state)
         self._used.clear()
+        self._epoch_ended = self._first_epoch = None
+        self._epoch_validated = self._validated = False
+        self._valid_keys.clear()
         return run
+
+    def _use_val_loaders(self, trainer: Any) -> None:
+        for loader in loaders(trainer.val_dataloaders):
+            self._use(loader.dataset, "valid")
+
+    def _log_ended_epoch(self, trainer: Any) -> None:
+        """Log the epoch that ended: ``trainer.callback_metrics`` once all its end hooks have run.
+
+        In an epoch without validation (``check_val_every_n_epoch``), the validation metrics that
+        ``callback_metrics`` still holds from an earlier epoch are left out.
+        """
+        epoch, self._epoch_ended = self._epoch_ended, None
+        if epoch is None or self.run is None:
+            return
+        stale = set() if self._epoch_validated else self._valid_keys
+        skip = {"epoch", "step", *stale}
+        self.run.log(epoch=epoch, **{k: v for k, v in trainer.callback_metrics.items() if k not in skip})
+
+    # --- the data order ------------------------------------------------------------------------
+    def _tap_source(self, trainer: Any) -> None:
+        """Tap the train loaders as Lightning requests them, before its first read of them.
+
+        Lightning draws a worker loader's first indices as it requests it, before ``on_train_start``;
+        where its source cannot be reached, ``on_train_start`` taps, and ``_check_order`` says
+        when an epoch's order was missed.
+        """
+        source = getattr(trainer.fit_loop, "_data_source", None)
+        request = getattr(source, "dataloader", None)
+        if source is None or request is None:
+            return
+
+        def tapped() -> Any:
+            result = request()
+            self._tap(result)
+            return result
+
+        source.dataloader, self._source = tapped, source
+
+    def _tap(self, train_loaders: Any) -> None:
+        """Record the order of the (single) train loader in ``train_loaders``; else say why not."""
+        if self.run is None:
+            return
+        found = list(loaders(train_loaders))
+        if len(found) != 1:
+            self.run.order_not_recorded(
+                f"the Trainer has {len(found)} train DataLoaders; reprodl records the order of exactly one"
+            )
+            return
+        if self.run.record_order(found[0]):
+            self._tapped.append(found[0])
+
+    def _check_order(self, epoch: int) -> None:
+        """After epoch ``epoch`` (from 0): one order per epoch so far, else the record says so."""
+        if self.run is None or self._first_epoch is None:
+            return
+        expected, seen = epoch + 1 - self._first_epoch, len(self.run.order_digests)
+        if seen != expected:
+            self.run.order_not_recorded(
+                f"{seen} sample orders were seen in {expected} epochs (after epoch {epoch + 1}): Lightning read "
+                "the train loader other than once per epoch, or through a sampler reprodl did not tap"
+            )
+
+    def _untap(self) -> None:
+        """Give the user's loaders their samplers, and Lightning its loader source, back."""
+        for loader in self._tapped:
+            untap(loader)
+        self._tapped.clear()
+        if self._source is not None:
+            vars(self._source).pop("dataloader", None)
+            self._source = None
 
     def _use(self, ds: Any, role: str) -> None:
         ds = ds.dataset if isinstance(ds, torch.utils.data.Subset) and isinstance(ds.dataset, WrappedDataSet) else ds
@@ -256,9 +368,11 @@ def datamodule_datasets(datamodule: Any) -> Iterator[tuple[str, WrappedDataSet]]
 
 
 def loaders(obj: Any) -> Iterator[Any]:
-    """The DataLoaders in what Lightning holds (one, a list or a dict of them)."""
+    """The DataLoaders in what Lightning holds (one, a list or a dict of them, a CombinedLoader)."""
     if isinstance(obj, torch.utils.data.DataLoader):
         yield obj
+    elif isinstance(obj, CombinedLoader):
+        yield from loaders(obj.flattened)
     elif isinstance(obj, Mapping):
         for value in obj.values():
             yield from loaders(value)

@@ -187,6 +187,11 @@ class Training(_Part):
     data_order_digests: list[str] = Field(
         default_factory=list, description="sha256 of each epoch's sample order (int64 indices), one per epoch"
     )
+    data_order_not_recorded: str | None = Field(
+        None,
+        description="why the sample order was not recorded for every epoch (a training loader whose sampler "
+        "reprodl cannot read, such as a custom sampler); None otherwise",
+    )
     device: str = Field(description="the torch device trained on (cpu, cuda:0...)")
     world_size: int = Field(1, description="number of processes trained together")
     optimizer_steps: int | None = Field(

@@ -24,6 +24,8 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
         f"Epochs: {t.epochs}, batch size: {t.batch_size}, device: {t.device}, "
         f"mode: {t.determinism.mode}, seed: {t.seeds.seed}",
     ]
+    if t.data_order_not_recorded:
+        lines.append(f"Warning: data order not recorded per epoch: {t.data_order_not_recorded}")
     if t.scheduler:
         lines.append(f"Scheduler: {t.scheduler.class_name} {json.dumps(t.scheduler.args, sort_keys=True, default=str)}")
     for d in record.data:

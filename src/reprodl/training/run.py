@@ -70,6 +70,7 @@ from reprodl.training.capture import (
     jsonable,
     require_clean,
 )
+from reprodl.training.order import order_digest, tap_order
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.snapshot import capture_snapshot
 from reprodl.training.tensorboard import TensorBoardLogger
@@ -152,7 +153,7 @@ class _RecordedOrder(Sampler[int]):
             order = torch.arange(self.n)
         self.passes += 1
         self.last_order = order
-        self.on_order("sha256:" + hashlib.sha256(order.numpy().astype("<i8").tobytes()).hexdigest())
+        self.on_order(order_digest(order))
         return iter(order.tolist())
 
     def __len__(self) -> int:
@@ -204,6 +205,7 @@ class Run:
         self._data: list[tuple[DataRef, Any]] = []  # (its record, the object as given)
         self._logged: list[dict[str, Any]] = []
         self._order_digests: list[str] = []
+        self._order_not_recorded: str | None = None
         self._loader_info: dict[str, Any] = {}
         self._watched: dict[str, Any] = {}
         self._steps = 0
@@ -391,6 +393,28 @@ class Run:
                 "num_workers": loader.num_workers,
             }
 
+    def record_order(self, loader: DataLoader) -> bool:
+        """Record the sample order of a training loader the run did not build: a digest per pass.
+
+        For loaders made elsewhere (a Lightning DataModule's), tapped between their batch sampler
+        and sampler (:mod:`reprodl.training.order`); returns False, and records why in
+        ``training.data_order_not_recorded``, when the loader's order cannot be read.
+        """
+        reason = tap_order(loader, self._order_digests.append)
+        if reason is not None:
+            self.order_not_recorded(reason)
+        return reason is None
+
+    def order_not_recorded(self, reason: str) -> None:
+        """Say in the record why the data order was not recorded per epoch (the first reason is kept)."""
+        if self._order_not_recorded is None:
+            self._order_not_recorded = reason
+
+    @property
+    def order_digests(self) -> list[str]:
+        """The training data order's digests recorded so far, one per pass."""
+        return list(self._order_digests)
+
     def log(self, *, epoch: int | None = None, step: int | None = None, **metrics: Any) -> None:
         """Record metrics for an epoch (``epoch=``) or a step (``step=``)."""
         if epoch is None and step is None:
@@ -458,6 +482,7 @@ class Run:
             seeds=self.seeds.record(),
             determinism=self.determinism,
             data_order_digests=self._order_digests,
+            data_order_not_recorded=self._order_not_recorded,
             device=self._device,
             optimizer_steps=self._steps,
         )

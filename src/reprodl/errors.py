@@ -122,5 +122,9 @@ class NondeterministicOperationError(ReprodlError, RuntimeError):
         self.operation = operation
 
 
+class ResumeError(ReprodlError, ValueError):
+    """A training cannot be resumed: no checkpoint of a killed run, or its config changed since."""
+
+
 class DamagedMetadataError(DatasetFormatError):
     """A dataset's stored metadata file (annotation, overlay, manifest) that is not valid JSON."""

@@ -167,6 +167,18 @@ class Determinism(_Part):
     )
 
 
+class Resumed(_Part):
+    """How a training killed part-way was continued from its checkpoints (reprodl.training.checkpoint)."""
+
+    count: int = Field(description="how many times the training was resumed")
+    from_epoch: list[int] = Field(
+        description="per resume, the epochs completed at its checkpoint (the built-in trainer), or the pass "
+        "of the training loader it was in (a start_run run)"
+    )
+    from_step: list[int] = Field(description="per resume, the optimiser steps taken at its checkpoint")
+    at: list[str] = Field(description="per resume, when it started (UTC, ISO 8601)")
+
+
 class Training(_Part):
     """How the model was trained."""
 
@@ -193,6 +205,14 @@ class Training(_Part):
         None,
         description="optimiser updates (counted by the built-in loop, or by a step hook of the run API's "
         "run.watch); None when not counted",
+    )
+    checkpoint_every: int | None = Field(
+        None,
+        description="checkpoints were written every N epochs (built-in trainer) or N optimiser steps "
+        "(start_run) into the unfinished model's staging area; None: none were",
+    )
+    resumed: Resumed | None = Field(
+        None, description="set when the training was killed and resumed from a checkpoint: from where, how often"
     )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -70,6 +71,8 @@ from reprodl.training.capture import (
     jsonable,
     require_clean,
 )
+from reprodl.training.checkpoint import resumed_record, set_rng_state
+from reprodl.training.resume import RunCheckpoints
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.snapshot import capture_snapshot
 from reprodl.training.trace import StepTracer
@@ -87,6 +90,8 @@ def start_run(
     params: Mapping[str, Any] | None = None,
     deterministic: bool | Literal["warn"] = True,
     require_clean_code: bool = False,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> Run:
     """A :class:`Run`: use it as a context manager around the user's own training loop.
 
@@ -99,6 +104,11 @@ def start_run(
             operation torch cannot run deterministically raises :class:`NondeterministicOperationError`.
             ``"warn"``: run such operations, and list them in the record.
         require_clean_code: refuse (:class:`DirtyCodeError`) unless the code is committed.
+        checkpoint_every: checkpoint every N optimiser steps (model, optimiser, scheduler, random
+            states, loader positions) into the unfinished model's staging area.
+        resume: continue the killed run of this name and base from its last checkpoint; iterate
+            the epochs with :meth:`Run.epochs` so the loop starts where it was
+            (:class:`ResumeError` when there is none, or ``params``/``seed``/the watched parts changed).
     """
     return Run(
         base_uri,
@@ -107,6 +117,8 @@ def start_run(
         params=params,
         deterministic=deterministic,
         require_clean_code=require_clean_code,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
     )
 
 
@@ -155,14 +167,30 @@ class _RecordedOrder(Sampler[int]):
 
 
 class _TracedLoader(DataLoader):
-    """A DataLoader telling ``on_batch`` of each batch it yields: (pass, batch from 1, sample indices, batch)."""
+    """A DataLoader telling ``on_batch`` of each batch it yields: (pass, batch from 1, sample indices, batch).
+
+    A resumed run's loader fetches and drops the ``resume_skip`` batches its pass had already
+    trained on (so workers' random states advance as they did), then restores ``resume_rng``.
+    """
 
     on_batch: Any = None
+    resume_skip: int = 0
+    resume_rng: dict[str, Any] | None = None
+    pass_start_generator: torch.Tensor | None = None
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator over the base iterator
         sampler = self.sampler
         bs = self.batch_size or 1
-        for i, batch in enumerate(super().__iter__()):
+        if self.generator is not None:
+            self.pass_start_generator = self.generator.get_state()
+        skip, rng = self.resume_skip, self.resume_rng
+        self.resume_skip, self.resume_rng = 0, None
+        it = super().__iter__()
+        for _ in itertools.islice(it, skip):
+            pass
+        if rng is not None:
+            set_rng_state(rng)
+        for i, batch in enumerate(it, start=skip):
             order = getattr(sampler, "last_order", None)
             if self.on_batch is not None:
                 indices = order[i * bs : (i + 1) * bs] if order is not None else None
@@ -185,8 +213,11 @@ class Run:
         params: Mapping[str, Any] | None = None,
         deterministic: bool | Literal["warn"] = True,
         require_clean_code: bool = False,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
     ) -> None:
         self.base_uri, self.name, self.seed = base_uri, name, int(seed)
+        self.checkpoints = RunCheckpoints(checkpoint_every, resume=resume)
         self.deterministic, self.require_clean_code = check_deterministic(deterministic), require_clean_code
         self.params: dict[str, Any] = jsonable(dict(params or {}))
         self.uri: str | None = None
@@ -206,6 +237,8 @@ class Run:
         self._saved: dict[str, torch.Tensor] | None = None
         self._device = "cpu"
         self._n_loaders = 0
+        self._loaders: list[_TracedLoader] = []
+        self._components: tuple[Any, Any, Any] | None = None  # (model, optimizer, scheduler)
 
     # --- the context ---------------------------------------------------------------------
     def __enter__(self) -> Run:
@@ -214,7 +247,9 @@ class Run:
         stack = contextlib.ExitStack()
         try:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-run-")))
-            self._writer = stack.enter_context(create_dataset(self.base_uri, self.name))
+            resume_from = self.checkpoints.find(self) if self.checkpoints.resume and not self._redirect else None
+            self._writer = stack.enter_context(create_dataset(self.base_uri, self.name, resume_from=resume_from))
+            self.checkpoints.open(self, self._writer.checkpoint_dir, resuming=resume_from is not None)
             self._capture(workdir)
             self.seeds = SeedPlan(self.seed)
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -325,12 +360,23 @@ class Run:
             "loss": describe_loss(loss),
         }
         self._tracer = StepTracer(model)
+        self._components = (model, optimizer, scheduler)
+        self.checkpoints.watched(self)
         self._hooks.append(optimizer.register_step_post_hook(self._count_step))
 
     def _count_step(self, *_: Any) -> None:
         self._steps += 1
         if self._tracer is not None:
             self._tracer.step(epoch=self._where[0], batch=self._where[1])
+        self.checkpoints.after_step(self)
+
+    def epochs(self, n: int, *, start: int = 1) -> range:
+        """The epoch numbers ``start .. start + n - 1``; resumed, from the epoch the run was killed in.
+
+        Iterate your epochs with it (``for epoch in run.epochs(args.epochs):``) so a resumed run
+        skips the epochs its checkpoint had finished.
+        """
+        return range(start + self.checkpoints.epochs_done, start + n)
 
     def _on_batch(self, epoch: int, batch: int, indices: torch.Tensor | None, data: Any) -> None:
         """A batch of the training loader: where the run is, and what the next step learns from."""
@@ -368,6 +414,8 @@ class Run:
         loader = _TracedLoader(ds, batch_size=batch_size, sampler=sampler, generator=g, **kw)
         if role == "train":
             loader.on_batch = self._on_batch
+        self._loaders.append(loader)
+        self.checkpoints.loader_made(self, loader, index)
         return loader
 
     def record_loader(self, loader: DataLoader) -> None:
@@ -449,6 +497,8 @@ class Run:
             data_order_digests=self._order_digests,
             device=self._device,
             optimizer_steps=self._steps,
+            checkpoint_every=self.checkpoints.every,
+            resumed=resumed_record(self.checkpoints.resumed),
         )
         return ProvenanceRecord(
             model_name=self._redirect.get("original_name", self.name) if self._redirect else self.name,
@@ -475,7 +525,7 @@ class Run:
         return Results(
             history=history,
             final=final,
-            wall_time_s=time.perf_counter() - self._t0,
+            wall_time_s=self.checkpoints.elapsed_before + time.perf_counter() - self._t0,
             started_at=self._started,
             finished_at=_utcnow(),
             logged=list(self._logged),

@@ -286,3 +286,23 @@ def test_persistent_workers_cannot_be_checkpointed(digits_split_master: str, tmp
     with pytest.raises(ParametersError, match="persistent_workers=True"):
         with reprodl.start_run(str(tmp_path), "pw", checkpoint_every=5) as run:
             run.loader(TensorDataSet(digits_split_master), batch_size=8, num_workers=1, persistent_workers=True)
+
+
+@pytest.mark.slow
+def test_a_killed_training_with_workers_and_random_transforms_resumes_bit_identical(
+    digits_split_master: str, tmp_path: Path
+) -> None:
+    """Each worker's random state (a random flip per sample) continues from the checkpoint."""
+    flip = [{"name": "RandomHorizontalFlip", "p": 0.5}]
+
+    def cfg(output: Path) -> dict[str, Any]:
+        c = config(digits_split_master, output, num_workers=2)
+        c["data"]["train"]["transform"] = flip
+        return c
+
+    whole = trained(cfg(tmp_path / "whole"))
+    killed = cfg(tmp_path / "killed")
+    run_killed(TRAIN_CONFIG, json.dumps(killed), step=STEPS_PER_EPOCH + 15)
+    record = trained(killed, resume=True)
+    assert record.results.weights_sha256 == whole.results.weights_sha256
+    assert record.results.trace.sha256 == whole.results.trace.sha256

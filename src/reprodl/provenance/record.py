@@ -179,6 +179,21 @@ class Resumed(_Part):
     at: list[str] = Field(description="per resume, when it started (UTC, ISO 8601)")
 
 
+class DistributedInfo(_Part):
+    """A DistributedDataParallel run (torchrun): its processes, their seeds and data shards."""
+
+    backend: str = Field(description="torch.distributed backend (gloo, nccl)")
+    world_size: int = Field(description="number of processes (ranks) trained together")
+    rank_seeds: list[int] = Field(description="seed of Python's, NumPy's and torch's generators on each rank")
+    sampler: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the DistributedSampler of the training loader: shuffle, seed, drop_last (epoch = pass)",
+    )
+    rank_order_digests: list[list[str]] = Field(
+        default_factory=list, description="per rank, the sha256 of its shard's sample order, one per pass"
+    )
+
+
 class Training(_Part):
     """How the model was trained."""
 
@@ -213,6 +228,9 @@ class Training(_Part):
     )
     resumed: Resumed | None = Field(
         None, description="set when the training was killed and resumed from a checkpoint: from where, how often"
+    )
+    distributed: DistributedInfo | None = Field(
+        None, description="set for a multi-process (DistributedDataParallel) run: backend, seeds and shards per rank"
     )
 
 

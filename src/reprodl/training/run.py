@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from reprodl import __version__, keys
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet, collate
-from reprodl.errors import IntegrityError, ParametersError
+from reprodl.errors import IntegrityError, ParametersError, ReprodlError
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import (
     CallableInfo,
@@ -57,7 +57,7 @@ from reprodl.provenance import (
     Training,
     store_readmes_once,
 )
-from reprodl.provenance.record import RunCommand
+from reprodl.provenance.record import DistributedInfo, RunCommand
 from reprodl.store import DatasetWriter, create_dataset, open_dataset
 from reprodl.training.capture import (
     DeterminismSettings,
@@ -72,6 +72,15 @@ from reprodl.training.capture import (
     require_clean,
 )
 from reprodl.training.checkpoint import resumed_record, set_rng_state
+from reprodl.training.distributed import (
+    Group,
+    RecordedDistributedSampler,
+    broadcast_from_rank0,
+    gather,
+    on_rank0_first,
+    process_group,
+    unwrap,
+)
 from reprodl.training.resume import RunCheckpoints
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.snapshot import capture_snapshot
@@ -239,27 +248,46 @@ class Run:
         self._n_loaders = 0
         self._loaders: list[_TracedLoader] = []
         self._components: tuple[Any, Any, Any] | None = None  # (model, optimizer, scheduler)
+        self._group: Group | None = None
+        self._sampler_settings: dict[str, Any] = {}
+        self._rank_digests: list[list[str]] = []
 
     # --- the context ---------------------------------------------------------------------
     def __enter__(self) -> Run:
         self._apply_redirect()
         self._t0, self._started = time.perf_counter(), _utcnow()
+        self._group = process_group()
+        if self._group is not None and (self.checkpoints.every or self.checkpoints.resume):
+            raise ParametersError(
+                "checkpoint_every and resume are not supported in a multi-process (DistributedDataParallel) run "
+                "yet: leave them out under torchrun"
+            )
         stack = contextlib.ExitStack()
         try:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-run-")))
-            resume_from = self.checkpoints.find(self) if self.checkpoints.resume and not self._redirect else None
-            self._writer = stack.enter_context(create_dataset(self.base_uri, self.name, resume_from=resume_from))
-            self.checkpoints.open(self, self._writer.checkpoint_dir, resuming=resume_from is not None)
-            self._capture(workdir)
+            self._open_output(stack)
             self.seeds = SeedPlan(self.seed)
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
             self.determinism = stack.enter_context(DeterminismSettings(self.deterministic, device_type))
-            self.seeds.apply_globals()
+            SeedPlan(self.seed + self._rank).apply_globals()  # rank r: seed + r (the same plan on one process)
         except BaseException:
             stack.__exit__(*sys.exc_info())  # with the error: the output is discarded, not frozen empty
             raise
         self._stack = stack
         return self
+
+    @property
+    def _rank(self) -> int:
+        return self._group.rank if self._group is not None else 0
+
+    def _open_output(self, stack: contextlib.ExitStack) -> None:
+        """On rank 0 (or the only process): the unfinished model dataset; code and environment captured."""
+        if self._rank != 0:
+            return
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-run-")))
+        resume_from = self.checkpoints.find(self) if self.checkpoints.resume and not self._redirect else None
+        self._writer = stack.enter_context(create_dataset(self.base_uri, self.name, resume_from=resume_from))
+        self.checkpoints.open(self, self._writer.checkpoint_dir, resuming=resume_from is not None)
+        self._capture(workdir)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         assert self._stack is not None
@@ -271,6 +299,34 @@ class Run:
             if add_note is not None:
                 add_note(f"reprodl: the run {self.name!r} raised, so no model dataset was written")
             return bool(stack.__exit__(exc_type, exc, tb))  # discards the unfinished dataset
+        if self._group is not None:
+            return self._exit_distributed(stack)
+        return self._finish(stack)
+
+    def _exit_distributed(self, stack: contextlib.ExitStack) -> bool:
+        """Every rank's order digests gathered; rank 0 writes the model, the others learn its URI."""
+        group = self._group
+        assert group is not None
+        self._rank_digests = gather(list(self._order_digests), group)
+        if group.rank != 0:
+            stack.__exit__(None, None, None)
+            self.uri = broadcast_from_rank0(None, then_barrier=True)
+            if self.uri is None:
+                raise ReprodlError(
+                    f"rank 0 wrote no model dataset for the run {self.name!r} (its error says why), "
+                    f"so rank {group.rank} ends with none either"
+                )
+            return False
+        try:
+            self._finish(stack)
+        except BaseException:
+            broadcast_from_rank0(None, then_barrier=True)
+            raise
+        broadcast_from_rank0(self.uri, then_barrier=True)
+        return False
+
+    def _finish(self, stack: contextlib.ExitStack) -> bool:
+        """Write the model dataset (refused without ``run.save``) and freeze it."""
         if self._saved is None:
             error = ParametersError(
                 f"the run {self.name!r} ended without run.save(model), so no model dataset was written: "
@@ -329,7 +385,7 @@ class Run:
             raise ParametersError(f"role should be one of {list(ROLES)}, but got role={role!r}")
         ds = open_wrapped(ds_or_uri) if isinstance(ds_or_uri, (str, os.PathLike)) else ds_or_uri
         if isinstance(ds, WrappedDataSet):
-            _check_dataset(role, ds)
+            on_rank0_first(lambda: _check_dataset(role, ds), self._group)  # once, not once per rank
             ref = DataRef.model_validate({"role": role, **ds.provenance_info()})
             ref.manifest_item = f"{keys.MANIFESTS_DIR}/{ds.uuid}.json"
             self._data.append((ref, ds))
@@ -350,6 +406,7 @@ class Run:
 
         ``init_params`` are the keyword arguments the model was built with, when known.
         """
+        model = unwrap(model)
         names = {id(p): n for n, p in model.named_parameters()}
         arch = describe_architecture(model, dict(init_params or {}))
         arch.initial_weights_sha256 = state_dict_sha256(model.state_dict())
@@ -402,9 +459,20 @@ class Run:
         index = self._n_loaders
         self._n_loaders += 1
         on_order = self._order_digests.append if role == "train" else (lambda _digest: None)
-        sampler = _RecordedOrder(
+        sampler: Any = _RecordedOrder(
             len(ds), seed=self.seeds.dataloader_generator + index, shuffle=shuffle, on_order=on_order
         )
+        if self._group is not None:  # each rank its shard, in an order seeded alike on every rank
+            sampler = RecordedDistributedSampler(
+                ds,
+                group=self._group,
+                seed=self.seeds.dataloader_generator + index,
+                shuffle=shuffle,
+                drop_last=bool(kw.get("drop_last", False)),
+                on_order=on_order,
+            )
+            if role == "train" and not self._sampler_settings:
+                self._sampler_settings = sampler.settings()
         g = torch.Generator()
         g.manual_seed(self.seeds.dataloader_generator + index)
         if isinstance(ds, WrappedDataSet):
@@ -453,6 +521,7 @@ class Run:
                 "no training data was recorded: pass it to run.use(dataset), or build the loader with "
                 "run.loader(dataset)"
             )
+        model = unwrap(model)
         self._saved = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         first = next(iter(model.parameters()), None)
         self._device = str(first.device) if first is not None else "cpu"
@@ -499,6 +568,8 @@ class Run:
             optimizer_steps=self._steps,
             checkpoint_every=self.checkpoints.every,
             resumed=resumed_record(self.checkpoints.resumed),
+            world_size=self._group.world_size if self._group is not None else 1,
+            distributed=self._distributed_info(),
         )
         return ProvenanceRecord(
             model_name=self._redirect.get("original_name", self.name) if self._redirect else self.name,
@@ -511,6 +582,18 @@ class Run:
             environment=self._environment,
             results=self._results(),
             lineage=Lineage(reproduces=self.reproduces),
+        )
+
+    def _distributed_info(self) -> DistributedInfo | None:
+        group = self._group
+        if group is None:
+            return None
+        return DistributedInfo(
+            backend=group.backend,
+            world_size=group.world_size,
+            rank_seeds=[self.seed + r for r in range(group.world_size)],
+            sampler=self._sampler_settings,
+            rank_order_digests=self._rank_digests,
         )
 
     def _results(self) -> Results:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,17 @@ def killer(*a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*a, **k)
 sgd.SGD.step = killer
+if os.environ.get("KILL_IN_SAVE"):  # SIGKILL half-way through writing checkpoint n's state.pt
+    import torch
+    real_save, saves = torch.save, [0]
+    def dying_save(obj, f, *a, **k):
+        saves[0] += 1
+        if saves[0] >= int(os.environ["KILL_IN_SAVE"]):
+            with open(f, "wb") as fh:
+                fh.write(b"half a checkpoint")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, f, *a, **k)
+    torch.save = dying_save
 """
 
 TRAIN_CONFIG = """
@@ -46,9 +56,11 @@ build_and_train(load_config(json.loads(sys.argv[1])), progress=False)
 """
 
 
-def run_killed(code: str, *args: str, step: int, cwd: Path | None = None) -> None:
-    """Run ``code`` in a fresh Python that SIGKILLs itself at optimiser step ``step``."""
+def run_killed(code: str, *args: str, step: int, cwd: Path | None = None, in_save: int = 0) -> None:
+    """Run ``code`` in a fresh Python that SIGKILLs itself at optimiser step ``step`` (or in checkpoint ``in_save``)."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "KILL_AT_STEP": str(step)}
+    if in_save:
+        env["KILL_IN_SAVE"] = str(in_save)
     proc = subprocess.run(
         [sys.executable, "-c", KILL_AT_STEP + code, *args],
         env=env,
@@ -80,23 +92,32 @@ def uninterrupted(digits_split_master: str, tmp_path_factory: pytest.TempPathFac
     return trained(config(digits_split_master, tmp_path_factory.mktemp("whole")))
 
 
-@pytest.fixture
-def killed(digits_split_master: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """The same config SIGKILLed in epoch 2 (step 60): its checkpoint after epoch 1 is left."""
+def test_a_killed_config_training_is_kept_refused_if_changed_and_resumes_bit_identical(
+    digits_split_master: str, tmp_path: Path, uninterrupted: Any, cli: Any
+) -> None:
+    import yaml
+
+    from reprodl.modeldataset.read import read_record
+    from reprodl.store import open_dataset
+
     cfg = config(digits_split_master, tmp_path / "models")
-    run_killed(TRAIN_CONFIG, json.dumps(cfg), step=STEPS_PER_EPOCH + 15)
-    yield cfg
-    clean_staging(cfg["output"], checkpoints=True)
-
-
-def test_a_killed_config_training_resumes_bit_identical(killed: dict[str, Any], uninterrupted: Any) -> None:
-    base = Path(killed["output"])
-    [left] = find_staging(base)
-    assert left.state == "resumable" and left.checkpoint is not None
+    run_killed(TRAIN_CONFIG, json.dumps(cfg), step=STEPS_PER_EPOCH + 15)  # SIGKILL in epoch 2
+    base = Path(cfg["output"])
+    [left] = clean_staging(base)  # the cleaner keeps it, and says so
+    assert left.state == "resumable" and not left.removed and left.checkpoint is not None
     assert (left.checkpoint["epoch"], left.checkpoint["step"]) == (1, STEPS_PER_EPOCH)
+    result = cli("dataset", "clean", base)
+    assert "kept: a killed training's checkpoint (epoch 1, step 45); continue it with" in result.output
+    changed = {**cfg, "params": {**cfg["params"], "learning_rate": 0.1}}
+    with pytest.raises(ResumeError, match=r"config changed.*params\.learning_rate: 0\.05 -> 0\.1"):
+        trained(changed, resume=True)
+    assert [s.state for s in find_staging(base)] == ["resumable"]  # the refusal kept the checkpoint
 
-    record = trained(killed, resume=True)
-
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    result = cli("train", tmp_path / "train.yaml", "--resume", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    record = read_record(open_dataset(out["uri"]))
     assert record.results.weights_sha256 == uninterrupted.results.weights_sha256
     assert record.results.trace.sha256 == uninterrupted.results.trace.sha256
     assert record.training.data_order_digests == uninterrupted.training.data_order_digests
@@ -104,30 +125,21 @@ def test_a_killed_config_training_resumes_bit_identical(killed: dict[str, Any], 
     assert [m.train_loss for m in record.results.history] == [m.train_loss for m in uninterrupted.results.history]
     resumed = record.training.resumed
     assert (resumed.count, resumed.from_epoch, resumed.from_step) == (1, [1], [STEPS_PER_EPOCH])
+    assert out["resumed"]["from_epoch"] == [1]
     assert uninterrupted.training.resumed is None and record.training.checkpoint_every == 1
     assert find_staging(base) == []  # the checkpoint went with the finished staging directory
 
 
-def test_the_cleaner_keeps_a_resumable_checkpoint_and_says_so(killed: dict[str, Any], cli: Any) -> None:
-    base = Path(killed["output"])
-    [kept] = clean_staging(base)
-    assert kept.state == "resumable" and not kept.removed and Path(kept.path).is_dir()
-    result = cli("dataset", "clean", base)
-    assert result.exit_code == 0, result.output
-    assert "kept: a killed training's checkpoint (epoch 1, step 45)" in result.output
-    assert "--resume" in result.output
-    result = cli("dataset", "clean", base, "--checkpoints")
-    assert "removed" in result.output and not Path(kept.path).exists()
-    with pytest.raises(ResumeError, match="there is no checkpoint of a killed training called 'digits-cnn'"):
-        trained(killed, resume=True)
-
-
-def test_a_resume_with_a_changed_config_is_refused_naming_the_change(killed: dict[str, Any]) -> None:
-    changed = {**killed, "params": {**killed["params"], "learning_rate": 0.1}}
-    with pytest.raises(ResumeError, match=r"config changed.*params\.learning_rate: 0\.05 -> 0\.1"):
-        trained(changed, resume=True)
-    [still] = find_staging(Path(killed["output"]))  # the refusal keeps the checkpoint
-    assert still.state == "resumable"
+def test_a_kill_while_writing_a_checkpoint_keeps_the_previous_one(
+    digits_split_master: str, tmp_path: Path, uninterrupted: Any
+) -> None:
+    cfg = config(digits_split_master, tmp_path / "models")
+    run_killed(TRAIN_CONFIG, json.dumps(cfg), step=10**6, in_save=2)  # in the checkpoint after epoch 2
+    [left] = find_staging(tmp_path / "models")
+    assert left.checkpoint is not None and left.checkpoint["epoch"] == 1
+    record = trained(cfg, resume=True)
+    assert record.results.weights_sha256 == uninterrupted.results.weights_sha256
+    assert record.training.resumed.from_epoch == [1]
 
 
 def test_resume_without_a_checkpoint_is_refused(digits_split_master: str, tmp_path: Path) -> None:
@@ -142,21 +154,6 @@ def test_checkpoint_every_must_be_positive(digits_split_master: str, tmp_path: P
     bad = {**config(digits_split_master, tmp_path / "models"), "checkpoint_every": 0}
     with pytest.raises(ParametersError, match="checkpoint_every"):
         trained(bad)
-
-
-def test_cli_train_resume(killed: dict[str, Any], tmp_path: Path, uninterrupted: Any, cli: Any) -> None:
-    import yaml
-
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(killed))
-    result = cli("train", path, "--resume", "--json")
-    assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
-    assert out["resumed"]["from_epoch"] == [1]
-    from reprodl.modeldataset.read import read_record
-    from reprodl.store import open_dataset
-
-    assert read_record(open_dataset(out["uri"])).results.weights_sha256 == uninterrupted.results.weights_sha256
 
 
 RUN_SCRIPT = textwrap.dedent(
@@ -273,9 +270,14 @@ def test_an_interrupted_run_keeps_its_checkpoint_and_resumes_in_process(
     assert find_staging(tmp_path / "cut") == []
 
 
-def test_a_run_without_a_checkpoint_cannot_resume(digits_split_master: str, tmp_path: Path) -> None:
+def test_dataset_clean_checkpoints_removes_a_resumable_one(digits_split_master: str, tmp_path: Path, cli: Any) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        own_loop(tmp_path / "cut", digits_split_master, stop_at=12)
+    result = cli("dataset", "clean", tmp_path / "cut", "--checkpoints")
+    assert result.exit_code == 0 and "removed" in result.output
+    assert find_staging(tmp_path / "cut") == []
     with pytest.raises(ResumeError, match="no checkpoint of a killed training called 'loop'"):
-        own_loop(tmp_path / "none", digits_split_master, resume=True)
+        own_loop(tmp_path / "cut", digits_split_master, resume=True)
 
 
 def test_persistent_workers_cannot_be_checkpointed(digits_split_master: str, tmp_path: Path) -> None:

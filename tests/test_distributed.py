@@ -166,3 +166,16 @@ def test_the_distributed_sampler_shards_and_reseeds_each_pass() -> None:
     assert list(again) == first[0]
     assert len(orders[0]) == 2 and orders[0] != orders[1]
     assert samplers[0].settings() == {"shuffle": True, "seed": 3, "drop_last": False}
+
+
+def test_the_built_in_trainer_refuses_to_run_as_one_of_several_processes(
+    digits_split_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from train_fixtures import train_digits
+
+    from reprodl.errors import ParametersError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ParametersError, match="one of 2 \\(torchrun\\).*reprodl.start_run"):
+        train_digits(tmp_path, "m", digits_split_uri)
+    assert list(tmp_path.glob("m")) == []

@@ -377,6 +377,12 @@ def _check_arguments(
     """The parameters, validated; ``valid_ds`` joins the output's validation sets."""
     if not isinstance(params, Parameters):
         params = Parameters(**dict(params))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ParametersError(
+            f"the built-in trainer runs in one process, but this is one of {os.environ['WORLD_SIZE']} (torchrun): "
+            "every process would train the whole data alone. Run it without torchrun, or write the loop with "
+            "reprodl.start_run, which records DistributedDataParallel runs (docs/distributed.md)"
+        )
     if output_ds.writer is None:
         raise ParametersError("output_ds must be entered first: use `with DerivedDataSet(...) as output_ds:`")
     if output_ds.record is not None:

@@ -25,14 +25,12 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
 import random
 import secrets
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,7 @@ import torch
 
 from reprodl import keys
 from reprodl.errors import ResumeError
-from reprodl.store.staging import _fsync_dir, latest_checkpoint, read_checkpoint_meta, rename_noreplace
+from reprodl.store.staging import fsync_dir, latest_checkpoint, read_checkpoint_meta, rename_noreplace
 from reprodl.training.trace import StepTracer
 
 FORMAT = 1
@@ -152,7 +150,7 @@ def write_checkpoint(directory: Path, *, step: int, state: dict[str, Any], meta:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(str(directory))
+    fsync_dir(str(directory))
     for old in directory.iterdir():
         if old.name.startswith("ckpt-") and old.name < final.name:
             shutil.rmtree(old, ignore_errors=True)
@@ -234,13 +232,3 @@ def check_unchanged(saved: dict[str, Any], now: dict[str, Any], *, name: str, wh
             + (f"; and {len(changes) - 10} more" if len(changes) > 10 else "")
             + "). Put the config back as it was to resume, or start afresh without --resume"
         )
-
-
-@contextlib.contextmanager
-def timed(into: dict[str, float], key: str) -> Any:
-    """Add the block's wall time to ``into[key]``."""
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        into[key] = into.get(key, 0.0) + time.perf_counter() - t0

@@ -326,7 +326,7 @@ class Run:
         return False
 
     def _finish(self, stack: contextlib.ExitStack) -> bool:
-        """Write the model dataset (refused without ``run.save``) and freeze it."""
+        """Write the model dataset (refused without ``run.save``) then frozen."""
         if self._saved is None:
             error = ParametersError(
                 f"the run {self.name!r} ended without run.save(model), so no model dataset was written: "

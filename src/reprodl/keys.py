@@ -86,12 +86,15 @@ README_SCHEMA_VERSION = "1.0"
 # --- staging (datasets being created or copied) ----------------------------------------
 STAGING_PREFIX = ".reprodl-staging-"  # <base>/<prefix><name>-<random>: a dataset being built
 STAGING_MARKER = ".reprodl-staging.json"  # inside a staging dir: who owns it (pid, host)
+CHECKPOINT_DIR = "checkpoint"  # inside a staging dir: a training's checkpoints (reprodl.training.checkpoint)
+CHECKPOINT_META = "meta.json"  # in each <staging>/checkpoint/ckpt-<step>/: where the run was (JSON)
 METADATA_TMP_PREFIX = ".reprodl-tmp-"  # <dataset>/.dtool/<prefix>...: a metadata file being written
 
 # --- bounds on what a downloaded file may make reprodl allocate or parse ------------------
 MAX_README_BYTES = 1024 * 1024  # a dataset's README.yml
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # provenance.json (its history and packages included)
 MAX_METADATA_BYTES = 256 * 1024 * 1024  # any other JSON read over http (manifest, annotations)
+MAX_CHECKPOINT_META_BYTES = 16 * 1024 * 1024  # a checkpoint's meta.json (history, trace counters)
 MAX_NESTING = 64  # depth of JSON/YAML containers (records nest about 6 deep)
 MAX_CATEGORIES = 100_000  # distinct labels of a dataset (ImageNet-21k has 21,841)
 MAX_IMAGE_SIDE = 16384  # pixels per side of a transform's or a record's image size

@@ -313,13 +313,17 @@ def copy_cmd(
 def clean_cmd(
     base_uri: str = typer.Argument(..., help="Base directory whose leftovers to remove."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
+    checkpoints: bool = typer.Option(
+        False, "--checkpoints", help="Also remove killed trainings' checkpoints (kept by default for --resume)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Remove staging directories left by killed creations and copies (their process is gone).
 
     Only directories marked as reprodl staging directories of a process on this host that
     no longer runs are removed; those of running processes, other hosts or with no marker
-    are listed and kept.
+    are listed and kept, and so are those holding a killed training's checkpoint (resumable)
+    unless --checkpoints is given.
     """
     from reprodl.errors import InvalidURIError, StorageError
     from reprodl.store import clean_staging, local_path, normalise_uri
@@ -329,7 +333,7 @@ def clean_cmd(
         raise InvalidURIError(f"dataset clean works on a local directory, not {base_uri}")
     if not base.is_dir():
         raise StorageError(f"{base} is not an existing directory: give the base directory of your datasets")
-    found = clean_staging(base, dry_run=dry_run)
+    found = clean_staging(base, dry_run=dry_run, checkpoints=checkpoints)
     if as_json:
         print_json([s.to_dict() for s in found])
         return
@@ -340,10 +344,18 @@ def clean_cmd(
         "other-host": "kept: made on another host",
         "unmarked": "kept: no reprodl staging marker",
         "stale": "would remove: its process is gone",
+        "resumable": "would remove: a killed training's checkpoint" if checkpoints else "kept: {resumable}",
     }
     for s in found:
         owner = f" (pid {s.pid} on {s.hostname})" if s.pid is not None else ""
-        if s.state == "stale" and not dry_run and not s.removed:
+        ck = s.checkpoint or {}
+        resumable = (
+            f"a killed training's checkpoint (epoch {ck.get('epoch')}, step {ck.get('step')}); continue it with "
+            "`reprodl train CONFIG --resume` (start_run(..., resume=True)), or remove it with --checkpoints"
+        )
+        if s.state in ("stale", "resumable") and not dry_run and not s.removed and (checkpoints or s.state == "stale"):
             err.print(f"{s.path}{owner}: stale, but could not be removed (check permissions)", markup=False)
             continue
-        out.print(f"{s.path}{owner}: " + ("removed" if s.removed else why[s.state]), markup=False)
+        out.print(
+            f"{s.path}{owner}: " + ("removed" if s.removed else why[s.state].format(resumable=resumable)), markup=False
+        )

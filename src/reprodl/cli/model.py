@@ -157,6 +157,11 @@ def train_cmd(
         "--tensorboard",
         help="Also log each epoch's metrics for TensorBoard, under DIR/<name> (extra tensorboard).",
     ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the killed training of this config from its last checkpoint (config key checkpoint_every).",
+    ),
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -172,6 +177,10 @@ def train_cmd(
     cfg = load_config(config, [*(set_ or []), *flags])
     if name_suffix == "auto":
         cfg.name = free_name(cfg.output, cfg.name)
+    if resume and (seeds or splits or name_suffix == "auto"):
+        raise typer.BadParameter(
+            "resumes one training: leave out --seeds, --splits and --name-suffix", param_hint="--resume"
+        )
     if seeds or splits:
         if tensorboard is not None:
             raise typer.BadParameter(
@@ -179,7 +188,7 @@ def train_cmd(
             )
         _train_many(cfg, seeds=seeds, splits=splits, as_json=as_json)
     else:
-        _train_one(cfg, quiet=quiet, as_json=as_json, tensorboard=tensorboard)
+        _train_one(cfg, quiet=quiet, as_json=as_json, tensorboard=tensorboard, resume=resume)
 
 
 def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool) -> None:
@@ -199,7 +208,9 @@ def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool) -> 
         out.print(f"  {metric}: mean {s['mean']:.4f} std {s['std']:.4f} min {s['min']:.4f} max {s['max']:.4f}")
 
 
-def _train_one(cfg: TrainConfig, *, quiet: bool, as_json: bool, tensorboard: Path | None = None) -> None:
+def _train_one(
+    cfg: TrainConfig, *, quiet: bool, as_json: bool, tensorboard: Path | None = None, resume: bool = False
+) -> None:
     """One training, with progress bars unless quiet; then where the model dataset is."""
     from reprodl.training.capture import untracked_summary
     from reprodl.training.config import build_and_train
@@ -217,9 +228,12 @@ def _train_one(cfg: TrainConfig, *, quiet: bool, as_json: bool, tensorboard: Pat
                 board(m)
 
         uri, record = build_and_train(
-            cfg, progress=printer.batch if not (quiet or as_json) else False, on_epoch=on_epoch
+            cfg,
+            progress=printer.batch if not (quiet or as_json) else False,
+            on_epoch=on_epoch,
+            resume=resume,
         )
-    git = record.code.git
+    git, resumed = record.code.git, record.training.resumed
     if as_json:
         print_json(
             {
@@ -228,12 +242,15 @@ def _train_one(cfg: TrainConfig, *, quiet: bool, as_json: bool, tensorboard: Pat
                 "final": record.results.final,
                 "untracked_stored": git.untracked_items if git else [],
                 "untracked_skipped": git.untracked_skipped_reasons if git else {},
+                "resumed": resumed.model_dump(mode="json") if resumed else None,
             }
         )
         return
     stored = untracked_summary(git)
     if stored:
         out.print(stored, markup=False)
+    if resumed:
+        out.print(f"Resumed from epoch {resumed.from_epoch[-1]} (step {resumed.from_step[-1]})", markup=False)
     out.print(f"Model dataset: {uri}")
 
 

@@ -65,6 +65,8 @@ class DerivedDataSet:
         readme: fields added to the model's README (``description``, ``owners``, ``project``...);
             values are text, numbers, lists or mappings. The keys reprodl writes from the
             record (:data:`GENERATED_README_KEYS`) are refused.
+        resume: continue the killed training of this name and base from its checkpoint
+            (:mod:`reprodl.training.checkpoint`); :class:`ResumeError` when there is none.
     """
 
     def __init__(
@@ -77,8 +79,10 @@ class DerivedDataSet:
         test: WrappedDataSet | Sequence[WrappedDataSet] | None = None,
         parent: str | None = None,
         readme: Mapping[str, Any] | None = None,
+        resume: bool = False,
     ) -> None:
         self.base_uri = base_uri
+        self.resume = resume
         self.name = name
         self.train_sets = _as_list(source)
         if not self.train_sets:
@@ -102,8 +106,11 @@ class DerivedDataSet:
         )
 
     def __enter__(self) -> DerivedDataSet:
+        from reprodl.store import find_resumable
+
+        resume_from = find_resumable(self.base_uri, self.name) if self.resume else None
         self._stack = contextlib.ExitStack()
-        self.writer = self._stack.enter_context(create_dataset(self.base_uri, self.name))
+        self.writer = self._stack.enter_context(create_dataset(self.base_uri, self.name, resume_from=resume_from))
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:

@@ -167,6 +167,33 @@ class Determinism(_Part):
     )
 
 
+class Resumed(_Part):
+    """How a training killed part-way was continued from its checkpoints (reprodl.training.checkpoint)."""
+
+    count: int = Field(description="how many times the training was resumed")
+    from_epoch: list[int] = Field(
+        description="per resume, the epochs completed at its checkpoint (the built-in trainer), or the pass "
+        "of the training loader it was in (a start_run run)"
+    )
+    from_step: list[int] = Field(description="per resume, the optimiser steps taken at its checkpoint")
+    at: list[str] = Field(description="per resume, when it started (UTC, ISO 8601)")
+
+
+class DistributedInfo(_Part):
+    """A DistributedDataParallel run (torchrun): its processes, their seeds and data shards."""
+
+    backend: str = Field(description="torch.distributed backend (gloo, nccl)")
+    world_size: int = Field(description="number of processes (ranks) trained together")
+    rank_seeds: list[int] = Field(description="seed of Python's, NumPy's and torch's generators on each rank")
+    sampler: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the DistributedSampler of the training loader: shuffle, seed, drop_last (epoch = pass)",
+    )
+    rank_order_digests: list[list[str]] = Field(
+        default_factory=list, description="per rank, the sha256 of its shard's sample order, one per pass"
+    )
+
+
 class Training(_Part):
     """How the model was trained."""
 
@@ -198,6 +225,17 @@ class Training(_Part):
         None,
         description="optimiser updates (counted by the built-in loop, or by a step hook of the run API's "
         "run.watch); None when not counted",
+    )
+    checkpoint_every: int | None = Field(
+        None,
+        description="checkpoints were written every N epochs (built-in trainer) or N optimiser steps "
+        "(start_run) into the unfinished model's staging area; None: none were",
+    )
+    resumed: Resumed | None = Field(
+        None, description="set when the training was killed and resumed from a checkpoint: from where, how often"
+    )
+    distributed: DistributedInfo | None = Field(
+        None, description="set for a multi-process (DistributedDataParallel) run: backend, seeds and shards per rank"
     )
 
 

@@ -80,13 +80,35 @@ def reexecution_plan(uri: str | StoredDataSet) -> ReexecutionPlan | None:
     return _plan(model_ds, record) if record.code.run is not None else None
 
 
+def _launcher(model_ds: StoredDataSet, record: ProvenanceRecord) -> list[str]:
+    """``-m torch.distributed.run ...`` for a multi-process run (its recorded world size); refused
+    when this machine cannot start that many processes of its backend."""
+    dist = record.training.distributed
+    if dist is None or dist.world_size < 2:
+        return []
+    import torch
+
+    if not torch.distributed.is_available():
+        raise ReproductionError(
+            f"{model_ds.uri} was trained by {dist.world_size} processes ({dist.backend}), but this torch has no "
+            "torch.distributed: install a torch build with distributed support to reproduce it"
+        )
+    if dist.backend == "nccl" and torch.cuda.device_count() < dist.world_size:
+        raise ReproductionError(
+            f"{model_ds.uri} was trained by {dist.world_size} processes on nccl (one GPU each), but this machine "
+            f"has {torch.cuda.device_count()} GPU(s): reproduce it where {dist.world_size} GPUs are available"
+        )
+    return ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(dist.world_size)]
+
+
 def _plan(model_ds: StoredDataSet, record: ProvenanceRecord, seed: int | None = None) -> ReexecutionPlan:
     run = record.code.run
     assert run is not None
+    launcher = _launcher(model_ds, record)
     if run.module:
-        command = ["python", "-m", run.module, *run.argv]
+        command = ["python", *launcher, "-m", run.module, *run.argv]
     elif run.entry_script:
-        command = ["python", run.entry_script, *run.argv]
+        command = ["python", *launcher, run.entry_script, *run.argv]
     else:
         raise ReproductionError(
             f"{model_ds.uri} was trained from an interactive session (no entry script): there is no command to "

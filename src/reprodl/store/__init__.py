@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from reprodl.store.create import DatasetWriter, create_dataset, current_user
+from reprodl.store.create import DatasetWriter, create_dataset, current_user, find_resumable
 from reprodl.store.dataset import StoredDataSet, VerifyReport, exists, open_dataset
 from reprodl.store.hashing import Progress, canonical_json, file_md5, file_sha256
 from reprodl.store.staging import StagingDir, clean_staging, find_staging
@@ -54,6 +54,7 @@ __all__ = [
     "exists",
     "file_md5",
     "file_sha256",
+    "find_resumable",
     "find_staging",
     "item_identifier",
     "list_datasets",

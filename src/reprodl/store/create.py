@@ -14,16 +14,25 @@ import getpass
 import json
 import os
 import shutil
+import tempfile
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from reprodl.errors import DatasetExistsError, InputDataError, InvalidURIError, StorageError
+from reprodl import keys
+from reprodl.errors import DatasetExistsError, InputDataError, InvalidURIError, ResumeError, StorageError
 from reprodl.store.brokers import _dtoolcore, frozen_dataset, proto_dataset
 from reprodl.store.dataset import StoredDataSet
-from reprodl.store.staging import clean_staging, make_staging, move_into_place
+from reprodl.store.staging import (
+    claim_staging,
+    clean_staging,
+    latest_checkpoint,
+    make_staging,
+    move_into_place,
+    release_staging,
+)
 from reprodl.store.transfer import _copy_to, _probe_remote_base
 from reprodl.store.uris import check_name, check_relpath, item_identifier, local_path, normalise_uri
 
@@ -45,6 +54,11 @@ class DatasetWriter:
         self.uri: str | None = None  # set once frozen
         self._tmpfiles = staging / "_files"
         self._tmpfiles.mkdir()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where a training keeps its checkpoints while this dataset is unfinished (removed with it)."""
+        return self._staging / keys.CHECKPOINT_DIR
 
     def put_item(self, fpath: str | os.PathLike[str], relpath: str) -> str:
         """Copy a file into the dataset as ``relpath`` (relative, '/'-separated, no '..')."""
@@ -122,6 +136,7 @@ def create_dataset(
     *,
     readme: str = "",
     creator: str | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
 ) -> Iterator[DatasetWriter]:
     """Create a dataset atomically: frozen only if the block ends without an exception.
 
@@ -129,7 +144,8 @@ def create_dataset(
     the same filesystem, for file:// bases; copied for s3://, and removed there if the
     copy fails). A failure leaves no frozen dataset and no proto dataset behind; a process
     killed part-way leaves only its staging directory, which the next creation of the
-    same name (or ``reprodl dataset clean``) removes once the process is gone. An
+    same name (or ``reprodl dataset clean``) removes once the process is gone, unless it holds
+    a checkpoint (``writer.checkpoint_dir``): ``resume_from`` claims such a directory. An
     existing dataset of the same name is never overwritten, even by another process
     finishing the same name at the same moment (s3 datasets are keyed by a new UUID, so
     there the bucket is only checked to answer before anything is built).
@@ -143,9 +159,10 @@ def create_dataset(
     base = normalise_uri(base_uri)
     base_path = _check_base(base, name)
     try:
-        staging = make_staging(base_path, name, purpose="create")
+        staging = _staging(base_path, name, resume_from)
     except OSError as exc:
         raise write_error(exc, f"the dataset {name!r} at {base}") from exc
+    keep = False
     try:
         admin = _dtoolcore().generate_admin_metadata(name, creator or current_user())
         proto = proto_dataset(admin, normalise_uri(str(staging)))
@@ -164,8 +181,24 @@ def create_dataset(
         if isinstance(exc, StorageError) or exc.errno not in _WRITE_ERRNOS:
             raise
         raise write_error(exc, f"the dataset {name!r} at {base}") from exc
+    except BaseException as exc:
+        # An interruption (not an error of the training), or a refused resume, keeps the checkpoint.
+        keep = (not isinstance(exc, Exception) or isinstance(exc, ResumeError)) and latest_checkpoint(
+            staging
+        ) is not None
+        raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        release_staging(staging) if keep else shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging(base_path: Path | None, name: str, resume_from: str | os.PathLike[str] | None) -> Path:
+    """A new staging directory, or the claimed resumable one emptied of all but its checkpoints."""
+    if resume_from is None:
+        return make_staging(base_path, name, purpose="create")
+    staging = claim_staging(resume_from, name)
+    for leftover in (staging / name, staging / "_files"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return staging
 
 
 def _check_base(base: str, name: str) -> Path | None:
@@ -220,3 +253,33 @@ def current_user() -> str:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user in some containers
         return "unknown"
+
+
+def find_resumable(base_uri: str | os.PathLike[str], name: str) -> Path:
+    """The staging directory a killed training of ``name`` under ``base_uri`` left with a checkpoint.
+
+    Local bases keep their staging directories inside; s3:// ones in the temporary directory
+    (the checkpoint's meta names its base). Of several, the one with the most steps.
+
+    Raises:
+        ResumeError: none exists (naming where it looked), or the training is still running.
+    """
+    from reprodl.store.staging import find_staging
+
+    base = normalise_uri(base_uri)
+    base_path = local_path(base)
+    where = base_path if base_path is not None else Path(tempfile.gettempdir())
+    found = [s for s in (find_staging(where) if where.is_dir() else []) if s.name == name]
+    resumable = [s for s in found if s.state == "resumable" and (s.checkpoint or {}).get("base_uri") == base]
+    if resumable:
+        return Path(max(resumable, key=lambda s: int((s.checkpoint or {}).get("step") or 0)).path)
+    running = [s for s in found if s.state == "running"]
+    if running:
+        raise ResumeError(
+            f"the training {name!r} under {base} is still running (pid {running[0].pid}): wait for it to "
+            "finish, or stop it before resuming"
+        )
+    raise ResumeError(
+        f"there is no checkpoint of a killed training called {name!r} under {base} (looked in {where}): "
+        "start it without --resume (resume=False); a training writes checkpoints when given checkpoint_every"
+    )

@@ -7,6 +7,11 @@ marker file naming the process that owns it (pid, its start time, host); a stagi
 directory whose owner is gone is stale, and :func:`clean_staging` removes it. Nothing that
 is not such a marked directory is ever removed, and no symlink is followed.
 
+A stale directory holding a training's checkpoint (``checkpoint/``, written by
+:mod:`reprodl.training.checkpoint`) is *resumable*: it is kept unless removing checkpoints is
+asked for (``checkpoints=True``), since ``--resume`` continues the killed training from it;
+:func:`claim_staging` hands it to the resuming process.
+
 Example:
     >>> [s.state for s in find_staging("/data")]            # doctest: +SKIP
     ['stale']
@@ -32,7 +37,7 @@ from typing import Any, Literal
 from reprodl import keys
 from reprodl.errors import DatasetExistsError
 
-State = Literal["stale", "running", "other-host", "unmarked"]
+State = Literal["stale", "resumable", "running", "other-host", "unmarked"]
 _MARKER_LIMIT = 4096  # bytes: a marker is a few dozen; anything larger is not ours
 
 
@@ -41,13 +46,14 @@ class StagingDir:
     """A staging directory found under a base directory, and whether its owner is gone."""
 
     path: str
-    state: State  # stale: owner gone (removable); unmarked: no readable marker (kept)
+    state: State  # stale: owner gone (removable); resumable: stale with a checkpoint; unmarked: kept
     name: str | None = None
     pid: int | None = None
     hostname: str | None = None
     purpose: str | None = None
     created: float | None = None
     removed: bool = False
+    checkpoint: dict[str, Any] | None = None  # the latest checkpoint's meta summary (epoch, step, at)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,10 +81,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, tmp_dir: str |
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
     """Make a rename in ``directory`` durable (best effort: not every filesystem allows it)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
@@ -142,6 +148,11 @@ def _renameat2() -> Any:
 def make_staging(parent: str | os.PathLike[str] | None, name: str, *, purpose: str) -> Path:
     """A new staging directory for dataset ``name`` under ``parent``, marked as this process's."""
     staging = Path(tempfile.mkdtemp(prefix=f"{keys.STAGING_PREFIX}{name}-", dir=parent))
+    _write_marker(staging, name, purpose=purpose)
+    return staging
+
+
+def _write_marker(staging: Path, name: str, *, purpose: str) -> None:
     marker = {
         "pid": os.getpid(),
         "start": _process_start(os.getpid()),
@@ -151,7 +162,6 @@ def make_staging(parent: str | os.PathLike[str] | None, name: str, *, purpose: s
         "created": time.time(),
     }
     atomic_write_text(staging / keys.STAGING_MARKER, json.dumps(marker, sort_keys=True))
-    return staging
 
 
 def _process_start(pid: int) -> str | None:
@@ -201,16 +211,53 @@ def _read_marker(staging: Path) -> dict[str, Any] | None:
     return data if ok else None
 
 
+def latest_checkpoint(staging: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint directory (``checkpoint/ckpt-<step>``) of a staging directory."""
+    root = Path(staging) / keys.CHECKPOINT_DIR
+    if not root.is_dir() or root.is_symlink():
+        return None
+    done = [p for p in root.iterdir() if p.name.startswith("ckpt-") and not p.is_symlink() and p.is_dir()]
+    return max(done, key=lambda p: p.name) if done else None
+
+
+def checkpoint_summary(staging: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The meta (JSON, ours, bounded) of the newest checkpoint in ``staging``; None without one."""
+    latest = latest_checkpoint(staging)
+    return read_checkpoint_meta(latest) if latest is not None else None
+
+
+def read_checkpoint_meta(checkpoint: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``meta.json`` of one checkpoint directory (JSON we wrote, read bounded); None if unreadable."""
+    try:
+        fd = os.open(Path(checkpoint) / keys.CHECKPOINT_META, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        raw = os.read(fd, keys.MAX_CHECKPOINT_META_BYTES + 1)
+        data = json.loads(raw) if len(raw) <= keys.MAX_CHECKPOINT_META_BYTES else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return data if isinstance(data, dict) else None
+
+
 def _inspect(path: Path) -> StagingDir:
     marker = _read_marker(path)
     if marker is None:
         return StagingDir(str(path), "unmarked")
+    checkpoint = None
     if marker["hostname"] != socket.gethostname():
         state: State = "other-host"
     else:
         start = marker.get("start") if isinstance(marker.get("start"), str) else None
-        state = "running" if _owner_alive(marker["pid"], start) else "stale"
+        released = marker.get("released") is True
+        state = "running" if not released and _owner_alive(marker["pid"], start) else "stale"
+        checkpoint = checkpoint_summary(path)
+        if state == "stale" and checkpoint is not None:
+            state = "resumable"
     created = marker.get("created")
+    summary = {k: checkpoint.get(k) for k in ("epoch", "step", "at", "base_uri")} if checkpoint else None
     return StagingDir(
         str(path),
         state,
@@ -219,6 +266,7 @@ def _inspect(path: Path) -> StagingDir:
         hostname=marker["hostname"],
         purpose=str(marker.get("purpose")),
         created=created if isinstance(created, (int, float)) else None,
+        checkpoint=summary,
     )
 
 
@@ -232,23 +280,55 @@ def find_staging(base: str | os.PathLike[str]) -> list[StagingDir]:
     return sorted(found, key=lambda s: s.path)
 
 
-def clean_staging(base: str | os.PathLike[str], *, name: str | None = None, dry_run: bool = False) -> list[StagingDir]:
+def clean_staging(
+    base: str | os.PathLike[str], *, name: str | None = None, dry_run: bool = False, checkpoints: bool = False
+) -> list[StagingDir]:
     """Remove the stale staging directories under ``base`` (of dataset ``name`` only, if given).
 
     A staging directory is removed only when its marker says it was made on this host by a
     process that is gone (a pid reused since is told apart by its start time). Unmarked
-    directories, those of running processes and those of other hosts are kept. Returns
+    directories, those of running processes and those of other hosts are kept, and so are
+    resumable ones (a killed training's checkpoint) unless ``checkpoints`` is true. Returns
     every staging directory found (for ``name``: those of that name), ``removed`` set on
     those removed (with ``dry_run``, none is removed).
     """
+    removable = ("stale", "resumable") if checkpoints else ("stale",)
     found = [s for s in find_staging(base) if name is None or s.name == name]
     for s in found:
-        if s.state != "stale" or dry_run:
+        if s.state not in removable or dry_run:
             continue
         path = Path(s.path)
         # Check again just before: still a real directory, still the same stale marker.
-        if not stat.S_ISDIR(os.lstat(path).st_mode) or _inspect(path).state != "stale":
+        if not stat.S_ISDIR(os.lstat(path).st_mode) or _inspect(path).state not in removable:
             continue
         shutil.rmtree(path, ignore_errors=True)  # fd-based: never follows a symlink inside
         s.removed = not os.path.lexists(path)
     return found
+
+
+def claim_staging(staging: str | os.PathLike[str], name: str) -> Path:
+    """Take over the resumable staging directory ``staging`` of dataset ``name`` for this process.
+
+    It is renamed (one step: of two processes claiming it, one wins) and marked as this
+    process's, so the cleaner keeps it while this process runs.
+
+    Raises:
+        FileNotFoundError: it is gone, or no longer resumable (another process claimed it).
+    """
+    path = Path(staging)
+    found = _inspect(path) if path.is_dir() and not path.is_symlink() else None
+    if found is None or found.state != "resumable" or found.name != name:
+        raise FileNotFoundError(errno.ENOENT, "no resumable staging directory of that name", str(path))
+    claimed = Path(tempfile.mkdtemp(prefix=f"{keys.STAGING_PREFIX}{name}-", dir=path.parent))
+    os.rmdir(claimed)  # the name only: the rename below takes it, or fails if another took the source
+    os.rename(path, claimed)
+    _write_marker(claimed, name, purpose="resume")
+    return claimed
+
+
+def release_staging(staging: str | os.PathLike[str]) -> None:
+    """Mark this process's staging directory as no longer owned (kept for a resume; the cleaner may list it)."""
+    path = Path(staging)
+    marker = _read_marker(path)
+    if marker is not None:
+        atomic_write_text(path / keys.STAGING_MARKER, json.dumps({**marker, "released": True}, sort_keys=True))

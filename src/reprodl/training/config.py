@@ -119,6 +119,12 @@ class TrainConfig(BaseModel):
         True,
         description="store the repository's untracked files with the model (git-ignored files and secrets never are)",
     )
+    checkpoint_every: int | None = Field(
+        None,
+        ge=1,
+        description="write a checkpoint every N epochs into the unfinished model's staging area, so a killed "
+        "training continues with `reprodl train CONFIG --resume`",
+    )
     source: str | None = Field(None, description="the config file this was read from (set on load)")
 
     def specs(self, role: str) -> list[DataSpec]:
@@ -223,9 +229,18 @@ def _construct(cls: type, what: str, kwargs: dict[str, Any], *args: Any) -> Any:
 
 
 def build_and_train(
-    cfg: TrainConfig, *, progress: Any = True, on_epoch: Callable[..., None] | None = None, name: str | None = None
+    cfg: TrainConfig,
+    *,
+    progress: Any = True,
+    on_epoch: Callable[..., None] | None = None,
+    name: str | None = None,
+    resume: bool = False,
 ) -> tuple[str, Any]:
-    """Build everything the config names and train it with capture; (model URI, record)."""
+    """Build everything the config names and train it with capture; (model URI, record).
+
+    ``resume``: continue the killed training of this config from its last checkpoint
+    (:class:`~reprodl.errors.ResumeError` when there is none, or the config changed since).
+    """
     from reprodl.modeldataset.write import DerivedDataSet
     from reprodl.training.loop import train_model_with_metadata_capture
 
@@ -236,7 +251,7 @@ def build_and_train(
     model, params = _build_model(cfg, _parameters(cfg))
     optimizer, loss_fn, scheduler = _build_components(cfg, model, params.learning_rate)
     with DerivedDataSet(
-        cfg.output, name or cfg.name, train, valid=valid, test=test, parent=cfg.parent, readme=cfg.readme
+        cfg.output, name or cfg.name, train, valid=valid, test=test, parent=cfg.parent, readme=cfg.readme, resume=resume
     ) as out:
         record = train_model_with_metadata_capture(
             model,
@@ -252,6 +267,7 @@ def build_and_train(
             config=cfg.model_dump(mode="json", by_alias=True),
             require_clean_code=cfg.require_clean_code,
             store_untracked=cfg.store_untracked,
+            checkpoint_every=cfg.checkpoint_every,
         )
     assert out.uri is not None
     return out.uri, record

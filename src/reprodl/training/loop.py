@@ -52,6 +52,7 @@ from reprodl.provenance import (
     Training,
     store_readmes_once,
 )
+from reprodl.store import normalise_uri
 from reprodl.training.capture import (
     DeterminismSettings,
     capture_code,
@@ -61,6 +62,19 @@ from reprodl.training.capture import (
     describe_callable,
     describe_optimizer,
     require_clean,
+)
+from reprodl.training.checkpoint import (
+    Checkpoint,
+    RngReportingCollate,
+    WorkerSeeder,
+    check_unchanged,
+    note_worker_state,
+    read_checkpoint,
+    resumed_record,
+    rng_state,
+    set_rng_state,
+    utcnow,
+    write_checkpoint,
 )
 from reprodl.training.params import Parameters, check_trainer_keys
 from reprodl.training.seeding import SeedPlan
@@ -146,21 +160,26 @@ def make_loader(
     seeds: SeedPlan,
     shuffle: bool,
     device: torch.device,
+    worker_states: dict[int, Any] | None = None,
 ) -> tuple[DataLoader, EpochSampler]:
     """A DataLoader of ``seeds.num_workers`` workers, every seed from ``seeds``.
 
     The batch order comes from a seeded :class:`EpochSampler` (its digest is recorded), the
     loader's generator is :meth:`SeedPlan.generator` and each worker is seeded by
-    :meth:`SeedPlan.worker_init_fn`.
+    :meth:`SeedPlan.worker_init_fn`. With ``worker_states`` (a checkpointed training) each
+    batch reports its worker's random state, and a worker in it starts from its state there.
     """
     sampler = EpochSampler(len(ds), batch_size, seeds=seeds, shuffle=shuffle)
     workers = seeds.num_workers
+    init: Any = seeds.worker_init_fn() if workers else None
+    if workers and worker_states is not None:
+        init = WorkerSeeder(init, worker_states)
     loader = DataLoader(
         ds,
         batch_sampler=sampler,
-        collate_fn=collate,
+        collate_fn=RngReportingCollate(collate) if worker_states is not None else collate,
         num_workers=workers,
-        worker_init_fn=seeds.worker_init_fn() if workers else None,
+        worker_init_fn=init,
         generator=seeds.generator(),
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
@@ -307,12 +326,11 @@ def train_model_with_metadata_capture(
     require_clean_code: bool = False,
     store_untracked: bool = True,
     on_step: StepCallback | None = None,
+    checkpoint_every: int | None = None,
 ) -> ProvenanceRecord:
     """Train ``model`` and write it, with its full provenance, into ``output_ds``.
 
-    Captures the architecture, optimiser, loss, scheduler, parameters, every dataset, seeds
-    and determinism settings, data order, code version, environment and per-epoch metrics.
-
+    Captures components, parameters, data, seeds, determinism, data order, code, environment, metrics.
     With ``require_clean_code=True`` training is refused (:class:`DirtyCodeError`) unless the
     code is committed (DeepDIVA's enforcement); otherwise the uncommitted patch and untracked
     files are stored with the model: git-ignored files, files named like secrets (``.env``,
@@ -320,9 +338,9 @@ def train_model_with_metadata_capture(
     are not, and ``store_untracked=False`` stores none (the record names each one skipped and why).
 
     Each optimiser step is traced (:mod:`reprodl.training.trace`); ``on_step`` gets each row (True: stop).
+    ``checkpoint_every=N``: a checkpoint every N epochs (``DerivedDataSet(..., resume=True)`` resumes).
 
-    Returns:
-        The sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
+    Returns the sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
     """
     params = _check_arguments(train_ds, params, output_ds, valid_ds)
     if reproduces is None:  # a re-run trains as recorded, even a record of parameters once left unused
@@ -338,8 +356,9 @@ def train_model_with_metadata_capture(
         model, optimiser, loss_fn, scheduler, params, output_ds, target, _progress_reporter(progress), on_epoch
     )
     loop.tracer = StepTracer(model, on_step=on_step)
+    loop.checkpoints = _checkpoints(output_ds, checkpoint_every, _fingerprint(params, config, roles, captured))
     trained = loop.run(seeds, t_start=captured.t_start)
-    training = _training_part(captured, trained, params, seeds=seeds, device=target)
+    training = _training_part(captured, trained, params, seeds=seeds, device=target, checkpoints=loop.checkpoints)
     lineage = Lineage(parent=captured.parent, reproduces=reproduces)
     record = _make_record(
         captured, trained, training, code.info, roles, name=model_name or output_ds.name, lineage=lineage
@@ -358,6 +377,12 @@ def _check_arguments(
     """The parameters, validated; ``valid_ds`` joins the output's validation sets."""
     if not isinstance(params, Parameters):
         params = Parameters(**dict(params))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ParametersError(
+            f"the built-in trainer runs in one process, but this is one of {os.environ['WORLD_SIZE']} (torchrun): "
+            "every process would train the whole data alone. Run it without torchrun, or write the loop with "
+            "reprodl.start_run, which records DistributedDataParallel runs (docs/distributed.md)"
+        )
     if output_ds.writer is None:
         raise ParametersError("output_ds must be entered first: use `with DerivedDataSet(...) as output_ds:`")
     if output_ds.record is not None:
@@ -372,6 +397,55 @@ def _check_arguments(
         output_ds.valid_sets.append(valid_ds)
     check_label_compatibility(output_ds.train_sets + output_ds.valid_sets)
     return params
+
+
+@dataclasses.dataclass
+class _Checkpoints:
+    """The checkpoints of one training: where, how often, what they must match, and the one resumed."""
+
+    directory: Path
+    every: int | None
+    meta: dict[str, Any]
+    resume: Checkpoint | None
+    resumed: list[dict[str, Any]]
+    seconds: list[float] = dataclasses.field(default_factory=list)
+
+    def due(self, epochs_done: int, n_epochs: int) -> bool:
+        return self.every is not None and epochs_done % self.every == 0 and epochs_done < n_epochs
+
+
+def _fingerprint(
+    params: Parameters, config: dict[str, Any] | None, roles: list[tuple[str, WrappedDataSet]], captured: _Captured
+) -> dict[str, Any]:
+    """What a resumed training must share with the killed one (its config, else its parameters and parts)."""
+    data = {f"{role}[{i}]": ds.uuid for i, (role, ds) in enumerate(roles)}
+    if config is not None:
+        return {"config": {k: v for k, v in config.items() if k not in ("checkpoint_every", "source")}, "data": data}
+    arch = captured.architecture
+    return {
+        "params": params.to_dict(),
+        "data": data,
+        "architecture": {"class": arch.import_path, "init_params": arch.init_params},
+        "optimizer": captured.optimizer.model_dump(mode="json"),
+    }
+
+
+def _checkpoints(output_ds: DerivedDataSet, every: int | None, fingerprint: dict[str, Any]) -> _Checkpoints:
+    """The training's checkpoints; when resuming, the latest one, refused if the config changed since."""
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ParametersError(f"checkpoint_every should be a positive number of epochs, but got {every!r}")
+    assert output_ds.writer is not None
+    directory = output_ds.writer.checkpoint_dir
+    meta = {
+        "kind": "trainer",
+        "name": output_ds.name,
+        "base_uri": normalise_uri(output_ds.base_uri),
+        "fingerprint": fingerprint,
+    }
+    resume = read_checkpoint(directory) if output_ds.resume else None
+    if resume is not None:
+        check_unchanged(resume.meta.get("fingerprint", {}), fingerprint, name=output_ds.name, where=resume.path)
+    return _Checkpoints(directory, every, meta, resume, resume.resumed() if resume is not None else [])
 
 
 def _capture_code(
@@ -461,13 +535,24 @@ class _Loop:
     optimizer_steps: int = 0
     tracer: StepTracer | None = None
     sampler: EpochSampler | None = None
+    checkpoints: _Checkpoints | None = None
+    worker_states: dict[int, Any] | None = None
+    elapsed_before: float = 0.0
 
     def run(self, seeds: SeedPlan, *, t_start: float) -> _Trained:
         """Every epoch, under the determinism settings, from the seeds of ``seeds``."""
         sets = self.output_ds.train_sets
         data = sets[0] if len(sets) == 1 else _Concat(sets)
+        ck = self.checkpoints
+        if ck is not None and (ck.every is not None or ck.resume is not None):
+            self.worker_states = dict(ck.resume.state.get("workers", {})) if ck.resume is not None else {}
         loader, sampler = make_loader(
-            data, self.params.batch_size, seeds=seeds, shuffle=self.params.shuffle, device=self.target
+            data,
+            self.params.batch_size,
+            seeds=seeds,
+            shuffle=self.params.shuffle,
+            device=self.target,
+            worker_states=self.worker_states,
         )
         self.sampler = sampler
         tracer = self.tracer if self.tracer is not None else StepTracer(self.model)
@@ -479,7 +564,8 @@ class _Loop:
         with DeterminismSettings(self.params.deterministic, self.target.type) as determinism:
             seeds.apply_globals()
             self.model.train()
-            for epoch in range(self.params.n_epochs):
+            start = self._resume(loader, history, order_digests) if ck is not None and ck.resume else 0
+            for epoch in range(start, self.params.n_epochs):
                 t_epoch = time.perf_counter()
                 sampler.set_epoch(epoch)
                 metrics = self._epoch(epoch, loader, n_samples=len(data))
@@ -491,10 +577,58 @@ class _Loop:
                     self.on_epoch(metrics)
                 if tracer.stop_requested:
                     break
+                if ck is not None and ck.due(epoch + 1, self.params.n_epochs):
+                    self._checkpoint(epoch + 1, loader, history, order_digests, t_start)
         tracer.flush()
-        return _Trained(
-            history, order_digests, determinism, time.perf_counter() - t_start, self.optimizer_steps, tracer
-        )
+        wall = self.elapsed_before + time.perf_counter() - t_start
+        return _Trained(history, order_digests, determinism, wall, self.optimizer_steps, tracer)
+
+    def _checkpoint(
+        self, epochs_done: int, loader: DataLoader, history: list[EpochMetrics], digests: list[str], t_start: float
+    ) -> None:
+        """Write a checkpoint after ``epochs_done`` epochs: every state needed to continue bit for bit."""
+        ck = self.checkpoints
+        assert ck is not None and loader.generator is not None
+        t0 = time.perf_counter()
+        state: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimiser.state_dict(),
+            "rng": rng_state(),
+            "workers": dict(self.worker_states or {}),
+            "loader_generator": loader.generator.get_state(),
+        }
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        meta = {
+            **ck.meta,
+            "epoch": epochs_done,
+            "step": self.optimizer_steps,
+            "at": utcnow(),
+            "history": [m.model_dump(mode="json") for m in history],
+            "order_digests": list(digests),
+            "resumed": ck.resumed,
+            "elapsed_s": self.elapsed_before + time.perf_counter() - t_start,
+        }
+        write_checkpoint(ck.directory, step=self.optimizer_steps, state=state, meta=meta, tracer=self.tracer)
+        ck.seconds.append(time.perf_counter() - t0)
+
+    def _resume(self, loader: DataLoader, history: list[EpochMetrics], digests: list[str]) -> int:
+        """Restore every state of the checkpoint resumed from; the epoch (from 0) to continue with."""
+        assert self.checkpoints is not None and self.checkpoints.resume is not None and loader.generator is not None
+        c = self.checkpoints.resume
+        self.model.load_state_dict(c.state["model"])
+        self.optimiser.load_state_dict(c.state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(c.state["scheduler"])
+        set_rng_state(c.state["rng"])
+        loader.generator.set_state(c.state["loader_generator"])
+        history += [EpochMetrics.model_validate(m) for m in c.meta.get("history", [])]
+        digests += list(c.meta.get("order_digests", []))
+        self.optimizer_steps = int(c.meta["step"])
+        self.elapsed_before = float(c.meta.get("elapsed_s", 0.0))
+        if self.tracer is not None:
+            c.restore_tracer(self.tracer)
+        return int(c.meta["epoch"])
 
     def _epoch(self, epoch: int, loader: DataLoader, *, n_samples: int) -> EpochMetrics:
         """One epoch's steps, the scheduler's step, the divergence check and the validation."""
@@ -524,7 +658,10 @@ class _Loop:
         n_batches = len(loader)
         k = self.params.accumulation_steps
         self.optimiser.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(loader):
+        for i, batch in enumerate(loader):
+            if self.worker_states is not None:
+                note_worker_state(batch, self.worker_states)
+            x, y = batch
             x = x.to(target, non_blocking=True)
             y = y.to(target, non_blocking=True)
             loss = self.loss_fn(self.model(x), y)
@@ -571,7 +708,13 @@ class _Loop:
 
 
 def _training_part(
-    captured: _Captured, trained: _Trained, params: Parameters, *, seeds: SeedPlan, device: torch.device
+    captured: _Captured,
+    trained: _Trained,
+    params: Parameters,
+    *,
+    seeds: SeedPlan,
+    device: torch.device,
+    checkpoints: _Checkpoints | None = None,
 ) -> Training:
     """The record's ``training``: components, parameters, the seeds applied, determinism, data order."""
     return Training(
@@ -588,6 +731,8 @@ def _training_part(
         data_order_digests=trained.order_digests,
         device=str(device),
         optimizer_steps=trained.optimizer_steps,
+        checkpoint_every=checkpoints.every if checkpoints is not None else None,
+        resumed=resumed_record(checkpoints.resumed) if checkpoints is not None else None,
     )
 
 

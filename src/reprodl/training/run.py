@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from reprodl import __version__, keys
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet, collate
-from reprodl.errors import IntegrityError, ParametersError
+from reprodl.errors import IntegrityError, ParametersError, ReprodlError
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import (
     CallableInfo,
@@ -56,7 +57,7 @@ from reprodl.provenance import (
     Training,
     store_readmes_once,
 )
-from reprodl.provenance.record import RunCommand
+from reprodl.provenance.record import DistributedInfo, RunCommand
 from reprodl.store import DatasetWriter, create_dataset, open_dataset
 from reprodl.training.capture import (
     DeterminismSettings,
@@ -71,6 +72,17 @@ from reprodl.training.capture import (
     require_clean,
 )
 from reprodl.training.order import order_digest, tap_order
+from reprodl.training.checkpoint import resumed_record, set_rng_state
+from reprodl.training.distributed import (
+    Group,
+    RecordedDistributedSampler,
+    broadcast_from_rank0,
+    gather,
+    on_rank0_first,
+    process_group,
+    unwrap,
+)
+from reprodl.training.resume import RunCheckpoints
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.snapshot import capture_snapshot
 from reprodl.training.tensorboard import TensorBoardLogger
@@ -90,6 +102,8 @@ def start_run(
     deterministic: bool | Literal["warn"] = True,
     require_clean_code: bool = False,
     tensorboard: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> Run:
     """A :class:`Run`: use it as a context manager around the user's own training loop.
 
@@ -104,6 +118,11 @@ def start_run(
         require_clean_code: refuse (:class:`DirtyCodeError`) unless the code is committed.
         tensorboard: a TensorBoard log directory: each ``run.log`` is also written there as
             scalars (step = the epoch or step logged); needs the ``tensorboard`` extra.
+        checkpoint_every: checkpoint every N optimiser steps (model, optimiser, scheduler, random
+            states, loader positions) into the unfinished model's staging area.
+        resume: continue the killed run of this name and base from its last checkpoint; iterate
+            the epochs with :meth:`Run.epochs` so the loop starts where it was
+            (:class:`ResumeError` when there is none, or ``params``/``seed``/the watched parts changed).
     """
     return Run(
         base_uri,
@@ -113,6 +132,8 @@ def start_run(
         deterministic=deterministic,
         require_clean_code=require_clean_code,
         tensorboard=tensorboard,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
     )
 
 
@@ -161,14 +182,30 @@ class _RecordedOrder(Sampler[int]):
 
 
 class _TracedLoader(DataLoader):
-    """A DataLoader telling ``on_batch`` of each batch it yields: (pass, batch from 1, sample indices, batch)."""
+    """A DataLoader telling ``on_batch`` of each batch it yields: (pass, batch from 1, sample indices, batch).
+
+    A resumed run's loader fetches and drops the ``resume_skip`` batches its pass had already
+    trained on (so workers' random states advance as they did), then restores ``resume_rng``.
+    """
 
     on_batch: Any = None
+    resume_skip: int = 0
+    resume_rng: dict[str, Any] | None = None
+    pass_start_generator: torch.Tensor | None = None
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator over the base iterator
         sampler = self.sampler
         bs = self.batch_size or 1
-        for i, batch in enumerate(super().__iter__()):
+        if self.generator is not None:
+            self.pass_start_generator = self.generator.get_state()
+        skip, rng = self.resume_skip, self.resume_rng
+        self.resume_skip, self.resume_rng = 0, None
+        it = super().__iter__()
+        for _ in itertools.islice(it, skip):
+            pass
+        if rng is not None:
+            set_rng_state(rng)
+        for i, batch in enumerate(it, start=skip):
             order = getattr(sampler, "last_order", None)
             if self.on_batch is not None:
                 indices = order[i * bs : (i + 1) * bs] if order is not None else None
@@ -192,9 +229,12 @@ class Run:
         deterministic: bool | Literal["warn"] = True,
         require_clean_code: bool = False,
         tensorboard: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
     ) -> None:
         self.base_uri, self.name, self.seed = base_uri, name, int(seed)
         self.tensorboard = tensorboard
+        self.checkpoints = RunCheckpoints(checkpoint_every, resume=resume)
         self.deterministic, self.require_clean_code = check_deterministic(deterministic), require_clean_code
         self.params: dict[str, Any] = jsonable(dict(params or {}))
         self.uri: str | None = None
@@ -216,26 +256,50 @@ class Run:
         self._device = "cpu"
         self._n_loaders = 0
         self._tb: TensorBoardLogger | None = None
+        self._loaders: list[_TracedLoader] = []
+        self._components: tuple[Any, Any, Any] | None = None  # (model, optimizer, scheduler)
+        self._group: Group | None = None
+        self._sampler_settings: dict[str, Any] = {}
+        self._rank_digests: list[list[str]] = []
 
     # --- the context ---------------------------------------------------------------------
     def __enter__(self) -> Run:
         self._apply_redirect()
         self._t0, self._started = time.perf_counter(), _utcnow()
+        self._group = process_group()
+        if self._group is not None and (self.checkpoints.every or self.checkpoints.resume):
+            raise ParametersError(
+                "checkpoint_every and resume are not supported in a multi-process (DistributedDataParallel) run "
+                "yet: leave them out under torchrun"
+            )
         stack = contextlib.ExitStack()
         try:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-run-")))
-            self._writer = stack.enter_context(create_dataset(self.base_uri, self.name))
-            self._capture(workdir)
+            self._open_output(stack)
             self.seeds = SeedPlan(self.seed)
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
             self.determinism = stack.enter_context(DeterminismSettings(self.deterministic, device_type))
             self.seeds.apply_globals()
             self._tb = stack.enter_context(TensorBoardLogger(self.tensorboard)) if self.tensorboard else None
+            SeedPlan(self.seed + self._rank).apply_globals()  # rank r: seed + r (the same plan on one process)
         except BaseException:
             stack.__exit__(*sys.exc_info())  # with the error: the output is discarded, not frozen empty
             raise
         self._stack = stack
         return self
+
+    @property
+    def _rank(self) -> int:
+        return self._group.rank if self._group is not None else 0
+
+    def _open_output(self, stack: contextlib.ExitStack) -> None:
+        """On rank 0 (or the only process): the unfinished model dataset; code and environment captured."""
+        if self._rank != 0:
+            return
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-run-")))
+        resume_from = self.checkpoints.find(self) if self.checkpoints.resume and not self._redirect else None
+        self._writer = stack.enter_context(create_dataset(self.base_uri, self.name, resume_from=resume_from))
+        self.checkpoints.open(self, self._writer.checkpoint_dir, resuming=resume_from is not None)
+        self._capture(workdir)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         assert self._stack is not None
@@ -247,6 +311,34 @@ class Run:
             if add_note is not None:
                 add_note(f"reprodl: the run {self.name!r} raised, so no model dataset was written")
             return bool(stack.__exit__(exc_type, exc, tb))  # discards the unfinished dataset
+        if self._group is not None:
+            return self._exit_distributed(stack)
+        return self._finish(stack)
+
+    def _exit_distributed(self, stack: contextlib.ExitStack) -> bool:
+        """Every rank's order digests gathered; rank 0 writes the model, the others learn its URI."""
+        group = self._group
+        assert group is not None
+        self._rank_digests = gather(list(self._order_digests), group)
+        if group.rank != 0:
+            stack.__exit__(None, None, None)
+            self.uri = broadcast_from_rank0(None, then_barrier=True)
+            if self.uri is None:
+                raise ReprodlError(
+                    f"rank 0 wrote no model dataset for the run {self.name!r} (its error says why), "
+                    f"so rank {group.rank} ends with none either"
+                )
+            return False
+        try:
+            self._finish(stack)
+        except BaseException:
+            broadcast_from_rank0(None, then_barrier=True)
+            raise
+        broadcast_from_rank0(self.uri, then_barrier=True)
+        return False
+
+    def _finish(self, stack: contextlib.ExitStack) -> bool:
+        """Write the model dataset (refused without ``run.save``) then frozen."""
         if self._saved is None:
             error = ParametersError(
                 f"the run {self.name!r} ended without run.save(model), so no model dataset was written: "
@@ -305,7 +397,7 @@ class Run:
             raise ParametersError(f"role should be one of {list(ROLES)}, but got role={role!r}")
         ds = open_wrapped(ds_or_uri) if isinstance(ds_or_uri, (str, os.PathLike)) else ds_or_uri
         if isinstance(ds, WrappedDataSet):
-            _check_dataset(role, ds)
+            on_rank0_first(lambda: _check_dataset(role, ds), self._group)  # once, not once per rank
             ref = DataRef.model_validate({"role": role, **ds.provenance_info()})
             ref.manifest_item = f"{keys.MANIFESTS_DIR}/{ds.uuid}.json"
             self._data.append((ref, ds))
@@ -326,6 +418,7 @@ class Run:
 
         ``init_params`` are the keyword arguments the model was built with, when known.
         """
+        model = unwrap(model)
         names = {id(p): n for n, p in model.named_parameters()}
         arch = describe_architecture(model, dict(init_params or {}))
         arch.initial_weights_sha256 = state_dict_sha256(model.state_dict())
@@ -336,12 +429,23 @@ class Run:
             "loss": describe_loss(loss),
         }
         self._tracer = StepTracer(model)
+        self._components = (model, optimizer, scheduler)
+        self.checkpoints.watched(self)
         self._hooks.append(optimizer.register_step_post_hook(self._count_step))
 
     def _count_step(self, *_: Any) -> None:
         self._steps += 1
         if self._tracer is not None:
             self._tracer.step(epoch=self._where[0], batch=self._where[1])
+        self.checkpoints.after_step(self)
+
+    def epochs(self, n: int, *, start: int = 1) -> range:
+        """The epoch numbers ``start .. start + n - 1``; resumed, from the epoch the run was killed in.
+
+        Iterate your epochs with it (``for epoch in run.epochs(args.epochs):``) so a resumed run
+        skips the epochs its checkpoint had finished.
+        """
+        return range(start + self.checkpoints.epochs_done, start + n)
 
     def _on_batch(self, epoch: int, batch: int, indices: torch.Tensor | None, data: Any) -> None:
         """A batch of the training loader: where the run is, and what the next step learns from."""
@@ -367,9 +471,20 @@ class Run:
         index = self._n_loaders
         self._n_loaders += 1
         on_order = self._order_digests.append if role == "train" else (lambda _digest: None)
-        sampler = _RecordedOrder(
+        sampler: Any = _RecordedOrder(
             len(ds), seed=self.seeds.dataloader_generator + index, shuffle=shuffle, on_order=on_order
         )
+        if self._group is not None:  # each rank its shard, in an order seeded alike on every rank
+            sampler = RecordedDistributedSampler(
+                ds,
+                group=self._group,
+                seed=self.seeds.dataloader_generator + index,
+                shuffle=shuffle,
+                drop_last=bool(kw.get("drop_last", False)),
+                on_order=on_order,
+            )
+            if role == "train" and not self._sampler_settings:
+                self._sampler_settings = sampler.settings()
         g = torch.Generator()
         g.manual_seed(self.seeds.dataloader_generator + index)
         if isinstance(ds, WrappedDataSet):
@@ -379,6 +494,8 @@ class Run:
         loader = _TracedLoader(ds, batch_size=batch_size, sampler=sampler, generator=g, **kw)
         if role == "train":
             loader.on_batch = self._on_batch
+        self._loaders.append(loader)
+        self.checkpoints.loader_made(self, loader, index)
         return loader
 
     def record_loader(self, loader: DataLoader) -> None:
@@ -440,6 +557,7 @@ class Run:
                 "no training data was recorded: pass it to run.use(dataset), or build the loader with "
                 "run.loader(dataset)"
             )
+        model = unwrap(model)
         self._saved = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         first = next(iter(model.parameters()), None)
         self._device = str(first.device) if first is not None else "cpu"
@@ -485,6 +603,10 @@ class Run:
             data_order_not_recorded=self._order_not_recorded,
             device=self._device,
             optimizer_steps=self._steps,
+            checkpoint_every=self.checkpoints.every,
+            resumed=resumed_record(self.checkpoints.resumed),
+            world_size=self._group.world_size if self._group is not None else 1,
+            distributed=self._distributed_info(),
         )
         return ProvenanceRecord(
             model_name=self._redirect.get("original_name", self.name) if self._redirect else self.name,
@@ -499,6 +621,18 @@ class Run:
             lineage=Lineage(reproduces=self.reproduces),
         )
 
+    def _distributed_info(self) -> DistributedInfo | None:
+        group = self._group
+        if group is None:
+            return None
+        return DistributedInfo(
+            backend=group.backend,
+            world_size=group.world_size,
+            rank_seeds=[self.seed + r for r in range(group.world_size)],
+            sampler=self._sampler_settings,
+            rank_order_digests=self._rank_digests,
+        )
+
     def _results(self) -> Results:
         by_epoch: dict[int, dict[str, Any]] = {}
         final: dict[str, Any] = {}
@@ -511,7 +645,7 @@ class Run:
         return Results(
             history=history,
             final=final,
-            wall_time_s=time.perf_counter() - self._t0,
+            wall_time_s=self.checkpoints.elapsed_before + time.perf_counter() - self._t0,
             started_at=self._started,
             finished_at=_utcnow(),
             logged=list(self._logged),

@@ -191,6 +191,23 @@ class StepTracer:
             "stride": self.stride if self._tail else 1,
         }
 
+    def state(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """(kept rows, thinned rows, counters): what a checkpoint stores to :meth:`restore` this tracer."""
+        self.flush()
+        empty = np.zeros(0, dtype=self.dtype)
+        kept = np.concatenate(self._kept) if self._kept else empty
+        tail = np.concatenate(self._tail) if self._tail else empty
+        return kept, tail, {"n_steps": self.n_steps, "stride": self.stride}
+
+    def restore(self, kept: np.ndarray, tail: np.ndarray, counters: dict[str, int]) -> None:
+        """Continue from a checkpoint's :meth:`state` (rows of the same model's parameters)."""
+        if kept.dtype != self.dtype or tail.dtype != self.dtype:
+            raise ValueError(f"the checkpoint's step trace has rows of {kept.dtype}, this model's are {self.dtype}")
+        self._meta, self._pending = [], _Pending()
+        self._kept = [kept[i : i + 1] for i in range(len(kept))]
+        self._tail = [tail[i : i + 1] for i in range(len(tail))]
+        self.n_steps, self.stride = int(counters.get("n_steps", len(kept))), int(counters.get("stride", FIRST_STRIDE))
+
     # --- internals ---------------------------------------------------------------------------
     def _buffer_for(self) -> torch.Tensor:
         if self._buffer is None:

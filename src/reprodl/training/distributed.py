@@ -1,0 +1,117 @@
+"""DistributedDataParallel runs under ``torchrun``: what a :func:`reprodl.start_run` run does per rank.
+
+When the script initialised a process group (``torch.distributed.init_process_group``, as
+under ``torchrun --nproc-per-node 2``) of more than one process, a run:
+
+* seeds rank r's Python, NumPy and torch with ``seed + r`` (recorded as ``rank_seeds``);
+* checks its data once, on rank 0, while the other ranks wait (:func:`on_rank0_first`);
+* gives ``run.loader`` a :class:`RecordedDistributedSampler`: PyTorch's ``DistributedSampler``,
+  seeded from the run's seed, its epoch set to the pass, each rank's order digest recorded;
+* writes the model dataset on rank 0 only, with the world size, backend, per-rank seeds,
+  sampler settings and every rank's order digests (gathered to rank 0).
+
+A rank that dies makes the collective operations of the others fail, so no rank writes a model.
+
+Example (run with ``torchrun --nproc-per-node 2 train.py``):
+    >>> torch.distributed.init_process_group("gloo")          # doctest: +SKIP
+    >>> with reprodl.start_run("models", "ddp", seed=0) as run:  # doctest: +SKIP
+    ...     model = DistributedDataParallel(net)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from reprodl.errors import ReprodlError
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """The process group a run is part of."""
+
+    rank: int
+    world_size: int
+    backend: str
+
+
+def process_group() -> Group | None:
+    """The initialised process group of more than one process this process belongs to, else None."""
+    dist = torch.distributed
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    return Group(rank=dist.get_rank(), world_size=dist.get_world_size(), backend=str(dist.get_backend()))
+
+
+def broadcast_from_rank0(value: Any, *, then_barrier: bool = False) -> Any:
+    """``value`` as rank 0 has it, on every rank (a picklable object sent inside the process group).
+
+    ``then_barrier``: every rank leaves together (a rank that exits while another still talks
+    to it can make gloo abort the other).
+    """
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    if then_barrier:
+        torch.distributed.barrier()
+    return box[0]
+
+
+def gather(value: Any, group: Group) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank."""
+    out: list[Any] = [None] * group.world_size
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def on_rank0_first(fn: Callable[[], None], group: Group | None) -> None:
+    """Run ``fn`` on rank 0 only; every rank raises its error (the others meanwhile wait)."""
+    if group is None:
+        fn()
+        return
+    error: BaseException | None = None
+    if group.rank == 0:
+        try:
+            fn()
+        except ReprodlError as exc:
+            error = exc
+    message = broadcast_from_rank0(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    if message is not None:
+        raise ReprodlError(f"rank 0 refused the run, so rank {group.rank} stops too: {message}")
+
+
+class RecordedDistributedSampler(DistributedSampler):
+    """PyTorch's DistributedSampler whose epoch is its pass number; each pass's order digest is reported."""
+
+    def __init__(self, dataset: Any, *, group: Group, seed: int, shuffle: bool, drop_last: bool, on_order: Any) -> None:
+        super().__init__(
+            dataset, num_replicas=group.world_size, rank=group.rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+        self.on_order = on_order
+        self.passes = 0
+        self.last_order: torch.Tensor | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        self.set_epoch(self.passes)
+        order = torch.tensor(list(super().__iter__()), dtype=torch.int64)
+        self.passes += 1
+        self.last_order = order
+        self.on_order("sha256:" + hashlib.sha256(order.numpy().astype("<i8").tobytes()).hexdigest())
+        return iter(order.tolist())
+
+    def settings(self) -> dict[str, Any]:
+        """The record's ``sampler`` settings."""
+        return {"shuffle": self.shuffle, "seed": self.seed, "drop_last": self.drop_last}
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model

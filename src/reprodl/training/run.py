@@ -71,7 +71,6 @@ from reprodl.training.capture import (
     jsonable,
     require_clean,
 )
-from reprodl.training.order import order_digest, tap_order
 from reprodl.training.checkpoint import resumed_record, set_rng_state
 from reprodl.training.distributed import (
     Group,
@@ -82,6 +81,7 @@ from reprodl.training.distributed import (
     process_group,
     unwrap,
 )
+from reprodl.training.order import order_digest, tap_order
 from reprodl.training.resume import RunCheckpoints
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.snapshot import capture_snapshot

@@ -130,6 +130,8 @@ class CatalogEntryNotFoundError(ReprodlError, LookupError):
     """No catalog entry has the UUID, URI or name asked for."""
 
     exit_code = ExitCode.NOT_FOUND
+
+
 class ResumeError(ReprodlError, ValueError):
     """A training cannot be resumed: no checkpoint of a killed run, or its config changed since."""
 

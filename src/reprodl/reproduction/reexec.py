@@ -174,7 +174,7 @@ def reproduce_by_reexecution(
     )
     timings = {"training_s": training_s}
     metrics = compare_logged(record, new_record)
-    order_matches = record.training.data_order_digests == new_record.training.data_order_digests
+    order_matches = _order_matches(record, new_record)
     verdict, reasons = _judge(record, new_record, weights, metrics, order_matches, environment, tolerance)
     divergence = _divergence(record, new_record, comparer, environment)
     timings.update(original_training_s=record.results.wall_time_s, total_s=time.perf_counter() - t0)
@@ -354,12 +354,20 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _order_matches(record: ProvenanceRecord, new: ProvenanceRecord) -> bool | None:
+    """Whether both runs saw the samples in the same order; None when neither recorded an order."""
+    old_digests, new_digests = record.training.data_order_digests, new.training.data_order_digests
+    if not old_digests and not new_digests:
+        return None
+    return old_digests == new_digests
+
+
 def _judge(
     record: ProvenanceRecord,
     new: ProvenanceRecord,
     w: dict[str, Any],
     metrics: list[dict[str, Any]],
-    order_matches: bool,
+    order_matches: bool | None,
     environment: list[EnvDifference],
     tol: Tolerance,
 ) -> tuple[Verdict, list[str]]:
@@ -378,8 +386,13 @@ def _judge(
         reasons.append(f"optimiser steps differ: {record.training.optimizer_steps} -> {new.training.optimizer_steps}")
     if len(record.results.logged) != len(new.results.logged):
         reasons.append(f"logged metrics differ: {len(record.results.logged)} entries -> {len(new.results.logged)}")
-    if not order_matches:
+    if order_matches is False:
         reasons.append("the order in which samples were seen differs (data-order digests)")
+    elif order_matches is None:
+        reasons.append(
+            "data order not recorded (no loader of the run recorded its order): reprodl cannot tell whether it changed"
+            + (f"; {record.training.data_order_not_recorded}" if record.training.data_order_not_recorded else "")
+        )
     last = max((r["epoch"] for r in metrics if r["epoch"] is not None), default=0)
     metric_ok = all(r["abs_diff"] <= tol.metric_abs for r in metrics if r["epoch"] == last)
     if record.training.determinism.mode == "statistical":

@@ -14,7 +14,8 @@ GOLDEN = Path(__file__).parent / "golden" / "provenance.json"
 
 def _record(digests: list[str], not_recorded: str | None = None) -> ProvenanceRecord:
     record = ProvenanceRecord.model_validate(json.loads(GOLDEN.read_text()))
-    training = record.training.model_copy(update={"data_order_digests": digests, "data_order_not_recorded": not_recorded})
+    update = {"data_order_digests": digests, "data_order_not_recorded": not_recorded}
+    training = record.training.model_copy(update=update)
     return record.model_copy(update={"training": training})
 
 

@@ -31,6 +31,7 @@ _EXPORTS = {
     "TrainedTorchModel": "reprodl.model",
     "compare": "reprodl.reproduction.claims",
     "open_dataset": "reprodl.store",
+    "replicate": "reprodl.reproduction.replicate",
     "reproduce": "reprodl.reproduction.rerun",
     "start_run": "reprodl.training.run",
     "train_model_with_metadata_capture": "reprodl.training.loop",
@@ -48,6 +49,7 @@ __all__ = [
     "TrainedTorchModel",
     "compare",
     "open_dataset",
+    "replicate",
     "reproduce",
     "start_run",
     "train_model_with_metadata_capture",
@@ -74,6 +76,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from reprodl.modeldataset.write import DerivedDataSet
     from reprodl.provenance import ProvenanceRecord
     from reprodl.reproduction.claims import compare
+    from reprodl.reproduction.replicate import replicate
     from reprodl.reproduction.rerun import ReproductionReport, reproduce
     from reprodl.store import open_dataset
     from reprodl.training.loop import train_model_with_metadata_capture

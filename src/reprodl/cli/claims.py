@@ -1,4 +1,4 @@
-"""Claim commands: compare two recipes over paired seeds (P(A>B), its interval, a verdict)."""
+"""Claim commands: compare two recipes over paired seeds (P(A>B), its interval, a verdict); ablate; replicate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from reprodl.cli import app
-from reprodl.cli.common import JSON_OPT, handle_errors, out, print_json
+from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
 
 if TYPE_CHECKING:
     from reprodl.reproduction.claims import Comparison, RunValue
@@ -136,3 +136,70 @@ def ablate_cmd(
             markup=False,
         )
     out.print(f"Rule: {RULE}", markup=False)
+
+
+@app.command("replicate")
+@handle_errors
+def replicate_cmd(
+    uri: str = typer.Argument(..., help="The original model dataset URI."),
+    data: str = typer.Option(..., "--data", help="The new dataset: same input shape and label set as the original's."),
+    output: Optional[str] = typer.Option(
+        None, "--output", help="Base URI of the replication (default: the original's base, when local)."
+    ),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="The replication's name (default <model>.replication-<data name>)."
+    ),
+    allow: Optional[list[str]] = typer.Option(
+        None, "--allow", help="Module (or module:Class) trusted to be imported for the architecture; repeatable."
+    ),
+    quiet: bool = QUIET_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Train a model's recorded recipe on other data; both models' metrics side by side.
+
+    The architecture, initialisation, optimiser, loss, scheduler, parameters, seed and transforms
+    come from the record; the new data must have the same input type, sample shape and label
+    set (otherwise refused before training). The new record names the original in
+    lineage.replicates; with a multi-run envelope, the replication is placed in it.
+    """
+    from reprodl.reproduction.replicate import replicate
+
+    def on_start() -> None:
+        if not (quiet or as_json):
+            err.print(f"Replicating {uri} on {data}: the data fit its recipe; training...", markup=False)
+
+    result = replicate(
+        uri,
+        data=data,
+        output=output,
+        name=name,
+        allow=allow or (),
+        progress=not (quiet or as_json),
+        on_start=on_start,
+    )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    out.print(f"Replication: {result.replication_uri}", markup=False)
+    out.print(f"{'metric':<16} {'original':>10} {'replication':>12} {'difference':>11}", markup=False)
+    for row in result.metrics:
+        out.print(
+            f"{row['metric']:<16} {_num(row['original']):>10} {_num(row['replication']):>12} "
+            f"{_num(row['difference'], sign=True):>11}",
+            markup=False,
+        )
+    for row in result.metrics:
+        env = row.get("envelope")
+        if env:
+            where = "within" if env["within"] else "OUTSIDE"
+            out.print(
+                f"{row['metric']}: {where} the original's envelope of {env['n']} runs "
+                f"(mean {env['mean']:.4f}, std {env['std']:.4f}, range [{env['min']:.4f}, {env['max']:.4f}])",
+                markup=False,
+            )
+
+
+def _num(value: float | None, *, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.4f}" if sign else f"{value:.4f}"

@@ -388,6 +388,10 @@ class Lineage(_Part):
 
     parent: ModelRef | None = Field(None, description="the model fine-tuned from, if any")
     reproduces: ModelRef | None = Field(None, description="the model this training reproduces, if it is a reproduction")
+    replicates: ModelRef | None = Field(
+        None,
+        description="the model whose recorded recipe this training replicates on other data, if it is a replication",
+    )
 
 
 class ProvenanceRecord(_Part):
@@ -406,7 +410,7 @@ class ProvenanceRecord(_Part):
     code: CodeInfo = Field(default_factory=CodeInfo, description="the code that ran the training")
     environment: Environment = Field(description="the software and hardware")
     results: Results = Field(default_factory=Results, description="metrics, times and the weights digest")
-    lineage: Lineage = Field(default_factory=Lineage, description="parent model and reproduced model")
+    lineage: Lineage = Field(default_factory=Lineage, description="parent model, and reproduced or replicated model")
     digest: str | None = Field(None, description="sha256 of this record's canonical JSON without this field")
     _raw: dict[str, Any] | None = PrivateAttr(default=None)
 

@@ -249,12 +249,15 @@ def evaluate_cmd(
     allow: Optional[list[str]] = _ALLOW,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Accuracy, per-class precision/recall and confusion matrix, beside the majority-class baseline."""
+    """Accuracy, per-class precision/recall and confusion matrix, beside the majority-class and
+    stratified-random baselines with P(model > baseline) (a paired bootstrap over the samples)."""
     from reprodl.data.datasets import open_training_data
     from reprodl.model import TrainedTorchModel
+    from reprodl.reproduction.claims import evaluation_baselines
 
     model = TrainedTorchModel(uri, allow=allow or ())
     result = model.evaluate(open_training_data(dataset_uri, usetype))
+    result["baselines"] = evaluation_baselines(result["confusion_matrix"])
     if as_json:
         print_json(result)
         return
@@ -262,6 +265,12 @@ def evaluate_cmd(
         f"accuracy {result['accuracy']:.2%} on {result['n_samples']} samples "
         f"(majority-class baseline {result['majority_baseline_accuracy']:.2%}, class {result['majority_class']})"
     )
+    for name, row in result["baselines"].items():
+        out.print(
+            f"baseline {name.replace('_', '-')}: accuracy {row['accuracy']:.2%}, "
+            f"P(model > it) {row['probability_model_better']:.3f} (paired bootstrap over the samples)",
+            markup=False,
+        )
     out.print("class  precision  recall  support")
     for name, c in result["per_class"].items():
         out.print(f"{name:>5}  {c['precision']:9.2%}  {c['recall']:6.2%}  {c['support']:7d}", markup=False)

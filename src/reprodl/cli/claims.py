@@ -20,10 +20,11 @@ def compare_cmd(
     a: Path = typer.Argument(..., help="Recipe A: a training config (YAML)."),
     b: Optional[Path] = typer.Argument(None, help="Recipe B (default: A again, made a variant with --set-b)."),
     seeds: int = typer.Option(..., "--seeds", help="Runs per recipe (>= 2); run i of A and B share a seed."),
-    vary: str = typer.Option(
-        "init,order",
+    vary: Optional[str] = typer.Option(
+        None,
         "--vary",
-        help="Sources of variation randomised: init,order (through the seed), and split (resplit 80/20 per seed).",
+        help="Sources of variation randomised (default all): init,order (through the seed), split (resplit "
+        "80/20 per seed), bootstrap (resample the training data per seed), augment (random transforms).",
     ),
     metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
     jobs: int = typer.Option(1, "--jobs", help="Processes training at once, each with one thread."),
@@ -75,6 +76,9 @@ def _print(result: Comparison) -> None:
             f"P(A > it) {row['probability_a_better']:.2f}, P(B > it) {row['probability_b_better']:.2f}",
             markup=False,
         )
+    out.print(f"Varied: {','.join(result.vary)}", markup=False)
+    for note in result.notes:
+        out.print(f"Note: {note}", markup=False)
     out.print(f"Rule: {result.rule}", markup=False)
     out.print(f"Claim dataset: {result.claim_uri}", markup=False)
 
@@ -89,10 +93,11 @@ def ablate_cmd(
         help="'NAME: key=value [key=value ...]', e.g. 'no-momentum: optimizer.momentum=0'; repeatable.",
     ),
     seeds: int = typer.Option(..., "--seeds", help="Runs per recipe (>= 2); run i of each shares a seed."),
-    vary: str = typer.Option(
-        "init,order",
+    vary: Optional[str] = typer.Option(
+        None,
         "--vary",
-        help="Sources of variation randomised: init,order (through the seed), and split (resplit 80/20 per seed).",
+        help="Sources of variation randomised (default all): init,order (through the seed), split (resplit "
+        "80/20 per seed), bootstrap (resample the training data per seed), augment (random transforms).",
     ),
     metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
     jobs: int = typer.Option(1, "--jobs", help="Processes training at once, each with one thread."),
@@ -135,6 +140,10 @@ def ablate_cmd(
             f"  {name}: {c.probability_a_better:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}]  {c.verdict}  {c.claim_uri}",
             markup=False,
         )
+    first = next(iter(result.variants.values()))
+    out.print(f"Varied: {','.join(first.vary)}", markup=False)
+    for note in first.notes:
+        out.print(f"Note: {note}", markup=False)
     out.print(f"Rule: {RULE}", markup=False)
 
 

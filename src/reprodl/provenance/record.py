@@ -73,6 +73,11 @@ class DataRef(_Part):
     )
     usetype: str | None = Field(None, description="the usetype (train, test, valid) selected, if any")
     split: dict[str, Any] | None = Field(None, description="in-memory stratified split (test, valid, seed)")
+    bootstrap: int | None = Field(
+        None,
+        description="seed of a bootstrap resample of the selected samples (as many, drawn with replacement); "
+        "None: each selected sample once",
+    )
     selection_digest: str | None = Field(
         None, description="sha256 of the selected samples' keys, in order (the usetype split)"
     )

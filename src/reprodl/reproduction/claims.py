@@ -2,8 +2,9 @@
 
 One trained model is one instantiation; "A is better than B" is a claim about the recipes.
 :func:`compare` trains ``n`` instantiations of each recipe with paired, recorded seeds (run
-``i`` of A and run ``i`` of B share the seed ``base + i``, which sets the initialisation and the
-data order), then reports the probability of outperforming P(A>B) (the fraction of pairs in
+``i`` of A and run ``i`` of B share the seed ``base + i``, which sets the initialisation, the
+data order, the random augmentations, and seeds the resplit and the bootstrap resample of the
+training data), then reports the probability of outperforming P(A>B) (the fraction of pairs in
 which A's final metric beats B's, ties counting one half) with a seeded bootstrap 95%
 confidence interval over the pairs, and a verdict (Bouthillier et al., MLSys 2021):
 
@@ -44,9 +45,9 @@ RULE = (
     f"A better when the {CONFIDENCE:.0%} interval's low end > 0.5 and P(A>B) >= {THRESHOLD}; "
     f"B better when its high end < 0.5 and P(A>B) <= {1 - THRESHOLD:.2f}; otherwise no detectable difference"
 )
-SUPPORTED_VARY = ("init", "order", "split")
-SEED_VARY = ("init", "order")  # both come from each run's seed
 KNOWN_VARY = ("init", "order", "split", "bootstrap", "augment")
+SUPPORTED_VARY = KNOWN_VARY
+SEED_VARY = ("init", "order")  # both come from each run's seed
 DEFAULT_METRIC = "valid_accuracy"
 
 Recipe = Any  # a config path, a config dict or a TrainConfig
@@ -81,6 +82,7 @@ class Comparison:
     claim_uri: str | None = None
     rule: str = RULE
     baselines: dict[str, dict[str, float]] | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +95,7 @@ class Comparison:
             "metric": self.metric,
             "n": self.n,
             "vary": list(self.vary),
+            "notes": list(self.notes),
             "recipes": dict(self.recipes),
             "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
             "claim_uri": self.claim_uri,
@@ -138,8 +141,8 @@ def verdict(probability: float, ci_low: float, ci_high: float) -> str:
 
 
 def parse_vary(vary: str | Iterable[str] | None) -> list[str]:
-    """The sources of variation to randomise; refuses those not implemented, naming the supported ones."""
-    names = list(SEED_VARY) if vary is None else vary.split(",") if isinstance(vary, str) else list(vary)
+    """The sources of variation to randomise (``None``: all five); refuses unknown names, naming the known ones."""
+    names = list(KNOWN_VARY) if vary is None else vary.split(",") if isinstance(vary, str) else list(vary)
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in KNOWN_VARY]
     if unknown:
@@ -212,9 +215,10 @@ def _claim_name(
 
 
 def _plan(
-    cfgs: dict[str, Any], *, seeds: int, base: int, claim: str, split: bool = False
+    cfgs: dict[str, Any], *, seeds: int, base: int, claim: str, split: bool = False, bootstrap: bool = False
 ) -> list[tuple[str, dict[str, Any], str]]:
-    """(side, config, run name) of every run: run i of every side shares the seed base + i (and split)."""
+    """(side, config, run name) of every run: run i of every side shares the seed base + i (and
+    split, and bootstrap resample of the training data, each seeded by it too)."""
     from reprodl.training.multirun import with_split_seed
 
     plan = []
@@ -222,8 +226,43 @@ def _plan(
         for side, cfg in cfgs.items():
             run_cfg = with_split_seed(cfg, base + i) if split else cfg.model_copy(deep=True)
             run_cfg.params = {**cfg.params, "seed": base + i}
+            for spec in run_cfg.specs("train") if bootstrap else ():
+                spec.bootstrap = base + i
             plan.append((side, run_cfg.model_dump(mode="json", by_alias=True), f"{claim}.{side}.seed{base + i}"))
     return plan
+
+
+def _in_effect(cfgs: dict[str, Any], varied: list[str], *, explicit: bool) -> tuple[list[str], list[str]]:
+    """The sources of variation that vary for these recipes, and notes on those that cannot or always do.
+
+    A split needs data specs with a usetype: asked for explicitly without one it is refused (by
+    :func:`~reprodl.training.multirun.with_split_seed`), by default it is left out with a note.
+    Augmentation is the recipes' random transforms, drawn from each run's seed.
+    """
+    in_effect, notes = list(varied), []
+    specs = [spec for cfg in cfgs.values() for role in cfg.data for spec in cfg.specs(role)]
+    if "split" in varied and not explicit and not any(spec.usetype is not None for spec in specs):
+        in_effect.remove("split")
+        notes.append("split: nothing to vary: no data spec has a usetype to resplit")
+    random = any(_is_random(spec.build_transform()) for spec in specs)
+    if "augment" in varied and not random:
+        in_effect.remove("augment")
+        notes.append("augment: nothing to vary: neither recipe has a random transform")
+    elif random:
+        how = "varies" if "augment" in varied else "varies anyway (it cannot be held fixed)"
+        notes.append(f"augment: the random transforms draw from each run's seed, so augmentation {how} with it")
+    return in_effect, notes
+
+
+def _plan_flags(varied: list[str]) -> dict[str, bool]:
+    return {"split": "split" in varied, "bootstrap": "bootstrap" in varied}
+
+
+def _is_random(transform: Any) -> bool:
+    """Whether a transform is, or holds, a random one (``random = True``: reprodl's augmentations)."""
+    if getattr(transform, "random", False):
+        return True
+    return any(_is_random(t) for t in getattr(transform, "transforms", None) or ())
 
 
 def _run_all(
@@ -277,8 +316,11 @@ def compare(
         a: recipe A: a config file, a config dict or a ``TrainConfig``.
         b: recipe B; ``None`` means A again (make it a variant with ``set_b``).
         seeds: runs per recipe (>= 2); run i of both uses the seed ``A's params.seed + i``.
-        vary: the sources of variation: ``init,order`` (through the seed, always), ``split`` (the
-            data specs with a usetype resplit 80/20, stratified, by the run's seed).
+        vary: the sources of variation (default all five): ``init,order`` (through the seed,
+            always), ``split`` (the data specs with a usetype resplit 80/20, stratified, by the
+            run's seed), ``bootstrap`` (the training data resampled with replacement, seeded by
+            the run's seed and recorded in its data), ``augment`` (the random transforms, which
+            draw from the run's seed; with none, a note says there was nothing to vary).
         metric: the final metric compared (higher is better), e.g. ``valid_accuracy``.
         jobs: processes training at once (each with one thread).
         set_a: ``key=value`` overrides of A (as ``reprodl train --set``).
@@ -300,11 +342,12 @@ def compare(
     claim = _claim_name(out, f"{cfg_a.name}-vs-{cfg_b.name}", sides="ab", seeds=seeds, base=base)
     for cfg in (cfg_a, cfg_b):
         cfg.output = out
-    plan = _plan({"a": cfg_a, "b": cfg_b}, seeds=seeds, base=base, claim=claim, split="split" in varied)
+    varied, notes = _in_effect({"a": cfg_a, "b": cfg_b}, varied, explicit=vary is not None)
+    plan = _plan({"a": cfg_a, "b": cfg_b}, seeds=seeds, base=base, claim=claim, **_plan_flags(varied))
     runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
     recipes = {"a": _describe(a, cfg_a, set_a), "b": _describe(b if b is not None else a, cfg_b, set_b)}
     result = judge(runs, metric=metric, vary=varied, recipes=recipes)
-    result.baselines = baselines(cfg_a, metric, runs)
+    result.baselines, result.notes = baselines(cfg_a, metric, runs), notes
     result.claim_uri = write_claim(result, out, claim)
     return result
 
@@ -589,14 +632,15 @@ def ablate(
     base = int(cfg.params.get("seed", 0))
     extra = [f".vs-{name}" for name in parsed]
     prefix = _claim_name(out, f"{cfg.name}-ablate", sides=list(cfgs), seeds=seeds, base=base, extra=extra)
-    plan = _plan(cfgs, seeds=seeds, base=base, claim=prefix, split="split" in varied)
+    varied, notes = _in_effect(cfgs, varied, explicit=vary is not None)
+    plan = _plan(cfgs, seeds=seeds, base=base, claim=prefix, **_plan_flags(varied))
     runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
     results = {}
     for name, overrides in parsed.items():
         recipes = {"a": _describe(config, cfg, common), "b": _describe(config, cfgs[name], [*common, *overrides])}
         pair = {"a": runs["base"], "b": runs[name]}
         result = judge(pair, metric=metric, vary=varied, recipes=recipes)
-        result.baselines = baselines(cfg, metric, pair)
+        result.baselines, result.notes = baselines(cfg, metric, pair), notes
         result.claim_uri = write_claim(result, out, f"{prefix}.vs-{name}")
         results[name] = result
     return Ablation(base=runs["base"], variants=results)

@@ -171,9 +171,9 @@ def _open_like(ref: DataRef, new: StoredDataSet) -> WrappedDataSet:
     transform = rebuild_transform(ref) if ref.transform is not None else None
     ds: WrappedDataSet
     if kind == keys.INPUT_TYPE_IMAGE:
-        ds = ImageDataSet(new, ref.usetype, transform, mode=ref.image_mode, split=ref.split)
+        ds = ImageDataSet(new, ref.usetype, transform, mode=ref.image_mode, split=ref.split, bootstrap=ref.bootstrap)
     else:
-        ds = TensorDataSet(new, ref.usetype, transform, split=ref.split)
+        ds = TensorDataSet(new, ref.usetype, transform, split=ref.split, bootstrap=ref.bootstrap)
     _check_fits(ref, ds)
     return ds
 

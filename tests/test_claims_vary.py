@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -70,3 +72,19 @@ def test_augment_varies_only_where_a_recipe_has_random_transforms(tmp_path):
     no_usetype = load_config({**digits_config("d", tmp_path), "data": {"train": {"uri": "d"}}})
     varied, notes = claims._in_effect({"a": no_usetype, "b": no_usetype}, all_five, explicit=False)
     assert "split" not in varied and "split: nothing to vary: no data spec has a usetype to resplit" in notes
+
+
+def test_the_pool_is_kept_between_compares_and_can_be_ended():
+    first = claims.pool(2)
+    try:
+        assert claims.pool(2) is first
+        pids = {first.submit(_pid).result() for _ in range(6)}
+        assert 1 <= len(pids) <= 2 and os.getpid() not in pids
+    finally:
+        claims.shutdown_pools()
+    assert claims.pool(1) is not first
+    claims.shutdown_pools()
+
+
+def _pid() -> int:
+    return os.getpid()

@@ -173,10 +173,12 @@ def _load(recipe: Recipe, overrides: list[str]) -> Any:
     return load_config(recipe, overrides)
 
 
-def _train_run(cfg_json: dict[str, Any], name: str, metric: str) -> dict[str, Any]:
-    """Train one run (in this process or a pool worker); its seed, value, URI and record digest."""
+def _train_run(cfg_json: dict[str, Any], name: str, metric: str, cwd: str | None = None) -> dict[str, Any]:
+    """Train one run (in this process, or a pool worker: in the caller's ``cwd``); its seed, value, URI, digest."""
     from reprodl.training.config import TrainConfig, build_and_train
 
+    if cwd is not None and os.getcwd() != cwd:
+        os.chdir(cwd)  # a kept worker started where the first compare ran: relative paths are the caller's
     cfg = TrainConfig.model_validate(cfg_json)
     uri, record = build_and_train(cfg, progress=False, name=name)
     final = record.results.final
@@ -191,11 +193,52 @@ def _train_run(cfg_json: dict[str, Any], name: str, metric: str) -> dict[str, An
 
 
 def _one_thread() -> None:
-    """Pool worker initialiser: one thread each, so J workers use J cores."""
+    """Pool worker initialiser: one thread each, so J workers use J cores; torch and the trainer
+    imported once per worker (already in memory when forked from a preloaded forkserver)."""
+    import importlib
+
     os.environ["OMP_NUM_THREADS"] = "1"
+    for module in _PRELOAD:
+        importlib.import_module(module)
     import torch
 
     torch.set_num_threads(1)
+
+
+# Modules a forkserver imports once, so that every worker forked from it starts with them loaded.
+_PRELOAD = ["torch", "reprodl.training.config", "reprodl.training.loop", "reprodl.reproduction.claims"]
+_POOLS: dict[int, Any] = {}
+
+
+def pool(jobs: int) -> Any:
+    """The process pool of ``jobs`` single-threaded workers, kept for the next compare in this process.
+
+    Workers come from a forkserver that imported torch and the trainer once (where the platform
+    has one; else they are spawned, each importing them once), and stay alive between runs and
+    between compares: a run pays for training, not for starting Python and importing torch.
+    Forking from the forkserver, never from this process, keeps a CUDA context or threads here
+    out of the workers. :func:`shutdown_pools` ends them (they also end when Python exits).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    executor = _POOLS.get(jobs)
+    if executor is not None and not getattr(executor, "_broken", False):
+        return executor
+    context: Any = multiprocessing.get_context("spawn")
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_PRELOAD)
+    executor = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_one_thread)
+    _POOLS[jobs] = executor
+    return executor
+
+
+def shutdown_pools() -> None:
+    """End the kept worker processes of :func:`pool` (a later compare starts new ones)."""
+    while _POOLS:
+        _, executor = _POOLS.popitem()
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _claim_name(
@@ -273,15 +316,14 @@ def _run_all(
     if jobs == 1:
         results: Iterable[dict[str, Any]] = (_train_run(cfg, name, metric) for _, cfg, name in plan)
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread
-        )
-        with pool:
-            futures = [pool.submit(_train_run, cfg, name, metric) for _, cfg, name in plan]
+        executor, cwd = pool(jobs), os.getcwd()
+        futures = [executor.submit(_train_run, cfg, name, metric, cwd) for _, cfg, name in plan]
+        try:
             results = [f.result() for f in futures]  # in plan order, whichever finished first
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
     for (side, _, _), result in zip(plan, results):
         run = RunValue(**result)
         runs[side].append(run)

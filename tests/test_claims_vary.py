@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,3 +90,36 @@ def test_the_pool_is_kept_between_compares_and_can_be_ended():
 
 def _pid() -> int:
     return os.getpid()
+
+
+def test_member_configs_train_the_runs_compare_trains(digits_split_master, tmp_path, cli):
+    for folder in ("here", "cluster"):
+        (tmp_path / folder).mkdir()
+    cfg = digits_config(digits_split_master, tmp_path / "here", name="member")
+    here = claims.compare(cfg, seeds=2, set_b=["lr=0.01"])
+    args = [_yaml(tmp_path, cfg), "--seeds", "2", "--set-b", "lr=0.01", "--output", str(tmp_path / "cluster")]
+    written = cli("compare", *args, "--write-configs", str(tmp_path / "configs"), "--json")
+    assert written.exit_code == 0, written.stderr
+    paths = json.loads(written.stdout)
+    assert [Path(p).name for p in paths] == [
+        "member-vs-member.a.seed0.yaml", "member-vs-member.b.seed0.yaml",
+        "member-vs-member.a.seed1.yaml", "member-vs-member.b.seed1.yaml",
+    ]  # fmt: skip
+    assert not any((tmp_path / "cluster").iterdir())  # nothing trained
+    again = cli("compare", *args, "--write-configs", str(tmp_path / "configs"))
+    assert again.exit_code == 2 and "already exist: write the member configs to an empty directory" in again.stderr
+    for path in paths[2:]:  # what one cluster task per file runs
+        trained = cli("train", path, "--json")
+        assert trained.exit_code == 0, trained.stderr
+    for side in ("a", "b"):
+        record = load_record(str(tmp_path / "cluster" / f"member-vs-member.{side}.seed1"))
+        assert record.results.final["valid_accuracy"] == here.runs[side][1].value
+        assert record.data[0].bootstrap == 1 and record.data[0].split == {"test": 0.2, "seed": 1}
+
+
+def _yaml(tmp_path, cfg) -> str:
+    import yaml
+
+    path = tmp_path / "member.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)

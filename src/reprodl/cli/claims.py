@@ -31,6 +31,11 @@ def compare_cmd(
     set_a: Optional[list[str]] = typer.Option(None, "--set-a", help="Override a value of A: lr=0.05; repeatable."),
     set_b: Optional[list[str]] = typer.Option(None, "--set-b", help="Override a value of B: lr=0.0005; repeatable."),
     output: Optional[str] = typer.Option(None, "--output", help="Base URI of the runs and the claim (default: A's)."),
+    write_configs: Optional[Path] = typer.Option(
+        None,
+        "--write-configs",
+        help="Train nothing: write each run's `reprodl train` config to this directory (one cluster task each).",
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Is A really better than B? Train N paired runs of each; P(A>B), its 95% interval and a verdict.
@@ -39,7 +44,17 @@ def compare_cmd(
     'B better' symmetrically, else 'no detectable difference'. The comparison is written as a
     claim dataset that `reprodl verify` checks member by member.
     """
-    from reprodl.reproduction.claims import compare
+    from reprodl.reproduction.claims import compare, write_member_configs
+
+    if write_configs is not None:
+        paths = write_member_configs(
+            a, b, seeds=seeds, directory=write_configs, vary=vary, set_a=set_a or (), set_b=set_b or (), output=output
+        )
+        if as_json:
+            print_json([str(p) for p in paths])
+        for path in [] if as_json else paths:
+            out.print(str(path), markup=False)
+        return
 
     def on_run(side: str, run: RunValue) -> None:
         if not as_json:

@@ -376,22 +376,87 @@ def compare(
     Raises:
         ParametersError: fewer than 2 seeds, jobs < 1, an unsupported ``vary``, a missing metric.
     """
-    varied = _check_args(seeds, jobs, vary)
-    cfg_a = _load(a, list(set_a))
-    cfg_b = _load(a if b is None else b, list(set_b))
-    out = output or cfg_a.output
-    base = int(cfg_a.params.get("seed", 0))
-    claim = _claim_name(out, f"{cfg_a.name}-vs-{cfg_b.name}", sides="ab", seeds=seeds, base=base)
-    for cfg in (cfg_a, cfg_b):
-        cfg.output = out
-    varied, notes = _in_effect({"a": cfg_a, "b": cfg_b}, varied, explicit=vary is not None)
-    plan = _plan({"a": cfg_a, "b": cfg_b}, seeds=seeds, base=base, claim=claim, **_plan_flags(varied))
-    runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
+    prep = _prepare(a, b, seeds=seeds, jobs=jobs, vary=vary, set_a=set_a, set_b=set_b, output=output)
+    cfg_a, cfg_b = prep.cfgs["a"], prep.cfgs["b"]
+    runs = _run_all(prep.plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
     recipes = {"a": _describe(a, cfg_a, set_a), "b": _describe(b if b is not None else a, cfg_b, set_b)}
-    result = judge(runs, metric=metric, vary=varied, recipes=recipes)
-    result.baselines, result.notes = baselines(cfg_a, metric, runs), notes
-    result.claim_uri = write_claim(result, out, claim)
+    result = judge(runs, metric=metric, vary=prep.varied, recipes=recipes)
+    result.baselines, result.notes = baselines(cfg_a, metric, runs), prep.notes
+    result.claim_uri = write_claim(result, prep.output, prep.claim)
     return result
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A compare's recipes, output, claim name, sources of variation in effect, notes and plan."""
+
+    cfgs: dict[str, Any]
+    output: str
+    claim: str
+    varied: list[str]
+    notes: list[str]
+    plan: list[tuple[str, dict[str, Any], str]]
+
+
+def _prepare(
+    a: Recipe,
+    b: Recipe | None,
+    *,
+    seeds: int,
+    jobs: int,
+    vary: str | Iterable[str] | None,
+    set_a: Iterable[str],
+    set_b: Iterable[str],
+    output: str | None,
+) -> _Prepared:
+    """Everything :func:`compare` decides before training: the two configs and every run's config."""
+    varied = _check_args(seeds, jobs, vary)
+    cfgs = {"a": _load(a, list(set_a)), "b": _load(a if b is None else b, list(set_b))}
+    out = output or cfgs["a"].output
+    base = int(cfgs["a"].params.get("seed", 0))
+    claim = _claim_name(out, f"{cfgs['a'].name}-vs-{cfgs['b'].name}", sides="ab", seeds=seeds, base=base)
+    for cfg in cfgs.values():
+        cfg.output = out
+    varied, notes = _in_effect(cfgs, varied, explicit=vary is not None)
+    plan = _plan(cfgs, seeds=seeds, base=base, claim=claim, **_plan_flags(varied))
+    return _Prepared(cfgs, out, claim, varied, notes, plan)
+
+
+def write_member_configs(
+    a: Recipe,
+    b: Recipe | None = None,
+    *,
+    seeds: int,
+    directory: str | os.PathLike[str],
+    vary: str | Iterable[str] | None = None,
+    set_a: Iterable[str] = (),
+    set_b: Iterable[str] = (),
+    output: str | None = None,
+) -> list[Path]:
+    """Write every run :func:`compare` would train as a config file, ``<run name>.yaml``, training nothing.
+
+    Each file is a complete ``reprodl train`` config: the run's seed, split and bootstrap
+    resample, its name (``<claim>.a.seed<i>``...) and the output (absolute), so one task per
+    file on a cluster (a Slurm array task, a Ray task, a ``torchrun`` job) trains the member
+    compare would, with the same kind of record. Existing files are never overwritten.
+    """
+    import yaml
+
+    from reprodl.store.uris import local_path
+
+    prep = _prepare(a, b, seeds=seeds, jobs=1, vary=vary, set_a=set_a, set_b=set_b, output=output)
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.yaml" for _, _, name in prep.plan]
+    taken = [str(p) for p in paths if p.exists()]
+    if taken:
+        raise ParametersError(f"{', '.join(taken)} already exist: write the member configs to an empty directory")
+    base = local_path(prep.output)
+    for path, (_, cfg, name) in zip(paths, prep.plan):
+        cfg = {k: v for k, v in cfg.items() if k != "source"}
+        cfg.update(name=name, output=str(base.resolve()) if base is not None else prep.output)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return paths
 
 
 def judge(runs: dict[str, list[RunValue]], *, metric: str, vary: list[str], recipes: dict[str, str]) -> Comparison:

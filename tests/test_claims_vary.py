@@ -115,6 +115,19 @@ def test_member_configs_train_the_runs_compare_trains(digits_split_master, tmp_p
         record = load_record(str(tmp_path / "cluster" / f"member-vs-member.{side}.seed1"))
         assert record.results.final["valid_accuracy"] == here.runs[side][1].value
         assert record.data[0].bootstrap == 1 and record.data[0].split == {"test": 0.2, "seed": 1}
+    early = cli("collect", str(tmp_path / "configs"))
+    assert early.exit_code == 2 and "member-vs-member.a.seed0 has not been trained" in early.stderr
+    for path in paths[:2]:
+        assert cli("train", path).exit_code == 0
+    collected = cli("collect", str(tmp_path / "configs"), "--json")
+    assert collected.exit_code == 0, collected.stderr
+    report = json.loads(collected.stdout)
+    mine = here.to_dict()
+    for key in ("probability_a_better", "ci_low", "ci_high", "verdict", "vary", "notes", "baselines"):
+        assert report[key] == mine[key], key
+    assert [(r["seed"], r["value"]) for r in report["runs"]["b"]] == [(r.seed, r.value) for r in here.runs["b"]]
+    assert report["claim_uri"].endswith("/cluster/member-vs-member")
+    assert cli("verify", report["claim_uri"]).exit_code == 0
 
 
 def _yaml(tmp_path, cfg) -> str:

@@ -78,6 +78,27 @@ def compare_cmd(
         _print(result)
 
 
+@app.command("collect")
+@handle_errors
+def collect_cmd(
+    directory: Path = typer.Argument(..., help="The directory `reprodl compare --write-configs` wrote."),
+    metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Judge a comparison whose runs were trained elsewhere (one cluster task per member config).
+
+    Reads the plan beside the member configs, each member's record from the planned output,
+    and writes the claim dataset that `reprodl compare` would have written.
+    """
+    from reprodl.reproduction.claims import collect
+
+    result = collect(directory, metric=metric)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        _print(result)
+
+
 def _print(result: Comparison) -> None:
     out.print(
         f"P(A>B) on {result.metric} over {result.n} paired runs: {result.probability_a_better:.3f} "

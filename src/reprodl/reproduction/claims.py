@@ -377,11 +377,9 @@ def compare(
         ParametersError: fewer than 2 seeds, jobs < 1, an unsupported ``vary``, a missing metric.
     """
     prep = _prepare(a, b, seeds=seeds, jobs=jobs, vary=vary, set_a=set_a, set_b=set_b, output=output)
-    cfg_a, cfg_b = prep.cfgs["a"], prep.cfgs["b"]
     runs = _run_all(prep.plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
-    recipes = {"a": _describe(a, cfg_a, set_a), "b": _describe(b if b is not None else a, cfg_b, set_b)}
-    result = judge(runs, metric=metric, vary=prep.varied, recipes=recipes)
-    result.baselines, result.notes = baselines(cfg_a, metric, runs), prep.notes
+    result = judge(runs, metric=metric, vary=prep.varied, recipes=_recipes(a, b, prep.cfgs, set_a, set_b))
+    result.baselines, result.notes = baselines(prep.cfgs["a"], metric, runs), prep.notes
     result.claim_uri = write_claim(result, prep.output, prep.claim)
     return result
 
@@ -439,7 +437,10 @@ def write_member_configs(
     resample, its name (``<claim>.a.seed<i>``...) and the output (absolute), so one task per
     file on a cluster (a Slurm array task, a Ray task, a ``torchrun`` job) trains the member
     compare would, with the same kind of record. Existing files are never overwritten.
+    ``compare-plan.json`` beside them lets :func:`collect` judge the runs once they are trained.
     """
+    import json
+
     import yaml
 
     from reprodl.store.uris import local_path
@@ -448,15 +449,81 @@ def write_member_configs(
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.yaml" for _, _, name in prep.plan]
-    taken = [str(p) for p in paths if p.exists()]
+    taken = [str(p) for p in [*paths, folder / keys.COMPARE_PLAN_FILE] if p.exists()]
     if taken:
         raise ParametersError(f"{', '.join(taken)} already exist: write the member configs to an empty directory")
     base = local_path(prep.output)
+    output_uri = str(base.resolve()) if base is not None else prep.output
     for path, (_, cfg, name) in zip(paths, prep.plan):
         cfg = {k: v for k, v in cfg.items() if k != "source"}
-        cfg.update(name=name, output=str(base.resolve()) if base is not None else prep.output)
+        cfg.update(name=name, output=output_uri)
         path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    plan = {
+        "claim": prep.claim,
+        "output": output_uri,
+        "vary": prep.varied,
+        "notes": prep.notes,
+        "recipes": _recipes(a, b, prep.cfgs, set_a, set_b),
+        "runs": [{"side": side, "name": name, "config": f"{name}.yaml"} for side, _, name in prep.plan],
+    }
+    (folder / keys.COMPARE_PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
     return paths
+
+
+def _recipes(a: Recipe, b: Recipe | None, cfgs: dict[str, Any], set_a: Iterable[str], set_b: Iterable[str]) -> dict:
+    """How the claim names recipes A and B: their config files (or names) and overrides."""
+    return {"a": _describe(a, cfgs["a"], set_a), "b": _describe(b if b is not None else a, cfgs["b"], set_b)}
+
+
+def collect(directory: str | os.PathLike[str], *, metric: str = DEFAULT_METRIC) -> Comparison:
+    """Judge a comparison whose runs were trained elsewhere from :func:`write_member_configs`' files.
+
+    Reads ``compare-plan.json`` in ``directory``, loads each member's record from the planned
+    output (digest checked), and writes the claim dataset as :func:`compare` would have.
+
+    Raises:
+        ParametersError: a member not trained yet, or without ``metric``; no plan in ``directory``.
+    """
+    from reprodl.training.config import free_name, load_config
+
+    folder = Path(directory)
+    try:
+        text = (folder / keys.COMPARE_PLAN_FILE).read_bytes()
+    except FileNotFoundError:
+        raise ParametersError(
+            f"{folder} has no {keys.COMPARE_PLAN_FILE}: give the directory `reprodl compare --write-configs` wrote"
+        ) from None
+    plan = load_json(text, what=str(folder / keys.COMPARE_PLAN_FILE), error=ParametersError)
+    runs: dict[str, list[RunValue]] = {"a": [], "b": []}
+    for run in plan["runs"]:
+        runs[run["side"]].append(_collected(plan["output"], run, folder, metric))
+    result = judge(runs, metric=metric, vary=list(plan["vary"]), recipes=dict(plan["recipes"]))
+    first_a = next(run["config"] for run in plan["runs"] if run["side"] == "a")
+    result.baselines = baselines(load_config(folder / first_a), metric, runs)
+    result.notes = list(plan["notes"])
+    result.claim_uri = write_claim(result, plan["output"], free_name(plan["output"], plan["claim"]))
+    return result
+
+
+def _collected(output: str, run: dict[str, Any], folder: Path, metric: str) -> RunValue:
+    """The planned member ``run``'s seed, value, URI and record digest, from its record."""
+    from reprodl.errors import DatasetNotFoundError
+    from reprodl.modeldataset.read import load_record
+    from reprodl.store.uris import dataset_uri
+
+    uri = dataset_uri(output, run["name"])
+    try:
+        record = load_record(uri)
+    except DatasetNotFoundError:
+        raise ParametersError(
+            f"the run {run['name']} has not been trained (no model at {uri}): train it with "
+            f"`reprodl train {folder / run['config']}`, then collect again"
+        ) from None
+    value = record.results.final.get(metric)
+    if not isinstance(value, (int, float)):
+        raise ParametersError(f"the run {uri} has no final metric {metric!r}: pick another with --metric")
+    digest = record.digest or ""  # a record read with its digest checked has one
+    return RunValue(seed=int(record.training.seeds.seed), value=float(value), uri=uri, record_digest=digest)
 
 
 def judge(runs: dict[str, list[RunValue]], *, metric: str, vary: list[str], recipes: dict[str, str]) -> Comparison:

@@ -9,7 +9,7 @@ import pytest
 
 pytest.register_assert_rewrite("train_fixtures")
 
-from reprodl.reproduction.claims import evaluation_baselines
+from reprodl.data.baselines import evaluation_baselines
 
 pytest_plugins = ["train_fixtures"]
 

@@ -253,11 +253,9 @@ def evaluate_cmd(
     stratified-random baselines with P(model > baseline) (a paired bootstrap over the samples)."""
     from reprodl.data.datasets import open_training_data
     from reprodl.model import TrainedTorchModel
-    from reprodl.reproduction.claims import evaluation_baselines
 
     model = TrainedTorchModel(uri, allow=allow or ())
     result = model.evaluate(open_training_data(dataset_uri, usetype))
-    result["baselines"] = evaluation_baselines(result["confusion_matrix"])
     if as_json:
         print_json(result)
         return

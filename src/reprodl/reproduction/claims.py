@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from reprodl import __version__, keys
+from reprodl.data.baselines import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, baseline_accuracies
 from reprodl.errors import DatasetFormatError, ParametersError
 from reprodl.parsing import load_json
 
@@ -39,8 +40,6 @@ A_BETTER, B_BETTER, NO_DIFFERENCE = "A better", "B better", "no detectable diffe
 VERDICTS = (A_BETTER, B_BETTER, NO_DIFFERENCE)
 THRESHOLD = 0.75
 CONFIDENCE = 0.95
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
 RULE = (
     f"A better when the {CONFIDENCE:.0%} interval's low end > 0.5 and P(A>B) >= {THRESHOLD}; "
     f"B better when its high end < 0.5 and P(A>B) <= {1 - THRESHOLD:.2f}; otherwise no detectable difference"
@@ -542,52 +541,6 @@ def judge(runs: dict[str, list[RunValue]], *, metric: str, vary: list[str], reci
         runs=runs,
         recipes=recipes,
     )
-
-
-def baseline_accuracies(counts: dict[str, int]) -> dict[str, float]:
-    """Accuracy of always predicting the majority class, and (expected) of guessing by class frequency."""
-    total = sum(counts.values())
-    if not total:
-        return {}
-    return {
-        "majority": max(counts.values()) / total,
-        "stratified_random": sum((c / total) ** 2 for c in counts.values()),
-    }
-
-
-def evaluation_baselines(
-    confusion: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
-) -> dict[str, dict[str, float]]:
-    """The baselines on evaluated data, each with P(model > baseline), from the model's confusion matrix.
-
-    ``confusion[i][j]`` counts items of true class i predicted as j. The majority baseline
-    predicts the evaluated data's most frequent class; the stratified-random one guesses each
-    class with its frequency in the data (its correctness on an item of class k counts as its
-    expectation, the frequency of k). P(model > baseline) is a paired bootstrap over the items:
-    each of ``resamples`` draws (fixed ``seed``) takes the items with replacement and compares
-    the model's accuracy on them with the baseline's on the same items; it is the fraction of
-    draws in which the model's is higher, a tie counting one half.
-    """
-    import numpy as np
-
-    matrix = np.asarray(confusion, dtype=np.int64)
-    support = matrix.sum(1)
-    n = int(support.sum())
-    if not n:
-        return {}
-    counts = {str(i): int(c) for i, c in enumerate(support)}
-    accuracies = baseline_accuracies(counts)
-    freq = support / n
-    per_class = {"majority": (np.arange(len(support)) == support.argmax()).astype(float), "stratified_random": freq}
-    draws = np.random.default_rng(seed).multinomial(n, matrix.reshape(-1) / n, size=resamples)
-    result = {}
-    for name, base in per_class.items():
-        # per (true, predicted) cell: the model's correctness minus the baseline's
-        gain = np.eye(len(support)) - base[:, None]
-        diff = draws @ gain.reshape(-1) / n
-        better = float(np.mean(diff > 1e-12) + 0.5 * np.mean(np.abs(diff) <= 1e-12))
-        result[name] = {"accuracy": accuracies[name], "probability_model_better": better}
-    return result
 
 
 def baselines(cfg: Any, metric: str, runs: dict[str, list[RunValue]]) -> dict[str, dict[str, float]] | None:

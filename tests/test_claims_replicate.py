@@ -68,6 +68,9 @@ def test_a_replication_names_the_original_and_reads_other_data(trained_model, ot
     assert report["envelope_uri"] is None and "envelope" not in accuracy
     text = cli("provenance", report["replication_uri"])
     assert f"Replicates: {trained_model.uri}" in text.stdout
+    # A replication is an ordinary model: it reproduces from its own record.
+    reproduced = cli("reproduce", report["replication_uri"], "-q")
+    assert reproduced.exit_code == 0 and "Verdict: identical" in reproduced.stdout
 
 
 def test_other_shapes_labels_and_the_same_data_are_refused_before_training(trained_model, tmp_path, cli):

@@ -176,8 +176,8 @@ def _train_run(cfg_json: dict[str, Any], name: str, metric: str, cwd: str | None
     """Train one run (in this process, or a pool worker: in the caller's ``cwd``); its seed, value, URI, digest."""
     from reprodl.training.config import TrainConfig, build_and_train
 
-    if cwd is not None and os.getcwd() != cwd:
-        os.chdir(cwd)  # a kept worker started where the first compare ran: relative paths are the caller's
+    if cwd is not None:
+        os.chdir(cwd)  # a kept worker is wherever the last run left it (perhaps a removed directory)
     cfg = TrainConfig.model_validate(cfg_json)
     uri, record = build_and_train(cfg, progress=False, name=name)
     final = record.results.final

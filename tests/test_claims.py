@@ -71,13 +71,12 @@ def test_baseline_accuracies():
     assert claims.baseline_accuracies({"cat": 3, "dog": 1}) == {"majority": 0.75, "stratified_random": 0.625}
 
 
-def test_vary_refuses_what_is_not_implemented_naming_what_is():
-    assert claims.parse_vary(None) == ["init", "order"]
+def test_vary_refuses_what_is_not_a_source_of_variation_naming_what_is():
+    assert claims.parse_vary(None) == ["init", "order", "split", "bootstrap", "augment"]
     assert claims.parse_vary("order,init") == ["init", "order"]
     assert claims.parse_vary("split,order,init") == ["init", "order", "split"]
-    with pytest.raises(ParametersError, match=r"bootstrap.*not supported yet.*init,order,split"):
-        claims.parse_vary("init,order,bootstrap")
-    with pytest.raises(ParametersError, match=r"not a source of variation"):
+    assert claims.parse_vary("augment,bootstrap,init,order") == ["init", "order", "bootstrap", "augment"]
+    with pytest.raises(ParametersError, match=r"not a source of variation: use init,order,split,bootstrap,augment"):
         claims.parse_vary("init,weather")
     with pytest.raises(ParametersError, match=r"vary together"):
         claims.parse_vary("init")

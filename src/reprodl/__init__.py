@@ -32,6 +32,7 @@ _EXPORTS = {
     "compare": "reprodl.reproduction.claims",
     "export": "reprodl.exports",
     "open_dataset": "reprodl.store",
+    "replicate": "reprodl.reproduction.replicate",
     "report": "reprodl.reports",
     "reproduce": "reprodl.reproduction.rerun",
     "start_run": "reprodl.training.run",
@@ -51,6 +52,7 @@ __all__ = [
     "compare",
     "export",
     "open_dataset",
+    "replicate",
     "report",
     "reproduce",
     "start_run",
@@ -80,6 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from reprodl.provenance import ProvenanceRecord
     from reprodl.reports import report
     from reprodl.reproduction.claims import compare
+    from reprodl.reproduction.replicate import replicate
     from reprodl.reproduction.rerun import ReproductionReport, reproduce
     from reprodl.store import open_dataset
     from reprodl.training.loop import train_model_with_metadata_capture

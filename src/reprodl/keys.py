@@ -62,6 +62,7 @@ SUMMARY_MEMBERS = "reprodl.members"  # a multi-run summary's annotation: its mod
 KIND_CLAIM = "claim"  # a comparison of two recipes (reprodl compare), written as a dataset
 CLAIM_FILE = "claim.json"
 CLAIM_PLOT_FILE = "distributions.png"
+COMPARE_PLAN_FILE = "compare-plan.json"  # written by compare --write-configs beside the member configs
 MANIFESTS_DIR = "manifests"  # model dataset items <MANIFESTS_DIR>/<uuid>.json: data manifests
 # Ed25519 signatures of a model dataset (a list; annotations stay writable after freezing).
 # No dot in the name: dtool-s3 splits annotation keys on dots.

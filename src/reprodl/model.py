@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from reprodl import keys, trust
+from reprodl.data.baselines import evaluation_baselines
 from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.data.images import convert, resize, to_array
 from reprodl.data.transforms import Resize, contains, eval_view, from_description
@@ -209,7 +210,9 @@ class TrainedTorchModel:
 
     @torch.no_grad()
     def evaluate(self, dataset: WrappedDataSet, *, batch_size: int = 256) -> dict[str, Any]:
-        """Accuracy, per-class precision/recall, confusion matrix, next to the majority baseline.
+        """Accuracy, per-class precision/recall, confusion matrix, next to the majority baseline;
+        ``baselines``: the majority and stratified-random baselines with P(model > baseline)
+        (:func:`reprodl.data.baselines.evaluation_baselines`).
 
         The dataset is used as given, through its own transform (if any). To evaluate with the
         training's preprocessing, open it with this model's: ``TensorDataSet(uri, "test",
@@ -275,6 +278,7 @@ def evaluation_report(confusion: np.ndarray, categories: list[str], **extra: Any
         "per_class": per_class,
         "confusion_matrix": confusion.astype(int).tolist(),
         "categories": categories,
+        "baselines": evaluation_baselines(confusion),
     }
 
 

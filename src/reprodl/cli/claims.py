@@ -1,4 +1,4 @@
-"""Claim commands: compare two recipes over paired seeds (P(A>B), its interval, a verdict)."""
+"""Claim commands: compare two recipes over paired seeds (P(A>B), its interval, a verdict); ablate; replicate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from reprodl.cli import app
-from reprodl.cli.common import JSON_OPT, handle_errors, out, print_json
+from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
 
 if TYPE_CHECKING:
     from reprodl.reproduction.claims import Comparison, RunValue
@@ -20,16 +20,22 @@ def compare_cmd(
     a: Path = typer.Argument(..., help="Recipe A: a training config (YAML)."),
     b: Optional[Path] = typer.Argument(None, help="Recipe B (default: A again, made a variant with --set-b)."),
     seeds: int = typer.Option(..., "--seeds", help="Runs per recipe (>= 2); run i of A and B share a seed."),
-    vary: str = typer.Option(
-        "init,order",
+    vary: Optional[str] = typer.Option(
+        None,
         "--vary",
-        help="Sources of variation randomised: init,order (through the seed), and split (resplit 80/20 per seed).",
+        help="Sources of variation randomised (default all): init,order (through the seed), split (resplit "
+        "80/20 per seed), bootstrap (resample the training data per seed), augment (random transforms).",
     ),
     metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
     jobs: int = typer.Option(1, "--jobs", help="Processes training at once, each with one thread."),
     set_a: Optional[list[str]] = typer.Option(None, "--set-a", help="Override a value of A: lr=0.05; repeatable."),
     set_b: Optional[list[str]] = typer.Option(None, "--set-b", help="Override a value of B: lr=0.0005; repeatable."),
     output: Optional[str] = typer.Option(None, "--output", help="Base URI of the runs and the claim (default: A's)."),
+    write_configs: Optional[Path] = typer.Option(
+        None,
+        "--write-configs",
+        help="Train nothing: write each run's `reprodl train` config to this directory (one cluster task each).",
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Is A really better than B? Train N paired runs of each; P(A>B), its 95% interval and a verdict.
@@ -38,7 +44,17 @@ def compare_cmd(
     'B better' symmetrically, else 'no detectable difference'. The comparison is written as a
     claim dataset that `reprodl verify` checks member by member.
     """
-    from reprodl.reproduction.claims import compare
+    from reprodl.reproduction.claims import compare, write_member_configs
+
+    if write_configs is not None:
+        paths = write_member_configs(
+            a, b, seeds=seeds, directory=write_configs, vary=vary, set_a=set_a or (), set_b=set_b or (), output=output
+        )
+        if as_json:
+            print_json([str(p) for p in paths])
+        for path in [] if as_json else paths:
+            out.print(str(path), markup=False)
+        return
 
     def on_run(side: str, run: RunValue) -> None:
         if not as_json:
@@ -62,6 +78,27 @@ def compare_cmd(
         _print(result)
 
 
+@app.command("collect")
+@handle_errors
+def collect_cmd(
+    directory: Path = typer.Argument(..., help="The directory `reprodl compare --write-configs` wrote."),
+    metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Judge a comparison whose runs were trained elsewhere (one cluster task per member config).
+
+    Reads the plan beside the member configs, each member's record from the planned output,
+    and writes the claim dataset that `reprodl compare` would have written.
+    """
+    from reprodl.reproduction.claims import collect
+
+    result = collect(directory, metric=metric)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        _print(result)
+
+
 def _print(result: Comparison) -> None:
     out.print(
         f"P(A>B) on {result.metric} over {result.n} paired runs: {result.probability_a_better:.3f} "
@@ -75,6 +112,9 @@ def _print(result: Comparison) -> None:
             f"P(A > it) {row['probability_a_better']:.2f}, P(B > it) {row['probability_b_better']:.2f}",
             markup=False,
         )
+    out.print(f"Varied: {','.join(result.vary)}", markup=False)
+    for note in result.notes:
+        out.print(f"Note: {note}", markup=False)
     out.print(f"Rule: {result.rule}", markup=False)
     out.print(f"Claim dataset: {result.claim_uri}", markup=False)
 
@@ -89,10 +129,11 @@ def ablate_cmd(
         help="'NAME: key=value [key=value ...]', e.g. 'no-momentum: optimizer.momentum=0'; repeatable.",
     ),
     seeds: int = typer.Option(..., "--seeds", help="Runs per recipe (>= 2); run i of each shares a seed."),
-    vary: str = typer.Option(
-        "init,order",
+    vary: Optional[str] = typer.Option(
+        None,
         "--vary",
-        help="Sources of variation randomised: init,order (through the seed), and split (resplit 80/20 per seed).",
+        help="Sources of variation randomised (default all): init,order (through the seed), split (resplit "
+        "80/20 per seed), bootstrap (resample the training data per seed), augment (random transforms).",
     ),
     metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
     jobs: int = typer.Option(1, "--jobs", help="Processes training at once, each with one thread."),
@@ -135,4 +176,75 @@ def ablate_cmd(
             f"  {name}: {c.probability_a_better:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}]  {c.verdict}  {c.claim_uri}",
             markup=False,
         )
+    first = next(iter(result.variants.values()))
+    out.print(f"Varied: {','.join(first.vary)}", markup=False)
+    for note in first.notes:
+        out.print(f"Note: {note}", markup=False)
     out.print(f"Rule: {RULE}", markup=False)
+
+
+@app.command("replicate")
+@handle_errors
+def replicate_cmd(
+    uri: str = typer.Argument(..., help="The original model dataset URI."),
+    data: str = typer.Option(..., "--data", help="The new dataset: same input shape and label set as the original's."),
+    output: Optional[str] = typer.Option(
+        None, "--output", help="Base URI of the replication (default: the original's base, when local)."
+    ),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="The replication's name (default <model>.replication-<data name>)."
+    ),
+    allow: Optional[list[str]] = typer.Option(
+        None, "--allow", help="Module (or module:Class) trusted to be imported for the architecture; repeatable."
+    ),
+    quiet: bool = QUIET_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Train a model's recorded recipe on other data; both models' metrics side by side.
+
+    The architecture, initialisation, optimiser, loss, scheduler, parameters, seed and transforms
+    come from the record; the new data must have the same input type, sample shape and label
+    set (otherwise refused before training). The new record names the original in
+    lineage.replicates; with a multi-run envelope, the replication is placed in it.
+    """
+    from reprodl.reproduction.replicate import replicate
+
+    def on_start() -> None:
+        if not (quiet or as_json):
+            err.print(f"Replicating {uri} on {data}: the data fit its recipe; training...", markup=False)
+
+    result = replicate(
+        uri,
+        data=data,
+        output=output,
+        name=name,
+        allow=allow or (),
+        progress=not (quiet or as_json),
+        on_start=on_start,
+    )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    out.print(f"Replication: {result.replication_uri}", markup=False)
+    out.print(f"{'metric':<16} {'original':>10} {'replication':>12} {'difference':>11}", markup=False)
+    for row in result.metrics:
+        out.print(
+            f"{row['metric']:<16} {_num(row['original']):>10} {_num(row['replication']):>12} "
+            f"{_num(row['difference'], sign=True):>11}",
+            markup=False,
+        )
+    for row in result.metrics:
+        env = row.get("envelope")
+        if env:
+            where = "within" if env["within"] else "OUTSIDE"
+            out.print(
+                f"{row['metric']}: {where} the original's envelope of {env['n']} runs "
+                f"(mean {env['mean']:.4f}, std {env['std']:.4f}, range [{env['min']:.4f}, {env['max']:.4f}])",
+                markup=False,
+            )
+
+
+def _num(value: float | None, *, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.4f}" if sign else f"{value:.4f}"

@@ -286,7 +286,8 @@ def evaluate_cmd(
     allow: Optional[list[str]] = _ALLOW,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Accuracy, per-class precision/recall and confusion matrix, beside the majority-class baseline."""
+    """Accuracy, per-class precision/recall and confusion matrix, beside the majority-class and
+    stratified-random baselines with P(model > baseline) (a paired bootstrap over the samples)."""
     from reprodl.data.datasets import open_training_data
     from reprodl.model import TrainedTorchModel
 
@@ -299,6 +300,12 @@ def evaluate_cmd(
         f"accuracy {result['accuracy']:.2%} on {result['n_samples']} samples "
         f"(majority-class baseline {result['majority_baseline_accuracy']:.2%}, class {result['majority_class']})"
     )
+    for name, row in result["baselines"].items():
+        out.print(
+            f"baseline {name.replace('_', '-')}: accuracy {row['accuracy']:.2%}, "
+            f"P(model > it) {row['probability_model_better']:.3f} (paired bootstrap over the samples)",
+            markup=False,
+        )
     out.print("class  precision  recall  support")
     for name, c in result["per_class"].items():
         out.print(f"{name:>5}  {c['precision']:9.2%}  {c['recall']:6.2%}  {c['support']:7d}", markup=False)

@@ -76,10 +76,14 @@ class WrappedDataSet(Dataset):
         uri: str | os.PathLike[str] | StoredDataSet,
         usetype: str | None = None,
         split: dict[str, Any] | None = None,
+        bootstrap: int | None = None,
     ) -> None:
         if split is not None and usetype is None:
             raise DatasetFormatError("split= selects by usetype: pass usetype='train' (or 'test', 'valid') with it")
+        if bootstrap is not None and (isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0):
+            raise DatasetFormatError(f"bootstrap= is the seed of a resample, an integer >= 0, but got {bootstrap!r}")
         self.split = dict(split) if split is not None else None
+        self.bootstrap = bootstrap
         # An already opened dataset is used as it is (its manifest and metadata are read once).
         self.dataset: StoredDataSet = uri if isinstance(uri, StoredDataSet) else open_dataset(uri)
         self.uri = self.dataset.uri
@@ -139,6 +143,7 @@ class WrappedDataSet(Dataset):
             "readme": self.dataset.get_readme_content(),
             "usetype": self.usetype,
             "split": self.split,
+            "bootstrap": self.bootstrap,
             "selection_digest": self.selection_digest(),
             "labels_digest": self.labels_digest(),
             "n_items": len(self),
@@ -166,6 +171,13 @@ class WrappedDataSet(Dataset):
 
     def label_counts(self) -> dict[str, int]:
         raise NotImplementedError
+
+    def _resampled(self, selected: np.ndarray) -> np.ndarray:
+        """``selected`` drawn with replacement, as many, in stored order, when ``bootstrap`` seeds a resample."""
+        if self.bootstrap is None or not len(selected):
+            return selected
+        draw = np.random.default_rng(self.bootstrap).integers(0, len(selected), size=len(selected))
+        return selected[np.sort(draw)]
 
     def _split_mask(self, labels: np.ndarray) -> np.ndarray:
         """Samples of ``usetype`` under an in-memory stratified ``split`` (test/valid/seed)."""
@@ -200,6 +212,8 @@ class ImageDataSet(WrappedDataSet):
         mode: Pillow mode to convert to ("L", "RGB", "RGBA"); default from the dataset's
             metadata, else "RGB" (dtoolAI's behaviour).
         size: (width, height) to resize to; default the dataset's recorded image size.
+        split: an in-memory stratified split (test, valid, seed) selecting ``usetype``.
+        bootstrap: seed of a bootstrap resample of the selected items (as many, with replacement).
     """
 
     input_type = keys.INPUT_TYPE_IMAGE
@@ -213,8 +227,9 @@ class ImageDataSet(WrappedDataSet):
         mode: str | None = None,
         size: tuple[int, int] | None = None,
         split: dict[str, Any] | None = None,
+        bootstrap: int | None = None,
     ) -> None:
-        super().__init__(uri, usetype, split)
+        super().__init__(uri, usetype, split, bootstrap)
         categories = self.dataset.get_overlay(keys.CATEGORY_OVERLAY)
         if categories is None:
             raise DatasetFormatError(
@@ -227,7 +242,7 @@ class ImageDataSet(WrappedDataSet):
         annotation = self.dataset.get_annotation(keys.CATEGORY_ENCODING)
         self.cat_encoding = dataset_encoding(annotation, uri=self.uri, names=names)
         all_labels = np.array([self.cat_encoding[n] for n in names], dtype=np.int64)
-        keep = self._selected(idns, all_labels)
+        keep = self._resampled(self._selected(idns, all_labels))
         self.identifiers: list[str] = [idns[k] for k in keep]
         self._paths: list[str] | None = None
         self.cat_lookup = {i: str(categories[i]) for i in self.identifiers}
@@ -346,8 +361,9 @@ class TensorDataSet(WrappedDataSet):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         *,
         split: dict[str, Any] | None = None,
+        bootstrap: int | None = None,
     ) -> None:
-        super().__init__(uri, usetype, split)
+        super().__init__(uri, usetype, split, bootstrap)
         ds = self.dataset
         data_idn, labels_idn = tensor_item_ids(ds)
         self._data_path = ds.item_path(data_idn)
@@ -356,8 +372,8 @@ class TensorDataSet(WrappedDataSet):
         all_labels = np.asarray(_load_npy(self._labels_path, self.uri)).astype(np.int64).reshape(-1)
         if len(all_labels) != len(self.data):
             raise DatasetFormatError(f"{self.uri}: {len(self.data)} data rows but {len(all_labels)} labels")
-        self.rows = rows = self._selected_rows(all_labels)
-        self._contiguous = bool(len(rows)) and rows[-1] - rows[0] == len(rows) - 1
+        self.rows = rows = self._resampled(self._selected_rows(all_labels))
+        self._contiguous = bool(len(rows)) and bool(np.all(np.diff(rows) == 1))
         self.labels = all_labels[rows]
         try:
             annotation = ds.get_annotation(keys.CATEGORY_ENCODING)
@@ -471,6 +487,7 @@ def open_training_data(
     mode: str | None = None,
     size: tuple[int, int] | None = None,
     split: dict[str, Any] | None = None,
+    bootstrap: int | None = None,
 ) -> WrappedDataSet:
     """Open a dataset as the kind its ``dtoolAI.inputtype`` annotation names.
 
@@ -480,9 +497,9 @@ def open_training_data(
     ds = open_dataset(uri)
     kind = ds.get_annotation(keys.INPUT_TYPE)
     if kind == keys.INPUT_TYPE_IMAGE:
-        return ImageDataSet(ds, usetype, transform, mode=mode, size=size, split=split)
+        return ImageDataSet(ds, usetype, transform, mode=mode, size=size, split=split, bootstrap=bootstrap)
     if kind == keys.INPUT_TYPE_TENSOR or kind is None:
-        return TensorDataSet(ds, usetype, transform, split=split)
+        return TensorDataSet(ds, usetype, transform, split=split, bootstrap=bootstrap)
     raise DatasetFormatError(
         f"{ds.uri} has input type {kind!r}, which reprodl cannot read: it reads "
         f"{keys.INPUT_TYPE_IMAGE} and {keys.INPUT_TYPE_TENSOR} datasets"

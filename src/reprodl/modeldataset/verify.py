@@ -329,9 +329,9 @@ def metadata_changes(ref: DataRef, ds: StoredDataSet) -> list[str]:
     try:
         now: WrappedDataSet
         if ref.input_type == keys.INPUT_TYPE_IMAGE:
-            now = ImageDataSet(ds, ref.usetype, mode=ref.image_mode, split=ref.split)
+            now = ImageDataSet(ds, ref.usetype, mode=ref.image_mode, split=ref.split, bootstrap=ref.bootstrap)
         else:
-            now = TensorDataSet(ds, ref.usetype, split=ref.split)
+            now = TensorDataSet(ds, ref.usetype, split=ref.split, bootstrap=ref.bootstrap)
     except (ReprodlError, TypeError, ValueError, KeyError) as exc:  # a hand-edited annotation of any shape
         return [f"cannot be read as the training read it (its annotations or split changed?): {exc}"]
     changes = []

@@ -48,6 +48,7 @@ GENERATED_README_KEYS = frozenset(
         "record_digest",
         "fine_tuned_from",
         "reproduces",
+        "replicates",
     }
 )
 
@@ -290,5 +291,7 @@ def model_readme(record: ProvenanceRecord, *, extra: Mapping[str, Any] | None = 
         data["fine_tuned_from"] = record.lineage.parent.uri
     if record.lineage.reproduces:
         data["reproduces"] = record.lineage.reproduces.uri
+    if record.lineage.replicates:
+        data["replicates"] = record.lineage.replicates.uri
     data.update(check_readme_fields(extra or {}))
     return yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False)

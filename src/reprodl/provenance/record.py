@@ -73,6 +73,11 @@ class DataRef(_Part):
     )
     usetype: str | None = Field(None, description="the usetype (train, test, valid) selected, if any")
     split: dict[str, Any] | None = Field(None, description="in-memory stratified split (test, valid, seed)")
+    bootstrap: int | None = Field(
+        None,
+        description="seed of a bootstrap resample of the selected samples (as many, drawn with replacement); "
+        "None: each selected sample once",
+    )
     selection_digest: str | None = Field(
         None, description="sha256 of the selected samples' keys, in order (the usetype split)"
     )
@@ -431,6 +436,10 @@ class Lineage(_Part):
 
     parent: ModelRef | None = Field(None, description="the model fine-tuned from, if any")
     reproduces: ModelRef | None = Field(None, description="the model this training reproduces, if it is a reproduction")
+    replicates: ModelRef | None = Field(
+        None,
+        description="the model whose recorded recipe this training replicates on other data, if it is a replication",
+    )
 
 
 class ProvenanceRecord(_Part):
@@ -449,7 +458,7 @@ class ProvenanceRecord(_Part):
     code: CodeInfo = Field(default_factory=CodeInfo, description="the code that ran the training")
     environment: Environment = Field(description="the software and hardware")
     results: Results = Field(default_factory=Results, description="metrics, times and the weights digest")
-    lineage: Lineage = Field(default_factory=Lineage, description="parent model and reproduced model")
+    lineage: Lineage = Field(default_factory=Lineage, description="parent model, and reproduced or replicated model")
     digest: str | None = Field(None, description="sha256 of this record's canonical JSON without this field")
     _raw: dict[str, Any] | None = PrivateAttr(default=None)
 

@@ -63,6 +63,8 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
         lines.append(f"Fine-tuned from: {record.lineage.parent.uri} ({record.lineage.parent.uuid})")
     if record.lineage.reproduces:
         lines.append(f"Reproduces: {record.lineage.reproduces.uri} ({record.lineage.reproduces.uuid})")
+    if record.lineage.replicates:
+        lines.append(f"Replicates: {record.lineage.replicates.uri} ({record.lineage.replicates.uuid})")
     lines.append(f"Record digest: {record.digest}")
     return lines
 

@@ -2,8 +2,9 @@
 
 One trained model is one instantiation; "A is better than B" is a claim about the recipes.
 :func:`compare` trains ``n`` instantiations of each recipe with paired, recorded seeds (run
-``i`` of A and run ``i`` of B share the seed ``base + i``, which sets the initialisation and the
-data order), then reports the probability of outperforming P(A>B) (the fraction of pairs in
+``i`` of A and run ``i`` of B share the seed ``base + i``, which sets the initialisation, the
+data order, the random augmentations, and seeds the resplit and the bootstrap resample of the
+training data), then reports the probability of outperforming P(A>B) (the fraction of pairs in
 which A's final metric beats B's, ties counting one half) with a seeded bootstrap 95%
 confidence interval over the pairs, and a verdict (Bouthillier et al., MLSys 2021):
 
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from reprodl import __version__, keys
+from reprodl.data.baselines import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, baseline_accuracies
 from reprodl.errors import DatasetFormatError, ParametersError
 from reprodl.parsing import load_json
 
@@ -38,15 +40,13 @@ A_BETTER, B_BETTER, NO_DIFFERENCE = "A better", "B better", "no detectable diffe
 VERDICTS = (A_BETTER, B_BETTER, NO_DIFFERENCE)
 THRESHOLD = 0.75
 CONFIDENCE = 0.95
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
 RULE = (
     f"A better when the {CONFIDENCE:.0%} interval's low end > 0.5 and P(A>B) >= {THRESHOLD}; "
     f"B better when its high end < 0.5 and P(A>B) <= {1 - THRESHOLD:.2f}; otherwise no detectable difference"
 )
-SUPPORTED_VARY = ("init", "order", "split")
-SEED_VARY = ("init", "order")  # both come from each run's seed
 KNOWN_VARY = ("init", "order", "split", "bootstrap", "augment")
+SUPPORTED_VARY = KNOWN_VARY
+SEED_VARY = ("init", "order")  # both come from each run's seed
 DEFAULT_METRIC = "valid_accuracy"
 
 Recipe = Any  # a config path, a config dict or a TrainConfig
@@ -81,6 +81,7 @@ class Comparison:
     claim_uri: str | None = None
     rule: str = RULE
     baselines: dict[str, dict[str, float]] | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +94,7 @@ class Comparison:
             "metric": self.metric,
             "n": self.n,
             "vary": list(self.vary),
+            "notes": list(self.notes),
             "recipes": dict(self.recipes),
             "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
             "claim_uri": self.claim_uri,
@@ -138,8 +140,8 @@ def verdict(probability: float, ci_low: float, ci_high: float) -> str:
 
 
 def parse_vary(vary: str | Iterable[str] | None) -> list[str]:
-    """The sources of variation to randomise; refuses those not implemented, naming the supported ones."""
-    names = list(SEED_VARY) if vary is None else vary.split(",") if isinstance(vary, str) else list(vary)
+    """The sources of variation to randomise (``None``: all five); refuses unknown names, naming the known ones."""
+    names = list(KNOWN_VARY) if vary is None else vary.split(",") if isinstance(vary, str) else list(vary)
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in KNOWN_VARY]
     if unknown:
@@ -170,10 +172,12 @@ def _load(recipe: Recipe, overrides: list[str]) -> Any:
     return load_config(recipe, overrides)
 
 
-def _train_run(cfg_json: dict[str, Any], name: str, metric: str) -> dict[str, Any]:
-    """Train one run (in this process or a pool worker); its seed, value, URI and record digest."""
+def _train_run(cfg_json: dict[str, Any], name: str, metric: str, cwd: str | None = None) -> dict[str, Any]:
+    """Train one run (in this process, or a pool worker: in the caller's ``cwd``); its seed, value, URI, digest."""
     from reprodl.training.config import TrainConfig, build_and_train
 
+    if cwd is not None:
+        os.chdir(cwd)  # a kept worker is wherever the last run left it (perhaps a removed directory)
     cfg = TrainConfig.model_validate(cfg_json)
     uri, record = build_and_train(cfg, progress=False, name=name)
     final = record.results.final
@@ -188,11 +192,62 @@ def _train_run(cfg_json: dict[str, Any], name: str, metric: str) -> dict[str, An
 
 
 def _one_thread() -> None:
-    """Pool worker initialiser: one thread each, so J workers use J cores."""
+    """Pool worker initialiser: one thread each, so J workers use J cores; torch and the trainer
+    imported once per worker (already in memory when forked from a preloaded forkserver)."""
+    import importlib
+
     os.environ["OMP_NUM_THREADS"] = "1"
+    for module in _PRELOAD:
+        importlib.import_module(module)
     import torch
 
     torch.set_num_threads(1)
+
+
+# Modules a forkserver imports once, so that every worker forked from it starts with them loaded.
+# torch._dynamo is what a first optimiser imports (about 2 s): measured, it was most of a worker's first run.
+_PRELOAD = ["torch", "torch._dynamo", "reprodl.training.config", "reprodl.training.loop", "reprodl.reproduction.claims"]
+_POOLS: dict[int, Any] = {}
+
+
+def pool(jobs: int) -> Any:
+    """The process pool of ``jobs`` single-threaded workers, kept for the next compare in this process.
+
+    Workers come from a forkserver that imported torch and the trainer once (where the platform
+    has one; else they are spawned, each importing them once), and stay alive between runs and
+    between compares: a run pays for training, not for starting Python and importing torch.
+    Forking from the forkserver, never from this process, keeps a CUDA context or threads here
+    out of the workers. :func:`shutdown_pools` ends them (they also end when Python exits).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    executor = _POOLS.get(jobs)
+    if executor is not None and not getattr(executor, "_broken", False):
+        return executor
+    context: Any = multiprocessing.get_context("spawn")
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_PRELOAD)
+    executor = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_one_thread)
+    _POOLS[jobs] = executor
+    return executor
+
+
+def start_pool(jobs: int) -> None:
+    """Start :func:`pool`'s workers now, without waiting for them: they import torch while this
+    process reads the configs (``jobs`` 1 starts nothing)."""
+    if jobs > 1:
+        executor = pool(jobs)
+        for _ in range(jobs):
+            executor.submit(os.getpid)
+
+
+def shutdown_pools() -> None:
+    """End the kept worker processes of :func:`pool` (a later compare starts new ones)."""
+    while _POOLS:
+        _, executor = _POOLS.popitem()
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _claim_name(
@@ -212,9 +267,10 @@ def _claim_name(
 
 
 def _plan(
-    cfgs: dict[str, Any], *, seeds: int, base: int, claim: str, split: bool = False
+    cfgs: dict[str, Any], *, seeds: int, base: int, claim: str, split: bool = False, bootstrap: bool = False
 ) -> list[tuple[str, dict[str, Any], str]]:
-    """(side, config, run name) of every run: run i of every side shares the seed base + i (and split)."""
+    """(side, config, run name) of every run: run i of every side shares the seed base + i (and
+    split, and bootstrap resample of the training data, each seeded by it too)."""
     from reprodl.training.multirun import with_split_seed
 
     plan = []
@@ -222,8 +278,43 @@ def _plan(
         for side, cfg in cfgs.items():
             run_cfg = with_split_seed(cfg, base + i) if split else cfg.model_copy(deep=True)
             run_cfg.params = {**cfg.params, "seed": base + i}
+            for spec in run_cfg.specs("train") if bootstrap else ():
+                spec.bootstrap = base + i
             plan.append((side, run_cfg.model_dump(mode="json", by_alias=True), f"{claim}.{side}.seed{base + i}"))
     return plan
+
+
+def _in_effect(cfgs: dict[str, Any], varied: list[str], *, explicit: bool) -> tuple[list[str], list[str]]:
+    """The sources of variation that vary for these recipes, and notes on those that cannot or always do.
+
+    A split needs data specs with a usetype: asked for explicitly without one it is refused (by
+    :func:`~reprodl.training.multirun.with_split_seed`), by default it is left out with a note.
+    Augmentation is the recipes' random transforms, drawn from each run's seed.
+    """
+    in_effect, notes = list(varied), []
+    specs = [spec for cfg in cfgs.values() for role in cfg.data for spec in cfg.specs(role)]
+    if "split" in varied and not explicit and not any(spec.usetype is not None for spec in specs):
+        in_effect.remove("split")
+        notes.append("split: nothing to vary: no data spec has a usetype to resplit")
+    random = any(_is_random(spec.build_transform()) for spec in specs)
+    if "augment" in varied and not random:
+        in_effect.remove("augment")
+        notes.append("augment: nothing to vary: neither recipe has a random transform")
+    elif random:
+        how = "varies" if "augment" in varied else "varies anyway (it cannot be held fixed)"
+        notes.append(f"augment: the random transforms draw from each run's seed, so augmentation {how} with it")
+    return in_effect, notes
+
+
+def _plan_flags(varied: list[str]) -> dict[str, bool]:
+    return {"split": "split" in varied, "bootstrap": "bootstrap" in varied}
+
+
+def _is_random(transform: Any) -> bool:
+    """Whether a transform is, or holds, a random one (``random = True``: reprodl's augmentations)."""
+    if getattr(transform, "random", False):
+        return True
+    return any(_is_random(t) for t in getattr(transform, "transforms", None) or ())
 
 
 def _run_all(
@@ -234,15 +325,14 @@ def _run_all(
     if jobs == 1:
         results: Iterable[dict[str, Any]] = (_train_run(cfg, name, metric) for _, cfg, name in plan)
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread
-        )
-        with pool:
-            futures = [pool.submit(_train_run, cfg, name, metric) for _, cfg, name in plan]
+        executor, cwd = pool(jobs), os.getcwd()
+        futures = [executor.submit(_train_run, cfg, name, metric, cwd) for _, cfg, name in plan]
+        try:
             results = [f.result() for f in futures]  # in plan order, whichever finished first
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
     for (side, _, _), result in zip(plan, results):
         run = RunValue(**result)
         runs[side].append(run)
@@ -277,8 +367,11 @@ def compare(
         a: recipe A: a config file, a config dict or a ``TrainConfig``.
         b: recipe B; ``None`` means A again (make it a variant with ``set_b``).
         seeds: runs per recipe (>= 2); run i of both uses the seed ``A's params.seed + i``.
-        vary: the sources of variation: ``init,order`` (through the seed, always), ``split`` (the
-            data specs with a usetype resplit 80/20, stratified, by the run's seed).
+        vary: the sources of variation (default all five): ``init,order`` (through the seed,
+            always), ``split`` (the data specs with a usetype resplit 80/20, stratified, by the
+            run's seed), ``bootstrap`` (the training data resampled with replacement, seeded by
+            the run's seed and recorded in its data), ``augment`` (the random transforms, which
+            draw from the run's seed; with none, a note says there was nothing to vary).
         metric: the final metric compared (higher is better), e.g. ``valid_accuracy``.
         jobs: processes training at once (each with one thread).
         set_a: ``key=value`` overrides of A (as ``reprodl train --set``).
@@ -292,21 +385,155 @@ def compare(
     Raises:
         ParametersError: fewer than 2 seeds, jobs < 1, an unsupported ``vary``, a missing metric.
     """
-    varied = _check_args(seeds, jobs, vary)
-    cfg_a = _load(a, list(set_a))
-    cfg_b = _load(a if b is None else b, list(set_b))
-    out = output or cfg_a.output
-    base = int(cfg_a.params.get("seed", 0))
-    claim = _claim_name(out, f"{cfg_a.name}-vs-{cfg_b.name}", sides="ab", seeds=seeds, base=base)
-    for cfg in (cfg_a, cfg_b):
-        cfg.output = out
-    plan = _plan({"a": cfg_a, "b": cfg_b}, seeds=seeds, base=base, claim=claim, split="split" in varied)
-    runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
-    recipes = {"a": _describe(a, cfg_a, set_a), "b": _describe(b if b is not None else a, cfg_b, set_b)}
-    result = judge(runs, metric=metric, vary=varied, recipes=recipes)
-    result.baselines = baselines(cfg_a, metric, runs)
-    result.claim_uri = write_claim(result, out, claim)
+    prep = _prepare(a, b, seeds=seeds, jobs=jobs, vary=vary, set_a=set_a, set_b=set_b, output=output)
+    runs = _run_all(prep.plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
+    result = judge(runs, metric=metric, vary=prep.varied, recipes=_recipes(a, b, prep.cfgs, set_a, set_b))
+    result.baselines, result.notes = baselines(prep.cfgs["a"], metric, runs), prep.notes
+    result.claim_uri = write_claim(result, prep.output, prep.claim)
     return result
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A compare's recipes, output, claim name, sources of variation in effect, notes and plan."""
+
+    cfgs: dict[str, Any]
+    output: str
+    claim: str
+    varied: list[str]
+    notes: list[str]
+    plan: list[tuple[str, dict[str, Any], str]]
+
+
+def _prepare(
+    a: Recipe,
+    b: Recipe | None,
+    *,
+    seeds: int,
+    jobs: int,
+    vary: str | Iterable[str] | None,
+    set_a: Iterable[str],
+    set_b: Iterable[str],
+    output: str | None,
+) -> _Prepared:
+    """Everything :func:`compare` decides before training: the two configs and every run's config."""
+    varied = _check_args(seeds, jobs, vary)
+    start_pool(jobs)
+    cfgs = {"a": _load(a, list(set_a)), "b": _load(a if b is None else b, list(set_b))}
+    out = output or cfgs["a"].output
+    base = int(cfgs["a"].params.get("seed", 0))
+    claim = _claim_name(out, f"{cfgs['a'].name}-vs-{cfgs['b'].name}", sides="ab", seeds=seeds, base=base)
+    for cfg in cfgs.values():
+        cfg.output = out
+    varied, notes = _in_effect(cfgs, varied, explicit=vary is not None)
+    plan = _plan(cfgs, seeds=seeds, base=base, claim=claim, **_plan_flags(varied))
+    return _Prepared(cfgs, out, claim, varied, notes, plan)
+
+
+def write_member_configs(
+    a: Recipe,
+    b: Recipe | None = None,
+    *,
+    seeds: int,
+    directory: str | os.PathLike[str],
+    vary: str | Iterable[str] | None = None,
+    set_a: Iterable[str] = (),
+    set_b: Iterable[str] = (),
+    output: str | None = None,
+) -> list[Path]:
+    """Write every run :func:`compare` would train as a config file, ``<run name>.yaml``, training nothing.
+
+    Each file is a complete ``reprodl train`` config: the run's seed, split and bootstrap
+    resample, its name (``<claim>.a.seed<i>``...) and the output (absolute), so one task per
+    file on a cluster (a Slurm array task, a Ray task, a ``torchrun`` job) trains the member
+    compare would, with the same kind of record. Existing files are never overwritten.
+    ``compare-plan.json`` beside them lets :func:`collect` judge the runs once they are trained.
+    """
+    import json
+
+    import yaml
+
+    from reprodl.store.uris import local_path
+
+    prep = _prepare(a, b, seeds=seeds, jobs=1, vary=vary, set_a=set_a, set_b=set_b, output=output)
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.yaml" for _, _, name in prep.plan]
+    taken = [str(p) for p in [*paths, folder / keys.COMPARE_PLAN_FILE] if p.exists()]
+    if taken:
+        raise ParametersError(f"{', '.join(taken)} already exist: write the member configs to an empty directory")
+    base = local_path(prep.output)
+    output_uri = str(base.resolve()) if base is not None else prep.output
+    for path, (_, cfg, name) in zip(paths, prep.plan):
+        cfg = {k: v for k, v in cfg.items() if k != "source"}
+        cfg.update(name=name, output=output_uri)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    plan = {
+        "claim": prep.claim,
+        "output": output_uri,
+        "vary": prep.varied,
+        "notes": prep.notes,
+        "recipes": _recipes(a, b, prep.cfgs, set_a, set_b),
+        "runs": [{"side": side, "name": name, "config": f"{name}.yaml"} for side, _, name in prep.plan],
+    }
+    (folder / keys.COMPARE_PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
+    return paths
+
+
+def _recipes(a: Recipe, b: Recipe | None, cfgs: dict[str, Any], set_a: Iterable[str], set_b: Iterable[str]) -> dict:
+    """How the claim names recipes A and B: their config files (or names) and overrides."""
+    return {"a": _describe(a, cfgs["a"], set_a), "b": _describe(b if b is not None else a, cfgs["b"], set_b)}
+
+
+def collect(directory: str | os.PathLike[str], *, metric: str = DEFAULT_METRIC) -> Comparison:
+    """Judge a comparison whose runs were trained elsewhere from :func:`write_member_configs`' files.
+
+    Reads ``compare-plan.json`` in ``directory``, loads each member's record from the planned
+    output (digest checked), and writes the claim dataset as :func:`compare` would have.
+
+    Raises:
+        ParametersError: a member not trained yet, or without ``metric``; no plan in ``directory``.
+    """
+    from reprodl.training.config import free_name, load_config
+
+    folder = Path(directory)
+    try:
+        text = (folder / keys.COMPARE_PLAN_FILE).read_bytes()
+    except FileNotFoundError:
+        raise ParametersError(
+            f"{folder} has no {keys.COMPARE_PLAN_FILE}: give the directory `reprodl compare --write-configs` wrote"
+        ) from None
+    plan = load_json(text, what=str(folder / keys.COMPARE_PLAN_FILE), error=ParametersError)
+    runs: dict[str, list[RunValue]] = {"a": [], "b": []}
+    for run in plan["runs"]:
+        runs[run["side"]].append(_collected(plan["output"], run, folder, metric))
+    result = judge(runs, metric=metric, vary=list(plan["vary"]), recipes=dict(plan["recipes"]))
+    first_a = next(run["config"] for run in plan["runs"] if run["side"] == "a")
+    result.baselines = baselines(load_config(folder / first_a), metric, runs)
+    result.notes = list(plan["notes"])
+    result.claim_uri = write_claim(result, plan["output"], free_name(plan["output"], plan["claim"]))
+    return result
+
+
+def _collected(output: str, run: dict[str, Any], folder: Path, metric: str) -> RunValue:
+    """The planned member ``run``'s seed, value, URI and record digest, from its record."""
+    from reprodl.errors import DatasetNotFoundError
+    from reprodl.modeldataset.read import load_record
+    from reprodl.store.uris import dataset_uri
+
+    uri = dataset_uri(output, run["name"])
+    try:
+        record = load_record(uri)
+    except DatasetNotFoundError:
+        raise ParametersError(
+            f"the run {run['name']} has not been trained (no model at {uri}): train it with "
+            f"`reprodl train {folder / run['config']}`, then collect again"
+        ) from None
+    value = record.results.final.get(metric)
+    if not isinstance(value, (int, float)):
+        raise ParametersError(f"the run {uri} has no final metric {metric!r}: pick another with --metric")
+    digest = record.digest or ""  # a record read with its digest checked has one
+    return RunValue(seed=int(record.training.seeds.seed), value=float(value), uri=uri, record_digest=digest)
 
 
 def judge(runs: dict[str, list[RunValue]], *, metric: str, vary: list[str], recipes: dict[str, str]) -> Comparison:
@@ -325,17 +552,6 @@ def judge(runs: dict[str, list[RunValue]], *, metric: str, vary: list[str], reci
         runs=runs,
         recipes=recipes,
     )
-
-
-def baseline_accuracies(counts: dict[str, int]) -> dict[str, float]:
-    """Accuracy of always predicting the majority class, and (expected) of guessing by class frequency."""
-    total = sum(counts.values())
-    if not total:
-        return {}
-    return {
-        "majority": max(counts.values()) / total,
-        "stratified_random": sum((c / total) ** 2 for c in counts.values()),
-    }
 
 
 def baselines(cfg: Any, metric: str, runs: dict[str, list[RunValue]]) -> dict[str, dict[str, float]] | None:
@@ -542,6 +758,7 @@ def ablate(
     (``key=value``) apply to the base and every variant, before the variant's own.
     """
     varied = _check_args(seeds, jobs, vary)
+    start_pool(jobs)
     parsed = dict(parse_variant(v) for v in variants)
     if not parsed or "base" in parsed:
         raise ParametersError("give at least one --variant 'NAME: key=value', none of them called 'base'")
@@ -554,14 +771,15 @@ def ablate(
     base = int(cfg.params.get("seed", 0))
     extra = [f".vs-{name}" for name in parsed]
     prefix = _claim_name(out, f"{cfg.name}-ablate", sides=list(cfgs), seeds=seeds, base=base, extra=extra)
-    plan = _plan(cfgs, seeds=seeds, base=base, claim=prefix, split="split" in varied)
+    varied, notes = _in_effect(cfgs, varied, explicit=vary is not None)
+    plan = _plan(cfgs, seeds=seeds, base=base, claim=prefix, **_plan_flags(varied))
     runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
     results = {}
     for name, overrides in parsed.items():
         recipes = {"a": _describe(config, cfg, common), "b": _describe(config, cfgs[name], [*common, *overrides])}
         pair = {"a": runs["base"], "b": runs[name]}
         result = judge(pair, metric=metric, vary=varied, recipes=recipes)
-        result.baselines = baselines(cfg, metric, pair)
+        result.baselines, result.notes = baselines(cfg, metric, pair), notes
         result.claim_uri = write_claim(result, out, f"{prefix}.vs-{name}")
         results[name] = result
     return Ablation(base=runs["base"], variants=results)

@@ -40,6 +40,8 @@ def open_recorded(
             kwargs["size"] = (ref.input_shape[2], ref.input_shape[1])
     if ref.split is not None:
         kwargs["split"] = ref.split
+    if ref.bootstrap is not None:
+        kwargs["bootstrap"] = ref.bootstrap
     ds = cls(dataset if dataset is not None else ref.uri, ref.usetype, transform, **kwargs)
     if ref.selection_digest and ds.selection_digest() != ref.selection_digest:
         raise ReproductionError(

@@ -461,7 +461,7 @@ def _judge(
 ) -> Judgement:
     """The verdict; a statistical-mode model is judged against its multi-run envelope when there is one."""
     if envelope is None and original.record.training.determinism.mode == "statistical":
-        envelope = _find_envelope(original.model_ds)
+        envelope = find_envelope(original.model_ds)
     return judge(
         original.record,
         new_record,
@@ -532,7 +532,7 @@ def _transforms_for(
     return out
 
 
-def _find_envelope(model_ds: StoredDataSet) -> dict[str, Any] | None:
+def find_envelope(model_ds: StoredDataSet) -> dict[str, Any] | None:
     """The multi-run summary this model belongs to, if one was written."""
     uri = model_ds.get_annotation(keys.SUMMARY_URI)
     if not uri:

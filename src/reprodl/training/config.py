@@ -26,6 +26,10 @@ in order (recorded, and rebuilt when the model is reproduced)::
           - {name: Normalize, mean: [0.3], std: [0.4]}
           - {name: RandomHorizontalFlip, p: 0.5}
 
+``bootstrap: SEED`` in a data spec trains on a bootstrap resample of its selected samples (as
+many, drawn with replacement by that seed; recorded as ``data[].bootstrap``), which ``reprodl
+compare --vary bootstrap`` sets for each run.
+
 Example:
     >>> uri, record = build_and_train(load_config("train.yaml", ["lr=0.1"]))   # doctest: +SKIP
 """
@@ -63,6 +67,9 @@ class DataSpec(BaseModel):
     uri: str
     usetype: str | None = None
     split: dict[str, Any] | None = None
+    bootstrap: int | None = Field(
+        None, ge=0, description="seed of a bootstrap resample of the selected samples (with replacement)"
+    )
     mode: str | None = None
     size: list[int] | None = None
     transform: list[dict[str, Any]] | None = Field(
@@ -188,6 +195,7 @@ def _open(spec: DataSpec) -> Any:
         mode=spec.mode,
         size=(int(spec.size[0]), int(spec.size[1])) if spec.size else None,
         split=spec.split,
+        bootstrap=spec.bootstrap,
     )
 
 

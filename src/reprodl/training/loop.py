@@ -321,6 +321,7 @@ def train_model_with_metadata_capture(
     on_epoch: EpochCallback | None = None,
     model_name: str | None = None,
     reproduces: ModelRef | None = None,
+    replicates: ModelRef | None = None,
     code_root: str | os.PathLike[str] | None = None,
     config: dict[str, Any] | None = None,
     require_clean_code: bool = False,
@@ -343,7 +344,7 @@ def train_model_with_metadata_capture(
     Returns the sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
     """
     params = _check_arguments(train_ds, params, output_ds, valid_ds)
-    if reproduces is None:  # a re-run trains as recorded, even a record of parameters once left unused
+    if reproduces is None and replicates is None:  # a re-run trains as recorded, even parameters once unused
         check_trainer_keys(params)
     code = _capture_code(code_root, config, require_clean_code=require_clean_code, store_untracked=store_untracked)
     roles = output_ds.datasets_by_role()
@@ -359,7 +360,7 @@ def train_model_with_metadata_capture(
     loop.checkpoints = _checkpoints(output_ds, checkpoint_every, _fingerprint(params, config, roles, captured))
     trained = loop.run(seeds, t_start=captured.t_start)
     training = _training_part(captured, trained, params, seeds=seeds, device=target, checkpoints=loop.checkpoints)
-    lineage = Lineage(parent=captured.parent, reproduces=reproduces)
+    lineage = Lineage(parent=captured.parent, reproduces=reproduces, replicates=replicates)
     record = _make_record(
         captured, trained, training, code.info, roles, name=model_name or output_ds.name, lineage=lineage
     )

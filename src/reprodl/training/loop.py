@@ -338,17 +338,16 @@ def train_model_with_metadata_capture(
     ``id_rsa``, ``*.pem``...: :data:`reprodl.training.capture.SECRET_FILE_PATTERNS`) and symbolic links
     are not, and ``store_untracked=False`` stores none (the record names each one skipped and why).
 
-    Each optimiser step is traced (:mod:`reprodl.training.trace`); ``on_step`` gets each row (True: stop).
+    Each optimiser step is traced (:mod:`reprodl.training.trace`); ``on_step`` gets each row (True: stop);
     ``checkpoint_every=N``: a checkpoint every N epochs (``DerivedDataSet(..., resume=True)`` resumes).
 
     Returns the sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
     """
     params = _check_arguments(train_ds, params, output_ds, valid_ds)
-    if reproduces is None and replicates is None:  # a re-run trains as recorded, even parameters once unused
-        check_trainer_keys(params)
+    if reproduces is None and replicates is None:
+        check_trainer_keys(params)  # a re-run trains as recorded, even parameters once unused
     code = _capture_code(code_root, config, require_clean_code=require_clean_code, store_untracked=store_untracked)
-    roles = output_ds.datasets_by_role()
-    _check_not_empty(roles)
+    _check_not_empty(roles := output_ds.datasets_by_role())
     _check_data(roles, params.verify_data)
     target = choose_device(str(device) if device is not None else params.device)
     captured = _capture(model, optimiser, loss_fn, scheduler, params, parent=output_ds.parent)

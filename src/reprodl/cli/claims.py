@@ -27,7 +27,9 @@ def compare_cmd(
         "80/20 per seed), bootstrap (resample the training data per seed), augment (random transforms).",
     ),
     metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
-    jobs: int = typer.Option(1, "--jobs", help="Processes training at once, each with one thread."),
+    jobs: Optional[int] = typer.Option(
+        None, "--jobs", help="Processes training at once, each with one thread [default: the CPU count]."
+    ),
     set_a: Optional[list[str]] = typer.Option(None, "--set-a", help="Override a value of A: lr=0.05; repeatable."),
     set_b: Optional[list[str]] = typer.Option(None, "--set-b", help="Override a value of B: lr=0.0005; repeatable."),
     output: Optional[str] = typer.Option(None, "--output", help="Base URI of the runs and the claim (default: A's)."),
@@ -136,7 +138,9 @@ def ablate_cmd(
         "80/20 per seed), bootstrap (resample the training data per seed), augment (random transforms).",
     ),
     metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
-    jobs: int = typer.Option(1, "--jobs", help="Processes training at once, each with one thread."),
+    jobs: Optional[int] = typer.Option(
+        None, "--jobs", help="Processes training at once, each with one thread [default: the CPU count]."
+    ),
     set_: Optional[list[str]] = typer.Option(
         None, "--set", help="Override a value of the base and every variant: epochs=3; repeatable."
     ),

@@ -340,6 +340,14 @@ def _run_all(
     return runs
 
 
+def default_jobs() -> int:
+    """The CPUs this process may use (its affinity where the platform says, else the CPU count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS and Windows have no sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
 def _check_args(seeds: int, jobs: int, vary: str | Iterable[str] | None) -> list[str]:
     if seeds < 2:
         raise ParametersError(f"a comparison needs at least 2 runs per recipe, but got --seeds {seeds}")
@@ -355,7 +363,7 @@ def compare(
     seeds: int,
     vary: str | Iterable[str] | None = None,
     metric: str = DEFAULT_METRIC,
-    jobs: int = 1,
+    jobs: int | None = None,
     set_a: Iterable[str] = (),
     set_b: Iterable[str] = (),
     output: str | None = None,
@@ -373,7 +381,7 @@ def compare(
             the run's seed and recorded in its data), ``augment`` (the random transforms, which
             draw from the run's seed; with none, a note says there was nothing to vary).
         metric: the final metric compared (higher is better), e.g. ``valid_accuracy``.
-        jobs: processes training at once (each with one thread).
+        jobs: processes training at once, each with one thread (default: the CPUs this process may use).
         set_a: ``key=value`` overrides of A (as ``reprodl train --set``).
         set_b: ``key=value`` overrides of B.
         output: base URI for the runs and the claim dataset (default: A's output).
@@ -385,6 +393,7 @@ def compare(
     Raises:
         ParametersError: fewer than 2 seeds, jobs < 1, an unsupported ``vary``, a missing metric.
     """
+    jobs = min(default_jobs() if jobs is None else jobs, max(2 * seeds, 1))
     prep = _prepare(a, b, seeds=seeds, jobs=jobs, vary=vary, set_a=set_a, set_b=set_b, output=output)
     runs = _run_all(prep.plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
     result = judge(runs, metric=metric, vary=prep.varied, recipes=_recipes(a, b, prep.cfgs, set_a, set_b))
@@ -746,7 +755,7 @@ def ablate(
     seeds: int,
     vary: str | Iterable[str] | None = None,
     metric: str = DEFAULT_METRIC,
-    jobs: int = 1,
+    jobs: int | None = None,
     set_: Iterable[str] = (),
     output: str | None = None,
     on_run: Callable[[str, RunValue], None] | None = None,
@@ -757,6 +766,8 @@ def ablate(
     comparison is written as a claim dataset ``<config>-ablate.vs-<NAME>``. ``set_`` overrides
     (``key=value``) apply to the base and every variant, before the variant's own.
     """
+    variants = list(variants)
+    jobs = min(default_jobs() if jobs is None else jobs, max(seeds * (len(variants) + 1), 1))
     varied = _check_args(seeds, jobs, vary)
     start_pool(jobs)
     parsed = dict(parse_variant(v) for v in variants)

@@ -298,6 +298,8 @@ class ImageDataSet(WrappedDataSet):
         return self._tensor(index), int(self.labels[index])
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
+        if not self.dataset.is_local:  # the batch's items not yet cached, fetched in parallel
+            self.dataset.item_paths([self.identifiers[i] for i in indices])
         inputs = self._read_batch(indices) if self.transform is None else None
         if inputs is None:
             inputs = self._stack([self._tensor(i) for i in indices])

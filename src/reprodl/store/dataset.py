@@ -38,7 +38,7 @@ from reprodl.errors import (
 )
 from reprodl.parsing import check_size, load_yaml
 from reprodl.store.brokers import _cache_root, _check_broker, frozen_dataset, storage_broker
-from reprodl.store.fetch import _RemoteItems
+from reprodl.store.fetch import FETCH_WORKERS, FetchReport, _RemoteItems
 from reprodl.store.hashing import Progress, canonical_json, file_md5
 from reprodl.store.remote_errors import _remote_error
 from reprodl.store.uris import (
@@ -208,17 +208,33 @@ class StoredDataSet(_RemoteItems):
             self._paths[identifier] = path
         return path
 
-    def prefetch(self, *, workers: int = 8, progress: Progress | None = None) -> None:
-        """Fetch every remote item into the cache (no-op for local datasets)."""
-        todo = [i for i in self._items if i not in self._paths]
-        if not todo:
+    def item_paths(self, identifiers: list[str]) -> list[str]:
+        """Local paths of these items' content; remote items not yet fetched are fetched in
+        parallel (a bounded pool), so a batch of them costs about one round trip, not one each."""
+        if not self.is_local:
+            for idn in identifiers:
+                if idn not in self._items:
+                    raise KeyError(f"no item with identifier {idn!r} in dataset {self.uri}")
+            self._fetch_missing(identifiers)
+        return [self.item_path(i) for i in identifiers]
+
+    def prefetch(self, *, workers: int = FETCH_WORKERS, progress: Progress | None = None) -> FetchReport:
+        """Fetch every remote item into dtool's cache, ``workers`` downloads at a time.
+
+        Items already cached and matching the manifest are kept (an interrupted fetch
+        resumes); a damaged cached copy is fetched again. ``progress`` is called with bytes
+        done. Local datasets need nothing fetched.
+
+        Raises:
+            StorageError: the server could not be reached, or an item is missing on it, has
+                another size or other content than the manifest records (nothing of that
+                item is cached).
+        """
+        if self.is_local:
             if progress:
-                progress(len(self._items))
-            return
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(self.item_path, todo):
-                if progress:
-                    progress(1)
+                progress(self.total_size())
+            return FetchReport(self.uri, len(self._items), cached=len(self._items))
+        return self._prefetch(workers=workers, progress=progress)
 
     # --- metadata -------------------------------------------------------------------
     def get_readme_content(self) -> str:
@@ -436,36 +452,42 @@ class StoredDataSet(_RemoteItems):
         self, idns: list[str], report: VerifyReport, *, deep: bool, progress: Progress | None
     ) -> list[str]:
         """The fetch: each item's file (remote ones fetched, afresh when ``deep``) against its
-        manifest size. Missing and resized items go into ``report``; returns those to re-hash
-        (all when ``deep``, else local ones whose modification time changed)."""
-        fetched: dict[str, str | None] = {}
-        oversize: set[str] = set()
+        manifest. Missing, resized (and, for remote items, altered) items go into ``report``;
+        returns the local items to re-hash (all when ``deep``, else those whose modification
+        time changed)."""
         if not self.is_local:
-            fetched = self._fetch_many(idns, refresh=deep, resized=oversize)
+            self._check_remote(idns, report, deep=deep, progress=progress)
+            return []
         to_hash: list[str] = []
         for idn in idns:
             props = self._items[idn]
-            rel = props["relpath"]
-            if idn in oversize:
-                report.resized.append(rel)
-                continue
             try:
-                path = fetched[idn] if idn in fetched else self.item_path(idn)
-                if path is None:
-                    raise FileNotFoundError(rel)
-                st = os.stat(path)
-            except (FileNotFoundError, StorageError):
-                report.missing.append(rel)
+                st = os.stat(self.item_path(idn))
+            except FileNotFoundError:
+                report.missing.append(props["relpath"])
                 continue
             if st.st_size != props["size_in_bytes"]:
-                report.resized.append(rel)
-            elif deep or (
-                self.is_local and "utc_timestamp" in props and abs(st.st_mtime - float(props["utc_timestamp"])) > 1e-3
-            ):
+                report.resized.append(props["relpath"])
+            elif deep or ("utc_timestamp" in props and abs(st.st_mtime - float(props["utc_timestamp"])) > 1e-3):
                 to_hash.append(idn)
             elif progress:
                 progress(st.st_size)
         return to_hash
+
+    def _check_remote(self, idns: list[str], report: VerifyReport, *, deep: bool, progress: Progress | None) -> None:
+        """Remote items fetched (afresh when ``deep``): each is checked as it arrives (size and
+        md5), and a cached copy is re-hashed unless stamped as verified (see :mod:`.fetch`)."""
+        resized: set[str] = set()
+        altered: set[str] = set()
+        fetched = self._fetch_many(idns, refresh=deep, resized=resized, altered=altered, progress=progress)
+        for idn in idns:
+            rel = self._items[idn]["relpath"]
+            if idn in resized:
+                report.resized.append(rel)
+            elif idn in altered:
+                report.altered.append(rel)
+            elif fetched[idn] is None:
+                report.missing.append(rel)
 
     def _rehash(self, idns: list[str], report: VerifyReport, progress: Progress | None) -> None:
         """The re-hash: items whose md5 differs from the manifest's go into ``report.altered``."""

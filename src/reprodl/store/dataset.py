@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -38,8 +37,9 @@ from reprodl.errors import (
 )
 from reprodl.parsing import check_size, load_yaml
 from reprodl.store.brokers import _cache_root, _check_broker, frozen_dataset, storage_broker
-from reprodl.store.fetch import FETCH_WORKERS, FetchReport, _RemoteItems
+from reprodl.store.fetch import FETCH_WORKERS, FetchReport, _RemoteItems, bounded_map
 from reprodl.store.hashing import Progress, canonical_json, file_md5
+from reprodl.store.manifest import ItemTable, index_path, read_index, write_index
 from reprodl.store.remote_errors import _remote_error
 from reprodl.store.uris import (
     file_name_problem,
@@ -127,24 +127,21 @@ class StoredDataSet(_RemoteItems):
     def __init__(self, uri: str, dataset: Any) -> None:
         self.uri = uri
         self._ds = dataset
-        self._manifest = dataset._manifest  # read once
-        self._items: dict[str, dict[str, Any]] = self._manifest["items"]
-        _check_safe(uri, dataset, self._items)
-        self._paths: dict[str, str] = {}
+        self._scheme = urlparse(uri).scheme
+        data_dir = None
+        if self._scheme == "file":
+            data_dir = os.path.join(unquote(urlparse(uri).path), "data")
+        self._data_dir = data_dir
+        _check_safe(uri, dataset, {})  # the name and UUID, before the UUID names an index file
+        self._items, self._hash_function = _read_items(uri, dataset, data_dir)
+        self._identifiers: list[str] | None = None
+        self._paths: dict[str, str] = {}  # remote items fetched so far (local paths are computed)
         self._lock = threading.Lock()
         self._annotations: dict[str, Any] = {}
         self._overlays: dict[str, dict[str, Any]] = {}
         self._names: dict[str, list[str]] = {}  # "annotations"/"overlays" -> names, listed once
         self._readme: str | None = None
         self._manifest_digest: str | None = None
-        self._scheme = urlparse(uri).scheme
-        data_dir = None
-        if self._scheme == "file":
-            data_dir = os.path.join(unquote(urlparse(uri).path), "data")
-            self._paths = {
-                idn: os.path.join(data_dir, *props["relpath"].split("/")) for idn, props in self._items.items()
-            }
-        self._data_dir = data_dir
         if data_dir is not None:
             _make_writes_atomic(dataset._storage_broker)
         # Remote items are cached under the dataset's UUID (as dtool-s3 does), so two
@@ -170,16 +167,23 @@ class StoredDataSet(_RemoteItems):
 
     @property
     def hash_function(self) -> str:
-        return self._manifest.get("hash_function", "md5sum_hexdigest")
+        return self._hash_function
 
     # --- items ----------------------------------------------------------------------
     @property
     def identifiers(self) -> list[str]:
-        """Item identifiers, sorted by relpath (a stable order)."""
-        return sorted(self._items, key=lambda i: self._items[i]["relpath"])
+        """Item identifiers, sorted by relpath (a stable order); sorted once."""
+        if self._identifiers is None:
+            items = self._items
+            self._identifiers = (
+                list(items.ids) if isinstance(items, ItemTable) else sorted(items, key=lambda i: items[i]["relpath"])
+            )
+        return list(self._identifiers)
 
     def relpath(self, identifier: str) -> str:
         """The item's path inside the dataset ('/'-separated)."""
+        if isinstance(self._items, ItemTable):
+            return self._items.relpath(identifier)
         return self._items[identifier]["relpath"]
 
     def item_properties(self, identifier: str) -> dict[str, Any]:
@@ -198,6 +202,12 @@ class StoredDataSet(_RemoteItems):
 
     def item_path(self, identifier: str) -> str:
         """Local path of an item's content, fetching a remote item once."""
+        if self._data_dir is not None:
+            try:
+                relpath = self.relpath(identifier)
+            except KeyError:
+                raise KeyError(f"no item with identifier {identifier!r} in dataset {self.uri}") from None
+            return os.path.join(self._data_dir, *relpath.split("/"))
         path = self._paths.get(identifier)
         if path is not None:
             return path
@@ -405,6 +415,8 @@ class StoredDataSet(_RemoteItems):
 
         Computed once: the manifest is read once, when the dataset is opened.
         """
+        if self._manifest_digest is None and isinstance(self._items, ItemTable):
+            self._manifest_digest = self._items.manifest_digest(self.hash_function)
         if self._manifest_digest is None:
             entries = sorted((p["relpath"], p["size_in_bytes"], p["hash"]) for p in self._items.values())
             self._manifest_digest = (
@@ -446,7 +458,7 @@ class StoredDataSet(_RemoteItems):
         for dirpath, _dirs, files in os.walk(base):
             for fn in files:
                 on_disk.add(os.path.relpath(os.path.join(dirpath, fn), base).replace(os.sep, "/"))
-        return sorted(on_disk - {p["relpath"] for p in self._items.values()})
+        return sorted(on_disk - {self.relpath(i) for i in self._items})
 
     def _fetch_and_size(
         self, idns: list[str], report: VerifyReport, *, deep: bool, progress: Progress | None
@@ -501,19 +513,16 @@ class StoredDataSet(_RemoteItems):
             return idn, file_md5(path) == self._items[idn]["hash"], os.path.getsize(path)
 
         workers = max(1, min(4, os.cpu_count() or 1))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            for idn, same, size in pool.map(check, idns):
-                if not same:
-                    report.altered.append(self.relpath(idn))
-                if progress:
-                    progress(size)
+        for idn, same, size in bounded_map(check, idns, workers=workers):
+            if not same:
+                report.altered.append(self.relpath(idn))
+            if progress:
+                progress(size)
 
     def manifest_entries(self) -> dict[str, dict[str, Any]]:
         """relpath -> {size_in_bytes, hash}: what a record keeps to name changed items later."""
-        return {
-            p["relpath"]: {"size_in_bytes": p["size_in_bytes"], "hash": p["hash"]}
-            for p in sorted(self._items.values(), key=lambda p: p["relpath"])
-        }
+        entries = (self._items[i] for i in self.identifiers)
+        return {p["relpath"]: {"size_in_bytes": p["size_in_bytes"], "hash": p["hash"]} for p in entries}
 
     def symlinked_items(self) -> list[str]:
         """Relpaths of local items that are symlinks or lie under one inside the dataset.
@@ -525,15 +534,44 @@ class StoredDataSet(_RemoteItems):
             return []
         root = os.path.realpath(self._data_dir)
         linked = []
-        for idn, path in self._paths.items():
-            rel = self._items[idn]["relpath"]
+        for idn in self._items:
+            path, rel = self.item_path(idn), self.relpath(idn)
             if os.path.islink(path) or os.path.realpath(path) != os.path.join(root, *rel.split("/")):
                 linked.append(rel)
         return sorted(linked)
 
     def total_size(self) -> int:
         """Sum of the items' sizes in bytes, from the manifest."""
+        if isinstance(self._items, ItemTable):
+            return sum(self._items.sizes)
         return sum(p["size_in_bytes"] for p in self._items.values())
+
+
+def _read_items(uri: str, dataset: Any, data_dir: str | None) -> tuple[Any, str]:
+    """The manifest's items (an :class:`ItemTable` where they are regular) and hash function.
+
+    A large local manifest is read from its index in the cache when there is one, and gets
+    one otherwise (see :mod:`reprodl.store.manifest`); every relpath and identifier of a
+    manifest read from JSON is checked (:func:`_check_safe`).
+    """
+    index = None
+    if data_dir is not None:
+        manifest_file = os.path.join(os.path.dirname(data_dir), ".dtool", "manifest.json")
+        index = index_path(_cache_root(), dataset.uuid, manifest_file)
+        found = read_index(index) if index else None
+        if found is not None:
+            return found
+    manifest = dataset._manifest
+    dataset._manifest_cache = None  # dtoolcore's copy of it is not kept beside ours
+    items = manifest["items"]
+    _check_safe(uri, dataset, items)
+    hash_function = manifest.get("hash_function", "md5sum_hexdigest")
+    table = ItemTable.from_items(items)
+    if table is None:
+        return items, hash_function
+    if index:
+        write_index(index, table, hash_function)
+    return table, hash_function
 
 
 def _make_writes_atomic(broker: Any) -> None:

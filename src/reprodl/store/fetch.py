@@ -22,6 +22,7 @@ that lacks an item answers :class:`_ItemMissingError` (verify reports it as miss
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -29,13 +30,16 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from reprodl.errors import StorageError
 from reprodl.store.hashing import _HASH_CHUNK, Progress, file_md5
 from reprodl.store.http import http_timeout
 from reprodl.store.remote_errors import _error_code, _ItemMissingError, _remote_error
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 FETCH_WORKERS = 8  # concurrent downloads: enough to hide a server's latency, few enough to be polite
 
@@ -320,14 +324,28 @@ class _RemoteItems:
         return hasher.hexdigest()
 
 
-def _run_bounded(fn: Any, items: list[str], *, workers: int) -> Iterable[Any]:
-    """``fn`` over ``items`` on at most ``workers`` threads, results in order. On an error (or
-    Ctrl-C) the downloads not yet started are cancelled and the error is raised."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))))
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int) -> Iterator[R]:
+    """``fn`` over ``items`` on ``workers`` threads, results in order, with at most a few
+    calls per worker in flight (``ThreadPoolExecutor.map`` submits every item at once: a
+    million futures). On an error (or Ctrl-C) the calls not yet started are cancelled and
+    the error is raised."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
+    pending: collections.deque[concurrent.futures.Future[R]] = collections.deque()
     try:
-        results = list(pool.map(fn, items))
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for future in pending:
+            future.cancel()
         raise
-    pool.shutdown(wait=True)
-    return results
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_bounded(fn: Callable[[str], R], items: list[str], *, workers: int) -> list[R]:
+    """:func:`bounded_map` over ``items``, collected (no more threads than items)."""
+    return list(bounded_map(fn, items, workers=max(1, min(workers, len(items)))))

@@ -139,3 +139,12 @@ def test_parallel_work_keeps_a_bounded_number_of_calls_in_flight():
         assert result == 2 * i
         done[0] += 1
     assert done[0] == 100_000
+
+
+def test_the_all_at_once_safety_check_passes_only_clean_manifests():
+    clean = {f"{k:040x}": {"relpath": f"c{k % 3}/{k}.png"} for k in range(1000)}
+    assert store_dataset._all_safe(clean)
+    for bad in ("../x.png", "/etc/passwd", "a/../b", "", "a\\b", "a\0b", "a\nb", ".."):
+        assert not store_dataset._all_safe({**clean, "f" * 40: {"relpath": bad}}), bad
+    for bad_id in ("..", ".", "a/b", ""):
+        assert not store_dataset._all_safe({**clean, bad_id: {"relpath": "ok.png"}}), bad_id

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from remote_servers import *  # noqa: F403 - the server fixtures
-from remote_servers import HOST, HTTPServer, S3Bucket, configure_bucket
+from remote_servers import HOST, S3_KEY, HTTPServer, S3Bucket, configure_bucket, s3rver_command, s3rver_running
 
 from reprodl import store
 from reprodl.data.datasets import ImageDataSet
@@ -140,6 +140,35 @@ def test_a_server_going_down_mid_download_leaves_nothing_trusted(tmp_path: Path,
     big = ds.identifier_of("big.bin")
     assert not os.path.exists(ds._cache_path(big))
     assert not [p for p in cache_files(dtool_cache) if p.name.endswith(".tmp")]
+
+
+def test_an_s3_server_going_down_mid_download_leaves_nothing_trusted(s3_bucket: S3Bucket, tmp_path: Path, monkeypatch):
+    command = s3rver_command()
+    assert command is not None  # s3_bucket would have been skipped
+    (tmp_path / "own-s3").mkdir()
+    procs: list = []
+    with s3rver_running(tmp_path / "own-s3", command, procs=procs) as endpoint:
+        import boto3
+
+        boto3.client(
+            "s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY, aws_secret_access_key=S3_KEY, region_name="us-east-1"
+        ).create_bucket(Bucket="doomed")
+        configure_bucket(monkeypatch, "doomed", endpoint)
+        (tmp_path / "local").mkdir()
+        make_big_dataset(tmp_path / "local", "big")
+        ds = store.open_dataset(store.copy_dataset(tmp_path / "local" / "big", "s3://doomed"))
+
+        def kill_the_server(n: int) -> None:
+            if procs[0].poll() is None:
+                procs[0].kill()
+                procs[0].wait(timeout=10)
+
+        with pytest.raises(StorageError, match=r"failed part-way|could not reach") as info:
+            ds.prefetch(workers=1, progress=kill_the_server)
+    assert "s3://doomed/" in str(info.value)
+    big = ds.identifier_of("big.bin")
+    assert not os.path.exists(ds._cache_path(big))
+    assert not [p for p in cache_files(Path(os.environ["DTOOL_CACHE_DIRECTORY"])) if p.name.endswith(".tmp")]
 
 
 def test_wrong_s3_credentials_are_refused_naming_the_settings(s3_bucket: S3Bucket, digits_uri, monkeypatch, cli):

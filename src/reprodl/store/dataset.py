@@ -486,7 +486,9 @@ class StoredDataSet(_RemoteItems):
         for dirpath, _dirs, files in os.walk(base):
             for fn in files:
                 on_disk.add(os.path.relpath(os.path.join(dirpath, fn), base).replace(os.sep, "/"))
-        return sorted(on_disk - {self.relpath(i) for i in self._items})
+        items = self._items
+        listed = set(items.relpaths) if isinstance(items, ItemTable) else {p["relpath"] for p in items.values()}
+        return sorted(on_disk - listed)
 
     def _fetch_and_size(
         self, idns: list[str], report: VerifyReport, *, deep: bool, progress: Progress | None

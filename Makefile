@@ -10,7 +10,7 @@ S3RVER := $(VENV)/node/node_modules/.bin/s3rver
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test test-fast lint format bench env clean
+.PHONY: demo test test-fast lint format bench bench-dtoolai env clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,8 +45,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests bench examples
 
 # Every bench/bench_*.py (ratios against a baseline measured in the same run); regenerates docs/benchmarks.md.
-bench: $(STAMP)
+bench: $(STAMP) $(S3RVER)
 	$(PY) bench/run_all.py
 
+# The original dtoolAI 0.2.0 in its own virtualenv (.venv-dtoolai, several GB; never part of
+# `make test` or `make bench`): its provenance CLI start-up, into bench-output/dtoolai_baseline.json.
+bench-dtoolai:
+	bench/dtoolai_baseline.sh .venv-dtoolai
+
 clean:
-	rm -rf $(VENV) demo-output bench-output .pytest_cache
+	rm -rf $(VENV) .venv-dtoolai demo-output bench-output .pytest_cache

@@ -39,6 +39,7 @@ __all__ = [
     "http_server",
     "s3_bucket",
     "s3_server",
+    "s3rver_running",
     "write_dirtree",
 ]
 
@@ -80,11 +81,16 @@ def _log_tail(log: Path, n: int = 2000) -> str:
 
 
 @contextlib.contextmanager
-def _server(cmd: list[str], log: Path, ready: str, *, env: dict[str, str] | None = None) -> Iterator[int]:
-    """Run ``cmd`` until the block ends; yields the port matched by ``ready`` in its output."""
+def _server(
+    cmd: list[str], log: Path, ready: str, *, env: dict[str, str] | None = None, procs: list | None = None
+) -> Iterator[int]:
+    """Run ``cmd`` until the block ends; yields the port matched by ``ready`` in its output.
+    The process is appended to ``procs`` when given (a test that stops the server itself)."""
     pattern = re.compile(ready)
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    if procs is not None:
+        procs.append(proc)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         port = None
@@ -211,6 +217,16 @@ def _node_env(node: str) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def s3rver_running(directory: Path, command: list[str], *, procs: list | None = None) -> Iterator[str]:
+    """Run s3rver (``command``, from :func:`s3rver_command`) storing its buckets under
+    ``directory``; yields its endpoint URL (also used by bench/bench_remote_fetch.py)."""
+    cmd = [*command, "-d", str(directory / "buckets"), "-a", HOST, "-p", "0", "--no-vhost-buckets"]
+    ready = rf"listening on {re.escape(HOST)}:(\d+)"
+    with _server(cmd, directory / "server.log", ready, env=_node_env(cmd[0]), procs=procs) as port:
+        yield f"http://{HOST}:{port}"
+
+
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A running s3rver; yields its endpoint URL."""
@@ -225,10 +241,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "s3rver is not installed (needs node and npm): run `make test`, or "
             "`npm install --prefix .venv/node s3rver@3.7.1`"
         )
-    data = tmp_path_factory.mktemp("s3rver")
-    cmd += ["-d", str(data / "buckets"), "-a", HOST, "-p", "0", "--no-vhost-buckets"]
-    with _server(cmd, data / "server.log", rf"listening on {re.escape(HOST)}:(\d+)", env=_node_env(cmd[0])) as port:
-        yield f"http://{HOST}:{port}"
+    with s3rver_running(tmp_path_factory.mktemp("s3rver"), cmd) as endpoint:
+        yield endpoint
 
 
 @dataclass

@@ -259,6 +259,35 @@ def verify_cmd(
         raise typer.Exit(int(ExitCode.FAILED))
 
 
+@app.command("fetch")
+@handle_errors
+def fetch_cmd(
+    uri: str = typer.Argument(..., help="Dataset URI (s3:// or http(s)://; a local dataset needs nothing)."),
+    workers: int = typer.Option(8, "--workers", min=1, max=64, help="Concurrent downloads."),
+    quiet: bool = QUIET_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Fetch a remote dataset's items into dtool's cache (DTOOL_CACHE_DIRECTORY), in parallel.
+
+    Each item is checked against the manifest (size and md5) as it arrives; items already
+    cached are kept, so an interrupted fetch resumes; a damaged cached item is fetched again.
+    """
+    from reprodl.store import open_dataset
+
+    ds = open_dataset(uri)
+    with progress_bar("Fetching", ds.total_size(), quiet=quiet or as_json) as advance:
+        report = ds.prefetch(workers=workers, progress=advance)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    where = f" into {report.cache_dir}" if report.cache_dir else " (local: nothing to fetch)"
+    out.print(
+        f"{report.n_items} items of {ds.uri}{where}: {report.fetched} fetched "
+        f"({report.bytes_fetched:,} bytes in {report.seconds:.1f} s), {report.cached} already cached",
+        markup=False,
+    )
+
+
 @app.command("ls")
 @handle_errors
 def ls_cmd(

@@ -244,8 +244,7 @@ class ImageDataSet(WrappedDataSet):
         all_labels = np.array([self.cat_encoding[n] for n in names], dtype=np.int64)
         keep = self._resampled(self._selected(idns, all_labels))
         self.identifiers: list[str] = [idns[k] for k in keep]
-        self._paths: list[str] | None = None
-        self.cat_lookup = {i: str(categories[i]) for i in self.identifiers}
+        self._label_names = [names[k] for k in keep]
         self.labels = all_labels[keep]
         self.transform = transform
         self._set_shape(mode, size)
@@ -283,17 +282,19 @@ class ImageDataSet(WrappedDataSet):
     def _selection_keys(self) -> Sequence[Any]:
         return [self.dataset.relpath(i) for i in self.identifiers]
 
+    @property
+    def cat_lookup(self) -> dict[str, str]:
+        """identifier -> category name of the selected items (dtoolAI's attribute)."""
+        return dict(zip(self.identifiers, self._label_names))
+
     def _stored_labels(self) -> Sequence[Any]:
-        return [self.cat_lookup[i] for i in self.identifiers]
+        return self._label_names
 
     def _path(self, index: int) -> str:
-        if self._paths is None:
-            # Built once; remote items are fetched on first use and remembered.
-            if self.dataset.is_local:
-                self._paths = [self.dataset.item_path(i) for i in self.identifiers]
-            else:
-                return self.dataset.item_path(self.identifiers[index])
-        return self._paths[index]
+        # One lookup per read, nothing built per dataset: at 10^6 items a list of every
+        # path would cost seconds before the first sample. Remote items are fetched on
+        # first use and remembered by the store.
+        return self.dataset.item_path(self.identifiers[index])
 
     def load_image(self, index: int) -> Any:
         """The PIL image of sample ``index``, converted to the dataset's mode."""
@@ -313,6 +314,8 @@ class ImageDataSet(WrappedDataSet):
         return self._tensor(index), int(self.labels[index])
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
+        if not self.dataset.is_local:  # the batch's items not yet cached, fetched in parallel
+            self.dataset.item_paths([self.identifiers[i] for i in indices])
         inputs = self._read_batch(indices) if self.transform is None else None
         if inputs is None:
             inputs = self._stack([self._tensor(i) for i in indices])

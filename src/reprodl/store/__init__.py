@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from reprodl.store.create import DatasetWriter, create_dataset, current_user, find_resumable
 from reprodl.store.dataset import StoredDataSet, VerifyReport, exists, open_dataset
+from reprodl.store.fetch import FetchReport
 from reprodl.store.hashing import Progress, canonical_json, file_md5, file_sha256
 from reprodl.store.staging import StagingDir, clean_staging, find_staging
 from reprodl.store.transfer import copy_dataset, list_datasets
@@ -39,6 +40,7 @@ from reprodl.store.uris import (
 __all__ = [
     "SCHEMES",
     "DatasetWriter",
+    "FetchReport",
     "Progress",
     "StagingDir",
     "StoredDataSet",

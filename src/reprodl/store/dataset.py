@@ -12,13 +12,13 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import errno
 import hashlib
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,8 +38,9 @@ from reprodl.errors import (
 )
 from reprodl.parsing import check_size, load_yaml
 from reprodl.store.brokers import _cache_root, _check_broker, frozen_dataset, storage_broker
-from reprodl.store.fetch import _RemoteItems
+from reprodl.store.fetch import FETCH_WORKERS, FetchReport, _RemoteItems, bounded_map
 from reprodl.store.hashing import Progress, canonical_json, file_md5
+from reprodl.store.manifest import ItemTable, index_path, read_index, write_index
 from reprodl.store.remote_errors import _remote_error
 from reprodl.store.uris import (
     file_name_problem,
@@ -99,6 +100,8 @@ def _check_safe(uri: str, dataset: Any, items: Any) -> None:
             )
     if not isinstance(items, dict):
         raise DatasetFormatError(f"{what} has a manifest whose 'items' is not a mapping")
+    if _all_safe(items):
+        return
     for idn, props in items.items():
         relpath = props.get("relpath") if isinstance(props, dict) else None
         problem = relpath_problem(relpath)
@@ -116,6 +119,31 @@ def _check_safe(uri: str, dataset: Any, items: Any) -> None:
             )
 
 
+# A '..' segment, a leading '/', an empty relpath: checked over all relpaths joined by "\n".
+_UNSAFE_JOINED = re.compile(r"(?:^|/)\.\.(?:/|$)|^/|^$", re.MULTILINE)
+_UNSAFE_NAME = re.compile(r"^\.{0,2}$|/", re.MULTILINE)
+
+
+def _all_safe(items: dict[str, Any]) -> bool:
+    """Whether every relpath and identifier is safe, checked over them all at once (a million
+    per-item checks take seconds). False means "check item by item", which names the culprit."""
+    if os.sep != "/" or not items:
+        return False
+    try:
+        relpaths = [props["relpath"] for props in items.values()]
+        text, names = "\n".join(relpaths), "\n".join(items)
+    except (TypeError, KeyError):
+        return False
+    n = len(items) - 1
+    return (
+        text.count("\n") == n
+        and names.count("\n") == n
+        and not any(c in text or c in names for c in "\0\\")
+        and _UNSAFE_JOINED.search(text) is None
+        and _UNSAFE_NAME.search(names) is None
+    )
+
+
 class StoredDataSet(_RemoteItems):
     """A frozen dtool dataset with fast item access.
 
@@ -127,24 +155,21 @@ class StoredDataSet(_RemoteItems):
     def __init__(self, uri: str, dataset: Any) -> None:
         self.uri = uri
         self._ds = dataset
-        self._manifest = dataset._manifest  # read once
-        self._items: dict[str, dict[str, Any]] = self._manifest["items"]
-        _check_safe(uri, dataset, self._items)
-        self._paths: dict[str, str] = {}
+        self._scheme = urlparse(uri).scheme
+        data_dir = None
+        if self._scheme == "file":
+            data_dir = os.path.join(unquote(urlparse(uri).path), "data")
+        self._data_dir = data_dir
+        _check_safe(uri, dataset, {})  # the name and UUID, before the UUID names an index file
+        self._items, self._hash_function = _read_items(uri, dataset, data_dir)
+        self._identifiers: list[str] | None = None
+        self._paths: dict[str, str] = {}  # remote items fetched so far (local paths are computed)
         self._lock = threading.Lock()
         self._annotations: dict[str, Any] = {}
         self._overlays: dict[str, dict[str, Any]] = {}
         self._names: dict[str, list[str]] = {}  # "annotations"/"overlays" -> names, listed once
         self._readme: str | None = None
         self._manifest_digest: str | None = None
-        self._scheme = urlparse(uri).scheme
-        data_dir = None
-        if self._scheme == "file":
-            data_dir = os.path.join(unquote(urlparse(uri).path), "data")
-            self._paths = {
-                idn: os.path.join(data_dir, *props["relpath"].split("/")) for idn, props in self._items.items()
-            }
-        self._data_dir = data_dir
         if data_dir is not None:
             _make_writes_atomic(dataset._storage_broker)
         # Remote items are cached under the dataset's UUID (as dtool-s3 does), so two
@@ -170,16 +195,23 @@ class StoredDataSet(_RemoteItems):
 
     @property
     def hash_function(self) -> str:
-        return self._manifest.get("hash_function", "md5sum_hexdigest")
+        return self._hash_function
 
     # --- items ----------------------------------------------------------------------
     @property
     def identifiers(self) -> list[str]:
-        """Item identifiers, sorted by relpath (a stable order)."""
-        return sorted(self._items, key=lambda i: self._items[i]["relpath"])
+        """Item identifiers, sorted by relpath (a stable order); sorted once."""
+        if self._identifiers is None:
+            items = self._items
+            self._identifiers = (
+                list(items.ids) if isinstance(items, ItemTable) else sorted(items, key=lambda i: items[i]["relpath"])
+            )
+        return list(self._identifiers)
 
     def relpath(self, identifier: str) -> str:
         """The item's path inside the dataset ('/'-separated)."""
+        if isinstance(self._items, ItemTable):
+            return self._items.relpath(identifier)
         return self._items[identifier]["relpath"]
 
     def item_properties(self, identifier: str) -> dict[str, Any]:
@@ -198,6 +230,12 @@ class StoredDataSet(_RemoteItems):
 
     def item_path(self, identifier: str) -> str:
         """Local path of an item's content, fetching a remote item once."""
+        if self._data_dir is not None:
+            try:
+                relpath = self.relpath(identifier)
+            except KeyError:
+                raise KeyError(f"no item with identifier {identifier!r} in dataset {self.uri}") from None
+            return os.path.join(self._data_dir, *relpath.split("/"))
         path = self._paths.get(identifier)
         if path is not None:
             return path
@@ -208,17 +246,33 @@ class StoredDataSet(_RemoteItems):
             self._paths[identifier] = path
         return path
 
-    def prefetch(self, *, workers: int = 8, progress: Progress | None = None) -> None:
-        """Fetch every remote item into the cache (no-op for local datasets)."""
-        todo = [i for i in self._items if i not in self._paths]
-        if not todo:
+    def item_paths(self, identifiers: list[str]) -> list[str]:
+        """Local paths of these items' content; remote items not yet fetched are fetched in
+        parallel (a bounded pool), so a batch of them costs about one round trip, not one each."""
+        if not self.is_local:
+            for idn in identifiers:
+                if idn not in self._items:
+                    raise KeyError(f"no item with identifier {idn!r} in dataset {self.uri}")
+            self._fetch_missing(identifiers)
+        return [self.item_path(i) for i in identifiers]
+
+    def prefetch(self, *, workers: int = FETCH_WORKERS, progress: Progress | None = None) -> FetchReport:
+        """Fetch every remote item into dtool's cache, ``workers`` downloads at a time.
+
+        Items already cached and matching the manifest are kept (an interrupted fetch
+        resumes); a damaged cached copy is fetched again. ``progress`` is called with bytes
+        done. Local datasets need nothing fetched.
+
+        Raises:
+            StorageError: the server could not be reached, or an item is missing on it, has
+                another size or other content than the manifest records (nothing of that
+                item is cached).
+        """
+        if self.is_local:
             if progress:
-                progress(len(self._items))
-            return
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(self.item_path, todo):
-                if progress:
-                    progress(1)
+                progress(self.total_size())
+            return FetchReport(self.uri, len(self._items), cached=len(self._items))
+        return self._prefetch(workers=workers, progress=progress)
 
     # --- metadata -------------------------------------------------------------------
     def get_readme_content(self) -> str:
@@ -389,6 +443,8 @@ class StoredDataSet(_RemoteItems):
 
         Computed once: the manifest is read once, when the dataset is opened.
         """
+        if self._manifest_digest is None and isinstance(self._items, ItemTable):
+            self._manifest_digest = self._items.manifest_digest(self.hash_function)
         if self._manifest_digest is None:
             entries = sorted((p["relpath"], p["size_in_bytes"], p["hash"]) for p in self._items.values())
             self._manifest_digest = (
@@ -430,42 +486,50 @@ class StoredDataSet(_RemoteItems):
         for dirpath, _dirs, files in os.walk(base):
             for fn in files:
                 on_disk.add(os.path.relpath(os.path.join(dirpath, fn), base).replace(os.sep, "/"))
-        return sorted(on_disk - {p["relpath"] for p in self._items.values()})
+        items = self._items
+        listed = set(items.relpaths) if isinstance(items, ItemTable) else {p["relpath"] for p in items.values()}
+        return sorted(on_disk - listed)
 
     def _fetch_and_size(
         self, idns: list[str], report: VerifyReport, *, deep: bool, progress: Progress | None
     ) -> list[str]:
         """The fetch: each item's file (remote ones fetched, afresh when ``deep``) against its
-        manifest size. Missing and resized items go into ``report``; returns those to re-hash
-        (all when ``deep``, else local ones whose modification time changed)."""
-        fetched: dict[str, str | None] = {}
-        oversize: set[str] = set()
+        manifest. Missing, resized (and, for remote items, altered) items go into ``report``;
+        returns the local items to re-hash (all when ``deep``, else those whose modification
+        time changed)."""
         if not self.is_local:
-            fetched = self._fetch_many(idns, refresh=deep, resized=oversize)
+            self._check_remote(idns, report, deep=deep, progress=progress)
+            return []
         to_hash: list[str] = []
         for idn in idns:
             props = self._items[idn]
-            rel = props["relpath"]
-            if idn in oversize:
-                report.resized.append(rel)
-                continue
             try:
-                path = fetched[idn] if idn in fetched else self.item_path(idn)
-                if path is None:
-                    raise FileNotFoundError(rel)
-                st = os.stat(path)
-            except (FileNotFoundError, StorageError):
-                report.missing.append(rel)
+                st = os.stat(self.item_path(idn))
+            except FileNotFoundError:
+                report.missing.append(props["relpath"])
                 continue
             if st.st_size != props["size_in_bytes"]:
-                report.resized.append(rel)
-            elif deep or (
-                self.is_local and "utc_timestamp" in props and abs(st.st_mtime - float(props["utc_timestamp"])) > 1e-3
-            ):
+                report.resized.append(props["relpath"])
+            elif deep or ("utc_timestamp" in props and abs(st.st_mtime - float(props["utc_timestamp"])) > 1e-3):
                 to_hash.append(idn)
             elif progress:
                 progress(st.st_size)
         return to_hash
+
+    def _check_remote(self, idns: list[str], report: VerifyReport, *, deep: bool, progress: Progress | None) -> None:
+        """Remote items fetched (afresh when ``deep``): each is checked as it arrives (size and
+        md5), and a cached copy is re-hashed unless stamped as verified (see :mod:`.fetch`)."""
+        resized: set[str] = set()
+        altered: set[str] = set()
+        fetched = self._fetch_many(idns, refresh=deep, resized=resized, altered=altered, progress=progress)
+        for idn in idns:
+            rel = self._items[idn]["relpath"]
+            if idn in resized:
+                report.resized.append(rel)
+            elif idn in altered:
+                report.altered.append(rel)
+            elif fetched[idn] is None:
+                report.missing.append(rel)
 
     def _rehash(self, idns: list[str], report: VerifyReport, progress: Progress | None) -> None:
         """The re-hash: items whose md5 differs from the manifest's go into ``report.altered``."""
@@ -479,19 +543,16 @@ class StoredDataSet(_RemoteItems):
             return idn, file_md5(path) == self._items[idn]["hash"], os.path.getsize(path)
 
         workers = max(1, min(4, os.cpu_count() or 1))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            for idn, same, size in pool.map(check, idns):
-                if not same:
-                    report.altered.append(self.relpath(idn))
-                if progress:
-                    progress(size)
+        for idn, same, size in bounded_map(check, idns, workers=workers):
+            if not same:
+                report.altered.append(self.relpath(idn))
+            if progress:
+                progress(size)
 
     def manifest_entries(self) -> dict[str, dict[str, Any]]:
         """relpath -> {size_in_bytes, hash}: what a record keeps to name changed items later."""
-        return {
-            p["relpath"]: {"size_in_bytes": p["size_in_bytes"], "hash": p["hash"]}
-            for p in sorted(self._items.values(), key=lambda p: p["relpath"])
-        }
+        entries = (self._items[i] for i in self.identifiers)
+        return {p["relpath"]: {"size_in_bytes": p["size_in_bytes"], "hash": p["hash"]} for p in entries}
 
     def symlinked_items(self) -> list[str]:
         """Relpaths of local items that are symlinks or lie under one inside the dataset.
@@ -503,15 +564,44 @@ class StoredDataSet(_RemoteItems):
             return []
         root = os.path.realpath(self._data_dir)
         linked = []
-        for idn, path in self._paths.items():
-            rel = self._items[idn]["relpath"]
+        for idn in self._items:
+            path, rel = self.item_path(idn), self.relpath(idn)
             if os.path.islink(path) or os.path.realpath(path) != os.path.join(root, *rel.split("/")):
                 linked.append(rel)
         return sorted(linked)
 
     def total_size(self) -> int:
         """Sum of the items' sizes in bytes, from the manifest."""
+        if isinstance(self._items, ItemTable):
+            return sum(self._items.sizes)
         return sum(p["size_in_bytes"] for p in self._items.values())
+
+
+def _read_items(uri: str, dataset: Any, data_dir: str | None) -> tuple[Any, str]:
+    """The manifest's items (an :class:`ItemTable` where they are regular) and hash function.
+
+    A large local manifest is read from its index in the cache when there is one, and gets
+    one otherwise (see :mod:`reprodl.store.manifest`); every relpath and identifier of a
+    manifest read from JSON is checked (:func:`_check_safe`).
+    """
+    index = None
+    if data_dir is not None:
+        manifest_file = os.path.join(os.path.dirname(data_dir), ".dtool", "manifest.json")
+        index = index_path(_cache_root(), dataset.uuid, manifest_file)
+        found = read_index(index) if index else None
+        if found is not None:
+            return found
+    manifest = dataset._manifest
+    dataset._manifest_cache = None  # dtoolcore's copy of it is not kept beside ours
+    items = manifest["items"]
+    _check_safe(uri, dataset, items)
+    hash_function = manifest.get("hash_function", "md5sum_hexdigest")
+    table = ItemTable.from_items(items)
+    if table is None:
+        return items, hash_function
+    if index:
+        write_index(index, table, hash_function)
+    return table, hash_function
 
 
 def _make_writes_atomic(broker: Any) -> None:

@@ -31,6 +31,7 @@ from reprodl.store.brokers import (
     storage_broker,
 )
 from reprodl.store.dataset import StoredDataSet, open_dataset
+from reprodl.store.fetch import FETCH_WORKERS, bounded_map
 from reprodl.store.hashing import Progress
 from reprodl.store.remote_errors import _remote_error
 from reprodl.store.staging import clean_staging, make_staging, move_into_place
@@ -139,11 +140,23 @@ def _copy_error(
 
 
 def _fill(proto: Any, src: StoredDataSet, progress: Progress | None) -> None:
-    """Put the source's items, README, tags, overlays and annotations into ``proto``."""
-    for idn in src.identifiers:
+    """Put the source's items, README, tags, overlays and annotations into ``proto``.
+
+    Items go to a bucket 8 at a time (one upload is a few requests: sequential uploads
+    spend their time waiting); on disk they are copied one after another.
+    """
+
+    def put(idn: str) -> None:
         proto.put_item(src.item_path(idn), src.relpath(idn))
         if progress:
             progress(1)
+
+    if urlparse(proto.uri).scheme in ("", "file"):
+        for idn in src.identifiers:
+            put(idn)
+    else:
+        for _ in bounded_map(put, src.identifiers, workers=FETCH_WORKERS):
+            pass
     proto.put_readme(src.get_readme_content())
     for tag in src.tags():
         proto.put_tag(tag)

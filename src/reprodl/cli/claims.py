@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from reprodl.reproduction.claims import Comparison, RunValue
 
 
+JOBS_OPT = typer.Option(
+    None, "--jobs", help="Processes training at once, each with one thread [default: the CPU count]."
+)
+
+
 @app.command("compare")
 @handle_errors
 def compare_cmd(
@@ -27,9 +32,7 @@ def compare_cmd(
         "80/20 per seed), bootstrap (resample the training data per seed), augment (random transforms).",
     ),
     metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
-    jobs: Optional[int] = typer.Option(
-        None, "--jobs", help="Processes training at once, each with one thread [default: the CPU count]."
-    ),
+    jobs: Optional[int] = JOBS_OPT,
     set_a: Optional[list[str]] = typer.Option(None, "--set-a", help="Override a value of A: lr=0.05; repeatable."),
     set_b: Optional[list[str]] = typer.Option(None, "--set-b", help="Override a value of B: lr=0.0005; repeatable."),
     output: Optional[str] = typer.Option(None, "--output", help="Base URI of the runs and the claim (default: A's)."),
@@ -138,9 +141,7 @@ def ablate_cmd(
         "80/20 per seed), bootstrap (resample the training data per seed), augment (random transforms).",
     ),
     metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
-    jobs: Optional[int] = typer.Option(
-        None, "--jobs", help="Processes training at once, each with one thread [default: the CPU count]."
-    ),
+    jobs: Optional[int] = JOBS_OPT,
     set_: Optional[list[str]] = typer.Option(
         None, "--set", help="Override a value of the base and every variant: epochs=3; repeatable."
     ),

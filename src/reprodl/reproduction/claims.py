@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import re
@@ -230,6 +231,8 @@ def pool(jobs: int) -> Any:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(_PRELOAD)
     executor = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_one_thread)
+    if not _POOLS:  # ended before the interpreter tears down the modules the executor's cleanup needs
+        atexit.register(shutdown_pools)
     _POOLS[jobs] = executor
     return executor
 
@@ -245,6 +248,7 @@ def start_pool(jobs: int) -> None:
 
 def shutdown_pools() -> None:
     """End the kept worker processes of :func:`pool` (a later compare starts new ones)."""
+    atexit.unregister(shutdown_pools)
     while _POOLS:
         _, executor = _POOLS.popitem()
         executor.shutdown(wait=True, cancel_futures=True)

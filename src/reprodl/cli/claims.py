@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 JOBS_OPT = typer.Option(
-    None, "--jobs", help="Processes training at once, each with one thread [default: the CPU count]."
+    None, "--jobs", help="Processes training at once, each with one thread (default: the CPU count)."
 )
 
 

@@ -211,9 +211,17 @@ def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool) -> 
 def _train_one(
     cfg: TrainConfig, *, quiet: bool, as_json: bool, tensorboard: Path | None = None, resume: bool = False
 ) -> None:
-    """One training, with progress bars unless quiet; then where the model dataset is."""
+    """One training, with progress bars unless quiet; then where the model dataset is.
+
+    Under torchrun only rank 0 reports (the other ranks train silently).
+    """
     from reprodl.training.capture import untracked_summary
     from reprodl.training.config import build_and_train
+    from reprodl.training.distributed import launched_rank
+
+    if launched_rank() != 0:
+        build_and_train(cfg, progress=False, resume=resume)
+        return
 
     with contextlib.ExitStack() as stack:
         printer = stack.enter_context(_EpochPrinter(quiet or as_json))

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from reprodl import __version__, keys
 from reprodl.data.datasets import Batch, WrappedDataSet, collate
-from reprodl.errors import IntegrityError, ParametersError, TrainingDivergedError
+from reprodl.errors import IntegrityError, ParametersError, ReprodlError, TrainingDivergedError
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.modeldataset.write import DerivedDataSet, check_label_compatibility, parent_ref, write_model
 from reprodl.provenance import (
@@ -52,6 +52,7 @@ from reprodl.provenance import (
     Training,
     store_readmes_once,
 )
+from reprodl.provenance.record import DistributedInfo
 from reprodl.store import normalise_uri
 from reprodl.training.capture import (
     DeterminismSettings,
@@ -76,6 +77,17 @@ from reprodl.training.checkpoint import (
     utcnow,
     write_checkpoint,
 )
+from reprodl.training.distributed import (
+    Group,
+    ShardBatches,
+    all_reduce_sum,
+    broadcast_from_rank0,
+    gather,
+    launched_world_size,
+    on_rank0_first,
+    process_group,
+    unwrap,
+)
 from reprodl.training.params import Parameters, check_trainer_keys
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.trace import StepCallback, StepTracer
@@ -83,6 +95,7 @@ from reprodl.training.trace import StepCallback, StepTracer
 EpochCallback = Callable[[EpochMetrics], None]
 ProgressCallback = Callable[[str, int, int], None]
 Initialisation = Literal["constructor", "stored", "parent"]
+VALIDATION_SHARDED = "sharded over the ranks (every world_size-th sample), sums all-reduced: the whole set's metrics"
 
 
 class EpochSampler(Sampler[list[int]]):
@@ -161,15 +174,22 @@ def make_loader(
     shuffle: bool,
     device: torch.device,
     worker_states: dict[int, Any] | None = None,
-) -> tuple[DataLoader, EpochSampler]:
+    group: Group | None = None,
+) -> tuple[DataLoader, EpochSampler | ShardBatches]:
     """A DataLoader of ``seeds.num_workers`` workers, every seed from ``seeds``.
 
     The batch order comes from a seeded :class:`EpochSampler` (its digest is recorded), the
     loader's generator is :meth:`SeedPlan.generator` and each worker is seeded by
     :meth:`SeedPlan.worker_init_fn`. With ``worker_states`` (a checkpointed training) each
     batch reports its worker's random state, and a worker in it starts from its state there.
+    In a process ``group`` (torchrun) each rank reads its shard, in the order of PyTorch's
+    DistributedSampler seeded :attr:`SeedPlan.sampler` (:class:`ShardBatches`).
     """
-    sampler = EpochSampler(len(ds), batch_size, seeds=seeds, shuffle=shuffle)
+    sampler: EpochSampler | ShardBatches
+    if group is not None:
+        sampler = ShardBatches(len(ds), batch_size, group=group, seed=seeds.sampler, shuffle=shuffle)
+    else:
+        sampler = EpochSampler(len(ds), batch_size, seeds=seeds, shuffle=shuffle)
     workers = seeds.num_workers
     init: Any = seeds.worker_init_fn() if workers else None
     if workers and worker_states is not None:
@@ -200,11 +220,35 @@ def choose_device(requested: str | None) -> torch.device:
     return device
 
 
-@torch.no_grad()
 def evaluate_loss_accuracy(
-    model: torch.nn.Module, ds: WrappedDataSet, loss_fn: Any, device: torch.device, batch_size: int = 256
+    model: torch.nn.Module,
+    ds: WrappedDataSet,
+    loss_fn: Any,
+    device: torch.device,
+    batch_size: int = 256,
+    *,
+    group: Group | None = None,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on ``ds`` (the model's train/eval mode is restored)."""
+    """Mean loss and accuracy of ``model`` on ``ds`` (the model's train/eval mode is restored).
+
+    In a process ``group`` each rank evaluates every ``world_size``-th sample (from its rank on)
+    and the sums are all-reduced: every rank gets the metrics of the whole of ``ds``.
+    """
+    n = max(len(ds), 1)
+    if group is None:
+        loss_sum, correct = _loss_correct_sums(model, ds, loss_fn, device, batch_size)
+        return float(loss_sum) / n, float(correct) / n
+    shard = torch.utils.data.Subset(ds, range(group.rank, len(ds), group.world_size))
+    loss_sum, correct = _loss_correct_sums(model, shard, loss_fn, device, batch_size)
+    sums = all_reduce_sum(torch.stack([loss_sum.cpu(), correct.cpu().double()]))
+    return float(sums[0]) / n, float(sums[1]) / n
+
+
+@torch.no_grad()
+def _loss_correct_sums(
+    model: torch.nn.Module, ds: Any, loss_fn: Any, device: torch.device, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the losses, number of correct predictions) of ``model`` on ``ds``, on the device."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -216,8 +260,7 @@ def evaluate_loss_accuracy(
         loss_sum += loss_fn(out, y).detach().double() * len(y)
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
-    n = max(len(ds), 1)
-    return float(loss_sum) / n, float(correct) / n
+    return loss_sum, correct
 
 
 def _check_data(datasets: list[tuple[str, WrappedDataSet]], how: str) -> None:
@@ -340,32 +383,103 @@ def train_model_with_metadata_capture(
     Each optimiser step is traced (:mod:`reprodl.training.trace`); ``on_step`` gets each row (True: stop).
     ``checkpoint_every=N``: a checkpoint every N epochs (``DerivedDataSet(..., resume=True)`` resumes).
 
+    Under ``torchrun`` (a process group of N joined, as ``reprodl train`` does) the model is
+    trained with DistributedDataParallel, each rank on its shard; rank 0 writes the model
+    (:mod:`reprodl.training.distributed`; checkpoints are refused there).
+
     Returns the sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
     """
+    model, group = unwrap(model), process_group()
     params = _check_arguments(train_ds, params, output_ds, valid_ds)
+    _check_distributed(group, output_ds, checkpoint_every)
     if reproduces is None:  # a re-run trains as recorded, even a record of parameters once left unused
         check_trainer_keys(params)
     code = _capture_code(code_root, config, require_clean_code=require_clean_code, store_untracked=store_untracked)
     roles = output_ds.datasets_by_role()
     _check_not_empty(roles)
-    _check_data(roles, params.verify_data)
-    target = choose_device(str(device) if device is not None else params.device)
+    on_rank0_first(lambda: _check_data(roles, params.verify_data), group)
+    target = _rank_device(choose_device(str(device) if device is not None else params.device), group)
     captured = _capture(model, optimiser, loss_fn, scheduler, params, parent=output_ds.parent)
     seeds = SeedPlan(params.seed, params.num_workers)
-    loop = _Loop(
-        model, optimiser, loss_fn, scheduler, params, output_ds, target, _progress_reporter(progress), on_epoch
-    )
+    report = _progress_reporter(progress) if group is None or group.rank == 0 else None
+    loop = _Loop(model, optimiser, loss_fn, scheduler, params, output_ds, target, report, on_epoch, group=group)
     loop.tracer = StepTracer(model, on_step=on_step)
-    loop.checkpoints = _checkpoints(output_ds, checkpoint_every, _fingerprint(params, config, roles, captured))
+    fingerprint = _fingerprint(params, config, roles, captured)
+    loop.checkpoints = _checkpoints(output_ds, checkpoint_every, fingerprint) if group is None else None
     trained = loop.run(seeds, t_start=captured.t_start)
     training = _training_part(captured, trained, params, seeds=seeds, device=target, checkpoints=loop.checkpoints)
+    training.distributed = _distributed_info(group, params, loop, trained)
+    training.world_size = group.world_size if group is not None else 1
     lineage = Lineage(parent=captured.parent, reproduces=reproduces)
     record = _make_record(
         captured, trained, training, code.info, roles, name=model_name or output_ds.name, lineage=lineage
     )
-    _write(output_ds, model, record, captured, code, roles, trace=trained.trace.to_bytes())
+    _write_on_rank0(group, output_ds, lambda: _write(output_ds, model, record, captured, code, roles, trace=trained))
     assert output_ds.record is not None
     return output_ds.record
+
+
+def _check_distributed(group: Group | None, output_ds: DerivedDataSet, checkpoint_every: int | None) -> None:
+    """Refuse torchrun without a joined process group, and checkpoints in a multi-process training."""
+    n = launched_world_size()
+    if group is None and n > 1:
+        raise ParametersError(
+            f"this is one of {n} processes (torchrun), but no process group was joined: every process would "
+            "train the whole data alone. Call torch.distributed.init_process_group('gloo') before "
+            "DerivedDataSet, or run `reprodl train CONFIG` under torchrun, which joins it (docs/distributed.md)"
+        )
+    if group is not None and (checkpoint_every is not None or output_ds.resume):
+        raise ParametersError(
+            f"checkpoint_every and resume are not supported in a multi-process training yet (this is one of "
+            f"{group.world_size} processes): leave them out under torchrun, or train in one process"
+        )
+
+
+def _rank_device(device: torch.device, group: Group | None) -> torch.device:
+    """Under nccl, rank r's GPU (``LOCAL_RANK``); the device asked for otherwise."""
+    if group is None or device.type != "cuda" or device.index is not None:
+        return device
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _distributed_info(
+    group: Group | None, params: Parameters, loop: _Loop, trained: _Trained
+) -> DistributedInfo | None:
+    """The record's ``training.distributed``: every rank's seed and shard orders (gathered from each rank)."""
+    if group is None:
+        return None
+    assert isinstance(loop.sampler, ShardBatches)
+    return DistributedInfo(
+        backend=group.backend,
+        world_size=group.world_size,
+        rank_seeds=[params.seed + r for r in range(group.world_size)],
+        sampler=loop.sampler.shard.settings(),
+        rank_order_digests=gather(list(trained.order_digests), group),
+        validation=VALIDATION_SHARDED if loop.output_ds.valid_sets else None,
+    )
+
+
+def _write_on_rank0(group: Group | None, output_ds: DerivedDataSet, write: Callable[[], None]) -> None:
+    """``write`` on rank 0 (or the only process); the other ranks get its sealed record, or fail with it."""
+    if group is None:
+        write()
+        return
+    if group.rank == 0:
+        try:
+            write()
+        except BaseException:
+            broadcast_from_rank0(None)
+            raise
+        assert output_ds.record is not None
+        broadcast_from_rank0(output_ds.record.model_dump_json())
+        return
+    sealed = broadcast_from_rank0(None)
+    if sealed is None:
+        raise ReprodlError(
+            f"rank 0 wrote no model dataset for {output_ds.name!r} (its error says why), "
+            f"so rank {group.rank} ends with none either"
+        )
+    output_ds.record = ProvenanceRecord.model_validate_json(sealed)
 
 
 def _check_arguments(
@@ -377,13 +491,7 @@ def _check_arguments(
     """The parameters, validated; ``valid_ds`` joins the output's validation sets."""
     if not isinstance(params, Parameters):
         params = Parameters(**dict(params))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ParametersError(
-            f"the built-in trainer runs in one process, but this is one of {os.environ['WORLD_SIZE']} (torchrun): "
-            "every process would train the whole data alone. Run it without torchrun, or write the loop with "
-            "reprodl.start_run, which records DistributedDataParallel runs (docs/distributed.md)"
-        )
-    if output_ds.writer is None:
+    if not output_ds.entered:
         raise ParametersError("output_ds must be entered first: use `with DerivedDataSet(...) as output_ds:`")
     if output_ds.record is not None:
         raise ParametersError(f"a model was already trained into {output_ds.name!r}; use a new DerivedDataSet")
@@ -534,10 +642,12 @@ class _Loop:
     on_epoch: EpochCallback | None
     optimizer_steps: int = 0
     tracer: StepTracer | None = None
-    sampler: EpochSampler | None = None
+    sampler: EpochSampler | ShardBatches | None = None
     checkpoints: _Checkpoints | None = None
     worker_states: dict[int, Any] | None = None
     elapsed_before: float = 0.0
+    group: Group | None = None
+    net: torch.nn.Module | None = None  # the DistributedDataParallel wrapper trained through, under torchrun
 
     def run(self, seeds: SeedPlan, *, t_start: float) -> _Trained:
         """Every epoch, under the determinism settings, from the seeds of ``seeds``."""
@@ -553,6 +663,7 @@ class _Loop:
             shuffle=self.params.shuffle,
             device=self.target,
             worker_states=self.worker_states,
+            group=self.group,
         )
         self.sampler = sampler
         tracer = self.tracer if self.tracer is not None else StepTracer(self.model)
@@ -561,14 +672,17 @@ class _Loop:
         order_digests: list[str] = []
         # The optimiser's state (momentum buffers...) follows the model to the device.
         self.model.to(self.target)
+        self._wrap()
         with DeterminismSettings(self.params.deterministic, self.target.type) as determinism:
             seeds.apply_globals()
+            if self.group is not None and self.group.rank:  # rank r: seed + r
+                SeedPlan(seeds.seed + self.group.rank).apply_globals()
             self.model.train()
             start = self._resume(loader, history, order_digests) if ck is not None and ck.resume else 0
             for epoch in range(start, self.params.n_epochs):
                 t_epoch = time.perf_counter()
                 sampler.set_epoch(epoch)
-                metrics = self._epoch(epoch, loader, n_samples=len(data))
+                metrics = self._epoch(epoch, loader, n_samples=self._samples_per_epoch(len(data)))
                 assert sampler.order_digest is not None
                 order_digests.append(sampler.order_digest)
                 metrics.wall_time_s = time.perf_counter() - t_epoch
@@ -582,6 +696,21 @@ class _Loop:
         tracer.flush()
         wall = self.elapsed_before + time.perf_counter() - t_start
         return _Trained(history, order_digests, determinism, wall, self.optimizer_steps, tracer)
+
+    def _wrap(self) -> None:
+        """Under torchrun: the model wrapped in DistributedDataParallel (its gradients averaged over the ranks)."""
+        if self.group is None:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.target.index] if self.target.type == "cuda" else None
+        self.net = DistributedDataParallel(self.model, device_ids=ids)
+
+    def _samples_per_epoch(self, n: int) -> int:
+        """Samples trained on per epoch, over every rank (the DistributedSampler pads the shards to one length)."""
+        if self.group is None or not isinstance(self.sampler, ShardBatches):
+            return n
+        return len(self.sampler.shard) * self.group.world_size
 
     def _checkpoint(
         self, epochs_done: int, loader: DataLoader, history: list[EpochMetrics], digests: list[str], t_start: float
@@ -633,6 +762,8 @@ class _Loop:
     def _epoch(self, epoch: int, loader: DataLoader, *, n_samples: int) -> EpochMetrics:
         """One epoch's steps, the scheduler's step, the divergence check and the validation."""
         loss_sum, first_bad = self._steps(epoch, loader)
+        if self.group is not None:
+            loss_sum = all_reduce_sum(loss_sum)  # every rank judges (and reports) the same loss
         lr_now = float(self.optimiser.param_groups[0].get("lr", float("nan")))
         if self.scheduler is not None and self.params.scheduler_interval == "epoch":
             self.scheduler.step()
@@ -642,7 +773,8 @@ class _Loop:
         if not self.params.allow_nonfinite_loss and not math.isfinite(metrics.train_loss):
             _diverged(self.output_ds.name, epoch, int(first_bad), len(loader), metrics.train_loss)
         if self.output_ds.valid_sets:
-            vl, va = evaluate_loss_accuracy(self.model, self.output_ds.valid_sets[0], self.loss_fn, self.target)
+            valid = self.output_ds.valid_sets[0]
+            vl, va = evaluate_loss_accuracy(self.model, valid, self.loss_fn, self.target, group=self.group)
             metrics.valid_loss, metrics.valid_accuracy = vl, va
         return metrics
 
@@ -657,6 +789,7 @@ class _Loop:
         first_bad = torch.full((), -1, device=target, dtype=torch.int64)
         n_batches = len(loader)
         k = self.params.accumulation_steps
+        forward = self.net if self.net is not None else self.model
         self.optimiser.zero_grad(set_to_none=True)
         for i, batch in enumerate(loader):
             if self.worker_states is not None:
@@ -664,7 +797,7 @@ class _Loop:
             x, y = batch
             x = x.to(target, non_blocking=True)
             y = y.to(target, non_blocking=True)
-            loss = self.loss_fn(self.model(x), y)
+            loss = self.loss_fn(forward(x), y)
             (loss / k if k > 1 else loss).backward()
             self._note_batch(i, x)
             if (i + 1) % k == 0 or i + 1 == n_batches:
@@ -784,7 +917,7 @@ def _write(
     code: _CapturedCode,
     roles: list[tuple[str, WrappedDataSet]],
     *,
-    trace: bytes,
+    trace: _Trained,
 ) -> None:
     """The model dataset's items: weights, record, copies of the data's manifests, code, step trace."""
     manifests = {}
@@ -800,7 +933,7 @@ def _write(
         manifests=manifests,
         code_files=code.files,
         initial_state=captured.initial_state if stored else None,
-        trace=trace,
+        trace=trace.trace.to_bytes(),
     )
 
 

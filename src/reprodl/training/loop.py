@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import math
 import os
@@ -382,18 +383,12 @@ def train_model_with_metadata_capture(
 
     Each optimiser step is traced (:mod:`reprodl.training.trace`); ``on_step`` gets each row (True: stop).
     ``checkpoint_every=N``: a checkpoint every N epochs (``DerivedDataSet(..., resume=True)`` resumes).
-
-    Under ``torchrun`` (a process group of N joined, as ``reprodl train`` does) the model is
-    trained with DistributedDataParallel, each rank on its shard; rank 0 writes the model
-    (:mod:`reprodl.training.distributed`; checkpoints are refused there).
+    Under ``torchrun`` (a process group joined) it trains with DistributedDataParallel, one shard a rank.
 
     Returns the sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
     """
-    model, group = unwrap(model), process_group()
-    params = _check_arguments(train_ds, params, output_ds, valid_ds)
-    _check_distributed(group, output_ds, checkpoint_every)
-    if reproduces is None:  # a re-run trains as recorded, even a record of parameters once left unused
-        check_trainer_keys(params)
+    params = _check_arguments(train_ds, params, output_ds, valid_ds, reproduces=reproduces)
+    model, group = unwrap(model), _checked_group(output_ds, checkpoint_every)
     code = _capture_code(code_root, config, require_clean_code=require_clean_code, store_untracked=store_untracked)
     roles = output_ds.datasets_by_role()
     _check_not_empty(roles)
@@ -404,24 +399,23 @@ def train_model_with_metadata_capture(
     report = _progress_reporter(progress) if group is None or group.rank == 0 else None
     loop = _Loop(model, optimiser, loss_fn, scheduler, params, output_ds, target, report, on_epoch, group=group)
     loop.tracer = StepTracer(model, on_step=on_step)
-    fingerprint = _fingerprint(params, config, roles, captured)
-    loop.checkpoints = _checkpoints(output_ds, checkpoint_every, fingerprint) if group is None else None
+    if group is None:  # refused under torchrun (_checked_group)
+        loop.checkpoints = _checkpoints(output_ds, checkpoint_every, _fingerprint(params, config, roles, captured))
     trained = loop.run(seeds, t_start=captured.t_start)
     training = _training_part(captured, trained, params, seeds=seeds, device=target, checkpoints=loop.checkpoints)
-    training.distributed = _distributed_info(group, params, loop, trained)
-    training.world_size = group.world_size if group is not None else 1
+    training.distributed, training.world_size = _distributed_info(group, params, loop, trained)
     lineage = Lineage(parent=captured.parent, reproduces=reproduces)
     record = _make_record(
         captured, trained, training, code.info, roles, name=model_name or output_ds.name, lineage=lineage
     )
-    _write_on_rank0(group, output_ds, lambda: _write(output_ds, model, record, captured, code, roles, trace=trained))
-    assert output_ds.record is not None
-    return output_ds.record
+    write = functools.partial(_write, output_ds, model, record, captured, code, roles, trace=trained)
+    return _write_on_rank0(group, output_ds, write)
 
 
-def _check_distributed(group: Group | None, output_ds: DerivedDataSet, checkpoint_every: int | None) -> None:
-    """Refuse torchrun without a joined process group, and checkpoints in a multi-process training."""
-    n = launched_world_size()
+def _checked_group(output_ds: DerivedDataSet, checkpoint_every: int | None) -> Group | None:
+    """The process group trained in (None: one process); refuses torchrun without a joined process
+    group, and checkpoints in a multi-process training."""
+    group, n = process_group(), launched_world_size()
     if group is None and n > 1:
         raise ParametersError(
             f"this is one of {n} processes (torchrun), but no process group was joined: every process would "
@@ -433,6 +427,7 @@ def _check_distributed(group: Group | None, output_ds: DerivedDataSet, checkpoin
             f"checkpoint_every and resume are not supported in a multi-process training yet (this is one of "
             f"{group.world_size} processes): leave them out under torchrun, or train in one process"
         )
+    return group
 
 
 def _rank_device(device: torch.device, group: Group | None) -> torch.device:
@@ -444,12 +439,12 @@ def _rank_device(device: torch.device, group: Group | None) -> torch.device:
 
 def _distributed_info(
     group: Group | None, params: Parameters, loop: _Loop, trained: _Trained
-) -> DistributedInfo | None:
-    """The record's ``training.distributed``: every rank's seed and shard orders (gathered from each rank)."""
+) -> tuple[DistributedInfo | None, int]:
+    """The record's ``training.distributed`` (every rank's seed and shard orders, gathered) and world size."""
     if group is None:
-        return None
+        return None, 1
     assert isinstance(loop.sampler, ShardBatches)
-    return DistributedInfo(
+    info = DistributedInfo(
         backend=group.backend,
         world_size=group.world_size,
         rank_seeds=[params.seed + r for r in range(group.world_size)],
@@ -457,22 +452,25 @@ def _distributed_info(
         rank_order_digests=gather(list(trained.order_digests), group),
         validation=VALIDATION_SHARDED if loop.output_ds.valid_sets else None,
     )
+    return info, group.world_size
 
 
-def _write_on_rank0(group: Group | None, output_ds: DerivedDataSet, write: Callable[[], None]) -> None:
-    """``write`` on rank 0 (or the only process); the other ranks get its sealed record, or fail with it."""
-    if group is None:
-        write()
-        return
-    if group.rank == 0:
+def _write_on_rank0(group: Group | None, output_ds: DerivedDataSet, write: Callable[[], None]) -> ProvenanceRecord:
+    """``write`` on rank 0 (or the only process); the other ranks get its sealed record, or fail with it.
+
+    Returns the sealed record (``output_ds.record``).
+    """
+    if group is None or group.rank == 0:
         try:
             write()
         except BaseException:
-            broadcast_from_rank0(None)
+            if group is not None:
+                broadcast_from_rank0(None)
             raise
         assert output_ds.record is not None
-        broadcast_from_rank0(output_ds.record.model_dump_json())
-        return
+        if group is not None:
+            broadcast_from_rank0(output_ds.record.model_dump_json())
+        return output_ds.record
     sealed = broadcast_from_rank0(None)
     if sealed is None:
         raise ReprodlError(
@@ -480,6 +478,7 @@ def _write_on_rank0(group: Group | None, output_ds: DerivedDataSet, write: Calla
             f"so rank {group.rank} ends with none either"
         )
     output_ds.record = ProvenanceRecord.model_validate_json(sealed)
+    return output_ds.record
 
 
 def _check_arguments(
@@ -487,10 +486,14 @@ def _check_arguments(
     params: Parameters | dict[str, Any],
     output_ds: DerivedDataSet,
     valid_ds: WrappedDataSet | None,
+    *,
+    reproduces: ModelRef | None,
 ) -> Parameters:
     """The parameters, validated; ``valid_ds`` joins the output's validation sets."""
     if not isinstance(params, Parameters):
         params = Parameters(**dict(params))
+    if reproduces is None:  # a re-run trains as recorded, even a record of parameters once left unused
+        check_trainer_keys(params)
     if not output_ds.entered:
         raise ParametersError("output_ds must be entered first: use `with DerivedDataSet(...) as output_ds:`")
     if output_ds.record is not None:

@@ -32,11 +32,11 @@ KILL_RANK_1 = textwrap.dedent(
     import os, signal, sys
     import torch.optim.sgd as sgd
 
-    if os.environ.get("RANK") == "1":  # rank 1 dies at its 10th optimiser step
+    if os.environ.get("RANK") == "1":  # rank 1 dies at its KILL_AT-th optimiser step
         real, count = sgd.SGD.step, [0]
         def killer(*a, **k):
             count[0] += 1
-            if count[0] >= 10:
+            if count[0] >= int(os.environ["KILL_AT"]):
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(*a, **k)
         sgd.SGD.step = killer
@@ -47,15 +47,21 @@ KILL_RANK_1 = textwrap.dedent(
 )
 
 
-def torchrun(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def torchrun(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*TORCHRUN, *args], cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=300, check=False
+        [*TORCHRUN, *args],
+        cwd=cwd,
+        env={**child_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
-def write_config(path: Path, data_uri: str, output: Path) -> Path:
+def write_config(path: Path, data_uri: str, output: Path, **extra: Any) -> Path:
     output.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(digits_config(data_uri, output, name="digits-ddp", n_epochs=2)))
+    path.write_text(yaml.safe_dump({**digits_config(data_uri, output, name="digits-ddp", n_epochs=2), **extra}))
     return path
 
 
@@ -105,11 +111,31 @@ def test_a_ddp_trained_config_reproduces_identical_under_torchrun(ddp_trained: S
 def test_a_killed_rank_fails_reprodl_train_and_writes_no_model(digits_split_master: str, tmp_path: Path) -> None:
     config = write_config(tmp_path / "train.yaml", digits_split_master, tmp_path / "models")
     (tmp_path / "kill_rank_1.py").write_text(KILL_RANK_1)
-    proc = torchrun(tmp_path, "kill_rank_1.py", "train", str(config), "--quiet")
+    proc = torchrun(tmp_path, "kill_rank_1.py", "train", str(config), "--quiet", KILL_AT="10")
     assert proc.returncode != 0
     assert "FAILED" in proc.stderr and "SIGKILL" in proc.stderr
     clean_staging(tmp_path / "models")  # what a rank killed by torchrun left is stale: removable
     assert list((tmp_path / "models").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_killed_ddp_training_resumes_under_torchrun_bit_identical(
+    ddp_trained: SimpleNamespace, digits_split_master: str, tmp_path: Path
+) -> None:
+    from reprodl.modeldataset.read import read_record
+    from reprodl.store import open_dataset
+
+    config = write_config(tmp_path / "train.yaml", digits_split_master, tmp_path / "models", checkpoint_every=1)
+    (tmp_path / "kill_rank_1.py").write_text(KILL_RANK_1)
+    killed = torchrun(tmp_path, "kill_rank_1.py", "train", str(config), "--quiet", KILL_AT="30")  # in epoch 2
+    assert killed.returncode != 0 and "lost another rank" in killed.stderr and "--resume" in killed.stderr
+    resumed = torchrun(tmp_path, "-m", "reprodl.cli", "train", str(config), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    record = read_record(open_dataset(str(tmp_path / "models" / "digits-ddp")))
+    assert record.training.resumed is not None and record.training.resumed.from_epoch == [1]
+    assert record.results.weights_sha256 == ddp_trained.record.results.weights_sha256
+    assert record.training.distributed == ddp_trained.record.training.distributed
+    assert [m.train_loss for m in record.results.history] == [m.train_loss for m in ddp_trained.record.results.history]
 
 
 def test_shard_batches_cover_each_rank_shard_and_reseed_each_epoch() -> None:
@@ -126,13 +152,15 @@ def test_shard_batches_cover_each_rank_shard_and_reseed_each_epoch() -> None:
     assert samplers[0].order_digest == samplers[0].digests[0] and samplers[0].digests[0] != samplers[0].digests[1]
 
 
-def test_checkpoints_are_refused_in_a_multi_process_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    from reprodl.training import loop
+def test_a_checkpoint_resumes_only_with_the_number_of_processes_it_was_written_by() -> None:
+    from reprodl.training.loop import _rank_state
 
-    output: Any = SimpleNamespace(resume=False)
-    monkeypatch.setattr(loop, "process_group", lambda: Group(0, 2, "gloo"))
-    with pytest.raises(ParametersError, match="checkpoint_every and resume.*one of 2 processes.*leave them out"):
-        loop._checked_group(output, 1)
+    state = {"rng": 0, "ranks": [{"rng": 10}, {"rng": 11}]}
+    assert _rank_state(state, Group(1, 2, "gloo")) == {"rng": 11}
+    with pytest.raises(ParametersError, match="random states of 2 process.*runs in 1.*--nproc-per-node 2"):
+        _rank_state(state, None)
+    with pytest.raises(ParametersError, match="random states of 1 process.*runs in 2"):
+        _rank_state({"rng": 0}, Group(0, 2, "gloo"))
 
 
 def test_a_ddp_trainer_record_is_refused_where_its_processes_cannot_run() -> None:
@@ -143,3 +171,16 @@ def test_a_ddp_trainer_record_is_refused_where_its_processes_cannot_run() -> Non
     model_ds: Any = SimpleNamespace(uri="file:///m")
     with pytest.raises(ReproductionError, match="64 processes on nccl.*reproduce it where 64 GPUs are available"):
         train_under_torchrun(model_ds, record, base="/tmp/none", options={})
+
+
+def test_only_a_lost_peer_becomes_an_interruption_that_keeps_the_checkpoint() -> None:
+    from reprodl.errors import RankLostError
+    from reprodl.training.distributed import peer_loss_as_interruption
+
+    group = Group(0, 2, "gloo")
+    with pytest.raises(RankLostError, match="rank 0 of 2 lost another rank.*Connection closed by peer.*--resume"):
+        with peer_loss_as_interruption(group):
+            raise RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1. This is typically caused by")
+    with pytest.raises(RuntimeError, match="^mat1 and mat2 shapes cannot be multiplied$"):
+        with peer_loss_as_interruption(group):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")

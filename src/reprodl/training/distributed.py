@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
-from reprodl.errors import ParametersError, ReprodlError
+from reprodl.errors import ParametersError, RankLostError, ReprodlError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,3 +199,27 @@ class ShardBatches(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return (len(self.shard) + self.batch_size - 1) // self.batch_size
+
+
+PEER_LOST = ("closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
+
+
+@contextlib.contextmanager
+def peer_loss_as_interruption(group: Group | None) -> Iterator[None]:
+    """Inside: the error of a collective operation whose peer died becomes :class:`RankLostError` (an
+    interruption: a killed training's checkpoint is kept for ``--resume``); other errors pass unchanged."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if group is None or isinstance(exc, ReprodlError) or not any(p in str(exc) for p in PEER_LOST):
+            raise
+        raise RankLostError(
+            f"rank {group.rank} of {group.world_size} lost another rank (it died: killed, out of memory, or its own "
+            f"error above), so the training stopped and no model was written ({_first_words(exc)}). "
+            "With checkpoint_every, start it again under torchrun with --resume"
+        ) from exc
+
+
+def _first_words(exc: BaseException) -> str:
+    """The start of a backend's error message (its advice for torch's own launcher left out)."""
+    return str(exc).split(". This is typically")[0].splitlines()[0][:200]

@@ -86,6 +86,7 @@ from reprodl.training.distributed import (
     gather,
     launched_world_size,
     on_rank0_first,
+    peer_loss_as_interruption,
     process_group,
     unwrap,
 )
@@ -388,7 +389,7 @@ def train_model_with_metadata_capture(
     Returns the sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
     """
     params = _check_arguments(train_ds, params, output_ds, valid_ds, reproduces=reproduces)
-    model, group = unwrap(model), _checked_group(output_ds, checkpoint_every)
+    model, group = unwrap(model), _checked_group()
     code = _capture_code(code_root, config, require_clean_code=require_clean_code, store_untracked=store_untracked)
     roles = output_ds.datasets_by_role()
     _check_not_empty(roles)
@@ -399,8 +400,8 @@ def train_model_with_metadata_capture(
     report = _progress_reporter(progress) if group is None or group.rank == 0 else None
     loop = _Loop(model, optimiser, loss_fn, scheduler, params, output_ds, target, report, on_epoch, group=group)
     loop.tracer = StepTracer(model, on_step=on_step)
-    if group is None:  # refused under torchrun (_checked_group)
-        loop.checkpoints = _checkpoints(output_ds, checkpoint_every, _fingerprint(params, config, roles, captured))
+    fingerprint = _fingerprint(params, config, roles, captured)
+    loop.checkpoints = _checkpoints(output_ds, checkpoint_every, fingerprint, group=group)
     trained = loop.run(seeds, t_start=captured.t_start)
     training = _training_part(captured, trained, params, seeds=seeds, device=target, checkpoints=loop.checkpoints)
     training.distributed, training.world_size = _distributed_info(group, params, loop, trained)
@@ -412,20 +413,14 @@ def train_model_with_metadata_capture(
     return _write_on_rank0(group, output_ds, write)
 
 
-def _checked_group(output_ds: DerivedDataSet, checkpoint_every: int | None) -> Group | None:
-    """The process group trained in (None: one process); refuses torchrun without a joined process
-    group, and checkpoints in a multi-process training."""
+def _checked_group() -> Group | None:
+    """The process group trained in (None: one process); refuses torchrun without a joined process group."""
     group, n = process_group(), launched_world_size()
     if group is None and n > 1:
         raise ParametersError(
             f"this is one of {n} processes (torchrun), but no process group was joined: every process would "
             "train the whole data alone. Call torch.distributed.init_process_group('gloo') before "
             "DerivedDataSet, or run `reprodl train CONFIG` under torchrun, which joins it (docs/distributed.md)"
-        )
-    if group is not None and (checkpoint_every is not None or output_ds.resume):
-        raise ParametersError(
-            f"checkpoint_every and resume are not supported in a multi-process training yet (this is one of "
-            f"{group.world_size} processes): leave them out under torchrun, or train in one process"
         )
     return group
 
@@ -541,12 +536,21 @@ def _fingerprint(
     }
 
 
-def _checkpoints(output_ds: DerivedDataSet, every: int | None, fingerprint: dict[str, Any]) -> _Checkpoints:
-    """The training's checkpoints; when resuming, the latest one, refused if the config changed since."""
+def _checkpoints(
+    output_ds: DerivedDataSet, every: int | None, fingerprint: dict[str, Any], *, group: Group | None = None
+) -> _Checkpoints:
+    """The training's checkpoints; when resuming, the latest one, refused if the config changed since.
+
+    In a process ``group`` rank 0 writes them into its model dataset's staging area, and every
+    rank resumes from there (its directory sent to the others).
+    """
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ParametersError(f"checkpoint_every should be a positive number of epochs, but got {every!r}")
-    assert output_ds.writer is not None
-    directory = output_ds.writer.checkpoint_dir
+    writer_dir = str(output_ds.writer.checkpoint_dir) if output_ds.writer is not None else None
+    if group is not None:
+        writer_dir = broadcast_from_rank0(writer_dir)
+    assert writer_dir is not None
+    directory = Path(writer_dir)
     meta = {
         "kind": "trainer",
         "name": output_ds.name,
@@ -653,12 +657,18 @@ class _Loop:
     net: torch.nn.Module | None = None  # the DistributedDataParallel wrapper trained through, under torchrun
 
     def run(self, seeds: SeedPlan, *, t_start: float) -> _Trained:
-        """Every epoch, under the determinism settings, from the seeds of ``seeds``."""
+        """Every epoch, under the determinism settings, from the seeds of ``seeds``; a lost rank is an
+        interruption (:class:`~reprodl.errors.RankLostError`: the checkpoint is kept)."""
+        with peer_loss_as_interruption(self.group):
+            return self._run(seeds, t_start=t_start)
+
+    def _run(self, seeds: SeedPlan, *, t_start: float) -> _Trained:
         sets = self.output_ds.train_sets
         data = sets[0] if len(sets) == 1 else _Concat(sets)
         ck = self.checkpoints
         if ck is not None and (ck.every is not None or ck.resume is not None):
-            self.worker_states = dict(ck.resume.state.get("workers", {})) if ck.resume is not None else {}
+            resumed = _rank_state(ck.resume.state, self.group) if ck.resume is not None else {}
+            self.worker_states = dict(resumed.get("workers", {}))
         loader, sampler = make_loader(
             data,
             self.params.batch_size,
@@ -722,13 +732,16 @@ class _Loop:
         ck = self.checkpoints
         assert ck is not None and loader.generator is not None
         t0 = time.perf_counter()
-        state: dict[str, Any] = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimiser.state_dict(),
+        own = {
             "rng": rng_state(),
             "workers": dict(self.worker_states or {}),
             "loader_generator": loader.generator.get_state(),
         }
+        state: dict[str, Any] = {"model": self.model.state_dict(), "optimizer": self.optimiser.state_dict(), **own}
+        if self.group is not None:  # every rank's random states, written by rank 0
+            state["ranks"] = gather({**own, "order_digests": list(digests)}, self.group)
+            if self.group.rank != 0:
+                return
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         meta = {
@@ -752,10 +765,11 @@ class _Loop:
         self.optimiser.load_state_dict(c.state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(c.state["scheduler"])
-        set_rng_state(c.state["rng"])
-        loader.generator.set_state(c.state["loader_generator"])
+        own = _rank_state(c.state, self.group)
+        set_rng_state(own["rng"])
+        loader.generator.set_state(own["loader_generator"])
         history += [EpochMetrics.model_validate(m) for m in c.meta.get("history", [])]
-        digests += list(c.meta.get("order_digests", []))
+        digests += list(own.get("order_digests", c.meta.get("order_digests", [])))  # this rank's shard orders
         self.optimizer_steps = int(c.meta["step"])
         self.elapsed_before = float(c.meta.get("elapsed_s", 0.0))
         if self.tracer is not None:
@@ -841,6 +855,18 @@ class _Loop:
         if self.scheduler is not None and params.scheduler_interval == "step":
             self.scheduler.step()
         self.optimiser.zero_grad(set_to_none=True)
+
+
+def _rank_state(state: dict[str, Any], group: Group | None) -> dict[str, Any]:
+    """This rank's random states (Python, NumPy, torch, workers, loader) in a checkpoint's ``state``."""
+    ranks = state.get("ranks")
+    found, here = len(ranks) if isinstance(ranks, list) else 1, group.world_size if group is not None else 1
+    if found != here:
+        raise ParametersError(
+            f"the checkpoint holds the random states of {found} process(es), but this training runs in {here}: "
+            f"resume it with as many processes as it was started with (torchrun --nproc-per-node {found})"
+        )
+    return dict(ranks[group.rank]) if group is not None and isinstance(ranks, list) else state
 
 
 def _training_part(

@@ -184,3 +184,13 @@ def test_only_a_lost_peer_becomes_an_interruption_that_keeps_the_checkpoint() ->
     with pytest.raises(RuntimeError, match="^mat1 and mat2 shapes cannot be multiplied$"):
         with peer_loss_as_interruption(group):
             raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+
+def test_several_trainings_are_refused_under_torchrun(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path / "train.yaml", "file:///nowhere", tmp_path / "models")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = cli("train", config, "--seeds", "3")
+    assert result.exit_code != 0 and "one of 2 (torchrun)" in result.stderr and "--set seed=N" in result.stderr
+    assert list((tmp_path / "models").iterdir()) == []

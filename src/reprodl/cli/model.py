@@ -182,6 +182,7 @@ def train_cmd(
             "resumes one training: leave out --seeds, --splits and --name-suffix", param_hint="--resume"
         )
     if seeds or splits:
+        _refuse_under_torchrun("--seeds" if seeds else "--splits")
         if tensorboard is not None:
             raise typer.BadParameter(
                 "logs one training: leave it out with --seeds or --splits", param_hint="--tensorboard"
@@ -189,6 +190,19 @@ def train_cmd(
         _train_many(cfg, seeds=seeds, splits=splits, as_json=as_json)
     else:
         _train_one(cfg, quiet=quiet, as_json=as_json, tensorboard=tensorboard, resume=resume)
+
+
+def _refuse_under_torchrun(flag: str) -> None:
+    """Several trainings (--seeds, --splits) run one after another in one process, not under torchrun."""
+    from reprodl.training.distributed import launched_world_size
+
+    n = launched_world_size()
+    if n > 1:
+        raise typer.BadParameter(
+            f"trains several models one after another in one process, but this is one of {n} (torchrun): "
+            "run it without torchrun, or train each seed under torchrun with --set seed=N",
+            param_hint=flag,
+        )
 
 
 def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool) -> None:

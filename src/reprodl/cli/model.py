@@ -182,7 +182,6 @@ def train_cmd(
             "resumes one training: leave out --seeds, --splits and --name-suffix", param_hint="--resume"
         )
     if seeds or splits:
-        _refuse_under_torchrun("--seeds" if seeds else "--splits")
         if tensorboard is not None:
             raise typer.BadParameter(
                 "logs one training: leave it out with --seeds or --splits", param_hint="--tensorboard"
@@ -207,6 +206,7 @@ def _refuse_under_torchrun(flag: str) -> None:
 
 def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool) -> None:
     """``train --seeds N`` or ``--splits N``: one line per run, then the variance summary."""
+    _refuse_under_torchrun("--seeds" if seeds else "--splits")
     from reprodl.training.multirun import train_many
 
     def on_run(i: int, uri: str, record: Any) -> None:

@@ -168,7 +168,7 @@ def test_the_distributed_sampler_shards_and_reseeds_each_pass() -> None:
     assert samplers[0].settings() == {"shuffle": True, "seed": 3, "drop_last": False}
 
 
-def test_the_built_in_trainer_refuses_to_run_as_one_of_several_processes(
+def test_the_built_in_trainer_refuses_torchrun_without_a_process_group(
     digits_split_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from train_fixtures import train_digits
@@ -176,6 +176,6 @@ def test_the_built_in_trainer_refuses_to_run_as_one_of_several_processes(
     from reprodl.errors import ParametersError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ParametersError, match="one of 2 \\(torchrun\\).*reprodl.start_run"):
+    with pytest.raises(ParametersError, match="one of 2 processes \\(torchrun\\), but no process group.*reprodl train"):
         train_digits(tmp_path, "m", digits_split_uri)
     assert list(tmp_path.glob("m")) == []

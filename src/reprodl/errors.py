@@ -136,5 +136,9 @@ class ResumeError(ReprodlError, ValueError):
     """A training cannot be resumed: no checkpoint of a killed run, or its config changed since."""
 
 
+class RankLostError(ReprodlError, RuntimeError):
+    """Another process of a multi-process (torchrun) training died: an interruption, so a checkpoint is kept."""
+
+
 class DamagedMetadataError(DatasetFormatError):
     """A dataset's stored metadata file (annotation, overlay, manifest) that is not valid JSON."""

@@ -191,8 +191,22 @@ def train_cmd(
         _train_one(cfg, quiet=quiet, as_json=as_json, tensorboard=tensorboard, resume=resume)
 
 
+def _refuse_under_torchrun(flag: str) -> None:
+    """Several trainings (--seeds, --splits) run one after another in one process, not under torchrun."""
+    from reprodl.training.distributed import launched_world_size
+
+    n = launched_world_size()
+    if n > 1:
+        raise typer.BadParameter(
+            f"trains several models one after another in one process, but this is one of {n} (torchrun): "
+            "run it without torchrun, or train each seed under torchrun with --set seed=N",
+            param_hint=flag,
+        )
+
+
 def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool) -> None:
     """``train --seeds N`` or ``--splits N``: one line per run, then the variance summary."""
+    _refuse_under_torchrun("--seeds" if seeds else "--splits")
     from reprodl.training.multirun import train_many
 
     def on_run(i: int, uri: str, record: Any) -> None:
@@ -211,9 +225,17 @@ def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool) -> 
 def _train_one(
     cfg: TrainConfig, *, quiet: bool, as_json: bool, tensorboard: Path | None = None, resume: bool = False
 ) -> None:
-    """One training, with progress bars unless quiet; then where the model dataset is."""
+    """One training, with progress bars unless quiet; then where the model dataset is.
+
+    Under torchrun only rank 0 reports (the other ranks train silently).
+    """
     from reprodl.training.capture import untracked_summary
     from reprodl.training.config import build_and_train
+    from reprodl.training.distributed import launched_rank
+
+    if launched_rank() != 0:
+        build_and_train(cfg, progress=False, resume=resume)
+        return
 
     with contextlib.ExitStack() as stack:
         printer = stack.enter_context(_EpochPrinter(quiet or as_json))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,7 @@ class DerivedDataSet:
         check_label_compatibility(self.train_sets + self.valid_sets + self.test_sets)
         self.uri: str | None = None
         self.writer: DatasetWriter | None = None
+        self.entered = False
         self._stack: contextlib.ExitStack | None = None
         self.record: ProvenanceRecord | None = None
 
@@ -109,8 +111,11 @@ class DerivedDataSet:
     def __enter__(self) -> DerivedDataSet:
         from reprodl.store import find_resumable
 
-        resume_from = find_resumable(self.base_uri, self.name) if self.resume else None
         self._stack = contextlib.ExitStack()
+        self.entered = True
+        if _another_rank():  # under torchrun rank 0 writes the model; this rank only trains
+            return self
+        resume_from = find_resumable(self.base_uri, self.name) if self.resume else None
         self.writer = self._stack.enter_context(create_dataset(self.base_uri, self.name, resume_from=resume_from))
         return self
 
@@ -127,6 +132,13 @@ class DerivedDataSet:
         if exc_type is None and self.writer is not None:
             self.uri = self.writer.uri
         return bool(suppress)
+
+
+def _another_rank() -> bool:
+    """Whether this process is a rank other than 0 of an initialised process group (torchrun)."""
+    torch = sys.modules.get("torch")  # a process group needs torch imported: never imported here
+    dist = getattr(torch, "distributed", None)
+    return bool(dist is not None and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -197,6 +197,11 @@ class DistributedInfo(_Part):
     rank_order_digests: list[list[str]] = Field(
         default_factory=list, description="per rank, the sha256 of its shard's sample order, one per pass"
     )
+    validation: str | None = Field(
+        None,
+        description="how the validation metrics were computed over the ranks (the built-in trainer); None: "
+        "no validation data, or the run's own code computed them",
+    )
 
 
 class Training(_Part):

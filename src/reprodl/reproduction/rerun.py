@@ -31,6 +31,7 @@ from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck, check_code, check_patch
 from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_predictions, compare_weights
+from reprodl.reproduction.ddp import is_distributed
 from reprodl.reproduction.divergence import Divergence, TraceComparer, no_trace
 from reprodl.reproduction.environment import (
     EnvDifference,
@@ -287,6 +288,7 @@ def _reproduce_in_process(
 ) -> ReproductionReport:
     """The steps of an in-process reproduction (a record of the built-in trainer or a config)."""
     reasons: list[str] = []
+    _check_distributed_options(original, transforms, model_class)
     data_transforms = _transforms_for(original.record, transforms, reasons)  # refuses before any work
     checks = _check_before_training(original)
     training = _rebuild(
@@ -294,7 +296,13 @@ def _reproduce_in_process(
     )
     reasons += training.reasons
     t_train = time.perf_counter()
-    new_record, reproduction_uri = _train(original, training, output=output, progress=progress, on_step=comparer)
+    if is_distributed(original.record):
+        options = {"device": device, "seed": seed, "allow": list(allow)}
+        new_record, reproduction_uri, trace = _train_distributed(original, training, output=output, options=options)
+        if comparer is not None and trace is not None:
+            comparer.compare_all(trace)
+    else:
+        new_record, reproduction_uri = _train(original, training, output=output, progress=progress, on_step=comparer)
     training_s = time.perf_counter() - t_train
     settings = list(training.reasons)
     if original.record.training.device != new_record.training.device:
@@ -317,6 +325,18 @@ def _reproduce_in_process(
 
 
 # --- the steps -----------------------------------------------------------------------------
+def _check_distributed_options(original: _Original, transforms: Any, model_class: type | None) -> None:
+    """Refuse objects passed for a training re-run by torchrun's processes (they cannot be sent there)."""
+    if not is_distributed(original.record) or (not transforms and model_class is None):
+        return
+    raise ReproductionError(
+        f"{original.model_ds.uri} was trained by several processes (torchrun) and is re-run the same way, from "
+        "its record alone: transforms= and model_class= cannot be passed to those processes. Leave them out "
+        "(a transform of reprodl.data.transforms is rebuilt from the record; a model class of yours is "
+        "imported with allow=['your.module'])"
+    )
+
+
 def _check_before_training(original: _Original) -> _Checks:
     """Data (refused with :class:`IntegrityError` when changed), code and environment."""
     record, model_ds = original.record, original.model_ds
@@ -418,6 +438,28 @@ def _train(
                 on_step=on_step,
             )
     return new_record, out.uri if output is not None else None
+
+
+def _train_distributed(
+    original: _Original, training: _Training, *, output: str | None, options: dict[str, Any]
+) -> tuple[ProvenanceRecord, str | None, Any]:
+    """Train again under torchrun with the recorded world size (:mod:`.ddp`); the new weights are
+    loaded into ``training.model``. Returns the new record, the reproduction's URI (None when not kept) and
+    its step trace (None: it has none)."""
+    from reprodl.reproduction.ddp import train_under_torchrun
+
+    with contextlib.ExitStack() as stack:
+        base = output
+        if base is None:
+            base = stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-reproduce-"))
+        elif "://" not in base:
+            base = os.path.abspath(base)
+        uri = train_under_torchrun(original.model_ds, original.record, base=base, options=options)
+        new_ds = open_dataset(uri)
+        new_record = read_record(new_ds)
+        training.model.load_state_dict(load_weights(new_ds, new_record))
+        trace = load_trace(new_ds, new_record)
+    return new_record, (uri if output is not None else None), trace
 
 
 def _compare(

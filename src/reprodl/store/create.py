@@ -22,7 +22,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from reprodl import keys
-from reprodl.errors import DatasetExistsError, InputDataError, InvalidURIError, ResumeError, StorageError
+from reprodl.errors import (
+    DatasetExistsError,
+    InputDataError,
+    InvalidURIError,
+    RankLostError,
+    ResumeError,
+    StorageError,
+)
 from reprodl.store.brokers import _dtoolcore, frozen_dataset, proto_dataset
 from reprodl.store.dataset import StoredDataSet
 from reprodl.store.staging import (
@@ -182,8 +189,8 @@ def create_dataset(
             raise
         raise write_error(exc, f"the dataset {name!r} at {base}") from exc
     except BaseException as exc:
-        # An interruption (not an error of the training), or a refused resume, keeps the checkpoint.
-        keep = (not isinstance(exc, Exception) or isinstance(exc, ResumeError)) and latest_checkpoint(
+        # An interruption (not an error of the training: a lost rank too), or a refused resume, keeps the checkpoint.
+        keep = (not isinstance(exc, Exception) or isinstance(exc, (ResumeError, RankLostError))) and latest_checkpoint(
             staging
         ) is not None
         raise

@@ -248,15 +248,43 @@ def build_and_train(
 
     ``resume``: continue the killed training of this config from its last checkpoint
     (:class:`~reprodl.errors.ResumeError` when there is none, or the config changed since).
+
+    Under ``torchrun --nproc-per-node N`` each process joins the process group (gloo on CPUs,
+    nccl on GPUs) and trains with DistributedDataParallel; rank 0 writes the model, and every
+    rank returns its URI (:mod:`reprodl.training.distributed`, docs/distributed.md).
     """
+    from reprodl.training.distributed import joined_from_environment
+    from reprodl.training.loop import choose_device
+
+    check_name_free(cfg.output, name or cfg.name)  # before the data are read
+    params = _parameters(cfg)
+    with joined_from_environment(choose_device(params.device).type) as group:
+        uri, record = _train(cfg, params, progress=progress, on_epoch=on_epoch, name=name, resume=resume)
+        if group is not None:
+            from reprodl.training.distributed import broadcast_from_rank0
+
+            uri = broadcast_from_rank0(uri)  # rank 0's, once it froze the model dataset
+    assert uri is not None
+    return uri, record
+
+
+def _train(
+    cfg: TrainConfig,
+    params: Any,
+    *,
+    progress: Any,
+    on_epoch: Callable[..., None] | None,
+    name: str | None,
+    resume: bool,
+) -> tuple[str | None, Any]:
+    """:func:`build_and_train`'s training, in this process: (the model's URI, None on ranks but 0; record)."""
     from reprodl.modeldataset.write import DerivedDataSet
     from reprodl.training.loop import train_model_with_metadata_capture
 
-    check_name_free(cfg.output, name or cfg.name)  # before the data are read
     train = [_open(s) for s in cfg.specs("train")]
     valid = [_open(s) for s in cfg.specs("valid")]
     test = [_open(s) for s in cfg.specs("test")]
-    model, params = _build_model(cfg, _parameters(cfg))
+    model, params = _build_model(cfg, params)
     optimizer, loss_fn, scheduler = _build_components(cfg, model, params.learning_rate)
     with DerivedDataSet(
         cfg.output, name or cfg.name, train, valid=valid, test=test, parent=cfg.parent, readme=cfg.readme, resume=resume
@@ -277,7 +305,6 @@ def build_and_train(
             store_untracked=cfg.store_untracked,
             checkpoint_every=cfg.checkpoint_every,
         )
-    assert out.uri is not None
     return out.uri, record
 
 

@@ -20,15 +20,17 @@ Example (run with ``torchrun --nproc-per-node 2 train.py``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, Sampler
 
-from reprodl.errors import ReprodlError
+from reprodl.errors import ParametersError, RankLostError, ReprodlError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,3 +117,109 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def launched_world_size() -> int:
+    """The number of processes ``torchrun`` started this one among (``WORLD_SIZE``; 1 without torchrun)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def launched_rank() -> int:
+    """This process's rank among those ``torchrun`` started (``RANK``; 0 without torchrun)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+@contextlib.contextmanager
+def joined_from_environment(device_type: str) -> Iterator[Group | None]:
+    """Under ``torchrun``: the process group of its processes, joined here unless the caller already did.
+
+    gloo for CPUs, nccl for CUDA (each rank on GPU ``LOCAL_RANK``). A group joined here is left at
+    the end, every rank together when the block succeeded (a barrier: gloo may abort a rank whose
+    peer already exited). Without torchrun (one process) nothing is joined and None is given.
+    """
+    dist = torch.distributed
+    if launched_world_size() < 2 or (dist.is_available() and dist.is_initialized()):
+        yield process_group()
+        return
+    if not dist.is_available():
+        raise ParametersError(
+            f"this is one of {launched_world_size()} processes (torchrun), but this torch has no torch.distributed: "
+            "install a torch build with distributed support, or train without torchrun"
+        )
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    try:
+        yield process_group()
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """``value`` summed over every rank (a new tensor; ``value`` itself is left as it was)."""
+    total = value.detach().clone()
+    torch.distributed.all_reduce(total)
+    return total
+
+
+class ShardBatches(Sampler[list[int]]):
+    """Batches of this rank's shard from a :class:`RecordedDistributedSampler`: the built-in trainer's
+    batch sampler under torchrun (the shape of its one-process sampler: ``set_epoch``,
+    ``order_digest``, ``last_order``)."""
+
+    def __init__(self, n: int, batch_size: int, *, group: Group, seed: int, shuffle: bool) -> None:
+        self.batch_size = batch_size
+        self.order_digest: str | None = None
+        self.digests: list[str] = []
+        self.shard = RecordedDistributedSampler(
+            range(n), group=group, seed=seed, shuffle=shuffle, drop_last=False, on_order=self._note
+        )
+
+    def _note(self, digest: str) -> None:
+        self.order_digest = digest
+        self.digests.append(digest)
+
+    @property
+    def last_order(self) -> torch.Tensor | None:
+        return self.shard.last_order
+
+    def set_epoch(self, epoch: int) -> None:
+        self.shard.passes = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in torch.split(torch.tensor(list(self.shard), dtype=torch.int64), self.batch_size):
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return (len(self.shard) + self.batch_size - 1) // self.batch_size
+
+
+PEER_LOST = ("closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
+
+
+@contextlib.contextmanager
+def peer_loss_as_interruption(group: Group | None) -> Iterator[None]:
+    """Inside: the error of a collective operation whose peer died becomes :class:`RankLostError` (an
+    interruption: a killed training's checkpoint is kept for ``--resume``); other errors pass unchanged."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if group is None or isinstance(exc, ReprodlError) or not any(p in str(exc) for p in PEER_LOST):
+            raise
+        raise RankLostError(
+            f"rank {group.rank} of {group.world_size} lost another rank (it died: killed, out of memory, or its own "
+            f"error above), so the training stopped and no model was written ({_first_words(exc)}). "
+            "With checkpoint_every, start it again under torchrun with --resume"
+        ) from exc
+
+
+def _first_words(exc: BaseException) -> str:
+    """The start of a backend's error message (its advice for torch's own launcher left out)."""
+    return str(exc).split(". This is typically")[0].splitlines()[0][:200]

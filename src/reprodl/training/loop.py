@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import math
 import os
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from reprodl import __version__, keys
 from reprodl.data.datasets import Batch, WrappedDataSet, collate
-from reprodl.errors import IntegrityError, ParametersError, TrainingDivergedError
+from reprodl.errors import IntegrityError, ParametersError, ReprodlError, TrainingDivergedError
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.modeldataset.write import DerivedDataSet, check_label_compatibility, parent_ref, write_model
 from reprodl.provenance import (
@@ -52,6 +53,7 @@ from reprodl.provenance import (
     Training,
     store_readmes_once,
 )
+from reprodl.provenance.record import DistributedInfo
 from reprodl.store import normalise_uri
 from reprodl.training.capture import (
     DeterminismSettings,
@@ -76,6 +78,18 @@ from reprodl.training.checkpoint import (
     utcnow,
     write_checkpoint,
 )
+from reprodl.training.distributed import (
+    Group,
+    ShardBatches,
+    all_reduce_sum,
+    broadcast_from_rank0,
+    gather,
+    launched_world_size,
+    on_rank0_first,
+    peer_loss_as_interruption,
+    process_group,
+    unwrap,
+)
 from reprodl.training.params import Parameters, check_trainer_keys
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.trace import StepCallback, StepTracer
@@ -83,6 +97,7 @@ from reprodl.training.trace import StepCallback, StepTracer
 EpochCallback = Callable[[EpochMetrics], None]
 ProgressCallback = Callable[[str, int, int], None]
 Initialisation = Literal["constructor", "stored", "parent"]
+VALIDATION_SHARDED = "sharded over the ranks (every world_size-th sample), sums all-reduced: the whole set's metrics"
 
 
 class EpochSampler(Sampler[list[int]]):
@@ -161,15 +176,22 @@ def make_loader(
     shuffle: bool,
     device: torch.device,
     worker_states: dict[int, Any] | None = None,
-) -> tuple[DataLoader, EpochSampler]:
+    group: Group | None = None,
+) -> tuple[DataLoader, EpochSampler | ShardBatches]:
     """A DataLoader of ``seeds.num_workers`` workers, every seed from ``seeds``.
 
     The batch order comes from a seeded :class:`EpochSampler` (its digest is recorded), the
     loader's generator is :meth:`SeedPlan.generator` and each worker is seeded by
     :meth:`SeedPlan.worker_init_fn`. With ``worker_states`` (a checkpointed training) each
     batch reports its worker's random state, and a worker in it starts from its state there.
+    In a process ``group`` (torchrun) each rank reads its shard, in the order of PyTorch's
+    DistributedSampler seeded :attr:`SeedPlan.sampler` (:class:`ShardBatches`).
     """
-    sampler = EpochSampler(len(ds), batch_size, seeds=seeds, shuffle=shuffle)
+    sampler: EpochSampler | ShardBatches
+    if group is not None:
+        sampler = ShardBatches(len(ds), batch_size, group=group, seed=seeds.sampler, shuffle=shuffle)
+    else:
+        sampler = EpochSampler(len(ds), batch_size, seeds=seeds, shuffle=shuffle)
     workers = seeds.num_workers
     init: Any = seeds.worker_init_fn() if workers else None
     if workers and worker_states is not None:
@@ -200,11 +222,35 @@ def choose_device(requested: str | None) -> torch.device:
     return device
 
 
-@torch.no_grad()
 def evaluate_loss_accuracy(
-    model: torch.nn.Module, ds: WrappedDataSet, loss_fn: Any, device: torch.device, batch_size: int = 256
+    model: torch.nn.Module,
+    ds: WrappedDataSet,
+    loss_fn: Any,
+    device: torch.device,
+    batch_size: int = 256,
+    *,
+    group: Group | None = None,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on ``ds`` (the model's train/eval mode is restored)."""
+    """Mean loss and accuracy of ``model`` on ``ds`` (the model's train/eval mode is restored).
+
+    In a process ``group`` each rank evaluates every ``world_size``-th sample (from its rank on)
+    and the sums are all-reduced: every rank gets the metrics of the whole of ``ds``.
+    """
+    n = max(len(ds), 1)
+    if group is None:
+        loss_sum, correct = _loss_correct_sums(model, ds, loss_fn, device, batch_size)
+        return float(loss_sum) / n, float(correct) / n
+    shard = torch.utils.data.Subset(ds, range(group.rank, len(ds), group.world_size))
+    loss_sum, correct = _loss_correct_sums(model, shard, loss_fn, device, batch_size)
+    sums = all_reduce_sum(torch.stack([loss_sum.cpu(), correct.cpu().double()]))
+    return float(sums[0]) / n, float(sums[1]) / n
+
+
+@torch.no_grad()
+def _loss_correct_sums(
+    model: torch.nn.Module, ds: Any, loss_fn: Any, device: torch.device, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the losses, number of correct predictions) of ``model`` on ``ds``, on the device."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -216,8 +262,7 @@ def evaluate_loss_accuracy(
         loss_sum += loss_fn(out, y).detach().double() * len(y)
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
-    n = max(len(ds), 1)
-    return float(loss_sum) / n, float(correct) / n
+    return loss_sum, correct
 
 
 def _check_data(datasets: list[tuple[str, WrappedDataSet]], how: str) -> None:
@@ -340,31 +385,95 @@ def train_model_with_metadata_capture(
 
     Each optimiser step is traced (:mod:`reprodl.training.trace`); ``on_step`` gets each row (True: stop);
     ``checkpoint_every=N``: a checkpoint every N epochs (``DerivedDataSet(..., resume=True)`` resumes).
+    Under ``torchrun`` (a process group joined) it trains with DistributedDataParallel, one shard a rank.
 
     Returns the sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
     """
-    params = _check_arguments(train_ds, params, output_ds, valid_ds)
-    if reproduces is None and replicates is None:
-        check_trainer_keys(params)  # a re-run trains as recorded, even parameters once unused
+    params = _check_arguments(train_ds, params, output_ds, valid_ds, rerun=reproduces is not None or replicates is not None)
+    model, group = unwrap(model), _checked_group()
     code = _capture_code(code_root, config, require_clean_code=require_clean_code, store_untracked=store_untracked)
-    _check_not_empty(roles := output_ds.datasets_by_role())
-    _check_data(roles, params.verify_data)
-    target = choose_device(str(device) if device is not None else params.device)
+    roles = output_ds.datasets_by_role()
+    _check_not_empty(roles)
+    on_rank0_first(lambda: _check_data(roles, params.verify_data), group)
+    target = _rank_device(choose_device(str(device) if device is not None else params.device), group)
     captured = _capture(model, optimiser, loss_fn, scheduler, params, parent=output_ds.parent)
     seeds = SeedPlan(params.seed, params.num_workers)
-    loop = _Loop(
-        model, optimiser, loss_fn, scheduler, params, output_ds, target, _progress_reporter(progress), on_epoch
-    )
+    report = _progress_reporter(progress) if group is None or group.rank == 0 else None
+    loop = _Loop(model, optimiser, loss_fn, scheduler, params, output_ds, target, report, on_epoch, group=group)
     loop.tracer = StepTracer(model, on_step=on_step)
-    loop.checkpoints = _checkpoints(output_ds, checkpoint_every, _fingerprint(params, config, roles, captured))
+    fingerprint = _fingerprint(params, config, roles, captured)
+    loop.checkpoints = _checkpoints(output_ds, checkpoint_every, fingerprint, group=group)
     trained = loop.run(seeds, t_start=captured.t_start)
     training = _training_part(captured, trained, params, seeds=seeds, device=target, checkpoints=loop.checkpoints)
+    training.distributed, training.world_size = _distributed_info(group, params, loop, trained)
     lineage = Lineage(parent=captured.parent, reproduces=reproduces, replicates=replicates)
     record = _make_record(
         captured, trained, training, code.info, roles, name=model_name or output_ds.name, lineage=lineage
     )
-    _write(output_ds, model, record, captured, code, roles, trace=trained.trace.to_bytes())
-    assert output_ds.record is not None
+    write = functools.partial(_write, output_ds, model, record, captured, code, roles, trace=trained)
+    return _write_on_rank0(group, output_ds, write)
+
+
+def _checked_group() -> Group | None:
+    """The process group trained in (None: one process); refuses torchrun without a joined process group."""
+    group, n = process_group(), launched_world_size()
+    if group is None and n > 1:
+        raise ParametersError(
+            f"this is one of {n} processes (torchrun), but no process group was joined: every process would "
+            "train the whole data alone. Call torch.distributed.init_process_group('gloo') before "
+            "DerivedDataSet, or run `reprodl train CONFIG` under torchrun, which joins it (docs/distributed.md)"
+        )
+    return group
+
+
+def _rank_device(device: torch.device, group: Group | None) -> torch.device:
+    """Under nccl, rank r's GPU (``LOCAL_RANK``); the device asked for otherwise."""
+    if group is None or device.type != "cuda" or device.index is not None:
+        return device
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _distributed_info(
+    group: Group | None, params: Parameters, loop: _Loop, trained: _Trained
+) -> tuple[DistributedInfo | None, int]:
+    """The record's ``training.distributed`` (every rank's seed and shard orders, gathered) and world size."""
+    if group is None:
+        return None, 1
+    assert isinstance(loop.sampler, ShardBatches)
+    info = DistributedInfo(
+        backend=group.backend,
+        world_size=group.world_size,
+        rank_seeds=[params.seed + r for r in range(group.world_size)],
+        sampler=loop.sampler.shard.settings(),
+        rank_order_digests=gather(list(trained.order_digests), group),
+        validation=VALIDATION_SHARDED if loop.output_ds.valid_sets else None,
+    )
+    return info, group.world_size
+
+
+def _write_on_rank0(group: Group | None, output_ds: DerivedDataSet, write: Callable[[], None]) -> ProvenanceRecord:
+    """``write`` on rank 0 (or the only process); the other ranks get its sealed record, or fail with it.
+
+    Returns the sealed record (``output_ds.record``).
+    """
+    if group is None or group.rank == 0:
+        try:
+            write()
+        except BaseException:
+            if group is not None:
+                broadcast_from_rank0(None)
+            raise
+        assert output_ds.record is not None
+        if group is not None:
+            broadcast_from_rank0(output_ds.record.model_dump_json())
+        return output_ds.record
+    sealed = broadcast_from_rank0(None)
+    if sealed is None:
+        raise ReprodlError(
+            f"rank 0 wrote no model dataset for {output_ds.name!r} (its error says why), "
+            f"so rank {group.rank} ends with none either"
+        )
+    output_ds.record = ProvenanceRecord.model_validate_json(sealed)
     return output_ds.record
 
 
@@ -373,17 +482,15 @@ def _check_arguments(
     params: Parameters | dict[str, Any],
     output_ds: DerivedDataSet,
     valid_ds: WrappedDataSet | None,
+    *,
+    rerun: bool,
 ) -> Parameters:
     """The parameters, validated; ``valid_ds`` joins the output's validation sets."""
     if not isinstance(params, Parameters):
         params = Parameters(**dict(params))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ParametersError(
-            f"the built-in trainer runs in one process, but this is one of {os.environ['WORLD_SIZE']} (torchrun): "
-            "every process would train the whole data alone. Run it without torchrun, or write the loop with "
-            "reprodl.start_run, which records DistributedDataParallel runs (docs/distributed.md)"
-        )
-    if output_ds.writer is None:
+    if not rerun:  # a reproduction or replication trains as recorded, even parameters once left unused
+        check_trainer_keys(params)
+    if not output_ds.entered:
         raise ParametersError("output_ds must be entered first: use `with DerivedDataSet(...) as output_ds:`")
     if output_ds.record is not None:
         raise ParametersError(f"a model was already trained into {output_ds.name!r}; use a new DerivedDataSet")
@@ -430,12 +537,21 @@ def _fingerprint(
     }
 
 
-def _checkpoints(output_ds: DerivedDataSet, every: int | None, fingerprint: dict[str, Any]) -> _Checkpoints:
-    """The training's checkpoints; when resuming, the latest one, refused if the config changed since."""
+def _checkpoints(
+    output_ds: DerivedDataSet, every: int | None, fingerprint: dict[str, Any], *, group: Group | None = None
+) -> _Checkpoints:
+    """The training's checkpoints; when resuming, the latest one, refused if the config changed since.
+
+    In a process ``group`` rank 0 writes them into its model dataset's staging area, and every
+    rank resumes from there (its directory sent to the others).
+    """
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ParametersError(f"checkpoint_every should be a positive number of epochs, but got {every!r}")
-    assert output_ds.writer is not None
-    directory = output_ds.writer.checkpoint_dir
+    writer_dir = str(output_ds.writer.checkpoint_dir) if output_ds.writer is not None else None
+    if group is not None:
+        writer_dir = broadcast_from_rank0(writer_dir)
+    assert writer_dir is not None
+    directory = Path(writer_dir)
     meta = {
         "kind": "trainer",
         "name": output_ds.name,
@@ -534,18 +650,26 @@ class _Loop:
     on_epoch: EpochCallback | None
     optimizer_steps: int = 0
     tracer: StepTracer | None = None
-    sampler: EpochSampler | None = None
+    sampler: EpochSampler | ShardBatches | None = None
     checkpoints: _Checkpoints | None = None
     worker_states: dict[int, Any] | None = None
     elapsed_before: float = 0.0
+    group: Group | None = None
+    net: torch.nn.Module | None = None  # the DistributedDataParallel wrapper trained through, under torchrun
 
     def run(self, seeds: SeedPlan, *, t_start: float) -> _Trained:
-        """Every epoch, under the determinism settings, from the seeds of ``seeds``."""
+        """Every epoch, under the determinism settings, from the seeds of ``seeds``; a lost rank is an
+        interruption (:class:`~reprodl.errors.RankLostError`: the checkpoint is kept)."""
+        with peer_loss_as_interruption(self.group):
+            return self._run(seeds, t_start=t_start)
+
+    def _run(self, seeds: SeedPlan, *, t_start: float) -> _Trained:
         sets = self.output_ds.train_sets
         data = sets[0] if len(sets) == 1 else _Concat(sets)
         ck = self.checkpoints
         if ck is not None and (ck.every is not None or ck.resume is not None):
-            self.worker_states = dict(ck.resume.state.get("workers", {})) if ck.resume is not None else {}
+            resumed = _rank_state(ck.resume.state, self.group) if ck.resume is not None else {}
+            self.worker_states = dict(resumed.get("workers", {}))
         loader, sampler = make_loader(
             data,
             self.params.batch_size,
@@ -553,6 +677,7 @@ class _Loop:
             shuffle=self.params.shuffle,
             device=self.target,
             worker_states=self.worker_states,
+            group=self.group,
         )
         self.sampler = sampler
         tracer = self.tracer if self.tracer is not None else StepTracer(self.model)
@@ -561,14 +686,17 @@ class _Loop:
         order_digests: list[str] = []
         # The optimiser's state (momentum buffers...) follows the model to the device.
         self.model.to(self.target)
+        self._wrap()
         with DeterminismSettings(self.params.deterministic, self.target.type) as determinism:
             seeds.apply_globals()
+            if self.group is not None and self.group.rank:  # rank r: seed + r
+                SeedPlan(seeds.seed + self.group.rank).apply_globals()
             self.model.train()
             start = self._resume(loader, history, order_digests) if ck is not None and ck.resume else 0
             for epoch in range(start, self.params.n_epochs):
                 t_epoch = time.perf_counter()
                 sampler.set_epoch(epoch)
-                metrics = self._epoch(epoch, loader, n_samples=len(data))
+                metrics = self._epoch(epoch, loader, n_samples=self._samples_per_epoch(len(data)))
                 assert sampler.order_digest is not None
                 order_digests.append(sampler.order_digest)
                 metrics.wall_time_s = time.perf_counter() - t_epoch
@@ -583,6 +711,21 @@ class _Loop:
         wall = self.elapsed_before + time.perf_counter() - t_start
         return _Trained(history, order_digests, determinism, wall, self.optimizer_steps, tracer)
 
+    def _wrap(self) -> None:
+        """Under torchrun: the model wrapped in DistributedDataParallel (its gradients averaged over the ranks)."""
+        if self.group is None:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.target.index] if self.target.type == "cuda" else None
+        self.net = DistributedDataParallel(self.model, device_ids=ids)
+
+    def _samples_per_epoch(self, n: int) -> int:
+        """Samples trained on per epoch, over every rank (the DistributedSampler pads the shards to one length)."""
+        if self.group is None or not isinstance(self.sampler, ShardBatches):
+            return n
+        return len(self.sampler.shard) * self.group.world_size
+
     def _checkpoint(
         self, epochs_done: int, loader: DataLoader, history: list[EpochMetrics], digests: list[str], t_start: float
     ) -> None:
@@ -590,13 +733,16 @@ class _Loop:
         ck = self.checkpoints
         assert ck is not None and loader.generator is not None
         t0 = time.perf_counter()
-        state: dict[str, Any] = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimiser.state_dict(),
+        own = {
             "rng": rng_state(),
             "workers": dict(self.worker_states or {}),
             "loader_generator": loader.generator.get_state(),
         }
+        state: dict[str, Any] = {"model": self.model.state_dict(), "optimizer": self.optimiser.state_dict(), **own}
+        if self.group is not None:  # every rank's random states, written by rank 0
+            state["ranks"] = gather({**own, "order_digests": list(digests)}, self.group)
+            if self.group.rank != 0:
+                return
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         meta = {
@@ -620,10 +766,11 @@ class _Loop:
         self.optimiser.load_state_dict(c.state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(c.state["scheduler"])
-        set_rng_state(c.state["rng"])
-        loader.generator.set_state(c.state["loader_generator"])
+        own = _rank_state(c.state, self.group)
+        set_rng_state(own["rng"])
+        loader.generator.set_state(own["loader_generator"])
         history += [EpochMetrics.model_validate(m) for m in c.meta.get("history", [])]
-        digests += list(c.meta.get("order_digests", []))
+        digests += list(own.get("order_digests", c.meta.get("order_digests", [])))  # this rank's shard orders
         self.optimizer_steps = int(c.meta["step"])
         self.elapsed_before = float(c.meta.get("elapsed_s", 0.0))
         if self.tracer is not None:
@@ -633,6 +780,8 @@ class _Loop:
     def _epoch(self, epoch: int, loader: DataLoader, *, n_samples: int) -> EpochMetrics:
         """One epoch's steps, the scheduler's step, the divergence check and the validation."""
         loss_sum, first_bad = self._steps(epoch, loader)
+        if self.group is not None:
+            loss_sum = all_reduce_sum(loss_sum)  # every rank judges (and reports) the same loss
         lr_now = float(self.optimiser.param_groups[0].get("lr", float("nan")))
         if self.scheduler is not None and self.params.scheduler_interval == "epoch":
             self.scheduler.step()
@@ -642,7 +791,8 @@ class _Loop:
         if not self.params.allow_nonfinite_loss and not math.isfinite(metrics.train_loss):
             _diverged(self.output_ds.name, epoch, int(first_bad), len(loader), metrics.train_loss)
         if self.output_ds.valid_sets:
-            vl, va = evaluate_loss_accuracy(self.model, self.output_ds.valid_sets[0], self.loss_fn, self.target)
+            valid = self.output_ds.valid_sets[0]
+            vl, va = evaluate_loss_accuracy(self.model, valid, self.loss_fn, self.target, group=self.group)
             metrics.valid_loss, metrics.valid_accuracy = vl, va
         return metrics
 
@@ -657,6 +807,7 @@ class _Loop:
         first_bad = torch.full((), -1, device=target, dtype=torch.int64)
         n_batches = len(loader)
         k = self.params.accumulation_steps
+        forward = self.net if self.net is not None else self.model
         self.optimiser.zero_grad(set_to_none=True)
         for i, batch in enumerate(loader):
             if self.worker_states is not None:
@@ -664,7 +815,7 @@ class _Loop:
             x, y = batch
             x = x.to(target, non_blocking=True)
             y = y.to(target, non_blocking=True)
-            loss = self.loss_fn(self.model(x), y)
+            loss = self.loss_fn(forward(x), y)
             (loss / k if k > 1 else loss).backward()
             self._note_batch(i, x)
             if (i + 1) % k == 0 or i + 1 == n_batches:
@@ -705,6 +856,18 @@ class _Loop:
         if self.scheduler is not None and params.scheduler_interval == "step":
             self.scheduler.step()
         self.optimiser.zero_grad(set_to_none=True)
+
+
+def _rank_state(state: dict[str, Any], group: Group | None) -> dict[str, Any]:
+    """This rank's random states (Python, NumPy, torch, workers, loader) in a checkpoint's ``state``."""
+    ranks = state.get("ranks")
+    found, here = len(ranks) if isinstance(ranks, list) else 1, group.world_size if group is not None else 1
+    if found != here:
+        raise ParametersError(
+            f"the checkpoint holds the random states of {found} process(es), but this training runs in {here}: "
+            f"resume it with as many processes as it was started with (torchrun --nproc-per-node {found})"
+        )
+    return dict(ranks[group.rank]) if group is not None and isinstance(ranks, list) else state
 
 
 def _training_part(
@@ -784,7 +947,7 @@ def _write(
     code: _CapturedCode,
     roles: list[tuple[str, WrappedDataSet]],
     *,
-    trace: bytes,
+    trace: _Trained,
 ) -> None:
     """The model dataset's items: weights, record, copies of the data's manifests, code, step trace."""
     manifests = {}
@@ -800,7 +963,7 @@ def _write(
         manifests=manifests,
         code_files=code.files,
         initial_state=captured.initial_state if stored else None,
-        trace=trace,
+        trace=trace.trace.to_bytes(),
     )
 
 

@@ -377,11 +377,10 @@ def train_model_with_metadata_capture(
     """Train ``model`` and write it, with its full provenance, into ``output_ds``.
 
     Captures components, parameters, data, seeds, determinism, data order, code, environment, metrics.
-    With ``require_clean_code=True`` training is refused (:class:`DirtyCodeError`) unless the
-    code is committed (DeepDIVA's enforcement); otherwise the uncommitted patch and untracked
-    files are stored with the model: git-ignored files, files named like secrets (``.env``,
-    ``id_rsa``, ``*.pem``...: :data:`reprodl.training.capture.SECRET_FILE_PATTERNS`) and symbolic links
-    are not, and ``store_untracked=False`` stores none (the record names each one skipped and why).
+    ``require_clean_code=True`` refuses (:class:`DirtyCodeError`) uncommitted code (DeepDIVA's
+    enforcement); otherwise the uncommitted patch and untracked files are stored with the model, but
+    not git-ignored files, secrets (:data:`reprodl.training.capture.SECRET_FILE_PATTERNS`) or symbolic
+    links; ``store_untracked=False`` stores none (the record names each one skipped and why).
 
     Each optimiser step is traced (:mod:`reprodl.training.trace`); ``on_step`` gets each row (True: stop);
     ``checkpoint_every=N``: a checkpoint every N epochs (``DerivedDataSet(..., resume=True)`` resumes).
@@ -389,20 +388,20 @@ def train_model_with_metadata_capture(
 
     Returns the sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
     """
-    params = _check_arguments(train_ds, params, output_ds, valid_ds, rerun=reproduces is not None or replicates is not None)
+    rerun = reproduces is not None or replicates is not None
+    params = _check_arguments(train_ds, params, output_ds, valid_ds, rerun=rerun)
     model, group = unwrap(model), _checked_group()
     code = _capture_code(code_root, config, require_clean_code=require_clean_code, store_untracked=store_untracked)
-    roles = output_ds.datasets_by_role()
-    _check_not_empty(roles)
-    on_rank0_first(lambda: _check_data(roles, params.verify_data), group)
+    roles = _checked_roles(output_ds, params, group)
     target = _rank_device(choose_device(str(device) if device is not None else params.device), group)
     captured = _capture(model, optimiser, loss_fn, scheduler, params, parent=output_ds.parent)
     seeds = SeedPlan(params.seed, params.num_workers)
     report = _progress_reporter(progress) if group is None or group.rank == 0 else None
     loop = _Loop(model, optimiser, loss_fn, scheduler, params, output_ds, target, report, on_epoch, group=group)
     loop.tracer = StepTracer(model, on_step=on_step)
-    fingerprint = _fingerprint(params, config, roles, captured)
-    loop.checkpoints = _checkpoints(output_ds, checkpoint_every, fingerprint, group=group)
+    loop.checkpoints = _checkpoints(
+        output_ds, checkpoint_every, _fingerprint(params, config, roles, captured), group=group
+    )
     trained = loop.run(seeds, t_start=captured.t_start)
     training = _training_part(captured, trained, params, seeds=seeds, device=target, checkpoints=loop.checkpoints)
     training.distributed, training.world_size = _distributed_info(group, params, loop, trained)
@@ -412,6 +411,16 @@ def train_model_with_metadata_capture(
     )
     write = functools.partial(_write, output_ds, model, record, captured, code, roles, trace=trained)
     return _write_on_rank0(group, output_ds, write)
+
+
+def _checked_roles(
+    output_ds: DerivedDataSet, params: Parameters, group: Group | None
+) -> list[tuple[str, WrappedDataSet]]:
+    """The output's datasets by role, none empty, their data checked once (rank 0 first under DDP)."""
+    roles = output_ds.datasets_by_role()
+    _check_not_empty(roles)
+    on_rank0_first(lambda: _check_data(roles, params.verify_data), group)
+    return roles
 
 
 def _checked_group() -> Group | None:

@@ -28,6 +28,7 @@ import atexit
 import dataclasses
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -237,13 +238,32 @@ def pool(jobs: int) -> Any:
     return executor
 
 
+def _submit(executor: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """``executor.submit``, starting any worker it needs without re-running an unreadable ``__main__``.
+
+    A new worker re-imports the caller's main script by its path (Python's multiprocessing rule); a
+    main read from standard input or ``-c`` has no file to re-import, and the worker would die
+    (``python - <<EOF``, a heredoc in a shell script). Such a main is hidden while workers start:
+    the workers run reprodl's own functions only.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None or os.path.isfile(path):
+        return executor.submit(fn, *args)
+    del main.__file__
+    try:
+        return executor.submit(fn, *args)
+    finally:
+        main.__file__ = path
+
+
 def start_pool(jobs: int) -> None:
     """Start :func:`pool`'s workers now, without waiting for them: they import torch while this
     process reads the configs (``jobs`` 1 starts nothing)."""
     if jobs > 1:
         executor = pool(jobs)
         for _ in range(jobs):
-            executor.submit(os.getpid)
+            _submit(executor, os.getpid)
 
 
 def shutdown_pools() -> None:
@@ -330,7 +350,7 @@ def _run_all(
         results: Iterable[dict[str, Any]] = (_train_run(cfg, name, metric) for _, cfg, name in plan)
     else:
         executor, cwd = pool(jobs), os.getcwd()
-        futures = [executor.submit(_train_run, cfg, name, metric, cwd) for _, cfg, name in plan]
+        futures = [_submit(executor, _train_run, cfg, name, metric, cwd) for _, cfg, name in plan]
         try:
             results = [f.result() for f in futures]  # in plan order, whichever finished first
         except BaseException:

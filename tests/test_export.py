@@ -241,3 +241,18 @@ def test_mlflow_logs_what_run_log_recorded_for_a_run_api_model(tmp_path: Path, m
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     history = MlflowClient(result.output).get_metric_history(result.details["run_id"], "batch_loss")
     assert [m.step for m in history] == [1, 2]
+
+
+def test_exports_are_readable_as_the_umask_says(trained_model: TrainedModel, tmp_path: Path) -> None:
+    """mkstemp/mkdtemp make 0600/0700; a shared export follows the umask like any file the user makes."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        export(trained_model.uri, "model-card", tmp_path / "card.md")
+        export(trained_model.uri, "ro-crate", tmp_path / "crate")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "card.md").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "crate").stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "crate").iterdir()} == {0o644}

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "reprodl"
 
 # Lowest first. A module's layer is that of its top-level name under reprodl.
 LAYERS: list[set[str]] = [
-    {"keys", "errors", "parsing"},
+    {"keys", "errors", "parsing", "files"},
     {"store"},
     {"data", "trust"},
     {"provenance"},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -261,6 +262,28 @@ def test_bad_uri_and_bad_output_are_refused_with_the_fix(trained_model: TrainedM
     assert not list(tmp_path.glob(".reprodl-report-*"))
 
 
+def test_a_report_is_readable_as_the_umask_says_and_never_replaces_a_file_unasked(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    import reprodl
+    from reprodl.errors import ParametersError
+
+    target = tmp_path / "thesis.tex"
+    target.write_text("years of work")
+    with pytest.raises(ParametersError, match="already exists: choose another file, or replace it with --overwrite"):
+        reprodl.report(trained_model.uri, target, evaluate=False)
+    assert target.read_text() == "years of work"
+    old = os.umask(0o022)
+    try:
+        reprodl.report(trained_model.uri, tmp_path / "r.html", evaluate=False)
+        assert (tmp_path / "r.html").stat().st_mode & 0o777 == 0o644  # mkstemp's 0600 would hide it
+        os.umask(0o077)
+        reprodl.report(trained_model.uri, tmp_path / "r.html", evaluate=False, overwrite=True)
+        assert (tmp_path / "r.html").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
 def test_cli_report_prints_json_and_progress(cli, trained_model: TrainedModel, tmp_path: Path) -> None:
     result = cli("report", trained_model.uri, "-o", tmp_path / "r.html", "--json", "--no-evaluate")
     assert result.exit_code == 0, result.output
@@ -268,11 +291,13 @@ def test_cli_report_prints_json_and_progress(cli, trained_model: TrainedModel, t
     assert set(data) == {"uri", "output", "kind", "bytes", "seconds", "sections", "notes"}
     assert data["kind"] == "model" and data["bytes"] == (tmp_path / "r.html").stat().st_size
     result = cli("report", trained_model.uri, "-o", tmp_path / "r.html", "--no-evaluate")
+    assert result.exit_code != 0 and "already exists" in result.stderr and "--overwrite" in result.stderr
+    result = cli("report", trained_model.uri, "-o", tmp_path / "r.html", "--no-evaluate", "--overwrite")
     assert result.exit_code == 0
     assert "reading the provenance record..." in result.stderr
     assert "not shown: confusion matrix: evaluation turned off" in result.stderr
     assert result.stdout.startswith("Report (model, ")
-    result = cli("report", str(tmp_path / "nothing"), "-o", tmp_path / "r.html")
+    result = cli("report", str(tmp_path / "nothing"), "-o", tmp_path / "r2.html")
     assert result.exit_code != 0 and "no dataset at" in result.stderr
 
 

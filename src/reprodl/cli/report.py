@@ -22,6 +22,7 @@ def report_cmd(
     no_evaluate: bool = typer.Option(
         False, "--no-evaluate", help="Do not evaluate a model on its held-out data (no confusion matrix)."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output file if it exists."),
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -36,7 +37,7 @@ def report_cmd(
         if not (quiet or as_json):
             err.print(f"{line}...", markup=False, highlight=False)
 
-    result = report(uri, output, allow=allow or (), evaluate=not no_evaluate, on_progress=say)
+    result = report(uri, output, allow=allow or (), evaluate=not no_evaluate, overwrite=overwrite, on_progress=say)
     if as_json:
         print_json(result.to_dict())
         return

@@ -15,6 +15,7 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.errors import DatasetFormatError, MissingDependencyError, ReprodlError
+from reprodl.files import share_as_umask
 from reprodl.modeldataset.read import read_record
 from reprodl.provenance import ProvenanceRecord
 from reprodl.store import StoredDataSet, open_dataset
@@ -108,6 +109,7 @@ def writing_file(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        share_as_umask(tmp)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -120,6 +122,7 @@ def writing_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        share_as_umask(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -24,6 +24,7 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.errors import ParametersError
+from reprodl.files import share_as_umask
 from reprodl.reports.context import Context
 from reprodl.reports.html import page
 from reprodl.store import StoredDataSet, open_dataset
@@ -88,6 +89,7 @@ def _write(text: str, output: Path) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        share_as_umask(tmp)
         os.replace(tmp, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -100,6 +102,7 @@ def report(
     *,
     allow: Iterable[str] = (),
     evaluate: bool = True,
+    overwrite: bool = False,
     on_progress: Callable[[str], None] | None = None,
 ) -> ReportResult:
     """Write the one-page HTML report of the model, dataset, claim or summary at ``uri``.
@@ -109,6 +112,7 @@ def report(
         output: the HTML file to write (its directory must exist).
         allow: modules (or ``module:Class``) trusted to be imported to evaluate the model.
         evaluate: evaluate a model on its recorded held-out data for the confusion matrix.
+        overwrite: replace an existing ``output`` (else it is refused).
         on_progress: called with a line as each step starts.
 
     Returns:
@@ -116,7 +120,8 @@ def report(
         its sections, and notes on what could not be shown (and why).
 
     Raises:
-        ParametersError: ``output`` is a directory or its directory does not exist.
+        ParametersError: ``output`` is a directory, exists (without ``overwrite``), or its directory
+            does not exist.
         ReprodlError: the URI names no readable dataset (the subclass says which problem).
     """
     import re
@@ -125,6 +130,10 @@ def report(
     target = Path(output)
     if target.is_dir() or not target.parent.is_dir():
         _write("", target)  # raises, naming the problem, before any work
+    if target.exists() and not overwrite:
+        raise ParametersError(
+            f"the report output {target} already exists: choose another file, or replace it with --overwrite"
+        )
     text, kind, notes = render(uri, allow=allow, evaluate=evaluate, on_progress=on_progress)
     _write(text, target)
     return ReportResult(

@@ -201,3 +201,20 @@ def test_vary_split_resplits_each_pair_alike(digits_split_master, tmp_path):
             record = load_record(run.uri)
             splits[(side, run.seed)] = [d.split for d in record.data]
     assert splits[("a", 0)] == splits[("b", 0)] != splits[("a", 1)] == splits[("b", 1)]
+
+
+def test_a_metric_the_runs_will_not_report_is_refused_before_any_training(tmp_path: Path) -> None:
+    from reprodl.errors import ParametersError
+    from reprodl.reproduction.claims import check_metric
+    from reprodl.training.config import TrainConfig
+
+    raw = digits_config("data/digits", tmp_path)
+    del raw["data"]["valid"]
+    cfg = TrainConfig.model_validate(raw)
+    with pytest.raises(
+        ParametersError, match=r"will not report the metric 'valid_accuracy' .*give the config data.valid"
+    ):
+        check_metric({"a": cfg}, "valid_accuracy")
+    with pytest.raises(ParametersError, match="will not report the metric 'nosuch'"):
+        check_metric({"a": cfg}, "nosuch")
+    check_metric({"a": cfg}, "train_loss")

@@ -174,6 +174,20 @@ def _load(recipe: Recipe, overrides: list[str]) -> Any:
     return load_config(recipe, overrides)
 
 
+def check_metric(cfgs: dict[str, Any], metric: str) -> None:
+    """Refuse, before any training, a metric a recipe's runs will not report."""
+    from reprodl.training.loop import final_metric_names
+
+    for side, cfg in cfgs.items():
+        reported = final_metric_names(bool(cfg.specs("valid")))
+        if metric not in reported:
+            hint = "" if cfg.specs("valid") else ", or give the config data.valid"
+            raise ParametersError(
+                f"the runs of {side} ({cfg.name}) will not report the metric {metric!r} (they report "
+                f"{', '.join(reported)}): pick one of those with --metric{hint}"
+            )
+
+
 def _train_run(cfg_json: dict[str, Any], name: str, metric: str, cwd: str | None = None) -> dict[str, Any]:
     """Train one run (in this process, or a pool worker: in the caller's ``cwd``); its seed, value, URI, digest."""
     from reprodl.training.config import TrainConfig, build_and_train
@@ -419,6 +433,7 @@ def compare(
     """
     jobs = min(default_jobs() if jobs is None else jobs, max(2 * seeds, 1))
     prep = _prepare(a, b, seeds=seeds, jobs=jobs, vary=vary, set_a=set_a, set_b=set_b, output=output)
+    check_metric(prep.cfgs, metric)
     runs = _run_all(prep.plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
     result = judge(runs, metric=metric, vary=prep.varied, recipes=_recipes(a, b, prep.cfgs, set_a, set_b))
     result.baselines, result.notes = baselines(prep.cfgs["a"], metric, runs), prep.notes
@@ -800,6 +815,7 @@ def ablate(
     common = list(set_)
     cfg = _load(config, common)
     cfgs = {"base": cfg, **{name: _load(config, [*common, *overrides]) for name, overrides in parsed.items()}}
+    check_metric(cfgs, metric)
     out = output or cfg.output
     for c in cfgs.values():
         c.output = out

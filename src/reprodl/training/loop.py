@@ -413,6 +413,11 @@ def train_model_with_metadata_capture(
     return _write_on_rank0(group, output_ds, write)
 
 
+def final_metric_names(validated: bool) -> tuple[str, ...]:
+    """The metrics in a record's ``results.final``: with validation data, its loss and accuracy too."""
+    return ("train_loss", "valid_loss", "valid_accuracy") if validated else ("train_loss",)
+
+
 def _checked_roles(
     output_ds: DerivedDataSet, params: Parameters, group: Group | None
 ) -> list[tuple[str, WrappedDataSet]]:
@@ -923,9 +928,7 @@ def _make_record(
         [DataRef.model_validate({"role": role, **ds.provenance_info()}) for role, ds in roles]
     )
     history = trained.history
-    final: dict[str, Any] = {"train_loss": history[-1].train_loss}
-    if history[-1].valid_accuracy is not None:
-        final.update(valid_loss=history[-1].valid_loss, valid_accuracy=history[-1].valid_accuracy)
+    final = {name: getattr(history[-1], name) for name in final_metric_names(history[-1].valid_accuracy is not None)}
     results = Results(
         history=history,
         final=final,

@@ -65,7 +65,8 @@ class Source:
         if self.record is None:
             raise ExportError(
                 f"{self.uri} is a dataset, not a reprodl model (it has no {keys.PROVENANCE_FILE}): "
-                f"the {fmt} export describes a trained model; export a dataset with --format croissant"
+                f"the {fmt} export describes a trained model; a data dataset exports with --format croissant "
+                "(a claim or a multi-run summary has no export format yet: export its member models)"
             )
         return self.record
 
@@ -94,7 +95,7 @@ def check_output(output: str | os.PathLike[str], *, overwrite: bool, directory: 
     path = Path(output)
     kind = "directory" if directory else "file"
     if path.exists() and not overwrite:
-        raise ExportError(f"{path} already exists: choose another output or pass overwrite=True (--overwrite)")
+        raise ExportError(f"{path} already exists: choose another output, or replace it with --overwrite")
     if path.exists() and (path.is_dir() != directory or path.is_symlink()):
         raise ExportError(f"{path} exists and is not a {kind}: this export writes a {kind}; choose another output")
     if not path.parent.is_dir():

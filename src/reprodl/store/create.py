@@ -288,5 +288,5 @@ def find_resumable(base_uri: str | os.PathLike[str], name: str) -> Path:
         )
     raise ResumeError(
         f"there is no checkpoint of a killed training called {name!r} under {base} (looked in {where}): "
-        "start it without --resume (resume=False); a training writes checkpoints when given checkpoint_every"
+        "start it without --resume; a training writes checkpoints when given checkpoint_every"
     )

@@ -128,6 +128,9 @@ def test_member_configs_train_the_runs_compare_trains(digits_split_master, tmp_p
     assert [(r["seed"], r["value"]) for r in report["runs"]["b"]] == [(r.seed, r.value) for r in here.runs["b"]]
     assert report["claim_uri"].endswith("/cluster/member-vs-member")
     assert cli("verify", report["claim_uri"]).exit_code == 0
+    again = json.loads(cli("collect", str(tmp_path / "configs"), "--json").stdout)  # the same members: same claim
+    assert again["claim_uri"] == report["claim_uri"]
+    assert sorted(p.name for p in (tmp_path / "cluster").iterdir() if "seed" not in p.name) == ["member-vs-member"]
 
 
 def _yaml(tmp_path, cfg) -> str:

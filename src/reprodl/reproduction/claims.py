@@ -559,8 +559,25 @@ def collect(directory: str | os.PathLike[str], *, metric: str = DEFAULT_METRIC) 
     first_a = next(run["config"] for run in plan["runs"] if run["side"] == "a")
     result.baselines = baselines(load_config(folder / first_a), metric, runs)
     result.notes = list(plan["notes"])
-    result.claim_uri = write_claim(result, plan["output"], free_name(plan["output"], plan["claim"]))
+    result.claim_uri = _same_claim(result, plan["output"], plan["claim"]) or write_claim(
+        result, plan["output"], free_name(plan["output"], plan["claim"])
+    )
     return result
+
+
+def _same_claim(result: Comparison, output: str, name: str) -> str | None:
+    """The URI of a claim already collected from the same members (record digests) and metric, if any."""
+    from reprodl.errors import DatasetNotFoundError
+    from reprodl.store.uris import dataset_uri
+
+    uri = dataset_uri(output, name)
+    try:
+        existing = load_claim(uri)
+    except (DatasetNotFoundError, DatasetFormatError, KeyError):
+        return None
+    mine = result.to_dict()
+    same = existing.get("metric") == mine["metric"] and existing.get("runs") == mine["runs"]
+    return uri if same else None
 
 
 def _collected(output: str, run: dict[str, Any], folder: Path, metric: str) -> RunValue:

@@ -61,8 +61,11 @@ DDP_SCRIPT = textwrap.dedent(
         run.save(ddp)
     if dist.get_rank() == 0:
         print(run.uri)
+    del ddp, opt, loader  # nothing may hold the wrapper at exit: gloo can abort the process there
     dist.barrier()  # the ranks leave together (gloo may abort a rank whose peer already exited)
     dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # torch 2.13's gloo threads can abort at interpreter teardown after a good run
     """
 )
 

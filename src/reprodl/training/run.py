@@ -312,8 +312,19 @@ class Run:
                 add_note(f"reprodl: the run {self.name!r} raised, so no model dataset was written")
             return bool(stack.__exit__(exc_type, exc, tb))  # discards the unfinished dataset
         if self._group is not None:
-            return self._exit_distributed(stack)
+            try:
+                return self._exit_distributed(stack)
+            finally:
+                self._release()
         return self._finish(stack)
+
+    def _release(self) -> None:
+        """Let go of the watched model (a DistributedDataParallel wrapper), optimiser and loaders.
+
+        The run must not be what keeps a wrapper (its reducer, its process group) alive after the
+        ``with`` block: the script decides when those go (docs/distributed.md says how to end).
+        """
+        self._components, self._watched, self._tracer, self._loaders = None, {}, None, []
 
     def _exit_distributed(self, stack: contextlib.ExitStack) -> bool:
         """Every rank's order digests gathered; rank 0 writes the model, the others learn its URI."""

@@ -447,7 +447,7 @@ def test_graph_and_export_refuse_an_existing_file_unless_overwrite(cat: Catalog,
 def test_where_refuses_text_for_a_number_and_ordering_on_text(cat: Catalog) -> None:
     with pytest.raises(CatalogError, match=r"'valid_accuracy' is a number, so '>' compares it with numbers.*'abc'"):
         ls(cat, where="valid_accuracy>abc")
-    with pytest.raises(CatalogError, match=r"'name' is text, and '>' orders numbers only"):
+    with pytest.raises(CatalogError, match=r"--where name>5: the field 'name' is text, and '>' orders numbers only"):
         ls(cat, where="name>5")
     with pytest.raises(CatalogError, match=r"'architecture' is text, and '<=' orders numbers only"):
         ls(cat, where="architecture<=x")

@@ -118,6 +118,11 @@ def compile_where(conditions: list[Condition]) -> tuple[str, list[object]]:
     return (" AND ".join(parts) or "1"), args
 
 
+def _shown(value: Value) -> str:
+    """A value as the user likely wrote it (``5``, not ``5.0``)."""
+    return value if isinstance(value, str) else str(int(value)) if value.is_integer() else str(value)
+
+
 def _column_value(c: Condition) -> str:
     """A number compared with a text column (``name=3``): compared as the text written."""
     value = float(c.value)
@@ -132,13 +137,13 @@ def check_types(c: Condition, numeric: bool, text: bool) -> None:
     Raises:
         CatalogError: a number field compared with text, or an ordering operator on a text field.
     """
+    shown = f"{c.field}{c.op}{_shown(c.value)}"
     if isinstance(c.value, str) and numeric and not text:
         raise CatalogError(
-            f"--where {c.field}{c.op}{c.value}: the field {c.field!r} is a number, so {c.op!r} compares it with "
+            f"--where {shown}: the field {c.field!r} is a number, so {c.op!r} compares it with "
             f"numbers, and {c.value!r} is not one; give a number (e.g. {c.field}{c.op}0.5)"
         )
     if c.op in ORDERING and text and not numeric and c.field not in ORDERED_COLUMNS:
         raise CatalogError(
-            f"--where {c.field}{c.op}{c.value}: the field {c.field!r} is text, and {c.op!r} orders numbers only; "
-            "use = or != on text"
+            f"--where {shown}: the field {c.field!r} is text, and {c.op!r} orders numbers only; use = or != on text"
         )

@@ -82,7 +82,10 @@ def _field_types(cat: Catalog, name: str) -> tuple[bool, bool]:
     """Whether some entry holds the field ``name`` as a number, and as text (a column: text)."""
     if name in COLUMNS:
         return False, True
-    nums, texts = cat.db.execute("SELECT count(num), count(txt) FROM fields WHERE name = ?", (name,)).fetchone()
+    # EXISTS over the (name, num) and (name, txt) indexes: one probe each, whatever the catalog's size
+    sql = "SELECT EXISTS (SELECT 1 FROM fields WHERE name = ? AND {} IS NOT NULL)"
+    nums = cat.db.execute(sql.format("num"), (name,)).fetchone()[0]
+    texts = cat.db.execute(sql.format("txt"), (name,)).fetchone()[0]
     return bool(nums), bool(texts)
 
 

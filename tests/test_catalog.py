@@ -417,3 +417,79 @@ def test_a_file_that_is_not_a_catalog_is_refused_with_the_fix(tmp_path: Path) ->
             export_jsonl(catalog, tmp_path / "no-such-dir" / "e.jsonl")
         with pytest.raises(CatalogError, match="no catalog export at"):
             import_jsonl(catalog, tmp_path / "missing.jsonl")
+
+
+# --- a new user's review: outputs, --where types, architecture, n_samples, check -q, paths ----
+def test_graph_and_export_refuse_an_existing_file_unless_overwrite(cat: Catalog, tmp_path: Path, cli: Any) -> None:
+    import os
+
+    graph, out, dump = build_graph(cat), tmp_path / "g.dot", tmp_path / "e.jsonl"
+    for path in (out, dump):
+        path.write_text("keep me")
+    with pytest.raises(CatalogError, match=r"g\.dot already exists: pass --overwrite"):
+        write_graph(graph, out)
+    with pytest.raises(CatalogError, match=r"e\.jsonl already exists: pass --overwrite"):
+        export_jsonl(cat, dump)
+    assert out.read_text() == dump.read_text() == "keep me"
+    res = cli("catalog", "export", "-o", dump, "--catalog", cat.path)
+    assert res.exit_code != 0 and "--overwrite" in res.stderr and dump.read_text() == "keep me"
+    old = os.umask(0o022)
+    try:
+        assert write_graph(graph, out, overwrite=True).read_text().startswith("digraph")
+        res = cli("catalog", "export", "-o", dump, "--overwrite", "--catalog", cat.path)
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0 and len(dump.read_text().splitlines()) == len(cat)
+    assert (out.stat().st_mode & 0o777, dump.stat().st_mode & 0o777) == (0o644, 0o644)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_where_refuses_text_for_a_number_and_ordering_on_text(cat: Catalog) -> None:
+    with pytest.raises(CatalogError, match=r"'valid_accuracy' is a number, so '>' compares it with numbers.*'abc'"):
+        ls(cat, where="valid_accuracy>abc")
+    with pytest.raises(CatalogError, match=r"--where name>5: the field 'name' is text, and '>' orders numbers only"):
+        ls(cat, where="name>5")
+    with pytest.raises(CatalogError, match=r"'architecture' is text, and '<=' orders numbers only"):
+        ls(cat, where="architecture<=x")
+    assert ls(cat, where="created_at>2000-01-01") != []  # ISO 8601 time orders as text
+
+
+def test_architecture_matches_the_class_name_after_the_colon(cat: Catalog) -> None:
+    models = {e.name for e in ls(cat, kind="model")}
+    (arch,) = {e.fields["architecture"] for e in ls(cat, kind="model")}
+    assert str(arch).endswith(":GenNet")
+    assert {e.name for e in ls(cat, where="architecture=GenNet")} == models
+    assert {e.name for e in ls(cat, where=f"architecture='{arch}'")} == models
+    assert ls(cat, where="architecture!=GenNet") == [] and ls(cat, where="architecture=Net") == []
+
+
+def test_datasets_index_their_sample_count_beside_their_dtool_items(cat: Catalog) -> None:
+    (digits,) = ls(cat, kind="dataset", where="name=digits")
+    assert digits.fields["n_items"] == 2 and digits.fields["n_samples"] == 1797
+
+
+def test_check_quiet_prints_only_problems(cli: Any, world: dict[str, Any], tmp_path: Path) -> None:
+    shutil.copytree(path_of(world["more"]), tmp_path / "d" / "more")
+    shutil.copytree(path_of(world["claim"]), tmp_path / "d" / "claim")
+    db = str(tmp_path / "c.sqlite")
+    assert cli("catalog", "add", tmp_path / "d", "--catalog", db, "-q").exit_code == 0
+    res = cli("catalog", "check", "-q", "--catalog", db)
+    assert res.exit_code == 0 and res.stdout.splitlines() == ["2/2 locations ok"]
+    shutil.rmtree(tmp_path / "d" / "claim")
+    res = cli("catalog", "check", "-q", "--catalog", db)
+    lines = res.stdout.splitlines()
+    assert res.exit_code == 1 and len(lines) == 2 and lines[0].startswith("vanished") and lines[1] == "1/2 locations ok"
+
+
+def test_a_catalog_whose_directory_is_missing_is_refused(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "no" / "dir" / "x.sqlite"
+    with pytest.raises(CatalogError, match=r"its directory .*no/dir does not exist.*create it"):
+        Catalog(missing)
+    res = cli("catalog", "ls", "--catalog", missing)
+    assert res.exit_code != 0 and "does not exist" in res.stderr and not (tmp_path / "no").exists()
+    monkeypatch.delenv(keys.CATALOG_ENV, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    with Catalog() as catalog:  # the default, in the data directory: created
+        assert Path(catalog.path) == tmp_path / "xdg" / "reprodl" / "catalog.sqlite"

@@ -94,6 +94,11 @@ def default_path() -> Path:
     env = os.environ.get(keys.CATALOG_ENV)
     if env:
         return Path(env).expanduser()
+    return data_dir_path()
+
+
+def data_dir_path() -> Path:
+    """``catalog.sqlite`` in the user's data directory (see :func:`default_path`)."""
     home = Path.home()
     if sys.platform == "win32":
         base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
@@ -139,7 +144,7 @@ class Catalog:
         self.path = str(target)
         try:
             if self.path != ":memory:":
-                Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                _make_parent(Path(self.path).expanduser())
             self.db = sqlite3.connect(self.path)
             self.db.execute("PRAGMA foreign_keys = ON")
             self.db.execute("PRAGMA journal_mode = WAL")
@@ -357,6 +362,17 @@ class Catalog:
         """The base URIs datasets were found under."""
         rows = self.db.execute("SELECT DISTINCT base_uri FROM locations WHERE base_uri IS NOT NULL ORDER BY 1")
         return [r[0] for r in rows]
+
+
+def _make_parent(path: Path) -> None:
+    """Create the data directory for the default catalog; refuse any other catalog whose directory is missing."""
+    if path == data_dir_path():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.is_dir():
+        raise CatalogError(
+            f"cannot open the catalog {path}: its directory {path.parent} does not exist. To go on, create it "
+            "(mkdir -p), or give another file with --catalog (or REPRODL_CATALOG)"
+        )
 
 
 def _as_uri(ref: str) -> str:

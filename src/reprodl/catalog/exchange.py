@@ -18,22 +18,24 @@ from pathlib import Path
 from reprodl import keys
 from reprodl.catalog.db import Catalog
 from reprodl.catalog.entry import Entry
+from reprodl.catalog.files import check_output, writing
 from reprodl.errors import CatalogError
 from reprodl.parsing import check_size, load_json
 
 
-def export_jsonl(cat: Catalog, path: str | os.PathLike[str]) -> int:
-    """Write every entry of ``cat`` to ``path`` as JSON Lines (sorted by UUID); how many."""
+def export_jsonl(cat: Catalog, path: str | os.PathLike[str], *, overwrite: bool = False) -> int:
+    """Write every entry of ``cat`` to ``path`` as JSON Lines (sorted by UUID); how many.
+
+    The file is written whole or not at all (a temporary file beside it, renamed).
+
+    Raises:
+        CatalogError: ``path`` exists and ``overwrite`` is False, or it cannot be written.
+    """
+    check_output(path, overwrite=overwrite, what="export")
     entries = sorted(cat.entries(), key=lambda e: (e.uuid, e.manifest_digest))
-    tmp = Path(f"{os.fspath(path)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for entry in entries:
-                fh.write(json.dumps(entry.to_dict(), sort_keys=True, default=str) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CatalogError(f"could not write the export {path}: {exc.strerror or exc}; choose another path") from None
+    with writing(path, overwrite=overwrite, what="export") as fh:
+        for entry in entries:
+            fh.write(json.dumps(entry.to_dict(), sort_keys=True, default=str) + "\n")
     return len(entries)
 
 

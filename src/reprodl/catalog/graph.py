@@ -22,6 +22,7 @@ from typing import Any
 
 from reprodl.catalog.db import Catalog
 from reprodl.catalog.entry import Entry
+from reprodl.catalog.files import check_output, writing
 from reprodl.errors import CatalogError
 
 SHAPES = {"dataset": "cylinder", "model": "box", "claim": "note", "summary": "folder", "unknown": "box"}
@@ -195,19 +196,19 @@ def to_html(graph: Graph, *, title: str = "reprodl lineage") -> str:
     )
 
 
-def write_graph(graph: Graph, path: str | Path) -> Path:
-    """Write ``graph`` to ``path`` as DOT, SVG or HTML, chosen by its suffix.
+def write_graph(graph: Graph, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``graph`` to ``path`` as DOT, SVG or HTML, chosen by its suffix (whole or not at all).
 
     Raises:
-        CatalogError: a suffix other than .dot, .svg or .html.
+        CatalogError: a suffix other than .dot, .svg or .html; ``path`` exists and ``overwrite``
+            is False; or it cannot be written.
     """
     out = Path(path)
     suffix = out.suffix.lower()
     if suffix not in FORMATS:
         raise CatalogError(f"cannot write a graph to {out}: name it .dot, .svg or .html")
+    check_output(out, overwrite=overwrite, what="graph")
     text = {".dot": to_dot, ".svg": to_svg, ".html": to_html}[suffix](graph)
-    try:
-        out.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise CatalogError(f"could not write the graph to {out}: {exc.strerror or exc}; choose another path") from None
+    with writing(out, overwrite=overwrite, what="graph") as fh:
+        fh.write(text)
     return out

@@ -16,7 +16,7 @@ from typing import Any
 
 from reprodl.catalog.db import Catalog
 from reprodl.catalog.entry import KINDS, Entry
-from reprodl.catalog.where import COLUMNS, compile_where, parse_where
+from reprodl.catalog.where import COLUMNS, check_types, compile_where, parse_where
 from reprodl.errors import CatalogError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -67,6 +67,8 @@ def ls(cat: Catalog, *, kind: str | None = None, where: str = "", limit: int | N
     """Entries of ``kind`` (all kinds when None) matching the ``where`` clause (:mod:`.where`)."""
     conditions = parse_where(where)
     _check_fields(cat, [c.field for c in conditions if c.field not in COLUMNS])
+    for c in conditions:
+        check_types(c, *_field_types(cat, c.field))
     sql, args = compile_where(conditions)
     if kind is not None:
         sql, args = f"e.kind = ? AND {sql}", [_check_kind(kind), *args]
@@ -74,6 +76,17 @@ def ls(cat: Catalog, *, kind: str | None = None, where: str = "", limit: int | N
     if limit is not None:
         query, args = query + " LIMIT ?", [*args, int(limit)]
     return cat.entries([r[0] for r in cat.db.execute(query, args)])
+
+
+def _field_types(cat: Catalog, name: str) -> tuple[bool, bool]:
+    """Whether some entry holds the field ``name`` as a number, and as text (a column: text)."""
+    if name in COLUMNS:
+        return False, True
+    # EXISTS over the (name, num) and (name, txt) indexes: one probe each, whatever the catalog's size
+    sql = "SELECT EXISTS (SELECT 1 FROM fields WHERE name = ? AND {} IS NOT NULL)"
+    nums = cat.db.execute(sql.format("num"), (name,)).fetchone()[0]
+    texts = cat.db.execute(sql.format("txt"), (name,)).fetchone()[0]
+    return bool(nums), bool(texts)
 
 
 def _check_fields(cat: Catalog, names: list[str]) -> None:

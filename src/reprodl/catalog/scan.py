@@ -114,7 +114,10 @@ def describe(ds: StoredDataSet) -> Entry:
 
 
 def _describe_dataset(ds: StoredDataSet, entry: Entry) -> None:
-    entry.fields = {"n_items": len(ds), "size_bytes": ds.total_size()}
+    entry.fields = {"n_items": len(ds), "size_bytes": ds.total_size()}  # dtool items: files, not samples
+    shape = entry.annotations.get(keys.TENSOR_SHAPE)
+    if isinstance(shape, list) and shape and isinstance(shape[0], int):  # a tensor dataset: rows are samples
+        entry.fields["n_samples"] = shape[0]
     input_type = entry.annotations.get(keys.INPUT_TYPE)
     if isinstance(input_type, str):
         entry.fields["input_type"] = input_type

@@ -11,7 +11,9 @@ Grammar (case-insensitive ``and``; nothing else joins conditions)::
 A field is one of the entry's columns (``name``, ``kind``, ``uuid``, ``creator``,
 ``created_at``, ``verdict``, ``record_digest``, ``manifest_digest``) or one of its fields (a
 model's final metrics and hyperparameters...). Field names and values only ever become SQL
-parameters; the operator and column come from fixed tables here.
+parameters; the operator and column come from fixed tables here. ``architecture=GenNet``
+matches ``reprodl.zoo:GenNet`` (the class name after the colon); :func:`check_types` refuses
+a number field compared with text, and ``< <= > >=`` on a text field.
 
 Example:
     >>> parse_where("valid_accuracy>0.95 and name='digits model'")
@@ -43,6 +45,13 @@ _TOKEN = re.compile(
     )\s*""",
     re.VERBOSE,
 )
+#: Fields holding an import path (``reprodl.zoo:GenNet``): ``=`` matches the class name after the colon too.
+CLASS_FIELDS = ("architecture",)
+_CLASS_MATCH = "SELECT entry_id FROM fields WHERE name = ? AND (txt = ? OR substr(txt, instr(txt, ':') + 1) = ?)"
+_CLASS_MISMATCH = "SELECT entry_id FROM fields WHERE name = ? AND txt != ? AND substr(txt, instr(txt, ':') + 1) != ?"
+#: Operators that order values: numbers only (and ``created_at``, whose ISO 8601 text orders as time does).
+ORDERING = ("<", "<=", ">", ">=")
+ORDERED_COLUMNS = ("created_at",)
 _AND = re.compile(r"\s+and\s+", re.IGNORECASE)
 
 Value = float | str
@@ -97,6 +106,9 @@ def compile_where(conditions: list[Condition]) -> tuple[str, list[object]]:
         if column is not None:
             parts.append(f"{column} {op} ?")
             args.append(c.value if isinstance(c.value, str) else _column_value(c))
+        elif c.field in CLASS_FIELDS and c.op in ("=", "!=") and isinstance(c.value, str) and ":" not in c.value:
+            parts.append(f"e.id IN ({_CLASS_MATCH if c.op == '=' else _CLASS_MISMATCH})")
+            args += [c.field, c.value, c.value]
         elif isinstance(c.value, float):
             parts.append(f"e.id IN (SELECT entry_id FROM fields WHERE name = ? AND num {op} ?)")
             args += [c.field, c.value]
@@ -106,7 +118,32 @@ def compile_where(conditions: list[Condition]) -> tuple[str, list[object]]:
     return (" AND ".join(parts) or "1"), args
 
 
+def _shown(value: Value) -> str:
+    """A value as the user likely wrote it (``5``, not ``5.0``)."""
+    return value if isinstance(value, str) else str(int(value)) if value.is_integer() else str(value)
+
+
 def _column_value(c: Condition) -> str:
     """A number compared with a text column (``name=3``): compared as the text written."""
     value = float(c.value)
     return str(int(value)) if value.is_integer() else str(value)
+
+
+def check_types(c: Condition, numeric: bool, text: bool) -> None:
+    """Refuse a condition whose value or operator does not fit its field's type.
+
+    ``numeric`` and ``text``: whether some entry holds the field as a number, as text (a column is text).
+
+    Raises:
+        CatalogError: a number field compared with text, or an ordering operator on a text field.
+    """
+    shown = f"{c.field}{c.op}{_shown(c.value)}"
+    if isinstance(c.value, str) and numeric and not text:
+        raise CatalogError(
+            f"--where {shown}: the field {c.field!r} is a number, so {c.op!r} compares it with "
+            f"numbers, and {c.value!r} is not one; give a number (e.g. {c.field}{c.op}0.5)"
+        )
+    if c.op in ORDERING and text and not numeric and c.field not in ORDERED_COLUMNS:
+        raise CatalogError(
+            f"--where {shown}: the field {c.field!r} is text, and {c.op!r} orders numbers only; use = or != on text"
+        )

@@ -29,6 +29,7 @@ CATALOG_OPT = typer.Option(
     envvar=keys.CATALOG_ENV,
     help="The catalog file (default: catalog.sqlite in your data directory, e.g. ~/.local/share/reprodl).",
 )
+OVERWRITE_OPT = typer.Option(False, "--overwrite", help="Replace the output file if it exists.")
 
 
 @contextlib.contextmanager
@@ -112,7 +113,16 @@ def search_cmd(
 @handle_errors
 def ls_cmd(
     kind: Optional[str] = typer.Option(None, "--kind", help="dataset, model, claim or summary."),
-    where: str = typer.Option("", "--where", help="FIELD OP VALUE joined by 'and', e.g. 'valid_accuracy>0.95'."),
+    where: str = typer.Option(
+        "",
+        "--where",
+        help=(
+            "FIELD OP VALUE joined by 'and', e.g. 'valid_accuracy>0.95'. Fields: the columns name, kind, uuid, "
+            "creator, created_at, verdict; a model's metrics, epochs, architecture (=GenNet matches "
+            "reprodl.zoo:GenNet), params.NAME...; a dataset's n_items (dtool items, i.e. files), n_samples "
+            "(tensor rows), size_bytes. See docs/catalog.md."
+        ),
+    ),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most this many."),
     catalog: Optional[Path] = CATALOG_OPT,
     as_json: bool = JSON_OPT,
@@ -197,6 +207,7 @@ def reproductions_cmd(
 def graph_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="graph.dot, graph.svg or graph.html."),
     focus: Optional[str] = typer.Option(None, "--focus", help="Only this entry's lineage and descendants."),
+    overwrite: bool = OVERWRITE_OPT,
     catalog: Optional[Path] = CATALOG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -205,7 +216,7 @@ def graph_cmd(
 
     with _open(catalog) as cat:
         graph = build_graph(cat, focus=focus)
-    path = write_graph(graph, output)
+    path = write_graph(graph, output, overwrite=overwrite)
     if as_json:
         print_json({"path": str(path), "nodes": len(graph.nodes), "edges": len(graph.edges)})
     else:
@@ -216,6 +227,7 @@ def graph_cmd(
 @handle_errors
 def export_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="The JSON Lines file to write."),
+    overwrite: bool = OVERWRITE_OPT,
     catalog: Optional[Path] = CATALOG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -223,7 +235,7 @@ def export_cmd(
     from reprodl.catalog import export_jsonl
 
     with _open(catalog) as cat:
-        n = export_jsonl(cat, output)
+        n = export_jsonl(cat, output, overwrite=overwrite)
     if as_json:
         print_json({"path": str(output), "entries": n})
     else:
@@ -258,7 +270,10 @@ def check_cmd(
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Re-verify every entry where the catalog says it is: ok, changed, moved, vanished or unreachable."""
+    """Re-verify every entry where the catalog says it is: ok, changed, moved, vanished or unreachable.
+
+    With -q only the locations that are not ok are listed (and the summary line).
+    """
     from reprodl.catalog import check
 
     with _open(catalog) as cat, progress_bar("Checking", len(cat.locations()), quiet=quiet or as_json) as advance:
@@ -268,6 +283,8 @@ def check_cmd(
         print_json({"ok": not bad, "locations": [r.to_dict() for r in results]})
     else:
         for r in results:
+            if quiet and r.status == "ok":
+                continue
             detail = f": {r.detail}" if r.detail and r.status != "ok" else ""
             out.print(f"{r.status:11} {r.kind} {r.name}  {r.uri}{detail}", markup=False)
         out.print(f"{len(results) - len(bad)}/{len(results)} locations ok")

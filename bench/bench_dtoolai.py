@@ -12,8 +12,9 @@ alternating order (A B, B A, ...), with OMP_NUM_THREADS=1; the figures are media
      dtoolAI's ``dtoolai-provenance MODEL_URI`` vs ``reprodl provenance MODEL_URI`` (which
      reads dtoolAI 0.2.0 models); wall time and peak RSS (the child's ru_maxrss, by wait4);
   2. training: the same MNIST 28x28 digits TensorDataSet (made by reprodl's
-     ``create_from_arrays``; dtoolAI's TensorDataSet reads it), GenNet(1, 28), SGD lr 0.01,
-     NLLLoss, batch 64, 1 epoch, seeded weights: each side's ``train_model_with_metadata_capture``
+     ``create_from_arrays``; dtoolAI's TensorDataSet reads it), dtoolAI's GenNet(1, 28) on both
+     sides (reprodl trains a copy of its layout, bench/_dtoolai_gennet.py), SGD lr 0.01,
+     NLLLoss, batch 64, 2 epochs (1 with --quick), seeded weights: each side's ``train_model_with_metadata_capture``
      (dtoolAI's into a DerivedDataSetCreator; reprodl's into a DerivedDataSet, progress=False)
      and, in the same process, a plain loop over its own TensorDataSet (each side's own overhead);
   3. image loading: the same ImageDataSet of MNIST PNGs (made by reprodl's
@@ -125,7 +126,8 @@ REPRODL_TRAIN = _TRAIN_COMMON.format(
     imports=(
         "from reprodl.data.datasets import TensorDataSet\n"
         "from reprodl.training.loop import DerivedDataSet, train_model_with_metadata_capture\n"
-        "from reprodl.zoo import GenNet"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "from _dtoolai_gennet import GenNet  # dtoolAI's layout, not reprodl.zoo.GenNet"
     ),
     train=(
         "def train(model, opt, loss_fn):\n"
@@ -375,7 +377,7 @@ def main() -> None:
     q = args.quick
     sizes = {
         "n_train": 1_000 if q else 10_000,
-        "epochs": 1,
+        "epochs": 1 if q else 2,
         "train_repeats": args.repeats or (1 if q else 5),
         "prov_repeats": args.repeats or (2 if q else 7),
         "n_images": 300 if q else 2_000,
@@ -410,7 +412,7 @@ def report(args: Any, venv: Path, sizes: dict, source: str, train: dict, prov: d
         "versions alone do",
         f"provenance peak RSS: reprodl {rss['reprodl']:.0f} MiB, dtoolai-provenance {rss['dtoolai']:.0f} MiB "
         "(dtoolAI imports torch and torchvision and loads the weights; reprodl reads the annotations only)",
-        f"training: {sizes['n_train']} MNIST digits ({source.split()[0]}), {sizes['epochs']} epoch, "
+        f"training: {sizes['n_train']} MNIST digits ({source.split()[0]}), {sizes['epochs']} epoch(s), "
         f"batch {BATCH_TRAIN}, SGD lr {LR}, a fresh process per run (its first-call costs included)",
         f"image loading item shapes: dtoolAI {shapes['dtoolai']}, reprodl {shapes['reprodl']} (not the same work)",
     ]

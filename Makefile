@@ -45,13 +45,14 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests bench examples
 
 # Every bench/bench_*.py (ratios against a baseline measured in the same run); regenerates docs/benchmarks.md.
+# bench_dtoolai.py runs when .venv-dtoolai exists (`make bench-dtoolai` builds it), else shows as skipped.
 bench: $(STAMP) $(S3RVER)
 	$(PY) bench/run_all.py
 
-# The original dtoolAI 0.2.0 in its own virtualenv (.venv-dtoolai, several GB; never part of
-# `make test` or `make bench`): its provenance CLI start-up, into bench-output/dtoolai_baseline.json.
-bench-dtoolai:
-	bench/dtoolai_baseline.sh .venv-dtoolai
+# The original dtoolAI 0.2.0 in its own virtualenv (.venv-dtoolai, built once, several GB; never
+# part of `make test`), head to head with reprodl: bench/bench_dtoolai.py, its docs/benchmarks.md section.
+bench-dtoolai: $(STAMP)
+	REPRODL_PYTHON=$(PY) bench/dtoolai_baseline.sh .venv-dtoolai
 
 clean:
 	rm -rf $(VENV) .venv-dtoolai demo-output bench-output .pytest_cache

@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# The original dtoolAI 0.2.0, unmodified, in its own virtualenv: the baseline docs/benchmarks.md
-# quotes for the provenance CLI's start-up (3.47 s and 813 MiB when last measured here).
-# Run by `make bench-dtoolai`, never by `make test` or `make bench`: it downloads several GB
+# The original dtoolAI 0.2.0, unmodified, in its own virtualenv, measured head to head against
+# reprodl by bench/bench_dtoolai.py (provenance CLI, training with capture, image loading).
+# Run by `make bench-dtoolai`, never by `make test`: building VENV downloads several GB
 # (dtoolai imports torchvision; torch and torchvision are pinned side by side so that pip
-# takes a matching pair from the package index).
+# takes a matching pair from the package index). `make bench` includes bench_dtoolai.py
+# whenever .venv-dtoolai exists (and shows it as skipped when it does not).
 #
-#   bench/dtoolai_baseline.sh [VENV]      (default .venv-dtoolai; DTOOLAI_TORCH_PINS to change the pins)
+#   bench/dtoolai_baseline.sh [VENV] [run_all.py options, e.g. --quick]
+#       VENV: default .venv-dtoolai; DTOOLAI_TORCH_PINS changes the pins;
+#       REPRODL_PYTHON: reprodl's python (default .venv/bin/python).
 #
-# It creates VENV once, then runs dtoolAI's own console script `dtoolai-provenance --help`
-# (setup.py: dtoolai.utils:print_provenance) 5 times as a fresh process, and writes the
-# median wall time and the peak memory (the child's ru_maxrss) to
-# bench-output/dtoolai_baseline.json. `--help` measures start-up (importing torch,
-# torchvision, dtoolcore and dtoolai), which is what dominates the command on a small model.
+# It creates VENV once (an existing one is reused as it is), then runs
+# `run_all.py --only dtoolai` with DTOOLAI_VENV=VENV: bench-output/dtoolai.json, and the
+# dtoolai section of docs/benchmarks.md (a full run; the other sections are kept).
 set -euo pipefail
 
 VENV=${1:-.venv-dtoolai}
+shift || true
 PYTHON=${PYTHON:-python3}
+REPRODL_PYTHON=${REPRODL_PYTHON:-.venv/bin/python}
 PINS=${DTOOLAI_TORCH_PINS:-"torch==2.14.1 torchvision==0.29.1"}
-mkdir -p bench-output
 
 if [ ! -x "$VENV/bin/dtoolai-provenance" ]; then
     "$PYTHON" -m venv "$VENV"
@@ -26,19 +28,4 @@ if [ ! -x "$VENV/bin/dtoolai-provenance" ]; then
     "$VENV/bin/python" -m pip install --quiet "dtoolai==0.2.0" $PINS
 fi
 
-OMP_NUM_THREADS=1 "$VENV/bin/python" - "$VENV/bin/dtoolai-provenance" bench-output/dtoolai_baseline.json <<'PY'
-import json, resource, statistics, subprocess, sys, time
-
-cli, out = sys.argv[1], sys.argv[2]
-times = []
-for _ in range(5):
-    start = time.perf_counter()
-    subprocess.run([cli, "--help"], check=True, stdout=subprocess.DEVNULL)
-    times.append(time.perf_counter() - start)
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-result = {"bench": "dtoolai_baseline", "dtoolai": "0.2.0", "command": "dtoolai-provenance --help",
-          "median_s": statistics.median(times), "times_s": times, "peak_rss_bytes": peak}
-with open(out, "w") as fh:
-    json.dump(result, fh, indent=2)
-print(f"[dtoolai_baseline] dtoolai-provenance start-up: {result['median_s']:.2f} s, peak {peak / 2**20:.0f} MiB -> {out}")
-PY
+DTOOLAI_VENV=$(cd "$VENV" && pwd) OMP_NUM_THREADS=1 exec "$REPRODL_PYTHON" bench/run_all.py --only dtoolai "$@"

@@ -8,8 +8,10 @@ when a target fails or a script errs, else 0.
 
 A full run (not ``--quick``) regenerates ``docs/benchmarks.md`` (``--doc PATH`` writes it
 elsewhere, or after a quick run): a table per benchmark from its ``bench-output/<name>.json``,
-with the machine and the date. With ``--only``, the other benchmarks' sections come from
-their earlier results in bench-output/, when there are any.
+with the machine and the date. With ``--only``, only those benchmarks' sections are replaced
+in the existing report; the others stay as they are (and the summary line is recounted).
+A benchmark that cannot run here (bench_dtoolai.py without its venv) writes a result
+marked ``skipped``: shown as such, never as a failure.
 
     .venv/bin/python bench/run_all.py [--quick] [--only NAME ...] [--timeout S] [--doc PATH]
 """
@@ -21,6 +23,7 @@ import ast
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -56,6 +59,11 @@ def fmt_ratio(ratio: float | None, digits: int) -> str:
 
 def rows_of(name: str, doc: dict[str, Any]) -> list[dict[str, str]]:
     """Table rows for one benchmark's comparisons (rates: higher is better; times: lower)."""
+    if doc.get("skipped"):
+        return [
+            {"bench": name, "comparison": f"(skipped: {doc['skipped']})", "candidate": "-", "baseline": "-"}
+            | {"ratio": "-", "paired": "-", "target": "-", "status": "skipped"}
+        ]
     rows = []
     for c in doc.get("comparisons", []):
         unit = c.get("unit", "")
@@ -159,7 +167,11 @@ def main() -> int:
     print(f"\n{n_pass} PASS, {n_fail} FAIL/ERROR; details in {OUTPUT_DIR}/<name>.json")
     doc_path = args.doc or (None if args.quick else DOC)
     if doc_path is not None:
-        doc_path.write_text(markdown(discover(), {r["bench"]: r for r in runs}))
+        by_name = {r["bench"]: r for r in runs}
+        if args.only and doc_path.is_file():
+            doc_path.write_text(splice(doc_path.read_text(), discover(), by_name))
+        else:
+            doc_path.write_text(markdown(discover(), by_name))
         print(f"wrote {doc_path}")
     return 1 if failed else 0
 
@@ -222,6 +234,8 @@ def _section(name: str, script: Path, run: dict[str, Any] | None) -> list[str]:
     if not path.is_file():
         return lines + ["Not run yet: `make bench` (or `bench/run_all.py --only " + name + "`) measures it.", ""]
     doc = json.loads(path.read_text())
+    if doc.get("skipped"):
+        return lines + [f"Not measured here: {doc['skipped']}.", ""]
     rows = [
         [r["comparison"], r["candidate"], r["baseline"], r["ratio"], r["paired"], r["target"], r["status"]]
         for r in rows_of(name, doc)
@@ -249,6 +263,25 @@ def markdown(benches: list[tuple[str, Path]], runs: dict[str, dict[str, Any]]) -
         f"{statuses.count('info')} figures for information (no target)."
     )
     return "\n".join([DOC_INTRO, summary, "", *sections]).rstrip("\n") + "\n"
+
+
+def splice(old: str, benches: list[tuple[str, Path]], runs: dict[str, dict[str, Any]]) -> str:
+    """The existing report with the sections of the benchmarks in ``runs`` replaced, the rest kept."""
+    head, *parts = re.split(r"(?m)^(?=## )", old)
+    sections = {p.split("\n", 1)[0][3:].strip(): p for p in parts}
+    for name, script in benches:
+        if name in runs:
+            sections[name] = "\n".join(_section(name, script, runs[name]))
+    known = [n for n, _ in benches]
+    order = [n for n in known if n in sections] + [n for n in sections if n not in known]
+    body = "".join(sections[n].rstrip("\n") + "\n\n" for n in order)
+    statuses = re.findall(r"(?m)\| (PASS|FAIL|info) \|$", body)
+    summary = (
+        f"Summary: {statuses.count('PASS')} PASS, {statuses.count('FAIL')} FAIL, {body.count('**ERROR**')} ERROR, "
+        f"{statuses.count('info')} figures for information (no target)."
+    )
+    head = re.sub(r"(?m)^Summary: .*$", lambda _: summary, head)
+    return (head + body).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":

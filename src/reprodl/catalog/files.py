@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from reprodl.errors import CatalogError
+from reprodl.files import share_as_umask
 
 
 def check_output(path: str | os.PathLike[str], *, overwrite: bool, what: str) -> Path:
@@ -27,18 +28,10 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool, what: str) ->
     if out.is_dir():
         raise CatalogError(f"cannot write the {what} to {out}: it is a directory; give a file name")
     if out.exists() and not overwrite:
-        raise CatalogError(
-            f"{out} already exists: pass --overwrite (overwrite=True) to replace it, or choose another path"
-        )
+        raise CatalogError(f"{out} already exists: choose another path, or replace it with --overwrite")
     if not out.parent.is_dir():
         raise CatalogError(f"could not write the {what} {out}: the directory {out.parent} does not exist; create it")
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
 
 
 @contextlib.contextmanager
@@ -57,7 +50,7 @@ def writing(path: str | os.PathLike[str], *, overwrite: bool, what: str) -> Iter
         raise CatalogError(f"could not write the {what} {out}: {exc.strerror or exc}; choose another path") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
+            share_as_umask(tmp)  # mkstemp makes it 0600
             yield fh
         os.replace(tmp, out)
     except OSError as exc:

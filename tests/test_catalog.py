@@ -426,9 +426,9 @@ def test_graph_and_export_refuse_an_existing_file_unless_overwrite(cat: Catalog,
     graph, out, dump = build_graph(cat), tmp_path / "g.dot", tmp_path / "e.jsonl"
     for path in (out, dump):
         path.write_text("keep me")
-    with pytest.raises(CatalogError, match=r"g\.dot already exists: choose another path, or replace it with --overwrite"):
+    with pytest.raises(CatalogError, match=r"g\.dot already exists: .* --overwrite"):
         write_graph(graph, out)
-    with pytest.raises(CatalogError, match=r"e\.jsonl already exists: choose another path, or replace it with --overwrite"):
+    with pytest.raises(CatalogError, match=r"e\.jsonl already exists: .* --overwrite"):
         export_jsonl(cat, dump)
     assert out.read_text() == dump.read_text() == "keep me"
     res = cli("catalog", "export", "-o", dump, "--catalog", cat.path)

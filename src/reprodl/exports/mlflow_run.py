@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from reprodl.exports.source import ExportError, Source, require
+from reprodl.exports.source import ExportError, Source, model_identity, require
 from reprodl.provenance import ProvenanceRecord
 
 _ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
@@ -89,11 +89,7 @@ def _ms(iso: str) -> int:
 def _tags(source: Source, record: ProvenanceRecord) -> dict[str, str]:
     """The model's identity and digests, and the code's commit."""
     tags = {
-        "reprodl.model_uri": source.uri,
-        "reprodl.model_uuid": source.dataset.uuid,
-        "reprodl.record_digest": record.digest or "",
-        "reprodl.weights_sha256": record.results.weights_sha256 or "",
-        "reprodl.architecture": record.architecture.import_path,
+        **model_identity(source, record),
         "mlflow.note.content": f"Exported by reprodl from {source.uri}; `reprodl provenance {source.uri}` shows all.",
     }
     git = record.code.git

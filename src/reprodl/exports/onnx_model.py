@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reprodl.errors import IntegrityError
-from reprodl.exports.source import ExportError, Source, require
+from reprodl.exports.source import ExportError, Source, model_identity, require
 
 OPSET = 17
 #: Largest absolute difference between onnxruntime's and torch's outputs accepted.
@@ -78,14 +78,7 @@ def _stamp(path: Path, source: Source, record: Any) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    props = {
-        "reprodl.uri": source.uri,
-        "reprodl.uuid": source.dataset.uuid,
-        "reprodl.record_digest": record.digest or "",
-        "reprodl.weights_sha256": record.results.weights_sha256 or "",
-        "reprodl.architecture": record.architecture.import_path,
-    }
-    onnx.helper.set_model_props(proto, props)
+    onnx.helper.set_model_props(proto, model_identity(source, record))
     proto.producer_name = "reprodl"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))

@@ -71,6 +71,18 @@ class Source:
         return self.record
 
 
+def model_identity(source: Source, record: ProvenanceRecord) -> dict[str, str]:
+    """The model's URI, UUID and digests and its architecture, as ``reprodl.*`` string properties
+    (MLflow tags, ONNX metadata): one set of names wherever a format carries them."""
+    return {
+        "reprodl.model_uri": source.uri,
+        "reprodl.model_uuid": source.dataset.uuid,
+        "reprodl.record_digest": record.digest or "",
+        "reprodl.weights_sha256": record.results.weights_sha256 or "",
+        "reprodl.architecture": record.architecture.import_path,
+    }
+
+
 def open_source(uri: str) -> Source:
     """The dataset at ``uri``; its record (digest checked) when it holds ``provenance.json``."""
     ds = open_dataset(uri)

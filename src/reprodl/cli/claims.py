@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     from reprodl.reproduction.claims import Comparison, RunValue
 
 
+VARY_OPT = typer.Option(
+    None,
+    "--vary",
+    help="Sources of variation randomised (default all): init,order (through the seed), split (resplit "
+    "80/20 per seed), bootstrap (resample the training data per seed), augment (random transforms).",
+)
+METRIC_OPT = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better).")
 JOBS_OPT = typer.Option(
     None, "--jobs", help="Processes training at once, each with one thread (default: the CPU count)."
 )
@@ -25,13 +32,8 @@ def compare_cmd(
     a: Path = typer.Argument(..., help="Recipe A: a training config (YAML)."),
     b: Optional[Path] = typer.Argument(None, help="Recipe B (default: A again, made a variant with --set-b)."),
     seeds: int = typer.Option(..., "--seeds", help="Runs per recipe (>= 2); run i of A and B share a seed."),
-    vary: Optional[str] = typer.Option(
-        None,
-        "--vary",
-        help="Sources of variation randomised (default all): init,order (through the seed), split (resplit "
-        "80/20 per seed), bootstrap (resample the training data per seed), augment (random transforms).",
-    ),
-    metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
+    vary: Optional[str] = VARY_OPT,
+    metric: str = METRIC_OPT,
     jobs: Optional[int] = JOBS_OPT,
     set_a: Optional[list[str]] = typer.Option(None, "--set-a", help="Override a value of A: lr=0.05; repeatable."),
     set_b: Optional[list[str]] = typer.Option(None, "--set-b", help="Override a value of B: lr=0.0005; repeatable."),
@@ -134,13 +136,8 @@ def ablate_cmd(
         help="'NAME: key=value [key=value ...]', e.g. 'no-momentum: optimizer.momentum=0'; repeatable.",
     ),
     seeds: int = typer.Option(..., "--seeds", help="Runs per recipe (>= 2); run i of each shares a seed."),
-    vary: Optional[str] = typer.Option(
-        None,
-        "--vary",
-        help="Sources of variation randomised (default all): init,order (through the seed), split (resplit "
-        "80/20 per seed), bootstrap (resample the training data per seed), augment (random transforms).",
-    ),
-    metric: str = typer.Option("valid_accuracy", "--metric", help="Final metric compared (higher is better)."),
+    vary: Optional[str] = VARY_OPT,
+    metric: str = METRIC_OPT,
     jobs: Optional[int] = JOBS_OPT,
     set_: Optional[list[str]] = typer.Option(
         None, "--set", help="Override a value of the base and every variant: epochs=3; repeatable."

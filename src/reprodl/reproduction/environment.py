@@ -15,45 +15,17 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from reprodl.provenance import ComputeProfile, Environment, ProvenanceRecord
 
-EnvKind = Literal[
-    "python",
-    "implementation",
-    "platform",
-    "machine",
-    "torch",
-    "cuda",
-    "cudnn",
-    "numpy",
-    "reprodl",
-    "gpus",
-    "package",
-    "cpu",
-    "isa",
-    "blas",
-    "threads",
-    "thread_env",
-    "cuda_driver",
-    "nccl",
-    "tf32",
-    "matmul_precision",
-]
 # The recorded environment fields compared, in the order they are reported (packages come after).
-COMPARED_FIELDS: tuple[EnvKind, ...] = (
-    "python",
-    "implementation",
-    "platform",
-    "machine",
-    "torch",
-    "cuda",
-    "cudnn",
-    "numpy",
-    "reprodl",
-    "gpus",
-)
+RecordedKind = Literal[
+    "python", "implementation", "platform", "machine", "torch", "cuda", "cudnn", "numpy", "reprodl", "gpus"
+]
+ComputeKind = Literal["cpu", "isa", "blas", "threads", "thread_env", "cuda_driver", "nccl", "tf32", "matmul_precision"]
+EnvKind = Literal[RecordedKind, "package", ComputeKind]
+COMPARED_FIELDS: tuple[RecordedKind, ...] = get_args(RecordedKind)
 
 # The compute profile's fields compared (environment.compute), each with its kind, in report order.
 COMPUTE_FIELDS: tuple[tuple[str, EnvKind], ...] = (

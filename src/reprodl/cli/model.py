@@ -535,9 +535,10 @@ def verify_cmd(
     """
     from rich.markup import escape
 
-    from reprodl.modeldataset.verify import verify_model
+    from reprodl.modeldataset.verify import ModelVerification, verify_model
     from reprodl.reproduction.claims import is_claim, verify_claim
 
+    result: ModelVerification
     if is_claim(uri):
         if data or trusted_key:
             raise typer.BadParameter(

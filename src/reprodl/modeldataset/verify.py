@@ -91,15 +91,12 @@ def verify_model(
             result.add("weights match the record", True, record.results.weights_sha256 or "")
         except ReprodlError as exc:
             result.add("weights match the record", False, str(exc))
-        if record.code.run is not None:  # a start_run record: re-executed with --trust-code, never imported
-            result.add("recorded code is re-executed, not imported (reproduce needs --trust-code)", True, "")
-        else:
-            refused = untrusted_names(record, allow=allow)
-            result.add(
-                "recorded names pass the trust policy",
-                not refused,
-                "; ".join(f"will not be imported: {r}" for r in refused),
-            )
+        # Every record, a start_run one's too: loading, evaluating or predicting builds what it names.
+        refused = untrusted_names(record, allow=allow)
+        detail = "; ".join(f"will not be imported: {r}" for r in refused)
+        result.add("recorded names pass the trust policy", not refused, detail)
+        if record.code.run is not None:
+            result.notes.append("the recorded code is re-executed by reproduce (with --trust-code), never imported")
         if data:
             for ref in record.data:
                 if ref.source != "dtool":
@@ -125,8 +122,11 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = ()) -> l
     ]
     if t.scheduler is not None:
         names.append((f"{t.scheduler.module}:{t.scheduler.class_name}", trust.Kind.SCHEDULER))
+    allow = list(allow)
     refused = []
     for path, kind in names:
+        if kind is trust.Kind.ARCHITECTURE and _script_class_allowed(path, allow):
+            continue
         why = trust.refusal(path, kind, allow=allow)
         if why is not None:
             refused.append(f"{kind.value} {path} ({why})")
@@ -137,6 +137,20 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = ()) -> l
             except TransformError as exc:
                 refused.append(f"{ref.role} transform ({exc})")
     return refused
+
+
+def _script_class_allowed(path: str, allow: list[str]) -> bool:
+    """Whether ``path`` is a class of the training script (``__main__:Net``) that the user
+    allows (``__main__`` or ``__main__:Net``): loading reads it from the script stored with the
+    model; verify runs no recorded code, so it is not looked up here."""
+    from reprodl import trust
+    from reprodl.errors import UnsafeImportError
+
+    try:
+        module, qualname = trust.split_path(path)
+    except UnsafeImportError:
+        return False
+    return module == "__main__" and any(a in ("__main__", f"__main__:{qualname}") for a in allow)
 
 
 def _check_signature(ds: StoredDataSet, result: ModelVerification, trusted: list[Any]) -> None:

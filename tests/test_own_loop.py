@@ -303,3 +303,14 @@ def test_the_provenance_summary_shows_what_the_loop_logged_and_how_to_run_it_aga
     assert "Run again by: python train.py --data data/digits --epochs 2 (in ., seed 0)" in result.stdout
     assert "Epoch 2: train loss " in result.stdout and ", valid accuracy " in result.stdout
     assert "valid loss" not in result.stdout  # the loop did not log one
+
+
+@pytest.mark.slow
+def test_verify_runs_the_loops_record_through_the_trust_policy(loop_run: dict[str, object], cli) -> None:
+    """A start_run record is no exception: its script's class verifies only when allowed."""
+    refused = cli("verify", str(loop_run["uri"]))
+    assert refused.exit_code == 1, refused.output
+    assert "will not be imported: architecture __main__:" in refused.stdout
+    allowed = cli("verify", str(loop_run["uri"]), "--allow", "__main__")
+    assert allowed.exit_code == 0, allowed.output
+    assert "re-executed by reproduce (with --trust-code)" in allowed.stdout

@@ -236,3 +236,23 @@ def test_ls_search_and_graph_mark_a_forged_reproduction_unverified(
     dot = (tmp_path / "g.dot").read_text()
     assert f'"{w["uuid"]}" -> "{w["forged"]}" [label="reproduced (unverified)"' in dot
     assert f'"{w["uuid"]}" -> "{w["genuine"]}" [label="reproduced"' in dot
+
+
+def test_a_verdict_about_another_original_than_the_record_names_is_not_taken(
+    cli: Any, repro_world: dict[str, Any], tmp_path: Path
+) -> None:
+    from reprodl.store import normalise_uri, open_dataset
+
+    w = repro_world
+    genuine_path = next(p for p in (w["root"] / "models").iterdir() if open_dataset(str(p)).uuid == w["genuine"])
+    copy = normalise_uri(str(shutil.copytree(genuine_path, tmp_path / "models" / genuine_path.name)))
+    result = open_dataset(copy).get_annotation(keys.REPRODUCTION_RESULT)
+    open_dataset(copy).put_annotation(keys.REPRODUCTION_RESULT, {**result, "original_uuid": w["forged"]})
+    db = str(tmp_path / "c.sqlite")
+    assert cli("catalog", "add", w["model"], "-q", "--catalog", db).exit_code == 0
+    assert cli("catalog", "add", copy, "-q", "--catalog", db).exit_code == 0
+    (entry,) = json.loads(cli("catalog", "reproductions", w["model"], "--json", "--catalog", db).stdout)[
+        "reproductions"
+    ]
+    assert entry["uuid"] == w["genuine"] and entry["verdict"] is None  # the record's link stays, verified
+    assert entry["verified"] is True

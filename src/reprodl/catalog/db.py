@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import os
 import sqlite3
@@ -77,6 +78,8 @@ CREATE INDEX IF NOT EXISTS fields_num ON fields (name, num, entry_id);
 CREATE INDEX IF NOT EXISTS fields_txt ON fields (name, txt, entry_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5 (name, readme, annotations, tokenize = 'unicode61');
 """
+
+_SHADOW_PREFIX = "search_"  # the FTS5 table's shadow tables: search_data, search_idx, search_config...
 
 _COLUMNS = (
     "id, uuid, manifest_digest, kind, name, readme, readme_fields, annotations, record_digest, "
@@ -146,19 +149,23 @@ class Catalog:
             if self.path != ":memory:":
                 _make_parent(Path(self.path).expanduser())
             self.db = sqlite3.connect(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            raise _open_error(self.path, exc) from None
+        try:
+            # A catalog file is data: functions in its schema run only when innocuous, and
+            # nothing but reprodl's own tables and indexes may be in it (no trigger, no view).
+            self.db.execute("PRAGMA trusted_schema = OFF")
+            check_schema(self.db, self.path)
             self.db.execute("PRAGMA foreign_keys = ON")
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.executescript(SCHEMA)
             self._check_version()
         except (sqlite3.Error, OSError) as exc:
-            fix = (
-                "this Python's SQLite lacks the FTS5 extension: use a Python built with it (python.org and "
-                "conda builds are)"
-                if "fts5" in str(exc)
-                else "give another file with --catalog (or REPRODL_CATALOG), or move this one away and add "
-                "your base URIs again"
-            )
-            raise CatalogError(f"cannot open the catalog {self.path}: {exc}. To go on, {fix}") from None
+            self.db.close()
+            raise _open_error(self.path, exc) from None
+        except CatalogError:
+            self.db.close()
+            raise
 
     def _check_version(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -333,6 +340,19 @@ class Catalog:
                 out.setdefault(uuid, []).append(eid)
         return out
 
+    def record_digests(self, uuids: Iterable[str]) -> dict[str, set[str]]:
+        """The record digests of the catalogued models with these UUIDs, by UUID."""
+        out: dict[str, set[str]] = {}
+        for chunk in _chunks(list(set(uuids)), 500):
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                "SELECT uuid, record_digest FROM entries WHERE kind = 'model' AND record_digest IS NOT NULL "
+                f"AND uuid IN ({marks})"
+            )
+            for uuid, digest in self.db.execute(sql, chunk):
+                out.setdefault(uuid, set()).add(digest)
+        return out
+
     def find(self, ref: str) -> list[Entry]:
         """The entries ``ref`` names: a UUID, a URI (or path) where one was found, or a name.
 
@@ -362,6 +382,54 @@ class Catalog:
         """The base URIs datasets were found under."""
         rows = self.db.execute("SELECT DISTINCT base_uri FROM locations WHERE base_uri IS NOT NULL ORDER BY 1")
         return [r[0] for r in rows]
+
+
+def _open_error(path: str, exc: Exception) -> CatalogError:
+    fix = (
+        "this Python's SQLite lacks the FTS5 extension: use a Python built with it (python.org and conda builds are)"
+        if "fts5" in str(exc)
+        else "give another file with --catalog (or REPRODL_CATALOG), or move this one away and add your base URIs again"
+    )
+    return CatalogError(f"cannot open the catalog {path}: {exc}. To go on, {fix}")
+
+
+@functools.cache
+def _expected_schema() -> dict[tuple[str, str], str | None]:
+    """(type, name) -> SQL of every object :data:`SCHEMA` creates, as this SQLite stores it."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(SCHEMA)
+        return {(t, n): sql for t, n, sql in db.execute("SELECT type, name, sql FROM sqlite_master")}
+    finally:
+        db.close()
+
+
+def check_schema(db: sqlite3.Connection, path: str) -> None:
+    """Refuse a catalog file holding anything reprodl's schema does not: a trigger, a view, another
+    table or index, or one of reprodl's defined otherwise. Reads only ``sqlite_master``.
+
+    The full-text index's own tables (``search_data``...) are SQLite's, and their definitions may
+    differ between SQLite versions: only their names are checked.
+
+    Raises:
+        CatalogError: naming the first object that is not reprodl's.
+    """
+    expected = _expected_schema()
+    for kind, name, table, sql in db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid"):
+        key = (kind, name)
+        if key not in expected:
+            problem = "that reprodl's schema does not have"
+        elif sql == expected[key] or (kind == "table" and name.startswith(_SHADOW_PREFIX)):
+            continue
+        else:
+            problem = "defined otherwise than reprodl defines it"
+        on = f" (on {table!r})" if table != name else ""
+        raise CatalogError(
+            f"the catalog {path} holds a {kind} {name!r}{on} {problem}: reprodl refuses a catalog file with "
+            "triggers, views or tables it did not create, and runs nothing from it. To go on, give another file "
+            "with --catalog (or REPRODL_CATALOG), or build the catalog again with `reprodl catalog add` or "
+            "`reprodl catalog import`"
+        )
 
 
 def _make_parent(path: Path) -> None:

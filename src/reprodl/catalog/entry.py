@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from reprodl import keys
@@ -97,6 +98,7 @@ class Entry:
             raise CatalogError(f"catalog entry format {fmt!r} is not {keys.CATALOG_EXPORT_FORMAT!r}: upgrade reprodl")
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
+        _check_shape(values)
         try:
             values["links"] = [Link(**link) for link in values.get("links", [])]
             entry = cls(**values)
@@ -105,3 +107,76 @@ class Entry:
         if not isinstance(entry.uuid, str) or not entry.uuid or entry.kind not in KINDS:
             raise CatalogError(f"catalog entry needs a uuid and a kind in {KINDS}: {str(data)[:200]}")
         return entry
+
+
+_TEXT = ("uuid", "kind", "name", "manifest_digest", "readme")
+_OPTIONAL_TEXT = ("record_digest", "created_at", "creator", "verdict", "indexed_at")
+_LINK_TEXT = ("relation", "role")
+_LINK_OPTIONAL_TEXT = ("uuid", "uri", "digest", "name")
+_JSON_NAMES = {
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+}
+
+
+def _wrong(where: str, value: Any, wanted: str) -> CatalogError:
+    got = "null" if value is None else _JSON_NAMES.get(type(value), type(value).__name__)
+    return CatalogError(f"{where} is {got}, not {wanted}")
+
+
+def _check_shape(values: dict[str, Any]) -> None:
+    """Refuse a field of the wrong JSON type (a string where a list belongs), or a number JSON
+    cannot hold (``1e999`` parses as infinity), anywhere in an entry read from a file."""
+    for name in _TEXT:
+        if name in values and not isinstance(values[name], str):
+            raise _wrong(name, values[name], "a string")
+    for name in _OPTIONAL_TEXT:
+        if values.get(name) is not None and not isinstance(values[name], str):
+            raise _wrong(name, values[name], "a string or null")
+    for name in ("readme_fields", "annotations", "fields"):
+        if name in values and not isinstance(values[name], dict):
+            raise _wrong(name, values[name], "an object")
+    uris = values.get("uris", [])
+    if not isinstance(uris, list):
+        raise _wrong("uris", uris, "a list of URI strings")
+    for i, uri in enumerate(uris):
+        if not isinstance(uri, str):
+            raise _wrong(f"uris[{i}]", uri, "a URI string")
+    for name, value in values.get("fields", {}).items():
+        if not isinstance(value, (str, int, float)):  # bool is an int
+            raise _wrong(f"fields.{name}", value, "a number, string or boolean")
+    links = values.get("links", [])
+    if not isinstance(links, list):
+        raise _wrong("links", links, "a list of objects")
+    for i, link in enumerate(links):
+        if not isinstance(link, dict):
+            raise _wrong(f"links[{i}]", link, "an object")
+        for name in _LINK_TEXT:
+            if name in link and not isinstance(link[name], str):
+                raise _wrong(f"links[{i}].{name}", link[name], "a string")
+        for name in _LINK_OPTIONAL_TEXT:
+            if link.get(name) is not None and not isinstance(link[name], str):
+                raise _wrong(f"links[{i}].{name}", link[name], "a string or null")
+        if link.get("relation") not in RELATIONS:
+            raise CatalogError(f"links[{i}].relation is {link.get('relation')!r}, not one of {', '.join(RELATIONS)}")
+    _check_finite(values)
+
+
+def _check_finite(value: Any) -> None:
+    """Refuse infinity or NaN anywhere in ``value`` (Python's JSON reads them; JSON cannot hold them)."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise CatalogError(
+                f"{where} is {node}, not a finite number (a number as large as 1e999, or Infinity or NaN, "
+                "which JSON cannot hold)"
+            )
+        if isinstance(node, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(node))

@@ -2,7 +2,8 @@
 
 Arrows point from what something derives from to what derives from it (dataset -> model ->
 fine-tuned model; model -> its reproduction; model -> the claim holding it), each labelled with
-the relation. DOT is always written by reprodl itself. SVG comes from Graphviz's ``dot`` when
+the relation ("reproduced (unverified)" where the record digest a reproduction names is not the
+catalogued original's). DOT is always written by reprodl itself. SVG comes from Graphviz's ``dot`` when
 it is installed, else from reprodl's own layered layout (columns by depth, no crossing
 minimisation): readable for the few dozen nodes around one model, which ``focus`` selects.
 
@@ -48,7 +49,9 @@ class Graph:
     edges: list[Any] = dataclasses.field(default_factory=list)
 
 
-def _add_entry(graph: Graph, entry: Entry) -> None:
+def _add_entry(graph: Graph, entry: Entry, digests: dict[str, set[str]]) -> None:
+    from reprodl.catalog.query import reproduction_verified
+
     graph.nodes[entry.uuid] = Node(entry.uuid, entry.name, entry.kind, entry.uris[0] if entry.uris else "")
     for link in entry.links:
         key = link.uuid or link.uri or ""
@@ -56,12 +59,15 @@ def _add_entry(graph: Graph, entry: Entry) -> None:
             continue
         if key not in graph.nodes:
             graph.nodes[key] = Node(key, link.name or key[:12], "unknown", link.uri or "")
-        graph.edges.append((key, entry.uuid, EDGE_LABELS.get(link.relation, link.relation), link.role))
+        role = link.role
+        if link.relation == "reproduces" and not reproduction_verified(entry, digests, of=key):
+            role = "unverified"  # the original's record digest is not the one named
+        graph.edges.append((key, entry.uuid, EDGE_LABELS.get(link.relation, link.relation), role))
 
 
 def build_graph(cat: Catalog, *, focus: str | None = None) -> Graph:
     """The graph of every entry, or (``focus``: a UUID, URI or name) of one entry's lineage and descendants."""
-    from reprodl.catalog.query import _one, descendants, lineage
+    from reprodl.catalog.query import _one, descendants, lineage, original_digests
 
     if focus is None:
         entries = cat.entries()
@@ -73,9 +79,10 @@ def build_graph(cat: Catalog, *, focus: str | None = None) -> Graph:
         ids = cat.ids_of_uuids([start.uuid, *related])
         entries = cat.entries([i for uuid in [start.uuid, *related] for i in ids.get(uuid, [])])
     graph = Graph()
+    digests = original_digests(cat, entries)
     for entry in entries:
         if entry.uuid not in graph.nodes or graph.nodes[entry.uuid].kind == "unknown":
-            _add_entry(graph, entry)
+            _add_entry(graph, entry, digests)
     graph.edges = _merged(graph.edges)
     return graph
 

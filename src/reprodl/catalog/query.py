@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from reprodl.catalog.db import Catalog
-from reprodl.catalog.entry import KINDS, Entry
+from reprodl.catalog.entry import KINDS, Entry, Link
 from reprodl.catalog.where import COLUMNS, check_types, compile_where, parse_where
 from reprodl.errors import CatalogError
 
@@ -111,9 +111,44 @@ def _one(cat: Catalog, ref: str, *, kind: str | None = None) -> Entry:
     return found[0]
 
 
-def _node(entry: Entry | None, link: Any, depth: int, relation: str, role: str, of: str) -> dict[str, Any]:
-    """One step of a walk: the entry reached (or what the link says of an uncatalogued target)."""
-    base = {"depth": depth, "relation": relation, "role": role, "of": of}
+def original_digests(cat: Catalog, entries: list[Entry]) -> dict[str, set[str]]:
+    """The record digests of the catalogued models that ``entries`` say they reproduce, by UUID."""
+    return cat.record_digests({k.uuid for e in entries for k in e.links if k.relation == "reproduces" and k.uuid})
+
+
+def reproduction_verified(entry: Entry, digests: dict[str, set[str]], *, of: str | None = None) -> bool | None:
+    """Whether ``entry``'s claim to reproduce a model (``of``, or any) holds; None when it claims none.
+
+    It holds when the record digest it names for the original is the catalogued original's
+    (``digests``: :func:`original_digests`) and its own record is intact. A claim anyone can
+    write (an annotation with a made-up digest, an original not in the catalog) is unverified.
+    """
+    links = [k for k in entry.links if k.relation == "reproduces" and k.uuid and (of is None or k.uuid == of)]
+    if not links:
+        return None
+    if entry.fields.get("record_digest_ok") is False:
+        return False
+    return any(k.digest is not None and k.digest in digests.get(str(k.uuid), set()) for k in links)
+
+
+def summaries(cat: Catalog, entries: list[Entry]) -> list[dict[str, Any]]:
+    """Each entry's :meth:`~Entry.summary`, with ``verified`` (:func:`reproduction_verified`) for a reproduction."""
+    digests = original_digests(cat, entries)
+    out = []
+    for e in entries:
+        verified = reproduction_verified(e, digests)
+        out.append(e.summary() if verified is None else {**e.summary(), "verified": verified})
+    return out
+
+
+def _node(
+    entry: Entry | None, link: Any, depth: int, relation: str, role: str, of: str, *, verified: bool | None = None
+) -> dict[str, Any]:
+    """One step of a walk: the entry reached (or what the link says of an uncatalogued target);
+    ``verified`` (a ``reproduces`` step): whether that reproduction is verified."""
+    base: dict[str, Any] = {"depth": depth, "relation": relation, "role": role, "of": of}
+    if verified is not None:
+        base["verified"] = verified
     if entry is not None:
         return {**base, **entry.summary(), "in_catalog": True}
     return {**base, "uuid": link[0], "name": link[2], "uris": [link[1]] if link[1] else [], "in_catalog": False}
@@ -124,7 +159,8 @@ def lineage(cat: Catalog, model: str) -> list[dict[str, Any]]:
     every dataset any of them was trained, validated or tested on; nearest first.
 
     Each item: ``depth`` (1 = direct), ``relation`` (parent, reproduces, trained_on), ``role``,
-    ``of`` (the UUID it is an ancestor of), the entry's summary and ``in_catalog``.
+    ``of`` (the UUID it is an ancestor of), the entry's summary and ``in_catalog``; a
+    ``reproduces`` step also says whether it is ``verified`` (:func:`reproduction_verified`).
     """
     start = _one(cat, model, kind="model")
     out: list[dict[str, Any]] = []
@@ -138,13 +174,22 @@ def lineage(cat: Catalog, model: str) -> list[dict[str, Any]]:
                     continue
                 seen.add(link.uuid)
                 target = _pick(cat, link.uuid, link.digest)
-                out.append(_node(target, (link.uuid, link.uri, link.name), depth, link.relation, link.role, child.uuid))
+                verified = _step_verified(cat, child, link)
+                what = (link.uuid, link.uri, link.name)
+                out.append(_node(target, what, depth, link.relation, link.role, child.uuid, verified=verified))
                 if target is not None:
                     nxt.append(target)
         if not nxt:
             break
         frontier = nxt
     return out
+
+
+def _step_verified(cat: Catalog, child: Entry, link: Link) -> bool | None:
+    """For a ``reproduces`` link: whether ``child``'s reproduction of its target is verified."""
+    if link.relation != "reproduces":
+        return None
+    return bool(reproduction_verified(child, original_digests(cat, [child]), of=link.uuid))
 
 
 def _pick(cat: Catalog, uuid: str, digest: str | None) -> Entry | None:
@@ -187,13 +232,16 @@ def _walk_down(
         for eid, relation, role, of in rows:
             new_ids.setdefault(eid, (relation, role, of))
         frontier = []
-        for eid, e in zip(list(new_ids), cat.entries(list(new_ids))):
+        found = cat.entries(list(new_ids))
+        digests = original_digests(cat, found)
+        for eid, e in zip(list(new_ids), found):
             if e.uuid in seen:
                 continue
             seen.add(e.uuid)
             frontier.append(e.uuid)
             relation, role, of = new_ids[eid]
-            out.append(_node(e, None, depth, relation, role, of))
+            verified = bool(reproduction_verified(e, digests, of=of)) if relation == "reproduces" else None
+            out.append(_node(e, None, depth, relation, role, of, verified=verified))
         if not frontier or not then:
             break
         relations, want_roles = then, None
@@ -220,12 +268,13 @@ def reproductions(cat: Catalog, model: str) -> dict[str, Any]:
     """The reproductions of ``model`` with each verdict, and its replications.
 
     ``reproductions``: catalogued models whose record says they reproduce it (``reprodl
-    reproduce --output`` keeps one and writes its verdict on it). ``replications``: each
+    reproduce --output`` keeps one and writes its verdict on it), each ``verified`` only when
+    the record digest it names is this model's (:func:`reproduction_verified`). ``replications``: each
     multi-run summary or claim it is a member of, with its verdict and its other members.
     """
     start = _one(cat, model, kind="model")
     repro = _children(cat, [start.uuid], ("reproduces",))
-    out_repro = [e.summary() for e in cat.entries([r[0] for r in repro])]
+    out_repro = summaries(cat, cat.entries([r[0] for r in repro]))
     groups = _children(cat, [start.uuid], ("member",))
     replications = []
     for group in cat.entries([r[0] for r in groups]):

@@ -16,7 +16,7 @@ import dataclasses
 import datetime
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reprodl import keys
 from reprodl.catalog.db import Catalog, base_of, now
@@ -24,6 +24,9 @@ from reprodl.catalog.entry import Entry, FieldValue, Link
 from reprodl.errors import DatasetNotFoundError, InvalidURIError, MetadataError, ReprodlError
 from reprodl.parsing import load_json
 from reprodl.store import StoredDataSet, list_datasets, local_path, normalise_uri, open_dataset
+
+if TYPE_CHECKING:
+    from reprodl.provenance.record import ModelRef
 
 #: Annotations whose JSON is longer than this are kept as a note of their size only (a
 #: TensorDataSet's per-row split can hold millions of values).
@@ -161,19 +164,28 @@ def _describe_model(ds: StoredDataSet, entry: Entry) -> None:
     for relation, model in (("parent", record.lineage.parent), ("reproduces", record.lineage.reproduces)):
         if model is not None:
             entry.links.append(Link(relation, model.uuid, model.uri, model.record_digest))
-    _reproduction(entry, record.lineage.reproduces is not None)
+    _reproduction(entry, record.lineage.reproduces)
 
 
-def _reproduction(entry: Entry, linked: bool) -> None:
+def _reproduction(entry: Entry, recorded: ModelRef | None) -> None:
     """A kept reproduction's verdict (``reprodl reproduce --output`` writes it as an annotation);
-    the model it reproduces from there too when its record does not name it (a re-executed run)."""
+    the model it reproduces from there too when its record does not name it (an older run).
+
+    An annotation stays writable, so what it claims is checked where it is shown: the link
+    counts as verified only when the original's catalogued record digest is the one named
+    (:func:`reprodl.catalog.query.reproduction_verified`). A verdict about another model than
+    the one the record names is not taken.
+    """
     result = entry.annotations.get(keys.REPRODUCTION_RESULT)
     if not isinstance(result, dict):
         return
+    uuid, uri, digest = (result.get(k) for k in ("original_uuid", "original_uri", "original_record_digest"))
+    if recorded is not None and (uuid, digest) != (recorded.uuid, recorded.record_digest):
+        return
     entry.verdict = str(result["verdict"]) if result.get("verdict") else None
-    if not linked and isinstance(result.get("original_uuid"), str):
-        uri, digest = result.get("original_uri"), result.get("original_record_digest")
-        entry.links.append(Link("reproduces", result["original_uuid"], uri if isinstance(uri, str) else None, digest))
+    if recorded is None and isinstance(uuid, str):
+        text = {k: v if isinstance(v, str) else None for k, v in (("uri", uri), ("digest", digest))}
+        entry.links.append(Link("reproduces", uuid, text["uri"], text["digest"]))
 
 
 def _describe_legacy_model(entry: Entry) -> None:

@@ -30,6 +30,7 @@ CATALOG_OPT = typer.Option(
     help="The catalog file (default: catalog.sqlite in your data directory, e.g. ~/.local/share/reprodl).",
 )
 OVERWRITE_OPT = typer.Option(False, "--overwrite", help="Replace the output file if it exists.")
+_UNVERIFIED = ", unverified"  # a reproduction whose named original record digest is not the catalogued one
 
 
 @contextlib.contextmanager
@@ -40,12 +41,15 @@ def _open(path: Optional[Path]) -> Iterator[Catalog]:
         yield cat
 
 
-def _print_entries(entries: list[Entry], as_json: bool) -> None:
+def _print_entries(cat: Catalog, entries: list[Entry], as_json: bool) -> None:
+    from reprodl.catalog.query import summaries
+
+    listed = summaries(cat, entries)  # a reproduction's ``verified``
     if as_json:
-        print_json([e.summary() | {"fields": e.fields} for e in entries])
+        print_json([s | {"fields": e.fields} for s, e in zip(listed, entries)])
         return
-    for e in entries:
-        verdict = f"  [{e.verdict}]" if e.verdict else ""
+    for s, e in zip(listed, entries):
+        verdict = f"  [{e.verdict}{_UNVERIFIED if s.get('verified') is False else ''}]" if e.verdict else ""
         out.print(f"{e.kind:8} {e.name}  {e.uuid}  {', '.join(e.uris)}{verdict}", markup=False)
     if not entries:
         out.print("nothing found")
@@ -58,6 +62,7 @@ def _print_nodes(nodes: list[dict[str, Any]], as_json: bool) -> None:
     for n in nodes:
         where = ", ".join(n["uris"]) if n["in_catalog"] else f"not in the catalog ({', '.join(n['uris'])})"
         role = f" ({n['role']})" if n["role"] else ""
+        role += " (unverified)" if n.get("verified") is False else ""
         kind = n.get("kind", "?")
         out.print(
             f"{'  ' * (n['depth'] - 1)}{n['relation']}{role}: {kind} {n['name']}  {n['uuid']}  {where}", markup=False
@@ -106,7 +111,7 @@ def search_cmd(
     from reprodl.catalog import search
 
     with _open(catalog) as cat:
-        _print_entries(search(cat, text, kind=kind, limit=limit), as_json)
+        _print_entries(cat, search(cat, text, kind=kind, limit=limit), as_json)
 
 
 @app.command("ls")
@@ -131,7 +136,7 @@ def ls_cmd(
     from reprodl.catalog import ls
 
     with _open(catalog) as cat:
-        _print_entries(ls(cat, kind=kind, where=where, limit=limit), as_json)
+        _print_entries(cat, ls(cat, kind=kind, where=where, limit=limit), as_json)
 
 
 @app.command("models-trained-on")
@@ -194,7 +199,10 @@ def reproductions_cmd(
         return
     out.print(f"model {result['model']['name']} {result['model']['uuid']}", markup=False)
     for r in result["reproductions"]:
-        out.print(f"  reproduction {r['name']}  {', '.join(r['uris'])}: {r['verdict'] or 'no verdict'}", markup=False)
+        verdict = r["verdict"] or "no verdict"
+        if not r.get("verified"):
+            verdict += " (unverified: the record digest it names is not this model's)"
+        out.print(f"  reproduction {r['name']}  {', '.join(r['uris'])}: {verdict}", markup=False)
     for g in result["replications"]:
         verdict = f": {g['verdict']}" if g["verdict"] else ""
         out.print(f"  {g['kind']} {g['name']} with {len(g['members'])} other run(s){verdict}", markup=False)

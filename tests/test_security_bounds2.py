@@ -33,8 +33,8 @@ from reprodl.errors import DatasetFormatError
 
 pytest.register_assert_rewrite("train_fixtures")
 
-from test_security_secrets import PREFIX, SECRET, _git, repo  # noqa: E402, F401 - repo: a fixture
-from train_fixtures import rewrite_model  # noqa: E402
+from test_security_secrets import PREFIX, SECRET, _git
+from train_fixtures import digits_config, rewrite_model
 
 pytest_plugins = ["train_fixtures"]
 
@@ -118,7 +118,7 @@ def test_reproduce_sizes_a_zoo_model_from_its_init_params_before_building_it(
 
     uri = _edited(trained_model, tmp_path, edit)
     message = _refused_quickly(cli, "reproduce", uri)
-    assert f"make reprodl.zoo:SmallResNet build" in message and f"{unit}, more than reprodl builds" in message
+    assert "make reprodl.zoo:SmallResNet build" in message and f"{unit}, more than reprodl builds" in message
     assert "'widths': [" in message  # the recorded field and its value
     limit = keys.MAX_MODULES if unit == "modules" else trust.machine_limits().parameters
     assert f"on this machine ({limit:,})" in message
@@ -263,6 +263,20 @@ def test_whole_number_float_labels_still_read(base_dir):
 
 
 # --- 14. more secrets left out of the stored code ---------------------------------------------
+@pytest.fixture
+def repo(tmp_path: Path, digits_split_master: str) -> Path:
+    """A git repository with a committed training config and an untracked helper.py."""
+    root = tmp_path / "project"
+    root.mkdir()
+    _git(root, "init", "-q", "-b", "main")
+    (tmp_path / "models").mkdir()
+    (root / "train.yaml").write_text(yaml.safe_dump(digits_config(digits_split_master, tmp_path / "models")))
+    _git(root, "add", "train.yaml")
+    _git(root, "commit", "-q", "-m", "start")
+    (root / "helper.py").write_text("SCALE = 2\n")
+    return root
+
+
 NEW_SECRETS = [".pgpass", ".npmrc", ".docker/config.json", ".htpasswd", "secrets.yaml", "token.json", "hf_token"]
 
 

@@ -376,9 +376,7 @@ class TensorDataSet(WrappedDataSet):
         try:
             check_real_dtype(self.data.dtype, what=f"the data ({ds.relpath(data_idn)}) of the dataset {self.uri}")
             stored = np.asarray(_load_npy(self._labels_path, self.uri)).reshape(-1)
-            all_labels = integer_labels(
-                stored, what=f"the labels ({ds.relpath(labels_idn)}) of the dataset {self.uri}"
-            )
+            all_labels = integer_labels(stored, what=f"the labels ({ds.relpath(labels_idn)}) of the dataset {self.uri}")
         except DatasetFormatError:
             self._refuse_if_altered([data_idn, labels_idn])  # tampering is named as tampering
             raise

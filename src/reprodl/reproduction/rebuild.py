@@ -30,7 +30,9 @@ def check_resources(record: ProvenanceRecord, *, what: str) -> None:
         trust.check_workers(n, what=f"the record of {what} ({field})")
     dist = t.distributed
     if dist is not None and dist.world_size != 1:
-        trust.check_processes(dist.world_size, backend=dist.backend, what=f"the record of {what} (training.distributed)")
+        trust.check_processes(
+            dist.world_size, backend=dist.backend, what=f"the record of {what} (training.distributed)"
+        )
 
 
 # --- rebuilding ---------------------------------------------------------------------------

@@ -101,3 +101,11 @@ MAX_CATEGORIES = 100_000  # distinct labels of a dataset (ImageNet-21k has 21,84
 MAX_IMAGE_SIDE = 16384  # pixels per side of a transform's or a record's image size
 MAX_SAMPLE_ELEMENTS = 1 << 28  # values in one recorded sample shape (1 GiB as float32)
 HTTP_TIMEOUT_ENV = "REPRODL_HTTP_TIMEOUT"  # seconds to connect and between bytes (default 10, 60)
+# What a recorded integer may make reprodl start or build, relative to this machine
+# (reprodl.trust.machine_limits): refused beyond, naming the field, its value and the limit.
+WORKERS_PER_CPU = 4  # DataLoader worker processes (num_workers) per CPU of this machine
+PROCESSES_PER_CPU = 4  # torchrun processes (world_size) per CPU for gloo; nccl: one per GPU
+PROCESS_MEMORY_BYTES = 512 * 1024 * 1024  # memory each torchrun process is counted as needing
+PARAMETER_BYTES = 16  # memory per model parameter (weights, gradients, two optimiser states)
+MAX_PARAMETERS = 2 * 10**9  # parameters a recorded architecture may build, whatever the memory
+MAX_MODULES = 100_000  # modules (layers) a recorded architecture may build (a ResNet-152 has ~500)

@@ -28,14 +28,17 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any
 
-from reprodl.errors import ModelLoadError, UnsafeImportError
+from reprodl import keys
+from reprodl.errors import ModelLoadError, ParametersError, UnsafeImportError
 
 
 class Kind(str, enum.Enum):
@@ -237,38 +240,143 @@ def refusal(path: str, kind: Kind, *, allow: Iterable[str] = ()) -> str | None:
     return None
 
 
-#: The most parameters a recorded architecture may build (about 8 GiB of float32).
-MAX_PARAMETERS = 2 * 10**9
+# --- sizes: what recorded integers may make reprodl build or start --------------------------
+@dataclasses.dataclass(frozen=True)
+class MachineLimits:
+    """What this machine has, and so what a recorded integer may ask of it."""
+
+    cpus: int
+    memory_bytes: int | None  # physical memory (None where the platform does not say)
+
+    @property
+    def workers(self) -> int:
+        """The most DataLoader worker processes (``num_workers``) started for a record."""
+        return keys.WORKERS_PER_CPU * self.cpus
+
+    def processes(self, backend: str) -> int:
+        """The most torchrun processes (``world_size``) of ``backend`` started on this machine."""
+        if backend == "nccl":
+            import torch
+
+            return torch.cuda.device_count() if torch.cuda.is_available() else 0
+        limit = keys.PROCESSES_PER_CPU * self.cpus
+        if self.memory_bytes is not None:
+            limit = min(limit, self.memory_bytes // keys.PROCESS_MEMORY_BYTES)
+        return max(limit, 1)
+
+    @property
+    def parameters(self) -> int:
+        """The most parameters a recorded architecture may build."""
+        if self.memory_bytes is None:
+            return keys.MAX_PARAMETERS
+        return min(keys.MAX_PARAMETERS, self.memory_bytes // keys.PARAMETER_BYTES)
+
+
+def machine_limits() -> MachineLimits:
+    """This machine's CPUs (those this process may run on) and physical memory."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        memory: int | None = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        memory = None
+    return MachineLimits(cpus=max(cpus, 1), memory_bytes=memory if memory and memory > 0 else None)
+
+
+def check_workers(n: int, *, what: str) -> None:
+    """Refuse ``num_workers=n`` beyond :attr:`MachineLimits.workers` (:class:`ParametersError`)."""
+    limits = machine_limits()
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= limits.workers:
+        raise ParametersError(
+            f"{what}: num_workers={n!r} is not a number of DataLoader workers this machine starts (0 to "
+            f"{limits.workers:,}: {keys.WORKERS_PER_CPU} per CPU, {limits.cpus} CPUs here); use fewer workers, "
+            "or a machine with more CPUs"
+        )
+
+
+def check_processes(n: int, *, backend: str, what: str) -> None:
+    """Refuse ``world_size=n`` processes of ``backend`` beyond :meth:`MachineLimits.processes`."""
+    limits = machine_limits()
+    most = limits.processes(backend)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= most:
+        if backend == "nccl":
+            by = "one per GPU"
+        else:
+            memory = f", {limits.memory_bytes / 2**30:.0f} GiB of memory" if limits.memory_bytes else ""
+            by = f"{keys.PROCESSES_PER_CPU} per CPU and {keys.PROCESS_MEMORY_BYTES >> 20} MiB each: {limits.cpus} CPUs"
+            by += memory
+        raise ParametersError(
+            f"{what}: world_size={n!r} processes ({backend}) is more than this machine starts (1 to {most:,}: "
+            f"{by}); reproduce it where {n!r} processes can run"
+        )
+
+
+def planned_size(cls: type, init_params: dict[str, Any], *, what: str) -> tuple[int, int] | None:
+    """(parameters, modules) of ``cls(**init_params)``, counted from the arguments without building
+    anything, for a zoo class that can count itself (``planned_size``); None for any other class."""
+    count = getattr(cls, "planned_size", None)
+    module = getattr(cls, "__module__", "")
+    if count is None or not any(_within(module, root) for root in TRUSTED_MODULES[Kind.ARCHITECTURE]):
+        return None
+    try:
+        n, modules = count(**init_params)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"cannot build {what} with the recorded arguments {_short(init_params)}: {exc}") from None
+    return int(n), int(modules)
 
 
 def check_size(cls: type, init_params: dict[str, Any], *, expected: int | None = None, what: str = "") -> None:
-    """Build ``cls(**init_params)`` on torch's meta device (no memory, no data) and refuse
-    recorded arguments that would allocate more than :data:`MAX_PARAMETERS`, or build a model
-    of another size than the record's ``expected`` parameter count.
+    """Refuse recorded arguments that would build more than this machine's parameter limit
+    (:attr:`MachineLimits.parameters`) or :data:`reprodl.keys.MAX_MODULES` modules, or a model of
+    another size than the record's ``expected`` parameter count.
 
-    A class that cannot be built on the meta device is not sized here (it was trusted anyway).
+    A zoo class is sized from its arguments alone (``planned_size``: nothing is built); any other
+    class is built on torch's meta device (no memory, no data). A class that cannot be built on the
+    meta device is not sized here (it was trusted anyway).
 
     Raises:
         ModelLoadError: arguments the class does not take, or a size that does not fit.
     """
+    name = what or f"{cls.__module__}:{cls.__qualname__}"
+    planned = planned_size(cls, init_params, what=name)
+    if planned is None:
+        planned = _meta_size(cls, init_params, what=name)
+        if planned is None:
+            return
+    n, modules = planned
+    limit = machine_limits().parameters
+    for count, most, unit in ((modules, keys.MAX_MODULES, "modules"), (n, limit, "parameters")):
+        if count > most:
+            raise ModelLoadError(
+                f"the recorded arguments {_short(init_params)} make {name} build {count:,} {unit}, more than "
+                f"reprodl builds from a record on this machine ({most:,}); refused before building anything"
+            )
+    if expected and n != expected:
+        raise ModelLoadError(
+            f"the record says {name} has {expected:,} parameters, but its recorded arguments "
+            f"{_short(init_params)} build {n:,}: the record or the class changed"
+        )
+
+
+def _meta_size(cls: type, init_params: dict[str, Any], *, what: str) -> tuple[int, int] | None:
+    """(parameters, modules) of ``cls(**init_params)`` built on torch's meta device; None: not buildable there."""
     import torch
 
-    name = what or f"{cls.__module__}:{cls.__qualname__}"
     try:
         with torch.device("meta"), torch.random.fork_rng(devices=[]):
             model = cls(**init_params)
     except TypeError as exc:
-        raise ModelLoadError(f"cannot build {name} with the recorded arguments {init_params}: {exc}") from None
+        raise ModelLoadError(f"cannot build {what} with the recorded arguments {_short(init_params)}: {exc}") from None
     except Exception:  # noqa: BLE001 - a trusted class that needs real data to be built: not sized
-        return
-    n = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
-    if n > MAX_PARAMETERS:
-        raise ModelLoadError(
-            f"the recorded arguments {init_params} make {name} build {n:,} parameters, more than "
-            f"reprodl builds from a record ({MAX_PARAMETERS:,})"
-        )
-    if expected and n != expected:
-        raise ModelLoadError(
-            f"the record says {name} has {expected:,} parameters, but its recorded arguments "
-            f"{init_params} build {n:,}: the record or the class changed"
-        )
+        return None
+    if not isinstance(model, torch.nn.Module):
+        return 0, 0
+    return sum(p.numel() for p in model.parameters()), sum(1 for _ in model.modules())
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """``value`` for a message, cut at ``limit`` characters (recorded arguments may be long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...}"

@@ -39,6 +39,19 @@ class GenNet(nn.Module):
         final_dim = input_dim // 2 // 2
         self.fc1 = nn.Linear(final_dim * final_dim * 2 * hidden_channels, n_outputs)
 
+    @staticmethod
+    def planned_size(
+        input_channels: int = 1, input_dim: int = 28, n_outputs: int = 10, hidden_channels: int = 10
+    ) -> tuple[int, int]:
+        """(parameters, modules) these arguments build, counted without building (:func:`reprodl.trust.check_size`)."""
+        c, k = _count(input_channels, "input_channels"), _count(n_outputs, "n_outputs")
+        d, h = _count(input_dim, "input_dim"), _count(hidden_channels, "hidden_channels")
+        if d < 4:
+            raise ValueError(f"input_dim should be at least 4, but got input_dim={d}")
+        final = d // 4
+        n = (c * h * 25 + h) + (h * 2 * h * 25 + 2 * h) + (final * final * 2 * h * k + k)
+        return n, 4
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
@@ -92,7 +105,42 @@ class SmallResNet(nn.Module):
         self.stages = nn.Sequential(*layers)
         self.head = nn.Linear(c_in, n_outputs)
 
+    @staticmethod
+    def planned_size(
+        input_channels: int = 1,
+        n_outputs: int = 10,
+        widths: tuple[int, ...] | list[int] = (16, 32),
+        blocks_per_stage: int = 1,
+    ) -> tuple[int, int]:
+        """(parameters, modules) these arguments build, counted per stage without building anything
+        (:func:`reprodl.trust.check_size`): a million blocks cost no more to count than one."""
+        c, k = _count(input_channels, "input_channels"), _count(n_outputs, "n_outputs")
+        blocks = _count(blocks_per_stage, "blocks_per_stage", least=0)
+        if isinstance(widths, (str, bytes)) or not isinstance(widths, (list, tuple)) or not widths:
+            raise TypeError(f"widths should be a non-empty list of channel counts, but got widths={widths!r}")
+        ws = [_count(w, "widths") for w in widths]
+        n, modules = c * ws[0] * 9 + 2 * ws[0], 4  # stem: conv, batch norm, ReLU in a Sequential
+        c_in = ws[0]
+        for i, w in enumerate(ws if blocks else []):
+            # A block: two 3x3 convolutions and two batch norms; the first of a stage also projects
+            # its input (1x1 convolution, batch norm) when it strides (stages after the first) or
+            # changes the width.
+            projected = i > 0 or c_in != w
+            n += c_in * w * 9 + w * w * 9 + 4 * w + ((c_in * w + 2 * w) if projected else 0)
+            modules += 5 + (3 if projected else 1)
+            n += (blocks - 1) * (2 * w * w * 9 + 4 * w)
+            modules += (blocks - 1) * 6
+            c_in = w
+        return n + c_in * k + k, modules + 3  # head, stages (a Sequential), the network
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return F.log_softmax(self.head(x), dim=1)
+
+
+def _count(value: object, name: str, *, least: int = 1) -> int:
+    """``value`` as a count of at least ``least`` (a recorded argument: an int, not a bool or a float)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} should be an integer of at least {least}, but got {name}={value!r}")
+    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -15,8 +16,37 @@ from rich.markup import escape
 
 from reprodl.errors import ExitCode, ReprodlError
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# A record's strings are someone else's: an escape sequence in a model name could clear the
+# screen, retitle the terminal or rewrite the lines printed before it. CSI and OSC sequences
+# are removed whole; then every other C0/C1 control character (but newline and tab), DEL and the
+# bidirectional overrides that reorder what is shown.
+_ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def sanitize_for_terminal(text: str) -> str:
+    r"""``text`` without terminal control characters: escape sequences, carriage returns,
+    backspaces, bells and bidirectional overrides are removed; newlines, tabs and the plain text
+    stay. Every string the CLI prints goes through it (:class:`_SafeConsole`).
+
+    Example:
+        >>> sanitize_for_terminal("ok\x1b[2J\rdone\b!")
+        'okdone!'
+    """
+    return _CONTROL.sub("", _ESCAPE_SEQUENCE.sub("", text))
+
+
+class _SafeConsole(Console):
+    """A Rich console whose every string (``print`` arguments, table cells, progress
+    descriptions: all go through ``render_str``) is first passed through :func:`sanitize_for_terminal`.
+    Rich's own styling is added after, so colours still work."""
+
+    def render_str(self, text: str, *args: Any, **kwargs: Any) -> Any:
+        return super().render_str(sanitize_for_terminal(text), *args, **kwargs)
+
+
+out = _SafeConsole(highlight=False, soft_wrap=True)
+err = _SafeConsole(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from reprodl import keys
 from reprodl.data.images import open_image, target_mode_for
-from reprodl.data.labels import category_encoding
-from reprodl.data.layout import NPY_HEADER_ERRORS, default_value_scale
+from reprodl.data.labels import category_encoding, integer_labels
+from reprodl.data.layout import NPY_HEADER_ERRORS, check_real_dtype, default_value_scale
 from reprodl.data.readme import make_readme
 from reprodl.errors import InputDataError
 from reprodl.store import Progress, check_name, create_dataset, current_user, item_identifier
@@ -246,13 +246,7 @@ def _row_dimensions(data: np.ndarray, image_dimensions: list[int] | None) -> lis
 
 def _check_data_values(data: np.ndarray) -> None:
     """Refuse data a model cannot read as numbers: complex, non-numeric, NaN or infinite values."""
-    if np.iscomplexobj(data):
-        raise InputDataError(
-            f"data has the complex dtype {data.dtype}: store real values (e.g. np.abs(data), or the real and "
-            "imaginary parts as two channels)"
-        )
-    if not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
-        raise InputDataError(f"data must be numeric, got dtype {data.dtype}")
+    check_real_dtype(data.dtype, error=InputDataError)
     if np.issubdtype(data.dtype, np.floating):
         bad = ~np.isfinite(data)
         if bad.any():
@@ -265,24 +259,7 @@ def _check_data_values(data: np.ndarray) -> None:
 
 def _integer_labels(labels: np.ndarray) -> np.ndarray:
     """Labels as int64, refusing NaN, fractions and negative values (naming the first row)."""
-    if np.iscomplexobj(labels) or not (np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_):
-        raise InputDataError(f"labels must be integers 0..K-1, got dtype {labels.dtype}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        labels = labels.astype(np.float64)
-        bad = ~np.isfinite(labels)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise InputDataError(
-                f"labels hold {int(bad.sum())} non-finite value(s) (NaN or infinite), the first in row {row} "
-                f"({labels[row]}): every sample needs an integer label 0..K-1"
-            )
-        frac = labels != np.round(labels)
-        if frac.any():
-            row = int(np.flatnonzero(frac)[0])
-            raise InputDataError(
-                f"labels must be whole numbers (class indices 0..K-1), but row {row} has {labels[row]}: "
-                "labels are classes, not regression targets; map them to integers first"
-            )
+    labels = integer_labels(labels, error=InputDataError, fix="map them to integers first")
     if len(labels) and labels.min() < 0:
         row = int(np.argmin(labels))
         raise InputDataError(

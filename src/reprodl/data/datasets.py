@@ -22,8 +22,8 @@ from torch.utils.data._utils.collate import default_collate
 
 from reprodl import keys
 from reprodl.data.images import channels_for_mode, convert, open_image, read_batch, resize, to_array
-from reprodl.data.labels import dataset_encoding
-from reprodl.data.layout import load_npy, tensor_item_ids, value_scale
+from reprodl.data.labels import dataset_encoding, integer_labels
+from reprodl.data.layout import check_real_dtype, load_npy, tensor_item_ids, value_scale
 from reprodl.errors import DatasetFormatError, InputDataError, IntegrityError
 from reprodl.store import StoredDataSet, open_dataset
 
@@ -372,7 +372,14 @@ class TensorDataSet(WrappedDataSet):
         self._data_path = ds.item_path(data_idn)
         self._labels_path = ds.item_path(labels_idn)
         self.data = _load_npy(self._data_path, self.uri)
-        all_labels = np.asarray(_load_npy(self._labels_path, self.uri)).astype(np.int64).reshape(-1)
+        # Refused, not cast: complex data would lose its imaginary part, 0.5 would become class 0.
+        try:
+            check_real_dtype(self.data.dtype, what=f"the data ({ds.relpath(data_idn)}) of the dataset {self.uri}")
+            stored = np.asarray(_load_npy(self._labels_path, self.uri)).reshape(-1)
+            all_labels = integer_labels(stored, what=f"the labels ({ds.relpath(labels_idn)}) of the dataset {self.uri}")
+        except DatasetFormatError:
+            self._refuse_if_altered([data_idn, labels_idn])  # tampering is named as tampering
+            raise
         if len(all_labels) != len(self.data):
             raise DatasetFormatError(f"{self.uri}: {len(self.data)} data rows but {len(all_labels)} labels")
         self.rows = rows = self._resampled(self._selected_rows(all_labels))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from reprodl import keys
-from reprodl.errors import DatasetFormatError
+from reprodl.errors import DatasetFormatError, ReprodlError
 
 
 def checked_encoding(encoding: Any, *, uri: str) -> dict[str, int]:
@@ -47,6 +47,41 @@ def checked_encoding(encoding: Any, *, uri: str) -> dict[str, int]:
             "with the labels 0..K-1, or recreate the dataset"
         )
     return out
+
+
+def integer_labels(
+    labels: np.ndarray,
+    *,
+    what: str = "labels",
+    error: type[ReprodlError] = DatasetFormatError,
+    fix: str = "recreate the dataset with integer labels 0..K-1",
+) -> np.ndarray:
+    """``labels`` as int64, refusing what a cast would silently change: complex or non-numeric
+    dtypes, NaN or infinite values and fractions (0.5 would become class 0), naming the first row.
+
+    ``what`` names the labels in messages ("labels", or "the labels of <dataset>"); ``error`` is
+    raised (:class:`DatasetFormatError` for a stored dataset's labels) with ``fix`` as the remedy.
+    """
+    if np.iscomplexobj(labels) or not (np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_):
+        raise error(f"{what} must be integers 0..K-1, got dtype {labels.dtype}: {fix}")
+    if np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_:
+        return np.asarray(labels).astype(np.int64)
+    values = np.asarray(labels, dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise error(
+            f"{what} hold {int(bad.sum())} non-finite value(s) (NaN or infinite), the first in row {row} "
+            f"({values[row]}): every sample needs an integer label 0..K-1; {fix}"
+        )
+    frac = values != np.round(values)
+    if frac.any():
+        row = int(np.flatnonzero(frac)[0])
+        raise error(
+            f"{what} must be whole numbers (class indices 0..K-1), but row {row} has {values[row]}: labels are "
+            f"classes, not regression targets (a cast would truncate {values[row]} to {int(values[row])}); {fix}"
+        )
+    return values.astype(np.int64)
 
 
 def check_labels(labels: np.ndarray, allowed: Any, *, uri: str) -> None:

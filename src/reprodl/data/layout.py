@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from reprodl import keys
-from reprodl.errors import DatasetFormatError
+from reprodl.errors import DatasetFormatError, ReprodlError
 from reprodl.store import StoredDataSet
 
 # What np.load raises for a damaged or hostile .npy header, besides ValueError and OSError
@@ -35,6 +35,19 @@ def load_npy(path: str, *, uri: str, mmap: bool = True) -> np.ndarray:
         raise DatasetFormatError(f"{uri}: {name} is not a .npy array reprodl reads ({exc})") from None
     except (OSError, *NPY_HEADER_ERRORS) as exc:
         raise DatasetFormatError(f"{uri}: {name} is not a .npy array ({type(exc).__name__}: {exc})") from None
+
+
+def check_real_dtype(dtype: Any, *, what: str = "data", error: type[ReprodlError] = DatasetFormatError) -> None:
+    """Refuse data a model cannot read as real numbers: a complex dtype (a cast to float drops the
+    imaginary part) or a non-numeric one; ``what`` names the data in the message."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        raise error(
+            f"{what} has the complex dtype {dtype}: store real values (e.g. np.abs(data), or the real and "
+            "imaginary parts as two channels)"
+        )
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise error(f"{what} must be numeric, got dtype {dtype}")
 
 
 def default_value_scale(dtype: Any) -> float:

@@ -4,10 +4,18 @@ The front matter carries ``library_name``, ``datasets`` (their URIs), ``base_mod
 parent model, when fine-tuned), metrics under ``model-index`` and, under ``reprodl``, each
 dataset's URI, UUID and manifest digest with the record and weights digests; the body is the
 provenance summary ``reprodl provenance`` prints.
+
+A record's strings are someone else's, and a card is rendered as HTML (on the Hub, in an IDE):
+in the Markdown text each is one line with HTML (``<script>``) and link syntax escaped, so a
+``javascript:`` link or raw HTML shows as text; code blocks take a fence longer than any run of
+backticks inside them, so no string closes its block.
 """
 
 from __future__ import annotations
 
+import html
+import re
+import shlex
 from typing import Any
 
 import yaml
@@ -75,29 +83,39 @@ def model_card(source: Source) -> str:
     meta = yaml.safe_dump(front_matter(source), sort_keys=False, allow_unicode=True)
     arch = record.architecture
     body = [
-        f"# {record.model_name}",
+        f"# {_text(record.model_name)}",
         "",
-        f"A {arch.class_name} ({arch.n_parameters:,} parameters) trained with reprodl; "
-        f"{record.training.epochs} epochs on {', '.join(sorted({r.name for r in record.data}))}.",
+        f"A {_text(arch.class_name)} ({arch.n_parameters:,} parameters) trained with reprodl; "
+        f"{record.training.epochs} epochs on {_text(', '.join(sorted({r.name for r in record.data})))}.",
         "",
         "## Use",
         "",
-        "```python",
-        "from reprodl import TrainedTorchModel",
-        f'model = TrainedTorchModel("{source.uri}")',
-        "```",
+        *_code("python", ["from reprodl import TrainedTorchModel", f"model = TrainedTorchModel({source.uri!r})"]),
         "",
         "## Reproduce",
         "",
-        "```bash",
-        f"reprodl reproduce {source.uri}",
-        "```",
+        *_code("bash", [f"reprodl reproduce {shlex.quote(source.uri)}"]),
         "",
         "## Provenance",
         "",
-        "```text",
-        *summary_lines(record),
-        "```",
+        *_code("text", summary_lines(record)),
         "",
     ]
     return f"---\n{meta}---\n\n" + "\n".join(body)
+
+
+_MARKDOWN_SYNTAX = re.compile(r"([\\`*_\[\]()!|~])")
+
+
+def _text(value: str) -> str:
+    """A record string as inert Markdown text: one line, HTML escaped (``<script>`` shows as
+    text) and Markdown's emphasis, code and link syntax backslash-escaped (no link is formed)."""
+    one_line = " ".join(str(value).split())
+    return _MARKDOWN_SYNTAX.sub(r"\\\1", html.escape(one_line, quote=False))
+
+
+def _code(language: str, lines: list[str]) -> list[str]:
+    """A fenced code block whose fence is longer than any run of backticks in ``lines``."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + language, *(line.replace("\r", " ") for line in lines), fence]

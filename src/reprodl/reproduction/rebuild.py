@@ -20,6 +20,21 @@ from reprodl.provenance import DataRef, ProvenanceRecord
 from reprodl.store import StoredDataSet, open_dataset
 
 
+# --- bounds --------------------------------------------------------------------------------
+def check_resources(record: ProvenanceRecord, *, what: str) -> None:
+    """Refuse a record whose integers would start more than this machine has, before any work:
+    DataLoader workers (``num_workers``) and torchrun processes (``world_size``), bounded by
+    :func:`reprodl.trust.machine_limits` (:class:`ParametersError`, naming field, value and limit)."""
+    t = record.training
+    for field, n in (("training.num_workers", t.num_workers), ("training.params", t.params.get("num_workers", 0))):
+        trust.check_workers(n, what=f"the record of {what} ({field})")
+    dist = t.distributed
+    if dist is not None and dist.world_size != 1:
+        trust.check_processes(
+            dist.world_size, backend=dist.backend, what=f"the record of {what} (training.distributed)"
+        )
+
+
 # --- rebuilding ---------------------------------------------------------------------------
 def open_recorded(
     ref: DataRef, *, transform: Callable[[Any], Any] | None = None, dataset: StoredDataSet | None = None

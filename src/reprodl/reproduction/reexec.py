@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reprodl import keys
+from reprodl import keys, trust
 from reprodl.errors import IntegrityError, ReproductionError, UnsafeImportError
 from reprodl.modeldataset.read import load_trace, load_weights, read_record
 from reprodl.modeldataset.verify import DataCheck, check_data
@@ -98,6 +98,7 @@ def _launcher(model_ds: StoredDataSet, record: ProvenanceRecord) -> list[str]:
             f"{model_ds.uri} was trained by {dist.world_size} processes on nccl (one GPU each), but this machine "
             f"has {torch.cuda.device_count()} GPU(s): reproduce it where {dist.world_size} GPUs are available"
         )
+    trust.check_processes(dist.world_size, backend=dist.backend, what=f"the record of {model_ds.uri}")
     return ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(dist.world_size)]
 
 

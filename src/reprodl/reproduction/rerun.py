@@ -40,6 +40,7 @@ from reprodl.reproduction.environment import (
     environment_differences,
 )
 from reprodl.reproduction.rebuild import (
+    check_resources,
     open_recorded,
     rebuild_loss,
     rebuild_model,
@@ -199,6 +200,7 @@ def reproduce(
     t0 = time.perf_counter()
     model_ds = open_dataset(uri)
     record = read_record(model_ds)
+    check_resources(record, what=model_ds.uri)  # recorded worker and process counts, before any work
     if record.code.run is not None:  # a start_run record: re-execute its code (with trust)
         from reprodl.reproduction.reexec import reproduce_by_reexecution
 

@@ -346,6 +346,20 @@ SECRET_FILE_PATTERNS: tuple[str, ...] = (
     ".git-credentials",
     ".aws/credentials",
     ".ssh/*",
+    ".pgpass",
+    ".npmrc",
+    ".docker/config.json",
+    ".htpasswd",
+    "secrets",
+    "secrets.*",
+    # Token files (token, token.json, .token, hf_token, api_token.txt, x.token), but not code
+    # or vocabularies: tokenizer.py, token_utils.py, tokens.txt and token.py are stored.
+    "token",
+    ".token",
+    "*.token",
+    "token.[!p]*",
+    "*_token",
+    "*_token.[!p]*",
 )
 
 SKIP_SECRET = "secret"

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from reprodl import __version__, keys
+from reprodl import __version__, keys, trust
 from reprodl.data.datasets import Batch, WrappedDataSet, collate
 from reprodl.errors import IntegrityError, ParametersError, ReprodlError, TrainingDivergedError
 from reprodl.modeldataset.weights import state_dict_sha256
@@ -193,6 +193,8 @@ def make_loader(
     else:
         sampler = EpochSampler(len(ds), batch_size, seeds=seeds, shuffle=shuffle)
     workers = seeds.num_workers
+    if workers:
+        trust.check_workers(workers, what="the training parameters")  # never fork more than this machine has
     init: Any = seeds.worker_init_fn() if workers else None
     if workers and worker_states is not None:
         init = WorkerSeeder(init, worker_states)

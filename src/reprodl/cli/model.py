@@ -357,6 +357,9 @@ def reproduce_cmd(
         "--stop-at-divergence",
         help="End the re-run at the first optimiser step whose trace differs from the recorded one.",
     ),
+    trusted_key: Optional[list[str]] = typer.Option(
+        None, "--trusted-key", help="Public key (KEY.pub) the model must be signed by, checked first; repeatable."
+    ),
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -373,7 +376,7 @@ def reproduce_cmd(
     plan = None
     if not trust_code:
         with contextlib.suppress(ReprodlError):  # reproduce() reports it, after checking its arguments
-            plan = reexecution_plan(uri)
+            plan = reexecution_plan(uri, trusted_keys=trusted_key or ())
     if plan is not None and sys.stdin.isatty() and not as_json:
         err.print(plan.describe(), markup=False)
         trust_code = typer.confirm("Run this code?", default=False, err=True)
@@ -388,6 +391,7 @@ def reproduce_cmd(
         progress=not (quiet or as_json),
         trust_code=trust_code,
         stop_at_divergence=stop_at_divergence,
+        trusted_keys=trusted_key or (),
         on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
     )
     if as_json:

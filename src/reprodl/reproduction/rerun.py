@@ -27,6 +27,7 @@ from reprodl import keys
 from reprodl.data.datasets import WrappedDataSet
 from reprodl.errors import ExitCode, IntegrityError, ReproductionError
 from reprodl.modeldataset.read import load_trace, load_weights, read_record
+from reprodl.modeldataset.signing import signature_note
 from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck, check_code, check_patch
@@ -171,6 +172,7 @@ def reproduce(
     trust_code: bool = False,
     on_output: Callable[[str], None] | None = None,
     stop_at_divergence: bool = False,
+    trusted_keys: Iterable[str | os.PathLike[str]] = (),
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
@@ -191,6 +193,7 @@ def reproduce(
         output: base URI to keep the reproduced model dataset in (default: a temporary directory).
         transforms: transform objects by dataset role ("train", "valid", "test") used instead of
             the recorded ones; one that differs from the record is listed in the reasons.
+        trusted_keys: public keys the model must be signed by, checked before anything runs.
 
     Example:
         >>> reproduce("/models/augmented", transforms={"train": MyAugment(0.1)})   # doctest: +SKIP
@@ -203,9 +206,17 @@ def reproduce(
         from reprodl.reproduction.reexec import reproduce_by_reexecution
 
         report = reproduce_by_reexecution(
-            model_ds, record, trust_code=trust_code, output=output, tolerance=tol, seed=seed, on_output=on_output
+            model_ds,
+            record,
+            trust_code=trust_code,
+            output=output,
+            tolerance=tol,
+            seed=seed,
+            on_output=on_output,
+            trusted_keys=trusted_keys,
         )
     else:
+        signature_note(model_ds, trusted_keys)  # refused here when a trusted key's signature fails
         original = _Original(model_ds, record, load_weights(model_ds, record))
         options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
         comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)

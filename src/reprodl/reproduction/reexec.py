@@ -182,8 +182,7 @@ def reproduce_by_reexecution(
 ) -> ReproductionReport:
     """Re-run the recorded command in a temporary copy of the stored code, then compare.
 
-    ``on_output`` receives the script's output line by line (stdout and stderr merged); by
-    default the script writes to this process's stdout and stderr.
+    ``on_output`` receives the script's output lines (stdout and stderr merged), else they go to ours.
     """
     t0 = time.perf_counter()
     mode = record.training.determinism.mode

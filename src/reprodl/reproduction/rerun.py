@@ -185,7 +185,6 @@ def reproduce(
     re-run with a different seed (``seed``, default recorded + 100003) and judged on metrics and
     predictions, against a multi-run envelope when one is given. The report's ``divergence`` names
     the first step whose trace differs, and why; ``stop_at_divergence`` stops the re-run there.
-
     Transforms of :mod:`reprodl.data.transforms` are rebuilt from their recorded configs; one
     of your own is refused (:class:`ReproductionError`, naming its class) unless you pass it.
 
@@ -205,16 +204,8 @@ def reproduce(
     if record.code.run is not None:  # a start_run record: re-execute its code (with trust)
         from reprodl.reproduction.reexec import reproduce_by_reexecution
 
-        report = reproduce_by_reexecution(
-            model_ds,
-            record,
-            trust_code=trust_code,
-            output=output,
-            tolerance=tol,
-            seed=seed,
-            on_output=on_output,
-            trusted_keys=trusted_keys,
-        )
+        run: dict[str, Any] = dict(trust_code=trust_code, output=output, seed=seed, on_output=on_output)
+        report = reproduce_by_reexecution(model_ds, record, tolerance=tol, trusted_keys=trusted_keys, **run)
     else:
         signature_note(model_ds, trusted_keys)  # refused here when a trusted key's signature fails
         original = _Original(model_ds, record, load_weights(model_ds, record))

@@ -621,7 +621,7 @@ def test_git_commit_branch_and_uncommitted_patch_are_captured(digits_split_maste
 
     from reprodl.reproduction.rerun import check_code, check_patch
 
-    code = check_code(record)
+    code = check_code(record, repo=repo)  # git runs only in a repository the user names or is in
     assert code.commit_available and code.same_commit
     assert check_patch(record, ds, code).patch_applies is True
 

@@ -196,7 +196,7 @@ if __name__ == "__main__":
 """
 
 
-def test_a_model_class_of_the_training_script_loads_with_allow_main(digits_split_master, tmp_path):
+def test_a_model_class_of_the_training_script_is_passed_never_imported_from_the_record(digits_split_master, tmp_path):
     import os
     import subprocess
     import sys
@@ -212,10 +212,16 @@ def test_a_model_class_of_the_training_script_loads_with_allow_main(digits_split
     )
     assert run.returncode == 0, run.stderr
     uri = run.stdout.strip().splitlines()[-1]
-    with pytest.raises(UnsafeImportError, match=r"'__main__:Net'.*--allow __main__"):
-        TrainedTorchModel(uri)
-    script.write_text(SCRIPT.replace("WIDTH = 16", "WIDTH = 32"))  # the script moved on: the stored copy is used
-    model = TrainedTorchModel(uri, allow=["__main__"])
+    for allow in ([], ["__main__"]):  # the stored script is never executed, allowed or not
+        with pytest.raises(UnsafeImportError, match=r"'__main__:Net'.*model_class=Net.*--trust-code"):
+            TrainedTorchModel(uri, allow=allow)
+        with pytest.raises(UnsafeImportError, match=r"'__main__:Net'.*model_class=Net"):
+            reproduce(uri, allow=allow)
+    namespace: dict[str, object] = {"__name__": "users_copy_of_the_script"}
+    exec(compile(SCRIPT, str(script), "exec"), namespace)  # the user's own choice: their copy of the class
+    net = namespace["Net"]
+    assert isinstance(net, type)
+    model = TrainedTorchModel(uri, model_class=net)
     assert type(model.model).__name__ == "Net" and model.model.fc1.out_features == 16
     assert model.predict(torch.zeros(2, 1, 8, 8)).shape == (2,)
-    assert reproduce(uri, allow=["__main__"]).verdict == "identical"
+    assert reproduce(uri, model_class=net).verdict == "identical"

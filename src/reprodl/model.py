@@ -44,17 +44,15 @@ def resolve_class(
 
     ``allow`` holds module names or ``module:Class`` paths the user trusts ("mypkg.models"
     allows every class defined in that module and its submodules). ``model_class`` is used
-    as given: the user chose it. A class defined in the training script (``__main__:Net``)
-    is read, with ``allow=["__main__"]``, from the script stored with the model (``record``
-    and ``dataset``) when this process is not that script.
+    as given: the user chose it. A class defined in a training script (``__main__:Net``) is
+    never rebuilt from the code stored with the model, since its class body, decorators and
+    defaults would run: pass it as ``model_class``, or reproduce a ``start_run`` model by
+    re-execution (``--trust-code``, which shows the code's digest first). ``record`` and
+    ``dataset`` name the model in that refusal.
     """
     if model_class is not None:
         return model_class
-    module, qualname = trust.split_path(import_path)
-    if module == _MAIN and record is not None and dataset is not None:
-        stored = _from_stored_script(record, dataset, qualname, list(allow))
-        if stored is not None:
-            return stored
+    trust.refuse_script_class(import_path, where=getattr(dataset, "uri", None))
     cls: type = trust.resolve(import_path, trust.Kind.ARCHITECTURE, allow=allow)
     return cls
 
@@ -280,118 +278,3 @@ def evaluation_report(confusion: np.ndarray, categories: list[str], **extra: Any
         "categories": categories,
         "baselines": evaluation_baselines(confusion),
     }
-
-
-# --- classes of the training script, from the code stored with the model -------------------------
-_MAIN = "__main__"
-
-
-def _from_stored_script(record: ProvenanceRecord, dataset: Any, qualname: str, allow: list[str]) -> type | None:
-    """The class ``__main__:qualname`` from the training script stored with the model, when the
-    user allows ``__main__`` and this process's ``__main__`` lacks it; None otherwise.
-
-    Only the script's imports, classes, functions and literal assignments are run (never its
-    ``if __name__ == "__main__":`` block nor a call at its top level); the class is then
-    resolved by the trust policy under a module name of its own, and must have the recorded
-    source digest.
-    """
-    import sys
-
-    if not any(a == _MAIN or a == f"{_MAIN}:{qualname}" for a in allow):
-        return None
-    if isinstance(getattr(sys.modules.get(_MAIN), qualname.split(".")[0], None), type):
-        return None  # the training script is running: its own class
-    source = _stored_script_source(record, dataset)
-    module = _definitions_module(source, record)
-    cls: type = trust.resolve(f"{module}:{qualname}", trust.Kind.ARCHITECTURE, allow=[module])
-    if (
-        record.architecture.source_sha256
-        and _class_source_sha256(source, qualname) != record.architecture.source_sha256
-    ):
-        raise ModelLoadError(
-            f"the class {qualname} in the training script stored with {dataset.uri} is not the source the record "
-            "names (its sha256 differs): pass the class yourself, model_class=..."
-        )
-    return cls
-
-
-def _stored_script_source(record: ProvenanceRecord, dataset: Any) -> str:
-    """The training script's text: the copy stored with the model, else the recorded file if unchanged."""
-    import hashlib
-    import io
-    import tarfile
-    from pathlib import Path
-
-    code, git = record.code, record.code.git
-    script = code.entry_script
-    rel = (
-        str(Path(script).relative_to(git.root)) if script and git and git.root and script.startswith(git.root) else None
-    )
-    items = [i for i in (code.entry_script_item, f"{keys.CODE_DIR}untracked/{rel}" if rel else None) if i]
-    for item in items:
-        try:
-            data = Path(dataset.item_path(dataset.identifier_of(item))).read_bytes()
-        except (KeyError, OSError):
-            continue
-        return data.decode()
-    if rel and code.snapshot is not None and code.snapshot.item:
-        tar_bytes = Path(dataset.item_path(dataset.identifier_of(code.snapshot.item))).read_bytes()
-        with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
-            member = tar.extractfile(rel)
-            if member is not None:
-                return member.read().decode()
-    if (
-        script
-        and Path(script).is_file()
-        and hashlib.sha256(Path(script).read_bytes()).hexdigest() == (code.entry_script_sha256 or "")
-    ):
-        return Path(script).read_text()
-    raise ModelLoadError(
-        f"the model's class was defined in its training script ({script}), which is neither stored with "
-        f"{dataset.uri} nor unchanged on disk: pass the class yourself, TrainedTorchModel(uri, model_class=Net)"
-    )
-
-
-def _definitions_module(source: str, record: ProvenanceRecord) -> str:
-    """Run the script's imports, definitions and literal assignments in a module of their own; its name."""
-    import ast
-    import hashlib
-    import sys
-    import types
-
-    tree = ast.parse(source)
-    tree.body = [node for node in tree.body if _is_definition(node)]
-    name = "reprodl_training_script_" + hashlib.sha256(source.encode()).hexdigest()[:16]
-    if name not in sys.modules:
-        module = types.ModuleType(name, f"definitions of {record.code.entry_script}")
-        # The user allowed __main__: its definitions (no top-level call) run, as an import would.
-        exec(compile(tree, record.code.entry_script or name, "exec"), module.__dict__)
-        sys.modules[name] = module
-    return name
-
-
-def _is_definition(node: Any) -> bool:
-    import ast
-
-    if isinstance(node, (ast.Import, ast.ImportFrom, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-        return True
-    if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
-        try:
-            ast.literal_eval(node.value)
-        except ValueError:
-            return False
-        return True
-    return False
-
-
-def _class_source_sha256(source: str, qualname: str) -> str | None:
-    """sha256 of a top-level class's source lines (decorators included), as inspect.getsource gives them."""
-    import ast
-    import hashlib
-
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.ClassDef) and node.name == qualname:
-            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-            lines = source.splitlines(keepends=True)[first - 1 : node.end_lineno]
-            return hashlib.sha256("".join(lines).encode()).hexdigest()
-    return None

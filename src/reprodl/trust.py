@@ -181,6 +181,29 @@ def _lookup(module: str, qualname: str, path: str) -> Any:
     return obj
 
 
+#: Why a class of a training script (``__main__:Net``) is not imported, and what to do instead.
+SCRIPT_CLASS_HINT = (
+    "A class defined in a training script is never imported from a record: its class body, decorators "
+    "and default arguments are code that would run. Pass the class itself (Python: model_class=Net, from "
+    "your own copy of the script), move it into a module and allow that module (--allow mypkg.models), or, "
+    "for a model trained with reprodl.start_run, run `reprodl reproduce URI --trust-code`, which re-executes "
+    "the stored code in a temporary copy after showing its digest"
+)
+
+
+def refuse_script_class(path: str, *, where: str | None = None) -> None:
+    """Refuse ``path`` when it names a class of a training script (``__main__``) that this
+    process's ``__main__`` does not define: such a class is rebuilt from no stored code."""
+    module, qualname = split_path(path)
+    if module != "__main__":
+        return
+    if inspect.isclass(getattr(sys.modules.get("__main__"), qualname.split(".")[0], None)):
+        return  # the training script itself is running: its own class, under the allow-list
+    raise UnsafeImportError(
+        f"{path!r}{f' (named by {where})' if where else ''} is a class of a training script. {SCRIPT_CLASS_HINT}"
+    )
+
+
 def resolve(path: str, kind: Kind, *, allow: Iterable[str] = ()) -> Any:
     """The class (or, for losses, listed function) a recorded ``path`` names, if the policy trusts it.
 
@@ -203,6 +226,8 @@ def resolve(path: str, kind: Kind, *, allow: Iterable[str] = ()) -> Any:
         hint = (
             ""
             if kind is Kind.TRANSFORM
+            else f" {SCRIPT_CLASS_HINT}"
+            if module == "__main__"
             else (
                 f" If you trust it, pass allow=[{module!r}] (CLI: --allow {module})"
                 + (" or model_class=YourClass" if kind is Kind.ARCHITECTURE else "")

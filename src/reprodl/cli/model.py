@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 _ALLOW = typer.Option(
     None, "--allow", help="Module (or module:Class) trusted to be imported for the architecture; repeatable."
 )
+_TRUSTED_KEY = typer.Option(
+    None, "--trusted-key", help="Public key (KEY.pub file or its text) the model must be signed by; repeatable."
+)
+_TRUST_CODE = typer.Option(
+    False,
+    "--trust-code",
+    help="Run the code recorded with a model trained with start_run (your own loop) without asking.",
+)
 
 
 @app.command("provenance")
@@ -347,16 +355,13 @@ def reproduce_cmd(
         None, "--seed", help="Seed for the re-run (statistical mode: default recorded + 100003)."
     ),
     allow: Optional[list[str]] = _ALLOW,
-    trust_code: bool = typer.Option(
-        False,
-        "--trust-code",
-        help="Run the code recorded with a model trained with start_run (your own loop) without asking.",
-    ),
+    trust_code: bool = _TRUST_CODE,
     stop_at_divergence: bool = typer.Option(
         False,
         "--stop-at-divergence",
         help="End the re-run at the first optimiser step whose trace differs from the recorded one.",
     ),
+    trusted_key: Optional[list[str]] = _TRUSTED_KEY,
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -364,6 +369,7 @@ def reproduce_cmd(
 
     A model trained with reprodl.start_run is reproduced by re-executing its recorded code in a
     temporary copy: that runs only with --trust-code, or after a yes at an interactive prompt.
+    With --trusted-key, the model's signature is checked before anything is shown or run.
     """
     import sys
 
@@ -373,7 +379,7 @@ def reproduce_cmd(
     plan = None
     if not trust_code:
         with contextlib.suppress(ReprodlError):  # reproduce() reports it, after checking its arguments
-            plan = reexecution_plan(uri)
+            plan = reexecution_plan(uri, trusted_keys=trusted_key or ())
     if plan is not None and sys.stdin.isatty() and not as_json:
         err.print(plan.describe(), markup=False)
         trust_code = typer.confirm("Run this code?", default=False, err=True)
@@ -388,6 +394,7 @@ def reproduce_cmd(
         progress=not (quiet or as_json),
         trust_code=trust_code,
         stop_at_divergence=stop_at_divergence,
+        trusted_keys=trusted_key or (),
         on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
     )
     if as_json:
@@ -523,9 +530,7 @@ def verify_cmd(
     uri: str = typer.Argument(..., help="Model dataset URI (or a claim dataset from reprodl compare)."),
     data: bool = typer.Option(False, "--data", help="Also check every training dataset is reachable and unchanged."),
     allow: Optional[list[str]] = _ALLOW,
-    trusted_key: Optional[list[str]] = typer.Option(
-        None, "--trusted-key", help="Public key (KEY.pub file or its text) the model must be signed by; repeatable."
-    ),
+    trusted_key: Optional[list[str]] = _TRUSTED_KEY,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Check a model: item hashes, record digest, weights, trust policy (and data, signature).

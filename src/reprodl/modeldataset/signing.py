@@ -270,3 +270,20 @@ def _what_changed(signed: Any, now: dict[str, Any]) -> str:
         if changed
         else "the signature is invalid (forged or corrupted)"
     )
+
+
+def signature_note(ds: StoredDataSet, trusted_keys: Iterable[str | os.PathLike[str]]) -> str:
+    """Before anything of ``ds`` runs: with ``trusted_keys``, its signature by one of them, checked
+    (:class:`IntegrityError` when it fails); without, who signed it (not checked)."""
+    from reprodl.errors import IntegrityError
+
+    trusted = list(trusted_keys)
+    if trusted:
+        check = verify_signature(ds, trusted_keys=trusted)
+        if not check.ok:
+            raise IntegrityError(
+                f"refusing to reproduce {ds.uri}: {check.detail}; nothing was run", problems=[check.detail]
+            )
+        return f"{check.detail} (checked against a trusted key)"
+    signers = [str(s.get("public_key"))[:60] for s in signatures(ds)]
+    return f"by {', '.join(signers)} (not checked: pass --trusted-key)" if signers else "not signed"

@@ -1,5 +1,8 @@
 """Checking the recorded code before a re-run: is the commit here, does the recorded patch apply?
 
+git runs only in the repository you are in or name, with hooks and fsmonitor off
+(:mod:`reprodl.training.safegit`); never at the root a record names, nor inside a dataset.
+
 Example:
     >>> check_code(record).status                          # doctest: +SKIP
     'available'
@@ -8,14 +11,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from reprodl.provenance import GitInfo, ProvenanceRecord
+from reprodl.provenance import ProvenanceRecord
 from reprodl.store import StoredDataSet
+from reprodl.training.safegit import run_git, user_repository
 
 CodeStatus = Literal["unknown", "missing", "available", "patch does not apply", "re-executed"]
 
@@ -39,6 +44,7 @@ class CodeCheck:
     command: list[str] | None = None  # re-executed runs: the command run in the stored code
     working_directory: str | None = None
     code_digest: str | None = None
+    repository: str | None = None  # the repository git ran in: yours, never the record's
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: recorded_commit, dirty, status, message, and the fields that were checked."""
@@ -50,8 +56,13 @@ class CodeCheck:
         return out
 
 
-def check_code(record: ProvenanceRecord) -> CodeCheck:
-    """Is the recorded commit available here, and is the checkout at it?"""
+def check_code(record: ProvenanceRecord, *, repo: str | os.PathLike[str] | None = None) -> CodeCheck:
+    """Is the recorded commit available here, and is the checkout at it?
+
+    git runs only in the repository you are in (the current directory's) or name with ``repo``
+    (:mod:`reprodl.training.safegit`), never at the root the record names: outside one, the
+    code is not checked (status ``unknown``) and the message says where to run from.
+    """
     git = record.code.git
     unknown = CodeCheck(
         "unknown",
@@ -61,19 +72,28 @@ def check_code(record: ProvenanceRecord) -> CodeCheck:
     )
     if not git or not git.commit:
         return unknown
-    root = _repo_root(git)
+    root, why = user_repository(repo)
+    if root is None:
+        message = (
+            f"commit {git.commit[:12]} was not checked: {why}. reprodl runs git only in the repository you are in "
+            f"or name, never at the recorded root ({git.root}): run reproduce from inside a clone of "
+            f"{git.remote or 'the original repository'}"
+        )
+        return dataclasses.replace(unknown, message=message)
     try:
-        has = _git(root, "cat-file", "-e", f"{git.commit}^{{commit}}").returncode == 0
+        has = run_git(root, "cat-file", "-e", f"{git.commit}^{{commit}}").returncode == 0
     except (OSError, subprocess.SubprocessError):
         has = False
     if not has:
         message = (
-            f"commit {git.commit} is not in the repository at {root}: fetch it "
+            f"commit {git.commit} is not in the repository you are in ({root}): fetch it "
             f"({git.remote or 'the original remote'}) to rebuild the exact code"
         )
-        return dataclasses.replace(unknown, status="missing", message=message, commit_available=False)
-    head = _git(root, "rev-parse", "HEAD").stdout.decode().strip()
-    message = f"commit {git.commit[:12]} is available" + (
+        return dataclasses.replace(
+            unknown, status="missing", message=message, commit_available=False, repository=str(root)
+        )
+    head = run_git(root, "rev-parse", "HEAD").stdout.decode().strip()
+    message = f"commit {git.commit[:12]} is available in {root}" + (
         "" if head == git.commit else f"; the checkout is at {head[:12]}, so the re-run uses different code"
     )
     return dataclasses.replace(
@@ -84,20 +104,28 @@ def check_code(record: ProvenanceRecord) -> CodeCheck:
         current_commit=head,
         same_commit=head == git.commit,
         patch_item=git.patch_item or None,
+        repository=str(root),
     )
 
 
 def check_patch(record: ProvenanceRecord, model_ds: StoredDataSet, code: CodeCheck) -> CodeCheck:
-    """``code`` with whether the recorded uncommitted patch applies to the recorded commit."""
+    """``code`` with whether the recorded uncommitted patch applies to the recorded commit, in the
+    repository ``code`` was checked in (a scratch index: the checkout is not touched)."""
     git = record.code.git
-    if not git or not git.patch_item or not git.commit or not code.commit_available:
+    if not git or not git.patch_item or not git.commit or not code.commit_available or not code.repository:
         return code
-    root = _repo_root(git)
     patch = Path(model_ds.item_path(model_ds.identifier_of(git.patch_item))).read_bytes()
+    if git.patch_sha256 and hashlib.sha256(patch).hexdigest() != git.patch_sha256:
+        return dataclasses.replace(
+            code,
+            patch_applies=False,
+            status="patch does not apply",
+            message=f"the stored patch {git.patch_item} does not match its recorded sha256: it was not checked",
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        _git(root, "read-tree", git.commit, env=env)
-        res = _git(root, "apply", "--cached", "--check", "-", env=env, stdin=patch)
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        run_git(code.repository, "read-tree", git.commit, env=env)
+        res = run_git(code.repository, "apply", "--cached", "--check", "-", env=env, stdin=patch)
     if res.returncode == 0:
         return dataclasses.replace(code, patch_applies=True)
     return dataclasses.replace(
@@ -106,14 +134,3 @@ def check_patch(record: ProvenanceRecord, model_ds: StoredDataSet, code: CodeChe
         status="patch does not apply",
         message=f"the recorded patch does not apply to {git.commit[:12]}: {res.stderr.decode().strip()}",
     )
-
-
-def _git(
-    root: Path, *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, input=stdin, env=env, timeout=60)
-
-
-def _repo_root(git: GitInfo) -> Path:
-    """The recorded repository root where it exists here, else the working directory."""
-    return Path(git.root) if git.root and Path(git.root).is_dir() else Path.cwd()

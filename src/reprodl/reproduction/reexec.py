@@ -8,7 +8,11 @@ the recorded seed; the run's ``start_run`` writes into the reproduction's output
 
 Re-executing recorded code is running code, and a record from a URI may be someone else's: it
 runs only with ``trust_code=True`` (``reprodl reproduce URI --trust-code``); without it
-:class:`UnsafeImportError` says what would run, and nothing is run or written.
+:class:`UnsafeImportError` says what would run, and nothing is run or written. Before the plan is
+shown, every code item is checked against the model's manifest and its record, and read once: the
+digest shown covers those bytes, and the tree is rebuilt from them
+(:func:`reprodl.training.snapshot.load_code`). With ``trusted_keys`` the model's signature is
+checked first.
 
 Example:
     >>> print(reexecution_plan("/models/mnist").describe())        # doctest: +SKIP
@@ -26,13 +30,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from reprodl import keys, trust
 from reprodl.errors import IntegrityError, ReproductionError, UnsafeImportError
 from reprodl.modeldataset.read import load_trace, load_weights, read_record
+from reprodl.modeldataset.signing import signature_note
 from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
@@ -48,7 +53,7 @@ from reprodl.reproduction.rerun import (
 )
 from reprodl.reproduction.verdict import Verdict, environment_reasons
 from reprodl.store import StoredDataSet, local_path, open_dataset
-from reprodl.training.snapshot import code_digest, materialise
+from reprodl.training.snapshot import StoredCode, load_code, materialise
 
 
 @dataclasses.dataclass
@@ -61,6 +66,8 @@ class ReexecutionPlan:
     code_digest: str
     seed: int
     code: str
+    signature: str = "not signed"
+    stored: StoredCode | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
         """A few lines for a person deciding whether to trust the code."""
@@ -68,16 +75,28 @@ class ReexecutionPlan:
             f"Reproducing {self.uri} runs the code recorded with it:\n"
             f"  command: {' '.join(self.command)}\n"
             f"  in:      <stored code>/{self.working_directory} (a temporary copy)\n"
-            f"  code:    {self.code} ({self.code_digest})\n"
-            f"  seed:    {self.seed}"
+            f"  code:    {self.code} ({self.code_digest}: the bytes of every file that runs)\n"
+            f"  seed:    {self.seed}\n"
+            f"  signed:  {self.signature}"
         )
 
 
-def reexecution_plan(uri: str | StoredDataSet) -> ReexecutionPlan | None:
-    """The plan for the model at ``uri``, or None when it is rebuilt in process (built-in trainer)."""
+def reexecution_plan(
+    uri: str | StoredDataSet, *, trusted_keys: Iterable[str | os.PathLike[str]] = ()
+) -> ReexecutionPlan | None:
+    """The plan for the model at ``uri``, or None when it is rebuilt in process (built-in trainer).
+
+    With ``trusted_keys`` the model must be signed by one of them (else :class:`IntegrityError`).
+    """
     model_ds = uri if isinstance(uri, StoredDataSet) else open_dataset(uri)
     record = read_record(model_ds)
-    return _plan(model_ds, record) if record.code.run is not None else None
+    return _plan(model_ds, record, trusted_keys=trusted_keys) if record.code.run is not None else None
+
+
+def _inside(rel: str) -> bool:
+    """Whether the relative path ``rel`` stays inside the directory it is relative to."""
+    norm = os.path.normpath(rel)
+    return not os.path.isabs(rel) and "\\" not in rel and norm != ".." and not norm.startswith("../")
 
 
 def _launcher(model_ds: StoredDataSet, record: ProvenanceRecord) -> list[str]:
@@ -102,9 +121,22 @@ def _launcher(model_ds: StoredDataSet, record: ProvenanceRecord) -> list[str]:
     return ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(dist.world_size)]
 
 
-def _plan(model_ds: StoredDataSet, record: ProvenanceRecord, seed: int | None = None) -> ReexecutionPlan:
+def _plan(
+    model_ds: StoredDataSet,
+    record: ProvenanceRecord,
+    seed: int | None = None,
+    *,
+    trusted_keys: Iterable[str | os.PathLike[str]] = (),
+) -> ReexecutionPlan:
     run = record.code.run
     assert run is not None
+    signature = signature_note(model_ds, trusted_keys)
+    for what, rel in (("working directory", run.working_directory), ("entry script", run.entry_script or ".")):
+        if not _inside(rel):
+            raise IntegrityError(
+                f"the recorded {what} {rel!r} of {model_ds.uri} leaves the temporary copy of its code: refused"
+            )
+    stored = load_code(record, model_ds)
     launcher = _launcher(model_ds, record)
     if run.module:
         command = ["python", *launcher, "-m", run.module, *run.argv]
@@ -130,9 +162,11 @@ def _plan(model_ds: StoredDataSet, record: ProvenanceRecord, seed: int | None = 
         uri=model_ds.uri,
         command=command,
         working_directory=run.working_directory,
-        code_digest=code_digest(record),
+        code_digest=stored.digest,
         seed=run.seed if seed is None else seed,
         code=code,
+        signature=signature,
+        stored=stored,
     )
 
 
@@ -145,17 +179,17 @@ def reproduce_by_reexecution(
     tolerance: Tolerance,
     seed: int | None = None,
     on_output: Callable[[str], None] | None = None,
+    trusted_keys: Iterable[str | os.PathLike[str]] = (),
 ) -> ReproductionReport:
     """Re-run the recorded command in a temporary copy of the stored code, then compare.
 
-    ``on_output`` receives the script's output line by line (stdout and stderr merged); by
-    default the script writes to this process's stdout and stderr.
+    ``on_output`` receives the script's output lines (stdout and stderr merged), else they go to ours.
     """
     t0 = time.perf_counter()
     mode = record.training.determinism.mode
     if mode == "statistical" and seed is None and record.code.run is not None:
         seed = record.code.run.seed + STATISTICAL_SEED_OFFSET
-    plan = _plan(model_ds, record, seed)
+    plan = _plan(model_ds, record, seed, trusted_keys=trusted_keys)
     if not trust_code:
         raise UnsafeImportError(
             f"{plan.describe()}\nNothing was run or written. Re-executing recorded code is running code: pass "
@@ -260,9 +294,12 @@ def _execute(
     on_output: Callable[[str], None] | None,
 ) -> str:
     """Materialise the code in ``work``, run the command there; returns the new model's URI."""
-    code_dir = materialise(record, model_ds, work / "code")
+    assert plan.stored is not None
+    code_dir = materialise(plan.stored, work / "code")
     cwd = code_dir / plan.working_directory
     cwd.mkdir(parents=True, exist_ok=True)
+    if not Path(os.path.realpath(cwd)).is_relative_to(os.path.realpath(code_dir)):
+        raise IntegrityError(f"the recorded working directory {plan.working_directory!r} leads out of the stored code")
     _link_recorded_data(record, cwd, work)
     report_file = work / "runs.jsonl"
     name = _reproduction_name(record.model_name)

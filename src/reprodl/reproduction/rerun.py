@@ -27,6 +27,7 @@ from reprodl import keys
 from reprodl.data.datasets import WrappedDataSet
 from reprodl.errors import ExitCode, IntegrityError, ReproductionError
 from reprodl.modeldataset.read import load_trace, load_weights, read_record
+from reprodl.modeldataset.signing import signature_note
 from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck, check_code, check_patch
@@ -172,6 +173,7 @@ def reproduce(
     trust_code: bool = False,
     on_output: Callable[[str], None] | None = None,
     stop_at_divergence: bool = False,
+    trusted_keys: Iterable[str | os.PathLike[str]] = (),
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
@@ -184,7 +186,6 @@ def reproduce(
     re-run with a different seed (``seed``, default recorded + 100003) and judged on metrics and
     predictions, against a multi-run envelope when one is given. The report's ``divergence`` names
     the first step whose trace differs, and why; ``stop_at_divergence`` stops the re-run there.
-
     Transforms of :mod:`reprodl.data.transforms` are rebuilt from their recorded configs; one
     of your own is refused (:class:`ReproductionError`, naming its class) unless you pass it.
 
@@ -192,6 +193,7 @@ def reproduce(
         output: base URI to keep the reproduced model dataset in (default: a temporary directory).
         transforms: transform objects by dataset role ("train", "valid", "test") used instead of
             the recorded ones; one that differs from the record is listed in the reasons.
+        trusted_keys: public keys the model must be signed by, checked before anything runs.
 
     Example:
         >>> reproduce("/models/augmented", transforms={"train": MyAugment(0.1)})   # doctest: +SKIP
@@ -204,10 +206,10 @@ def reproduce(
     if record.code.run is not None:  # a start_run record: re-execute its code (with trust)
         from reprodl.reproduction.reexec import reproduce_by_reexecution
 
-        report = reproduce_by_reexecution(
-            model_ds, record, trust_code=trust_code, output=output, tolerance=tol, seed=seed, on_output=on_output
-        )
+        run: dict[str, Any] = dict(trust_code=trust_code, output=output, seed=seed, on_output=on_output)
+        report = reproduce_by_reexecution(model_ds, record, tolerance=tol, trusted_keys=trusted_keys, **run)
     else:
+        signature_note(model_ds, trusted_keys)  # refused here when a trusted key's signature fails
         original = _Original(model_ds, record, load_weights(model_ds, record))
         options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
         comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)

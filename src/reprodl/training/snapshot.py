@@ -9,23 +9,25 @@ Tracked files named like secrets are left out (named in the record). Above
 
 Example:
     >>> info, tar_path = capture_snapshot(code.git, workdir)      # doctest: +SKIP
-    >>> materialise(record, model_ds, "/tmp/code")                # doctest: +SKIP
+    >>> materialise(load_code(record, model_ds), "/tmp/code")     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
-import shutil
 import subprocess
 import tarfile
-from pathlib import Path
+import tempfile
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from reprodl import keys
 from reprodl.errors import IntegrityError, ReproductionError
 from reprodl.provenance.record import GitInfo, ProvenanceRecord, SourceSnapshot
 from reprodl.training.capture import secret_pattern
+from reprodl.training.safegit import run_git, user_repository
 
 MAX_SNAPSHOT_BYTES = 20 << 20  # 20 MiB of tar
 
@@ -69,81 +71,177 @@ def capture_snapshot(git: GitInfo | None, workdir: Path) -> tuple[SourceSnapshot
     return info, path
 
 
-def code_digest(record: ProvenanceRecord) -> str:
-    """One digest of the code a run-API record re-executes: snapshot, patch and untracked files."""
-    code = record.code
-    parts = [
-        f"snapshot {code.snapshot.sha256 if code.snapshot else None}",
-        f"commit {code.git.commit if code.git else None}",
-        f"patch {code.git.patch_sha256 if code.git else None}",
-        f"entry {code.entry_script_sha256}",
-        *sorted(code.git.untracked_items if code.git else []),
-    ]
-    return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+@dataclasses.dataclass(frozen=True)
+class StoredCode:
+    """The code a run-API record re-executes, read once from the model dataset and checked.
 
-
-def materialise(record: ProvenanceRecord, model_ds: Any, dest: str | os.PathLike[str]) -> Path:
-    """Rebuild the recorded code tree in ``dest`` (an empty directory); returns it.
-
-    Tracked files from the snapshot (else from the recorded repository when it is here and has
-    the commit), then the uncommitted patch, then the stored untracked files; outside git, the
-    stored entry script. Raises :class:`ReproductionError` when the code cannot be had.
+    ``tar``: the tracked files (the snapshot item, else ``git archive`` of the recorded commit in
+    the repository you are in); ``patch``: the uncommitted patch; ``files``: path in the tree ->
+    bytes (the untracked files, or the entry script outside git). ``digest`` covers these bytes,
+    so it is the digest of what runs; the tree is rebuilt from them (:func:`materialise`).
     """
-    dest = Path(dest)
+
+    tar: bytes | None
+    tar_source: str
+    patch: bytes | None
+    files: dict[str, bytes]
+    digest: str
+
+
+def load_code(record: ProvenanceRecord, model_ds: Any, *, repo: str | os.PathLike[str] | None = None) -> StoredCode:
+    """The code a run-API record re-executes, each item checked before anything is written.
+
+    Every item (snapshot, patch, untracked files, entry script) must be in the model's manifest
+    with the same content, and match the sha256 its record gives; snapshot members and file
+    paths must stay inside the tree, name no ``.git`` and link nowhere outside. Refused with
+    :class:`IntegrityError` naming the item (or member); nothing runs or is written first.
+    """
     code, git = record.code, record.code.git
     snap = code.snapshot
+    tar, source = None, ""
     if snap is not None and snap.item:
-        stored = _item_bytes(model_ds, snap.item)
-        if hashlib.sha256(stored).hexdigest() != snap.sha256:
-            raise IntegrityError(
-                f"the source snapshot {snap.item} of {model_ds.uri} does not match its recorded sha256"
-            )
-        _extract(stored, dest)
+        tar, source = _checked_item(model_ds, snap.item, snap.sha256), snap.item
     elif git is not None and git.commit:
-        data = _git_bytes(["archive", "--format=tar", git.commit], git.root) if git.root else None
-        if data is None:
-            note = snap.note if snap is not None and snap.note else "no source snapshot was stored"
-            raise ReproductionError(
-                f"the code of {model_ds.uri} cannot be rebuilt: {note}; and commit {git.commit} is not in a repository "
-                f"at {git.root}: clone {git.remote or 'the repository'} there and check out that commit"
-            )
-        _extract(data, dest)
-    if git is not None and git.patch_item:
-        _apply_patch(_item_bytes(model_ds, git.patch_item), dest)
+        tar, source = _archive_here(record, model_ds, repo), f"commit {git.commit} in your repository"
+    if tar is not None:
+        _check_members(tar, source, model_ds.uri)
+    patch = _checked_item(model_ds, git.patch_item, git.patch_sha256) if git and git.patch_item else None
+    files: dict[str, bytes] = {}
     prefix = f"{keys.CODE_DIR}untracked/"
     for item in git.untracked_items if git else []:
-        _copy_item(model_ds, item, dest / item.removeprefix(prefix))
+        files[_safe_relpath(item.removeprefix(prefix), item, model_ds.uri)] = _checked_item(model_ds, item, None)
     if (git is None or not git.commit) and code.entry_script_item and code.run and code.run.entry_script:
-        _copy_item(model_ds, code.entry_script_item, dest / code.run.entry_script)
+        rel = _safe_relpath(code.run.entry_script, "the entry script", model_ds.uri)
+        files[rel] = _checked_item(model_ds, code.entry_script_item, code.entry_script_sha256)
+    parts = [
+        f"tracked {hashlib.sha256(tar).hexdigest() if tar is not None else None}",
+        f"commit {git.commit if git else None}",
+        f"patch {hashlib.sha256(patch).hexdigest() if patch is not None else None}",
+        *sorted(f"file {rel} {hashlib.sha256(data).hexdigest()}" for rel, data in files.items()),
+    ]
+    digest = "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return StoredCode(tar=tar, tar_source=source, patch=patch, files=files, digest=digest)
+
+
+def _archive_here(record: ProvenanceRecord, model_ds: Any, repo: str | os.PathLike[str] | None) -> bytes:
+    """The tracked files at the recorded commit, from the repository you are in (never the record's root)."""
+    git = record.code.git
+    assert git is not None and git.commit
+    root, why = user_repository(repo)
+    res = run_git(root, "archive", "--format=tar", git.commit) if root is not None else None
+    if res is None or res.returncode != 0:
+        snap = record.code.snapshot
+        note = snap.note if snap is not None and snap.note else "no source snapshot was stored"
+        where = why or f"commit {git.commit} is not in the repository you are in ({root})"
+        raise ReproductionError(
+            f"the code of {model_ds.uri} cannot be rebuilt: {note}; and {where}: clone "
+            f"{git.remote or 'the repository'}, check out {git.commit} and run reproduce from inside it"
+        )
+    return res.stdout
+
+
+def _checked_item(model_ds: Any, relpath: str, recorded_sha256: str | None) -> bytes:
+    """The bytes of the item ``relpath``, refused unless they match the manifest and the record."""
+    uri = model_ds.uri
+    try:
+        idn = model_ds.identifier_of(relpath)
+        data = Path(model_ds.item_path(idn)).read_bytes()
+    except (KeyError, OSError) as exc:
+        raise IntegrityError(
+            f"the code item {relpath!r} named by the record of {uri} is not in its manifest ({exc}): "
+            "refused; nothing was run"
+        ) from None
+    entry = model_ds.item_properties(idn)
+    if not str(model_ds.hash_function).startswith("md5"):
+        raise IntegrityError(f"{uri} uses the hash function {model_ds.hash_function!r}: its code cannot be checked")
+    if hashlib.md5(data).hexdigest() != entry.get("hash") or len(data) != entry.get("size_in_bytes"):
+        raise IntegrityError(
+            f"the code item {relpath!r} of {uri} does not match the dataset's manifest (changed since it was "
+            "frozen): refused; nothing was run. `reprodl verify` lists what changed"
+        )
+    if recorded_sha256 and hashlib.sha256(data).hexdigest() != recorded_sha256:
+        raise IntegrityError(
+            f"the code item {relpath!r} of {uri} does not match the sha256 its record gives "
+            f"({recorded_sha256[:16]}...): refused; nothing was run"
+        )
+    return data
+
+
+def _safe_relpath(rel: str, what: str, uri: str) -> str:
+    """``rel`` when it is a relative path inside the tree that names no ``.git``; else refused."""
+    parts = PurePosixPath(rel).parts
+    if not parts or PurePosixPath(rel).is_absolute() or "\\" in rel or any(p in ("..", "") for p in parts):
+        raise IntegrityError(f"{what} of {uri} would be written at {rel!r}, outside the code's tree: refused")
+    if any(p.lower() == ".git" for p in parts):
+        raise IntegrityError(f"{what} of {uri} would be written at {rel!r}, inside a .git directory: refused")
+    return "/".join(parts)
+
+
+def _check_members(tar: bytes, source: str, uri: str) -> None:
+    """Refuse a tar with a member that leaves the tree, links outside it, or names a ``.git``."""
+    import io
+
+    dest = os.path.join(tempfile.gettempdir(), "reprodl-code-check")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as archive:
+            for member in archive.getmembers():
+                if any(p.lower() == ".git" for p in PurePosixPath(member.name).parts):
+                    raise IntegrityError(f"{source} of {uri} holds {member.name!r}, inside a .git directory: refused")
+                try:
+                    tarfile.data_filter(member, dest)
+                except tarfile.FilterError as exc:
+                    raise IntegrityError(f"{source} of {uri} holds {member.name!r}: {exc}; refused") from None
+    except tarfile.TarError as exc:
+        raise IntegrityError(f"{source} of {uri} is not a readable tar ({exc}): refused") from None
+
+
+def materialise(stored: StoredCode, dest: str | os.PathLike[str]) -> Path:
+    """Rebuild the code tree in ``dest`` (an empty directory) from checked bytes; returns it.
+
+    Tracked files, then the uncommitted patch, then the untracked files (or the entry script).
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if stored.tar is not None:
+        _extract(stored.tar, dest, stored.tar_source)
+    if stored.patch is not None:
+        _apply_patch(stored.patch, dest)
+    for rel, data in stored.files.items():
+        _write_inside(dest, rel, data)
     return dest
 
 
-def _item_bytes(model_ds: Any, relpath: str) -> bytes:
-    return Path(model_ds.item_path(model_ds.identifier_of(relpath))).read_bytes()
-
-
-def _copy_item(model_ds: Any, relpath: str, target: Path) -> None:
+def _write_inside(dest: Path, rel: str, data: bytes) -> None:
+    """Write ``data`` at ``dest/rel``, refusing a path that a link in the tree leads outside it."""
+    target = dest / rel
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(model_ds.item_path(model_ds.identifier_of(relpath)), target)
+    if os.path.islink(target) or not Path(os.path.realpath(target.parent)).is_relative_to(os.path.realpath(dest)):
+        raise IntegrityError(f"the stored file {rel!r} would be written through a link out of the code's tree: refused")
+    with open(target, "wb") as fh:
+        fh.write(data)
 
 
-def _extract(data: bytes, dest: Path) -> None:
+def _extract(data: bytes, dest: Path, source: str) -> None:
     import io
 
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        tar.extractall(dest, filter="data")  # refuses absolute paths, '..' and links out
+        try:
+            tar.extractall(dest, filter="data")  # refuses absolute paths, '..' and links out
+        except tarfile.FilterError as exc:
+            raise IntegrityError(f"{source} holds {exc.tarinfo.name!r}: {exc}; refused") from None
 
 
 def _apply_patch(patch: bytes, dest: Path) -> None:
-    # GIT_CEILING_DIRECTORIES: never find (and patch) a repository above the temporary tree.
-    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(dest.parent)}
-    res = subprocess.run(
-        ["git", "apply", "--binary", "--whitespace=nowarn", "-"],
-        cwd=dest,
-        input=patch,
-        env=env,
-        capture_output=True,
-        timeout=120,
+    # dest holds no .git (refused above), and GIT_CEILING_DIRECTORIES keeps git from finding a
+    # repository above it: the patch is applied to plain files, with hooks and fsmonitor off.
+    res = run_git(
+        dest,
+        "apply",
+        "--binary",
+        "--whitespace=nowarn",
+        "-",
+        env={"GIT_CEILING_DIRECTORIES": str(dest.parent)},
+        stdin=patch,
     )
     if res.returncode != 0:
         raise ReproductionError(

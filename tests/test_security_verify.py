@@ -78,7 +78,7 @@ def test_a_start_run_record_of_trusted_names_verifies_with_a_note(
     assert "re-executed by reproduce (with --trust-code)" in result.stdout
 
 
-def test_a_script_class_of_a_start_run_record_verifies_only_with_allow_main(
+def test_a_script_class_of_a_start_run_record_verifies_with_a_note(
     trained_model: TrainedModel, tmp_path: Path, cli
 ) -> None:
     def edit(raw: dict[str, Any]) -> None:
@@ -86,10 +86,20 @@ def test_a_script_class_of_a_start_run_record_verifies_only_with_allow_main(
         raw["architecture"]["import_path"] = "__main__:Net"
 
     uri = _forged_model(trained_model, tmp_path, "start-run-main", edit)
+    passed = cli("verify", uri)
+    assert passed.exit_code == 0, passed.output
+    assert "defined in the recorded script" in passed.stdout and "never imported" in passed.stdout
+
+
+def test_a_script_class_of_a_record_without_its_script_fails(
+    trained_model: TrainedModel, tmp_path: Path, cli
+) -> None:
+    def edit(raw: dict[str, Any]) -> None:
+        raw["architecture"]["import_path"] = "__main__:Net"
+
+    uri = _forged_model(trained_model, tmp_path, "main-no-script", edit)
     refused = cli("verify", uri)
     assert refused.exit_code == 1 and "will not be imported: architecture __main__:Net" in refused.stdout
-    allowed = cli("verify", uri, "--allow", "__main__")
-    assert allowed.exit_code == 0, allowed.output
 
 
 # --- item 6: verify CLAIM re-derives its statistics from its members ---------------------------

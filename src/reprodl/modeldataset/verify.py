@@ -92,11 +92,16 @@ def verify_model(
         except ReprodlError as exc:
             result.add("weights match the record", False, str(exc))
         # Every record, a start_run one's too: loading, evaluating or predicting builds what it names.
-        refused = untrusted_names(record, allow=allow)
+        refused = untrusted_names(record, allow=allow, script=record.code.run is not None)
         detail = "; ".join(f"will not be imported: {r}" for r in refused)
         result.add("recorded names pass the trust policy", not refused, detail)
         if record.code.run is not None:
             result.notes.append("the recorded code is re-executed by reproduce (with --trust-code), never imported")
+            if record.architecture.import_path.startswith("__main__:"):
+                result.notes.append(
+                    f"architecture {record.architecture.import_path} is defined in the recorded script: it is "
+                    "rebuilt only by `reprodl reproduce --trust-code` (or loaded with model_class=), never imported"
+                )
         if data:
             for ref in record.data:
                 if ref.source != "dtool":
@@ -108,8 +113,13 @@ def verify_model(
     return result
 
 
-def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = ()) -> list[str]:
-    """Every name in ``record`` that :mod:`reprodl.trust` would refuse to import, with why."""
+def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = (), script: bool = False) -> list[str]:
+    """Every name in ``record`` that :mod:`reprodl.trust` would refuse to import, with why.
+
+    ``script``: the record stores the script that defines its ``__main__`` classes (a
+    ``start_run`` record), so such a class is not imported but rebuilt by re-executing that
+    script under ``--trust-code``; only ``__main__`` names of the architecture are passed so.
+    """
     from reprodl import trust
     from reprodl.data.transforms import from_description
     from reprodl.errors import TransformError
@@ -125,7 +135,7 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = ()) -> l
     allow = list(allow)
     refused = []
     for path, kind in names:
-        if kind is trust.Kind.ARCHITECTURE and _script_class_allowed(path, allow):
+        if kind is trust.Kind.ARCHITECTURE and _script_class_allowed(path, allow, script=script):
             continue
         why = trust.refusal(path, kind, allow=allow)
         if why is not None:
@@ -139,10 +149,10 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = ()) -> l
     return refused
 
 
-def _script_class_allowed(path: str, allow: list[str]) -> bool:
-    """Whether ``path`` is a class of the training script (``__main__:Net``) that the user
-    allows (``__main__`` or ``__main__:Net``): loading reads it from the script stored with the
-    model; verify runs no recorded code, so it is not looked up here."""
+def _script_class_allowed(path: str, allow: list[str], *, script: bool) -> bool:
+    """Whether ``path`` is a class of the training script (``__main__:Net``) that is either
+    stored with the model (``script``) or allowed by the user (``__main__`` or ``__main__:Net``);
+    verify runs no recorded code, so it is not looked up here."""
     from reprodl import trust
     from reprodl.errors import UnsafeImportError
 
@@ -150,7 +160,7 @@ def _script_class_allowed(path: str, allow: list[str]) -> bool:
         module, qualname = trust.split_path(path)
     except UnsafeImportError:
         return False
-    return module == "__main__" and any(a in ("__main__", f"__main__:{qualname}") for a in allow)
+    return module == "__main__" and (script or any(a in ("__main__", f"__main__:{qualname}") for a in allow))
 
 
 def _check_signature(ds: StoredDataSet, result: ModelVerification, trusted: list[Any]) -> None:

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from reprodl import keys
 from reprodl.errors import DatasetExistsError
+from reprodl.files import share_as_umask
 
 State = Literal["stale", "resumable", "running", "other-host", "unmarked"]
 _MARKER_LIMIT = 4096  # bytes: a marker is a few dozen; anything larger is not ours
@@ -65,7 +66,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, tmp_dir: str |
 
     The text goes to a temporary file in ``tmp_dir`` (default: the same directory; it must
     be on the same filesystem), is flushed to disk, and replaces ``path`` in one rename. A
-    failure (a full disk) removes the temporary file and leaves ``path`` as it was.
+    failure (a full disk) removes the temporary file and leaves ``path`` as it was. The file
+    gets the mode the umask gives (``mkstemp`` makes it 0600: others sharing the dataset could
+    not read an annotation or README written so).
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
@@ -76,6 +79,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, tmp_dir: str |
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        share_as_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

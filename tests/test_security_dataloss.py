@@ -16,18 +16,20 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
 from reprodl import keys
 from reprodl.errors import ResumeError, StorageError
-from reprodl.store import find_staging
+from reprodl.store import clean_staging, find_staging
 
 pytest_plugins = ["train_fixtures"]
 
@@ -88,17 +90,25 @@ def not_weights_only(path: Path) -> None:
     torch.save({"model": argparse.Namespace(x=1)}, path)
 
 
+def tensors_only(path: Path) -> None:
+    """Weights-only loadable, but not a checkpoint's state."""
+    import torch
+
+    torch.save({"weights": torch.zeros(3)}, path)
+
+
 @pytest.mark.parametrize(
-    "damage",
+    ("damage", "why"),
     [
-        pytest.param(lambda ck: truncate(ck / "state.pt"), id="truncated-state"),
-        pytest.param(lambda ck: not_weights_only(ck / "state.pt"), id="pickled-state"),
-        pytest.param(lambda ck: (ck / keys.CHECKPOINT_META).write_text("{not json"), id="bad-meta"),
-        pytest.param(lambda ck: (ck / keys.CHECKPOINT_META).write_text('{"format": 99}'), id="meta-of-other-format"),
+        pytest.param(lambda ck: truncate(ck / "state.pt"), "state.pt cannot be read", id="truncated-state"),
+        pytest.param(lambda ck: not_weights_only(ck / "state.pt"), "state.pt holds more than tensors", id="pickled"),
+        pytest.param(lambda ck: tensors_only(ck / "state.pt"), "state.pt lacks model, optimizer, rng", id="not-ours"),
+        pytest.param(lambda ck: (ck / keys.CHECKPOINT_META).write_text("{not"), "meta.json is missing", id="bad-meta"),
+        pytest.param(lambda ck: (ck / keys.CHECKPOINT_META).write_text('{"format": 99}'), "meta.json", id="format"),
     ],
 )
 def test_an_unusable_newest_checkpoint_is_named_and_the_previous_one_resumed(
-    digits_split_master: str, tmp_path: Path, cli: Any, damage: Any
+    digits_split_master: str, tmp_path: Path, cli: Any, damage: Any, why: str
 ) -> None:
     cfg = config(digits_split_master, tmp_path / "models")
     first, newest = interrupted_in_epoch_3(cfg)  # the checkpoints of epochs 1 and 2 are both kept
@@ -107,30 +117,53 @@ def test_an_unusable_newest_checkpoint_is_named_and_the_previous_one_resumed(
     assert left.state == "resumable"  # kept by `reprodl dataset clean`, whatever the damage
     result = train_cli(cli, cfg, tmp_path, "--resume")
     assert resumed_epoch(result) == 1  # from the previous checkpoint, not epoch 1 afresh
-    assert f"the checkpoint {newest} is unusable" in result.stderr
-    assert f"resumed from {first}" in result.stderr
+    # the staging directory is claimed (renamed) by the resume: the message names it where it is
+    warning = " ".join(result.stderr.split())
+    assert re.search(rf"the checkpoint \S+/checkpoint/{newest.name} is unusable \(its {why}", warning), warning
+    assert re.search(rf"resumed from \S+/checkpoint/{first.name} \(epoch 1, step 45\)", warning), warning
     assert find_staging(tmp_path / "models") == []
 
 
 def test_a_resume_with_every_checkpoint_unusable_is_refused_naming_each_and_keeps_them(
     digits_split_master: str, tmp_path: Path, cli: Any
 ) -> None:
+    from reprodl.training.config import build_and_train, load_config
+
     cfg = config(digits_split_master, tmp_path / "models")
     first, newest = interrupted_in_epoch_3(cfg)
     truncate(newest / "state.pt")
     not_weights_only(first / "state.pt")
     result = train_cli(cli, cfg, tmp_path, "--resume")
     assert result.exit_code != 0
-    assert str(first) in result.stderr and str(newest) in result.stderr and "no usable checkpoint" in result.stderr
-    assert checkpoints(tmp_path / "models") == [first, newest]  # kept, to look at or remove on purpose
+    message = " ".join(result.stderr.split())
+    assert "no usable checkpoint" in message and "They are kept" in message
+    assert re.search(rf"the checkpoint \S+/checkpoint/{newest.name} is unusable \(its state.pt cannot be read", message)
+    assert re.search(rf"the checkpoint \S+/checkpoint/{first.name} is unusable \(its state.pt holds more", message)
+    names = [first.name, newest.name]
+    assert [p.name for p in checkpoints(tmp_path / "models")] == names  # kept, to look at or remove on purpose
     with pytest.raises(ResumeError, match="no usable checkpoint"):
-        from reprodl.training.config import build_and_train, load_config
-
         build_and_train(load_config(cfg), progress=False, resume=True)
-    assert checkpoints(tmp_path / "models") == [first, newest]
-    import shutil
+    assert [p.name for p in checkpoints(tmp_path / "models")] == names
+    [removed] = clean_staging(tmp_path / "models", checkpoints=True)
+    assert removed.removed
 
-    shutil.rmtree(find_staging(tmp_path / "models")[0].path)
+
+def test_a_checkpoint_whose_states_do_not_fit_is_refused_and_kept(
+    digits_split_master: str, tmp_path: Path, cli: Any
+) -> None:
+    import torch
+
+    cfg = config(digits_split_master, tmp_path / "models")
+    _, newest = interrupted_in_epoch_3(cfg)
+    state = torch.load(newest / "state.pt", weights_only=True)
+    torch.save({**state, "model": {"fc.weight": torch.zeros(2)}}, newest / "state.pt")
+    result = train_cli(cli, cfg, tmp_path, "--resume")
+    message = " ".join(result.stderr.split())
+    assert result.exit_code != 0
+    assert re.search(rf"the checkpoint \S+/checkpoint/{newest.name} cannot be restored \(.*\)\. It is kept", message)
+    assert [s.state for s in find_staging(tmp_path / "models")] == ["resumable"]
+    [removed] = clean_staging(tmp_path / "models", checkpoints=True)
+    assert removed.removed
 
 
 # --- item 9 and 15: a checkpoint write that fails keeps the previous checkpoint ------------------
@@ -187,7 +220,7 @@ def test_a_file_too_large_while_checkpointing_keeps_the_previous_checkpoint_to_r
         check=False,
     )
     assert proc.returncode != 0
-    assert "StorageError" in proc.stderr and "File too large" in proc.stderr, proc.stderr[-3000:]
+    assert "CheckpointWriteError" in proc.stderr and "File too large" in proc.stderr, proc.stderr[-3000:]
     [kept] = checkpoints(tmp_path / "models")
     assert f"the previous checkpoint {kept} is kept" in proc.stderr
     assert resumed_epoch(train_cli(cli, cfg, tmp_path, "--resume")) == 1
@@ -209,7 +242,7 @@ def test_a_full_disk_after_training_keeps_the_checkpoint(
     assert result.exit_code != 0 and "No space left on device" in result.stderr
     kept = checkpoints(tmp_path / "models")[-1]
     assert f"the checkpoint {kept} is kept" in result.stderr
-    assert resumed_epoch(train_cli(cli, cfg, tmp_path, "--resume")) == 3
+    assert resumed_epoch(train_cli(cli, cfg, tmp_path, "--resume")) == 2  # no checkpoint after the last epoch
 
 
 # --- item 15: a split interrupted by a full disk completes when run again --------------------------
@@ -290,7 +323,9 @@ def test_a_signature_follows_the_umask(model_copy: Path, tmp_path: Path, cli: An
     assert mode(annotation(model_copy, keys.SIGNATURES)) == 0o644
 
 
-def test_a_reproduction_verdict_follows_the_umask(trained_model: Any, tmp_path: Path, cli: Any, umask_022: None) -> None:
+def test_a_reproduction_verdict_follows_the_umask(
+    trained_model: Any, tmp_path: Path, cli: Any, umask_022: None
+) -> None:
     (tmp_path / "again").mkdir()
     result = cli("reproduce", trained_model.uri, "--output", tmp_path / "again", "--json")
     assert result.exit_code == 0, result.output
@@ -301,8 +336,9 @@ def test_a_reproduction_verdict_follows_the_umask(trained_model: Any, tmp_path: 
 
 def test_a_readme_written_into_a_dataset_follows_the_umask(digits_uri: str, umask_022: None) -> None:
     """reprodl writes every metadata file of an existing dataset (README, annotation) one way."""
-    from reprodl.store import open_dataset
     from train_fixtures import path_of
+
+    from reprodl.store import open_dataset
 
     ds = open_dataset(digits_uri)
     ds._ds.put_readme("name: digits\ndescription: edited\n")  # the broker reprodl opened it with

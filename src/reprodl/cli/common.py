@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from reprodl.errors import ExitCode, ReprodlError
+from reprodl.errors import ExitCode, ReprodlError, ReprodlWarning
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -30,7 +31,8 @@ def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _warnings_on_stderr():
+                return fn(*args, **kwargs)
         except ReprodlError as exc:
             # escape: messages quote user input (names, paths) that may contain [brackets]
             err.print(f"[bold red]Error:[/] {escape(str(exc))}", markup=True, highlight=False)
@@ -40,6 +42,23 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature; mypy sees Callable
+
+
+@contextlib.contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    """Show each :class:`ReprodlWarning` (a damaged checkpoint passed over) as ``Warning: ...`` on stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ReprodlWarning)
+        show = warnings.showwarning
+
+        def on_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, ReprodlWarning):
+                err.print(f"Warning: {message}", markup=False)
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = on_warning
+        yield
 
 
 def print_json(obj: Any) -> None:

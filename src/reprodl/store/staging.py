@@ -215,19 +215,31 @@ def _read_marker(staging: Path) -> dict[str, Any] | None:
     return data if ok else None
 
 
-def latest_checkpoint(staging: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint directory (``checkpoint/ckpt-<step>``) of a staging directory."""
+def list_checkpoints(staging: str | os.PathLike[str]) -> list[Path]:
+    """The complete checkpoint directories (``checkpoint/ckpt-<step>``) of a staging directory, newest first."""
     root = Path(staging) / keys.CHECKPOINT_DIR
     if not root.is_dir() or root.is_symlink():
-        return None
+        return []
     done = [p for p in root.iterdir() if p.name.startswith("ckpt-") and not p.is_symlink() and p.is_dir()]
-    return max(done, key=lambda p: p.name) if done else None
+    return sorted(done, key=lambda p: p.name, reverse=True)
+
+
+def latest_checkpoint(staging: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint directory (``checkpoint/ckpt-<step>``) of a staging directory."""
+    found = list_checkpoints(staging)
+    return found[0] if found else None
 
 
 def checkpoint_summary(staging: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The meta (JSON, ours, bounded) of the newest checkpoint in ``staging``; None without one."""
-    latest = latest_checkpoint(staging)
-    return read_checkpoint_meta(latest) if latest is not None else None
+    """The meta (JSON, ours, bounded) of the newest checkpoint in ``staging`` that has a readable one.
+
+    None without one. A damaged newest checkpoint is passed over: the one before it is resumable.
+    """
+    for checkpoint in list_checkpoints(staging):
+        meta = read_checkpoint_meta(checkpoint)
+        if meta is not None and meta.get("format") == keys.CHECKPOINT_FORMAT:
+            return meta
+    return None
 
 
 def read_checkpoint_meta(checkpoint: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -335,4 +347,5 @@ def release_staging(staging: str | os.PathLike[str]) -> None:
     path = Path(staging)
     marker = _read_marker(path)
     if marker is not None:
-        atomic_write_text(path / keys.STAGING_MARKER, json.dumps({**marker, "released": True}, sort_keys=True))
+        with contextlib.suppress(OSError):  # a full disk: once this process is gone, its marker says so too
+            atomic_write_text(path / keys.STAGING_MARKER, json.dumps({**marker, "released": True}, sort_keys=True))

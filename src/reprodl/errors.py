@@ -136,6 +136,14 @@ class ResumeError(ReprodlError, ValueError):
     """A training cannot be resumed: no checkpoint of a killed run, or its config changed since."""
 
 
+class CheckpointWriteError(StorageError):
+    """A training's checkpoint could not be written (a full disk): the training stops, its previous checkpoint kept."""
+
+
+class ReprodlWarning(UserWarning):
+    """reprodl went on differently from what was asked, and says why (a damaged checkpoint passed over)."""
+
+
 class RankLostError(ReprodlError, RuntimeError):
     """Another process of a multi-process (torchrun) training died: an interruption, so a checkpoint is kept."""
 

@@ -88,6 +88,8 @@ README_SCHEMA_VERSION = "1.0"
 STAGING_PREFIX = ".reprodl-staging-"  # <base>/<prefix><name>-<random>: a dataset being built
 STAGING_MARKER = ".reprodl-staging.json"  # inside a staging dir: who owns it (pid, host)
 CHECKPOINT_DIR = "checkpoint"  # inside a staging dir: a training's checkpoints (reprodl.training.checkpoint)
+CHECKPOINTS_KEPT = 2  # a training keeps its newest checkpoints, so a damaged newest one is not all it has
+CHECKPOINT_FORMAT = 1  # the "format" in a checkpoint's meta.json; another is not resumable
 CHECKPOINT_META = "meta.json"  # in each <staging>/checkpoint/ckpt-<step>/: where the run was (JSON)
 METADATA_TMP_PREFIX = ".reprodl-tmp-"  # <dataset>/.dtool/<prefix>...: a metadata file being written
 

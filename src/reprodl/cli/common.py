@@ -7,6 +7,7 @@ import functools
 import json
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from reprodl.errors import ExitCode, ReprodlError
+from reprodl.errors import ExitCode, ReprodlError, ReprodlWarning
 
 # A record's strings are someone else's: an escape sequence in a model name could clear the
 # screen, retitle the terminal or rewrite the lines printed before it. CSI and OSC sequences
@@ -60,7 +61,8 @@ def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _warnings_on_stderr():
+                return fn(*args, **kwargs)
         except ReprodlError as exc:
             # escape: messages quote user input (names, paths) that may contain [brackets]
             err.print(f"[bold red]Error:[/] {escape(str(exc))}", markup=True, highlight=False)
@@ -70,6 +72,23 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature; mypy sees Callable
+
+
+@contextlib.contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    """Show each :class:`ReprodlWarning` (a damaged checkpoint passed over) as ``Warning: ...`` on stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ReprodlWarning)
+        show = warnings.showwarning
+
+        def on_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, ReprodlWarning):
+                err.print(f"Warning: {message}", markup=False)
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = on_warning
+        yield
 
 
 def print_json(obj: Any) -> None:

@@ -122,17 +122,18 @@ def split_dataset(
     """Write a stratified train/test(/valid) split into the dataset.
 
     Image datasets get a ``usetype`` overlay (dtoolAI's convention); tensor datasets, whose
-    rows are not items, a per-row annotation. An existing split is kept unless ``force``:
-    models trained on it record its digest, and replacing it changes what they saw.
+    rows are not items, a per-row annotation; then the split's summary (annotation
+    ``reprodl.split``). An existing split is kept unless ``force``: models trained on it record
+    its digest, and replacing it changes what they saw. The same split again is no change, so
+    a split interrupted between its two writes (a full disk) completes when run again.
     """
     ds = open_dataset(uri)
     kind, sample_keys, labels, _ = _labels(ds)
-    if _split_values(ds, kind, sample_keys) is not None and not force:
-        raise ParametersError(
-            f"{ds.uri} already has a split; pass force=True (--force) to replace it "
-            "(models trained on the old split will then fail to reproduce)"
-        )
+    existing = _split_values(ds, kind, sample_keys)
     values = stratified_split(labels, test=test, valid=valid, seed=seed)
+    same = existing is not None and [str(v) for v in existing] == [str(v) for v in values]
+    if existing is not None and not force and not same:
+        raise _already_split(ds)
     wanted = ["train", "test"] + (["valid"] if valid > 0 else [])
     empty = [part for part in wanted if not np.any(values == part)]
     if empty:
@@ -140,18 +141,33 @@ def split_dataset(
             f"this split of {ds.uri} ({len(labels)} samples, test={test}, valid={valid}) would leave "
             f"{' and '.join(empty)} with no samples: change the fractions, or add samples"
         )
-    if kind == keys.INPUT_TYPE_IMAGE:
-        overlay = {i: None for i in ds.identifiers}
-        overlay.update({k: str(v) for k, v in zip(sample_keys, values)})
-        ds.put_overlay(keys.USETYPE_OVERLAY, overlay)
-    else:
-        ds.put_annotation(keys.TENSOR_USETYPE, [str(v) for v in values])
+    if not same:  # else written already: by an interrupted split, or this same one
+        if kind == keys.INPUT_TYPE_IMAGE:
+            overlay = {i: None for i in ds.identifiers}
+            overlay.update({k: str(v) for k, v in zip(sample_keys, values)})
+            ds.put_overlay(keys.USETYPE_OVERLAY, overlay)
+        else:
+            ds.put_annotation(keys.TENSOR_USETYPE, [str(v) for v in values])
     names, n = np.unique(values.astype(str), return_counts=True)
     counts = {str(k): int(c) for k, c in zip(names, n)}
-    ds.put_annotation(
-        keys.SPLIT_INFO, {"method": "stratified", "test": test, "valid": valid, "seed": seed, "counts": counts}
-    )
+    info = {"method": "stratified", "test": test, "valid": valid, "seed": seed, "counts": counts}
+    if ds.get_annotation(keys.SPLIT_INFO) != info:
+        ds.put_annotation(keys.SPLIT_INFO, info)
     return counts
+
+
+def _already_split(ds: StoredDataSet) -> ParametersError:
+    """The refusal to replace the split ``ds`` has (one whose summary is missing was interrupted)."""
+    if ds.get_annotation(keys.SPLIT_INFO) is None:
+        return ParametersError(
+            f"{ds.uri} already has a split but not its summary (annotation {keys.SPLIT_INFO!r}): a split "
+            "was interrupted (a full disk?). Run that split again with the same test, valid and seed "
+            "fractions to complete it, or pass force=True (--force) to replace it"
+        )
+    return ParametersError(
+        f"{ds.uri} already has a split; pass force=True (--force) to replace it "
+        "(models trained on the old split will then fail to reproduce)"
+    )
 
 
 def dataset_stats(uri: str, *, progress: Progress | None = None, mode: str | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 from reprodl import keys
 from reprodl.errors import (
+    CheckpointWriteError,
     DatasetExistsError,
     InputDataError,
     InvalidURIError,
@@ -184,15 +185,11 @@ def create_dataset(
             writer.uri = normalise_uri(str(base_path / name))
         else:
             writer.uri = _copy_to(StoredDataSet(normalise_uri(frozen.uri), frozen), base)
-    except OSError as exc:
-        if isinstance(exc, StorageError) or exc.errno not in _WRITE_ERRNOS:
-            raise
-        raise write_error(exc, f"the dataset {name!r} at {base}") from exc
     except BaseException as exc:
-        # An interruption (not an error of the training: a lost rank too), or a refused resume, keeps the checkpoint.
-        keep = (not isinstance(exc, Exception) or isinstance(exc, (ResumeError, RankLostError))) and latest_checkpoint(
-            staging
-        ) is not None
+        kept = latest_checkpoint(staging) if _keeps_checkpoint(exc) else None
+        keep = kept is not None
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError) and exc.errno in _WRITE_ERRNOS:
+            raise write_error(exc, f"the dataset {name!r} at {base}", kept=kept) from exc
         raise
     finally:
         release_staging(staging) if keep else shutil.rmtree(staging, ignore_errors=True)
@@ -242,16 +239,35 @@ def _check_base(base: str, name: str) -> Path | None:
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
-def write_error(exc: OSError, what: str) -> StorageError:
-    """The :class:`StorageError` for an OSError met while writing ``what`` (disk full, read-only...)."""
+def write_error(exc: OSError, what: str, *, kept: Path | None = None) -> StorageError:
+    """The :class:`StorageError` for an OSError met while writing ``what`` (disk full, read-only...).
+
+    ``kept``: the checkpoint of the training that was writing it, kept for a resume.
+    """
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        fix = "free some space (or raise the quota) and run the command again"
+        fix, again = "free some space (or raise the quota)", " and run the command again"
     elif exc.errno == errno.EROFS:
-        fix = "the filesystem is mounted read-only: write to another location"
+        fix, again = "the filesystem is mounted read-only: write to another location", ""
     else:
-        fix = "check its permissions, or write to a directory you own"
-    return StorageError(f"could not write {what}: {exc.strerror or exc}{where}. Nothing was kept; {fix}")
+        fix, again = "check its permissions, or write to a directory you own", ""
+    if kept is not None:
+        return StorageError(
+            f"could not write {what}: {exc.strerror or exc}{where}. The dataset was not written, but the checkpoint "
+            f"{kept} is kept: {fix}, then resume the training (`reprodl train CONFIG --resume`, or resume=True)"
+        )
+    return StorageError(f"could not write {what}: {exc.strerror or exc}{where}. Nothing was kept; {fix}{again}")
+
+
+def _keeps_checkpoint(exc: BaseException) -> bool:
+    """Whether a training that stopped with ``exc`` keeps its checkpoints for a resume.
+
+    An interruption (a lost rank too), a refused or failed resume, and a failed write (a full
+    disk: the checkpoint's own or the dataset's) keep them; an error of the training does not.
+    """
+    if not isinstance(exc, Exception) or isinstance(exc, (ResumeError, RankLostError, CheckpointWriteError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS
 
 
 def current_user() -> str:

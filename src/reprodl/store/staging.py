@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from reprodl import keys
 from reprodl.errors import DatasetExistsError
+from reprodl.files import share_as_umask
 
 State = Literal["stale", "resumable", "running", "other-host", "unmarked"]
 _MARKER_LIMIT = 4096  # bytes: a marker is a few dozen; anything larger is not ours
@@ -65,7 +66,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, tmp_dir: str |
 
     The text goes to a temporary file in ``tmp_dir`` (default: the same directory; it must
     be on the same filesystem), is flushed to disk, and replaces ``path`` in one rename. A
-    failure (a full disk) removes the temporary file and leaves ``path`` as it was.
+    failure (a full disk) removes the temporary file and leaves ``path`` as it was. The file
+    gets the mode the umask gives (``mkstemp`` makes it 0600: others sharing the dataset could
+    not read an annotation or README written so).
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
@@ -76,6 +79,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, tmp_dir: str |
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        share_as_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -211,19 +215,31 @@ def _read_marker(staging: Path) -> dict[str, Any] | None:
     return data if ok else None
 
 
-def latest_checkpoint(staging: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint directory (``checkpoint/ckpt-<step>``) of a staging directory."""
+def list_checkpoints(staging: str | os.PathLike[str]) -> list[Path]:
+    """The complete checkpoint directories (``checkpoint/ckpt-<step>``) of a staging directory, newest first."""
     root = Path(staging) / keys.CHECKPOINT_DIR
     if not root.is_dir() or root.is_symlink():
-        return None
+        return []
     done = [p for p in root.iterdir() if p.name.startswith("ckpt-") and not p.is_symlink() and p.is_dir()]
-    return max(done, key=lambda p: p.name) if done else None
+    return sorted(done, key=lambda p: p.name, reverse=True)
+
+
+def latest_checkpoint(staging: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint directory (``checkpoint/ckpt-<step>``) of a staging directory."""
+    found = list_checkpoints(staging)
+    return found[0] if found else None
 
 
 def checkpoint_summary(staging: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The meta (JSON, ours, bounded) of the newest checkpoint in ``staging``; None without one."""
-    latest = latest_checkpoint(staging)
-    return read_checkpoint_meta(latest) if latest is not None else None
+    """The meta (JSON, ours, bounded) of the newest checkpoint in ``staging`` that has a readable one.
+
+    None without one. A damaged newest checkpoint is passed over: the one before it is resumable.
+    """
+    for checkpoint in list_checkpoints(staging):
+        meta = read_checkpoint_meta(checkpoint)
+        if meta is not None and meta.get("format") == keys.CHECKPOINT_FORMAT:
+            return meta
+    return None
 
 
 def read_checkpoint_meta(checkpoint: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -331,4 +347,5 @@ def release_staging(staging: str | os.PathLike[str]) -> None:
     path = Path(staging)
     marker = _read_marker(path)
     if marker is not None:
-        atomic_write_text(path / keys.STAGING_MARKER, json.dumps({**marker, "released": True}, sort_keys=True))
+        with contextlib.suppress(OSError):  # a full disk: once this process is gone, its marker says so too
+            atomic_write_text(path / keys.STAGING_MARKER, json.dumps({**marker, "released": True}, sort_keys=True))

@@ -12,10 +12,14 @@ its unfinished model dataset (``<staging>/checkpoint/ckpt-<step>/``):
   config it was started with and its earlier resumes.
 
 A checkpoint is written in a temporary directory and renamed into place in one step, then
-the older ones are removed: a kill at any moment leaves the previous checkpoint or the new
-one. ``resume`` finds the staging directory a killed run of the same name and base left
+all but the newest two (``keys.CHECKPOINTS_KEPT``) are removed: a kill at any moment leaves
+the previous checkpoint or the new one, and a write that fails (a full disk) stops the
+training with :class:`~reprodl.errors.CheckpointWriteError`, the previous checkpoint kept.
+``resume`` finds the staging directory a killed run of the same name and base left
 (:func:`reprodl.store.find_resumable`), refuses when the config changed (naming the change),
-restores every state and continues; the record's ``training.resumed`` says from where.
+restores every state and continues; the record's ``training.resumed`` says from where. It
+passes over a damaged newest checkpoint (naming it in a warning) and continues from the one
+before; a failed resume keeps every checkpoint.
 
 Example:
     >>> changes = config_changes({"params": {"lr": 0.1}}, {"params": {"lr": 0.2}})
@@ -25,24 +29,28 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
+import pickle
 import random
 import secrets
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
 
 from reprodl import keys
-from reprodl.errors import ResumeError
-from reprodl.store.staging import fsync_dir, latest_checkpoint, read_checkpoint_meta, rename_noreplace
+from reprodl.errors import CheckpointWriteError, ReprodlError, ReprodlWarning, ResumeError
+from reprodl.store.staging import fsync_dir, list_checkpoints, read_checkpoint_meta, rename_noreplace
 from reprodl.training.trace import StepTracer
 
-FORMAT = 1
+FORMAT = keys.CHECKPOINT_FORMAT
 STATE_FILE = "state.pt"
 TRACE_KEPT = "trace-kept.npy"
 TRACE_TAIL = "trace-tail.npy"
@@ -128,46 +136,125 @@ def note_worker_state(batch: Any, states: dict[int, Any]) -> None:
 
 # --- writing and reading -------------------------------------------------------------------
 def write_checkpoint(directory: Path, *, step: int, state: dict[str, Any], meta: dict[str, Any], tracer: Any) -> Path:
-    """Write one checkpoint atomically under ``directory`` and remove the older ones; its path."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write one checkpoint atomically under ``directory``, keep the newest few, and return its path.
+
+    Raises:
+        CheckpointWriteError: it could not be written (a full disk, a file size limit), naming
+            it and the previous checkpoint, which is kept.
+    """
+    final = directory / f"ckpt-{step:012d}"
     tmp = directory / f".tmp-{secrets.token_hex(6)}"
-    tmp.mkdir()
     try:
-        torch.save(state, tmp / STATE_FILE)
-        if tracer is not None:
-            kept, tail, counters = tracer.state()
-            np.save(tmp / TRACE_KEPT, kept, allow_pickle=False)
-            np.save(tmp / TRACE_TAIL, tail, allow_pickle=False)
-            meta = {**meta, "trace": counters}
-        (tmp / keys.CHECKPOINT_META).write_text(json.dumps({"format": FORMAT, **meta}, allow_nan=True))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        final = directory / f"ckpt-{step:012d}"
-        if final.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        _write_files(tmp, state, meta, tracer)
+        if final.exists():  # an unusable checkpoint a resume passed over
             shutil.rmtree(final)
         rename_noreplace(tmp, final)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _not_written(exc, final, step=step) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(str(directory))
-    for old in directory.iterdir():
-        if old.name.startswith("ckpt-") and old.name < final.name:
+    done = list_checkpoints(directory.parent)
+    kept = [p for p in done if p.name <= final.name][: keys.CHECKPOINTS_KEPT]
+    for old in done:  # older ones, and newer unusable ones a resume passed over
+        if old not in kept:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def _write_files(tmp: Path, state: dict[str, Any], meta: dict[str, Any], tracer: Any) -> None:
+    """A checkpoint's files, written into ``tmp`` and flushed to disk."""
+    with open(tmp / STATE_FILE, "wb") as fh:
+        out = _KeepWriteError(fh)
+        try:
+            torch.save(state, cast(IO[bytes], out))
+        except Exception:
+            if out.error is not None:  # torch reports a failed write (a full disk) as "unexpected pos"
+                raise out.error from None
+            raise
+    if tracer is not None:
+        kept, tail, counters = tracer.state()
+        np.save(tmp / TRACE_KEPT, kept, allow_pickle=False)
+        np.save(tmp / TRACE_TAIL, tail, allow_pickle=False)
+        meta = {**meta, "trace": counters}
+    (tmp / keys.CHECKPOINT_META).write_text(json.dumps({"format": FORMAT, **meta}, allow_nan=True))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+class _KeepWriteError:
+    """A binary file for ``torch.save`` that keeps the OSError of a failed write (torch hides its errno)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self.fh.write(data))
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _not_written(exc: Exception, final: Path, *, step: int) -> CheckpointWriteError:
+    """The error of a checkpoint that could not be written: why, and the previous one, kept."""
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+    where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+    previous = next((p for p in list_checkpoints(final.parent.parent) if p.name < final.name), None)
+    if previous is None:
+        kept = "No earlier checkpoint exists: fix the cause (free some space) and start the training again"
+    else:
+        kept = (
+            f"The training stopped; the previous checkpoint {previous} is kept: fix the cause (free some space, "
+            "or raise the file size limit) and resume it (`reprodl train CONFIG --resume`, or resume=True)"
+        )
+    return CheckpointWriteError(f"could not write the checkpoint {final} (step {step}): {why}{where}. {kept}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0][:200] if text else "") or type(exc).__name__
+
+
 class Checkpoint:
-    """A checkpoint read back: ``meta`` (JSON), ``state`` (tensors) and the step trace's rows."""
+    """A checkpoint read back: ``meta`` (JSON), ``state`` (tensors) and the step trace's rows.
+
+    Raises:
+        ResumeError: a part of it is missing or unreadable (naming which and why).
+    """
 
     def __init__(self, path: Path) -> None:
         meta = read_checkpoint_meta(path)
         if meta is None or meta.get("format") != FORMAT:
-            raise ResumeError(f"the checkpoint at {path} has no readable meta.json of format {FORMAT}: start afresh")
+            raise ResumeError(f"its {keys.CHECKPOINT_META} is missing, unreadable or not of format {FORMAT}")
         self.path, self.meta = path, meta
-        self.state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        try:
+            self.state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ResumeError(
+                f"its {STATE_FILE} holds more than tensors (torch.load(weights_only=True) refuses it)"
+            ) from None
+        except Exception as exc:
+            raise ResumeError(f"its {STATE_FILE} cannot be read: {_first_line(exc)}") from exc
+        missing = [k for k in ("model", "optimizer", "rng") if not isinstance(self.state, dict) or k not in self.state]
+        if missing:
+            raise ResumeError(f"its {STATE_FILE} lacks {', '.join(missing)}: it is not a checkpoint reprodl wrote")
         kept, tail = path / TRACE_KEPT, path / TRACE_TAIL
-        self.trace = (np.load(kept, allow_pickle=False), np.load(tail, allow_pickle=False)) if kept.exists() else None
+        try:
+            self.trace = (
+                (np.load(kept, allow_pickle=False), np.load(tail, allow_pickle=False)) if kept.exists() else None
+            )
+        except Exception as exc:
+            raise ResumeError(f"its step trace cannot be read: {_first_line(exc)}") from exc
 
     def restore_tracer(self, tracer: StepTracer) -> None:
         if self.trace is not None:
@@ -179,12 +266,47 @@ class Checkpoint:
         return [*self.meta.get("resumed", []), point]
 
 
+@contextlib.contextmanager
+def restoring(checkpoint: Checkpoint) -> Iterator[None]:
+    """Turn a failure to restore ``checkpoint``'s states (of another shape) into a ResumeError, which keeps it."""
+    try:
+        yield
+    except ReprodlError:
+        raise
+    except Exception as exc:
+        raise ResumeError(
+            f"the checkpoint {checkpoint.path} cannot be restored ({_first_line(exc)}). It is kept: start the "
+            "training afresh without --resume (`reprodl dataset clean BASE --checkpoints` removes it)"
+        ) from exc
+
+
 def read_checkpoint(checkpoint_dir: Path) -> Checkpoint:
-    """The newest checkpoint in ``checkpoint_dir`` (a staging directory's ``checkpoint/``)."""
-    latest = latest_checkpoint(checkpoint_dir.parent)
-    if latest is None:
+    """The newest usable checkpoint in ``checkpoint_dir`` (a staging directory's ``checkpoint/``).
+
+    A newer one that cannot be read (damaged on disk) is passed over, named in a
+    :class:`~reprodl.errors.ReprodlWarning`, and kept until the resumed training replaces it.
+
+    Raises:
+        ResumeError: there is no checkpoint, or none is usable (naming each and why; all are kept).
+    """
+    found = list_checkpoints(checkpoint_dir.parent)
+    if not found:
         raise ResumeError(f"no checkpoint in {checkpoint_dir}: start the training afresh (without resume)")
-    return Checkpoint(latest)
+    unusable = []
+    for path in found:
+        try:
+            checkpoint = Checkpoint(path)
+        except ResumeError as exc:
+            unusable.append(f"the checkpoint {path} is unusable ({exc})")
+            continue
+        if unusable:
+            where = f"epoch {checkpoint.meta.get('epoch')}, step {checkpoint.meta.get('step')}"
+            warnings.warn(f"{'; '.join(unusable)}; resumed from {path} ({where}), the one before", ReprodlWarning, 2)
+        return checkpoint
+    raise ResumeError(
+        f"no usable checkpoint in {checkpoint_dir}: {'; '.join(unusable)}. They are kept: start the training "
+        "afresh without --resume (`reprodl dataset clean BASE --checkpoints` removes them)"
+    )
 
 
 def resumed_record(points: list[dict[str, Any]]) -> Any:

@@ -72,6 +72,7 @@ from reprodl.training.checkpoint import (
     check_unchanged,
     note_worker_state,
     read_checkpoint,
+    restoring,
     resumed_record,
     rng_state,
     set_rng_state,
@@ -778,20 +779,21 @@ class _Loop:
         """Restore every state of the checkpoint resumed from; the epoch (from 0) to continue with."""
         assert self.checkpoints is not None and self.checkpoints.resume is not None and loader.generator is not None
         c = self.checkpoints.resume
-        self.model.load_state_dict(c.state["model"])
-        self.optimiser.load_state_dict(c.state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(c.state["scheduler"])
-        own = _rank_state(c.state, self.group)
-        set_rng_state(own["rng"])
-        loader.generator.set_state(own["loader_generator"])
-        history += [EpochMetrics.model_validate(m) for m in c.meta.get("history", [])]
-        digests += list(own.get("order_digests", c.meta.get("order_digests", [])))  # this rank's shard orders
-        self.optimizer_steps = int(c.meta["step"])
-        self.elapsed_before = float(c.meta.get("elapsed_s", 0.0))
-        if self.tracer is not None:
-            c.restore_tracer(self.tracer)
-        return int(c.meta["epoch"])
+        with restoring(c):  # a state of another shape: a ResumeError, which keeps the checkpoint
+            self.model.load_state_dict(c.state["model"])
+            self.optimiser.load_state_dict(c.state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(c.state["scheduler"])
+            own = _rank_state(c.state, self.group)
+            set_rng_state(own["rng"])
+            loader.generator.set_state(own["loader_generator"])
+            history += [EpochMetrics.model_validate(m) for m in c.meta.get("history", [])]
+            digests += list(own.get("order_digests", c.meta.get("order_digests", [])))  # this rank's shard orders
+            self.optimizer_steps = int(c.meta["step"])
+            self.elapsed_before = float(c.meta.get("elapsed_s", 0.0))
+            if self.tracer is not None:
+                c.restore_tracer(self.tracer)
+            return int(c.meta["epoch"])
 
     def _epoch(self, epoch: int, loader: DataLoader, *, n_samples: int) -> EpochMetrics:
         """One epoch's steps, the scheduler's step, the divergence check and the validation."""

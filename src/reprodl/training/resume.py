@@ -26,6 +26,7 @@ from reprodl.training.checkpoint import (
     Checkpoint,
     check_unchanged,
     read_checkpoint,
+    restoring,
     rng_state,
     set_rng_state,
     utcnow,
@@ -85,16 +86,17 @@ class RunCheckpoints:
         check_unchanged(self.loaded.meta.get("watched", {}), fingerprint, name=run.name, where=self.loaded.path)
         model, optimizer, scheduler = run._components
         state = self.loaded.state
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            if "scheduler" not in state:
-                raise ResumeError(f"the checkpoint at {self.loaded.path} has no scheduler, but one was watched")
-            scheduler.load_state_dict(state["scheduler"])
-        if run._tracer is not None:
-            self.loaded.restore_tracer(run._tracer)
-        if not any("skip" in v for v in state.get("loaders", {}).values()):
-            set_rng_state(state["rng"])  # no training loader of the run's to restore them at
+        with restoring(self.loaded):  # a state of another shape: a ResumeError, which keeps the checkpoint
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                if "scheduler" not in state:
+                    raise ResumeError(f"the checkpoint at {self.loaded.path} has no scheduler, but one was watched")
+                scheduler.load_state_dict(state["scheduler"])
+            if run._tracer is not None:
+                self.loaded.restore_tracer(run._tracer)
+            if not any("skip" in v for v in state.get("loaders", {}).values()):
+                set_rng_state(state["rng"])  # no training loader of the run's to restore them at
 
     def loader_made(self, run: Any, loader: Any, index: int) -> None:
         """Refuse what cannot resume exactly; when resuming, put loader ``index`` where it was."""

@@ -193,7 +193,7 @@ def test_copy_refuses_an_overlay_name_that_is_a_path(inner, tmp_path):
     dest = tmp_path / "inner" / "copies"
     dest.mkdir()
     before = snapshot(tmp_path)
-    with pytest.raises(StorageError, match=re.escape("overlay named '../../../evil'")):
+    with pytest.raises(DatasetFormatError, match=re.escape("overlay named '../../../evil'")):
         _copy_to(ds, normalise_uri(str(dest)))
     assert snapshot(tmp_path) == before  # the partial copy was removed
     assert not list(tmp_path.rglob("evil*"))

@@ -30,6 +30,7 @@ from reprodl.errors import (
     ResumeError,
     StorageError,
 )
+from reprodl.files import FULL_ERRNOS, is_short_write
 from reprodl.store.brokers import _dtoolcore, frozen_dataset, proto_dataset
 from reprodl.store.dataset import StoredDataSet
 from reprodl.store.staging import (
@@ -185,7 +186,7 @@ def create_dataset(
         else:
             writer.uri = _copy_to(StoredDataSet(normalise_uri(frozen.uri), frozen), base)
     except OSError as exc:
-        if isinstance(exc, StorageError) or exc.errno not in _WRITE_ERRNOS:
+        if isinstance(exc, StorageError) or (exc.errno not in _WRITE_ERRNOS and not is_short_write(exc)):
             raise
         raise write_error(exc, f"the dataset {name!r} at {base}") from exc
     except BaseException as exc:
@@ -245,13 +246,14 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 def write_error(exc: OSError, what: str) -> StorageError:
     """The :class:`StorageError` for an OSError met while writing ``what`` (disk full, read-only...)."""
     where = f" ({exc.filename})" if exc.filename else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in FULL_ERRNOS or is_short_write(exc):
         fix = "free some space (or raise the quota) and run the command again"
     elif exc.errno == errno.EROFS:
         fix = "the filesystem is mounted read-only: write to another location"
     else:
         fix = "check its permissions, or write to a directory you own"
-    return StorageError(f"could not write {what}: {exc.strerror or exc}{where}. Nothing was kept; {fix}")
+    reason = f"the disk is full or a file is over its size limit ({exc})" if is_short_write(exc) else exc.strerror
+    return StorageError(f"could not write {what}: {reason or exc}{where}. Nothing was kept; {fix}")
 
 
 def current_user() -> str:

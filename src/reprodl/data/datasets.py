@@ -22,7 +22,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from reprodl import keys
 from reprodl.data.images import channels_for_mode, convert, open_image, read_batch, resize, to_array
-from reprodl.data.labels import dataset_encoding
+from reprodl.data.labels import dataset_encoding, label_array
 from reprodl.data.layout import load_npy, tensor_item_ids, value_scale
 from reprodl.errors import DatasetFormatError, InputDataError, IntegrityError
 from reprodl.store import StoredDataSet, open_dataset
@@ -372,7 +372,7 @@ class TensorDataSet(WrappedDataSet):
         self._data_path = ds.item_path(data_idn)
         self._labels_path = ds.item_path(labels_idn)
         self.data = _load_npy(self._data_path, self.uri)
-        all_labels = np.asarray(_load_npy(self._labels_path, self.uri)).astype(np.int64).reshape(-1)
+        all_labels = label_array(_load_npy(self._labels_path, self.uri), uri=self.uri)
         if len(all_labels) != len(self.data):
             raise DatasetFormatError(f"{self.uri}: {len(self.data)} data rows but {len(all_labels)} labels")
         self.rows = rows = self._resampled(self._selected_rows(all_labels))

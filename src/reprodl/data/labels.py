@@ -49,6 +49,21 @@ def checked_encoding(encoding: Any, *, uri: str) -> dict[str, int]:
     return out
 
 
+def label_array(raw: Any, *, uri: str) -> np.ndarray:
+    """A tensor dataset's labels item as int64 class indices, refusing values no class index can
+    be (NaN, infinity), which a cast would turn into -2^63."""
+    values = np.asarray(raw).reshape(-1)
+    if values.dtype.kind in "fc":
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise DatasetFormatError(
+                f"{uri}: its {keys.TENSOR_LABELS_FILE} holds {len(bad):,} non-finite label(s) (row {bad[0]} is "
+                f"{values[bad[0]]}); labels are class indices 0..K-1. The item was edited or damaged: recreate "
+                "the dataset from its source (`reprodl dataset create-from-arrays`), or use an intact copy"
+            )
+    return values.astype(np.int64)
+
+
 def check_labels(labels: np.ndarray, allowed: Any, *, uri: str) -> None:
     """Refuse labels outside ``allowed`` (the encoding's labels, or a count: range(count))."""
     if not len(labels):

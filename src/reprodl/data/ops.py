@@ -13,7 +13,7 @@ import numpy as np
 
 from reprodl import keys
 from reprodl.data.images import open_image, to_array
-from reprodl.data.labels import dataset_encoding
+from reprodl.data.labels import dataset_encoding, label_array
 from reprodl.data.layout import load_npy, tensor_item_ids, value_scale
 from reprodl.errors import DamagedMetadataError, DatasetFormatError, ParametersError
 from reprodl.store import Progress, StoredDataSet, open_dataset
@@ -42,7 +42,7 @@ def _labels(ds: StoredDataSet) -> tuple[str, list[Any], np.ndarray, dict[str, in
             f"{ds.uri} is neither an image dataset (category overlay) nor a tensor dataset "
             f"({keys.TENSOR_LABELS_FILE} item)"
         ) from None
-    labels = np.asarray(load_npy(ds.item_path(labels_idn), uri=ds.uri)).astype(np.int64).reshape(-1)
+    labels = label_array(load_npy(ds.item_path(labels_idn), uri=ds.uri), uri=ds.uri)
     encoding = dataset_encoding(annotation, uri=ds.uri, labels=labels)
     return keys.INPUT_TYPE_TENSOR, list(range(len(labels))), labels, encoding
 

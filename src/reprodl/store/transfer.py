@@ -301,6 +301,12 @@ def list_datasets(base_uri: str) -> list[str]:
     """URIs of the datasets under a base URI."""
     base = normalise_uri(base_uri)
     _check_broker(base)
+    if urlparse(base).scheme in ("http", "https"):
+        raise InvalidURIError(
+            f"cannot list the datasets under {base}: an http(s) server serves datasets one by one and "
+            "lists none. Give a dataset's own URI (e.g. `reprodl dataset info URI`), or list the "
+            "directory or bucket it is published from"
+        )
     try:
         return sorted(frozen_dataset_uris(base))
     except Exception as exc:

@@ -120,7 +120,6 @@ def serve_http(directory: str) -> None:
     """Serve ``directory`` with dtool-http's handler on 127.0.0.1 (a free port, printed)."""
     import functools
     import socketserver
-
     from http.server import SimpleHTTPRequestHandler
 
     from dtool_http.server import DtoolHTTPRequestHandler, DtoolHTTPServer

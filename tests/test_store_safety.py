@@ -19,7 +19,7 @@ from conftest import snapshot
 from remote_servers import *  # noqa: F403 - the http server fixtures
 from remote_servers import HTTPServer
 
-from reprodl.errors import DatasetFormatError, InvalidNameError, StorageError
+from reprodl.errors import DatasetFormatError, InvalidNameError
 from reprodl.store import copy_dataset, create_dataset, local_path, normalise_uri, open_dataset
 
 # relpath -> what the refusal says about it

@@ -122,7 +122,7 @@ def _check_safe(uri: str, dataset: Any, items: Any) -> None:
 def _check_entries(uri: str, dataset: Any, items: dict[str, Any]) -> None:
     """Refuse a manifest entry whose size or hash is not what dtool writes (a whole number of
     bytes, a string): sums, size checks and digests would fail on it later with a TypeError."""
-    for idn, props in items.items():
+    for props in items.values():
         size, md5 = props.get("size_in_bytes"), props.get("hash")
         if type(size) is not int or size < 0 or not isinstance(md5, str):
             field, value = ("size_in_bytes", size) if type(size) is not int or size < 0 else ("hash", md5)

@@ -64,7 +64,12 @@ def read_capped(response: Any, limit: int, *, what: str, error: type[ReprodlErro
 
 
 # What a published dataset's http_manifest.json holds (dtool-http's server and `dtool publish`).
-_HTTP_MANIFEST_FIELDS: dict[str, type] = {"admin_metadata": dict, "manifest_url": str, "readme_url": str, "item_urls": dict}
+_HTTP_MANIFEST_FIELDS: dict[str, type] = {
+    "admin_metadata": dict,
+    "manifest_url": str,
+    "readme_url": str,
+    "item_urls": dict,
+}
 _HTTP_MANIFEST_OPTIONAL: dict[str, type] = {"overlays": dict, "annotations": dict, "tags": list}
 
 

@@ -178,11 +178,12 @@ def _check_names(src: StoredDataSet) -> None:
         "by dtool. Ask whoever publishes the dataset to correct it, or use another copy"
     )
     for kind, names in (("tag", src.tags()), ("annotation", src.annotation_names())):
+        article = "an" if kind == "annotation" else "a"
         for name in names:
             if not (isinstance(name, str) and name_is_valid(name)):
                 raise DatasetFormatError(
-                    f"dataset {src.uri} has {'an' if kind == 'annotation' else 'a'} {kind} named {name!r}, which dtool does not allow (at most 80 "
-                    f"letters, digits, '-', '_' and '.'), {fix}"
+                    f"dataset {src.uri} has {article} {kind} named {name!r}, which dtool does not allow "
+                    f"(at most 80 letters, digits, '-', '_' and '.'), {fix}"
                 )
     for name in src.overlay_names():
         if (problem := file_name_problem(name)) is not None:

@@ -115,6 +115,26 @@ def test_an_mlflow_export_of_unusable_names_or_steps_is_refused(cli, tmp_path, t
     assert not store.exists()  # refused before any run was made
 
 
+def test_a_run_mlflow_refuses_part_way_is_deleted_and_named(cli, tmp_path, trained_model, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise MlflowException("Dataset name exceeds the maximum length")
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", refuse)
+    store = tmp_path / "mlruns"
+    result = cli("export", trained_model.uri, "-f", "mlflow", "--tracking-uri", store, "--quiet")
+    _refused(result, "MLflow refused the record of", "Dataset name exceeds the maximum length", "was deleted")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=store.resolve().as_uri())
+    experiment = client.get_experiment_by_name("reprodl")
+    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+    assert [r.info.lifecycle_stage for r in runs] == ["deleted"]
+
+
 # --- full disks ------------------------------------------------------------------------
 
 

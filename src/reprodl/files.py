@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from reprodl.errors import StorageError
+from reprodl.errors import ReprodlError, StorageError
 
 _LOCK = threading.Lock()
 
@@ -63,7 +63,7 @@ def writing_output(what: str, path: str | os.PathLike[str]) -> Iterator[None]:
     :class:`StorageError` naming both; the block is expected to leave nothing half-written there."""
     try:
         yield
-    except StorageError:
+    except ReprodlError:
         raise
     except OSError as exc:
         if exc.errno in FULL_ERRNOS or is_short_write(exc):

@@ -120,6 +120,7 @@ def serve_http(directory: str) -> None:
     """Serve ``directory`` with dtool-http's handler on 127.0.0.1 (a free port, printed)."""
     import functools
     import socketserver
+    from http.server import SimpleHTTPRequestHandler
 
     from dtool_http.server import DtoolHTTPRequestHandler, DtoolHTTPServer
 
@@ -127,7 +128,16 @@ def serve_http(directory: str) -> None:
         daemon_threads = True
         request_queue_size = 64
 
-    handler = functools.partial(DtoolHTTPRequestHandler, directory=directory)
+    class Handler(DtoolHTTPRequestHandler):
+        def do_GET(self) -> None:
+            # A dataset published with a static http_manifest.json (as `dtool publish` leaves
+            # on s3) is served as it is; others get the manifest dtool-http generates.
+            if self.path.endswith("http_manifest.json") and os.path.isfile(self.translate_path(self.path)):
+                SimpleHTTPRequestHandler.do_GET(self)
+            else:
+                super().do_GET()
+
+    handler = functools.partial(Handler, directory=directory)
     with Server((HOST, 0), handler) as httpd:
         print(f"serving on {HOST}:{httpd.server_address[1]}", flush=True)
         httpd.serve_forever()

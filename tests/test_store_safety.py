@@ -19,7 +19,7 @@ from conftest import snapshot
 from remote_servers import *  # noqa: F403 - the http server fixtures
 from remote_servers import HTTPServer
 
-from reprodl.errors import DatasetFormatError, InvalidNameError, StorageError
+from reprodl.errors import DatasetFormatError, InvalidNameError
 from reprodl.store import copy_dataset, create_dataset, local_path, normalise_uri, open_dataset
 
 # relpath -> what the refusal says about it
@@ -193,7 +193,7 @@ def test_copy_refuses_an_overlay_name_that_is_a_path(inner, tmp_path):
     dest = tmp_path / "inner" / "copies"
     dest.mkdir()
     before = snapshot(tmp_path)
-    with pytest.raises(StorageError, match=re.escape("overlay named '../../../evil'")):
+    with pytest.raises(DatasetFormatError, match=re.escape("overlay named '../../../evil'")):
         _copy_to(ds, normalise_uri(str(dest)))
     assert snapshot(tmp_path) == before  # the partial copy was removed
     assert not list(tmp_path.rglob("evil*"))

@@ -1,4 +1,5 @@
-"""Files reprodl writes for people: atomic, and readable as the user's umask says.
+"""Files reprodl writes for people: atomic, readable as the user's umask says, and a clear
+error when the disk is full.
 
 ``tempfile.mkstemp`` and ``mkdtemp`` create their files 0600 and directories 0700 (private, as
 a temporary file should be); a report, an export or a catalog file renamed from one would stay
@@ -8,9 +9,14 @@ would have.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+from reprodl.errors import ReprodlError, StorageError
 
 _LOCK = threading.Lock()
 
@@ -40,3 +46,32 @@ def share_as_umask(path: str | os.PathLike[str]) -> None:
             todo.extend(p.iterdir())
         else:
             os.chmod(p, 0o666 & ~mask)
+
+
+# A full disk, a quota, a file over RLIMIT_FSIZE: the writes that more space would let through.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_short_write(exc: OSError) -> bool:
+    """NumPy's ``tofile`` reports a full disk as an OSError with no errno ("N requested and M written")."""
+    return exc.errno is None and "requested and" in str(exc) and "written" in str(exc)
+
+
+@contextlib.contextmanager
+def writing_output(what: str, path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a full disk or a read-only filesystem met while writing ``what`` at ``path`` into a
+    :class:`StorageError` naming both; the block is expected to leave nothing half-written there."""
+    try:
+        yield
+    except ReprodlError:
+        raise
+    except OSError as exc:
+        if exc.errno in FULL_ERRNOS or is_short_write(exc):
+            fix = "the disk is full (or the file is over its size limit): free some space and run the command again"
+        elif exc.errno == errno.EROFS:
+            fix = "the filesystem is read-only: write it somewhere else"
+        else:
+            raise
+        raise StorageError(
+            f"could not write {what} {os.fspath(path)}: {exc.strerror or exc}. Nothing was written there; {fix}"
+        ) from exc

@@ -31,6 +31,7 @@ from reprodl.exports.source import (
     writing_dir,
     writing_file,
 )
+from reprodl.files import writing_output
 
 #: The formats, with what each writes.
 FORMATS: dict[str, str] = {
@@ -82,14 +83,16 @@ def export(
         from reprodl.exports.mlflow_run import log_to_mlflow, tracking_uri_of
 
         tracking = tracking_uri_of(output)
-        details = log_to_mlflow(source, tracking, experiment=experiment)
+        with writing_output("the MLflow run into", tracking):
+            details = log_to_mlflow(source, tracking, experiment=experiment)
         target = Path(output) if "://" not in str(output) and not str(output).startswith("file:") else None
         size = size_of(target) if target is not None and target.exists() else 0
         return ExportResult(format, source.uri, tracking, time.perf_counter() - started, size, details)
     path = check_output(output, overwrite=overwrite, directory=format == "ro-crate")
     if format == "ro-crate" and path.exists() and not (path / "ro-crate-metadata.json").is_file():
         raise ExportError(f"{path} is a directory but not an RO-Crate: overwrite replaces only a crate; choose another")
-    details = _write(source, format, path, allow=allow)
+    with writing_output(f"the {format} export", path):
+        details = _write(source, format, path, allow=allow)
     return ExportResult(format, source.uri, str(path), time.perf_counter() - started, size_of(path), details)
 
 

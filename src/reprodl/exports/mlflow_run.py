@@ -13,6 +13,8 @@ import contextlib
 import json
 import math
 import os
+import posixpath
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +24,8 @@ from reprodl.exports.source import ExportError, Source, model_identity, require
 from reprodl.provenance import ProvenanceRecord
 
 _ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
+_MLFLOW_NAME = re.compile(r"[/\w.\- :]+")  # what MLflow accepts as a parameter or metric name
+_MLFLOW_MAX_NAME = 250
 _HISTORY_METRICS = ("train_loss", "valid_loss", "valid_accuracy", "learning_rate", "wall_time_s")
 
 
@@ -57,20 +61,23 @@ def log_to_mlflow(source: Source, tracking_uri: str, *, experiment: str = "repro
     from mlflow.tracking import MlflowClient
 
     record = source.model_record("mlflow")
+    start = _ms(record.results.started_at or record.created_at)
+    params = [Param(k, v) for k, v in _params(record).items()]
+    metrics = [Metric(k, v, ts, step) for k, v, ts, step in _metrics(record, start)]
+    for name, what in [(p.key, "parameter") for p in params] + [(m.key, "metric") for m in metrics]:
+        _check_name(name, what, source.uri)
     with _file_store_allowed():
         client = MlflowClient(tracking_uri=tracking_uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
-        start = _ms(record.results.started_at or record.created_at)
         run = client.create_run(experiment_id, start_time=start, run_name=record.model_name, tags=_tags(source, record))
         run_id = run.info.run_id
-        params = [Param(k, v) for k, v in _params(record).items()]
-        metrics = [Metric(k, v, ts, step) for k, v, ts, step in _metrics(record, start)]
-        for i in range(0, max(len(params), len(metrics)), 100):  # MLflow takes 100 params per batch
-            client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100], tags=[])
-        client.log_inputs(run_id, datasets=_inputs(record))
-        end = record.results.finished_at
-        client.set_terminated(run_id, "FINISHED", end_time=_ms(end) if end else None)
+        with _run_removed_on_failure(client, run_id, source.uri):
+            for i in range(0, max(len(params), len(metrics)), 100):  # MLflow takes 100 params per batch
+                client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100], tags=[])
+            client.log_inputs(run_id, datasets=_inputs(record))
+            end = record.results.finished_at
+            client.set_terminated(run_id, "FINISHED", end_time=_ms(end) if end else None)
     return {
         "run_id": run_id,
         "experiment_id": experiment_id,
@@ -79,6 +86,39 @@ def log_to_mlflow(source: Source, tracking_uri: str, *, experiment: str = "repro
         "metrics": len(metrics),
         "inputs": len({r.uuid for r in record.data}),
     }
+
+
+@contextlib.contextmanager
+def _run_removed_on_failure(client: Any, run_id: str, uri: str) -> Iterator[None]:
+    """Delete the half-logged run when MLflow refuses part of it, and say what it refused."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        with contextlib.suppress(Exception):
+            client.delete_run(run_id)
+        raise ExportError(
+            f"MLflow refused the record of {uri} ({exc.message}); the half-logged run {run_id} was deleted. "
+            "Export the record in another format (--format ro-crate or prov), which keeps every value"
+        ) from None
+
+
+def _check_name(name: str, what: str, uri: str) -> None:
+    """Refuse, before anything is logged, a name MLflow would refuse or store as a path elsewhere."""
+    norm = posixpath.normpath(name) if name else ""
+    if (
+        not _MLFLOW_NAME.fullmatch(name)
+        or len(name) > _MLFLOW_MAX_NAME
+        or norm != name
+        or norm == "."
+        or norm.startswith(("..", "/"))
+    ):
+        raise ExportError(
+            f"the record of {uri} has a {what} named {name!r}, which MLflow cannot store: a name is at most "
+            f"{_MLFLOW_MAX_NAME} letters, digits, spaces and _ - . / :, and no '.' or '..' part. "
+            "Export the record in another format (--format ro-crate or prov), which keeps every name"
+        )
 
 
 def _ms(iso: str) -> int:
@@ -142,8 +182,16 @@ def _metrics(record: ProvenanceRecord, start: int) -> list[tuple[str, float, int
 def _logged_metrics(logged: list[dict[str, Any]], start: int) -> list[tuple[str, float, int, int]]:
     """What ``run.log`` recorded: each finite number, at its step (or epoch)."""
     rows = []
-    for entry in logged:
-        step = int(entry.get("step", entry.get("epoch", 0)))
+    for i, entry in enumerate(logged):
+        axis = "step" if "step" in entry else "epoch"
+        step = entry.get(axis, 0)
+        whole = isinstance(step, int) or (isinstance(step, float) and math.isfinite(step) and step.is_integer())
+        if isinstance(step, bool) or not whole or abs(step) >= 2**63:
+            raise ExportError(
+                f"results.logged[{i}] of the record has {axis} {step!r}, not a whole number: MLflow needs an integer "
+                "step. The record was edited or damaged; export it in another format (--format ro-crate or prov)"
+            )
+        step = int(step)
         for name, value in entry.items():
             if name in ("epoch", "step") or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue

@@ -88,9 +88,6 @@ def load_trace(ds: StoredDataSet, record: ProvenanceRecord) -> np.ndarray | None
     ``allow_pickle=False``.
     """
     import hashlib
-    import io
-
-    import numpy as np
 
     info = record.results.trace
     if info is None:
@@ -110,7 +107,34 @@ def load_trace(ds: StoredDataSet, record: ProvenanceRecord) -> np.ndarray | None
             f"(record {info.sha256}, item {actual})",
             problems=["trace digest mismatch"],
         )
+    return _npy_rows(data, f"{ds.uri}: the step trace {info.item}")
+
+
+def _npy_rows(data: bytes, what: str) -> np.ndarray:
+    """The array in the ``.npy`` bytes ``data``, its header checked against the bytes there
+    before anything is allocated (a header may claim 2^40 rows in a file of a few kilobytes)."""
+    import io
+    import math
+
+    import numpy as np
+
+    fix = "the model dataset is damaged or was edited: use an intact copy"
+    buf = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as exc:
-        raise ModelLoadError(f"{ds.uri}: {info.item} is not a NumPy array file without objects ({exc})") from None
+        version = np.lib.format.read_magic(buf)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not one reprodl writes")
+        shape, fortran, dtype = read_header[version](buf)
+    except (ValueError, SyntaxError, TypeError, OverflowError) as exc:
+        raise ModelLoadError(f"{what} is not a NumPy array file ({exc}): {fix}") from None
+    if dtype.hasobject:
+        raise ModelLoadError(f"{what} holds Python objects (dtype {dtype}), which are never unpickled: {fix}")
+    needed = math.prod(shape) * dtype.itemsize
+    if needed != len(data) - buf.tell():
+        raise ModelLoadError(
+            f"{what}: its header claims shape {shape} ({needed:,} bytes) but the file holds "
+            f"{len(data) - buf.tell():,} bytes of data: {fix}"
+        )
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=buf.tell())
+    return array.reshape(shape, order="F" if fortran else "C").copy()

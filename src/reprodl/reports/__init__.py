@@ -24,7 +24,7 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.errors import ParametersError
-from reprodl.files import share_as_umask
+from reprodl.files import share_as_umask, writing_output
 from reprodl.reports.context import Context
 from reprodl.reports.html import page
 from reprodl.store import StoredDataSet, open_dataset
@@ -85,15 +85,16 @@ def _write(text: str, output: Path) -> None:
         )
     if not output.parent.is_dir():
         raise ParametersError(f"the report output's directory {output.parent} does not exist: create it first")
-    fd, tmp = tempfile.mkstemp(prefix=".reprodl-report-", suffix=".html", dir=output.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        share_as_umask(tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing_output("the report", output):
+        fd, tmp = tempfile.mkstemp(prefix=".reprodl-report-", suffix=".html", dir=output.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            share_as_umask(tmp)
+            os.replace(tmp, output)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def report(

@@ -31,7 +31,7 @@ class Context:
             return png_img(draw(), what)
         except MissingDependencyError as exc:
             return self.missing(what, str(exc))
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RecursionError) as exc:
             return self.missing(what, f"the recorded values cannot be plotted ({type(exc).__name__}: {exc})")
 
 

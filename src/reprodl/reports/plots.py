@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,11 +35,19 @@ def pyplot() -> Any:
     return plt
 
 
+def plain(text: Any) -> str:
+    """``text`` shown as it is: a ``$`` would start matplotlib's mathtext, which a recorded name
+    can use to fail the plot (``$\\frac{$``) or exhaust the recursion limit (braces nested 400 deep)."""
+    return str(text).replace("$", r"\$")
+
+
 def to_png(fig: Any) -> bytes:
     """The figure as PNG bytes (and closed)."""
     plt = pyplot()
     buf = io.BytesIO()
-    fig.tight_layout()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Tight layout not applied": a long recorded name
+        fig.tight_layout()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
@@ -95,7 +104,7 @@ def logged_png(series: dict[tuple[str, str], tuple[list[float], list[float]]]) -
     for ax, axis in zip(axes[0], axes_names):
         for (where, name), (xs, ys) in series.items():
             if where == axis:
-                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, lw=1, label=name)
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, lw=1, label=plain(name))
         ax.set_xlabel(axis)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
@@ -121,7 +130,7 @@ def trace_png(rows: np.ndarray, tensors: Sequence[str], *, mark_step: int | None
     fps = rows["fingerprint"].astype(np.float64)
     moved = np.nan_to_num(np.abs(fps - fps[:1]).max(axis=0)) if len(fps) else np.zeros(0)
     for i in list(np.argsort(-moved)[:TRACE_TENSORS]):
-        fp_ax.plot(steps, fps[keep, i] - fps[0, i], lw=0.8, label=str(tensors[i]) if i < len(tensors) else f"#{i}")
+        fp_ax.plot(steps, fps[keep, i] - fps[0, i], lw=0.8, label=plain(tensors[i]) if i < len(tensors) else f"#{i}")
     fp_ax.set_title("parameter fingerprint change", fontsize=10)
     if fp_ax.lines:
         fp_ax.legend(fontsize=7)
@@ -149,7 +158,7 @@ def envelope_png(summary: dict[str, Any], history: Sequence[Any] = ()) -> bytes:
         hx, hy = _series(history, metric)
         if hx:
             ax.plot(hx, hy, color="#c62828", marker="o", ms=3, lw=1.2, label="this model")
-        ax.set_title(metric, fontsize=10)
+        ax.set_title(plain(metric), fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)

@@ -725,6 +725,35 @@ def load_claim(uri: str) -> dict[str, Any]:
         return load_json(fh.read(), what=f"{ds.uri}: {keys.CLAIM_FILE}", error=DatasetFormatError)
 
 
+def _claim_problem(claim: Any) -> str | None:
+    """What makes ``claim`` (a parsed ``claim.json``) unlike any claim reprodl writes; None if nothing."""
+    if not isinstance(claim, dict):
+        return f"it holds a JSON {type(claim).__name__}, not an object"
+    if not isinstance(claim.get("metric", ""), str):
+        return f"its metric is {claim['metric']!r}, not a name"
+    runs = claim.get("runs", {})
+    if not isinstance(runs, dict):
+        return f"its runs are a JSON {type(runs).__name__}, not an object with the lists 'a' and 'b'"
+    for side in ("a", "b"):
+        members = runs.get(side, [])
+        if not isinstance(members, list):
+            return f"runs.{side} is a JSON {type(members).__name__}, not a list of members"
+        for i, member in enumerate(members):
+            if not isinstance(member, dict) or not isinstance(member.get("uri"), str) or not member["uri"]:
+                return f"runs.{side}[{i}] is {repr(member)[:80]}, not a member with a 'uri' (a string)"
+    return None
+
+
+def check_claim(claim: Any, uri: str) -> None:
+    """Refuse a ``claim.json`` whose shape is not what reprodl writes, naming the field."""
+    problem = _claim_problem(claim)
+    if problem is not None:
+        raise DatasetFormatError(
+            f"{uri}: {keys.CLAIM_FILE} is not a claim reprodl can check: {problem}. It was edited or damaged: "
+            "use an intact copy, or make the claim again (`reprodl compare`, or `reprodl collect` of its runs)"
+        )
+
+
 STATISTICS_CHECK = "statistics re-derived from the members' records"
 _STATISTICS = ("n", "probability_a_better", "ci_low", "ci_high", "verdict")
 
@@ -757,6 +786,7 @@ def verify_claim(uri: str, *, allow: Iterable[str] = ()) -> ClaimVerification:
     items = ds.verify(deep=True)
     result.add("claim dataset items match its manifest", items.ok, "; ".join(items.problems()))
     claim = load_claim(uri)
+    check_claim(claim, ds.uri)
     raw = claim.get("runs")
     runs: dict[str, Any] = raw if isinstance(raw, dict) else {}
     members = {side: [m if isinstance(m, dict) else {} for m in runs.get(side) or []] for side in ("a", "b")}

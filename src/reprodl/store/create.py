@@ -31,6 +31,7 @@ from reprodl.errors import (
     ResumeError,
     StorageError,
 )
+from reprodl.files import is_short_write
 from reprodl.store.brokers import _dtoolcore, frozen_dataset, proto_dataset
 from reprodl.store.dataset import StoredDataSet
 from reprodl.store.staging import (
@@ -188,7 +189,7 @@ def create_dataset(
     except BaseException as exc:
         kept = latest_checkpoint(staging) if _keeps_checkpoint(exc) else None
         keep = kept is not None
-        if isinstance(exc, OSError) and not isinstance(exc, StorageError) and exc.errno in _WRITE_ERRNOS:
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError) and _write_failure(exc):
             raise write_error(exc, f"the dataset {name!r} at {base}", kept=kept) from exc
         raise
     finally:
@@ -245,18 +246,19 @@ def write_error(exc: OSError, what: str, *, kept: Path | None = None) -> Storage
     ``kept``: the checkpoint of the training that was writing it, kept for a resume.
     """
     where = f" ({exc.filename})" if exc.filename else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or is_short_write(exc):
         fix, again = "free some space (or raise the quota)", " and run the command again"
     elif exc.errno == errno.EROFS:
         fix, again = "the filesystem is mounted read-only: write to another location", ""
     else:
         fix, again = "check its permissions, or write to a directory you own", ""
+    reason = f"the disk is full or a file is over its size limit ({exc})" if is_short_write(exc) else exc.strerror
     if kept is not None:
         return StorageError(
-            f"could not write {what}: {exc.strerror or exc}{where}. The dataset was not written, but the checkpoint "
+            f"could not write {what}: {reason or exc}{where}. The dataset was not written, but the checkpoint "
             f"{kept} is kept: {fix}, then resume the training (`reprodl train CONFIG --resume`, or resume=True)"
         )
-    return StorageError(f"could not write {what}: {exc.strerror or exc}{where}. Nothing was kept; {fix}{again}")
+    return StorageError(f"could not write {what}: {reason or exc}{where}. Nothing was kept; {fix}{again}")
 
 
 def _keeps_checkpoint(exc: BaseException) -> bool:
@@ -267,7 +269,12 @@ def _keeps_checkpoint(exc: BaseException) -> bool:
     """
     if not isinstance(exc, Exception) or isinstance(exc, (ResumeError, RankLostError, CheckpointWriteError)):
         return True
-    return isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS
+    return isinstance(exc, OSError) and _write_failure(exc)
+
+
+def _write_failure(exc: OSError) -> bool:
+    """A write that failed for want of space or permission to write (not an error of the training)."""
+    return exc.errno in _WRITE_ERRNOS or is_short_write(exc)
 
 
 def current_user() -> str:

@@ -41,7 +41,7 @@ from reprodl.store.brokers import _cache_root, _check_broker, frozen_dataset, st
 from reprodl.store.fetch import FETCH_WORKERS, FetchReport, _RemoteItems, bounded_map
 from reprodl.store.hashing import Progress, canonical_json, file_md5
 from reprodl.store.manifest import ItemTable, index_path, read_index, write_index
-from reprodl.store.remote_errors import _remote_error
+from reprodl.store.remote_errors import _error_code, _remote_error
 from reprodl.store.uris import (
     file_name_problem,
     item_identifier,
@@ -116,6 +116,21 @@ def _check_safe(uri: str, dataset: Any, items: Any) -> None:
             raise DatasetFormatError(
                 f"{what} has an unsafe item identifier {idn!r} in its manifest: {problem}. "
                 "It is refused; recreate the dataset from its source files"
+            )
+
+
+def _check_entries(uri: str, dataset: Any, items: dict[str, Any]) -> None:
+    """Refuse a manifest entry whose size or hash is not what dtool writes (a whole number of
+    bytes, a string): sums, size checks and digests would fail on it later with a TypeError."""
+    for props in items.values():
+        size, md5 = props.get("size_in_bytes"), props.get("hash")
+        if type(size) is not int or size < 0 or not isinstance(md5, str):
+            field, value = ("size_in_bytes", size) if type(size) is not int or size < 0 else ("hash", md5)
+            raise DatasetFormatError(
+                f"dataset {dataset.name!r} at {uri} has an item {props.get('relpath')!r} whose manifest "
+                f"{field} is {value!r}, not {'a whole number >= 0' if field == 'size_in_bytes' else 'a string'}: "
+                "dtool never writes that, so the manifest was edited or damaged; use an intact copy, or "
+                "recreate the dataset from its source files"
             )
 
 
@@ -281,7 +296,7 @@ class StoredDataSet(_RemoteItems):
             try:
                 text = self._ds.get_readme_content() or ""
             except Exception as exc:  # broker errors are not typed
-                raise self._read_error(exc, "its README") from exc
+                raise self._read_error(exc, "the README") from exc
             check_size(text, keys.MAX_README_BYTES, what=f"the README of {self.uri}", error=DatasetFormatError)
             self._readme = text
         return self._readme
@@ -298,6 +313,13 @@ class StoredDataSet(_RemoteItems):
             )
         if self.is_local:
             return StorageError(f"could not read {what} of dataset {self.uri} ({where}): {type(exc).__name__}: {exc}")
+        code = _error_code(exc)
+        if code in ("404", "410", "NoSuchKey"):  # the dataset is there (it was opened): one of its files is not
+            return DatasetFormatError(
+                f"{what} of dataset {self.uri} is missing on its server ({code}), although the dataset "
+                "itself is there: it was published incompletely or a file was removed. Ask whoever serves "
+                "it to publish it again (`dtool publish`), or use another copy"
+            )
         return _remote_error(self.uri, exc)
 
     def readme(self) -> dict[str, Any]:
@@ -435,7 +457,7 @@ class StoredDataSet(_RemoteItems):
         try:
             return sorted(self._ds.list_tags())
         except Exception as exc:
-            raise self._read_error(exc, "its tags") from exc
+            raise self._read_error(exc, "the tags") from exc
 
     # --- integrity ------------------------------------------------------------------
     def manifest_digest(self) -> str:
@@ -598,6 +620,7 @@ def _read_items(uri: str, dataset: Any, data_dir: str | None) -> tuple[Any, str]
     hash_function = manifest.get("hash_function", "md5sum_hexdigest")
     table = ItemTable.from_items(items)
     if table is None:
+        _check_entries(uri, dataset, items)
         return items, hash_function
     if index:
         write_index(index, table, hash_function)
@@ -677,6 +700,8 @@ def _check_location(full: str, path: Path | None) -> None:
 
 def _open_error(exc: BaseException, full: str, path: Path | None, file: str) -> ReprodlError:
     """The error for reading ``file`` of the dataset at ``full`` failing while opening it."""
+    if isinstance(exc, ReprodlError):  # a broker's own refusal (an http manifest without its fields)
+        return exc
     if isinstance(exc, RecursionError):  # json.load of a hostile, deeply nested file
         return DamagedMetadataError(
             f"the dataset at {full} has metadata that is not JSON reprodl reads "

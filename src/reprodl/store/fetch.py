@@ -251,8 +251,8 @@ class _RemoteItems:
     def _download_http(self, identifier: str, dest: str, progress: Progress | None) -> str:
         import requests
 
-        url = self._ds._storage_broker.http_manifest["item_urls"][identifier]
         relpath = self._items[identifier]["relpath"]
+        url = self._ds._storage_broker.item_url(identifier, relpath)
         try:
             resp = requests.get(url, stream=True, timeout=http_timeout())
         except requests.RequestException as exc:

@@ -63,11 +63,51 @@ def read_capped(response: Any, limit: int, *, what: str, error: type[ReprodlErro
     return bytes(body)
 
 
+# What a published dataset's http_manifest.json holds (dtool-http's server and `dtool publish`).
+_HTTP_MANIFEST_FIELDS: dict[str, type] = {
+    "admin_metadata": dict,
+    "manifest_url": str,
+    "readme_url": str,
+    "item_urls": dict,
+}
+_HTTP_MANIFEST_OPTIONAL: dict[str, type] = {"overlays": dict, "annotations": dict, "tags": list}
+
+
+def check_http_manifest(manifest: Any, url: str) -> None:
+    """Refuse an http manifest without the fields dtool-http reads, naming the missing one."""
+    fix = "it was edited or published incompletely: publish the dataset again (`dtool publish`), or check the URI"
+    if not isinstance(manifest, dict):
+        raise DatasetFormatError(f"the http manifest {url} is a JSON {type(manifest).__name__}, not an object: {fix}")
+    for field, kind in {**_HTTP_MANIFEST_FIELDS, **_HTTP_MANIFEST_OPTIONAL}.items():
+        if field not in manifest and field in _HTTP_MANIFEST_FIELDS:
+            raise DatasetFormatError(f"the http manifest {url} has no {field!r}: {fix}")
+        if field in manifest and not isinstance(manifest[field], kind):
+            raise DatasetFormatError(
+                f"the http manifest {url} has a {field!r} that is a {type(manifest[field]).__name__}, "
+                f"not a {kind.__name__}: {fix}"
+            )
+
+
 class _BoundedHTTP:
     """The methods of dtool-http's HTTPStorageBroker that make requests, bounded."""
 
     _uri: str
     http_manifest: dict[str, Any]  # set by dtool-http's HTTPStorageBroker.__init__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        check_http_manifest(self.http_manifest, f"{self._uri.rstrip('/')}/http_manifest.json")
+
+    def item_url(self, identifier: str, relpath: str) -> str:
+        """The URL of an item, refused by name when the http manifest lists none for it."""
+        url = self.http_manifest["item_urls"].get(identifier)
+        if not isinstance(url, str):
+            raise DatasetFormatError(
+                f"the http manifest {self._uri.rstrip('/')}/http_manifest.json has no URL for the item {relpath!r} "
+                f"(identifier {identifier}), which the dataset's manifest lists: it was edited or published "
+                "incompletely. Publish the dataset again (`dtool publish`), or use another copy"
+            )
+        return url
 
     def _get_base_uri(self, parse_result: Any) -> str:
         import requests

@@ -161,18 +161,39 @@ def _fill(proto: Any, src: StoredDataSet, progress: Progress | None) -> None:
     for tag in src.tags():
         proto.put_tag(tag)
     for name in src.overlay_names():
-        # A server lists whatever names it likes, and the broker call below (unlike
-        # dtoolcore's put_annotation and put_tag) does not check them.
-        if (problem := file_name_problem(name)) is not None:
-            raise DatasetFormatError(f"{src.uri} has an overlay named {name!r}: {problem}")
         # The overlay's keys are the source's identifiers, the copy's too.
         proto._storage_broker.put_overlay(name, src.get_overlay(name))
     for name in src.annotation_names():
         proto.put_annotation(name, src.get_annotation(name))
 
 
+def _check_names(src: StoredDataSet) -> None:
+    """Refuse, before anything is written, a source whose server lists a tag, annotation or
+    overlay name that cannot be a file name in the copy (``../x``): dtoolcore refuses the
+    first two with an empty message, and the broker call that writes overlays checks nothing."""
+    from dtoolcore.utils import name_is_valid
+
+    fix = (
+        "so it is not copied: a server may list any name, and this one was edited or not written "
+        "by dtool. Ask whoever publishes the dataset to correct it, or use another copy"
+    )
+    for kind, names in (("tag", src.tags()), ("annotation", src.annotation_names())):
+        article = "an" if kind == "annotation" else "a"
+        for name in names:
+            if not (isinstance(name, str) and name_is_valid(name)):
+                raise DatasetFormatError(
+                    f"dataset {src.uri} has {article} {kind} named {name!r}, which dtool does not allow "
+                    f"(at most 80 letters, digits, '-', '_' and '.'), {fix}"
+                )
+    for name in src.overlay_names():
+        if (problem := file_name_problem(name)) is not None:
+            raise DatasetFormatError(f"dataset {src.uri} has an overlay named {name!r} ({problem}), {fix}")
+
+
 def _check_source(src: StoredDataSet) -> None:
-    """Refuse to copy a source whose items are symlinks or do not match its manifest."""
+    """Refuse to copy a source whose metadata names are unusable, whose items are symlinks or
+    that does not match its manifest."""
+    _check_names(src)
     linked = src.symlinked_items()
     if linked:
         raise DatasetFormatError(
@@ -281,6 +302,12 @@ def list_datasets(base_uri: str) -> list[str]:
     """URIs of the datasets under a base URI."""
     base = normalise_uri(base_uri)
     _check_broker(base)
+    if urlparse(base).scheme in ("http", "https"):
+        raise InvalidURIError(
+            f"cannot list the datasets under {base}: an http(s) server serves datasets one by one and "
+            "lists none. Give a dataset's own URI (e.g. `reprodl dataset info URI`), or list the "
+            "directory or bucket it is published from"
+        )
     try:
         return sorted(frozen_dataset_uris(base))
     except Exception as exc:

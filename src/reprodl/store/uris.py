@@ -46,6 +46,12 @@ def normalise_uri(uri: str | os.PathLike[str]) -> str:
         if not path.startswith("/"):
             raise InvalidURIError(f"{text!r}: a file:// URI needs an absolute path (file:///data/x or a plain path)")
         return f"file://{parsed.netloc or socket.gethostname()}{path}"
+    if not parsed.netloc:
+        what = "bucket" if parsed.scheme == "s3" else "host"
+        raise InvalidURIError(
+            f"{text!r} names no {what}: write {parsed.scheme}://<{what}>/... "
+            f"(e.g. {'s3://my-bucket' if what == 'bucket' else 'https://example.org/datasets/name'})"
+        )
     return text.rstrip("/")
 
 
@@ -73,11 +79,16 @@ def name_is_valid(name: str) -> bool:
     """Whether dtool allows ``name`` as a dataset name."""
     import dtoolcore.utils
 
-    return bool(name) and dtoolcore.utils.name_is_valid(name)
+    return bool(name) and name not in (".", "..") and dtoolcore.utils.name_is_valid(name)
 
 
 def check_name(name: str) -> None:
     """Refuse (InvalidNameError) a dataset name dtool does not allow."""
+    if name in (".", ".."):
+        raise InvalidNameError(
+            f"dataset name {name!r} is not allowed: it names a directory (this one or its parent), not a new "
+            "dataset. Give a name such as 'digits' (letters, digits, '-', '_' and '.')"
+        )
     if not name_is_valid(name):
         raise InvalidNameError(
             f"dataset name {name!r} is not allowed by dtool: use 1-80 characters from letters, digits, '-', '_' and '.'"

@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -346,10 +347,13 @@ def check_name_free(output: str, name: str) -> None:
     """Refuse, before any data are read, a model name already taken under ``output``.
 
     Raises:
+        InvalidNameError: a name dtool does not allow ('.', '..', a '/').
         DatasetExistsError: naming the model and how to pick a new name or number the run.
     """
     from reprodl.errors import DatasetExistsError
+    from reprodl.store.uris import check_name
 
+    check_name(name)  # '.' or '..' would otherwise be "taken"
     if _taken(output, name):
         new = free_name(output, name)
         raise DatasetExistsError(
@@ -428,6 +432,7 @@ def _build_components(cfg: TrainConfig, model: Any, learning_rate: float) -> tup
     opt_cls = _component(cfg.optimizer, "torch.optim", trust.Kind.OPTIMIZER, cfg.allow)
     opt_kwargs = {"lr": learning_rate, **cfg.optimizer.kwargs()}
     optimizer = _construct(opt_cls, "optimizer", opt_kwargs, [p for p in model.parameters() if p.requires_grad])
+    _check_fits(optimizer)
     loss_fn = _loss(cfg)
     scheduler = None
     if cfg.scheduler is not None:
@@ -440,6 +445,25 @@ def _build_components(cfg: TrainConfig, model: Any, learning_rate: float) -> tup
         )
         remember_arguments(scheduler, kwargs)
     return optimizer, loss_fn, scheduler
+
+
+def _check_fits(optimizer: Any) -> None:
+    """Refuse a hyperparameter too large for the weights it scales (``lr: 1e308`` on float32 weights
+    overflows at the first step with a bare RuntimeError)."""
+    import torch
+
+    for group in optimizer.param_groups:
+        dtypes = [p.dtype for p in group["params"] if p.is_floating_point()]
+        if not dtypes:
+            continue
+        largest = min(float(torch.finfo(d).max) for d in dtypes)
+        for key, value in group.items():
+            for v in value if isinstance(value, (list, tuple)) and key != "params" else [value]:
+                if isinstance(v, float) and math.isfinite(v) and abs(v) > largest:
+                    raise ParametersError(
+                        f"the config's optimizer has {key}={v!r}, larger than the model's {dtypes[0]} weights can "
+                        f"hold ({largest:.4g}): the first step would overflow. Choose a smaller {key}"
+                    )
 
 
 def _loss(cfg: TrainConfig) -> Any:

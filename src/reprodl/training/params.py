@@ -13,12 +13,23 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
 from reprodl.errors import ParametersError
 from reprodl.parsing import load_yaml
 
 ALIASES = {"lr": "learning_rate", "epochs": "n_epochs", "bs": "batch_size"}
+MAX_SEED = 2**63 - 1  # torch seeds its generators with 64-bit integers (and the catalog stores int64)
+MAX_LEARNING_RATE = 3.4028234663852886e38  # the largest float32: a larger step overflows float32 weights
 
 
 class Parameters(BaseModel):
@@ -65,6 +76,20 @@ class Parameters(BaseModel):
     user: dict[str, Any] = Field(
         default_factory=dict, description="Values for your own code (a config's params.user), recorded as given"
     )
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_fits(cls, value: int) -> int:
+        if not 0 <= value <= MAX_SEED:
+            raise ValueError("should be a whole number from 0 to 2**63 - 1, as torch's 64-bit generators need")
+        return value
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _learning_rate_fits(cls, value: float) -> float:
+        if value > MAX_LEARNING_RATE:
+            raise ValueError(f"should be at most {MAX_LEARNING_RATE:.4g} (the largest float32): a larger one overflows")
+        return value
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs = {ALIASES.get(k, k): v for k, v in kwargs.items()}
@@ -149,7 +174,8 @@ def _explain(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         name = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{name} {err['msg'].lower()}, but got {name}={err.get('input')!r}")
+        msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"].lower()
+        parts.append(f"{name} {msg}, but got {name}={err.get('input')!r}")
     return "invalid training parameters: " + "; ".join(parts)
 
 

@@ -10,7 +10,7 @@ The derivation (unchanged from earlier versions, so older models train again the
 =====================  =========================================
 python, numpy          ``seed & 0xFFFFFFFF``
 torch                  ``seed``
-sampler                ``seed + 1`` (epoch e's order: ``randperm`` seeded ``sampler * 1_000_003 + e``)
+sampler                ``seed + 1`` (epoch e's order: ``randperm`` seeded ``(sampler * 1_000_003 + e) mod 2^64``)
 dataloader generator   ``seed + 1``
 worker i               ``(seed + 1001 + i) & 0xFFFFFFFF`` (Python, NumPy and torch in the worker)
 =====================  =========================================
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from torch import Generator  # a class attribute below is named ``torch``
 
 MASK_32 = 0xFFFFFFFF  # Python's and NumPy's legacy seeders take 32-bit seeds
+MASK_64 = 0xFFFFFFFFFFFFFFFF  # torch's generators take 64-bit seeds
 SAMPLER_OFFSET = 1
 GENERATOR_OFFSET = 1
 WORKER_OFFSET = 1001
@@ -83,7 +84,7 @@ class SeedPlan:
 
     def epoch_order_seed(self, epoch: int) -> int:
         """Seed of the generator whose ``randperm`` is epoch ``epoch``'s data order (0-based)."""
-        return self.sampler * EPOCH_STRIDE + epoch
+        return (self.sampler * EPOCH_STRIDE + epoch) & MASK_64  # the same seed for torch wherever it fitted
 
     def worker(self, worker_id: int) -> int:
         """Seed of Python's, NumPy's and torch's generators in DataLoader worker ``worker_id``."""

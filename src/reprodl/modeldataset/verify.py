@@ -91,17 +91,7 @@ def verify_model(
             result.add("weights match the record", True, record.results.weights_sha256 or "")
         except ReprodlError as exc:
             result.add("weights match the record", False, str(exc))
-        # Every record, a start_run one's too: loading, evaluating or predicting builds what it names.
-        refused = untrusted_names(record, allow=allow, script=record.code.run is not None)
-        detail = "; ".join(f"will not be imported: {r}" for r in refused)
-        result.add("recorded names pass the trust policy", not refused, detail)
-        if record.code.run is not None:
-            result.notes.append("the recorded code is re-executed by reproduce (with --trust-code), never imported")
-            if record.architecture.import_path.startswith("__main__:"):
-                result.notes.append(
-                    f"architecture {record.architecture.import_path} is defined in the recorded script: it is "
-                    "rebuilt only by `reprodl reproduce --trust-code` (or loaded with model_class=), never imported"
-                )
+        _check_names(record, result, allow)
         if data:
             for ref in record.data:
                 if ref.source != "dtool":
@@ -111,6 +101,21 @@ def verify_model(
                 result.add(f"{c.role} data {c.name} ({c.uri}) unchanged", c.ok, c.detail)
     _check_signature(ds, result, trusted)
     return result
+
+
+def _check_names(record: ProvenanceRecord, result: ModelVerification, allow: Iterable[str]) -> None:
+    """The trust-policy check of every record, a start_run one's too: loading, evaluating or
+    predicting builds what it names."""
+    refused = untrusted_names(record, allow=allow, script=record.code.run is not None)
+    detail = "; ".join(f"will not be imported: {r}" for r in refused)
+    result.add("recorded names pass the trust policy", not refused, detail)
+    if record.code.run is not None:
+        result.notes.append("the recorded code is re-executed by reproduce (with --trust-code), never imported")
+        if record.architecture.import_path.startswith("__main__:"):
+            result.notes.append(
+                f"architecture {record.architecture.import_path} is defined in the recorded script: it is "
+                "rebuilt only by `reprodl reproduce --trust-code` (or loaded with model_class=), never imported"
+            )
 
 
 def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = (), script: bool = False) -> list[str]:

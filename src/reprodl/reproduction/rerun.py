@@ -32,7 +32,7 @@ from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck, check_code, check_patch
 from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_predictions, compare_weights
 from reprodl.reproduction.ddp import is_distributed
-from reprodl.reproduction.divergence import Divergence, TraceComparer, no_trace
+from reprodl.reproduction.divergence import Divergence, TraceComparer, input_changes, no_trace
 from reprodl.reproduction.environment import (
     EnvDifference,
     Expectation,
@@ -48,7 +48,7 @@ from reprodl.reproduction.rebuild import (
     rebuild_transform,
     transform_differences,
 )
-from reprodl.reproduction.verdict import Comparison, Judgement, Verdict, judge
+from reprodl.reproduction.verdict import Comparison, Judgement, Reason, Verdict, judge
 from reprodl.store import StoredDataSet, open_dataset
 from reprodl.training.capture import class_source_sha256
 from reprodl.training.params import Parameters
@@ -60,6 +60,7 @@ __all__ = [
     "Divergence",
     "EnvDifference",
     "Expectation",
+    "Reason",
     "ReproductionReport",
     "Tolerance",
     "Verdict",
@@ -96,6 +97,8 @@ class ReproductionReport:
     # Predicted from the two environments before re-running; ``held`` settled by the verdict.
     expectation: Expectation | None = None
     divergence: Divergence | None = None
+    # The reasons, typed: each a Reason(kind, text); ``reasons`` holds their texts.
+    why: list[Reason] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -196,6 +199,7 @@ def reproduce(
         >>> reproduce("/models/augmented", transforms={"train": MyAugment(0.1)})   # doctest: +SKIP
     """
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
+    given = tolerance is not None
     t0 = time.perf_counter()
     model_ds = open_dataset(uri)
     record = read_record(model_ds)
@@ -203,11 +207,19 @@ def reproduce(
         from reprodl.reproduction.reexec import reproduce_by_reexecution
 
         report = reproduce_by_reexecution(
-            model_ds, record, trust_code=trust_code, output=output, tolerance=tol, seed=seed, on_output=on_output
+            model_ds,
+            record,
+            trust_code=trust_code,
+            output=output,
+            tolerance=tol,
+            tolerance_given=given,
+            seed=seed,
+            on_output=on_output,
         )
     else:
         original = _Original(model_ds, record, load_weights(model_ds, record))
         options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
+        options["tolerance_given"] = given
         comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)
         report = _reproduce_in_process(
             original, tol, t0, device=device, seed=seed, output=output, progress=progress, comparer=comparer, **options
@@ -259,8 +271,11 @@ def divergence_of(
     environment: list[EnvDifference],
     settings: list[str],
     mode: str = "bitwise",
+    record: ProvenanceRecord | None = None,
+    new: ProvenanceRecord | None = None,
 ) -> Divergence:
-    """The divergence section: the comparer's result, or why there is none."""
+    """The divergence section: the comparer's result (its causes argued from the two records when given),
+    or why there is none."""
     if mode == "statistical":
         return no_trace("statistical mode: the re-run uses another seed, so its steps are not compared one by one")
     if comparer is None:
@@ -268,7 +283,9 @@ def divergence_of(
             "the original has no step trace (trained before reprodl recorded one): the first divergent step "
             "cannot be named"
         )
-    return comparer.result(code=code, environment=environment, settings=settings)
+    inputs = input_changes(record, new) if record is not None and new is not None else []
+    data = record.data if record is not None else []
+    return comparer.result(code=code, environment=environment, settings=settings, inputs=inputs, data=data)
 
 
 def _reproduce_in_process(
@@ -285,6 +302,7 @@ def _reproduce_in_process(
     output: str | None,
     progress: bool,
     comparer: TraceComparer | None,
+    tolerance_given: bool = False,
 ) -> ReproductionReport:
     """The steps of an in-process reproduction (a record of the built-in trainer or a config)."""
     reasons: list[str] = []
@@ -313,11 +331,16 @@ def _reproduce_in_process(
         environment=checks.environment,
         settings=settings,
         mode=original.record.training.determinism.mode,
+        record=original.record,
+        new=new_record,
     )
     if divergence.stopped:
         reasons.append(f"the re-run was stopped at step {divergence.step}, its first divergent step")
     comparison = _compare(original, training, new_record, tol, allow=allow, model_class=model_class)
-    judgement = _judge(original, new_record, comparison, checks, tol, envelope=envelope, reasons=reasons)
+    comparison = dataclasses.replace(comparison, divergence=divergence)
+    judgement = _judge(
+        original, new_record, comparison, checks, tol, envelope=envelope, reasons=reasons, given=tolerance_given
+    )
     timings = {"data_check_s": checks.seconds, "training_s": training_s}
     timings.update(original_training_s=original.record.results.wall_time_s, total_s=time.perf_counter() - t0)
     report = _report(original, checks, comparison, judgement, tol, reproduction_uri=reproduction_uri, timings=timings)
@@ -500,6 +523,7 @@ def _judge(
     *,
     envelope: dict[str, Any] | None,
     reasons: list[str],
+    given: bool = False,
 ) -> Judgement:
     """The verdict; a statistical-mode model is judged against its multi-run envelope when there is one."""
     if envelope is None and original.record.training.determinism.mode == "statistical":
@@ -510,7 +534,9 @@ def _judge(
         comparison,
         code=checks.code,
         environment=checks.environment,
+        expectation=checks.expectation,
         tol=tol,
+        tolerance_given=given,
         envelope=envelope,
         reasons=reasons,
     )
@@ -544,6 +570,7 @@ def _report(
         tolerance=dataclasses.asdict(tol),
         timings=timings,
         expectation=checks.expectation.settle(judgement.verdict),
+        why=judgement.why,
     )
 
 

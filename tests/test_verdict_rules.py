@@ -132,8 +132,9 @@ def test_a_divergence_is_not_hidden_by_saved_weights_from_before_it(trained_mode
     args: dict[str, Any] = dict(code=None, environment=[], tol=Tolerance())
     judged = judge(record, record, comparison, expectation=Expectation("bitwise", []), **args)
     assert judged.verdict == "differs"
-    assert "the step trace differs from step 13 (epoch 1, batch 13), although the saved weights (taken at step 12)" in (
-        judged.reasons[0]
+    assert (
+        "the step trace differs from step 13 (epoch 1, batch 13), although the saved weights (taken at step 12)"
+        in (judged.reasons[0])
     )
     statistical = judge(record, record, comparison, expectation=Expectation("statistical", []), **args)
     assert statistical.verdict == "within tolerance"  # a statistical expectation: judged on the weights and metrics
@@ -264,7 +265,8 @@ def test_script_interrupted_original_rerun_to_the_end_differs_naming_the_step_co
     report, _ = _reproduce(script_runs["interrupted"])
     assert report.verdict == "differs"
     assert "steps" in _kinds(report)
-    assert any(r.startswith("optimiser steps differ: 5 recorded, 18 in the re-run (the re-run went further") for r in report.reasons)
+    expected = "optimiser steps differ: 5 recorded, 18 in the re-run (the re-run went further"
+    assert any(r.startswith(expected) for r in report.reasons)
 
 
 def test_script_divergence_after_the_saved_weights_were_taken_still_differs(script_runs, monkeypatch):

@@ -163,13 +163,7 @@ def reproduce_by_reexecution(
         )
     data_checks = _check_recorded_data(record, model_ds)
     environment, expectation = check_environment(record)  # the prediction, made before re-running
-    code = CodeCheck(
-        status="re-executed",
-        message=f"re-ran `{' '.join(plan.command)}` from the stored code ({plan.code}, {plan.code_digest})",
-        command=list(plan.command),
-        working_directory=plan.working_directory,
-        code_digest=plan.code_digest,
-    )
+    code = _code_check(plan)
     new_uri, new_record, weights, training_s, comparer = _run_and_compare(
         model_ds, record, plan, output=output, tolerance=tolerance, on_output=on_output
     )
@@ -178,16 +172,9 @@ def reproduce_by_reexecution(
     order_matches = _order_matches(record, new_record)
     divergence = _divergence(record, new_record, comparer, environment)
     comparison = Comparison(weights, metrics, {}, order_matches, divergence)
-    judgement = judge(
-        record,
-        new_record,
-        comparison,
-        code=None,  # the stored code ran: not a cause
-        environment=environment,
-        expectation=expectation,
-        tol=tolerance,
-        tolerance_given=tolerance_given,
-    )
+    # The one verdict; the stored code ran, so the code is not a cause.
+    judgement = judge(record, new_record, comparison, code=None, environment=environment, expectation=expectation,
+                      tol=tolerance, tolerance_given=tolerance_given)  # fmt: skip
     verdict = judgement.verdict
     timings.update(original_training_s=record.results.wall_time_s, total_s=time.perf_counter() - t0)
     return ReproductionReport(
@@ -207,6 +194,17 @@ def reproduce_by_reexecution(
         timings=timings,
         expectation=expectation.settle(verdict),
         divergence=divergence,
+    )
+
+
+def _code_check(plan: ReexecutionPlan) -> CodeCheck:
+    """The code section of the report: the stored code was re-executed."""
+    return CodeCheck(
+        status="re-executed",
+        message=f"re-ran `{' '.join(plan.command)}` from the stored code ({plan.code}, {plan.code_digest})",
+        command=list(plan.command),
+        working_directory=plan.working_directory,
+        code_digest=plan.code_digest,
     )
 
 

@@ -206,16 +206,8 @@ def reproduce(
     if record.code.run is not None:  # a start_run record: re-execute its code (with trust)
         from reprodl.reproduction.reexec import reproduce_by_reexecution
 
-        report = reproduce_by_reexecution(
-            model_ds,
-            record,
-            trust_code=trust_code,
-            output=output,
-            tolerance=tol,
-            tolerance_given=given,
-            seed=seed,
-            on_output=on_output,
-        )
+        run_options: dict[str, Any] = dict(trust_code=trust_code, output=output, seed=seed, on_output=on_output)
+        report = reproduce_by_reexecution(model_ds, record, tolerance=tol, tolerance_given=given, **run_options)
     else:
         original = _Original(model_ds, record, load_weights(model_ds, record))
         options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)

@@ -88,11 +88,12 @@ def indices_digest(indices: Sequence[int] | torch.Tensor) -> int:
 
 def tensor_digest(t: torch.Tensor) -> torch.Tensor:
     """``torch.hash_tensor`` of ``t`` (a 0-d uint64 tensor on its device): exact, any reduction order."""
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if t.numel() == 0:
-        return torch.zeros((), dtype=torch.uint64, device=t.device)
-    return torch.hash_tensor(t)
+    try:
+        return torch.hash_tensor(t)
+    except RuntimeError:  # empty, or complex: checked only then (a check per call costs more than the hash)
+        if t.numel() == 0:
+            return torch.zeros((), dtype=torch.uint64, device=t.device)
+        return torch.hash_tensor(torch.view_as_real(t))
 
 
 @dataclasses.dataclass

@@ -37,7 +37,8 @@ def test_record_covers_a_step_trace_of_every_optimiser_step(trained_model):
     assert info is not None and info.item == keys.TRACE_FILE and info.sha256.startswith("sha256:")
     assert info.n_steps == info.n_rows == record.training.optimizer_steps
     assert info.tensors == [n for n, _ in _gennet().named_parameters()]
-    assert info.bytes_per_step == 40 + 8 * len(info.tensors)
+    assert info.kind == "exact" and info.optimizers == ["SGD"]
+    assert info.bytes_per_step == 48 + 8 * len(info.tensors)
     ds = open_dataset(trained_model.uri)
     rows = load_trace(ds, read_record(ds))
     assert rows is not None and rows.dtype.hasobject is False
@@ -81,11 +82,12 @@ def test_perturbation_after_step_k_is_reported_at_step_k_as_the_computation(trai
     div = report.divergence
     assert report.verdict != "identical"
     assert div.step == k and div.epoch == 2 and div.batch == 5
-    assert div.tensors[0]["name"] == "conv1.weight" and div.tensors[0]["abs_diff"] > 0
+    assert [t["name"] for t in div.tensors] == ["conv1.weight"]  # exact digests: only the nudged tensor
+    assert div.tensors[0]["recorded"] != div.tensors[0]["reproduced"] and div.tensors[0]["abs_diff"] is None
     assert div.indices_differ is False and div.contents_differ is False
     assert div.causes == [
         f"{COMPUTATION_DIFFERED} at step {k} (epoch 2, batch 5) (same sample indices, same batch contents, "
-        "same code, same environment)"
+        "same data, seeds, initial weights, code and environment)"
     ]
     assert div.growth[0]["step"] == k and div.growth[-1]["step"] == trained_model.record.training.optimizer_steps
 

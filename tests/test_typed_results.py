@@ -106,7 +106,7 @@ def test_environment_differences_compare_fields_then_packages_by_name(trained_mo
         EnvDifference("python", "python", was.python, "3.99.0"),
         EnvDifference("package", "aaa", None, "1.0"),
     ]
-    assert environment_reasons(differences) == [
+    assert [r.text for r in environment_reasons(differences)] == [
         f"environment differs: python {was.python} -> 3.99.0",
         "1 installed package version(s) differ",
     ]

@@ -80,8 +80,8 @@ CATALOG_SCHEMA_VERSION = "1"
 CATALOG_EXPORT_FORMAT = "reprodl-catalog-entry/1"  # each line of `reprodl catalog export`
 
 # --- schema versions -------------------------------------------------------------------
-PROVENANCE_SCHEMA_VERSION = "1.1"
-PROVENANCE_SCHEMA_ID = "https://reprodl.dev/schemas/provenance-1.1.json"
+PROVENANCE_SCHEMA_VERSION = "1.2"
+PROVENANCE_SCHEMA_ID = "https://reprodl.dev/schemas/provenance-1.2.json"
 README_SCHEMA_VERSION = "1.0"
 
 # --- staging (datasets being created or copied) ----------------------------------------

@@ -442,6 +442,13 @@ def print_report(report: ReproductionReport) -> None:
     out.print(f"Verdict: [bold {colour}]{report.verdict}[/]")
 
 
+def _gap(g: dict[str, Any]) -> str:
+    """One point of the gap's growth: tensors whose digests differ (exact trace), or the largest fingerprint gap."""
+    if "tensors_differ" in g:
+        return f"step {g['step']}: {g['tensors_differ']} tensor(s) differ"
+    return f"step {g['step']}: {g['max_abs_diff']:.3g}"
+
+
 def _print_divergence(div: Divergence) -> None:
     """The divergence section: the first divergent step, what moved, how the gap grew, the causes."""
     out.print(f"divergence: {div.summary()}", markup=False)
@@ -450,9 +457,11 @@ def _print_divergence(div: Divergence) -> None:
             out.print(f"  {div.note}", markup=False)
         return
     for t in div.tensors:
-        out.print(
-            f"  {t['name']}: fingerprint {t['recorded']!r} -> {t['reproduced']!r} ({t['abs_diff']:.3g})", markup=False
-        )
+        if t["abs_diff"] is None:  # an exact trace: digests
+            out.print(f"  {t['name']}: digest {t['recorded']} -> {t['reproduced']}", markup=False)
+        else:
+            gap = f"{t['abs_diff']:.3g}"
+            out.print(f"  {t['name']}: fingerprint {t['recorded']!r} -> {t['reproduced']!r} ({gap})", markup=False)
     if div.loss is not None:
         out.print(f"  loss at that step: {div.loss['recorded']!r} -> {div.loss['reproduced']!r}", markup=False)
     said = {True: "differed", False: "were the same", None: "not traced"}
@@ -461,7 +470,7 @@ def _print_divergence(div: Divergence) -> None:
         markup=False,
     )
     if len(div.growth) > 1:
-        out.print("  gap after: " + ", ".join(f"step {g['step']}: {g['max_abs_diff']:.3g}" for g in div.growth))
+        out.print("  gap after: " + ", ".join(_gap(g) for g in div.growth), markup=False)
     if div.stopped:
         out.print("  the re-run was stopped there (--stop-at-divergence)")
     for cause in div.causes:

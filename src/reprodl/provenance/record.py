@@ -388,20 +388,33 @@ class EpochMetrics(_Part):
 
 
 class StepTrace(_Part):
-    """The step trace: a fingerprint of the parameters after each optimiser step (item ``trace.npy``)."""
+    """The step trace: a digest of the training state after each optimiser step (item ``trace.npy``)."""
 
     item: str = Field(keys.TRACE_FILE, description="item holding the trace: a NumPy structured array, no pickle")
     sha256: str | None = Field(None, description="sha256 of the trace item's bytes (so the record digest covers it)")
+    kind: Literal["exact", "sampled"] = Field(
+        "sampled",
+        description="exact (format 1.2 on): per tensor and for the optimiser state, torch.hash_tensor of every "
+        "element; sampled (older records, the default when absent): per parameter tensor, the float64 sum of a "
+        "fixed sample of its elements",
+    )
     n_steps: int = Field(0, description="optimiser steps traced")
     n_rows: int = Field(0, description="steps kept in the item (all of them up to every_step_up_to)")
     bytes_per_step: int = Field(
-        0, description="bytes per kept step: 40 (step, epoch, batch, loss, indices digest, contents) + 8 per tensor"
+        0,
+        description="bytes per kept step: exact, 48 (step, epoch, batch, loss, indices, inputs and optimiser "
+        "digests) + 8 per tensor; sampled, 40 + 8 per parameter tensor",
     )
-    tensors: list[str] = Field(default_factory=list, description="the parameter tensors fingerprinted, in column order")
+    tensors: list[str] = Field(
+        default_factory=list, description="the tensors digested (parameters, then buffers), in column order"
+    )
+    optimizers: list[str] = Field(
+        default_factory=list, description="exact: the classes of the optimisers whose state is digested"
+    )
     sample: int = Field(
-        64, description="elements per tensor summed (float64) into its fingerprint: a fixed seeded sample"
+        64, description="sampled: elements per tensor summed (float64) into its fingerprint (0: exact kind)"
     )
-    sample_seed: int = Field(0, description="seed of the generator choosing each tensor's sampled elements")
+    sample_seed: int = Field(0, description="sampled: seed of the generator choosing each tensor's sampled elements")
     every_step_up_to: int = Field(0, description="steps kept one by one; after that only every stride-th")
     stride: int = Field(1, description="the stride of the steps kept after every_step_up_to (1: every step kept)")
 
@@ -422,8 +435,13 @@ class Results(_Part):
         default_factory=list,
         description="metrics logged with run.log, in order; each has an epoch or a step",
     )
+    saved_at_step: int | None = Field(
+        None,
+        description="the optimiser steps taken when the saved weights were taken (run.save may keep them before "
+        "the end); None: not known (older records)",
+    )
     trace: StepTrace | None = Field(
-        None, description="the step trace: parameter fingerprints, loss and batch digests after each optimiser step"
+        None, description="the step trace: digests of the training state, loss and batch after each optimiser step"
     )
 
 

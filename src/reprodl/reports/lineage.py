@@ -141,7 +141,7 @@ def _divergence_html(title: str, div: Any) -> str:
     moved = [(t["name"], t["recorded"], t["reproduced"], t["abs_diff"]) for t in div.tensors]
     body = f"<h3>{esc(title)}</h3>" + kv_table(rows)
     if moved:
-        body += table(["tensor", "recorded fingerprint", "reproduced", "abs diff"], moved, numeric=[1, 2, 3])
+        body += table(["tensor", "recorded digest", "reproduced", "abs diff"], moved, numeric=[3])
     return body
 
 

@@ -234,7 +234,7 @@ def envelope_section(ds: StoredDataSet, record: ProvenanceRecord, ctx: Context) 
 
 
 def trace_section(ds: StoredDataSet, record: ProvenanceRecord, ctx: Context, *, mark: int | None = None) -> str:
-    """The trace's loss and fingerprints per step (``mark``: a divergent step, drawn as a line)."""
+    """The trace's loss and digests per step (``mark``: a divergent step, drawn as a line)."""
     info = record.results.trace
     if info is None:
         return section("trace", "Step trace", note("The record has no step trace."))
@@ -246,13 +246,21 @@ def trace_section(ds: StoredDataSet, record: ProvenanceRecord, ctx: Context, *, 
     facts = [
         ("optimiser steps traced", info.n_steps),
         ("rows kept", f"{info.n_rows} (every step up to {info.every_step_up_to}, then every {info.stride})"),
-        ("tensors fingerprinted", f"{len(info.tensors)} ({info.sample} sampled elements each)"),
+        _digested(info),
         ("item", f"{info.item} ({info.sha256})"),
     ]
     if mark is not None:
         facts.append(("first divergent step", Raw(f'<span class="bad">{mark}</span> (the dashed red line)')))
     body = ctx.plot("step trace", lambda: plots.trace_png(rows, info.tensors, mark_step=mark)) + kv_table(facts)
     return section("trace", "Step trace", body)
+
+
+def _digested(info: Any) -> tuple[str, str]:
+    """What the trace digests: every element (exact) or a sample of each tensor (older records)."""
+    if info.kind == "sampled":
+        return ("tensors fingerprinted", f"{len(info.tensors)} ({info.sample} sampled elements each)")
+    optimisers = ", ".join(info.optimizers) or "none"
+    return ("tensors digested", f"{len(info.tensors)} (every element, exact), and the optimiser state: {optimisers}")
 
 
 def environment_section(record: ProvenanceRecord) -> str:

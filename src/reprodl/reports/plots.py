@@ -117,7 +117,8 @@ def _thin(n: int) -> np.ndarray:
 
 
 def trace_png(rows: np.ndarray, tensors: Sequence[str], *, mark_step: int | None = None) -> bytes:
-    """Per optimiser step: the loss, and the fingerprint of the tensors that moved most (minus their first)."""
+    """Per optimiser step: the loss, and the tensors whose digest changed (exact trace) or the fingerprint of
+    the tensors that moved most, minus their first (sampled trace)."""
     plt = pyplot()
     keep = _thin(len(rows))
     steps = rows["step"][keep]
@@ -127,11 +128,18 @@ def trace_png(rows: np.ndarray, tensors: Sequence[str], *, mark_step: int | None
     if np.isfinite(loss).any():
         loss_ax.plot(steps, loss, lw=0.8)
     loss_ax.set_title("loss per step", fontsize=10)
-    fps = rows["fingerprint"].astype(np.float64)
-    moved = np.nan_to_num(np.abs(fps - fps[:1]).max(axis=0)) if len(fps) else np.zeros(0)
-    for i in list(np.argsort(-moved)[:TRACE_TENSORS]):
-        fp_ax.plot(steps, fps[keep, i] - fps[0, i], lw=0.8, label=plain(tensors[i]) if i < len(tensors) else f"#{i}")
-    fp_ax.set_title("parameter fingerprint change", fontsize=10)
+    if "fingerprint" in (rows.dtype.names or ()):  # a sampled trace (older records)
+        fps = rows["fingerprint"].astype(np.float64)
+        moved = np.nan_to_num(np.abs(fps - fps[:1]).max(axis=0)) if len(fps) else np.zeros(0)
+        for i in list(np.argsort(-moved)[:TRACE_TENSORS]):
+            label = plain(tensors[i]) if i < len(tensors) else f"#{i}"
+            fp_ax.plot(steps, fps[keep, i] - fps[0, i], lw=0.8, label=label)
+        fp_ax.set_title("parameter fingerprint change", fontsize=10)
+    else:  # an exact trace: digests have no distance; count the tensors each step changed
+        digests = rows["digest"]
+        changed = np.concatenate([[0], (digests[1:] != digests[:-1]).sum(axis=1)]) if len(digests) else digests
+        fp_ax.plot(steps, changed[keep], lw=0.8, label="tensors changed by the step")
+        fp_ax.set_title("tensors whose digest changed", fontsize=10)
     if fp_ax.lines:
         fp_ax.legend(fontsize=7)
     for ax in (loss_ax, fp_ax):

@@ -17,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.environment import EnvDifference
+from reprodl.training.trace import TraceKind, trace_kind
 
 MAX_TENSORS_SHOWN = 5
 COMPUTATION_DIFFERED = "no recorded input changed: the computation differed"
@@ -72,8 +74,14 @@ def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
+_WHERE = ("step", "epoch", "batch")
+
+
 class TraceComparer:
     """Compares re-run trace rows with the recorded trace, step by step (a ``StepCallback``).
+
+    Both traces are of the recorded one's ``kind`` (a tracer given this comparer as ``on_step``
+    traces that kind); every field of a row is compared exactly (NaN equal to NaN).
 
     Args:
         recorded: the recorded trace's rows.
@@ -83,6 +91,7 @@ class TraceComparer:
 
     def __init__(self, recorded: np.ndarray, tensors: Sequence[str], *, stop: bool = False) -> None:
         self.recorded = recorded
+        self.kind: TraceKind = trace_kind(recorded)
         self.tensors = list(tensors)
         self.stop = stop
         self._by_step = {int(s): i for i, s in enumerate(recorded["step"])}
@@ -104,7 +113,7 @@ class TraceComparer:
             if self.first is None:
                 if not self._row_equal(was, row):
                     self.first = self._describe(was, row)
-                    self.growth = [{"step": self.first["step"], "max_abs_diff": self.first["max_abs_diff"]}]
+                    self.growth = [{"step": self.first["step"], **self._gap(was, row)}]
                     self._next_growth = 1
                     self.stopped = self.stop
             else:
@@ -116,23 +125,19 @@ class TraceComparer:
         self(rows)
 
     def _row_equal(self, was: np.void, now: np.void) -> bool:
-        return bool(
-            np.array_equal(was["fingerprint"], now["fingerprint"], equal_nan=True)
-            and _same(float(was["loss"]), float(now["loss"]))
-            and int(was["indices"]) == int(now["indices"])
-            and _same(float(was["contents"]), float(now["contents"]))
-        )
+        names = [n for n in (was.dtype.names or ()) if n not in _WHERE and n in (now.dtype.names or ())]
+        return all(np.array_equal(was[n], now[n], equal_nan=was[n].dtype.kind == "f") for n in names)
 
     def _describe(self, was: np.void, now: np.void) -> dict[str, Any]:
-        a, b = was["fingerprint"], now["fingerprint"]
-        moved: list[dict[str, Any]] = [
-            {"name": name, "recorded": float(x), "reproduced": float(y), "abs_diff": abs(float(x) - float(y))}
-            for name, x, y in zip(self.tensors, a, b)
-            if not _same(float(x), float(y))
-        ]
-        moved.sort(key=lambda t: -float(t["abs_diff"]) if not math.isnan(t["abs_diff"]) else -math.inf)
+        exact = self.kind == "exact"
+        a, b = (was["digest"], now["digest"]) if exact else (was["fingerprint"], now["fingerprint"])
+        moved = [_moved(name, x, y) for name, x, y in zip(self.tensors, a, b) if not _equal(x, y)]
+        moved.sort(key=_largest_first)
+        if exact and int(was["optimizer"]) != int(now["optimizer"]):
+            moved.append(_moved("(optimiser state)", was["optimizer"], now["optimizer"]))
+        column, unknown = ("inputs", 0) if exact else ("contents", None)
+        contents_known = _known(was[column], unknown) and _known(now[column], unknown)
         indices_known = int(was["indices"]) != 0 and int(now["indices"]) != 0
-        contents_known = not (math.isnan(float(was["contents"])) or math.isnan(float(now["contents"])))
         return {
             "step": int(now["step"]),
             "epoch": int(was["epoch"]),
@@ -140,17 +145,23 @@ class TraceComparer:
             "tensors": moved[:MAX_TENSORS_SHOWN],
             "loss": {"recorded": float(was["loss"]), "reproduced": float(now["loss"])},
             "indices_differ": int(was["indices"]) != int(now["indices"]) if indices_known else None,
-            "contents_differ": not _same(float(was["contents"]), float(now["contents"])) if contents_known else None,
+            "contents_differ": not _equal(was[column], now[column]) if contents_known else None,
             "indices": (int(was["indices"]), int(now["indices"])),
-            "contents": (float(was["contents"]), float(now["contents"])),
-            "max_abs_diff": _max_diff(a, b),
+            "contents": (_value(was[column]), _value(now[column])),
         }
+
+    def _gap(self, was: np.void, now: np.void) -> dict[str, float]:
+        """How far apart two rows are: tensors whose digests differ (exact), or the largest fingerprint gap."""
+        if self.kind == "exact":
+            differ = int(np.sum(was["digest"] != now["digest"])) + int(int(was["optimizer"]) != int(now["optimizer"]))
+            return {"tensors_differ": differ}
+        return {"max_abs_diff": _max_diff(was["fingerprint"], now["fingerprint"])}
 
     def _note_growth(self, was: np.void, now: np.void) -> None:
         """The gap at 1, 2, 4, 8... steps after the first divergent step (and, apart, at the last step)."""
         assert self.first is not None
         after = int(now["step"]) - self.first["step"]
-        self._last = {"step": int(now["step"]), "max_abs_diff": _max_diff(was["fingerprint"], now["fingerprint"])}
+        self._last = {"step": int(now["step"]), **self._gap(was, now)}
         if after >= self._next_growth:
             self.growth.append(self._last)
             self._next_growth = after * 2
@@ -161,8 +172,11 @@ class TraceComparer:
         code: CodeCheck | None = None,
         environment: Sequence[EnvDifference] = (),
         settings: Sequence[str] = (),
+        inputs: Sequence[InputChange] = (),
+        data: Sequence[Any] = (),
     ) -> Divergence:
-        """The :class:`Divergence` found, with its causes argued from ``code``, ``environment`` and ``settings``."""
+        """The :class:`Divergence` found, with its causes argued from the evidence: ``code``, ``environment``,
+        ``settings``, the recorded ``inputs`` that changed (:func:`input_changes`) and the recorded ``data``."""
         n_recorded = len(self.recorded)
         if self.first is None:
             note = None
@@ -186,8 +200,32 @@ class TraceComparer:
             growth=growth,
             stopped=self.stopped,
         )
-        causes = explain(div, f, code=code, environment=environment, settings=settings)
-        return dataclasses.replace(div, causes=causes)
+        evidence = Evidence(code=code, environment=environment, settings=settings, inputs=inputs, data=data)
+        return dataclasses.replace(div, causes=explain(div, f, evidence))
+
+
+def _largest_first(t: dict[str, Any]) -> float:
+    gap = t["abs_diff"]
+    return -gap if gap is not None and not math.isnan(gap) else 0.0
+
+
+def _equal(x: Any, y: Any) -> bool:
+    return _same(float(x), float(y)) if np.asarray(x).dtype.kind == "f" else int(x) == int(y)
+
+
+def _known(x: Any, unknown: int | None) -> bool:
+    return not math.isnan(float(x)) if unknown is None else int(x) != unknown
+
+
+def _value(x: Any) -> Any:
+    return float(x) if np.asarray(x).dtype.kind == "f" else f"{int(x):016x}"
+
+
+def _moved(name: str, x: Any, y: Any) -> dict[str, Any]:
+    """A tensor whose digest (exact: hexadecimal, no distance) or fingerprint (sampled) moved."""
+    if np.asarray(x).dtype.kind == "f":
+        return {"name": name, "recorded": float(x), "reproduced": float(y), "abs_diff": abs(float(x) - float(y))}
+    return {"name": name, "recorded": f"{int(x):016x}", "reproduced": f"{int(y):016x}", "abs_diff": None}
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -200,14 +238,75 @@ def no_trace(why: str) -> Divergence:
     return Divergence(compared_steps=0, matched_to_end=False, note=why)
 
 
-def explain(
-    div: Divergence,
-    first: dict[str, Any],
-    *,
-    code: CodeCheck | None,
-    environment: Sequence[EnvDifference],
-    settings: Sequence[str],
-) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class InputChange:
+    """A recorded input of the training that the re-run's own record shows changed.
+
+    ``kind`` is "data", "initial weights", "seeds" or "code"; ``role`` the data's role (data only);
+    ``text`` the cause line with its evidence (``data: the in-memory train tensor's digest changed ...``).
+    """
+
+    kind: Literal["data", "initial weights", "seeds", "code"]
+    text: str
+    role: str | None = None
+
+
+_DATA_DIGESTS = (("manifest_digest", "digest"), ("selection_digest", "selection"), ("labels_digest", "labels"))
+
+
+def input_changes(record: ProvenanceRecord, new: ProvenanceRecord) -> list[InputChange]:
+    """The recorded inputs whose re-run values (the re-run's record) differ from the original's:
+    each dataset's digests, the initial weights' digest and the seeds."""
+    out = []
+    if len(record.data) != len(new.data):
+        n_was, n_now = len(record.data), len(new.data)
+        out.append(InputChange("data", f"data: the re-run read {n_now} dataset(s), the original {n_was}"))
+    for was, now in zip(record.data, new.data):
+        label = _data_label(was)
+        for field, what in _DATA_DIGESTS:
+            a, b = getattr(was, field), getattr(now, field)
+            if a != b:
+                text = f"data: {label}'s {what} changed ({_short(a)} -> {_short(b)})"
+                out.append(InputChange("data", text, was.role))
+                break
+    a_init, b_init = record.architecture.initial_weights_sha256, new.architecture.initial_weights_sha256
+    if a_init and b_init and a_init != b_init:
+        text = f"initial weights: their digest changed ({_short(a_init)} -> {_short(b_init)})"
+        out.append(InputChange("initial weights", text))
+    a_seeds, b_seeds = record.training.seeds.model_dump(), new.training.seeds.model_dump()
+    changed = [k for k in a_seeds if a_seeds[k] != b_seeds.get(k)]
+    if changed:
+        shown = ", ".join(f"{k} {a_seeds[k]} -> {b_seeds.get(k)}" for k in changed[:3])
+        out.append(InputChange("seeds", f"seeds: {shown}"))
+    return out
+
+
+def _data_label(ref: Any) -> str:
+    """How a cause names a recorded dataset: ``the in-memory train tensor``, ``the train dataset digits``."""
+    if ref.source == "in-memory":
+        return f"the in-memory {ref.role} " + ("tensor" if ref.name == "Tensor" else ref.name)
+    if ref.source == "unverified":
+        return f"the {ref.role} data {ref.name} (unverified)"
+    return f"the {ref.role} dataset {ref.name}"
+
+
+def _short(digest: str | None) -> str:
+    return "none" if not digest else digest.removeprefix("sha256:")[:12]
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    """What a cause may cite: the code check, environment differences, changed settings, the recorded
+    inputs that changed (:func:`input_changes`) and the recorded data references."""
+
+    code: CodeCheck | None = None
+    environment: Sequence[EnvDifference] = ()
+    settings: Sequence[str] = ()
+    inputs: Sequence[InputChange] = ()
+    data: Sequence[Any] = ()
+
+
+def explain(div: Divergence, first: dict[str, Any], evidence: Evidence) -> list[str]:
     """The causes that fit the first divergent step, each citing its evidence."""
     where = f"step {div.step}" + (f" (epoch {div.epoch}, batch {div.batch})" if div.epoch else "")
     causes = []
@@ -217,25 +316,43 @@ def explain(
             f"data order changed from {where}: the digest of the batch's sample indices differs "
             f"(recorded {was:016x}, re-run {now:016x})"
         )
-    elif div.contents_differ:
-        was, now = first["contents"]
-        causes.append(
-            f"data changed at {where}: the same sample indices gave different inputs (their sum: recorded "
-            f"{was!r}, re-run {now!r}); the items match their manifests, so how they were read or transformed differs"
-        )
+    data_changes = [c for c in evidence.inputs if c.kind == "data"]
+    if div.contents_differ and not div.indices_differ:
+        causes += _data_causes(where, first, data_changes, evidence.data)
+    else:
+        causes += [c.text for c in data_changes]
+    causes += [c.text for c in evidence.inputs if c.kind != "data"]
+    code = evidence.code
     if code is not None and (code.same_commit is False or code.patch_applies is False):
         causes.append(f"code changed: {code.message}")
-    causes += [f"setting changed: {s}" for s in settings]
-    fields = [d for d in environment if not d.is_package]
+    causes += [f"setting changed: {s}" for s in evidence.settings]
+    fields = [d for d in evidence.environment if not d.is_package]
     if fields:
         changed = ", ".join(f"{d.what} {d.recorded} -> {d.now}" for d in fields)
         causes.append(f"environment changed: {changed} (the recorded environment beside this one)")
-    n_packages = sum(1 for d in environment if d.is_package)
+    n_packages = sum(1 for d in evidence.environment if d.is_package)
     if n_packages:
         causes.append(f"environment changed: {n_packages} installed package version(s) differ")
     if not causes:
         checked = "same sample indices" if div.indices_differ is False else "sample indices not traced"
         if div.contents_differ is False:
             checked += ", same batch contents"
-        causes.append(f"{COMPUTATION_DIFFERED} at {where} ({checked}, same code, same environment)")
+        same = "same data, seeds, initial weights, code and environment"
+        causes.append(f"{COMPUTATION_DIFFERED} at {where} ({checked}, {same})")
     return causes
+
+
+def _data_causes(where: str, first: dict[str, Any], changes: Sequence[InputChange], data: Sequence[Any]) -> list[str]:
+    """The batch at the divergent step had other inputs with the same indices: cite what changed."""
+    was, now = first["contents"]
+    batch = f"the batch at {where} holds a changed item (same sample indices, its inputs' digest {was} -> {now})"
+    if changes:
+        return [f"{c.text}; {batch}" for c in changes]
+    train = [r for r in data if r.role == "train"]
+    if train and all(r.source == "dtool" for r in train):
+        names = ", ".join(r.name for r in train)
+        return [
+            f"data: {batch}; the train dataset ({names}) matches its manifest, so how its items were read or "
+            "transformed differs"
+        ]
+    return [f"data: {batch}; no recorded data digest changed"]

@@ -138,10 +138,10 @@ class Expectation:
 
     ``expected`` is "bitwise" (the same bits) or "statistical" (other bits, within tolerance);
     ``because`` gives the evidence, one line each. ``held`` is None until :meth:`settle`: then
-    True when a bitwise expectation met an ``identical`` verdict or a statistical one met
-    ``within tolerance``; False otherwise (bitwise expected but bits differed: a cause outside
-    the compared environment; statistical expected but ``identical``: the differences did not
-    change the bits; or ``differs``: more than the environment changed the result).
+    True when a bitwise expectation met an ``identical`` verdict, or a statistical one met
+    ``within tolerance`` or ``identical`` (the same bits are within any tolerance); False otherwise
+    (bitwise expected but bits differed: a cause outside the compared environment; statistical
+    expected but ``differs``: more than the environment changed the result).
     """
 
     expected: Expected
@@ -150,8 +150,8 @@ class Expectation:
 
     def settle(self, verdict: str) -> Expectation:
         """This expectation with ``held`` decided by the re-run's ``verdict``."""
-        wanted = "identical" if self.expected == "bitwise" else "within tolerance"
-        return dataclasses.replace(self, held=verdict == wanted)
+        wanted = ("identical",) if self.expected == "bitwise" else ("identical", "within tolerance")
+        return dataclasses.replace(self, held=verdict in wanted)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: ``{"expected", "because", "held"}``."""

@@ -41,7 +41,7 @@ from reprodl.modeldataset.signing import signature_note
 from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
-from reprodl.reproduction.compare import Tolerance, compare_weights, statistical_metrics_ok
+from reprodl.reproduction.compare import Tolerance, compare_weights
 from reprodl.reproduction.divergence import Divergence, TraceComparer
 from reprodl.reproduction.environment import EnvDifference, check_environment
 from reprodl.reproduction.rerun import (
@@ -51,7 +51,7 @@ from reprodl.reproduction.rerun import (
     divergence_of,
     trace_comparer,
 )
-from reprodl.reproduction.verdict import Verdict, environment_reasons
+from reprodl.reproduction.verdict import Comparison, judge
 from reprodl.store import StoredDataSet, local_path, open_dataset
 from reprodl.training.snapshot import StoredCode, load_code, materialise
 
@@ -177,6 +177,7 @@ def reproduce_by_reexecution(
     trust_code: bool = False,
     output: str | None = None,
     tolerance: Tolerance,
+    tolerance_given: bool = False,
     seed: int | None = None,
     on_output: Callable[[str], None] | None = None,
     trusted_keys: Iterable[str | os.PathLike[str]] = (),
@@ -197,27 +198,26 @@ def reproduce_by_reexecution(
         )
     data_checks = _check_recorded_data(record, model_ds)
     environment, expectation = check_environment(record)  # the prediction, made before re-running
-    code = CodeCheck(
-        status="re-executed",
-        message=f"re-ran `{' '.join(plan.command)}` from the stored code ({plan.code}, {plan.code_digest})",
-        command=list(plan.command),
-        working_directory=plan.working_directory,
-        code_digest=plan.code_digest,
-    )
+    code = _code_check(plan)
     new_uri, new_record, weights, training_s, comparer = _run_and_compare(
         model_ds, record, plan, output=output, tolerance=tolerance, on_output=on_output
     )
     timings = {"training_s": training_s}
     metrics = compare_logged(record, new_record)
     order_matches = _order_matches(record, new_record)
-    verdict, reasons = _judge(record, new_record, weights, metrics, order_matches, environment, tolerance)
     divergence = _divergence(record, new_record, comparer, environment)
+    comparison = Comparison(weights, metrics, {}, order_matches, divergence)
+    # The one verdict; the stored code ran, so the code is not a cause.
+    judgement = judge(record, new_record, comparison, code=None, environment=environment, expectation=expectation,
+                      tol=tolerance, tolerance_given=tolerance_given)  # fmt: skip
+    verdict = judgement.verdict
     timings.update(original_training_s=record.results.wall_time_s, total_s=time.perf_counter() - t0)
     return ReproductionReport(
         original_uri=model_ds.uri,
         verdict=verdict,
         mode=mode,
-        reasons=reasons,
+        reasons=judgement.reasons,
+        why=judgement.why,
         reproduction_uri=new_uri if output is not None else None,
         data_checks=data_checks,
         code=code,
@@ -232,6 +232,17 @@ def reproduce_by_reexecution(
     )
 
 
+def _code_check(plan: ReexecutionPlan) -> CodeCheck:
+    """The code section of the report: the stored code was re-executed."""
+    return CodeCheck(
+        status="re-executed",
+        message=f"re-ran `{' '.join(plan.command)}` from the stored code ({plan.code}, {plan.code_digest})",
+        command=list(plan.command),
+        working_directory=plan.working_directory,
+        code_digest=plan.code_digest,
+    )
+
+
 def _divergence(
     record: ProvenanceRecord, new: ProvenanceRecord, comparer: TraceComparer | None, environment: list[EnvDifference]
 ) -> Divergence:
@@ -239,7 +250,9 @@ def _divergence(
     was, now = record.training.device, new.training.device
     settings = [] if was == now else [f"device {was} -> {now}"]
     mode = record.training.determinism.mode
-    return divergence_of(comparer, code=None, environment=environment, settings=settings, mode=mode)
+    return divergence_of(
+        comparer, code=None, environment=environment, settings=settings, mode=mode, record=record, new=new
+    )
 
 
 def _run_and_compare(
@@ -309,6 +322,7 @@ def _execute(
         "original_name": record.model_name,
         "seed": plan.seed,
         "report_file": str(report_file),
+        "trace_kind": record.results.trace.kind if record.results.trace is not None else None,
         "reproduces": ModelRef(
             uri=model_ds.uri,
             uuid=model_ds.uuid,
@@ -398,49 +412,3 @@ def _order_matches(record: ProvenanceRecord, new: ProvenanceRecord) -> bool | No
     if not old_digests and not new_digests:
         return None
     return old_digests == new_digests
-
-
-def _judge(
-    record: ProvenanceRecord,
-    new: ProvenanceRecord,
-    w: dict[str, Any],
-    metrics: list[dict[str, Any]],
-    order_matches: bool | None,
-    environment: list[EnvDifference],
-    tol: Tolerance,
-) -> tuple[Verdict, list[str]]:
-    """The verdict of a re-executed run, and its reasons."""
-    reasons = [
-        f"unverified data: the {r.role} data {r.name} ({r.input_type}) was recorded by class only; "
-        "reprodl cannot tell whether it changed"
-        for r in record.data
-        if r.source == "unverified"
-    ]
-    reasons += environment_reasons(environment)
-    if record.training.device != new.training.device:
-        reasons.append(f"device differs: {record.training.device} -> {new.training.device}")
-    steps_ok = record.training.optimizer_steps == new.training.optimizer_steps
-    if not steps_ok:
-        reasons.append(f"optimiser steps differ: {record.training.optimizer_steps} -> {new.training.optimizer_steps}")
-    if len(record.results.logged) != len(new.results.logged):
-        reasons.append(f"logged metrics differ: {len(record.results.logged)} entries -> {len(new.results.logged)}")
-    if order_matches is False:
-        reasons.append("the order in which samples were seen differs (data-order digests)")
-    elif order_matches is None:
-        reasons.append(
-            "data order not recorded (no loader of the run recorded its order): reprodl cannot tell whether it changed"
-            + (f"; {record.training.data_order_not_recorded}" if record.training.data_order_not_recorded else "")
-        )
-    last = max((r["epoch"] for r in metrics if r["epoch"] is not None), default=0)
-    metric_ok = all(r["abs_diff"] <= tol.metric_abs for r in metrics if r["epoch"] == last)
-    if record.training.determinism.mode == "statistical":
-        reasons.append(f"statistical mode: re-run with seed {new.training.seeds.seed}; judged on final metrics")
-        return ("within tolerance" if statistical_metrics_ok(metrics, last, tol) else "differs"), reasons
-    if w["identical"] and steps_ok:
-        return "identical", reasons
-    if not w["identical"]:
-        reasons.append(
-            f"weights differ: {w['n_tensors'] - w['n_identical']} of {w['n_tensors']} tensors, "
-            f"max abs diff {w['max_abs_diff']:.3g}"
-        )
-    return ("within tolerance" if (w["within_tolerance"] and metric_ok and steps_ok) else "differs"), reasons

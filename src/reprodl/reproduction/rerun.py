@@ -33,7 +33,7 @@ from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck, check_code, check_patch
 from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_predictions, compare_weights
 from reprodl.reproduction.ddp import is_distributed
-from reprodl.reproduction.divergence import Divergence, TraceComparer, no_trace
+from reprodl.reproduction.divergence import Divergence, TraceComparer, input_changes, no_trace
 from reprodl.reproduction.environment import (
     EnvDifference,
     Expectation,
@@ -50,7 +50,7 @@ from reprodl.reproduction.rebuild import (
     rebuild_transform,
     transform_differences,
 )
-from reprodl.reproduction.verdict import Comparison, Judgement, Verdict, judge
+from reprodl.reproduction.verdict import Comparison, Judgement, Reason, Verdict, judge
 from reprodl.store import StoredDataSet, open_dataset
 from reprodl.training.capture import class_source_sha256
 from reprodl.training.params import Parameters
@@ -62,6 +62,7 @@ __all__ = [
     "Divergence",
     "EnvDifference",
     "Expectation",
+    "Reason",
     "ReproductionReport",
     "Tolerance",
     "Verdict",
@@ -98,6 +99,8 @@ class ReproductionReport:
     # Predicted from the two environments before re-running; ``held`` settled by the verdict.
     expectation: Expectation | None = None
     divergence: Divergence | None = None
+    # The reasons, typed: each a Reason(kind, text); ``reasons`` holds their texts.
+    why: list[Reason] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -194,11 +197,10 @@ def reproduce(
         transforms: transform objects by dataset role ("train", "valid", "test") used instead of
             the recorded ones; one that differs from the record is listed in the reasons.
         trusted_keys: public keys the model must be signed by, checked before anything runs.
-
-    Example:
-        >>> reproduce("/models/augmented", transforms={"train": MyAugment(0.1)})   # doctest: +SKIP
+        Example: ``reproduce("/models/augmented", transforms={"train": MyAugment(0.1)})``.
     """
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
+    given = tolerance is not None
     t0 = time.perf_counter()
     model_ds = open_dataset(uri)
     record = read_record(model_ds)
@@ -207,11 +209,13 @@ def reproduce(
         from reprodl.reproduction.reexec import reproduce_by_reexecution
 
         run: dict[str, Any] = dict(trust_code=trust_code, output=output, seed=seed, on_output=on_output)
+        run["tolerance_given"] = given
         report = reproduce_by_reexecution(model_ds, record, tolerance=tol, trusted_keys=trusted_keys, **run)
     else:
         signature_note(model_ds, trusted_keys)  # refused here when a trusted key's signature fails
         original = _Original(model_ds, record, load_weights(model_ds, record))
         options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
+        options["tolerance_given"] = given
         comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)
         report = _reproduce_in_process(
             original, tol, t0, device=device, seed=seed, output=output, progress=progress, comparer=comparer, **options
@@ -263,8 +267,11 @@ def divergence_of(
     environment: list[EnvDifference],
     settings: list[str],
     mode: str = "bitwise",
+    record: ProvenanceRecord | None = None,
+    new: ProvenanceRecord | None = None,
 ) -> Divergence:
-    """The divergence section: the comparer's result, or why there is none."""
+    """The divergence section: the comparer's result (its causes argued from the two records when given),
+    or why there is none."""
     if mode == "statistical":
         return no_trace("statistical mode: the re-run uses another seed, so its steps are not compared one by one")
     if comparer is None:
@@ -272,7 +279,9 @@ def divergence_of(
             "the original has no step trace (trained before reprodl recorded one): the first divergent step "
             "cannot be named"
         )
-    return comparer.result(code=code, environment=environment, settings=settings)
+    inputs = input_changes(record, new) if record is not None and new is not None else []
+    data = record.data if record is not None else []
+    return comparer.result(code=code, environment=environment, settings=settings, inputs=inputs, data=data)
 
 
 def _reproduce_in_process(
@@ -289,6 +298,7 @@ def _reproduce_in_process(
     output: str | None,
     progress: bool,
     comparer: TraceComparer | None,
+    tolerance_given: bool = False,
 ) -> ReproductionReport:
     """The steps of an in-process reproduction (a record of the built-in trainer or a config)."""
     reasons: list[str] = []
@@ -317,11 +327,16 @@ def _reproduce_in_process(
         environment=checks.environment,
         settings=settings,
         mode=original.record.training.determinism.mode,
+        record=original.record,
+        new=new_record,
     )
     if divergence.stopped:
         reasons.append(f"the re-run was stopped at step {divergence.step}, its first divergent step")
     comparison = _compare(original, training, new_record, tol, allow=allow, model_class=model_class)
-    judgement = _judge(original, new_record, comparison, checks, tol, envelope=envelope, reasons=reasons)
+    comparison = dataclasses.replace(comparison, divergence=divergence)
+    judgement = _judge(
+        original, new_record, comparison, checks, tol, envelope=envelope, reasons=reasons, given=tolerance_given
+    )
     timings = {"data_check_s": checks.seconds, "training_s": training_s}
     timings.update(original_training_s=original.record.results.wall_time_s, total_s=time.perf_counter() - t0)
     report = _report(original, checks, comparison, judgement, tol, reproduction_uri=reproduction_uri, timings=timings)
@@ -504,6 +519,7 @@ def _judge(
     *,
     envelope: dict[str, Any] | None,
     reasons: list[str],
+    given: bool = False,
 ) -> Judgement:
     """The verdict; a statistical-mode model is judged against its multi-run envelope when there is one."""
     if envelope is None and original.record.training.determinism.mode == "statistical":
@@ -514,7 +530,9 @@ def _judge(
         comparison,
         code=checks.code,
         environment=checks.environment,
+        expectation=checks.expectation,
         tol=tol,
+        tolerance_given=given,
         envelope=envelope,
         reasons=reasons,
     )
@@ -548,6 +566,7 @@ def _report(
         tolerance=dataclasses.asdict(tol),
         timings=timings,
         expectation=checks.expectation.settle(judgement.verdict),
+        why=judgement.why,
     )
 
 

@@ -1,8 +1,19 @@
-"""Judging a reproduction: the verdict (identical, within tolerance, differs) and the reasons.
+"""Judging a reproduction: ONE verdict (identical, within tolerance, differs) with typed reasons.
 
-Bitwise-mode models are judged weight for weight; statistical-mode models on their final
-metrics, against a multi-run envelope when there is one. The reasons say what differed from
-the recorded training (environment, device, code, data order) whatever the verdict.
+Both ways a model comes back (rebuilt in process, or its recorded code re-executed) gather the
+same :class:`Comparison` and call :func:`judge`. The rules (the contract, docs/formats.md):
+
+* ``identical``: every saved model's weights bit-equal, every traced step equal and the same
+  number of optimiser steps;
+* a different number of steps (an interrupted original, a longer re-run) is ``differs``;
+* otherwise, when the expectation was bitwise (the record's mode, and the two environments
+  predict the same bits) and the user gave no ``--tolerance``, the verdict is ``differs``
+  whatever the metrics say; the first divergent step and its cause are in the divergence;
+* ``within tolerance`` only when the expectation was statistical or a tolerance was given, and
+  the weights, final metrics and predictions are within it. A divergence in the step trace is
+  never hidden by equal saved weights.
+
+Each :class:`Reason` has a ``kind`` a program can test and a ``text`` a person reads.
 """
 
 from __future__ import annotations
@@ -14,28 +25,68 @@ from typing import Any, Literal
 from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.compare import Tolerance, envelope_check, statistical_metrics_ok
-from reprodl.reproduction.environment import EnvDifference
+from reprodl.reproduction.divergence import Divergence
+from reprodl.reproduction.environment import EnvDifference, Expectation
 
 Verdict = Literal["identical", "within tolerance", "differs"]
+ReasonKind = Literal[
+    "given",  # a reason found before judging (a transform passed, the re-run stopped...)
+    "unverified data",
+    "environment",
+    "packages",
+    "device",
+    "code",
+    "data order",
+    "data order not recorded",
+    "steps",
+    "logged",
+    "trace",
+    "weights",
+    "bitwise expected",
+    "metrics",
+    "statistical",
+    "nondeterminism",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reason:
+    """One reason of a verdict: what kind of evidence (``kind``) and the line a person reads (``text``)."""
+
+    kind: ReasonKind
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "text": self.text}
 
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """The re-run beside the original: weights, per-epoch metrics, predictions, data order."""
+    """The re-run beside the original: weights, per-epoch metrics, predictions (empty when not
+    compared, as for a re-executed run), data order and the step traces (``divergence``)."""
 
     weights: dict[str, Any]
     metrics: list[dict[str, Any]]
     predictions: dict[str, Any]
-    data_order_matches: bool
+    data_order_matches: bool | None
+    divergence: Divergence | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Judgement:
-    """The verdict, every reason, and the envelope check (statistical mode with an envelope)."""
+    """The verdict, every reason (typed), and the envelope check (statistical mode with an envelope)."""
 
     verdict: Verdict
-    reasons: list[str]
+    why: list[Reason]
     envelope: dict[str, Any] | None = None
+
+    @property
+    def reasons(self) -> list[str]:
+        """The reasons' texts."""
+        return [r.text for r in self.why]
 
 
 def judge(
@@ -43,43 +94,140 @@ def judge(
     new: ProvenanceRecord,
     comparison: Comparison,
     *,
-    code: CodeCheck,
+    code: CodeCheck | None,
     environment: Sequence[EnvDifference],
+    expectation: Expectation | None,
     tol: Tolerance,
+    tolerance_given: bool = False,
     envelope: dict[str, Any] | None = None,
-    reasons: Sequence[str] = (),
+    reasons: Sequence[str | Reason] = (),
 ) -> Judgement:
-    """Judge the re-run ``new`` of ``record``; ``reasons`` found earlier come first."""
-    found = [*reasons, *environment_reasons(environment)]
+    """Judge the re-run ``new`` of ``record`` by the rules above; ``reasons`` found earlier come first."""
+    found = [r if isinstance(r, Reason) else Reason("given", r) for r in reasons]
+    found += _unverified(record) + environment_reasons(environment)
     found += setting_reasons(record, new, code, data_order_matches=comparison.data_order_matches)
+    steps_ok = _steps_reasons(record, new, found)
+    if not steps_ok:
+        return Judgement("differs", found + _difference_reasons(record, comparison, nondeterminism=False))
     if record.training.determinism.mode == "statistical":
+        if comparison.weights.get("identical") and _trace_ok(comparison.divergence):
+            return Judgement("identical", found)
         return _judge_statistical(record, new, comparison, tol, envelope, found)
-    return _judge_bitwise(record, comparison, tol, found)
+    if comparison.weights.get("identical") and _trace_ok(comparison.divergence):
+        return Judgement("identical", found)
+    found += _difference_reasons(record, comparison, nondeterminism=not found)
+    if expectation is not None and expectation.expected == "bitwise" and not tolerance_given:
+        found.append(
+            Reason(
+                "bitwise expected",
+                "bitwise expected (same environment and deterministic settings) and it did not hold: differs "
+                "whatever the metrics say (pass --tolerance to judge within a tolerance)",
+            )
+        )
+        return Judgement("differs", found)
+    return Judgement("within tolerance" if _within(record, comparison, tol) else "differs", found)
 
 
-def environment_reasons(environment: Sequence[EnvDifference]) -> list[str]:
+def _trace_ok(div: Divergence | None) -> bool:
+    """No divergent step (or no trace to compare)."""
+    return div is None or div.step is None
+
+
+def _steps_reasons(record: ProvenanceRecord, new: ProvenanceRecord, found: list[Reason]) -> bool:
+    """Whether both runs took as many optimiser steps (and logged as many entries); the reasons when not."""
+    was, now = record.training.optimizer_steps, new.training.optimizer_steps
+    ok = was is None or now is None or was == now
+    if was is not None and now is not None and not ok:
+        longer = "the re-run went further (was the original interrupted?)" if now > was else "the re-run stopped early"
+        found.append(Reason("steps", f"optimiser steps differ: {was} recorded, {now} in the re-run ({longer})"))
+    if len(record.results.logged) != len(new.results.logged):
+        n_was, n_now = len(record.results.logged), len(new.results.logged)
+        found.append(Reason("logged", f"logged metrics differ: {n_was} entries recorded, {n_now} in the re-run"))
+    return ok
+
+
+def _difference_reasons(record: ProvenanceRecord, comparison: Comparison, *, nondeterminism: bool) -> list[Reason]:
+    """What differed: the step trace (where), the weights (how much)."""
+    out = []
+    div, w = comparison.divergence, comparison.weights
+    if div is not None and div.step is not None:
+        saved = record.results.saved_at_step
+        where = f" (epoch {div.epoch}, batch {div.batch})" if div.epoch else ""
+        text = f"the step trace differs from step {div.step}{where}"
+        if w.get("identical"):
+            at = f"at step {saved}" if saved is not None else "before it"
+            text += f", although the saved weights (taken {at}) are bit-equal"
+        out.append(Reason("trace", text))
+    if not w.get("identical"):
+        out.append(
+            Reason(
+                "weights",
+                f"weights differ: {w['n_tensors'] - w['n_identical']} of {w['n_tensors']} tensors, "
+                f"max abs diff {w['max_abs_diff']:.3g}",
+            )
+        )
+    if nondeterminism:
+        out.append(Reason("nondeterminism", "same environment, data and code: the computation differed"))
+    return out
+
+
+def _within(record: ProvenanceRecord, comparison: Comparison, tol: Tolerance) -> bool:
+    """Weights, the final metrics and (when compared) the predictions within ``tol``."""
+    w = comparison.weights
+    last = max((r["epoch"] for r in comparison.metrics if r.get("epoch") is not None), default=0)
+    metric_ok = all(
+        r["abs_diff"] is None or r["abs_diff"] <= tol.metric_abs for r in comparison.metrics if r["epoch"] == last
+    )
+    predictions = comparison.predictions
+    agree_ok = not predictions or predictions.get("agreement", 0.0) >= tol.agreement
+    return bool(w.get("identical") or w.get("within_tolerance")) and metric_ok and agree_ok
+
+
+def _unverified(record: ProvenanceRecord) -> list[Reason]:
+    return [
+        Reason(
+            "unverified data",
+            f"unverified data: the {r.role} data {r.name} ({r.input_type}) was recorded by class only; "
+            "reprodl cannot tell whether it changed",
+        )
+        for r in record.data
+        if r.source == "unverified"
+    ]
+
+
+def environment_reasons(environment: Sequence[EnvDifference]) -> list[Reason]:
     """One reason naming each differing environment field, one counting the differing packages."""
     fields = [d for d in environment if not d.is_package]
     n_packages = sum(1 for d in environment if d.is_package)
     out = []
     if fields:
-        out.append("environment differs: " + ", ".join(f"{d.what} {d.recorded} -> {d.now}" for d in fields))
+        text = "environment differs: " + ", ".join(f"{d.what} {d.recorded} -> {d.now}" for d in fields)
+        out.append(Reason("environment", text))
     if n_packages:
-        out.append(f"{n_packages} installed package version(s) differ")
+        out.append(Reason("packages", f"{n_packages} installed package version(s) differ"))
     return out
 
 
 def setting_reasons(
-    record: ProvenanceRecord, new: ProvenanceRecord, code: CodeCheck, *, data_order_matches: bool
-) -> list[str]:
+    record: ProvenanceRecord, new: ProvenanceRecord, code: CodeCheck | None, *, data_order_matches: bool | None
+) -> list[Reason]:
     """What else the re-run did differently: the device, the code's commit, the data order."""
     out = []
     if record.training.device != new.training.device:
-        out.append(f"device differs: {record.training.device} -> {new.training.device}")
-    if code.same_commit is False:
-        out.append(code.message)
+        out.append(Reason("device", f"device differs: {record.training.device} -> {new.training.device}"))
+    if code is not None and code.same_commit is False:
+        out.append(Reason("code", code.message))
     if data_order_matches is False:
-        out.append("the order in which samples were seen differs (data-order digests)")
+        out.append(Reason("data order", "the order in which samples were seen differs (data-order digests)"))
+    elif data_order_matches is None:
+        why = record.training.data_order_not_recorded
+        out.append(
+            Reason(
+                "data order not recorded",
+                "data order not recorded (no loader of the run recorded its order): reprodl cannot tell whether "
+                "it changed" + (f"; {why}" if why else ""),
+            )
+        )
     return out
 
 
@@ -89,40 +237,23 @@ def _judge_statistical(
     comparison: Comparison,
     tol: Tolerance,
     envelope: dict[str, Any] | None,
-    reasons: list[str],
+    reasons: list[Reason],
 ) -> Judgement:
-    """Final metrics within the envelope (when given) or the tolerance: never identical."""
+    """Final metrics within the envelope (when given) or the tolerance."""
     reasons.append(
-        f"statistical mode: re-run with seed {new.training.seeds.seed} (recorded "
-        f"{record.training.seeds.seed}); judged on final metrics, not bits"
+        Reason(
+            "statistical",
+            f"statistical mode: re-run with seed {new.training.seeds.seed} (recorded "
+            f"{record.training.seeds.seed}); judged on final metrics, not bits",
+        )
     )
     checked = envelope_check(envelope, new) if envelope is not None else None
     if checked is not None:
         ok = bool(checked["within"])
     else:
-        ok = statistical_metrics_ok(comparison.metrics, record.training.epochs, tol)
+        last = max((r["epoch"] for r in comparison.metrics if r.get("epoch") is not None), default=0)
+        ok = statistical_metrics_ok(comparison.metrics, last or record.training.epochs, tol)
     if not ok:
-        reasons.append("final metrics fall outside the tolerance" + (" envelope" if envelope else ""))
+        outside = "final metrics fall outside the tolerance" + (" envelope" if envelope else "")
+        reasons.append(Reason("metrics", outside))
     return Judgement("within tolerance" if ok else "differs", reasons, checked)
-
-
-def _judge_bitwise(record: ProvenanceRecord, comparison: Comparison, tol: Tolerance, reasons: list[str]) -> Judgement:
-    """Identical weights; else weights, final metrics and prediction agreement within ``tol``."""
-    weights = comparison.weights
-    if weights["identical"]:
-        return Judgement("identical", reasons)
-    nondeterminism = not reasons  # nothing else differed
-    reasons.append(
-        f"weights differ: {weights['n_tensors'] - weights['n_identical']} of "
-        f"{weights['n_tensors']} tensors, max abs diff {weights['max_abs_diff']:.3g}"
-    )
-    if nondeterminism:
-        reasons.append("same environment, data and code: non-determinism in the training")
-    metric_ok = all(
-        r["abs_diff"] is None or r["abs_diff"] <= tol.metric_abs
-        for r in comparison.metrics
-        if r["epoch"] == record.training.epochs
-    )
-    agree_ok = comparison.predictions.get("agreement", 0.0) >= tol.agreement
-    ok = weights["within_tolerance"] and metric_ok and agree_ok
-    return Judgement("within tolerance" if ok else "differs", reasons)

@@ -401,7 +401,7 @@ def train_model_with_metadata_capture(
     seeds = SeedPlan(params.seed, params.num_workers)
     report = _progress_reporter(progress) if group is None or group.rank == 0 else None
     loop = _Loop(model, optimiser, loss_fn, scheduler, params, output_ds, target, report, on_epoch, group=group)
-    loop.tracer = StepTracer(model, on_step=on_step)
+    loop.tracer = StepTracer(model, optimizers=[optimiser], on_step=on_step)
     loop.checkpoints = _checkpoints(
         output_ds, checkpoint_every, _fingerprint(params, config, roles, captured), group=group
     )
@@ -697,7 +697,7 @@ class _Loop:
             group=self.group,
         )
         self.sampler = sampler
-        tracer = self.tracer if self.tracer is not None else StepTracer(self.model)
+        tracer = self.tracer if self.tracer is not None else StepTracer(self.model, optimizers=[self.optimiser])
         self.tracer = tracer
         history: list[EpochMetrics] = []
         order_digests: list[str] = []
@@ -940,6 +940,7 @@ def _make_record(
         started_at=captured.started,
         finished_at=_utcnow(),
         trace=StepTrace.model_validate(trained.trace.description()),
+        saved_at_step=trained.optimizer_steps,
     )
     return ProvenanceRecord(
         model_name=name,

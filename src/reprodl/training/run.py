@@ -249,6 +249,7 @@ class Run:
         self._loader_info: dict[str, Any] = {}
         self._watched: dict[str, Any] = {}
         self._steps = 0
+        self._saved_at_step: int | None = None
         self._tracer: StepTracer | None = None
         self._where = (0, 0)  # (pass, batch) of the training loader's last batch
         self._hooks: list[Any] = []
@@ -439,7 +440,7 @@ class Run:
             "scheduler": describe_callable(scheduler) if scheduler is not None else None,
             "loss": describe_loss(loss),
         }
-        self._tracer = StepTracer(model)
+        self._tracer = StepTracer(model, optimizers=[optimizer], kind=(self._redirect or {}).get("trace_kind"))
         self._components = (model, optimizer, scheduler)
         self.checkpoints.watched(self)
         self._hooks.append(optimizer.register_step_post_hook(self._count_step))
@@ -570,6 +571,7 @@ class Run:
             )
         model = unwrap(model)
         self._saved = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        self._saved_at_step = self._steps
         first = next(iter(model.parameters()), None)
         self._device = str(first.device) if first is not None else "cpu"
 
@@ -660,6 +662,7 @@ class Run:
             started_at=self._started,
             finished_at=_utcnow(),
             logged=list(self._logged),
+            saved_at_step=self._saved_at_step,
             trace=StepTrace.model_validate(self._tracer.description()) if self._tracer is not None else None,
         )
 

@@ -1,70 +1,83 @@
-"""The step trace: after every optimiser step, a cheap fingerprint of the parameters.
+"""The step trace: after every optimiser step, an exact digest of the training state.
 
-Each traced step is one row of a NumPy structured array (:data:`row_dtype`), stored as the
+Each traced step is one row of a NumPy structured array (:func:`row_dtype`), stored as the
 item ``trace.npy`` of the model dataset and covered by the record (``results.trace``, with its
-sha256). A row holds:
+sha256 and its ``kind``). A row of the ``exact`` kind (written since record format 1.2) holds:
 
 * ``step``: the global optimiser step (from 1); ``epoch`` and ``batch``: where it happened
   (from 1; 0 when unknown, as in a user's own loop);
 * ``loss``: the loss of the step's last batch (NaN when not known);
 * ``indices``: the first 8 bytes of the sha256 of the sample indices (int64) the step's
   batches held, in order (0 when unknown);
-* ``contents``: the float64 sum of the step's input batches (NaN when unknown);
-* ``fingerprint``: per parameter tensor, the float64 sum of a fixed sample of at most
-  :data:`SAMPLE` of its elements, chosen by a generator seeded with :data:`SAMPLE_SEED`.
+* ``inputs``: the digest of the step's input batches (0 when unknown);
+* ``optimizer``: the digest of every optimiser's state (momentum buffers, Adam's moments and
+  step counts...), 0 when there is none;
+* ``digest``: per tensor of the model (parameters, then buffers), its digest.
 
-The fingerprints and losses are written into a preallocated buffer on the parameters' device
-and copied to the host every :data:`CHUNK` steps (one synchronisation), so tracing costs no
-per-step synchronisation. A comparison (``on_step``) flushes every step instead.
+A digest is ``torch.hash_tensor``: the XOR of every element's bits (upcast to 64 bits), so it is
+exact (no rounding) and independent of the order of reduction, and a change in any one element
+changes it. The optimiser's per-tensor digests are combined with a fixed odd multiplier per
+position. XOR cannot see changes that cancel exactly: two elements of one tensor exchanging
+their values, or an even number of equal elements changing to the same new value.
 
-Size: 40 + 8 x (number of parameter tensors) bytes per step. Every step is kept up to
-``max_rows`` steps (:func:`max_rows`: 100,000, fewer for models of many tensors, so a trace
-stays under :data:`MAX_BYTES`); after that every ``stride``-th step is kept, the stride
-doubling each time the thinned part reaches ``max_rows`` again.
+Records written before format 1.2 have traces of the ``sampled`` kind: ``contents`` (the float64
+sum of the inputs) instead of ``inputs`` and ``optimizer``, and as ``fingerprint`` per parameter
+tensor the float64 sum of :data:`SAMPLE` elements chosen by a generator seeded with
+:data:`SAMPLE_SEED`. They are still read, and a re-run of such a record traces the same kind.
+
+The digests and losses are kept on the parameters' device and copied to the host every
+:data:`CHUNK` steps (one synchronisation), so tracing costs no per-step synchronisation. A
+comparison (``on_step``) flushes every step instead.
+
+Size: 48 + 8 x (number of tensors) bytes per step (sampled: 40 + 8 x parameter tensors).
+Every step is kept up to ``max_rows`` steps (:func:`max_rows`: 100,000, fewer for models of
+many tensors, so a trace stays under :data:`MAX_BYTES`); after that every ``stride``-th step is
+kept, the stride doubling each time the thinned part reaches ``max_rows`` again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+TraceKind = Literal["exact", "sampled"]
+KIND: TraceKind = "exact"
 SAMPLE = 64
 SAMPLE_SEED = 20_240_601
+MIX_SEED = 20_250_118
 CHUNK = 1024
 MAX_STEPS = 100_000
 MAX_BYTES = 64 * 1024 * 1024
 FIRST_STRIDE = 10
-_FIXED_BYTES = 40  # step (8), epoch (4), batch (4), loss (8), indices (8), contents (8)
+_FIXED_BYTES = {"exact": 48, "sampled": 40}  # step 8, epoch 4, batch 4, loss 8, indices 8 (+ inputs 8, optimizer 8)
 
 
-def row_dtype(n_tensors: int) -> np.dtype[Any]:
-    """The dtype of one trace row for a model of ``n_tensors`` parameter tensors."""
-    return np.dtype(
-        [
-            ("step", "<i8"),
-            ("epoch", "<i4"),
-            ("batch", "<i4"),
-            ("loss", "<f8"),
-            ("indices", "<u8"),
-            ("contents", "<f8"),
-            ("fingerprint", "<f8", (n_tensors,)),
-        ]
-    )
+def row_dtype(n_tensors: int, kind: TraceKind = KIND) -> np.dtype[Any]:
+    """The dtype of one trace row of ``kind`` for a model of ``n_tensors`` traced tensors."""
+    head = [("step", "<i8"), ("epoch", "<i4"), ("batch", "<i4"), ("loss", "<f8"), ("indices", "<u8")]
+    if kind == "sampled":
+        return np.dtype([*head, ("contents", "<f8"), ("fingerprint", "<f8", (n_tensors,))])
+    return np.dtype([*head, ("inputs", "<u8"), ("optimizer", "<u8"), ("digest", "<u8", (n_tensors,))])
 
 
-def bytes_per_step(n_tensors: int) -> int:
+def trace_kind(rows: np.ndarray) -> TraceKind:
+    """The kind of a trace's rows: ``exact`` (digests) or ``sampled`` (older records' fingerprints)."""
+    return "sampled" if rows.dtype.names is not None and "fingerprint" in rows.dtype.names else "exact"
+
+
+def bytes_per_step(n_tensors: int, kind: TraceKind = KIND) -> int:
     """Bytes one traced step takes in ``trace.npy``."""
-    return _FIXED_BYTES + 8 * n_tensors
+    return _FIXED_BYTES[kind] + 8 * n_tensors
 
 
-def max_rows(n_tensors: int) -> int:
+def max_rows(n_tensors: int, kind: TraceKind = KIND) -> int:
     """Steps kept one by one before thinning: 100,000, or fewer so the trace stays under MAX_BYTES / 2."""
-    return max(1000, min(MAX_STEPS, MAX_BYTES // 2 // bytes_per_step(n_tensors)))
+    return max(1000, min(MAX_STEPS, MAX_BYTES // 2 // bytes_per_step(n_tensors, kind)))
 
 
 def indices_digest(indices: Sequence[int] | torch.Tensor) -> int:
@@ -73,43 +86,77 @@ def indices_digest(indices: Sequence[int] | torch.Tensor) -> int:
     return int.from_bytes(hashlib.sha256(data.tobytes()).digest()[:8], "little")
 
 
+def tensor_digest(t: torch.Tensor) -> torch.Tensor:
+    """``torch.hash_tensor`` of ``t`` (a 0-d uint64 tensor on its device): exact, any reduction order."""
+    try:
+        return torch.hash_tensor(t)
+    except RuntimeError:  # empty, or complex: checked only then (a check per call costs more than the hash)
+        if t.numel() == 0:
+            return torch.zeros((), dtype=torch.uint64, device=t.device)
+        return torch.hash_tensor(torch.view_as_real(t))
+
+
 @dataclasses.dataclass
 class _Pending:
-    """What the batches since the last optimiser step contributed: their indices and contents."""
+    """What the batches since the last optimiser step contributed: their indices and inputs."""
 
     hasher: Any = None
-    contents: torch.Tensor | None = None
+    inputs: list[torch.Tensor] = dataclasses.field(default_factory=list)
 
     def reset(self) -> None:
-        self.hasher, self.contents = None, None
+        self.hasher, self.inputs = None, []
 
 
 StepCallback = Callable[[np.ndarray], bool]
 
 
 class StepTracer:
-    """Fingerprints ``model``'s parameters after each optimiser step (see the module docstring).
+    """Digests the training state after each optimiser step (see the module docstring).
 
     Args:
-        model: the model whose parameters are traced (named parameters, in order).
+        model: the model whose tensors are traced (named parameters, then named buffers, in order).
+        optimizers: the optimisers whose state is traced with it.
         on_step: called with each row (a 1-element array of :func:`row_dtype`) as it is made;
-            returning True asks the training to stop (``stop_requested``).
+            returning True asks the training to stop (``stop_requested``). When it has a
+            ``kind`` attribute (a :class:`reprodl.reproduction.divergence.TraceComparer`), the
+            trace is of that kind, so that it compares with the recorded one.
+        kind: ``exact`` (the default), or ``sampled`` to re-run a record of that older kind.
     """
 
-    def __init__(self, model: torch.nn.Module, *, on_step: StepCallback | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        optimizers: Iterable[torch.optim.Optimizer] = (),
+        on_step: StepCallback | None = None,
+        kind: TraceKind | None = None,
+    ) -> None:
+        self.kind: TraceKind = kind or getattr(on_step, "kind", None) or KIND
         named = list(model.named_parameters())
-        self.names = [n for n, _ in named]
         self._params = [p for _, p in named]
-        g = torch.Generator().manual_seed(SAMPLE_SEED)
-        self._samples = [torch.randperm(p.numel(), generator=g)[:SAMPLE] for p in self._params]
+        self._buffers: list[tuple[torch.nn.Module, str]] = []
+        self.names = [n for n, _ in named]
+        if self.kind == "exact":  # buffers are looked up each step: a module may replace one
+            modules = dict(model.named_modules())
+            for name, _ in model.named_buffers():
+                owner, _, attr = name.rpartition(".")
+                self._buffers.append((modules[owner], attr))
+                self.names.append(name)
+        self._optimizers = list(optimizers)
+        self._samples: list[torch.Tensor] = []
+        if self.kind == "sampled":
+            g = torch.Generator().manual_seed(SAMPLE_SEED)
+            self._samples = [torch.randperm(p.numel(), generator=g)[:SAMPLE] for p in self._params]
         self._on_device: dict[torch.device, list[torch.Tensor]] = {}
-        self.dtype = row_dtype(len(self.names))
-        self.max_rows = max_rows(len(self.names))
+        self._mix: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self.dtype = row_dtype(len(self.names), self.kind)
+        self.max_rows = max_rows(len(self.names), self.kind)
         self.on_step = on_step
         self.stop_requested = False
         self.n_steps = 0
         self._chunk = 1 if on_step is not None else CHUNK
-        self._buffer: torch.Tensor | None = None
+        self._values: list[torch.Tensor] = []  # per buffered step: the digests (or fingerprints)
+        self._losses: list[Any] = []
         self._meta: list[tuple[int, int, int, int]] = []  # (step, epoch, batch, indices digest)
         self._kept: list[np.ndarray] = []
         self._tail: list[np.ndarray] = []
@@ -126,21 +173,16 @@ class StepTracer:
             data = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype="<i8")
             p.hasher.update(data.tobytes())
         if isinstance(inputs, torch.Tensor):
-            total = inputs.detach().sum(dtype=torch.float64)
-            p.contents = total if p.contents is None else p.contents + total
+            if self.kind == "exact":
+                p.inputs.append(tensor_digest(inputs))
+            else:
+                p.inputs.append(inputs.detach().sum(dtype=torch.float64))
 
     def step(self, *, loss: torch.Tensor | float | None = None, epoch: int = 0, batch: int = 0) -> None:
-        """Record the parameters as they are after an optimiser step."""
+        """Record the training state as it is after an optimiser step."""
         self.n_steps += 1
-        buffer = self._buffer_for()
-        row = len(self._meta)
-        buffer[row, 2:] = torch.stack([self._fingerprint(p, i) for i, p in enumerate(self._params)]).to(buffer.device)
-        if loss is not None:
-            buffer[row, 0] = loss.detach().double() if isinstance(loss, torch.Tensor) else float(loss)
-        else:
-            buffer[row, 0] = float("nan")
-        contents = self._pending.contents
-        buffer[row, 1] = contents.to(buffer.device) if contents is not None else float("nan")
+        self._values.append(self._exact_values() if self.kind == "exact" else self._sampled_values())
+        self._losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         hasher = self._pending.hasher
         digest = int.from_bytes(hasher.digest()[:8], "little") if hasher is not None else 0
         self._meta.append((self.n_steps, epoch, batch, digest))
@@ -150,15 +192,21 @@ class StepTracer:
 
     def flush(self) -> None:
         """Copy the buffered rows to the host (one synchronisation), keeping them as the bound allows."""
-        if not self._meta or self._buffer is None:
+        if not self._meta:
             return
-        values = self._buffer[: len(self._meta)].cpu().numpy()
+        values = torch.stack([v.cpu() for v in self._values]).numpy() if len(self._values) > 1 else None
+        if values is None:
+            values = self._values[0].cpu().numpy()[None]
         rows = np.zeros(len(self._meta), dtype=self.dtype)
         meta = np.array([m[:3] for m in self._meta], dtype=np.int64)
         rows["step"], rows["epoch"], rows["batch"] = meta[:, 0], meta[:, 1], meta[:, 2]
         rows["indices"] = np.array([m[3] for m in self._meta], dtype="<u8")
-        rows["loss"], rows["contents"], rows["fingerprint"] = values[:, 0], values[:, 1], values[:, 2:]
-        self._meta = []
+        rows["loss"] = _as_floats(self._losses)
+        if self.kind == "exact":
+            rows["inputs"], rows["optimizer"], rows["digest"] = values[:, 0], values[:, 1], values[:, 2:]
+        else:
+            rows["contents"], rows["fingerprint"] = values[:, 0].view(np.float64), values[:, 1:].view(np.float64)
+        self._values, self._losses, self._meta = [], [], []
         for i in range(len(rows)):
             self._keep(rows[i : i + 1])
 
@@ -180,13 +228,16 @@ class StepTracer:
     def description(self) -> dict[str, Any]:
         """The record's ``results.trace`` fields known before writing (item and sha256 come then)."""
         rows = self.rows()
+        sampled = self.kind == "sampled"
         return {
+            "kind": self.kind,
             "n_steps": self.n_steps,
             "n_rows": int(len(rows)),
-            "bytes_per_step": bytes_per_step(len(self.names)),
+            "bytes_per_step": bytes_per_step(len(self.names), self.kind),
             "tensors": list(self.names),
-            "sample": SAMPLE,
-            "sample_seed": SAMPLE_SEED,
+            "optimizers": [type(o).__name__ for o in self._optimizers] if not sampled else [],
+            "sample": SAMPLE if sampled else 0,
+            "sample_seed": SAMPLE_SEED if sampled else 0,
             "every_step_up_to": self.max_rows,
             "stride": self.stride if self._tail else 1,
         }
@@ -200,20 +251,64 @@ class StepTracer:
         return kept, tail, {"n_steps": self.n_steps, "stride": self.stride}
 
     def restore(self, kept: np.ndarray, tail: np.ndarray, counters: dict[str, int]) -> None:
-        """Continue from a checkpoint's :meth:`state` (rows of the same model's parameters)."""
+        """Continue from a checkpoint's :meth:`state` (rows of the same model's tensors)."""
         if kept.dtype != self.dtype or tail.dtype != self.dtype:
             raise ValueError(f"the checkpoint's step trace has rows of {kept.dtype}, this model's are {self.dtype}")
-        self._meta, self._pending = [], _Pending()
+        self._meta, self._values, self._losses, self._pending = [], [], [], _Pending()
         self._kept = [kept[i : i + 1] for i in range(len(kept))]
         self._tail = [tail[i : i + 1] for i in range(len(tail))]
         self.n_steps, self.stride = int(counters.get("n_steps", len(kept))), int(counters.get("stride", FIRST_STRIDE))
 
     # --- internals ---------------------------------------------------------------------------
-    def _buffer_for(self) -> torch.Tensor:
-        if self._buffer is None:
-            device = self._params[0].device if self._params else torch.device("cpu")
-            self._buffer = torch.zeros((self._chunk, 2 + len(self._params)), dtype=torch.float64, device=device)
-        return self._buffer
+    def _exact_values(self) -> torch.Tensor:
+        """[inputs digest, optimiser state digest, digest per tensor] (uint64) on the first parameter's device."""
+        digests = [tensor_digest(p) for p in self._params]
+        device = self._params[0].device if self._params else torch.device("cpu")
+        for module, attr in self._buffers:
+            b = module._buffers.get(attr)
+            digests.append(tensor_digest(b) if b is not None else _zero(device))
+        inputs = self._pending.inputs
+        row = [self._combined(inputs, device) if inputs else _zero(device), self._optimizer_digest(device), *digests]
+        try:
+            return torch.stack(row)
+        except RuntimeError:  # on several devices
+            return torch.stack([d.to(device) for d in row])
+
+    def _optimizer_digest(self, device: torch.device) -> torch.Tensor:
+        """Every optimiser's state (tensors and numbers, in param-group order), combined by position."""
+        parts = []
+        for opt in self._optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    for value in opt.state.get(p, {}).values():
+                        if isinstance(value, torch.Tensor):
+                            parts.append(tensor_digest(value))
+                        elif isinstance(value, (int, float)):
+                            parts.append(tensor_digest(torch.tensor(float(value), dtype=torch.float64)).to(device))
+        return self._combined(parts, device) if parts else _zero(device)
+
+    def _combined(self, digests: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """One digest of several, each multiplied by a fixed odd number of its position (wrapping), XORed."""
+        if len(digests) == 1:
+            return digests[0]
+        n = len(digests)
+        try:
+            stacked = torch.stack(digests)
+        except RuntimeError:  # on several devices (a step count kept on the CPU)
+            stacked = torch.stack([d.to(device) for d in digests])
+        mix = self._mix.get((n, device))
+        if mix is None:
+            g = torch.Generator().manual_seed(MIX_SEED)
+            mix = self._mix[(n, device)] = (torch.randint(-(2**62), 2**62, (n,), generator=g) * 2 + 1).to(device)
+        return torch.hash_tensor(stacked.to(device).view(torch.int64) * mix)
+
+    def _sampled_values(self) -> torch.Tensor:
+        """[contents, fingerprint per parameter tensor] (float64, as the older records' trace)."""
+        device = self._params[0].device if self._params else torch.device("cpu")
+        contents = self._pending.inputs
+        total = sum(contents[1:], contents[0]) if contents else torch.tensor(float("nan"), dtype=torch.float64)
+        values = [total.to(device), *(self._fingerprint(p, i) for i, p in enumerate(self._params))]
+        return torch.stack(values).view(torch.uint64)
 
     def _fingerprint(self, p: torch.Tensor, i: int) -> torch.Tensor:
         samples = self._on_device.get(p.device)
@@ -234,3 +329,33 @@ class StepTracer:
         if len(self._tail) >= self.max_rows:
             self.stride *= 2
             self._tail = [r for r in self._tail if (int(r["step"][0]) - self.max_rows) % self.stride == 0]
+
+
+_ZEROS: dict[torch.device, torch.Tensor] = {}
+
+
+def _zero(device: torch.device) -> torch.Tensor:
+    """The digest of nothing (0), on ``device``."""
+    zero = _ZEROS.get(device)
+    if zero is None:
+        zero = _ZEROS[device] = torch.zeros((), dtype=torch.uint64, device=device)
+    return zero
+
+
+def _as_floats(losses: list[Any]) -> np.ndarray:
+    """The steps' losses as float64 (NaN when unknown or not one number); one copy from the device."""
+    if losses and all(isinstance(x, torch.Tensor) and x.dim() == 0 for x in losses):
+        try:
+            return torch.stack(losses).double().cpu().numpy()
+        except RuntimeError:  # on several devices or of several dtypes: one by one below
+            pass
+    return np.array([_as_float(x) for x in losses], dtype=np.float64)
+
+
+def _as_float(loss: Any) -> float:
+    """A step's loss as a float (NaN when unknown or not one number)."""
+    if loss is None:
+        return float("nan")
+    if isinstance(loss, torch.Tensor):
+        return float(loss.double().reshape(-1)[0]) if loss.numel() == 1 else float("nan")
+    return float(loss)

@@ -1,0 +1,117 @@
+"""The step trace's cost per optimiser step: a training step with and without tracing.
+
+Workloads (one thread, OMP_NUM_THREADS=1):
+  * digits CNN: reprodl.zoo.GenNet at 8x8, batch 32, SGD momentum 0.9 (the demo's training);
+  * digits CNN with Adam (twice the optimiser state to digest);
+  * MNIST-sized: GenNet at 28x28, batch 64, SGD momentum 0.9.
+Each step is a DataLoader batch over an in-memory TensorDataset, zero_grad, forward, NLLLoss,
+backward and step. The traced step adds what the built-in trainer calls: ``tracer.batch`` (indices
+and inputs) and ``tracer.step`` (loss), with the exact trace (every element of every parameter and
+of the optimiser state, torch.hash_tensor) and, for comparison, the older sampled trace.
+
+Blocks of steps alternate between the variants; reported per workload: the median plain step, the
+median time inside the tracer per step (the median step of each block: robust to preemption on
+a busy machine), their ratio (the trace's cost as a fraction of a step) and
+the median ratio of whole traced steps to plain ones, plus the trace's bytes per step.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_trace.py [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from reprodl.training.trace import StepTracer, bytes_per_step
+from reprodl.zoo import GenNet
+
+WORKLOADS = {
+    "digits CNN (8x8, batch 32, SGD momentum)": (8, 32, "sgd"),
+    "digits CNN (8x8, batch 32, Adam)": (8, 32, "adam"),
+    "MNIST-sized (28x28, batch 64, SGD momentum)": (28, 64, "sgd"),
+}
+
+
+def _setup(dim: int, batch: int, opt: str) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader]:
+    torch.manual_seed(0)
+    model = GenNet(input_channels=1, input_dim=dim)
+    if opt == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    n = 64 * batch
+    data = TensorDataset(torch.rand(n, 1, dim, dim), torch.randint(0, 10, (n,)), torch.arange(n))
+    return model, optimizer, DataLoader(data, batch_size=batch, shuffle=True)
+
+
+def _block(model, optimizer, loader, tracer: StepTracer | None, n_steps: int) -> tuple[float, float]:
+    """(seconds per step, median seconds inside the tracer per step) over ``n_steps`` steps."""
+    loss_fn = torch.nn.NLLLoss()
+    inside: list[float] = []
+    done = 0
+    t0 = time.perf_counter()
+    while done < n_steps:
+        for x, y, idx in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            if tracer is not None:
+                t = time.perf_counter()
+                tracer.batch(indices=idx, inputs=x)
+                tracer.step(loss=loss, epoch=1, batch=done + 1)
+                inside.append(time.perf_counter() - t)
+            done += 1
+            if done == n_steps:
+                break
+    return (time.perf_counter() - t0) / n_steps, statistics.median(inside) if inside else 0.0
+
+
+def measure(dim: int, batch: int, opt: str, *, blocks: int, steps: int) -> dict[str, float]:
+    model, optimizer, loader = _setup(dim, batch, opt)
+    tracers = {kind: StepTracer(model, optimizers=[optimizer], kind=kind) for kind in ("exact", "sampled")}
+    _block(model, optimizer, loader, None, 20)  # warm up (the optimiser state is made)
+    times: dict[str, list[float]] = {"plain": [], "exact": [], "sampled": []}
+    inside: dict[str, list[float]] = {"exact": [], "sampled": []}
+    for _ in range(blocks):
+        for name in ("plain", "exact", "sampled"):
+            step_s, in_s = _block(model, optimizer, loader, tracers.get(name), steps)
+            times[name].append(step_s)
+            if name in inside:
+                inside[name].append(in_s)
+    plain = statistics.median(times["plain"])
+    out = {"plain_step_us": plain * 1e6}
+    for kind in ("exact", "sampled"):
+        ratios = [t / p for t, p in zip(times[kind], times["plain"])]
+        out[f"{kind}_us"] = statistics.median(inside[kind]) * 1e6
+        out[f"{kind}_cost"] = statistics.median(inside[kind]) / plain
+        out[f"{kind}_ratio"] = statistics.median(ratios)
+        out[f"{kind}_bytes"] = bytes_per_step(len(tracers[kind].names), kind)
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    quick = "--quick" in sys.argv
+    blocks, steps = (5, 40) if quick else (15, 60)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {blocks} blocks of {steps} steps each")
+    for label, (dim, batch, opt) in WORKLOADS.items():
+        r = measure(dim, batch, opt, blocks=blocks, steps=steps)
+        print(f"{label}: plain step {r['plain_step_us']:.0f} us")
+        for kind in ("exact", "sampled"):
+            print(
+                f"  {kind:7s} trace: {r[f'{kind}_us']:.1f} us/step inside the tracer = {100 * r[f'{kind}_cost']:.2f}% "
+                f"of a step; traced/plain step median ratio {r[f'{kind}_ratio']:.3f}; {r[f'{kind}_bytes']} bytes/step"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -189,8 +189,8 @@ def reproduce(
     re-run with a different seed (``seed``, default recorded + 100003) and judged on metrics and
     predictions, against a multi-run envelope when one is given. The report's ``divergence`` names
     the first step whose trace differs, and why; ``stop_at_divergence`` stops the re-run there.
-    Transforms of :mod:`reprodl.data.transforms` are rebuilt from their recorded configs; one
-    of your own is refused (:class:`ReproductionError`, naming its class) unless you pass it.
+    Transforms are rebuilt from their recorded configs; one of your own is refused
+    (:class:`ReproductionError`) unless you pass it.
 
     Args:
         output: base URI to keep the reproduced model dataset in (default: a temporary directory).

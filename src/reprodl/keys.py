@@ -41,6 +41,7 @@ PROVENANCE_FILE = "provenance.json"
 HISTORY_FILE = "history.json"
 INITIAL_WEIGHTS_FILE = "initial.safetensors"
 CODE_PATCH_FILE = "code.patch"
+MODELS_DIR = "models/"  # models/<name>.safetensors: the weights of each model but the first (default)
 TRACE_FILE = "trace.npy"  # the step trace (reprodl.training.trace), a NumPy structured array
 CODE_DIR = "code/"  # untracked files and an entry script outside git, kept with the model
 CODE_SNAPSHOT_FILE = "code/snapshot.tar"  # the tracked files at the recorded commit (run API)
@@ -80,8 +81,8 @@ CATALOG_SCHEMA_VERSION = "1"
 CATALOG_EXPORT_FORMAT = "reprodl-catalog-entry/1"  # each line of `reprodl catalog export`
 
 # --- schema versions -------------------------------------------------------------------
-PROVENANCE_SCHEMA_VERSION = "1.1"
-PROVENANCE_SCHEMA_ID = "https://reprodl.dev/schemas/provenance-1.1.json"
+PROVENANCE_SCHEMA_VERSION = "1.2"
+PROVENANCE_SCHEMA_ID = "https://reprodl.dev/schemas/provenance-1.2.json"
 README_SCHEMA_VERSION = "1.0"
 
 # --- staging (datasets being created or copied) ----------------------------------------

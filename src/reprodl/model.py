@@ -311,10 +311,11 @@ def _from_stored_script(record: ProvenanceRecord, dataset: Any, qualname: str, a
     source = _stored_script_source(record, dataset)
     module = _definitions_module(source, record)
     cls: type = trust.resolve(f"{module}:{qualname}", trust.Kind.ARCHITECTURE, allow=[module])
-    if (
-        record.architecture.source_sha256
-        and _class_source_sha256(source, qualname) != record.architecture.source_sha256
-    ):
+    path = f"{_MAIN}:{qualname}"
+    expected = next(
+        (c.architecture.source_sha256 for c in record.model_components() if c.architecture.import_path == path), None
+    )
+    if expected and _class_source_sha256(source, qualname) != expected:
         raise ModelLoadError(
             f"the class {qualname} in the training script stored with {dataset.uri} is not the source the record "
             "names (its sha256 differs): pass the class yourself, model_class=..."

@@ -133,8 +133,9 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = ()) -> l
     ]
     if t.scheduler is not None:
         names.append((f"{t.scheduler.module}:{t.scheduler.class_name}", trust.Kind.SCHEDULER))
+    names += [(m.architecture.import_path, trust.Kind.ARCHITECTURE) for m in record.models[1:]]
     refused = []
-    for path, kind in names:
+    for path, kind in dict.fromkeys(names):
         why = trust.refusal(path, kind, allow=allow)
         if why is not None:
             refused.append(f"{kind.value} {path} ({why})")

@@ -584,9 +584,17 @@ class ProvenanceRecord(_Part):
         return self.data[i].readme
 
     def model_components(self) -> list[ModelComponent]:
-        """Every model of the record, the default first; one named ``model`` for a single-model record."""
+        """Every model of the record, the default first; one named ``model`` for a record before schema 1.2.
+
+        The default model's architecture and weights digest are the record's ``architecture`` and
+        ``results.weights_sha256`` (what every reader of a single-model record trusts), whatever
+        ``models[0]`` repeats of them.
+        """
         if self.models:
-            return list(self.models)
+            first = self.models[0].model_copy(
+                update={"architecture": self.architecture, "weights_sha256": self.results.weights_sha256}
+            )
+            return [first, *self.models[1:]]
         return [
             ModelComponent(
                 name=DEFAULT_MODEL_NAME,

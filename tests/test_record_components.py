@@ -446,3 +446,10 @@ def test_an_older_single_model_record_names_its_one_model(trained_model: Any) ->
     assert (component.name, component.weights_file) == ("model", "model.safetensors")
     assert component.weights_sha256 == record.results.weights_sha256
     assert component.architecture == record.architecture
+
+
+def test_the_provenance_summary_names_every_model_and_optimiser(gan: dict[str, Any], cli: Any) -> None:
+    result = cli("provenance", gan["uri"])
+    assert result.exit_code == 0, result.output
+    assert "Model discriminator: __main__:Discriminator, weights models/discriminator.safetensors" in result.stdout
+    assert f"Optimiser generator (of generator): Adam, {GAN_STEPS} steps" in result.stdout

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -63,6 +62,8 @@ class _Changes:
 
     def note(self, step: int, values: dict[str, Any], *, group: int | None = None) -> None:
         last = self._last.get(group)
+        if last == values:  # the common case: nothing changed
+            return
         if last is None:
             changed = values
         else:
@@ -87,6 +88,7 @@ class WatchedModel:
     architecture: Any
     loss: CallableInfo | None
     optimizers: list[WatchedOptimizer] = dataclasses.field(default_factory=list)
+    param_ids: frozenset[int] = frozenset()
     steps: int = 0
     backward_passes: int = 0
     pending: bool = False  # updated by hand: a backward pass whose step is not yet complete
@@ -132,12 +134,18 @@ class WatchedOptimizer:
     steps: int = 0
     closure: bool = False
     applied: _Changes = dataclasses.field(default_factory=_Changes)
+    _keys: dict[int, list[str]] = dataclasses.field(default_factory=dict)
 
     def observe(self, step: int) -> None:
         """The numeric hyperparameters of every parameter group (lr, momentum, betas...), as this step runs."""
         for i, group in enumerate(self.optimizer.param_groups):
-            values = {k: v for k, v in group.items() if k not in _NOT_HYPERPARAMETERS and _numeric(v)}
-            self.applied.note(step, {k: _plain(v) for k, v in values.items()}, group=i)
+            keys = self._keys.get(i)
+            if keys is None:  # read once per group: which of its entries are numeric hyperparameters
+                keys = self._keys[i] = [k for k, v in group.items() if k not in _NOT_HYPERPARAMETERS and _numeric(v)]
+            values = {k: group[k] for k in keys if k in group}
+            if any(isinstance(v, torch.Tensor) for v in values.values()):
+                values = {k: _plain(v) for k, v in values.items()}
+            self.applied.note(step, values, group=i)
 
     def describe(self) -> OptimizerComponent:
         return OptimizerComponent(
@@ -205,6 +213,7 @@ class ComponentWatcher:
             named=name is not None,
             architecture=_architecture(module, init_params),
             loss=loss,
+            param_ids=frozenset(id(p) for p in module.parameters()),
         )
         names = {id(p): n for n, p in module.named_parameters()}
         for i, (optimizer, scheduler) in enumerate(zip(optimizers, _pair_schedulers(optimizers, schedulers))):
@@ -280,8 +289,9 @@ class ComponentWatcher:
                 self._complete(watched)
             if torch.is_grad_enabled():
                 enabled = torch.is_autocast_enabled(device)
-                dtype = str(torch.get_autocast_dtype(device)) if enabled else None
-                watched.autocast = {"enabled": enabled, "device_type": device, "dtype": dtype}
+                if enabled or watched.autocast["enabled"]:
+                    dtype = str(torch.get_autocast_dtype(device)) if enabled else None
+                    watched.autocast = {"enabled": enabled, "device_type": device, "dtype": dtype}
 
         self._hooks.append(watched.given.register_forward_pre_hook(on_forward))
 
@@ -314,19 +324,18 @@ class ComponentWatcher:
                     setattr(owner, name, wrapper)
 
     def _clipping_wrapper(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-        signature = inspect.signature(original)
+        # The arguments recorded, in their positions after the parameters, with their defaults.
+        recorded = (("max_norm", None), ("norm_type", 2.0)) if name == "clip_grad_norm_" else (("clip_value", None),)
 
         def clip(parameters: Any, *args: Any, **kwargs: Any) -> Any:
             params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
-            bound = signature.bind_partial(params, *args, **kwargs)
-            bound.apply_defaults()
-            values = {"function": name}
-            values.update(
-                {k: jsonable(v) for k, v in bound.arguments.items() if k in ("max_norm", "norm_type", "clip_value")}
-            )
+            values: dict[str, Any] = {"function": name}
+            for i, (arg, default) in enumerate(recorded):
+                value = args[i] if i < len(args) else kwargs.get(arg, default)
+                values[arg] = float(value) if isinstance(value, (int, float, torch.Tensor)) else jsonable(value)
             ids = {id(p) for p in params}
             for watched in self.models:
-                if any(id(p) in ids for p in watched.module.parameters()):
+                if not ids.isdisjoint(watched.param_ids):
                     watched.clip = values
             return original(params, *args, **kwargs)
 

@@ -41,6 +41,7 @@ PROVENANCE_FILE = "provenance.json"
 HISTORY_FILE = "history.json"
 INITIAL_WEIGHTS_FILE = "initial.safetensors"
 CODE_PATCH_FILE = "code.patch"
+MODELS_DIR = "models/"  # models/<name>.safetensors: the weights of each model but the first (default)
 TRACE_FILE = "trace.npy"  # the step trace (reprodl.training.trace), a NumPy structured array
 CODE_DIR = "code/"  # untracked files and an entry script outside git, kept with the model
 CODE_SNAPSHOT_FILE = "code/snapshot.tar"  # the tracked files at the recorded commit (run API)

@@ -57,6 +57,21 @@ def resolve_class(
     return cls
 
 
+def _record_of(dataset: Any) -> ProvenanceRecord:
+    """The record of a model dataset; refused with a clear message for dtoolAI's pickled models."""
+    try:
+        return read_record(dataset)
+    except ModelLoadError:
+        pickles = sorted(r for r in (dataset.relpath(i) for i in dataset.identifiers) if r.endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise ModelLoadError(
+                f"{dataset.uri} has no provenance.json and holds its weights as a pickle ({', '.join(pickles)}), "
+                "as the original dtoolAI wrote them; reprodl refuses to unpickle weights from a URI. "
+                "`reprodl provenance` still shows what it recorded"
+            ) from None
+        raise
+
+
 class TrainedTorchModel:
     """A trained model loaded from a model dataset at any URI.
 
@@ -68,6 +83,8 @@ class TrainedTorchModel:
         transform: the preprocessing :meth:`convert_image` applies, instead of the eval view
             of the training data's recorded transform (needed when that was a transform of
             your own, which reprodl does not rebuild from a record).
+        model: which of the record's models to load, by name (``"discriminator"`` of a run that
+            saved ``{"generator": G, "discriminator": D}``); None: the first (the default).
 
     Attributes:
         transform: the preprocessing for prediction: the training transform's eval view
@@ -84,23 +101,13 @@ class TrainedTorchModel:
         model_class: type | None = None,
         device: str | torch.device = "cpu",
         transform: Callable[[Any], Any] | None = None,
+        model: str | None = None,
     ) -> None:
         self.dataset = open_dataset(uri)
         self.uri = self.dataset.uri
-        try:
-            self.provenance: ProvenanceRecord = read_record(self.dataset)
-        except ModelLoadError:
-            pickles = sorted(
-                r for r in (self.dataset.relpath(i) for i in self.dataset.identifiers) if r.endswith(PICKLE_SUFFIXES)
-            )
-            if pickles:
-                raise ModelLoadError(
-                    f"{self.uri} has no provenance.json and holds its weights as a pickle ({', '.join(pickles)}), "
-                    "as the original dtoolAI wrote them; reprodl refuses to unpickle weights from a URI. "
-                    "`reprodl provenance` still shows what it recorded"
-                ) from None
-            raise
-        arch = self.provenance.architecture
+        self.provenance: ProvenanceRecord = _record_of(self.dataset)
+        self.component = self.provenance.model_component(model)  # the model loaded, of the record's models
+        arch = self.component.architecture
         cls = resolve_class(
             arch.import_path, allow=allow, model_class=model_class, record=self.provenance, dataset=self.dataset
         )
@@ -109,7 +116,7 @@ class TrainedTorchModel:
             self.model: torch.nn.Module = cls(**arch.init_params)
         except TypeError as exc:
             raise ModelLoadError(f"cannot build {arch.import_path} with {arch.init_params}: {exc}") from None
-        state = load_weights(self.dataset, self.provenance)
+        state = load_weights(self.dataset, self.provenance, model=model)
         try:
             self.model.load_state_dict(state)
         except RuntimeError as exc:

@@ -12,7 +12,8 @@ recorded script (``reprodl reproduce URI --trust-code``):
 - ``on_fit_start`` starts the run (code, source snapshot, environment, the seed of
   ``seed_everything``, determinism settings), records the Trainer's settings, the module's
   hyperparameters, the optimisers and schedulers of ``configure_optimizers``, and the reprodl
-  datasets held by the DataModule, and watches the module and its optimiser (steps counted);
+  datasets held by the DataModule, and watches the module and every optimiser (each one's steps
+  counted, manual optimisation included);
 - the datasets of the train and validation loaders are recorded when Lightning loads them, and
   the train loader's sample order is tapped (:mod:`reprodl.training.order`) before Lightning
   first reads it: a digest per epoch in ``training.data_order_digests``; a loader whose order
@@ -41,7 +42,7 @@ import torch
 from reprodl.data.datasets import WrappedDataSet
 from reprodl.errors import MissingDependencyError, ParametersError
 from reprodl.provenance import ProvenanceRecord
-from reprodl.training.capture import describe_callable, describe_optimizer, jsonable
+from reprodl.training.capture import changed_setting, describe_callable, jsonable
 from reprodl.training.order import untap
 from reprodl.training.run import Run
 
@@ -111,19 +112,31 @@ class ReprodlCallback(Callback):
             )
         settings = trainer_settings(trainer)  # before the run applies its determinism settings
         self.run = run = self._start(global_seed())
+        if settings["deterministic"] is False and self.deterministic:
+            changed_setting(
+                run.determinism,
+                "use_deterministic_algorithms",
+                False,
+                "deterministic algorithms were off when fit started (Trainer(deterministic=False), or left unset); "
+                "ReprodlCallback(deterministic=True) switched them on for a bitwise record. Pass "
+                "ReprodlCallback(..., deterministic=False) to keep them off (a statistical record)",
+            )
         hparams = module_hparams(pl_module)
         schedulers = list(trainer.lr_scheduler_configs)
         run.log_params({"trainer": settings, "hparams": hparams, "lr_schedulers": describe_schedulers(schedulers)})
         optimizers = list(trainer.optimizers)
-        if len(optimizers) > 1:
-            run.log_params({"optimizers": [describe_optimizer(o, {}).model_dump(mode="json") for o in optimizers]})
         if not optimizers:
             raise ParametersError(
                 f"ReprodlCallback found no optimiser: {type(pl_module).__qualname__}.configure_optimizers "
                 "returned none, so there is nothing to record; return the optimiser there"
             )
-        scheduler = schedulers[0].scheduler if schedulers else None
-        run.watch(pl_module, optimizers[0], scheduler=scheduler, loss=find_loss(pl_module), init_params=hparams)
+        run.watch(
+            pl_module,
+            optimizers,  # every one, its steps counted whoever calls step() (manual optimisation included)
+            scheduler=first_schedulers(schedulers),
+            loss=find_loss(pl_module),
+            init_params=hparams,
+        )
         if trainer.datamodule is not None:
             for role, ds in datamodule_datasets(trainer.datamodule):
                 self._use(ds, role)
@@ -346,6 +359,15 @@ def describe_schedulers(configs: list[Any]) -> list[dict[str, Any]]:
         }
         for c in configs
     ]
+
+
+def first_schedulers(configs: list[Any]) -> list[Any]:
+    """The first scheduler of each optimiser (all of them are in ``training.params["lr_schedulers"]``)."""
+    out: list[Any] = []
+    for c in configs:
+        if not any(getattr(s, "optimizer", None) is getattr(c.scheduler, "optimizer", s) for s in out):
+            out.append(c.scheduler)
+    return out
 
 
 def find_loss(pl_module: Any) -> Any:

@@ -41,13 +41,27 @@ def load_record(uri: str, *, check: bool = True) -> ProvenanceRecord:
     return read_record(open_dataset(uri), check=check)
 
 
-def load_weights(ds: StoredDataSet, record: ProvenanceRecord | None = None) -> dict[str, torch.Tensor]:
-    """The weights of a model dataset, from safetensors only, checked against the record."""
+def load_weights(
+    ds: StoredDataSet, record: ProvenanceRecord | None = None, *, model: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The weights of a model dataset, from safetensors only, checked against the record.
+
+    ``model`` names one of the record's models (``record.models``); None: the default (first).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    relpath, expected = keys.WEIGHTS_FILE, record.results.weights_sha256 if record is not None else None
+    if record is not None and (model is not None or record.models):
+        component = record.model_component(model)
+        if component.weights_file is None:
+            raise ModelLoadError(
+                f"{ds.uri}: the model {component.name!r} was watched but its weights were not saved "
+                "(run.save did not name it): load one of the saved models"
+            )
+        relpath, expected = component.weights_file, component.weights_sha256
     relpaths = {ds.relpath(i) for i in ds.identifiers}
-    if keys.WEIGHTS_FILE not in relpaths:
+    if relpath not in relpaths:
         pickles = sorted(r for r in relpaths if r.endswith(PICKLE_SUFFIXES))
         if pickles:
             raise ModelLoadError(
@@ -55,27 +69,26 @@ def load_weights(ds: StoredDataSet, record: ProvenanceRecord | None = None) -> d
                 "load from a URI (unpickling runs arbitrary code). Convert the weights to safetensors "
                 "in a trusted environment"
             )
-        raise ModelLoadError(f"{ds.uri} has no {keys.WEIGHTS_FILE} item: it is not a reprodl model")
-    path = ds.item_path(ds.identifier_of(keys.WEIGHTS_FILE))
+        raise ModelLoadError(f"{ds.uri} has no {relpath} item: it is not a reprodl model, or not a complete copy")
+    path = ds.item_path(ds.identifier_of(relpath))
     problem = safetensors_problem(path)  # the header first: its length may start with 0x80 or PK
     if problem is not None:
         if sniff_weights(path) in ("pickle", "zip"):
             raise ModelLoadError(
-                f"{ds.uri}: {keys.WEIGHTS_FILE} is a pickle/zip (torch.save) file, not safetensors; "
+                f"{ds.uri}: {relpath} is a pickle/zip (torch.save) file, not safetensors; "
                 "reprodl refuses to unpickle weights from a URI. Convert the weights to safetensors "
                 "in a trusted environment"
             )
-        raise ModelLoadError(f"{ds.uri}: {keys.WEIGHTS_FILE} is not a valid safetensors file ({problem})")
+        raise ModelLoadError(f"{ds.uri}: {relpath} is not a valid safetensors file ({problem})")
     try:
         state = load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"{ds.uri}: {keys.WEIGHTS_FILE} is not a valid safetensors file ({exc})") from None
-    if record is not None and record.results.weights_sha256:
+        raise ModelLoadError(f"{ds.uri}: {relpath} is not a valid safetensors file ({exc})") from None
+    if expected:
         actual = state_dict_sha256(state)
-        if actual != record.results.weights_sha256:
+        if actual != expected:
             raise IntegrityError(
-                f"{ds.uri}: the weights do not match the provenance record "
-                f"(record {record.results.weights_sha256}, weights {actual})",
+                f"{ds.uri}: the weights do not match the provenance record (record {expected}, weights {actual})",
                 problems=["weights digest mismatch"],
             )
     return state

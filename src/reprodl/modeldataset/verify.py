@@ -84,13 +84,7 @@ def verify_model(
                     f"the record {json.dumps(expected, sort_keys=True, default=str)[:200]}"
                 )
         result.add("annotations mirror the record", not edited, "; ".join(edited))
-        try:
-            from reprodl.modeldataset.read import load_weights
-
-            load_weights(ds, record)
-            result.add("weights match the record", True, record.results.weights_sha256 or "")
-        except ReprodlError as exc:
-            result.add("weights match the record", False, str(exc))
+        _check_weights(ds, record, result)
         _check_names(record, result, allow)
         if data:
             for ref in record.data:
@@ -101,6 +95,20 @@ def verify_model(
                 result.add(f"{c.role} data {c.name} ({c.uri}) unchanged", c.ok, c.detail)
     _check_signature(ds, result, trusted)
     return result
+
+
+def _check_weights(ds: Any, record: ProvenanceRecord, result: ModelVerification) -> None:
+    """The default model's weights, then every other saved model's, against their digests in the record."""
+    from reprodl.modeldataset.read import load_weights
+
+    saved = [c for c in record.model_components() if c.weights_file is not None]
+    for i, component in enumerate(saved or record.model_components()[:1]):
+        what = "weights match the record" if i == 0 else f"weights of the model {component.name!r} match the record"
+        try:
+            load_weights(ds, record, model=component.name if record.models else None)
+            result.add(what, True, (component.weights_sha256 if i else record.results.weights_sha256) or "")
+        except ReprodlError as exc:
+            result.add(what, False, str(exc))
 
 
 def _check_names(record: ProvenanceRecord, result: ModelVerification, allow: Iterable[str]) -> None:
@@ -137,9 +145,10 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = (), scri
     ]
     if t.scheduler is not None:
         names.append((f"{t.scheduler.module}:{t.scheduler.class_name}", trust.Kind.SCHEDULER))
+    names += [(m.architecture.import_path, trust.Kind.ARCHITECTURE) for m in record.models[1:]]
     allow = list(allow)
     refused = []
-    for path, kind in names:
+    for path, kind in dict.fromkeys(names):
         if kind is trust.Kind.ARCHITECTURE and _script_class_allowed(path, allow, script=script):
             continue
         why = trust.refusal(path, kind, allow=allow)

@@ -26,6 +26,7 @@ from reprodl import __version__, keys
 from reprodl.errors import ParametersError, ReprodlError
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import ModelRef, ProvenanceRecord, mirror_annotations
+from reprodl.provenance.record import DEFAULT_MODEL_NAME, OptimizerComponent
 from reprodl.store import DatasetWriter, create_dataset
 
 if TYPE_CHECKING:
@@ -213,17 +214,24 @@ def write_model(
     manifests: dict[str, Any] | None = None,
     code_files: dict[str, Any] | None = None,
     trace: bytes | None = None,
+    more_weights: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> None:
     """Write weights (safetensors), record, history, README and annotations into the output.
 
     ``trace`` is the step trace's ``trace.npy``; ``record.results.trace`` (set by the caller)
-    gets its item name and sha256, so the record digest covers it.
+    gets its item name and sha256, so the record digest covers it. ``model`` is the default
+    (first) model; ``more_weights`` maps the item of each other model the record names
+    (``models/<name>.safetensors``) to its weights. A record without named models (the
+    built-in trainer's) gets its one model and optimiser named ``model``.
     """
     writer = output_ds.writer
     assert writer is not None
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     record.results.weights_sha256 = state_dict_sha256(state)
     _write_weights(writer, state, initial_state)
+    for relpath, weights in (more_weights or {}).items():
+        _write_weights(writer, {k: v.detach().cpu().contiguous() for k, v in weights.items()}, None, relpath=relpath)
+    _name_components(record)
     if patch:
         assert record.code.git is not None
         record.code.git.patch_item = keys.CODE_PATCH_FILE
@@ -246,13 +254,35 @@ def write_model(
     output_ds.record = record
 
 
+def _name_components(record: ProvenanceRecord) -> None:
+    """Give a record without named models its one model and optimiser, both named ``model``."""
+    if record.models:
+        return
+    record.models = record.model_components()
+    t = record.training
+    if not t.optimizers:
+        t.optimizers = [
+            OptimizerComponent(
+                **t.optimizer.model_dump(),
+                name=DEFAULT_MODEL_NAME,
+                model=DEFAULT_MODEL_NAME,
+                scheduler=t.scheduler,
+                steps=t.optimizer_steps or 0,
+            )
+        ]
+
+
 def _write_weights(
-    writer: DatasetWriter, state: dict[str, torch.Tensor], initial_state: dict[str, torch.Tensor] | None
+    writer: DatasetWriter,
+    state: dict[str, torch.Tensor],
+    initial_state: dict[str, torch.Tensor] | None,
+    *,
+    relpath: str = keys.WEIGHTS_FILE,
 ) -> None:
     """The trained weights, and the initial ones when they cannot be had again otherwise."""
     from safetensors.torch import save_file
 
-    with writer.item_file(keys.WEIGHTS_FILE) as path:
+    with writer.item_file(relpath) as path:
         save_file(_unshare(state), str(path), metadata={"format": "pt", "reprodl": __version__})
     if initial_state is not None:
         with writer.item_file(keys.INITIAL_WEIGHTS_FILE) as path:

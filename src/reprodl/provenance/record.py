@@ -25,6 +25,8 @@ from reprodl.errors import IntegrityError, ModelLoadError
 from reprodl.parsing import check_size, load_json
 from reprodl.store import canonical_json
 
+DEFAULT_MODEL_NAME = "model"  # the one model of a record without named components
+
 
 class _Part(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
@@ -126,6 +128,65 @@ class CallableInfo(_Part):
     args: dict[str, Any] = Field(default_factory=dict, description="constructor arguments, read back from the object")
 
 
+class StepChange(_Part):
+    """A value that changed at an optimiser step, as observed when the step ran (changes only)."""
+
+    step: int = Field(
+        description="the global optimiser step (from 1, as training.optimizer_steps counts) it applied at"
+    )
+    group: int | None = Field(None, description="the parameter group (from 0), for an optimiser's hyperparameters")
+    values: dict[str, Any] = Field(
+        default_factory=dict, description="what was in force at that step and differs from the previous entry"
+    )
+
+
+class OptimizerComponent(OptimizerInfo):
+    """One optimiser a training watched, by name, with what it applied step by step."""
+
+    name: str = Field(description="the optimiser's name in the record (the model's name, then _1, _2... for more)")
+    model: str = Field(description="name of the model component it updates (models[].name)")
+    scheduler: CallableInfo | None = Field(None, description="the learning-rate scheduler given with it, if any")
+    steps: int = Field(0, description="times its step() ran")
+    closure: bool = Field(False, description="whether step() was given a closure (LBFGS and friends)")
+    applied: list[StepChange] = Field(
+        default_factory=list,
+        description="per parameter group, lr (and momentum, betas, weight_decay...) as they were when each step "
+        "ran: the first step's values, then only changes",
+    )
+
+
+class ModelComponent(_Part):
+    """One model a training watched, by name: its class, its saved weights and how it was updated."""
+
+    name: str = Field(description="the model's name (run.watch(name=...), else the attribute or class name)")
+    architecture: Architecture = Field(description="the model class (the original class of a compiled model)")
+    compiled: bool = Field(False, description="whether it was watched as a torch.compile'd module")
+    optimizers: list[str] = Field(
+        default_factory=list,
+        description="names of the optimisers updating it (training.optimizers[].name); empty: updated by hand, "
+        "a step counted per backward pass",
+    )
+    loss: CallableInfo | None = Field(None, description="the loss given with it, if any")
+    weights_file: str | None = Field(None, description="item holding its saved weights; None: not saved")
+    weights_sha256: str | None = Field(None, description="digest of its saved weights")
+    steps: int = Field(0, description="optimiser steps of its optimisers, or backward passes when updated by hand")
+    accumulation: list[StepChange] = Field(
+        default_factory=list,
+        description="backward passes that reached the model since its gradients were last cleared, at each step "
+        "(values.backward_passes): the first step's count, then changes",
+    )
+    autocast: list[StepChange] = Field(
+        default_factory=list,
+        description="autocast in force at the model's last forward before each step (values.enabled, device_type, "
+        "dtype): the first step's, then changes",
+    )
+    clipping: list[StepChange] = Field(
+        default_factory=list,
+        description="gradient clipping called on its parameters before each step (values.function, max_norm, "
+        "norm_type or clip_value; function null: none): the first step's, then changes",
+    )
+
+
 class Seeds(_Part):
     """The seeds a training applied, all derived from ``seed`` (reprodl.training.seeding)."""
 
@@ -170,6 +231,11 @@ class Determinism(_Part):
         description="operations without a deterministic implementation that ran in warn-only mode "
         "(deterministic='warn'), as torch named them, in order of first use",
     )
+    script_settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the settings the script (or its framework) had made that bitwise determinism needed changed, "
+        "as the script made them (field name to value; the fields above hold the value applied)",
+    )
 
 
 class Resumed(_Part):
@@ -207,7 +273,11 @@ class DistributedInfo(_Part):
 class Training(_Part):
     """How the model was trained."""
 
-    optimizer: OptimizerInfo = Field(description="the optimiser")
+    optimizer: OptimizerInfo = Field(description="the optimiser (the first of optimizers, when there are several)")
+    optimizers: list[OptimizerComponent] = Field(
+        default_factory=list,
+        description="every optimiser watched, by name (records before schema 1.2: only optimizer)",
+    )
     loss: CallableInfo = Field(description="the loss function")
     scheduler: CallableInfo | None = Field(None, description="the learning-rate scheduler, if any")
     epochs: int = Field(description="number of epochs")
@@ -475,7 +545,14 @@ class ProvenanceRecord(_Part):
     model_name: str = Field(description="name of the model (the model dataset's name by default)")
     created_at: str = Field(description="when the training started (UTC, ISO 8601)")
     reprodl_version: str = Field(description="version of reprodl that wrote the record")
-    architecture: Architecture = Field(description="the model class and its initialisation")
+    architecture: Architecture = Field(
+        description="the model class and its initialisation (the first model, when there are several)"
+    )
+    models: list[ModelComponent] = Field(
+        default_factory=list,
+        description="every model watched, by name, the first the default (records before schema 1.2: only "
+        "architecture; model_components() gives one for them)",
+    )
     data: list[DataRef] = Field(description="every dataset read, with its role")
     training: Training = Field(description="how the model was trained")
     code: CodeInfo = Field(default_factory=CodeInfo, description="the code that ran the training")
@@ -523,6 +600,43 @@ class ProvenanceRecord(_Part):
         if i is None or not 0 <= i < len(self.data):
             return ref.readme
         return self.data[i].readme
+
+    def model_components(self) -> list[ModelComponent]:
+        """Every model of the record, the default first; one named ``model`` for a record before schema 1.2.
+
+        The default model's architecture and weights digest are the record's ``architecture`` and
+        ``results.weights_sha256`` (what every reader of a single-model record trusts), whatever
+        ``models[0]`` repeats of them.
+        """
+        if self.models:
+            first = self.models[0].model_copy(
+                update={"architecture": self.architecture, "weights_sha256": self.results.weights_sha256}
+            )
+            return [first, *self.models[1:]]
+        return [
+            ModelComponent(
+                name=DEFAULT_MODEL_NAME,
+                architecture=self.architecture,
+                optimizers=[DEFAULT_MODEL_NAME],
+                loss=self.training.loss,
+                weights_file=self.results.weights_file,
+                weights_sha256=self.results.weights_sha256,
+                steps=self.training.optimizer_steps or 0,
+            )
+        ]
+
+    def model_component(self, name: str | None = None) -> ModelComponent:
+        """The model named ``name`` (None: the default, first); else :class:`ModelLoadError` naming those there are."""
+        components = self.model_components()
+        if name is None:
+            return components[0]
+        for component in components:
+            if component.name == name:
+                return component
+        raise ModelLoadError(
+            f"the record of {self.model_name!r} has no model named {name!r}: it has "
+            f"{', '.join(repr(c.name) for c in components)}; pass one of those"
+        )
 
     def data_by_role(self, role: str) -> list[DataRef]:
         """The datasets used in ``role`` (train, valid or test)."""

@@ -7,6 +7,39 @@ import json
 from reprodl.provenance.record import EpochMetrics, ProvenanceRecord
 
 
+def _component_lines(record: ProvenanceRecord) -> list[str]:
+    """A line per model and per optimiser, when the record has several (or a model updated by hand)."""
+    models, optimizers = record.models, record.training.optimizers
+    if len(models) <= 1 and len(optimizers) == 1:
+        return []
+    lines = [
+        f"Model {m.name}: {m.architecture.import_path}, "
+        + (f"weights {m.weights_file}" if m.weights_file else "weights not saved")
+        + (f", optimisers {', '.join(m.optimizers)}" if m.optimizers else f", updated by hand ({m.steps} steps)")
+        for m in models
+    ]
+    return lines + [
+        f"Optimiser {o.name} (of {o.model}): {o.class_name}, {o.steps} steps" + (" (closure)" if o.closure else "")
+        for o in optimizers
+    ]
+
+
+def _data_lines(record: ProvenanceRecord) -> list[str]:
+    """Each dataset's URI, name, UUID, items, manifest digest and README."""
+    lines: list[str] = []
+    for d in record.data:
+        lines += [
+            f"Source dataset ({d.role}) URI: {d.uri}",
+            f"Source dataset ({d.role}) name: {d.name}",
+            f"Source dataset ({d.role}) UUID: {d.uuid}",
+            f"Source dataset ({d.role}) items: {d.n_items}" + (f" (usetype {d.usetype})" if d.usetype else ""),
+            f"Source dataset ({d.role}) manifest digest: {d.manifest_digest}",
+            f"Source dataset ({d.role}) readme:",
+            *("    " + line for line in record.readme_for(d).rstrip().splitlines()),
+        ]
+    return lines
+
+
 def summary_lines(record: ProvenanceRecord) -> list[str]:
     """What the paper's ``dtoolai-provenance`` prints, and more, as lines for people."""
     arch = record.architecture
@@ -23,21 +56,13 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
         f"Loss function: {t.loss.class_name} {json.dumps(t.loss.args, sort_keys=True, default=str)}",
         f"Epochs: {t.epochs}, batch size: {t.batch_size}, device: {t.device}, "
         f"mode: {t.determinism.mode}, seed: {t.seeds.seed}",
+        *_component_lines(record),
     ]
     if t.data_order_not_recorded:
         lines.append(f"Warning: data order not recorded per epoch: {t.data_order_not_recorded}")
     if t.scheduler:
         lines.append(f"Scheduler: {t.scheduler.class_name} {json.dumps(t.scheduler.args, sort_keys=True, default=str)}")
-    for d in record.data:
-        lines += [
-            f"Source dataset ({d.role}) URI: {d.uri}",
-            f"Source dataset ({d.role}) name: {d.name}",
-            f"Source dataset ({d.role}) UUID: {d.uuid}",
-            f"Source dataset ({d.role}) items: {d.n_items}" + (f" (usetype {d.usetype})" if d.usetype else ""),
-            f"Source dataset ({d.role}) manifest digest: {d.manifest_digest}",
-            f"Source dataset ({d.role}) readme:",
-            *("    " + line for line in record.readme_for(d).rstrip().splitlines()),
-        ]
+    lines += _data_lines(record)
     git = record.code.git
     if git and git.commit:
         lines.append(f"Code: git {git.commit[:12]} on {git.branch}" + (" (dirty; patch stored)" if git.dirty else ""))

@@ -116,6 +116,16 @@ def check_environment(record: ProvenanceRecord) -> tuple[list[EnvDifference], Ex
     return differences, expect(record, now, differences)
 
 
+def rerun_environment(record: ProvenanceRecord, new: ProvenanceRecord) -> tuple[list[EnvDifference], Expectation]:
+    """How a re-run's own record's environment differs from the original's, and what it should have given.
+
+    Both environments were captured the same way, in the training process: never compare with
+    the process that launched the re-run, whose settings (TF32, threads...) are not the script's.
+    """
+    differences = compare_environments(record.environment, new.environment)
+    return differences, expect(record, new.environment, differences)
+
+
 # --- the expectation -------------------------------------------------------------------------
 Expected = Literal["bitwise", "statistical"]
 

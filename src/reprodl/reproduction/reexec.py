@@ -43,7 +43,7 @@ from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.compare import Tolerance, compare_weights
 from reprodl.reproduction.divergence import Divergence, TraceComparer
-from reprodl.reproduction.environment import EnvDifference, check_environment
+from reprodl.reproduction.environment import EnvDifference, rerun_environment
 from reprodl.reproduction.rerun import (
     STATISTICAL_SEED_OFFSET,
     ReproductionReport,
@@ -197,11 +197,11 @@ def reproduce_by_reexecution(
             "--trust-code (Python: trust_code=True) if you trust it"
         )
     data_checks = _check_recorded_data(record, model_ds)
-    environment, expectation = check_environment(record)  # the prediction, made before re-running
     code = _code_check(plan)
     new_uri, new_record, weights, training_s, comparer = _run_and_compare(
         model_ds, record, plan, output=output, tolerance=tolerance, on_output=on_output
     )
+    environment, expectation = rerun_environment(record, new_record)
     timings = {"training_s": training_s}
     metrics = compare_logged(record, new_record)
     order_matches = _order_matches(record, new_record)

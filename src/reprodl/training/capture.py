@@ -587,6 +587,7 @@ class DeterminismSettings:
     the block as :class:`NondeterministicOperationError` naming it. ``"warn"``: torch's warn-only
     mode; each such operation that runs is appended to the returned record's
     ``nondeterministic_ops`` (and shown once). ``False``: statistical mode, nothing applied.
+    The script's own settings stay its own (:meth:`check_in_force` says which one is changed).
     """
 
     def __init__(self, deterministic: DeterministicSetting, device_type: str) -> None:
@@ -605,21 +606,45 @@ class DeterminismSettings:
             "cudnn_det": torch.backends.cudnn.deterministic,
             "cudnn_bench": torch.backends.cudnn.benchmark,
             "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         }
         if self.deterministic:
             if self.device_type == "cuda" and not os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
                 os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
             torch.use_deterministic_algorithms(True, warn_only=self.deterministic == "warn")
             torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
         self._record = self.describe()
+        self.check_in_force()
         if self.deterministic == "warn":
             self._listen()
         return self._record
+
+    def check_in_force(self) -> None:
+        """Keep the record current with the script's settings; change only what bitwise determinism needs.
+
+        TF32 and the float32 matmul precision are the script's to choose (deterministic either way):
+        they are recorded as in force now. ``cudnn.benchmark`` picks kernels by timing, so in bitwise
+        mode a script's True is switched off, once, with a :class:`DeterminismWarning`, and the record
+        keeps both values (``script_settings``). Called on entry and at the first optimiser step.
+        """
+        import torch
+
+        record = self._record
+        if record is None:
+            return
+        record.tf32_matmul = torch.backends.cuda.matmul.allow_tf32
+        record.tf32_cudnn = torch.backends.cudnn.allow_tf32
+        record.float32_matmul_precision = torch.get_float32_matmul_precision()
+        if self.deterministic and torch.backends.cudnn.benchmark:
+            torch.backends.cudnn.benchmark = False
+            record.cudnn_benchmark = False
+            changed_setting(
+                record,
+                "cudnn_benchmark",
+                True,
+                "torch.backends.cudnn.benchmark = True chooses cuDNN kernels by timing them, so bits may differ "
+                "from run to run; reprodl set it to False for this bitwise run (start_run(deterministic=False) "
+                "keeps it)",
+            )
 
     def describe(self) -> Determinism:
         import torch
@@ -666,8 +691,6 @@ class DeterminismSettings:
         torch.use_deterministic_algorithms(s["algos"], warn_only=s["warn_only"])
         torch.backends.cudnn.deterministic = s["cudnn_det"]
         torch.backends.cudnn.benchmark = s["cudnn_bench"]
-        torch.backends.cuda.matmul.allow_tf32 = s["tf32_matmul"]
-        torch.backends.cudnn.allow_tf32 = s["tf32_cudnn"]
         if s["cublas"] is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         else:
@@ -676,6 +699,18 @@ class DeterminismSettings:
             op = nondeterministic_operation(str(exc))
             if op is not None:
                 raise refuse_nondeterministic(op) from exc
+
+
+class DeterminismWarning(UserWarning):
+    """reprodl changed a setting the script made, because bitwise determinism needs it (said once)."""
+
+
+def changed_setting(record: Determinism, field: str, script_value: Any, message: str) -> None:
+    """Record ``field`` as the script set it (``script_value``; the record holds the applied value); say so once."""
+    if field in record.script_settings:
+        return
+    record.script_settings[field] = script_value
+    warnings.warn(message, DeterminismWarning, stacklevel=4)
 
 
 def refuse_nondeterministic(op: str) -> NondeterministicOperationError:

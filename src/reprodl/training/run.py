@@ -32,7 +32,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -43,7 +43,6 @@ from torch.utils.data import DataLoader, Sampler
 from reprodl import __version__, keys
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet, collate
 from reprodl.errors import IntegrityError, ParametersError, ReprodlError
-from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import (
     CallableInfo,
     CodeInfo,
@@ -51,6 +50,7 @@ from reprodl.provenance import (
     EpochMetrics,
     Lineage,
     ModelRef,
+    OptimizerInfo,
     ProvenanceRecord,
     Results,
     StepTrace,
@@ -65,13 +65,12 @@ from reprodl.training.capture import (
     capture_environment,
     check_deterministic,
     class_path,
-    describe_architecture,
     describe_callable,
-    describe_optimizer,
     jsonable,
     require_clean,
 )
 from reprodl.training.checkpoint import resumed_record, set_rng_state
+from reprodl.training.components import ComponentWatcher, check_name, original_module
 from reprodl.training.distributed import (
     Group,
     RecordedDistributedSampler,
@@ -79,7 +78,6 @@ from reprodl.training.distributed import (
     gather,
     on_rank0_first,
     process_group,
-    unwrap,
 )
 from reprodl.training.order import order_digest, tap_order
 from reprodl.training.resume import RunCheckpoints
@@ -89,6 +87,8 @@ from reprodl.training.tensorboard import TensorBoardLogger
 from reprodl.training.trace import StepTracer
 
 ROLES = ("train", "valid", "test")
+# Training.optimizer of a run whose first model has no optimiser (updated by hand).
+NO_OPTIMIZER = OptimizerInfo(class_name="(none: updated by hand)", module="")
 IN_MEMORY = "in-memory"
 UNVERIFIED = "unverified"
 
@@ -247,13 +247,14 @@ class Run:
         self._order_digests: list[str] = []
         self._order_not_recorded: str | None = None
         self._loader_info: dict[str, Any] = {}
-        self._watched: dict[str, Any] = {}
+        self._watched: dict[str, Any] = {}  # the first model's parts (what a checkpoint must find again)
+        self._watcher: ComponentWatcher | None = None
+        self._watch_batch_size = 0
         self._steps = 0
         self._saved_at_step: int | None = None
         self._tracer: StepTracer | None = None
         self._where = (0, 0)  # (pass, batch) of the training loader's last batch
-        self._hooks: list[Any] = []
-        self._saved: dict[str, torch.Tensor] | None = None
+        self._saved: dict[str, dict[str, torch.Tensor]] | None = None  # name -> weights, the default first
         self._device = "cpu"
         self._n_loaders = 0
         self._tb: TensorBoardLogger | None = None
@@ -278,7 +279,8 @@ class Run:
             self._open_output(stack)
             self.seeds = SeedPlan(self.seed)
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
-            self.determinism = stack.enter_context(DeterminismSettings(self.deterministic, device_type))
+            self._determinism = DeterminismSettings(self.deterministic, device_type)
+            self.determinism = stack.enter_context(self._determinism)
             self.seeds.apply_globals()
             self._tb = stack.enter_context(TensorBoardLogger(self.tensorboard)) if self.tensorboard else None
             SeedPlan(self.seed + self._rank).apply_globals()  # rank r: seed + r (the same plan on one process)
@@ -304,8 +306,10 @@ class Run:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         assert self._stack is not None
-        for hook in self._hooks:
-            hook.remove()
+        if self._watcher is not None and exc_type is None:
+            self._watcher.complete_pending()
+        if self._watcher is not None:
+            self._watcher.close()
         stack, self._stack = self._stack, None
         if exc_type is not None:
             add_note = getattr(exc, "add_note", None)
@@ -326,6 +330,7 @@ class Run:
         ``with`` block: the script decides when those go (docs/distributed.md says how to end).
         """
         self._components, self._watched, self._tracer, self._loaders = None, {}, None, []
+        self._watcher = None
 
     def _exit_distributed(self, stack: contextlib.ExitStack) -> bool:
         """Every rank's order digests gathered; rank 0 writes the model, the others learn its URI."""
@@ -420,33 +425,77 @@ class Run:
     def watch(
         self,
         model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
         *,
         scheduler: Any = None,
         loss: Any = None,
         init_params: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        batch_size: int | None = None,
     ) -> None:
-        """Record architecture, optimiser (every param group), scheduler and loss; count optimiser steps.
+        """Add a model to the record, with its optimisers, schedulers and loss, under ``name``; count its steps.
 
-        ``init_params`` are the keyword arguments the model was built with, when known.
+        Call it once per model (a GAN: once for the generator, once for the discriminator); each
+        call adds. ``optimizer``: one, a list, or None for a model updated by hand (a step is then
+        counted per backward pass that reaches it). ``scheduler``: one, or a list (each paired with
+        the optimiser it schedules). ``name``: else the class name (or the key ``run.save`` gives).
+        ``init_params`` are the keyword arguments the model was built with, when known;
+        ``batch_size`` the samples per batch when the loop batches its data itself (a
+        :meth:`loader` records its own). A ``torch.compile``'d model is recorded by its original
+        class and weight names. What each step applied (learning rates, accumulation, autocast,
+        clipping) is recorded as observed (:mod:`reprodl.training.components`).
         """
-        model = unwrap(model)
-        names = {id(p): n for n, p in model.named_parameters()}
-        arch = describe_architecture(model, dict(init_params or {}))
-        arch.initial_weights_sha256 = state_dict_sha256(model.state_dict())
+        if isinstance(optimizer, torch.optim.Optimizer):
+            optimizers = [optimizer]
+        else:
+            optimizers = list(optimizer or [])
+        schedulers = list(scheduler) if isinstance(scheduler, (list, tuple)) else [scheduler] * (scheduler is not None)
+        if self._watcher is None:
+            self._watcher = ComponentWatcher(self._count_step)
+            self._watcher.step = self._steps  # resumed: from the checkpoint's step
+        self._watcher.add(
+            model, optimizers, name=name, schedulers=schedulers, loss=describe_loss(loss), init_params=init_params
+        )
+        if batch_size is not None:
+            self._watch_batch_size = int(batch_size)
+        first = self._watcher.models[0]
+        if (len(self._watcher.models) > 1 or len(first.optimizers) != 1) and (
+            self.checkpoints.every or self.checkpoints.resume
+        ):
+            raise ParametersError(
+                "checkpoint_every and resume checkpoint one model with one optimiser: leave them out for a run "
+                "that watches several models, several optimisers or a model updated by hand"
+            )
+        opt = first.optimizers[0] if first.optimizers else None
         self._watched = {
-            "architecture": arch,
-            "optimizer": describe_optimizer(optimizer, names),
-            "scheduler": describe_callable(scheduler) if scheduler is not None else None,
-            "loss": describe_loss(loss),
+            "architecture": first.architecture,
+            "optimizer": opt.info if opt is not None else NO_OPTIMIZER,
+            "scheduler": describe_callable(opt.scheduler) if opt is not None and opt.scheduler is not None else None,
+            "loss": first.loss,
         }
-        self._tracer = StepTracer(model, optimizers=[optimizer], kind=(self._redirect or {}).get("trace_kind"))
-        self._components = (model, optimizer, scheduler)
-        self.checkpoints.watched(self)
-        self._hooks.append(optimizer.register_step_post_hook(self._count_step))
+        self._components = (first.module, opt.optimizer if opt else None, opt.scheduler if opt else None)
+        if self._tracer is None or self._steps == 0:
+            self._tracer = self._make_tracer()
+        if len(self._watcher.models) == 1:
+            self.checkpoints.watched(self)
 
-    def _count_step(self, *_: Any) -> None:
+    def _make_tracer(self) -> StepTracer:
+        """The step tracer over every watched model (one model: its own parameter names; several: name.param)."""
+        assert self._watcher is not None
+        models = self._watcher.models
+        optimizers = [o.optimizer for w in models for o in w.optimizers]
+        kind = (self._redirect or {}).get("trace_kind")
+        if len(models) == 1:
+            return StepTracer(models[0].module, optimizers=optimizers, kind=kind)
+        together = torch.nn.Module()
+        for w in models:
+            together.add_module(w.name.replace(".", "_"), w.module)
+        return StepTracer(together, optimizers=optimizers, kind=kind)
+
+    def _count_step(self) -> None:
         self._steps += 1
+        if self._steps == 1:
+            self._determinism.check_in_force()
         if self._tracer is not None:
             self._tracer.step(epoch=self._where[0], batch=self._where[1])
         self.checkpoints.after_step(self)
@@ -558,9 +607,13 @@ class Run:
         """Add parameters to the record (JSON-able form)."""
         self.params.update(jsonable(dict(mapping)))
 
-    def save(self, model: torch.nn.Module) -> None:
-        """Keep ``model``'s weights as they are now; they are written when the run ends cleanly."""
-        if not self._watched:
+    def save(self, model: torch.nn.Module | Mapping[str, torch.nn.Module]) -> None:
+        """Keep the weights as they are now; they are written when the run ends cleanly.
+
+        ``model``: the model, or ``{"generator": G, "discriminator": D}`` for several (every one
+        watched; the keys name them, the first is the default ``TrainedTorchModel`` loads).
+        """
+        if self._watcher is None or not self._watcher.models:
             raise ParametersError(
                 "call run.watch(model, optimizer) before run.save(model): the record needs the optimiser"
             )
@@ -569,44 +622,69 @@ class Run:
                 "no training data was recorded: pass it to run.use(dataset), or build the loader with "
                 "run.loader(dataset)"
             )
-        model = unwrap(model)
-        self._saved = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        self._watcher.complete_pending()
+        saved: dict[str, dict[str, torch.Tensor]] = {}
+        if not isinstance(model, Mapping):
+            watched = self._watcher.find(model) or self._watcher.models[0]
+            saved[watched.name] = _state(model)
+        elif not model:
+            raise ParametersError("run.save got an empty mapping: give {name: model} for each model to save")
+        for key, module in model.items() if isinstance(model, Mapping) else ():
+            found = self._watcher.find(module)
+            if found is None:
+                raise ParametersError(
+                    f"run.save got {key!r}: a {type(module).__qualname__} that run.watch was not given: call "
+                    f"run.watch(model, optimizer, name={key!r}) before training"
+                )
+            self._watcher.rename(found, check_name(key))
+            saved[found.name] = _state(module)
+        self._saved = saved
         self._saved_at_step = self._steps
-        first = next(iter(model.parameters()), None)
+        default = next(iter(model.values())) if isinstance(model, Mapping) else model
+        first = next(iter(original_module(default)[0].parameters()), None)
         self._device = str(first.device) if first is not None else "cpu"
 
     # --- writing -------------------------------------------------------------------------
     def _write(self) -> None:
         from reprodl.modeldataset.write import write_model
 
-        record = self._record()
+        assert self._saved is not None
+        names = list(self._saved)
+        files = {n: keys.WEIGHTS_FILE if i == 0 else f"{keys.MODELS_DIR}{n}.safetensors" for i, n in enumerate(names)}
+        record = self._record(files)
         manifests = {
             ref.manifest_item: ds.dataset.manifest_entries()
             for ref, ds in self._data
             if isinstance(ds, WrappedDataSet) and ref.manifest_item
         }
         output = _Output(self._writer)
-        assert self._saved is not None
         write_model(
             cast(Any, output),
-            _SavedState(self._saved),
+            _SavedState(self._saved[names[0]]),
             record,
             patch=self._patch,
             manifests=manifests,
             code_files=self._code_files,
             trace=self._tracer.to_bytes() if self._tracer is not None else None,
+            more_weights={files[n]: self._saved[n] for n in names[1:]},
         )
         self.record = output.record
 
-    def _record(self) -> ProvenanceRecord:
+    def _record(self, files: Mapping[str, str]) -> ProvenanceRecord:
         epochs = [int(e["epoch"]) for e in self._logged if "epoch" in e]
-        w = self._watched
+        assert self._watcher is not None and self._saved is not None
+        models, optimizers = self._watcher.describe(self._saved, files)
+        first = models[0]
+        opt = next((o for o in optimizers if o.model == first.name), None)
         training = Training(
-            optimizer=w["optimizer"],
-            loss=w["loss"],
-            scheduler=w["scheduler"],
+            optimizer=OptimizerInfo.model_validate(opt.model_dump(include=set(OptimizerInfo.model_fields)))
+            if opt is not None
+            else NO_OPTIMIZER,
+            optimizers=optimizers,
+            loss=first.loss or describe_loss(None),
+            scheduler=opt.scheduler if opt is not None else None,
             epochs=max(epochs, default=0),
-            batch_size=self._loader_info.get("batch_size", 0),
+            batch_size=self._loader_info.get("batch_size", self._watch_batch_size),
             shuffle=self._loader_info.get("shuffle", False),
             num_workers=self._loader_info.get("num_workers", 0),
             params=self.params,
@@ -625,7 +703,8 @@ class Run:
             model_name=self._redirect.get("original_name", self.name) if self._redirect else self.name,
             created_at=self._started,
             reprodl_version=__version__,
-            architecture=w["architecture"],
+            architecture=first.architecture,
+            models=models,
             data=store_readmes_once([ref for ref, _ in self._data]),
             training=training,
             code=self._code,
@@ -771,6 +850,11 @@ def describe_loss(loss: Any) -> CallableInfo:
     if loss is None:
         return CallableInfo(class_name="(not given to run.watch)", module="")
     return describe_callable(loss)  # a module by class and arguments, a function or partial by its path
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy, on the CPU, of the weights of ``model`` (its original module's: no ``_orig_mod.`` or ``module.``)."""
+    return {k: v.detach().cpu().clone() for k, v in original_module(model)[0].state_dict().items()}
 
 
 def _number(value: Any) -> Any:

@@ -27,7 +27,7 @@ from torch import nn
 from user_scripts import run_script, user_repo
 
 import reprodl
-from reprodl.errors import ModelLoadError
+from reprodl.errors import ModelLoadError, UnsafeImportError
 from reprodl.modeldataset.read import load_record, load_trace, load_weights
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.store import open_dataset
@@ -140,12 +140,27 @@ def test_both_gan_weights_are_saved_and_the_discriminator_loads_by_name(gan: dic
     assert state_dict_sha256(d_state) == discriminator.weights_sha256 != generator.weights_sha256
     assert d_state["net.0.weight"].shape == (8, 4) and g_state["net.0.weight"].shape == (8, 2)
 
-    model = reprodl.TrainedTorchModel(gan["uri"], model="discriminator", allow=["__main__"])
+    # The script's classes are never rebuilt from the stored script: the user passes their own copy.
+    classes: dict[str, Any] = {}
+    exec(_class_defs(GAN), classes)
+    model = reprodl.TrainedTorchModel(gan["uri"], model="discriminator", model_class=classes["Discriminator"])
     assert type(model.model).__name__ == "Discriminator"
     assert state_dict_sha256(model.model.state_dict()) == discriminator.weights_sha256
-    assert type(reprodl.TrainedTorchModel(gan["uri"], allow=["__main__"]).model).__name__ == "Generator"
+    generator_model = reprodl.TrainedTorchModel(gan["uri"], model_class=classes["Generator"]).model
+    assert state_dict_sha256(generator_model.state_dict()) == generator.weights_sha256
     with pytest.raises(ModelLoadError, match="no model named 'critic'.*'generator', 'discriminator'"):
-        reprodl.TrainedTorchModel(gan["uri"], model="critic", allow=["__main__"])
+        reprodl.TrainedTorchModel(gan["uri"], model="critic", model_class=classes["Generator"])
+    with pytest.raises(UnsafeImportError, match="never imported from a record"):
+        reprodl.TrainedTorchModel(gan["uri"], model="discriminator", allow=["__main__"])
+
+
+def _class_defs(script: str) -> str:
+    """The imports and class definitions of a test script (up to its first top-level statement after them)."""
+    import ast
+
+    tree = ast.parse(script)
+    keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom, ast.ClassDef))]
+    return "\n".join(ast.get_source_segment(script, n) or "" for n in keep)
 
 
 def test_a_gan_reproduces_identically_with_no_environment_differences(gan: dict[str, Any], cli: Any) -> None:
@@ -212,7 +227,7 @@ def test_a_model_updated_by_hand_is_traced_per_backward_pass(tmp_path: Path) -> 
     assert record.results.trace is not None and record.results.trace.n_steps == steps
     rows = load_trace(open_dataset(str(run.uri)), record)
     assert rows is not None and len(rows) == steps
-    assert len({tuple(r) for r in rows["fingerprint"].tolist()}) == steps  # after each update: every step differs
+    assert len({tuple(r) for r in rows["digest"].tolist()}) == steps  # after each update: every step differs
     assert [c.values for c in lm.clipping] == [{"function": "clip_grad_norm_", "max_norm": 0.25, "norm_type": 2.0}]
 
 

@@ -208,8 +208,9 @@ def reproduce(
     if record.code.run is not None:  # a start_run record: re-execute its code (with trust)
         from reprodl.reproduction.reexec import reproduce_by_reexecution
 
-        run: dict[str, Any] = dict(trust_code=trust_code, output=output, seed=seed, on_output=on_output)
-        run["tolerance_given"] = given
+        run: dict[str, Any] = dict(
+            trust_code=trust_code, output=output, seed=seed, on_output=on_output, tolerance_given=given
+        )
         report = reproduce_by_reexecution(model_ds, record, tolerance=tol, trusted_keys=trusted_keys, **run)
     else:
         signature_note(model_ds, trusted_keys)  # refused here when a trusted key's signature fails

@@ -357,6 +357,12 @@ def reproduce_cmd(
         "--stop-at-divergence",
         help="End the re-run at the first optimiser step whose trace differs from the recorded one.",
     ),
+    data: Optional[list[str]] = typer.Option(
+        None,
+        "--data",
+        help="ROLE=URI: read the ROLE dataset (train, valid, test) from another copy of it (same UUID and "
+        "manifest digest, e.g. after `reprodl dataset copy`); repeatable.",
+    ),
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -364,6 +370,8 @@ def reproduce_cmd(
 
     A model trained with reprodl.start_run is reproduced by re-executing its recorded code in a
     temporary copy: that runs only with --trust-code, or after a yes at an interactive prompt.
+    --data train=URI reads the training data from a copy; one that is not the recorded dataset
+    (another UUID or manifest digest) is refused before anything runs.
     """
     import sys
 
@@ -388,6 +396,7 @@ def reproduce_cmd(
         progress=not (quiet or as_json),
         trust_code=trust_code,
         stop_at_divergence=stop_at_divergence,
+        data=_roles_to_uris(data or []),
         on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
     )
     if as_json:
@@ -395,6 +404,21 @@ def reproduce_cmd(
     else:
         print_report(report)
     raise typer.Exit(report.exit_code)
+
+
+def _roles_to_uris(pairs: list[str]) -> dict[str, str]:
+    """``["train=URI", ...]`` as ``{"train": URI}``; a malformed or repeated pair is a usage error."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        role, sep, uri = pair.partition("=")
+        if not sep or role not in ("train", "valid", "test") or not uri:
+            raise typer.BadParameter(
+                f"--data takes ROLE=URI with ROLE one of train, valid, test, but got {pair!r}", param_hint="--data"
+            )
+        if role in out:
+            raise typer.BadParameter(f"--data names the role {role!r} twice", param_hint="--data")
+        out[role] = uri
+    return out
 
 
 def print_report(report: ReproductionReport) -> None:

@@ -37,6 +37,7 @@ from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.compare import Tolerance, compare_weights, statistical_metrics_ok
+from reprodl.reproduction.datamap import relocated
 from reprodl.reproduction.divergence import Divergence, TraceComparer
 from reprodl.reproduction.environment import EnvDifference, check_environment
 from reprodl.reproduction.rerun import (
@@ -144,11 +145,15 @@ def reproduce_by_reexecution(
     tolerance: Tolerance,
     seed: int | None = None,
     on_output: Callable[[str], None] | None = None,
+    data: dict[str, str] | None = None,
 ) -> ReproductionReport:
     """Re-run the recorded command in a temporary copy of the stored code, then compare.
 
     ``on_output`` receives the script's output line by line (stdout and stderr merged); by
-    default the script writes to this process's stdout and stderr.
+    default the script writes to this process's stdout and stderr. ``data`` maps recorded
+    dataset URIs to the copies to read instead (:func:`.datamap.data_locations`): the copies
+    are checked, linked where the script's relative paths expect the data, and passed to its
+    ``run.use``.
     """
     t0 = time.perf_counter()
     mode = record.training.determinism.mode
@@ -160,7 +165,8 @@ def reproduce_by_reexecution(
             f"{plan.describe()}\nNothing was run or written. Re-executing recorded code is running code: pass "
             "--trust-code (Python: trust_code=True) if you trust it"
         )
-    data_checks = _check_recorded_data(record, model_ds)
+    data = dict(data or {})
+    data_checks = _check_recorded_data(relocated(record, data), model_ds)
     environment, expectation = check_environment(record)  # the prediction, made before re-running
     code = CodeCheck(
         status="re-executed",
@@ -170,7 +176,7 @@ def reproduce_by_reexecution(
         code_digest=plan.code_digest,
     )
     new_uri, new_record, weights, training_s, comparer = _run_and_compare(
-        model_ds, record, plan, output=output, tolerance=tolerance, on_output=on_output
+        model_ds, record, plan, output=output, tolerance=tolerance, on_output=on_output, data=data
     )
     timings = {"training_s": training_s}
     metrics = compare_logged(record, new_record)
@@ -215,6 +221,7 @@ def _run_and_compare(
     output: str | None,
     tolerance: Tolerance,
     on_output: Callable[[str], None] | None,
+    data: dict[str, str],
 ) -> tuple[str, ProvenanceRecord, dict[str, Any], float, TraceComparer | None]:
     """Run the plan in temporary directories; (new model URI, its record, weights comparison, seconds,
     the new step trace compared with the recorded one: None when either has none)."""
@@ -224,7 +231,7 @@ def _run_and_compare(
             base = os.path.abspath(base)  # the script runs elsewhere (in the stored code)
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-code-")))
         t_run = time.perf_counter()
-        new_uri = _execute(model_ds, record, plan, base=base, work=work, on_output=on_output)
+        new_uri = _execute(model_ds, record, plan, base=base, work=work, on_output=on_output, data=data)
         seconds = time.perf_counter() - t_run
         new_ds = open_dataset(new_uri)
         new_record = read_record(new_ds)
@@ -257,12 +264,13 @@ def _execute(
     base: str,
     work: Path,
     on_output: Callable[[str], None] | None,
+    data: dict[str, str],
 ) -> str:
     """Materialise the code in ``work``, run the command there; returns the new model's URI."""
     code_dir = materialise(record, model_ds, work / "code")
     cwd = code_dir / plan.working_directory
     cwd.mkdir(parents=True, exist_ok=True)
-    _link_recorded_data(record, cwd, work)
+    _link_recorded_data(record, cwd, work, data)
     report_file = work / "runs.jsonl"
     name = _reproduction_name(record.model_name)
     redirect = {
@@ -271,6 +279,7 @@ def _execute(
         "original_name": record.model_name,
         "seed": plan.seed,
         "report_file": str(report_file),
+        "data": data,  # recorded dataset URI -> the copy run.use reads instead
         "reproduces": ModelRef(
             uri=model_ds.uri,
             uuid=model_ds.uuid,
@@ -299,25 +308,28 @@ def _execute(
     return str(uri)
 
 
-def _link_recorded_data(record: ProvenanceRecord, cwd: Path, work: Path) -> None:
+def _link_recorded_data(record: ProvenanceRecord, cwd: Path, work: Path, data: dict[str, str]) -> None:
     """Link each recorded local dataset where the script's relative paths expect it in the copy.
 
     A script names its data relative to its working directory (``--data data/digits``), and
     datasets inside the repository are data, not code, so they are not in the stored code. Each
     recorded dataset found on this machine is linked at the same place relative to the copy's
-    working directory, when that place lies inside the temporary directory and is free. The data
-    were checked against their manifests before anything runs; absolute paths and URIs need nothing.
+    working directory (its recorded ``path``, else where it lay from the original working
+    directory), when that place lies inside the temporary directory and is free; a dataset that
+    ``data`` maps to a copy is linked to the copy. The data were checked against their manifests
+    before anything runs; absolute paths and URIs need nothing.
     """
     run = record.code.run
     if run is None:
         return
     original_cwd = os.path.realpath(os.path.join(run.root, run.working_directory))
     for ref in record.data:
-        path = local_path(ref.uri) if ref.source == "dtool" else None
+        path = local_path(data.get(ref.uri, ref.uri)) if ref.source == "dtool" else None
         if path is None or not path.is_dir():
             continue
         try:
-            target = Path(os.path.normpath(cwd / os.path.relpath(os.path.realpath(path), original_cwd)))
+            was = ref.path or os.path.relpath(os.path.realpath(local_path(ref.uri) or path), original_cwd)
+            target = Path(os.path.normpath(cwd / was))
             if target.is_relative_to(work) and not os.path.lexists(target):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.symlink_to(path, target_is_directory=True)

@@ -31,6 +31,7 @@ from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck, check_code, check_patch
 from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_predictions, compare_weights
+from reprodl.reproduction.datamap import data_locations, relocated
 from reprodl.reproduction.ddp import is_distributed
 from reprodl.reproduction.divergence import Divergence, TraceComparer, no_trace
 from reprodl.reproduction.environment import (
@@ -171,6 +172,7 @@ def reproduce(
     trust_code: bool = False,
     on_output: Callable[[str], None] | None = None,
     stop_at_divergence: bool = False,
+    data: Mapping[str, str] | None = None,
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
@@ -191,6 +193,8 @@ def reproduce(
         output: base URI to keep the reproduced model dataset in (default: a temporary directory).
         transforms: transform objects by dataset role ("train", "valid", "test") used instead of
             the recorded ones; one that differs from the record is listed in the reasons.
+        data: another copy of a role's dataset to read, by role (``{"train": URI}``); refused
+            unless it has the recorded UUID and manifest digest (:mod:`.datamap`).
 
     Example:
         >>> reproduce("/models/augmented", transforms={"train": MyAugment(0.1)})   # doctest: +SKIP
@@ -199,14 +203,22 @@ def reproduce(
     t0 = time.perf_counter()
     model_ds = open_dataset(uri)
     record = read_record(model_ds)
+    where = data_locations(record, data)
     if record.code.run is not None:  # a start_run record: re-execute its code (with trust)
         from reprodl.reproduction.reexec import reproduce_by_reexecution
 
         report = reproduce_by_reexecution(
-            model_ds, record, trust_code=trust_code, output=output, tolerance=tol, seed=seed, on_output=on_output
+            model_ds,
+            record,
+            trust_code=trust_code,
+            output=output,
+            tolerance=tol,
+            seed=seed,
+            on_output=on_output,
+            data=where,
         )
     else:
-        original = _Original(model_ds, record, load_weights(model_ds, record))
+        original = _Original(model_ds, relocated(record, where), load_weights(model_ds, record))
         options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
         comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)
         report = _reproduce_in_process(

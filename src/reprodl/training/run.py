@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import functools
 import itertools
 import json
 import os
@@ -456,7 +457,7 @@ class Run:
         ds = datarefs.opened(ds_or_uri, role, (self._redirect or {}).get("data", {}))
         for leaf, views in datarefs.leaves(ds):
             if isinstance(leaf, WrappedDataSet):
-                on_rank0_first(lambda leaf=leaf: check_dataset(role, leaf), self._group)  # once, not per rank
+                on_rank0_first(functools.partial(check_dataset, role, leaf), self._group)  # once, not per rank
                 ref = datarefs.describe_wrapped(leaf, role)
             else:
                 ref = describe_other_data(leaf, role)

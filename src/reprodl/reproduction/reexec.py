@@ -150,10 +150,8 @@ def reproduce_by_reexecution(
     """Re-run the recorded command in a temporary copy of the stored code, then compare.
 
     ``on_output`` receives the script's output line by line (stdout and stderr merged); by
-    default the script writes to this process's stdout and stderr. ``data`` maps recorded
-    dataset URIs to the copies to read instead (:func:`.datamap.data_locations`): the copies
-    are checked, linked where the script's relative paths expect the data, and passed to its
-    ``run.use``.
+    default the script writes to this process's stdout and stderr. ``data``: recorded dataset
+    URI -> the copy to check and read instead (:mod:`.datamap`).
     """
     t0 = time.perf_counter()
     mode = record.training.determinism.mode
@@ -168,13 +166,7 @@ def reproduce_by_reexecution(
     data = dict(data or {})
     data_checks = _check_recorded_data(relocated(record, data), model_ds)
     environment, expectation = check_environment(record)  # the prediction, made before re-running
-    code = CodeCheck(
-        status="re-executed",
-        message=f"re-ran `{' '.join(plan.command)}` from the stored code ({plan.code}, {plan.code_digest})",
-        command=list(plan.command),
-        working_directory=plan.working_directory,
-        code_digest=plan.code_digest,
-    )
+    code = _code_check(plan)
     new_uri, new_record, weights, training_s, comparer = _run_and_compare(
         model_ds, record, plan, output=output, tolerance=tolerance, on_output=on_output, data=data
     )
@@ -200,6 +192,17 @@ def reproduce_by_reexecution(
         timings=timings,
         expectation=expectation.settle(verdict),
         divergence=divergence,
+    )
+
+
+def _code_check(plan: ReexecutionPlan) -> CodeCheck:
+    """The code section of a re-executed run's report: what ran, from which stored code."""
+    return CodeCheck(
+        status="re-executed",
+        message=f"re-ran `{' '.join(plan.command)}` from the stored code ({plan.code}, {plan.code_digest})",
+        command=list(plan.command),
+        working_directory=plan.working_directory,
+        code_digest=plan.code_digest,
     )
 
 

@@ -193,8 +193,7 @@ def reproduce(
         output: base URI to keep the reproduced model dataset in (default: a temporary directory).
         transforms: transform objects by dataset role ("train", "valid", "test") used instead of
             the recorded ones; one that differs from the record is listed in the reasons.
-        data: another copy of a role's dataset to read, by role (``{"train": URI}``); refused
-            unless it has the recorded UUID and manifest digest (:mod:`.datamap`).
+        data: another copy of a role's dataset to read (``{"train": URI}``; :mod:`.datamap`).
 
     Example:
         >>> reproduce("/models/augmented", transforms={"train": MyAugment(0.1)})   # doctest: +SKIP
@@ -203,20 +202,12 @@ def reproduce(
     t0 = time.perf_counter()
     model_ds = open_dataset(uri)
     record = read_record(model_ds)
-    where = data_locations(record, data)
+    where = data_locations(record, data)  # a copy of a dataset (refused unless the same), a moved one
     if record.code.run is not None:  # a start_run record: re-execute its code (with trust)
         from reprodl.reproduction.reexec import reproduce_by_reexecution
 
-        report = reproduce_by_reexecution(
-            model_ds,
-            record,
-            trust_code=trust_code,
-            output=output,
-            tolerance=tol,
-            seed=seed,
-            on_output=on_output,
-            data=where,
-        )
+        run: dict[str, Any] = dict(output=output, tolerance=tol, seed=seed, on_output=on_output, data=where)
+        report = reproduce_by_reexecution(model_ds, record, trust_code=trust_code, **run)
     else:
         original = _Original(model_ds, relocated(record, where), load_weights(model_ds, record))
         options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)

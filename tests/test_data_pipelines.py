@@ -321,3 +321,18 @@ def test_reproduce_reads_the_training_data_from_a_copy(project: Path, tmp_path: 
     (check,) = report["data_checks"]
     assert check["ok"] and check["uri"].endswith(f"{tmp_path.name}/tiny")  # the copy was checked and read
     assert json.loads((copy / ".dtool" / "dtool").read_text())["uuid"] == record["data"][0]["uuid"]
+
+
+def test_a_dataset_redirected_by_reproduce_is_read_from_the_copy_with_the_same_selection(tmp_path: Path) -> None:
+    from reprodl import TensorDataSet
+    from reprodl.store import copy_dataset
+    from reprodl.training.datarefs import opened
+
+    uri = _tiny(tmp_path / "data")
+    (tmp_path / "copies").mkdir()
+    copy = copy_dataset(uri, str(tmp_path / "copies"))
+    given = torch.utils.data.Subset(TensorDataSet(uri), [0, 1])  # not a reprodl dataset itself: left as it is
+    assert opened(given, "train", {uri: copy}) is given
+    read = opened(TensorDataSet(uri), "train", {TensorDataSet(uri).uri: copy})
+    assert read.uri == copy and len(read) == 40
+    assert opened(uri, "train", {TensorDataSet(uri).uri: copy}).uri == copy

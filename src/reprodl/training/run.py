@@ -11,6 +11,9 @@
     ...     run.save(model)
     >>> run.uri                                                                   # doctest: +SKIP
 
+Or without re-indenting the loop: ``run = reprodl.start_run(...)``, the same calls, then
+``run.finish()`` where the ``with`` block would have ended.
+
 On entry :func:`start_run` seeds Python, NumPy and torch, applies the determinism settings and
 captures code (with a source snapshot) and environment; on a clean exit it writes the model
 dataset as the built-in trainer does. On an exception, or when ``run.save`` was never called,
@@ -310,9 +313,8 @@ class Run:
         """End a run kept as ``run = start_run(...)``: what a clean exit of its ``with`` block does.
 
         Writes the model dataset (refused, with nothing written, when ``run.save`` was never
-        called) and returns its URI (None on a rank other than 0). A run neither finished nor
-        ended by a ``with`` block writes nothing: the unfinished model is removed when the
-        process ends.
+        called) and returns its URI. A run neither finished nor ended by a ``with`` block
+        writes nothing: the unfinished model is removed when the process ends.
         """
         if self._stack is None:
             raise ParametersError(

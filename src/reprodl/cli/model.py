@@ -341,6 +341,14 @@ def evaluate_cmd(
         out.print(f"{name:>5}  {c['precision']:9.2%}  {c['recall']:6.2%}  {c['support']:7d}", markup=False)
 
 
+_DATA_COPY = typer.Option(
+    None,
+    "--data",
+    help="ROLE=URI: read the ROLE dataset (train, valid, test) from another copy of it (same UUID and manifest "
+    "digest, e.g. after `reprodl dataset copy`); repeatable.",
+)
+
+
 @app.command("reproduce")
 @handle_errors
 def reproduce_cmd(
@@ -362,6 +370,7 @@ def reproduce_cmd(
         help="End the re-run at the first optimiser step whose trace differs from the recorded one.",
     ),
     trusted_key: Optional[list[str]] = _TRUSTED_KEY,
+    data: Optional[list[str]] = _DATA_COPY,
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -370,19 +379,11 @@ def reproduce_cmd(
     A model trained with reprodl.start_run is reproduced by re-executing its recorded code in a
     temporary copy: that runs only with --trust-code, or after a yes at an interactive prompt.
     With --trusted-key, the model's signature is checked before anything is shown or run.
+    --data train=URI reads the training data from a copy (refused unless the same dataset).
     """
-    import sys
-
-    from reprodl.reproduction.reexec import reexecution_plan
     from reprodl.reproduction.rerun import reproduce
 
-    plan = None
-    if not trust_code:
-        with contextlib.suppress(ReprodlError):  # reproduce() reports it, after checking its arguments
-            plan = reexecution_plan(uri, trusted_keys=trusted_key or ())
-    if plan is not None and sys.stdin.isatty() and not as_json:
-        err.print(plan.describe(), markup=False)
-        trust_code = typer.confirm("Run this code?", default=False, err=True)
+    plan, trust_code = _ask_trust(uri, trust_code, as_json, trusted_key or ())
     if not (quiet or as_json or (plan is not None and not trust_code)):  # a refusal says nothing first
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
     report = reproduce(
@@ -395,6 +396,7 @@ def reproduce_cmd(
         trust_code=trust_code,
         stop_at_divergence=stop_at_divergence,
         trusted_keys=trusted_key or (),
+        data=_roles_to_uris(data or []),
         on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
     )
     if as_json:
@@ -402,6 +404,38 @@ def reproduce_cmd(
     else:
         print_report(report)
     raise typer.Exit(report.exit_code)
+
+
+def _ask_trust(uri: str, trust_code: bool, as_json: bool, trusted_keys: Any = ()) -> tuple[Any, bool]:
+    """(the re-execution plan when the model's code would run and trust was not given, whether to
+    trust it): at a terminal the plan is shown and the user asked."""
+    import sys
+
+    from reprodl.reproduction.reexec import reexecution_plan
+
+    plan = None
+    if not trust_code:
+        with contextlib.suppress(ReprodlError):  # reproduce() reports it, after checking its arguments
+            plan = reexecution_plan(uri, trusted_keys=trusted_keys)
+    if plan is not None and sys.stdin.isatty() and not as_json:
+        err.print(plan.describe(), markup=False)
+        trust_code = typer.confirm("Run this code?", default=False, err=True)
+    return plan, trust_code
+
+
+def _roles_to_uris(pairs: list[str]) -> dict[str, str]:
+    """``["train=URI", ...]`` as ``{"train": URI}``; a malformed or repeated pair is a usage error."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        role, sep, uri = pair.partition("=")
+        if not sep or role not in ("train", "valid", "test") or not uri:
+            raise typer.BadParameter(
+                f"--data takes ROLE=URI with ROLE one of train, valid, test, but got {pair!r}", param_hint="--data"
+            )
+        if role in out:
+            raise typer.BadParameter(f"--data names the role {role!r} twice", param_hint="--data")
+        out[role] = uri
+    return out
 
 
 def print_report(report: ReproductionReport) -> None:

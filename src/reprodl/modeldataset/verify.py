@@ -88,13 +88,26 @@ def verify_model(
         _check_names(record, result, allow)
         if data:
             for ref in record.data:
-                if ref.source != "dtool":
-                    result.add(f"{ref.role} data {ref.name} is {ref.source} ({ref.uri})", True, "not a dtool dataset")
+                if ref.source == "in-memory":
+                    result.add(f"{ref.role} data {ref.name} is in-memory ({ref.uri})", True, "not a dtool dataset")
+                elif ref.source != "dtool":
+                    result.add(f"{ref.role} data {ref.name} can be checked", False, unverified_detail(ref))
             dtool_only = record.model_copy(update={"data": [r for r in record.data if r.source == "dtool"]})
             for c in check_data(dtool_only, ds):
                 result.add(f"{c.role} data {c.name} ({c.uri}) unchanged", c.ok, c.detail)
     _check_signature(ds, result, trusted)
     return result
+
+
+def unverified_detail(ref: DataRef) -> str:
+    """Why verify cannot check a dataset recorded by class only, and what would make it checkable."""
+    what = "an IterableDataset" if ref.stream else "a dataset that is not a reprodl dataset"
+    also = "; reproduce compares the samples it yields, pass by pass" if ref.stream else ""
+    return (
+        f"it is {what} ({ref.input_type}), recorded by class only (unverified data): reprodl cannot tell whether "
+        "it changed. Make it a reprodl dataset (reprodl dataset create-from-arrays) or give the run the tensors "
+        f"themselves (they are hashed){also}"
+    )
 
 
 def _check_weights(ds: Any, record: ProvenanceRecord, result: ModelVerification) -> None:

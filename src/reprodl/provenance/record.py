@@ -55,6 +55,20 @@ class Architecture(_Part):
     )
 
 
+class DataView(_Part):
+    """One step from the data the training was given down to a dataset it is made of."""
+
+    kind: Literal["subset", "concat"] = Field(
+        description="a torch Subset (some samples, in the order of its indices) or one part of a ConcatDataset"
+    )
+    indices_digest: str | None = Field(
+        None, description="subset: sha256 of the Subset's indices as little-endian int64, in order"
+    )
+    n_indices: int | None = Field(None, description="subset: number of indices")
+    part: int | None = Field(None, description="concat: which part of the ConcatDataset, from 0")
+    parts: int | None = Field(None, description="concat: how many parts the ConcatDataset has")
+
+
 class DataRef(_Part):
     """One dataset a training read, and how to find and check it again."""
 
@@ -100,6 +114,21 @@ class DataRef(_Part):
     image_dimensions: list[int] | None = Field(None, description="the dataset's image_dimensions annotation as read")
     value_scale: float | None = Field(None, description="tensor datasets: inputs are raw / value_scale")
     image_mode: str | None = Field(None, description="image datasets: the PIL mode images are converted to (L, RGB)")
+    path: str | None = Field(
+        None,
+        description="a local dataset: its path relative to the training's working directory (reproduce run from "
+        "that directory finds it there when the recorded URI is gone)",
+    )
+    views: list[DataView] = Field(
+        default_factory=list,
+        description="how the data given to the run reached this dataset, outermost first (a Subset of it, a part "
+        "of a ConcatDataset); empty: the dataset itself was given",
+    )
+    stream: bool = Field(
+        False,
+        description="an IterableDataset: the run's data_order_digests are over the samples it yielded (their "
+        "content, in order), not over indices",
+    )
     source: Literal["dtool", "in-memory", "unverified"] = Field(
         "dtool",
         description="what kind of data this is: a dtool dataset (checked against its manifest), an "

@@ -42,6 +42,7 @@ from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.compare import Tolerance, compare_weights
+from reprodl.reproduction.datamap import relocated
 from reprodl.reproduction.divergence import Divergence, TraceComparer
 from reprodl.reproduction.environment import EnvDifference, rerun_environment
 from reprodl.reproduction.rerun import (
@@ -181,10 +182,13 @@ def reproduce_by_reexecution(
     seed: int | None = None,
     on_output: Callable[[str], None] | None = None,
     trusted_keys: Iterable[str | os.PathLike[str]] = (),
+    data: dict[str, str] | None = None,
 ) -> ReproductionReport:
     """Re-run the recorded command in a temporary copy of the stored code, then compare.
 
-    ``on_output`` receives the script's output lines (stdout and stderr merged), else they go to ours.
+    ``on_output`` receives the script's output line by line (stdout and stderr merged); by
+    default the script writes to this process's stdout and stderr. ``data``: recorded dataset
+    URI -> the copy to check and read instead (:mod:`.datamap`).
     """
     t0 = time.perf_counter()
     mode = record.training.determinism.mode
@@ -196,10 +200,11 @@ def reproduce_by_reexecution(
             f"{plan.describe()}\nNothing was run or written. Re-executing recorded code is running code: pass "
             "--trust-code (Python: trust_code=True) if you trust it"
         )
-    data_checks = _check_recorded_data(record, model_ds)
+    data = dict(data or {})
+    data_checks = _check_recorded_data(relocated(record, data), model_ds)
     code = _code_check(plan)
     new_uri, new_record, weights, training_s, comparer = _run_and_compare(
-        model_ds, record, plan, output=output, tolerance=tolerance, on_output=on_output
+        model_ds, record, plan, output=output, tolerance=tolerance, on_output=on_output, data=data
     )
     environment, expectation = rerun_environment(record, new_record)
     timings = {"training_s": training_s}
@@ -263,6 +268,7 @@ def _run_and_compare(
     output: str | None,
     tolerance: Tolerance,
     on_output: Callable[[str], None] | None,
+    data: dict[str, str],
 ) -> tuple[str, ProvenanceRecord, dict[str, Any], float, TraceComparer | None]:
     """Run the plan in temporary directories; (new model URI, its record, weights comparison, seconds,
     the new step trace compared with the recorded one: None when either has none)."""
@@ -272,7 +278,7 @@ def _run_and_compare(
             base = os.path.abspath(base)  # the script runs elsewhere (in the stored code)
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-code-")))
         t_run = time.perf_counter()
-        new_uri = _execute(model_ds, record, plan, base=base, work=work, on_output=on_output)
+        new_uri = _execute(model_ds, record, plan, base=base, work=work, on_output=on_output, data=data)
         seconds = time.perf_counter() - t_run
         new_ds = open_dataset(new_uri)
         new_record = read_record(new_ds)
@@ -305,6 +311,7 @@ def _execute(
     base: str,
     work: Path,
     on_output: Callable[[str], None] | None,
+    data: dict[str, str],
 ) -> str:
     """Materialise the code in ``work``, run the command there; returns the new model's URI."""
     assert plan.stored is not None
@@ -313,7 +320,7 @@ def _execute(
     cwd.mkdir(parents=True, exist_ok=True)
     if not Path(os.path.realpath(cwd)).is_relative_to(os.path.realpath(code_dir)):
         raise IntegrityError(f"the recorded working directory {plan.working_directory!r} leads out of the stored code")
-    _link_recorded_data(record, cwd, work)
+    _link_recorded_data(record, cwd, work, data)
     report_file = work / "runs.jsonl"
     name = _reproduction_name(record.model_name)
     redirect = {
@@ -323,6 +330,7 @@ def _execute(
         "seed": plan.seed,
         "report_file": str(report_file),
         "trace_kind": record.results.trace.kind if record.results.trace is not None else None,
+        "data": data,  # recorded dataset URI -> the copy run.use reads instead
         "reproduces": ModelRef(
             uri=model_ds.uri,
             uuid=model_ds.uuid,
@@ -351,25 +359,28 @@ def _execute(
     return str(uri)
 
 
-def _link_recorded_data(record: ProvenanceRecord, cwd: Path, work: Path) -> None:
+def _link_recorded_data(record: ProvenanceRecord, cwd: Path, work: Path, data: dict[str, str]) -> None:
     """Link each recorded local dataset where the script's relative paths expect it in the copy.
 
     A script names its data relative to its working directory (``--data data/digits``), and
     datasets inside the repository are data, not code, so they are not in the stored code. Each
     recorded dataset found on this machine is linked at the same place relative to the copy's
-    working directory, when that place lies inside the temporary directory and is free. The data
-    were checked against their manifests before anything runs; absolute paths and URIs need nothing.
+    working directory (its recorded ``path``, else where it lay from the original working
+    directory), when that place lies inside the temporary directory and is free; a dataset that
+    ``data`` maps to a copy is linked to the copy. The data were checked against their manifests
+    before anything runs; absolute paths and URIs need nothing.
     """
     run = record.code.run
     if run is None:
         return
     original_cwd = os.path.realpath(os.path.join(run.root, run.working_directory))
     for ref in record.data:
-        path = local_path(ref.uri) if ref.source == "dtool" else None
+        path = local_path(data.get(ref.uri, ref.uri)) if ref.source == "dtool" else None
         if path is None or not path.is_dir():
             continue
         try:
-            target = Path(os.path.normpath(cwd / os.path.relpath(os.path.realpath(path), original_cwd)))
+            was = ref.path or os.path.relpath(os.path.realpath(local_path(ref.uri) or path), original_cwd)
+            target = Path(os.path.normpath(cwd / was))
             if target.is_relative_to(work) and not os.path.lexists(target):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.symlink_to(path, target_is_directory=True)

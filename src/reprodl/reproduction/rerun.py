@@ -32,6 +32,7 @@ from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck, check_code, check_patch
 from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_predictions, compare_weights
+from reprodl.reproduction.datamap import data_locations, relocated
 from reprodl.reproduction.ddp import is_distributed
 from reprodl.reproduction.divergence import Divergence, TraceComparer, input_changes, no_trace
 from reprodl.reproduction.environment import (
@@ -177,6 +178,7 @@ def reproduce(
     on_output: Callable[[str], None] | None = None,
     stop_at_divergence: bool = False,
     trusted_keys: Iterable[str | os.PathLike[str]] = (),
+    data: Mapping[str, str] | None = None,
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
@@ -197,6 +199,7 @@ def reproduce(
         transforms: transform objects by dataset role ("train", "valid", "test") used instead of
             the recorded ones; one that differs from the record is listed in the reasons.
         trusted_keys: public keys the model must be signed by, checked before anything runs.
+        data: another copy of a role's dataset to read (``{"train": URI}``; :mod:`.datamap`).
         Example: ``reproduce("/models/augmented", transforms={"train": MyAugment(0.1)})``.
     """
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
@@ -205,16 +208,13 @@ def reproduce(
     model_ds = open_dataset(uri)
     record = read_record(model_ds)
     check_resources(record, what=model_ds.uri)  # recorded worker and process counts, before any work
+    where = data_locations(record, data)  # a copy of a dataset (refused unless the same), a moved one
     if record.code.run is not None:  # a start_run record: re-execute its code (with trust)
-        from reprodl.reproduction.reexec import reproduce_by_reexecution
-
-        run: dict[str, Any] = dict(
-            trust_code=trust_code, output=output, seed=seed, on_output=on_output, tolerance_given=given
-        )
-        report = reproduce_by_reexecution(model_ds, record, tolerance=tol, trusted_keys=trusted_keys, **run)
+        run: dict[str, Any] = dict(output=output, tolerance=tol, seed=seed, on_output=on_output, data=where)
+        report = _reexecute(model_ds, record, trust_code=trust_code, tolerance_given=given, keys=trusted_keys, **run)
     else:
         signature_note(model_ds, trusted_keys)  # refused here when a trusted key's signature fails
-        original = _Original(model_ds, record, load_weights(model_ds, record))
+        original = _Original(model_ds, relocated(record, where), load_weights(model_ds, record))
         options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
         options["tolerance_given"] = given
         comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)
@@ -223,6 +223,13 @@ def reproduce(
         )
     record_verdict(report, model_ds, record)
     return report
+
+
+def _reexecute(model_ds: Any, record: ProvenanceRecord, *, keys: Any, **run: Any) -> ReproductionReport:
+    """A start_run record: re-execute its stored code (only with trust_code)."""
+    from reprodl.reproduction.reexec import reproduce_by_reexecution
+
+    return reproduce_by_reexecution(model_ds, record, trusted_keys=keys, **run)
 
 
 def record_verdict(report: ReproductionReport, model_ds: StoredDataSet, record: ProvenanceRecord) -> None:

@@ -11,6 +11,9 @@
     ...     run.save(model)
     >>> run.uri                                                                   # doctest: +SKIP
 
+Or without re-indenting the loop: ``run = reprodl.start_run(...)``, the same calls, then
+``run.finish()`` where the ``with`` block would have ended.
+
 On entry :func:`start_run` seeds Python, NumPy and torch, applies the determinism settings and
 captures code (with a source snapshot) and environment; on a clean exit it writes the model
 dataset as the built-in trainer does. On an exception, or when ``run.save`` was never called,
@@ -22,9 +25,10 @@ into the reproduction's output base instead, with the recorded seed and ``lineag
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
-import hashlib
+import functools
 import itertools
 import json
 import os
@@ -41,8 +45,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from reprodl import __version__, keys
-from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet, collate
-from reprodl.errors import IntegrityError, ParametersError, ReprodlError
+from reprodl.data.datasets import WrappedDataSet, collate
+from reprodl.errors import ParametersError, ReprodlError
 from reprodl.provenance import (
     CallableInfo,
     CodeInfo,
@@ -58,19 +62,20 @@ from reprodl.provenance import (
     store_readmes_once,
 )
 from reprodl.provenance.record import DistributedInfo, RunCommand
-from reprodl.store import DatasetWriter, create_dataset, open_dataset
+from reprodl.store import DatasetWriter, create_dataset, local_path
+from reprodl.training import datarefs
 from reprodl.training.capture import (
     DeterminismSettings,
     capture_code,
     capture_environment,
     check_deterministic,
-    class_path,
     describe_callable,
     jsonable,
     require_clean,
 )
 from reprodl.training.checkpoint import resumed_record, set_rng_state
 from reprodl.training.components import ComponentWatcher, check_name, original_module
+from reprodl.training.datarefs import check_dataset, describe_other_data
 from reprodl.training.distributed import (
     Group,
     RecordedDistributedSampler,
@@ -95,7 +100,7 @@ UNVERIFIED = "unverified"
 
 def start_run(
     base_uri: str,
-    name: str,
+    name: str | None = None,
     *,
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
@@ -105,11 +110,14 @@ def start_run(
     checkpoint_every: int | None = None,
     resume: bool = False,
 ) -> Run:
-    """A :class:`Run`: use it as a context manager around the user's own training loop.
+    """A :class:`Run`, started: use it as a context manager around the user's own training loop,
+    or keep it (``run = start_run(...)``) and end it with :meth:`Run.finish` (no re-indenting).
 
     Args:
-        base_uri: where to create the model dataset (path, file://, s3://).
-        name: the model dataset's name.
+        base_uri: where to create the model dataset (path, file://, s3://); a missing local
+            directory is created.
+        name: the model dataset's name (default: the script's name, the time and a random
+            suffix, so two runs never share one).
         seed: seeds Python, NumPy and torch on entry, and the loaders of :meth:`Run.loader`.
         params: the run's parameters, recorded verbatim (``vars(args)`` for argparse).
         deterministic: apply torch's bitwise-determinism settings (else "statistical" mode); an
@@ -124,7 +132,7 @@ def start_run(
             the epochs with :meth:`Run.epochs` so the loop starts where it was
             (:class:`ResumeError` when there is none, or ``params``/``seed``/the watched parts changed).
     """
-    return Run(
+    run = Run(
         base_uri,
         name,
         seed=seed,
@@ -135,6 +143,7 @@ def start_run(
         checkpoint_every=checkpoint_every,
         resume=resume,
     )
+    return run.__enter__()  # started now: ``with`` enters it again (a no-op), ``run.finish()`` ends it
 
 
 class _Output:
@@ -189,6 +198,8 @@ class _TracedLoader(DataLoader):
     """
 
     on_batch: Any = None
+    on_stream_pass: Any = None  # an IterableDataset's loader: each pass's digest of the samples it yielded
+    own_passes: int = 0
     resume_skip: int = 0
     resume_rng: dict[str, Any] | None = None
     pass_start_generator: torch.Tensor | None = None
@@ -205,12 +216,20 @@ class _TracedLoader(DataLoader):
             pass
         if rng is not None:
             set_rng_state(rng)
-        for i, batch in enumerate(it, start=skip):
-            order = getattr(sampler, "last_order", None)
-            if self.on_batch is not None:
-                indices = order[i * bs : (i + 1) * bs] if order is not None else None
-                self.on_batch(getattr(sampler, "passes", 0), i + 1, indices, batch)
-            yield batch
+        stream = datarefs.StreamDigest() if self.on_stream_pass is not None else None
+        self.own_passes += 1  # the pass number where the sampler keeps none (custom, IterableDataset)
+        try:
+            for i, batch in enumerate(it, start=skip):
+                order = getattr(sampler, "last_order", None)
+                if stream is not None:
+                    stream.update(batch)
+                if self.on_batch is not None:
+                    indices = order[i * bs : (i + 1) * bs] if order is not None else None
+                    self.on_batch(getattr(sampler, "passes", self.own_passes), i + 1, indices, batch)
+                yield batch
+        finally:
+            if stream is not None and stream.batches:
+                self.on_stream_pass(stream.digest())
 
 
 class Run:
@@ -222,7 +241,7 @@ class Run:
     def __init__(
         self,
         base_uri: str,
-        name: str,
+        name: str | None = None,
         *,
         seed: int = 0,
         params: Mapping[str, Any] | None = None,
@@ -232,7 +251,8 @@ class Run:
         checkpoint_every: int | None = None,
         resume: bool = False,
     ) -> None:
-        self.base_uri, self.name, self.seed = base_uri, name, int(seed)
+        self.base_uri, self.name, self.seed = base_uri, name or default_name(), int(seed)
+        self._named = name is not None
         self.tensorboard = tensorboard
         self.checkpoints = RunCheckpoints(checkpoint_every, resume=resume)
         self.deterministic, self.require_clean_code = check_deterministic(deterministic), require_clean_code
@@ -242,7 +262,8 @@ class Run:
         self.reproduces: ModelRef | None = None
         self._redirect: dict[str, Any] | None = None
         self._stack: contextlib.ExitStack | None = None
-        self._data: list[tuple[DataRef, Any]] = []  # (its record, the object as given)
+        self._data: list[tuple[DataRef, Any]] = []  # (its record, the dataset it describes)
+        self._given: list[tuple[Any, str]] = []  # (the object given to use, its role)
         self._logged: list[dict[str, Any]] = []
         self._order_digests: list[str] = []
         self._order_not_recorded: str | None = None
@@ -266,6 +287,8 @@ class Run:
 
     # --- the context ---------------------------------------------------------------------
     def __enter__(self) -> Run:
+        if self._stack is not None:  # started by start_run already
+            return self
         self._apply_redirect()
         self._t0, self._started = time.perf_counter(), _utcnow()
         self._group = process_group()
@@ -288,7 +311,29 @@ class Run:
             stack.__exit__(*sys.exc_info())  # with the error: the output is discarded, not frozen empty
             raise
         self._stack = stack
+        atexit.register(self._abandon)
         return self
+
+    def finish(self) -> str | None:
+        """End a run kept as ``run = start_run(...)``: what a clean exit of its ``with`` block does.
+
+        Writes the model dataset (refused, with nothing written, when ``run.save`` was never
+        called) and returns its URI. A run neither finished nor ended by a ``with`` block
+        writes nothing: the unfinished model is removed when the process ends.
+        """
+        if self._stack is None:
+            raise ParametersError(
+                f"the run {self.name!r} is not running: it was finished already (or never started); "
+                "call run.finish() once, after run.save(model)"
+            )
+        self.__exit__(None, None, None)
+        return self.uri
+
+    def _abandon(self) -> None:
+        """At the end of the process: a run never finished is discarded (nothing is written)."""
+        if self._stack is not None:
+            error = ParametersError(f"the run {self.name!r} was never finished (run.finish()), so nothing was written")
+            self.__exit__(type(error), error, None)
 
     @property
     def _rank(self) -> int:
@@ -299,6 +344,9 @@ class Run:
         if self._rank != 0:
             return
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-run-")))
+        base = local_path(self.base_uri)
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)  # a missing base directory is created
         resume_from = self.checkpoints.find(self) if self.checkpoints.resume and not self._redirect else None
         self._writer = stack.enter_context(create_dataset(self.base_uri, self.name, resume_from=resume_from))
         self.checkpoints.open(self, self._writer.checkpoint_dir, resuming=resume_from is not None)
@@ -306,6 +354,7 @@ class Run:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         assert self._stack is not None
+        atexit.unregister(self._abandon)
         if self._watcher is not None and exc_type is None:
             self._watcher.complete_pending()
         if self._watcher is not None:
@@ -380,7 +429,7 @@ class Run:
             return
         self._redirect = redirect = json.loads(raw)
         self.base_uri = redirect["base_uri"]
-        if self.name == redirect.get("original_name"):
+        if not self._named or self.name == redirect.get("original_name"):
             self.name = redirect["name"]
         self.seed = int(redirect.get("seed", self.seed))
         if redirect.get("reproduces"):
@@ -404,22 +453,27 @@ class Run:
 
     # --- what the user calls -------------------------------------------------------------
     def use(self, ds_or_uri: Any, role: str = "train") -> Any:
-        """Record a dataset in ``role`` (train, valid or test) and return it (opened, for a URI).
+        """Record a dataset in ``role`` (train, valid or test) and return it (opened, for a path or URI).
 
         A reprodl dataset is checked against its manifest (as training does) and recorded with
-        its UUID and manifest digest; an in-memory tensor, array or ``TensorDataset`` is hashed;
-        any other dataset is recorded by class and marked unverified data.
+        its UUID, manifest digest and path relative to the working directory (a relative path
+        that leads nowhere is refused here); a ``Subset`` or ``ConcatDataset`` is recorded as
+        the datasets it is made of, with the subset's indices digest; an in-memory tensor,
+        array or ``TensorDataset`` is hashed; any other dataset is recorded by class and
+        marked unverified data (:mod:`reprodl.training.datarefs`).
         """
         if role not in ROLES:
             raise ParametersError(f"role should be one of {list(ROLES)}, but got role={role!r}")
-        ds = open_wrapped(ds_or_uri) if isinstance(ds_or_uri, (str, os.PathLike)) else ds_or_uri
-        if isinstance(ds, WrappedDataSet):
-            on_rank0_first(lambda: _check_dataset(role, ds), self._group)  # once, not once per rank
-            ref = DataRef.model_validate({"role": role, **ds.provenance_info()})
-            ref.manifest_item = f"{keys.MANIFESTS_DIR}/{ds.uuid}.json"
-            self._data.append((ref, ds))
-        else:
-            self._data.append((describe_other_data(ds, role), ds))
+        ds = datarefs.opened(ds_or_uri, role, (self._redirect or {}).get("data", {}))
+        for leaf, views in datarefs.leaves(ds):
+            if isinstance(leaf, WrappedDataSet):
+                on_rank0_first(functools.partial(check_dataset, role, leaf), self._group)  # once, not per rank
+                ref = datarefs.describe_wrapped(leaf, role)
+            else:
+                ref = describe_other_data(leaf, role)
+            ref.views = views
+            self._data.append((ref, leaf))
+        self._given.append((ds, role))
         return ds
 
     def watch(
@@ -518,46 +572,57 @@ class Run:
     def loader(self, ds: Any, batch_size: int = 1, shuffle: bool = False, **kw: Any) -> DataLoader:
         """A DataLoader whose order is seeded from the run's seed and recorded (a digest per pass).
 
-        ``kw`` goes to ``DataLoader`` (num_workers, drop_last, pin_memory...), except a sampler:
-        the run chooses the order. A dataset not yet recorded is recorded as training data.
+        ``kw`` goes to ``DataLoader`` (num_workers, drop_last, pin_memory...). With your own
+        ``sampler=`` or ``batch_sampler=`` the order is yours, and the indices it gives are
+        recorded as it runs; an ``IterableDataset``'s order is its own, and the samples it
+        yields are recorded (a digest per pass over their content). A dataset not yet recorded
+        is recorded as training data.
         """
-        if "sampler" in kw or "batch_sampler" in kw:
-            raise ParametersError(
-                "run.loader chooses and records the order itself: leave out sampler=/batch_sampler= "
-                "(use torch's DataLoader directly for a loader whose order need not be recorded)"
-            )
-        if not any(d is ds for _, d in self._data):
+        if not any(d is ds for d, _ in self._given):
             self.use(ds)
-        role = next((r.role for r, d in self._data if d is ds), "train")
+        role = next(r for d, r in self._given if d is ds)
         index = self._n_loaders
         self._n_loaders += 1
         on_order = self._order_digests.append if role == "train" else (lambda _digest: None)
-        sampler: Any = _RecordedOrder(
-            len(ds), seed=self.seeds.dataloader_generator + index, shuffle=shuffle, on_order=on_order
-        )
-        if self._group is not None:  # each rank its shard, in an order seeded alike on every rank
-            sampler = RecordedDistributedSampler(
-                ds,
-                group=self._group,
-                seed=self.seeds.dataloader_generator + index,
-                shuffle=shuffle,
-                drop_last=bool(kw.get("drop_last", False)),
-                on_order=on_order,
+        custom = datarefs.custom_order(ds, kw, shuffle=shuffle, on_order=on_order)
+        if custom is not None and (self._group is not None or self.checkpoints.every or self.checkpoints.resume):
+            raise ParametersError(
+                f"run.loader with {'an IterableDataset' if custom == 'stream' else custom + '='} cannot be sharded "
+                "over processes or checkpointed yet: let run.loader choose the order (shuffle=) under torchrun "
+                "or with checkpoint_every/resume"
             )
-            if role == "train" and not self._sampler_settings:
-                self._sampler_settings = sampler.settings()
+        if custom is None:
+            kw["sampler"] = self._sampler(ds, index, shuffle, bool(kw.get("drop_last", False)), on_order)
+        if custom != "batch_sampler":
+            kw["batch_size"] = batch_size
         g = torch.Generator()
         g.manual_seed(self.seeds.dataloader_generator + index)
         if isinstance(ds, WrappedDataSet):
             kw.setdefault("collate_fn", collate)
         if role == "train" and not self._loader_info:
-            self._loader_info = {"batch_size": batch_size, "shuffle": shuffle, "num_workers": kw.get("num_workers", 0)}
-        loader = _TracedLoader(ds, batch_size=batch_size, sampler=sampler, generator=g, **kw)
+            size = getattr(kw.get("batch_sampler"), "batch_size", None) or batch_size
+            self._loader_info = {"batch_size": size, "shuffle": shuffle, "num_workers": kw.get("num_workers", 0)}
+        loader = _TracedLoader(ds, generator=g, **kw)
+        if custom == "stream":
+            loader.on_stream_pass = on_order
         if role == "train":
             loader.on_batch = self._on_batch
         self._loaders.append(loader)
         self.checkpoints.loader_made(self, loader, index)
         return loader
+
+    def _sampler(self, ds: Any, index: int, shuffle: bool, drop_last: bool, on_order: Any) -> Sampler[int]:
+        """The run's own order for loader ``index``: seeded from the run's seed, a digest per pass."""
+        seed = self.seeds.dataloader_generator + index
+        if self._group is None:
+            return _RecordedOrder(len(ds), seed=seed, shuffle=shuffle, on_order=on_order)
+        # each rank its shard, in an order seeded alike on every rank
+        sampler = RecordedDistributedSampler(
+            ds, group=self._group, seed=seed, shuffle=shuffle, drop_last=drop_last, on_order=on_order
+        )
+        if on_order == self._order_digests.append and not self._sampler_settings:
+            self._sampler_settings = sampler.settings()
+        return sampler
 
     def record_loader(self, loader: DataLoader) -> None:
         """Record a training loader the run did not build (batch size, shuffle, workers; not its order).
@@ -775,76 +840,6 @@ def _relative(path: Path, root: Path) -> str | None:
         return None
 
 
-def open_wrapped(uri: str | os.PathLike[str]) -> WrappedDataSet:
-    """A reprodl dataset at ``uri``, read as the kind its annotation declares."""
-    ds = open_dataset(os.fspath(uri))
-    if ds.get_annotation(keys.INPUT_TYPE) == keys.INPUT_TYPE_IMAGE:
-        return ImageDataSet(ds)
-    return TensorDataSet(ds)
-
-
-def _check_dataset(role: str, ds: WrappedDataSet) -> None:
-    """The quick integrity check training runs, and a refusal of an empty train/valid selection."""
-    problems = [f"{role} dataset {ds.name} ({ds.uri}): {p}" for p in ds.dataset.verify(deep=False).problems()]
-    if problems:
-        raise IntegrityError(
-            "refusing to train: the data do not match their manifests:\n  " + "\n  ".join(problems), problems=problems
-        )
-    if role in ("train", "valid") and len(ds) == 0:
-        raise ParametersError(f"the {role} dataset {ds.name} ({ds.uri}) has no samples: check its split or usetype")
-
-
-def _arrays(obj: Any) -> list[Any] | None:
-    """The tensors/arrays an in-memory dataset consists of, or None for any other object."""
-    if isinstance(obj, (torch.Tensor, np.ndarray)):
-        return [obj]
-    if isinstance(obj, torch.utils.data.TensorDataset):
-        return list(obj.tensors)
-    if isinstance(obj, (list, tuple)) and obj and all(isinstance(x, (torch.Tensor, np.ndarray)) for x in obj):
-        return list(obj)
-    return None
-
-
-def content_digest(arrays: list[Any]) -> str:
-    """sha256 over each array's dtype, shape and bytes, in order."""
-    h = hashlib.sha256()
-    for a in arrays:
-        arr = a.detach().cpu().contiguous().numpy() if isinstance(a, torch.Tensor) else np.ascontiguousarray(a)
-        h.update(f"{arr.dtype}|{arr.shape}|".encode())
-        h.update(arr.data.cast("B") if arr.size else b"")
-    return "sha256:" + h.hexdigest()
-
-
-def describe_other_data(ds: Any, role: str) -> DataRef:
-    """The record of data that is not a reprodl dataset: hashed when in memory, else by class, unverified."""
-    module, qualname = class_path(ds)
-    n = len(ds) if hasattr(ds, "__len__") else 0
-    arrays = _arrays(ds)
-    if arrays is not None:
-        digest = content_digest(arrays)
-        return DataRef(
-            role=role,
-            uri=f"memory:{digest}",
-            uuid=digest.removeprefix("sha256:")[:32],
-            name=qualname,
-            input_type=f"{module}:{qualname}",
-            manifest_digest=digest,
-            n_items=n,
-            input_shape=[int(s) for s in arrays[0].shape[1:]],
-            source=IN_MEMORY,
-        )
-    return DataRef(
-        role=role,
-        uri=f"unverified:{module}:{qualname}",
-        uuid="",
-        name=qualname,
-        input_type=f"{module}:{qualname}",
-        manifest_digest="",
-        n_items=n,
-        source=UNVERIFIED,
-    )
-
-
 def describe_loss(loss: Any) -> CallableInfo:
     """A loss module by class and arguments, a loss function (``F.nll_loss``) by its import path."""
     if loss is None:
@@ -867,3 +862,13 @@ def _number(value: Any) -> Any:
 
 def _utcnow() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def default_name() -> str:
+    """A model name no other run shares: the script's name, the UTC time and a random suffix."""
+    import secrets
+
+    script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c") else "run"
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in script).strip("-_") or "run"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{stem[:40]}-{stamp}-{secrets.token_hex(3)}"

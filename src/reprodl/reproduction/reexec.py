@@ -202,12 +202,31 @@ def reproduce_by_reexecution(
         )
     data = dict(data or {})
     data_checks = _check_recorded_data(relocated(record, data), model_ds)
-    code = _code_check(plan)
     new_uri, new_record, weights, training_s, comparer = _run_and_compare(
         model_ds, record, plan, output=output, tolerance=tolerance, on_output=on_output, data=data
     )
+    report = _judged(model_ds, record, new_record, weights, comparer, tolerance, tolerance_given)
+    timings = {"training_s": training_s, "original_training_s": record.results.wall_time_s}
+    return dataclasses.replace(
+        report,
+        reproduction_uri=new_uri if output is not None else None,
+        data_checks=data_checks,
+        code=_code_check(plan),
+        timings={**timings, "total_s": time.perf_counter() - t0},
+    )
+
+
+def _judged(
+    model_ds: StoredDataSet,
+    record: ProvenanceRecord,
+    new_record: ProvenanceRecord,
+    weights: Any,
+    comparer: Any,
+    tolerance: Tolerance,
+    tolerance_given: bool,
+) -> ReproductionReport:
+    """The report of a re-executed run: its own record against the original's, and the one verdict."""
     environment, expectation = rerun_environment(record, new_record)
-    timings = {"training_s": training_s}
     metrics = compare_logged(record, new_record)
     order_matches = _order_matches(record, new_record)
     divergence = _divergence(record, new_record, comparer, environment)
@@ -216,22 +235,17 @@ def reproduce_by_reexecution(
     judgement = judge(record, new_record, comparison, code=None, environment=environment, expectation=expectation,
                       tol=tolerance, tolerance_given=tolerance_given)  # fmt: skip
     verdict = judgement.verdict
-    timings.update(original_training_s=record.results.wall_time_s, total_s=time.perf_counter() - t0)
     return ReproductionReport(
         original_uri=model_ds.uri,
         verdict=verdict,
-        mode=mode,
+        mode=record.training.determinism.mode,
         reasons=judgement.reasons,
         why=judgement.why,
-        reproduction_uri=new_uri if output is not None else None,
-        data_checks=data_checks,
-        code=code,
         environment_differences=environment,
         weights=weights,
         metrics=metrics,
         data_order_matches=order_matches,
         tolerance=dataclasses.asdict(tolerance),
-        timings=timings,
         expectation=expectation.settle(verdict),
         divergence=divergence,
     )

@@ -199,8 +199,7 @@ def reproduce(
         transforms: transform objects by dataset role ("train", "valid", "test") used instead of
             the recorded ones; one that differs from the record is listed in the reasons.
         trusted_keys: public keys the model must be signed by, checked before anything runs.
-        data: another copy of a role's dataset to read (``{"train": URI}``; :mod:`.datamap`).
-        Example: ``reproduce("/models/augmented", transforms={"train": MyAugment(0.1)})``.
+        data: another copy of a role's dataset to read (``{"train": URI}``).
     """
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
     given = tolerance is not None

@@ -168,19 +168,9 @@ def create_from_arrays(
         )
     if usetype is not None and len(usetype) != len(data):
         raise InputDataError(f"usetype has {len(usetype)} entries for {len(data)} rows")
-    text = (
-        readme_text
-        if readme_text is not None
-        else _readme(
-            name,
-            readme,
-            {
-                "description": f"{len(data)} samples of shape {list(data.shape[1:])}",
-                "authors": [current_user()],
-                "origin": "arrays",
-            },
-        )
-    )
+    shape = list(data.shape[1:])
+    defaults = {"description": f"{len(data)} samples of shape {shape}", "authors": [current_user()], "origin": "arrays"}
+    text = readme_text if readme_text is not None else _readme(name, readme, defaults)
     with create_dataset(base_uri, name, readme=text) as writer:
         for arr, rel in ((data, keys.TENSOR_DATA_FILE), (labels.astype(np.int64), keys.TENSOR_LABELS_FILE)):
             with writer.item_file(rel) as path:

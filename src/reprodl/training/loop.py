@@ -387,8 +387,7 @@ def train_model_with_metadata_capture(
 
     Each optimiser step is traced (:mod:`reprodl.training.trace`); ``on_step`` gets each row (True: stop);
     ``checkpoint_every=N``: a checkpoint every N epochs (``DerivedDataSet(..., resume=True)`` resumes).
-    Under ``torchrun`` (a process group joined) it trains with DistributedDataParallel, one shard a rank.
-    ``output_ds`` may be a dtoolcore ``DerivedDataSetCreator`` entered by the caller (the paper's call).
+    Under ``torchrun`` it trains with DistributedDataParallel. ``output_ds`` may be a ``DerivedDataSetCreator``.
 
     Returns the sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
     """

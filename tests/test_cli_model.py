@@ -320,8 +320,16 @@ def test_provenance_of_a_model_made_by_dtoolai_prints_its_annotations(cli, digit
     from reprodl.store import create_dataset, open_dataset
 
     source = open_dataset(digits_split_master)
+    import io
+
+    import torch
+
+    from reprodl.zoo import SimpleScalingCNN
+
+    buf = io.BytesIO()
+    torch.save(SimpleScalingCNN(1, 28).state_dict(), buf)  # what dtoolAI's training saved
     with create_dataset(str(tmp_path), "mnist_model", readme="name: mnist_model\n") as w:
-        w.put_bytes(b"\x80\x04pickled-state-dict", "model.pt")
+        w.put_bytes(buf.getvalue(), "model.pt")
         w.put_annotation("model_name", "dtoolai.simpleScalingCNN")
         w.put_annotation(
             "model_parameters",
@@ -344,6 +352,7 @@ def test_provenance_of_a_model_made_by_dtoolai_prints_its_annotations(cli, digit
     assert "no reprodl record" in result.stdout
     as_json = json.loads(cli("provenance", w.uri, "--json").stdout)
     assert as_json["model_parameters"]["init_params"] == {"input_channels": 1, "input_dim": 28}
-    # Reading is fine; loading the pickle is not.
+    assert "Weights: model.pt, a plain state dict of 8 tensors" in result.stdout  # read with weights_only=True
+    # This one never had its category_encoding annotation: its outputs cannot be named.
     refused = cli("predict", w.uri, str(tmp_path / "x.png"))
-    assert refused.exit_code == 2 and "pickle (model.pt)" in refused.stderr
+    assert refused.exit_code == 2 and "no category_encoding annotation" in refused.stderr

@@ -47,6 +47,14 @@ CODE_DIR = "code/"  # untracked files and an entry script outside git, kept with
 CODE_SNAPSHOT_FILE = "code/snapshot.tar"  # the tracked files at the recorded commit (run API)
 # Set by `reprodl reproduce` for the re-executed script: JSON telling start_run where to write.
 RUN_REDIRECT_ENV = "REPRODL_REPRODUCE_INTO"
+# Models made by the original dtoolAI 0.2.0: a pickled state dict (read with weights_only=True)
+# and the architecture named in its model_name annotation.
+DTOOLAI_WEIGHTS_FILE = "model.pt"
+DTOOLAI_ARCHITECTURES = {
+    "dtoolai.simpleScalingCNN": "reprodl.zoo:SimpleScalingCNN",
+    "dtoolai.resnet18pretrained": "reprodl.zoo:ResNet18",
+}
+CONVERTED_FROM = "converted_from"  # the record field of a model converted from a dtoolAI one
 MODEL_KIND = "reprodl.kind"
 KIND_MODEL = "model"
 KIND_SUMMARY = "multirun-summary"

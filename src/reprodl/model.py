@@ -1,6 +1,8 @@
 """Using a trained model from any URI: load safely, predict, evaluate.
 
-Weights are read with safetensors only (a pickle is refused). The architecture is rebuilt
+Weights are read with safetensors only; the one exception is a model made by the original
+dtoolAI, whose ``model.pt`` state dict is read with ``torch.load(weights_only=True)`` (no code
+runs, anything but named tensors is refused). Any other pickle is refused. The architecture is rebuilt
 from the record only when its module is in reprodl's zoo, in an allow-list the user passes,
 or when the user passes the class itself: metadata from a URI never names code that runs
 unasked.
@@ -25,6 +27,7 @@ from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.data.images import convert, resize, to_array
 from reprodl.data.transforms import Resize, contains, eval_view, from_description
 from reprodl.errors import ModelLoadError, TransformError
+from reprodl.modeldataset.legacy import is_dtoolai_model, load_dtoolai_model
 from reprodl.modeldataset.read import PICKLE_SUFFIXES, load_weights, read_record
 from reprodl.provenance import ProvenanceRecord
 from reprodl.store import open_dataset
@@ -55,21 +58,6 @@ def resolve_class(
     trust.refuse_script_class(import_path, where=getattr(dataset, "uri", None))
     cls: type = trust.resolve(import_path, trust.Kind.ARCHITECTURE, allow=allow)
     return cls
-
-
-def _record_of(dataset: Any) -> ProvenanceRecord:
-    """The record of a model dataset; refused with a clear message for dtoolAI's pickled models."""
-    try:
-        return read_record(dataset)
-    except ModelLoadError:
-        pickles = sorted(r for r in (dataset.relpath(i) for i in dataset.identifiers) if r.endswith(PICKLE_SUFFIXES))
-        if pickles:
-            raise ModelLoadError(
-                f"{dataset.uri} has no provenance.json and holds its weights as a pickle ({', '.join(pickles)}), "
-                "as the original dtoolAI wrote them; reprodl refuses to unpickle weights from a URI. "
-                "`reprodl provenance` still shows what it recorded"
-            ) from None
-        raise
 
 
 class TrainedTorchModel:
@@ -105,7 +93,8 @@ class TrainedTorchModel:
     ) -> None:
         self.dataset = open_dataset(uri)
         self.uri = self.dataset.uri
-        self.provenance: ProvenanceRecord = _record_of(self.dataset)
+        record, loaded = _record_and_weights(self.dataset, model_class)
+        self.provenance: ProvenanceRecord = record
         self.component = self.provenance.model_component(model)  # the model loaded, of the record's models
         arch = self.component.architecture
         cls = resolve_class(
@@ -116,7 +105,7 @@ class TrainedTorchModel:
             self.model: torch.nn.Module = cls(**arch.init_params)
         except TypeError as exc:
             raise ModelLoadError(f"cannot build {arch.import_path} with {arch.init_params}: {exc}") from None
-        state = load_weights(self.dataset, self.provenance, model=model)
+        state = load_weights(self.dataset, self.provenance, model=model) if loaded is None else loaded
         try:
             self.model.load_state_dict(state)
         except RuntimeError as exc:
@@ -240,6 +229,27 @@ class TrainedTorchModel:
             pred = self.model(x.to(self.device)).argmax(1).cpu()
             confusion += torch.bincount(y * k + pred, minlength=k * k).reshape(k, k)
         return evaluation_report(confusion.numpy(), self.categories, dataset_name=dataset.name, dataset_uri=dataset.uri)
+
+
+def _record_and_weights(ds: Any, model_class: type | None) -> tuple[ProvenanceRecord, dict[str, torch.Tensor] | None]:
+    """The record of a reprodl model (weights read later, against it), or of a dtoolAI one with its weights.
+
+    A dtoolAI model's ``model.pt`` is read with ``torch.load(weights_only=True)`` (no code runs) and
+    its record made from its annotations (:mod:`reprodl.modeldataset.legacy`); any other pickle is refused.
+    """
+    try:
+        return read_record(ds), None
+    except ModelLoadError:
+        if is_dtoolai_model(ds):
+            return load_dtoolai_model(ds, model_class=model_class)
+        pickles = sorted(r for r in (ds.relpath(i) for i in ds.identifiers) if r.endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise ModelLoadError(
+                f"{ds.uri} has no provenance.json and holds its weights as a pickle ({', '.join(pickles)}) "
+                "without dtoolAI's model_name annotation; reprodl refuses to unpickle weights from a URI. "
+                "`reprodl provenance` still shows what it recorded"
+            ) from None
+        raise
 
 
 def _bounded_shape(shape: list[int], uri: str) -> tuple[int, ...]:

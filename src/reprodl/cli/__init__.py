@@ -87,6 +87,7 @@ def create_image_dataset_from_dirtree_main() -> None:
 
 
 def provenance_main() -> None:
-    """The paper's dtoolai-provenance, as reprodl-provenance URI."""
+    """The paper's dtoolai-provenance URI (also installed as reprodl-provenance URI)."""
     _register()
-    typer.main.get_command(app)(["provenance", *sys.argv[1:]], prog_name="reprodl-provenance")
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    typer.main.get_command(app)(["provenance", *sys.argv[1:]], prog_name=prog or "reprodl-provenance")

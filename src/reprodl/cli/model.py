@@ -36,6 +36,7 @@ def provenance_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as
     """Print how a model was made: architecture, parameters, data (URI, name, README) and more."""
     from reprodl import keys
     from reprodl.errors import ModelLoadError
+    from reprodl.modeldataset.legacy import is_dtoolai_model
     from reprodl.modeldataset.read import read_record
     from reprodl.provenance import legacy_provenance, legacy_summary_lines, summary_lines
     from reprodl.store import open_dataset
@@ -47,6 +48,7 @@ def provenance_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as
         legacy = legacy_provenance(ds) if keys.PROVENANCE_FILE not in {ds.relpath(i) for i in ds.identifiers} else None
         if legacy is None:
             raise
+        legacy["weights"] = _dtoolai_weights(ds) if is_dtoolai_model(ds) else None
         if as_json:
             print_json(legacy)
         else:
@@ -58,6 +60,37 @@ def provenance_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as
         return
     for line in summary_lines(record):
         out.print(line, markup=False)
+
+
+def _dtoolai_weights(ds: Any) -> dict[str, Any]:
+    """A dtoolAI model's weights, read as its TrainedTorchModel reads them (weights_only=True; refused otherwise)."""
+    from reprodl import keys
+    from reprodl.modeldataset.legacy import read_dtoolai_weights
+
+    state = read_dtoolai_weights(ds)
+    return {"item": keys.DTOOLAI_WEIGHTS_FILE, "tensors": len(state), "values": sum(v.numel() for v in state.values())}
+
+
+@app.command("convert")
+@handle_errors
+def convert_cmd(
+    uri: str = typer.Argument(..., help="URI of a model dataset made by dtoolAI (model.pt and annotations)."),
+    base_uri: str = typer.Argument(..., help="Base URI to write the reprodl model dataset in."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the new model dataset (default: the model's)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Convert a model made by dtoolAI into a reprodl model dataset (safetensors and a record).
+
+    The state dict in model.pt is read with torch.load(weights_only=True), which runs no code;
+    the record holds what dtoolAI's annotations tell and names what they do not (converted_from).
+    """
+    from reprodl.modeldataset.legacy import convert_dtoolai_model
+
+    new_uri = convert_dtoolai_model(uri, base_uri, name)
+    if as_json:
+        print_json({"uri": new_uri, "converted_from": uri})
+    else:
+        out.print(f"Converted {uri} to {new_uri}", markup=False)
 
 
 @app.command("schema")

@@ -145,6 +145,7 @@ def create_from_arrays(
     value_scale: float | None = None,
     usetype: list[str] | np.ndarray | None = None,
     readme: dict[str, Any] | None = None,
+    readme_text: str | None = None,
 ) -> str:
     """Create a TensorDataSet from an array of samples and an array of integer labels.
 
@@ -155,6 +156,7 @@ def create_from_arrays(
         categories: names of labels 0..K-1 (default "0", "1", ...).
         value_scale: divide raw values by this to get model inputs (default 255 for uint8).
         usetype: optional per-row split labels (train/test/...).
+        readme_text: the README as given, instead of one made from ``readme`` (dtoolAI's creators took text).
     """
     check_name(name)
     data, labels = _checked_arrays(data, labels)
@@ -166,15 +168,9 @@ def create_from_arrays(
         )
     if usetype is not None and len(usetype) != len(data):
         raise InputDataError(f"usetype has {len(usetype)} entries for {len(data)} rows")
-    text = _readme(
-        name,
-        readme,
-        {
-            "description": f"{len(data)} samples of shape {list(data.shape[1:])}",
-            "authors": [current_user()],
-            "origin": "arrays",
-        },
-    )
+    shape = list(data.shape[1:])
+    defaults = {"description": f"{len(data)} samples of shape {shape}", "authors": [current_user()], "origin": "arrays"}
+    text = readme_text if readme_text is not None else _readme(name, readme, defaults)
     with create_dataset(base_uri, name, readme=text) as writer:
         for arr, rel in ((data, keys.TENSOR_DATA_FILE), (labels.astype(np.int64), keys.TENSOR_LABELS_FILE)):
             with writer.item_file(rel) as path:

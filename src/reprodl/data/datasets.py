@@ -23,7 +23,8 @@ from torch.utils.data._utils.collate import default_collate
 from reprodl import keys
 from reprodl.data.images import channels_for_mode, convert, open_image, read_batch, resize, to_array
 from reprodl.data.labels import dataset_encoding, integer_labels
-from reprodl.data.layout import check_real_dtype, load_npy, tensor_item_ids, value_scale
+from reprodl.data.layout import check_real_dtype, load_npy, tensor_item_ids
+from reprodl.data.layout import value_scale as _value_scale
 from reprodl.errors import DatasetFormatError, InputDataError, IntegrityError
 from reprodl.store import StoredDataSet, open_dataset
 
@@ -352,7 +353,8 @@ class TensorDataSet(WrappedDataSet):
 
     The data item (``tensor_file_idn`` annotation, else ``data.npy``) holds one row per
     sample; rows are reshaped to the ``image_dimensions`` annotation when it is there and
-    divided by the value scale (255 for uint8, as dtoolAI did; 1 for floats).
+    divided by the value scale: ``value_scale=`` when given, else the dataset's recorded one, else
+    255 for uint8 (as dtoolAI did) and 1 for floats.
     """
 
     input_type = keys.INPUT_TYPE_TENSOR
@@ -365,6 +367,7 @@ class TensorDataSet(WrappedDataSet):
         *,
         split: dict[str, Any] | None = None,
         bootstrap: int | None = None,
+        value_scale: float | None = None,
     ) -> None:
         super().__init__(uri, usetype, split, bootstrap)
         ds = self.dataset
@@ -392,7 +395,7 @@ class TensorDataSet(WrappedDataSet):
             self._refuse_if_altered([labels_idn])
             raise
         self.input_shape = self._row_shape()
-        self.value_scale = value_scale(ds, self.data.dtype)
+        self.value_scale = float(value_scale) if value_scale is not None else _value_scale(ds, self.data.dtype)
         self.transform = transform
         self.tensor = self.data  # dtoolAI's attribute names
         self.image_dim = list(self.input_shape)

@@ -27,7 +27,7 @@ from reprodl.errors import ParametersError, ReprodlError
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import ModelRef, ProvenanceRecord, mirror_annotations
 from reprodl.provenance.record import DEFAULT_MODEL_NAME, OptimizerComponent
-from reprodl.store import DatasetWriter, create_dataset
+from reprodl.store import DatasetWriter, create_dataset, writer_over
 
 if TYPE_CHECKING:
     import torch
@@ -133,6 +133,49 @@ class DerivedDataSet:
         if exc_type is None and self.writer is not None:
             self.uri = self.writer.uri
         return bool(suppress)
+
+
+def as_output(output_ds: Any, train_ds: WrappedDataSet) -> DerivedDataSet:
+    """The model dataset to write: ``output_ds`` itself, or a :class:`DerivedDataSet` over a
+    dtoolcore ``DataSetCreator``/``DerivedDataSetCreator`` entered by the caller (the paper's
+    ``with DerivedDataSetCreator(name, base_uri, train_ds) as output_ds:``).
+
+    With a dtoolcore creator, the items go straight into its proto dataset and the creator freezes
+    it when its block ends; the record, weights, README and annotations are those a
+    :class:`DerivedDataSet` writes.
+    """
+    if isinstance(output_ds, DerivedDataSet):
+        return output_ds
+    proto = getattr(output_ds, "proto_dataset", None)
+    if proto is None or not hasattr(output_ds, "prepare_staging_abspath_promise"):
+        raise ParametersError(
+            f"output_ds should be a reprodl DerivedDataSet or a dtoolcore DataSetCreator, but got "
+            f"{type(output_ds).__name__}: use `with DerivedDataSet(base_uri, name, train_ds) as output_ds:`"
+        )
+    staging = getattr(output_ds, "_tmpdir", None)
+    if staging is None:
+        raise ParametersError(
+            f"the {type(output_ds).__name__} {output_ds.name!r} must be entered first: "
+            f"`with {type(output_ds).__name__}(name, base_uri, train_ds) as output_ds:`"
+        )
+    source_uuid = proto.get_annotation("source_dataset_uuid") if "source_dataset_uuid" in _names(proto) else None
+    if source_uuid is not None and source_uuid != train_ds.uuid:
+        raise ParametersError(
+            f"{output_ds.name!r} derives from the dataset {source_uuid}, but train_ds is {train_ds.name} "
+            f"({train_ds.uuid}): pass the training dataset as DerivedDataSetCreator's source"
+        )
+    out = DerivedDataSet(str(output_ds.uri).rsplit("/", 1)[0], output_ds.name, train_ds)
+    out.entered = True
+    out.writer = writer_over(proto, staging, output_ds.name)
+    out.writer.uri = out.uri = output_ds.uri
+    return out
+
+
+def _names(proto: Any) -> list[str]:
+    try:
+        return list(proto.list_annotation_names())
+    except Exception:  # noqa: BLE001 - a creator without annotations: nothing to compare
+        return []
 
 
 def _another_rank() -> bool:

@@ -50,5 +50,14 @@ def legacy_summary_lines(info: dict[str, Any]) -> list[str]:
         lines += [line for line in info["source_dataset_readme"].rstrip().splitlines()]
     else:
         lines.append(f"    (unavailable: {info.get('source_dataset_readme_error', 'no source URI')})")
-    lines.append(f"Note: {info['made_by']}; `reprodl verify` and `reprodl reproduce` need a reprodl record.")
+    weights = info.get("weights")
+    if weights:
+        lines.append(
+            f"Weights: {weights['item']}, a plain state dict of {weights['tensors']} tensors "
+            f"({weights['values']:,} values), read with torch.load(weights_only=True)"
+        )
+    lines.append(
+        f"Note: {info['made_by']}; `reprodl verify` and `reprodl reproduce` need a reprodl record "
+        "(`reprodl convert URI BASE_URI` writes one from these annotations)."
+    )
     return lines

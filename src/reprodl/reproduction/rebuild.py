@@ -24,7 +24,15 @@ from reprodl.store import StoredDataSet, open_dataset
 def check_resources(record: ProvenanceRecord, *, what: str) -> None:
     """Refuse a record whose integers would start more than this machine has, before any work:
     DataLoader workers (``num_workers``) and torchrun processes (``world_size``), bounded by
-    :func:`reprodl.trust.machine_limits` (:class:`ParametersError`, naming field, value and limit)."""
+    :func:`reprodl.trust.machine_limits` (:class:`ParametersError`, naming field, value and limit).
+    A record converted from a dtoolAI model is refused (:class:`ReproductionError`): it has nothing to re-run."""
+    converted = (record.model_extra or {}).get(keys.CONVERTED_FROM)
+    if converted:
+        raise ReproductionError(
+            f"{what} was converted from a model made by {converted.get('tool', 'dtoolAI')}, which recorded no seeds, "
+            "data order, code or environment: it cannot be reproduced. Retrain it with reprodl to get a "
+            "reproducible model (its record's training.params hold dtoolAI's parameters)"
+        )
     t = record.training
     for field, n in (("training.num_workers", t.num_workers), ("training.params", t.params.get("num_workers", 0))):
         trust.check_workers(n, what=f"the record of {what} ({field})")
@@ -57,6 +65,8 @@ def open_recorded(
         kwargs["split"] = ref.split
     if ref.bootstrap is not None:
         kwargs["bootstrap"] = ref.bootstrap
+    if cls is TensorDataSet and ref.value_scale is not None:
+        kwargs["value_scale"] = ref.value_scale  # as the training read it (dtoolAI's /255 included)
     ds = cls(dataset if dataset is not None else ref.uri, ref.usetype, transform, **kwargs)
     if ref.selection_digest and ds.selection_digest() != ref.selection_digest:
         raise ReproductionError(

@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from reprodl.store.create import DatasetWriter, create_dataset, current_user, find_resumable
+from reprodl.store.create import DatasetWriter, create_dataset, current_user, find_resumable, writer_over
 from reprodl.store.dataset import StoredDataSet, VerifyReport, exists, open_dataset
 from reprodl.store.fetch import FetchReport
 from reprodl.store.hashing import Progress, canonical_json, file_md5, file_sha256
@@ -65,4 +65,5 @@ __all__ = [
     "normalise_uri",
     "open_dataset",
     "scheme_of",
+    "writer_over",
 ]

@@ -138,6 +138,13 @@ class DatasetWriter:
         return ds
 
 
+def writer_over(proto: Any, staging: str | os.PathLike[str], name: str) -> DatasetWriter:
+    """A :class:`DatasetWriter` adding straight to a proto dataset someone else freezes (a dtoolcore
+    ``DataSetCreator``'s); its temporary files go in a new directory under ``staging``."""
+    own = Path(tempfile.mkdtemp(prefix="reprodl-", dir=os.fspath(staging)))
+    return DatasetWriter(proto, own, name)
+
+
 @contextlib.contextmanager
 def create_dataset(
     base_uri: str | os.PathLike[str],

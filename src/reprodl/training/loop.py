@@ -35,7 +35,7 @@ from reprodl import __version__, keys, trust
 from reprodl.data.datasets import Batch, WrappedDataSet, collate
 from reprodl.errors import IntegrityError, ParametersError, ReprodlError, TrainingDivergedError
 from reprodl.modeldataset.weights import state_dict_sha256
-from reprodl.modeldataset.write import DerivedDataSet, check_label_compatibility, parent_ref, write_model
+from reprodl.modeldataset.write import DerivedDataSet, as_output, check_label_compatibility, parent_ref, write_model
 from reprodl.provenance import (
     Architecture,
     CallableInfo,
@@ -360,7 +360,7 @@ def train_model_with_metadata_capture(
     optimiser: torch.optim.Optimizer,
     loss_fn: Any,
     params: Parameters | dict[str, Any],
-    output_ds: DerivedDataSet,
+    output_ds: DerivedDataSet | Any,
     *,
     valid_ds: WrappedDataSet | None = None,
     scheduler: Any = None,
@@ -387,12 +387,12 @@ def train_model_with_metadata_capture(
 
     Each optimiser step is traced (:mod:`reprodl.training.trace`); ``on_step`` gets each row (True: stop);
     ``checkpoint_every=N``: a checkpoint every N epochs (``DerivedDataSet(..., resume=True)`` resumes).
-    Under ``torchrun`` (a process group joined) it trains with DistributedDataParallel, one shard a rank.
+    Under ``torchrun`` it trains with DistributedDataParallel. ``output_ds`` may be a ``DerivedDataSetCreator``.
 
     Returns the sealed :class:`ProvenanceRecord` (also stored as ``provenance.json``).
     """
     rerun = reproduces is not None or replicates is not None
-    params = _check_arguments(train_ds, params, output_ds, valid_ds, rerun=rerun)
+    params, output_ds = _check_arguments(train_ds, params, output_ds, valid_ds, rerun=rerun)
     model, group = unwrap(model), _checked_group()
     code = _capture_code(code_root, config, require_clean_code=require_clean_code, store_untracked=store_untracked)
     roles = _checked_roles(output_ds, params, group)
@@ -497,12 +497,14 @@ def _write_on_rank0(group: Group | None, output_ds: DerivedDataSet, write: Calla
 def _check_arguments(
     train_ds: WrappedDataSet,
     params: Parameters | dict[str, Any],
-    output_ds: DerivedDataSet,
+    output_ds: DerivedDataSet | Any,
     valid_ds: WrappedDataSet | None,
     *,
     rerun: bool,
-) -> Parameters:
-    """The parameters, validated; ``valid_ds`` joins the output's validation sets."""
+) -> tuple[Parameters, DerivedDataSet]:
+    """The parameters, validated, and the output (a dtoolcore creator wrapped: :func:`as_output`);
+    ``valid_ds`` joins the output's validation sets."""
+    output_ds = as_output(output_ds, train_ds)
     if not isinstance(params, Parameters):
         params = Parameters(**dict(params))
     if not rerun:  # a reproduction or replication trains as recorded, even parameters once left unused
@@ -520,7 +522,7 @@ def _check_arguments(
     if valid_ds is not None and valid_ds not in output_ds.valid_sets:
         output_ds.valid_sets.append(valid_ds)
     check_label_compatibility(output_ds.train_sets + output_ds.valid_sets)
-    return params
+    return params, output_ds
 
 
 @dataclasses.dataclass

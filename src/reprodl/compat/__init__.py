@@ -1,0 +1,1 @@
+"""Compatibility layers: other tools' APIs over reprodl (``compat.dtoolai``: the original dtoolAI 0.2.0)."""

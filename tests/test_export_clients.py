@@ -1,0 +1,151 @@
+"""Each export read back by the tool its users use: MLflow's client (and server), the RO-Crate
+validator, mlcroissant, onnxruntime given only the ONNX file, and the Hub's model card fields."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from train_fixtures import TrainedModel, train_digits
+
+from reprodl import keys
+from reprodl.exports import export
+
+pytest_plugins = ["train_fixtures"]
+
+
+def _sample(model: Any, n: int = 16) -> np.ndarray:
+    import torch
+
+    return torch.rand(n, *model.input_shape, generator=torch.Generator().manual_seed(1)).numpy()
+
+
+# --- MLflow ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_export(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return export(trained_model.uri, "mlflow", tmp_path_factory.mktemp("mlflow") / "mlruns")
+
+
+@pytest.fixture
+def file_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store in maintenance mode
+
+
+def test_mlflow_run_holds_the_model_and_both_load_it_to_the_same_predictions(
+    mlflow_export: Any, trained_model: TrainedModel, tmp_path: Path, file_store: None
+) -> None:
+    import mlflow.artifacts
+    import mlflow.pytorch
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from reprodl import TrainedTorchModel
+
+    client = MlflowClient(tracking_uri=mlflow_export.output)
+    run = client.get_run(mlflow_export.details["run_id"])
+    (output,) = run.outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)
+    assert logged.source_run_id == run.info.run_id and str(logged.status) == "READY"
+    assert logged.tags["reprodl.weights_sha256"] == trained_model.record.results.weights_sha256
+    got = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location, dst_path=str(tmp_path)))
+    original = TrainedTorchModel(trained_model.uri)
+    x = _sample(original)
+    downloaded = TrainedTorchModel(str(got / keys.MLFLOW_MODEL_DATASET))
+    assert downloaded.dataset.uuid == original.dataset.uuid
+    assert downloaded.predict(x).tolist() == original.predict(x).tolist()
+    with torch.no_grad():
+        flavour = mlflow.pytorch.load_model(str(got))(torch.from_numpy(x))
+    assert flavour.argmax(1).tolist() == original.predict(x).tolist()
+    assert mlflow_export.details["pytorch_flavour"] == "pt2"
+
+
+def test_mlflow_run_shows_train_and_valid_inputs_apart_with_duration_user_and_source(
+    mlflow_export: Any, trained_model: TrainedModel, file_store: None
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    record = trained_model.record
+    assert record.data[0].uuid == record.data[1].uuid  # the validation data is a split of the training dataset
+    run = MlflowClient(tracking_uri=mlflow_export.output).get_run(mlflow_export.details["run_id"])
+    inputs = {}
+    for item in run.inputs.dataset_inputs:
+        tags = {t.key: t.value for t in item.tags}
+        inputs[tags["mlflow.data.context"]] = item.dataset
+        assert json.loads(item.dataset.profile)["usetype"] == {"train": "train", "valid": "test"}[tags["mlflow.data.context"]]
+    assert set(inputs) == {"train", "valid"} and inputs["train"].digest != inputs["valid"].digest
+    assert run.info.end_time - run.info.start_time > 0
+    assert run.info.user_id and run.info.user_id == run.data.tags["mlflow.user"] != "unknown"
+    assert run.data.tags["mlflow.source.name"] == Path(record.code.entry_script or "").name != ""
+    assert "epochs" not in run.data.params and run.data.params["n_epochs"] == "3"
+
+
+def test_mlflow_model_without_a_traceable_architecture_still_holds_the_model_dataset(
+    digits_split_master: str, tmp_path: Path, file_store: None
+) -> None:
+    """A class outside the zoo, not allowed: no pytorch flavour (the reason is a tag), the dataset is there."""
+    import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
+    from train_fixtures import TinyNet
+
+    from reprodl import TrainedTorchModel
+
+    uri, _ = train_digits(tmp_path, "tiny", digits_split_master, valid=False, model=TinyNet(), init_params={})
+    result = export(uri, "mlflow", tmp_path / "mlruns")
+    assert result.details["pytorch_flavour"] is None and "UnsafeImportError" in result.details["why_not"]
+    logged = MlflowClient(result.output).get_logged_model(result.details["model_id"])
+    assert "UnsafeImportError" in logged.tags["reprodl.pytorch_flavour"]
+    got = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location, dst_path=str(tmp_path)))
+    model = TrainedTorchModel(str(got / keys.MLFLOW_MODEL_DATASET), allow=["train_fixtures"])
+    assert model.name == "tiny"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_mlflow_server_serves_the_exported_run_its_inputs_and_model(mlflow_export: Any, tmp_path: Path) -> None:
+    """MLflow's own server (what its UI reads) on the exported store, on 127.0.0.1."""
+    if importlib.util.find_spec("flask") is None or importlib.util.find_spec("mlflow.server") is None:
+        pytest.skip("MLflow's server needs the full `mlflow` package (mlflow-skinny has no server): pip install mlflow")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"}
+    store = mlflow_export.output
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--backend-store-uri", store, "--default-artifact-root", store, "--workers", "1"]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        run_id = mlflow_export.details["run_id"]
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=10) as r:
+            run = json.load(r)["run"]
+        contexts = {t["value"] for i in run["inputs"]["dataset_inputs"] for t in i["tags"] if t["key"] == "mlflow.data.context"}
+        assert contexts == {"train", "valid"}
+        assert [m["model_id"] for m in run["outputs"]["model_outputs"]] == [mlflow_export.details["model_id"]]
+        assert int(run["info"]["end_time"]) > int(run["info"]["start_time"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

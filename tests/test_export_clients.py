@@ -149,3 +149,116 @@ def test_mlflow_server_serves_the_exported_run_its_inputs_and_model(mlflow_expor
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# --- RO-Crate -----------------------------------------------------------------------------------
+
+_TRAIN_SCRIPT = """\
+import sys
+sys.path.insert(0, sys.argv[3])
+from train_fixtures import train_digits
+train_digits(sys.argv[1], "scripted", sys.argv[2], n_epochs=1)
+"""
+
+
+@pytest.fixture(scope="module")
+def script_model(digits_split_master: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A model trained by a user's script outside git: the record stores the script as an item."""
+    from user_scripts import child_env
+
+    where = tmp_path_factory.mktemp("scripted")
+    (where / "train.py").write_text(_TRAIN_SCRIPT)
+    tests = str(Path(__file__).parent)
+    done = subprocess.run(
+        [sys.executable, "train.py", str(where), digits_split_master, tests],
+        cwd=where,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return str(where / "scripted")
+
+
+def _context_cache(path: Path) -> Path:
+    """An HTTP cache for the validator holding the RO-Crate 1.3 context the rocrate package
+    bundles, so the validator runs offline (it fetches the crate's @context)."""
+    import requests
+    import rocrate
+    from requests.adapters import HTTPAdapter
+    from requests_cache import CachedSession
+    from urllib3 import HTTPResponse
+
+    documents = {"https://w3id.org/ro/crate/1.3/context": (Path(rocrate.__file__).parent / "data" / "ro-crate.jsonld").read_bytes()}
+
+    class Bundled(HTTPAdapter):
+        def send(self, request: Any, **_: Any) -> Any:
+            raw = HTTPResponse(
+                body=io.BytesIO(documents[request.url]),
+                headers={"Content-Type": "application/ld+json"},
+                status=200,
+                preload_content=False,
+                request_url=request.url,
+            )
+            return self.build_response(request, raw)
+
+    session = CachedSession(cache_name=str(path), backend="sqlite", allowable_codes=(200,), expire_after=-1)
+    session.mount("https://", Bundled())
+    for url in documents:
+        assert session.get(url).ok
+    session.close()
+    assert isinstance(requests.Response(), requests.Response)
+    return path
+
+
+def _validate(crate: Path, profile: str, severity: str, cache: Path) -> list[tuple[str, str]]:
+    """(severity, message) of each issue the validator finds at ``severity`` or above, offline."""
+    from rocrate_validator import services
+
+    settings = services.ValidationSettings(
+        rocrate_uri=str(crate),
+        profile_identifier=profile,
+        requirement_severity=severity,
+        offline=True,
+        cache_path=cache,
+    )
+    result = services.validate(settings)
+    return [(i.severity.name, f"{i.check.identifier}: {i.message}") for i in result.get_issues()]
+
+
+@pytest.mark.parametrize("profile", ["process-run-crate-0.5", "ro-crate-1.3"])
+def test_ro_crate_has_no_required_failure_under_the_validator_offline(
+    profile: str, script_model: str, trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    """Both kinds of instrument: the user's script copied in as a File, and reprodl (the script is in git)."""
+    pytest.importorskip("rocrate_validator", reason="the RO-Crate validator is the package roc-validator (test extra)")
+    cache = _context_cache(tmp_path / "http-cache")
+    for i, uri in enumerate((script_model, trained_model.uri)):
+        export(uri, "ro-crate", tmp_path / f"crate{i}")
+        issues = _validate(tmp_path / f"crate{i}", profile, "REQUIRED", cache)
+        assert [m for s, m in issues if s == "REQUIRED"] == [], uri
+
+
+def test_ro_crate_names_the_code_by_its_item_and_states_a_licence(script_model: str, tmp_path: Path) -> None:
+    from rocrate.rocrate import ROCrate
+
+    from reprodl.store import open_dataset
+    from reprodl.modeldataset.read import read_record
+
+    record = read_record(open_dataset(script_model))
+    export(script_model, "ro-crate", tmp_path / "crate")
+    crate = ROCrate(str(tmp_path / "crate"))
+    (action,) = [e for e in crate.get_entities() if e.type == "CreateAction"]
+    code = action["instrument"]
+    script = record.code.entry_script
+    assert script and Path(script).is_absolute()  # what the record says of the training machine
+    graph = json.loads((tmp_path / "crate" / "ro-crate-metadata.json").read_text())["@graph"]
+    assert script not in json.dumps(graph)
+    assert "File" in code.type and code.id == "code/entry/train.py" and code["name"] == "train.py"
+    assert (tmp_path / "crate" / code.id).read_bytes() == Path(script).read_bytes()
+    assert code["url"] and code["version"] == f"sha256:{record.code.entry_script_sha256}"
+    assert crate.root_dataset["license"].id == "https://spdx.org/licenses/CC-BY-4.0.html"  # the digits' README
+    assert "training data" in crate.root_dataset["license"]["description"]
+    (descriptor,) = [e for e in graph if e["@id"] == "ro-crate-metadata.json"]
+    assert {c["@id"] for c in descriptor["conformsTo"]} == {"https://w3id.org/ro/crate/1.3", "https://w3id.org/ro/crate/1.1"}

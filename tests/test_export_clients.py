@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from torch import nn
 from train_fixtures import TrainedModel, train_digits
 
 from reprodl import keys
@@ -262,3 +264,90 @@ def test_ro_crate_names_the_code_by_its_item_and_states_a_licence(script_model: 
     assert "training data" in crate.root_dataset["license"]["description"]
     (descriptor,) = [e for e in graph if e["@id"] == "ro-crate-metadata.json"]
     assert {c["@id"] for c in descriptor["conformsTo"]} == {"https://w3id.org/ro/crate/1.3", "https://w3id.org/ro/crate/1.1"}
+
+
+# --- ONNX ---------------------------------------------------------------------------------------
+
+
+def _prepare(raw: np.ndarray, how: dict[str, Any], shape: list[int]) -> np.ndarray:
+    """Raw arrays to model inputs, by the ONNX file's preprocessing alone (a user without reprodl)."""
+    x = raw.astype(np.float32) / np.float32(how["value_scale"])
+    x = x.reshape(len(raw), *shape)
+    if how["mean"] is not None:
+        mean = np.asarray(how["mean"], dtype=np.float32).reshape(-1, 1, 1)
+        x = (x - mean) / np.asarray(how["std"], dtype=np.float32).reshape(-1, 1, 1)
+    return x
+
+
+def test_onnx_file_alone_gives_category_names_and_reprodls_predictions(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    import onnx
+    import onnxruntime
+
+    from reprodl import TensorDataSet, TrainedTorchModel
+    from reprodl.store import open_dataset
+
+    export(trained_model.uri, "onnx", tmp_path / "model.onnx")
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    categories = json.loads(props["reprodl.categories"])
+    shape = json.loads(props["reprodl.input_shape"])
+    how = json.loads(props["reprodl.preprocessing"])
+    assert categories == [str(i) for i in range(10)] and shape == [1, 8, 8]
+    assert how["input"] == "array" and how["value_scale"] == 255.0 and how["transform"] is None
+    data = open_dataset(trained_model.data_uri)
+    raw = np.load(data.item_path(data.identifier_of(keys.TENSOR_DATA_FILE)))[:50]  # the stored uint8 arrays
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_names = [categories[i] for i in session.run(None, {"input": _prepare(raw, how, shape)})[0].argmax(1)]
+    model = TrainedTorchModel(trained_model.uri)
+    ds = TensorDataSet(trained_model.data_uri)
+    import torch
+
+    reprodl_names = model.predict_categories(torch.stack([ds[i][0] for i in range(50)]))
+    assert onnx_names == reprodl_names
+
+
+class FlatNet(nn.Module):
+    """A linear classifier of 6x5 gray images (outside the zoo: exported with allow=)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(30, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def test_onnx_of_an_image_model_says_mode_size_and_normalisation(image_uri: str, tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime
+    import torch
+    from PIL import Image
+    from train_fixtures import small_params
+
+    from reprodl import DerivedDataSet, ImageDataSet, TrainedTorchModel, train_model_with_metadata_capture
+    from reprodl.data.transforms import Compose, Normalize, ToTensor
+    from reprodl.store import open_dataset
+
+    train = ImageDataSet(image_uri, transform=Compose([ToTensor(), Normalize([0.5], [0.25])]))
+    params = small_params(init_params={}, batch_size=4)
+    torch.manual_seed(0)
+    net = FlatNet()
+    with DerivedDataSet(str(tmp_path), "flat", train) as out:
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        train_model_with_metadata_capture(net, train, opt, torch.nn.CrossEntropyLoss(), params, out, progress=False)
+    export(str(tmp_path / "flat"), "onnx", tmp_path / "flat.onnx", allow=["test_export_clients"])
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "flat.onnx")).metadata_props}
+    how = json.loads(props["reprodl.preprocessing"])
+    assert (how["input"], how["image_mode"], how["resize_to_hw"]) == ("image", "L", [5, 6])
+    assert (how["mean"], how["std"], how["value_scale"]) == ([0.5], [0.25], 255.0)
+    categories = json.loads(props["reprodl.categories"])
+    data = open_dataset(image_uri)
+    paths = [data.item_path(i) for i in sorted(data.identifiers, key=data.relpath)]
+    images = [Image.open(p).convert(how["image_mode"]).resize(how["resize_to_hw"][::-1]) for p in paths]
+    raw = np.stack([np.asarray(im) for im in images])
+    x = _prepare(raw, how, json.loads(props["reprodl.input_shape"]))
+    session = onnxruntime.InferenceSession(str(tmp_path / "flat.onnx"), providers=["CPUExecutionProvider"])
+    onnx_names = [categories[i] for i in session.run(None, {"input": x})[0].argmax(1)]
+    model = TrainedTorchModel(str(tmp_path / "flat"), allow=["test_export_clients"])
+    assert onnx_names == [model.convert_and_predict(Image.open(p)) for p in paths]

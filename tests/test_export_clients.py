@@ -351,3 +351,34 @@ def test_onnx_of_an_image_model_says_mode_size_and_normalisation(image_uri: str,
     onnx_names = [categories[i] for i in session.run(None, {"input": x})[0].argmax(1)]
     model = TrainedTorchModel(str(tmp_path / "flat"), allow=["test_export_clients"])
     assert onnx_names == [model.convert_and_predict(Image.open(p)) for p in paths]
+
+
+# --- model card ---------------------------------------------------------------------------------
+
+
+def test_model_card_puts_each_metric_on_its_data_and_states_the_licence(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    export(trained_model.uri, "model-card", tmp_path / "README.md")
+    meta = yaml.safe_load((tmp_path / "README.md").read_text().split("---\n", 2)[1])
+    assert meta["license"] == "cc-by-4.0"  # the training data's README (the Hub's id)
+    results = {r["dataset"]["split"]: {m["name"] for m in r["metrics"]} for r in meta["model-index"][0]["results"]}
+    assert results == {"train": {"train_loss"}, "test": {"valid_loss", "valid_accuracy"}}  # valid = the "test" usetype
+    hub_fields = json.dumps({k: v for k, v in meta.items() if k != "reprodl"})
+    assert "file://" not in hub_fields and trained_model.data_uri not in hub_fields
+
+
+def test_model_card_licence_is_the_models_own_or_unknown(digits_split_master: str, tmp_path: Path) -> None:
+    from reprodl import DerivedDataSet, TensorDataSet, train_model_with_metadata_capture
+    from reprodl.zoo import GenNet
+    from train_fixtures import INIT_PARAMS, small_params
+
+    train = TensorDataSet(digits_split_master, usetype="train")
+    params = small_params()
+    net = GenNet(**INIT_PARAMS)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    with DerivedDataSet(str(tmp_path), "own", train, readme={"license": "Our Custom Terms 2"}) as out:
+        train_model_with_metadata_capture(net, train, opt, nn.NLLLoss(), params, out, progress=False)
+    export(str(tmp_path / "own"), "model-card", tmp_path / "card.md")
+    meta = yaml.safe_load((tmp_path / "card.md").read_text().split("---\n", 2)[1])
+    assert (meta["license"], meta["license_name"]) == ("other", "our-custom-terms-2")

@@ -382,3 +382,25 @@ def test_model_card_licence_is_the_models_own_or_unknown(digits_split_master: st
     export(str(tmp_path / "own"), "model-card", tmp_path / "card.md")
     meta = yaml.safe_load((tmp_path / "card.md").read_text().split("---\n", 2)[1])
     assert (meta["license"], meta["license_name"]) == ("other", "our-custom-terms-2")
+
+
+# --- Croissant ----------------------------------------------------------------------------------
+
+
+def _croissant_warnings(path: Path) -> list[str]:
+    import mlcroissant
+
+    dataset = mlcroissant.Dataset(jsonld=str(path))
+    return sorted(dataset.metadata.ctx.issues.warnings)
+
+
+def test_croissant_states_the_readmes_licence_and_mlcroissant_has_no_warning(
+    digits_split_master: str, image_uri: str, tmp_path: Path
+) -> None:
+    export(digits_split_master, "croissant", tmp_path / "digits.json")
+    assert json.loads((tmp_path / "digits.json").read_text())["license"] == "https://spdx.org/licenses/CC-BY-4.0.html"
+    assert _croissant_warnings(tmp_path / "digits.json") == []
+    export(image_uri, "croissant", tmp_path / "images.json")  # its README states no licence
+    licence = json.loads((tmp_path / "images.json").read_text())["license"]
+    assert licence["name"] == "unspecified" and "states no licence" in licence["description"]
+    assert _croissant_warnings(tmp_path / "images.json") == []

@@ -404,3 +404,27 @@ def test_croissant_states_the_readmes_licence_and_mlcroissant_has_no_warning(
     licence = json.loads((tmp_path / "images.json").read_text())["license"]
     assert licence["name"] == "unspecified" and "states no licence" in licence["description"]
     assert _croissant_warnings(tmp_path / "images.json") == []
+
+
+# --- identifiers the project keeps ----------------------------------------------------------------
+
+
+def test_exports_name_only_identifiers_under_the_projects_url(trained_model: TrainedModel, tmp_path: Path) -> None:
+    import prov
+
+    from reprodl.provenance import record_json_schema
+
+    export(trained_model.uri, "prov", tmp_path / "run.json")
+    namespaces = {n.prefix: n.uri for n in prov.read(str(tmp_path / "run.json"), format="json").get_registered_namespaces()}
+    assert namespaces["reprodl"] == "https://github.com/reprodl/reprodl/blob/main/docs/terms.md#"
+    export(trained_model.uri, "ro-crate", tmp_path / "crate")
+    graph = json.loads((tmp_path / "crate" / "ro-crate-metadata.json").read_text())["@graph"]
+    (record,) = [e for e in graph if e["@id"] == "provenance.json"]
+    assert record["conformsTo"]["@id"] == keys.PROVENANCE_SCHEMA_ID == record_json_schema()["$id"]
+    for path in (tmp_path / "run.json", tmp_path / "crate" / "ro-crate-metadata.json"):
+        assert "reprodl.dev" not in path.read_text()
+    # the schema's $id names a file of the repository: this one, kept current
+    docs = Path(__file__).parents[1] / "docs"
+    assert keys.PROVENANCE_SCHEMA_ID.endswith("/blob/main/docs/schemas/provenance-1.1.json")
+    assert json.loads((docs / "schemas" / "provenance-1.1.json").read_text()) == record_json_schema()
+    assert (docs / "terms.md").is_file()

@@ -7,7 +7,6 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -88,7 +87,10 @@ def test_mlflow_run_shows_train_and_valid_inputs_apart_with_duration_user_and_so
     for item in run.inputs.dataset_inputs:
         tags = {t.key: t.value for t in item.tags}
         inputs[tags["mlflow.data.context"]] = item.dataset
-        assert json.loads(item.dataset.profile)["usetype"] == {"train": "train", "valid": "test"}[tags["mlflow.data.context"]]
+        assert (
+            json.loads(item.dataset.profile)["usetype"]
+            == {"train": "train", "valid": "test"}[tags["mlflow.data.context"]]
+        )
     assert set(inputs) == {"train", "valid"} and inputs["train"].digest != inputs["valid"].digest
     assert run.info.end_time - run.info.start_time > 0
     assert run.info.user_id and run.info.user_id == run.data.tags["mlflow.user"] != "unknown"
@@ -144,7 +146,9 @@ def test_mlflow_server_serves_the_exported_run_its_inputs_and_model(mlflow_expor
         run_id = mlflow_export.details["run_id"]
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=10) as r:
             run = json.load(r)["run"]
-        contexts = {t["value"] for i in run["inputs"]["dataset_inputs"] for t in i["tags"] if t["key"] == "mlflow.data.context"}
+        contexts = {
+            t["value"] for i in run["inputs"]["dataset_inputs"] for t in i["tags"] if t["key"] == "mlflow.data.context"
+        }
         assert contexts == {"train", "valid"}
         assert [m["model_id"] for m in run["outputs"]["model_outputs"]] == [mlflow_export.details["model_id"]]
         assert int(run["info"]["end_time"]) > int(run["info"]["start_time"])
@@ -192,7 +196,11 @@ def _context_cache(path: Path) -> Path:
     from requests_cache import CachedSession
     from urllib3 import HTTPResponse
 
-    documents = {"https://w3id.org/ro/crate/1.3/context": (Path(rocrate.__file__).parent / "data" / "ro-crate.jsonld").read_bytes()}
+    documents = {
+        "https://w3id.org/ro/crate/1.3/context": (
+            Path(rocrate.__file__).parent / "data" / "ro-crate.jsonld"
+        ).read_bytes()
+    }
 
     class Bundled(HTTPAdapter):
         def send(self, request: Any, **_: Any) -> Any:
@@ -245,8 +253,8 @@ def test_ro_crate_has_no_required_failure_under_the_validator_offline(
 def test_ro_crate_names_the_code_by_its_item_and_states_a_licence(script_model: str, tmp_path: Path) -> None:
     from rocrate.rocrate import ROCrate
 
-    from reprodl.store import open_dataset
     from reprodl.modeldataset.read import read_record
+    from reprodl.store import open_dataset
 
     record = read_record(open_dataset(script_model))
     export(script_model, "ro-crate", tmp_path / "crate")
@@ -263,7 +271,10 @@ def test_ro_crate_names_the_code_by_its_item_and_states_a_licence(script_model: 
     assert crate.root_dataset["license"].id == "https://spdx.org/licenses/CC-BY-4.0.html"  # the digits' README
     assert "training data" in crate.root_dataset["license"]["description"]
     (descriptor,) = [e for e in graph if e["@id"] == "ro-crate-metadata.json"]
-    assert {c["@id"] for c in descriptor["conformsTo"]} == {"https://w3id.org/ro/crate/1.3", "https://w3id.org/ro/crate/1.1"}
+    assert {c["@id"] for c in descriptor["conformsTo"]} == {
+        "https://w3id.org/ro/crate/1.3",
+        "https://w3id.org/ro/crate/1.1",
+    }
 
 
 # --- ONNX ---------------------------------------------------------------------------------------
@@ -369,9 +380,10 @@ def test_model_card_puts_each_metric_on_its_data_and_states_the_licence(
 
 
 def test_model_card_licence_is_the_models_own_or_unknown(digits_split_master: str, tmp_path: Path) -> None:
+    from train_fixtures import INIT_PARAMS, small_params
+
     from reprodl import DerivedDataSet, TensorDataSet, train_model_with_metadata_capture
     from reprodl.zoo import GenNet
-    from train_fixtures import INIT_PARAMS, small_params
 
     train = TensorDataSet(digits_split_master, usetype="train")
     params = small_params()
@@ -415,7 +427,9 @@ def test_exports_name_only_identifiers_under_the_projects_url(trained_model: Tra
     from reprodl.provenance import record_json_schema
 
     export(trained_model.uri, "prov", tmp_path / "run.json")
-    namespaces = {n.prefix: n.uri for n in prov.read(str(tmp_path / "run.json"), format="json").get_registered_namespaces()}
+    namespaces = {
+        n.prefix: n.uri for n in prov.read(str(tmp_path / "run.json"), format="json").get_registered_namespaces()
+    }
     assert namespaces["reprodl"] == "https://github.com/reprodl/reprodl/blob/main/docs/terms.md#"
     export(trained_model.uri, "ro-crate", tmp_path / "crate")
     graph = json.loads((tmp_path / "crate" / "ro-crate-metadata.json").read_text())["@graph"]

@@ -25,7 +25,9 @@ def export_cmd(
     ),
     experiment: str = typer.Option("reprodl", "--experiment", help="mlflow: the experiment's name."),
     allow: Optional[list[str]] = typer.Option(
-        None, "--allow", help="onnx, mlflow: module (or module:Class) trusted to be imported for the architecture; repeatable."
+        None,
+        "--allow",
+        help="onnx, mlflow: module (or module:Class) trusted to be imported for the architecture; repeatable.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     as_json: bool = JSON_OPT,

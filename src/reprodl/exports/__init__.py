@@ -40,7 +40,8 @@ FORMATS: dict[str, str] = {
     "croissant": "a Croissant 1.1 JSON-LD file describing a dataset",
     "model-card": "a Markdown model card with YAML front matter (Hugging Face style)",
     "onnx": "the model as an ONNX file, checked with onnxruntime against torch",
-    "mlflow": "a finished run in an MLflow tracking store, the model its logged model (the output is the tracking URI or directory)",
+    "mlflow": "a finished run in an MLflow tracking store, the model its logged model "
+    "(the output is the tracking URI or directory)",
 }
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "export"]

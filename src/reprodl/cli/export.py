@@ -59,3 +59,5 @@ def export_cmd(
         )
     if "run_id" in result.details:
         out.print(f"MLflow run {result.details['run_id']} in experiment {experiment!r}", markup=False)
+        flavour = result.details.get("pytorch_flavour") or f"none ({result.details.get('why_not')})"
+        out.print(f"Logged model {result.details['model_uri']} (pytorch flavour: {flavour})", markup=False)

@@ -91,7 +91,9 @@ def test_a_script_class_of_a_start_run_record_verifies_with_a_note(
     assert "defined in the recorded script" in passed.stdout and "never imported" in passed.stdout
 
 
-def test_a_script_class_of_a_record_without_its_script_fails(trained_model: TrainedModel, tmp_path: Path, cli) -> None:
+def test_a_script_class_of_a_record_without_its_script_fails(
+    trained_model: TrainedModel, tmp_path: Path, cli
+) -> None:
     def edit(raw: dict[str, Any]) -> None:
         raw["architecture"]["import_path"] = "__main__:Net"
 

@@ -480,12 +480,20 @@ ENTRY_POINTS: dict[str, Callable[[World, str, Path], list[Ran]]] = {
     "catalog": _catalog,
     "lineage": lambda w, uri, out: [invoke("lineage", uri)],
 }
-#: Cells that fail on this branch's base, fixed elsewhere (drop the mark once merged).
+
+
+def _mlflow_names_checked() -> bool:
+    from reprodl.exports import mlflow_run
+
+    return hasattr(mlflow_run, "_check_name")
+
+
+#: Cells that fail where a fix made elsewhere is missing (the mark lifts itself once it is merged).
 KNOWN = {
     "ansi-text-export-mlflow": pytest.mark.xfail(
-        reason="issue 17 item 15 (MLflow refuses a parameter name, a traceback): fixed by i17-errors, "
-        "merged into main after this branch's base",
-        strict=False,
+        not _mlflow_names_checked(),
+        reason="issue 17 item 15 (MLflow refuses a parameter name: a traceback), fixed by i17-errors",
+        strict=True,
     ),
 }
 

@@ -446,6 +446,8 @@ def _answer_no(world: World, uri: str, out: Path) -> list[Ran]:
         if proc.poll() is not None and not select.select([master], [], [], 0.2)[0]:
             break
     os.close(master)
+    if proc.poll() is None:  # still running at the deadline: stop it (the cell then fails)
+        proc.kill()
     code = proc.wait(timeout=30)
     output = text.decode(errors="replace").replace("\r\n", "\n")  # the terminal's line ends
     assert answered, output  # the plan was shown and a question asked

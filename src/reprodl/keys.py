@@ -111,6 +111,7 @@ MAX_README_BYTES = 1024 * 1024  # a dataset's README.yml
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # provenance.json (its history and packages included)
 MAX_METADATA_BYTES = 256 * 1024 * 1024  # any other JSON read over http (manifest, annotations)
 MAX_CHECKPOINT_META_BYTES = 16 * 1024 * 1024  # a checkpoint's meta.json (history, trace counters)
+MAX_CHECKPOINT_COUNTER = 2**53  # a checkpoint's epoch, step and batch (exact as a float, fits an int64)
 MAX_NESTING = 64  # depth of JSON/YAML containers (records nest about 6 deep)
 MAX_CATEGORIES = 100_000  # distinct labels of a dataset (ImageNet-21k has 21,841)
 MAX_IMAGE_SIDE = 16384  # pixels per side of a transform's or a record's image size

@@ -167,6 +167,8 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = (), scri
         why = trust.refusal(path, kind, allow=allow)
         if why is not None:
             refused.append(f"{kind.value} {path} ({why})")
+        elif kind is trust.Kind.ARCHITECTURE:
+            refused += _size_refusal(record, allow)
     for ref in record.data:
         if ref.transform is not None:
             try:
@@ -174,6 +176,21 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = (), scri
             except TransformError as exc:
                 refused.append(f"{ref.role} transform ({exc})")
     return refused
+
+
+def _size_refusal(record: ProvenanceRecord, allow: list[str]) -> list[str]:
+    """Why a zoo architecture will not be built from the record's ``init_params`` (its size counted from
+    them, nothing built: the bound every loader applies), or nothing; other classes are not built here."""
+    from reprodl import trust
+
+    arch = record.architecture
+    try:
+        cls = trust.resolve(arch.import_path, trust.Kind.ARCHITECTURE, allow=allow)
+        if trust.planned_size(cls, arch.init_params, what=arch.import_path) is not None:
+            trust.check_size(cls, arch.init_params, expected=arch.n_parameters, what=arch.import_path)
+    except ReprodlError as exc:
+        return [f"architecture {arch.import_path} ({exc})"]
+    return []
 
 
 def _script_class_allowed(path: str, allow: list[str], *, script: bool) -> bool:

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -619,4 +620,5 @@ def find_envelope(model_ds: StoredDataSet) -> dict[str, Any] | None:
 
 def _reproduction_name(name: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "", name)[:40] or "model"  # a record's model_name is anyone's text
     return f"{name}.reproduction-{stamp}-{os.getpid()}"[:80]

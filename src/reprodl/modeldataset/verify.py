@@ -154,8 +154,9 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = (), scri
     names = [
         (record.architecture.import_path, trust.Kind.ARCHITECTURE),
         (f"{t.optimizer.module}:{t.optimizer.class_name}", trust.Kind.OPTIMIZER),
-        (f"{t.loss.module}:{t.loss.class_name}", trust.Kind.LOSS),
     ]
+    if not (script and not t.loss.module):  # a start_run record whose loop gave run.watch no loss names none
+        names.append((f"{t.loss.module}:{t.loss.class_name}", trust.Kind.LOSS))
     if t.scheduler is not None:
         names.append((f"{t.scheduler.module}:{t.scheduler.class_name}", trust.Kind.SCHEDULER))
     names += [(m.architecture.import_path, trust.Kind.ARCHITECTURE) for m in record.models[1:]]

@@ -8,7 +8,22 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from reprodl.cli import app
-from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
+from reprodl.cli.common import (
+    CPUS_OPT,
+    EXECUTOR_OPT,
+    GPUS_OPT,
+    JSON_OPT,
+    MEM_OPT,
+    PARTITION_OPT,
+    QUIET_OPT,
+    RAY_ADDRESS_OPT,
+    TIME_OPT,
+    err,
+    executor_of,
+    handle_errors,
+    out,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from reprodl.reproduction.claims import Comparison, RunValue
@@ -43,6 +58,13 @@ def compare_cmd(
         "--write-configs",
         help="Train nothing: write each run's `reprodl train` config to this directory (one cluster task each).",
     ),
+    executor: str = EXECUTOR_OPT,
+    ray_address: Optional[str] = RAY_ADDRESS_OPT,
+    partition: Optional[str] = PARTITION_OPT,
+    time: int = TIME_OPT,
+    cpus: int = CPUS_OPT,
+    gpus: int = GPUS_OPT,
+    mem: Optional[float] = MEM_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Is A really better than B? Train N paired runs of each; P(A>B), its 95% interval and a verdict.
@@ -78,6 +100,7 @@ def compare_cmd(
         set_b=set_b or (),
         output=output,
         on_run=on_run,
+        executor=executor_of(executor, ray_address, partition, time, cpus, gpus, mem),
     )
     if as_json:
         print_json(result.to_dict())
@@ -145,6 +168,13 @@ def ablate_cmd(
     output: Optional[str] = typer.Option(
         None, "--output", help="Base URI of the runs and the claims (default: the config's)."
     ),
+    executor: str = EXECUTOR_OPT,
+    ray_address: Optional[str] = RAY_ADDRESS_OPT,
+    partition: Optional[str] = PARTITION_OPT,
+    time: int = TIME_OPT,
+    cpus: int = CPUS_OPT,
+    gpus: int = GPUS_OPT,
+    mem: Optional[float] = MEM_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """The base recipe against each variant: one line per variant with P(base > variant), its 95% interval and verdict.
@@ -168,6 +198,7 @@ def ablate_cmd(
         set_=set_ or (),
         output=output,
         on_run=on_run,
+        executor=executor_of(executor, ray_address, partition, time, cpus, gpus, mem),
     )
     if as_json:
         print_json(result.to_dict())

@@ -129,3 +129,31 @@ def progress_bar(description: str, total: float | None, *, quiet: bool = False) 
             progress.advance(task, n)
 
         yield advance
+
+
+# --- where several trainings run (compare, ablate, reproduce --executor) ----------------------
+EXECUTOR_OPT = typer.Option(
+    "local",
+    "--executor",
+    help="Where the runs train: local (this machine's process pool), slurm (one job each, a job array "
+    "through submitit; run the same command again to attach to jobs already submitted), ray (Ray tasks).",
+)
+RAY_ADDRESS_OPT = typer.Option(
+    None, "--ray-address", help="--executor ray: the cluster's address (host:port; default: a local one)."
+)
+PARTITION_OPT = typer.Option(None, "--partition", help="--executor slurm: the partition (default: the cluster's).")
+TIME_OPT = typer.Option(60, "--time", help="--executor slurm: each job's time limit, in minutes.")
+CPUS_OPT = typer.Option(1, "--cpus", help="--executor slurm/ray: CPUs per run.")
+GPUS_OPT = typer.Option(0, "--gpus", help="--executor slurm/ray: GPUs per run.")
+MEM_OPT = typer.Option(None, "--mem", help="--executor slurm: memory per run, in GB (default: the partition's).")
+
+
+def executor_of(
+    kind: str, ray_address: str | None, partition: str | None, time: int, cpus: int, gpus: int, mem: float | None
+) -> Any:
+    """The :class:`~reprodl.reproduction.executors.Executor` the options name."""
+    from reprodl.reproduction.executors import Executor
+
+    return Executor(
+        kind=kind, ray_address=ray_address, partition=partition, time_min=time, cpus=cpus, gpus=gpus, mem_gb=mem
+    )

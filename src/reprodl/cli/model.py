@@ -10,7 +10,22 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from reprodl.cli import app
-from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
+from reprodl.cli.common import (
+    CPUS_OPT,
+    EXECUTOR_OPT,
+    GPUS_OPT,
+    JSON_OPT,
+    MEM_OPT,
+    PARTITION_OPT,
+    QUIET_OPT,
+    RAY_ADDRESS_OPT,
+    TIME_OPT,
+    err,
+    executor_of,
+    handle_errors,
+    out,
+    print_json,
+)
 from reprodl.errors import ExitCode, ReprodlError
 
 if TYPE_CHECKING:
@@ -404,6 +419,13 @@ def reproduce_cmd(
     ),
     trusted_key: Optional[list[str]] = _TRUSTED_KEY,
     data: Optional[list[str]] = _DATA_COPY,
+    executor: str = EXECUTOR_OPT,
+    ray_address: Optional[str] = RAY_ADDRESS_OPT,
+    partition: Optional[str] = PARTITION_OPT,
+    time: int = TIME_OPT,
+    cpus: int = CPUS_OPT,
+    gpus: int = GPUS_OPT,
+    mem: Optional[float] = MEM_OPT,
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -413,10 +435,18 @@ def reproduce_cmd(
     temporary copy: that runs only with --trust-code, or after a yes at an interactive prompt.
     With --trusted-key, the model's signature is checked before anything is shown or run.
     --data train=URI reads the training data from a copy (refused unless the same dataset).
+    --executor slurm|ray re-runs it in a fresh Slurm job or a Ray task; the verdict says whether that
+    ran on the original's allocation, its node, or another (cross-allocation).
     """
     from reprodl.reproduction.rerun import reproduce
 
     plan, trust_code = _ask_trust(uri, trust_code, as_json, trusted_key or ())
+    if executor != "local":
+        options = dict(output=output, tolerance=tolerance, allow=allow or [], seed=seed, trust_code=trust_code)
+        options.update(stop_at_divergence=stop_at_divergence, trusted_keys=trusted_key or [])
+        options["data"] = _roles_to_uris(data or [])
+        engine = executor_of(executor, ray_address, partition, time, cpus, gpus, mem)
+        raise typer.Exit(_reproduce_on(engine, uri, options, quiet=quiet, as_json=as_json))
     if not (quiet or as_json or (plan is not None and not trust_code)):  # a refusal says nothing first
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
     report = reproduce(
@@ -437,6 +467,27 @@ def reproduce_cmd(
     else:
         print_report(report)
     raise typer.Exit(report.exit_code)
+
+
+def _reproduce_on(engine: Any, uri: str, options: dict[str, Any], *, quiet: bool, as_json: bool) -> int:
+    """``reprodl reproduce --executor slurm|ray``: the re-run on the engine; its verdict and allocation."""
+    from reprodl.reproduction.executors import reproduce_on
+
+    if not (quiet or as_json):
+        err.print(f"Reproducing {uri} on {engine.kind}: submitted; waiting for the re-run...", markup=False)
+    report = reproduce_on(engine, uri, **options)
+    if as_json:
+        print_json(report)
+    else:
+        for reason in report.get("reasons", []):
+            out.print(f"  - {reason}", markup=False)
+        where = report["allocation"]
+        rerun = where["rerun"]
+        out.print(
+            f"Ran on: {rerun['scheduler']} job {rerun['job_id']} on {rerun['node']} ({where['label']})", markup=False
+        )
+        out.print(f"Verdict: {report['verdict']} ({where['label']})", markup=False)
+    return int(ExitCode.OK if report.get("ok") else ExitCode.FAILED)
 
 
 def _ask_trust(uri: str, trust_code: bool, as_json: bool, trusted_keys: Any = ()) -> tuple[Any, bool]:

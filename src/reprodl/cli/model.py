@@ -442,7 +442,8 @@ def reproduce_cmd(
 
     plan, trust_code = _ask_trust(uri, trust_code, as_json, trusted_key or ())
     if executor != "local":
-        options = dict(output=output, tolerance=tolerance, allow=allow or [], seed=seed, trust_code=trust_code)
+        options: dict[str, Any] = dict(output=output, tolerance=tolerance, allow=allow or [], seed=seed)
+        options["trust_code"] = trust_code
         options.update(stop_at_divergence=stop_at_divergence, trusted_keys=trusted_key or [])
         options["data"] = _roles_to_uris(data or [])
         engine = executor_of(executor, ray_address, partition, time, cpus, gpus, mem)

@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,10 +130,10 @@ def _start_munge(root: Path, procs: list[subprocess.Popen[bytes]]) -> Path:
     return sock
 
 
-def _wait(ready: object, what: str, log: Path, proc: subprocess.Popen[bytes] | None) -> None:
+def _wait(ready: Callable[[], bool], what: str, log: Path, proc: subprocess.Popen[bytes] | None) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if ready():  # type: ignore[operator]
+        if ready():
             return
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}: {_tail(log)}")
@@ -178,7 +178,7 @@ def slurm_missing() -> str | None:
     if missing:
         return f"Slurm is not installed (no {', '.join(missing)}): apt-get install slurm-wlm munge"
     with contextlib.suppress(ImportError):
-        import submitit  # noqa: F401
+        import submitit  # noqa: F401 - only whether it imports
 
         return None
     return "submitit is not installed: pip install -e '.[test]'"
@@ -214,7 +214,7 @@ class RayCluster:
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
     try:
-        import ray  # noqa: F401
+        import ray  # noqa: F401 - only whether it imports
     except ImportError:
         unavailable("Ray is not installed: pip install -e '.[test]' (ray is in the test extra)")
     ray_bin = str(Path(sys.executable).parent / "ray")

@@ -21,6 +21,7 @@ import yaml
 pytest.register_assert_rewrite("train_fixtures", "engines")
 
 from engines import *  # noqa: F403 - the fixtures
+from engines import RayCluster, SlurmCluster
 from train_fixtures import digits_config
 
 from reprodl import keys
@@ -99,7 +100,7 @@ def test_allocation_labels():
 # --- Ray -------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_compare_on_ray_gives_the_local_claim_and_names_its_tasks(
-    ray_cluster: RayCluster,  # noqa: F405
+    ray_cluster: RayCluster,
     local_claim: dict,
     digits_split_master: str,
     tmp_path: Path,
@@ -118,7 +119,7 @@ def test_compare_on_ray_gives_the_local_claim_and_names_its_tasks(
 
 
 @pytest.mark.slow
-def test_reproduce_on_ray_is_identical_and_says_where(ray_cluster: RayCluster, trained_model, tmp_path: Path):  # noqa: F405
+def test_reproduce_on_ray_is_identical_and_says_where(ray_cluster: RayCluster, trained_model, tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
     report = _cli("reproduce", trained_model.uri, "--executor", "ray", "--ray-address", ray_cluster.address, env=env)
     assert report["verdict"] == "identical"
@@ -133,7 +134,7 @@ def _state_files(output: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_compare_on_slurm_attaches_after_an_interrupt_and_gives_the_local_claim(
-    slurm_cluster: SlurmCluster,  # noqa: F405
+    slurm_cluster: SlurmCluster,
     local_claim: dict,
     digits_split_master: str,
     tmp_path: Path,
@@ -167,7 +168,7 @@ def test_compare_on_slurm_attaches_after_an_interrupt_and_gives_the_local_claim(
 
 @pytest.mark.slow
 def test_reproduce_on_slurm_is_identical_on_a_fresh_allocation(
-    slurm_cluster: SlurmCluster,  # noqa: F405
+    slurm_cluster: SlurmCluster,
     trained_model,
     tmp_path: Path,
 ):

@@ -9,7 +9,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -148,12 +148,39 @@ GPUS_OPT = typer.Option(0, "--gpus", help="--executor slurm/ray: GPUs per run.")
 MEM_OPT = typer.Option(None, "--mem", help="--executor slurm: memory per run, in GB (default: the partition's).")
 
 
-def executor_of(
-    kind: str, ray_address: str | None, partition: str | None, time: int, cpus: int, gpus: int, mem: float | None
-) -> Any:
-    """The :class:`~reprodl.reproduction.executors.Executor` the options name."""
-    from reprodl.reproduction.executors import Executor
+_EXECUTOR_PARAMS: list[tuple[str, Any, Any]] = [
+    ("executor", EXECUTOR_OPT, str),
+    ("ray_address", RAY_ADDRESS_OPT, Optional[str]),
+    ("partition", PARTITION_OPT, Optional[str]),
+    ("time", TIME_OPT, int),
+    ("cpus", CPUS_OPT, int),
+    ("gpus", GPUS_OPT, int),
+    ("mem", MEM_OPT, Optional[float]),
+]
 
-    return Executor(
-        kind=kind, ray_address=ray_address, partition=partition, time_min=time, cpus=cpus, gpus=gpus, mem_gb=mem
-    )
+
+def executor_options(fn: F) -> F:
+    """Give a command the options --executor, --ray-address, --partition, --time, --cpus, --gpus and
+    --mem; it receives them as ``engine``, an :class:`~reprodl.reproduction.executors.Executor`."""
+    import inspect
+
+    sig = inspect.signature(fn, eval_str=True, locals={"Executor": Any})  # engine's type is for mypy only
+    kept = [p for p in sig.parameters.values() if p.name != "engine"]
+    added = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t) for n, o, t in _EXECUTOR_PARAMS
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from reprodl.reproduction.executors import Executor
+
+        kind, ray_address, partition, time, cpus, gpus, mem = (kwargs.pop(n) for n, _, _ in _EXECUTOR_PARAMS)
+        kwargs["engine"] = Executor(kind, ray_address, partition, time, cpus, gpus, mem)
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]  # read by typer
+    wrapper.__annotations__ = {
+        **{k: v for k, v in fn.__annotations__.items() if k != "engine"},
+        **{n: t for n, _, t in _EXECUTOR_PARAMS},
+    }
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature; mypy sees Callable

@@ -11,17 +11,10 @@ import typer
 
 from reprodl.cli import app
 from reprodl.cli.common import (
-    CPUS_OPT,
-    EXECUTOR_OPT,
-    GPUS_OPT,
     JSON_OPT,
-    MEM_OPT,
-    PARTITION_OPT,
     QUIET_OPT,
-    RAY_ADDRESS_OPT,
-    TIME_OPT,
     err,
-    executor_of,
+    executor_options,
     handle_errors,
     out,
     print_json,
@@ -29,8 +22,11 @@ from reprodl.cli.common import (
 from reprodl.errors import ExitCode, ReprodlError
 
 if TYPE_CHECKING:
+    from reprodl.reproduction.executors import Executor
     from reprodl.reproduction.rerun import Divergence, ReproductionReport
     from reprodl.training.config import TrainConfig
+
+EXECUTOR: Any = None  # replaced by the --executor options (cli.common.executor_options)
 
 _ALLOW = typer.Option(
     None, "--allow", help="Module (or module:Class) trusted to be imported for the architecture; repeatable."
@@ -399,6 +395,7 @@ _DATA_COPY = typer.Option(
 
 @app.command("reproduce")
 @handle_errors
+@executor_options
 def reproduce_cmd(
     uri: str = typer.Argument(..., help="Model dataset URI."),
     output: Optional[str] = typer.Option(
@@ -419,13 +416,7 @@ def reproduce_cmd(
     ),
     trusted_key: Optional[list[str]] = _TRUSTED_KEY,
     data: Optional[list[str]] = _DATA_COPY,
-    executor: str = EXECUTOR_OPT,
-    ray_address: Optional[str] = RAY_ADDRESS_OPT,
-    partition: Optional[str] = PARTITION_OPT,
-    time: int = TIME_OPT,
-    cpus: int = CPUS_OPT,
-    gpus: int = GPUS_OPT,
-    mem: Optional[float] = MEM_OPT,
+    engine: Executor = EXECUTOR,
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -441,12 +432,9 @@ def reproduce_cmd(
     from reprodl.reproduction.rerun import reproduce
 
     plan, trust_code = _ask_trust(uri, trust_code, as_json, trusted_key or ())
-    if executor != "local":
-        options: dict[str, Any] = dict(output=output, tolerance=tolerance, allow=allow or [], seed=seed)
-        options["trust_code"] = trust_code
-        options.update(stop_at_divergence=stop_at_divergence, trusted_keys=trusted_key or [])
-        options["data"] = _roles_to_uris(data or [])
-        engine = executor_of(executor, ray_address, partition, time, cpus, gpus, mem)
+    if not engine.local:
+        options: dict[str, Any] = dict(output=output, tolerance=tolerance, allow=allow or [], seed=seed, data=data)
+        options.update(trust_code=trust_code, stop_at_divergence=stop_at_divergence, trusted_keys=trusted_key or [])
         raise typer.Exit(_reproduce_on(engine, uri, options, quiet=quiet, as_json=as_json))
     if not (quiet or as_json or (plan is not None and not trust_code)):  # a refusal says nothing first
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
@@ -476,7 +464,7 @@ def _reproduce_on(engine: Any, uri: str, options: dict[str, Any], *, quiet: bool
 
     if not (quiet or as_json):
         err.print(f"Reproducing {uri} on {engine.kind}: submitted; waiting for the re-run...", markup=False)
-    report = reproduce_on(engine, uri, **options)
+    report = reproduce_on(engine, uri, **{**options, "data": _roles_to_uris(options["data"] or [])})
     if as_json:
         print_json(report)
     else:

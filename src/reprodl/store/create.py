@@ -127,7 +127,8 @@ class DatasetWriter:
         return set(self._relpaths)
 
     def _freeze(self) -> Any:
-        self._proto.freeze()
+        with hashed_on_all_cores(self._proto):
+            self._proto.freeze()
         ds = frozen_dataset(self._proto.uri)
         ids = list(ds.identifiers)
         for name, by_rel in self._overlays.items():
@@ -136,6 +137,37 @@ class DatasetWriter:
                 overlay[item_identifier(rel)] = value
             ds.put_overlay(name, overlay)
         return ds
+
+
+HASH_WORKERS_MAX = 8  # threads hashing a freeze's items (hashlib's md5 releases the GIL on large reads)
+
+
+@contextlib.contextmanager
+def hashed_on_all_cores(proto: Any) -> Iterator[None]:
+    """While the block runs, ``proto``'s broker answers each item's md5 from a hash computed beforehand
+    on every core (threads): dtool's freeze hashes one item after another. The manifest is the
+    same (dtool's md5 of each file); a broker without local files (s3) is left as it is."""
+    from reprodl.store.fetch import bounded_map
+    from reprodl.store.hashing import file_md5
+
+    broker = getattr(proto, "_storage_broker", None)
+    fpath = getattr(broker, "_fpath_from_handle", None)
+    handles = list(broker.iter_item_handles()) if fpath is not None and broker is not None else []
+    if len(handles) < 2:
+        yield
+        return
+    workers = min(
+        HASH_WORKERS_MAX,
+        len(handles),
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+    )
+    hashes = dict(bounded_map(lambda h: (h, file_md5(fpath(h))), handles, workers=workers))
+    original = broker.get_hash
+    broker.get_hash = lambda handle: hashes.get(handle) or original(handle)
+    try:
+        yield
+    finally:
+        del broker.get_hash  # the class's method again
 
 
 def writer_over(proto: Any, staging: str | os.PathLike[str], name: str) -> DatasetWriter:

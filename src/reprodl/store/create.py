@@ -142,11 +142,9 @@ class DatasetWriter:
 HASH_WORKERS_MAX = 8  # threads hashing a freeze's items (hashlib's md5 releases the GIL on large reads)
 
 
-@contextlib.contextmanager
-def hashed_on_all_cores(proto: Any) -> Iterator[None]:
-    """While the block runs, ``proto``'s broker answers each item's md5 from a hash computed beforehand
-    on every core (threads): dtool's freeze hashes one item after another. The manifest is the
-    same (dtool's md5 of each file); a broker without local files (s3) is left as it is."""
+def prehash_items(proto: Any) -> dict[str, str] | None:
+    """Each item's md5 (by handle), hashed on every core (threads; hashlib's md5 releases the GIL on
+    large reads); None for a broker without local files (s3) or fewer than two items."""
     from reprodl.store.fetch import bounded_map
     from reprodl.store.hashing import file_md5
 
@@ -154,14 +152,21 @@ def hashed_on_all_cores(proto: Any) -> Iterator[None]:
     fpath = getattr(broker, "_fpath_from_handle", None)
     handles = list(broker.iter_item_handles()) if fpath is not None and broker is not None else []
     if len(handles) < 2:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(HASH_WORKERS_MAX, len(handles), cores)
+    return dict(bounded_map(lambda h: (h, file_md5(fpath(h))), handles, workers=workers))
+
+
+@contextlib.contextmanager
+def hashed_on_all_cores(proto: Any) -> Iterator[None]:
+    """While the block runs, ``proto``'s broker answers each item's md5 from :func:`prehash_items`:
+    dtool's freeze hashes one item after another. The manifest is the same (dtool's md5 of each file)."""
+    hashes = prehash_items(proto)
+    if hashes is None:
         yield
         return
-    workers = min(
-        HASH_WORKERS_MAX,
-        len(handles),
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-    )
-    hashes = dict(bounded_map(lambda h: (h, file_md5(fpath(h))), handles, workers=workers))
+    broker = proto._storage_broker
     original = broker.get_hash
     broker.get_hash = lambda handle: hashes.get(handle) or original(handle)
     try:

@@ -188,3 +188,39 @@ def test_reproduce_on_slurm_is_identical_on_a_fresh_allocation(
     assert report["allocation"]["label"] == "same node"  # one node: another allocation on the same node
     assert report["allocation"]["rerun"]["scheduler"] == "slurm"
     assert report["allocation"]["rerun"]["allocation"].startswith("reprodltest/")
+
+
+@pytest.mark.parametrize("command", ["compare", "ablate", "reproduce", "train"])
+def test_every_command_that_runs_several_trainings_takes_an_executor(command: str, cli):
+    args = {
+        "compare": ["compare", "a.yaml", "--seeds", "2"],
+        "ablate": ["ablate", "a.yaml", "--variant", "x: lr=1", "--seeds", "2"],
+        "reproduce": ["reproduce", "models/m"],
+        "train": ["train", "a.yaml", "--seeds", "2"],
+    }[command]
+    result = cli(*args, "--executor", "pbs")
+    assert result.exit_code != 0
+    assert "--executor 'pbs' is not an engine: use one of local, slurm, ray" in result.stderr
+
+
+def test_train_refuses_an_executor_for_one_training(digits_split_master: str, tmp_path: Path, cli):
+    result = cli("train", _config(tmp_path, digits_split_master), "--executor", "ray")
+    said = " ".join(result.stderr.replace("│", " ").split())  # the message in rich's box, unwrapped
+    assert result.exit_code != 0 and "runs several trainings: give --seeds or --splits" in said
+
+
+@pytest.mark.slow
+def test_train_seeds_on_ray_gives_the_local_summary(ray_cluster: RayCluster, digits_split_master: str, tmp_path: Path):
+    from reprodl.training.config import load_config
+    from reprodl.training.multirun import train_many
+
+    cfg = _config(tmp_path, digits_split_master)
+    (tmp_path / "out").mkdir()
+    local = train_many(load_config(cfg, ["output=" + str(tmp_path / "out")]), seeds=2)
+    (tmp_path / "ray").mkdir()
+    on_ray = executors.train_many_on(
+        Executor("ray", ray_address=ray_cluster.address), load_config(cfg, ["output=" + str(tmp_path / "ray")]), seeds=2
+    )
+    assert on_ray.summary["final"] == local.summary["final"]
+    assert [m["seed"] for m in on_ray.summary["models"]] == [0, 1]
+    assert {load_record(u).environment.placement.scheduler for u in on_ray.model_uris} == {"ray"}

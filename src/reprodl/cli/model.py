@@ -181,6 +181,7 @@ class _EpochPrinter:
 
 @app.command("train")
 @handle_errors
+@executor_options
 def train_cmd(
     config: Path = typer.Argument(
         ..., help="Training config (YAML): name, output, data, model, optimizer, loss, params."
@@ -214,10 +215,14 @@ def train_cmd(
         "--resume",
         help="Continue the killed training of this config from its last checkpoint (config key checkpoint_every).",
     ),
+    engine: Executor = EXECUTOR,
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Train a model from a config file, capturing its provenance; writes a model dataset."""
+    """Train a model from a config file, capturing its provenance; writes a model dataset.
+
+    With --seeds or --splits, --executor slurm|ray trains each run as a Slurm job or a Ray task.
+    """
     from reprodl.training.config import free_name, load_config
 
     if name_suffix not in ("auto", "none"):
@@ -229,18 +234,23 @@ def train_cmd(
     cfg = load_config(config, [*(set_ or []), *flags])
     if name_suffix == "auto":
         cfg.name = free_name(cfg.output, cfg.name)
-    if resume and (seeds or splits or name_suffix == "auto"):
+    _check_train_flags(many=bool(seeds or splits), auto=name_suffix == "auto", **locals())
+    if seeds or splits:
+        _train_many(cfg, seeds=seeds, splits=splits, as_json=as_json, engine=engine)
+    else:
+        _train_one(cfg, quiet=quiet, as_json=as_json, tensorboard=tensorboard, resume=resume)
+
+
+def _check_train_flags(*, many: bool, auto: bool, resume: bool, tensorboard: Any, engine: Executor, **_: Any) -> None:
+    """Refuse the flags of ``train`` that do not go together."""
+    if resume and (many or auto):
         raise typer.BadParameter(
             "resumes one training: leave out --seeds, --splits and --name-suffix", param_hint="--resume"
         )
-    if seeds or splits:
-        if tensorboard is not None:
-            raise typer.BadParameter(
-                "logs one training: leave it out with --seeds or --splits", param_hint="--tensorboard"
-            )
-        _train_many(cfg, seeds=seeds, splits=splits, as_json=as_json)
-    else:
-        _train_one(cfg, quiet=quiet, as_json=as_json, tensorboard=tensorboard, resume=resume)
+    if many and tensorboard is not None:
+        raise typer.BadParameter("logs one training: leave it out with --seeds or --splits", param_hint="--tensorboard")
+    if not many and not engine.local:
+        raise typer.BadParameter("runs several trainings: give --seeds or --splits", param_hint="--executor")
 
 
 def _refuse_under_torchrun(flag: str) -> None:
@@ -256,16 +266,20 @@ def _refuse_under_torchrun(flag: str) -> None:
         )
 
 
-def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool) -> None:
+def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool, engine: Executor) -> None:
     """``train --seeds N`` or ``--splits N``: one line per run, then the variance summary."""
     _refuse_under_torchrun("--seeds" if seeds else "--splits")
+    from reprodl.reproduction.executors import train_many_on
     from reprodl.training.multirun import train_many
 
     def on_run(i: int, uri: str, record: Any) -> None:
         if not as_json:
             out.print(f"run {i + 1}/{seeds or splits}: {uri}  final {json.dumps(record.results.final)}", markup=False)
 
-    result = train_many(cfg, seeds=seeds, splits=splits, on_run=on_run)
+    if engine.local:
+        result = train_many(cfg, seeds=seeds, splits=splits, on_run=on_run)
+    else:
+        result = train_many_on(engine, cfg, seeds=seeds, splits=splits, on_run=on_run)
     if as_json:
         print_json({"summary_uri": result.summary_uri, "models": result.model_uris, "summary": result.summary})
         return

@@ -293,6 +293,68 @@ def allocation_label(was: Placement | None, now: Placement) -> str:
     return SAME_NODE if was.node == now.node else CROSS_ALLOCATION
 
 
+# --- train --seeds / --splits through an engine ----------------------------------------------
+def train_config(cfg_json: dict[str, Any], name: str, cwd: str) -> str:
+    """Train one config (a Slurm job's or Ray task's member of ``train --seeds``); its model URI."""
+    from reprodl.training.config import TrainConfig, build_and_train
+
+    os.chdir(cwd)
+    uri, _ = build_and_train(TrainConfig.model_validate(cfg_json), progress=False, name=name)
+    return uri
+
+
+def train_many_on(
+    executor: Executor,
+    cfg: Any,
+    *,
+    seeds: int = 0,
+    splits: int = 0,
+    test: float = 0.2,
+    on_run: Callable[[int, str, Any], None] | None = None,
+) -> Any:
+    """:func:`~reprodl.training.multirun.train_many` with each run a Slurm job or a Ray task; the
+    same runs (names, seeds, splits) and the same variance summary. A Slurm one interrupted and
+    run again attaches to its jobs."""
+    from reprodl.modeldataset.read import load_record
+    from reprodl.store.uris import dataset_uri
+    from reprodl.training.config import check_name_free
+    from reprodl.training.multirun import _run_configs, _write_summary
+
+    if (seeds > 0) == (splits > 0) or max(seeds, splits) < 2:
+        raise ParametersError(f"give either seeds=N or splits=N (N >= 2), not seeds={seeds} splits={splits}")
+    runs = _run_configs(cfg, seeds or splits, by_seed=bool(seeds), test=test)
+    key = plan_key(["train", cfg.model_dump(mode="json"), seeds, splits, test])
+    if not (executor.kind == "slurm" and _state_path(cfg.output, key).exists()):  # not attaching: names free
+        for name, _ in runs:
+            check_name_free(cfg.output, name)
+    cwd = os.getcwd()
+    members = [(name, (c.model_dump(mode="json", by_alias=True), name, cwd)) for name, c in runs]
+    jobs = run_members(executor, train_config, members, output=cfg.output, key=key, claim=cfg.name)
+    uris, records = [], []
+    for i, ((name, _), job) in enumerate(zip(runs, jobs)):
+        uri = dataset_uri(cfg.output, name)
+        records.append(_member_record(load_record, uri, name, job))
+        uris.append(uri)
+        if on_run is not None:
+            on_run(i, uri, records[-1])
+    return _write_summary(cfg, uris, records, varied="seed" if seeds else "split")
+
+
+def _member_record(load_record: Callable[[str], Any], uri: str, name: str, job: Any) -> Any:
+    """The record of a member trained by a job; a failed Slurm job named with the end of its log."""
+    from reprodl.errors import DatasetNotFoundError
+
+    try:
+        return load_record(uri)
+    except DatasetNotFoundError:
+        if not isinstance(job, dict):
+            raise
+        raise ReproductionError(
+            f"the Slurm job {job['job_id']} ended without training the run {name} (no model at {uri}); the end "
+            f"of its log:\n{job['log'] or '(empty)'}\nFix the cause and run the command again"
+        ) from None
+
+
 # --- reproduce through an engine -------------------------------------------------------------
 def reproduce_here(uri: str, options: dict[str, Any], report_path: str | None = None) -> dict[str, Any]:
     """:func:`~reprodl.reproduction.rerun.reproduce` in this process; its report's JSON form with

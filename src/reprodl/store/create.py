@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -155,7 +155,8 @@ def prehash_items(proto: Any) -> dict[str, str] | None:
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(HASH_WORKERS_MAX, len(handles), cores)
-    return dict(bounded_map(lambda h: (h, file_md5(fpath(h))), handles, workers=workers))
+    path_of: Callable[[str], str] = fpath  # type: ignore[assignment]  # not None: handles is empty otherwise
+    return dict(bounded_map(lambda h: (h, file_md5(path_of(h))), handles, workers=workers))
 
 
 @contextlib.contextmanager

@@ -224,3 +224,22 @@ def test_train_seeds_on_ray_gives_the_local_summary(ray_cluster: RayCluster, dig
     assert on_ray.summary["final"] == local.summary["final"]
     assert [m["seed"] for m in on_ray.summary["models"]] == [0, 1]
     assert {load_record(u).environment.placement.scheduler for u in on_ray.model_uris} == {"ray"}
+
+
+@pytest.mark.slow
+def test_a_failed_slurm_job_is_reported_with_its_log(slurm_cluster: SlurmCluster, trained_model, tmp_path: Path):
+    missing = tmp_path / "no-such-copy"
+    args = ["reproduce", trained_model.uri, "--executor", "slurm", "--data", f"train={missing}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "reprodl.cli", *args],
+        env=slurm_cluster.env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    said = " ".join(done.stderr.split())
+    assert done.returncode != 0
+    assert "ended without a report" in said and "the end of its log" in said
+    assert str(missing) in said  # the job's own error, quoted from its log

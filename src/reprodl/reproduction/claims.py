@@ -406,25 +406,32 @@ def _run_on_engine(
     on_run: Callable[[str, RunValue], None],
     engine: _Engine,
 ) -> dict[str, list[RunValue]]:
-    """The plan's members as Ray tasks (their results) or Slurm array tasks (read from their records)."""
+    """The plan's members as Ray tasks (their results) or Slurm array tasks (read from their records);
+    ``on_run`` as each finishes (a Slurm member whose record cannot be read fails after all, with its log)."""
+    from reprodl.errors import ReproductionError
     from reprodl.reproduction.executors import run_members
 
-    cwd = os.getcwd()
-    members = [(name, (cfg, name, metric, cwd)) for _, cfg, name in plan]
-    ex = engine.executor
-    results = run_members(ex, _train_run, members, output=engine.output, key=engine.key, claim=engine.claim)
-    runs: dict[str, list[RunValue]] = {side: [] for side, _, _ in plan}
-    for (side, _, name), result in zip(plan, results):
-        if ex.kind == "ray":
-            run = RunValue(**result)
-        else:
-            run = _slurm_member(engine.output, name, metric, result)
-        runs[side].append(run)
+    collected: dict[int, RunValue] = {}
+
+    def done(i: int, result: Any) -> None:
+        side, _, name = plan[i]
+        try:
+            run = RunValue(**result) if result is not None else _slurm_member(engine.output, name, metric, None)
+        except ReproductionError:
+            return  # raised below with the job's log
+        collected[i] = run
         on_run(side, run)
+
+    cwd, ex = os.getcwd(), engine.executor
+    members = [(name, (cfg, name, metric, cwd)) for _, cfg, name in plan]
+    jobs = run_members(ex, _train_run, members, on_done=done, output=engine.output, key=engine.key, claim=engine.claim)
+    runs: dict[str, list[RunValue]] = {side: [] for side, _, _ in plan}
+    for i, ((side, _, name), job) in enumerate(zip(plan, jobs)):
+        runs[side].append(collected.get(i) or _slurm_member(engine.output, name, metric, job))
     return runs
 
 
-def _slurm_member(output: str, name: str, metric: str, job: dict[str, Any]) -> RunValue:
+def _slurm_member(output: str, name: str, metric: str, job: dict[str, Any] | None) -> RunValue:
     """A member trained by a Slurm job, from its record (as collect reads it); its log where it failed."""
     from reprodl.errors import DatasetNotFoundError, ReproductionError
     from reprodl.modeldataset.read import load_record
@@ -434,6 +441,7 @@ def _slurm_member(output: str, name: str, metric: str, job: dict[str, Any]) -> R
     try:
         record = load_record(uri)
     except DatasetNotFoundError:
+        job = job or {"job_id": "?", "log": ""}
         raise ReproductionError(
             f"the Slurm job {job['job_id']} ended without training the run {name} (no model at {uri}); the end "
             f"of its log:\n{job['log'] or '(empty)'}\nFix the cause and run the command again"

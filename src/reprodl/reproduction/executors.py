@@ -103,13 +103,14 @@ def run_members(
     fn: Callable[..., Any],
     members: Sequence[Member],
     *,
-    on_done: Callable[[int], None] | None = None,
+    on_done: Callable[[int, Any], None] | None = None,
     output: str = ".",
     key: str = "",
     claim: str = "",
 ) -> list[Any]:
     """Run ``fn(*args)`` for every member on a Ray cluster (its results) or on Slurm (None each:
-    read the members' records). ``on_done(i)`` is called as member ``i`` finishes."""
+    read the members' records). ``on_done(i, result)`` is called as member ``i`` finishes (``result``
+    None on Slurm)."""
     if executor.kind == "ray":
         return _run_ray(executor, fn, members, on_done)
     if executor.kind == "slurm":
@@ -139,7 +140,7 @@ def _connect_ray(executor: Executor) -> Any:
 
 
 def _run_ray(
-    executor: Executor, fn: Callable[..., Any], members: Sequence[Member], on_done: Callable[[int], None] | None
+    executor: Executor, fn: Callable[..., Any], members: Sequence[Member], on_done: Callable[[int, Any], None] | None
 ) -> list[Any]:
     ray = _connect_ray(executor)
     task = ray.remote(num_cpus=executor.cpus, num_gpus=executor.gpus, max_retries=0)(in_ray_task)
@@ -149,9 +150,9 @@ def _run_ray(
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)  # raises the member's error here
+            result = ray.get(done[0])  # raises the member's error here
             if on_done is not None:
-                on_done(index[done[0]])
+                on_done(index[done[0]], result)
         return list(ray.get(refs))
     except BaseException:
         for ref in pending:
@@ -192,7 +193,7 @@ def _run_slurm(
     executor: Executor,
     fn: Callable[..., Any],
     members: Sequence[Member],
-    on_done: Callable[[int], None] | None,
+    on_done: Callable[[int, Any], None] | None,
     state_path: Path,
     claim: str,
 ) -> list[Any]:
@@ -258,8 +259,8 @@ def _queued(jobs: Sequence[Any]) -> set[str]:
     return set(done.stdout.split()) if done.returncode == 0 else set()
 
 
-def _wait(jobs: Sequence[Any], on_done: Callable[[int], None] | None) -> None:
-    """Until no job is queued; ``on_done(i)`` as job ``i`` leaves the queue."""
+def _wait(jobs: Sequence[Any], on_done: Callable[[int, Any], None] | None) -> None:
+    """Until no job is queued; ``on_done(i, None)`` as job ``i`` leaves the queue."""
     left = set(range(len(jobs)))
     while left:
         queued = _queued([jobs[i] for i in left])
@@ -267,7 +268,7 @@ def _wait(jobs: Sequence[Any], on_done: Callable[[int], None] | None) -> None:
             if str(jobs[i].job_id) not in queued:
                 left.discard(i)
                 if on_done is not None:
-                    on_done(i)
+                    on_done(i, None)
         if left:
             time.sleep(POLL_SECONDS)
 

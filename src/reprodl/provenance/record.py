@@ -486,6 +486,17 @@ class EpochMetrics(_Part):
     wall_time_s: float = Field(0.0, description="seconds the epoch took")
 
 
+class OpLogItem(_Part):
+    """One optimiser step's operation log (reprodl.training.oplog): an item of JSON lines, one operation a line."""
+
+    step: int = Field(description="the optimiser step logged (from 1)")
+    item: str = Field(description="the item holding it: oplog/step-<n>.jsonl")
+    sha256: str = Field(description="sha256 of the item's bytes (so the record digest covers it)")
+    n_ops: int = Field(0, description="operations logged")
+    bytes: int = Field(0, description="size of the item")
+    seconds: float = Field(0.0, description="wall time of the logged step, logging included")
+
+
 class StepTrace(_Part):
     """The step trace: a digest of the training state after each optimiser step (item ``trace.npy``)."""
 
@@ -516,6 +527,11 @@ class StepTrace(_Part):
     sample_seed: int = Field(0, description="sampled: seed of the generator choosing each tensor's sampled elements")
     every_step_up_to: int = Field(0, description="steps kept one by one; after that only every stride-th")
     stride: int = Field(1, description="the stride of the steps kept after every_step_up_to (1: every step kept)")
+    oplog: list[OpLogItem] | None = Field(
+        None,
+        description="format 1.2, optional: the operation logs of some steps (by default the first): per dispatched "
+        "operation its name, module, forward/backward and output digests; None: none recorded",
+    )
 
 
 class Results(_Part):

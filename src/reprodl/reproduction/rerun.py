@@ -34,7 +34,7 @@ from reprodl.reproduction.code import CodeCheck, check_code, check_patch
 from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_predictions, compare_weights
 from reprodl.reproduction.datamap import data_locations, relocated
 from reprodl.reproduction.ddp import is_distributed
-from reprodl.reproduction.divergence import Divergence, TraceComparer, input_changes, no_trace
+from reprodl.reproduction.divergence import Divergence, TraceComparer, input_changes, load_oplogs, no_trace
 from reprodl.reproduction.environment import (
     EnvDifference,
     Expectation,
@@ -264,7 +264,9 @@ def trace_comparer(model_ds: StoredDataSet, record: ProvenanceRecord, *, stop: b
     recorded = load_trace(model_ds, record)
     if recorded is None or record.results.trace is None:
         return None
-    return TraceComparer(recorded, record.results.trace.tensors, stop=stop)
+    comparer = TraceComparer(recorded, record.results.trace.tensors, stop=stop)
+    comparer.recorded_oplogs = load_oplogs(model_ds, record)
+    return comparer
 
 
 def divergence_of(

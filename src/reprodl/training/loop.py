@@ -680,7 +680,11 @@ class _Loop:
         """Every epoch, under the determinism settings, from the seeds of ``seeds``; a lost rank is an
         interruption (:class:`~reprodl.errors.RankLostError`: the checkpoint is kept)."""
         with peer_loss_as_interruption(self.group):
-            return self._run(seeds, t_start=t_start)
+            try:
+                return self._run(seeds, t_start=t_start)
+            finally:
+                if self.tracer is not None:
+                    self.tracer.close()  # an operation log left running by a failure
 
     def _run(self, seeds: SeedPlan, *, t_start: float) -> _Trained:
         sets = self.output_ds.train_sets
@@ -835,9 +839,9 @@ class _Loop:
             x, y = batch
             x = x.to(target, non_blocking=True)
             y = y.to(target, non_blocking=True)
+            self._note_batch(i, x)
             loss = self.loss_fn(forward(x), y)
             (loss / k if k > 1 else loss).backward()
-            self._note_batch(i, x)
             if (i + 1) % k == 0 or i + 1 == n_batches:
                 self._update()
                 self._trace(loss, epoch, i)
@@ -983,6 +987,7 @@ def _write(
         code_files=code.files,
         initial_state=captured.initial_state if stored else None,
         trace=trace.trace.to_bytes(),
+        oplogs=trace.trace.oplog_items(),
     )
 
 

@@ -359,6 +359,8 @@ class Run:
             self._watcher.complete_pending()
         if self._watcher is not None:
             self._watcher.close()
+        if self._tracer is not None:
+            self._tracer.close()  # an operation log a failure left running
         stack, self._stack = self._stack, None
         if exc_type is not None:
             add_note = getattr(exc, "add_note", None)
@@ -732,6 +734,7 @@ class Run:
             code_files=self._code_files,
             trace=self._tracer.to_bytes() if self._tracer is not None else None,
             more_weights={files[n]: self._saved[n] for n in names[1:]},
+            oplogs=self._tracer.oplog_items() if self._tracer is not None else None,
         )
         self.record = output.record
 

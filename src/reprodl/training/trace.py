@@ -45,6 +45,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from reprodl.training.oplog import OpLogger, item_name, oplog_steps, to_jsonl
+
 TraceKind = Literal["exact", "sampled"]
 KIND: TraceKind = "exact"
 SAMPLE = 64
@@ -121,6 +123,10 @@ class StepTracer:
             ``kind`` attribute (a :class:`reprodl.reproduction.divergence.TraceComparer`), the
             trace is of that kind, so that it compares with the recorded one.
         kind: ``exact`` (the default), or ``sampled`` to re-run a record of that older kind.
+        oplog: the optimiser steps whose operations are logged (:mod:`reprodl.training.oplog`);
+            default :func:`~reprodl.training.oplog.oplog_steps` (the first). A step's log runs from
+            its first :meth:`batch` to its :meth:`step`; when ``on_step`` has a ``note_oplog``
+            method it gets ``(step, entries)`` as each log ends.
     """
 
     def __init__(
@@ -130,7 +136,11 @@ class StepTracer:
         optimizers: Iterable[torch.optim.Optimizer] = (),
         on_step: StepCallback | None = None,
         kind: TraceKind | None = None,
+        oplog: Sequence[int] | None = None,
     ) -> None:
+        self.oplog_steps = set(oplog_steps() if oplog is None else oplog)
+        self._oplogger: OpLogger | None = None
+        self._oplogs: dict[int, tuple[bytes, int, float]] = {}  # step: (jsonl, operations, seconds)
         self.kind: TraceKind = kind or getattr(on_step, "kind", None) or KIND
         named = list(model.named_parameters())
         self._params = [p for _, p in named]
@@ -167,6 +177,8 @@ class StepTracer:
     def batch(self, *, indices: Sequence[int] | torch.Tensor | None = None, inputs: Any = None) -> None:
         """Note a batch the next optimiser step learns from: its sample indices and its inputs."""
         p = self._pending
+        if self._oplogger is not None:
+            self._oplogger.paused = True
         if indices is not None:
             if p.hasher is None:
                 p.hasher = hashlib.sha256()
@@ -177,9 +189,14 @@ class StepTracer:
                 p.inputs.append(tensor_digest(inputs))
             else:
                 p.inputs.append(inputs.detach().sum(dtype=torch.float64))
+        if self._oplogger is not None:
+            self._oplogger.paused = False
+        elif self.n_steps + 1 in self.oplog_steps and self.n_steps + 1 not in self._oplogs:
+            self._oplogger = OpLogger(self.n_steps + 1).start()
 
     def step(self, *, loss: torch.Tensor | float | None = None, epoch: int = 0, batch: int = 0) -> None:
         """Record the training state as it is after an optimiser step."""
+        self._end_oplog()
         self.n_steps += 1
         self._values.append(self._exact_values() if self.kind == "exact" else self._sampled_values())
         self._losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
@@ -210,9 +227,33 @@ class StepTracer:
         for i in range(len(rows)):
             self._keep(rows[i : i + 1])
 
+    def _end_oplog(self) -> None:
+        """End the running operation log (its step has taken its optimiser step) and keep it."""
+        logger, self._oplogger = self._oplogger, None
+        if logger is None:
+            return
+        logger.stop()
+        entries = logger.entries()
+        self._oplogs[logger.step] = (to_jsonl(entries), len(entries), logger.seconds)
+        note = getattr(self.on_step, "note_oplog", None)
+        if note is not None:
+            note(logger.step, entries)
+
+    def close(self) -> None:
+        """Leave an operation log still running (a training that ended or failed inside a logged step)."""
+        logger, self._oplogger = self._oplogger, None
+        if logger is not None:
+            logger.stop()
+
+    def oplog_items(self) -> dict[str, bytes]:
+        """The operation logs, by model-dataset item (``oplog/step-<n>.jsonl``)."""
+        self.close()
+        return {item_name(step): data for step, (data, _, _) in sorted(self._oplogs.items())}
+
     # --- the result --------------------------------------------------------------------------
     def rows(self) -> np.ndarray:
         """Every kept row, in step order."""
+        self.close()
         self.flush()
         parts = self._kept + self._tail
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
@@ -240,6 +281,19 @@ class StepTracer:
             "sample_seed": SAMPLE_SEED if sampled else 0,
             "every_step_up_to": self.max_rows,
             "stride": self.stride if self._tail else 1,
+            "oplog": None
+            if not self._oplogs
+            else [
+                {
+                    "step": step,
+                    "item": item_name(step),
+                    "sha256": "sha256:" + hashlib.sha256(data).hexdigest(),
+                    "n_ops": n,
+                    "bytes": len(data),
+                    "seconds": round(seconds, 6),
+                }
+                for step, (data, n, seconds) in sorted(self._oplogs.items())
+            ],
         }
 
     def state(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:

@@ -35,7 +35,7 @@ AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def _train_subprocess(tmp: Path, data_uri: str, name: str, env: dict[str, str]) -> str:
-    """``python -m reprodl.cli train`` of the digits CNN (2 epochs of 4 steps) with ``env`` set; its URI."""
+    """``python -m reprodl.cli train`` of the digits CNN (1 epoch of 3 steps) with ``env`` set; its URI."""
     (tmp / "models").mkdir(exist_ok=True)
     config = digits_config(data_uri, tmp / "models", name=name, batch_size=400, n_epochs=1)
     path = tmp / f"{name}.yaml"

@@ -213,7 +213,8 @@ def first_difference(
 
 
 def describe(difference: dict[str, Any]) -> str:
-    """One line: ``first differing operation: aten.convolution.default in DigitsCNN.conv1, forward (reprodl/zoo.py:60)``."""
+    """One line: ``first differing operation: aten.convolution.default in GenNet.conv1, forward (reprodl/zoo.py:60)``
+    and where in the step."""
     where = f" ({difference['where']})" if difference.get("where") else ""
     module = difference.get("module") or "no module"
     text = f"first differing operation: {difference['op']} in {module}, {difference['phase']}{where}"

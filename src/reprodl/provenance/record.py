@@ -277,6 +277,11 @@ class Resumed(_Part):
     )
     from_step: list[int] = Field(description="per resume, the optimiser steps taken at its checkpoint")
     at: list[str] = Field(description="per resume, when it started (UTC, ISO 8601)")
+    skipped_restore: list[str] | None = Field(
+        None,
+        description="optional: restores a resume left out on purpose (REPRODL_SKIP_RESTORE=rng|loader|optimizer, "
+        "a negative control showing the resume check can fail); None: every state was restored",
+    )
 
 
 class DistributedInfo(_Part):

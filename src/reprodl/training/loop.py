@@ -76,6 +76,7 @@ from reprodl.training.checkpoint import (
     resumed_record,
     rng_state,
     set_rng_state,
+    skipped_restore,
     utcnow,
     write_checkpoint,
 )
@@ -785,14 +786,18 @@ class _Loop:
         """Restore every state of the checkpoint resumed from; the epoch (from 0) to continue with."""
         assert self.checkpoints is not None and self.checkpoints.resume is not None and loader.generator is not None
         c = self.checkpoints.resume
+        skip = skipped_restore()  # a negative control (tests): one restore left out
         with restoring(c):  # a state of another shape: a ResumeError, which keeps the checkpoint
             self.model.load_state_dict(c.state["model"])
-            self.optimiser.load_state_dict(c.state["optimizer"])
+            if skip != "optimizer":
+                self.optimiser.load_state_dict(c.state["optimizer"])
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(c.state["scheduler"])
             own = _rank_state(c.state, self.group)
-            set_rng_state(own["rng"])
-            loader.generator.set_state(own["loader_generator"])
+            if skip != "rng":
+                set_rng_state(own["rng"])
+            if skip != "loader":
+                loader.generator.set_state(own["loader_generator"])
             history += [EpochMetrics.model_validate(m) for m in c.meta.get("history", [])]
             digests += list(own.get("order_digests", c.meta.get("order_digests", [])))  # this rank's shard orders
             self.optimizer_steps = int(c.meta["step"])

@@ -296,15 +296,17 @@ class StepTracer:
             ],
         }
 
-    def state(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-        """(kept rows, thinned rows, counters): what a checkpoint stores to :meth:`restore` this tracer."""
+    def state(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """(kept rows, thinned rows, counters): what a checkpoint stores to :meth:`restore` this tracer
+        (the counters hold the operation logs made so far, so a resumed run's record keeps them)."""
         self.flush()
         empty = np.zeros(0, dtype=self.dtype)
         kept = np.concatenate(self._kept) if self._kept else empty
         tail = np.concatenate(self._tail) if self._tail else empty
-        return kept, tail, {"n_steps": self.n_steps, "stride": self.stride}
+        logs = {str(k): [data.decode(), n, seconds] for k, (data, n, seconds) in self._oplogs.items()}
+        return kept, tail, {"n_steps": self.n_steps, "stride": self.stride, "oplogs": logs}
 
-    def restore(self, kept: np.ndarray, tail: np.ndarray, counters: dict[str, int]) -> None:
+    def restore(self, kept: np.ndarray, tail: np.ndarray, counters: dict[str, Any]) -> None:
         """Continue from a checkpoint's :meth:`state` (rows of the same model's tensors)."""
         if kept.dtype != self.dtype or tail.dtype != self.dtype:
             raise ValueError(f"the checkpoint's step trace has rows of {kept.dtype}, this model's are {self.dtype}")
@@ -312,6 +314,8 @@ class StepTracer:
         self._kept = [kept[i : i + 1] for i in range(len(kept))]
         self._tail = [tail[i : i + 1] for i in range(len(tail))]
         self.n_steps, self.stride = int(counters.get("n_steps", len(kept))), int(counters.get("stride", FIRST_STRIDE))
+        logs = counters.get("oplogs") or {}
+        self._oplogs = {int(k): (str(v[0]).encode(), int(v[1]), float(v[2])) for k, v in logs.items()}
 
     # --- internals ---------------------------------------------------------------------------
     def _exact_values(self) -> torch.Tensor:

@@ -236,6 +236,14 @@ class Seeds(_Part):
     )
 
 
+class NondeterministicUse(_Part):
+    """An operation without a deterministic implementation that ran in warn-only mode: how often, and from where."""
+
+    operation: str = Field(description="the operation, as torch named it")
+    count: int = Field(description="how many times it ran (each call torch warned about)")
+    first_frame: str = Field("", description="the first frame outside torch at its first run: file.py:line in function")
+
+
 class Determinism(_Part):
     """The determinism settings in force during training."""
 
@@ -259,6 +267,11 @@ class Determinism(_Part):
         default_factory=list,
         description="operations without a deterministic implementation that ran in warn-only mode "
         "(deterministic='warn'), as torch named them, in order of first use",
+    )
+    nondeterministic_usage: list[NondeterministicUse] | None = Field(
+        None,
+        description="optional: per operation of nondeterministic_ops, how many times it ran and the first stack "
+        "frame outside torch that ran it; None: not counted (older records) or none ran",
     )
     script_settings: dict[str, Any] = Field(
         default_factory=dict,

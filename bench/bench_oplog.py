@@ -6,7 +6,8 @@ optimiser's step; the logged step runs under :class:`reprodl.training.oplog.OpLo
 operation's output digested with torch.hash_tensor, its module and source line noted) and ends
 with the log's entries made and written as JSON lines. Steps alternate between plain and logged;
 reported: the median plain step, the median logged step, their ratio, and the log's operations
-and bytes. By default only a run's first step is logged, so a run pays this once.
+and bytes. By default a run logs its first step and the step before each checkpoint, so it
+pays this once, plus once per checkpoint.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_oplog.py [--quick]
 """
@@ -67,7 +68,7 @@ def main() -> None:
         r = measure(size, batch, repeats)
         print(
             f"{name}: plain step {r['plain_ms']:.2f} ms, logged step {r['logged_ms']:.2f} ms "
-            f"(x{r['ratio']:.1f}, +{r['logged_ms'] - r['plain_ms']:.2f} ms once per run); "
+            f"(x{r['ratio']:.1f}, +{r['logged_ms'] - r['plain_ms']:.2f} ms per logged step); "
             f"{r['ops']} operations, {r['bytes']} bytes"
         )
 

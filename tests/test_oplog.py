@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -126,3 +127,79 @@ def test_reproduce_json_carries_the_first_differing_operation(cli, avx2_model):
     assert set(op) >= {"step", "index", "op", "module", "phase", "where", "recorded", "reproduced", "kind"}
     text = cli("reproduce", avx2_model, "--stop-at-divergence", "-q").output
     assert f"first differing operation: {op['op']} in {op['module']}" in text
+
+
+# --- which steps are logged, and the bounds on what is written and read ------------------------
+def _train_checkpointed(base: Path, name: str, data_uri: str, *, n_epochs: int, every: int | None) -> Any:
+    """The digits CNN, 4 steps an epoch (batch 400), a checkpoint every ``every`` epochs; its record."""
+    from torch import nn
+    from train_fixtures import small_params
+
+    from reprodl import DerivedDataSet, GenNet, TensorDataSet, train_model_with_metadata_capture
+
+    params = small_params(batch_size=400, n_epochs=n_epochs)
+    train_ds = TensorDataSet(data_uri, usetype="train")
+    torch.manual_seed(params.seed)
+    net = GenNet(**params.init_params)
+    opt = torch.optim.SGD(net.parameters(), lr=params.learning_rate, momentum=0.9)
+    with DerivedDataSet(str(base), name, train_ds) as out:
+        record = train_model_with_metadata_capture(
+            net, train_ds, opt, nn.NLLLoss(), params, out, progress=False, checkpoint_every=every
+        )
+    return record
+
+
+def test_the_step_before_each_checkpoint_is_logged_and_no_other(digits_split_master, tmp_path):
+    record = _train_checkpointed(tmp_path, "ck", digits_split_master, n_epochs=3, every=1)
+    assert record.training.optimizer_steps == 12
+    # checkpoints after epochs 1 and 2 (steps 4 and 8; none after the last epoch), and the first step
+    assert [log.step for log in record.results.trace.oplog] == [1, 4, 8]
+    plain = _train_checkpointed(tmp_path, "plain", digits_split_master, n_epochs=3, every=None)
+    assert [log.step for log in plain.results.trace.oplog] == [1]
+
+
+def test_the_operation_logs_a_run_keeps_are_bounded(digits_split_master, tmp_path, monkeypatch):
+    from reprodl import keys
+
+    monkeypatch.setenv(keys.OPLOG_STEPS_ENV, "1,2,3,4,5,6")
+    monkeypatch.setattr(keys, "MAX_OPLOG_STEPS", 3)
+    monkeypatch.setattr(keys, "MAX_OPLOG_OPS", 10)
+    record = _train_checkpointed(tmp_path, "bounded", digits_split_master, n_epochs=2, every=None)
+    logs = record.results.trace.oplog
+    assert [log.step for log in logs] == [1, 5, 6]  # the first step's and the latest
+    assert {log.n_ops for log in logs} == {10}  # each step's first operations
+
+
+def test_reproduce_reads_no_more_operation_log_than_reprodl_writes(digits_split_master, tmp_path, monkeypatch):
+    """A record naming a log larger than the bound (here: the bound made smaller than a true log) is
+    refused before the log is read whole; one naming more logs than the bound too."""
+    from reprodl import keys
+    from reprodl.errors import IntegrityError
+
+    uri, record = train_digits(tmp_path, "big", digits_split_master, n_epochs=1, batch_size=400, valid=False)
+    (log,) = record.results.trace.oplog
+    monkeypatch.setattr(keys, "MAX_OPLOG_BYTES", log.bytes - 1)
+    reads: list[int] = []
+    real_open = open
+
+    def counting_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if str(path).endswith(".jsonl") or "step-1" in str(path):
+            real_read = f.read
+            f.read = lambda n=-1: reads.append(n) or real_read(n)  # type: ignore[method-assign]
+        return f
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    with pytest.raises(IntegrityError, match=r"operation logs \(oplog/step-1.jsonl and those before it\) are larger"):
+        reproduce(uri, progress=False)
+    assert reads and all(0 <= n <= log.bytes for n in reads)  # never a read of the whole file
+    monkeypatch.setattr("builtins.open", real_open)
+    monkeypatch.setattr(keys, "MAX_OPLOG_BYTES", 8 * 1024 * 1024)
+    monkeypatch.setattr(keys, "MAX_OPLOG_STEPS", 0)
+    with pytest.raises(IntegrityError, match="names 1 operation logs, more than the 0 reprodl writes"):
+        reproduce(uri, progress=False)
+
+
+def test_a_hostile_operation_log_line_is_skipped():
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert from_jsonl(deep + b'\n{"op": "aten.add.Tensor"}\nnot json\n') == [{"op": "aten.add.Tensor"}]

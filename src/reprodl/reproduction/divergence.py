@@ -407,20 +407,36 @@ def _data_causes(where: str, first: dict[str, Any], changes: Sequence[InputChang
 
 def load_oplogs(ds: Any, record: ProvenanceRecord) -> dict[int, list[dict[str, Any]]]:
     """The operation logs a model dataset holds, by step, each checked against its sha256 in the record
-    (an item missing or changed: :class:`~reprodl.errors.IntegrityError`); {} when the record names none."""
+    (an item missing or changed: :class:`~reprodl.errors.IntegrityError`); {} when the record names none.
+
+    Read within the bounds reprodl writes them in (``keys.MAX_OPLOG_STEPS`` logs, ``keys.MAX_OPLOG_BYTES``
+    together): a record naming more, or items larger, is refused before more is read.
+    """
     import hashlib
 
+    from reprodl import keys
     from reprodl.errors import IntegrityError
     from reprodl.training.oplog import from_jsonl
 
     info = record.results.trace
+    logs = (info.oplog or []) if info is not None else []
+    if len(logs) > keys.MAX_OPLOG_STEPS:
+        raise IntegrityError(
+            f"{ds.uri}: the provenance record names {len(logs)} operation logs, more than the "
+            f"{keys.MAX_OPLOG_STEPS} reprodl writes: use an unchanged copy of the model",
+            problems=["too many operation logs"],
+        )
     out: dict[int, list[dict[str, Any]]] = {}
-    for log in (info.oplog or []) if info is not None else []:
-        try:
-            with open(ds.item_path(ds.identifier_of(log.item)), "rb") as f:
-                data = f.read()
-        except (KeyError, OSError):
-            data = b""
+    left = keys.MAX_OPLOG_BYTES
+    for log in logs:
+        data = _read_bounded(ds, log.item, left)
+        if len(data) > left:
+            raise IntegrityError(
+                f"{ds.uri}: the operation logs ({log.item} and those before it) are larger than the "
+                f"{keys.MAX_OPLOG_BYTES} bytes reprodl writes: use an unchanged copy of the model",
+                problems=["operation log too large"],
+            )
+        left -= len(data)
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if actual != log.sha256:
             raise IntegrityError(
@@ -430,3 +446,12 @@ def load_oplogs(ds: Any, record: ProvenanceRecord) -> dict[int, list[dict[str, A
             )
         out[log.step] = from_jsonl(data)
     return out
+
+
+def _read_bounded(ds: Any, item: str, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of the item named ``item`` (b"": none such)."""
+    try:
+        with open(ds.item_path(ds.identifier_of(item)), "rb") as f:
+            return f.read(limit + 1)
+    except (KeyError, OSError):
+        return b""

@@ -706,6 +706,9 @@ class _Loop:
         self.sampler = sampler
         tracer = self.tracer if self.tracer is not None else StepTracer(self.model, optimizers=[self.optimiser])
         self.tracer = tracer
+        if ck is not None and ck.every:  # the step before each checkpoint (none after the last epoch): logged too
+            per_epoch = -(-len(loader) // self.params.accumulation_steps)
+            tracer.oplog_every, tracer.oplog_below = ck.every * per_epoch, self.params.n_epochs * per_epoch
         history: list[EpochMetrics] = []
         order_digests: list[str] = []
         # The optimiser's state (momentum buffers...) follows the model to the device.

@@ -2,7 +2,7 @@
 
 The step tracer (:mod:`reprodl.training.trace`) says at which optimiser step a re-run left the
 original; the operation log says in which operation. For the steps it is asked to log (by
-default only the first, :data:`DEFAULT_STEPS`), the tracer runs the step under an
+default the first, :data:`DEFAULT_STEPS`, and the step before each checkpoint), the tracer runs the step under an
 :class:`OpLogger`: a ``TorchDispatchMode`` that notes, for each ATen operation dispatched from
 the first batch of the step to the end of its optimiser step,
 
@@ -23,6 +23,9 @@ and :func:`first_difference` names the first operation whose output differs.
 
 Cost: one ``hash_tensor`` per output and a walk of the Python stack per forward operation, for
 the logged steps only (``bench/bench_oplog.py`` measures it); about 100 bytes per operation.
+Bounded: a log keeps a step's first :data:`reprodl.keys.MAX_OPLOG_OPS` operations, a run keeps
+at most :data:`~reprodl.keys.MAX_OPLOG_STEPS` logs within :data:`~reprodl.keys.MAX_OPLOG_BYTES`
+(the first step's and the latest ones), and a reproduction reads no more than that.
 """
 
 from __future__ import annotations
@@ -45,12 +48,21 @@ DEFAULT_STEPS: tuple[int, ...] = (1,)
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
+def oplog_off() -> bool:
+    """True when ``REPRODL_OPLOG_STEPS`` is ``none`` (``0``, ``off``): no step logged, not even before a checkpoint."""
+    return os.environ.get(keys.OPLOG_STEPS_ENV, "").strip().lower() in ("none", "0", "off")
+
+
 def oplog_steps() -> tuple[int, ...]:
-    """The steps to log: ``REPRODL_OPLOG_STEPS`` (``1,5``; ``none`` for none), else :data:`DEFAULT_STEPS`."""
+    """The steps to log: ``REPRODL_OPLOG_STEPS`` (``1,5``; ``none`` for none), else :data:`DEFAULT_STEPS`.
+
+    A training with checkpoints also logs the step before each checkpoint
+    (:class:`~reprodl.training.trace.StepTracer`'s ``oplog_every``), unless this is ``none``.
+    """
     value = os.environ.get(keys.OPLOG_STEPS_ENV, "").strip().lower()
     if not value:
         return DEFAULT_STEPS
-    if value in ("none", "0", "off"):
+    if oplog_off():
         return ()
     try:
         return tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
@@ -99,6 +111,7 @@ class OpLogger(TorchDispatchMode):
         self._rows: list[tuple[str, str, str, str, list[torch.Tensor | None]]] = []
         self._tracker = ModuleTracker()
         self._active = False
+        self.truncated = False  # more than keys.MAX_OPLOG_OPS operations ran: the first ones are kept
 
     def start(self) -> OpLogger:
         """Enter the mode (and the module tracker)."""
@@ -119,7 +132,10 @@ class OpLogger(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        if self.paused:
+        if self.paused or self.truncated:
+            return out
+        if len(self._rows) >= keys.MAX_OPLOG_OPS:
+            self.truncated = True
             return out
         backward = torch._C._current_graph_task_id() != -1
         module = "" if backward and not self._tracker.parents - {"Global"} else _innermost(self._tracker.parents)
@@ -155,13 +171,23 @@ def to_jsonl(entries: Sequence[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries).encode()
 
 
+def bounded_jsonl(entries: Sequence[dict[str, Any]], limit: int) -> tuple[bytes, int]:
+    """(the log as JSON lines cut to its first lines within ``limit`` bytes, the operations kept)."""
+    data = to_jsonl(entries)
+    if len(data) <= limit:
+        return data, len(entries)
+    data = data[: data.rfind(b"\n", 0, limit) + 1]
+    return data, data.count(b"\n")
+
+
 def from_jsonl(data: bytes) -> list[dict[str, Any]]:
-    """The entries of :func:`to_jsonl` bytes (lines that are not JSON objects are skipped)."""
+    """The entries of :func:`to_jsonl` bytes (lines that are not JSON objects are skipped; the caller
+    bounds ``data``, :data:`reprodl.keys.MAX_OPLOG_BYTES`)."""
     out = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
+    for line in data.decode("utf-8", errors="replace").splitlines()[: keys.MAX_OPLOG_OPS]:
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             continue
         if isinstance(entry, dict):
             out.append(entry)

@@ -532,6 +532,7 @@ class Run:
         self._components = (first.module, opt.optimizer if opt else None, opt.scheduler if opt else None)
         if self._tracer is None or self._steps == 0:
             self._tracer = self._make_tracer()
+            self._tracer.oplog_every = self.checkpoints.every  # the step before each checkpoint: logged too
         if len(self._watcher.models) == 1:
             self.checkpoints.watched(self)
 

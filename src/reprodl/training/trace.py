@@ -45,7 +45,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from reprodl.training.oplog import OpLogger, item_name, oplog_steps, to_jsonl
+from reprodl import keys
+from reprodl.training.oplog import OpLogger, bounded_jsonl, item_name, oplog_off, oplog_steps
 
 TraceKind = Literal["exact", "sampled"]
 KIND: TraceKind = "exact"
@@ -126,7 +127,10 @@ class StepTracer:
         oplog: the optimiser steps whose operations are logged (:mod:`reprodl.training.oplog`);
             default :func:`~reprodl.training.oplog.oplog_steps` (the first). A step's log runs from
             its first :meth:`batch` to its :meth:`step`; when ``on_step`` has a ``note_oplog``
-            method it gets ``(step, entries)`` as each log ends.
+            method it gets ``(step, entries)`` as each log ends. ``oplog_every`` (set by a training
+            with checkpoints: the optimiser steps between two) logs each step before a checkpoint
+            too. Kept: at most ``keys.MAX_OPLOG_STEPS`` logs within ``keys.MAX_OPLOG_BYTES`` (the
+            first step's and the latest).
     """
 
     def __init__(
@@ -139,6 +143,9 @@ class StepTracer:
         oplog: Sequence[int] | None = None,
     ) -> None:
         self.oplog_steps = set(oplog_steps() if oplog is None else oplog)
+        self.oplog_steps |= set(getattr(on_step, "recorded_oplogs", None) or ())  # a re-run: the recorded ones
+        self.oplog_every: int | None = None
+        self.oplog_below: int | None = None  # no checkpoint at this step or later (the built-in trainer's last epoch)
         self._oplogger: OpLogger | None = None
         self._oplogs: dict[int, tuple[bytes, int, float]] = {}  # step: (jsonl, operations, seconds)
         self.kind: TraceKind = kind or getattr(on_step, "kind", None) or KIND
@@ -191,8 +198,17 @@ class StepTracer:
                 p.inputs.append(inputs.detach().sum(dtype=torch.float64))
         if self._oplogger is not None:
             self._oplogger.paused = False
-        elif self.n_steps + 1 in self.oplog_steps and self.n_steps + 1 not in self._oplogs:
+        elif self._wants_oplog(self.n_steps + 1):
             self._oplogger = OpLogger(self.n_steps + 1).start()
+
+    def _wants_oplog(self, step: int) -> bool:
+        """Whether ``step`` (not yet logged) is one to log: a named one, or the step before a checkpoint."""
+        if step in self._oplogs:
+            return False
+        every = self.oplog_every
+        if every and step % every == 0 and (self.oplog_below is None or step < self.oplog_below) and not oplog_off():
+            return True
+        return step in self.oplog_steps
 
     def step(self, *, loss: torch.Tensor | float | None = None, epoch: int = 0, batch: int = 0) -> None:
         """Record the training state as it is after an optimiser step."""
@@ -234,10 +250,20 @@ class StepTracer:
             return
         logger.stop()
         entries = logger.entries()
-        self._oplogs[logger.step] = (to_jsonl(entries), len(entries), logger.seconds)
+        data, n = bounded_jsonl(entries, keys.MAX_OPLOG_BYTES // 2)
+        self._oplogs[logger.step] = (data, n, logger.seconds)
+        self._bound_oplogs()
         note = getattr(self.on_step, "note_oplog", None)
         if note is not None:
             note(logger.step, entries)
+
+    def _bound_oplogs(self) -> None:
+        """Drop the oldest logs but the first step's while more than ``MAX_OPLOG_STEPS`` or ``MAX_OPLOG_BYTES``."""
+        while len(self._oplogs) > 1 and (
+            len(self._oplogs) > keys.MAX_OPLOG_STEPS
+            or sum(len(d) for d, _, _ in self._oplogs.values()) > keys.MAX_OPLOG_BYTES
+        ):
+            del self._oplogs[sorted(self._oplogs)[1]]
 
     def close(self) -> None:
         """Leave an operation log still running (a training that ended or failed inside a logged step)."""

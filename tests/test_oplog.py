@@ -203,3 +203,14 @@ def test_reproduce_reads_no_more_operation_log_than_reprodl_writes(digits_split_
 def test_a_hostile_operation_log_line_is_skipped():
     deep = b"[" * 100_000 + b"]" * 100_000
     assert from_jsonl(deep + b'\n{"op": "aten.add.Tensor"}\nnot json\n') == [{"op": "aten.add.Tensor"}]
+
+
+def test_a_checkpoint_whose_operation_logs_are_damaged_is_not_used():
+    from reprodl.training.checkpoint import meta_problem
+
+    meta = {"epoch": 1, "step": 4, "trace": {"n_steps": 4, "oplogs": {"1": ['{"i":0}\n', 1, 0.01]}}}
+    assert meta_problem(meta) is None
+    meta["trace"]["oplogs"]["4"] = ["x", "many", 0.0]
+    assert meta_problem(meta) == "trace.oplogs['4'] is not [operation log, operations, seconds]"
+    meta["trace"]["oplogs"] = {str(s): ["", 0, 0.0] for s in range(1, 100)}
+    assert meta_problem(meta).startswith("trace.oplogs is not a mapping of at most")

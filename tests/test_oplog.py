@@ -186,7 +186,7 @@ def test_reproduce_reads_no_more_operation_log_than_reprodl_writes(digits_split_
         f = real_open(path, mode, *args, **kwargs)
         if str(path).endswith(".jsonl") or "step-1" in str(path):
             real_read = f.read
-            f.read = lambda n=-1: reads.append(n) or real_read(n)  # type: ignore[method-assign]
+            f.read = lambda n=-1: reads.append(n) or real_read(n)
         return f
 
     monkeypatch.setattr("builtins.open", counting_open)

@@ -510,7 +510,7 @@ class OpLogItem(_Part):
     step: int = Field(description="the optimiser step logged (from 1)")
     item: str = Field(description="the item holding it: oplog/step-<n>.jsonl")
     sha256: str = Field(description="sha256 of the item's bytes (so the record digest covers it)")
-    n_ops: int = Field(0, description="operations logged")
+    n_ops: int = Field(0, description="operations logged (a step's first 50,000 at most)")
     bytes: int = Field(0, description="size of the item")
     seconds: float = Field(0.0, description="wall time of the logged step, logging included")
 
@@ -547,8 +547,9 @@ class StepTrace(_Part):
     stride: int = Field(1, description="the stride of the steps kept after every_step_up_to (1: every step kept)")
     oplog: list[OpLogItem] | None = Field(
         None,
-        description="format 1.2, optional: the operation logs of some steps (by default the first): per dispatched "
-        "operation its name, module, forward/backward and output digests; None: none recorded",
+        description="format 1.2, optional: the operation logs of some steps (by default the first and the step before "
+        "each checkpoint; at most 8): per dispatched operation its name, module, forward/backward and output "
+        "digests; None: none recorded",
     )
 
 

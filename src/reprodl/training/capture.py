@@ -727,7 +727,7 @@ def _first_frame_outside_torch() -> str:
         name = frame.f_code.co_filename
         if not name.startswith(skip):
             return f"{os.path.basename(name)}:{frame.f_lineno} in {frame.f_code.co_name}"
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back  # type: ignore[assignment]  # f_back is None past the outermost frame: the loop ends there
     return ""
 
 

@@ -96,7 +96,7 @@ def _source_line() -> str:
         name = frame.f_code.co_filename
         if not name.startswith(_TORCH_DIR) and name != __file__:
             return f"{os.path.basename(os.path.dirname(name))}/{os.path.basename(name)}:{frame.f_lineno}"
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back  # type: ignore[assignment]  # f_back is None past the outermost frame: the loop ends there
     return ""
 
 

@@ -243,3 +243,13 @@ def test_a_failed_slurm_job_is_reported_with_its_log(slurm_cluster: SlurmCluster
     assert done.returncode != 0
     assert "ended without a report" in said and "the end of its log" in said
     assert str(missing) in said  # the job's own error, quoted from its log
+
+
+def test_a_site_sets_the_executor_options_in_the_environment(cli, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(keys.EXECUTOR_ENV["executor"], "pbs")
+    result = cli("compare", "a.yaml", "--seeds", "2")
+    assert result.exit_code != 0 and "--executor 'pbs' is not an engine" in result.stderr
+    monkeypatch.setenv(keys.EXECUTOR_ENV["executor"], "slurm")
+    monkeypatch.setenv(keys.EXECUTOR_ENV["cpus"], "0")
+    result = cli("compare", "a.yaml", "--seeds", "2")
+    assert result.exit_code != 0 and "cpus 0" in result.stderr

@@ -152,3 +152,14 @@ EXECUTOR_STATE_DIR = ".reprodl-executor"  # under a compare's output: the Slurm 
 PLACEMENT_SCHEDULER_ENV = "REPRODL_SCHEDULER"
 PLACEMENT_JOB_ENV = "REPRODL_JOB_ID"
 PLACEMENT_ALLOCATION_ENV = "REPRODL_ALLOCATION"
+# A site's defaults for the executor options (--executor, --ray-address, --partition, --time, --cpus,
+# --gpus, --mem), read when the option is not given. RAY_ADDRESS is Ray's own variable.
+EXECUTOR_ENV = {
+    "executor": "REPRODL_EXECUTOR",
+    "ray_address": "RAY_ADDRESS",
+    "partition": "REPRODL_SLURM_PARTITION",
+    "time": "REPRODL_SLURM_TIME",
+    "cpus": "REPRODL_EXECUTOR_CPUS",
+    "gpus": "REPRODL_EXECUTOR_GPUS",
+    "mem": "REPRODL_SLURM_MEM",
+}

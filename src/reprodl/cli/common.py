@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from reprodl import keys
 from reprodl.errors import ExitCode, ReprodlError, ReprodlWarning
 
 # A record's strings are someone else's: an escape sequence in a model name could clear the
@@ -132,20 +133,29 @@ def progress_bar(description: str, total: float | None, *, quiet: bool = False) 
 
 
 # --- where several trainings run (compare, ablate, reproduce --executor) ----------------------
+_ENV = keys.EXECUTOR_ENV
 EXECUTOR_OPT = typer.Option(
     "local",
     "--executor",
+    envvar=_ENV["executor"],
     help="Where the runs train: local (this machine's process pool), slurm (one job each, a job array "
     "through submitit; run the same command again to attach to jobs already submitted), ray (Ray tasks).",
 )
 RAY_ADDRESS_OPT = typer.Option(
-    None, "--ray-address", help="--executor ray: the cluster's address (host:port; default: a local one)."
+    None,
+    "--ray-address",
+    envvar=_ENV["ray_address"],
+    help="--executor ray: the cluster's address (host:port; default: a local one).",
 )
-PARTITION_OPT = typer.Option(None, "--partition", help="--executor slurm: the partition (default: the cluster's).")
-TIME_OPT = typer.Option(60, "--time", help="--executor slurm: each job's time limit, in minutes.")
-CPUS_OPT = typer.Option(1, "--cpus", help="--executor slurm/ray: CPUs per run.")
-GPUS_OPT = typer.Option(0, "--gpus", help="--executor slurm/ray: GPUs per run.")
-MEM_OPT = typer.Option(None, "--mem", help="--executor slurm: memory per run, in GB (default: the partition's).")
+PARTITION_OPT = typer.Option(
+    None, "--partition", envvar=_ENV["partition"], help="--executor slurm: the partition (default: the cluster's)."
+)
+TIME_OPT = typer.Option(60, "--time", envvar=_ENV["time"], help="--executor slurm: each job's time limit, in minutes.")
+CPUS_OPT = typer.Option(1, "--cpus", envvar=_ENV["cpus"], help="--executor slurm/ray: CPUs per run.")
+GPUS_OPT = typer.Option(0, "--gpus", envvar=_ENV["gpus"], help="--executor slurm/ray: GPUs per run.")
+MEM_OPT = typer.Option(
+    None, "--mem", envvar=_ENV["mem"], help="--executor slurm: memory per run, in GB (default: the partition's)."
+)
 
 
 _EXECUTOR_PARAMS: list[tuple[str, Any, Any]] = [

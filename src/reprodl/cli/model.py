@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 EXECUTOR: Any = None  # replaced by the --executor options (cli.common.executor_options)
 
+_WORLD_SIZE = typer.Option(
+    None, "--world-size", help="Re-run a DDP training by N processes, same global batch: does it depend on N?"
+)
 _ALLOW = typer.Option(
     None, "--allow", help="Module (or module:Class) trusted to be imported for the architecture; repeatable."
 )
@@ -430,6 +433,7 @@ def reproduce_cmd(
     ),
     trusted_key: Optional[list[str]] = _TRUSTED_KEY,
     data: Optional[list[str]] = _DATA_COPY,
+    world_size: Optional[int] = _WORLD_SIZE,
     engine: Executor = EXECUTOR,
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
@@ -447,9 +451,7 @@ def reproduce_cmd(
 
     plan, trust_code = _ask_trust(uri, trust_code, as_json, trusted_key or ())
     if not engine.local:
-        options: dict[str, Any] = dict(output=output, tolerance=tolerance, allow=allow or [], seed=seed, data=data)
-        options.update(trust_code=trust_code, stop_at_divergence=stop_at_divergence, trusted_keys=trusted_key or [])
-        raise typer.Exit(_reproduce_on(engine, uri, options, quiet=quiet, as_json=as_json))
+        raise typer.Exit(_reproduce_on(engine, uri, locals(), quiet=quiet, as_json=as_json))
     if not (quiet or as_json or (plan is not None and not trust_code)):  # a refusal says nothing first
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
     report = reproduce(
@@ -464,6 +466,7 @@ def reproduce_cmd(
         trusted_keys=trusted_key or (),
         data=_roles_to_uris(data or []),
         on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
+        world_size=world_size,
     )
     if as_json:
         print_json(report.to_dict())
@@ -472,13 +475,19 @@ def reproduce_cmd(
     raise typer.Exit(report.exit_code)
 
 
-def _reproduce_on(engine: Any, uri: str, options: dict[str, Any], *, quiet: bool, as_json: bool) -> int:
-    """``reprodl reproduce --executor slurm|ray``: the re-run on the engine; its verdict and allocation."""
+def _reproduce_on(engine: Any, uri: str, given: dict[str, Any], *, quiet: bool, as_json: bool) -> int:
+    """``reprodl reproduce --executor slurm|ray``: the re-run on the engine (``given``: the command's
+    arguments); its verdict and allocation."""
     from reprodl.reproduction.executors import reproduce_on
+
+    names = ("output", "tolerance", "seed", "trust_code", "stop_at_divergence", "world_size")
+    options = {name: given[name] for name in names}
+    options.update(allow=given["allow"] or [], trusted_keys=given["trusted_key"] or [])
+    options["data"] = _roles_to_uris(given["data"] or [])
 
     if not (quiet or as_json):
         err.print(f"Reproducing {uri} on {engine.kind}: submitted; waiting for the re-run...", markup=False)
-    report = reproduce_on(engine, uri, **{**options, "data": _roles_to_uris(options["data"] or [])})
+    report = reproduce_on(engine, uri, **options)
     if as_json:
         print_json(report)
     else:
@@ -560,6 +569,14 @@ def print_report(report: ReproductionReport) -> None:
     if report.expectation is not None and report.expectation.held is not None:
         held = "held" if report.expectation.held else "did not hold"
         out.print(f"prediction ({report.expectation.expected} expected): {held}", markup=False)
+    if report.world_size is not None:
+        ws = report.world_size
+        depends = "depends" if ws["depends_on_world_size"] else "does not depend"
+        out.print(
+            f"world size {ws['original']} -> {ws['rerun']} (global batch {ws['global_batch']}): the result {depends} "
+            "on the world size",
+            markup=False,
+        )
     out.print(f"Verdict: [bold {colour}]{report.verdict}[/]")
 
 

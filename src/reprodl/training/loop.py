@@ -400,7 +400,7 @@ def train_model_with_metadata_capture(
     recorder = _recorder(model, optimiser, scheduler, params, captured, on_step=on_step)
     report = _progress_reporter(progress) if group is None or group.rank == 0 else None
     loop = _Loop(model, optimiser, loss_fn, scheduler, params, output_ds, target, report, on_epoch, group=group)
-    loop.recorder = recorder
+    loop.recorder, name = recorder, model_name or output_ds.name
     loop.checkpoints = _checkpoints(
         output_ds, checkpoint_every, _fingerprint(params, config, roles, captured), group=group
     )
@@ -408,20 +408,9 @@ def train_model_with_metadata_capture(
         trained = loop.run(recorder.seeds, t_start=captured.t_start)
     finally:
         recorder.close()
-    distributed, world_size = _distributed_info(group, params, loop, trained)
-    fields = _training_fields(params, trained, device=target, checkpoints=loop.checkpoints)
+    fields = _training_fields(params, trained, loop, group, device=target)
     lineage = Lineage(parent=captured.parent, reproduces=reproduces, replicates=replicates)
-    record = _make_record(
-        recorder,
-        model,
-        captured,
-        trained,
-        dict(fields, distributed=distributed, world_size=world_size),
-        code.info,
-        roles,
-        name=model_name or output_ds.name,
-        lineage=lineage,
-    )
+    record = _make_record(recorder, model, captured, trained, fields, code.info, roles, name=name, lineage=lineage)
     write = functools.partial(_write, output_ds, model, record, captured, code, roles, trace=trained)
     return _write_on_rank0(group, output_ds, write)
 
@@ -928,10 +917,14 @@ def _rank_state(state: dict[str, Any], group: Group | None) -> dict[str, Any]:
 
 
 def _training_fields(
-    params: Parameters, trained: _Trained, *, device: torch.device, checkpoints: _Checkpoints | None = None
+    params: Parameters, trained: _Trained, loop: _Loop, group: Group | None, *, device: torch.device
 ) -> dict[str, Any]:
     """The record's ``training`` fields the trainer knows (the recorder adds components, seeds, order, steps)."""
+    checkpoints = loop.checkpoints
+    distributed, world_size = _distributed_info(group, params, loop, trained)
     return {
+        "distributed": distributed,
+        "world_size": world_size,
         "epochs": params.n_epochs,
         "batch_size": params.batch_size,
         "shuffle": params.shuffle,

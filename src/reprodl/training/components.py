@@ -131,6 +131,7 @@ class WatchedOptimizer:
     model: WatchedModel
     scheduler: Any
     info: Any  # its OptimizerInfo as watched
+    scheduler_info: CallableInfo | None = None  # its scheduler as built (described when watched, not at the end)
     steps: int = 0
     closure: bool = False
     applied: _Changes = dataclasses.field(default_factory=_Changes)
@@ -152,7 +153,7 @@ class WatchedOptimizer:
             **self.info.model_dump(),
             name=self.name,
             model=self.model.name,
-            scheduler=describe_callable(self.scheduler) if self.scheduler is not None else None,
+            scheduler=self.scheduler_info,
             steps=self.steps,
             closure=self.closure,
             applied=list(self.applied.entries),
@@ -219,6 +220,7 @@ class ComponentWatcher:
         for i, (optimizer, scheduler) in enumerate(zip(optimizers, _pair_schedulers(optimizers, schedulers))):
             o_name = watched.name if len(optimizers) == 1 else f"{watched.name}_{i}"
             w_opt = WatchedOptimizer(o_name, optimizer, watched, scheduler, describe_optimizer(optimizer, names))
+            w_opt.scheduler_info = describe_callable(scheduler) if scheduler is not None else None
             watched.optimizers.append(w_opt)
             self._hook_optimizer(w_opt)
         self._hook_model(watched)

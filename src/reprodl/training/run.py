@@ -534,6 +534,7 @@ class Run:
         recorder.watch(
             model, optimizers, name=name, schedulers=schedulers, loss=describe_loss(loss), init_params=init_params
         )
+        self._determinism.check_in_force()  # a compiled model has loaded inductor: its deterministic flag set
         if batch_size is not None:
             self._watch_batch_size = int(batch_size)
         first = recorder.models[0]

@@ -43,6 +43,17 @@ INITIAL_WEIGHTS_FILE = "initial.safetensors"
 CODE_PATCH_FILE = "code.patch"
 MODELS_DIR = "models/"  # models/<name>.safetensors: the weights of each model but the first (default)
 TRACE_FILE = "trace.npy"  # the step trace (reprodl.training.trace), a NumPy structured array
+OPLOG_DIR = "oplog/"  # oplog/step-<n>.jsonl: the operations of logged steps (reprodl.training.oplog)
+# Which optimiser steps get an operation log ("1,5"; "none"): default the first (reprodl.training.oplog).
+OPLOG_STEPS_ENV = "REPRODL_OPLOG_STEPS"
+# Bounds of the operation logs (reprodl.training.oplog), written and read: operations one log keeps (the
+# first ones), logged steps one run keeps (the first and the latest before checkpoints), and their bytes
+# together (they also travel in a checkpoint's meta.json, MAX_CHECKPOINT_META_BYTES).
+MAX_OPLOG_OPS = 50_000
+MAX_OPLOG_STEPS = 8
+MAX_OPLOG_BYTES = 8 * 1024 * 1024
+# Test-only negative control of a resume: skip one restore (rng, loader or optimizer); named in the record.
+SKIP_RESTORE_ENV = "REPRODL_SKIP_RESTORE"
 CODE_DIR = "code/"  # untracked files and an entry script outside git, kept with the model
 CODE_SNAPSHOT_FILE = "code/snapshot.tar"  # the tracked files at the recorded commit (run API)
 # Set by `reprodl reproduce` for the re-executed script: JSON telling start_run where to write.
@@ -90,7 +101,11 @@ CATALOG_EXPORT_FORMAT = "reprodl-catalog-entry/1"  # each line of `reprodl catal
 
 # --- schema versions -------------------------------------------------------------------
 PROVENANCE_SCHEMA_VERSION = "1.2"
-PROVENANCE_SCHEMA_ID = "https://reprodl.dev/schemas/provenance-1.2.json"
+# Identifiers the project keeps: under its repository's URL (the domain reprodl.dev, used before,
+# is not the project's). A record does not carry them, so records written before read the same.
+PROJECT_URL = "https://github.com/reprodl/reprodl"
+PROVENANCE_SCHEMA_ID = f"{PROJECT_URL}/blob/main/docs/schemas/provenance-1.2.json"
+TERMS_NAMESPACE = f"{PROJECT_URL}/blob/main/docs/terms.md#"  # reprodl's terms in PROV and JSON-LD
 README_SCHEMA_VERSION = "1.0"
 
 # --- staging (datasets being created or copied) ----------------------------------------
@@ -107,6 +122,7 @@ MAX_README_BYTES = 1024 * 1024  # a dataset's README.yml
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # provenance.json (its history and packages included)
 MAX_METADATA_BYTES = 256 * 1024 * 1024  # any other JSON read over http (manifest, annotations)
 MAX_CHECKPOINT_META_BYTES = 16 * 1024 * 1024  # a checkpoint's meta.json (history, trace counters)
+MAX_CHECKPOINT_COUNTER = 2**53  # a checkpoint's epoch, step and batch (exact as a float, fits an int64)
 MAX_NESTING = 64  # depth of JSON/YAML containers (records nest about 6 deep)
 MAX_CATEGORIES = 100_000  # distinct labels of a dataset (ImageNet-21k has 21,841)
 MAX_IMAGE_SIDE = 16384  # pixels per side of a transform's or a record's image size
@@ -120,3 +136,10 @@ PROCESS_MEMORY_BYTES = 512 * 1024 * 1024  # memory each torchrun process is coun
 PARAMETER_BYTES = 16  # memory per model parameter (weights, gradients, two optimiser states)
 MAX_PARAMETERS = 2 * 10**9  # parameters a recorded architecture may build, whatever the memory
 MAX_MODULES = 100_000  # modules (layers) a recorded architecture may build (a ResNet-152 has ~500)
+
+# --- exports (reprodl.exports) ---------------------------------------------------------------
+# ONNX metadata_props: what an ONNX-only user needs to feed the model and name its outputs.
+ONNX_CATEGORIES = "reprodl.categories"  # JSON list: output index i is category i
+ONNX_INPUT_SHAPE = "reprodl.input_shape"  # JSON list: one model input (C, H, W), batch axis first
+ONNX_PREPROCESSING = "reprodl.preprocessing"  # JSON: value_scale, mean/std, image mode and size
+MLFLOW_MODEL_DATASET = "reprodl-model"  # the model dataset, in the MLflow model's artifacts

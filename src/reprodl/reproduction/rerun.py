@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -34,7 +35,7 @@ from reprodl.reproduction.code import CodeCheck, check_code, check_patch
 from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_predictions, compare_weights
 from reprodl.reproduction.datamap import data_locations, relocated
 from reprodl.reproduction.ddp import is_distributed
-from reprodl.reproduction.divergence import Divergence, TraceComparer, input_changes, no_trace
+from reprodl.reproduction.divergence import Divergence, TraceComparer, input_changes, load_oplogs, no_trace
 from reprodl.reproduction.environment import (
     EnvDifference,
     Expectation,
@@ -49,6 +50,7 @@ from reprodl.reproduction.rebuild import (
     rebuild_optimizer,
     rebuild_scheduler,
     rebuild_transform,
+    stopped_early,
     transform_differences,
 )
 from reprodl.reproduction.verdict import Comparison, Judgement, Reason, Verdict, judge
@@ -264,7 +266,11 @@ def trace_comparer(model_ds: StoredDataSet, record: ProvenanceRecord, *, stop: b
     recorded = load_trace(model_ds, record)
     if recorded is None or record.results.trace is None:
         return None
-    return TraceComparer(recorded, record.results.trace.tensors, stop=stop)
+    comparer = TraceComparer(recorded, record.results.trace.tensors, stop=stop)
+    comparer.recorded_oplogs = load_oplogs(model_ds, record)
+    if stopped_early(record):  # a re-run as long as the training the record describes, and one step more
+        comparer.stop_after = record.training.optimizer_steps
+    return comparer
 
 
 def divergence_of(
@@ -619,4 +625,5 @@ def find_envelope(model_ds: StoredDataSet) -> dict[str, Any] | None:
 
 def _reproduction_name(name: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "", name)[:40] or "model"  # a record's model_name is anyone's text
     return f"{name}.reproduction-{stamp}-{os.getpid()}"[:80]

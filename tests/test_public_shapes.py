@@ -21,18 +21,24 @@ update: as the script logs it, there being no optimiser to read it from), and a 
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from torch import nn
 from user_scripts import run_script, user_repo
 
+import reprodl
 from reprodl.modeldataset.read import load_record
 
 pytest_plugins = ["train_fixtures"]
-# Each case trains a subprocess and re-executes it (another): 15-20 s each on a busy 2-core machine.
-pytestmark = pytest.mark.slow
+# Each script trains in a subprocess and is re-executed (another): 15-20 s a case on a busy 2-core machine.
+slow = pytest.mark.slow
 
 MNIST = """\
 import torch
@@ -503,15 +509,51 @@ CHECKS = {
 }
 
 
+@slow
 def test_the_record_names_every_model_optimiser_and_the_lr_as_applied(trained: dict[str, Any]) -> None:
     record = trained["record"]
     CHECKS[trained["name"]](record)
     assert record.results.trace is not None and record.results.trace.n_steps == record.training.optimizer_steps > 0
 
 
+@slow
 def test_a_clean_rerun_of_the_recorded_code_is_identical(trained: dict[str, Any], cli: Any) -> None:
     result = cli("reproduce", trained["uri"], "--trust-code", "--json", "-q")
     assert result.exit_code == 0, result.output[-3000:]
     report = json.loads(result.stdout)
     assert report["verdict"] == "identical", report["reasons"]
     assert report["environment_differences"] == []
+
+
+SEEN: list[int] = []
+
+
+def _scripts_hook(_module: Any, _args: Any) -> None:
+    SEEN.append(1)
+
+
+def test_a_watched_model_saved_whole_or_deep_copied_carries_no_hook_of_the_run(tmp_path: Path) -> None:
+    """word_language_model saves the whole module (``torch.save(model, f)``) while training: the
+    run's hook is a closure (not picklable) and would count the copy's forward passes."""
+    (tmp_path / "models").mkdir()
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    with reprodl.start_run(str(tmp_path / "models"), "whole", seed=0) as run:
+        run.use(x)
+        model = nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        run.watch(model, optimizer, batch_size=8)
+        SEEN.clear()
+        model.register_forward_pre_hook(_scripts_hook)  # the script's own hook, after watch
+        optimizer.zero_grad()
+        model(x).pow(2).mean().backward()
+        optimizer.step()
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        twin = copy.deepcopy(model)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        assert len(twin._forward_pre_hooks) == 1 and len(loaded._forward_pre_hooks) == 1  # the script's hook only
+        twin(x), loaded(x)
+        assert len(SEEN) == 3  # the script's hook went with the copies
+        run.save(model)
+    assert run.record is not None and run.record.training.optimizer_steps == 1

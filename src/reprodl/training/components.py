@@ -174,7 +174,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class _RunHooks(OrderedDict):  # type: ignore[type-arg]  # torch's hook dict: id -> hook
+class _RunHooks(OrderedDict):  # torch's hook dict: id -> hook
     """A module's forward pre-hooks that leave the run's own out when the module is pickled or copied.
 
     A script may ``torch.save(model)`` (the whole module, as PyTorch's word-language-model example

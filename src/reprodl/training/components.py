@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -174,6 +175,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class _RunHooks(OrderedDict):  # torch's hook dict: id -> hook
+    """A module's forward pre-hooks that leave the run's own out when the module is pickled or copied.
+
+    A script may ``torch.save(model)`` (the whole module, as PyTorch's word-language-model example
+    does) or ``copy.deepcopy(model)`` while the run watches it: the copy gets the script's hooks,
+    never the run's (a closure that cannot be pickled and that would count the copy's passes).
+    """
+
+    ours: set[int]
+
+    def __reduce__(self) -> Any:
+        kept = [(k, v) for k, v in self.items() if k not in self.ours]
+        return (OrderedDict, (), None, None, iter(kept))
+
+    @classmethod
+    def installed(cls, module: torch.nn.Module) -> _RunHooks | None:
+        """The module's pre-hook dict as one of these (swapped in while it is empty), or None.
+
+        A module that has hooks of the script's already keeps its dict (their handles point at it).
+        """
+        hooks = module._forward_pre_hooks
+        if isinstance(hooks, cls):
+            return hooks
+        if hooks:
+            return None
+        mine = cls()
+        mine.ours = set()
+        module._forward_pre_hooks = mine  # a subclass of the dict torch keeps
+        return mine
+
+
 class ComponentWatcher:
     """Every model and optimiser a run watches; ``on_step`` is called after each step of any of them.
 
@@ -295,7 +327,11 @@ class ComponentWatcher:
                     dtype = str(torch.get_autocast_dtype(device)) if enabled else None
                     watched.autocast = {"enabled": enabled, "device_type": device, "dtype": dtype}
 
-        self._hooks.append(watched.given.register_forward_pre_hook(on_forward))
+        hooks = _RunHooks.installed(watched.given)
+        handle = watched.given.register_forward_pre_hook(on_forward)
+        if hooks is not None:
+            hooks.ours.add(handle.id)
+        self._hooks.append(handle)
 
     def _complete(self, watched: WatchedModel) -> None:
         """The step of a hand-updated model: its update is over."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from reprodl import keys
 from reprodl.catalog.db import Catalog, base_of, now
 from reprodl.catalog.entry import Entry, FieldValue, Link
-from reprodl.errors import DatasetNotFoundError, InvalidURIError, MetadataError, ReprodlError
+from reprodl.errors import DatasetNotFoundError, InvalidURIError, MetadataError, MissingDependencyError, ReprodlError
 from reprodl.parsing import load_json
 from reprodl.store import StoredDataSet, list_datasets, local_path, normalise_uri, open_dataset
 
@@ -198,7 +198,10 @@ def _attestation(entry: Entry, uuid: Any, digest: Any) -> None:
         return
     from reprodl.modeldataset.attestation import check_signature
 
-    check = check_signature(bundle)
+    try:
+        check = check_signature(bundle)
+    except MissingDependencyError:
+        return  # without model-signing the attestation is not checked, so it counts for nothing
     model = check.reproduction.get("model")
     model = model if isinstance(model, dict) else {}
     states = (model.get("uuid"), model.get("record_digest"), check.reproduction.get("verdict"))

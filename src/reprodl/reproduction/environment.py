@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Literal, get_args
 
 from reprodl.provenance import ComputeProfile, Environment, ProvenanceRecord
+from reprodl.training.capture import describe_nondeterministic
 
 # The recorded environment fields compared, in the order they are reported (packages come after).
 RecordedKind = Literal[
@@ -175,7 +176,7 @@ def expect(record: ProvenanceRecord, now: Environment, differences: list[EnvDiff
         return Expectation("statistical", ["statistical mode: re-run with another seed, so other bits"])
     because = []
     if determinism.nondeterministic_ops:
-        ops = ", ".join(determinism.nondeterministic_ops)
+        ops = describe_nondeterministic(determinism)
         because.append(f"the training ran operations without a deterministic implementation (warn-only): {ops}")
     kinds = {d.kind for d in differences}
     for label, group in BIT_CHANGING:

@@ -111,7 +111,9 @@ def test_the_catalog_shows_an_attested_reproduction_as_verified(cli, model_copy,
     kept = tmp_path / "kept"
     kept.mkdir()
     bundle = tmp_path / "b.sigstore.json"
-    result = cli("reproduce", model_copy, "--output", kept, "--attest", key, "--attestation", bundle, "--quiet", "--json")
+    result = cli(
+        "reproduce", model_copy, "--output", kept, "--attest", key, "--attestation", bundle, "--quiet", "--json"
+    )
     assert result.exit_code == 0, result.stdout + result.stderr
     reproduction = json.loads(result.stdout)["reproduction_uri"]
     db = str(tmp_path / "cat.sqlite")

@@ -168,7 +168,7 @@ def add_note(exc: BaseException, note: str) -> None:
     notes = getattr(exc, "__notes__", None)
     if not isinstance(notes, list):
         notes = []
-        exc.__notes__ = notes  # type: ignore[attr-defined]
+        exc.__notes__ = notes  # type: ignore[attr-defined]  # BaseException has no __notes__ before 3.11
     notes.append(note)
     if len(exc.args) == 1 and isinstance(exc.args[0], str) and str(exc) == exc.args[0]:
         exc.args = (f"{exc.args[0]}\n{note}",)

@@ -119,3 +119,33 @@ def test_the_package_metadata_names_authors_urls_keywords_and_classifiers(sdist:
     assert versions[0] == "3.10", "the oldest version classified is the oldest Requires-Python admits"
     assert sorted(meta.get_all("Provides-Extra")) == pyproject_extras()
     assert meta["License-Expression"] == "MIT"
+
+
+def pins(name: str) -> dict[str, str]:
+    lines = (REPO / name).read_text(encoding="utf-8").splitlines()
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", "\n".join(lines), re.MULTILINE))
+
+
+def test_the_python_3_10_constraints_pin_the_same_packages_each_no_newer():
+    from packaging.version import Version
+
+    newest, py310 = pins("constraints.txt"), pins("constraints-py310.txt")
+    assert sorted(py310) == sorted(newest)
+    older = {name: (py310[name], newest[name]) for name in newest if py310[name] != newest[name]}
+    assert all(Version(a) < Version(b) for a, b in older.values()), older
+    assert {"numpy", "pillow", "scipy", "pandas"} <= set(older)  # their pinned releases need Python >= 3.11
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+@pytest.mark.parametrize(
+    ("version", "constraints"),
+    [("3.10", "constraints-py310.txt"), ("3.11", "constraints.txt"), ("3.13", "constraints.txt")],
+)
+def test_the_makefile_picks_the_constraints_by_the_python_of_the_venv(version, constraints, tmp_path):
+    python = tmp_path / f"python{version}"  # answers the Makefile's version question as that Python would
+    python.write_text(f"#!/bin/sh\necho {version}\n")
+    python.chmod(0o755)
+    argv = ["make", "-n", "--no-print-directory", f"VENV={tmp_path / 'venv'}", f"PYTHON={python}", "env"]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f" -c {constraints} -e '.[test]'" in proc.stdout

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -79,16 +80,33 @@ def test_a_command_whose_optional_package_is_missing_names_its_extra(blocked, ar
 
 
 @pytest.fixture(scope="module")
-def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sdist, built from a copy of this checkout by the build backend pyproject names."""
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of this checkout without its venvs, caches and build outputs."""
     tree = tmp_path_factory.mktemp("checkout") / "reprodl"
     junk = shutil.ignore_patterns(".git", ".venv*", "__pycache__", "*.egg-info", ".*_cache", "demo-output", "dist")
     shutil.copytree(REPO, tree, ignore=junk)
-    out = tmp_path_factory.mktemp("dist")
-    code = f"from setuptools import build_meta; print(build_meta.build_sdist({str(out)!r}))"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, timeout=300)
+    return tree
+
+
+def build(checkout: Path, kind: str, out: Path) -> Path:
+    """The sdist or wheel (kind), built by the build backend pyproject names."""
+    code = f"from setuptools import build_meta; print(build_meta.build_{kind}({str(out)!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=checkout, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out / proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def sdist(checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(checkout, "sdist", tmp_path_factory.mktemp("dist"))
+
+
+def test_the_wheel_holds_the_package_only(checkout: Path, tmp_path: Path):
+    with zipfile.ZipFile(build(checkout, "wheel", tmp_path)) as whl:
+        tops = {n.split("/", 1)[0] for n in whl.namelist()}
+        names = set(whl.namelist())
+    assert {"reprodl/__init__.py", "reprodl/py.typed", "reprodl/compat/dtoolai/__init__.py"} <= names
+    assert tops == {"reprodl", *(t for t in tops if t.endswith(".dist-info"))}, "no tests/, docs/ or examples/"
 
 
 def test_the_sdist_ships_the_package_and_no_part_of_the_tests(sdist: Path):

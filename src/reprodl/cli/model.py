@@ -19,6 +19,7 @@ from reprodl.cli.common import (
     out,
     print_json,
 )
+from reprodl.cli.signing import ATTEST_OPT, ATTESTATION_OUT_OPT
 from reprodl.errors import ExitCode, ReprodlError
 
 if TYPE_CHECKING:
@@ -378,7 +379,8 @@ def evaluate_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Accuracy, per-class precision/recall and confusion matrix, beside the majority-class and
-    stratified-random baselines with P(model > baseline) (a paired bootstrap over the samples)."""
+    stratified-random baselines with P(model > baseline) (a paired bootstrap over the samples),
+    and the accuracy at batch sizes 256, 7 and 1 with its band (what the batch size alone moves)."""
     from reprodl.data.datasets import open_training_data
     from reprodl.model import TrainedTorchModel
 
@@ -397,6 +399,13 @@ def evaluate_cmd(
             f"P(model > it) {row['probability_model_better']:.3f} (paired bootstrap over the samples)",
             markup=False,
         )
+    inv = result["batch_size_invariance"]
+    sizes = ", ".join(f"{s}: {a:.2%}" for s, a in inv["accuracy"].items())
+    out.print(
+        f"batch size: accuracy {sizes}; band {inv['band']:.4%} "
+        + ("(the same at every size)" if inv["invariant"] else f"({inv['predictions_changed']} predictions change)"),
+        markup=False,
+    )
     out.print("class  precision  recall  support")
     for name, c in result["per_class"].items():
         out.print(f"{name:>5}  {c['precision']:9.2%}  {c['recall']:6.2%}  {c['support']:7d}", markup=False)
@@ -433,6 +442,8 @@ def reproduce_cmd(
     ),
     trusted_key: Optional[list[str]] = _TRUSTED_KEY,
     data: Optional[list[str]] = _DATA_COPY,
+    attest: Optional[Path] = ATTEST_OPT,
+    attestation: Optional[Path] = ATTESTATION_OUT_OPT,
     world_size: Optional[int] = _WORLD_SIZE,
     engine: Executor = EXECUTOR,
     quiet: bool = QUIET_OPT,
@@ -443,36 +454,49 @@ def reproduce_cmd(
     A model trained with reprodl.start_run is reproduced by re-executing its recorded code in a
     temporary copy: that runs only with --trust-code, or after a yes at an interactive prompt.
     With --trusted-key, the model's signature is checked before anything is shown or run.
-    --data train=URI reads the training data from a copy (refused unless the same dataset).
-    --executor slurm|ray re-runs it in a fresh Slurm job or a Ray task; the verdict says whether that
-    ran on the original's allocation, its node, or another (cross-allocation).
+    --data train=URI reads a copy of the training data (the same dataset only); --attest KEY signs the outcome.
+    --executor slurm|ray re-runs it as a Slurm job or Ray task, and says on which allocation.
     """
-    from reprodl.reproduction.rerun import reproduce
+    from reprodl.cli.signing import check_can_attest
 
+    check_can_attest(uri, attest)
     plan, trust_code = _ask_trust(uri, trust_code, as_json, trusted_key or ())
     if not engine.local:
         raise typer.Exit(_reproduce_on(engine, uri, locals(), quiet=quiet, as_json=as_json))
+    raise typer.Exit(_reproduce_here(uri, plan, locals()))
+
+
+def _reproduce_here(uri: str, plan: Any, given: dict[str, Any]) -> int:
+    """``reprodl reproduce`` in this process (``given``: the command's arguments); its exit code."""
+    from reprodl.cli.signing import attest_report
+    from reprodl.reproduction.rerun import reproduce
+
+    quiet, as_json, trust_code, data = given["quiet"], given["as_json"], given["trust_code"], given["data"]
+    attest, attestation = given["attest"], given["attestation"]
     if not (quiet or as_json or (plan is not None and not trust_code)):  # a refusal says nothing first
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
     report = reproduce(
         uri,
-        output=output,
-        tolerance=tolerance,
-        allow=allow or (),
-        seed=seed,
+        output=given["output"],
+        tolerance=given["tolerance"],
+        allow=given["allow"] or (),
+        seed=given["seed"],
         progress=not (quiet or as_json),
         trust_code=trust_code,
-        stop_at_divergence=stop_at_divergence,
-        trusted_keys=trusted_key or (),
+        stop_at_divergence=given["stop_at_divergence"],
+        trusted_keys=given["trusted_key"] or (),
         data=_roles_to_uris(data or []),
         on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
-        world_size=world_size,
+        world_size=given["world_size"],
     )
+    attested = attest_report(report, attest, attestation) if attest is not None else None
     if as_json:
-        print_json(report.to_dict())
+        print_json(report.to_dict() | ({"attestation": attested} if attested else {}))
     else:
         print_report(report)
-    raise typer.Exit(report.exit_code)
+        if attested:
+            out.print(f"Attestation: {attested['path']} (signed by key {attested['key_hint']})", markup=False)
+    return report.exit_code
 
 
 def _reproduce_on(engine: Any, uri: str, given: dict[str, Any], *, quiet: bool, as_json: bool) -> int:
@@ -480,6 +504,8 @@ def _reproduce_on(engine: Any, uri: str, given: dict[str, Any], *, quiet: bool, 
     arguments); its verdict and allocation."""
     from reprodl.reproduction.executors import reproduce_on
 
+    if given["attest"] is not None:
+        raise typer.BadParameter("signs a re-run made here: leave out --executor to attest", param_hint="--attest")
     names = ("output", "tolerance", "seed", "trust_code", "stop_at_divergence", "world_size")
     options = {name: given[name] for name in names}
     options.update(allow=given["allow"] or [], trusted_keys=given["trusted_key"] or [])
@@ -678,6 +704,12 @@ def verify_cmd(
     data: bool = typer.Option(False, "--data", help="Also check every training dataset is reachable and unchanged."),
     allow: Optional[list[str]] = _ALLOW,
     trusted_key: Optional[list[str]] = _TRUSTED_KEY,
+    attestation: Optional[Path] = typer.Option(
+        None, "--attestation", help="Also check this attestation of a reproduction (reprodl reproduce --attest)."
+    ),
+    attestation_key: Optional[Path] = typer.Option(
+        None, "--attestation-key", help="The attester's public key (KEY.pub of `reprodl keygen --ecdsa`)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Check a model: item hashes, record digest, weights, trust policy (and data, signature).
@@ -699,6 +731,13 @@ def verify_cmd(
         result = verify_claim(uri, allow=allow or ())
     else:
         result = verify_model(uri, data=data, allow=allow or (), trusted_keys=trusted_key or ())
+    if attestation is not None:
+        from reprodl.cli.signing import attestation_check
+
+        check = attestation_check(uri, attestation, attestation_key)
+        result.add("reproduction attested", check.ok, check.detail)
+        if check.ok:
+            result.notes.append(check.detail)
     if as_json:
         print_json(result.to_dict())
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -106,10 +107,26 @@ def test_on_cuda_the_driver_and_nccl_versions_are_recorded(monkeypatch: pytest.M
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "NVIDIA H200")
     monkeypatch.setattr(torch._C, "_cuda_getDriverVersion", lambda: 12040, raising=False)
     monkeypatch.setattr(torch.cuda.nccl, "version", lambda: (2, 21, 5))
+    props = SimpleNamespace(name="NVIDIA H200", major=9, minor=0, multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     env = capture_environment()
     assert env.gpus == ["NVIDIA H200"]
     assert env.compute is not None
     assert (env.compute.cuda_driver, env.compute.nccl) == ("12.4", "2.21.5")
+    # cuBLAS promises the same bits only on the same architecture and number of SMs: both recorded.
+    assert (env.compute.gpu_compute_capability, env.compute.gpu_sm_count) == (["9.0"], [132])
+    assert env.compute.gpu_mig == [False]
+    assert set(env.compute.sdpa_backends) >= {"flash", "mem_efficient", "math"}
+
+
+def test_a_mig_slice_is_recorded_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reprodl.training.capture import _gpu_facts
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    props = SimpleNamespace(name="NVIDIA A100-SXM4-40GB MIG 1g.5gb", major=8, minor=0, multi_processor_count=14)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    assert _gpu_facts()["gpu_mig"] == [True]
 
 
 # --- comparing profiles and the expectation ---------------------------------------------------

@@ -404,6 +404,13 @@ def reproduce_cmd(
     ),
     trusted_key: Optional[list[str]] = _TRUSTED_KEY,
     data: Optional[list[str]] = _DATA_COPY,
+    no_replay: bool = typer.Option(
+        False,
+        "--no-replay",
+        help="When the re-run differs and factors that change numerics differ (CPU capability, oneDNN ISA cap, "
+        "threads...), do not replay the steps up to the first divergent one with each factor put back.",
+    ),
+    replay_window: Optional[int] = typer.Option(None, "--replay-window", hidden=True, min=1),
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -430,6 +437,8 @@ def reproduce_cmd(
         stop_at_divergence=stop_at_divergence,
         trusted_keys=trusted_key or (),
         data=_roles_to_uris(data or []),
+        replay=not no_replay,
+        replay_window=replay_window,
         on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
     )
     if as_json:
@@ -501,6 +510,8 @@ def print_report(report: ReproductionReport) -> None:
         out.print(f"  - {reason}", markup=False)
     if report.divergence is not None:
         _print_divergence(report.divergence)
+    if report.replays is not None:
+        _print_replays(report.replays)
     if report.reproduction_uri:
         out.print(f"reproduction: {report.reproduction_uri}")
     if report.expectation is not None and report.expectation.held is not None:
@@ -542,6 +553,16 @@ def _print_divergence(div: Divergence) -> None:
         out.print("  the re-run was stopped there (--stop-at-divergence)")
     for cause in div.causes:
         out.print(f"  cause: {cause}", markup=False)
+
+
+def _print_replays(replays: Any) -> None:
+    """Each counterfactual replay (the factor put back, its outcome, its cost) and the conclusion."""
+    out.print(f"replays of steps 1..{replays.window}, one factor put back in each:", markup=False)
+    for r in replays.runs:
+        out.print(f"  {r.factor.label}: {r.outcome} ({r.detail}; {r.seconds:.1f}s)", markup=False)
+    for f in replays.unrestorable:
+        out.print(f"  {f.label}: unconfirmed ({f.why_not})", markup=False)
+    out.print(f"  {replays.conclusion}", markup=False)
 
 
 def _print_checks(report: ReproductionReport) -> None:

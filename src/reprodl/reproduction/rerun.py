@@ -51,6 +51,7 @@ from reprodl.reproduction.rebuild import (
     rebuild_transform,
     transform_differences,
 )
+from reprodl.reproduction.replay import Replays
 from reprodl.reproduction.verdict import Comparison, Judgement, Reason, Verdict, judge
 from reprodl.store import StoredDataSet, open_dataset
 from reprodl.training.capture import class_source_sha256
@@ -102,6 +103,8 @@ class ReproductionReport:
     divergence: Divergence | None = None
     # The reasons, typed: each a Reason(kind, text); ``reasons`` holds their texts.
     why: list[Reason] = dataclasses.field(default_factory=list)
+    # The counterfactual replays (:mod:`.replay`), when the re-run differed and factors differed.
+    replays: Replays | None = None
 
     @property
     def ok(self) -> bool:
@@ -120,6 +123,7 @@ class ReproductionReport:
             "environment_differences": [d.to_dict() for d in self.environment_differences],
             "expectation": self.expectation.to_dict() if self.expectation is not None else None,
             "divergence": self.divergence.to_dict() if self.divergence is not None else None,
+            "replays": self.replays.to_dict() if self.replays is not None else None,
             "ok": self.ok,
         }
 
@@ -179,6 +183,8 @@ def reproduce(
     stop_at_divergence: bool = False,
     trusted_keys: Iterable[str | os.PathLike[str]] = (),
     data: Mapping[str, str] | None = None,
+    replay: bool = True,
+    replay_window: int | None = None,
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
@@ -200,6 +206,9 @@ def reproduce(
             the recorded ones; one that differs from the record is listed in the reasons.
         trusted_keys: public keys the model must be signed by, checked before anything runs.
         data: another copy of a role's dataset to read (``{"train": URI}``).
+        replay: when the re-run differs and factors that change numerics differ, replay the window up to
+            the first divergent step once per factor restorable here (:mod:`.replay`); False skips it.
+        replay_window: end the re-run after this optimiser step (what a replay runs).
     """
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
     given = tolerance is not None
@@ -216,12 +225,63 @@ def reproduce(
         original = _Original(model_ds, relocated(record, where), load_weights(model_ds, record))
         options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
         options["tolerance_given"] = given
-        comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)
+        comparer = trace_comparer(model_ds, record, stop=stop_at_divergence, until=replay_window)
         report = _reproduce_in_process(
             original, tol, t0, device=device, seed=seed, output=output, progress=progress, comparer=comparer, **options
         )
+    if replay:
+        asked = ReplayAsk(
+            bool(trust_code), data or {}, tuple(map(str, trusted_keys)), tuple(allow), model_class, transforms
+        )
+        report = with_replays(report, model_ds.uri, asked)
     record_verdict(report, model_ds, record)
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayAsk:
+    """What a replay process must be told to re-run as this reproduction did (the objects passed in Python
+    cannot be, so their presence rules a replay out)."""
+
+    trust_code: bool
+    data: Mapping[str, str]
+    trusted_keys: tuple[str, ...]
+    allow: tuple[str, ...]
+    model_class: type | None
+    transforms: Mapping[str, Any] | None
+
+    def arguments(self) -> list[str]:
+        out = ["--trust-code"] if self.trust_code else []
+        out += [a for role, uri in self.data.items() for a in ("--data", f"{role}={uri}")]
+        out += [a for key in self.trusted_keys for a in ("--trusted-key", key)]
+        return out + [a for name in self.allow for a in ("--allow", name)]
+
+
+def with_replays(report: ReproductionReport, uri: str, asked: ReplayAsk) -> ReproductionReport:
+    """The report with its counterfactual replays (:mod:`.replay`) when it differs at a step and factors that
+    change numerics differ; the expectation settled by them and their conclusion among the reasons and causes."""
+    from reprodl.reproduction.replay import replay_factors
+
+    expectation, div = report.expectation, report.divergence
+    if report.verdict == "identical" or expectation is None or not expectation.factors:
+        return report
+    if div is None or div.step is None:
+        return report
+    if asked.model_class is not None or asked.transforms:
+        note = "no replay: model_class= or transforms= objects cannot be passed to a replay process"
+        return dataclasses.replace(report, reasons=[*report.reasons, note], why=[*report.why, Reason("replay", note)])
+    replays = replay_factors(uri, expectation.factors, window=div.step, arguments=asked.arguments())
+    confirmed = bool(replays.confirmed) if replays.runs else None
+    line = f"{replays.conclusion} (replays of steps 1..{replays.window}: {replays.seconds:.1f}s)"
+    return dataclasses.replace(
+        report,
+        replays=replays,
+        expectation=expectation.settle(report.verdict, confirmed=confirmed),
+        reasons=[*report.reasons, line],
+        why=[*report.why, Reason("replay", line)],
+        divergence=dataclasses.replace(div, causes=[replays.conclusion, *div.causes]),
+        timings={**report.timings, "replays_s": replays.seconds},
+    )
 
 
 def _reexecute(model_ds: Any, record: ProvenanceRecord, *, keys: Any, **run: Any) -> ReproductionReport:
@@ -256,15 +316,18 @@ def record_verdict(report: ReproductionReport, model_ds: StoredDataSet, record: 
     )
 
 
-def trace_comparer(model_ds: StoredDataSet, record: ProvenanceRecord, *, stop: bool = False) -> TraceComparer | None:
-    """A comparer against the model's recorded step trace; None when the record has none, or in
-    statistical mode (the re-run uses another seed, so its steps are not the recorded ones)."""
+def trace_comparer(
+    model_ds: StoredDataSet, record: ProvenanceRecord, *, stop: bool = False, until: int | None = None
+) -> TraceComparer | None:
+    """A comparer against the model's recorded step trace (stopping the training after step ``until``);
+    None when the record has none, or in statistical mode (the re-run uses another seed, so its steps are
+    not the recorded ones)."""
     if record.training.determinism.mode == "statistical":
         return None
     recorded = load_trace(model_ds, record)
     if recorded is None or record.results.trace is None:
         return None
-    return TraceComparer(recorded, record.results.trace.tensors, stop=stop)
+    return TraceComparer(recorded, record.results.trace.tensors, stop=stop, until=until)
 
 
 def divergence_of(

@@ -26,7 +26,7 @@ from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.compare import Tolerance, envelope_check, statistical_metrics_ok
 from reprodl.reproduction.divergence import Divergence
-from reprodl.reproduction.environment import EnvDifference, Expectation
+from reprodl.reproduction.environment import EnvDifference, Expectation, restore_text
 
 Verdict = Literal["identical", "within tolerance", "differs"]
 ReasonKind = Literal[
@@ -43,6 +43,9 @@ ReasonKind = Literal[
     "trace",
     "weights",
     "bitwise expected",
+    "run to run",
+    "replay",
+    "binomial band",
     "metrics",
     "statistical",
     "nondeterminism",
@@ -125,7 +128,22 @@ def judge(
             )
         )
         return Judgement("differs", found)
+    if expectation is not None and expectation.restorable and not tolerance_given:
+        found.append(_restorable_reason(expectation))
+        return Judgement("differs", found)
     return Judgement("within tolerance" if _within(record, comparison, tol) else "differs", found)
+
+
+def _restorable_reason(expectation: Expectation) -> Reason:
+    """run_to_run with every differing factor restorable here: the record's bits are within reach, not reached."""
+    labels = "; ".join(f.label for f in expectation.factors)
+    how = " ".join(restore_text(f) for f in expectation.factors)
+    return Reason(
+        "run to run",
+        f"run_to_run expected: the same bits under the recorded factors, and every factor that differs here "
+        f"({labels}) can be restored on this machine; re-run with `{how}` to reproduce it bit for bit: differs "
+        "whatever the metrics say (pass --tolerance to judge within a tolerance)",
+    )
 
 
 def _trace_ok(div: Divergence | None) -> bool:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
-from reprodl.reproduction.compare import Tolerance, envelope_check, statistical_metrics_ok
+from reprodl.reproduction.compare import BAND_Z, Tolerance, default_bands, envelope_check, statistical_metrics_ok
 from reprodl.reproduction.divergence import Divergence
 from reprodl.reproduction.environment import EnvDifference, Expectation, restore_text
 
@@ -115,7 +115,7 @@ def judge(
     if record.training.determinism.mode == "statistical":
         if comparison.weights.get("identical") and _trace_ok(comparison.divergence):
             return Judgement("identical", found)
-        return _judge_statistical(record, new, comparison, tol, envelope, found)
+        return _judge_statistical(record, new, comparison, tol, envelope, found, tolerance_given=tolerance_given)
     if comparison.weights.get("identical") and _trace_ok(comparison.divergence):
         return Judgement("identical", found)
     found += _difference_reasons(record, comparison, nondeterminism=not found)
@@ -131,7 +131,23 @@ def judge(
     if expectation is not None and expectation.restorable and not tolerance_given:
         found.append(_restorable_reason(expectation))
         return Judgement("differs", found)
-    return Judgement("within tolerance" if _within(record, comparison, tol) else "differs", found)
+    limits = _default_limits(record, comparison, found) if not tolerance_given else {}
+    return Judgement("within tolerance" if _within(record, comparison, tol, limits) else "differs", found)
+
+
+def _default_limits(record: ProvenanceRecord, comparison: Comparison, found: list[Reason]) -> dict[str, float]:
+    """With no tolerance given and no envelope: each final accuracy's band from its binomial standard error,
+    stated among the reasons."""
+    bands = default_bands(record, comparison.metrics)
+    for name, b in bands.items():
+        found.append(
+            Reason(
+                "binomial band",
+                f"{name} judged within ±{b['band']:.4f}: {BAND_Z:g} binomial standard errors sqrt(p(1-p)/n) of "
+                f"p = {b['p']:.4f} on n = {b['n']} evaluated items (no --tolerance, no envelope)",
+            )
+        )
+    return {name: b["band"] for name, b in bands.items()}
 
 
 def _restorable_reason(expectation: Expectation) -> Reason:
@@ -189,12 +205,15 @@ def _difference_reasons(record: ProvenanceRecord, comparison: Comparison, *, non
     return out
 
 
-def _within(record: ProvenanceRecord, comparison: Comparison, tol: Tolerance) -> bool:
-    """Weights, the final metrics and (when compared) the predictions within ``tol``."""
+def _within(record: ProvenanceRecord, comparison: Comparison, tol: Tolerance, limits: dict[str, float]) -> bool:
+    """Weights, the final metrics (each within its ``limits``, else ``tol``) and (when compared) the predictions
+    within ``tol``."""
     w = comparison.weights
     last = max((r["epoch"] for r in comparison.metrics if r.get("epoch") is not None), default=0)
     metric_ok = all(
-        r["abs_diff"] is None or r["abs_diff"] <= tol.metric_abs for r in comparison.metrics if r["epoch"] == last
+        r["abs_diff"] is None or r["abs_diff"] <= limits.get(r["metric"], tol.metric_abs)
+        for r in comparison.metrics
+        if r["epoch"] == last
     )
     predictions = comparison.predictions
     agree_ok = not predictions or predictions.get("agreement", 0.0) >= tol.agreement
@@ -256,8 +275,10 @@ def _judge_statistical(
     tol: Tolerance,
     envelope: dict[str, Any] | None,
     reasons: list[Reason],
+    *,
+    tolerance_given: bool = False,
 ) -> Judgement:
-    """Final metrics within the envelope (when given) or the tolerance."""
+    """Final metrics within the envelope (when given), the tolerance (when given), else the binomial band."""
     reasons.append(
         Reason(
             "statistical",
@@ -270,7 +291,8 @@ def _judge_statistical(
         ok = bool(checked["within"])
     else:
         last = max((r["epoch"] for r in comparison.metrics if r.get("epoch") is not None), default=0)
-        ok = statistical_metrics_ok(comparison.metrics, last or record.training.epochs, tol)
+        limits = _default_limits(record, comparison, reasons) if not tolerance_given else {}
+        ok = statistical_metrics_ok(comparison.metrics, last or record.training.epochs, tol, limits)
     if not ok:
         outside = "final metrics fall outside the tolerance" + (" envelope" if envelope else "")
         reasons.append(Reason("metrics", outside))

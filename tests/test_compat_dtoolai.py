@@ -108,7 +108,7 @@ class _Marker:
     def __init__(self, path: Path) -> None:
         self.path = str(path)
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self):
         return (open, (self.path, "w"))
 
 

@@ -90,7 +90,11 @@ CATALOG_EXPORT_FORMAT = "reprodl-catalog-entry/1"  # each line of `reprodl catal
 
 # --- schema versions -------------------------------------------------------------------
 PROVENANCE_SCHEMA_VERSION = "1.2"
-PROVENANCE_SCHEMA_ID = "https://reprodl.dev/schemas/provenance-1.2.json"
+# Identifiers the project keeps: under its repository's URL (the domain reprodl.dev, used before,
+# is not the project's). A record does not carry them, so records written before read the same.
+PROJECT_URL = "https://github.com/reprodl/reprodl"
+PROVENANCE_SCHEMA_ID = f"{PROJECT_URL}/blob/main/docs/schemas/provenance-1.2.json"
+TERMS_NAMESPACE = f"{PROJECT_URL}/blob/main/docs/terms.md#"  # reprodl's terms in PROV and JSON-LD
 README_SCHEMA_VERSION = "1.0"
 
 # --- staging (datasets being created or copied) ----------------------------------------
@@ -107,6 +111,7 @@ MAX_README_BYTES = 1024 * 1024  # a dataset's README.yml
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # provenance.json (its history and packages included)
 MAX_METADATA_BYTES = 256 * 1024 * 1024  # any other JSON read over http (manifest, annotations)
 MAX_CHECKPOINT_META_BYTES = 16 * 1024 * 1024  # a checkpoint's meta.json (history, trace counters)
+MAX_CHECKPOINT_COUNTER = 2**53  # a checkpoint's epoch, step and batch (exact as a float, fits an int64)
 MAX_NESTING = 64  # depth of JSON/YAML containers (records nest about 6 deep)
 MAX_CATEGORIES = 100_000  # distinct labels of a dataset (ImageNet-21k has 21,841)
 MAX_IMAGE_SIDE = 16384  # pixels per side of a transform's or a record's image size
@@ -120,3 +125,10 @@ PROCESS_MEMORY_BYTES = 512 * 1024 * 1024  # memory each torchrun process is coun
 PARAMETER_BYTES = 16  # memory per model parameter (weights, gradients, two optimiser states)
 MAX_PARAMETERS = 2 * 10**9  # parameters a recorded architecture may build, whatever the memory
 MAX_MODULES = 100_000  # modules (layers) a recorded architecture may build (a ResNet-152 has ~500)
+
+# --- exports (reprodl.exports) ---------------------------------------------------------------
+# ONNX metadata_props: what an ONNX-only user needs to feed the model and name its outputs.
+ONNX_CATEGORIES = "reprodl.categories"  # JSON list: output index i is category i
+ONNX_INPUT_SHAPE = "reprodl.input_shape"  # JSON list: one model input (C, H, W), batch axis first
+ONNX_PREPROCESSING = "reprodl.preprocessing"  # JSON: value_scale, mean/std, image mode and size
+MLFLOW_MODEL_DATASET = "reprodl-model"  # the model dataset, in the MLflow model's artifacts

@@ -25,8 +25,9 @@ from reprodl import keys, trust
 from reprodl.data.baselines import evaluation_baselines
 from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.data.images import convert, resize, to_array
+from reprodl.data.labels import checked_encoding
 from reprodl.data.transforms import Resize, contains, eval_view, from_description
-from reprodl.errors import ModelLoadError, TransformError
+from reprodl.errors import DatasetFormatError, ModelLoadError, TransformError
 from reprodl.modeldataset.legacy import is_dtoolai_model, load_dtoolai_model
 from reprodl.modeldataset.read import PICKLE_SUFFIXES, load_weights, read_record
 from reprodl.provenance import ProvenanceRecord
@@ -113,7 +114,7 @@ class TrainedTorchModel:
         self.device = torch.device(device)
         self.model.to(self.device).eval()
         train = self.provenance.data_by_role("train")[0]
-        self.cat_encoding = dict(train.category_encoding)
+        self.cat_encoding = _recorded_encoding(train.category_encoding, self.uri)
         self.categories = [n for n, _ in sorted(self.cat_encoding.items(), key=lambda kv: kv[1])]
         self.data_shape = _bounded_shape(train.input_shape, self.uri)  # one sample as the dataset holds it
         self.image_mode = train.image_mode or {1: "L", 3: "RGB", 4: "RGBA"}.get(
@@ -158,7 +159,14 @@ class TrainedTorchModel:
 
     def predict_categories(self, batch: torch.Tensor | np.ndarray) -> list[str]:
         """Predicted category names for a batch of model inputs (see :meth:`predict`)."""
-        return [self.categories[i] for i in self.predict(batch).tolist()]
+        predicted = self.predict(batch).tolist()
+        beyond = [i for i in predicted if i >= len(self.categories)]
+        if beyond:
+            raise ModelLoadError(
+                f"{self.uri}: the model predicts class {beyond[0]}, but its record's category_encoding names "
+                f"{len(self.categories)} categories ({self.cat_encoding}); the record does not fit the model"
+            )
+        return [self.categories[i] for i in predicted]
 
     def convert_image(self, image: Any) -> torch.Tensor:
         """A PIL image of any mode and size as a model input, preprocessed as in training.
@@ -260,6 +268,15 @@ def _bounded_shape(shape: list[int], uri: str) -> tuple[int, ...]:
             f"(positive sides, at most {keys.MAX_SAMPLE_ELEMENTS:,} values)"
         )
     return tuple(shape)
+
+
+def _recorded_encoding(encoding: dict[str, int], uri: str) -> dict[str, int]:
+    """The training data's category encoding as the record gives it, checked as a dataset's is
+    (labels 0..K-1, each once: a model's outputs are numbered by them)."""
+    try:
+        return checked_encoding(encoding, uri=f"the record of {uri} (data[0].category_encoding)")
+    except DatasetFormatError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def _as_input(out: Any) -> torch.Tensor:

@@ -25,7 +25,9 @@ def export_cmd(
     ),
     experiment: str = typer.Option("reprodl", "--experiment", help="mlflow: the experiment's name."),
     allow: Optional[list[str]] = typer.Option(
-        None, "--allow", help="onnx: module (or module:Class) trusted to be imported for the architecture; repeatable."
+        None,
+        "--allow",
+        help="onnx, mlflow: module (or module:Class) trusted to be imported for the architecture; repeatable.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     as_json: bool = JSON_OPT,
@@ -57,3 +59,5 @@ def export_cmd(
         )
     if "run_id" in result.details:
         out.print(f"MLflow run {result.details['run_id']} in experiment {experiment!r}", markup=False)
+        flavour = result.details.get("pytorch_flavour") or f"none ({result.details.get('why_not')})"
+        out.print(f"Logged model {result.details['model_uri']} (pytorch flavour: {flavour})", markup=False)

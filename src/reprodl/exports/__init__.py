@@ -41,7 +41,8 @@ FORMATS: dict[str, str] = {
     "croissant": "a Croissant 1.1 JSON-LD file describing a dataset",
     "model-card": "a Markdown model card with YAML front matter (Hugging Face style)",
     "onnx": "the model as an ONNX file, checked with onnxruntime against torch",
-    "mlflow": "a finished run in an MLflow tracking store (the output is the tracking URI or directory)",
+    "mlflow": "a finished run in an MLflow tracking store, the model its logged model "
+    "(the output is the tracking URI or directory)",
 }
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "export"]
@@ -64,12 +65,13 @@ def export(
         output: the file or directory to write (``ro-crate``: a directory; ``mlflow``: the
             tracking URI or a directory for MLflow's file store).
         overwrite: replace an existing output (otherwise it is refused).
-        allow: modules trusted to build the architecture (``onnx`` only; reprodl's zoo always is).
+        allow: modules trusted to build the architecture (``onnx``, and ``mlflow``'s pytorch flavour;
+            reprodl's zoo always is).
         experiment: the MLflow experiment's name (``mlflow`` only).
 
     Returns:
         What was written, how long it took and its size; ``details`` holds what the format
-        adds (``onnx``: ``max_abs_diff``; ``mlflow``: ``run_id``).
+        adds (``onnx``: ``max_abs_diff``; ``mlflow``: ``run_id``, ``model_uri``).
 
     Raises:
         ExportError: an unknown format, an output in the way, or a model where a dataset is needed.
@@ -84,7 +86,7 @@ def export(
 
         tracking = tracking_uri_of(output)
         with writing_output("the MLflow run into", tracking):
-            details = log_to_mlflow(source, tracking, experiment=experiment)
+            details = log_to_mlflow(source, tracking, experiment=experiment, allow=allow)
         target = Path(output) if "://" not in str(output) and not str(output).startswith("file:") else None
         size = size_of(target) if target is not None and target.exists() else 0
         return ExportResult(format, source.uri, tracking, time.perf_counter() - started, size, details)

@@ -15,7 +15,7 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.errors import DatasetFormatError
-from reprodl.exports.source import Source, check_dataset_kind
+from reprodl.exports.source import Licence, Source, check_dataset_kind, readme_licence
 from reprodl.store import StoredDataSet, file_sha256, local_path
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
@@ -113,8 +113,7 @@ def _metadata(ds: StoredDataSet) -> dict[str, Any]:
         "sameAs": ds.uri,
         "keywords": ["reprodl", "dtool", str(ds.get_annotation(keys.INPUT_TYPE))],
     }
-    if readme.get("license"):
-        meta["license"] = str(readme["license"])
+    meta["license"] = _licence(readme)
     authors = readme.get("authors") or readme.get("creator") or []
     if isinstance(authors, str):
         authors = [authors]
@@ -129,6 +128,20 @@ def _metadata(ds: StoredDataSet) -> dict[str, Any]:
 
         meta["datePublished"] = datetime.datetime.fromtimestamp(float(frozen), datetime.timezone.utc).isoformat()
     return meta
+
+
+def _licence(readme: dict[str, Any]) -> Any:
+    """The README's licence: a known one by its SPDX URL (as Croissant recommends), another as
+    its text; none stated is said so, as a CreativeWork (not left out for the reader to guess)."""
+    text = readme_licence(readme)
+    if text is None:
+        return {
+            "@type": "sc:CreativeWork",
+            "name": "unspecified",
+            "description": "the dataset's README states no licence: ask its authors before reuse "
+            "(its `license` field states one)",
+        }
+    return Licence(text, "the dataset's README").url or text
 
 
 def _file_object(ds: StoredDataSet, relpath: str) -> dict[str, Any]:

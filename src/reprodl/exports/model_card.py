@@ -1,9 +1,13 @@
 """A model's record as a Hugging Face style model card (Markdown with YAML front matter).
 
-The front matter carries ``library_name``, ``datasets`` (their URIs), ``base_model`` (the
-parent model, when fine-tuned), metrics under ``model-index`` and, under ``reprodl``, each
-dataset's URI, UUID and manifest digest with the record and weights digests; the body is the
-provenance summary ``reprodl provenance`` prints.
+The front matter carries ``library_name``, ``license`` (the Hub's id for the model's licence:
+its README's, else its training data's; ``other`` with ``license_name`` for one the Hub does
+not list, ``unknown`` when none is stated), metrics under ``model-index`` (each on the data it
+was measured on: ``valid_*`` on the validation data, ``train_*`` on the training data) and,
+under ``reprodl``, each dataset's URI, UUID and manifest digest with the record and weights
+digests and the parent model. The Hub's ``datasets`` and ``base_model`` name Hub ids, which a
+dtool URI is not, so they are left out; ``model-index`` names datasets by their dtool names.
+The body is the provenance summary ``reprodl provenance`` prints.
 
 A record's strings are someone else's, and a card is rendered as HTML (on the Hub, in an IDE):
 in the Markdown text each is one line with HTML (``<script>``) and link syntax escaped, so a
@@ -20,10 +24,10 @@ from typing import Any
 
 import yaml
 
-from reprodl.exports.source import Source
+from reprodl.exports.source import Source, model_licence
 from reprodl.provenance import ProvenanceRecord, summary_lines
 
-_METRIC_TYPES = {"valid_accuracy": "accuracy", "valid_loss": "loss", "train_loss": "loss"}
+_ROLES = {"valid_": "valid", "test_": "test", "train_": "train"}  # a final metric's prefix: the data it was measured on
 
 
 def front_matter(source: Source) -> dict[str, Any]:
@@ -33,10 +37,8 @@ def front_matter(source: Source) -> dict[str, Any]:
         "library_name": "pytorch",
         "tags": ["reprodl", "pytorch", "safetensors", "image-classification"],
         "pipeline_tag": "image-classification",
-        "datasets": sorted({ref.uri for ref in record.data}),
+        **_licence(source, record),
     }
-    if record.lineage.parent is not None:
-        meta["base_model"] = record.lineage.parent.uri
     meta["model-index"] = [{"name": record.model_name, "results": _results(record)}]
     meta["reprodl"] = {
         "uri": source.uri,
@@ -62,19 +64,32 @@ def front_matter(source: Source) -> dict[str, Any]:
     return meta
 
 
+def _licence(source: Source, record: ProvenanceRecord) -> dict[str, str]:
+    """The Hub's ``license`` (and ``license_name`` for one it does not list)."""
+    licence = model_licence(source, record)
+    if licence is None:
+        return {"license": "unknown"}
+    if licence.spdx is not None:
+        return {"license": licence.spdx.lower()}
+    slug = re.sub(r"[^a-z0-9]+", "-", licence.text.lower()).strip("-") or "unnamed"
+    return {"license": "other", "license_name": slug[:100]}
+
+
 def _results(record: ProvenanceRecord) -> list[dict[str, Any]]:
-    """model-index results: the final metrics, on the validation data when there is one."""
-    refs = record.data_by_role("valid") or record.data_by_role("train")
-    metrics = [
-        {"type": _METRIC_TYPES.get(name, name), "name": name, "value": float(value)}
-        for name, value in sorted(record.results.final.items())
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "epoch"
-    ]
-    if not refs or not metrics:
-        return []
-    ref = refs[0]
-    dataset = {"name": ref.name, "type": ref.uri, "split": ref.usetype or ref.role}
-    return [{"task": {"type": "image-classification"}, "dataset": dataset, "metrics": metrics}]
+    """model-index results: each final metric on the data it was measured on (its prefix's role)."""
+    results = []
+    for prefix, role in _ROLES.items():
+        refs = record.data_by_role(role)
+        metrics = [
+            {"type": name[len(prefix) :], "name": name, "value": float(value)}
+            for name, value in sorted(record.results.final.items())
+            if name.startswith(prefix) and isinstance(value, (int, float)) and not isinstance(value, bool)
+        ]
+        if refs and metrics:
+            ref = refs[0]
+            dataset = {"name": ref.name, "type": ref.name, "split": ref.usetype or role}
+            results.append({"task": {"type": "image-classification"}, "dataset": dataset, "metrics": metrics})
+    return results
 
 
 def model_card(source: Source) -> str:

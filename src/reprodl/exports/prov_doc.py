@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from reprodl import keys
 from reprodl.exports.source import Source, require
 from reprodl.provenance import ProvenanceRecord
 
 MLS = "http://www.w3.org/ns/mls#"
-REPRODL = "https://reprodl.dev/ns#"
+REPRODL = keys.TERMS_NAMESPACE  # reprodl's terms, under the project's repository URL
 
 
 def prov_document(source: Source) -> Any:

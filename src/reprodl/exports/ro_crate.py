@@ -6,6 +6,12 @@ The crate holds the record (``provenance.json``) and describes the training as o
 digest) and the hyperparameters, its result the model dataset, its agent who ran it, with
 start and end times. Datasets and the model are named by their URIs, not copied; reprodl's
 digests (manifest, weights, record, code) are PropertyValues they name as ``additionalProperty``.
+
+The instrument is the user's training script, copied into the crate from the model dataset
+(a ``File`` named by its path there, never by the training machine's), or else reprodl
+itself. The metadata descriptor conforms to RO-Crate 1.3 (its context) and 1.1 (which the
+Process Run Crate 0.5 profile extends); the root's ``license`` is the model's (its README's
+``license``, else its training data's), or says that none is stated.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from reprodl import keys
-from reprodl.exports.source import Source, require
+from reprodl.exports.source import Source, code_name, model_licence, require
 from reprodl.provenance import ProvenanceRecord
 from reprodl.store import file_sha256
 
 PROCESS_RUN_CRATE = "https://w3id.org/ro/wfrun/process/0.5"
+RO_CRATE_SPECS = ("https://w3id.org/ro/crate/1.3", "https://w3id.org/ro/crate/1.1")
+_PYTHON = "#python"
 
 
 def write_ro_crate(source: Source, out: Path) -> dict[str, Any]:
@@ -33,11 +41,13 @@ def write_ro_crate(source: Source, out: Path) -> dict[str, Any]:
     crate.name = f"Training of {record.model_name}"
     crate.description = f"How the reprodl model {record.model_name} ({source.uri}) was trained, from its record"
     crate.root_dataset["conformsTo"] = {"@id": PROCESS_RUN_CRATE}
-    crate.add(
-        ContextEntity(crate, PROCESS_RUN_CRATE, properties={"@type": "CreativeWork", "name": "Process Run Crate"})
-    )
+    crate.metadata["conformsTo"] = [{"@id": spec} for spec in RO_CRATE_SPECS]
+    profile = {"@type": ["CreativeWork", "Profile"], "name": "Process Run Crate", "version": "0.5"}
+    crate.add(ContextEntity(crate, PROCESS_RUN_CRATE, properties=profile))
+    _add_licence(crate, source, record)
     _add_record(crate, source, out)
-    code = crate.add(ContextEntity(crate, "#code", properties=_code(record)))
+    crate.add(ContextEntity(crate, _PYTHON, properties=_python(record)))
+    code = _add_code(crate, source, record, out)
     datasets = [crate.add(ContextEntity(crate, d["@id"], properties=d)) for d in _datasets(record)]
     objects = list(datasets)
     objects += [crate.add(ContextEntity(crate, p["@id"], properties=p)) for p in _parameters(record)]
@@ -49,24 +59,100 @@ def write_ro_crate(source: Source, out: Path) -> dict[str, Any]:
         code,
         identifier="#training",
         object=objects,
-        result=[model],
+        result=model,
         properties={
             "name": f"Training of {record.model_name}",
+            "description": f"{record.architecture.class_name} trained for {record.training.epochs} epochs by reprodl",
             "startTime": record.results.started_at or record.created_at,
             "endTime": record.results.finished_at,
-            "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"},
+            "actionStatus": "http://schema.org/CompletedActionStatus",
             "agent": {"@id": agent.id},
         },
     )
     for entity in [*datasets, model]:  # data entities, named by URI: listed, not copied
         crate.root_dataset.append_to("hasPart", entity)
+    crate.root_dataset["mentions"] = {"@id": action.id}
     crate.write(str(out))
     return {"entities": len(crate.get_entities()), "action": action.id, "objects": len(objects)}
 
 
+def _add_licence(crate: Any, source: Source, record: ProvenanceRecord) -> None:
+    """The root's ``license``: a known licence by its SPDX URL, else a CreativeWork naming it (or
+    saying none is stated)."""
+    from rocrate.model import ContextEntity
+
+    licence = model_licence(source, record)
+    if licence is None:
+        props = {
+            "@type": "CreativeWork",
+            "name": "unspecified",
+            "description": "Neither the model's README nor its training data's README states a licence: ask the "
+            "model's creator before reuse (the `license` field of the model's README states one)",
+        }
+    else:
+        props = {"@type": "CreativeWork", "name": licence.text, "description": f"as stated by {licence.origin}"}
+    entity = crate.add(ContextEntity(crate, (licence and licence.url) or "#license", properties=props))
+    crate.root_dataset["license"] = {"@id": entity.id}
+
+
+def _python(record: ProvenanceRecord) -> dict[str, Any]:
+    """The language the code ran in, as a ComputerLanguage entity (name, url and version)."""
+    version = record.environment.python.split()[0] if record.environment.python else "3"
+    return {"@type": "ComputerLanguage", "name": "Python", "url": "https://www.python.org/", "version": version}
+
+
+def _add_code(crate: Any, source: Source, record: ProvenanceRecord, out: Path) -> Any:
+    """The instrument: the training script (stored with the model when outside git) copied into
+    the crate as a ``File``; else the git repository at its commit, when it has a public remote;
+    else reprodl itself, which ran the training. Never named by the training machine's paths."""
+    from rocrate.model import ContextEntity
+
+    code, git = record.code, record.code.git
+    relpaths = {source.dataset.relpath(i) for i in source.dataset.identifiers}
+    if code.entry_script_item in relpaths:
+        return _add_script(crate, source, record, out, str(code.entry_script_item))
+    remote = str(git.remote or "") if git is not None else ""
+    if git is not None and git.commit and remote.startswith("https://"):
+        props = {**_code(record), "@type": ["SoftwareSourceCode", "SoftwareApplication"], "url": remote}
+        return crate.add(ContextEntity(crate, remote, properties={**props, "version": git.commit}))
+    ran = f"{code.config_file and 'the config ' or ''}{code_name(record)}"
+    props = {
+        **_code(record),
+        "@type": "SoftwareApplication",
+        "name": "reprodl",
+        "url": keys.PROJECT_URL,
+        "version": record.reprodl_version,
+        "description": f"reprodl, which ran {ran} (its code is not stored with the model: the record names it)",
+    }
+    return crate.add(ContextEntity(crate, keys.PROJECT_URL, properties=props))
+
+
+def _add_script(crate: Any, source: Source, record: ProvenanceRecord, out: Path, item: str) -> Any:
+    """The training script, copied from the model dataset's ``item`` into the crate at that path."""
+    path = out / item
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(source.dataset.item_path(source.dataset.identifier_of(item)), "rb") as fh:
+        path.write_bytes(fh.read())
+    props = {
+        **_code(record),
+        "@type": ["File", "SoftwareSourceCode", "SoftwareApplication"],
+        "url": source.uri,
+        "version": f"sha256:{record.code.entry_script_sha256}",
+        "encodingFormat": "text/x-python",
+        "description": f"the training script, as stored with the model (item {item})",
+        "sha256": file_sha256(path),
+        "contentSize": str(path.stat().st_size),
+    }
+    return crate.add_file(str(path), dest_path=item, properties=props)
+
+
 def _add_record(crate: Any, source: Source, out: Path) -> None:
     """The record item, copied byte for byte (its sha256 is that of the model dataset's item)."""
+    from rocrate.model import ContextEntity
+
     record = source.model_record("ro-crate")
+    schema = {"@type": "CreativeWork", "name": "JSON Schema of reprodl's provenance record (`reprodl schema`)"}
+    crate.add(ContextEntity(crate, keys.PROVENANCE_SCHEMA_ID, properties=schema))
     path = out / keys.PROVENANCE_FILE
     with open(source.dataset.item_path(source.dataset.identifier_of(keys.PROVENANCE_FILE)), "rb") as fh:
         path.write_bytes(fh.read())
@@ -79,7 +165,7 @@ def _add_record(crate: Any, source: Source, out: Path) -> None:
             "encodingFormat": "application/json",
             "conformsTo": {"@id": keys.PROVENANCE_SCHEMA_ID},
             "sha256": file_sha256(path),
-            "contentSize": path.stat().st_size,
+            "contentSize": str(path.stat().st_size),
         },
     )
 
@@ -110,9 +196,8 @@ def _code(record: ProvenanceRecord) -> dict[str, Any]:
     """The code that trained the model, as a SoftwareSourceCode entity."""
     code = record.code
     props: dict[str, Any] = {
-        "@type": ["SoftwareSourceCode", "SoftwareApplication"],
-        "name": code.config_file or code.entry_script or record.architecture.import_path,
-        "programmingLanguage": f"Python {record.environment.python}",
+        "name": code_name(record),
+        "programmingLanguage": {"@id": _PYTHON},
         "softwareRequirements": f"torch {record.environment.torch}, reprodl {record.reprodl_version}",
     }
     if code.git is not None:
@@ -127,7 +212,8 @@ def _code(record: ProvenanceRecord) -> dict[str, Any]:
         )
         if v
     ]
-    props["additionalProperty"] = _links("code", *names) or None
+    links = _links("code", *names)
+    props["additionalProperty"] = (links[0] if len(links) == 1 else links) or None
     return {k: v for k, v in props.items() if v is not None}
 
 
@@ -142,7 +228,7 @@ def _datasets(record: ProvenanceRecord) -> list[dict[str, Any]]:
                 "@type": "Dataset",
                 "name": ref.name,
                 "identifier": f"urn:uuid:{ref.uuid}",
-                "additionalProperty": _links(ref.uuid, "manifest_digest"),
+                "additionalProperty": _links(ref.uuid, "manifest_digest")[0],
                 "description": record.readme_for(ref).strip() or ref.name,
                 "roles": [],
             },

@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import importlib
 import os
+import posixpath
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from reprodl import keys
 from reprodl.errors import DatasetFormatError, MissingDependencyError, ReprodlError
 from reprodl.files import share_as_umask
 from reprodl.modeldataset.read import read_record
+from reprodl.parsing import load_yaml
 from reprodl.provenance import ProvenanceRecord
 from reprodl.store import StoredDataSet, open_dataset
 
@@ -81,6 +84,77 @@ def model_identity(source: Source, record: ProvenanceRecord) -> dict[str, str]:
         "reprodl.weights_sha256": record.results.weights_sha256 or "",
         "reprodl.architecture": record.architecture.import_path,
     }
+
+
+#: Licences known by their SPDX identifiers; a README's text matches one case-insensitively,
+#: with spaces for dashes ("CC BY 4.0" is CC-BY-4.0). The Hub's ids are these, lower-case.
+SPDX_LICENCES = (
+    "Apache-2.0",
+    "BSD-2-Clause",
+    "BSD-3-Clause",
+    "CC-BY-4.0",
+    "CC-BY-NC-4.0",
+    "CC-BY-NC-SA-4.0",
+    "CC-BY-SA-4.0",
+    "CC0-1.0",
+    "GPL-3.0",
+    "LGPL-3.0",
+    "MIT",
+    "ODbL-1.0",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Licence:
+    """A licence as a README states it: its text, its SPDX id when known, and whose README said it."""
+
+    text: str
+    origin: str
+
+    @property
+    def spdx(self) -> str | None:
+        key = re.sub(r"[\s_]+", "-", self.text.strip()).lower()
+        return next((s for s in SPDX_LICENCES if s.lower() == key), None)
+
+    @property
+    def url(self) -> str | None:
+        """The SPDX page of a known licence (the form Croissant and RO-Crate recommend)."""
+        return f"https://spdx.org/licenses/{self.spdx}.html" if self.spdx else None
+
+
+def readme_licence(fields: Any) -> str | None:
+    """The ``license`` a README's fields state (None when absent or "unspecified")."""
+    value = fields.get("license") if isinstance(fields, dict) else None
+    text = str(value).strip() if value is not None else ""
+    return text if text and text.lower() not in ("unspecified", "unknown", "none") else None
+
+
+def model_licence(source: Source, record: ProvenanceRecord) -> Licence | None:
+    """The model's licence: its README's ``license``, else the one licence its training data's
+    READMEs all state (recorded with the data); None when neither says."""
+    own = readme_licence(source.dataset.readme())
+    if own is not None:
+        return Licence(own, "the model's README")
+    found: dict[str, str] = {}
+    for ref in record.data_by_role("train"):
+        try:
+            text = readme_licence(load_yaml(record.readme_for(ref), what=f"the README of {ref.name}"))
+        except ReprodlError:
+            text = None
+        if text is None:
+            return None
+        found.setdefault(text, ref.name)
+    if len(found) != 1:
+        return None
+    ((text, name),) = found.items()
+    return Licence(text, f"the training data's README ({name}); the model's README states none")
+
+
+def code_name(record: ProvenanceRecord) -> str:
+    """The training code's name without the training machine's directories: the script's or the
+    config file's base name, else the architecture's import path."""
+    path = record.code.entry_script or record.code.config_file
+    return posixpath.basename(path.replace("\\", "/")) if path else record.architecture.import_path
 
 
 def open_source(uri: str) -> Source:

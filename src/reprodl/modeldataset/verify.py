@@ -154,8 +154,9 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = (), scri
     names = [
         (record.architecture.import_path, trust.Kind.ARCHITECTURE),
         (f"{t.optimizer.module}:{t.optimizer.class_name}", trust.Kind.OPTIMIZER),
-        (f"{t.loss.module}:{t.loss.class_name}", trust.Kind.LOSS),
     ]
+    if not (script and not t.loss.module):  # a start_run record whose loop gave run.watch no loss names none
+        names.append((f"{t.loss.module}:{t.loss.class_name}", trust.Kind.LOSS))
     if t.scheduler is not None:
         names.append((f"{t.scheduler.module}:{t.scheduler.class_name}", trust.Kind.SCHEDULER))
     names += [(m.architecture.import_path, trust.Kind.ARCHITECTURE) for m in record.models[1:]]
@@ -167,6 +168,8 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = (), scri
         why = trust.refusal(path, kind, allow=allow)
         if why is not None:
             refused.append(f"{kind.value} {path} ({why})")
+        elif kind is trust.Kind.ARCHITECTURE:
+            refused += _size_refusal(record, allow)
     for ref in record.data:
         if ref.transform is not None:
             try:
@@ -174,6 +177,21 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = (), scri
             except TransformError as exc:
                 refused.append(f"{ref.role} transform ({exc})")
     return refused
+
+
+def _size_refusal(record: ProvenanceRecord, allow: list[str]) -> list[str]:
+    """Why a zoo architecture will not be built from the record's ``init_params`` (its size counted from
+    them, nothing built: the bound every loader applies), or nothing; other classes are not built here."""
+    from reprodl import trust
+
+    arch = record.architecture
+    try:
+        cls = trust.resolve(arch.import_path, trust.Kind.ARCHITECTURE, allow=allow)
+        if trust.planned_size(cls, arch.init_params, what=arch.import_path) is not None:
+            trust.check_size(cls, arch.init_params, expected=arch.n_parameters, what=arch.import_path)
+    except ReprodlError as exc:
+        return [f"architecture {arch.import_path} ({exc})"]
+    return []
 
 
 def _script_class_allowed(path: str, allow: list[str], *, script: bool) -> bool:

@@ -105,10 +105,14 @@ class TraceComparer:
         self._next_growth = 0
         self._last: dict[str, float] | None = None
         self.stopped = False
+        self.stop_after: int | None = None  # stop the training at the first step past this one
 
     def __call__(self, rows: np.ndarray) -> bool:
-        """Compare each row; True (stop the training) at the first divergent one when ``stop``."""
+        """Compare each row; True (stop the training) at the first divergent one when ``stop``, and at
+        the first step past ``stop_after`` when that is set."""
         for row in rows:
+            if self.stop_after is not None and int(row["step"]) > self.stop_after:
+                self.stopped = True
             i = self._by_step.get(int(row["step"]))
             if i is None:  # a step the recorded trace thinned out, or past its end
                 continue

@@ -12,7 +12,7 @@ import torch
 
 from reprodl import keys, trust
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
-from reprodl.errors import ReproductionError, TransformError
+from reprodl.errors import ParametersError, ReproductionError, TransformError
 from reprodl.model import resolve_class
 from reprodl.modeldataset.read import load_weights, read_record
 from reprodl.modeldataset.weights import state_dict_sha256
@@ -24,8 +24,10 @@ from reprodl.store import StoredDataSet, open_dataset
 def check_resources(record: ProvenanceRecord, *, what: str) -> None:
     """Refuse a record whose integers would start more than this machine has, before any work:
     DataLoader workers (``num_workers``) and torchrun processes (``world_size``), bounded by
-    :func:`reprodl.trust.machine_limits` (:class:`ParametersError`, naming field, value and limit).
-    A record converted from a dtoolAI model is refused (:class:`ReproductionError`): it has nothing to re-run."""
+    :func:`reprodl.trust.machine_limits` (:class:`ParametersError`, naming field, value and limit);
+    and a built-in trainer's record asking for more epochs than its history holds when it has no step
+    trace to stop the re-run where the training stopped (see :func:`stopped_early`). A record converted from a
+    dtoolAI model is refused (:class:`ReproductionError`): it has nothing to re-run."""
     converted = (record.model_extra or {}).get(keys.CONVERTED_FROM)
     if converted:
         raise ReproductionError(
@@ -41,6 +43,23 @@ def check_resources(record: ProvenanceRecord, *, what: str) -> None:
         trust.check_processes(
             dist.world_size, backend=dist.backend, what=f"the record of {what} (training.distributed)"
         )
+    if stopped_early(record) and (t.optimizer_steps is None or record.results.trace is None):
+        epochs, done = t.params.get("n_epochs", t.epochs), len(record.results.history)
+        raise ParametersError(
+            f"the record of {what} (training.params.n_epochs) asks for n_epochs={epochs:,}, but its "
+            f"results.history holds {done:,} epoch(s) and it has no step trace and optimiser step count to stop "
+            "a re-run where the training stopped: the record does not describe the training it would re-run. "
+            "Refused before any work"
+        )
+
+
+def stopped_early(record: ProvenanceRecord) -> bool:
+    """Whether a built-in trainer's record holds fewer epochs than its ``n_epochs`` (the training was
+    stopped early, or the record claims more epochs than it trained): its re-run is stopped one
+    optimiser step past the recorded ones, so that it is as long as the training the record describes."""
+    t = record.training
+    epochs, done = t.params.get("n_epochs", t.epochs), len(record.results.history)
+    return record.code.run is None and isinstance(epochs, int) and epochs > done
 
 
 # --- rebuilding ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -49,6 +50,7 @@ from reprodl.reproduction.rebuild import (
     rebuild_optimizer,
     rebuild_scheduler,
     rebuild_transform,
+    stopped_early,
     transform_differences,
 )
 from reprodl.reproduction.replay import Replays
@@ -327,7 +329,10 @@ def trace_comparer(
     recorded = load_trace(model_ds, record)
     if recorded is None or record.results.trace is None:
         return None
-    return TraceComparer(recorded, record.results.trace.tensors, stop=stop, until=until)
+    comparer = TraceComparer(recorded, record.results.trace.tensors, stop=stop, until=until)
+    if stopped_early(record):  # a re-run as long as the training the record describes, and one step more
+        comparer.stop_after = record.training.optimizer_steps
+    return comparer
 
 
 def divergence_of(
@@ -682,4 +687,5 @@ def find_envelope(model_ds: StoredDataSet) -> dict[str, Any] | None:
 
 def _reproduction_name(name: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "", name)[:40] or "model"  # a record's model_name is anyone's text
     return f"{name}.reproduction-{stamp}-{os.getpid()}"[:80]

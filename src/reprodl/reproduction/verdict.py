@@ -173,6 +173,12 @@ def _steps_reasons(record: ProvenanceRecord, new: ProvenanceRecord, found: list[
     ok = was is None or now is None or was == now
     if was is not None and now is not None and not ok:
         longer = "the re-run went further (was the original interrupted?)" if now > was else "the re-run stopped early"
+        epochs, done = record.training.params.get("n_epochs"), len(record.results.history)
+        if now > was and isinstance(epochs, int) and epochs > done and record.code.run is None:
+            longer = (
+                f"the original stopped in epoch {done} of its n_epochs={epochs:,}; the re-run, with the recorded "
+                "settings, went on and was stopped one step past the recorded ones"
+            )
         found.append(Reason("steps", f"optimiser steps differ: {was} recorded, {now} in the re-run ({longer})"))
     if len(record.results.logged) != len(new.results.logged):
         n_was, n_now = len(record.results.logged), len(new.results.logged)

@@ -236,6 +236,9 @@ class Checkpoint:
         meta = read_checkpoint_meta(path)
         if meta is None or meta.get("format") != FORMAT:
             raise ResumeError(f"its {keys.CHECKPOINT_META} is missing, unreadable or not of format {FORMAT}")
+        problem = meta_problem(meta)
+        if problem is not None:
+            raise ResumeError(f"its {keys.CHECKPOINT_META} {problem}")
         self.path, self.meta = path, meta
         try:
             self.state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
@@ -264,6 +267,35 @@ class Checkpoint:
         """The resumes so far, this one last (the record's ``training.resumed`` points)."""
         point = {"from_epoch": self.meta.get("epoch"), "from_step": self.meta.get("step"), "at": utcnow()}
         return [*self.meta.get("resumed", []), point]
+
+
+def meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the counters and lists of a checkpoint's meta (None: each is what a resume reads).
+
+    Checked before anything is restored, so a damaged newest checkpoint is passed over for the one
+    before instead of failing the resume part-way.
+    """
+    from pydantic import ValidationError
+
+    from reprodl.provenance.record import EpochMetrics
+
+    for name in ("epoch", "step", "batch"):
+        value = meta.get(name, 0 if name == "batch" else None)
+        if type(value) is not int or not 0 <= value <= keys.MAX_CHECKPOINT_COUNTER:
+            return f"{name} is {str(value)[:40]!r}, not a whole number from 0 to {keys.MAX_CHECKPOINT_COUNTER:,}"
+    elapsed = meta.get("elapsed_s", 0.0)
+    if type(elapsed) not in (int, float) or not 0 <= elapsed < float("inf"):
+        return f"elapsed_s is {str(elapsed)[:40]!r}, not a number of seconds"
+    for name, kind in (("history", dict), ("order_digests", str), ("resumed", dict), ("logged", dict)):
+        values = meta.get(name, [])
+        if not isinstance(values, list) or not all(isinstance(v, kind) for v in values):
+            return f"{name} is not a list of {kind.__name__} values"
+    for i, metrics in enumerate(meta.get("history", [])):
+        try:
+            EpochMetrics.model_validate(metrics)
+        except ValidationError as exc:
+            return f"history[{i}] is not an epoch's metrics ({exc.errors()[0]['loc']}: {exc.errors()[0]['msg']})"
+    return None
 
 
 @contextlib.contextmanager

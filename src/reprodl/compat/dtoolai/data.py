@@ -82,7 +82,7 @@ class ImageDataSet(_DtoolAIMethods, _datasets.ImageDataSet):
         self.idn_lookup = dict(enumerate(self.identifiers))
         self.loaded_images: dict[str, np.ndarray] = {}
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:  # type: ignore[override]
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:  # type: ignore[override]  # dtoolAI returns numpy, not tensors
         x, label = super().__getitem__(index)
         return x.numpy(), label
 
@@ -110,7 +110,7 @@ class TensorDataSet(_DtoolAIMethods, _datasets.TensorDataSet):
         self.X = self.data
         self.y = self.labels
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:  # type: ignore[override]
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:  # type: ignore[override]  # dtoolAI returns numpy, not tensors
         x, label = super().__getitem__(index)
         return x.numpy(), label
 

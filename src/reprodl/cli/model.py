@@ -382,6 +382,15 @@ _DATA_COPY = typer.Option(
 )
 
 
+_NO_REPLAY = typer.Option(
+    False,
+    "--no-replay",
+    help="When the re-run differs and factors that change numerics differ (CPU capability, oneDNN ISA cap, "
+    "threads...), do not replay the steps up to the first divergent one with each factor put back.",
+)
+_REPLAY_WINDOW = typer.Option(None, "--replay-window", hidden=True, min=1)  # what a replay process runs
+
+
 @app.command("reproduce")
 @handle_errors
 def reproduce_cmd(
@@ -404,13 +413,8 @@ def reproduce_cmd(
     ),
     trusted_key: Optional[list[str]] = _TRUSTED_KEY,
     data: Optional[list[str]] = _DATA_COPY,
-    no_replay: bool = typer.Option(
-        False,
-        "--no-replay",
-        help="When the re-run differs and factors that change numerics differ (CPU capability, oneDNN ISA cap, "
-        "threads...), do not replay the steps up to the first divergent one with each factor put back.",
-    ),
-    replay_window: Optional[int] = typer.Option(None, "--replay-window", hidden=True, min=1),
+    no_replay: bool = _NO_REPLAY,
+    replay_window: Optional[int] = _REPLAY_WINDOW,
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:

@@ -190,31 +190,23 @@ def reproduce(
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
-    A model made with :func:`reprodl.start_run` (the user's own loop) is reproduced by
-    re-executing its recorded code (:mod:`reprodl.reproduction.reexec`), and only with
-    ``trust_code=True``; ``on_output`` then receives the script's output lines.
-
-    Refuses to train (:class:`IntegrityError`, naming the items) if a training dataset
-    changed. Bitwise-mode models are compared weight for weight; statistical-mode models are
-    re-run with a different seed (``seed``, default recorded + 100003) and judged on metrics and
-    predictions, against a multi-run envelope when one is given. The report's ``divergence`` names
-    the first step whose trace differs, and why; ``stop_at_divergence`` stops the re-run there.
-    Transforms are rebuilt from their recorded configs; one of your own is refused
-    (:class:`ReproductionError`) unless you pass it.
+    A model made with :func:`reprodl.start_run` (the user's own loop) is reproduced by re-executing its
+    recorded code (:mod:`reprodl.reproduction.reexec`), only with ``trust_code=True``; ``on_output`` then
+    receives the script's output lines. Refuses to train (:class:`IntegrityError`, naming the items) if a
+    training dataset changed. Bitwise-mode models are compared weight for weight; statistical-mode models are
+    re-run with another seed (``seed``, default recorded + 100003) and judged on metrics and predictions,
+    against a multi-run envelope when one is given. ``divergence`` names the first step whose trace differs,
+    and why; ``stop_at_divergence`` stops the re-run there. Transforms are rebuilt from their recorded
+    configs; one of your own must be passed (else :class:`ReproductionError`).
 
     Args:
         output: base URI to keep the reproduced model dataset in (default: a temporary directory).
-        transforms: transform objects by dataset role ("train", "valid", "test") used instead of
-            the recorded ones; one that differs from the record is listed in the reasons.
-        trusted_keys: public keys the model must be signed by, checked before anything runs.
-        data: another copy of a role's dataset to read (``{"train": URI}``).
-        replay: when the re-run differs and factors that change numerics differ, replay the window up to
-            the first divergent step once per factor restorable here (:mod:`.replay`); False skips it.
-        replay_window: end the re-run after this optimiser step (what a replay runs).
+        transforms: transform objects by role ("train", "valid", "test") instead of the recorded ones.
+        trusted_keys: public keys the model must be signed by. data: another copy of a role's dataset.
+        replay: replay up to a divergent step once per differing factor restorable here (:mod:`.replay`).
     """
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
-    given = tolerance is not None
-    t0 = time.perf_counter()
+    given, objects, t0 = tolerance is not None, bool(model_class or transforms), time.perf_counter()
     model_ds = open_dataset(uri)
     record = read_record(model_ds)
     check_resources(record, what=model_ds.uri)  # recorded worker and process counts, before any work
@@ -232,9 +224,7 @@ def reproduce(
             original, tol, t0, device=device, seed=seed, output=output, progress=progress, comparer=comparer, **options
         )
     if replay:
-        asked = ReplayAsk(
-            bool(trust_code), data or {}, tuple(map(str, trusted_keys)), tuple(allow), model_class, transforms
-        )
+        asked = ReplayAsk(bool(trust_code), data or {}, tuple(map(str, trusted_keys)), tuple(allow), objects)
         report = with_replays(report, model_ds.uri, asked)
     record_verdict(report, model_ds, record)
     return report
@@ -249,8 +239,7 @@ class ReplayAsk:
     data: Mapping[str, str]
     trusted_keys: tuple[str, ...]
     allow: tuple[str, ...]
-    model_class: type | None
-    transforms: Mapping[str, Any] | None
+    objects: bool = False  # model_class= or transforms= objects were passed
 
     def arguments(self) -> list[str]:
         out = ["--trust-code"] if self.trust_code else []
@@ -269,7 +258,7 @@ def with_replays(report: ReproductionReport, uri: str, asked: ReplayAsk) -> Repr
         return report
     if div is None or div.step is None:
         return report
-    if asked.model_class is not None or asked.transforms:
+    if asked.objects:
         note = "no replay: model_class= or transforms= objects cannot be passed to a replay process"
         return dataclasses.replace(report, reasons=[*report.reasons, note], why=[*report.why, Reason("replay", note)])
     replays = replay_factors(uri, expectation.factors, window=div.step, arguments=asked.arguments())

@@ -556,7 +556,7 @@ def _print_divergence(div: Divergence) -> None:
     if div.stopped:
         out.print("  the re-run was stopped there (--stop-at-divergence)")
     for cause in div.causes:
-        out.print(f"  cause: {cause}", markup=False)
+        out.print(f"  {cause}" if cause.startswith("cause ") else f"  cause: {cause}", markup=False)
 
 
 def _print_replays(replays: Any) -> None:

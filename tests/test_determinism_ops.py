@@ -106,6 +106,10 @@ def test_warn_mode_trains_and_lists_the_operation_in_the_record(digits_split_uri
     )
     assert record.training.params["deterministic"] == "warn"
     assert load_record(uri).training.determinism.nondeterministic_ops == [OP]  # stored, under the digest
+    (use,) = determinism.nondeterministic_usage
+    assert use.operation == OP and use.count > record.training.optimizer_steps  # every training and validation batch
+    assert use.first_frame.startswith("test_determinism_ops.py:") and use.first_frame.endswith(" in forward")
+    assert load_record(uri).training.determinism.nondeterministic_usage == [use]
     assert len([w for w in caught if OP in str(w.message)]) == 1  # shown once, though run every batch
     assert _settings_now() == before and warnings.showwarning is show
 
@@ -137,6 +141,20 @@ def test_start_run_in_warn_mode_records_the_operation(tmp_path: Path) -> None:
     assert run.uri is not None and run.record is not None
     assert run.record.training.determinism.nondeterministic_ops == [OP]
     assert load_record(run.uri).training.determinism.nondeterministic_ops == [OP]
+    (use,) = run.record.training.determinism.nondeterministic_usage
+    assert (use.operation, use.count) == (OP, 4) and use.first_frame.endswith(" in forward")  # 32 rows, batches of 8
+
+
+def test_the_expectation_names_each_nondeterministic_operation_with_its_count_and_frame(tmp_path: Path) -> None:
+    import reprodl
+    from reprodl.reproduction.environment import expect
+
+    with pytest.warns(UserWarning, match=OP):
+        with reprodl.start_run(str(tmp_path), "scatter", deterministic="warn") as run:
+            run.save(_own_loop(run, _arrays()))
+    assert run.record is not None
+    expectation = expect(run.record, run.record.environment, [])
+    assert any(f"{OP} (4x, first at test_determinism_ops.py:" in line for line in expectation.because)
 
 
 def test_an_unknown_deterministic_setting_is_refused(tmp_path: Path) -> None:

@@ -307,3 +307,82 @@ def test_a_killed_training_with_workers_and_random_transforms_resumes_bit_identi
     record = trained(killed, resume=True)
     assert record.results.weights_sha256 == whole.results.weights_sha256
     assert record.results.trace.sha256 == whole.results.trace.sha256
+
+
+# --- the negative control: a resume with one restore left out differs, at that component ------------
+def noisy_loop(base: Path, data_uri: str, *, stop_at: int | None = None, resume: bool = False) -> Any:
+    """A start_run loop whose every restore matters: momentum (optimiser state), dropout (global RNG),
+    a shuffled loader; 2 epochs of 23 steps, checkpoints every 10; KeyboardInterrupt at step ``stop_at``."""
+    import torch
+    from torch import nn
+
+    import reprodl
+    from reprodl import GenNet, TensorDataSet
+
+    base.mkdir(exist_ok=True)
+    with reprodl.start_run(str(base), "noisy", seed=1, params={"lr": 0.05}, checkpoint_every=10, resume=resume) as run:
+        train = run.use(TensorDataSet(data_uri, usetype="train"))
+        model = GenNet(input_channels=1, input_dim=8)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        run.watch(model, opt, loss=nn.NLLLoss())
+        loader = run.loader(train, batch_size=64, shuffle=True)
+        steps = 0
+        for epoch in run.epochs(2):
+            for x, y in loader:
+                opt.zero_grad()
+                nn.functional.nll_loss(model(nn.functional.dropout(x, 0.2)), y).backward()
+                opt.step()
+                steps += 1
+                if steps == stop_at:
+                    raise KeyboardInterrupt
+            run.log(epoch=epoch)
+        run.save(model)
+    return run.record
+
+
+def test_a_resume_with_one_restore_skipped_differs_at_that_component(
+    digits_split_master: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reprodl.modeldataset.read import load_trace
+    from reprodl.reproduction.divergence import TraceComparer
+    from reprodl.store import open_dataset
+
+    whole = noisy_loop(tmp_path / "whole", digits_split_master)
+    recorded = load_trace(open_dataset(str(tmp_path / "whole" / "noisy")), whole)
+
+    def resumed(skip: str | None) -> tuple[Any, Any]:
+        base = tmp_path / f"resume-{skip}"
+        monkeypatch.delenv("REPRODL_SKIP_RESTORE", raising=False)
+        with pytest.raises(KeyboardInterrupt):
+            noisy_loop(base, digits_split_master, stop_at=25)  # the checkpoint of step 20 is kept
+        if skip:
+            monkeypatch.setenv("REPRODL_SKIP_RESTORE", skip)
+        else:
+            monkeypatch.delenv("REPRODL_SKIP_RESTORE", raising=False)
+        record = noisy_loop(base, digits_split_master, resume=True)
+        comparer = TraceComparer(recorded, whole.results.trace.tensors)
+        comparer.compare_all(load_trace(open_dataset(str(base / "noisy")), record))
+        return record, comparer.result()
+
+    record, div = resumed(None)  # the true resume
+    assert record.results.weights_sha256 == whole.results.weights_sha256 and div.matched_to_end
+    assert record.training.resumed.skipped_restore is None
+    assert [o.sha256 for o in record.results.trace.oplog] == [o.sha256 for o in whole.results.trace.oplog]
+    for skip in ("optimizer", "rng", "loader"):
+        record, div = resumed(skip)
+        assert record.results.weights_sha256 != whole.results.weights_sha256, skip  # `differs`
+        assert record.training.resumed.skipped_restore == [skip]
+        assert div.step == 21, (skip, div.step)  # the first step after the checkpoint
+        assert div.tensors and div.growth[0]["tensors_differ"] > 0
+        if skip == "loader":  # the loader's position: other samples at step 21
+            assert div.indices_differ is True
+        else:  # the same samples, another computation: momentum or dropout masks
+            assert div.indices_differ is False and div.contents_differ is False
+
+
+def test_an_unknown_skipped_restore_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reprodl.training.checkpoint import skipped_restore
+
+    monkeypatch.setenv("REPRODL_SKIP_RESTORE", "scheduler")
+    with pytest.raises(ResumeError, match=r"REPRODL_SKIP_RESTORE='scheduler' names no restore: use one of rng"):
+        skipped_restore()

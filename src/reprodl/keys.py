@@ -43,6 +43,17 @@ INITIAL_WEIGHTS_FILE = "initial.safetensors"
 CODE_PATCH_FILE = "code.patch"
 MODELS_DIR = "models/"  # models/<name>.safetensors: the weights of each model but the first (default)
 TRACE_FILE = "trace.npy"  # the step trace (reprodl.training.trace), a NumPy structured array
+OPLOG_DIR = "oplog/"  # oplog/step-<n>.jsonl: the operations of logged steps (reprodl.training.oplog)
+# Which optimiser steps get an operation log ("1,5"; "none"): default the first (reprodl.training.oplog).
+OPLOG_STEPS_ENV = "REPRODL_OPLOG_STEPS"
+# Bounds of the operation logs (reprodl.training.oplog), written and read: operations one log keeps (the
+# first ones), logged steps one run keeps (the first and the latest before checkpoints), and their bytes
+# together (they also travel in a checkpoint's meta.json, MAX_CHECKPOINT_META_BYTES).
+MAX_OPLOG_OPS = 50_000
+MAX_OPLOG_STEPS = 8
+MAX_OPLOG_BYTES = 8 * 1024 * 1024
+# Test-only negative control of a resume: skip one restore (rng, loader or optimizer); named in the record.
+SKIP_RESTORE_ENV = "REPRODL_SKIP_RESTORE"
 CODE_DIR = "code/"  # untracked files and an entry script outside git, kept with the model
 CODE_SNAPSHOT_FILE = "code/snapshot.tar"  # the tracked files at the recorded commit (run API)
 # Set by `reprodl reproduce` for the re-executed script: JSON telling start_run where to write.

@@ -258,6 +258,7 @@ def write_model(
     code_files: dict[str, Any] | None = None,
     trace: bytes | None = None,
     more_weights: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    oplogs: Mapping[str, bytes] | None = None,
 ) -> None:
     """Write weights (safetensors), record, history, README and annotations into the output.
 
@@ -265,7 +266,8 @@ def write_model(
     gets its item name and sha256, so the record digest covers it. ``model`` is the default
     (first) model; ``more_weights`` maps the item of each other model the record names
     (``models/<name>.safetensors``) to its weights. A record without named models (the
-    built-in trainer's) gets its one model and optimiser named ``model``.
+    built-in trainer's) gets its one model and optimiser named ``model``. ``oplogs``: the
+    operation logs by item (``oplog/step-1.jsonl``), each named in ``record.results.trace.oplog``.
     """
     writer = output_ds.writer
     assert writer is not None
@@ -285,6 +287,8 @@ def write_model(
         record.results.trace.item = keys.TRACE_FILE
         record.results.trace.sha256 = "sha256:" + hashlib.sha256(trace).hexdigest()
         writer.put_bytes(trace, keys.TRACE_FILE)
+        for relpath, data in (oplogs or {}).items():
+            writer.put_bytes(data, relpath)
     for relpath, entries in (manifests or {}).items():
         if relpath not in writer.relpaths:
             writer.put_json(entries, relpath)

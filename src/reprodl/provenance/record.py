@@ -236,6 +236,14 @@ class Seeds(_Part):
     )
 
 
+class NondeterministicUse(_Part):
+    """An operation without a deterministic implementation that ran in warn-only mode: how often, and from where."""
+
+    operation: str = Field(description="the operation, as torch named it")
+    count: int = Field(description="how many times it ran (each call torch warned about)")
+    first_frame: str = Field("", description="the first frame outside torch at its first run: file.py:line in function")
+
+
 class Determinism(_Part):
     """The determinism settings in force during training."""
 
@@ -278,6 +286,11 @@ class Determinism(_Part):
         description="operations without a deterministic implementation that ran in warn-only mode "
         "(deterministic='warn'), as torch named them, in order of first use",
     )
+    nondeterministic_usage: list[NondeterministicUse] | None = Field(
+        None,
+        description="optional: per operation of nondeterministic_ops, how many times it ran and the first stack "
+        "frame outside torch that ran it; None: not counted (older records) or none ran",
+    )
     script_settings: dict[str, Any] = Field(
         default_factory=dict,
         description="the settings the script (or its framework) had made that bitwise determinism needed changed, "
@@ -295,6 +308,11 @@ class Resumed(_Part):
     )
     from_step: list[int] = Field(description="per resume, the optimiser steps taken at its checkpoint")
     at: list[str] = Field(description="per resume, when it started (UTC, ISO 8601)")
+    skipped_restore: list[str] | None = Field(
+        None,
+        description="optional: restores a resume left out on purpose (REPRODL_SKIP_RESTORE=rng|loader|optimizer, "
+        "a negative control showing the resume check can fail); None: every state was restored",
+    )
 
 
 class DistributedInfo(_Part):
@@ -522,6 +540,17 @@ class EpochMetrics(_Part):
     wall_time_s: float = Field(0.0, description="seconds the epoch took")
 
 
+class OpLogItem(_Part):
+    """One optimiser step's operation log (reprodl.training.oplog): an item of JSON lines, one operation a line."""
+
+    step: int = Field(description="the optimiser step logged (from 1)")
+    item: str = Field(description="the item holding it: oplog/step-<n>.jsonl")
+    sha256: str = Field(description="sha256 of the item's bytes (so the record digest covers it)")
+    n_ops: int = Field(0, description="operations logged (a step's first 50,000 at most)")
+    bytes: int = Field(0, description="size of the item")
+    seconds: float = Field(0.0, description="wall time of the logged step, logging included")
+
+
 class StepTrace(_Part):
     """The step trace: a digest of the training state after each optimiser step (item ``trace.npy``)."""
 
@@ -552,6 +581,12 @@ class StepTrace(_Part):
     sample_seed: int = Field(0, description="sampled: seed of the generator choosing each tensor's sampled elements")
     every_step_up_to: int = Field(0, description="steps kept one by one; after that only every stride-th")
     stride: int = Field(1, description="the stride of the steps kept after every_step_up_to (1: every step kept)")
+    oplog: list[OpLogItem] | None = Field(
+        None,
+        description="format 1.2, optional: the operation logs of some steps (by default the first and the step before "
+        "each checkpoint; at most 8): per dispatched operation its name, module, forward/backward and output "
+        "digests; None: none recorded",
+    )
 
 
 class Results(_Part):

@@ -24,6 +24,8 @@ import numpy as np
 from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.environment import EnvDifference
+from reprodl.training.oplog import describe as describe_operation
+from reprodl.training.oplog import first_difference
 from reprodl.training.trace import TraceKind, trace_kind
 
 MAX_TENSORS_SHOWN = 5
@@ -40,6 +42,9 @@ class Divergence:
     batch's sample indices already differed (data order); ``contents_differ``: its inputs did.
     ``growth``: the largest fingerprint difference at later steps. ``matched_to_end``: no step
     differed (``step`` is None). ``causes``: each verdict line with its evidence.
+    ``first_differing_operation``: at the first divergent step, the first operation whose output
+    differs (:mod:`reprodl.training.oplog`), when both runs logged that step's operations;
+    ``operation_note`` says why none is named otherwise (or, matched, that the logged ones matched).
     """
 
     compared_steps: int
@@ -55,6 +60,8 @@ class Divergence:
     stopped: bool = False
     causes: list[str] = dataclasses.field(default_factory=list)
     note: str | None = None
+    first_differing_operation: dict[str, Any] | None = None
+    operation_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``reprodl reproduce --json``, key "divergence")."""
@@ -106,6 +113,24 @@ class TraceComparer:
         self._last: dict[str, float] | None = None
         self.stopped = False
         self.stop_after: int | None = None  # stop the training at the first step past this one
+        self.recorded_oplogs: dict[int, list[dict[str, Any]]] = {}
+        self.oplogs: dict[int, list[dict[str, Any]]] = {}
+
+    def note_oplog(self, step: int, entries: list[dict[str, Any]]) -> None:
+        """The re-run's operation log of ``step`` (a tracer calls this as each log ends)."""
+        self.oplogs[step] = list(entries)
+
+    def operation(self, step: int) -> tuple[dict[str, Any] | None, str | None]:
+        """(the first differing operation of ``step``, or None with why none is named)."""
+        if step not in self.recorded_oplogs:
+            logged = ", ".join(str(s) for s in sorted(self.recorded_oplogs)) or "none"
+            return None, f"no operation log recorded for step {step} (the original logged steps: {logged})"
+        if step not in self.oplogs:
+            return None, f"the re-run logged no operations for step {step}"
+        found = first_difference(self.recorded_oplogs[step], self.oplogs[step], step=step)
+        if found is None:
+            return None, f"every operation of step {step} gave the recorded output; the step's state differs after it"
+        return found, None
 
     def __call__(self, rows: np.ndarray) -> bool:
         """Compare each row; True (stop the training) at the first divergent one when ``stop``, and at
@@ -190,11 +215,17 @@ class TraceComparer:
             note = None
             if self.compared < n_recorded:
                 note = f"the re-run made {self.compared} of the {n_recorded} recorded steps"
-            return Divergence(compared_steps=self.compared, matched_to_end=self.compared == n_recorded, note=note)
+            return Divergence(
+                compared_steps=self.compared,
+                matched_to_end=self.compared == n_recorded,
+                note=note,
+                operation_note=self._clean_operations(),
+            )
         growth = list(self.growth)
         if self._last is not None and growth[-1]["step"] != self._last["step"]:
             growth.append(self._last)
         f = self.first
+        operation, operation_note = self.operation(f["step"])
         div = Divergence(
             compared_steps=self.compared,
             matched_to_end=False,
@@ -207,9 +238,25 @@ class TraceComparer:
             contents_differ=f["contents_differ"],
             growth=growth,
             stopped=self.stopped,
+            first_differing_operation=operation,
+            operation_note=operation_note,
         )
         evidence = Evidence(code=code, environment=environment, settings=settings, inputs=inputs, data=data)
-        return dataclasses.replace(div, causes=explain(div, f, evidence))
+        causes = explain(div, f, evidence)
+        if operation is not None:
+            causes.append(describe_operation(operation))
+        return dataclasses.replace(div, causes=causes)
+
+    def _clean_operations(self) -> str | None:
+        """For a re-run that matched: the logged steps whose every operation matched too (None: none compared)."""
+        same = [
+            s
+            for s in sorted(self.recorded_oplogs)
+            if s in self.oplogs and first_difference(self.recorded_oplogs[s], self.oplogs[s], step=s) is None
+        ]
+        if not same:
+            return None
+        return f"every logged operation gave the recorded output (steps {', '.join(map(str, same))})"
 
 
 def _largest_first(t: dict[str, Any]) -> float:
@@ -364,3 +411,55 @@ def _data_causes(where: str, first: dict[str, Any], changes: Sequence[InputChang
             "transformed differs"
         ]
     return [f"data: {batch}; no recorded data digest changed"]
+
+
+def load_oplogs(ds: Any, record: ProvenanceRecord) -> dict[int, list[dict[str, Any]]]:
+    """The operation logs a model dataset holds, by step, each checked against its sha256 in the record
+    (an item missing or changed: :class:`~reprodl.errors.IntegrityError`); {} when the record names none.
+
+    Read within the bounds reprodl writes them in (``keys.MAX_OPLOG_STEPS`` logs, ``keys.MAX_OPLOG_BYTES``
+    together): a record naming more, or items larger, is refused before more is read.
+    """
+    import hashlib
+
+    from reprodl import keys
+    from reprodl.errors import IntegrityError
+    from reprodl.training.oplog import from_jsonl
+
+    info = record.results.trace
+    logs = (info.oplog or []) if info is not None else []
+    if len(logs) > keys.MAX_OPLOG_STEPS:
+        raise IntegrityError(
+            f"{ds.uri}: the provenance record names {len(logs)} operation logs, more than the "
+            f"{keys.MAX_OPLOG_STEPS} reprodl writes: use an unchanged copy of the model",
+            problems=["too many operation logs"],
+        )
+    out: dict[int, list[dict[str, Any]]] = {}
+    left = keys.MAX_OPLOG_BYTES
+    for log in logs:
+        data = _read_bounded(ds, log.item, left)
+        if len(data) > left:
+            raise IntegrityError(
+                f"{ds.uri}: the operation logs ({log.item} and those before it) are larger than the "
+                f"{keys.MAX_OPLOG_BYTES} bytes reprodl writes: use an unchanged copy of the model",
+                problems=["operation log too large"],
+            )
+        left -= len(data)
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != log.sha256:
+            raise IntegrityError(
+                f"{ds.uri}: the operation log {log.item} does not match the provenance record (record {log.sha256}, "
+                f"item {actual}): use a complete, unchanged copy of the model",
+                problems=["operation log digest mismatch"],
+            )
+        out[log.step] = from_jsonl(data)
+    return out
+
+
+def _read_bounded(ds: Any, item: str, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of the item named ``item`` (b"": none such)."""
+    try:
+        with open(ds.item_path(ds.identifier_of(item)), "rb") as f:
+            return f.read(limit + 1)
+    except (KeyError, OSError):
+        return b""

@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 
 from reprodl.provenance import ComputeProfile, Environment, ProvenanceRecord
 from reprodl.reproduction.factors import Factor, factors
+from reprodl.training.capture import describe_nondeterministic
 
 # The recorded environment fields compared, in the order they are reported (packages come after).
 RecordedKind = Literal[
@@ -195,7 +196,7 @@ def expect(record: ProvenanceRecord, now: Environment, differences: list[EnvDiff
     if determinism.mode == "statistical":
         return Expectation("not_guaranteed", ["statistical mode: re-run with another seed, so other bits"])
     if determinism.nondeterministic_ops:
-        ops = ", ".join(determinism.nondeterministic_ops)
+        ops = describe_nondeterministic(determinism)
         because = [f"the training ran operations without a deterministic implementation (warn-only): {ops}"]
         return Expectation("not_guaranteed", because)
     differing = factors(record.environment, now)

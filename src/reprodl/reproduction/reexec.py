@@ -43,7 +43,7 @@ from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.compare import Tolerance, compare_weights
 from reprodl.reproduction.datamap import relocated
-from reprodl.reproduction.divergence import Divergence, TraceComparer
+from reprodl.reproduction.divergence import Divergence, TraceComparer, load_oplogs
 from reprodl.reproduction.environment import EnvDifference, rerun_environment
 from reprodl.reproduction.rerun import (
     STATISTICAL_SEED_OFFSET,
@@ -300,6 +300,7 @@ def _run_and_compare(
         comparer = trace_comparer(model_ds, record)
         new_trace = load_trace(new_ds, new_record)
         if comparer is not None and new_trace is not None:
+            comparer.oplogs = load_oplogs(new_ds, new_record)
             comparer.compare_all(new_trace)
     return new_uri, new_record, weights, seconds, comparer if new_trace is not None else None
 

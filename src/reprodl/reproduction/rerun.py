@@ -35,7 +35,7 @@ from reprodl.reproduction.code import CodeCheck, check_code, check_patch
 from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_predictions, compare_weights
 from reprodl.reproduction.datamap import data_locations, relocated
 from reprodl.reproduction.ddp import is_distributed
-from reprodl.reproduction.divergence import Divergence, TraceComparer, input_changes, no_trace
+from reprodl.reproduction.divergence import Divergence, TraceComparer, input_changes, load_oplogs, no_trace
 from reprodl.reproduction.environment import (
     EnvDifference,
     Expectation,
@@ -319,6 +319,7 @@ def trace_comparer(
     if recorded is None or record.results.trace is None:
         return None
     comparer = TraceComparer(recorded, record.results.trace.tensors, stop=stop, until=until)
+    comparer.recorded_oplogs = load_oplogs(model_ds, record)
     if stopped_early(record):  # a re-run as long as the training the record describes, and one step more
         comparer.stop_after = record.training.optimizer_steps
     return comparer

@@ -719,6 +719,8 @@ class DeterminismSettings:
             ops = self._record.nondeterministic_ops if self._record is not None else []
             if op is None or op not in ops:
                 show(message, category, *args, **kwargs)
+            if op is not None and self._record is not None:
+                _count_use(self._record, op)
             if op is not None and op not in ops:
                 ops.append(op)
 
@@ -742,6 +744,44 @@ class DeterminismSettings:
             op = nondeterministic_operation(str(exc))
             if op is not None:
                 raise refuse_nondeterministic(op) from exc
+
+
+def _count_use(record: Determinism, op: str) -> None:
+    """Count a run of ``op`` in ``record.nondeterministic_usage``; its first run notes the caller's frame."""
+    from reprodl.provenance.record import NondeterministicUse
+
+    usage = record.nondeterministic_usage = record.nondeterministic_usage or []
+    for use in usage:
+        if use.operation == op:
+            use.count += 1
+            return
+    usage.append(NondeterministicUse(operation=op, count=1, first_frame=_first_frame_outside_torch()))
+
+
+def _first_frame_outside_torch() -> str:
+    """``file.py:line in function`` of the innermost frame outside torch, warnings and this module."""
+    import sys
+
+    import torch
+
+    skip = (os.path.dirname(torch.__file__), os.path.dirname(warnings.__file__) + os.sep + "warnings", __file__)
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not name.startswith(skip):
+            return f"{os.path.basename(name)}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back  # type: ignore[assignment]  # f_back is None past the outermost frame: the loop ends there
+    return ""
+
+
+def describe_nondeterministic(determinism: Determinism) -> str:
+    """The operations run without a deterministic implementation, with counts and first frames where known."""
+    usage = {u.operation: u for u in determinism.nondeterministic_usage or []}
+    parts = []
+    for op in determinism.nondeterministic_ops:
+        use = usage.get(op)
+        parts.append(f"{op} ({use.count}x, first at {use.first_frame or 'an unknown frame'})" if use else op)
+    return ", ".join(parts)
 
 
 class DeterminismWarning(UserWarning):

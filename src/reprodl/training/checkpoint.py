@@ -266,7 +266,31 @@ class Checkpoint:
     def resumed(self) -> list[dict[str, Any]]:
         """The resumes so far, this one last (the record's ``training.resumed`` points)."""
         point = {"from_epoch": self.meta.get("epoch"), "from_step": self.meta.get("step"), "at": utcnow()}
+        skip = skipped_restore()
+        if skip is not None:
+            point["skipped_restore"] = skip
         return [*self.meta.get("resumed", []), point]
+
+
+SKIPPABLE_RESTORES = ("rng", "loader", "optimizer")
+
+
+def skipped_restore() -> str | None:
+    """The restore a resume leaves out on purpose (``REPRODL_SKIP_RESTORE``): a negative control, test-only.
+
+    ``rng`` (the random generators' states), ``loader`` (the training loader's generator and
+    position) or ``optimizer`` (its state: momentum buffers, step counts); the record's
+    ``training.resumed.skipped_restore`` names it, so such a model is never taken for a true resume.
+    """
+    value = os.environ.get(keys.SKIP_RESTORE_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in SKIPPABLE_RESTORES:
+        raise ResumeError(
+            f"{keys.SKIP_RESTORE_ENV}={value!r} names no restore: use one of {', '.join(SKIPPABLE_RESTORES)} "
+            "(a negative control for tests), or unset it"
+        )
+    return value
 
 
 def meta_problem(meta: dict[str, Any]) -> str | None:
@@ -295,6 +319,19 @@ def meta_problem(meta: dict[str, Any]) -> str | None:
             EpochMetrics.model_validate(metrics)
         except ValidationError as exc:
             return f"history[{i}] is not an epoch's metrics ({exc.errors()[0]['loc']}: {exc.errors()[0]['msg']})"
+    return _oplogs_problem(meta)
+
+
+def _oplogs_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the operation logs a checkpoint's trace counters carry (None: none, or each as written)."""
+    trace = meta.get("trace", {})
+    logs = trace.get("oplogs", {}) if isinstance(trace, dict) else None
+    if not isinstance(logs, dict) or len(logs) > keys.MAX_OPLOG_STEPS:
+        return f"trace.oplogs is not a mapping of at most {keys.MAX_OPLOG_STEPS} operation logs"
+    for step, log in logs.items():
+        fine = isinstance(log, list) and len(log) == 3 and isinstance(log[0], str) and type(log[1]) is int
+        if not (str(step).isdigit() and fine and type(log[2]) in (int, float)):
+            return f"trace.oplogs[{str(step)[:20]!r}] is not [operation log, operations, seconds]"
     return None
 
 
@@ -352,6 +389,7 @@ def resumed_record(points: list[dict[str, Any]]) -> Any:
         from_epoch=[int(p.get("from_epoch") or 0) for p in points],
         from_step=[int(p.get("from_step") or 0) for p in points],
         at=[str(p["at"]) for p in points],
+        skipped_restore=[str(p["skipped_restore"]) for p in points if p.get("skipped_restore")] or None,
     )
 
 

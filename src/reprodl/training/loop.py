@@ -76,6 +76,7 @@ from reprodl.training.checkpoint import (
     resumed_record,
     rng_state,
     set_rng_state,
+    skipped_restore,
     utcnow,
     write_checkpoint,
 )
@@ -680,7 +681,11 @@ class _Loop:
         """Every epoch, under the determinism settings, from the seeds of ``seeds``; a lost rank is an
         interruption (:class:`~reprodl.errors.RankLostError`: the checkpoint is kept)."""
         with peer_loss_as_interruption(self.group):
-            return self._run(seeds, t_start=t_start)
+            try:
+                return self._run(seeds, t_start=t_start)
+            finally:
+                if self.tracer is not None:
+                    self.tracer.close()  # an operation log left running by a failure
 
     def _run(self, seeds: SeedPlan, *, t_start: float) -> _Trained:
         sets = self.output_ds.train_sets
@@ -701,6 +706,9 @@ class _Loop:
         self.sampler = sampler
         tracer = self.tracer if self.tracer is not None else StepTracer(self.model, optimizers=[self.optimiser])
         self.tracer = tracer
+        if ck is not None and ck.every:  # the step before each checkpoint (none after the last epoch): logged too
+            per_epoch = -(-len(loader) // self.params.accumulation_steps)
+            tracer.oplog_every, tracer.oplog_below = ck.every * per_epoch, self.params.n_epochs * per_epoch
         history: list[EpochMetrics] = []
         order_digests: list[str] = []
         # The optimiser's state (momentum buffers...) follows the model to the device.
@@ -781,14 +789,18 @@ class _Loop:
         """Restore every state of the checkpoint resumed from; the epoch (from 0) to continue with."""
         assert self.checkpoints is not None and self.checkpoints.resume is not None and loader.generator is not None
         c = self.checkpoints.resume
+        skip = skipped_restore()  # a negative control (tests): one restore left out
         with restoring(c):  # a state of another shape: a ResumeError, which keeps the checkpoint
             self.model.load_state_dict(c.state["model"])
-            self.optimiser.load_state_dict(c.state["optimizer"])
+            if skip != "optimizer":
+                self.optimiser.load_state_dict(c.state["optimizer"])
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(c.state["scheduler"])
             own = _rank_state(c.state, self.group)
-            set_rng_state(own["rng"])
-            loader.generator.set_state(own["loader_generator"])
+            if skip != "rng":
+                set_rng_state(own["rng"])
+            if skip != "loader":
+                loader.generator.set_state(own["loader_generator"])
             history += [EpochMetrics.model_validate(m) for m in c.meta.get("history", [])]
             digests += list(own.get("order_digests", c.meta.get("order_digests", [])))  # this rank's shard orders
             self.optimizer_steps = int(c.meta["step"])
@@ -835,9 +847,9 @@ class _Loop:
             x, y = batch
             x = x.to(target, non_blocking=True)
             y = y.to(target, non_blocking=True)
+            self._note_batch(i, x)
             loss = self.loss_fn(forward(x), y)
             (loss / k if k > 1 else loss).backward()
-            self._note_batch(i, x)
             if (i + 1) % k == 0 or i + 1 == n_batches:
                 self._update()
                 self._trace(loss, epoch, i)
@@ -983,6 +995,7 @@ def _write(
         code_files=code.files,
         initial_state=captured.initial_state if stored else None,
         trace=trace.trace.to_bytes(),
+        oplogs=trace.trace.oplog_items(),
     )
 
 

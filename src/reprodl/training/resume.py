@@ -29,6 +29,7 @@ from reprodl.training.checkpoint import (
     restoring,
     rng_state,
     set_rng_state,
+    skipped_restore,
     utcnow,
     write_checkpoint,
 )
@@ -88,15 +89,18 @@ class RunCheckpoints:
         state = self.loaded.state
         with restoring(self.loaded):  # a state of another shape: a ResumeError, which keeps the checkpoint
             model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            if skipped_restore() != "optimizer":
+                optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None:
                 if "scheduler" not in state:
                     raise ResumeError(f"the checkpoint at {self.loaded.path} has no scheduler, but one was watched")
                 scheduler.load_state_dict(state["scheduler"])
             if run._tracer is not None:
                 self.loaded.restore_tracer(run._tracer)
-            if not any("skip" in v for v in state.get("loaders", {}).values()):
-                set_rng_state(state["rng"])  # no training loader of the run's to restore them at
+            skip = skipped_restore()  # a negative control (tests) leaves one restore out
+            at_loader = skip != "loader" and any("skip" in v for v in state.get("loaders", {}).values())
+            if skip != "rng" and not at_loader:  # no training loader of the run's to restore them at
+                set_rng_state(state["rng"])
 
     def loader_made(self, run: Any, loader: Any, index: int) -> None:
         """Refuse what cannot resume exactly; when resuming, put loader ``index`` where it was."""
@@ -108,10 +112,13 @@ class RunCheckpoints:
         saved = self.loaded.state.get("loaders", {}).get(index) if self.loaded is not None else None
         if saved is None:
             return
-        loader.generator.set_state(saved["generator"])
-        loader.sampler.passes = int(saved["passes"])
-        if "skip" in saved:
-            loader.resume_skip, loader.resume_rng = int(saved["skip"]), self.loaded.state["rng"]  # type: ignore[union-attr]  # loaded is set: saved came from it
+        skip = skipped_restore()  # a negative control (tests): one restore left out
+        if skip != "loader":
+            loader.generator.set_state(saved["generator"])
+            loader.sampler.passes = int(saved["passes"])
+        if "skip" in saved and skip != "loader":
+            loader.resume_skip = int(saved["skip"])
+            loader.resume_rng = self.loaded.state["rng"] if skip != "rng" else None  # type: ignore[union-attr]  # loaded is set: saved came from it
 
     def after_step(self, run: Any) -> None:
         """In the optimiser's step hook: a checkpoint every ``every`` steps."""

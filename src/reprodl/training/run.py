@@ -359,6 +359,8 @@ class Run:
             self._watcher.complete_pending()
         if self._watcher is not None:
             self._watcher.close()
+        if self._tracer is not None:
+            self._tracer.close()  # an operation log a failure left running
         stack, self._stack = self._stack, None
         if exc_type is not None:
             add_note = getattr(exc, "add_note", None)
@@ -530,6 +532,7 @@ class Run:
         self._components = (first.module, opt.optimizer if opt else None, opt.scheduler if opt else None)
         if self._tracer is None or self._steps == 0:
             self._tracer = self._make_tracer()
+            self._tracer.oplog_every = self.checkpoints.every  # the step before each checkpoint: logged too
         if len(self._watcher.models) == 1:
             self.checkpoints.watched(self)
 
@@ -732,6 +735,7 @@ class Run:
             code_files=self._code_files,
             trace=self._tracer.to_bytes() if self._tracer is not None else None,
             more_weights={files[n]: self._saved[n] for n in names[1:]},
+            oplogs=self._tracer.oplog_items() if self._tracer is not None else None,
         )
         self.record = output.record
 

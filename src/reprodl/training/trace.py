@@ -45,6 +45,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from reprodl import keys
+from reprodl.training.oplog import OpLogger, bounded_jsonl, item_name, oplog_off, oplog_steps
+
 TraceKind = Literal["exact", "sampled"]
 KIND: TraceKind = "exact"
 SAMPLE = 64
@@ -121,6 +124,13 @@ class StepTracer:
             ``kind`` attribute (a :class:`reprodl.reproduction.divergence.TraceComparer`), the
             trace is of that kind, so that it compares with the recorded one.
         kind: ``exact`` (the default), or ``sampled`` to re-run a record of that older kind.
+        oplog: the optimiser steps whose operations are logged (:mod:`reprodl.training.oplog`);
+            default :func:`~reprodl.training.oplog.oplog_steps` (the first). A step's log runs from
+            its first :meth:`batch` to its :meth:`step`; when ``on_step`` has a ``note_oplog``
+            method it gets ``(step, entries)`` as each log ends. ``oplog_every`` (set by a training
+            with checkpoints: the optimiser steps between two) logs each step before a checkpoint
+            too. Kept: at most ``keys.MAX_OPLOG_STEPS`` logs within ``keys.MAX_OPLOG_BYTES`` (the
+            first step's and the latest).
     """
 
     def __init__(
@@ -130,7 +140,14 @@ class StepTracer:
         optimizers: Iterable[torch.optim.Optimizer] = (),
         on_step: StepCallback | None = None,
         kind: TraceKind | None = None,
+        oplog: Sequence[int] | None = None,
     ) -> None:
+        self.oplog_steps = set(oplog_steps() if oplog is None else oplog)
+        self.oplog_steps |= set(getattr(on_step, "recorded_oplogs", None) or ())  # a re-run: the recorded ones
+        self.oplog_every: int | None = None
+        self.oplog_below: int | None = None  # no checkpoint at this step or later (the built-in trainer's last epoch)
+        self._oplogger: OpLogger | None = None
+        self._oplogs: dict[int, tuple[bytes, int, float]] = {}  # step: (jsonl, operations, seconds)
         self.kind: TraceKind = kind or getattr(on_step, "kind", None) or KIND
         named = list(model.named_parameters())
         self._params = [p for _, p in named]
@@ -167,6 +184,8 @@ class StepTracer:
     def batch(self, *, indices: Sequence[int] | torch.Tensor | None = None, inputs: Any = None) -> None:
         """Note a batch the next optimiser step learns from: its sample indices and its inputs."""
         p = self._pending
+        if self._oplogger is not None:
+            self._oplogger.paused = True
         if indices is not None:
             if p.hasher is None:
                 p.hasher = hashlib.sha256()
@@ -177,9 +196,23 @@ class StepTracer:
                 p.inputs.append(tensor_digest(inputs))
             else:
                 p.inputs.append(inputs.detach().sum(dtype=torch.float64))
+        if self._oplogger is not None:
+            self._oplogger.paused = False
+        elif self._wants_oplog(self.n_steps + 1):
+            self._oplogger = OpLogger(self.n_steps + 1).start()
+
+    def _wants_oplog(self, step: int) -> bool:
+        """Whether ``step`` (not yet logged) is one to log: a named one, or the step before a checkpoint."""
+        if step in self._oplogs:
+            return False
+        every = self.oplog_every
+        if every and step % every == 0 and (self.oplog_below is None or step < self.oplog_below) and not oplog_off():
+            return True
+        return step in self.oplog_steps
 
     def step(self, *, loss: torch.Tensor | float | None = None, epoch: int = 0, batch: int = 0) -> None:
         """Record the training state as it is after an optimiser step."""
+        self._end_oplog()
         self.n_steps += 1
         self._values.append(self._exact_values() if self.kind == "exact" else self._sampled_values())
         self._losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
@@ -210,9 +243,43 @@ class StepTracer:
         for i in range(len(rows)):
             self._keep(rows[i : i + 1])
 
+    def _end_oplog(self) -> None:
+        """End the running operation log (its step has taken its optimiser step) and keep it."""
+        logger, self._oplogger = self._oplogger, None
+        if logger is None:
+            return
+        logger.stop()
+        entries = logger.entries()
+        data, n = bounded_jsonl(entries, keys.MAX_OPLOG_BYTES // 2)
+        self._oplogs[logger.step] = (data, n, logger.seconds)
+        self._bound_oplogs()
+        note = getattr(self.on_step, "note_oplog", None)
+        if note is not None:
+            note(logger.step, entries)
+
+    def _bound_oplogs(self) -> None:
+        """Drop the oldest logs but the first step's while more than ``MAX_OPLOG_STEPS`` or ``MAX_OPLOG_BYTES``."""
+        while len(self._oplogs) > 1 and (
+            len(self._oplogs) > keys.MAX_OPLOG_STEPS
+            or sum(len(d) for d, _, _ in self._oplogs.values()) > keys.MAX_OPLOG_BYTES
+        ):
+            del self._oplogs[sorted(self._oplogs)[1]]
+
+    def close(self) -> None:
+        """Leave an operation log still running (a training that ended or failed inside a logged step)."""
+        logger, self._oplogger = self._oplogger, None
+        if logger is not None:
+            logger.stop()
+
+    def oplog_items(self) -> dict[str, bytes]:
+        """The operation logs, by model-dataset item (``oplog/step-<n>.jsonl``)."""
+        self.close()
+        return {item_name(step): data for step, (data, _, _) in sorted(self._oplogs.items())}
+
     # --- the result --------------------------------------------------------------------------
     def rows(self) -> np.ndarray:
         """Every kept row, in step order."""
+        self.close()
         self.flush()
         parts = self._kept + self._tail
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
@@ -240,17 +307,32 @@ class StepTracer:
             "sample_seed": SAMPLE_SEED if sampled else 0,
             "every_step_up_to": self.max_rows,
             "stride": self.stride if self._tail else 1,
+            "oplog": None
+            if not self._oplogs
+            else [
+                {
+                    "step": step,
+                    "item": item_name(step),
+                    "sha256": "sha256:" + hashlib.sha256(data).hexdigest(),
+                    "n_ops": n,
+                    "bytes": len(data),
+                    "seconds": round(seconds, 6),
+                }
+                for step, (data, n, seconds) in sorted(self._oplogs.items())
+            ],
         }
 
-    def state(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-        """(kept rows, thinned rows, counters): what a checkpoint stores to :meth:`restore` this tracer."""
+    def state(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """(kept rows, thinned rows, counters): what a checkpoint stores to :meth:`restore` this tracer
+        (the counters hold the operation logs made so far, so a resumed run's record keeps them)."""
         self.flush()
         empty = np.zeros(0, dtype=self.dtype)
         kept = np.concatenate(self._kept) if self._kept else empty
         tail = np.concatenate(self._tail) if self._tail else empty
-        return kept, tail, {"n_steps": self.n_steps, "stride": self.stride}
+        logs = {str(k): [data.decode(), n, seconds] for k, (data, n, seconds) in self._oplogs.items()}
+        return kept, tail, {"n_steps": self.n_steps, "stride": self.stride, "oplogs": logs}
 
-    def restore(self, kept: np.ndarray, tail: np.ndarray, counters: dict[str, int]) -> None:
+    def restore(self, kept: np.ndarray, tail: np.ndarray, counters: dict[str, Any]) -> None:
         """Continue from a checkpoint's :meth:`state` (rows of the same model's tensors)."""
         if kept.dtype != self.dtype or tail.dtype != self.dtype:
             raise ValueError(f"the checkpoint's step trace has rows of {kept.dtype}, this model's are {self.dtype}")
@@ -258,6 +340,8 @@ class StepTracer:
         self._kept = [kept[i : i + 1] for i in range(len(kept))]
         self._tail = [tail[i : i + 1] for i in range(len(tail))]
         self.n_steps, self.stride = int(counters.get("n_steps", len(kept))), int(counters.get("stride", FIRST_STRIDE))
+        logs = counters.get("oplogs") or {}
+        self._oplogs = {int(k): (str(v[0]).encode(), int(v[1]), float(v[2])) for k, v in logs.items()}
 
     # --- internals ---------------------------------------------------------------------------
     def _exact_values(self) -> torch.Tensor:

@@ -20,14 +20,20 @@ from reprodl import (
 )
 
 train_dataset_uri, base_uri = sys.argv[1], sys.argv[2]
+# momentum is for this script's own optimiser, not a parameter of the built-in trainer: it goes
+# under `user` (recorded with the model as given); a bare `momentum=0.9` is refused by the trainer.
 params = Parameters(
-    batch_size=32, learning_rate=0.05, n_epochs=5, momentum=0.9, init_params={"input_channels": 1, "input_dim": 8}
+    batch_size=32,
+    learning_rate=0.05,
+    n_epochs=5,
+    init_params={"input_channels": 1, "input_dim": 8},
+    user={"momentum": 0.9},
 )
 
 train_ds = TensorDataSet(train_dataset_uri, usetype="train")
 model = GenNet(**params.init_params)
 loss_fn = torch.nn.NLLLoss()
-optimiser = torch.optim.SGD(model.parameters(), lr=params.learning_rate, momentum=params.momentum)
+optimiser = torch.optim.SGD(model.parameters(), lr=params.learning_rate, momentum=params.user["momentum"])
 with DerivedDataSet(base_uri, "mnist_model", train_ds) as output_ds:
     train_model_with_metadata_capture(model, train_ds, optimiser, loss_fn, params, output_ds)
 

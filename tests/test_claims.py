@@ -102,6 +102,9 @@ def test_high_lr_beats_tiny_lr_and_the_claim_verifies(digits_split_master, tmp_p
     assert report["verdict"] == "A better"
     assert report["probability_a_better"] >= 0.9
     assert report["n"] == 4 and report["metric"] == "valid_accuracy"
+    band = report["evaluation_band"]  # each member on its own validation data at 256, 7 and 1
+    assert band["batch_sizes"] == [256, 7, 1] and len(band["members"]) == 8
+    assert band["band"] == max(band["members"].values()) >= 0
     majority = report["baselines"]["majority"]
     assert 0.1 < majority["accuracy"] < 0.11  # the digits are balanced: 37 of 359 in the largest class
     assert majority["probability_a_better"] == 1.0

@@ -92,6 +92,13 @@ SIGNATURE_FORMAT = "reprodl-signature/1"  # names what a signature's payload hol
 # Written by `reprodl reproduce --output` on the reproduction it keeps: the verdict and what was
 # reproduced (an annotation, so not covered by the record digest). No dot: dtool-s3 splits on dots.
 REPRODUCTION_RESULT = "reprodl_reproduction"
+# `reprodl reproduce --attest KEY`: a signed in-toto statement of the reproduction (a Sigstore
+# bundle in the OpenSSF model-signing format), also kept as this annotation on a kept reproduction.
+ATTESTATION = "reprodl_attestation"
+ATTESTATION_FORMAT = "reprodl-reproduction-attestation/1"  # the predicate's reprodl part
+ATTESTATION_PREDICATE_KEY = "reprodl_reproduction"  # where that part sits in the model-signing predicate
+ATTESTATION_SUFFIX = ".reproduction.sigstore.json"  # the bundle's default file name: <model name><suffix>
+MAX_ATTESTATION_BYTES = 16 * 1024 * 1024  # a bundle read back: refused over this
 
 # --- the catalog (reprodl.catalog) ---------------------------------------------------------
 CATALOG_ENV = "REPRODL_CATALOG"  # the catalog file used when --catalog is not given

@@ -33,6 +33,10 @@ from reprodl.modeldataset.read import PICKLE_SUFFIXES, load_weights, read_record
 from reprodl.provenance import ProvenanceRecord
 from reprodl.store import open_dataset
 
+#: The evaluation batch sizes :meth:`TrainedTorchModel.evaluate` also runs, to show whether the
+#: metric depends on the batch size (kernels pick other code paths for other batch shapes).
+INVARIANCE_BATCH_SIZES = (256, 7, 1)
+
 TRUSTED_MODULES = trust.TRUSTED_MODULES[trust.Kind.ARCHITECTURE]
 
 
@@ -211,10 +215,13 @@ class TrainedTorchModel:
         return self.predict_categories(self.convert_image(image)[None])[0]
 
     @torch.no_grad()
-    def evaluate(self, dataset: WrappedDataSet, *, batch_size: int = 256) -> dict[str, Any]:
+    def evaluate(
+        self, dataset: WrappedDataSet, *, batch_size: int = 256, batch_sizes: Iterable[int] = INVARIANCE_BATCH_SIZES
+    ) -> dict[str, Any]:
         """Accuracy, per-class precision/recall, confusion matrix, next to the majority baseline;
         ``baselines``: the majority and stratified-random baselines with P(model > baseline)
-        (:func:`reprodl.data.baselines.evaluation_baselines`).
+        (:func:`reprodl.data.baselines.evaluation_baselines`); ``batch_size_invariance``: the
+        accuracy again at each of ``batch_sizes`` and its band (:func:`batch_size_invariance`).
 
         The dataset is used as given, through its own transform (if any). To evaluate with the
         training's preprocessing, open it with this model's: ``TensorDataSet(uri, "test",
@@ -226,7 +233,22 @@ class TrainedTorchModel:
                 f"{self.cat_encoding}: evaluate on data with the model's categories"
             )
         k = len(self.categories)
-        confusion = torch.zeros(k, k, dtype=torch.int64)
+        sizes = list(dict.fromkeys([batch_size, *batch_sizes]))
+        outputs = {size: self.logits(dataset, size) for size in sizes}
+        labels = outputs[batch_size][1]
+        pred = outputs[batch_size][0].argmax(1)
+        confusion = torch.bincount(labels * k + pred, minlength=k * k).reshape(k, k)
+        report = evaluation_report(
+            confusion.numpy(), self.categories, dataset_name=dataset.name, dataset_uri=dataset.uri
+        )
+        report["batch_size_invariance"] = batch_size_invariance({s: o[0] for s, o in outputs.items()}, labels)
+        return report
+
+    @torch.no_grad()
+    def logits(self, dataset: WrappedDataSet, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's outputs on every sample of ``dataset``, in order, and the labels."""
+        k = len(self.categories)
+        outputs, labels = [torch.zeros(0, k)], [torch.zeros(0, dtype=torch.int64)]
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
         for x, y in loader:
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
@@ -234,9 +256,33 @@ class TrainedTorchModel:
                     f"dataset {dataset.name!r} has labels outside 0..{k - 1} "
                     f"(found {int(y.min())}..{int(y.max())}): the model has {k} categories"
                 )
-            pred = self.model(x.to(self.device)).argmax(1).cpu()
-            confusion += torch.bincount(y * k + pred, minlength=k * k).reshape(k, k)
-        return evaluation_report(confusion.numpy(), self.categories, dataset_name=dataset.name, dataset_uri=dataset.uri)
+            outputs.append(self.model(x.to(self.device)).detach().float().cpu())
+            labels.append(y)
+        return torch.cat(outputs), torch.cat(labels)
+
+
+def batch_size_invariance(logits: dict[int, torch.Tensor], labels: torch.Tensor) -> dict[str, Any]:
+    """Whether the accuracy changes with the evaluation batch size, and by how much.
+
+    ``logits``: the outputs on the same samples at each batch size. Returns the accuracy at each
+    size, ``band`` (the largest minus the smallest accuracy: a difference in accuracy no larger
+    than it may come from the batch size alone), ``invariant`` (band 0), the predictions that
+    differ from the first size's, and the largest absolute difference of the outputs.
+    """
+    sizes = list(logits)
+    first = logits[sizes[0]]
+    n = max(int(labels.numel()), 1)
+    accuracy = {str(s): float((out.argmax(1) == labels).sum()) / n for s, out in logits.items()}
+    band = max(accuracy.values()) - min(accuracy.values()) if accuracy else 0.0
+    return {
+        "batch_sizes": sizes,
+        "accuracy": accuracy,
+        "band": band,
+        "invariant": band == 0.0,
+        "predictions_changed": max((int((o.argmax(1) != first.argmax(1)).sum()) for o in logits.values()), default=0),
+        "max_output_difference": max(float((o - first).abs().max()) if o.numel() else 0.0 for o in logits.values()),
+        "outputs_identical": all(torch.equal(o, first) for o in logits.values()),
+    }
 
 
 def _record_and_weights(ds: Any, model_class: type | None) -> tuple[ProvenanceRecord, dict[str, torch.Tensor] | None]:

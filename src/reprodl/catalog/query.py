@@ -120,15 +120,22 @@ def reproduction_verified(entry: Entry, digests: dict[str, set[str]], *, of: str
     """Whether ``entry``'s claim to reproduce a model (``of``, or any) holds; None when it claims none.
 
     It holds when the record digest it names for the original is the catalogued original's
-    (``digests``: :func:`original_digests`) and its own record is intact. A claim anyone can
-    write (an annotation with a made-up digest, an original not in the catalog) is unverified.
+    (``digests``: :func:`original_digests`) and its own record is intact, and, where it carries
+    an attestation (``reprodl reproduce --attest``), when that is signed and states the same
+    (``attested``). A claim anyone can write (an annotation with a made-up digest, an original
+    not in the catalog) is unverified.
     """
     links = [k for k in entry.links if k.relation == "reproduces" and k.uuid and (of is None or k.uuid == of)]
     if not links:
         return None
-    if entry.fields.get("record_digest_ok") is False:
+    if any(_said_no(entry.fields.get(name)) for name in ("record_digest_ok", "attested")):
         return False
     return any(k.digest is not None and k.digest in digests.get(str(k.uuid), set()) for k in links)
+
+
+def _said_no(value: Any) -> bool:
+    """A boolean field that says no: False, or 0 as the catalog file keeps it (None: not said)."""
+    return value is not None and not value
 
 
 def summaries(cat: Catalog, entries: list[Entry]) -> list[dict[str, Any]]:
@@ -137,7 +144,12 @@ def summaries(cat: Catalog, entries: list[Entry]) -> list[dict[str, Any]]:
     out = []
     for e in entries:
         verified = reproduction_verified(e, digests)
-        out.append(e.summary() if verified is None else {**e.summary(), "verified": verified})
+        attested = (
+            {"attested": bool(e.fields["attested"]), "attested_by": e.fields.get("attested_by")}
+            if ("attested" in e.fields)
+            else {}
+        )
+        out.append(e.summary() if verified is None else {**e.summary(), "verified": verified, **attested})
     return out
 
 

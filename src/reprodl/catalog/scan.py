@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from reprodl import keys
 from reprodl.catalog.db import Catalog, base_of, now
 from reprodl.catalog.entry import Entry, FieldValue, Link
-from reprodl.errors import DatasetNotFoundError, InvalidURIError, MetadataError, ReprodlError
+from reprodl.errors import DatasetNotFoundError, InvalidURIError, MetadataError, MissingDependencyError, ReprodlError
 from reprodl.parsing import load_json
 from reprodl.store import StoredDataSet, list_datasets, local_path, normalise_uri, open_dataset
 
@@ -186,6 +186,28 @@ def _reproduction(entry: Entry, recorded: ModelRef | None) -> None:
     if recorded is None and isinstance(uuid, str):
         text = {k: v if isinstance(v, str) else None for k, v in (("uri", uri), ("digest", digest))}
         entry.links.append(Link("reproduces", uuid, text["uri"], text["digest"]))
+    _attestation(entry, uuid, digest)
+
+
+def _attestation(entry: Entry, uuid: Any, digest: Any) -> None:
+    """A kept reproduction's attestation (``reprodl reproduce --attest``): ``attested`` when its
+    signature checks (model-signing's key verifier, with the key it carries) and it states this
+    verdict about the original this reproduction names; ``attested_by`` the key's hint."""
+    bundle = entry.annotations.get(keys.ATTESTATION)
+    if not isinstance(bundle, dict):
+        return
+    from reprodl.modeldataset.attestation import check_signature
+
+    try:
+        check = check_signature(bundle)
+    except MissingDependencyError:
+        return  # without model-signing the attestation is not checked, so it counts for nothing
+    model = check.reproduction.get("model")
+    model = model if isinstance(model, dict) else {}
+    states = (model.get("uuid"), model.get("record_digest"), check.reproduction.get("verdict"))
+    entry.fields["attested"] = check.ok and states == (uuid, digest, entry.verdict)
+    if check.signer is not None:
+        entry.fields["attested_by"] = check.signer
 
 
 def _describe_legacy_model(entry: Entry) -> None:

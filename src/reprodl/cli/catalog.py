@@ -200,8 +200,12 @@ def reproductions_cmd(
     out.print(f"model {result['model']['name']} {result['model']['uuid']}", markup=False)
     for r in result["reproductions"]:
         verdict = r["verdict"] or "no verdict"
-        if not r.get("verified"):
+        if r.get("attested") is False:
+            verdict += " (unverified: its attestation does not check)"
+        elif not r.get("verified"):
             verdict += " (unverified: the record digest it names is not this model's)"
+        elif r.get("attested"):
+            verdict += f" (verified, attested by key {str(r.get('attested_by'))[:16]})"
         out.print(f"  reproduction {r['name']}  {', '.join(r['uris'])}: {verdict}", markup=False)
     for g in result["replications"]:
         verdict = f": {g['verdict']}" if g["verdict"] else ""

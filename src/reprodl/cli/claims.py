@@ -119,6 +119,13 @@ def _print(result: Comparison) -> None:
             f"P(A > it) {row['probability_a_better']:.2f}, P(B > it) {row['probability_b_better']:.2f}",
             markup=False,
         )
+    if result.evaluation_band is not None:
+        band = result.evaluation_band
+        out.print(
+            f"Evaluation band: {result.metric} moves by up to {band['band']:.4f} with the evaluation batch size "
+            f"({', '.join(map(str, band['batch_sizes']))}); pairs closer than that count as ties",
+            markup=False,
+        )
     out.print(f"Varied: {','.join(result.vary)}", markup=False)
     for note in result.notes:
         out.print(f"Note: {note}", markup=False)

@@ -11,6 +11,7 @@ import typer
 
 from reprodl.cli import app
 from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
+from reprodl.cli.signing import ATTEST_OPT, ATTESTATION_OUT_OPT
 from reprodl.errors import ExitCode, ReprodlError
 
 if TYPE_CHECKING:
@@ -350,7 +351,8 @@ def evaluate_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Accuracy, per-class precision/recall and confusion matrix, beside the majority-class and
-    stratified-random baselines with P(model > baseline) (a paired bootstrap over the samples)."""
+    stratified-random baselines with P(model > baseline) (a paired bootstrap over the samples),
+    and the accuracy at batch sizes 256, 7 and 1 with its band (what the batch size alone moves)."""
     from reprodl.data.datasets import open_training_data
     from reprodl.model import TrainedTorchModel
 
@@ -369,6 +371,13 @@ def evaluate_cmd(
             f"P(model > it) {row['probability_model_better']:.3f} (paired bootstrap over the samples)",
             markup=False,
         )
+    inv = result["batch_size_invariance"]
+    sizes = ", ".join(f"{s}: {a:.2%}" for s, a in inv["accuracy"].items())
+    out.print(
+        f"batch size: accuracy {sizes}; band {inv['band']:.4%} "
+        + ("(the same at every size)" if inv["invariant"] else f"({inv['predictions_changed']} predictions change)"),
+        markup=False,
+    )
     out.print("class  precision  recall  support")
     for name, c in result["per_class"].items():
         out.print(f"{name:>5}  {c['precision']:9.2%}  {c['recall']:6.2%}  {c['support']:7d}", markup=False)
@@ -389,6 +398,11 @@ _NO_REPLAY = typer.Option(
     "threads...), do not replay the steps up to the first divergent one with each factor put back.",
 )
 _REPLAY_WINDOW = typer.Option(None, "--replay-window", hidden=True, min=1)  # what a replay process runs
+_STOP_AT_DIVERGENCE = typer.Option(
+    False,
+    "--stop-at-divergence",
+    help="End the re-run at the first optimiser step whose trace differs from the recorded one.",
+)
 
 
 @app.command("reproduce")
@@ -406,15 +420,13 @@ def reproduce_cmd(
     ),
     allow: Optional[list[str]] = _ALLOW,
     trust_code: bool = _TRUST_CODE,
-    stop_at_divergence: bool = typer.Option(
-        False,
-        "--stop-at-divergence",
-        help="End the re-run at the first optimiser step whose trace differs from the recorded one.",
-    ),
+    stop_at_divergence: bool = _STOP_AT_DIVERGENCE,
     trusted_key: Optional[list[str]] = _TRUSTED_KEY,
     data: Optional[list[str]] = _DATA_COPY,
     no_replay: bool = _NO_REPLAY,
     replay_window: Optional[int] = _REPLAY_WINDOW,
+    attest: Optional[Path] = ATTEST_OPT,
+    attestation: Optional[Path] = ATTESTATION_OUT_OPT,
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -423,10 +435,12 @@ def reproduce_cmd(
     A model trained with reprodl.start_run is reproduced by re-executing its recorded code in a
     temporary copy: that runs only with --trust-code, or after a yes at an interactive prompt.
     With --trusted-key, the model's signature is checked before anything is shown or run.
-    --data train=URI reads the training data from a copy (refused unless the same dataset).
+    --data train=URI reads a copy of the training data (the same dataset only); --attest KEY signs the outcome.
     """
+    from reprodl.cli.signing import attest_report, check_can_attest
     from reprodl.reproduction.rerun import reproduce
 
+    check_can_attest(uri, attest)
     plan, trust_code = _ask_trust(uri, trust_code, as_json, trusted_key or ())
     if not (quiet or as_json or (plan is not None and not trust_code)):  # a refusal says nothing first
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
@@ -445,10 +459,13 @@ def reproduce_cmd(
         replay_window=replay_window,
         on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
     )
+    attested = attest_report(report, attest, attestation) if attest is not None else None
     if as_json:
-        print_json(report.to_dict())
+        print_json(report.to_dict() | ({"attestation": attested} if attested else {}))
     else:
         print_report(report)
+        if attested:
+            out.print(f"Attestation: {attested['path']} (signed by key {attested['key_hint']})", markup=False)
     raise typer.Exit(report.exit_code)
 
 
@@ -632,6 +649,12 @@ def verify_cmd(
     data: bool = typer.Option(False, "--data", help="Also check every training dataset is reachable and unchanged."),
     allow: Optional[list[str]] = _ALLOW,
     trusted_key: Optional[list[str]] = _TRUSTED_KEY,
+    attestation: Optional[Path] = typer.Option(
+        None, "--attestation", help="Also check this attestation of a reproduction (reprodl reproduce --attest)."
+    ),
+    attestation_key: Optional[Path] = typer.Option(
+        None, "--attestation-key", help="The attester's public key (KEY.pub of `reprodl keygen --ecdsa`)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Check a model: item hashes, record digest, weights, trust policy (and data, signature).
@@ -653,6 +676,13 @@ def verify_cmd(
         result = verify_claim(uri, allow=allow or ())
     else:
         result = verify_model(uri, data=data, allow=allow or (), trusted_keys=trusted_key or ())
+    if attestation is not None:
+        from reprodl.cli.signing import attestation_check
+
+        check = attestation_check(uri, attestation, attestation_key)
+        result.add("reproduction attested", check.ok, check.detail)
+        if check.ok:
+            result.notes.append(check.detail)
     if as_json:
         print_json(result.to_dict())
     else:

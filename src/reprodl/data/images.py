@@ -1,6 +1,7 @@
 """Reading images of any Pillow mode into float arrays, and checking image files.
 
-No torch here: creators and the CLI use these without paying for a torch import.
+No torch here: creators and the CLI use these without paying for a torch import; Pillow is
+imported where an image is read, so a training script on tensors does not load it.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from reprodl import keys
 from reprodl.errors import InputDataError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -120,6 +124,8 @@ def convert(image: Image.Image, mode: str) -> Image.Image:
     if src == mode:
         return image
     if src in SIXTEEN_BIT or src == "F":
+        from PIL import Image
+
         arr = np.round(np.clip(to_array(image, mode), 0.0, 1.0) * 255.0).astype(np.uint8)
         return Image.fromarray(arr[0] if mode == "L" else np.ascontiguousarray(arr.transpose(1, 2, 0)), mode)
     if src == "P" and "transparency" in image.info and mode != "RGBA":
@@ -135,6 +141,8 @@ def bomb_guard() -> Iterator[None]:
     hold it once and call ``open_image(path, guarded=False)``, which saves the cost of
     re-arming the warnings filter per image (a measurable share of a small image's read).
     """
+    from PIL import Image
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         yield
@@ -146,6 +154,8 @@ def open_image(path: str | os.PathLike[str], *, guarded: bool = True) -> Image.I
     Images over Pillow's pixel limit are refused. ``guarded=False`` is for callers that
     already hold :func:`bomb_guard`; without it the limit would only warn.
     """
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with bomb_guard() if guarded else contextlib.nullcontext():
             image = Image.open(path)
@@ -180,4 +190,6 @@ def resize(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
         )
     if image.mode in SIXTEEN_BIT:
         image = image.convert("I")  # resize works on 32-bit ints
+    from PIL import Image
+
     return image.resize((int(size[0]), int(size[1])), Image.Resampling.BILINEAR)

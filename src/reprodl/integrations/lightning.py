@@ -290,11 +290,25 @@ class ReprodlCallback(Callback):
             self._source = None
 
     def _use(self, ds: Any, role: str) -> None:
-        ds = ds.dataset if isinstance(ds, torch.utils.data.Subset) and isinstance(ds.dataset, WrappedDataSet) else ds
+        """Record ``ds`` in ``role`` once: a ``Subset``/``ConcatDataset`` as the datasets it is made of, with
+        its views (``run.use``), in place of a whole-dataset entry the DataModule's scan made for one of them."""
         key = (id(ds), role)
-        if self.run is not None and key not in self._used:
-            self._used.add(key)
-            self.run.use(ds, role=role)
+        if self.run is None or key in self._used:
+            return
+        self._used.add(key)
+        data = self.run._data  # (record, dataset) pairs, in the order recorded
+        before = len(data)
+        self.run.use(ds, role=role)
+        moved = set()
+        for i in range(before, len(data)):
+            ref, leaf = data[i]
+            whole = [
+                j for j in range(before) if data[j][1] is leaf and data[j][0].role == role and not data[j][0].views
+            ]
+            if ref.views and whole:
+                data[whole[0]] = data[i]
+                moved.add(i)
+        data[:] = [pair for i, pair in enumerate(data) if i not in moved]
 
 
 # --- what is recorded ----------------------------------------------------------------------

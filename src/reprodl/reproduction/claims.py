@@ -86,6 +86,7 @@ class Comparison:
     rule: str = RULE
     baselines: dict[str, dict[str, float]] | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    evaluation_band: dict[str, Any] | None = None  # measure_evaluation_band: differences within it are ties
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,30 +104,37 @@ class Comparison:
             "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
             "claim_uri": self.claim_uri,
             "baselines": self.baselines,
+            "evaluation_band": self.evaluation_band,
             "runs": {side: [r.to_dict() for r in runs] for side, runs in self.runs.items()},
         }
 
 
-def pair_scores(a: Sequence[float], b: Sequence[float]) -> list[float]:
-    """1 where A's value beats B's in a pair, 0.5 for a tie, 0 where B's beats A's."""
+def pair_scores(a: Sequence[float], b: Sequence[float], *, band: float = 0.0) -> list[float]:
+    """1 where A's value beats B's in a pair by more than ``band``, 0 where B's beats A's by more,
+    0.5 otherwise (a tie: a difference within the evaluation band is not called a difference)."""
     if len(a) != len(b) or not a:
         raise ParametersError(f"paired values need the same, non-zero, number of runs, but got {len(a)} and {len(b)}")
-    return [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)]
+    return [1.0 if x - y > band else 0.0 if y - x > band else 0.5 for x, y in zip(a, b)]
 
 
-def probability_a_better(a: Sequence[float], b: Sequence[float]) -> float:
-    """P(A>B): the fraction of pairs in which A beats B, ties counting one half."""
-    scores = pair_scores(a, b)
+def probability_a_better(a: Sequence[float], b: Sequence[float], *, band: float = 0.0) -> float:
+    """P(A>B): the fraction of pairs in which A beats B (by more than ``band``), ties counting one half."""
+    scores = pair_scores(a, b, band=band)
     return sum(scores) / len(scores)
 
 
 def bootstrap_interval(
-    a: Sequence[float], b: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    band: float = 0.0,
 ) -> tuple[float, float]:
     """The percentile bootstrap interval (95%) of P(A>B), resampling pairs with a fixed seed."""
     import numpy as np
 
-    scores = np.asarray(pair_scores(a, b))
+    scores = np.asarray(pair_scores(a, b, band=band))
     rng = np.random.default_rng(seed)
     means = scores[rng.integers(0, len(scores), size=(resamples, len(scores)))].mean(axis=1)
     tail = (1 - CONFIDENCE) / 2 * 100
@@ -437,7 +445,10 @@ def compare(
     prep = _prepare(a, b, seeds=seeds, jobs=jobs, vary=vary, set_a=set_a, set_b=set_b, output=output)
     check_metric(prep.cfgs, metric)
     runs = _run_all(prep.plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
-    result = judge(runs, metric=metric, vary=prep.varied, recipes=_recipes(a, b, prep.cfgs, set_a, set_b))
+    recipes = _recipes(a, b, prep.cfgs, set_a, set_b)
+    result = judge(
+        runs, metric=metric, vary=prep.varied, recipes=recipes, evaluation_band=measure_evaluation_band(runs, metric)
+    )
     result.baselines, result.notes = baselines(prep.cfgs["a"], metric, runs), prep.notes
     result.claim_uri = write_claim(result, prep.output, prep.claim)
     return result
@@ -557,7 +568,8 @@ def collect(directory: str | os.PathLike[str], *, metric: str = DEFAULT_METRIC) 
     runs: dict[str, list[RunValue]] = {"a": [], "b": []}
     for run in plan["runs"]:
         runs[run["side"]].append(_collected(plan["output"], run, folder, metric))
-    result = judge(runs, metric=metric, vary=list(plan["vary"]), recipes=dict(plan["recipes"]))
+    band = measure_evaluation_band(runs, metric)
+    result = judge(runs, metric=metric, vary=list(plan["vary"]), recipes=dict(plan["recipes"]), evaluation_band=band)
     first_a = next(run["config"] for run in plan["runs"] if run["side"] == "a")
     result.baselines = baselines(load_config(folder / first_a), metric, runs)
     result.notes = list(plan["notes"])
@@ -603,11 +615,23 @@ def _collected(output: str, run: dict[str, Any], folder: Path, metric: str) -> R
     return RunValue(seed=int(record.training.seeds.seed), value=float(value), uri=uri, record_digest=digest)
 
 
-def judge(runs: dict[str, list[RunValue]], *, metric: str, vary: list[str], recipes: dict[str, str]) -> Comparison:
-    """P(A>B) of paired runs, its bootstrap interval and the verdict (no claim written)."""
+def judge(
+    runs: dict[str, list[RunValue]],
+    *,
+    metric: str,
+    vary: list[str],
+    recipes: dict[str, str],
+    evaluation_band: dict[str, Any] | None = None,
+) -> Comparison:
+    """P(A>B) of paired runs, its bootstrap interval and the verdict (no claim written).
+
+    ``evaluation_band`` (:func:`measure_evaluation_band`): a pair whose values differ by no more
+    than its ``band`` counts as a tie, so a difference the evaluation batch size alone makes is
+    never called a difference."""
     values_a, values_b = [r.value for r in runs["a"]], [r.value for r in runs["b"]]
-    p = probability_a_better(values_a, values_b)
-    low, high = bootstrap_interval(values_a, values_b)
+    band = float((evaluation_band or {}).get("band", 0.0))
+    p = probability_a_better(values_a, values_b, band=band)
+    low, high = bootstrap_interval(values_a, values_b, band=band)
     return Comparison(
         probability_a_better=p,
         ci_low=low,
@@ -618,7 +642,38 @@ def judge(runs: dict[str, list[RunValue]], *, metric: str, vary: list[str], reci
         vary=vary,
         runs=runs,
         recipes=recipes,
+        evaluation_band=evaluation_band,
     )
+
+
+def measure_evaluation_band(runs: dict[str, list[RunValue]], metric: str) -> dict[str, Any] | None:
+    """How much ``valid_accuracy`` moves with the evaluation batch size alone, over the members.
+
+    Each member model is run on its own validation data as its record names it (split, transform)
+    at :data:`reprodl.model.INVARIANCE_BATCH_SIZES`; ``band`` is the largest of the members' bands
+    (:func:`reprodl.model.batch_size_invariance`). ``None`` for another metric, or when no member
+    has validation data.
+    """
+    from reprodl.model import INVARIANCE_BATCH_SIZES, TrainedTorchModel, batch_size_invariance
+    from reprodl.reproduction.rebuild import open_recorded
+
+    if metric != "valid_accuracy":
+        return None
+    per_member: dict[str, float] = {}
+    for side_runs in runs.values():
+        for run in side_runs:
+            model = TrainedTorchModel(run.uri)
+            refs = [ref for ref in model.provenance.data if ref.role == "valid"]
+            if not refs:
+                continue
+            data = open_recorded(refs[0])
+            outputs = {size: model.logits(data, size) for size in INVARIANCE_BATCH_SIZES}
+            labels = outputs[INVARIANCE_BATCH_SIZES[0]][1]
+            inv = batch_size_invariance({size: out[0] for size, out in outputs.items()}, labels)
+            per_member[run.uri] = float(inv["band"])
+    if not per_member:
+        return None
+    return {"batch_sizes": list(INVARIANCE_BATCH_SIZES), "band": max(per_member.values()), "members": per_member}
 
 
 def baselines(cfg: Any, metric: str, runs: dict[str, list[RunValue]]) -> dict[str, dict[str, float]] | None:
@@ -863,7 +918,9 @@ def _statistics_problems(
         return [f"cannot be re-derived: the member(s) {', '.join(unread)} could not be read (see their checks)"]
     runs = {side: [r for r in read[side] if r is not None] for side in ("a", "b")}
     problems = _pairing_problems(members, runs)
-    judged = judge(runs, metric=str(claim.get("metric", "")), vary=[], recipes={})
+    band = claim.get("evaluation_band")  # as measured when the claim was made (not measured again here)
+    band = band if isinstance(band, dict) and isinstance(band.get("band"), (int, float)) else None
+    judged = judge(runs, metric=str(claim.get("metric", "")), vary=[], recipes={}, evaluation_band=band)
     for field in _STATISTICS:
         claimed, derived = claim.get(field), getattr(judged, field)
         if not _same(claimed, derived):
@@ -972,7 +1029,9 @@ def ablate(
     for name, overrides in parsed.items():
         recipes = {"a": _describe(config, cfg, common), "b": _describe(config, cfgs[name], [*common, *overrides])}
         pair = {"a": runs["base"], "b": runs[name]}
-        result = judge(pair, metric=metric, vary=varied, recipes=recipes)
+        result = judge(
+            pair, metric=metric, vary=varied, recipes=recipes, evaluation_band=measure_evaluation_band(pair, metric)
+        )
         result.baselines, result.notes = baselines(cfg, metric, pair), notes
         result.claim_uri = write_claim(result, out, f"{prefix}.vs-{name}")
         results[name] = result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ import torch
 from reprodl.data.datasets import WrappedDataSet
 from reprodl.errors import ReproductionError
 from reprodl.provenance import ProvenanceRecord
+from reprodl.store import StoredDataSet
 
 
 @dataclasses.dataclass
@@ -114,6 +115,48 @@ def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol:
         "max_abs_diff": max((t.get("max_abs_diff", 0.0) for t in tensors), default=0.0),
         "tensors": tensors,
     }
+
+
+def saved_weights(ds: StoredDataSet, record: ProvenanceRecord) -> dict[str, dict[str, torch.Tensor]]:
+    """Every saved model's weights by model name, the default first (each checked against the record)."""
+    from reprodl.modeldataset.read import load_weights
+
+    if not record.models:  # a record before schema 1.2: its one model
+        return {record.model_components()[0].name: load_weights(ds, record)}
+    return {c.name: load_weights(ds, record, model=c.name) for c in record.models if c.weights_file is not None}
+
+
+def compare_models(
+    original: Mapping[str, dict[str, torch.Tensor]], new: Mapping[str, dict[str, torch.Tensor]], tol: Tolerance
+) -> dict[str, Any]:
+    """:func:`compare_weights` for every saved model (by name): identical only when every model's weights are.
+
+    ``models`` holds each model's summary (``missing_in`` for a model one side did not save),
+    ``differing_models`` the names of those not bit-equal; with several models the tensors are
+    named ``model/tensor``.
+    """
+    names = list(original) + [n for n in new if n not in original]
+    several = len(names) > 1
+    out: dict[str, Any] = {"identical": True, "within_tolerance": True, "n_tensors": 0, "n_identical": 0}
+    out.update(max_abs_diff=0.0, tensors=[], models=[], differing_models=[])
+    for name in names:
+        if name not in original or name not in new:
+            side = "original" if name not in original else "reproduction"
+            out["models"].append({"name": name, "identical": False, "missing_in": side})
+            out["differing_models"].append(name)
+            out["identical"] = out["within_tolerance"] = False
+            continue
+        w = compare_weights(original[name], new[name], tol)
+        out["models"].append({"name": name, **{k: w[k] for k in w if k != "tensors"}})
+        if not w["identical"]:
+            out["differing_models"].append(name)
+        out["identical"] &= w["identical"]
+        out["within_tolerance"] &= w["within_tolerance"]
+        out["n_tensors"] += w["n_tensors"]
+        out["n_identical"] += w["n_identical"]
+        out["max_abs_diff"] = max(out["max_abs_diff"], w["max_abs_diff"])
+        out["tensors"] += [{**t, "name": f"{name}/{t['name']}"} if several else t for t in w["tensors"]]
+    return out
 
 
 def compare_metrics(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, Any]]:

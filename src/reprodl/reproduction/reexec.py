@@ -36,12 +36,12 @@ from typing import Any
 
 from reprodl import keys, trust
 from reprodl.errors import IntegrityError, ReproductionError, UnsafeImportError
-from reprodl.modeldataset.read import load_trace, load_weights, read_record
+from reprodl.modeldataset.read import load_trace, read_record
 from reprodl.modeldataset.signing import signature_note
 from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
-from reprodl.reproduction.compare import Tolerance, compare_weights
+from reprodl.reproduction.compare import Tolerance, compare_models, saved_weights
 from reprodl.reproduction.datamap import relocated
 from reprodl.reproduction.divergence import Divergence, TraceComparer, load_oplogs
 from reprodl.reproduction.environment import EnvDifference, rerun_environment
@@ -296,7 +296,7 @@ def _run_and_compare(
         seconds = time.perf_counter() - t_run
         new_ds = open_dataset(new_uri)
         new_record = read_record(new_ds)
-        weights = compare_weights(load_weights(model_ds, record), load_weights(new_ds, new_record), tolerance)
+        weights = compare_models(saved_weights(model_ds, record), saved_weights(new_ds, new_record), tolerance)
         comparer = trace_comparer(model_ds, record)
         new_trace = load_trace(new_ds, new_record)
         if comparer is not None and new_trace is not None:

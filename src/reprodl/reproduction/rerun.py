@@ -32,7 +32,7 @@ from reprodl.modeldataset.signing import signature_note
 from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck, check_code, check_patch
-from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_predictions, compare_weights
+from reprodl.reproduction.compare import Tolerance, compare_metrics, compare_models, compare_predictions
 from reprodl.reproduction.datamap import data_locations, relocated
 from reprodl.reproduction.ddp import is_distributed
 from reprodl.reproduction.divergence import Divergence, TraceComparer, input_changes, load_oplogs, no_trace
@@ -558,7 +558,9 @@ def _compare(
     """The re-trained model beside the original: weights, metrics, data order, predictions."""
     record, model = original.record, training.model
     new_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    weights = compare_weights(original.state, new_state, tol)
+    # every saved model's weights (a record the built-in trainer made saves one, under its default name)
+    name = record.model_components()[0].name
+    weights = compare_models({name: original.state}, {name: new_state}, tol)
     roles = training.roles
     eval_sets = roles["test"] or roles["valid"] or roles["train"]
     original_model = None

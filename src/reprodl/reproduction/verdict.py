@@ -3,8 +3,8 @@
 Both ways a model comes back (rebuilt in process, or its recorded code re-executed) gather the
 same :class:`Comparison` and call :func:`judge`. The rules (the contract, docs/formats.md):
 
-* ``identical``: every saved model's weights bit-equal, every traced step equal and the same
-  number of optimiser steps;
+* ``identical``: every saved model's weights bit-equal (each model compared by name), every
+  traced step equal and the same number of optimiser steps;
 * a different number of steps (an interrupted original, a longer re-run) is ``differs``;
 * otherwise, when the expectation was bitwise (the record's mode, and the two environments
   predict the same bits) and the user gave no ``--tolerance``, the verdict is ``differs``
@@ -199,10 +199,12 @@ def _difference_reasons(record: ProvenanceRecord, comparison: Comparison, *, non
             text += f", although the saved weights (taken {at}) are bit-equal"
         out.append(Reason("trace", text))
     if not w.get("identical"):
+        models = w.get("differing_models") or []  # several saved models: which of them differ
+        where = f" ({', '.join(f'model {m!r}' for m in models)})" if len(w.get("models", [])) > 1 else ""
         out.append(
             Reason(
                 "weights",
-                f"weights differ: {w['n_tensors'] - w['n_identical']} of {w['n_tensors']} tensors, "
+                f"weights differ{where}: {w['n_tensors'] - w['n_identical']} of {w['n_tensors']} tensors, "
                 f"max abs diff {w['max_abs_diff']:.3g}",
             )
         )

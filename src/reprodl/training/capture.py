@@ -623,6 +623,35 @@ def check_deterministic(value: Any) -> DeterministicSetting:
     )
 
 
+def set_deterministic_algorithms(mode: bool, *, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode, warn_only=...)`` without importing torch's compiler stack.
+
+    torch's function imports ``torch._inductor.config`` (about 800 modules, over a second) to
+    set inductor's ``deterministic`` flag, which a script that never compiles does not need;
+    here the flag is set only where inductor is loaded already (:func:`compiler_deterministic`
+    sets it when a compiled model appears later).
+    """
+    import torch
+
+    torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
+    if "torch._inductor.config" in sys.modules:
+        compiler_deterministic(mode)
+
+
+def compiler_deterministic(mode: bool | None) -> bool | None:
+    """Set inductor's ``deterministic`` flag to ``mode`` (None: leave it) where ``torch._inductor.config`` is loaded.
+
+    Returns its previous value, or None when inductor is not loaded (nothing set).
+    """
+    config: Any = sys.modules.get("torch._inductor.config")  # a config module: its flags are set attributes
+    if config is None:
+        return None
+    was = bool(config.deterministic)
+    if mode is not None:
+        config.deterministic = mode
+    return was
+
+
 class DeterminismSettings:
     """Apply bitwise-determinism settings for a block and restore the previous ones after.
 
@@ -649,11 +678,12 @@ class DeterminismSettings:
             "cudnn_det": torch.backends.cudnn.deterministic,
             "cudnn_bench": torch.backends.cudnn.benchmark,
             "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            "inductor": compiler_deterministic(None),
         }
         if self.deterministic:
             if self.device_type == "cuda" and not os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
                 os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-            torch.use_deterministic_algorithms(True, warn_only=self.deterministic == "warn")
+            set_deterministic_algorithms(True, warn_only=self.deterministic == "warn")
             torch.backends.cudnn.deterministic = True
         self._record = self.describe()
         self.check_in_force()
@@ -667,13 +697,17 @@ class DeterminismSettings:
         TF32 and the float32 matmul precision are the script's to choose (deterministic either way):
         they are recorded as in force now. ``cudnn.benchmark`` picks kernels by timing, so in bitwise
         mode a script's True is switched off, once, with a :class:`DeterminismWarning`, and the record
-        keeps both values (``script_settings``). Called on entry and at the first optimiser step.
+        keeps both values (``script_settings``). Inductor's ``deterministic`` flag is set here when
+        a compiled model has loaded it since entry. Called on entry, by ``run.watch`` and at the first
+        optimiser step.
         """
         import torch
 
         record = self._record
         if record is None:
             return
+        if self.deterministic and self._saved.get("inductor") is None:  # inductor loaded since: a compiled model
+            self._saved["inductor"] = compiler_deterministic(True)
         record.tf32_matmul = torch.backends.cuda.matmul.allow_tf32
         record.tf32_cudnn = torch.backends.cudnn.allow_tf32
         record.float32_matmul_precision = torch.get_float32_matmul_precision()
@@ -733,7 +767,9 @@ class DeterminismSettings:
             self._warnings.__exit__(None, None, None)
             self._warnings = None
         s = self._saved
-        torch.use_deterministic_algorithms(s["algos"], warn_only=s["warn_only"])
+        set_deterministic_algorithms(s["algos"], warn_only=s["warn_only"])
+        if s.get("inductor") is not None:
+            compiler_deterministic(s["inductor"])
         torch.backends.cudnn.deterministic = s["cudnn_det"]
         torch.backends.cudnn.benchmark = s["cudnn_bench"]
         if s["cublas"] is None:

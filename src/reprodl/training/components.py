@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -131,6 +132,7 @@ class WatchedOptimizer:
     model: WatchedModel
     scheduler: Any
     info: Any  # its OptimizerInfo as watched
+    scheduler_info: CallableInfo | None = None  # its scheduler as built (described when watched, not at the end)
     steps: int = 0
     closure: bool = False
     applied: _Changes = dataclasses.field(default_factory=_Changes)
@@ -152,7 +154,7 @@ class WatchedOptimizer:
             **self.info.model_dump(),
             name=self.name,
             model=self.model.name,
-            scheduler=describe_callable(self.scheduler) if self.scheduler is not None else None,
+            scheduler=self.scheduler_info,
             steps=self.steps,
             closure=self.closure,
             applied=list(self.applied.entries),
@@ -171,6 +173,37 @@ def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()
     return value
+
+
+class _RunHooks(OrderedDict):  # torch's hook dict: id -> hook
+    """A module's forward pre-hooks that leave the run's own out when the module is pickled or copied.
+
+    A script may ``torch.save(model)`` (the whole module, as PyTorch's word-language-model example
+    does) or ``copy.deepcopy(model)`` while the run watches it: the copy gets the script's hooks,
+    never the run's (a closure that cannot be pickled and that would count the copy's passes).
+    """
+
+    ours: set[int]
+
+    def __reduce__(self) -> Any:
+        kept = [(k, v) for k, v in self.items() if k not in self.ours]
+        return (OrderedDict, (), None, None, iter(kept))
+
+    @classmethod
+    def installed(cls, module: torch.nn.Module) -> _RunHooks | None:
+        """The module's pre-hook dict as one of these (swapped in while it is empty), or None.
+
+        A module that has hooks of the script's already keeps its dict (their handles point at it).
+        """
+        hooks = module._forward_pre_hooks
+        if isinstance(hooks, cls):
+            return hooks
+        if hooks:
+            return None
+        mine = cls()
+        mine.ours = set()
+        module._forward_pre_hooks = mine  # a subclass of the dict torch keeps
+        return mine
 
 
 class ComponentWatcher:
@@ -219,6 +252,7 @@ class ComponentWatcher:
         for i, (optimizer, scheduler) in enumerate(zip(optimizers, _pair_schedulers(optimizers, schedulers))):
             o_name = watched.name if len(optimizers) == 1 else f"{watched.name}_{i}"
             w_opt = WatchedOptimizer(o_name, optimizer, watched, scheduler, describe_optimizer(optimizer, names))
+            w_opt.scheduler_info = describe_callable(scheduler) if scheduler is not None else None
             watched.optimizers.append(w_opt)
             self._hook_optimizer(w_opt)
         self._hook_model(watched)
@@ -293,7 +327,11 @@ class ComponentWatcher:
                     dtype = str(torch.get_autocast_dtype(device)) if enabled else None
                     watched.autocast = {"enabled": enabled, "device_type": device, "dtype": dtype}
 
-        self._hooks.append(watched.given.register_forward_pre_hook(on_forward))
+        hooks = _RunHooks.installed(watched.given)
+        handle = watched.given.register_forward_pre_hook(on_forward)
+        if hooks is not None:
+            hooks.ours.add(handle.id)
+        self._hooks.append(handle)
 
     def _complete(self, watched: WatchedModel) -> None:
         """The step of a hand-updated model: its update is over."""

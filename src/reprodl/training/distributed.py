@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 from torch.utils.data import DistributedSampler, Sampler
 
 from reprodl.errors import ParametersError, RankLostError, ReprodlError
+from reprodl.training.order import order_digest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,7 @@ class RecordedDistributedSampler(DistributedSampler):
         order = torch.tensor(list(super().__iter__()), dtype=torch.int64)
         self.passes += 1
         self.last_order = order
-        self.on_order("sha256:" + hashlib.sha256(order.numpy().astype("<i8").tobytes()).hexdigest())
+        self.on_order(order_digest(order))
         return iter(order.tolist())
 
     def settings(self) -> dict[str, Any]:

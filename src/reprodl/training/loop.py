@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
-import hashlib
 import math
 import os
 import time
@@ -31,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from reprodl import __version__, keys, trust
+from reprodl import keys, trust
 from reprodl.data.datasets import Batch, WrappedDataSet, collate
 from reprodl.errors import IntegrityError, ParametersError, ReprodlError, TrainingDivergedError
 from reprodl.modeldataset.weights import state_dict_sha256
@@ -49,11 +48,9 @@ from reprodl.provenance import (
     OptimizerInfo,
     ProvenanceRecord,
     Results,
-    StepTrace,
-    Training,
     store_readmes_once,
 )
-from reprodl.provenance.record import DistributedInfo
+from reprodl.provenance.record import DEFAULT_MODEL_NAME, DistributedInfo
 from reprodl.store import normalise_uri
 from reprodl.training.capture import (
     DeterminismSettings,
@@ -92,7 +89,9 @@ from reprodl.training.distributed import (
     process_group,
     unwrap,
 )
+from reprodl.training.order import order_digest
 from reprodl.training.params import Parameters, check_trainer_keys
+from reprodl.training.recorder import Recorder
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.trace import StepCallback, StepTracer
 
@@ -127,7 +126,7 @@ class EpochSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order()
         self.last_order = order
-        self.order_digest = "sha256:" + hashlib.sha256(order.numpy().astype("<i8").tobytes()).hexdigest()
+        self.order_digest = order_digest(order)
         for batch in torch.split(order, self.batch_size):
             yield batch.tolist()
 
@@ -352,7 +351,7 @@ class _Trained:
     determinism: Determinism
     wall_time_s: float
     optimizer_steps: int
-    trace: StepTracer
+    trace: StepTracer | None
 
 
 def train_model_with_metadata_capture(
@@ -399,22 +398,45 @@ def train_model_with_metadata_capture(
     roles = _checked_roles(output_ds, params, group)
     target = _rank_device(choose_device(str(device) if device is not None else params.device), group)
     captured = _capture(model, optimiser, loss_fn, scheduler, params, parent=output_ds.parent)
-    seeds = SeedPlan(params.seed, params.num_workers)
+    recorder = _recorder(model, optimiser, scheduler, params, captured, on_step=on_step)
     report = _progress_reporter(progress) if group is None or group.rank == 0 else None
     loop = _Loop(model, optimiser, loss_fn, scheduler, params, output_ds, target, report, on_epoch, group=group)
-    loop.tracer = StepTracer(model, optimizers=[optimiser], on_step=on_step)
+    loop.recorder, name = recorder, model_name or output_ds.name
     loop.checkpoints = _checkpoints(
         output_ds, checkpoint_every, _fingerprint(params, config, roles, captured), group=group
     )
-    trained = loop.run(seeds, t_start=captured.t_start)
-    training = _training_part(captured, trained, params, seeds=seeds, device=target, checkpoints=loop.checkpoints)
-    training.distributed, training.world_size = _distributed_info(group, params, loop, trained)
+    try:
+        trained = loop.run(recorder.seeds, t_start=captured.t_start)
+    finally:
+        recorder.close()
+    fields = _training_fields(params, trained, loop, group, device=target)
     lineage = Lineage(parent=captured.parent, reproduces=reproduces, replicates=replicates)
-    record = _make_record(
-        captured, trained, training, code.info, roles, name=model_name or output_ds.name, lineage=lineage
-    )
+    record = _make_record(recorder, model, captured, trained, fields, code.info, roles, name=name, lineage=lineage)
     write = functools.partial(_write, output_ds, model, record, captured, code, roles, trace=trained)
     return _write_on_rank0(group, output_ds, write)
+
+
+def _recorder(
+    model: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    scheduler: Any,
+    params: Parameters,
+    captured: _Captured,
+    *,
+    on_step: StepCallback | None,
+) -> Recorder:
+    """The training's recorder (:mod:`reprodl.training.recorder`): its seed plan, and the model and
+    optimiser watched under the name ``model``; each trace row is taken once the trainer's update is over."""
+    recorder = Recorder(SeedPlan(params.seed, params.num_workers), on_trace_row=on_step, defer_rows=True)
+    recorder.watch(
+        model,
+        [optimiser],
+        name=DEFAULT_MODEL_NAME,
+        schedulers=[scheduler] if scheduler is not None else [],
+        loss=captured.loss,
+        init_params=params.init_params,
+    )
+    return recorder
 
 
 def final_metric_names(validated: bool) -> tuple[str, ...]:
@@ -669,7 +691,7 @@ class _Loop:
     report: ProgressCallback | None
     on_epoch: EpochCallback | None
     optimizer_steps: int = 0
-    tracer: StepTracer | None = None
+    recorder: Recorder | None = None  # its seeds, watched model and optimiser, step trace and data order
     sampler: EpochSampler | ShardBatches | None = None
     checkpoints: _Checkpoints | None = None
     worker_states: dict[int, Any] | None = None
@@ -684,8 +706,8 @@ class _Loop:
             try:
                 return self._run(seeds, t_start=t_start)
             finally:
-                if self.tracer is not None:
-                    self.tracer.close()  # an operation log left running by a failure
+                if self.recorder is not None and self.recorder.tracer is not None:
+                    self.recorder.tracer.close()  # an operation log left running by a failure
 
     def _run(self, seeds: SeedPlan, *, t_start: float) -> _Trained:
         sets = self.output_ds.train_sets
@@ -704,20 +726,19 @@ class _Loop:
             group=self.group,
         )
         self.sampler = sampler
-        tracer = self.tracer if self.tracer is not None else StepTracer(self.model, optimizers=[self.optimiser])
-        self.tracer = tracer
-        if ck is not None and ck.every:  # the step before each checkpoint (none after the last epoch): logged too
-            per_epoch = -(-len(loader) // self.params.accumulation_steps)
-            tracer.oplog_every, tracer.oplog_below = ck.every * per_epoch, self.params.n_epochs * per_epoch
+        recorder = self.recorder
+        assert recorder is not None
+        if ck is not None and ck.every and recorder.tracer is not None:  # the step before each checkpoint: logged too
+            per_epoch = -(-len(loader) // self.params.accumulation_steps)  # (none after the last epoch)
+            recorder.tracer.oplog_every = ck.every * per_epoch
+            recorder.tracer.oplog_below = self.params.n_epochs * per_epoch
         history: list[EpochMetrics] = []
-        order_digests: list[str] = []
+        order_digests = recorder.order_digests
         # The optimiser's state (momentum buffers...) follows the model to the device.
         self.model.to(self.target)
         self._wrap()
         with DeterminismSettings(self.params.deterministic, self.target.type) as determinism:
-            seeds.apply_globals()
-            if self.group is not None and self.group.rank:  # rank r: seed + r
-                SeedPlan(seeds.seed + self.group.rank).apply_globals()
+            recorder.apply_seeds(self.group.rank if self.group is not None else 0)  # rank r: seed + r
             self.model.train()
             start = self._resume(loader, history, order_digests) if ck is not None and ck.resume else 0
             for epoch in range(start, self.params.n_epochs):
@@ -725,18 +746,19 @@ class _Loop:
                 sampler.set_epoch(epoch)
                 metrics = self._epoch(epoch, loader, n_samples=self._samples_per_epoch(len(data)))
                 assert sampler.order_digest is not None
-                order_digests.append(sampler.order_digest)
+                recorder.on_order(sampler.order_digest)
                 metrics.wall_time_s = time.perf_counter() - t_epoch
                 history.append(metrics)
                 if self.on_epoch:
                     self.on_epoch(metrics)
-                if tracer.stop_requested:
+                if recorder.stop_requested:
                     break
                 if ck is not None and ck.due(epoch + 1, self.params.n_epochs):
                     self._checkpoint(epoch + 1, loader, history, order_digests, t_start)
-        tracer.flush()
+        if recorder.tracer is not None:
+            recorder.tracer.flush()
         wall = self.elapsed_before + time.perf_counter() - t_start
-        return _Trained(history, order_digests, determinism, wall, self.optimizer_steps, tracer)
+        return _Trained(history, list(order_digests), determinism, wall, self.optimizer_steps, recorder.tracer)
 
     def _wrap(self) -> None:
         """Under torchrun: the model wrapped in DistributedDataParallel (its gradients averaged over the ranks)."""
@@ -782,7 +804,8 @@ class _Loop:
             "resumed": ck.resumed,
             "elapsed_s": self.elapsed_before + time.perf_counter() - t_start,
         }
-        write_checkpoint(ck.directory, step=self.optimizer_steps, state=state, meta=meta, tracer=self.tracer)
+        tracer = self.recorder.tracer if self.recorder is not None else None
+        write_checkpoint(ck.directory, step=self.optimizer_steps, state=state, meta=meta, tracer=tracer)
         ck.seconds.append(time.perf_counter() - t0)
 
     def _resume(self, loader: DataLoader, history: list[EpochMetrics], digests: list[str]) -> int:
@@ -805,8 +828,10 @@ class _Loop:
             digests += list(own.get("order_digests", c.meta.get("order_digests", [])))  # this rank's shard orders
             self.optimizer_steps = int(c.meta["step"])
             self.elapsed_before = float(c.meta.get("elapsed_s", 0.0))
-            if self.tracer is not None:
-                c.restore_tracer(self.tracer)
+            if self.recorder is not None:
+                self.recorder.set_steps(self.optimizer_steps)
+                if self.recorder.tracer is not None:
+                    c.restore_tracer(self.recorder.tracer)
             return int(c.meta["epoch"])
 
     def _epoch(self, epoch: int, loader: DataLoader, *, n_samples: int) -> EpochMetrics:
@@ -851,30 +876,32 @@ class _Loop:
             loss = self.loss_fn(forward(x), y)
             (loss / k if k > 1 else loss).backward()
             if (i + 1) % k == 0 or i + 1 == n_batches:
-                self._update()
-                self._trace(loss, epoch, i)
+                self._step(loss, epoch, i)
             loss_sum += loss.detach() * len(y)
             if not self.params.allow_nonfinite_loss:
                 bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
                 first_bad = torch.where(bad, torch.full_like(first_bad, i), first_bad)
             if self.report:
                 self.report(f"epoch {epoch + 1}/{self.params.n_epochs}", i + 1, n_batches)
-            if self.tracer is not None and self.tracer.stop_requested:
+            if self.recorder is not None and self.recorder.stop_requested:
                 break
         return loss_sum, first_bad
 
     def _note_batch(self, i: int, x: torch.Tensor) -> None:
-        """Tell the tracer batch ``i``'s sample indices (from the sampler's order) and inputs."""
-        if self.tracer is None:
+        """Tell the recorder batch ``i``'s sample indices (from the sampler's order) and inputs."""
+        if self.recorder is None:
             return
         order = self.sampler.last_order if self.sampler is not None else None
         bs = self.params.batch_size
-        self.tracer.batch(indices=order[i * bs : (i + 1) * bs] if order is not None else None, inputs=x)
+        self.recorder.batch(indices=order[i * bs : (i + 1) * bs] if order is not None else None, inputs=x)
 
-    def _trace(self, loss: torch.Tensor, epoch: int, i: int) -> None:
-        """Trace the parameters after the optimiser step that ended batch ``i`` of ``epoch`` (both from 0)."""
-        if self.tracer is not None:
-            self.tracer.step(loss=loss, epoch=epoch + 1, batch=i + 1)
+    def _step(self, loss: torch.Tensor, epoch: int, i: int) -> None:
+        """The update ending batch ``i`` of ``epoch`` (both from 0), then its trace row: the state after it."""
+        if self.recorder is not None:
+            self.recorder.where, self.recorder.loss = (epoch + 1, i + 1), loss
+        self._update()
+        if self.recorder is not None:
+            self.recorder.take_row()
 
     def _update(self) -> None:
         """One optimiser step: the gradients clipped, the step counted, a per-step scheduler stepped."""
@@ -902,46 +929,40 @@ def _rank_state(state: dict[str, Any], group: Group | None) -> dict[str, Any]:
     return dict(ranks[group.rank]) if group is not None and isinstance(ranks, list) else state
 
 
-def _training_part(
-    captured: _Captured,
-    trained: _Trained,
-    params: Parameters,
-    *,
-    seeds: SeedPlan,
-    device: torch.device,
-    checkpoints: _Checkpoints | None = None,
-) -> Training:
-    """The record's ``training``: components, parameters, the seeds applied, determinism, data order."""
-    return Training(
-        optimizer=captured.optimizer,
-        loss=captured.loss,
-        scheduler=captured.scheduler,
-        epochs=params.n_epochs,
-        batch_size=params.batch_size,
-        shuffle=params.shuffle,
-        num_workers=params.num_workers,
-        params=params.to_dict(),
-        seeds=seeds.record(),
-        determinism=trained.determinism,
-        data_order_digests=trained.order_digests,
-        device=str(device),
-        optimizer_steps=trained.optimizer_steps,
-        checkpoint_every=checkpoints.every if checkpoints is not None else None,
-        resumed=resumed_record(checkpoints.resumed) if checkpoints is not None else None,
-    )
+def _training_fields(
+    params: Parameters, trained: _Trained, loop: _Loop, group: Group | None, *, device: torch.device
+) -> dict[str, Any]:
+    """The record's ``training`` fields the trainer knows (the recorder adds components, seeds, order, steps)."""
+    checkpoints = loop.checkpoints
+    distributed, world_size = _distributed_info(group, params, loop, trained)
+    return {
+        "distributed": distributed,
+        "world_size": world_size,
+        "epochs": params.n_epochs,
+        "batch_size": params.batch_size,
+        "shuffle": params.shuffle,
+        "num_workers": params.num_workers,
+        "params": params.to_dict(),
+        "determinism": trained.determinism,
+        "device": str(device),
+        "checkpoint_every": checkpoints.every if checkpoints is not None else None,
+        "resumed": resumed_record(checkpoints.resumed) if checkpoints is not None else None,
+    }
 
 
 def _make_record(
+    recorder: Recorder,
+    model: torch.nn.Module,
     captured: _Captured,
     trained: _Trained,
-    training: Training,
+    training_fields: dict[str, Any],
     code: CodeInfo,
     roles: list[tuple[str, WrappedDataSet]],
     *,
     name: str,
     lineage: Lineage,
 ) -> ProvenanceRecord:
-    """The provenance record of a finished training."""
+    """The provenance record of a finished training, built by its recorder."""
     data_refs = store_readmes_once(
         [DataRef.model_validate({"role": role, **ds.provenance_info()}) for role, ds in roles]
     )
@@ -953,20 +974,21 @@ def _make_record(
         wall_time_s=trained.wall_time_s,
         started_at=captured.started,
         finished_at=_utcnow(),
-        trace=StepTrace.model_validate(trained.trace.description()),
-        saved_at_step=trained.optimizer_steps,
     )
-    return ProvenanceRecord(
-        model_name=name,
-        created_at=captured.started,
-        reprodl_version=__version__,
-        architecture=captured.architecture,
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    models, optimizers = recorder.components({DEFAULT_MODEL_NAME: weights}, {DEFAULT_MODEL_NAME: keys.WEIGHTS_FILE})
+    return recorder.record(
+        name=name,
+        started=captured.started,
+        models=models,
+        training=recorder.training(models, optimizers, **training_fields),
         data=data_refs,
-        training=training,
         code=code,
         environment=captured.environment,
         results=results,
         lineage=lineage,
+        architecture=captured.architecture,
+        saved_at_step=trained.optimizer_steps,
     )
 
 
@@ -994,8 +1016,8 @@ def _write(
         manifests=manifests,
         code_files=code.files,
         initial_state=captured.initial_state if stored else None,
-        trace=trace.trace.to_bytes(),
-        oplogs=trace.trace.oplog_items(),
+        trace=trace.trace.to_bytes() if trace.trace is not None else None,
+        oplogs=trace.trace.oplog_items() if trace.trace is not None else None,
     )
 
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from reprodl import __version__, keys
+from reprodl import keys
 from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.errors import ParametersError, ReprodlError
 from reprodl.provenance import (
@@ -54,11 +54,8 @@ from reprodl.provenance import (
     EpochMetrics,
     Lineage,
     ModelRef,
-    OptimizerInfo,
     ProvenanceRecord,
     Results,
-    StepTrace,
-    Training,
     store_readmes_once,
 )
 from reprodl.provenance.record import DistributedInfo, RunCommand
@@ -85,15 +82,14 @@ from reprodl.training.distributed import (
     process_group,
 )
 from reprodl.training.order import order_digest, tap_order
+from reprodl.training.recorder import NO_LOSS, NO_OPTIMIZER, Recorder
 from reprodl.training.resume import RunCheckpoints
-from reprodl.training.seeding import SeedPlan
+from reprodl.training.seeding import SeedPlan, order_seed
 from reprodl.training.snapshot import capture_snapshot
 from reprodl.training.tensorboard import TensorBoardLogger
 from reprodl.training.trace import StepTracer
 
 ROLES = ("train", "valid", "test")
-# Training.optimizer of a run whose first model has no optimiser (updated by hand).
-NO_OPTIMIZER = OptimizerInfo(class_name="(none: updated by hand)", module="")
 IN_MEMORY = "in-memory"
 UNVERIFIED = "unverified"
 
@@ -177,7 +173,7 @@ class _RecordedOrder(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed(self.seed * 1_000_003 + self.passes)
+            g.manual_seed(order_seed(self.seed, self.passes))  # the seed plan's formula, as the built-in trainer's
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
@@ -265,16 +261,12 @@ class Run:
         self._data: list[tuple[DataRef, Any]] = []  # (its record, the dataset it describes)
         self._given: list[tuple[Any, str]] = []  # (the object given to use, its role)
         self._logged: list[dict[str, Any]] = []
-        self._order_digests: list[str] = []
-        self._order_not_recorded: str | None = None
+        # seeds, watched components, steps, trace and data order: the one recording core
+        self._recorder = Recorder(SeedPlan(self.seed), after_step=self._after_step)
         self._loader_info: dict[str, Any] = {}
         self._watched: dict[str, Any] = {}  # the first model's parts (what a checkpoint must find again)
-        self._watcher: ComponentWatcher | None = None
         self._watch_batch_size = 0
-        self._steps = 0
         self._saved_at_step: int | None = None
-        self._tracer: StepTracer | None = None
-        self._where = (0, 0)  # (pass, batch) of the training loader's last batch
         self._saved: dict[str, dict[str, torch.Tensor]] | None = None  # name -> weights, the default first
         self._device = "cpu"
         self._n_loaders = 0
@@ -284,6 +276,41 @@ class Run:
         self._group: Group | None = None
         self._sampler_settings: dict[str, Any] = {}
         self._rank_digests: list[list[str]] = []
+
+    # --- what the recorder keeps (read and set by the checkpoints, :mod:`.resume`) -------------
+    @property
+    def seeds(self) -> SeedPlan:
+        """The run's seed plan."""
+        return self._recorder.seeds
+
+    @property
+    def _steps(self) -> int:
+        return self._recorder.steps
+
+    @_steps.setter
+    def _steps(self, steps: int) -> None:
+        self._recorder.set_steps(steps)
+
+    @property
+    def _where(self) -> tuple[int, int]:
+        """(pass, batch) of the training loader's last batch."""
+        return self._recorder.where
+
+    @_where.setter
+    def _where(self, where: tuple[int, int]) -> None:
+        self._recorder.where = where
+
+    @property
+    def _order_digests(self) -> list[str]:
+        return self._recorder.order_digests
+
+    @property
+    def _tracer(self) -> StepTracer | None:
+        return self._recorder.tracer
+
+    @property
+    def _watcher(self) -> ComponentWatcher | None:
+        return self._recorder.watcher
 
     # --- the context ---------------------------------------------------------------------
     def __enter__(self) -> Run:
@@ -299,14 +326,14 @@ class Run:
             )
         stack = contextlib.ExitStack()
         try:
+            self._recorder.seeds = SeedPlan(self.seed)  # a reproduction's seed, when redirected
+            self._recorder.trace_kind = (self._redirect or {}).get("trace_kind")
             self._open_output(stack)
-            self.seeds = SeedPlan(self.seed)
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
             self._determinism = DeterminismSettings(self.deterministic, device_type)
             self.determinism = stack.enter_context(self._determinism)
-            self.seeds.apply_globals()
             self._tb = stack.enter_context(TensorBoardLogger(self.tensorboard)) if self.tensorboard else None
-            SeedPlan(self.seed + self._rank).apply_globals()  # rank r: seed + r (the same plan on one process)
+            self._recorder.apply_seeds(self._rank)  # rank r: seed + r
         except BaseException:
             stack.__exit__(*sys.exc_info())  # with the error: the output is discarded, not frozen empty
             raise
@@ -355,12 +382,9 @@ class Run:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         assert self._stack is not None
         atexit.unregister(self._abandon)
-        if self._watcher is not None and exc_type is None:
-            self._watcher.complete_pending()
-        if self._watcher is not None:
-            self._watcher.close()
-        if self._tracer is not None:
-            self._tracer.close()  # an operation log a failure left running
+        if exc_type is None:
+            self._recorder.complete_pending()
+        self._recorder.close()  # the tracer's operation log a failure left running closed too
         stack, self._stack = self._stack, None
         if exc_type is not None:
             add_note = getattr(exc, "add_note", None)
@@ -380,8 +404,8 @@ class Run:
         The run must not be what keeps a wrapper (its reducer, its process group) alive after the
         ``with`` block: the script decides when those go (docs/distributed.md says how to end).
         """
-        self._components, self._watched, self._tracer, self._loaders = None, {}, None, []
-        self._watcher = None
+        self._components, self._watched, self._loaders = None, {}, []
+        self._recorder.watcher = self._recorder.tracer = None
 
     def _exit_distributed(self, stack: contextlib.ExitStack) -> bool:
         """Every rank's order digests gathered; rank 0 writes the model, the others learn its URI."""
@@ -506,16 +530,15 @@ class Run:
         else:
             optimizers = list(optimizer or [])
         schedulers = list(scheduler) if isinstance(scheduler, (list, tuple)) else [scheduler] * (scheduler is not None)
-        if self._watcher is None:
-            self._watcher = ComponentWatcher(self._count_step)
-            self._watcher.step = self._steps  # resumed: from the checkpoint's step
-        self._watcher.add(
+        recorder = self._recorder
+        recorder.watch(
             model, optimizers, name=name, schedulers=schedulers, loss=describe_loss(loss), init_params=init_params
         )
+        self._determinism.check_in_force()  # a compiled model has loaded inductor: its deterministic flag set
         if batch_size is not None:
             self._watch_batch_size = int(batch_size)
-        first = self._watcher.models[0]
-        if (len(self._watcher.models) > 1 or len(first.optimizers) != 1) and (
+        first = recorder.models[0]
+        if (len(recorder.models) > 1 or len(first.optimizers) != 1) and (
             self.checkpoints.every or self.checkpoints.resume
         ):
             raise ParametersError(
@@ -530,31 +553,15 @@ class Run:
             "loss": first.loss,
         }
         self._components = (first.module, opt.optimizer if opt else None, opt.scheduler if opt else None)
-        if self._tracer is None or self._steps == 0:
-            self._tracer = self._make_tracer()
-            self._tracer.oplog_every = self.checkpoints.every  # the step before each checkpoint: logged too
-        if len(self._watcher.models) == 1:
+        if recorder.tracer is not None:
+            recorder.tracer.oplog_every = self.checkpoints.every  # the step before each checkpoint: logged too
+        if len(recorder.models) == 1:
             self.checkpoints.watched(self)
 
-    def _make_tracer(self) -> StepTracer:
-        """The step tracer over every watched model (one model: its own parameter names; several: name.param)."""
-        assert self._watcher is not None
-        models = self._watcher.models
-        optimizers = [o.optimizer for w in models for o in w.optimizers]
-        kind = (self._redirect or {}).get("trace_kind")
-        if len(models) == 1:
-            return StepTracer(models[0].module, optimizers=optimizers, kind=kind)
-        together = torch.nn.Module()
-        for w in models:
-            together.add_module(w.name.replace(".", "_"), w.module)
-        return StepTracer(together, optimizers=optimizers, kind=kind)
-
-    def _count_step(self) -> None:
-        self._steps += 1
+    def _after_step(self) -> None:
+        """After a step was counted and traced: the determinism check (first step), a checkpoint when due."""
         if self._steps == 1:
             self._determinism.check_in_force()
-        if self._tracer is not None:
-            self._tracer.step(epoch=self._where[0], batch=self._where[1])
         self.checkpoints.after_step(self)
 
     def epochs(self, n: int, *, start: int = 1) -> range:
@@ -568,9 +575,7 @@ class Run:
     def _on_batch(self, epoch: int, batch: int, indices: torch.Tensor | None, data: Any) -> None:
         """A batch of the training loader: where the run is, and what the next step learns from."""
         self._where = (epoch, batch)
-        if self._tracer is not None:
-            inputs = data[0] if isinstance(data, (list, tuple)) and data else data
-            self._tracer.batch(indices=indices, inputs=inputs if isinstance(inputs, torch.Tensor) else None)
+        self._recorder.batch(indices=indices, inputs=data[0] if isinstance(data, (list, tuple)) and data else data)
 
     def loader(self, ds: Any, batch_size: int = 1, shuffle: bool = False, **kw: Any) -> DataLoader:
         """A DataLoader whose order is seeded from the run's seed and recorded (a digest per pass).
@@ -586,7 +591,7 @@ class Run:
         role = next(r for d, r in self._given if d is ds)
         index = self._n_loaders
         self._n_loaders += 1
-        on_order = self._order_digests.append if role == "train" else (lambda _digest: None)
+        on_order = self._recorder.on_order if role == "train" else (lambda _digest: None)
         custom = datarefs.custom_order(ds, kw, shuffle=shuffle, on_order=on_order)
         if custom is not None and (self._group is not None or self.checkpoints.every or self.checkpoints.resume):
             raise ParametersError(
@@ -623,7 +628,7 @@ class Run:
         sampler = RecordedDistributedSampler(
             ds, group=self._group, seed=seed, shuffle=shuffle, drop_last=drop_last, on_order=on_order
         )
-        if on_order == self._order_digests.append and not self._sampler_settings:
+        if on_order == self._recorder.on_order and not self._sampler_settings:
             self._sampler_settings = sampler.settings()
         return sampler
 
@@ -646,15 +651,14 @@ class Run:
         and sampler (:mod:`reprodl.training.order`); returns False, and records why in
         ``training.data_order_not_recorded``, when the loader's order cannot be read.
         """
-        reason = tap_order(loader, self._order_digests.append)
+        reason = tap_order(loader, self._recorder.on_order)
         if reason is not None:
             self.order_not_recorded(reason)
         return reason is None
 
     def order_not_recorded(self, reason: str) -> None:
         """Say in the record why the data order was not recorded per epoch (the first reason is kept)."""
-        if self._order_not_recorded is None:
-            self._order_not_recorded = reason
+        self._recorder.not_recorded(reason)
 
     @property
     def order_digests(self) -> list[str]:
@@ -741,45 +745,35 @@ class Run:
 
     def _record(self, files: Mapping[str, str]) -> ProvenanceRecord:
         epochs = [int(e["epoch"]) for e in self._logged if "epoch" in e]
-        assert self._watcher is not None and self._saved is not None
-        models, optimizers = self._watcher.describe(self._saved, files)
-        first = models[0]
-        opt = next((o for o in optimizers if o.model == first.name), None)
-        training = Training(
-            optimizer=OptimizerInfo.model_validate(opt.model_dump(include=set(OptimizerInfo.model_fields)))
-            if opt is not None
-            else NO_OPTIMIZER,
-            optimizers=optimizers,
-            loss=first.loss or describe_loss(None),
-            scheduler=opt.scheduler if opt is not None else None,
+        assert self._saved is not None
+        recorder = self._recorder
+        models, optimizers = recorder.components(self._saved, files)
+        training = recorder.training(
+            models,
+            optimizers,
             epochs=max(epochs, default=0),
             batch_size=self._loader_info.get("batch_size", self._watch_batch_size),
             shuffle=self._loader_info.get("shuffle", False),
             num_workers=self._loader_info.get("num_workers", 0),
             params=self.params,
-            seeds=self.seeds.record(),
             determinism=self.determinism,
-            data_order_digests=self._order_digests,
-            data_order_not_recorded=self._order_not_recorded,
             device=self._device,
-            optimizer_steps=self._steps,
             checkpoint_every=self.checkpoints.every,
             resumed=resumed_record(self.checkpoints.resumed),
             world_size=self._group.world_size if self._group is not None else 1,
             distributed=self._distributed_info(),
         )
-        return ProvenanceRecord(
-            model_name=self._redirect.get("original_name", self.name) if self._redirect else self.name,
-            created_at=self._started,
-            reprodl_version=__version__,
-            architecture=first.architecture,
+        return recorder.record(
+            name=self._redirect.get("original_name", self.name) if self._redirect else self.name,
+            started=self._started,
             models=models,
-            data=store_readmes_once([ref for ref, _ in self._data]),
             training=training,
+            data=store_readmes_once([ref for ref, _ in self._data]),
             code=self._code,
             environment=self._environment,
             results=self._results(),
             lineage=Lineage(reproduces=self.reproduces),
+            saved_at_step=self._saved_at_step,
         )
 
     def _distributed_info(self) -> DistributedInfo | None:
@@ -810,8 +804,6 @@ class Run:
             started_at=self._started,
             finished_at=_utcnow(),
             logged=list(self._logged),
-            saved_at_step=self._saved_at_step,
-            trace=StepTrace.model_validate(self._tracer.description()) if self._tracer is not None else None,
         )
 
 
@@ -847,7 +839,7 @@ def _relative(path: Path, root: Path) -> str | None:
 def describe_loss(loss: Any) -> CallableInfo:
     """A loss module by class and arguments, a loss function (``F.nll_loss``) by its import path."""
     if loss is None:
-        return CallableInfo(class_name="(not given to run.watch)", module="")
+        return NO_LOSS
     return describe_callable(loss)  # a module by class and arguments, a function or partial by its path
 
 

@@ -45,6 +45,12 @@ WORKER_OFFSET = 1001
 EPOCH_STRIDE = 1_000_003  # the sampler's generator for epoch e: sampler * EPOCH_STRIDE + e
 
 
+def order_seed(base: int, epoch: int) -> int:
+    """The generator seed of pass ``epoch`` (from 0) of an order seeded ``base``: ``(base * 1_000_003 + epoch)
+    mod 2^64``, for the built-in trainer's sampler and ``run.loader``'s alike."""
+    return (base * EPOCH_STRIDE + epoch) & MASK_64  # the same seed for torch wherever it fitted
+
+
 @dataclasses.dataclass(frozen=True)
 class SeedPlan:
     """The seeds of one training, derived from its base ``seed``.
@@ -84,7 +90,7 @@ class SeedPlan:
 
     def epoch_order_seed(self, epoch: int) -> int:
         """Seed of the generator whose ``randperm`` is epoch ``epoch``'s data order (0-based)."""
-        return (self.sampler * EPOCH_STRIDE + epoch) & MASK_64  # the same seed for torch wherever it fitted
+        return order_seed(self.sampler, epoch)
 
     def worker(self, worker_id: int) -> int:
         """Seed of Python's, NumPy's and torch's generators in DataLoader worker ``worker_id``."""

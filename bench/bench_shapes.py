@@ -1,0 +1,151 @@
+"""Capture and reproduce cost on six training-script shapes, each against its plain script.
+
+The shapes (``bench/_shapes.py``, small data, one thread): a GAN with two models and two
+optimisers; an LSTM language model updated by hand (no optimiser, lr divided by 4 per epoch);
+LBFGS with a closure; a nanoGPT-like loop (gradient accumulation, bf16 autocast, lr set by hand,
+clipping); Lightning with manual optimisation (two optimisers); an ``IterableDataset``. Each is a
+whole script in a git repository of its own on a temporary directory, run as a subprocess end to
+end, as a user runs it.
+
+Per shape, three contenders, interleaved in alternating order (A B C, C B A, ...):
+
+- plain: ``python SHAPE.py`` (never imports reprodl): the baseline.
+- capture: ``python SHAPE.py --record BASE``: the same script adopting ``reprodl.start_run``
+  (Lightning: ``ReprodlCallback``). Target: <= 1.02x the plain process.
+- reproduce: ``reprodl.reproduce(uri, trust_code=True)`` of the first recorded run (in this
+  process: data check, the code materialised, the script re-executed, weights and trace
+  compared). Target: <= 1.10x the capture run it reproduces (the original training process).
+
+Beside the wall-time ratios: CPU time (children included; less sensitive to the other
+processes of a busy machine) and the training loop alone (``loop_s`` the script prints: plain
+loop vs recorded loop). Step counts are small (512 samples, 2 epochs), so the processes' fixed
+costs (imports, code and environment capture, writing the model) weigh as they do on a short run.
+
+    .venv/bin/python bench/bench_shapes.py [--quick] [--repeats N] [--shapes gan lbfgs ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# _common first: it sets OMP_NUM_THREADS before torch loads (E402 is ignored under bench/).
+import _common as C
+import _timing as T
+from _shapes import SHAPES
+
+import reprodl
+
+NAME = "shapes"
+CAPTURE_TARGET = 1.02
+REPRODUCE_TARGET = 1.10
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one round per shape")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds per shape (default 3, --quick 1)")
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES), help="which shapes")
+    parser.add_argument("--output-dir", type=Path, default=C.OUTPUT_DIR, help="where shapes.json goes")
+    return parser.parse_args()
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment with the reprodl it imported first on PYTHONPATH, one thread."""
+    src = str(Path(reprodl.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def make_repo(tmp: Path, shapes: list[str]) -> Path:
+    """A user's repository with the shapes' scripts committed (models/ ignored)."""
+    repo = tmp / "user-repo"
+    repo.mkdir()
+    for args in (["init", "-q"], ["config", "user.email", "bench@example.org"], ["config", "user.name", "bench"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+    (repo / ".gitignore").write_text("models-*/\n")
+    for shape in shapes:
+        (repo / f"{shape}.py").write_text(SHAPES[shape])
+    subprocess.run(["git", "add", "."], cwd=repo, check=True, capture_output=True)
+    subprocess.run(["git", "commit", "-q", "-m", "the user's scripts"], cwd=repo, check=True, capture_output=True)
+    return repo
+
+
+def run_script(repo: Path, shape: str, env: dict[str, str], record: Path | None) -> dict[str, Any]:
+    """One script run end to end; what its last line says (``loop_s``, ``uri``)."""
+    command = [sys.executable, f"{shape}.py"] + (["--record", str(record)] if record else [])
+    res = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"{shape}.py {'--record' if record else ''} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bench_shape(repo: Path, shape: str, repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    """Plain, capture and reproduce of one shape, interleaved; its comparisons, figures and verdict line."""
+    env = child_env()
+    counter = iter(range(1_000_000))
+    first = run_script(repo, shape, env, repo / f"models-{shape}-first")  # the run reproduced; also the warm-up
+    verdicts: list[str] = []
+
+    def plain() -> dict[str, float]:
+        return {"loop_s": run_script(repo, shape, env, None)["loop_s"]}
+
+    def capture() -> dict[str, float]:
+        return {"loop_s": run_script(repo, shape, env, repo / f"models-{shape}-{next(counter)}")["loop_s"]}
+
+    def reproduce() -> None:
+        report = reprodl.reproduce(first["uri"], trust_code=True, on_output=lambda _line: None)
+        verdicts.append(report.verdict)
+
+    def show(r: int, t: dict[str, float]) -> None:
+        times = ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
+        print(f"[{NAME}] {shape} round {r + 1}/{repeats}: {times}", flush=True)
+
+    runs = {"plain": plain, "capture": capture, "reproduce": reproduce}
+    res = T.alternating(runs, repeats, warmup=0, on_round=show)
+    base, cand, rep = res["plain"], res["capture"], res["reproduce"]
+    loops = {k: [e["loop_s"] for e in res[k]["extra"]] for k in ("plain", "capture")}
+    comparisons = [
+        T.overhead(f"{shape}: capture, wall", "python SHAPE.py --record", "plain script", cand["wall"], base["wall"],
+                   CAPTURE_TARGET, "whole process"),
+        T.overhead(f"{shape}: capture, CPU", "python SHAPE.py --record", "plain script", cand["cpu"], base["cpu"],
+                   None, "children's CPU time"),
+        T.overhead(f"{shape}: capture, loop only", "recorded loop", "plain loop", loops["capture"], loops["plain"],
+                   None, "the training loop's wall time, as the script measures it"),
+        T.overhead(f"{shape}: reproduce, wall", "reproduce(uri, trust_code=True)", "capture run", rep["wall"],
+                   cand["wall"], REPRODUCE_TARGET, f"verdicts: {sorted(set(verdicts))}"),
+        T.overhead(f"{shape}: reproduce, CPU", "reproduce(uri, trust_code=True)", "capture run", rep["cpu"],
+                   cand["cpu"], None, "this process's and the script's CPU time"),
+    ]  # fmt: skip
+    measurements = {k: {m: T.summary(res[k][m]) for m in ("wall", "cpu")} for k in runs}
+    for k in loops:
+        measurements[k]["loop"] = T.summary(loops[k])
+    return comparisons, measurements, f"{shape}: reproduce verdicts {verdicts}"
+
+
+def main() -> None:
+    args = parse_args()
+    repeats = args.repeats or (1 if args.quick else 3)
+    comparisons: list[dict[str, Any]] = []
+    measurements: dict[str, Any] = {}
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="reprodl-bench-") as tmp:
+        repo = make_repo(Path(tmp), args.shapes)
+        for shape in args.shapes:
+            comps, figures, note = bench_shape(repo, shape, repeats)
+            comparisons += comps
+            measurements[shape] = figures
+            notes.append(note)
+    params = {"shapes": args.shapes, "repeats": repeats, "size": 512, "epochs": 2, "threads": 1}
+    T.write_report(NAME, args, params, comparisons, measurements, notes)
+
+
+if __name__ == "__main__":
+    main()

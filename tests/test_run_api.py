@@ -304,6 +304,23 @@ def test_a_run_that_raises_writes_nothing(tmp_path: Path) -> None:
     assert "no model dataset was written" in "".join(getattr(info.value, "__notes__", []))
 
 
+def test_a_run_that_raises_says_so_on_python_3_10_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.10 has no BaseException.add_note: the note goes into the message and __notes__."""
+    import reprodl
+    import reprodl.errors
+
+    monkeypatch.setattr(reprodl.errors, "NATIVE_NOTES", False)  # as on 3.10
+    with pytest.raises(RuntimeError, match="boom") as info:
+        with reprodl.start_run(str(tmp_path), "tiny") as run:
+            run.save(_tiny_training(run, _arrays()))
+            raise RuntimeError("boom")
+    assert str(info.value) == "boom\nreprodl: the run 'tiny' raised, so no model dataset was written"
+    assert info.value.__notes__ == ["reprodl: the run 'tiny' raised, so no model dataset was written"]
+    key_error = KeyError("k")  # its message is repr(args[0]): only __notes__ takes the note
+    reprodl.errors.add_note(key_error, "a note")
+    assert (key_error.args, key_error.__notes__) == (("k",), ["a note"])
+
+
 def test_start_run_seeds_python_numpy_and_torch(tmp_path: Path) -> None:
     import random
 

@@ -9,6 +9,7 @@ none is a dict read back by key or a text parsed again by prefix. Their JSON for
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 
 import pytest
 import torch
@@ -35,9 +36,12 @@ def test_a_record_of_torch_1_13_1_gives_typed_environment_differences(trained_mo
 
     report = reproduce(rewrite_model(trained_model.uri, tmp_path, "old-torch", edit=older_torch))
 
+    # The installed package's version, which need not be torch.__version__: a build from the package
+    # index is "2.13.0" as a package and "2.13.0+cu130" as torch.__version__.
+    package = importlib.metadata.version("torch")
     assert report.environment_differences == [
         EnvDifference(kind="torch", name="torch", recorded="1.13.1", now=torch.__version__),
-        EnvDifference(kind="package", name="torch", recorded="1.13.1", now=torch.__version__),
+        EnvDifference(kind="package", name="torch", recorded="1.13.1", now=package),
     ]
     assert [d.is_package for d in report.environment_differences] == [False, True]
     assert all(isinstance(c, DataCheck) and c.ok for c in report.data_checks)
@@ -45,7 +49,7 @@ def test_a_record_of_torch_1_13_1_gives_typed_environment_differences(trained_mo
     as_json = report.to_dict()
     assert as_json["environment_differences"] == [
         {"what": "torch", "recorded": "1.13.1", "now": torch.__version__},
-        {"what": "package torch", "recorded": "1.13.1", "now": torch.__version__},
+        {"what": "package torch", "recorded": "1.13.1", "now": package},
     ]
     assert set(as_json["data_checks"][0]) == {
         "role",

@@ -8,6 +8,9 @@ names the thing, its value and what to do next.
 from __future__ import annotations
 
 import enum
+import sys
+
+NATIVE_NOTES = sys.version_info >= (3, 11)  # BaseException.add_note (PEP 678) exists from Python 3.11
 
 
 class ExitCode(enum.IntEnum):
@@ -150,3 +153,22 @@ class RankLostError(ReprodlError, RuntimeError):
 
 class DamagedMetadataError(DatasetFormatError):
     """A dataset's stored metadata file (annotation, overlay, manifest) that is not valid JSON."""
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """Attach ``note`` to ``exc`` so that its traceback shows it, on every supported Python.
+
+    Python >= 3.11: ``exc.add_note(note)``. Python 3.10 has no notes, so the note goes into
+    ``exc.__notes__`` (the same list, for programs) and, when the message is the exception's one
+    string argument, onto that message on a line of its own (for people reading the traceback).
+    """
+    if NATIVE_NOTES and sys.version_info >= (3, 11):
+        exc.add_note(note)
+        return
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+        exc.__notes__ = notes  # type: ignore[attr-defined]  # BaseException has no __notes__ before 3.11
+    notes.append(note)
+    if len(exc.args) == 1 and isinstance(exc.args[0], str) and str(exc) == exc.args[0]:
+        exc.args = (f"{exc.args[0]}\n{note}",)

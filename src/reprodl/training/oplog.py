@@ -30,6 +30,7 @@ at most :data:`~reprodl.keys.MAX_OPLOG_STEPS` logs within :data:`~reprodl.keys.M
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -101,7 +102,18 @@ def _source_line() -> str:
 
 
 class OpLogger(TorchDispatchMode):
-    """Logs each dispatched operation of a block (see the module docstring); :meth:`stop` ends it."""
+    """Logs each dispatched operation of a block (see the module docstring); :meth:`stop` ends it.
+    Make one with :meth:`new`."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # torch would wrap __torch_dispatch__ in a disable that imports torch._dynamo at the first op
+
+    @classmethod
+    def new(cls, step: int) -> OpLogger:
+        """A logger of ``step``: where torch._dynamo is loaded already (a compiled model), one whose
+        ``__torch_dispatch__`` dynamo skips, as torch's own modes; otherwise one that loads no compiler."""
+        return _dynamo_skipping()(step) if "torch._dynamo" in sys.modules else cls(step)
 
     def __init__(self, step: int) -> None:
         super().__init__()
@@ -247,3 +259,16 @@ def describe(difference: dict[str, Any]) -> str:
     if difference.get("kind") == "operation":
         text += f" (the original ran {difference.get('recorded_op') or 'no operation'} there)"
     return f"{text}, operation {difference['index'] + 1} of step {difference['step']}"
+
+
+@functools.cache
+def _dynamo_skipping() -> type[OpLogger]:
+    class DynamoSkippingOpLogger(OpLogger):
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:
+            return True
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            return OpLogger.__torch_dispatch__(self, func, types, args, kwargs)
+
+    return DynamoSkippingOpLogger

@@ -33,11 +33,12 @@ MAX_LEARNING_RATE = 3.4028234663852886e38  # the largest float32: a larger step 
 
 
 class Parameters(BaseModel):
-    """Hyperparameters and run settings of a training; unknown keywords are kept as given.
+    """Hyperparameters and run settings of a training, typed.
 
-    Known fields are validated (``batch_size=0`` is refused, ``"False"`` is False); any
-    other keyword (``momentum=0.9``) is recorded too and read by attribute. A config file is
-    stricter (:func:`check_config_keys`): there, values for your own code go under ``user``.
+    Known fields are validated (``batch_size=0`` is refused, ``"False"`` is False). Another
+    keyword (``momentum=0.9``) is held and read by attribute, but the built-in trainer refuses
+    it (:func:`check_trainer_keys`) and a config file refuses it (:func:`check_config_keys`):
+    values for your own code go under ``user`` (``user={"momentum": 0.9}``).
     """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True, frozen=False)

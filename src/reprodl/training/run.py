@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from reprodl import keys
 from reprodl.data.datasets import WrappedDataSet, collate
-from reprodl.errors import ParametersError, ReprodlError
+from reprodl.errors import ParametersError, ReprodlError, add_note
 from reprodl.provenance import (
     CallableInfo,
     CodeInfo,
@@ -387,9 +387,7 @@ class Run:
         self._recorder.close()  # the tracer's operation log a failure left running closed too
         stack, self._stack = self._stack, None
         if exc_type is not None:
-            add_note = getattr(exc, "add_note", None)
-            if add_note is not None:
-                add_note(f"reprodl: the run {self.name!r} raised, so no model dataset was written")
+            add_note(exc, f"reprodl: the run {self.name!r} raised, so no model dataset was written")
             return bool(stack.__exit__(exc_type, exc, tb))  # discards the unfinished dataset
         if self._group is not None:
             try:

@@ -199,7 +199,7 @@ class StepTracer:
         if self._oplogger is not None:
             self._oplogger.paused = False
         elif self._wants_oplog(self.n_steps + 1):
-            self._oplogger = OpLogger(self.n_steps + 1).start()
+            self._oplogger = OpLogger.new(self.n_steps + 1).start()
 
     def _wants_oplog(self, step: int) -> bool:
         """Whether ``step`` (not yet logged) is one to log: a named one, or the step before a checkpoint."""

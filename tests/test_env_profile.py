@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -106,10 +107,26 @@ def test_on_cuda_the_driver_and_nccl_versions_are_recorded(monkeypatch: pytest.M
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "NVIDIA H200")
     monkeypatch.setattr(torch._C, "_cuda_getDriverVersion", lambda: 12040, raising=False)
     monkeypatch.setattr(torch.cuda.nccl, "version", lambda: (2, 21, 5))
+    props = SimpleNamespace(name="NVIDIA H200", major=9, minor=0, multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     env = capture_environment()
     assert env.gpus == ["NVIDIA H200"]
     assert env.compute is not None
     assert (env.compute.cuda_driver, env.compute.nccl) == ("12.4", "2.21.5")
+    # cuBLAS promises the same bits only on the same architecture and number of SMs: both recorded.
+    assert (env.compute.gpu_compute_capability, env.compute.gpu_sm_count) == (["9.0"], [132])
+    assert env.compute.gpu_mig == [False]
+    assert set(env.compute.sdpa_backends) >= {"flash", "mem_efficient", "math"}
+
+
+def test_a_mig_slice_is_recorded_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reprodl.training.capture import _gpu_facts
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    props = SimpleNamespace(name="NVIDIA A100-SXM4-40GB MIG 1g.5gb", major=8, minor=0, multi_processor_count=14)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    assert _gpu_facts()["gpu_mig"] == [True]
 
 
 # --- comparing profiles and the expectation ---------------------------------------------------
@@ -143,26 +160,34 @@ def test_the_same_isa_blas_and_threads_expect_bitwise(record: ProvenanceRecord) 
     assert line.startswith("same ISA (") and line.endswith("inter-op): bitwise expected")
 
 
-def test_a_different_blas_expects_statistical(record: ProvenanceRecord) -> None:
+def test_a_different_blas_expects_run_to_run_and_cannot_be_restored(record: ProvenanceRecord) -> None:
     other = _with_compute(record, blas="open", blas_version="OpenBLAS 0.3.27", lapack="open")
     assert {d.kind for d in compare_environments(record.environment, other.environment)} == {"blas"}
     expectation = _expect(record, other)
-    assert expectation.expected == "statistical"
-    assert expectation.because[0].startswith("different BLAS (blas ")
-    assert "-> OpenBLAS 0.3.27" in expectation.because[0]
+    assert expectation.expected == "run_to_run" and not expectation.restorable
+    assert expectation.because[0].startswith("BLAS mkl -> open: cannot be restored (the machine or the installed")
+    assert any("-> OpenBLAS 0.3.27" in line for line in expectation.because)
 
 
-def test_a_different_thread_count_or_isa_expects_statistical(record: ProvenanceRecord) -> None:
+def test_a_different_thread_count_or_isa_expects_run_to_run(record: ProvenanceRecord) -> None:
     assert record.environment.compute is not None
-    threads = _with_compute(record, num_threads=record.environment.compute.num_threads + 3)
-    assert _expect(record, threads).because == [
-        f"different thread count (num_threads {record.environment.compute.num_threads} -> "
-        f"{record.environment.compute.num_threads + 3}): statistical expected"
-    ]
-    flags = [f for f in record.environment.compute.cpu_flags if not f.startswith("avx512")]
-    fewer = _with_compute(record, cpu_flags=flags, cpu_capability="AVX2")
-    (line,) = _expect(record, fewer).because
-    assert line.startswith("different instruction sets (cpu_flags ")
+    n = record.environment.compute.num_threads
+    assert n is not None
+    threads = _with_compute(record, num_threads=n + 3)
+    expectation = _expect(record, threads)
+    assert (expectation.expected, expectation.restorable) == ("run_to_run", True)
+    assert expectation.because[0] == (
+        f"intra-op threads {n} -> {n + 3}: can be restored here (OMP_NUM_THREADS={n} MKL_NUM_THREADS={n})"
+    )
+    flags = ["sse4_2", "avx", "avx2", "fma"]
+    fewer = _with_compute(threads, cpu_flags=flags, cpu_capability="AVX2")
+    # Trained on a CPU with fewer instruction sets, re-run here: ATen's AVX2 kernels can be asked for.
+    (capability,) = [f for f in _expect(fewer, record).factors if f.name == "ATen CPU capability"]
+    want_avx512 = record.environment.compute.cpu_capability == "AVX512"
+    assert capability.restore == ({"ATEN_CPU_CAPABILITY": "avx2"} if want_avx512 else capability.restore)
+    # Trained on AVX-512 and re-run on a CPU without it: that cannot be put back there.
+    (lost,) = [f for f in _expect(record, fewer).factors if f.name == "ATen CPU capability"]
+    assert not lost.restorable or not want_avx512
 
 
 def test_another_cpu_model_with_the_same_isa_still_expects_bitwise(record: ProvenanceRecord) -> None:
@@ -172,7 +197,7 @@ def test_another_cpu_model_with_the_same_isa_still_expects_bitwise(record: Prove
     assert expectation.because[0] == "another CPU model, with the same instruction sets"
 
 
-def test_warn_only_operations_and_statistical_mode_expect_statistical(record: ProvenanceRecord) -> None:
+def test_warn_only_operations_and_statistical_mode_expect_not_guaranteed(record: ProvenanceRecord) -> None:
     determinism = record.training.determinism.model_copy(update={"nondeterministic_ops": ["index_add_cuda_"]})
     warned = record.model_copy(update={"training": record.training.model_copy(update={"determinism": determinism})})
     assert _expect(warned, record).because == [
@@ -180,7 +205,8 @@ def test_warn_only_operations_and_statistical_mode_expect_statistical(record: Pr
     ]
     statistical = determinism.model_copy(update={"mode": "statistical", "nondeterministic_ops": []})
     stat = record.model_copy(update={"training": record.training.model_copy(update={"determinism": statistical})})
-    assert _expect(stat, record).expected == "statistical"
+    assert _expect(stat, record).expected == "not_guaranteed"
+    assert _expect(warned, record).expected == "not_guaranteed"
 
 
 def test_a_record_without_a_profile_compares_no_compute_fields(record: ProvenanceRecord) -> None:
@@ -191,15 +217,24 @@ def test_a_record_without_a_profile_compares_no_compute_fields(record: Provenanc
 
 
 def test_the_prediction_held_is_decided_by_the_verdict() -> None:
-    bitwise, statistical = Expectation("bitwise", ["x"]), Expectation("statistical", ["y"])
+    from reprodl.reproduction.factors import Factor
+
+    bitwise, statistical = Expectation("bitwise", ["x"]), Expectation("not_guaranteed", ["y"])
     assert [bitwise.settle(v).held for v in ("identical", "within tolerance", "differs")] == [True, False, False]
-    # The same bits are within any tolerance: a statistical expectation is held by an identical result.
+    # The same bits are within any tolerance: a not_guaranteed expectation is held by an identical result.
     assert [statistical.settle(v).held for v in ("identical", "within tolerance", "differs")] == [True, True, False]
     assert statistical.settle("within tolerance").to_dict() == {
-        "expected": "statistical",
+        "expected": "not_guaranteed",
         "because": ["y"],
         "held": True,
+        "factors": [],
     }
+    # run_to_run: held when a replay with the recorded factors put back brought the bits back.
+    threads = Factor("intra-op threads", 2, 1, restore={"OMP_NUM_THREADS": "2"})
+    run_to_run = Expectation("run_to_run", ["z"], factors=[threads])
+    assert run_to_run.settle("differs", confirmed=True).held is True
+    assert run_to_run.settle("differs", confirmed=False).held is False
+    assert run_to_run.settle("differs").held is None  # no replay ran: nothing tested it
 
 
 # --- in the reproduction report ---------------------------------------------------------------
@@ -215,7 +250,7 @@ def test_reproduce_predicts_bitwise_and_says_it_held(model: tuple[str, Provenanc
     assert {"verdict", "environment_differences", "weights", "ok"} <= set(as_json)
 
 
-def test_reproduce_with_other_threads_predicts_statistical(
+def test_reproduce_with_other_interop_threads_predicts_run_to_run(
     model: tuple[str, ProvenanceRecord], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from reprodl.reproduction import rerun
@@ -231,8 +266,9 @@ def test_reproduce_with_other_threads_predicts_statistical(
     monkeypatch.setattr(capture, "capture_environment", other_threads)
     report = rerun.reproduce(model[0])
     assert report.expectation is not None
-    assert report.expectation.expected == "statistical"
-    assert report.expectation.because[0].startswith("different thread count (num_interop_threads ")
-    # The interop pool size did not touch this model's bits: identical holds a statistical expectation.
+    assert report.expectation.expected == "run_to_run"
+    assert report.expectation.because[0].startswith("inter-op threads ")
+    assert "cannot be restored (set by the training's own code" in report.expectation.because[0]
+    # The interop pool size did not touch this model's bits: identical holds a run_to_run expectation.
     assert report.verdict == "identical" and report.expectation.held is True
     assert [d.kind for d in report.environment_differences] == ["threads"]

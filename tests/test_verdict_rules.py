@@ -136,17 +136,17 @@ def test_a_divergence_is_not_hidden_by_saved_weights_from_before_it(trained_mode
         "the step trace differs from step 13 (epoch 1, batch 13), although the saved weights (taken at step 12)"
         in (judged.reasons[0])
     )
-    statistical = judge(record, record, comparison, expectation=Expectation("statistical", []), **args)
+    statistical = judge(record, record, comparison, expectation=Expectation("not_guaranteed", []), **args)
     assert statistical.verdict == "within tolerance"  # a statistical expectation: judged on the weights and metrics
     clean = judge(record, record, Comparison(weights, [], {}, True, None), expectation=None, **args)
     assert clean.verdict == "identical"
 
 
-def test_a_statistical_expectation_is_held_by_an_identical_result():
+def test_a_not_guaranteed_expectation_is_held_by_an_identical_result():
     from reprodl.reproduction.environment import Expectation
 
-    assert Expectation("statistical", []).settle("identical").held is True
-    assert Expectation("statistical", []).settle("differs").held is False
+    assert Expectation("not_guaranteed", []).settle("identical").held is True
+    assert Expectation("not_guaranteed", []).settle("differs").held is False
     assert Expectation("bitwise", []).settle("within tolerance").held is False
 
 

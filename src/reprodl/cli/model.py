@@ -419,6 +419,20 @@ _DATA_COPY = typer.Option(
 )
 
 
+_NO_REPLAY = typer.Option(
+    False,
+    "--no-replay",
+    help="When the re-run differs and factors that change numerics differ (CPU capability, oneDNN ISA cap, "
+    "threads...), do not replay the steps up to the first divergent one with each factor put back.",
+)
+_REPLAY_WINDOW = typer.Option(None, "--replay-window", hidden=True, min=1)  # what a replay process runs
+_STOP_AT_DIVERGENCE = typer.Option(
+    False,
+    "--stop-at-divergence",
+    help="End the re-run at the first optimiser step whose trace differs from the recorded one.",
+)
+
+
 @app.command("reproduce")
 @handle_errors
 @executor_options
@@ -435,13 +449,11 @@ def reproduce_cmd(
     ),
     allow: Optional[list[str]] = _ALLOW,
     trust_code: bool = _TRUST_CODE,
-    stop_at_divergence: bool = typer.Option(
-        False,
-        "--stop-at-divergence",
-        help="End the re-run at the first optimiser step whose trace differs from the recorded one.",
-    ),
+    stop_at_divergence: bool = _STOP_AT_DIVERGENCE,
     trusted_key: Optional[list[str]] = _TRUSTED_KEY,
     data: Optional[list[str]] = _DATA_COPY,
+    no_replay: bool = _NO_REPLAY,
+    replay_window: Optional[int] = _REPLAY_WINDOW,
     attest: Optional[Path] = ATTEST_OPT,
     attestation: Optional[Path] = ATTESTATION_OUT_OPT,
     world_size: Optional[int] = _WORLD_SIZE,
@@ -486,6 +498,8 @@ def _reproduce_here(uri: str, plan: Any, given: dict[str, Any]) -> int:
         stop_at_divergence=given["stop_at_divergence"],
         trusted_keys=given["trusted_key"] or (),
         data=_roles_to_uris(data or []),
+        replay=not no_replay,
+        replay_window=replay_window,
         on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
         world_size=given["world_size"],
     )
@@ -590,6 +604,8 @@ def print_report(report: ReproductionReport) -> None:
         out.print(f"  - {reason}", markup=False)
     if report.divergence is not None:
         _print_divergence(report.divergence)
+    if report.replays is not None:
+        _print_replays(report.replays)
     if report.reproduction_uri:
         out.print(f"reproduction: {report.reproduction_uri}")
     if report.expectation is not None and report.expectation.held is not None:
@@ -638,7 +654,17 @@ def _print_divergence(div: Divergence) -> None:
     if div.stopped:
         out.print("  the re-run was stopped there (--stop-at-divergence)")
     for cause in div.causes:
-        out.print(f"  cause: {cause}", markup=False)
+        out.print(f"  {cause}" if cause.startswith("cause ") else f"  cause: {cause}", markup=False)
+
+
+def _print_replays(replays: Any) -> None:
+    """Each counterfactual replay (the factor put back, its outcome, its cost) and the conclusion."""
+    out.print(f"replays of steps 1..{replays.window}, one factor put back in each:", markup=False)
+    for r in replays.runs:
+        out.print(f"  {r.factor.label}: {r.outcome} ({r.detail}; {r.seconds:.1f}s)", markup=False)
+    for f in replays.unrestorable:
+        out.print(f"  {f.label}: unconfirmed ({f.why_not})", markup=False)
+    out.print(f"  {replays.conclusion}", markup=False)
 
 
 def _print_checks(report: ReproductionReport) -> None:

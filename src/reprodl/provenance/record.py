@@ -470,6 +470,24 @@ class ComputeProfile(_Part):
     tf32_matmul: bool | None = Field(None, description="torch.backends.cuda.matmul.allow_tf32 as set in the process")
     tf32_cudnn: bool | None = Field(None, description="torch.backends.cudnn.allow_tf32 as set in the process")
     float32_matmul_precision: str | None = Field(None, description="torch.get_float32_matmul_precision()")
+    cublas: str | None = Field(
+        None, description="the cuBLAS version (its pip package nvidia-cublas-*, else the loaded library's), on CUDA"
+    )
+    gpu_compute_capability: list[str] = Field(
+        default_factory=list, description="each visible GPU's compute capability (8.0, 9.0...), in device order"
+    )
+    gpu_sm_count: list[int] = Field(
+        default_factory=list,
+        description="each visible GPU's number of streaming multiprocessors: cuBLAS promises the same bits only on "
+        "the same architecture and SM count",
+    )
+    gpu_mig: list[bool] = Field(
+        default_factory=list, description="whether each visible GPU is a MIG slice (Multi-Instance GPU), in order"
+    )
+    sdpa_backends: dict[str, bool] = Field(
+        default_factory=dict,
+        description="the scaled-dot-product-attention backends enabled (flash, mem_efficient, math, cudnn), on CUDA",
+    )
 
 
 class Placement(_Part):

@@ -216,18 +216,49 @@ def judged_metrics(names: Iterable[str]) -> list[str]:
     return accuracy or names
 
 
-def statistical_metrics_ok(rows: list[dict[str, Any]], epochs: int, tol: Tolerance) -> bool:
-    """Final accuracies within ``metric_abs``; losses (only when no accuracy) within ``loss_rtol``."""
+def statistical_metrics_ok(
+    rows: list[dict[str, Any]], epochs: int, tol: Tolerance, limits: dict[str, float] | None = None
+) -> bool:
+    """Final accuracies within ``limits`` (per metric; else ``metric_abs``); losses (only when no accuracy)
+    within ``loss_rtol``."""
     final = {r["metric"]: r for r in rows if r["epoch"] == epochs and r["abs_diff"] is not None}
     judged = judged_metrics(final)
     if not judged:
         return False
     for name in judged:
         r = final[name]
-        limit = tol.metric_abs if "accuracy" in name else tol.loss_rtol * abs(r["original"])
+        limit = (limits or {}).get(name, tol.metric_abs) if "accuracy" in name else tol.loss_rtol * abs(r["original"])
         if r["abs_diff"] > limit:
             return False
     return True
+
+
+BAND_Z = 2.0  # the default band is this many binomial standard errors (about 95%)
+
+
+def binomial_band(p: float, n: int) -> float:
+    """The default band for an accuracy ``p`` measured on ``n`` items: ``BAND_Z * sqrt(p(1-p)/n)``, at
+    least one item's worth (``1/n``) so that an accuracy of 0 or 1 still has a band."""
+    import math
+
+    return max(BAND_Z * math.sqrt(p * (1 - p) / n), 1 / n)
+
+
+def default_bands(record: ProvenanceRecord, rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per final accuracy metric of ``rows`` evaluated on a recorded dataset: the binomial band, ``p`` and ``n``.
+
+    ``valid_accuracy`` is measured on the validation data (else the test data): ``n`` is its recorded items.
+    """
+    last = max((r["epoch"] for r in rows if r.get("epoch") is not None), default=None)
+    n = sum(r.n_items for r in record.data if r.role == "valid") or sum(
+        r.n_items for r in record.data if r.role == "test"
+    )
+    out = {}
+    for r in rows:
+        if r["epoch"] == last and "accuracy" in r["metric"] and r["original"] is not None and n > 0:
+            p = float(r["original"])
+            out[r["metric"]] = {"band": binomial_band(p, n), "p": p, "n": n}
+    return out
 
 
 def envelope_check(envelope: dict[str, Any], new: ProvenanceRecord) -> dict[str, Any]:

@@ -94,9 +94,13 @@ class TraceComparer:
         recorded: the recorded trace's rows.
         tensors: the recorded tensor names, in column order.
         stop: ask the training to stop at the first divergent step.
+        until: ask the training to stop after this step (a replay's window).
     """
 
-    def __init__(self, recorded: np.ndarray, tensors: Sequence[str], *, stop: bool = False) -> None:
+    def __init__(
+        self, recorded: np.ndarray, tensors: Sequence[str], *, stop: bool = False, until: int | None = None
+    ) -> None:
+        self.until = until
         self.recorded = recorded
         self.kind: TraceKind = trace_kind(recorded)
         self.tensors = list(tensors)
@@ -147,7 +151,7 @@ class TraceComparer:
                     self.stopped = self.stop
             else:
                 self._note_growth(was, row)
-        return self.stopped
+        return self.stopped or (self.until is not None and any(int(r["step"]) >= self.until for r in rows))
 
     def compare_all(self, rows: np.ndarray) -> None:
         """Compare a whole trace (a re-executed run's, read after it ended)."""

@@ -10,6 +10,8 @@ Example:
     [EnvDifference(kind='torch', name='torch', recorded='1.13.1', now='2.4.0')]
     >>> check_environment(record)[1].expected              # doctest: +SKIP
     'bitwise'
+
+The factors that change numerics and differ come from :mod:`.factors`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 from typing import Any, Literal, get_args
 
 from reprodl.provenance import ComputeProfile, Environment, ProvenanceRecord
+from reprodl.reproduction.factors import Factor, factors
 from reprodl.training.capture import describe_nondeterministic
 
 # The recorded environment fields compared, in the order they are reported (packages come after).
@@ -128,65 +131,85 @@ def rerun_environment(record: ProvenanceRecord, new: ProvenanceRecord) -> tuple[
 
 
 # --- the expectation -------------------------------------------------------------------------
-Expected = Literal["bitwise", "statistical"]
-
-# Environment differences that change bits, how the expectation names them, in order.
-BIT_CHANGING: tuple[tuple[str, tuple[EnvKind, ...]], ...] = (
-    ("machine", ("machine",)),
-    ("instruction sets", ("isa",)),
-    ("BLAS", ("blas",)),
-    ("thread count", ("threads", "thread_env")),
-    ("torch", ("torch",)),
-    ("CUDA stack", ("cuda", "cudnn", "cuda_driver", "nccl")),
-    ("GPU", ("gpus",)),
-    ("float32 matmul precision", ("matmul_precision",)),
-)
+# After NVIDIA CCCL's determinism levels: the same bits here (bitwise), the same bits only under the
+# recorded factors (run_to_run), no promise of bits (not_guaranteed).
+Expected = Literal["bitwise", "run_to_run", "not_guaranteed"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Expectation:
     """What a re-run should give, predicted from the two environments before re-running.
 
-    ``expected`` is "bitwise" (the same bits) or "statistical" (other bits, within tolerance);
-    ``because`` gives the evidence, one line each. ``held`` is None until :meth:`settle`: then
-    True when a bitwise expectation met an ``identical`` verdict, or a statistical one met
-    ``within tolerance`` or ``identical`` (the same bits are within any tolerance); False otherwise
-    (bitwise expected but bits differed: a cause outside the compared environment; statistical
-    expected but ``differs``: more than the environment changed the result).
+    ``expected``:
+
+    * ``bitwise``: deterministic settings and every factor that changes numerics the same: the
+      same bits here;
+    * ``run_to_run``: deterministic settings, but factors that change numerics differ here
+      (``factors``): the same bits only under the recorded factors, so other bits here unless they
+      are put back. When every one of them can be put back on this machine (``restorable``), a
+      re-run that differs is ``differs``, as for ``bitwise``: the record can be reproduced here;
+    * ``not_guaranteed``: statistical mode, or operations without a deterministic implementation
+      ran: no promise of bits; judged on metrics.
+
+    ``because`` gives the facts it rests on, one line each. ``held`` is None until :meth:`settle`:
+    bitwise holds with an ``identical`` verdict; run_to_run with ``identical`` or a replay that
+    brought the bits back under the recorded factors (None when nothing could test it);
+    not_guaranteed with ``identical`` or ``within tolerance``.
     """
 
     expected: Expected
     because: list[str]
     held: bool | None = None
+    factors: list[Factor] = dataclasses.field(default_factory=list)
 
-    def settle(self, verdict: str) -> Expectation:
-        """This expectation with ``held`` decided by the re-run's ``verdict``."""
-        wanted = ("identical",) if self.expected == "bitwise" else ("identical", "within tolerance")
-        return dataclasses.replace(self, held=verdict in wanted)
+    @property
+    def restorable(self) -> bool:
+        """run_to_run, and every differing factor can be put back on this machine."""
+        return self.expected == "run_to_run" and bool(self.factors) and all(f.restorable for f in self.factors)
+
+    def settle(self, verdict: str, *, confirmed: bool | None = None) -> Expectation:
+        """This expectation with ``held`` decided by the re-run's ``verdict`` (and, for run_to_run, by the
+        replays: ``confirmed`` True when one brought the bits back, False when none did, None when none ran)."""
+        if self.expected == "bitwise":
+            held: bool | None = verdict == "identical"
+        elif self.expected == "run_to_run":
+            held = True if verdict == "identical" else confirmed
+            if held is None and not self.restorable:
+                held = verdict == "within tolerance"  # other bits, within tolerance: what it said
+        else:
+            held = verdict in ("identical", "within tolerance")
+        return dataclasses.replace(self, held=held)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: ``{"expected", "because", "held"}``."""
-        return {"expected": self.expected, "because": list(self.because), "held": self.held}
+        """The JSON form: ``{"expected", "because", "held", "factors"}``."""
+        return {
+            "expected": self.expected,
+            "because": list(self.because),
+            "held": self.held,
+            "factors": [f.to_dict() for f in self.factors],
+        }
 
 
 def expect(record: ProvenanceRecord, now: Environment, differences: list[EnvDifference]) -> Expectation:
     """The expectation for re-running ``record`` in ``now``, whose differences from the record are given."""
     determinism = record.training.determinism
     if determinism.mode == "statistical":
-        return Expectation("statistical", ["statistical mode: re-run with another seed, so other bits"])
-    because = []
+        return Expectation("not_guaranteed", ["statistical mode: re-run with another seed, so other bits"])
     if determinism.nondeterministic_ops:
         ops = describe_nondeterministic(determinism)
-        because.append(f"the training ran operations without a deterministic implementation (warn-only): {ops}")
-    kinds = {d.kind for d in differences}
-    for label, group in BIT_CHANGING:
-        found = [d for d in differences if d.kind in group]
-        if found:
-            change = "; ".join(_change(d) for d in found)
-            because.append(f"different {label} ({change}): statistical expected")
-    if because:
-        return Expectation("statistical", because)
-    if "cpu" in kinds:
+        because = [f"the training ran operations without a deterministic implementation (warn-only): {ops}"]
+        return Expectation("not_guaranteed", because)
+    differing = factors(record.environment, now)
+    if differing:
+        because = [
+            f"{f.label}: "
+            + (f"can be restored here ({restore_text(f)})" if f.restorable else f"cannot be restored ({f.why_not})")
+            for f in differing
+        ]
+        because.append("deterministic settings: the same bits under the recorded factors; other bits expected here")
+        return Expectation("run_to_run", because, factors=differing)
+    because = []
+    if "cpu" in {d.kind for d in differences}:
         because.append("another CPU model, with the same instruction sets")
     was = record.environment.compute
     if was is None or now.compute is None:
@@ -203,16 +226,6 @@ def expect(record: ProvenanceRecord, now: Environment, differences: list[EnvDiff
     return Expectation("bitwise", because)
 
 
-def _change(d: EnvDifference) -> str:
-    """How one difference reads in the expectation: lists (instruction sets) by what was added and lost."""
-    if isinstance(d.recorded, list) and isinstance(d.now, list):
-        gained = [f"+{v}" for v in d.now if v not in d.recorded]
-        lost = [f"-{v}" for v in d.recorded if v not in d.now]
-        return f"{d.name} {' '.join(gained + lost)}"
-    return f"{d.name} {_short(d.recorded)} -> {_short(d.now)}"
-
-
-def _short(value: Any) -> str:
-    """A value for a line of the expectation: lists as sets, long text cut."""
-    text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def restore_text(f: Factor) -> str:
+    """How a factor is put back: ``ATEN_CPU_CAPABILITY=avx2``, ``unset X``."""
+    return " ".join(f"{k}={v}" if v is not None else f"unset {k}" for k, v in (f.restore or {}).items())

@@ -53,6 +53,7 @@ from reprodl.reproduction.rebuild import (
     stopped_early,
     transform_differences,
 )
+from reprodl.reproduction.replay import Replays
 from reprodl.reproduction.verdict import Comparison, Judgement, Reason, Verdict, judge
 from reprodl.reproduction.worldsize import recorded_world_size, replanned, world_size_noted
 from reprodl.store import StoredDataSet, open_dataset
@@ -107,6 +108,8 @@ class ReproductionReport:
     why: list[Reason] = dataclasses.field(default_factory=list)
     # reproduce --world-size: the processes and batches of both runs, and whether the result depends on them.
     world_size: dict[str, Any] | None = None
+    # The counterfactual replays (:mod:`.replay`), when the re-run differed and factors differed.
+    replays: Replays | None = None
 
     @property
     def ok(self) -> bool:
@@ -125,6 +128,7 @@ class ReproductionReport:
             "environment_differences": [d.to_dict() for d in self.environment_differences],
             "expectation": self.expectation.to_dict() if self.expectation is not None else None,
             "divergence": self.divergence.to_dict() if self.divergence is not None else None,
+            "replays": self.replays.to_dict() if self.replays is not None else None,
             "ok": self.ok,
         }
 
@@ -185,31 +189,28 @@ def reproduce(
     trusted_keys: Iterable[str | os.PathLike[str]] = (),
     data: Mapping[str, str] | None = None,
     world_size: int | None = None,
+    replay: bool = True,
+    replay_window: int | None = None,
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
-    A model made with :func:`reprodl.start_run` (the user's own loop) is reproduced by
-    re-executing its recorded code (:mod:`reprodl.reproduction.reexec`), and only with
-    ``trust_code=True``; ``on_output`` then receives the script's output lines.
-
-    Refuses to train (:class:`IntegrityError`, naming the items) if a training dataset
-    changed. Bitwise-mode models are compared weight for weight; statistical-mode models are
-    re-run with a different seed (``seed``, default recorded + 100003) and judged on metrics and
-    predictions, against a multi-run envelope when one is given. The report's ``divergence`` names
-    the first step whose trace differs, and why; ``stop_at_divergence`` stops the re-run there.
-    Transforms are rebuilt from their recorded configs; one of your own is refused
-    (:class:`ReproductionError`) unless you pass it.
+    A model made with :func:`reprodl.start_run` (the user's own loop) is reproduced by re-executing its
+    recorded code (:mod:`reprodl.reproduction.reexec`), only with ``trust_code=True``; ``on_output`` then
+    receives the script's output lines. Refuses to train (:class:`IntegrityError`, naming the items) if a
+    training dataset changed. Bitwise-mode models are compared weight for weight; statistical-mode models are
+    re-run with another seed (``seed``, default recorded + 100003) and judged on metrics and predictions,
+    against a multi-run envelope when one is given. ``divergence`` names the first step whose trace differs,
+    and why; ``stop_at_divergence`` stops the re-run there. Transforms are rebuilt from their recorded
+    configs; one of your own must be passed (else :class:`ReproductionError`).
 
     Args:
         output: base URI to keep the reproduced model dataset in (default: a temporary directory).
-        transforms: transform objects by dataset role ("train", "valid", "test") used instead of
-            the recorded ones; one that differs from the record is listed in the reasons.
-        trusted_keys: public keys the model must be signed by, checked before anything runs.
-        data: another copy of a role's dataset to read (``{"train": URI}``).
+        transforms: transform objects by role ("train", "valid", "test") instead of the recorded ones.
+        trusted_keys: public keys the model must be signed by. data: another copy of a role's dataset.
+        replay: replay up to a divergent step once per differing factor restorable here (:mod:`.replay`).
     """
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
-    given = tolerance is not None
-    t0 = time.perf_counter()
+    given, objects, t0 = tolerance is not None, bool(model_class or transforms), time.perf_counter()
     model_ds = open_dataset(uri)
     record = read_record(model_ds)
     check_resources(planned := replanned(record, world_size, uri), what=model_ds.uri)  # worker, process counts
@@ -222,11 +223,59 @@ def reproduce(
         original = _Original(model_ds, relocated(planned, where), load_weights(model_ds, record))
         options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
         options.update(tolerance_given=given, device=device, seed=seed, output=output, progress=progress)
-        comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)
+        comparer = trace_comparer(model_ds, record, stop=stop_at_divergence, until=replay_window)
         report = _reproduce_in_process(original, tol, t0, comparer=comparer, **options)
     report = world_size_noted(report, record, world_size)  # reproduce --world-size: does the result depend on it?
+    if replay:
+        asked = ReplayAsk(bool(trust_code), data or {}, tuple(map(str, trusted_keys)), tuple(allow), objects)
+        report = with_replays(report, model_ds.uri, asked)
     record_verdict(report, model_ds, record)
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayAsk:
+    """What a replay process must be told to re-run as this reproduction did (the objects passed in Python
+    cannot be, so their presence rules a replay out)."""
+
+    trust_code: bool
+    data: Mapping[str, str]
+    trusted_keys: tuple[str, ...]
+    allow: tuple[str, ...]
+    objects: bool = False  # model_class= or transforms= objects were passed
+
+    def arguments(self) -> list[str]:
+        out = ["--trust-code"] if self.trust_code else []
+        out += [a for role, uri in self.data.items() for a in ("--data", f"{role}={uri}")]
+        out += [a for key in self.trusted_keys for a in ("--trusted-key", key)]
+        return out + [a for name in self.allow for a in ("--allow", name)]
+
+
+def with_replays(report: ReproductionReport, uri: str, asked: ReplayAsk) -> ReproductionReport:
+    """The report with its counterfactual replays (:mod:`.replay`) when it differs at a step and factors that
+    change numerics differ; the expectation settled by them and their conclusion among the reasons and causes."""
+    from reprodl.reproduction.replay import replay_factors
+
+    expectation, div = report.expectation, report.divergence
+    if report.verdict == "identical" or expectation is None or not expectation.factors:
+        return report
+    if div is None or div.step is None:
+        return report
+    if asked.objects:
+        note = "no replay: model_class= or transforms= objects cannot be passed to a replay process"
+        return dataclasses.replace(report, reasons=[*report.reasons, note], why=[*report.why, Reason("replay", note)])
+    replays = replay_factors(uri, expectation.factors, window=div.step, arguments=asked.arguments())
+    confirmed = bool(replays.confirmed) if replays.runs else None
+    line = f"{replays.conclusion} (replays of steps 1..{replays.window}: {replays.seconds:.1f}s)"
+    return dataclasses.replace(
+        report,
+        replays=replays,
+        expectation=expectation.settle(report.verdict, confirmed=confirmed),
+        reasons=[*report.reasons, line],
+        why=[*report.why, Reason("replay", line)],
+        divergence=dataclasses.replace(div, causes=[replays.conclusion, *div.causes]),
+        timings={**report.timings, "replays_s": replays.seconds},
+    )
 
 
 def _reexecute(model_ds: Any, record: ProvenanceRecord, *, keys: Any, **run: Any) -> ReproductionReport:
@@ -261,15 +310,18 @@ def record_verdict(report: ReproductionReport, model_ds: StoredDataSet, record: 
     )
 
 
-def trace_comparer(model_ds: StoredDataSet, record: ProvenanceRecord, *, stop: bool = False) -> TraceComparer | None:
-    """A comparer against the model's recorded step trace; None when the record has none, or in
-    statistical mode (the re-run uses another seed, so its steps are not the recorded ones)."""
+def trace_comparer(
+    model_ds: StoredDataSet, record: ProvenanceRecord, *, stop: bool = False, until: int | None = None
+) -> TraceComparer | None:
+    """A comparer against the model's recorded step trace (stopping the training after step ``until``);
+    None when the record has none, or in statistical mode (the re-run uses another seed, so its steps are
+    not the recorded ones)."""
     if record.training.determinism.mode == "statistical":
         return None
     recorded = load_trace(model_ds, record)
     if recorded is None or record.results.trace is None:
         return None
-    comparer = TraceComparer(recorded, record.results.trace.tensors, stop=stop)
+    comparer = TraceComparer(recorded, record.results.trace.tensors, stop=stop, until=until)
     comparer.recorded_oplogs = load_oplogs(model_ds, record)
     if stopped_early(record):  # a re-run as long as the training the record describes, and one step more
         comparer.stop_after = record.training.optimizer_steps

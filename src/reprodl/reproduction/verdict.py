@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
-from reprodl.reproduction.compare import Tolerance, envelope_check, statistical_metrics_ok
+from reprodl.reproduction.compare import BAND_Z, Tolerance, default_bands, envelope_check, statistical_metrics_ok
 from reprodl.reproduction.divergence import Divergence
-from reprodl.reproduction.environment import EnvDifference, Expectation
+from reprodl.reproduction.environment import EnvDifference, Expectation, restore_text
 
 Verdict = Literal["identical", "within tolerance", "differs"]
 ReasonKind = Literal[
@@ -43,6 +43,9 @@ ReasonKind = Literal[
     "trace",
     "weights",
     "bitwise expected",
+    "run to run",
+    "replay",
+    "binomial band",
     "metrics",
     "statistical",
     "nondeterminism",
@@ -112,7 +115,7 @@ def judge(
     if record.training.determinism.mode == "statistical":
         if comparison.weights.get("identical") and _trace_ok(comparison.divergence):
             return Judgement("identical", found)
-        return _judge_statistical(record, new, comparison, tol, envelope, found)
+        return _judge_statistical(record, new, comparison, tol, envelope, found, tolerance_given=tolerance_given)
     if comparison.weights.get("identical") and _trace_ok(comparison.divergence):
         return Judgement("identical", found)
     found += _difference_reasons(record, comparison, nondeterminism=not found)
@@ -125,7 +128,38 @@ def judge(
             )
         )
         return Judgement("differs", found)
-    return Judgement("within tolerance" if _within(record, comparison, tol) else "differs", found)
+    if expectation is not None and expectation.restorable and not tolerance_given:
+        found.append(_restorable_reason(expectation))
+        return Judgement("differs", found)
+    limits = _default_limits(record, comparison, found) if not tolerance_given else {}
+    return Judgement("within tolerance" if _within(record, comparison, tol, limits) else "differs", found)
+
+
+def _default_limits(record: ProvenanceRecord, comparison: Comparison, found: list[Reason]) -> dict[str, float]:
+    """With no tolerance given and no envelope: each final accuracy's band from its binomial standard error,
+    stated among the reasons."""
+    bands = default_bands(record, comparison.metrics)
+    for name, b in bands.items():
+        found.append(
+            Reason(
+                "binomial band",
+                f"{name} judged within ±{b['band']:.4f}: {BAND_Z:g} binomial standard errors sqrt(p(1-p)/n) of "
+                f"p = {b['p']:.4f} on n = {b['n']} evaluated items (no --tolerance, no envelope)",
+            )
+        )
+    return {name: b["band"] for name, b in bands.items()}
+
+
+def _restorable_reason(expectation: Expectation) -> Reason:
+    """run_to_run with every differing factor restorable here: the record's bits are within reach, not reached."""
+    labels = "; ".join(f.label for f in expectation.factors)
+    how = " ".join(restore_text(f) for f in expectation.factors)
+    return Reason(
+        "run to run",
+        f"run_to_run expected: the same bits under the recorded factors, and every factor that differs here "
+        f"({labels}) can be restored on this machine; re-run with `{how}` to reproduce it bit for bit: differs "
+        "whatever the metrics say (pass --tolerance to judge within a tolerance)",
+    )
 
 
 def _trace_ok(div: Divergence | None) -> bool:
@@ -179,12 +213,15 @@ def _difference_reasons(record: ProvenanceRecord, comparison: Comparison, *, non
     return out
 
 
-def _within(record: ProvenanceRecord, comparison: Comparison, tol: Tolerance) -> bool:
-    """Weights, the final metrics and (when compared) the predictions within ``tol``."""
+def _within(record: ProvenanceRecord, comparison: Comparison, tol: Tolerance, limits: dict[str, float]) -> bool:
+    """Weights, the final metrics (each within its ``limits``, else ``tol``) and (when compared) the predictions
+    within ``tol``."""
     w = comparison.weights
     last = max((r["epoch"] for r in comparison.metrics if r.get("epoch") is not None), default=0)
     metric_ok = all(
-        r["abs_diff"] is None or r["abs_diff"] <= tol.metric_abs for r in comparison.metrics if r["epoch"] == last
+        r["abs_diff"] is None or r["abs_diff"] <= limits.get(r["metric"], tol.metric_abs)
+        for r in comparison.metrics
+        if r["epoch"] == last
     )
     predictions = comparison.predictions
     agree_ok = not predictions or predictions.get("agreement", 0.0) >= tol.agreement
@@ -246,8 +283,10 @@ def _judge_statistical(
     tol: Tolerance,
     envelope: dict[str, Any] | None,
     reasons: list[Reason],
+    *,
+    tolerance_given: bool = False,
 ) -> Judgement:
-    """Final metrics within the envelope (when given) or the tolerance."""
+    """Final metrics within the envelope (when given), the tolerance (when given), else the binomial band."""
     reasons.append(
         Reason(
             "statistical",
@@ -260,7 +299,8 @@ def _judge_statistical(
         ok = bool(checked["within"])
     else:
         last = max((r["epoch"] for r in comparison.metrics if r.get("epoch") is not None), default=0)
-        ok = statistical_metrics_ok(comparison.metrics, last or record.training.epochs, tol)
+        limits = _default_limits(record, comparison, reasons) if not tolerance_given else {}
+        ok = statistical_metrics_ok(comparison.metrics, last or record.training.epochs, tol, limits)
     if not ok:
         outside = "final metrics fall outside the tolerance" + (" envelope" if envelope else "")
         reasons.append(Reason("metrics", outside))

@@ -227,8 +227,9 @@ def capture_compute() -> ComputeProfile:
     )
 
 
-def _cuda_stack() -> dict[str, str | None]:
-    """The CUDA driver and NCCL versions (None for each that torch cannot tell)."""
+def _cuda_stack() -> dict[str, Any]:
+    """The CUDA driver, NCCL and cuBLAS versions, each GPU's compute capability, SM count and MIG mode, and
+    the SDPA backends enabled (None for each version that cannot be told)."""
     import torch
 
     driver: str | None = None
@@ -245,7 +246,49 @@ def _cuda_stack() -> dict[str, str | None]:
         nccl = ".".join(str(v) for v in version) if isinstance(version, tuple) else str(version)
     except (AttributeError, RuntimeError, TypeError):
         nccl = None
-    return {"cuda_driver": driver, "nccl": nccl}
+    return {"cuda_driver": driver, "nccl": nccl, "cublas": _cublas_version(), **_gpu_facts()}
+
+
+def _gpu_facts() -> dict[str, Any]:
+    """Each visible GPU's compute capability, SM count and MIG mode; the SDPA backends enabled."""
+    import torch
+
+    capability, sms, mig = [], [], []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        capability.append(f"{props.major}.{props.minor}")
+        sms.append(int(props.multi_processor_count))
+        mig.append(" MIG " in f" {props.name} " or visible.startswith("MIG-"))
+    backends = torch.backends.cuda
+    sdpa = {
+        name: bool(getattr(backends, f"{name}_sdp_enabled")())
+        for name in ("flash", "mem_efficient", "math", "cudnn")
+        if hasattr(backends, f"{name}_sdp_enabled")
+    }
+    return {"gpu_compute_capability": capability, "gpu_sm_count": sms, "gpu_mig": mig, "sdpa_backends": sdpa}
+
+
+def _cublas_version() -> str | None:
+    """cuBLAS's version: its pip package's (nvidia-cublas-cu12...), else asked of the library torch loaded."""
+    for name, version in installed_packages().items():
+        if name.startswith("nvidia-cublas"):
+            return version
+    import ctypes
+
+    try:
+        maps = Path("/proc/self/maps").read_text(encoding="utf-8", errors="replace")
+        path = next(line.split()[-1] for line in maps.splitlines() if "libcublas.so" in line)
+        value = ctypes.c_int()
+        parts = []
+        lib = ctypes.CDLL(path)
+        for prop in (0, 1, 2):  # MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
+            if lib.cublasGetProperty(prop, ctypes.byref(value)) != 0:
+                return None
+            parts.append(str(value.value))
+        return ".".join(parts)
+    except (OSError, StopIteration, AttributeError):
+        return None
 
 
 def capture_environment() -> Environment:

@@ -1,0 +1,146 @@
+"""Counterfactual replay: which differing factor made a re-run differ, proven by re-running with it put back.
+
+When a re-run differs from its record at a first divergent step and factors that change numerics
+differ (:mod:`.factors`), :func:`replay_factors` re-runs the window up to that step once per factor
+this machine can restore, each in a fresh process (``python -m reprodl.cli reproduce URI
+--replay-window STEP --no-replay``) whose environment has that one factor set back to its recorded
+value. A factor whose replay brings the window back bit for bit is the cause, confirmed by replay;
+factors that cannot be restored here are listed as unconfirmed; when no replay brings the bits
+back, the conclusion says so. The window starts at step 1 (the in-process trainer stops at the
+window's end; a start_run script re-runs to its end).
+
+Example:
+    >>> report = reproduce(uri)                       # doctest: +SKIP
+    >>> report.replays.conclusion                     # doctest: +SKIP
+    'cause confirmed by replay: ATen CPU capability AVX2 -> AVX512'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from reprodl.reproduction.factors import Factor
+
+Outcome = Literal["confirmed", "not confirmed", "failed"]
+CONFIRMED = "cause confirmed by replay"
+
+
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    """One replay: the ``factor`` put back, what came of it, the step where the replay left the record
+    (None: it matched through the window), and its wall time."""
+
+    factor: Factor
+    outcome: Outcome
+    divergent_step: int | None
+    seconds: float
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "factor": self.factor.to_dict(), "label": self.factor.label}
+
+
+@dataclasses.dataclass(frozen=True)
+class Replays:
+    """The replays of a differing re-run: the window (steps 1..``window``), each replay, the factors that
+    could not be restored here, the conclusion (one line), and the replays' total cost in seconds."""
+
+    window: int
+    runs: list[Replay]
+    unrestorable: list[Factor]
+    conclusion: str
+    seconds: float
+
+    @property
+    def confirmed(self) -> list[Factor]:
+        return [r.factor for r in self.runs if r.outcome == "confirmed"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "runs": [r.to_dict() for r in self.runs],
+            "unrestorable": [f.to_dict() for f in self.unrestorable],
+            "confirmed": [f.label for f in self.confirmed],
+            "conclusion": self.conclusion,
+            "seconds": self.seconds,
+        }
+
+
+def replay_factors(
+    uri: str,
+    factors: Iterable[Factor],
+    *,
+    window: int,
+    arguments: Iterable[str] = (),
+    timeout: float | None = None,
+) -> Replays:
+    """Replay steps 1..``window`` of ``uri``'s training once per restorable factor, that factor put back.
+
+    ``arguments``: more ``reprodl reproduce`` options each replay needs (``--trust-code``, ``--data``...).
+    """
+    factors = list(factors)
+    t0 = time.perf_counter()
+    runs = [
+        _replay_one(uri, f, window=window, arguments=list(arguments), timeout=timeout) for f in factors if f.restorable
+    ]
+    unrestorable = [f for f in factors if not f.restorable]
+    return Replays(window, runs, unrestorable, conclusion(runs, unrestorable), time.perf_counter() - t0)
+
+
+def conclusion(runs: list[Replay], unrestorable: list[Factor]) -> str:
+    """One line: the confirmed cause(s), or that no restorable factor explains the divergence."""
+    confirmed = [r.factor.label for r in runs if r.outcome == "confirmed"]
+    if confirmed:
+        return f"{CONFIRMED}: " + "; ".join(confirmed)
+    left = (
+        f"; unconfirmed (cannot be restored here): {', '.join(f.label for f in unrestorable)}" if unrestorable else ""
+    )
+    if not runs:
+        return "no factor could be restored on this machine, so none was replayed" + left
+    tried = ", ".join(r.factor.label for r in runs)
+    return f"no restorable factor explains the divergence: with each put back ({tried}) the window still differs" + left
+
+
+def _replay_one(uri: str, factor: Factor, *, window: int, arguments: list[str], timeout: float | None) -> Replay:
+    """One replay in a fresh process whose environment has ``factor`` put back."""
+    env = replay_environment(factor.restore or {})
+    command = [sys.executable, "-m", "reprodl.cli", "reproduce", uri, "--json", "--quiet", "--no-replay"]
+    command += ["--replay-window", str(window), *arguments]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return Replay(factor, "failed", None, time.perf_counter() - t0, f"the replay ran past {timeout}s")
+    seconds = time.perf_counter() - t0
+    try:
+        divergence = json.loads(proc.stdout).get("divergence") or {}
+    except json.JSONDecodeError:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return Replay(factor, "failed", None, seconds, f"the replay exited {proc.returncode}: {tail[0][:300]}")
+    step, compared = divergence.get("step"), int(divergence.get("compared_steps") or 0)
+    if step is None and compared >= window or step is not None and step > window:
+        return Replay(factor, "confirmed", step, seconds, f"steps 1..{window} bit for bit with it put back")
+    if step is None:
+        return Replay(factor, "failed", None, seconds, divergence.get("note") or "no step trace was compared")
+    return Replay(factor, "not confirmed", step, seconds, f"still differs from step {step} with it put back")
+
+
+def replay_environment(restore: Mapping[str, str | None]) -> dict[str, str]:
+    """This process's environment with ``restore`` applied (None: unset), reprodl importable as here."""
+    env = dict(os.environ)
+    for name, value in restore.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    here = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+    return env

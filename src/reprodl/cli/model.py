@@ -498,8 +498,8 @@ def _reproduce_here(uri: str, plan: Any, given: dict[str, Any]) -> int:
         stop_at_divergence=given["stop_at_divergence"],
         trusted_keys=given["trusted_key"] or (),
         data=_roles_to_uris(data or []),
-        replay=not no_replay,
-        replay_window=replay_window,
+        replay=not given["no_replay"],
+        replay_window=given["replay_window"],
         on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
         world_size=given["world_size"],
     )

@@ -5,7 +5,10 @@ dataset (the format of `reproduce --attest`), checked by `reprodl verify --trust
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +137,14 @@ def test_over_http_the_bundle_is_read_and_the_check_says_it_needs_a_local_copy(s
     result = cli("verify", uri, "--trusted-key", signed["pub"], "--json")
     assert result.exit_code == ExitCode.FAILED
     assert "not a local dataset" in _check(result)["detail"] and "reprodl dataset copy" in _check(result)["detail"]
+
+
+def test_without_model_signing_an_ecdsa_sign_names_the_extra_to_install(model_copy, ecdsa_key, tmp_path):
+    code = "import sys; sys.modules['model_signing'] = None; from reprodl.cli import main; main()"  # not installed
+    argv = ["sign", str(model_copy), "--key", str(ecdsa_key)]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=tmp_path, env=os.environ, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == ExitCode.USAGE, proc.stdout + proc.stderr
+    assert "pip install 'reprodl[attest]'" in proc.stderr
+    assert open_dataset(str(model_copy)).get_annotation(keys.MODEL_SIGNING) is None  # nothing written

@@ -23,12 +23,13 @@ def keygen_cmd(
         ..., help="Where to write the private key (PEM, mode 0600); the public key goes to KEY.pub."
     ),
     ecdsa: bool = typer.Option(
-        False, "--ecdsa", help="An ECDSA P-256 pair (PEM), for `reprodl reproduce --attest` (model-signing's format)."
+        False, "--ecdsa", help="An ECDSA P-256 pair (PEM): `reproduce --attest`, and `sign` in model-signing's format."
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Make an Ed25519 key pair for signing models (needs `pip install 'reprodl\\[sign]'`), or with
-    --ecdsa one for attesting reproductions (needs `pip install 'reprodl\\[attest]'`)."""
+    --ecdsa one for attesting reproductions and signing in model-signing's format (needs
+    `pip install 'reprodl\\[attest]'`)."""
     from reprodl.modeldataset.signing import PUBLIC_SUFFIX, generate_key
 
     if ecdsa:
@@ -45,6 +46,7 @@ def keygen_cmd(
     if ecdsa:
         out.print(f"Public key:  {pub_path} (PEM)", markup=False)
         out.print("Attest a reproduction: reprodl reproduce URI --attest KEY", markup=False)
+        out.print("Sign a model (model-signing format): reprodl sign URI --key KEY", markup=False)
         return
     out.print(f"Public key:  {pub_path}: {public}", markup=False)
     out.print(

@@ -12,7 +12,9 @@ Measured in the same run, interleaved, all files in the page cache:
     freeze's manifest generation (the hashing) timed on its own;
   * verify: ``StoredDataSet.verify(deep=True)`` (every item re-hashed against the manifest).
 
-Targets: manifest hashing and deep verify each >= 0.8x md5sum's bytes/s. The end-to-end
+Targets: manifest hashing (freeze: the items hashed on every core, then dtool's manifest) and
+deep verify each >= 1.9x one md5sum process's bytes/s on a machine with 2 or more CPUs
+(0.8x on one). The end-to-end
 creation rate is reported against md5sum too, without a target (it also decodes and copies
 every file).
 
@@ -21,6 +23,7 @@ every file).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -35,10 +38,12 @@ import numpy as np
 
 from reprodl.data import creators
 from reprodl.data.creators import create_from_dirtree
+from reprodl.store import create as store_create
 from reprodl.store import open_dataset
 
 NAME = "hashing"
-TARGET = 0.8
+# Items are hashed on every core (freeze and deep verify): >= 1.9x one md5sum process on 2+ cores.
+TARGET = 1.9 if len(os.sched_getaffinity(0)) >= 2 else 0.8
 WIDTH = 1024  # PGM rows of 1 KiB; 1024-2047 rows -> 1-2 MiB per file
 
 
@@ -68,7 +73,8 @@ def md5sum_tree(directory: Path) -> None:
 CREATE_PHASES = [
     (creators, "open_image", "decode_check"),
     (dtoolcore.ProtoDataSet, "put_item", "copy_items"),
-    (dtoolcore.ProtoDataSet, "generate_manifest", "manifest_hashing"),
+    (store_create, "prehash_items", "parallel_hashing"),
+    (dtoolcore.ProtoDataSet, "generate_manifest", "manifest_generation"),
 ]
 
 
@@ -127,7 +133,8 @@ def main() -> None:
             cleanup_created()
 
     stats = {k: C.rate_stats(total, t) for k, t in times.items()}
-    stats["reprodl_create_manifest_hashing"] = C.rate_stats(total, [p["manifest_hashing"] for p in phases])
+    hashing_s = [p["parallel_hashing"] + p["manifest_generation"] for p in phases]
+    stats["reprodl_create_manifest_hashing"] = C.rate_stats(total, hashing_s)
     create_s = stats["reprodl_create_from_dirtree"]["median_s"]
     manifest_s = stats["reprodl_create_manifest_hashing"]["median_s"]
     breakdown = {k: C.median([p[k] for p in phases]) for k in phases[0]}

@@ -108,6 +108,31 @@ def test_a_ddp_trained_config_reproduces_identical_under_torchrun(ddp_trained: S
 
 
 @pytest.mark.slow
+def test_reproduce_at_world_size_1_says_whether_the_result_depends_on_it(ddp_trained: SimpleNamespace) -> None:
+    from reprodl.reproduction.rerun import reproduce
+
+    report = reproduce(ddp_trained.uri, world_size=1)  # 2 processes of batch 32 -> 1 of batch 64
+    assert report.world_size == {
+        "original": 2,
+        "rerun": 1,
+        "global_batch": 64,
+        "batch_per_process": {"original": 32, "rerun": 64},
+        "depends_on_world_size": report.verdict != "identical",
+    }
+    assert report.verdict in ("identical", "within tolerance", "differs")
+    assert report.metrics  # compared as any reproduction is
+
+
+def test_a_world_size_that_does_not_divide_the_global_batch_is_refused(ddp_trained: SimpleNamespace) -> None:
+    from reprodl.reproduction.rerun import reproduce
+
+    with pytest.raises(
+        ParametersError, match=r"--world-size 3: .* 2 process\(es\) of batch 32 \(a global batch of 64\)"
+    ):
+        reproduce(ddp_trained.uri, world_size=3)
+
+
+@pytest.mark.slow
 def test_a_killed_rank_fails_reprodl_train_and_writes_no_model(digits_split_master: str, tmp_path: Path) -> None:
     config = write_config(tmp_path / "train.yaml", digits_split_master, tmp_path / "models")
     (tmp_path / "kill_rank_1.py").write_text(KILL_RANK_1)

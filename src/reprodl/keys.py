@@ -152,3 +152,23 @@ ONNX_CATEGORIES = "reprodl.categories"  # JSON list: output index i is category 
 ONNX_INPUT_SHAPE = "reprodl.input_shape"  # JSON list: one model input (C, H, W), batch axis first
 ONNX_PREPROCESSING = "reprodl.preprocessing"  # JSON: value_scale, mean/std, image mode and size
 MLFLOW_MODEL_DATASET = "reprodl-model"  # the model dataset, in the MLflow model's artifacts
+
+# --- executors (reprodl.reproduction.executors) -------------------------------------------
+EXECUTORS = ("local", "slurm", "ray")  # where compare / ablate / reproduce run their trainings
+EXECUTOR_STATE_DIR = ".reprodl-executor"  # under a compare's output: the Slurm jobs it submitted, to attach to
+# Set in a Ray task by the executor (Ray has no environment variables of its own for these);
+# a Slurm job is read from SLURM_JOB_ID, SLURM_ARRAY_JOB_ID, SLURM_ARRAY_TASK_ID, SLURMD_NODENAME.
+PLACEMENT_SCHEDULER_ENV = "REPRODL_SCHEDULER"
+PLACEMENT_JOB_ENV = "REPRODL_JOB_ID"
+PLACEMENT_ALLOCATION_ENV = "REPRODL_ALLOCATION"
+# A site's defaults for the executor options (--executor, --ray-address, --partition, --time, --cpus,
+# --gpus, --mem), read when the option is not given. RAY_ADDRESS is Ray's own variable.
+EXECUTOR_ENV = {
+    "executor": "REPRODL_EXECUTOR",
+    "ray_address": "RAY_ADDRESS",
+    "partition": "REPRODL_SLURM_PARTITION",
+    "time": "REPRODL_SLURM_TIME",
+    "cpus": "REPRODL_EXECUTOR_CPUS",
+    "gpus": "REPRODL_EXECUTOR_GPUS",
+    "mem": "REPRODL_SLURM_MEM",
+}

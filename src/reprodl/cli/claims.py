@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from reprodl.cli import app
-from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
+from reprodl.cli.common import (
+    JSON_OPT,
+    QUIET_OPT,
+    err,
+    executor_options,
+    handle_errors,
+    out,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from reprodl.reproduction.claims import Comparison, RunValue
+    from reprodl.reproduction.executors import Executor
+
+EXECUTOR: Any = None  # replaced by the --executor options (cli.common.executor_options)
 
 
 VARY_OPT = typer.Option(
@@ -28,6 +39,7 @@ JOBS_OPT = typer.Option(
 
 @app.command("compare")
 @handle_errors
+@executor_options
 def compare_cmd(
     a: Path = typer.Argument(..., help="Recipe A: a training config (YAML)."),
     b: Optional[Path] = typer.Argument(None, help="Recipe B (default: A again, made a variant with --set-b)."),
@@ -43,6 +55,7 @@ def compare_cmd(
         "--write-configs",
         help="Train nothing: write each run's `reprodl train` config to this directory (one cluster task each).",
     ),
+    engine: Executor = EXECUTOR,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Is A really better than B? Train N paired runs of each; P(A>B), its 95% interval and a verdict.
@@ -78,6 +91,7 @@ def compare_cmd(
         set_b=set_b or (),
         output=output,
         on_run=on_run,
+        executor=engine,
     )
     if as_json:
         print_json(result.to_dict())
@@ -135,6 +149,7 @@ def _print(result: Comparison) -> None:
 
 @app.command("ablate")
 @handle_errors
+@executor_options
 def ablate_cmd(
     config: Path = typer.Argument(..., help="The base recipe: a training config (YAML)."),
     variant: list[str] = typer.Option(
@@ -152,6 +167,7 @@ def ablate_cmd(
     output: Optional[str] = typer.Option(
         None, "--output", help="Base URI of the runs and the claims (default: the config's)."
     ),
+    engine: Executor = EXECUTOR,
     as_json: bool = JSON_OPT,
 ) -> None:
     """The base recipe against each variant: one line per variant with P(base > variant), its 95% interval and verdict.
@@ -175,6 +191,7 @@ def ablate_cmd(
         set_=set_ or (),
         output=output,
         on_run=on_run,
+        executor=engine,
     )
     if as_json:
         print_json(result.to_dict())

@@ -9,12 +9,13 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from reprodl import keys
 from reprodl.errors import ExitCode, ReprodlError, ReprodlWarning
 
 # A record's strings are someone else's: an escape sequence in a model name could clear the
@@ -129,3 +130,67 @@ def progress_bar(description: str, total: float | None, *, quiet: bool = False) 
             progress.advance(task, n)
 
         yield advance
+
+
+# --- where several trainings run (compare, ablate, reproduce --executor) ----------------------
+_ENV = keys.EXECUTOR_ENV
+EXECUTOR_OPT = typer.Option(
+    "local",
+    "--executor",
+    envvar=_ENV["executor"],
+    help="Where the runs train: local (this machine's process pool), slurm (one job each, a job array "
+    "through submitit; run the same command again to attach to jobs already submitted), ray (Ray tasks).",
+)
+RAY_ADDRESS_OPT = typer.Option(
+    None,
+    "--ray-address",
+    envvar=_ENV["ray_address"],
+    help="--executor ray: the cluster's address (host:port; default: a local one).",
+)
+PARTITION_OPT = typer.Option(
+    None, "--partition", envvar=_ENV["partition"], help="--executor slurm: the partition (default: the cluster's)."
+)
+TIME_OPT = typer.Option(60, "--time", envvar=_ENV["time"], help="--executor slurm: each job's time limit, in minutes.")
+CPUS_OPT = typer.Option(1, "--cpus", envvar=_ENV["cpus"], help="--executor slurm/ray: CPUs per run.")
+GPUS_OPT = typer.Option(0, "--gpus", envvar=_ENV["gpus"], help="--executor slurm/ray: GPUs per run.")
+MEM_OPT = typer.Option(
+    None, "--mem", envvar=_ENV["mem"], help="--executor slurm: memory per run, in GB (default: the partition's)."
+)
+
+
+_EXECUTOR_PARAMS: list[tuple[str, Any, Any]] = [
+    ("executor", EXECUTOR_OPT, str),
+    ("ray_address", RAY_ADDRESS_OPT, Optional[str]),
+    ("partition", PARTITION_OPT, Optional[str]),
+    ("time", TIME_OPT, int),
+    ("cpus", CPUS_OPT, int),
+    ("gpus", GPUS_OPT, int),
+    ("mem", MEM_OPT, Optional[float]),
+]
+
+
+def executor_options(fn: F) -> F:
+    """Give a command the options --executor, --ray-address, --partition, --time, --cpus, --gpus and
+    --mem; it receives them as ``engine``, an :class:`~reprodl.reproduction.executors.Executor`."""
+    import inspect
+
+    sig = inspect.signature(fn, eval_str=True, locals={"Executor": Any})  # engine's type is for mypy only
+    kept = [p for p in sig.parameters.values() if p.name != "engine"]
+    added = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t) for n, o, t in _EXECUTOR_PARAMS
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from reprodl.reproduction.executors import Executor
+
+        kind, ray_address, partition, time, cpus, gpus, mem = (kwargs.pop(n) for n, _, _ in _EXECUTOR_PARAMS)
+        kwargs["engine"] = Executor(kind, ray_address, partition, time, cpus, gpus, mem)
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]  # read by typer
+    wrapper.__annotations__ = {
+        **{k: v for k, v in fn.__annotations__.items() if k != "engine"},
+        **{n: t for n, _, t in _EXECUTOR_PARAMS},
+    }
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature; mypy sees Callable

@@ -10,14 +10,28 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from reprodl.cli import app
-from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
+from reprodl.cli.common import (
+    JSON_OPT,
+    QUIET_OPT,
+    err,
+    executor_options,
+    handle_errors,
+    out,
+    print_json,
+)
 from reprodl.cli.signing import ATTEST_OPT, ATTESTATION_OUT_OPT
 from reprodl.errors import ExitCode, ReprodlError
 
 if TYPE_CHECKING:
+    from reprodl.reproduction.executors import Executor
     from reprodl.reproduction.rerun import Divergence, ReproductionReport
     from reprodl.training.config import TrainConfig
 
+EXECUTOR: Any = None  # replaced by the --executor options (cli.common.executor_options)
+
+_WORLD_SIZE = typer.Option(
+    None, "--world-size", help="Re-run a DDP training by N processes, same global batch: does it depend on N?"
+)
 _ALLOW = typer.Option(
     None, "--allow", help="Module (or module:Class) trusted to be imported for the architecture; repeatable."
 )
@@ -174,6 +188,7 @@ class _EpochPrinter:
 
 @app.command("train")
 @handle_errors
+@executor_options
 def train_cmd(
     config: Path = typer.Argument(
         ..., help="Training config (YAML): name, output, data, model, optimizer, loss, params."
@@ -207,10 +222,14 @@ def train_cmd(
         "--resume",
         help="Continue the killed training of this config from its last checkpoint (config key checkpoint_every).",
     ),
+    engine: Executor = EXECUTOR,
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Train a model from a config file, capturing its provenance; writes a model dataset."""
+    """Train a model from a config file, capturing its provenance; writes a model dataset.
+
+    With --seeds or --splits, --executor slurm|ray trains each run as a Slurm job or a Ray task.
+    """
     from reprodl.training.config import free_name, load_config
 
     if name_suffix not in ("auto", "none"):
@@ -222,18 +241,23 @@ def train_cmd(
     cfg = load_config(config, [*(set_ or []), *flags])
     if name_suffix == "auto":
         cfg.name = free_name(cfg.output, cfg.name)
-    if resume and (seeds or splits or name_suffix == "auto"):
+    _check_train_flags(many=bool(seeds or splits), auto=name_suffix == "auto", **locals())
+    if seeds or splits:
+        _train_many(cfg, seeds=seeds, splits=splits, as_json=as_json, engine=engine)
+    else:
+        _train_one(cfg, quiet=quiet, as_json=as_json, tensorboard=tensorboard, resume=resume)
+
+
+def _check_train_flags(*, many: bool, auto: bool, resume: bool, tensorboard: Any, engine: Executor, **_: Any) -> None:
+    """Refuse the flags of ``train`` that do not go together."""
+    if resume and (many or auto):
         raise typer.BadParameter(
             "resumes one training: leave out --seeds, --splits and --name-suffix", param_hint="--resume"
         )
-    if seeds or splits:
-        if tensorboard is not None:
-            raise typer.BadParameter(
-                "logs one training: leave it out with --seeds or --splits", param_hint="--tensorboard"
-            )
-        _train_many(cfg, seeds=seeds, splits=splits, as_json=as_json)
-    else:
-        _train_one(cfg, quiet=quiet, as_json=as_json, tensorboard=tensorboard, resume=resume)
+    if many and tensorboard is not None:
+        raise typer.BadParameter("logs one training: leave it out with --seeds or --splits", param_hint="--tensorboard")
+    if not many and not engine.local:
+        raise typer.BadParameter("runs several trainings: give --seeds or --splits", param_hint="--executor")
 
 
 def _refuse_under_torchrun(flag: str) -> None:
@@ -249,16 +273,20 @@ def _refuse_under_torchrun(flag: str) -> None:
         )
 
 
-def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool) -> None:
+def _train_many(cfg: TrainConfig, *, seeds: int, splits: int, as_json: bool, engine: Executor) -> None:
     """``train --seeds N`` or ``--splits N``: one line per run, then the variance summary."""
     _refuse_under_torchrun("--seeds" if seeds else "--splits")
+    from reprodl.reproduction.executors import train_many_on
     from reprodl.training.multirun import train_many
 
     def on_run(i: int, uri: str, record: Any) -> None:
         if not as_json:
             out.print(f"run {i + 1}/{seeds or splits}: {uri}  final {json.dumps(record.results.final)}", markup=False)
 
-    result = train_many(cfg, seeds=seeds, splits=splits, on_run=on_run)
+    if engine.local:
+        result = train_many(cfg, seeds=seeds, splits=splits, on_run=on_run)
+    else:
+        result = train_many_on(engine, cfg, seeds=seeds, splits=splits, on_run=on_run)
     if as_json:
         print_json({"summary_uri": result.summary_uri, "models": result.model_uris, "summary": result.summary})
         return
@@ -396,6 +424,7 @@ _DATA_COPY = typer.Option(
 
 @app.command("reproduce")
 @handle_errors
+@executor_options
 def reproduce_cmd(
     uri: str = typer.Argument(..., help="Model dataset URI."),
     output: Optional[str] = typer.Option(
@@ -418,6 +447,8 @@ def reproduce_cmd(
     data: Optional[list[str]] = _DATA_COPY,
     attest: Optional[Path] = ATTEST_OPT,
     attestation: Optional[Path] = ATTESTATION_OUT_OPT,
+    world_size: Optional[int] = _WORLD_SIZE,
+    engine: Executor = EXECUTOR,
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -427,26 +458,39 @@ def reproduce_cmd(
     temporary copy: that runs only with --trust-code, or after a yes at an interactive prompt.
     With --trusted-key, the model's signature is checked before anything is shown or run.
     --data train=URI reads a copy of the training data (the same dataset only); --attest KEY signs the outcome.
+    --executor slurm|ray re-runs it as a Slurm job or Ray task, and says on which allocation.
     """
-    from reprodl.cli.signing import attest_report, check_can_attest
-    from reprodl.reproduction.rerun import reproduce
+    from reprodl.cli.signing import check_can_attest
 
     check_can_attest(uri, attest)
     plan, trust_code = _ask_trust(uri, trust_code, as_json, trusted_key or ())
+    if not engine.local:
+        raise typer.Exit(_reproduce_on(engine, uri, locals(), quiet=quiet, as_json=as_json))
+    raise typer.Exit(_reproduce_here(uri, plan, locals()))
+
+
+def _reproduce_here(uri: str, plan: Any, given: dict[str, Any]) -> int:
+    """``reprodl reproduce`` in this process (``given``: the command's arguments); its exit code."""
+    from reprodl.cli.signing import attest_report
+    from reprodl.reproduction.rerun import reproduce
+
+    quiet, as_json, trust_code, data = given["quiet"], given["as_json"], given["trust_code"], given["data"]
+    attest, attestation = given["attest"], given["attestation"]
     if not (quiet or as_json or (plan is not None and not trust_code)):  # a refusal says nothing first
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
     report = reproduce(
         uri,
-        output=output,
-        tolerance=tolerance,
-        allow=allow or (),
-        seed=seed,
+        output=given["output"],
+        tolerance=given["tolerance"],
+        allow=given["allow"] or (),
+        seed=given["seed"],
         progress=not (quiet or as_json),
         trust_code=trust_code,
-        stop_at_divergence=stop_at_divergence,
-        trusted_keys=trusted_key or (),
+        stop_at_divergence=given["stop_at_divergence"],
+        trusted_keys=given["trusted_key"] or (),
         data=_roles_to_uris(data or []),
         on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
+        world_size=given["world_size"],
     )
     attested = attest_report(report, attest, attestation) if attest is not None else None
     if as_json:
@@ -455,7 +499,36 @@ def reproduce_cmd(
         print_report(report)
         if attested:
             out.print(f"Attestation: {attested['path']} (signed by key {attested['key_hint']})", markup=False)
-    raise typer.Exit(report.exit_code)
+    return report.exit_code
+
+
+def _reproduce_on(engine: Any, uri: str, given: dict[str, Any], *, quiet: bool, as_json: bool) -> int:
+    """``reprodl reproduce --executor slurm|ray``: the re-run on the engine (``given``: the command's
+    arguments); its verdict and allocation."""
+    from reprodl.reproduction.executors import reproduce_on
+
+    if given["attest"] is not None:
+        raise typer.BadParameter("signs a re-run made here: leave out --executor to attest", param_hint="--attest")
+    names = ("output", "tolerance", "seed", "trust_code", "stop_at_divergence", "world_size")
+    options = {name: given[name] for name in names}
+    options.update(allow=given["allow"] or [], trusted_keys=given["trusted_key"] or [])
+    options["data"] = _roles_to_uris(given["data"] or [])
+
+    if not (quiet or as_json):
+        err.print(f"Reproducing {uri} on {engine.kind}: submitted; waiting for the re-run...", markup=False)
+    report = reproduce_on(engine, uri, **options)
+    if as_json:
+        print_json(report)
+    else:
+        for reason in report.get("reasons", []):
+            out.print(f"  - {reason}", markup=False)
+        where = report["allocation"]
+        rerun = where["rerun"]
+        out.print(
+            f"Ran on: {rerun['scheduler']} job {rerun['job_id']} on {rerun['node']} ({where['label']})", markup=False
+        )
+        out.print(f"Verdict: {report['verdict']} ({where['label']})", markup=False)
+    return int(ExitCode.OK if report.get("ok") else ExitCode.FAILED)
 
 
 def _ask_trust(uri: str, trust_code: bool, as_json: bool, trusted_keys: Any = ()) -> tuple[Any, bool]:
@@ -525,6 +598,14 @@ def print_report(report: ReproductionReport) -> None:
     if report.expectation is not None and report.expectation.held is not None:
         held = "held" if report.expectation.held else "did not hold"
         out.print(f"prediction ({report.expectation.expected} expected): {held}", markup=False)
+    if report.world_size is not None:
+        ws = report.world_size
+        depends = "depends" if ws["depends_on_world_size"] else "does not depend"
+        out.print(
+            f"world size {ws['original']} -> {ws['rerun']} (global batch {ws['global_batch']}): the result {depends} "
+            "on the world size",
+            markup=False,
+        )
     out.print(f"Verdict: [bold {colour}]{report.verdict}[/]")
 
 

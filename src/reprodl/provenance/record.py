@@ -472,6 +472,21 @@ class ComputeProfile(_Part):
     float32_matmul_precision: str | None = Field(None, description="torch.get_float32_matmul_precision()")
 
 
+class Placement(_Part):
+    """Where the training ran: the scheduler, its job, the node and the allocation (schema 1.2 on)."""
+
+    scheduler: str = Field(description="what started the training: local (this machine's process), slurm or ray")
+    job_id: str | None = Field(
+        None, description="the scheduler's job: a Slurm job id (ARRAYJOB_TASK for an array task), a Ray task id"
+    )
+    node: str = Field(description="the host name of the machine the training ran on")
+    allocation: str | None = Field(
+        None,
+        description="the resources it ran in: CLUSTER/JOBID of a Slurm allocation, ray/NODEID of a Ray node; "
+        "None for a local run",
+    )
+
+
 class Environment(_Part):
     """The software and hardware the training ran on."""
 
@@ -490,6 +505,9 @@ class Environment(_Part):
     packages: dict[str, str] = Field(default_factory=dict, description="every installed distribution: name to version")
     compute: ComputeProfile | None = Field(
         None, description="CPU, instruction sets, BLAS, threads and GPU stack: what bitwise results depend on"
+    )
+    placement: Placement | None = Field(
+        None, description="where it ran: scheduler, job id, node, allocation (None in records before it was kept)"
     )
 
 

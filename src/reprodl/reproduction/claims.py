@@ -39,6 +39,7 @@ from reprodl.data.baselines import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, baseline
 from reprodl.errors import DatasetFormatError, ParametersError
 from reprodl.modeldataset.verify import ModelVerification
 from reprodl.parsing import load_json
+from reprodl.reproduction.executors import LOCAL, Executor, attached_claim, plan_key
 
 A_BETTER, B_BETTER, NO_DIFFERENCE = "A better", "B better", "no detectable difference"
 VERDICTS = (A_BETTER, B_BETTER, NO_DIFFERENCE)
@@ -366,9 +367,17 @@ def _is_random(transform: Any) -> bool:
 
 
 def _run_all(
-    plan: list[tuple[str, dict[str, Any], str]], *, metric: str, jobs: int, on_run: Callable[[str, RunValue], None]
+    plan: list[tuple[str, dict[str, Any], str]],
+    *,
+    metric: str,
+    jobs: int,
+    on_run: Callable[[str, RunValue], None],
+    engine: _Engine | None = None,
 ) -> dict[str, list[RunValue]]:
-    """Train the plan, sequentially (``jobs=1``) or on a pool of ``jobs`` single-threaded processes."""
+    """Train the plan, sequentially (``jobs=1``), on a pool of ``jobs`` single-threaded processes,
+    or on the ``engine``'s cluster (Slurm, Ray)."""
+    if engine is not None and not engine.executor.local:
+        return _run_on_engine(plan, metric=metric, on_run=on_run, engine=engine)
     runs: dict[str, list[RunValue]] = {side: [] for side, _, _ in plan}
     if jobs == 1:
         results: Iterable[dict[str, Any]] = (_train_run(cfg, name, metric) for _, cfg, name in plan)
@@ -386,6 +395,70 @@ def _run_all(
         runs[side].append(run)
         on_run(side, run)
     return runs
+
+
+@dataclasses.dataclass(frozen=True)
+class _Engine:
+    """Where the members train (:mod:`reprodl.reproduction.executors`), and what a Slurm state file needs."""
+
+    executor: Executor
+    output: str
+    key: str
+    claim: str
+
+
+def _run_on_engine(
+    plan: list[tuple[str, dict[str, Any], str]],
+    *,
+    metric: str,
+    on_run: Callable[[str, RunValue], None],
+    engine: _Engine,
+) -> dict[str, list[RunValue]]:
+    """The plan's members as Ray tasks (their results) or Slurm array tasks (read from their records);
+    ``on_run`` as each finishes (a Slurm member whose record cannot be read fails after all, with its log)."""
+    from reprodl.errors import ReproductionError
+    from reprodl.reproduction.executors import run_members
+
+    collected: dict[int, RunValue] = {}
+
+    def done(i: int, result: Any) -> None:
+        side, _, name = plan[i]
+        try:
+            run = RunValue(**result) if result is not None else _slurm_member(engine.output, name, metric, None)
+        except ReproductionError:
+            return  # raised below with the job's log
+        collected[i] = run
+        on_run(side, run)
+
+    cwd, ex = os.getcwd(), engine.executor
+    members = [(name, (cfg, name, metric, cwd)) for _, cfg, name in plan]
+    jobs = run_members(ex, _train_run, members, on_done=done, output=engine.output, key=engine.key, claim=engine.claim)
+    runs: dict[str, list[RunValue]] = {side: [] for side, _, _ in plan}
+    for i, ((side, _, name), job) in enumerate(zip(plan, jobs)):
+        runs[side].append(collected.get(i) or _slurm_member(engine.output, name, metric, job))
+    return runs
+
+
+def _slurm_member(output: str, name: str, metric: str, job: dict[str, Any] | None) -> RunValue:
+    """A member trained by a Slurm job, from its record (as collect reads it); its log where it failed."""
+    from reprodl.errors import DatasetNotFoundError, ReproductionError
+    from reprodl.modeldataset.read import load_record
+    from reprodl.store.uris import dataset_uri
+
+    uri = dataset_uri(output, name)
+    try:
+        record = load_record(uri)
+    except DatasetNotFoundError:
+        job = job or {"job_id": "?", "log": ""}
+        raise ReproductionError(
+            f"the Slurm job {job['job_id']} ended without training the run {name} (no model at {uri}); the end "
+            f"of its log:\n{job['log'] or '(empty)'}\nFix the cause and run the command again"
+        ) from None
+    value = record.results.final.get(metric)
+    if not isinstance(value, (int, float)):
+        raise ParametersError(f"the run {uri} has no final metric {metric!r}: pick another with --metric")
+    seed = int(record.training.seeds.seed)
+    return RunValue(seed=seed, value=float(value), uri=uri, record_digest=record.digest or "")
 
 
 def default_jobs() -> int:
@@ -416,6 +489,7 @@ def compare(
     set_b: Iterable[str] = (),
     output: str | None = None,
     on_run: Callable[[str, RunValue], None] | None = None,
+    executor: Executor = LOCAL,
 ) -> Comparison:
     """Train ``seeds`` paired instantiations of recipes A and B; P(A>B), its interval and verdict.
 
@@ -434,6 +508,8 @@ def compare(
         set_b: ``key=value`` overrides of B.
         output: base URI for the runs and the claim dataset (default: A's output).
         on_run: called with ("a" or "b", the run) as each run's result is collected.
+        executor: where the runs train (:mod:`~reprodl.reproduction.executors`): this machine's pool
+            (default), Slurm jobs or Ray tasks; each run's record names where it ran.
 
     Returns:
         The :class:`Comparison`, with ``claim_uri`` the claim dataset written.
@@ -442,9 +518,10 @@ def compare(
         ParametersError: fewer than 2 seeds, jobs < 1, an unsupported ``vary``, a missing metric.
     """
     jobs = min(default_jobs() if jobs is None else jobs, max(2 * seeds, 1))
-    prep = _prepare(a, b, seeds=seeds, jobs=jobs, vary=vary, set_a=set_a, set_b=set_b, output=output)
+    prep = _prepare(a, b, seeds=seeds, jobs=jobs, vary=vary, set_a=set_a, set_b=set_b, output=output, executor=executor)
     check_metric(prep.cfgs, metric)
-    runs = _run_all(prep.plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
+    engine = _Engine(executor, prep.output, prep.key, prep.claim)
+    runs = _run_all(prep.plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None), engine=engine)
     recipes = _recipes(a, b, prep.cfgs, set_a, set_b)
     result = judge(
         runs, metric=metric, vary=prep.varied, recipes=recipes, evaluation_band=measure_evaluation_band(runs, metric)
@@ -464,6 +541,7 @@ class _Prepared:
     varied: list[str]
     notes: list[str]
     plan: list[tuple[str, dict[str, Any], str]]
+    key: str = ""  # the plan's digest: names a Slurm compare's state file
 
 
 def _prepare(
@@ -476,19 +554,27 @@ def _prepare(
     set_a: Iterable[str],
     set_b: Iterable[str],
     output: str | None,
+    executor: Executor = LOCAL,
 ) -> _Prepared:
-    """Everything :func:`compare` decides before training: the two configs and every run's config."""
+    """Everything :func:`compare` decides before training: the two configs and every run's config.
+
+    A Slurm compare submitted before with the same plan keeps its claim name (its jobs are attached to).
+    """
     varied = _check_args(seeds, jobs, vary)
-    start_pool(jobs)
+    if executor.local:
+        start_pool(jobs)
     cfgs = {"a": _load(a, list(set_a)), "b": _load(a if b is None else b, list(set_b))}
     out = output or cfgs["a"].output
     base = int(cfgs["a"].params.get("seed", 0))
-    claim = _claim_name(out, f"{cfgs['a'].name}-vs-{cfgs['b'].name}", sides="ab", seeds=seeds, base=base)
+    key = plan_key([{k: c.model_dump(mode="json") for k, c in cfgs.items()}, out, seeds, base, varied])
+    claim = attached_claim(executor, out, key) or _claim_name(
+        out, f"{cfgs['a'].name}-vs-{cfgs['b'].name}", sides="ab", seeds=seeds, base=base
+    )
     for cfg in cfgs.values():
         cfg.output = out
     varied, notes = _in_effect(cfgs, varied, explicit=vary is not None)
     plan = _plan(cfgs, seeds=seeds, base=base, claim=claim, **_plan_flags(varied))
-    return _Prepared(cfgs, out, claim, varied, notes, plan)
+    return _Prepared(cfgs, out, claim, varied, notes, plan, key)
 
 
 def write_member_configs(
@@ -998,6 +1084,7 @@ def ablate(
     set_: Iterable[str] = (),
     output: str | None = None,
     on_run: Callable[[str, RunValue], None] | None = None,
+    executor: Executor = LOCAL,
 ) -> Ablation:
     """The base recipe against each variant (``"NAME: key=value ..."``), with P(base > variant) each.
 
@@ -1008,7 +1095,8 @@ def ablate(
     variants = list(variants)
     jobs = min(default_jobs() if jobs is None else jobs, max(seeds * (len(variants) + 1), 1))
     varied = _check_args(seeds, jobs, vary)
-    start_pool(jobs)
+    if executor.local:
+        start_pool(jobs)
     parsed = dict(parse_variant(v) for v in variants)
     if not parsed or "base" in parsed:
         raise ParametersError("give at least one --variant 'NAME: key=value', none of them called 'base'")
@@ -1021,10 +1109,14 @@ def ablate(
         c.output = out
     base = int(cfg.params.get("seed", 0))
     extra = [f".vs-{name}" for name in parsed]
-    prefix = _claim_name(out, f"{cfg.name}-ablate", sides=list(cfgs), seeds=seeds, base=base, extra=extra)
+    key = plan_key(["ablate", {k: c.model_dump(mode="json") for k, c in cfgs.items()}, out, seeds, base, varied])
+    prefix = attached_claim(executor, out, key) or _claim_name(
+        out, f"{cfg.name}-ablate", sides=list(cfgs), seeds=seeds, base=base, extra=extra
+    )
     varied, notes = _in_effect(cfgs, varied, explicit=vary is not None)
     plan = _plan(cfgs, seeds=seeds, base=base, claim=prefix, **_plan_flags(varied))
-    runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None))
+    engine = _Engine(executor, out, key, prefix)
+    runs = _run_all(plan, metric=metric, jobs=jobs, on_run=on_run or (lambda side, run: None), engine=engine)
     results = {}
     for name, overrides in parsed.items():
         recipes = {"a": _describe(config, cfg, common), "b": _describe(config, cfgs[name], [*common, *overrides])}

@@ -75,6 +75,7 @@ def main(argv: list[str]) -> int:
     writes the model and its URI into the job's ``report`` file."""
     from reprodl.modeldataset.read import read_record
     from reprodl.reproduction import rerun
+    from reprodl.reproduction.worldsize import at_world_size, recorded_world_size
     from reprodl.store import open_dataset
     from reprodl.training.distributed import joined_from_environment
     from reprodl.training.loop import choose_device
@@ -82,6 +83,8 @@ def main(argv: list[str]) -> int:
     job = json.loads(argv[0])
     model_ds = open_dataset(job["uri"])
     record = read_record(model_ds)
+    if job.get("world_size", recorded_world_size(record)) != recorded_world_size(record):  # reproduce --world-size
+        record = at_world_size(record, job["world_size"], what=model_ds.uri)
     params = rerun._run_params(record, device=job.get("device"), seed=job.get("seed"))
     with joined_from_environment(choose_device(params.get("device")).type) as group:
         original = rerun._Original(model_ds, record, {})

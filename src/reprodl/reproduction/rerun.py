@@ -54,6 +54,7 @@ from reprodl.reproduction.rebuild import (
     transform_differences,
 )
 from reprodl.reproduction.verdict import Comparison, Judgement, Reason, Verdict, judge
+from reprodl.reproduction.worldsize import recorded_world_size, replanned, world_size_noted
 from reprodl.store import StoredDataSet, open_dataset
 from reprodl.training.capture import class_source_sha256
 from reprodl.training.params import Parameters
@@ -104,6 +105,8 @@ class ReproductionReport:
     divergence: Divergence | None = None
     # The reasons, typed: each a Reason(kind, text); ``reasons`` holds their texts.
     why: list[Reason] = dataclasses.field(default_factory=list)
+    # reproduce --world-size: the processes and batches of both runs, and whether the result depends on them.
+    world_size: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -181,6 +184,7 @@ def reproduce(
     stop_at_divergence: bool = False,
     trusted_keys: Iterable[str | os.PathLike[str]] = (),
     data: Mapping[str, str] | None = None,
+    world_size: int | None = None,
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
@@ -208,20 +212,19 @@ def reproduce(
     t0 = time.perf_counter()
     model_ds = open_dataset(uri)
     record = read_record(model_ds)
-    check_resources(record, what=model_ds.uri)  # recorded worker and process counts, before any work
+    check_resources(planned := replanned(record, world_size, uri), what=model_ds.uri)  # worker, process counts
     where = data_locations(record, data)  # a copy of a dataset (refused unless the same), a moved one
     if record.code.run is not None:  # a start_run record: re-execute its code (with trust)
         run: dict[str, Any] = dict(output=output, tolerance=tol, seed=seed, on_output=on_output, data=where)
         report = _reexecute(model_ds, record, trust_code=trust_code, tolerance_given=given, keys=trusted_keys, **run)
     else:
         signature_note(model_ds, trusted_keys)  # refused here when a trusted key's signature fails
-        original = _Original(model_ds, relocated(record, where), load_weights(model_ds, record))
+        original = _Original(model_ds, relocated(planned, where), load_weights(model_ds, record))
         options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
-        options["tolerance_given"] = given
+        options.update(tolerance_given=given, device=device, seed=seed, output=output, progress=progress)
         comparer = trace_comparer(model_ds, record, stop=stop_at_divergence)
-        report = _reproduce_in_process(
-            original, tol, t0, device=device, seed=seed, output=output, progress=progress, comparer=comparer, **options
-        )
+        report = _reproduce_in_process(original, tol, t0, comparer=comparer, **options)
+    report = world_size_noted(report, record, world_size)  # reproduce --world-size: does the result depend on it?
     record_verdict(report, model_ds, record)
     return report
 
@@ -486,6 +489,7 @@ def _train_distributed(
             base = stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-reproduce-"))
         elif "://" not in base:
             base = os.path.abspath(base)
+        options = {**options, "world_size": recorded_world_size(original.record)}  # another with --world-size
         uri = train_under_torchrun(original.model_ds, original.record, base=base, options=options)
         new_ds = open_dataset(uri)
         new_record = read_record(new_ds)

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -127,7 +127,8 @@ class DatasetWriter:
         return set(self._relpaths)
 
     def _freeze(self) -> Any:
-        self._proto.freeze()
+        with hashed_on_all_cores(self._proto):
+            self._proto.freeze()
         ds = frozen_dataset(self._proto.uri)
         ids = list(ds.identifiers)
         for name, by_rel in self._overlays.items():
@@ -136,6 +137,43 @@ class DatasetWriter:
                 overlay[item_identifier(rel)] = value
             ds.put_overlay(name, overlay)
         return ds
+
+
+HASH_WORKERS_MAX = 8  # threads hashing a freeze's items (hashlib's md5 releases the GIL on large reads)
+
+
+def prehash_items(proto: Any) -> dict[str, str] | None:
+    """Each item's md5 (by handle), hashed on every core (threads; hashlib's md5 releases the GIL on
+    large reads); None for a broker without local files (s3) or fewer than two items."""
+    from reprodl.store.fetch import bounded_map
+    from reprodl.store.hashing import file_md5
+
+    broker = getattr(proto, "_storage_broker", None)
+    fpath = getattr(broker, "_fpath_from_handle", None)
+    handles = list(broker.iter_item_handles()) if fpath is not None and broker is not None else []
+    if len(handles) < 2:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(HASH_WORKERS_MAX, len(handles), cores)
+    path_of: Callable[[str], str] = fpath  # type: ignore[assignment]  # not None: handles is empty otherwise
+    return dict(bounded_map(lambda h: (h, file_md5(path_of(h))), handles, workers=workers))
+
+
+@contextlib.contextmanager
+def hashed_on_all_cores(proto: Any) -> Iterator[None]:
+    """While the block runs, ``proto``'s broker answers each item's md5 from :func:`prehash_items`:
+    dtool's freeze hashes one item after another. The manifest is the same (dtool's md5 of each file)."""
+    hashes = prehash_items(proto)
+    if hashes is None:
+        yield
+        return
+    broker = proto._storage_broker
+    original = broker.get_hash
+    broker.get_hash = lambda handle: hashes.get(handle) or original(handle)
+    try:
+        yield
+    finally:
+        del broker.get_hash  # the class's method again
 
 
 def writer_over(proto: Any, staging: str | os.PathLike[str], name: str) -> DatasetWriter:

@@ -40,6 +40,7 @@ from reprodl.provenance import (
     GitInfo,
     OptimizerInfo,
 )
+from reprodl.training.placement import capture_placement
 
 # --- environment -----------------------------------------------------------------------
 _PACKAGES_CACHE: dict[Any, dict[str, str]] = {}
@@ -272,6 +273,7 @@ def capture_environment() -> Environment:
         reprodl=__version__,
         packages=installed_packages(),
         compute=capture_compute(),
+        placement=capture_placement(),
     )
 
 

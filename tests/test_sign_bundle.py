@@ -101,7 +101,10 @@ def test_another_ecdsa_key_or_an_unsigned_model_is_refused(signed, cli, model_co
     assert bare.exit_code == ExitCode.FAILED and "has no model-signing bundle" in _check(bare)["detail"]
 
 
-def test_reproduce_with_a_trusted_ecdsa_key_refuses_a_changed_model_before_anything_runs(signed, cli):
+def test_reproduce_with_a_trusted_ecdsa_key_runs_a_signed_model_and_refuses_a_changed_one(signed, cli):
+    ran = cli("reproduce", signed["model"], "--trusted-key", signed["pub"], "--json", "--quiet")
+    assert ran.exit_code == 0, ran.stdout + ran.stderr
+    assert json.loads(ran.stdout)["verdict"] == "identical"
     _flip_one_byte(signed["model"] / "data" / keys.WEIGHTS_FILE)
     result = cli("reproduce", signed["model"], "--trusted-key", signed["pub"], "--quiet")
     assert result.exit_code != 0

@@ -88,6 +88,8 @@ MANIFESTS_DIR = "manifests"  # model dataset items <MANIFESTS_DIR>/<uuid>.json: 
 # No dot in the name: dtool-s3 splits annotation keys on dots.
 SIGNATURES = "reprodl_signatures"
 SIGNATURE_FORMAT = "reprodl-signature/1"  # names what a signature's payload holds
+# `reprodl sign` with an ECDSA key: OpenSSF model-signing bundles of the dataset (a list, one per key).
+MODEL_SIGNING = "reprodl_model_signing"
 
 # Written by `reprodl reproduce --output` on the reproduction it keeps: the verdict and what was
 # reproduced (an annotation, so not covered by the record digest). No dot: dtool-s3 splits on dots.

@@ -36,7 +36,10 @@ _ALLOW = typer.Option(
     None, "--allow", help="Module (or module:Class) trusted to be imported for the architecture; repeatable."
 )
 _TRUSTED_KEY = typer.Option(
-    None, "--trusted-key", help="Public key (KEY.pub file or its text) the model must be signed by; repeatable."
+    None,
+    "--trusted-key",
+    help="Public key (KEY.pub file or its text; an ECDSA PEM checks a model-signing bundle) the model must be "
+    "signed by; repeatable.",
 )
 _TRUST_CODE = typer.Option(
     False,

@@ -23,12 +23,13 @@ def keygen_cmd(
         ..., help="Where to write the private key (PEM, mode 0600); the public key goes to KEY.pub."
     ),
     ecdsa: bool = typer.Option(
-        False, "--ecdsa", help="An ECDSA P-256 pair (PEM), for `reprodl reproduce --attest` (model-signing's format)."
+        False, "--ecdsa", help="An ECDSA P-256 pair (PEM): `reproduce --attest`, and `sign` in model-signing's format."
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Make an Ed25519 key pair for signing models (needs `pip install 'reprodl\\[sign]'`), or with
-    --ecdsa one for attesting reproductions (needs `pip install 'reprodl\\[attest]'`)."""
+    --ecdsa one for attesting reproductions and signing in model-signing's format (needs
+    `pip install 'reprodl\\[attest]'`)."""
     from reprodl.modeldataset.signing import PUBLIC_SUFFIX, generate_key
 
     if ecdsa:
@@ -45,6 +46,7 @@ def keygen_cmd(
     if ecdsa:
         out.print(f"Public key:  {pub_path} (PEM)", markup=False)
         out.print("Attest a reproduction: reprodl reproduce URI --attest KEY", markup=False)
+        out.print("Sign a model (model-signing format): reprodl sign URI --key KEY", markup=False)
         return
     out.print(f"Public key:  {pub_path}: {public}", markup=False)
     out.print(
@@ -56,19 +58,37 @@ def keygen_cmd(
 @handle_errors
 def sign_cmd(
     uri: str = typer.Argument(..., help="Model dataset URI (one you can write annotations to)."),
-    key: Path = typer.Option(..., "--key", help="Private key file written by `reprodl keygen`."),
+    key: Path = typer.Option(..., "--key", help="Private key file written by `reprodl keygen` (Ed25519 or --ecdsa)."),
+    bundle: Optional[Path] = typer.Option(
+        None, "--bundle", help="With an ECDSA key: also write its model-signing bundle here (`model_signing verify`)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Sign a model dataset: its record digest, weights, manifest and every item's sha256."""
+    """Sign a model dataset: its record digest, weights, manifest and every item's sha256 (Ed25519
+    key); with an ECDSA key (`keygen --ecdsa`), an OpenSSF model-signing bundle of its directory."""
     from reprodl.modeldataset.signing import sign
 
-    entry = sign(uri, key)
+    entry = sign(uri, key, bundle=bundle)
     if as_json:
-        print_json(entry)
+        print_json(entry if bundle is None else entry | {"bundle_path": str(bundle)})
+        return
+    if "bundle" in entry:
+        _print_bundle(uri, entry, bundle)
         return
     out.print(f"Signed {uri} with {entry['public_key']}", markup=False)
     for name, value in entry["payload"].items():
         out.print(f"  {name}: {value}", markup=False)
+
+
+def _print_bundle(uri: str, entry: dict[str, Any], path: Optional[Path]) -> None:
+    from reprodl import keys
+    from reprodl.modeldataset.attestation import unverified_statement
+
+    resources = unverified_statement(entry["bundle"]).get("predicate", {}).get("resources", [])
+    out.print(f"Signed {uri} with ECDSA key {entry['key_hint'][:16]} (OpenSSF model-signing bundle)", markup=False)
+    out.print(f"  files covered: {len(resources)} (sha256 each)", markup=False)
+    out.print(f"  kept in the annotation {keys.MODEL_SIGNING}" + (f" and in {path}" if path else ""), markup=False)
+    out.print("Check it: reprodl verify URI --trusted-key KEY.pub", markup=False)
 
 
 # --- attestations of reproductions ----------------------------------------------------------

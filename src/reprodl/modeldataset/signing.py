@@ -184,10 +184,21 @@ def signatures(ds: StoredDataSet) -> list[dict[str, Any]]:
     return [s for s in stored if isinstance(s, dict)] if isinstance(stored, list) else []
 
 
-def sign(uri: str, key_path: str | os.PathLike[str]) -> dict[str, Any]:
+def sign(uri: str, key_path: str | os.PathLike[str], *, bundle: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Sign the model dataset at ``uri`` with the private key at ``key_path``; returns the
     signature stored (algorithm, public_key, signature, payload). A signature by the same key
-    is replaced; others are kept."""
+    is replaced; others are kept. With an ECDSA key (PEM) the model-signing library signs the
+    dataset's directory instead (:mod:`reprodl.modeldataset.bundle_signing`; ``bundle``: also
+    write its bundle to that file)."""
+    from reprodl.modeldataset.bundle_signing import is_ecdsa_key, sign_bundle
+
+    if is_ecdsa_key(key_path, private=True):
+        return sign_bundle(uri, key_path, out=bundle)
+    if bundle is not None:
+        raise SigningError(
+            f"{os.fspath(key_path)!r} is an Ed25519 key: only an ECDSA key (`reprodl keygen KEY --ecdsa`) "
+            "signs in model-signing's format, whose bundle --bundle writes; drop --bundle or sign with an ECDSA key"
+        )
     key = load_private_key(key_path)
     serialization = _serialization()
     ds = open_dataset(uri)
@@ -226,8 +237,15 @@ class SignatureCheck:
 
 def verify_signature(uri: str | StoredDataSet, *, trusted_keys: Iterable[str | os.PathLike[str]]) -> SignatureCheck:
     """Whether the model dataset at ``uri`` carries a valid signature, over its content as
-    it is now, by one of ``trusted_keys`` (``KEY.pub`` files, PEM files or base64 texts)."""
-    trusted = [load_public_key(k) for k in trusted_keys]
+    it is now, by one of ``trusted_keys`` (``KEY.pub`` files, PEM files or base64 texts). An
+    ECDSA public key (PEM) checks the model-signing bundles instead (:func:`_either`)."""
+    from reprodl.modeldataset.bundle_signing import is_ecdsa_key
+
+    given = list(trusted_keys)
+    ecdsa = [k for k in given if is_ecdsa_key(k, private=False)]
+    if ecdsa:
+        return _either(uri, [k for k in given if k not in ecdsa], ecdsa)
+    trusted = [load_public_key(k) for k in given]
     if not trusted:
         raise SigningError("no trusted key given: pass the author's public key (KEY.pub), CLI: --trusted-key KEY.pub")
     ed25519 = _ed25519()
@@ -261,6 +279,32 @@ def verify_signature(uri: str | StoredDataSet, *, trusted_keys: Iterable[str | o
     return SignatureCheck(False, "; ".join(problems))
 
 
+def _either(
+    uri: str | StoredDataSet, ed25519_keys: list[str | os.PathLike[str]], ecdsa_keys: list[str | os.PathLike[str]]
+) -> SignatureCheck:
+    """Signed by one of the Ed25519 keys (reprodl's signature) or one of the ECDSA keys (a
+    model-signing bundle): the first check that passes, else why each failed."""
+    from reprodl.modeldataset.bundle_signing import verify_bundles
+
+    ds = uri if isinstance(uri, StoredDataSet) else open_dataset(uri)
+    failed = []
+    if ed25519_keys:
+        check = verify_signature(ds, trusted_keys=ed25519_keys)
+        if check.ok:
+            return check
+        failed.append(check.detail)
+    check = verify_bundles(ds, ecdsa_keys)
+    return check if check.ok else SignatureCheck(False, "; ".join([*failed, check.detail]))
+
+
+def signers(ds: StoredDataSet) -> list[str]:
+    """Who signed ``ds``, unchecked: Ed25519 public keys, and ECDSA key hints of model-signing bundles."""
+    from reprodl.modeldataset.bundle_signing import bundle_entries, bundle_hint
+
+    ed25519 = [str(s.get("public_key"))[:60] for s in signatures(ds)]
+    return ed25519 + [f"ECDSA key {bundle_hint(e)[:16]} (model-signing)" for e in bundle_entries(ds)]
+
+
 def _what_changed(signed: Any, now: dict[str, Any]) -> str:
     if not isinstance(signed, dict):
         return "the signature is invalid"
@@ -285,5 +329,5 @@ def signature_note(ds: StoredDataSet, trusted_keys: Iterable[str | os.PathLike[s
                 f"refusing to reproduce {ds.uri}: {check.detail}; nothing was run", problems=[check.detail]
             )
         return f"{check.detail} (checked against a trusted key)"
-    signers = [str(s.get("public_key"))[:60] for s in signatures(ds)]
-    return f"by {', '.join(signers)} (not checked: pass --trusted-key)" if signers else "not signed"
+    who = signers(ds)
+    return f"by {', '.join(who)} (not checked: pass --trusted-key)" if who else "not signed"

@@ -211,15 +211,16 @@ def _script_class_allowed(path: str, allow: list[str], *, script: bool) -> bool:
 def _check_signature(ds: StoredDataSet, result: ModelVerification, trusted: list[Any]) -> None:
     """The signature check when keys are trusted; else a note naming who signed, if anyone."""
     from reprodl import keys
-    from reprodl.modeldataset.signing import CHECK_NAME, signatures, verify_signature
+    from reprodl.modeldataset.signing import CHECK_NAME, signers, verify_signature
 
     if trusted:
         check = verify_signature(ds, trusted_keys=trusted)
         result.add(CHECK_NAME, check.ok, check.detail)
-    elif signed_by := [str(s.get("public_key"))[:60] for s in signatures(ds)]:
-        result.notes.append(
-            f"signed by {', '.join(signed_by)} (not checked: pass --trusted-key to check; annotation {keys.SIGNATURES})"
-        )
+    elif signed_by := signers(ds):
+        bundles = sum(s.endswith("(model-signing)") for s in signed_by)
+        where = ", ".join([keys.SIGNATURES] * (len(signed_by) > bundles) + [keys.MODEL_SIGNING] * (bundles > 0))
+        checked = "not checked: pass --trusted-key to check"
+        result.notes.append(f"signed by {', '.join(signed_by)} ({checked}; annotation {where})")
 
 
 def _as_json(value: Any) -> Any:

@@ -557,3 +557,35 @@ def test_a_watched_model_saved_whole_or_deep_copied_carries_no_hook_of_the_run(t
         assert len(SEEN) == 3  # the script's hook went with the copies
         run.save(model)
     assert run.record is not None and run.record.training.optimizer_steps == 1
+
+
+@slow
+def test_a_factor_in_a_printing_script_is_proven_by_replay_and_json_stays_json(tmp_path: Path) -> None:
+    """The mnist shape trained under ATEN_CPU_CAPABILITY=avx2 and reproduced without it (issue 21, as tried
+    on pytorch/examples' mnist): the script prints, yet ``--json``'s stdout is the report alone, and the
+    replay (a re-execution of the script with the factor put back) confirms the cause."""
+    import subprocess
+    import sys
+
+    from user_scripts import child_env
+
+    repo = user_repo(tmp_path / "repo", {"main.py": MNIST}, commit_message="mnist")
+    res = subprocess.run(
+        [sys.executable, "main.py"],
+        cwd=repo,
+        env={**child_env(), "ATEN_CPU_CAPABILITY": "avx2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    uri = res.stdout.strip().splitlines()[-1]
+    command = [sys.executable, "-m", "reprodl.cli", "reproduce", uri, "--trust-code", "--json", "-q"]
+    rerun = subprocess.run(command, cwd=repo, env=child_env(), capture_output=True, text=True, timeout=900)
+    report = json.loads(rerun.stdout)  # the re-executed script printed its URI: not on this stdout
+    if report["verdict"] == "identical":
+        pytest.skip("ATEN_CPU_CAPABILITY=avx2 gives the same bits as this CPU's default kernels here")
+    assert rerun.returncode == 1 and report["verdict"] == "differs", rerun.stderr[-2000:]
+    replays = report["replays"]
+    assert [r["outcome"] for r in replays["runs"]] == ["confirmed"], replays
+    assert replays["conclusion"].startswith("cause confirmed by replay: ATen CPU capability AVX2"), replays

@@ -205,6 +205,22 @@ def test_what_this_machine_cannot_put_back_says_why() -> None:
     assert not expectation.restorable
 
 
+def test_a_failed_replay_leaves_the_cause_unconfirmed_never_ruled_out() -> None:
+    from reprodl.reproduction.replay import Replay, conclusion
+
+    capped = _environment(cpu_capability="AVX2", thread_env={"ATEN_CPU_CAPABILITY": "avx2"})
+    (aten,) = factors(capped, _environment())
+    failed = Replay(aten, "failed", None, 1.0, "the replay exited 0: }")
+    said = conclusion([failed], [])
+    assert "no restorable factor explains" not in said and "still differs" not in said
+    unconfirmed = "unconfirmed: ATen CPU capability AVX2 -> AVX512 (the replay failed: the replay exited 0: })"
+    assert said == f"no replay completed; {unconfirmed}"
+    differs = Replay(aten, "not confirmed", 1, 1.0, "still differs from step 1 with it put back")
+    assert conclusion([differs], []).startswith(
+        "no restorable factor explains the divergence: with each put back (ATen"
+    )
+
+
 # --- the default tolerance -------------------------------------------------------------------
 def test_the_default_band_of_an_accuracy_is_two_binomial_standard_errors() -> None:
     assert binomial_band(0.5, 400) == pytest.approx(2 * 0.025)

@@ -490,22 +490,24 @@ def _reproduce_here(uri: str, plan: Any, given: dict[str, Any]) -> int:
     attest, attestation = given["attest"], given["attestation"]
     if not (quiet or as_json or (plan is not None and not trust_code)):  # a refusal says nothing first
         err.print(f"Reproducing {uri}: checking data, code and environment, then re-training...")
-    report = reproduce(
-        uri,
-        output=given["output"],
-        tolerance=given["tolerance"],
-        allow=given["allow"] or (),
-        seed=given["seed"],
-        progress=not (quiet or as_json),
-        trust_code=trust_code,
-        stop_at_divergence=given["stop_at_divergence"],
-        trusted_keys=given["trusted_key"] or (),
-        data=_roles_to_uris(data or []),
-        replay=not given["no_replay"],
-        replay_window=given["replay_window"],
-        on_output=None if quiet else (lambda line: err.print(line, markup=False, highlight=False)),
-        world_size=given["world_size"],
-    )
+    script = _ScriptOutput(quiet)
+    with script.shown_on_failure():
+        report = reproduce(
+            uri,
+            output=given["output"],
+            tolerance=given["tolerance"],
+            allow=given["allow"] or (),
+            seed=given["seed"],
+            progress=not (quiet or as_json),
+            trust_code=trust_code,
+            stop_at_divergence=given["stop_at_divergence"],
+            trusted_keys=given["trusted_key"] or (),
+            data=_roles_to_uris(data or []),
+            replay=not given["no_replay"],
+            replay_window=given["replay_window"],
+            on_output=script,  # the re-executed script's output: on stderr (stdout is the report's, --json's)
+            world_size=given["world_size"],
+        )
     attested = attest_report(report, attest, attestation) if attest is not None else None
     if as_json:
         print_json(report.to_dict() | ({"attestation": attested} if attested else {}))
@@ -514,6 +516,32 @@ def _reproduce_here(uri: str, plan: Any, given: dict[str, Any]) -> int:
         if attested:
             out.print(f"Attestation: {attested['path']} (signed by key {attested['key_hint']})", markup=False)
     return report.exit_code
+
+
+class _ScriptOutput:
+    """Where a re-executed script's output goes: stderr, line by line (stdout holds the report, and
+    ``--json``'s is JSON only); with ``--quiet`` its last lines are kept, and shown only when it fails."""
+
+    def __init__(self, quiet: bool) -> None:
+        import collections
+
+        self.quiet = quiet
+        self.tail: collections.deque[str] = collections.deque(maxlen=40)
+
+    def __call__(self, line: str) -> None:
+        if self.quiet:
+            self.tail.append(line)
+        else:
+            err.print(line, markup=False, highlight=False)
+
+    @contextlib.contextmanager
+    def shown_on_failure(self) -> Any:
+        try:
+            yield
+        except ReprodlError:
+            for line in self.tail:
+                err.print(line, markup=False, highlight=False)
+            raise
 
 
 def _reproduce_on(engine: Any, uri: str, given: dict[str, Any], *, quiet: bool, as_json: bool) -> int:

@@ -96,17 +96,20 @@ def replay_factors(
 
 
 def conclusion(runs: list[Replay], unrestorable: list[Factor]) -> str:
-    """One line: the confirmed cause(s), or that no restorable factor explains the divergence."""
+    """One line: the confirmed cause(s); else which factors were put back and still differ, and which
+    are unconfirmed (a replay that failed, a factor that cannot be restored here): never more than that."""
     confirmed = [r.factor.label for r in runs if r.outcome == "confirmed"]
     if confirmed:
         return f"{CONFIRMED}: " + "; ".join(confirmed)
-    left = (
-        f"; unconfirmed (cannot be restored here): {', '.join(f.label for f in unrestorable)}" if unrestorable else ""
-    )
-    if not runs:
-        return "no factor could be restored on this machine, so none was replayed" + left
-    tried = ", ".join(r.factor.label for r in runs)
-    return f"no restorable factor explains the divergence: with each put back ({tried}) the window still differs" + left
+    left = [f"{r.factor.label} (the replay failed: {r.detail})" for r in runs if r.outcome == "failed"]
+    left += [f"{f.label} (cannot be restored here)" for f in unrestorable]
+    unconfirmed = f"unconfirmed: {'; '.join(left)}" if left else ""
+    tried = ", ".join(r.factor.label for r in runs if r.outcome == "not confirmed")
+    if not tried:
+        none = "no factor could be restored on this machine, so none was replayed" if not runs else "no replay completed"
+        return f"{none}; {unconfirmed}" if unconfirmed else none
+    explained = f"no restorable factor explains the divergence: with each put back ({tried}) the window still differs"
+    return f"{explained}; {unconfirmed}" if unconfirmed else explained
 
 
 def _replay_one(uri: str, factor: Factor, *, window: int, arguments: list[str], timeout: float | None) -> Replay:

@@ -388,6 +388,62 @@ def test_entries_put_directly_link_up(tmp_path: Path) -> None:
         assert _names(descendants(catalog, "data")) == ["claim", "net"]
 
 
+# --- the full-text index keeps no second copy of the READMEs (issue 22 item 5) ---------------
+# The catalog a reprodl before schema version 2 made: its full-text index held its own copy of
+# every name, README and annotation text.
+_V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE entries (
+    id INTEGER PRIMARY KEY, uuid TEXT NOT NULL, manifest_digest TEXT NOT NULL, kind TEXT NOT NULL,
+    name TEXT NOT NULL, readme TEXT NOT NULL DEFAULT '', readme_fields TEXT NOT NULL DEFAULT '{}',
+    annotations TEXT NOT NULL DEFAULT '{}', record_digest TEXT, created_at TEXT, creator TEXT,
+    verdict TEXT, indexed_at TEXT, UNIQUE (uuid, manifest_digest)
+);
+CREATE VIRTUAL TABLE search USING fts5 (name, readme, annotations, tokenize = 'unicode61');
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO entries (uuid, manifest_digest, kind, name, readme) VALUES ('u1', 'm', 'dataset', 'digits', 'a README');
+INSERT INTO search (rowid, name, readme, annotations) VALUES (1, 'digits', 'a README', '');
+"""
+
+
+def test_a_readme_is_stored_once_in_the_catalog_file(tmp_path: Path) -> None:
+    readme = "- " * 500_000  # 1 MB of text and no word: the index of it is empty, any copy of it is not
+    path = tmp_path / "c.sqlite"
+    with Catalog(path) as catalog:
+        catalog.put(Entry("u1", "dataset", "digits", "m", uris=["s3://b/d"], readme=readme))
+        catalog.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert catalog.entries()[0].readme == readme
+    assert 1_000_000 < path.stat().st_size < 1_400_000  # twice over 2 MB with the index's own copy
+
+
+def test_search_follows_entries_replaced_and_forgotten(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "c.sqlite") as catalog:
+        net = {"uuid": "u1", "kind": "model", "name": "net", "manifest_digest": "m", "uris": ["s3://b/m"]}
+        catalog.put(Entry(**net, readme="zebra stripes", annotations={"owner": "alice"}))
+        catalog.put(Entry("u2", "model", "other", "m", uris=["s3://b/o"], readme="zebra"))
+        catalog.put(Entry(**net, readme="lion mane", annotations={"owner": "bob"}))
+        assert [e.name for e in search(catalog, "zebra")] == ["other"]
+        assert [e.name for e in search(catalog, "lion")] == [e.name for e in search(catalog, "bob")] == ["net"]
+        assert search(catalog, "stripes") == [] and search(catalog, "alice") == []
+        catalog.remove_location("s3://b/o")
+        assert search(catalog, "zebra") == [] and len(catalog) == 1
+        # FTS5 compares its index with the text in entries: no stale or missing token anywhere.
+        catalog.db.execute("INSERT INTO search (search) VALUES ('integrity-check')")
+    with Catalog(tmp_path / "c.sqlite") as catalog:  # opened again: the schema check passes
+        assert [e.name for e in search(catalog, "mane")] == ["net"]
+
+
+def test_a_catalog_an_older_reprodl_made_is_refused_with_how_to_build_it_again(cli: Any, tmp_path: Path) -> None:
+    db = tmp_path / "v1.sqlite"
+    with sqlite3.connect(db) as old:
+        old.executescript(_V1_SCHEMA)
+    res = cli("catalog", "ls", "--catalog", str(db))
+    assert res.exit_code != 0, res.stdout
+    assert f"v1.sqlite has schema version 1, this reprodl reads {keys.CATALOG_SCHEMA_VERSION}" in res.stderr
+    assert "reprodl catalog add URI" in res.stderr and "reprodl catalog import" in res.stderr
+    assert sqlite3.connect(db).execute("SELECT name FROM search").fetchall() == [("digits",)]  # left as it was
+
+
 @pytest.mark.slow
 def test_a_copy_on_s3_is_the_same_entry_and_checks_ok(s3_bucket: Any, world: dict[str, Any], tmp_path: Path) -> None:
     from reprodl.store import copy_dataset
@@ -410,7 +466,8 @@ def test_a_file_that_is_not_a_catalog_is_refused_with_the_fix(tmp_path: Path) ->
     with Catalog(tmp_path / "old.sqlite") as catalog:
         catalog.db.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
         catalog.db.commit()
-    with pytest.raises(CatalogError, match="schema version 0, this reprodl reads 1"):
+    reads = f"schema version 0, this reprodl reads {keys.CATALOG_SCHEMA_VERSION}: build it again"
+    with pytest.raises(CatalogError, match=reads):
         Catalog(tmp_path / "old.sqlite")
     with Catalog(":memory:") as catalog:
         with pytest.raises(CatalogError, match="could not write the export"):

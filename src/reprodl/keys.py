@@ -105,7 +105,7 @@ MAX_ATTESTATION_BYTES = 16 * 1024 * 1024  # a bundle read back: refused over thi
 # --- the catalog (reprodl.catalog) ---------------------------------------------------------
 CATALOG_ENV = "REPRODL_CATALOG"  # the catalog file used when --catalog is not given
 CATALOG_FILE = "catalog.sqlite"  # its name in the user's data directory
-CATALOG_SCHEMA_VERSION = "1"
+CATALOG_SCHEMA_VERSION = "2"  # 2: the full-text index reads its text from entries
 CATALOG_EXPORT_FORMAT = "reprodl-catalog-entry/1"  # each line of `reprodl catalog export`
 
 # --- schema versions -------------------------------------------------------------------

@@ -5,6 +5,12 @@ found at, with its base URI), ``links`` (what an entry derives from), ``fields``
 for ``--where``) and ``search`` (an FTS5 index over names, READMEs and annotations). Every
 statement is parameterised; user text never becomes SQL.
 
+``search`` is an external-content FTS5 table: it keeps only its index, and reads the text
+(name, README, ``annotation_text``) from ``entries``, so each README is stored once. No trigger
+keeps the two in step (a catalog file holds none, see :func:`check_schema`): :meth:`Catalog.put`
+and :meth:`Catalog.remove_location` delete an entry's index row while ``entries`` still holds
+the text it was indexed from, then write the new one.
+
 Example:
     >>> with Catalog(":memory:") as cat:
     ...     _ = cat.put(Entry(uuid="u1", kind="dataset", name="digits", manifest_digest="m"))
@@ -40,6 +46,7 @@ CREATE TABLE IF NOT EXISTS entries (
     readme TEXT NOT NULL DEFAULT '',
     readme_fields TEXT NOT NULL DEFAULT '{}',
     annotations TEXT NOT NULL DEFAULT '{}',
+    annotation_text TEXT NOT NULL DEFAULT '',
     record_digest TEXT,
     created_at TEXT,
     creator TEXT,
@@ -76,7 +83,9 @@ CREATE TABLE IF NOT EXISTS fields (
 CREATE INDEX IF NOT EXISTS fields_entry ON fields (entry_id);
 CREATE INDEX IF NOT EXISTS fields_num ON fields (name, num, entry_id);
 CREATE INDEX IF NOT EXISTS fields_txt ON fields (name, txt, entry_id);
-CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5 (name, readme, annotations, tokenize = 'unicode61');
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5 (
+    name, readme, annotation_text, content = 'entries', content_rowid = 'id', tokenize = 'unicode61'
+);
 """
 
 _SHADOW_PREFIX = "search_"  # the FTS5 table's shadow tables: search_data, search_idx, search_config...
@@ -175,10 +184,7 @@ class Catalog:
                 # bm25 weights of the columns: a word in the name counts most, then annotations, then the README.
                 self.db.execute("INSERT INTO search (search, rank) VALUES ('rank', 'bm25(10.0, 1.0, 2.0)')")
         elif row[0] != keys.CATALOG_SCHEMA_VERSION:
-            raise CatalogError(
-                f"the catalog {self.path} has schema version {row[0]}, this reprodl reads "
-                f"{keys.CATALOG_SCHEMA_VERSION}: upgrade reprodl, or export it with the reprodl that wrote it"
-            )
+            raise _version_error(self.path, str(row[0]))
 
     def close(self) -> None:
         self.db.close()
@@ -209,6 +215,10 @@ class Catalog:
         return n
 
     def _put(self, entry: Entry, *, base_uri: str | None) -> int:
+        key = (entry.uuid, entry.manifest_digest)
+        old = self.db.execute("SELECT id FROM entries WHERE uuid = ? AND manifest_digest = ?", key).fetchone()
+        if old is not None:  # unindex it while entries still holds the text it was indexed from
+            self.db.execute("DELETE FROM search WHERE rowid = ?", (old[0],))
         row = (
             entry.uuid,
             entry.manifest_digest,
@@ -217,26 +227,30 @@ class Catalog:
             entry.readme,
             json.dumps(entry.readme_fields, default=str),
             json.dumps(entry.annotations, default=str),
+            _search_text(entry),
             entry.record_digest,
             entry.created_at,
             entry.creator,
             entry.verdict,
             entry.indexed_at or now(),
         )
-        self.db.execute(
+        written = self.db.execute(
             "INSERT INTO entries (uuid, manifest_digest, kind, name, readme, readme_fields, annotations, "
-            "record_digest, created_at, creator, verdict, indexed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+            "annotation_text, record_digest, created_at, creator, verdict, indexed_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT (uuid, manifest_digest) DO UPDATE SET kind=excluded.kind, name=excluded.name, "
             "readme=excluded.readme, readme_fields=excluded.readme_fields, annotations=excluded.annotations, "
-            "record_digest=excluded.record_digest, created_at=excluded.created_at, creator=excluded.creator, "
+            "annotation_text=excluded.annotation_text, record_digest=excluded.record_digest, "
+            "created_at=excluded.created_at, creator=excluded.creator, "
             "verdict=excluded.verdict, indexed_at=excluded.indexed_at",
             row,
         )
-        # lastrowid is stale after an upsert that updated: look the row up.
-        found = self.db.execute(
-            "SELECT id FROM entries WHERE uuid = ? AND manifest_digest = ?", (entry.uuid, entry.manifest_digest)
+        # lastrowid is stale after an upsert that updated: that row's id was looked up above.
+        entry_id = int(old[0]) if old is not None else int(written.lastrowid or 0)
+        self.db.execute(
+            "INSERT INTO search (rowid, name, readme, annotation_text) VALUES (?,?,?,?)",
+            (entry_id, entry.name, entry.readme, row[7]),
         )
-        entry_id = int(found.fetchone()[0])
         self._replace_children(entry_id, entry)
         for uri in entry.uris:
             self.db.execute(
@@ -248,7 +262,7 @@ class Catalog:
         return entry_id
 
     def _replace_children(self, entry_id: int, entry: Entry) -> None:
-        """The entry's links, fields and search row, written afresh."""
+        """The entry's links and fields, written afresh."""
         for table in ("links", "fields"):
             self.db.execute(f"DELETE FROM {table} WHERE entry_id = ?", (entry_id,))
         self.db.executemany(
@@ -259,11 +273,6 @@ class Catalog:
         self.db.executemany(
             "INSERT INTO fields (entry_id, name, num, txt) VALUES (?,?,?,?)",
             [_field_row(entry_id, name, value) for name, value in entry.fields.items()],
-        )
-        self.db.execute("DELETE FROM search WHERE rowid = ?", (entry_id,))
-        self.db.execute(
-            "INSERT INTO search (rowid, name, readme, annotations) VALUES (?,?,?,?)",
-            (entry_id, entry.name, entry.readme, _search_text(entry)),
         )
 
     def resolve_links(self) -> None:
@@ -278,6 +287,7 @@ class Catalog:
         """Forget ``uri``; an entry left with no location is forgotten too."""
         with self.db:
             self.db.execute("DELETE FROM locations WHERE uri = ?", (uri,))
+            # Unindexed first: the index reads the text to take out of it from the entries row.
             self.db.execute("DELETE FROM search WHERE rowid NOT IN (SELECT entry_id FROM locations)")
             self.db.execute("DELETE FROM entries WHERE id NOT IN (SELECT entry_id FROM locations)")
 
@@ -404,9 +414,33 @@ def _expected_schema() -> dict[tuple[str, str], str | None]:
         db.close()
 
 
+def _version_error(path: str, found: str) -> CatalogError:
+    if found.isdigit() and int(found) < int(keys.CATALOG_SCHEMA_VERSION):
+        fix = (
+            "build it again: `reprodl catalog add URI` for each base URI, or `reprodl catalog import` of what "
+            "`reprodl catalog export` wrote with the reprodl that made it"
+        )
+    else:
+        fix = "upgrade reprodl, or export it with the reprodl that wrote it"
+    return CatalogError(
+        f"the catalog {path} has schema version {found}, this reprodl reads {keys.CATALOG_SCHEMA_VERSION}: {fix}"
+    )
+
+
+def _stored_version(db: sqlite3.Connection) -> str | None:
+    """The file's schema version, read only when its ``meta`` is reprodl's own table (a view may never end)."""
+    row = db.execute("SELECT type, sql FROM sqlite_master WHERE name = 'meta'").fetchone()
+    if row is None or row[0] != "table" or row[1] != _expected_schema()[("table", "meta")]:
+        return None
+    found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return None if found is None else str(found[0])
+
+
 def check_schema(db: sqlite3.Connection, path: str) -> None:
     """Refuse a catalog file holding anything reprodl's schema does not: a trigger, a view, another
-    table or index, or one of reprodl's defined otherwise. Reads only ``sqlite_master``.
+    table or index, or one of reprodl's defined otherwise. Reads ``sqlite_master``, and on a
+    difference the schema version in ``meta`` (when that is reprodl's plain table): a catalog an
+    older reprodl wrote is refused as such, with how to build it again.
 
     The full-text index's own tables (``search_data``...) are SQLite's, and their definitions may
     differ between SQLite versions: only their names are checked.
@@ -423,6 +457,9 @@ def check_schema(db: sqlite3.Connection, path: str) -> None:
             continue
         else:
             problem = "defined otherwise than reprodl defines it"
+        version = _stored_version(db)
+        if version is not None and version != keys.CATALOG_SCHEMA_VERSION:
+            raise _version_error(path, version)
         on = f" (on {table!r})" if table != name else ""
         raise CatalogError(
             f"the catalog {path} holds a {kind} {name!r}{on} {problem}: reprodl refuses a catalog file with "

@@ -106,7 +106,7 @@ def conclusion(runs: list[Replay], unrestorable: list[Factor]) -> str:
     unconfirmed = f"unconfirmed: {'; '.join(left)}" if left else ""
     tried = ", ".join(r.factor.label for r in runs if r.outcome == "not confirmed")
     if not tried:
-        none = "no factor could be restored on this machine, so none was replayed" if not runs else "no replay completed"
+        none = "no replay completed" if runs else "no factor could be restored on this machine, so none was replayed"
         return f"{none}; {unconfirmed}" if unconfirmed else none
     explained = f"no restorable factor explains the divergence: with each put back ({tried}) the window still differs"
     return f"{explained}; {unconfirmed}" if unconfirmed else explained

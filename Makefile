@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(VENV)/bin/reprodl demo --workdir demo-output
 
 test: $(STAMP) $(S3RVER)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" -x -q

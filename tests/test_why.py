@@ -124,6 +124,7 @@ def test_a_factor_is_named_and_proven_by_replay(workdir: Path, factor: dict[str,
     assert div["step"] == 1 and div["causes"][0] == f"cause confirmed by replay: {label}"
     replays = report["replays"]
     assert replays["window"] == div["step"] and replays["confirmed"] == [label]
+    assert replays["start"] == 1 and [r["start"] for r in replays["runs"]] == [1]  # from the start
     assert [r["outcome"] for r in replays["runs"]] == ["confirmed"] and replays["seconds"] > 0
     assert report["timings"]["replays_s"] == replays["seconds"]
     kinds = {r["kind"] for r in report["why"]}
@@ -151,6 +152,7 @@ def test_the_json_keys_of_the_expectation_and_the_replays_are_documented() -> No
 
     f = Factor("ATen CPU capability", "AVX2", "AVX512", restore={"ATEN_CPU_CAPABILITY": "avx2"})
     replays = Replays(1, [Replay(f, "confirmed", None, 1.0)], [], "cause confirmed by replay: x", 1.0).to_dict()
+    assert (replays["start"], replays["runs"][0]["start"]) == (1, 1)  # each replay re-runs from step 1
     keys = {*replays, *replays["runs"][0], *f.to_dict(), *Expectation("run_to_run", [], factors=[f]).to_dict()}
     doc = (Path(__file__).resolve().parents[1] / "docs" / "why.md").read_text()
     assert not {k for k in keys if f"`{k}`" not in doc}, "document these --json keys in docs/why.md"

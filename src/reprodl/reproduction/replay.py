@@ -6,8 +6,10 @@ this machine can restore, each in a fresh process (``python -m reprodl.cli repro
 --replay-window STEP --no-replay``) whose environment has that one factor set back to its recorded
 value. A factor whose replay brings the window back bit for bit is the cause, confirmed by replay;
 factors that cannot be restored here are listed as unconfirmed; when no replay brings the bits
-back, the conclusion says so. The window starts at step 1 (the in-process trainer stops at the
-window's end; a start_run script re-runs to its end).
+back, the conclusion says so. The window starts at step 1 (``start``; the in-process trainer stops at
+the window's end; a start_run script re-runs to its end): a finished model dataset holds no
+checkpoint of its training (they live in the staging directory until the dataset is frozen), so
+there is no recorded state to start later from.
 
 Example:
     >>> report = reproduce(uri)                       # doctest: +SKIP
@@ -36,13 +38,14 @@ CONFIRMED = "cause confirmed by replay"
 @dataclasses.dataclass(frozen=True)
 class Replay:
     """One replay: the ``factor`` put back, what came of it, the step where the replay left the record
-    (None: it matched through the window), and its wall time."""
+    (None: it matched through the window), its wall time, and the step it started at (``start``)."""
 
     factor: Factor
     outcome: Outcome
     divergent_step: int | None
     seconds: float
     detail: str = ""
+    start: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "factor": self.factor.to_dict(), "label": self.factor.label}
@@ -50,14 +53,15 @@ class Replay:
 
 @dataclasses.dataclass(frozen=True)
 class Replays:
-    """The replays of a differing re-run: the window (steps 1..``window``), each replay, the factors that
-    could not be restored here, the conclusion (one line), and the replays' total cost in seconds."""
+    """The replays of a differing re-run: the window (steps ``start``..``window``), each replay, the factors
+    that could not be restored here, the conclusion (one line), and the replays' total cost in seconds."""
 
     window: int
     runs: list[Replay]
     unrestorable: list[Factor]
     conclusion: str
     seconds: float
+    start: int = 1
 
     @property
     def confirmed(self) -> list[Factor]:
@@ -65,6 +69,7 @@ class Replays:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "start": self.start,
             "window": self.window,
             "runs": [r.to_dict() for r in self.runs],
             "unrestorable": [f.to_dict() for f in self.unrestorable],

@@ -136,6 +136,37 @@ def test_a_factor_is_named_and_proven_by_replay(workdir: Path, factor: dict[str,
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(NO_AVX512, reason=WHY_NO_AVX512)
+def test_a_late_divergence_is_replayed_from_the_checkpoint_before_it(workdir: Path) -> None:
+    """Killed in epoch 2 with native kernels, resumed under ATEN_CPU_CAPABILITY=avx2 (the record keeps
+    AVX2): reproduced natively, steps 1..23 match and step 24 differs. A replay from step 1 with AVX2
+    put back differs at step 1 (epoch 1 ran natively) and would say no factor explains it; the replay
+    from the re-run's checkpoint after step 23 (every step up to it matched) confirms the cause."""
+    from test_resume import TRAIN_CONFIG, run_killed
+
+    config = yaml.safe_load((workdir / "cnn.yaml").read_text())
+    config.update(name="cnn-resumed", output=str(workdir / "models"), checkpoint_every=1)
+    config["params"]["n_epochs"] = 3  # 23 steps an epoch: checkpoints after steps 23 and 46
+    run_killed(TRAIN_CONFIG, json.dumps(config), step=30, cwd=workdir)
+    (workdir / "resumed.yaml").write_text(yaml.safe_dump(config))
+    args = ("train", "resumed.yaml", "--resume", "--quiet")
+    rc, out = _reprodl(*args, env=_env(ATEN_CPU_CAPABILITY="avx2"), cwd=workdir)
+    assert rc == 0 and out["resumed"]["from_step"] == [23], out
+    rc, report = _reprodl("reproduce", out["uri"], "--quiet", env=_env(), cwd=workdir)
+    assert (rc, report["verdict"], report["divergence"]["step"]) == (1, "differs", 24)
+    replays = report["replays"]
+    assert (replays["start"], replays["window"], replays["confirmed"]) == (
+        24,
+        24,
+        ["ATen CPU capability AVX2 -> AVX512"],
+    )
+    (run,) = replays["runs"]
+    assert (run["start"], run["outcome"], run["divergent_step"]) == (24, "confirmed", None), run
+    assert report["divergence"]["causes"][0] == "cause confirmed by replay: ATen CPU capability AVX2 -> AVX512"
+    assert report["expectation"]["held"] is True
+
+
+@pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one CPU: 2 intra-op threads cannot be compared")
 def test_no_replay_skips_the_replays_and_leaves_the_expectation_unsettled(workdir: Path) -> None:
     uri = _train(workdir, "cnn-no-replay", {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"})

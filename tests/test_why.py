@@ -269,3 +269,39 @@ def test_the_band_is_taken_from_the_evaluated_items_and_stated_in_the_verdict(tr
     )
     given = judge(record, record, comparison, tolerance_given=True, **args)
     assert given.verdict == "differs" and "binomial band" not in {r.kind for r in given.why}
+
+
+# --- where a replay starts, without training -------------------------------------------------
+def test_the_checkpoint_kept_for_the_replays_is_the_last_one_before_any_step_differed(tmp_path: Path) -> None:
+    import numpy as np
+
+    from reprodl.reproduction.divergence import TraceComparer
+    from reprodl.training.trace import row_dtype
+
+    recorded = np.zeros(6, dtype=row_dtype(1))
+    recorded["step"] = [1, 2, 3, 4, 5, 7]  # step 6 thinned out of the recorded trace
+    comparer = TraceComparer(recorded, ["w"])
+    comparer.keep_dir = tmp_path / "kept"
+    comparer.keep_dir.mkdir()
+
+    def written(step: int) -> None:  # the re-run compared its steps so far, then wrote a checkpoint
+        ckpt = tmp_path / f"ckpt-{step}"
+        ckpt.mkdir()
+        (ckpt / "meta.json").write_text(str(step))
+        comparer.checkpoint_written(ckpt, step)
+
+    rerun = recorded.copy()
+    comparer(rerun[:2])
+    written(2)
+    comparer(rerun[2:4])
+    written(4)
+    assert comparer.kept is not None and comparer.kept[1] == 4
+    assert [p.name for p in comparer.keep_dir.iterdir()] == ["ckpt-000000000004"]  # the one before, replaced
+    comparer(rerun[4:5])
+    written(6)  # step 6 was not compared (not in the recorded trace): not kept
+    assert comparer.kept[1] == 4
+    rerun[5]["loss"] = 1.0
+    comparer(rerun[5:])
+    assert comparer.first is not None and comparer.first["step"] == 7
+    written(8)  # after the divergence: not kept
+    assert comparer.kept[1] == 4 and (comparer.kept[0] / "meta.json").read_text() == "4"

@@ -124,8 +124,8 @@ class TraceComparer:
     def checkpoint_written(self, path: Path, step: int) -> None:
         """The re-run wrote the checkpoint ``path`` after ``step``: keep a copy (replacing the one kept before)
         while every step compared so far matched the record, so the re-run's state there is the record's: a
-        replay can start from it (:mod:`.replay`)."""
-        if self.keep_dir is None or self.first is not None:
+        replay can start from it (:mod:`.replay`). Not where the recorded trace thinned out ``step`` (unseen)."""
+        if self.keep_dir is None or self.first is not None or step not in self._by_step:
             return
         dest, tmp = self.keep_dir / f"ckpt-{step:012d}", self.keep_dir / ".copying"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -124,6 +124,7 @@ def test_a_factor_is_named_and_proven_by_replay(workdir: Path, factor: dict[str,
     assert div["step"] == 1 and div["causes"][0] == f"cause confirmed by replay: {label}"
     replays = report["replays"]
     assert replays["window"] == div["step"] and replays["confirmed"] == [label]
+    assert replays["start"] == 1 and [r["start"] for r in replays["runs"]] == [1]  # from the start
     assert [r["outcome"] for r in replays["runs"]] == ["confirmed"] and replays["seconds"] > 0
     assert report["timings"]["replays_s"] == replays["seconds"]
     kinds = {r["kind"] for r in report["why"]}
@@ -132,6 +133,37 @@ def test_a_factor_is_named_and_proven_by_replay(workdir: Path, factor: dict[str,
     rc, same = _reprodl("reproduce", uri, "--quiet", env=_env(**factor), cwd=workdir)
     assert (rc, same["verdict"], same["replays"]) == (0, "identical", None)
     assert same["expectation"]["expected"] == "bitwise" and same["expectation"]["held"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NO_AVX512, reason=WHY_NO_AVX512)
+def test_a_late_divergence_is_replayed_from_the_checkpoint_before_it(workdir: Path) -> None:
+    """Killed in epoch 2 with native kernels, resumed under ATEN_CPU_CAPABILITY=avx2 (the record keeps
+    AVX2): reproduced natively, steps 1..23 match and step 24 differs. A replay from step 1 with AVX2
+    put back differs at step 1 (epoch 1 ran natively) and would say no factor explains it; the replay
+    from the re-run's checkpoint after step 23 (every step up to it matched) confirms the cause."""
+    from test_resume import TRAIN_CONFIG, run_killed
+
+    config = yaml.safe_load((workdir / "cnn.yaml").read_text())
+    config.update(name="cnn-resumed", output=str(workdir / "models"), checkpoint_every=1)
+    config["params"]["n_epochs"] = 3  # 23 steps an epoch: checkpoints after steps 23 and 46
+    run_killed(TRAIN_CONFIG, json.dumps(config), step=30, cwd=workdir)
+    (workdir / "resumed.yaml").write_text(yaml.safe_dump(config))
+    args = ("train", "resumed.yaml", "--resume", "--quiet")
+    rc, out = _reprodl(*args, env=_env(ATEN_CPU_CAPABILITY="avx2"), cwd=workdir)
+    assert rc == 0 and out["resumed"]["from_step"] == [23], out
+    rc, report = _reprodl("reproduce", out["uri"], "--quiet", env=_env(), cwd=workdir)
+    assert (rc, report["verdict"], report["divergence"]["step"]) == (1, "differs", 24)
+    replays = report["replays"]
+    assert (replays["start"], replays["window"], replays["confirmed"]) == (
+        24,
+        24,
+        ["ATen CPU capability AVX2 -> AVX512"],
+    )
+    (run,) = replays["runs"]
+    assert (run["start"], run["outcome"], run["divergent_step"]) == (24, "confirmed", None), run
+    assert report["divergence"]["causes"][0] == "cause confirmed by replay: ATen CPU capability AVX2 -> AVX512"
+    assert report["expectation"]["held"] is True
 
 
 @pytest.mark.slow
@@ -151,6 +183,7 @@ def test_the_json_keys_of_the_expectation_and_the_replays_are_documented() -> No
 
     f = Factor("ATen CPU capability", "AVX2", "AVX512", restore={"ATEN_CPU_CAPABILITY": "avx2"})
     replays = Replays(1, [Replay(f, "confirmed", None, 1.0)], [], "cause confirmed by replay: x", 1.0).to_dict()
+    assert (replays["start"], replays["runs"][0]["start"]) == (1, 1)  # each replay re-runs from step 1
     keys = {*replays, *replays["runs"][0], *f.to_dict(), *Expectation("run_to_run", [], factors=[f]).to_dict()}
     doc = (Path(__file__).resolve().parents[1] / "docs" / "why.md").read_text()
     assert not {k for k in keys if f"`{k}`" not in doc}, "document these --json keys in docs/why.md"
@@ -252,3 +285,39 @@ def test_the_band_is_taken_from_the_evaluated_items_and_stated_in_the_verdict(tr
     )
     given = judge(record, record, comparison, tolerance_given=True, **args)
     assert given.verdict == "differs" and "binomial band" not in {r.kind for r in given.why}
+
+
+# --- where a replay starts, without training -------------------------------------------------
+def test_the_checkpoint_kept_for_the_replays_is_the_last_one_before_any_step_differed(tmp_path: Path) -> None:
+    import numpy as np
+
+    from reprodl.reproduction.divergence import TraceComparer
+    from reprodl.training.trace import row_dtype
+
+    recorded = np.zeros(6, dtype=row_dtype(1))
+    recorded["step"] = [1, 2, 3, 4, 5, 7]  # step 6 thinned out of the recorded trace
+    comparer = TraceComparer(recorded, ["w"])
+    comparer.keep_dir = tmp_path / "kept"
+    comparer.keep_dir.mkdir()
+
+    def written(step: int) -> None:  # the re-run compared its steps so far, then wrote a checkpoint
+        ckpt = tmp_path / f"ckpt-{step}"
+        ckpt.mkdir()
+        (ckpt / "meta.json").write_text(str(step))
+        comparer.checkpoint_written(ckpt, step)
+
+    rerun = recorded.copy()
+    comparer(rerun[:2])
+    written(2)
+    comparer(rerun[2:4])
+    written(4)
+    assert comparer.kept is not None and comparer.kept[1] == 4
+    assert [p.name for p in comparer.keep_dir.iterdir()] == ["ckpt-000000000004"]  # the one before, replaced
+    comparer(rerun[4:5])
+    written(6)  # step 6 was not compared (not in the recorded trace): not kept
+    assert comparer.kept[1] == 4
+    rerun[5]["loss"] = 1.0
+    comparer(rerun[5:])
+    assert comparer.first is not None and comparer.first["step"] == 7
+    written(8)  # after the divergence: not kept
+    assert comparer.kept[1] == 4 and (comparer.kept[0] / "meta.json").read_text() == "4"

@@ -429,6 +429,7 @@ _NO_REPLAY = typer.Option(
     "threads...), do not replay the steps up to the first divergent one with each factor put back.",
 )
 _REPLAY_WINDOW = typer.Option(None, "--replay-window", hidden=True, min=1)  # what a replay process runs
+_REPLAY_FROM = typer.Option(None, "--replay-from", hidden=True)  # the checkpoint a replay process starts from
 _STOP_AT_DIVERGENCE = typer.Option(
     False,
     "--stop-at-divergence",
@@ -457,6 +458,7 @@ def reproduce_cmd(
     data: Optional[list[str]] = _DATA_COPY,
     no_replay: bool = _NO_REPLAY,
     replay_window: Optional[int] = _REPLAY_WINDOW,
+    replay_from: Optional[str] = _REPLAY_FROM,
     attest: Optional[Path] = ATTEST_OPT,
     attestation: Optional[Path] = ATTESTATION_OUT_OPT,
     world_size: Optional[int] = _WORLD_SIZE,
@@ -505,6 +507,7 @@ def _reproduce_here(uri: str, plan: Any, given: dict[str, Any]) -> int:
             data=_roles_to_uris(data or []),
             replay=not given["no_replay"],
             replay_window=given["replay_window"],
+            replay_from=given["replay_from"],
             on_output=script,  # the re-executed script's output: on stderr (stdout is the report's, --json's)
             world_size=given["world_size"],
         )
@@ -690,7 +693,7 @@ def _print_divergence(div: Divergence) -> None:
 
 def _print_replays(replays: Any) -> None:
     """Each counterfactual replay (the factor put back, its outcome, its cost) and the conclusion."""
-    out.print(f"replays of steps 1..{replays.window}, one factor put back in each:", markup=False)
+    out.print(f"replays of steps {replays.start}..{replays.window}, one factor put back in each:", markup=False)
     for r in replays.runs:
         out.print(f"  {r.factor.label}: {r.outcome} ({r.detail}; {r.seconds:.1f}s)", markup=False)
     for f in replays.unrestorable:

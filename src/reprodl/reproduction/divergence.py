@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -115,6 +117,23 @@ class TraceComparer:
         self.stop_after: int | None = None  # stop the training at the first step past this one
         self.recorded_oplogs: dict[int, list[dict[str, Any]]] = {}
         self.oplogs: dict[int, list[dict[str, Any]]] = {}
+        self.keep_dir: Path | None = None  # where to keep the last checkpoint before any step differed
+        self.kept: tuple[Path, int] | None = None  # that checkpoint and its step
+        self.start_checkpoint: Path | None = None  # a replay: the training resumes from this checkpoint
+
+    def checkpoint_written(self, path: Path, step: int) -> None:
+        """The re-run wrote the checkpoint ``path`` after ``step``: keep a copy (replacing the one kept before)
+        while every step compared so far matched the record, so the re-run's state there is the record's: a
+        replay can start from it (:mod:`.replay`). Not where the recorded trace thinned out ``step`` (unseen)."""
+        if self.keep_dir is None or self.first is not None or step not in self._by_step:
+            return
+        dest, tmp = self.keep_dir / f"ckpt-{step:012d}", self.keep_dir / ".copying"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(path, tmp)
+        if self.kept is not None:
+            shutil.rmtree(self.kept[0], ignore_errors=True)
+        tmp.rename(dest)
+        self.kept = (dest, step)
 
     def note_oplog(self, step: int, entries: list[dict[str, Any]]) -> None:
         """The re-run's operation log of ``step`` (a tracer calls this as each log ends)."""

@@ -17,9 +17,12 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -191,6 +194,7 @@ def reproduce(
     world_size: int | None = None,
     replay: bool = True,
     replay_window: int | None = None,
+    replay_from: str | None = None,
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
@@ -207,14 +211,13 @@ def reproduce(
         output: base URI to keep the reproduced model dataset in (default: a temporary directory).
         transforms: transform objects by role ("train", "valid", "test") instead of the recorded ones.
         trusted_keys: public keys the model must be signed by. data: another copy of a role's dataset.
-        replay: replay up to a divergent step once per differing factor restorable here (:mod:`.replay`).
+        replay: replay a divergent window per restorable factor (:mod:`.replay`). replay_window, replay_from: one.
     """
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance.parse(tolerance)
     given, objects, t0 = tolerance is not None, bool(model_class or transforms), time.perf_counter()
-    model_ds = open_dataset(uri)
-    record = read_record(model_ds)
+    record = read_record(model_ds := open_dataset(uri))
     check_resources(planned := replanned(record, world_size, uri), what=model_ds.uri)  # worker, process counts
-    where = data_locations(record, data)  # a copy of a dataset (refused unless the same), a moved one
+    where, comparer = data_locations(record, data), None  # a copy of a dataset (refused unless the same), a moved one
     if record.code.run is not None:  # a start_run record: re-execute its code (with trust)
         run: dict[str, Any] = dict(output=output, tolerance=tol, seed=seed, on_output=on_output, data=where)
         report = _reexecute(model_ds, record, trust_code=trust_code, tolerance_given=given, keys=trusted_keys, **run)
@@ -223,12 +226,12 @@ def reproduce(
         original = _Original(model_ds, relocated(planned, where), load_weights(model_ds, record))
         options: dict[str, Any] = dict(transforms=transforms, envelope=envelope, allow=allow, model_class=model_class)
         options.update(tolerance_given=given, device=device, seed=seed, output=output, progress=progress)
-        comparer = trace_comparer(model_ds, record, stop=stop_at_divergence, until=replay_window)
+        comparer = trace_comparer(model_ds, record, stop=stop_at_divergence, plan=(replay, replay_window, replay_from))
         report = _reproduce_in_process(original, tol, t0, comparer=comparer, **options)
     report = world_size_noted(report, record, world_size)  # reproduce --world-size: does the result depend on it?
     if replay:
         asked = ReplayAsk(bool(trust_code), data or {}, tuple(map(str, trusted_keys)), tuple(allow), objects)
-        report = with_replays(report, model_ds.uri, asked)
+        report = with_replays(report, model_ds.uri, asked, kept=comparer.kept if comparer is not None else None)
     record_verdict(report, model_ds, record)
     return report
 
@@ -251,9 +254,12 @@ class ReplayAsk:
         return out + [a for name in self.allow for a in ("--allow", name)]
 
 
-def with_replays(report: ReproductionReport, uri: str, asked: ReplayAsk) -> ReproductionReport:
+def with_replays(
+    report: ReproductionReport, uri: str, asked: ReplayAsk, *, kept: tuple[Path, int] | None = None
+) -> ReproductionReport:
     """The report with its counterfactual replays (:mod:`.replay`) when it differs at a step and factors that
-    change numerics differ; the expectation settled by them and their conclusion among the reasons and causes."""
+    change numerics differ; the expectation settled by them and their conclusion among the reasons and causes.
+    ``kept``: the re-run's checkpoint after the last step that matched the record (the replays start there)."""
     from reprodl.reproduction.replay import replay_factors
 
     expectation, div = report.expectation, report.divergence
@@ -264,9 +270,9 @@ def with_replays(report: ReproductionReport, uri: str, asked: ReplayAsk) -> Repr
     if asked.objects:
         note = "no replay: model_class= or transforms= objects cannot be passed to a replay process"
         return dataclasses.replace(report, reasons=[*report.reasons, note], why=[*report.why, Reason("replay", note)])
-    replays = replay_factors(uri, expectation.factors, window=div.step, arguments=asked.arguments())
+    replays = replay_factors(uri, expectation.factors, window=div.step, arguments=asked.arguments(), start=kept)
     confirmed = bool(replays.confirmed) if replays.runs else None
-    line = f"{replays.conclusion} (replays of steps 1..{replays.window}: {replays.seconds:.1f}s)"
+    line = f"{replays.conclusion} (replays of steps {replays.start}..{replays.window}: {replays.seconds:.1f}s)"
     return dataclasses.replace(
         report,
         replays=replays,
@@ -311,18 +317,29 @@ def record_verdict(report: ReproductionReport, model_ds: StoredDataSet, record: 
 
 
 def trace_comparer(
-    model_ds: StoredDataSet, record: ProvenanceRecord, *, stop: bool = False, until: int | None = None
+    model_ds: StoredDataSet,
+    record: ProvenanceRecord,
+    *,
+    stop: bool = False,
+    plan: tuple[bool, int | None, str | None] = (False, None, None),
 ) -> TraceComparer | None:
-    """A comparer against the model's recorded step trace (stopping the training after step ``until``);
-    None when the record has none, or in statistical mode (the re-run uses another seed, so its steps are
-    not the recorded ones)."""
+    """A comparer against the model's recorded step trace; None when the record has none, or in statistical
+    mode (the re-run uses another seed, so its steps are not the recorded ones). ``plan``, for replays: (keep
+    the last checkpoint before a divergence, when the record checkpointed; a replay process's last step,
+    where the training stops; the checkpoint it starts from, None: from the start)."""
     if record.training.determinism.mode == "statistical":
         return None
     recorded = load_trace(model_ds, record)
     if recorded is None or record.results.trace is None:
         return None
+    keep, until, start = plan
     comparer = TraceComparer(recorded, record.results.trace.tensors, stop=stop, until=until)
     comparer.recorded_oplogs = load_oplogs(model_ds, record)
+    if start is not None:
+        comparer.start_checkpoint = Path(start)
+    elif keep and record.training.checkpoint_every:  # removed with the comparer, or at exit
+        comparer.keep_dir = Path(tempfile.mkdtemp(prefix="reprodl-replay-start-"))
+        weakref.finalize(comparer, shutil.rmtree, comparer.keep_dir, True)
     if stopped_early(record):  # a re-run as long as the training the record describes, and one step more
         comparer.stop_after = record.training.optimizer_steps
     return comparer
@@ -523,6 +540,7 @@ def _train(
                 model_name=record.model_name,
                 reproduces=ref_self,
                 on_step=on_step,
+                checkpoint_every=record.training.checkpoint_every if getattr(on_step, "keep_dir", None) else None,
             )
     return new_record, out.uri if output is not None else None
 

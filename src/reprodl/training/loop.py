@@ -403,7 +403,7 @@ def train_model_with_metadata_capture(
     loop = _Loop(model, optimiser, loss_fn, scheduler, params, output_ds, target, report, on_epoch, group=group)
     loop.recorder, name = recorder, model_name or output_ds.name
     loop.checkpoints = _checkpoints(
-        output_ds, checkpoint_every, _fingerprint(params, config, roles, captured), group=group
+        output_ds, checkpoint_every, _fingerprint(params, config, roles, captured), group=group, on_step=on_step
     )
     try:
         trained = loop.run(recorder.seeds, t_start=captured.t_start)
@@ -558,6 +558,7 @@ class _Checkpoints:
     resume: Checkpoint | None
     resumed: list[dict[str, Any]]
     seconds: list[float] = dataclasses.field(default_factory=list)
+    written: Callable[[Path, int], None] | None = None  # told of each checkpoint written (path, step)
 
     def due(self, epochs_done: int, n_epochs: int) -> bool:
         return self.every is not None and epochs_done % self.every == 0 and epochs_done < n_epochs
@@ -580,12 +581,19 @@ def _fingerprint(
 
 
 def _checkpoints(
-    output_ds: DerivedDataSet, every: int | None, fingerprint: dict[str, Any], *, group: Group | None = None
+    output_ds: DerivedDataSet,
+    every: int | None,
+    fingerprint: dict[str, Any],
+    *,
+    group: Group | None = None,
+    on_step: StepCallback | None = None,
 ) -> _Checkpoints:
     """The training's checkpoints; when resuming, the latest one, refused if the config changed since.
 
     In a process ``group`` rank 0 writes them into its model dataset's staging area, and every
-    rank resumes from there (its directory sent to the others).
+    rank resumes from there (its directory sent to the others). A re-run's ``on_step`` (a trace
+    comparer, :mod:`reprodl.reproduction.replay`) may name a ``start_checkpoint`` to resume from
+    and take each checkpoint written (``checkpoint_written``).
     """
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ParametersError(f"checkpoint_every should be a positive number of epochs, but got {every!r}")
@@ -600,10 +608,12 @@ def _checkpoints(
         "base_uri": normalise_uri(output_ds.base_uri),
         "fingerprint": fingerprint,
     }
-    resume = read_checkpoint(directory) if output_ds.resume else None
+    start = getattr(on_step, "start_checkpoint", None)
+    resume = Checkpoint(start) if start is not None else read_checkpoint(directory) if output_ds.resume else None
     if resume is not None:
         check_unchanged(resume.meta.get("fingerprint", {}), fingerprint, name=output_ds.name, where=resume.path)
-    return _Checkpoints(directory, every, meta, resume, resume.resumed() if resume is not None else [])
+    written = getattr(on_step, "checkpoint_written", None)
+    return _Checkpoints(directory, every, meta, resume, resume.resumed() if resume is not None else [], written=written)
 
 
 def _capture_code(
@@ -805,8 +815,10 @@ class _Loop:
             "elapsed_s": self.elapsed_before + time.perf_counter() - t_start,
         }
         tracer = self.recorder.tracer if self.recorder is not None else None
-        write_checkpoint(ck.directory, step=self.optimizer_steps, state=state, meta=meta, tracer=tracer)
+        path = write_checkpoint(ck.directory, step=self.optimizer_steps, state=state, meta=meta, tracer=tracer)
         ck.seconds.append(time.perf_counter() - t0)
+        if ck.written is not None:
+            ck.written(path, self.optimizer_steps)
 
     def _resume(self, loader: DataLoader, history: list[EpochMetrics], digests: list[str]) -> int:
         """Restore every state of the checkpoint resumed from; the epoch (from 0) to continue with."""

@@ -139,6 +139,15 @@ def test_rebuilding_refuses_a_file_dataset_and_an_unknown_kind_naming_the_kinds(
     assert len(reprodl.FileDataSet(uri)) == 5  # the kinds' table reads the dataset as itself
 
 
+def test_the_built_in_trainer_refuses_a_file_dataset_saying_how_to_read_it(tmp_path: Path, cli: Any) -> None:
+    from reprodl.data.datasets import open_training_data
+    from reprodl.errors import DatasetFormatError
+
+    uri = _create(cli, _tree(tmp_path / "tree"), tmp_path / "data")
+    with pytest.raises(DatasetFormatError, match=r"is a FileDataSet.*reprodl\.FileDataSet in your own training script"):
+        open_training_data(uri)
+
+
 def test_a_usetype_without_a_usetype_overlay_is_refused(tmp_path: Path, cli: Any) -> None:
     from reprodl import FileDataSet
     from reprodl.errors import DatasetFormatError

@@ -515,6 +515,11 @@ def open_training_data(
         return ImageDataSet(ds, usetype, transform, mode=mode, size=size, split=split, bootstrap=bootstrap)
     if kind == keys.INPUT_TYPE_TENSOR or kind is None:
         return TensorDataSet(ds, usetype, transform, split=split, bootstrap=bootstrap)
+    if kind == keys.INPUT_TYPE_FILES:
+        raise DatasetFormatError(
+            f"{ds.uri} is a {kind}: its files carry no labels the built-in trainer, evaluation or class counts "
+            "can read. Read it with reprodl.FileDataSet in your own training script (reprodl.start_run)"
+        )
     raise DatasetFormatError(
         f"{ds.uri} has input type {kind!r}, which reprodl cannot read: it reads "
         f"{keys.INPUT_TYPE_IMAGE} and {keys.INPUT_TYPE_TENSOR} datasets"

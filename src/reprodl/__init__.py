@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "DerivedDataSet": "reprodl.modeldataset.write",
+    "FileDataSet": "reprodl.data.files",
     "GenNet": "reprodl.zoo",
     "ImageDataSet": "reprodl.data.datasets",
     "Parameters": "reprodl.training.params",
@@ -41,6 +42,7 @@ _EXPORTS = {
 
 __all__ = [
     "DerivedDataSet",
+    "FileDataSet",
     "GenNet",
     "ImageDataSet",
     "Parameters",
@@ -75,6 +77,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from reprodl.data.datasets import ImageDataSet, TensorDataSet
+    from reprodl.data.files import FileDataSet
     from reprodl.errors import ReprodlError
     from reprodl.exports import export
     from reprodl.model import TrainedTorchModel

@@ -15,6 +15,7 @@ IMAGE_DIMENSIONS = "image_dimensions"
 
 INPUT_TYPE_IMAGE = "ImageDataSet"
 INPUT_TYPE_TENSOR = "TensorDataSet"
+INPUT_TYPE_FILES = "FileDataSet"  # reprodl's: any dtool dataset, its items as local files
 
 # --- dataset overlays ---------------------------------------------------------------
 CATEGORY_OVERLAY = "category"

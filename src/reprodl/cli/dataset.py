@@ -76,6 +76,25 @@ def create_from_dirtree_cmd(
     _created(uri, as_json, "image")
 
 
+@app.command("create-from-files")
+@handle_errors
+def create_from_files_cmd(
+    directory: Path = typer.Argument(..., help="Directory whose files (at any depth) become the items."),
+    base_uri: str = typer.Argument(..., help="Where to create the dataset (path, file://, s3://)."),
+    name: str = typer.Argument(..., help="Dataset name (letters, digits, '-', '_', '.')."),
+    description: Optional[str] = _DESC,
+    quiet: bool = QUIET_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Create a dataset of every file under DIRECTORY, each at its path relative to it (read with FileDataSet)."""
+    from reprodl.data.files import create_from_files, scan_files
+
+    n = len(scan_files(directory))
+    with progress_bar("Storing files", n, quiet=quiet or as_json) as advance:
+        uri = create_from_files(directory, base_uri, name, description=description, progress=advance)
+    _created(uri, as_json, "file")
+
+
 @app.command("create-from-arrays")
 @handle_errors
 def create_from_arrays_cmd(

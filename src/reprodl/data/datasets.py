@@ -68,6 +68,8 @@ class WrappedDataSet(Dataset):
     """What both dataset kinds share: the dtool dataset, labels, split and identity."""
 
     input_type: str = ""
+    #: True for a kind that reads any dtool dataset, whatever kind its annotation declares.
+    reads_any_dataset: bool = False
 
     def __len__(self) -> int:
         raise NotImplementedError  # each kind of dataset counts its samples
@@ -92,7 +94,7 @@ class WrappedDataSet(Dataset):
         self.uuid = self.dataset.uuid
         self.usetype = usetype
         declared = self.dataset.get_annotation(keys.INPUT_TYPE)
-        if declared is not None and self.input_type and declared != self.input_type:
+        if declared is not None and self.input_type and declared != self.input_type and not self.reads_any_dataset:
             raise DatasetFormatError(
                 f"{self.uri} is a {declared}, not a {self.input_type}: open it with {declared}(uri)"
             )
@@ -513,6 +515,11 @@ def open_training_data(
         return ImageDataSet(ds, usetype, transform, mode=mode, size=size, split=split, bootstrap=bootstrap)
     if kind == keys.INPUT_TYPE_TENSOR or kind is None:
         return TensorDataSet(ds, usetype, transform, split=split, bootstrap=bootstrap)
+    if kind == keys.INPUT_TYPE_FILES:
+        raise DatasetFormatError(
+            f"{ds.uri} is a {kind}: its files carry no labels the built-in trainer, evaluation or class counts "
+            "can read. Read it with reprodl.FileDataSet in your own training script (reprodl.start_run)"
+        )
     raise DatasetFormatError(
         f"{ds.uri} has input type {kind!r}, which reprodl cannot read: it reads "
         f"{keys.INPUT_TYPE_IMAGE} and {keys.INPUT_TYPE_TENSOR} datasets"

@@ -12,7 +12,8 @@ import torch
 
 from reprodl import keys, trust
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
-from reprodl.errors import ParametersError, ReproductionError, TransformError
+from reprodl.data.kinds import kind
+from reprodl.errors import DatasetFormatError, ParametersError, ReproductionError, TransformError
 from reprodl.model import resolve_class
 from reprodl.modeldataset.read import load_weights, read_record
 from reprodl.modeldataset.weights import state_dict_sha256
@@ -72,9 +73,19 @@ def open_recorded(
     is refused (:class:`ReproductionError`, naming its class) unless ``transform`` passes it.
     ``dataset`` is the dataset at ``ref.uri`` when the caller has it open already.
     """
+    try:
+        found = kind(ref.input_type, what=f"the recorded {ref.role} dataset {ref.name} ({ref.uri})")
+    except DatasetFormatError as exc:
+        raise ReproductionError(str(exc)) from None
+    if not found.feeds_trainer:
+        raise ReproductionError(
+            f"the recorded {ref.role} dataset {ref.name} ({ref.uri}) is a {found.name}, read only by the training's "
+            "own code: the built-in trainer and evaluation cannot feed its files to a model. Reproduce the script "
+            "that trained it (a start_run record)"
+        )
     if transform is None and ref.transform is not None:
         transform = rebuild_transform(ref)
-    cls = ImageDataSet if ref.input_type == keys.INPUT_TYPE_IMAGE else TensorDataSet
+    cls: Any = found.cls  # a kind that feeds the trainer is read as (uri, usetype, transform, **options)
     kwargs: dict[str, Any] = {}
     if cls is ImageDataSet and ref.image_mode:
         kwargs["mode"] = ref.image_mode

@@ -30,6 +30,8 @@ from torch.utils.data import ConcatDataset, IterableDataset, Sampler, Subset
 
 from reprodl import keys
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
+from reprodl.data.files import FileDataSet
+from reprodl.data.kinds import kind
 from reprodl.errors import IntegrityError, ParametersError
 from reprodl.provenance import DataRef
 from reprodl.provenance.record import DataView
@@ -64,13 +66,13 @@ def opened(ds_or_uri: Any, role: str, redirect: Mapping[str, str]) -> Any:
 def open_wrapped(uri: str | os.PathLike[str]) -> WrappedDataSet:
     """A reprodl dataset at ``uri``, read as the kind its annotation declares."""
     ds = open_dataset(os.fspath(uri))
-    if ds.get_annotation(keys.INPUT_TYPE) == keys.INPUT_TYPE_IMAGE:
-        return ImageDataSet(ds)
-    return TensorDataSet(ds)
+    return kind(ds.get_annotation(keys.INPUT_TYPE), what=f"the dataset {ds.uri}").cls(ds)
 
 
 def redirected(ds: WrappedDataSet, uri: str) -> WrappedDataSet:
     """``ds`` read from the copy at ``uri`` instead: the same kind, selection and transform."""
+    if isinstance(ds, FileDataSet):
+        return FileDataSet(uri, ds.usetype)
     kwargs: dict[str, Any] = {"split": ds.split, "bootstrap": ds.bootstrap}
     if isinstance(ds, ImageDataSet):
         kwargs.update(mode=ds.mode, size=ds.size)

@@ -75,12 +75,21 @@ def _import_path_state() -> tuple[Any, ...]:
 
 def _scan_packages() -> dict[str, str]:
     out: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():
+    for dist in importlib.metadata.distributions(path=_installed_paths()):
         meta = _metadata_headers(dist)
         name = _redent(meta.get("Name"))
         if name:
             out[name.lower().replace("_", "-")] = _redent(meta.get("Version")) or ""
     return dict(sorted(out.items()))
+
+
+def _installed_paths() -> list[str]:
+    """``sys.path`` without the directories a package vendors inside a site directory and puts on the
+    path when imported (Ray's ``ray/thirdparty_files``): their copies are that package's, not installed
+    distributions, and they would otherwise appear between a training and its re-run in one process."""
+    entries = [os.path.abspath(p or ".") for p in sys.path]
+    sites = [e for e in entries if os.path.basename(e) in ("site-packages", "dist-packages")]
+    return [e for e in entries if not any(e.startswith(site + os.sep) for site in sites)]
 
 
 def _metadata_headers(dist: importlib.metadata.Distribution) -> Any:

@@ -146,6 +146,20 @@ def _node_idle(env: dict[str, str]) -> bool:
     return out.stdout.strip() == "idle"
 
 
+def _first_job(root: Path, env: dict[str, str]) -> None:
+    """One trivial job run to its end, so that the cluster is known to take jobs before a test submits."""
+    cmd = ["sbatch", "--wait", "-p", "debug", "-t", "1", "-o", str(root / "first-job.out"), "--wrap", "true"]
+    try:
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=START_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired as exc:
+        log = _tail(root / "slurmctld.log")
+        raise RuntimeError(f"a first job did not end within {START_TIMEOUT:.0f} s: {log}") from exc
+    if res.returncode != 0:
+        raise RuntimeError(
+            f"a first job failed ({res.returncode}): {res.stderr[-1500:]} {_tail(root / 'slurmctld.log')}"
+        )
+
+
 @contextlib.contextmanager
 def running_slurm(root: Path) -> Iterator[SlurmCluster]:
     """munged, slurmctld and slurmd for one node on 127.0.0.1, until the block ends."""
@@ -167,6 +181,7 @@ def running_slurm(root: Path) -> Iterator[SlurmCluster]:
                 subprocess.Popen(cmd, env=env, stdout=open(root / f"{daemon}.out", "wb"), stderr=subprocess.STDOUT)
             )
         _wait(lambda: _node_idle(env), "slurmd (sinfo idle)", root / "slurmd.log", procs[-1])
+        _first_job(root, env)
         yield SlurmCluster(conf=conf, node=node, partition="debug", env=env)
     finally:
         for proc in reversed(procs):

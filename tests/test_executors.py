@@ -146,16 +146,18 @@ def test_compare_on_slurm_attaches_after_an_interrupt_and_gives_the_local_claim(
     first = subprocess.Popen(
         [sys.executable, "-m", "reprodl.cli", *args, "--json"],
         env=slurm_cluster.env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 600  # a loaded machine imports torch slowly
     while not _state_files(output) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
+    ended_by_itself = first.poll()
     first.send_signal(signal.SIGINT)  # the submitting process goes; its jobs stay
-    first.wait(timeout=60)
+    stdout, stderr = first.communicate(timeout=60)
     states = _state_files(output)
-    assert len(states) == 1, first.stderr.read().decode()[-2000:] if first.stderr else ""
+    said = f"exit {first.returncode} (by itself: {ended_by_itself}); stdout {stdout.decode()[-2000:]!r}"
+    assert len(states) == 1, f"{said}; stderr {stderr.decode()[-2000:]!r}"
     submitted = [j["job_id"] for j in json.loads(states[0].read_text())["jobs"]]
 
     result = _cli(*args, env=slurm_cluster.env)  # the same command: attaches, submits nothing new

@@ -148,6 +148,8 @@ def test_compare_on_slurm_attaches_after_an_interrupt_and_gives_the_local_claim(
         env=slurm_cluster.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # as at a terminal: a job started in the background (nohup ... &, as CI may) inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 600  # a loaded machine imports torch slowly
     while not _state_files(output) and first.poll() is None and time.monotonic() < deadline:

@@ -18,6 +18,7 @@ from reprodl.model import resolve_class
 from reprodl.modeldataset.read import load_weights, read_record
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import DataRef, ProvenanceRecord
+from reprodl.reproduction.verdict import stopped_early
 from reprodl.store import StoredDataSet, open_dataset
 
 
@@ -52,15 +53,6 @@ def check_resources(record: ProvenanceRecord, *, what: str) -> None:
             "a re-run where the training stopped: the record does not describe the training it would re-run. "
             "Refused before any work"
         )
-
-
-def stopped_early(record: ProvenanceRecord) -> bool:
-    """Whether a built-in trainer's record holds fewer epochs than its ``n_epochs`` (the training was
-    stopped early, or the record claims more epochs than it trained): its re-run is stopped one
-    optimiser step past the recorded ones, so that it is as long as the training the record describes."""
-    t = record.training
-    epochs, done = t.params.get("n_epochs", t.epochs), len(record.results.history)
-    return record.code.run is None and isinstance(epochs, int) and epochs > done
 
 
 # --- rebuilding ---------------------------------------------------------------------------

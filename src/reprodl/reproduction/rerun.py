@@ -53,11 +53,10 @@ from reprodl.reproduction.rebuild import (
     rebuild_optimizer,
     rebuild_scheduler,
     rebuild_transform,
-    stopped_early,
     transform_differences,
 )
 from reprodl.reproduction.replay import Replays
-from reprodl.reproduction.verdict import Comparison, Judgement, Reason, Verdict, judge
+from reprodl.reproduction.verdict import Comparison, Judgement, Reason, Verdict, judge, stopped_early
 from reprodl.reproduction.worldsize import recorded_world_size, replanned, world_size_noted
 from reprodl.store import StoredDataSet, open_dataset
 from reprodl.training.capture import class_source_sha256

@@ -167,14 +167,23 @@ def _trace_ok(div: Divergence | None) -> bool:
     return div is None or div.step is None
 
 
+def stopped_early(record: ProvenanceRecord) -> bool:
+    """Whether a built-in trainer's record holds fewer epochs than its ``n_epochs`` (the training was
+    stopped early, or the record claims more epochs than it trained): its re-run is stopped one
+    optimiser step past the recorded ones, so that it is as long as the training the record describes."""
+    t = record.training
+    epochs, done = t.params.get("n_epochs", t.epochs), len(record.results.history)
+    return record.code.run is None and isinstance(epochs, int) and epochs > done
+
+
 def _steps_reasons(record: ProvenanceRecord, new: ProvenanceRecord, found: list[Reason]) -> bool:
     """Whether both runs took as many optimiser steps (and logged as many entries); the reasons when not."""
     was, now = record.training.optimizer_steps, new.training.optimizer_steps
     ok = was is None or now is None or was == now
     if was is not None and now is not None and not ok:
         longer = "the re-run went further (was the original interrupted?)" if now > was else "the re-run stopped early"
-        epochs, done = record.training.params.get("n_epochs"), len(record.results.history)
-        if now > was and isinstance(epochs, int) and epochs > done and record.code.run is None:
+        if now > was and stopped_early(record):
+            epochs, done = record.training.params.get("n_epochs", record.training.epochs), len(record.results.history)
             longer = (
                 f"the original stopped in epoch {done} of its n_epochs={epochs:,}; the re-run, with the recorded "
                 "settings, went on and was stopped one step past the recorded ones"

@@ -31,8 +31,10 @@ _EXPORTS = {
     "TensorDataSet": "reprodl.data.datasets",
     "TrainedTorchModel": "reprodl.model",
     "compare": "reprodl.reproduction.claims",
+    "current_run": "reprodl.training.current",
     "export": "reprodl.exports",
     "open_dataset": "reprodl.store",
+    "recorded": "reprodl.training.recorded",
     "replicate": "reprodl.reproduction.replicate",
     "report": "reprodl.reports",
     "reproduce": "reprodl.reproduction.rerun",
@@ -52,8 +54,10 @@ __all__ = [
     "TensorDataSet",
     "TrainedTorchModel",
     "compare",
+    "current_run",
     "export",
     "open_dataset",
+    "recorded",
     "replicate",
     "report",
     "reproduce",
@@ -88,7 +92,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from reprodl.reproduction.replicate import replicate
     from reprodl.reproduction.rerun import ReproductionReport, reproduce
     from reprodl.store import open_dataset
+    from reprodl.training.current import current_run
     from reprodl.training.loop import train_model_with_metadata_capture
     from reprodl.training.params import Parameters
+    from reprodl.training.recorded import recorded
     from reprodl.training.run import start_run
     from reprodl.zoo import GenNet

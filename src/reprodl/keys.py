@@ -59,6 +59,13 @@ CODE_DIR = "code/"  # untracked files and an entry script outside git, kept with
 CODE_SNAPSHOT_FILE = "code/snapshot.tar"  # the tracked files at the recorded commit (run API)
 # Set by `reprodl reproduce` for the re-executed script: JSON telling start_run where to write.
 RUN_REDIRECT_ENV = "REPRODL_REPRODUCE_INTO"
+# Progress of a re-executed script (reprodl.reproduction.progress): the file the child writes its step count
+# to (set by `reprodl reproduce`), "1"/"0" to show or hide the progress lines (default: when stderr is a
+# terminal), and the seconds between progress lines (the child writes at most every min(1, that / 2) s).
+PROGRESS_FILE_ENV = "REPRODL_PROGRESS_FILE"
+PROGRESS_ENV = "REPRODL_PROGRESS"
+PROGRESS_EVERY_ENV = "REPRODL_PROGRESS_EVERY"
+PROGRESS_EVERY_S = 3.0
 # Models made by the original dtoolAI 0.2.0: a pickled state dict (read with weights_only=True)
 # and the architecture named in its model_name annotation.
 DTOOLAI_WEIGHTS_FILE = "model.pt"

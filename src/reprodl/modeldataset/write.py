@@ -27,7 +27,7 @@ from reprodl.errors import ParametersError, ReprodlError
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import ModelRef, ProvenanceRecord, mirror_annotations
 from reprodl.provenance.record import DEFAULT_MODEL_NAME, OptimizerComponent
-from reprodl.store import DatasetWriter, create_dataset, writer_over
+from reprodl.store import DatasetWriter, create_dataset, local_path, writer_over
 
 if TYPE_CHECKING:
     import torch
@@ -116,6 +116,9 @@ class DerivedDataSet:
         self.entered = True
         if _another_rank():  # under torchrun rank 0 writes the model; this rank only trains
             return self
+        base = local_path(self.base_uri)
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)  # a missing base directory is created, as by start_run
         resume_from = find_resumable(self.base_uri, self.name) if self.resume else None
         self.writer = self._stack.enter_context(create_dataset(self.base_uri, self.name, resume_from=resume_from))
         return self

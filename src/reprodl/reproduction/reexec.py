@@ -45,6 +45,7 @@ from reprodl.reproduction.compare import Tolerance, compare_models, saved_weight
 from reprodl.reproduction.datamap import relocated
 from reprodl.reproduction.divergence import Divergence, TraceComparer, load_oplogs
 from reprodl.reproduction.environment import EnvDifference, rerun_environment
+from reprodl.reproduction.progress import reporting_progress
 from reprodl.reproduction.rerun import (
     STATISTICAL_SEED_OFFSET,
     ReproductionReport,
@@ -358,7 +359,8 @@ def _execute(
     here = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), here) if p)
     command = [sys.executable, *plan.command[1:]]
-    rc = _run(command, cwd, env, on_output)
+    with reporting_progress(record.training.optimizer_steps, on_output) as progress_env:  # a silent script too
+        rc = _run(command, cwd, {**env, **progress_env}, on_output)
     if rc != 0:
         raise ReproductionError(
             f"the recorded command `{' '.join(plan.command)}` exited with status {rc} in the stored code; "

@@ -48,6 +48,7 @@ from reprodl.provenance import (
 from reprodl.provenance.record import ModelComponent, OptimizerComponent
 from reprodl.training.components import ComponentWatcher, WatchedModel
 from reprodl.training.order import order_digest
+from reprodl.training.progress import ProgressFile
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.trace import StepCallback, StepTracer, TraceKind
 
@@ -91,6 +92,7 @@ class Recorder:
         self.loss: Any = None  # the loss of the step being made, when the loop knows it
         self.defer_rows, self._row_due = defer_rows, False
         self._prefixes: dict[str, WatchedModel] = {}  # trace column prefix -> the model (several models)
+        self.progress = ProgressFile.from_environment()  # a re-executed script tells reproduce its steps
 
     # --- seeds ---------------------------------------------------------------------------------
     def apply_seeds(self, rank: int = 0) -> None:
@@ -154,6 +156,8 @@ class Recorder:
             self.take_row()
         if self.after_step is not None:
             self.after_step()
+        if self.progress is not None:
+            self.progress.step(self.steps)
 
     def take_row(self) -> None:
         """The trace row of the step just counted (no-op when none is due): the state as it is now."""

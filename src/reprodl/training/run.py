@@ -60,7 +60,7 @@ from reprodl.provenance import (
 )
 from reprodl.provenance.record import DistributedInfo, RunCommand
 from reprodl.store import DatasetWriter, create_dataset, local_path
-from reprodl.training import datarefs
+from reprodl.training import current, datarefs
 from reprodl.training.capture import (
     DeterminismSettings,
     capture_code,
@@ -338,6 +338,7 @@ class Run:
             stack.__exit__(*sys.exc_info())  # with the error: the output is discarded, not frozen empty
             raise
         self._stack = stack
+        current.started(self)  # reprodl.current_run()
         atexit.register(self._abandon)
         return self
 
@@ -386,6 +387,7 @@ class Run:
             self._recorder.complete_pending()
         self._recorder.close()  # the tracer's operation log a failure left running closed too
         stack, self._stack = self._stack, None
+        current.ended(self)
         if exc_type is not None:
             add_note(exc, f"reprodl: the run {self.name!r} raised, so no model dataset was written")
             return bool(stack.__exit__(exc_type, exc, tb))  # discards the unfinished dataset

@@ -15,10 +15,7 @@ from torch.utils.data import DataLoader
 
 from reprodl.errors import TrainingDivergedError
 from reprodl.modeldataset.write import DerivedDataSet
-from reprodl.provenance import (
-    Determinism,
-    EpochMetrics,
-)
+from reprodl.provenance import Determinism, EpochMetrics
 from reprodl.training._trainer_checkpoints import TrainerCheckpoints, rank_state
 from reprodl.training.checkpoint import (
     note_worker_state,
@@ -30,13 +27,7 @@ from reprodl.training.checkpoint import (
     write_checkpoint,
 )
 from reprodl.training.determinism import DeterminismSettings
-from reprodl.training.distributed import (
-    Group,
-    ShardBatches,
-    all_reduce_sum,
-    gather,
-    peer_loss_as_interruption,
-)
+from reprodl.training.distributed import Group, ShardBatches, all_reduce_sum, gather, peer_loss_as_interruption
 from reprodl.training.evaluation import evaluate_loss_accuracy
 from reprodl.training.loader import Concat, EpochSampler, make_loader
 from reprodl.training.params import Parameters

@@ -17,18 +17,9 @@ from reprodl import trust
 from reprodl.errors import ParametersError
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.modeldataset.write import parent_ref
-from reprodl.provenance import (
-    Architecture,
-    CallableInfo,
-    CodeInfo,
-    Environment,
-    ModelRef,
-    OptimizerInfo,
-)
+from reprodl.provenance import Architecture, CallableInfo, CodeInfo, Environment, ModelRef, OptimizerInfo
 from reprodl.provenance.record import DEFAULT_MODEL_NAME
-from reprodl.training.checkpoint import (
-    utcnow,
-)
+from reprodl.training.checkpoint import utcnow
 from reprodl.training.describe import check_rebuildable, describe_architecture, describe_callable, describe_optimizer
 from reprodl.training.environment import capture_environment
 from reprodl.training.params import Parameters

@@ -14,15 +14,8 @@ from reprodl.errors import ParametersError
 from reprodl.modeldataset.write import DerivedDataSet
 from reprodl.store import normalise_uri
 from reprodl.training._trainer_capture import Captured
-from reprodl.training.checkpoint import (
-    Checkpoint,
-    check_unchanged,
-    read_checkpoint,
-)
-from reprodl.training.distributed import (
-    Group,
-    broadcast_from_rank0,
-)
+from reprodl.training.checkpoint import Checkpoint, check_unchanged, read_checkpoint
+from reprodl.training.distributed import Group, broadcast_from_rank0
 from reprodl.training.params import Parameters
 from reprodl.training.trace import StepCallback
 

@@ -12,12 +12,7 @@ import torch
 from reprodl.data.datasets import WrappedDataSet
 from reprodl.errors import IntegrityError, ParametersError
 from reprodl.modeldataset.write import DerivedDataSet, as_output, check_label_compatibility
-from reprodl.training.distributed import (
-    Group,
-    launched_world_size,
-    on_rank0_first,
-    process_group,
-)
+from reprodl.training.distributed import Group, launched_world_size, on_rank0_first, process_group
 from reprodl.training.params import Parameters, check_trainer_keys
 
 

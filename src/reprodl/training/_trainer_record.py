@@ -13,27 +13,12 @@ from reprodl import keys
 from reprodl.data.datasets import WrappedDataSet
 from reprodl.errors import ReprodlError
 from reprodl.modeldataset.write import DerivedDataSet, write_model
-from reprodl.provenance import (
-    CodeInfo,
-    DataRef,
-    Lineage,
-    ProvenanceRecord,
-    Results,
-    store_readmes_once,
-)
+from reprodl.provenance import CodeInfo, DataRef, Lineage, ProvenanceRecord, Results, store_readmes_once
 from reprodl.provenance.record import DEFAULT_MODEL_NAME, DistributedInfo
 from reprodl.training._epochs import Loop, Trained
 from reprodl.training._trainer_capture import Captured, CapturedCode
-from reprodl.training.checkpoint import (
-    resumed_record,
-    utcnow,
-)
-from reprodl.training.distributed import (
-    Group,
-    ShardBatches,
-    broadcast_from_rank0,
-    gather,
-)
+from reprodl.training.checkpoint import resumed_record, utcnow
+from reprodl.training.distributed import Group, ShardBatches, broadcast_from_rank0, gather
 from reprodl.training.evaluation import VALIDATION_SHARDED, final_metric_names
 from reprodl.training.params import Parameters
 from reprodl.training.recorder import Recorder

@@ -13,11 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from reprodl.errors import ParametersError
-from reprodl.provenance import (
-    Architecture,
-    CallableInfo,
-    OptimizerInfo,
-)
+from reprodl.provenance import Architecture, CallableInfo, OptimizerInfo
 
 
 def jsonable(value: Any) -> Any:

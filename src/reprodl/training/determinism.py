@@ -11,9 +11,7 @@ import warnings
 from typing import Any, Literal
 
 from reprodl.errors import NondeterministicOperationError, ParametersError
-from reprodl.provenance import (
-    Determinism,
-)
+from reprodl.provenance import Determinism
 
 DeterministicSetting = bool | Literal["warn"]
 

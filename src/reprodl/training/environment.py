@@ -19,10 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reprodl import __version__
-from reprodl.provenance import (
-    ComputeProfile,
-    Environment,
-)
+from reprodl.provenance import ComputeProfile, Environment
 from reprodl.training.placement import capture_placement
 
 _PACKAGES_CACHE: dict[Any, dict[str, str]] = {}

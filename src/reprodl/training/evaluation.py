@@ -10,10 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from reprodl.data.datasets import WrappedDataSet, collate
-from reprodl.training.distributed import (
-    Group,
-    all_reduce_sum,
-)
+from reprodl.training.distributed import Group, all_reduce_sum
 
 VALIDATION_SHARDED = "sharded over the ranks (every world_size-th sample), sums all-reduced: the whole set's metrics"
 

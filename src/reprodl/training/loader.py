@@ -12,14 +12,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from reprodl import trust
 from reprodl.data.datasets import Batch, WrappedDataSet, collate
-from reprodl.training.checkpoint import (
-    RngReportingCollate,
-    WorkerSeeder,
-)
-from reprodl.training.distributed import (
-    Group,
-    ShardBatches,
-)
+from reprodl.training.checkpoint import RngReportingCollate, WorkerSeeder
+from reprodl.training.distributed import Group, ShardBatches
 from reprodl.training.order import order_digest
 from reprodl.training.seeding import SeedPlan
 

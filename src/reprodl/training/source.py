@@ -13,10 +13,7 @@ from pathlib import Path
 
 from reprodl import keys
 from reprodl.errors import DirtyCodeError
-from reprodl.provenance import (
-    CodeInfo,
-    GitInfo,
-)
+from reprodl.provenance import CodeInfo, GitInfo
 
 
 def _git(args: list[str], cwd: Path) -> str | None:

@@ -21,6 +21,10 @@ nothing is written, and the exception (or a :class:`ParametersError`) says why.
 
 A run started by ``reprodl reproduce`` (which sets :data:`reprodl.keys.RUN_REDIRECT_ENV`) writes
 into the reproduction's output base instead, with the recorded seed and ``lineage.reproduces``.
+
+This module is the public :class:`Run`; its plumbing has its own modules: starting and ending
+(:mod:`._run_context`), the loaders it builds (:mod:`._run_loading`) and what it writes
+(:mod:`._run_output`).
 """
 
 from __future__ import annotations

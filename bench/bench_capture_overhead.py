@@ -60,7 +60,7 @@ def fresh_model() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.nn.Modu
 
 def first_call_environment_capture(repeats: int = 5) -> float:
     """Median time of capture_environment() with reprodl's package-list cache emptied."""
-    import reprodl.training.capture as capture
+    import reprodl.training.environment as capture
 
     times = []
     for _ in range(repeats):

@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader
 
 import reprodl
 import reprodl.reproduction.reexec as reexec_mod
+import reprodl.training._run_context as run_context_mod
 import reprodl.training.run as run_mod
 from reprodl.data.creators import create_from_arrays
 from reprodl.data.datasets import TensorDataSet
@@ -108,10 +109,10 @@ REPRODUCE_PARTS = [
     (reexec_mod, "environment_differences", "environment comparison"),
 ]
 RUN_PARTS = [
-    (run_mod, "capture_code", "code capture (git)"),
-    (run_mod, "capture_snapshot", "source snapshot (git archive)"),
-    (run_mod, "capture_environment", "environment capture"),
-    (run_mod, "create_dataset", "model dataset creation"),
+    (run_context_mod, "capture_code", "code capture (git)"),
+    (run_context_mod, "capture_snapshot", "source snapshot (git archive)"),
+    (run_context_mod, "capture_environment", "environment capture"),
+    (run_context_mod, "create_dataset", "model dataset creation"),
     (run_mod, "_check_dataset", "data integrity check"),
     (run_mod.Run, "_write", "weights + record writing"),
 ]

@@ -1,6 +1,19 @@
-"""The library stays readable: no function over about 60 lines (issue 8's house rule).
+"""The library stays readable in pieces a maintainer can hold in mind: a module does one job.
 
-A function is measured from its ``def`` to its last line, decorators and docstring included.
+Budgets:
+
+- **A module is at most 500 lines** (``MAX_MODULE_LINES``), docstrings and comments included. The old rule,
+  no function over 60 lines, moved size into modules instead of removing it (issue 19 found seven modules of
+  600 to 1,000 lines doing four to seven jobs each). 500 lines is about what a reader takes in at one sitting
+  and room for one job with its helpers; a module that needs more is doing two jobs: split it along its seam,
+  package-private helpers going to an underscored module (``training/_x.py``).
+- **Complexity, not length, bounds a function**: ruff's mccabe check (C901, ``max-complexity = 10`` in
+  pyproject.toml) refuses a function with too many branches, which is what the 60-line cap stood for.
+  A loose length guard stays (``MAX_FUNCTION_LINES``, from ``def`` to the last line, decorators and docstring
+  included) against a long straight-line function the complexity check cannot see.
+
+``OVER_BUDGET`` lists the modules still over 500 lines, each to be split; the list can only shrink: a module
+on it that fits the budget (or is gone), or one over it that is not on it, fails the test.
 """
 
 from __future__ import annotations
@@ -9,7 +22,29 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "reprodl"
-MAX_LINES = 60
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 80
+
+# Modules over MAX_MODULE_LINES (path under src/reprodl, with its lines when listed). Remove a module's line
+# when it is split; never add one.
+OVER_BUDGET = (
+    "reproduction/claims.py",  # 1130: being split (issue 19, item 3)
+    "provenance/record.py",  # 869: being split (issue 19, item 3)
+    "cli/model.py",  # 862: the reproduce command moves into the pipeline's stages (issue 19, item 2)
+    "store/dataset.py",  # 730: being split (issue 19, item 3)
+    "reproduction/rerun.py",  # 704: the reproduce pipeline splits it into stages (issue 19, item 2)
+    "data/datasets.py",  # 526: the dataset-kind registry takes its per-kind code (issue 19, item 1)
+    "catalog/db.py",  # 514: to split (its schema and migrations vs its queries)
+    "data/transforms.py",  # 507: to split (the transform table vs applying it)
+)
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def _modules() -> dict[str, int]:
+    return {str(path.relative_to(SRC)): _lines(path) for path in sorted(SRC.rglob("*.py"))}
 
 
 def _long_functions() -> dict[str, int]:
@@ -18,11 +53,26 @@ def _long_functions() -> dict[str, int]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = (node.end_lineno or node.lineno) - node.lineno + 1
-                if n > MAX_LINES:
+                if n > MAX_FUNCTION_LINES:
                     out[f"{path.relative_to(SRC)}:{node.name}"] = n
     return out
 
 
-def test_no_library_function_is_over_60_lines() -> None:
+def test_no_module_is_over_the_budget_unless_listed() -> None:
+    over = {name: n for name, n in _modules().items() if n > MAX_MODULE_LINES and name not in OVER_BUDGET}
+    assert not over, f"split these modules (over {MAX_MODULE_LINES} lines): " + ", ".join(
+        f"{k} ({v})" for k, v in sorted(over.items())
+    )
+
+
+def test_the_over_budget_list_only_shrinks() -> None:
+    modules = _modules()
+    fits = [name for name in OVER_BUDGET if modules.get(name, 0) <= MAX_MODULE_LINES]
+    assert not fits, "these modules fit the budget now (or are gone): remove them from OVER_BUDGET: " + ", ".join(fits)
+
+
+def test_no_library_function_is_very_long() -> None:
     long = _long_functions()
-    assert not long, "split these functions (lines): " + ", ".join(f"{k} ({v})" for k, v in sorted(long.items()))
+    assert not long, f"split these functions (over {MAX_FUNCTION_LINES} lines): " + ", ".join(
+        f"{k} ({v})" for k, v in sorted(long.items())
+    )

@@ -184,7 +184,7 @@ def test_shard_batches_cover_each_rank_shard_and_reseed_each_epoch() -> None:
 
 
 def test_a_checkpoint_resumes_only_with_the_number_of_processes_it_was_written_by() -> None:
-    from reprodl.training.loop import _rank_state
+    from reprodl.training._trainer_checkpoints import rank_state as _rank_state
 
     state = {"rng": 0, "ranks": [{"rng": 10}, {"rng": 11}]}
     assert _rank_state(state, Group(1, 2, "gloo")) == {"rng": 11}

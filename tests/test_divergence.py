@@ -19,7 +19,7 @@ from reprodl.modeldataset.read import load_trace, read_record
 from reprodl.reproduction.divergence import COMPUTATION_DIFFERED
 from reprodl.reproduction.rerun import reproduce
 from reprodl.store import open_dataset
-from reprodl.training import loop as loop_module
+from reprodl.training import _epochs as loop_module
 from reprodl.training.seeding import SeedPlan
 
 pytest.register_assert_rewrite("train_fixtures")
@@ -69,7 +69,7 @@ def test_clean_reproduction_is_identical_and_matched_to_the_end(trained_model, t
 
 def test_perturbation_after_step_k_is_reported_at_step_k_as_the_computation(trained_model, monkeypatch):
     k = _steps_per_epoch(trained_model.record) + 5
-    update = loop_module._Loop._update
+    update = loop_module.Loop._update
 
     def perturbed(self):
         update(self)
@@ -77,7 +77,7 @@ def test_perturbation_after_step_k_is_reported_at_step_k_as_the_computation(trai
             with torch.no_grad():
                 next(self.model.parameters()).add_(1e-6)
 
-    monkeypatch.setattr(loop_module._Loop, "_update", perturbed)
+    monkeypatch.setattr(loop_module.Loop, "_update", perturbed)
     report = reproduce(trained_model.uri)
     div = report.divergence
     assert report.verdict != "identical"

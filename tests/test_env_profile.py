@@ -64,10 +64,10 @@ def test_cpu_model_and_instruction_sets_are_read_from_cpuinfo() -> None:
 
 
 def test_without_cpuinfo_the_model_is_the_platforms_processor(monkeypatch: pytest.MonkeyPatch) -> None:
-    from reprodl.training import capture
+    from reprodl.training import environment
 
-    monkeypatch.setattr(capture.platform, "processor", lambda: "arm")
-    assert capture.cpu_description("") == ("arm", [])
+    monkeypatch.setattr(environment.platform, "processor", lambda: "arm")
+    assert environment.cpu_description("") == ("arm", [])
 
 
 def test_blas_and_its_version_are_read_from_torchs_build_configuration() -> None:
@@ -121,7 +121,7 @@ def test_on_cuda_the_driver_and_nccl_versions_are_recorded(monkeypatch: pytest.M
 
 
 def test_a_mig_slice_is_recorded_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    from reprodl.training.capture import _gpu_facts
+    from reprodl.training.environment import _gpu_facts
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     props = SimpleNamespace(name="NVIDIA A100-SXM4-40GB MIG 1g.5gb", major=8, minor=0, multi_processor_count=14)

@@ -57,7 +57,7 @@ class _Noise:
 def test_several_training_sets_are_fetched_batched_with_the_samples_of_item_by_item(digits_split_master, transform):
     from reprodl import TensorDataSet
     from reprodl.data.datasets import Batch
-    from reprodl.training.loop import _Concat
+    from reprodl.training.loader import Concat as _Concat
 
     sets = [TensorDataSet(digits_split_master, u, transform) for u in ("train", "test")]
     both = _Concat(sets)

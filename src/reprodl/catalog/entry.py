@@ -131,12 +131,7 @@ def _wrong(where: str, value: Any, wanted: str) -> CatalogError:
 def _check_shape(values: dict[str, Any]) -> None:
     """Refuse a field of the wrong JSON type (a string where a list belongs), or a number JSON
     cannot hold (``1e999`` parses as infinity), anywhere in an entry read from a file."""
-    for name in _TEXT:
-        if name in values and not isinstance(values[name], str):
-            raise _wrong(name, values[name], "a string")
-    for name in _OPTIONAL_TEXT:
-        if values.get(name) is not None and not isinstance(values[name], str):
-            raise _wrong(name, values[name], "a string or null")
+    _check_text(values, "", _TEXT, _OPTIONAL_TEXT)
     for name in ("readme_fields", "annotations", "fields"):
         if name in values and not isinstance(values[name], dict):
             raise _wrong(name, values[name], "an object")
@@ -149,21 +144,30 @@ def _check_shape(values: dict[str, Any]) -> None:
     for name, value in values.get("fields", {}).items():
         if not isinstance(value, (str, int, float)):  # bool is an int
             raise _wrong(f"fields.{name}", value, "a number, string or boolean")
-    links = values.get("links", [])
+    _check_links(values.get("links", []))
+    _check_finite(values)
+
+
+def _check_text(values: dict[str, Any], where: str, text: tuple[str, ...], optional: tuple[str, ...]) -> None:
+    """Refuse a ``text`` field present and not a string, or an ``optional`` one neither a string nor null."""
+    for name in text:
+        if name in values and not isinstance(values[name], str):
+            raise _wrong(f"{where}{name}", values[name], "a string")
+    for name in optional:
+        if values.get(name) is not None and not isinstance(values[name], str):
+            raise _wrong(f"{where}{name}", values[name], "a string or null")
+
+
+def _check_links(links: Any) -> None:
+    """Refuse links that are not a list of objects with string fields and a known relation."""
     if not isinstance(links, list):
         raise _wrong("links", links, "a list of objects")
     for i, link in enumerate(links):
         if not isinstance(link, dict):
             raise _wrong(f"links[{i}]", link, "an object")
-        for name in _LINK_TEXT:
-            if name in link and not isinstance(link[name], str):
-                raise _wrong(f"links[{i}].{name}", link[name], "a string")
-        for name in _LINK_OPTIONAL_TEXT:
-            if link.get(name) is not None and not isinstance(link[name], str):
-                raise _wrong(f"links[{i}].{name}", link[name], "a string or null")
+        _check_text(link, f"links[{i}].", _LINK_TEXT, _LINK_OPTIONAL_TEXT)
         if link.get("relation") not in RELATIONS:
             raise CatalogError(f"links[{i}].relation is {link.get('relation')!r}, not one of {', '.join(RELATIONS)}")
-    _check_finite(values)
 
 
 def _check_finite(value: Any) -> None:

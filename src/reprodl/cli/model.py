@@ -616,19 +616,7 @@ def print_report(report: ReproductionReport) -> None:
     out.print(
         f"weights: {w['n_identical']}/{w['n_tensors']} tensors bit-identical, max abs diff {w['max_abs_diff']:.3g}"
     )
-    last = max((r["epoch"] for r in report.metrics), default=0)
-    for r in report.metrics:
-        if r["epoch"] == last:
-            out.print(f"  {r['metric']} (epoch {last}): {r['original']:.6g} -> {r['reproduction']:.6g}", markup=False)
-    p = report.predictions
-    if p:
-        out.print(
-            f"predictions on {p['dataset']} ({p['usetype'] or 'all'}): {p['agreement']:.2%} agree; accuracy "
-            f"{p['original_accuracy']:.2%} -> {p['reproduction_accuracy']:.2%}"
-        )
-    if report.envelope:
-        for m in report.envelope["metrics"]:
-            out.print(f"  envelope {m['metric']}: {m['value']:.4f} in [{m['low']:.4f}, {m['high']:.4f}]? {m['within']}")
+    _print_metrics(report)
     t = report.timings
     out.print(
         f"time: re-training {t.get('training_s', 0):.2f}s (original {t.get('original_training_s', 0):.2f}s), "
@@ -654,6 +642,23 @@ def print_report(report: ReproductionReport) -> None:
             markup=False,
         )
     out.print(f"Verdict: [bold {colour}]{report.verdict}[/]")
+
+
+def _print_metrics(report: ReproductionReport) -> None:
+    """The last epoch's metrics, the predictions' agreement and the envelope of ``reprodl reproduce``'s report."""
+    last = max((r["epoch"] for r in report.metrics), default=0)
+    for r in report.metrics:
+        if r["epoch"] == last:
+            out.print(f"  {r['metric']} (epoch {last}): {r['original']:.6g} -> {r['reproduction']:.6g}", markup=False)
+    p = report.predictions
+    if p:
+        out.print(
+            f"predictions on {p['dataset']} ({p['usetype'] or 'all'}): {p['agreement']:.2%} agree; accuracy "
+            f"{p['original_accuracy']:.2%} -> {p['reproduction_accuracy']:.2%}"
+        )
+    if report.envelope:
+        for m in report.envelope["metrics"]:
+            out.print(f"  envelope {m['metric']}: {m['value']:.4f} in [{m['low']:.4f}, {m['high']:.4f}]? {m['within']}")
 
 
 def _gap(g: dict[str, Any]) -> str:

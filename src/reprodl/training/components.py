@@ -34,7 +34,7 @@ from reprodl.errors import ParametersError
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import CallableInfo
 from reprodl.provenance.record import ModelComponent, OptimizerComponent, StepChange
-from reprodl.training.capture import describe_architecture, describe_callable, describe_optimizer, jsonable
+from reprodl.training.describe import describe_architecture, describe_callable, describe_optimizer, jsonable
 from reprodl.training.distributed import unwrap
 
 CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_")

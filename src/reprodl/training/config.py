@@ -427,7 +427,7 @@ def _build_components(cfg: TrainConfig, model: Any, learning_rate: float) -> tup
     ``interval`` key is the parameter ``scheduler_interval``, not a constructor argument.
     """
     from reprodl import trust
-    from reprodl.training.capture import remember_arguments
+    from reprodl.training.describe import remember_arguments
 
     opt_cls = _component(cfg.optimizer, "torch.optim", trust.Kind.OPTIMIZER, cfg.allow)
     opt_kwargs = {"lr": learning_rate, **cfg.optimizer.kwargs()}

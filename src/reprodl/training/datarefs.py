@@ -36,7 +36,7 @@ from reprodl.errors import IntegrityError, ParametersError
 from reprodl.provenance import DataRef
 from reprodl.provenance.record import DataView
 from reprodl.store import local_path, normalise_uri, open_dataset
-from reprodl.training.capture import class_path
+from reprodl.training.describe import class_path
 from reprodl.training.order import order_digest
 
 IN_MEMORY = "in-memory"

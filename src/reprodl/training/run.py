@@ -21,71 +21,41 @@ nothing is written, and the exception (or a :class:`ParametersError`) says why.
 
 A run started by ``reprodl reproduce`` (which sets :data:`reprodl.keys.RUN_REDIRECT_ENV`) writes
 into the reproduction's output base instead, with the recorded seed and ``lineage.reproduces``.
+
+This module is the public :class:`Run`; its plumbing has its own modules: starting and ending
+(:mod:`._run_context`), the loaders it builds (:mod:`._run_loading`) and what it writes
+(:mod:`._run_output`).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import datetime
 import functools
-import itertools
-import json
 import os
-import platform
-import sys
-import tempfile
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
-from reprodl import keys
-from reprodl.data.datasets import WrappedDataSet, collate
-from reprodl.errors import ParametersError, ReprodlError, add_note
-from reprodl.provenance import (
-    CallableInfo,
-    CodeInfo,
-    DataRef,
-    EpochMetrics,
-    Lineage,
-    ModelRef,
-    ProvenanceRecord,
-    Results,
-    store_readmes_once,
-)
-from reprodl.provenance.record import DistributedInfo, RunCommand
-from reprodl.store import DatasetWriter, create_dataset, local_path
-from reprodl.training import current, datarefs
-from reprodl.training.capture import (
-    DeterminismSettings,
-    capture_code,
-    capture_environment,
-    check_deterministic,
-    describe_callable,
-    jsonable,
-    require_clean,
-)
-from reprodl.training.checkpoint import resumed_record, set_rng_state
+from reprodl.data.datasets import WrappedDataSet
+from reprodl.errors import ParametersError
+from reprodl.provenance import CodeInfo, DataRef, Determinism, Environment, ModelRef, ProvenanceRecord
+from reprodl.store import DatasetWriter
+from reprodl.training import _run_context, _run_loading, _run_output, datarefs
+from reprodl.training._run_context import default_name
+from reprodl.training._run_loading import TracedLoader
+from reprodl.training._run_output import describe_loss, number, state
 from reprodl.training.components import ComponentWatcher, check_name, original_module
 from reprodl.training.datarefs import check_dataset, describe_other_data
-from reprodl.training.distributed import (
-    Group,
-    RecordedDistributedSampler,
-    broadcast_from_rank0,
-    gather,
-    on_rank0_first,
-    process_group,
-)
-from reprodl.training.order import order_digest, tap_order
-from reprodl.training.recorder import NO_LOSS, NO_OPTIMIZER, Recorder
+from reprodl.training.describe import describe_callable, jsonable
+from reprodl.training.determinism import DeterminismSettings, check_deterministic
+from reprodl.training.distributed import Group, on_rank0_first
+from reprodl.training.order import tap_order
+from reprodl.training.recorder import NO_OPTIMIZER, Recorder
 from reprodl.training.resume import RunCheckpoints
-from reprodl.training.seeding import SeedPlan, order_seed
-from reprodl.training.snapshot import capture_snapshot
+from reprodl.training.seeding import SeedPlan
 from reprodl.training.tensorboard import TensorBoardLogger
 from reprodl.training.trace import StepTracer
 
@@ -142,97 +112,22 @@ def start_run(
     return run.__enter__()  # started now: ``with`` enters it again (a no-op), ``run.finish()`` ends it
 
 
-class _Output:
-    """What ``write_model`` writes through: the open writer; it keeps the sealed record."""
-
-    def __init__(self, writer: DatasetWriter) -> None:
-        self.writer: DatasetWriter | None = writer
-        self.record: ProvenanceRecord | None = None
-        self.extra_readme: dict[str, Any] = {}  # a run's README holds what reprodl writes only
-
-
-class _SavedState(torch.nn.Module):
-    """The weights as they were at ``run.save`` (a module that only returns them)."""
-
-    def __init__(self, state: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self._saved = state
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]  # the saved weights whatever the arguments
-        return dict(self._saved)
-
-
-class _RecordedOrder(Sampler[int]):
-    """Indices in a permutation seeded by (seed, pass); each pass's order digest is reported."""
-
-    def __init__(self, n: int, *, seed: int, shuffle: bool, on_order: Any) -> None:
-        self.n, self.seed, self.shuffle, self.on_order = n, seed, shuffle, on_order
-        self.passes = 0
-        self.last_order: torch.Tensor | None = None
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(order_seed(self.seed, self.passes))  # the seed plan's formula, as the built-in trainer's
-            order = torch.randperm(self.n, generator=g)
-        else:
-            order = torch.arange(self.n)
-        self.passes += 1
-        self.last_order = order
-        self.on_order(order_digest(order))
-        return iter(order.tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class _TracedLoader(DataLoader):
-    """A DataLoader telling ``on_batch`` of each batch it yields: (pass, batch from 1, sample indices, batch).
-
-    A resumed run's loader fetches and drops the ``resume_skip`` batches its pass had already
-    trained on (so workers' random states advance as they did), then restores ``resume_rng``.
-    """
-
-    on_batch: Any = None
-    on_stream_pass: Any = None  # an IterableDataset's loader: each pass's digest of the samples it yielded
-    own_passes: int = 0
-    resume_skip: int = 0
-    resume_rng: dict[str, Any] | None = None
-    pass_start_generator: torch.Tensor | None = None
-
-    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator over the base iterator
-        sampler = self.sampler
-        bs = self.batch_size or 1
-        if self.generator is not None:
-            self.pass_start_generator = self.generator.get_state()
-        skip, rng = self.resume_skip, self.resume_rng
-        self.resume_skip, self.resume_rng = 0, None
-        it = super().__iter__()
-        for _ in itertools.islice(it, skip):
-            pass
-        if rng is not None:
-            set_rng_state(rng)
-        stream = datarefs.StreamDigest() if self.on_stream_pass is not None else None
-        self.own_passes += 1  # the pass number where the sampler keeps none (custom, IterableDataset)
-        try:
-            for i, batch in enumerate(it, start=skip):
-                order = getattr(sampler, "last_order", None)
-                if stream is not None:
-                    stream.update(batch)
-                if self.on_batch is not None:
-                    indices = order[i * bs : (i + 1) * bs] if order is not None else None
-                    self.on_batch(getattr(sampler, "passes", self.own_passes), i + 1, indices, batch)
-                yield batch
-        finally:
-            if stream is not None and stream.batches:
-                self.on_stream_pass(stream.digest())
-
-
 class Run:
     """One training run of the user's own loop; made by :func:`start_run`.
 
     After a clean exit ``uri`` is the model dataset's URI and ``record`` its provenance record.
     """
+
+    # set when the run starts (:mod:`._run_context`), read when it writes (:mod:`._run_output`)
+    determinism: Determinism
+    _determinism: DeterminismSettings
+    _t0: float
+    _started: str
+    _writer: DatasetWriter
+    _code: CodeInfo
+    _patch: str | None
+    _code_files: dict[str, Path]
+    _environment: Environment
 
     def __init__(
         self,
@@ -271,7 +166,7 @@ class Run:
         self._device = "cpu"
         self._n_loaders = 0
         self._tb: TensorBoardLogger | None = None
-        self._loaders: list[_TracedLoader] = []
+        self._loaders: list[TracedLoader] = []
         self._components: tuple[Any, Any, Any] | None = None  # (model, optimizer, scheduler)
         self._group: Group | None = None
         self._sampler_settings: dict[str, Any] = {}
@@ -312,34 +207,10 @@ class Run:
     def _watcher(self) -> ComponentWatcher | None:
         return self._recorder.watcher
 
-    # --- the context ---------------------------------------------------------------------
+    # --- the context (:mod:`._run_context`) ----------------------------------------------------
     def __enter__(self) -> Run:
-        if self._stack is not None:  # started by start_run already
-            return self
-        self._apply_redirect()
-        self._t0, self._started = time.perf_counter(), _utcnow()
-        self._group = process_group()
-        if self._group is not None and (self.checkpoints.every or self.checkpoints.resume):
-            raise ParametersError(
-                "checkpoint_every and resume are not supported in a multi-process (DistributedDataParallel) run "
-                "yet: leave them out under torchrun"
-            )
-        stack = contextlib.ExitStack()
-        try:
-            self._recorder.seeds = SeedPlan(self.seed)  # a reproduction's seed, when redirected
-            self._recorder.trace_kind = (self._redirect or {}).get("trace_kind")
-            self._open_output(stack)
-            device_type = "cuda" if torch.cuda.is_available() else "cpu"
-            self._determinism = DeterminismSettings(self.deterministic, device_type)
-            self.determinism = stack.enter_context(self._determinism)
-            self._tb = stack.enter_context(TensorBoardLogger(self.tensorboard)) if self.tensorboard else None
-            self._recorder.apply_seeds(self._rank)  # rank r: seed + r
-        except BaseException:
-            stack.__exit__(*sys.exc_info())  # with the error: the output is discarded, not frozen empty
-            raise
-        self._stack = stack
-        current.started(self)  # reprodl.current_run()
-        atexit.register(self._abandon)
+        if self._stack is None:  # else started by start_run already
+            _run_context.enter(self)
         return self
 
     def finish(self) -> str | None:
@@ -367,115 +238,11 @@ class Run:
     def _rank(self) -> int:
         return self._group.rank if self._group is not None else 0
 
-    def _open_output(self, stack: contextlib.ExitStack) -> None:
-        """On rank 0 (or the only process): the unfinished model dataset; code and environment captured."""
-        if self._rank != 0:
-            return
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reprodl-run-")))
-        base = local_path(self.base_uri)
-        if base is not None:
-            base.mkdir(parents=True, exist_ok=True)  # a missing base directory is created
-        resume_from = self.checkpoints.find(self) if self.checkpoints.resume and not self._redirect else None
-        self._writer = stack.enter_context(create_dataset(self.base_uri, self.name, resume_from=resume_from))
-        self.checkpoints.open(self, self._writer.checkpoint_dir, resuming=resume_from is not None)
-        self._capture(workdir)
-
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        assert self._stack is not None
-        atexit.unregister(self._abandon)
-        if exc_type is None:
-            self._recorder.complete_pending()
-        self._recorder.close()  # the tracer's operation log a failure left running closed too
-        stack, self._stack = self._stack, None
-        current.ended(self)
-        if exc_type is not None:
-            add_note(exc, f"reprodl: the run {self.name!r} raised, so no model dataset was written")
-            return bool(stack.__exit__(exc_type, exc, tb))  # discards the unfinished dataset
-        if self._group is not None:
-            try:
-                return self._exit_distributed(stack)
-            finally:
-                self._release()
-        return self._finish(stack)
-
-    def _release(self) -> None:
-        """Let go of the watched model (a DistributedDataParallel wrapper), optimiser and loaders.
-
-        The run must not be what keeps a wrapper (its reducer, its process group) alive after the
-        ``with`` block: the script decides when those go (docs/distributed.md says how to end).
-        """
-        self._components, self._watched, self._loaders = None, {}, []
-        self._recorder.watcher = self._recorder.tracer = None
-
-    def _exit_distributed(self, stack: contextlib.ExitStack) -> bool:
-        """Every rank's order digests gathered; rank 0 writes the model, the others learn its URI."""
-        group = self._group
-        assert group is not None
-        self._rank_digests = gather(list(self._order_digests), group)
-        if group.rank != 0:
-            stack.__exit__(None, None, None)
-            self.uri = broadcast_from_rank0(None, then_barrier=True)
-            if self.uri is None:
-                raise ReprodlError(
-                    f"rank 0 wrote no model dataset for the run {self.name!r} (its error says why), "
-                    f"so rank {group.rank} ends with none either"
-                )
-            return False
-        try:
-            self._finish(stack)
-        except BaseException:
-            broadcast_from_rank0(None, then_barrier=True)
-            raise
-        broadcast_from_rank0(self.uri, then_barrier=True)
-        return False
-
-    def _finish(self, stack: contextlib.ExitStack) -> bool:
-        """Write the model dataset (refused without ``run.save``) then frozen."""
-        if self._saved is None:
-            error = ParametersError(
-                f"the run {self.name!r} ended without run.save(model), so no model dataset was written: "
-                "call run.save(model) inside the with-block, after training"
-            )
-            stack.__exit__(type(error), error, None)
-            raise error
-        try:
-            self._write()
-        except BaseException as error:
-            stack.__exit__(type(error), error, error.__traceback__)
-            raise
-        stack.__exit__(None, None, None)
-        self.uri = self._writer.uri
-        self._report_redirect()
-        return False
-
-    def _apply_redirect(self) -> None:
-        """Inside ``reprodl reproduce``: write into its output base, with its seed and lineage."""
-        raw = os.environ.get(keys.RUN_REDIRECT_ENV)
-        if not raw:
-            return
-        self._redirect = redirect = json.loads(raw)
-        self.base_uri = redirect["base_uri"]
-        if not self._named or self.name == redirect.get("original_name"):
-            self.name = redirect["name"]
-        self.seed = int(redirect.get("seed", self.seed))
-        if redirect.get("reproduces"):
-            self.reproduces = ModelRef.model_validate(redirect["reproduces"])
-
-    def _report_redirect(self) -> None:
-        if self._redirect and self._redirect.get("report_file"):
-            with open(self._redirect["report_file"], "a", encoding="utf-8") as f:
-                f.write(json.dumps({"name": self.name, "uri": self.uri}) + "\n")
+        return _run_context.exit_run(self, exc_type, exc, tb)
 
     def _capture(self, workdir: Path) -> None:
-        code, self._patch, self._code_files = capture_code(None)
-        if self.require_clean_code:
-            require_clean(code)
-        code.run = run_command(code, self.seed)
-        code.snapshot, tar = capture_snapshot(code.git, workdir)
-        if tar is not None:
-            self._code_files[keys.CODE_SNAPSHOT_FILE] = tar
-        self._code: CodeInfo = code
-        self._environment = capture_environment()
+        _run_context.capture(self, workdir)
 
     # --- what the user calls -------------------------------------------------------------
     def use(self, ds_or_uri: Any, role: str = "train") -> Any:
@@ -586,51 +353,7 @@ class Run:
         yields are recorded (a digest per pass over their content). A dataset not yet recorded
         is recorded as training data.
         """
-        if not any(d is ds for d, _ in self._given):
-            self.use(ds)
-        role = next(r for d, r in self._given if d is ds)
-        index = self._n_loaders
-        self._n_loaders += 1
-        on_order = self._recorder.on_order if role == "train" else (lambda _digest: None)
-        custom = datarefs.custom_order(ds, kw, shuffle=shuffle, on_order=on_order)
-        if custom is not None and (self._group is not None or self.checkpoints.every or self.checkpoints.resume):
-            raise ParametersError(
-                f"run.loader with {'an IterableDataset' if custom == 'stream' else custom + '='} cannot be sharded "
-                "over processes or checkpointed yet: let run.loader choose the order (shuffle=) under torchrun "
-                "or with checkpoint_every/resume"
-            )
-        if custom is None:
-            kw["sampler"] = self._sampler(ds, index, shuffle, bool(kw.get("drop_last", False)), on_order)
-        if custom != "batch_sampler":
-            kw["batch_size"] = batch_size
-        g = torch.Generator()
-        g.manual_seed(self.seeds.dataloader_generator + index)
-        if isinstance(ds, WrappedDataSet):
-            kw.setdefault("collate_fn", collate)
-        if role == "train" and not self._loader_info:
-            size = getattr(kw.get("batch_sampler"), "batch_size", None) or batch_size
-            self._loader_info = {"batch_size": size, "shuffle": shuffle, "num_workers": kw.get("num_workers", 0)}
-        loader = _TracedLoader(ds, generator=g, **kw)
-        if custom == "stream":
-            loader.on_stream_pass = on_order
-        if role == "train":
-            loader.on_batch = self._on_batch
-        self._loaders.append(loader)
-        self.checkpoints.loader_made(self, loader, index)
-        return loader
-
-    def _sampler(self, ds: Any, index: int, shuffle: bool, drop_last: bool, on_order: Any) -> Sampler[int]:
-        """The run's own order for loader ``index``: seeded from the run's seed, a digest per pass."""
-        seed = self.seeds.dataloader_generator + index
-        if self._group is None:
-            return _RecordedOrder(len(ds), seed=seed, shuffle=shuffle, on_order=on_order)
-        # each rank its shard, in an order seeded alike on every rank
-        sampler = RecordedDistributedSampler(
-            ds, group=self._group, seed=seed, shuffle=shuffle, drop_last=drop_last, on_order=on_order
-        )
-        if on_order == self._recorder.on_order and not self._sampler_settings:
-            self._sampler_settings = sampler.settings()
-        return sampler
+        return _run_loading.make_loader(self, ds, batch_size, shuffle, kw)
 
     def record_loader(self, loader: DataLoader) -> None:
         """Record a training loader the run did not build (batch size, shuffle, workers; not its order).
@@ -670,7 +393,7 @@ class Run:
         if epoch is None and step is None:
             raise ParametersError("run.log needs epoch= or step= to say when the metrics were measured")
         entry: dict[str, Any] = {k: v for k, v in (("epoch", epoch), ("step", step)) if v is not None}
-        entry.update({k: _number(v) for k, v in metrics.items()})
+        entry.update({k: number(v) for k, v in metrics.items()})
         self._logged.append(entry)
         if self._tb is not None:
             self._tb.log(int(step if step is not None else epoch or 0), metrics)
@@ -698,7 +421,7 @@ class Run:
         saved: dict[str, dict[str, torch.Tensor]] = {}
         if not isinstance(model, Mapping):
             watched = self._watcher.find(model) or self._watcher.models[0]
-            saved[watched.name] = _state(model)
+            saved[watched.name] = state(model)
         elif not model:
             raise ParametersError("run.save got an empty mapping: give {name: model} for each model to save")
         for key, module in model.items() if isinstance(model, Mapping) else ():
@@ -709,162 +432,13 @@ class Run:
                     f"run.watch(model, optimizer, name={key!r}) before training"
                 )
             self._watcher.rename(found, check_name(key))
-            saved[found.name] = _state(module)
+            saved[found.name] = state(module)
         self._saved = saved
         self._saved_at_step = self._steps
         default = next(iter(model.values())) if isinstance(model, Mapping) else model
         first = next(iter(original_module(default)[0].parameters()), None)
         self._device = str(first.device) if first is not None else "cpu"
 
-    # --- writing -------------------------------------------------------------------------
+    # --- writing (:mod:`._run_output`) ----------------------------------------------------------
     def _write(self) -> None:
-        from reprodl.modeldataset.write import write_model
-
-        assert self._saved is not None
-        names = list(self._saved)
-        files = {n: keys.WEIGHTS_FILE if i == 0 else f"{keys.MODELS_DIR}{n}.safetensors" for i, n in enumerate(names)}
-        record = self._record(files)
-        manifests = {
-            ref.manifest_item: ds.dataset.manifest_entries()
-            for ref, ds in self._data
-            if isinstance(ds, WrappedDataSet) and ref.manifest_item
-        }
-        output = _Output(self._writer)
-        write_model(
-            cast(Any, output),
-            _SavedState(self._saved[names[0]]),
-            record,
-            patch=self._patch,
-            manifests=manifests,
-            code_files=self._code_files,
-            trace=self._tracer.to_bytes() if self._tracer is not None else None,
-            more_weights={files[n]: self._saved[n] for n in names[1:]},
-            oplogs=self._tracer.oplog_items() if self._tracer is not None else None,
-        )
-        self.record = output.record
-
-    def _record(self, files: Mapping[str, str]) -> ProvenanceRecord:
-        epochs = [int(e["epoch"]) for e in self._logged if "epoch" in e]
-        assert self._saved is not None
-        recorder = self._recorder
-        models, optimizers = recorder.components(self._saved, files)
-        training = recorder.training(
-            models,
-            optimizers,
-            epochs=max(epochs, default=0),
-            batch_size=self._loader_info.get("batch_size", self._watch_batch_size),
-            shuffle=self._loader_info.get("shuffle", False),
-            num_workers=self._loader_info.get("num_workers", 0),
-            params=self.params,
-            determinism=self.determinism,
-            device=self._device,
-            checkpoint_every=self.checkpoints.every,
-            resumed=resumed_record(self.checkpoints.resumed),
-            world_size=self._group.world_size if self._group is not None else 1,
-            distributed=self._distributed_info(),
-        )
-        return recorder.record(
-            name=self._redirect.get("original_name", self.name) if self._redirect else self.name,
-            started=self._started,
-            models=models,
-            training=training,
-            data=store_readmes_once([ref for ref, _ in self._data]),
-            code=self._code,
-            environment=self._environment,
-            results=self._results(),
-            lineage=Lineage(reproduces=self.reproduces),
-            saved_at_step=self._saved_at_step,
-        )
-
-    def _distributed_info(self) -> DistributedInfo | None:
-        group = self._group
-        if group is None:
-            return None
-        return DistributedInfo(
-            backend=group.backend,
-            world_size=group.world_size,
-            rank_seeds=[self.seed + r for r in range(group.world_size)],
-            sampler=self._sampler_settings,
-            rank_order_digests=self._rank_digests,
-        )
-
-    def _results(self) -> Results:
-        by_epoch: dict[int, dict[str, Any]] = {}
-        final: dict[str, Any] = {}
-        for entry in self._logged:
-            values = {k: v for k, v in entry.items() if k not in ("epoch", "step")}
-            final.update(values)
-            if "epoch" in entry:
-                by_epoch.setdefault(int(entry["epoch"]), {}).update(values)
-        history = [EpochMetrics(epoch=e, **v) for e, v in sorted(by_epoch.items()) if "train_loss" in v]
-        return Results(
-            history=history,
-            final=final,
-            wall_time_s=self.checkpoints.elapsed_before + time.perf_counter() - self._t0,
-            started_at=self._started,
-            finished_at=_utcnow(),
-            logged=list(self._logged),
-        )
-
-
-# --- helpers -------------------------------------------------------------------------------
-def run_command(code: CodeInfo, seed: int) -> RunCommand:
-    """How to run the current process again, paths relative to the code root."""
-    script = Path(code.entry_script) if code.entry_script else None
-    if code.git is not None and code.git.root:
-        root = Path(code.git.root)
-    else:
-        root = script.parent if script is not None else Path.cwd()
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    module = spec.name.removesuffix(".__main__") if spec is not None and spec.name else None
-    return RunCommand(
-        entry_script=_relative(script, root) if script is not None and module is None else None,
-        module=module,
-        argv=list(sys.argv[1:]),
-        working_directory=_relative(Path.cwd(), root) or ".",
-        python=platform.python_version(),
-        seed=seed,
-        root=str(root),
-    )
-
-
-def _relative(path: Path, root: Path) -> str | None:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return None
-
-
-def describe_loss(loss: Any) -> CallableInfo:
-    """A loss module by class and arguments, a loss function (``F.nll_loss``) by its import path."""
-    if loss is None:
-        return NO_LOSS
-    return describe_callable(loss)  # a module by class and arguments, a function or partial by its path
-
-
-def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A copy, on the CPU, of the weights of ``model`` (its original module's: no ``_orig_mod.`` or ``module.``)."""
-    return {k: v.detach().cpu().clone() for k, v in original_module(model)[0].state_dict().items()}
-
-
-def _number(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    if isinstance(value, np.generic):
-        return value.item()
-    return jsonable(value)
-
-
-def _utcnow() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def default_name() -> str:
-    """A model name no other run shares: the script's name, the UTC time and a random suffix."""
-    import secrets
-
-    script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c") else "run"
-    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in script).strip("-_") or "run"
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return f"{stem[:40]}-{stamp}-{secrets.token_hex(3)}"
+        _run_output.write(self)

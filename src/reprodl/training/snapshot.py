@@ -2,7 +2,7 @@
 
 A run made with :func:`reprodl.start_run` stores a tar of the tracked files at the recorded
 commit (``git archive``), beside the uncommitted patch and the untracked files that
-:func:`reprodl.training.capture.capture_code` already keeps. Together they rebuild the working
+:func:`reprodl.training.source.capture_code` already keeps. Together they rebuild the working
 tree as it was, so a model reproduces from its URI alone, even where its repository is gone.
 Tracked files named like secrets are left out (named in the record). Above
 :data:`MAX_SNAPSHOT_BYTES` only the commit, remote and patch are kept, with a note.
@@ -26,8 +26,8 @@ from typing import Any
 from reprodl import keys
 from reprodl.errors import IntegrityError, ReproductionError
 from reprodl.provenance.record import GitInfo, ProvenanceRecord, SourceSnapshot
-from reprodl.training.capture import secret_pattern
 from reprodl.training.safegit import run_git, user_repository
+from reprodl.training.source import secret_pattern
 
 MAX_SNAPSHOT_BYTES = 20 << 20  # 20 MiB of tar
 

@@ -1,0 +1,296 @@
+"""The code a training ran: the entry script, its repository's commit, branch and uncommitted changes, and
+the untracked files kept with it (never secrets, links, files outside the repository or too large).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from reprodl import keys
+from reprodl.errors import DirtyCodeError
+from reprodl.provenance import CodeInfo, GitInfo
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        res = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout if res.returncode == 0 else None
+
+
+def _git_many(commands: dict[str, list[str]], cwd: Path) -> dict[str, str | None]:
+    """:func:`_git` for several commands, run concurrently; None for each that failed."""
+    procs: dict[str, subprocess.Popen[str] | None] = {}
+    for key, args in commands.items():
+        try:
+            procs[key] = subprocess.Popen(
+                ["git", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            procs[key] = None
+    out: dict[str, str | None] = {}
+    for key, proc in procs.items():
+        if proc is None:
+            out[key] = None
+            continue
+        try:
+            stdout, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            out[key] = None
+            continue
+        out[key] = stdout if proc.returncode == 0 else None
+    return out
+
+
+def entry_script() -> Path | None:
+    """The running script (``__main__``'s file), if there is one."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path and os.path.isfile(path):
+        return Path(path).resolve()
+    return None
+
+
+# Untracked files are kept with the model (DeepDIVA's "backup" of uncommitted code) up to
+# these sizes; larger ones are named in the record but not stored.
+MAX_UNTRACKED_FILE = 1 << 20
+MAX_UNTRACKED_TOTAL = 8 << 20
+
+# Untracked files whose names mark them as secrets are never stored with a model (a model is
+# made to be shared): matched case-insensitively against the file name, or against the path's
+# tail for a pattern with a "/". Git-ignored files are never stored either.
+SECRET_FILE_PATTERNS: tuple[str, ...] = (
+    ".env",
+    ".env.*",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.kdbx",
+    "credentials",
+    "credentials.json",
+    ".netrc",
+    ".pypirc",
+    ".git-credentials",
+    ".aws/credentials",
+    ".ssh/*",
+    ".pgpass",
+    ".npmrc",
+    ".docker/config.json",
+    ".htpasswd",
+    "secrets",
+    "secrets.*",
+    # Token files (token, token.json, .token, hf_token, api_token.txt, x.token), but not code
+    # or vocabularies: tokenizer.py, token_utils.py, tokens.txt and token.py are stored.
+    "token",
+    ".token",
+    "*.token",
+    "token.[!p]*",
+    "*_token",
+    "*_token.[!p]*",
+)
+
+SKIP_SECRET = "secret"
+SKIP_TOO_LARGE = "too large"
+SKIP_SYMLINK = "symbolic link"
+SKIP_OUTSIDE = "outside the repository"
+SKIP_OPTED_OUT = "opted out"  # store_untracked=False
+
+
+def secret_pattern(relpath: str) -> str | None:
+    """The deny-list pattern (:data:`SECRET_FILE_PATTERNS`) that ``relpath`` matches, or None."""
+    parts = [p.lower() for p in Path(relpath).parts]
+    for pattern in SECRET_FILE_PATTERNS:
+        tail = pattern.lower().split("/")
+        if len(parts) >= len(tail) and all(fnmatch.fnmatchcase(p, t) for p, t in zip(parts[-len(tail) :], tail)):
+            return pattern
+    return None
+
+
+def _skip_reason(root: Path, rel: str, size_so_far: int) -> tuple[str | None, int]:
+    """(why ``root/rel`` is not stored, or None; its size) for one untracked file."""
+    path = root / rel
+    if ".." in Path(rel).parts:
+        return SKIP_OUTSIDE, 0
+    if secret_pattern(rel) is not None:
+        return SKIP_SECRET, 0
+    if path.is_symlink():
+        return SKIP_SYMLINK, 0
+    size = path.stat().st_size
+    if size > MAX_UNTRACKED_FILE or size_so_far + size > MAX_UNTRACKED_TOTAL:
+        return SKIP_TOO_LARGE, size
+    return None, size
+
+
+def capture_code(
+    where: str | os.PathLike[str] | None = None, *, store_untracked: bool = True
+) -> tuple[CodeInfo, str | None, dict[str, Path]]:
+    """Code version of the entry script's repository (or ``where``).
+
+    Returns (info, patch, files): the patch is ``git diff HEAD`` (staged and unstaged changes
+    to tracked files), and files maps item relpaths to the untracked files (and, outside git,
+    the entry script) to keep beside the model, so the exact code can be rebuilt.
+
+    Untracked files that git ignores are never listed; those named like secrets
+    (:data:`SECRET_FILE_PATTERNS`), symbolic links and files too large are not stored, and
+    the record names each with the reason (never its content). ``store_untracked=False``
+    stores none of them.
+    """
+    script = entry_script()
+    base = Path(where) if where else (script.parent if script else Path.cwd())
+    info = CodeInfo(
+        entry_script=str(script) if script else None,
+        entry_script_sha256=_sha256_file(script) if script else None,
+        argv=list(sys.argv),
+        working_directory=os.getcwd(),
+    )
+    root = _git(["rev-parse", "--show-toplevel"], base)
+    if root is None:
+        files: dict[str, Path] = {}
+        if script is not None:
+            info.entry_script_item = f"{keys.CODE_DIR}entry/{script.name}"
+            files[info.entry_script_item] = script
+        return info, None, files
+    info.git, patch, files = _capture_git(Path(root.strip()), store_untracked=store_untracked)
+    return info, patch, files
+
+
+def _capture_git(root: Path, *, store_untracked: bool) -> tuple[GitInfo, str | None, dict[str, Path]]:
+    """(git info, patch, untracked files to store) of the repository at ``root``."""
+    # Independent read-only queries: run them at once rather than one after another.
+    res = _git_many(
+        {
+            "commit": ["rev-parse", "HEAD"],
+            "branch": ["rev-parse", "--abbrev-ref", "HEAD"],
+            "remote": ["config", "--get", "remote.origin.url"],
+            "patch": ["diff", "HEAD", "--binary"],
+            "changed": ["diff", "HEAD", "--name-only", "--no-renames", "-z"],
+            # Untracked files, git-ignored ones left out (.gitignore, .git/info/exclude, core.excludesFile).
+            "untracked": ["ls-files", "--others", "--exclude-standard", "-z", "--full-name"],
+        },
+        root,
+    )
+    commit = (res["commit"] or "").strip() or None
+    patch = res["patch"] if commit else None
+    # A tracked file named like a secret (a committed .env, edited since) stays out of the patch.
+    patch_skipped = sorted(rel for rel in (res["changed"] or "").split("\0") if rel and secret_pattern(rel))
+    if patch and patch_skipped:
+        patch = _git(
+            ["diff", "HEAD", "--binary", "--", ".", *(f":(exclude,literal){rel}" for rel in patch_skipped)], root
+        )
+    untracked = sorted(e for e in (res["untracked"] or "").split("\0") if e)
+    # Datasets and models (and the one being written) inside the repository are data, not code.
+    untracked = [rel for rel in untracked if not _inside_dataset(root, rel)]
+    files, reasons = _select_untracked(root, untracked, store_untracked=store_untracked)
+    skipped = list(reasons)[:200]
+    git = GitInfo(
+        commit=commit,
+        branch=(res["branch"] or "").strip() or None,
+        dirty=bool(patch) or bool(patch_skipped) or bool(untracked),
+        remote=(res["remote"] or "").strip() or None,
+        root=str(root),
+        untracked=untracked[:200],
+        untracked_items=list(files),
+        untracked_skipped=skipped,
+        untracked_skipped_reasons={rel: reasons[rel] for rel in skipped},
+        store_untracked=store_untracked,
+        patch_skipped=patch_skipped[:200],
+        patch_sha256=hashlib.sha256(patch.encode()).hexdigest() if patch else None,
+    )
+    return git, (patch or None), files
+
+
+def _select_untracked(
+    root: Path, untracked: list[str], *, store_untracked: bool
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """(item relpath -> file, for the untracked files stored; relpath -> why, for those not)."""
+    files: dict[str, Path] = {}
+    reasons: dict[str, str] = {}
+    total = 0
+    for rel in untracked:
+        try:
+            why, size = _skip_reason(root, rel, total)
+            if not store_untracked and why != SKIP_SECRET:
+                why = SKIP_OPTED_OUT
+        except OSError:
+            continue
+        if why is not None:
+            reasons[rel] = why
+            continue
+        total += size
+        files[f"{keys.CODE_DIR}untracked/{rel}"] = root / rel
+    return files, reasons
+
+
+def untracked_summary(git: GitInfo | None) -> str | None:
+    """One line for people: what untracked files were stored with a model and what was skipped.
+
+    Example: ``stored 2 untracked files: a.py, b.py (skipped: .env [secret])``; None when the
+    training ran outside git or found no untracked file.
+    """
+    if git is None or not (git.untracked_items or git.untracked_skipped or git.patch_skipped):
+        return None
+    prefix = f"{keys.CODE_DIR}untracked/"
+    names = [item.removeprefix(prefix) for item in git.untracked_items]
+    line = f"stored {len(names)} untracked file{'' if len(names) == 1 else 's'}"
+    if names:
+        line += ": " + ", ".join(names)
+    if git.untracked_skipped:
+        why = git.untracked_skipped_reasons
+        line += (
+            " ("
+            + ("store_untracked=False; " if not git.store_untracked else "")
+            + "skipped: "
+            + ", ".join(f"{n} [{why.get(n, SKIP_TOO_LARGE)}]" for n in git.untracked_skipped)
+            + ")"
+        )
+    if git.patch_skipped:
+        line += f"; left out of the code patch: {', '.join(git.patch_skipped)} [secret]"
+    return line
+
+
+def _inside_dataset(root: Path, rel: str) -> bool:
+    """Is ``root/rel`` inside a dtool dataset (a directory holding ``.dtool``) or reprodl's staging?"""
+    parts = Path(rel).parts
+    if any(p.startswith(".reprodl-staging-") or p == ".dtool" for p in parts):
+        return True
+    current = root
+    for part in parts[:-1]:
+        current = current / part
+        if (current / ".dtool").is_dir():
+            return True
+    return False
+
+
+def require_clean(info: CodeInfo) -> None:
+    """DeepDIVA's version-control enforcement: refuse to train on uncommitted code."""
+    git = info.git
+    if git is None or not git.commit:
+        raise DirtyCodeError(
+            "refusing to train: the code is not in a git repository with a commit "
+            "(require_clean_code=True). Commit it, or train without --require-clean"
+        )
+    if git.dirty:
+        changed = "tracked files changed" if git.patch_sha256 else ""
+        extra = f"{len(git.untracked)} untracked file(s): {', '.join(git.untracked[:5])}" if git.untracked else ""
+        raise DirtyCodeError(
+            f"refusing to train: the repository at {git.root} has uncommitted changes "
+            f"({'; '.join(x for x in (changed, extra) if x)}). Commit them (or train without --require-clean, "
+            "and reprodl stores the patch and untracked files with the model)"
+        )
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

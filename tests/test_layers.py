@@ -157,3 +157,11 @@ def test_the_privacy_rule_catches_a_cross_package_import(tmp_path: Path, monkeyp
     (fake / "data" / "z.py").write_text("from reprodl.store.x import _helper\n")
     monkeypatch.setattr(sys.modules[__name__], "SRC", fake)
     assert _private_imports() == ["data/z.py:1 imports _helper from reprodl.store.x"]
+
+
+def test_trust_and_transforms_form_no_import_cycle() -> None:
+    """transforms rebuilds through trust; trust names transforms' base class as data, never imports it."""
+    assert "reprodl.trust" in _imports(SRC / "data" / "transforms.py") or "reprodl" in _imports(
+        SRC / "data" / "transforms.py"
+    )
+    assert not {m for m in _imports(SRC / "trust.py") if m.startswith("reprodl.data")}

@@ -14,7 +14,7 @@ from train_fixtures import digits_config, path_of
 
 from reprodl import keys
 from reprodl.errors import ParametersError
-from reprodl.reproduction import claims
+from reprodl.reproduction import claim_runs, claims
 from reprodl.store import open_dataset
 
 pytest_plugins = ["train_fixtures"]
@@ -157,7 +157,7 @@ def test_a_pool_of_processes_gives_the_numbers_of_one_process(digits_split_maste
 def test_a_leftover_run_of_a_failed_compare_moves_the_claim_name_on(digits_split_master, tmp_path):
     out = tmp_path / "out"
     (out / "pool-vs-pool.b.seed1").mkdir(parents=True)
-    assert claims._claim_name(str(out), "pool-vs-pool", sides="ab", seeds=2, base=0) == "pool-vs-pool-2"
+    assert claim_runs._claim_name(str(out), "pool-vs-pool", sides="ab", seeds=2, base=0) == "pool-vs-pool-2"
 
 
 def test_variant_parsing():

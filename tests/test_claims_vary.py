@@ -16,7 +16,7 @@ from train_fixtures import N_TRAIN, digits_config
 from reprodl.data.datasets import TensorDataSet
 from reprodl.errors import DatasetFormatError
 from reprodl.modeldataset.read import load_record
-from reprodl.reproduction import claims
+from reprodl.reproduction import claim_runs, claims
 from reprodl.training.config import load_config
 
 pytest_plugins = ["train_fixtures"]
@@ -64,15 +64,15 @@ def test_augment_varies_only_where_a_recipe_has_random_transforms(tmp_path):
     flip = [{"name": "RandomHorizontalFlip", "p": 0.5}]
     plain, augmented = _cfg("d", tmp_path), _cfg("d", tmp_path, transform=flip)
     all_five = claims.parse_vary(None)
-    varied, notes = claims._in_effect({"a": plain, "b": augmented}, all_five, explicit=False)
+    varied, notes = claim_runs._in_effect({"a": plain, "b": augmented}, all_five, explicit=False)
     assert varied == all_five
     assert notes == ["augment: the random transforms draw from each run's seed, so augmentation varies with it"]
-    varied, notes = claims._in_effect({"a": plain, "b": plain}, all_five, explicit=True)
+    varied, notes = claim_runs._in_effect({"a": plain, "b": plain}, all_five, explicit=True)
     assert "augment" not in varied and notes == ["augment: nothing to vary: neither recipe has a random transform"]
-    varied, notes = claims._in_effect({"a": augmented, "b": augmented}, ["init", "order"], explicit=True)
+    varied, notes = claim_runs._in_effect({"a": augmented, "b": augmented}, ["init", "order"], explicit=True)
     assert varied == ["init", "order"] and "varies anyway (it cannot be held fixed)" in notes[0]
     no_usetype = load_config({**digits_config("d", tmp_path), "data": {"train": {"uri": "d"}}})
-    varied, notes = claims._in_effect({"a": no_usetype, "b": no_usetype}, all_five, explicit=False)
+    varied, notes = claim_runs._in_effect({"a": no_usetype, "b": no_usetype}, all_five, explicit=False)
     assert "split" not in varied and "split: nothing to vary: no data spec has a usetype to resplit" in notes
 
 

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from reprodl import keys
 from reprodl.data.creators import create_from_arrays, create_from_dirtree
-from reprodl.data.datasets import ImageDataSet, TensorDataSet, collate, open_training_data
+from reprodl.data.datasets import ImageDataSet, TensorDataSet, collate
+from reprodl.data.kinds import open_training_data
 from reprodl.data.ops import split_dataset, stratified_split
 from reprodl.errors import DatasetFormatError, InputDataError, ParametersError
 from reprodl.store import normalise_uri, open_dataset

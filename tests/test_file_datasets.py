@@ -140,7 +140,7 @@ def test_rebuilding_refuses_a_file_dataset_and_an_unknown_kind_naming_the_kinds(
 
 
 def test_the_built_in_trainer_refuses_a_file_dataset_saying_how_to_read_it(tmp_path: Path, cli: Any) -> None:
-    from reprodl.data.datasets import open_training_data
+    from reprodl.data.kinds import open_training_data
     from reprodl.errors import DatasetFormatError
 
     uri = _create(cli, _tree(tmp_path / "tree"), tmp_path / "data")

@@ -7,6 +7,7 @@ included, is read with ``ast``; a module may import its own layer or a lower one
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,58 @@ def test_importing_a_package_imports_no_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _package(rel: Path) -> str:
+    """The dotted package a module under src/reprodl belongs to ("reprodl" for a top-level module)."""
+    return ".".join(("reprodl", *rel.parts[:-1]))
+
+
+def _module_package(module: str) -> str:
+    """The package a ``reprodl...`` module lives in (a package is its own)."""
+    parts = module.split(".")[1:]
+    return module if (SRC.joinpath(*parts) / "__init__.py").exists() else module.rsplit(".", 1)[0]
+
+
+def _private_imports() -> list[str]:
+    """``from reprodl.<pkg>.x import _name`` where <pkg> is not the importing module's package."""
+    out = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        own = _package(rel)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.level == 0):
+                continue
+            if not node.module.startswith("reprodl."):
+                continue
+            source = _module_package(node.module)
+            if source == own:
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    out.append(f"{rel}:{node.lineno} imports {alias.name} from {node.module}")
+    return sorted(out)
+
+
+def test_no_private_name_is_imported_across_packages() -> None:
+    found = _private_imports()
+    assert not found, "private names imported from another package (make them public or move them):\n" + "\n".join(
+        f"  {line}" for line in found
+    )
+
+
+def test_the_privacy_rule_catches_a_cross_package_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "reprodl"
+    (fake / "store").mkdir(parents=True)
+    (fake / "data").mkdir()
+    (fake / "store" / "x.py").write_text("def _helper(): pass\n")
+    (fake / "store" / "y.py").write_text("from reprodl.store.x import _helper\n")  # same package: allowed
+    (fake / "data" / "z.py").write_text("from reprodl.store.x import _helper\n")
+    monkeypatch.setattr(sys.modules[__name__], "SRC", fake)
+    assert _private_imports() == ["data/z.py:1 imports _helper from reprodl.store.x"]
+
+
+def test_trust_and_transforms_form_no_import_cycle() -> None:
+    """transforms rebuilds through trust; trust names transforms' base class as data, never imports it."""
+    assert "reprodl.trust" in _imports(SRC / "data" / "transforms.py")
+    assert not {m for m in _imports(SRC / "trust.py") if m.startswith("reprodl.data")}

@@ -14,6 +14,7 @@ from PIL import Image
 
 from reprodl.data.creators import create_from_dirtree
 from reprodl.data.datasets import ImageDataSet
+from reprodl.store import _items as store_items
 from reprodl.store import dataset as store_dataset
 from reprodl.store import manifest as manifest_module
 from reprodl.store import open_dataset
@@ -143,8 +144,8 @@ def test_parallel_work_keeps_a_bounded_number_of_calls_in_flight():
 
 def test_the_all_at_once_safety_check_passes_only_clean_manifests():
     clean = {f"{k:040x}": {"relpath": f"c{k % 3}/{k}.png"} for k in range(1000)}
-    assert store_dataset._all_safe(clean)
+    assert store_items._all_safe(clean)
     for bad in ("../x.png", "/etc/passwd", "a/../b", "", "a\\b", "a\0b", "a\nb", ".."):
-        assert not store_dataset._all_safe({**clean, "f" * 40: {"relpath": bad}}), bad
+        assert not store_items._all_safe({**clean, "f" * 40: {"relpath": bad}}), bad
     for bad_id in ("..", ".", "a/b", ""):
-        assert not store_dataset._all_safe({**clean, bad_id: {"relpath": "ok.png"}}), bad_id
+        assert not store_items._all_safe({**clean, bad_id: {"relpath": "ok.png"}}), bad_id

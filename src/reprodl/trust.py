@@ -91,18 +91,21 @@ LOSS_FUNCTIONS: frozenset[str] = frozenset(
 _MAX_NAME = 300
 
 
+#: The class a resolved name must subclass, per kind, named as ``module:qualname`` and looked up
+#: only once its (trusted) module is imported, so this module imports neither torch nor reprodl.data.
+BASE_CLASSES: dict[Kind, str] = {
+    Kind.ARCHITECTURE: "torch.nn:Module",
+    Kind.OPTIMIZER: "torch.optim:Optimizer",
+    Kind.SCHEDULER: "torch.optim.lr_scheduler:LRScheduler",
+    Kind.LOSS: "torch.nn:Module",
+    Kind.TRANSFORM: "reprodl.data.transforms:Transform",
+}
+
+
 def _base_class(kind: Kind) -> type:
-    import torch
-
-    if kind is Kind.OPTIMIZER:
-        return torch.optim.Optimizer
-    if kind is Kind.SCHEDULER:
-        return torch.optim.lr_scheduler.LRScheduler
-    if kind is Kind.TRANSFORM:
-        from reprodl.data.transforms import Transform
-
-        return Transform
-    return torch.nn.Module
+    module, qualname = BASE_CLASSES[kind].split(":")
+    base: type = _lookup(module, qualname, BASE_CLASSES[kind])
+    return base
 
 
 def split_path(path: str) -> tuple[str, str]:

@@ -384,7 +384,7 @@ def evaluate_cmd(
     """Accuracy, per-class precision/recall and confusion matrix, beside the majority-class and
     stratified-random baselines with P(model > baseline) (a paired bootstrap over the samples),
     and the accuracy at batch sizes 256, 7 and 1 with its band (what the batch size alone moves)."""
-    from reprodl.data.datasets import open_training_data
+    from reprodl.data.kinds import open_training_data
     from reprodl.model import TrainedTorchModel
 
     model = TrainedTorchModel(uri, allow=allow or ())

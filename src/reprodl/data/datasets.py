@@ -99,6 +99,29 @@ class WrappedDataSet(Dataset):
                 f"{self.uri} is a {declared}, not a {self.input_type}: open it with {declared}(uri)"
             )
 
+    # --- what each kind does (data/kinds.py's table reaches a kind through these) -------
+    @classmethod
+    def for_training(
+        cls,
+        ds: StoredDataSet,
+        usetype: str | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        **options: Any,
+    ) -> WrappedDataSet:
+        """``ds`` opened as this kind for the built-in trainer (``options``: mode, size, split, bootstrap).
+
+        A kind whose items carry no labels refuses, saying how to read it instead.
+        """
+        raise DatasetFormatError(
+            f"{ds.uri} is a {cls.input_type or cls.__name__}: its files carry no labels the built-in trainer, "
+            f"evaluation or class counts can read. Read it with reprodl.{cls.__name__} in your own training "
+            "script (reprodl.start_run)"
+        )
+
+    def reopened(self, uri: str) -> WrappedDataSet:
+        """This dataset read from the copy at ``uri`` instead: the same kind, selection and transform."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how to read it from another copy")
+
     # --- labels ---------------------------------------------------------------------
     @property
     def categories(self) -> list[str]:
@@ -220,6 +243,29 @@ class ImageDataSet(WrappedDataSet):
     """
 
     input_type = keys.INPUT_TYPE_IMAGE
+
+    @classmethod
+    def for_training(
+        cls,
+        ds: StoredDataSet,
+        usetype: str | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        **options: Any,
+    ) -> WrappedDataSet:
+        """``ds`` as images, converted to ``mode`` and resized to ``size`` when given."""
+        return cls(ds, usetype, transform, **options)
+
+    def reopened(self, uri: str) -> WrappedDataSet:
+        """These images read from the copy at ``uri``: the same selection, mode, size and transform."""
+        return type(self)(
+            uri,
+            self.usetype,
+            self.transform,
+            mode=self.mode,
+            size=self.size,
+            split=self.split,
+            bootstrap=self.bootstrap,
+        )
 
     def __init__(
         self,
@@ -361,6 +407,21 @@ class TensorDataSet(WrappedDataSet):
 
     input_type = keys.INPUT_TYPE_TENSOR
 
+    @classmethod
+    def for_training(
+        cls,
+        ds: StoredDataSet,
+        usetype: str | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        **options: Any,
+    ) -> WrappedDataSet:
+        """``ds`` as tensors (``mode`` and ``size`` are for images: a row already has its shape)."""
+        return cls(ds, usetype, transform, split=options.get("split"), bootstrap=options.get("bootstrap"))
+
+    def reopened(self, uri: str) -> WrappedDataSet:
+        """These rows read from the copy at ``uri``: the same selection and transform."""
+        return type(self)(uri, self.usetype, self.transform, split=self.split, bootstrap=self.bootstrap)
+
     def __init__(
         self,
         uri: str | os.PathLike[str] | StoredDataSet,
@@ -492,35 +553,3 @@ def _int_list(value: Any) -> list[int] | None:
 def _load_npy(path: str, uri: str) -> np.ndarray:
     """Memory-map an .npy item; never unpickles (object arrays are refused)."""
     return load_npy(path, uri=uri)
-
-
-def open_training_data(
-    uri: str | os.PathLike[str],
-    usetype: str | None = None,
-    transform: Callable[[Any], Any] | None = None,
-    *,
-    mode: str | None = None,
-    size: tuple[int, int] | None = None,
-    split: dict[str, Any] | None = None,
-    bootstrap: int | None = None,
-) -> WrappedDataSet:
-    """Open a dataset as the kind its ``dtoolAI.inputtype`` annotation names.
-
-    The dataset is opened once and handed to the class. ``mode`` and ``size`` apply to image
-    datasets only (a tensor dataset's rows already have their shape).
-    """
-    ds = open_dataset(uri)
-    kind = ds.get_annotation(keys.INPUT_TYPE)
-    if kind == keys.INPUT_TYPE_IMAGE:
-        return ImageDataSet(ds, usetype, transform, mode=mode, size=size, split=split, bootstrap=bootstrap)
-    if kind == keys.INPUT_TYPE_TENSOR or kind is None:
-        return TensorDataSet(ds, usetype, transform, split=split, bootstrap=bootstrap)
-    if kind == keys.INPUT_TYPE_FILES:
-        raise DatasetFormatError(
-            f"{ds.uri} is a {kind}: its files carry no labels the built-in trainer, evaluation or class counts "
-            "can read. Read it with reprodl.FileDataSet in your own training script (reprodl.start_run)"
-        )
-    raise DatasetFormatError(
-        f"{ds.uri} has input type {kind!r}, which reprodl cannot read: it reads "
-        f"{keys.INPUT_TYPE_IMAGE} and {keys.INPUT_TYPE_TENSOR} datasets"
-    )

@@ -59,6 +59,10 @@ class FileDataSet(WrappedDataSet):
         self.relpaths: list[str] = [rel for rel, _ in pairs]
         self.identifiers: list[str] = [idn for _, idn in pairs]
 
+    def reopened(self, uri: str) -> FileDataSet:
+        """These files read from the copy at ``uri``: the same usetype."""
+        return FileDataSet(uri, self.usetype)
+
     def __len__(self) -> int:
         return len(self.identifiers)
 

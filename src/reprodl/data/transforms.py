@@ -39,8 +39,8 @@ from typing import Any, ClassVar
 import torch
 from torch.nn import functional as F
 
-from reprodl import keys
-from reprodl.errors import TransformError
+from reprodl import keys, trust
+from reprodl.errors import ReprodlError, TransformError
 
 __all__ = [
     "CenterCrop",
@@ -382,9 +382,6 @@ def from_description(description: Mapping[str, Any]) -> Transform:
     Only a transform of this module recorded with its config is rebuilt, and it must give
     the recorded config back; anything else raises :class:`TransformError` naming the class.
     """
-    from reprodl import trust
-    from reprodl.errors import ReprodlError
-
     cls_path = str(description.get("class"))
     if cls_path.startswith(_LEGACY_MODULE + "."):  # records written before transforms moved into reprodl.data
         cls_path = __name__ + cls_path[len(_LEGACY_MODULE) :]

@@ -52,7 +52,7 @@ def _readme(ds: StoredDataSet) -> str:
 
 # --- a training dataset -----------------------------------------------------------------
 def _open(ds: StoredDataSet, usetype: str | None) -> Any:
-    from reprodl.data.datasets import open_training_data
+    from reprodl.data.kinds import open_training_data
 
     return open_training_data(ds.uri, usetype)
 

@@ -319,11 +319,11 @@ def train_many_on(
     from reprodl.modeldataset.read import load_record
     from reprodl.store.uris import dataset_uri
     from reprodl.training.config import check_name_free
-    from reprodl.training.multirun import _run_configs, _write_summary
+    from reprodl.training.multirun import run_configs, write_summary
 
     if (seeds > 0) == (splits > 0) or max(seeds, splits) < 2:
         raise ParametersError(f"give either seeds=N or splits=N (N >= 2), not seeds={seeds} splits={splits}")
-    runs = _run_configs(cfg, seeds or splits, by_seed=bool(seeds), test=test)
+    runs = run_configs(cfg, seeds or splits, by_seed=bool(seeds), test=test)
     key = plan_key(["train", cfg.model_dump(mode="json"), seeds, splits, test])
     if not (executor.kind == "slurm" and _state_path(cfg.output, key).exists()):  # not attaching: names free
         for name, _ in runs:
@@ -338,7 +338,7 @@ def train_many_on(
         uris.append(uri)
         if on_run is not None:
             on_run(i, uri, records[-1])
-    return _write_summary(cfg, uris, records, varied="seed" if seeds else "split")
+    return write_summary(cfg, uris, records, varied="seed" if seeds else "split")
 
 
 def _member_record(load_record: Callable[[str], Any], uri: str, name: str, job: Any) -> Any:

@@ -20,9 +20,10 @@ Example:
 from __future__ import annotations
 
 from reprodl.store.create import DatasetWriter, create_dataset, current_user, find_resumable, writer_over
-from reprodl.store.dataset import StoredDataSet, VerifyReport, exists, open_dataset
+from reprodl.store.dataset import StoredDataSet
 from reprodl.store.fetch import FetchReport
 from reprodl.store.hashing import Progress, canonical_json, file_md5, file_sha256
+from reprodl.store.opening import exists, open_dataset
 from reprodl.store.staging import StagingDir, clean_staging, find_staging
 from reprodl.store.transfer import copy_dataset, list_datasets
 from reprodl.store.uris import (
@@ -36,6 +37,7 @@ from reprodl.store.uris import (
     normalise_uri,
     scheme_of,
 )
+from reprodl.store.verification import VerifyReport
 
 __all__ = [
     "SCHEMES",

@@ -30,9 +30,10 @@ from reprodl.store.brokers import (
     proto_dataset,
     storage_broker,
 )
-from reprodl.store.dataset import StoredDataSet, open_dataset
+from reprodl.store.dataset import StoredDataSet
 from reprodl.store.fetch import FETCH_WORKERS, bounded_map
 from reprodl.store.hashing import Progress
+from reprodl.store.opening import open_dataset
 from reprodl.store.remote_errors import _remote_error
 from reprodl.store.staging import clean_staging, make_staging, move_into_place
 from reprodl.store.uris import file_name_problem, local_path, normalise_uri

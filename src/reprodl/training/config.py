@@ -187,7 +187,7 @@ def _resolve(uri: str, base: Path) -> str:
 
 
 def _open(spec: DataSpec) -> Any:
-    from reprodl.data.datasets import open_training_data
+    from reprodl.data.kinds import open_training_data
 
     return open_training_data(
         spec.uri,

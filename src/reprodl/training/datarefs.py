@@ -29,13 +29,12 @@ import torch
 from torch.utils.data import ConcatDataset, IterableDataset, Sampler, Subset
 
 from reprodl import keys
-from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
-from reprodl.data.files import FileDataSet
-from reprodl.data.kinds import kind
+from reprodl.data.datasets import WrappedDataSet
+from reprodl.data.kinds import open_kind
 from reprodl.errors import IntegrityError, ParametersError
 from reprodl.provenance import DataRef
 from reprodl.provenance.record import DataView
-from reprodl.store import local_path, normalise_uri, open_dataset
+from reprodl.store import local_path, normalise_uri
 from reprodl.training.describe import class_path
 from reprodl.training.order import order_digest
 
@@ -65,19 +64,12 @@ def opened(ds_or_uri: Any, role: str, redirect: Mapping[str, str]) -> Any:
 
 def open_wrapped(uri: str | os.PathLike[str]) -> WrappedDataSet:
     """A reprodl dataset at ``uri``, read as the kind its annotation declares."""
-    ds = open_dataset(os.fspath(uri))
-    return kind(ds.get_annotation(keys.INPUT_TYPE), what=f"the dataset {ds.uri}").cls(ds)
+    return open_kind(uri)
 
 
 def redirected(ds: WrappedDataSet, uri: str) -> WrappedDataSet:
     """``ds`` read from the copy at ``uri`` instead: the same kind, selection and transform."""
-    if isinstance(ds, FileDataSet):
-        return FileDataSet(uri, ds.usetype)
-    kwargs: dict[str, Any] = {"split": ds.split, "bootstrap": ds.bootstrap}
-    if isinstance(ds, ImageDataSet):
-        kwargs.update(mode=ds.mode, size=ds.size)
-    cls = type(ds) if isinstance(ds, (ImageDataSet, TensorDataSet)) else TensorDataSet
-    return cls(uri, ds.usetype, getattr(ds, "transform", None), **kwargs)
+    return ds.reopened(uri)
 
 
 def leaves(ds: Any) -> list[tuple[Any, list[DataView]]]:

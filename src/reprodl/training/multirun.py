@@ -126,16 +126,16 @@ def train_many(
     if n < 2:
         raise ParametersError(f"a variance needs at least 2 runs, but got {n}")
     uris, records = [], []
-    for i, (name, run_cfg) in enumerate(_run_configs(cfg, n, by_seed=bool(seeds), test=test)):
+    for i, (name, run_cfg) in enumerate(run_configs(cfg, n, by_seed=bool(seeds), test=test)):
         uri, record = build_and_train(run_cfg, progress=progress, name=name)
         uris.append(uri)
         records.append(record)
         if on_run:
             on_run(i, uri, record)
-    return _write_summary(cfg, uris, records, varied="seed" if seeds else "split")
+    return write_summary(cfg, uris, records, varied="seed" if seeds else "split")
 
 
-def _run_configs(cfg: TrainConfig, n: int, *, by_seed: bool, test: float) -> list[tuple[str, TrainConfig]]:
+def run_configs(cfg: TrainConfig, n: int, *, by_seed: bool, test: float) -> list[tuple[str, TrainConfig]]:
     """(model name, config) of each run: seeds base..base+n-1, or splits seeded 0..n-1."""
     base_seed = int(cfg.params.get("seed", 0))
     runs = []
@@ -149,7 +149,7 @@ def _run_configs(cfg: TrainConfig, n: int, *, by_seed: bool, test: float) -> lis
     return runs
 
 
-def _write_summary(cfg: TrainConfig, uris: list[str], records: list[Any], *, varied: str) -> MultiRunResult:
+def write_summary(cfg: TrainConfig, uris: list[str], records: list[Any], *, varied: str) -> MultiRunResult:
     """The summary dataset referencing the runs (each run is annotated with its URI)."""
     models = [open_dataset(u) for u in uris]
     summary = {

@@ -14,8 +14,8 @@ from pydantic.fields import FieldInfo
 
 from reprodl import keys
 from reprodl.provenance import Lineage, ProvenanceRecord, Training, diff_records, parse_record
-from reprodl.provenance.fields import model_node, record_schema, under
-from reprodl.provenance.record import Field, fields_table
+from reprodl.provenance.fields import under
+from reprodl.provenance.record import Field, fields_table, record_json_schema
 
 pytest_plugins = ["train_fixtures"]
 
@@ -65,7 +65,7 @@ def test_a_field_added_to_the_schema_appears_in_diff_provenance_mlflow_and_the_d
     from reprodl.exports.mlflow_run import _params
     from reprodl.modeldataset.read import load_record
 
-    assert "calibration_note" in record_schema()["$defs"]["Training"]["properties"]
+    assert "calibration_note" in record_json_schema()["$defs"]["Training"]["properties"]
     a = _model(tmp_path, "a", lambda raw: raw["training"].update({new_field: "before"}))
     b = _model(tmp_path, "b", lambda raw: raw["training"].update({new_field: "after"}))
 
@@ -86,6 +86,14 @@ def test_a_field_added_to_the_schema_appears_in_diff_provenance_mlflow_and_the_d
     assert row in fields_table()
     markdown = cli("schema", "provenance", "--markdown")
     assert markdown.exit_code == 0 and row in markdown.stdout
+
+
+def model_node(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any] | None:
+    """The model (an object with properties) a JSON Schema node is or refers to, if any."""
+    if "properties" in node:
+        return node
+    refs = [part["$ref"] for part in [node, *node.get("anyOf", [])] if "$ref" in part]
+    return schema["$defs"][refs[0].rsplit("/", 1)[-1]] if refs else None
 
 
 def _example(schema: dict[str, Any], node: dict[str, Any]) -> Any:
@@ -121,7 +129,7 @@ def _fields(model: Any, prefix: str) -> list[str]:
 
 @pytest.mark.parametrize("field", _fields(Training, "training") + _fields(Lineage, "lineage"))
 def test_diff_reports_a_change_in_each_training_and_lineage_field(field: str) -> None:
-    schema = record_schema()
+    schema = record_json_schema()
     section, name = field.split(".")
     node = model_node(schema, schema["properties"][section])
     assert node is not None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reprodl.provenance.fields import MORE_FIELDS, field_values, record_schema, summarised, under
+from reprodl.provenance.fields import MORE_FIELDS, field_values, summarised, under
 from reprodl.provenance.record import ProvenanceRecord
 
 # (field path, section, the path its keys are relative to), the sections in the order shown.
@@ -51,12 +51,17 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _values(record: ProvenanceRecord, schema: dict[str, Any]) -> dict[str, Any]:
-    """Full path -> value of every field, walked from the schema; data entries keyed ``role:name``."""
+def _values(record: ProvenanceRecord) -> dict[str, Any]:
+    """Full path -> value of every field, walked from the schema; data entries keyed ``role:name``
+    (``role:name#i`` for the i-th entry of a pair already keyed)."""
     raw = record.model_dump(mode="json")
-    raw["data"] = {f"{d.get('role')}:{d.get('name')}": d for d in raw.get("data", [])}
+    data: dict[str, Any] = {}
+    for i, d in enumerate(raw.get("data", [])):
+        key = f"{d.get('role')}:{d.get('name')}"
+        data[key if key not in data else f"{key}#{i}"] = d
+    raw["data"] = data
     out: dict[str, Any] = {}
-    for path, value in field_values(raw, schema):
+    for path, value in field_values(raw):
         out.update(_flatten(value, path))
     return out
 
@@ -80,9 +85,8 @@ def diff_records(
 
     A value longer than :data:`MAX_VALUE_CHARS` as JSON is given by its size and digest.
     """
-    schema = record_schema()
-    top_level = list(schema.get("properties", {}))
-    va, vb = _values(a, schema), _values(b, schema)
+    top_level = list(ProvenanceRecord.model_fields)
+    va, vb = _values(a), _values(b)
     out: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(set(va) | set(vb)):
         if not include_volatile and path.split(".")[-1].split("[")[0] in _VOLATILE:

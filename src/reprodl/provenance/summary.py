@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from reprodl.provenance.fields import field_values, schema_path, summarised, under
+from reprodl.provenance.fields import field_values, schema_path, summarised
 from reprodl.provenance.record import EpochMetrics, ProvenanceRecord
 
 MAX_DATASETS = 20  # datasets printed one by one; the rest are counted
@@ -169,12 +169,14 @@ def _shown_value(value: Any) -> str:
 
 
 def more_lines(record: ProvenanceRecord) -> list[str]:
-    """Every field of the record the familiar lines do not print, walked from the schema: a line
-    per object (``training: world_size=1, ...``), lists of a few objects item by item."""
-    shown = SHOWN + (("models", "training.optimizers") if _component_lines(record) else ())
+    """Every field of the record the familiar lines do not print (or print only when set), walked
+    from the schema: a line per object (``training: world_size=1, ...``), lists of a few objects
+    item by item."""
+    shown = set(SHOWN) | ({"models", "training.optimizers"} if _component_lines(record) else set())
     groups: dict[str, list[str]] = {}
     for path, value in field_values(record.model_dump(mode="json"), max_items=MAX_LIST_ITEMS):
-        if any(under(schema_path(path), done) for done in shown):
+        named = schema_path(path)
+        if value is not None and any(named[:i] in shown for i, c in enumerate(named + ".") if c in ".["):
             continue
         parent, _, name = path.rpartition(".")
         groups.setdefault(parent or "record", []).append(f"{name}={_shown_value(value)}")

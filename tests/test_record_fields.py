@@ -37,7 +37,7 @@ def _rebuild() -> None:
 def new_field() -> Iterator[str]:
     """``training.calibration_note`` added to the record's schema (the Training model) for one test."""
     Training.model_fields[NEW] = FieldInfo.from_annotated_attribute(
-        str | None,  # type: ignore[arg-type]
+        str | None,
         Field(None, description=NEW_DESCRIPTION),
     )
     _rebuild()

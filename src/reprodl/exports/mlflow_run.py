@@ -32,11 +32,29 @@ from reprodl import keys
 from reprodl.errors import ReprodlError
 from reprodl.exports.source import ExportError, Source, code_name, model_identity, require
 from reprodl.provenance import ProvenanceRecord
+from reprodl.provenance.fields import field_values, summarised, under
 
 _ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
 _MLFLOW_NAME = re.compile(r"[/\w.\- :]+")  # what MLflow accepts as a parameter or metric name
 _MLFLOW_MAX_NAME = 250
 _HISTORY_METRICS = ("train_loss", "valid_loss", "valid_accuracy", "learning_rate", "wall_time_s")
+# Fields logged otherwise (metrics, inputs, tags) or under the short names of _params; every other
+# field of the record, walked from its schema, is a parameter named by its path.
+_NOT_PARAMS = (
+    "results",
+    "data",
+    "digest",
+    "training.params",
+    "architecture.init_params",
+    "training.optimizer.param_groups",
+    "training.optimizer.class_name",
+    "training.loss.class_name",
+    "architecture.import_path",
+    "training.batch_size",
+    "training.epochs",
+    "training.scheduler.class_name",
+)
+_MAX_PARAM_CHARS = 500  # a longer value is logged by its size and digest (MLflow keeps at most 6,000)
 
 
 def tracking_uri_of(target: str | os.PathLike[str]) -> str:
@@ -257,7 +275,8 @@ def _copy_model_dataset(source: Source, dest: Path) -> None:
 
 
 def _params(record: ProvenanceRecord) -> dict[str, str]:
-    """Hyperparameters, flat: the training params, the optimiser's first group, the model's init params."""
+    """Hyperparameters, flat: the training params, the optimiser's first group, the model's init params;
+    then every other field of the record (outside results and data) by its path, from the schema."""
     t = record.training
     flat: dict[str, Any] = {k: v for k, v in t.params.items() if k not in ("init_params", "user")}
     flat.update({f"user.{k}": v for k, v in (t.params.get("user") or {}).items()})
@@ -276,6 +295,9 @@ def _params(record: ProvenanceRecord) -> dict[str, str]:
         flat["epochs"] = t.epochs
     if t.scheduler is not None:
         flat["scheduler"] = t.scheduler.class_name
+    for path, value in field_values(record.model_dump(mode="json")):
+        if not any(under(path, other) for other in _NOT_PARAMS):
+            flat.setdefault(path, summarised(value, _MAX_PARAM_CHARS))
     return {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in flat.items()}
 
 

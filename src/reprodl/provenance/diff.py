@@ -1,10 +1,41 @@
-"""Differences between two provenance records, section by section (``reprodl diff``)."""
+"""Differences between two provenance records, section by section (``reprodl diff``).
+
+Every field of the record is compared: the rows come from walking the record's JSON Schema
+(:mod:`reprodl.provenance.fields`), so a field added to the record is diffed at once. The
+table below only groups fields into the sections people know (``seeds``, ``hyperparameters``);
+a field it does not name is in the section of its top-level field (``training``, ``lineage``),
+top-level values in ``record``, and fields outside the schema in ``other``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from reprodl.provenance.fields import MORE_FIELDS, field_values, summarised, under
 from reprodl.provenance.record import ProvenanceRecord
+
+# (field path, section, the path its keys are relative to), the sections in the order shown.
+_SECTIONS: tuple[tuple[str, str, str], ...] = (
+    ("data", "data", "data"),
+    ("code", "code", "code"),
+    ("environment.packages", "packages", "environment.packages"),
+    ("environment", "environment", "environment"),
+    ("training.seeds", "seeds", "training.seeds"),
+    *(
+        (f"training.{name}", "hyperparameters", "training")
+        for name in ("optimizer", "loss", "scheduler", "epochs", "batch_size", "shuffle", "num_workers", "params")
+    ),
+    ("training.device", "hyperparameters", "training"),
+    ("training.determinism", "determinism", "training.determinism"),
+    ("training.data_order_digests", "determinism", "training"),
+    ("architecture", "architecture", "architecture"),
+    ("results", "results", "results"),
+    ("training", "training", "training"),
+    ("models", "models", ""),
+    ("lineage", "lineage", "lineage"),
+)
+_VOLATILE = ("wall_time_s", "started_at", "finished_at", "created_at", "digest")
+MAX_VALUE_CHARS = 200  # a longer value (a README, a long list) is shown by its size and digest
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -20,58 +51,50 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _section_views(record: ProvenanceRecord) -> dict[str, dict[str, Any]]:
-    r = record.model_dump(mode="json")
-    t = r["training"]
-    data = [{k: v for k, v in d.items() if k != "readme"} for d in r["data"]]
-    return {
-        "data": _flatten({d["role"] + ":" + d["name"]: d for d in data}),
-        "code": _flatten(r["code"]),
-        "environment": _flatten({k: v for k, v in r["environment"].items() if k != "packages"}),
-        "packages": _flatten(r["environment"].get("packages", {})),
-        "seeds": _flatten(t["seeds"]),
-        "hyperparameters": _flatten(
-            {
-                "optimizer": t["optimizer"],
-                "loss": t["loss"],
-                "scheduler": t["scheduler"],
-                "epochs": t["epochs"],
-                "batch_size": t["batch_size"],
-                "shuffle": t["shuffle"],
-                "num_workers": t["num_workers"],
-                "params": t["params"],
-                "device": t["device"],
-            }
-        ),
-        "determinism": _flatten({**t["determinism"], "data_order_digests": t["data_order_digests"]}),
-        "architecture": _flatten(r["architecture"]),
-        "results": _flatten(
-            {
-                "final": r["results"]["final"],
-                "weights_sha256": r["results"]["weights_sha256"],
-                "history": r["results"]["history"],
-            }
-        ),
-    }
+def _values(record: ProvenanceRecord) -> dict[str, Any]:
+    """Full path -> value of every field, walked from the schema; data entries keyed ``role:name``
+    (``role:name#i`` for the i-th entry of a pair already keyed)."""
+    raw = record.model_dump(mode="json")
+    data: dict[str, Any] = {}
+    for i, d in enumerate(raw.get("data", [])):
+        key = f"{d.get('role')}:{d.get('name')}"
+        data[key if key not in data else f"{key}#{i}"] = d
+    raw["data"] = data
+    out: dict[str, Any] = {}
+    for path, value in field_values(raw):
+        out.update(_flatten(value, path))
+    return out
 
 
-_VOLATILE = ("wall_time_s", "started_at", "finished_at")
+def _section_of(path: str, top_level: list[str]) -> tuple[str, str]:
+    """(section, key in it) of a field's full path."""
+    for prefix, section, base in _SECTIONS:
+        if under(path, prefix):
+            return section, path[len(base) :].lstrip(".") if base else path
+    top = path.split(".", 1)[0].split("[", 1)[0]
+    if top not in top_level or top == MORE_FIELDS:
+        return "other", path
+    return ("record", path) if top == path else (top, path[len(top) :].lstrip("."))
 
 
 def diff_records(
     a: ProvenanceRecord, b: ProvenanceRecord, *, include_volatile: bool = False
 ) -> dict[str, list[dict[str, Any]]]:
-    """Section -> list of {key, a, b} for each value that differs."""
-    va, vb = _section_views(a), _section_views(b)
+    """Section -> list of {key, a, b, path} for each value that differs (every field of the record);
+    ``path`` is the field's full path (data entries as ``data.ROLE:NAME``), ``key`` its path in the section.
+
+    A value longer than :data:`MAX_VALUE_CHARS` as JSON is given by its size and digest.
+    """
+    top_level = list(ProvenanceRecord.model_fields)
+    va, vb = _values(a), _values(b)
     out: dict[str, list[dict[str, Any]]] = {}
-    for section in va:
-        rows = []
-        for key in sorted(set(va[section]) | set(vb[section])):
-            if not include_volatile and key.split(".")[-1].split("[")[0] in _VOLATILE:
-                continue
-            x, y = va[section].get(key), vb[section].get(key)
-            if x != y:
-                rows.append({"key": key, "a": x, "b": y})
-        if rows:
-            out[section] = rows
-    return out
+    for path in sorted(set(va) | set(vb)):
+        if not include_volatile and path.split(".")[-1].split("[")[0] in _VOLATILE:
+            continue
+        x, y = va.get(path), vb.get(path)
+        if x != y:
+            section, key = _section_of(path, top_level)
+            row = {"key": key, "a": summarised(x, MAX_VALUE_CHARS), "b": summarised(y, MAX_VALUE_CHARS), "path": path}
+            out.setdefault(section, []).append(row)
+    order = list(dict.fromkeys([s for _, s, _ in _SECTIONS] + top_level + ["record", "other"]))
+    return {section: out[section] for section in order if section in out}

@@ -1,10 +1,62 @@
-"""A provenance record as lines for people (what ``dtoolai-provenance`` printed, and more)."""
+"""A provenance record as lines for people (what ``dtoolai-provenance`` printed, and more).
+
+The familiar lines first (model, optimiser, data, code, environment, epochs, lineage), then
+every other field of the record, walked from its JSON Schema (:mod:`reprodl.provenance.fields`)
+and grouped by the object holding it: a field added to the record is printed at once. Long
+values are given by their size and digest, and the lines are bounded (datasets, epochs and
+fields outside the schema past a limit are counted).
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from reprodl.provenance.fields import field_values, schema_path, summarised
 from reprodl.provenance.record import EpochMetrics, ProvenanceRecord
+
+MAX_DATASETS = 20  # datasets printed one by one; the rest are counted
+MAX_EPOCHS = 200  # epochs printed one by one; the rest are counted
+MAX_LIST_ITEMS = 4  # a list of at most this many objects is printed item by item
+MAX_VALUE_CHARS = 80  # a longer value is printed by its size and digest
+# The fields the familiar lines print (paths as the schema names them); every other is under "More fields".
+SHOWN = (
+    "model_name",
+    "architecture.import_path",
+    "architecture.init_params",
+    "architecture.n_parameters",
+    "architecture.n_trainable",
+    "architecture.frozen_parameters",
+    "training.params",
+    "training.optimizer.class_name",
+    "training.optimizer.param_groups",
+    "training.loss.class_name",
+    "training.loss.args",
+    "training.epochs",
+    "training.batch_size",
+    "training.device",
+    "training.determinism.mode",
+    "training.seeds.seed",
+    "training.data_order_not_recorded",
+    "training.scheduler.class_name",
+    "training.scheduler.args",
+    *(f"data[].{name}" for name in ("role", "uri", "name", "uuid", "n_items", "usetype", "manifest_digest", "readme")),
+    "data[].readme_of",
+    "code.git.commit",
+    "code.git.branch",
+    "code.git.dirty",
+    "code.config_file",
+    "code.entry_script",
+    *(f"code.run.{name}" for name in ("module", "entry_script", "argv", "working_directory", "seed")),
+    "environment.python",
+    "environment.torch",
+    "environment.platform",
+    "environment.gpus",
+    "results.history",
+    "results.wall_time_s",
+    *(f"lineage.{link}.{name}" for link in ("parent", "reproduces", "replicates") for name in ("uri", "uuid")),
+    "digest",
+)
 
 
 def _component_lines(record: ProvenanceRecord) -> list[str]:
@@ -27,7 +79,7 @@ def _component_lines(record: ProvenanceRecord) -> list[str]:
 def _data_lines(record: ProvenanceRecord) -> list[str]:
     """Each dataset's URI, name, UUID, items, manifest digest and README."""
     lines: list[str] = []
-    for d in record.data:
+    for d in record.data[:MAX_DATASETS]:
         lines += [
             f"Source dataset ({d.role}) URI: {d.uri}",
             f"Source dataset ({d.role}) name: {d.name}",
@@ -37,6 +89,8 @@ def _data_lines(record: ProvenanceRecord) -> list[str]:
             f"Source dataset ({d.role}) readme:",
             *("    " + line for line in record.readme_for(d).rstrip().splitlines()),
         ]
+    if len(record.data) > MAX_DATASETS:
+        lines.append(f"... and {len(record.data) - MAX_DATASETS:,} more datasets (--json prints them)")
     return lines
 
 
@@ -82,7 +136,10 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
         f"Environment: Python {env.python}, torch {env.torch}, {env.platform}"
         + (f", GPU {', '.join(env.gpus)}" if env.gpus else "")
     )
-    lines += [_epoch_line(m) for m in record.results.history]
+    history = record.results.history
+    lines += [_epoch_line(m) for m in history[:MAX_EPOCHS]]
+    if len(history) > MAX_EPOCHS:
+        lines.append(f"... and {len(history) - MAX_EPOCHS:,} more epochs (--json prints them)")
     lines.append(f"Wall time: {record.results.wall_time_s:.1f}s")
     if record.lineage.parent:
         lines.append(f"Fine-tuned from: {record.lineage.parent.uri} ({record.lineage.parent.uuid})")
@@ -91,7 +148,7 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
     if record.lineage.replicates:
         lines.append(f"Replicates: {record.lineage.replicates.uri} ({record.lineage.replicates.uuid})")
     lines.append(f"Record digest: {record.digest}")
-    return lines
+    return lines + more_lines(record)
 
 
 def _epoch_line(m: EpochMetrics) -> str:
@@ -103,3 +160,28 @@ def _epoch_line(m: EpochMetrics) -> str:
         parts.append(f"valid accuracy {m.valid_accuracy:.2%}")
     timing = f" ({m.wall_time_s:.1f}s)" if m.wall_time_s else ""
     return f"Epoch {m.epoch}: {', '.join(parts)}{timing}"
+
+
+def _shown_value(value: Any) -> str:
+    """A value in one short piece: JSON, or its size and digest when long."""
+    short = summarised(value, MAX_VALUE_CHARS)
+    return short if short is not value and isinstance(short, str) else json.dumps(value, default=str)
+
+
+def more_lines(record: ProvenanceRecord) -> list[str]:
+    """Every field of the record the familiar lines do not print (or print only when set), walked
+    from the schema: a line per object (``training: world_size=1, ...``), lists of a few objects
+    item by item."""
+    shown = set(SHOWN) | ({"models", "training.optimizers"} if _component_lines(record) else set())
+    groups: dict[str, list[str]] = {}
+    for path, value in field_values(record.model_dump(mode="json"), max_items=MAX_LIST_ITEMS):
+        named = schema_path(path)
+        if value is not None and any(named[:i] in shown for i, c in enumerate(named + ".") if c in ".["):
+            continue
+        parent, _, name = path.rpartition(".")
+        groups.setdefault(parent or "record", []).append(f"{name}={_shown_value(value)}")
+    if not groups:
+        return []
+    return ["More fields (reprodl provenance --json prints each whole):"] + [
+        f"  {parent}: {', '.join(fields)}" for parent, fields in groups.items()
+    ]

@@ -117,6 +117,25 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
     if t.scheduler:
         lines.append(f"Scheduler: {t.scheduler.class_name} {json.dumps(t.scheduler.args, sort_keys=True, default=str)}")
     lines += _data_lines(record)
+    lines += _code_lines(record)
+    env = record.environment
+    lines.append(
+        f"Environment: Python {env.python}, torch {env.torch}, {env.platform}"
+        + (f", GPU {', '.join(env.gpus)}" if env.gpus else "")
+    )
+    history = record.results.history
+    lines += [_epoch_line(m) for m in history[:MAX_EPOCHS]]
+    if len(history) > MAX_EPOCHS:
+        lines.append(f"... and {len(history) - MAX_EPOCHS:,} more epochs (--json prints them)")
+    lines.append(f"Wall time: {record.results.wall_time_s:.1f}s")
+    lines += _lineage_lines(record)
+    lines.append(f"Record digest: {record.digest}")
+    return lines + more_lines(record)
+
+
+def _code_lines(record: ProvenanceRecord) -> list[str]:
+    """Where the code came from and how to run it again."""
+    lines: list[str] = []
     git = record.code.git
     if git and git.commit:
         lines.append(f"Code: git {git.commit[:12]} on {git.branch}" + (" (dirty; patch stored)" if git.dirty else ""))
@@ -131,24 +150,19 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
             f"Run again by: python {' '.join([what, *run.argv])} (in {run.working_directory}, seed {run.seed}); "
             "reprodl reproduce re-executes it with --trust-code"
         )
-    env = record.environment
-    lines.append(
-        f"Environment: Python {env.python}, torch {env.torch}, {env.platform}"
-        + (f", GPU {', '.join(env.gpus)}" if env.gpus else "")
-    )
-    history = record.results.history
-    lines += [_epoch_line(m) for m in history[:MAX_EPOCHS]]
-    if len(history) > MAX_EPOCHS:
-        lines.append(f"... and {len(history) - MAX_EPOCHS:,} more epochs (--json prints them)")
-    lines.append(f"Wall time: {record.results.wall_time_s:.1f}s")
+    return lines
+
+
+def _lineage_lines(record: ProvenanceRecord) -> list[str]:
+    """The models this one was fine-tuned from, reproduces or replicates."""
+    lines: list[str] = []
     if record.lineage.parent:
         lines.append(f"Fine-tuned from: {record.lineage.parent.uri} ({record.lineage.parent.uuid})")
     if record.lineage.reproduces:
         lines.append(f"Reproduces: {record.lineage.reproduces.uri} ({record.lineage.reproduces.uuid})")
     if record.lineage.replicates:
         lines.append(f"Replicates: {record.lineage.replicates.uri} ({record.lineage.replicates.uuid})")
-    lines.append(f"Record digest: {record.digest}")
-    return lines + more_lines(record)
+    return lines
 
 
 def _epoch_line(m: EpochMetrics) -> str:

@@ -7,6 +7,8 @@ import ast
 import importlib
 import inspect
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +141,15 @@ def test_the_cli_registers_its_groups_explicitly_and_no_module_imports_the_app()
     n_commands = len(app.registered_commands)
     assert reprodl.cli.build() is app and len(app.registered_commands) == n_commands  # once, however often
     assert {g.name for g in app.registered_groups} == {"dataset", "catalog"}
+
+
+def test_reprodl_help_builds_every_group_without_importing_torch_or_the_store() -> None:
+    code = (
+        "import sys; sys.argv = ['reprodl', '--help']; from reprodl.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('torch', 'dtoolcore', 'reprodl.store', 'reprodl.exports.source')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]"
+    assert all(name in out for name in ("dataset", "catalog", "export", "reproduce", "keygen", "report"))

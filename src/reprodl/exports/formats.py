@@ -49,7 +49,7 @@ class ExportFormat:
         output: "file", "directory" or "location" (written into a URI; ``locate`` turns the
             output given into it).
         description: what it writes, for help texts and docs.
-        write: the writer (see the module's docstring); :func:`lazy` keeps its import for later.
+        write: the writer (see the module's docstring); :class:`Lazy` keeps its import for later.
         extra: the pip extra that installs the package it needs ("" when none).
         locate: for a "location" output, the URI written into, from the output given.
         marker: for a "directory" output, the file that marks a directory as this format's
@@ -67,14 +67,15 @@ class ExportFormat:
     marker: str = ""
 
 
-def lazy(module: str, function: str = "write") -> Callable[..., Any]:
-    """``module.function``, imported when first called (a format's table line names it so)."""
+@dataclasses.dataclass(frozen=True)
+class Lazy:
+    """``module.function``, imported when first called (a format's table line names its writer so)."""
 
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+    module: str
+    function: str = "write"
 
-    call.__qualname__ = call.__name__ = f"{module}.{function}"
-    return call
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(self.module), self.function)(*args, **kwargs)
 
 
 _M = "reprodl.exports."
@@ -89,7 +90,7 @@ FORMATS: dict[str, ExportFormat] = {
             "model",
             "directory",
             "a directory: ro-crate-metadata.json and the record (Process Run Crate)",
-            lazy(_M + "ro_crate"),
+            Lazy(_M + "ro_crate"),
             extra="export",
             marker="ro-crate-metadata.json",
         ),
@@ -99,7 +100,7 @@ FORMATS: dict[str, ExportFormat] = {
             "model",
             "file",
             "a PROV-JSON file with ML-Schema terms",
-            lazy(_M + "prov_doc"),
+            Lazy(_M + "prov_doc"),
             extra="export",
         ),
         ExportFormat(
@@ -108,7 +109,7 @@ FORMATS: dict[str, ExportFormat] = {
             "model",
             "file",
             "a PROV-N file with ML-Schema terms",
-            lazy(_M + "prov_doc", "write_n"),
+            Lazy(_M + "prov_doc", "write_n"),
             extra="export",
         ),
         ExportFormat(
@@ -117,7 +118,7 @@ FORMATS: dict[str, ExportFormat] = {
             "dataset",
             "file",
             "a Croissant 1.1 JSON-LD file describing a dataset",
-            lazy(_M + "croissant"),
+            Lazy(_M + "croissant"),
         ),
         ExportFormat(
             "model-card",
@@ -125,7 +126,7 @@ FORMATS: dict[str, ExportFormat] = {
             "model",
             "file",
             "a Markdown model card with YAML front matter (Hugging Face style)",
-            lazy(_M + "model_card"),
+            Lazy(_M + "model_card"),
         ),
         ExportFormat(
             "onnx",
@@ -133,7 +134,7 @@ FORMATS: dict[str, ExportFormat] = {
             "model",
             "file",
             "the model as an ONNX file, checked with onnxruntime against torch",
-            lazy(_M + "onnx_model"),
+            Lazy(_M + "onnx_model"),
             extra="export",
         ),
         ExportFormat(
@@ -143,9 +144,9 @@ FORMATS: dict[str, ExportFormat] = {
             "location",
             "a finished run in an MLflow tracking store, the model its logged model "
             "(the output is the tracking URI or directory)",
-            lazy(_M + "mlflow_run"),
+            Lazy(_M + "mlflow_run"),
             extra="mlflow",
-            locate=lazy(_M + "mlflow_run", "tracking_uri_of"),
+            locate=Lazy(_M + "mlflow_run", "tracking_uri_of"),
         ),
     )
 }

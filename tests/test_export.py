@@ -203,7 +203,7 @@ def test_cli_export_prints_json_and_refuses_what_it_cannot_do(cli, trained_model
     assert bad.exit_code == 2 and "unknown format 'pickle'" in bad.stderr
     no_uri = cli("export", trained_model.uri, "--format", "mlflow")
     assert no_uri.exit_code == 2 and "--tracking-uri" in no_uri.stderr
-    with pytest.raises(ExportError, match="not an RO-Crate"):
+    with pytest.raises(ExportError, match="not a ro-crate export"):
         export(trained_model.uri, "ro-crate", tmp_path, overwrite=True)
 
 

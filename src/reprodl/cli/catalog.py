@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from reprodl import keys
-from reprodl.cli import app as _root
 from reprodl.cli.common import JSON_OPT, QUIET_OPT, handle_errors, out, print_json, progress_bar
 from reprodl.errors import ExitCode
 
@@ -21,7 +20,6 @@ app = typer.Typer(
     help="Find datasets, models and claims wherever they live; ask about lineage and reproductions.",
     no_args_is_help=True,
 )
-_root.add_typer(app, name="catalog")
 
 CATALOG_OPT = typer.Option(
     None,
@@ -302,3 +300,8 @@ def check_cmd(
         out.print(f"{len(results) - len(bad)}/{len(results)} locations ok")
     if bad:
         raise typer.Exit(int(ExitCode.FAILED))
+
+
+def register(root: typer.Typer) -> None:
+    """Add the ``catalog`` group to ``root``, the ``reprodl`` app (:func:`reprodl.cli.build`)."""
+    root.add_typer(app, name="catalog")

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from reprodl.cli import app
 from reprodl.cli.common import (
     JSON_OPT,
     QUIET_OPT,
@@ -35,6 +34,9 @@ METRIC_OPT = typer.Option("valid_accuracy", "--metric", help="Final metric compa
 JOBS_OPT = typer.Option(
     None, "--jobs", help="Processes training at once, each with one thread (default: the CPU count)."
 )
+
+
+app = typer.Typer()  # this module's top-level commands: register() adds them to the reprodl app
 
 
 @app.command("compare")
@@ -274,3 +276,8 @@ def _num(value: float | None, *, sign: bool = False) -> str:
     if value is None:
         return "-"
     return f"{value:+.4f}" if sign else f"{value:.4f}"
+
+
+def register(root: typer.Typer) -> None:
+    """Add this module's commands to ``root``, the ``reprodl`` app (:func:`reprodl.cli.build`)."""
+    root.registered_commands.extend(app.registered_commands)

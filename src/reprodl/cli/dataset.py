@@ -407,3 +407,8 @@ def clean_cmd(
         out.print(
             f"{s.path}{owner}: " + ("removed" if s.removed else why[s.state].format(resumable=resumable)), markup=False
         )
+
+
+def register(root: typer.Typer) -> None:
+    """Add the ``dataset`` group to ``root``, the ``reprodl`` app (:func:`reprodl.cli.build`)."""
+    root.add_typer(app, name="dataset")

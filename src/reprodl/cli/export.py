@@ -6,17 +6,24 @@ from typing import Optional
 
 import typer
 
-from reprodl.cli import app
 from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
+from reprodl.exports.formats import FORMATS
 
-_FORMATS = "ro-crate, prov, prov-n, croissant (a dataset), model-card, onnx or mlflow"
+
+def _listed() -> str:
+    """The formats of the table (:mod:`reprodl.exports.formats`), as help and errors name them."""
+    names = [f"{f.name} (a dataset)" if f.needs == "dataset" else f.name for f in FORMATS.values()]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
+app = typer.Typer()  # this module's top-level commands: register() adds them to the reprodl app
 
 
 @app.command("export")
 @handle_errors
 def export_cmd(
     uri: str = typer.Argument(..., help="Model dataset URI (a dataset URI for croissant)."),
-    format: str = typer.Option(..., "--format", "-f", help=f"What to write: {_FORMATS}."),
+    format: str = typer.Option(..., "--format", "-f", help=f"What to write: {_listed()}."),
     output: Optional[str] = typer.Option(
         None, "--output", "-o", help="File to write (ro-crate: a directory). Not for mlflow: use --tracking-uri."
     ),
@@ -34,13 +41,14 @@ def export_cmd(
     quiet: bool = QUIET_OPT,
 ) -> None:
     """Export a model's record (or a dataset) to RO-Crate, PROV, Croissant, a model card, ONNX or MLflow."""
-    from reprodl.exports import FORMATS, export
+    from reprodl.exports import export
 
     if format not in FORMATS:
-        raise typer.BadParameter(f"unknown format {format!r}: use {_FORMATS}", param_hint="--format")
-    target = tracking_uri if format == "mlflow" else output
+        raise typer.BadParameter(f"unknown format {format!r}: use {_listed()}", param_hint="--format")
+    located = FORMATS[format].output == "location"
+    target = tracking_uri if located else output
     if target is None:
-        need = "--tracking-uri DIR" if format == "mlflow" else "-o OUT"
+        need = "--tracking-uri DIR" if located else "-o OUT"
         raise typer.BadParameter(f"--format {format} needs {need}", param_hint=need.split()[0])
     if not quiet and not as_json:
         err.print(f"Exporting {uri} as {format}...")
@@ -61,3 +69,8 @@ def export_cmd(
         out.print(f"MLflow run {result.details['run_id']} in experiment {experiment!r}", markup=False)
         flavour = result.details.get("pytorch_flavour") or f"none ({result.details.get('why_not')})"
         out.print(f"Logged model {result.details['model_uri']} (pytorch flavour: {flavour})", markup=False)
+
+
+def register(root: typer.Typer) -> None:
+    """Add this module's commands to ``root``, the ``reprodl`` app (:func:`reprodl.cli.build`)."""
+    root.registered_commands.extend(app.registered_commands)

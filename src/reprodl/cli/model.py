@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from reprodl.cli import app
 from reprodl.cli.common import (
     JSON_OPT,
     QUIET_OPT,
@@ -46,6 +45,9 @@ _TRUST_CODE = typer.Option(
     "--trust-code",
     help="Run the code recorded with a model trained with start_run (your own loop) without asking.",
 )
+
+
+app = typer.Typer()  # this module's top-level commands: register() adds them to the reprodl app
 
 
 @app.command("provenance")
@@ -860,3 +862,8 @@ def demo_cmd(
 
     ok = run_demo(workdir, epochs=epochs, say=lambda s: out.print(s, markup=False), show_report=print_report)
     raise typer.Exit(0 if ok else int(ExitCode.FAILED))
+
+
+def register(root: typer.Typer) -> None:
+    """Add this module's commands to ``root``, the ``reprodl`` app (:func:`reprodl.cli.build`)."""
+    root.registered_commands.extend(app.registered_commands)

@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-from reprodl.cli import app
 from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
+
+app = typer.Typer()  # this module's top-level commands: register() adds them to the reprodl app
 
 
 @app.command("report")
@@ -46,3 +47,8 @@ def report_cmd(
     out.print(
         f"Report ({result.kind}, {result.bytes / 1024:.0f} KB, {result.seconds:.2f}s): {result.output}", markup=False
     )
+
+
+def register(root: typer.Typer) -> None:
+    """Add this module's commands to ``root``, the ``reprodl`` app (:func:`reprodl.cli.build`)."""
+    root.registered_commands.extend(app.registered_commands)

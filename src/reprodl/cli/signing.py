@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from reprodl.cli import app
 from reprodl.cli.common import JSON_OPT, handle_errors, out, print_json
 
 if TYPE_CHECKING:
     from reprodl.modeldataset.attestation import AttestationCheck
     from reprodl.reproduction.rerun import ReproductionReport
+
+
+app = typer.Typer()  # this module's top-level commands: register() adds them to the reprodl app
 
 
 @app.command("keygen")
@@ -131,3 +133,8 @@ def attestation_check(uri: str, bundle: Path, key: Optional[Path]) -> Attestatio
     from reprodl.modeldataset.attestation import verify_attestation
 
     return verify_attestation(bundle, uri, public_key=key)
+
+
+def register(root: typer.Typer) -> None:
+    """Add this module's commands to ``root``, the ``reprodl`` app (:func:`reprodl.cli.build`)."""
+    root.registered_commands.extend(app.registered_commands)

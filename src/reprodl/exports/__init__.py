@@ -3,8 +3,11 @@
 One module per format: ``ro_crate`` (RO-Crate, Process Run Crate profile), ``prov_doc``
 (W3C PROV-JSON and PROV-N with ML-Schema terms), ``croissant`` (MLCommons Croissant 1.1, for
 a dataset), ``model_card`` (a Hugging Face style model card), ``onnx_model`` (the model as
-ONNX, checked with onnxruntime) and ``mlflow_run`` (a finished MLflow run). Each format's
-package is imported only when that format is asked for (extras ``export`` and ``mlflow``).
+ONNX, checked with onnxruntime) and ``mlflow_run`` (a finished MLflow run), each with the same
+``write`` function, named by one line of the table in :mod:`reprodl.exports.formats`. Each
+format's module and package are imported only when that format is asked for (extras ``export``
+and ``mlflow``); importing this package imports neither (nor the store: ``reprodl --help``
+reads the table).
 
 Example:
     >>> from reprodl import export
@@ -14,38 +17,27 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reprodl.exports.source import (
-    ExportError,
-    ExportResult,
-    check_output,
-    open_source,
-    size_of,
-    write_text,
-    writing_dir,
-    writing_file,
-)
-from reprodl.files import writing_output
+from reprodl.exports.formats import FORMATS, ExportFormat, ExportOptions, get_format
 
-#: The formats, with what each writes.
-FORMATS: dict[str, str] = {
-    "ro-crate": "a directory: ro-crate-metadata.json and the record (Process Run Crate)",
-    "prov": "a PROV-JSON file with ML-Schema terms",
-    "prov-n": "a PROV-N file with ML-Schema terms",
-    "croissant": "a Croissant 1.1 JSON-LD file describing a dataset",
-    "model-card": "a Markdown model card with YAML front matter (Hugging Face style)",
-    "onnx": "the model as an ONNX file, checked with onnxruntime against torch",
-    "mlflow": "a finished run in an MLflow tracking store, the model its logged model "
-    "(the output is the tracking URI or directory)",
-}
+if TYPE_CHECKING:
+    from reprodl.exports.source import ExportError, ExportResult, Source
 
-__all__ = ["FORMATS", "ExportError", "ExportResult", "export"]
+__all__ = ["FORMATS", "ExportError", "ExportFormat", "ExportResult", "export"]
+
+
+def __getattr__(name: str) -> Any:
+    """``ExportError`` and ``ExportResult``, imported from :mod:`.source` when first asked for."""
+    if name in ("ExportError", "ExportResult"):
+        from reprodl.exports import source
+
+        return getattr(source, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def export(
@@ -77,51 +69,58 @@ def export(
         ExportError: an unknown format, an output in the way, or a model where a dataset is needed.
         MissingDependencyError: the format's package is not installed (``pip install 'reprodl[export]'``).
     """
-    if format not in FORMATS:
-        raise ExportError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
+    from reprodl.exports.source import ExportResult, open_source, size_of
+
+    fmt = get_format(format)
     started = time.perf_counter()
     source = open_source(uri)
-    if format == "mlflow":
-        from reprodl.exports.mlflow_run import log_to_mlflow, tracking_uri_of
-
-        tracking = tracking_uri_of(output)
-        with writing_output("the MLflow run into", tracking):
-            details = log_to_mlflow(source, tracking, experiment=experiment, allow=allow)
-        target = Path(output) if "://" not in str(output) and not str(output).startswith("file:") else None
-        size = size_of(target) if target is not None and target.exists() else 0
-        return ExportResult(format, source.uri, tracking, time.perf_counter() - started, size, details)
-    path = check_output(output, overwrite=overwrite, directory=format == "ro-crate")
-    if format == "ro-crate" and path.exists() and not (path / "ro-crate-metadata.json").is_file():
-        raise ExportError(f"{path} is a directory but not an RO-Crate: overwrite replaces only a crate; choose another")
-    with writing_output(f"the {format} export", path):
-        details = _write(source, format, path, allow=allow)
-    return ExportResult(format, source.uri, str(path), time.perf_counter() - started, size_of(path), details)
+    _check_needs(fmt, source)
+    options = ExportOptions(allow=tuple(allow), experiment=experiment)
+    if fmt.output == "location":
+        written, details = _write_location(fmt, source, output, options)
+        local = Path(output) if "://" not in str(output) and not str(output).startswith("file:") else None
+        size = size_of(local) if local is not None and local.exists() else 0
+    else:
+        path, details = _write_path(fmt, source, output, options, overwrite=overwrite)
+        written, size = str(path), size_of(path)
+    return ExportResult(fmt.name, source.uri, written, time.perf_counter() - started, size, details)
 
 
-def _write(source: Any, format: str, path: Path, *, allow: Iterable[str]) -> dict[str, Any]:
-    """Write one format to ``path`` (atomically: a failed export leaves nothing there)."""
-    if format == "ro-crate":
-        from reprodl.exports.ro_crate import write_ro_crate
+def _check_needs(fmt: ExportFormat, source: Source) -> None:
+    """Refuse a dataset where ``fmt`` exports a model, and a model where it describes training data."""
+    from reprodl.exports.source import check_dataset_kind
 
-        with writing_dir(path) as tmp:
-            return write_ro_crate(source, tmp)
-    if format in ("prov", "prov-n"):
-        from reprodl.exports.prov_doc import write_prov
+    if fmt.needs == "model":
+        source.model_record(fmt.name)
+    else:
+        check_dataset_kind(source, fmt.name)
 
-        with writing_file(path) as tmp:
-            return write_prov(source, tmp, notation="provn" if format == "prov-n" else "json")
-    if format == "croissant":
-        from reprodl.exports.croissant import croissant
 
-        doc = croissant(source)
-        write_text(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-        return {"record_sets": [r["name"] for r in doc["recordSet"]], "files": len(doc["distribution"])}
-    if format == "model-card":
-        from reprodl.exports.model_card import model_card
+def _write_location(
+    fmt: ExportFormat, source: Source, output: str | os.PathLike[str], options: ExportOptions
+) -> tuple[str, dict[str, Any]]:
+    """Write into a location (a URI, not a file reprodl moves into place): (the location, the details)."""
+    from reprodl.files import writing_output
 
-        write_text(path, model_card(source))
-        return {}
-    from reprodl.exports.onnx_model import write_onnx
+    target = fmt.locate(output) if fmt.locate is not None else os.fspath(output)
+    with writing_output(f"the {fmt.name} export into", target):
+        return target, fmt.write(source, target, options)
 
-    with writing_file(path) as tmp:
-        return write_onnx(source, tmp, allow=allow)
+
+def _write_path(
+    fmt: ExportFormat, source: Source, output: str | os.PathLike[str], options: ExportOptions, *, overwrite: bool
+) -> tuple[Path, dict[str, Any]]:
+    """Write a file or a directory atomically (a failed export leaves nothing there)."""
+    from reprodl.exports.source import ExportError, check_output, writing_dir, writing_file
+    from reprodl.files import writing_output
+
+    directory = fmt.output == "directory"
+    path = check_output(output, overwrite=overwrite, directory=directory)
+    if directory and fmt.marker and path.exists() and not (path / fmt.marker).is_file():
+        raise ExportError(
+            f"{path} is a directory but not a {fmt.name} export (it holds no {fmt.marker}): --overwrite replaces "
+            "only such an export; choose another output"
+        )
+    with writing_output(f"the {fmt.name} export", path), (writing_dir if directory else writing_file)(path) as tmp:
+        details = fmt.write(source, tmp, options)
+    return path, details

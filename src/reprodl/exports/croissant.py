@@ -10,11 +10,14 @@ the file there, or map them when loading.
 
 from __future__ import annotations
 
+import json
 import posixpath
+from pathlib import Path
 from typing import Any
 
 from reprodl import keys
 from reprodl.errors import DatasetFormatError
+from reprodl.exports.formats import ExportOptions
 from reprodl.exports.source import Licence, Source, check_dataset_kind, readme_licence
 from reprodl.store import StoredDataSet, file_sha256, local_path
 
@@ -282,3 +285,10 @@ def _categories(ds: StoredDataSet) -> dict[str, Any]:
             for n, i in sorted(encoding.items(), key=lambda kv: kv[1])
         ],
     }
+
+
+def write(source: Source, path: Path, options: ExportOptions) -> dict[str, Any]:
+    """The ``croissant`` format's writer (:mod:`reprodl.exports.formats`): the JSON-LD to ``path``."""
+    doc = croissant(source)
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return {"record_sets": [r["name"] for r in doc["recordSet"]], "files": len(doc["distribution"])}

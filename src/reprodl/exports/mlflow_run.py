@@ -30,6 +30,7 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.errors import ReprodlError
+from reprodl.exports.formats import ExportOptions
 from reprodl.exports.source import ExportError, Source, code_name, model_identity, require
 from reprodl.provenance import ProvenanceRecord
 from reprodl.provenance.fields import field_values, summarised, under
@@ -367,3 +368,8 @@ def _inputs(record: ProvenanceRecord) -> list[Any]:
         ]
         inputs.append(DatasetInput(dataset=dataset, tags=tags))
     return inputs
+
+
+def write(source: Source, tracking_uri: str, options: ExportOptions) -> dict[str, Any]:
+    """The ``mlflow`` format's writer (:mod:`reprodl.exports.formats`): a finished run in ``tracking_uri``."""
+    return log_to_mlflow(source, tracking_uri, experiment=options.experiment, allow=options.allow)

@@ -20,10 +20,12 @@ from __future__ import annotations
 import html
 import re
 import shlex
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from reprodl.exports.formats import ExportOptions
 from reprodl.exports.source import Source, model_licence
 from reprodl.provenance import ProvenanceRecord, summary_lines
 
@@ -134,3 +136,9 @@ def _code(language: str, lines: list[str]) -> list[str]:
     longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
     fence = "`" * max(3, longest + 1)
     return [fence + language, *(line.replace("\r", " ") for line in lines), fence]
+
+
+def write(source: Source, path: Path, options: ExportOptions) -> dict[str, Any]:
+    """The ``model-card`` format's writer (:mod:`reprodl.exports.formats`): the card to ``path``."""
+    path.write_text(model_card(source), encoding="utf-8")
+    return {}

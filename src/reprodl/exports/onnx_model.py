@@ -20,6 +20,7 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.errors import IntegrityError
+from reprodl.exports.formats import ExportOptions
 from reprodl.exports.source import ExportError, Source, model_identity, require
 
 OPSET = 17
@@ -134,3 +135,8 @@ def _check(module: Any, sample: Any, path: Path) -> float:
     with torch.no_grad():
         want = module(sample).detach().cpu().numpy()
     return float(np.max(np.abs(got - want)))
+
+
+def write(source: Source, path: Path, options: ExportOptions) -> dict[str, Any]:
+    """The ``onnx`` format's writer (:mod:`reprodl.exports.formats`): the checked model to ``path``."""
+    return write_onnx(source, path, allow=options.allow)

@@ -10,9 +10,11 @@ named by their dtool UUIDs (``urn:uuid:``); their URIs and digests are attribute
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from reprodl import keys
+from reprodl.exports.formats import ExportOptions
 from reprodl.exports.source import Source, require
 from reprodl.provenance import ProvenanceRecord
 
@@ -158,3 +160,13 @@ def write_prov(source: Source, path: Any, *, notation: str = "json") -> dict[str
     path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     records = doc.get_records()
     return {"records": len(records), "notation": "PROV-N" if notation == "provn" else "PROV-JSON"}
+
+
+def write(source: Source, path: Path, options: ExportOptions) -> dict[str, Any]:
+    """The ``prov`` format's writer (:mod:`reprodl.exports.formats`): PROV-JSON to ``path``."""
+    return write_prov(source, path, notation="json")
+
+
+def write_n(source: Source, path: Path, options: ExportOptions) -> dict[str, Any]:
+    """The ``prov-n`` format's writer (:mod:`reprodl.exports.formats`): PROV-N to ``path``."""
+    return write_prov(source, path, notation="provn")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reprodl import keys
+from reprodl.exports.formats import ExportOptions
 from reprodl.exports.source import Source, code_name, model_licence, require
 from reprodl.provenance import ProvenanceRecord
 from reprodl.store import file_sha256
@@ -281,3 +282,8 @@ def _agent(source: Source) -> tuple[str, dict[str, Any]]:
     """Who ran the training: the model dataset's creator."""
     user = str(source.dataset.admin_metadata.get("creator_username") or "unknown")
     return f"#person-{user}", {"@type": "Person", "name": user}
+
+
+def write(source: Source, out: Path, options: ExportOptions) -> dict[str, Any]:
+    """The ``ro-crate`` format's writer (:mod:`reprodl.exports.formats`): the crate into the directory ``out``."""
+    return write_ro_crate(source, out)

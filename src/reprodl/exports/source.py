@@ -17,6 +17,7 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.errors import DatasetFormatError, MissingDependencyError, ReprodlError
+from reprodl.exports.formats import names
 from reprodl.files import share_as_umask
 from reprodl.modeldataset.read import read_record
 from reprodl.parsing import load_yaml
@@ -235,5 +236,5 @@ def check_dataset_kind(source: Source, fmt: str) -> None:
     if source.record is not None:
         raise DatasetFormatError(
             f"{source.uri} is a reprodl model, not training data: {fmt} describes a dataset; "
-            "export a model with --format ro-crate, prov, model-card, onnx or mlflow"
+            f"export a model with --format {', '.join(names('model'))}"
         )

@@ -2,9 +2,10 @@
 
 A :class:`TraceComparer` receives the re-run's trace rows as they are made (an in-process
 re-run) or all at once (a re-executed run's trace), compares each with the recorded row of the
-same optimiser step, and finds the first that differs. :func:`explain` then argues a cause
-from the evidence: the data order, the batch contents, the code, the environment, or none of
-them ("no recorded input changed: the computation differed").
+same optimiser step, and finds the first that differs. :func:`~reprodl.reproduction.causes.explain`
+then argues a cause from the evidence, through the table of causes in :mod:`.causes`: the data
+order, the batch contents, the code, the environment, or none of them ("no recorded input
+changed: the computation differed").
 
 Example:
     >>> report = reproduce(uri)                            # doctest: +SKIP
@@ -24,14 +25,24 @@ from typing import Any, Literal
 import numpy as np
 
 from reprodl.provenance import ProvenanceRecord
+from reprodl.reproduction.causes import COMPUTATION_DIFFERED, Evidence, explain
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.environment import EnvDifference
-from reprodl.training.oplog import describe as describe_operation
 from reprodl.training.oplog import first_difference
 from reprodl.training.trace import TraceKind, trace_kind
 
+__all__ = [
+    "COMPUTATION_DIFFERED",
+    "Divergence",
+    "Evidence",
+    "InputChange",
+    "TraceComparer",
+    "input_changes",
+    "load_oplogs",
+    "no_trace",
+]
+
 MAX_TENSORS_SHOWN = 5
-COMPUTATION_DIFFERED = "no recorded input changed: the computation differed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,10 +272,7 @@ class TraceComparer:
             operation_note=operation_note,
         )
         evidence = Evidence(code=code, environment=environment, settings=settings, inputs=inputs, data=data)
-        causes = explain(div, f, evidence)
-        if operation is not None:
-            causes.append(describe_operation(operation))
-        return dataclasses.replace(div, causes=causes)
+        return dataclasses.replace(div, causes=explain(div, f, evidence))
 
     def _clean_operations(self) -> str | None:
         """For a re-run that matched: the logged steps whose every operation matched too (None: none compared)."""
@@ -366,70 +374,6 @@ def _data_label(ref: Any) -> str:
 
 def _short(digest: str | None) -> str:
     return "none" if not digest else digest.removeprefix("sha256:")[:12]
-
-
-@dataclasses.dataclass(frozen=True)
-class Evidence:
-    """What a cause may cite: the code check, environment differences, changed settings, the recorded
-    inputs that changed (:func:`input_changes`) and the recorded data references."""
-
-    code: CodeCheck | None = None
-    environment: Sequence[EnvDifference] = ()
-    settings: Sequence[str] = ()
-    inputs: Sequence[InputChange] = ()
-    data: Sequence[Any] = ()
-
-
-def explain(div: Divergence, first: dict[str, Any], evidence: Evidence) -> list[str]:
-    """The causes that fit the first divergent step, each citing its evidence."""
-    where = f"step {div.step}" + (f" (epoch {div.epoch}, batch {div.batch})" if div.epoch else "")
-    causes = []
-    if div.indices_differ:
-        was, now = first["indices"]
-        causes.append(
-            f"data order changed from {where}: the digest of the batch's sample indices differs "
-            f"(recorded {was:016x}, re-run {now:016x})"
-        )
-    data_changes = [c for c in evidence.inputs if c.kind == "data"]
-    if div.contents_differ and not div.indices_differ:
-        causes += _data_causes(where, first, data_changes, evidence.data)
-    else:
-        causes += [c.text for c in data_changes]
-    causes += [c.text for c in evidence.inputs if c.kind != "data"]
-    code = evidence.code
-    if code is not None and (code.same_commit is False or code.patch_applies is False):
-        causes.append(f"code changed: {code.message}")
-    causes += [f"setting changed: {s}" for s in evidence.settings]
-    fields = [d for d in evidence.environment if not d.is_package]
-    if fields:
-        changed = ", ".join(f"{d.what} {d.recorded} -> {d.now}" for d in fields)
-        causes.append(f"environment changed: {changed} (the recorded environment beside this one)")
-    n_packages = sum(1 for d in evidence.environment if d.is_package)
-    if n_packages:
-        causes.append(f"environment changed: {n_packages} installed package version(s) differ")
-    if not causes:
-        checked = "same sample indices" if div.indices_differ is False else "sample indices not traced"
-        if div.contents_differ is False:
-            checked += ", same batch contents"
-        same = "same data, seeds, initial weights, code and environment"
-        causes.append(f"{COMPUTATION_DIFFERED} at {where} ({checked}, {same})")
-    return causes
-
-
-def _data_causes(where: str, first: dict[str, Any], changes: Sequence[InputChange], data: Sequence[Any]) -> list[str]:
-    """The batch at the divergent step had other inputs with the same indices: cite what changed."""
-    was, now = first["contents"]
-    batch = f"the batch at {where} holds a changed item (same sample indices, its inputs' digest {was} -> {now})"
-    if changes:
-        return [f"{c.text}; {batch}" for c in changes]
-    train = [r for r in data if r.role == "train"]
-    if train and all(r.source == "dtool" for r in train):
-        names = ", ".join(r.name for r in train)
-        return [
-            f"data: {batch}; the train dataset ({names}) matches its manifest, so how its items were read or "
-            "transformed differs"
-        ]
-    return [f"data: {batch}; no recorded data digest changed"]
 
 
 def load_oplogs(ds: Any, record: ProvenanceRecord) -> dict[int, list[dict[str, Any]]]:

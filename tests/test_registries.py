@@ -19,7 +19,7 @@ from train_fixtures import TrainedModel
 from reprodl.exports import formats
 from reprodl.reproduction import causes
 from reprodl.reproduction.rerun import reproduce
-from reprodl.training import loop as loop_module
+from reprodl.training import _epochs as loop_module
 
 pytest_plugins = ["train_fixtures"]
 
@@ -80,7 +80,7 @@ def test_a_cause_added_to_the_table_is_reported_in_its_place(
     trained_model: TrainedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     k = trained_model.record.training.optimizer_steps // trained_model.record.training.epochs + 2
-    update = loop_module._Loop._update
+    update = loop_module.Loop._update
 
     def perturbed(self: Any) -> None:
         update(self)
@@ -101,7 +101,7 @@ def test_a_cause_added_to_the_table_is_reported_in_its_place(
     at = [c.name for c in table].index("computation")
     table[at:at] = [causes.Cause("clocks", "nvidia-smi's clocks, recorded and now", clocks)]
     monkeypatch.setattr(causes, "CAUSES", [causes.Cause("spy", "everything", spy), *table])
-    monkeypatch.setattr(loop_module._Loop, "_update", perturbed)
+    monkeypatch.setattr(loop_module.Loop, "_update", perturbed)
     div = reproduce(trained_model.uri, stop_at_divergence=True).divergence
     assert div is not None and div.step == k
     assert div.causes == [f"GPU clocks: none recorded at step {k} (epoch 2, batch 2) (lines before: 0)"]

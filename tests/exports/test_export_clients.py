@@ -174,7 +174,7 @@ def script_model(digits_split_master: str, tmp_path_factory: pytest.TempPathFact
 
     where = tmp_path_factory.mktemp("scripted")
     (where / "train.py").write_text(_TRAIN_SCRIPT)
-    tests = str(Path(__file__).parent)
+    tests = str(Path(__file__).resolve().parents[1])
     done = subprocess.run(
         [sys.executable, "train.py", str(where), digits_split_master, tests],
         cwd=where,
@@ -438,7 +438,7 @@ def test_exports_name_only_identifiers_under_the_projects_url(trained_model: Tra
     for path in (tmp_path / "run.json", tmp_path / "crate" / "ro-crate-metadata.json"):
         assert "reprodl.dev" not in path.read_text()
     # the schema's $id names a file of the repository: this one, kept current
-    docs = Path(__file__).parents[1] / "docs"
+    docs = Path(__file__).resolve().parents[2] / "docs"
     assert keys.PROVENANCE_SCHEMA_ID.endswith("/blob/main/docs/schemas/provenance-1.2.json")
     assert json.loads((docs / "schemas" / "provenance-1.2.json").read_text()) == record_json_schema()
     assert (docs / "terms.md").is_file()

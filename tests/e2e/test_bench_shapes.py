@@ -7,7 +7,7 @@ import ast
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def test_the_six_shapes_are_scripts_that_adopt_reprodl_only_with_record() -> None:

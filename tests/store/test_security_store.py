@@ -36,7 +36,7 @@ from reprodl.store import (
     open_dataset,
 )
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from reprodl.errors import ExitCode
 
 pytest_plugins = ["train_fixtures"]
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _refused(result: Any, *matches: str, code: int = ExitCode.USAGE) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOME = "https://github.com/reprodl/reprodl"
 DOCS_URL = f"{HOME}/blob/main/"
 LINK = re.compile(r"\]\(([^)\s]+)\)")

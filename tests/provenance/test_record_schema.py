@@ -8,7 +8,7 @@ from typing import Any
 
 from reprodl.provenance.record import FIELDS_END, FIELDS_START, fields_table, record_json_schema
 
-FORMATS = Path(__file__).resolve().parents[1] / "docs" / "formats.md"
+FORMATS = Path(__file__).resolve().parents[2] / "docs" / "formats.md"
 
 
 def _undescribed(schema: dict[str, Any]) -> list[str]:

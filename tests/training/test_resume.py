@@ -23,7 +23,7 @@ from reprodl.store import clean_staging, find_staging
 
 pytest_plugins = ["train_fixtures"]
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 STEPS_PER_EPOCH = 45  # 1,438 training digits in batches of 32
 
 KILL_AT_STEP = """

@@ -18,7 +18,7 @@ pytest_plugins = ["train_fixtures"]
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
     reason=f"needs a CUDA device: torch {torch.__version__} (CUDA build {torch.version.cuda}) sees none here "
-    "(torch.cuda.is_available() is False); run tests/test_cuda.py on a machine with an NVIDIA GPU",
+    "(torch.cuda.is_available() is False); run tests/training/test_cuda.py on a machine with an NVIDIA GPU",
 )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from train_fixtures import digits_split_master, digits_split_uri  # noqa: F401 - fixtures
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 
 CLI = "from reprodl.cli import main; main()"  # the `reprodl` command, as this interpreter runs it

@@ -9,7 +9,7 @@ from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.reexec import _order_matches
 from reprodl.reproduction.verdict import Comparison, Tolerance, judge
 
-GOLDEN = Path(__file__).parent / "golden" / "provenance.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "provenance.json"
 
 
 def _record(digests: list[str], not_recorded: str | None = None) -> ProvenanceRecord:

@@ -30,7 +30,7 @@ from reprodl.reproduction.factors import Factor, factors
 
 pytest_plugins = ["train_fixtures"]
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 FACTOR_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
@@ -185,7 +185,7 @@ def test_the_json_keys_of_the_expectation_and_the_replays_are_documented() -> No
     replays = Replays(1, [Replay(f, "confirmed", None, 1.0)], [], "cause confirmed by replay: x", 1.0).to_dict()
     assert (replays["start"], replays["runs"][0]["start"]) == (1, 1)  # each replay re-runs from step 1
     keys = {*replays, *replays["runs"][0], *f.to_dict(), *Expectation("run_to_run", [], factors=[f]).to_dict()}
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "why.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "why.md").read_text()
     assert not {k for k in keys if f"`{k}`" not in doc}, "document these --json keys in docs/why.md"
 
 

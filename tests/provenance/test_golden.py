@@ -20,7 +20,7 @@ from reprodl import keys
 
 pytest_plugins = ["train_fixtures"]
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 GOLDEN_RECORD = GOLDEN / keys.PROVENANCE_FILE
 GOLDEN_MODEL = GOLDEN / "digits-golden"
 GOLDEN_VERSION = "1.2"

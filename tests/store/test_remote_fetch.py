@@ -115,7 +115,7 @@ def test_a_server_going_down_mid_download_leaves_nothing_trusted(tmp_path: Path,
     root = tmp_path / "served"
     root.mkdir()
     make_big_dataset(root, "big")
-    server = Path(__file__).with_name("remote_servers.py")
+    server = Path(__file__).resolve().parents[1] / "remote_servers.py"
     proc = subprocess.Popen(
         [sys.executable, "-u", str(server), "http", str(root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )

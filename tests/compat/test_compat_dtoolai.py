@@ -26,7 +26,7 @@ from sklearn.datasets import load_digits
 from reprodl import keys
 from reprodl.errors import ModelLoadError, ReproductionError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- fixtures: data and models in the original package's layout ---------------------------

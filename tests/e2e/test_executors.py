@@ -33,7 +33,7 @@ from reprodl.reproduction.executors import Executor, allocation_label
 
 pytest_plugins = ["train_fixtures"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SET_B = ["--set-b", "learning_rate=0.005"]
 
 

@@ -45,6 +45,30 @@ def test_only_the_repository_checks_sit_in_tests_itself() -> None:
     )
 
 
+MODULE_NAMED_FROM_LINES = 300  # "the largest modules": each must be findable from the tests
+
+
+def _named_by_a_test(dotted: str, stems: set[str], text: str) -> bool:
+    parts = dotted.split(".")[1:]
+    return bool({f"test_{parts[-1]}", "test_" + "_".join(parts)} & stems) or dotted in text
+
+
+def test_every_large_module_is_named_by_the_tests_that_test_it() -> None:
+    files = _test_files()
+    stems, text = {p.stem for p in files}, "\n".join(p.read_text() for p in files)
+    unnamed = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py") or len(path.read_text().splitlines()) < MODULE_NAMED_FROM_LINES:
+            continue
+        dotted = ".".join(("reprodl", *path.relative_to(SRC).with_suffix("").parts))
+        if not _named_by_a_test(dotted, stems, text):
+            unnamed.append(dotted)
+    assert unnamed == [], (
+        f"no test names {unnamed}: give each its tests/<package>/test_<module>.py, or name it (its dotted name) "
+        "in the docstring or imports of the test file that tests it"
+    )
+
+
 def test_test_file_basenames_are_unique() -> None:
     # Test folders have no __init__.py: pytest imports each file by its basename (and conftest.py puts every
     # folder on sys.path), so two files of one name would collide.

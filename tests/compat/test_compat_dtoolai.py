@@ -3,7 +3,8 @@
 Datasets are built in dtoolAI's layout (plain dtoolcore, dtoolAI's annotation names) or with the
 compat creators; a dtoolAI-made model is a ``torch.save`` of a plain state dict in ``model.pt``
 beside dtoolAI's annotations (``model_name``, ``model_parameters``, ``category_encoding``,
-``source_dataset_*``), as ``dtoolai.training.train_model_with_metadata_capture`` wrote it.
+``source_dataset_*``), as ``dtoolai.training.train_model_with_metadata_capture`` wrote it, read by
+reprodl.modeldataset.legacy (weights only, its record made from those annotations).
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ How a document is run
 - Background processes a block starts (a server) are stopped when the document ends; the docs
   should stop them themselves too.
 - Port 8081 in a block is replaced by a free port, so parallel runs never clash.
+- The copy of ``examples/digits.yaml`` trains ``DOC_EPOCHS`` epochs, not the example's 10: a doc
+  command that keeps the example's count (README's ``--seeds 5``, tutorials.md's envelope) runs
+  the same code paths either way, and what a doc run checks (each command runs and prints what the
+  doc says) does not depend on it. Commands that set ``epochs=`` themselves are unchanged.
 
 Markers, HTML comments on the line just before a fence (invisible when rendered):
 - ``<!-- file: PATH -->``: the block is a file the reader is told to save; it is written to
@@ -45,6 +49,8 @@ DOC_PORT = "8081"
 DOC_TIMEOUT = 600  # seconds for one document; a hang (a server never answering) fails it
 PY_EOF = "REPRODL_DOC_PYTHON_EOF"
 PROMISES = ("Verdict: identical",)  # output the docs show in comments, checked when they do
+DOC_EPOCHS = 2  # epochs of the doc run's copy of examples/digits.yaml (the docstring says why)
+EPOCHS_LINE = re.compile(r"^(\s*n_epochs:\s*)\d+", re.MULTILINE)
 
 FENCE = re.compile(r"^```\s*([\w+-]*)\s*$")
 MARKER = re.compile(r"^<!--\s*(file|skip-test):\s*(.*?)\s*-->\s*$")
@@ -137,6 +143,10 @@ def free_port() -> int:
 def new_user_dir(root: Path) -> dict[str, str]:
     """A clone's root after `make`: examples/, a .venv whose activate puts us on PATH."""
     shutil.copytree(REPO / "examples", root / "examples")
+    config = root / "examples" / "digits.yaml"
+    text, n = EPOCHS_LINE.subn(rf"\g<1>{DOC_EPOCHS}", config.read_text())
+    assert n == 1, f"{config.name} has no single `n_epochs:` line for the doc run to set to {DOC_EPOCHS}"
+    config.write_text(text)
     bindir = Path(sys.executable).parent
     activate = root / ".venv" / "bin" / "activate"
     activate.parent.mkdir(parents=True)
@@ -217,6 +227,15 @@ def test_a_document_runs_in_order_in_one_session(tmp_path: Path) -> None:
     assert (rc, n) == (0, 4), output
     assert "port: 8081" not in output and re.search(r"port: \d+", output)
     assert "hello again" in output and "@@doc-done" in output
+
+
+def test_the_doc_run_trains_the_example_config_for_doc_epochs_and_changes_nothing_else(tmp_path: Path) -> None:
+    new_user_dir(tmp_path)
+    original = (REPO / "examples" / "digits.yaml").read_text().splitlines()
+    copied = (tmp_path / "examples" / "digits.yaml").read_text().splitlines()
+    changed = [(a.strip(), b.strip()) for a, b in zip(original, copied) if a != b]
+    assert len(copied) == len(original) and [b for _, b in changed] == [f"n_epochs: {DOC_EPOCHS}"]
+    assert changed[0][0].startswith("n_epochs:")
 
 
 def test_a_failing_block_is_named(tmp_path: Path) -> None:

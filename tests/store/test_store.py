@@ -1,4 +1,7 @@
-"""The storage layer: opening by path or URI, digests and verification (atomic creation: test_create.py)."""
+"""The storage layer: opening by path or URI, digests and verification (atomic creation: test_create.py).
+
+A dataset once opened is a reprodl.store.dataset.StoredDataSet.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Every component named, what each step applied, and the script's settings kept (issue 18, items 2-4).
 
+The watchers of reprodl.training.components, through ``run.watch`` and the recorded steps.
+
 Training scripts of our own, in the shapes public training code has, on tiny in-memory data:
 
 - a GAN: two models, two optimisers, two ``run.watch`` calls, ``run.save({"generator": G,

@@ -1,4 +1,4 @@
-"""The run API (``reprodl.start_run``) and reproduction by re-executing the recorded code.
+"""The run API (``reprodl.start_run``, reprodl.training.run) and reproduction by re-executing the recorded code.
 
 An argparse MNIST-style script (functional ``F.nll_loss``, Adadelta, StepLR, gradient clipping,
 a dry-run flag) is written to a real git repository on ``tmp_path``, adopted with a few changed

@@ -13,6 +13,7 @@ os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported: tiny tensors, n
 os.environ["MKL_NUM_THREADS"] = "1"
 
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +23,15 @@ import torch
 from PIL import Image
 
 torch.set_num_threads(1)
+
+# Tests live in a folder per package (tests/store/, tests/training/, ...; tests/e2e/ for the end-to-end
+# ones), as plain rootdir modules (no __init__.py). A few import helpers from a test module of another
+# folder by its basename (``from test_resume import run_killed``): every test folder is on sys.path, which
+# basenames unique across folders make unambiguous (tests/test_layout.py checks both).
+TESTS = Path(__file__).resolve().parent
+for _folder in sorted(p for p in TESTS.iterdir() if p.is_dir() and any(p.glob("test_*.py"))):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 STAGING_PREFIX = ".reprodl-staging-"
 

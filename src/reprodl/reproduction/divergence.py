@@ -206,7 +206,7 @@ class TraceComparer:
             "epoch": int(was["epoch"]),
             "batch": int(was["batch"]),
             "tensors": moved[:MAX_TENSORS_SHOWN],
-            "loss": {"recorded": float(was["loss"]), "reproduced": float(now["loss"])},
+            "loss": _losses(float(was["loss"]), float(now["loss"])),
             "indices_differ": int(was["indices"]) != int(now["indices"]) if indices_known else None,
             "contents_differ": not _equal(was[column], now[column]) if contents_known else None,
             "indices": (int(was["indices"]), int(now["indices"])),
@@ -301,6 +301,13 @@ def _known(x: Any, unknown: int | None) -> bool:
 
 def _value(x: Any) -> Any:
     return float(x) if np.asarray(x).dtype.kind == "f" else f"{int(x):016x}"
+
+
+def _losses(was: float, now: float) -> dict[str, float] | None:
+    """The loss at the divergent step on both sides; None when neither run knew it (NaN: not recorded)."""
+    if math.isnan(was) and math.isnan(now):
+        return None
+    return {"recorded": was, "reproduced": now}
 
 
 def _moved(name: str, x: Any, y: Any) -> dict[str, Any]:

@@ -1,0 +1,126 @@
+"""Where and why a reproduction differs: the step trace and the first divergent step.
+
+The "must hold" cases: a perturbation injected after optimiser step K (invisible to the
+record) is reported as diverging first at step K, cause "no recorded input changed: the
+computation differed"; a data order changed from epoch 2 on is reported at the first step of
+epoch 2, cause data order; a clean CPU reproduction is `identical` and matched to the end.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reprodl import keys
+from reprodl.modeldataset.read import load_trace, read_record
+from reprodl.reproduction.divergence import COMPUTATION_DIFFERED
+from reprodl.reproduction.rerun import reproduce
+from reprodl.store import open_dataset
+from reprodl.training import _epochs as loop_module
+from reprodl.training.seeding import SeedPlan
+
+pytest.register_assert_rewrite("train_fixtures")
+
+pytest_plugins = ["train_fixtures"]
+
+
+def _steps_per_epoch(record) -> int:
+    return record.training.optimizer_steps // record.training.epochs
+
+
+def test_record_covers_a_step_trace_of_every_optimiser_step(trained_model):
+    record = trained_model.record
+    info = record.results.trace
+    assert info is not None and info.item == keys.TRACE_FILE and info.sha256.startswith("sha256:")
+    assert info.n_steps == info.n_rows == record.training.optimizer_steps
+    assert info.tensors == [n for n, _ in _gennet().named_parameters()]
+    assert info.kind == "exact" and info.optimizers == ["SGD"]
+    assert info.bytes_per_step == 48 + 8 * len(info.tensors)
+    ds = open_dataset(trained_model.uri)
+    rows = load_trace(ds, read_record(ds))
+    assert rows is not None and rows.dtype.hasobject is False
+    assert list(rows["step"]) == list(range(1, info.n_steps + 1))
+    per_epoch = _steps_per_epoch(record)
+    assert list(rows["epoch"][per_epoch - 1 : per_epoch + 1]) == [1, 2]
+    assert rows["batch"][per_epoch] == 1
+    assert np.isfinite(rows["loss"]).all() and (rows["indices"] != 0).all()
+
+
+def _gennet() -> torch.nn.Module:
+    from train_fixtures import small_params
+
+    from reprodl import GenNet
+
+    return GenNet(**small_params().init_params)
+
+
+def test_clean_reproduction_is_identical_and_matched_to_the_end(trained_model, tmp_path):
+    report = reproduce(trained_model.uri)
+    assert report.verdict == "identical"
+    div = report.divergence
+    assert div is not None and div.matched_to_end and div.step is None
+    assert div.compared_steps == trained_model.record.training.optimizer_steps
+    assert "matched the recorded step trace to the end" in div.summary()
+    assert json.loads(report.to_json())["divergence"]["matched_to_end"] is True
+
+
+def test_perturbation_after_step_k_is_reported_at_step_k_as_the_computation(trained_model, monkeypatch):
+    k = _steps_per_epoch(trained_model.record) + 5
+    update = loop_module.Loop._update
+
+    def perturbed(self):
+        update(self)
+        if self.optimizer_steps == k:
+            with torch.no_grad():
+                next(self.model.parameters()).add_(1e-6)
+
+    monkeypatch.setattr(loop_module.Loop, "_update", perturbed)
+    report = reproduce(trained_model.uri)
+    div = report.divergence
+    assert report.verdict != "identical"
+    assert div.step == k and div.epoch == 2 and div.batch == 5
+    assert [t["name"] for t in div.tensors] == ["conv1.weight"]  # exact digests: only the nudged tensor
+    assert div.tensors[0]["recorded"] != div.tensors[0]["reproduced"] and div.tensors[0]["abs_diff"] is None
+    assert div.indices_differ is False and div.contents_differ is False
+    assert div.causes == [
+        f"{COMPUTATION_DIFFERED} at step {k} (epoch 2, batch 5) (same sample indices, same batch contents, "
+        "same data, seeds, initial weights, code and environment)"
+    ]
+    assert div.growth[0]["step"] == k and div.growth[-1]["step"] == trained_model.record.training.optimizer_steps
+
+
+def test_data_order_changed_from_epoch_2_is_reported_at_its_first_step(trained_model, monkeypatch):
+    seed = SeedPlan.epoch_order_seed
+    monkeypatch.setattr(SeedPlan, "epoch_order_seed", lambda self, epoch: seed(self, epoch) + 7 * (epoch >= 1))
+    report = reproduce(trained_model.uri, stop_at_divergence=True)
+    div = report.divergence
+    first = _steps_per_epoch(trained_model.record) + 1
+    assert (div.step, div.epoch, div.batch) == (first, 2, 1)
+    assert div.indices_differ is True and div.stopped and div.compared_steps == first
+    assert div.causes[0].startswith(f"data order changed from step {first} (epoch 2, batch 1): the digest")
+    assert report.verdict == "differs"
+    assert f"the re-run was stopped at step {first}, its first divergent step" in report.reasons
+
+
+def test_cli_prints_the_divergence_section(cli, trained_model, monkeypatch):
+    seed = SeedPlan.epoch_order_seed
+    monkeypatch.setattr(SeedPlan, "epoch_order_seed", lambda self, epoch: seed(self, epoch) + 7 * (epoch >= 2))
+    result = cli("reproduce", trained_model.uri, "--stop-at-divergence", "-q")
+    first = 2 * _steps_per_epoch(trained_model.record) + 1
+    assert f"first divergent optimiser step: {first} (epoch 3, batch 1)" in result.output
+    assert "data order changed from step" in result.output
+    assert result.exit_code == 1
+    as_json = cli("reproduce", trained_model.uri, "--stop-at-divergence", "--json")
+    assert json.loads(as_json.stdout)["divergence"]["step"] == first
+
+
+def test_a_loss_neither_run_recorded_is_not_shown_as_nan_to_nan() -> None:
+    """A script whose loss reprodl cannot see (a function loss) says nothing about it, not "nan -> nan"."""
+    from reprodl.reproduction.divergence import _losses
+
+    assert _losses(float("nan"), float("nan")) is None
+    assert _losses(0.5, 0.25) == {"recorded": 0.5, "reproduced": 0.25}
+    assert _losses(0.5, float("nan"))["recorded"] == 0.5  # one side known: both shown

@@ -1,0 +1,472 @@
+"""Every component named, what each step applied, and the script's settings kept (issue 18, items 2-4).
+
+The watchers of reprodl.training.components, through ``run.watch`` and the recorded steps.
+
+Training scripts of our own, in the shapes public training code has, on tiny in-memory data:
+
+- a GAN: two models, two optimisers, two ``run.watch`` calls, ``run.save({"generator": G,
+  "discriminator": D})``, re-executed by ``reprodl reproduce --trust-code`` (a subprocess in a
+  git repository);
+- a language model updated by hand (``p.data.add_(p.grad, alpha=-lr)``, lr divided by 4);
+- a nanoGPT-like loop: gradient accumulation, bf16 autocast on the CPU, an lr set by hand every
+  step, ``clip_grad_norm_``;
+- a closure optimiser (LBFGS); a ``torch.compile``'d model; Lightning's manual optimisation with
+  two optimisers;
+- a script's TF32 and ``cudnn.benchmark`` settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from user_scripts import run_script, user_repo
+
+import reprodl
+from reprodl.errors import ModelLoadError, UnsafeImportError
+from reprodl.modeldataset.read import load_record, load_trace, load_weights
+from reprodl.modeldataset.weights import state_dict_sha256
+from reprodl.store import open_dataset
+from reprodl.training.capture import DeterminismWarning
+
+pytest_plugins = ["train_fixtures"]
+
+GAN = """\
+import torch
+import torch.nn as nn
+
+import reprodl
+
+torch.backends.cuda.matmul.allow_tf32 = True  # the script's own setting: kept, and recorded as the script made it
+
+
+class Generator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def main():
+    real_data = torch.randn(64, 4, generator=torch.Generator().manual_seed(0)) * 0.5 + 1.0
+    with reprodl.start_run("models", "gan", seed=3) as run:
+        G, D = Generator(), Discriminator()
+        opt_g = torch.optim.Adam(G.parameters(), lr=2e-3, betas=(0.5, 0.999))
+        opt_d = torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.5, 0.999))
+        criterion = nn.BCEWithLogitsLoss()
+        run.watch(G, opt_g)
+        run.watch(D, opt_d, loss=criterion)
+        loader = run.loader(torch.utils.data.TensorDataset(real_data), batch_size=16, shuffle=True)
+        for epoch in range(1, 3):
+            for (real,) in loader:
+                ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
+                D.zero_grad()
+                loss_real = criterion(D(real), ones)
+                loss_real.backward()
+                fake = G(torch.randn(len(real), 2))
+                loss_fake = criterion(D(fake.detach()), zeros)
+                loss_fake.backward()
+                opt_d.step()
+                G.zero_grad()
+                loss_g = criterion(D(fake), ones)
+                loss_g.backward()
+                opt_g.step()
+            run.log(epoch=epoch, loss_d=(loss_real + loss_fake).item(), loss_g=loss_g.item())
+        run.save({"generator": G, "discriminator": D})
+    print(run.uri)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+GAN_STEPS = 2 * 4  # two epochs of 64 samples in batches of 16, per optimiser
+
+
+@pytest.fixture(scope="module")
+def gan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    repo = user_repo(tmp_path_factory.mktemp("gan") / "repo", {"gan.py": GAN}, commit_message="a GAN")
+    (repo / "models").mkdir()
+    res = run_script(repo, "gan.py")
+    assert res.returncode == 0, res.stderr
+    uri = res.stdout.strip().splitlines()[-1]
+    return {"repo": repo, "uri": uri, "record": load_record(uri)}
+
+
+def test_a_gan_records_both_models_and_both_optimisers_by_name(gan: dict[str, Any]) -> None:
+    record = gan["record"]
+    models = {m.name: m for m in record.models}
+    assert list(models) == ["generator", "discriminator"]
+    assert [models[n].architecture.class_name for n in models] == ["Generator", "Discriminator"]
+    assert record.architecture == models["generator"].architecture  # the default model, as before
+    assert [(o.name, o.model, o.class_name, o.steps) for o in record.training.optimizers] == [
+        ("generator", "generator", "Adam", GAN_STEPS),
+        ("discriminator", "discriminator", "Adam", GAN_STEPS),
+    ]
+    assert record.training.optimizer_steps == 2 * GAN_STEPS
+    assert record.results.trace is not None and record.results.trace.n_steps == 2 * GAN_STEPS
+    assert models["discriminator"].loss is not None and models["discriminator"].loss.class_name == "BCEWithLogitsLoss"
+    # D's step learns from two backward passes (real, fake); G's from one.
+    assert [c.values for c in models["discriminator"].accumulation] == [{"backward_passes": 2}]
+    assert [c.values for c in models["generator"].accumulation] == [{"backward_passes": 1}]
+    assert record.training.batch_size == 16
+
+
+def test_both_gan_weights_are_saved_and_the_discriminator_loads_by_name(gan: dict[str, Any]) -> None:
+    record, ds = gan["record"], open_dataset(gan["uri"])
+    generator, discriminator = record.models
+    assert (generator.weights_file, discriminator.weights_file) == (
+        "model.safetensors",
+        "models/discriminator.safetensors",
+    )
+    assert generator.weights_sha256 == record.results.weights_sha256
+    g_state = load_weights(ds, record)
+    d_state = load_weights(ds, record, model="discriminator")
+    assert state_dict_sha256(d_state) == discriminator.weights_sha256 != generator.weights_sha256
+    assert d_state["net.0.weight"].shape == (8, 4) and g_state["net.0.weight"].shape == (8, 2)
+
+    # The script's classes are never rebuilt from the stored script: the user passes their own copy.
+    classes: dict[str, Any] = {}
+    exec(_class_defs(GAN), classes)
+    model = reprodl.TrainedTorchModel(gan["uri"], model="discriminator", model_class=classes["Discriminator"])
+    assert type(model.model).__name__ == "Discriminator"
+    assert state_dict_sha256(model.model.state_dict()) == discriminator.weights_sha256
+    generator_model = reprodl.TrainedTorchModel(gan["uri"], model_class=classes["Generator"]).model
+    assert state_dict_sha256(generator_model.state_dict()) == generator.weights_sha256
+    with pytest.raises(ModelLoadError, match="no model named 'critic'.*'generator', 'discriminator'"):
+        reprodl.TrainedTorchModel(gan["uri"], model="critic", model_class=classes["Generator"])
+    with pytest.raises(UnsafeImportError, match="never imported from a record"):
+        reprodl.TrainedTorchModel(gan["uri"], model="discriminator", allow=["__main__"])
+
+
+def _class_defs(script: str) -> str:
+    """The imports and class definitions of a test script (up to its first top-level statement after them)."""
+    import ast
+
+    tree = ast.parse(script)
+    keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom, ast.ClassDef))]
+    return "\n".join(ast.get_source_segment(script, n) or "" for n in keep)
+
+
+def test_a_gan_reproduces_identically_with_no_environment_differences(gan: dict[str, Any], cli: Any) -> None:
+    result = cli("reproduce", gan["uri"], "--trust-code", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "identical", report["reasons"]
+    # The original's record against the re-run's own: the script's TF32 setting is no difference.
+    assert report["environment_differences"] == []
+    assert gan["record"].training.determinism.tf32_matmul is True
+
+
+# --- a language model updated by hand ----------------------------------------------------------
+class TinyLM(nn.Module):
+    def __init__(self, vocab: int = 11, hidden: int = 8) -> None:
+        super().__init__()
+        self.encoder = nn.Embedding(vocab, hidden)
+        self.rnn = nn.LSTM(hidden, hidden, batch_first=True)
+        self.decoder = nn.Linear(hidden, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.encoder(x))
+        return self.decoder(out)
+
+
+def _tokens(n: int = 48, length: int = 6, vocab: int = 11) -> torch.utils.data.TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    stream = torch.randint(0, vocab, (n, length + 1), generator=g)
+    return torch.utils.data.TensorDataset(stream[:, :-1], stream[:, 1:])
+
+
+def _base(tmp_path: Path) -> str:
+    base = tmp_path / "models"
+    base.mkdir(exist_ok=True)
+    return str(base)
+
+
+def test_a_model_updated_by_hand_is_traced_per_backward_pass(tmp_path: Path) -> None:
+    lr, epochs = 0.5, 3
+    with reprodl.start_run(_base(tmp_path), "lm", seed=1) as run:
+        model = TinyLM()
+        run.watch(model)  # no optimiser: the script updates the weights itself
+        loader = run.loader(_tokens(), batch_size=8, shuffle=True)
+        fingerprints = []
+        for epoch in range(1, epochs + 1):
+            for x, y in loader:
+                model.zero_grad()
+                loss = nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+                for p in model.parameters():
+                    p.data.add_(p.grad, alpha=-lr)
+                fingerprints.append(float(model.decoder.bias.detach().sum()))
+            run.log(epoch=epoch, train_loss=loss.item())
+            lr /= 4
+        run.save(model)
+    record = run.record
+    assert record is not None
+    steps = epochs * 6  # 48 samples in batches of 8
+    (lm,) = record.models
+    assert (lm.name, lm.optimizers, lm.steps, record.training.optimizers) == ("TinyLM", [], steps, [])
+    assert record.training.optimizer_steps == steps and record.training.batch_size == 8
+    assert record.training.optimizer.class_name == "(none: updated by hand)"
+    assert record.results.trace is not None and record.results.trace.n_steps == steps
+    rows = load_trace(open_dataset(str(run.uri)), record)
+    assert rows is not None and len(rows) == steps
+    assert len({tuple(r) for r in rows["digest"].tolist()}) == steps  # after each update: every step differs
+    assert [c.values for c in lm.clipping] == [{"function": "clip_grad_norm_", "max_norm": 0.25, "norm_type": 2.0}]
+
+
+# --- a nanoGPT-like loop -----------------------------------------------------------------------
+def _lr(it: int) -> float:
+    """Warm up for 2 steps, hold for 2, then decay: the lr nanoGPT's loop sets by hand each step."""
+    if it < 2:
+        return 1e-3 * (it + 1) / 2
+    if it < 4:
+        return 1e-3
+    return 1e-4 + 0.5 * (1 + math.cos(math.pi * (it - 4) / 4)) * (1e-3 - 1e-4)
+
+
+def test_an_accumulating_autocast_loop_records_the_lr_as_applied_and_what_it_did(tmp_path: Path) -> None:
+    iters, micro = 8, 4
+    data = _tokens(n=64)
+    with reprodl.start_run(_base(tmp_path), "gpt", seed=2) as run:
+        run.use(data.tensors[0])
+        model = TinyLM()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
+        run.watch(model, optimizer, batch_size=4)
+        g = torch.Generator().manual_seed(0)
+        for it in range(iters):
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(it)
+            for _ in range(micro):
+                ix = torch.randint(0, len(data), (4,), generator=g)
+                x, y = data.tensors[0][ix], data.tensors[1][ix]
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = nn.functional.cross_entropy(model(x).flatten(0, 1).float(), y.flatten()) / micro
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        run.log(step=iters, train_loss=loss.item() * micro)
+        run.save(model)
+    record = run.record
+    assert record is not None
+    (opt,) = record.training.optimizers
+    applied = [(c.step, c.values["lr"]) for c in opt.applied if "lr" in c.values]
+    expected = [(it + 1, _lr(it)) for it in range(iters) if it == 0 or _lr(it) != _lr(it - 1)]
+    assert applied == expected and len(applied) < iters  # the lr as applied, changes only
+    assert opt.applied[0].values["betas"] == [0.9, 0.95] and opt.applied[0].values["weight_decay"] == 0.1
+    assert record.training.optimizer.param_groups[0]["lr"] == 1e-3  # as constructed, still there
+    (gpt,) = record.models
+    assert [(c.step, c.values) for c in gpt.accumulation] == [(1, {"backward_passes": micro})]
+    assert [(c.step, c.values) for c in gpt.autocast] == [
+        (1, {"enabled": True, "device_type": "cpu", "dtype": "torch.bfloat16"})
+    ]
+    assert [(c.step, c.values) for c in gpt.clipping] == [
+        (1, {"function": "clip_grad_norm_", "max_norm": 1.0, "norm_type": 2.0})
+    ]
+    assert record.training.batch_size == 4 and record.training.optimizer_steps == iters
+    assert torch.nn.utils.clip_grad_norm_.__module__ == "torch.nn.utils.clip_grad"  # torch's own again
+
+
+def test_a_closure_optimiser_is_recorded_with_each_step(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3
+    with reprodl.start_run(_base(tmp_path), "lbfgs", seed=0) as run:
+        run.use(x)
+        model = nn.Linear(3, 1)
+        optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+        run.watch(model, optimizer, name="regression", batch_size=32)
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(x).squeeze(1), y)
+            loss.backward()
+            return loss
+
+        for _ in range(3):
+            optimizer.step(closure)
+        run.save(model)
+    record = run.record
+    assert record is not None
+    (opt,) = record.training.optimizers
+    assert (opt.name, opt.class_name, opt.closure, opt.steps) == ("regression", "LBFGS", True, 3)
+    assert record.models[0].name == "regression" and record.training.optimizer_steps == 3
+    assert record.results.trace is not None and record.results.trace.n_steps == 3
+
+
+@pytest.mark.slow  # importing torch's compiler stack takes a while on a busy machine
+def test_a_compiled_model_is_recorded_by_its_original_class_and_weight_names(tmp_path: Path) -> None:
+    with reprodl.start_run(_base(tmp_path), "compiled", seed=0) as run:
+        x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+        run.use(x)
+        net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+        model = torch.compile(net, backend="eager")  # dynamo's wrapper, without a C compiler
+        assert type(model).__name__ == "OptimizedModule"
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        run.watch(model, optimizer, batch_size=16)
+        for _ in range(2):
+            optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+        run.save(model)
+    record = run.record
+    assert record is not None
+    (component,) = record.models
+    assert (component.architecture.class_name, component.compiled) == ("Sequential", True)
+    assert record.results.trace is not None and record.results.trace.tensors == [
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+    ]
+    state = load_weights(open_dataset(str(run.uri)), record)
+    assert sorted(state) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    assert record.training.optimizer_steps == 2
+
+
+# --- Lightning's manual optimisation -------------------------------------------------------------
+def test_lightning_manual_optimisation_records_every_optimiser_and_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    L = pytest.importorskip("lightning", reason="Lightning is not installed: pip install 'reprodl[lightning]'")
+    from reprodl.integrations.lightning import ReprodlCallback
+
+    class ManualGAN(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.generator = nn.Linear(2, 4)
+            self.discriminator = nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            (real,) = batch
+            opt_g, opt_d = self.optimizers()
+            bce = nn.functional.binary_cross_entropy_with_logits
+            fake = self.generator(torch.randn(len(real), 2))
+            d_loss = bce(self.discriminator(real), torch.ones(len(real), 1)) + bce(
+                self.discriminator(fake.detach()), torch.zeros(len(real), 1)
+            )
+            opt_d.zero_grad()
+            self.manual_backward(d_loss)
+            opt_d.step()
+            g_loss = bce(self.discriminator(fake), torch.ones(len(real), 1))
+            opt_g.zero_grad()
+            self.manual_backward(g_loss)
+            opt_g.step()
+
+        def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+            return [
+                torch.optim.Adam(self.generator.parameters(), lr=1e-3),
+                torch.optim.SGD(self.discriminator.parameters(), lr=1e-2),
+            ]
+
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    L.seed_everything(0, verbose=False)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=torch.Generator().manual_seed(0)))
+    callback = ReprodlCallback(str(tmp_path), "manual-gan")
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeterminismWarning)
+        trainer.fit(ManualGAN(), torch.utils.data.DataLoader(data, batch_size=8))
+    record = callback.record
+    assert record is not None
+    batches = 2 * 4
+    assert [(o.name, o.class_name, o.steps) for o in record.training.optimizers] == [
+        ("ManualGAN_0", "Adam", batches),
+        ("ManualGAN_1", "SGD", batches),
+    ]
+    assert record.training.optimizer_steps == 2 * batches
+    assert record.results.trace is not None and record.results.trace.n_steps == 2 * batches
+
+
+# --- the script's settings stay the script's ------------------------------------------------------
+@pytest.fixture
+def script_flags() -> Any:
+    """The script sets TF32 and cudnn.benchmark on; torch's flags are given back after the test."""
+    was = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = was
+
+
+def _tiny_run(base: str, name: str, *, deterministic: bool) -> tuple[Any, tuple[bool, bool]]:
+    with reprodl.start_run(base, name, seed=0, deterministic=deterministic) as run:
+        x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+        run.use(x)
+        model = nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        run.watch(model, optimizer, batch_size=8)
+        model(x).sum().backward()
+        optimizer.step()
+        during = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+        run.save(model)
+    return run.record, during
+
+
+def test_a_scripts_tf32_is_kept_and_benchmark_is_changed_with_one_warning_and_both_values(
+    tmp_path: Path, script_flags: Any
+) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record, during = _tiny_run(_base(tmp_path), "bitwise", deterministic=True)
+    said = [w for w in caught if issubclass(w.category, DeterminismWarning)]
+    assert len(said) == 1 and "cudnn.benchmark" in str(said[0].message)
+    assert during == (True, False)  # TF32 as the script set it; benchmark off while training
+    d = record.training.determinism
+    assert (d.tf32_matmul, d.cudnn_benchmark, d.script_settings) == (True, False, {"cudnn_benchmark": True})
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark) == (True, True)  # given back
+
+
+def test_a_statistical_run_changes_none_of_the_scripts_settings(tmp_path: Path, script_flags: Any) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record, during = _tiny_run(_base(tmp_path), "statistical", deterministic=False)
+    assert not [w for w in caught if issubclass(w.category, DeterminismWarning)]
+    assert during == (True, True)
+    d = record.training.determinism
+    assert (d.tf32_matmul, d.cudnn_benchmark, d.script_settings) == (True, True, {})
+
+
+def test_an_older_single_model_record_names_its_one_model(trained_model: Any) -> None:
+    record = load_record(trained_model.uri)
+    raw = record.model_dump(mode="json")
+    del raw["models"], raw["training"]["optimizers"]
+    old = type(record).model_validate(raw)
+    (component,) = old.model_components()
+    assert (component.name, component.weights_file) == ("model", "model.safetensors")
+    assert component.weights_sha256 == record.results.weights_sha256
+    assert component.architecture == record.architecture
+
+
+def test_the_provenance_summary_names_every_model_and_optimiser(gan: dict[str, Any], cli: Any) -> None:
+    result = cli("provenance", gan["uri"])
+    assert result.exit_code == 0, result.output
+    assert "Model discriminator: __main__:Discriminator, weights models/discriminator.safetensors" in result.stdout
+    assert f"Optimiser generator (of generator): Adam, {GAN_STEPS} steps" in result.stdout

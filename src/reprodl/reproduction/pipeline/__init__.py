@@ -69,7 +69,7 @@ def reproduce(
         trusted_keys: public keys the model must be signed by. data: another copy of a role's dataset.
         replay: replay a divergent window per restorable factor (:mod:`.replay`). replay_window, replay_from: one.
     """
-    options = {k: v for k, v in locals().items() if k not in ("uri", "tolerance", "allow", "trusted_keys")}
+    options = {k: v for k, v in locals().items() if k not in ("uri", "tolerance", "allow", "trusted_keys")}  # the rest
     request = Request.of(uri, tolerance=tolerance, allow=allow, trusted_keys=trusted_keys, **options)
     planned = plan.plan(request)
     checks = check.check(planned)

@@ -27,7 +27,7 @@ _EXPORTS = {
     "Parameters": "reprodl.training.params",
     "ProvenanceRecord": "reprodl.provenance",
     "ReprodlError": "reprodl.errors",
-    "ReproductionReport": "reprodl.reproduction.rerun",
+    "ReproductionReport": "reprodl.reproduction.pipeline",
     "TensorDataSet": "reprodl.data.datasets",
     "TrainedTorchModel": "reprodl.model",
     "compare": "reprodl.reproduction.claims",
@@ -37,7 +37,7 @@ _EXPORTS = {
     "recorded": "reprodl.training.recorded",
     "replicate": "reprodl.reproduction.replicate",
     "report": "reprodl.reports",
-    "reproduce": "reprodl.reproduction.rerun",
+    "reproduce": "reprodl.reproduction.pipeline",
     "start_run": "reprodl.training.run",
     "train_model_with_metadata_capture": "reprodl.training.loop",
 }
@@ -89,8 +89,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from reprodl.provenance import ProvenanceRecord
     from reprodl.reports import report
     from reprodl.reproduction.claims import compare
+    from reprodl.reproduction.pipeline import ReproductionReport, reproduce
     from reprodl.reproduction.replicate import replicate
-    from reprodl.reproduction.rerun import ReproductionReport, reproduce
     from reprodl.store import open_dataset
     from reprodl.training.current import current_run
     from reprodl.training.loop import train_model_with_metadata_capture

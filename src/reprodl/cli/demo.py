@@ -38,7 +38,7 @@ def run_demo(
     import torch
 
     from reprodl.data.datasets import TensorDataSet
-    from reprodl.reproduction.rerun import reproduce
+    from reprodl.reproduction.pipeline import reproduce
 
     torch.set_num_threads(1)
     run = Path(workdir).resolve() / time.strftime("run-%Y%m%d-%H%M%S")

@@ -22,8 +22,9 @@ from reprodl.cli.signing import ATTEST_OPT, ATTESTATION_OUT_OPT
 from reprodl.errors import ExitCode, ReprodlError
 
 if TYPE_CHECKING:
+    from reprodl.reproduction.divergence import Divergence
     from reprodl.reproduction.executors import Executor
-    from reprodl.reproduction.rerun import Divergence, ReproductionReport
+    from reprodl.reproduction.pipeline import ReproductionReport
     from reprodl.training.config import TrainConfig
 
 EXECUTOR: Any = None  # replaced by the --executor options (cli.common.executor_options)
@@ -488,7 +489,7 @@ def reproduce_cmd(
 def _reproduce_here(uri: str, plan: Any, given: dict[str, Any]) -> int:
     """``reprodl reproduce`` in this process (``given``: the command's arguments); its exit code."""
     from reprodl.cli.signing import attest_report
-    from reprodl.reproduction.rerun import reproduce
+    from reprodl.reproduction.pipeline import reproduce
 
     quiet, as_json, trust_code, data = given["quiet"], given["as_json"], given["trust_code"], given["data"]
     attest, attestation = given["attest"], given["attestation"]
@@ -614,11 +615,7 @@ def print_report(report: ReproductionReport) -> None:
     """The report of ``reprodl reproduce``: checks, comparisons, timings, reasons, verdict."""
     colour = {"identical": "green", "within tolerance": "yellow", "differs": "red"}[report.verdict]
     _print_checks(report)
-    w = report.weights
-    out.print(
-        f"weights: {w['n_identical']}/{w['n_tensors']} tensors bit-identical, max abs diff {w['max_abs_diff']:.3g}"
-    )
-    _print_metrics(report)
+    _print_comparison(report)
     t = report.timings
     out.print(
         f"time: re-training {t.get('training_s', 0):.2f}s (original {t.get('original_training_s', 0):.2f}s), "
@@ -630,24 +627,16 @@ def print_report(report: ReproductionReport) -> None:
         _print_divergence(report.divergence)
     if report.replays is not None:
         _print_replays(report.replays)
-    if report.reproduction_uri:
-        out.print(f"reproduction: {report.reproduction_uri}")
-    if report.expectation is not None and report.expectation.held is not None:
-        held = "held" if report.expectation.held else "did not hold"
-        out.print(f"prediction ({report.expectation.expected} expected): {held}", markup=False)
-    if report.world_size is not None:
-        ws = report.world_size
-        depends = "depends" if ws["depends_on_world_size"] else "does not depend"
-        out.print(
-            f"world size {ws['original']} -> {ws['rerun']} (global batch {ws['global_batch']}): the result {depends} "
-            "on the world size",
-            markup=False,
-        )
+    _print_outcome(report)
     out.print(f"Verdict: [bold {colour}]{report.verdict}[/]")
 
 
-def _print_metrics(report: ReproductionReport) -> None:
-    """The last epoch's metrics, the predictions' agreement and the envelope of ``reprodl reproduce``'s report."""
+def _print_comparison(report: ReproductionReport) -> None:
+    """Weights, the last epoch's metrics, predictions and the multi-run envelope."""
+    w = report.weights
+    out.print(
+        f"weights: {w['n_identical']}/{w['n_tensors']} tensors bit-identical, max abs diff {w['max_abs_diff']:.3g}"
+    )
     last = max((r["epoch"] for r in report.metrics), default=0)
     for r in report.metrics:
         if r["epoch"] == last:
@@ -661,6 +650,23 @@ def _print_metrics(report: ReproductionReport) -> None:
     if report.envelope:
         for m in report.envelope["metrics"]:
             out.print(f"  envelope {m['metric']}: {m['value']:.4f} in [{m['low']:.4f}, {m['high']:.4f}]? {m['within']}")
+
+
+def _print_outcome(report: ReproductionReport) -> None:
+    """Where the reproduction was kept, whether the prediction held, and the world size's effect."""
+    if report.reproduction_uri:
+        out.print(f"reproduction: {report.reproduction_uri}")
+    if report.expectation is not None and report.expectation.held is not None:
+        held = "held" if report.expectation.held else "did not hold"
+        out.print(f"prediction ({report.expectation.expected} expected): {held}", markup=False)
+    if report.world_size is not None:
+        ws = report.world_size
+        depends = "depends" if ws["depends_on_world_size"] else "does not depend"
+        out.print(
+            f"world size {ws['original']} -> {ws['rerun']} (global batch {ws['global_batch']}): the result {depends} "
+            "on the world size",
+            markup=False,
+        )
 
 
 def _gap(g: dict[str, Any]) -> str:

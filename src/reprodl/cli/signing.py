@@ -12,7 +12,7 @@ from reprodl.cli.common import JSON_OPT, handle_errors, out, print_json
 
 if TYPE_CHECKING:
     from reprodl.modeldataset.attestation import AttestationCheck
-    from reprodl.reproduction.rerun import ReproductionReport
+    from reprodl.reproduction.pipeline import ReproductionReport
 
 
 app = typer.Typer()  # this module's top-level commands: register() adds them to the reprodl app

@@ -2,7 +2,7 @@
 
 Each transform here has ``config()``, a JSON-able dict with a ``"name"`` key, and
 :func:`from_config` builds it again from that dict. A dataset read through one records the
-config (``DataRef.transform``), so :func:`reprodl.reproduction.rerun` re-runs the training with the
+config (``DataRef.transform``), so :func:`reprodl.reproduction.pipeline.reproduce` re-runs the training with the
 same preprocessing and :class:`reprodl.TrainedTorchModel` prepares images for prediction as
 the training did. :func:`from_config` knows only the names below: it never imports what a
 config names, so a record from a URI cannot make reprodl run code. Transforms of your own

@@ -1,5 +1,5 @@
-"""Reproduction: re-run a training from its record (``rerun``: :func:`reproduce`) in steps:
-check the recorded code (``code``) and environment (``environment``), rebuild the training
-(``rebuild``), compare the result with the original (``compare``) and judge it (``verdict``).
-Each step returns a typed result (:class:`CodeCheck`, :class:`EnvDifference`, the data's
-``DataCheck``, :class:`Judgement`). Importing this package imports no torch."""
+"""Reproduction: re-run a training from its record (:func:`reprodl.reproduction.pipeline.reproduce`) in six
+stages, each a module of ``pipeline``: plan, check (``code``, ``environment``, the data), run (the runners:
+``retrain`` in process, ``ddp`` under torchrun, ``reexec`` re-executing recorded code), compare
+(``compare``, ``divergence``), judge (``verdict``) and explain (``replay``). Each stage returns a typed
+result (``pipeline.state``). Importing this package imports no torch."""

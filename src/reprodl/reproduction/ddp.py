@@ -3,7 +3,7 @@
 A config or :func:`train_model_with_metadata_capture` trained by ``torchrun --nproc-per-node N``
 is re-run the same way: this module's :func:`main` runs in each of N processes started by
 ``python -m torch.distributed.run --standalone --nproc-per-node N`` (the launcher of
-:func:`reprodl.reproduction.reexec._launcher`, refused where N processes of the recorded backend
+:func:`reprodl.reproduction.launch.launcher`, refused where N processes of the recorded backend
 cannot run); each rebuilds the recorded training from the record (no recorded code runs) and
 trains its shard, rank 0 writes the new model, and the calling process compares it as for a
 one-process training.
@@ -25,15 +25,10 @@ from typing import Any
 
 from reprodl.errors import ReproductionError
 from reprodl.provenance import ProvenanceRecord
+from reprodl.reproduction.launch import launcher
 from reprodl.store import StoredDataSet
 
 OUTPUT_LINES = 30  # of a failed re-run's output, quoted in the error
-
-
-def is_distributed(record: ProvenanceRecord) -> bool:
-    """Whether ``record`` is of a built-in trainer's training by more than one process."""
-    dist = record.training.distributed
-    return record.code.run is None and dist is not None and dist.world_size > 1
 
 
 def train_under_torchrun(
@@ -44,13 +39,11 @@ def train_under_torchrun(
     ``options``: the re-run's ``device``, ``seed`` and ``allow`` (as :func:`reproduce` takes them).
     Returns the new model's URI; :class:`ReproductionError` when the processes failed.
     """
-    from reprodl.reproduction.reexec import _launcher
-
-    launcher = _launcher(model_ds, record)
+    start = launcher(model_ds, record)
     with tempfile.TemporaryDirectory(prefix="reprodl-ddp-") as work:
         report = Path(work) / "uri.txt"
         job = {"uri": model_ds.uri, "base": base, "report": str(report), **options}
-        command = [sys.executable, *launcher, "-m", __name__, json.dumps(job)]
+        command = [sys.executable, *start, "-m", __name__, json.dumps(job)]
         proc = subprocess.run(command, env=_child_env(), capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not report.is_file():
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-OUTPUT_LINES:])
@@ -74,7 +67,7 @@ def main(argv: list[str]) -> int:
     """One rank of the re-run: rebuild the recorded training, train this rank's shard; rank 0
     writes the model and its URI into the job's ``report`` file."""
     from reprodl.modeldataset.read import read_record
-    from reprodl.reproduction import rerun
+    from reprodl.reproduction import retrain
     from reprodl.reproduction.worldsize import at_world_size, recorded_world_size
     from reprodl.store import open_dataset
     from reprodl.training.distributed import joined_from_environment
@@ -85,11 +78,11 @@ def main(argv: list[str]) -> int:
     record = read_record(model_ds)
     if job.get("world_size", recorded_world_size(record)) != recorded_world_size(record):  # reproduce --world-size
         record = at_world_size(record, job["world_size"], what=model_ds.uri)
-    params = rerun._run_params(record, device=job.get("device"), seed=job.get("seed"))
+    params = retrain.run_params(record, device=job.get("device"), seed=job.get("seed"))
     with joined_from_environment(choose_device(params.get("device")).type) as group:
-        original = rerun._Original(model_ds, record, {})
-        transforms = rerun._transforms_for(record, None, [])
-        training = rerun._rebuild(
+        original = retrain.Original(model_ds, record, {})
+        transforms = retrain.transforms_for(record, None, [])
+        training = retrain.rebuild_training(
             original,
             {},
             transforms,
@@ -98,7 +91,7 @@ def main(argv: list[str]) -> int:
             device=job.get("device"),
             seed=job.get("seed"),
         )
-        _, uri = rerun._train(original, training, output=job["base"], progress=False)
+        _, uri = retrain.train_here(original, training, output=job["base"], progress=False)
         if group is None or group.rank == 0:
             Path(job["report"]).write_text(str(uri))
     return 0

@@ -358,11 +358,11 @@ def _member_record(load_record: Callable[[str], Any], uri: str, name: str, job: 
 
 # --- reproduce through an engine -------------------------------------------------------------
 def reproduce_here(uri: str, options: dict[str, Any], report_path: str | None = None) -> dict[str, Any]:
-    """:func:`~reprodl.reproduction.rerun.reproduce` in this process; its report's JSON form with
+    """:func:`~reprodl.reproduction.pipeline.reproduce` in this process; its report's JSON form with
     ``allocation``: where the original and the re-run ran, and :func:`allocation_label` of the two.
     With ``report_path`` (a Slurm job), the report is also written there as JSON."""
     from reprodl.modeldataset.read import read_record
-    from reprodl.reproduction.rerun import reproduce
+    from reprodl.reproduction.pipeline import reproduce
     from reprodl.store import open_dataset
     from reprodl.training.placement import capture_placement
 
@@ -382,7 +382,7 @@ def reproduce_here(uri: str, options: dict[str, Any], report_path: str | None = 
 def reproduce_on(executor: Executor, uri: str, *, state_dir: str | None = None, **options: Any) -> dict[str, Any]:
     """Reproduce the model at ``uri`` on ``executor``'s engine (a fresh Slurm job, a Ray task, or here).
 
-    ``options`` are :func:`~reprodl.reproduction.rerun.reproduce`'s (picklable ones: no callbacks
+    ``options`` are :func:`~reprodl.reproduction.pipeline.reproduce`'s (picklable ones: no callbacks
     for Slurm or Ray). A Slurm job keeps its state and logs under ``state_dir`` (default: the
     output, else the current directory); running the same command again attaches to the job.
     Returns the report's JSON form (what ``reprodl reproduce --json`` prints) with ``allocation``.

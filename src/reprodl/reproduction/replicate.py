@@ -3,7 +3,7 @@
 Reproducing re-runs a training with the same data, code and parameters; *replicating* (the
 dtoolAI paper's distinction) keeps the recipe (architecture, initialisation, optimiser, loss,
 scheduler, parameters, seed, transforms) and changes the data. :func:`replicate` rebuilds the
-recipe from the record exactly as :func:`~reprodl.reproduction.rerun.reproduce` does, reads the
+recipe from the record exactly as :func:`~reprodl.reproduction.pipeline.reproduce` does, reads the
 new dataset the way the original read its data (same usetypes, splits, image mode), and
 refuses before any training when the new data cannot stand in for the old: another input type,
 another sample shape or another label set. The new model's record names the original in
@@ -265,7 +265,7 @@ def _train(
 
 def _envelope(model_ds: StoredDataSet) -> tuple[str | None, dict[str, Any] | None]:
     """The multi-run summary the original belongs to (its URI and contents), if any."""
-    from reprodl.reproduction.rerun import find_envelope
+    from reprodl.reproduction.pipeline.judge import find_envelope
 
     uri = model_ds.get_annotation(keys.SUMMARY_URI)
     envelope = find_envelope(model_ds)

@@ -19,7 +19,7 @@ import typer
 from reprodl import __version__
 
 #: The command modules (``reprodl.cli.<name>``), each with ``register(app)``, in registration order.
-GROUPS = ("dataset", "catalog", "claims", "export", "signing", "model", "report")
+GROUPS = ("dataset", "catalog", "claims", "export", "signing", "train", "reproduce", "model", "report")
 
 app = typer.Typer(
     name="reprodl",

@@ -194,3 +194,14 @@ def executor_options(fn: F) -> F:
         **{n: t for n, _, t in _EXECUTOR_PARAMS},
     }
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature; mypy sees Callable
+
+
+ALLOW_OPT = typer.Option(
+    None, "--allow", help="Module (or module:Class) trusted to be imported for the architecture; repeatable."
+)
+TRUSTED_KEY_OPT = typer.Option(
+    None,
+    "--trusted-key",
+    help="Public key (KEY.pub file or its text; an ECDSA PEM checks a model-signing bundle) the model must be "
+    "signed by; repeatable.",
+)

@@ -186,8 +186,12 @@ class _Layout:
         parts = optimizer_parts(owner.optimizers)
         self.state_dicts = list({id(s): s for s, _ in parts}.values())
         self.n_entries = sum(map(len, self.state_dicts))
-        self.tensor_parts = [(s, k) for s, k in parts if isinstance(s[k], torch.Tensor)]
-        self.state_tensors = [s[k] for s, k in self.tensor_parts]
+        tensor_parts = [(s, k) for s, k in parts if isinstance(s[k], torch.Tensor)]
+        self.part_dicts, self.part_keys = [s for s, _ in tensor_parts], [k for _, k in tensor_parts]
+        self.state_tensors = [s[k] for s, k in tensor_parts]
+        self.tensor_ids = list(map(id, self.state_tensors))
+        self.buffer_ids = list(map(id, self.buffers))
+        self.state_ids = list(map(id, self.states))
         self.numbers = [(i, s, k) for i, (s, k) in enumerate(parts) if not isinstance(s[k], torch.Tensor)]
         self.n_parts = len(parts)
         sources: list[torch.Tensor | None] = [*self.params, *self.buffers, *self.state_tensors]
@@ -260,22 +264,21 @@ class _Layout:
         ]
 
     def holds(self) -> bool:
-        """Whether the tensors are still those laid out (cheap checks, see the module docstring)."""
-        if [p.data_ptr() for p in self.small_params] != self.pointers:
+        """Whether the tensors are still those laid out (cheap checks, see the module docstring; ids of objects
+        held here cannot be reused by others)."""
+        if list(map(_DATA_PTR, self.small_params)) != self.pointers:
             return False
-        if self.buffers and not all(map(operator.is_, [m._buffers.get(a) for m, a in self.buffer_refs], self.buffers)):
+        if self.buffers and list(map(id, map(_buffer, self.buffer_refs))) != self.buffer_ids:
             return False
-        if not all(map(operator.is_, [o.state for o in self.optimizers], self.states)):
+        if list(map(id, map(_STATE, self.optimizers))) != self.state_ids or list(map(len, self.states)) != self.n_states:
             return False
-        if [len(s) for s in self.states] != self.n_states or sum(map(len, self.state_dicts)) != self.n_entries:
+        if sum(map(len, self.state_dicts)) != self.n_entries:
             return False
         try:
-            now = [s[k] for s, k in self.tensor_parts]
+            now = list(map(id, map(dict.__getitem__, self.part_dicts, self.part_keys)))
         except KeyError:
             return False
-        return all(map(operator.is_, now, self.state_tensors)) and all(
-            isinstance(s.get(k), (int, float)) for _, s, k in self.numbers
-        )
+        return now == self.tensor_ids and all(isinstance(s.get(k), (int, float)) for _, s, k in self.numbers)
 
     def digests(self) -> tuple[Digest, Digest]:
         """(the model's per-tensor digests, the optimisers' state digest) as they are now: NumPy uint64 on a
@@ -341,6 +344,14 @@ def _placement(t: torch.Tensor) -> str | None:
     return "padded"
 
 
+_DATA_PTR = torch.Tensor.data_ptr
+_STATE = operator.attrgetter("state")
+
+
+def _buffer(ref: tuple[torch.nn.Module, str]) -> torch.Tensor | None:
+    return ref[0]._buffers.get(ref[1])
+
+
 _FLOATS = frozenset({torch.float16, torch.float32, torch.float64})
 _INTEGERS = frozenset({torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64})
 _ZERO_NP = np.zeros((), dtype=np.uint64)
@@ -353,7 +364,7 @@ def _mixed_np(digests: np.ndarray) -> np.ndarray:
     mix = _MIX_NP.get(n)
     if mix is None:
         mix = _MIX_NP[n] = mixed_multipliers(n, torch.device("cpu")).numpy()
-    return np.bitwise_xor.reduce(digests.view(np.int64) * mix).view(np.uint64)
+    return np.bitwise_xor.reduce((digests.view(np.int64) * mix).view(np.uint64))
 
 
 _MIX_NP: dict[int, np.ndarray] = {}

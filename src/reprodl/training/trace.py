@@ -378,7 +378,10 @@ class StepTracer:
 def _host(values: list[Any]) -> np.ndarray:
     """Each step's values stacked on the host (one copy from each device; NumPy ones as they are)."""
     if not all(isinstance(v, torch.Tensor) for v in values):
-        return np.stack([as_numpy(v) for v in values])
+        arrays = [as_numpy(v) for v in values]
+        if arrays[0].ndim == 0:
+            return np.array(arrays, dtype=np.uint64)
+        return np.concatenate(arrays).reshape(len(arrays), arrays[0].size)
     if len(values) == 1:
         return values[0].cpu().numpy()[None]
     try:

@@ -47,7 +47,7 @@ def _train(
     for i in range(steps):
         x, y = torch.randn(4, 8, generator=g).to(dtype), torch.randint(0, 3, (4,), generator=g)
 
-        def closure() -> torch.Tensor:
+        def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
@@ -170,9 +170,11 @@ def test_rows_kept_in_chunks_and_thinned_are_those_kept_one_by_one() -> None:
         chunked, _ = _train_bounded(max_rows, on_step=None)
         one_by_one, _ = _train_bounded(max_rows, on_step=lambda row: False)
         assert chunked.tobytes() == one_by_one.tobytes()
-        assert len(chunked) < 30 and chunked["step"][0] == 1 and list(chunked["step"][:max_rows]) == [
-            *range(1, max_rows + 1)
-        ]
+        assert (
+            len(chunked) < 30
+            and chunked["step"][0] == 1
+            and list(chunked["step"][:max_rows]) == [*range(1, max_rows + 1)]
+        )
 
 
 def _train_bounded(max_rows: int, *, on_step) -> tuple[np.ndarray, StepTracer]:

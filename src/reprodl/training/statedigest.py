@@ -166,7 +166,7 @@ class StateDigests:
         got = [as_numpy(d) for d in layout.digests()]
         want = [as_numpy(d) for d in direct_digests(self.params, self.buffers, self.optimizers, self.device)]
         if not all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want)):
-            self.direct = True  # hash_tensor with dim= and padding differs here from hash_tensor: never faster than right
+            self.direct = True  # the layout's digests differ here from hashing one by one: never faster than right
             return None
         self.layout = layout
         return layout
@@ -217,7 +217,9 @@ class _Layout:
         self.small_params = [p for p in self.params if id(p) in small]
         self.pointers = [p.data_ptr() for p in self.small_params]
 
-    def _flatten(self, sources: Sequence[torch.Tensor | None], flat: dict[str, list[int]], position: dict[int, int]) -> None:
+    def _flatten(
+        self, sources: Sequence[torch.Tensor | None], flat: dict[str, list[int]], position: dict[int, int]
+    ) -> None:
         """CPU tensors: NumPy views of them, concatenated each step into one 64-bit array per kind
         (floats as float64, integers as int64: the values ``torch.hash_tensor`` XORs), digested by segment."""
         self.flat: list[tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]] = []
@@ -232,7 +234,9 @@ class _Layout:
                 position[i] = len(position)
             self.flat.append((views, out, out.view(np.uint64), offsets))
 
-    def _pad(self, sources: Sequence[torch.Tensor | None], padded: dict[Any, list[int]], position: dict[int, int]) -> None:
+    def _pad(
+        self, sources: Sequence[torch.Tensor | None], padded: dict[Any, list[int]], position: dict[int, int]
+    ) -> None:
         """Other small tensors (another device, bfloat16, not contiguous): copied into rows of zero-padded
         buffers each step, one ``torch.hash_tensor(dim=1)`` per buffer (zeros XOR to nothing)."""
         self.bufs: list[torch.Tensor] = []
@@ -270,7 +274,10 @@ class _Layout:
             return False
         if self.buffers and list(map(id, map(_buffer, self.buffer_refs))) != self.buffer_ids:
             return False
-        if list(map(id, map(_STATE, self.optimizers))) != self.state_ids or list(map(len, self.states)) != self.n_states:
+        if (
+            list(map(id, map(_STATE, self.optimizers))) != self.state_ids
+            or list(map(len, self.states)) != self.n_states
+        ):
             return False
         if sum(map(len, self.state_dicts)) != self.n_entries:
             return False
@@ -285,10 +292,10 @@ class _Layout:
         CPU-only training, else tensors on the first parameter's device."""
         every = self._gathered()
         if isinstance(every, np.ndarray):
-            model = every.take(self.model_np)
+            on_host = every.take(self.model_np)
             if self.n_parts <= 1:
-                return model, every[self.order[-1]] if self.n_parts else _ZERO_NP
-            return model, _mixed_np(every.take(self.opt_np))
+                return on_host, every[self.order[-1]] if self.n_parts else _ZERO_NP
+            return on_host, _mixed_np(every.take(self.opt_np))
         model = every.index_select(0, self.model_index).view(torch.uint64)
         if not self.n_parts:
             return model, zero(self.device)
@@ -302,7 +309,7 @@ class _Layout:
         return model, mixed(every.index_select(0, self.opt_index))
 
     def _gathered(self) -> np.ndarray | torch.Tensor:
-        """Every laid-out tensor's digest then 0, in :attr:`order`'s positions (NumPy uint64, or int64 on the device)."""
+        """Every laid-out tensor's digest then 0, by :attr:`order` (NumPy uint64, or int64 on the device)."""
         found_np = []
         for views, out, bits, offsets in self.flat:
             np.concatenate(views, out=out)
@@ -368,6 +375,7 @@ def _mixed_np(digests: np.ndarray) -> np.ndarray:
 
 
 _MIX_NP: dict[int, np.ndarray] = {}
+
 
 def _size_classes(members: list[int], sizes: list[int]) -> list[list[int]]:
     """``members`` in groups of similar size, largest first: a group's rows add at most WASTE padding each."""

@@ -1,15 +1,22 @@
 """Every traced tensor's ``torch.hash_tensor`` in a few calls per step (the step trace's exact digests).
 
-A tensor's digest is ``torch.hash_tensor`` of it: the XOR of every element's bits, upcast to 64
-bits. Hashing a model's tensors and its optimiser's state tensors one call at a time costs about a
-microsecond of dispatch per tensor, most of a small model's trace. Here the small tensors (up to
-:data:`SMALL` elements) are copied each step, in ONE ``torch._foreach_copy_``, into the rows of a
-few zero-padded 2-D buffers (by dtype, device and size class), and ONE
-``torch.hash_tensor(buffer, dim=1)`` per buffer gives every row's digest. The padding is zeros,
-which XOR to nothing, so each row's digest is the tensor's own ``torch.hash_tensor`` bit for bit:
-the rows are those of the tensor-by-tensor computation (:func:`direct_digests`), so traces made
-either way compare. Larger tensors are hashed where they are (their dispatch is small beside their
-hashing, and a copy would double their memory).
+A tensor's digest is ``torch.hash_tensor`` of it: the XOR of every element's value upcast to 64
+bits (floats to float64, integers to int64). Hashing a model's tensors and its optimiser's state
+tensors one call at a time costs about a microsecond of dispatch per tensor, most of a small
+model's trace. Here the small tensors (up to :data:`SMALL` elements, :data:`MAX_GATHERED` in all)
+are gathered each step and digested together:
+
+* contiguous CPU tensors of NumPy's dtypes: through NumPy views of them made once, ONE
+  ``np.concatenate`` per kind into a float64 (or int64) array (the upcast ``torch.hash_tensor``
+  makes), and ONE ``np.bitwise_xor.reduceat`` over it gives every tensor's digest;
+* the others (on an accelerator, bfloat16, not contiguous): ONE ``torch._foreach_copy_`` into
+  the rows of zero-padded 2-D buffers (by dtype, device and size class), and ONE
+  ``torch.hash_tensor(buffer, dim=1)`` per buffer (zeros XOR to nothing).
+
+Either way each digest is the tensor's own ``torch.hash_tensor`` bit for bit: the rows are those
+of the tensor-by-tensor computation (:func:`direct_digests`), so traces made either way (older
+records' included) compare. Larger tensors are hashed where they are (their dispatch is small
+beside their hashing, and a copy would double their memory).
 
 The layout is built from the tensors as found after a step, checked when built (its digests must
 equal the direct ones, else the tracer digests tensor by tensor from then on) and checked cheaply
@@ -29,7 +36,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-SMALL = 1 << 14  # elements: a tensor up to this size is copied into a padded buffer
+SMALL = 1 << 14  # elements: a tensor up to this size is gathered each step
+MAX_GATHERED = 1 << 22  # elements gathered in all (the copies' memory); tensors past it are hashed where they are
 WASTE = 2048  # padding elements a row may add to its buffer (about one hash call's dispatch)
 MAX_REBUILDS = 8
 MIX_SEED = 20_250_118
@@ -198,9 +206,13 @@ class _Layout:
         self.loose: list[int] = []  # hashed where they are
         flat: dict[str, list[int]] = {"f": [], "i": []}
         padded: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        gathered = 0
         for i, t in enumerate(sources):
             if t is not None:
                 where = _placement(t)
+                if where is not None:
+                    gathered += t.numel()
+                    where = where if gathered <= MAX_GATHERED else None
                 if where in flat:
                     flat[where].append(i)
                 elif where == "padded":
@@ -208,8 +220,9 @@ class _Layout:
                 else:
                     self.loose.append(i)
         position: dict[int, int] = {}
-        self._flatten(sources, flat, position)
-        self._pad(sources, padded, position)
+        present = {i: t for i, t in enumerate(sources) if t is not None}
+        self._flatten(present, flat, position)
+        self._pad(present, padded, position)
         small = {id(sources[i]) for i in position}
         for i in self.loose:  # after every gathered tensor, in order
             position[i] = len(position)
@@ -217,16 +230,14 @@ class _Layout:
         self.small_params = [p for p in self.params if id(p) in small]
         self.pointers = [p.data_ptr() for p in self.small_params]
 
-    def _flatten(
-        self, sources: Sequence[torch.Tensor | None], flat: dict[str, list[int]], position: dict[int, int]
-    ) -> None:
+    def _flatten(self, sources: dict[int, torch.Tensor], flat: dict[str, list[int]], position: dict[int, int]) -> None:
         """CPU tensors: NumPy views of them, concatenated each step into one 64-bit array per kind
         (floats as float64, integers as int64: the values ``torch.hash_tensor`` XORs), digested by segment."""
         self.flat: list[tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]] = []
         for kind, members in flat.items():
             if not members:
                 continue
-            views = [sources[i].detach().numpy().reshape(-1) for i in members]  # type: ignore[union-attr]
+            views = [sources[i].detach().numpy().reshape(-1) for i in members]
             sizes = [v.size for v in views]
             out = np.empty(sum(sizes), dtype=np.float64 if kind == "f" else np.int64)
             offsets = np.cumsum([0, *sizes[:-1]], dtype=np.int64)
@@ -234,20 +245,17 @@ class _Layout:
                 position[i] = len(position)
             self.flat.append((views, out, out.view(np.uint64), offsets))
 
-    def _pad(
-        self, sources: Sequence[torch.Tensor | None], padded: dict[Any, list[int]], position: dict[int, int]
-    ) -> None:
+    def _pad(self, sources: dict[int, torch.Tensor], padded: dict[Any, list[int]], position: dict[int, int]) -> None:
         """Other small tensors (another device, bfloat16, not contiguous): copied into rows of zero-padded
         buffers each step, one ``torch.hash_tensor(dim=1)`` per buffer (zeros XOR to nothing)."""
         self.bufs: list[torch.Tensor] = []
         self.dst: list[torch.Tensor] = []
         self.dst_sources: list[torch.Tensor] = []
         for (dtype, device), members in padded.items():
-            for rows in _size_classes(members, [sources[i].numel() for i in members]):  # type: ignore[union-attr]
-                buf = torch.zeros(len(rows), sources[rows[0]].numel(), dtype=dtype, device=device)  # type: ignore[union-attr]
+            for rows in _size_classes(members, [sources[i].numel() for i in members]):
+                buf = torch.zeros(len(rows), sources[rows[0]].numel(), dtype=dtype, device=device)
                 for r, i in enumerate(rows):
                     src = sources[i]
-                    assert src is not None
                     position[i] = len(position)
                     self.dst.append(buf[r, : src.numel()].view(src.shape))
                     self.dst_sources.append(src)

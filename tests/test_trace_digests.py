@@ -195,15 +195,19 @@ def test_the_lr_as_applied_is_noted_at_each_change_only_a_tensor_lr_changed_in_p
 
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.5), foreach=False)
-    watched = ComponentWatcher(on_step=lambda: None).add(model, [opt], name="m")
-    for step in range(1, 7):
-        if step == 3:
-            opt.param_groups[0]["lr"].fill_(0.25)  # in place: the same tensor, a new version
-        if step == 5:
-            opt.param_groups[0]["lr"] = 0.125
-        opt.zero_grad()
-        model(torch.ones(1, 2)).sum().backward()
-        opt.step()
+    watcher = ComponentWatcher(on_step=lambda: None)
+    watched = watcher.add(model, [opt], name="m")
+    try:
+        for step in range(1, 7):
+            if step == 3:
+                opt.param_groups[0]["lr"].fill_(0.25)  # in place: the same tensor, a new version
+            if step == 5:
+                opt.param_groups[0]["lr"] = 0.125
+            opt.zero_grad()
+            model(torch.ones(1, 2)).sum().backward()
+            opt.step()
+    finally:
+        watcher.close()  # torch's clipping functions given back
     entries = watched.optimizers[0].applied.entries
     assert [(e.step, e.values["lr"]) for e in entries if "lr" in e.values] == [(1, 0.5), (3, 0.25), (5, 0.125)]
     assert entries[0].values["momentum"] == 0

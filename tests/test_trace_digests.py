@@ -213,3 +213,25 @@ def test_the_lr_as_applied_is_noted_at_each_change_only_a_tensor_lr_changed_in_p
     assert entries[0].values["momentum"] == 0
     accumulation = watched.accumulation_changes.entries
     assert watched.steps == 6 and [(e.step, e.values) for e in accumulation] == [(1, {"backward_passes": 1})]
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_digests_gathered_on_an_accelerator_are_those_of_hashing_one_by_one(opt_name: str) -> None:
+    _, tracer = _train(opt_name, 2)
+    layout = tracer._state.layout
+    assert layout is not None and layout.on_host
+    layout.on_host = False  # the path of a model on an accelerator: tensors, index_select, torch.hash_tensor
+    model, opt = tracer._state()
+    assert isinstance(model, torch.Tensor) and isinstance(opt, torch.Tensor)
+    assert _equal((as_numpy(model), as_numpy(opt)), _direct(tracer))
+
+
+def test_a_layout_that_cannot_be_built_leaves_the_tracer_hashing_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("cannot gather")
+
+    monkeypatch.setattr(statedigest._Layout, "_flatten", refuse)
+    fast, tracer = _train("sgd", 3)
+    direct, _ = _train("sgd", 3, direct=True)
+    assert tracer._state.direct and tracer._state.layout is None
+    assert fast.tobytes() == direct.tobytes()

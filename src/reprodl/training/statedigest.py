@@ -170,8 +170,12 @@ class StateDigests:
         if self.rebuilds > MAX_REBUILDS:
             self.direct = True
             return None
-        layout = _Layout(self)
-        got = [as_numpy(d) for d in layout.digests()]
+        try:
+            layout = _Layout(self)
+            got = [as_numpy(d) for d in layout.digests()]
+        except (RuntimeError, TypeError, ValueError):  # a tensor NumPy or torch cannot gather so: one by one
+            self.direct = True
+            return None
         want = [as_numpy(d) for d in direct_digests(self.params, self.buffers, self.optimizers, self.device)]
         if not all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want)):
             self.direct = True  # the layout's digests differ here from hashing one by one: never faster than right

@@ -12,7 +12,9 @@ of the optimiser state, torch.hash_tensor) and, for comparison, the older sample
 Blocks of steps alternate between the variants; reported per workload: the median plain step, the
 median time inside the tracer per step (the median step of each block: robust to preemption on
 a busy machine), their ratio (the trace's cost as a fraction of a step) and
-the median ratio of whole traced steps to plain ones, plus the trace's bytes per step.
+the median ratio of whole traced steps to plain ones, plus the trace's bytes per step. Each in
+wall time and in this thread's CPU time (``time.thread_time``: what other processes of a busy
+machine take is not counted).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_trace.py [--quick]
 """
@@ -52,12 +54,13 @@ def _setup(dim: int, batch: int, opt: str) -> tuple[torch.nn.Module, torch.optim
     return model, optimizer, DataLoader(data, batch_size=batch, shuffle=True)
 
 
-def _block(model, optimizer, loader, tracer: StepTracer | None, n_steps: int) -> tuple[float, float]:
-    """(seconds per step, median seconds inside the tracer per step) over ``n_steps`` steps."""
+def _block(model, optimizer, loader, tracer: StepTracer | None, n_steps: int) -> dict[str, float]:
+    """Seconds per step and median seconds inside the tracer per step over ``n_steps`` steps (wall and CPU)."""
     loss_fn = torch.nn.NLLLoss()
     inside: list[float] = []
+    inside_cpu: list[float] = []
     done = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     while done < n_steps:
         for x, y, idx in loader:
             optimizer.zero_grad()
@@ -65,35 +68,41 @@ def _block(model, optimizer, loader, tracer: StepTracer | None, n_steps: int) ->
             loss.backward()
             optimizer.step()
             if tracer is not None:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 tracer.batch(indices=idx, inputs=x)
                 tracer.step(loss=loss, epoch=1, batch=done + 1)
                 inside.append(time.perf_counter() - t)
+                inside_cpu.append(time.thread_time() - c)
             done += 1
             if done == n_steps:
                 break
-    return (time.perf_counter() - t0) / n_steps, statistics.median(inside) if inside else 0.0
+    return {
+        "wall": (time.perf_counter() - t0) / n_steps,
+        "cpu": (time.thread_time() - c0) / n_steps,
+        "in_wall": statistics.median(inside) if inside else 0.0,
+        "in_cpu": statistics.median(inside_cpu) if inside_cpu else 0.0,
+    }
 
 
 def measure(dim: int, batch: int, opt: str, *, blocks: int, steps: int) -> dict[str, float]:
     model, optimizer, loader = _setup(dim, batch, opt)
     tracers = {kind: StepTracer(model, optimizers=[optimizer], kind=kind) for kind in ("exact", "sampled")}
     _block(model, optimizer, loader, None, 20)  # warm up (the optimiser state is made)
-    times: dict[str, list[float]] = {"plain": [], "exact": [], "sampled": []}
-    inside: dict[str, list[float]] = {"exact": [], "sampled": []}
+    blocks_out: dict[str, list[dict[str, float]]] = {"plain": [], "exact": [], "sampled": []}
     for _ in range(blocks):
         for name in ("plain", "exact", "sampled"):
-            step_s, in_s = _block(model, optimizer, loader, tracers.get(name), steps)
-            times[name].append(step_s)
-            if name in inside:
-                inside[name].append(in_s)
-    plain = statistics.median(times["plain"])
-    out = {"plain_step_us": plain * 1e6}
+            blocks_out[name].append(_block(model, optimizer, loader, tracers.get(name), steps))
+    out: dict[str, float] = {}
+    for clock in ("wall", "cpu"):
+        plain = statistics.median(b[clock] for b in blocks_out["plain"])
+        out[f"plain_{clock}_us"] = plain * 1e6
+        for kind in ("exact", "sampled"):
+            ratios = [t[clock] / p[clock] for t, p in zip(blocks_out[kind], blocks_out["plain"])]
+            inside = statistics.median(b[f"in_{clock}"] for b in blocks_out[kind])
+            out[f"{kind}_{clock}_us"] = inside * 1e6
+            out[f"{kind}_{clock}_cost"] = inside / plain
+            out[f"{kind}_{clock}_ratio"] = statistics.median(ratios)
     for kind in ("exact", "sampled"):
-        ratios = [t / p for t, p in zip(times[kind], times["plain"])]
-        out[f"{kind}_us"] = statistics.median(inside[kind]) * 1e6
-        out[f"{kind}_cost"] = statistics.median(inside[kind]) / plain
-        out[f"{kind}_ratio"] = statistics.median(ratios)
         out[f"{kind}_bytes"] = bytes_per_step(len(tracers[kind].names), kind)
     return out
 
@@ -105,12 +114,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {blocks} blocks of {steps} steps each")
     for label, (dim, batch, opt) in WORKLOADS.items():
         r = measure(dim, batch, opt, blocks=blocks, steps=steps)
-        print(f"{label}: plain step {r['plain_step_us']:.0f} us")
+        print(f"{label}: plain step {r['plain_wall_us']:.0f} us wall, {r['plain_cpu_us']:.0f} us CPU")
         for kind in ("exact", "sampled"):
-            print(
-                f"  {kind:7s} trace: {r[f'{kind}_us']:.1f} us/step inside the tracer = {100 * r[f'{kind}_cost']:.2f}% "
-                f"of a step; traced/plain step median ratio {r[f'{kind}_ratio']:.3f}; {r[f'{kind}_bytes']} bytes/step"
-            )
+            for clock in ("wall", "cpu"):
+                print(
+                    f"  {kind:7s} trace ({clock:4s}): {r[f'{kind}_{clock}_us']:.1f} us/step inside the tracer = "
+                    f"{100 * r[f'{kind}_{clock}_cost']:.2f}% of a step; traced/plain step median ratio "
+                    f"{r[f'{kind}_{clock}_ratio']:.3f}; {r[f'{kind}_bytes']} bytes/step"
+                )
 
 
 if __name__ == "__main__":

@@ -98,13 +98,17 @@ class WatchedModel:
     accumulation_changes: _Changes = dataclasses.field(default_factory=_Changes)
     autocast_changes: _Changes = dataclasses.field(default_factory=_Changes)
     clipping_changes: _Changes = dataclasses.field(default_factory=_Changes)
+    _seen: tuple[int, Any, Any] | None = None  # (backward passes, autocast, clip) as last noted
 
     def observe_step(self, step: int) -> None:
         """Note what this step applied to the model, then start counting the next one."""
         self.steps += 1
-        self.accumulation_changes.note(step, {"backward_passes": self.backward_passes})
-        self.autocast_changes.note(step, dict(self.autocast))
-        self.clipping_changes.note(step, dict(self.clip) if self.clip is not None else {"function": None})
+        seen = (self.backward_passes, self.autocast, self.clip)  # the objects themselves: no id reused
+        if self._seen is None or seen[0] != self._seen[0] or seen[1] is not self._seen[1] or seen[2] is not None:
+            self.accumulation_changes.note(step, {"backward_passes": self.backward_passes})
+            self.autocast_changes.note(step, dict(self.autocast))
+            self.clipping_changes.note(step, dict(self.clip) if self.clip is not None else {"function": None})
+            self._seen = seen
         self.backward_passes, self.clip = 0, None
 
     def describe(self, weights: dict[str, torch.Tensor] | None, weights_file: str | None) -> ModelComponent:
@@ -137,13 +141,26 @@ class WatchedOptimizer:
     closure: bool = False
     applied: _Changes = dataclasses.field(default_factory=_Changes)
     _keys: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+    _raw: dict[int, list[Any]] = dataclasses.field(default_factory=dict)  # per group: the values last noted
 
     def observe(self, step: int) -> None:
-        """The numeric hyperparameters of every parameter group (lr, momentum, betas...), as this step runs."""
+        """The numeric hyperparameters of every parameter group (lr, momentum, betas...), as this step runs.
+
+        Compared cheaply with the last step's: the values as they are (a tensor by its identity and
+        version, so an unchanged tensor lr is never read back from its device); noted only when one differs.
+        """
         for i, group in enumerate(self.optimizer.param_groups):
             keys = self._keys.get(i)
             if keys is None:  # read once per group: which of its entries are numeric hyperparameters
                 keys = self._keys[i] = [k for k, v in group.items() if k not in _NOT_HYPERPARAMETERS and _numeric(v)]
+            raw = list(map(group.get, keys))
+            if any(isinstance(v, torch.Tensor) for v in raw):
+                raw = [(v, v._version) if isinstance(v, torch.Tensor) else v for v in raw]
+                if self._raw.get(i) is not None and _same_raw(raw, self._raw[i]):
+                    continue
+            elif raw == self._raw.get(i):
+                continue
+            self._raw[i] = raw
             values = {k: group[k] for k in keys if k in group}
             if any(isinstance(v, torch.Tensor) for v in values.values()):
                 values = {k: _plain(v) for k, v in values.items()}
@@ -166,6 +183,19 @@ def _numeric(value: Any) -> bool:
     if isinstance(value, (tuple, list)):
         return bool(value) and all(_numeric(v) for v in value)
     return isinstance(value, (int, float, torch.Tensor)) and not isinstance(value, bool)
+
+
+def _same_raw(now: list[Any], last: list[Any]) -> bool:
+    """Whether a group's values (tensors as (tensor, version)) are those last noted: tensors by identity."""
+    if len(now) != len(last):
+        return False
+    for a, b in zip(now, last):
+        if isinstance(a, tuple) and a and isinstance(a[0], torch.Tensor):
+            if not (isinstance(b, tuple) and b and a[0] is b[0] and a[1] == b[1]):
+                return False
+        elif (isinstance(b, tuple) and b and isinstance(b[0], torch.Tensor)) or a != b:
+            return False
+    return True
 
 
 def _plain(value: Any) -> Any:

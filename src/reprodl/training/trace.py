@@ -47,12 +47,12 @@ import torch
 
 from reprodl import keys
 from reprodl.training.oplog import OpLogger, bounded_jsonl, item_name, oplog_off, oplog_steps
+from reprodl.training.statedigest import StateDigests, as_numpy, combined, tensor_digest, zero
 
 TraceKind = Literal["exact", "sampled"]
 KIND: TraceKind = "exact"
 SAMPLE = 64
 SAMPLE_SEED = 20_240_601
-MIX_SEED = 20_250_118
 CHUNK = 1024
 MAX_STEPS = 100_000
 MAX_BYTES = 64 * 1024 * 1024
@@ -87,16 +87,6 @@ def indices_digest(indices: Sequence[int] | torch.Tensor) -> int:
     """The first 8 bytes (little-endian) of the sha256 of ``indices`` as int64."""
     data = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype="<i8")
     return int.from_bytes(hashlib.sha256(data.tobytes()).digest()[:8], "little")
-
-
-def tensor_digest(t: torch.Tensor) -> torch.Tensor:
-    """``torch.hash_tensor`` of ``t`` (a 0-d uint64 tensor on its device): exact, any reduction order."""
-    try:
-        return torch.hash_tensor(t)
-    except RuntimeError:  # empty, or complex: checked only then (a check per call costs more than the hash)
-        if t.numel() == 0:
-            return torch.zeros((), dtype=torch.uint64, device=t.device)
-        return torch.hash_tensor(torch.view_as_real(t))
 
 
 @dataclasses.dataclass
@@ -165,17 +155,19 @@ class StepTracer:
             g = torch.Generator().manual_seed(SAMPLE_SEED)
             self._samples = [torch.randperm(p.numel(), generator=g)[:SAMPLE] for p in self._params]
         self._on_device: dict[torch.device, list[torch.Tensor]] = {}
-        self._mix: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._device = self._params[0].device if self._params else torch.device("cpu")
+        self._state = StateDigests(self._params, self._buffers, self._optimizers, self._device)
         self.dtype = row_dtype(len(self.names), self.kind)
         self.max_rows = max_rows(len(self.names), self.kind)
         self.on_step = on_step
         self.stop_requested = False
         self.n_steps = 0
         self._chunk = 1 if on_step is not None else CHUNK
-        self._values: list[torch.Tensor] = []  # per buffered step: the digests (or fingerprints)
+        self._values: list[Any] = []  # per buffered step: (inputs, optimizer, digests), or the fingerprints
         self._losses: list[Any] = []
         self._meta: list[tuple[int, int, int, int]] = []  # (step, epoch, batch, indices digest)
-        self._kept: list[np.ndarray] = []
+        self._kept: list[np.ndarray] = []  # chunks of rows
+        self._n_kept = 0
         self._tail: list[np.ndarray] = []
         self.stride = FIRST_STRIDE
         self._pending = _Pending()
@@ -189,8 +181,7 @@ class StepTracer:
         if indices is not None:
             if p.hasher is None:
                 p.hasher = hashlib.sha256()
-            data = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype="<i8")
-            p.hasher.update(data.tobytes())
+            p.hasher.update(_index_bytes(indices))
         if isinstance(inputs, torch.Tensor):
             if self.kind == "exact":
                 p.inputs.append(tensor_digest(inputs))
@@ -227,20 +218,23 @@ class StepTracer:
         """Copy the buffered rows to the host (one synchronisation), keeping them as the bound allows."""
         if not self._meta:
             return
-        values = torch.stack([v.cpu() for v in self._values]).numpy() if len(self._values) > 1 else None
-        if values is None:
-            values = self._values[0].cpu().numpy()[None]
         rows = np.zeros(len(self._meta), dtype=self.dtype)
         meta = np.array([m[:3] for m in self._meta], dtype=np.int64)
         rows["step"], rows["epoch"], rows["batch"] = meta[:, 0], meta[:, 1], meta[:, 2]
         rows["indices"] = np.array([m[3] for m in self._meta], dtype="<u8")
         rows["loss"] = _as_floats(self._losses)
         if self.kind == "exact":
-            rows["inputs"], rows["optimizer"], rows["digest"] = values[:, 0], values[:, 1], values[:, 2:]
+            inputs, optimizer, digests = (_host([v[i] for v in self._values]) for i in range(3))
+            rows["inputs"], rows["optimizer"], rows["digest"] = inputs, optimizer, digests
         else:
+            values = _host(self._values)
             rows["contents"], rows["fingerprint"] = values[:, 0].view(np.float64), values[:, 1:].view(np.float64)
         self._values, self._losses, self._meta = [], [], []
-        for i in range(len(rows)):
+        room = 0 if self.on_step is not None else max(0, min(len(rows), self.max_rows - self._n_kept))
+        if room:  # kept as they are, in one chunk (nothing to compare them with)
+            self._kept.append(rows[:room])
+            self._n_kept += room
+        for i in range(room, len(rows)):
             self._keep(rows[i : i + 1])
 
     def _end_oplog(self) -> None:
@@ -337,54 +331,19 @@ class StepTracer:
         if kept.dtype != self.dtype or tail.dtype != self.dtype:
             raise ValueError(f"the checkpoint's step trace has rows of {kept.dtype}, this model's are {self.dtype}")
         self._meta, self._values, self._losses, self._pending = [], [], [], _Pending()
-        self._kept = [kept[i : i + 1] for i in range(len(kept))]
+        self._kept, self._n_kept = [kept], len(kept)
         self._tail = [tail[i : i + 1] for i in range(len(tail))]
         self.n_steps, self.stride = int(counters.get("n_steps", len(kept))), int(counters.get("stride", FIRST_STRIDE))
         logs = counters.get("oplogs") or {}
         self._oplogs = {int(k): (str(v[0]).encode(), int(v[1]), float(v[2])) for k, v in logs.items()}
 
     # --- internals ---------------------------------------------------------------------------
-    def _exact_values(self) -> torch.Tensor:
-        """[inputs digest, optimiser state digest, digest per tensor] (uint64) on the first parameter's device."""
-        digests = [tensor_digest(p) for p in self._params]
-        device = self._params[0].device if self._params else torch.device("cpu")
-        for module, attr in self._buffers:
-            b = module._buffers.get(attr)
-            digests.append(tensor_digest(b) if b is not None else _zero(device))
+    def _exact_values(self) -> tuple[Any, Any, Any]:
+        """(inputs digest, optimiser state digest, digest per tensor) (uint64) on the first parameter's device."""
+        model, optimizer = self._state()
         inputs = self._pending.inputs
-        row = [self._combined(inputs, device) if inputs else _zero(device), self._optimizer_digest(device), *digests]
-        try:
-            return torch.stack(row)
-        except RuntimeError:  # on several devices
-            return torch.stack([d.to(device) for d in row])
-
-    def _optimizer_digest(self, device: torch.device) -> torch.Tensor:
-        """Every optimiser's state (tensors and numbers, in param-group order), combined by position."""
-        parts = []
-        for opt in self._optimizers:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    for value in opt.state.get(p, {}).values():
-                        if isinstance(value, torch.Tensor):
-                            parts.append(tensor_digest(value))
-                        elif isinstance(value, (int, float)):
-                            parts.append(tensor_digest(torch.tensor(float(value), dtype=torch.float64)).to(device))
-        return self._combined(parts, device) if parts else _zero(device)
-
-    def _combined(self, digests: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-        """One digest of several, each multiplied by a fixed odd number of its position (wrapping), XORed."""
-        if len(digests) == 1:
-            return digests[0]
-        n = len(digests)
-        try:
-            stacked = torch.stack(digests)
-        except RuntimeError:  # on several devices (a step count kept on the CPU)
-            stacked = torch.stack([d.to(device) for d in digests])
-        mix = self._mix.get((n, device))
-        if mix is None:
-            g = torch.Generator().manual_seed(MIX_SEED)
-            mix = self._mix[(n, device)] = (torch.randint(-(2**62), 2**62, (n,), generator=g) * 2 + 1).to(device)
-        return torch.hash_tensor(stacked.to(device).view(torch.int64) * mix)
+        device = self._device
+        return (combined(inputs, device) if inputs else zero(device)), optimizer, model
 
     def _sampled_values(self) -> torch.Tensor:
         """[contents, fingerprint per parameter tensor] (float64, as the older records' trace)."""
@@ -403,8 +362,9 @@ class StepTracer:
     def _keep(self, row: np.ndarray) -> None:
         if self.on_step is not None and self.on_step(row):
             self.stop_requested = True
-        if len(self._kept) < self.max_rows:
+        if self._n_kept < self.max_rows:
             self._kept.append(row)
+            self._n_kept += 1
             return
         step = int(row["step"][0])
         if (step - self.max_rows) % self.stride:
@@ -415,15 +375,27 @@ class StepTracer:
             self._tail = [r for r in self._tail if (int(r["step"][0]) - self.max_rows) % self.stride == 0]
 
 
-_ZEROS: dict[torch.device, torch.Tensor] = {}
+def _host(values: list[Any]) -> np.ndarray:
+    """Each step's values stacked on the host (one copy from each device; NumPy ones as they are)."""
+    if not all(isinstance(v, torch.Tensor) for v in values):
+        arrays = [as_numpy(v) for v in values]
+        if arrays[0].ndim == 0:
+            return np.array(arrays, dtype=np.uint64)
+        return np.concatenate(arrays).reshape(len(arrays), arrays[0].size)
+    if len(values) == 1:
+        return values[0].cpu().numpy()[None]
+    try:
+        return torch.stack(values).cpu().numpy()
+    except RuntimeError:  # on several devices (the inputs' digests on theirs)
+        return torch.stack([v.cpu() for v in values]).numpy()
 
 
-def _zero(device: torch.device) -> torch.Tensor:
-    """The digest of nothing (0), on ``device``."""
-    zero = _ZEROS.get(device)
-    if zero is None:
-        zero = _ZEROS[device] = torch.zeros((), dtype=torch.uint64, device=device)
-    return zero
+def _index_bytes(indices: Sequence[int] | torch.Tensor) -> bytes:
+    """The sample indices as little-endian int64 bytes (a CPU int64 tensor without a list made of it)."""
+    if isinstance(indices, torch.Tensor) and indices.dtype == torch.int64 and indices.device.type == "cpu":
+        return indices.detach().numpy().astype("<i8", copy=False).tobytes()
+    data = indices.tolist() if isinstance(indices, torch.Tensor) else indices
+    return np.asarray(data, dtype="<i8").tobytes()
 
 
 def _as_floats(losses: list[Any]) -> np.ndarray:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from reprodl.errors import ResumeError
 from reprodl.store import clean_staging, find_staging
@@ -110,6 +111,7 @@ def test_a_killed_config_training_is_kept_refused_if_changed_and_resumes_bit_ide
     changed = {**cfg, "params": {**cfg["params"], "learning_rate": 0.1}}
     with pytest.raises(ResumeError, match=r"config changed.*params\.learning_rate: 0\.05 -> 0\.1"):
         trained(changed, resume=True)
+    assert torch.nn.utils.clip_grad_norm_.__module__ == "torch.nn.utils.clip_grad"  # the refusal gave them back
     assert [s.state for s in find_staging(base)] == ["resumable"]  # the refusal kept the checkpoint
 
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))

@@ -100,13 +100,17 @@ def train_model_with_metadata_capture(
     target = rank_device(choose_device(str(device) if device is not None else params.device), group)
     captured = capture_start(model, optimiser, loss_fn, scheduler, params, parent=output_ds.parent)
     recorder = make_recorder(model, optimiser, scheduler, params, captured, on_step=on_step)
-    report = _progress_reporter(progress) if group is None or group.rank == 0 else None
-    loop = Loop(model, optimiser, loss_fn, scheduler, params, output_ds, target, report, on_epoch, group=group)
-    loop.recorder, name = recorder, model_name or output_ds.name
-    loop.checkpoints = trainer_checkpoints(
-        output_ds, checkpoint_every, resume_fingerprint(params, config, roles, captured), group=group, on_step=on_step
-    )
-    try:
+    try:  # closed however it ends (a refused resume too): torch's clipping functions are given back
+        report = _progress_reporter(progress) if group is None or group.rank == 0 else None
+        loop = Loop(model, optimiser, loss_fn, scheduler, params, output_ds, target, report, on_epoch, group=group)
+        loop.recorder, name = recorder, model_name or output_ds.name
+        loop.checkpoints = trainer_checkpoints(
+            output_ds,
+            checkpoint_every,
+            resume_fingerprint(params, config, roles, captured),
+            group=group,
+            on_step=on_step,
+        )
         trained = loop.run(recorder.seeds, t_start=captured.t_start)
     finally:
         recorder.close()

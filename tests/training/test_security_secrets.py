@@ -263,3 +263,52 @@ def test_only_a_committed_secret_changed_still_marks_the_code_dirty(repo):
     (repo / ".env").write_text(SECRET + "\n")
     info, patch, _ = capture_code(repo)
     assert patch is None and info.git.patch_skipped == [".env"] and info.git.dirty
+
+
+def test_the_compiled_secret_patterns_decide_as_fnmatch_per_component_does() -> None:
+    """secret_pattern compiles the deny-list once; it must decide exactly as matching each component does."""
+    import fnmatch
+    import itertools
+
+    from reprodl.training.source import SECRET_FILE_PATTERNS, secret_pattern
+
+    def by_fnmatch(relpath: str) -> str | None:
+        parts = [p.lower() for p in Path(relpath).parts]
+        for pattern in SECRET_FILE_PATTERNS:
+            tail = pattern.lower().split("/")
+            if len(parts) >= len(tail) and all(
+                fnmatch.fnmatchcase(p, t) for p, t in zip(parts[-len(tail) :], tail, strict=True)
+            ):
+                return pattern
+        return None
+
+    names = [
+        *(p.replace("*", "x").replace("[!p]", "t") for p in SECRET_FILE_PATTERNS),
+        *(p.upper().replace("*", "Y") for p in SECRET_FILE_PATTERNS),
+        "tokenizer.py",
+        "token.py",
+        "tokens.txt",
+        "token_utils.py",
+        "api_token.txt",
+        "hf_token",
+        "x.token",
+        "train.py",
+        "README.md",
+        ".envrc",
+        "env",
+        "key.pem.bak",
+        "a.KEY",
+        "credentials.yaml",
+        "id_rsa.pub",
+        "secrets.yaml",
+        "secret",
+        "config.json",
+        ".ssh",
+        "known_hosts",
+        "my_token.py",
+        "my_token.txt",
+    ]
+    dirs = ["", "src/", ".aws/", ".ssh/", ".docker/", "deep/.ssh/", "a/b/"]
+    decided = {d + n: secret_pattern(d + n) for d, n in itertools.product(dirs, names)}
+    assert decided == {path: by_fnmatch(path) for path in decided}
+    assert decided["src/train.py"] is None and decided[".ssh/known_hosts"] == ".ssh/*"

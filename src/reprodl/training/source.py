@@ -5,8 +5,10 @@ the untracked files kept with it (never secrets, links, files outside the reposi
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,13 +112,33 @@ SKIP_OPTED_OUT = "opted out"  # store_untracked=False
 
 
 def secret_pattern(relpath: str) -> str | None:
-    """The deny-list pattern (:data:`SECRET_FILE_PATTERNS`) that ``relpath`` matches, or None."""
+    """The deny-list pattern (:data:`SECRET_FILE_PATTERNS`) that ``relpath`` matches, or None.
+
+    A pattern's components match the path's last components, each as :func:`fnmatch.fnmatchcase`
+    of the lowered name (so ``*`` never crosses a ``/``). The patterns are compiled once; a file
+    whose name matches no pattern's last component is checked only against the patterns whose last
+    component is ``*`` (``.ssh/*``)."""
     parts = [p.lower() for p in Path(relpath).parts]
-    for pattern in SECRET_FILE_PATTERNS:
-        tail = pattern.lower().split("/")
-        if len(parts) >= len(tail) and all(fnmatch.fnmatchcase(p, t) for p, t in zip(parts[-len(tail) :], tail)):
+    if not parts:
+        return None
+    last_any, compiled, any_name = _compiled_secret_patterns()
+    candidates = compiled if last_any.match(parts[-1]) else any_name
+    for pattern, tail in candidates:
+        if len(parts) >= len(tail) and all(t.match(p) for p, t in zip(parts[-len(tail) :], tail)):
             return pattern
     return None
+
+
+_Compiled = list[tuple[str, list[re.Pattern[str]]]]
+
+
+@functools.cache
+def _compiled_secret_patterns() -> tuple[re.Pattern[str], _Compiled, _Compiled]:
+    """(any named last component, every pattern, the patterns whose last component is ``*``), compiled."""
+    compiled = [(p, [re.compile(fnmatch.translate(c)) for c in p.lower().split("/")]) for p in SECRET_FILE_PATTERNS]
+    any_name = [(p, tail) for p, tail in compiled if p.lower().split("/")[-1] == "*"]
+    named = [tail[-1].pattern for p, tail in compiled if (p, tail) not in any_name]
+    return re.compile("|".join(f"(?:{r})" for r in named)), compiled, any_name
 
 
 def _skip_reason(root: Path, rel: str, size_so_far: int) -> tuple[str | None, int]:

@@ -346,3 +346,71 @@ def test_a_run_that_fails_while_starting_leaves_no_dataset(tmp_path, monkeypatch
         with run_module.start_run(str(tmp_path / "models"), "never"):
             pass  # pragma: no cover - the run does not start
     assert list((tmp_path / "models").iterdir()) == []
+
+
+PROFILED = """\
+import torch
+
+import reprodl
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def main():
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=g), torch.randint(0, 2, (32,), generator=g))
+    with reprodl.start_run("models", "profiled", seed=0) as run:
+        model = Net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        run.watch(model, optimizer, loss=torch.nn.CrossEntropyLoss())
+        for x, y in run.loader(data, batch_size=8, shuffle=True):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+        run.log(epoch=1, train_loss=loss)
+        run.save(model)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slow
+def test_a_script_run_under_cprofile_records_the_script_not_the_profiler(tmp_path: Path, cli) -> None:
+    """``python -m cProfile train.py``: sys.modules["__main__"] is cProfile; the record names train.py."""
+    import subprocess
+    import sys
+
+    from user_scripts import child_env
+
+    from reprodl.modeldataset.read import read_record
+    from reprodl.store import open_dataset
+
+    repo = user_repo(
+        tmp_path / "repo", {"train.py": PROFILED}, commit_message="a script", gitignore="models/\n*.prof\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", "run.prof", "train.py"],
+        cwd=repo,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = read_record(open_dataset(str(repo / "models" / "profiled")))
+    assert record.code.entry_script == str(repo / "train.py")
+    assert record.code.git is not None and record.code.git.root == str(repo)
+    run = record.code.run
+    assert run is not None and run.module is None and run.entry_script == "train.py" and run.argv == []
+    result = cli("reproduce", str(repo / "models" / "profiled"), "--trust-code", "-q")
+    assert result.exit_code == 0 and "Verdict: identical" in result.output, result.output[-3000:]

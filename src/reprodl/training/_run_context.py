@@ -31,7 +31,7 @@ from reprodl.training.distributed import broadcast_from_rank0, gather, process_g
 from reprodl.training.environment import capture_environment
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.snapshot import capture_snapshot
-from reprodl.training.source import capture_code, require_clean
+from reprodl.training.source import capture_code, main_namespace, require_clean
 from reprodl.training.tensorboard import TensorBoardLogger
 
 if TYPE_CHECKING:
@@ -193,8 +193,7 @@ def run_command(code: CodeInfo, seed: int) -> RunCommand:
         root = Path(code.git.root)
     else:
         root = script.parent if script is not None else Path.cwd()
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
+    spec = main_namespace().get("__spec__")  # python -m MODULE; not the tool a script runs under (cProfile)
     module = spec.name.removesuffix(".__main__") if spec is not None and spec.name else None
     return RunCommand(
         entry_script=_relative(script, root) if script is not None and module is None else None,

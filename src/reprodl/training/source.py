@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from reprodl import keys
 from reprodl.errors import DirtyCodeError
@@ -52,11 +53,30 @@ def _git_many(commands: dict[str, list[str]], cwd: Path) -> dict[str, str | None
     return out
 
 
+def main_namespace() -> dict[str, Any]:
+    """The globals of the script being run.
+
+    That is the innermost frame running as ``__main__`` (the script, or its function that called
+    reprodl): a script run under ``python -m cProfile``, ``pdb`` or ``trace`` runs in a namespace
+    of its own, inside the tool's ``__main__`` frames, while ``sys.modules["__main__"]`` is the
+    tool's module, so the tool's file must not be recorded as the script. Else (no such frame, as
+    in another thread) ``__main__``'s globals.
+    """
+    found: dict[str, Any] | None = None
+    frame = sys._getframe(1)
+    while frame is not None and found is None:
+        if frame.f_globals.get("__name__") == "__main__":
+            found = frame.f_globals
+        frame = frame.f_back  # type: ignore[assignment]  # None ends the walk
+    if found is None:
+        found = vars(sys.modules["__main__"]) if "__main__" in sys.modules else {}
+    return found
+
+
 def entry_script() -> Path | None:
-    """The running script (``__main__``'s file), if there is one."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if path and os.path.isfile(path):
+    """The running script (the file of :func:`main_namespace`), if there is one."""
+    path = main_namespace().get("__file__")
+    if isinstance(path, str) and path and os.path.isfile(path):
         return Path(path).resolve()
     return None
 

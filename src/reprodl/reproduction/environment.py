@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args
 
 from reprodl.provenance import ComputeProfile, Environment, ProvenanceRecord
 from reprodl.reproduction.factors import Factor, factors
-from reprodl.training.capture import describe_nondeterministic
+from reprodl.training.capture import capture_environment, describe_nondeterministic
 
 # The recorded environment fields compared, in the order they are reported (packages come after).
 RecordedKind = Literal[
@@ -113,7 +113,6 @@ def environment_differences(record: ProvenanceRecord) -> list[EnvDifference]:
 
 def check_environment(record: ProvenanceRecord) -> tuple[list[EnvDifference], Expectation]:
     """How this environment differs from the recorded one, and what a re-run here should give."""
-    from reprodl.training.capture import capture_environment
 
     now = capture_environment()
     differences = compare_environments(record.environment, now)

@@ -12,6 +12,7 @@ from reprodl.errors import (
 )
 from reprodl.store.brokers import _cache_root
 from reprodl.store.manifest import ItemTable, index_path, read_index, write_index
+from reprodl.store.staging import atomic_write_text
 from reprodl.store.uris import (
     file_name_problem,
     relpath_problem,
@@ -132,7 +133,6 @@ def _make_writes_atomic(broker: Any) -> None:
     ``annotations/`` or ``overlays/``, whose every file dtool lists as a name) and replaces
     the file in one rename.
     """
-    from reprodl.store.staging import atomic_write_text
 
     tmp_dir = os.path.dirname(broker.get_admin_metadata_key())
 

@@ -34,9 +34,12 @@ from reprodl.errors import (
 from reprodl.files import is_short_write
 from reprodl.store.brokers import _dtoolcore, frozen_dataset, proto_dataset
 from reprodl.store.dataset import StoredDataSet
+from reprodl.store.fetch import bounded_map
+from reprodl.store.hashing import file_md5
 from reprodl.store.staging import (
     claim_staging,
     clean_staging,
+    find_staging,
     latest_checkpoint,
     make_staging,
     move_into_place,
@@ -145,8 +148,6 @@ HASH_WORKERS_MAX = 8  # threads hashing a freeze's items (hashlib's md5 releases
 def prehash_items(proto: Any) -> dict[str, str] | None:
     """Each item's md5 (by handle), hashed on every core (threads; hashlib's md5 releases the GIL on
     large reads); None for a broker without local files (s3) or fewer than two items."""
-    from reprodl.store.fetch import bounded_map
-    from reprodl.store.hashing import file_md5
 
     broker = getattr(proto, "_storage_broker", None)
     fpath = getattr(broker, "_fpath_from_handle", None)
@@ -339,7 +340,6 @@ def find_resumable(base_uri: str | os.PathLike[str], name: str) -> Path:
     Raises:
         ResumeError: none exists (naming where it looked), or the training is still running.
     """
-    from reprodl.store.staging import find_staging
 
     base = normalise_uri(base_uri)
     base_path = local_path(base)

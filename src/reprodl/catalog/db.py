@@ -328,7 +328,6 @@ class Catalog:
 
 
 def _as_uri(ref: str) -> str:
-
     with contextlib.suppress(Exception):  # not a URI reprodl reads: matches no location
         return normalise_uri(ref)
     return ref

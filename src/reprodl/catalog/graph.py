@@ -51,7 +51,6 @@ class Graph:
 
 
 def _add_entry(graph: Graph, entry: Entry, digests: dict[str, set[str]]) -> None:
-
     graph.nodes[entry.uuid] = Node(entry.uuid, entry.name, entry.kind, entry.uris[0] if entry.uris else "")
     for link in entry.links:
         key = link.uuid or link.uri or ""

@@ -234,7 +234,6 @@ def _describe_legacy_model(entry: Entry) -> None:
 
 
 def _read_json_item(ds: StoredDataSet, relpath: str) -> dict[str, Any]:
-
     idn = ds.identifier_of(relpath)
     size = int(ds.item_properties(idn).get("size_in_bytes", 0))
     if size > keys.MAX_METADATA_BYTES:  # a claim or summary is a few kB: refuse before reading it

@@ -154,7 +154,6 @@ class _ScriptOutput:
     ``--json``'s is JSON only); with ``--quiet`` its last lines are kept, and shown only when it fails."""
 
     def __init__(self, quiet: bool) -> None:
-
         self.quiet = quiet
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
 

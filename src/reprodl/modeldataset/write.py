@@ -110,7 +110,6 @@ class DerivedDataSet:
         )
 
     def __enter__(self) -> DerivedDataSet:
-
         self._stack = contextlib.ExitStack()
         self.entered = True
         if _another_rank():  # under torchrun rank 0 writes the model; this rank only trains

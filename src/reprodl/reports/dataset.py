@@ -142,7 +142,6 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def _document(ds: StoredDataSet, data: Any, item: str) -> dict[str, Any]:
-
     if not isinstance(data, dict):
         raise DatasetFormatError(f"{ds.uri}: {item} holds a JSON {type(data).__name__}, not an object")
     return data

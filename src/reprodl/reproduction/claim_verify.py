@@ -80,7 +80,6 @@ def _verify_member(
 def _member_checks(
     result: ClaimVerification, label: str, member: dict[str, Any], metric: str, allow: Iterable[str]
 ) -> RunValue | None:
-
     uri = str(member.get("uri"))
     try:
         check = verify_model(uri, allow=allow)

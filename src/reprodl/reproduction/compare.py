@@ -30,7 +30,6 @@ class Tolerance:
     loss_rtol: float = 0.25
 
     def __post_init__(self) -> None:
-
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

@@ -74,7 +74,6 @@ def plan_key(parts: Any) -> str:
 
 
 def _state_path(output: str, key: str) -> Path:
-
     base = local_path(output)
     if base is None:
         raise ParametersError(
@@ -213,7 +212,6 @@ def _run_slurm(
 
 
 def _submit(executor: Executor, fn: Callable[..., Any], members: Sequence[Member], state: Path, claim: str) -> list:
-
     submitit = _submitit()
     folder = state.with_suffix("")
     folder.mkdir(parents=True, exist_ok=True)

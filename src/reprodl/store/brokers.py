@@ -61,7 +61,6 @@ def broker_class(uri: str) -> Any:
         raise InvalidURIError(f"no dtool storage broker for {scheme}:// URIs such as {uri}: install {plugin}")
     if scheme in ("http", "https"):
         # dtool-http's requests have no timeout and no size limit: use bounded ones.
-
         broker = _BOUNDED[scheme] = bounded_broker(broker)
     return broker
 

@@ -222,7 +222,6 @@ def _write_inside(dest: Path, rel: str, data: bytes) -> None:
 
 
 def _extract(data: bytes, dest: Path, source: str) -> None:
-
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         try:
             tar.extractall(dest, filter="data")  # refuses absolute paths, '..' and links out

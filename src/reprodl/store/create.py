@@ -32,10 +32,10 @@ from reprodl.errors import (
     StorageError,
 )
 from reprodl.files import is_short_write
+from reprodl.store import hashing
 from reprodl.store.brokers import _dtoolcore, frozen_dataset, proto_dataset
 from reprodl.store.dataset import StoredDataSet
 from reprodl.store.fetch import bounded_map
-from reprodl.store.hashing import file_md5
 from reprodl.store.staging import (
     claim_staging,
     clean_staging,
@@ -157,7 +157,8 @@ def prehash_items(proto: Any) -> dict[str, str] | None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(HASH_WORKERS_MAX, len(handles), cores)
     path_of: Callable[[str], str] = fpath  # type: ignore[assignment]  # not None: handles is empty otherwise
-    return dict(bounded_map(lambda h: (h, file_md5(path_of(h))), handles, workers=workers))
+    # hashing.file_md5 looked up per call, as the function-level import did: a test may replace it.
+    return dict(bounded_map(lambda h: (h, hashing.file_md5(path_of(h))), handles, workers=workers))
 
 
 @contextlib.contextmanager

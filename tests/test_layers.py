@@ -163,3 +163,91 @@ def test_trust_and_transforms_form_no_import_cycle() -> None:
     """transforms rebuilds through trust; trust names transforms' base class as data, never imports it."""
     assert "reprodl.trust" in _imports(SRC / "data" / "transforms.py")
     assert not {m for m in _imports(SRC / "trust.py") if m.startswith("reprodl.data")}
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _loaded_modules(node: ast.Import | ast.ImportFrom) -> set[str]:
+    """The reprodl modules an import statement loads: ``from reprodl import trust`` is ``reprodl.trust``,
+    ``from reprodl.errors import X`` is ``reprodl.errors``."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names if alias.name.split(".")[0] == "reprodl"}
+    if node.level or not node.module or node.module.split(".")[0] != "reprodl":
+        return set()
+    out = set()
+    for alias in node.names:
+        sub = SRC.joinpath(*node.module.split(".")[1:], alias.name)
+        out.add(f"{node.module}.{alias.name}" if sub.with_suffix(".py").exists() or sub.is_dir() else node.module)
+    return out
+
+
+def _function_level_imports(tree: ast.Module) -> tuple[set[str], list[ast.Import | ast.ImportFrom]]:
+    """(the reprodl modules imported at module level, the import statements inside functions); imports
+    under ``if TYPE_CHECKING`` never run, so neither counts them."""
+    top: set[str] = set()
+    lazy: list[ast.Import | ast.ImportFrom] = []
+
+    def walk(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if _is_type_checking(child):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                if in_function:
+                    lazy.append(child)
+                else:
+                    top.update(_loaded_modules(child))
+            walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    walk(tree, False)
+    return top, lazy
+
+
+def _needless_lazy_imports() -> list[str]:
+    """Function-level imports of reprodl modules the module already imports at its top: lazy for nothing."""
+    out = []
+    for path in sorted(SRC.rglob("*.py")):
+        top, lazy = _function_level_imports(ast.parse(path.read_text()))
+        for node in lazy:
+            loaded = _loaded_modules(node)
+            if loaded and loaded <= top:
+                out.append(f"{path.relative_to(SRC)}:{node.lineno} imports {', '.join(sorted(loaded))} again")
+    return out
+
+
+def test_no_function_imports_what_its_module_imports_at_the_top() -> None:
+    """A function-level import is there to defer a load (torch, an optional package) or to break a cycle;
+    one of a module the file imports at its top anyway defers nothing: import the name at the top."""
+    found = _needless_lazy_imports()
+    assert not found, "function-level imports of modules already imported at the top (move them up):\n" + "\n".join(
+        f"  {line}" for line in found
+    )
+
+
+def test_the_lazy_import_rule_catches_a_duplicate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "reprodl"
+    (fake / "store").mkdir(parents=True)
+    (fake / "errors.py").write_text("class E(Exception): pass\nclass F(Exception): pass\n")
+    (fake / "trust.py").write_text("")
+    (fake / "store" / "__init__.py").write_text("")
+    (fake / "store" / "x.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from reprodl import trust\n"
+        "from reprodl.errors import E\n"
+        "if TYPE_CHECKING:\n"
+        "    from reprodl.store import y\n"
+        "def f():\n"
+        "    from reprodl.errors import F\n"  # reprodl.errors is imported at the top: caught
+        "    from reprodl import trust as t\n"  # so is reprodl.trust: caught
+        "    from reprodl.store import y\n"  # only under TYPE_CHECKING at the top: deferring it is the point
+        "    import json\n"  # not a reprodl module: not this rule's
+    )
+    monkeypatch.setattr(sys.modules[__name__], "SRC", fake)
+    assert _needless_lazy_imports() == [
+        "store/x.py:7 imports reprodl.errors again",
+        "store/x.py:8 imports reprodl.trust again",
+    ]

@@ -24,6 +24,7 @@ from typing import Any
 from reprodl.catalog.db import Catalog
 from reprodl.catalog.entry import Entry
 from reprodl.catalog.files import check_output, writing
+from reprodl.catalog.query import _one, descendants, lineage, original_digests, reproduction_verified
 from reprodl.errors import CatalogError
 
 SHAPES = {"dataset": "cylinder", "model": "box", "claim": "note", "summary": "folder", "unknown": "box"}
@@ -50,8 +51,6 @@ class Graph:
 
 
 def _add_entry(graph: Graph, entry: Entry, digests: dict[str, set[str]]) -> None:
-    from reprodl.catalog.query import reproduction_verified
-
     graph.nodes[entry.uuid] = Node(entry.uuid, entry.name, entry.kind, entry.uris[0] if entry.uris else "")
     for link in entry.links:
         key = link.uuid or link.uri or ""
@@ -67,7 +66,6 @@ def _add_entry(graph: Graph, entry: Entry, digests: dict[str, set[str]]) -> None
 
 def build_graph(cat: Catalog, *, focus: str | None = None) -> Graph:
     """The graph of every entry, or (``focus``: a UUID, URI or name) of one entry's lineage and descendants."""
-    from reprodl.catalog.query import _one, descendants, lineage, original_digests
 
     if focus is None:
         entries = cat.entries()

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 from reprodl import keys
 from reprodl.catalog.db import Catalog, base_of, now
 from reprodl.catalog.entry import Entry, FieldValue, Link
-from reprodl.errors import DatasetNotFoundError, InvalidURIError, MetadataError, MissingDependencyError, ReprodlError
+from reprodl.errors import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    InvalidURIError,
+    MetadataError,
+    MissingDependencyError,
+    ReprodlError,
+)
 from reprodl.parsing import load_json
 from reprodl.store import StoredDataSet, list_datasets, local_path, normalise_uri, open_dataset
 
@@ -227,8 +234,6 @@ def _describe_legacy_model(entry: Entry) -> None:
 
 
 def _read_json_item(ds: StoredDataSet, relpath: str) -> dict[str, Any]:
-    from reprodl.errors import DatasetFormatError
-
     idn = ds.identifier_of(relpath)
     size = int(ds.item_properties(idn).get("size_in_bytes", 0))
     if size > keys.MAX_METADATA_BYTES:  # a claim or summary is a few kB: refuse before reading it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import re
 import sys
@@ -172,7 +173,6 @@ _EXECUTOR_PARAMS: list[tuple[str, Any, Any]] = [
 def executor_options(fn: F) -> F:
     """Give a command the options --executor, --ray-address, --partition, --time, --cpus, --gpus and
     --mem; it receives them as ``engine``, an :class:`~reprodl.reproduction.executors.Executor`."""
-    import inspect
 
     sig = inspect.signature(fn, eval_str=True, locals={"Executor": Any})  # engine's type is for mypy only
     kept = [p for p in sig.parameters.values() if p.name != "engine"]

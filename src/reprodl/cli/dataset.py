@@ -9,7 +9,7 @@ import typer
 
 from reprodl import keys
 from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json, progress_bar
-from reprodl.errors import ExitCode
+from reprodl.errors import ExitCode, InputDataError, InvalidURIError, StorageError
 
 app = typer.Typer(help="Create, split, inspect and verify training datasets.", no_args_is_help=True)
 
@@ -117,7 +117,6 @@ def create_from_arrays_cmd(
 ) -> None:
     """Create a tensor dataset from .npy/.npz arrays."""
     from reprodl.data.creators import create_from_arrays, load_array_file
-    from reprodl.errors import InputDataError
 
     def load(spec: str):
         path, _, key = spec.partition(":") if spec.count(":") == 1 and not Path(spec).exists() else (spec, "", "")
@@ -373,7 +372,6 @@ def clean_cmd(
     are listed and kept, and so are those holding a killed training's checkpoint (resumable)
     unless --checkpoints is given.
     """
-    from reprodl.errors import InvalidURIError, StorageError
     from reprodl.store import clean_staging, local_path, normalise_uri
 
     base = local_path(normalise_uri(base_uri))

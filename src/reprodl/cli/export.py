@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from reprodl.cli.common import JSON_OPT, QUIET_OPT, err, handle_errors, out, print_json
+from reprodl.exports import export
 from reprodl.exports.formats import FORMATS
 
 
@@ -41,7 +42,6 @@ def export_cmd(
     quiet: bool = QUIET_OPT,
 ) -> None:
     """Export a model's record (or a dataset) to RO-Crate, PROV, Croissant, a model card, ONNX or MLflow."""
-    from reprodl.exports import export
 
     if format not in FORMATS:
         raise typer.BadParameter(f"unknown format {format!r}: use {_listed()}", param_hint="--format")

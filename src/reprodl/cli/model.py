@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
+from reprodl import keys
 from reprodl.cli.common import (
     ALLOW_OPT,
     JSON_OPT,
@@ -18,7 +19,7 @@ from reprodl.cli.common import (
     out,
     print_json,
 )
-from reprodl.errors import ExitCode
+from reprodl.errors import ExitCode, ModelLoadError
 
 if TYPE_CHECKING:
     pass
@@ -30,8 +31,6 @@ app = typer.Typer()  # this module's top-level commands: register() adds them to
 @handle_errors
 def provenance_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as_json: bool = JSON_OPT) -> None:
     """Print how a model was made: architecture, parameters, data (URI, name, README) and more."""
-    from reprodl import keys
-    from reprodl.errors import ModelLoadError
     from reprodl.modeldataset.legacy import is_dtoolai_model
     from reprodl.modeldataset.read import read_record
     from reprodl.provenance import legacy_provenance, legacy_summary_lines, summary_lines
@@ -60,7 +59,6 @@ def provenance_cmd(uri: str = typer.Argument(..., help="Model dataset URI."), as
 
 def _dtoolai_weights(ds: Any) -> dict[str, Any]:
     """A dtoolAI model's weights, read as its TrainedTorchModel reads them (weights_only=True; refused otherwise)."""
-    from reprodl import keys
     from reprodl.modeldataset.legacy import read_dtoolai_weights
 
     state = read_dtoolai_weights(ds)

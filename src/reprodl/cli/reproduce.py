@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -19,7 +21,7 @@ from reprodl.cli.common import (
     out,
     print_json,
 )
-from reprodl.cli.signing import ATTEST_OPT, ATTESTATION_OUT_OPT
+from reprodl.cli.signing import ATTEST_OPT, ATTESTATION_OUT_OPT, attest_report, check_can_attest
 from reprodl.errors import ExitCode, ReprodlError
 
 if TYPE_CHECKING:
@@ -102,7 +104,6 @@ def reproduce_cmd(
     --data train=URI reads a copy of the training data (the same dataset only); --attest KEY signs the outcome.
     --executor slurm|ray re-runs it as a Slurm job or Ray task, and says on which allocation.
     """
-    from reprodl.cli.signing import check_can_attest
 
     check_can_attest(uri, attest)
     plan, trust_code = _ask_trust(uri, trust_code, as_json, trusted_key or ())
@@ -113,7 +114,6 @@ def reproduce_cmd(
 
 def _reproduce_here(uri: str, plan: Any, given: dict[str, Any]) -> int:
     """``reprodl reproduce`` in this process (``given``: the command's arguments); its exit code."""
-    from reprodl.cli.signing import attest_report
     from reprodl.reproduction.pipeline import reproduce
 
     quiet, as_json, trust_code, data = given["quiet"], given["as_json"], given["trust_code"], given["data"]
@@ -154,8 +154,6 @@ class _ScriptOutput:
     ``--json``'s is JSON only); with ``--quiet`` its last lines are kept, and shown only when it fails."""
 
     def __init__(self, quiet: bool) -> None:
-        import collections
-
         self.quiet = quiet
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
 
@@ -207,7 +205,6 @@ def _reproduce_on(engine: Any, uri: str, given: dict[str, Any], *, quiet: bool, 
 def _ask_trust(uri: str, trust_code: bool, as_json: bool, trusted_keys: Any = ()) -> tuple[Any, bool]:
     """(the re-execution plan when the model's code would run and trust was not given, whether to
     trust it): at a terminal the plan is shown and the user asked."""
-    import sys
 
     from reprodl.reproduction.reexec import reexecution_plan
 

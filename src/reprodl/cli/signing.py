@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
+from reprodl import keys
 from reprodl.cli.common import JSON_OPT, handle_errors, out, print_json
 
 if TYPE_CHECKING:
@@ -83,7 +84,6 @@ def sign_cmd(
 
 
 def _print_bundle(uri: str, entry: dict[str, Any], path: Optional[Path]) -> None:
-    from reprodl import keys
     from reprodl.modeldataset.attestation import unverified_statement
 
     resources = unverified_statement(entry["bundle"]).get("predicate", {}).get("resources", [])
@@ -115,7 +115,6 @@ def check_can_attest(uri: str, key: Optional[Path]) -> None:
 
 def attest_report(report: ReproductionReport, key: Path, path: Optional[Path]) -> dict[str, Any]:
     """Sign the statement of ``report``; keep it on the kept reproduction too. What was written."""
-    from reprodl import keys
     from reprodl.modeldataset.attestation import attest
     from reprodl.store import open_dataset
     from reprodl.training.capture import capture_environment

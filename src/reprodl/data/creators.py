@@ -13,6 +13,7 @@ import gzip
 import math
 import os
 import struct
+import tempfile
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -377,7 +378,6 @@ def create_digits(base_uri: str, name: str, *, as_images: bool = False, readme: 
     info = {**DIGITS_README, **(readme or {})}
     if not as_images:
         return create_from_arrays(images, labels, base_uri, name, image_dimensions=[1, 8, 8], readme=info)
-    import tempfile
 
     from PIL import Image
 

@@ -10,6 +10,7 @@ the file there, or map them when loading.
 
 from __future__ import annotations
 
+import datetime
 import json
 import posixpath
 from pathlib import Path
@@ -127,8 +128,6 @@ def _metadata(ds: StoredDataSet) -> dict[str, Any]:
         meta["citeAs"] = str(readme["origin"])
     frozen = ds.admin_metadata.get("frozen_at")
     if frozen:
-        import datetime
-
         meta["datePublished"] = datetime.datetime.fromtimestamp(float(frozen), datetime.timezone.utc).isoformat()
     return meta
 

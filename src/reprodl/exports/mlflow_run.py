@@ -34,6 +34,7 @@ from reprodl.exports.formats import ExportOptions
 from reprodl.exports.source import ExportError, Source, code_name, model_identity, require
 from reprodl.provenance import ProvenanceRecord
 from reprodl.provenance.fields import field_values, summarised, under
+from reprodl.store import copy_dataset, local_path
 
 _ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
 _MLFLOW_NAME = re.compile(r"[/\w.\- :]+")  # what MLflow accepts as a parameter or metric name
@@ -261,12 +262,10 @@ def _save_pytorch(source: Source, local: Path, meta: Any, *, allow: Iterable[str
 
 def _copy_model_dataset(source: Source, dest: Path) -> None:
     """The model dataset, copied whole (UUID and manifest kept), to ``dest``."""
-    from reprodl.store import copy_dataset
 
     staging = dest.parent / ".reprodl-copy"
     staging.mkdir()
     copied = copy_dataset(source.uri, str(staging))
-    from reprodl.store import local_path
 
     path = local_path(copied)
     if path is None:  # pragma: no cover - a copy into a directory is a directory

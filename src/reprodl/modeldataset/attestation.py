@@ -42,11 +42,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from reprodl import keys
+from reprodl import __version__, keys
 from reprodl.errors import MissingDependencyError, ReprodlError, SigningError, StorageError
 from reprodl.files import share_as_umask
 from reprodl.parsing import load_json
-from reprodl.store import StoredDataSet, open_dataset
+from reprodl.store import StoredDataSet, file_sha256, open_dataset
 from reprodl.store.uris import local_path
 
 PUBLIC_SUFFIX = ".pub"
@@ -193,9 +193,7 @@ def reproduction_predicate(
     ds: StoredDataSet, report: dict[str, Any], environment: dict[str, Any], public_pem: str
 ) -> dict[str, Any]:
     """The ``reprodl_reproduction`` part of the predicate (see the module docstring)."""
-    from reprodl import __version__
     from reprodl.modeldataset.read import read_record
-    from reprodl.store import file_sha256
 
     record = read_record(ds)  # its digest checked against its content
     items = {ds.relpath(i): i for i in ds.identifiers}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from reprodl import __version__, keys, trust
 from reprodl.errors import ModelLoadError, ReprodlError
 from reprodl.modeldataset.weights import state_dict_sha256
+from reprodl.parsing import load_json
 from reprodl.provenance import (
     Architecture,
     CallableInfo,
@@ -241,8 +242,6 @@ def _converted_from(ds: StoredDataSet) -> dict[str, Any]:
         weights_sha = "sha256:" + hashlib.sha256(fh.read()).hexdigest()
     history = None
     if keys.HISTORY_FILE in {ds.relpath(i) for i in ds.identifiers}:
-        from reprodl.parsing import load_json
-
         with open(ds.item_path(ds.identifier_of(keys.HISTORY_FILE)), "rb") as fh:
             history = load_json(fh.read(), what=f"{ds.uri}: {keys.HISTORY_FILE}", error=ModelLoadError)
     return {

@@ -7,6 +7,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import io
+import math
 from typing import TYPE_CHECKING
 
 from reprodl import keys
@@ -100,7 +103,6 @@ def load_trace(ds: StoredDataSet, record: ProvenanceRecord) -> np.ndarray | None
     Rows of a NumPy structured array (see :mod:`reprodl.training.trace`), read with
     ``allow_pickle=False``.
     """
-    import hashlib
 
     info = record.results.trace
     if info is None:
@@ -126,8 +128,6 @@ def load_trace(ds: StoredDataSet, record: ProvenanceRecord) -> np.ndarray | None
 def _npy_rows(data: bytes, what: str) -> np.ndarray:
     """The array in the ``.npy`` bytes ``data``, its header checked against the bytes there
     before anything is allocated (a header may claim 2^40 rows in a file of a few kilobytes)."""
-    import io
-    import math
 
     import numpy as np
 

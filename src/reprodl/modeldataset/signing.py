@@ -37,7 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from reprodl import keys
-from reprodl.errors import MissingDependencyError, ReprodlError, SigningError, StorageError
+from reprodl.errors import (
+    IntegrityError,
+    MissingDependencyError,
+    ModelLoadError,
+    ReprodlError,
+    SigningError,
+    StorageError,
+)
 from reprodl.store import StoredDataSet, canonical_json, file_sha256, open_dataset
 
 ALGORITHM = "ed25519"
@@ -160,7 +167,6 @@ def signing_payload(ds: StoredDataSet) -> dict[str, Any]:
     Raises a reprodl error when the dataset is no reprodl model (no record or weights) or
     its record was altered without resealing.
     """
-    from reprodl.errors import ModelLoadError
     from reprodl.modeldataset.read import read_record
 
     record = read_record(ds)  # its digest checked against its content
@@ -319,7 +325,6 @@ def _what_changed(signed: Any, now: dict[str, Any]) -> str:
 def signature_note(ds: StoredDataSet, trusted_keys: Iterable[str | os.PathLike[str]]) -> str:
     """Before anything of ``ds`` runs: with ``trusted_keys``, its signature by one of them, checked
     (:class:`IntegrityError` when it fails); without, who signed it (not checked)."""
-    from reprodl.errors import IntegrityError
 
     trusted = list(trusted_keys)
     if trusted:

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from reprodl import keys
-from reprodl.errors import DatasetFormatError, ReprodlError
-from reprodl.modeldataset.read import read_record
+from reprodl.errors import DatasetFormatError, ReprodlError, TransformError, UnsafeImportError
+from reprodl.modeldataset.read import load_weights, read_record
 from reprodl.parsing import load_json
 from reprodl.provenance import DataRef, ProvenanceRecord, mirror_annotations
 from reprodl.store import StoredDataSet, open_dataset
@@ -112,7 +112,6 @@ def unverified_detail(ref: DataRef) -> str:
 
 def _check_weights(ds: Any, record: ProvenanceRecord, result: ModelVerification) -> None:
     """The default model's weights, then every other saved model's, against their digests in the record."""
-    from reprodl.modeldataset.read import load_weights
 
     saved = [c for c in record.model_components() if c.weights_file is not None]
     for i, component in enumerate(saved or record.model_components()[:1]):
@@ -148,7 +147,6 @@ def untrusted_names(record: ProvenanceRecord, *, allow: Iterable[str] = (), scri
     """
     from reprodl import trust
     from reprodl.data.transforms import from_description
-    from reprodl.errors import TransformError
 
     t = record.training
     names = [
@@ -199,7 +197,6 @@ def _script_class_allowed(path: str, allow: list[str], *, script: bool) -> bool:
     stored with the model (``script``) or allowed by the user (``__main__`` or ``__main__:Net``);
     verify runs no recorded code, so it is not looked up here."""
     from reprodl import trust
-    from reprodl.errors import UnsafeImportError
 
     try:
         module, qualname = trust.split_path(path)
@@ -210,7 +207,6 @@ def _script_class_allowed(path: str, allow: list[str], *, script: bool) -> bool:
 
 def _check_signature(ds: StoredDataSet, result: ModelVerification, trusted: list[Any]) -> None:
     """The signature check when keys are trusted; else a note naming who signed, if anyone."""
-    from reprodl import keys
     from reprodl.modeldataset.signing import CHECK_NAME, signers, verify_signature
 
     if trusted:

@@ -27,7 +27,7 @@ from reprodl.errors import ParametersError, ReprodlError
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import ModelRef, ProvenanceRecord, mirror_annotations
 from reprodl.provenance.record import DEFAULT_MODEL_NAME, OptimizerComponent
-from reprodl.store import DatasetWriter, create_dataset, local_path, writer_over
+from reprodl.store import DatasetWriter, create_dataset, find_resumable, local_path, open_dataset, writer_over
 
 if TYPE_CHECKING:
     import torch
@@ -110,8 +110,6 @@ class DerivedDataSet:
         )
 
     def __enter__(self) -> DerivedDataSet:
-        from reprodl.store import find_resumable
-
         self._stack = contextlib.ExitStack()
         self.entered = True
         if _another_rank():  # under torchrun rank 0 writes the model; this rank only trains
@@ -243,7 +241,6 @@ def parent_ref(parent: str | None) -> ModelRef | None:
     if parent is None:
         return None
     from reprodl.modeldataset.read import read_record
-    from reprodl.store import open_dataset
 
     ds = open_dataset(parent)
     record = read_record(ds)

@@ -23,6 +23,8 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 
+from reprodl.provenance.record import ProvenanceRecord
+
 MAX_EXTRA = 50  # fields outside the schema shown per object; the rest are counted
 MORE_FIELDS = "more_fields"  # the name under which the fields over MAX_EXTRA are counted
 _INDEX = re.compile(r"\[\d+\]")
@@ -61,8 +63,6 @@ def field_values(value: Any, model: type[BaseModel] | None = None, *, max_items:
     (``data[0].uri``); anything else (a longer list, a dict of values, a scalar) is one value.
     """
     if model is None:
-        from reprodl.provenance.record import ProvenanceRecord
-
         model = ProvenanceRecord
     return list(_walk(value, model, False, "", max_items))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -125,7 +126,6 @@ def report(
             does not exist.
         ReprodlError: the URI names no readable dataset (the subclass says which problem).
     """
-    import re
 
     t0 = time.perf_counter()
     target = Path(output)

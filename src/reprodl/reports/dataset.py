@@ -3,13 +3,14 @@ multi-run summary."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
 import numpy as np
 
 from reprodl import keys
-from reprodl.errors import ReprodlError
+from reprodl.errors import DatasetFormatError, ReprodlError
 from reprodl.reports import plots
 from reprodl.reports.context import Context, mapping, mappings
 from reprodl.reports.html import Raw, esc, kv_table, note, png_img, pre, section, table
@@ -23,7 +24,6 @@ MAX_ITEMS_LISTED = 50
 
 def _when(timestamp: Any) -> str | None:
     """A dtool timestamp (seconds since the epoch) as UTC ISO 8601."""
-    import datetime
 
     try:
         return datetime.datetime.fromtimestamp(float(timestamp), tz=datetime.timezone.utc).isoformat(timespec="seconds")
@@ -142,8 +142,6 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def _document(ds: StoredDataSet, data: Any, item: str) -> dict[str, Any]:
-    from reprodl.errors import DatasetFormatError
-
     if not isinstance(data, dict):
         raise DatasetFormatError(f"{ds.uri}: {item} holds a JSON {type(data).__name__}, not an object")
     return data

@@ -19,7 +19,7 @@ from reprodl.provenance import ProvenanceRecord
 from reprodl.reports.context import Context
 from reprodl.reports.graph import Edge, Node, lineage_svg
 from reprodl.reports.html import esc, kv_table, note, section, table
-from reprodl.store import StoredDataSet, open_dataset
+from reprodl.store import StoredDataSet, local_path, open_dataset
 
 MAX_NEIGHBOURS = 200
 MAX_DIVERGENCES = 3
@@ -35,7 +35,6 @@ class Neighbours:
 
 def neighbours(ds: StoredDataSet) -> Neighbours:
     """Reproductions of ``ds`` and the summaries/claims listing it, among the datasets beside it (local only)."""
-    from reprodl.store import local_path
 
     found = Neighbours()
     path = local_path(ds.uri)

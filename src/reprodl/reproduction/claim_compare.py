@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.data.baselines import baseline_accuracies
-from reprodl.errors import DatasetFormatError, ParametersError
+from reprodl.errors import DatasetFormatError, DatasetNotFoundError, ParametersError
 from reprodl.parsing import load_json
 from reprodl.reproduction.claim_dataset import load_claim, write_claim
 from reprodl.reproduction.claim_runs import (
@@ -28,6 +29,7 @@ from reprodl.reproduction.claim_runs import (
 )
 from reprodl.reproduction.claim_stats import DEFAULT_METRIC, Comparison, Recipe, RunValue, judge, probability_a_better
 from reprodl.reproduction.executors import LOCAL, Executor, attached_claim, plan_key
+from reprodl.store.uris import dataset_uri, local_path
 
 
 def compare(
@@ -149,11 +151,8 @@ def write_member_configs(
     compare would, with the same kind of record. Existing files are never overwritten.
     ``compare-plan.json`` beside them lets :func:`collect` judge the runs once they are trained.
     """
-    import json
 
     import yaml
-
-    from reprodl.store.uris import local_path
 
     prep = _prepare(a, b, seeds=seeds, jobs=1, vary=vary, set_a=set_a, set_b=set_b, output=output)
     folder = Path(directory)
@@ -220,8 +219,6 @@ def collect(directory: str | os.PathLike[str], *, metric: str = DEFAULT_METRIC) 
 
 def _same_claim(result: Comparison, output: str, name: str) -> str | None:
     """The URI of a claim already collected from the same members (record digests) and metric, if any."""
-    from reprodl.errors import DatasetNotFoundError
-    from reprodl.store.uris import dataset_uri
 
     uri = dataset_uri(output, name)
     try:
@@ -235,9 +232,7 @@ def _same_claim(result: Comparison, output: str, name: str) -> str | None:
 
 def _collected(output: str, run: dict[str, Any], folder: Path, metric: str) -> RunValue:
     """The planned member ``run``'s seed, value, URI and record digest, from its record."""
-    from reprodl.errors import DatasetNotFoundError
     from reprodl.modeldataset.read import load_record
-    from reprodl.store.uris import dataset_uri
 
     uri = dataset_uri(output, run["name"])
     try:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import importlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from reprodl.errors import ParametersError
+from reprodl.errors import DatasetNotFoundError, ParametersError, ReproductionError
 from reprodl.reproduction.claim_stats import Recipe, RunValue, parse_vary
-from reprodl.reproduction.executors import Executor
+from reprodl.reproduction.executors import Executor, run_members
+from reprodl.store.uris import dataset_uri
 
 
 def _load(recipe: Recipe, overrides: list[str]) -> Any:
@@ -62,7 +65,6 @@ def _train_run(cfg_json: dict[str, Any], name: str, metric: str, cwd: str | None
 def _one_thread() -> None:
     """Pool worker initialiser: one thread each, so J workers use J cores; torch and the trainer
     imported once per worker (already in memory when forked from a preloaded forkserver)."""
-    import importlib
 
     os.environ["OMP_NUM_THREADS"] = "1"
     for module in _PRELOAD:
@@ -94,7 +96,6 @@ def pool(jobs: int) -> Any:
     out of the workers. :func:`shutdown_pools` ends them (they also end when Python exits).
     """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     executor = _POOLS.get(jobs)
     if executor is not None and not getattr(executor, "_broken", False):
@@ -263,8 +264,6 @@ def _run_on_engine(
 ) -> dict[str, list[RunValue]]:
     """The plan's members as Ray tasks (their results) or Slurm array tasks (read from their records);
     ``on_run`` as each finishes (a Slurm member whose record cannot be read fails after all, with its log)."""
-    from reprodl.errors import ReproductionError
-    from reprodl.reproduction.executors import run_members
 
     collected: dict[int, RunValue] = {}
 
@@ -288,9 +287,7 @@ def _run_on_engine(
 
 def _slurm_member(output: str, name: str, metric: str, job: dict[str, Any] | None) -> RunValue:
     """A member trained by a Slurm job, from its record (as collect reads it); its log where it failed."""
-    from reprodl.errors import DatasetNotFoundError, ReproductionError
     from reprodl.modeldataset.read import load_record
-    from reprodl.store.uris import dataset_uri
 
     uri = dataset_uri(output, name)
     try:

@@ -8,9 +8,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from reprodl import keys
-from reprodl.modeldataset.verify import ModelVerification
+from reprodl.modeldataset.read import load_record
+from reprodl.modeldataset.verify import ModelVerification, verify_model
 from reprodl.reproduction.claim_dataset import check_claim, load_claim
 from reprodl.reproduction.claim_stats import RunValue, judge
+from reprodl.store import open_dataset
 
 STATISTICS_CHECK = "statistics re-derived from the members' records"
 _STATISTICS = ("n", "probability_a_better", "ci_low", "ci_high", "verdict")
@@ -37,7 +39,6 @@ def verify_claim(uri: str, *, allow: Iterable[str] = ()) -> ClaimVerification:
     the claim), pairing run i of A with run i of B, and any difference fails; so do a claim
     with no members, pairs whose records have different seeds, and a seed listed twice.
     """
-    from reprodl.store import open_dataset
 
     ds = open_dataset(uri)
     result = ClaimVerification(uri=ds.uri)
@@ -79,9 +80,6 @@ def _verify_member(
 def _member_checks(
     result: ClaimVerification, label: str, member: dict[str, Any], metric: str, allow: Iterable[str]
 ) -> RunValue | None:
-    from reprodl.modeldataset.read import load_record
-    from reprodl.modeldataset.verify import verify_model
-
     uri = str(member.get("uri"))
     try:
         check = verify_model(uri, allow=allow)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 
-from reprodl.data.datasets import WrappedDataSet
+from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.errors import ReproductionError
 from reprodl.provenance import ProvenanceRecord
 from reprodl.store import StoredDataSet
@@ -29,8 +30,6 @@ class Tolerance:
     loss_rtol: float = 0.25
 
     def __post_init__(self) -> None:
-        import math
-
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -186,7 +185,6 @@ def compare_predictions(m1: torch.nn.Module | None, m2: torch.nn.Module, ds: Wra
     ``m1=None`` says the first model is bit-identical to ``m2`` (same class, same weights):
     its predictions are then ``m2``'s, so ``m2`` alone is evaluated (one pass, not two).
     """
-    from reprodl.data.datasets import collate
 
     if m1 is not None:
         m1.eval()
@@ -239,7 +237,6 @@ BAND_Z = 2.0  # the default band is this many binomial standard errors (about 95
 def binomial_band(p: float, n: int) -> float:
     """The default band for an accuracy ``p`` measured on ``n`` items: ``BAND_Z * sqrt(p(1-p)/n)``, at
     least one item's worth (``1/n``) so that an accuracy of 0 or 1 still has a band."""
-    import math
 
     return max(BAND_Z * math.sqrt(p * (1 - p) / n), 1 / n)
 

@@ -26,7 +26,7 @@ from typing import Any
 from reprodl.errors import ReproductionError
 from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.launch import launcher
-from reprodl.store import StoredDataSet
+from reprodl.store import StoredDataSet, open_dataset
 
 OUTPUT_LINES = 30  # of a failed re-run's output, quoted in the error
 
@@ -69,7 +69,6 @@ def main(argv: list[str]) -> int:
     from reprodl.modeldataset.read import read_record
     from reprodl.reproduction import retrain
     from reprodl.reproduction.worldsize import at_world_size, recorded_world_size
-    from reprodl.store import open_dataset
     from reprodl.training.distributed import joined_from_environment
     from reprodl.training.loop import choose_device
 

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import shutil
 from collections.abc import Sequence
@@ -24,11 +25,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from reprodl import keys
+from reprodl.errors import IntegrityError
 from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.causes import COMPUTATION_DIFFERED, Evidence, explain
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.environment import EnvDifference
-from reprodl.training.oplog import first_difference
+from reprodl.training.oplog import first_difference, from_jsonl
 from reprodl.training.trace import TraceKind, trace_kind
 
 __all__ = [
@@ -390,11 +393,6 @@ def load_oplogs(ds: Any, record: ProvenanceRecord) -> dict[int, list[dict[str, A
     Read within the bounds reprodl writes them in (``keys.MAX_OPLOG_STEPS`` logs, ``keys.MAX_OPLOG_BYTES``
     together): a record naming more, or items larger, is refused before more is read.
     """
-    import hashlib
-
-    from reprodl import keys
-    from reprodl.errors import IntegrityError
-    from reprodl.training.oplog import from_jsonl
 
     info = record.results.trace
     logs = (info.oplog or []) if info is not None else []

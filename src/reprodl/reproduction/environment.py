@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 
 from reprodl.provenance import ComputeProfile, Environment, ProvenanceRecord
 from reprodl.reproduction.factors import Factor, factors
+from reprodl.training import capture
 from reprodl.training.capture import describe_nondeterministic
 
 # The recorded environment fields compared, in the order they are reported (packages come after).
@@ -113,9 +114,8 @@ def environment_differences(record: ProvenanceRecord) -> list[EnvDifference]:
 
 def check_environment(record: ProvenanceRecord) -> tuple[list[EnvDifference], Expectation]:
     """How this environment differs from the recorded one, and what a re-run here should give."""
-    from reprodl.training.capture import capture_environment
 
-    now = capture_environment()
+    now = capture.capture_environment()  # looked up per call: a test may replace it
     differences = compare_environments(record.environment, now)
     return differences, expect(record, now, differences)
 

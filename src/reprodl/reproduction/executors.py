@@ -27,8 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from reprodl import keys
-from reprodl.errors import MissingDependencyError, ParametersError, ReproductionError
+from reprodl.errors import DatasetNotFoundError, MissingDependencyError, ParametersError, ReproductionError
+from reprodl.files import writing_output
+from reprodl.parsing import load_json
 from reprodl.provenance import Placement
+from reprodl.store import open_dataset
+from reprodl.store.uris import dataset_uri, local_path
 
 SAME_ALLOCATION, SAME_NODE, CROSS_ALLOCATION = "same allocation", "same node", "cross-allocation"
 POLL_SECONDS = 1.0  # how often the Slurm jobs' states are read while waiting
@@ -70,8 +74,6 @@ def plan_key(parts: Any) -> str:
 
 
 def _state_path(output: str, key: str) -> Path:
-    from reprodl.store.uris import local_path
-
     base = local_path(output)
     if base is None:
         raise ParametersError(
@@ -88,7 +90,6 @@ def attached_claim(executor: Executor, output: str, key: str) -> str | None:
     path = _state_path(output, key)
     if not path.exists():
         return None
-    from reprodl.parsing import load_json
 
     state = load_json(path.read_bytes(), what=str(path), error=ParametersError)
     return str(state["claim"])
@@ -211,8 +212,6 @@ def _run_slurm(
 
 
 def _submit(executor: Executor, fn: Callable[..., Any], members: Sequence[Member], state: Path, claim: str) -> list:
-    from reprodl.files import writing_output
-
     submitit = _submitit()
     folder = state.with_suffix("")
     folder.mkdir(parents=True, exist_ok=True)
@@ -236,7 +235,6 @@ def _attach(submitit: Any, state: Path, folder: Path, members: Sequence[Member])
     """The jobs submitted before for these members (by the state file), or None when there are none."""
     if not state.exists():
         return None
-    from reprodl.parsing import load_json
 
     entries = load_json(state.read_bytes(), what=str(state), error=ParametersError)["jobs"]
     if [e["name"] for e in entries] != [name for name, _ in members]:
@@ -317,7 +315,6 @@ def train_many_on(
     same runs (names, seeds, splits) and the same variance summary. A Slurm one interrupted and
     run again attaches to its jobs."""
     from reprodl.modeldataset.read import load_record
-    from reprodl.store.uris import dataset_uri
     from reprodl.training.config import check_name_free
     from reprodl.training.multirun import run_configs, write_summary
 
@@ -343,7 +340,6 @@ def train_many_on(
 
 def _member_record(load_record: Callable[[str], Any], uri: str, name: str, job: Any) -> Any:
     """The record of a member trained by a job; a failed Slurm job named with the end of its log."""
-    from reprodl.errors import DatasetNotFoundError
 
     try:
         return load_record(uri)
@@ -363,7 +359,6 @@ def reproduce_here(uri: str, options: dict[str, Any], report_path: str | None = 
     With ``report_path`` (a Slurm job), the report is also written there as JSON."""
     from reprodl.modeldataset.read import read_record
     from reprodl.reproduction.pipeline import reproduce
-    from reprodl.store import open_dataset
     from reprodl.training.placement import capture_placement
 
     was = read_record(open_dataset(uri)).environment.placement
@@ -391,7 +386,6 @@ def reproduce_on(executor: Executor, uri: str, *, state_dir: str | None = None, 
         return reproduce_here(uri, options)
     if executor.kind == "ray":
         return dict(run_members(executor, reproduce_here, [("reproduce", (uri, options))])[0])
-    from reprodl.parsing import load_json
 
     base = state_dir or options.get("output") or os.getcwd()
     key = plan_key(["reproduce", uri, options])

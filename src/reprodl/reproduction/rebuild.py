@@ -5,14 +5,17 @@ allows are imported; a record from a URI never names code that runs unasked.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from reprodl import keys, trust
-from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet
+from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet, describe_transform
 from reprodl.data.kinds import kind
+from reprodl.data.transforms import from_description
 from reprodl.errors import DatasetFormatError, ParametersError, ReproductionError, TransformError
 from reprodl.model import resolve_class
 from reprodl.modeldataset.read import load_weights, read_record
@@ -100,7 +103,6 @@ def open_recorded(
 
 def rebuild_transform(ref: DataRef) -> Any:
     """The transform the record's ``ref`` was read through, rebuilt from its config."""
-    from reprodl.data.transforms import from_description
 
     if ref.transform is None:
         raise ReproductionError(
@@ -118,7 +120,6 @@ def rebuild_transform(ref: DataRef) -> Any:
 
 def transform_differences(ref: DataRef, transform: Any) -> str | None:
     """Why a transform passed to :func:`reproduce` may not be the recorded one (None: it looks the same)."""
-    from reprodl.data.datasets import describe_transform
 
     was, now = ref.transform or {}, describe_transform(transform) or {}
     if was.get("class") != now.get("class"):
@@ -222,8 +223,6 @@ def rebuild_optimizer(record: ProvenanceRecord, model: torch.nn.Module, allow: I
 def rebuild_loss(record: ProvenanceRecord, allow: Iterable[str]) -> Any:
     """The recorded loss function with its recorded arguments (a loss function such as
     ``F.nll_loss`` comes back as itself, or as a ``functools.partial`` with its recorded keywords)."""
-    import functools
-    import inspect
 
     info = record.training.loss
     cls = trust.resolve(f"{info.module}:{info.class_name}", trust.Kind.LOSS, allow=allow)

@@ -36,6 +36,7 @@ from reprodl.reproduction.rebuild import (
     rebuild_transform,
 )
 from reprodl.store import StoredDataSet, open_dataset
+from reprodl.store.uris import local_path
 from reprodl.training.params import Parameters
 
 
@@ -206,7 +207,6 @@ def _labels(encoding: dict[str, int]) -> str:
 
 def _default_output(model_ds: StoredDataSet) -> str:
     """The base the original model sits in, when it is a local directory."""
-    from reprodl.store.uris import local_path
 
     path = local_path(model_ds.uri)
     if path is None:

@@ -10,6 +10,7 @@ from typing import Any
 from reprodl.errors import (
     DatasetFormatError,
 )
+from reprodl.store import staging
 from reprodl.store.brokers import _cache_root
 from reprodl.store.manifest import ItemTable, index_path, read_index, write_index
 from reprodl.store.uris import (
@@ -132,11 +133,10 @@ def _make_writes_atomic(broker: Any) -> None:
     ``annotations/`` or ``overlays/``, whose every file dtool lists as a name) and replaces
     the file in one rename.
     """
-    from reprodl.store.staging import atomic_write_text
 
     tmp_dir = os.path.dirname(broker.get_admin_metadata_key())
 
     def put_text(key: str, text: str) -> None:
-        atomic_write_text(key, text, tmp_dir=tmp_dir)
+        staging.atomic_write_text(key, text, tmp_dir=tmp_dir)  # looked up per call: a test may replace it
 
     broker.put_text = put_text

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from reprodl.errors import InvalidURIError
+from reprodl.store.http import bounded_broker
 
 # scheme -> broker class of every installed plugin, as dtoolcore's lookup gives it; read once.
 _INSTALLED: dict[str, Any] = {}
@@ -60,8 +61,6 @@ def broker_class(uri: str) -> Any:
         raise InvalidURIError(f"no dtool storage broker for {scheme}:// URIs such as {uri}: install {plugin}")
     if scheme in ("http", "https"):
         # dtool-http's requests have no timeout and no size limit: use bounded ones.
-        from reprodl.store.http import bounded_broker
-
         broker = _BOUNDED[scheme] = bounded_broker(broker)
     return broker
 

@@ -32,11 +32,14 @@ from reprodl.errors import (
     StorageError,
 )
 from reprodl.files import is_short_write
+from reprodl.store import hashing
 from reprodl.store.brokers import _dtoolcore, frozen_dataset, proto_dataset
 from reprodl.store.dataset import StoredDataSet
+from reprodl.store.fetch import bounded_map
 from reprodl.store.staging import (
     claim_staging,
     clean_staging,
+    find_staging,
     latest_checkpoint,
     make_staging,
     move_into_place,
@@ -145,8 +148,6 @@ HASH_WORKERS_MAX = 8  # threads hashing a freeze's items (hashlib's md5 releases
 def prehash_items(proto: Any) -> dict[str, str] | None:
     """Each item's md5 (by handle), hashed on every core (threads; hashlib's md5 releases the GIL on
     large reads); None for a broker without local files (s3) or fewer than two items."""
-    from reprodl.store.fetch import bounded_map
-    from reprodl.store.hashing import file_md5
 
     broker = getattr(proto, "_storage_broker", None)
     fpath = getattr(broker, "_fpath_from_handle", None)
@@ -156,7 +157,8 @@ def prehash_items(proto: Any) -> dict[str, str] | None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(HASH_WORKERS_MAX, len(handles), cores)
     path_of: Callable[[str], str] = fpath  # type: ignore[assignment]  # not None: handles is empty otherwise
-    return dict(bounded_map(lambda h: (h, file_md5(path_of(h))), handles, workers=workers))
+    # hashing.file_md5 looked up per call, as the function-level import did: a test may replace it.
+    return dict(bounded_map(lambda h: (h, hashing.file_md5(path_of(h))), handles, workers=workers))
 
 
 @contextlib.contextmanager
@@ -339,7 +341,6 @@ def find_resumable(base_uri: str | os.PathLike[str], name: str) -> Path:
     Raises:
         ResumeError: none exists (naming where it looked), or the training is still running.
     """
-    from reprodl.store.staging import find_staging
 
     base = normalise_uri(base_uri)
     base_path = local_path(base)

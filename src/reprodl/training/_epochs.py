@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from reprodl.errors import TrainingDivergedError
@@ -145,7 +146,6 @@ class Loop:
         """Under torchrun: the model wrapped in DistributedDataParallel (its gradients averaged over the ranks)."""
         if self.group is None:
             return
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.target.index] if self.target.type == "cuda" else None
         self.net = DistributedDataParallel(self.model, device_ids=ids)

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import secrets
 import sys
 import tempfile
 import time
@@ -219,7 +220,6 @@ def utcnow() -> str:
 
 def default_name() -> str:
     """A model name no other run shares: the script's name, the UTC time and a random suffix."""
-    import secrets
 
     script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c") else "run"
     stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in script).strip("-_") or "run"

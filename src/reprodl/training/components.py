@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.utils as utils
+import torch.nn.utils.clip_grad as clip_grad
 
 from reprodl.errors import ParametersError
 from reprodl.modeldataset.weights import state_dict_sha256
@@ -380,8 +382,6 @@ class ComponentWatcher:
         """Wrap torch's gradient-clipping functions while the run watches (once)."""
         if self._patched:
             return
-        import torch.nn.utils as utils
-        import torch.nn.utils.clip_grad as clip_grad
 
         for name in CLIP_FUNCTIONS:
             original = getattr(clip_grad, name)

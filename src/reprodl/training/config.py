@@ -36,6 +36,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 from collections.abc import Callable
@@ -45,9 +47,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reprodl.data.readme import read_yaml_file
-from reprodl.errors import ParametersError
-from reprodl.modeldataset.write import check_readme_fields
-from reprodl.training.params import apply_overrides, check_config_keys
+from reprodl.errors import DatasetExistsError, ParametersError, TransformError
+from reprodl.modeldataset.write import DerivedDataSet, check_readme_fields
+from reprodl.store import open_dataset
+from reprodl.store.uris import check_name, local_path
+from reprodl.training.params import Parameters, apply_overrides, check_config_keys
 
 SHORTHANDS = {
     "lr": "params.learning_rate",
@@ -81,7 +85,6 @@ class DataSpec(BaseModel):
     def build_transform(self) -> Any:
         """The :class:`reprodl.data.transforms.Compose` of ``transform`` (None without one)."""
         from reprodl.data.transforms import from_config
-        from reprodl.errors import TransformError
 
         if self.transform is None:
             return None
@@ -212,7 +215,6 @@ def _component(spec: ComponentSpec, prefix: str, kind: Any, allow: list[str]) ->
 
 def _construct(cls: type, what: str, kwargs: dict[str, Any], *args: Any) -> Any:
     """``cls(*args, **kwargs)``; a wrong keyword or value is a :class:`ParametersError` naming the config key."""
-    import inspect
 
     try:
         return cls(*args, **kwargs)
@@ -279,7 +281,6 @@ def _train(
     resume: bool,
 ) -> tuple[str | None, Any]:
     """:func:`build_and_train`'s training, in this process: (the model's URI, None on ranks but 0; record)."""
-    from reprodl.modeldataset.write import DerivedDataSet
     from reprodl.training.loop import train_model_with_metadata_capture
 
     train = [_open(s) for s in cfg.specs("train")]
@@ -322,7 +323,6 @@ def valid_label_counts(cfg: TrainConfig) -> dict[str, int] | None:
 
 def _taken(output: str, name: str) -> bool:
     """Whether a dataset called ``name`` is already under the local base ``output`` (remote: not checked)."""
-    from reprodl.store.uris import local_path
 
     base = local_path(output)
     return base is not None and (base / name).exists()
@@ -350,8 +350,6 @@ def check_name_free(output: str, name: str) -> None:
         InvalidNameError: a name dtool does not allow ('.', '..', a '/').
         DatasetExistsError: naming the model and how to pick a new name or number the run.
     """
-    from reprodl.errors import DatasetExistsError
-    from reprodl.store.uris import check_name
 
     check_name(name)  # '.' or '..' would otherwise be "taken"
     if _taken(output, name):
@@ -365,7 +363,6 @@ def check_name_free(output: str, name: str) -> None:
 
 def _parameters(cfg: TrainConfig) -> Any:
     """The config's params, with the scheduler's ``interval`` (epoch or step) as ``scheduler_interval``."""
-    from reprodl.training.params import Parameters
 
     values = dict(cfg.params)
     interval = (cfg.scheduler.model_extra or {}).get("interval") if cfg.scheduler is not None else None
@@ -387,7 +384,6 @@ def _build_model(cfg: TrainConfig, params: Any) -> tuple[Any, Any]:
     model_spec = cfg.model
     if cfg.parent:
         from reprodl.modeldataset.read import load_weights, read_record
-        from reprodl.store import open_dataset
 
         pds = open_dataset(cfg.parent)
         precord = read_record(pds)
@@ -468,8 +464,6 @@ def _check_fits(optimizer: Any) -> None:
 
 def _loss(cfg: TrainConfig) -> Any:
     """The loss the config names: a class built with its keys, or a loss function with them bound."""
-    import functools
-    import inspect
 
     from reprodl import trust
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from reprodl.errors import NondeterministicOperationError, ParametersError
 from reprodl.provenance import Determinism
+from reprodl.provenance.record import NondeterministicUse
 
 DeterministicSetting = bool | Literal["warn"]
 
@@ -197,7 +198,6 @@ class DeterminismSettings:
 
 def _count_use(record: Determinism, op: str) -> None:
     """Count a run of ``op`` in ``record.nondeterministic_usage``; its first run notes the caller's frame."""
-    from reprodl.provenance.record import NondeterministicUse
 
     usage = record.nondeterministic_usage = record.nondeterministic_usage or []
     for use in usage:
@@ -209,7 +209,6 @@ def _count_use(record: Determinism, op: str) -> None:
 
 def _first_frame_outside_torch() -> str:
     """``file.py:line in function`` of the innermost frame outside torch, warnings and this module."""
-    import sys
 
     import torch
 

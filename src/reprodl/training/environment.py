@@ -8,6 +8,7 @@ BLAS, the CUDA stack and GPUs, and the numeric environment variables.
 
 from __future__ import annotations
 
+import ctypes
 import email
 import importlib.metadata
 import os
@@ -262,7 +263,6 @@ def _cublas_version() -> str | None:
     for name, version in installed_packages().items():
         if name.startswith("nvidia-cublas"):
             return version
-    import ctypes
 
     try:
         maps = Path("/proc/self/maps").read_text(encoding="utf-8", errors="replace")

@@ -4,6 +4,7 @@ training datasets fetched as one, workers seeded from the seed plan, each rank i
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -68,7 +69,6 @@ class Concat(torch.utils.data.ConcatDataset):
 
     def _runs(self, indices: Sequence[int]) -> list[tuple[int, list[int]]]:
         """(dataset index, its local indices) for each run of consecutive indices in one dataset."""
-        import bisect
 
         runs: list[tuple[int, list[int]]] = []
         for i in indices:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -124,7 +125,6 @@ def train_model_with_metadata_capture(
 def _progress_reporter(progress: bool | Callable[[str, int, int], None]) -> Callable[[str, int, int], None] | None:
     """The per-batch progress callback: the caller's, or (``True``) a bar on stderr shown only
     to a person at a terminal, so scripts and logs stay clean; ``False`` turns it off."""
-    import sys
 
     if callable(progress):
         return progress

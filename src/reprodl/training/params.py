@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 from pydantic import (
@@ -195,7 +196,6 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """A copy of ``config`` with ``key=value`` overrides applied (dotted keys nest)."""
-    import copy
 
     out = copy.deepcopy(config)
     for text in overrides:

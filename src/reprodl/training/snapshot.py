@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import subprocess
 import tarfile
@@ -179,7 +180,6 @@ def _safe_relpath(rel: str, what: str, uri: str) -> str:
 
 def _check_members(tar: bytes, source: str, uri: str) -> None:
     """Refuse a tar with a member that leaves the tree, links outside it, or names a ``.git``."""
-    import io
 
     dest = os.path.join(tempfile.gettempdir(), "reprodl-code-check")
     try:
@@ -222,8 +222,6 @@ def _write_inside(dest: Path, rel: str, data: bytes) -> None:
 
 
 def _extract(data: bytes, dest: Path, source: str) -> None:
-    import io
-
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         try:
             tar.extractall(dest, filter="data")  # refuses absolute paths, '..' and links out

@@ -18,6 +18,7 @@ from torch import nn
 
 from reprodl.errors import ModelLoadError
 from reprodl.modeldataset.legacy import load_state_dict_file
+from reprodl.store import open_dataset
 from reprodl.zoo import ResNet18, SimpleScalingCNN
 
 __all__ = ["WEIGHTS_ENV", "GenNet", "ResNet18Pretrained", "load_resnet18_weights"]
@@ -71,7 +72,6 @@ def load_resnet18_weights(weights: str | os.PathLike[str] | None = None) -> dict
         )
     if os.path.isfile(where):
         return _read_weights(where)
-    from reprodl.store import open_dataset
 
     ds = open_dataset(where)
     files = sorted(ds.relpath(i) for i in ds.identifiers if ds.relpath(i).endswith((".safetensors", ".pth", ".pt")))

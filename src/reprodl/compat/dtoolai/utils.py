@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pprint
 import time
 from collections import defaultdict
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from reprodl.data.creators import create_from_dirtree
+from reprodl.store import open_dataset
 
 __all__ = [
     "evaluate_model",
@@ -42,10 +44,8 @@ def image_dataset_from_dirtree(dirtree_dirpath: str | os.PathLike[str], output_b
 def provenance_lines(model_uri: str) -> list[str]:
     """What ``dtoolai-provenance MODEL_URI`` prints (architecture name, training parameters, source
     dataset URI, name and README), as lines; the command itself is installed with reprodl."""
-    import pprint
 
     from reprodl.compat.dtoolai.trained import TrainedTorchModel
-    from reprodl.store import open_dataset
 
     ttm = TrainedTorchModel(model_uri)
     lines = [

@@ -48,6 +48,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/ruff format --check src tests bench examples
 	$(VENV)/bin/mypy
+	# the layer, privacy and import rules, the size budget and the tests' layout (ast checks, seconds)
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_layers.py tests/test_code_shape.py tests/test_layout.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests bench examples

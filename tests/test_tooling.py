@@ -64,7 +64,15 @@ def test_pre_commit_runs_the_tools_of_make_lint_offline():
     assert {repo["repo"] for repo in config["repos"]} == {"local"}  # nothing to download
     assert all(hook["language"] == "system" for hook in hooks)
     entries = [hook["entry"].split()[:2] for hook in hooks]
-    assert entries == [[".venv/bin/ruff", "check"], [".venv/bin/ruff", "format"], [".venv/bin/mypy"]]
+    assert entries == [
+        [".venv/bin/ruff", "check"],
+        [".venv/bin/ruff", "format"],
+        [".venv/bin/mypy"],
+        [".venv/bin/python", "-m"],
+    ]
+    rules = "tests/test_layers.py tests/test_code_shape.py tests/test_layout.py"
+    assert hooks[-1]["entry"].endswith(rules)
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     for command in ("ruff check", "ruff format --check", "mypy"):
         assert f"$(VENV)/bin/{command}" in makefile
+    assert rules in makefile  # make lint runs the same rules

@@ -235,3 +235,31 @@ def test_a_layout_that_cannot_be_built_leaves_the_tracer_hashing_one_by_one(monk
     direct, _ = _train("sgd", 3, direct=True)
     assert tracer._state.direct and tracer._state.layout is None
     assert fast.tobytes() == direct.tobytes()
+
+
+@pytest.mark.parametrize("change", ["filled", "none_to_tensor"])
+def test_optimizer_state_that_appears_in_a_dict_already_there_is_digested(change: str) -> None:
+    """A parameter's state dict that was there but empty (``optimizer.state[p]`` read for a frozen
+    parameter) and later filled, or an entry that held no tensor and later holds one, changes no count
+    the layout checked: its digest must still be the one-by-one digest."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    digests = statedigest.StateDigests(params, [], [opt], torch.device("cpu"))
+    last = params[-1]
+    if change == "filled":
+        last.requires_grad_(False)
+        opt.state[last]  # reading the defaultdict leaves an empty dict there
+    for step in range(4):
+        if step == 2 and change == "filled":
+            last.requires_grad_(True)
+        loss = model(torch.randn(8, 4)).pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if change == "none_to_tensor":
+            opt.state[params[0]]["extra"] = None if step < 2 else torch.full((3,), float(step))
+        got = [as_numpy(d) for d in digests()]
+        want = [as_numpy(d) for d in direct_digests(params, [], [opt], torch.device("cpu"))]
+        assert all(np.array_equal(g, w) for g, w in zip(got, want)), f"step {step}"

@@ -98,8 +98,18 @@ def optimizer_parts(optimizers: Sequence[torch.optim.Optimizer]) -> list[tuple[d
             for p in group["params"]:
                 state = opt.state.get(p)
                 if state:
-                    parts += [(state, k) for k, v in state.items() if isinstance(v, (torch.Tensor, int, float))]
+                    parts += [(state, k) for k, v in state.items() if isinstance(v, _DIGESTED)]
     return parts
+
+
+_DIGESTED = (torch.Tensor, int, float)  # the optimiser state entries digested
+
+
+def _param_states(optimizers: Sequence[torch.optim.Optimizer]) -> list[dict[Any, Any]]:
+    """Every parameter's state dict that exists, in param-group order (empty ones included)."""
+    return [
+        s for opt in optimizers for g in opt.param_groups for p in g["params"] if (s := opt.state.get(p)) is not None
+    ]
 
 
 def number_digest(value: float, device: torch.device) -> torch.Tensor:
@@ -196,8 +206,11 @@ class _Layout:
         self.states = [o.state for o in owner.optimizers]
         self.n_states = [len(s) for s in self.states]
         parts = optimizer_parts(owner.optimizers)
-        self.state_dicts = list({id(s): s for s, _ in parts}.values())
+        # every parameter's state dict, an empty one or one of no digested entry included: one filled later,
+        # or an entry that comes to hold a tensor or number, changes no other count checked here
+        self.state_dicts = list({id(s): s for s in _param_states(owner.optimizers)}.values())
         self.n_entries = sum(map(len, self.state_dicts))
+        self.others = [(s, k) for s in self.state_dicts for k, v in s.items() if not isinstance(v, _DIGESTED)]
         tensor_parts = [(s, k) for s, k in parts if isinstance(s[k], torch.Tensor)]
         self.part_dicts, self.part_keys = [s for s, _ in tensor_parts], [k for _, k in tensor_parts]
         self.state_tensors = [s[k] for s, k in tensor_parts]
@@ -296,6 +309,8 @@ class _Layout:
         try:
             now = list(map(id, map(dict.__getitem__, self.part_dicts, self.part_keys)))
         except KeyError:
+            return False
+        if any(isinstance(s.get(k), _DIGESTED) for s, k in self.others):
             return False
         return now == self.tensor_ids and all(isinstance(s.get(k), (int, float)) for _, s, k in self.numbers)
 

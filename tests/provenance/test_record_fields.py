@@ -160,13 +160,8 @@ def test_a_record_with_ten_thousand_keys_prints_a_bounded_summary_and_diff(tmp_p
     assert "more_fields" in diff.stdout  # the fields outside the schema past 50 are counted
 
 
-@pytest.mark.xfail(
-    reason="review-s3: provenance/fields.py bounds the number of fields outside the schema (MAX_EXTRA) but not "
-    "the length of their names, and diff._flatten expands one such field's nested dict into a row per leaf "
-    "(--json prints them all)",
-    strict=True,
-)
 def test_fields_outside_the_schema_are_bounded_by_name_length_and_nesting() -> None:
+    """A field outside the schema: its name cut (with its length and digest), a large value summarised."""
     from reprodl.provenance.summary import summary_lines
 
     raw = _golden_raw()

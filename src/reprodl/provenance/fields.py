@@ -26,6 +26,8 @@ from pydantic import BaseModel
 from reprodl.provenance.record import ProvenanceRecord
 
 MAX_EXTRA = 50  # fields outside the schema shown per object; the rest are counted
+MAX_EXTRA_NAME = 100  # characters of a field name outside the schema shown
+MAX_EXTRA_VALUE = 500  # characters of such a field's JSON shown, else its size and digest (:func:`summarised`)
 MORE_FIELDS = "more_fields"  # the name under which the fields over MAX_EXTRA are counted
 _INDEX = re.compile(r"\[\d+\]")
 
@@ -74,8 +76,8 @@ def _walk(value: Any, model: type[BaseModel] | None, in_list: bool, path: str, m
             if name in value:
                 yield from _walk(value[name], *_model_in(info.annotation), join(path, name), max_items)
         extra = [k for k in value if k not in fields]
-        for name in extra[:MAX_EXTRA]:
-            yield join(path, str(name)), value[name]
+        for name in extra[:MAX_EXTRA]:  # a name and value no schema bounds: each shortened, never expanded
+            yield join(path, _short_name(str(name))), summarised(value[name], MAX_EXTRA_VALUE)
         if len(extra) > MAX_EXTRA:
             yield join(path, MORE_FIELDS), f"{len(extra) - MAX_EXTRA:,} more fields outside the schema"
     elif isinstance(value, list) and model is not None and in_list and len(value) <= max_items:
@@ -83,6 +85,14 @@ def _walk(value: Any, model: type[BaseModel] | None, in_list: bool, path: str, m
             yield from _walk(item, model, False, f"{path}[{i}]", max_items)
     else:
         yield path, value
+
+
+def _short_name(name: str) -> str:
+    """A field name outside the schema, cut to :data:`MAX_EXTRA_NAME` characters with its length and digest."""
+    if len(name) <= MAX_EXTRA_NAME:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "replace")).hexdigest()[:16]
+    return f"{name[:60]}...<{len(name):,} characters, sha256 {digest}>"
 
 
 def summarised(value: Any, limit: int) -> Any:

@@ -116,6 +116,23 @@ def test_untrusted_code_stops_at_the_plan_before_anything_is_checked_or_run(
     assert calls == ["plan"]
 
 
+def test_code_that_changed_after_it_was_trusted_is_refused_before_anything_runs(
+    calls: list[str], script_model: str
+) -> None:
+    """The prompt showed digest A and the user said yes; if the bytes about to run are not A, nothing runs."""
+    from reprodl.errors import IntegrityError
+    from reprodl.reproduction.pipeline import reproduce
+    from reprodl.reproduction.reexec import reexecution_plan
+
+    shown = reexecution_plan(script_model).code_digest
+    with pytest.raises(IntegrityError, match="changed in between, so nothing was run"):
+        reproduce(script_model, trust_code=True, code_digest="sha256:" + "0" * 64)
+    assert calls == ["plan"]
+    calls.clear()
+    report = reproduce(script_model, trust_code=True, code_digest=shown)  # the bytes shown: it runs
+    assert report.verdict == "identical" and calls[:3] == ["plan", "check", "run"]
+
+
 def test_the_cli_the_public_api_and_the_old_name_are_the_one_function() -> None:
     import reprodl
     from reprodl.reproduction import pipeline, rerun

@@ -138,6 +138,7 @@ def _reproduce_here(uri: str, plan: Any, given: dict[str, Any]) -> int:
             replay_from=given["replay_from"],
             on_output=script,  # the re-executed script's output: on stderr (stdout is the report's, --json's)
             world_size=given["world_size"],
+            code_digest=plan.code_digest if plan is not None and trust_code else None,  # the bytes trusted run
         )
     attested = attest_report(report, attest, attestation) if attest is not None else None
     if as_json:

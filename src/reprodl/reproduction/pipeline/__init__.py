@@ -51,6 +51,7 @@ def reproduce(
     replay: bool = True,
     replay_window: int | None = None,
     replay_from: str | None = None,
+    code_digest: str | None = None,
 ) -> ReproductionReport:
     """Re-run the training recorded in the model dataset at ``uri`` and compare.
 
@@ -68,6 +69,8 @@ def reproduce(
         transforms: transform objects by role ("train", "valid", "test") instead of the recorded ones.
         trusted_keys: public keys the model must be signed by. data: another copy of a role's dataset.
         replay: replay a divergent window per restorable factor (:mod:`.replay`). replay_window, replay_from: one.
+        code_digest: the digest of the recorded code the user was shown and trusted (``reprodl reproduce``'s
+            prompt); the code is refused, nothing run, when the bytes about to run have another.
     """
     options = {k: v for k, v in locals().items() if k not in ("uri", "tolerance", "allow", "trusted_keys")}  # the rest
     request = Request.of(uri, tolerance=tolerance, allow=allow, trusted_keys=trusted_keys, **options)

@@ -19,7 +19,7 @@ import tempfile
 import weakref
 from pathlib import Path
 
-from reprodl.errors import UnsafeImportError
+from reprodl.errors import IntegrityError, UnsafeImportError
 from reprodl.modeldataset.read import load_trace, load_weights, read_record
 from reprodl.modeldataset.signing import signature_note
 from reprodl.provenance import ProvenanceRecord
@@ -65,6 +65,12 @@ def _reexecution(request: Request, model_ds: StoredDataSet, record: ProvenanceRe
     if record.training.determinism.mode == "statistical" and seed is None and run is not None:
         seed = run.seed + STATISTICAL_SEED_OFFSET
     reexecution = plan_for(model_ds, record, seed, trusted_keys=request.trusted_keys)
+    if request.code_digest is not None and reexecution.code_digest != request.code_digest:
+        raise IntegrityError(
+            f"the recorded code of {request.uri} is now {reexecution.code_digest}, not {request.code_digest} "
+            "as shown when you trusted it: it changed in between, so nothing was run; run reproduce again "
+            "and read the plan"
+        )
     if not request.trust_code:
         raise UnsafeImportError(
             f"{reexecution.describe()}\nNothing was run or written. Re-executing recorded code is running code: "

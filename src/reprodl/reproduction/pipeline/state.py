@@ -61,6 +61,7 @@ class Request:
     replay: bool = True
     replay_window: int | None = None
     replay_from: str | None = None
+    code_digest: str | None = None  # the digest the user trusted at the prompt: the code run must have it
     t0: float = dataclasses.field(default_factory=time.perf_counter)
 
     @classmethod

@@ -139,6 +139,14 @@ def test_a_parameter_whose_data_is_swapped_or_state_reloaded_is_still_digested_a
     assert tracer._state.layout is not None and tracer._state.rebuilds == 2
 
 
+def test_a_parameter_cut_to_a_view_at_the_same_address_is_digested_as_it_is() -> None:
+    """``p.data = p.data[:k]`` keeps the data pointer; the layout must not digest the old elements."""
+    _, tracer = _train("sgd", 2)
+    p = tracer._params[1]  # small.bias: in the layout
+    p.data = p.data[: p.numel() // 2]
+    assert _equal(_digests(tracer), _direct(tracer))
+
+
 def test_a_layout_that_disagrees_with_hashing_one_by_one_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     real = np.bitwise_xor
 

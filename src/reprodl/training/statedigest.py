@@ -246,6 +246,7 @@ class _Layout:
         self._index(sources, position)
         self.small_params = [p for p in self.params if id(p) in small]
         self.pointers = [p.data_ptr() for p in self.small_params]
+        self.numels = [p.numel() for p in self.small_params]  # p.data = p.data[:k] keeps the pointer
 
     def _flatten(self, sources: dict[int, torch.Tensor], flat: dict[str, list[int]], position: dict[int, int]) -> None:
         """CPU tensors: NumPy views of them, concatenated each step into one 64-bit array per kind
@@ -295,7 +296,10 @@ class _Layout:
     def holds(self) -> bool:
         """Whether the tensors are still those laid out (cheap checks, see the module docstring; ids of objects
         held here cannot be reused by others)."""
-        if list(map(_DATA_PTR, self.small_params)) != self.pointers:
+        if (
+            list(map(_DATA_PTR, self.small_params)) != self.pointers
+            or list(map(_NUMEL, self.small_params)) != self.numels
+        ):
             return False
         if self.buffers and list(map(id, map(_buffer, self.buffer_refs))) != self.buffer_ids:
             return False
@@ -379,6 +383,7 @@ def _placement(t: torch.Tensor) -> str | None:
 
 
 _DATA_PTR = torch.Tensor.data_ptr
+_NUMEL = torch.Tensor.numel
 _STATE = operator.attrgetter("state")
 
 

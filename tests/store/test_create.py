@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import dtoolcore
 import dtoolcore.utils
 import pytest
 from conftest import snapshot, staging_dirs
+from test_store import _make_small  # the store tests' one small dataset
 
 from reprodl.errors import (
     DatasetExistsError,
@@ -17,17 +17,6 @@ from reprodl.errors import (
     StorageError,
 )
 from reprodl.store import create_dataset, open_dataset
-
-
-def _make_small(base: Path, name: str = "small") -> str:
-    with create_dataset(str(base), name, readme="name: small\n") as writer:
-        writer.put_bytes(b"hello world\n", "a/hello.txt")
-        writer.put_bytes(b"0123456789", "b/digits.txt")
-        writer.put_json({"x": 1}, "meta.json")
-        writer.set_item_label("category", "a/hello.txt", "greeting")
-        writer.put_annotation("purpose", "tests")
-    assert writer.uri is not None
-    return writer.uri
 
 
 def test_exception_inside_create_leaves_no_dataset_and_no_staging(base_dir):

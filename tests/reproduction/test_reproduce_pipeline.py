@@ -229,3 +229,40 @@ def test_nothing_the_pipeline_uses_imports_the_pipeline_or_its_old_name() -> Non
     for module in runners:
         back = {d for d in graph[module] if d.startswith(top) or d == "reprodl.reproduction.rerun"}
         assert not back, f"{module} imports {sorted(back)}: a runner calls back into the pipeline"
+
+
+@pytest.mark.parametrize("engine", ["ray", "slurm"])
+def test_the_digest_trusted_at_the_prompt_goes_with_a_reproduction_on_an_engine(
+    script_model: str, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``reprodl reproduce --executor ray|slurm`` after a yes at the prompt: the engine's re-run is held to
+    the bytes shown (``code_digest``), as the re-run here is; without the prompt (``--trust-code``) none is."""
+    from typer.testing import CliRunner
+
+    from reprodl.cli import build
+    from reprodl.cli import reproduce as cli_reproduce
+    from reprodl.reproduction import executors
+    from reprodl.reproduction.reexec import reexecution_plan
+
+    sent: list[dict[str, Any]] = []
+
+    def fake_reproduce_on(executor: Any, uri: str, **options: Any) -> dict[str, Any]:
+        sent.append(options)
+        return {"verdict": "identical", "ok": True, "reasons": [], "allocation": {"label": "x", "rerun": {}}}
+
+    monkeypatch.setattr(executors, "reproduce_on", fake_reproduce_on)
+    asked = cli_reproduce._ask_trust
+
+    def yes_at_the_prompt(uri: str, trust_code: bool, *args: Any) -> tuple[Any, bool]:
+        plan, trusted = asked(uri, trust_code, *args)  # no terminal here: the plan, not yet trusted
+        return plan, True  # what a yes at the prompt gives
+
+    monkeypatch.setattr(cli_reproduce, "_ask_trust", yes_at_the_prompt)
+    runner = CliRunner()
+    result = runner.invoke(build(), ["reproduce", script_model, "--executor", engine, "--json"])
+    assert result.exit_code == 0, result.output
+    assert sent[-1]["trust_code"] is True
+    assert sent[-1]["code_digest"] == reexecution_plan(script_model).code_digest
+    result = runner.invoke(build(), ["reproduce", script_model, "--executor", engine, "--json", "--trust-code"])
+    assert result.exit_code == 0, result.output
+    assert "code_digest" not in sent[-1]

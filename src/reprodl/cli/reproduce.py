@@ -108,7 +108,7 @@ def reproduce_cmd(
     check_can_attest(uri, attest)
     plan, trust_code = _ask_trust(uri, trust_code, as_json, trusted_key or ())
     if not engine.local:
-        raise typer.Exit(_reproduce_on(engine, uri, locals(), quiet=quiet, as_json=as_json))
+        raise typer.Exit(_reproduce_on(engine, uri, plan, locals(), quiet=quiet, as_json=as_json))
     raise typer.Exit(_reproduce_here(uri, plan, locals()))
 
 
@@ -174,7 +174,7 @@ class _ScriptOutput:
             raise
 
 
-def _reproduce_on(engine: Any, uri: str, given: dict[str, Any], *, quiet: bool, as_json: bool) -> int:
+def _reproduce_on(engine: Any, uri: str, plan: Any, given: dict[str, Any], *, quiet: bool, as_json: bool) -> int:
     """``reprodl reproduce --executor slurm|ray``: the re-run on the engine (``given``: the command's
     arguments); its verdict and allocation."""
     from reprodl.reproduction.executors import reproduce_on
@@ -185,6 +185,8 @@ def _reproduce_on(engine: Any, uri: str, given: dict[str, Any], *, quiet: bool, 
     options = {name: given[name] for name in names}
     options.update(allow=given["allow"] or [], trusted_keys=given["trusted_key"] or [])
     options["data"] = _roles_to_uris(given["data"] or [])
+    if plan is not None and given["trust_code"]:  # the bytes trusted run on the engine, or nothing does
+        options["code_digest"] = plan.code_digest
 
     if not (quiet or as_json):
         err.print(f"Reproducing {uri} on {engine.kind}: submitted; waiting for the re-run...", markup=False)

@@ -15,13 +15,20 @@ Per shape, three contenders, interleaved in alternating order (A B C, C B A, ...
 - reproduce: ``reprodl.reproduce(uri, trust_code=True)`` of the first recorded run (in this
   process: data check, the code materialised, the script re-executed, weights and trace
   compared). Target: <= 1.10x the capture run it reproduces (the original training process).
+  This process imports reprodl's reproduction modules once, in an untimed reproduction before
+  the rounds (else the first round alone pays them).
+- reproduce, CLI: ``reprodl reproduce URI --trust-code --json`` as a process, as a user runs it
+  (for information): it pays, each time, the imports the in-process figure leaves out (torch
+  and reprodl's reproduction modules in the parent, beside the re-executed script's own).
 
 Beside the wall-time ratios: CPU time (children included; less sensitive to the other
 processes of a busy machine) and the training loop alone (``loop_s`` the script prints: plain
-loop vs recorded loop). Step counts are small (512 samples, 2 epochs), so the processes' fixed
-costs (imports, code and environment capture, writing the model) weigh as they do on a short run.
+loop vs recorded loop). Step counts are small by default (512 samples, 2 epochs), so the
+processes' fixed costs (imports, code and environment capture, writing the model) weigh as they do
+on a short run; ``--size``/``--epochs`` run the same scripts longer, where the per-step cost weighs.
 
     .venv/bin/python bench/bench_shapes.py [--quick] [--repeats N] [--shapes gan lbfgs ...]
+        [--size 512] [--epochs 2] [--no-cli]
 """
 
 from __future__ import annotations
@@ -53,6 +60,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one round per shape")
     parser.add_argument("--repeats", type=int, default=None, help="rounds per shape (default 3, --quick 1)")
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES), help="which shapes")
+    parser.add_argument("--size", type=int, default=512, help="samples per shape (default 512)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per shape (default 2)")
+    parser.add_argument("--no-cli", action="store_true", help="leave out the `reprodl reproduce` process")
     parser.add_argument("--output-dir", type=Path, default=C.OUTPUT_DIR, help="where shapes.json goes")
     return parser.parse_args()
 
@@ -78,37 +88,54 @@ def make_repo(tmp: Path, shapes: list[str]) -> Path:
     return repo
 
 
-def run_script(repo: Path, shape: str, env: dict[str, str], record: Path | None) -> dict[str, Any]:
-    """One script run end to end; what its last line says (``loop_s``, ``uri``)."""
-    command = [sys.executable, f"{shape}.py"] + (["--record", str(record)] if record else [])
+def run_script(repo: Path, shape: str, env: dict[str, str], record: Path | None, length: list[str]) -> dict[str, Any]:
+    """One script run end to end (``length``: its --size/--epochs); what its last line says (``loop_s``, ``uri``)."""
+    command = [sys.executable, f"{shape}.py", *length] + (["--record", str(record)] if record else [])
     res = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"{shape}.py {'--record' if record else ''} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def bench_shape(repo: Path, shape: str, repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+def reproduce_cli(uri: str, env: dict[str, str]) -> str:
+    """``reprodl reproduce URI --trust-code --json`` as a process; its verdict."""
+    command = [sys.executable, "-m", "reprodl.cli", "reproduce", uri, "--trust-code", "--json"]
+    res = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if not res.stdout.strip():
+        raise RuntimeError(f"reprodl reproduce {uri} printed no report (exit {res.returncode}):\n{res.stderr[-3000:]}")
+    return str(json.loads(res.stdout)["verdict"])
+
+
+def bench_shape(
+    repo: Path, shape: str, repeats: int, length: list[str], cli: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """Plain, capture and reproduce of one shape, interleaved; its comparisons, figures and verdict line."""
     env = child_env()
     counter = iter(range(1_000_000))
-    first = run_script(repo, shape, env, repo / f"models-{shape}-first")  # the run reproduced; also the warm-up
+    first = run_script(repo, shape, env, repo / f"models-{shape}-first", length)  # the run reproduced; a warm-up
     verdicts: list[str] = []
+    reprodl.reproduce(first["uri"], trust_code=True, on_output=lambda _line: None)  # this process's imports
 
     def plain() -> dict[str, float]:
-        return {"loop_s": run_script(repo, shape, env, None)["loop_s"]}
+        return {"loop_s": run_script(repo, shape, env, None, length)["loop_s"]}
 
     def capture() -> dict[str, float]:
-        return {"loop_s": run_script(repo, shape, env, repo / f"models-{shape}-{next(counter)}")["loop_s"]}
+        return {"loop_s": run_script(repo, shape, env, repo / f"models-{shape}-{next(counter)}", length)["loop_s"]}
 
     def reproduce() -> None:
         report = reprodl.reproduce(first["uri"], trust_code=True, on_output=lambda _line: None)
         verdicts.append(report.verdict)
+
+    def reproduce_process() -> None:
+        verdicts.append(reproduce_cli(first["uri"], env))
 
     def show(r: int, t: dict[str, float]) -> None:
         times = ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
         print(f"[{NAME}] {shape} round {r + 1}/{repeats}: {times}", flush=True)
 
     runs = {"plain": plain, "capture": capture, "reproduce": reproduce}
+    if cli:
+        runs["reproduce_cli"] = reproduce_process
     res = T.alternating(runs, repeats, warmup=0, on_round=show)
     base, cand, rep = res["plain"], res["capture"], res["reproduce"]
     loops = {k: [e["loop_s"] for e in res[k]["extra"]] for k in ("plain", "capture")}
@@ -124,6 +151,11 @@ def bench_shape(repo: Path, shape: str, repeats: int) -> tuple[list[dict[str, An
         T.overhead(f"{shape}: reproduce, CPU", "reproduce(uri, trust_code=True)", "capture run", rep["cpu"],
                    cand["cpu"], None, "this process's and the script's CPU time"),
     ]  # fmt: skip
+    if cli:
+        comparisons.append(
+            T.overhead(f"{shape}: reproduce, CLI process, wall", "reprodl reproduce --trust-code", "capture run",
+                       res["reproduce_cli"]["wall"], cand["wall"], None, "the parent's imports included")
+        )  # fmt: skip
     measurements = {k: {m: T.summary(res[k][m]) for m in ("wall", "cpu")} for k in runs}
     for k in loops:
         measurements[k]["loop"] = T.summary(loops[k])
@@ -139,11 +171,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="reprodl-bench-") as tmp:
         repo = make_repo(Path(tmp), args.shapes)
         for shape in args.shapes:
-            comps, figures, note = bench_shape(repo, shape, repeats)
+            length = ["--size", str(args.size), "--epochs", str(args.epochs)]
+            comps, figures, note = bench_shape(repo, shape, repeats, length, not args.no_cli)
             comparisons += comps
             measurements[shape] = figures
             notes.append(note)
-    params = {"shapes": args.shapes, "repeats": repeats, "size": 512, "epochs": 2, "threads": 1}
+    params = {"shapes": args.shapes, "repeats": repeats, "size": args.size, "epochs": args.epochs, "threads": 1}
     T.write_report(NAME, args, params, comparisons, measurements, notes)
 
 

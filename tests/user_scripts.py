@@ -60,3 +60,41 @@ def run_script(repo: Path, script: str, *args: str, timeout: float = 600) -> sub
     """``python script args...`` in ``repo`` with :func:`child_env`, output captured as text."""
     command = [sys.executable, script, *args]
     return subprocess.run(command, cwd=repo, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
+TINY_RUN = """\
+import torch
+
+import reprodl
+
+
+def main():
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 4, generator=g), torch.randint(0, 2, (16,), generator=g))
+    with reprodl.start_run("models", "tiny", seed=0) as run:
+        model = torch.nn.Linear(4, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        run.watch(model, optimizer, loss=torch.nn.CrossEntropyLoss())
+        for x, y in run.loader(data, batch_size=8):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+        run.log(epoch=1, train_loss=loss)
+        run.save(model)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def tiny_run_script(*, helper: bool = False) -> str:
+    """A tiny ``start_run`` training (a linear model, 2 steps) as a user's ``train.py``; with ``helper``,
+    it also imports a local module ``helper`` and calls ``helper.hello()`` first (code beside the script)."""
+    if not helper:
+        return TINY_RUN
+    return adopt(
+        TINY_RUN,
+        [("import reprodl\n", "import helper\nimport reprodl\n"), ("    main()\n", "    helper.hello()\n    main()\n")],
+    )

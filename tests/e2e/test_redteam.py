@@ -39,7 +39,7 @@ pytest.register_assert_rewrite("train_fixtures")
 from redteam import forge, strings
 from train_fixtures import digit_image, digits_config, path_of, train_digits
 from typer.testing import CliRunner
-from user_scripts import git, user_repo
+from user_scripts import git, tiny_run_script, user_repo
 
 pytest_plugins = ["train_fixtures"]
 
@@ -265,31 +265,7 @@ def _not_resealed(raw: dict[str, Any], mark: Path) -> None:
     raw["results"]["final"]["valid_accuracy"] = 1.0
 
 
-RUN_SCRIPT = """\
-import torch
-
-import helper
-import reprodl
-
-
-def main():
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(16, 4, generator=g), torch.randint(0, 2, (16,), generator=g))
-    with reprodl.start_run("models", "tiny", seed=0) as run:
-        model = torch.nn.Linear(4, 2)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        run.watch(model, optimizer, loss=torch.nn.CrossEntropyLoss())
-        for x, y in run.loader(data, batch_size=8):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-        run.save(model)
-
-
-if __name__ == "__main__":
-    helper.hello()
-    main()
-"""
+RUN_SCRIPT = tiny_run_script(helper=True)
 
 
 def _helper_payload(model: Path, base: Path, mark: Path) -> str:

@@ -34,7 +34,7 @@ pytest.register_assert_rewrite("train_fixtures")
 
 from train_fixtures import *  # noqa: F403 - fixtures
 from train_fixtures import TrainedModel, digit_image, path_of, rewrite_model
-from user_scripts import git, run_script, user_repo
+from user_scripts import git, run_script, tiny_run_script, user_repo
 
 from reprodl import keys
 from reprodl.store import open_dataset
@@ -148,33 +148,7 @@ def test_allow_main_never_executes_the_stored_training_script(trained_model, tmp
 
 
 # --- 3 and 4. what --trust-code runs ------------------------------------------------------------
-SCRIPT = """\
-import torch
-
-import helper
-import reprodl
-
-
-def main():
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(16, 4, generator=g), torch.randint(0, 2, (16,), generator=g))
-    with reprodl.start_run("models", "tiny", seed=0) as run:
-        model = torch.nn.Linear(4, 2)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        run.watch(model, optimizer, loss=torch.nn.CrossEntropyLoss())
-        for x, y in run.loader(data, batch_size=8):
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-        run.log(epoch=1, train_loss=loss)
-        run.save(model)
-
-
-if __name__ == "__main__":
-    helper.hello()
-    main()
-"""
+SCRIPT = tiny_run_script(helper=True)
 
 
 @pytest.fixture(scope="module")

@@ -19,38 +19,14 @@ import pytest
 pytest.register_assert_rewrite("train_fixtures")
 
 from train_fixtures import train_digits
-from user_scripts import run_script, user_repo
+from user_scripts import run_script, tiny_run_script, user_repo
 
 pytest_plugins = ["train_fixtures"]
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "reprodl" / "reproduction"
 STAGES = ["plan", "check", "run", "compare", "judge", "explain"]
 
-SCRIPT = """\
-import torch
-
-import reprodl
-
-
-def main():
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(16, 4, generator=g), torch.randint(0, 2, (16,), generator=g))
-    with reprodl.start_run("models", "tiny", seed=0) as run:
-        model = torch.nn.Linear(4, 2)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        run.watch(model, optimizer, loss=torch.nn.CrossEntropyLoss())
-        for x, y in run.loader(data, batch_size=8):
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-        run.log(epoch=1, train_loss=loss)
-        run.save(model)
-
-
-if __name__ == "__main__":
-    main()
-"""
+SCRIPT = tiny_run_script()
 
 
 @pytest.fixture

@@ -470,3 +470,56 @@ def test_the_provenance_summary_names_every_model_and_optimiser(gan: dict[str, A
     assert result.exit_code == 0, result.output
     assert "Model discriminator: __main__:Discriminator, weights models/discriminator.safetensors" in result.stdout
     assert f"Optimiser generator (of generator): Adam, {GAN_STEPS} steps" in result.stdout
+
+
+def test_an_optimiser_stepped_without_a_closure_is_recorded_without_one(tmp_path: Path) -> None:
+    """torch gives a step pre-hook the optimiser itself as its first argument: that is not a closure."""
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    with reprodl.start_run(_base(tmp_path), "sgd", seed=0) as run:
+        run.use(x)
+        model = nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        run.watch(model, optimizer, batch_size=16)
+        for _ in range(2):
+            optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+        run.save(model)
+    record = run.record
+    assert record is not None
+    (opt,) = record.training.optimizers
+    assert (opt.closure, opt.steps) == (False, 2)
+
+
+def test_one_module_with_two_optimisers_counts_each_steps_backward_passes(tmp_path: Path) -> None:
+    """A GAN in one module (a LightningModule's shape): the discriminator's step is preceded by a backward
+    pass that never reaches the generator's parameters; each step still counts the passes it applied."""
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gen, self.disc = nn.Linear(2, 4), nn.Linear(4, 1)
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(8, 4, generator=g)
+    with reprodl.start_run(_base(tmp_path), "pair", seed=0) as run:
+        run.use(real)
+        pair = Pair()
+        opt_g = torch.optim.SGD(pair.gen.parameters(), lr=0.1)
+        opt_d = torch.optim.SGD(pair.disc.parameters(), lr=0.1)
+        run.watch(pair, [opt_g, opt_d], batch_size=8)
+        for _ in range(2):
+            fake = pair.gen(torch.randn(8, 2, generator=g))
+            opt_g.zero_grad()
+            pair.disc(fake).mean().backward()  # reaches both: the generator's step
+            opt_g.step()
+            opt_d.zero_grad()
+            for _ in range(2):  # two accumulated passes that reach only the discriminator
+                (pair.disc(real).mean() - pair.disc(fake.detach()).mean()).backward()
+            opt_d.step()
+        run.save(pair)
+    record = run.record
+    assert record is not None
+    (model,) = record.models
+    passes = {change.step: change.values["backward_passes"] for change in model.accumulation}  # changes only
+    assert passes == {1: 1, 2: 2, 3: 1, 4: 2}, model.accumulation

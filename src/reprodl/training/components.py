@@ -141,6 +141,8 @@ class WatchedOptimizer:
     scheduler_info: CallableInfo | None = None  # its scheduler as built (described when watched, not at the end)
     steps: int = 0
     closure: bool = False
+    backward_passes: int = 0  # since its last step, the passes that reached its first parameter
+    counts_passes: bool = False  # whether it counts them (a model with several optimisers)
     applied: _Changes = dataclasses.field(default_factory=_Changes)
     _keys: dict[int, list[str]] = dataclasses.field(default_factory=dict)
     _raw: dict[int, list[Any]] = dataclasses.field(default_factory=dict)  # per group: the values last noted
@@ -287,6 +289,8 @@ class ComponentWatcher:
             w_opt.scheduler_info = describe_callable(scheduler) if scheduler is not None else None
             watched.optimizers.append(w_opt)
             self._hook_optimizer(w_opt)
+            if len(optimizers) > 1:
+                self._hook_passes(w_opt)
         self._hook_model(watched)
         self.models.append(watched)
         self._patch_clipping()
@@ -323,18 +327,35 @@ class ComponentWatcher:
     # --- hooks -------------------------------------------------------------------------------
     def _hook_optimizer(self, watched: WatchedOptimizer) -> None:
         def before(optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if (args and args[0] is not None) or kwargs.get("closure") is not None:
+            # torch passes the step's arguments after the optimiser itself: step(closure) gives (optimizer, closure)
+            if (len(args) > 1 and args[1] is not None) or kwargs.get("closure") is not None:
                 watched.closure = True
             watched.observe(self.step + 1)
 
         def after(*_: Any) -> None:
             self.step += 1
             watched.steps += 1
+            if watched.counts_passes:  # this optimiser's passes, not those of the model's first parameter
+                watched.model.backward_passes, watched.backward_passes = watched.backward_passes, 0
             watched.model.observe_step(self.step)
             self.on_step()
 
         self._hooks.append(watched.optimizer.register_step_pre_hook(before))
         self._hooks.append(watched.optimizer.register_step_post_hook(after))
+
+    def _hook_passes(self, watched: WatchedOptimizer) -> None:
+        """Count the backward passes that reach this optimiser's first parameter: a model with several
+        optimisers (a GAN in one module) steps each after passes that may never reach the model's first."""
+        groups = watched.optimizer.param_groups
+        first = next((p for g in groups for p in g["params"] if p.requires_grad), None)
+        if first is None:
+            return
+
+        def on_backward(grad: torch.Tensor) -> None:
+            watched.backward_passes = 1 if first.grad is None else watched.backward_passes + 1
+
+        watched.counts_passes = True
+        self._hooks.append(first.register_hook(on_backward))
 
     def _hook_model(self, watched: WatchedModel) -> None:
         first = next((p for p in watched.module.parameters() if p.requires_grad), None)

@@ -523,3 +523,55 @@ def test_one_module_with_two_optimisers_counts_each_steps_backward_passes(tmp_pa
     (model,) = record.models
     passes = {change.step: change.values["backward_passes"] for change in model.accumulation}  # changes only
     assert passes == {1: 1, 2: 2, 3: 1, 4: 2}, model.accumulation
+
+
+def _train_keeping_copies(tmp_path: Path, name: str, save: Any) -> Any:
+    """Three epochs of two steps; ``save(run, model, copies)`` ends it (copies: the model after each epoch)."""
+    import copy
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, generator=g), torch.randn(16, 1, generator=g)
+    with reprodl.start_run(_base(tmp_path), name, seed=0) as run:
+        model = nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        run.watch(model, optimizer)
+        copies = []
+        for _ in range(3):
+            for xb, yb in run.loader(torch.utils.data.TensorDataset(x, y), batch_size=8):
+                optimizer.zero_grad()
+                nn.functional.mse_loss(model(xb), yb).backward()
+                optimizer.step()
+            copies.append(copy.deepcopy(model))  # "the best so far", as pytorch/examples keep it
+        save(run, model, copies)
+    return run.record
+
+
+def test_a_saved_copy_of_the_model_records_the_step_its_weights_were_taken_at(tmp_path: Path) -> None:
+    """run.save(best) where best is a copy (the best epoch's, reloaded): the record's saved_at_step is the
+    traced step whose digests its weights have, not the step the run had reached."""
+    record = _train_keeping_copies(tmp_path, "best", lambda run, model, copies: run.save(copies[0]))
+    assert record.training.optimizer_steps == 6
+    assert record.results.saved_at_step == 2  # after the first epoch
+    record = _train_keeping_copies(tmp_path, "last", lambda run, model, copies: run.save(copies[-1]))
+    assert record.results.saved_at_step == 6
+
+
+def test_a_saved_copy_whose_weights_no_step_had_is_named_at_training_time(tmp_path: Path) -> None:
+    """Weights no traced step had (averaged, edited): saved_at_step is unknown (None), and the run says so."""
+
+    def averaged(run: Any, model: nn.Module, copies: list[nn.Module]) -> None:
+        with torch.no_grad():
+            copies[0].weight.add_(copies[1].weight).div_(2)
+        run.save(copies[0])
+
+    with pytest.warns(UserWarning, match="match no traced step"):
+        record = _train_keeping_copies(tmp_path, "avg", averaged)
+    assert record.results.saved_at_step is None
+
+
+def test_saving_a_module_that_is_neither_watched_nor_a_copy_of_a_watched_one_is_refused(tmp_path: Path) -> None:
+    def other(run: Any, model: nn.Module, copies: list[nn.Module]) -> None:
+        run.save(nn.Linear(5, 2))
+
+    with pytest.raises(reprodl.errors.ParametersError, match="run.watch was not given"):
+        _train_keeping_copies(tmp_path, "other", other)

@@ -89,7 +89,8 @@ class Results(_Part):
     saved_at_step: int | None = Field(
         None,
         description="the optimiser steps taken when the saved weights were taken (run.save may keep them before "
-        "the end); None: not known (older records)",
+        "the end, or save a copy from an earlier step); None: not known (a saved copy whose weights no traced "
+        "step had, or an older record)",
     )
     trace: StepTrace | None = Field(
         None, description="the step trace: digests of the training state, loss and batch after each optimiser step"

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from reprodl import __version__
+from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import (
     Architecture,
     CallableInfo,
@@ -50,6 +51,7 @@ from reprodl.training.components import ComponentWatcher, WatchedModel
 from reprodl.training.order import order_digest
 from reprodl.training.progress import ProgressFile
 from reprodl.training.seeding import SeedPlan
+from reprodl.training.statedigest import tensor_digest
 from reprodl.training.trace import StepCallback, StepTracer, TraceKind
 
 # Training.optimizer of a record whose first model has no optimiser (updated by hand).
@@ -125,6 +127,17 @@ class Recorder:
     def models(self) -> list[WatchedModel]:
         """Every watched model, in the order watched."""
         return self.watcher.models if self.watcher is not None else []
+
+    def step_of(self, watched: WatchedModel, saved: Mapping[str, torch.Tensor]) -> int | None:
+        """The step after which ``watched``'s tensors were as in ``saved`` (a copy of it run.save got): 0 for its
+        initial weights, else the last traced step whose digests they have; None when no step had them."""
+        if state_dict_sha256(dict(saved)) == watched.architecture.initial_weights_sha256:
+            return 0
+        if self.tracer is None:
+            return None
+        prefix = next((f"{p}." for p, w in self._prefixes.items() if w is watched), "")
+        digests = {prefix + k: int(tensor_digest(v).item()) for k, v in saved.items()}
+        return self.tracer.last_step_with({k: v for k, v in digests.items() if k in self.tracer.names})
 
     def set_steps(self, steps: int) -> None:
         """Continue counting from ``steps`` (a resumed training)."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,10 @@ from reprodl.training.tensorboard import TensorBoardLogger
 from reprodl.training.trace import StepTracer
 
 ROLES = ("train", "valid", "test")
+_NO_STEP = (
+    "run.save got a copy of the model {!r} whose weights match no traced step (averaged, edited, or from "
+    "before a thinned part of the trace): the record cannot say when they were taken (saved_at_step: null)"
+)
 IN_MEMORY = "in-memory"
 UNVERIFIED = "unverified"
 
@@ -419,9 +424,14 @@ class Run:
             )
         self._watcher.complete_pending()
         saved: dict[str, dict[str, torch.Tensor]] = {}
+        self._saved_at_step = self._steps
         if not isinstance(model, Mapping):
-            watched = self._watcher.find(model) or self._watcher.models[0]
-            saved[watched.name] = state(model)
+            watched = self._watcher.find(model)
+            saved[(watched or self._copy_of(model)).name] = weights = state(model)
+            if watched is None:  # a copy (the best epoch's, reloaded): when were its weights the model's?
+                self._saved_at_step = self._recorder.step_of(self._copy_of(model), weights)
+                if self._saved_at_step is None:
+                    warnings.warn(_NO_STEP.format(self._copy_of(model).name), UserWarning, stacklevel=2)
         elif not model:
             raise ParametersError("run.save got an empty mapping: give {name: model} for each model to save")
         for key, module in model.items() if isinstance(model, Mapping) else ():
@@ -434,10 +444,20 @@ class Run:
             self._watcher.rename(found, check_name(key))
             saved[found.name] = state(module)
         self._saved = saved
-        self._saved_at_step = self._steps
         default = next(iter(model.values())) if isinstance(model, Mapping) else model
         first = next(iter(original_module(default)[0].parameters()), None)
         self._device = str(first.device) if first is not None else "cpu"
+
+    def _copy_of(self, module: torch.nn.Module) -> Any:
+        """The watched model ``module`` is a copy of (the same tensor names and shapes), else ParametersError."""
+        layout = {k: tuple(v.shape) for k, v in original_module(module)[0].state_dict().items()}
+        for watched in self._watcher.models if self._watcher is not None else ():
+            if {k: tuple(v.shape) for k, v in watched.module.state_dict().items()} == layout:
+                return watched
+        raise ParametersError(
+            f"run.save got a {type(module).__qualname__} that run.watch was not given, nor a copy of a watched "
+            "model (the same tensors): call run.watch(model, optimizer) with the model you train"
+        )
 
     # --- writing (:mod:`._run_output`) ----------------------------------------------------------
     def _write(self) -> None:

@@ -278,6 +278,21 @@ class StepTracer:
         parts = self._kept + self._tail
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
 
+    def last_step_with(self, digests: dict[str, int]) -> int | None:
+        """The last kept step after which the named tensors had these digests (:func:`tensor_digest` values,
+        as int64 or uint64); None when no kept step had them all (or the trace is not exact)."""
+        if self.kind != "exact" or not digests or not set(digests) <= set(self.names):
+            return None
+        self.flush()
+        parts = self._kept + self._tail
+        if not parts:
+            return None
+        rows = np.concatenate(parts)
+        columns = [self.names.index(n) for n in digests]
+        want = np.array([d & (2**64 - 1) for d in digests.values()], dtype=np.uint64)
+        hits = np.flatnonzero((rows["digest"][:, columns] == want).all(axis=1))
+        return int(rows["step"][hits[-1]]) if hits.size else None
+
     def to_bytes(self) -> bytes:
         """``trace.npy``: the kept rows as a NumPy file (no pickle)."""
         import io

@@ -176,8 +176,12 @@ if changed >= 0:
     x[changed, 0] += 1.0
 model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+held_out = torch.zeros(4, 8)
+if os.environ.get("TEST_CHANGE_HELD_OUT"):
+    held_out[0, 0] = 1.0  # data the record names that no step reads
 with reprodl.start_run("models", args.name, seed=0) as run:
     data = run.use(TensorDataset(x, y, torch.arange(96)))
+    run.use(held_out, role="test")
     run.watch(model, optimizer, loss=F.cross_entropy)
     loader = run.loader(data, batch_size=16, shuffle=True)
     step = 0
@@ -259,6 +263,19 @@ def test_script_one_changed_in_memory_item_differs_at_its_first_batch_with_the_d
     assert div is not None and div.step == first and div.contents_differ is True
     assert div.causes[0].startswith("data: the in-memory train TensorDataset's digest changed (")
     assert f"the batch at step {first}" in div.causes[0]
+    # the reasons agree with the cause: the data changed, so "the computation differed" is not among them
+    assert "nondeterminism" not in _kinds(report), report.reasons
+    assert any(r.startswith("data: the in-memory train TensorDataset's digest changed (") for r in report.reasons)
+
+
+def test_script_changed_data_that_no_step_read_is_named_beside_an_identical_verdict(script_runs, monkeypatch):
+    """The model came back bit for bit, but from data whose digest differs: the verdict stays what the
+    weights and trace say, and a reason names the change with its evidence."""
+    monkeypatch.setenv("TEST_CHANGE_HELD_OUT", "1")
+    report, _ = _reproduce(script_runs["plain"])
+    assert report.verdict == "identical", report.reasons
+    changed = [r for r in report.reasons if r.startswith("data: the in-memory test tensor's digest changed (")]
+    assert changed and "came back bit for bit" in changed[0], report.reasons
 
 
 def test_script_interrupted_original_rerun_to_the_end_differs_naming_the_step_counts(script_runs):

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.compare import BAND_Z, Tolerance, default_bands, envelope_check, statistical_metrics_ok
-from reprodl.reproduction.divergence import Divergence
+from reprodl.reproduction.divergence import Divergence, input_changes
 from reprodl.reproduction.environment import EnvDifference, Expectation, restore_text
 
 Verdict = Literal["identical", "within tolerance", "differs"]
@@ -38,6 +38,9 @@ ReasonKind = Literal[
     "code",
     "data order",
     "data order not recorded",
+    "data",  # a dataset's recorded digest changed in the re-run's own record
+    "initial weights",
+    "seeds",
     "steps",
     "logged",
     "trace",
@@ -109,6 +112,7 @@ def judge(
     found = [r if isinstance(r, Reason) else Reason("given", r) for r in reasons]
     found += _unverified(record) + environment_reasons(environment)
     found += setting_reasons(record, new, code, data_order_matches=comparison.data_order_matches)
+    found += _input_reasons(record, new, comparison)
     steps_ok = _steps_reasons(record, new, found)
     if not steps_ok:
         return Judgement("differs", found + _difference_reasons(record, comparison, nondeterminism=False))
@@ -259,6 +263,22 @@ def environment_reasons(environment: Sequence[EnvDifference]) -> list[Reason]:
         out.append(Reason("environment", text))
     if n_packages:
         out.append(Reason("packages", f"{n_packages} installed package version(s) differ"))
+    return out
+
+
+def _input_reasons(record: ProvenanceRecord, new: ProvenanceRecord, comparison: Comparison) -> list[Reason]:
+    """The recorded inputs the re-run's own record shows changed (data digests, initial weights; seeds outside
+    statistical mode, which re-seeds on purpose), each with its evidence, whatever the verdict."""
+    statistical = record.training.determinism.mode == "statistical"
+    came_back = comparison.weights.get("identical") and _trace_ok(comparison.divergence)
+    out = []
+    for change in input_changes(record, new):
+        if change.kind == "seeds" and statistical:
+            continue
+        text = change.text
+        if came_back:
+            text += ", yet the model came back bit for bit (its weights and every traced step are equal)"
+        out.append(Reason(change.kind, text))
     return out
 
 

@@ -47,3 +47,24 @@ def test_an_unrecorded_order_is_a_reason_citing_why() -> None:
 def test_a_different_order_is_a_reason() -> None:
     _, reasons = _judge(_record(["a"]), _record(["b"]), False)
     assert any("order in which samples were seen differs" in r for r in reasons)
+
+
+def test_metrics_logged_by_step_are_compared_and_shown_by_step(capsys) -> None:
+    """run.log(step=20, loss=...) is shown as "loss (step 20)", not as an epoch (nanoGPT logs by iteration)."""
+    from types import SimpleNamespace
+
+    from reprodl.cli.reproduce import _print_comparison
+    from reprodl.reproduction.reexec import compare_logged
+
+    def record(logged: list[dict[str, float]]) -> SimpleNamespace:
+        return SimpleNamespace(results=SimpleNamespace(logged=logged))
+
+    rows = compare_logged(
+        record([{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.5}]),
+        record([{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.25}]),
+    )
+    assert [(r["epoch"], r["at"], r["abs_diff"]) for r in rows] == [(10, "step", 0.0), (20, "step", 0.25)]
+    weights = {"n_identical": 1, "n_tensors": 1, "max_abs_diff": 0.0}
+    _print_comparison(SimpleNamespace(weights=weights, metrics=rows, predictions={}, envelope=None))
+    shown = capsys.readouterr().out
+    assert "loss (step 20): 1.5 -> 1.25" in shown and "epoch" not in shown

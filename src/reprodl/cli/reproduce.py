@@ -265,7 +265,8 @@ def _print_comparison(report: ReproductionReport) -> None:
     last = max((r["epoch"] for r in report.metrics), default=0)
     for r in report.metrics:
         if r["epoch"] == last:
-            out.print(f"  {r['metric']} (epoch {last}): {r['original']:.6g} -> {r['reproduction']:.6g}", markup=False)
+            at = r.get("at", "epoch")  # a metric logged by step: its step
+            out.print(f"  {r['metric']} ({at} {last}): {r['original']:.6g} -> {r['reproduction']:.6g}", markup=False)
     p = report.predictions
     if p:
         out.print(

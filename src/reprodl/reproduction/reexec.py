@@ -259,15 +259,19 @@ def _run(command: list[str], cwd: Path, env: dict[str, str], on_output: Callable
 
 
 def compare_logged(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, Any]]:
-    """Per logged entry (epoch or step) and numeric metric: original, reproduced value, difference."""
+    """Per logged entry (epoch or step) and numeric metric: original, reproduced value, difference.
+
+    ``epoch`` holds the entry's epoch, or its step when it was logged by step (``at`` says which)."""
     rows = []
     for ea, eb in zip(a.results.logged, b.results.logged):
-        when = ea.get("epoch", ea.get("step"))
+        at = "epoch" if "epoch" in ea else "step"
+        when = ea.get(at)
         for key, x in ea.items():
             y = eb.get(key)
             if key in ("epoch", "step") or not _numeric(x) or not _numeric(y):
                 continue
-            rows.append({"epoch": when, "metric": key, "original": x, "reproduction": y, "abs_diff": abs(x - y)})
+            row = {"epoch": when, "at": at, "metric": key, "original": x, "reproduction": y, "abs_diff": abs(x - y)}
+            rows.append(row)
     return rows
 
 

@@ -25,6 +25,7 @@ from user_scripts import run_script, user_repo
 import reprodl.training.trace as trace_module
 from reprodl import reproduce
 from reprodl.data.datasets import TensorDataSet
+from reprodl.reproduction import divergence
 from reprodl.reproduction.divergence import COMPUTATION_DIFFERED
 
 pytest_plugins = ["train_fixtures"]
@@ -65,8 +66,11 @@ def test_builtin_nudge_after_step_k_differs_at_k_plus_1_as_the_computation(cli, 
     assert "conv1.weight" in [t["name"] for t in div.tensors]  # and every tensor the next step moved
     assert len(div.causes) == 1 and div.causes[0].startswith(f"{COMPUTATION_DIFFERED} at step {NUDGE_AFTER + 1}")
     assert {"trace", "weights", "bitwise expected"} <= _kinds(report)
-    result = cli("reproduce", trained_model.uri, "-q")
+    assert div.tensors_differ == len(div.tensors) >= 3
+    monkeypatch.setattr(divergence, "MAX_TENSORS_SHOWN", 2)  # fewer shown than moved: the rest are counted
+    result = cli("reproduce", trained_model.uri)
     assert result.exit_code == 1 and "Verdict: differs" in result.output
+    assert f"(+{div.tensors_differ - 2} more of the {div.tensors_differ} that moved)" in result.output
 
 
 def test_builtin_nudge_with_a_tolerance_given_is_within_tolerance(trained_model, monkeypatch):

@@ -315,6 +315,10 @@ def _print_divergence(div: Divergence) -> None:
         else:
             gap = f"{t['abs_diff']:.3g}"
             out.print(f"  {t['name']}: fingerprint {t['recorded']!r} -> {t['reproduced']!r} ({gap})", markup=False)
+    if div.tensors_differ > len(div.tensors):
+        out.print(
+            f"  (+{div.tensors_differ - len(div.tensors)} more of the {div.tensors_differ} that moved)", markup=False
+        )
     if div.loss is not None:
         out.print(f"  loss at that step: {div.loss['recorded']!r} -> {div.loss['reproduced']!r}", markup=False)
     said = {True: "differed", False: "were the same", None: "not traced"}
@@ -323,7 +327,8 @@ def _print_divergence(div: Divergence) -> None:
         markup=False,
     )
     if len(div.growth) > 1:
-        out.print("  gap after: " + ", ".join(_gap(g) for g in div.growth), markup=False)
+        shown = ", ".join(_gap(g) for g in div.growth)
+        out.print(f"  the gap 1, 2, 4, 8... steps later and at the last step: {shown}", markup=False)
     if div.stopped:
         out.print("  the re-run was stopped there (--stop-at-divergence)")
     for cause in div.causes:

@@ -69,6 +69,7 @@ class Divergence:
     epoch: int | None = None
     batch: int | None = None
     tensors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    tensors_differ: int = 0  # how many tensors (and the optimiser state) moved: ``tensors`` shows the first few
     loss: dict[str, float] | None = None
     indices_differ: bool | None = None
     contents_differ: bool | None = None
@@ -209,6 +210,7 @@ class TraceComparer:
             "epoch": int(was["epoch"]),
             "batch": int(was["batch"]),
             "tensors": moved[:MAX_TENSORS_SHOWN],
+            "tensors_differ": len(moved),
             "loss": _losses(float(was["loss"]), float(now["loss"])),
             "indices_differ": int(was["indices"]) != int(now["indices"]) if indices_known else None,
             "contents_differ": not _equal(was[column], now[column]) if contents_known else None,
@@ -266,6 +268,7 @@ class TraceComparer:
             epoch=f["epoch"],
             batch=f["batch"],
             tensors=f["tensors"],
+            tensors_differ=f["tensors_differ"],
             loss=f["loss"],
             indices_differ=f["indices_differ"],
             contents_differ=f["contents_differ"],

@@ -158,6 +158,7 @@ def describe_other_data(ds: Any, role: str) -> DataRef:
             input_type=f"{module}:{qualname}",
             manifest_digest=digest,
             n_items=n,
+            n_dataset_items=n,  # in memory, the data given is the whole dataset
             input_shape=[int(s) for s in arrays[0].shape[1:]],
             source=IN_MEMORY,
         )
@@ -169,6 +170,7 @@ def describe_other_data(ds: Any, role: str) -> DataRef:
         input_type=f"{module}:{qualname}",
         manifest_digest="",
         n_items=n,
+        n_dataset_items=n,
         stream=isinstance(ds, IterableDataset),
         source=UNVERIFIED,
     )

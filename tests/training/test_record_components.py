@@ -578,6 +578,7 @@ def test_saving_a_module_that_is_neither_watched_nor_a_copy_of_a_watched_one_is_
 
 
 def test_in_memory_data_records_its_size_as_the_whole_dataset(tmp_path: Path) -> None:
+    """And a loader built each epoch over equal data records that data once, not once per epoch."""
     record = _train_keeping_copies(tmp_path, "sizes", lambda run, model, copies: run.save(model))
     (train,) = record.data
     assert (train.source, train.n_items, train.n_dataset_items) == ("in-memory", 16, 16)

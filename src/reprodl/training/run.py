@@ -270,7 +270,8 @@ class Run:
             else:
                 ref = describe_other_data(leaf, role)
             ref.views = views
-            self._data.append((ref, leaf))
+            if not any(r == ref for r, _ in self._data):  # the same data again (a loader built each epoch): once
+                self._data.append((ref, leaf))
         self._given.append((ds, role))
         return ds
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -356,3 +357,24 @@ def test_provenance_of_a_model_made_by_dtoolai_prints_its_annotations(cli, digit
     # This one never had its category_encoding annotation: its outputs cannot be named.
     refused = cli("predict", w.uri, str(tmp_path / "x.png"))
     assert refused.exit_code == 2 and "no category_encoding annotation" in refused.stderr
+
+
+def test_the_summary_counts_optimisers_groups_and_an_uncounted_epoch() -> None:
+    """A nanoGPT-like record (two parameter groups, epochs never logged) and a GAN's (two optimisers): the
+    headline optimiser says it is one of several, and "Epochs: 0" is not printed as a count."""
+    from reprodl.provenance.summary import _optimiser_line
+
+    group = {"lr": 0.001}
+    opt = SimpleNamespace(class_name="AdamW", param_groups=[group, {"lr": 0.001, "weight_decay": 0.0}])
+    one = SimpleNamespace(optimizer=opt, optimizers=[opt])
+    assert _optimiser_line(one).endswith("(parameter group 1 of 2 (all in the record))")
+    two = SimpleNamespace(optimizer=SimpleNamespace(class_name="Adam", param_groups=[group]), optimizers=[opt, opt])
+    assert _optimiser_line(two) == 'Optimiser: Adam {"lr": 0.001} (1 more optimiser(s) below)'
+    from reprodl.provenance import ProvenanceRecord
+    from reprodl.provenance.summary import summary_lines
+
+    golden = Path(__file__).resolve().parents[1] / "golden" / "provenance.json"
+    record = ProvenanceRecord.model_validate_json(golden.read_text())
+    record.training.epochs = 0
+    line = next(x for x in summary_lines(record) if x.startswith("Epochs:"))
+    assert line.startswith("Epochs: not counted (no epoch logged), optimiser steps: ")

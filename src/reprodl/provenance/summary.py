@@ -59,6 +59,17 @@ SHOWN = (
 )
 
 
+def _optimiser_line(t: Any) -> str:
+    """The headline optimiser: the first's class and first parameter group; the others are counted."""
+    line = f"Optimiser: {t.optimizer.class_name} " + json.dumps(
+        t.optimizer.param_groups[0] if t.optimizer.param_groups else {}, sort_keys=True, default=str
+    )
+    groups = len(t.optimizer.param_groups)
+    more = [f"parameter group 1 of {groups} (all in the record)"] if groups > 1 else []
+    more += [f"{len(t.optimizers) - 1} more optimiser(s) below"] if len(t.optimizers) > 1 else []
+    return line + (f" ({'; '.join(more)})" if more else "")
+
+
 def _component_lines(record: ProvenanceRecord) -> list[str]:
     """A line per model and per optimiser, when the record has several (or a model updated by hand)."""
     models, optimizers = record.models, record.training.optimizers
@@ -105,11 +116,10 @@ def summary_lines(record: ProvenanceRecord) -> list[str]:
         f"Parameters: {arch.n_parameters:,} ({arch.n_trainable:,} trainable)"
         + (f"; frozen: {', '.join(arch.frozen_parameters)}" if arch.frozen_parameters else ""),
         f"Model training parameters: {json.dumps(t.params, sort_keys=True)}",
-        f"Optimiser: {t.optimizer.class_name} "
-        + json.dumps(t.optimizer.param_groups[0] if t.optimizer.param_groups else {}, sort_keys=True, default=str),
+        _optimiser_line(t),
         f"Loss function: {t.loss.class_name} {json.dumps(t.loss.args, sort_keys=True, default=str)}",
-        f"Epochs: {t.epochs}, batch size: {t.batch_size}, device: {t.device}, "
-        f"mode: {t.determinism.mode}, seed: {t.seeds.seed}",
+        f"Epochs: {t.epochs or 'not counted (no epoch logged)'}, optimiser steps: {t.optimizer_steps}, "
+        f"batch size: {t.batch_size}, device: {t.device}, mode: {t.determinism.mode}, seed: {t.seeds.seed}",
         *_component_lines(record),
     ]
     if t.data_order_not_recorded:

@@ -21,6 +21,14 @@ processes of a busy machine) and the training loop alone (``loop_s`` the script 
 loop vs recorded loop). Step counts are small (512 samples, 2 epochs), so the processes' fixed
 costs (imports, code and environment capture, writing the model) weigh as they do on a short run.
 
+Every child Python (the scripts, and the one ``reproduce`` re-executes) runs with compiled
+bytecode cached, as an installed package's imports are: PYTHONDONTWRITEBYTECODE is dropped from
+their environment and PYTHONPYCACHEPREFIX points to a directory under the bench's temporary
+directory (``_common.compiled_bytecode``). The first run of a shape (the warm-up, also the run
+reproduced) compiles; plain and recorded children get the same environment. Without it, a source
+tree under PYTHONDONTWRITEBYTECODE=1 recompiles reprodl in every recorded process (~70 ms), a
+cost no pip-installed user pays.
+
     .venv/bin/python bench/bench_shapes.py [--quick] [--repeats N] [--shapes gan lbfgs ...]
 """
 
@@ -57,11 +65,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def child_env() -> dict[str, str]:
+def child_env(tmp: Path) -> dict[str, str]:
     """This process's environment with the reprodl it imported first on PYTHONPATH, one thread."""
     src = str(Path(reprodl.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return C.compiled_bytecode(env, tmp)
 
 
 def make_repo(tmp: Path, shapes: list[str]) -> Path:
@@ -87,9 +96,9 @@ def run_script(repo: Path, shape: str, env: dict[str, str], record: Path | None)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def bench_shape(repo: Path, shape: str, repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+def bench_shape(repo: Path, tmp: Path, shape: str, repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """Plain, capture and reproduce of one shape, interleaved; its comparisons, figures and verdict line."""
-    env = child_env()
+    env = child_env(tmp)
     counter = iter(range(1_000_000))
     first = run_script(repo, shape, env, repo / f"models-{shape}-first")  # the run reproduced; also the warm-up
     verdicts: list[str] = []
@@ -101,7 +110,8 @@ def bench_shape(repo: Path, shape: str, repeats: int) -> tuple[list[dict[str, An
         return {"loop_s": run_script(repo, shape, env, repo / f"models-{shape}-{next(counter)}")["loop_s"]}
 
     def reproduce() -> None:
-        report = reprodl.reproduce(first["uri"], trust_code=True, on_output=lambda _line: None)
+        with C.children_compiled(tmp):  # the re-executed script reads the same bytecode cache
+            report = reprodl.reproduce(first["uri"], trust_code=True, on_output=lambda _line: None)
         verdicts.append(report.verdict)
 
     def show(r: int, t: dict[str, float]) -> None:
@@ -139,7 +149,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="reprodl-bench-") as tmp:
         repo = make_repo(Path(tmp), args.shapes)
         for shape in args.shapes:
-            comps, figures, note = bench_shape(repo, shape, repeats)
+            comps, figures, note = bench_shape(repo, Path(tmp), shape, repeats)
             comparisons += comps
             measurements[shape] = figures
             notes.append(note)

@@ -16,7 +16,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ def set_torch_threads() -> None:
     torch.set_num_threads(1)
 
 
-def compiled_bytecode(env: dict[str, str] | os._Environ[str], tmp: Path) -> dict[str, str]:
+def compiled_bytecode(env: Mapping[str, str], tmp: Path) -> dict[str, str]:
     """``env`` for a child Python that caches compiled bytecode, as an installed package's imports do.
 
     A pip-installed package is compiled once, at install; a source tree run with

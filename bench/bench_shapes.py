@@ -27,6 +27,14 @@ loop vs recorded loop). Step counts are small by default (512 samples, 2 epochs)
 processes' fixed costs (imports, code and environment capture, writing the model) weigh as they do
 on a short run; ``--size``/``--epochs`` run the same scripts longer, where the per-step cost weighs.
 
+Every child Python (the scripts, and the one ``reproduce`` re-executes) runs with compiled
+bytecode cached, as an installed package's imports are: PYTHONDONTWRITEBYTECODE is dropped from
+their environment and PYTHONPYCACHEPREFIX points to a directory under the bench's temporary
+directory (``_common.compiled_bytecode``). The first run of a shape (the warm-up, also the run
+reproduced) compiles; plain and recorded children get the same environment. Without it, a source
+tree under PYTHONDONTWRITEBYTECODE=1 recompiles reprodl in every recorded process (~70 ms), a
+cost no pip-installed user pays.
+
     .venv/bin/python bench/bench_shapes.py [--quick] [--repeats N] [--shapes gan lbfgs ...]
         [--size 512] [--epochs 2] [--no-cli]
 """
@@ -67,11 +75,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def child_env() -> dict[str, str]:
+def child_env(tmp: Path) -> dict[str, str]:
     """This process's environment with the reprodl it imported first on PYTHONPATH, one thread."""
     src = str(Path(reprodl.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return C.compiled_bytecode(env, tmp)
 
 
 def make_repo(tmp: Path, shapes: list[str]) -> Path:
@@ -107,14 +116,15 @@ def reproduce_cli(uri: str, env: dict[str, str]) -> str:
 
 
 def bench_shape(
-    repo: Path, shape: str, repeats: int, length: list[str], cli: bool
+    repo: Path, tmp: Path, shape: str, repeats: int, length: list[str], cli: bool
 ) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """Plain, capture and reproduce of one shape, interleaved; its comparisons, figures and verdict line."""
-    env = child_env()
+    env = child_env(tmp)
     counter = iter(range(1_000_000))
     first = run_script(repo, shape, env, repo / f"models-{shape}-first", length)  # the run reproduced; a warm-up
     verdicts: list[str] = []
-    reprodl.reproduce(first["uri"], trust_code=True, on_output=lambda _line: None)  # this process's imports
+    with C.children_compiled(tmp):
+        reprodl.reproduce(first["uri"], trust_code=True, on_output=lambda _line: None)  # this process's imports
 
     def plain() -> dict[str, float]:
         return {"loop_s": run_script(repo, shape, env, None, length)["loop_s"]}
@@ -123,7 +133,8 @@ def bench_shape(
         return {"loop_s": run_script(repo, shape, env, repo / f"models-{shape}-{next(counter)}", length)["loop_s"]}
 
     def reproduce() -> None:
-        report = reprodl.reproduce(first["uri"], trust_code=True, on_output=lambda _line: None)
+        with C.children_compiled(tmp):  # the re-executed script reads the same bytecode cache
+            report = reprodl.reproduce(first["uri"], trust_code=True, on_output=lambda _line: None)
         verdicts.append(report.verdict)
 
     def reproduce_process() -> None:
@@ -172,7 +183,7 @@ def main() -> None:
         repo = make_repo(Path(tmp), args.shapes)
         for shape in args.shapes:
             length = ["--size", str(args.size), "--epochs", str(args.epochs)]
-            comps, figures, note = bench_shape(repo, shape, repeats, length, not args.no_cli)
+            comps, figures, note = bench_shape(repo, Path(tmp), shape, repeats, length, not args.no_cli)
             comparisons += comps
             measurements[shape] = figures
             notes.append(note)

@@ -83,6 +83,35 @@ def test_a_recorded_run_loads_no_compiler_stack_the_plain_script_does_not(tmp_pa
     assert extra == []
 
 
+# What a record is compared and rendered with: a training builds one and does neither.
+READERS = (
+    "reprodl.provenance.diff",
+    "reprodl.provenance.fields",
+    "reprodl.provenance.summary",
+    "reprodl.provenance.legacy",
+)
+
+
+def test_a_recorded_run_loads_no_module_that_only_compares_or_renders_records(tmp_path: Path) -> None:
+    recorded = _modules(tmp_path, str(tmp_path / "models"))
+    assert (tmp_path / "models" / "hand").is_dir()
+    assert "reprodl.provenance.record" in recorded
+    assert sorted(m for m in recorded if m in READERS) == []
+
+
+def test_the_provenance_package_still_gives_the_names_it_loads_on_first_use() -> None:
+    import reprodl.provenance as provenance
+    from reprodl.provenance.diff import diff_records
+    from reprodl.provenance.legacy import legacy_provenance, legacy_summary_lines
+    from reprodl.provenance.summary import summary_lines
+
+    assert provenance.diff_records is diff_records
+    assert provenance.summary_lines is summary_lines
+    assert (provenance.legacy_provenance, provenance.legacy_summary_lines) == (legacy_provenance, legacy_summary_lines)
+    assert set(provenance.__all__) <= set(dir(provenance))
+    assert not hasattr(provenance, "no_such_name")
+
+
 COMPILED = """\
 import sys
 

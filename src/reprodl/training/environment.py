@@ -9,7 +9,6 @@ BLAS, the CUDA stack and GPUs, and the numeric environment variables.
 from __future__ import annotations
 
 import ctypes
-import email
 import importlib.metadata
 import os
 import platform
@@ -57,9 +56,9 @@ def _scan_packages() -> dict[str, str]:
     out: dict[str, str] = {}
     for dist in importlib.metadata.distributions(path=_installed_paths()):
         meta = _metadata_headers(dist)
-        name = _redent(meta.get("Name"))
+        name = _redent(meta.get("name"))
         if name:
-            out[name.lower().replace("_", "-")] = _redent(meta.get("Version")) or ""
+            out[name.lower().replace("_", "-")] = _redent(meta.get("version")) or ""
     return dict(sorted(out.items()))
 
 
@@ -72,21 +71,59 @@ def _installed_paths() -> list[str]:
     return [e for e in entries if not any(e.startswith(site + os.sep) for site in sites)]
 
 
-def _metadata_headers(dist: importlib.metadata.Distribution) -> Any:
-    """The headers of ``dist.metadata``, parsed once and without the long description.
+def _metadata_headers(dist: importlib.metadata.Distribution) -> dict[str, str]:
+    """Name and Version of ``dist`` (keys in lower case), read from its metadata's header block.
 
     ``dist.metadata`` (and ``dist.version``, which re-reads it) runs the e-mail parser over
-    the whole file, README included; the headers end at the first blank line, so parsing
-    only up to there gives the same Name and Version several times faster.
+    the whole file, README included, and even over the header block alone that parser is
+    most of a first environment capture's cost (~25 ms for 170 packages); the two values are
+    taken here from the headers the way that parser reads them (:func:`_parse_headers`).
     """
     text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or dist.read_text("")
     if text is None:
-        return dist.metadata
-    # Keep up to the first blank line ("\n\n" or "\r\n\r\n"), the first line break included.
-    ends = [i + len(blank) // 2 for blank in ("\n\n", "\r\n\r\n") if (i := text.find(blank)) >= 0]
-    if ends:
-        text = text[: min(ends)]
-    return email.message_from_string(text)
+        meta = dist.metadata
+        return {key: meta[key] for key in ("name", "version") if key in meta}
+    return _parse_headers(text, ("name", "version"))
+
+
+# What the e-mail parser (``email.feedparser``) takes for a header line, and its line breaks.
+_HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def _parse_headers(text: str, wanted: tuple[str, ...]) -> dict[str, str]:
+    """The first value of each ``wanted`` header (lower-case names) as ``email.message_from_string(text)
+    .get(name)`` gives it (policy compat32): the headers end at the first line that is not one; a line
+    starting with a space or tab continues the header before it, its line break kept (:func:`_redent`
+    then folds it as ``importlib.metadata`` does); the value is what follows the colon, leading blanks
+    and trailing line breaks stripped. A ``From `` line and a line starting with a colon are no header.
+    Reading stops once every wanted value is complete (Name and Version are near the top).
+    """
+    found: dict[str, str] = {}
+    name: str | None = None
+    value: list[str] = []
+    for match in _LINE.finditer(text):
+        line = match.group()
+        if not _HEADER_LINE.match(line):
+            break
+        if line[0] in " \t":
+            if name is not None:
+                value.append(line)
+            continue
+        _keep_header(found, name, value, wanted)
+        if len(found) == len(wanted):  # the first values are complete: later lines change nothing
+            return found
+        name, value = None, []
+        colon = line.find(":")
+        if not line.startswith("From ") and colon > 0:
+            name, value = line[:colon].lower(), [line[colon + 1 :].lstrip(" \t")]
+    _keep_header(found, name, value, wanted)
+    return found
+
+
+def _keep_header(found: dict[str, str], name: str | None, value: list[str], wanted: tuple[str, ...]) -> None:
+    if name in wanted and name not in found:
+        found[name] = "".join(value).rstrip("\r\n")
 
 
 def _redent(value: str | None) -> str | None:

@@ -24,7 +24,7 @@ from reprodl.modeldataset.read import read_record
 from reprodl.reproduction.divergence import load_oplogs
 from reprodl.reproduction.rerun import reproduce
 from reprodl.store import open_dataset
-from reprodl.training.oplog import from_jsonl
+from reprodl.training.tracefiles import from_jsonl
 
 pytest.register_assert_rewrite("train_fixtures")
 

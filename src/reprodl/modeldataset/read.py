@@ -10,11 +10,18 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from reprodl import keys
 from reprodl.errors import IntegrityError, ModelLoadError
-from reprodl.modeldataset.weights import safetensors_problem, sniff_weights, state_dict_sha256
+from reprodl.modeldataset.weights import (
+    arrays_sha256,
+    numpy_readable,
+    safetensors_problem,
+    sniff_weights,
+    state_dict_sha256,
+)
 from reprodl.provenance import ProvenanceRecord, parse_record
 from reprodl.store import StoredDataSet, open_dataset
 
@@ -51,9 +58,33 @@ def load_weights(
 
     ``model`` names one of the record's models (``record.models``); None: the default (first).
     """
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    path, relpath, expected = _weights_item(ds, record, model)
+    state = _load(load_file, path, ds, relpath)
+    _check_weights(ds, expected, state_dict_sha256(state))
+    return state
+
+
+def load_weight_arrays(
+    ds: StoredDataSet, record: ProvenanceRecord | None = None, *, model: str | None = None
+) -> dict[str, np.ndarray] | None:
+    """:func:`load_weights` as NumPy arrays, without importing torch (a comparison needs no more); None
+    when a tensor's dtype has no NumPy equal (bfloat16, float8: :data:`~.weights.NUMPY_DTYPES`), which
+    :func:`load_weights` reads. Checked against the record's digest as :func:`load_weights` checks."""
+    from safetensors.numpy import load_file
+
+    path, relpath, expected = _weights_item(ds, record, model)
+    if not numpy_readable(path):
+        return None
+    state = _load(load_file, path, ds, relpath)
+    _check_weights(ds, expected, arrays_sha256(state))
+    return state
+
+
+def _weights_item(ds: StoredDataSet, record: ProvenanceRecord | None, model: str | None) -> tuple[str, str, str | None]:
+    """The local path of the weights item of ``model`` (None: the default), its relpath and recorded digest;
+    refused when it is missing, a pickle or not safetensors (its header checked before any tensor is read)."""
     relpath, expected = keys.WEIGHTS_FILE, record.results.weights_sha256 if record is not None else None
     if record is not None and (model is not None or record.models):
         component = record.model_component(model)
@@ -83,18 +114,24 @@ def load_weights(
                 "in a trusted environment"
             )
         raise ModelLoadError(f"{ds.uri}: {relpath} is not a valid safetensors file ({problem})")
+    return path, relpath, expected
+
+
+def _load(load_file: Callable[[str], dict[str, Any]], path: str, ds: StoredDataSet, relpath: str) -> dict[str, Any]:
+    from safetensors import SafetensorError
+
     try:
-        state = load_file(path)
+        return load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(f"{ds.uri}: {relpath} is not a valid safetensors file ({exc})") from None
-    if expected:
-        actual = state_dict_sha256(state)
-        if actual != expected:
-            raise IntegrityError(
-                f"{ds.uri}: the weights do not match the provenance record (record {expected}, weights {actual})",
-                problems=["weights digest mismatch"],
-            )
-    return state
+
+
+def _check_weights(ds: StoredDataSet, expected: str | None, actual: str) -> None:
+    if expected and actual != expected:
+        raise IntegrityError(
+            f"{ds.uri}: the weights do not match the provenance record (record {expected}, weights {actual})",
+            problems=["weights digest mismatch"],
+        )
 
 
 def load_trace(ds: StoredDataSet, record: ProvenanceRecord) -> np.ndarray | None:

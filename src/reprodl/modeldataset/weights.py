@@ -113,3 +113,40 @@ def state_dict_sha256(state: dict[str, Any]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return "sha256:" + h.hexdigest()
+
+
+#: The safetensors dtypes read as NumPy arrays (:func:`reprodl.modeldataset.read.load_weight_arrays`), by
+#: NumPy's name, with the name torch gives each (the digest hashes it). Others (bfloat16, float8, the unsigned
+#: integers torch barely supports) are read with torch.
+NUMPY_DTYPES = {
+    "F64": ("float64", "torch.float64"),
+    "F32": ("float32", "torch.float32"),
+    "F16": ("float16", "torch.float16"),
+    "I64": ("int64", "torch.int64"),
+    "I32": ("int32", "torch.int32"),
+    "I16": ("int16", "torch.int16"),
+    "I8": ("int8", "torch.int8"),
+    "U8": ("uint8", "torch.uint8"),
+    "BOOL": ("bool", "torch.bool"),
+}
+_TORCH_NAMES = dict(NUMPY_DTYPES.values())
+
+
+def numpy_readable(path: str | os.PathLike[str]) -> bool:
+    """Whether every tensor of the safetensors file at ``path`` (its header valid) has a NumPy dtype of
+    :data:`NUMPY_DTYPES`."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(_LENGTH_BYTES))
+        header: dict[str, Any] = json.loads(fh.read(n).decode("utf-8"))
+    return all(entry["dtype"] in NUMPY_DTYPES for name, entry in header.items() if name != "__metadata__")
+
+
+def arrays_sha256(state: dict[str, Any]) -> str:
+    """:func:`state_dict_sha256` of the same weights read as NumPy arrays (dtypes of :data:`NUMPY_DTYPES`),
+    without torch: the same names, torch's dtype names, shapes and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        a = state[name]
+        h.update(f"{name}|{_TORCH_NAMES[a.dtype.name]}|{tuple(a.shape)}|".encode())
+        h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()

@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from reprodl.training.oplog import describe as describe_operation
+from reprodl.training.tracefiles import describe as describe_operation
 
 if TYPE_CHECKING:
     from reprodl.reproduction.code import CodeCheck

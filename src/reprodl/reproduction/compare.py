@@ -1,18 +1,21 @@
-"""Comparing a reproduction with its original: weights, metrics, predictions, envelopes."""
+"""Comparing a reproduction with its original: metrics, predictions, envelopes (the weights: :mod:`.weightdiff`).
+
+No torch at import: a re-executed run is compared without it."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from reprodl.data.datasets import WrappedDataSet, collate
 from reprodl.errors import ReproductionError
 from reprodl.provenance import ProvenanceRecord
-from reprodl.store import StoredDataSet
+
+if TYPE_CHECKING:
+    import torch
+
+    from reprodl.data.datasets import WrappedDataSet
 
 
 @dataclasses.dataclass
@@ -75,89 +78,7 @@ class Tolerance:
         return cls(**values)
 
 
-# --- comparison ----------------------------------------------------------------------------
-def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: Tolerance) -> dict[str, Any]:
-    """Per tensor: identical, max absolute and relative difference, within ``tol``; and overall."""
-    tensors: list[dict[str, Any]] = []
-    identical = set(a) == set(b)
-    within = identical
-    for name in sorted(set(a) | set(b)):
-        if name not in a or name not in b:
-            tensors.append({"name": name, "missing_in": "original" if name not in a else "reproduction"})
-            continue
-        x, y = a[name], b[name]
-        if x.shape != y.shape:
-            tensors.append({"name": name, "shape": [list(x.shape), list(y.shape)]})
-            identical = within = False
-            continue
-        same = torch.equal(x, y)
-        identical &= same
-        if x.is_floating_point():
-            diff = (x.double() - y.double()).abs()
-            max_abs = float(diff.max()) if diff.numel() else 0.0
-            denom = x.double().abs().clamp_min(1e-12)
-            max_rel = float((diff / denom).max()) if diff.numel() else 0.0
-            ok = bool((diff <= tol.atol + tol.rtol * x.double().abs()).all())
-        else:
-            max_abs = float((x.long() - y.long()).abs().max()) if x.numel() else 0.0
-            max_rel = max_abs
-            ok = same
-        within &= ok
-        tensors.append(
-            {"name": name, "identical": same, "max_abs_diff": max_abs, "max_rel_diff": max_rel, "within_tolerance": ok}
-        )
-    return {
-        "identical": identical,
-        "within_tolerance": within,
-        "n_tensors": len(tensors),
-        "n_identical": sum(1 for t in tensors if t.get("identical")),
-        "max_abs_diff": max((t.get("max_abs_diff", 0.0) for t in tensors), default=0.0),
-        "tensors": tensors,
-    }
-
-
-def saved_weights(ds: StoredDataSet, record: ProvenanceRecord) -> dict[str, dict[str, torch.Tensor]]:
-    """Every saved model's weights by model name, the default first (each checked against the record)."""
-    from reprodl.modeldataset.read import load_weights
-
-    if not record.models:  # a record before schema 1.2: its one model
-        return {record.model_components()[0].name: load_weights(ds, record)}
-    return {c.name: load_weights(ds, record, model=c.name) for c in record.models if c.weights_file is not None}
-
-
-def compare_models(
-    original: Mapping[str, dict[str, torch.Tensor]], new: Mapping[str, dict[str, torch.Tensor]], tol: Tolerance
-) -> dict[str, Any]:
-    """:func:`compare_weights` for every saved model (by name): identical only when every model's weights are.
-
-    ``models`` holds each model's summary (``missing_in`` for a model one side did not save),
-    ``differing_models`` the names of those not bit-equal; with several models the tensors are
-    named ``model/tensor``.
-    """
-    names = list(original) + [n for n in new if n not in original]
-    several = len(names) > 1
-    out: dict[str, Any] = {"identical": True, "within_tolerance": True, "n_tensors": 0, "n_identical": 0}
-    out.update(max_abs_diff=0.0, tensors=[], models=[], differing_models=[])
-    for name in names:
-        if name not in original or name not in new:
-            side = "original" if name not in original else "reproduction"
-            out["models"].append({"name": name, "identical": False, "missing_in": side})
-            out["differing_models"].append(name)
-            out["identical"] = out["within_tolerance"] = False
-            continue
-        w = compare_weights(original[name], new[name], tol)
-        out["models"].append({"name": name, **{k: w[k] for k in w if k != "tensors"}})
-        if not w["identical"]:
-            out["differing_models"].append(name)
-        out["identical"] &= w["identical"]
-        out["within_tolerance"] &= w["within_tolerance"]
-        out["n_tensors"] += w["n_tensors"]
-        out["n_identical"] += w["n_identical"]
-        out["max_abs_diff"] = max(out["max_abs_diff"], w["max_abs_diff"])
-        out["tensors"] += [{**t, "name": f"{name}/{t['name']}"} if several else t for t in w["tensors"]]
-    return out
-
-
+# --- comparison (the weights': :mod:`.weightdiff`) -----------------------------------------------------
 def compare_metrics(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, Any]]:
     """Per epoch and metric, the original and reproduced value and their difference."""
     rows = []
@@ -178,25 +99,28 @@ def compare_metrics(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, 
     return rows
 
 
-@torch.no_grad()
 def compare_predictions(m1: torch.nn.Module | None, m2: torch.nn.Module, ds: WrappedDataSet) -> dict[str, Any]:
     """Agreement and accuracies of two models on ``ds``.
 
     ``m1=None`` says the first model is bit-identical to ``m2`` (same class, same weights):
     its predictions are then ``m2``'s, so ``m2`` alone is evaluated (one pass, not two).
     """
+    import torch  # here: a re-executed run's comparison needs no torch
+
+    from reprodl.data.datasets import collate
 
     if m1 is not None:
         m1.eval()
     m2.eval()
     agree = total = c1 = c2 = 0
-    for x, y in torch.utils.data.DataLoader(ds, batch_size=512, shuffle=False, collate_fn=collate):
-        p2 = m2(x).argmax(1)
-        p1 = p2 if m1 is None else m1(x).argmax(1)
-        agree += int((p1 == p2).sum())
-        c1 += int((p1 == y).sum())
-        c2 += int((p2 == y).sum())
-        total += len(y)
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(ds, batch_size=512, shuffle=False, collate_fn=collate):
+            p2 = m2(x).argmax(1)
+            p1 = p2 if m1 is None else m1(x).argmax(1)
+            agree += int((p1 == p2).sum())
+            c1 += int((p1 == y).sum())
+            c2 += int((p2 == y).sum())
+            total += len(y)
     return {
         "dataset": ds.name,
         "usetype": ds.usetype,

@@ -31,8 +31,7 @@ from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.causes import COMPUTATION_DIFFERED, Evidence, explain
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.environment import EnvDifference
-from reprodl.training.oplog import first_difference, from_jsonl
-from reprodl.training.trace import TraceKind, trace_kind
+from reprodl.training.tracefiles import TraceKind, first_difference, from_jsonl, trace_kind
 
 __all__ = [
     "COMPUTATION_DIFFERED",

@@ -16,46 +16,12 @@ from reprodl import keys, trust
 from reprodl.data.datasets import ImageDataSet, TensorDataSet, WrappedDataSet, describe_transform
 from reprodl.data.kinds import kind
 from reprodl.data.transforms import from_description
-from reprodl.errors import DatasetFormatError, ParametersError, ReproductionError, TransformError
+from reprodl.errors import DatasetFormatError, ReproductionError, TransformError
 from reprodl.model import resolve_class
 from reprodl.modeldataset.read import load_weights, read_record
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import DataRef, ProvenanceRecord
-from reprodl.reproduction.verdict import stopped_early
 from reprodl.store import StoredDataSet, open_dataset
-
-
-# --- bounds --------------------------------------------------------------------------------
-def check_resources(record: ProvenanceRecord, *, what: str) -> None:
-    """Refuse a record whose integers would start more than this machine has, before any work:
-    DataLoader workers (``num_workers``) and torchrun processes (``world_size``), bounded by
-    :func:`reprodl.trust.machine_limits` (:class:`ParametersError`, naming field, value and limit);
-    and a built-in trainer's record asking for more epochs than its history holds when it has no step
-    trace to stop the re-run where the training stopped (see :func:`stopped_early`). A record converted from a
-    dtoolAI model is refused (:class:`ReproductionError`): it has nothing to re-run."""
-    converted = (record.model_extra or {}).get(keys.CONVERTED_FROM)
-    if converted:
-        raise ReproductionError(
-            f"{what} was converted from a model made by {converted.get('tool', 'dtoolAI')}, which recorded no seeds, "
-            "data order, code or environment: it cannot be reproduced. Retrain it with reprodl to get a "
-            "reproducible model (its record's training.params hold dtoolAI's parameters)"
-        )
-    t = record.training
-    for field, n in (("training.num_workers", t.num_workers), ("training.params", t.params.get("num_workers", 0))):
-        trust.check_workers(n, what=f"the record of {what} ({field})")
-    dist = t.distributed
-    if dist is not None and dist.world_size != 1:
-        trust.check_processes(
-            dist.world_size, backend=dist.backend, what=f"the record of {what} (training.distributed)"
-        )
-    if stopped_early(record) and (t.optimizer_steps is None or record.results.trace is None):
-        epochs, done = t.params.get("n_epochs", t.epochs), len(record.results.history)
-        raise ParametersError(
-            f"the record of {what} (training.params.n_epochs) asks for n_epochs={epochs:,}, but its "
-            f"results.history holds {done:,} epoch(s) and it has no step trace and optimiser step count to stop "
-            "a re-run where the training stopped: the record does not describe the training it would re-run. "
-            "Refused before any work"
-        )
 
 
 # --- rebuilding ---------------------------------------------------------------------------

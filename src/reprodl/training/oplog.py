@@ -19,7 +19,7 @@ the first batch of the step to the end of its optimiser step,
 
 It is stored as JSON lines in the model dataset (``oplog/step-<n>.jsonl``, named with their
 sha256 in the record's ``results.trace.oplog``). A reproduction logs the same step the same way
-and :func:`first_difference` names the first operation whose output differs.
+and :func:`~reprodl.training.tracefiles.first_difference` names the first operation whose output differs.
 
 Cost: one ``hash_tensor`` per output and a walk of the Python stack per forward operation, for
 the logged steps only (``bench/bench_oplog.py`` measures it); about 100 bytes per operation.
@@ -190,75 +190,6 @@ def bounded_jsonl(entries: Sequence[dict[str, Any]], limit: int) -> tuple[bytes,
         return data, len(entries)
     data = data[: data.rfind(b"\n", 0, limit) + 1]
     return data, data.count(b"\n")
-
-
-def from_jsonl(data: bytes) -> list[dict[str, Any]]:
-    """The entries of :func:`to_jsonl` bytes (lines that are not JSON objects are skipped; the caller
-    bounds ``data``, :data:`reprodl.keys.MAX_OPLOG_BYTES`)."""
-    out = []
-    for line in data.decode("utf-8", errors="replace").splitlines()[: keys.MAX_OPLOG_OPS]:
-        try:
-            entry = json.loads(line)
-        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
-            continue
-        if isinstance(entry, dict):
-            out.append(entry)
-    return out
-
-
-def first_difference(
-    recorded: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]], *, step: int
-) -> dict[str, Any] | None:
-    """The first operation whose name or output digest differs between two logs of step ``step``; None: none.
-
-    The result (``divergence.first_differing_operation`` of ``reproduce --json``) holds ``step``,
-    ``index`` (the operation's position in the step), ``op``, ``module``, ``phase``, ``where``,
-    ``recorded`` and ``reproduced`` (the output digests), and ``kind``: ``output`` (same operation,
-    other bits) or ``operation`` (another operation ran there: the code or the kernels' dispatch changed).
-    """
-    for i, (was, now) in enumerate(zip(recorded, new)):
-        same_op = was.get("op") == now.get("op")
-        if same_op and was.get("out") == now.get("out"):
-            continue
-        return {
-            "step": step,
-            "index": i,
-            "op": str(now.get("op", "")),
-            "module": str(now.get("module", "")),
-            "phase": str(now.get("phase", "")),
-            "where": str(now.get("where", "")),
-            "recorded_op": str(was.get("op", "")),
-            "recorded": list(was.get("out", [])),
-            "reproduced": list(now.get("out", [])),
-            "kind": "output" if same_op else "operation",
-        }
-    if len(recorded) != len(new):
-        i = min(len(recorded), len(new))
-        extra = (recorded if len(recorded) > len(new) else new)[i]
-        return {
-            "step": step,
-            "index": i,
-            "op": str(extra.get("op", "")),
-            "module": str(extra.get("module", "")),
-            "phase": str(extra.get("phase", "")),
-            "where": str(extra.get("where", "")),
-            "recorded_op": str(extra.get("op", "")) if len(recorded) > len(new) else "",
-            "recorded": [],
-            "reproduced": [],
-            "kind": "operation",
-        }
-    return None
-
-
-def describe(difference: dict[str, Any]) -> str:
-    """One line: ``first differing operation: aten.convolution.default in GenNet.conv1, forward (reprodl/zoo.py:60)``
-    and where in the step."""
-    where = f" ({difference['where']})" if difference.get("where") else ""
-    module = difference.get("module") or "no module"
-    text = f"first differing operation: {difference['op']} in {module}, {difference['phase']}{where}"
-    if difference.get("kind") == "operation":
-        text += f" (the original ran {difference.get('recorded_op') or 'no operation'} there)"
-    return f"{text}, operation {difference['index'] + 1} of step {difference['step']}"
 
 
 @functools.cache

@@ -11,6 +11,10 @@ Read :func:`reproduce` top to bottom: each stage is a module, and each hands its
 5. :mod:`.judge`: the one verdict, and the report;
 6. :mod:`.explain`: the counterfactual replays of a divergence, and the verdict recorded.
 
+Importing it imports no torch: a re-executed record (``reprodl.start_run``) is re-run in a child process
+and compared here with NumPy (:mod:`..weightdiff`), so ``reprodl reproduce`` does not import torch a second
+time; a built-in trainer's runner (:mod:`..retrain`, :mod:`..rebuild`) is imported when such a re-run is planned.
+
 Example:
     >>> report = reproduce("/models/digits_model")      # doctest: +SKIP
     >>> report.verdict                                  # doctest: +SKIP

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.code import CodeCheck
-from reprodl.reproduction.compare import compare_metrics, compare_models, compare_predictions, saved_weights
+from reprodl.reproduction.compare import compare_metrics, compare_predictions
 from reprodl.reproduction.divergence import Divergence, TraceComparer, input_changes, no_trace
 from reprodl.reproduction.environment import EnvDifference, rerun_environment
 from reprodl.reproduction.pipeline.state import Checks, Compared, Plan, RunResult
-from reprodl.reproduction.rebuild import rebuild_model
 from reprodl.reproduction.reexec import compare_logged, order_matches
 from reprodl.reproduction.verdict import Comparison
+from reprodl.reproduction.weightdiff import compare_models, saved_weights
 
 
 def compare(plan: Plan, checks: Checks, ran: RunResult) -> Compared:
@@ -65,6 +65,8 @@ def _in_process(plan: Plan, ran: RunResult, divergence: Divergence) -> Compariso
     eval_sets = roles["test"] or roles["valid"] or roles["train"]
     original_model = None
     if not weights["identical"]:
+        from reprodl.reproduction.rebuild import rebuild_model  # here: a re-executed run's comparison needs no torch
+
         # Bit-identical weights in the same class predict the same: one evaluation serves both.
         original_model = rebuild_model(record, original.model_ds, allow=request.allow, model_class=request.model_class)
         original_model.load_state_dict(original.state)

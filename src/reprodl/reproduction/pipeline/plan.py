@@ -19,7 +19,8 @@ import tempfile
 import weakref
 from pathlib import Path
 
-from reprodl.errors import IntegrityError, UnsafeImportError
+from reprodl import keys, trust
+from reprodl.errors import IntegrityError, ParametersError, ReproductionError, UnsafeImportError
 from reprodl.modeldataset.read import load_trace, load_weights, read_record
 from reprodl.modeldataset.signing import signature_note
 from reprodl.provenance import ProvenanceRecord
@@ -27,9 +28,7 @@ from reprodl.reproduction.datamap import data_locations, relocated
 from reprodl.reproduction.divergence import TraceComparer, load_oplogs
 from reprodl.reproduction.launch import STATISTICAL_SEED_OFFSET, is_distributed
 from reprodl.reproduction.pipeline.state import Plan, Request, RunKind
-from reprodl.reproduction.rebuild import check_resources
 from reprodl.reproduction.reexec import plan_for
-from reprodl.reproduction.retrain import Original, check_distributed_options, transforms_for
 from reprodl.reproduction.verdict import stopped_early
 from reprodl.reproduction.worldsize import replanned
 from reprodl.store import StoredDataSet, open_dataset
@@ -43,6 +42,9 @@ def plan(request: Request) -> Plan:
     where = data_locations(record, request.data)  # a copy of a dataset (refused unless the same), a moved one
     if record.code.run is not None:
         return _reexecution(request, model_ds, record, where)
+    # a built-in trainer's record is trained here or by torchrun's processes: its runner needs torch
+    from reprodl.reproduction.retrain import Original, check_distributed_options, transforms_for
+
     signature_note(model_ds, request.trusted_keys)  # refused here when a trusted key's signature fails
     original = Original(model_ds, relocated(planned, where), load_weights(model_ds, record))
     comparer = trace_comparer(
@@ -56,6 +58,38 @@ def plan(request: Request) -> Plan:
     transforms = transforms_for(original.record, request.transforms, reasons)  # refuses before any work
     kind: RunKind = "torchrun" if is_distributed(original.record) else "in-process"
     return Plan(request, model_ds, record, original.record, where, kind, comparer, original, transforms, reasons)
+
+
+def check_resources(record: ProvenanceRecord, *, what: str) -> None:
+    """Refuse a record whose integers would start more than this machine has, before any work:
+    DataLoader workers (``num_workers``) and torchrun processes (``world_size``), bounded by
+    :func:`reprodl.trust.machine_limits` (:class:`ParametersError`, naming field, value and limit);
+    and a built-in trainer's record asking for more epochs than its history holds when it has no step
+    trace to stop the re-run where the training stopped (see :func:`stopped_early`). A record converted from a
+    dtoolAI model is refused (:class:`ReproductionError`): it has nothing to re-run."""
+    converted = (record.model_extra or {}).get(keys.CONVERTED_FROM)
+    if converted:
+        raise ReproductionError(
+            f"{what} was converted from a model made by {converted.get('tool', 'dtoolAI')}, which recorded no seeds, "
+            "data order, code or environment: it cannot be reproduced. Retrain it with reprodl to get a "
+            "reproducible model (its record's training.params hold dtoolAI's parameters)"
+        )
+    t = record.training
+    for field, n in (("training.num_workers", t.num_workers), ("training.params", t.params.get("num_workers", 0))):
+        trust.check_workers(n, what=f"the record of {what} ({field})")
+    dist = t.distributed
+    if dist is not None and dist.world_size != 1:
+        trust.check_processes(
+            dist.world_size, backend=dist.backend, what=f"the record of {what} (training.distributed)"
+        )
+    if stopped_early(record) and (t.optimizer_steps is None or record.results.trace is None):
+        epochs, done = t.params.get("n_epochs", t.epochs), len(record.results.history)
+        raise ParametersError(
+            f"the record of {what} (training.params.n_epochs) asks for n_epochs={epochs:,}, but its "
+            f"results.history holds {done:,} epoch(s) and it has no step trace and optimiser step count to stop "
+            "a re-run where the training stopped: the record does not describe the training it would re-run. "
+            "Refused before any work"
+        )
 
 
 def _reexecution(request: Request, model_ds: StoredDataSet, record: ProvenanceRecord, where: dict[str, str]) -> Plan:

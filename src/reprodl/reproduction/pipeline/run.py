@@ -17,20 +17,26 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reprodl.modeldataset.read import load_trace, load_weights, read_record
-from reprodl.reproduction import ddp, reexec, retrain
-from reprodl.reproduction.compare import saved_weights
+from reprodl.reproduction import ddp, reexec
 from reprodl.reproduction.divergence import load_oplogs
 from reprodl.reproduction.pipeline.state import Checks, Plan, RunResult
+from reprodl.reproduction.weightdiff import saved_weights
 from reprodl.reproduction.worldsize import recorded_world_size
 from reprodl.store import open_dataset
+
+if TYPE_CHECKING:
+    from reprodl.reproduction.retrain import Training
 
 
 def run(plan: Plan, checks: Checks) -> RunResult:
     """The re-run of ``plan``, after ``checks``."""
     if plan.kind == "re-executed":
         return _reexecuted(plan)
+    from reprodl.reproduction import retrain  # here: the built-in trainer's re-run needs torch, a re-execution none
+
     request, original = plan.request, plan.original
     assert original is not None
     training = retrain.rebuild_training(
@@ -58,7 +64,7 @@ def _base(output: str | None, stack: contextlib.ExitStack) -> str:
     return output if "://" in output else os.path.abspath(output)  # the re-run runs elsewhere
 
 
-def _under_torchrun(plan: Plan, training: retrain.Training, t_train: float) -> RunResult:
+def _under_torchrun(plan: Plan, training: Training, t_train: float) -> RunResult:
     """Train again under torchrun with the recorded world size (another with --world-size); the new weights
     are loaded into ``training.model`` and its trace read before a temporary output goes."""
     request, original = plan.request, plan.original

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from reprodl.errors import ExitCode
 from reprodl.modeldataset.verify import DataCheck
@@ -28,9 +28,11 @@ from reprodl.reproduction.divergence import Divergence, TraceComparer
 from reprodl.reproduction.environment import EnvDifference, Expectation
 from reprodl.reproduction.reexec import ReexecutionPlan
 from reprodl.reproduction.replay import Replays
-from reprodl.reproduction.retrain import Original, Training
 from reprodl.reproduction.verdict import Comparison, Reason, Verdict
 from reprodl.store import StoredDataSet
+
+if TYPE_CHECKING:  # the in-process runner's types: importing it imports torch
+    from reprodl.reproduction.retrain import Original, Training
 
 # in process (a built-in trainer's record), under torchrun (one by several processes), or by re-executing
 # the recorded code (a start_run record)

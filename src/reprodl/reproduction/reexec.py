@@ -12,7 +12,9 @@ runs only with ``trust_code=True`` (``reprodl reproduce URI --trust-code``); wit
 shown, every code item is checked against the model's manifest and its record, and read once: the
 digest shown covers those bytes, and the tree is rebuilt from them
 (:func:`reprodl.training.snapshot.load_code`). With ``trusted_keys`` the model's signature is
-checked first.
+checked first. What runs is that code only: an entry script or module Python would read as an
+option (``-c CODE``), one not in the rebuilt copy or reached through a link out of it, a link the
+patch makes out of the tree, or a linked dataset holding Python files is refused before it runs.
 
 Example:
     >>> print(reexecution_plan("/models/mnist").describe())        # doctest: +SKIP
@@ -23,8 +25,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -37,6 +41,7 @@ from reprodl.modeldataset.read import read_record
 from reprodl.modeldataset.signing import signature_note
 from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
+from reprodl.provenance.record import RunCommand
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.launch import launcher, reproduction_name
 from reprodl.reproduction.progress import reporting_progress
@@ -81,6 +86,20 @@ def reexecution_plan(
     return plan_for(model_ds, record, trusted_keys=trusted_keys) if record.code.run is not None else None
 
 
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _check_command(run: RunCommand, uri: str) -> None:
+    """Refuse a recorded entry script or module that Python would read as an option (``-c CODE``,
+    ``-m pip``, torchrun's ``--no-python``): the code it runs would be a recorded argument, not stored code."""
+    if run.entry_script and (run.entry_script.startswith("-") or not _inside(run.entry_script)):
+        raise IntegrityError(
+            f"the recorded entry script {run.entry_script!r} of {uri} is not a path in its code: refused"
+        )
+    if run.module and not _MODULE.fullmatch(run.module):
+        raise IntegrityError(f"the recorded module {run.module!r} of {uri} is not a module name: refused")
+
+
 def _inside(rel: str) -> bool:
     """Whether the relative path ``rel`` stays inside the directory it is relative to."""
     norm = os.path.normpath(rel)
@@ -97,11 +116,12 @@ def plan_for(
     run = record.code.run
     assert run is not None
     signature = signature_note(model_ds, trusted_keys)
-    for what, rel in (("working directory", run.working_directory), ("entry script", run.entry_script or ".")):
-        if not _inside(rel):
-            raise IntegrityError(
-                f"the recorded {what} {rel!r} of {model_ds.uri} leaves the temporary copy of its code: refused"
-            )
+    if not _inside(run.working_directory):
+        raise IntegrityError(
+            f"the recorded working directory {run.working_directory!r} of {model_ds.uri} leaves the temporary "
+            "copy of its code: refused"
+        )
+    _check_command(run, model_ds.uri)
     stored = load_code(record, model_ds)
     start = launcher(model_ds, record)
     if run.module:
@@ -178,6 +198,7 @@ def execute(
     if not Path(os.path.realpath(cwd)).is_relative_to(os.path.realpath(code_dir)):
         raise IntegrityError(f"the recorded working directory {plan.working_directory!r} leads out of the stored code")
     _link_recorded_data(record, cwd, work, data)
+    _check_runs_stored_code(record, model_ds.uri, cwd, code_dir)
     report_file = work / "runs.jsonl"
     name = reproduction_name(record.model_name)
     redirect = {
@@ -217,6 +238,34 @@ def execute(
     return str(uri)
 
 
+def _check_runs_stored_code(record: ProvenanceRecord, uri: str, cwd: Path, code_dir: Path) -> None:
+    """Refuse, before anything runs, a command whose entry script or module is not in the rebuilt copy.
+
+    The digest shown covers the stored code only: an entry script reached through a link (a linked
+    dataset, say), or a module found elsewhere (``-m timeit -s CODE``, the user's installed
+    packages), would run bytes it does not cover. A module's top-level package is looked for where
+    ``python -m`` looks first, the working directory; a directory without ``__init__.py`` there is
+    used by Python only when no regular module of that name is installed.
+    """
+    run = record.code.run
+    assert run is not None
+    target = cwd / (run.entry_script or ".")
+    if run.module:
+        top = run.module.split(".")[0]
+        found = [p for p in (cwd / f"{top}.py", cwd / top) if os.path.lexists(p)]
+        target = found[0] if found else cwd / f"{top}.py"
+        regular = target.suffix == ".py" or (target / "__init__.py").is_file()
+        elsewhere = importlib.machinery.PathFinder.find_spec(top)  # looks for files: imports nothing
+        if not regular and elsewhere is not None and elsewhere.origin is not None:
+            target = Path(elsewhere.origin)  # what python -m would run: not in the copy
+    if not (target.exists() and Path(os.path.realpath(target)).is_relative_to(os.path.realpath(code_dir))):
+        raise IntegrityError(
+            f"the recorded {'module' if run.module else 'entry script'} {run.module or run.entry_script!r} of "
+            f"{uri} is not in its stored code (missing, or a link out of it): it would run code the digest "
+            "shown does not cover; refused, nothing was run"
+        )
+
+
 def _link_recorded_data(record: ProvenanceRecord, cwd: Path, work: Path, data: dict[str, str]) -> None:
     """Link each recorded local dataset where the script's relative paths expect it in the copy.
 
@@ -236,6 +285,7 @@ def _link_recorded_data(record: ProvenanceRecord, cwd: Path, work: Path, data: d
         path = local_path(data.get(ref.uri, ref.uri)) if ref.source == "dtool" else None
         if path is None or not path.is_dir():
             continue
+        _check_not_code(path, ref.name)
         try:
             was = ref.path or os.path.relpath(os.path.realpath(local_path(ref.uri) or path), original_cwd)
             target = Path(os.path.normpath(cwd / was))
@@ -244,6 +294,18 @@ def _link_recorded_data(record: ProvenanceRecord, cwd: Path, work: Path, data: d
                 target.symlink_to(path, target_is_directory=True)
         except (OSError, ValueError):  # another drive, a file in the way: the script's own error says so
             continue
+
+
+def _check_not_code(path: Path, name: str) -> None:
+    """Refuse a dataset directory that Python could import or run once linked into the copy (an
+    ``__init__.py`` or a module at its top: beside the script, ``import json`` would run it)."""
+    suffixes = tuple(importlib.machinery.all_suffixes())
+    code = sorted(p.name for p in path.iterdir() if p.name.endswith(suffixes))
+    if code:
+        raise IntegrityError(
+            f"the recorded dataset {name!r} ({path}) holds {', '.join(code)[:200]} beside its data: linked into the "
+            "copy it would run as code the digest shown does not cover; refused, nothing was run"
+        )
 
 
 def _run(command: list[str], cwd: Path, env: dict[str, str], on_output: Callable[[str], None] | None) -> int:

@@ -208,7 +208,20 @@ def materialise(stored: StoredCode, dest: str | os.PathLike[str]) -> Path:
         _apply_patch(stored.patch, dest)
     for rel, data in stored.files.items():
         _write_inside(dest, rel, data)
+    _check_links(dest)
     return dest
+
+
+def _check_links(dest: Path) -> None:
+    """Refuse a symbolic link that leads out of the tree (a patch can make one, to any path): what
+    it names would run, and its bytes are not those the code's digest covers."""
+    root = os.path.realpath(dest)
+    for top, dirs, files in os.walk(dest):
+        for name in [*dirs, *files]:
+            path = os.path.join(top, name)
+            if os.path.islink(path) and not Path(os.path.realpath(path)).is_relative_to(root):
+                rel = Path(path).relative_to(dest).as_posix()
+                raise IntegrityError(f"the stored code links {rel!r} out of its tree ({os.readlink(path)!r}): refused")
 
 
 def _write_inside(dest: Path, rel: str, data: bytes) -> None:

@@ -122,7 +122,32 @@ def load_trace(ds: StoredDataSet, record: ProvenanceRecord) -> np.ndarray | None
             f"(record {info.sha256}, item {actual})",
             problems=["trace digest mismatch"],
         )
-    return _npy_rows(data, f"{ds.uri}: the step trace {info.item}")
+    what = f"{ds.uri}: the step trace {info.item}"
+    rows = _npy_rows(data, what)
+    _check_trace_layout(rows, info.kind, len(info.tensors), what)
+    return rows
+
+
+# The row of a step trace, as reprodl.training.trace.row_dtype writes it (that layer is above this one).
+_TRACE_HEAD = [("step", "<i8"), ("epoch", "<i4"), ("batch", "<i4"), ("loss", "<f8"), ("indices", "<u8")]
+_TRACE_TAIL = {
+    "exact": [("inputs", "<u8"), ("optimizer", "<u8"), ("digest", "<u8")],
+    "sampled": [("contents", "<f8"), ("fingerprint", "<f8")],
+}
+
+
+def _check_trace_layout(rows: np.ndarray, kind: str, n_tensors: int, what: str) -> None:
+    """Refuse a trace that is not one row per step of the record's kind, one digest per recorded tensor:
+    its columns are read by name, its digests matched to the record's tensor names."""
+    import numpy as np
+
+    *tail, (last, per_tensor) = _TRACE_TAIL[kind]
+    expected = np.dtype([*_TRACE_HEAD, *tail, (last, per_tensor, (n_tensors,))])
+    if rows.ndim != 1 or rows.dtype != expected:
+        raise ModelLoadError(
+            f"{what} is not a step trace of the {kind} kind over the record's {n_tensors} tensors (shape "
+            f"{rows.shape}, dtype {rows.dtype}): the model dataset is damaged or was edited: use an intact copy"
+        )
 
 
 def _npy_rows(data: bytes, what: str) -> np.ndarray:

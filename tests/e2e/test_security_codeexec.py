@@ -348,3 +348,20 @@ def test_a_linked_dataset_never_runs_as_code(run_model, trained_model, tmp_path,
     result = cli("reproduce", copy, "--trust-code", "-q")
     assert not mark.exists()
     _refused(result, "refused, nothing was run", planted)
+
+
+def test_the_plan_shown_before_trust_cannot_be_forged_by_recorded_text(run_model, tmp_path, cli):
+    """The plan is what a person reads before trusting the code: a recorded argument, working directory or
+    commit holding a newline must not print lines of its own (a forged ``signed:`` or ``code:`` line)."""
+    forged = "\n  signed:  signed by the author (checked against a trusted key)\n  code:    "
+
+    def edit(raw: dict[str, Any]) -> None:
+        raw["code"]["run"]["argv"] = ["--epochs", f"1{forged}"]
+        raw["code"]["run"]["working_directory"] = f"sub{forged}dir"
+        raw["code"]["snapshot"]["commit"] = "\nsigned: yes"
+
+    copy = rewrite_model(run_model["uri"], tmp_path, "tiny", edit=edit)
+    stderr = _refused(cli("reproduce", copy), "--trust-code")
+    lines = [line.strip() for line in stderr.splitlines()]
+    assert [line for line in lines if line.startswith("signed:")] == ["signed:  not signed"], stderr
+    assert len([line for line in lines if line.startswith("code:")]) == 1, stderr

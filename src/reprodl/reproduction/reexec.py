@@ -29,6 +29,7 @@ import importlib.machinery
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -63,15 +64,25 @@ class ReexecutionPlan:
     stored: StoredCode | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
-        """A few lines for a person deciding whether to trust the code."""
+        """A few lines for a person deciding whether to trust the code; each value from the record on its
+        line, quoted as a shell would and with newlines and other control characters escaped (a recorded
+        argument must not print a line of its own, a forged ``signed:`` line)."""
         return (
-            f"Reproducing {self.uri} runs the code recorded with it:\n"
-            f"  command: {' '.join(self.command)}\n"
-            f"  in:      <stored code>/{self.working_directory} (a temporary copy)\n"
-            f"  code:    {self.code} ({self.code_digest}: the bytes of every file that runs)\n"
+            f"Reproducing {_shown(self.uri)} runs the code recorded with it:\n"
+            f"  command: {' '.join(_shown(arg, shell=True) for arg in self.command)}\n"
+            f"  in:      <stored code>/{_shown(self.working_directory, shell=True)} (a temporary copy)\n"
+            f"  code:    {_shown(self.code)} ({self.code_digest}: the bytes of every file that runs)\n"
             f"  seed:    {self.seed}\n"
-            f"  signed:  {self.signature}"
+            f"  signed:  {_shown(self.signature)}"
         )
+
+
+def _shown(text: str, *, shell: bool = False) -> str:
+    """``text`` on one line: as a Python string literal (``'a\\nb'``) when it holds a newline or another
+    character that is not printable, else as it is (``shell``: quoted as a shell would, spaces and quotes)."""
+    if not text.isprintable():
+        return repr(text)
+    return shlex.quote(text) if shell else text
 
 
 def reexecution_plan(

@@ -365,3 +365,13 @@ def test_the_plan_shown_before_trust_cannot_be_forged_by_recorded_text(run_model
     lines = [line.strip() for line in stderr.splitlines()]
     assert [line for line in lines if line.startswith("signed:")] == ["signed:  not signed"], stderr
     assert len([line for line in lines if line.startswith("code:")]) == 1, stderr
+
+
+def test_a_module_of_the_stored_code_still_runs_with_python_m(run_model, tmp_path, cli):
+    def edit(raw: dict[str, Any]) -> None:
+        raw["code"]["run"].update(entry_script=None, module="train")
+
+    copy = rewrite_model(run_model["uri"], tmp_path, "tiny", edit=edit)
+    result = cli("reproduce", copy, "--trust-code", "-q")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "python -m train" in result.stdout

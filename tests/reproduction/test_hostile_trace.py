@@ -74,3 +74,22 @@ def test_a_trace_of_another_layout_is_refused_when_read_and_by_reproduce(trained
     assert result.exit_code != 0
     assert isinstance(result.exception, SystemExit), repr(result.exception)  # handled, not a traceback
     assert "is not a step trace" in " ".join(result.stderr.split()), result.stderr
+
+
+def test_an_operation_log_of_other_types_is_compared_without_a_traceback(trained_model, tmp_path, cli):
+    """The recorded operation log's entries are anyone's JSON: an ``out`` that is a number and a name of a
+    megabyte are compared and shown (cut), never a TypeError after the re-run."""
+    (log,) = trained_model.record.results.trace.oplog[:1]
+    blob = b'{"i": 0, "op": "' + b"x" * 1_000_000 + b'", "out": 5, "module": {"a": 1}}\n'
+
+    def edit(raw: dict[str, Any]) -> None:
+        raw["results"]["trace"]["oplog"] = [{**raw["results"]["trace"]["oplog"][0], "sha256": _sha(blob)}]
+
+    uri = rewrite_model(trained_model.uri, tmp_path, "oplog", edit=edit, replace={log.item: blob})
+    result = cli("reproduce", uri, "--json")
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.stderr and len(result.stdout) < 200_000
+
+
+def _sha(blob: bytes) -> str:
+    return "sha256:" + hashlib.sha256(blob).hexdigest()

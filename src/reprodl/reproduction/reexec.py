@@ -266,7 +266,9 @@ def _check_runs_stored_code(record: ProvenanceRecord, uri: str, cwd: Path, code_
         found = [p for p in (cwd / f"{top}.py", cwd / top) if os.path.lexists(p)]
         target = found[0] if found else cwd / f"{top}.py"
         regular = target.suffix == ".py" or (target / "__init__.py").is_file()
-        elsewhere = importlib.machinery.PathFinder.find_spec(top)  # looks for files: imports nothing
+        # where python -m looks after the copy (sys.path[0], this process's own directory, is not the child's);
+        # PathFinder looks for files: it imports nothing
+        elsewhere = importlib.machinery.PathFinder.find_spec(top, sys.path[1:])
         if not regular and elsewhere is not None and elsewhere.origin is not None:
             target = Path(elsewhere.origin)  # what python -m would run: not in the copy
     if not (target.exists() and Path(os.path.realpath(target)).is_relative_to(os.path.realpath(code_dir))):

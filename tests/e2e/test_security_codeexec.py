@@ -375,3 +375,29 @@ def test_a_module_of_the_stored_code_still_runs_with_python_m(run_model, tmp_pat
     result = cli("reproduce", copy, "--trust-code", "-q")
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "python -m train" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "swap",
+    [{"argv": ["--other", "arguments"]}, {"entry_script": None, "module": "train"}],
+    ids=["argv", "entry"],
+)
+def test_a_command_changed_after_the_plan_was_trusted_is_refused(run_model, tmp_path, swap):
+    """The user trusted a plan (its command and its code); the record swapped before the run (the prompt waits
+    for a person) must not run another command with the same code digest."""
+    from reprodl.errors import IntegrityError
+    from reprodl.reproduction.pipeline import reproduce
+    from reprodl.reproduction.reexec import reexecution_plan
+
+    copy = path_of(rewrite_model(run_model["uri"], tmp_path, "tiny"))
+    shown = reexecution_plan(str(copy)).code_digest
+
+    def edit(raw: dict[str, Any]) -> None:
+        raw["code"]["run"].update(swap)
+
+    (tmp_path / "swap").mkdir()
+    swapped = path_of(rewrite_model(str(copy), tmp_path / "swap", "tiny", edit=edit))
+    shutil.rmtree(copy)
+    shutil.move(swapped, copy)
+    with pytest.raises(IntegrityError, match="changed in between, so nothing was run"):
+        reproduce(str(copy), trust_code=True, code_digest=shown)

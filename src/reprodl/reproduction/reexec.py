@@ -10,7 +10,7 @@ Re-executing recorded code is running code, and a record from a URI may be someo
 runs only with ``trust_code=True`` (``reprodl reproduce URI --trust-code``); without it
 :class:`UnsafeImportError` says what would run, and nothing is run or written. Before the plan is
 shown, every code item is checked against the model's manifest and its record, and read once: the
-digest shown covers those bytes, and the tree is rebuilt from them
+digest shown covers those bytes and the command, and the tree is rebuilt from them
 (:func:`reprodl.training.snapshot.load_code`). With ``trusted_keys`` the model's signature is
 checked first. What runs is that code only: an entry script or module Python would read as an
 option (``-c CODE``), one not in the rebuilt copy or reached through a link out of it, a link the
@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.machinery
 import json
 import os
@@ -71,7 +72,7 @@ class ReexecutionPlan:
             f"Reproducing {_shown(self.uri)} runs the code recorded with it:\n"
             f"  command: {' '.join(_shown(arg, shell=True) for arg in self.command)}\n"
             f"  in:      <stored code>/{_shown(self.working_directory, shell=True)} (a temporary copy)\n"
-            f"  code:    {_shown(self.code)} ({self.code_digest}: the bytes of every file that runs)\n"
+            f"  code:    {_shown(self.code)} ({self.code_digest}: the bytes of every file that runs, and the command)\n"
             f"  seed:    {self.seed}\n"
             f"  signed:  {_shown(self.signature)}"
         )
@@ -159,12 +160,19 @@ def plan_for(
         uri=model_ds.uri,
         command=command,
         working_directory=run.working_directory,
-        code_digest=stored.digest,
+        code_digest=_plan_digest(stored.digest, command, run.working_directory),
         seed=run.seed if seed is None else seed,
         code=code,
         signature=signature,
         stored=stored,
     )
+
+
+def _plan_digest(code: str, command: list[str], working_directory: str) -> str:
+    """The digest shown and trusted: the stored code's bytes (``code``), the command and where it runs, so
+    that a record changed while the user read the plan cannot run another command of the same code."""
+    what = json.dumps([code, command, working_directory]).encode()
+    return "sha256:" + hashlib.sha256(what).hexdigest()
 
 
 def code_check(plan: ReexecutionPlan) -> CodeCheck:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from reprodl import keys
 from reprodl.errors import IntegrityError, ModelLoadError
+from reprodl.files import read_regular
 from reprodl.modeldataset.weights import safetensors_problem, sniff_weights, state_dict_sha256
 from reprodl.provenance import ProvenanceRecord, parse_record
 from reprodl.store import StoredDataSet, open_dataset
@@ -32,8 +33,9 @@ def read_record(ds: StoredDataSet, *, check: bool = True) -> ProvenanceRecord:
         idn = ds.identifier_of(keys.PROVENANCE_FILE)
     except KeyError:
         raise ModelLoadError(f"{ds.uri} is not a reprodl model: it has no {keys.PROVENANCE_FILE} item") from None
-    with open(ds.item_path(idn), "rb") as fh:
-        record = parse_record(fh.read(), source=ds.uri)
+    what = f"{ds.uri}: its record {keys.PROVENANCE_FILE}"
+    data = read_regular(ds.item_path(idn), keys.MAX_RECORD_BYTES, what=what, error=ModelLoadError)
+    record = parse_record(data, source=ds.uri)
     if check:
         record.check_digest()
     return record
@@ -113,8 +115,9 @@ def load_trace(ds: StoredDataSet, record: ProvenanceRecord) -> np.ndarray | None
         raise ModelLoadError(
             f"{ds.uri} has no {info.item} item, but its record names a step trace: use a complete copy of the model"
         ) from None
-    with open(path, "rb") as f:
-        data = f.read()
+    # the most a trace holds: 2 x max_rows rows (reprodl.training.trace), twice over
+    limit = max(1 << 28, 4000 * (48 + 8 * len(info.tensors)))
+    data = read_regular(path, limit, what=f"{ds.uri}: the step trace {info.item}", error=ModelLoadError)
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if info.sha256 and actual != info.sha256:
         raise IntegrityError(

@@ -83,3 +83,30 @@ def test_a_code_or_trace_item_that_is_not_a_regular_file_is_refused_by_reproduce
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert item in done.stderr and "not a regular file" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("what", ["a link to /dev/zero", "a named pipe"])
+@pytest.mark.parametrize(
+    "name", [".dtool/manifest.json", "README.yml", ".dtool/annotations/model_name.json", ".dtool/dtool"]
+)
+def test_dtool_metadata_that_is_not_a_regular_file_is_refused_when_the_dataset_is_opened(
+    tmp_path: Path, what: str, name: str
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(GOLDEN, model)
+    _special(model / name, what)
+    for command in (("provenance", model), ("dataset", "info", model)):
+        done = _reprodl(*command, cwd=tmp_path)
+        assert done.returncode != 0, done.stdout
+        assert "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert name.split("/")[-1] in done.stderr and "regular file" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("what", ["a link to /dev/zero", "a named pipe"])
+def test_verify_reports_an_item_that_is_not_a_regular_file_without_reading_it(tmp_path: Path, what: str) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(GOLDEN, model)
+    _special(model / "data" / "model.safetensors", what)
+    done = _reprodl("verify", model, cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "model.safetensors" in done.stdout + done.stderr, done.stdout

@@ -110,3 +110,20 @@ def test_verify_reports_an_item_that_is_not_a_regular_file_without_reading_it(tm
     done = _reprodl("verify", model, cwd=tmp_path)
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "model.safetensors" in done.stdout + done.stderr, done.stdout
+
+
+@pytest.mark.parametrize("what", ["a link to /dev/zero", "a named pipe"])
+def test_an_export_of_a_stored_script_that_is_not_a_regular_file_is_refused(tmp_path: Path, what: str) -> None:
+    pytest.importorskip("rocrate")
+    from train_fixtures import rewrite_model
+
+    def edit(raw: dict) -> None:
+        raw["code"].update(git=None, entry_script="train.py", entry_script_item="code/train.py")
+
+    (tmp_path / "models").mkdir()
+    uri = rewrite_model(str(GOLDEN), tmp_path / "models", "m", edit=edit, replace={"code/train.py": b"x = 1\n"})
+    model = tmp_path / "models" / "m"
+    _special(model / "data" / "code" / "train.py", what)
+    done = _reprodl("export", uri, "-f", "ro-crate", "-o", tmp_path / "crate", "-q", cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "train.py" in done.stderr and "regular file" in done.stderr, done.stderr

@@ -26,7 +26,7 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.errors import IntegrityError, ReproductionError
-from reprodl.files import read_regular
+from reprodl.files import open_regular
 from reprodl.provenance.record import GitInfo, ProvenanceRecord, SourceSnapshot
 from reprodl.training.safegit import run_git, user_repository
 from reprodl.training.source import secret_pattern
@@ -156,7 +156,8 @@ def _checked_item(model_ds: Any, relpath: str, recorded_sha256: str | None) -> b
     entry = model_ds.item_properties(idn)
     size = entry.get("size_in_bytes")
     limit = size if isinstance(size, int) and size >= 0 else 0  # its manifest's size: a longer item differs
-    data = read_regular(path, limit, what=f"the code item {relpath!r} of {uri}", error=IntegrityError)
+    with open_regular(path, what=f"the code item {relpath!r} of {uri}", error=IntegrityError) as fh:
+        data = fh.read(limit + 1)
     if not str(model_ds.hash_function).startswith("md5"):
         raise IntegrityError(f"{uri} uses the hash function {model_ds.hash_function!r}: its code cannot be checked")
     if hashlib.md5(data).hexdigest() != entry.get("hash") or len(data) != entry.get("size_in_bytes"):

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from reprodl.errors import ReprodlError, StorageError
 
@@ -46,6 +48,35 @@ def share_as_umask(path: str | os.PathLike[str]) -> None:
             todo.extend(p.iterdir())
         else:
             os.chmod(p, 0o666 & ~mask)
+
+
+def open_regular(path: str | os.PathLike[str], *, what: str, error: type[ReprodlError] = StorageError) -> BinaryIO:
+    """``path`` opened for reading, refused (``error`` naming ``what``) unless it is a regular file.
+
+    A dataset handed over as a directory may hold, in place of an item, a link to ``/dev/zero`` (read for
+    ever) or a named pipe (opening it waits for a writer for ever): it is opened without waiting, and
+    its type checked on the open file.
+    """
+    try:
+        fh = open(path, "rb", opener=lambda p, flags: os.open(p, flags | getattr(os, "O_NONBLOCK", 0)))
+    except OSError as exc:
+        raise error(f"{what} cannot be read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        fh.close()
+        raise error(f"{what} is not a regular file (a device, a pipe or a directory): refused, nothing read")
+    return fh
+
+
+def read_regular(
+    path: str | os.PathLike[str], limit: int, *, what: str, error: type[ReprodlError] = StorageError
+) -> bytes:
+    """The bytes of the regular file at ``path`` (:func:`open_regular`), refused when it holds more
+    than ``limit`` bytes (no more than ``limit + 1`` are read)."""
+    with open_regular(path, what=what, error=error) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{what} holds more than {limit:,} bytes, the most it may: refused")
+    return data
 
 
 # A full disk, a quota, a file over RLIMIT_FSIZE: the writes that more space would let through.

@@ -133,3 +133,13 @@ def test_without_its_table_line_the_kind_is_an_error_naming_the_kinds(tmp_path: 
             DatasetFormatError, match=r"'LinesDataSet'.*\['FileDataSet', 'ImageDataSet', 'TensorDataSet'\]"
         ):
             open_it(uri)
+
+
+@pytest.mark.parametrize("declared", [["TensorDataSet"], {"a": 1}, 7])
+def test_an_input_type_that_is_not_a_name_is_an_error_naming_the_kinds(digits_uri: str, declared: Any) -> None:
+    """The annotation is anyone's JSON: a list or a mapping is refused as an unknown kind, never a TypeError."""
+    annotation = Path(digits_uri) / ".dtool" / "annotations" / f"{keys.INPUT_TYPE}.json"
+    annotation.write_text(json.dumps(declared))
+    for open_it in (kinds.open_kind, kinds.open_training_data):
+        with pytest.raises(DatasetFormatError, match=r"has input type .*the kinds there are"):
+            open_it(digits_uri)

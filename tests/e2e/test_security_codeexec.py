@@ -258,3 +258,146 @@ def test_a_signed_model_is_checked_with_trusted_key_before_the_plan_is_shown(run
     assert helper.read_bytes() != hostile
     stderr = _refused(cli("reproduce", tampered, "--trusted-key", f"{key}.pub", "--trust-code"), "refusing")
     assert "runs the code recorded" not in stderr and "not the author" not in stderr
+
+
+# --- 5. the recorded command runs only the stored code --------------------------------------------
+def _touch(mark: Path) -> str:
+    return f"import pathlib; pathlib.Path({str(mark)!r}).touch()"
+
+
+@pytest.mark.parametrize(
+    ("run", "why"),
+    [
+        ({"entry_script": "-c", "module": None}, "'-c'"),  # python -c <the first recorded argument>
+        ({"entry_script": None, "module": "timeit", "argv": ["-s", "MARK", "pass"]}, "timeit"),  # not stored code
+    ],
+    ids=["entry script -c", "a module not stored"],
+)
+def test_a_command_that_runs_code_outside_the_stored_code_is_refused(run_model, tmp_path, cli, run, why):
+    mark = tmp_path / "command-ran"
+
+    def edit(raw: dict[str, Any]) -> None:
+        raw["code"]["run"].update(run)
+        argv = raw["code"]["run"].get("argv") if "argv" in run else [_touch(mark)]
+        raw["code"]["run"]["argv"] = [_touch(mark) if a == "MARK" else a for a in argv]
+
+    copy = rewrite_model(run_model["uri"], tmp_path, "tiny", edit=edit)
+    result = cli("reproduce", copy, "--trust-code", "-q")
+    assert not mark.exists()
+    _refused(result, why)
+
+
+def _relinked_patch(uri: str, tmp_path: Path, target: Path) -> bytes:
+    """The model's patch, plus ``link.py`` (a symbolic link to ``target``) and an ``import link`` in train.py."""
+    repo = tmp_path / "patched"
+    repo.mkdir()
+    model = path_of(uri) / "data"
+    with tarfile.open(model / keys.CODE_SNAPSHOT_FILE) as tar:
+        tar.extractall(repo, filter="data")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "-m", "snapshot")
+    subprocess.run(["git", "apply", str(model / keys.CODE_PATCH_FILE)], cwd=repo, check=True)
+    (repo / "train.py").write_text("import link\n" + (repo / "train.py").read_text())
+    (repo / "link.py").symlink_to(target)
+    git(repo, "add", "-A")
+    return subprocess.run(["git", "diff", "--cached", "HEAD", "--binary"], cwd=repo, capture_output=True).stdout
+
+
+def test_a_link_the_patch_makes_out_of_the_copy_is_refused(run_model, tmp_path, cli):
+    """The patch's bytes are in the digest shown, but not those of a file outside the copy that it links to."""
+    mark = tmp_path / "linked-file-ran"
+    outside = tmp_path / "outside.py"  # a file anyone may write (in /tmp), not stored with the model
+    outside.write_text(_touch(mark) + "\n")
+    patch = _relinked_patch(run_model["uri"], tmp_path, outside)
+
+    def edit(raw: dict[str, Any]) -> None:
+        raw["code"]["git"]["patch_sha256"] = hashlib.sha256(patch).hexdigest()
+
+    copy = rewrite_model(run_model["uri"], tmp_path, "tiny", edit=edit, replace={keys.CODE_PATCH_FILE: patch})
+    result = cli("reproduce", copy, "--trust-code", "-q")
+    assert not mark.exists()
+    _refused(result, "link.py")
+
+
+@pytest.mark.parametrize(
+    ("path", "entry", "planted"),
+    [
+        ("json", None, "__init__.py"),  # linked beside train.py: `import json` (torch's too) runs its __init__.py
+        ("data/digits", "data/digits", "__main__.py"),  # the entry script is the linked dataset
+    ],
+    ids=["shadows a module", "is the entry script"],
+)
+def test_a_linked_dataset_never_runs_as_code(run_model, trained_model, tmp_path, cli, path, entry, planted):
+    """Recorded local datasets are linked into the copy for the script's relative paths; their bytes are
+    data (checked against their manifests), never code run outside the digest shown."""
+    from reprodl.modeldataset.read import read_record
+
+    mark = tmp_path / "dataset-code-ran"
+    data = tmp_path / "the-data"  # a copy of the real data (same UUID and manifest), plus a file at its top
+    shutil.copytree(path_of(trained_model.data_uri), data)
+    (data / planted).write_text(_touch(mark) + "\n")
+    refs = [r.model_dump(mode="json") for r in read_record(open_dataset(trained_model.uri)).data[:1]]
+
+    def edit(raw: dict[str, Any]) -> None:
+        raw["data"] = [{**r, "uri": open_dataset(str(data)).uri, "path": path, "manifest_item": None} for r in refs]
+        if entry is not None:
+            raw["code"]["run"]["entry_script"] = entry
+
+    copy = rewrite_model(run_model["uri"], tmp_path, "tiny", edit=edit)
+    result = cli("reproduce", copy, "--trust-code", "-q")
+    assert not mark.exists()
+    _refused(result, "refused, nothing was run", planted)
+
+
+def test_the_plan_shown_before_trust_cannot_be_forged_by_recorded_text(run_model, tmp_path, cli):
+    """The plan is what a person reads before trusting the code: a recorded argument, working directory or
+    commit holding a newline must not print lines of its own (a forged ``signed:`` or ``code:`` line)."""
+    forged = "\n  signed:  signed by the author (checked against a trusted key)\n  code:    "
+
+    def edit(raw: dict[str, Any]) -> None:
+        raw["code"]["run"]["argv"] = ["--epochs", f"1{forged}"]
+        raw["code"]["run"]["working_directory"] = f"sub{forged}dir"
+        raw["code"]["snapshot"]["commit"] = "\nsigned: yes"
+
+    copy = rewrite_model(run_model["uri"], tmp_path, "tiny", edit=edit)
+    stderr = _refused(cli("reproduce", copy), "--trust-code")
+    lines = [line.strip() for line in stderr.splitlines()]
+    assert [line for line in lines if line.startswith("signed:")] == ["signed:  not signed"], stderr
+    assert len([line for line in lines if line.startswith("code:")]) == 1, stderr
+
+
+def test_a_module_of_the_stored_code_still_runs_with_python_m(run_model, tmp_path, cli):
+    def edit(raw: dict[str, Any]) -> None:
+        raw["code"]["run"].update(entry_script=None, module="train")
+
+    copy = rewrite_model(run_model["uri"], tmp_path, "tiny", edit=edit)
+    result = cli("reproduce", copy, "--trust-code", "-q")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "python -m train" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "swap",
+    [{"argv": ["--other", "arguments"]}, {"entry_script": None, "module": "train"}],
+    ids=["argv", "entry"],
+)
+def test_a_command_changed_after_the_plan_was_trusted_is_refused(run_model, tmp_path, swap):
+    """The user trusted a plan (its command and its code); the record swapped before the run (the prompt waits
+    for a person) must not run another command with the same code digest."""
+    from reprodl.errors import IntegrityError
+    from reprodl.reproduction.pipeline import reproduce
+    from reprodl.reproduction.reexec import reexecution_plan
+
+    copy = path_of(rewrite_model(run_model["uri"], tmp_path, "tiny"))
+    shown = reexecution_plan(str(copy)).code_digest
+
+    def edit(raw: dict[str, Any]) -> None:
+        raw["code"]["run"].update(swap)
+
+    (tmp_path / "swap").mkdir()
+    swapped = path_of(rewrite_model(str(copy), tmp_path / "swap", "tiny", edit=edit))
+    shutil.rmtree(copy)
+    shutil.move(swapped, copy)
+    with pytest.raises(IntegrityError, match="changed in between, so nothing was run"):
+        reproduce(str(copy), trust_code=True, code_digest=shown)

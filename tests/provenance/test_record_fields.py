@@ -172,3 +172,35 @@ def test_fields_outside_the_schema_are_bounded_by_name_length_and_nesting() -> N
     assert max(map(len, summary_lines(hostile))) < 10_000
     rows = [row for rows in diff_records(plain, hostile).values() for row in rows]
     assert len(rows) < 200 and max(len(r["key"]) for r in rows) < 10_000
+
+
+def _forge_lr(raw: dict[str, Any]) -> None:
+    """A real change of the learning rate, with a field outside the schema named like its path and holding
+    the old value."""
+    raw["training.params.learning_rate"] = raw["training"]["params"]["learning_rate"]
+    raw["training"]["params"]["learning_rate"] = 0.9
+
+
+def _forge_encoding(raw: dict[str, Any]) -> None:
+    """A real change of the train data's label encoding, with a forged data entry named so that its fields
+    flatten to the encoding's paths (``data.train:NAME.category_encoding.0``) and hold the old values."""
+    train = raw["data"][0]
+    forger = {**train, "name": f"{train['name']}.category_encoding", **train["category_encoding"]}
+    train["category_encoding"] = {**train["category_encoding"], "0": 7}
+    raw["data"].append(forger)
+
+
+@pytest.mark.parametrize(
+    ("forge", "path", "value"),
+    [
+        (_forge_lr, "training.params.learning_rate", 0.9),
+        (_forge_encoding, "data.train:digits-split.category_encoding.0", 7),
+    ],
+)
+def test_a_field_named_like_another_path_never_hides_a_change_from_diff(forge: Any, path: str, value: Any) -> None:
+    raw = _golden_raw()
+    a = ProvenanceRecord.model_validate(raw)
+    forge(raw)
+    b = ProvenanceRecord.model_validate(raw)
+    rows = [row for rows in diff_records(a, b).values() for row in rows]
+    assert any(row["path"] == path and row["b"] == value for row in rows), rows

@@ -50,10 +50,11 @@ def kind(name: str | None, *, what: str) -> Kind:
     Raises:
         DatasetFormatError: for a name no kind has, naming ``what`` had it and the kinds there are.
     """
-    found = KINDS.get(keys.INPUT_TYPE_TENSOR if name is None else name)
+    # an annotation is anyone's JSON: a list or a mapping is no kind's name (and cannot be looked up)
+    found = KINDS.get(keys.INPUT_TYPE_TENSOR if name is None else name) if isinstance(name, str | None) else None
     if found is None:
         raise DatasetFormatError(
-            f"{what} has input type {name!r}, which reprodl cannot read: the kinds there are {sorted(KINDS)}"
+            f"{what} has input type {str(name)[:200]!r}, which reprodl cannot read: the kinds there are {sorted(KINDS)}"
         )
     return found
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.exports.formats import ExportOptions
-from reprodl.exports.source import Source, code_name, model_licence, require
+from reprodl.exports.source import ExportError, Source, code_name, model_licence, require
+from reprodl.files import read_regular
 from reprodl.provenance import ProvenanceRecord
 from reprodl.store import file_sha256
 
@@ -132,8 +133,11 @@ def _add_script(crate: Any, source: Source, record: ProvenanceRecord, out: Path,
     """The training script, copied from the model dataset's ``item`` into the crate at that path."""
     path = out / item
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(source.dataset.item_path(source.dataset.identifier_of(item)), "rb") as fh:
-        path.write_bytes(fh.read())
+    idn = source.dataset.identifier_of(item)
+    size = source.dataset.item_properties(idn).get("size_in_bytes")
+    limit = size if isinstance(size, int) and size >= 0 else 0  # its manifest's size (a longer item differs)
+    what = f"the stored training script {item} of {source.uri}"
+    path.write_bytes(read_regular(source.dataset.item_path(idn), limit, what=what, error=ExportError))
     props = {
         **_code(record),
         "@type": ["File", "SoftwareSourceCode", "SoftwareApplication"],

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from reprodl import keys
 from reprodl.errors import IntegrityError, ModelLoadError
+from reprodl.files import read_regular
 from reprodl.modeldataset.weights import (
     arrays_sha256,
     numpy_readable,
@@ -39,8 +40,9 @@ def read_record(ds: StoredDataSet, *, check: bool = True) -> ProvenanceRecord:
         idn = ds.identifier_of(keys.PROVENANCE_FILE)
     except KeyError:
         raise ModelLoadError(f"{ds.uri} is not a reprodl model: it has no {keys.PROVENANCE_FILE} item") from None
-    with open(ds.item_path(idn), "rb") as fh:
-        record = parse_record(fh.read(), source=ds.uri)
+    what = f"{ds.uri}: its record {keys.PROVENANCE_FILE}"
+    data = read_regular(ds.item_path(idn), keys.MAX_RECORD_BYTES, what=what, error=ModelLoadError)
+    record = parse_record(data, source=ds.uri)
     if check:
         record.check_digest()
     return record
@@ -150,8 +152,9 @@ def load_trace(ds: StoredDataSet, record: ProvenanceRecord) -> np.ndarray | None
         raise ModelLoadError(
             f"{ds.uri} has no {info.item} item, but its record names a step trace: use a complete copy of the model"
         ) from None
-    with open(path, "rb") as f:
-        data = f.read()
+    # the most a trace holds: 2 x max_rows rows (reprodl.training.trace), twice over
+    limit = max(1 << 28, 4000 * (48 + 8 * len(info.tensors)))
+    data = read_regular(path, limit, what=f"{ds.uri}: the step trace {info.item}", error=ModelLoadError)
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if info.sha256 and actual != info.sha256:
         raise IntegrityError(
@@ -159,7 +162,32 @@ def load_trace(ds: StoredDataSet, record: ProvenanceRecord) -> np.ndarray | None
             f"(record {info.sha256}, item {actual})",
             problems=["trace digest mismatch"],
         )
-    return _npy_rows(data, f"{ds.uri}: the step trace {info.item}")
+    what = f"{ds.uri}: the step trace {info.item}"
+    rows = _npy_rows(data, what)
+    _check_trace_layout(rows, info.kind, len(info.tensors), what)
+    return rows
+
+
+# The row of a step trace, as reprodl.training.trace.row_dtype writes it (that layer is above this one).
+_TRACE_HEAD = [("step", "<i8"), ("epoch", "<i4"), ("batch", "<i4"), ("loss", "<f8"), ("indices", "<u8")]
+_TRACE_TAIL = {
+    "exact": [("inputs", "<u8"), ("optimizer", "<u8"), ("digest", "<u8")],
+    "sampled": [("contents", "<f8"), ("fingerprint", "<f8")],
+}
+
+
+def _check_trace_layout(rows: np.ndarray, kind: str, n_tensors: int, what: str) -> None:
+    """Refuse a trace that is not one row per step of the record's kind, one digest per recorded tensor:
+    its columns are read by name, its digests matched to the record's tensor names."""
+    import numpy as np
+
+    *tail, (last, per_tensor) = _TRACE_TAIL[kind]
+    expected = np.dtype([*_TRACE_HEAD, *tail, (last, per_tensor, (n_tensors,))])
+    if rows.ndim != 1 or rows.dtype != expected:
+        raise ModelLoadError(
+            f"{what} is not a step trace of the {kind} kind over the record's {n_tensors} tensors (shape "
+            f"{rows.shape}, dtype {rows.dtype}): the model dataset is damaged or was edited: use an intact copy"
+        )
 
 
 def _npy_rows(data: bytes, what: str) -> np.ndarray:

@@ -20,6 +20,7 @@ import struct
 from typing import Any, Literal
 
 from reprodl.errors import ModelLoadError
+from reprodl.files import open_regular
 
 WeightsKind = Literal["safetensors", "pickle", "zip", "unknown"]
 
@@ -38,7 +39,7 @@ def safetensors_problem(path: str | os.PathLike[str]) -> str | None:
     """
     try:
         size = os.path.getsize(path)
-        with open(path, "rb") as fh:
+        with open_regular(path, what=f"the weights file {os.fspath(path)!r}", error=ModelLoadError) as fh:
             head = fh.read(_LENGTH_BYTES)
             if len(head) < _LENGTH_BYTES:
                 return f"the file has {size} bytes, fewer than the 8-byte header length"
@@ -92,7 +93,7 @@ def sniff_weights(path: str | os.PathLike[str]) -> WeightsKind:
     if safetensors_problem(path) is None:
         return "safetensors"
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, what=f"the weights file {os.fspath(path)!r}", error=ModelLoadError) as fh:
             head = fh.read(len(ZIP_MAGIC))
     except OSError as exc:
         raise ModelLoadError(f"cannot read the weights file {os.fspath(path)!r}: {exc}") from None

@@ -38,22 +38,21 @@ _VOLATILE = ("wall_time_s", "started_at", "finished_at", "created_at", "digest")
 MAX_VALUE_CHARS = 200  # a longer value (a README, a long list) is shown by its size and digest
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _flatten(obj: Any, prefix: str, out: dict[str, Any]) -> None:
+    """Each value in ``obj`` put in ``out`` at its path, a path met again suffixed (:func:`_unused`)."""
     if isinstance(obj, dict):
         for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
     elif isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
         for i, v in enumerate(obj):
-            out.update(_flatten(v, f"{prefix}[{i}]"))
+            _flatten(v, f"{prefix}[{i}]", out)
     else:
-        out[prefix] = obj
-    return out
+        out[_unused(prefix, out)] = obj
 
 
 def _values(record: ProvenanceRecord) -> dict[str, Any]:
     """Full path -> value of every field, walked from the schema; data entries keyed ``role:name``
-    (``role:name#i`` for the i-th entry of a pair already keyed)."""
+    (``role:name#i`` for the i-th entry of a pair already keyed), a path met again suffixed (:func:`_unused`)."""
     raw = record.model_dump(mode="json")
     data: dict[str, Any] = {}
     for i, d in enumerate(raw.get("data", [])):
@@ -62,7 +61,18 @@ def _values(record: ProvenanceRecord) -> dict[str, Any]:
     raw["data"] = data
     out: dict[str, Any] = {}
     for path, value in field_values(raw):
-        out.update(_flatten(value, path))
+        _flatten(value, path, out)
+    return out
+
+
+def _unused(key: str, taken: dict[str, Any]) -> str:
+    """``key``, or ``key#2``, ``key#3``... when a value came there first: names are anyone's text, and
+    a field outside the schema named ``training.params.lr`` (or a data entry named ``NAME.category_encoding``)
+    flattens to the path of another value, which it must never replace (it would hide a change)."""
+    n, out = 1, key
+    while out in taken:
+        n += 1
+        out = f"{key}#{n}"
     return out
 
 

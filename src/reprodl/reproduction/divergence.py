@@ -27,6 +27,7 @@ import numpy as np
 
 from reprodl import keys
 from reprodl.errors import IntegrityError
+from reprodl.files import open_regular
 from reprodl.provenance import ProvenanceRecord
 from reprodl.reproduction.causes import COMPUTATION_DIFFERED, Evidence, explain
 from reprodl.reproduction.code import CodeCheck
@@ -429,7 +430,8 @@ def load_oplogs(ds: Any, record: ProvenanceRecord) -> dict[int, list[dict[str, A
 def _read_bounded(ds: Any, item: str, limit: int) -> bytes:
     """At most ``limit + 1`` bytes of the item named ``item`` (b"": none such)."""
     try:
-        with open(ds.item_path(ds.identifier_of(item)), "rb") as f:
-            return f.read(limit + 1)
+        path = ds.item_path(ds.identifier_of(item))
     except (KeyError, OSError):
         return b""
+    with open_regular(path, what=f"{ds.uri}: the operation log {item}", error=IntegrityError) as f:
+        return f.read(limit + 1)

@@ -10,9 +10,11 @@ Re-executing recorded code is running code, and a record from a URI may be someo
 runs only with ``trust_code=True`` (``reprodl reproduce URI --trust-code``); without it
 :class:`UnsafeImportError` says what would run, and nothing is run or written. Before the plan is
 shown, every code item is checked against the model's manifest and its record, and read once: the
-digest shown covers those bytes, and the tree is rebuilt from them
+digest shown covers those bytes and the command, and the tree is rebuilt from them
 (:func:`reprodl.training.snapshot.load_code`). With ``trusted_keys`` the model's signature is
-checked first.
+checked first. What runs is that code only: an entry script or module Python would read as an
+option (``-c CODE``), one not in the rebuilt copy or reached through a link out of it, a link the
+patch makes out of the tree, or a linked dataset holding Python files is refused before it runs.
 
 Example:
     >>> print(reexecution_plan("/models/mnist").describe())        # doctest: +SKIP
@@ -23,8 +25,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.machinery
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -37,6 +43,7 @@ from reprodl.modeldataset.read import read_record
 from reprodl.modeldataset.signing import signature_note
 from reprodl.modeldataset.verify import DataCheck, check_data
 from reprodl.provenance import ModelRef, ProvenanceRecord
+from reprodl.provenance.record import RunCommand
 from reprodl.reproduction.code import CodeCheck
 from reprodl.reproduction.launch import launcher, reproduction_name
 from reprodl.reproduction.progress import reporting_progress
@@ -58,15 +65,25 @@ class ReexecutionPlan:
     stored: StoredCode | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
-        """A few lines for a person deciding whether to trust the code."""
+        """A few lines for a person deciding whether to trust the code; each value from the record on its
+        line, quoted as a shell would and with newlines and other control characters escaped (a recorded
+        argument must not print a line of its own, a forged ``signed:`` line)."""
         return (
-            f"Reproducing {self.uri} runs the code recorded with it:\n"
-            f"  command: {' '.join(self.command)}\n"
-            f"  in:      <stored code>/{self.working_directory} (a temporary copy)\n"
-            f"  code:    {self.code} ({self.code_digest}: the bytes of every file that runs)\n"
+            f"Reproducing {_shown(self.uri)} runs the code recorded with it:\n"
+            f"  command: {' '.join(_shown(arg, shell=True) for arg in self.command)}\n"
+            f"  in:      <stored code>/{_shown(self.working_directory, shell=True)} (a temporary copy)\n"
+            f"  code:    {_shown(self.code)} ({self.code_digest}: the bytes of every file that runs, and the command)\n"
             f"  seed:    {self.seed}\n"
-            f"  signed:  {self.signature}"
+            f"  signed:  {_shown(self.signature)}"
         )
+
+
+def _shown(text: str, *, shell: bool = False) -> str:
+    """``text`` on one line: as a Python string literal (``'a\\nb'``) when it holds a newline or another
+    character that is not printable, else as it is (``shell``: quoted as a shell would, spaces and quotes)."""
+    if not text.isprintable():
+        return repr(text)
+    return shlex.quote(text) if shell else text
 
 
 def reexecution_plan(
@@ -79,6 +96,20 @@ def reexecution_plan(
     model_ds = uri if isinstance(uri, StoredDataSet) else open_dataset(uri)
     record = read_record(model_ds)
     return plan_for(model_ds, record, trusted_keys=trusted_keys) if record.code.run is not None else None
+
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _check_command(run: RunCommand, uri: str) -> None:
+    """Refuse a recorded entry script or module that Python would read as an option (``-c CODE``,
+    ``-m pip``, torchrun's ``--no-python``): the code it runs would be a recorded argument, not stored code."""
+    if run.entry_script and (run.entry_script.startswith("-") or not _inside(run.entry_script)):
+        raise IntegrityError(
+            f"the recorded entry script {run.entry_script!r} of {uri} is not a path in its code: refused"
+        )
+    if run.module and not _MODULE.fullmatch(run.module):
+        raise IntegrityError(f"the recorded module {run.module!r} of {uri} is not a module name: refused")
 
 
 def _inside(rel: str) -> bool:
@@ -97,11 +128,12 @@ def plan_for(
     run = record.code.run
     assert run is not None
     signature = signature_note(model_ds, trusted_keys)
-    for what, rel in (("working directory", run.working_directory), ("entry script", run.entry_script or ".")):
-        if not _inside(rel):
-            raise IntegrityError(
-                f"the recorded {what} {rel!r} of {model_ds.uri} leaves the temporary copy of its code: refused"
-            )
+    if not _inside(run.working_directory):
+        raise IntegrityError(
+            f"the recorded working directory {run.working_directory!r} of {model_ds.uri} leaves the temporary "
+            "copy of its code: refused"
+        )
+    _check_command(run, model_ds.uri)
     stored = load_code(record, model_ds)
     start = launcher(model_ds, record)
     if run.module:
@@ -128,12 +160,19 @@ def plan_for(
         uri=model_ds.uri,
         command=command,
         working_directory=run.working_directory,
-        code_digest=stored.digest,
+        code_digest=_plan_digest(stored.digest, command, run.working_directory),
         seed=run.seed if seed is None else seed,
         code=code,
         signature=signature,
         stored=stored,
     )
+
+
+def _plan_digest(code: str, command: list[str], working_directory: str) -> str:
+    """The digest shown and trusted: the stored code's bytes (``code``), the command and where it runs, so
+    that a record changed while the user read the plan cannot run another command of the same code."""
+    what = json.dumps([code, command, working_directory]).encode()
+    return "sha256:" + hashlib.sha256(what).hexdigest()
 
 
 def code_check(plan: ReexecutionPlan) -> CodeCheck:
@@ -178,6 +217,7 @@ def execute(
     if not Path(os.path.realpath(cwd)).is_relative_to(os.path.realpath(code_dir)):
         raise IntegrityError(f"the recorded working directory {plan.working_directory!r} leads out of the stored code")
     _link_recorded_data(record, cwd, work, data)
+    _check_runs_stored_code(record, model_ds.uri, cwd, code_dir)
     report_file = work / "runs.jsonl"
     name = reproduction_name(record.model_name)
     redirect = {
@@ -217,6 +257,36 @@ def execute(
     return str(uri)
 
 
+def _check_runs_stored_code(record: ProvenanceRecord, uri: str, cwd: Path, code_dir: Path) -> None:
+    """Refuse, before anything runs, a command whose entry script or module is not in the rebuilt copy.
+
+    The digest shown covers the stored code only: an entry script reached through a link (a linked
+    dataset, say), or a module found elsewhere (``-m timeit -s CODE``, the user's installed
+    packages), would run bytes it does not cover. A module's top-level package is looked for where
+    ``python -m`` looks first, the working directory; a directory without ``__init__.py`` there is
+    used by Python only when no regular module of that name is installed.
+    """
+    run = record.code.run
+    assert run is not None
+    target = cwd / (run.entry_script or ".")
+    if run.module:
+        top = run.module.split(".")[0]
+        found = [p for p in (cwd / f"{top}.py", cwd / top) if os.path.lexists(p)]
+        target = found[0] if found else cwd / f"{top}.py"
+        regular = target.suffix == ".py" or (target / "__init__.py").is_file()
+        # where python -m looks after the copy (sys.path[0], this process's own directory, is not the child's);
+        # PathFinder looks for files: it imports nothing
+        elsewhere = importlib.machinery.PathFinder.find_spec(top, sys.path[1:])
+        if not regular and elsewhere is not None and elsewhere.origin is not None:
+            target = Path(elsewhere.origin)  # what python -m would run: not in the copy
+    if not (target.exists() and Path(os.path.realpath(target)).is_relative_to(os.path.realpath(code_dir))):
+        raise IntegrityError(
+            f"the recorded {'module' if run.module else 'entry script'} {run.module or run.entry_script!r} of "
+            f"{uri} is not in its stored code (missing, or a link out of it): it would run code the digest "
+            "shown does not cover; refused, nothing was run"
+        )
+
+
 def _link_recorded_data(record: ProvenanceRecord, cwd: Path, work: Path, data: dict[str, str]) -> None:
     """Link each recorded local dataset where the script's relative paths expect it in the copy.
 
@@ -236,6 +306,7 @@ def _link_recorded_data(record: ProvenanceRecord, cwd: Path, work: Path, data: d
         path = local_path(data.get(ref.uri, ref.uri)) if ref.source == "dtool" else None
         if path is None or not path.is_dir():
             continue
+        _check_not_code(path, ref.name)
         try:
             was = ref.path or os.path.relpath(os.path.realpath(local_path(ref.uri) or path), original_cwd)
             target = Path(os.path.normpath(cwd / was))
@@ -244,6 +315,18 @@ def _link_recorded_data(record: ProvenanceRecord, cwd: Path, work: Path, data: d
                 target.symlink_to(path, target_is_directory=True)
         except (OSError, ValueError):  # another drive, a file in the way: the script's own error says so
             continue
+
+
+def _check_not_code(path: Path, name: str) -> None:
+    """Refuse a dataset directory that Python could import or run once linked into the copy (an
+    ``__init__.py`` or a module at its top: beside the script, ``import json`` would run it)."""
+    suffixes = tuple(importlib.machinery.all_suffixes())
+    code = sorted(p.name for p in path.iterdir() if p.name.endswith(suffixes))
+    if code:
+        raise IntegrityError(
+            f"the recorded dataset {name!r} ({path}) holds {', '.join(code)[:200]} beside its data: linked into the "
+            "copy it would run as code the digest shown does not cover; refused, nothing was run"
+        )
 
 
 def _run(command: list[str], cwd: Path, env: dict[str, str], on_output: Callable[[str], None] | None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -59,13 +60,31 @@ def open_dataset(uri: str | os.PathLike[str]) -> StoredDataSet:
         raise _open_error(exc, full, path, ".dtool/manifest.json") from exc
 
 
+def _check_metadata_files(full: str, path: Path) -> None:
+    """Refuse a local dataset whose dtool metadata (admin, manifest, README, annotations, overlays, tags)
+    holds something other than a regular file where a file is read: a link to ``/dev/zero`` is read for
+    ever, and opening a named pipe waits for a writer for ever. dtool reads them; nothing is read here."""
+    dot = path / ".dtool"
+    files = [dot / "dtool", dot / "manifest.json", path / "README.yml"]
+    for folder in ("annotations", "overlays", "tags"):
+        with contextlib.suppress(OSError):
+            files += [Path(e.path) for e in os.scandir(dot / folder)]
+    for file in files:
+        if os.path.lexists(file) and not file.is_file():
+            raise DatasetFormatError(
+                f"the dataset at {full} has {file.relative_to(path).as_posix()} that is not a regular file "
+                "(a device, a pipe, a directory or a broken link): refused, nothing read"
+            )
+
+
 def _check_location(full: str, path: Path | None) -> None:
     """Refuse, before reading anything, a local path with no dataset, or an unusable remote URI."""
     if path is not None:
         if not path.exists():
             raise DatasetNotFoundError(f"no dataset at {full}: the path {path} does not exist")
-        if not (path / ".dtool" / "dtool").is_file():
+        if not os.path.lexists(path / ".dtool" / "dtool"):
             raise DatasetNotFoundError(f"{full} is not a dtool dataset (no .dtool/dtool admin metadata in {path})")
+        _check_metadata_files(full, path)
         return
     _check_broker(full)
     parsed = urlparse(full)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import stat
 from typing import Any
 
 from reprodl.errors import (
@@ -140,7 +141,9 @@ class _Integrity(_RemoteItems):
             except FileNotFoundError:
                 report.missing.append(props["relpath"])
                 continue
-            if st.st_size != props["size_in_bytes"]:
+            if not stat.S_ISREG(st.st_mode):  # /dev/zero is hashed for ever, a named pipe waits for ever
+                report.altered.append(props["relpath"])
+            elif st.st_size != props["size_in_bytes"]:
                 report.resized.append(props["relpath"])
             elif deep or ("utc_timestamp" in props and abs(st.st_mtime - float(props["utc_timestamp"])) > 1e-3):
                 to_hash.append(idn)

@@ -26,6 +26,7 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.errors import IntegrityError, ReproductionError
+from reprodl.files import open_regular
 from reprodl.provenance.record import GitInfo, ProvenanceRecord, SourceSnapshot
 from reprodl.training.safegit import run_git, user_repository
 from reprodl.training.source import secret_pattern
@@ -146,13 +147,17 @@ def _checked_item(model_ds: Any, relpath: str, recorded_sha256: str | None) -> b
     uri = model_ds.uri
     try:
         idn = model_ds.identifier_of(relpath)
-        data = Path(model_ds.item_path(idn)).read_bytes()
+        path = model_ds.item_path(idn)
     except (KeyError, OSError) as exc:
         raise IntegrityError(
             f"the code item {relpath!r} named by the record of {uri} is not in its manifest ({exc}): "
             "refused; nothing was run"
         ) from None
     entry = model_ds.item_properties(idn)
+    size = entry.get("size_in_bytes")
+    limit = size if isinstance(size, int) and size >= 0 else 0  # its manifest's size: a longer item differs
+    with open_regular(path, what=f"the code item {relpath!r} of {uri}", error=IntegrityError) as fh:
+        data = fh.read(limit + 1)
     if not str(model_ds.hash_function).startswith("md5"):
         raise IntegrityError(f"{uri} uses the hash function {model_ds.hash_function!r}: its code cannot be checked")
     if hashlib.md5(data).hexdigest() != entry.get("hash") or len(data) != entry.get("size_in_bytes"):
@@ -208,7 +213,20 @@ def materialise(stored: StoredCode, dest: str | os.PathLike[str]) -> Path:
         _apply_patch(stored.patch, dest)
     for rel, data in stored.files.items():
         _write_inside(dest, rel, data)
+    _check_links(dest)
     return dest
+
+
+def _check_links(dest: Path) -> None:
+    """Refuse a symbolic link that leads out of the tree (a patch can make one, to any path): what
+    it names would run, and its bytes are not those the code's digest covers."""
+    root = os.path.realpath(dest)
+    for top, dirs, files in os.walk(dest):
+        for name in [*dirs, *files]:
+            path = os.path.join(top, name)
+            if os.path.islink(path) and not Path(os.path.realpath(path)).is_relative_to(root):
+                rel = Path(path).relative_to(dest).as_posix()
+                raise IntegrityError(f"the stored code links {rel!r} out of its tree ({os.readlink(path)!r}): refused")
 
 
 def _write_inside(dest: Path, rel: str, data: bytes) -> None:

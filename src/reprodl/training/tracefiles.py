@@ -39,8 +39,22 @@ def from_jsonl(data: bytes) -> list[dict[str, Any]]:
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             continue
         if isinstance(entry, dict):
-            out.append(entry)
+            out.append(_entry(entry))
     return out
+
+
+_TEXT_FIELDS = ("op", "module", "phase", "where")
+MAX_FIELD_CHARS = 500  # of a read entry's name, module, phase, place and each output digest
+
+
+def _entry(raw: dict[str, Any]) -> dict[str, Any]:
+    """A read entry with the fields compared and shown of the types written: names as strings and the
+    outputs as a list of strings, each cut to :data:`MAX_FIELD_CHARS` (a record's log is anyone's JSON)."""
+    entry = {**raw, **{k: str(raw[k])[:MAX_FIELD_CHARS] for k in _TEXT_FIELDS if k in raw}}
+    if "out" in raw:
+        outs = raw["out"] if isinstance(raw["out"], list) else [raw["out"]]
+        entry["out"] = [str(x)[:MAX_FIELD_CHARS] for x in outs]
+    return entry
 
 
 def first_difference(

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,16 @@ def write_report(
     return C.write_doc(bench, args, params, comparisons, measurements, notes=notes or [])
 
 
+_MISSING = object()
+
+
+def _qualified(obj: Any) -> str:
+    """``package.module`` for a module, ``package.module.Class`` for a class."""
+    if isinstance(obj, types.ModuleType):
+        return obj.__name__
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
 class Stopwatches:
     """Wrap functions (module attributes) to sum the time spent in each, per run."""
 
@@ -139,11 +150,21 @@ class Stopwatches:
 
     @contextlib.contextmanager
     def patched(self, targets: list[tuple[Any, str, str]]) -> Iterator[Stopwatches]:
-        """``targets``: (object, attribute, label); restores the originals after."""
+        """``targets``: (object, attribute, label); restores the originals after.
+
+        A target must be the name the timed code looks up when it calls (``module.f(...)``, or ``f(...)``
+        in the module that did ``from x import f``): a missing one is refused (AttributeError naming the part
+        and the target) rather than skipped, which would report the part as taking no time.
+        """
         saved = []
         try:
             for obj, attr, label in targets:
-                original = getattr(obj, attr)
+                original = getattr(obj, attr, _MISSING)
+                if original is _MISSING:
+                    raise AttributeError(
+                        f"bench part {label!r}: {_qualified(obj)}.{attr} does not exist (renamed or moved?): point "
+                        "the part at the module through which the code calls it now"
+                    )
                 saved.append((obj, attr, original))
                 setattr(obj, attr, self._wrap(original, label))
             yield self

@@ -1,0 +1,52 @@
+"""The reproduce benchmarks' timed parts name functions that exist where the pipeline looks them up.
+
+``bench/bench_reproduce.py`` and ``bench/bench_run_api.py`` time the parts of a reproduction (and of a
+recorded run) by replacing module attributes (``_timing.Stopwatches.patched``): a target renamed or
+moved by a refactoring crashes the benchmark, which the suite does not run (``make bench`` does).
+"""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture()
+def bench_modules(monkeypatch: pytest.MonkeyPatch) -> tuple:
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_reproduce
+    import bench_run_api
+
+    return bench_reproduce, bench_run_api
+
+
+def test_every_timed_part_names_an_existing_attribute(bench_modules: tuple) -> None:
+    bench_reproduce, bench_run_api = bench_modules
+    lists = {
+        "bench_reproduce.REPRO_PARTS": bench_reproduce.REPRO_PARTS,
+        "bench_run_api.REPRODUCE_PARTS": bench_run_api.REPRODUCE_PARTS,
+        "bench_run_api.RUN_PARTS": bench_run_api.RUN_PARTS,
+    }
+    missing = [
+        f"{where}: {getattr(obj, '__name__', obj)}.{attr} ({label})"
+        for where, parts in lists.items()
+        for obj, attr, label in parts
+        if not callable(getattr(obj, attr, None))
+    ]
+    assert not missing, missing
+    for where, parts in lists.items():
+        targets = [(id(obj), attr) for obj, attr, _ in parts]
+        assert len(targets) == len(set(targets)), f"{where} patches a target twice"
+
+
+def test_a_missing_target_is_refused_naming_the_part(bench_modules: tuple) -> None:
+    import _timing as T
+
+    module = types.ModuleType("somewhere")
+    with pytest.raises(AttributeError, match=r"'the part'.*somewhere\.gone"):
+        with T.Stopwatches().patched([(module, "gone", "the part")]):
+            pass

@@ -1,8 +1,9 @@
-"""The reproduce benchmarks' timed parts name functions that exist where the pipeline looks them up.
+"""The benchmarks' timed parts name functions that exist where the timed code looks them up.
 
-``bench/bench_reproduce.py`` and ``bench/bench_run_api.py`` time the parts of a reproduction (and of a
-recorded run) by replacing module attributes (``_timing.Stopwatches.patched``): a target renamed or
-moved by a refactoring crashes the benchmark, which the suite does not run (``make bench`` does).
+``bench/bench_reproduce.py``, ``bench/bench_run_api.py`` and ``bench/bench_capture_overhead.py`` time the
+parts of a reproduction, a recorded run and a captured training by replacing module attributes
+(``_timing.Stopwatches.patched``): a target renamed or moved by a refactoring crashes the benchmark, which
+the suite does not run (``make bench`` does).
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 @pytest.fixture()
 def bench_modules(monkeypatch: pytest.MonkeyPatch) -> tuple:
     monkeypatch.syspath_prepend(str(BENCH))
+    import bench_capture_overhead
     import bench_reproduce
     import bench_run_api
 
-    return bench_reproduce, bench_run_api
+    return bench_reproduce, bench_run_api, bench_capture_overhead
 
 
 def test_every_timed_part_names_an_existing_attribute(bench_modules: tuple) -> None:
-    bench_reproduce, bench_run_api = bench_modules
+    bench_reproduce, bench_run_api, bench_capture_overhead = bench_modules
     lists = {
         "bench_reproduce.REPRO_PARTS": bench_reproduce.REPRO_PARTS,
         "bench_run_api.REPRODUCE_PARTS": bench_run_api.REPRODUCE_PARTS,
         "bench_run_api.RUN_PARTS": bench_run_api.RUN_PARTS,
+        "bench_capture_overhead.CAPTURE_PARTS": bench_capture_overhead.CAPTURE_PARTS,
     }
     missing = [
         f"{where}: {getattr(obj, '__name__', obj)}.{attr} ({label})"

@@ -142,6 +142,39 @@ def _qualified(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
+class ContextPart(str):
+    """The label of a part that returns a context manager (``@contextlib.contextmanager``): calling it does
+    nothing yet, so its ``__enter__`` is timed under this label too, and its ``__exit__`` under ``exit_label``."""
+
+    exit_label: str
+
+    def __new__(cls, label: str, exit_label: str) -> ContextPart:
+        part = super().__new__(cls, label)
+        part.exit_label = exit_label
+        return part
+
+
+class _TimedContext:
+    """A context manager whose enter and exit are timed (see :class:`ContextPart`)."""
+
+    def __init__(self, cm: Any, watches: Stopwatches, label: ContextPart) -> None:
+        self._cm, self._watches, self._label = cm, watches, label
+
+    def __enter__(self) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self._cm.__enter__()
+        finally:
+            self._watches.add(self._label, time.perf_counter() - t0)
+
+    def __exit__(self, *exc: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self._cm.__exit__(*exc)
+        finally:
+            self._watches.add(self._label.exit_label, time.perf_counter() - t0)
+
+
 class Stopwatches:
     """Wrap functions (module attributes) to sum the time spent in each, per run."""
 
@@ -176,12 +209,16 @@ class Stopwatches:
         def wrapper(*a: Any, **k: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                return fn(*a, **k)
+                result = fn(*a, **k)
             finally:
-                self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - t0
+                self.add(label, time.perf_counter() - t0)
+            return _TimedContext(result, self, label) if isinstance(label, ContextPart) else result
 
         wrapper.__wrapped__ = fn
         return wrapper
+
+    def add(self, label: str, seconds: float) -> None:
+        self.totals[label] = self.totals.get(label, 0.0) + seconds
 
     def take(self) -> dict[str, float]:
         out, self.totals = self.totals, {}

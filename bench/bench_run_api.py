@@ -125,7 +125,8 @@ RUN_PARTS = [
     (run_context_mod, "capture_code", "code capture (git)"),
     (run_context_mod, "capture_snapshot", "source snapshot (git archive)"),
     (run_context_mod, "capture_environment", "environment capture"),
-    (run_context_mod, "create_dataset", "model dataset creation"),
+    # a context manager: the staging dataset is made on enter, frozen and moved into place on exit
+    (run_context_mod, "create_dataset", T.ContextPart("model dataset creation", "model dataset freeze")),
     (run_mod, "check_dataset", "data integrity check"),
     (run_mod.Run, "_write", "weights + record writing"),
 ]

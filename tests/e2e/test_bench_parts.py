@@ -8,7 +8,10 @@ the suite does not run (``make bench`` does).
 
 from __future__ import annotations
 
+import contextlib
+import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,23 @@ def test_a_missing_target_is_refused_naming_the_part(bench_modules: tuple) -> No
     with pytest.raises(AttributeError, match=r"'the part'.*somewhere\.gone"):
         with T.Stopwatches().patched([(module, "gone", "the part")]):
             pass
+
+
+def test_a_context_manager_part_is_timed_on_enter_and_exit(bench_modules: tuple) -> None:
+    import _timing as T
+
+    module = types.ModuleType("somewhere")
+
+    @contextlib.contextmanager
+    def opened() -> Iterator[int]:
+        time.sleep(0.01)
+        yield 1
+        time.sleep(0.02)
+
+    module.opened = opened  # type: ignore[attr-defined]
+    watches = T.Stopwatches()
+    with watches.patched([(module, "opened", T.ContextPart("open", "close"))]):
+        with contextlib.ExitStack() as stack:
+            assert stack.enter_context(module.opened()) == 1
+    took = watches.take()
+    assert took["open"] >= 0.01 and took["close"] >= 0.02, took

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,49 @@ def write_report(
     return C.write_doc(bench, args, params, comparisons, measurements, notes=notes or [])
 
 
+_MISSING = object()
+
+
+def _qualified(obj: Any) -> str:
+    """``package.module`` for a module, ``package.module.Class`` for a class."""
+    if isinstance(obj, types.ModuleType):
+        return obj.__name__
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+class ContextPart(str):
+    """The label of a part that returns a context manager (``@contextlib.contextmanager``): calling it does
+    nothing yet, so its ``__enter__`` is timed under this label too, and its ``__exit__`` under ``exit_label``."""
+
+    exit_label: str
+
+    def __new__(cls, label: str, exit_label: str) -> ContextPart:
+        part = super().__new__(cls, label)
+        part.exit_label = exit_label
+        return part
+
+
+class _TimedContext:
+    """A context manager whose enter and exit are timed (see :class:`ContextPart`)."""
+
+    def __init__(self, cm: Any, watches: Stopwatches, label: ContextPart) -> None:
+        self._cm, self._watches, self._label = cm, watches, label
+
+    def __enter__(self) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self._cm.__enter__()
+        finally:
+            self._watches.add(self._label, time.perf_counter() - t0)
+
+    def __exit__(self, *exc: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self._cm.__exit__(*exc)
+        finally:
+            self._watches.add(self._label.exit_label, time.perf_counter() - t0)
+
+
 class Stopwatches:
     """Wrap functions (module attributes) to sum the time spent in each, per run."""
 
@@ -139,11 +183,21 @@ class Stopwatches:
 
     @contextlib.contextmanager
     def patched(self, targets: list[tuple[Any, str, str]]) -> Iterator[Stopwatches]:
-        """``targets``: (object, attribute, label); restores the originals after."""
+        """``targets``: (object, attribute, label); restores the originals after.
+
+        A target must be the name the timed code looks up when it calls (``module.f(...)``, or ``f(...)``
+        in the module that did ``from x import f``): a missing one is refused (AttributeError naming the part
+        and the target) rather than skipped, which would report the part as taking no time.
+        """
         saved = []
         try:
             for obj, attr, label in targets:
-                original = getattr(obj, attr)
+                original = getattr(obj, attr, _MISSING)
+                if original is _MISSING:
+                    raise AttributeError(
+                        f"bench part {label!r}: {_qualified(obj)}.{attr} does not exist (renamed or moved?): point "
+                        "the part at the module through which the code calls it now"
+                    )
                 saved.append((obj, attr, original))
                 setattr(obj, attr, self._wrap(original, label))
             yield self
@@ -155,12 +209,16 @@ class Stopwatches:
         def wrapper(*a: Any, **k: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                return fn(*a, **k)
+                result = fn(*a, **k)
             finally:
-                self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - t0
+                self.add(label, time.perf_counter() - t0)
+            return _TimedContext(result, self, label) if isinstance(label, ContextPart) else result
 
         wrapper.__wrapped__ = fn
         return wrapper
+
+    def add(self, label: str, seconds: float) -> None:
+        self.totals[label] = self.totals.get(label, 0.0) + seconds
 
     def take(self) -> dict[str, float]:
         out, self.totals = self.totals, {}

@@ -36,7 +36,11 @@ import _common as C
 import _timing as T
 import yaml
 
-import reprodl.reproduction.rerun as repro_mod
+import reprodl.reproduction.pipeline.check as check_mod
+import reprodl.reproduction.pipeline.compare as compare_mod
+import reprodl.reproduction.pipeline.plan as plan_mod
+import reprodl.reproduction.rebuild as rebuild_mod
+import reprodl.reproduction.retrain as retrain_mod
 from reprodl.cli.demo import DEMO_CONFIG
 from reprodl.data.creators import create_digits, create_from_arrays
 from reprodl.data.ops import split_dataset
@@ -45,16 +49,21 @@ from reprodl.training.config import build_and_train, load_config
 
 NAME = "reproduce"
 TARGET = 1.05
+# Each part is patched where the pipeline looks it up when it calls it: the stage module that imported it
+# (``from ... import f`` makes a copy a patch of the defining module would not reach). In-process re-run:
 REPRO_PARTS = [
-    (repro_mod, "read_record", "read record"),
-    (repro_mod, "load_weights", "load original weights"),
-    (repro_mod, "check_code", "code check (git)"),
-    (repro_mod, "check_patch", "patch check (git apply)"),
-    (repro_mod, "environment_differences", "environment comparison"),
-    (repro_mod, "rebuild_model", "rebuild model (x2)"),
-    (repro_mod, "open_recorded", "open recorded datasets"),
-    (repro_mod, "compare_weights", "compare weights"),
-    (repro_mod, "compare_predictions", "compare predictions"),
+    (plan_mod, "read_record", "read record"),
+    (plan_mod, "load_weights", "load original weights"),
+    (plan_mod, "trace_comparer", "load step trace"),
+    (check_mod, "check_code", "code check (git)"),
+    (check_mod, "check_patch", "patch check (git apply)"),
+    (check_mod, "check_environment", "environment comparison"),
+    (retrain_mod, "rebuild_model", "rebuild model"),
+    # the original model, rebuilt by the compare stage only when the weights differ (imported there on use)
+    (rebuild_mod, "rebuild_model", "rebuild model"),
+    (retrain_mod, "open_recorded", "open recorded datasets"),
+    (compare_mod, "compare_models", "compare weights"),
+    (compare_mod, "compare_predictions", "compare predictions"),
 ]
 
 

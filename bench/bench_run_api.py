@@ -53,6 +53,10 @@ from bench_capture_overhead import BATCH, INIT, LR, fresh_model
 from torch.utils.data import DataLoader
 
 import reprodl
+import reprodl.reproduction.pipeline.check as check_mod
+import reprodl.reproduction.pipeline.compare as compare_mod
+import reprodl.reproduction.pipeline.plan as plan_mod
+import reprodl.reproduction.pipeline.run as run_stage_mod
 import reprodl.reproduction.reexec as reexec_mod
 import reprodl.training._run_context as run_context_mod
 import reprodl.training.run as run_mod
@@ -104,21 +108,26 @@ with reprodl.start_run(args.models, "mnist", seed=args.seed, params=vars(args)) 
 print(run.uri)
 """
 
-REPRODUCE_PARTS = [
-    (reexec_mod, "_check_recorded_data", "data check"),
+# Each part is patched where the code looks it up when it calls it: the module that imported it (``from ...
+# import f`` makes a copy a patch of the defining module would not reach); one label may sum several sites.
+REPRODUCE_PARTS = [  # a re-executed run, through reprodl.reproduction.pipeline
+    (check_mod, "check_recorded_data", "data check"),
     (reexec_mod, "materialise", "materialise code"),
     (reexec_mod, "_run", "script subprocess"),
-    (reexec_mod, "read_record", "read records"),
-    (reexec_mod, "load_weights", "load weights (x2)"),
-    (reexec_mod, "compare_weights", "compare weights"),
-    (reexec_mod, "environment_differences", "environment comparison"),
+    (plan_mod, "read_record", "read records"),  # the original's
+    (run_stage_mod, "read_record", "read records"),  # the re-run's
+    (compare_mod, "saved_weights", "load weights (x2)"),  # the original's
+    (run_stage_mod, "saved_weights", "load weights (x2)"),  # the re-run's
+    (compare_mod, "compare_models", "compare weights"),
+    (compare_mod, "rerun_environment", "environment comparison"),
 ]
 RUN_PARTS = [
     (run_context_mod, "capture_code", "code capture (git)"),
     (run_context_mod, "capture_snapshot", "source snapshot (git archive)"),
     (run_context_mod, "capture_environment", "environment capture"),
-    (run_context_mod, "create_dataset", "model dataset creation"),
-    (run_mod, "_check_dataset", "data integrity check"),
+    # a context manager: the staging dataset is made on enter, frozen and moved into place on exit
+    (run_context_mod, "create_dataset", T.ContextPart("model dataset creation", "model dataset freeze")),
+    (run_mod, "check_dataset", "data integrity check"),
     (run_mod.Run, "_write", "weights + record writing"),
 ]
 

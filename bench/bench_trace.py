@@ -16,21 +16,32 @@ the median ratio of whole traced steps to plain ones, plus the trace's bytes per
 wall time and in this thread's CPU time (``time.thread_time``: what other processes of a busy
 machine take is not counted).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_trace.py [--quick]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_trace.py [--quick] [--output-dir DIR]
+
+Writes ``bench-output/trace.json`` (``make bench`` renders it in docs/benchmarks.md): per workload,
+the exact trace's time inside the tracer per step over the plain step (target <= 1%), in
+microseconds, and the traced step over the plain step, for information.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C
+import _timing as T
 
 from reprodl.training.trace import StepTracer, bytes_per_step
 from reprodl.zoo import GenNet
@@ -104,14 +115,40 @@ def measure(dim: int, batch: int, opt: str, *, blocks: int, steps: int) -> dict[
             out[f"{kind}_{clock}_ratio"] = statistics.median(ratios)
     for kind in ("exact", "sampled"):
         out[f"{kind}_bytes"] = bytes_per_step(len(tracers[kind].names), kind)
+    out["blocks"] = blocks_out  # type: ignore[assignment]  # per block: seconds per step, inside the tracer
+    return out
+
+
+TRACE_TARGET = 0.01  # of a step
+
+
+def comparisons_of(label: str, r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The exact trace's cost (median time inside the tracer per step / median plain step, per block) and
+    the traced step over the plain step, in microseconds."""
+    blocks = r["blocks"]
+    inside = [b["in_wall"] * 1e6 for b in blocks["exact"]]
+    plain = [b["wall"] * 1e6 for b in blocks["plain"]]
+    traced = [b["wall"] * 1e6 for b in blocks["exact"]]
+    out = [
+        T.overhead(f"{label}: exact trace, time inside the tracer per step", "tracer per step", "plain step",
+                   inside, plain, TRACE_TARGET, f"{r['exact_bytes']} bytes/step"),
+        T.overhead(f"{label}: traced step vs plain step", "traced step", "plain step", traced, plain, None),
+    ]  # fmt: skip
+    for c in out:
+        c["unit"] = "us"
     return out
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 blocks of 40 steps (else 15 of 60)")
+    parser.add_argument("--output-dir", type=Path, default=C.OUTPUT_DIR, help="where trace.json goes")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    quick = "--quick" in sys.argv
-    blocks, steps = (5, 40) if quick else (15, 60)
+    blocks, steps = (5, 40) if args.quick else (15, 60)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {blocks} blocks of {steps} steps each")
+    comparisons: list[dict[str, Any]] = []
+    measurements: dict[str, Any] = {}
     for label, (dim, batch, opt) in WORKLOADS.items():
         r = measure(dim, batch, opt, blocks=blocks, steps=steps)
         print(f"{label}: plain step {r['plain_wall_us']:.0f} us wall, {r['plain_cpu_us']:.0f} us CPU")
@@ -122,6 +159,10 @@ def main() -> None:
                     f"{100 * r[f'{kind}_{clock}_cost']:.2f}% of a step; traced/plain step median ratio "
                     f"{r[f'{kind}_{clock}_ratio']:.3f}; {r[f'{kind}_bytes']} bytes/step"
                 )
+        comparisons += comparisons_of(label, r)
+        measurements[label] = {k: v for k, v in r.items() if k != "blocks"}
+    params = {"blocks": blocks, "steps_per_block": steps, "threads": 1}
+    C.write_doc("trace", args, params, comparisons, measurements, notes=[])
 
 
 if __name__ == "__main__":

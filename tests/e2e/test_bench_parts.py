@@ -69,7 +69,7 @@ def test_a_context_manager_part_is_timed_on_enter_and_exit(bench_modules: tuple)
         yield 1
         time.sleep(0.02)
 
-    module.opened = opened  # type: ignore[attr-defined]
+    module.opened = opened
     watches = T.Stopwatches()
     with watches.patched([(module, "opened", T.ContextPart("open", "close"))]):
         with contextlib.ExitStack() as stack:

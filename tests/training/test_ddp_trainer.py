@@ -158,7 +158,10 @@ def test_a_killed_ddp_training_resumes_under_torchrun_bit_identical(
 
     config = write_config(tmp_path / "train.yaml", digits_split_master, tmp_path / "models", checkpoint_every=1)
     (tmp_path / "kill_rank_1.py").write_text(KILL_RANK_1)
-    killed = torchrun(tmp_path, "kill_rank_1.py", "train", str(config), "--quiet", KILL_AT="30")  # in epoch 2
+    # torchrun polls its ranks (every 0.1 s by default) and stops the others once one died: rank 0 may be
+    # stopped before its next collective tells it, and then it says nothing. A slower poll lets it say so.
+    slow_poll = ("--monitor-interval", "5")
+    killed = torchrun(tmp_path, *slow_poll, "kill_rank_1.py", "train", str(config), "--quiet", KILL_AT="30")  # epoch 2
     assert killed.returncode != 0 and "lost another rank" in killed.stderr and "--resume" in killed.stderr
     resumed = torchrun(tmp_path, "-m", "reprodl.cli", "train", str(config), "--resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-4000:]

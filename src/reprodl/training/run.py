@@ -428,11 +428,12 @@ class Run:
         self._saved_at_step = self._steps
         if not isinstance(model, Mapping):
             watched = self._watcher.find(model)
-            saved[(watched or self._copy_of(model)).name] = weights = state(model)
+            owner = watched or self._copy_of(model)
+            saved[owner.name] = weights = state(model)
             if watched is None:  # a copy (the best epoch's, reloaded): when were its weights the model's?
-                self._saved_at_step = self._recorder.step_of(self._copy_of(model), weights)
+                self._saved_at_step = self._recorder.step_of(owner, weights)
                 if self._saved_at_step is None:
-                    warnings.warn(_NO_STEP.format(self._copy_of(model).name), UserWarning, stacklevel=2)
+                    warnings.warn(_NO_STEP.format(owner.name), UserWarning, stacklevel=2)
         elif not model:
             raise ParametersError("run.save got an empty mapping: give {name: model} for each model to save")
         for key, module in model.items() if isinstance(model, Mapping) else ():

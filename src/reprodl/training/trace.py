@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +48,8 @@ import torch
 from reprodl import keys
 from reprodl.training.oplog import OpLogger, bounded_jsonl, item_name, oplog_off, oplog_steps
 from reprodl.training.statedigest import StateDigests, as_numpy, combined, tensor_digest, zero
+from reprodl.training.tracefiles import TraceKind, trace_kind  # noqa: F401 - trace_kind: imported from here too
 
-TraceKind = Literal["exact", "sampled"]
 KIND: TraceKind = "exact"
 SAMPLE = 64
 SAMPLE_SEED = 20_240_601
@@ -66,11 +66,6 @@ def row_dtype(n_tensors: int, kind: TraceKind = KIND) -> np.dtype[Any]:
     if kind == "sampled":
         return np.dtype([*head, ("contents", "<f8"), ("fingerprint", "<f8", (n_tensors,))])
     return np.dtype([*head, ("inputs", "<u8"), ("optimizer", "<u8"), ("digest", "<u8", (n_tensors,))])
-
-
-def trace_kind(rows: np.ndarray) -> TraceKind:
-    """The kind of a trace's rows: ``exact`` (digests) or ``sampled`` (older records' fingerprints)."""
-    return "sampled" if rows.dtype.names is not None and "fingerprint" in rows.dtype.names else "exact"
 
 
 def bytes_per_step(n_tensors: int, kind: TraceKind = KIND) -> int:

@@ -24,8 +24,7 @@ TraceKind = Literal["exact", "sampled"]
 
 
 def trace_kind(rows: np.ndarray) -> TraceKind:
-    """The kind of a trace's rows: ``exact`` (digests) or ``sampled`` (older records' fingerprints); as
-    :func:`reprodl.training.trace.trace_kind` says, without importing the tracer."""
+    """The kind of a trace's rows: ``exact`` (digests) or ``sampled`` (older records' fingerprints)."""
     return "sampled" if rows.dtype.names is not None and "fingerprint" in rows.dtype.names else "exact"
 
 
@@ -71,34 +70,29 @@ def first_difference(
         same_op = was.get("op") == now.get("op")
         if same_op and was.get("out") == now.get("out"):
             continue
-        return {
-            "step": step,
-            "index": i,
-            "op": str(now.get("op", "")),
-            "module": str(now.get("module", "")),
-            "phase": str(now.get("phase", "")),
-            "where": str(now.get("where", "")),
-            "recorded_op": str(was.get("op", "")),
-            "recorded": list(was.get("out", [])),
-            "reproduced": list(now.get("out", [])),
-            "kind": "output" if same_op else "operation",
-        }
+        kind = "output" if same_op else "operation"
+        return _difference(step, i, now, was.get("op", ""), was.get("out", []), now.get("out", []), kind)
     if len(recorded) != len(new):
         i = min(len(recorded), len(new))
         extra = (recorded if len(recorded) > len(new) else new)[i]
-        return {
-            "step": step,
-            "index": i,
-            "op": str(extra.get("op", "")),
-            "module": str(extra.get("module", "")),
-            "phase": str(extra.get("phase", "")),
-            "where": str(extra.get("where", "")),
-            "recorded_op": str(extra.get("op", "")) if len(recorded) > len(new) else "",
-            "recorded": [],
-            "reproduced": [],
-            "kind": "operation",
-        }
+        recorded_op = extra.get("op", "") if len(recorded) > len(new) else ""
+        return _difference(step, i, extra, recorded_op, [], [], "operation")
     return None
+
+
+def _difference(
+    step: int, index: int, entry: dict[str, Any], recorded_op: Any, recorded: Any, reproduced: Any, kind: str
+) -> dict[str, Any]:
+    """:func:`first_difference`'s result for the operation ``entry`` at ``index``."""
+    return {
+        "step": step,
+        "index": index,
+        **{k: str(entry.get(k, "")) for k in ("op", "module", "phase", "where")},
+        "recorded_op": str(recorded_op),
+        "recorded": list(recorded),
+        "reproduced": list(reproduced),
+        "kind": kind,
+    }
 
 
 def describe(difference: dict[str, Any]) -> str:

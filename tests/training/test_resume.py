@@ -388,3 +388,16 @@ def test_an_unknown_skipped_restore_is_refused(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("REPRODL_SKIP_RESTORE", "scheduler")
     with pytest.raises(ResumeError, match=r"REPRODL_SKIP_RESTORE='scheduler' names no restore: use one of rng"):
         skipped_restore()
+
+
+def test_config_changes_tell_a_dotted_key_from_a_nested_one():
+    """{"a": {"b": 1}} and {"a.b": 1} are different configs: flattened to one dotted key they looked equal,
+    and a resume with the changed config went ahead."""
+    from reprodl.training.checkpoint import config_changes
+
+    changes = config_changes({"params": {"a": {"b": 1}}}, {"params": {"a.b": 1}})
+    assert changes, "a nested key turned into a dotted one is a change"
+    assert any("a.b" in c for c in changes)
+    assert config_changes({"params": {"lr": 0.1}}, {"params": {"lr": 0.2}}) == ["params.lr: 0.1 -> 0.2"]
+    assert config_changes({"x": {}}, {"x": {}}) == []
+    assert config_changes({"x": {}}, {"x": None}) == ['x: {} -> null']

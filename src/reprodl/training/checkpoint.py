@@ -394,13 +394,19 @@ def resumed_record(points: list[dict[str, Any]]) -> Any:
 
 
 # --- configs -------------------------------------------------------------------------------
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def _flatten(value: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Every leaf of a JSON config by its path of keys (a tuple: ``{"a.b": 1}`` and ``{"a": {"b": 1}}`` differ)."""
     if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
+        out: dict[tuple[str, ...], Any] = {}
         for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(_flatten(v, (*path, str(k))))
         return out
-    return {prefix: value}
+    return {path: value}
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    """A path of keys as dotted text; a key holding a dot (or empty) quoted, so that no two paths read alike."""
+    return ".".join(k if k and "." not in k and not k.startswith("[") else json.dumps([k]) for k in path)
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -408,7 +414,9 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(now)))
     missing = "(absent)"
     return [
-        f"{k}: {json.dumps(a.get(k, missing))} -> {json.dumps(b.get(k, missing))}".replace('"(absent)"', missing)
+        f"{_dotted(k)}: {json.dumps(a.get(k, missing))} -> {json.dumps(b.get(k, missing))}".replace(
+            '"(absent)"', missing
+        )
         for k in sorted(set(a) | set(b))
         if a.get(k, missing) != b.get(k, missing)
     ]

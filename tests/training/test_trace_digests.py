@@ -271,3 +271,34 @@ def test_optimizer_state_that_appears_in_a_dict_already_there_is_digested(change
         got = [as_numpy(d) for d in digests()]
         want = [as_numpy(d) for d in direct_digests(params, [], [opt], torch.device("cpu"))]
         assert all(np.array_equal(g, w) for g, w in zip(got, want)), f"step {step}"
+
+
+def test_rows_buffered_across_layouts_are_put_together_as_each_step_found_them() -> None:
+    """The host layout's digests are put in order at flush: steps of a layout since replaced (a parameter's
+    data swapped for a view NumPy cannot gather, the optimiser's state reloaded) keep their own order."""
+
+    def train(direct: bool) -> np.ndarray:
+        torch.manual_seed(0)
+        model = _Net()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        tracer = StepTracer(model, optimizers=[opt])
+        tracer._state.direct = direct
+        g = torch.Generator().manual_seed(1)
+        for i in range(9):
+            x, y = torch.randn(4, 8, generator=g), torch.randint(0, 3, (4,), generator=g)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            if i == 3:  # not contiguous: gathered in a padded row from now on (the layout's order changes)
+                bias = model.small.bias.data + 1
+                model.small.bias.data = torch.stack([bias, bias], 1)[:, 0]
+            if i == 6:
+                opt.load_state_dict(opt.state_dict())
+            tracer.batch(indices=torch.arange(i, i + 4), inputs=x)
+            tracer.step(loss=None, epoch=1, batch=i + 1)
+        assert tracer._values and len(tracer._values) == 9  # all still buffered: put together at rows()
+        return tracer.rows()
+
+    fast, direct = train(False), train(True)
+    assert fast.tobytes() == direct.tobytes()
+    assert len({r.tobytes() for r in fast["digest"]}) == 9

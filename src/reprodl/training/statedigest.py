@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -171,6 +171,17 @@ class StateDigests:
                 layout = self._rebuild()
             if layout is not None:
                 return layout.digests()
+        return direct_digests(self.params, self.buffers, self.optimizers, self.device)
+
+    def stage(self) -> Staged:
+        """This step's digests, or on a CPU-only training each gathered tensor's digest as found (one
+        array, made now) to be put in order and mixed with the other steps' at :func:`resolve`."""
+        if not self.direct:
+            layout = self.layout
+            if layout is None or not layout.holds():
+                layout = self._rebuild()
+            if layout is not None:
+                return _Found(layout, layout.found()) if layout.on_host else layout.digests()
         return direct_digests(self.params, self.buffers, self.optimizers, self.device)
 
     def _rebuild(self) -> _Layout | None:
@@ -339,8 +350,36 @@ class _Layout:
             return model, every[self.order[-1]].view(torch.uint64)
         return model, mixed(every.index_select(0, self.opt_index))
 
+    def finish(self, steps: Sequence[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """(each step's model digests, each step's optimiser state digest) from steps' :meth:`found` digests
+        of a host layout: :meth:`digests` of many steps in a few calls."""
+        zeros = np.zeros((len(steps), 1), dtype=np.uint64)
+        every = np.concatenate([*(np.stack(piece) for piece in zip(*steps)), zeros], axis=1)
+        model = every.take(self.model_np, axis=1)
+        if self.n_parts == 0:
+            return model, np.zeros(len(every), dtype=np.uint64)
+        if self.n_parts == 1:
+            return model, every[:, self.order[-1]]
+        parts = every.take(self.opt_np, axis=1)
+        mix = _multipliers_np(parts.shape[1])
+        return model, np.bitwise_xor.reduce((parts.view(np.int64) * mix).view(np.uint64), axis=1)
+
+    def found(self) -> list[np.ndarray]:
+        """A host layout's digests as found, in pieces (:meth:`_gathered` but the last concatenation)."""
+        found = self._found()
+        return found[0] + [f.numpy() for f in found[1]]
+
     def _gathered(self) -> np.ndarray | torch.Tensor:
         """Every laid-out tensor's digest then 0, by :attr:`order` (NumPy uint64, or int64 on the device)."""
+        found_np, found = self._found()
+        if self.on_host:
+            return np.concatenate([*found_np, *(f.cpu().numpy() for f in found), _ZEROS_NP])
+        device = self.device
+        pieces = [torch.from_numpy(f).to(device) for f in found_np] + [f.to(device) for f in found]
+        return torch.cat([*pieces, zero(device).reshape(1)]).view(torch.int64)  # index_select has no uint64 kernel
+
+    def _found(self) -> tuple[list[np.ndarray], list[torch.Tensor]]:
+        """(the digests of the tensors gathered through NumPy, those of the others), in layout order."""
         found_np = []
         for views, out, bits, offsets in self.flat:
             np.concatenate(views, out=out)
@@ -356,11 +395,7 @@ class _Layout:
             found += [torch.hash_tensor(b, dim=1) for b in self.bufs]
         if self.loose:
             found.append(torch.stack([tensor_digest(self._loose(g)) for g in self.loose_sources]))
-        if self.on_host:
-            return np.concatenate([*found_np, *(f.cpu().numpy() for f in found), _ZEROS_NP])
-        device = self.device
-        pieces = [torch.from_numpy(f).to(device) for f in found_np] + [f.to(device) for f in found]
-        return torch.cat([*pieces, zero(device).reshape(1)]).view(torch.int64)  # index_select has no uint64 kernel
+        return found_np, found
 
     @staticmethod
     def _loose(getter: Any) -> torch.Tensor:
@@ -399,11 +434,50 @@ _ZEROS_NP = np.zeros(1, dtype=np.uint64)
 
 def _mixed_np(digests: np.ndarray) -> np.ndarray:
     """:func:`mixed` on the host: the same multipliers, the product wrapping as int64, XORed."""
-    n = digests.size
+    return np.bitwise_xor.reduce((digests.view(np.int64) * _multipliers_np(digests.size)).view(np.uint64))
+
+
+def _multipliers_np(n: int) -> np.ndarray:
     mix = _MIX_NP.get(n)
     if mix is None:
         mix = _MIX_NP[n] = mixed_multipliers(n, torch.device("cpu")).numpy()
-    return np.bitwise_xor.reduce((digests.view(np.int64) * mix).view(np.uint64))
+    return mix
+
+
+class _Found(NamedTuple):
+    """A step's digests on a host layout as found (:meth:`_Layout.found`), put in order at :func:`resolve`."""
+
+    layout: _Layout
+    pieces: list[np.ndarray]
+
+
+Staged = Union[tuple[Digest, Digest], _Found]  # what StateDigests.stage gives a step
+
+
+def resolve(staged: Sequence[Staged]) -> tuple[list[Digest], list[Digest]]:
+    """(each step's model digests, each step's optimiser state digest) of :meth:`StateDigests.stage`'s
+    values, in order: the digests found in consecutive steps of one layout finished together."""
+    models: list[Digest] = []
+    optimizers: list[Digest] = []
+    i = 0
+    while i < len(staged):
+        entry = staged[i]
+        if not isinstance(entry, _Found):
+            models.append(entry[0])
+            optimizers.append(entry[1])
+            i += 1
+            continue
+        run = [entry.pieces]
+        while i + len(run) < len(staged):
+            later = staged[i + len(run)]
+            if not isinstance(later, _Found) or later.layout is not entry.layout:
+                break
+            run.append(later.pieces)
+        model, optimizer = entry.layout.finish(run)
+        models += list(model)
+        optimizers += list(optimizer)
+        i += len(run)
+    return models, optimizers
 
 
 _MIX_NP: dict[int, np.ndarray] = {}

@@ -47,7 +47,7 @@ import torch
 
 from reprodl import keys
 from reprodl.training.oplog import OpLogger, bounded_jsonl, item_name, oplog_off, oplog_steps
-from reprodl.training.statedigest import StateDigests, as_numpy, combined, tensor_digest, zero
+from reprodl.training.statedigest import Staged, StateDigests, as_numpy, combined, resolve, tensor_digest, zero
 from reprodl.training.tracefiles import TraceKind, trace_kind  # noqa: F401 - trace_kind: imported from here too
 
 KIND: TraceKind = "exact"
@@ -158,7 +158,7 @@ class StepTracer:
         self.stop_requested = False
         self.n_steps = 0
         self._chunk = 1 if on_step is not None else CHUNK
-        self._values: list[Any] = []  # per buffered step: (inputs, optimizer, digests), or the fingerprints
+        self._values: list[Any] = []  # per buffered step: (inputs, staged state digests), or the fingerprints
         self._losses: list[Any] = []
         self._meta: list[tuple[int, int, int, int]] = []  # (step, epoch, batch, indices digest)
         self._kept: list[np.ndarray] = []  # chunks of rows
@@ -219,8 +219,9 @@ class StepTracer:
         rows["indices"] = np.array([m[3] for m in self._meta], dtype="<u8")
         rows["loss"] = _as_floats(self._losses)
         if self.kind == "exact":
-            inputs, optimizer, digests = (_host([v[i] for v in self._values]) for i in range(3))
-            rows["inputs"], rows["optimizer"], rows["digest"] = inputs, optimizer, digests
+            models, optimizers = resolve([v[1] for v in self._values])
+            rows["inputs"] = _host([v[0] for v in self._values])
+            rows["optimizer"], rows["digest"] = _host(optimizers), _host(models)
         else:
             values = _host(self._values)
             rows["contents"], rows["fingerprint"] = values[:, 0].view(np.float64), values[:, 1:].view(np.float64)
@@ -348,12 +349,12 @@ class StepTracer:
         self._oplogs = {int(k): (str(v[0]).encode(), int(v[1]), float(v[2])) for k, v in logs.items()}
 
     # --- internals ---------------------------------------------------------------------------
-    def _exact_values(self) -> tuple[Any, Any, Any]:
-        """(inputs digest, optimiser state digest, digest per tensor) (uint64) on the first parameter's device."""
-        model, optimizer = self._state()
+    def _exact_values(self) -> tuple[Any, Staged]:
+        """(inputs digest, the state's digests as :meth:`StateDigests.stage` gives them) (uint64), on the
+        first parameter's device or the host; put together at :meth:`flush`."""
         inputs = self._pending.inputs
         device = self._device
-        return (combined(inputs, device) if inputs else zero(device)), optimizer, model
+        return (combined(inputs, device) if inputs else zero(device)), self._state.stage()
 
     def _sampled_values(self) -> torch.Tensor:
         """[contents, fingerprint per parameter tensor] (float64, as the older records' trace)."""

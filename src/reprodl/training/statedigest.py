@@ -181,7 +181,7 @@ class StateDigests:
             if layout is None or not layout.holds():
                 layout = self._rebuild()
             if layout is not None:
-                return _Found(layout, layout.found()) if layout.on_host else layout.digests()
+                return _Found(layout.order_of, layout.found()) if layout.on_host else layout.digests()
         return direct_digests(self.params, self.buffers, self.optimizers, self.device)
 
     def _rebuild(self) -> _Layout | None:
@@ -299,6 +299,7 @@ class _Layout:
         self.model_index = torch.from_numpy(self.model_np).to(self.device)
         self.opt_index = torch.from_numpy(self.opt_np).to(self.device)
         self.on_host = self.device.type == "cpu" and not self.numbers
+        self.order_of = _Order(self.model_np, self.opt_np, self.n_parts, self.order[-1] if self.order else 0)
         n_params, n_buffers = len(self.params), len(self.buffers)
         self.loose_sources = [
             self.buffer_refs[i - n_params] if n_params <= i < n_params + n_buffers else sources[i] for i in self.loose
@@ -349,20 +350,6 @@ class _Layout:
         if self.n_parts == 1:
             return model, every[self.order[-1]].view(torch.uint64)
         return model, mixed(every.index_select(0, self.opt_index))
-
-    def finish(self, steps: Sequence[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        """(each step's model digests, each step's optimiser state digest) from steps' :meth:`found` digests
-        of a host layout: :meth:`digests` of many steps in a few calls."""
-        zeros = np.zeros((len(steps), 1), dtype=np.uint64)
-        every = np.concatenate([*(np.stack(piece) for piece in zip(*steps)), zeros], axis=1)
-        model = every.take(self.model_np, axis=1)
-        if self.n_parts == 0:
-            return model, np.zeros(len(every), dtype=np.uint64)
-        if self.n_parts == 1:
-            return model, every[:, self.order[-1]]
-        parts = every.take(self.opt_np, axis=1)
-        mix = _multipliers_np(parts.shape[1])
-        return model, np.bitwise_xor.reduce((parts.view(np.int64) * mix).view(np.uint64), axis=1)
 
     def found(self) -> list[np.ndarray]:
         """A host layout's digests as found, in pieces (:meth:`_gathered` but the last concatenation)."""
@@ -444,10 +431,34 @@ def _multipliers_np(n: int) -> np.ndarray:
     return mix
 
 
+class _Order(NamedTuple):
+    """Where a host layout's digests go (:attr:`_Layout.order_of`): kept by the steps staged with it, not
+    the layout and its buffers."""
+
+    model: np.ndarray  # the columns of the model's tensors
+    optimizer: np.ndarray  # those of the optimiser state entries
+    n_parts: int
+    last: int
+
+    def finish(self, steps: Sequence[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """(each step's model digests, each step's optimiser state digest) from steps' :meth:`_Layout.found`
+        digests: :meth:`_Layout.digests` of many steps in a few calls."""
+        zeros = np.zeros((len(steps), 1), dtype=np.uint64)
+        every = np.concatenate([*(np.stack(piece) for piece in zip(*steps)), zeros], axis=1)
+        model = every.take(self.model, axis=1)
+        if self.n_parts == 0:
+            return model, np.zeros(len(every), dtype=np.uint64)
+        if self.n_parts == 1:
+            return model, every[:, self.last]
+        parts = every.take(self.optimizer, axis=1)
+        mix = _multipliers_np(parts.shape[1])
+        return model, np.bitwise_xor.reduce((parts.view(np.int64) * mix).view(np.uint64), axis=1)
+
+
 class _Found(NamedTuple):
     """A step's digests on a host layout as found (:meth:`_Layout.found`), put in order at :func:`resolve`."""
 
-    layout: _Layout
+    order: _Order
     pieces: list[np.ndarray]
 
 
@@ -470,10 +481,10 @@ def resolve(staged: Sequence[Staged]) -> tuple[list[Digest], list[Digest]]:
         run = [entry.pieces]
         while i + len(run) < len(staged):
             later = staged[i + len(run)]
-            if not isinstance(later, _Found) or later.layout is not entry.layout:
+            if not isinstance(later, _Found) or later.order is not entry.order:
                 break
             run.append(later.pieces)
-        model, optimizer = entry.layout.finish(run)
+        model, optimizer = entry.order.finish(run)
         models += list(model)
         optimizers += list(optimizer)
         i += len(run)

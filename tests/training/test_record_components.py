@@ -582,3 +582,63 @@ def test_in_memory_data_records_its_size_as_the_whole_dataset(tmp_path: Path) ->
     record = _train_keeping_copies(tmp_path, "sizes", lambda run, model, copies: run.save(model))
     (train,) = record.data
     assert (train.source, train.n_items, train.n_dataset_items) == ("in-memory", 16, 16)
+
+
+class _ListNet(nn.Module):
+    """Layers in a plain list (pytorch/examples' mnist_forward_forward): the module holds no parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = [nn.Linear(3, 4), nn.Linear(4, 1)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_an_optimiser_of_parameters_no_watched_model_holds_is_refused_at_its_first_step(tmp_path: Path) -> None:
+    """Its updates would be in no record, no trace and no saved weights: a 1e-6 change to them was 'identical'."""
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(reprodl.errors.ParametersError, match="2 parameters .* no watched model holds.*ModuleList"):
+        with reprodl.start_run(_base(tmp_path), "listnet", seed=0) as run:
+            run.use(x)
+            model = _ListNet()
+            model.scale = nn.Parameter(torch.ones(1))  # one parameter of its own: watched, then refused at the step
+            optimizers = [torch.optim.SGD(layer.parameters(), lr=0.1) for layer in model.layers]
+            run.watch(model, optimizers, batch_size=16)
+            for o in optimizers:
+                o.zero_grad()
+            model(x).pow(2).mean().backward()
+            optimizers[0].step()  # refused here, before its update
+
+
+def test_one_optimiser_over_two_watched_models_is_accepted(tmp_path: Path) -> None:
+    """An encoder and a decoder watched apart, one optimiser over both: every parameter is held by a watched model."""
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    with reprodl.start_run(_base(tmp_path), "encdec", seed=0) as run:
+        run.use(x)
+        enc, dec = nn.Linear(3, 2), nn.Linear(2, 3)
+        optimizer = torch.optim.SGD([*enc.parameters(), *dec.parameters()], lr=0.1)
+        run.watch(enc, optimizer, name="encoder")
+        run.watch(dec, name="decoder")
+        for _ in range(2):
+            optimizer.zero_grad()
+            (dec(enc(x)) - x).pow(2).mean().backward()
+            optimizer.step()
+        run.save({"encoder": enc, "decoder": dec})
+    assert run.record is not None and run.record.training.optimizers[0].steps == 2
+
+
+def test_a_model_that_holds_no_parameters_is_refused_when_watched(tmp_path: Path) -> None:
+    with reprodl.start_run(_base(tmp_path), "empty", seed=0) as run:
+        run.use(torch.zeros(2))
+        with pytest.raises(reprodl.errors.ParametersError, match="holds no parameters"):
+            run.watch(_ListNet(), [])
+        model = nn.Linear(2, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        run.watch(model, optimizer, batch_size=2)  # the run goes on
+        model(torch.ones(2, 2)).sum().backward()
+        optimizer.step()
+        run.save(model)
+    assert run.record is not None and run.record.training.optimizers[0].steps == 1

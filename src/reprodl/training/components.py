@@ -267,6 +267,11 @@ class ComponentWatcher:
     ) -> WatchedModel:
         """Watch ``model`` and its optimisers under ``name`` (else its class name); refuses a model watched twice."""
         module, compiled = original_module(model)
+        if next(module.parameters(), None) is None:
+            raise ParametersError(
+                f"the model {type(module).__qualname__} holds no parameters: nothing of it can be recorded or "
+                "saved. Layers kept in a plain list or dict are not the module's: use nn.ModuleList / nn.ModuleDict"
+            )
         if any(w.module is module for w in self.models):
             raise ParametersError(
                 f"the model {type(module).__qualname__} is already watched: call run.watch once per model, "
@@ -327,6 +332,8 @@ class ComponentWatcher:
     # --- hooks -------------------------------------------------------------------------------
     def _hook_optimizer(self, watched: WatchedOptimizer) -> None:
         def before(optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if not watched.steps:
+                self._check_held(watched)
             # torch passes the step's arguments after the optimiser itself: step(closure) gives (optimizer, closure)
             if (len(args) > 1 and args[1] is not None) or kwargs.get("closure") is not None:
                 watched.closure = True
@@ -342,6 +349,20 @@ class ComponentWatcher:
 
         self._hooks.append(watched.optimizer.register_step_pre_hook(before))
         self._hooks.append(watched.optimizer.register_step_post_hook(after))
+
+    def _check_held(self, watched: WatchedOptimizer) -> None:
+        """Refuse an optimiser's first step when it updates parameters no watched model holds: their values
+        would be in no record, no trace and no saved weights (a change to them could not be found)."""
+        held = frozenset().union(*(w.param_ids for w in self.models))
+        loose = [p for g in watched.optimizer.param_groups for p in g["params"] if id(p) not in held]
+        if loose:
+            shapes = ", ".join(str(tuple(p.shape)) for p in loose[:4]) + (", ..." if len(loose) > 4 else "")
+            raise ParametersError(
+                f"the optimiser {watched.name!r} ({type(watched.optimizer).__name__}) updates {len(loose)} "
+                f"parameters (shapes {shapes}) that no watched model holds: they would be in no record, no trace "
+                "and no saved weights. Hold them in the model (nn.ModuleList / nn.ModuleDict for layers kept in "
+                "a list or dict, nn.Parameter for a tensor), or run.watch the module that holds them"
+            )
 
     def _hook_passes(self, watched: WatchedOptimizer) -> None:
         """Count the backward passes that reach this optimiser's first parameter: a model with several

@@ -205,7 +205,7 @@ with reprodl.start_run("models", args.name, seed=0) as run:
                 run.save(model)
             if step == stop:
                 break
-        run.log(epoch=epoch, train_loss=float(loss))
+        run.log(epoch=epoch, train_loss=float(loss) + float(os.environ.get("TEST_SHIFT_METRIC", "0")))
         if step == stop:
             break
     if not args.save_at:
@@ -280,6 +280,19 @@ def test_script_changed_data_that_no_step_read_is_named_beside_an_identical_verd
     assert report.verdict == "identical", report.reasons
     changed = [r for r in report.reasons if r.startswith("data: the in-memory test tensor's digest changed (")]
     assert changed and "came back bit for bit" in changed[0], report.reasons
+
+
+def test_script_logged_metric_that_did_not_come_back_differs_though_the_weights_did(script_runs, monkeypatch, cli):
+    """The weights and every traced step came back bit for bit, but a logged metric did not: what the record
+    claims did not come back, so the verdict is not ``identical``."""
+    monkeypatch.setenv("TEST_SHIFT_METRIC", "0.5")
+    report, _ = _reproduce(script_runs["plain"])
+    assert report.weights["identical"] is True
+    assert report.verdict == "differs", report.reasons
+    (metrics,) = [r for r in report.why if r.kind == "metrics"]
+    assert "came back bit for bit" in metrics.text and "train_loss at epoch 1" in metrics.text
+    result = cli("reproduce", script_runs["plain"], "--trust-code", "-q")
+    assert result.exit_code == 1 and "Verdict: differs" in result.output
 
 
 def test_script_interrupted_original_rerun_to_the_end_differs_naming_the_step_counts(script_runs):

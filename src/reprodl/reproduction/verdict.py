@@ -6,6 +6,8 @@ same :class:`Comparison` and call :func:`judge`. The rules (the contract, docs/f
 * ``identical``: every saved model's weights bit-equal (each model compared by name), every
   traced step equal and the same number of optimiser steps;
 * a different number of steps (an interrupted original, a longer re-run) is ``differs``;
+* weights and trace bit for bit but a recorded metric value not (the evaluation changed) is
+  ``differs`` (``within tolerance`` when a given tolerance holds them);
 * otherwise, when the expectation was bitwise (the record's mode, and the two environments
   predict the same bits) and the user gave no ``--tolerance``, the verdict is ``differs``
   whatever the metrics say; the first divergent step and its cause are in the divergence;
@@ -19,6 +21,7 @@ Each :class:`Reason` has a ``kind`` a program can test and a ``text`` a person r
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -116,12 +119,20 @@ def judge(
     steps_ok = _steps_reasons(record, new, found)
     if not steps_ok:
         return Judgement("differs", found + _difference_reasons(record, comparison, nondeterminism=False))
+    came_back = comparison.weights.get("identical") and _trace_ok(comparison.divergence)
+    changed = _metric_changes(comparison) if came_back else []
+    if changed:
+        found.append(_metrics_reason(changed))
     if record.training.determinism.mode == "statistical":
-        if comparison.weights.get("identical") and _trace_ok(comparison.divergence):
+        if came_back and not changed:
             return Judgement("identical", found)
         return _judge_statistical(record, new, comparison, tol, envelope, found, tolerance_given=tolerance_given)
-    if comparison.weights.get("identical") and _trace_ok(comparison.divergence):
+    if came_back and not changed:
         return Judgement("identical", found)
+    if came_back:  # bit for bit, but what the run logged did not come back
+        if tolerance_given:
+            return Judgement("within tolerance" if _within(record, comparison, tol, {}) else "differs", found)
+        return Judgement("differs", found)
     found += _difference_reasons(record, comparison, nondeterminism=not found)
     if expectation is not None and expectation.expected == "bitwise" and not tolerance_given:
         found.append(
@@ -137,6 +148,30 @@ def judge(
         return Judgement("differs", found)
     limits = _default_limits(record, comparison, found) if not tolerance_given else {}
     return Judgement("within tolerance" if _within(record, comparison, tol, limits) else "differs", found)
+
+
+def _metric_changes(comparison: Comparison) -> list[dict[str, Any]]:
+    """The compared metrics whose re-run value is not the recorded one (NaN in both is the same)."""
+    return [r for r in comparison.metrics if not _same_value(r.get("original"), r.get("reproduction"))]
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+def _metrics_reason(changed: list[dict[str, Any]]) -> Reason:
+    """The metrics that did not come back although the weights and the trace did."""
+    shown = "; ".join(
+        f"{r['metric']} at {r.get('at', 'epoch')} {r['epoch']} {r['original']!r} -> {r['reproduction']!r}"
+        for r in changed[:3]
+    ) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+    return Reason(
+        "metrics",
+        f"the weights and every traced step came back bit for bit, but {len(changed)} recorded metric value(s) "
+        f"did not: {shown} (what the run evaluated or logged changed: its data, its code or something it read)",
+    )
 
 
 def _default_limits(record: ProvenanceRecord, comparison: Comparison, found: list[Reason]) -> dict[str, float]:

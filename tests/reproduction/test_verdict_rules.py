@@ -318,3 +318,52 @@ def test_the_trace_kind_is_recorded(script_runs):
     assert trace is not None and trace.kind == "exact" and trace.optimizers == ["SGD"]
     assert trace.tensors == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert Path(script_runs["plain"]).is_dir()
+
+
+# --- a loop with no loader that stops at a loss threshold (pytorch/examples' regression shape) ---------
+LOOP_UNTIL = """\
+import os
+from itertools import count
+
+import torch
+import torch.nn.functional as F
+
+import reprodl
+
+run = reprodl.start_run("models", "until", seed=1)
+target = torch.randn(4, 1) * 2
+run.use(target)
+fc = torch.nn.Linear(4, 1)
+run.watch(fc, batch_size=16)
+for step in count(1):
+    x = torch.randn(16, 4)  # drawn in the loop: no loader, the batch contents are not traced
+    if os.environ.get("TEST_CHANGE_BATCH") == str(step):
+        x[0, 0] += 1.0
+    fc.zero_grad()
+    loss = F.mse_loss(fc(x), x @ target)
+    loss.backward()
+    for p in fc.parameters():
+        p.data.add_(-0.05 * p.grad)
+    if loss.item() < 1e-2 or step == 400:
+        break
+run.save(fc)
+run.finish()
+"""
+
+
+def test_a_loop_without_a_loader_says_what_it_could_not_check_and_why_the_step_counts_differ(tmp_path, monkeypatch):
+    """Neither "same data" (the batches were drawn in the loop, not traced) nor "was the original interrupted?"
+    (the re-run ran longer because it diverged first) is claimed."""
+    repo = user_repo(tmp_path / "until", {"train.py": LOOP_UNTIL}, commit_message="until")
+    (repo / "models").mkdir()
+    res = run_script(repo, "train.py")
+    assert res.returncode == 0, res.stderr
+    monkeypatch.setenv("TEST_CHANGE_BATCH", "5")
+    report, _ = _reproduce(str(repo / "models" / "until"))
+    assert report.verdict == "differs", report.reasons
+    div = report.divergence
+    assert div is not None and div.step == 5 and div.contents_differ is None
+    assert "batch contents not traced" in div.causes[0] and "same data" not in div.causes[0], div.causes
+    steps = [r.text for r in report.why if r.kind == "steps"]
+    if steps:  # the threshold was crossed at another step
+        assert "after the step trace diverged at step 5" in steps[0] and "interrupted" not in steps[0], steps

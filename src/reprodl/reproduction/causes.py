@@ -135,7 +135,10 @@ def _computation(f: Finding) -> list[str]:
     checked = "same sample indices" if div.indices_differ is False else "sample indices not traced"
     if div.contents_differ is False:
         checked += ", same batch contents"
-    same = "same data, seeds, initial weights, code and environment"
+    elif div.contents_differ is None:  # batches the loop made itself: only the recorded datasets are known equal
+        checked += ", batch contents not traced"
+    data = "same data" if div.contents_differ is False else "same recorded datasets"
+    same = f"{data}, seeds, initial weights, code and environment"
     return [f"{COMPUTATION_DIFFERED} at {f.where} ({checked}, {same})"]
 
 

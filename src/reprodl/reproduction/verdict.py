@@ -116,7 +116,7 @@ def judge(
     found += _unverified(record) + environment_reasons(environment)
     found += setting_reasons(record, new, code, data_order_matches=comparison.data_order_matches)
     found += _input_reasons(record, new, comparison)
-    steps_ok = _steps_reasons(record, new, found)
+    steps_ok = _steps_reasons(record, new, found, comparison.divergence)
     if not steps_ok:
         return Judgement("differs", found + _difference_reasons(record, comparison, nondeterminism=False))
     came_back = comparison.weights.get("identical") and _trace_ok(comparison.divergence)
@@ -215,13 +215,18 @@ def stopped_early(record: ProvenanceRecord) -> bool:
     return record.code.run is None and isinstance(epochs, int) and epochs > done
 
 
-def _steps_reasons(record: ProvenanceRecord, new: ProvenanceRecord, found: list[Reason]) -> bool:
+def _steps_reasons(
+    record: ProvenanceRecord, new: ProvenanceRecord, found: list[Reason], divergence: Divergence | None = None
+) -> bool:
     """Whether both runs took as many optimiser steps (and logged as many entries); the reasons when not."""
     was, now = record.training.optimizer_steps, new.training.optimizer_steps
     ok = was is None or now is None or was == now
     if was is not None and now is not None and not ok:
         longer = "the re-run went further (was the original interrupted?)" if now > was else "the re-run stopped early"
-        if now > was and stopped_early(record):
+        diverged = divergence.step if divergence is not None else None
+        if diverged is not None and diverged <= min(was, now):  # a loop that stops on its own: a consequence
+            longer = f"after the step trace diverged at step {diverged}"
+        elif now > was and stopped_early(record):
             epochs, done = record.training.params.get("n_epochs", record.training.epochs), len(record.results.history)
             longer = (
                 f"the original stopped in epoch {done} of its n_epochs={epochs:,}; the re-run, with the recorded "

@@ -79,3 +79,9 @@ def bounded_call(code: str, *args: str, timeout: float = LIMIT_S) -> str:
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout} s"
     return done.stdout.strip() or f"no output (exit {done.returncode}): {done.stderr[-2000:]}"
+
+
+def make_oversized(path: Path, size: int) -> None:
+    """Make the file at ``path`` a sparse regular file of ``size`` bytes (zeros, no disk used)."""
+    with open(path, "r+b") as fh:
+        fh.truncate(size)

@@ -29,6 +29,7 @@ from reprodl.errors import (
     MissingDependencyError,
     ReprodlError,
 )
+from reprodl.files import read_regular
 from reprodl.parsing import load_json
 from reprodl.store import StoredDataSet, list_datasets, local_path, normalise_uri, open_dataset
 
@@ -240,8 +241,12 @@ def _read_json_item(ds: StoredDataSet, relpath: str) -> dict[str, Any]:
         raise DatasetFormatError(
             f"{ds.uri}: {relpath} is {size:,} bytes, over reprodl's limit of {keys.MAX_METADATA_BYTES:,}: not indexed"
         )
-    with open(ds.item_path(idn), "rb") as fh:
-        data = load_json(fh.read(), what=f"{ds.uri}: {relpath}", error=DatasetFormatError)
+    what = f"{ds.uri}: {relpath}"  # its manifest size may be a lie: the read is bounded too
+    data = load_json(
+        read_regular(ds.item_path(idn), keys.MAX_METADATA_BYTES, what=what, error=DatasetFormatError),
+        what=what,
+        error=DatasetFormatError,
+    )
     if not isinstance(data, dict):
         raise DatasetFormatError(f"{ds.uri}: {relpath} holds a JSON {type(data).__name__}, not an object")
     return data

@@ -159,8 +159,9 @@ def _add_record(crate: Any, source: Source, out: Path) -> None:
     schema = {"@type": "CreativeWork", "name": "JSON Schema of reprodl's provenance record (`reprodl schema`)"}
     crate.add(ContextEntity(crate, keys.PROVENANCE_SCHEMA_ID, properties=schema))
     path = out / keys.PROVENANCE_FILE
-    with open(source.dataset.item_path(source.dataset.identifier_of(keys.PROVENANCE_FILE)), "rb") as fh:
-        path.write_bytes(fh.read())
+    item = source.dataset.item_path(source.dataset.identifier_of(keys.PROVENANCE_FILE))
+    what = f"the record {keys.PROVENANCE_FILE} of {source.dataset.uri}"
+    path.write_bytes(read_regular(item, keys.MAX_RECORD_BYTES, what=what, error=ExportError))
     crate.add_file(
         str(path),
         dest_path=keys.PROVENANCE_FILE,

@@ -44,7 +44,7 @@ from typing import Any
 
 from reprodl import __version__, keys
 from reprodl.errors import MissingDependencyError, ReprodlError, SigningError, StorageError
-from reprodl.files import share_as_umask
+from reprodl.files import read_regular, share_as_umask
 from reprodl.parsing import load_json
 from reprodl.store import StoredDataSet, file_sha256, open_dataset
 from reprodl.store.uris import local_path
@@ -310,16 +310,9 @@ class AttestationCheck:
 
 
 def read_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The Sigstore bundle at ``path`` as JSON (size bounded)."""
-    try:
-        size = os.path.getsize(path)
-        if size > keys.MAX_ATTESTATION_BYTES:
-            raise SigningError(
-                f"{os.fspath(path)} is {size:,} bytes, over {keys.MAX_ATTESTATION_BYTES:,}: not an attestation"
-            )
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise SigningError(f"cannot read the attestation {os.fspath(path)!r}: {exc}") from None
+    """The Sigstore bundle at ``path`` as JSON (size bounded; a pipe or a device is refused unread)."""
+    what = f"the attestation {os.fspath(path)!r}"
+    data = read_regular(path, keys.MAX_ATTESTATION_BYTES, what=what, error=SigningError)
     bundle = load_json(data, what=os.fspath(path), error=SigningError)
     if not isinstance(bundle, dict):
         raise SigningError(f"{os.fspath(path)} holds a JSON {type(bundle).__name__}, not a Sigstore bundle")

@@ -14,13 +14,13 @@ Example:
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from reprodl import __version__, keys, trust
 from reprodl.errors import ModelLoadError, ReprodlError
+from reprodl.files import read_regular
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.parsing import load_json
 from reprodl.provenance import (
@@ -36,7 +36,7 @@ from reprodl.provenance import (
     Training,
     mirror_annotations,
 )
-from reprodl.store import StoredDataSet, create_dataset, open_dataset
+from reprodl.store import StoredDataSet, create_dataset, file_sha256, open_dataset
 
 if TYPE_CHECKING:
     import torch
@@ -237,13 +237,14 @@ def _source_ref(ds: StoredDataSet, params: dict[str, Any], *, read_source: bool)
 
 
 def _converted_from(ds: StoredDataSet) -> dict[str, Any]:
-    path = ds.item_path(ds.identifier_of(keys.DTOOLAI_WEIGHTS_FILE))
-    with open(path, "rb") as fh:
-        weights_sha = "sha256:" + hashlib.sha256(fh.read()).hexdigest()
+    weights_sha = "sha256:" + file_sha256(ds.item_path(ds.identifier_of(keys.DTOOLAI_WEIGHTS_FILE)))  # read in blocks
     history = None
     if keys.HISTORY_FILE in {ds.relpath(i) for i in ds.identifiers}:
-        with open(ds.item_path(ds.identifier_of(keys.HISTORY_FILE)), "rb") as fh:
-            history = load_json(fh.read(), what=f"{ds.uri}: {keys.HISTORY_FILE}", error=ModelLoadError)
+        what = f"{ds.uri}: {keys.HISTORY_FILE}"
+        data = read_regular(
+            ds.item_path(ds.identifier_of(keys.HISTORY_FILE)), keys.MAX_METADATA_BYTES, what=what, error=ModelLoadError
+        )
+        history = load_json(data, what=what, error=ModelLoadError)
     return {
         "tool": "dtoolAI 0.2.0",
         "uri": ds.uri,

@@ -15,6 +15,7 @@ from typing import Any
 
 from reprodl import keys
 from reprodl.errors import DatasetFormatError, ReprodlError, TransformError, UnsafeImportError
+from reprodl.files import read_regular
 from reprodl.modeldataset.read import load_weights, read_record
 from reprodl.parsing import load_json
 from reprodl.provenance import DataRef, ProvenanceRecord, mirror_annotations
@@ -454,8 +455,9 @@ def _changed_items(ref: DataRef, ds: StoredDataSet, model_ds: StoredDataSet) -> 
     if not ref.manifest_item:
         return []
     try:
-        with open(model_ds.item_path(model_ds.identifier_of(ref.manifest_item)), "rb") as fh:
-            recorded = load_json(fh.read(), what=ref.manifest_item, error=DatasetFormatError)
+        path = model_ds.item_path(model_ds.identifier_of(ref.manifest_item))
+        data = read_regular(path, keys.MAX_METADATA_BYTES, what=ref.manifest_item, error=DatasetFormatError)
+        recorded = load_json(data, what=ref.manifest_item, error=DatasetFormatError)
     except (KeyError, OSError, DatasetFormatError):
         return []
     if not isinstance(recorded, dict):

@@ -11,6 +11,7 @@ import numpy as np
 
 from reprodl import keys
 from reprodl.errors import DatasetFormatError, ReprodlError
+from reprodl.files import read_regular
 from reprodl.reports import plots
 from reprodl.reports.context import Context, mapping, mappings
 from reprodl.reports.html import Raw, esc, kv_table, note, png_img, pre, section, table
@@ -197,10 +198,11 @@ def claim_page(ds: StoredDataSet, ctx: Context) -> tuple[str, str, list[str], st
 
 def _plot_item(ds: StoredDataSet, relpath: str, what: str) -> str:
     try:
-        with open(ds.item_path(ds.identifier_of(relpath)), "rb") as fh:
-            return section("plot", what.capitalize(), png_img(fh.read(), what))
+        path = ds.item_path(ds.identifier_of(relpath))
     except KeyError:
         return ""
+    data = read_regular(path, keys.MAX_METADATA_BYTES, what=f"{ds.uri}: {relpath}", error=DatasetFormatError)
+    return section("plot", what.capitalize(), png_img(data, what))
 
 
 def summary_page(ds: StoredDataSet, ctx: Context) -> tuple[str, str, list[str], str | None]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from reprodl import __version__, keys
 from reprodl.errors import DatasetFormatError
+from reprodl.files import read_regular
 from reprodl.parsing import load_json
 from reprodl.reproduction.claim_stats import Comparison
 
@@ -83,8 +84,11 @@ def load_claim(uri: str) -> dict[str, Any]:
     from reprodl.store import open_dataset
 
     ds = open_dataset(uri)
-    with open(ds.item_path(ds.identifier_of(keys.CLAIM_FILE)), "rb") as fh:
-        return load_json(fh.read(), what=f"{ds.uri}: {keys.CLAIM_FILE}", error=DatasetFormatError)
+    what = f"{ds.uri}: {keys.CLAIM_FILE}"
+    data = read_regular(
+        ds.item_path(ds.identifier_of(keys.CLAIM_FILE)), keys.MAX_METADATA_BYTES, what=what, error=DatasetFormatError
+    )
+    return load_json(data, what=what, error=DatasetFormatError)
 
 
 def _claim_problem(claim: Any) -> str | None:

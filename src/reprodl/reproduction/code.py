@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+from reprodl.files import open_regular
 from reprodl.provenance import ProvenanceRecord
 from reprodl.store import StoredDataSet
 from reprodl.training.safegit import run_git, user_repository
@@ -108,13 +109,22 @@ def check_code(record: ProvenanceRecord, *, repo: str | os.PathLike[str] | None 
     )
 
 
+def _read_patch(model_ds: StoredDataSet, relpath: str) -> bytes:
+    """The stored patch, read up to one byte past its manifest's size (a longer one differs from it)."""
+    idn = model_ds.identifier_of(relpath)
+    size = model_ds.item_properties(idn).get("size_in_bytes")
+    limit = size if isinstance(size, int) and size >= 0 else 0
+    with open_regular(model_ds.item_path(idn), what=f"the stored patch {relpath!r} of {model_ds.uri}") as fh:
+        return fh.read(limit + 1)
+
+
 def check_patch(record: ProvenanceRecord, model_ds: StoredDataSet, code: CodeCheck) -> CodeCheck:
     """``code`` with whether the recorded uncommitted patch applies to the recorded commit, in the
     repository ``code`` was checked in (a scratch index: the checkout is not touched)."""
     git = record.code.git
     if not git or not git.patch_item or not git.commit or not code.commit_available or not code.repository:
         return code
-    patch = Path(model_ds.item_path(model_ds.identifier_of(git.patch_item))).read_bytes()
+    patch = _read_patch(model_ds, git.patch_item)
     if git.patch_sha256 and hashlib.sha256(patch).hexdigest() != git.patch_sha256:
         return dataclasses.replace(
             code,

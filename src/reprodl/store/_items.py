@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from typing import Any
 
 from reprodl.errors import (
@@ -54,6 +55,47 @@ def _check_safe(uri: str, dataset: Any, items: Any) -> None:
                 f"{what} has an unsafe item identifier {idn!r} in its manifest: {problem}. "
                 "It is refused; recreate the dataset from its source files"
             )
+
+
+def _item_file_problem(path: str, root: str, inside: set[str]) -> str | None:
+    """Why the local item at ``path`` is refused (None when it is not), looked at without opening it:
+    it must be a regular file inside the data directory ``root`` (resolved).
+
+    A dataset handed over as a directory may hold, in place of an item, a named pipe (opening it
+    waits for ever), a link to ``/dev/zero`` (read for ever) or a link, or a directory linked, to a
+    file outside the dataset. A link to another file of the dataset is kept; a missing item is left
+    to its reader (``verify`` names it). ``inside`` holds the directories already found inside
+    ``root``: one ``lstat`` per item, one ``realpath`` per directory.
+    """
+    parent = os.path.dirname(path)
+    if parent not in inside:
+        if not _is_inside(os.path.realpath(parent), root):
+            return f"lies under a link to {os.path.realpath(parent)}, {_OUTSIDE}"
+        inside.add(parent)
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            if not _is_inside(real := os.path.realpath(path), root):
+                return f"is a link to {real}, {_OUTSIDE}"
+            st = os.stat(path)
+    except OSError:  # missing (or a link to itself): its reader gets the same error, at once
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return (
+            "is not a regular file (a device, a pipe or a directory): refused, nothing read. "
+            "dtool writes every item as a regular file: use an intact copy of the dataset"
+        )
+    return None
+
+
+_OUTSIDE = (
+    "outside the dataset, not a regular file in it: refused, nothing read. dtool writes every item "
+    "as a regular file inside its dataset: use an intact copy of the dataset"
+)
+
+
+def _is_inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root + os.sep)
 
 
 def _check_entries(uri: str, dataset: Any, items: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ from reprodl.errors import (
     StorageError,
 )
 from reprodl.parsing import check_size, load_yaml
-from reprodl.store._items import _check_safe, _make_writes_atomic, _read_items
+from reprodl.store._items import _check_safe, _item_file_problem, _make_writes_atomic, _read_items
 from reprodl.store.brokers import _cache_root
 from reprodl.store.fetch import FETCH_WORKERS, FetchReport
 from reprodl.store.hashing import Progress
@@ -66,6 +66,8 @@ class StoredDataSet(_Integrity):
         if self._scheme == "file":
             data_dir = os.path.join(unquote(urlparse(uri).path), "data")
         self._data_dir = data_dir
+        self._data_root = os.path.realpath(data_dir) if data_dir else ""  # what item paths must stay inside
+        self._inside: set[str] = set()  # item directories found inside it
         _check_safe(uri, dataset, {})  # the name and UUID, before the UUID names an index file
         self._items, self._hash_function = _read_items(uri, dataset, data_dir)
         self._identifiers: list[str] | None = None
@@ -135,13 +137,18 @@ class StoredDataSet(_Integrity):
         return len(self._items)
 
     def item_path(self, identifier: str) -> str:
-        """Local path of an item's content, fetching a remote item once."""
+        """Local path of an item's content, fetching a remote item once.
+
+        Raises:
+            DatasetFormatError: the local item is not a regular file inside the dataset (a named
+                pipe, a device, a directory, a link out of the dataset); it is not opened.
+        """
         if self._data_dir is not None:
-            try:
-                relpath = self.relpath(identifier)
-            except KeyError:
-                raise KeyError(f"no item with identifier {identifier!r} in dataset {self.uri}") from None
-            return os.path.join(self._data_dir, *relpath.split("/"))
+            local = self._local_path(identifier)
+            problem = _item_file_problem(local, self._data_root, self._inside)
+            if problem is not None:
+                raise DatasetFormatError(f"the item {self.relpath(identifier)!r} of dataset {self.uri} {problem}")
+            return local
         path = self._paths.get(identifier)
         if path is not None:
             return path
@@ -151,6 +158,14 @@ class StoredDataSet(_Integrity):
         with self._lock:
             self._paths[identifier] = path
         return path
+
+    def _local_path(self, identifier: str) -> str:
+        """Where a local item's content is, unchecked (``verify`` reports what is there)."""
+        try:
+            relpath = self.relpath(identifier)
+        except KeyError:
+            raise KeyError(f"no item with identifier {identifier!r} in dataset {self.uri}") from None
+        return os.path.join(self._data_dir or "", *relpath.split("/"))
 
     def item_paths(self, identifiers: list[str]) -> list[str]:
         """Local paths of these items' content; remote items not yet fetched are fetched in

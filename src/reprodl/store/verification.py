@@ -67,6 +67,9 @@ class _Integrity(_RemoteItems):
     def item_path(self, identifier: str) -> str:
         raise NotImplementedError  # StoredDataSet says
 
+    def _local_path(self, identifier: str) -> str:
+        raise NotImplementedError  # StoredDataSet says
+
     def relpath(self, identifier: str) -> str:
         raise NotImplementedError  # StoredDataSet says
 
@@ -137,7 +140,7 @@ class _Integrity(_RemoteItems):
         for idn in idns:
             props = self._items[idn]
             try:
-                st = os.stat(self.item_path(idn))
+                st = os.stat(self._local_path(idn))
             except FileNotFoundError:
                 report.missing.append(props["relpath"])
                 continue
@@ -174,7 +177,7 @@ class _Integrity(_RemoteItems):
             )
 
         def check(idn: str) -> tuple[str, bool, int]:
-            path = self.item_path(idn)
+            path = self._local_path(idn)
             return idn, file_md5(path) == self._items[idn]["hash"], os.path.getsize(path)
 
         workers = max(1, min(4, os.cpu_count() or 1))
@@ -200,7 +203,7 @@ class _Integrity(_RemoteItems):
         root = os.path.realpath(self._data_dir)
         linked = []
         for idn in self._items:
-            path, rel = self.item_path(idn), self.relpath(idn)
+            path, rel = self._local_path(idn), self.relpath(idn)
             if os.path.islink(path) or os.path.realpath(path) != os.path.join(root, *rel.split("/")):
                 linked.append(rel)
         return sorted(linked)

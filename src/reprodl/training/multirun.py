@@ -22,6 +22,7 @@ import yaml
 
 from reprodl import __version__, keys
 from reprodl.errors import DatasetFormatError, ParametersError
+from reprodl.files import read_regular
 from reprodl.parsing import load_json
 from reprodl.store import create_dataset, open_dataset
 from reprodl.training.config import TrainConfig, build_and_train
@@ -190,5 +191,8 @@ def write_summary(cfg: TrainConfig, uris: list[str], records: list[Any], *, vari
 def load_summary(uri: str) -> dict[str, Any]:
     """The summary (``summary.json``) of the multi-run summary dataset at ``uri``."""
     ds = open_dataset(uri)
-    with open(ds.item_path(ds.identifier_of(keys.SUMMARY_FILE)), "rb") as fh:
-        return load_json(fh.read(), what=f"{ds.uri}: {keys.SUMMARY_FILE}", error=DatasetFormatError)
+    what = f"{ds.uri}: {keys.SUMMARY_FILE}"
+    data = read_regular(
+        ds.item_path(ds.identifier_of(keys.SUMMARY_FILE)), keys.MAX_METADATA_BYTES, what=what, error=DatasetFormatError
+    )
+    return load_json(data, what=what, error=DatasetFormatError)

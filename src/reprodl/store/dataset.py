@@ -68,6 +68,7 @@ class StoredDataSet(_Integrity):
         self._data_dir = data_dir
         self._data_root = os.path.realpath(data_dir) if data_dir else ""  # what item paths must stay inside
         self._inside: set[str] = set()  # item directories found inside it
+        self._checked: dict[str, str] = {}  # local items looked at once (a loader reads each every epoch)
         _check_safe(uri, dataset, {})  # the name and UUID, before the UUID names an index file
         self._items, self._hash_function = _read_items(uri, dataset, data_dir)
         self._identifiers: list[str] | None = None
@@ -144,10 +145,14 @@ class StoredDataSet(_Integrity):
                 pipe, a device, a directory, a link out of the dataset); it is not opened.
         """
         if self._data_dir is not None:
+            local = self._checked.get(identifier)
+            if local is not None:
+                return local
             local = self._local_path(identifier)
             problem = _item_file_problem(local, self._data_root, self._inside)
             if problem is not None:
                 raise DatasetFormatError(f"the item {self.relpath(identifier)!r} of dataset {self.uri} {problem}")
+            self._checked[identifier] = local
             return local
         path = self._paths.get(identifier)
         if path is not None:

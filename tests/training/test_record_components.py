@@ -642,3 +642,19 @@ def test_a_model_that_holds_no_parameters_is_refused_when_watched(tmp_path: Path
         optimizer.step()
         run.save(model)
     assert run.record is not None and run.record.training.optimizers[0].steps == 1
+
+
+def test_no_training_data_by_the_first_step_is_said_then_not_only_at_save(tmp_path: Path) -> None:
+    """A loop that draws its data itself (pytorch/examples' regression) learnt of the missing run.use at run.save,
+    after the whole training; it is said at the first step."""
+    with pytest.raises(reprodl.errors.ParametersError, match="no training data was recorded: pass it to run.use"):
+        with reprodl.start_run(_base(tmp_path), "drawn", seed=0) as run:
+            model = nn.Linear(3, 1)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            run.watch(model, optimizer, batch_size=4)
+            with pytest.warns(UserWarning, match="no training data was recorded by the first optimiser step"):
+                for _ in range(2):
+                    optimizer.zero_grad()
+                    model(torch.randn(4, 3)).pow(2).mean().backward()
+                    optimizer.step()
+            run.save(model)

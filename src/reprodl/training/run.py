@@ -61,6 +61,11 @@ from reprodl.training.tensorboard import TensorBoardLogger
 from reprodl.training.trace import StepTracer
 
 ROLES = ("train", "valid", "test")
+_USE_DATA = (
+    "pass it to run.use(dataset), or build the loader with run.loader(dataset); for data drawn in the loop, "
+    "run.use the tensors it is drawn from (a target function, a generator's parameters)"
+)
+_NO_TRAIN_DATA = f"no training data was recorded by the first optimiser step (run.save will refuse): {_USE_DATA}"
 _NO_STEP = (
     "run.save got a copy of the model {!r} whose weights match no traced step (averaged, edited, or from "
     "before a thinned part of the trace): the record cannot say when they were taken (saved_at_step: null)"
@@ -332,9 +337,12 @@ class Run:
             self.checkpoints.watched(self)
 
     def _after_step(self) -> None:
-        """After a step was counted and traced: the determinism check (first step), a checkpoint when due."""
+        """After a step was counted and traced: the determinism check and the training data (first step), a
+        checkpoint when due."""
         if self._steps == 1:
             self._determinism.check_in_force()
+            if not any(r.role == "train" for r, _ in self._data):
+                warnings.warn(_NO_TRAIN_DATA, UserWarning, stacklevel=2)
         self.checkpoints.after_step(self)
 
     def epochs(self, n: int, *, start: int = 1) -> range:
@@ -419,10 +427,7 @@ class Run:
                 "call run.watch(model, optimizer) before run.save(model): the record needs the optimiser"
             )
         if not any(r.role == "train" for r, _ in self._data):
-            raise ParametersError(
-                "no training data was recorded: pass it to run.use(dataset), or build the loader with "
-                "run.loader(dataset)"
-            )
+            raise ParametersError(f"no training data was recorded: {_USE_DATA}")
         self._watcher.complete_pending()
         saved: dict[str, dict[str, torch.Tensor]] = {}
         self._saved_at_step = self._steps

@@ -29,6 +29,7 @@ digested tensor by tensor after :data:`MAX_REBUILDS` rebuilds.
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Union
@@ -417,6 +418,7 @@ _FLOATS = frozenset({torch.float16, torch.float32, torch.float64})
 _INTEGERS = frozenset({torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64})
 _ZERO_NP = np.zeros((), dtype=np.uint64)
 _ZEROS_NP = np.zeros(1, dtype=np.uint64)
+_MIX_NP: dict[int, np.ndarray] = {}
 
 
 def _mixed_np(digests: np.ndarray) -> np.ndarray:
@@ -470,28 +472,18 @@ def resolve(staged: Sequence[Staged]) -> tuple[list[Digest], list[Digest]]:
     values, in order: the digests found in consecutive steps of one layout finished together."""
     models: list[Digest] = []
     optimizers: list[Digest] = []
-    i = 0
-    while i < len(staged):
-        entry = staged[i]
-        if not isinstance(entry, _Found):
-            models.append(entry[0])
-            optimizers.append(entry[1])
-            i += 1
-            continue
-        run = [entry.pieces]
-        while i + len(run) < len(staged):
-            later = staged[i + len(run)]
-            if not isinstance(later, _Found) or later.order is not entry.order:
-                break
-            run.append(later.pieces)
-        model, optimizer = entry.order.finish(run)
-        models += list(model)
-        optimizers += list(optimizer)
-        i += len(run)
+    for _, run in itertools.groupby(staged, key=lambda e: id(e.order) if isinstance(e, _Found) else 0):
+        entries = list(run)
+        first = entries[0]
+        if isinstance(first, _Found):
+            model, optimizer = first.order.finish([e.pieces for e in entries if isinstance(e, _Found)])
+            models += list(model)
+            optimizers += list(optimizer)
+        else:
+            pairs = [e for e in entries if not isinstance(e, _Found)]
+            models += [m for m, _ in pairs]
+            optimizers += [o for _, o in pairs]
     return models, optimizers
-
-
-_MIX_NP: dict[int, np.ndarray] = {}
 
 
 def _size_classes(members: list[int], sizes: list[int]) -> list[list[int]]:

@@ -11,7 +11,7 @@ Training scripts of our own, in the shapes public training code has, on tiny in-
 - a nanoGPT-like loop: gradient accumulation, bf16 autocast on the CPU, an lr set by hand every
   step, ``clip_grad_norm_``;
 - a closure optimiser (LBFGS); a ``torch.compile``'d model; Lightning's manual optimisation with
-  two optimisers;
+  two optimisers; a Lightning Fabric loop watched after ``fabric.setup`` (its wrappers);
 - a script's TF32 and ``cudnn.benchmark`` settings.
 """
 
@@ -31,6 +31,7 @@ from user_scripts import run_script, user_repo
 import reprodl
 from reprodl.errors import ModelLoadError, UnsafeImportError
 from reprodl.modeldataset.read import load_record, load_trace, load_weights
+from reprodl.modeldataset.verify import verify_model
 from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.store import open_dataset
 from reprodl.training.capture import DeterminismWarning
@@ -343,6 +344,27 @@ def test_a_compiled_model_is_recorded_by_its_original_class_and_weight_names(tmp
     assert record.training.optimizer_steps == 2
 
 
+def test_a_data_parallel_model_is_recorded_by_the_module_inside(tmp_path: Path) -> None:
+    with reprodl.start_run(_base(tmp_path), "data-parallel", seed=0) as run:
+        x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+        run.use(x)
+        model = nn.DataParallel(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)))  # no GPU: runs the module
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        run.watch(model, optimizer, batch_size=16)
+        for _ in range(2):
+            optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+        run.save(model)
+    record = run.record
+    assert record is not None
+    (component,) = record.models
+    assert (component.architecture.class_name, component.name, component.steps) == ("Sequential", "Sequential", 2)
+    names = ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert record.results.trace is not None and record.results.trace.tensors == names
+    assert sorted(load_weights(open_dataset(str(run.uri)), record)) == sorted(names)
+
+
 # --- Lightning's manual optimisation -------------------------------------------------------------
 def test_lightning_manual_optimisation_records_every_optimiser_and_every_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -403,6 +425,84 @@ def test_lightning_manual_optimisation_records_every_optimiser_and_every_step(
     ]
     assert record.training.optimizer_steps == 2 * batches
     assert record.results.trace is not None and record.results.trace.n_steps == 2 * batches
+
+
+# --- Lightning Fabric: run.watch given what fabric.setup returned ----------------------------------
+class FabricNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(4, 8)
+        self.out = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(x)))
+
+
+def _fabric_run(tmp_path: Path, name: str, *, precision: str = "32-true") -> Any:
+    """Fabric's example loop (fabric.setup, setup_dataloaders, fabric.backward) on 32 samples in batches of 8,
+    2 epochs, the lr halved after the first; run.watch given the wrapped model and optimiser (those the loop uses)."""
+    fabric_module = pytest.importorskip("lightning.fabric", reason="Lightning is not installed")
+    fabric = fabric_module.Fabric(accelerator="cpu", devices=1, precision=precision)
+    generator = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(32, 4, generator=generator), torch.randn(32, 1, generator=generator)
+    )
+    with reprodl.start_run(_base(tmp_path), name, seed=0) as run:
+        net = FabricNet()
+        model, optimizer = fabric.setup(net, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
+        loader = fabric.setup_dataloaders(run.loader(data, batch_size=8, shuffle=True))
+        assert type(model).__name__ == "_FabricModule" and type(optimizer).__name__ == "FabricSGD"
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)  # on Fabric's optimiser
+        run.watch(model, optimizer, scheduler=scheduler)
+        for epoch in range(1, 3):
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss = nn.functional.mse_loss(model(x), y)
+                fabric.backward(loss)
+                optimizer.step()
+            scheduler.step()
+            run.log(epoch=epoch, train_loss=loss.item())
+        run.save(model)
+    return run
+
+
+def test_a_fabric_loop_watched_after_setup_is_recorded_by_the_users_model_and_optimiser(tmp_path: Path) -> None:
+    run = _fabric_run(tmp_path, "fabric")
+    record = run.record
+    assert record is not None
+    (component,) = record.models
+    arch = component.architecture
+    assert (arch.module, arch.class_name, component.name, component.compiled) == (
+        __name__,
+        "FabricNet",
+        "FabricNet",
+        False,
+    )
+    assert record.architecture.import_path == f"{__name__}:FabricNet"
+    names = ["hidden.weight", "hidden.bias", "out.weight", "out.bias"]
+    assert record.results.trace is not None and record.results.trace.tensors == names
+    state = load_weights(open_dataset(str(run.uri)), record)
+    assert sorted(state) == sorted(names)
+    (opt,) = record.training.optimizers
+    assert (opt.module, opt.class_name, opt.steps) == ("torch.optim.sgd", "SGD", 2 * 4)
+    assert [g["param_names"] for g in record.training.optimizer.param_groups] == [names]
+    assert (opt.applied[0].step, opt.applied[0].values["lr"], opt.applied[0].values["momentum"]) == (1, 0.1, 0.9)
+    assert [(c.step, c.values) for c in opt.applied[1:]] == [(5, {"lr": 0.05})]  # the lr as applied
+    assert opt.scheduler is not None and opt.scheduler.class_name == "StepLR"
+    assert record.training.optimizer_steps == 2 * 4 and component.steps == 2 * 4
+    assert record.results.trace.n_steps == 2 * 4
+    checks = verify_model(str(run.uri), allow=[__name__])
+    assert checks.ok, [(c.name, c.detail) for c in checks.checks if not c.ok]
+
+
+def test_a_fabric_loop_in_bf16_mixed_precision_records_the_autocast_fabric_applied(tmp_path: Path) -> None:
+    run = _fabric_run(tmp_path, "fabric-bf16", precision="bf16-mixed")
+    record = run.record
+    assert record is not None
+    (component,) = record.models
+    assert [c.values for c in component.autocast] == [
+        {"enabled": True, "device_type": "cpu", "dtype": "torch.bfloat16"}
+    ]
 
 
 # --- the script's settings stay the script's ------------------------------------------------------

@@ -20,9 +20,9 @@ from reprodl.provenance.record import DistributedInfo
 from reprodl.store import DatasetWriter
 from reprodl.training._run_context import utcnow
 from reprodl.training.checkpoint import resumed_record
-from reprodl.training.components import original_module
 from reprodl.training.describe import describe_callable, jsonable
 from reprodl.training.recorder import NO_LOSS
+from reprodl.training.wrappers import original_module
 
 if TYPE_CHECKING:
     from reprodl.training.run import Run

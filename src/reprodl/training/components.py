@@ -1,7 +1,8 @@
 """The models, optimisers, schedulers and losses a run watches, by name, and what each step applied.
 
 ``run.watch`` may be called any number of times; each call adds a model (its original class and
-weight names when it was ``torch.compile``'d), its optimisers (none, one or a list), their
+weight names when it was ``torch.compile``'d or wrapped by DDP, DataParallel or Lightning Fabric),
+its optimisers (none, one or a list; the one inside Fabric's wrapper when wrapped), their
 schedulers and the loss, under a name. What each step applied is observed, not read from
 argument names:
 
@@ -37,23 +38,10 @@ from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import CallableInfo
 from reprodl.provenance.record import ModelComponent, OptimizerComponent, StepChange
 from reprodl.training.describe import describe_architecture, describe_callable, describe_optimizer, jsonable
-from reprodl.training.distributed import unwrap
+from reprodl.training.wrappers import forward_module, original_module, original_optimizer
 
 CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_")
 _NOT_HYPERPARAMETERS = frozenset({"params", "param_names", "initial_lr"})
-
-
-def original_module(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
-    """(the module inside DistributedDataParallel and ``torch.compile`` wrappers, whether it was compiled)."""
-    compiled = False
-    while True:
-        inner = unwrap(model)
-        original = getattr(inner, "_orig_mod", None)
-        if type(inner).__name__ == "OptimizedModule" and isinstance(original, torch.nn.Module):
-            inner, compiled = original, True
-        if inner is model:
-            return model, compiled
-        model = inner
 
 
 class _Changes:
@@ -84,7 +72,7 @@ class WatchedModel:
     """A model the run watches: what it is, and what its current step is made of."""
 
     name: str
-    given: torch.nn.Module  # as passed to run.watch (a compiled or DDP wrapper, possibly)
+    given: torch.nn.Module  # as passed to run.watch (a compiled, DDP or Fabric wrapper, possibly)
     module: torch.nn.Module  # its original module
     compiled: bool
     named: bool  # name given (name=), not derived from the class
@@ -272,6 +260,7 @@ class ComponentWatcher:
                 f"the model {type(module).__qualname__} holds no parameters: nothing of it can be recorded or "
                 "saved. Layers kept in a plain list or dict are not the module's: use nn.ModuleList / nn.ModuleDict"
             )
+        optimizers = [original_optimizer(o) for o in optimizers]
         if any(w.module is module for w in self.models):
             raise ParametersError(
                 f"the model {type(module).__qualname__} is already watched: call run.watch once per model, "
@@ -401,8 +390,9 @@ class ComponentWatcher:
                     dtype = str(torch.get_autocast_dtype(device)) if enabled else None
                     watched.autocast = {"enabled": enabled, "device_type": device, "dtype": dtype}
 
-        hooks = _RunHooks.installed(watched.given)
-        handle = watched.given.register_forward_pre_hook(on_forward)
+        hooked = forward_module(watched.given)
+        hooks = _RunHooks.installed(hooked)
+        handle = hooked.register_forward_pre_hook(on_forward)
         if hooks is not None:
             hooks.ours.add(handle.id)
         self._hooks.append(handle)
@@ -474,7 +464,10 @@ class ComponentWatcher:
 
 def _pair_schedulers(optimizers: Sequence[Any], schedulers: Sequence[Any]) -> list[Any]:
     """Each optimiser's scheduler (or None): the one whose ``optimizer`` it is, else the next unclaimed, in order."""
-    paired = [next((s for s in schedulers if getattr(s, "optimizer", None) is o), None) for o in optimizers]
+    paired = [
+        next((s for s in schedulers if original_optimizer(getattr(s, "optimizer", None)) is o), None)
+        for o in optimizers
+    ]
     rest = [s for s in schedulers if not any(s is p for p in paired)]
     for i, scheduler in enumerate(paired):
         if scheduler is None and rest:

@@ -48,7 +48,7 @@ from reprodl.training import _run_context, _run_loading, _run_output, datarefs
 from reprodl.training._run_context import default_name
 from reprodl.training._run_loading import TracedLoader
 from reprodl.training._run_output import describe_loss, number, state
-from reprodl.training.components import ComponentWatcher, check_name, original_module
+from reprodl.training.components import ComponentWatcher, check_name
 from reprodl.training.datarefs import check_dataset, describe_other_data
 from reprodl.training.describe import describe_callable, jsonable
 from reprodl.training.determinism import DeterminismSettings, check_deterministic
@@ -59,6 +59,7 @@ from reprodl.training.resume import RunCheckpoints
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.tensorboard import TensorBoardLogger
 from reprodl.training.trace import StepTracer
+from reprodl.training.wrappers import original_module
 
 ROLES = ("train", "valid", "test")
 _USE_DATA = (
@@ -299,9 +300,10 @@ class Run:
         the optimiser it schedules). ``name``: else the class name (or the key ``run.save`` gives).
         ``init_params`` are the keyword arguments the model was built with, when known;
         ``batch_size`` the samples per batch when the loop batches its data itself (a
-        :meth:`loader` records its own). A ``torch.compile``'d model is recorded by its original
-        class and weight names. What each step applied (learning rates, accumulation, autocast,
-        clipping) is recorded as observed (:mod:`reprodl.training.components`).
+        :meth:`loader` records its own). A wrapped model (``torch.compile``'d, DDP, DataParallel,
+        Lightning Fabric's ``fabric.setup``) is recorded by its original class and weight names, and
+        an optimiser wrapped by Fabric by the one inside. What each step applied (learning rates,
+        accumulation, autocast, clipping) is recorded as observed (:mod:`reprodl.training.components`).
         """
         if isinstance(optimizer, torch.optim.Optimizer):
             optimizers = [optimizer]

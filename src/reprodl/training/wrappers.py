@@ -1,0 +1,76 @@
+"""The one policy for what a run records of a wrapped model or optimiser: the original inside.
+
+``torch.compile``'s ``OptimizedModule``, DistributedDataParallel, DataParallel and Lightning
+Fabric's ``_FabricModule`` are looked through to the user's module (recorded, traced and saved by
+its class, source and weight names); Fabric's ``_FabricOptimizer`` to the optimiser inside (recorded
+by its class and hyperparameters; its hooks count each step once). ``torch.compile``'s and Fabric's
+wrappers are known by their type's name and what they hold, never imported: a plain script
+imports neither the compiler stack nor Lightning.
+
+Example:
+    >>> original_module(torch.nn.DataParallel(torch.nn.Linear(2, 1)))[0]  # doctest: +SKIP
+    Linear(in_features=2, out_features=1, bias=True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from reprodl.training.distributed import unwrap
+
+
+def original_module(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
+    """(the module inside its wrappers, whether one of them was ``torch.compile``'s).
+
+    The wrappers: DistributedDataParallel and DataParallel (``.module``), ``torch.compile``'s
+    ``OptimizedModule`` (``_orig_mod``) and Lightning Fabric's ``_FabricModule`` (``_forward_module``,
+    itself possibly a compiled or DDP module), in any nesting: the model is recorded, traced and
+    saved by that module (its class, source and weight names).
+    """
+    compiled = False
+    while (inside := _wrapped(model)) is not None:
+        model, kind = inside
+        compiled = compiled or kind == "compile"
+    return model, compiled
+
+
+def forward_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose forward runs inside Fabric's precision context: ``model`` without Fabric's wrapper.
+
+    Its forward pre-hooks see the autocast Fabric's mixed precision enters around it (the
+    wrapper's own see none); other wrappers are kept (a compiled module is hooked as given).
+    """
+    while (inside := _wrapped(model)) is not None and inside[1] == "fabric":
+        model = inside[0]
+    return model
+
+
+def _wrapped(model: torch.nn.Module) -> tuple[torch.nn.Module, str] | None:
+    """(the module ``model`` wraps, the wrapper's kind: "parallel", "compile" or "fabric"), or None."""
+    if isinstance(model, torch.nn.DataParallel):
+        return model.module, "parallel"
+    if (inner := unwrap(model)) is not model:
+        return inner, "parallel"
+    name = type(model).__name__
+    held = model.__dict__.get("_modules", {})  # a wrapper's submodules, read without its __getattr__
+    if name == "OptimizedModule" and isinstance(held.get("_orig_mod"), torch.nn.Module):
+        return held["_orig_mod"], "compile"
+    if name == "_FabricModule" and isinstance(held.get("_forward_module"), torch.nn.Module):
+        return held["_forward_module"], "fabric"
+    return None
+
+
+def original_optimizer(optimizer: Any) -> Any:
+    """The optimiser inside Lightning Fabric's wrapper (``_FabricOptimizer``, whose class Fabric makes per
+    optimiser class: ``FabricSGD``), else ``optimizer`` itself; recorded by its class and hyperparameters.
+
+    The wrapper's ``step`` steps the optimiser inside once, whose hooks count it.
+    """
+    while any(c.__name__ == "_FabricOptimizer" for c in type(optimizer).__mro__):
+        inner = vars(optimizer).get("_optimizer")
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            break
+        optimizer = inner
+    return optimizer

@@ -400,4 +400,4 @@ def test_config_changes_tell_a_dotted_key_from_a_nested_one():
     assert any("a.b" in c for c in changes)
     assert config_changes({"params": {"lr": 0.1}}, {"params": {"lr": 0.2}}) == ["params.lr: 0.1 -> 0.2"]
     assert config_changes({"x": {}}, {"x": {}}) == []
-    assert config_changes({"x": {}}, {"x": None}) == ['x: {} -> null']
+    assert config_changes({"x": {}}, {"x": None}) == ["x: {} -> null"]

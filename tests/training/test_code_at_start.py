@@ -10,6 +10,7 @@ from pathlib import Path
 from user_scripts import run_script, user_repo
 
 from reprodl.modeldataset.read import load_record
+from reprodl.provenance import ProvenanceRecord, summary_lines
 
 SCRIPT = """\
 import sys
@@ -52,3 +53,40 @@ def test_require_clean_code_refuses_before_training_starts(tmp_path: Path) -> No
     assert res.returncode != 0
     assert "DirtyCodeError" in res.stderr
     assert not (repo / "TRAINING_STARTED").exists()
+
+
+def _code_line(record: ProvenanceRecord) -> str:
+    return next(line for line in summary_lines(record) if line.startswith("Code: git"))
+
+
+def test_the_summary_says_what_was_stored_and_names_no_patch_when_there_is_none(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    (repo / "helper.py").write_text("Z = 1\n")  # untracked code: stored, no tracked change
+    res = run_script(repo, "train.py", str(tmp_path / "models"))
+    assert res.returncode == 0, res.stderr
+    git = load_record(str(tmp_path / "models" / "late")).code.git
+    assert git is not None and git.dirty and git.patch_item is None
+    line = _code_line(load_record(str(tmp_path / "models" / "late")))
+    assert "patch" not in line, line
+    assert "1 untracked file" in line and "code/untracked/" in line, line
+
+    for written in ("TRAINING_STARTED", "late_helper.py"):  # what the first run wrote
+        (repo / written).unlink()
+    (repo / "tracked.py").write_text("Y = 3\n")  # now a tracked change too
+    res = run_script(repo, "train.py", str(tmp_path / "more"))
+    assert res.returncode == 0, res.stderr
+    record = load_record(str(tmp_path / "more" / "late"))
+    assert record.code.git is not None and record.code.git.patch_item == "code.patch"
+    line = _code_line(record)
+    assert "patch code.patch" in line and "1 untracked file" in line, line
+
+
+def test_files_in_the_runs_base_directory_are_its_outputs_not_code(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    (repo / "runs").mkdir()
+    (repo / "runs" / "old-notes.txt").write_text("an earlier run's notes\n")  # not git-ignored
+    res = run_script(repo, "train.py", "runs", "--require-clean")  # clean: the base directory is no code
+    assert res.returncode == 0, res.stderr
+    git = load_record(str(repo / "runs" / "late")).code.git
+    assert git is not None and not git.dirty and git.untracked_items == []
+    assert git.untracked_skipped_reasons == {"runs/old-notes.txt": "run output"}

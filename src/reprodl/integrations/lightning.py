@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,7 +112,7 @@ class ReprodlCallback(Callback):
                 "processes (world_size): train with devices=1, or record with reprodl.start_run"
             )
         settings = trainer_settings(trainer)  # before the run applies its determinism settings
-        self.run = run = self._start(global_seed())
+        self.run = run = self._start(global_seed(), output_dirs(trainer))
         if settings["deterministic"] is False and self.deterministic:
             changed_setting(
                 run.determinism,
@@ -199,8 +200,10 @@ class ReprodlCallback(Callback):
             run.__exit__(type(exception), exception, exception.__traceback__)  # writes nothing
 
     # --- the run -------------------------------------------------------------------------------
-    def _start(self, seed: int) -> Run:
-        """The run, entered; the global generators left as ``seed_everything`` and the model left them."""
+    def _start(self, seed: int, outputs: list[Path] | None = None) -> Run:
+        """The run, entered; the global generators left as ``seed_everything`` and the model left them.
+
+        ``outputs``: the directories the Trainer writes to, whose untracked files are not code."""
         run = Run(
             self.base_uri,
             self.name,
@@ -209,6 +212,7 @@ class ReprodlCallback(Callback):
             deterministic=self.deterministic,
             require_clean_code=self.require_clean_code,
         )
+        run._output_dirs = list(outputs or [])
         state = rng_state()
         run.__enter__()
         if run.seed == seed:  # else a reproduction asked for another seed: keep the run's seeding
@@ -324,6 +328,26 @@ def global_seed() -> int:
         return int(raw)
     except ValueError:
         raise ParametersError(f"{SEED_ENV} should be an integer seed, but got {SEED_ENV}={raw!r}") from None
+
+
+def output_dirs(trainer: Any) -> list[Path]:
+    """The directories the Trainer writes to: each logger's (``lightning_logs/``, all its versions, when
+    the logger has a root directory, else ``trainer.log_dir``) and each checkpoint callback's.
+
+    Lightning's logger writes there before ``on_fit_start`` and earlier fits left their versions and
+    checkpoints: outputs, not code. A directory holding the working directory (``default_root_dir``,
+    a logger with no name) is never left out (:func:`reprodl.training.source.capture_code`)."""
+    found: list[Any] = []
+    for logger in getattr(trainer, "loggers", None) or []:
+        found += [getattr(logger, "root_dir", None), getattr(logger, "log_dir", None)]
+    if getattr(trainer, "loggers", None):
+        found.append(getattr(trainer, "log_dir", None))
+    found += [getattr(c, "dirpath", None) for c in getattr(trainer, "checkpoint_callbacks", None) or []]
+    out: list[Path] = []
+    for path in found:
+        if isinstance(path, (str, os.PathLike)) and "://" not in str(path) and Path(path) not in out:
+            out.append(Path(path))
+    return out
 
 
 def trainer_settings(trainer: Any) -> dict[str, Any]:

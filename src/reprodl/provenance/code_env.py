@@ -8,13 +8,20 @@ from pydantic import Field
 
 from reprodl.provenance._part import _Part
 
+# The reason a skipped untracked file names when it lay in a directory the run writes to (its models'
+# base directory, a Trainer's logs and checkpoints): an output, not code, and no cause of a dirty tree.
+RUN_OUTPUT = "run output"
+
 
 class GitInfo(_Part):
     """The git state of the training code."""
 
     commit: str | None = Field(None, description="HEAD commit")
     branch: str | None = Field(None, description="checked-out branch")
-    dirty: bool = Field(False, description="whether tracked files had changed or untracked files existed")
+    dirty: bool = Field(
+        False,
+        description="whether tracked files had changed or untracked files existed (the run's outputs aside)",
+    )
     remote: str | None = Field(None, description="URL of the origin remote (git config remote.origin.url)")
     root: str | None = Field(None, description="the repository's root directory")
     patch_item: str | None = Field(None, description="item holding git diff HEAD, when tracked files had changed")
@@ -25,7 +32,9 @@ class GitInfo(_Part):
     untracked_skipped_reasons: dict[str, str] = Field(
         default_factory=dict,
         description="why each skipped untracked file was not stored: secret, too large, "
-        "symbolic link, outside the repository, or opted out (store_untracked=False)",
+        "symbolic link, outside the repository, opted out (store_untracked=False), or run output (in a "
+        "directory the run writes to: its models' base directory, a Lightning Trainer's log or checkpoint "
+        "directory; not code, and no cause of dirty)",
     )
     store_untracked: bool = Field(True, description="whether untracked files were stored with the model")
     patch_skipped: list[str] = Field(

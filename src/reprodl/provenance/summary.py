@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from reprodl import keys
+from reprodl.provenance.code_env import RUN_OUTPUT, GitInfo
 from reprodl.provenance.fields import field_values, schema_path, summarised
 from reprodl.provenance.record import EpochMetrics, ProvenanceRecord
 
@@ -148,7 +150,8 @@ def _code_lines(record: ProvenanceRecord) -> list[str]:
     lines: list[str] = []
     git = record.code.git
     if git and git.commit:
-        lines.append(f"Code: git {git.commit[:12]} on {git.branch}" + (" (dirty; patch stored)" if git.dirty else ""))
+        state = dirty_state(git)
+        lines.append(f"Code: git {git.commit[:12]} on {git.branch}" + (f" ({state})" if state else ""))
     if record.code.config_file:
         lines.append(f"Training config: {record.code.config_file}")
     elif record.code.entry_script:
@@ -161,6 +164,37 @@ def _code_lines(record: ProvenanceRecord) -> list[str]:
             "reprodl reproduce re-executes it with --trust-code"
         )
     return lines
+
+
+def dirty_state(git: GitInfo) -> str | None:
+    """What a dirty tree left with the model, exactly: the patch of tracked changes and the untracked files
+    stored (naming their items), and what was not stored; None for a clean tree.
+
+    Example: ``dirty; stored: patch code.patch of tracked changes, 2 untracked files in code/untracked/``.
+    """
+    if not git.dirty:
+        return None
+    stored: list[str] = []
+    if git.patch_item:
+        stored.append(f"patch {git.patch_item} of tracked changes")
+    n = len(git.untracked_items)
+    if n:
+        folder = f"{keys.CODE_DIR}untracked/"
+        stored.append(f"{n} untracked file{'' if n == 1 else 's'} in {folder}")
+    not_stored: list[str] = []
+    if git.patch_sha256 and not git.patch_item:
+        not_stored.append("the patch of tracked changes")
+    if git.patch_skipped:
+        not_stored.append(f"changes to {len(git.patch_skipped)} secret-named tracked file(s)")
+    why = git.untracked_skipped_reasons
+    skipped = [rel for rel in git.untracked_skipped if why.get(rel) != RUN_OUTPUT]
+    if skipped:
+        not_stored.append(f"{len(skipped)} untracked file(s), see code.git.untracked_skipped_reasons")
+    parts = ["dirty"]
+    parts.append("stored: " + ", ".join(stored) if stored else "nothing stored")
+    if not_stored:
+        parts.append("not stored: " + ", ".join(not_stored))
+    return "; ".join(parts)
 
 
 def _lineage_lines(record: ProvenanceRecord) -> list[str]:

@@ -9,6 +9,7 @@ from reprodl import keys
 from reprodl.errors import ReprodlError
 from reprodl.modeldataset.read import load_trace, read_record
 from reprodl.provenance import DataRef, ProvenanceRecord
+from reprodl.provenance.summary import dirty_state
 from reprodl.reports import plots
 from reprodl.reports.context import Context, mapping
 from reprodl.reports.html import Raw, details, esc, kv_table, note, pre, section, table
@@ -282,7 +283,7 @@ def environment_section(record: ProvenanceRecord) -> str:
     code_rows = [
         (
             "git commit",
-            f"{git.commit} on {git.branch}" + (" (dirty: patch stored)" if git.dirty else "")
+            f"{git.commit} on {git.branch}" + (f" ({dirty_state(git)})" if git.dirty else "")
             if git and git.commit
             else None,
         ),

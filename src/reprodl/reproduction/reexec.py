@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import importlib.machinery
@@ -241,11 +242,11 @@ def execute(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), here) if p)
     command = [sys.executable, *plan.command[1:]]
     with reporting_progress(record.training.optimizer_steps, on_output) as progress_env:  # a silent script too
-        rc = _run(command, cwd, {**env, **progress_env}, on_output)
+        rc, tail = _run(command, cwd, {**env, **progress_env}, on_output)
     if rc != 0:
         raise ReproductionError(
             f"the recorded command `{' '.join(plan.command)}` exited with status {rc} in the stored code; "
-            "nothing was compared (its output above says why)"
+            "nothing was compared (its output above says why)" + missing_file_hint(tail, cwd)
         )
     runs = [json.loads(line) for line in report_file.read_text().splitlines()] if report_file.is_file() else []
     uri = next((r["uri"] for r in runs if r["name"] == name), None)
@@ -329,16 +330,63 @@ def _check_not_code(path: Path, name: str) -> None:
         )
 
 
-def _run(command: list[str], cwd: Path, env: dict[str, str], on_output: Callable[[str], None] | None) -> int:
-    if on_output is None:
-        return subprocess.run(command, cwd=cwd, env=env, check=False).returncode
+TAIL_LINES = 40  # of the re-run's output (its stderr, without on_output), kept to explain a failure
+
+
+def _run(
+    command: list[str], cwd: Path, env: dict[str, str], on_output: Callable[[str], None] | None
+) -> tuple[int, list[str]]:
+    """(exit status, last :data:`TAIL_LINES` lines) of ``command``: its output, stderr included, goes to
+    ``on_output``; without one, stdout goes where this process's goes and stderr is passed on to its."""
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    merged = on_output is not None
     with subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE if merged else None,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+        text=True,
+        errors="replace",
+        bufsize=1,
     ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            on_output(line.rstrip("\n"))
-    return proc.returncode
+        stream = proc.stdout if merged else proc.stderr
+        assert stream is not None
+        for line in stream:
+            if on_output is not None:
+                on_output(line.rstrip("\n"))
+            else:
+                sys.stderr.write(line)
+            tail.append(line.rstrip("\n"))
+    return proc.returncode, list(tail)
+
+
+# Python's message for a missing file: FileNotFoundError: [Errno 2] No such file or directory: 'data/x.pt'
+_MISSING_FILE = re.compile(r"(?:FileNotFoundError|No such file or directory)\b.*?: *(['\"])(?P<path>[^'\"]+)\1")
+
+
+def missing_file_hint(tail: list[str], cwd: Path) -> str:
+    """A hint for a re-run that failed on a missing file (found in the last lines of its output), else "".
+
+    The re-run runs in a copy of the recorded code: a file the code reads by a relative path that the
+    code snapshot does not hold (a data file kept out of git) is not there."""
+    path = next((m["path"] for line in reversed(tail) for m in [_MISSING_FILE.search(line)] if m), None)
+    if path is None:
+        return ""
+    inside = not os.path.isabs(path) or Path(os.path.realpath(path)).is_relative_to(os.path.realpath(cwd))
+    if not inside:
+        return (
+            f". It could not find {path!r}: the re-run reads that absolute path on this machine, where it is "
+            "missing; put the file there, or record the data as a reprodl dataset (run.use / run.loader, "
+            "docs/own-loop.md section 6), which reproduce checks and finds again"
+        )
+    return (
+        f". It could not find {path!r}: the re-run runs in a copy of the recorded code, and a file read by a "
+        "relative path that the code snapshot does not hold (one kept out of git, such as a data file) is "
+        "missing there. Record the data as a reprodl dataset (run.use / run.loader, such as "
+        "run.use(TensorDataSet('data/digits')): the re-run finds it again at its relative path; docs/own-loop.md "
+        "section 6), or read the file by an absolute path"
+    )
 
 
 def compare_logged(a: ProvenanceRecord, b: ProvenanceRecord) -> list[dict[str, Any]]:

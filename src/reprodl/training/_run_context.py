@@ -83,7 +83,9 @@ def open_output(run: Run, stack: contextlib.ExitStack) -> None:
 
 def capture(run: Run, workdir: Path) -> None:
     """Capture the code (with its source snapshot) and the environment ``run`` records."""
-    code, run._patch, run._code_files = capture_code(None)
+    base = local_path(run.base_uri)
+    outputs = [*([base] if base is not None else []), *run._output_dirs]
+    code, run._patch, run._code_files = capture_code(None, outputs=outputs)
     if run.require_clean_code:
         require_clean(code)
     code.run = run_command(code, run.seed)

@@ -182,6 +182,9 @@ class Run:
         self._group: Group | None = None
         self._sampler_settings: dict[str, Any] = {}
         self._rank_digests: list[list[str]] = []
+        # Directories the run writes to besides its base directory (a Trainer's logs and checkpoints):
+        # their untracked files are its outputs, not code (set before the run starts).
+        self._output_dirs: list[Path] = []
 
     # --- what the recorder keeps (read and set by the checkpoints, :mod:`.resume`) -------------
     @property

@@ -11,12 +11,14 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from reprodl import keys
 from reprodl.errors import DirtyCodeError
 from reprodl.provenance import CodeInfo, GitInfo
+from reprodl.provenance.code_env import RUN_OUTPUT
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -129,6 +131,7 @@ SKIP_TOO_LARGE = "too large"
 SKIP_SYMLINK = "symbolic link"
 SKIP_OUTSIDE = "outside the repository"
 SKIP_OPTED_OUT = "opted out"  # store_untracked=False
+SKIP_RUN_OUTPUT = RUN_OUTPUT  # in a directory the run writes to: not code, and no cause of a dirty tree
 
 
 def secret_pattern(relpath: str) -> str | None:
@@ -177,7 +180,10 @@ def _skip_reason(root: Path, rel: str, size_so_far: int) -> tuple[str | None, in
 
 
 def capture_code(
-    where: str | os.PathLike[str] | None = None, *, store_untracked: bool = True
+    where: str | os.PathLike[str] | None = None,
+    *,
+    store_untracked: bool = True,
+    outputs: Sequence[str | os.PathLike[str]] = (),
 ) -> tuple[CodeInfo, str | None, dict[str, Path]]:
     """Code version of the entry script's repository (or ``where``).
 
@@ -188,7 +194,11 @@ def capture_code(
     Untracked files that git ignores are never listed; those named like secrets
     (:data:`SECRET_FILE_PATTERNS`), symbolic links and files too large are not stored, and
     the record names each with the reason (never its content). ``store_untracked=False``
-    stores none of them.
+    stores none of them. ``outputs`` are the directories the run writes to (its models' base
+    directory, a Trainer's log and checkpoint directories): the untracked files in them are its
+    outputs, not code, so they are neither stored nor make the tree dirty, and the record names
+    each as a ``run output``. A directory holding the working directory or the entry script is
+    never one (``default_root_dir`` is the working directory).
     """
     script = entry_script()
     base = Path(where) if where else (script.parent if script else Path.cwd())
@@ -205,12 +215,25 @@ def capture_code(
             info.entry_script_item = f"{keys.CODE_DIR}entry/{script.name}"
             files[info.entry_script_item] = script
         return info, None, files
-    info.git, patch, files = _capture_git(Path(root.strip()), store_untracked=store_untracked)
+    keep = [Path.cwd(), *([script] if script else [])]
+    out_dirs = [d for d in map(_resolved, outputs) if not any(_within(k, d) for k in map(_resolved, keep))]
+    info.git, patch, files = _capture_git(Path(root.strip()), store_untracked=store_untracked, outputs=out_dirs)
     return info, patch, files
 
 
-def _capture_git(root: Path, *, store_untracked: bool) -> tuple[GitInfo, str | None, dict[str, Path]]:
-    """(git info, patch, untracked files to store) of the repository at ``root``."""
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _within(path: Path, directory: Path) -> bool:
+    """Is ``path`` (resolved) ``directory`` (resolved) or inside it?"""
+    return path == directory or path.is_relative_to(directory)
+
+
+def _capture_git(
+    root: Path, *, store_untracked: bool, outputs: Sequence[Path] = ()
+) -> tuple[GitInfo, str | None, dict[str, Path]]:
+    """(git info, patch, untracked files to store) of the repository at ``root``; ``outputs`` resolved."""
     # Independent read-only queries: run them at once rather than one after another.
     res = _git_many(
         {
@@ -235,15 +258,20 @@ def _capture_git(root: Path, *, store_untracked: bool) -> tuple[GitInfo, str | N
     untracked = sorted(e for e in (res["untracked"] or "").split("\0") if e)
     # Datasets and models (and the one being written) inside the repository are data, not code.
     untracked = [rel for rel in untracked if not _inside_dataset(root, rel)]
-    files, reasons = _select_untracked(root, untracked, store_untracked=store_untracked)
+    # What the run writes (its base directory, a Trainer's logs and checkpoints) is its output, not code.
+    real_root = _resolved(root)
+    produced = {rel for rel in untracked if any(_within(real_root / rel, d) for d in outputs)} if outputs else set()
+    code = [rel for rel in untracked if rel not in produced]
+    files, reasons = _select_untracked(root, code, store_untracked=store_untracked)
+    reasons.update(dict.fromkeys(sorted(produced), SKIP_RUN_OUTPUT))
     skipped = list(reasons)[:200]
     git = GitInfo(
         commit=commit,
         branch=(res["branch"] or "").strip() or None,
-        dirty=bool(patch) or bool(patch_skipped) or bool(untracked),
+        dirty=bool(patch) or bool(patch_skipped) or bool(code),
         remote=(res["remote"] or "").strip() or None,
         root=str(root),
-        untracked=untracked[:200],
+        untracked=(code + sorted(produced))[:200],
         untracked_items=list(files),
         untracked_skipped=skipped,
         untracked_skipped_reasons={rel: reasons[rel] for rel in skipped},
@@ -279,8 +307,9 @@ def _select_untracked(
 def untracked_summary(git: GitInfo | None) -> str | None:
     """One line for people: what untracked files were stored with a model and what was skipped.
 
-    Example: ``stored 2 untracked files: a.py, b.py (skipped: .env [secret])``; None when the
-    training ran outside git or found no untracked file.
+    Example: ``stored 2 untracked files: a.py, b.py (skipped: .env [secret])``, then the files left
+    out as the run's outputs (``; left out as the run's outputs (not code): 1 file (runs/x.log)``);
+    None when the training ran outside git or found no untracked file.
     """
     if git is None or not (git.untracked_items or git.untracked_skipped or git.patch_skipped):
         return None
@@ -289,15 +318,21 @@ def untracked_summary(git: GitInfo | None) -> str | None:
     line = f"stored {len(names)} untracked file{'' if len(names) == 1 else 's'}"
     if names:
         line += ": " + ", ".join(names)
-    if git.untracked_skipped:
-        why = git.untracked_skipped_reasons
+    why = git.untracked_skipped_reasons
+    outputs = [n for n in git.untracked_skipped if why.get(n) == SKIP_RUN_OUTPUT]
+    skipped = [n for n in git.untracked_skipped if why.get(n) != SKIP_RUN_OUTPUT]
+    if skipped:
         line += (
             " ("
             + ("store_untracked=False; " if not git.store_untracked else "")
             + "skipped: "
-            + ", ".join(f"{n} [{why.get(n, SKIP_TOO_LARGE)}]" for n in git.untracked_skipped)
+            + ", ".join(f"{n} [{why.get(n, SKIP_TOO_LARGE)}]" for n in skipped)
             + ")"
         )
+    if outputs:
+        shown = ", ".join(outputs[:3]) + (", ..." if len(outputs) > 3 else "")
+        line += f"; left out as the run's outputs (not code): {len(outputs)} file{'' if len(outputs) == 1 else 's'}"
+        line += f" ({shown})"
     if git.patch_skipped:
         line += f"; left out of the code patch: {', '.join(git.patch_skipped)} [secret]"
     return line
@@ -326,7 +361,9 @@ def require_clean(info: CodeInfo) -> None:
         )
     if git.dirty:
         changed = "tracked files changed" if git.patch_sha256 else ""
-        extra = f"{len(git.untracked)} untracked file(s): {', '.join(git.untracked[:5])}" if git.untracked else ""
+        why = git.untracked_skipped_reasons
+        code = [rel for rel in git.untracked if why.get(rel) != SKIP_RUN_OUTPUT]
+        extra = f"{len(code)} untracked file(s): {', '.join(code[:5])}" if code else ""
         raise DirtyCodeError(
             f"refusing to train: the repository at {git.root} has uncommitted changes "
             f"({'; '.join(x for x in (changed, extra) if x)}). Commit them (or train without --require-clean, "

@@ -124,3 +124,25 @@ def test_a_loss_neither_run_recorded_is_not_shown_as_nan_to_nan() -> None:
     assert _losses(float("nan"), float("nan")) is None
     assert _losses(0.5, 0.25) == {"recorded": 0.5, "reproduced": 0.25}
     assert _losses(0.5, float("nan"))["recorded"] == 0.5  # one side known: both shown
+
+
+def test_a_step_whose_inputs_or_indices_one_run_did_not_trace_is_compared_by_its_state() -> None:
+    """0 in ``inputs``/``indices`` says "not traced" (a record made before Lightning's batches were traced):
+    a re-run that traces them matches it; traced on both sides and different, the step differs."""
+    import numpy as np
+
+    from reprodl.reproduction.divergence import TraceComparer
+    from reprodl.training.trace import row_dtype
+
+    recorded = np.zeros(3, dtype=row_dtype(1))
+    recorded["step"] = [1, 2, 3]
+    recorded["digest"] = [[11], [12], [13]]
+    rerun = recorded.copy()
+    rerun["inputs"], rerun["indices"] = [5, 6, 7], [8, 9, 10]
+    comparer = TraceComparer(recorded, ["w"])
+    comparer.compare_all(rerun)
+    assert comparer.first is None and comparer.compared == 3
+    recorded["inputs"] = [5, 6, 99]  # traced on both sides: compared
+    comparer = TraceComparer(recorded, ["w"])
+    comparer.compare_all(rerun)
+    assert comparer.first is not None and comparer.first["step"] == 3 and comparer.first["contents_differ"] is True

@@ -243,6 +243,8 @@ def _reproduce(uri: str) -> tuple[Any, list[str]]:
 def test_script_clean_rerun_is_identical(script_runs):
     report, _ = _reproduce(script_runs["plain"])
     assert report.verdict == "identical", report.reasons
+    t = report.timings  # like for like: each record's training time; the re-run's whole process apart
+    assert t["training_s"] < t["process_s"] and t["original_training_s"] is not None
     assert report.divergence is not None and report.divergence.matched_to_end
 
 

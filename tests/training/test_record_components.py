@@ -232,6 +232,9 @@ def test_a_model_updated_by_hand_is_traced_per_backward_pass(tmp_path: Path) -> 
     assert rows is not None and len(rows) == steps
     assert len({tuple(r) for r in rows["digest"].tolist()}) == steps  # after each update: every step differs
     assert [c.values for c in lm.clipping] == [{"function": "clip_grad_norm_", "max_norm": 0.25, "norm_type": 2.0}]
+    # no run.loader: the first step's operations are logged from the model's first forward pass
+    assert record.results.trace.oplog and [o.step for o in record.results.trace.oplog] == [1]
+    assert record.results.trace.oplog[0].n_ops > 10
 
 
 # --- a nanoGPT-like loop -----------------------------------------------------------------------
@@ -312,6 +315,7 @@ def test_a_closure_optimiser_is_recorded_with_each_step(tmp_path: Path) -> None:
     assert (opt.name, opt.class_name, opt.closure, opt.steps) == ("regression", "LBFGS", True, 3)
     assert record.models[0].name == "regression" and record.training.optimizer_steps == 3
     assert record.results.trace is not None and record.results.trace.n_steps == 3
+    assert record.results.trace.oplog and record.results.trace.oplog[0].step == 1  # from the closure's forward
 
 
 @pytest.mark.slow  # importing torch's compiler stack takes a while on a busy machine
@@ -425,6 +429,15 @@ def test_lightning_manual_optimisation_records_every_optimiser_and_every_step(
     ]
     assert record.training.optimizer_steps == 2 * batches
     assert record.results.trace is not None and record.results.trace.n_steps == 2 * batches
+    # each step's epoch, batch and inputs are traced, and the first step's operations logged (as run.loader's are)
+    rows = load_trace(open_dataset(str(callback.uri)), record)
+    assert rows is not None
+    assert [(int(r["epoch"]), int(r["batch"])) for r in rows[:3]] == [(1, 1), (1, 1), (1, 2)]
+    # a batch's inputs go to the first step after it (the discriminator's); the generator's step learnt from none
+    assert (rows["inputs"][0::2] != 0).all() and (rows["inputs"][1::2] == 0).all()
+    assert rows["inputs"][0::2].tolist() == 2 * rows["inputs"][0:8:2].tolist()  # unshuffled: epoch 2's batches again
+    assert len(set(rows["inputs"][0::2].tolist())) == batches // 2
+    assert record.results.trace.oplog and record.results.trace.oplog[0].step == 1
 
 
 # --- Lightning Fabric: run.watch given what fabric.setup returned ----------------------------------

@@ -242,8 +242,9 @@ def print_report(report: ReproductionReport) -> None:
     _print_checks(report)
     _print_comparison(report)
     t = report.timings
+    process = f", the re-run's process {t['process_s']:.2f}s" if "process_s" in t else ""
     out.print(
-        f"time: re-training {t.get('training_s', 0):.2f}s (original {t.get('original_training_s', 0):.2f}s), "
+        f"time: re-training {t.get('training_s', 0):.2f}s (original {t.get('original_training_s', 0):.2f}s{process}), "
         f"total {t.get('total_s', 0):.2f}s"
     )
     for reason in report.reasons:

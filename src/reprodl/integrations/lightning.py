@@ -151,6 +151,12 @@ class ReprodlCallback(Callback):
         self._tap(trainer.train_dataloader)
         self._use_val_loaders(trainer)
 
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        """Where the step is (epoch and batch, from 1) and its inputs' digest in the trace; the operation log
+        of the first step starts here."""
+        if self.run is not None:
+            self.run._on_batch(trainer.current_epoch + 1, batch_idx + 1, None, batch)
+
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._log_ended_epoch(trainer)
         if self._first_epoch is None:

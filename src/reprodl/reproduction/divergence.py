@@ -99,6 +99,7 @@ def _same(a: float, b: float) -> bool:
 
 
 _WHERE = ("step", "epoch", "batch")
+_EVIDENCE = ("indices", "inputs")  # what a step learnt from, compared where both runs traced it
 
 
 class TraceComparer:
@@ -193,6 +194,8 @@ class TraceComparer:
 
     def _row_equal(self, was: np.void, now: np.void) -> bool:
         names = [n for n in (was.dtype.names or ()) if n not in _WHERE and n in (now.dtype.names or ())]
+        if self.kind == "exact":  # 0: the batch's indices or inputs not traced (a record made before they were)
+            names = [n for n in names if n not in _EVIDENCE or (int(was[n]) != 0 and int(now[n]) != 0)]
         return all(np.array_equal(was[n], now[n], equal_nan=was[n].dtype.kind == "f") for n in names)
 
     def _describe(self, was: np.void, now: np.void) -> dict[str, Any]:
@@ -364,6 +367,7 @@ def input_changes(record: ProvenanceRecord, new: ProvenanceRecord) -> list[Input
                 text = f"data: {label}'s {what} changed ({_short(a)} -> {_short(b)})"
                 out.append(InputChange("data", text, was.role))
                 break
+    out.sort(key=lambda c: c.role != "train")  # what the steps learnt from first (stable: the rest as recorded)
     a_init, b_init = record.architecture.initial_weights_sha256, new.architecture.initial_weights_sha256
     if a_init and b_init and a_init != b_init:
         text = f"initial weights: their digest changed ({_short(a_init)} -> {_short(b_init)})"

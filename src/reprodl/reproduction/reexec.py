@@ -337,28 +337,34 @@ def _run(
     command: list[str], cwd: Path, env: dict[str, str], on_output: Callable[[str], None] | None
 ) -> tuple[int, list[str]]:
     """(exit status, last :data:`TAIL_LINES` lines) of ``command``: its output, stderr included, goes to
-    ``on_output``; without one, stdout goes where this process's goes and stderr is passed on to its."""
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    merged = on_output is not None
-    with subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE if merged else None,
-        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
-        text=True,
-        errors="replace",
-        bufsize=1,
-    ) as proc:
-        stream = proc.stdout if merged else proc.stderr
-        assert stream is not None
-        for line in stream:
-            if on_output is not None:
+    ``on_output``; without one, stdout goes where this process's goes and stderr is passed on to its as
+    it comes, byte for byte (a progress bar's carriage returns kept), its last bytes kept for the tail."""
+    if on_output is not None:
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        with subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            errors="replace", bufsize=1,
+        ) as proc:  # fmt: skip
+            assert proc.stdout is not None
+            for line in proc.stdout:
                 on_output(line.rstrip("\n"))
+                tail.append(line.rstrip("\n"))
+        return proc.returncode, list(tail)
+    last = b""
+    out = getattr(sys.stderr, "buffer", None)
+    with subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE) as raw:
+        assert raw.stderr is not None
+        while chunk := os.read(raw.stderr.fileno(), 1 << 16):
+            if out is not None:
+                out.write(chunk)
+                out.flush()
             else:
-                sys.stderr.write(line)
-            tail.append(line.rstrip("\n"))
-    return proc.returncode, list(tail)
+                sys.stderr.write(chunk.decode(errors="replace"))
+            last = (last + chunk)[-TAIL_BYTES:]
+    return raw.returncode, last.decode(errors="replace").splitlines()[-TAIL_LINES:]
+
+
+TAIL_BYTES = 1 << 16  # of a re-run's stderr, kept to look for why it failed
 
 
 # Python's message for a missing file: FileNotFoundError: [Errno 2] No such file or directory: 'data/x.pt'

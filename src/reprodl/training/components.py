@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ from reprodl.modeldataset.weights import state_dict_sha256
 from reprodl.provenance import CallableInfo
 from reprodl.provenance.record import ModelComponent, OptimizerComponent, StepChange
 from reprodl.training.describe import describe_architecture, describe_callable, describe_optimizer, jsonable
-from reprodl.training.wrappers import forward_module, original_module, original_optimizer
+from reprodl.training.wrappers import RunHooks, forward_module, original_module, original_optimizer
 
 CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_")
 _NOT_HYPERPARAMETERS = frozenset({"params", "param_names", "initial_lr"})
@@ -197,37 +196,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class _RunHooks(OrderedDict):  # torch's hook dict: id -> hook
-    """A module's forward pre-hooks that leave the run's own out when the module is pickled or copied.
-
-    A script may ``torch.save(model)`` (the whole module, as PyTorch's word-language-model example
-    does) or ``copy.deepcopy(model)`` while the run watches it: the copy gets the script's hooks,
-    never the run's (a closure that cannot be pickled and that would count the copy's passes).
-    """
-
-    ours: set[int]
-
-    def __reduce__(self) -> Any:
-        kept = [(k, v) for k, v in self.items() if k not in self.ours]
-        return (OrderedDict, (), None, None, iter(kept))
-
-    @classmethod
-    def installed(cls, module: torch.nn.Module) -> _RunHooks | None:
-        """The module's pre-hook dict as one of these (swapped in while it is empty), or None.
-
-        A module that has hooks of the script's already keeps its dict (their handles point at it).
-        """
-        hooks = module._forward_pre_hooks
-        if isinstance(hooks, cls):
-            return hooks
-        if hooks:
-            return None
-        mine = cls()
-        mine.ours = set()
-        module._forward_pre_hooks = mine  # a subclass of the dict torch keeps
-        return mine
-
-
 class ComponentWatcher:
     """Every model and optimiser a run watches; ``on_step`` is called after each step of any of them.
 
@@ -235,8 +203,8 @@ class ComponentWatcher:
     backward passes, in the order they happened): the trace's and the record's step numbers.
     """
 
-    def __init__(self, on_step: Callable[[], None]) -> None:
-        self.on_step = on_step
+    def __init__(self, on_step: Callable[[], None], *, on_forward: Callable[[], None] | None = None) -> None:
+        self.on_step, self.on_forward = on_step, on_forward
         self.models: list[WatchedModel] = []
         self.step = 0
         self._hooks: list[Any] = []
@@ -385,13 +353,12 @@ class ComponentWatcher:
             if watched.pending:
                 self._complete(watched)
             if torch.is_grad_enabled():
-                enabled = torch.is_autocast_enabled(device)
-                if enabled or watched.autocast["enabled"]:
-                    dtype = str(torch.get_autocast_dtype(device)) if enabled else None
-                    watched.autocast = {"enabled": enabled, "device_type": device, "dtype": dtype}
+                _note_autocast(watched, device)
+                if self.on_forward is not None:
+                    self.on_forward()
 
         hooked = forward_module(watched.given)
-        hooks = _RunHooks.installed(hooked)
+        hooks = RunHooks.installed(hooked)
         handle = hooked.register_forward_pre_hook(on_forward)
         if hooks is not None:
             hooks.ours.add(handle.id)
@@ -460,6 +427,14 @@ class ComponentWatcher:
         order += [w for w in self.models if w not in order]
         models = [w.describe(saved.get(w.name), weights_files.get(w.name)) for w in order]
         return models, [o.describe() for w in order for o in w.optimizers]
+
+
+def _note_autocast(watched: WatchedModel, device: str) -> None:
+    """Note whether this forward pass runs under autocast (and its dtype), when that is or was on."""
+    enabled = torch.is_autocast_enabled(device)
+    if enabled or watched.autocast["enabled"]:
+        dtype = str(torch.get_autocast_dtype(device)) if enabled else None
+        watched.autocast = {"enabled": enabled, "device_type": device, "dtype": dtype}
 
 
 def _pair_schedulers(optimizers: Sequence[Any], schedulers: Sequence[Any]) -> list[Any]:

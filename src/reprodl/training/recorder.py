@@ -114,7 +114,7 @@ class Recorder:
     ) -> WatchedModel:
         """Watch ``model`` with its optimisers (see :meth:`ComponentWatcher.add`); the tracer covers it too."""
         if self.watcher is None:
-            self.watcher = ComponentWatcher(self._count_step)
+            self.watcher = ComponentWatcher(self._count_step, on_forward=self._on_forward)
             self.watcher.step = self.steps  # resumed: from the checkpoint's step
         watched = self.watcher.add(
             model, optimizers, name=name, schedulers=schedulers, loss=loss, init_params=init_params
@@ -171,6 +171,11 @@ class Recorder:
             self.after_step()
         if self.progress is not None:
             self.progress.step(self.steps)
+
+    def _on_forward(self) -> None:
+        """A watched model's forward pass with gradients: a step to log and not yet logged starts its log here."""
+        if self.tracer is not None:
+            self.tracer.forward()
 
     def take_row(self) -> None:
         """The trace row of the step just counted (no-op when none is due): the state as it is now."""

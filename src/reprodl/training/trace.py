@@ -187,6 +187,12 @@ class StepTracer:
         elif self._wants_oplog(self.n_steps + 1):
             self._oplogger = OpLogger.new(self.n_steps + 1).start()
 
+    def forward(self) -> None:
+        """A watched model's forward pass: the next step's operation log starts here when it is one to log and
+        no :meth:`batch` started it (a loop drawing its own batches, a closure optimiser)."""
+        if self._oplogger is None and self._wants_oplog(self.n_steps + 1):
+            self._oplogger = OpLogger.new(self.n_steps + 1).start()
+
     def _wants_oplog(self, step: int) -> bool:
         """Whether ``step`` (not yet logged) is one to log: a named one, or the step before a checkpoint."""
         if step in self._oplogs:

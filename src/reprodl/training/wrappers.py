@@ -7,6 +7,8 @@ by its class and hyperparameters; its hooks count each step once). ``torch.compi
 wrappers are known by their type's name and what they hold, never imported: a plain script
 imports neither the compiler stack nor Lightning.
 
+:class:`RunHooks` keeps the run's forward hook off a copy or pickle of the module it is installed on.
+
 Example:
     >>> original_module(torch.nn.DataParallel(torch.nn.Linear(2, 1)))[0]  # doctest: +SKIP
     Linear(in_features=2, out_features=1, bias=True)
@@ -14,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -74,3 +77,34 @@ def original_optimizer(optimizer: Any) -> Any:
             break
         optimizer = inner
     return optimizer
+
+
+class RunHooks(OrderedDict):  # torch's hook dict: id -> hook
+    """A module's forward pre-hooks that leave the run's own out when the module is pickled or copied.
+
+    A script may ``torch.save(model)`` (the whole module, as PyTorch's word-language-model example
+    does) or ``copy.deepcopy(model)`` while the run watches it: the copy gets the script's hooks,
+    never the run's (a closure that cannot be pickled and that would count the copy's passes).
+    """
+
+    ours: set[int]
+
+    def __reduce__(self) -> Any:
+        kept = [(k, v) for k, v in self.items() if k not in self.ours]
+        return (OrderedDict, (), None, None, iter(kept))
+
+    @classmethod
+    def installed(cls, module: torch.nn.Module) -> RunHooks | None:
+        """The module's pre-hook dict as one of these (swapped in while it is empty), or None.
+
+        A module that has hooks of the script's already keeps its dict (their handles point at it).
+        """
+        hooks = module._forward_pre_hooks
+        if isinstance(hooks, cls):
+            return hooks
+        if hooks:
+            return None
+        mine = cls()
+        mine.ours = set()
+        module._forward_pre_hooks = mine  # a subclass of the dict torch keeps
+        return mine

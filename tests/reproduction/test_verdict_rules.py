@@ -293,6 +293,7 @@ def test_script_logged_metric_that_did_not_come_back_differs_though_the_weights_
     assert report.verdict == "differs", report.reasons
     (metrics,) = [r for r in report.why if r.kind == "metrics"]
     assert "came back bit for bit" in metrics.text and "train_loss at epoch 1" in metrics.text
+    assert report.expectation is not None and report.expectation.held is True  # the bits the record expected came
     result = cli("reproduce", script_runs["plain"], "--trust-code", "-q")
     assert result.exit_code == 1 and "Verdict: differs" in result.output
 

@@ -167,11 +167,13 @@ class Expectation:
         """run_to_run, and every differing factor can be put back on this machine."""
         return self.expected == "run_to_run" and bool(self.factors) and all(f.restorable for f in self.factors)
 
-    def settle(self, verdict: str, *, confirmed: bool | None = None) -> Expectation:
+    def settle(self, verdict: str, *, confirmed: bool | None = None, bits_back: bool = False) -> Expectation:
         """This expectation with ``held`` decided by the re-run's ``verdict`` (and, for run_to_run, by the
-        replays: ``confirmed`` True when one brought the bits back, False when none did, None when none ran)."""
+        replays: ``confirmed`` True when one brought the bits back, False when none did, None when none ran);
+        ``bits_back``: the weights and every traced step came back bit for bit (a bitwise expectation held,
+        whatever else differed, such as a metric the run logged)."""
         if self.expected == "bitwise":
-            held: bool | None = verdict == "identical"
+            held: bool | None = verdict == "identical" or bits_back
         elif self.expected == "run_to_run":
             held = True if verdict == "identical" else confirmed
             if held is None and not self.restorable:

@@ -119,7 +119,7 @@ def judge(
     steps_ok = _steps_reasons(record, new, found, comparison.divergence)
     if not steps_ok:
         return Judgement("differs", found + _difference_reasons(record, comparison, nondeterminism=False))
-    came_back = comparison.weights.get("identical") and _trace_ok(comparison.divergence)
+    came_back = bits_back(comparison)
     changed = _metric_changes(comparison) if came_back else []
     if changed:
         found.append(_metrics_reason(changed))
@@ -199,6 +199,11 @@ def _restorable_reason(expectation: Expectation) -> Reason:
         f"({labels}) can be restored on this machine; re-run with `{how}` to reproduce it bit for bit: differs "
         "whatever the metrics say (pass --tolerance to judge within a tolerance)",
     )
+
+
+def bits_back(comparison: Comparison) -> bool:
+    """Whether every saved model's weights and every traced step came back bit for bit."""
+    return bool(comparison.weights.get("identical")) and _trace_ok(comparison.divergence)
 
 
 def _trace_ok(div: Divergence | None) -> bool:

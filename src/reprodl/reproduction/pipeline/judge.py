@@ -63,7 +63,9 @@ def judge(plan: Plan, checks: Checks, ran: RunResult, compared: Compared) -> Rep
         envelope=judgement.envelope if in_process else None,
         tolerance=dataclasses.asdict(request.tol),
         timings=timings,
-        expectation=compared.expectation.settle(judgement.verdict) if compared.expectation is not None else None,
+        expectation=compared.expectation.settle(judgement.verdict, bits_back=verdict.bits_back(compared.comparison))
+        if compared.expectation is not None
+        else None,
         why=judgement.why,
         divergence=comparison.divergence,
     )

@@ -354,9 +354,9 @@ run.finish()
 """
 
 
-def test_a_loop_without_a_loader_says_what_it_could_not_check_and_why_the_step_counts_differ(tmp_path, monkeypatch):
-    """Neither "same data" (the batches were drawn in the loop, not traced) nor "was the original interrupted?"
-    (the re-run ran longer because it diverged first) is claimed."""
+def test_a_loop_without_a_loader_finds_its_changed_batch_and_says_why_the_step_counts_differ(tmp_path, monkeypatch):
+    """The batches drawn in the loop are traced from the model's forward pass: a changed one is the cause, at
+    its step; "was the original interrupted?" is not claimed (the re-run ran longer because it diverged)."""
     repo = user_repo(tmp_path / "until", {"train.py": LOOP_UNTIL}, commit_message="until")
     (repo / "models").mkdir()
     res = run_script(repo, "train.py")
@@ -365,8 +365,9 @@ def test_a_loop_without_a_loader_says_what_it_could_not_check_and_why_the_step_c
     report, _ = _reproduce(str(repo / "models" / "until"))
     assert report.verdict == "differs", report.reasons
     div = report.divergence
-    assert div is not None and div.step == 5 and div.contents_differ is None
-    assert "batch contents not traced" in div.causes[0] and "same data" not in div.causes[0], div.causes
+    assert div is not None and div.step == 5 and div.contents_differ is True
+    assert div.causes[0].startswith("data: the batch at step 5 holds a changed item (sample indices not traced,")
+    assert COMPUTATION_DIFFERED not in " ".join(div.causes), div.causes
     steps = [r.text for r in report.why if r.kind == "steps"]
     if steps:  # the threshold was crossed at another step
         assert "after the step trace diverged at step 5" in steps[0] and "interrupted" not in steps[0], steps

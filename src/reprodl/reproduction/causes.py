@@ -82,7 +82,8 @@ def _data(f: Finding) -> list[str]:
     if not (f.divergence.contents_differ and not f.divergence.indices_differ):
         return [c.text for c in changes]
     was, now = f.first["contents"]
-    batch = f"the batch at {f.where} holds a changed item (same sample indices, its inputs' digest {was} -> {now})"
+    indices = "same sample indices" if f.divergence.indices_differ is False else "sample indices not traced"
+    batch = f"the batch at {f.where} holds a changed item ({indices}, its inputs' digest {was} -> {now})"
     if changes:
         return [f"{c.text}; {batch}" for c in changes]
     train = [r for r in f.evidence.data if r.role == "train"]

@@ -203,7 +203,7 @@ class ComponentWatcher:
     backward passes, in the order they happened): the trace's and the record's step numbers.
     """
 
-    def __init__(self, on_step: Callable[[], None], *, on_forward: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_step: Callable[[], None], *, on_forward: Callable[[Any], None] | None = None) -> None:
         self.on_step, self.on_forward = on_step, on_forward
         self.models: list[WatchedModel] = []
         self.step = 0
@@ -355,7 +355,7 @@ class ComponentWatcher:
             if torch.is_grad_enabled():
                 _note_autocast(watched, device)
                 if self.on_forward is not None:
-                    self.on_forward()
+                    self.on_forward(args)
 
         hooked = forward_module(watched.given)
         hooks = RunHooks.installed(hooked)

@@ -172,10 +172,10 @@ class Recorder:
         if self.progress is not None:
             self.progress.step(self.steps)
 
-    def _on_forward(self) -> None:
-        """A watched model's forward pass with gradients: a step to log and not yet logged starts its log here."""
+    def _on_forward(self, args: Any) -> None:
+        """A watched model's forward pass with gradients (its positional arguments): see :meth:`StepTracer.forward`."""
         if self.tracer is not None:
-            self.tracer.forward()
+            self.tracer.forward(args[0] if args and isinstance(args[0], torch.Tensor) else None)
 
     def take_row(self) -> None:
         """The trace row of the step just counted (no-op when none is due): the state as it is now."""

@@ -166,11 +166,13 @@ class StepTracer:
         self._tail: list[np.ndarray] = []
         self.stride = FIRST_STRIDE
         self._pending = _Pending()
+        self._batched = False  # whether batch() was ever called
 
     # --- what the training calls -----------------------------------------------------------
     def batch(self, *, indices: Sequence[int] | torch.Tensor | None = None, inputs: Any = None) -> None:
         """Note a batch the next optimiser step learns from: its sample indices and its inputs."""
         p = self._pending
+        self._batched = True  # the loop's batches are noted here: a forward pass's inputs are not the step's
         if self._oplogger is not None:
             self._oplogger.paused = True
         if indices is not None:
@@ -187,9 +189,18 @@ class StepTracer:
         elif self._wants_oplog(self.n_steps + 1):
             self._oplogger = OpLogger.new(self.n_steps + 1).start()
 
-    def forward(self) -> None:
-        """A watched model's forward pass: the next step's operation log starts here when it is one to log and
-        no :meth:`batch` started it (a loop drawing its own batches, a closure optimiser)."""
+    def forward(self, inputs: torch.Tensor | None = None) -> None:
+        """A watched model's forward pass with gradients (``inputs``: its first argument, a tensor), for a loop
+        that draws its own batches or steps a closure optimiser (no :meth:`batch`): the first such pass of a
+        step gives the step's inputs digest, and starts its operation log when it is a step to log."""
+        if self._batched:  # the loop's batches are noted, and start the logs
+            return
+        if self.kind == "exact" and inputs is not None and not self._pending.inputs:
+            if self._oplogger is not None:
+                self._oplogger.paused = True
+            self._pending.inputs.append(tensor_digest(inputs))
+            if self._oplogger is not None:
+                self._oplogger.paused = False
         if self._oplogger is None and self._wants_oplog(self.n_steps + 1):
             self._oplogger = OpLogger.new(self.n_steps + 1).start()
 

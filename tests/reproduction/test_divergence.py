@@ -146,3 +146,21 @@ def test_a_step_whose_inputs_or_indices_one_run_did_not_trace_is_compared_by_its
     comparer = TraceComparer(recorded, ["w"])
     comparer.compare_all(rerun)
     assert comparer.first is not None and comparer.first["step"] == 3 and comparer.first["contents_differ"] is True
+
+
+def test_a_changed_batch_is_put_on_the_training_data_never_on_a_validation_set() -> None:
+    """Train and valid views of one base dataset (random_split) both show its digest changed: only the train
+    role is the source of a training step's batch; the valid one is named on its own line."""
+    from reprodl.reproduction.causes import Evidence, explain
+    from reprodl.reproduction.divergence import Divergence, InputChange
+
+    div = Divergence(compared_steps=3, matched_to_end=False, step=2, epoch=1, batch=2, contents_differ=True)
+    first = {"contents": ("aa", "bb"), "indices": (0, 0)}
+    valid = InputChange("data", "data: the in-memory valid TensorDataset's digest changed (1 -> 2)", "valid")
+    train = InputChange("data", "data: the in-memory train TensorDataset's digest changed (1 -> 2)", "train")
+    lines = explain(div, first, Evidence(inputs=[valid, train]))
+    assert lines[0].startswith("data: the in-memory train TensorDataset's digest changed (1 -> 2); the batch at")
+    assert lines[1] == valid.text
+    only_valid = explain(div, first, Evidence(inputs=[valid]))
+    assert only_valid[0].startswith("data: the batch at step 2 (epoch 1, batch 2) holds a changed item")
+    assert "no recorded training data digest changed" in only_valid[0] and only_valid[1] == valid.text

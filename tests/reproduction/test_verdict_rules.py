@@ -25,6 +25,7 @@ from user_scripts import run_script, user_repo
 import reprodl.training.trace as trace_module
 from reprodl import reproduce
 from reprodl.data.datasets import TensorDataSet
+from reprodl.errors import ReproductionError
 from reprodl.reproduction import divergence
 from reprodl.reproduction.divergence import COMPUTATION_DIFFERED
 
@@ -371,3 +372,19 @@ def test_a_loop_without_a_loader_finds_its_changed_batch_and_says_why_the_step_c
     steps = [r.text for r in report.why if r.kind == "steps"]
     if steps:  # the threshold was crossed at another step
         assert "after the step trace diverged at step 5" in steps[0] and "interrupted" not in steps[0], steps
+
+
+def test_a_run_name_the_rerun_did_not_write_names_what_it_wrote(tmp_path):
+    """A name taken from an environment variable is not recorded: the re-run writes another, and the error
+    says which, and why."""
+    script = LOOP_UNTIL.replace('"until", seed=1', 'os.environ.get("RUN_NAME", "until"), seed=1')
+    repo = user_repo(tmp_path / "named", {"train.py": script}, commit_message="named")
+    (repo / "models").mkdir()
+    os.environ["RUN_NAME"] = "from-env"
+    try:
+        res = run_script(repo, "train.py")
+    finally:
+        os.environ.pop("RUN_NAME")
+    assert res.returncode == 0, res.stderr
+    with pytest.raises(ReproductionError, match="wrote no run named 'from-env' \\(it wrote: 'until'\\)"):
+        _reproduce(str(repo / "models" / "from-env"))

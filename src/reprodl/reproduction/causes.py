@@ -84,16 +84,18 @@ def _data(f: Finding) -> list[str]:
     was, now = f.first["contents"]
     indices = "same sample indices" if f.divergence.indices_differ is False else "sample indices not traced"
     batch = f"the batch at {f.where} holds a changed item ({indices}, its inputs' digest {was} -> {now})"
-    if changes:
-        return [f"{c.text}; {batch}" for c in changes]
+    learnt = [c for c in changes if c.role in ("train", None)]  # what a step's batch comes from
+    others = [c.text for c in changes if c not in learnt]  # a valid or test set: named, never the batch's source
+    if learnt:
+        return [f"{c.text}; {batch}" for c in learnt] + others
     train = [r for r in f.evidence.data if r.role == "train"]
     if train and all(r.source == "dtool" for r in train):
         names = ", ".join(r.name for r in train)
         return [
             f"data: {batch}; the train dataset ({names}) matches its manifest, so how its items were read or "
             "transformed differs"
-        ]
-    return [f"data: {batch}; no recorded data digest changed"]
+        ] + others
+    return [f"data: {batch}; no recorded training data digest changed"] + others
 
 
 def _recorded(kind: str) -> Callable[[Finding], list[str]]:

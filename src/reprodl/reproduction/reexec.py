@@ -251,9 +251,11 @@ def execute(
     runs = [json.loads(line) for line in report_file.read_text().splitlines()] if report_file.is_file() else []
     uri = next((r["uri"] for r in runs if r["name"] == name), None)
     if uri is None:
+        wrote = ", ".join(repr(str(r.get("name"))) for r in runs[:5]) or "none"
         raise ReproductionError(
-            f"the recorded command ran but wrote no run named {record.model_name!r}: the script's "
-            "start_run(base_uri, name) must use the same name as when the model was trained"
+            f"the recorded command ran but wrote no run named {record.model_name!r} (it wrote: {wrote}): the "
+            "script's start_run(base_uri, name) must use the same name as when the model was trained; a name "
+            "taken from an environment variable is not recorded (pass it as an argument, which is)"
         )
     return str(uri)
 

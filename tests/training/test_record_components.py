@@ -320,19 +320,10 @@ def test_a_closure_optimiser_is_recorded_with_each_step(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # importing torch's compiler stack takes a while on a busy machine
 def test_a_compiled_model_is_recorded_by_its_original_class_and_weight_names(tmp_path: Path) -> None:
-    with reprodl.start_run(_base(tmp_path), "compiled", seed=0) as run:
-        x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
-        run.use(x)
-        net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
-        model = torch.compile(net, backend="eager")  # dynamo's wrapper, without a C compiler
-        assert type(model).__name__ == "OptimizedModule"
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        run.watch(model, optimizer, batch_size=16)
-        for _ in range(2):
-            optimizer.zero_grad()
-            model(x).pow(2).mean().backward()
-            optimizer.step()
-        run.save(model)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    model = torch.compile(net, backend="eager")  # dynamo's wrapper, without a C compiler
+    assert type(model).__name__ == "OptimizedModule"
+    run = _train_wrapped(tmp_path, "compiled", model)
     record = run.record
     assert record is not None
     (component,) = record.models
@@ -348,11 +339,11 @@ def test_a_compiled_model_is_recorded_by_its_original_class_and_weight_names(tmp
     assert record.training.optimizer_steps == 2
 
 
-def test_a_data_parallel_model_is_recorded_by_the_module_inside(tmp_path: Path) -> None:
-    with reprodl.start_run(_base(tmp_path), "data-parallel", seed=0) as run:
+def _train_wrapped(tmp_path: Path, name: str, model: nn.Module) -> Any:
+    """Two SGD steps of a wrapped model, watched and saved as the wrapper; the run."""
+    with reprodl.start_run(_base(tmp_path), name, seed=0) as run:
         x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
         run.use(x)
-        model = nn.DataParallel(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)))  # no GPU: runs the module
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         run.watch(model, optimizer, batch_size=16)
         for _ in range(2):
@@ -360,6 +351,12 @@ def test_a_data_parallel_model_is_recorded_by_the_module_inside(tmp_path: Path) 
             model(x).pow(2).mean().backward()
             optimizer.step()
         run.save(model)
+    return run
+
+
+def test_a_data_parallel_model_is_recorded_by_the_module_inside(tmp_path: Path) -> None:
+    model = nn.DataParallel(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)))  # no GPU: runs the module
+    run = _train_wrapped(tmp_path, "data-parallel", model)
     record = run.record
     assert record is not None
     (component,) = record.models

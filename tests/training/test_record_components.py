@@ -323,7 +323,7 @@ def test_a_compiled_model_is_recorded_by_its_original_class_and_weight_names(tmp
     net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
     model = torch.compile(net, backend="eager")  # dynamo's wrapper, without a C compiler
     assert type(model).__name__ == "OptimizedModule"
-    run = _train_wrapped(tmp_path, "compiled", model)
+    run = _train_two_steps(tmp_path, "compiled", model)
     record = run.record
     assert record is not None
     (component,) = record.models
@@ -339,8 +339,8 @@ def test_a_compiled_model_is_recorded_by_its_original_class_and_weight_names(tmp
     assert record.training.optimizer_steps == 2
 
 
-def _train_wrapped(tmp_path: Path, name: str, model: nn.Module) -> Any:
-    """Two SGD steps of a wrapped model, watched and saved as the wrapper; the run."""
+def _train_two_steps(tmp_path: Path, name: str, model: nn.Module) -> Any:
+    """Two SGD steps of ``model`` (a wrapped one watched and saved as the wrapper); the run."""
     with reprodl.start_run(_base(tmp_path), name, seed=0) as run:
         x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
         run.use(x)
@@ -356,7 +356,7 @@ def _train_wrapped(tmp_path: Path, name: str, model: nn.Module) -> Any:
 
 def test_a_data_parallel_model_is_recorded_by_the_module_inside(tmp_path: Path) -> None:
     model = nn.DataParallel(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)))  # no GPU: runs the module
-    run = _train_wrapped(tmp_path, "data-parallel", model)
+    run = _train_two_steps(tmp_path, "data-parallel", model)
     record = run.record
     assert record is not None
     (component,) = record.models
@@ -584,17 +584,7 @@ def test_the_provenance_summary_names_every_model_and_optimiser(gan: dict[str, A
 
 def test_an_optimiser_stepped_without_a_closure_is_recorded_without_one(tmp_path: Path) -> None:
     """torch gives a step pre-hook the optimiser itself as its first argument: that is not a closure."""
-    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
-    with reprodl.start_run(_base(tmp_path), "sgd", seed=0) as run:
-        run.use(x)
-        model = nn.Linear(3, 1)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        run.watch(model, optimizer, batch_size=16)
-        for _ in range(2):
-            optimizer.zero_grad()
-            model(x).pow(2).mean().backward()
-            optimizer.step()
-        run.save(model)
+    run = _train_two_steps(tmp_path, "sgd", nn.Linear(3, 1))
     record = run.record
     assert record is not None
     (opt,) = record.training.optimizers

@@ -28,6 +28,7 @@ import collections
 import dataclasses
 import hashlib
 import importlib.machinery
+import itertools
 import json
 import os
 import re
@@ -348,9 +349,9 @@ def _run(
             errors="replace", bufsize=1,
         ) as proc:  # fmt: skip
             assert proc.stdout is not None
-            for line in proc.stdout:
-                on_output(line.rstrip("\n"))
-                tail.append(line.rstrip("\n"))
+            for line in map(str.rstrip, proc.stdout, itertools.repeat("\n")):
+                on_output(line)
+                tail.append(line)
         return proc.returncode, list(tail)
     last = b""
     out = getattr(sys.stderr, "buffer", None)

@@ -227,7 +227,7 @@ def _resolved(path: str | os.PathLike[str]) -> Path:
 
 def _within(path: Path, directory: Path) -> bool:
     """Is ``path`` (resolved) ``directory`` (resolved) or inside it?"""
-    return path == directory or path.is_relative_to(directory)
+    return path.is_relative_to(directory)
 
 
 def _capture_git(

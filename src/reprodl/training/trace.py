@@ -186,8 +186,8 @@ class StepTracer:
                 p.inputs.append(inputs.detach().sum(dtype=torch.float64))
         if self._oplogger is not None:
             self._oplogger.paused = False
-        elif self._wants_oplog(self.n_steps + 1):
-            self._oplogger = OpLogger.new(self.n_steps + 1).start()
+        else:
+            self._start_oplog_if_due()
 
     def forward(self, inputs: torch.Tensor | None = None) -> None:
         """A watched model's forward pass with gradients (``inputs``: its first argument, a tensor), for a loop
@@ -201,7 +201,12 @@ class StepTracer:
             self._pending.inputs.append(tensor_digest(inputs))
             if self._oplogger is not None:
                 self._oplogger.paused = False
-        if self._oplogger is None and self._wants_oplog(self.n_steps + 1):
+        if self._oplogger is None:
+            self._start_oplog_if_due()
+
+    def _start_oplog_if_due(self) -> None:
+        """Start logging the next step's operations when it is one to log (none running)."""
+        if self._wants_oplog(self.n_steps + 1):
             self._oplogger = OpLogger.new(self.n_steps + 1).start()
 
     def _wants_oplog(self, step: int) -> bool:

@@ -297,6 +297,10 @@ def test_script_logged_metric_that_did_not_come_back_differs_though_the_weights_
     assert report.expectation is not None and report.expectation.held is True  # the bits the record expected came
     result = cli("reproduce", script_runs["plain"], "--trust-code", "-q")
     assert result.exit_code == 1 and "Verdict: differs" in result.output
+    # with a tolerance given, the metrics are judged within it: 0.5 is within 1.0, not within 0.1
+    within = reproduce(script_runs["plain"], trust_code=True, tolerance="metric=1.0")
+    assert within.verdict == "within tolerance", within.reasons
+    assert reproduce(script_runs["plain"], trust_code=True, tolerance="metric=0.1").verdict == "differs"
 
 
 def test_script_interrupted_original_rerun_to_the_end_differs_naming_the_step_counts(script_runs):

@@ -37,7 +37,7 @@ def test_record_covers_a_step_trace_of_every_optimiser_step(trained_model):
     assert info is not None and info.item == keys.TRACE_FILE and info.sha256.startswith("sha256:")
     assert info.n_steps == info.n_rows == record.training.optimizer_steps
     assert info.tensors == [n for n, _ in _gennet().named_parameters()]
-    assert info.kind == "exact" and info.optimizers == ["SGD"]
+    assert info.kind == "words" and info.optimizers == ["SGD"]
     assert info.bytes_per_step == 48 + 8 * len(info.tensors)
     ds = open_dataset(trained_model.uri)
     rows = load_trace(ds, read_record(ds))
@@ -164,3 +164,29 @@ def test_a_changed_batch_is_put_on_the_training_data_never_on_a_validation_set()
     only_valid = explain(div, first, Evidence(inputs=[valid]))
     assert only_valid[0].startswith("data: the batch at step 2 (epoch 1, batch 2) holds a changed item")
     assert "no recorded training data digest changed" in only_valid[0] and only_valid[1] == valid.text
+
+
+def test_a_record_of_the_exact_kind_is_re_run_in_its_kind(digits_split_master, tmp_path, monkeypatch):
+    """A format 1.2 record's trace holds torch.hash_tensor digests (kind ``exact``): its re-run traces that
+    kind, so a clean re-run is identical and a 1e-6 nudge after step K is found at step K."""
+    from train_fixtures import train_digits
+
+    from reprodl.training import trace as trace_module
+
+    monkeypatch.setattr(trace_module, "KIND", "exact")
+    uri, record = train_digits(tmp_path, "exact-kind", digits_split_master, n_epochs=1)
+    monkeypatch.setattr(trace_module, "KIND", "words")  # today's default, which the re-run must not use
+    assert record.results.trace.kind == "exact"
+    assert reproduce(uri).verdict == "identical"
+    k = 3
+    update = loop_module.Loop._update
+
+    def perturbed(self):
+        update(self)
+        if self.optimizer_steps == k:
+            with torch.no_grad():
+                next(self.model.parameters()).add_(1e-6)
+
+    monkeypatch.setattr(loop_module.Loop, "_update", perturbed)
+    div = reproduce(uri).divergence
+    assert div.step == k and [t["name"] for t in div.tensors] == ["conv1.weight"]

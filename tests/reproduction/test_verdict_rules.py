@@ -323,7 +323,7 @@ def test_the_trace_kind_is_recorded(script_runs):
     from reprodl.modeldataset.read import load_record
 
     trace = load_record(script_runs["plain"]).results.trace
-    assert trace is not None and trace.kind == "exact" and trace.optimizers == ["SGD"]
+    assert trace is not None and trace.kind == "words" and trace.optimizers == ["SGD"]
     assert trace.tensors == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert Path(script_runs["plain"]).is_dir()
 

@@ -2,7 +2,8 @@
 
 Each step's row must be what hashing every tensor one by one gives (traces made before compare),
 and a change of one ulp in one element of any parameter or optimiser state tensor, small or
-large, must change the row of the step it happened at.
+large, must change the row of the step it happened at. Every test runs for both digest kinds:
+``words`` (the default) and ``exact`` (records before it, re-run in their own kind).
 """
 
 from __future__ import annotations
@@ -12,8 +13,16 @@ import pytest
 import torch
 
 from reprodl.training import statedigest
+from reprodl.training import trace as trace_module
 from reprodl.training.statedigest import SMALL, as_numpy, direct_digests
 from reprodl.training.trace import StepTracer
+from reprodl.training.worddigest import inputs_digest, word_digest
+
+
+@pytest.fixture(autouse=True, params=["words", "exact"])
+def kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(trace_module, "KIND", request.param)  # the tracers made here trace this kind
+    return str(request.param)
 
 
 class _Net(torch.nn.Module):
@@ -74,8 +83,8 @@ def test_the_layout_holds_small_tensors_and_hashes_large_ones_where_they_are() -
     _, tracer = _train("sgd", 2)
     layout = tracer._state.layout
     assert layout is not None
-    sizes = sorted(v.size for views, *_ in layout.flat for v in views)
-    assert sizes and max(sizes) <= SMALL
+    sizes = sorted(v.nbytes for views, *_ in layout.flat for v in views)
+    assert sizes and max(sizes) <= 4 * SMALL  # float32
     assert len(layout.loose) == 2  # the large weight and its momentum buffer
 
 
@@ -121,7 +130,7 @@ def _digests(tracer: StepTracer) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _direct(tracer: StepTracer) -> tuple[np.ndarray, np.ndarray]:
-    model, opt = direct_digests(tracer._params, tracer._buffers, tracer._optimizers, tracer._device)
+    model, opt = direct_digests(tracer._params, tracer._buffers, tracer._optimizers, tracer._device, tracer.digest)
     return as_numpy(model), as_numpy(opt)
 
 
@@ -165,11 +174,15 @@ def test_a_layout_that_disagrees_with_hashing_one_by_one_is_not_used(monkeypatch
     assert fast.tobytes() == direct.tobytes()
 
 
-def test_tensors_numpy_cannot_view_are_hashed_in_padded_rows_with_the_same_digests() -> None:
+def test_tensors_numpy_cannot_view_are_hashed_in_padded_rows_with_the_same_digests(kind: str) -> None:
     fast, tracer = _train("sgd", 4, dtype=torch.bfloat16)
     direct, _ = _train("sgd", 4, direct=True, dtype=torch.bfloat16)
     layout = tracer._state.layout
-    assert layout is not None and layout.bufs  # (the flat part: the BatchNorm step count, int64)
+    assert layout is not None
+    if kind == "exact":  # NumPy has no bfloat16 (the flat part: the BatchNorm step count, int64)
+        assert layout.bufs
+    else:  # their bytes are gathered as any other dtype's
+        assert not layout.bufs and layout.flat
     assert fast.tobytes() == direct.tobytes()
 
 
@@ -238,7 +251,7 @@ def test_a_layout_that_cannot_be_built_leaves_the_tracer_hashing_one_by_one(monk
     def refuse(*args: object, **kwargs: object) -> None:
         raise RuntimeError("cannot gather")
 
-    monkeypatch.setattr(statedigest._Layout, "_flatten", refuse)
+    monkeypatch.setattr(statedigest._Layout, "__init__", refuse)
     fast, tracer = _train("sgd", 3)
     direct, _ = _train("sgd", 3, direct=True)
     assert tracer._state.direct and tracer._state.layout is None
@@ -302,3 +315,44 @@ def test_rows_buffered_across_layouts_are_put_together_as_each_step_found_them()
     fast, direct = train(False), train(True)
     assert fast.tobytes() == direct.tobytes()
     assert len({r.tobytes() for r in fast["digest"]}) == 9
+
+
+def _words_reference(t: torch.Tensor) -> int:
+    """The XOR of a tensor's bytes (C order) as little-endian 64-bit words, the last zero-padded."""
+    data = bytes(t.detach().contiguous().reshape(-1).view(torch.uint8).tolist())
+    data += bytes(-len(data) % 8)
+    out = 0
+    for i in range(0, len(data), 8):
+        out ^= int.from_bytes(data[i : i + 8], "little")
+    return out
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randn(7),  # float32, odd: the last word padded
+        lambda: torch.randn(3, 5, dtype=torch.float64),
+        lambda: torch.randn(5, dtype=torch.bfloat16),
+        lambda: torch.tensor([True, False, True]),
+        lambda: torch.arange(-9, 4, dtype=torch.int8),
+        lambda: torch.randn(3, dtype=torch.complex64),
+        lambda: torch.randn(4, 6).t(),  # not contiguous
+        lambda: torch.randn(5, 8)[:, 2:6],  # rows apart, each contiguous: its int64 view pairs them as C order does
+        lambda: torch.arange(9, dtype=torch.int32)[1:6],  # at an offset no int64 view has
+        lambda: torch.zeros(0),
+    ],
+)
+def test_a_words_digest_is_the_xor_of_the_tensors_bytes_as_words(make) -> None:
+    t = make()
+    want = _words_reference(t)
+    assert int(word_digest(t).item()) == want
+    assert int(inputs_digest(t).item()) == want
+
+
+def test_one_ulp_anywhere_in_a_tensor_changes_its_words_digest() -> None:
+    t = torch.randn(13)
+    before = int(word_digest(t).item())
+    for i in range(t.numel()):
+        u = t.clone()
+        _flip_one_ulp(u, i)
+        assert int(word_digest(u).item()) != before

@@ -37,11 +37,12 @@ class StepTrace(_Part):
 
     item: str = Field(keys.TRACE_FILE, description="item holding the trace: a NumPy structured array, no pickle")
     sha256: str | None = Field(None, description="sha256 of the trace item's bytes (so the record digest covers it)")
-    kind: Literal["exact", "sampled"] = Field(
+    kind: Literal["words", "exact", "sampled"] = Field(
         "sampled",
-        description="exact (format 1.2 on): per tensor and for the optimiser state, torch.hash_tensor of every "
-        "element; sampled (older records, the default when absent): per parameter tensor, the float64 sum of a "
-        "fixed sample of its elements",
+        description="words (format 1.3 on): per tensor and for the optimiser state, the XOR of the tensor's bytes "
+        "as little-endian 64-bit words; exact (format 1.2): the same with torch.hash_tensor (every element "
+        "widened to 64 bits, XORed); sampled (older records, the default when absent): per parameter tensor, "
+        "the float64 sum of a fixed sample of its elements",
     )
     n_steps: int = Field(0, description="optimiser steps traced")
     n_rows: int = Field(0, description="steps kept in the item (all of them up to every_step_up_to)")

@@ -120,9 +120,11 @@ def _divergence(original: StoredDataSet, orig: ProvenanceRecord, copy: StoredDat
     from reprodl.reproduction.environment import compare_environments
 
     was, now = load_trace(original, orig), load_trace(copy, rec)
-    if was is None or now is None or orig.results.trace is None:
+    if was is None or now is None or orig.results.trace is None or rec.results.trace is None:
         return None
-    comparer = TraceComparer(was, orig.results.trace.tensors)
+    if orig.results.trace.kind != rec.results.trace.kind:  # digests of two kinds: no step compares
+        return None
+    comparer = TraceComparer(was, orig.results.trace.tensors, kind=orig.results.trace.kind)
     comparer.compare_all(now)
     commits = [r.code.git.commit if r.code.git else None for r in (orig, rec)]
     settings = [f"git commit {commits[0]} -> {commits[1]}"] if commits[0] != commits[1] else []

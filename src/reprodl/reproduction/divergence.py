@@ -113,14 +113,21 @@ class TraceComparer:
         tensors: the recorded tensor names, in column order.
         stop: ask the training to stop at the first divergent step.
         until: ask the training to stop after this step (a replay's window).
+        kind: the recorded trace's kind (``results.trace.kind``): ``words`` or ``exact`` digests.
     """
 
     def __init__(
-        self, recorded: np.ndarray, tensors: Sequence[str], *, stop: bool = False, until: int | None = None
+        self,
+        recorded: np.ndarray,
+        tensors: Sequence[str],
+        *,
+        stop: bool = False,
+        until: int | None = None,
+        kind: str | None = None,
     ) -> None:
         self.until = until
         self.recorded = recorded
-        self.kind: TraceKind = trace_kind(recorded)
+        self.kind: TraceKind = trace_kind(recorded, kind)
         self.tensors = list(tensors)
         self.stop = stop
         self._by_step = {int(s): i for i, s in enumerate(recorded["step"])}
@@ -194,12 +201,12 @@ class TraceComparer:
 
     def _row_equal(self, was: np.void, now: np.void) -> bool:
         names = [n for n in (was.dtype.names or ()) if n not in _WHERE and n in (now.dtype.names or ())]
-        if self.kind == "exact":  # 0: the batch's indices or inputs not traced (a record made before they were)
+        if self.kind != "sampled":  # 0: the batch's indices or inputs not traced (a record made before they were)
             names = [n for n in names if n not in _EVIDENCE or (int(was[n]) != 0 and int(now[n]) != 0)]
         return all(np.array_equal(was[n], now[n], equal_nan=was[n].dtype.kind == "f") for n in names)
 
     def _describe(self, was: np.void, now: np.void) -> dict[str, Any]:
-        exact = self.kind == "exact"
+        exact = self.kind != "sampled"  # digests (words or exact), not fingerprints
         a, b = (was["digest"], now["digest"]) if exact else (was["fingerprint"], now["fingerprint"])
         moved = [_moved(name, x, y) for name, x, y in zip(self.tensors, a, b) if not _equal(x, y)]
         moved.sort(key=_largest_first)
@@ -223,7 +230,7 @@ class TraceComparer:
 
     def _gap(self, was: np.void, now: np.void) -> dict[str, float]:
         """How far apart two rows are: tensors whose digests differ (exact), or the largest fingerprint gap."""
-        if self.kind == "exact":
+        if self.kind != "sampled":
             differ = int(np.sum(was["digest"] != now["digest"])) + int(int(was["optimizer"]) != int(now["optimizer"]))
             return {"tensors_differ": differ}
         return {"max_abs_diff": _max_diff(was["fingerprint"], now["fingerprint"])}

@@ -51,7 +51,6 @@ from reprodl.training.components import ComponentWatcher, WatchedModel
 from reprodl.training.order import order_digest
 from reprodl.training.progress import ProgressFile
 from reprodl.training.seeding import SeedPlan
-from reprodl.training.statedigest import tensor_digest
 from reprodl.training.trace import StepCallback, StepTracer, TraceKind
 
 # Training.optimizer of a record whose first model has no optimiser (updated by hand).
@@ -136,7 +135,7 @@ class Recorder:
         if self.tracer is None:
             return None
         prefix = next((f"{p}." for p, w in self._prefixes.items() if w is watched), "")
-        digests = {prefix + k: int(tensor_digest(v).item()) for k, v in saved.items()}
+        digests = {prefix + k: int(self.tracer.digest(v).item()) for k, v in saved.items()}
         return self.tracer.last_step_with({k: v for k, v in digests.items() if k in self.tracer.names})
 
     def set_steps(self, steps: int) -> None:

@@ -25,26 +25,38 @@ identity, the number of state entries. When it no longer holds (the optimiser ma
 state tensor was replaced, a parameter's data swapped, a checkpoint loaded) it is rebuilt; a
 training that invalidates it again and again (LBFGS replaces its state tensors every step) is
 digested tensor by tensor after :data:`MAX_REBUILDS` rebuilds.
+
+This is the ``exact`` kind's digest (records of format 1.2). The ``words`` kind (the default since
+format 1.3) gathers the same tensors through the same checks with its own layout
+(:class:`reprodl.training.worddigest.WordLayout`: their bytes, not values widened to 64 bits).
 """
 
 from __future__ import annotations
 
-import itertools
 import operator
-from collections.abc import Sequence
-from typing import Any, NamedTuple, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+
+from reprodl.training.digeststage import (
+    Digest,
+    Found,
+    Order,
+    Staged,
+    mixed_multipliers,
+    mixed_np,
+    resolve,
+)
+
+__all__ = ["Digest", "Staged", "StateDigests", "direct_digests", "mixed", "resolve", "tensor_digest", "zero"]
 
 SMALL = 1 << 14  # elements: a tensor up to this size is gathered each step
 MAX_GATHERED = 1 << 22  # elements gathered in all (the copies' memory); tensors past it are hashed where they are
 WASTE = 2048  # padding elements a row may add to its buffer (about one hash call's dispatch)
 MAX_REBUILDS = 8
-MIX_SEED = 20_250_118
 
-Digest = Union[np.ndarray, torch.Tensor]  # uint64: NumPy on the host, or a tensor on the model's device
-_MIX: dict[tuple[int, torch.device], torch.Tensor] = {}
 _ZEROS: dict[torch.device, torch.Tensor] = {}
 
 
@@ -82,15 +94,6 @@ def mixed(stacked: torch.Tensor) -> torch.Tensor:
     return torch.hash_tensor(stacked.view(torch.int64) * mixed_multipliers(stacked.numel(), stacked.device))
 
 
-def mixed_multipliers(n: int, device: torch.device) -> torch.Tensor:
-    """The fixed odd multiplier of each of ``n`` positions (int64)."""
-    mix = _MIX.get((n, device))
-    if mix is None:
-        g = torch.Generator().manual_seed(MIX_SEED)
-        mix = _MIX[(n, device)] = (torch.randint(-(2**62), 2**62, (n,), generator=g) * 2 + 1).to(device)
-    return mix
-
-
 def optimizer_parts(optimizers: Sequence[torch.optim.Optimizer]) -> list[tuple[dict[Any, Any], Any]]:
     """Every optimiser state entry digested, as (state dict, key), in param-group order: tensors and numbers."""
     parts = []
@@ -123,16 +126,17 @@ def direct_digests(
     buffers: Sequence[tuple[torch.nn.Module, str]],
     optimizers: Sequence[torch.optim.Optimizer],
     device: torch.device,
+    digest: Callable[[torch.Tensor], torch.Tensor] = tensor_digest,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(each parameter's then each buffer's digest, the optimisers' state digest), tensor by tensor."""
-    digests = [tensor_digest(p) for p in params]
+    digests = [digest(p) for p in params]
     for module, attr in buffers:
         b = module._buffers.get(attr)
-        digests.append(tensor_digest(b) if b is not None else zero(device))
+        digests.append(digest(b) if b is not None else zero(device))
     parts = []
     for state, key in optimizer_parts(optimizers):
         value = state[key]
-        parts.append(tensor_digest(value) if isinstance(value, torch.Tensor) else number_digest(value, device))
+        parts.append(digest(value) if isinstance(value, torch.Tensor) else number_digest(value, device))
     model = _stacked(digests, device) if digests else torch.zeros(0, dtype=torch.uint64, device=device)
     return model, combined(parts, device) if parts else zero(device)
 
@@ -158,8 +162,10 @@ class StateDigests:
         buffers: Sequence[tuple[torch.nn.Module, str]],
         optimizers: Sequence[torch.optim.Optimizer],
         device: torch.device,
+        layout: type[_Layout] | None = None,
     ) -> None:
         self.params, self.buffers, self.optimizers, self.device = list(params), list(buffers), list(optimizers), device
+        self.layout_class = layout or _Layout  # how the tensors are gathered and digested (the trace's kind)
         self.layout: _Layout | None = None
         self.rebuilds = 0
         self.direct = False
@@ -172,7 +178,10 @@ class StateDigests:
                 layout = self._rebuild()
             if layout is not None:
                 return layout.digests()
-        return direct_digests(self.params, self.buffers, self.optimizers, self.device)
+        return self._direct()
+
+    def _direct(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return direct_digests(self.params, self.buffers, self.optimizers, self.device, self.layout_class.digest)
 
     def stage(self) -> Staged:
         """This step's digests, or on a CPU-only training each gathered tensor's digest as found (one
@@ -182,8 +191,8 @@ class StateDigests:
             if layout is None or not layout.holds():
                 layout = self._rebuild()
             if layout is not None:
-                return _Found(layout.order_of, layout.found()) if layout.on_host else layout.digests()
-        return direct_digests(self.params, self.buffers, self.optimizers, self.device)
+                return Found(layout.order_of, layout.found()) if layout.on_host else layout.digests()
+        return self._direct()
 
     def _rebuild(self) -> _Layout | None:
         """A layout of the tensors as they are now (None, and tensor by tensor from now on, when it cannot be)."""
@@ -193,12 +202,12 @@ class StateDigests:
             self.direct = True
             return None
         try:
-            layout = _Layout(self)
+            layout = self.layout_class(self)
             got = [as_numpy(d) for d in layout.digests()]
         except (RuntimeError, TypeError, ValueError):  # a tensor NumPy or torch cannot gather so: one by one
             self.direct = True
             return None
-        want = [as_numpy(d) for d in direct_digests(self.params, self.buffers, self.optimizers, self.device)]
+        want = [as_numpy(d) for d in self._direct()]
         if not all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want)):
             self.direct = True  # the layout's digests differ here from hashing one by one: never faster than right
             return None
@@ -208,6 +217,8 @@ class StateDigests:
 
 class _Layout:
     """The traced tensors as found: the small ones gathered each step, the rest hashed where they are."""
+
+    digest = staticmethod(tensor_digest)  # a tensor's digest (:func:`direct_digests` one by one)
 
     def __init__(self, owner: StateDigests) -> None:
         self.device = owner.device
@@ -238,7 +249,7 @@ class _Layout:
         gathered = 0
         for i, t in enumerate(sources):
             if t is not None:
-                where = _placement(t)
+                where = self._placement(t)
                 if where is not None:
                     gathered += t.numel()
                     where = where if gathered <= MAX_GATHERED else None
@@ -300,7 +311,7 @@ class _Layout:
         self.model_index = torch.from_numpy(self.model_np).to(self.device)
         self.opt_index = torch.from_numpy(self.opt_np).to(self.device)
         self.on_host = self.device.type == "cpu" and not self.numbers
-        self.order_of = _Order(self.model_np, self.opt_np, self.n_parts, self.order[-1] if self.order else 0)
+        self.order_of = Order(self.model_np, self.opt_np, self.n_parts, self.order[-1] if self.order else 0)
         n_params, n_buffers = len(self.params), len(self.buffers)
         self.loose_sources = [
             self.buffer_refs[i - n_params] if n_params <= i < n_params + n_buffers else sources[i] for i in self.loose
@@ -339,7 +350,7 @@ class _Layout:
             on_host = every.take(self.model_np)
             if self.n_parts <= 1:
                 return on_host, every[self.order[-1]] if self.n_parts else _ZERO_NP
-            return on_host, _mixed_np(every.take(self.opt_np))
+            return on_host, mixed_np(every.take(self.opt_np))
         model = every.index_select(0, self.model_index).view(torch.uint64)
         if not self.n_parts:
             return model, zero(self.device)
@@ -354,8 +365,8 @@ class _Layout:
 
     def found(self) -> list[np.ndarray]:
         """A host layout's digests as found, in pieces (:meth:`_gathered` but the last concatenation)."""
-        found = self._found()
-        return found[0] + [f.numpy() for f in found[1]]
+        found_np, found = self._found()
+        return found_np + [f.numpy() for f in found]
 
     def _gathered(self) -> np.ndarray | torch.Tensor:
         """Every laid-out tensor's digest then 0, by :attr:`order` (NumPy uint64, or int64 on the device)."""
@@ -372,6 +383,10 @@ class _Layout:
         for views, out, bits, offsets in self.flat:
             np.concatenate(views, out=out)
             found_np.append(np.bitwise_xor.reduceat(bits, offsets))
+        return found_np, self._others()
+
+    def _others(self) -> list[torch.Tensor]:
+        """The digests of the tensors not gathered through NumPy (padded rows, then the loose ones)."""
         found: list[torch.Tensor] = []
         if self.dst:
             grad = torch.is_grad_enabled()
@@ -382,8 +397,8 @@ class _Layout:
                 torch._C._set_grad_enabled(grad)
             found += [torch.hash_tensor(b, dim=1) for b in self.bufs]
         if self.loose:
-            found.append(torch.stack([tensor_digest(self._loose(g)) for g in self.loose_sources]))
-        return found_np, found
+            found.append(torch.stack([torch.as_tensor(self.digest(self._loose(g))) for g in self.loose_sources]))
+        return found
 
     @staticmethod
     def _loose(getter: Any) -> torch.Tensor:
@@ -391,6 +406,10 @@ class _Layout:
             module, attr = getter
             return module._buffers[attr]
         return getter
+
+    @staticmethod
+    def _placement(t: torch.Tensor) -> str | None:
+        return _placement(t)
 
 
 def _placement(t: torch.Tensor) -> str | None:
@@ -418,72 +437,6 @@ _FLOATS = frozenset({torch.float16, torch.float32, torch.float64})
 _INTEGERS = frozenset({torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64})
 _ZERO_NP = np.zeros((), dtype=np.uint64)
 _ZEROS_NP = np.zeros(1, dtype=np.uint64)
-_MIX_NP: dict[int, np.ndarray] = {}
-
-
-def _mixed_np(digests: np.ndarray) -> np.ndarray:
-    """:func:`mixed` on the host: the same multipliers, the product wrapping as int64, XORed."""
-    return np.bitwise_xor.reduce((digests.view(np.int64) * _multipliers_np(digests.size)).view(np.uint64))
-
-
-def _multipliers_np(n: int) -> np.ndarray:
-    mix = _MIX_NP.get(n)
-    if mix is None:
-        mix = _MIX_NP[n] = mixed_multipliers(n, torch.device("cpu")).numpy()
-    return mix
-
-
-class _Order(NamedTuple):
-    """Where a host layout's digests go (:attr:`_Layout.order_of`): kept by the steps staged with it, not
-    the layout and its buffers."""
-
-    model: np.ndarray  # the columns of the model's tensors
-    optimizer: np.ndarray  # those of the optimiser state entries
-    n_parts: int
-    last: int
-
-    def finish(self, steps: Sequence[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        """(each step's model digests, each step's optimiser state digest) from steps' :meth:`_Layout.found`
-        digests: :meth:`_Layout.digests` of many steps in a few calls."""
-        zeros = np.zeros((len(steps), 1), dtype=np.uint64)
-        every = np.concatenate([*(np.stack(piece) for piece in zip(*steps)), zeros], axis=1)
-        model = every.take(self.model, axis=1)
-        if self.n_parts == 0:
-            return model, np.zeros(len(every), dtype=np.uint64)
-        if self.n_parts == 1:
-            return model, every[:, self.last]
-        parts = every.take(self.optimizer, axis=1)
-        mix = _multipliers_np(parts.shape[1])
-        return model, np.bitwise_xor.reduce((parts.view(np.int64) * mix).view(np.uint64), axis=1)
-
-
-class _Found(NamedTuple):
-    """A step's digests on a host layout as found (:meth:`_Layout.found`), put in order at :func:`resolve`."""
-
-    order: _Order
-    pieces: list[np.ndarray]
-
-
-Staged = Union[tuple[Digest, Digest], _Found]  # what StateDigests.stage gives a step
-
-
-def resolve(staged: Sequence[Staged]) -> tuple[list[Digest], list[Digest]]:
-    """(each step's model digests, each step's optimiser state digest) of :meth:`StateDigests.stage`'s
-    values, in order: the digests found in consecutive steps of one layout finished together."""
-    models: list[Digest] = []
-    optimizers: list[Digest] = []
-    for _, run in itertools.groupby(staged, key=lambda e: id(e.order) if isinstance(e, _Found) else 0):
-        entries = list(run)
-        first = entries[0]
-        if isinstance(first, _Found):
-            model, optimizer = first.order.finish([e.pieces for e in entries if isinstance(e, _Found)])
-            models += list(model)
-            optimizers += list(optimizer)
-        else:
-            pairs = [e for e in entries if not isinstance(e, _Found)]
-            models += [m for m, _ in pairs]
-            optimizers += [o for _, o in pairs]
-    return models, optimizers
 
 
 def _size_classes(members: list[int], sizes: list[int]) -> list[list[int]]:

@@ -2,7 +2,8 @@
 
 Each traced step is one row of a NumPy structured array (:func:`row_dtype`), stored as the
 item ``trace.npy`` of the model dataset and covered by the record (``results.trace``, with its
-sha256 and its ``kind``). A row of the ``exact`` kind (written since record format 1.2) holds:
+sha256 and its ``kind``). A row of the ``words`` kind (written since record format 1.3; the
+``exact`` kind of format 1.2 has the same columns) holds:
 
 * ``step``: the global optimiser step (from 1); ``epoch`` and ``batch``: where it happened
   (from 1; 0 when unknown, as in a user's own loop);
@@ -14,19 +15,25 @@ sha256 and its ``kind``). A row of the ``exact`` kind (written since record form
   step counts...), 0 when there is none;
 * ``digest``: per tensor of the model (parameters, then buffers), its digest.
 
-A digest is ``torch.hash_tensor``: the XOR of every element's bits (upcast to 64 bits), so it is
-exact (no rounding) and independent of the order of reduction, and a change in any one element
-changes it. The optimiser's per-tensor digests are combined with a fixed odd multiplier per
-position. XOR cannot see changes that cancel exactly: two elements of one tensor exchanging
-their values, or an even number of equal elements changing to the same new value.
+A ``words`` digest (:mod:`reprodl.training.worddigest`) is the XOR of the tensor's bytes taken
+as 64-bit words; an ``exact`` one is ``torch.hash_tensor``: the XOR of every element's bits
+upcast to 64 bits. Either is exact (no rounding) and independent of the order of reduction, and
+a change in any one element changes it. The optimiser's per-tensor digests are combined with a
+fixed odd multiplier per position. XOR cannot see changes that cancel exactly: two elements of
+one tensor exchanging their values, or an even number of equal elements changing to the same
+new value.
 
 Records written before format 1.2 have traces of the ``sampled`` kind: ``contents`` (the float64
 sum of the inputs) instead of ``inputs`` and ``optimizer``, and as ``fingerprint`` per parameter
 tensor the float64 sum of :data:`SAMPLE` elements chosen by a generator seeded with
-:data:`SAMPLE_SEED`. They are still read, and a re-run of such a record traces the same kind.
+:data:`SAMPLE_SEED`. They are still read, and a re-run of such a record traces the same kind (as
+does a re-run of an ``exact`` one).
 
-The digests and losses are kept on the parameters' device and copied to the host every
-:data:`CHUNK` steps (one synchronisation), so tracing costs no per-step synchronisation. A
+What a step does is kept small (each call just after the training's compute runs with cold
+caches): the inputs digest in one call as the batch is noted, the sample indices kept as they
+are, the state's per-tensor digests in a few calls; the indices' sha256, the rows and the losses
+are put together when the buffered rows are flushed, every :data:`CHUNK` steps (a model on an
+accelerator: its digests kept on the device, copied to the host then, one synchronisation). A
 comparison (``on_step``) flushes every step instead.
 
 Size: 48 + 8 x (number of tensors) bytes per step (sampled: 40 + 8 x parameter tensors).
@@ -49,15 +56,17 @@ from reprodl import keys
 from reprodl.training.oplog import OpLogger, bounded_jsonl, item_name, oplog_off, oplog_steps
 from reprodl.training.statedigest import Staged, StateDigests, as_numpy, combined, resolve, tensor_digest, zero
 from reprodl.training.tracefiles import TraceKind, trace_kind  # noqa: F401 - trace_kind: imported from here too
+from reprodl.training.worddigest import WordLayout, combined_any, inputs_digest, word_digest
 
-KIND: TraceKind = "exact"
+KIND: TraceKind = "words"
 SAMPLE = 64
 SAMPLE_SEED = 20_240_601
 CHUNK = 1024
 MAX_STEPS = 100_000
 MAX_BYTES = 64 * 1024 * 1024
 FIRST_STRIDE = 10
-_FIXED_BYTES = {"exact": 48, "sampled": 40}  # step 8, epoch 4, batch 4, loss 8, indices 8 (+ inputs 8, optimizer 8)
+# step 8, epoch 4, batch 4, loss 8, indices 8 (+ inputs 8, optimizer 8 for the digests' kinds)
+_FIXED_BYTES = {"words": 48, "exact": 48, "sampled": 40}
 
 
 def row_dtype(n_tensors: int, kind: TraceKind = KIND) -> np.dtype[Any]:
@@ -88,11 +97,11 @@ def indices_digest(indices: Sequence[int] | torch.Tensor) -> int:
 class _Pending:
     """What the batches since the last optimiser step contributed: their indices and inputs."""
 
-    hasher: Any = None
-    inputs: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    indices: list[Any] = dataclasses.field(default_factory=list)  # digested at the flush (no call a step)
+    inputs: list[Any] = dataclasses.field(default_factory=list)
 
     def reset(self) -> None:
-        self.hasher, self.inputs = None, []
+        self.indices, self.inputs = [], []
 
 
 StepCallback = Callable[[np.ndarray], bool]
@@ -138,7 +147,7 @@ class StepTracer:
         self._params = [p for _, p in named]
         self._buffers: list[tuple[torch.nn.Module, str]] = []
         self.names = [n for n, _ in named]
-        if self.kind == "exact":  # buffers are looked up each step: a module may replace one
+        if self.kind != "sampled":  # buffers are looked up each step: a module may replace one
             modules = dict(model.named_modules())
             for name, _ in model.named_buffers():
                 owner, _, attr = name.rpartition(".")
@@ -151,7 +160,7 @@ class StepTracer:
             self._samples = [torch.randperm(p.numel(), generator=g)[:SAMPLE] for p in self._params]
         self._on_device: dict[torch.device, list[torch.Tensor]] = {}
         self._device = self._params[0].device if self._params else torch.device("cpu")
-        self._state = StateDigests(self._params, self._buffers, self._optimizers, self._device)
+        self._state = self._state_digests()
         self.dtype = row_dtype(len(self.names), self.kind)
         self.max_rows = max_rows(len(self.names), self.kind)
         self.on_step = on_step
@@ -160,7 +169,7 @@ class StepTracer:
         self._chunk = 1 if on_step is not None else CHUNK
         self._values: list[Any] = []  # per buffered step: (inputs, staged state digests), or the fingerprints
         self._losses: list[Any] = []
-        self._meta: list[tuple[int, int, int, int]] = []  # (step, epoch, batch, indices digest)
+        self._meta: list[tuple[int, int, int, list[Any]]] = []  # (step, epoch, batch, the batches' indices)
         self._kept: list[np.ndarray] = []  # chunks of rows
         self._n_kept = 0
         self._tail: list[np.ndarray] = []
@@ -176,12 +185,10 @@ class StepTracer:
         if self._oplogger is not None:
             self._oplogger.paused = True
         if indices is not None:
-            if p.hasher is None:
-                p.hasher = hashlib.sha256()
-            p.hasher.update(_index_bytes(indices))
+            p.indices.append(indices)
         if isinstance(inputs, torch.Tensor):
-            if self.kind == "exact":
-                p.inputs.append(tensor_digest(inputs))
+            if self.kind != "sampled":
+                p.inputs.append(self._inputs_digest(inputs))
             else:
                 p.inputs.append(inputs.detach().sum(dtype=torch.float64))
         if self._oplogger is not None:
@@ -195,10 +202,10 @@ class StepTracer:
         step gives the step's inputs digest, and starts its operation log when it is a step to log."""
         if self._batched:  # the loop's batches are noted, and start the logs
             return
-        if self.kind == "exact" and inputs is not None and not self._pending.inputs:
+        if self.kind != "sampled" and inputs is not None and not self._pending.inputs:
             if self._oplogger is not None:
                 self._oplogger.paused = True
-            self._pending.inputs.append(tensor_digest(inputs))
+            self._pending.inputs.append(self._inputs_digest(inputs))
             if self._oplogger is not None:
                 self._oplogger.paused = False
         if self._oplogger is None:
@@ -222,11 +229,9 @@ class StepTracer:
         """Record the training state as it is after an optimiser step."""
         self._end_oplog()
         self.n_steps += 1
-        self._values.append(self._exact_values() if self.kind == "exact" else self._sampled_values())
+        self._values.append(self._sampled_values() if self.kind == "sampled" else self._exact_values())
         self._losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
-        hasher = self._pending.hasher
-        digest = int.from_bytes(hasher.digest()[:8], "little") if hasher is not None else 0
-        self._meta.append((self.n_steps, epoch, batch, digest))
+        self._meta.append((self.n_steps, epoch, batch, self._pending.indices))
         self._pending.reset()
         if len(self._meta) >= self._chunk:
             self.flush()
@@ -238,9 +243,9 @@ class StepTracer:
         rows = np.zeros(len(self._meta), dtype=self.dtype)
         meta = np.array([m[:3] for m in self._meta], dtype=np.int64)
         rows["step"], rows["epoch"], rows["batch"] = meta[:, 0], meta[:, 1], meta[:, 2]
-        rows["indices"] = np.array([m[3] for m in self._meta], dtype="<u8")
+        rows["indices"] = np.array([_indices_digest(m[3]) for m in self._meta], dtype="<u8")
         rows["loss"] = _as_floats(self._losses)
-        if self.kind == "exact":
+        if self.kind != "sampled":
             models, optimizers = resolve([v[1] for v in self._values])
             rows["inputs"] = _host([v[0] for v in self._values])
             rows["optimizer"], rows["digest"] = _host(optimizers), _host(models)
@@ -297,9 +302,9 @@ class StepTracer:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
 
     def last_step_with(self, digests: dict[str, int]) -> int | None:
-        """The last kept step after which the named tensors had these digests (:func:`tensor_digest` values,
-        as int64 or uint64); None when no kept step had them all (or the trace is not exact)."""
-        if self.kind != "exact" or not digests or not set(digests) <= set(self.names):
+        """The last kept step after which the named tensors had these digests (:meth:`digest` values, as int64
+        or uint64); None when no kept step had them all (or the trace is sampled)."""
+        if self.kind == "sampled" or not digests or not set(digests) <= set(self.names):
             return None
         self.flush()
         parts = self._kept + self._tail
@@ -357,12 +362,17 @@ class StepTracer:
         kept = np.concatenate(self._kept) if self._kept else empty
         tail = np.concatenate(self._tail) if self._tail else empty
         logs = {str(k): [data.decode(), n, seconds] for k, (data, n, seconds) in self._oplogs.items()}
-        return kept, tail, {"n_steps": self.n_steps, "stride": self.stride, "oplogs": logs}
+        return kept, tail, {"n_steps": self.n_steps, "stride": self.stride, "oplogs": logs, "kind": self.kind}
 
     def restore(self, kept: np.ndarray, tail: np.ndarray, counters: dict[str, Any]) -> None:
-        """Continue from a checkpoint's :meth:`state` (rows of the same model's tensors)."""
+        """Continue from a checkpoint's :meth:`state` (rows of the same model's tensors), in its digests' kind (a
+        checkpoint written before the ``words`` kind holds ``exact`` rows: the resumed steps are digested so too)."""
         if kept.dtype != self.dtype or tail.dtype != self.dtype:
             raise ValueError(f"the checkpoint's step trace has rows of {kept.dtype}, this model's are {self.dtype}")
+        kind = counters.get("kind", "exact")
+        if self.kind != "sampled" and kind in ("words", "exact") and kind != self.kind:
+            self.kind = kind
+            self._state = self._state_digests()
         self._meta, self._values, self._losses, self._pending = [], [], [], _Pending()
         self._kept, self._n_kept = [kept], len(kept)
         self._tail = [tail[i : i + 1] for i in range(len(tail))]
@@ -371,11 +381,24 @@ class StepTracer:
         self._oplogs = {int(k): (str(v[0]).encode(), int(v[1]), float(v[2])) for k, v in logs.items()}
 
     # --- internals ---------------------------------------------------------------------------
+    def digest(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor's digest of this trace's kind (``words`` or ``exact``), as in its rows."""
+        return word_digest(t) if self.kind == "words" else tensor_digest(t)
+
+    def _inputs_digest(self, t: torch.Tensor) -> Any:
+        return inputs_digest(t) if self.kind == "words" else tensor_digest(t)
+
+    def _state_digests(self) -> StateDigests:
+        layout = WordLayout if self.kind == "words" else None
+        return StateDigests(self._params, self._buffers, self._optimizers, self._device, layout)
+
     def _exact_values(self) -> tuple[Any, Staged]:
         """(inputs digest, the state's digests as :meth:`StateDigests.stage` gives them) (uint64), on the
         first parameter's device or the host; put together at :meth:`flush`."""
         inputs = self._pending.inputs
         device = self._device
+        if self.kind == "words":
+            return (combined_any(inputs, device) if inputs else _ZERO), self._state.stage()
         return (combined(inputs, device) if inputs else zero(device)), self._state.stage()
 
     def _sampled_values(self) -> torch.Tensor:
@@ -408,6 +431,9 @@ class StepTracer:
             self._tail = [r for r in self._tail if (int(r["step"][0]) - self.max_rows) % self.stride == 0]
 
 
+_ZERO = np.zeros((), dtype=np.uint64)
+
+
 def _host(values: list[Any]) -> np.ndarray:
     """Each step's values stacked on the host (one copy from each device; NumPy ones as they are)."""
     if not all(isinstance(v, torch.Tensor) for v in values):
@@ -421,6 +447,16 @@ def _host(values: list[Any]) -> np.ndarray:
         return torch.stack(values).cpu().numpy()
     except RuntimeError:  # on several devices (the inputs' digests on theirs)
         return torch.stack([v.cpu() for v in values]).numpy()
+
+
+def _indices_digest(pieces: list[Any]) -> int:
+    """The first 8 bytes of the sha256 of a step's batches' sample indices (int64, in order); 0: none noted."""
+    if not pieces:
+        return 0
+    hasher = hashlib.sha256()
+    for indices in pieces:
+        hasher.update(_index_bytes(indices))
+    return int.from_bytes(hasher.digest()[:8], "little")
 
 
 def _index_bytes(indices: Sequence[int] | torch.Tensor) -> bytes:

@@ -20,12 +20,15 @@ import numpy as np
 
 from reprodl import keys
 
-TraceKind = Literal["exact", "sampled"]
+TraceKind = Literal["words", "exact", "sampled"]
 
 
-def trace_kind(rows: np.ndarray) -> TraceKind:
-    """The kind of a trace's rows: ``exact`` (digests) or ``sampled`` (older records' fingerprints)."""
-    return "sampled" if rows.dtype.names is not None and "fingerprint" in rows.dtype.names else "exact"
+def trace_kind(rows: np.ndarray, recorded: str | None = None) -> TraceKind:
+    """The kind of a trace's rows: ``sampled`` (older records' fingerprints) when they are of that layout, else
+    the digests' kind the record names (``recorded``): ``words``, or ``exact`` (also when it names none)."""
+    if rows.dtype.names is not None and "fingerprint" in rows.dtype.names:
+        return "sampled"
+    return "words" if recorded == "words" else "exact"
 
 
 def from_jsonl(data: bytes) -> list[dict[str, Any]]:

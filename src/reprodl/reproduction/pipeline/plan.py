@@ -131,7 +131,9 @@ def trace_comparer(
     if recorded is None or record.results.trace is None:
         return None
     keep, until, start = plan
-    comparer = TraceComparer(recorded, record.results.trace.tensors, stop=stop, until=until)
+    comparer = TraceComparer(
+        recorded, record.results.trace.tensors, stop=stop, until=until, kind=record.results.trace.kind
+    )
     comparer.recorded_oplogs = load_oplogs(model_ds, record)
     if start is not None:
         comparer.start_checkpoint = Path(start)

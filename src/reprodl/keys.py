@@ -117,11 +117,11 @@ CATALOG_SCHEMA_VERSION = "2"  # 2: the full-text index reads its text from entri
 CATALOG_EXPORT_FORMAT = "reprodl-catalog-entry/1"  # each line of `reprodl catalog export`
 
 # --- schema versions -------------------------------------------------------------------
-PROVENANCE_SCHEMA_VERSION = "1.2"
+PROVENANCE_SCHEMA_VERSION = "1.3"
 # Identifiers the project keeps: under its repository's URL (the domain reprodl.dev, used before,
 # is not the project's). A record does not carry them, so records written before read the same.
 PROJECT_URL = "https://github.com/reprodl/reprodl"
-PROVENANCE_SCHEMA_ID = f"{PROJECT_URL}/blob/main/docs/schemas/provenance-1.2.json"
+PROVENANCE_SCHEMA_ID = f"{PROJECT_URL}/blob/main/docs/schemas/provenance-1.3.json"
 TERMS_NAMESPACE = f"{PROJECT_URL}/blob/main/docs/terms.md#"  # reprodl's terms in PROV and JSON-LD
 README_SCHEMA_VERSION = "1.0"
 

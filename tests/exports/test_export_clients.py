@@ -439,6 +439,6 @@ def test_exports_name_only_identifiers_under_the_projects_url(trained_model: Tra
         assert "reprodl.dev" not in path.read_text()
     # the schema's $id names a file of the repository: this one, kept current
     docs = Path(__file__).resolve().parents[2] / "docs"
-    assert keys.PROVENANCE_SCHEMA_ID.endswith("/blob/main/docs/schemas/provenance-1.2.json")
-    assert json.loads((docs / "schemas" / "provenance-1.2.json").read_text()) == record_json_schema()
+    assert keys.PROVENANCE_SCHEMA_ID.endswith("/blob/main/docs/schemas/provenance-1.3.json")
+    assert json.loads((docs / "schemas" / "provenance-1.3.json").read_text()) == record_json_schema()
     assert (docs / "terms.md").is_file()

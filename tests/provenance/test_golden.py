@@ -23,9 +23,9 @@ pytest_plugins = ["train_fixtures"]
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 GOLDEN_RECORD = GOLDEN / keys.PROVENANCE_FILE
 GOLDEN_MODEL = GOLDEN / "digits-golden"
-GOLDEN_VERSION = "1.2"
+GOLDEN_VERSION = "1.3"
 # Every schema version's golden files, kept so that old records stay readable (the newest is GOLDEN).
-VERSIONS = {"1.0": GOLDEN / "1.0", "1.1": GOLDEN / "1.1", GOLDEN_VERSION: GOLDEN}
+VERSIONS = {"1.0": GOLDEN / "1.0", "1.1": GOLDEN / "1.1", "1.2": GOLDEN / "1.2", GOLDEN_VERSION: GOLDEN}
 FORMAT_CHANGED = "the record format changed: bump keys.PROVENANCE_SCHEMA_VERSION and keep old records readable"
 # Digits 1403, 1406, 1408, 1417 and 1419 of scikit-learn's set (held out from the golden
 # training): the golden model's predictions for them, each with a margin over 0.9 in log-probability.

@@ -264,6 +264,8 @@ def test_in_memory_data_is_hashed_and_recorded(tmp_path: Path) -> None:
     assert ref.manifest_digest.startswith("sha256:")
     assert run.record.training.optimizer_steps == 8
     assert run.record.training.seeds.seed == 3
+    # an epoch's time is not measured by the run API: null, never a 0.0 that reads as measured
+    assert [(m.epoch, m.wall_time_s) for m in run.record.results.history] == [(1, None), (2, None)]
 
 
 def test_other_datasets_are_recorded_by_class_as_unverified_data(tmp_path: Path) -> None:

@@ -266,7 +266,7 @@ def test_record_environment_metrics_and_time(captured):
         "valid_loss": history[-1].valid_loss,
         "valid_accuracy": history[-1].valid_accuracy,
     }
-    assert record.results.wall_time_s >= sum(m.wall_time_s for m in history)
+    assert record.results.wall_time_s >= sum(m.wall_time_s or 0.0 for m in history)
     assert record.results.started_at and record.results.finished_at
 
 

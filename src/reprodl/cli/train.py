@@ -70,7 +70,7 @@ class _EpochPrinter:
         line = f"epoch {m.epoch}: train loss {m.train_loss:.4f}"
         if m.valid_accuracy is not None:
             line += f", valid loss {m.valid_loss:.4f}, valid accuracy {m.valid_accuracy:.2%}"
-        err.print(line + f" ({m.wall_time_s:.1f}s)", markup=False)
+        err.print(line + (f" ({m.wall_time_s:.1f}s)" if m.wall_time_s is not None else ""), markup=False)
 
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:

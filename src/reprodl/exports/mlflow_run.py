@@ -168,7 +168,7 @@ def _times(record: ProvenanceRecord) -> tuple[int, int]:
     0 ms: the end is the start plus the measured wall time when that is later."""
     start = _ms(record.results.started_at or record.created_at)
     end = _ms(record.results.finished_at) if record.results.finished_at else start
-    measured = record.results.wall_time_s or sum(m.wall_time_s for m in record.results.history)
+    measured = record.results.wall_time_s or sum(m.wall_time_s or 0.0 for m in record.results.history)
     return start, max(end, start + max(1, round(measured * 1000)))
 
 
@@ -309,7 +309,7 @@ def _metrics(record: ProvenanceRecord, start: int) -> list[tuple[str, float, int
     rows: list[tuple[str, float, int, int]] = []
     elapsed = 0.0
     for m in record.results.history:
-        elapsed += m.wall_time_s
+        elapsed += m.wall_time_s or 0.0  # not measured (a run API epoch): its metrics at the last time known
         stamp = start + int(elapsed * 1000)
         for name in _HISTORY_METRICS:
             value = getattr(m, name)

@@ -18,7 +18,11 @@ class EpochMetrics(_Part):
     valid_loss: float | None = Field(None, description="loss on the validation data after the epoch")
     valid_accuracy: float | None = Field(None, description="accuracy on the validation data after the epoch")
     learning_rate: float | None = Field(None, description="learning rate of the first parameter group")
-    wall_time_s: float = Field(0.0, description="seconds the epoch took")
+    wall_time_s: float | None = Field(
+        None,
+        description="seconds the epoch took (the built-in trainer); null where it was not measured (format 1.3 on: "
+        "a start_run or Lightning run logs no epoch time; older records wrote 0.0)",
+    )
 
 
 class OpLogItem(_Part):

@@ -225,9 +225,7 @@ class Loop:
         lr_now = float(self.optimiser.param_groups[0].get("lr", float("nan")))
         if self.scheduler is not None and self.params.scheduler_interval == "epoch":
             self.scheduler.step()
-        metrics = EpochMetrics(
-            epoch=epoch + 1, train_loss=float(loss_sum) / n_samples, learning_rate=lr_now, wall_time_s=0.0
-        )
+        metrics = EpochMetrics(epoch=epoch + 1, train_loss=float(loss_sum) / n_samples, learning_rate=lr_now)
         if not self.params.allow_nonfinite_loss and not math.isfinite(metrics.train_loss):
             _diverged(self.output_ds.name, epoch, int(first_bad), len(loader), metrics.train_loss)
         if self.output_ds.valid_sets:

@@ -118,6 +118,7 @@ def test_the_causes_are_checked_in_the_stated_order() -> None:
         "code",
         "settings",
         "environment",
+        "random draws",
         "computation",
         "operation",
     ]

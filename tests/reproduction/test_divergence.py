@@ -38,7 +38,7 @@ def test_record_covers_a_step_trace_of_every_optimiser_step(trained_model):
     assert info.n_steps == info.n_rows == record.training.optimizer_steps
     assert info.tensors == [n for n, _ in _gennet().named_parameters()]
     assert info.kind == "words" and info.optimizers == ["SGD"]
-    assert info.bytes_per_step == 48 + 8 * len(info.tensors)
+    assert info.bytes_per_step == 56 + 8 * len(info.tensors)
     ds = open_dataset(trained_model.uri)
     rows = load_trace(ds, read_record(ds))
     assert rows is not None and rows.dtype.hasobject is False
@@ -87,7 +87,7 @@ def test_perturbation_after_step_k_is_reported_at_step_k_as_the_computation(trai
     assert div.indices_differ is False and div.contents_differ is False
     assert div.causes == [
         f"{COMPUTATION_DIFFERED} at step {k} (epoch 2, batch 5) (same sample indices, same batch contents, "
-        "same data, seeds, initial weights, code and environment)"
+        "same data, seeds, random draws, initial weights, code and environment)"
     ]
     assert div.growth[0]["step"] == k and div.growth[-1]["step"] == trained_model.record.training.optimizer_steps
 
@@ -190,3 +190,56 @@ def test_a_record_of_the_exact_kind_is_re_run_in_its_kind(digits_split_master, t
     monkeypatch.setattr(loop_module.Loop, "_update", perturbed)
     div = reproduce(uri).divergence
     assert div.step == k and [t["name"] for t in div.tensors] == ["conv1.weight"]
+
+
+class _DropoutNet(torch.nn.Module):
+    """A small digits classifier that draws from torch's global generator every forward pass (dropout)."""
+
+    def __init__(self, input_channels: int = 1, input_dim: int = 8) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Dropout(0.5), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.net(x), dim=1)
+
+
+@pytest.mark.parametrize("where", ["in the step", "before the step"])
+def test_an_extra_random_draw_is_named_as_random_draws_at_its_step(digits_split_master, tmp_path, monkeypatch, where):
+    """One extra draw from torch's global generator in the re-run: the first step whose state differs is
+    the one whose dropout masks it shifted, and the cause is the random draws, with the step where the
+    generator's state first differed (not "no recorded input changed")."""
+    from train_fixtures import train_digits
+
+    uri, _ = train_digits(tmp_path, "dropout", digits_split_master, n_epochs=1, model=_DropoutNet())
+    assert reproduce(uri, model_class=_DropoutNet).verdict == "identical"
+    k = 3
+    update = loop_module.Loop._update
+    due = {"draw": False}
+
+    def drawing(self):
+        update(self)
+        if self.optimizer_steps == k:
+            if where == "before the step":
+                torch.rand(1)  # after step k's update, before its trace row: the generator differs from row k on
+            else:
+                due["draw"] = True  # in step k + 1, before its forward pass
+
+    monkeypatch.setattr(loop_module.Loop, "_update", drawing)
+    original_forward = _DropoutNet.forward
+
+    def forward(self, x):
+        if due["draw"]:
+            due["draw"] = False
+            torch.rand(1)
+        return original_forward(self, x)
+
+    monkeypatch.setattr(_DropoutNet, "forward", forward)
+    report = reproduce(uri, model_class=_DropoutNet)
+    div = report.divergence
+    assert report.verdict == "differs" and div.step == k + 1
+    assert div.rng_differ is True and div.rng_before_differ is (where == "before the step")
+    prefix = "random draws differed before step" if where == "before the step" else "random draws differed at step"
+    assert div.causes[0].startswith(f"{prefix} {k + 1} (epoch 1, batch {k + 1})")
+    assert not any(c.startswith(COMPUTATION_DIFFERED) for c in div.causes)

@@ -171,7 +171,7 @@ def load_trace(ds: StoredDataSet, record: ProvenanceRecord) -> np.ndarray | None
 # The row of a step trace, as reprodl.training.trace.row_dtype writes it (that layer is above this one).
 _TRACE_HEAD = [("step", "<i8"), ("epoch", "<i4"), ("batch", "<i4"), ("loss", "<f8"), ("indices", "<u8")]
 _TRACE_TAIL = {
-    "words": [("inputs", "<u8"), ("optimizer", "<u8"), ("digest", "<u8")],
+    "words": [("inputs", "<u8"), ("optimizer", "<u8"), ("rng", "<u8"), ("digest", "<u8")],
     "exact": [("inputs", "<u8"), ("optimizer", "<u8"), ("digest", "<u8")],
     "sampled": [("contents", "<f8"), ("fingerprint", "<f8")],
 }

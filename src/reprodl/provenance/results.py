@@ -52,8 +52,9 @@ class StepTrace(_Part):
     n_rows: int = Field(0, description="steps kept in the item (all of them up to every_step_up_to)")
     bytes_per_step: int = Field(
         0,
-        description="bytes per kept step: exact, 48 (step, epoch, batch, loss, indices, inputs and optimiser "
-        "digests) + 8 per tensor; sampled, 40 + 8 per parameter tensor",
+        description="bytes per kept step: words, 56 (step, epoch, batch, loss, indices, inputs, optimiser and random "
+        "generators' digests) + 8 per tensor; exact, 48 (no random generators' digest) + 8 per tensor; sampled, "
+        "40 + 8 per parameter tensor",
     )
     tensors: list[str] = Field(
         default_factory=list, description="the tensors digested (parameters, then buffers), in column order"

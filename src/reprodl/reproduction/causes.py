@@ -131,6 +131,25 @@ def _environment(f: Finding) -> list[str]:
     return out
 
 
+def _random_draws(f: Finding) -> list[str]:
+    """The global random generators' state after the divergent step (and the one before), recorded and re-run."""
+    div = f.divergence
+    if not div.rng_differ:
+        return []
+    if div.rng_before_differ:
+        return [
+            f"random draws differed before {f.where}: the global random generators' state already differed after "
+            "the step before it (the steps' weights and optimiser state still equal): the re-run drew another "
+            "number of random values earlier (a draw added or removed)"
+        ]
+    known = " (equal after the step before)" if div.rng_before_differ is False else ""
+    return [
+        f"random draws differed at {f.where}: the global random generators' state after it differs from the "
+        f"recorded one{known}: the re-run drew another number of random values in that step (a dropout, an "
+        "augmentation or a randn added or removed, or a draw whose size depends on the data)"
+    ]
+
+
 def _computation(f: Finding) -> list[str]:
     if f.before:
         return []
@@ -141,7 +160,8 @@ def _computation(f: Finding) -> list[str]:
     elif div.contents_differ is None:  # batches the loop made itself: only the recorded datasets are known equal
         checked += ", batch contents not traced"
     data = "same data" if div.contents_differ is False else "same recorded datasets"
-    same = f"{data}, seeds, initial weights, code and environment"
+    draws = ", random draws" if div.rng_differ is False else ""
+    same = f"{data}, seeds{draws}, initial weights, code and environment"
     return [f"{COMPUTATION_DIFFERED} at {f.where} ({checked}, {same})"]
 
 
@@ -159,6 +179,12 @@ CAUSES: list[Cause] = [
     Cause("code", "the code check (commit, patch) of the recorded code against this checkout", _code),
     Cause("settings", "the settings the reproduction changed (device, precision, ...)", _settings),
     Cause("environment", "the recorded environment beside this one (fields, then package versions)", _environment),
+    Cause(
+        "random draws",
+        "the digest of the global random generators' state after the divergent step and the step before, recorded "
+        "and re-run",
+        _random_draws,
+    ),
     Cause("computation", "the lines above: none, so the computation itself differed", _computation),
     Cause("operation", "the operation logs of the divergent step: its first differing operation", _operation),
 ]

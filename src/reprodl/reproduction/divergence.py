@@ -56,8 +56,11 @@ class Divergence:
     (from 1; 0 when the run did not say). ``tensors``: the tensors whose fingerprints moved at
     that step (name, recorded, reproduced, abs_diff), largest first. ``indices_differ``: the
     batch's sample indices already differed (data order); ``contents_differ``: its inputs did.
-    ``growth``: the largest fingerprint difference at later steps. ``matched_to_end``: no step
-    differed (``step`` is None). ``causes``: each verdict line with its evidence.
+    ``rng_differ``: the global random generators' state after that step differs (a trace of the
+    ``words`` kind; None: not traced); ``rng_before_differ``: after the step before it (None: not
+    known, that step not kept or the first step). ``growth``: the largest fingerprint difference at
+    later steps. ``matched_to_end``: no step differed (``step`` is None). ``causes``: each verdict
+    line with its evidence.
     ``first_differing_operation``: at the first divergent step, the first operation whose output
     differs (:mod:`reprodl.training.oplog`), when both runs logged that step's operations;
     ``operation_note`` says why none is named otherwise (or, matched, that the logged ones matched).
@@ -73,6 +76,8 @@ class Divergence:
     loss: dict[str, float] | None = None
     indices_differ: bool | None = None
     contents_differ: bool | None = None
+    rng_differ: bool | None = None
+    rng_before_differ: bool | None = None
     growth: list[dict[str, float]] = dataclasses.field(default_factory=list)
     stopped: bool = False
     causes: list[str] = dataclasses.field(default_factory=list)
@@ -94,11 +99,18 @@ class Divergence:
         return f"first divergent optimiser step: {self.step} ({where})"
 
 
+def _rng_differ(was: np.void, now: np.void) -> bool | None:
+    """Whether two rows' random generator states differ (None: either trace has none: not of the words kind)."""
+    if "rng" not in (was.dtype.names or ()) or "rng" not in (now.dtype.names or ()):
+        return None
+    return int(was["rng"]) != int(now["rng"])
+
+
 def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-_WHERE = ("step", "epoch", "batch")
+_WHERE = ("step", "epoch", "batch", "rng")  # where a step is, and evidence only: not its state
 _EVIDENCE = ("indices", "inputs")  # what a step learnt from, compared where both runs traced it
 
 
@@ -132,6 +144,7 @@ class TraceComparer:
         self.stop = stop
         self._by_step = {int(s): i for i, s in enumerate(recorded["step"])}
         self.compared = 0
+        self._previous: tuple[np.void, np.void] | None = None  # the last rows compared equal
         self.first: dict[str, Any] | None = None
         self.growth: list[dict[str, float]] = []
         self._next_growth = 0
@@ -187,10 +200,11 @@ class TraceComparer:
             was = self.recorded[i]
             if self.first is None:
                 if not self._row_equal(was, row):
-                    self.first = self._describe(was, row)
+                    self.first = self._describe(was, row, self._previous)
                     self.growth = [{"step": self.first["step"], **self._gap(was, row)}]
                     self._next_growth = 1
                     self.stopped = self.stop
+                self._previous = (was, row)
             else:
                 self._note_growth(was, row)
         return self.stopped or (self.until is not None and any(int(r["step"]) >= self.until for r in rows))
@@ -205,7 +219,7 @@ class TraceComparer:
             names = [n for n in names if n not in _EVIDENCE or (int(was[n]) != 0 and int(now[n]) != 0)]
         return all(np.array_equal(was[n], now[n], equal_nan=was[n].dtype.kind == "f") for n in names)
 
-    def _describe(self, was: np.void, now: np.void) -> dict[str, Any]:
+    def _describe(self, was: np.void, now: np.void, previous: tuple[np.void, np.void] | None) -> dict[str, Any]:
         exact = self.kind != "sampled"  # digests (words or exact), not fingerprints
         a, b = (was["digest"], now["digest"]) if exact else (was["fingerprint"], now["fingerprint"])
         moved = [_moved(name, x, y) for name, x, y in zip(self.tensors, a, b) if not _equal(x, y)]
@@ -215,6 +229,7 @@ class TraceComparer:
         column, unknown = ("inputs", 0) if exact else ("contents", None)
         contents_known = _known(was[column], unknown) and _known(now[column], unknown)
         indices_known = int(was["indices"]) != 0 and int(now["indices"]) != 0
+        step = int(now["step"])
         return {
             "step": int(now["step"]),
             "epoch": int(was["epoch"]),
@@ -224,6 +239,8 @@ class TraceComparer:
             "loss": _losses(float(was["loss"]), float(now["loss"])),
             "indices_differ": int(was["indices"]) != int(now["indices"]) if indices_known else None,
             "contents_differ": not _equal(was[column], now[column]) if contents_known else None,
+            "rng_differ": _rng_differ(was, now),
+            "rng_before_differ": _rng_differ(*previous) if previous and int(previous[1]["step"]) == step - 1 else None,
             "indices": (int(was["indices"]), int(now["indices"])),
             "contents": (_value(was[column]), _value(now[column])),
         }
@@ -282,6 +299,8 @@ class TraceComparer:
             loss=f["loss"],
             indices_differ=f["indices_differ"],
             contents_differ=f["contents_differ"],
+            rng_differ=f["rng_differ"],
+            rng_before_differ=f["rng_before_differ"],
             growth=growth,
             stopped=self.stopped,
             first_differing_operation=operation,

@@ -56,7 +56,7 @@ from reprodl import keys
 from reprodl.training.oplog import OpLogger, bounded_jsonl, item_name, oplog_off, oplog_steps
 from reprodl.training.statedigest import Staged, StateDigests, as_numpy, combined, resolve, tensor_digest, zero
 from reprodl.training.tracefiles import TraceKind, trace_kind  # noqa: F401 - trace_kind: imported from here too
-from reprodl.training.worddigest import WordLayout, combined_any, inputs_digest, word_digest
+from reprodl.training.worddigest import WordLayout, combined_any, inputs_digest, rng_digests, rng_states, word_digest
 
 KIND: TraceKind = "words"
 SAMPLE = 64
@@ -65,8 +65,8 @@ CHUNK = 1024
 MAX_STEPS = 100_000
 MAX_BYTES = 64 * 1024 * 1024
 FIRST_STRIDE = 10
-# step 8, epoch 4, batch 4, loss 8, indices 8 (+ inputs 8, optimizer 8 for the digests' kinds)
-_FIXED_BYTES = {"words": 48, "exact": 48, "sampled": 40}
+# step 8, epoch 4, batch 4, loss 8, indices 8 (+ inputs 8, optimizer 8 for the digests' kinds; + rng 8: words)
+_FIXED_BYTES = {"words": 56, "exact": 48, "sampled": 40}
 
 
 def row_dtype(n_tensors: int, kind: TraceKind = KIND) -> np.dtype[Any]:
@@ -74,7 +74,8 @@ def row_dtype(n_tensors: int, kind: TraceKind = KIND) -> np.dtype[Any]:
     head = [("step", "<i8"), ("epoch", "<i4"), ("batch", "<i4"), ("loss", "<f8"), ("indices", "<u8")]
     if kind == "sampled":
         return np.dtype([*head, ("contents", "<f8"), ("fingerprint", "<f8", (n_tensors,))])
-    return np.dtype([*head, ("inputs", "<u8"), ("optimizer", "<u8"), ("digest", "<u8", (n_tensors,))])
+    rng = [("rng", "<u8")] if kind == "words" else []
+    return np.dtype([*head, ("inputs", "<u8"), ("optimizer", "<u8"), *rng, ("digest", "<u8", (n_tensors,))])
 
 
 def bytes_per_step(n_tensors: int, kind: TraceKind = KIND) -> int:
@@ -168,6 +169,7 @@ class StepTracer:
         self.n_steps = 0
         self._chunk = 1 if on_step is not None else CHUNK
         self._values: list[Any] = []  # per buffered step: (inputs, staged state digests), or the fingerprints
+        self._rng: list[tuple[torch.Tensor, ...]] = []  # per buffered step (words): the random generators' states
         self._losses: list[Any] = []
         self._meta: list[tuple[int, int, int, list[Any]]] = []  # (step, epoch, batch, the batches' indices)
         self._kept: list[np.ndarray] = []  # chunks of rows
@@ -230,6 +232,8 @@ class StepTracer:
         self._end_oplog()
         self.n_steps += 1
         self._values.append(self._sampled_values() if self.kind == "sampled" else self._exact_values())
+        if self.kind == "words":
+            self._rng.append(rng_states(self._device))
         self._losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         self._meta.append((self.n_steps, epoch, batch, self._pending.indices))
         self._pending.reset()
@@ -248,6 +252,9 @@ class StepTracer:
         if self.kind != "sampled":
             models, optimizers = resolve([v[1] for v in self._values])
             rows["inputs"] = _host([v[0] for v in self._values])
+            if self.kind == "words":
+                rows["rng"] = rng_digests(self._rng)
+                self._rng = []
             rows["optimizer"], rows["digest"] = _host(optimizers), _host(models)
         else:
             values = _host(self._values)
@@ -373,7 +380,7 @@ class StepTracer:
         if self.kind != "sampled" and kind in ("words", "exact") and kind != self.kind:
             self.kind = kind
             self._state = self._state_digests()
-        self._meta, self._values, self._losses, self._pending = [], [], [], _Pending()
+        self._meta, self._values, self._losses, self._pending, self._rng = [], [], [], _Pending(), []
         self._kept, self._n_kept = [kept], len(kept)
         self._tail = [tail[i : i + 1] for i in range(len(tail))]
         self.n_steps, self.stride = int(counters.get("n_steps", len(kept))), int(counters.get("stride", FIRST_STRIDE))

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,27 @@ def combined_any(digests: list[Any], device: torch.device) -> Digest:
     if all(isinstance(d, np.ndarray) for d in digests):
         return mixed_np(np.array(digests, dtype=np.uint64))
     return mixed(torch.stack([torch.as_tensor(d).to(device) for d in digests]))
+
+
+def rng_states(device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The global random generators' states a step leaves (copies): torch's CPU generator, and the model's
+    CUDA device's when it is on one. Digested later, together (:func:`rng_digests`)."""
+    if device.type == "cuda":
+        return torch.default_generator.get_state(), torch.cuda.get_rng_state(device)
+    return (torch.default_generator.get_state(),)
+
+
+def rng_digests(states: list[tuple[torch.Tensor, ...]]) -> np.ndarray:
+    """Each step's :func:`rng_states` as one digest (uint64): the first 8 bytes (little-endian) of the BLAKE2b of
+    the states' bytes. Not an XOR of words: a generator's state holds counters that move together (a
+    position and what is left), whose XORs repeat from one draw to another."""
+    out = np.zeros(len(states), dtype=np.uint64)
+    for i, step in enumerate(states):
+        h = hashlib.blake2b(digest_size=8)
+        for state in step:
+            h.update(state.numpy().tobytes())
+        out[i] = int.from_bytes(h.digest(), "little")
+    return out
 
 
 class WordLayout(_Layout):

@@ -153,6 +153,37 @@ def comparisons_of(label: str, r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def large_state(rounds: int) -> dict[str, Any]:
+    """The state digest alone of a larger model (four 1024x1024 linear layers and eight 64-channel 3x3
+    convolutions: 4.5M parameters, with SGD momentum 9.0M elements), words against exact, warm, interleaved:
+    where the work per element, not a call's overhead, is the cost."""
+    from reprodl.training.statedigest import StateDigests
+    from reprodl.training.worddigest import WordLayout
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(1024, 1024) for _ in range(4)] + [torch.nn.Conv2d(64, 64, 3) for _ in range(8)]
+    model = torch.nn.Sequential(*layers)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()  # the momentum buffers made
+    params = list(model.parameters())
+    digests = {
+        "words": StateDigests(params, [], [optimizer], torch.device("cpu"), WordLayout),
+        "exact": StateDigests(params, [], [optimizer], torch.device("cpu")),
+    }
+    times: dict[str, list[float]] = {k: [] for k in digests}
+    for d in digests.values():
+        d.stage()  # the layout built
+    for i in range(rounds):
+        for kind in ("words", "exact") if i % 2 == 0 else ("exact", "words"):
+            t = time.perf_counter()
+            digests[kind].stage()
+            times[kind].append(time.perf_counter() - t)
+    n = sum(p.numel() for p in params)
+    return {"parameters": n, "words_s": times["words"], "exact_s": times["exact"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 blocks of 40 steps (else 15 of 60)")
@@ -175,6 +206,21 @@ def main() -> None:
                 )
         comparisons += comparisons_of(label, r)
         measurements[label] = {k: v for k, v in r.items() if k != "blocks"}
+    big = large_state(10 if args.quick else 30)
+    print(
+        f"state digest of {big['parameters']:,} parameters and their momentum: words "
+        f"{statistics.median(big['words_s']) * 1e3:.2f} ms, exact {statistics.median(big['exact_s']) * 1e3:.2f} ms"
+    )
+    large = T.overhead(
+        f"larger model ({big['parameters'] / 1e6:.1f}M parameters, SGD momentum): the state digest, words vs exact",
+        "words digest",
+        "exact digest (torch.hash_tensor)",
+        big["words_s"],
+        big["exact_s"],
+        None,
+    )
+    comparisons.append(large)
+    measurements["large state"] = {"parameters": big["parameters"]}
     params = {"blocks": blocks, "steps_per_block": steps, "threads": 1}
     C.write_doc("trace", args, params, comparisons, measurements, notes=[])
 

@@ -8,6 +8,8 @@ large, must change the row of the step it happened at. Every test runs for both 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -356,3 +358,30 @@ def test_one_ulp_anywhere_in_a_tensor_changes_its_words_digest() -> None:
         u = t.clone()
         _flip_one_ulp(u, i)
         assert int(word_digest(u).item()) != before
+
+
+def test_a_checkpoint_of_the_exact_kind_resumes_in_its_kind() -> None:
+    """A checkpoint written before the words kind (its counters name no kind: exact rows) resumes in that
+    kind: the resumed steps' rows are those of a tracer of the exact kind throughout."""
+
+    def steps(tracer: StepTracer, model: torch.nn.Module, first: int, last: int) -> None:
+        for i in range(first, last):
+            with torch.no_grad():
+                model.weight.add_(0.5)
+            tracer.step(loss=float(i), epoch=1, batch=i + 1)
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    start = copy.deepcopy(model.state_dict())
+    whole = StepTracer(model, kind="exact")
+    steps(whole, model, 0, 6)
+    model.load_state_dict(start)
+    before = StepTracer(model, kind="exact")
+    steps(before, model, 0, 3)
+    kept, tail, counters = before.state()
+    del counters["kind"]  # as a checkpoint written before the words kind
+    resumed = StepTracer(model, kind="words")  # today's default kind
+    resumed.restore(kept, tail, counters)
+    assert resumed.kind == "exact"
+    steps(resumed, model, 3, 6)
+    assert resumed.rows().tobytes() == whole.rows().tobytes()

@@ -13,6 +13,8 @@ sha256 and its ``kind``). A row of the ``words`` kind (written since record form
 * ``inputs``: the digest of the step's input batches (0 when unknown);
 * ``optimizer``: the digest of every optimiser's state (momentum buffers, Adam's moments and
   step counts...), 0 when there is none;
+* ``rng`` (``words`` only): the BLAKE2b (8 bytes) of the global random generators' state after
+  the step: evidence for a divergence's cause, not part of the state compared;
 * ``digest``: per tensor of the model (parameters, then buffers), its digest.
 
 A ``words`` digest (:mod:`reprodl.training.worddigest`) is the XOR of the tensor's bytes taken
@@ -36,7 +38,7 @@ are put together when the buffered rows are flushed, every :data:`CHUNK` steps (
 accelerator: its digests kept on the device, copied to the host then, one synchronisation). A
 comparison (``on_step``) flushes every step instead.
 
-Size: 48 + 8 x (number of tensors) bytes per step (sampled: 40 + 8 x parameter tensors).
+Size: 56 + 8 x (number of tensors) bytes per step (exact: 48 + 8 x; sampled: 40 + 8 x parameter tensors).
 Every step is kept up to ``max_rows`` steps (:func:`max_rows`: 100,000, fewer for models of
 many tensors, so a trace stays under :data:`MAX_BYTES`); after that every ``stride``-th step is
 kept, the stride doubling each time the thinned part reaches ``max_rows`` again.
@@ -374,12 +376,13 @@ class StepTracer:
     def restore(self, kept: np.ndarray, tail: np.ndarray, counters: dict[str, Any]) -> None:
         """Continue from a checkpoint's :meth:`state` (rows of the same model's tensors), in its digests' kind (a
         checkpoint written before the ``words`` kind holds ``exact`` rows: the resumed steps are digested so too)."""
-        if kept.dtype != self.dtype or tail.dtype != self.dtype:
-            raise ValueError(f"the checkpoint's step trace has rows of {kept.dtype}, this model's are {self.dtype}")
         kind = counters.get("kind", "exact")
         if self.kind != "sampled" and kind in ("words", "exact") and kind != self.kind:
             self.kind = kind
+            self.dtype, self.max_rows = row_dtype(len(self.names), kind), max_rows(len(self.names), kind)
             self._state = self._state_digests()
+        if kept.dtype != self.dtype or tail.dtype != self.dtype:
+            raise ValueError(f"the checkpoint's step trace has rows of {kept.dtype}, this model's are {self.dtype}")
         self._meta, self._values, self._losses, self._pending, self._rng = [], [], [], _Pending(), []
         self._kept, self._n_kept = [kept], len(kept)
         self._tail = [tail[i : i + 1] for i in range(len(tail))]

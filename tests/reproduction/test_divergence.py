@@ -49,6 +49,19 @@ def test_record_covers_a_step_trace_of_every_optimiser_step(trained_model):
     assert np.isfinite(rows["loss"]).all() and (rows["indices"] != 0).all()
 
 
+def _nudge_after(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
+    """The re-run's built-in trainer adds 1e-6 to the first parameter after its optimiser step ``k``."""
+    update = loop_module.Loop._update
+
+    def perturbed(self):
+        update(self)
+        if self.optimizer_steps == k:
+            with torch.no_grad():
+                next(self.model.parameters()).add_(1e-6)
+
+    monkeypatch.setattr(loop_module.Loop, "_update", perturbed)
+
+
 def _gennet() -> torch.nn.Module:
     from train_fixtures import small_params
 
@@ -69,15 +82,7 @@ def test_clean_reproduction_is_identical_and_matched_to_the_end(trained_model, t
 
 def test_perturbation_after_step_k_is_reported_at_step_k_as_the_computation(trained_model, monkeypatch):
     k = _steps_per_epoch(trained_model.record) + 5
-    update = loop_module.Loop._update
-
-    def perturbed(self):
-        update(self)
-        if self.optimizer_steps == k:
-            with torch.no_grad():
-                next(self.model.parameters()).add_(1e-6)
-
-    monkeypatch.setattr(loop_module.Loop, "_update", perturbed)
+    _nudge_after(monkeypatch, k)
     report = reproduce(trained_model.uri)
     div = report.divergence
     assert report.verdict != "identical"
@@ -179,15 +184,7 @@ def test_a_record_of_the_exact_kind_is_re_run_in_its_kind(digits_split_master, t
     assert record.results.trace.kind == "exact"
     assert reproduce(uri).verdict == "identical"
     k = 3
-    update = loop_module.Loop._update
-
-    def perturbed(self):
-        update(self)
-        if self.optimizer_steps == k:
-            with torch.no_grad():
-                next(self.model.parameters()).add_(1e-6)
-
-    monkeypatch.setattr(loop_module.Loop, "_update", perturbed)
+    _nudge_after(monkeypatch, k)
     div = reproduce(uri).divergence
     assert div.step == k and [t["name"] for t in div.tensors] == ["conv1.weight"]
 

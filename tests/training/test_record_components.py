@@ -503,6 +503,12 @@ def test_a_fabric_loop_watched_after_setup_is_recorded_by_the_users_model_and_op
     assert record.results.trace.n_steps == 2 * 4
     checks = verify_model(str(run.uri), allow=[__name__])
     assert checks.ok, [(c.name, c.detail) for c in checks.checks if not c.ok]
+    # the operation log names the modules by the user's model, not by Fabric's wrapper path
+    from reprodl.reproduction.divergence import load_oplogs
+
+    modules = {e["module"] for entries in load_oplogs(open_dataset(str(run.uri)), record).values() for e in entries}
+    assert {"FabricNet.hidden", "FabricNet.out"} <= modules
+    assert not any("_forward_module" in m or m.startswith("_FabricModule") for m in modules)
 
 
 def test_a_fabric_loop_in_bf16_mixed_precision_records_the_autocast_fabric_applied(tmp_path: Path) -> None:

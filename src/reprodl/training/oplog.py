@@ -172,6 +172,23 @@ class OpLogger(TorchDispatchMode):
         return out
 
 
+def renamed(entries: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
+    """``entries`` with each module named by the original model, not its wrappers: a module name starting with
+    a key of ``names`` (:func:`reprodl.training.wrappers.wrapper_names`) starts with its value instead."""
+    if not names:
+        return entries
+    ranked = sorted(names.items(), key=lambda kv: -len(kv[0]))
+    out = []
+    for entry in entries:
+        module = entry["module"]
+        for prefix, name in ranked:
+            if module == prefix or module.startswith(prefix + "."):
+                entry = {**entry, "module": name + module[len(prefix) :]}
+                break
+        out.append(entry)
+    return out
+
+
 def _innermost(parents: Iterable[str]) -> str:
     """The deepest module of ModuleTracker's set of running modules (``""``: none but "Global")."""
     names = [p for p in parents if p != "Global"]

@@ -52,6 +52,7 @@ from reprodl.training.order import order_digest
 from reprodl.training.progress import ProgressFile
 from reprodl.training.seeding import SeedPlan
 from reprodl.training.trace import StepCallback, StepTracer, TraceKind
+from reprodl.training.wrappers import wrapper_names
 
 # Training.optimizer of a record whose first model has no optimiser (updated by hand).
 NO_OPTIMIZER = OptimizerInfo(class_name="(none: updated by hand)", module="")
@@ -149,16 +150,18 @@ class Recorder:
         models = self.models
         optimizers = [o.optimizer for w in models for o in w.optimizers]
         kind, on_row = self.trace_kind, self.on_trace_row
-        if len(models) == 1:
-            self._prefixes = {}
-            return StepTracer(models[0].module, optimizers=optimizers, on_step=on_row, kind=kind)
-        together = torch.nn.Module()
         self._prefixes = {}
-        for w in models:
-            prefix = w.name.replace(".", "_")
-            self._prefixes[prefix] = w
-            together.add_module(prefix, w.module)
-        return StepTracer(together, optimizers=optimizers, on_step=on_row, kind=kind)
+        if len(models) == 1:
+            tracer = StepTracer(models[0].module, optimizers=optimizers, on_step=on_row, kind=kind)
+        else:
+            together = torch.nn.Module()
+            for w in models:
+                prefix = w.name.replace(".", "_")
+                self._prefixes[prefix] = w
+                together.add_module(prefix, w.module)
+            tracer = StepTracer(together, optimizers=optimizers, on_step=on_row, kind=kind)
+        tracer.module_names = {k: v for w in models for k, v in wrapper_names(w.given).items()}
+        return tracer
 
     def _count_step(self) -> None:
         """A step of a watched component is over: count it, trace it (unless the loop does), then ``after_step``."""

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from reprodl import keys
-from reprodl.training.oplog import OpLogger, bounded_jsonl, item_name, oplog_off, oplog_steps
+from reprodl.training.oplog import OpLogger, bounded_jsonl, item_name, oplog_off, oplog_steps, renamed
 from reprodl.training.statedigest import Staged, StateDigests, as_numpy, combined, resolve, tensor_digest, zero
 from reprodl.training.tracefiles import TraceKind, trace_kind  # noqa: F401 - trace_kind: imported from here too
 from reprodl.training.worddigest import WordLayout, combined_any, inputs_digest, rng_digests, rng_states, word_digest
@@ -142,6 +142,7 @@ class StepTracer:
         self.oplog_steps = set(oplog_steps() if oplog is None else oplog)
         self.oplog_steps |= set(getattr(on_step, "recorded_oplogs", None) or ())  # a re-run: the recorded ones
         self.oplog_every: int | None = None
+        self.module_names: dict[str, str] = {}  # the op log's names of wrapped modules: shown as the original's
         self.oplog_below: int | None = None  # no checkpoint at this step or later (the built-in trainer's last epoch)
         self._oplogger: OpLogger | None = None
         self._oplogs: dict[int, tuple[bytes, int, float]] = {}  # step: (jsonl, operations, seconds)
@@ -275,7 +276,7 @@ class StepTracer:
         if logger is None:
             return
         logger.stop()
-        entries = logger.entries()
+        entries = renamed(logger.entries(), self.module_names)
         data, n = bounded_jsonl(entries, keys.MAX_OPLOG_BYTES // 2)
         self._oplogs[logger.step] = (data, n, logger.seconds)
         self._bound_oplogs()

@@ -50,6 +50,24 @@ def forward_module(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def wrapper_names(model: torch.nn.Module) -> dict[str, str]:
+    """How a module tracker (the operation log's) names the module inside ``model``'s wrappers, and the name
+    to show instead: {``"_FabricModule._forward_module"``: ``"Net"``, ...}, one entry for each wrapper the
+    forward pass may start at (empty: no wrapper)."""
+    levels: list[tuple[torch.nn.Module, str]] = []  # (a wrapper, the attribute holding what it wraps)
+    m = model
+    while (inside := _wrapped(m)) is not None:
+        attr = next((k for k, v in m.__dict__.get("_modules", {}).items() if v is inside[0]), None)
+        if attr is None:
+            break
+        levels.append((m, attr))
+        m = inside[0]
+    original = type(m).__name__
+    return {
+        ".".join([type(levels[i][0]).__name__, *(attr for _, attr in levels[i:])]): original for i in range(len(levels))
+    }
+
+
 def _wrapped(model: torch.nn.Module) -> tuple[torch.nn.Module, str] | None:
     """(the module ``model`` wraps, the wrapper's kind: "parallel", "compile" or "fabric"), or None."""
     if isinstance(model, torch.nn.DataParallel):

@@ -231,7 +231,7 @@ class TraceComparer:
         indices_known = int(was["indices"]) != 0 and int(now["indices"]) != 0
         step = int(now["step"])
         return {
-            "step": int(now["step"]),
+            "step": step,
             "epoch": int(was["epoch"]),
             "batch": int(was["batch"]),
             "tensors": moved[:MAX_TENSORS_SHOWN],

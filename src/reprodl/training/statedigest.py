@@ -383,10 +383,6 @@ class _Layout:
         for views, out, bits, offsets in self.flat:
             np.concatenate(views, out=out)
             found_np.append(np.bitwise_xor.reduceat(bits, offsets))
-        return found_np, self._others()
-
-    def _others(self) -> list[torch.Tensor]:
-        """The digests of the tensors not gathered through NumPy (padded rows, then the loose ones)."""
         found: list[torch.Tensor] = []
         if self.dst:
             grad = torch.is_grad_enabled()
@@ -397,8 +393,8 @@ class _Layout:
                 torch._C._set_grad_enabled(grad)
             found += [torch.hash_tensor(b, dim=1) for b in self.bufs]
         if self.loose:
-            found.append(torch.stack([torch.as_tensor(self.digest(self._loose(g))) for g in self.loose_sources]))
-        return found
+            found.append(torch.stack([self.digest(self._loose(g)) for g in self.loose_sources]))
+        return found_np, found
 
     @staticmethod
     def _loose(getter: Any) -> torch.Tensor:
@@ -409,19 +405,16 @@ class _Layout:
 
     @staticmethod
     def _placement(t: torch.Tensor) -> str | None:
-        return _placement(t)
-
-
-def _placement(t: torch.Tensor) -> str | None:
-    """How a tensor is gathered each step: "f"/"i" (a CPU NumPy view), "padded", or None (hashed where it is)."""
-    if not 0 < t.numel() <= SMALL or t.layout != torch.strided or t.is_complex() or t.dtype == torch.uint64:
-        return None
-    if t.device.type == "cpu" and t.is_contiguous():
-        if t.dtype in _FLOATS:
-            return "f"
-        if t.dtype in _INTEGERS:
-            return "i"
-    return "padded"
+        """How a tensor is gathered each step: "f"/"i" (a CPU NumPy view), "padded", or None (hashed where it
+        is)."""
+        if not 0 < t.numel() <= SMALL or t.layout != torch.strided or t.is_complex() or t.dtype == torch.uint64:
+            return None
+        if t.device.type == "cpu" and t.is_contiguous():
+            if t.dtype in _FLOATS:
+                return "f"
+            if t.dtype in _INTEGERS:
+                return "i"
+        return "padded"
 
 
 _DATA_PTR = torch.Tensor.data_ptr

@@ -58,7 +58,7 @@ from reprodl import keys
 from reprodl.training.oplog import OpLogger, bounded_jsonl, item_name, oplog_off, oplog_steps, renamed
 from reprodl.training.statedigest import Staged, StateDigests, as_numpy, combined, resolve, tensor_digest, zero
 from reprodl.training.tracefiles import TraceKind, trace_kind  # noqa: F401 - trace_kind: imported from here too
-from reprodl.training.worddigest import WordLayout, combined_any, inputs_digest, rng_digests, rng_states, word_digest
+from reprodl.training.worddigest import WordLayout, inputs_digest, rng_digests, rng_states, word_digest
 
 KIND: TraceKind = "words"
 SAMPLE = 64
@@ -88,12 +88,6 @@ def bytes_per_step(n_tensors: int, kind: TraceKind = KIND) -> int:
 def max_rows(n_tensors: int, kind: TraceKind = KIND) -> int:
     """Steps kept one by one before thinning: 100,000, or fewer so the trace stays under MAX_BYTES / 2."""
     return max(1000, min(MAX_STEPS, MAX_BYTES // 2 // bytes_per_step(n_tensors, kind)))
-
-
-def indices_digest(indices: Sequence[int] | torch.Tensor) -> int:
-    """The first 8 bytes (little-endian) of the sha256 of ``indices`` as int64."""
-    data = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype="<i8")
-    return int.from_bytes(hashlib.sha256(data.tobytes()).digest()[:8], "little")
 
 
 @dataclasses.dataclass
@@ -408,8 +402,6 @@ class StepTracer:
         first parameter's device or the host; put together at :meth:`flush`."""
         inputs = self._pending.inputs
         device = self._device
-        if self.kind == "words":
-            return (combined_any(inputs, device) if inputs else _ZERO), self._state.stage()
         return (combined(inputs, device) if inputs else zero(device)), self._state.stage()
 
     def _sampled_values(self) -> torch.Tensor:
@@ -440,9 +432,6 @@ class StepTracer:
         if len(self._tail) >= self.max_rows:
             self.stride *= 2
             self._tail = [r for r in self._tail if (int(r["step"][0]) - self.max_rows) % self.stride == 0]
-
-
-_ZERO = np.zeros((), dtype=np.uint64)
 
 
 def _host(values: list[Any]) -> np.ndarray:

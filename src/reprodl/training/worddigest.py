@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reprodl.training.digeststage import Digest, mixed_np
-from reprodl.training.statedigest import SMALL, _Layout, _size_classes, mixed, zero
+from reprodl.training.statedigest import SMALL, _Layout, _size_classes, zero
 
 _ZERO_BYTES = [np.zeros(n, dtype=np.uint8) for n in range(8)]  # the padding after a tensor of n % 8 != 0 bytes
 
@@ -69,15 +68,6 @@ def inputs_digest(t: torch.Tensor) -> torch.Tensor:
         return torch.hash_tensor(t.view(torch.int64))
     except RuntimeError:  # not contiguous, its last dimension not whole words, or empty: checked only then
         return word_digest(t)
-
-
-def combined_any(digests: list[Any], device: torch.device) -> Digest:
-    """:func:`~reprodl.training.statedigest.combined` of digests some of which may be NumPy ones."""
-    if len(digests) == 1:
-        return digests[0]
-    if all(isinstance(d, np.ndarray) for d in digests):
-        return mixed_np(np.array(digests, dtype=np.uint64))
-    return mixed(torch.stack([torch.as_tensor(d).to(device) for d in digests]))
 
 
 def rng_states(device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -385,3 +385,18 @@ def test_a_checkpoint_of_the_exact_kind_resumes_in_its_kind() -> None:
     assert resumed.kind == "exact"
     steps(resumed, model, 3, 6)
     assert resumed.rows().tobytes() == whole.rows().tobytes()
+
+
+@pytest.mark.parametrize("named", ["sampled", "bogus", 7])
+def test_a_checkpoint_naming_another_kind_is_not_taken_at_its_word(named: object) -> None:
+    """A checkpoint's counters are anyone's JSON: a kind other than words or exact changes nothing, and rows
+    of another layout are refused with the layouts named, the tracer left as it was."""
+    model = torch.nn.Linear(3, 2)
+    source = StepTracer(model, kind="exact")
+    source.step(loss=1.0)
+    kept, tail, counters = source.state()
+    counters["kind"] = named
+    tracer = StepTracer(model, kind="words")
+    with pytest.raises(ValueError, match="the checkpoint's step trace has rows of"):
+        tracer.restore(kept, tail, counters)
+    assert tracer.kind == "words" and tracer.n_steps == 0
